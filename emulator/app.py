@@ -1,0 +1,118 @@
+"""Runs modems on one asyncio event loop: each modem gets a pty, its interpreter
+and the shared routing layer.  `Emulator` is the in-loop API (the CLI uses it);
+`BackgroundEmulator` runs one in a thread for tests and for embedding."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .modem import Modem
+from .network import Router
+from .profile import Profile, load_profile
+from .transport import PtyPort
+
+
+@dataclass
+class ModemPort:
+    modem: Modem
+    port: PtyPort
+
+    @property
+    def path(self) -> str:
+        return self.port.path
+
+
+class Emulator:
+    def __init__(self, router: Router | None = None, keylog=None) -> None:
+        self.router = router or Router()
+        self.keylog = keylog               # callable(str) receiving NSS key-log lines, or None
+        self.ports: list[ModemPort] = []
+        self.demo = None
+
+    async def start_demo(self) -> None:
+        """The built-in loopback TLS peer; routes the manuals' example hosts to it."""
+        from .demo_peer import start_demo_peer
+        self.demo = await start_demo_peer()
+        for dialled, (addr, port) in self.demo.routes.items():
+            host, dport = dialled.rsplit(":", 1)
+            self.router.add_map(host, int(dport), addr, port)
+
+    async def add_modem(self, profile: Profile | str, *, link: str | Path | None = None,
+                        state_dir: str | Path | None = None, name: str | None = None) -> ModemPort:
+        loop = asyncio.get_running_loop()
+        if isinstance(profile, str):
+            profile = load_profile(profile)
+        modem = Modem(profile, state_dir=state_dir, network=self.router,
+                      name=name or f"modem{len(self.ports)}", demo=self.demo)
+        modem.keylog = self.keylog
+        port = PtyPort(loop, modem.feed, link)
+        modem.attach(port.write, loop)
+        modem.output_backlog = lambda: port.backlog
+        if self.demo is not None:
+            from .demo_setup import install_demo_material
+            install_demo_material(modem, self.demo)
+        entry = ModemPort(modem, port)
+        self.ports.append(entry)
+        return entry
+
+    async def close(self) -> None:
+        for entry in self.ports:
+            entry.modem.emit("shutdown")
+            entry.port.close()
+        self.ports.clear()
+        if self.demo is not None:
+            await self.demo.close()
+            self.demo = None
+
+
+class BackgroundEmulator:
+    """An Emulator on its own loop in a daemon thread.
+
+        with BackgroundEmulator(routes=[...]) as emu:
+            port = emu.add_modem("ec2x", state_dir=tmp)
+            serial.Serial(port.path)
+    """
+
+    def __init__(self, routes=None, offline: bool = True, demo: bool = False, keylog=None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="emulator", daemon=True)
+        self.emulator = Emulator(Router(routes, offline=offline), keylog=keylog)
+        self._demo = demo
+
+    def __enter__(self) -> "BackgroundEmulator":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread.start()
+        if self._demo:
+            self.call(self.emulator.start_demo())
+
+    def call(self, coro, timeout: float = 30):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def run(self, func, *args):
+        """Run a plain function on the loop thread (modem state is loop-owned)."""
+        async def wrapper():
+            return func(*args)
+        return self.call(wrapper())
+
+    def add_modem(self, profile="ec2x", **kwargs) -> ModemPort:
+        return self.call(self.emulator.add_modem(profile, **kwargs))
+
+    @property
+    def router(self) -> Router:
+        return self.emulator.router
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self.call(self.emulator.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()

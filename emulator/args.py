@@ -1,0 +1,69 @@
+"""Typed access to a command's parameters.  Every malformed value raises
+CommandError, which the interpreter answers with ERROR / +CME ERROR: a handler
+never has to guard against bad input itself."""
+from __future__ import annotations
+
+from .at_parser import Arg, Command
+from .responses import CommandError, Final
+
+_MISSING = object()
+
+
+class Args:
+    def __init__(self, cmd: Command, error: Final = "ERROR") -> None:
+        self.cmd = cmd
+        self.values = list(cmd.args)
+        self.error = error            # what a bad parameter answers (ERROR or a Cme)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def present(self, i: int) -> bool:
+        return i < len(self.values) and self.values[i] is not None
+
+    def fail(self, why: str) -> CommandError:
+        return CommandError(self.error, f"{self.cmd.raw}: {why}")
+
+    def at_most(self, n: int) -> None:
+        if len(self.values) > n:
+            raise self.fail(f"at most {n} parameters")
+
+    def _get(self, i: int, default) -> Arg | None:
+        if self.present(i):
+            return self.values[i]
+        if default is _MISSING:
+            raise self.fail(f"parameter {i + 1} missing")
+        return None
+
+    def int(self, i: int, lo: int, hi: int, default=_MISSING) -> int:
+        arg = self._get(i, default)
+        if arg is None:
+            return default
+        if arg.quoted:
+            raise self.fail(f"parameter {i + 1} must be a number")
+        return self.parse_int(arg.text, lo, hi, i)
+
+    def parse_int(self, text: str, lo: int, hi: int, i: int = 0) -> int:
+        text = text.strip()
+        if not text or not (text.isdigit() or (text[0] in "+-" and text[1:].isdigit())):
+            raise self.fail(f"parameter {i + 1} {text!r} is not a number")
+        if len(text) > 12:
+            raise self.fail(f"parameter {i + 1} out of range")
+        value = int(text)
+        if not lo <= value <= hi:
+            raise self.fail(f"parameter {i + 1} {value} not in {lo}-{hi}")
+        return value
+
+    def str(self, i: int, default=_MISSING, max_len: int = 255, quoted: bool = False) -> str:
+        """A string parameter; quotes are optional unless quoted=True."""
+        arg = self._get(i, default)
+        if arg is None:
+            return default
+        if quoted and not arg.quoted:
+            raise self.fail(f"parameter {i + 1} must be quoted")
+        if len(arg.text) > max_len:
+            raise self.fail(f"parameter {i + 1} longer than {max_len}")
+        return arg.text
+
+    def raw(self, i: int) -> Arg | None:
+        return self.values[i] if i < len(self.values) else None

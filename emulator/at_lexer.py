@@ -1,0 +1,116 @@
+"""Sans-IO command-line lexer: raw bytes from the host in, command-line events out.
+
+It knows only V.250 line discipline: the "AT"/"at" prefix, the S3 terminator, S5
+editing, LF after CR, "A/" repetition, echo and the 2 KiB line limit. It never
+interprets a command and never raises on any byte: anything that is not part of
+a command line is dropped (and echoed, as a real module echoes every byte it
+receives in command state).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_LINE = 2048
+
+
+@dataclass(frozen=True)
+class Echo:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """A complete line; `body` is what follows the AT prefix (b"" for a bare AT)."""
+    body: bytes
+
+
+@dataclass(frozen=True)
+class RepeatLast:
+    """The host typed A/ : run the previous command line again."""
+
+
+@dataclass(frozen=True)
+class LineTooLong:
+    """The line exceeded the limit; reported at its terminator, its bytes dropped."""
+
+
+class CommandLineLexer:
+    """Assembles command lines.  `s3`/`s5` (terminator, backspace) and `echo`
+    are read from the owner on every byte, so ATS3=... and ATE0 take effect at
+    once, as on a module."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
+        self.s3 = 13
+        self.s5 = 8
+        self.echo = True
+        self._buf = bytearray()
+        self._state = "idle"        # idle -> got_a -> in_line; "overflow" until S3
+        self._last_was_s3 = False
+
+    def reset(self) -> None:
+        self._buf.clear()
+        self._state = "idle"
+
+    def feed(self, data: bytes) -> list[object]:
+        events: list[object] = []
+        echo = bytearray()
+        for byte in data:
+            if self.echo:
+                echo.append(byte)
+            event = self._step(byte)
+            if event is not None:
+                if echo:
+                    events.append(Echo(bytes(echo)))
+                    echo.clear()
+                events.append(event)
+        if echo:
+            events.append(Echo(bytes(echo)))
+        return events
+
+    def _step(self, byte: int) -> object | None:
+        after_s3 = self._last_was_s3
+        self._last_was_s3 = byte == self.s3
+        if byte == self.s3:
+            return self._end_of_line()
+        if byte == 10 and after_s3:          # LF following CR: part of the line ending
+            return None
+        if self._state == "overflow":
+            return None
+        if byte == self.s5:
+            if self._state == "in_line" and self._buf:
+                self._buf.pop()
+            elif self._state == "got_a":
+                self._state = "idle"
+            return None
+        if self._state == "idle":
+            if byte in (0x41, 0x61):          # 'A' / 'a'
+                self._state = "got_a"
+            return None
+        if self._state == "got_a":
+            if byte in (0x54, 0x74):          # 'T' / 't'
+                self._state = "in_line"
+                self._buf.clear()
+            elif byte == 0x2F:                # '/'
+                self._state = "idle"
+                return RepeatLast()
+            elif byte not in (0x41, 0x61):    # "AAT" still starts a command
+                self._state = "idle"
+            return None
+        # in_line
+        if len(self._buf) >= self.max_line:
+            self._state = "overflow"        # answered with ERROR at the terminator
+            self._buf.clear()
+            return None
+        self._buf.append(byte)
+        return None
+
+    def _end_of_line(self) -> object | None:
+        state, self._state = self._state, "idle"
+        if state == "overflow":
+            return LineTooLong()
+        if state == "in_line":
+            body = bytes(self._buf)
+            self._buf.clear()
+            return CommandLine(body)
+        return None

@@ -1,0 +1,199 @@
+"""Splits the body of a command line (what follows "AT") into commands.
+
+Extended commands (`+X`, `$X`, `&X`...): test `+X=?`, read `+X?`, write `+X=<args>`,
+execute `+X`.  Several commands may share a line separated by `;`; basic commands
+(`E0`, `V1`, `S3=13`, `&F`, `I`) may also be strung together without separators.
+Quoted strings are data: commas and semicolons inside them split nothing.
+Parsing never raises: malformed input becomes a `Malformed` entry, which the
+interpreter answers with ERROR when it reaches it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TEST, READ, WRITE, EXEC = "test", "read", "write", "exec"
+
+_EXT_PREFIXES = "+$^%#*"
+_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!%-./:_")
+
+
+@dataclass(frozen=True)
+class Arg:
+    text: str           # content, without quotes for a quoted string
+    quoted: bool = False
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str                       # upper case: "+QSSLCFG", "E", "S3", "&F", "I"
+    kind: str                       # TEST / READ / WRITE / EXEC
+    args: tuple[Arg | None, ...] = field(default=())   # None = omitted parameter
+    raw: str = ""
+
+
+@dataclass(frozen=True)
+class Malformed:
+    raw: str
+    reason: str
+
+
+def parse_line(body: bytes) -> list[Command | Malformed]:
+    # latin-1 maps every byte to one char, so any input decodes and round-trips.
+    text = body.decode("latin-1")
+    out: list[Command | Malformed] = []
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t":
+            i += 1
+            continue
+        if c == ";":
+            i += 1
+            continue
+        if c in _EXT_PREFIXES:
+            i = _parse_extended(text, i, out)
+        elif c == "&":
+            i = _parse_basic(text, i + 1, out, prefix="&")
+        else:
+            i = _parse_basic(text, i, out, prefix="")
+        if out and isinstance(out[-1], Malformed):
+            break
+    return out
+
+
+def _parse_extended(text: str, start: int, out: list) -> int:
+    i = start + 1
+    n = len(text)
+    while i < n and text[i].upper() in _NAME_CHARS:
+        i += 1
+    name = text[start:i].upper()
+    if len(name) < 2:
+        out.append(Malformed(text[start:], "empty command name"))
+        return n
+    if text.startswith("=?", i):
+        end = _skip_to_separator(text, i + 2)
+        if text[i + 2:end].strip():
+            out.append(Malformed(text[start:end], "text after =?"))
+            return n
+        out.append(Command(name, TEST, (), text[start:end]))
+        return end
+    if text.startswith("?", i):
+        end = _skip_to_separator(text, i + 1)
+        if text[i + 1:end].strip():
+            out.append(Malformed(text[start:end], "text after ?"))
+            return n
+        out.append(Command(name, READ, (), text[start:end]))
+        return end
+    if text.startswith("=", i):
+        end = _skip_to_separator(text, i + 1)
+        args = split_args(text[i + 1:end])
+        if args is None:
+            out.append(Malformed(text[start:end], "malformed parameter list"))
+            return n
+        out.append(Command(name, WRITE, tuple(args), text[start:end]))
+        return end
+    end = _skip_to_separator(text, i)
+    if text[i:end].strip():
+        out.append(Malformed(text[start:end], "unexpected text after command name"))
+        return n
+    out.append(Command(name, EXEC, (), text[start:end]))
+    return end
+
+
+def _skip_to_separator(text: str, i: int) -> int:
+    """Index of the next ';' outside quotes (or end of text)."""
+    quoted = False
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            quoted = not quoted
+        elif c == ";" and not quoted:
+            return i
+        i += 1
+    return i
+
+
+def split_args(text: str) -> list[Arg | None] | None:
+    """Comma-separated parameters; None for an omitted one.  Returns None for a
+    malformed list (a quote left open, text after a closing quote)."""
+    args: list[Arg | None] = []
+    i, n = 0, len(text)
+    if not text.strip():
+        return [None]
+    while True:
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] == '"':
+            end = text.find('"', i + 1)
+            if end < 0:
+                return None
+            value = Arg(text[i + 1:end], quoted=True)
+            i = end + 1
+            while i < n and text[i] in " \t":
+                i += 1
+            if i < n and text[i] != ",":
+                return None            # text after a closing quote: "abc"def
+        else:
+            comma = text.find(",", i)
+            comma = n if comma < 0 else comma
+            raw = text[i:comma].strip()
+            value = Arg(raw) if raw else None
+            i = comma
+        args.append(value)
+        if i >= n:
+            return args
+        i += 1  # skip the comma
+
+
+def _parse_basic(text: str, i: int, out: list, prefix: str) -> int:
+    n = len(text)
+    if i >= n:
+        out.append(Malformed(text, "dangling &"))
+        return n
+    letter = text[i].upper()
+    if not "A" <= letter <= "Z":
+        out.append(Malformed(text[i:], f"unexpected character {text[i]!r}"))
+        return n
+    start = i - len(prefix)
+    i += 1
+    if letter == "S" and not prefix:
+        j = i
+        while j < n and text[j].isdigit():
+            j += 1
+        if j == i:
+            out.append(Malformed(text[start:], "S without register number"))
+            return n
+        name = "S" + str(int(text[i:j]))
+        if text.startswith("=?", j):
+            out.append(Command(name, TEST, (), text[start:j + 2]))
+            return j + 2
+        if text.startswith("?", j):
+            out.append(Command(name, READ, (), text[start:j + 1]))
+            return j + 1
+        if text.startswith("=", j):
+            k = j + 1
+            while k < n and text[k].isdigit():
+                k += 1
+            value = text[j + 1:k]
+            out.append(Command(name, WRITE, (Arg(value) if value else None,), text[start:k]))
+            return k
+        out.append(Malformed(text[start:j], "S register needs ? or ="))
+        return n
+    j = i
+    while j < n and text[j].isdigit():
+        j += 1
+    value = text[i:j]
+    name = prefix + letter
+    if text.startswith("=?", j):
+        out.append(Command(name, TEST, (), text[start:j + 2]))
+        return j + 2
+    if text.startswith("?", j):
+        out.append(Command(name, READ, (), text[start:j + 1]))
+        return j + 1
+    args = (Arg(value),) if value else ()
+    out.append(Command(name, EXEC, args, text[start:j]))
+    return j

@@ -1,0 +1,122 @@
+"""modem-emulator: open a pty that answers like the chosen module.
+
+The first line of stdout is the device path (the --link path when given), so
+scripts can read it; everything meant for people goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tomllib
+from pathlib import Path
+
+from .app import Emulator
+from .network import Router
+from .profile import ProfileError, load_profile
+from .transport import LinkError
+
+log = logging.getLogger("emulator")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modem-emulator", description=__doc__.splitlines()[0])
+    p.add_argument("--profile", default="ec2x",
+                   help="ec2x, ml302 or a path to a profile .toml (default: ec2x)")
+    p.add_argument("--link", help="create this symlink to the pty device")
+    p.add_argument("--state-dir", help="where UFS files, certificates and saved settings live "
+                                       "(default: ~/.local/state/modem-emulator/<profile>)")
+    p.add_argument("--log-level", default="INFO", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--route", action="append", default=[], metavar="HOST:PORT=ADDR:PORT",
+                   help="connect to ADDR:PORT when the host dials HOST:PORT (repeatable)")
+    p.add_argument("--config", help="TOML file with a [routes] table and optional offline = true")
+    p.add_argument("--offline", action="store_true",
+                   help="unrouted names fail as DNS errors instead of using the real network")
+    p.add_argument("--demo", action="store_true",
+                   help="start the built-in loopback TLS peer and route the manuals' hosts to it")
+    p.add_argument("--keylog", help="append NSS key-log lines of every TLS session to this file "
+                                    "(default: $SSLKEYLOGFILE)")
+    return p
+
+
+def load_config(path: str | None, router: Router) -> None:
+    if not path:
+        return
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"modem-emulator: config {path}: {exc}")
+    for key, value in data.get("routes", {}).items():
+        try:
+            router.add(f"{key}={value}")
+        except ValueError as exc:
+            raise SystemExit(f"modem-emulator: config {path}: routes: {exc}")
+    if data.get("offline"):
+        router.offline = True
+
+
+def make_keylog(path: str | None):
+    path = path or os.environ.get("SSLKEYLOGFILE")
+    if not path:
+        return None
+
+    def write(line: str) -> None:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    return write
+
+
+async def run(args: argparse.Namespace) -> int:
+    profile = load_profile(args.profile)
+    router = Router(offline=args.offline)
+    for spec in args.route:
+        try:
+            router.add(spec)
+        except ValueError as exc:
+            raise SystemExit(f"modem-emulator: --route: {exc}")
+    load_config(args.config, router)
+    state_dir = Path(args.state_dir) if args.state_dir else (
+        Path.home() / ".local" / "state" / "modem-emulator" / profile.name)
+    emulator = Emulator(router, keylog=make_keylog(args.keylog))
+    if args.demo:
+        await emulator.start_demo()
+    try:
+        entry = await emulator.add_modem(profile, link=args.link, state_dir=state_dir)
+    except LinkError as exc:
+        await emulator.close()
+        raise SystemExit(f"modem-emulator: --link: {exc}")
+    print(entry.path, flush=True)
+    print(f"modem-emulator: {profile.name} ({profile['identity.model']}) on {entry.port.device}"
+          f"{' -> ' + entry.path if args.link else ''}; state in {state_dir}", file=sys.stderr)
+    print(f"  connect: python -m serial.tools.miniterm {entry.path} 115200", file=sys.stderr)
+    if args.demo:
+        print("  demo peer: 220.180.239.212:8010/8011 (TLS echo) and www.iottest.work:443 (HTTPS) "
+              "are routed to loopback; CA uploaded as UFS:demo-ca.pem", file=sys.stderr)
+    print("  stop with Ctrl+C", file=sys.stderr)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await emulator.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(run(args))
+    except ProfileError as exc:
+        print(f"modem-emulator: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The modem's real-time clock (AT+CCLK).
+
+It starts at the computer's time and, once set, runs on from the value set (an
+offset against the system clock).  The TLS engine checks certificate validity
+against now(), not against the computer's clock.
+"""
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timedelta, timezone
+
+_CCLK = re.compile(r"^(\d\d)/(\d\d)/(\d\d),(\d\d):(\d\d):(\d\d)([+-])(\d\d)$")
+
+
+class ModemClock:
+    def __init__(self, timezone_quarters: int = 0, now: callable = time.time) -> None:
+        self._system_now = now
+        self._offset = 0.0                  # modem UTC - system UTC, seconds
+        self.quarters = timezone_quarters   # local time zone in quarters of an hour
+
+    def now(self) -> datetime:
+        """Aware UTC datetime of the modem clock."""
+        return datetime.fromtimestamp(self._system_now() + self._offset, timezone.utc)
+
+    def set_local(self, text: str) -> bool:
+        """Set from AT+CCLK's "yy/MM/dd,hh:mm:ss±zz"; False when malformed."""
+        m = _CCLK.match(text)
+        if not m:
+            return False
+        yy, mo, dd, hh, mi, ss, sign, zz = m.groups()
+        quarters = int(zz) * (1 if sign == "+" else -1)
+        if not -48 <= quarters <= 56:
+            return False
+        try:
+            local = datetime(2000 + int(yy), int(mo), int(dd), int(hh), int(mi), int(ss),
+                             tzinfo=timezone(timedelta(minutes=15 * quarters)))
+        except ValueError:
+            return False
+        self._offset = local.timestamp() - self._system_now()
+        self.quarters = quarters
+        return True
+
+    def format_local(self) -> str:
+        local = self.now().astimezone(timezone(timedelta(minutes=15 * self.quarters)))
+        sign = "+" if self.quarters >= 0 else "-"
+        return local.strftime("%y/%m/%d,%H:%M:%S") + f"{sign}{abs(self.quarters):02d}"

@@ -1,0 +1,28 @@
+"""+CME ERROR texts for AT+CMEE=2 (3GPP TS 27.007 §9.2 and Quectel's file
+errors).  A profile may add or override texts in its [cme_text] table."""
+from __future__ import annotations
+
+CME_TEXT = {
+    0: "phone failure", 1: "no connection to phone", 3: "operation not allowed",
+    4: "operation not supported", 10: "SIM not inserted", 13: "SIM failure",
+    14: "SIM busy", 20: "memory full", 21: "invalid index", 22: "not found",
+    23: "memory failure", 24: "text string too long", 25: "invalid characters in text string",
+    30: "no network service", 31: "network timeout", 50: "incorrect parameters",
+    58: "invalid command line", 100: "unknown",
+    # Quectel file system (LTE Standard FILE application note)
+    400: "invalid input value", 401: "larger than the size of the file", 402: "read zero byte",
+    403: "drive full", 405: "file not found", 406: "invalid file name", 407: "file already existed",
+    409: "fail to write the file", 410: "fail to open the file",
+    411: "fail to read the file", 413: "reach the max number of file allowed to be opened",
+    414: "the file read-only", 416: "invalid file descriptor", 417: "fail to list the file",
+    418: "fail to delete the file", 419: "fail to get disk info", 420: "no space",
+    421: "time out", 423: "file too large", 425: "invalid parameter", 426: "file already opened",
+}
+
+
+def cme_text(code: int, profile=None) -> str:
+    if profile is not None:
+        text = (profile.get("cme_text") or {}).get(str(code))
+        if text:
+            return text
+    return CME_TEXT.get(code, "unknown")

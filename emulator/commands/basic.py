@@ -1,0 +1,124 @@
+"""V.250 basic commands: ATE ATV ATQ ATZ AT&F AT&W ATI ATSn AT&C AT&D and AT+CMEE."""
+from __future__ import annotations
+
+from ..args import Args
+from ..at_parser import EXEC, READ, TEST, WRITE
+from ..registry import command
+from ..responses import CommandError, Response, ok
+
+
+def _flag(modem, cmd, lo: int = 0, hi: int = 1) -> int:
+    """Basic commands take an optional digit; omitted means 0 (V.250)."""
+    return Args(cmd).int(0, lo, hi, default=0)
+
+
+@command("E", EXEC)
+def echo(modem, cmd):
+    modem.settings.echo = bool(_flag(modem, cmd))
+    return ok()
+
+
+@command("V", EXEC)
+def verbose(modem, cmd):
+    modem.settings.verbose = bool(_flag(modem, cmd))
+    return ok()
+
+
+@command("Q", EXEC)
+def quiet(modem, cmd):
+    modem.settings.quiet = bool(_flag(modem, cmd))
+    return ok()
+
+
+@command("Z", EXEC)
+def restore(modem, cmd):
+    _flag(modem, cmd, 0, 0)
+    modem.restore_saved_settings()
+    return ok()
+
+
+@command("&F", EXEC)
+def factory(modem, cmd):
+    _flag(modem, cmd, 0, 0)
+    modem.settings = modem.factory_settings.copy()
+    return ok()
+
+
+@command("&W", EXEC)
+def save(modem, cmd):
+    _flag(modem, cmd, 0, 0)
+    modem.save_settings()
+    return ok()
+
+
+@command("I", EXEC)
+def identify(modem, cmd):
+    _flag(modem, cmd, 0, 0)
+    return ok(*modem.profile["identity.ati"])
+
+
+@command("&C", EXEC)
+def dcd_mode(modem, cmd):
+    modem.settings.dcd = _flag(modem, cmd, 0, 1)
+    return ok()
+
+
+@command("&D", EXEC)
+def dtr_mode(modem, cmd):
+    modem.settings.dtr = _flag(modem, cmd, 0, 2)
+    return ok()
+
+
+# S registers: S3 line terminator, S4 response formatting, S5 backspace, ...
+_SREG_RANGES = {0: (0, 255), 3: (0, 127), 4: (0, 127), 5: (0, 127), 6: (2, 10),
+                7: (1, 255), 8: (0, 255), 10: (1, 254), 12: (0, 255)}
+
+
+def _register(cmd) -> int:
+    number = int(cmd.name[1:])
+    if number not in _SREG_RANGES:
+        raise CommandError("ERROR", f"S{number} is not a supported register")
+    return number
+
+
+@command("S", READ)
+def sreg_read(modem, cmd):
+    return ok(f"{modem.settings.sreg[_register(cmd)]:03d}")
+
+
+@command("S", WRITE)
+def sreg_write(modem, cmd):
+    number = _register(cmd)
+    lo, hi = _SREG_RANGES[number]
+    modem.settings.sreg[number] = Args(cmd).int(0, lo, hi)
+    return ok()
+
+
+@command("S", TEST)
+def sreg_test(modem, cmd):
+    lo, hi = _SREG_RANGES[_register(cmd)]
+    return ok(f"({lo}-{hi})")
+
+
+@command("+CMEE", WRITE)
+def cmee_write(modem, cmd):
+    args = Args(cmd)
+    args.at_most(1)
+    modem.settings.cmee = args.int(0, 0, 2, default=0)
+    return ok()
+
+
+@command("+CMEE", READ)
+def cmee_read(modem, cmd):
+    return ok(f"+CMEE: {modem.settings.cmee}")
+
+
+@command("+CMEE", TEST)
+def cmee_test(modem, cmd):
+    return ok("+CMEE: (0-2)")
+
+
+@command("+CMEE", EXEC)
+def cmee_exec(modem, cmd):
+    modem.settings.cmee = 0
+    return Response([], "OK")

@@ -1,0 +1,189 @@
+"""Commands a host driver sends on start-up: identity, SIM, signal, registration,
+functionality, serial settings and the clock.  Values come from the profile."""
+from __future__ import annotations
+
+from ..args import Args
+from ..at_parser import EXEC, READ, TEST, WRITE
+from ..registry import command
+from ..responses import Cme, CommandError, ok
+
+
+def _plain(key: str):
+    def handler(modem, cmd):
+        return ok(modem.profile[key])
+    return handler
+
+
+for _name, _key in (("+CGMI", "identity.manufacturer"), ("+GMI", "identity.manufacturer"),
+                    ("+CGMM", "identity.model"), ("+GMM", "identity.model"),
+                    ("+CGMR", "identity.revision"), ("+GMR", "identity.revision"),
+                    ("+CGSN", "identity.imei"), ("+GSN", "identity.imei"),
+                    ("+CIMI", "identity.imsi")):
+    command(_name, EXEC)(_plain(_key))
+
+
+@command("+QCCID", EXEC)
+def qccid(modem, cmd):
+    return ok(f"+QCCID: {modem.profile['identity.iccid']}")
+
+
+@command("+CCID", EXEC)
+@command("+CCID", READ)
+def ccid(modem, cmd):
+    return ok(f"+CCID: {modem.profile['identity.iccid']}")
+
+
+@command("+CPIN", READ)
+def cpin(modem, cmd):
+    return ok("+CPIN: READY")
+
+
+@command("+CSQ", EXEC)
+def csq(modem, cmd):
+    rssi, ber = modem.profile["network.csq"] if modem.cfun == 1 else (99, 99)
+    return ok(f"+CSQ: {rssi},{ber}")
+
+
+@command("+CSQ", TEST)
+def csq_test(modem, cmd):
+    return ok("+CSQ: (0-31,99),(0-7,99)")
+
+
+def _registration(name: str):
+    def read(modem, cmd):
+        n = modem.reg_urc[name]
+        stat = modem.profile["network.reg_stat"] if modem.cfun == 1 else 0
+        if n == 2 and stat in (1, 5):
+            # Location fields are fixed values: the emulator has no cell to report.
+            return ok(f'{name}: {n},{stat},"D5D5","8A21B03",{modem.profile["network.act"]}')
+        return ok(f"{name}: {n},{stat}")
+
+    def write(modem, cmd):
+        args = Args(cmd)
+        args.at_most(1)
+        modem.reg_urc[name] = args.int(0, 0, 2, default=0)
+        return ok()
+
+    def test(modem, cmd):
+        return ok(f"{name}: (0-2)")
+
+    command(name, READ)(read)
+    command(name, WRITE)(write)
+    command(name, TEST)(test)
+
+
+for _name in ("+CREG", "+CGREG", "+CEREG"):
+    _registration(_name)
+
+
+@command("+COPS", READ)
+def cops(modem, cmd):
+    if modem.cfun != 1:
+        return ok("+COPS: 0")
+    return ok(f'+COPS: 0,0,"{modem.profile["network.operator"]}",{modem.profile["network.act"]}')
+
+
+@command("+COPS", TEST)
+def cops_test(modem, cmd):
+    op = modem.profile["network.operator"]
+    return ok(f'+COPS: (2,"{op}","{op}","46001",{modem.profile["network.act"]}),,(0-4),(0-2)')
+
+
+@command("+CFUN", READ)
+def cfun_read(modem, cmd):
+    return ok(f"+CFUN: {modem.cfun}")
+
+
+@command("+CFUN", TEST)
+def cfun_test(modem, cmd):
+    return ok("+CFUN: (0,1,4),(0-1)")
+
+
+@command("+CFUN", WRITE)
+def cfun_write(modem, cmd):
+    args = Args(cmd)
+    args.at_most(2)
+    fun = args.int(0, 0, 4)
+    if fun not in (0, 1, 4):
+        raise CommandError(Cme(50), f"AT+CFUN={fun}: only 0, 1 and 4")
+    reset = args.int(1, 0, 1, default=0)
+    if reset:
+        modem.reset()
+        if modem.loop is not None:
+            # A rebooting module reports its start-up URCs a moment after OK.
+            modem.loop.call_later(0.05, _boot_urcs, modem)
+        return ok()
+    if fun != 1:
+        for cid in [c.cid for c in modem.pdp.active()]:
+            modem.deactivate_pdp(cid)
+    modem.cfun = fun
+    return ok()
+
+
+def _boot_urcs(modem) -> None:
+    for line in modem.profile.get("defaults.boot_urcs", []):
+        modem.urc(line)
+
+
+@command("+IPR", READ)
+def ipr_read(modem, cmd):
+    return ok(f"+IPR: {modem.settings.ipr}")
+
+
+@command("+IPR", TEST)
+def ipr_test(modem, cmd):
+    rates = ",".join(str(r) for r in modem.profile["serial.baud_rates"])
+    return ok(f"+IPR: (0,{rates}),(0)")
+
+
+@command("+IPR", WRITE)
+def ipr_write(modem, cmd):
+    args = Args(cmd)
+    args.at_most(1)
+    rate = args.int(0, 0, 4_000_000)
+    if rate != 0 and rate not in modem.profile["serial.baud_rates"]:
+        raise CommandError("ERROR", f"baud rate {rate} not supported by {modem.profile.name}")
+    modem.settings.ipr = rate
+    return ok()
+
+
+@command("+IFC", READ)
+def ifc_read(modem, cmd):
+    dce_by_dte, dte_by_dce = modem.settings.ifc
+    return ok(f"+IFC: {dce_by_dte},{dte_by_dce}")
+
+
+@command("+IFC", TEST)
+def ifc_test(modem, cmd):
+    return ok("+IFC: (0,2),(0,2)")
+
+
+@command("+IFC", WRITE)
+def ifc_write(modem, cmd):
+    args = Args(cmd)
+    args.at_most(2)
+    a = args.int(0, 0, 2, default=0)
+    b = args.int(1, 0, 2, default=0)
+    if 1 in (a, b):
+        raise CommandError("ERROR", "AT+IFC: only 0 (none) and 2 (RTS/CTS)")
+    modem.settings.ifc = (a, b)
+    return ok()
+
+
+@command("+CCLK", READ)
+def cclk_read(modem, cmd):
+    return ok(f'+CCLK: "{modem.clock.format_local()}"')
+
+
+@command("+CCLK", WRITE)
+def cclk_write(modem, cmd):
+    args = Args(cmd, error=Cme(50))
+    args.at_most(1)
+    if not modem.clock.set_local(args.str(0, quoted=True, max_len=20)):
+        raise CommandError(Cme(50), "AT+CCLK wants \"yy/MM/dd,hh:mm:ss+zz\"")
+    return ok()
+
+
+@command("+CCLK", TEST)
+def cclk_test(modem, cmd):
+    return ok()

@@ -1,0 +1,293 @@
+"""The command state of one modem port: lexer -> parser -> dispatcher -> framing.
+
+Bytes from the host enter feed().  In command state they go through the lexer;
+after a handler asks for data (DataRequest) they go to a collector until the
+length is reached or Ctrl+Z / ESC; while a handler's answer is pending the port
+is busy and input waits in the inbox (nothing is lost).  URCs raised meanwhile
+are queued and written when the port is back in command state.
+Nothing here touches a file descriptor: output leaves through modem.write().
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import TYPE_CHECKING
+
+from .at_lexer import CommandLine, CommandLineLexer, Echo, LineTooLong, RepeatLast
+from .at_parser import Command, Malformed, parse_line
+from .cme import cme_text
+from .registry import TABLE
+from .responses import RESULT_CODES, Cme, CommandError, DataRequest, Raw, Response, Text
+
+if TYPE_CHECKING:
+    from .modem import Modem
+
+log = logging.getLogger("emulator.at")
+_S_REGISTER = re.compile(r"^S\d+$")
+CTRL_Z, ESC = 0x1A, 0x1B
+
+
+class _Collector:
+    def __init__(self, request: DataRequest) -> None:
+        self.request = request
+        self.buf = bytearray()
+        self.overflow = False
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Interpreter:
+    def __init__(self, modem: "Modem") -> None:
+        self.modem = modem
+        self.lexer = CommandLineLexer(modem.profile["serial.line_max"])
+        self._inbox = bytearray()
+        self._queue: list[Command | Malformed] = []
+        self._after: list[str] = []
+        self._collector: _Collector | None = None
+        self._busy = False
+        self._urcs: list[bytes] = []
+        self._last_line: bytes | None = None
+
+    # -- input ---------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        return not self._busy and self._collector is None
+
+    def feed(self, data: bytes) -> None:
+        self._inbox += data
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._inbox and not self._busy:
+            if self._collector is not None:
+                self._feed_collector()
+            else:
+                self._lex_some()
+        if self.idle:
+            self._flush_urcs()
+
+    def _lex_some(self) -> None:
+        s = self.modem.settings
+        self.lexer.s3, self.lexer.s5, self.lexer.echo = s.sreg[3], s.sreg[5], s.echo
+        # Up to the next line end or '/': at most one line event per chunk, so a
+        # command that switches to data mode sees the following bytes as data.
+        cut = len(self._inbox)
+        for stop in (bytes([s.sreg[3]]), b"/"):
+            i = self._inbox.find(stop)
+            if 0 <= i < cut:
+                cut = i + 1
+        chunk = bytes(self._inbox[:cut])
+        del self._inbox[:cut]
+        for event in self.lexer.feed(chunk):
+            if isinstance(event, Echo):
+                self.modem.write(event.data)
+            elif isinstance(event, CommandLine):
+                self._last_line = event.body
+                self._start_line(event.body)
+            elif isinstance(event, RepeatLast):
+                if self._last_line is not None:
+                    self._start_line(self._last_line)
+            elif isinstance(event, LineTooLong):
+                log.info("command line longer than %d bytes: ERROR", self.lexer.max_line)
+                self._write_final("ERROR")
+
+    # -- command execution ---------------------------------------------------
+    def _start_line(self, body: bytes) -> None:
+        self._queue = list(parse_line(body))
+        self._after = []
+        self._run_queue()
+
+    def _run_queue(self) -> None:
+        while self._queue:
+            item = self._queue.pop(0)
+            response = self._dispatch(item)
+            if not self._handle(response):
+                return
+        self._write_final("OK")
+        self._write_after()
+
+    def _dispatch(self, item: Command | Malformed) -> Response:
+        if isinstance(item, Malformed):
+            log.info("ERROR: malformed command %r (%s)", item.raw, item.reason)
+            return Response([], "ERROR")
+        profile = self.modem.profile
+        name = "S" if _S_REGISTER.match(item.name) else item.name
+        variant = profile.command_variant(name)
+        if variant is None:
+            log.info("ERROR: AT%s is not a command of profile %s", item.raw, profile.name)
+            return Response([], "ERROR")
+        entry = TABLE.lookup(name, item.kind, variant)
+        if entry is None:
+            if item.kind == "test" and TABLE.knows(name, variant):
+                return Response([], "OK")
+            log.info("ERROR: AT%s (%s form) not supported", item.raw, item.kind)
+            return Response([], "ERROR")
+        try:
+            return entry.func(self.modem, item)
+        except CommandError as exc:
+            if exc.log:
+                log.info("%s for AT%s: %s", _final_name(exc.final), item.raw, exc.log)
+            return Response([], exc.final)
+        except Exception:     # a handler bug must never take the emulator down
+            log.exception("handler for AT%s failed", item.raw)
+            return Response([], "ERROR")
+
+    def _handle(self, response: Response) -> bool:
+        """Write a response; True when the line may go on with its next command."""
+        self._write_lines(response.lines)
+        self._after.extend(response.after)
+        if response.pending is not None:
+            self._await(response.pending)
+            return False
+        if response.data is not None:
+            self._queue.clear()                  # the rest of the line is data now
+            self._start_collector(response.data)
+            return False
+        if response.final == "OK":
+            return True
+        self._queue.clear()
+        if response.final is not None:
+            self._write_final(response.final)
+        self._write_after()
+        return False
+
+    def _await(self, awaitable) -> None:
+        self._busy = True
+        task = asyncio.ensure_future(awaitable)
+        task.add_done_callback(self._pending_done)
+
+    def _pending_done(self, task: asyncio.Future) -> None:
+        self._busy = False
+        try:
+            response = task.result()
+        except asyncio.CancelledError:
+            return
+        except CommandError as exc:
+            response = Response([], exc.final)
+        except Exception:
+            log.exception("pending command failed")
+            response = Response([], "ERROR")
+        if self._handle(response):
+            self._run_queue()
+        self._pump()
+
+    # -- data collection -----------------------------------------------------
+    def _start_collector(self, request: DataRequest) -> None:
+        self._collector = collector = _Collector(request)
+        if request.prompt:
+            self.modem.write(request.prompt)
+        if request.timeout is not None and self.modem.loop is not None:
+            collector.timer = self.modem.loop.call_later(
+                request.timeout, self._finish_collector, collector, "timeout")
+        if request.length == 0:
+            self._finish_collector(collector, "done")
+
+    def _feed_collector(self) -> None:
+        c = self._collector
+        req = c.request
+        if req.length is not None:
+            take = bytes(self._inbox[:req.length - len(c.buf)])
+            del self._inbox[:len(take)]
+            c.buf += take
+            self._echo_data(take)
+            if len(c.buf) == req.length:
+                self._finish_collector(c, "done")
+            return
+        ends = [i for i in (self._inbox.find(CTRL_Z),
+                            self._inbox.find(ESC) if req.escape_cancels else -1) if i >= 0]
+        end = min(ends) if ends else len(self._inbox)
+        data = bytes(self._inbox[:end])
+        self._echo_data(data)
+        terminator = self._inbox[end] if end < len(self._inbox) else None
+        del self._inbox[:end + (terminator is not None)]
+        room = (req.max_length - len(c.buf)) if req.max_length is not None else len(data)
+        if len(data) > room:
+            c.overflow = True
+        c.buf += data[:max(room, 0)]
+        if terminator == CTRL_Z:
+            self._finish_collector(c, "overflow" if c.overflow else "done")
+        elif terminator == ESC:
+            self._finish_collector(c, "cancel")
+
+    def _echo_data(self, data: bytes) -> None:
+        if data and self.modem.settings.echo:
+            self.modem.write(data)
+
+    def _finish_collector(self, collector: _Collector, reason: str) -> None:
+        if self._collector is not collector:
+            return                               # a late timer
+        self._collector = None
+        if collector.timer is not None:
+            collector.timer.cancel()
+        try:
+            response = collector.request.on_done(bytes(collector.buf), reason)
+        except CommandError as exc:
+            response = Response([], exc.final)
+        except Exception:
+            log.exception("data handler failed")
+            response = Response([], "ERROR")
+        if self._handle(response):
+            self._write_final("OK")
+            self._write_after()
+        if reason == "timeout":
+            self._pump()
+
+    # -- output --------------------------------------------------------------
+    def urc(self, line: str | bytes, raw: bytes = b"") -> None:
+        """An unsolicited line (+ optional raw bytes after it, e.g. direct push data)."""
+        text = line.encode("latin-1") if isinstance(line, str) else line
+        framed = (b"\r\n" + text + b"\r\n" if self.modem.settings.verbose else text + b"\r\n") + raw
+        if self.idle:
+            self.modem.write(framed)
+        else:
+            self._urcs.append(framed)
+
+    def _flush_urcs(self) -> None:
+        while self._urcs:
+            self.modem.write(self._urcs.pop(0))
+
+    def _write_lines(self, lines) -> None:
+        if not lines:
+            return
+        verbose = self.modem.settings.verbose
+        out = bytearray(b"\r\n" if verbose else b"")
+        for line in lines:
+            out += line.data if isinstance(line, Raw) else line.encode("latin-1")
+            out += b"\r\n"
+        self.modem.write(bytes(out))
+
+    def _write_after(self) -> None:
+        after, self._after = self._after, []
+        for line in after:
+            self.urc(line)
+
+    def _write_final(self, final) -> None:
+        s = self.modem.settings
+        if isinstance(final, Text):
+            text = final.text
+        elif isinstance(final, Cme):
+            if s.quiet:
+                return
+            if s.cmee == 0:
+                final, text = "ERROR", None
+            elif s.cmee == 1:
+                text = f"+CME ERROR: {final.code}"
+            else:
+                text = f"+CME ERROR: {cme_text(final.code, self.modem.profile)}"
+            if text is not None:
+                self.modem.write((f"\r\n{text}\r\n" if s.verbose else f"{text}\r\n").encode("latin-1"))
+                return
+        if isinstance(final, str):
+            if s.quiet:
+                return
+            if not s.verbose:
+                self.modem.write(f"{RESULT_CODES[final]}\r".encode())
+                return
+            text = final
+        self.modem.write((f"\r\n{text}\r\n" if s.verbose else f"{text}\r\n").encode("latin-1"))
+
+
+def _final_name(final) -> str:
+    if isinstance(final, Cme):
+        return f"+CME ERROR: {final.code}"
+    return final.text if isinstance(final, Text) else str(final)

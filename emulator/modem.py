@@ -1,0 +1,123 @@
+"""One emulated module: its profile, port settings, clock, PDP contexts, stores
+and per-feature state, and the interpreter that drives them.
+
+The modem never touches a file descriptor: the transport feeds it host bytes
+(feed) and gives it a sink for output (attach).  Handlers reach everything a
+command may need through the modem; features (SSL sockets, file store...) keep
+their state in `modem.feature(key, factory)` so adding one touches no core file.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+from . import commands  # noqa: F401  (registers every handler in the table)
+from .clock import ModemClock
+from .interpreter import Interpreter
+from .pdp import PdpTable
+from .profile import Profile
+from .settings import Settings
+from .storage.secstore import SecStore
+from .storage.vfs import FileStore
+
+log = logging.getLogger("emulator.modem")
+
+
+class Modem:
+    def __init__(self, profile: Profile, *, state_dir: Path | None = None,
+                 network=None, name: str = "modem0", demo=None) -> None:
+        self.profile = profile
+        self.name = name
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.network = network            # emulator.network.Network (routing layer)
+        self.demo = demo                  # the built-in demo peer, when running with --demo
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.factory_settings = Settings.factory(profile)
+        self.settings = Settings.load(self._settings_path, self.factory_settings)
+        self.clock = ModemClock(profile["defaults.timezone_quarters"])
+        self.cfun = 1
+        self.reg_urc = {"+CREG": 0, "+CGREG": 0, "+CEREG": 0}
+        self.pdp = PdpTable(profile)
+        self._features: dict[str, object] = {}
+        self._listeners: dict[str, list[Callable]] = defaultdict(list)
+        self._sink: Callable[[bytes], None] | None = None
+        self.interpreter = Interpreter(self)
+
+    @property
+    def _settings_path(self) -> Path | None:
+        return self.state_dir / "settings.json" if self.state_dir is not None else None
+
+    # -- wiring ---------------------------------------------------------------
+    def attach(self, sink: Callable[[bytes], None], loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._sink = sink
+        self.loop = loop
+
+    def feed(self, data: bytes) -> None:
+        self.interpreter.feed(data)
+
+    def write(self, data: bytes) -> None:
+        if self._sink is not None and data:
+            self._sink(data)
+
+    def urc(self, line: str | bytes, raw: bytes = b"") -> None:
+        self.interpreter.urc(line, raw)
+
+    def feature(self, key: str, factory: Callable[["Modem"], object]):
+        """Per-modem state of a feature, created on first use."""
+        state = self._features.get(key)
+        if state is None:
+            state = self._features[key] = factory(self)
+        return state
+
+    @property
+    def files(self):
+        """The module's file system (UFS persists in the state dir, RAM does not)."""
+        return self.feature("files", _make_files)
+
+    @property
+    def secstore(self):
+        """The ML302 certificate store (encrypted at rest in the state dir)."""
+        return self.feature("secstore", lambda m: SecStore(m.state_dir))
+
+    # -- events between features (PDP loss closes sockets, reset clears RAM) --
+    def on(self, event: str, callback: Callable[..., None]) -> None:
+        self._listeners[event].append(callback)
+
+    def emit(self, event: str, **kwargs) -> None:
+        for callback in list(self._listeners[event]):
+            try:
+                callback(**kwargs)
+            except Exception:
+                log.exception("listener for %s failed", event)
+
+    # -- lifecycle ------------------------------------------------------------
+    def save_settings(self) -> None:
+        self.settings.save(self._settings_path)
+
+    def restore_saved_settings(self) -> None:
+        self.settings = Settings.load(self._settings_path, self.factory_settings)
+
+    def deactivate_pdp(self, cid: int) -> None:
+        self.pdp.deactivate(cid)
+        self.emit("pdp_deactivated", cid=cid)
+
+    def reset(self) -> None:
+        """AT+CFUN=1,1: what a module loses when it reboots."""
+        for cid in [c.cid for c in self.pdp.active()]:
+            self.deactivate_pdp(cid)
+        self.emit("reset")
+        self.restore_saved_settings()
+        self.cfun = 1
+
+
+def _make_files(modem: Modem) -> FileStore:
+    p = modem.profile
+    store = FileStore(modem.state_dir, p["files.ufs_capacity"], p["files.ram_capacity"],
+                      max_name_len=p["files.max_name_len"])
+    modem.on("reset", store.clear_ram)
+    return store

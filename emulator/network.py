@@ -1,0 +1,141 @@
+"""The one way out to the network: routing, name resolution, connections.
+
+A host:port that the modem host dials (AT+QSSLOPEN) can be mapped to another
+address ("--route www.iottest.work:443=127.0.0.1:8443"); the host still sees
+its own name and port everywhere (QSSLSTATE, SNI, certificate checks).  With
+offline=True an unrouted name fails like a DNS error instead of touching the
+real network.  Tests and CI route every name they dial to loopback.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+
+log = logging.getLogger("emulator.network")
+
+
+class NetworkError(Exception):
+    """kind: "dns" | "connect" | "timeout"; reason: a line for the log."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+def _split_host_port(text: str, need_port: bool) -> tuple[str, int | None]:
+    text = text.strip()
+    if text.startswith("["):                       # [v6]:port
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    if not host:
+        raise ValueError(f"{text!r}: empty host")
+    if port is None:
+        if need_port:
+            raise ValueError(f"{text!r}: a port is needed")
+        return host, None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: bad port")
+    return host, int(port)
+
+
+def parse_route(spec: str) -> tuple[tuple[str, int | None], tuple[str, int | None]]:
+    """"HOST:PORT=ADDR:PORT" or "HOST=ADDR" (any port, kept)."""
+    left, sep, right = spec.partition("=")
+    if not sep:
+        raise ValueError(f"route {spec!r}: expected HOST:PORT=ADDR:PORT")
+    src = _split_host_port(left, need_port=False)
+    dst = _split_host_port(right, need_port=False)
+    if (src[1] is None) != (dst[1] is None):
+        raise ValueError(f"route {spec!r}: give a port on both sides or on neither")
+    return (src[0].lower(), src[1]), dst
+
+
+class Router:
+    def __init__(self, routes: list[str] | dict[str, str] | None = None, offline: bool = False) -> None:
+        self.offline = offline
+        self._routes: dict[tuple[str, int | None], tuple[str, int | None]] = {}
+        items = routes.items() if isinstance(routes, dict) else ((r, None) for r in routes or ())
+        for key, value in items:
+            self.add(key if value is None else f"{key}={value}")
+
+    def add(self, spec: str) -> None:
+        src, dst = parse_route(spec)
+        self._routes[src] = dst
+
+    def add_map(self, host: str, port: int, addr: str, dst_port: int) -> None:
+        self._routes[(host.lower(), port)] = (addr, dst_port)
+
+    def lookup(self, host: str, port: int) -> tuple[str, int] | None:
+        key = host.lower().strip("[]")
+        dst = self._routes.get((key, port)) or self._routes.get((key, None))
+        if dst is None:
+            return None
+        return dst[0], dst[1] if dst[1] is not None else port
+
+    async def resolve(self, host: str, port: int) -> tuple[str, int]:
+        routed = self.lookup(host, port)
+        if routed is not None:
+            return routed
+        if _is_ip(host):
+            if self.offline:
+                raise NetworkError("dns", f"{host}:{port} is not routed and the emulator is --offline")
+            return host, port
+        if self.offline:
+            raise NetworkError("dns", f"cannot resolve {host!r}: not routed and the emulator is --offline")
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise NetworkError("dns", f"cannot resolve {host!r}: {exc}") from None
+        return infos[0][4][0], port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+async def open_tcp(router: Router, host: str, port: int, protocol_factory, timeout: float):
+    """Resolve through the router and connect; returns (transport, protocol, (addr, port))."""
+    loop = asyncio.get_running_loop()
+    addr, real_port = await router.resolve(host, port)
+    try:
+        transport, protocol = await asyncio.wait_for(
+            loop.create_connection(protocol_factory, addr, real_port), timeout)
+    except asyncio.TimeoutError:
+        raise NetworkError("timeout", f"TCP connect to {addr}:{real_port} timed out") from None
+    except OSError as exc:
+        raise NetworkError("connect", f"TCP connect to {addr}:{real_port} failed: {exc.strerror or exc}") from None
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        # Handshake flights are written whole; Nagle would hold each back ~40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    log.info("connected %s:%d via %s:%d", host, port, addr, real_port)
+    return transport, protocol, (addr, real_port)
+
+
+async def open_udp(router: Router, host: str, port: int, protocol_factory):
+    loop = asyncio.get_running_loop()
+    addr, real_port = await router.resolve(host, port)
+    try:
+        transport, protocol = await loop.create_datagram_endpoint(
+            protocol_factory, remote_addr=(addr, real_port))
+    except OSError as exc:
+        raise NetworkError("connect", f"UDP socket to {addr}:{real_port} failed: {exc.strerror or exc}") from None
+    return transport, protocol, (addr, real_port)

@@ -1,0 +1,68 @@
+"""PDP contexts of one modem: configuration (AT+QICSGP / AT+CGDCONT) and
+activation state, with addresses handed out from the profile's pool."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+
+@dataclass
+class PdpContext:
+    cid: int
+    type: int = 1             # 1 IPv4, 2 IPv6, 3 IPv4v6 (Quectel numbering)
+    apn: str = ""
+    user: str = ""
+    password: str = ""
+    auth: int = 0
+    active: bool = False
+    address: str | None = None
+
+
+class PdpTable:
+    def __init__(self, profile) -> None:
+        self.first = profile["pdp.first_id"]
+        self.last = profile["pdp.last_id"]
+        self._pool_start = ipaddress.IPv4Address(profile["pdp.address_pool"])
+        self._default_apn = profile["pdp.default_apn"]
+        self._contexts: dict[int, PdpContext] = {}
+
+    def valid(self, cid: int) -> bool:
+        return self.first <= cid <= self.last
+
+    def get(self, cid: int) -> PdpContext:
+        if cid not in self._contexts:
+            self._contexts[cid] = PdpContext(cid, apn=self._default_apn)
+        return self._contexts[cid]
+
+    def defined(self) -> list[PdpContext]:
+        return [self._contexts[c] for c in sorted(self._contexts)]
+
+    def active(self) -> list[PdpContext]:
+        return [c for c in self.defined() if c.active]
+
+    def is_active(self, cid: int) -> bool:
+        ctx = self._contexts.get(cid)
+        return bool(ctx and ctx.active)
+
+    def activate(self, cid: int) -> PdpContext:
+        ctx = self.get(cid)
+        if not ctx.active:
+            used = {c.address for c in self._contexts.values() if c.active}
+            n = 0
+            while str(self._pool_start + n) in used:
+                n += 1
+            ctx.address = str(self._pool_start + n)
+            ctx.active = True
+        return ctx
+
+    def deactivate(self, cid: int) -> None:
+        ctx = self._contexts.get(cid)
+        if ctx:
+            ctx.active = False
+            ctx.address = None
+
+    def deactivate_all(self) -> list[int]:
+        cids = [c.cid for c in self.active()]
+        for cid in cids:
+            self.deactivate(cid)
+        return cids

@@ -1,0 +1,215 @@
+"""Module profiles: TOML files under profiles/ saying which module is imitated.
+
+A profile is data: identity strings, ranges, defaults, which commands exist (and
+which variant of each), response formats that differ, error codes.  Every key is
+declared in SCHEMA below with its type and range, so a typo or a bad value stops
+start-up with one line naming the file, the key and what is wrong.
+"""
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+class ProfileError(Exception):
+    pass
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, int) or isinstance(v, bool):
+            return f"must be an integer, got {v!r}"
+        if not lo <= v <= hi:
+            return f"must be in {lo}..{hi}, got {v}"
+        return None
+    return check
+
+
+def _str(v: Any) -> str | None:
+    return None if isinstance(v, str) else f"must be a string, got {v!r}"
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
+
+
+def _list(item: Callable, min_len: int = 0, max_len: int = 10_000) -> Callable:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list):
+            return f"must be a list, got {v!r}"
+        if not min_len <= len(v) <= max_len:
+            return f"must have {min_len}..{max_len} items, got {len(v)}"
+        for i, x in enumerate(v):
+            why = item(x)
+            if why:
+                return f"item {i}: {why}"
+        return None
+    return check
+
+
+def _ipv4(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return f"must be an IPv4 address string, got {v!r}"
+    try:
+        ipaddress.IPv4Address(v)
+    except ValueError:
+        return f"{v!r} is not an IPv4 address"
+    return None
+
+
+def _hex_id(v: Any) -> str | None:
+    if not isinstance(v, str) or not v.upper().startswith("0X"):
+        return f"must be a hex string like \"0X0035\", got {v!r}"
+    try:
+        n = int(v, 16)
+    except ValueError:
+        return f"{v!r} is not hexadecimal"
+    return None if 0 <= n <= 0xFFFF else f"{v!r} out of range"
+
+
+def _one_of(*choices: str) -> Callable:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(map(repr, choices))}, got {v!r}"
+    return check
+
+
+def _table(value: Callable) -> Callable:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, dict):
+            return f"must be a table, got {v!r}"
+        for k, x in v.items():
+            why = value(x)
+            if why:
+                return f"[{k}] {why}"
+        return None
+    return check
+
+
+# key path -> (required, check)
+SCHEMA: dict[str, tuple[bool, Callable]] = {
+    "profile.name": (True, _str),
+    "profile.description": (False, _str),
+    "identity.manufacturer": (True, _str),
+    "identity.model": (True, _str),
+    "identity.revision": (True, _str),
+    "identity.imei": (True, _str),
+    "identity.imsi": (True, _str),
+    "identity.iccid": (True, _str),
+    "identity.ati": (True, _list(_str, 1)),
+    "network.csq": (True, _list(_int(0, 199), 2, 2)),
+    "network.operator": (True, _str),
+    "network.act": (True, _int(0, 9)),
+    "network.reg_stat": (True, _int(0, 5)),
+    "defaults.echo": (True, _bool),
+    "defaults.verbose": (True, _bool),
+    "defaults.cmee": (True, _int(0, 2)),
+    "defaults.ipr": (True, _int(0, 4_000_000)),
+    "defaults.timezone_quarters": (True, _int(-48, 56)),
+    "defaults.boot_urcs": (False, _list(_str)),
+    "serial.baud_rates": (True, _list(_int(0, 4_000_000), 1)),
+    "serial.line_max": (True, _int(64, 65536)),
+    "pdp.style": (True, _one_of("qiact", "cgact")),
+    "pdp.first_id": (True, _int(0, 255)),
+    "pdp.last_id": (True, _int(0, 255)),
+    "pdp.address_pool": (True, _ipv4),
+    "pdp.default_apn": (True, _str),
+    "files.ufs_capacity": (True, _int(0, 1 << 34)),
+    "files.ram_capacity": (True, _int(0, 1 << 34)),
+    "files.max_name_len": (True, _int(1, 255)),
+    "ssl.contexts": (True, _int(1, 64)),
+    "ssl.sockets": (True, _int(1, 64)),
+    "ssl.send_max": (True, _int(1, 65535)),
+    "ssl.recv_max": (True, _int(1, 65535)),
+    "ssl.send_buffer": (True, _int(1, 1 << 24)),
+    "ssl.recv_buffer": (True, _int(1, 1 << 24)),
+    "ssl.cipher_suites": (True, _list(_hex_id, 1)),
+    "ssl.errors": (False, _table(_int(-1000, 1000))),
+    "commands": (True, _table(_str)),
+    "cme_text": (False, _table(_str)),
+}
+_SECTIONS = {k.split(".")[0] for k in SCHEMA}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: Path
+    data: dict
+
+    def get(self, key: str, default: Any = None) -> Any:
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def command_variant(self, name: str) -> str | None:
+        """The variant of `name` this module has, or None when it lacks it."""
+        return self.data["commands"].get(name.upper())
+
+
+_MISSING = object()
+
+
+def resolve_profile_path(spec: str) -> Path:
+    """"ec2x" / "ml302" name a built-in profile; anything else is a path."""
+    if spec.endswith(".toml") or "/" in spec:
+        return Path(spec)
+    return PROFILE_DIR / f"{spec}.toml"
+
+
+def load_profile(spec: str) -> Profile:
+    path = resolve_profile_path(spec)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ProfileError(f"profile {path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ProfileError(f"profile {path}: not valid TOML: {exc}") from None
+    validate(data, path)
+    return Profile(data["profile"]["name"], path, data)
+
+
+def validate(data: dict, path: Path) -> None:
+    for section, body in data.items():
+        if section not in _SECTIONS:
+            raise ProfileError(f"profile {path}: unknown section [{section}]")
+        if section in ("commands", "cme_text"):
+            continue
+        if not isinstance(body, dict):
+            raise ProfileError(f"profile {path}: key {section}: must be a table")
+        for key in body:
+            if f"{section}.{key}" not in SCHEMA:
+                raise ProfileError(f"profile {path}: key {section}.{key}: unknown key")
+    for key, (required, check) in SCHEMA.items():
+        node: Any = data
+        present = True
+        for part in key.split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                present = False
+                break
+        if not present:
+            if required:
+                raise ProfileError(f"profile {path}: key {key}: missing")
+            continue
+        why = check(node)
+        if why:
+            raise ProfileError(f"profile {path}: key {key}: {why}")
+    if data["pdp"]["first_id"] > data["pdp"]["last_id"]:
+        raise ProfileError(f"profile {path}: key pdp.last_id: smaller than pdp.first_id")

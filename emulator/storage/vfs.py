@@ -1,0 +1,382 @@
+"""The EC2x module's file system: the UFS (flash) and RAM drives.
+
+The AT layer (AT+QFUPL/QFLST/QFDEL/QFDWL/QFLDS) and the TLS engine (which
+reads "UFS:cacert.pem" and friends named by AT+QSSLCFG) sit on top of this.
+
+Names are what the host writes: "UFS:cacert.pem", "RAM:cacert.pem", or a bare
+"cacert.pem", which is UFS, Quectel's default drive. The drive prefix is
+case-insensitive, the file name case-sensitive. A name is a flat file name on
+a drive: anything that could escape the modem's storage (path separators,
+"..", control characters, ...) is refused with FileError.
+
+UFS survives a restart (files under <state_dir>/ufs/, written atomically);
+RAM is lost on restart and on clear_ram() (the AT layer calls it on AT+CFUN
+reset). With state_dir=None the UFS drive is kept in memory too (tests).
+One FileStore owns a state_dir: it indexes the UFS directory once at start.
+
+Errors are FileError with .code, the number the modem answers as
+"+CME ERROR: <code>", and .text, its meaning. The table is Quectel's FILE
+error table as Quectel's own host driver decodes it (GitHub
+quectel-develop/user-friendly-project, quectel/modules/bg95/bg95_filesystem.c,
+at_file_errcode_parse); the manual's PDF table itself could not be consulted.
+Note there is no 404 and no 408: "file not found" is 405, "invalid file name"
+406, "file already existed" 407. Which code each failure gets here:
+
+    malformed or unsafe name, unknown drive   406 Invalid file name
+    no such file                              405 File not found
+    write(overwrite=False) onto a file        407 File already existed
+    drive cannot hold the data / file count   403 Drive full
+    host OS error writing / reading / deleting 409 / 411 / 418
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import threading
+from pathlib import Path
+
+from .atomic_file import atomic_write, fsync_directory, remove_stale_temp_files
+
+__all__ = [
+    "FILE_ERROR_TEXT",
+    "FileError",
+    "FileStore",
+    "DRIVE_UFS",
+    "DRIVE_RAM",
+    "DRIVES",
+]
+
+# Quectel FILE error codes (+CME ERROR: <err>) and their manual wording.
+FILE_ERROR_TEXT: dict[int, str] = {
+    400: "Invalid input value",
+    401: "Larger than the size of the file",
+    402: "Read zero byte",
+    403: "Drive full",
+    405: "File not found",
+    406: "Invalid file name",
+    407: "File already existed",
+    409: "Fail to write the file",
+    410: "Fail to open the file",
+    411: "Fail to read the file",
+    413: "Reach the max number of file allowed to be opened",
+    414: "The file read-only",
+    416: "Invalid file descriptor",
+    417: "Fail to list the file",
+    418: "Fail to delete the file",
+    419: "Fail to get disk info",
+    420: "No space",
+    421: "Time out",
+    423: "File too large",
+    425: "Invalid parameter",
+    426: "File already opened",
+}
+
+ERR_DRIVE_FULL = 403
+ERR_NOT_FOUND = 405
+ERR_INVALID_NAME = 406
+ERR_ALREADY_EXISTS = 407
+ERR_WRITE_FAILED = 409
+ERR_READ_FAILED = 411
+ERR_DELETE_FAILED = 418
+
+DRIVE_UFS = "UFS"
+DRIVE_RAM = "RAM"
+DRIVES = (DRIVE_UFS, DRIVE_RAM)
+
+
+class FileError(Exception):
+    """A file operation the modem would refuse with +CME ERROR: <code>."""
+
+    def __init__(self, code: int, detail: str = "") -> None:
+        self.code = code
+        self.text = FILE_ERROR_TEXT[code]
+        self.detail = detail
+        message = f"{code} {self.text}"
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+
+def _check_basename(basename: str, max_len: int, allow_wildcards: bool) -> None:
+    """Refuse any basename that is not one flat, printable file name."""
+    if not basename:
+        raise FileError(ERR_INVALID_NAME, "empty file name")
+    if len(basename) > max_len:
+        raise FileError(ERR_INVALID_NAME, f"file name longer than {max_len}")
+    for char in basename:
+        # Printable ASCII only: control characters (NUL included) would corrupt
+        # AT responses and host paths; non-ASCII has no defined byte form here.
+        if not " " <= char <= "~":
+            raise FileError(ERR_INVALID_NAME, f"bad character {char!r}")
+    if "/" in basename or "\\" in basename or ":" in basename:
+        raise FileError(ERR_INVALID_NAME, "path separators are not allowed")
+    if ".." in basename:
+        # Also keeps user names apart from atomic_file.TEMP_PREFIX ("..tmp-").
+        raise FileError(ERR_INVALID_NAME, '".." is not allowed')
+    if basename == ".":
+        raise FileError(ERR_INVALID_NAME, '"." is not a file name')
+    if not allow_wildcards and ("*" in basename or "?" in basename):
+        raise FileError(ERR_INVALID_NAME, "wildcards only in list/delete patterns")
+
+
+def _wildcard_regex(pattern: str) -> re.Pattern[str]:
+    """fnmatch semantics for "*" and "?" only, case-sensitive.
+
+    fnmatch would also treat "[...]" as a character class, which the modem does
+    not; every other character therefore matches itself literally.
+    """
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.DOTALL)
+
+
+class _MemoryDrive:
+    """A drive whose files live in a dict (RAM, or UFS without state_dir)."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, bytes] = {}
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(data) for name, data in self._files.items()}
+
+    def read(self, basename: str) -> bytes:
+        return self._files[basename]
+
+    def write(self, basename: str, data: bytes) -> None:
+        self._files[basename] = data
+
+    def delete(self, basename: str) -> None:
+        del self._files[basename]
+
+    def clear(self) -> None:
+        self._files.clear()
+
+
+class _DirectoryDrive:
+    """A drive stored as one host file per modem file in a directory."""
+
+    def __init__(self, directory: Path, max_name_len: int) -> None:
+        self._directory = directory
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        remove_stale_temp_files(directory)
+        self._sizes: dict[str, int] = {}
+        for entry in directory.iterdir():
+            # Only regular files with names the modem could have created are
+            # modem files; anything else someone put there is ignored.
+            if entry.is_symlink() or not entry.is_file():
+                continue
+            try:
+                _check_basename(entry.name, max_name_len, allow_wildcards=False)
+            except FileError:
+                continue
+            self._sizes[entry.name] = entry.stat().st_size
+
+    def _path(self, basename: str) -> Path:
+        path = self._directory / basename
+        # Defence in depth: basenames are already validated as flat names.
+        if path.parent != self._directory:
+            raise FileError(ERR_INVALID_NAME, "name escapes the drive")
+        return path
+
+    def sizes(self) -> dict[str, int]:
+        return dict(self._sizes)
+
+    def read(self, basename: str) -> bytes:
+        # O_NOFOLLOW: never follow a symlink someone planted in the drive.
+        fd = os.open(self._path(basename), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read()
+
+    def write(self, basename: str, data: bytes) -> None:
+        atomic_write(self._path(basename), data, mode=0o600)
+        self._sizes[basename] = len(data)
+
+    def delete(self, basename: str) -> None:
+        try:
+            self._path(basename).unlink()
+        except FileNotFoundError:
+            pass  # already gone: the index was stale, deleting is still done
+        self._sizes.pop(basename, None)
+        fsync_directory(self._directory)
+
+
+class FileStore:
+    """The EC2x UFS and RAM drives with Quectel's naming, limits and errors."""
+
+    def __init__(
+        self,
+        state_dir: Path | None,
+        ufs_capacity: int,
+        ram_capacity: int,
+        max_name_len: int = 80,
+        max_files: int = 64,
+    ) -> None:
+        self._max_name_len = max_name_len
+        self._max_files = max_files
+        self._capacity = {DRIVE_UFS: ufs_capacity, DRIVE_RAM: ram_capacity}
+        ufs: _MemoryDrive | _DirectoryDrive
+        if state_dir is None:
+            ufs = _MemoryDrive()
+        else:
+            ufs = _DirectoryDrive(Path(state_dir) / "ufs", max_name_len)
+        self._drives: dict[str, _MemoryDrive | _DirectoryDrive] = {
+            DRIVE_UFS: ufs,
+            DRIVE_RAM: _MemoryDrive(),
+        }
+        # The AT layer and the TLS engine may call in from different threads.
+        self._lock = threading.RLock()
+
+    # -- names ---------------------------------------------------------------
+
+    def _split(self, name: str, allow_wildcards: bool) -> tuple[str, str]:
+        if not isinstance(name, str):
+            raise TypeError(f"file name must be str, not {type(name).__name__}")
+        drive, colon, basename = name.partition(":")
+        if not colon:
+            drive, basename = DRIVE_UFS, name
+        drive = drive.upper()
+        if drive not in DRIVES:
+            raise FileError(ERR_INVALID_NAME, f"unknown drive {name.partition(':')[0]!r}")
+        _check_basename(basename, self._max_name_len, allow_wildcards)
+        return drive, basename
+
+    def parse_name(self, name: str) -> tuple[str, str]:
+        """Split a host-written name into (drive, basename); refuse unsafe ones.
+
+        >>> store.parse_name("ram:cacert.pem")  # doctest: +SKIP
+        ('RAM', 'cacert.pem')
+        """
+        return self._split(name, allow_wildcards=False)
+
+    @staticmethod
+    def display_name(drive: str, basename: str) -> str:
+        """The name as AT+QFLST prints it: UFS files bare, RAM files "RAM:x"."""
+        return basename if drive == DRIVE_UFS else f"{drive}:{basename}"
+
+    # -- single files --------------------------------------------------------
+
+    def _used(self, drive: str) -> int:
+        return sum(self._drives[drive].sizes().values())
+
+    def check_writable(self, name: str, size: int, overwrite: bool = True) -> None:
+        """Raise the FileError write() would raise for ``size`` bytes, or nothing.
+
+        Lets AT+QFUPL refuse before it answers CONNECT and takes the data.
+        """
+        drive, basename = self.parse_name(name)
+        with self._lock:
+            sizes = self._drives[drive].sizes()
+            old_size = sizes.get(basename)
+            if old_size is not None and not overwrite:
+                raise FileError(ERR_ALREADY_EXISTS, name)
+            if old_size is None and len(sizes) >= self._max_files:
+                raise FileError(ERR_DRIVE_FULL, f"{drive} holds {self._max_files} files")
+            # The old file's space is reusable because it is being replaced.
+            free = self._capacity[drive] - sum(sizes.values()) + (old_size or 0)
+            if size > free:
+                raise FileError(ERR_DRIVE_FULL, f"{size} bytes, {free} free on {drive}")
+
+    def write(self, name: str, data: bytes, overwrite: bool = True) -> None:
+        """Store ``data`` as ``name``, replacing an existing file by default."""
+        payload = bytes(data)
+        drive, basename = self.parse_name(name)
+        with self._lock:
+            self.check_writable(name, len(payload), overwrite)
+            try:
+                self._drives[drive].write(basename, payload)
+            except OSError as exc:
+                raise FileError(ERR_WRITE_FAILED, f"{name}: {exc.strerror}") from exc
+
+    def read(self, name: str) -> bytes:
+        drive, basename = self.parse_name(name)
+        with self._lock:
+            if basename not in self._drives[drive].sizes():
+                raise FileError(ERR_NOT_FOUND, name)
+            try:
+                return self._drives[drive].read(basename)
+            except (KeyError, FileNotFoundError) as exc:
+                raise FileError(ERR_NOT_FOUND, name) from exc
+            except OSError as exc:
+                code = ERR_NOT_FOUND if exc.errno == errno.ELOOP else ERR_READ_FAILED
+                raise FileError(code, f"{name}: {exc.strerror}") from exc
+
+    def exists(self, name: str) -> bool:
+        drive, basename = self.parse_name(name)
+        with self._lock:
+            return basename in self._drives[drive].sizes()
+
+    def size(self, name: str) -> int:
+        drive, basename = self.parse_name(name)
+        with self._lock:
+            try:
+                return self._drives[drive].sizes()[basename]
+            except KeyError:
+                raise FileError(ERR_NOT_FOUND, name) from None
+
+    def delete(self, name: str) -> None:
+        drive, basename = self.parse_name(name)
+        with self._lock:
+            if basename not in self._drives[drive].sizes():
+                raise FileError(ERR_NOT_FOUND, name)
+            self._delete(drive, basename)
+
+    def _delete(self, drive: str, basename: str) -> None:
+        try:
+            self._drives[drive].delete(basename)
+        except OSError as exc:
+            raise FileError(ERR_DELETE_FAILED, f"{basename}: {exc.strerror}") from exc
+
+    # -- patterns and drives -------------------------------------------------
+
+    def _matching(self, pattern: str | None) -> tuple[str, list[str]]:
+        """(drive, sorted basenames) selected by a QFLST/QFDEL pattern."""
+        drive, basename_pattern = self._split(
+            "*" if pattern is None else pattern, allow_wildcards=True
+        )
+        regex = _wildcard_regex(basename_pattern)
+        names = self._drives[drive].sizes()
+        return drive, sorted(n for n in names if regex.fullmatch(n))
+
+    def delete_matching(self, pattern: str) -> int:
+        """Delete every file the pattern selects ("*" = all UFS, "RAM:*" = all
+        RAM); return how many. Zero matches is not an error here."""
+        with self._lock:
+            drive, basenames = self._matching(pattern)
+            for basename in basenames:
+                self._delete(drive, basename)
+            return len(basenames)
+
+    def space(self, drive: str) -> tuple[int, int]:
+        """(free_bytes, total_bytes) of "UFS" or "RAM" (a trailing ":" is fine)."""
+        key = self._drive_key(drive)
+        with self._lock:
+            total = self._capacity[key]
+            return total - self._used(key), total
+
+    def usage(self, drive: str) -> tuple[int, int]:
+        """(bytes used by files, number of files): the AT+QFLDS execution form."""
+        key = self._drive_key(drive)
+        with self._lock:
+            sizes = self._drives[key].sizes()
+            return sum(sizes.values()), len(sizes)
+
+    @staticmethod
+    def _drive_key(drive: str) -> str:
+        key = drive.upper().rstrip(":")
+        if key not in DRIVES:
+            raise FileError(ERR_INVALID_NAME, f"unknown drive {drive!r}")
+        return key
+
+    def clear_ram(self) -> None:
+        """Forget every RAM file, as a module reset (AT+CFUN) does."""
+        with self._lock:
+            ram = self._drives[DRIVE_RAM]
+            assert isinstance(ram, _MemoryDrive)
+            ram.clear()
+
+    # Defined last so the builtin "list" stays usable in the class body above.
+    def list(self, pattern: str | None = None) -> list[tuple[str, int]]:
+        """[(name as QFLST prints it, size)], sorted; None lists all of UFS."""
+        with self._lock:
+            drive, basenames = self._matching(pattern)
+            sizes = self._drives[drive].sizes()
+            return [(self.display_name(drive, b), sizes[b]) for b in basenames]
