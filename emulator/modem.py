@@ -38,7 +38,8 @@ class Modem:
         self.demo = demo                  # the built-in demo peer, when running with --demo
         self.loop: asyncio.AbstractEventLoop | None = None
         self.factory_settings = Settings.factory(profile)
-        self.settings = Settings.load(self._settings_path, self.factory_settings)
+        self.saved_settings = Settings.load(self._settings_path, self.factory_settings)
+        self.settings = self.saved_settings.copy()
         self.clock = ModemClock(profile["defaults.timezone_quarters"])
         self.cfun = 1
         self.reg_urc = {"+CREG": 0, "+CGREG": 0, "+CEREG": 0}
@@ -97,10 +98,11 @@ class Modem:
 
     # -- lifecycle ------------------------------------------------------------
     def save_settings(self) -> None:
-        self.settings.save(self._settings_path)
+        self.saved_settings = self.settings.copy()
+        self.saved_settings.save(self._settings_path)
 
     def restore_saved_settings(self) -> None:
-        self.settings = Settings.load(self._settings_path, self.factory_settings)
+        self.settings = self.saved_settings.copy()
 
     def deactivate_pdp(self, cid: int) -> None:
         self.pdp.deactivate(cid)

@@ -101,9 +101,9 @@ def cfun_test(modem, cmd):
 
 @command("+CFUN", WRITE)
 def cfun_write(modem, cmd):
-    args = Args(cmd)
+    args = Args(cmd, error=Cme(50))
     args.at_most(2)
-    fun = args.int(0, 0, 4)
+    fun = args.int(0, 0, 127)
     if fun not in (0, 1, 4):
         raise CommandError(Cme(50), f"AT+CFUN={fun}: only 0, 1 and 4")
     reset = args.int(1, 0, 1, default=0)

@@ -1,0 +1,146 @@
+"""The modem-emulator command line, started as a user starts it."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ptyprocess
+import pytest
+
+from tests.host import Host
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "emulator", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def first_line(proc: subprocess.Popen) -> str:
+    line = proc.stdout.readline().strip()
+    if not line:
+        proc.kill()
+        raise AssertionError(f"no device path; stderr: {proc.stderr.read()}")
+    return line
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
+    proc.send_signal(sig)
+    try:
+        return proc.wait(10)
+    finally:
+        proc.kill()
+
+
+def test_ec2x_with_link_answers_the_manual_pdp_sequence(tmp_path):
+    link = tmp_path / "x"
+    proc = start("--profile", "ec2x", "--link", str(link), "--state-dir", str(tmp_path / "s"))
+    try:
+        assert first_line(proc) == str(link)
+        assert os.readlink(link).startswith("/dev/pts/")
+        host = Host(str(link))
+        assert host.at('AT+QICSGP=1,1,"UNINET","","",1') == b'AT+QICSGP=1,1,"UNINET","","",1\r\r\nOK\r\n'
+        assert host.at("AT+QIACT=1") == b"AT+QIACT=1\r\r\nOK\r\n"
+        assert host.at("AT+QIACT?") == b'AT+QIACT?\r\r\n+QIACT: 1,1,1,"10.7.157.1"\r\n\r\nOK\r\n'
+        assert host.at("AT+QIDEACT=1") == b"AT+QIDEACT=1\r\r\nOK\r\n"
+        host.close()
+    finally:
+        assert stop(proc) == 0
+    assert not link.exists() and not link.is_symlink()
+
+
+def test_ml302_answers_the_manual_pdp_sequence(tmp_path):
+    proc = start("--profile", "ml302", "--state-dir", str(tmp_path / "s"))
+    try:
+        path = first_line(proc)
+        assert path.startswith("/dev/pts/")
+        host = Host(path)
+        host.at("ATE0")
+        assert host.at('AT+CGDCONT=1,"IP","CMNET"') == b"\r\nOK\r\n"
+        assert host.at("AT+CGACT=1,1") == b"\r\n+CGACT: 1, 1, 10.127.79.43\r\n\r\nOK\r\n"
+        host.close()
+    finally:
+        assert stop(proc, signal.SIGINT) == 0
+
+
+def test_bad_profile_stops_startup_with_one_message(tmp_path):
+    bad = tmp_path / "my.toml"
+    text = (ROOT / "profiles" / "ec2x.toml").read_text().replace("sockets = 12", 'sockets = "twelve"')
+    bad.write_text(text)
+    proc = start("--profile", str(bad), "--state-dir", str(tmp_path / "s"))
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2
+    assert out == ""
+    assert err.strip().splitlines() == [
+        f"modem-emulator: profile {bad}: key ssl.sockets: must be an integer, got 'twelve'"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("[identity]", "[identity]\ncolour = 1"), "key identity.colour: unknown key"),
+    (lambda t: t.replace('model = "EC25"\n', ""), "key identity.model: missing"),
+    (lambda t: t + "\n[[oops", "not valid TOML"),
+])
+def test_profile_errors_name_the_key(tmp_path, edit, message):
+    from emulator.profile import ProfileError, load_profile
+    bad = tmp_path / "p.toml"
+    bad.write_text(edit((ROOT / "profiles" / "ec2x.toml").read_text()))
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(bad))
+    assert str(bad) in str(info.value) and message in str(info.value)
+
+
+def test_copied_profile_is_used(tmp_path):
+    mine = tmp_path / "mine.toml"
+    mine.write_text((ROOT / "profiles" / "ec2x.toml").read_text().replace('model = "EC25"', 'model = "EG95"'))
+    proc = start("--profile", str(mine), "--state-dir", str(tmp_path / "s"))
+    try:
+        host = Host(first_line(proc))
+        assert host.at("AT+CGMM") == b"AT+CGMM\r\r\nEG95\r\n\r\nOK\r\n"
+        host.close()
+    finally:
+        stop(proc)
+
+
+def test_link_never_overwrites_a_foreign_path(tmp_path):
+    victim = tmp_path / "file"
+    victim.write_text("keep me")
+    proc = start("--link", str(victim), "--state-dir", str(tmp_path / "s"))
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode != 0 and "not replacing" in err
+    assert victim.read_text() == "keep me"
+
+
+def test_stale_link_is_replaced(tmp_path):
+    link = tmp_path / "dev"
+    os.symlink("/dev/pts/99999", link)
+    proc = start("--link", str(link), "--state-dir", str(tmp_path / "s"))
+    try:
+        assert first_line(proc) == str(link)
+        assert os.path.exists(os.readlink(link))
+    finally:
+        stop(proc)
+
+
+def test_cli_in_a_terminal_prints_hints_and_stops_on_ctrl_c(tmp_path):
+    term = ptyprocess.PtyProcessUnicode.spawn(
+        [sys.executable, "-m", "emulator", "--state-dir", str(tmp_path / "s")], cwd=str(ROOT))
+    try:
+        seen = ""
+        deadline = time.monotonic() + 20
+        while "Ctrl+C" not in seen and time.monotonic() < deadline:
+            seen += term.read(4096)
+        assert seen.splitlines()[0].strip().startswith("/dev/pts/")
+        assert "python -m serial.tools.miniterm" in seen
+        term.sendintr()
+        deadline = time.monotonic() + 10
+        while term.isalive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not term.isalive() and term.exitstatus == 0
+    finally:
+        if term.isalive():
+            term.terminate(force=True)
