@@ -72,6 +72,12 @@ def make_keylog(path: str | None):
 
 async def run(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
+    # Handlers first: a signal that arrives right after the path is printed must still
+    # end the run cleanly (link removed, exit 0).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     router = Router(offline=args.offline)
     for spec in args.route:
         try:
@@ -98,10 +104,6 @@ async def run(args: argparse.Namespace) -> int:
               "are routed to loopback; CA uploaded as UFS:demo-ca.pem", file=sys.stderr)
     print("  stop with Ctrl+C", file=sys.stderr)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await emulator.close()
     return 0

@@ -189,7 +189,7 @@ class Interpreter:
             take = bytes(self._inbox[:req.length - len(c.buf)])
             del self._inbox[:len(take)]
             c.buf += take
-            self._echo_data(take)
+            self._echo_data(take, req)
             if len(c.buf) == req.length:
                 self._finish_collector(c, "done")
             return
@@ -197,7 +197,7 @@ class Interpreter:
                             self._inbox.find(ESC) if req.escape_cancels else -1) if i >= 0]
         end = min(ends) if ends else len(self._inbox)
         data = bytes(self._inbox[:end])
-        self._echo_data(data)
+        self._echo_data(data, req)
         terminator = self._inbox[end] if end < len(self._inbox) else None
         del self._inbox[:end + (terminator is not None)]
         room = (req.max_length - len(c.buf)) if req.max_length is not None else len(data)
@@ -209,8 +209,8 @@ class Interpreter:
         elif terminator == ESC:
             self._finish_collector(c, "cancel")
 
-    def _echo_data(self, data: bytes) -> None:
-        if data and self.modem.settings.echo:
+    def _echo_data(self, data: bytes, request: DataRequest) -> None:
+        if data and request.echo and self.modem.settings.echo:
             self.modem.write(data)
 
     def _finish_collector(self, collector: _Collector, reason: str) -> None:

@@ -129,6 +129,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "ssl.recv_buffer": (True, _int(1, 1 << 24)),
     "ssl.cipher_suites": (True, _list(_hex_id, 1)),
     "ssl.errors": (False, _table(_int(-1000, 1000))),
+    "ssl.at_port": (False, _str),
     "commands": (True, _table(_str)),
     "cme_text": (False, _table(_str)),
 }

@@ -41,7 +41,9 @@ class DataRequest:
     max_length: in Ctrl+Z mode, bytes beyond this are dropped and on_done gets
     reason "overflow".
     escape_cancels: ESC (0x1B) ends collection and cancels (only when length is None).
-    timeout: seconds without completion -> on_done(None, timed_out=True).
+    timeout: seconds without completion -> on_done(<bytes so far>, "timeout").
+    echo: with ATE1 the data are echoed ("> " prompts); False for CONNECT data
+    mode, where V.250 echo (a command-state feature) does not apply.
     on_done(data, reason) -> Response: data is what was collected;
     reason is "done", "cancel", "timeout" or "overflow".
     """
@@ -51,6 +53,7 @@ class DataRequest:
     max_length: int | None = None
     escape_cancels: bool = True
     timeout: float | None = None
+    echo: bool = True
 
 
 @dataclass

@@ -1,0 +1,302 @@
+"""Built-in TLS peers for `modem-emulator --demo`: the servers the manuals' examples talk to.
+
+The manuals' examples connect to 220.180.239.212:8010/8011 (EC2x, an echo service) and to
+https://www.iottest.work/test.html (ML302). With `--demo` the emulator routes those
+addresses to the local services started here, so a newcomer can paste the examples into a
+terminal with no network. The peers are deliberately an independent TLS implementation
+(Python `ssl`, i.e. OpenSSL) from the emulator's client side (python-mbedtls).
+
+Everything lives in memory for one run: a throw-away CA, a server certificate and a client
+certificate are generated at start-up with `cryptography`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import logging
+import re
+import ssl
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = logging.getLogger(__name__)
+
+# --- The ML302 manual's page, byte for byte -------------------------------------------------
+# Headers exactly as printed in the manual (its sample is dated 2019; the Date stays as printed).
+# The body is the printed 10 lines (95 visible bytes). The manual says Content-Length: 114 and
+# ETag "72-..." (0x72 = 114), and a total of 434 bytes; the headers with CRLF plus the blank
+# line are 320 bytes, so the body must be 114 = 95 + 19 line-ending bytes. Only a mix gives 19:
+# nine CRLF and one bare LF (all-LF gives 105, all-CRLF 115). Which line has the bare LF is not
+# recoverable from the print; we put it after the final </html> (a CRLF file whose last newline
+# was added by a Unix tool). Total: 320 + 114 = 434, as the manual's +QSSLRECV reports.
+_IOTTEST_BODY_LINES = (b"<html>", b"<head>", b"<title>", b"IOTTEST", b"</title>", b"</head>",
+                       b"<body>", b"Hello!This is an IOT test webpage!", b"</body>", b"</html>")
+IOTTEST_BODY = b"".join(line + b"\r\n" for line in _IOTTEST_BODY_LINES[:-1]) + b"</html>\n"
+IOTTEST_HEADERS = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Date: Sat, 12 Oct 2019 01:05:55 GMT\r\n"
+    b"Server: Apache/2.4.6 (CentOS) OpenSSL/1.0.2k-fips\r\n"
+    b"Last-Modified: Fri, 22 Feb 2019 07:38:30 GMT\r\n"
+    b'ETag: "72-58276ad682560"\r\n'
+    b"Accept-Ranges: bytes\r\n"
+    b"Content-Length: 114\r\n"
+    b"Keep-Alive: timeout=300, max=200\r\n"
+    b"Connection: Keep-Alive\r\n"
+    b"Content-Type: text/html; charset=UTF-8\r\n"
+    b"\r\n"
+)
+IOTTEST_RESPONSE = IOTTEST_HEADERS + IOTTEST_BODY
+assert len(IOTTEST_BODY) == 114 and len(IOTTEST_RESPONSE) == 434
+IOTTEST_PATH = "/test.html"
+
+# The end of a request head: two line ends in a row. People paste requests from terminals, so
+# accept CRLF, LF or a bare CR; the lookahead stops "\r\n" counting as two line ends.
+_LINE_END = rb"(?:\r\n|\n|\r(?!\n))"
+_HEAD_END = re.compile(_LINE_END + _LINE_END)
+_LINE_SPLIT = re.compile(_LINE_END)
+
+
+def _simple_response(status: bytes, text: bytes, close: bool) -> bytes:
+    body = b"<html><body>" + text + b"</body></html>\n"
+    return (b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(body)).encode()
+            + b"\r\nContent-Type: text/html; charset=UTF-8\r\nConnection: "
+            + (b"close" if close else b"Keep-Alive") + b"\r\n\r\n" + body)
+
+
+class DemoHttpSession:
+    """Sans-IO HTTP/1.1 server side of one connection, shared by the demo and the test servers.
+
+    feed() the decrypted bytes as they arrive; it returns the bytes to send back. After a
+    response that ends the connection, `should_close` is True.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.should_close = False
+        self.requests: list[str] = []   # request lines seen, for logs and tests
+
+    def feed(self, data: bytes) -> bytes:
+        self._buffer += data
+        out = b""
+        while not self.should_close:
+            # Leading empty lines are allowed before a request (RFC 9112 section 2.2).
+            self._buffer = self._buffer.lstrip(b"\r\n")
+            end = _HEAD_END.search(self._buffer)
+            if end is None:
+                break
+            head, self._buffer = self._buffer[:end.start()], self._buffer[end.end():]
+            out += self._respond(_LINE_SPLIT.split(head))
+        return out
+
+    def _respond(self, lines: list[bytes]) -> bytes:
+        request_line = lines[0].decode("latin-1")
+        self.requests.append(request_line)
+        parts = request_line.split()   # lenient: the manual's print has trailing spaces
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip().lower()
+        self.should_close = headers.get("connection") == "close"
+        if len(parts) < 2 or len(parts) > 3:
+            self.should_close = True
+            return _simple_response(b"400 Bad Request", b"Bad Request", True)
+        method, target = parts[0], parts[1]
+        # The manual sends the absolute form "GET https://www.iottest.work/test.html HTTP/1.1".
+        path = urlsplit(target).path if "://" in target else target.split("?")[0]
+        if method != "GET":
+            return _simple_response(b"405 Method Not Allowed", b"Method Not Allowed",
+                                    self.should_close)
+        if path == IOTTEST_PATH:
+            return IOTTEST_RESPONSE
+        return _simple_response(b"404 Not Found", b"Not Found", self.should_close)
+
+
+# --- Throw-away PKI ----------------------------------------------------------------------------
+# Wide validity window: the modem clock (AT+CCLK) may be set to the manual's 2019 dates or to
+# anything else, and the demo should verify at seclevel 1/2 regardless. 2049 keeps UTCTime.
+_VALID_FROM = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+_VALID_UNTIL = datetime.datetime(2049, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc)
+DEMO_SERVER_NAMES = ("www.iottest.work", "localhost", "220.180.239.212", "127.0.0.1")
+
+
+def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM,
+                             serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption())
+
+
+def _issue(subject_cn: str, key: rsa.RSAPrivateKey, issuer: x509.Certificate | None,
+           issuer_key: rsa.RSAPrivateKey, extensions: list[tuple[x509.ExtensionType, bool]]
+           ) -> x509.Certificate:
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "modem-emulator demo"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)])
+    builder = (x509.CertificateBuilder()
+               .subject_name(subject)
+               .issuer_name(issuer.subject if issuer else subject)
+               .public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(_VALID_FROM)
+               .not_valid_after(_VALID_UNTIL)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                              critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                   issuer_key.public_key()), critical=False))
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _leaf_usage(eku) -> list[tuple[x509.ExtensionType, bool]]:
+    return [(x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.KeyUsage(digital_signature=True, key_encipherment=True, content_commitment=False,
+                           data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                           crl_sign=False, encipher_only=False, decipher_only=False), True),
+            (x509.ExtendedKeyUsage([eku]), False)]
+
+
+def make_demo_pki() -> dict[str, bytes]:
+    """CA, server and client certificates as PEM. RSA keys so every RSA suite of the tables works."""
+    def new_key() -> rsa.RSAPrivateKey:
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    ca_key, server_key, client_key = new_key(), new_key(), new_key()
+    ca_usage = x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                             content_commitment=False, key_encipherment=False,
+                             data_encipherment=False, key_agreement=False,
+                             encipher_only=False, decipher_only=False)
+    ca = _issue("modem-emulator demo CA", ca_key, None, ca_key,
+                [(x509.BasicConstraints(ca=True, path_length=0), True), (ca_usage, True)])
+    sans = []
+    for name in DEMO_SERVER_NAMES:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    server = _issue("www.iottest.work", server_key, ca, ca_key,
+                    _leaf_usage(ExtendedKeyUsageOID.SERVER_AUTH)
+                    + [(x509.SubjectAlternativeName(sans), False)])
+    client = _issue("modem-emulator demo client", client_key, ca, ca_key,
+                    _leaf_usage(ExtendedKeyUsageOID.CLIENT_AUTH))
+    pem = serialization.Encoding.PEM
+    return {"ca_pem": ca.public_bytes(pem),
+            "server_cert_pem": server.public_bytes(pem), "server_key_pem": _pem_key(server_key),
+            "client_cert_pem": client.public_bytes(pem), "client_key_pem": _pem_key(client_key)}
+
+
+def make_demo_server_context(pki: dict[str, bytes]) -> ssl.SSLContext:
+    """TLS 1.0-1.3 server context; asks for a client certificate but does not insist on one."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # TLSv1 is deprecated, and wanted
+        context.minimum_version = ssl.TLSVersion.TLSv1
+    # OpenSSL 3 refuses TLS 1.0/1.1 below security level 0.
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.load_verify_locations(cadata=pki["ca_pem"].decode())
+    # load_cert_chain only reads files: write them to a private temp dir that is gone at once.
+    with tempfile.TemporaryDirectory(prefix="demo-peer-") as tmp:
+        cert_file, key_file = Path(tmp, "server.pem"), Path(tmp, "server.key")
+        cert_file.write_bytes(pki["server_cert_pem"])
+        key_file.write_bytes(pki["server_key_pem"])
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+# --- The services --------------------------------------------------------------------------
+ECHO_ROUTES = ("220.180.239.212:8010", "220.180.239.212:8011")
+HTTPS_ROUTE = "www.iottest.work:443"
+_HANDSHAKE_TIMEOUT = 30.0
+
+
+@dataclass
+class DemoPeer:
+    ca_pem: bytes
+    client_cert_pem: bytes
+    client_key_pem: bytes
+    routes: dict[str, tuple[str, int]]
+    server_cert_pem: bytes = b""
+    _servers: list[asyncio.base_events.Server] = field(default_factory=list, repr=False)
+    _tasks: set[asyncio.Task] = field(default_factory=set, repr=False)
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+
+async def _serve_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+
+
+async def _serve_https(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    session = DemoHttpSession()
+    while not session.should_close and (data := await reader.read(65536)):
+        reply = session.feed(data)
+        if reply:
+            log.debug("demo https: %s", session.requests[-1])
+            writer.write(reply)
+            await writer.drain()
+
+
+def _connection_handler(peer: DemoPeer, context: ssl.SSLContext, serve, name: str):
+    # TLS is started inside the handler (not via start_server(ssl=...)) so that the handshake
+    # belongs to a task we track: close() can then cancel connections still mid-handshake.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        peer._tasks.add(task)
+        try:
+            await writer.start_tls(context, ssl_handshake_timeout=_HANDSHAKE_TIMEOUT)
+            ssl_object = writer.get_extra_info("ssl_object")
+            log.debug("demo %s: %s %s from %s", name, ssl_object.version(),
+                      ssl_object.cipher()[0], writer.get_extra_info("peername"))
+            await serve(reader, writer)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+            log.debug("demo %s: connection ended: %r", name, exc)
+        finally:
+            peer._tasks.discard(task)
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (OSError, ssl.SSLError):
+                pass   # the peer went away first; nothing left to close politely
+    return handle
+
+
+async def start_demo_peer(bind: str = "127.0.0.1") -> DemoPeer:
+    """Start the echo and HTTPS services on ephemeral ports of `bind`; see DemoPeer.routes."""
+    # RSA key generation takes a noticeable fraction of a second: keep it off the event loop.
+    pki = await asyncio.to_thread(make_demo_pki)
+    context = make_demo_server_context(pki)
+    peer = DemoPeer(ca_pem=pki["ca_pem"], client_cert_pem=pki["client_cert_pem"],
+                    client_key_pem=pki["client_key_pem"], routes={},
+                    server_cert_pem=pki["server_cert_pem"])
+    try:
+        for serve, name, routes in ((_serve_echo, "echo", ECHO_ROUTES),
+                                    (_serve_https, "https", (HTTPS_ROUTE,))):
+            server = await asyncio.start_server(
+                _connection_handler(peer, context, serve, name), bind, 0)
+            peer._servers.append(server)
+            port = server.sockets[0].getsockname()[1]
+            for route in routes:
+                peer.routes[route] = (bind, port)
+    except BaseException:
+        await peer.close()
+        raise
+    return peer

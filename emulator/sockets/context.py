@@ -1,0 +1,166 @@
+"""SSL contexts: what AT+QSSLCFG stores, and how a context becomes the TLS
+engine's settings at AT+QSSLOPEN.
+
+Every option of the EC2x note §2.2.1 is declared once in OPTIONS with its
+default and range (the note's underlined values); the AT handlers of both
+modules read and write through this table, and to_tls_settings() is the one
+place where an option meets the TLS engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tls_engine import TlsSettings
+
+ALL_CIPHERS = 0xFFFF
+
+
+@dataclass(frozen=True)
+class Option:
+    kind: str            # "int" | "path" | "ciphers" | "psk" | "alpn"
+    default: object
+    lo: int = 0
+    hi: int = 1
+    choices: tuple[int, ...] = ()
+
+    def test_range(self) -> str:
+        if self.choices:
+            return "(" + ",".join(str(c) for c in self.choices) + ")"
+        if self.hi - self.lo == 1:
+            return f"({self.lo},{self.hi})"
+        return f"({self.lo}-{self.hi})"
+
+
+OPTIONS: dict[str, Option] = {
+    "sslversion": Option("int", 4, 0, 4),
+    "ciphersuite": Option("ciphers", (ALL_CIPHERS,)),
+    "cacert": Option("path", ""),
+    "cacertex": Option("path", ""),
+    "clientcert": Option("path", ""),
+    "clientkey": Option("path", ""),
+    "seclevel": Option("int", 0, 0, 2),
+    "ignorelocaltime": Option("int", 1, 0, 1),
+    "negotiatetime": Option("int", 300, 10, 300),
+    "sni": Option("int", 0, 0, 1),
+    "closetimemode": Option("int", 0, 0, 1),
+    "ignoremulticertchainverify": Option("int", 0, 0, 1),
+    "ignoreinvalidcertsign": Option("int", 0, 0, 1),
+    "psk": Option("psk", ("", "")),
+    "dtls": Option("int", 0, 0, 1),
+    "dtlsversion": Option("int", 1, 0, 1),
+    "session_cache": Option("int", 1, 0, 1),
+    "alpn": Option("alpn", ""),
+    "renegotiation": Option("int", 0, 0, 1),
+}
+
+
+@dataclass
+class SslContext:
+    ctx_id: int
+    values: dict[str, object] = field(default_factory=lambda: {k: o.default for k, o in OPTIONS.items()})
+
+    def __getitem__(self, name: str):
+        return self.values[name]
+
+    def __setitem__(self, name: str, value) -> None:
+        self.values[name] = value
+
+
+class SetupError(Exception):
+    """A context that cannot be used for a handshake (missing file, ...);
+    kind uses the engine's failure kinds so one error table maps both."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+def parse_cipher_list(text: str) -> tuple[int, ...] | None:
+    """"0X0035", "0x0035:0XC02F" (':' or ';' between ids); None when malformed."""
+    parts = [p.strip() for p in text.replace(";", ":").split(":")]
+    ids = []
+    for p in parts:
+        if not p.upper().startswith("0X") or not 3 <= len(p) <= 6:
+            return None
+        try:
+            ids.append(int(p, 16))
+        except ValueError:
+            return None
+    return tuple(ids) if ids else None
+
+
+def format_cipher_list(ids: tuple[int, ...]) -> str:
+    return ":".join(f"0X{i:04X}" for i in ids)
+
+
+def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Callable[[str], bytes | None],
+                    clock: Callable, keylog=None, allow_ciphers: tuple[int, ...] | None = None) -> TlsSettings:
+    """Resolve a context into engine settings.  read_material(path) returns the
+    bytes stored under a path (EC2x: a UFS/RAM file; ML302: a certificate slot)."""
+    seclevel = ctx["seclevel"]
+
+    def material(option: str, needed: bool) -> tuple[bytes | None, str]:
+        path = ctx[option]
+        if not path:
+            if needed:
+                raise SetupError("bad_config", f"seclevel {seclevel} needs AT+QSSLCFG=\"{option}\" set")
+            return None, ""
+        data = read_material(path)
+        if data is None and needed:
+            raise SetupError("bad_config", f"{option} file {path} not found")
+        return data, path
+
+    ca_pem = ca_label = None
+    if seclevel >= 1:
+        ca_pem, ca_label = material("cacert", True)
+        extra, extra_label = material("cacertex", False)
+        if extra:
+            ca_pem = ca_pem.rstrip(b"\n") + b"\n" + extra
+            ca_label = f"{ca_label} / {extra_label}"
+    cert = key = None
+    if seclevel == 2:
+        cert, _ = material("clientcert", True)
+        key, _ = material("clientkey", True)
+
+    ciphers = tuple(ctx["ciphersuite"])
+    if ciphers == (ALL_CIPHERS,):
+        table = tuple(int(x, 16) for x in profile["ssl.cipher_suites"])
+        ciphers = tuple(c for c in table if allow_ciphers is None or c in allow_ciphers)
+    identity, psk_key = ctx["psk"]
+    alpn = tuple(p for p in str(ctx["alpn"]).split(",") if p)
+    return TlsSettings(
+        server_name=host,
+        ssl_version=ctx["sslversion"],
+        cipher_suites=ciphers,
+        seclevel=seclevel,
+        ca_pem=ca_pem,
+        ca_label=ca_label or "",
+        client_cert_pem=cert,
+        client_key_pem=key,
+        ignore_local_time=bool(ctx["ignorelocaltime"]),
+        clock=clock,
+        sni=bool(ctx["sni"]),
+        ignore_multicert_chain_verify=bool(ctx["ignoremulticertchainverify"]),
+        ignore_invalid_cert_sign=bool(ctx["ignoreinvalidcertsign"]),
+        psk_identity=identity.encode() if identity else None,
+        psk_key=_psk_key_bytes(psk_key) if identity else None,
+        dtls=bool(ctx["dtls"]),
+        dtls_version=ctx["dtlsversion"],
+        alpn=alpn,
+        session_cache=bool(ctx["session_cache"]),
+        renegotiation=bool(ctx["renegotiation"]),
+        keylog=keylog,
+    )
+
+
+def _psk_key_bytes(text: str) -> bytes:
+    """The note gives <key> as a string; a hex string is taken as the key bytes
+    (what `openssl s_server -psk` expects), anything else as its ASCII bytes."""
+    try:
+        if text and len(text) % 2 == 0:
+            return bytes.fromhex(text)
+    except ValueError:
+        pass
+    return text.encode()

@@ -1,0 +1,151 @@
+"""The SSL sockets of one modem: contexts, sockets, last error, session cache,
+and the module-specific wording of their URCs (a "dialect" chosen by the
+profile's variant of AT+QSSLOPEN)."""
+from __future__ import annotations
+
+import logging
+
+from tls_engine import SessionCache
+
+from .context import SetupError, SslContext, to_tls_settings
+from .ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
+
+log = logging.getLogger("emulator.ssl")
+
+# EC2x note §5; AT+QIGETERROR prints the text.
+ERROR_TEXT = {
+    0: "operation successful", 550: "unknown error", 551: "operation blocked",
+    552: "invalid parameter", 553: "memory not enough", 554: "create socket failed",
+    555: "operation not supported", 556: "socket bind failed", 557: "socket listen failed",
+    558: "socket write failed", 559: "socket read failed", 560: "socket accept failed",
+    561: "open PDP context failed", 562: "close PDP context failed",
+    563: "socket identity has been used", 564: "DNS busy", 565: "DNS parse failed",
+    566: "socket connect failed", 567: "socket has been closed", 568: "operation busy",
+    569: "operation timeout", 570: "PDP context break down", 571: "cancel send",
+    572: "operation not allowed", 573: "APN not configured", 574: "port busy",
+}
+
+
+class Ec2xDialect:
+    def opened(self, sock: SslSocket, code: int) -> str:
+        return f"+QSSLOPEN: {sock.client_id},{code}"
+
+    def recv(self, sock: SslSocket) -> str:
+        return f'+QSSLURC: "recv",{sock.client_id}'
+
+    def push(self, sock: SslSocket, n: int) -> str:
+        return f'+QSSLURC: "recv",{sock.client_id},{n}'
+
+    def closed(self, sock: SslSocket) -> str:
+        return f'+QSSLURC: "closed",{sock.client_id}'
+
+
+class Ml302Dialect(Ec2xDialect):
+    def recv(self, sock: SslSocket) -> str:
+        return f'+QSSLURC: "recv",1,{sock.client_id}'        # <cid> is reserved: always 1
+
+    def closed(self, sock: SslSocket) -> str:
+        return f'+QSSLURC: "close",{sock.client_id}'
+
+
+DIALECTS = {"ec2x": Ec2xDialect, "ml302": Ml302Dialect}
+
+
+class SslService:
+    def __init__(self, modem) -> None:
+        self.modem = modem
+        profile = modem.profile
+        self.contexts = {i: SslContext(i) for i in range(profile["ssl.contexts"])}
+        self.max_sockets = profile["ssl.sockets"]
+        self.sockets: dict[int, SslSocket] = {}
+        self.errors: dict[str, int] = dict(profile.get("ssl.errors", {}))
+        self.last_error = 0
+        self.cache = SessionCache()
+        self.dialect = DIALECTS.get(profile.command_variant("+QSSLOPEN") or "ec2x", Ec2xDialect)()
+        modem.on("pdp_deactivated", self._pdp_lost)
+        modem.on("reset", self.abort_all)
+        modem.on("shutdown", self.abort_all)
+
+    def code(self, kind: str) -> int:
+        return self.errors.get(kind, self.errors.get("unknown", 550))
+
+    def set_error(self, code: int) -> None:
+        self.last_error = code
+
+    # -- opening ---------------------------------------------------------------
+    def open(self, client_id: int, *, pdp_id: int, ctx_id: int, host: str, port: int,
+             access_mode: int, read_material) -> SslSocket:
+        """Start connecting; the result arrives as a URC through on_opened."""
+        modem = self.modem
+        sock = SslSocket(self, client_id, pdp_id=pdp_id, ctx_id=ctx_id, host=host, port=port,
+                         access_mode=access_mode, recv_limit=modem.profile["ssl.recv_buffer"])
+        self.sockets[client_id] = sock
+        ctx = self.contexts[ctx_id]
+        try:
+            settings = to_tls_settings(ctx, host=host, profile=modem.profile, read_material=read_material,
+                                       clock=modem.clock.now, keylog=getattr(modem, "keylog", None))
+        except SetupError as exc:
+            sock.state = OPENING
+            modem.loop.call_soon(self.on_opened, sock, exc.kind, exc.reason)
+            return sock
+        sock.open(modem.network, settings, float(ctx["negotiatetime"]),
+                  self.cache if ctx["session_cache"] else None, (ctx_id, host.lower(), port))
+        return sock
+
+    # -- SocketOwner callbacks -----------------------------------------------------
+    def on_opened(self, sock: SslSocket, kind: str | None, reason: str) -> None:
+        if self.sockets.get(sock.client_id) is not sock:
+            return                                   # closed by the host meanwhile
+        if kind is None:
+            self.modem.urc(self.dialect.opened(sock, 0))
+            return
+        code = self.code(kind)
+        log.warning("SSL open %d to %s:%d failed (%d %s): %s", sock.client_id, sock.host, sock.port,
+                    code, ERROR_TEXT.get(code, kind), reason)
+        del self.sockets[sock.client_id]
+        sock.state = INITIAL
+        self.last_error = code if code > 0 else self.last_error
+        self.modem.urc(self.dialect.opened(sock, code))
+
+    def on_data(self, sock: SslSocket, was_empty: bool) -> None:
+        if sock.access_mode == 1:                      # direct push: data goes out with the URC
+            limit = self.modem.profile["ssl.recv_max"]
+            while sock.inbox:
+                chunk = sock.read(limit)
+                self.modem.urc(self.dialect.push(sock, len(chunk)), raw=chunk)
+        elif was_empty:
+            self.modem.urc(self.dialect.recv(sock))
+
+    def on_closed(self, sock: SslSocket, reason: str) -> None:
+        if self.sockets.get(sock.client_id) is sock:
+            self.modem.urc(self.dialect.closed(sock))
+
+    # -- host commands ----------------------------------------------------------------
+    def connected(self, client_id: int) -> SslSocket | None:
+        sock = self.sockets.get(client_id)
+        return sock if sock is not None and sock.state == CONNECTED else None
+
+    async def close(self, client_id: int, timeout: float) -> None:
+        sock = self.sockets.pop(client_id, None)
+        if sock is not None:
+            await sock.close(timeout)
+
+    def abort_all(self) -> None:
+        for sock in list(self.sockets.values()):
+            sock.abort()
+        self.sockets.clear()
+
+    def _pdp_lost(self, cid: int) -> None:
+        """The bearer went away: open sockets report "closed" (the host still has
+        to close them), sockets still opening fail."""
+        for sock in list(self.sockets.values()):
+            if sock.pdp_id != cid:
+                continue
+            before = sock.state
+            sock.abort()
+            if before == OPENING:
+                self.on_opened(sock, "pdp", f"PDP context {cid} deactivated")
+                continue
+            sock.state = CLOSING
+            if before == CONNECTED:
+                self.modem.urc(self.dialect.closed(sock))

@@ -1,0 +1,174 @@
+"""EC2x file commands over the pty, as host software drives them."""
+from __future__ import annotations
+
+import os
+
+from emulator.storage.checksum import xor16
+
+# Every byte value a naive data path could mangle: NUL, CR, LF, Ctrl+Z, ESC,
+# a would-be "AT" command line and a "+++" escape.
+BINARY = bytes(range(256)) + b"\r\nAT+QFDEL=\"*\"\r\n\x1a\x1b\x00+++" + os.urandom(300)
+
+
+def upload(host, name: str, data: bytes, extra: str = "") -> bytes:
+    host.write(f'AT+QFUPL="{name}",{len(data)}{extra}\r')
+    host.read_until(b"\r\nCONNECT\r\n")
+    host.write(data)
+    return host.read_until(b"\r\nOK\r\n")
+
+
+def cs(data: bytes) -> str:
+    return f"{xor16(data):04x}"
+
+
+def test_upload_binary_checksum_list_download(ec2x):
+    answer = upload(ec2x, "blob.bin", BINARY)
+    assert answer == f"\r\n+QFUPL: {len(BINARY)},{cs(BINARY)}\r\n\r\nOK\r\n".encode()
+    assert ec2x.at('AT+QFLST="*"') == f'\r\n+QFLST: "blob.bin",{len(BINARY)}\r\n\r\nOK\r\n'.encode()
+    assert ec2x.at("AT+QFLST") == f'\r\n+QFLST: "blob.bin",{len(BINARY)}\r\n\r\nOK\r\n'.encode()
+    ec2x.write('AT+QFDWL="blob.bin"\r')
+    expected = (b"\r\nCONNECT\r\n" + BINARY
+                + f"\r\n+QFDWL: {len(BINARY)},{cs(BINARY)}\r\n\r\nOK\r\n".encode())
+    assert ec2x.read_exactly(len(expected)) == expected
+    assert ec2x.at('AT+QFDEL="blob.bin"') == b"\r\nOK\r\n"
+    assert ec2x.at("AT+QFLST") == b"\r\nOK\r\n"
+    assert ec2x.at('AT+QFDWL="blob.bin"') == b"\r\n+CME ERROR: 405\r\n"
+    assert ec2x.at('AT+QFDEL="blob.bin"') == b"\r\n+CME ERROR: 405\r\n"
+
+
+def test_odd_length_checksum_and_existing_file(ec2x):
+    data = b"\x12\x34\x56"                      # 0x1234 ^ 0x5600 = 0x4434
+    assert upload(ec2x, "odd.txt", data) == b"\r\n+QFUPL: 3,4434\r\n\r\nOK\r\n"
+    # An existing name is refused before CONNECT: the bytes stay commands.
+    assert ec2x.at('AT+QFUPL="odd.txt",3') == b"\r\n+CME ERROR: 407\r\n"
+
+
+def test_ram_and_ufs_drives(ec2x):
+    upload(ec2x, "RAM:r.pem", b"ram data")
+    upload(ec2x, "u.pem", b"ufs")
+    assert ec2x.at('AT+QFLST="RAM:*"') == b'\r\n+QFLST: "RAM:r.pem",8\r\n\r\nOK\r\n'
+    assert ec2x.at('AT+QFLST="*"') == b'\r\n+QFLST: "u.pem",3\r\n\r\nOK\r\n'
+    assert ec2x.at('AT+QFLDS="RAM"') == b"\r\n+QFLDS: 1999992,2000000\r\n\r\nOK\r\n"
+    assert ec2x.at('AT+QFLDS="UFS"') == b"\r\n+QFLDS: 10999997,11000000\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+QFLDS") == b"\r\n+QFLDS: 3,1\r\n\r\nOK\r\n"
+    assert ec2x.at('AT+QFDEL="RAM:*"') == b"\r\nOK\r\n"
+    assert ec2x.at('AT+QFLST="RAM:*"') == b"\r\nOK\r\n"
+    assert ec2x.at('AT+QFDEL="*"') == b"\r\nOK\r\n"
+    assert ec2x.at("AT+QFLDS") == b"\r\n+QFLDS: 0,0\r\n\r\nOK\r\n"
+
+
+def test_ufs_survives_restart_ram_does_not(open_modem, tmp_path):
+    state = tmp_path / "shared-state"
+    host, _ = open_modem("ec2x", state_dir=state)
+    upload(host, "keep.pem", b"persistent")
+    upload(host, "RAM:gone.pem", b"volatile")
+    assert host.at("AT+CFUN=1,1").endswith(b"OK\r\n")
+    host.read_until(b"+QIND: SMS DONE\r\n")
+    assert host.at("ATE0").endswith(b"OK\r\n")      # the reboot restored echo on
+    assert host.at('AT+QFLST="RAM:*"') == b"\r\nOK\r\n"
+    assert host.at("AT+QFLST") == b'\r\n+QFLST: "keep.pem",10\r\n\r\nOK\r\n'
+    host2, _ = open_modem("ec2x", state_dir=state)
+    assert host2.at("AT+QFLST") == b'\r\n+QFLST: "keep.pem",10\r\n\r\nOK\r\n'
+    host2.write('AT+QFDWL="keep.pem"\r')
+    assert host2.read_until(b"OK\r\n") == (b"\r\nCONNECT\r\npersistent\r\n"
+                                          b"+QFDWL: 10," + cs(b"persistent").encode()
+                                          + b"\r\n\r\nOK\r\n")
+
+
+def test_unsafe_names_refused(open_modem, tmp_path):
+    state = tmp_path / "jail"
+    host, _ = open_modem("ec2x", state_dir=state)
+    assert host.at("AT+QFLST") == b"\r\nOK\r\n"     # the store exists (creates ufs/)
+    before = set(tmp_path.rglob("*"))
+    for name in ("../escape.txt", "UFS:../../escape.txt", "/etc/passwd", "a/b.txt",
+                 "..\\\\x", "", "BAD:x", "x" * 81, "UFS:..", "RAM:../x"):
+        assert host.at(f'AT+QFUPL="{name}",4') == b"\r\n+CME ERROR: 406\r\n", name
+    # The refused command left command state intact: no data was swallowed.
+    assert host.at("AT") == b"\r\nOK\r\n"
+    assert host.at('AT+QFDWL="../../settings.json"') == b"\r\n+CME ERROR: 406\r\n"
+    assert host.at('AT+QFDEL="../*"') == b"\r\n+CME ERROR: 406\r\n"
+    assert set(tmp_path.rglob("*")) == before
+    assert host.at("AT+CMEE=2") == b"\r\nOK\r\n"
+    assert host.at('AT+QFUPL="../x",4') == b"\r\n+CME ERROR: invalid file name\r\n"
+    assert host.at("AT+CMEE=0") == b"\r\nOK\r\n"
+    assert host.at('AT+QFUPL="../x",4') == b"\r\nERROR\r\n"
+
+
+def test_too_large_and_bad_parameters(ec2x):
+    assert ec2x.at('AT+QFUPL="big.bin",11000001') == b"\r\n+CME ERROR: 403\r\n"
+    assert ec2x.at('AT+QFUPL="RAM:big.bin",2000001') == b"\r\n+CME ERROR: 403\r\n"
+    assert ec2x.at('AT+QFUPL="x.bin",0') == b"\r\n+CME ERROR: 400\r\n"
+    assert ec2x.at('AT+QFUPL="x.bin",10,0') == b"\r\n+CME ERROR: 400\r\n"
+    assert ec2x.at('AT+QFUPL="x.bin",10,5,2') == b"\r\n+CME ERROR: 400\r\n"
+    assert ec2x.at('AT+QFLDS="SD"') == b"\r\n+CME ERROR: 406\r\n"
+
+
+def test_upload_timeout_keeps_partial_data(ec2x):
+    ec2x.write('AT+QFUPL="part.bin",100,1\r')
+    ec2x.read_until(b"\r\nCONNECT\r\n")
+    ec2x.write(b"\x1a\x1bpartial")
+    assert ec2x.read_until(b"OK\r\n", timeout=5) == b"\r\n+QFUPL: 9," + cs(b"\x1a\x1bpartial").encode() + b"\r\n\r\nOK\r\n"
+    assert ec2x.at('AT+QFLST="part.bin"') == b'\r\n+QFLST: "part.bin",9\r\n\r\nOK\r\n'
+
+
+def test_timeout_counts_idle_time_not_the_whole_transfer(ec2x):
+    ec2x.write('AT+QFUPL="slow.bin",9,1\r')
+    ec2x.read_until(b"\r\nCONNECT\r\n")
+    for part in (b"abc", b"def"):               # 1.2 s in all, never 1 s idle
+        ec2x.write(part)
+        assert ec2x.quiet_for(0.6) == b""
+    ec2x.write(b"ghi")
+    assert ec2x.read_until(b"OK\r\n") == f"\r\n+QFUPL: 9,{cs(b'abcdefghi')}\r\n\r\nOK\r\n".encode()
+
+
+def test_upload_not_echoed_with_ate1(open_modem):
+    host, _ = open_modem("ec2x", echo=True)
+    data = b"\r\nOK\r\n\x1a"
+    host.write(f'AT+QFUPL="e.bin",{len(data)}\r')
+    assert host.read_until(b"\r\nCONNECT\r\n") == b'AT+QFUPL="e.bin",7\r\r\nCONNECT\r\n'
+    host.write(data)
+    assert host.read_until(b"OK\r\n") == f"\r\n+QFUPL: 7,{cs(data)}\r\n\r\nOK\r\n".encode()
+
+
+def test_upload_timeout_without_data(ec2x):
+    ec2x.write('AT+QFUPL="none.bin",10,1\r')
+    ec2x.read_until(b"\r\nCONNECT\r\n")
+    assert ec2x.read_until(b"\r\n+CME ERROR: 421\r\n", timeout=5)
+    assert ec2x.at("AT+QFLST") == b"\r\nOK\r\n"
+
+
+def test_ack_mode(ec2x):
+    data = os.urandom(2500)
+    ec2x.write(f'AT+QFUPL="ack.bin",{len(data)},5,1\r')
+    ec2x.read_until(b"\r\nCONNECT\r\n")
+    ec2x.write(data[:1024])
+    assert ec2x.read_exactly(1) == b"A"
+    ec2x.write(data[1024:2048])
+    assert ec2x.read_exactly(1) == b"A"
+    ec2x.write(data[2048:])
+    assert ec2x.read_until(b"OK\r\n") == f"\r\n+QFUPL: 2500,{cs(data)}\r\n\r\nOK\r\n".encode()
+
+
+def test_atv0_framing(ec2x):
+    data = b"\r\n\x1a\x00"
+    ec2x.write("ATV0\r")
+    assert ec2x.read_exactly(2) == b"0\r"
+    ec2x.write('AT+QFUPL="v0.bin",4\r')
+    assert ec2x.read_exactly(2) == b"1\r"
+    ec2x.write(data)
+    assert ec2x.read_until(b"0\r") == f"+QFUPL: 4,{cs(data)}\r\n0\r".encode()
+    ec2x.write('AT+QFDWL="v0.bin"\r')
+    assert ec2x.read_until(b"\r\n0\r") == (b"1\r" + data
+                                             + f"\r\n+QFDWL: 4,{cs(data)}\r\n0\r".encode())
+
+
+def test_test_forms(ec2x):
+    assert ec2x.at("AT+QFUPL=?") == b"\r\n+QFUPL: <filename>[,(1-<freesize>)[,(1-65535)[,(0,1)]]]\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+QFDWL=?") == b"\r\n+QFDWL: <filename>\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+QFDEL=?") == b"\r\n+QFDEL: <filename>\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+QFLST=?") == b"\r\nOK\r\n"
+    assert ec2x.at("AT+QFLDS=?") == b"\r\nOK\r\n"
+
+
+def test_file_commands_absent_on_ml302(ml302):
+    assert ml302.at("AT+QFLST") == b"\r\nERROR\r\n"

@@ -1,0 +1,147 @@
+"""DTLS against `openssl s_server -dtls` (Python's ssl module has no DTLS server).
+
+The driver honours next_timeout()/handle_timeout() like the emulator's event loop.
+"""
+from __future__ import annotations
+
+import select
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tls_engine import AppData, HandshakeComplete, TlsClientSession, TlsFailure, TlsSettings
+
+from .wire import client_hello_extensions
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+
+
+@pytest.fixture
+def dtls_server(tmp_path, rsa_leaf):
+    """Start `openssl s_server` for one DTLS client; yields (port, process)."""
+    pem = tmp_path / "server.pem"
+    rsa_leaf.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    procs = []
+
+    def start(*extra: str):
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        proc = subprocess.Popen(
+            ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(pem),
+             "-naccept", "1", "-quiet", "-cipher", "ALL:@SECLEVEL=0", *extra],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(proc)
+        time.sleep(0.3)  # s_server binds asynchronously; nothing else to wait on
+        return port, proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.communicate()
+
+
+class DtlsDriver:
+    """One connected UDP socket per session, as the emulator would keep."""
+
+    def __init__(self, session: TlsClientSession, port: int) -> None:
+        self.session = session
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.connect(("127.0.0.1", port))
+        self.events: list = []
+
+    def run(self, until, limit: float = 5.0, first=()) -> list:
+        for datagram in first:
+            self.sock.send(datagram)
+        if self.session.state == "idle":
+            self.session.start()
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            for datagram in self.session.outgoing():
+                self.sock.send(datagram)
+            self.events += self.session.events()
+            if until(self.events) or self.session.state in ("failed", "closed"):
+                break
+            timeout = self.session.next_timeout()
+            wait = 0.2 if timeout is None else min(timeout, 0.2)
+            ready, _, _ = select.select([self.sock], [], [], wait)
+            if ready:
+                self.session.receive(self.sock.recv(65536))
+            elif timeout is not None and self.session.next_timeout() == 0:
+                self.session.handle_timeout()
+        return self.events
+
+
+def drive(session: TlsClientSession, port: int, until, limit: float = 5.0, first=()) -> list:
+    return DtlsDriver(session, port).run(until, limit, first)
+
+
+def _settings(ca, **overrides) -> TlsSettings:
+    values = dict(server_name="localhost", dtls=True, seclevel=1, ca_pem=ca.cert_pem.bytes(),
+                  ca_label="RAM:cacert.pem")
+    values.update(overrides)
+    return TlsSettings(**values)
+
+
+def completed(events):
+    return any(isinstance(e, (HandshakeComplete, TlsFailure)) for e in events)
+
+
+@pytest.mark.parametrize("dtls_version, flag, expected", [(1, "-dtls1_2", "DTLSv1.2"),
+                                                          (0, "-dtls1", "DTLSv1.0")])
+def test_dtls_handshake_and_data(dtls_server, ca, dtls_version, flag, expected):
+    port, proc = dtls_server(flag)
+    session = TlsClientSession(_settings(ca, dtls_version=dtls_version))
+    driver = DtlsDriver(session, port)
+    events = driver.run(completed)
+    assert isinstance(events[-1], HandshakeComplete), events
+    assert events[-1].version == expected
+    proc.stdin.write(b"from the server\n")
+    proc.stdin.flush()
+    driver.run(lambda ev: any(isinstance(e, AppData) for e in ev))
+    assert b"".join(e.data for e in driver.events if isinstance(e, AppData)) == b"from the server\n"
+    session.send(b"hello over dtls\n")
+    session.close()
+    driver.run(lambda ev: True)
+    time.sleep(0.2)  # let s_server print before it is killed
+    proc.kill()
+    out, _ = proc.communicate()
+    assert b"hello over dtls" in out
+
+
+def test_dtls_verify_failure(dtls_server, other_ca):
+    port, _ = dtls_server("-dtls1_2")
+    session = TlsClientSession(_settings(other_ca))
+    events = drive(session, port, completed)
+    assert isinstance(events[-1], TlsFailure) and events[-1].kind == "verify_failed"
+
+
+def test_dtls_client_hello_is_retransmitted_after_timeout(dtls_server, ca):
+    session = TlsClientSession(_settings(ca, alpn=("coap",)))
+    session.start()
+    [lost] = session.outgoing()                 # pretend the network dropped it
+    assert client_hello_extensions(lost, dtls=True)[16].endswith(b"coap")
+    assert 0 < session.next_timeout() <= 1.0
+    time.sleep(session.next_timeout() + 0.01)   # RFC 6347 initial timer: 1 s
+    session.handle_timeout()
+    resent = session.outgoing()
+    while not resent:                           # Mbed TLS's own timer may lag by a few ms
+        time.sleep(session.next_timeout())
+        session.handle_timeout()
+        resent = session.outgoing()
+    assert resent[0][13] == 1                   # a ClientHello again
+    assert session.next_timeout() > 1.0         # doubled
+    port, _ = dtls_server("-dtls1_2")
+    events = drive(session, port, completed, first=resent)
+    assert isinstance(events[-1], HandshakeComplete), events
+
+
+def test_dtls_no_timer_once_established(dtls_server, ca):
+    port, _ = dtls_server("-dtls1_2")
+    session = TlsClientSession(_settings(ca))
+    drive(session, port, completed)
+    assert session.state == "established" and session.next_timeout() is None

@@ -1,0 +1,87 @@
+"""Features that go through tls_engine.native: session resumption, key log, RC4/3DES
+offers, and how the engine degrades when native is unusable."""
+from __future__ import annotations
+
+import pytest
+
+from tls_engine import (HandshakeComplete, SessionCache, TlsClientSession, TlsSettings,
+                        native_bridge)
+
+from .servers import ClientDriver, TlsTestServer, server_context
+from .wire import client_hello_suites
+
+needs_native = pytest.mark.skipif(not native_bridge.native_available(),
+                                  reason=f"tls_engine.native unusable: {native_bridge.unavailable_reason()}")
+
+
+def run(server, settings, cache=None, key=None):
+    session = TlsClientSession(settings, cache, key)
+    driver = ClientDriver(session, server.port)
+    result = driver.handshake()
+    assert isinstance(result, HandshakeComplete), result
+    assert driver.exchange(b"ping") == b"ping"
+    session.close()
+    driver.flush()
+    server.last.done.wait(5)
+    driver.close()
+    return result, session
+
+
+@needs_native
+def test_second_connection_resumes_and_server_agrees(rsa_leaf, base_settings):
+    cache = SessionCache()
+    key = (1, "localhost", 443)
+    with TlsTestServer(server_context(rsa_leaf)) as server:
+        first, _ = run(server, base_settings(), cache, key)
+        assert not first.resumed and key in cache
+        second, _ = run(server, base_settings(), cache, key)
+        assert second.resumed and server.last.session_reused
+
+
+@needs_native
+def test_session_cache_disabled_means_full_handshakes(rsa_leaf, base_settings):
+    cache = SessionCache()
+    with TlsTestServer(server_context(rsa_leaf)) as server:
+        run(server, base_settings(session_cache=False), cache, "k")
+        again, _ = run(server, base_settings(session_cache=False), cache, "k")
+    assert not again.resumed and not server.last.session_reused and len(cache) == 0
+
+
+@needs_native
+def test_key_log_lines_are_nss_format(rsa_leaf, base_settings):
+    lines: list[str] = []
+    with TlsTestServer(server_context(rsa_leaf)) as server:
+        run(server, base_settings(keylog=lines.append))
+    assert len(lines) == 1
+    label, client_random, master = lines[0].split(" ")
+    assert label == "CLIENT_RANDOM" and len(client_random) == 64 and len(master) == 96
+
+
+@needs_native
+def test_default_offer_is_the_whole_ec2x_table_in_order(base_settings):
+    from tls_engine import CIPHER_TABLE
+
+    session = TlsClientSession(base_settings())
+    session.start()
+    [hello] = session.outgoing()
+    offered = [s for s in client_hello_suites(hello) if s != 0x00FF]  # + renegotiation SCSV
+    assert offered == list(CIPHER_TABLE)
+
+
+@needs_native
+def test_explicit_3des_suite_is_offered_alone(base_settings):
+    session = TlsClientSession(base_settings(cipher_suites=(0x000A,)))
+    session.start()
+    [hello] = session.outgoing()
+    assert [s for s in client_hello_suites(hello) if s != 0x00FF] == [0x000A]
+
+
+def test_without_native_default_offer_skips_rc4_3des(monkeypatch, base_settings):
+    monkeypatch.setattr(native_bridge, "native_available", lambda: False)
+    monkeypatch.setattr(native_bridge, "native_module", lambda: None)
+    session = TlsClientSession(base_settings(keylog=print), SessionCache(), "k")
+    session.start()
+    [hello] = session.outgoing()
+    offered = client_hello_suites(hello)
+    assert 0x0005 not in offered and 0x000A not in offered and 0xC02F in offered
+    assert any("no session resumption" in note for note in session.notes)

@@ -1,0 +1,173 @@
+"""TlsSettings -> python-mbedtls configuration (public API only), plus the list of
+things only tls_engine.native can do for this connection.
+
+Every problem becomes an EngineConfigError(kind, reason); TlsClientSession.start()
+turns it into a TlsFailure event, never an exception.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from . import ciphers as cs
+from .errors import BAD_CONFIG, UNSUPPORTED_CIPHER, UNSUPPORTED_VERSION, EngineConfigError
+from . import native_bridge
+from .settings import DTLS1_0, DTLS1_2, SSL3_0, TLS1_0, TLS1_1, TLS1_2, TLS_ALL, TlsSettings
+from .verify import parse_ip
+
+
+@dataclass
+class EnginePlan:
+    configuration: object                 # mbedtls TLSConfiguration / DTLSConfiguration
+    sni_hostname: str | None              # what to give wrap_buffers (SNI only)
+    native_suites: tuple[int, ...] | None  # exact id list needing native (RC4/3DES)
+    notes: list[str] = field(default_factory=list)  # degraded features, for logs
+
+
+def _tls_versions(settings: TlsSettings):
+    from mbedtls.tls import TLSVersion
+
+    version = settings.ssl_version
+    if version == SSL3_0:
+        raise EngineConfigError(UNSUPPORTED_VERSION,
+                                "SSL 3.0 is not compiled into this TLS build (Mbed TLS 2.28)")
+    pinned = {TLS1_0: TLSVersion.TLSv1, TLS1_1: TLSVersion.TLSv1_1, TLS1_2: TLSVersion.TLSv1_2}
+    if version in pinned:
+        return pinned[version], pinned[version]
+    if version == TLS_ALL:
+        return TLSVersion.TLSv1, TLSVersion.TLSv1_2  # TLS 1.3 is not in this build
+    raise EngineConfigError(BAD_CONFIG, f"sslversion {version} is not one of 0-4")
+
+
+def _dtls_versions(settings: TlsSettings):
+    from mbedtls.tls import DTLSVersion
+
+    if settings.dtls_version == DTLS1_0:
+        return DTLSVersion.DTLSv1_0, DTLSVersion.DTLSv1_0
+    if settings.dtls_version == DTLS1_2:
+        return DTLSVersion.DTLSv1_2, DTLSVersion.DTLSv1_2
+    raise EngineConfigError(BAD_CONFIG, f"dtlsversion {settings.dtls_version} is not 0 or 1")
+
+
+def _psk_suites() -> list[str]:
+    """Library PSK suites appended to the table default when a PSK is configured:
+    the EC2x table has none, and a PSK that can never be used would be pointless."""
+    import mbedtls.tls
+
+    return [n for n in mbedtls.tls.ciphers_available()
+            if n.startswith(("TLS-PSK-", "TLS-ECDHE-PSK-", "TLS-DHE-PSK-"))]
+
+
+def _suites(settings: TlsSettings) -> tuple[tuple[str, ...] | None, tuple[int, ...] | None]:
+    """(names for the public API, or exact ids for native)."""
+    requested = settings.cipher_suites
+    if requested in ((), (cs.ALL_SUITES_CODE,)):
+        requested = cs.default_offer()
+        extra = _psk_suites() if settings.psk_key else []
+    else:
+        extra = []
+    for suite_id in requested:
+        if cs.suite_name(suite_id) is None:
+            raise EngineConfigError(UNSUPPORTED_CIPHER, f"cipher suite 0x{suite_id:04X} is unknown")
+    if all(cs.suite_available(s) for s in requested):
+        names = tuple(cs.mbedtls_name_for(cs.suite_name(s)) for s in requested) + tuple(extra)
+        return names, None
+    missing = [s for s in requested if not cs.suite_available(s)]
+    if not native_bridge.native_available():
+        raise EngineConfigError(
+            UNSUPPORTED_CIPHER,
+            f"cipher suite {cs.describe(missing[0])} not available in this TLS build "
+            f"({native_bridge.unavailable_reason() or 'tls_engine.native missing'})")
+    import mbedtls._tls
+
+    extra_ids = tuple(int(mbedtls._tls._get_ciphersuite_id(n)) for n in extra)
+    return None, tuple(requested) + extra_ids
+
+
+def _client_chain(settings: TlsSettings):
+    import mbedtls.pk
+    import mbedtls.x509
+
+    if not settings.client_cert_pem or not settings.client_key_pem:
+        missing = "client certificate" if not settings.client_cert_pem else "client key"
+        raise EngineConfigError(BAD_CONFIG, f"seclevel 2 needs a client certificate and key; {missing} is missing")
+    try:
+        certs = x509.load_pem_x509_certificates(settings.client_cert_pem)
+    except ValueError as exc:
+        raise EngineConfigError(BAD_CONFIG, f"cannot parse client certificate: {exc}") from None
+    try:
+        key = serialization.load_pem_private_key(settings.client_key_pem, password=None)
+    except TypeError:
+        raise EngineConfigError(BAD_CONFIG, "client key is encrypted; a clear PEM key is needed") from None
+    except (ValueError, Exception) as exc:  # UnsupportedAlgorithm too
+        raise EngineConfigError(BAD_CONFIG, f"cannot parse client key: {exc}") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != certs[0].public_key().public_bytes(*spki):
+        raise EngineConfigError(BAD_CONFIG, "client key does not belong to the client certificate")
+    der_key = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    if isinstance(key, rsa.RSAPrivateKey):
+        mbed_key = mbedtls.pk.RSA.from_DER(der_key)
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        mbed_key = mbedtls.pk.ECC.from_DER(der_key)
+    else:
+        raise EngineConfigError(BAD_CONFIG, f"client key type {type(key).__name__} not supported")
+    mbed_certs = tuple(mbedtls.x509.CRT.from_DER(c.public_bytes(serialization.Encoding.DER)) for c in certs)
+    return mbed_certs, mbed_key
+
+
+def _psk(settings: TlsSettings):
+    if settings.psk_key is None and settings.psk_identity is None:
+        return None
+    if not settings.psk_key:
+        raise EngineConfigError(BAD_CONFIG, "PSK configured with an empty key")
+    identity = settings.psk_identity or b""
+    try:
+        return identity.decode("utf-8"), bytes(settings.psk_key)
+    except UnicodeDecodeError:
+        raise EngineConfigError(BAD_CONFIG, "PSK identity must be UTF-8 text") from None
+
+
+def _alpn(settings: TlsSettings) -> tuple[bytes, ...] | None:
+    if not settings.alpn:
+        return None
+    protos = tuple(p.encode("ascii", "strict") if isinstance(p, str) else bytes(p) for p in settings.alpn)
+    if any(not 1 <= len(p) <= 255 for p in protos):
+        raise EngineConfigError(BAD_CONFIG, "ALPN protocol names must be 1-255 bytes")
+    if len(protos) > 8:  # the wrapper keeps room for 8 protocols only
+        raise EngineConfigError(BAD_CONFIG, "at most 8 ALPN protocol names are supported")
+    return protos
+
+
+def build_plan(settings: TlsSettings) -> EnginePlan:
+    import mbedtls.tls as tls
+
+    if settings.seclevel not in (0, 1, 2):
+        raise EngineConfigError(BAD_CONFIG, f"seclevel {settings.seclevel} is not 0, 1 or 2")
+    lowest, highest = _dtls_versions(settings) if settings.dtls else _tls_versions(settings)
+    names, native_ids = _suites(settings)
+    chain = _client_chain(settings) if settings.seclevel == 2 else None
+    common = dict(
+        validate_certificates=False,  # VERIFY_OPTIONAL: tls_engine.verify decides
+        certificate_chain=chain,
+        ciphers=names,
+        inner_protocols=_alpn(settings),
+        lowest_supported_version=lowest,
+        highest_supported_version=highest,
+        pre_shared_key=_psk(settings),
+    )
+    try:
+        if settings.dtls:
+            configuration = tls.DTLSConfiguration(**common)
+        else:
+            configuration = tls.TLSConfiguration(**common)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise EngineConfigError(BAD_CONFIG, f"TLS configuration rejected: {exc}") from None
+    # SNI only for DNS names (RFC 6066 forbids IP literals) and only when enabled;
+    # Mbed TLS would also name-check it, which VERIFY_OPTIONAL ignores.
+    host = settings.server_name
+    sni = host if settings.sni and host and parse_ip(host) is None else None
+    return EnginePlan(configuration, sni, native_ids)

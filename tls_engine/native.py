@@ -1,0 +1,341 @@
+"""ctypes access to the Mbed TLS library bundled in the python-mbedtls 2.10.1 wheel.
+
+Why this module exists
+    python-mbedtls has no public API for things the emulated modems do: TLS session
+    resumption (AT+QSSLCFG="session"), an NSS key log (SSLKEYLOGFILE-style), offering an
+    exact ordered cipher-suite list by IANA id including the RC4 and 3DES suites that
+    Mbed TLS 2.28 compiles in but leaves out of its default list, honouring a
+    server-initiated renegotiation, and reading the raw X.509 verify flags. The C
+    functions exist and are exported by the wheel's own ``python_mbedtls.libs/
+    libmbedtls-*.so.14``; what they need is the address of the ``mbedtls_ssl_config`` /
+    ``mbedtls_ssl_context`` that the Cython objects embed. This module is the ONLY
+    place in the project that knows those addresses.
+
+What it touches
+    * ``mbedtls_ssl_config`` embedded in the ``MbedTLSConfiguration`` object that a
+      ``ClientContext``/``ServerContext`` owns (object + 32). Written only through the
+      library's own setters: ``mbedtls_ssl_conf_ciphersuites``,
+      ``mbedtls_ssl_conf_arc4_support``, ``mbedtls_ssl_conf_renegotiation``,
+      ``mbedtls_ssl_conf_legacy_renegotiation``, ``mbedtls_ssl_conf_export_keys_ext_cb``.
+    * ``mbedtls_ssl_context`` embedded in the ``MbedTLSBuffer`` (= TLSWrappedBuffer)
+      object (object + 24), passed to ``mbedtls_ssl_get_session``/``set_session``/
+      ``get_verify_result``.
+    * ``mbedtls_ssl_session`` structs this module allocates and frees itself.
+    The library is opened with RTLD_NOLOAD, i.e. it is the very copy python-mbedtls
+    loaded (a second copy would have its own globals).
+
+How the self-check works (at import, a few ms; details in native_layout.py)
+    1. python-mbedtls is exactly 2.10.1, the bundled Mbed TLS exactly 2.28.8, the process
+       is 64-bit little-endian, every symbol above is exported, and the Cython types have
+       the expected ``__basicsize__`` (24 / 472 / 568 / 176).
+    2. A probe ClientContext is wrapped; the one word in the MbedTLSBuffer that points
+       into the context's MbedTLSConfiguration must be at buffer+24 (``ssl->conf``, the
+       first field of mbedtls_ssl_context) and point at config+32; the config object is
+       found through ``gc.get_referents`` and must equal ``_BaseContext._conf``.
+    3. Known values are read back: version bytes 3.3/3.2 as configured, endpoint 0 (1 on
+       a ServerContext), transport 0, authmode 1 (2 when validating),
+       ``ciphersuite_list[0..3] == mbedtls_ssl_list_ciphersuites()``, ``ssl->state == 0``.
+    4. Each setter used is called on the probe and must flip exactly the byte expected.
+    5. An in-memory PSK handshake (client vs server, no certificates) with the key-export
+       callback installed: the master secret it reports must equal the one
+       ``mbedtls_ssl_get_session`` copies out (session layout), and the session's
+       ciphersuite the negotiated one.
+    Only memory inside objects of known size is read before a check passes; nothing is
+    written to an address before it was confirmed.
+
+Resumption detection
+    ``session_reused()`` compares the master secret of the session now in use with the
+    one that was loaded: an abbreviated handshake (session id or RFC 5077 ticket) keeps
+    it, a full handshake derives a new one. No handshake-internal struct is read.
+
+Files
+    native.py (this API), native_layout.py (offsets, library loading, structural checks),
+    native_selfcheck.py (the functional check, plus an in-memory handshake pump).
+
+When it fails
+    ``available()`` returns False and ``unavailable_reason()`` says which check failed and
+    what was found; constructing NativeConf/NativeSsl then raises NativeUnavailable. The
+    rest of the engine keeps working without resumption, key log, RC4/3DES and
+    renegotiation (see tls_engine/native_bridge.py). Nothing here raises at import.
+"""
+from __future__ import annotations
+
+import ctypes
+import sys
+import weakref
+from typing import Callable, Sequence
+
+from . import native_layout as L
+
+__all__ = [
+    "available",
+    "unavailable_reason",
+    "NativeConf",
+    "NativeSsl",
+    "NativeSession",
+    "NativeError",
+    "NativeUnavailable",
+    "EMPTY_RENEGOTIATION_INFO_SCSV",
+]
+
+RC4_SUITES = frozenset({0x0004, 0x0005, 0xC002, 0xC007, 0xC011, 0xC00C})  # need arc4 support
+EMPTY_RENEGOTIATION_INFO_SCSV = 0x00FF  # mbedtls appends it to every initial ClientHello
+
+
+class NativeError(RuntimeError):
+    """A native call failed (message has the Mbed TLS error code)."""
+
+
+class NativeUnavailable(NativeError):
+    """The self-check failed; see unavailable_reason()."""
+
+
+_lib: ctypes.CDLL | None = None
+_reason = "self-check not run"
+_tls = _tls_cy = None
+
+
+def available() -> bool:
+    return _lib is not None
+
+
+def unavailable_reason() -> str:
+    """Empty when available(); otherwise the failed check and what was found."""
+    return "" if _lib is not None else _reason
+
+
+def _require() -> ctypes.CDLL:
+    if _lib is None:
+        raise NativeUnavailable(_reason)
+    return _lib
+
+
+def _conf_address(context) -> int:
+    confobj = L.config_object(context, _tls_cy)
+    return id(confobj) + L.CONF_OFFSET
+
+
+class NativeConf:
+    """Settings of the mbedtls_ssl_config of a ClientContext/ServerContext.
+
+    Apply before ``wrap_buffers()``; the config is shared by every buffer of the context.
+    Everything the C side points to (suite array, callback) is kept alive by this object
+    AND by the context (stored in its ``__dict__``), so dropping the NativeConf is safe.
+    """
+
+    def __init__(self, context) -> None:
+        lib = _require()
+        self._context = context
+        self._conf = _conf_address(context)
+        L.check_conf(self._conf)
+        self._keepalive: dict[str, object] = {}
+        try:
+            context.__dict__.setdefault("_native_keepalive", {})
+            self._keepalive = context.__dict__["_native_keepalive"]
+        except AttributeError:  # a bare _BaseContext has no __dict__; self holds them
+            pass
+        self._lib = lib
+
+    @property
+    def address(self) -> int:
+        return self._conf
+
+    def set_ciphersuites(self, ids: Sequence[int]) -> None:
+        """Offer exactly `ids`, in order (mbedtls adds 0x00FF to an initial ClientHello).
+
+        Suites the library does not know raise ValueError (mbedtls would drop them
+        silently). RC4 ids also turn RC4 support on. Mbed TLS still skips suites that
+        do not fit the configured version range (e.g. SHA-256 suites under TLS 1.1).
+        """
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise ValueError("empty cipher-suite list")
+        unknown = [i for i in ids if not self._lib.mbedtls_ssl_ciphersuite_from_id(i)]
+        if unknown:
+            raise ValueError("not in this Mbed TLS build: " + ", ".join(f"0x{i:04X}" for i in unknown))
+        arr = (ctypes.c_int * (len(ids) + 1))(*ids, 0)
+        self._lib.mbedtls_ssl_conf_ciphersuites(self._conf, ctypes.addressof(arr))
+        self._keepalive["ciphersuites"] = arr  # (replacing, and so freeing, any previous one)
+        if RC4_SUITES.intersection(ids):
+            self.set_arc4(True)
+
+    def set_arc4(self, enabled: bool) -> None:
+        self._lib.mbedtls_ssl_conf_arc4_support(
+            self._conf, bytes([L.ARC4_ENABLED if enabled else L.ARC4_DISABLED])
+        )
+
+    def set_renegotiation(self, enabled: bool, *, allow_legacy: bool = False) -> None:
+        """Accept (or refuse) renegotiation, e.g. a server's HelloRequest.
+
+        Against peers doing RFC 5746 secure renegotiation (OpenSSL and every current
+        stack) nothing else is needed. `allow_legacy=True` also renegotiates with peers
+        that lack RFC 5746 (MBEDTLS_SSL_LEGACY_ALLOW_RENEGOTIATION; insecure, CVE-2009-3555).
+        Disabled (the python-mbedtls default): a client answers a HelloRequest with a
+        warning alert no_renegotiation(100) and keeps the old session.
+        """
+        self._lib.mbedtls_ssl_conf_renegotiation(
+            self._conf, L.RENEGOTIATION_ENABLED if enabled else L.RENEGOTIATION_DISABLED
+        )
+        self._lib.mbedtls_ssl_conf_legacy_renegotiation(
+            self._conf,
+            L.LEGACY_ALLOW_RENEGOTIATION if (enabled and allow_legacy) else L.LEGACY_NO_RENEGOTIATION,
+        )
+
+    def set_keylog(self, callback: Callable[[str], None] | None) -> None:
+        """Call `callback("CLIENT_RANDOM <client random hex> <master secret hex>")` for
+        every key derivation (each handshake, resumed or not, and each renegotiation).
+        Exceptions from the callback are swallowed (printed once via sys.unraisablehook).
+        None removes it.
+        """
+        if callback is None:
+            self._lib.mbedtls_ssl_conf_export_keys_ext_cb(self._conf, L.EXPORT_KEYS_EXT_CB(), None)
+            self._keepalive.pop("keylog", None)
+            return
+
+        def export_keys(_p, ms, _kb, _maclen, _keylen, _ivlen, client_random, _server_random, _prf):
+            try:
+                callback(keylog_line(ctypes.string_at(client_random, 32), ctypes.string_at(ms, 48)))
+            except BaseException as exc:  # noqa: BLE001 - must not unwind into C
+                sys.unraisablehook(_Unraisable(exc, callback))
+            return 0
+
+        cfunc = L.EXPORT_KEYS_EXT_CB(export_keys)
+        self._lib.mbedtls_ssl_conf_export_keys_ext_cb(self._conf, cfunc, None)
+        self._keepalive["keylog"] = cfunc  # (replacing, and so freeing, any previous one)
+
+
+class _Unraisable:
+    def __init__(self, exc: BaseException, obj: object) -> None:
+        self.exc_type, self.exc_value, self.exc_traceback = type(exc), exc, exc.__traceback__
+        self.err_msg, self.object = "Exception ignored in native key-log callback", obj
+
+
+def keylog_line(client_random: bytes, master: bytes) -> str:
+    """NSS key-log format, exactly as OpenSSL writes it (lower-case hex)."""
+    return f"CLIENT_RANDOM {client_random.hex()} {master.hex()}"
+
+
+def _free_session(lib: ctypes.CDLL, buf: ctypes.Array) -> None:
+    lib.mbedtls_ssl_session_free(ctypes.addressof(buf))
+
+
+class NativeSession:
+    """An owned mbedtls_ssl_session (deep copy: peer certificate, ticket). Reusable for
+    any number of later connections; freed with mbedtls_ssl_session_free."""
+
+    def __init__(self) -> None:
+        self._lib = _require()
+        self._buf = (ctypes.c_uint64 * ((L.SESSION_SIZE + 7) // 8))()
+        self._lib.mbedtls_ssl_session_init(self.address)
+        # The finalizer holds the struct's memory itself, so it is valid whenever it runs.
+        self._finalizer = weakref.finalize(self, _free_session, self._lib, self._buf)
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self._buf)
+
+    @property
+    def ciphersuite(self) -> int:
+        return L.i32(self.address + L.SS_CIPHERSUITE)
+
+    @property
+    def session_id(self) -> bytes:
+        n = min(L.word(self.address + L.SS_ID_LEN), 32)
+        return ctypes.string_at(self.address + L.SS_ID, n)
+
+    @property
+    def master_secret(self) -> bytes:
+        return ctypes.string_at(self.address + L.SS_MASTER, 48)
+
+    def free(self) -> None:
+        """Free now (otherwise done when the object is collected); idempotent."""
+        self._finalizer()
+
+
+class NativeSsl:
+    """Per-connection calls on the mbedtls_ssl_context of a TLSWrappedBuffer."""
+
+    def __init__(self, buffer) -> None:
+        self._lib = _require()
+        if not isinstance(buffer, _tls_cy.MbedTLSBuffer):
+            raise TypeError(f"expected a TLSWrappedBuffer, got {buffer!r}")
+        self._buffer = buffer
+        self._ssl = id(buffer) + L.SSL_OFFSET
+        conf = _conf_address(buffer.context)
+        if L.word(self._ssl + L.SC_CONF) != conf:
+            raise NativeError("ssl->conf does not point at the context's mbedtls_ssl_config")
+        self._loaded_master: bytes | None = None
+
+    @property
+    def address(self) -> int:
+        return self._ssl
+
+    def _state(self) -> int:
+        return L.i32(self._ssl + L.SC_STATE)
+
+    def save_session(self) -> NativeSession:
+        """After the handshake (client side): a copy of the negotiated session."""
+        session = NativeSession()
+        rc = self._lib.mbedtls_ssl_get_session(self._ssl, session.address)
+        if rc != 0:
+            raise NativeError(f"mbedtls_ssl_get_session failed: -0x{-rc:04X}")
+        name = self._lib.mbedtls_ssl_get_ciphersuite(self._ssl)
+        if name and self._lib.mbedtls_ssl_get_ciphersuite_id(name) != session.ciphersuite:
+            raise NativeError("session layout check failed: ciphersuite field mismatch")
+        return session
+
+    def load_session(self, saved: NativeSession) -> None:
+        """Before the handshake (client side): offer `saved` for resumption (session id
+        and/or ticket). The server may still refuse; see session_reused()."""
+        if not isinstance(saved, NativeSession):
+            raise TypeError("load_session expects what save_session returned")
+        if self._state() != 0:
+            raise NativeError("load_session must be called before the handshake starts")
+        rc = self._lib.mbedtls_ssl_set_session(self._ssl, saved.address)
+        if rc != 0:
+            raise NativeError(f"mbedtls_ssl_set_session failed: -0x{-rc:04X}")
+        self._loaded_master = saved.master_secret
+
+    def session_reused(self) -> bool:
+        """After the handshake: True iff the server accepted the loaded session (an
+        abbreviated handshake keeps the old master secret; a full one makes a new one)."""
+        if self._loaded_master is None or self._state() != L.HANDSHAKE_OVER:
+            return False
+        current = NativeSession()
+        if self._lib.mbedtls_ssl_get_session(self._ssl, current.address) != 0:
+            return False
+        return current.master_secret == self._loaded_master
+
+    def verify_result(self) -> int:
+        """mbedtls_ssl_get_verify_result after the handshake: 0 = verified, else the
+        MBEDTLS_X509_BADCERT_* flags (0x08 not trusted, 0x04 CN mismatch, 0x01 expired...);
+        readable with validate_certificates=False (VERIFY_OPTIONAL). Meaningless (0)
+        before the server's certificate was processed."""
+        return int(self._lib.mbedtls_ssl_get_verify_result(self._ssl))
+
+
+def _init() -> None:
+    global _lib, _reason, _tls, _tls_cy
+    try:
+        from importlib.metadata import version
+
+        got = version("python-mbedtls")
+        if got != L.EXPECTED_PY_MBEDTLS:
+            raise L.LayoutError(f"python-mbedtls is {got}, this module knows only {L.EXPECTED_PY_MBEDTLS}")
+        import mbedtls._tls as tls_cy
+        import mbedtls.tls as tls
+        import mbedtls.version as mversion
+
+        lib = L.load_libmbedtls(tls_cy)
+        L.self_check(lib, tls, tls_cy, mversion.version_info)
+        _tls, _tls_cy, _lib = tls, tls_cy, lib
+        from .native_selfcheck import functional_check
+
+        functional_check(tls)
+        _reason = ""
+    except Exception as exc:  # noqa: BLE001 - any failure means "unavailable", with why
+        _lib = None
+        _reason = f"tls_engine.native self-check failed: {type(exc).__name__}: {exc}"
+
+
+_init()

@@ -1,0 +1,93 @@
+"""Session cache and the per-connection resumption glue (through tls_engine.native).
+
+python-mbedtls cannot resume sessions (issue #48); native.NativeSsl copies the
+mbedtls_ssl_session out after a handshake and back in before the next one. Without
+native, connections simply do full handshakes and a note says why.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+
+from . import native_bridge
+
+
+class SessionCache:
+    """Saved TLS sessions (opaque native objects) keyed by e.g. (ssl_ctx_id, host, port)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, object] = {}
+
+    def get(self, key: Hashable) -> object | None:
+        return self._entries.get(key)
+
+    def put(self, key: Hashable, saved: object) -> None:
+        self._entries[key] = saved
+
+    def discard(self, key: Hashable) -> None:
+        self._entries.pop(key, None)
+
+    def discard_matching(self, predicate: Callable[[Hashable], bool]) -> None:
+        """Drop entries whose key satisfies predicate, e.g. every key of an SSL context
+        whose configuration changed: a resumed session skips certificate checks."""
+        for key in [k for k in self._entries if predicate(k)]:
+            del self._entries[key]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Resumption:
+    """One connection's use of the cache. Every native problem degrades to a note."""
+
+    def __init__(self, enabled: bool, cache: SessionCache | None, key: Hashable,
+                 notes: list[str]) -> None:
+        self.enabled = bool(enabled and cache is not None and key is not None)
+        self.cache = cache
+        self.key = key
+        self.notes = notes
+        self._ssl = None
+
+    def attach(self, buffer) -> None:
+        """Before the handshake: offer the cached session, if any."""
+        if not self.enabled:
+            return
+        native = native_bridge.native_module()
+        if native is None:
+            self.notes.append("tls_engine.native unavailable: no session resumption")
+            return
+        try:
+            self._ssl = native.NativeSsl(buffer)
+            saved = self.cache.get(self.key)
+            if saved is not None:
+                self._ssl.load_session(saved)
+        except Exception as exc:
+            self.cache.discard(self.key)
+            self.notes.append(f"session not resumed: {exc}")
+
+    def reused(self) -> bool:
+        if self._ssl is None:
+            return False
+        try:
+            return bool(self._ssl.session_reused())
+        except Exception as exc:
+            self.notes.append(f"cannot tell whether the session was resumed: {exc}")
+            return False
+
+    def save(self) -> None:
+        if self._ssl is None:
+            return
+        try:
+            self.cache.put(self.key, self._ssl.save_session())
+        except Exception as exc:
+            self.notes.append(f"session not saved for resumption: {exc}")
+
+    def forget(self) -> None:
+        """After a failure: never offer this session again."""
+        if self.enabled:
+            self.cache.discard(self.key)

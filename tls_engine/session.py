@@ -1,0 +1,362 @@
+"""TlsClientSession: a sans-IO (D)TLS client over python-mbedtls' TLSWrappedBuffer.
+
+No sockets, threads or asyncio: the emulator feeds inbound bytes with receive(),
+sends what outgoing() returns and reacts to events(). Rules this module keeps
+(see docs/python-mbedtls-facts.md):
+* the first fatal Mbed TLS error ends the session (the wrapper silently resets its
+  context, which would otherwise start a new ClientHello on the next call);
+* decrypted data is drained with readinto() until WantReadError, never read();
+* the wrapper's 32 KiB ring buffers are never overfilled: input is fed in pieces
+  no larger than the free space, writes are <= 16 KiB and output is drained after
+  each one;
+* a handshake flight is coalesced into one outgoing chunk (TLS), since flushing
+  per step costs a Nagle/delayed-ACK round trip.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+
+from . import ciphers as cs
+from .config import EnginePlan, build_plan
+from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_VERSION, MBEDTLS_PEER_CLOSE_NOTIFY,
+                     PROTOCOL_ERROR, VERIFY_FAILED, AppData, EngineConfigError,
+                     HandshakeComplete, PeerClosed, TlsFailure, describe_alert,
+                     describe_mbedtls_error)
+from .datagrams import pack_datagrams
+from .native_glue import apply_native_conf
+from .resumption import Resumption, SessionCache
+from .records import HS_CERTIFICATE, HS_SERVER_HELLO, HandshakeSniffer, parse_certificate_list
+from .settings import TlsSettings
+from .verify import ALERT_CERT_UNKNOWN, ChainVerifier, VerifyProblem, load_anchors
+
+WRITE_CHUNK = 16 * 1024          # one TLS record's worth of plaintext per write()
+DTLS_TIMEOUT_MIN = 1.0           # Mbed TLS defaults (RFC 6347 §4.2.4.1): 1 s doubling to 60 s
+DTLS_TIMEOUT_MAX = 60.0
+_RECHECK = 0.02                  # Mbed TLS's own timer not yet expired: look again soon
+
+_VERSION_NAMES = {"TLSv1": "TLSv1.0", "TLSv1_1": "TLSv1.1", "TLSv1_2": "TLSv1.2",
+                  "TLSv1_3": "TLSv1.3", "DTLSv1_0": "DTLSv1.0", "DTLSv1_2": "DTLSv1.2"}
+_WIRE_VERSIONS = {b"\x03\x00": "SSLv3.0", b"\x03\x01": "TLSv1.0", b"\x03\x02": "TLSv1.1",
+                  b"\x03\x03": "TLSv1.2", b"\xfe\xff": "DTLSv1.0", b"\xfe\xfd": "DTLSv1.2"}
+
+
+class TlsClientSession:
+    def __init__(self, settings: TlsSettings, cache: SessionCache | None = None,
+                 cache_key: Hashable = None) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.cache_key = cache_key
+        self.state = "idle"
+        self.notes: list[str] = []        # features degraded for this session (for logs)
+        self.peer_chain: list[bytes] = []  # DER chain the server sent (seclevel >= 1 or not)
+        self._events: list[object] = []
+        self._tls_out = bytearray()
+        self._datagrams: list[bytes] = []
+        self._buffer = None
+        self._plan: EnginePlan | None = None
+        self._sniffer = HandshakeSniffer(settings.dtls)
+        self._verifier: ChainVerifier | None = None
+        self._cert_seen = False
+        self._server_version: bytes | None = None
+        self._fatal_alert: int | None = None
+        self._resumption = Resumption(settings.session_cache, cache, cache_key, self.notes)
+        self._scratch = bytearray(WRITE_CHUNK + 2048)
+        self._retransmit = DTLS_TIMEOUT_MIN
+        self._deadline: float | None = None
+
+    # --- public API ----------------------------------------------------------
+
+    def start(self) -> None:
+        if self.state != "idle":
+            raise RuntimeError(f"start() called in state {self.state!r}")
+        self.state = "handshaking"
+        try:
+            self._plan = build_plan(self.settings)
+            if self.settings.seclevel >= 1:
+                self._verifier = ChainVerifier(self.settings, load_anchors(self.settings))
+            self._buffer = self._wrap(self._plan)
+        except EngineConfigError as exc:
+            self._fail(exc.kind, exc.reason)
+            return
+        self._resumption.attach(self._buffer)
+        self._advance_handshake()
+        self._arm_timer_for_new_flight()
+
+    def receive(self, data: bytes) -> None:
+        if self.state not in ("handshaking", "established"):
+            return  # nothing to do with bytes after the end; never touch a reset context
+        if not data:
+            self._on_transport_eof()
+            return
+        if self.state == "handshaking" and not self._sniff(data):
+            return
+        produced_before = self._output_pending()
+        view = memoryview(bytes(data))
+        while view and self.state in ("handshaking", "established"):
+            free = self._buffer._input_buffer.maxlen - len(self._buffer._input_buffer)
+            if free <= 0:
+                self._fail(PROTOCOL_ERROR, "TLS input buffer full without progress")
+                return
+            self._buffer.receive_from_network(bytes(view[:free]))
+            view = view[free:]
+            self._process()
+        if self.settings.dtls and self.state == "handshaking" and self._output_pending() > produced_before:
+            self._arm_timer_for_new_flight()
+
+    def send(self, data: bytes) -> None:
+        if self.state != "established":
+            raise RuntimeError(f"send() called in state {self.state!r}")
+        from mbedtls.exceptions import TLSError
+
+        view = memoryview(bytes(data))
+        while view:
+            chunk, view = view[:WRITE_CHUNK], view[WRITE_CHUNK:]
+            try:
+                self._buffer.write(bytes(chunk))
+            except TLSError as exc:  # WantRead/WantWrite are TLSErrors too: all fatal here
+                self._collect_output()
+                self._fail(PROTOCOL_ERROR, f"write failed: {describe_mbedtls_error(getattr(exc, 'err', 0), str(exc))}")
+                return
+            self._collect_output()
+
+    def close(self) -> None:
+        if self.state in ("established", "handshaking"):
+            if self.state == "established":
+                self._buffer.shutdown()  # queues close_notify (then resets the context)
+                self._collect_output()
+        if self.state != "failed":
+            self.state = "closed"
+        self._deadline = None
+
+    def outgoing(self) -> list[bytes]:
+        if self.settings.dtls:
+            out, self._datagrams = self._datagrams, []
+            return out
+        if not self._tls_out:
+            return []
+        out = [bytes(self._tls_out)]
+        self._tls_out.clear()
+        return out
+
+    def events(self) -> list[object]:
+        out, self._events = self._events, []
+        return out
+
+    def next_timeout(self) -> float | None:
+        if self._deadline is None or self.state != "handshaking":
+            return None
+        return max(0.0, self._deadline - time.monotonic())
+
+    def handle_timeout(self) -> None:
+        if self._deadline is None or self.state != "handshaking":
+            return
+        if time.monotonic() < self._deadline:
+            return
+        before = self._output_pending()
+        self._advance_handshake()  # Mbed TLS resends the flight if its timer expired
+        if self.state != "handshaking":
+            return
+        if self._output_pending() > before:
+            self._retransmit = min(self._retransmit * 2, DTLS_TIMEOUT_MAX)
+            self._deadline = time.monotonic() + self._retransmit
+        else:
+            self._deadline = time.monotonic() + _RECHECK
+
+    # --- setup -----------------------------------------------------------------
+
+    def _wrap(self, plan: EnginePlan):
+        import mbedtls.tls as tls
+        from mbedtls.exceptions import TLSError
+
+        try:
+            context = tls.ClientContext(plan.configuration)
+        except (TLSError, ValueError, TypeError, NotImplementedError) as exc:
+            raise EngineConfigError(BAD_CONFIG, f"TLS configuration rejected: {exc}") from None
+        apply_native_conf(context, plan, self.settings, self.notes)
+        try:
+            return context.wrap_buffers(plan.sni_hostname)
+        except (TLSError, ValueError) as exc:
+            raise EngineConfigError(BAD_CONFIG, f"cannot set up TLS for {self.settings.server_name!r}: {exc}") from None
+
+    # --- handshake -------------------------------------------------------------
+
+    def _sniff(self, data: bytes) -> bool:
+        """Look at the clear-text handshake before Mbed TLS does. False = session over."""
+        msgs, alerts = self._sniffer.feed(data)
+        for alert in alerts:
+            if alert.level == 2:
+                self._fatal_alert = alert.description
+        for msg in msgs:
+            if msg.msg_type == HS_SERVER_HELLO and len(msg.body) >= 2:
+                self._server_version = msg.body[:2]
+            if msg.msg_type != HS_CERTIFICATE or self._cert_seen:
+                continue
+            self._cert_seen = True
+            try:
+                self.peer_chain = parse_certificate_list(msg.body)
+            except ValueError as exc:
+                self._fail(PROTOCOL_ERROR, f"malformed server Certificate message: {exc}")
+                return False
+            if self._verifier is not None:
+                try:
+                    problem = self._verifier.verify(self.peer_chain)
+                except Exception as exc:  # e.g. an exotic key type, or the clock failing
+                    problem = VerifyProblem(f"cannot verify server certificate: {exc}", ALERT_CERT_UNKNOWN)
+                if problem is not None:
+                    # Never hand the Certificate to Mbed TLS: no next flight is sent.
+                    self._queue_clear_alert(problem.alert)
+                    self._fail(VERIFY_FAILED, problem.reason)
+                    return False
+        return True
+
+    def _queue_clear_alert(self, description: int) -> None:
+        """A fatal alert in clear, as Mbed TLS would send (TLS only: DTLS would need
+        the client's record sequence number, which the wrapper does not expose; the
+        DTLS peer just sees silence)."""
+        if self.settings.dtls or self._server_version is None:
+            return
+        self._tls_out += bytes([21]) + self._server_version + b"\x00\x02" + bytes([2, description])
+
+    def _process(self) -> None:
+        if self.state == "handshaking":
+            self._advance_handshake()
+        if self.state == "established":
+            self._pump_read()
+        self._collect_output()
+
+    def _advance_handshake(self) -> None:
+        from mbedtls.exceptions import TLSError
+        from mbedtls.tls import HandshakeStep, WantReadError, WantWriteError
+
+        while self.state == "handshaking":
+            try:
+                self._buffer.do_handshake()
+            except WantReadError:
+                break
+            except WantWriteError:
+                self._collect_output()
+                continue
+            except TLSError as exc:
+                self._collect_output()  # the alert Mbed TLS queued, if any
+                self._fail_from_tls_error(exc)
+                return
+            except ValueError:  # "handshake already over"
+                pass
+            self._collect_output()
+            if self._buffer._handshake_state is HandshakeStep.HANDSHAKE_OVER:
+                self._on_handshake_over()
+        self._collect_output()
+
+    def _on_handshake_over(self) -> None:
+        self._deadline = None
+        cipher = self._buffer.cipher()
+        cipher = cipher.decode() if isinstance(cipher, bytes) else str(cipher)
+        resumed = self._resumption.reused()
+        if self._verifier is not None and not self._cert_seen and not resumed and "PSK" not in cipher:
+            self._fail(VERIFY_FAILED, "server did not present a certificate")
+            return
+        self.state = "established"
+        self._resumption.save()
+        version = self._buffer.negotiated_tls_version()
+        self._events.append(HandshakeComplete(
+            version=_VERSION_NAMES.get(getattr(version, "name", ""), str(version)),
+            cipher_id=cs.suite_id_for_mbedtls_name(cipher),
+            cipher_name=cs.iana_name_for(cipher),
+            alpn=self._buffer.negotiated_protocol() or None,
+            resumed=resumed,
+        ))
+
+    # --- data ------------------------------------------------------------------
+
+    def _pump_read(self) -> None:
+        from mbedtls.exceptions import TLSError
+        from mbedtls.tls import RaggedEOF, WantReadError, WantWriteError
+
+        chunks: list[bytes] = []
+        closed = False
+        while True:
+            try:
+                n = self._buffer.readinto(self._scratch, len(self._scratch))
+            except WantReadError:
+                break
+            except WantWriteError:
+                self._collect_output()
+                continue
+            except RaggedEOF:
+                closed = True
+                break
+            except TLSError as exc:
+                if getattr(exc, "err", 0) == MBEDTLS_PEER_CLOSE_NOTIFY:
+                    closed = True
+                    break
+                if chunks:
+                    self._events.append(AppData(b"".join(chunks)))
+                    chunks = []
+                self._collect_output()
+                self._fail_from_tls_error(exc)
+                return
+            if n > 0:
+                chunks.append(bytes(self._scratch[:n]))
+        if chunks:  # data first: it arrived before the close_notify
+            self._events.append(AppData(b"".join(chunks)))
+        if closed:
+            self._events.append(PeerClosed())
+            self.state = "closed"
+
+    def _on_transport_eof(self) -> None:
+        if self.settings.dtls:
+            return  # an empty datagram means nothing
+        if self.state == "established":
+            # TCP FIN without close_notify: reported as a close too (a truncation
+            # attack is not something the modem user could act on).
+            self._events.append(PeerClosed())
+            self.state = "closed"
+        else:
+            reason = "server closed the connection during the handshake"
+            if self._fatal_alert is not None:
+                reason = describe_alert(self._fatal_alert)
+            self._fail(HANDSHAKE_FAILED, reason)
+
+    # --- plumbing --------------------------------------------------------------
+
+    def _output_pending(self) -> int:
+        return len(self._datagrams) if self.settings.dtls else len(self._tls_out)
+
+    def _collect_output(self) -> None:
+        if self._buffer is None:
+            return
+        pending = len(self._buffer._output_buffer)
+        if not pending:
+            return
+        data = self._buffer.peek_outgoing(pending)
+        self._buffer.consume_outgoing(pending)
+        if self.settings.dtls:
+            self._datagrams.extend(pack_datagrams(data))
+        else:
+            self._tls_out += data
+
+    def _arm_timer_for_new_flight(self) -> None:
+        if self.settings.dtls and self.state == "handshaking":
+            self._retransmit = DTLS_TIMEOUT_MIN
+            self._deadline = time.monotonic() + self._retransmit
+
+    def _fail_from_tls_error(self, exc: Exception) -> None:
+        err = abs(int(getattr(exc, "err", 0) or 0))
+        if self._fatal_alert is not None and self.state == "handshaking":
+            self._fail(HANDSHAKE_FAILED, describe_alert(self._fatal_alert))
+            return
+        kind = HANDSHAKE_FAILED if self.state == "handshaking" else PROTOCOL_ERROR
+        reason = describe_mbedtls_error(err, getattr(exc, "msg", "") or str(exc))
+        if err == MBEDTLS_BAD_VERSION and self._server_version is not None:
+            chosen = _WIRE_VERSIONS.get(bytes(self._server_version), self._server_version.hex())
+            reason = f"server chose {chosen}, outside the configured sslversion (mbedtls -0x{err:04X})"
+        self._fail(kind, reason)
+
+    def _fail(self, kind: str, reason: str) -> None:
+        if self.state in ("failed", "closed"):
+            return
+        self.state = "failed"
+        self._deadline = None
+        self._events.append(TlsFailure(kind, reason))
+        self._resumption.forget()

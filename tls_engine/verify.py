@@ -1,0 +1,252 @@
+"""Server certificate policy for seclevel >= 1, done in Python with `cryptography`.
+
+Mbed TLS runs with VERIFY_OPTIONAL and no trust store; this module decides instead,
+because the modem checks validity dates against ITS clock (AT+CCLK) and each EC2x
+relax flag must relax exactly what it names. Policy (also in tls_engine/README.md):
+
+* Path: leaf first, then issuers looked up by subject name among the anchors
+  (settings.ca_pem) first, then among the certificates the server sent, until an
+  anchor is reached. A leaf byte-identical to an anchor is trusted as is.
+* Each issuer must be a CA (basicConstraints CA=true; v1/v2 anchors are accepted as
+  Mbed TLS does) and must have signed its child.
+* ignore_invalid_cert_sign=1: a bad signature along the path is tolerated; the
+  names must still chain to an anchor. Nothing else is relaxed.
+* ignore_local_time=0: every certificate on the path (leaf, intermediates, anchor)
+  must be valid at the MODEM clock; =1: dates are not looked at, nothing else changes.
+* ignore_multicert_chain_verify=1: only the leaf's own link is verified: its issuer
+  must be an anchor or a certificate the server sent, and must have signed it; the
+  certificates above that issuer are not verified (so with an intermediate the
+  anchor is not involved). Dates (if checked) apply to leaf and that issuer.
+* Name: DNS names per RFC 6125 against SAN dNSName (wildcard only as the whole
+  left-most label, never for a bare IP or a public two-label name), CN fallback only
+  when the certificate has no SAN extension (as Mbed TLS does); IP literals match
+  SAN iPAddress entries only.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtensionOID, NameOID
+
+from .errors import BAD_CONFIG, EngineConfigError
+from .settings import TlsSettings
+
+_PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_DER = Encoding.DER
+
+
+def load_anchors(settings: TlsSettings) -> list[x509.Certificate]:
+    label = settings.trust_label
+    if not settings.ca_pem or _PEM_BEGIN not in settings.ca_pem:
+        raise EngineConfigError(BAD_CONFIG, f"seclevel {settings.seclevel} needs a CA certificate, "
+                                            f"but {label} holds no PEM certificate")
+    try:
+        return x509.load_pem_x509_certificates(settings.ca_pem)
+    except ValueError as exc:
+        raise EngineConfigError(BAD_CONFIG, f"cannot parse CA certificate {label}: {exc}") from None
+
+
+def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def describe_cert(cert: x509.Certificate) -> str:
+    try:
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if cns:
+            return f"CN={cns[0].value}"
+    except ValueError:
+        pass
+    return cert.subject.rfc4514_string() or "(empty subject)"
+
+
+def _fmt(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# The alert Mbed TLS itself would send for the same verify flags (ssl_tls.c,
+# ssl_parse_certificate_verify): NOT_TRUSTED -> unknown_ca, EXPIRED -> certificate_expired,
+# CN_MISMATCH -> bad_certificate, anything else (FUTURE) -> certificate_unknown.
+ALERT_BAD_CERT = 42
+ALERT_CERT_EXPIRED = 45
+ALERT_CERT_UNKNOWN = 46
+ALERT_UNKNOWN_CA = 48
+
+
+@dataclass
+class VerifyProblem:
+    reason: str
+    alert: int
+
+
+@dataclass
+class _Link:
+    cert: x509.Certificate
+    sent_by_server: bool
+    is_anchor: bool
+
+
+class ChainVerifier:
+    def __init__(self, settings: TlsSettings, anchors: list[x509.Certificate]) -> None:
+        self.settings = settings
+        self.anchors = anchors
+
+    def now(self) -> datetime:
+        moment = self.settings.clock() if self.settings.clock else datetime.now(timezone.utc)
+        if moment.tzinfo is None:  # a naive modem clock is taken as UTC
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment
+
+    def verify(self, chain_der: list[bytes]) -> VerifyProblem | None:
+        """None when the server chain is acceptable, else what is wrong with it."""
+        if not chain_der:
+            return VerifyProblem("server sent an empty certificate chain", ALERT_BAD_CERT)
+        try:
+            chain = [x509.load_der_x509_certificate(der) for der in chain_der]
+        except ValueError as exc:
+            return VerifyProblem(f"server certificate cannot be parsed: {exc}", ALERT_BAD_CERT)
+        leaf = chain[0]
+        path, problem = self._build_path(leaf, chain[1:])
+        if problem:
+            return VerifyProblem(problem, ALERT_UNKNOWN_CA)
+        if not self.settings.ignore_local_time:
+            problem, alert = self._check_dates(path)
+            if problem:
+                return VerifyProblem(problem, alert)
+        problem = self._check_name(leaf)
+        return VerifyProblem(problem, ALERT_BAD_CERT) if problem else None
+
+    # --- path --------------------------------------------------------------
+
+    def _build_path(self, leaf, sent) -> tuple[list[x509.Certificate], str | None]:
+        anchors_der = {a.public_bytes(_DER) for a in self.anchors}
+        if leaf.public_bytes(_DER) in anchors_der:
+            return [leaf], None
+        label = self.settings.trust_label
+        path = [leaf]
+        child = leaf
+        used = {leaf.public_bytes(_DER)}
+        max_depth = 2 if self.settings.ignore_multicert_chain_verify else 10
+        while len(path) < max_depth:
+            link, bad_sig = self._find_issuer(child, sent, used)
+            if link is None:
+                who = "server certificate" if child is leaf else f"intermediate {describe_cert(child)}"
+                if bad_sig:
+                    return path, f"{who}: signature of {describe_cert(child)} does not verify " \
+                                 f"with its issuer {describe_cert(bad_sig)} (check {label})"
+                return path, f"{who} not signed by {label} (issuer {child.issuer.rfc4514_string()} " \
+                             f"not found among the trusted or sent certificates)"
+            path.append(link.cert)
+            if link.is_anchor or self.settings.ignore_multicert_chain_verify:
+                return path, None
+            used.add(link.cert.public_bytes(_DER))
+            child = link.cert
+        return path, f"server certificate chain longer than {max_depth} does not reach {label}"
+
+    def _find_issuer(self, child, sent, used) -> tuple[_Link | None, x509.Certificate | None]:
+        """The issuer of child (anchors preferred) and, failing that, a name-matching
+        candidate whose signature did not verify (for the reason text)."""
+        candidates = [_Link(a, False, True) for a in self.anchors]
+        candidates += [_Link(c, True, False) for c in sent if c.public_bytes(_DER) not in used]
+        bad_signature = None
+        for link in candidates:
+            if link.cert.subject != child.issuer or not _can_issue(link.cert):
+                continue
+            if self._signature_ok(child, link.cert):
+                return link, None
+            if self.settings.ignore_invalid_cert_sign:
+                return link, None
+            bad_signature = bad_signature or link.cert
+        return None, bad_signature
+
+    @staticmethod
+    def _signature_ok(child, issuer) -> bool:
+        try:
+            child.verify_directly_issued_by(issuer)
+            return True
+        except (InvalidSignature, ValueError, TypeError):
+            return False
+
+    # --- dates -------------------------------------------------------------
+
+    def _check_dates(self, path) -> tuple[str | None, int]:
+        now = self.now()
+        for position, cert in enumerate(path):
+            who = "server certificate" if position == 0 else f"issuer certificate {describe_cert(cert)}"
+            if now > cert.not_valid_after_utc:
+                return (f"{who} expired at modem clock {_fmt(now)} "
+                        f"(notAfter {_fmt(cert.not_valid_after_utc)})", ALERT_CERT_EXPIRED)
+            if now < cert.not_valid_before_utc:
+                return (f"{who} not yet valid at modem clock {_fmt(now)} "
+                        f"(notBefore {_fmt(cert.not_valid_before_utc)})", ALERT_CERT_UNKNOWN)
+        return None, 0
+
+    # --- name --------------------------------------------------------------
+
+    def _check_name(self, leaf) -> str | None:
+        host = self.settings.server_name
+        if matches_host(leaf, host):
+            return None
+        return f"server certificate does not match {host!r} (it is for {', '.join(cert_names(leaf)) or 'no name'})"
+
+
+def _can_issue(cert: x509.Certificate) -> bool:
+    if cert.version != x509.Version.v3:
+        return True
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
+    try:
+        return cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def cert_names(cert: x509.Certificate) -> list[str]:
+    san = _san(cert)
+    if san is not None:
+        return [*san.get_values_for_type(x509.DNSName),
+                *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+    return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+
+
+def matches_host(cert: x509.Certificate, host: str) -> bool:
+    ip = parse_ip(host)
+    san = _san(cert)
+    if ip is not None:
+        return san is not None and ip in san.get_values_for_type(x509.IPAddress)
+    if san is not None:
+        names = san.get_values_for_type(x509.DNSName)
+    else:
+        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return any(dns_name_matches(pattern, host) for pattern in names)
+
+
+def dns_name_matches(pattern: str, host: str) -> bool:
+    """RFC 6125 §6.4: case-insensitive, wildcard only as the entire left-most label,
+    matching exactly one label, and not when fewer than two labels follow it."""
+    pattern = pattern.rstrip(".").lower()
+    host = host.rstrip(".").lower()
+    if not pattern or not host:
+        return False
+    if "*" not in pattern:
+        return pattern == host
+    p_labels = pattern.split(".")
+    h_labels = host.split(".")
+    if p_labels[0] != "*" or "*" in ".".join(p_labels[1:]) or len(p_labels) < 3:
+        return False
+    if len(h_labels) != len(p_labels) or not h_labels[0]:
+        return False
+    return h_labels[1:] == p_labels[1:]
