@@ -218,6 +218,96 @@ HTTPS_ROUTE = "www.iottest.work:443"
 _HANDSHAKE_TIMEOUT = 30.0
 
 
+class _EchoApp:
+    should_close = False
+
+    def feed(self, data: bytes) -> bytes:
+        return data
+
+
+class _TlsServiceProtocol(asyncio.Protocol):
+    """One TLS connection, run sans-IO with ssl.SSLObject over memory BIOs.
+
+    Not asyncio's own TLS (start_server(ssl=...) / start_tls): that hides connections that
+    are still in the handshake from us, and in CPython 3.11 a connection lost mid-handshake
+    surfaces as an AttributeError. Here every connection is ours from its first byte, so
+    DemoPeer.close() can end all of them at once.
+    """
+
+    def __init__(self, peer: DemoPeer, context: ssl.SSLContext, make_app, name: str) -> None:
+        self._peer, self._context, self._make_app, self._name = peer, context, make_app, name
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._app = self._make_app()
+        self._handshaken = False
+        self._timer = asyncio.get_running_loop().call_later(_HANDSHAKE_TIMEOUT, transport.abort)
+        self._peer._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+        self._peer._connections.discard(self)
+
+    def eof_received(self) -> bool:
+        return False   # TCP FIN without close_notify: just close our side too
+
+    # Flow control: stop reading while the client is not taking what we send (echo of a
+    # large upload), so memory stays bounded.
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self._incoming.write(data)
+        try:
+            if not self._handshaken:
+                self._tls.do_handshake()
+                self._handshaken = True
+                self._timer.cancel()
+                log.debug("demo %s: %s %s", self._name, self._tls.version(),
+                          self._tls.cipher()[0])
+            self._serve_available()
+        except ssl.SSLWantReadError:
+            pass   # need more bytes from the client
+        except ssl.SSLZeroReturnError:
+            self._close_politely()   # the client sent close_notify: answer it and close
+            return
+        except ssl.SSLError as exc:
+            log.debug("demo %s: TLS error: %s", self._name, exc)
+            self._flush()   # carries OpenSSL's alert, if it produced one
+            self.transport.close()
+            return
+        self._flush()
+
+    def _serve_available(self) -> None:
+        while True:
+            data = self._tls.read(65536)   # raises SSLWantReadError when drained
+            if not data:
+                raise ssl.SSLZeroReturnError
+            reply = self._app.feed(data)
+            if reply:
+                self._tls.write(reply)
+            if self._app.should_close:
+                raise ssl.SSLZeroReturnError
+
+    def _close_politely(self) -> None:
+        try:
+            self._tls.unwrap()
+        except ssl.SSLError:
+            pass   # close_notify is queued; we do not wait for the client's answer
+        self._flush()
+        self.transport.close()
+
+    def _flush(self) -> None:
+        if self._outgoing.pending:
+            self.transport.write(self._outgoing.read())
+
+
 @dataclass
 class DemoPeer:
     ca_pem: bytes
@@ -225,58 +315,18 @@ class DemoPeer:
     client_key_pem: bytes
     routes: dict[str, tuple[str, int]]
     server_cert_pem: bytes = b""
-    _servers: list[asyncio.base_events.Server] = field(default_factory=list, repr=False)
-    _tasks: set[asyncio.Task] = field(default_factory=set, repr=False)
+    _servers: list = field(default_factory=list, repr=False)
+    _connections: set = field(default_factory=set, repr=False)
 
     async def close(self) -> None:
         for server in self._servers:
             server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for connection in list(self._connections):
+            connection.transport.abort()
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
-
-
-async def _serve_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
-
-
-async def _serve_https(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    session = DemoHttpSession()
-    while not session.should_close and (data := await reader.read(65536)):
-        reply = session.feed(data)
-        if reply:
-            log.debug("demo https: %s", session.requests[-1])
-            writer.write(reply)
-            await writer.drain()
-
-
-def _connection_handler(peer: DemoPeer, context: ssl.SSLContext, serve, name: str):
-    # TLS is started inside the handler (not via start_server(ssl=...)) so that the handshake
-    # belongs to a task we track: close() can then cancel connections still mid-handshake.
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        peer._tasks.add(task)
-        try:
-            await writer.start_tls(context, ssl_handshake_timeout=_HANDSHAKE_TIMEOUT)
-            ssl_object = writer.get_extra_info("ssl_object")
-            log.debug("demo %s: %s %s from %s", name, ssl_object.version(),
-                      ssl_object.cipher()[0], writer.get_extra_info("peername"))
-            await serve(reader, writer)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
-            log.debug("demo %s: connection ended: %r", name, exc)
-        finally:
-            peer._tasks.discard(task)
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (OSError, ssl.SSLError):
-                pass   # the peer went away first; nothing left to close politely
-    return handle
+        await asyncio.sleep(0)   # let the aborted transports deliver connection_lost
 
 
 async def start_demo_peer(bind: str = "127.0.0.1") -> DemoPeer:
@@ -287,11 +337,13 @@ async def start_demo_peer(bind: str = "127.0.0.1") -> DemoPeer:
     peer = DemoPeer(ca_pem=pki["ca_pem"], client_cert_pem=pki["client_cert_pem"],
                     client_key_pem=pki["client_key_pem"], routes={},
                     server_cert_pem=pki["server_cert_pem"])
+    loop = asyncio.get_running_loop()
     try:
-        for serve, name, routes in ((_serve_echo, "echo", ECHO_ROUTES),
-                                    (_serve_https, "https", (HTTPS_ROUTE,))):
-            server = await asyncio.start_server(
-                _connection_handler(peer, context, serve, name), bind, 0)
+        for make_app, name, routes in ((_EchoApp, "echo", ECHO_ROUTES),
+                                       (DemoHttpSession, "https", (HTTPS_ROUTE,))):
+            server = await loop.create_server(
+                lambda make_app=make_app, name=name:
+                    _TlsServiceProtocol(peer, context, make_app, name), bind, 0)
             peer._servers.append(server)
             port = server.sockets[0].getsockname()[1]
             for route in routes:

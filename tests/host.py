@@ -6,7 +6,7 @@ import time
 
 import serial
 
-FINAL = re.compile(rb"(?:^|\r\n)(OK|ERROR|\+CME ERROR: [^\r\n]*|SEND OK|SEND FAIL|CONNECT|NO CARRIER)\r\n$")
+FINAL = re.compile(rb"(?:^|\r\n)(OK|ERROR|\+CME ERROR: [^\r\n]*|SEND OK|SEND FAIL|CONNECT|NO CARRIER)\r\n")
 
 
 class Host:
@@ -14,6 +14,8 @@ class Host:
         self.path = path
         self.ser = serial.Serial(path, baudrate, timeout=0.02)
         self.pending = bytearray()     # bytes read but not yet consumed by an expectation
+        self.transcript = bytearray()  # every byte ever received, for URCs that arrive anywhere
+        self._mark = 0
 
     def close(self) -> None:
         self.ser.close()
@@ -22,9 +24,11 @@ class Host:
         self.ser.write(data.encode("latin-1") if isinstance(data, str) else data)
 
     def _fill(self) -> None:
-        chunk = self.ser.read(65536)
+        # read() returns at the timeout unless `size` bytes came: ask for what is there
+        chunk = self.ser.read(max(1, self.ser.in_waiting))
         if chunk:
             self.pending += chunk
+            self.transcript += chunk
 
     def read_until(self, pattern: bytes | re.Pattern, timeout: float = 10) -> bytes:
         """Consume and return everything up to and including `pattern`."""
@@ -40,6 +44,26 @@ class Host:
                 raise AssertionError(f"timed out waiting for {regex.pattern!r}; got {bytes(self.pending)!r}")
             self._fill()
 
+    def seen(self, pattern: bytes | re.Pattern, timeout: float = 10) -> bytes:
+        """Wait until `pattern` has been received since the last seen(), whether or
+        not an at() call consumed it (URCs arrive between and inside answers)."""
+        regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
+        deadline = time.monotonic() + timeout
+        while True:
+            m = regex.search(self.transcript, self._mark)
+            if m:
+                self._mark = m.end()
+                found = m.group(0)
+                at = self.pending.find(found)
+                if at >= 0:                       # not yet consumed: take it out of the way,
+                    start = at - 2 if not found.startswith(b"\r\n") and self.pending[at - 2:at] == b"\r\n" else at
+                    del self.pending[max(start, 0):at + len(found)]   # with its framing CR LF
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never saw {regex.pattern!r}; transcript tail "
+                                     f"{bytes(self.transcript[self._mark:][-300:])!r}")
+            self._fill()
+
     def read_exactly(self, n: int, timeout: float = 10) -> bytes:
         deadline = time.monotonic() + timeout
         while len(self.pending) < n:
@@ -51,18 +75,35 @@ class Host:
         return out
 
     def at(self, line: str | bytes, timeout: float = 10) -> bytes:
-        """Send a command line and return the whole answer (echo included) up to its final result."""
+        """Send a command line and return the answer (echo included) up to its final
+        result; URCs that follow stay pending for the next read."""
         raw = line.encode("latin-1") if isinstance(line, str) else line
         self.write(raw + b"\r")
         deadline = time.monotonic() + timeout
         while True:
-            if FINAL.search(self.pending):
-                out = bytes(self.pending)
-                self.pending.clear()
+            m = FINAL.search(self.pending)
+            if m:
+                out = bytes(self.pending[:m.end()])
+                del self.pending[:m.end()]
                 return out
             if time.monotonic() > deadline:
                 raise AssertionError(f"no final result for {raw!r}; got {bytes(self.pending)!r}")
             self._fill()
+
+    def upload(self, name: str, data: bytes, extra: str = "") -> bytes:
+        """AT+QFUPL as a driver does it: wait for CONNECT, send the bytes, read the answer."""
+        self.write(f'AT+QFUPL="{name}",{len(data)}{extra}\r')
+        self.read_until(b"\r\nCONNECT\r\n")
+        self.write(data)
+        return self.read_until(b"\r\nOK\r\n")
+
+    def send_data(self, client_id: int, data: bytes, fixed: bool = True) -> bytes:
+        """AT+QSSLSEND: fixed length, or variable length ended by Ctrl+Z; returns the result line."""
+        self.write(f"AT+QSSLSEND={client_id},{len(data)}\r" if fixed else f"AT+QSSLSEND={client_id}\r")
+        if self.read_until(re.compile(rb"> |\r\nERROR\r\n")).endswith(b"ERROR\r\n"):
+            return b"\r\nERROR\r\n"
+        self.write(data if fixed else data + b"\x1a")
+        return self.read_until(re.compile(rb"\r\n(SEND OK|SEND FAIL|ERROR)\r\n"))
 
     def quiet_for(self, seconds: float) -> bytes:
         """Whatever arrives in the next `seconds` (to show that nothing does)."""

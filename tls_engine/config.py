@@ -61,8 +61,11 @@ def _psk_suites() -> list[str]:
             if n.startswith(("TLS-PSK-", "TLS-ECDHE-PSK-", "TLS-DHE-PSK-"))]
 
 
-def _suites(settings: TlsSettings) -> tuple[tuple[str, ...] | None, tuple[int, ...] | None]:
-    """(names for the public API, or exact ids for native)."""
+def _suites(settings: TlsSettings, notes: list[str]) -> tuple[tuple[str, ...] | None, tuple[int, ...] | None]:
+    """(names for the public API, or exact ids for native).
+
+    Without native, suites only native can offer (RC4/3DES) are left out with a note,
+    so a table-wide list still works; a list of nothing but such suites is refused."""
     requested = settings.cipher_suites
     if requested in ((), (cs.ALL_SUITES_CODE,)):
         requested = cs.default_offer()
@@ -77,10 +80,16 @@ def _suites(settings: TlsSettings) -> tuple[tuple[str, ...] | None, tuple[int, .
         return names, None
     missing = [s for s in requested if not cs.suite_available(s)]
     if not native_bridge.native_available():
-        raise EngineConfigError(
-            UNSUPPORTED_CIPHER,
-            f"cipher suite {cs.describe(missing[0])} not available in this TLS build "
-            f"({native_bridge.unavailable_reason() or 'tls_engine.native missing'})")
+        why = native_bridge.unavailable_reason() or "tls_engine.native missing"
+        kept = tuple(s for s in requested if cs.suite_available(s))
+        if not kept:
+            raise EngineConfigError(
+                UNSUPPORTED_CIPHER,
+                f"cipher suite {cs.describe(missing[0])} not available in this TLS build ({why})")
+        notes.append(f"not offered, need tls_engine.native ({why}): "
+                     + ", ".join(cs.describe(s) for s in missing))
+        names = tuple(cs.mbedtls_name_for(cs.suite_name(s)) for s in kept) + tuple(extra)
+        return names, None
     import mbedtls._tls
 
     extra_ids = tuple(int(mbedtls._tls._get_ciphersuite_id(n)) for n in extra)
@@ -148,7 +157,8 @@ def build_plan(settings: TlsSettings) -> EnginePlan:
     if settings.seclevel not in (0, 1, 2):
         raise EngineConfigError(BAD_CONFIG, f"seclevel {settings.seclevel} is not 0, 1 or 2")
     lowest, highest = _dtls_versions(settings) if settings.dtls else _tls_versions(settings)
-    names, native_ids = _suites(settings)
+    notes: list[str] = []
+    names, native_ids = _suites(settings, notes)
     chain = _client_chain(settings) if settings.seclevel == 2 else None
     common = dict(
         validate_certificates=False,  # VERIFY_OPTIONAL: tls_engine.verify decides
@@ -170,4 +180,4 @@ def build_plan(settings: TlsSettings) -> EnginePlan:
     # Mbed TLS would also name-check it, which VERIFY_OPTIONAL ignores.
     host = settings.server_name
     sni = host if settings.sni and host and parse_ip(host) is None else None
-    return EnginePlan(configuration, sni, native_ids)
+    return EnginePlan(configuration, sni, native_ids, notes)

@@ -98,6 +98,7 @@ MBEDTLS_INVALID_RECORD = 0x7200
 MBEDTLS_TIMEOUT = 0x6800
 
 _ERROR_SENTENCES = {
+    MBEDTLS_FATAL_ALERT: "the server sent a fatal alert",
     MBEDTLS_BAD_VERSION: "server chose a TLS version outside the configured sslversion",
     MBEDTLS_BAD_MAC: "record MAC check failed (data corrupted or wrong keys)",
     MBEDTLS_INVALID_RECORD: "invalid TLS record received",

@@ -62,6 +62,7 @@ class TlsClientSession:
         self._fatal_alert: int | None = None
         self._resumption = Resumption(settings.session_cache, cache, cache_key, self.notes)
         self._scratch = bytearray(WRITE_CHUNK + 2048)
+        self._rx: list[bytes] = []  # decrypted in this receive(), not yet an event
         self._retransmit = DTLS_TIMEOUT_MIN
         self._deadline: float | None = None
 
@@ -73,6 +74,7 @@ class TlsClientSession:
         self.state = "handshaking"
         try:
             self._plan = build_plan(self.settings)
+            self.notes.extend(self._plan.notes)
             if self.settings.seclevel >= 1:
                 self._verifier = ChainVerifier(self.settings, load_anchors(self.settings))
             self._buffer = self._wrap(self._plan)
@@ -101,6 +103,7 @@ class TlsClientSession:
             self._buffer.receive_from_network(bytes(view[:free]))
             view = view[free:]
             self._process()
+        self._flush_rx()
         if self.settings.dtls and self.state == "handshaking" and self._output_pending() > produced_before:
             self._arm_timer_for_new_flight()
 
@@ -241,8 +244,10 @@ class TlsClientSession:
                 self._collect_output()  # the alert Mbed TLS queued, if any
                 self._fail_from_tls_error(exc)
                 return
-            except ValueError:  # "handshake already over"
-                pass
+            except ValueError as exc:  # "handshake already over" is the expected one
+                if self._buffer._handshake_state is not HandshakeStep.HANDSHAKE_OVER:
+                    self._fail(PROTOCOL_ERROR, f"handshake step failed: {exc}")
+                    return
             self._collect_output()
             if self._buffer._handshake_state is HandshakeStep.HANDSHAKE_OVER:
                 self._on_handshake_over()
@@ -273,7 +278,6 @@ class TlsClientSession:
         from mbedtls.exceptions import TLSError
         from mbedtls.tls import RaggedEOF, WantReadError, WantWriteError
 
-        chunks: list[bytes] = []
         closed = False
         while True:
             try:
@@ -290,19 +294,21 @@ class TlsClientSession:
                 if getattr(exc, "err", 0) == MBEDTLS_PEER_CLOSE_NOTIFY:
                     closed = True
                     break
-                if chunks:
-                    self._events.append(AppData(b"".join(chunks)))
-                    chunks = []
                 self._collect_output()
                 self._fail_from_tls_error(exc)
                 return
             if n > 0:
-                chunks.append(bytes(self._scratch[:n]))
-        if chunks:  # data first: it arrived before the close_notify
-            self._events.append(AppData(b"".join(chunks)))
+                self._rx.append(bytes(self._scratch[:n]))
         if closed:
+            self._flush_rx()  # data first: it arrived before the close_notify
             self._events.append(PeerClosed())
             self.state = "closed"
+
+    def _flush_rx(self) -> None:
+        """Everything decrypted by one receive() becomes one AppData event."""
+        if self._rx:
+            self._events.append(AppData(b"".join(self._rx)))
+            self._rx.clear()
 
     def _on_transport_eof(self) -> None:
         if self.settings.dtls:
@@ -356,6 +362,7 @@ class TlsClientSession:
     def _fail(self, kind: str, reason: str) -> None:
         if self.state in ("failed", "closed"):
             return
+        self._flush_rx()
         self.state = "failed"
         self._deadline = None
         self._events.append(TlsFailure(kind, reason))

@@ -13,11 +13,11 @@ Behaviour chosen where the note is silent or ambiguous (docs/behaviour.md):
   (it is data too).
 * <timeout> is an inactivity timeout ("the time waiting for data to be
   inputted"): the upload ends once no byte has arrived for <timeout> seconds
-  (resolution _TICK).  What arrived until then is kept, as the note says of an
-  interrupted upload ("the data previously uploaded will be preserved"): the
-  file is written and the answer is "+QFUPL: <upload_size>,<checksum>" with
-  the real size.  If nothing at all arrived: +CME ERROR: 421 (time out) and no
-  file is created.
+  (counted in _TICK steps, so up to 0.25 s later).  What arrived until then
+  is kept, as the note says of an interrupted upload ("the data previously
+  uploaded will be preserved"): the file is written and the answer is
+  "+QFUPL: <upload_size>,<checksum>" with the real size.  If nothing at all
+  arrived (not covered by the note): +CME ERROR: 421 (time out), no file.
 * ackmode 1: after every 1024 bytes the module writes "A" (no CR LF) and the
   host sends the next block; no "A" follows the last byte (+QFUPL answers).
 * CONNECT is framed like a result code: "\\r\\nCONNECT\\r\\n" in ATV1, "1\\r" in
@@ -30,9 +30,11 @@ Behaviour chosen where the note is silent or ambiguous (docs/behaviour.md):
 * AT+QFDEL="<name>" deletes one file (405 if missing); a pattern with "*" or
   "?" ("*" = all UFS, "RAM:*" = all RAM) deletes every match, zero included.
 * AT+QFDWL: CONNECT, the bytes, CR LF, "+QFDWL: <size>,<checksum>", OK.
-* Test forms as a Quectel module prints them (a BG770A capture; the manual
-  text matches): QFUPL/QFDWL/QFDEL print their syntax lines with the
-  placeholders literally, QFLST=? and QFLDS=? answer a bare OK.
+* Test forms as a real Quectel module prints them (a published BG770A UART
+  capture; the BG96 FILE manual prints the same QFUPL/QFDWL forms; the EC2x
+  note itself could only be consulted through search excerpts):
+  QFUPL/QFDWL/QFDEL print their syntax with the placeholders literally,
+  QFLST=? and QFLDS=? answer a bare OK.
 """
 from __future__ import annotations
 

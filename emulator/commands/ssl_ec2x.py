@@ -166,14 +166,25 @@ def qsslsend_write(modem, cmd):
     args = _SslArgs(modem, cmd)
     args.at_most(2)
     client_id = args.int(0, 0, svc.max_sockets - 1)
-    send_max = modem.profile["ssl.send_max"]
-    length = args.int(1, 1, send_max, default=None)
+    length = args.int(1, 1, modem.profile["ssl.send_max"], default=None)
     if svc.connected(client_id) is None:
         raise _fail(svc, 567 if client_id in svc.sockets else 572, f"socket {client_id} is not connected")
+    return send_request(modem, svc, client_id, length)
+
+
+def send_request(modem, svc: SslService, client_id: int, length: int | None,
+                 cancelled: Response | None = None) -> Response:
+    """The data phase of AT+QSSLSEND, shared by EC2x and ML302: "> ", the data
+    (length bytes, or up to Ctrl+Z where ESC cancels), then SEND OK / SEND FAIL.
+    cancelled: the answer to ESC (None = ERROR, the EC2x choice)."""
+    send_max = modem.profile["ssl.send_max"]
 
     def finish(data: bytes, reason: str) -> Response:
         sock = svc.connected(client_id)
         if reason == "cancel":
+            if cancelled is not None:
+                log.info("SSL socket %d: send cancelled with ESC", client_id)
+                return cancelled
             raise _fail(svc, 571, "send cancelled with ESC")
         if reason == "overflow":
             raise _fail(svc, 552, f"more than {send_max} bytes before Ctrl+Z")

@@ -124,11 +124,14 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
         cert, _ = material("clientcert", True)
         key, _ = material("clientkey", True)
 
+    identity, psk_key = ctx["psk"]
     ciphers = tuple(ctx["ciphersuite"])
     if ciphers == (ALL_CIPHERS,):
-        table = tuple(int(x, 16) for x in profile["ssl.cipher_suites"])
-        ciphers = tuple(c for c in table if allow_ciphers is None or c in allow_ciphers)
-    identity, psk_key = ctx["psk"]
+        if identity:
+            ciphers = ()     # the engine's full offer: the note's table plus the PSK suites
+        else:
+            table = tuple(int(x, 16) for x in profile["ssl.cipher_suites"])
+            ciphers = tuple(c for c in table if allow_ciphers is None or c in allow_ciphers)
     alpn = tuple(p for p in str(ctx["alpn"]).split(",") if p)
     return TlsSettings(
         server_name=host,

@@ -74,8 +74,11 @@ class SslService:
 
     # -- opening ---------------------------------------------------------------
     def open(self, client_id: int, *, pdp_id: int, ctx_id: int, host: str, port: int,
-             access_mode: int, read_material) -> SslSocket:
-        """Start connecting; the result arrives as a URC through on_opened."""
+             access_mode: int, read_material, timeout: float | None = None,
+             allow_ciphers: tuple[int, ...] | None = None) -> SslSocket:
+        """Start connecting; the result arrives as a URC through on_opened.
+        timeout: a bound on the whole open (ML302), None = negotiatetime only (EC2x).
+        allow_ciphers: what 0XFFFF may expand to (None = the profile's whole table)."""
         modem = self.modem
         sock = SslSocket(self, client_id, pdp_id=pdp_id, ctx_id=ctx_id, host=host, port=port,
                          access_mode=access_mode, recv_limit=modem.profile["ssl.recv_buffer"])
@@ -83,13 +86,15 @@ class SslService:
         ctx = self.contexts[ctx_id]
         try:
             settings = to_tls_settings(ctx, host=host, profile=modem.profile, read_material=read_material,
-                                       clock=modem.clock.now, keylog=getattr(modem, "keylog", None))
+                                       clock=modem.clock.now, keylog=getattr(modem, "keylog", None),
+                                       allow_ciphers=allow_ciphers)
         except SetupError as exc:
             sock.state = OPENING
             modem.loop.call_soon(self.on_opened, sock, exc.kind, exc.reason)
             return sock
         sock.open(modem.network, settings, float(ctx["negotiatetime"]),
-                  self.cache if ctx["session_cache"] else None, (ctx_id, host.lower(), port))
+                  self.cache if ctx["session_cache"] else None, (ctx_id, host.lower(), port),
+                  total_timeout=timeout)
         return sock
 
     # -- SocketOwner callbacks -----------------------------------------------------

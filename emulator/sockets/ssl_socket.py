@@ -63,7 +63,7 @@ class SslSocket:
         self.access_mode = access_mode
         self.state = INITIAL
         self.local_port = 0
-        self.remote = None              # the routed (addr, port) really connected to
+        self.remote = None              # the routed (IP, port) really connected to
         self.inbox = bytearray()        # plaintext the host has not read yet
         self.recv_limit = recv_limit
         self.handshake: HandshakeComplete | None = None
@@ -78,24 +78,37 @@ class SslSocket:
 
     # -- opening ----------------------------------------------------------------
     def open(self, router: Router, settings: TlsSettings, negotiate_timeout: float,
-             cache=None, cache_key=None) -> None:
+             cache=None, cache_key=None, total_timeout: float | None = None) -> None:
+        """total_timeout bounds name resolution + TCP connect + handshake together
+        (the ML302's AT+QSSLOPEN <timeout>); None = the EC2x's separate limits."""
         self.state = OPENING
         self._task = asyncio.ensure_future(
-            self._open(router, settings, negotiate_timeout, cache, cache_key))
+            self._open(router, settings, negotiate_timeout, cache, cache_key, total_timeout))
 
-    async def _open(self, router, settings, negotiate_timeout, cache, cache_key) -> None:
+    async def _open(self, router, settings, negotiate_timeout, cache, cache_key, total_timeout) -> None:
+        loop = asyncio.get_running_loop()
+        connect_timeout = CONNECT_TIMEOUT if total_timeout is None else min(CONNECT_TIMEOUT, total_timeout)
+        deadline = loop.time() + (total_timeout if total_timeout is not None else float("inf"))
         try:
             if settings.dtls:
-                transport, _, self.remote = await open_udp(router, self.host, self.port, lambda: _Link(self))
+                link = open_udp(router, self.host, self.port, lambda: _Link(self))
             else:
-                transport, _, self.remote = await open_tcp(router, self.host, self.port,
-                                                           lambda: _Link(self), CONNECT_TIMEOUT)
+                link = open_tcp(router, self.host, self.port, lambda: _Link(self), connect_timeout)
+            # wait_for also bounds the name lookup, which open_tcp's own timeout does not cover.
+            transport, _, self.remote = await asyncio.wait_for(link, connect_timeout)
+        except asyncio.TimeoutError:
+            self._fail_open("timeout", f"no connection to {self.host}:{self.port} within {connect_timeout:g} s")
+            return
         except NetworkError as exc:
             self._fail_open(exc.kind, exc.reason)
             return
         self._transport = transport
         sockname = transport.get_extra_info("sockname")
         self.local_port = sockname[1] if sockname else 0
+        peername = transport.get_extra_info("peername")
+        if peername:                   # the IP really dialled, even when a route names a host
+            self.remote = (peername[0], peername[1])
+        negotiate_timeout = max(0.0, min(negotiate_timeout, deadline - loop.time()))
         self._opened = asyncio.get_running_loop().create_future()
         self.session = TlsClientSession(settings, cache, cache_key)
         self.session.start()

@@ -42,9 +42,11 @@ def echo_until_eof(conn: ssl.SSLSocket, obs: ServerObservation) -> None:
 
 
 def send_then_close(payload: bytes) -> Callable[[ssl.SSLSocket, ServerObservation], None]:
-    """Send payload and close_notify in one go, so they reach the client together."""
+    """On the client's first byte, send payload and close_notify in one go, so they
+    reach the client together (waiting keeps them out of the handshake's last read)."""
 
     def handler(conn: ssl.SSLSocket, obs: ServerObservation) -> None:
+        obs.received += conn.recv(1)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
         conn.sendall(payload)
         conn.unwrap()
@@ -81,12 +83,14 @@ class TlsTestServer:
         self._sock.settimeout(5)
         self.port = self._sock.getsockname()[1]
         ctx.sni_callback = self._on_sni
-        self._current: ServerObservation | None = None
+        self._local = threading.local()
+        self._workers: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._stop = False
 
     def _on_sni(self, sslobj, server_name, ctx) -> None:
-        obs = self._current
+        # The callback runs in the connection's own thread, during its handshake.
+        obs = getattr(self._local, "obs", None)
         if obs is not None:
             obs.sni_callback_called = True
             obs.sni = server_name
@@ -103,6 +107,8 @@ class TlsTestServer:
         except OSError:
             pass
         self._thread.join(5)
+        for worker in self._workers:
+            worker.join(5)
         self._sock.close()
 
     @property
@@ -113,6 +119,8 @@ class TlsTestServer:
         while not self._stop:
             try:
                 raw, _ = self._sock.accept()
+            except TimeoutError:
+                continue                  # idle: keep listening until __exit__
             except OSError:
                 return
             if self._stop:
@@ -120,21 +128,27 @@ class TlsTestServer:
                 return
             obs = ServerObservation()
             self.observations.append(obs)
-            self._current = obs
-            raw.settimeout(5)
-            try:
-                with self.ctx.wrap_socket(raw, server_side=True) as conn:
-                    obs.version = conn.version()
-                    obs.cipher = conn.cipher()[0]
-                    obs.alpn = conn.selected_alpn_protocol()
-                    obs.client_cert = conn.getpeercert() or None
-                    obs.session_reused = conn.session_reused
-                    self.handler(conn, obs)
-            except Exception as exc:  # recorded: tests assert on it
-                obs.error = f"{type(exc).__name__}: {exc}"
-            finally:
-                raw.close()
-                obs.done.set()
+            # One thread per connection: a modem may hold several sockets open at once.
+            worker = threading.Thread(target=self._handle, args=(raw, obs), daemon=True)
+            self._workers.append(worker)
+            worker.start()
+
+    def _handle(self, raw: socket.socket, obs: ServerObservation) -> None:
+        self._local.obs = obs
+        raw.settimeout(5)
+        try:
+            with self.ctx.wrap_socket(raw, server_side=True) as conn:
+                obs.version = conn.version()
+                obs.cipher = conn.cipher()[0]
+                obs.alpn = conn.selected_alpn_protocol()
+                obs.client_cert = conn.getpeercert() or None
+                obs.session_reused = conn.session_reused
+                self.handler(conn, obs)
+        except Exception as exc:  # recorded: tests assert on it
+            obs.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            raw.close()
+            obs.done.set()
 
 
 class ClientDriver:

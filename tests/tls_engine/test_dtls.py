@@ -7,13 +7,13 @@ from __future__ import annotations
 import select
 import shutil
 import socket
-import subprocess
 import time
 
 import pytest
 
 from tls_engine import AppData, HandshakeComplete, TlsClientSession, TlsFailure, TlsSettings
 
+from .openssl_peer import OpensslServer
 from .wire import client_hello_extensions
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
@@ -21,28 +21,19 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs t
 
 @pytest.fixture
 def dtls_server(tmp_path, rsa_leaf):
-    """Start `openssl s_server` for one DTLS client; yields (port, process)."""
+    """Start `openssl s_server` for one DTLS client; returns (port, OpensslServer)."""
     pem = tmp_path / "server.pem"
     rsa_leaf.private_key_and_cert_chain_pem.write_to_path(str(pem))
-    procs = []
+    servers = []
 
     def start(*extra: str):
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
-        proc = subprocess.Popen(
-            ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(pem),
-             "-naccept", "1", "-quiet", "-cipher", "ALL:@SECLEVEL=0", *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        procs.append(proc)
-        time.sleep(0.3)  # s_server binds asynchronously; nothing else to wait on
-        return port, proc
+        server = OpensslServer("-cert", str(pem), "-quiet", *extra, dtls=True)
+        servers.append(server)
+        return server.port, server
 
     yield start
-    for proc in procs:
-        proc.kill()
-        proc.communicate()
+    for server in servers:
+        server.stop()
 
 
 class DtlsDriver:
@@ -100,17 +91,13 @@ def test_dtls_handshake_and_data(dtls_server, ca, dtls_version, flag, expected):
     events = driver.run(completed)
     assert isinstance(events[-1], HandshakeComplete), events
     assert events[-1].version == expected
-    proc.stdin.write(b"from the server\n")
-    proc.stdin.flush()
+    proc.type(b"from the server\n")
     driver.run(lambda ev: any(isinstance(e, AppData) for e in ev))
     assert b"".join(e.data for e in driver.events if isinstance(e, AppData)) == b"from the server\n"
     session.send(b"hello over dtls\n")
     session.close()
     driver.run(lambda ev: True)
-    time.sleep(0.2)  # let s_server print before it is killed
-    proc.kill()
-    out, _ = proc.communicate()
-    assert b"hello over dtls" in out
+    assert b"hello over dtls" in proc.stop()
 
 
 def test_dtls_verify_failure(dtls_server, other_ca):

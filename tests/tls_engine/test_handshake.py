@@ -12,7 +12,7 @@ from tls_engine import (AppData, HandshakeComplete, PeerClosed, TlsClientSession
                         TlsSettings, native_bridge)
 
 from .servers import (ClientDriver, TlsTestServer, send_then_close, server_context, sha256)
-from .wire import client_hello_extensions
+from .wire import client_hello_extensions, client_hello_suites
 
 EXT_SERVER_NAME = 0
 EXT_ALPN = 16
@@ -114,6 +114,16 @@ def test_rc4_suite_without_native_is_unsupported_cipher(monkeypatch):
     assert "0x0005 TLS_RSA_WITH_RC4_128_SHA not available in this TLS build" in failure.reason
 
 
+def test_without_native_rc4_is_left_out_of_a_mixed_list(monkeypatch):
+    monkeypatch.setattr(native_bridge, "native_available", lambda: False)
+    session = TlsClientSession(TlsSettings(server_name="localhost", cipher_suites=(0x0005, 0xC02F, 0x000A)))
+    session.start()
+    [hello] = session.outgoing()
+    assert [s for s in client_hello_suites(hello) if s != 0x00FF] == [0xC02F]
+    assert any("0x0005 TLS_RSA_WITH_RC4_128_SHA, 0x000A TLS_RSA_WITH_3DES_EDE_CBC_SHA" in n
+               for n in session.notes)
+
+
 @pytest.mark.parametrize("sni, server_name, expected", [
     (True, "localhost", "localhost"), (False, "localhost", None), (True, "127.0.0.1", None),
 ])
@@ -155,12 +165,19 @@ def test_data_and_close_notify_in_one_input_keep_the_data(rsa_leaf, base_setting
     with TlsTestServer(server_context(rsa_leaf), handler=send_then_close(payload)) as server:
         driver, result = connect(base_settings(), server)
         assert isinstance(result, HandshakeComplete)
+        request(driver)
         rest = read_through_first_alert_record(driver.sock)
         driver.session.receive(rest)             # data records + close_notify at once
         events = driver.session.events()
         driver.close()
     assert events == [AppData(payload), PeerClosed()]
     assert driver.session.state == "closed"
+
+
+def request(driver: ClientDriver) -> None:
+    """The one byte send_then_close() servers wait for."""
+    driver.session.send(b"!")
+    driver.flush()
 
 
 def read_through_first_alert_record(sock: socket.socket) -> bytes:
@@ -181,6 +198,7 @@ def read_through_first_alert_record(sock: socket.socket) -> bytes:
 def test_peer_close_is_reported_once(rsa_leaf, base_settings):
     with TlsTestServer(server_context(rsa_leaf), handler=send_then_close(b"bye")) as server:
         driver, _ = connect(base_settings(), server)
+        request(driver)
         driver.pump(lambda ev: any(isinstance(e, PeerClosed) for e in ev))
         driver.session.receive(b"")  # the TCP FIN after close_notify
         driver.events.extend(driver.session.events())
@@ -231,3 +249,41 @@ def test_eof_during_handshake_is_a_handshake_failure(base_settings):
     session.receive(b"")
     [failure] = session.events()
     assert failure.kind == "handshake_failed" and "closed the connection" in failure.reason
+
+
+def test_one_receive_larger_than_the_wrappers_32k_buffer(rsa_leaf, base_settings):
+    payload = os.urandom(100 * 1024)
+    with TlsTestServer(server_context(rsa_leaf), handler=send_then_close(payload)) as server:
+        driver, _ = connect(base_settings(), server)
+        request(driver)
+        blob = read_through_first_alert_record(driver.sock)
+        assert len(blob) > 64 * 1024
+        driver.session.receive(blob)
+        events = driver.session.events()
+        driver.close()
+    assert [type(e) for e in events] == [AppData, PeerClosed]
+    assert len(events[0].data) == len(payload), (len(events[0].data), len(payload), len(blob))
+    assert events[0].data == payload
+
+
+def test_handshake_fed_one_byte_at_a_time(rsa_leaf, base_settings):
+    with TlsTestServer(server_context(rsa_leaf)) as server:
+        session = TlsClientSession(base_settings(seclevel=1))
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        session.start()
+        while session.state == "handshaking":
+            for chunk in session.outgoing():
+                sock.sendall(chunk)
+            for i, byte in enumerate(sock.recv(65536)):
+                session.receive(bytes([byte]))
+        for chunk in session.outgoing():
+            sock.sendall(chunk)
+        [done] = session.events()
+        session.send(b"tiny steps")
+        sock.sendall(session.outgoing()[0])
+        echoed = sock.recv(65536)
+        for byte in echoed:
+            session.receive(bytes([byte]))
+        sock.close()
+    assert isinstance(done, HandshakeComplete)
+    assert b"".join(e.data for e in session.events() if isinstance(e, AppData)) == b"tiny steps"

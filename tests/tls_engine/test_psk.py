@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
-
 import pytest
 
 from tls_engine import HandshakeComplete, TlsClientSession, TlsFailure, TlsSettings
 
+from .openssl_peer import OpensslServer
 from .servers import ClientDriver
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
@@ -19,30 +16,17 @@ KEY_HEX = "00112233445566778899aabbccddeeff"
 
 @pytest.fixture
 def psk_server():
-    procs = []
+    servers = []
 
     def start():
-        probe = socket.create_server(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
-        proc = subprocess.Popen(
-            ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-nocert", "-psk", KEY_HEX,
-             "-psk_identity", "modem-1", "-cipher", "PSK:@SECLEVEL=0", "-tls1_2",
-             "-naccept", "2", "-quiet"],  # 2: one for the readiness probe below
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        procs.append(proc)
-        for _ in range(100):  # ready once it accepts a TCP connection
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.02)
-        return port, proc
+        server = OpensslServer("-nocert", "-psk", KEY_HEX, "-psk_identity", "modem-1",
+                               "-cipher", "PSK:@SECLEVEL=0", "-tls1_2", "-quiet")
+        servers.append(server)
+        return server.port, server
 
     yield start
-    for proc in procs:
-        proc.kill()
-        proc.communicate()
+    for server in servers:
+        server.stop()
 
 
 def test_psk_handshake_with_table_default_plus_psk_suites(psk_server):
@@ -55,11 +39,8 @@ def test_psk_handshake_with_table_default_plus_psk_suites(psk_server):
     assert "PSK" in result.cipher_name
     driver.session.send(b"psk data\n")
     driver.flush()
-    time.sleep(0.2)
+    assert b"psk data" in proc.stop()
     driver.close()
-    proc.kill()
-    out, _ = proc.communicate()
-    assert b"psk data" in out
 
 
 def test_wrong_psk_key_fails_the_handshake(psk_server):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tls_engine import (HandshakeComplete, SessionCache, TlsClientSession, TlsSettings,
+from tls_engine import (HandshakeComplete, SessionCache, TlsClientSession,
                         native_bridge)
 
 from .servers import ClientDriver, TlsTestServer, server_context

@@ -1,0 +1,332 @@
+"""ML302 SSL commands (ML302 SSL AT manual §2.1, §2.5-2.10, §3): AT+QSSLCFG,
+AT+QSSLOPEN, AT+QSSLSEND, AT+QSSLRECV, AT+QSSLCLOSE, AT+QSSLSTATE.
+
+Sockets, contexts and TLS are the EC2x ones (emulator/sockets/); only the
+wording differs.  Choices where the manual is silent or contradicts itself
+(listed in docs/behaviour.md):
+
+* Every failure is a plain ERROR (the manual lists no codes); the log says why.
+  Syntax errors (a value out of range, a missing parameter) are ERROR at once;
+  conditions of the connection (ssid in use, no active PDP context, DNS, TCP,
+  TLS, certificates) are OK then "+QSSLOPEN: <ssid>,<connectcode>", as the
+  manual's -2 ("socket in use") connectcode implies: -2 for in use, -1 else.
+* AT+QSSLOPEN uses the first active PDP context (the ML302 has no <pdpctx>).
+  <timeout> bounds DNS + TCP + handshake together.  connectmode 1
+  (transparent) is not implemented: ERROR with a log line.
+* Certificates come from the AT+QSECWRITE slots; a context's cacert /
+  clientcert / clientkey start at the manual's fixed paths ("/caCrt.pem",
+  "/clientCrt.pem", "/privateKey.pem"), so AT+QSSLCFG="seclevel",0,2 alone
+  enables mutual authentication, as in the manual's §2.1 example.  No TLS
+  session resumption (the manual has none, and a rewritten certificate slot
+  must take effect at the next open); SNI is sent (an Mbed TLS firmware names
+  the host for its certificate check, which also sends SNI).
+* "ignorertctime" (global, default 1) is every context's ignore-local-time.
+* <ipaddr> in +QSSLRECV / +QSSLSTATE is the IP address really connected to
+  (through --route: the routed address, the router acting as the DNS), <port>
+  the port as dialled.
+* SEND OK alone after the data (§2.7; §3 also prints an OK: not copied).
+  ESC cancels with OK (like AT+QSECWRITE).  AT+QSSLCLOSE of an idle ssid
+  still answers OK and "<ssid>,CLOSE OK".
+* Test forms as printed (placeholders and brackets included, "+ QSSLSEND"
+  without the stray space); AT+QSSLRECV accepts <length> 1-1460 (the
+  parameter table and both examples) although its test form prints (1,1500).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from tls_engine import suite_offerable
+
+from ..args import Args
+from ..at_parser import EXEC, READ, TEST, WRITE
+from ..registry import command
+from ..responses import CommandError, Raw, Response, ok
+from ..sockets.context import ALL_CIPHERS, OPTIONS, format_cipher_list, parse_cipher_list
+from ..sockets.service import SslService
+from ..sockets.ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
+from ..storage.secstore import SLOT_PATHS, SLOT_CA_CERT, SLOT_CLIENT_CERT, SLOT_CLIENT_KEY, slot_for_path
+from .ssl_ec2x import send_request
+
+log = logging.getLogger("emulator.ssl")
+V = "ml302"
+
+CTX_OPTIONS = ("sslversion", "ciphersuite", "seclevel", "cacert", "clientcert", "clientkey")
+DEFAULT_PATHS = {"cacert": SLOT_PATHS[SLOT_CA_CERT], "clientcert": SLOT_PATHS[SLOT_CLIENT_CERT],
+                 "clientkey": SLOT_PATHS[SLOT_CLIENT_KEY]}
+CLOSE_TIMEOUT = 10.0      # seconds for close_notify + TCP close (the ML302 has no parameter)
+STATUS = {OPENING: "CONNECTING", CONNECTED: "CONNECTED", CLOSING: "REMOTE CLOSING", INITIAL: "INITIAL"}
+
+
+def _new_service(modem) -> SslService:
+    svc = SslService(modem)
+    for ctx in svc.contexts.values():
+        ctx.values.update(DEFAULT_PATHS, session_cache=0, sni=1)
+    return svc
+
+
+def service(modem) -> SslService:
+    return modem.feature("ssl", _new_service)
+
+
+@dataclass
+class _Globals:
+    """What the ML302 keeps beside the shared SSL service."""
+    https: int = 0
+    httpsctxi: int = 0
+    # The last socket opened on each ssid: once it has ended, AT+QSSLSTATE shows
+    # it as CLOSED with its address until the ssid is used again.
+    dialled: dict[int, SslSocket] = field(default_factory=dict)
+
+
+def _globals(modem) -> _Globals:
+    def make(m) -> _Globals:
+        state = _Globals()
+        m.on("reset", state.dialled.clear)
+        return state
+    return modem.feature("ssl.ml302", make)
+
+
+def read_slot_material(modem):
+    """read_material for to_tls_settings: the AT+QSSLCFG paths name secstore slots."""
+    def read(path: str) -> bytes | None:
+        slot = slot_for_path(path)
+        if slot is None:
+            log.warning("ML302 certificate path %r names no slot (they are %s)",
+                        path, ", ".join(SLOT_PATHS.values()))
+            return None
+        return modem.secstore.load(slot)
+    return read
+
+
+def _fail(why: str) -> CommandError:
+    return CommandError("ERROR", why)
+
+
+# -- AT+QSSLCFG ------------------------------------------------------------------
+def _format(name: str, value) -> str:
+    if name == "ciphersuite":
+        return format_cipher_list(value)
+    if name in DEFAULT_PATHS:
+        return f'"{value}"'
+    return str(value)
+
+
+@command("+QSSLCFG", TEST, variant=V)
+def qsslcfg_test(modem, cmd):
+    return ok(f'+QSSLCFG: "type",(0-{len(service(modem).contexts) - 1}),"value"')
+
+
+def _global_options(modem, svc: SslService) -> dict[str, tuple[int, int, object]]:
+    """name -> (lo, hi, current value) of the options that have no <ctxindex>."""
+    g = _globals(modem)
+    return {"ignorertctime": (0, 1, svc.contexts[0]["ignorelocaltime"]),
+            "https": (0, 1, g.https),
+            "httpsctxi": (0, len(svc.contexts) - 1, g.httpsctxi)}
+
+
+@command("+QSSLCFG", WRITE, variant=V)
+def qsslcfg_write(modem, cmd):
+    svc = service(modem)
+    args = Args(cmd)
+    name = args.str(0, max_len=32).lower()
+    globals_ = _global_options(modem, svc)
+    if name in globals_:
+        args.at_most(2)
+        lo, hi, current = globals_[name]
+        if not args.present(1):
+            return ok(f'+QSSLCFG: "{name}",{current}')
+        value = args.int(1, lo, hi)
+        if name == "ignorertctime":          # one switch for the module: mirror it in every context
+            for ctx in svc.contexts.values():
+                ctx["ignorelocaltime"] = value
+        else:
+            setattr(_globals(modem), name, value)
+        return ok()
+    if name != "ctxindex" and name not in CTX_OPTIONS:
+        raise args.fail(f"unknown option {name!r}")
+    ctx = svc.contexts[args.int(1, 0, len(svc.contexts) - 1)]
+    if name == "ctxindex":
+        args.at_most(2)
+        fields = ",".join(_format(n, ctx[n]) for n in ("sslversion", "seclevel", "ciphersuite",
+                                                       "cacert", "clientcert", "clientkey"))
+        return ok(f"+QSSLCFG: {ctx.ctx_id},{fields}")
+    args.at_most(3)
+    if not args.present(2):                  # the manual's query answer names no context
+        return ok(f'+QSSLCFG: "{name}",{_format(name, ctx[name])}')
+    if name == "ciphersuite":
+        ctx[name] = _parse_suites(modem, args)
+    elif name in DEFAULT_PATHS:
+        path = args.str(2, max_len=modem.profile["files.max_name_len"])
+        if slot_for_path(path) is None:
+            log.warning("AT+QSSLCFG=\"%s\": %r is not a certificate slot path (%s): "
+                        "AT+QSSLOPEN will fail at seclevel >= 1", name, path, ", ".join(SLOT_PATHS.values()))
+        ctx[name] = path
+    else:
+        ctx[name] = args.int(2, OPTIONS[name].lo, OPTIONS[name].hi)
+    return ok()
+
+
+def _parse_suites(modem, args: Args) -> tuple[int, ...]:
+    suites = parse_cipher_list(args.str(2, max_len=200))
+    table = {int(x, 16) for x in modem.profile["ssl.cipher_suites"]}
+    if suites is None:
+        raise args.fail("cipher suites must be hex ids like 0X0035, several joined by ':'")
+    if suites == (ALL_CIPHERS,):
+        return suites
+    unknown = [f"0X{s:04X}" for s in suites if s not in table]
+    if unknown:
+        raise args.fail(f"{', '.join(unknown)} not in the ML302 suite list (or 0XFFFF alone)")
+    return suites
+
+
+# -- AT+QSSLOPEN --------------------------------------------------------------------
+@command("+QSSLOPEN", TEST, variant=V)
+def qsslopen_test(modem, cmd):
+    return ok("+QSSLOPEN: <ssid>,<ctxindex>,<ipaddr/domainname>,<port>,<connectmode>[,<timeout>]")
+
+
+@command("+QSSLOPEN", READ, variant=V)
+def qsslopen_read(modem, cmd):
+    return ok()
+
+
+@command("+QSSLOPEN", WRITE, variant=V)
+def qsslopen_write(modem, cmd):
+    svc = service(modem)
+    args = Args(cmd)
+    args.at_most(6)
+    ssid = args.int(0, 0, svc.max_sockets - 1)
+    ctx_id = args.int(1, 0, len(svc.contexts) - 1)
+    host = args.str(2, max_len=150).strip()
+    port = args.int(3, 1, 65535)
+    mode = args.int(4, 0, 1)
+    timeout = args.int(5, 10, 300, default=90)
+    if not host:
+        raise args.fail("empty server address")
+    if mode == 1:
+        log.warning("AT+QSSLOPEN connectmode 1 (transparent) is not implemented yet: ERROR")
+        raise _fail("transparent mode not implemented yet")
+    if ssid in svc.sockets:
+        log.info("AT+QSSLOPEN: ssid %d is in use (AT+QSSLCLOSE=%d first): -2", ssid, ssid)
+        return Response([], "OK", after=[f"+QSSLOPEN: {ssid},-2"])
+    active = modem.pdp.active()
+    if not active:
+        code = svc.code("pdp")
+        log.warning("AT+QSSLOPEN: no PDP context is active (AT+CGACT=1,<cid> first): %d", code)
+        return Response([], "OK", after=[f"+QSSLOPEN: {ssid},{code}"])
+    # 0XFFFF = the ML302 suites this TLS build can offer, rather than failing the open.
+    offerable = tuple(int(x, 16) for x in modem.profile["ssl.cipher_suites"] if suite_offerable(int(x, 16)))
+    _globals(modem).dialled[ssid] = svc.open(
+        ssid, pdp_id=active[0].cid, ctx_id=ctx_id, host=host, port=port, access_mode=0,
+        read_material=read_slot_material(modem), timeout=float(timeout), allow_ciphers=offerable)
+    return ok()
+
+
+# -- AT+QSSLSEND ----------------------------------------------------------------------
+@command("+QSSLSEND", TEST, variant=V)
+def qsslsend_test(modem, cmd):
+    return ok(f"+QSSLSEND: (0-{service(modem).max_sockets - 1})")
+
+
+@command("+QSSLSEND", READ, variant=V)
+def qsslsend_read(modem, cmd):
+    return ok()
+
+
+@command("+QSSLSEND", WRITE, variant=V)
+def qsslsend_write(modem, cmd):
+    svc = service(modem)
+    args = Args(cmd)
+    args.at_most(1)
+    ssid = args.int(0, 0, svc.max_sockets - 1)
+    if svc.connected(ssid) is None:
+        raise _fail(f"ssid {ssid} is not connected")
+    return send_request(modem, svc, ssid, None, cancelled=ok())
+
+
+# -- AT+QSSLRECV ----------------------------------------------------------------------
+def _address(sock: SslSocket) -> str:
+    return sock.remote[0] if sock.remote else ""
+
+
+@command("+QSSLRECV", TEST, variant=V)
+def qsslrecv_test(modem, cmd):
+    return ok(f"+QSSLRECV: (0,1),(0-{service(modem).max_sockets - 1}),(1,1500)")
+
+
+@command("+QSSLRECV", READ, variant=V)
+def qsslrecv_read(modem, cmd):
+    return ok()
+
+
+@command("+QSSLRECV", WRITE, variant=V)
+def qsslrecv_write(modem, cmd):
+    svc = service(modem)
+    args = Args(cmd)
+    args.at_most(3)
+    args.int(0, 0, 1)                        # <cid>: reserved
+    ssid = args.int(1, 0, svc.max_sockets - 1)
+    length = args.int(2, 1, modem.profile["ssl.recv_max"])
+    sock = svc.sockets.get(ssid)
+    if sock is None or sock.state in (INITIAL, OPENING):
+        raise _fail(f"ssid {ssid} is not connected")
+    data = sock.read(length)
+    if not data:
+        return ok()
+    return ok(f"+QSSLRECV: {_address(sock)}:{sock.port},TCP,{len(data)}", Raw(data))
+
+
+# -- AT+QSSLCLOSE ---------------------------------------------------------------------
+@command("+QSSLCLOSE", TEST, variant=V)
+def qsslclose_test(modem, cmd):
+    return ok(f"+QSSLCLOSE: (0-{service(modem).max_sockets - 1})[,(0,1)]")
+
+
+@command("+QSSLCLOSE", READ, variant=V)
+def qsslclose_read(modem, cmd):
+    return ok()
+
+
+@command("+QSSLCLOSE", WRITE, variant=V)
+def qsslclose_write(modem, cmd):
+    svc = service(modem)
+    args = Args(cmd)
+    args.at_most(2)
+    ssid = args.int(0, 0, svc.max_sockets - 1)
+    args.int(1, 0, 1, default=0)             # <closetype>: reserved
+    done = Response([], "OK", after=[f"{ssid},CLOSE OK"])
+    if ssid not in svc.sockets:
+        return done
+
+    async def close() -> Response:
+        await svc.close(ssid, CLOSE_TIMEOUT)
+        return done
+    return Response([], None, pending=close())
+
+
+# -- AT+QSSLSTATE ---------------------------------------------------------------------
+@command("+QSSLSTATE", EXEC, variant=V)
+def qsslstate_exec(modem, cmd):
+    svc = service(modem)
+    dialled = _globals(modem).dialled
+    lines = []
+    for ssid in range(svc.max_sockets):
+        sock = svc.sockets.get(ssid)
+        status = STATUS.get(sock.state, "INITIAL") if sock else "CLOSED"
+        sock = sock or dialled.get(ssid)
+        if sock is None:
+            lines.append(f'+QSSLSTATE: {ssid},"TCP","",0,"INITIAL",1')
+        else:
+            lines.append(f'+QSSLSTATE: {ssid},"TCP","{_address(sock)}",{sock.port},"{status}",1')
+    return ok(*lines)
+
+
+@command("+QSSLSTATE", READ, variant=V)
+def qsslstate_read(modem, cmd):
+    return ok()
+
+
+@command("+QSSLSTATE", TEST, variant=V)
+def qsslstate_test(modem, cmd):
+    return ok()
