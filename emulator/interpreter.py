@@ -45,13 +45,14 @@ class Interpreter:
         self._after: list[str] = []
         self._collector: _Collector | None = None
         self._busy = False
+        self._executing = False          # inside a handler: its URCs go after its answer
         self._urcs: list[bytes] = []
         self._last_line: bytes | None = None
 
     # -- input ---------------------------------------------------------------
     @property
     def idle(self) -> bool:
-        return not self._busy and self._collector is None
+        return not self._busy and self._collector is None and not self._executing
 
     def feed(self, data: bytes) -> None:
         self._inbox += data
@@ -122,6 +123,7 @@ class Interpreter:
                 return Response([], "OK")
             log.info("ERROR: AT%s (%s form) not supported", item.raw, item.kind)
             return Response([], "ERROR")
+        self._executing = True
         try:
             return entry.func(self.modem, item)
         except CommandError as exc:
@@ -131,6 +133,8 @@ class Interpreter:
         except Exception:     # a handler bug must never take the emulator down
             log.exception("handler for AT%s failed", item.raw)
             return Response([], "ERROR")
+        finally:
+            self._executing = False
 
     def _handle(self, response: Response) -> bool:
         """Write a response; True when the line may go on with its next command."""
@@ -219,6 +223,7 @@ class Interpreter:
         self._collector = None
         if collector.timer is not None:
             collector.timer.cancel()
+        self._executing = True
         try:
             response = collector.request.on_done(bytes(collector.buf), reason)
         except CommandError as exc:
@@ -226,10 +231,12 @@ class Interpreter:
         except Exception:
             log.exception("data handler failed")
             response = Response([], "ERROR")
+        finally:
+            self._executing = False
         if self._handle(response):
             self._write_final("OK")
             self._write_after()
-        if reason == "timeout":
+        if reason == "timeout" or not self._inbox:
             self._pump()
 
     # -- output --------------------------------------------------------------

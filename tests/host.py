@@ -15,7 +15,7 @@ class Host:
         self.ser = serial.Serial(path, baudrate, timeout=0.02)
         self.pending = bytearray()     # bytes read but not yet consumed by an expectation
         self.transcript = bytearray()  # every byte ever received, for URCs that arrive anywhere
-        self._mark = 0
+        self._consumed: set[int] = set()   # transcript offsets of URCs seen() already returned
 
     def close(self) -> None:
         self.ser.close()
@@ -45,14 +45,15 @@ class Host:
             self._fill()
 
     def seen(self, pattern: bytes | re.Pattern, timeout: float = 10) -> bytes:
-        """Wait until `pattern` has been received since the last seen(), whether or
-        not an at() call consumed it (URCs arrive between and inside answers)."""
+        """Wait for the first occurrence of `pattern` not returned by an earlier
+        seen(), whether or not an at() call consumed it (URCs arrive between and
+        inside answers, and in no guaranteed order across sockets)."""
         regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
         deadline = time.monotonic() + timeout
         while True:
-            m = regex.search(self.transcript, self._mark)
+            m = next((m for m in regex.finditer(self.transcript) if m.start() not in self._consumed), None)
             if m:
-                self._mark = m.end()
+                self._consumed.add(m.start())
                 found = m.group(0)
                 at = self.pending.find(found)
                 if at >= 0:                       # not yet consumed: take it out of the way,
@@ -61,7 +62,7 @@ class Host:
                 return found
             if time.monotonic() > deadline:
                 raise AssertionError(f"never saw {regex.pattern!r}; transcript tail "
-                                     f"{bytes(self.transcript[self._mark:][-300:])!r}")
+                                     f"{bytes(self.transcript[-300:])!r}")
             self._fill()
 
     def read_exactly(self, n: int, timeout: float = 10) -> bytes:

@@ -326,3 +326,34 @@ def test_qsslcfg_every_option_stored_queried_range_checked(ec2x):
     assert b'+QSSLCFG: "sslversion",(0-5),(0-4)\r\n' in test
     assert b'+QSSLCFG: "negotiatetime",(0-5),(10-300)\r\n' in test
     assert b'+QSSLCFG: "psk",(0-5),<identity>,<key>\r\n' in test
+
+
+def test_manual_example_3_4_direct_push(ec2x, net, pki):
+    with TlsTestServer(server_context(pki["server"]), reply_after(18, b"Test data from SSL")) as server:
+        net(server, port=8011)
+        assert ec2x.at('AT+QSSLOPEN=1,1,4,"220.180.239.212",8011,1') == b"\r\nOK\r\n"
+        assert opened(ec2x, 4) == 0
+        state = ec2x.at("AT+QSSLSTATE")
+        assert re.fullmatch(rb'\r\n\+QSSLSTATE: 4,"SSLClient","220\.180\.239\.212",8011,\d+,2,1,4,1,"usbmodem",1'
+                            rb"\r\n\r\nOK\r\n", state), state
+        assert ec2x.send_data(4, b"Test data from SSL") == b"\r\nSEND OK\r\n"
+        # §3.4.3: the data come with the URC, nothing is left for AT+QSSLRECV
+        assert ec2x.read_until(b"from SSL") == b'\r\n+QSSLURC: "recv",4,18\r\nTest data from SSL'
+        assert ec2x.at("AT+QSSLRECV=4,1500") == b"\r\n+QSSLRECV: 0\r\n\r\nOK\r\n"
+        assert ec2x.at("AT+QSSLCLOSE=4") == b"\r\nOK\r\n"
+
+
+def test_transparent_mode_refused_until_implemented(ec2x, net):
+    assert ec2x.at('AT+QSSLOPEN=1,1,4,"220.180.239.212",8011,2') == b"\r\nERROR\r\n"
+    assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 555,operation not supported\r\n\r\nOK\r\n"
+
+
+def test_pdp_deactivation_closes_sockets(ec2x, net, pki):
+    with TlsTestServer(server_context(pki["server"])) as server:
+        net(server)
+        ec2x.at('AT+QSSLOPEN=1,0,3,"220.180.239.212",8010')
+        assert opened(ec2x, 3) == 0
+        assert ec2x.at("AT+QIDEACT=1") == b"\r\nOK\r\n"
+        ec2x.seen(b'\r\n+QSSLURC: "closed",3\r\n')
+        assert re.search(rb",4,1,3,0,", ec2x.at("AT+QSSLSTATE=3"))     # closing until the host closes it
+        assert ec2x.at("AT+QSSLCLOSE=3") == b"\r\nOK\r\n"

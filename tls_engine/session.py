@@ -62,6 +62,7 @@ class TlsClientSession:
         self._fatal_alert: int | None = None
         self._resumption = Resumption(settings.session_cache, cache, cache_key, self.notes)
         self._scratch = bytearray(WRITE_CHUNK + 2048)
+        self._unsent = bytearray()   # accepted by send() while a renegotiation was running
         self._rx: list[bytes] = []  # decrypted in this receive(), not yet an event
         self._retransmit = DTLS_TIMEOUT_MIN
         self._deadline: float | None = None
@@ -110,17 +111,29 @@ class TlsClientSession:
     def send(self, data: bytes) -> None:
         if self.state != "established":
             raise RuntimeError(f"send() called in state {self.state!r}")
-        from mbedtls.exceptions import TLSError
+        self._unsent += data
+        self._write_unsent()
 
-        view = memoryview(bytes(data))
-        while view:
-            chunk, view = view[:WRITE_CHUNK], view[WRITE_CHUNK:]
+    def _write_unsent(self) -> None:
+        """Encrypt what send() accepted.  While a server-initiated renegotiation runs,
+        Mbed TLS's write drives that handshake and answers WANT_READ without taking
+        the data: it stays queued (same bytes retried, as the API wants) until the
+        server's next flight has been read."""
+        from mbedtls.exceptions import TLSError
+        from mbedtls.tls import WantReadError, WantWriteError
+
+        while self._unsent and self.state == "established":
+            chunk = bytes(self._unsent[:WRITE_CHUNK])
             try:
-                self._buffer.write(bytes(chunk))
-            except TLSError as exc:  # WantRead/WantWrite are TLSErrors too: all fatal here
+                self._buffer.write(chunk)
+            except (WantReadError, WantWriteError):
+                self._collect_output()
+                return
+            except TLSError as exc:
                 self._collect_output()
                 self._fail(PROTOCOL_ERROR, f"write failed: {describe_mbedtls_error(getattr(exc, 'err', 0), str(exc))}")
                 return
+            del self._unsent[:len(chunk)]
             self._collect_output()
 
     def close(self) -> None:
@@ -226,6 +239,7 @@ class TlsClientSession:
             self._advance_handshake()
         if self.state == "established":
             self._pump_read()
+            self._write_unsent()
         self._collect_output()
 
     def _advance_handshake(self) -> None:

@@ -242,15 +242,25 @@ class SslSocket:
         TCP close to complete (0 = abort at once)."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        if self.session is not None and self.state == CONNECTED:
+        was_connected = self.state == CONNECTED
+        self.state = CLOSING              # the TCP close that follows is ours, not the peer's
+        if self.session is not None and was_connected:
             self.session.close()
             self._pump()
-        if self._transport is not None and timeout > 0 and not self._transport.is_closing():
-            self._transport.close()
+        transport = self._transport
+        if (transport is not None and timeout > 0 and not transport.is_closing()
+                and self.session is not None and not self.session.settings.dtls):
+            # Linger: send FIN after close_notify and wait up to timeout for the peer's own
+            # close (its FIN -> connection_lost).  transport.close() would call
+            # connection_lost itself at once, so the wait would end before the peer did anything.
+            if self._paused:
+                transport.resume_reading()     # or the peer's FIN would never be seen
+                self._paused = False
+            transport.write_eof()
             try:
                 await asyncio.wait_for(self._closed_event.wait(), timeout)
             except asyncio.TimeoutError:
-                pass
+                log.info("SSL socket %d: peer still open after the close timeout: aborted", self.client_id)
         self._teardown(abort=True)
         self.state = INITIAL
 
