@@ -22,10 +22,10 @@ openssl:
 
 run: $(STAMP)
 	@echo "EC2x modem with the built-in loopback TLS peer; device link: $(LINK)" >&2
-	$(PY) -m emulator --profile ec2x --demo --offline --link $(LINK) --state-dir state/ec2x
+	@$(PY) -m emulator --profile ec2x --demo --offline --link $(LINK) --state-dir state/ec2x
 
 run-ml302: $(STAMP)
-	$(PY) -m emulator --profile ml302 --demo --offline --link /tmp/modem-ml302 --state-dir state/ml302
+	@$(PY) -m emulator --profile ml302 --demo --offline --link /tmp/modem-ml302 --state-dir state/ml302
 
 test: $(STAMP) openssl
 	$(PY) -m pytest -q
