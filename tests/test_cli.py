@@ -144,3 +144,22 @@ def test_cli_in_a_terminal_prints_hints_and_stops_on_ctrl_c(tmp_path):
     finally:
         if term.isalive():
             term.terminate(force=True)
+
+
+def test_demo_answers_the_notes_example_out_of_the_box(tmp_path):
+    """`modem-emulator --demo` (what `make run` starts): the manual's hosts reach the
+    built-in peer, whose CA is already in UFS:demo-ca.pem."""
+    proc = start("--demo", "--offline", "--state-dir", str(tmp_path / "s"))
+    try:
+        host = Host(first_line(proc))
+        assert host.at("ATE0;+QIACT=1") == b"ATE0;+QIACT=1\r\r\nOK\r\n"
+        assert host.at('AT+QSSLCFG="seclevel",1,1;+QSSLCFG="cacert",1,"UFS:demo-ca.pem"') == b"\r\nOK\r\n"
+        assert host.at('AT+QSSLOPEN=1,1,4,"220.180.239.212",8010,0') == b"\r\nOK\r\n"
+        assert host.seen(b"\r\n+QSSLOPEN: 4,0\r\n", 15)
+        assert host.send_data(4, b"Test data from SSL") == b"\r\nSEND OK\r\n"
+        host.seen(b'\r\n+QSSLURC: "recv",4\r\n')
+        assert host.at("AT+QSSLRECV=4,1500") == b"\r\n+QSSLRECV: 18\r\nTest data from SSL\r\n\r\nOK\r\n"
+        assert host.at("AT+QSSLCLOSE=4") == b"\r\nOK\r\n"
+        host.close()
+    finally:
+        assert stop(proc) == 0
