@@ -64,6 +64,7 @@ IOTTEST_PATH = "/test.html"
 _LINE_END = rb"(?:\r\n|\n|\r(?!\n))"
 _HEAD_END = re.compile(_LINE_END + _LINE_END)
 _LINE_SPLIT = re.compile(_LINE_END)
+_MAX_HEAD = 16384
 
 
 def _simple_response(status: bytes, text: bytes, close: bool) -> bytes:
@@ -93,6 +94,9 @@ class DemoHttpSession:
             self._buffer = self._buffer.lstrip(b"\r\n")
             end = _HEAD_END.search(self._buffer)
             if end is None:
+                if len(self._buffer) > _MAX_HEAD:   # not HTTP, or never ending: stop buffering
+                    self.should_close = True
+                    out += _simple_response(b"400 Bad Request", b"Bad Request", True)
                 break
             head, self._buffer = self._buffer[:end.start()], self._buffer[end.end():]
             out += self._respond(_LINE_SPLIT.split(head))

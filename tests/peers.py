@@ -3,7 +3,8 @@
 Everything here is OpenSSL: Python's ssl module in threads (TlsServer) and the `openssl`
 command (OpenSslServer, OpenSslClient). Split by topic:
   tests/peers_pki.py          make_pki(): CAs, server/client/intermediate/windowed leaves
-  tests/peers_tls_server.py   TlsServer / TlsConnection: records what each client did
+  tests/peers_tls_server.py   TlsServer: threads, modes, waiting
+  tests/peers_tls_connection.py  TlsConnection: records what each client did
   tests/peers_clienthello.py  parse the raw ClientHello (offered suites, SNI, ALPN)
   tests/peers_openssl.py      OpenSslServer / OpenSslClient, UdpDropRelay, free_port
 
@@ -20,7 +21,8 @@ from tests.peers_clienthello import ClientHello, parse_client_hello
 from tests.peers_openssl import (Datagram, OpenSslClient, OpenSslServer, UdpDropRelay,
                                  free_port, openssl_binary)
 from tests.peers_pki import SERVER_NAMES, CaFiles, CertFiles, Pki, default_pki, make_pki, utc
-from tests.peers_tls_server import MODES, TlsConnection, TlsServer, tls_version
+from tests.peers_tls_connection import TlsConnection
+from tests.peers_tls_server import MODES, TlsServer, tls_version
 
 __all__ = ["CaFiles", "CertFiles", "ClientHello", "Datagram", "MODES", "OpenSslClient",
            "OpenSslServer", "Pki", "SERVER_NAMES", "TlsConnection", "TlsServer",

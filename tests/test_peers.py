@@ -127,6 +127,8 @@ def test_demo_http_session_parsing():
     assert session.feed(b"GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n").startswith(
         b"HTTP/1.1 404")
     assert session.should_close
+    endless = DemoHttpSession()
+    assert endless.feed(b"x" * 20000).startswith(b"HTTP/1.1 400") and endless.should_close
 
 
 def test_clienthello_fields_sni_alpn_cipher_order(pki):
@@ -320,6 +322,15 @@ def test_openssl_session_reuse_is_reported(pki, tmp_path):
         with OpenSslClient(server.address, ["-tls1_2", "-sess_in", str(session_file)]) as c:
             c.wait_for_output(rb"Reused, TLSv1\.2")
             server.wait_for_output(rb"Reused session-id", since=mark)
+
+
+def test_openssl_server_initiated_renegotiation(pki):
+    args = ["-cert", str(pki.server.cert_path), "-key", str(pki.server.key_path), "-tls1_2"]
+    with OpenSslServer(args) as server, OpenSslClient(server.address, ["-tls1_2"]):
+        server.wait_for_output(rb"CIPHER is")
+        mark = server.mark()
+        server.write("r\n")          # s_server: "r" renegotiates, "R" also asks for a cert
+        server.wait_for_output(rb"SSL_do_handshake -> 1", since=mark)
 
 
 def test_dtls_through_relay_with_first_server_datagram_dropped(pki):
