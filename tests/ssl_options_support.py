@@ -1,0 +1,71 @@
+"""Shared bits of tests/test_ssl_options_*.py: every AT+QSSLCFG option driven through
+the pty (EC2x profile) and judged from the SERVER side (tests/peers: OpenSSL)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.peers import default_pki
+
+HOST = "www.iottest.work"        # a DNS name the shared PKI's server certificate carries
+PORT = 8443
+
+
+@pytest.fixture
+def pki():
+    return default_pki()
+
+
+@pytest.fixture
+def net(emulator, ec2x):
+    """ec2x with PDP context 1 active; route(server) maps HOST:PORT (or host:port) to
+    127.0.0.1:server.port (server: anything with .port, or an (addr, port) pair's port)."""
+    assert ec2x.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+
+    def route(server, host: str = HOST, port: int = PORT) -> None:
+        dst = server.address[1] if isinstance(getattr(server, "address", None), tuple) else server.port
+        emulator.router.add_map(host, port, "127.0.0.1", dst)
+    return route
+
+
+def cfg(modem, option: str, ctx: int, *values) -> None:
+    line = f'AT+QSSLCFG="{option}",{ctx},' + ",".join(str(v) for v in values)
+    assert modem.at(line) == b"\r\nOK\r\n", line
+
+
+def opened(modem, client_id: int, timeout: float = 10) -> int:
+    line = modem.seen(re.compile(rb"\r\n\+QSSLOPEN: %d,(-?\d+)\r\n" % client_id), timeout)
+    return int(re.search(rb"(-?\d+)\r\n$", line).group(1))
+
+
+def open_ssl(modem, ctx: int, client_id: int = 0, host: str = HOST, port: int = PORT,
+             timeout: float = 10) -> int:
+    """AT+QSSLOPEN in buffer mode; returns the <err> of +QSSLOPEN."""
+    assert modem.at(f'AT+QSSLOPEN=1,{ctx},{client_id},"{host}",{port}') == b"\r\nOK\r\n"
+    return opened(modem, client_id, timeout)
+
+
+def close(modem, client_id: int = 0) -> None:
+    assert modem.at(f"AT+QSSLCLOSE={client_id}") == b"\r\nOK\r\n"
+
+
+def last_error(modem) -> int:
+    answer = modem.at("AT+QIGETERROR")
+    return int(re.search(rb"\+QIGETERROR: (\d+),", answer).group(1))
+
+
+def recv_all(modem, client_id: int, want: int, timeout: float = 10) -> bytes:
+    """AT+QSSLRECV until `want` bytes came (after the "recv" URC)."""
+    modem.seen(b'+QSSLURC: "recv",%d\r\n' % client_id, timeout)
+    data = b""
+    for _ in range(50):
+        answer = modem.at(f"AT+QSSLRECV={client_id},1500")
+        m = re.search(rb"\+QSSLRECV: (\d+)\r\n", answer)
+        n = int(m.group(1))
+        data += answer[m.end():m.end() + n]
+        if len(data) >= want:
+            return data
+        if n == 0:
+            modem.seen(b'+QSSLURC: "recv",%d\r\n' % client_id, timeout)
+    raise AssertionError(f"only {data!r}")

@@ -1,0 +1,148 @@
+"""The key log (BackgroundEmulator(keylog=...), the CLI's --keylog / SSLKEYLOGFILE) checked
+against OpenSSL's own key log of the same session, and AT+QSSLCFG "psk", "dtls",
+"dtlsversion" through the pty against `openssl s_server` (PSK, DTLS 1.0/1.2, a lost
+datagram dropped by a loopback relay)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emulator.app import BackgroundEmulator
+from tests.host import Host
+from tests.peers import OpenSslServer, TlsServer, UdpDropRelay
+from tests.ssl_options_support import HOST, PORT, cfg, close, net, open_ssl, pki, recv_all  # noqa: F401
+from tls_engine import native_bridge
+
+ROOT = Path(__file__).resolve().parent.parent
+PSK_HEX = "00112233445566778899aabbccddeeff"
+
+needs_native = pytest.mark.skipif(not native_bridge.native_available(),
+                                  reason="the key log needs tls_engine.native")
+
+
+def server_lines(path: Path) -> list[str]:
+    return [ln for ln in path.read_text().splitlines() if ln.startswith("CLIENT_RANDOM ")]
+
+
+def echo_session(modem, server) -> None:
+    """One TLS session through the pty: open, 5 bytes echoed, close."""
+    assert modem.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+    assert open_ssl(modem, 0) == 0
+    assert modem.send_data(0, b"hello") == b"\r\nSEND OK\r\n"
+    assert recv_all(modem, 0, 5) == b"hello"
+    close(modem)
+    server.wait_for(lambda: server.conn.closed, 5, "the close")
+
+
+# -- key log ------------------------------------------------------------------------------------
+@needs_native
+def test_keylog_callback_matches_the_servers_keylog(pki, tmp_path):
+    lines: list[str] = []
+    server_log = tmp_path / "server.keylog"
+    with TlsServer(pki.server, keylog=server_log) as server, \
+            BackgroundEmulator(offline=True, keylog=lines.append) as emu:
+        emu.router.add_map(HOST, PORT, "127.0.0.1", server.port)
+        modem = Host(emu.add_modem("ec2x", state_dir=tmp_path / "s").path)
+        try:
+            modem.at("ATE0")
+            echo_session(modem, server)
+            cfg(modem, "session_cache", 0, 0)          # a second, full handshake
+            assert open_ssl(modem, 0) == 0
+            close(modem)
+            server.wait_for(lambda: len(server.connections) == 2 and server.conn.closed, 5)
+        finally:
+            modem.close()
+    assert len(lines) == 2 and lines == server_lines(server_log)
+
+
+@needs_native
+@pytest.mark.parametrize("how", ["--keylog", "SSLKEYLOGFILE"])
+def test_cli_keylog_file_matches_the_servers_keylog(pki, tmp_path, how):
+    ours, theirs = tmp_path / "emulator.keylog", tmp_path / "server.keylog"
+    with TlsServer(pki.server, keylog=theirs) as server:
+        args = [sys.executable, "-m", "emulator", "--offline", "--state-dir", str(tmp_path / "s"),
+                "--route", f"{HOST}:{PORT}=127.0.0.1:{server.port}"]
+        env = dict(os.environ)
+        env.pop("SSLKEYLOGFILE", None)
+        if how == "--keylog":
+            args += ["--keylog", str(ours)]
+        else:
+            env["SSLKEYLOGFILE"] = str(ours)
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            path = proc.stdout.readline().strip()
+            assert path.startswith("/dev/pts/"), proc.stderr.read() if proc.poll() is not None else path
+            modem = Host(path)
+            modem.at("ATE0")
+            echo_session(modem, server)
+            modem.close()
+        finally:
+            proc.terminate()
+            assert proc.wait(10) == 0
+    assert ours.read_text().splitlines() == server_lines(theirs)
+    assert len(server_lines(theirs)) == 1
+
+
+# -- psk ------------------------------------------------------------------------------------------
+def test_psk_identity_and_hex_key_against_s_server(ec2x, net):
+    with OpenSslServer(["-nocert", "-psk", PSK_HEX, "-psk_identity", "modem-1",
+                        "-cipher", "PSK:@SECLEVEL=0", "-tls1_2"]) as server:
+        net(server)
+        cfg(ec2x, "psk", 0, '"modem-1"', f'"{PSK_HEX}"')
+        assert open_ssl(ec2x, 0) == 0
+        server.wait_for_output(rb"CIPHER is \S*PSK")
+        assert ec2x.send_data(0, b"psk up\n") == b"\r\nSEND OK\r\n"
+        server.wait_for_output(rb"psk up")
+        server.write(b"psk down\n")
+        assert recv_all(ec2x, 0, 9) == b"psk down\n"
+        close(ec2x)
+        cfg(ec2x, "psk", 0, '"modem-1"', '"ffeeddccbbaa99887766554433221100"')
+        assert open_ssl(ec2x, 0) == 566                # wrong key: the server refuses
+
+
+# -- dtls / dtlsversion ---------------------------------------------------------------------------------
+@pytest.fixture
+def dtls_server(pki):
+    servers = []
+
+    def start(flag: str) -> OpenSslServer:
+        cert, key = pki.server.load_args
+        server = OpenSslServer(["-cert", cert, "-key", key, flag, "-cipher", "ALL:@SECLEVEL=0"])
+        servers.append(server)
+        return server
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.mark.parametrize("dtlsversion, flag", [(0, "-dtls1"), (1, "-dtls1_2")])
+def test_dtls_datagrams_up_and_down(ec2x, net, dtls_server, dtlsversion, flag):
+    server = dtls_server(flag)
+    net(server)
+    cfg(ec2x, "dtls", 0, 1)
+    cfg(ec2x, "dtlsversion", 0, dtlsversion)
+    assert open_ssl(ec2x, 0) == 0
+    server.wait_for_output(rb"CIPHER is")
+    assert ec2x.send_data(0, b"datagram up\n") == b"\r\nSEND OK\r\n"
+    server.wait_for_output(rb"datagram up")
+    server.write(b"datagram down\n")
+    assert recv_all(ec2x, 0, 14) == b"datagram down\n"
+    close(ec2x)
+
+
+def test_dtls_handshake_survives_a_lost_datagram(ec2x, net, dtls_server):
+    server = dtls_server("-dtls1_2")
+    with UdpDropRelay(server.address, drop=[("s2c", 0)]) as relay:
+        net(relay)
+        cfg(ec2x, "dtls", 0, 1)
+        assert open_ssl(ec2x, 0, timeout=30) == 0      # after Mbed TLS's 1 s retransmission
+        hellos = [d for d in relay.passed("c2s") if d.data[0] == 22 and d.data[13] == 1]
+        assert len(relay.dropped()) == 1 and len(hellos) >= 2
+        assert ec2x.send_data(0, b"after the loss\n") == b"\r\nSEND OK\r\n"
+        server.wait_for_output(rb"after the loss")
+        close(ec2x)

@@ -1,0 +1,196 @@
+"""AT+QSSLCFG "seclevel", "cacert", "cacertex", "clientcert", "clientkey",
+"ignoremulticertchainverify", "ignoreinvalidcertsign", "ignorelocaltime" (with AT+CCLK)
+through the pty, against OpenSSL servers (tests/peers.TlsServer) that record whether the
+handshake completed and which client certificate they got."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.peers import TlsServer, utc
+from tests.ssl_options_support import HOST, cfg, close, net, open_ssl, pki  # noqa: F401
+from tests.tls_engine.pki import make_cert
+
+
+def trust(modem, ctx: int, ca_pem: bytes, name: str = "UFS:ca.pem", seclevel: int = 1) -> None:
+    """Upload a CA (once per name) and verify against it; session_cache off, because a
+    resumed session is not verified again (even after AT+CCLK moved the modem clock)."""
+    if name.encode() not in modem.at('AT+QFLST="*"'):
+        assert modem.upload(name, ca_pem).endswith(b"OK\r\n")
+    cfg(modem, "seclevel", ctx, seclevel)
+    cfg(modem, "cacert", ctx, f'"{name}"')
+    cfg(modem, "session_cache", ctx, 0)
+
+
+def reasons(caplog) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == "emulator.ssl")
+
+
+# -- seclevel / cacert / clientcert / clientkey ----------------------------------------------------
+def test_seclevel_0_checks_nothing_1_checks_the_server(ec2x, net, pki):
+    with TlsServer(pki.wrong_server) as server:        # signed by a CA the modem does not trust
+        net(server)
+        assert open_ssl(ec2x, 0) == 0                  # seclevel 0: accepted
+        assert server.wait_handshake().handshake_done
+        close(ec2x)
+        trust(ec2x, 0, pki.ca.cert_pem)
+        assert open_ssl(ec2x, 0) == 566                # seclevel 1: refused
+        conn = server.wait_handshake()
+        assert not conn.handshake_done and conn.handshake_error   # the modem's alert ended it
+    with TlsServer(pki.server) as server:
+        net(server)
+        assert open_ssl(ec2x, 0) == 0                  # same context, the right CA's server
+        assert server.wait_handshake().handshake_done
+        close(ec2x)
+
+
+def test_seclevel_2_presents_the_client_certificate(ec2x, net, pki):
+    ec2x.upload("UFS:client.pem", pki.client.cert_pem)
+    ec2x.upload("UFS:client.key", pki.client.key_pem)
+    with TlsServer(pki.server, client_ca=pki.ca.cert_pem, require_client_cert=True) as server:
+        net(server)
+        trust(ec2x, 1, pki.ca.cert_pem, seclevel=2)
+        cfg(ec2x, "clientcert", 1, '"UFS:client.pem"')
+        cfg(ec2x, "clientkey", 1, '"UFS:client.key"')
+        assert open_ssl(ec2x, 1) == 0
+        conn = server.wait_handshake()
+        close(ec2x)
+        assert "modem client" in conn.client_cert_subject
+        assert conn.client_cert_der is not None
+        cfg(ec2x, "seclevel", 1, 1)                    # server-only: no certificate sent
+        assert open_ssl(ec2x, 1) == 566
+        assert server.wait_handshake().client_cert_der is None
+
+
+def test_seclevel_2_sends_nothing_unless_asked(ec2x, net, pki):
+    ec2x.upload("UFS:client.pem", pki.client.cert_pem)
+    ec2x.upload("UFS:client.key", pki.client.key_pem)
+    with TlsServer(pki.server) as server:              # no CertificateRequest
+        net(server)
+        trust(ec2x, 0, pki.ca.cert_pem, seclevel=2)
+        cfg(ec2x, "clientcert", 0, '"UFS:client.pem"')
+        cfg(ec2x, "clientkey", 0, '"UFS:client.key"')
+        assert open_ssl(ec2x, 0) == 0
+        conn = server.wait_handshake()
+        close(ec2x)
+    assert conn.client_cert_der is None
+
+
+def test_intermediate_chain_verifies_against_the_root(ec2x, net, pki):
+    assert pki.chained.chain_pem.count(b"BEGIN CERTIFICATE") == 2        # leaf + intermediate
+    with TlsServer(pki.chained) as server:
+        net(server)
+        trust(ec2x, 0, pki.ca.cert_pem)                # the root only
+        assert open_ssl(ec2x, 0) == 0
+        close(ec2x)
+        trust(ec2x, 0, pki.wrong_ca.cert_pem, name="UFS:wrong.pem")
+        assert open_ssl(ec2x, 0) == 566
+
+
+def test_cacertex_adds_trust_anchors(ec2x, net, pki, caplog):
+    """Decision (emulator/sockets/context.py): cacertex is concatenated to cacert, both are
+    anchors; it is only read when seclevel >= 1 and cacert is set."""
+    caplog.set_level(logging.INFO, logger="emulator.ssl")
+    ec2x.upload("UFS:extra.pem", pki.ca.cert_pem)
+    with TlsServer(pki.server) as server:
+        net(server)
+        trust(ec2x, 0, pki.wrong_ca.cert_pem, name="UFS:wrong.pem")
+        assert open_ssl(ec2x, 0) == 566                # cacert alone: not the server's CA
+        cfg(ec2x, "cacertex", 0, '"UFS:extra.pem"')
+        assert open_ssl(ec2x, 0) == 0                  # cacertex adds it
+        close(ec2x)
+        assert ec2x.at('AT+QSSLCFG="cacertex",0') == b'\r\n+QSSLCFG: "cacertex",0,"UFS:extra.pem"\r\n\r\nOK\r\n'
+        cfg(ec2x, "cacert", 0, '""')                   # cacertex without cacert: bad config
+        assert open_ssl(ec2x, 0) == 552
+    assert "server certificate not signed by UFS:wrong.pem (" in reasons(caplog)
+
+
+# -- ignoremulticertchainverify ------------------------------------------------------------------
+def test_ignoremulticertchainverify_skips_the_chain_above_the_leaf_issuer(ec2x, net, pki, caplog):
+    caplog.set_level(logging.INFO, logger="emulator.ssl")
+    with TlsServer(pki.chained) as server:
+        net(server)
+        trust(ec2x, 0, pki.wrong_ca.cert_pem)          # the chain's root is not trusted
+        assert open_ssl(ec2x, 0) == 566
+        cfg(ec2x, "ignoremulticertchainverify", 0, 1)
+        assert open_ssl(ec2x, 0) == 0                  # the leaf's sent issuer signed it: enough
+        close(ec2x)
+        net(server, host="not-in-the-cert.example")    # ...but the name is still checked
+        assert open_ssl(ec2x, 0, host="not-in-the-cert.example") == 566
+    with TlsServer(pki.wrong_server) as server:        # a leaf whose issuer nobody sent
+        net(server)
+        trust(ec2x, 0, pki.ca.cert_pem, name="UFS:root.pem")
+        assert open_ssl(ec2x, 0) == 566
+    text = reasons(caplog)
+    assert "does not match 'not-in-the-cert.example'" in text and "not signed by" in text
+
+
+# -- ignoreinvalidcertsign ------------------------------------------------------------------------
+@pytest.fixture
+def forged(tmp_path):
+    """root CA, and a leaf for HOST carrying root's name as issuer but signed by another key."""
+    root = make_cert("Options Root", None, ca=True)
+    impostor = make_cert("Impostor", None, ca=True)
+    leaf = make_cert("leaf", root, ca=False, names=(HOST,), signing_key=impostor.key)
+    cert, key = tmp_path / "forged.pem", tmp_path / "forged.key"
+    cert.write_bytes(leaf.cert_pem)
+    key.write_bytes(leaf.key_pem)
+    return root, impostor, (str(cert), str(key))
+
+
+def test_ignoreinvalidcertsign_tolerates_a_bad_signature_only(ec2x, net, forged, caplog):
+    caplog.set_level(logging.INFO, logger="emulator.ssl")
+    root, impostor, files = forged
+    with TlsServer(files) as server:
+        net(server)
+        trust(ec2x, 0, root.cert_pem)
+        assert open_ssl(ec2x, 0) == 566                # signature does not verify
+        cfg(ec2x, "ignoremulticertchainverify", 0, 1)  # the other relaxation does not forgive it
+        assert open_ssl(ec2x, 0) == 566
+        cfg(ec2x, "ignoremulticertchainverify", 0, 0)
+        cfg(ec2x, "ignoreinvalidcertsign", 0, 1)
+        assert open_ssl(ec2x, 0) == 0
+        close(ec2x)
+        net(server, host="other.example")              # the name is still checked
+        assert open_ssl(ec2x, 0, host="other.example") == 566
+        trust(ec2x, 0, impostor.cert_pem, name="UFS:impostor.pem")
+        assert open_ssl(ec2x, 0) == 566                # the issuer must still be an anchor
+    assert "does not match 'other.example'" in reasons(caplog)
+
+
+# -- ignorelocaltime and the modem clock ------------------------------------------------------------
+def test_ignorelocaltime_0_uses_the_modem_clock(ec2x, net, pki, caplog):
+    caplog.set_level(logging.INFO, logger="emulator.ssl")
+    now = datetime.now(timezone.utc)
+    current = pki.issue_window("options-now", now - timedelta(days=1), now + timedelta(days=30))
+    with TlsServer(current) as server:                 # valid now at the computer's clock
+        net(server)
+        trust(ec2x, 0, pki.ca.cert_pem)
+        cfg(ec2x, "ignorelocaltime", 0, 0)
+        assert open_ssl(ec2x, 0) == 0
+        close(ec2x)
+        assert ec2x.at('AT+CCLK="99/01/01,00:00:00+00"') == b"\r\nOK\r\n"   # modem in 2099
+        assert open_ssl(ec2x, 0) == 566
+        cfg(ec2x, "ignorelocaltime", 0, 1)             # dates ignored
+        assert open_ssl(ec2x, 0) == 0
+        close(ec2x)
+    assert "at modem clock 2099-01-01" in reasons(caplog)
+
+
+def test_ignorelocaltime_0_accepts_an_old_certificate_at_an_old_modem_clock(ec2x, net, pki):
+    old = pki.issue_window("options-2019", utc(2019, 1, 1), utc(2020, 1, 1))
+    with TlsServer(old) as server:                     # expired at the computer's clock
+        net(server)
+        trust(ec2x, 0, pki.ca.cert_pem)
+        cfg(ec2x, "ignorelocaltime", 0, 0)
+        assert open_ssl(ec2x, 0) == 566
+        assert ec2x.at('AT+CCLK="19/06/01,12:00:00+32"') == b"\r\nOK\r\n"
+        assert open_ssl(ec2x, 0) == 0
+        close(ec2x)
+        assert ec2x.at('AT+CCLK="20/06/01,12:00:00+00"') == b"\r\nOK\r\n"
+        assert open_ssl(ec2x, 0) == 566
+        cfg(ec2x, "ignorelocaltime", 0, 1)
+        assert open_ssl(ec2x, 0) == 0
+        close(ec2x)
