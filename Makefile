@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:  make run  /  make test
-PYTHON ?= python3
+# python-mbedtls 2.10.1 has wheels up to CPython 3.12: prefer 3.12, then 3.11.
+PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || echo python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -8,6 +9,8 @@ LINK   ?= /tmp/modem-ec2x
 .PHONY: run run-ml302 test bench openssl clean
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else \
+	  "modem-emulator needs CPython 3.11 or 3.12 (python-mbedtls 2.10.1); set PYTHON=...")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -27,8 +30,9 @@ run: $(STAMP)
 run-ml302: $(STAMP)
 	@$(PY) -m emulator --profile ml302 --demo --offline --link /tmp/modem-ml302 --state-dir state/ml302
 
+# Skips count as failures here: a missing openssl CLI or native TLS layer must show.
 test: $(STAMP) openssl
-	$(PY) -m pytest -q
+	MODEM_EMULATOR_REQUIRE_ALL=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) -m bench

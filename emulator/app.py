@@ -38,6 +38,9 @@ class Emulator:
         for dialled, (addr, port) in self.demo.routes.items():
             host, dport = dialled.rsplit(":", 1)
             self.router.add_map(host, int(dport), addr, port)
+        # The ML302 manual's §3 shows the address its DNS returned; a --dns given wins.
+        if "www.iottest.work" not in self.router.dns:
+            self.router.add_dns("www.iottest.work", "106.12.79.254")
 
     async def add_modem(self, profile: Profile | str, *, link: str | Path | None = None,
                         state_dir: str | Path | None = None, name: str | None = None) -> ModemPort:
@@ -45,11 +48,9 @@ class Emulator:
         if isinstance(profile, str):
             profile = load_profile(profile)
         modem = Modem(profile, state_dir=state_dir, network=self.router,
-                      name=name or f"modem{len(self.ports)}", demo=self.demo)
-        modem.keylog = self.keylog
-        port = PtyPort(loop, modem.feed, link)
-        modem.attach(port.write, loop)
-        modem.output_backlog = lambda: port.backlog
+                      name=name or f"modem{len(self.ports)}", demo=self.demo, keylog=self.keylog)
+        port = PtyPort(loop, modem.feed, link, on_hangup=modem.host_hangup, on_drain=modem.output_drained)
+        modem.attach(port.write, loop, backlog=lambda: port.backlog)
         if self.demo is not None:
             from .demo_setup import install_demo_material
             install_demo_material(modem, self.demo)

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 
 from .app import Emulator
-from .network import Router
+from .network import Router, parse_dns
 from .profile import ProfileError, load_profile
 from .transport import LinkError
 
@@ -33,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--route", action="append", default=[], metavar="HOST:PORT=ADDR:PORT",
                    help="connect to ADDR:PORT when the host dials HOST:PORT (repeatable)")
-    p.add_argument("--config", help="TOML file with a [routes] table and optional offline = true")
+    p.add_argument("--dns", action="append", default=[], metavar="NAME=IP",
+                   help="the address the modem's DNS answers for NAME, shown to the host "
+                        "(ML302 <ipaddr>); where the emulator connects is unchanged (repeatable)")
+    p.add_argument("--config", help="TOML file with [routes] and [dns] tables and optional offline = true")
     p.add_argument("--offline", action="store_true",
                    help="unrouted names fail as DNS errors instead of using the real network")
     p.add_argument("--demo", action="store_true",
@@ -55,18 +58,30 @@ def load_config(path: str | None, router: Router) -> None:
             router.add(f"{key}={value}")
         except ValueError as exc:
             raise SystemExit(f"modem-emulator: config {path}: routes: {exc}")
+    dns = data.get("dns", {})
+    if not isinstance(dns, dict):
+        raise SystemExit(f"modem-emulator: config {path}: dns: expected a table of NAME = \"IP\"")
+    for key, value in dns.items():
+        try:
+            router.add_dns(key, value)
+        except ValueError as exc:
+            raise SystemExit(f"modem-emulator: config {path}: dns: {exc}")
     if data.get("offline"):
         router.offline = True
 
 
 def make_keylog(path: str | None):
+    """Open the key-log file once, at start-up, so a bad path is reported at once."""
     path = path or os.environ.get("SSLKEYLOGFILE")
     if not path:
         return None
+    try:
+        stream = open(path, "a", buffering=1)      # line-buffered: Wireshark reads it live
+    except OSError as exc:
+        raise SystemExit(f"modem-emulator: key log {path}: {exc.strerror or exc}")
 
     def write(line: str) -> None:
-        with open(path, "a") as f:
-            f.write(line + "\n")
+        stream.write(line + "\n")
     return write
 
 
@@ -84,6 +99,11 @@ async def run(args: argparse.Namespace) -> int:
             router.add(spec)
         except ValueError as exc:
             raise SystemExit(f"modem-emulator: --route: {exc}")
+    for spec in args.dns:
+        try:
+            router.add_dns(*parse_dns(spec))
+        except ValueError as exc:
+            raise SystemExit(f"modem-emulator: --dns: {exc}")
     load_config(args.config, router)
     state_dir = Path(args.state_dir) if args.state_dir else (
         Path.home() / ".local" / "state" / "modem-emulator" / profile.name)
@@ -95,13 +115,18 @@ async def run(args: argparse.Namespace) -> int:
     except LinkError as exc:
         await emulator.close()
         raise SystemExit(f"modem-emulator: --link: {exc}")
+    except OSError as exc:                       # state dir not creatable, link dir read-only, ...
+        await emulator.close()
+        where = exc.filename or state_dir
+        raise SystemExit(f"modem-emulator: cannot start: {where}: {exc.strerror or exc}")
     print(entry.path, flush=True)
     print(f"modem-emulator: {profile.name} ({profile['identity.model']}) on {entry.port.device}"
           f"{' -> ' + entry.path if args.link else ''}; state in {state_dir}", file=sys.stderr)
     print(f"  connect: python -m serial.tools.miniterm {entry.path} 115200", file=sys.stderr)
     if args.demo:
-        print("  demo peer: 220.180.239.212:8010/8011 (TLS echo) and www.iottest.work:443 (HTTPS) "
-              "are routed to loopback; CA uploaded as UFS:demo-ca.pem", file=sys.stderr)
+        print("  demo peer: 220.180.239.212:8010/8011 (TLS echo) and www.iottest.work:443 (HTTPS)\n"
+              "  are routed to loopback (www.iottest.work shows as 106.12.79.254);\n"
+              "  its CA is uploaded as UFS:demo-ca.pem", file=sys.stderr)
     print("  stop with Ctrl+C", file=sys.stderr)
 
     await stop.wait()

@@ -30,7 +30,7 @@ class ModemClock:
             return False
         yy, mo, dd, hh, mi, ss, sign, zz = m.groups()
         quarters = int(zz) * (1 if sign == "+" else -1)
-        if not -48 <= quarters <= 56:
+        if not -96 <= quarters <= 96:        # 27.007: -96..+96
             return False
         try:
             local = datetime(2000 + int(yy), int(mo), int(dd), int(hh), int(mi), int(ss),

@@ -5,11 +5,12 @@ after a handler asks for data (DataRequest) they go to a collector until the
 length is reached or Ctrl+Z / ESC; while a handler's answer is pending the port
 is busy and input waits in the inbox (nothing is lost).  URCs raised meanwhile
 are queued and written when the port is back in command state.
-Nothing here touches a file descriptor: output leaves through modem.write().
+Nothing here touches a file descriptor or the event loop: output leaves through
+modem.write(), and timers and pending commands are scheduled by the modem
+(modem.call_later, modem.spawn), so the interpreter runs in unit tests as is.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("emulator.at")
 _S_REGISTER = re.compile(r"^S\d+$")
 CTRL_Z, ESC = 0x1A, 0x1B
+MAX_WAITING_INPUT = 1 << 20      # host bytes held while a command is pending
 
 
 class _Collector:
@@ -33,7 +35,7 @@ class _Collector:
         self.request = request
         self.buf = bytearray()
         self.overflow = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer = None                # handle from modem.call_later
 
 
 class Interpreter:
@@ -46,6 +48,7 @@ class Interpreter:
         self._collector: _Collector | None = None
         self._busy = False
         self._executing = False          # inside a handler: its URCs go after its answer
+        self._fresh_line = False         # the next data prompt directly follows a command line
         self._urcs: list[bytes] = []
         self._last_line: bytes | None = None
 
@@ -55,8 +58,29 @@ class Interpreter:
         return not self._busy and self._collector is None and not self._executing
 
     def feed(self, data: bytes) -> None:
+        if self._busy and len(self._inbox) + len(data) > MAX_WAITING_INPUT:
+            room = max(0, MAX_WAITING_INPUT - len(self._inbox))
+            log.warning("port busy: %d input bytes dropped (more than %d waiting)",
+                        len(data) - room, MAX_WAITING_INPUT)
+            data = data[:room]
         self._inbox += data
         self._pump()
+
+    def hangup(self) -> None:
+        """The host closed the port: whatever it was in the middle of is abandoned
+        (a half-entered data prompt sends or stores nothing), so the next host to
+        open the port starts in command state."""
+        if self._collector is not None:
+            if self._collector.timer is not None:
+                self._collector.timer.cancel()
+            log.info("host closed the port during a data prompt: %d bytes discarded",
+                     len(self._collector.buf))
+            self._collector = None
+        self._inbox.clear()
+        self._queue.clear()
+        self._after.clear()
+        self._urcs.clear()
+        self.lexer.reset()
 
     def _pump(self) -> None:
         while self._inbox and not self._busy:
@@ -94,6 +118,7 @@ class Interpreter:
 
     # -- command execution ---------------------------------------------------
     def _start_line(self, body: bytes) -> None:
+        self._fresh_line = True
         self._queue = list(parse_line(body))
         self._after = []
         self._run_queue()
@@ -157,15 +182,13 @@ class Interpreter:
 
     def _await(self, awaitable) -> None:
         self._busy = True
-        task = asyncio.ensure_future(awaitable)
-        task.add_done_callback(self._pending_done)
+        self.modem.spawn(awaitable, self._pending_done)
 
-    def _pending_done(self, task: asyncio.Future) -> None:
+    def _pending_done(self, outcome) -> None:
+        """outcome() returns the pending command's Response or raises its exception."""
         self._busy = False
         try:
-            response = task.result()
-        except asyncio.CancelledError:
-            return
+            response = outcome()
         except CommandError as exc:
             response = Response([], exc.final)
         except Exception:
@@ -180,8 +203,13 @@ class Interpreter:
         self._collector = collector = _Collector(request)
         if request.prompt:
             self.modem.write(request.prompt)
-        if request.timeout is not None and self.modem.loop is not None:
-            collector.timer = self.modem.loop.call_later(
+        # A host ending its lines with CR LF: the LF that came with the CR belongs to the
+        # command line, not to the data (which the host sends only after the prompt).
+        if self._fresh_line and self._inbox[:1] == b"\n" and self.lexer.s3 == 13:
+            del self._inbox[:1]
+        self._fresh_line = False
+        if request.timeout is not None:
+            collector.timer = self.modem.call_later(
                 request.timeout, self._finish_collector, collector, "timeout")
         if request.length == 0:
             self._finish_collector(collector, "done")
@@ -264,9 +292,12 @@ class Interpreter:
         self.modem.write(bytes(out))
 
     def _write_after(self) -> None:
+        """The end of a line's answer: its trailing lines, then URCs that waited."""
         after, self._after = self._after, []
         for line in after:
             self.urc(line)
+        if self.idle:
+            self._flush_urcs()
 
     def _write_final(self, final) -> None:
         s = self.modem.settings

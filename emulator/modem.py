@@ -28,7 +28,7 @@ log = logging.getLogger("emulator.modem")
 
 class Modem:
     def __init__(self, profile: Profile, *, state_dir: Path | None = None,
-                 network=None, name: str = "modem0", demo=None) -> None:
+                 network=None, name: str = "modem0", demo=None, keylog=None) -> None:
         self.profile = profile
         self.name = name
         self.state_dir = Path(state_dir) if state_dir is not None else None
@@ -36,6 +36,7 @@ class Modem:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         self.network = network            # emulator.network.Network (routing layer)
         self.demo = demo                  # the built-in demo peer, when running with --demo
+        self.keylog = keylog              # callable(str) receiving NSS key-log lines, or None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.factory_settings = Settings.factory(profile)
         self.saved_settings = Settings.load(self._settings_path, self.factory_settings)
@@ -47,6 +48,7 @@ class Modem:
         self._features: dict[str, object] = {}
         self._listeners: dict[str, list[Callable]] = defaultdict(list)
         self._sink: Callable[[bytes], None] | None = None
+        self._backlog: Callable[[], int] = lambda: 0
         self.interpreter = Interpreter(self)
 
     @property
@@ -54,9 +56,35 @@ class Modem:
         return self.state_dir / "settings.json" if self.state_dir is not None else None
 
     # -- wiring ---------------------------------------------------------------
-    def attach(self, sink: Callable[[bytes], None], loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def attach(self, sink: Callable[[bytes], None], loop: asyncio.AbstractEventLoop | None = None,
+               backlog: Callable[[], int] | None = None) -> None:
+        """sink(bytes) takes output; backlog() tells how much of it the host has not taken yet."""
         self._sink = sink
         self.loop = loop
+        if backlog is not None:
+            self._backlog = backlog
+
+    def call_later(self, delay: float, callback: Callable, *args):
+        """A timer on the modem's loop (None when the modem runs without one)."""
+        return self.loop.call_later(delay, callback, *args) if self.loop is not None else None
+
+    def spawn(self, awaitable, on_done: Callable[[Callable[[], object]], None]) -> None:
+        """Run a pending command's coroutine; on_done(outcome) gets a callable that
+        returns its result or raises its exception.  A cancelled one reports nothing."""
+        task = asyncio.ensure_future(awaitable, loop=self.loop)
+        task.add_done_callback(lambda t: None if t.cancelled() else on_done(t.result))
+
+    def output_backlog(self) -> int:
+        return self._backlog()
+
+    def host_hangup(self) -> None:
+        """The host closed the port (transport callback)."""
+        self.interpreter.hangup()
+        self.emit("hangup")
+
+    def output_drained(self) -> None:
+        """The host caught up with a large output backlog (transport callback)."""
+        self.emit("output_drained")
 
     def feed(self, data: bytes) -> None:
         self.interpreter.feed(data)
@@ -109,10 +137,10 @@ class Modem:
         self.emit("pdp_deactivated", cid=cid)
 
     def reset(self) -> None:
-        """AT+CFUN=1,1: what a module loses when it reboots."""
-        for cid in [c.cid for c in self.pdp.active()]:
-            self.deactivate_pdp(cid)
+        """AT+CFUN=1,1: what a module loses when it reboots.  Sockets go first and
+        silently ("reset"), so taking the PDP contexts down reports nothing more."""
         self.emit("reset")
+        self.pdp.deactivate_all()
         self.restore_saved_settings()
         self.cfun = 1
 

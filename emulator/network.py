@@ -5,10 +5,16 @@ address ("--route www.iottest.work:443=127.0.0.1:8443"); the host still sees
 its own name and port everywhere (QSSLSTATE, SNI, certificate checks).  With
 offline=True an unrouted name fails like a DNS error instead of touching the
 real network.  Tests and CI route every name they dial to loopback.
+
+Where a module prints the server's IP address (ML302 +QSSLRECV / +QSSLSTATE)
+it shows what the *modem's DNS* answered, never the route: display_address().
+"--dns www.iottest.work=106.12.79.254" (or a [dns] table) sets that answer for
+a name, independently of where the emulator really connects.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 import socket
@@ -64,13 +70,44 @@ def parse_route(spec: str) -> tuple[tuple[str, int | None], tuple[str, int | Non
     return (src[0].lower(), src[1]), dst
 
 
+def parse_dns(spec: str) -> tuple[str, str]:
+    """"NAME=IP" (the --dns form) -> (name, ip); add_dns() checks both."""
+    name, sep, ip = spec.partition("=")
+    if not sep:
+        raise ValueError(f"dns {spec!r}: expected NAME=IP")
+    return name.strip(), ip.strip()
+
+
+# A name the modem's DNS has no entry for shows an address made up from the name in
+# 198.18.0.0/15 (RFC 2544 benchmarking, never routed on the internet; the range fake-IP
+# DNS proxies use for the same purpose): stable across runs, never the loopback route.
+FAKE_NET = ipaddress.ip_network("198.18.0.0/15")
+
+
+def made_up_address(name: str) -> str:
+    """198.18-19.x.y (y 1-254) from SHA-256 of the lower-cased name."""
+    n = int.from_bytes(hashlib.sha256(_dns_key(name).encode()).digest()[:4], "big")
+    return str(FAKE_NET[((n >> 8) % 512) * 256 + 1 + n % 254])
+
+
+def _dns_key(name: str) -> str:
+    return name.strip().strip("[]").rstrip(".").lower()
+
+
 class Router:
-    def __init__(self, routes: list[str] | dict[str, str] | None = None, offline: bool = False) -> None:
+    def __init__(self, routes: list[str] | dict[str, str] | None = None, offline: bool = False,
+                 dns: dict[str, str] | None = None) -> None:
         self.offline = offline
         self._routes: dict[tuple[str, int | None], tuple[str, int | None]] = {}
+        # name -> the address the modem's DNS answers (--dns, [dns]); what the host is shown.
+        self.dns: dict[str, str] = {}
+        # name -> what the real DNS answered when an unrouted name was resolved.
+        self._answered: dict[str, str] = {}
         items = routes.items() if isinstance(routes, dict) else ((r, None) for r in routes or ())
         for key, value in items:
             self.add(key if value is None else f"{key}={value}")
+        for name, ip in (dns or {}).items():
+            self.add_dns(name, ip)
 
     def add(self, spec: str) -> None:
         src, dst = parse_route(spec)
@@ -78,6 +115,25 @@ class Router:
 
     def add_map(self, host: str, port: int, addr: str, dst_port: int) -> None:
         self._routes[(host.lower(), port)] = (addr, dst_port)
+
+    def add_dns(self, name: str, ip: str) -> None:
+        """Let the modem's DNS answer `ip` for `name` (shown to the host; routing unchanged)."""
+        if not isinstance(name, str) or not _dns_key(name):
+            raise ValueError(f"dns {name!r}: empty name")
+        if _is_ip(name):
+            raise ValueError(f"dns {name!r}: an IP address needs no DNS entry")
+        if not isinstance(ip, str) or not _is_ip(ip.strip()):
+            raise ValueError(f"dns {name!r}: {ip!r} is not an IP address")
+        self.dns[_dns_key(name)] = str(ipaddress.ip_address(ip.strip().strip("[]")))
+
+    def display_address(self, host: str) -> str:
+        """The server address the host is shown for a dialled `host` (never a route):
+        an IP literal itself; a name with a DNS entry (add_dns) that entry; a name the real
+        DNS resolved (not routed) the real answer; any other name made_up_address(name)."""
+        if _is_ip(host):
+            return host.strip("[]")
+        key = _dns_key(host)
+        return self.dns.get(key) or self._answered.get(key) or made_up_address(key)
 
     def lookup(self, host: str, port: int) -> tuple[str, int] | None:
         key = host.lower().strip("[]")
@@ -100,6 +156,7 @@ class Router:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
             raise NetworkError("dns", f"cannot resolve {host!r}: {exc}") from None
+        self._answered[_dns_key(host)] = infos[0][4][0]
         return infos[0][4][0], port
 
 

@@ -109,7 +109,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "defaults.verbose": (True, _bool),
     "defaults.cmee": (True, _int(0, 2)),
     "defaults.ipr": (True, _int(0, 4_000_000)),
-    "defaults.timezone_quarters": (True, _int(-48, 56)),
+    "defaults.timezone_quarters": (True, _int(-96, 96)),
     "defaults.boot_urcs": (False, _list(_str)),
     "serial.baud_rates": (True, _list(_int(0, 4_000_000), 1)),
     "serial.line_max": (True, _int(64, 65536)),
@@ -182,7 +182,22 @@ def load_profile(spec: str) -> Profile:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ProfileError(f"profile {path}: not valid TOML: {exc}") from None
     validate(data, path)
+    check_commands(data["commands"], path)
     return Profile(data["profile"]["name"], path, data)
+
+
+def check_commands(commands: dict[str, str], path: Path) -> None:
+    """Every [commands] entry must name a command and a variant the code has."""
+    from . import commands as _handlers  # noqa: F401  (fills the table)
+    from .registry import ANY_VARIANT, TABLE
+    for name, variant in commands.items():
+        variants = TABLE.variants(name.upper())
+        if not variants:
+            raise ProfileError(f'profile {path}: key commands."{name}": no such command in the emulator')
+        if variant not in variants and ANY_VARIANT not in variants:
+            known = ", ".join(sorted(variants))
+            raise ProfileError(f'profile {path}: key commands."{name}": unknown variant '
+                               f'{variant!r} (known: {known})')
 
 
 def validate(data: dict, path: Path) -> None:

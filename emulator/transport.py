@@ -1,11 +1,15 @@
 """The pty a host opens as its serial port.
 
-The emulator keeps its own handle on the slave side open, so the master never
-sees EIO/HUP while no host holds the device: the host may close and reopen it
-any number of times (pyserial flushes stale input on open).  Should the master
-report EIO/HUP anyway, reading pauses and resumes by polling.
-Output is written non-blocking; what the pty cannot take yet waits in a buffer,
-and `backlog` lets producers (sockets) hold back instead of losing data.
+A pty master sees EIO/POLLHUP while no process holds the slave side open.  The
+port treats that as the host hanging up: reading stops, pending output is
+dropped (a UART with nothing attached loses it too), the modem abandons any
+half-entered data prompt, and a poll every 50 ms notices the next open.  So the
+host may close and reopen the device any number of times and always meets a
+modem in command state, never stale bytes from a previous session.
+
+Output is written non-blocking; what the pty cannot take yet waits in a buffer.
+`backlog` and the on_drain callback let producers (direct-push sockets) hold
+back instead of growing that buffer without bound.
 """
 from __future__ import annotations
 
@@ -13,11 +17,17 @@ import asyncio
 import errno
 import logging
 import os
+import select
+import termios
 import tty
 from pathlib import Path
 from typing import Callable
 
 log = logging.getLogger("emulator.pty")
+
+POLL_INTERVAL = 0.05
+HIGH_WATER = 64 * 1024            # backlog above this ...
+LOW_WATER = 16 * 1024             # ... then below this: on_drain()
 
 
 class LinkError(Exception):
@@ -26,21 +36,29 @@ class LinkError(Exception):
 
 class PtyPort:
     def __init__(self, loop: asyncio.AbstractEventLoop, on_data: Callable[[bytes], None],
-                 link: Path | None = None) -> None:
+                 link: Path | None = None, on_hangup: Callable[[], None] | None = None,
+                 on_drain: Callable[[], None] | None = None) -> None:
         self.loop = loop
         self.on_data = on_data
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)
+        self.on_hangup = on_hangup
+        self.on_drain = on_drain
+        self.master, slave = os.openpty()
+        tty.setraw(slave)                 # kept by the pty while the master is open
+        self.device = os.ttyname(slave)
+        os.close(slave)                   # holding it would hide the host's hang-ups
         os.set_blocking(self.master, False)
-        self.device = os.ttyname(self._slave)
+        self._poll = select.poll()
+        self._poll.register(self.master, select.POLLHUP)
         self.link = Path(link) if link else None
+        self.attached = False
         self._out = bytearray()
         self._writing = False
+        self._above_high_water = False
         self._closed = False
-        self._retry: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         if self.link:
             make_link(self.link, self.device)
-        loop.add_reader(self.master, self._readable)
+        self._watch_for_host()
 
     @property
     def path(self) -> str:
@@ -50,10 +68,53 @@ class PtyPort:
     def backlog(self) -> int:
         return len(self._out)
 
+    # -- host presence ---------------------------------------------------------
+    def _watch_for_host(self) -> None:
+        if self._closed:
+            return
+        hung_up = any(ev & select.POLLHUP for _, ev in self._poll.poll(0))
+        if hung_up:
+            self._timer = self.loop.call_later(POLL_INTERVAL, self._watch_for_host)
+            return
+        self.attached = True
+        log.debug("host opened %s", self.device)
+        self.loop.add_reader(self.master, self._readable)
+
+    def _hangup(self) -> None:
+        self.loop.remove_reader(self.master)
+        if self._writing:
+            self.loop.remove_writer(self.master)
+            self._writing = False
+        self.attached = False
+        dropped = len(self._out)
+        self._out.clear()
+        self._discard_unread_output()
+        log.info("host closed %s%s", self.device, f" ({dropped} output bytes dropped)" if dropped else "")
+        if self.on_hangup is not None:
+            self.on_hangup()
+        self._watch_for_host()
+
+    def _discard_unread_output(self) -> None:
+        """What the departed host never read stays queued on the slave side and
+        would greet the next host: flush it through a brief open of the slave."""
+        try:
+            fd = os.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            return
+        try:
+            termios.tcflush(fd, termios.TCIFLUSH)
+        except termios.error:
+            pass
+        finally:
+            os.close(fd)
+
+    # -- data ---------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self._closed or not data:
+        if self._closed or not data or not self.attached:
             return
         self._out += data
+        if len(self._out) > HIGH_WATER:
+            self._above_high_water = True
         if not self._writing:
             self._flush()
 
@@ -64,9 +125,9 @@ class PtyPort:
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno in (errno.EIO, errno.EAGAIN):
-                    break
-                raise
+                if exc.errno != errno.EIO:
+                    raise
+                break                      # hung up: the reader side notices
             del self._out[:n]
         want = bool(self._out)
         if want and not self._writing:
@@ -74,6 +135,10 @@ class PtyPort:
         elif not want and self._writing:
             self.loop.remove_writer(self.master)
         self._writing = want
+        if self._above_high_water and len(self._out) < LOW_WATER:
+            self._above_high_water = False
+            if self.on_drain is not None:
+                self.on_drain()
 
     def _readable(self) -> None:
         try:
@@ -84,32 +149,27 @@ class PtyPort:
             if exc.errno != errno.EIO:
                 raise
             data = b""
-        if not data:                      # no slave holder: wait for the next open
-            self.loop.remove_reader(self.master)
-            self._retry = self.loop.call_later(0.1, self._resume_reading)
+        if not data:
+            self._hangup()
             return
         try:
             self.on_data(data)
         except Exception:                 # nothing the host sends may stop the port
             log.exception("modem failed on input %r", data[:64])
 
-    def _resume_reading(self) -> None:
-        if not self._closed:
-            self.loop.add_reader(self.master, self._readable)
-
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._retry:
-            self._retry.cancel()
-        self.loop.remove_reader(self.master)
+        if self._timer:
+            self._timer.cancel()
+        if self.attached:
+            self.loop.remove_reader(self.master)
         if self._writing:
             self.loop.remove_writer(self.master)
         if self.link:
             remove_link(self.link, self.device)
         os.close(self.master)
-        os.close(self._slave)
 
 
 def make_link(link: Path, target: str) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from emulator.app import BackgroundEmulator
@@ -42,3 +44,16 @@ def ec2x(open_modem):
 def ml302(open_modem):
     host, _ = open_modem("ml302")
     return host
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With MODEM_EMULATOR_REQUIRE_ALL=1 (make test, CI) a skip is a failure: the
+    native TLS layer or the openssl CLI going missing must not pass silently."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("MODEM_EMULATOR_REQUIRE_ALL") == "1" \
+            and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"skipped, but MODEM_EMULATOR_REQUIRE_ALL=1 forbids skips: {reason}"

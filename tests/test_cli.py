@@ -163,3 +163,30 @@ def test_demo_answers_the_notes_example_out_of_the_box(tmp_path):
         host.close()
     finally:
         assert stop(proc) == 0
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace('"+QSSLCFG" = "ec2x"', '"+QSSLCFG" = "ec9x"'),
+     "key commands.\"+QSSLCFG\": unknown variant 'ec9x' (known: ec2x, ml302)"),
+    (lambda t: t + '"+QNOSUCH" = "*"\n', 'key commands."+QNOSUCH": no such command in the emulator'),
+])
+def test_profile_command_table_is_checked(tmp_path, edit, message):
+    from emulator.profile import ProfileError, load_profile
+    bad = tmp_path / "p.toml"
+    bad.write_text(edit((ROOT / "profiles" / "ec2x.toml").read_text()))
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(bad))
+    assert str(info.value) == f"profile {bad}: {message}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--state-dir", "/proc/nope/state"], "modem-emulator: cannot start: /proc/nope"),
+    (["--keylog", "/proc/nope/keys.log"], "modem-emulator: key log /proc/nope/keys.log:"),
+])
+def test_unusable_paths_stop_startup_with_one_line(tmp_path, args, message):
+    if "--state-dir" not in args:
+        args = args + ["--state-dir", str(tmp_path / "s")]
+    proc = start(*args)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode != 0 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith(message), err

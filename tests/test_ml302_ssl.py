@@ -1,11 +1,13 @@
 """ML302 SSL commands over the pty, against Python ssl (OpenSSL) servers.
 
-Every host name is routed to a loopback server, so <ipaddr> in +QSSLRECV /
-+QSSLSTATE is 127.0.0.1 where the manual prints the real server's 106.12.79.254.
+Every host name is routed to a loopback server; www.iottest.work also gets the
+manual's DNS answer (Router.add_dns), so <ipaddr> in +QSSLRECV / +QSSLSTATE is
+106.12.79.254 as in the manual, never the routed 127.0.0.1.
 """
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import socket
 import ssl
 import threading
@@ -16,6 +18,7 @@ import trustme
 from emulator.demo_peer import IOTTEST_RESPONSE, DemoHttpSession
 
 HOST = "www.iottest.work"
+HOST_IP = "106.12.79.254"          # what the manual's §3 shows for HOST
 REQUEST = (b"GET https://www.iottest.work/test.html HTTP/1.1\r\n"
            b"Host: www.iottest.work\r\nConnection: keep-alive\r\n\r\n")
 RSA = trustme.KeyType.RSA          # the ML302 suites are all RSA key exchange
@@ -70,7 +73,8 @@ class TlsServer:
 
 @pytest.fixture
 def server(pki, emulator):
-    """server(cert=..., client_ca=...) -> TlsServer routed as www.iottest.work:443."""
+    """server(cert=..., client_ca=...) -> TlsServer routed as www.iottest.work:443,
+    the name the modem's DNS answers as 106.12.79.254."""
     servers: list[TlsServer] = []
 
     def start(cert: str = "server", client_ca: trustme.CA | None = None) -> TlsServer:
@@ -83,6 +87,7 @@ def server(pki, emulator):
         srv = TlsServer(context)
         servers.append(srv)
         emulator.router.add_map(HOST, 443, "127.0.0.1", srv.port)
+        emulator.router.add_dns(HOST, HOST_IP)
         return srv
     yield start
     for srv in servers:
@@ -130,14 +135,14 @@ def fetch_page(host, ssid: int = 0) -> None:
     exchange(host, REQUEST + b"\x1a", b"\r\nSEND OK\r\n")
     expect_urc(host, f'+QSSLURC: "recv",1,{ssid}')
     at(host, f"AT+QSSLRECV=1,{ssid},1460",
-       f"\r\n+QSSLRECV: 127.0.0.1:443,TCP,{len(IOTTEST_RESPONSE)}\r\n".encode()
+       f"\r\n+QSSLRECV: {HOST_IP}:443,TCP,{len(IOTTEST_RESPONSE)}\r\n".encode()
        + IOTTEST_RESPONSE + b"\r\n\r\nOK\r\n")
 
 
 # -- manual §3, at every seclevel ------------------------------------------------------
 def test_manual_section3_replay(open_modem, server):
-    """§3 byte for byte with echo on (the manual's session), except <ipaddr>
-    (127.0.0.1 for 106.12.79.254), the "+QSSLURC:" typo and SEND OK's extra OK."""
+    """§3 byte for byte with echo on (the manual's session), <ipaddr> included (the
+    DNS entry, not the loopback route), except the "+QSSLURC:" typo and SEND OK's extra OK."""
     server()
     host, _ = open_modem("ml302", echo=True)
     for line, answer in (('AT+CGDCONT=1,"IP","CMNET"', b"\r\nOK\r\n"),
@@ -149,8 +154,10 @@ def test_manual_section3_replay(open_modem, server):
     at(host, "AT+QSSLSEND=0", b"AT+QSSLSEND=0\r\r\n> ")
     exchange(host, REQUEST + b"\x1a", REQUEST + b"\r\nSEND OK\r\n")       # ATE1 echoes the data
     expect_urc(host, '+QSSLURC: "recv",1,0')
-    at(host, "AT+QSSLRECV=1,0,1460", b"AT+QSSLRECV=1,0,1460\r\r\n+QSSLRECV: 127.0.0.1:443,TCP,434\r\n"
+    at(host, "AT+QSSLRECV=1,0,1460", b"AT+QSSLRECV=1,0,1460\r\r\n+QSSLRECV: 106.12.79.254:443,TCP,434\r\n"
        + IOTTEST_RESPONSE + b"\r\n\r\nOK\r\n")
+    # Not in §3: the AT+QSSLSTATE line (§2.9's form) shows the same DNS answer.
+    at(host, "AT+QSSLSTATE", b"AT+QSSLSTATE\r" + state_lines({0: '"106.12.79.254",443,"CONNECTED"'}))
     at(host, "AT+QSSLCLOSE=0", b"AT+QSSLCLOSE=0\r\r\nOK\r\n\r\n0,CLOSE OK\r\n")
     assert host.quiet_for(0.3) == b""
 
@@ -247,7 +254,7 @@ def test_state_peer_close_and_timeout(ml302, server, emulator):
     srv = server()
     attach(ml302)
     open_ssl(ml302, ssid=2)
-    connected = '"127.0.0.1",443,"CONNECTED"'
+    connected = f'"{HOST_IP}",443,"CONNECTED"'
     at(ml302, "AT+QSSLSTATE", state_lines({2: connected}))
     open_ssl(ml302, ssid=2, code=-2)                     # in use: the socket is untouched
     at(ml302, "AT+QSSLSTATE", state_lines({2: connected}))
@@ -255,8 +262,10 @@ def test_state_peer_close_and_timeout(ml302, server, emulator):
     # A listener that never accepts: TCP connects, the ClientHello stays unanswered.
     silent = socket.create_server(("127.0.0.1", 0))
     emulator.router.add_map("silent.test", 443, "127.0.0.1", silent.getsockname()[1])
+    made_up = emulator.router.display_address("silent.test")   # no DNS entry: never the route
+    assert ipaddress.ip_address(made_up) in ipaddress.ip_network("198.18.0.0/15")
     at(ml302, 'AT+QSSLOPEN=4,0,"silent.test",443,0,10', b"\r\nOK\r\n")
-    connecting = state_lines({2: connected, 4: '"127.0.0.1",443,"CONNECTING"'})
+    connecting = state_lines({2: connected, 4: f'"{made_up}",443,"CONNECTING"'})
     for _ in range(100):                                 # <ipadd> appears once TCP is connected
         ml302.write("AT+QSSLSTATE\r")
         if ml302.read_until(b"OK\r\n") == connecting:
@@ -269,21 +278,21 @@ def test_state_peer_close_and_timeout(ml302, server, emulator):
     exchange(ml302, REQUEST.replace(b"keep-alive", b"close") + b"\x1a", b"\r\nSEND OK\r\n")
     urcs = b'\r\n+QSSLURC: "recv",1,2\r\n\r\n+QSSLURC: "close",2\r\n'
     assert ml302.read_exactly(len(urcs)) == urcs
-    at(ml302, "AT+QSSLSTATE", state_lines({2: '"127.0.0.1",443,"REMOTE CLOSING"',
-                                           4: '"127.0.0.1",443,"CONNECTING"'}))
+    at(ml302, "AT+QSSLSTATE", state_lines({2: f'"{HOST_IP}",443,"REMOTE CLOSING"',
+                                           4: f'"{made_up}",443,"CONNECTING"'}))
     at(ml302, "AT+QSSLSEND=2", b"\r\nERROR\r\n")
     at(ml302, "AT+QSSLRECV=1,2,100",                       # data received before the close stays readable
-       b"\r\n+QSSLRECV: 127.0.0.1:443,TCP,100\r\n" + IOTTEST_RESPONSE[:100] + b"\r\n\r\nOK\r\n")
+       f"\r\n+QSSLRECV: {HOST_IP}:443,TCP,100\r\n".encode() + IOTTEST_RESPONSE[:100] + b"\r\n\r\nOK\r\n")
     at(ml302, "AT+QSSLRECV=1,2,1460",
-       b"\r\n+QSSLRECV: 127.0.0.1:443,TCP,334\r\n" + IOTTEST_RESPONSE[100:] + b"\r\n\r\nOK\r\n")
+       f"\r\n+QSSLRECV: {HOST_IP}:443,TCP,334\r\n".encode() + IOTTEST_RESPONSE[100:] + b"\r\n\r\nOK\r\n")
     at(ml302, "AT+QSSLRECV=1,2,1460", b"\r\nOK\r\n")
     at(ml302, "AT+QSSLCLOSE=2", b"\r\nOK\r\n\r\n2,CLOSE OK\r\n")
     # <timeout> 10 s bounds the unanswered handshake: -1, then CLOSED.
     expect_urc(ml302, "+QSSLOPEN: 4,-1", timeout=30)
-    at(ml302, "AT+QSSLSTATE", state_lines({2: '"127.0.0.1",443,"CLOSED"', 4: '"127.0.0.1",443,"CLOSED"'}))
+    at(ml302, "AT+QSSLSTATE", state_lines({2: f'"{HOST_IP}",443,"CLOSED"', 4: f'"{made_up}",443,"CLOSED"'}))
     silent.close()
     open_ssl(ml302, ssid=2)                              # a closed ssid can be used again
-    at(ml302, "AT+QSSLSTATE", state_lines({2: connected, 4: '"127.0.0.1",443,"CLOSED"'}))
+    at(ml302, "AT+QSSLSTATE", state_lines({2: connected, 4: f'"{made_up}",443,"CLOSED"'}))
     # The bearer goes: the "close" URC follows the command's OK.
     at(ml302, "AT+CGACT=0,1", b'\r\nOK\r\n\r\n+QSSLURC: "close",2\r\n')
     assert not srv.errors

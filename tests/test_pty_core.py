@@ -1,10 +1,14 @@
 """The core over a real pty, talked to with pyserial as host software does."""
 from __future__ import annotations
 
+import os
 import re
+import select
+import time
 
 import pytest
 
+from emulator.storage.checksum import xor16
 from tests.host import Host
 
 
@@ -156,3 +160,47 @@ def test_garbage_and_overlong_line(ec2x):
 def test_bad_parameters_answer_error(ec2x, line):
     assert ec2x.at(line) in (b"\r\nERROR\r\n", b"\r\n+CME ERROR: 50\r\n")
     assert ec2x.at("AT") == b"\r\nOK\r\n"
+
+
+def test_host_hangup_in_a_data_prompt_leaves_command_state_for_the_next_host(open_modem):
+    host, port = open_modem("ec2x")
+    host.write(b'AT+QFUPL="half.bin",100,60\r')
+    host.read_until(b"\r\nCONNECT\r\n")
+    host.write(b"ab")
+    host.close()                                   # gone in the middle of the upload
+    time.sleep(0.3)                                # a pty master cannot see a close+reopen in one instant
+    host = Host(port.path)
+    assert host.at("AT") == b"\r\nOK\r\n"          # command state, not file data
+    assert host.at("AT+QFLST") == b"\r\nOK\r\n"    # nothing half-written was stored
+    host.close()
+
+
+def test_output_for_a_host_that_left_is_not_delivered_to_the_next(open_modem):
+    host, port = open_modem("ec2x")
+    host.write(b"AT+CGMM\r")
+    time.sleep(0.1)
+    host.close()                                   # never reads the answer
+    time.sleep(0.3)
+    # A raw open (pyserial would flush stale input itself): only the new answer arrives.
+    fd = os.open(port.path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.write(fd, b"AT+CGMI\r")
+        got = b""
+        deadline = time.monotonic() + 5
+        while not got.endswith(b"OK\r\n") and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                got += os.read(fd, 4096)
+        assert got == b"\r\nQuectel\r\n\r\nOK\r\n"
+    finally:
+        os.close(fd)
+
+
+def test_crlf_line_endings_do_not_leak_into_data(ec2x):
+    """Hosts that end lines with CR LF: the LF belongs to the command line."""
+    data = b"\nhello\r\n"
+    ec2x.write(f'AT+QFUPL="crlf.bin",{len(data)}\r\n'.encode())
+    ec2x.read_until(b"\r\nCONNECT\r\n")
+    ec2x.write(data)
+    assert ec2x.read_until(b"OK\r\n") == f"\r\n+QFUPL: {len(data)},{xor16(data):04x}\r\n\r\nOK\r\n".encode()
+    ec2x.write(b'AT+QFDWL="crlf.bin"\r\n')
+    assert ec2x.read_until(b"OK\r\n").startswith(b"\r\nCONNECT\r\n" + data + b"\r\n+QFDWL:")

@@ -15,12 +15,12 @@ from emulator.app import BackgroundEmulator
 from tests.host import Host
 from tests.peers import OpenSslServer, TlsServer, UdpDropRelay
 from tests.ssl_options_support import HOST, PORT, cfg, close, net, open_ssl, pki, recv_all  # noqa: F401
-from tls_engine import native_bridge
+from tls_engine import native
 
 ROOT = Path(__file__).resolve().parent.parent
 PSK_HEX = "00112233445566778899aabbccddeeff"
 
-needs_native = pytest.mark.skipif(not native_bridge.native_available(),
+needs_native = pytest.mark.skipif(not native.available(),
                                   reason="the key log needs tls_engine.native")
 
 

@@ -12,9 +12,9 @@ import pytest
 from tests.peers import OpenSslServer, TlsServer
 from tests.ssl_options_support import HOST, cfg, close, net, open_ssl, opened, pki, recv_all  # noqa: F401
 from tests.tls_engine.servers import TlsTestServer, server_context
-from tls_engine import native_bridge
+from tls_engine import native
 
-needs_native = pytest.mark.skipif(not native_bridge.native_available(),
+needs_native = pytest.mark.skipif(not native.available(),
                                   reason="resumption and renegotiation need tls_engine.native")
 
 

@@ -10,12 +10,12 @@ import pytest
 from emulator.profile import load_profile
 from tests.peers import TlsServer
 from tests.ssl_options_support import HOST, cfg, close, last_error, net, open_ssl, pki, recv_all  # noqa: F401
-from tls_engine import native_bridge
+from tls_engine import native
 from tls_engine.ciphers import suite_offerable
 
 SCSV = 0x00FF          # TLS_EMPTY_RENEGOTIATION_INFO_SCSV, added by Mbed TLS to every offer
 
-needs_native = pytest.mark.skipif(not native_bridge.native_available(),
+needs_native = pytest.mark.skipif(not native.available(),
                                   reason="RC4/3DES offers need tls_engine.native")
 
 
@@ -123,7 +123,7 @@ def test_rc4_3des_offered_on_the_wire_openssl_has_none(ec2x, net, pki, suite):
 @pytest.mark.parametrize("suite, name", [("0X0005", "TLS-RSA-WITH-RC4-128-SHA"),
                                          ("0X000A", "TLS-RSA-WITH-3DES-EDE-CBC-SHA")])
 def test_rc4_3des_negotiated_with_an_mbedtls_server(ec2x, net, pki, suite, name):
-    from tests.tls_engine.test_native import MbedtlsServer, mbedtls_server_context
+    from tests.tls_engine.native_peers import MbedtlsServer, mbedtls_server_context
     server = MbedtlsServer(mbedtls_server_context((None, pki.server.leaf), [0x0005, 0x000A]))
     net(server)
     cfg(ec2x, "ciphersuite", 0, suite)

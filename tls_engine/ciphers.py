@@ -96,19 +96,19 @@ def suite_offerable(suite_id: int) -> bool:
     """True when this process can put the suite in a ClientHello at all."""
     if suite_available(suite_id):
         return True
-    from . import native_bridge
+    from . import native  # lazy: the first import runs native's self-check
 
-    return suite_id in CIPHER_TABLE and native_bridge.native_available()
+    return suite_id in CIPHER_TABLE and native.available()
 
 
 def suite_name(suite_id: int) -> str | None:
     """IANA-style name for an id: from the table, else from the library's registry."""
     if suite_id in CIPHER_TABLE:
         return CIPHER_TABLE[suite_id].iana_name
-    import mbedtls._tls
+    from . import native  # the id <-> name registry is a private name of the wrapper
 
-    name = mbedtls._tls._get_ciphersuite_name(suite_id)
-    return None if name == "unknown" else iana_name_for(name)
+    name = native.ciphersuite_name(suite_id)
+    return None if name is None else iana_name_for(name)
 
 
 def suite_id_for_mbedtls_name(mbedtls_name: str) -> int:
@@ -116,9 +116,9 @@ def suite_id_for_mbedtls_name(mbedtls_name: str) -> int:
     for suite in CIPHER_TABLE.values():
         if suite.mbedtls_name == mbedtls_name:
             return suite.id
-    import mbedtls._tls
+    from . import native
 
-    return int(mbedtls._tls._get_ciphersuite_id(mbedtls_name))
+    return native.ciphersuite_id(mbedtls_name)
 
 
 def describe(suite_id: int) -> str:

@@ -1,5 +1,6 @@
-"""TlsSettings -> python-mbedtls configuration (public API only), plus the list of
-things only tls_engine.native can do for this connection.
+"""TlsSettings -> python-mbedtls configuration (public API only), plus what only
+tls_engine.native can do for this connection: build_plan() decides it, and
+apply_native_conf() applies it to the ClientContext before wrap_buffers().
 
 Every problem becomes an EngineConfigError(kind, reason); TlsClientSession.start()
 turns it into a TlsFailure event, never an exception.
@@ -14,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import ciphers as cs
 from .errors import BAD_CONFIG, UNSUPPORTED_CIPHER, UNSUPPORTED_VERSION, EngineConfigError
-from . import native_bridge
 from .settings import DTLS1_0, DTLS1_2, SSL3_0, TLS1_0, TLS1_1, TLS1_2, TLS_ALL, TlsSettings
 from .verify import parse_ip
 
@@ -79,8 +79,10 @@ def _suites(settings: TlsSettings, notes: list[str]) -> tuple[tuple[str, ...] | 
         names = tuple(cs.mbedtls_name_for(cs.suite_name(s)) for s in requested) + tuple(extra)
         return names, None
     missing = [s for s in requested if not cs.suite_available(s)]
-    if not native_bridge.native_available():
-        why = native_bridge.unavailable_reason() or "tls_engine.native missing"
+    from . import native  # lazy: the first import runs native's self-check
+
+    if not native.available():
+        why = native.unavailable_reason() or "tls_engine.native missing"
         kept = tuple(s for s in requested if cs.suite_available(s))
         if not kept:
             raise EngineConfigError(
@@ -90,9 +92,7 @@ def _suites(settings: TlsSettings, notes: list[str]) -> tuple[tuple[str, ...] | 
                      + ", ".join(cs.describe(s) for s in missing))
         names = tuple(cs.mbedtls_name_for(cs.suite_name(s)) for s in kept) + tuple(extra)
         return names, None
-    import mbedtls._tls
-
-    extra_ids = tuple(int(mbedtls._tls._get_ciphersuite_id(n)) for n in extra)
+    extra_ids = tuple(native.ciphersuite_id(n) for n in extra)
     return None, tuple(requested) + extra_ids
 
 
@@ -181,3 +181,33 @@ def build_plan(settings: TlsSettings) -> EnginePlan:
     host = settings.server_name
     sni = host if settings.sni and host and parse_ip(host) is None else None
     return EnginePlan(configuration, sni, native_ids, notes)
+
+
+def apply_native_conf(context, plan: EnginePlan, settings: TlsSettings, notes: list[str]) -> None:
+    """Exact cipher-suite list (RC4/3DES), renegotiation and key log, through native."""
+    wanted = plan.native_suites or settings.renegotiation or settings.keylog
+    if not wanted:
+        return
+    from . import native
+
+    if not native.available():
+        # build_plan already refused suites that need native; what is left are
+        # optional features, so degrade with a note.
+        notes.append("tls_engine.native unavailable: no renegotiation / key log")
+        return
+    try:
+        conf = native.NativeConf(context)
+        if plan.native_suites:
+            conf.set_ciphersuites(plan.native_suites)
+    except Exception as exc:
+        raise EngineConfigError(UNSUPPORTED_CIPHER, f"cannot offer the configured cipher suites: {exc}") from None
+    if settings.renegotiation:
+        try:
+            conf.set_renegotiation(True)
+        except Exception as exc:
+            notes.append(f"renegotiation not enabled: {exc}")
+    if settings.keylog:
+        try:
+            conf.set_keylog(settings.keylog)
+        except Exception as exc:
+            notes.append(f"key log not enabled: {exc}")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
-from . import native_bridge
-
 
 class SessionCache:
     """Saved TLS sessions (opaque native objects) keyed by e.g. (ssl_ctx_id, host, port)."""
@@ -57,8 +55,9 @@ class Resumption:
         """Before the handshake: offer the cached session, if any."""
         if not self.enabled:
             return
-        native = native_bridge.native_module()
-        if native is None:
+        from . import native  # lazy: the first import runs native's self-check
+
+        if not native.available():
             self.notes.append("tls_engine.native unavailable: no session resumption")
             return
         try:

@@ -18,13 +18,12 @@ import time
 from collections.abc import Hashable
 
 from . import ciphers as cs
-from .config import EnginePlan, build_plan
+from .config import EnginePlan, apply_native_conf, build_plan
 from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_VERSION, MBEDTLS_PEER_CLOSE_NOTIFY,
                      PROTOCOL_ERROR, VERIFY_FAILED, AppData, EngineConfigError,
                      HandshakeComplete, PeerClosed, TlsFailure, describe_alert,
                      describe_mbedtls_error)
 from .datagrams import pack_datagrams
-from .native_glue import apply_native_conf
 from .resumption import Resumption, SessionCache
 from .records import HS_CERTIFICATE, HS_SERVER_HELLO, HandshakeSniffer, parse_certificate_list
 from .settings import TlsSettings
@@ -244,7 +243,9 @@ class TlsClientSession:
 
     def _advance_handshake(self) -> None:
         from mbedtls.exceptions import TLSError
-        from mbedtls.tls import HandshakeStep, WantReadError, WantWriteError
+        from mbedtls.tls import WantReadError, WantWriteError
+
+        from .native import handshake_over
 
         while self.state == "handshaking":
             try:
@@ -259,11 +260,11 @@ class TlsClientSession:
                 self._fail_from_tls_error(exc)
                 return
             except ValueError as exc:  # "handshake already over" is the expected one
-                if self._buffer._handshake_state is not HandshakeStep.HANDSHAKE_OVER:
+                if not handshake_over(self._buffer):
                     self._fail(PROTOCOL_ERROR, f"handshake step failed: {exc}")
                     return
             self._collect_output()
-            if self._buffer._handshake_state is HandshakeStep.HANDSHAKE_OVER:
+            if handshake_over(self._buffer):
                 self._on_handshake_over()
         self._collect_output()
 

@@ -224,6 +224,9 @@ def qsslrecv_write(modem, cmd):
     sock = svc.sockets.get(client_id)
     if sock is None or sock.state in (INITIAL, OPENING):
         raise _fail(svc, 572, f"socket {client_id} is not connected")
+    if sock.access_mode == 1:
+        raise _fail(svc, 572, f"socket {client_id} is in direct push mode: its data come with "
+                              f'+QSSLURC: "recv",{client_id},<len>, there is nothing to read')
     data = sock.read(length)
     if not data:
         return _done(svc, ok("+QSSLRECV: 0"))

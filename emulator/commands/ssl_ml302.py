@@ -21,9 +21,10 @@ wording differs.  Choices where the manual is silent or contradicts itself
   must take effect at the next open); SNI is sent (an Mbed TLS firmware names
   the host for its certificate check, which also sends SNI).
 * "ignorertctime" (global, default 1) is every context's ignore-local-time.
-* <ipaddr> in +QSSLRECV / +QSSLSTATE is the IP address really connected to
-  (through --route: the routed address, the router acting as the DNS), <port>
-  the port as dialled.
+* <ipaddr> in +QSSLRECV / +QSSLSTATE is the address the modem's DNS answered
+  for the host dialled (Router.display_address: --dns / [dns], else the real
+  DNS answer, else a stable made-up address; an IP literal shows itself), never
+  the routed address; shown once TCP is connected.  <port> is the port dialled.
 * SEND OK alone after the data (§2.7; §3 also prints an OK: not copied).
   ESC cancels with OK (like AT+QSECWRITE).  AT+QSSLCLOSE of an idle ssid
   still answers OK and "<ssid>,CLOSE OK".
@@ -246,8 +247,9 @@ def qsslsend_write(modem, cmd):
 
 
 # -- AT+QSSLRECV ----------------------------------------------------------------------
-def _address(sock: SslSocket) -> str:
-    return sock.remote[0] if sock.remote else ""
+def _address(modem, sock: SslSocket) -> str:
+    """<ipaddr>: what the modem's DNS answered for the host dialled (never the route)."""
+    return modem.network.display_address(sock.host) if sock.remote else ""
 
 
 @command("+QSSLRECV", TEST, variant=V)
@@ -274,7 +276,7 @@ def qsslrecv_write(modem, cmd):
     data = sock.read(length)
     if not data:
         return ok()
-    return ok(f"+QSSLRECV: {_address(sock)}:{sock.port},TCP,{len(data)}", Raw(data))
+    return ok(f"+QSSLRECV: {_address(modem, sock)}:{sock.port},TCP,{len(data)}", Raw(data))
 
 
 # -- AT+QSSLCLOSE ---------------------------------------------------------------------
@@ -318,7 +320,7 @@ def qsslstate_exec(modem, cmd):
         if sock is None:
             lines.append(f'+QSSLSTATE: {ssid},"TCP","",0,"INITIAL",1')
         else:
-            lines.append(f'+QSSLSTATE: {ssid},"TCP","{_address(sock)}",{sock.port},"{status}",1')
+            lines.append(f'+QSSLSTATE: {ssid},"TCP","{_address(modem, sock)}",{sock.port},"{status}",1')
     return ok(*lines)
 
 

@@ -3,6 +3,7 @@ and the module-specific wording of their URCs (a "dialect" chosen by the
 profile's variant of AT+QSSLOPEN)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from tls_engine import SessionCache
@@ -11,6 +12,16 @@ from .context import SetupError, SslContext, to_tls_settings
 from .ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
 
 log = logging.getLogger("emulator.ssl")
+
+# Direct push (access mode 1) flow control: a push URC is written only while the pty output
+# backlog (bytes the host has not taken yet) is below this; otherwise the data wait in the
+# socket's inbox, whose limit (ssl.recv_buffer) pauses the TCP reading, which holds the server
+# back.  Pushing resumes on the modem's "output_drained" event (backlog back under 16 KiB),
+# and, as a fallback, every PUSH_RETRY seconds while data are held back: the interpreter's own
+# URC queue (host inside a command or a "> " prompt) is not part of the backlog and sends no
+# event when it empties.
+PUSH_HIGH_WATER = 64 * 1024
+PUSH_RETRY = 0.02
 
 # EC2x note §5; AT+QIGETERROR prints the text.
 ERROR_TEXT = {
@@ -62,7 +73,11 @@ class SslService:
         self.last_error = 0
         self.cache = SessionCache()
         self.dialect = DIALECTS.get(profile.command_variant("+QSSLOPEN") or "ec2x", Ec2xDialect)()
+        self._close_after_push: list[SslSocket] = []    # "closed" URCs waiting for held push data
+        self._push_timer: asyncio.TimerHandle | None = None
+        self._pushing = False
         modem.on("pdp_deactivated", self._pdp_lost)
+        modem.on("output_drained", self._push_all)
         modem.on("reset", self.abort_all)
         modem.on("shutdown", self.abort_all)
 
@@ -114,16 +129,65 @@ class SslService:
 
     def on_data(self, sock: SslSocket, was_empty: bool) -> None:
         if sock.access_mode == 1:                      # direct push: data goes out with the URC
-            limit = self.modem.profile["ssl.recv_max"]
-            while sock.inbox:
-                chunk = sock.read(limit)
-                self.modem.urc(self.dialect.push(sock, len(chunk)), raw=chunk)
+            self._push_all()
         elif was_empty:
             self.modem.urc(self.dialect.recv(sock))
 
     def on_closed(self, sock: SslSocket, reason: str) -> None:
         if self.sockets.get(sock.client_id) is sock:
+            self._report_closed(sock)
+
+    def _report_closed(self, sock: SslSocket) -> None:
+        """The "closed" URC, after any push data still held back (they came first)."""
+        if sock.access_mode == 1 and sock.inbox:
+            if sock not in self._close_after_push:
+                self._close_after_push.append(sock)
+            self._push_all()
+        else:
             self.modem.urc(self.dialect.closed(sock))
+
+    # -- direct push flow control -----------------------------------------------------
+    def _host_keeps_up(self) -> bool:
+        modem = self.modem
+        interpreter = getattr(modem, "interpreter", None)
+        if interpreter is not None and not interpreter.idle:
+            return False           # URCs would pile up in its queue until the answer is written
+        return getattr(modem, "output_backlog", lambda: 0)() < PUSH_HIGH_WATER
+
+    def _holding(self) -> list[SslSocket]:
+        return [s for s in self.sockets.values()
+                if s.access_mode == 1 and s.inbox and s.state in (CONNECTED, CLOSING)]
+
+    def _push_all(self) -> None:
+        """Push the held data of every direct-push socket, one whole URC (at most recv_max
+        bytes) per socket in turn, while the host keeps up; the rest stays in the inboxes."""
+        if self._pushing:          # re-entered from a URC write (a drain callback): already at it
+            return
+        self._pushing = True
+        try:
+            limit = self.modem.profile["ssl.recv_max"]
+            while (ready := self._holding()) and self._host_keeps_up():
+                for sock in ready:
+                    if not self._host_keeps_up():
+                        break
+                    if sock.inbox:
+                        chunk = sock.read(limit)       # may resume the paused TCP reading
+                        self.modem.urc(self.dialect.push(sock, len(chunk)), raw=chunk)
+            for sock in list(self._close_after_push):
+                if self.sockets.get(sock.client_id) is not sock:
+                    self._close_after_push.remove(sock)     # the host closed it meanwhile
+                elif not sock.inbox:
+                    self._close_after_push.remove(sock)
+                    self.modem.urc(self.dialect.closed(sock))
+        finally:
+            self._pushing = False
+        if self._push_timer is None and self._holding():
+            loop = self.modem.loop or asyncio.get_running_loop()
+            self._push_timer = loop.call_later(PUSH_RETRY, self._push_retry)
+
+    def _push_retry(self) -> None:
+        self._push_timer = None
+        self._push_all()
 
     # -- host commands ----------------------------------------------------------------
     def connected(self, client_id: int) -> SslSocket | None:
@@ -139,6 +203,10 @@ class SslService:
         for sock in list(self.sockets.values()):
             sock.abort()
         self.sockets.clear()
+        self._close_after_push.clear()
+        if self._push_timer is not None:
+            self._push_timer.cancel()
+            self._push_timer = None
 
     def _pdp_lost(self, cid: int) -> None:
         """The bearer went away: open sockets report "closed" (the host still has
@@ -153,4 +221,4 @@ class SslService:
                 continue
             sock.state = CLOSING
             if before == CONNECTED:
-                self.modem.urc(self.dialect.closed(sock))
+                self._report_closed(sock)

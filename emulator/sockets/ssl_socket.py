@@ -239,7 +239,8 @@ class SslSocket:
     # -- closing ----------------------------------------------------------------
     async def close(self, timeout: float) -> None:
         """Host-initiated close: close_notify, then wait up to timeout for the
-        TCP close to complete (0 = abort at once)."""
+        TCP close to complete (0 = abort at once).  A socket that never connected
+        is dropped at once: the note's advice for a +QSSLOPEN that never comes."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
         was_connected = self.state == CONNECTED
@@ -248,8 +249,8 @@ class SslSocket:
             self.session.close()
             self._pump()
         transport = self._transport
-        if (transport is not None and timeout > 0 and not transport.is_closing()
-                and self.session is not None and not self.session.settings.dtls):
+        if (was_connected and transport is not None and timeout > 0 and not transport.is_closing()
+                and not self.session.settings.dtls):
             # Linger: send FIN after close_notify and wait up to timeout for the peer's own
             # close (its FIN -> connection_lost).  transport.close() would call
             # connection_lost itself at once, so the wait would end before the peer did anything.

@@ -115,6 +115,9 @@ def _check_basename(basename: str, max_len: int, allow_wildcards: bool) -> None:
         raise FileError(ERR_INVALID_NAME, '".." is not allowed')
     if basename == ".":
         raise FileError(ERR_INVALID_NAME, '"." is not a file name')
+    if basename != basename.strip(" "):
+        # "x.pem " and "x.pem" would be two files a person cannot tell apart.
+        raise FileError(ERR_INVALID_NAME, "leading or trailing spaces")
     if not allow_wildcards and ("*" in basename or "?" in basename):
         raise FileError(ERR_INVALID_NAME, "wildcards only in list/delete patterns")
 

@@ -80,6 +80,9 @@ TRAVERSALS = [
     "*",
     "ca?.pem",
     "RAM:*",
+    " ",
+    "x.pem ",
+    " x.pem",
 ]
 
 

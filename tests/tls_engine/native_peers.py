@@ -1,4 +1,4 @@
-"""Test peers for tests/tls_engine/test_native.py.
+"""Test peers for tests/tls_engine/test_native.py (tls_engine.native against servers).
 
 * SansIO: drives a python-mbedtls TLSWrappedBuffer over a real TCP socket the way the
   engine's session does (receive_from_network / peek_outgoing / consume_outgoing /
@@ -7,6 +7,8 @@
   connection, what OpenSSL itself saw (session_reused, cipher, data).
 * capture_client_hello: a raw TCP listener returning the first ClientHello's suites.
 * OpenSslServer: `openssl s_server` driven through its stdin (for renegotiation).
+* MbedtlsServer / mbedtls_server_context: a python-mbedtls server, the only peer here
+  with RC4/3DES (also used by tests/test_ssl_options_wire.py).
 """
 from __future__ import annotations
 
@@ -21,8 +23,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import mbedtls.pk as mpk
 import mbedtls.tls as mtls
+import mbedtls.x509 as mx509
 from mbedtls.exceptions import TLSError
+
+from tls_engine import native
 
 DEADLINE = 5.0  # seconds; generous upper bound for any single exchange on loopback
 
@@ -298,3 +304,53 @@ class OpenSslServer:
             self.proc.kill()
         self.proc.wait(DEADLINE)
         self._reader.join(DEADLINE)
+
+
+class MbedtlsServer:
+    """python-mbedtls ServerContext on a socket (sans-IO, one connection, echo once)."""
+
+    def __init__(self, ctx: mtls.ServerContext) -> None:
+        self.ctx = ctx
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cipher = self.error = None
+        self.received = b""
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(DEADLINE)
+        raw, _ = self.listener.accept()
+        conn = SansIO(raw, self.ctx.wrap_buffers())
+        try:
+            conn.handshake()
+            self.cipher = conn.buffer.cipher()
+            self.received = conn.recv_exactly(4)
+            conn.send(self.received)
+            conn.wait_eof()  # close only after the client did
+        except Exception as exc:  # noqa: BLE001
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            conn.close()
+
+    def join(self) -> None:
+        self.thread.join(DEADLINE)
+        self.listener.close()
+
+
+def mbedtls_server_context(pki, suites=None) -> mtls.ServerContext:
+    """`pki` = (ca, trustme leaf); `suites` = exact id list set through tls_engine.native."""
+    _, cert = pki
+    chain = (
+        tuple(mx509.CRT.from_PEM(p.bytes().decode()) for p in cert.cert_chain_pems),
+        mpk.RSA.from_PEM(cert.private_key_pem.bytes().decode()),
+    )
+    ctx = mtls.ServerContext(
+        mtls.TLSConfiguration(
+            certificate_chain=chain, validate_certificates=False,
+            highest_supported_version=mtls.TLSVersion.TLSv1_2,
+        )
+    )
+    if suites:
+        native.NativeConf(ctx).set_ciphersuites(suites)
+    return ctx

@@ -9,7 +9,7 @@ import warnings
 import pytest
 
 from tls_engine import (AppData, HandshakeComplete, PeerClosed, TlsClientSession, TlsFailure,
-                        TlsSettings, native_bridge)
+                        TlsSettings, native)
 
 from .servers import (ClientDriver, TlsTestServer, send_then_close, server_context, sha256)
 from .wire import client_hello_extensions, client_hello_suites
@@ -106,7 +106,7 @@ def test_no_shared_cipher_suite_is_a_handshake_failure(rsa_leaf, base_settings):
 
 
 def test_rc4_suite_without_native_is_unsupported_cipher(monkeypatch):
-    monkeypatch.setattr(native_bridge, "native_available", lambda: False)
+    monkeypatch.setattr(native, "available", lambda: False)
     session = TlsClientSession(TlsSettings(server_name="localhost", cipher_suites=(0x0005,)))
     session.start()
     [failure] = session.events()
@@ -115,7 +115,7 @@ def test_rc4_suite_without_native_is_unsupported_cipher(monkeypatch):
 
 
 def test_without_native_rc4_is_left_out_of_a_mixed_list(monkeypatch):
-    monkeypatch.setattr(native_bridge, "native_available", lambda: False)
+    monkeypatch.setattr(native, "available", lambda: False)
     session = TlsClientSession(TlsSettings(server_name="localhost", cipher_suites=(0x0005, 0xC02F, 0x000A)))
     session.start()
     [hello] = session.outgoing()

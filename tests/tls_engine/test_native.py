@@ -1,32 +1,25 @@
 """tls_engine.native: every feature proven from the SERVER side.
 
-Peers: Python ssl (OpenSSL 3) servers, `openssl s_server`, a raw TCP listener that reads
-the ClientHello, and (for RC4/3DES, which this OpenSSL lacks) a python-mbedtls server.
-The client side is always a TLSWrappedBuffer pumped sans-IO over a real socket.
+Peers (native_peers.py): Python ssl (OpenSSL 3) servers, `openssl s_server`, a raw TCP
+listener that reads the ClientHello, and (for RC4/3DES, which this OpenSSL lacks) a
+python-mbedtls server. The client side is always a TLSWrappedBuffer pumped sans-IO over
+a real socket. The self-check and the in-process checks are in test_native_selfcheck.py.
 """
 from __future__ import annotations
 
 import shutil
-import socket
 import ssl
-import threading
 
 import mbedtls.exceptions as mexc
-import mbedtls.pk as mpk
 import mbedtls.tls as mtls
 import mbedtls.x509 as mx509
 import pytest
 import trustme
 
-from tests.tls_engine.native_peers import (
-    DEADLINE,
-    OpenSslServer,
-    PySslServer,
-    SansIO,
-    capture_client_hello,
-    connect,
-)
-from tls_engine import native, native_layout
+# (tests/test_ssl_options_wire.py imports MbedtlsServer / mbedtls_server_context from here)
+from tests.tls_engine.native_peers import (MbedtlsServer, OpenSslServer, PySslServer, SansIO,
+                                           capture_client_hello, connect, mbedtls_server_context)
+from tls_engine import native
 
 TLS12 = mtls.TLSVersion.TLSv1_2
 
@@ -70,56 +63,6 @@ def py_server(pki, request, tmp_path):
 def echo_once(conn: SansIO, payload: bytes = b"ping") -> None:
     conn.send(payload)
     assert conn.recv_exactly(len(payload)) == payload
-
-
-# --- self-check ------------------------------------------------------------------------------
-
-
-def test_self_check_passes_on_this_wheel():
-    assert native.available(), native.unavailable_reason()
-    assert native.unavailable_reason() == ""
-
-
-@pytest.mark.parametrize(
-    "attr, value, reason",
-    [
-        ("EXPECTED_PY_MBEDTLS", "2.10.0", "python-mbedtls is 2.10.1, this module knows only 2.10.0"),
-        ("EXPECTED_MBEDTLS", (2, 28, 9), "bundled Mbed TLS is (2, 28, 8)"),
-        ("SSL_OFFSET", 32, "pointers from MbedTLSBuffer into MbedTLSConfiguration"),
-        ("CF_ARC4_DISABLED", 9, "mbedtls_ssl_conf_arc4_support does not toggle conf byte 9"),
-        ("SS_MASTER", 72, "session->master differs from the exported master secret"),
-    ],
-)
-def test_self_check_reports_mismatch_instead_of_crashing(monkeypatch, attr, value, reason):
-    monkeypatch.setattr(native_layout, attr, value)
-    try:
-        native._init()
-        assert not native.available()
-        assert reason in native.unavailable_reason()
-        with pytest.raises(native.NativeUnavailable):
-            native.NativeConf(mtls.ClientContext(mtls.TLSConfiguration()))
-    finally:
-        monkeypatch.undo()
-        native._init()
-    assert native.available(), native.unavailable_reason()
-
-
-def test_basicsize_mismatch_is_reported(monkeypatch):
-    monkeypatch.setitem(native_layout.BASICSIZE, "MbedTLSBuffer", 560)
-    try:
-        native._init()
-        assert "MbedTLSBuffer.__basicsize__ is 568, expected 560" in native.unavailable_reason()
-    finally:
-        monkeypatch.undo()
-        native._init()
-    assert native.available()
-
-
-def test_wrong_objects_are_rejected():
-    with pytest.raises(TypeError):
-        native.NativeConf(object())
-    with pytest.raises(TypeError):
-        native.NativeSsl(mtls.ClientContext(mtls.TLSConfiguration()))
 
 
 # --- resumption ------------------------------------------------------------------------------
@@ -229,63 +172,7 @@ def test_default_offer_has_no_rc4_or_3des(trust):
     assert suites and not set(suites) & RC4_3DES_IDS
 
 
-def test_set_ciphersuites_rejects_unknown_or_empty(trust):
-    conf = native.NativeConf(client_context(trust))
-    with pytest.raises(ValueError, match="0x1301"):
-        conf.set_ciphersuites([0x002F, 0x1301])  # TLS 1.3 suite: not in Mbed TLS 2.28
-    with pytest.raises(ValueError):
-        conf.set_ciphersuites([])
-
-
 # --- RC4 / 3DES against an Mbed TLS server ----------------------------------------------------
-
-
-class MbedtlsServer:
-    """python-mbedtls ServerContext on a socket (sans-IO, one connection, echo once)."""
-
-    def __init__(self, ctx: mtls.ServerContext) -> None:
-        self.ctx = ctx
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.cipher = self.error = None
-        self.received = b""
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        self.listener.settimeout(DEADLINE)
-        raw, _ = self.listener.accept()
-        conn = SansIO(raw, self.ctx.wrap_buffers())
-        try:
-            conn.handshake()
-            self.cipher = conn.buffer.cipher()
-            self.received = conn.recv_exactly(4)
-            conn.send(self.received)
-            conn.wait_eof()  # close only after the client did
-        except Exception as exc:  # noqa: BLE001
-            self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            conn.close()
-
-    def join(self) -> None:
-        self.thread.join(DEADLINE)
-        self.listener.close()
-
-
-def mbedtls_server_context(pki, suites=None) -> mtls.ServerContext:
-    _, cert = pki
-    chain = (
-        tuple(mx509.CRT.from_PEM(p.bytes().decode()) for p in cert.cert_chain_pems),
-        mpk.RSA.from_PEM(cert.private_key_pem.bytes().decode()),
-    )
-    ctx = mtls.ServerContext(
-        mtls.TLSConfiguration(
-            certificate_chain=chain, validate_certificates=False, highest_supported_version=TLS12
-        )
-    )
-    if suites:
-        native.NativeConf(ctx).set_ciphersuites(suites)
-    return ctx
 
 
 LEGACY = [
@@ -416,64 +303,3 @@ def test_verify_result(py_server, trust):
     conn.handshake()
     assert nssl.verify_result() == 0x08  # MBEDTLS_X509_BADCERT_NOT_TRUSTED
     conn.close()
-
-
-# --- odds and ends ----------------------------------------------------------------------------
-
-
-def psk_pair(client_setup=None):
-    """Client/server buffers for an in-memory TLS 1.2 PSK handshake."""
-    from tls_engine.native_selfcheck import pump_handshake
-
-    common = dict(highest_supported_version=TLS12, ciphers=("TLS-PSK-WITH-AES-128-GCM-SHA256",))
-    cctx = mtls.ClientContext(mtls.TLSConfiguration(pre_shared_key=("id", b"k" * 16), **common))
-    sctx = mtls.ServerContext(mtls.TLSConfiguration(pre_shared_key_store={"id": b"k" * 16}, **common))
-    if client_setup:
-        client_setup(native.NativeConf(cctx))
-    client, server = cctx.wrap_buffers(None), sctx.wrap_buffers()
-    return client, lambda: pump_handshake(mtls, client, server)
-
-
-def test_keylog_callback_errors_do_not_break_the_handshake(monkeypatch):
-    caught = []
-    monkeypatch.setattr("sys.unraisablehook", caught.append)
-
-    def boom(line: str) -> None:
-        raise RuntimeError("disk full")
-
-    client, handshake = psk_pair(lambda conf: conf.set_keylog(boom))
-    handshake()
-    assert client.cipher() == "TLS-PSK-WITH-AES-128-GCM-SHA256"
-    assert [type(u.exc_value) for u in caught] == [RuntimeError]
-
-
-def test_keylog_can_be_removed():
-    lines: list[str] = []
-
-    def setup(conf):
-        conf.set_keylog(lines.append)
-        conf.set_keylog(None)
-
-    _, handshake = psk_pair(setup)
-    handshake()
-    assert lines == []
-
-
-def test_session_object():
-    client, handshake = psk_pair()
-    nssl = native.NativeSsl(client)
-    handshake()
-    saved = nssl.save_session()
-    assert saved.ciphersuite == 0x00A8 and len(saved.master_secret) == 48
-    saved.free()
-    saved.free()  # idempotent
-    with pytest.raises(TypeError):
-        nssl.load_session(b"not a session")
-
-
-def test_dtls_context_is_accepted():
-    ctx = mtls.ClientContext(mtls.DTLSConfiguration(validate_certificates=False))
-    conf = native.NativeConf(ctx)
-    conf.set_ciphersuites([0xC02F])
-    conf.set_renegotiation(True)
-    native.NativeSsl(ctx.wrap_buffers("localhost"))

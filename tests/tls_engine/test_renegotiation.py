@@ -5,14 +5,14 @@ import shutil
 
 import pytest
 
-from tls_engine import HandshakeComplete, TlsClientSession, TlsFailure, TlsSettings, native_bridge
+from tls_engine import HandshakeComplete, TlsClientSession, TlsFailure, TlsSettings, native
 
 from .openssl_peer import OpensslServer
 from .servers import ClientDriver
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI"),
-    pytest.mark.skipif(not native_bridge.native_available(), reason="renegotiation needs tls_engine.native"),
+    pytest.mark.skipif(not native.available(), reason="renegotiation needs tls_engine.native"),
 ]
 
 

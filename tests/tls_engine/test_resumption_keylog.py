@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tls_engine import (HandshakeComplete, SessionCache, TlsClientSession,
-                        native_bridge)
+from tls_engine import HandshakeComplete, SessionCache, TlsClientSession, native
 
 from .servers import ClientDriver, TlsTestServer, server_context
 from .wire import client_hello_suites
 
-needs_native = pytest.mark.skipif(not native_bridge.native_available(),
-                                  reason=f"tls_engine.native unusable: {native_bridge.unavailable_reason()}")
+needs_native = pytest.mark.skipif(not native.available(),
+                                  reason=f"tls_engine.native unusable: {native.unavailable_reason()}")
 
 
 def run(server, settings, cache=None, key=None):
@@ -77,8 +76,7 @@ def test_explicit_3des_suite_is_offered_alone(base_settings):
 
 
 def test_without_native_default_offer_skips_rc4_3des(monkeypatch, base_settings):
-    monkeypatch.setattr(native_bridge, "native_available", lambda: False)
-    monkeypatch.setattr(native_bridge, "native_module", lambda: None)
+    monkeypatch.setattr(native, "available", lambda: False)
     session = TlsClientSession(base_settings(keylog=print), SessionCache(), "k")
     session.start()
     [hello] = session.outgoing()

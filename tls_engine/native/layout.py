@@ -1,8 +1,8 @@
 """Where python-mbedtls 2.10.1 keeps its Mbed TLS structs, and the import-time self-check.
 
-Private helper of tls_engine.native (read native.py's docstring first). Everything here
-is tied to ONE build: python-mbedtls 2.10.1 for CPython 3.11/3.12 on 64-bit Linux,
-bundling Mbed TLS 2.28.8 in ``python_mbedtls.libs/``.
+Private to tls_engine.native (read the package's __init__.py docstring first).
+Everything here is tied to ONE build: python-mbedtls 2.10.1 for CPython 3.11/3.12 on
+64-bit Linux, bundling Mbed TLS 2.28.8 in ``python_mbedtls.libs/``.
 
 Memory is only ever *read* inside objects whose size Python reports (``__basicsize__``),
 so a wrong guess yields a failed check and a reason string, not a crash. Nothing is

@@ -1,4 +1,5 @@
-"""Functional part of tls_engine.native's import-time self-check.
+"""Functional part of tls_engine.native's self-check (run by _init in __init__.py,
+after the structural checks of layout.self_check).
 
 An in-memory TLS 1.2 PSK handshake between a python-mbedtls client and server (no
 certificates, no sockets, ~2 ms) with the key-export callback installed on the client.
@@ -10,7 +11,7 @@ negotiated suite; id_len <= 32).
 """
 from __future__ import annotations
 
-from .native_layout import LayoutError
+from .layout import LayoutError
 
 _PSK_SUITE = "TLS-PSK-WITH-AES-128-GCM-SHA256"
 _PSK_SUITE_ID = 0x00A8
@@ -51,7 +52,7 @@ def _move(src, dst) -> None:
 
 
 def functional_check(tls) -> None:
-    from . import native
+    from .handles import NativeConf, NativeSsl
 
     psk = bytes(range(16))
     common = dict(
@@ -62,9 +63,9 @@ def functional_check(tls) -> None:
     cctx = tls.ClientContext(tls.TLSConfiguration(pre_shared_key=("selfcheck", psk), **common))
     sctx = tls.ServerContext(tls.TLSConfiguration(pre_shared_key_store={"selfcheck": psk}, **common))
     lines: list[str] = []
-    native.NativeConf(cctx).set_keylog(lines.append)
+    NativeConf(cctx).set_keylog(lines.append)
     client, server = cctx.wrap_buffers(None), sctx.wrap_buffers()
-    ssl = native.NativeSsl(client)
+    ssl = NativeSsl(client)
     pump_handshake(tls, client, server)
     if len(lines) != 1:
         raise LayoutError(f"key-export callback fired {len(lines)} times, expected 1")

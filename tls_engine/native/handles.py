@@ -1,62 +1,9 @@
-"""ctypes access to the Mbed TLS library bundled in the python-mbedtls 2.10.1 wheel.
+"""NativeConf / NativeSsl / NativeSession: handles on the Mbed TLS structs that the
+python-mbedtls objects embed. Private to tls_engine.native (import the package, not this
+file): only the package's self-check (``_init`` in __init__.py) binds the library here,
+and every constructor refuses with NativeUnavailable until it has.
 
-Why this module exists
-    python-mbedtls has no public API for things the emulated modems do: TLS session
-    resumption (AT+QSSLCFG="session"), an NSS key log (SSLKEYLOGFILE-style), offering an
-    exact ordered cipher-suite list by IANA id including the RC4 and 3DES suites that
-    Mbed TLS 2.28 compiles in but leaves out of its default list, honouring a
-    server-initiated renegotiation, and reading the raw X.509 verify flags. The C
-    functions exist and are exported by the wheel's own ``python_mbedtls.libs/
-    libmbedtls-*.so.14``; what they need is the address of the ``mbedtls_ssl_config`` /
-    ``mbedtls_ssl_context`` that the Cython objects embed. This module is the ONLY
-    place in the project that knows those addresses.
-
-What it touches
-    * ``mbedtls_ssl_config`` embedded in the ``MbedTLSConfiguration`` object that a
-      ``ClientContext``/``ServerContext`` owns (object + 32). Written only through the
-      library's own setters: ``mbedtls_ssl_conf_ciphersuites``,
-      ``mbedtls_ssl_conf_arc4_support``, ``mbedtls_ssl_conf_renegotiation``,
-      ``mbedtls_ssl_conf_legacy_renegotiation``, ``mbedtls_ssl_conf_export_keys_ext_cb``.
-    * ``mbedtls_ssl_context`` embedded in the ``MbedTLSBuffer`` (= TLSWrappedBuffer)
-      object (object + 24), passed to ``mbedtls_ssl_get_session``/``set_session``/
-      ``get_verify_result``.
-    * ``mbedtls_ssl_session`` structs this module allocates and frees itself.
-    The library is opened with RTLD_NOLOAD, i.e. it is the very copy python-mbedtls
-    loaded (a second copy would have its own globals).
-
-How the self-check works (at import, a few ms; details in native_layout.py)
-    1. python-mbedtls is exactly 2.10.1, the bundled Mbed TLS exactly 2.28.8, the process
-       is 64-bit little-endian, every symbol above is exported, and the Cython types have
-       the expected ``__basicsize__`` (24 / 472 / 568 / 176).
-    2. A probe ClientContext is wrapped; the one word in the MbedTLSBuffer that points
-       into the context's MbedTLSConfiguration must be at buffer+24 (``ssl->conf``, the
-       first field of mbedtls_ssl_context) and point at config+32; the config object is
-       found through ``gc.get_referents`` and must equal ``_BaseContext._conf``.
-    3. Known values are read back: version bytes 3.3/3.2 as configured, endpoint 0 (1 on
-       a ServerContext), transport 0, authmode 1 (2 when validating),
-       ``ciphersuite_list[0..3] == mbedtls_ssl_list_ciphersuites()``, ``ssl->state == 0``.
-    4. Each setter used is called on the probe and must flip exactly the byte expected.
-    5. An in-memory PSK handshake (client vs server, no certificates) with the key-export
-       callback installed: the master secret it reports must equal the one
-       ``mbedtls_ssl_get_session`` copies out (session layout), and the session's
-       ciphersuite the negotiated one.
-    Only memory inside objects of known size is read before a check passes; nothing is
-    written to an address before it was confirmed.
-
-Resumption detection
-    ``session_reused()`` compares the master secret of the session now in use with the
-    one that was loaded: an abbreviated handshake (session id or RFC 5077 ticket) keeps
-    it, a full handshake derives a new one. No handshake-internal struct is read.
-
-Files
-    native.py (this API), native_layout.py (offsets, library loading, structural checks),
-    native_selfcheck.py (the functional check, plus an in-memory handshake pump).
-
-When it fails
-    ``available()`` returns False and ``unavailable_reason()`` says which check failed and
-    what was found; constructing NativeConf/NativeSsl then raises NativeUnavailable. The
-    rest of the engine keeps working without resumption, key log, RC4/3DES and
-    renegotiation (see tls_engine/native_bridge.py). Nothing here raises at import.
+Offsets and C signatures come from layout.py; nothing here guesses an address.
 """
 from __future__ import annotations
 
@@ -65,18 +12,7 @@ import sys
 import weakref
 from typing import Callable, Sequence
 
-from . import native_layout as L
-
-__all__ = [
-    "available",
-    "unavailable_reason",
-    "NativeConf",
-    "NativeSsl",
-    "NativeSession",
-    "NativeError",
-    "NativeUnavailable",
-    "EMPTY_RENEGOTIATION_INFO_SCSV",
-]
+from . import layout as L
 
 RC4_SUITES = frozenset({0x0004, 0x0005, 0xC002, 0xC007, 0xC011, 0xC00C})  # need arc4 support
 EMPTY_RENEGOTIATION_INFO_SCSV = 0x00FF  # mbedtls appends it to every initial ClientHello
@@ -90,17 +26,29 @@ class NativeUnavailable(NativeError):
     """The self-check failed; see unavailable_reason()."""
 
 
+# Set by the package's self-check: bind() after the structural checks passed (the
+# functional check then runs through these classes), unbind() on any failure.
 _lib: ctypes.CDLL | None = None
 _reason = "self-check not run"
-_tls = _tls_cy = None
+_tls_cy = None
 
 
-def available() -> bool:
+def bind(lib: ctypes.CDLL, tls_cy) -> None:
+    global _lib, _reason, _tls_cy
+    _lib, _tls_cy, _reason = lib, tls_cy, ""
+
+
+def unbind(reason: str) -> None:
+    global _lib, _reason
+    _lib, _reason = None, reason
+
+
+def is_bound() -> bool:
     return _lib is not None
 
 
-def unavailable_reason() -> str:
-    """Empty when available(); otherwise the failed check and what was found."""
+def reason() -> str:
+    """Empty when bound; otherwise the failed check and what was found."""
     return "" if _lib is not None else _reason
 
 
@@ -312,30 +260,3 @@ class NativeSsl:
         readable with validate_certificates=False (VERIFY_OPTIONAL). Meaningless (0)
         before the server's certificate was processed."""
         return int(self._lib.mbedtls_ssl_get_verify_result(self._ssl))
-
-
-def _init() -> None:
-    global _lib, _reason, _tls, _tls_cy
-    try:
-        from importlib.metadata import version
-
-        got = version("python-mbedtls")
-        if got != L.EXPECTED_PY_MBEDTLS:
-            raise L.LayoutError(f"python-mbedtls is {got}, this module knows only {L.EXPECTED_PY_MBEDTLS}")
-        import mbedtls._tls as tls_cy
-        import mbedtls.tls as tls
-        import mbedtls.version as mversion
-
-        lib = L.load_libmbedtls(tls_cy)
-        L.self_check(lib, tls, tls_cy, mversion.version_info)
-        _tls, _tls_cy, _lib = tls, tls_cy, lib
-        from .native_selfcheck import functional_check
-
-        functional_check(tls)
-        _reason = ""
-    except Exception as exc:  # noqa: BLE001 - any failure means "unavailable", with why
-        _lib = None
-        _reason = f"tls_engine.native self-check failed: {type(exc).__name__}: {exc}"
-
-
-_init()

@@ -1,0 +1,147 @@
+"""tls_engine.native — the ONE place that depends on this exact python-mbedtls wheel.
+
+Everything below the wrapper's public API lives in this package and nowhere else in
+tls_engine/: ctypes into the Mbed TLS library bundled in the python-mbedtls 2.10.1 wheel,
+the Cython objects' memory layout, and the wrapper's private names. The rest of the
+engine imports ``tls_engine.native`` and uses only what this file exports.
+
+Why it exists
+    python-mbedtls has no public API for things the emulated modems do: TLS session
+    resumption (AT+QSSLCFG="session"), an NSS key log (SSLKEYLOGFILE-style), offering an
+    exact ordered cipher-suite list by IANA id including the RC4 and 3DES suites that
+    Mbed TLS 2.28 compiles in but leaves out of its default list, honouring a
+    server-initiated renegotiation, and reading the raw X.509 verify flags. The C
+    functions exist and are exported by the wheel's own ``python_mbedtls.libs/
+    libmbedtls-*.so.14``; what they need is the address of the ``mbedtls_ssl_config`` /
+    ``mbedtls_ssl_context`` that the Cython objects embed.
+
+What it touches
+    * ``mbedtls_ssl_config`` embedded in the ``MbedTLSConfiguration`` object that a
+      ``ClientContext``/``ServerContext`` owns (object + 32). Written only through the
+      library's own setters: ``mbedtls_ssl_conf_ciphersuites``,
+      ``mbedtls_ssl_conf_arc4_support``, ``mbedtls_ssl_conf_renegotiation``,
+      ``mbedtls_ssl_conf_legacy_renegotiation``, ``mbedtls_ssl_conf_export_keys_ext_cb``.
+    * ``mbedtls_ssl_context`` embedded in the ``MbedTLSBuffer`` (= TLSWrappedBuffer)
+      object (object + 24), passed to ``mbedtls_ssl_get_session``/``set_session``/
+      ``get_verify_result``.
+    * ``mbedtls_ssl_session`` structs this package allocates and frees itself.
+    * Private Python names of the wrapper: ``mbedtls._tls._get_ciphersuite_id/_name``
+      (suite id <-> name) and ``TLSWrappedBuffer._handshake_state``. These need no
+      self-check and work even when ``available()`` is False.
+    The library is opened with RTLD_NOLOAD, i.e. it is the very copy python-mbedtls
+    loaded (a second copy would have its own globals).
+
+Self-check (once, when the package is first imported; a few ms)
+    Version pins, symbols, the Cython types' sizes, where the structs sit, that each
+    setter flips the byte expected, and an in-memory PSK handshake proving the key-export
+    callback and the session layout — details in selfcheck.py and layout.py. Only
+    memory inside objects of known size is read before a check passes; nothing is
+    written to an address before it was confirmed. The engine imports this package
+    lazily (inside functions), so ``import tls_engine`` does not run the check.
+
+Resumption detection
+    ``NativeSsl.session_reused()`` compares the master secret of the session now in use
+    with the one that was loaded: an abbreviated handshake (session id or RFC 5077
+    ticket) keeps it, a full handshake derives a new one. No handshake-internal struct
+    is read.
+
+Files
+    __init__.py (this public surface and the self-check's driver), handles.py
+    (NativeConf / NativeSsl / NativeSession over ctypes), layout.py (offsets, library
+    loading, structural checks), selfcheck.py (the functional check and the in-memory
+    handshake pump).
+
+When it fails
+    ``available()`` returns False and ``unavailable_reason()`` says which check failed and
+    what was found; constructing NativeConf/NativeSsl/NativeSession then raises
+    NativeUnavailable. Nothing here raises at import. Callers check ``available()`` and
+    degrade: the engine keeps working without resumption, key log, RC4/3DES and
+    renegotiation (see config.py, resumption.py and the README).
+"""
+from __future__ import annotations
+
+from . import layout
+from .handles import (EMPTY_RENEGOTIATION_INFO_SCSV, RC4_SUITES, NativeConf, NativeError,
+                      NativeSession, NativeSsl, NativeUnavailable, keylog_line)
+from . import handles as _handles
+
+__all__ = [
+    "available",
+    "unavailable_reason",
+    "NativeConf",
+    "NativeSsl",
+    "NativeSession",
+    "NativeError",
+    "NativeUnavailable",
+    "EMPTY_RENEGOTIATION_INFO_SCSV",
+    "RC4_SUITES",
+    "keylog_line",
+    "ciphersuite_name",
+    "ciphersuite_id",
+    "handshake_over",
+]
+
+
+def available() -> bool:
+    """True when the self-check passed and NativeConf/NativeSsl/NativeSession work."""
+    return _handles.is_bound()
+
+
+def unavailable_reason() -> str:
+    """Empty when available(); otherwise the failed check and what was found."""
+    return _handles.reason()
+
+
+# --- private names of the wrapper (no self-check needed) ---------------------------------
+
+
+def ciphersuite_name(suite_id: int) -> str | None:
+    """Mbed TLS name of a suite id known to this build ("TLS-RSA-WITH-..."), else None."""
+    import mbedtls._tls
+
+    name = mbedtls._tls._get_ciphersuite_name(suite_id)
+    return None if name == "unknown" else name
+
+
+def ciphersuite_id(mbedtls_name: str) -> int:
+    """Suite id for an Mbed TLS suite name (0 when this build does not know it)."""
+    import mbedtls._tls
+
+    return int(mbedtls._tls._get_ciphersuite_id(mbedtls_name))
+
+
+def handshake_over(buffer) -> bool:
+    """True once a TLSWrappedBuffer's handshake is complete (HANDSHAKE_OVER)."""
+    from mbedtls.tls import HandshakeStep
+
+    return buffer._handshake_state is HandshakeStep.HANDSHAKE_OVER
+
+
+# --- the self-check ------------------------------------------------------------------------
+
+
+def _init() -> None:
+    """Run (or re-run) the self-check; binds the library into handles.py on success."""
+    _handles.unbind("self-check not run")
+    try:
+        from importlib.metadata import version
+
+        got = version("python-mbedtls")
+        if got != layout.EXPECTED_PY_MBEDTLS:
+            raise layout.LayoutError(
+                f"python-mbedtls is {got}, this module knows only {layout.EXPECTED_PY_MBEDTLS}")
+        import mbedtls._tls as tls_cy
+        import mbedtls.tls as tls
+        import mbedtls.version as mversion
+
+        from .selfcheck import functional_check
+
+        lib = layout.load_libmbedtls(tls_cy)
+        layout.self_check(lib, tls, tls_cy, mversion.version_info)
+        _handles.bind(lib, tls_cy)
+        functional_check(tls)
+    except Exception as exc:  # noqa: BLE001 - any failure means "unavailable", with why
+        _handles.unbind(f"tls_engine.native self-check failed: {type(exc).__name__}: {exc}")
+
+
+_init()
