@@ -243,7 +243,7 @@ def test_failures_and_qigeterror(ec2x, emulator, pki):
     assert err() == b"\r\n+QIGETERROR: 561,open PDP context failed\r\n\r\nOK\r\n"
     ec2x.at("AT+QIACT=1")
     # bad parameters
-    for line in ('AT+QSSLOPEN=1,6,0,"h",1', 'AT+QSSLOPEN=1,0,12,"h",1', 'AT+QSSLOPEN=1,0,0,"h",0',
+    for line in ('AT+QSSLOPEN=1,6,0,"h",1', "AT+QSSLSEND=0,", "AT+QSSLSEND=0,0", "AT+QSSLSEND=0,1461", 'AT+QSSLOPEN=1,0,12,"h",1', 'AT+QSSLOPEN=1,0,0,"h",0',
                  'AT+QSSLCFG="nosuch",0,1', 'AT+QSSLCFG="seclevel",0,3', 'AT+QSSLRECV=0,1501'):
         assert ec2x.at(line) == b"\r\nERROR\r\n", line
         assert err() == b"\r\n+QIGETERROR: 552,invalid parameter\r\n\r\nOK\r\n"

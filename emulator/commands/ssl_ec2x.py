@@ -166,6 +166,8 @@ def qsslsend_write(modem, cmd):
     args = _SslArgs(modem, cmd)
     args.at_most(2)
     client_id = args.int(0, 0, svc.max_sockets - 1)
+    if len(args) == 2 and not args.present(1):
+        raise args.fail("empty <sendlen>")          # "AT+QSSLSEND=4," is not variable length
     length = args.int(1, 1, modem.profile["ssl.send_max"], default=None)
     if svc.connected(client_id) is None:
         raise _fail(svc, 567 if client_id in svc.sockets else 572, f"socket {client_id} is not connected")
