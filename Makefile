@@ -1,6 +1,9 @@
 # Two commands on a fresh machine:  make run  /  make test
-# python-mbedtls 2.10.1 has wheels up to CPython 3.12: prefer 3.12, then 3.11.
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || echo python3)
+# python-mbedtls 2.10.1 has wheels for CPython 3.11 and 3.12 (and no later): take the first
+# interpreter that really runs and is one of those (pyenv shims may exist but not run).
+PYTHON ?= $(shell for p in python3 python3.12 python3.11; do \
+  $$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null \
+  && { echo $$p; break; }; done)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -9,8 +12,7 @@ LINK   ?= /tmp/modem-ec2x
 .PHONY: run run-ml302 test bench openssl clean
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else \
-	  "modem-emulator needs CPython 3.11 or 3.12 (python-mbedtls 2.10.1); set PYTHON=...")'
+	@test -n "$(PYTHON)" || { echo "modem-emulator needs CPython 3.11 or 3.12 (python-mbedtls 2.10.1): set PYTHON=..." >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
