@@ -10,19 +10,12 @@ from emulator.storage.checksum import xor16
 BINARY = bytes(range(256)) + b"\r\nAT+QFDEL=\"*\"\r\n\x1a\x1b\x00+++" + os.urandom(300)
 
 
-def upload(host, name: str, data: bytes, extra: str = "") -> bytes:
-    host.write(f'AT+QFUPL="{name}",{len(data)}{extra}\r')
-    host.read_until(b"\r\nCONNECT\r\n")
-    host.write(data)
-    return host.read_until(b"\r\nOK\r\n")
-
-
 def cs(data: bytes) -> str:
     return f"{xor16(data):04x}"
 
 
 def test_upload_binary_checksum_list_download(ec2x):
-    answer = upload(ec2x, "blob.bin", BINARY)
+    answer = ec2x.upload("blob.bin", BINARY)
     assert answer == f"\r\n+QFUPL: {len(BINARY)},{cs(BINARY)}\r\n\r\nOK\r\n".encode()
     assert ec2x.at('AT+QFLST="*"') == f'\r\n+QFLST: "blob.bin",{len(BINARY)}\r\n\r\nOK\r\n'.encode()
     assert ec2x.at("AT+QFLST") == f'\r\n+QFLST: "blob.bin",{len(BINARY)}\r\n\r\nOK\r\n'.encode()
@@ -38,14 +31,14 @@ def test_upload_binary_checksum_list_download(ec2x):
 
 def test_odd_length_checksum_and_existing_file(ec2x):
     data = b"\x12\x34\x56"                      # 0x1234 ^ 0x5600 = 0x4434
-    assert upload(ec2x, "odd.txt", data) == b"\r\n+QFUPL: 3,4434\r\n\r\nOK\r\n"
+    assert ec2x.upload("odd.txt", data) == b"\r\n+QFUPL: 3,4434\r\n\r\nOK\r\n"
     # An existing name is refused before CONNECT: the bytes stay commands.
     assert ec2x.at('AT+QFUPL="odd.txt",3') == b"\r\n+CME ERROR: 407\r\n"
 
 
 def test_ram_and_ufs_drives(ec2x):
-    upload(ec2x, "RAM:r.pem", b"ram data")
-    upload(ec2x, "u.pem", b"ufs")
+    ec2x.upload("RAM:r.pem", b"ram data")
+    ec2x.upload("u.pem", b"ufs")
     assert ec2x.at('AT+QFLST="RAM:*"') == b'\r\n+QFLST: "RAM:r.pem",8\r\n\r\nOK\r\n'
     assert ec2x.at('AT+QFLST="*"') == b'\r\n+QFLST: "u.pem",3\r\n\r\nOK\r\n'
     assert ec2x.at('AT+QFLDS="RAM"') == b"\r\n+QFLDS: 1999992,2000000\r\n\r\nOK\r\n"
@@ -60,8 +53,8 @@ def test_ram_and_ufs_drives(ec2x):
 def test_ufs_survives_restart_ram_does_not(open_modem, tmp_path):
     state = tmp_path / "shared-state"
     host, _ = open_modem("ec2x", state_dir=state)
-    upload(host, "keep.pem", b"persistent")
-    upload(host, "RAM:gone.pem", b"volatile")
+    host.upload("keep.pem", b"persistent")
+    host.upload("RAM:gone.pem", b"volatile")
     assert host.at("AT+CFUN=1,1").endswith(b"OK\r\n")
     host.read_until(b"+QIND: SMS DONE\r\n")
     assert host.at("ATE0").endswith(b"OK\r\n")      # the reboot restored echo on
