@@ -48,7 +48,7 @@ class Emulator:
         if isinstance(profile, str):
             profile = load_profile(profile)
         modem = Modem(profile, state_dir=state_dir, network=self.router,
-                      name=name or f"modem{len(self.ports)}", demo=self.demo, keylog=self.keylog)
+                      name=name or f"modem{len(self.ports)}", keylog=self.keylog)
         port = PtyPort(loop, modem.feed, link, on_hangup=modem.host_hangup, on_drain=modem.output_drained)
         modem.attach(port.write, loop, backlog=lambda: port.backlog)
         if self.demo is not None:

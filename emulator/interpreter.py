@@ -264,7 +264,7 @@ class Interpreter:
         if self._handle(response):
             self._write_final("OK")
             self._write_after()
-        if reason == "timeout" or not self._inbox:
+        if reason == "timeout":              # from a timer, outside _pump
             self._pump()
 
     # -- output --------------------------------------------------------------

@@ -28,14 +28,13 @@ log = logging.getLogger("emulator.modem")
 
 class Modem:
     def __init__(self, profile: Profile, *, state_dir: Path | None = None,
-                 network=None, name: str = "modem0", demo=None, keylog=None) -> None:
+                 network=None, name: str = "modem0", keylog=None) -> None:
         self.profile = profile
         self.name = name
         self.state_dir = Path(state_dir) if state_dir is not None else None
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         self.network = network            # emulator.network.Network (routing layer)
-        self.demo = demo                  # the built-in demo peer, when running with --demo
         self.keylog = keylog              # callable(str) receiving NSS key-log lines, or None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.factory_settings = Settings.factory(profile)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from ..args import Args
-from ..at_parser import EXEC, READ, TEST, WRITE
+from ..at_parser import EXEC, TEST, WRITE
 from ..registry import command
 from ..responses import CommandError, DataRequest, Raw, Response, Text, ok
 from ..sockets.context import OPTIONS, format_cipher_list, parse_cipher_list

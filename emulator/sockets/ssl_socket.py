@@ -129,7 +129,7 @@ class SslSocket:
         self._deliver_pending()
 
     def _fail_open(self, kind: str, reason: str) -> None:
-        self._teardown(abort=True)
+        self._teardown()
         self.state = INITIAL
         self.owner.on_opened(self, kind, reason)
 
@@ -262,23 +262,20 @@ class SslSocket:
                 await asyncio.wait_for(self._closed_event.wait(), timeout)
             except asyncio.TimeoutError:
                 log.info("SSL socket %d: peer still open after the close timeout: aborted", self.client_id)
-        self._teardown(abort=True)
+        self._teardown()
         self.state = INITIAL
 
     def abort(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self._teardown(abort=True)
+        self._teardown()
         self.state = INITIAL
 
-    def _teardown(self, abort: bool) -> None:
+    def _teardown(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._transport is not None:
-            if abort:
-                self._transport.abort()
-            else:
-                self._transport.close()
+            self._transport.abort()
         if self.session is not None and self.session.state in ("handshaking", "established"):
             self.session.close()
