@@ -113,6 +113,13 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "defaults.boot_urcs": (False, _list(_str)),
     "serial.baud_rates": (True, _list(_int(0, 4_000_000), 1)),
     "serial.line_max": (True, _int(64, 65536)),
+    # An LF that follows a command line's CR by at most this long belongs to the line,
+    # also when it arrives after the data prompt the line opened (hosts writing CR LF
+    # one byte at a time).
+    "serial.lf_window_ms": (False, _int(0, 1000)),
+    # Bytes the host has not read yet, past which the oldest are dropped (a UART whose
+    # receiver stalls loses them too).
+    "serial.output_backlog": (False, _int(4096, 1 << 30)),
     "pdp.style": (True, _one_of("qiact", "cgact")),
     "pdp.first_id": (True, _int(0, 255)),
     "pdp.last_id": (True, _int(0, 255)),
