@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+import stat
 import sys
 import tomllib
 from pathlib import Path
@@ -76,9 +77,16 @@ def make_keylog(path: str | None):
     if not path:
         return None
     try:
-        stream = open(path, "a", buffering=1)      # line-buffered: Wireshark reads it live
+        # TLS secrets: a new file is private (0600).  An existing one keeps its mode (a
+        # shared SSLKEYLOGFILE may be readable on purpose) but the log says so.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        st = os.fstat(fd)
+        stream = os.fdopen(fd, "a", buffering=1)   # line-buffered: Wireshark reads it live
     except OSError as exc:
         raise SystemExit(f"modem-emulator: key log {path}: {exc.strerror or exc}")
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+        log.warning("key log %s has mode %04o: TLS session secrets are readable by others "
+                    "(chmod 600 it to keep them private)", path, stat.S_IMODE(st.st_mode))
 
     def write(line: str) -> None:
         stream.write(line + "\n")
@@ -88,10 +96,11 @@ def make_keylog(path: str | None):
 async def run(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     # Handlers first: a signal that arrives right after the path is printed must still
-    # end the run cleanly (link removed, exit 0).
+    # end the run cleanly (link removed, exit 0).  SIGHUP is the terminal of `make run`
+    # being closed: the same clean stop, not a dangling --link.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     router = Router(offline=args.offline)
     for spec in args.route:
