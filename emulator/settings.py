@@ -1,12 +1,16 @@
 """Port settings a host changes with V.250 commands (ATE, ATV, ATQ, S registers,
 AT+CMEE, AT+IPR, AT+IFC, AT&C, AT&D).  AT&F restores the profile's factory
-values, AT&W saves the current ones (to the state dir), ATZ restores the saved."""
+values, AT&W saves the current ones (to <state_dir>/settings.json, 0600, atomically),
+ATZ restores the saved.  A saved file is checked key by key on load (see load)."""
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from .commands.basic import _SREG_RANGES
+from .storage.atomic_file import atomic_write, remove_stale_temp_files
 
 log = logging.getLogger("emulator.settings")
 
@@ -23,34 +27,126 @@ class Settings:
     dtr: int = 2          # AT&D
     sreg: dict[int, int] = field(default_factory=lambda: {0: 0, 3: 13, 4: 10, 5: 8, 6: 2,
                                                           7: 0, 8: 2, 10: 15, 12: 50})
+    # The profile's AT+IPR rates, to check a saved file against; not saved itself.
+    ipr_rates: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def factory(cls, profile) -> "Settings":
         return cls(echo=profile["defaults.echo"], verbose=profile["defaults.verbose"],
-                   cmee=profile["defaults.cmee"], ipr=profile["defaults.ipr"])
+                   cmee=profile["defaults.cmee"], ipr=profile["defaults.ipr"],
+                   ipr_rates=tuple(profile["serial.baud_rates"]))
 
     def copy(self) -> "Settings":
         return Settings(**{**asdict(self), "sreg": dict(self.sreg)})
 
     # AT&W / ATZ persistence ------------------------------------------------
     def save(self, path: Path | None) -> None:
+        """Atomically (temp file, fsync, rename): a kill leaves the old or the new file."""
         if path is None:
             return
         data = asdict(self)
+        del data["ipr_rates"]
         data["sreg"] = {str(k): v for k, v in self.sreg.items()}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(data).encode())
 
     @classmethod
     def load(cls, path: Path | None, fallback: "Settings") -> "Settings":
-        if path is None or not path.exists():
+        """The saved settings, checked key by key: a hand-edited file must never make
+        the modem deaf.  A missing, mistyped or out-of-range key takes the fallback's
+        value with one warning naming it; the good keys are kept."""
+        if path is None:
+            return fallback.copy()
+        if path.parent.is_dir():
+            remove_stale_temp_files(path.parent)     # a kill during AT&W
+        if not path.exists():
             return fallback.copy()
         try:
-            data = json.loads(path.read_text())
-            data["sreg"] = {int(k): int(v) for k, v in data["sreg"].items()}
-            data["ifc"] = tuple(data["ifc"])
-            return cls(**data)
-        except (ValueError, KeyError, TypeError) as exc:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable saved settings %s: %s", path, exc)
             return fallback.copy()
+        if not isinstance(data, dict):
+            log.warning("ignoring saved settings %s: not a JSON object", path)
+            return fallback.copy()
+        settings = fallback.copy()
+
+        def bad(key: str, why: str, default) -> None:
+            log.warning("saved settings %s: key %s: %s; using the default %r", path, key, why, default)
+
+        saved_keys = [f.name for f in fields(cls) if f.name != "ipr_rates"]
+        for key in sorted(data.keys() - set(saved_keys)):
+            log.warning("saved settings %s: key %s: unknown, ignored", path, key)
+        for name in saved_keys:
+            if name not in data:
+                bad(name, "missing", getattr(fallback, name))
+            elif name == "sreg":
+                settings.sreg = _load_sreg(data["sreg"], fallback.sreg, path, bad)
+            else:
+                value, why = _CHECKS[name](data[name], fallback)
+                if why:
+                    bad(name, why, getattr(fallback, name))
+                else:
+                    setattr(settings, name, value)
+        return settings
+
+
+def _is_int(value) -> bool:
+    return type(value) is int                        # not bool, not float
+
+
+def _flag(value, fallback):
+    if isinstance(value, bool) or (_is_int(value) and value in (0, 1)):
+        return bool(value), None
+    return None, f"{value!r} is not true/false or 0/1"
+
+
+def _int_in(lo: int, hi: int):
+    def check(value, fallback):
+        if _is_int(value) and lo <= value <= hi:
+            return value, None
+        return None, f"{value!r} is not an integer {lo}-{hi}"
+    return check
+
+
+def _ipr(value, fallback):
+    rates = fallback.ipr_rates
+    if _is_int(value) and (value == 0 or value in rates or (not rates and value > 0)):
+        return value, None
+    return None, f"{value!r} is not 0 or a supported baud rate"
+
+
+def _ifc(value, fallback):
+    # AT+IFC takes 0 (none) or 2 (RTS/CTS) for each direction.
+    if isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v in (0, 2) for v in value):
+        return tuple(value), None
+    return None, f"{value!r} is not a pair of 0 or 2"
+
+
+# What the AT command that sets the key accepts (AT&C 0-1, AT&D 0-2, AT+CMEE 0-2).
+_CHECKS = {"echo": _flag, "verbose": _flag, "quiet": _flag, "cmee": _int_in(0, 2),
+           "ipr": _ipr, "ifc": _ifc, "dcd": _int_in(0, 1), "dtr": _int_in(0, 2)}
+
+
+def _load_sreg(saved, defaults: dict[int, int], path, bad) -> dict[int, int]:
+    """S registers from the file, each in the range ATSn= accepts (S3/S5 0-127)."""
+    sreg = dict(defaults)
+    if not isinstance(saved, dict):
+        bad("sreg", f"{saved!r} is not a table of registers", defaults)
+        return sreg
+    numbers = {}
+    for key in saved:
+        number = int(key) if key.isascii() and key.isdecimal() else None
+        if number not in _SREG_RANGES or str(number) != key:
+            log.warning("saved settings %s: key S%s: unknown register, ignored", path, key)
+        else:
+            numbers[number] = key
+    for number in sorted(defaults):
+        name = f"S{number}"
+        lo, hi = _SREG_RANGES.get(number, (0, 255))
+        if number not in numbers:
+            bad(name, "missing", defaults[number])
+        elif not (_is_int(value := saved[numbers[number]]) and lo <= value <= hi):
+            bad(name, f"{value!r} is not an integer {lo}-{hi}", defaults[number])
+        else:
+            sreg[number] = value
+    return sreg
