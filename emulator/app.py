@@ -49,7 +49,8 @@ class Emulator:
             profile = load_profile(profile)
         modem = Modem(profile, state_dir=state_dir, network=self.router,
                       name=name or f"modem{len(self.ports)}", keylog=self.keylog)
-        port = PtyPort(loop, modem.feed, link, on_hangup=modem.host_hangup, on_drain=modem.output_drained)
+        port = PtyPort(loop, modem.feed, link, on_hangup=modem.host_hangup, on_drain=modem.output_drained,
+                       max_backlog=profile.get("serial.output_backlog", 1 << 20))
         modem.attach(port.write, loop, backlog=lambda: port.backlog)
         if self.demo is not None:
             from .demo_setup import install_demo_material

@@ -45,7 +45,8 @@ class Args:
 
     def parse_int(self, text: str, lo: int, hi: int, i: int = 0) -> int:
         text = text.strip()
-        if not text or not (text.isdigit() or (text[0] in "+-" and text[1:].isdigit())):
+        digits = text[1:] if text[:1] in ("+", "-") else text
+        if not digits or not digits.isascii() or not digits.isdigit():   # "²".isdigit() is True
             raise self.fail(f"parameter {i + 1} {text!r} is not a number")
         if len(text) > 12:
             raise self.fail(f"parameter {i + 1} out of range")

@@ -1,7 +1,7 @@
 """Sans-IO command-line lexer: raw bytes from the host in, command-line events out.
 
 It knows only V.250 line discipline: the "AT"/"at" prefix, the S3 terminator, S5
-editing, LF after CR, "A/" repetition, echo and the 2 KiB line limit. It never
+editing, LF after CR (neither echoed nor part of the next line), "A/" repetition, echo and the 2 KiB line limit. It never
 interprets a command and never raises on any byte: anything that is not part of
 a command line is dropped (and echoed, as a real module echoes every byte it
 receives in command state).
@@ -51,12 +51,19 @@ class CommandLineLexer:
     def reset(self) -> None:
         self._buf.clear()
         self._state = "idle"
+        self._last_was_s3 = False
+
+    def forget_line_end(self) -> None:
+        """Bytes went elsewhere (a data prompt): an LF now no longer follows S3."""
+        self._last_was_s3 = False
 
     def feed(self, data: bytes) -> list[object]:
         events: list[object] = []
         echo = bytearray()
         for byte in data:
-            if self.echo:
+            # The LF of a CR LF ending is part of the terminator the line was run on:
+            # echoing it would put a stray "\n" after the command's final result.
+            if self.echo and not (byte == 10 and self._last_was_s3):
                 echo.append(byte)
             event = self._step(byte)
             if event is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 TEST, READ, WRITE, EXEC = "test", "read", "write", "exec"
 
 _EXT_PREFIXES = "+$^%#*"
+_DIGITS = frozenset("0123456789")      # str.isdigit() also takes "²", which int() refuses
 _NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!%-./:_")
 
 
@@ -162,7 +163,7 @@ def _parse_basic(text: str, i: int, out: list, prefix: str) -> int:
     i += 1
     if letter == "S" and not prefix:
         j = i
-        while j < n and text[j].isdigit():
+        while j < n and text[j] in _DIGITS:
             j += 1
         if j == i:
             out.append(Malformed(text[start:], "S without register number"))
@@ -176,7 +177,7 @@ def _parse_basic(text: str, i: int, out: list, prefix: str) -> int:
             return j + 1
         if text.startswith("=", j):
             k = j + 1
-            while k < n and text[k].isdigit():
+            while k < n and text[k] in _DIGITS:
                 k += 1
             value = text[j + 1:k]
             out.append(Command(name, WRITE, (Arg(value) if value else None,), text[start:k]))
@@ -184,7 +185,7 @@ def _parse_basic(text: str, i: int, out: list, prefix: str) -> int:
         out.append(Malformed(text[start:j], "S register needs ? or ="))
         return n
     j = i
-    while j < n and text[j].isdigit():
+    while j < n and text[j] in _DIGITS:
         j += 1
     value = text[i:j]
     name = prefix + letter

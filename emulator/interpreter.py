@@ -11,20 +11,20 @@ modem.write(), and timers and pending commands are scheduled by the modem
 """
 from __future__ import annotations
 
-import logging
 import re
 from typing import TYPE_CHECKING
 
 from .at_lexer import CommandLine, CommandLineLexer, Echo, LineTooLong, RepeatLast
 from .at_parser import Command, Malformed, parse_line
 from .cme import cme_text
+from .logsafe import get_logger, loggable, redact
 from .registry import TABLE
 from .responses import RESULT_CODES, Cme, CommandError, DataRequest, Raw, Response, Text
 
 if TYPE_CHECKING:
     from .modem import Modem
 
-log = logging.getLogger("emulator.at")
+log = get_logger("emulator.at")
 _S_REGISTER = re.compile(r"^S\d+$")
 CTRL_Z, ESC = 0x1A, 0x1B
 MAX_WAITING_INPUT = 1 << 20      # host bytes held while a command is pending
@@ -36,6 +36,7 @@ class _Collector:
         self.buf = bytearray()
         self.overflow = False
         self.timer = None                # handle from modem.call_later
+        self.lf_until: float | None = None   # a first byte LF before this time ends the line
 
 
 class Interpreter:
@@ -51,6 +52,8 @@ class Interpreter:
         self._fresh_line = False         # the next data prompt directly follows a command line
         self._urcs: list[bytes] = []
         self._last_line: bytes | None = None
+        self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
+        self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
 
     # -- input ---------------------------------------------------------------
     @property
@@ -108,6 +111,7 @@ class Interpreter:
                 self.modem.write(event.data)
             elif isinstance(event, CommandLine):
                 self._last_line = event.body
+                self._line_end = self.modem.monotonic()
                 self._start_line(event.body)
             elif isinstance(event, RepeatLast):
                 if self._last_line is not None:
@@ -119,7 +123,11 @@ class Interpreter:
     # -- command execution ---------------------------------------------------
     def _start_line(self, body: bytes) -> None:
         self._fresh_line = True
-        self._queue = list(parse_line(body))
+        try:
+            self._queue = list(parse_line(body))
+        except Exception:     # the parser never raises by design; if it does, the line still ends
+            log.exception("cannot parse AT%s", loggable(body.decode("latin-1")))
+            self._queue = [Malformed(body.decode("latin-1"), "parser failure")]
         self._after = []
         self._run_queue()
 
@@ -134,29 +142,30 @@ class Interpreter:
 
     def _dispatch(self, item: Command | Malformed) -> Response:
         if isinstance(item, Malformed):
-            log.info("ERROR: malformed command %r (%s)", item.raw, item.reason)
+            log.info("ERROR: malformed command AT%s (%s)", loggable(item.raw), item.reason)
             return Response([], "ERROR")
         profile = self.modem.profile
         name = "S" if _S_REGISTER.match(item.name) else item.name
         variant = profile.command_variant(name)
         if variant is None:
-            log.info("ERROR: AT%s is not a command of profile %s", item.raw, profile.name)
+            log.info("ERROR: AT%s is not a command of profile %s", loggable(item.raw), profile.name)
             return Response([], "ERROR")
         entry = TABLE.lookup(name, item.kind, variant)
         if entry is None:
             if item.kind == "test" and TABLE.knows(name, variant):
                 return Response([], "OK")
-            log.info("ERROR: AT%s (%s form) not supported", item.raw, item.kind)
+            log.info("ERROR: AT%s (%s form) not supported", loggable(item.raw), item.kind)
             return Response([], "ERROR")
         self._executing = True
         try:
             return entry.func(self.modem, item)
         except CommandError as exc:
             if exc.log:
-                log.info("%s for AT%s: %s", _final_name(exc.final), item.raw, exc.log)
+                log.info("%s for AT%s: %s", _final_name(exc.final), loggable(item.raw),
+                         exc.log.replace(item.raw, redact(item.raw)))
             return Response([], exc.final)
         except Exception:     # a handler bug must never take the emulator down
-            log.exception("handler for AT%s failed", item.raw)
+            log.exception("handler for AT%s failed", loggable(item.raw))
             return Response([], "ERROR")
         finally:
             self._executing = False
@@ -204,9 +213,14 @@ class Interpreter:
         if request.prompt:
             self.modem.write(request.prompt)
         # A host ending its lines with CR LF: the LF that came with the CR belongs to the
-        # command line, not to the data (which the host sends only after the prompt).
-        if self._fresh_line and self._inbox[:1] == b"\n" and self.lexer.s3 == 13:
-            del self._inbox[:1]
+        # command line, not to the data (which the host sends only after the prompt) --
+        # also when it arrives just after the prompt, from a host writing byte by byte.
+        if self._fresh_line and self.lexer.s3 == 13:
+            if self._inbox[:1] == b"\n":
+                del self._inbox[:1]
+                self.lexer.forget_line_end()
+            elif not self._inbox:
+                collector.lf_until = self._line_end + self._lf_window
         self._fresh_line = False
         if request.timeout is not None:
             collector.timer = self.modem.call_later(
@@ -217,6 +231,13 @@ class Interpreter:
     def _feed_collector(self) -> None:
         c = self._collector
         req = c.request
+        if c.lf_until is not None:               # the first byte after the prompt
+            late_lf = self._inbox[:1] == b"\n" and self.modem.monotonic() <= c.lf_until
+            c.lf_until = None
+            self.lexer.forget_line_end()
+            if late_lf:
+                del self._inbox[:1]
+                return
         if req.length is not None:
             take = bytes(self._inbox[:req.length - len(c.buf)])
             del self._inbox[:len(take)]

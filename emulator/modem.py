@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -62,6 +63,10 @@ class Modem:
         self.loop = loop
         if backlog is not None:
             self._backlog = backlog
+
+    def monotonic(self) -> float:
+        """The modem's monotonic time in seconds (the loop's clock; tests may replace it)."""
+        return self.loop.time() if self.loop is not None else time.monotonic()
 
     def call_later(self, delay: float, callback: Callable, *args):
         """A timer on the modem's loop (None when the modem runs without one)."""

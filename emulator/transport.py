@@ -9,13 +9,14 @@ modem in command state, never stale bytes from a previous session.
 
 Output is written non-blocking; what the pty cannot take yet waits in a buffer.
 `backlog` and the on_drain callback let producers (direct-push sockets) hold
-back instead of growing that buffer without bound.
+back instead of growing that buffer without bound.  Past `max_backlog` (a host
+that never reads while echo or URCs keep coming) the oldest bytes are dropped, as
+a UART whose receiver stalls loses them, with one warning per stall.
 """
 from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import os
 import select
 import termios
@@ -23,11 +24,14 @@ import tty
 from pathlib import Path
 from typing import Callable
 
-log = logging.getLogger("emulator.pty")
+from .logsafe import get_logger
+
+log = get_logger("emulator.pty")
 
 POLL_INTERVAL = 0.05
 HIGH_WATER = 64 * 1024            # backlog above this ...
 LOW_WATER = 16 * 1024             # ... then below this: on_drain()
+MAX_BACKLOG = 1 << 20             # default bound of unread output (profile serial.output_backlog)
 
 
 class LinkError(Exception):
@@ -37,7 +41,7 @@ class LinkError(Exception):
 class PtyPort:
     def __init__(self, loop: asyncio.AbstractEventLoop, on_data: Callable[[bytes], None],
                  link: Path | None = None, on_hangup: Callable[[], None] | None = None,
-                 on_drain: Callable[[], None] | None = None) -> None:
+                 on_drain: Callable[[], None] | None = None, max_backlog: int = MAX_BACKLOG) -> None:
         self.loop = loop
         self.on_data = on_data
         self.on_hangup = on_hangup
@@ -52,6 +56,8 @@ class PtyPort:
         self.link = Path(link) if link else None
         self.attached = False
         self._out = bytearray()
+        self.max_backlog = max(max_backlog, HIGH_WATER)
+        self._dropped = 0                 # bytes dropped in the current stall (0: not stalled)
         self._writing = False
         self._above_high_water = False
         self._closed = False
@@ -88,6 +94,7 @@ class PtyPort:
         self.attached = False
         dropped = len(self._out)
         self._out.clear()
+        self._dropped = 0
         self._discard_unread_output()
         log.info("host closed %s%s", self.device, f" ({dropped} output bytes dropped)" if dropped else "")
         if self.on_hangup is not None:
@@ -115,6 +122,13 @@ class PtyPort:
         self._out += data
         if len(self._out) > HIGH_WATER:
             self._above_high_water = True
+        if len(self._out) > self.max_backlog:
+            excess = len(self._out) - self.max_backlog
+            del self._out[:excess]
+            if not self._dropped:
+                log.warning("host is not reading %s: output past %d unread bytes is dropped, "
+                            "oldest first", self.device, self.max_backlog)
+            self._dropped += excess
         if not self._writing:
             self._flush()
 
@@ -129,6 +143,9 @@ class PtyPort:
                     raise
                 break                      # hung up: the reader side notices
             del self._out[:n]
+        if self._dropped and not self._out:
+            log.info("host caught up on %s: %d output bytes were dropped", self.device, self._dropped)
+            self._dropped = 0
         want = bool(self._out)
         if want and not self._writing:
             self.loop.add_writer(self.master, self._flush)
@@ -155,7 +172,7 @@ class PtyPort:
         try:
             self.on_data(data)
         except Exception:                 # nothing the host sends may stop the port
-            log.exception("modem failed on input %r", data[:64])
+            log.exception("modem failed on %d input bytes", len(data))   # they may be key material
 
     def close(self) -> None:
         if self._closed:

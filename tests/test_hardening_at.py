@@ -1,0 +1,164 @@
+"""Issue 9, what independent hosts broke in the AT core: a late LF of a CR LF
+written one byte at a time, non-ASCII digits, a host that never reads, and log
+lines a host could forge or fill with secrets."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import pytest
+
+from emulator.modem import Modem
+from emulator.profile import load_profile
+from tests.tls_engine.servers import TlsTestServer, echo_until_eof, server_context
+
+
+def slow_write(host, data: bytes, gap: float = 0.003) -> None:
+    """A host that flush()es every byte (firmware, per-byte Python drivers)."""
+    for b in data:
+        host.write(bytes([b]))
+        host.ser.flush()
+        time.sleep(gap)
+
+
+# -- item 1: the LF of a CR LF belongs to the command line --------------------------
+def test_late_lf_is_not_upload_data(ec2x):
+    slow_write(ec2x, b'AT+QFUPL="UFS:late.txt",5\r\n')
+    ec2x.read_until(b"\r\nCONNECT\r\n")
+    slow_write(ec2x, b"HELLO")
+    assert ec2x.read_until(re.compile(rb"\r\n(OK|ERROR)\r\n")).startswith(b"\r\n+QFUPL: 5,")
+    ec2x.write('AT+QFDWL="UFS:late.txt"\r\n')
+    assert ec2x.read_until(b"\r\nOK\r\n").startswith(b"\r\nCONNECT\r\nHELLO")
+
+
+def test_lf_arriving_after_the_prompt_is_not_ssl_data(ec2x, emulator):
+    pki = __import__("trustme").CA()
+    cert = pki.issue_cert("220.180.239.212")
+    with TlsTestServer(server_context(cert), echo_until_eof) as server:
+        emulator.router.add_map("220.180.239.212", 8010, "127.0.0.1", server.port)
+        assert ec2x.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+        assert ec2x.at('AT+QSSLOPEN=1,1,0,"220.180.239.212",8010,0') == b"\r\nOK\r\n"
+        ec2x.seen(b"+QSSLOPEN: 0,0")
+        ec2x.write(b"AT+QSSLSEND=0,5\r")
+        ec2x.read_until(b"> ")                       # the prompt is out before the LF comes
+        time.sleep(0.005)
+        slow_write(ec2x, b"\nHELLO")
+        assert ec2x.read_until(re.compile(rb"\r\n(SEND OK|ERROR)\r\n")) == b"\r\nSEND OK\r\n"
+        ec2x.seen(b'\r\n+QSSLURC: "recv",0\r\n')
+        assert ec2x.at("AT+QSSLRECV=0,100") == b"\r\n+QSSLRECV: 5\r\nHELLO\r\n\r\nOK\r\n"
+        assert bytes(server.last.received) == b"HELLO"
+        # nothing of the data fell back into command state: the port answers at once
+        assert ec2x.at("AT") == b"\r\nOK\r\n"
+
+
+def test_late_lf_ends_the_line_for_qsecwrite(ml302):
+    slow_write(ml302, b"AT+QSECWRITE=0\r\n")
+    ml302.read_until(b"> ")
+    slow_write(ml302, b"abc\x1a")
+    answer = ml302.read_until(re.compile(rb"\r\n(OK|ERROR)\r\n"))
+    assert answer.startswith(b"\r\n+QSECWRITE: 3,"), answer      # 3 bytes: the LF was not stored
+
+
+def test_lf_after_the_window_is_data():
+    """Only a LF right after the CR is the line's; one a host sends later is data."""
+    modem, out, clock = sans_io_modem()
+    modem.feed(b'AT+QFUPL="RAM:x",2\r')
+    clock[0] += 0.2                          # 200 ms later: past the 50 ms window
+    modem.feed(b"\nZ")
+    assert modem.files.read("RAM:x") == b"\nZ"
+
+
+def test_echo_of_the_line_ending_lf_never_follows_the_result(open_modem):
+    host, _ = open_modem("ec2x", echo=True)
+    slow_write(host, b"AT\r\n")
+    got = host.read_until(b"OK\r\n")
+    assert got == b"AT\r\r\nOK\r\n"
+    assert host.quiet_for(0.1) == b""        # no "\n" after the OK
+    host.write(b"AT\r\n")                    # and the same when CR LF come in one write
+    assert host.read_until(b"OK\r\n") == b"AT\r\r\nOK\r\n"
+    assert host.quiet_for(0.1) == b""
+
+
+# -- item 5: digits Python's isdigit() accepts but int() refuses -----------------------
+@pytest.mark.parametrize("line", ["ATS\u00b2?", "ATS3=\u00b2", "ATE\u00b9", "AT+CMEE=\u00b2",
+                                  "AT+QSSLCLOSE=\u00b3", "ATS\u0663?", "AT+CFUN=1,\u00b9"])
+def test_non_ascii_digits_are_errors_not_stalls(ec2x, caplog, line):
+    caplog.set_level(logging.INFO, logger="emulator")
+    ec2x.write(line.encode("latin-1", "replace") + b"\r\nAT\r\n")
+    answer = ec2x.read_until(b"OK\r\n", timeout=3)
+    assert re.fullmatch(rb"\r\n(ERROR|\+CME ERROR: \d+)\r\n\r\nOK\r\n", answer), answer
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_non_ascii_digits_sans_io():
+    modem, out, _ = sans_io_modem()
+    for line in (b"ATS\xb2?\r", b"ATS3=\xb2\r", b"AT+CMEE=\xb9\r"):
+        out.clear()
+        modem.feed(line)
+        assert bytes(out) == b"\r\nERROR\r\n", line
+
+
+# -- item 6: a host that never reads ------------------------------------------------
+def test_output_backlog_is_bounded(emulator, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="emulator.pty")
+    port = emulator.add_modem("ec2x", state_dir=tmp_path / "s")
+    import serial
+    ser = serial.Serial(port.path, timeout=0)   # opened, never read: echo piles up
+    try:
+        limit = port.modem.profile["serial.output_backlog"]
+        chunk = b"X" * 65536
+        for _ in range(40):                      # 2.5 MiB of echo
+            ser.write(chunk)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and emulator.run(lambda: port.port.backlog) < limit:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert emulator.run(lambda: port.port.backlog) <= limit
+        warnings = [r for r in caplog.records if "dropped" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        # the reader catches up: the modem still answers, and the newest bytes are kept
+        ser.reset_input_buffer()
+        ser.timeout = 0.05
+        got = b""
+        deadline = time.monotonic() + 10
+        ser.write(b"\rATE0\r")
+        while not got.endswith(b"ATE0\r\r\nOK\r\n") and time.monotonic() < deadline:
+            got = (got + ser.read(65536))[-200:]
+        assert got.endswith(b"ATE0\r\r\nOK\r\n")
+    finally:
+        ser.close()
+
+
+# -- item 10: logs escape what the host sent and never show keys ----------------------
+def test_rejected_psk_line_is_not_logged_verbatim(ec2x, caplog):
+    caplog.set_level(logging.DEBUG, logger="emulator")
+    assert ec2x.at('AT+QSSLCFG="psk",99,"ident","00112233445566778899secret"') == b"\r\nERROR\r\n"
+    assert ec2x.at('AT+QSSLCFG="psk",1,"ident","00112233445566778899secret",9') == b"\r\nERROR\r\n"
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "AT+QSSLCFG" in text                           # the rejection is logged ...
+    assert "secret" not in text and "0011223344" not in text   # ... without the key
+
+
+def test_log_lines_cannot_be_forged(ec2x, caplog):
+    caplog.set_level(logging.DEBUG, logger="emulator")
+    ec2x.write(b'AT+QSSLCFG="sni",1,"x\nCRITICAL root: forged"\r')
+    ec2x.read_until(b"ERROR\r\n")
+    ec2x.write(b"AT+QFOO=\x1b[31mred\r")
+    ec2x.read_until(b"ERROR\r\n")
+    for record in caplog.records:
+        message = record.getMessage()
+        assert "\n" not in message and "\x1b" not in message, message
+
+
+# -- sans-IO helpers ----------------------------------------------------------------
+def sans_io_modem(profile: str = "ec2x"):
+    """A modem with no loop and no pty; `clock[0]` is its monotonic time."""
+    clock = [1000.0]
+    modem = Modem(load_profile(profile))
+    modem.monotonic = lambda: clock[0]
+    out = bytearray()
+    modem.attach(out.extend)
+    modem.feed(b"ATE0\r")
+    out.clear()
+    return modem, out, clock
