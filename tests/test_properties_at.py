@@ -18,7 +18,7 @@ from emulator.modem import Modem
 from emulator.profile import load_profile
 
 PROFILES = {name: load_profile(name) for name in ("ec2x", "ml302")}
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=int(__import__("os").environ.get("HYPOTHESIS_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FINAL = re.compile(rb"(?:^|\r\n)(OK|ERROR|\+CME ERROR: [^\r\n]*)\r\n")
 
 
