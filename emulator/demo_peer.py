@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import logging
 import re
 import ssl
 import tempfile
@@ -29,7 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-log = logging.getLogger(__name__)
+from .logsafe import get_logger
+
+log = get_logger(__name__)
 
 # --- The ML302 manual's page, byte for byte -------------------------------------------------
 # Headers exactly as printed in the manual (its sample is dated 2019; the Date stays as printed).

@@ -9,7 +9,6 @@ their state in `modem.feature(key, factory)` so adding one touches no core file.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -18,13 +17,14 @@ from typing import Callable
 from . import commands  # noqa: F401  (registers every handler in the table)
 from .clock import ModemClock
 from .interpreter import Interpreter
+from .logsafe import get_logger
 from .pdp import PdpTable
 from .profile import Profile
 from .settings import Settings
 from .storage.secstore import SecStore
 from .storage.vfs import FileStore
 
-log = logging.getLogger("emulator.modem")
+log = get_logger("emulator.modem")
 
 
 class Modem:
