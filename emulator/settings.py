@@ -128,7 +128,8 @@ _CHECKS = {"echo": _flag, "verbose": _flag, "quiet": _flag, "cmee": _int_in(0, 2
 
 
 def _load_sreg(saved, defaults: dict[int, int], path, bad) -> dict[int, int]:
-    """S registers from the file, each in the range ATSn= accepts (S3/S5 0-127)."""
+    """S registers from the file, each in the range ATSn= accepts (S3/S5 0-127) or its
+    default (S7's factory 0 is below ATS7's 1-255, and AT&W saves it)."""
     sreg = dict(defaults)
     if not isinstance(saved, dict):
         bad("sreg", f"{saved!r} is not a table of registers", defaults)
@@ -145,8 +146,10 @@ def _load_sreg(saved, defaults: dict[int, int], path, bad) -> dict[int, int]:
         lo, hi = _SREG_RANGES.get(number, (0, 255))
         if number not in numbers:
             bad(name, "missing", defaults[number])
-        elif not (_is_int(value := saved[numbers[number]]) and lo <= value <= hi):
-            bad(name, f"{value!r} is not an integer {lo}-{hi}", defaults[number])
-        else:
+            continue
+        value = saved[numbers[number]]
+        if _is_int(value) and (lo <= value <= hi or value == defaults[number]):
             sreg[number] = value
+        else:
+            bad(name, f"{value!r} is not an integer {lo}-{hi}", defaults[number])
     return sreg

@@ -111,6 +111,17 @@ def test_saved_file_is_private_and_round_trips(tmp_path, caplog):
     assert Settings.load(path, FACTORY) == s and warnings(caplog) == []
 
 
+@pytest.mark.parametrize("profile", ["ec2x", "ml302"])
+def test_factory_values_saved_by_atw_load_without_warnings(tmp_path, caplog, profile):
+    """The defaults themselves (S7=0, below ATS7's 1-255) must survive AT&W + restart."""
+    factory = Settings.factory(load_profile(profile))
+    path = tmp_path / "settings.json"
+    factory.save(path)
+    with caplog.at_level(logging.WARNING, logger="emulator.settings"):
+        assert Settings.load(path, factory) == factory
+    assert warnings(caplog) == []
+
+
 def test_modem_with_damaged_settings_answers(open_modem, tmp_path):
     """End to end: S3 and S5 missing, a wrong echo type, an unsupported baud rate."""
     state = tmp_path / "state"
