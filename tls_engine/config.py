@@ -133,19 +133,24 @@ def _psk(settings: TlsSettings):
         return None
     if not settings.psk_key:
         raise EngineConfigError(BAD_CONFIG, "PSK configured with an empty key")
-    identity = settings.psk_identity or b""
-    try:
-        return identity.decode("utf-8"), bytes(settings.psk_key)
-    except UnicodeDecodeError:
-        raise EngineConfigError(BAD_CONFIG, "PSK identity must be UTF-8 text") from None
+    from .native import psk_identity  # the wrapper's str-only identity, bytes kept exact
+
+    return psk_identity(bytes(settings.psk_identity or b"")), bytes(settings.psk_key)
 
 
 def _alpn(settings: TlsSettings) -> tuple[bytes, ...] | None:
+    """Protocol ids are opaque bytes (RFC 7301): bytes pass unchanged, str must be ASCII."""
     if not settings.alpn:
         return None
-    protos = tuple(p.encode("ascii", "strict") if isinstance(p, str) else bytes(p) for p in settings.alpn)
+    try:
+        protos = tuple(p.encode("ascii") if isinstance(p, str) else bytes(p) for p in settings.alpn)
+    except (UnicodeEncodeError, TypeError, ValueError):
+        raise EngineConfigError(BAD_CONFIG, f"ALPN protocol names must be bytes or ASCII text, "
+                                            f"got {settings.alpn!r}") from None
     if any(not 1 <= len(p) <= 255 for p in protos):
         raise EngineConfigError(BAD_CONFIG, "ALPN protocol names must be 1-255 bytes")
+    if any(b"\0" in p for p in protos):  # Mbed TLS takes C strings: a NUL would cut the name
+        raise EngineConfigError(BAD_CONFIG, "ALPN protocol names cannot contain a NUL byte")
     if len(protos) > 8:  # the wrapper keeps room for 8 protocols only
         raise EngineConfigError(BAD_CONFIG, "at most 8 ALPN protocol names are supported")
     return protos

@@ -6,20 +6,48 @@ native, connections simply do full handshakes and a note says why.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Callable, Hashable
+
+# TlsSettings fields that say nothing about what a session was verified against.
+_NOT_FINGERPRINTED = frozenset({"clock", "keylog", "ca_label"})
+
+
+def settings_fingerprint(settings) -> bytes:
+    """SHA-256 over every TlsSettings field that shapes or verifies a session: the CA,
+    client certificate and key BYTES (not their file names), PSK, relax flags, versions,
+    suites, ... A resumed session skips certificate checks, so it may only be offered
+    again under exactly the settings it was first verified under."""
+    digest = hashlib.sha256()
+    for f in dataclasses.fields(settings):
+        if f.name not in _NOT_FINGERPRINTED:
+            digest.update(f"{f.name}={getattr(settings, f.name)!r};".encode())
+    return digest.digest()
 
 
 class SessionCache:
-    """Saved TLS sessions (opaque native objects) keyed by e.g. (ssl_ctx_id, host, port)."""
+    """Saved TLS sessions (opaque native objects) keyed by e.g. (ssl_ctx_id, host, port).
+
+    Each entry also remembers the fingerprint of the settings it was saved under; get()
+    with another fingerprint drops the entry and answers None (a replaced CA file, a new
+    client key, another relax flag: never resumed, whatever the key says)."""
 
     def __init__(self) -> None:
-        self._entries: dict[Hashable, object] = {}
+        self._entries: dict[Hashable, tuple[bytes | None, object]] = {}
 
-    def get(self, key: Hashable) -> object | None:
-        return self._entries.get(key)
+    def get(self, key: Hashable, fingerprint: bytes | None = None) -> object | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        saved_under, saved = entry
+        if fingerprint is not None and saved_under != fingerprint:
+            del self._entries[key]
+            return None
+        return saved
 
-    def put(self, key: Hashable, saved: object) -> None:
-        self._entries[key] = saved
+    def put(self, key: Hashable, saved: object, fingerprint: bytes | None = None) -> None:
+        self._entries[key] = (fingerprint, saved)
 
     def discard(self, key: Hashable) -> None:
         self._entries.pop(key, None)
@@ -44,11 +72,12 @@ class Resumption:
     """One connection's use of the cache. Every native problem degrades to a note."""
 
     def __init__(self, enabled: bool, cache: SessionCache | None, key: Hashable,
-                 notes: list[str]) -> None:
+                 notes: list[str], fingerprint: bytes | None = None) -> None:
         self.enabled = bool(enabled and cache is not None and key is not None)
         self.cache = cache
         self.key = key
         self.notes = notes
+        self.fingerprint = fingerprint      # settings_fingerprint() of this connection
         self._ssl = None
 
     def attach(self, buffer) -> None:
@@ -62,7 +91,7 @@ class Resumption:
             return
         try:
             self._ssl = native.NativeSsl(buffer)
-            saved = self.cache.get(self.key)
+            saved = self.cache.get(self.key, self.fingerprint)
             if saved is not None:
                 self._ssl.load_session(saved)
         except Exception as exc:
@@ -82,7 +111,7 @@ class Resumption:
         if self._ssl is None:
             return
         try:
-            self.cache.put(self.key, self._ssl.save_session())
+            self.cache.put(self.key, self._ssl.save_session(), self.fingerprint)
         except Exception as exc:
             self.notes.append(f"session not saved for resumption: {exc}")
 

@@ -24,7 +24,7 @@ from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_VERSION, MBEDTLS_
                      HandshakeComplete, PeerClosed, TlsFailure, describe_alert,
                      describe_mbedtls_error)
 from .datagrams import pack_datagrams
-from .resumption import Resumption, SessionCache
+from .resumption import Resumption, SessionCache, settings_fingerprint
 from .records import HS_CERTIFICATE, HS_SERVER_HELLO, HandshakeSniffer, parse_certificate_list
 from .settings import TlsSettings
 from .verify import ALERT_CERT_UNKNOWN, ChainVerifier, VerifyProblem, load_anchors
@@ -59,7 +59,8 @@ class TlsClientSession:
         self._cert_seen = False
         self._server_version: bytes | None = None
         self._fatal_alert: int | None = None
-        self._resumption = Resumption(settings.session_cache, cache, cache_key, self.notes)
+        self._resumption = Resumption(settings.session_cache, cache, cache_key, self.notes,
+                                      settings_fingerprint(settings))
         self._scratch = bytearray(WRITE_CHUNK + 2048)
         self._unsent = bytearray()   # accepted by send() while a renegotiation was running
         self._rx: list[bytes] = []  # decrypted in this receive(), not yet an event
@@ -80,6 +81,9 @@ class TlsClientSession:
             self._buffer = self._wrap(self._plan)
         except EngineConfigError as exc:
             self._fail(exc.kind, exc.reason)
+            return
+        except Exception as exc:   # input nobody foresaw: a failure event, never an exception
+            self._fail(BAD_CONFIG, f"cannot set up TLS: {type(exc).__name__}: {exc}")
             return
         self._resumption.attach(self._buffer)
         self._advance_handshake()

@@ -34,6 +34,7 @@ class TlsSettings:
     alpn: tuple[str, ...] = ()              # () = no ALPN extension
     session_cache: bool = True
     renegotiation: bool = False
+    verify_hostname: bool = True            # seclevel >= 1: check server_name against the cert
     keylog: Callable[[str], None] | None = None   # NSS key-log lines
 
     @property

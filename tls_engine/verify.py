@@ -17,7 +17,7 @@ relax flag must relax exactly what it names. Policy (also in tls_engine/README.m
   must be an anchor or a certificate the server sent, and must have signed it; the
   certificates above that issuer are not verified (so with an intermediate the
   anchor is not involved). Dates (if checked) apply to leaf and that issuer.
-* Name: DNS names per RFC 6125 against SAN dNSName (wildcard only as the whole
+* Name (unless verify_hostname=False, which skips it): DNS names per RFC 6125 against SAN dNSName (wildcard only as the whole
   left-most label, never for a bare IP or a public two-label name), CN fallback only
   when the certificate has no SAN extension (as Mbed TLS does); IP literals match
   SAN iPAddress entries only.
@@ -121,6 +121,8 @@ class ChainVerifier:
             problem, alert = self._check_dates(path)
             if problem:
                 return VerifyProblem(problem, alert)
+        if not self.settings.verify_hostname:
+            return None          # a firmware that never gives its TLS library the host name
         problem = self._check_name(leaf)
         return VerifyProblem(problem, ALERT_BAD_CERT) if problem else None
 

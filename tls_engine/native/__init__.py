@@ -79,6 +79,7 @@ __all__ = [
     "ciphersuite_name",
     "ciphersuite_id",
     "handshake_over",
+    "psk_identity",
 ]
 
 
@@ -108,6 +109,27 @@ def ciphersuite_id(mbedtls_name: str) -> int:
     import mbedtls._tls
 
     return int(mbedtls._tls._get_ciphersuite_id(mbedtls_name))
+
+
+class _RawPskIdentity(str):
+    """A PSK identity that is not UTF-8, for a wrapper that only takes str identities."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
+def psk_identity(raw: bytes) -> str:
+    """What to give TLSConfiguration(pre_shared_key=(identity, key)) so that the identity
+    on the wire is exactly `raw`. The wrapper (2.10.1, _set_pre_shared_key) takes a str
+    and calls its .encode("utf8"): UTF-8 bytes round-trip through a plain str; any other
+    bytes (a host's latin-1 byte such as E9) go in a str whose encode() answers them."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        identity = _RawPskIdentity(raw.decode("latin-1"))
+        identity.raw = bytes(raw)
+        return identity
+    return text
 
 
 def handshake_over(buffer) -> bool:
