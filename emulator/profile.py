@@ -137,6 +137,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "ssl.cipher_suites": (True, _list(_hex_id, 1)),
     "ssl.errors": (False, _table(_int(-1000, 1000))),
     "ssl.at_port": (False, _str),
+    "ssl.verify_hostname": (False, _bool),   # absent = true (check the dialled name)
     "commands": (True, _table(_str)),
     "cme_text": (False, _table(_str)),
 }

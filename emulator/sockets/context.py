@@ -66,6 +66,10 @@ class SslContext:
     def __setitem__(self, name: str, value) -> None:
         self.values[name] = value
 
+    def reset(self) -> None:
+        """Back to the note's defaults (a reboot: the settings are not saved)."""
+        self.values = {k: o.default for k, o in OPTIONS.items()}
+
 
 class SetupError(Exception):
     """A context that cannot be used for a handshake (missing file, ...);
@@ -125,6 +129,7 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
         key, _ = material("clientkey", True)
 
     identity, psk_key = ctx["psk"]
+    identity_bytes = _host_bytes(identity, "PSK identity") if identity else None
     ciphers = tuple(ctx["ciphersuite"])
     if ciphers == (ALL_CIPHERS,):
         if identity:
@@ -132,7 +137,8 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
         else:
             table = tuple(int(x, 16) for x in profile["ssl.cipher_suites"])
             ciphers = tuple(c for c in table if allow_ciphers is None or c in allow_ciphers)
-    alpn = tuple(p for p in str(ctx["alpn"]).split(",") if p)
+    # ALPN protocol ids are opaque bytes on the wire (RFC 7301): the host's bytes, unchanged.
+    alpn = tuple(_host_bytes(p, "ALPN name") for p in str(ctx["alpn"]).split(",") if p)
     return TlsSettings(
         server_name=host,
         ssl_version=ctx["sslversion"],
@@ -147,23 +153,33 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
         sni=bool(ctx["sni"]),
         ignore_multicert_chain_verify=bool(ctx["ignoremulticertchainverify"]),
         ignore_invalid_cert_sign=bool(ctx["ignoreinvalidcertsign"]),
-        psk_identity=identity.encode() if identity else None,
+        psk_identity=identity_bytes,
         psk_key=_psk_key_bytes(psk_key) if identity else None,
         dtls=bool(ctx["dtls"]),
         dtls_version=ctx["dtlsversion"],
         alpn=alpn,
         session_cache=bool(ctx["session_cache"]),
         renegotiation=bool(ctx["renegotiation"]),
+        verify_hostname=bool(profile.get("ssl.verify_hostname", True)),
         keylog=keylog,
     )
 
 
+def _host_bytes(text: str, what: str) -> bytes:
+    """The bytes the host sent: the AT parser decodes parameters as latin-1, so every
+    char is one byte of the command line (never re-encoded as UTF-8)."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise SetupError("bad_config", f"{what} {text!r} holds characters that are not bytes") from None
+
+
 def _psk_key_bytes(text: str) -> bytes:
     """The note gives <key> as a string; a hex string is taken as the key bytes
-    (what `openssl s_server -psk` expects), anything else as its ASCII bytes."""
+    (what `openssl s_server -psk` expects), anything else as the bytes the host sent."""
     try:
         if text and len(text) % 2 == 0:
             return bytes.fromhex(text)
     except ValueError:
         pass
-    return text.encode()
+    return _host_bytes(text, "PSK key")
