@@ -242,15 +242,16 @@ def test_qsslcfg_set_query_and_ranges(ml302):
 
 
 # -- AT+QSSLOPEN / SEND / RECV / CLOSE / STATE -------------------------------------------
-def state_lines(lines: dict[int, str]) -> bytes:
-    """AT+QSSLSTATE's answer: '"<ipadd>",<port>,"<status>"' of the given sockets, INITIAL for the others."""
-    body = "".join(f'+QSSLSTATE: {i},"TCP",{lines.get(i, chr(34) * 2 + ",0," + chr(34) + "INITIAL" + chr(34))},1\r\n'
+def state_lines(lines: dict[int, str], state: str = "IP PROCESSING") -> bytes:
+    """AT+QSSLSTATE's answer: the <state> line, then '"<ipadd>",<port>,"<status>"' of the given
+    sockets, INITIAL for the others."""
+    body = f'+QSSLSTATE: "{state}"\r\n' + "".join(f'+QSSLSTATE: {i},"TCP",{lines.get(i, chr(34) * 2 + ",0," + chr(34) + "INITIAL" + chr(34))},1\r\n'
                    for i in range(6))
     return f"\r\n{body}\r\nOK\r\n".encode()
 
 
 def test_state_peer_close_and_timeout(ml302, server, emulator):
-    at(ml302, "AT+QSSLSTATE", state_lines({}))
+    at(ml302, "AT+QSSLSTATE", state_lines({}, "IP INITIAL"))
     srv = server()
     attach(ml302)
     open_ssl(ml302, ssid=2)
@@ -289,7 +290,8 @@ def test_state_peer_close_and_timeout(ml302, server, emulator):
     at(ml302, "AT+QSSLCLOSE=2", b"\r\nOK\r\n\r\n2,CLOSE OK\r\n")
     # <timeout> 10 s bounds the unanswered handshake: -1, then CLOSED.
     expect_urc(ml302, "+QSSLOPEN: 4,-1", timeout=30)
-    at(ml302, "AT+QSSLSTATE", state_lines({2: f'"{HOST_IP}",443,"CLOSED"', 4: f'"{made_up}",443,"CLOSED"'}))
+    at(ml302, "AT+QSSLSTATE", state_lines({2: f'"{HOST_IP}",443,"CLOSED"', 4: f'"{made_up}",443,"CLOSED"'},
+                                          "IP STATUS"))
     silent.close()
     open_ssl(ml302, ssid=2)                              # a closed ssid can be used again
     at(ml302, "AT+QSSLSTATE", state_lines({2: connected, 4: f'"{made_up}",443,"CLOSED"'}))
@@ -322,7 +324,7 @@ def test_forms_errors_and_refusals(ml302, server):
         at(ml302, command, ERROR)
     assert ml302.quiet_for(0.3) == b""                   # nothing was opened
     open_ssl(ml302, args=",300")
-    for command in ("AT+QSSLRECV=1,0,0", "AT+QSSLRECV=1,0,1461", "AT+QSSLRECV=1,0", "AT+QSSLSEND=0,5"):
+    for command in ("AT+QSSLRECV=1,0,0", "AT+QSSLRECV=1,0,1501", "AT+QSSLRECV=1,0", "AT+QSSLSEND=0,5"):
         at(ml302, command, ERROR)
     ml302.write("AT+QSSLSEND=0\r")
     assert ml302.read_exactly(4) == b"\r\n> "

@@ -21,8 +21,22 @@ log = logging.getLogger("emulator.ssl")
 V = "ec2x"
 
 
+def _new_service(modem) -> SslService:
+    svc = SslService(modem)
+
+    def reboot() -> None:
+        # The note: AT+QSSLCFG "takes effect immediately. The configurations will not be
+        # saved." (AT+CFUN=1,1; the sockets are dropped by the service's own "reset" hook.)
+        for ctx in svc.contexts.values():
+            ctx.reset()
+        svc.cache.clear()
+        svc.set_error(0)
+    modem.on("reset", reboot)
+    return svc
+
+
 def service(modem) -> SslService:
-    return modem.feature("ssl", SslService)
+    return modem.feature("ssl", _new_service)
 
 
 class _SslArgs(Args):
@@ -48,6 +62,11 @@ def _done(svc: SslService, response: Response) -> Response:
 
 
 # -- AT+QSSLCFG ------------------------------------------------------------------
+# The note prints the cacertex write syntax once as "clientcertex" (in the cacertex row,
+# described as the trusted CA path, answering +QSSLCFG: "cacertex"): the same option.
+ALIASES = {"clientcertex": "cacertex"}
+
+
 def _format_value(name: str, value) -> str:
     kind = OPTIONS[name].kind
     if kind in ("path", "alpn"):
@@ -77,6 +96,7 @@ def qsslcfg_write(modem, cmd):
     svc = service(modem)
     args = _SslArgs(modem, cmd)
     name = args.str(0, max_len=32).lower()
+    name = ALIASES.get(name, name)
     if name not in OPTIONS:
         raise _fail(svc, 552, f"unknown option {name!r}")
     last_ctx = len(svc.contexts) - 1
@@ -102,6 +122,10 @@ def qsslcfg_write(modem, cmd):
     elif opt.kind == "alpn":
         args.at_most(3)
         value = args.str(2, max_len=255)
+        # Names are the host's bytes, passed on unchanged (non-ASCII included); only a NUL
+        # cannot be carried (Mbed TLS takes C strings and would cut the name there).
+        if "\0" in value:
+            raise args.fail("an ALPN name cannot contain a NUL byte")
     else:                                                   # psk: identity, key
         args.at_most(4)
         value = (args.str(2, max_len=255), args.str(3, max_len=255))

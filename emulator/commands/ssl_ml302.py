@@ -21,6 +21,8 @@ wording differs.  Choices where the manual is silent or contradicts itself
   must take effect at the next open); SNI is sent (an Mbed TLS firmware names
   the host for its certificate check, which also sends SNI).
 * "ignorertctime" (global, default 1) is every context's ignore-local-time.
+  AT+QSSLCFG settings are not kept across AT+CFUN=1,1 (the manual documents no
+  saving; the AT+QSECWRITE store is what persists).
 * <ipaddr> in +QSSLRECV / +QSSLSTATE is the address the modem's DNS answered
   for the host dialled (Router.display_address: --dns / [dns], else the real
   DNS answer, else a stable made-up address; an IP literal shows itself), never
@@ -29,8 +31,14 @@ wording differs.  Choices where the manual is silent or contradicts itself
   ESC cancels with OK (like AT+QSECWRITE).  AT+QSSLCLOSE of an idle ssid
   still answers OK and "<ssid>,CLOSE OK".
 * Test forms as printed (placeholders and brackets included, "+ QSSLSEND"
-  without the stray space); AT+QSSLRECV accepts <length> 1-1460 (the
-  parameter table and both examples) although its test form prints (1,1500).
+  without the stray space); AT+QSSLRECV accepts <length> 1-1500 (profile
+  ssl.recv_max): its test form prints (1,1500) and hosts copy it, although the
+  parameter table and both examples say 1460.
+* AT+QSSLSTATE starts with "+QSSLSTATE: <state>" (§2.9's syntax; its example
+  lost that line): "IP INITIAL" without an active PDP context, "IP STATUS"
+  with one and no socket, "IP PROCESSING" while a socket is opening, connected
+  or remote-closing, "PDP DEACT" when the bearer went with sockets not yet
+  closed by the host.
 """
 from __future__ import annotations
 
@@ -59,10 +67,18 @@ CLOSE_TIMEOUT = 10.0      # seconds for close_notify + TCP close (the ML302 has 
 STATUS = {OPENING: "CONNECTING", CONNECTED: "CONNECTED", CLOSING: "REMOTE CLOSING", INITIAL: "INITIAL"}
 
 
+def _ml302_defaults(svc: SslService) -> None:
+    for ctx in svc.contexts.values():
+        ctx.reset()
+        ctx.values.update(DEFAULT_PATHS, session_cache=0, sni=1)
+
+
 def _new_service(modem) -> SslService:
     svc = SslService(modem)
-    for ctx in svc.contexts.values():
-        ctx.values.update(DEFAULT_PATHS, session_cache=0, sni=1)
+    _ml302_defaults(svc)
+    # AT+CFUN=1,1: the manual says nothing of saving AT+QSSLCFG (only the AT+QSECWRITE store
+    # keeps data), so a reboot brings the defaults back, as on the EC2x.
+    modem.on("reset", lambda: _ml302_defaults(svc))
     return svc
 
 
@@ -83,7 +99,11 @@ class _Globals:
 def _globals(modem) -> _Globals:
     def make(m) -> _Globals:
         state = _Globals()
-        m.on("reset", state.dialled.clear)
+
+        def reboot() -> None:
+            state.dialled.clear()
+            state.https = state.httpsctxi = 0
+        m.on("reset", reboot)
         return state
     return modem.feature("ssl.ml302", make)
 
@@ -244,7 +264,7 @@ def _address(modem, sock: SslSocket) -> str:
 
 @command("+QSSLRECV", TEST, variant=V)
 def qsslrecv_test(modem, cmd):
-    return ok(f"+QSSLRECV: (0,1),(0-{service(modem).max_sockets - 1}),(1,1500)")
+    return ok(f"+QSSLRECV: (0,1),(0-{service(modem).max_sockets - 1}),(1,{modem.profile['ssl.recv_max']})")
 
 
 @command("+QSSLRECV", WRITE, variant=V)
@@ -288,11 +308,22 @@ def qsslclose_write(modem, cmd):
 
 
 # -- AT+QSSLSTATE ---------------------------------------------------------------------
+def _ip_state(modem, svc: SslService) -> str:
+    """<state> of the first +QSSLSTATE line (the manual's list comes from Quectel's older
+    TCP/IP stack). AT+CGACT is synchronous here, so the steps of an activation ("IP START",
+    "IP CONFIG", "IP IND", "IP GPRSACT") are never seen."""
+    if not modem.pdp.active():
+        # Sockets left without a bearer are those AT+CGACT=0 (or AT+CFUN) cut: the
+        # connection scene ended abnormally until the host closes them.
+        return "PDP DEACT" if svc.sockets else "IP INITIAL"
+    return "IP PROCESSING" if svc.sockets else "IP STATUS"   # data phase / local IP only
+
+
 @command("+QSSLSTATE", EXEC, variant=V)
 def qsslstate_exec(modem, cmd):
     svc = service(modem)
     dialled = _globals(modem).dialled
-    lines = []
+    lines = [f'+QSSLSTATE: "{_ip_state(modem, svc)}"']
     for ssid in range(svc.max_sockets):
         sock = svc.sockets.get(ssid)
         status = STATUS.get(sock.state, "INITIAL") if sock else "CLOSED"
