@@ -47,6 +47,9 @@ class CommandLineLexer:
         self._buf = bytearray()
         self._state = "idle"        # idle -> got_a -> in_line; "overflow" until S3
         self._last_was_s3 = False
+        # How this host ends its lines: True CR LF, False CR alone, None not seen yet
+        # (the byte after a line's S3 in command state tells).
+        self.crlf: bool | None = None
 
     def reset(self) -> None:
         self._buf.clear()
@@ -78,6 +81,8 @@ class CommandLineLexer:
     def _step(self, byte: int) -> object | None:
         after_s3 = self._last_was_s3
         self._last_was_s3 = byte == self.s3
+        if after_s3:
+            self.crlf = byte == 10
         if byte == self.s3:
             return self._end_of_line()
         if byte == 10 and after_s3:          # LF following CR: part of the line ending

@@ -219,7 +219,9 @@ class Interpreter:
             if self._inbox[:1] == b"\n":
                 del self._inbox[:1]
                 self.lexer.forget_line_end()
-            elif not self._inbox:
+            elif not self._inbox and self.lexer.crlf is not False:
+                # (a host known to end its lines with CR alone sends no LF: a first byte
+                # LF from it is data, however soon it comes)
                 collector.lf_until = self._line_end + self._lf_window
         self._fresh_line = False
         if request.timeout is not None:

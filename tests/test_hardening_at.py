@@ -23,7 +23,14 @@ def slow_write(host, data: bytes, gap: float = 0.003) -> None:
 
 
 # -- item 1: the LF of a CR LF belongs to the command line --------------------------
+def crlf_host(host) -> None:
+    """The fixtures typed ATE0<CR>; from here on this host ends its lines with CR LF."""
+    host.write(b"AT\r\n")
+    host.read_until(b"\r\nOK\r\n")
+
+
 def test_late_lf_is_not_upload_data(ec2x):
+    crlf_host(ec2x)
     slow_write(ec2x, b'AT+QFUPL="UFS:late.txt",5\r\n')
     ec2x.read_until(b"\r\nCONNECT\r\n")
     slow_write(ec2x, b"HELLO")
@@ -40,6 +47,7 @@ def test_lf_arriving_after_the_prompt_is_not_ssl_data(ec2x, emulator):
         assert ec2x.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
         assert ec2x.at('AT+QSSLOPEN=1,1,0,"220.180.239.212",8010,0') == b"\r\nOK\r\n"
         ec2x.seen(b"+QSSLOPEN: 0,0")
+        crlf_host(ec2x)
         ec2x.write(b"AT+QSSLSEND=0,5\r")
         ec2x.read_until(b"> ")                       # the prompt is out before the LF comes
         time.sleep(0.005)
@@ -53,6 +61,7 @@ def test_lf_arriving_after_the_prompt_is_not_ssl_data(ec2x, emulator):
 
 
 def test_late_lf_ends_the_line_for_qsecwrite(ml302):
+    crlf_host(ml302)
     slow_write(ml302, b"AT+QSECWRITE=0\r\n")
     ml302.read_until(b"> ")
     slow_write(ml302, b"abc\x1a")
@@ -60,11 +69,29 @@ def test_late_lf_ends_the_line_for_qsecwrite(ml302):
     assert answer.startswith(b"\r\n+QSECWRITE: 3,"), answer      # 3 bytes: the LF was not stored
 
 
+def test_a_cr_only_host_may_start_its_data_with_lf():
+    """A host whose lines end with CR alone sends no LF after them: its data may begin
+    with one, however soon after the prompt."""
+    modem, out, clock = sans_io_modem()       # sans_io_modem typed ATE0<CR> then AT<CR>
+    modem.feed(b'AT+QFUPL="RAM:y",3\r')
+    clock[0] += 0.001
+    modem.feed(b"\nab")
+    assert modem.files.read("RAM:y") == b"\nab"
+
+
+def test_first_line_of_a_new_host_gets_the_window():
+    modem, out, clock = sans_io_modem(prime=False)
+    modem.feed(b'AT+QFUPL="RAM:z",2\r')
+    clock[0] += 0.01
+    modem.feed(b"\nab")
+    assert modem.files.read("RAM:z") == b"ab"
+
+
 def test_lf_after_the_window_is_data():
     """Only a LF right after the CR is the line's; one a host sends later is data."""
     modem, out, clock = sans_io_modem()
-    modem.feed(b'AT+QFUPL="RAM:x",2\r')
-    clock[0] += 0.2                          # 200 ms later: past the 50 ms window
+    modem.feed(b'AT\r\nAT+QFUPL="RAM:x",2\r')     # a CR LF host ...
+    clock[0] += 0.2                          # ... whose LF comes 200 ms later: past the window
     modem.feed(b"\nZ")
     assert modem.files.read("RAM:x") == b"\nZ"
 
@@ -152,13 +179,15 @@ def test_log_lines_cannot_be_forged(ec2x, caplog):
 
 
 # -- sans-IO helpers ----------------------------------------------------------------
-def sans_io_modem(profile: str = "ec2x"):
-    """A modem with no loop and no pty; `clock[0]` is its monotonic time."""
+def sans_io_modem(profile: str = "ec2x", prime: bool = True):
+    """A modem with no loop and no pty; `clock[0]` is its monotonic time.  prime: the
+    host has typed ATE0<CR> and AT<CR> (a host ending its lines with CR alone)."""
     clock = [1000.0]
     modem = Modem(load_profile(profile))
     modem.monotonic = lambda: clock[0]
     out = bytearray()
     modem.attach(out.extend)
-    modem.feed(b"ATE0\r")
+    if prime:
+        modem.feed(b"ATE0\rAT\r")
     out.clear()
     return modem, out, clock

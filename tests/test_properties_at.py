@@ -22,14 +22,15 @@ FAST = settings(max_examples=int(__import__("os").environ.get("HYPOTHESIS_EXAMPL
 FINAL = re.compile(rb"(?:^|\r\n)(OK|ERROR|\+CME ERROR: [^\r\n]*)\r\n")
 
 
-def make_modem(profile: str = "ec2x"):
+def make_modem(profile: str = "ec2x", ending: bytes = b"\r"):
+    """ending: how this host ends its lines (it has typed ATE0 and AT so far)."""
     clock = [1000.0]
     modem = Modem(PROFILES[profile])              # no state dir: nothing touches the disk
     modem.monotonic = lambda: clock[0]
     out = bytearray()
     modem.attach(out.extend)
-    modem.feed(b"ATE0\r")
-    assert bytes(out) == b"ATE0\r\r\nOK\r\n"
+    modem.feed(b"ATE0" + ending + b"AT" + ending)
+    assert bytes(out) == b"ATE0\r\r\nOK\r\n\r\nOK\r\n"
     out.clear()
     return modem, out, clock
 
@@ -88,7 +89,7 @@ def test_random_bytes_never_raise_and_the_port_recovers(data, cuts):
 @given(st.lists(command_lines(), min_size=1, max_size=6), st.sampled_from([b"\r", b"\r\n"]),
        st.lists(st.integers(0, 2000), max_size=20), st.sampled_from(["ec2x", "ml302"]), st.booleans())
 def test_every_complete_line_gets_exactly_one_final_result(lines, ending, cuts, profile, echo):
-    modem, out, _ = make_modem(profile)
+    modem, out, _ = make_modem(profile, ending)
     if echo:
         modem.feed(b"ATE1\r")
         out.clear()
@@ -108,15 +109,13 @@ def test_every_complete_line_gets_exactly_one_final_result(lines, ending, cuts, 
 def test_no_byte_of_an_upload_is_lost_or_added(data, cuts, crlf, lf_delay):
     """AT+QFUPL=...,<n>: exactly the n bytes after CONNECT are the file, whatever they are
     (NUL, Ctrl+Z, ESC, CR, LF, "AT") and however the host splits them -- including the
-    LF of its CR LF coming late, after CONNECT."""
-    modem, out, clock = make_modem()
+    LF of its CR LF coming late, after CONNECT, and a CR-only host's data starting with LF."""
+    modem, out, clock = make_modem(ending=b"\r\n" if crlf else b"\r")
     modem.feed(b'AT+QFUPL="RAM:p.bin",%d\r' % len(data))
     assert bytes(out) == b"\r\nCONNECT\r\n"
+    clock[0] += lf_delay
     if crlf:
-        clock[0] += lf_delay                     # the LF of the CR LF, late but within the window
-        modem.feed(b"\n")
-    else:
-        clock[0] += 0.2                          # a CR-only host: its data come after the prompt
+        modem.feed(b"\n")                        # the LF of the CR LF, late but within the window
     for chunk in chunked(data, cuts):
         modem.feed(chunk)
         clock[0] += 0.001
@@ -129,7 +128,7 @@ def test_no_byte_of_an_upload_is_lost_or_added(data, cuts, crlf, lf_delay):
        st.lists(st.integers(0, 1500), max_size=16))
 def test_no_byte_of_a_ctrl_z_prompt_is_lost_or_added(data, cuts):
     """ML302 AT+QSECWRITE: everything up to Ctrl+Z is the certificate."""
-    modem, out, _ = make_modem("ml302")
+    modem, out, _ = make_modem("ml302", b"\r\n")
     modem.feed(b"AT+QSECWRITE=1\r\n")
     assert bytes(out).endswith(b"> ")
     out.clear()
