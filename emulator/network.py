@@ -3,8 +3,11 @@
 A host:port that the modem host dials (AT+QSSLOPEN) can be mapped to another
 address ("--route www.iottest.work:443=127.0.0.1:8443"); the host still sees
 its own name and port everywhere (QSSLSTATE, SNI, certificate checks).  With
-offline=True an unrouted name fails like a DNS error instead of touching the
-real network.  Tests and CI route every name they dial to loopback.
+offline=True an unrouted name fails like a DNS error and an unrouted IP address
+like a connect error, instead of touching the real network.  Tests and CI route
+every name they dial to loopback.  A name no DNS query can carry (an empty or
+over-long label, which the resolver's IDNA step rejects) fails as a DNS error
+before any resolver call.
 
 Where a module prints the server's IP address (ML302 +QSSLRECV / +QSSLSTATE)
 it shows what the *modem's DNS* answered, never the route: display_address().
@@ -16,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
-import logging
 import socket
 from dataclasses import dataclass
 
-log = logging.getLogger("emulator.network")
+from .logsafe import get_logger
+
+log = get_logger("emulator.network")
 
 
 class NetworkError(Exception):
@@ -147,17 +151,33 @@ class Router:
         if routed is not None:
             return routed
         if _is_ip(host):
-            if self.offline:
-                raise NetworkError("dns", f"{host}:{port} is not routed and the emulator is --offline")
-            return host, port
+            if self.offline:       # no DNS involved: nowhere to connect to
+                raise NetworkError("connect", f"{host}:{port} is not routed and the emulator is --offline")
+            return host.strip("[]"), port
         if self.offline:
             raise NetworkError("dns", f"cannot resolve {host!r}: not routed and the emulator is --offline")
+        problem = name_problem(host)
+        if problem is not None:
+            raise NetworkError("dns", f"cannot resolve {host!r}: {problem}")
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
+        except (OSError, UnicodeError, ValueError) as exc:
             raise NetworkError("dns", f"cannot resolve {host!r}: {exc}") from None
         self._answered[_dns_key(host)] = infos[0][4][0]
         return infos[0][4][0], port
+
+
+def name_problem(host: str) -> str | None:
+    """Why `host` cannot go into a DNS query (None: it can).  The same IDNA step the
+    resolver applies (socket.getaddrinfo raises UnicodeError for these), plus the
+    253-character limit of a whole name, checked here so nothing reaches the network."""
+    try:
+        encoded = host.encode("idna")
+    except UnicodeError as exc:
+        return f"not a valid host name ({exc.__cause__ or exc})"
+    if len(encoded.rstrip(b".")) > 253:
+        return "not a valid host name (longer than 253 characters)"
+    return None
 
 
 def _is_ip(host: str) -> bool:
@@ -180,9 +200,12 @@ async def open_tcp(router: Router, host: str, port: int, protocol_factory, timeo
     except OSError as exc:
         raise NetworkError("connect", f"TCP connect to {addr}:{real_port} failed: {exc.strerror or exc}") from None
     sock = transport.get_extra_info("socket")
-    if sock is not None:
+    if sock is not None and not transport.is_closing():
         # Handshake flights are written whole; Nagle would hold each back ~40 ms.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass            # closed meanwhile (the socket's owner went away): nothing to tune
     log.info("connected %s:%d via %s:%d", host, port, addr, real_port)
     return transport, protocol, (addr, real_port)
 
