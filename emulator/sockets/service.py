@@ -4,14 +4,15 @@ profile's variant of AT+QSSLOPEN)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from tls_engine import SessionCache
+
+from ..logsafe import get_logger
 
 from .context import SetupError, SslContext, to_tls_settings
 from .ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
 
-log = logging.getLogger("emulator.ssl")
+log = get_logger("emulator.ssl")
 
 # Direct push (access mode 1) flow control: a push URC is written only while the pty output
 # backlog (bytes the host has not taken yet) is below this; otherwise the data wait in the
@@ -107,21 +108,31 @@ class SslService:
             sock.state = OPENING
             modem.loop.call_soon(self.on_opened, sock, exc.kind, exc.reason)
             return sock
+        except Exception as exc:          # a context nobody foresaw: one answer all the same
+            sock.state = OPENING
+            modem.loop.call_soon(self.on_opened, sock, "bad_config",
+                                 f"unexpected {type(exc).__name__} in the SSL context: {exc}", exc)
+            return sock
         sock.open(modem.network, settings, float(ctx["negotiatetime"]),
                   self.cache if ctx["session_cache"] else None, (ctx_id, host.lower(), port),
                   total_timeout=timeout)
         return sock
 
     # -- SocketOwner callbacks -----------------------------------------------------
-    def on_opened(self, sock: SslSocket, kind: str | None, reason: str) -> None:
+    def on_opened(self, sock: SslSocket, kind: str | None, reason: str,
+                  exc: BaseException | None = None) -> None:
+        """exc: the unexpected exception behind a failure; the log line carries its traceback."""
         if self.sockets.get(sock.client_id) is not sock:
+            if exc is not None:                      # no answer is due, but never silence
+                log.warning("SSL open %d to %s:%d, closed meanwhile: %s", sock.client_id, sock.host,
+                            sock.port, reason, exc_info=exc)
             return                                   # closed by the host meanwhile
         if kind is None:
             self.modem.urc(self.dialect.opened(sock, 0))
             return
         code = self.code(kind)
         log.warning("SSL open %d to %s:%d failed (%d %s): %s", sock.client_id, sock.host, sock.port,
-                    code, ERROR_TEXT.get(code, kind), reason)
+                    code, ERROR_TEXT.get(code, kind), reason, exc_info=exc)
         del self.sockets[sock.client_id]
         sock.state = INITIAL
         self.last_error = code if code > 0 else self.last_error
@@ -195,9 +206,18 @@ class SslService:
         return sock if sock is not None and sock.state == CONNECTED else None
 
     async def close(self, client_id: int, timeout: float) -> None:
+        """Always returns (the AT+QSSLCLOSE answer follows); the socket is gone either way."""
         sock = self.sockets.pop(client_id, None)
-        if sock is not None:
+        if sock is None:
+            return
+        try:
             await sock.close(timeout)
+        except Exception:
+            log.exception("SSL close %d: unexpected error (connection dropped)", client_id)
+            try:
+                sock.abort()
+            except Exception:
+                log.exception("SSL close %d: abort failed too", client_id)
 
     def abort_all(self) -> None:
         for sock in list(self.sockets.values()):

@@ -9,25 +9,44 @@ The owner (the per-modem SSL service) receives callbacks and turns them into
 URCs in the imitated module's format.  Received plaintext waits in `inbox`
 until the host reads it; past the profile's receive buffer the socket stops
 reading from the network (TCP flow control) instead of dropping data.
+
+Every open ends in exactly one owner.on_opened() (an unexpected exception included:
+it becomes a failure kind, with its traceback in the log) unless the host closed the
+socket first; no transport outlives its socket (one that connects after close() or
+abort() is aborted at once).
 """
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Protocol
 
 from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsClientSession, TlsFailure, TlsSettings
 
+from ..logsafe import get_logger
 from ..network import NetworkError, Router, open_tcp, open_udp
 
-log = logging.getLogger("emulator.ssl")
+log = get_logger("emulator.ssl")
 
 INITIAL, OPENING, CONNECTED, CLOSING = 0, 1, 2, 4
 CONNECT_TIMEOUT = 150.0          # the note: "maximum network response time of 150 s"
 
+# How the peer ended the connection, as the log says it.
+CLOSE_NOTIFY = "peer sent close_notify"
+FIN = "peer closed TCP without close_notify (FIN)"
+RST = "connection reset by peer (RST)"
+
+
+def _lost_reason(exc: Exception | None) -> str:
+    if exc is None:
+        return FIN
+    if isinstance(exc, ConnectionResetError):
+        return RST
+    return f"connection lost: {exc}"
+
 
 class SocketOwner(Protocol):
-    def on_opened(self, sock: "SslSocket", error_kind: str | None, reason: str) -> None: ...
+    def on_opened(self, sock: "SslSocket", error_kind: str | None, reason: str,
+                  exc: BaseException | None = None) -> None: ...
     def on_data(self, sock: "SslSocket", was_empty: bool) -> None: ...
     def on_closed(self, sock: "SslSocket", reason: str) -> None: ...
 
@@ -37,6 +56,9 @@ class _Link(asyncio.Protocol):
 
     def __init__(self, sock: "SslSocket") -> None:
         self.sock = sock
+
+    def connection_made(self, transport) -> None:
+        self.sock._link_made(transport)
 
     def data_received(self, data: bytes) -> None:
         self.sock._from_network(data)
@@ -48,7 +70,7 @@ class _Link(asyncio.Protocol):
         self.sock._network_lost(f"UDP error: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.sock._network_lost(f"connection lost: {exc}" if exc else "peer closed the TCP connection")
+        self.sock._network_lost(_lost_reason(exc))
 
 
 class SslSocket:
@@ -74,7 +96,12 @@ class SslSocket:
         self._timer: asyncio.TimerHandle | None = None
         self._opened: asyncio.Future | None = None
         self._closed_event = asyncio.Event()
-        self._peer_gone = False
+        self._peer_gone: str | None = None     # the peer's close while still opening (why)
+        self._phase = "connect"         # how far _open got: connect, setup, handshake
+        self._dead = False              # closed or aborted: a transport connecting now is dropped
+        self._answered = False          # owner.on_opened() called
+        self._eof_reason: str | None = None     # how the transport ended (FIN / RST / ...)
+        self._session_closed = False            # session.close() tried
 
     # -- opening ----------------------------------------------------------------
     def open(self, router: Router, settings: TlsSettings, negotiate_timeout: float,
@@ -86,6 +113,17 @@ class SslSocket:
             self._open(router, settings, negotiate_timeout, cache, cache_key, total_timeout))
 
     async def _open(self, router, settings, negotiate_timeout, cache, cache_key, total_timeout) -> None:
+        # What an unexpected exception becomes, by how far the open got: EC2x 566 while
+        # connecting, 552 (invalid parameter) while the TLS session is set up from the
+        # context's settings, 566 during the handshake; the ML302's -1 for all.
+        try:
+            await self._open_steps(router, settings, negotiate_timeout, cache, cache_key, total_timeout)
+        except Exception as exc:
+            kind = {"connect": "connect", "setup": "bad_config"}.get(self._phase, "protocol_error")
+            what = {"connect": "connecting", "setup": "setting up TLS"}.get(self._phase, "in the handshake")
+            self._fail_open(kind, f"unexpected {type(exc).__name__} while {what}: {exc}", exc)
+
+    async def _open_steps(self, router, settings, negotiate_timeout, cache, cache_key, total_timeout) -> None:
         loop = asyncio.get_running_loop()
         connect_timeout = CONNECT_TIMEOUT if total_timeout is None else min(CONNECT_TIMEOUT, total_timeout)
         deadline = loop.time() + (total_timeout if total_timeout is not None else float("inf"))
@@ -102,6 +140,11 @@ class SslSocket:
         except NetworkError as exc:
             self._fail_open(exc.kind, exc.reason)
             return
+        if self._dead:
+            # Closed by the host while the connect completed (wait_for can return the
+            # result although its task was cancelled): the connection must not outlive it.
+            transport.abort()
+            return
         self._transport = transport
         sockname = transport.get_extra_info("sockname")
         self.local_port = sockname[1] if sockname else 0
@@ -109,14 +152,18 @@ class SslSocket:
         if peername:                   # the IP really dialled, even when a route names a host
             self.remote = (peername[0], peername[1])
         negotiate_timeout = max(0.0, min(negotiate_timeout, deadline - loop.time()))
-        self._opened = asyncio.get_running_loop().create_future()
+        self._opened = loop.create_future()
+        self._phase = "setup"
         self.session = TlsClientSession(settings, cache, cache_key)
         self.session.start()
+        self._phase = "handshake"
         self._pump()
         try:
             kind, reason = await asyncio.wait_for(asyncio.shield(self._opened), negotiate_timeout)
         except asyncio.TimeoutError:
             kind, reason = "timeout", f"TLS handshake not finished within {negotiate_timeout:g} s"
+        if self._dead:
+            return
         if kind is not None:
             self._fail_open(kind, reason)
             return
@@ -125,30 +172,68 @@ class SslSocket:
         log.info("SSL socket %d connected to %s:%d (%s, %s%s%s)", self.client_id, self.host, self.port,
                  hs.version, hs.cipher_name, f", ALPN {hs.alpn}" if hs.alpn else "",
                  ", resumed" if hs.resumed else "")
+        self._answered = True
         self.owner.on_opened(self, None, "")
         self._deliver_pending()
 
-    def _fail_open(self, kind: str, reason: str) -> None:
-        self._teardown()
-        self.state = INITIAL
-        self.owner.on_opened(self, kind, reason)
+    def _fail_open(self, kind: str, reason: str, exc: BaseException | None = None) -> None:
+        """The one failure answer of an open (exc: an unexpected exception, logged with it)."""
+        try:
+            self._teardown()
+        finally:
+            self.state = INITIAL
+            if self._answered:
+                if exc is not None:          # after the answer: logged, never a second answer
+                    log.error("SSL socket %d: %s", self.client_id, reason, exc_info=exc)
+            else:
+                self._answered = True
+                self.owner.on_opened(self, kind, reason, exc)
+
+    def _link_made(self, transport) -> None:
+        """asyncio connected a transport for this socket (before open_tcp returns it)."""
+        if self._dead:
+            log.debug("SSL socket %d: connected after it was closed: dropped", self.client_id)
+            transport.abort()
+            return
+        self._transport = transport
 
     # -- data path --------------------------------------------------------------
     def _from_network(self, data: bytes) -> None:
         if self.session is None:
             return
-        self.session.receive(data)
-        self._pump()
+        try:
+            self.session.receive(data)
+            self._pump()
+        except Exception as exc:
+            self._internal_error(exc)
 
     def _network_lost(self, reason: str) -> None:
         self._closed_event.set()
-        if self.session is not None and self.state in (OPENING, CONNECTED):
-            self.session.receive(b"")      # EOF: lets the engine report what it knows
-            self._pump()
+        if self._eof_reason is None:
+            self._eof_reason = reason
+        try:
+            if self.session is not None and self.state in (OPENING, CONNECTED):
+                self.session.receive(b"")      # EOF: lets the engine report what it knows
+                self._pump()
+        except Exception as exc:
+            self._internal_error(exc)
         if self.state == OPENING and self._opened is not None and not self._opened.done():
             self._opened.set_result(("connect", f"server closed the connection during the handshake ({reason})"))
         elif self.state == CONNECTED:
             self._peer_closed(reason)
+
+    def _internal_error(self, exc: Exception) -> None:
+        """An exception from the TLS engine on the data path: logged with its traceback,
+        then handled as a TLS failure (the open fails, an open socket reports closed)."""
+        reason = f"unexpected {type(exc).__name__} in the TLS session: {exc}"
+        if self._opened is not None and not self._opened.done():
+            log.error("SSL open %d to %s:%d: %s", self.client_id, self.host, self.port, reason, exc_info=exc)
+            self._opened.set_result(("protocol_error", reason))
+        else:
+            log.error("SSL socket %d: %s", self.client_id, reason, exc_info=exc)
+            self._peer_closed(reason)
+        if self._transport is not None:
+            self._transport.abort()
 
     def _pump(self) -> None:
         """Move the session's output to the network and its events to the owner."""
@@ -170,13 +255,30 @@ class SslSocket:
             elif isinstance(event, AppData):
                 self._received(event.data)
             elif isinstance(event, PeerClosed):
-                self._peer_closed("peer sent close_notify")
+                # The engine reports a bare TCP end as PeerClosed too: say which it was.
+                if self._eof_reason is None:
+                    self._end_tcp()
+                self._peer_closed(self._eof_reason or CLOSE_NOTIFY)
             elif isinstance(event, TlsFailure):
                 if self._opened is not None and not self._opened.done():
                     self._opened.set_result((event.kind, event.reason))
                 elif self.state == CONNECTED:
                     self._peer_closed(f"TLS failure: {event.reason}")
         self._arm_timer()
+
+    def _end_tcp(self) -> None:
+        """After the peer's close_notify the TLS session is over: nothing more can be sent
+        or received on it (python-mbedtls resets its context when it reads the alert, so
+        not even our close_notify).  Send our FIN now rather than leave the connection
+        open until the host's AT+QSSLCLOSE; the peer's own FIN then ends it (a peer that
+        never closes is dropped by AT+QSSLCLOSE)."""
+        transport = self._transport
+        if (transport is not None and not transport.is_closing() and not self.session.settings.dtls
+                and transport.can_write_eof()):
+            if self._paused:
+                transport.resume_reading()     # or the peer's FIN would never be seen
+                self._paused = False
+            transport.write_eof()
 
     def _arm_timer(self) -> None:
         if self._timer is not None:
@@ -189,8 +291,11 @@ class SslSocket:
     def _on_timer(self) -> None:
         self._timer = None
         if self.session is not None:
-            self.session.handle_timeout()
-            self._pump()
+            try:
+                self.session.handle_timeout()
+                self._pump()
+            except Exception as exc:
+                self._internal_error(exc)
 
     def _received(self, data: bytes) -> None:
         was_empty = not self.inbox
@@ -206,8 +311,8 @@ class SslSocket:
         """Data that arrived with the last handshake flight."""
         if self.inbox:
             self.owner.on_data(self, True)
-        if self._peer_gone:
-            self.owner.on_closed(self, "peer closed right after the handshake")
+        if self._peer_gone is not None:
+            self._peer_closed(f"{self._peer_gone} right after the handshake")
 
     def read(self, n: int) -> bytes:
         data = bytes(self.inbox[:n])
@@ -229,8 +334,8 @@ class SslSocket:
 
     def _peer_closed(self, reason: str) -> None:
         if self.state != CONNECTED:
-            if self.state == OPENING:
-                self._peer_gone = True
+            if self.state == OPENING and self._peer_gone is None:
+                self._peer_gone = reason
             return
         self.state = CLOSING
         log.info("SSL socket %d: %s", self.client_id, reason)
@@ -240,42 +345,65 @@ class SslSocket:
     async def close(self, timeout: float) -> None:
         """Host-initiated close: close_notify, then wait up to timeout for the
         TCP close to complete (0 = abort at once).  A socket that never connected
-        is dropped at once: the note's advice for a +QSSLOPEN that never comes."""
+        is dropped at once: the note's advice for a +QSSLOPEN that never comes; so
+        is one the peer closed already (after its close_notify we sent our FIN).
+        Whatever goes wrong, the connection is dropped and the call returns: the
+        host's AT+QSSLCLOSE always gets its answer."""
+        self._dead = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
         was_connected = self.state == CONNECTED
         self.state = CLOSING              # the TCP close that follows is ours, not the peer's
-        if self.session is not None and was_connected:
-            self.session.close()
-            self._pump()
+        try:
+            if self.session is not None and was_connected:
+                self._close_session()
+                self._pump()
+                await self._linger(timeout)
+        except Exception:
+            log.exception("SSL socket %d: error while closing (connection dropped)", self.client_id)
+        finally:
+            self._teardown()
+            self.state = INITIAL
+
+    async def _linger(self, timeout: float) -> None:
         transport = self._transport
-        if (was_connected and transport is not None and timeout > 0 and not transport.is_closing()
-                and not self.session.settings.dtls):
-            # Linger: send FIN after close_notify and wait up to timeout for the peer's own
-            # close (its FIN -> connection_lost).  transport.close() would call
-            # connection_lost itself at once, so the wait would end before the peer did anything.
-            if self._paused:
-                transport.resume_reading()     # or the peer's FIN would never be seen
-                self._paused = False
-            transport.write_eof()
-            try:
-                await asyncio.wait_for(self._closed_event.wait(), timeout)
-            except asyncio.TimeoutError:
-                log.info("SSL socket %d: peer still open after the close timeout: aborted", self.client_id)
-        self._teardown()
-        self.state = INITIAL
+        if transport is None or timeout <= 0 or transport.is_closing() or self.session.settings.dtls:
+            return
+        # Linger: send FIN after close_notify and wait up to timeout for the peer's own
+        # close (its FIN -> connection_lost).  transport.close() would call
+        # connection_lost itself at once, so the wait would end before the peer did anything.
+        if self._paused:
+            transport.resume_reading()     # or the peer's FIN would never be seen
+            self._paused = False
+        transport.write_eof()
+        try:
+            await asyncio.wait_for(self._closed_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.info("SSL socket %d: peer still open after the close timeout: aborted", self.client_id)
+
+    def _close_session(self) -> None:
+        """session.close() once (close_notify when established), however it ends."""
+        if self.session is None or self._session_closed:
+            return
+        self._session_closed = True
+        self.session.close()
 
     def abort(self) -> None:
+        self._dead = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._teardown()
         self.state = INITIAL
 
     def _teardown(self) -> None:
+        self._dead = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._transport is not None:
             self._transport.abort()
         if self.session is not None and self.session.state in ("handshaking", "established"):
-            self.session.close()
+            try:
+                self._close_session()
+            except Exception:
+                log.exception("SSL socket %d: error while closing the TLS session", self.client_id)
