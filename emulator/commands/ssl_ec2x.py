@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from ..args import Args
-from ..at_parser import EXEC, TEST, WRITE
+from ..at_parser import EXEC, READ, TEST, WRITE
 from ..registry import command
 from ..responses import CommandError, DataRequest, Raw, Response, Text, ok
 from ..sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
@@ -318,3 +318,15 @@ def qsslstate_test(modem, cmd):
 def qigeterror(modem, cmd):
     code = service(modem).last_error
     return ok(f"+QIGETERROR: {code},{ERROR_TEXT.get(code, 'unknown error')}")
+
+
+# -- forms a command does not have ------------------------------------------------------
+def _no_such_form(modem, cmd):
+    """"AT+QSSLSEND?" and the like: ERROR, and AT+QIGETERROR says 552 (invalid parameter),
+    as for any other SSL command the module could not parse."""
+    raise _fail(service(modem), 552, f"AT{cmd.raw}: {cmd.kind} form not supported")
+
+
+for _name, _kinds in (("+QSSLCFG", (READ, EXEC)), ("+QSSLOPEN", (READ, EXEC)), ("+QSSLSEND", (READ, EXEC)),
+                      ("+QSSLRECV", (READ, EXEC)), ("+QSSLCLOSE", (READ, EXEC)), ("+QSSLSTATE", (READ,))):
+    command(_name, *_kinds, variant=V)(_no_such_form)
