@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LINK   ?= /tmp/modem-ec2x
 
-.PHONY: run run-ml302 test bench openssl clean
+.PHONY: run run-ml302 test bench soak openssl clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "modem-emulator needs CPython 3.11 or 3.12 (python-mbedtls 2.10.1): set PYTHON=..." >&2; exit 1; }
@@ -38,6 +38,11 @@ test: $(STAMP) openssl
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Not part of `make test` (several minutes): fuzzing, open/close races, kill -9 during
+# writes, 64 MiB through buffer mode.  Sizes: SOAK_LINES, SOAK_RACES, SOAK_KILLS, SOAK_MIB.
+soak: $(STAMP)
+	$(PY) -m bench.soak
 
 clean:
 	rm -rf $(VENV) state .pytest_cache
