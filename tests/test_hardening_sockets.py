@@ -122,12 +122,19 @@ def test_ec2x_exception_in_session_setup_answers_552(ec2x, echo_server, monkeypa
     assert ec2x_opened(ec2x, 0) == 0
 
 
-def test_ec2x_exception_while_connecting_answers_566(ec2x, echo_server, monkeypatch, caplog):
+@pytest.mark.parametrize("where", ["connect", "handshake"])
+def test_ec2x_exception_while_connecting_answers_566(ec2x, echo_server, monkeypatch, caplog, where):
     import emulator.sockets.ssl_socket as ssl_socket
 
-    async def broken(*args, **kwargs):
+    async def broken_connect(*args, **kwargs):
         raise RuntimeError("something nobody expected")
-    monkeypatch.setattr(ssl_socket, "open_tcp", broken)
+
+    def broken_receive(self, data):
+        raise RuntimeError("something nobody expected")
+    if where == "connect":
+        monkeypatch.setattr(ssl_socket, "open_tcp", broken_connect)
+    else:                                 # the server's first flight makes the engine raise
+        monkeypatch.setattr(tls_engine.TlsClientSession, "receive", broken_receive)
     caplog.set_level(logging.INFO, logger="emulator")
     assert ec2x.at("AT+QIACT=1") == OK
     assert ec2x.at('AT+QSSLOPEN=1,0,0,"echo.example",443') == OK

@@ -98,6 +98,7 @@ class SslSocket:
         self._closed_event = asyncio.Event()
         self._peer_gone: str | None = None     # the peer's close while still opening (why)
         self._phase = "connect"         # how far _open got: connect, setup, handshake
+        self._open_exc: BaseException | None = None    # behind a data-path failure while opening
         self._dead = False              # closed or aborted: a transport connecting now is dropped
         self._answered = False          # owner.on_opened() called
         self._eof_reason: str | None = None     # how the transport ended (FIN / RST / ...)
@@ -119,6 +120,9 @@ class SslSocket:
         try:
             await self._open_steps(router, settings, negotiate_timeout, cache, cache_key, total_timeout)
         except Exception as exc:
+            if self._answered:         # after "+QSSLOPEN: <id>,0": it ends as a peer close would
+                self._internal_error(exc)
+                return
             kind = {"connect": "connect", "setup": "bad_config"}.get(self._phase, "protocol_error")
             what = {"connect": "connecting", "setup": "setting up TLS"}.get(self._phase, "in the handshake")
             self._fail_open(kind, f"unexpected {type(exc).__name__} while {what}: {exc}", exc)
@@ -165,7 +169,7 @@ class SslSocket:
         if self._dead:
             return
         if kind is not None:
-            self._fail_open(kind, reason)
+            self._fail_open(kind, reason, self._open_exc)
             return
         self.state = CONNECTED
         hs = self.handshake
@@ -177,15 +181,13 @@ class SslSocket:
         self._deliver_pending()
 
     def _fail_open(self, kind: str, reason: str, exc: BaseException | None = None) -> None:
-        """The one failure answer of an open (exc: an unexpected exception, logged with it)."""
+        """The one failure answer of an open (exc: an unexpected exception; the owner logs
+        it with its traceback)."""
         try:
             self._teardown()
         finally:
             self.state = INITIAL
-            if self._answered:
-                if exc is not None:          # after the answer: logged, never a second answer
-                    log.error("SSL socket %d: %s", self.client_id, reason, exc_info=exc)
-            else:
+            if not self._answered:
                 self._answered = True
                 self.owner.on_opened(self, kind, reason, exc)
 
@@ -223,11 +225,12 @@ class SslSocket:
             self._peer_closed(reason)
 
     def _internal_error(self, exc: Exception) -> None:
-        """An exception from the TLS engine on the data path: logged with its traceback,
-        then handled as a TLS failure (the open fails, an open socket reports closed)."""
-        reason = f"unexpected {type(exc).__name__} in the TLS session: {exc}"
+        """An unexpected exception on the data path (the TLS engine, a callback): handled
+        as a TLS failure, logged once with its traceback.  While opening, the open fails
+        (the owner logs it); an open socket reports closed."""
+        reason = f"unexpected {type(exc).__name__}: {exc}"
         if self._opened is not None and not self._opened.done():
-            log.error("SSL open %d to %s:%d: %s", self.client_id, self.host, self.port, reason, exc_info=exc)
+            self._open_exc = exc
             self._opened.set_result(("protocol_error", reason))
         else:
             log.error("SSL socket %d: %s", self.client_id, reason, exc_info=exc)
