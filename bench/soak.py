@@ -371,9 +371,9 @@ def fuzz_grammar_line(port: Port, line: bytes, bytewise: bool, stats: dict, rng:
             continue
         answered_prompt = True
         if b"CONNECT" in m.group(0):
-            size = re.search(rb'QFUPL="[^"]*",(\d+)', line, re.I)
-            if size:                                        # upload: exactly <size> bytes
-                port.write(b"x" * int(size.group(1)))
+            upload = re.search(rb'QFUPL=("[^"]*"|[^,"]*)(?:,(\d+))?', line, re.I)
+            if upload:                                      # upload: exactly <size> bytes
+                port.write(b"x" * int(upload.group(2) or 10240))
             # QFDWL: the data and the result follow by themselves
         elif rng.random() < 0.5:                            # "> ": a certificate ended by Ctrl+Z
             port.write(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n\x1a")
