@@ -4,13 +4,12 @@ the certificate store's CA slot ("/caCrt.pem", AT+QSECWRITE=0) on modules with o
 (ML302), so each manual's seclevel 1 example works against the demo peer as is."""
 from __future__ import annotations
 
-import logging
-
 from cryptography import x509
 
+from .logsafe import get_logger
 from .storage.secstore import SLOT_CA_CERT, SLOT_PATHS, SecStoreError
 
-log = logging.getLogger("emulator.demo")
+log = get_logger("emulator.demo")
 
 DEMO_CA_NAME = "UFS:demo-ca.pem"
 DEMO_CLIENT_CERT_NAME = "UFS:demo-client.pem"

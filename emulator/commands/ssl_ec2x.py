@@ -6,10 +6,10 @@ SSL commands answer a plain ERROR and leave the reason for AT+QIGETERROR
 """
 from __future__ import annotations
 
-import logging
 
 from ..args import Args
 from ..at_parser import EXEC, READ, TEST, WRITE
+from ..logsafe import get_logger
 from ..registry import command
 from ..responses import CommandError, DataRequest, Raw, Response, Text, ok
 from ..sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
@@ -17,7 +17,7 @@ from ..sockets.service import ERROR_TEXT, SslService
 from ..sockets.ssl_socket import INITIAL, OPENING
 from ..storage.vfs import FileError
 
-log = logging.getLogger("emulator.ssl")
+log = get_logger("emulator.ssl")
 V = "ec2x"
 
 

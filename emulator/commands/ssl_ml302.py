@@ -42,13 +42,13 @@ wording differs.  Choices where the manual is silent or contradicts itself
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from tls_engine import suite_offerable
 
 from ..args import Args
 from ..at_parser import EXEC, READ, TEST, WRITE
+from ..logsafe import get_logger
 from ..registry import command
 from ..responses import CommandError, Raw, Response, ok
 from ..sockets.context import ALL_CIPHERS, OPTIONS, format_cipher_list, parse_cipher_list
@@ -57,7 +57,7 @@ from ..sockets.ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
 from ..storage.secstore import SLOT_PATHS, SLOT_CA_CERT, SLOT_CLIENT_CERT, SLOT_CLIENT_KEY, slot_for_path
 from .ssl_ec2x import send_request
 
-log = logging.getLogger("emulator.ssl")
+log = get_logger("emulator.ssl")
 V = "ml302"
 
 CTX_OPTIONS = ("sslversion", "ciphersuite", "seclevel", "cacert", "clientcert", "clientkey")
