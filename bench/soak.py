@@ -6,7 +6,7 @@ Four parts, each against the emulator started as a user starts it (a subprocess 
   fuzz   fuzzed command lines (random bytes and grammar-built AT commands with wrong types,
          out-of-range and non-ASCII digits, unbalanced quotes, long lines; CR LF ended; some
          written one byte at a time), on an EC2x and an ML302.  Every grammar line must get
-         exactly one final result, a probe (ATE0V1Q0S7=<n>;S7?) after every batch must answer,
+         exactly one final result, a probe (ATE0V1Q0...S7=<n>;&W;S7?) after every batch must answer,
          and the process must stay alive and stop with exit status 0.
   races  AT+QSSLOPEN immediately followed by AT+QSSLCLOSE against a loopback TLS echo server,
          in four timings; every command answered, no socket left, the emulator's fd count and
@@ -389,10 +389,12 @@ def fuzz_grammar_line(port: Port, line: bytes, bytewise: bool, stats: dict, rng:
 
 
 def probe(port: Port, emu: EmulatorProcess, n: int, stats: dict, after: str) -> None:
-    """ATE0V1Q0S7=<n>;S7? must answer <n>: the modem is alive and in command state.
+    """The probe line must answer <n> (S7's value): the modem is alive and in command state.
+    It also puts back, and saves with AT&W, the framing the fuzzer reads results by: random
+    bytes may have sent ATV0 and then AT&W, which a later ATZ or reboot would bring back.
     `after`="grammar": nothing but URCs may precede it (no extra final result)."""
     k = n % 255 + 1
-    port.write(b"ATE0V1Q0S7=%d;S7?\r\n" % k)
+    port.write(PROBE % k + b"\r\n")
     marker = re.compile(rb"\r\n%03d\r\n\r\nOK\r\n" % k)
     try:
         m = port.expect(marker, 15, f"probe answer {k:03d}")
@@ -404,6 +406,9 @@ def probe(port: Port, emu: EmulatorProcess, n: int, stats: dict, after: str) -> 
     if after == "grammar" and FINAL.search(before):
         raise CheckFailed(f"extra final result before the probe: {before[-200:]!r}")
     stats["probes"] += 1
+
+
+PROBE = b"ATE0V1Q0S3=13;S4=10;S5=8;S7=%d;&W;S7?"
 
 
 def random_line(rng: random.Random) -> bytes:
