@@ -16,11 +16,13 @@ import tomllib
 from pathlib import Path
 
 from .app import Emulator
+from .demo_setup import demo_material_hint
+from .logsafe import get_logger
 from .network import Router, parse_dns
 from .profile import ProfileError, load_profile
 from .transport import LinkError
 
-log = logging.getLogger("emulator")
+log = get_logger("emulator")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +137,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.demo:
         print("  demo peer: 220.180.239.212:8010/8011 (TLS echo) and www.iottest.work:443 (HTTPS)\n"
               "  are routed to loopback (www.iottest.work shows as 106.12.79.254);\n"
-              "  its CA is uploaded as UFS:demo-ca.pem", file=sys.stderr)
+              f"  {demo_material_hint(profile)}", file=sys.stderr)
     print("  stop with Ctrl+C", file=sys.stderr)
 
     await stop.wait()

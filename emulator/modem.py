@@ -34,7 +34,7 @@ class Modem:
         self.name = name
         self.state_dir = Path(state_dir) if state_dir is not None else None
         if self.state_dir is not None:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)   # UFS may hold keys
         self.network = network            # emulator.network.Network (routing layer)
         self.keylog = keylog              # callable(str) receiving NSS key-log lines, or None
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -5,14 +5,17 @@ ATZ restores the saved.  A saved file is checked key by key on load (see load)."
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .commands.basic import _SREG_RANGES
+from .logsafe import get_logger
 from .storage.atomic_file import atomic_write, remove_stale_temp_files
 
-log = logging.getLogger("emulator.settings")
+log = get_logger("emulator.settings")
+
+# The S registers a host may set (ATSn=) and their ranges; a saved file is checked with them too.
+SREG_RANGES = {0: (0, 255), 3: (0, 127), 4: (0, 127), 5: (0, 127), 6: (2, 10),
+               7: (0, 255), 8: (0, 255), 10: (1, 254), 12: (0, 255)}
 
 
 @dataclass
@@ -137,13 +140,13 @@ def _load_sreg(saved, defaults: dict[int, int], path, bad) -> dict[int, int]:
     numbers = {}
     for key in saved:
         number = int(key) if key.isascii() and key.isdecimal() else None
-        if number not in _SREG_RANGES or str(number) != key:
+        if number not in SREG_RANGES or str(number) != key:
             log.warning("saved settings %s: key S%s: unknown register, ignored", path, key)
         else:
             numbers[number] = key
     for number in sorted(defaults):
         name = f"S{number}"
-        lo, hi = _SREG_RANGES.get(number, (0, 255))
+        lo, hi = SREG_RANGES.get(number, (0, 255))
         if number not in numbers:
             bad(name, "missing", defaults[number])
             continue

@@ -113,7 +113,7 @@ def test_saved_file_is_private_and_round_trips(tmp_path, caplog):
 
 @pytest.mark.parametrize("profile", ["ec2x", "ml302"])
 def test_factory_values_saved_by_atw_load_without_warnings(tmp_path, caplog, profile):
-    """The defaults themselves (S7=0, below ATS7's 1-255) must survive AT&W + restart."""
+    """The defaults themselves must survive AT&W + restart (S7's factory 0 was once below ATS7's range)."""
     factory = Settings.factory(load_profile(profile))
     path = tmp_path / "settings.json"
     factory.save(path)

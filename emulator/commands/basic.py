@@ -5,6 +5,7 @@ from ..args import Args
 from ..at_parser import EXEC, READ, TEST, WRITE
 from ..registry import command
 from ..responses import CommandError, Response, ok
+from ..settings import SREG_RANGES
 
 
 def _flag(modem, cmd, lo: int = 0, hi: int = 1) -> int:
@@ -70,13 +71,11 @@ def dtr_mode(modem, cmd):
 
 
 # S registers: S3 line terminator, S4 response formatting, S5 backspace, ...
-_SREG_RANGES = {0: (0, 255), 3: (0, 127), 4: (0, 127), 5: (0, 127), 6: (2, 10),
-                7: (1, 255), 8: (0, 255), 10: (1, 254), 12: (0, 255)}
 
 
 def _register(cmd) -> int:
     number = int(cmd.name[1:])
-    if number not in _SREG_RANGES:
+    if number not in SREG_RANGES:
         raise CommandError("ERROR", f"S{number} is not a supported register")
     return number
 
@@ -89,14 +88,14 @@ def sreg_read(modem, cmd):
 @command("S", WRITE)
 def sreg_write(modem, cmd):
     number = _register(cmd)
-    lo, hi = _SREG_RANGES[number]
+    lo, hi = SREG_RANGES[number]
     modem.settings.sreg[number] = Args(cmd).int(0, lo, hi)
     return ok()
 
 
 @command("S", TEST)
 def sreg_test(modem, cmd):
-    lo, hi = _SREG_RANGES[_register(cmd)]
+    lo, hi = SREG_RANGES[_register(cmd)]
     return ok(f"({lo}-{hi})")
 
 
