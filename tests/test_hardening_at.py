@@ -58,6 +58,7 @@ def test_lf_arriving_after_the_prompt_is_not_ssl_data(ec2x, emulator):
         assert bytes(server.last.received) == b"HELLO"
         # nothing of the data fell back into command state: the port answers at once
         assert ec2x.at("AT") == b"\r\nOK\r\n"
+        assert ec2x.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
 
 
 def test_late_lf_ends_the_line_for_qsecwrite(ml302):
