@@ -13,7 +13,7 @@ import time
 
 import trustme
 
-from emulator.app import BackgroundEmulator
+from emulator.io.app import BackgroundEmulator
 from tests.host import Host
 from tests.tls_engine.servers import ClientDriver, TlsTestServer, server_context
 from tls_engine import TlsClientSession, TlsSettings

@@ -255,7 +255,7 @@ class Grammar:
     SKIP = {"V", "Q"}                  # would change result framing (random bytes still try them)
 
     def __init__(self, profile: str, rng: random.Random) -> None:
-        from emulator.profile import load_profile
+        from emulator.modem.profile import load_profile
         from emulator.sockets.context import OPTIONS
         self.rng = rng
         self.profile = profile

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from emulator.app import BackgroundEmulator
+from emulator.io.app import BackgroundEmulator
 from tests.host import Host
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from emulator.demo_peer import DemoHttpSession
+from emulator.tools.demo_peer import DemoHttpSession
 from tests.peers_clienthello import ClientHello, parse_client_hello
 
 if TYPE_CHECKING:

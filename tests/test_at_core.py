@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from emulator.at_lexer import CommandLine, CommandLineLexer, Echo, LineTooLong, RepeatLast
-from emulator.at_parser import EXEC, READ, TEST, WRITE, Arg, Malformed, parse_line
-from emulator.modem import Modem
-from emulator.profile import load_profile
+from emulator.at.lexer import CommandLine, CommandLineLexer, Echo, LineTooLong, RepeatLast
+from emulator.at.parser import EXEC, READ, TEST, WRITE, Arg, Malformed, parse_line
+from emulator.modem.modem import Modem
+from emulator.modem.profile import load_profile
 
 
 def lines(events):

@@ -86,7 +86,7 @@ def test_bad_profile_stops_startup_with_one_message(tmp_path):
     (lambda t: t + "\n[[oops", "not valid TOML"),
 ])
 def test_profile_errors_name_the_key(tmp_path, edit, message):
-    from emulator.profile import ProfileError, load_profile
+    from emulator.modem.profile import ProfileError, load_profile
     bad = tmp_path / "p.toml"
     bad.write_text(edit((ROOT / "profiles" / "ec2x.toml").read_text()))
     with pytest.raises(ProfileError) as info:
@@ -171,7 +171,7 @@ def test_demo_answers_the_notes_example_out_of_the_box(tmp_path):
     (lambda t: t + '"+QNOSUCH" = "*"\n', 'key commands."+QNOSUCH": no such command in the emulator'),
 ])
 def test_profile_command_table_is_checked(tmp_path, edit, message):
-    from emulator.profile import ProfileError, load_profile
+    from emulator.modem.profile import ProfileError, load_profile
     bad = tmp_path / "p.toml"
     bad.write_text(edit((ROOT / "profiles" / "ec2x.toml").read_text()))
     with pytest.raises(ProfileError) as info:

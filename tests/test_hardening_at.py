@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from emulator.modem import Modem
-from emulator.profile import load_profile
+from emulator.modem.modem import Modem
+from emulator.modem.profile import load_profile
 from tests.tls_engine.servers import TlsTestServer, echo_until_eof, server_context
 
 

@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from emulator.profile import load_profile
-from emulator.settings import Settings
+from emulator.modem.profile import load_profile
+from emulator.modem.settings import Settings
 
 FACTORY = Settings.factory(load_profile("ec2x"))
 

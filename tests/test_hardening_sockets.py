@@ -18,7 +18,7 @@ import time
 import pytest
 
 import tls_engine
-from emulator.network import NetworkError, Router
+from emulator.io.network import NetworkError, Router
 from tests.peers import TlsServer, default_pki
 
 OK = b"\r\nOK\r\n"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from emulator.app import BackgroundEmulator
-from emulator.profile import PROFILE_DIR, ProfileError, load_profile
+from emulator.io.app import BackgroundEmulator
+from emulator.modem.profile import PROFILE_DIR, ProfileError, load_profile
 from tests.host import Host
 from tests.peers import OpenSslServer, TlsServer, default_pki
 from tests.ssl_options_support import HOST, PORT, cfg, close, net, open_ssl, opened, pki, recv_all  # noqa: F401

@@ -15,7 +15,7 @@ import threading
 import pytest
 import trustme
 
-from emulator.demo_peer import IOTTEST_RESPONSE, DemoHttpSession
+from emulator.tools.demo_peer import IOTTEST_RESPONSE, DemoHttpSession
 
 HOST = "www.iottest.work"
 HOST_IP = "106.12.79.254"          # what the manual's §3 shows for HOST
@@ -37,7 +37,7 @@ def pki():
 
 
 class TlsServer:
-    """A threaded Python ssl server serving the manual's test page (emulator.demo_peer)."""
+    """A threaded Python ssl server serving the manual's test page (emulator.tools.demo_peer)."""
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self.context = context

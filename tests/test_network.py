@@ -1,4 +1,4 @@
-"""emulator.network.Router: what the host is shown for a server (never the route),
+"""emulator.io.network.Router: what the host is shown for a server (never the route),
 --dns / [dns], and the CLI wiring."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from emulator.cli import build_parser, load_config
-from emulator.demo_peer import IOTTEST_RESPONSE
-from emulator.network import Router, made_up_address, parse_dns
+from emulator.tools.cli import build_parser, load_config
+from emulator.tools.demo_peer import IOTTEST_RESPONSE
+from emulator.io.network import Router, made_up_address, parse_dns
 from tests.host import Host
 from tests.test_cli import ROOT, first_line, start, stop
 

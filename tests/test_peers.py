@@ -11,7 +11,7 @@ import warnings
 import pytest
 from cryptography import x509
 
-from emulator.demo_peer import IOTTEST_BODY, IOTTEST_RESPONSE, DemoHttpSession, start_demo_peer
+from emulator.tools.demo_peer import IOTTEST_BODY, IOTTEST_RESPONSE, DemoHttpSession, start_demo_peer
 from tests.peers import (OpenSslClient, OpenSslServer, TlsServer, UdpDropRelay, free_port,
                          make_pki, parse_client_hello, utc)
 

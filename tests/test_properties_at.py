@@ -13,9 +13,9 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator.at_lexer import CommandLineLexer, Echo
-from emulator.modem import Modem
-from emulator.profile import load_profile
+from emulator.at.lexer import CommandLineLexer, Echo
+from emulator.modem.modem import Modem
+from emulator.modem.profile import load_profile
 
 PROFILES = {name: load_profile(name) for name in ("ec2x", "ml302")}
 FAST = settings(max_examples=int(__import__("os").environ.get("HYPOTHESIS_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.app import BackgroundEmulator
+from emulator.io.app import BackgroundEmulator
 from tests.host import Host
 from tests.peers import OpenSslServer, TlsServer, UdpDropRelay
 from tests.ssl_options_support import HOST, PORT, cfg, close, net, open_ssl, pki, recv_all  # noqa: F401

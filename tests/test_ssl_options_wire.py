@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from emulator.profile import load_profile
+from emulator.modem.profile import load_profile
 from tests.peers import TlsServer
 from tests.ssl_options_support import HOST, cfg, close, last_error, net, open_ssl, pki, recv_all  # noqa: F401
 from tls_engine import native

@@ -1,11 +1,11 @@
 """V.250 basic commands: ATE ATV ATQ ATZ AT&F AT&W ATI ATSn AT&C AT&D and AT+CMEE."""
 from __future__ import annotations
 
-from ..args import Args
-from ..at_parser import EXEC, READ, TEST, WRITE
-from ..registry import command
-from ..responses import CommandError, Response, ok
-from ..settings import SREG_RANGES
+from emulator.at.args import Args
+from emulator.at.parser import EXEC, READ, TEST, WRITE
+from emulator.at.registry import command
+from emulator.at.responses import CommandError, Response, ok
+from emulator.modem.settings import SREG_RANGES
 
 
 def _flag(modem, cmd, lo: int = 0, hi: int = 1) -> int:

@@ -38,12 +38,12 @@ Behaviour chosen where the note is silent or ambiguous (docs/behaviour.md):
 """
 from __future__ import annotations
 
-from ..args import Args
-from ..at_parser import EXEC, TEST, WRITE
-from ..registry import command
-from ..responses import Cme, CommandError, DataRequest, Raw, Response, ok
-from ..storage.checksum import format_checksum, xor16
-from ..storage.vfs import FileError
+from emulator.at.args import Args
+from emulator.at.parser import EXEC, TEST, WRITE
+from emulator.at.registry import command
+from emulator.at.responses import Cme, CommandError, DataRequest, Raw, Response, ok
+from emulator.storage.checksum import format_checksum, xor16
+from emulator.storage.vfs import FileError
 
 DEFAULT_SIZE = 10240
 DEFAULT_TIMEOUT = 5

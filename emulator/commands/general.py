@@ -2,10 +2,10 @@
 functionality, serial settings and the clock.  Values come from the profile."""
 from __future__ import annotations
 
-from ..args import Args
-from ..at_parser import EXEC, READ, TEST, WRITE
-from ..registry import command
-from ..responses import Cme, CommandError, ok
+from emulator.at.args import Args
+from emulator.at.parser import EXEC, READ, TEST, WRITE
+from emulator.at.registry import command
+from emulator.at.responses import Cme, CommandError, ok
 
 
 def _plain(key: str):

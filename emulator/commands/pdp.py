@@ -2,10 +2,10 @@
 and 3GPP's AT+CGDCONT / AT+CGACT in the ML302 manual's format (§3)."""
 from __future__ import annotations
 
-from ..args import Args
-from ..at_parser import READ, TEST, WRITE
-from ..registry import command
-from ..responses import CommandError, ok
+from emulator.at.args import Args
+from emulator.at.parser import READ, TEST, WRITE
+from emulator.at.registry import command
+from emulator.at.responses import CommandError, ok
 
 _TYPE_NAMES = {1: "IP", 2: "IPV6", 3: "IPV4V6"}
 _TYPE_BY_NAME = {v: k for k, v in _TYPE_NAMES.items()}

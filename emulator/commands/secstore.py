@@ -24,12 +24,12 @@ slot file was damaged or tampered with) reads as "+QSECREAD: 0,<checksum>".
 """
 from __future__ import annotations
 
-from ..args import Args
-from ..at_parser import TEST, WRITE
-from ..registry import command
-from ..responses import Cme, CommandError, DataRequest, Response, ok
-from ..storage.checksum import format_checksum
-from ..storage.secstore import SecStoreError, SlotEmpty, SlotOccupied
+from emulator.at.args import Args
+from emulator.at.parser import TEST, WRITE
+from emulator.at.registry import command
+from emulator.at.responses import Cme, CommandError, DataRequest, Response, ok
+from emulator.storage.checksum import format_checksum
+from emulator.storage.secstore import SecStoreError, SlotEmpty, SlotOccupied
 
 MAX_CERT = 16384          # bytes; well above any PEM certificate or key chain
 ERR_NOT_ALLOWED = 3

@@ -7,15 +7,15 @@ SSL commands answer a plain ERROR and leave the reason for AT+QIGETERROR
 from __future__ import annotations
 
 
-from ..args import Args
-from ..at_parser import EXEC, READ, TEST, WRITE
-from ..logsafe import get_logger
-from ..registry import command
-from ..responses import CommandError, DataRequest, Raw, Response, Text, ok
-from ..sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
-from ..sockets.service import ERROR_TEXT, SslService
-from ..sockets.ssl_socket import INITIAL, OPENING
-from ..storage.vfs import FileError
+from emulator.at.args import Args
+from emulator.at.parser import EXEC, READ, TEST, WRITE
+from emulator.logsafe import get_logger
+from emulator.at.registry import command
+from emulator.at.responses import CommandError, DataRequest, Raw, Response, Text, ok
+from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
+from emulator.sockets.service import ERROR_TEXT, SslService
+from emulator.sockets.ssl_socket import INITIAL, OPENING
+from emulator.storage.vfs import FileError
 
 log = get_logger("emulator.ssl")
 V = "ec2x"

@@ -46,16 +46,16 @@ from dataclasses import dataclass, field
 
 from tls_engine import suite_offerable
 
-from ..args import Args
-from ..at_parser import EXEC, READ, TEST, WRITE
-from ..logsafe import get_logger
-from ..registry import command
-from ..responses import CommandError, Raw, Response, ok
-from ..sockets.context import ALL_CIPHERS, OPTIONS, format_cipher_list, parse_cipher_list
-from ..sockets.service import SslService
-from ..sockets.ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
-from ..storage.secstore import SLOT_PATHS, SLOT_CA_CERT, SLOT_CLIENT_CERT, SLOT_CLIENT_KEY, slot_for_path
-from .ssl_ec2x import send_request
+from emulator.at.args import Args
+from emulator.at.parser import EXEC, READ, TEST, WRITE
+from emulator.logsafe import get_logger
+from emulator.at.registry import command
+from emulator.at.responses import CommandError, Raw, Response, ok
+from emulator.sockets.context import ALL_CIPHERS, OPTIONS, format_cipher_list, parse_cipher_list
+from emulator.sockets.service import SslService
+from emulator.sockets.ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
+from emulator.storage.secstore import SLOT_PATHS, SLOT_CA_CERT, SLOT_CLIENT_CERT, SLOT_CLIENT_KEY, slot_for_path
+from emulator.commands.ssl_ec2x import send_request
 
 log = get_logger("emulator.ssl")
 V = "ml302"

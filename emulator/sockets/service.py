@@ -7,10 +7,10 @@ import asyncio
 
 from tls_engine import SessionCache
 
-from ..logsafe import get_logger
+from emulator.logsafe import get_logger
 
-from .context import SetupError, SslContext, to_tls_settings
-from .ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
+from emulator.sockets.context import SetupError, SslContext, to_tls_settings
+from emulator.sockets.ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
 
 log = get_logger("emulator.ssl")
 

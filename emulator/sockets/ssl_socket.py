@@ -22,8 +22,8 @@ from typing import Protocol
 
 from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsClientSession, TlsFailure, TlsSettings
 
-from ..logsafe import get_logger
-from ..network import NetworkError, Router, open_tcp, open_udp
+from emulator.logsafe import get_logger
+from emulator.io.network import NetworkError, Router, open_tcp, open_udp
 
 log = get_logger("emulator.ssl")
 

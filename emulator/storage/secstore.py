@@ -47,13 +47,13 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .atomic_file import (
+from emulator.storage.atomic_file import (
     atomic_write,
     create_exclusive,
     fsync_directory,
     remove_stale_temp_files,
 )
-from .checksum import xor16
+from emulator.storage.checksum import xor16
 
 __all__ = [
     "SLOT_CA_CERT",

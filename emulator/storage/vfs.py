@@ -37,7 +37,7 @@ import re
 import threading
 from pathlib import Path
 
-from .atomic_file import atomic_write, fsync_directory, remove_stale_temp_files
+from emulator.storage.atomic_file import atomic_write, fsync_directory, remove_stale_temp_files
 
 __all__ = [
     "FILE_ERROR_TEXT",

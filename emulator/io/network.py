@@ -22,7 +22,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
-from .logsafe import get_logger
+from emulator.logsafe import get_logger
 
 log = get_logger("emulator.network")
 

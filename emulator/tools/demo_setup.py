@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from cryptography import x509
 
-from .logsafe import get_logger
-from .storage.secstore import SLOT_CA_CERT, SLOT_PATHS, SecStoreError
+from emulator.logsafe import get_logger
+from emulator.storage.secstore import SLOT_CA_CERT, SLOT_PATHS, SecStoreError
 
 log = get_logger("emulator.demo")
 

@@ -3,8 +3,8 @@ CommandError, which the interpreter answers with ERROR / +CME ERROR: a handler
 never has to guard against bad input itself."""
 from __future__ import annotations
 
-from .at_parser import Arg, Command
-from .responses import CommandError, Final
+from emulator.at.parser import Arg, Command
+from emulator.at.responses import CommandError, Final
 
 _MISSING = object()
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from .at_lexer import CommandLine, CommandLineLexer, Echo, LineTooLong, RepeatLast
-from .at_parser import Command, Malformed, parse_line
-from .cme import cme_text
-from .logsafe import get_logger, loggable, redact
-from .registry import TABLE
-from .responses import RESULT_CODES, Cme, CommandError, DataRequest, Raw, Response, Text
+from emulator.at.lexer import CommandLine, CommandLineLexer, Echo, LineTooLong, RepeatLast
+from emulator.at.parser import Command, Malformed, parse_line
+from emulator.at.cme import cme_text
+from emulator.logsafe import get_logger, loggable, redact
+from emulator.at.registry import TABLE
+from emulator.at.responses import RESULT_CODES, Cme, CommandError, DataRequest, Raw, Response, Text
 
 if TYPE_CHECKING:
-    from .modem import Modem
+    from emulator.modem.modem import Modem
 
 log = get_logger("emulator.at")
 _S_REGISTER = re.compile(r"^S\d+$")

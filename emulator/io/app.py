@@ -8,10 +8,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .modem import Modem
-from .network import Router
-from .profile import Profile, load_profile
-from .transport import PtyPort
+from emulator.modem.modem import Modem
+from emulator.io.network import Router
+from emulator.modem.profile import Profile, load_profile
+from emulator.io.transport import PtyPort
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Emulator:
 
     async def start_demo(self) -> None:
         """The built-in loopback TLS peer; routes the manuals' example hosts to it."""
-        from .demo_peer import start_demo_peer
+        from emulator.tools.demo_peer import start_demo_peer
         self.demo = await start_demo_peer()
         for dialled, (addr, port) in self.demo.routes.items():
             host, dport = dialled.rsplit(":", 1)
@@ -53,7 +53,7 @@ class Emulator:
                        max_backlog=profile.get("serial.output_backlog", 1 << 20))
         modem.attach(port.write, loop, backlog=lambda: port.backlog)
         if self.demo is not None:
-            from .demo_setup import install_demo_material
+            from emulator.tools.demo_setup import install_demo_material
             install_demo_material(modem, self.demo)
         entry = ModemPort(modem, port)
         self.ports.append(entry)

@@ -14,15 +14,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from . import commands  # noqa: F401  (registers every handler in the table)
-from .clock import ModemClock
-from .interpreter import Interpreter
-from .logsafe import get_logger
-from .pdp import PdpTable
-from .profile import Profile
-from .settings import Settings
-from .storage.secstore import SecStore
-from .storage.vfs import FileStore
+from emulator import commands  # noqa: F401  (registers every handler in the table)
+from emulator.modem.clock import ModemClock
+from emulator.at.interpreter import Interpreter
+from emulator.logsafe import get_logger
+from emulator.modem.pdp import PdpTable
+from emulator.modem.profile import Profile
+from emulator.modem.settings import Settings
+from emulator.storage.secstore import SecStore
+from emulator.storage.vfs import FileStore
 
 log = get_logger("emulator.modem")
 
@@ -35,7 +35,7 @@ class Modem:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         if self.state_dir is not None:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)   # UFS may hold keys
-        self.network = network            # emulator.network.Network (routing layer)
+        self.network = network            # emulator.io.network.Network (routing layer)
         self.keylog = keylog              # callable(str) receiving NSS key-log lines, or None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.factory_settings = Settings.factory(profile)

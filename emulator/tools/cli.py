@@ -15,12 +15,12 @@ import sys
 import tomllib
 from pathlib import Path
 
-from .app import Emulator
-from .demo_setup import demo_material_hint
-from .logsafe import get_logger
-from .network import Router, parse_dns
-from .profile import ProfileError, load_profile
-from .transport import LinkError
+from emulator.io.app import Emulator
+from emulator.tools.demo_setup import demo_material_hint
+from emulator.logsafe import get_logger
+from emulator.io.network import Router, parse_dns
+from emulator.modem.profile import ProfileError, load_profile
+from emulator.io.transport import LinkError
 
 log = get_logger("emulator")
 

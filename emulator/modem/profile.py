@@ -7,13 +7,16 @@ start-up with one line naming the file, the key and what is wrong.
 """
 from __future__ import annotations
 
+import importlib.resources
 import ipaddress
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
+# The built-in profiles ship inside the package (emulator/profiles/*.toml; the repository's
+# top-level profiles/ is a link to that folder).
+PROFILE_DIR = Path(str(importlib.resources.files("emulator") / "profiles"))
 
 
 class ProfileError(Exception):
@@ -196,8 +199,8 @@ def load_profile(spec: str) -> Profile:
 
 def check_commands(commands: dict[str, str], path: Path) -> None:
     """Every [commands] entry must name a command and a variant the code has."""
-    from . import commands as _handlers  # noqa: F401  (fills the table)
-    from .registry import ANY_VARIANT, TABLE
+    from emulator import commands as _handlers  # noqa: F401  (fills the table)
+    from emulator.at.registry import ANY_VARIANT, TABLE
     for name, variant in commands.items():
         variants = TABLE.variants(name.upper())
         if not variants:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .at_parser import EXEC, READ, TEST, WRITE
+from emulator.at.parser import EXEC, READ, TEST, WRITE
 
 ANY_VARIANT = "*"
 KINDS = (TEST, READ, WRITE, EXEC)

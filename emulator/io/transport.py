@@ -24,7 +24,7 @@ import tty
 from pathlib import Path
 from typing import Callable
 
-from .logsafe import get_logger
+from emulator.logsafe import get_logger
 
 log = get_logger("emulator.pty")
 

@@ -8,8 +8,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .logsafe import get_logger
-from .storage.atomic_file import atomic_write, remove_stale_temp_files
+from emulator.logsafe import get_logger
+from emulator.storage.atomic_file import atomic_write, remove_stale_temp_files
 
 log = get_logger("emulator.settings")
 

@@ -1,0 +1,2 @@
+"""Where bytes enter and leave: the pty (transport), the network (routing layer),
+and the event loop that runs every modem (app)."""

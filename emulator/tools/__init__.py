@@ -1,0 +1,1 @@
+"""Programs around the emulator: the command line, the demo peer and its set-up."""
