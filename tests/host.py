@@ -13,6 +13,7 @@ class Host:
     def __init__(self, path: str, baudrate: int = 115200) -> None:
         self.path = path
         self.ser = serial.Serial(path, baudrate, timeout=0.02)
+        self.written = 0               # bytes written to the device in all
         self.pending = bytearray()     # bytes read but not yet consumed by an expectation
         self.transcript = bytearray()  # every byte ever received, for URCs that arrive anywhere
         self._consumed: set[int] = set()   # transcript offsets of URCs seen() already returned
@@ -21,7 +22,9 @@ class Host:
         self.ser.close()
 
     def write(self, data: bytes | str) -> None:
-        self.ser.write(data.encode("latin-1") if isinstance(data, str) else data)
+        raw = data.encode("latin-1") if isinstance(data, str) else data
+        self.ser.write(raw)
+        self.written += len(raw)
 
     def _fill(self) -> None:
         # read() returns at the timeout unless `size` bytes came: ask for what is there

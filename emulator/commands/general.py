@@ -111,7 +111,7 @@ def cfun_write(modem, cmd):
         modem.reset()
         if modem.loop is not None:
             # A rebooting module reports its start-up URCs a moment after OK.
-            modem.loop.call_later(0.05, _boot_urcs, modem)
+            modem.call_later(0.05, _boot_urcs, modem)
         return ok()
     if fun != 1:
         for cid in [c.cid for c in modem.pdp.active()]:

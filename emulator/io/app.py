@@ -43,12 +43,14 @@ class Emulator:
             self.router.add_dns("www.iottest.work", "106.12.79.254")
 
     async def add_modem(self, profile: Profile | str, *, link: str | Path | None = None,
-                        state_dir: str | Path | None = None, name: str | None = None) -> ModemPort:
+                        state_dir: str | Path | None = None, name: str | None = None,
+                        manual_time: bool = False) -> ModemPort:
+        """manual_time: the modem's timers wait for advance() (tests of timeouts)."""
         loop = asyncio.get_running_loop()
         if isinstance(profile, str):
             profile = load_profile(profile)
         modem = Modem(profile, state_dir=state_dir, network=self.router,
-                      name=name or f"modem{len(self.ports)}", keylog=self.keylog)
+                      name=name or f"modem{len(self.ports)}", keylog=self.keylog, manual_time=manual_time)
         port = PtyPort(loop, modem.feed, link, on_hangup=modem.host_hangup, on_drain=modem.output_drained,
                        max_backlog=profile.get("serial.output_backlog", 1 << 20))
         modem.attach(port.write, loop, backlog=lambda: port.backlog)
@@ -106,6 +108,20 @@ class BackgroundEmulator:
 
     def add_modem(self, profile="ec2x", **kwargs) -> ModemPort:
         return self.call(self.emulator.add_modem(profile, **kwargs))
+
+    def advance(self, port: ModemPort, seconds: float) -> int:
+        """Move a manual_time modem's clock on by `seconds` (its due timers fire)."""
+        return self.run(port.modem.timers.advance, seconds)
+
+    def wait_received(self, port: ModemPort, total: int, timeout: float = 10) -> None:
+        """Block until the modem has read `total` bytes from its host in all (so a test
+        on manual time advances the clock only after its bytes arrived)."""
+        import time
+        deadline = time.monotonic() + timeout
+        while self.run(lambda: port.port.received) < total:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the modem read {self.run(lambda: port.port.received)} of {total} bytes")
+            time.sleep(0.002)
 
     @property
     def router(self) -> Router:

@@ -55,6 +55,7 @@ class PtyPort:
         self._poll.register(self.master, select.POLLHUP)
         self.link = Path(link) if link else None
         self.attached = False
+        self.received = 0                 # bytes read from the host so far (tests sync on it)
         self._out = bytearray()
         self.max_backlog = max(max_backlog, HIGH_WATER)
         self._dropped = 0                 # bytes dropped in the current stall (0: not stalled)
@@ -169,6 +170,7 @@ class PtyPort:
         if not data:
             self._hangup()
             return
+        self.received += len(data)
         try:
             self.on_data(data)
         except Exception:                 # nothing the host sends may stop the port

@@ -9,7 +9,6 @@ their state in `modem.feature(key, factory)` so adding one touches no core file.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ from emulator.logsafe import get_logger
 from emulator.modem.pdp import PdpTable
 from emulator.modem.profile import Profile
 from emulator.modem.settings import Settings
+from emulator.modem.timers import Timers
 from emulator.storage.secstore import SecStore
 from emulator.storage.vfs import FileStore
 
@@ -29,7 +29,7 @@ log = get_logger("emulator.modem")
 
 class Modem:
     def __init__(self, profile: Profile, *, state_dir: Path | None = None,
-                 network=None, name: str = "modem0", keylog=None) -> None:
+                 network=None, name: str = "modem0", keylog=None, manual_time: bool = False) -> None:
         self.profile = profile
         self.name = name
         self.state_dir = Path(state_dir) if state_dir is not None else None
@@ -38,6 +38,8 @@ class Modem:
         self.network = network            # emulator.io.network.Network (routing layer)
         self.keylog = keylog              # callable(str) receiving NSS key-log lines, or None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._manual_time = manual_time
+        self.timers = Timers(None)        # manual until attach() gives it a loop
         self.factory_settings = Settings.factory(profile)
         self.saved_settings = Settings.load(self._settings_path, self.factory_settings)
         self.settings = self.saved_settings.copy()
@@ -61,16 +63,18 @@ class Modem:
         """sink(bytes) takes output; backlog() tells how much of it the host has not taken yet."""
         self._sink = sink
         self.loop = loop
+        if loop is not None:
+            self.timers = Timers(loop, manual=self._manual_time)
         if backlog is not None:
             self._backlog = backlog
 
     def monotonic(self) -> float:
-        """The modem's monotonic time in seconds (the loop's clock; tests may replace it)."""
-        return self.loop.time() if self.loop is not None else time.monotonic()
+        """The modem's monotonic time in seconds (its Timers; manual in tests)."""
+        return self.timers.monotonic()
 
     def call_later(self, delay: float, callback: Callable, *args):
-        """A timer on the modem's loop (None when the modem runs without one)."""
-        return self.loop.call_later(delay, callback, *args) if self.loop is not None else None
+        """A timer on the modem's time (emulator/modem/timers.py)."""
+        return self.timers.call_later(delay, callback, *args)
 
     def spawn(self, awaitable, on_done: Callable[[Callable[[], object]], None]) -> None:
         """Run a pending command's coroutine; on_done(outcome) gets a callable that

@@ -1,0 +1,114 @@
+"""A modem's sense of elapsed time: monotonic(), call_later(), sleep(), wait_for().
+
+Every timeout a host can observe (upload inactivity, SSL open and handshake limits,
+close linger, retransmission, boot delay) runs on the modem's Timers, never on the
+event loop directly.  In real mode the timers are the loop's own; in manual mode
+(tests) time stands still until advance() moves it, so a test of a 10 s timeout
+takes milliseconds and never races the machine's load:
+
+    port = emu.add_modem("ml302", manual_time=True)
+    ...
+    emu.advance(port, 10)          # runs every timer due within the next 10 s, in order
+
+The loop still moves bytes (pty, sockets) in real time; only timers wait for advance().
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from typing import Any, Awaitable, Callable
+
+
+class TimerHandle:
+    __slots__ = ("when", "callback", "args", "cancelled", "_real")
+
+    def __init__(self, when: float, callback: Callable, args: tuple) -> None:
+        self.when = when
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+        self._real: asyncio.TimerHandle | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._real is not None:
+            self._real.cancel()
+
+
+class Timers:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, manual: bool = False) -> None:
+        self.loop = loop
+        # Without a loop (sans-IO unit tests) nothing could fire real timers: manual.
+        self.manual = manual or loop is None
+        self._now = 1000.0                      # manual time (an arbitrary origin)
+        self._heap: list[tuple[float, int, TimerHandle]] = []
+        self._seq = itertools.count()
+
+    def monotonic(self) -> float:
+        if self.manual:
+            return self._now
+        return self.loop.time()
+
+    def call_later(self, delay: float, callback: Callable, *args: Any) -> TimerHandle:
+        handle = TimerHandle(self.monotonic() + max(0.0, delay), callback, args)
+        if self.manual:
+            heapq.heappush(self._heap, (handle.when, next(self._seq), handle))
+        else:
+            handle._real = self.loop.call_later(max(0.0, delay), self._fire, handle)
+        return handle
+
+    @staticmethod
+    def _fire(handle: TimerHandle) -> None:
+        if not handle.cancelled:
+            handle.cancelled = True             # fired: a late cancel() is harmless
+            handle.callback(*handle.args)
+
+    def advance(self, seconds: float) -> int:
+        """Manual mode: move time on by `seconds`, firing every timer that falls due
+        (including ones the fired callbacks start within the span), in time order.
+        Returns how many fired.  Call it on the loop's thread."""
+        if not self.manual:
+            raise RuntimeError("advance() needs manual time (add_modem(..., manual_time=True))")
+        end = self._now + seconds
+        fired = 0
+        while self._heap and self._heap[0][0] <= end:
+            when, _, handle = heapq.heappop(self._heap)
+            if handle.cancelled:
+                continue
+            self._now = max(self._now, when)
+            self._fire(handle)
+            fired += 1
+        self._now = end
+        return fired
+
+    async def sleep(self, delay: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        handle = self.call_later(delay, lambda: future.done() or future.set_result(None))
+        try:
+            await future
+        finally:
+            handle.cancel()
+
+    async def wait_for(self, awaitable: Awaitable, timeout: float | None):
+        """asyncio.wait_for on the modem's time: TimeoutError after `timeout` s (None: no
+        limit); the awaitable is cancelled then, as asyncio.wait_for does."""
+        if timeout is None:
+            return await awaitable
+        inner = asyncio.ensure_future(awaitable)
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            if not inner.done():
+                expired = True
+                inner.cancel()
+        handle = self.call_later(timeout, expire)
+        try:
+            return await inner
+        except asyncio.CancelledError:
+            if expired:
+                raise asyncio.TimeoutError() from None
+            raise
+        finally:
+            handle.cancel()

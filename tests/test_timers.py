@@ -1,0 +1,60 @@
+"""The modem's Timers (emulator/modem/timers.py): manual time fires in order, and
+asyncio waits on it time out only when advanced."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from emulator.modem.timers import Timers
+
+
+def test_manual_timers_fire_in_time_order_only_when_advanced():
+    t = Timers(None)
+    fired = []
+    t.call_later(2, fired.append, "b")
+    t.call_later(1, fired.append, "a")
+    cancelled = t.call_later(1.5, fired.append, "x")
+    cancelled.cancel()
+    t.call_later(5, fired.append, "late")
+    assert t.advance(0.5) == 0 and fired == []
+    assert t.advance(1.6) == 2 and fired == ["a", "b"]
+    assert t.monotonic() == pytest.approx(1002.1)
+
+
+def test_a_timer_started_by_a_timer_fires_within_the_same_advance():
+    t = Timers(None)
+    fired = []
+    t.call_later(1, lambda: t.call_later(1, fired.append, "second"))
+    t.advance(3)
+    assert fired == ["second"]
+
+
+def test_wait_for_on_manual_time():
+    async def main():
+        loop = asyncio.get_running_loop()
+        t = Timers(loop, manual=True)
+        never = loop.create_future()
+        waiter = asyncio.ensure_future(t.wait_for(never, 10))
+        await asyncio.sleep(0.01)
+        assert not waiter.done()                 # real time passes, modem time does not
+        t.advance(9.9)
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        t.advance(0.2)
+        with pytest.raises(asyncio.TimeoutError):
+            await waiter
+        assert never.cancelled()
+        quick = loop.create_future()
+        loop.call_soon(quick.set_result, 7)
+        assert await t.wait_for(quick, 1) == 7
+    asyncio.run(main())
+
+
+def test_real_timers_use_the_loop():
+    async def main():
+        t = Timers(asyncio.get_running_loop())
+        with pytest.raises(asyncio.TimeoutError):
+            await t.wait_for(asyncio.get_running_loop().create_future(), 0.01)
+        await t.sleep(0.001)
+    asyncio.run(main())
