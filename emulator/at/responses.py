@@ -69,14 +69,6 @@ def ok(*lines: Union[str, Raw]) -> Response:
     return Response(list(lines), "OK")
 
 
-def error() -> Response:
-    return Response([], "ERROR")
-
-
-def cme(code: int) -> Response:
-    return Response([], Cme(code))
-
-
 class CommandError(Exception):
     """Raised by handlers and argument helpers; becomes ERROR or +CME ERROR."""
 

@@ -26,9 +26,6 @@ class PdpTable:
         self._default_apn = profile["pdp.default_apn"]
         self._contexts: dict[int, PdpContext] = {}
 
-    def valid(self, cid: int) -> bool:
-        return self.first <= cid <= self.last
-
     def get(self, cid: int) -> PdpContext:
         if cid not in self._contexts:
             self._contexts[cid] = PdpContext(cid, apn=self._default_apn)

@@ -123,7 +123,6 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     # Bytes the host has not read yet, past which the oldest are dropped (a UART whose
     # receiver stalls loses them too).
     "serial.output_backlog": (False, _int(4096, 1 << 30)),
-    "pdp.style": (True, _one_of("qiact", "cgact")),
     "pdp.first_id": (True, _int(0, 255)),
     "pdp.last_id": (True, _int(0, 255)),
     "pdp.address_pool": (True, _ipv4),
