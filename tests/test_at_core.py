@@ -168,3 +168,40 @@ class TestInterpreter:
         modem.settings.quiet = False
         modem.settings.sreg[3] = 13
         assert modem.run(b"AT\r").endswith(b"OK\r\n")
+
+
+# Test forms ("AT+X=?") of the basic, general and PDP commands, as declared with their
+# command (@command(..., test=...)); a command without one answers a bare OK.
+TEST_FORMS = {
+    "ec2x": {
+        "+CMEE": "+CMEE: (0-2)", "+CSQ": "+CSQ: (0-31,99),(0-7,99)", "+CREG": "+CREG: (0-2)",
+        "+CGREG": "+CGREG: (0-2)", "+CEREG": "+CEREG: (0-2)", "+CFUN": "+CFUN: (0,1,4),(0-1)",
+        "+COPS": '+COPS: (2,"CHN-UNICOM","CHN-UNICOM","46001",7),,(0-4),(0-2)',
+        "+IPR": "+IPR: (0,4800,9600,19200,38400,57600,115200,230400,460800,921600,3000000),(0)",
+        "+IFC": "+IFC: (0,2),(0,2)", "+CCLK": None, "+CGMI": None, "S3": "(0-127)",
+        "S5": "(0-127)", "+QICSGP": "+QICSGP: (1-16),(1-3),<APN>,<username>,<password>,(0-3)",
+        "+QIACT": "+QIACT: (1-16)", "+QIDEACT": "+QIDEACT: (1-16)",
+    },
+    "ml302": {
+        "+COPS": '+COPS: (2,"CHINA MOBILE","CHINA MOBILE","46001",7),,(0-4),(0-2)',
+        "+IPR": "+IPR: (0,9600,19200,38400,57600,115200,230400,460800,921600),(0)",
+        "+CGDCONT": '+CGDCONT: (1-7),("IP","IPV6","IPV4V6"),,,(0-2),(0-4)',
+        "+CGACT": "+CGACT: (0,1)", "+CCID": None,
+    },
+}
+
+
+@pytest.mark.parametrize("profile,name,line", [(p, n, line) for p, forms in TEST_FORMS.items()
+                                                for n, line in forms.items()])
+def test_declared_test_forms(profile, name, line):
+    m = Modem(load_profile(profile))
+    out = bytearray()
+    m.attach(out.extend)
+    m.feed(b"ATE0\r")
+    out.clear()
+    m.feed(f"AT{name}=?\r".encode())
+    assert bytes(out) == (f"\r\n{line}\r\n\r\nOK\r\n" if line else "\r\nOK\r\n").encode()
+    if name == "S3":
+        out.clear()
+        m.feed(b"ATS99=?\r")                   # not a register of the module
+        assert bytes(out) == b"\r\nERROR\r\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from emulator.at.args import Args
 from emulator.at.parser import EXEC, READ, TEST, WRITE
 from emulator.at.registry import command
-from emulator.at.responses import CommandError, Response, ok
+from emulator.at.responses import CommandError, ok
 from emulator.modem.settings import SREG_RANGES
 
 
@@ -95,11 +95,12 @@ def sreg_write(modem, cmd):
 
 @command("S", TEST)
 def sreg_test(modem, cmd):
+    # Not a declared test form: the answer depends on the register named (ATS3=?).
     lo, hi = SREG_RANGES[_register(cmd)]
     return ok(f"({lo}-{hi})")
 
 
-@command("+CMEE", WRITE)
+@command("+CMEE", WRITE, test="+CMEE: (0-2)")
 def cmee_write(modem, cmd):
     args = Args(cmd)
     args.at_most(1)
@@ -112,12 +113,7 @@ def cmee_read(modem, cmd):
     return ok(f"+CMEE: {modem.settings.cmee}")
 
 
-@command("+CMEE", TEST)
-def cmee_test(modem, cmd):
-    return ok("+CMEE: (0-2)")
-
-
 @command("+CMEE", EXEC)
 def cmee_exec(modem, cmd):
     modem.settings.cmee = 0
-    return Response([], "OK")
+    return ok()

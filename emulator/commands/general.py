@@ -3,7 +3,7 @@ functionality, serial settings and the clock.  Values come from the profile."""
 from __future__ import annotations
 
 from emulator.at.args import Args
-from emulator.at.parser import EXEC, READ, TEST, WRITE
+from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Cme, CommandError, ok
 
@@ -38,15 +38,10 @@ def cpin(modem, cmd):
     return ok("+CPIN: READY")
 
 
-@command("+CSQ", EXEC)
+@command("+CSQ", EXEC, test="+CSQ: (0-31,99),(0-7,99)")
 def csq(modem, cmd):
     rssi, ber = modem.profile["network.csq"] if modem.cfun == 1 else (99, 99)
     return ok(f"+CSQ: {rssi},{ber}")
-
-
-@command("+CSQ", TEST)
-def csq_test(modem, cmd):
-    return ok("+CSQ: (0-31,99),(0-7,99)")
 
 
 def _registration(name: str):
@@ -64,39 +59,29 @@ def _registration(name: str):
         modem.reg_urc[name] = args.int(0, 0, 2, default=0)
         return ok()
 
-    def test(modem, cmd):
-        return ok(f"{name}: (0-2)")
-
     command(name, READ)(read)
-    command(name, WRITE)(write)
-    command(name, TEST)(test)
+    command(name, WRITE, test=f"{name}: (0-2)")(write)
 
 
 for _name in ("+CREG", "+CGREG", "+CEREG"):
     _registration(_name)
 
 
-@command("+COPS", READ)
+def _cops_test(modem) -> str:
+    op = modem.profile["network.operator"]
+    return f'+COPS: (2,"{op}","{op}","46001",{modem.profile["network.act"]}),,(0-4),(0-2)'
+
+
+@command("+COPS", READ, test=_cops_test)
 def cops(modem, cmd):
     if modem.cfun != 1:
         return ok("+COPS: 0")
     return ok(f'+COPS: 0,0,"{modem.profile["network.operator"]}",{modem.profile["network.act"]}')
 
 
-@command("+COPS", TEST)
-def cops_test(modem, cmd):
-    op = modem.profile["network.operator"]
-    return ok(f'+COPS: (2,"{op}","{op}","46001",{modem.profile["network.act"]}),,(0-4),(0-2)')
-
-
-@command("+CFUN", READ)
+@command("+CFUN", READ, test="+CFUN: (0,1,4),(0-1)")
 def cfun_read(modem, cmd):
     return ok(f"+CFUN: {modem.cfun}")
-
-
-@command("+CFUN", TEST)
-def cfun_test(modem, cmd):
-    return ok("+CFUN: (0,1,4),(0-1)")
 
 
 @command("+CFUN", WRITE)
@@ -125,15 +110,14 @@ def _boot_urcs(modem) -> None:
         modem.urc(line)
 
 
-@command("+IPR", READ)
+def _ipr_test(modem) -> str:
+    rates = ",".join(str(r) for r in modem.profile["serial.baud_rates"])
+    return f"+IPR: (0,{rates}),(0)"
+
+
+@command("+IPR", READ, test=_ipr_test)
 def ipr_read(modem, cmd):
     return ok(f"+IPR: {modem.settings.ipr}")
-
-
-@command("+IPR", TEST)
-def ipr_test(modem, cmd):
-    rates = ",".join(str(r) for r in modem.profile["serial.baud_rates"])
-    return ok(f"+IPR: (0,{rates}),(0)")
 
 
 @command("+IPR", WRITE)
@@ -147,15 +131,10 @@ def ipr_write(modem, cmd):
     return ok()
 
 
-@command("+IFC", READ)
+@command("+IFC", READ, test="+IFC: (0,2),(0,2)")
 def ifc_read(modem, cmd):
     dce_by_dte, dte_by_dce = modem.settings.ifc
     return ok(f"+IFC: {dce_by_dte},{dte_by_dce}")
-
-
-@command("+IFC", TEST)
-def ifc_test(modem, cmd):
-    return ok("+IFC: (0,2),(0,2)")
 
 
 @command("+IFC", WRITE)
@@ -170,7 +149,7 @@ def ifc_write(modem, cmd):
     return ok()
 
 
-@command("+CCLK", READ)
+@command("+CCLK", READ)           # AT+CCLK=? answers a bare OK: the table's default
 def cclk_read(modem, cmd):
     return ok(f'+CCLK: "{modem.clock.format_local()}"')
 
@@ -181,9 +160,4 @@ def cclk_write(modem, cmd):
     args.at_most(1)
     if not modem.clock.set_local(args.str(0, quoted=True, max_len=20)):
         raise CommandError(Cme(50), "AT+CCLK wants \"yy/MM/dd,hh:mm:ss+zz\"")
-    return ok()
-
-
-@command("+CCLK", TEST)
-def cclk_test(modem, cmd):
     return ok()

@@ -3,7 +3,7 @@ and 3GPP's AT+CGDCONT / AT+CGACT in the ML302 manual's format (§3)."""
 from __future__ import annotations
 
 from emulator.at.args import Args
-from emulator.at.parser import READ, TEST, WRITE
+from emulator.at.parser import READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import CommandError, ok
 
@@ -20,12 +20,8 @@ def _range(modem) -> str:
 
 
 # -- Quectel ------------------------------------------------------------------
-@command("+QICSGP", TEST)
-def qicsgp_test(modem, cmd):
-    return ok(f"+QICSGP: {_range(modem)},(1-3),<APN>,<username>,<password>,(0-3)")
-
-
-@command("+QICSGP", WRITE)
+@command("+QICSGP", WRITE,
+         test=lambda modem: f"+QICSGP: {_range(modem)},(1-3),<APN>,<username>,<password>,(0-3)")
 def qicsgp_write(modem, cmd):
     args = Args(cmd)
     args.at_most(6)
@@ -42,12 +38,7 @@ def qicsgp_write(modem, cmd):
     return ok()
 
 
-@command("+QIACT", TEST)
-def qiact_test(modem, cmd):
-    return ok(f"+QIACT: {_range(modem)}")
-
-
-@command("+QIACT", READ)
+@command("+QIACT", READ, test=lambda modem: f"+QIACT: {_range(modem)}")
 def qiact_read(modem, cmd):
     return ok(*(f'+QIACT: {c.cid},1,{c.type},"{c.address}"' for c in modem.pdp.active()))
 
@@ -65,12 +56,7 @@ def qiact_write(modem, cmd):
     return ok()
 
 
-@command("+QIDEACT", TEST)
-def qideact_test(modem, cmd):
-    return ok(f"+QIDEACT: {_range(modem)}")
-
-
-@command("+QIDEACT", WRITE)
+@command("+QIDEACT", WRITE, test=lambda modem: f"+QIDEACT: {_range(modem)}")
 def qideact_write(modem, cmd):
     args = Args(cmd)
     args.at_most(1)
@@ -79,12 +65,8 @@ def qideact_write(modem, cmd):
 
 
 # -- 3GPP (ML302) -------------------------------------------------------------
-@command("+CGDCONT", TEST)
-def cgdcont_test(modem, cmd):
-    return ok(f'+CGDCONT: {_range(modem)},("IP","IPV6","IPV4V6"),,,(0-2),(0-4)')
-
-
-@command("+CGDCONT", READ)
+@command("+CGDCONT", READ,
+         test=lambda modem: f'+CGDCONT: {_range(modem)},("IP","IPV6","IPV4V6"),,,(0-2),(0-4)')
 def cgdcont_read(modem, cmd):
     return ok(*(f'+CGDCONT: {c.cid},"{_TYPE_NAMES[c.type]}","{c.apn}","{c.address or "0.0.0.0"}",0,0'
                 for c in modem.pdp.defined()))
@@ -105,12 +87,7 @@ def cgdcont_write(modem, cmd):
     return ok()
 
 
-@command("+CGACT", TEST)
-def cgact_test(modem, cmd):
-    return ok("+CGACT: (0,1)")
-
-
-@command("+CGACT", READ)
+@command("+CGACT", READ, test="+CGACT: (0,1)")
 def cgact_read(modem, cmd):
     return ok(*(f"+CGACT: {c.cid},{int(c.active)}" for c in modem.pdp.defined()))
 
