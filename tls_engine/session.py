@@ -2,13 +2,16 @@
 
 No sockets, threads or asyncio: the emulator feeds inbound bytes with receive(),
 sends what outgoing() returns and reacts to events(). Rules this module keeps
-(see docs/python-mbedtls-facts.md):
+(python-mbedtls 2.10.1 behaviour, see tls_engine/README.md "Driving the wrapper"):
 * the first fatal Mbed TLS error ends the session (the wrapper silently resets its
   context, which would otherwise start a new ClientHello on the next call);
 * decrypted data is drained with readinto() until WantReadError, never read();
 * the wrapper's 32 KiB ring buffers are never overfilled: input is fed in pieces
-  no larger than the free space, writes are <= 16 KiB and output is drained after
-  each one;
+  no larger than the free space (native.feed), writes are <= 16 KiB and output is
+  drained after each one (native.take_outgoing);
+* nothing below the wrapper's public API is touched here: what needs its private
+  names goes through tls_engine.native, which falls back to the public API when a
+  wheel lacks them;
 * a handshake flight is coalesced into one outgoing chunk (TLS), since flushing
   per step costs a Nagle/delayed-ACK round trip.
 """
@@ -98,14 +101,15 @@ class TlsClientSession:
         if self.state == "handshaking" and not self._sniff(data):
             return
         produced_before = self._output_pending()
+        from .native import feed
+
         view = memoryview(bytes(data))
         while view and self.state in ("handshaking", "established"):
-            free = self._buffer._input_buffer.maxlen - len(self._buffer._input_buffer)
-            if free <= 0:
+            taken = feed(self._buffer, view)
+            if taken <= 0:
                 self._fail(PROTOCOL_ERROR, "TLS input buffer full without progress")
                 return
-            self._buffer.receive_from_network(bytes(view[:free]))
-            view = view[free:]
+            view = view[taken:]
             self._process()
         self._flush_rx()
         if self.settings.dtls and self.state == "handshaking" and self._output_pending() > produced_before:
@@ -351,11 +355,11 @@ class TlsClientSession:
     def _collect_output(self) -> None:
         if self._buffer is None:
             return
-        pending = len(self._buffer._output_buffer)
-        if not pending:
+        from .native import take_outgoing
+
+        data = take_outgoing(self._buffer)
+        if not data:
             return
-        data = self._buffer.peek_outgoing(pending)
-        self._buffer.consume_outgoing(pending)
         if self.settings.dtls:
             self._datagrams.extend(pack_datagrams(data))
         else:

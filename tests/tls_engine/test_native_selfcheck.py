@@ -1,17 +1,15 @@
 """tls_engine.native on its own: the import-time self-check (passes on this wheel, and
 reports instead of crashing when an assumption is broken), misuse, the wheel-private
-helpers, and in-memory PSK handshakes (no sockets). Features against real servers are
-in test_native.py.
+helpers and their public fallbacks, and in-memory PSK handshakes (no sockets).
+Features against real servers are in test_native.py.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import mbedtls.tls as mtls
 import pytest
 
 from tls_engine import native
-from tls_engine.native import layout
+from tls_engine.native import layout, wrapper
 from tls_engine.native.selfcheck import pump_handshake
 
 TLS12 = mtls.TLSVersion.TLSv1_2
@@ -67,16 +65,72 @@ def test_wrong_objects_are_rejected():
         native.NativeSsl(mtls.ClientContext(mtls.TLSConfiguration()))
 
 
-def test_only_this_package_reaches_below_the_public_api():
-    """The boundary: no other engine module uses ctypes or the wrapper's private names."""
-    engine = Path(native.__file__).parent.parent
-    patterns = ("ctypes", "mbedtls._", "._handshake_state")
-    offenders = [f"{path.name}: {pattern}" for path in sorted(engine.glob("*.py"))
-                 for pattern in patterns if pattern in path.read_text()]
-    assert offenders == []
+# The boundary itself (nothing outside this package reaches below the public API) is
+# checked over the whole tree in test_boundary.py.
 
 
-# --- wheel-private helpers (no self-check needed) ---------------------------------------------
+# --- the wrapper's private names (wrapper.py: self-checked, public fallbacks) -----------------
+
+
+@pytest.mark.parametrize("attr", ["INPUT_BUFFER", "OUTPUT_BUFFER", "HANDSHAKE_STATE",
+                                  "SUITE_ID_FN", "SUITE_NAME_FN"])
+def test_a_missing_private_name_is_reported_and_falls_back(monkeypatch, attr):
+    monkeypatch.setattr(wrapper, attr, "_not_in_this_wheel")
+    try:
+        native._init()
+        assert not wrapper.private_names_usable()
+        assert "has no attribute '_not_in_this_wheel'" in wrapper.reason()
+        assert not native.available()  # the ctypes layer is not even tried
+        assert "wrapper's private names unusable" in native.unavailable_reason()
+        assert native.ciphersuite_name(0x002F) is None and native.ciphersuite_id("x") == 0
+    finally:
+        monkeypatch.undo()
+        native._init()
+    assert wrapper.private_names_usable() and native.available()
+
+
+def test_private_names_that_lie_are_reported(monkeypatch):
+    monkeypatch.setattr(wrapper, "INPUT_BUFFER", "_output_buffer")  # there, but the wrong ring
+    try:
+        native._init()
+        assert "input ring room" in wrapper.reason()
+    finally:
+        monkeypatch.undo()
+        native._init()
+
+
+@pytest.mark.parametrize("private", [True, False], ids=["private", "public-fallback"])
+def test_buffer_accessors_agree_with_the_ring_buffers(monkeypatch, private):
+    """feed / take_outgoing / handshake_over do the same job with or without the
+    private names: every byte moved, nothing overfilled, HANDSHAKE_OVER seen at the
+    same step."""
+    if not private:
+        monkeypatch.setattr(wrapper, "_usable", False)
+    client, server = psk_buffers()
+    assert native.take_outgoing(client) == b"" and native.feed(server, b"") == 0
+    for _ in range(50):
+        for me, peer in ((client, server), (server, client)):
+            try:
+                me.do_handshake()
+            except (mtls.WantReadError, mtls.WantWriteError):
+                pass
+            except ValueError:  # already over
+                pass
+            assert native.handshake_over(me) is wrapper.handshake_over_private(me)
+            data = native.take_outgoing(me)
+            assert len(me._output_buffer) == 0
+            assert native.feed(peer, data) == len(data)
+        if wrapper.handshake_over_private(client) and wrapper.handshake_over_private(server):
+            break
+    assert native.handshake_over(client) and native.handshake_over(server)
+    big = bytes(40000)
+    taken = native.feed(client, big)
+    assert 0 < taken <= 32768 and len(client._input_buffer) == taken
+    rest = native.feed(client, big[taken:])
+    assert taken + rest <= 32768
+    while native.feed(client, big):
+        pass
+    assert len(client._input_buffer) == client._input_buffer.maxlen  # filled, never overfilled
 
 
 def test_suite_id_name_registry():
@@ -104,14 +158,18 @@ def test_set_ciphersuites_rejects_unknown_or_empty():
 # --- in-memory handshakes ------------------------------------------------------------------
 
 
-def psk_pair(client_setup=None):
+def psk_buffers(client_setup=None):
     """Client/server buffers for an in-memory TLS 1.2 PSK handshake."""
     common = dict(highest_supported_version=TLS12, ciphers=("TLS-PSK-WITH-AES-128-GCM-SHA256",))
     cctx = mtls.ClientContext(mtls.TLSConfiguration(pre_shared_key=("id", b"k" * 16), **common))
     sctx = mtls.ServerContext(mtls.TLSConfiguration(pre_shared_key_store={"id": b"k" * 16}, **common))
     if client_setup:
         client_setup(native.NativeConf(cctx))
-    client, server = cctx.wrap_buffers(None), sctx.wrap_buffers()
+    return cctx.wrap_buffers(None), sctx.wrap_buffers()
+
+
+def psk_pair(client_setup=None):
+    client, server = psk_buffers(client_setup)
     return client, lambda: pump_handshake(mtls, client, server)
 
 

@@ -1,9 +1,10 @@
 """tls_engine.native — the ONE place that depends on this exact python-mbedtls wheel.
 
 Everything below the wrapper's public API lives in this package and nowhere else in
-tls_engine/: ctypes into the Mbed TLS library bundled in the python-mbedtls 2.10.1 wheel,
-the Cython objects' memory layout, and the wrapper's private names. The rest of the
-engine imports ``tls_engine.native`` and uses only what this file exports.
+tls_engine/ (tests/tls_engine/test_boundary.py checks it, over emulator/ too): ctypes
+into the Mbed TLS library bundled in the python-mbedtls 2.10.1 wheel, the Cython
+objects' memory layout, and the wrapper's private names. The rest of the engine
+imports ``tls_engine.native`` and uses only what this file exports.
 
 Why it exists
     python-mbedtls has no public API for things the emulated modems do: TLS session
@@ -25,18 +26,23 @@ What it touches
       object (object + 24), passed to ``mbedtls_ssl_get_session``/``set_session``/
       ``get_verify_result``.
     * ``mbedtls_ssl_session`` structs this package allocates and frees itself.
-    * Private Python names of the wrapper: ``mbedtls._tls._get_ciphersuite_id/_name``
-      (suite id <-> name) and ``TLSWrappedBuffer._handshake_state``. These need no
-      self-check and work even when ``available()`` is False.
+    * Private Python names of the wrapper (wrapper.py): ``TLSWrappedBuffer.
+      _input_buffer`` / ``_output_buffer`` / ``_handshake_state`` and
+      ``mbedtls._tls._get_ciphersuite_id/_name``, behind feed / take_outgoing /
+      handshake_over / ciphersuite_id / ciphersuite_name. The engine needs these on
+      every connection, so each uses the private name only once the self-check proved
+      it and otherwise falls back to the public API (never raises for a missing name).
     The library is opened with RTLD_NOLOAD, i.e. it is the very copy python-mbedtls
     loaded (a second copy would have its own globals).
 
 Self-check (once, when the package is first imported; a few ms)
-    Version pins, symbols, the Cython types' sizes, where the structs sit, that each
-    setter flips the byte expected, and an in-memory PSK handshake proving the key-export
-    callback and the session layout — details in selfcheck.py and layout.py. Only
-    memory inside objects of known size is read before a check passes; nothing is
-    written to an address before it was confirmed. The engine imports this package
+    First the wrapper's private names (selfcheck.wrapper_check, an in-memory PSK
+    handshake; on failure wrapper.py uses its fallbacks and the ctypes layer is not
+    tried). Then version pins, symbols, the Cython types' sizes, where the structs sit,
+    that each setter flips the byte expected, and an in-memory PSK handshake proving
+    the key-export callback and the session layout — details in selfcheck.py and
+    layout.py. Only memory inside objects of known size is read before a check
+    passes; nothing is written to an address before it was confirmed. The engine imports this package
     lazily (inside functions), so ``import tls_engine`` does not run the check.
 
 Resumption detection
@@ -46,9 +52,10 @@ Resumption detection
     is read.
 
 Files
-    __init__.py (this public surface and the self-check's driver), handles.py
-    (NativeConf / NativeSsl / NativeSession over ctypes), layout.py (offsets, library
-    loading, structural checks), selfcheck.py (the functional check and the in-memory
+    __init__.py (this public surface and the self-check's driver), wrapper.py (the
+    wrapper's private names and their public fallbacks), handles.py (NativeConf /
+    NativeSsl / NativeSession over ctypes), layout.py (offsets, library loading,
+    structural checks), selfcheck.py (the functional checks and the in-memory
     handshake pump).
 
 When it fails
@@ -56,7 +63,8 @@ When it fails
     what was found; constructing NativeConf/NativeSsl/NativeSession then raises
     NativeUnavailable. Nothing here raises at import. Callers check ``available()`` and
     degrade: the engine keeps working without resumption, key log, RC4/3DES and
-    renegotiation (see config.py, resumption.py and the README).
+    renegotiation (see config.py, resumption.py and the README); feed / take_outgoing /
+    handshake_over keep working through their public fallbacks.
 """
 from __future__ import annotations
 
@@ -64,6 +72,8 @@ from . import layout
 from .handles import (EMPTY_RENEGOTIATION_INFO_SCSV, RC4_SUITES, NativeConf, NativeError,
                       NativeSession, NativeSsl, NativeUnavailable, keylog_line)
 from . import handles as _handles
+from . import wrapper as _wrapper
+from .wrapper import ciphersuite_id, ciphersuite_name, feed, handshake_over, take_outgoing
 
 __all__ = [
     "available",
@@ -79,6 +89,8 @@ __all__ = [
     "ciphersuite_name",
     "ciphersuite_id",
     "handshake_over",
+    "feed",
+    "take_outgoing",
     "psk_identity",
 ]
 
@@ -91,24 +103,6 @@ def available() -> bool:
 def unavailable_reason() -> str:
     """Empty when available(); otherwise the failed check and what was found."""
     return _handles.reason()
-
-
-# --- private names of the wrapper (no self-check needed) ---------------------------------
-
-
-def ciphersuite_name(suite_id: int) -> str | None:
-    """Mbed TLS name of a suite id known to this build ("TLS-RSA-WITH-..."), else None."""
-    import mbedtls._tls
-
-    name = mbedtls._tls._get_ciphersuite_name(suite_id)
-    return None if name == "unknown" else name
-
-
-def ciphersuite_id(mbedtls_name: str) -> int:
-    """Suite id for an Mbed TLS suite name (0 when this build does not know it)."""
-    import mbedtls._tls
-
-    return int(mbedtls._tls._get_ciphersuite_id(mbedtls_name))
 
 
 class _RawPskIdentity(str):
@@ -132,20 +126,27 @@ def psk_identity(raw: bytes) -> str:
     return text
 
 
-def handshake_over(buffer) -> bool:
-    """True once a TLSWrappedBuffer's handshake is complete (HANDSHAKE_OVER)."""
-    from mbedtls.tls import HandshakeStep
-
-    return buffer._handshake_state is HandshakeStep.HANDSHAKE_OVER
-
-
 # --- the self-check ------------------------------------------------------------------------
 
 
 def _init() -> None:
-    """Run (or re-run) the self-check; binds the library into handles.py on success."""
+    """Run (or re-run) the self-check. First the wrapper's private Python names
+    (wrapper.py: used on success, public fallbacks otherwise), then the ctypes layer,
+    which also needs them; binds the library into handles.py on success."""
     _handles.unbind("self-check not run")
+    _wrapper.unbind("self-check not run")
     try:
+        import mbedtls.tls as tls
+
+        from .selfcheck import wrapper_check
+
+        wrapper_check(tls)
+        _wrapper.bind()
+    except Exception as exc:  # noqa: BLE001 - any failure means "use the fallbacks", with why
+        _wrapper.unbind(f"wrapper's private names unusable: {type(exc).__name__}: {exc}")
+    try:
+        if not _wrapper.private_names_usable():
+            raise layout.LayoutError(_wrapper.reason())
         from importlib.metadata import version
 
         got = version("python-mbedtls")
