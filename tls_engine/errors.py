@@ -11,11 +11,6 @@ VERIFY_FAILED = "verify_failed"
 HANDSHAKE_FAILED = "handshake_failed"
 PROTOCOL_ERROR = "protocol_error"
 
-FAILURE_KINDS = frozenset(
-    {UNSUPPORTED_VERSION, UNSUPPORTED_CIPHER, BAD_CONFIG, VERIFY_FAILED,
-     HANDSHAKE_FAILED, PROTOCOL_ERROR}
-)
-
 
 @dataclass
 class HandshakeComplete:
