@@ -1,5 +1,13 @@
-"""+CME ERROR texts for AT+CMEE=2 (3GPP TS 27.007 §9.2 and Quectel's file
-errors).  A profile may add or override texts in its [cme_text] table."""
+"""+CME ERROR codes and their texts (AT+CMEE=2): the one table of them.
+
+3GPP TS 27.007 §9.2 for the general codes; Quectel's FILE error table (400-426)
+for the file commands and the storage under them (emulator.storage.vfs.FileError
+carries these numbers).  The FILE table is Quectel's as Quectel's own host
+driver decodes it (GitHub quectel-develop/user-friendly-project,
+quectel/modules/bg95/bg95_filesystem.c, at_file_errcode_parse); the manual's PDF
+table itself could not be consulted.  There is no 404 and no 408.
+A profile may add or override texts in its [cme_text] table.
+"""
 from __future__ import annotations
 
 CME_TEXT = {

@@ -35,13 +35,17 @@ header itself is unreadable). A missing or corrupt key makes every existing
 slot good=0 and load() None; the next write() then creates a fresh key, so the
 host recovers the way it would on the real module: delete, then write again.
 With state_dir=None the same encrypted blobs are kept in memory (tests).
+
+Refusals are SecStoreError subclasses; each carries `cme`, the +CME ERROR code
+the AT layer answers when a handler lets it through (3GPP TS 27.007 numbers;
+commands/secstore.py says why each).  Every call comes from the modem's event
+loop thread, so the store holds no lock.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import threading
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -90,19 +94,23 @@ _KEY_NAME = "device.key"
 
 
 class SecStoreError(Exception):
-    """Base class of the cert store's refusals."""
+    """Base class of the cert store's refusals; as such, a host storage failure."""
+    cme = 23          # memory failure
 
 
 class SlotOccupied(SecStoreError):
     """write() to a filled slot: the manual requires AT+QSECDEL first."""
+    cme = 3           # operation not allowed
 
 
 class SlotEmpty(SecStoreError):
     """status()/delete() of a slot that holds nothing."""
+    cme = 22          # not found
 
 
 class InvalidSlot(SecStoreError, ValueError):
     """A <crtflag> outside 0-2."""
+    cme = 50          # incorrect parameters
 
 
 def slot_for_path(path: str) -> int | None:
@@ -177,7 +185,6 @@ class SecStore:
             self._blobs = _MemoryBlobs()
         else:
             self._blobs = _DirectoryBlobs(Path(state_dir) / "secstore")
-        self._lock = threading.RLock()
 
     # -- key -----------------------------------------------------------------
 
@@ -223,25 +230,23 @@ class SecStore:
 
     def is_filled(self, slot: int) -> bool:
         self._check_slot(slot)
-        with self._lock:
-            return self._read_blob(slot) is not None
+        return self._read_blob(slot) is not None
 
     def write(self, slot: int, data: bytes) -> tuple[int, int]:
         """Encrypt and store ``data``; return (size, checksum) for +QSECWRITE."""
         self._check_slot(slot)
         plaintext = bytes(data)
         checksum = xor16(plaintext)
-        with self._lock:
-            if self._read_blob(slot) is not None:
-                raise SlotOccupied(f"slot {slot} is filled; delete it first")
-            try:
-                key = self._key_for_writing()
-                nonce = os.urandom(12)
-                header = _HEADER.pack(_MAGIC, _VERSION, slot, checksum, len(plaintext), nonce)
-                ciphertext = AESGCM(key).encrypt(nonce, plaintext, header)
-                self._blobs.put(_slot_file(slot), header + ciphertext)
-            except OSError as exc:
-                raise SecStoreError(f"cannot store slot {slot}: {exc}") from exc
+        if self._read_blob(slot) is not None:
+            raise SlotOccupied(f"slot {slot} is filled; delete it first")
+        try:
+            key = self._key_for_writing()
+            nonce = os.urandom(12)
+            header = _HEADER.pack(_MAGIC, _VERSION, slot, checksum, len(plaintext), nonce)
+            ciphertext = AESGCM(key).encrypt(nonce, plaintext, header)
+            self._blobs.put(_slot_file(slot), header + ciphertext)
+        except OSError as exc:
+            raise SecStoreError(f"cannot store slot {slot}: {exc}") from exc
         return len(plaintext), checksum
 
     def _decrypt(self, slot: int, blob: bytes) -> tuple[bytes | None, int]:
@@ -274,11 +279,10 @@ class SecStore:
         checksum is reported with good=0.
         """
         self._check_slot(slot)
-        with self._lock:
-            blob = self._read_blob(slot)
-            if blob is None:
-                raise SlotEmpty(f"slot {slot} is empty")
-            plaintext, stored = self._decrypt(slot, blob)
+        blob = self._read_blob(slot)
+        if blob is None:
+            raise SlotEmpty(f"slot {slot} is empty")
+        plaintext, stored = self._decrypt(slot, blob)
         if plaintext is None:
             return 0, stored
         recomputed = xor16(plaintext)
@@ -291,11 +295,10 @@ class SecStore:
         certificates back.
         """
         self._check_slot(slot)
-        with self._lock:
-            blob = self._read_blob(slot)
-            if blob is None:
-                return None
-            plaintext, stored = self._decrypt(slot, blob)
+        blob = self._read_blob(slot)
+        if blob is None:
+            return None
+        plaintext, stored = self._decrypt(slot, blob)
         if plaintext is None or xor16(plaintext) != stored:
             return None
         return plaintext
@@ -303,10 +306,9 @@ class SecStore:
     def delete(self, slot: int) -> None:
         """Empty the slot (AT+QSECDEL); SlotEmpty if it holds nothing."""
         self._check_slot(slot)
-        with self._lock:
-            try:
-                deleted = self._blobs.delete(_slot_file(slot))
-            except OSError as exc:
-                raise SecStoreError(f"cannot delete slot {slot}: {exc}") from exc
-            if not deleted:
-                raise SlotEmpty(f"slot {slot} is empty")
+        try:
+            deleted = self._blobs.delete(_slot_file(slot))
+        except OSError as exc:
+            raise SecStoreError(f"cannot delete slot {slot}: {exc}") from exc
+        if not deleted:
+            raise SlotEmpty(f"slot {slot} is empty")

@@ -13,14 +13,14 @@ UFS survives a restart (files under <state_dir>/ufs/, written atomically);
 RAM is lost on restart and on clear_ram() (the AT layer calls it on AT+CFUN
 reset). With state_dir=None the UFS drive is kept in memory too (tests).
 One FileStore owns a state_dir: it indexes the UFS directory once at start.
+Every call comes from the modem's event loop thread, so the store holds no lock.
 
-Errors are FileError with .code, the number the modem answers as
-"+CME ERROR: <code>", and .text, its meaning. The table is Quectel's FILE
-error table as Quectel's own host driver decodes it (GitHub
-quectel-develop/user-friendly-project, quectel/modules/bg95/bg95_filesystem.c,
-at_file_errcode_parse); the manual's PDF table itself could not be consulted.
-Note there is no 404 and no 408: "file not found" is 405, "invalid file name"
-406, "file already existed" 407. Which code each failure gets here:
+Errors are FileError with .code (also .cme), the number the modem answers as
+"+CME ERROR: <code>" -- a handler lets it through and the AT interpreter answers
+it -- and .text, its meaning from Quectel's FILE error table in
+emulator/at/cme.py. Note there is no 404 and no 408: "file not found" is 405,
+"invalid file name" 406, "file already existed" 407. Which code each failure
+gets here:
 
     malformed or unsafe name, unknown drive   406 Invalid file name
     no such file                              405 File not found
@@ -34,44 +34,18 @@ from __future__ import annotations
 import errno
 import os
 import re
-import threading
 from pathlib import Path
 
+from emulator.at.cme import cme_text
 from emulator.storage.atomic_file import atomic_write, fsync_directory, remove_stale_temp_files
 
 __all__ = [
-    "FILE_ERROR_TEXT",
     "FileError",
     "FileStore",
     "DRIVE_UFS",
     "DRIVE_RAM",
     "DRIVES",
 ]
-
-# Quectel FILE error codes (+CME ERROR: <err>) and their manual wording.
-FILE_ERROR_TEXT: dict[int, str] = {
-    400: "Invalid input value",
-    401: "Larger than the size of the file",
-    402: "Read zero byte",
-    403: "Drive full",
-    405: "File not found",
-    406: "Invalid file name",
-    407: "File already existed",
-    409: "Fail to write the file",
-    410: "Fail to open the file",
-    411: "Fail to read the file",
-    413: "Reach the max number of file allowed to be opened",
-    414: "The file read-only",
-    416: "Invalid file descriptor",
-    417: "Fail to list the file",
-    418: "Fail to delete the file",
-    419: "Fail to get disk info",
-    420: "No space",
-    421: "Time out",
-    423: "File too large",
-    425: "Invalid parameter",
-    426: "File already opened",
-}
 
 ERR_DRIVE_FULL = 403
 ERR_NOT_FOUND = 405
@@ -91,10 +65,15 @@ class FileError(Exception):
 
     def __init__(self, code: int, detail: str = "") -> None:
         self.code = code
-        self.text = FILE_ERROR_TEXT[code]
+        self.text = cme_text(code)
         self.detail = detail
         message = f"{code} {self.text}"
         super().__init__(f"{message}: {detail}" if detail else message)
+
+    @property
+    def cme(self) -> int:
+        """The +CME ERROR code the AT layer answers (emulator.at.responses.cme_code)."""
+        return self.code
 
 
 def _check_basename(basename: str, max_len: int, allow_wildcards: bool) -> None:
@@ -225,8 +204,6 @@ class FileStore:
             DRIVE_UFS: ufs,
             DRIVE_RAM: _MemoryDrive(),
         }
-        # The AT layer and the TLS engine may call in from different threads.
-        self._lock = threading.RLock()
 
     # -- names ---------------------------------------------------------------
 
@@ -266,61 +243,55 @@ class FileStore:
         Lets AT+QFUPL refuse before it answers CONNECT and takes the data.
         """
         drive, basename = self.parse_name(name)
-        with self._lock:
-            sizes = self._drives[drive].sizes()
-            old_size = sizes.get(basename)
-            if old_size is not None and not overwrite:
-                raise FileError(ERR_ALREADY_EXISTS, name)
-            if old_size is None and len(sizes) >= self._max_files:
-                raise FileError(ERR_DRIVE_FULL, f"{drive} holds {self._max_files} files")
-            # The old file's space is reusable because it is being replaced.
-            free = self._capacity[drive] - sum(sizes.values()) + (old_size or 0)
-            if size > free:
-                raise FileError(ERR_DRIVE_FULL, f"{size} bytes, {free} free on {drive}")
+        sizes = self._drives[drive].sizes()
+        old_size = sizes.get(basename)
+        if old_size is not None and not overwrite:
+            raise FileError(ERR_ALREADY_EXISTS, name)
+        if old_size is None and len(sizes) >= self._max_files:
+            raise FileError(ERR_DRIVE_FULL, f"{drive} holds {self._max_files} files")
+        # The old file's space is reusable because it is being replaced.
+        free = self._capacity[drive] - sum(sizes.values()) + (old_size or 0)
+        if size > free:
+            raise FileError(ERR_DRIVE_FULL, f"{size} bytes, {free} free on {drive}")
 
     def write(self, name: str, data: bytes, overwrite: bool = True) -> None:
         """Store ``data`` as ``name``, replacing an existing file by default."""
         payload = bytes(data)
         drive, basename = self.parse_name(name)
-        with self._lock:
-            self.check_writable(name, len(payload), overwrite)
-            try:
-                self._drives[drive].write(basename, payload)
-            except OSError as exc:
-                raise FileError(ERR_WRITE_FAILED, f"{name}: {exc.strerror}") from exc
+        self.check_writable(name, len(payload), overwrite)
+        try:
+            self._drives[drive].write(basename, payload)
+        except OSError as exc:
+            raise FileError(ERR_WRITE_FAILED, f"{name}: {exc.strerror}") from exc
 
     def read(self, name: str) -> bytes:
         drive, basename = self.parse_name(name)
-        with self._lock:
-            if basename not in self._drives[drive].sizes():
-                raise FileError(ERR_NOT_FOUND, name)
-            try:
-                return self._drives[drive].read(basename)
-            except (KeyError, FileNotFoundError) as exc:
-                raise FileError(ERR_NOT_FOUND, name) from exc
-            except OSError as exc:
-                code = ERR_NOT_FOUND if exc.errno == errno.ELOOP else ERR_READ_FAILED
-                raise FileError(code, f"{name}: {exc.strerror}") from exc
+        if basename not in self._drives[drive].sizes():
+            raise FileError(ERR_NOT_FOUND, name)
+        try:
+            return self._drives[drive].read(basename)
+        except (KeyError, FileNotFoundError) as exc:
+            raise FileError(ERR_NOT_FOUND, name) from exc
+        except OSError as exc:
+            code = ERR_NOT_FOUND if exc.errno == errno.ELOOP else ERR_READ_FAILED
+            raise FileError(code, f"{name}: {exc.strerror}") from exc
 
     def exists(self, name: str) -> bool:
         drive, basename = self.parse_name(name)
-        with self._lock:
-            return basename in self._drives[drive].sizes()
+        return basename in self._drives[drive].sizes()
 
     def size(self, name: str) -> int:
         drive, basename = self.parse_name(name)
-        with self._lock:
-            try:
-                return self._drives[drive].sizes()[basename]
-            except KeyError:
-                raise FileError(ERR_NOT_FOUND, name) from None
+        try:
+            return self._drives[drive].sizes()[basename]
+        except KeyError:
+            raise FileError(ERR_NOT_FOUND, name) from None
 
     def delete(self, name: str) -> None:
         drive, basename = self.parse_name(name)
-        with self._lock:
-            if basename not in self._drives[drive].sizes():
-                raise FileError(ERR_NOT_FOUND, name)
-            self._delete(drive, basename)
+        if basename not in self._drives[drive].sizes():
+            raise FileError(ERR_NOT_FOUND, name)
+        self._delete(drive, basename)
 
     def _delete(self, drive: str, basename: str) -> None:
         try:
@@ -342,25 +313,22 @@ class FileStore:
     def delete_matching(self, pattern: str) -> int:
         """Delete every file the pattern selects ("*" = all UFS, "RAM:*" = all
         RAM); return how many. Zero matches is not an error here."""
-        with self._lock:
-            drive, basenames = self._matching(pattern)
-            for basename in basenames:
-                self._delete(drive, basename)
-            return len(basenames)
+        drive, basenames = self._matching(pattern)
+        for basename in basenames:
+            self._delete(drive, basename)
+        return len(basenames)
 
     def space(self, drive: str) -> tuple[int, int]:
         """(free_bytes, total_bytes) of "UFS" or "RAM" (a trailing ":" is fine)."""
         key = self._drive_key(drive)
-        with self._lock:
-            total = self._capacity[key]
-            return total - self._used(key), total
+        total = self._capacity[key]
+        return total - self._used(key), total
 
     def usage(self, drive: str) -> tuple[int, int]:
         """(bytes used by files, number of files): the AT+QFLDS execution form."""
         key = self._drive_key(drive)
-        with self._lock:
-            sizes = self._drives[key].sizes()
-            return sum(sizes.values()), len(sizes)
+        sizes = self._drives[key].sizes()
+        return sum(sizes.values()), len(sizes)
 
     @staticmethod
     def _drive_key(drive: str) -> str:
@@ -371,15 +339,13 @@ class FileStore:
 
     def clear_ram(self) -> None:
         """Forget every RAM file, as a module reset (AT+CFUN) does."""
-        with self._lock:
-            ram = self._drives[DRIVE_RAM]
-            assert isinstance(ram, _MemoryDrive)
-            ram.clear()
+        ram = self._drives[DRIVE_RAM]
+        assert isinstance(ram, _MemoryDrive)
+        ram.clear()
 
     # Defined last so the builtin "list" stays usable in the class body above.
     def list(self, pattern: str | None = None) -> list[tuple[str, int]]:
         """[(name as QFLST prints it, size)], sorted; None lists all of UFS."""
-        with self._lock:
-            drive, basenames = self._matching(pattern)
-            sizes = self._drives[drive].sizes()
-            return [(self.display_name(drive, b), sizes[b]) for b in basenames]
+        drive, basenames = self._matching(pattern)
+        sizes = self._drives[drive].sizes()
+        return [(self.display_name(drive, b), sizes[b]) for b in basenames]

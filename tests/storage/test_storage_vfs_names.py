@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from emulator.storage.vfs import FILE_ERROR_TEXT, FileError, FileStore
+from emulator.at.cme import CME_TEXT
+from emulator.storage.vfs import FileError, FileStore
 
 UFS_CAP = 10_000
 RAM_CAP = 2_000
@@ -23,15 +24,17 @@ def all_files_under(root: Path) -> set[Path]:
 
 
 def test_error_table_has_quectel_numbers():
-    assert FILE_ERROR_TEXT[405] == "File not found"
-    assert FILE_ERROR_TEXT[407] == "File already existed"
-    assert FILE_ERROR_TEXT[403] == "Drive full"
-    assert 404 not in FILE_ERROR_TEXT and 408 not in FILE_ERROR_TEXT
+    # One table of +CME texts (emulator/at/cme.py) holds Quectel's FILE errors too.
+    assert CME_TEXT[405] == "file not found"
+    assert CME_TEXT[407] == "file already existed"
+    assert CME_TEXT[403] == "drive full"
+    assert 404 not in CME_TEXT and 408 not in CME_TEXT
 
 
 def test_file_error_carries_code_and_text():
     err = FileError(405, "x.pem")
-    assert (err.code, err.text, err.detail) == (405, "File not found", "x.pem")
+    assert (err.code, err.text, err.detail) == (405, "file not found", "x.pem")
+    assert err.cme == 405                  # what the AT layer answers: +CME ERROR: 405
     assert "405" in str(err)
 
 
