@@ -21,19 +21,19 @@ from typing import Any, Awaitable, Callable
 
 
 class TimerHandle:
-    __slots__ = ("when", "callback", "args", "cancelled", "_real")
+    __slots__ = ("when", "callback", "args", "cancelled", "loop_handle")
 
     def __init__(self, when: float, callback: Callable, args: tuple) -> None:
         self.when = when
         self.callback = callback
         self.args = args
         self.cancelled = False
-        self._real: asyncio.TimerHandle | None = None
+        self.loop_handle: asyncio.TimerHandle | None = None
 
     def cancel(self) -> None:
         self.cancelled = True
-        if self._real is not None:
-            self._real.cancel()
+        if self.loop_handle is not None:
+            self.loop_handle.cancel()
 
 
 class Timers:
@@ -55,7 +55,7 @@ class Timers:
         if self.manual:
             heapq.heappush(self._heap, (handle.when, next(self._seq), handle))
         else:
-            handle._real = self.loop.call_later(max(0.0, delay), self._fire, handle)
+            handle.loop_handle = self.loop.call_later(max(0.0, delay), self._fire, handle)
         return handle
 
     @staticmethod
