@@ -250,11 +250,11 @@ class _TlsServiceProtocol(asyncio.Protocol):
         self._app = self._make_app()
         self._handshaken = False
         self._timer = asyncio.get_running_loop().call_later(_HANDSHAKE_TIMEOUT, transport.abort)
-        self._peer._connections.add(self)
+        self._peer.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._timer.cancel()
-        self._peer._connections.discard(self)
+        self._peer.connections.discard(self)
 
     def eof_received(self) -> bool:
         return False   # TCP FIN without close_notify: just close our side too
@@ -320,17 +320,17 @@ class DemoPeer:
     client_key_pem: bytes
     routes: dict[str, tuple[str, int]]
     server_cert_pem: bytes = b""
-    _servers: list = field(default_factory=list, repr=False)
-    _connections: set = field(default_factory=set, repr=False)
+    servers: list = field(default_factory=list, repr=False)       # listening asyncio servers
+    connections: set = field(default_factory=set, repr=False)     # open TLS connections
 
     async def close(self) -> None:
-        for server in self._servers:
+        for server in self.servers:
             server.close()
-        for connection in list(self._connections):
+        for connection in list(self.connections):
             connection.transport.abort()
-        for server in self._servers:
+        for server in self.servers:
             await server.wait_closed()
-        self._servers.clear()
+        self.servers.clear()
         await asyncio.sleep(0)   # let the aborted transports deliver connection_lost
 
 
@@ -349,7 +349,7 @@ async def start_demo_peer(bind: str = "127.0.0.1") -> DemoPeer:
             server = await loop.create_server(
                 lambda make_app=make_app, name=name:
                     _TlsServiceProtocol(peer, context, make_app, name), bind, 0)
-            peer._servers.append(server)
+            peer.servers.append(server)
             port = server.sockets[0].getsockname()[1]
             for route in routes:
                 peer.routes[route] = (bind, port)
