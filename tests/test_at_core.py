@@ -88,6 +88,7 @@ class TestParser:
 def modem():
     out = bytearray()
     m = Modem(load_profile("ec2x"))
+    m.interpreter.strict = True          # an illegal mode transition raises here
     m.attach(out.extend)
     m.out = out
 
@@ -205,3 +206,230 @@ def test_declared_test_forms(profile, name, line):
         out.clear()
         m.feed(b"ATS99=?\r")                   # not a register of the module
         assert bytes(out) == b"\r\nERROR\r\n"
+
+
+# -- the port's mode (emulator/at/mode.py) and its "port_idle" event ------------------
+from emulator.at import framing                                      # noqa: E402
+from emulator.at.mode import TRANSITIONS, Event, IllegalTransition, Mode, next_mode  # noqa: E402
+from emulator.at.registry import TABLE, Entry                        # noqa: E402
+from emulator.at.responses import (CONNECT, Cme, DataRequest, Prompt, Raw,  # noqa: E402
+                                   Response, Text, ok)
+from emulator.modem.settings import Settings                         # noqa: E402
+from emulator.storage.checksum import xor16                          # noqa: E402
+from emulator.storage.secstore import SecStoreError                  # noqa: E402
+from emulator.storage.vfs import FileError                           # noqa: E402
+
+
+def idle_events(modem) -> list[bytes]:
+    """Each "port_idle" the modem emits, as the output written before it."""
+    seen: list[bytes] = []
+    modem.on("port_idle", lambda: seen.append(bytes(modem.out)))
+    return seen
+
+
+def handler_for(monkeypatch, name: str, kind: str, func) -> None:
+    """Answer `name` (a command both profiles have) with `func` for this test."""
+    lookup = TABLE.lookup
+
+    def patched(n, k, variant):
+        return Entry(n, k, variant, func) if (n, k) == (name, kind) else lookup(n, k, variant)
+    monkeypatch.setattr(TABLE, "lookup", patched)
+
+
+class TestModes:
+    def test_the_table(self):
+        assert set(TRANSITIONS) == set(Mode)
+        for mode in Mode:                     # the host may close the port in any mode
+            assert Event.HANGUP in TRANSITIONS[mode]
+        assert next_mode(Mode.COMMAND, Event.PROMPT) is Mode.DATA
+        assert next_mode(Mode.DATA, Event.DONE) is Mode.COMMAND
+        assert next_mode(Mode.PENDING, Event.HANGUP) is Mode.PENDING   # the answer still comes
+        reach_online = [(m, e) for m, t in TRANSITIONS.items() for e, n in t.items() if n is Mode.ONLINE]
+        assert reach_online == [(Mode.COMMAND, Event.ONLINE)]
+        with pytest.raises(IllegalTransition):
+            next_mode(Mode.COMMAND, Event.DONE)
+        with pytest.raises(IllegalTransition):
+            next_mode(Mode.DATA, Event.PROMPT)          # a chained prompt goes through COMMAND
+
+    def test_port_idle_once_per_return_to_idle_not_per_byte(self, modem):
+        seen = idle_events(modem)
+        modem.run(b"ATE0\r")
+        assert seen == [b"ATE0\r\r\nOK\r\n"]              # after the answer is out
+        for b in b"AT+CSQ":
+            modem.run(bytes([b]))
+        assert len(seen) == 1                             # half a line: still idle
+        modem.run(b"\r")
+        assert seen[-1] == b"\r\n+CSQ: 24,99\r\n\r\nOK\r\n" and len(seen) == 2
+        modem.run(b"AT+NOPE\r")                           # no handler ran: never left idle
+        assert len(seen) == 2
+        modem.run(b"AT+CSQ;+CSQ;+CGMM\r")                 # one line, one return
+        assert len(seen) == 3
+
+    def test_data_prompt_then_idle_with_queued_urcs_first(self, modem):
+        seen = idle_events(modem)
+        modem.run(b"ATE0\r")
+        assert modem.run(b'AT+QFUPL="RAM:a",3\r') == b"\r\nCONNECT\r\n"
+        assert modem.interpreter.mode is Mode.DATA and not modem.interpreter.idle
+        modem.urc("+URC: 1")                              # waits for the data phase to end
+        assert modem.run(b"ab") == b"" and len(seen) == 1
+        assert modem.run(b"c") == (f"\r\n+QFUPL: 3,{xor16(b'abc'):04x}\r\n\r\nOK\r\n"
+                                   "\r\n+URC: 1\r\n").encode()
+        assert modem.interpreter.mode is Mode.COMMAND and len(seen) == 2
+        assert seen[-1].endswith(b"\r\n+URC: 1\r\n")      # the queue is written, then the event
+        modem.urc("+URC: 2")                              # idle: at once
+        assert modem.out.endswith(b"\r\n+URC: 2\r\n")
+
+    def test_hangup_in_a_data_prompt_is_idle_again(self, modem):
+        seen = idle_events(modem)
+        modem.run(b"ATE0\r")
+        modem.run(b'AT+QFUPL="RAM:h",10\r')
+        modem.run(b"abc")
+        modem.interpreter.hangup()
+        assert modem.interpreter.mode is Mode.COMMAND and len(seen) == 2
+        assert modem.run(b"AT+QFLST=\"RAM:*\"\r") == b"\r\nOK\r\n"   # nothing stored
+
+    def test_pending_answer(self, modem, monkeypatch):
+        spawned = []
+        monkeypatch.setattr(modem, "spawn", lambda awaitable, done: spawned.append((awaitable, done)))
+
+        async def later():
+            return ok("+CSQ: later")
+        handler_for(monkeypatch, "+CSQ", "exec", lambda m, cmd: Response([], None, pending=later()))
+        seen = idle_events(modem)
+        modem.run(b"ATE0\r")
+        assert modem.run(b"AT+CSQ;+CGMM\r") == b""
+        assert modem.interpreter.mode is Mode.PENDING
+        modem.urc("+URC: queued")
+        assert modem.run(b"AT+CGMI\r") == b""             # input waits in the inbox
+        awaitable, done = spawned.pop()
+        awaitable.close()
+        done(lambda: ok("+CSQ: later"))
+        assert modem.out == (b"\r\n+CSQ: later\r\n\r\nEC25\r\n\r\nOK\r\n\r\n+URC: queued\r\n"
+                             b"\r\nQuectel\r\n\r\nOK\r\n")
+        assert modem.interpreter.mode is Mode.COMMAND
+        assert len(seen) == 3           # ATE0, the pending line, then AT+CGMI from the inbox
+
+    def test_illegal_transition_raises_when_strict_and_recovers_otherwise(self, modem, monkeypatch, caplog):
+        interp = modem.interpreter
+        modem.run(b"ATE0\r")
+        modem.run(b'AT+QFUPL="RAM:x",10\r')
+        monkeypatch.setattr(interp, "_feed_collector", lambda: interp._enter(Event.ESCAPE))
+        with pytest.raises(IllegalTransition):
+            modem.run(b"a")
+        interp.strict = False
+        seen = idle_events(modem)
+        modem.run(b"a")                                  # logged, back to command mode
+        assert "interpreter bug" in caplog.text
+        assert interp.mode is Mode.COMMAND and seen
+        monkeypatch.undo()
+        assert modem.run(b"\rAT+CGMM\r") == b"\r\nEC25\r\n\r\nOK\r\n"
+
+
+class TestUploadTimerAndAck:
+    def test_idle_timeout_is_exact_on_the_modem_clock(self, modem):
+        modem.run(b"ATE0\r")
+        modem.run(b'AT+QFUPL="RAM:t",100,2\r')
+        modem.timers.advance(1.5)
+        modem.run(b"ab")                                 # restarts the 2 s
+        assert modem.timers.advance(1.99) == 0 and modem.interpreter.mode is Mode.DATA
+        modem.out.clear()
+        modem.timers.advance(0.02)
+        assert bytes(modem.out) == f"\r\n+QFUPL: 2,{xor16(b'ab'):04x}\r\n\r\nOK\r\n".encode()
+        assert modem.files.read("RAM:t") == b"ab"
+
+    def test_no_data_at_all_is_421(self, modem):
+        modem.run(b"ATE0\r")
+        modem.run(b'AT+QFUPL="RAM:n",10,1\r')
+        modem.out.clear()
+        modem.timers.advance(1)
+        assert bytes(modem.out) == b"\r\n+CME ERROR: 421\r\n"
+        assert modem.run(b'AT+QFLST="RAM:*"\r') == b"\r\nOK\r\n"
+
+    def test_ack_after_every_block_but_the_last_however_the_bytes_come(self, modem):
+        seen = idle_events(modem)
+        modem.run(b"ATE0\r")
+        modem.run(b'AT+QFUPL="RAM:k",2500,5,1\r')
+        data = bytes(range(256)) * 10
+        assert modem.run(data[:1000]) == b""
+        assert modem.run(data[1000:2100]) == b"AA"       # two block ends in one write
+        assert len(seen) == 1 and modem.interpreter.mode is Mode.DATA
+        assert modem.run(data[2100:2500]) == f"\r\n+QFUPL: 2500,{xor16(data[:2500]):04x}\r\n\r\nOK\r\n".encode()
+        assert modem.files.read("RAM:k") == data[:2500]
+        assert len(seen) == 2
+
+
+class TestFraming:
+    @pytest.mark.parametrize("verbose,quiet,data,connect", [
+        (True, False, b"\r\n> ", b"\r\nCONNECT\r\n"), (False, False, b"> ", b"1\r"),
+        (True, True, b"\r\n> ", b""), (False, True, b"> ", b"")])
+    def test_prompts(self, verbose, quiet, data, connect):
+        s = Settings(verbose=verbose, quiet=quiet)
+        assert framing.prompt(Prompt.DATA, s) == data          # information text: ATQ1 keeps it
+        assert framing.prompt(Prompt.CONNECT, s) == connect    # a result code
+        assert framing.prompt(None, s) == b""
+
+    @pytest.mark.parametrize("verbose,quiet,expected", [
+        (True, False, b"\r\nCONNECT\r\nxy\r\n+QFDWL: 2\r\n"), (False, False, b"1\rxy\r\n+QFDWL: 2\r\n"),
+        (True, True, b"\r\nxy\r\n+QFDWL: 2\r\n"), (False, True, b"xy\r\n+QFDWL: 2\r\n")])
+    def test_connect_among_lines(self, verbose, quiet, expected):
+        s = Settings(verbose=verbose, quiet=quiet)
+        assert framing.lines([CONNECT, Raw(b"xy"), "+QFDWL: 2"], s) == expected
+
+    def test_finals(self):
+        v1, v0 = Settings(), Settings(verbose=False)
+        assert framing.final(Text("SEND OK"), Settings(quiet=True)) == b"\r\nSEND OK\r\n"
+        assert framing.final(Cme(50), Settings(cmee=2, verbose=False)) == b"+CME ERROR: incorrect parameters\r\n"
+        assert framing.final(Cme(50), Settings(cmee=0, verbose=False)) == b"4\r"
+        assert framing.final("OK", v0) == b"0\r" and framing.final("OK", v1) == b"\r\nOK\r\n"
+        assert framing.final(None, v1) == b""
+
+    def test_qfdwl_and_qfupl_with_atq1(self, modem):
+        modem.run(b"ATE0\r")
+        modem.run(b'AT+QFUPL="RAM:q",2\rxy')
+        modem.run(b"ATQ1\r")
+        assert modem.run(b'AT+QFUPL="RAM:r",1\r') == b""              # no CONNECT
+        assert modem.run(b"z") == f"\r\n+QFUPL: 1,{xor16(b'z'):04x}\r\n".encode()
+        assert modem.run(b'AT+QFDWL="RAM:q"\r') == f"\r\nxy\r\n+QFDWL: 2,{xor16(b'xy'):04x}\r\n".encode()
+        modem.run(b"ATV0\r")
+        assert modem.run(b'AT+QFDWL="RAM:q"\r') == f"xy\r\n+QFDWL: 2,{xor16(b'xy'):04x}\r\n".encode()
+
+
+class TestStorageErrors:
+    """A storage error a handler lets through is answered as the +CME ERROR it carries."""
+
+    @pytest.mark.parametrize("exc,answer", [
+        (FileError(405, "x"), b"\r\n+CME ERROR: 405\r\n"),
+        (SecStoreError("disk gone"), b"\r\n+CME ERROR: 23\r\n"),
+        (ValueError("a bug"), b"\r\nERROR\r\n")])
+    def test_mapped_by_the_interpreter(self, modem, monkeypatch, exc, answer):
+        def handler(m, cmd):
+            raise exc
+        handler_for(monkeypatch, "+CGMM", "exec", handler)
+        modem.run(b"ATE0\r")
+        assert modem.run(b"AT+CGMM\r") == answer
+
+    def test_in_a_data_handler_too(self, modem, monkeypatch):
+        modem = Modem(load_profile("ml302"))
+        modem.interpreter.strict = True
+        out = bytearray()
+        modem.attach(out.extend)
+        modem.feed(b"ATE0\rAT+QSECWRITE=0\r")
+        modem.secstore.write(0, b"meanwhile")             # filled while the host typed
+        out.clear()
+        modem.feed(b"cert\x1a")
+        assert bytes(out) == b"\r\n+CME ERROR: 3\r\n"
+        modem.feed(b"AT+QSECWRITE=1\r")
+
+        def broken(slot, data):
+            raise SecStoreError("cannot store slot 1: disk full")
+        monkeypatch.setattr(modem.secstore, "write", broken)
+        out.clear()
+        modem.feed(b"cert\x1a")
+        assert bytes(out) == b"\r\n+CME ERROR: 23\r\n"
+        out.clear()
+        modem.feed(b"AT+CMEE=2;+QSECREAD=1\r")
+        assert bytes(out) == b"\r\n+CME ERROR: not found\r\n"
+
+
+def test_data_request_defaults_to_the_data_prompt():
+    assert DataRequest(lambda d, r: ok()).prompt is Prompt.DATA

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from emulator.at.mode import Mode
 from emulator.storage.checksum import xor16
 
 # Every byte value a naive data path could mangle: NUL, CR, LF, Ctrl+Z, ESC,
@@ -100,37 +101,42 @@ def test_too_large_and_bad_parameters(ec2x):
 
 @pytest.fixture
 def timed(emulator, open_modem):
-    """An EC2x on manual time: (host, advance(seconds)), advancing only after the modem
-    has read everything the host wrote."""
+    """An EC2x on manual time: (host, advance(seconds), mode()), advancing only after the
+    modem has read everything the host wrote; mode() is its port's mode now."""
     host, port = open_modem("ec2x", manual_time=True)
 
     def advance(seconds: float) -> None:
         emulator.wait_received(port, host.written)
         emulator.advance(port, seconds)
-    return host, advance
+
+    def mode() -> Mode:
+        return emulator.run(lambda: port.modem.interpreter.mode)
+    return host, advance, mode
 
 
 def test_upload_timeout_keeps_partial_data(timed):
-    ec2x, advance = timed
+    ec2x, advance, mode = timed
     ec2x.write('AT+QFUPL="part.bin",100,1\r')
     ec2x.read_until(b"\r\nCONNECT\r\n")
     part = b"\x1a\x1bpartial"                 # Ctrl+Z and ESC do not end the upload
     ec2x.write(part)
     advance(0.9)
-    assert ec2x.quiet_for(0.05) == b""
-    advance(0.5)          # idle time is counted in 0.25 s ticks from the tick the data came in
+    assert mode() is Mode.DATA                 # the timer has not fired: still taking data
+    assert ec2x.quiet_for(0.02) == b""
+    advance(0.5)          # 1 s idle since the data came in (an exact timer on the modem clock)
     expected = f"\r\n+QFUPL: 9,{cs(part)}\r\n\r\nOK\r\n".encode()
     assert ec2x.read_until(b"OK\r\n", timeout=5) == expected
     assert ec2x.at('AT+QFLST="part.bin"') == b'\r\n+QFLST: "part.bin",9\r\n\r\nOK\r\n'
 
 
 def test_timeout_counts_idle_time_not_the_whole_transfer(timed):
-    ec2x, advance = timed
+    ec2x, advance, mode = timed
     ec2x.write('AT+QFUPL="slow.bin",9,1\r')
     ec2x.read_until(b"\r\nCONNECT\r\n")
     for part in (b"abc", b"def"):               # 1.2 s in all, never 1 s idle
         ec2x.write(part)
         advance(0.6)
+        assert mode() is Mode.DATA
         assert ec2x.quiet_for(0.02) == b""
     ec2x.write(b"ghi")
     assert ec2x.read_until(b"OK\r\n") == f"\r\n+QFUPL: 9,{cs(b'abcdefghi')}\r\n\r\nOK\r\n".encode()
@@ -146,11 +152,12 @@ def test_upload_not_echoed_with_ate1(open_modem):
 
 
 def test_upload_timeout_without_data(timed):
-    ec2x, advance = timed
+    ec2x, advance, mode = timed
     ec2x.write('AT+QFUPL="none.bin",10,1\r')
     ec2x.read_until(b"\r\nCONNECT\r\n")
     advance(0.9)
-    assert ec2x.quiet_for(0.05) == b""
+    assert mode() is Mode.DATA
+    assert ec2x.quiet_for(0.02) == b""
     advance(0.2)
     assert ec2x.read_until(b"\r\n+CME ERROR: 421\r\n", timeout=5)
     assert ec2x.at("AT+QFLST") == b"\r\nOK\r\n"

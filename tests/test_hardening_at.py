@@ -11,7 +11,7 @@ import pytest
 
 from emulator.modem.modem import Modem
 from emulator.modem.profile import load_profile
-from tests.tls_engine.servers import TlsTestServer, echo_until_eof, server_context
+from emulator.testing.peers import TlsServer
 
 
 def slow_write(host, data: bytes, gap: float = 0.003) -> None:
@@ -39,10 +39,8 @@ def test_late_lf_is_not_upload_data(ec2x):
     assert ec2x.read_until(b"\r\nOK\r\n").startswith(b"\r\nCONNECT\r\nHELLO")
 
 
-def test_lf_arriving_after_the_prompt_is_not_ssl_data(ec2x, emulator):
-    pki = __import__("trustme").CA()
-    cert = pki.issue_cert("220.180.239.212")
-    with TlsTestServer(server_context(cert), echo_until_eof) as server:
+def test_lf_arriving_after_the_prompt_is_not_ssl_data(ec2x, emulator, pki):
+    with TlsServer(pki.server_ec, legacy=True) as server:          # echoes
         emulator.router.add_map("220.180.239.212", 8010, "127.0.0.1", server.port)
         assert ec2x.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
         assert ec2x.at('AT+QSSLOPEN=1,1,0,"220.180.239.212",8010,0') == b"\r\nOK\r\n"
@@ -55,7 +53,7 @@ def test_lf_arriving_after_the_prompt_is_not_ssl_data(ec2x, emulator):
         assert ec2x.read_until(re.compile(rb"\r\n(SEND OK|ERROR)\r\n")) == b"\r\nSEND OK\r\n"
         ec2x.seen(b'\r\n+QSSLURC: "recv",0\r\n')
         assert ec2x.at("AT+QSSLRECV=0,100") == b"\r\n+QSSLRECV: 5\r\nHELLO\r\n\r\nOK\r\n"
-        assert bytes(server.last.received) == b"HELLO"
+        assert bytes(server.conn.received) == b"HELLO"
         # nothing of the data fell back into command state: the port answers at once
         assert ec2x.at("AT") == b"\r\nOK\r\n"
         assert ec2x.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
@@ -185,6 +183,7 @@ def sans_io_modem(profile: str = "ec2x", prime: bool = True):
     host has typed ATE0<CR> and AT<CR> (a host ending its lines with CR alone)."""
     clock = [1000.0]
     modem = Modem(load_profile(profile))
+    modem.interpreter.strict = True               # an illegal mode transition raises
     modem.monotonic = lambda: clock[0]
     out = bytearray()
     modem.attach(out.extend)

@@ -26,6 +26,7 @@ def make_modem(profile: str = "ec2x", ending: bytes = b"\r"):
     """ending: how this host ends its lines (it has typed ATE0 and AT so far)."""
     clock = [1000.0]
     modem = Modem(PROFILES[profile])              # no state dir: nothing touches the disk
+    modem.interpreter.strict = True               # an illegal mode transition raises
     modem.monotonic = lambda: clock[0]
     out = bytearray()
     modem.attach(out.extend)

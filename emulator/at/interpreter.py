@@ -1,25 +1,29 @@
-"""The command state of one modem port: lexer -> parser -> dispatcher -> framing.
+"""One modem port's AT state machine: lexer -> parser -> dispatcher -> framing.
 
-Bytes from the host enter feed().  In command state they go through the lexer;
-after a handler asks for data (DataRequest) they go to a collector until the
-length is reached or Ctrl+Z / ESC; while a handler's answer is pending the port
-is busy and input waits in the inbox (nothing is lost).  URCs raised meanwhile
-are queued and written when the port is back in command state.
+Bytes from the host enter feed().  What happens to them depends on the port's
+mode (emulator/at/mode.py, one table of transitions): in COMMAND they go through
+the lexer; in DATA (a handler returned a DataRequest) to a collector until the
+length is reached, Ctrl+Z / ESC or the idle timeout; in PENDING (a handler's
+answer comes later) they wait in the inbox, nothing is lost.  URCs raised while
+the port is not idle are queued and written when it is idle again, and at that
+moment the modem emits "port_idle" (see idle).
 Nothing here touches a file descriptor or the event loop: output leaves through
-modem.write(), and timers and pending commands are scheduled by the modem
-(modem.call_later, modem.spawn), so the interpreter runs in unit tests as is.
+modem.write() (bytes made by emulator/at/framing.py only), and timers and
+pending commands are scheduled by the modem (modem.call_later, modem.spawn), so
+the interpreter runs in unit tests as is.
 """
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+from emulator.at import framing
 from emulator.at.lexer import CommandLine, CommandLineLexer, Echo, LineTooLong, RepeatLast
+from emulator.at.mode import Event, IllegalTransition, Mode, next_mode
 from emulator.at.parser import Command, Malformed, parse_line
-from emulator.at.cme import cme_text
-from emulator.logsafe import get_logger, loggable, redact
 from emulator.at.registry import TABLE
-from emulator.at.responses import RESULT_CODES, Cme, CommandError, DataRequest, Raw, Response, Text
+from emulator.at.responses import Cme, CommandError, DataRequest, Response, Text, cme_code
+from emulator.logsafe import get_logger, loggable, redact
 
 if TYPE_CHECKING:
     from emulator.modem.modem import Modem
@@ -31,68 +35,132 @@ MAX_WAITING_INPUT = 1 << 20      # host bytes held while a command is pending
 
 
 class _Collector:
-    def __init__(self, request: DataRequest) -> None:
+    """The DATA mode's state: one DataRequest being filled."""
+
+    def __init__(self, request: DataRequest, raw: str) -> None:
         self.request = request
+        self.raw = raw                   # the command line that asked for the data (logs)
         self.buf = bytearray()
         self.overflow = False
-        self.timer = None                # handle from modem.call_later
+        self.timer = None                # the idle timeout (a modem.call_later handle)
         self.lf_until: float | None = None   # a first byte LF before this time ends the line
 
 
+class _Pending:
+    """The PENDING mode's state: which answer is awaited (a stale one is ignored)."""
+
+    def __init__(self, after_line: bool, raw: str) -> None:
+        self.after_line = after_line
+        self.raw = raw
+
+
 class Interpreter:
+    # An illegal mode transition is an emulator bug: in production it is logged and the
+    # port goes back to command mode; with strict (the sans-IO tests) it raises.
+    strict = False
+
     def __init__(self, modem: "Modem") -> None:
         self.modem = modem
         self.lexer = CommandLineLexer(modem.profile["serial.line_max"])
+        self.mode = Mode.COMMAND
+        self._collector: _Collector | None = None    # set exactly in DATA mode
+        self._pending: _Pending | None = None        # set exactly in PENDING mode
+        # Inside a handler (a call on the stack, never a mode the port waits in): URCs
+        # it raises go after its answer, and the port is not idle.
+        self._executing = False
+        self._left_idle = False          # idle went False since the last "port_idle"
         self._inbox = bytearray()
         self._queue: list[Command | Malformed] = []
         self._after: list[str] = []
-        self._collector: _Collector | None = None
-        self._busy = False
-        self._executing = False          # inside a handler: its URCs go after its answer
-        self._fresh_line = False         # the next data prompt directly follows a command line
+        self._raw = ""                   # the command being answered (logs)
         self._urcs: list[bytes] = []
         self._last_line: bytes | None = None
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
 
-    # -- input ---------------------------------------------------------------
+    # -- mode ----------------------------------------------------------------
     @property
     def idle(self) -> bool:
-        return not self._busy and self._collector is None and not self._executing
+        """Command mode and no handler running: a URC goes out at once.  When the
+        port becomes idle again (an answer, a data phase or a pending command ended,
+        queued URCs written) the modem emits "port_idle", once per return."""
+        return self.mode is Mode.COMMAND and not self._executing
 
+    def _enter(self, event: Event) -> None:
+        """The one place the mode changes (mode.TRANSITIONS)."""
+        self.mode = next_mode(self.mode, event)
+        if self.mode is not Mode.COMMAND:
+            self._left_idle = True
+
+    def _settle(self) -> None:
+        """If the port is idle: write the URCs that waited, then tell the modem once."""
+        if not self.idle:
+            return
+        self._flush_urcs()
+        if self._left_idle:
+            self._left_idle = False
+            self.modem.emit("port_idle")
+
+    def _guarded(self, step: Callable, *args) -> None:
+        """Run an entry point; an illegal transition (a bug) must not leave the port stuck."""
+        try:
+            step(*args)
+        except IllegalTransition:
+            if self.strict:
+                raise
+            log.exception("interpreter bug; the port goes back to command mode")
+            self._abandon()
+            self.mode = Mode.COMMAND         # recovery: the one assignment outside _enter
+            self._executing = False
+            self._queue.clear()
+            self._after.clear()
+            self._settle()
+
+    def _abandon(self) -> None:
+        """Forget the data phase or the pending answer (its late outcome is ignored)."""
+        if self._collector is not None and self._collector.timer is not None:
+            self._collector.timer.cancel()
+        self._collector = None
+        self._pending = None
+
+    # -- input ---------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        if self._busy and len(self._inbox) + len(data) > MAX_WAITING_INPUT:
+        if self.mode is Mode.PENDING and len(self._inbox) + len(data) > MAX_WAITING_INPUT:
             room = max(0, MAX_WAITING_INPUT - len(self._inbox))
             log.warning("port busy: %d input bytes dropped (more than %d waiting)",
                         len(data) - room, MAX_WAITING_INPUT)
             data = data[:room]
         self._inbox += data
-        self._pump()
+        self._guarded(self._pump)
 
     def hangup(self) -> None:
         """The host closed the port: whatever it was in the middle of is abandoned
         (a half-entered data prompt sends or stores nothing), so the next host to
-        open the port starts in command state."""
+        open the port starts in command mode."""
+        self._guarded(self._hangup)
+
+    def _hangup(self) -> None:
         if self._collector is not None:
-            if self._collector.timer is not None:
-                self._collector.timer.cancel()
             log.info("host closed the port during a data prompt: %d bytes discarded",
                      len(self._collector.buf))
-            self._collector = None
+            self._abandon()
+        self._enter(Event.HANGUP)
         self._inbox.clear()
         self._queue.clear()
         self._after.clear()
         self._urcs.clear()
         self.lexer.reset()
+        self._settle()
 
     def _pump(self) -> None:
-        while self._inbox and not self._busy:
-            if self._collector is not None:
-                self._feed_collector()
-            else:
+        while self._inbox:
+            if self.mode is Mode.COMMAND:
                 self._lex_some()
-        if self.idle:
-            self._flush_urcs()
+            elif self.mode is Mode.DATA:
+                self._feed_collector()
+            else:        # PENDING: input waits for the answer; ONLINE: no route yet
+                break
+        self._settle()
 
     def _lex_some(self) -> None:
         s = self.modem.settings
@@ -122,25 +190,25 @@ class Interpreter:
 
     # -- command execution ---------------------------------------------------
     def _start_line(self, body: bytes) -> None:
-        self._fresh_line = True
         try:
             self._queue = list(parse_line(body))
         except Exception:     # the parser never raises by design; if it does, the line still ends
             log.exception("cannot parse AT%s", loggable(body.decode("latin-1")))
             self._queue = [Malformed(body.decode("latin-1"), "parser failure")]
         self._after = []
-        self._run_queue()
+        self._run_queue(after_line=True)
 
-    def _run_queue(self) -> None:
+    def _run_queue(self, after_line: bool) -> None:
         while self._queue:
             item = self._queue.pop(0)
             response = self._dispatch(item)
-            if not self._handle(response):
+            if not self._handle(response, after_line):
                 return
         self._write_final("OK")
         self._write_after()
 
     def _dispatch(self, item: Command | Malformed) -> Response:
+        self._raw = item.raw
         if isinstance(item, Malformed):
             log.info("ERROR: malformed command AT%s (%s)", loggable(item.raw), item.reason)
             return Response([], "ERROR")
@@ -156,30 +224,45 @@ class Interpreter:
                 return Response([], "OK")
             log.info("ERROR: AT%s (%s form) not supported", loggable(item.raw), item.kind)
             return Response([], "ERROR")
+        return self._call(entry.func, self.modem, item, raw=item.raw, phase="")
+
+    def _call(self, func: Callable, *args, raw: str, phase: str) -> Response:
+        """Run a handler (or a data handler, or a pending command's outcome) and turn
+        whatever it raises into an answer: CommandError its final, an exception
+        carrying a +CME code (storage errors, responses.cme_code) that +CME ERROR,
+        anything else ERROR with its traceback logged -- nothing a host sends can stop
+        the emulator.  phase: "" for the command itself, else what ran ("data of ")."""
         self._executing = True
+        self._left_idle = True
         try:
-            return entry.func(self.modem, item)
+            return func(*args)
         except CommandError as exc:
             if exc.log:
-                log.info("%s for AT%s: %s", _final_name(exc.final), loggable(item.raw),
-                         exc.log.replace(item.raw, redact(item.raw)))
+                log.info("%s for %sAT%s: %s", _final_name(exc.final), phase, loggable(raw),
+                         exc.log.replace(raw, redact(raw)) if raw else exc.log)
             return Response([], exc.final)
-        except Exception:     # a handler bug must never take the emulator down
-            log.exception("handler for AT%s failed", loggable(item.raw))
+        except Exception as exc:     # a handler bug must never take the emulator down
+            code = cme_code(exc)
+            if code is not None:
+                log.info("+CME ERROR: %d for %sAT%s: %s", code, phase, loggable(raw), exc)
+                return Response([], Cme(code))
+            log.exception("handler for %sAT%s failed", phase, loggable(raw))
             return Response([], "ERROR")
         finally:
             self._executing = False
 
-    def _handle(self, response: Response) -> bool:
-        """Write a response; True when the line may go on with its next command."""
+    def _handle(self, response: Response, after_line: bool) -> bool:
+        """Write a response (in command mode); True when the line may go on with its
+        next command.  after_line: the response answers a command line (not a data
+        handler), so a data prompt it opens may meet that line's late LF."""
         self._write_lines(response.lines)
         self._after.extend(response.after)
         if response.pending is not None:
-            self._await(response.pending)
+            self._await(response.pending, after_line)
             return False
         if response.data is not None:
             self._queue.clear()                  # the rest of the line is data now
-            self._start_collector(response.data)
+            self._start_collector(response.data, after_line)
             return False
         if response.final == "OK":
             return True
@@ -189,33 +272,34 @@ class Interpreter:
         self._write_after()
         return False
 
-    def _await(self, awaitable) -> None:
-        self._busy = True
-        self.modem.spawn(awaitable, self._pending_done)
+    def _await(self, awaitable, after_line: bool) -> None:
+        pending = _Pending(after_line, self._raw)
+        self._enter(Event.AWAIT)
+        self._pending = pending
+        self.modem.spawn(awaitable, lambda outcome: self._guarded(self._pending_done, pending, outcome))
 
-    def _pending_done(self, outcome) -> None:
+    def _pending_done(self, pending: _Pending, outcome) -> None:
         """outcome() returns the pending command's Response or raises its exception."""
-        self._busy = False
-        try:
-            response = outcome()
-        except CommandError as exc:
-            response = Response([], exc.final)
-        except Exception:
-            log.exception("pending command failed")
-            response = Response([], "ERROR")
-        if self._handle(response):
-            self._run_queue()
+        if self._pending is not pending:
+            return                               # abandoned by a recovery
+        self._pending = None
+        self._enter(Event.DONE)
+        self._raw = pending.raw
+        response = self._call(outcome, raw=pending.raw, phase="the answer of ")
+        if self._handle(response, pending.after_line):
+            self._run_queue(pending.after_line)
         self._pump()
 
     # -- data collection -----------------------------------------------------
-    def _start_collector(self, request: DataRequest) -> None:
-        self._collector = collector = _Collector(request)
-        if request.prompt:
-            self.modem.write(request.prompt)
+    def _start_collector(self, request: DataRequest, after_line: bool) -> None:
+        collector = _Collector(request, self._raw)
+        self._enter(Event.PROMPT)
+        self._collector = collector
+        self.modem.write(framing.prompt(request.prompt, self.modem.settings))
         # A host ending its lines with CR LF: the LF that came with the CR belongs to the
         # command line, not to the data (which the host sends only after the prompt) --
         # also when it arrives just after the prompt, from a host writing byte by byte.
-        if self._fresh_line and self.lexer.s3 == 13:
+        if after_line and self.lexer.s3 == 13:
             if self._inbox[:1] == b"\n":
                 del self._inbox[:1]
                 self.lexer.forget_line_end()
@@ -223,12 +307,20 @@ class Interpreter:
                 # (a host known to end its lines with CR alone sends no LF: a first byte
                 # LF from it is data, however soon it comes)
                 collector.lf_until = self._line_end + self._lf_window
-        self._fresh_line = False
-        if request.timeout is not None:
-            collector.timer = self.modem.call_later(
-                request.timeout, self._finish_collector, collector, "timeout")
+        self._restart_idle_timer(collector)
         if request.length == 0:
             self._finish_collector(collector, "done")
+
+    def _restart_idle_timer(self, c: _Collector) -> None:
+        if c.request.idle_timeout is None:
+            return
+        if c.timer is not None:
+            c.timer.cancel()
+        c.timer = self.modem.call_later(c.request.idle_timeout, self._guarded, self._timed_out, c)
+
+    def _timed_out(self, collector: _Collector) -> None:
+        self._finish_collector(collector, "timeout")
+        self._pump()                             # from a timer, outside feed()
 
     def _feed_collector(self) -> None:
         c = self._collector
@@ -241,12 +333,18 @@ class Interpreter:
                 del self._inbox[:1]
                 return
         if req.length is not None:
-            take = bytes(self._inbox[:req.length - len(c.buf)])
+            want = req.length - len(c.buf)
+            if req.ack_block:                    # up to the end of the current block
+                want = min(want, req.ack_block - len(c.buf) % req.ack_block)
+            take = bytes(self._inbox[:want])
             del self._inbox[:len(take)]
             c.buf += take
             self._echo_data(take, req)
+            self._restart_idle_timer(c)
             if len(c.buf) == req.length:
                 self._finish_collector(c, "done")
+            elif req.ack_block and len(c.buf) % req.ack_block == 0:
+                self.modem.write(framing.ACK)    # the host sends the next block now
             return
         ends = [i for i in (self._inbox.find(CTRL_Z),
                             self._inbox.find(ESC) if req.escape_cancels else -1) if i >= 0]
@@ -259,6 +357,7 @@ class Interpreter:
         if len(data) > room:
             c.overflow = True
         c.buf += data[:max(room, 0)]
+        self._restart_idle_timer(c)
         if terminator == CTRL_Z:
             self._finish_collector(c, "overflow" if c.overflow else "done")
         elif terminator == ESC:
@@ -271,30 +370,19 @@ class Interpreter:
     def _finish_collector(self, collector: _Collector, reason: str) -> None:
         if self._collector is not collector:
             return                               # a late timer
-        self._collector = None
-        if collector.timer is not None:
-            collector.timer.cancel()
-        self._executing = True
-        try:
-            response = collector.request.on_done(bytes(collector.buf), reason)
-        except CommandError as exc:
-            response = Response([], exc.final)
-        except Exception:
-            log.exception("data handler failed")
-            response = Response([], "ERROR")
-        finally:
-            self._executing = False
-        if self._handle(response):
+        self._abandon()
+        self._enter(Event.DONE)
+        self._raw = collector.raw
+        response = self._call(collector.request.on_done, bytes(collector.buf), reason,
+                              raw=collector.raw, phase="the data of ")
+        if self._handle(response, after_line=False):
             self._write_final("OK")
             self._write_after()
-        if reason == "timeout":              # from a timer, outside _pump
-            self._pump()
 
     # -- output --------------------------------------------------------------
     def urc(self, line: str | bytes, raw: bytes = b"") -> None:
         """An unsolicited line (+ optional raw bytes after it, e.g. direct push data)."""
-        text = line.encode("latin-1") if isinstance(line, str) else line
-        framed = (b"\r\n" + text + b"\r\n" if self.modem.settings.verbose else text + b"\r\n") + raw
+        framed = framing.urc(line, raw, self.modem.settings)
         if self.idle:
             self.modem.write(framed)
         else:
@@ -305,47 +393,17 @@ class Interpreter:
             self.modem.write(self._urcs.pop(0))
 
     def _write_lines(self, lines) -> None:
-        if not lines:
-            return
-        verbose = self.modem.settings.verbose
-        out = bytearray(b"\r\n" if verbose else b"")
-        for line in lines:
-            out += line.data if isinstance(line, Raw) else line.encode("latin-1")
-            out += b"\r\n"
-        self.modem.write(bytes(out))
+        self.modem.write(framing.lines(lines, self.modem.settings))
 
     def _write_after(self) -> None:
         """The end of a line's answer: its trailing lines, then URCs that waited."""
         after, self._after = self._after, []
         for line in after:
             self.urc(line)
-        if self.idle:
-            self._flush_urcs()
+        self._settle()
 
     def _write_final(self, final) -> None:
-        s = self.modem.settings
-        if isinstance(final, Text):
-            text = final.text
-        elif isinstance(final, Cme):
-            if s.quiet:
-                return
-            if s.cmee == 0:
-                final, text = "ERROR", None
-            elif s.cmee == 1:
-                text = f"+CME ERROR: {final.code}"
-            else:
-                text = f"+CME ERROR: {cme_text(final.code, self.modem.profile)}"
-            if text is not None:
-                self.modem.write((f"\r\n{text}\r\n" if s.verbose else f"{text}\r\n").encode("latin-1"))
-                return
-        if isinstance(final, str):
-            if s.quiet:
-                return
-            if not s.verbose:
-                self.modem.write(f"{RESULT_CODES[final]}\r".encode())
-                return
-            text = final
-        self.modem.write((f"\r\n{text}\r\n" if s.verbose else f"{text}\r\n").encode("latin-1"))
+        self.modem.write(framing.final(final, self.modem.settings, self.modem.profile))
 
 
 def _final_name(final) -> str:

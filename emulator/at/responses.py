@@ -1,8 +1,10 @@
 """What a handler returns: a response as a value (Renode style), never bytes
-written to the port.  The interpreter frames it according to ATV/ATQ/CMEE."""
+written to the port.  The interpreter frames it according to ATV/ATQ/CMEE
+(emulator/at/framing.py is the only place that turns these values into bytes)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Awaitable, Callable, Union
 
 # V.250 result codes and their ATV0 numbers.
@@ -29,7 +31,24 @@ class Raw:
     data: bytes
 
 
+@dataclass(frozen=True)
+class Code:
+    """A V.250 result code among a response's lines (the CONNECT before AT+QFDWL's
+    data): "CONNECT" in ATV1, "1<CR>" in ATV0 (no CR LF: the data follow at once),
+    nothing with ATQ1.  name is a key of RESULT_CODES."""
+    name: str
+
+
+CONNECT = Code("CONNECT")
+
+Line = Union[str, Raw, Code]
 Final = Union[str, Cme, Text, None]   # str = a key of RESULT_CODES; None = no final yet
+
+
+class Prompt(Enum):
+    """How the port announces that it takes data now (DataRequest.prompt)."""
+    DATA = "> "            # information text: "\r\n> " in ATV1, "> " in ATV0 (ATQ1 keeps it)
+    CONNECT = "CONNECT"    # a result code: "\r\nCONNECT\r\n" in ATV1, "1\r" in ATV0, none in ATQ1
 
 
 @dataclass
@@ -37,35 +56,40 @@ class DataRequest:
     """After the response's lines, the port leaves command state and collects
     raw bytes for the handler (the "> " of AT+QSSLSEND, CONNECT of AT+QFUPL).
 
+    prompt: a Prompt the interpreter frames, or None (nothing is written).
     length: collect exactly this many bytes; None = until Ctrl+Z.
     max_length: in Ctrl+Z mode, bytes beyond this are dropped and on_done gets
     reason "overflow".
     escape_cancels: ESC (0x1B) ends collection and cancels (only when length is None).
-    timeout: seconds without completion -> on_done(<bytes so far>, "timeout").
+    idle_timeout: seconds without a byte -> on_done(<bytes so far>, "timeout")
+    (an inactivity timer on the modem's clock: every byte that arrives restarts it).
     echo: with ATE1 the data are echoed ("> " prompts); False for CONNECT data
     mode, where V.250 echo (a command-state feature) does not apply.
+    ack_block: after every ack_block bytes but the last the port writes "A" and the
+    host sends the next block (AT+QFUPL's ack mode); only with a length.
     on_done(data, reason) -> Response: data is what was collected;
     reason is "done", "cancel", "timeout" or "overflow".
     """
-    on_done: Callable[[bytes | None, str], "Response"]
-    prompt: bytes = b"> "
+    on_done: Callable[[bytes, str], "Response"]
+    prompt: Prompt | None = Prompt.DATA
     length: int | None = None
     max_length: int | None = None
     escape_cancels: bool = True
-    timeout: float | None = None
+    idle_timeout: float | None = None
     echo: bool = True
+    ack_block: int | None = None
 
 
 @dataclass
 class Response:
-    lines: list[Union[str, Raw]] = field(default_factory=list)
+    lines: list[Line] = field(default_factory=list)
     final: Final = "OK"
     data: DataRequest | None = None          # enter data collection after the lines
     pending: Awaitable["Response"] | None = None   # finish later (the port stays busy)
     after: list[str] = field(default_factory=list)  # URC-like lines right after the final
 
 
-def ok(*lines: Union[str, Raw]) -> Response:
+def ok(*lines: Line) -> Response:
     return Response(list(lines), "OK")
 
 
@@ -76,3 +100,13 @@ class CommandError(Exception):
         super().__init__(log or str(final))
         self.final = final
         self.log = log
+
+
+def cme_code(exc: BaseException) -> int | None:
+    """The +CME ERROR code an exception carries, or None.
+
+    Any exception with an int attribute `cme` (the storage errors: FileError,
+    SecStoreError) that escapes a handler is answered "+CME ERROR: <cme>" by the
+    interpreter, so a handler lets them through instead of converting them."""
+    code = getattr(exc, "cme", None)
+    return code if isinstance(code, int) and not isinstance(code, bool) else None

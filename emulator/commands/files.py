@@ -13,8 +13,8 @@ Behaviour chosen where the note is silent or ambiguous (docs/behaviour.md):
   (it is data too).
 * <timeout> is an inactivity timeout ("the time waiting for data to be
   inputted"): the upload ends once no byte has arrived for <timeout> seconds
-  (counted in _TICK steps, so up to 0.25 s later).  What arrived until then
-  is kept, as the note says of an interrupted upload ("the data previously
+  (a timer on the modem's clock, restarted by every byte).  What arrived until
+  then is kept, as the note says of an interrupted upload ("the data previously
   uploaded will be preserved"): the file is written and the answer is
   "+QFUPL: <upload_size>,<checksum>" with the real size.  If nothing at all
   arrived (not covered by the note): +CME ERROR: 421 (time out), no file.
@@ -39,84 +39,26 @@ Behaviour chosen where the note is silent or ambiguous (docs/behaviour.md):
 from __future__ import annotations
 
 from emulator.at.args import Args
-from emulator.at.parser import EXEC, TEST, WRITE
+from emulator.at.parser import EXEC, WRITE
 from emulator.at.registry import command
-from emulator.at.responses import Cme, CommandError, DataRequest, Raw, Response, ok
+from emulator.at.responses import CONNECT, Cme, CommandError, DataRequest, Prompt, Raw, Response, ok
 from emulator.storage.checksum import format_checksum, xor16
-from emulator.storage.vfs import FileError
+
+# A FileError (emulator.storage.vfs) carries its +CME code: handlers let it through
+# and the interpreter answers it.
 
 DEFAULT_SIZE = 10240
 DEFAULT_TIMEOUT = 5
 ACK_BLOCK = 1024
 ERR_INVALID_INPUT = 400
 ERR_TIMEOUT = 421
-_TICK = 0.25              # seconds: resolution of the inactivity timeout
 
 
 def _args(cmd) -> Args:
     return Args(cmd, error=Cme(ERR_INVALID_INPUT))
 
 
-def _file_error(exc: FileError) -> CommandError:
-    return CommandError(Cme(exc.code), str(exc))
-
-
-def _connect(modem) -> bytes:
-    """CONNECT as the interpreter frames a result code (ATV / ATQ)."""
-    s = modem.settings
-    if s.quiet:
-        return b""
-    return b"\r\nCONNECT\r\n" if s.verbose else b"1\r"
-
-
-class _Upload:
-    """One AT+QFUPL transfer, collected as a chain of DataRequests: each link
-    ends at an ack block boundary or after one _TICK, which lets the timeout
-    count idle time rather than the whole transfer."""
-
-    def __init__(self, modem, name: str, size: int, timeout: int, ackmode: bool) -> None:
-        self.modem, self.name, self.size = modem, name, size
-        self.timeout, self.ackmode = timeout, ackmode
-        self.tick = min(_TICK, timeout)
-        self.buf = bytearray()
-        self.idle = 0.0
-
-    def request(self, prompt: bytes) -> DataRequest:
-        want = self.size - len(self.buf)
-        if self.ackmode:
-            want = min(want, ACK_BLOCK - len(self.buf) % ACK_BLOCK)
-        return DataRequest(self.on_done, prompt=prompt, length=want,
-                           escape_cancels=False, timeout=self.tick, echo=False)
-
-    def on_done(self, data: bytes | None, reason: str) -> Response:
-        self.buf += data or b""
-        if reason == "timeout":
-            self.idle = 0.0 if data else self.idle + self.tick
-            if self.idle + 1e-9 < self.timeout:
-                return Response([], None, data=self.request(b""))
-            return self.finish()
-        self.idle = 0.0
-        if len(self.buf) < self.size:          # an ack block is complete
-            return Response([], None, data=self.request(b"A"))
-        return self.finish()
-
-    def finish(self) -> Response:
-        if not self.buf:
-            raise CommandError(Cme(ERR_TIMEOUT), f"AT+QFUPL {self.name}: no data")
-        payload = bytes(self.buf)
-        try:
-            self.modem.files.write(self.name, payload, overwrite=False)
-        except FileError as exc:
-            raise _file_error(exc) from None
-        return ok(f"+QFUPL: {len(payload)},{format_checksum(xor16(payload))}")
-
-
-@command("+QFUPL", TEST)
-def qfupl_test(modem, cmd):
-    return ok("+QFUPL: <filename>[,(1-<freesize>)[,(1-65535)[,(0,1)]]]")
-
-
-@command("+QFUPL", WRITE)
+@command("+QFUPL", WRITE, test="+QFUPL: <filename>[,(1-<freesize>)[,(1-65535)[,(0,1)]]]")
 def qfupl_write(modem, cmd):
     args = _args(cmd)
     args.at_most(4)
@@ -124,26 +66,24 @@ def qfupl_write(modem, cmd):
     size = args.int(1, 1, 2**31 - 1, default=DEFAULT_SIZE)
     timeout = args.int(2, 1, 65535, default=DEFAULT_TIMEOUT)
     ackmode = bool(args.int(3, 0, 1, default=0))
-    try:
-        modem.files.check_writable(name, size, overwrite=False)
-    except FileError as exc:
-        raise _file_error(exc) from None
-    upload = _Upload(modem, name, size, timeout, ackmode)
-    return Response([], None, data=upload.request(_connect(modem)))
+    modem.files.check_writable(name, size, overwrite=False)     # refused before CONNECT
+
+    def on_done(data: bytes, reason: str) -> Response:          # "done" or "timeout"
+        if not data:
+            raise CommandError(Cme(ERR_TIMEOUT), f"AT+QFUPL {name}: no data")
+        modem.files.write(name, data, overwrite=False)
+        return ok(f"+QFUPL: {len(data)},{format_checksum(xor16(data))}")
+
+    return Response([], None, data=DataRequest(
+        on_done, prompt=Prompt.CONNECT, length=size, escape_cancels=False,
+        idle_timeout=timeout, echo=False, ack_block=ACK_BLOCK if ackmode else None))
 
 
-@command("+QFLST", TEST)
-@command("+QFLDS", TEST)
-def bare_test(modem, cmd):
-    return ok()
-
+# AT+QFLST=? and AT+QFLDS=? answer a bare OK: the table's default for a command
+# without a declared test form.
 
 def _list(modem, pattern: str | None) -> Response:
-    try:
-        entries = modem.files.list(pattern)
-    except FileError as exc:
-        raise _file_error(exc) from None
-    return ok(*(f'+QFLST: "{name}",{size}' for name, size in entries))
+    return ok(*(f'+QFLST: "{name}",{size}' for name, size in modem.files.list(pattern)))
 
 
 @command("+QFLST", EXEC)
@@ -158,61 +98,33 @@ def qflst_write(modem, cmd):
     return _list(modem, args.str(0, max_len=1000))
 
 
-@command("+QFDEL", TEST)
-def qfdel_test(modem, cmd):
-    return ok("+QFDEL: <filename>")
-
-
-@command("+QFDEL", WRITE)
+@command("+QFDEL", WRITE, test="+QFDEL: <filename>")
 def qfdel_write(modem, cmd):
     args = _args(cmd)
     args.at_most(1)
     pattern = args.str(0, max_len=1000)
-    try:
-        if "*" in pattern or "?" in pattern:
-            modem.files.delete_matching(pattern)
-        else:
-            modem.files.delete(pattern)
-    except FileError as exc:
-        raise _file_error(exc) from None
+    if "*" in pattern or "?" in pattern:
+        modem.files.delete_matching(pattern)
+    else:
+        modem.files.delete(pattern)
     return ok()
 
 
-@command("+QFDWL", TEST)
-def qfdwl_test(modem, cmd):
-    return ok("+QFDWL: <filename>")
-
-
-@command("+QFDWL", WRITE)
+@command("+QFDWL", WRITE, test="+QFDWL: <filename>")
 def qfdwl_write(modem, cmd):
     args = _args(cmd)
     args.at_most(1)
-    name = args.str(0, max_len=1000)
-    try:
-        data = modem.files.read(name)
-    except FileError as exc:
-        raise _file_error(exc) from None
-    # The interpreter ends every line with CR LF and, in ATV1, opens the block
-    # with CR LF: "\r\nCONNECT\r\n<data>\r\n+QFDWL: ...\r\n".  In ATV0 CONNECT
-    # is "1\r" and glued to the data, so both go out as one raw line.
-    summary = f"+QFDWL: {len(data)},{format_checksum(xor16(data))}"
-    s = modem.settings
-    if s.verbose:
-        lines = [Raw(data), summary] if s.quiet else ["CONNECT", Raw(data), summary]
-    else:
-        lines = [Raw(_connect(modem) + data), summary]
-    return Response(lines, "OK")
+    data = modem.files.read(args.str(0, max_len=1000))
+    # Framed by the interpreter: "\r\nCONNECT\r\n<data>\r\n+QFDWL: ...\r\n" in ATV1,
+    # "1\r<data>\r\n+QFDWL: ...\r\n" in ATV0 (CONNECT glued to the data), no CONNECT in ATQ1.
+    return ok(CONNECT, Raw(data), f"+QFDWL: {len(data)},{format_checksum(xor16(data))}")
 
 
 @command("+QFLDS", WRITE)
 def qflds_write(modem, cmd):
     args = _args(cmd)
     args.at_most(1)
-    drive = args.str(0, max_len=16)
-    try:
-        free, total = modem.files.space(drive)
-    except FileError as exc:
-        raise _file_error(exc) from None
+    free, total = modem.files.space(args.str(0, max_len=16))
     return ok(f"+QFLDS: {free},{total}")
 
 

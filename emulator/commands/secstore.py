@@ -19,23 +19,23 @@ ESC during QSECWRITE cancels: nothing is stored and the answer is OK (the
 host asked for the cancel, so it is not an error).  QSECDEL of an empty slot
 answers OK too: hosts commonly delete before writing, on first boot as well.
 The "> " prompt is framed like an information line: "\\r\\n> " in ATV1,
-"> " in ATV0.  A slot whose stored bytes no longer match their checksum (the
+"> " in ATV0 (Prompt.DATA).  The store's refusals carry these codes themselves
+(SecStoreError.cme): handlers let them through and the interpreter answers them.
+A slot whose stored bytes no longer match their checksum (the
 slot file was damaged or tampered with) reads as "+QSECREAD: 0,<checksum>".
 """
 from __future__ import annotations
 
 from emulator.at.args import Args
-from emulator.at.parser import TEST, WRITE
+from emulator.at.parser import WRITE
 from emulator.at.registry import command
-from emulator.at.responses import Cme, CommandError, DataRequest, Response, ok
+from emulator.at.responses import Cme, CommandError, DataRequest, Prompt, Response, ok
 from emulator.storage.checksum import format_checksum
-from emulator.storage.secstore import SecStoreError, SlotEmpty, SlotOccupied
+from emulator.storage.secstore import SlotEmpty
 
 MAX_CERT = 16384          # bytes; well above any PEM certificate or key chain
 ERR_NOT_ALLOWED = 3
 ERR_MEMORY_FULL = 20
-ERR_NOT_FOUND = 22
-ERR_MEMORY_FAILURE = 23
 ERR_PARAMETERS = 50
 
 
@@ -45,65 +45,38 @@ def _slot(cmd) -> int:
     return args.int(0, 0, 2)
 
 
-@command("+QSECWRITE", TEST)
-def qsecwrite_test(modem, cmd):
-    return ok("+QSECWRITE:(0~2)")
-
-
-@command("+QSECWRITE", WRITE)
+@command("+QSECWRITE", WRITE, test="+QSECWRITE:(0~2)")
 def qsecwrite_write(modem, cmd):
     slot = _slot(cmd)
     store = modem.secstore
     if store.is_filled(slot):
         raise CommandError(Cme(ERR_NOT_ALLOWED), f"slot {slot} is filled: AT+QSECDEL first")
 
-    def on_done(data: bytes | None, reason: str) -> Response:
+    def on_done(data: bytes, reason: str) -> Response:
         if reason == "cancel":
             return ok()
         if reason == "overflow":
             raise CommandError(Cme(ERR_MEMORY_FULL), f"more than {MAX_CERT} bytes")
         if not data:
             raise CommandError(Cme(ERR_PARAMETERS), "no data")
-        try:
-            size, checksum = store.write(slot, data)
-        except SlotOccupied:
-            raise CommandError(Cme(ERR_NOT_ALLOWED), f"slot {slot} is filled") from None
-        except SecStoreError as exc:
-            raise CommandError(Cme(ERR_MEMORY_FAILURE), str(exc)) from None
+        size, checksum = store.write(slot, data)     # SlotOccupied 3, SecStoreError 23
         return ok(f"+QSECWRITE: {size},{format_checksum(checksum)}")
 
-    prompt = b"\r\n> " if modem.settings.verbose else b"> "
-    return Response([], None, data=DataRequest(on_done, prompt=prompt, length=None,
+    return Response([], None, data=DataRequest(on_done, prompt=Prompt.DATA, length=None,
                                                max_length=MAX_CERT, escape_cancels=True))
 
 
-@command("+QSECREAD", TEST)
-def qsecread_test(modem, cmd):
-    return ok("+QSECREAD: (0~2)")
-
-
-@command("+QSECREAD", WRITE)
+@command("+QSECREAD", WRITE, test="+QSECREAD: (0~2)")
 def qsecread_write(modem, cmd):
-    slot = _slot(cmd)
-    try:
-        good, checksum = modem.secstore.status(slot)
-    except SlotEmpty:
-        raise CommandError(Cme(ERR_NOT_FOUND), f"slot {slot} is empty") from None
+    good, checksum = modem.secstore.status(_slot(cmd))   # SlotEmpty: 22
     return ok(f"+QSECREAD: {good},{format_checksum(checksum)}")
 
 
-@command("+QSECDEL", TEST)
-def qsecdel_test(modem, cmd):
-    return ok("+QSECDEL:(0~2)")
-
-
-@command("+QSECDEL", WRITE)
+@command("+QSECDEL", WRITE, test="+QSECDEL:(0~2)")
 def qsecdel_write(modem, cmd):
     slot = _slot(cmd)
     try:
-        modem.secstore.delete(slot)
+        modem.secstore.delete(slot)                      # a host failure: 23
     except SlotEmpty:
         pass                      # already empty: the goal of the command holds
-    except SecStoreError as exc:
-        raise CommandError(Cme(ERR_MEMORY_FAILURE), str(exc)) from None
     return ok()

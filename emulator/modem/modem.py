@@ -123,6 +123,10 @@ class Modem:
 
     # -- events between features (PDP loss closes sockets, reset clears RAM) --
     def on(self, event: str, callback: Callable[..., None]) -> None:
+        """Events: "pdp_deactivated" (cid), "reset", "shutdown", "hangup" (the host closed
+        the port), "output_drained" (the host caught up with a backlog), "port_idle" (the
+        interpreter is idle again after an answer, a data prompt or a pending command,
+        its queued URCs written: a URC now goes out at once)."""
         self._listeners[event].append(callback)
 
     def emit(self, event: str, **kwargs) -> None:
