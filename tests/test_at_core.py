@@ -313,7 +313,7 @@ class TestModes:
         interp = modem.interpreter
         modem.run(b"ATE0\r")
         modem.run(b'AT+QFUPL="RAM:x",10\r')
-        monkeypatch.setattr(interp, "_feed_collector", lambda: interp._enter(Event.ESCAPE))
+        monkeypatch.setattr(interp, "_feed_data", lambda: interp._enter(Event.ESCAPE))
         with pytest.raises(IllegalTransition):
             modem.run(b"a")
         interp.strict = False
@@ -433,3 +433,16 @@ class TestStorageErrors:
 
 def test_data_request_defaults_to_the_data_prompt():
     assert DataRequest(lambda d, r: ok()).prompt is Prompt.DATA
+
+
+def test_data_phase_takes_bytes_and_says_why_it_ended():
+    from emulator.at.data_phase import DataPhase
+    done = lambda data, reason: ok()              # noqa: E731
+    phase = DataPhase(DataRequest(done, max_length=3), "+X")
+    inbox = bytearray(b"abcd\x1aAT\r")
+    assert phase.take(inbox, echo=True) == (b"abcd", "overflow")
+    assert (bytes(phase.buf), bytes(inbox)) == (b"abc", b"AT\r")      # the rest is commands
+    phase = DataPhase(DataRequest(done, length=5, ack_block=2, echo=False), "+X")
+    inbox = bytearray(b"\x1b\x1a123")
+    steps = [phase.take(inbox, echo=True) for _ in range(3)]
+    assert steps == [(b"A", None), (b"A", None), (b"", "done")] and not inbox

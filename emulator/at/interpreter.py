@@ -2,7 +2,7 @@
 
 Bytes from the host enter feed().  What happens to them depends on the port's
 mode (emulator/at/mode.py, one table of transitions): in COMMAND they go through
-the lexer; in DATA (a handler returned a DataRequest) to a collector until the
+the lexer; in DATA (a handler returned a DataRequest) to its DataPhase until the
 length is reached, Ctrl+Z / ESC or the idle timeout; in PENDING (a handler's
 answer comes later) they wait in the inbox, nothing is lost.  URCs raised while
 the port is not idle are queued and written when it is idle again, and at that
@@ -18,6 +18,7 @@ import re
 from typing import TYPE_CHECKING, Callable
 
 from emulator.at import framing
+from emulator.at.data_phase import DataPhase
 from emulator.at.lexer import CommandLine, CommandLineLexer, Echo, LineTooLong, RepeatLast
 from emulator.at.mode import Event, IllegalTransition, Mode, next_mode
 from emulator.at.parser import Command, Malformed, parse_line
@@ -30,20 +31,7 @@ if TYPE_CHECKING:
 
 log = get_logger("emulator.at")
 _S_REGISTER = re.compile(r"^S\d+$")
-CTRL_Z, ESC = 0x1A, 0x1B
 MAX_WAITING_INPUT = 1 << 20      # host bytes held while a command is pending
-
-
-class _Collector:
-    """The DATA mode's state: one DataRequest being filled."""
-
-    def __init__(self, request: DataRequest, raw: str) -> None:
-        self.request = request
-        self.raw = raw                   # the command line that asked for the data (logs)
-        self.buf = bytearray()
-        self.overflow = False
-        self.timer = None                # the idle timeout (a modem.call_later handle)
-        self.lf_until: float | None = None   # a first byte LF before this time ends the line
 
 
 class _Pending:
@@ -63,7 +51,7 @@ class Interpreter:
         self.modem = modem
         self.lexer = CommandLineLexer(modem.profile["serial.line_max"])
         self.mode = Mode.COMMAND
-        self._collector: _Collector | None = None    # set exactly in DATA mode
+        self._data: DataPhase | None = None    # set exactly in DATA mode
         self._pending: _Pending | None = None        # set exactly in PENDING mode
         # Inside a handler (a call on the stack, never a mode the port waits in): URCs
         # it raises go after its answer, and the port is not idle.
@@ -118,9 +106,9 @@ class Interpreter:
 
     def _abandon(self) -> None:
         """Forget the data phase or the pending answer (its late outcome is ignored)."""
-        if self._collector is not None and self._collector.timer is not None:
-            self._collector.timer.cancel()
-        self._collector = None
+        if self._data is not None and self._data.timer is not None:
+            self._data.timer.cancel()
+        self._data = None
         self._pending = None
 
     # -- input ---------------------------------------------------------------
@@ -140,9 +128,9 @@ class Interpreter:
         self._guarded(self._hangup)
 
     def _hangup(self) -> None:
-        if self._collector is not None:
+        if self._data is not None:
             log.info("host closed the port during a data prompt: %d bytes discarded",
-                     len(self._collector.buf))
+                     len(self._data.buf))
             self._abandon()
         self._enter(Event.HANGUP)
         self._inbox.clear()
@@ -157,7 +145,7 @@ class Interpreter:
             if self.mode is Mode.COMMAND:
                 self._lex_some()
             elif self.mode is Mode.DATA:
-                self._feed_collector()
+                self._feed_data()
             else:        # PENDING: input waits for the answer; ONLINE: no route yet
                 break
         self._settle()
@@ -224,29 +212,29 @@ class Interpreter:
                 return Response([], "OK")
             log.info("ERROR: AT%s (%s form) not supported", loggable(item.raw), item.kind)
             return Response([], "ERROR")
-        return self._call(entry.func, self.modem, item, raw=item.raw, phase="")
+        return self._call(entry.func, self.modem, item, raw=item.raw, what="")
 
-    def _call(self, func: Callable, *args, raw: str, phase: str) -> Response:
+    def _call(self, func: Callable, *args, raw: str, what: str) -> Response:
         """Run a handler (or a data handler, or a pending command's outcome) and turn
         whatever it raises into an answer: CommandError its final, an exception
         carrying a +CME code (storage errors, responses.cme_code) that +CME ERROR,
         anything else ERROR with its traceback logged -- nothing a host sends can stop
-        the emulator.  phase: "" for the command itself, else what ran ("data of ")."""
+        the emulator.  what: "" for the command itself, else what ran ("the data of ")."""
         self._executing = True
         self._left_idle = True
         try:
             return func(*args)
         except CommandError as exc:
             if exc.log:
-                log.info("%s for %sAT%s: %s", _final_name(exc.final), phase, loggable(raw),
+                log.info("%s for %sAT%s: %s", _final_name(exc.final), what, loggable(raw),
                          exc.log.replace(raw, redact(raw)) if raw else exc.log)
             return Response([], exc.final)
         except Exception as exc:     # a handler bug must never take the emulator down
             code = cme_code(exc)
             if code is not None:
-                log.info("+CME ERROR: %d for %sAT%s: %s", code, phase, loggable(raw), exc)
+                log.info("+CME ERROR: %d for %sAT%s: %s", code, what, loggable(raw), exc)
                 return Response([], Cme(code))
-            log.exception("handler for %sAT%s failed", phase, loggable(raw))
+            log.exception("handler for %sAT%s failed", what, loggable(raw))
             return Response([], "ERROR")
         finally:
             self._executing = False
@@ -262,7 +250,7 @@ class Interpreter:
             return False
         if response.data is not None:
             self._queue.clear()                  # the rest of the line is data now
-            self._start_collector(response.data, after_line)
+            self._start_data(response.data, after_line)
             return False
         if response.final == "OK":
             return True
@@ -285,16 +273,16 @@ class Interpreter:
         self._pending = None
         self._enter(Event.DONE)
         self._raw = pending.raw
-        response = self._call(outcome, raw=pending.raw, phase="the answer of ")
+        response = self._call(outcome, raw=pending.raw, what="the answer of ")
         if self._handle(response, pending.after_line):
             self._run_queue(pending.after_line)
         self._pump()
 
     # -- data collection -----------------------------------------------------
-    def _start_collector(self, request: DataRequest, after_line: bool) -> None:
-        collector = _Collector(request, self._raw)
+    def _start_data(self, request: DataRequest, after_line: bool) -> None:
+        phase = DataPhase(request, self._raw)
         self._enter(Event.PROMPT)
-        self._collector = collector
+        self._data = phase
         self.modem.write(framing.prompt(request.prompt, self.modem.settings))
         # A host ending its lines with CR LF: the LF that came with the CR belongs to the
         # command line, not to the data (which the host sends only after the prompt) --
@@ -306,75 +294,46 @@ class Interpreter:
             elif not self._inbox and self.lexer.crlf is not False:
                 # (a host known to end its lines with CR alone sends no LF: a first byte
                 # LF from it is data, however soon it comes)
-                collector.lf_until = self._line_end + self._lf_window
-        self._restart_idle_timer(collector)
+                phase.lf_until = self._line_end + self._lf_window
+        self._restart_idle_timer(phase)
         if request.length == 0:
-            self._finish_collector(collector, "done")
+            self._finish_data(phase, "done")
 
-    def _restart_idle_timer(self, c: _Collector) -> None:
-        if c.request.idle_timeout is None:
+    def _restart_idle_timer(self, phase: DataPhase) -> None:
+        if phase.request.idle_timeout is None:
             return
-        if c.timer is not None:
-            c.timer.cancel()
-        c.timer = self.modem.call_later(c.request.idle_timeout, self._guarded, self._timed_out, c)
+        if phase.timer is not None:
+            phase.timer.cancel()
+        phase.timer = self.modem.call_later(phase.request.idle_timeout,
+                                            self._guarded, self._timed_out, phase)
 
-    def _timed_out(self, collector: _Collector) -> None:
-        self._finish_collector(collector, "timeout")
+    def _timed_out(self, phase: DataPhase) -> None:
+        self._finish_data(phase, "timeout")
         self._pump()                             # from a timer, outside feed()
 
-    def _feed_collector(self) -> None:
-        c = self._collector
-        req = c.request
-        if c.lf_until is not None:               # the first byte after the prompt
-            late_lf = self._inbox[:1] == b"\n" and self.modem.monotonic() <= c.lf_until
-            c.lf_until = None
+    def _feed_data(self) -> None:
+        phase = self._data
+        if phase.lf_until is not None:           # the first byte after the prompt
+            late_lf = self._inbox[:1] == b"\n" and self.modem.monotonic() <= phase.lf_until
+            phase.lf_until = None
             self.lexer.forget_line_end()
             if late_lf:
                 del self._inbox[:1]
                 return
-        if req.length is not None:
-            want = req.length - len(c.buf)
-            if req.ack_block:                    # up to the end of the current block
-                want = min(want, req.ack_block - len(c.buf) % req.ack_block)
-            take = bytes(self._inbox[:want])
-            del self._inbox[:len(take)]
-            c.buf += take
-            self._echo_data(take, req)
-            self._restart_idle_timer(c)
-            if len(c.buf) == req.length:
-                self._finish_collector(c, "done")
-            elif req.ack_block and len(c.buf) % req.ack_block == 0:
-                self.modem.write(framing.ACK)    # the host sends the next block now
-            return
-        ends = [i for i in (self._inbox.find(CTRL_Z),
-                            self._inbox.find(ESC) if req.escape_cancels else -1) if i >= 0]
-        end = min(ends) if ends else len(self._inbox)
-        data = bytes(self._inbox[:end])
-        self._echo_data(data, req)
-        terminator = self._inbox[end] if end < len(self._inbox) else None
-        del self._inbox[:end + (terminator is not None)]
-        room = (req.max_length - len(c.buf)) if req.max_length is not None else len(data)
-        if len(data) > room:
-            c.overflow = True
-        c.buf += data[:max(room, 0)]
-        self._restart_idle_timer(c)
-        if terminator == CTRL_Z:
-            self._finish_collector(c, "overflow" if c.overflow else "done")
-        elif terminator == ESC:
-            self._finish_collector(c, "cancel")
+        out, reason = phase.take(self._inbox, self.modem.settings.echo)
+        self.modem.write(out)
+        self._restart_idle_timer(phase)
+        if reason is not None:
+            self._finish_data(phase, reason)
 
-    def _echo_data(self, data: bytes, request: DataRequest) -> None:
-        if data and request.echo and self.modem.settings.echo:
-            self.modem.write(data)
-
-    def _finish_collector(self, collector: _Collector, reason: str) -> None:
-        if self._collector is not collector:
+    def _finish_data(self, phase: DataPhase, reason: str) -> None:
+        if self._data is not phase:
             return                               # a late timer
         self._abandon()
         self._enter(Event.DONE)
-        self._raw = collector.raw
-        response = self._call(collector.request.on_done, bytes(collector.buf), reason,
-                              raw=collector.raw, phase="the data of ")
+        self._raw = phase.raw
+        response = self._call(phase.request.on_done, bytes(phase.buf), reason,
+                              raw=phase.raw, what="the data of ")
         if self._handle(response, after_line=False):
             self._write_final("OK")
             self._write_after()
