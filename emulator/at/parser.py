@@ -75,20 +75,14 @@ def _parse_extended(text: str, start: int, out: list) -> int:
     if len(name) < 2:
         out.append(Malformed(text[start:], "empty command name"))
         return n
-    if text.startswith("=?", i):
-        end = _skip_to_separator(text, i + 2)
-        if text[i + 2:end].strip():
-            out.append(Malformed(text[start:end], "text after =?"))
-            return n
-        out.append(Command(name, TEST, (), text[start:end]))
-        return end
-    if text.startswith("?", i):
-        end = _skip_to_separator(text, i + 1)
-        if text[i + 1:end].strip():
-            out.append(Malformed(text[start:end], "text after ?"))
-            return n
-        out.append(Command(name, READ, (), text[start:end]))
-        return end
+    for suffix, kind in (("=?", TEST), ("?", READ)):      # "=?" before "=" and "?"
+        if text.startswith(suffix, i):
+            end = _skip_to_separator(text, i + len(suffix))
+            if text[i + len(suffix):end].strip():
+                out.append(Malformed(text[start:end], f"text after {suffix}"))
+                return n
+            out.append(Command(name, kind, (), text[start:end]))
+            return end
     if text.startswith("=", i):
         end = _skip_to_separator(text, i + 1)
         args = split_args(text[i + 1:end])

@@ -13,61 +13,39 @@ def _flag(modem, cmd, lo: int = 0, hi: int = 1) -> int:
     return Args(cmd).int(0, lo, hi, default=0)
 
 
-@command("E", EXEC)
-def echo(modem, cmd):
-    modem.settings.echo = bool(_flag(modem, cmd))
-    return ok()
+def _setting(attr: str, hi: int, kind: type):
+    def handler(modem, cmd):
+        setattr(modem.settings, attr, kind(_flag(modem, cmd, 0, hi)))
+        return ok()
+    return handler
 
 
-@command("V", EXEC)
-def verbose(modem, cmd):
-    modem.settings.verbose = bool(_flag(modem, cmd))
-    return ok()
+# A digit kept in the port settings (saved by AT&W).
+for _name, _attr, _hi, _kind in (("E", "echo", 1, bool), ("V", "verbose", 1, bool),
+                                 ("Q", "quiet", 1, bool), ("&C", "dcd", 1, int),
+                                 ("&D", "dtr", 2, int)):
+    command(_name, EXEC)(_setting(_attr, _hi, _kind))
 
 
-@command("Q", EXEC)
-def quiet(modem, cmd):
-    modem.settings.quiet = bool(_flag(modem, cmd))
-    return ok()
+def _action(do):
+    def handler(modem, cmd):
+        _flag(modem, cmd, 0, 0)          # ATZ0 is ATZ; ATZ1 is an error
+        do(modem)
+        return ok()
+    return handler
 
 
-@command("Z", EXEC)
-def restore(modem, cmd):
-    _flag(modem, cmd, 0, 0)
-    modem.restore_saved_settings()
-    return ok()
-
-
-@command("&F", EXEC)
-def factory(modem, cmd):
-    _flag(modem, cmd, 0, 0)
-    modem.settings = modem.factory_settings.copy()
-    return ok()
-
-
-@command("&W", EXEC)
-def save(modem, cmd):
-    _flag(modem, cmd, 0, 0)
-    modem.save_settings()
-    return ok()
+# Settings sets: ATZ the AT&W one, AT&F the profile's factory one; AT&W saves.
+for _name, _do in (("Z", lambda modem: modem.restore_saved_settings()),
+                   ("&F", lambda modem: modem.restore_factory_settings()),
+                   ("&W", lambda modem: modem.save_settings())):
+    command(_name, EXEC)(_action(_do))
 
 
 @command("I", EXEC)
 def identify(modem, cmd):
     _flag(modem, cmd, 0, 0)
     return ok(*modem.profile["identity.ati"])
-
-
-@command("&C", EXEC)
-def dcd_mode(modem, cmd):
-    modem.settings.dcd = _flag(modem, cmd, 0, 1)
-    return ok()
-
-
-@command("&D", EXEC)
-def dtr_mode(modem, cmd):
-    modem.settings.dtr = _flag(modem, cmd, 0, 2)
-    return ok()
 
 
 # S registers: S3 line terminator, S4 response formatting, S5 backspace, ...

@@ -144,6 +144,9 @@ class Modem:
     def restore_saved_settings(self) -> None:
         self.settings = self.saved_settings.copy()
 
+    def restore_factory_settings(self) -> None:
+        self.settings = self.factory_settings.copy()
+
     def deactivate_pdp(self, cid: int) -> None:
         self.pdp.deactivate(cid)
         self.emit("pdp_deactivated", cid=cid)
