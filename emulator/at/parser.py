@@ -163,12 +163,9 @@ def _parse_basic(text: str, i: int, out: list, prefix: str) -> int:
             out.append(Malformed(text[start:], "S without register number"))
             return n
         name = "S" + str(int(text[i:j]))
-        if text.startswith("=?", j):
-            out.append(Command(name, TEST, (), text[start:j + 2]))
-            return j + 2
-        if text.startswith("?", j):
-            out.append(Command(name, READ, (), text[start:j + 1]))
-            return j + 1
+        end = _basic_query(name, text, start, j, out)
+        if end is not None:
+            return end
         if text.startswith("=", j):
             k = j + 1
             while k < n and text[k] in _DIGITS:
@@ -183,12 +180,18 @@ def _parse_basic(text: str, i: int, out: list, prefix: str) -> int:
         j += 1
     value = text[i:j]
     name = prefix + letter
-    if text.startswith("=?", j):
-        out.append(Command(name, TEST, (), text[start:j + 2]))
-        return j + 2
-    if text.startswith("?", j):
-        out.append(Command(name, READ, (), text[start:j + 1]))
-        return j + 1
+    end = _basic_query(name, text, start, j, out)
+    if end is not None:
+        return end
     args = (Arg(value),) if value else ()
     out.append(Command(name, EXEC, args, text[start:j]))
     return j
+
+
+def _basic_query(name: str, text: str, start: int, j: int, out: list) -> int | None:
+    """"=?" or "?" right after a basic command's name (ATS3?, ATE=?): where it ends."""
+    for suffix, kind in (("=?", TEST), ("?", READ)):
+        if text.startswith(suffix, j):
+            out.append(Command(name, kind, (), text[start:j + len(suffix)]))
+            return j + len(suffix)
+    return None
