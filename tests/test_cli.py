@@ -11,7 +11,7 @@ from pathlib import Path
 import ptyprocess
 import pytest
 
-from tests.host import Host
+from emulator.testing.host import Host
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,8 +166,8 @@ def test_demo_answers_the_notes_example_out_of_the_box(tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda t: t.replace('"+QSSLCFG" = "ec2x"', '"+QSSLCFG" = "ec9x"'),
-     "key commands.\"+QSSLCFG\": unknown variant 'ec9x' (known: ec2x, ml302)"),
+    (lambda t: t.replace('"+QSSLCFG" = "quectel"', '"+QSSLCFG" = "ec9x"'),
+     "key commands.\"+QSSLCFG\": unknown variant 'ec9x' (known: onemo, quectel)"),
     (lambda t: t + '"+QNOSUCH" = "*"\n', 'key commands."+QNOSUCH": no such command in the emulator'),
 ])
 def test_profile_command_table_is_checked(tmp_path, edit, message):

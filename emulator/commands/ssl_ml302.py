@@ -1,8 +1,9 @@
-"""ML302 SSL commands (ML302 SSL AT manual §2.1, §2.5-2.10, §3): AT+QSSLCFG,
-AT+QSSLOPEN, AT+QSSLSEND, AT+QSSLRECV, AT+QSSLCLOSE, AT+QSSLSTATE.
+"""OneMO SSL commands ("onemo" variant; ML302 SSL AT manual §2.1, §2.5-2.10, §3):
+AT+QSSLCFG, AT+QSSLOPEN, AT+QSSLSEND, AT+QSSLRECV, AT+QSSLCLOSE, AT+QSSLSTATE.
 
-Sockets, contexts and TLS are the EC2x ones (emulator/sockets/); only the
-wording differs.  Choices where the manual is silent or contradicts itself
+Sockets, contexts and TLS are the EC2x ones (emulator/sockets/; the dialect
+"onemo" in emulator/sockets/dialects.py holds the URC wording and the context
+defaults); the AT+QSSLSEND data phase is shared (ssl_common.py).  Choices where the manual is silent or contradicts itself
 (listed in docs/behaviour.md):
 
 * Every failure is a plain ERROR (the manual lists no codes); the log says why.
@@ -42,70 +43,30 @@ wording differs.  Choices where the manual is silent or contradicts itself
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from tls_engine import suite_offerable
+from tls_engine.ciphers import ALL_SUITES_CODE
 
 from emulator.at.args import Args
-from emulator.at.parser import EXEC, READ, TEST, WRITE
+from emulator.at.parser import EXEC, READ, WRITE
 from emulator.logsafe import get_logger
 from emulator.at.registry import command
-from emulator.at.responses import CommandError, Raw, Response, ok
-from emulator.sockets.context import ALL_CIPHERS, OPTIONS, format_cipher_list, parse_cipher_list
+from emulator.at.responses import Raw, Response, ok
+from emulator.commands.ssl_common import fail, refuse_unimplemented, send_request, server_address, service
+from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
 from emulator.sockets.service import SslService
 from emulator.sockets.ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
-from emulator.storage.secstore import SLOT_PATHS, SLOT_CA_CERT, SLOT_CLIENT_CERT, SLOT_CLIENT_KEY, slot_for_path
-from emulator.commands.ssl_ec2x import send_request
+from emulator.storage.secstore import SLOT_PATHS, slot_for_path
 
 log = get_logger("emulator.ssl")
-V = "ml302"
+V = "onemo"
 
-CTX_OPTIONS = ("sslversion", "ciphersuite", "seclevel", "cacert", "clientcert", "clientkey")
-DEFAULT_PATHS = {"cacert": SLOT_PATHS[SLOT_CA_CERT], "clientcert": SLOT_PATHS[SLOT_CLIENT_CERT],
-                 "clientkey": SLOT_PATHS[SLOT_CLIENT_KEY]}
 CLOSE_TIMEOUT = 10.0      # seconds for close_notify + TCP close (the ML302 has no parameter)
 STATUS = {OPENING: "CONNECTING", CONNECTED: "CONNECTED", CLOSING: "REMOTE CLOSING", INITIAL: "INITIAL"}
+CTX_FIELDS = ("sslversion", "seclevel", "ciphersuite", "cacert", "clientcert", "clientkey")   # "ctxindex"
 
 
-def _ml302_defaults(svc: SslService) -> None:
-    for ctx in svc.contexts.values():
-        ctx.reset()
-        ctx.values.update(DEFAULT_PATHS, session_cache=0, sni=1)
-
-
-def _new_service(modem) -> SslService:
-    svc = SslService(modem)
-    _ml302_defaults(svc)
-    # AT+CFUN=1,1: the manual says nothing of saving AT+QSSLCFG (only the AT+QSECWRITE store
-    # keeps data), so a reboot brings the defaults back, as on the EC2x.
-    modem.on("reset", lambda: _ml302_defaults(svc))
-    return svc
-
-
-def service(modem) -> SslService:
-    return modem.feature("ssl", _new_service)
-
-
-@dataclass
-class _Globals:
-    """What the ML302 keeps beside the shared SSL service."""
-    https: int = 0
-    httpsctxi: int = 0
-    # The last socket opened on each ssid: once it has ended, AT+QSSLSTATE shows
-    # it as CLOSED with its address until the ssid is used again.
-    dialled: dict[int, SslSocket] = field(default_factory=dict)
-
-
-def _globals(modem) -> _Globals:
-    def make(m) -> _Globals:
-        state = _Globals()
-
-        def reboot() -> None:
-            state.dialled.clear()
-            state.https = state.httpsctxi = 0
-        m.on("reset", reboot)
-        return state
-    return modem.feature("ssl.ml302", make)
+def _socket_range(modem) -> str:
+    return f"(0-{service(modem).max_sockets - 1})"
 
 
 def read_slot_material(modem):
@@ -120,38 +81,31 @@ def read_slot_material(modem):
     return read
 
 
-def _fail(why: str) -> CommandError:
-    return CommandError("ERROR", why)
-
-
 # -- AT+QSSLCFG ------------------------------------------------------------------
 def _format(name: str, value) -> str:
     if name == "ciphersuite":
         return format_cipher_list(value)
-    if name in DEFAULT_PATHS:
+    if OPTIONS[name].kind == "path":
         return f'"{value}"'
     return str(value)
 
 
-@command("+QSSLCFG", TEST, variant=V)
-def qsslcfg_test(modem, cmd):
-    return ok(f'+QSSLCFG: "type",(0-{len(service(modem).contexts) - 1}),"value"')
-
-
-def _global_options(modem, svc: SslService) -> dict[str, tuple[int, int, object]]:
+def _global_options(svc: SslService) -> dict[str, tuple[int, int, object]]:
     """name -> (lo, hi, current value) of the options that have no <ctxindex>."""
-    g = _globals(modem)
     return {"ignorertctime": (0, 1, svc.contexts[0]["ignorelocaltime"]),
-            "https": (0, 1, g.https),
-            "httpsctxi": (0, len(svc.contexts) - 1, g.httpsctxi)}
+            "https": (0, 1, svc.globals["https"]),
+            "httpsctxi": (0, len(svc.contexts) - 1, svc.globals["httpsctxi"])}
 
 
-@command("+QSSLCFG", WRITE, variant=V)
+@command("+QSSLCFG", WRITE, variant=V,
+         test=lambda modem: f'+QSSLCFG: "type",(0-{len(service(modem).contexts) - 1}),"value"')
 def qsslcfg_write(modem, cmd):
     svc = service(modem)
     args = Args(cmd)
     name = args.str(0, max_len=32).lower()
-    globals_ = _global_options(modem, svc)
+    if name != "ctxindex" and name not in svc.options:
+        raise args.fail(f"unknown option {name!r}")
+    globals_ = _global_options(svc)
     if name in globals_:
         args.at_most(2)
         lo, hi, current = globals_[name]
@@ -162,22 +116,19 @@ def qsslcfg_write(modem, cmd):
             for ctx in svc.contexts.values():
                 ctx["ignorelocaltime"] = value
         else:
-            setattr(_globals(modem), name, value)
+            svc.globals[name] = value
         return ok()
-    if name != "ctxindex" and name not in CTX_OPTIONS:
-        raise args.fail(f"unknown option {name!r}")
     ctx = svc.contexts[args.int(1, 0, len(svc.contexts) - 1)]
     if name == "ctxindex":
         args.at_most(2)
-        fields = ",".join(_format(n, ctx[n]) for n in ("sslversion", "seclevel", "ciphersuite",
-                                                       "cacert", "clientcert", "clientkey"))
+        fields = ",".join(_format(n, ctx[n]) for n in CTX_FIELDS)
         return ok(f"+QSSLCFG: {ctx.ctx_id},{fields}")
     args.at_most(3)
     if not args.present(2):                  # the manual's query answer names no context
         return ok(f'+QSSLCFG: "{name}",{_format(name, ctx[name])}')
     if name == "ciphersuite":
         ctx[name] = _parse_suites(modem, args)
-    elif name in DEFAULT_PATHS:
+    elif OPTIONS[name].kind == "path":
         path = args.str(2, max_len=modem.profile["files.max_name_len"])
         if slot_for_path(path) is None:
             log.warning("AT+QSSLCFG=\"%s\": %r is not a certificate slot path (%s): "
@@ -193,7 +144,7 @@ def _parse_suites(modem, args: Args) -> tuple[int, ...]:
     table = {int(x, 16) for x in modem.profile["ssl.cipher_suites"]}
     if suites is None:
         raise args.fail("cipher suites must be hex ids like 0X0035, several joined by ':'")
-    if suites == (ALL_CIPHERS,):
+    if suites == (ALL_SUITES_CODE,):
         return suites
     unknown = [f"0X{s:04X}" for s in suites if s not in table]
     if unknown:
@@ -202,27 +153,19 @@ def _parse_suites(modem, args: Args) -> tuple[int, ...]:
 
 
 # -- AT+QSSLOPEN --------------------------------------------------------------------
-@command("+QSSLOPEN", TEST, variant=V)
-def qsslopen_test(modem, cmd):
-    return ok("+QSSLOPEN: <ssid>,<ctxindex>,<ipaddr/domainname>,<port>,<connectmode>[,<timeout>]")
-
-
-@command("+QSSLOPEN", WRITE, variant=V)
+@command("+QSSLOPEN", WRITE, variant=V,
+         test="+QSSLOPEN: <ssid>,<ctxindex>,<ipaddr/domainname>,<port>,<connectmode>[,<timeout>]")
 def qsslopen_write(modem, cmd):
     svc = service(modem)
     args = Args(cmd)
     args.at_most(6)
     ssid = args.int(0, 0, svc.max_sockets - 1)
     ctx_id = args.int(1, 0, len(svc.contexts) - 1)
-    host = args.str(2, max_len=150).strip()
+    host = server_address(args, 2)
     port = args.int(3, 1, 65535)
-    mode = args.int(4, 0, 1)
+    delivery = svc.deliveries["online" if args.int(4, 0, 1) == 1 else "buffer"]   # <connectmode>
     timeout = args.int(5, 10, 300, default=90)
-    if not host:
-        raise args.fail("empty server address")
-    if mode == 1:
-        log.warning("AT+QSSLOPEN connectmode 1 (transparent) is not implemented yet: ERROR")
-        raise _fail("transparent mode not implemented yet")
+    refuse_unimplemented(svc, delivery, None, "connectmode 1")
     if ssid in svc.sockets:
         log.info("AT+QSSLOPEN: ssid %d is in use (AT+QSSLCLOSE=%d first): -2", ssid, ssid)
         return Response([], "OK", after=[f"+QSSLOPEN: {ssid},-2"])
@@ -233,26 +176,20 @@ def qsslopen_write(modem, cmd):
         return Response([], "OK", after=[f"+QSSLOPEN: {ssid},{code}"])
     # 0XFFFF = the ML302 suites this TLS build can offer, rather than failing the open.
     offerable = tuple(int(x, 16) for x in modem.profile["ssl.cipher_suites"] if suite_offerable(int(x, 16)))
-    _globals(modem).dialled[ssid] = svc.open(
-        ssid, pdp_id=active[0].cid, ctx_id=ctx_id, host=host, port=port, access_mode=0,
-        read_material=read_slot_material(modem), timeout=float(timeout), allow_ciphers=offerable)
+    svc.open(ssid, pdp_id=active[0].cid, ctx_id=ctx_id, host=host, port=port, delivery=delivery,
+             read_material=read_slot_material(modem), timeout=float(timeout), allow_ciphers=offerable)
     return ok()
 
 
 # -- AT+QSSLSEND ----------------------------------------------------------------------
-@command("+QSSLSEND", TEST, variant=V)
-def qsslsend_test(modem, cmd):
-    return ok(f"+QSSLSEND: (0-{service(modem).max_sockets - 1})")
-
-
-@command("+QSSLSEND", WRITE, variant=V)
+@command("+QSSLSEND", WRITE, variant=V, test=lambda modem: f"+QSSLSEND: {_socket_range(modem)}")
 def qsslsend_write(modem, cmd):
     svc = service(modem)
     args = Args(cmd)
     args.at_most(1)
     ssid = args.int(0, 0, svc.max_sockets - 1)
     if svc.connected(ssid) is None:
-        raise _fail(f"ssid {ssid} is not connected")
+        raise fail(svc, None, f"ssid {ssid} is not connected")
     return send_request(modem, svc, ssid, None, cancelled=ok())
 
 
@@ -262,12 +199,8 @@ def _address(modem, sock: SslSocket) -> str:
     return modem.network.display_address(sock.host) if sock.remote else ""
 
 
-@command("+QSSLRECV", TEST, variant=V)
-def qsslrecv_test(modem, cmd):
-    return ok(f"+QSSLRECV: (0,1),(0-{service(modem).max_sockets - 1}),(1,{modem.profile['ssl.recv_max']})")
-
-
-@command("+QSSLRECV", WRITE, variant=V)
+@command("+QSSLRECV", WRITE, variant=V,
+         test=lambda modem: f"+QSSLRECV: (0,1),{_socket_range(modem)},(1,{modem.profile['ssl.recv_max']})")
 def qsslrecv_write(modem, cmd):
     svc = service(modem)
     args = Args(cmd)
@@ -277,7 +210,7 @@ def qsslrecv_write(modem, cmd):
     length = args.int(2, 1, modem.profile["ssl.recv_max"])
     sock = svc.sockets.get(ssid)
     if sock is None or sock.state in (INITIAL, OPENING):
-        raise _fail(f"ssid {ssid} is not connected")
+        raise fail(svc, None, f"ssid {ssid} is not connected")
     data = sock.read(length)
     if not data:
         return ok()
@@ -285,12 +218,7 @@ def qsslrecv_write(modem, cmd):
 
 
 # -- AT+QSSLCLOSE ---------------------------------------------------------------------
-@command("+QSSLCLOSE", TEST, variant=V)
-def qsslclose_test(modem, cmd):
-    return ok(f"+QSSLCLOSE: (0-{service(modem).max_sockets - 1})[,(0,1)]")
-
-
-@command("+QSSLCLOSE", WRITE, variant=V)
+@command("+QSSLCLOSE", WRITE, variant=V, test=lambda modem: f"+QSSLCLOSE: {_socket_range(modem)}[,(0,1)]")
 def qsslclose_write(modem, cmd):
     svc = service(modem)
     args = Args(cmd)
@@ -319,25 +247,19 @@ def _ip_state(modem, svc: SslService) -> str:
     return "IP PROCESSING" if svc.sockets else "IP STATUS"   # data phase / local IP only
 
 
-@command("+QSSLSTATE", EXEC, variant=V)
+@command("+QSSLSTATE", EXEC, variant=V, test=[])
 def qsslstate_exec(modem, cmd):
     svc = service(modem)
-    dialled = _globals(modem).dialled
     lines = [f'+QSSLSTATE: "{_ip_state(modem, svc)}"']
     for ssid in range(svc.max_sockets):
         sock = svc.sockets.get(ssid)
         status = STATUS.get(sock.state, "INITIAL") if sock else "CLOSED"
-        sock = sock or dialled.get(ssid)
+        sock = sock or svc.dialled.get(ssid)
         if sock is None:
             lines.append(f'+QSSLSTATE: {ssid},"TCP","",0,"INITIAL",1')
         else:
             lines.append(f'+QSSLSTATE: {ssid},"TCP","{_address(modem, sock)}",{sock.port},"{status}",1')
     return ok(*lines)
-
-
-@command("+QSSLSTATE", TEST, variant=V)
-def qsslstate_test(modem, cmd):
-    return ok()
 
 
 def _read_form_is_ok(modem, cmd):

@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import ipaddress
 import socket
-from dataclasses import dataclass
 
 from emulator.logsafe import get_logger
 
@@ -28,18 +27,12 @@ log = get_logger("emulator.network")
 
 
 class NetworkError(Exception):
-    """kind: "dns" | "connect" | "timeout"; reason: a line for the log."""
+    """kind: "dns" | "connect"; reason: a line for the log."""
 
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
 
 
 def _split_host_port(text: str, need_port: bool) -> tuple[str, int | None]:
@@ -188,15 +181,13 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-async def open_tcp(router: Router, host: str, port: int, protocol_factory, timeout: float):
-    """Resolve through the router and connect; returns (transport, protocol, (addr, port))."""
+async def open_tcp(router: Router, host: str, port: int, protocol_factory):
+    """Resolve through the router and connect; returns (transport, protocol, (addr, port)).
+    The caller bounds it (the SSL socket, on the modem's time)."""
     loop = asyncio.get_running_loop()
     addr, real_port = await router.resolve(host, port)
     try:
-        transport, protocol = await asyncio.wait_for(
-            loop.create_connection(protocol_factory, addr, real_port), timeout)
-    except asyncio.TimeoutError:
-        raise NetworkError("timeout", f"TCP connect to {addr}:{real_port} timed out") from None
+        transport, protocol = await loop.create_connection(protocol_factory, addr, real_port)
     except OSError as exc:
         raise NetworkError("connect", f"TCP connect to {addr}:{real_port} failed: {exc.strerror or exc}") from None
     sock = transport.get_extra_info("socket")

@@ -136,7 +136,15 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "ssl.recv_max": (True, _int(1, 65535)),
     "ssl.send_buffer": (True, _int(1, 1 << 24)),
     "ssl.recv_buffer": (True, _int(1, 1 << 24)),
-    "ssl.cipher_suites": (True, _list(_hex_id, 1)),
+    # The module's suites, in offer order (0XFFFF = these).  Absent: the EC2x note's
+    # Table 3, whose one source is tls_engine/ciphers.py (CIPHER_TABLE).
+    "ssl.cipher_suites": (False, _list(_hex_id, 1)),
+    # The SSL family (emulator/sockets/dialects.py): URC wording and context defaults;
+    # the [commands] variant of every AT+QSSL command must be the same name.  Absent: "quectel".
+    "ssl.dialect": (False, _str),
+    # The AT+QSSLCFG options the module has, in its test form's order: a subset of the
+    # dialect's (checked in check_ssl).  Absent: all of the dialect's.
+    "ssl.options": (False, _list(_str, 1)),
     "ssl.errors": (False, _table(_int(-1000, 1000))),
     "ssl.at_port": (False, _str),
     "ssl.verify_hostname": (False, _bool),   # absent = true (check the dialled name)
@@ -193,6 +201,7 @@ def load_profile(spec: str) -> Profile:
         raise ProfileError(f"profile {path}: not valid TOML: {exc}") from None
     validate(data, path)
     check_commands(data["commands"], path)
+    check_ssl(data, path)
     return Profile(data["profile"]["name"], path, data)
 
 
@@ -208,6 +217,27 @@ def check_commands(commands: dict[str, str], path: Path) -> None:
             known = ", ".join(sorted(variants))
             raise ProfileError(f'profile {path}: key commands."{name}": unknown variant '
                                f'{variant!r} (known: {known})')
+
+
+def check_ssl(data: dict, path: Path) -> None:
+    """ssl.dialect, ssl.options and the AT+QSSL command variants agree; the absent
+    keys get their defaults (the dialect's options, the EC2x cipher table)."""
+    from tls_engine.ciphers import CIPHER_TABLE
+    from emulator.sockets.dialects import DIALECTS, options_problem
+    ssl = data["ssl"]
+    dialect = ssl.setdefault("dialect", "quectel")
+    if dialect not in DIALECTS:
+        raise ProfileError(f"profile {path}: key ssl.dialect: must be one of "
+                           f"{', '.join(map(repr, DIALECTS))}, got {dialect!r}")
+    options = ssl.setdefault("options", list(DIALECTS[dialect].options))
+    why = options_problem(dialect, options)
+    if why:
+        raise ProfileError(f"profile {path}: key ssl.options: {why}")
+    ssl.setdefault("cipher_suites", [suite.code for suite in CIPHER_TABLE.values()])
+    for name, variant in data["commands"].items():
+        if name.upper().startswith("+QSSL") and variant not in (dialect, "*"):
+            raise ProfileError(f'profile {path}: key commands."{name}": variant {variant!r} '
+                               f'but ssl.dialect is {dialect!r} (they name the same family)')
 
 
 def validate(data: dict, path: Path) -> None:

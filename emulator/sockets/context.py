@@ -4,7 +4,8 @@ engine's settings at AT+QSSLOPEN.
 Every option of the EC2x note §2.2.1 is declared once in OPTIONS with its
 default and range (the note's underlined values); the AT handlers of both
 modules read and write through this table, and to_tls_settings() is the one
-place where an option meets the TLS engine.
+place where an option meets the TLS engine.  A module family's own defaults
+(emulator/sockets/dialects.py) are given to each context it creates.
 """
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from tls_engine import TlsSettings
-
-ALL_CIPHERS = 0xFFFF
+from tls_engine.ciphers import ALL_SUITES_CODE
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Option:
 
 OPTIONS: dict[str, Option] = {
     "sslversion": Option("int", 4, 0, 4),
-    "ciphersuite": Option("ciphers", (ALL_CIPHERS,)),
+    "ciphersuite": Option("ciphers", (ALL_SUITES_CODE,)),
     "cacert": Option("path", ""),
     "cacertex": Option("path", ""),
     "clientcert": Option("path", ""),
@@ -55,10 +55,21 @@ OPTIONS: dict[str, Option] = {
 }
 
 
+def default_values(overrides: dict[str, object] | None = None) -> dict[str, object]:
+    """Every option's default (the note's), with a module family's own on top."""
+    values = {k: o.default for k, o in OPTIONS.items()}
+    values.update(overrides or {})
+    return values
+
+
 @dataclass
 class SslContext:
     ctx_id: int
-    values: dict[str, object] = field(default_factory=lambda: {k: o.default for k, o in OPTIONS.items()})
+    defaults: dict[str, object] = field(default_factory=default_values)
+    values: dict[str, object] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.values = dict(self.defaults)
 
     def __getitem__(self, name: str):
         return self.values[name]
@@ -67,8 +78,8 @@ class SslContext:
         self.values[name] = value
 
     def reset(self) -> None:
-        """Back to the note's defaults (a reboot: the settings are not saved)."""
-        self.values = {k: o.default for k, o in OPTIONS.items()}
+        """Back to the defaults (a reboot: the settings are not saved)."""
+        self.values = dict(self.defaults)
 
 
 class SetupError(Exception):
@@ -131,7 +142,7 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
     identity, psk_key = ctx["psk"]
     identity_bytes = _host_bytes(identity, "PSK identity") if identity else None
     ciphers = tuple(ctx["ciphersuite"])
-    if ciphers == (ALL_CIPHERS,):
+    if ciphers == (ALL_SUITES_CODE,):
         if identity:
             ciphers = ()     # the engine's full offer: the note's table plus the PSK suites
         else:

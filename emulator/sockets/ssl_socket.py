@@ -1,14 +1,35 @@
 """One SSL client socket: its state machine, its TLS session and its buffers.
 
-    INITIAL --open()--> OPENING --handshake done--> CONNECTED --peer close--> CLOSING
-        ^                  |  failure (URC with error)       |                   |
-        +------------------+---------- close() --------------+-------------------+
+The socket alone owns its state; it changes only through TRANSITIONS, by the
+socket's own methods (open, close, abort, bearer_lost and the network callbacks):
+
+    state      event          next        when
+    INITIAL    open           OPENING     AT+QSSLOPEN: DNS, TCP connect, TLS handshake
+    OPENING    established    CONNECTED   handshake done ("+QSSLOPEN: <id>,0")
+    OPENING    open_failed    INITIAL     DNS/TCP/TLS failure, timeout, bearer lost (URC with error)
+    CONNECTED  peer_closed    CLOSING     close_notify, FIN, RST, TLS failure ("closed" URC)
+    CONNECTED  bearer_lost    CLOSING     the PDP context went away ("closed" URC)
+    CLOSING    bearer_lost    CLOSING     (already reported)
+    OPENING    close          CLOSING     AT+QSSLCLOSE: the host's close (a +QSSLOPEN never comes)
+    CONNECTED  close          CLOSING     AT+QSSLCLOSE: close_notify, linger
+    CLOSING    close          CLOSING     AT+QSSLCLOSE after the peer's close
+    CLOSING    closed         INITIAL     the host's close is over
+    any        abort          INITIAL     reboot, shutdown
+
+The numbers are the EC2x's <socket_state> (AT+QSSLSTATE prints them).  Races the
+code expects (a peer close while still opening, a close while the connect completes)
+are checked before an event is raised; an event the table does not allow is a bug:
+under pytest, or with MODEM_EMULATOR_STRICT=1, it raises IllegalTransition; otherwise
+it is logged as an error and ignored (the socket keeps its state), so a running
+emulator keeps serving the host.
 
 The asyncio transport only moves bytes; the sans-IO TlsClientSession does TLS.
 The owner (the per-modem SSL service) receives callbacks and turns them into
 URCs in the imitated module's format.  Received plaintext waits in `inbox`
-until the host reads it; past the profile's receive buffer the socket stops
-reading from the network (TCP flow control) instead of dropping data.
+until the host reads it (or the socket's delivery strategy pushes it); past the
+profile's receive buffer the socket stops reading from the network (TCP flow
+control) instead of dropping data.  Every timeout (connect, open bound, handshake,
+close linger, DTLS retransmission) runs on the modem's Timers, so tests advance it.
 
 Every open ends in exactly one owner.on_opened() (an unexpected exception included:
 it becomes a failure kind, with its traceback in the log) unless the host closed the
@@ -18,7 +39,9 @@ abort() is aborted at once).
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+import enum
+import os
+from typing import Callable, Protocol
 
 from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsClientSession, TlsFailure, TlsSettings
 
@@ -27,7 +50,43 @@ from emulator.io.network import NetworkError, Router, open_tcp, open_udp
 
 log = get_logger("emulator.ssl")
 
-INITIAL, OPENING, CONNECTED, CLOSING = 0, 1, 2, 4
+
+class State(enum.IntEnum):
+    INITIAL = 0
+    OPENING = 1
+    CONNECTED = 2
+    CLOSING = 4
+
+
+INITIAL, OPENING, CONNECTED, CLOSING = State.INITIAL, State.OPENING, State.CONNECTED, State.CLOSING
+
+# (state, event) -> next state: the only way a socket's state changes.
+TRANSITIONS: dict[tuple[State, str], State] = {
+    (INITIAL, "open"): OPENING,
+    (OPENING, "established"): CONNECTED,
+    (OPENING, "open_failed"): INITIAL,
+    (CONNECTED, "peer_closed"): CLOSING,
+    (CONNECTED, "bearer_lost"): CLOSING,
+    (CLOSING, "bearer_lost"): CLOSING,
+    (OPENING, "close"): CLOSING,
+    (CONNECTED, "close"): CLOSING,
+    (CLOSING, "close"): CLOSING,
+    (CLOSING, "closed"): INITIAL,
+    **{(state, "abort"): INITIAL for state in State},
+}
+
+STRICT_ENV = "MODEM_EMULATOR_STRICT"
+
+
+class IllegalTransition(RuntimeError):
+    """An event the socket's transition table does not allow in its state: a bug."""
+
+
+def strict_states() -> bool:
+    """Raise on an illegal transition (tests) rather than log and ignore it."""
+    return os.environ.get(STRICT_ENV) == "1" or "PYTEST_CURRENT_TEST" in os.environ
+
+
 CONNECT_TIMEOUT = 150.0          # the note: "maximum network response time of 150 s"
 
 # How the peer ended the connection, as the log says it.
@@ -52,38 +111,44 @@ class SocketOwner(Protocol):
 
 
 class _Link(asyncio.Protocol):
-    """asyncio protocol feeding a socket (TCP stream or DTLS datagrams)."""
+    """asyncio protocol feeding a socket (TCP stream or DTLS datagrams) through the
+    three callbacks the socket hands it."""
 
-    def __init__(self, sock: "SslSocket") -> None:
-        self.sock = sock
+    def __init__(self, made: Callable, received: Callable[[bytes], None], lost: Callable[[str], None]) -> None:
+        self.made = made
+        self.received = received
+        self.lost = lost
 
     def connection_made(self, transport) -> None:
-        self.sock._link_made(transport)
+        self.made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self.sock._from_network(data)
+        self.received(data)
 
     def datagram_received(self, data: bytes, addr) -> None:
-        self.sock._from_network(data)
+        self.received(data)
 
     def error_received(self, exc: Exception) -> None:
-        self.sock._network_lost(f"UDP error: {exc}")
+        self.lost(f"UDP error: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.sock._network_lost(_lost_reason(exc))
+        self.lost(_lost_reason(exc))
 
 
 class SslSocket:
     def __init__(self, owner: SocketOwner, client_id: int, *, pdp_id: int, ctx_id: int,
-                 host: str, port: int, access_mode: int, recv_limit: int) -> None:
+                 host: str, port: int, delivery, recv_limit: int, timers) -> None:
+        """delivery: how received data reach the host (emulator/sockets/delivery.py);
+        timers: the modem's Timers (emulator/modem/timers.py)."""
         self.owner = owner
         self.client_id = client_id
         self.pdp_id = pdp_id
         self.ctx_id = ctx_id
         self.host = host
         self.port = port
-        self.access_mode = access_mode
-        self.state = INITIAL
+        self.delivery = delivery
+        self._state = INITIAL
+        self._timers = timers
         self.local_port = 0
         self.remote = None              # the routed (IP, port) really connected to
         self.inbox = bytearray()        # plaintext the host has not read yet
@@ -93,7 +158,7 @@ class SslSocket:
         self._transport = None
         self._paused = False
         self._task: asyncio.Task | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = None              # DTLS retransmission (a Timers handle)
         self._opened: asyncio.Future | None = None
         self._closed_event = asyncio.Event()
         self._peer_gone: str | None = None     # the peer's close while still opening (why)
@@ -104,14 +169,44 @@ class SslSocket:
         self._eof_reason: str | None = None     # how the transport ended (FIN / RST / ...)
         self._session_closed = False            # session.close() tried
 
+    # -- state ------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        """Read only: it changes through the socket's own methods (TRANSITIONS)."""
+        return self._state
+
+    def _go(self, event: str) -> bool:
+        """Take the transition `event` from the current state; False when the table
+        has none (a bug: raised under test, else logged and ignored)."""
+        target = TRANSITIONS.get((self._state, event))
+        if target is None:
+            what = f"SSL socket {self.client_id}: event {event!r} is not allowed in state {self._state.name}"
+            if strict_states():
+                raise IllegalTransition(what)
+            log.error("%s (a bug: event ignored, state kept)", what)
+            return False
+        self._state = target
+        return True
+
+    def _link(self) -> _Link:
+        return _Link(self._link_made, self._from_network, self._network_lost)
+
     # -- opening ----------------------------------------------------------------
     def open(self, router: Router, settings: TlsSettings, negotiate_timeout: float,
              cache=None, cache_key=None, total_timeout: float | None = None) -> None:
         """total_timeout bounds name resolution + TCP connect + handshake together
         (the ML302's AT+QSSLOPEN <timeout>); None = the EC2x's separate limits."""
-        self.state = OPENING
+        if not self._go("open"):
+            return
         self._task = asyncio.ensure_future(
             self._open(router, settings, negotiate_timeout, cache, cache_key, total_timeout))
+
+    def refuse(self, kind: str, reason: str, exc: BaseException | None = None) -> None:
+        """An open that fails before any connection (a context that cannot be used): the
+        failure answer comes on the next loop turn, after the command's OK."""
+        if not self._go("open"):
+            return
+        asyncio.get_running_loop().call_soon(self._fail_open, kind, reason, exc)
 
     async def _open(self, router, settings, negotiate_timeout, cache, cache_key, total_timeout) -> None:
         # What an unexpected exception becomes, by how far the open got: EC2x 566 while
@@ -128,16 +223,16 @@ class SslSocket:
             self._fail_open(kind, f"unexpected {type(exc).__name__} while {what}: {exc}", exc)
 
     async def _open_steps(self, router, settings, negotiate_timeout, cache, cache_key, total_timeout) -> None:
-        loop = asyncio.get_running_loop()
+        timers = self._timers
         connect_timeout = CONNECT_TIMEOUT if total_timeout is None else min(CONNECT_TIMEOUT, total_timeout)
-        deadline = loop.time() + (total_timeout if total_timeout is not None else float("inf"))
+        deadline = timers.monotonic() + (total_timeout if total_timeout is not None else float("inf"))
         try:
             if settings.dtls:
-                link = open_udp(router, self.host, self.port, lambda: _Link(self))
+                link = open_udp(router, self.host, self.port, self._link)
             else:
-                link = open_tcp(router, self.host, self.port, lambda: _Link(self), connect_timeout)
-            # wait_for also bounds the name lookup, which open_tcp's own timeout does not cover.
-            transport, _, self.remote = await asyncio.wait_for(link, connect_timeout)
+                link = open_tcp(router, self.host, self.port, self._link)
+            # Name lookup and connect together, on the modem's time.
+            transport, _, self.remote = await timers.wait_for(link, connect_timeout)
         except asyncio.TimeoutError:
             self._fail_open("timeout", f"no connection to {self.host}:{self.port} within {connect_timeout:g} s")
             return
@@ -145,7 +240,7 @@ class SslSocket:
             self._fail_open(exc.kind, exc.reason)
             return
         if self._dead:
-            # Closed by the host while the connect completed (wait_for can return the
+            # Closed by the host while the connect completed (a wait can return the
             # result although its task was cancelled): the connection must not outlive it.
             transport.abort()
             return
@@ -155,15 +250,15 @@ class SslSocket:
         peername = transport.get_extra_info("peername")
         if peername:                   # the IP really dialled, even when a route names a host
             self.remote = (peername[0], peername[1])
-        negotiate_timeout = max(0.0, min(negotiate_timeout, deadline - loop.time()))
-        self._opened = loop.create_future()
+        negotiate_timeout = max(0.0, min(negotiate_timeout, deadline - timers.monotonic()))
+        self._opened = asyncio.get_running_loop().create_future()
         self._phase = "setup"
         self.session = TlsClientSession(settings, cache, cache_key)
         self.session.start()
         self._phase = "handshake"
         self._pump()
         try:
-            kind, reason = await asyncio.wait_for(asyncio.shield(self._opened), negotiate_timeout)
+            kind, reason = await timers.wait_for(asyncio.shield(self._opened), negotiate_timeout)
         except asyncio.TimeoutError:
             kind, reason = "timeout", f"TLS handshake not finished within {negotiate_timeout:g} s"
         if self._dead:
@@ -171,7 +266,7 @@ class SslSocket:
         if kind is not None:
             self._fail_open(kind, reason, self._open_exc)
             return
-        self.state = CONNECTED
+        self._go("established")
         hs = self.handshake
         log.info("SSL socket %d connected to %s:%d (%s, %s%s%s)", self.client_id, self.host, self.port,
                  hs.version, hs.cipher_name, f", ALPN {hs.alpn}" if hs.alpn else "",
@@ -182,11 +277,13 @@ class SslSocket:
 
     def _fail_open(self, kind: str, reason: str, exc: BaseException | None = None) -> None:
         """The one failure answer of an open (exc: an unexpected exception; the owner logs
-        it with its traceback)."""
+        it with its traceback).  A socket the host closed or aborted meanwhile keeps the
+        state that close gave it; the owner ignores the answer then."""
         try:
             self._teardown()
         finally:
-            self.state = INITIAL
+            if self._state is OPENING:
+                self._go("open_failed")
             if not self._answered:
                 self._answered = True
                 self.owner.on_opened(self, kind, reason, exc)
@@ -214,14 +311,14 @@ class SslSocket:
         if self._eof_reason is None:
             self._eof_reason = reason
         try:
-            if self.session is not None and self.state in (OPENING, CONNECTED):
+            if self.session is not None and self._state in (OPENING, CONNECTED):
                 self.session.receive(b"")      # EOF: lets the engine report what it knows
                 self._pump()
         except Exception as exc:
             self._internal_error(exc)
-        if self.state == OPENING and self._opened is not None and not self._opened.done():
+        if self._state is OPENING and self._opened is not None and not self._opened.done():
             self._opened.set_result(("connect", f"server closed the connection during the handshake ({reason})"))
-        elif self.state == CONNECTED:
+        elif self._state is CONNECTED:
             self._peer_closed(reason)
 
     def _internal_error(self, exc: Exception) -> None:
@@ -265,7 +362,7 @@ class SslSocket:
             elif isinstance(event, TlsFailure):
                 if self._opened is not None and not self._opened.done():
                     self._opened.set_result((event.kind, event.reason))
-                elif self.state == CONNECTED:
+                elif self._state is CONNECTED:
                     self._peer_closed(f"TLS failure: {event.reason}")
         self._arm_timer()
 
@@ -289,7 +386,7 @@ class SslSocket:
             self._timer = None
         delay = self.session.next_timeout() if self.session else None
         if delay is not None:
-            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+            self._timer = self._timers.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -307,7 +404,7 @@ class SslSocket:
             if hasattr(self._transport, "pause_reading"):
                 self._transport.pause_reading()
                 self._paused = True
-        if self.state == CONNECTED:
+        if self._state is CONNECTED:
             self.owner.on_data(self, was_empty)
 
     def _deliver_pending(self) -> None:
@@ -336,13 +433,29 @@ class SslSocket:
         return self._transport.get_write_buffer_size()
 
     def _peer_closed(self, reason: str) -> None:
-        if self.state != CONNECTED:
-            if self.state == OPENING and self._peer_gone is None:
+        if self._state is not CONNECTED:
+            # Expected races, not transitions: still opening (the close is reported right
+            # after the handshake), or closed already (the later report of the same end).
+            if self._state is OPENING and self._peer_gone is None:
                 self._peer_gone = reason
             return
-        self.state = CLOSING
+        self._go("peer_closed")
         log.info("SSL socket %d: %s", self.client_id, reason)
         self.owner.on_closed(self, reason)
+
+    def bearer_lost(self, reason: str) -> None:
+        """The PDP context went away: the connection is dropped.  An open fails ("pdp");
+        a connected socket reports closed and waits for the host's AT+QSSLCLOSE."""
+        self._stop_opening()
+        self._teardown()
+        if self._state is OPENING:
+            self._fail_open("pdp", reason)
+        elif self._state in (CONNECTED, CLOSING):
+            was_connected = self._state is CONNECTED
+            self._go("bearer_lost")
+            if was_connected:
+                log.info("SSL socket %d: %s", self.client_id, reason)
+                self.owner.on_closed(self, reason)
 
     # -- closing ----------------------------------------------------------------
     async def close(self, timeout: float) -> None:
@@ -352,11 +465,10 @@ class SslSocket:
         is one the peer closed already (after its close_notify we sent our FIN).
         Whatever goes wrong, the connection is dropped and the call returns: the
         host's AT+QSSLCLOSE always gets its answer."""
-        self._dead = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        was_connected = self.state == CONNECTED
-        self.state = CLOSING              # the TCP close that follows is ours, not the peer's
+        self._stop_opening()
+        was_connected = self._state is CONNECTED
+        if self._state is not INITIAL:
+            self._go("close")             # the TCP close that follows is ours, not the peer's
         try:
             if self.session is not None and was_connected:
                 self._close_session()
@@ -366,7 +478,8 @@ class SslSocket:
             log.exception("SSL socket %d: error while closing (connection dropped)", self.client_id)
         finally:
             self._teardown()
-            self.state = INITIAL
+            if self._state is CLOSING:
+                self._go("closed")
 
     async def _linger(self, timeout: float) -> None:
         transport = self._transport
@@ -380,7 +493,7 @@ class SslSocket:
             self._paused = False
         transport.write_eof()
         try:
-            await asyncio.wait_for(self._closed_event.wait(), timeout)
+            await self._timers.wait_for(self._closed_event.wait(), timeout)
         except asyncio.TimeoutError:
             log.info("SSL socket %d: peer still open after the close timeout: aborted", self.client_id)
 
@@ -392,11 +505,15 @@ class SslSocket:
         self.session.close()
 
     def abort(self) -> None:
+        self._stop_opening()
+        self._teardown()
+        self._go("abort")
+
+    def _stop_opening(self) -> None:
+        """No more open steps: a transport that connects from now on is dropped."""
         self._dead = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self._teardown()
-        self.state = INITIAL
 
     def _teardown(self) -> None:
         self._dead = True

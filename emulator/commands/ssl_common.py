@@ -1,0 +1,116 @@
+"""What the SSL command dialects share: both families speak Quectel's AT+QSSL*
+commands (the ML302 copied them), so the EC2x ("quectel", ssl_ec2x.py) and the
+ML302 ("onemo", ssl_ml302.py) handlers use one of each of these:
+
+* service(modem): the modem's SSL state (one factory, emulator/sockets/service.py);
+* fail() / done(): ERROR with the code AT+QIGETERROR reports, success clearing it;
+* quectel_test(): a declarative test form that also clears AT+QIGETERROR;
+* server_address() and refuse_unimplemented(): AT+QSSLOPEN's common checks;
+* send_request(): the data phase of AT+QSSLSEND;
+* AT+QIGETERROR itself.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from emulator.at.args import Args
+from emulator.at.parser import EXEC
+from emulator.at.registry import command
+from emulator.at.responses import CommandError, DataRequest, Prompt, Response, Text, ok
+from emulator.logsafe import get_logger
+from emulator.sockets.delivery import Delivery
+from emulator.sockets.service import ERROR_TEXT, SslService, ssl_service
+
+log = get_logger("emulator.ssl")
+
+service = ssl_service
+
+
+def fail(svc: SslService, code: int | None, why: str) -> CommandError:
+    """ERROR (why: the log line); code: what AT+QIGETERROR reports next (None: the
+    family has no AT+QIGETERROR, the last error stays)."""
+    if code is not None:
+        svc.set_error(code)
+    return CommandError("ERROR", why)
+
+
+def done(svc: SslService, response: Response) -> Response:
+    svc.set_error(0)
+    return response
+
+
+class SslArgs(Args):
+    """Bad parameters of an SSL command: ERROR, with 552 for AT+QIGETERROR."""
+
+    def __init__(self, modem, cmd) -> None:
+        super().__init__(cmd)
+        self.svc = service(modem)
+
+    def fail(self, why: str) -> CommandError:
+        self.svc.set_error(552)
+        return super().fail(why)
+
+
+def quectel_test(lines: Callable[..., str | list[str]]) -> Callable:
+    """`@command(..., test=quectel_test(lambda modem: ...))`: the test form's line(s), and
+    AT+QIGETERROR says 0 afterwards, as after any SSL command that succeeded."""
+    def answer(modem) -> str | list[str]:
+        service(modem).set_error(0)
+        return lines(modem)
+    return answer
+
+
+def server_address(args: Args, index: int) -> str:
+    """AT+QSSLOPEN's <serveraddr> (a name or an IP literal), never empty."""
+    host = args.str(index, max_len=150).strip()
+    if not host:
+        raise args.fail("empty server address")
+    return host
+
+
+def refuse_unimplemented(svc: SslService, delivery: Delivery, code: int | None, what: str) -> None:
+    """An access mode the emulator does not have yet (transparent: issue 11): ERROR."""
+    if not delivery.implemented:
+        log.warning("AT+QSSLOPEN %s (transparent) is not implemented yet: ERROR", what)
+        raise fail(svc, code, f"{what} ({delivery.name}) not implemented yet")
+
+
+def send_request(modem, svc: SslService, client_id: int, length: int | None,
+                 cancelled: Response | None = None) -> Response:
+    """The data phase of AT+QSSLSEND, shared by EC2x and ML302: "> ", the data
+    (length bytes, or up to Ctrl+Z where ESC cancels), then SEND OK / SEND FAIL.
+    cancelled: the answer to ESC (None = ERROR, the EC2x choice)."""
+    send_max = modem.profile["ssl.send_max"]
+
+    def finish(data: bytes, reason: str) -> Response:
+        sock = svc.connected(client_id)
+        if reason == "cancel":
+            if cancelled is not None:
+                log.info("SSL socket %d: send cancelled with ESC", client_id)
+                return cancelled
+            raise fail(svc, 571, "send cancelled with ESC")
+        if reason == "overflow":
+            raise fail(svc, 552, f"more than {send_max} bytes before Ctrl+Z")
+        if reason == "timeout":
+            raise fail(svc, 569, "data not complete in time")
+        if sock is None:
+            raise fail(svc, 567, f"socket {client_id} closed while data was entered")
+        if not data:
+            raise fail(svc, 552, "nothing to send")
+        if sock.send_backlog() + len(data) > modem.profile["ssl.send_buffer"]:
+            log.info("SSL socket %d: send buffer full, SEND FAIL", client_id)
+            svc.set_error(0)
+            return Response([], Text("SEND FAIL"))
+        sock.send(data)
+        svc.set_error(0)
+        return Response([], Text("SEND OK"))
+
+    prompt = Prompt.DATA          # "\r\n> " in ATV1, "> " in ATV0: the interpreter frames it
+    return Response([], None, data=DataRequest(finish, prompt=prompt, length=length, max_length=send_max,
+                                               escape_cancels=length is None))
+
+
+@command("+QIGETERROR", EXEC)
+def qigeterror(modem, cmd):
+    code = service(modem).last_error
+    return ok(f"+QIGETERROR: {code},{ERROR_TEXT.get(code, 'unknown error')}")
