@@ -4,6 +4,7 @@ ML302 ("onemo", ssl_ml302.py) handlers use one of each of these:
 
 * service(modem): the modem's SSL state (one factory, emulator/sockets/service.py);
 * fail() / done(): ERROR with the code AT+QIGETERROR reports, success clearing it;
+* socket_args(): a socket command's first steps (service, parameters, socket id);
 * quectel_test(): a declarative test form that also clears AT+QIGETERROR;
 * server_address() and refuse_unimplemented(): AT+QSSLOPEN's common checks;
 * send_request(): the data phase of AT+QSSLSEND;
@@ -49,6 +50,15 @@ class SslArgs(Args):
     def fail(self, why: str) -> CommandError:
         self.svc.set_error(552)
         return super().fail(why)
+
+
+def socket_args(modem, cmd, at_most: int, *, index: int = 0, quectel: bool = True) -> tuple[SslService, Args, int]:
+    """The first steps of a command on one socket: the service, the parameters (at most
+    `at_most`; quectel: a bad one sets AT+QIGETERROR to 552) and the socket id at `index`."""
+    svc = service(modem)
+    args = SslArgs(modem, cmd) if quectel else Args(cmd)
+    args.at_most(at_most)
+    return svc, args, args.int(index, 0, svc.max_sockets - 1)
 
 
 def quectel_test(lines: Callable[..., str | list[str]]) -> Callable:

@@ -12,7 +12,7 @@ from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Raw, Response, ok
 from emulator.commands.ssl_common import (SslArgs, done, fail, quectel_test, refuse_unimplemented,
-                                          send_request, server_address, service)
+                                          send_request, server_address, service, socket_args)
 from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
 from emulator.sockets.ssl_socket import INITIAL, OPENING
 from emulator.storage.vfs import FileError
@@ -136,10 +136,7 @@ def qsslopen_write(modem, cmd):
 @command("+QSSLSEND", WRITE, variant=V, test=quectel_test(
     lambda modem: f"+QSSLSEND: {_socket_range(modem)},(1-{modem.profile['ssl.send_max']})"))
 def qsslsend_write(modem, cmd):
-    svc = service(modem)
-    args = SslArgs(modem, cmd)
-    args.at_most(2)
-    client_id = args.int(0, 0, svc.max_sockets - 1)
+    svc, args, client_id = socket_args(modem, cmd, 2)
     if len(args) == 2 and not args.present(1):
         raise args.fail("empty <sendlen>")          # "AT+QSSLSEND=4," is not variable length
     length = args.int(1, 1, modem.profile["ssl.send_max"], default=None)
@@ -152,10 +149,7 @@ def qsslsend_write(modem, cmd):
 @command("+QSSLRECV", WRITE, variant=V, test=quectel_test(
     lambda modem: f"+QSSLRECV: {_socket_range(modem)},(1-{modem.profile['ssl.recv_max']})"))
 def qsslrecv_write(modem, cmd):
-    svc = service(modem)
-    args = SslArgs(modem, cmd)
-    args.at_most(2)
-    client_id = args.int(0, 0, svc.max_sockets - 1)
+    svc, args, client_id = socket_args(modem, cmd, 2)
     length = args.int(1, 1, modem.profile["ssl.recv_max"])
     sock = svc.sockets.get(client_id)
     if sock is None or sock.state in (INITIAL, OPENING):
@@ -173,10 +167,7 @@ def qsslrecv_write(modem, cmd):
 @command("+QSSLCLOSE", WRITE, variant=V, test=quectel_test(
     lambda modem: f"+QSSLCLOSE: {_socket_range(modem)},(0-65535)"))
 def qsslclose_write(modem, cmd):
-    svc = service(modem)
-    args = SslArgs(modem, cmd)
-    args.at_most(2)
-    client_id = args.int(0, 0, svc.max_sockets - 1)
+    svc, args, client_id = socket_args(modem, cmd, 2)
     timeout = args.int(1, 0, 65535, default=10)
     sock = svc.sockets.get(client_id)
     if sock is None:
@@ -207,10 +198,8 @@ def qsslstate_all(modem, cmd):
 
 @command("+QSSLSTATE", WRITE, variant=V)
 def qsslstate_one(modem, cmd):
-    svc = service(modem)
-    args = SslArgs(modem, cmd)
-    args.at_most(1)
-    sock = svc.sockets.get(args.int(0, 0, svc.max_sockets - 1))
+    svc, _, client_id = socket_args(modem, cmd, 1)
+    sock = svc.sockets.get(client_id)
     return done(svc, ok(_state_line(modem, sock)) if sock else ok())
 
 

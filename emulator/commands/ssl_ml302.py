@@ -51,7 +51,8 @@ from emulator.at.parser import EXEC, READ, WRITE
 from emulator.logsafe import get_logger
 from emulator.at.registry import command
 from emulator.at.responses import Raw, Response, ok
-from emulator.commands.ssl_common import fail, refuse_unimplemented, send_request, server_address, service
+from emulator.commands.ssl_common import (fail, refuse_unimplemented, send_request, server_address, service,
+                                          socket_args)
 from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
 from emulator.sockets.service import SslService
 from emulator.sockets.ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
@@ -184,10 +185,7 @@ def qsslopen_write(modem, cmd):
 # -- AT+QSSLSEND ----------------------------------------------------------------------
 @command("+QSSLSEND", WRITE, variant=V, test=lambda modem: f"+QSSLSEND: {_socket_range(modem)}")
 def qsslsend_write(modem, cmd):
-    svc = service(modem)
-    args = Args(cmd)
-    args.at_most(1)
-    ssid = args.int(0, 0, svc.max_sockets - 1)
+    svc, _, ssid = socket_args(modem, cmd, 1, quectel=False)
     if svc.connected(ssid) is None:
         raise fail(svc, None, f"ssid {ssid} is not connected")
     return send_request(modem, svc, ssid, None, cancelled=ok())
@@ -202,11 +200,8 @@ def _address(modem, sock: SslSocket) -> str:
 @command("+QSSLRECV", WRITE, variant=V,
          test=lambda modem: f"+QSSLRECV: (0,1),{_socket_range(modem)},(1,{modem.profile['ssl.recv_max']})")
 def qsslrecv_write(modem, cmd):
-    svc = service(modem)
-    args = Args(cmd)
-    args.at_most(3)
+    svc, args, ssid = socket_args(modem, cmd, 3, index=1, quectel=False)
     args.int(0, 0, 1)                        # <cid>: reserved
-    ssid = args.int(1, 0, svc.max_sockets - 1)
     length = args.int(2, 1, modem.profile["ssl.recv_max"])
     sock = svc.sockets.get(ssid)
     if sock is None or sock.state in (INITIAL, OPENING):
@@ -220,10 +215,7 @@ def qsslrecv_write(modem, cmd):
 # -- AT+QSSLCLOSE ---------------------------------------------------------------------
 @command("+QSSLCLOSE", WRITE, variant=V, test=lambda modem: f"+QSSLCLOSE: {_socket_range(modem)}[,(0,1)]")
 def qsslclose_write(modem, cmd):
-    svc = service(modem)
-    args = Args(cmd)
-    args.at_most(2)
-    ssid = args.int(0, 0, svc.max_sockets - 1)
+    svc, args, ssid = socket_args(modem, cmd, 2, quectel=False)
     args.int(1, 0, 1, default=0)             # <closetype>: reserved
     done = Response([], "OK", after=[f"{ssid},CLOSE OK"])
     if ssid not in svc.sockets:
