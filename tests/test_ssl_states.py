@@ -56,57 +56,56 @@ def test_the_state_is_read_only():
         sock.state = CONNECTED
 
 
-def test_a_refused_open_answers_once_and_ends_initial():
+def run(steps) -> Owner:
+    """await steps(sock, owner) on a fresh loop with a new socket; returns the owner."""
+    owner = Owner()
+
     async def main():
-        owner = Owner()
-        sock = make_socket(owner)
+        await steps(make_socket(owner), owner)
+    asyncio.run(main())
+    return owner
+
+
+def test_a_refused_open_answers_once_and_ends_initial():
+    async def steps(sock, owner):
         sock.refuse("bad_config", "seclevel 1 needs cacert")
         assert sock.state is OPENING and owner.opened == []      # the answer follows the command's OK
         await asyncio.sleep(0)
         assert sock.state is INITIAL
-        assert owner.opened == [("bad_config", "seclevel 1 needs cacert")]
-    asyncio.run(main())
+    assert run(steps).opened == [("bad_config", "seclevel 1 needs cacert")]
 
 
-def test_bearer_lost_fails_an_open_and_closes_a_closing_socket_quietly():
-    async def main():
-        owner = Owner()
-        sock = make_socket(owner)
+def test_bearer_lost_fails_an_open_and_a_later_close_changes_nothing():
+    async def steps(sock, owner):
         sock.refuse("bad_config", "late")
         sock.bearer_lost("PDP context 1 deactivated")
-        assert sock.state is INITIAL and owner.opened == [("pdp", "PDP context 1 deactivated")]
+        assert sock.state is INITIAL
         await asyncio.sleep(0)                       # the refusal's own answer is not a second one
-        assert owner.opened == [("pdp", "PDP context 1 deactivated")]
         await sock.close(10)                         # nothing to close: no transition, no error
         assert sock.state is INITIAL
-    asyncio.run(main())
+    assert run(steps).opened == [("pdp", "PDP context 1 deactivated")]
 
 
 def test_an_illegal_transition_raises_under_test():
-    async def main():
-        owner = Owner()
-        sock = make_socket(owner)
+    async def steps(sock, owner):
         sock.refuse("bad_config", "no CA")
         with pytest.raises(IllegalTransition, match="event 'open' is not allowed in state OPENING"):
             sock.refuse("bad_config", "again")
         await asyncio.sleep(0)
-        assert owner.opened == [("bad_config", "no CA")]
-    asyncio.run(main())
+    assert run(steps).opened == [("bad_config", "no CA")]
 
 
 def test_an_illegal_transition_is_logged_and_ignored_in_a_running_emulator(monkeypatch, caplog):
     monkeypatch.setattr(ssl_socket, "strict_states", lambda: False)
     caplog.set_level(logging.ERROR, logger="emulator")
 
-    async def main():
-        owner = Owner()
-        sock = make_socket(owner)
+    async def steps(sock, owner):
         sock.refuse("bad_config", "no CA")
         sock.refuse("bad_config", "again")           # ignored: no second answer, state kept
         assert sock.state is OPENING
         await asyncio.sleep(0)
-        assert sock.state is INITIAL and owner.opened == [("bad_config", "no CA")]
-    asyncio.run(main())
+        assert sock.state is INITIAL
+    assert run(steps).opened == [("bad_config", "no CA")]
     assert [r.getMessage() for r in caplog.records] == [
         "SSL socket 3: event 'open' is not allowed in state OPENING (a bug: event ignored, state kept)"]
 
