@@ -250,7 +250,8 @@ def state_lines(lines: dict[int, str], state: str = "IP PROCESSING") -> bytes:
     return f"\r\n{body}\r\nOK\r\n".encode()
 
 
-def test_state_peer_close_and_timeout(ml302, server, emulator):
+def test_state_peer_close_and_timeout(open_modem, server, emulator):
+    ml302, port = open_modem("ml302", manual_time=True)      # the 10 s <timeout> on the modem's clock
     at(ml302, "AT+QSSLSTATE", state_lines({}, "IP INITIAL"))
     srv = server()
     attach(ml302)
@@ -289,6 +290,10 @@ def test_state_peer_close_and_timeout(ml302, server, emulator):
     at(ml302, "AT+QSSLRECV=1,2,1460", b"\r\nOK\r\n")
     at(ml302, "AT+QSSLCLOSE=2", b"\r\nOK\r\n\r\n2,CLOSE OK\r\n")
     # <timeout> 10 s bounds the unanswered handshake: -1, then CLOSED.
+    emulator.wait_received(port, ml302.written)
+    emulator.advance(port, 9.9)
+    assert ml302.quiet_for(0.05) == b""
+    emulator.advance(port, 0.1)
     expect_urc(ml302, "+QSSLOPEN: 4,-1", timeout=30)
     at(ml302, "AT+QSSLSTATE", state_lines({2: f'"{HOST_IP}",443,"CLOSED"', 4: f'"{made_up}",443,"CLOSED"'},
                                           "IP STATUS"))

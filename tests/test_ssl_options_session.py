@@ -66,14 +66,31 @@ def test_changing_the_context_forgets_its_sessions(ec2x, net, pki):
 
 
 # -- negotiatetime -------------------------------------------------------------------------------------
-def test_negotiatetime_gives_569_when_the_server_never_answers(ec2x, net, pki):
+@pytest.fixture
+def timed(emulator, open_modem):
+    """An EC2x on manual time with PDP context 1 active: (host, advance(seconds)); the
+    clock moves only after the modem has read everything the host wrote."""
+    host, port = open_modem("ec2x", manual_time=True)
+    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+
+    def advance(seconds: float) -> None:
+        emulator.wait_received(port, host.written)
+        emulator.advance(port, seconds)
+    return host, advance
+
+
+def test_negotiatetime_gives_569_when_the_server_never_answers(timed, emulator, pki):
+    ec2x, advance = timed
     with TlsServer(pki.server, mode="silent") as server:   # accepts TCP, reads, never answers
-        net(server)
-        cfg(ec2x, "negotiatetime", 0, 10)              # the minimum: this test takes ~10 s
+        emulator.router.add_map(HOST, 8443, "127.0.0.1", server.port)
+        cfg(ec2x, "negotiatetime", 0, 10)              # the minimum, on the modem's clock
         assert ec2x.at(f'AT+QSSLOPEN=1,0,0,"{HOST}",8443') == b"\r\nOK\r\n"
         server.wait_for(lambda: server.connections and server.conn.client_hello, 5, "ClientHello")
         assert socket_state(ec2x, 0) == 1              # opening
+        advance(9.9)
+        assert socket_state(ec2x, 0) == 1              # still opening after 9.9 s
         assert b"+QSSLOPEN" not in ec2x.transcript     # nothing before the timeout
+        advance(0.1)
         assert opened(ec2x, 0, timeout=60) == 569
         assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 569,operation timeout\r\n\r\nOK\r\n"
         assert socket_state(ec2x, 0) is None           # the id is free again
