@@ -1,3 +1,6 @@
+"""Fixtures and marks for the whole suite (test modules import none from each other).
+
+The peers, the PKI and the pty host live in emulator.testing, shared with bench/."""
 from __future__ import annotations
 
 import os
@@ -5,7 +8,27 @@ import os
 import pytest
 
 from emulator.io.app import BackgroundEmulator
-from tests.host import Host
+from emulator.testing.host import Host
+from emulator.testing.peers import default_pki
+from tests.ssl_options_support import HOST, PORT
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_native: skip unless tls_engine.native works "
+                                       "(resumption, key log, RC4/3DES, renegotiation)")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("needs_native"):
+        from tls_engine import native
+        if not native.available():
+            pytest.skip(f"tls_engine.native unusable: {native.unavailable_reason()}")
+
+
+@pytest.fixture(scope="session")
+def pki():
+    """The run's shared throw-away PKI (emulator.testing.peers.pki.Pki)."""
+    return default_pki()
 
 
 @pytest.fixture
@@ -44,6 +67,18 @@ def ec2x(open_modem):
 def ml302(open_modem):
     host, _ = open_modem("ml302")
     return host
+
+
+@pytest.fixture
+def net(emulator, ec2x):
+    """ec2x with PDP context 1 active; route(server) maps HOST:PORT (or host:port) to
+    127.0.0.1:server.port (server: anything with .port, or an (addr, port) pair's port)."""
+    assert ec2x.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+
+    def route(server, host: str = HOST, port: int = PORT) -> None:
+        dst = server.address[1] if isinstance(getattr(server, "address", None), tuple) else server.port
+        emulator.router.add_map(host, port, "127.0.0.1", dst)
+    return route
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,32 +1,12 @@
-"""Shared bits of tests/test_ssl_options_*.py: every AT+QSSLCFG option driven through
-the pty (EC2x profile) and judged from the SERVER side (tests/peers: OpenSSL)."""
+"""Shared bits of the AT+QSSLCFG tests (tests/test_ssl_options_*.py and the SSL hardening
+tests): every option driven through the pty (EC2x profile) and judged from the SERVER side
+(emulator.testing.peers: OpenSSL). Their fixtures (pki, net) are in tests/conftest.py."""
 from __future__ import annotations
 
 import re
 
-import pytest
-
-from tests.peers import default_pki
-
 HOST = "www.iottest.work"        # a DNS name the shared PKI's server certificate carries
 PORT = 8443
-
-
-@pytest.fixture
-def pki():
-    return default_pki()
-
-
-@pytest.fixture
-def net(emulator, ec2x):
-    """ec2x with PDP context 1 active; route(server) maps HOST:PORT (or host:port) to
-    127.0.0.1:server.port (server: anything with .port, or an (addr, port) pair's port)."""
-    assert ec2x.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
-
-    def route(server, host: str = HOST, port: int = PORT) -> None:
-        dst = server.address[1] if isinstance(getattr(server, "address", None), tuple) else server.port
-        emulator.router.add_map(host, port, "127.0.0.1", dst)
-    return route
 
 
 def cfg(modem, option: str, ctx: int, *values) -> None:

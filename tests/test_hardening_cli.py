@@ -13,7 +13,7 @@ import termios
 import time
 from pathlib import Path
 
-from tests.host import Host
+from emulator.testing.host import Host
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,6 @@ import random
 import re
 import selectors
 import socket
-import ssl
-import struct
 import threading
 import time
 
@@ -19,7 +17,7 @@ import pytest
 
 import tls_engine
 from emulator.io.network import NetworkError, Router
-from tests.peers import TlsServer, default_pki
+from emulator.testing.peers import TlsServer, default_pki
 
 OK = b"\r\nOK\r\n"
 
@@ -298,61 +296,11 @@ def test_connection_completing_after_the_close_is_dropped(ec2x, emulator, monkey
 
 
 # -- 4. AT+QSSLCLOSE after a peer close; the log says how the peer closed ------------------------
-class OnePeer:
-    """One TLS connection from the emulator, closed by the server in a chosen way:
-    "close_notify" (close_notify, the TCP connection left open: unwrap() waits for the
-    client's close_notify or EOF), "fin" (a bare TCP FIN, no close_notify) or "rst"
-    (SO_LINGER 0: a reset).  Afterwards it records whether the client closed its side."""
-
-    def __init__(self, how: str) -> None:
-        pki = default_pki()
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(*pki.server.load_args)
-        self.how = how
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.handshake_done = threading.Event()
-        self.close_now = threading.Event()
-        self.done = threading.Event()
-        self.client_eof = False
-        self.error: Exception | None = None
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        raw, _ = self.listener.accept()
-        raw.settimeout(10)
-        tls = plain = None
-        try:
-            tls = self.context.wrap_socket(raw, server_side=True)     # takes over raw's fd
-            self.handshake_done.set()
-            self.close_now.wait(10)
-            if self.how == "rst":
-                tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                tls.close()
-                return
-            if self.how == "fin":
-                tls.shutdown(socket.SHUT_WR)          # drops the SSL object: a bare TCP FIN
-                plain = tls
-            else:
-                try:
-                    plain = tls.unwrap()              # close_notify, then wait for the client's
-                except ssl.SSLEOFError:               # the client's FIN without close_notify
-                    self.client_eof = True
-                    return
-            while plain.recv(4096):
-                pass
-            self.client_eof = True
-            plain.close()
-        except Exception as exc:                       # recorded for the test's assertions
-            self.error = exc
-        finally:
-            for sock in (plain, tls, raw):
-                if sock is not None:
-                    sock.close()
-            self.done.set()
-
-    def close(self) -> None:
-        self.listener.close()
+PEER_CLOSE = {   # how the server ends the connection: TlsConnection.close() arguments
+    "close_notify": dict(close_notify=True, fin=False),   # TCP left open for the client to close
+    "fin": dict(close_notify=False),                      # a bare TCP FIN, no close_notify
+    "rst": dict(reset=True),                              # SO_LINGER 0: a reset
+}
 
 
 @pytest.mark.parametrize("how, logged", [
@@ -362,14 +310,14 @@ class OnePeer:
 ])
 def test_peer_close_kinds_logged_and_close_after_peer_close(ec2x, emulator, caplog, how, logged):
     caplog.set_level(logging.INFO, logger="emulator.ssl")
-    peer = OnePeer(how)
-    try:
+    with TlsServer(default_pki().server, mode="sink") as peer:
         emulator.router.add_map("peer.example", 443, "127.0.0.1", peer.port)
         assert ec2x.at("AT+QIACT=1") == OK
         assert ec2x.at('AT+QSSLOPEN=1,0,0,"peer.example",443') == OK
         assert ec2x_opened(ec2x, 0) == 0
-        assert peer.handshake_done.wait(5)
-        peer.close_now.set()
+        conn = peer.wait_handshake()
+        assert conn.handshake_done
+        conn.close(**PEER_CLOSE[how])
         ec2x.seen(b'\r\n+QSSLURC: "closed",0\r\n', 5)
         messages = [r.getMessage() for r in caplog.records if r.name == "emulator.ssl"]
         assert f"SSL socket 0: {logged}" in messages, messages
@@ -379,15 +327,13 @@ def test_peer_close_kinds_logged_and_close_after_peer_close(ec2x, emulator, capl
         if how == "close_notify":
             # The session is over: the emulator's FIN follows at once, the TCP connection
             # is not left open until the host's AT+QSSLCLOSE.
-            assert peer.done.wait(3), "the server never saw the client's FIN"
+            peer.wait_for(lambda: conn.closed, 3, "the client's FIN (the server never saw it)")
         assert ec2x.at("AT+QSSLCLOSE=0", timeout=5) == OK
-        assert peer.done.wait(3), "the server never saw the client's close"
+        peer.wait_for(lambda: conn.closed, 3, "the client's close (the server never saw it)")
         if how != "rst":
-            assert peer.error is None, peer.error
-            assert peer.client_eof
+            assert conn.error is None, conn.error
+            assert conn.client_eof
         assert ec2x.at("AT+QSSLSTATE") == OK
-    finally:
-        peer.close()
 
 
 # -- 5. --offline: an unrouted IP literal is a connect failure, a name a DNS failure ----------

@@ -7,18 +7,15 @@ import re
 from pathlib import Path
 
 import pytest
-import trustme
 
 from emulator.io.app import BackgroundEmulator
 from emulator.modem.profile import PROFILE_DIR, ProfileError, load_profile
-from tests.host import Host
-from tests.peers import OpenSslServer, TlsServer, default_pki
-from tests.ssl_options_support import HOST, PORT, cfg, close, net, open_ssl, opened, pki, recv_all  # noqa: F401
-from tests.tls_engine.servers import ClientDriver, TlsTestServer, server_context
-from tls_engine import HandshakeComplete, SessionCache, TlsClientSession, TlsSettings, native
+from emulator.testing.engine_client import ClientDriver
+from emulator.testing.host import Host
+from emulator.testing.peers import OpenSslServer, TlsServer, default_pki
+from tests.ssl_options_support import HOST, PORT, cfg, close, open_ssl, opened
+from tls_engine import HandshakeComplete, SessionCache, TlsClientSession, TlsSettings
 
-needs_native = pytest.mark.skipif(not native.available(),
-                                  reason="session resumption needs tls_engine.native")
 OK = b"\r\nOK\r\n"
 ERROR = b"\r\nERROR\r\n"
 
@@ -58,7 +55,7 @@ def test_alpn_with_a_nul_byte_is_refused_at_qsslcfg(ec2x):
 
 
 # -- item 3: a replaced CA is not bypassed by session resumption ------------------------------------
-@needs_native
+@pytest.mark.needs_native
 def test_replaced_ca_file_is_not_bypassed_by_resumption(ec2x, net, pki):
     with TlsServer(pki.server) as server:
         net(server)
@@ -87,40 +84,39 @@ def _resume_run(server, settings, cache) -> HandshakeComplete:
     assert isinstance(result, HandshakeComplete), result
     driver.session.close()
     driver.flush()
-    server.last.done.wait(5)
+    server.conn.done.wait(5)
     driver.close()
     return result
 
 
 @pytest.fixture(scope="module")
 def engine_pki():
-    ca, other_ca = trustme.CA(key_type=trustme.KeyType.RSA), trustme.CA(key_type=trustme.KeyType.RSA)
-    return (ca, other_ca, ca.issue_cert("localhost", key_type=trustme.KeyType.RSA),
-            ca.issue_cert("modem-client@example.test", key_type=trustme.KeyType.RSA))
+    pki = default_pki()
+    return (pki.ca, pki.wrong_ca, pki.issue("hardening-localhost", "localhost"),
+            pki.issue("hardening-client", "modem-client@example.test"))
 
 
-@needs_native
+@pytest.mark.needs_native
 @pytest.mark.parametrize("change", ["ca_pem", "client_cert", "ignore_local_time", "verify_hostname"])
 def test_engine_never_resumes_under_other_verification_material(engine_pki, change):
     """The engine keeps, with each cached session, a digest of the settings it was verified
     under (CA, client certificate and key, relax flags, ...): a session is offered again only
     under the very same ones, whoever builds the cache key (EC2x contexts, ML302 slots)."""
     ca, other_ca, rsa_leaf, client_leaf = engine_pki
-    both_cas = ca.cert_pem.bytes() + other_ca.cert_pem.bytes()
-    base = dict(server_name="localhost", seclevel=2, ca_pem=ca.cert_pem.bytes(),
-                client_cert_pem=client_leaf.cert_chain_pems[0].bytes(),
-                client_key_pem=client_leaf.private_key_pem.bytes())
+    both_cas = ca.cert_pem + other_ca.cert_pem
+    base = dict(server_name="localhost", seclevel=2, ca_pem=ca.cert_pem,
+                client_cert_pem=client_leaf.cert_pem, client_key_pem=client_leaf.key_pem)
     other = {"ca_pem": dict(ca_pem=both_cas),
-             "client_cert": dict(client_cert_pem=rsa_leaf.cert_chain_pems[0].bytes(),
-                                 client_key_pem=rsa_leaf.private_key_pem.bytes()),
+             "client_cert": dict(client_cert_pem=rsa_leaf.cert_pem,
+                                 client_key_pem=rsa_leaf.key_pem),
              "ignore_local_time": dict(ignore_local_time=False),
              "verify_hostname": dict(verify_hostname=False)}[change]
     cache = SessionCache()
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    with TlsServer(rsa_leaf, legacy=True) as server:
         assert not _resume_run(server, TlsSettings(**base), cache).resumed
         assert _resume_run(server, TlsSettings(**base), cache).resumed          # same: resumes
         assert not _resume_run(server, TlsSettings(**{**base, **other}), cache).resumed
-        assert not server.last.session_reused
+        assert not server.conn.session_reused
         assert not _resume_run(server, TlsSettings(**base), cache).resumed      # the old one is gone
 
 

@@ -1,4 +1,5 @@
-"""ML302 SSL commands over the pty, against Python ssl (OpenSSL) servers.
+"""ML302 SSL commands over the pty, against Python ssl (OpenSSL) servers
+(emulator.testing.peers.TlsServer serving the manual's test page).
 
 Every host name is routed to a loopback server; www.iottest.work also gets the
 manual's DNS answer (Router.add_dns), so <ipaddr> in +QSSLRECV / +QSSLSTATE is
@@ -6,69 +7,29 @@ manual's DNS answer (Router.add_dns), so <ipaddr> in +QSSLRECV / +QSSLSTATE is
 """
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import socket
-import ssl
-import threading
 
 import pytest
-import trustme
 
-from emulator.tools.demo_peer import IOTTEST_RESPONSE, DemoHttpSession
+from emulator.testing.peers import TlsServer, default_pki, utc
+from emulator.tools.demo_peer import IOTTEST_RESPONSE
 
 HOST = "www.iottest.work"
 HOST_IP = "106.12.79.254"          # what the manual's §3 shows for HOST
 REQUEST = (b"GET https://www.iottest.work/test.html HTTP/1.1\r\n"
            b"Host: www.iottest.work\r\nConnection: keep-alive\r\n\r\n")
-RSA = trustme.KeyType.RSA          # the ML302 suites are all RSA key exchange
 
 
 @pytest.fixture(scope="module")
 def pki():
-    ca, other_ca = trustme.CA(key_type=RSA), trustme.CA(key_type=RSA)
-    utc = datetime.timezone.utc
-    return {"ca": ca, "wrong_ca": other_ca,
-            "server": ca.issue_cert(HOST, key_type=RSA),
-            "server_2019": ca.issue_cert(HOST, key_type=RSA,
-                                         not_before=datetime.datetime(2019, 1, 1, tzinfo=utc),
-                                         not_after=datetime.datetime(2019, 12, 31, tzinfo=utc)),
-            "client": ca.issue_cert("ml302-client.test", key_type=RSA)}
-
-
-class TlsServer:
-    """A threaded Python ssl server serving the manual's test page (emulator.tools.demo_peer)."""
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self.context = context
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.errors: list[Exception] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                raw, _ = self.listener.accept()
-            except OSError:
-                return                        # closed
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
-
-    def _serve(self, raw: socket.socket) -> None:
-        try:
-            with self.context.wrap_socket(raw, server_side=True) as tls:
-                session = DemoHttpSession()
-                while not session.should_close and (data := tls.recv(65536)):
-                    reply = session.feed(data)
-                    if reply:
-                        tls.sendall(reply)
-        except (OSError, ssl.SSLError) as exc:
-            self.errors.append(exc)
-        finally:
-            raw.close()                       # "Connection: close" requests end here: peer close
-
-    def close(self) -> None:
-        self.listener.close()
+    """trustme objects from the shared PKI (RSA: the ML302 suites are all RSA key exchange)."""
+    shared = default_pki()
+    return {"ca": shared.ca.ca, "wrong_ca": shared.wrong_ca.ca,
+            "server": shared.issue("ml302-server", HOST).leaf,
+            "server_2019": shared.issue("ml302-2019", HOST, not_before=utc(2019, 1, 1),
+                                        not_after=utc(2019, 12, 31)).leaf,
+            "client": shared.issue("ml302-client", "ml302-client.test").leaf}
 
 
 @pytest.fixture
@@ -77,14 +38,9 @@ def server(pki, emulator):
     the name the modem's DNS answers as 106.12.79.254."""
     servers: list[TlsServer] = []
 
-    def start(cert: str = "server", client_ca: trustme.CA | None = None) -> TlsServer:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.set_ciphers("DEFAULT:@SECLEVEL=0")
-        pki[cert].configure_cert(context)
-        if client_ca is not None:
-            context.verify_mode = ssl.CERT_REQUIRED
-            client_ca.configure_trust(context)
-        srv = TlsServer(context)
+    def start(cert: str = "server", client_ca=None) -> TlsServer:
+        srv = TlsServer(pki[cert], mode="http", ciphers="DEFAULT:@SECLEVEL=0", client_ca=client_ca,
+                        require_client_cert=client_ca is not None)
         servers.append(srv)
         emulator.router.add_map(HOST, 443, "127.0.0.1", srv.port)
         emulator.router.add_dns(HOST, HOST_IP)

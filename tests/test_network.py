@@ -13,7 +13,7 @@ import pytest
 from emulator.tools.cli import build_parser, load_config
 from emulator.tools.demo_peer import IOTTEST_RESPONSE
 from emulator.io.network import Router, made_up_address, parse_dns
-from tests.host import Host
+from emulator.testing.host import Host
 from tests.test_cli import ROOT, first_line, start, stop
 
 FAKE_NET = ipaddress.ip_network("198.18.0.0/15")

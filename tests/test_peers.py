@@ -1,4 +1,5 @@
-"""The test peers themselves, checked with plain Python ssl clients and `openssl s_client`."""
+"""The test peers themselves (emulator.testing.peers), checked with plain Python ssl clients
+and `openssl s_client`."""
 
 from __future__ import annotations
 
@@ -12,16 +13,11 @@ import pytest
 from cryptography import x509
 
 from emulator.tools.demo_peer import IOTTEST_BODY, IOTTEST_RESPONSE, DemoHttpSession, start_demo_peer
-from tests.peers import (OpenSslClient, OpenSslServer, TlsServer, UdpDropRelay, free_port,
-                         make_pki, parse_client_hello, utc)
+from emulator.testing.peers import (OpenSslClient, OpenSslServer, TlsServer, UdpDropRelay,
+                                    parse_client_hello, utc)
 
 MANUAL_REQUEST = (b"GET https://www.iottest.work/test.html HTTP/1.1\r\n"
                   b"Host: www.iottest.work\r\nConnection: keep-alive\r\n\r\n")
-
-
-@pytest.fixture(scope="module")
-def pki():
-    return make_pki()
 
 
 def client_context(pki, *, max_version=None, min_version=None, ciphers=None, alpn=None,
@@ -348,9 +344,18 @@ def test_dtls_through_relay_with_first_server_datagram_dropped(pki):
     assert len(first_hellos) >= 2, "the client never retransmitted its first ClientHello"
 
 
-def test_free_port_kinds():
-    for kind in ("tcp", "udp"):
-        assert 1024 <= free_port(kind) <= 65535
+def test_servers_hold_the_port_they_report(pki):
+    """Ports come from the listening socket itself (bound to port 0 and kept), so nothing
+    else can take one between a probe and the bind."""
+    args = ["-cert", str(pki.server.cert_path), "-key", str(pki.server.key_path)]
+    with TlsServer(pki.server) as tls, OpenSslServer(args) as tcp, \
+            OpenSslServer([*args, "-dtls1_2"]) as udp:
+        assert udp.udp and not tcp.udp
+        for server, kind in ((tls, socket.SOCK_STREAM), (tcp, socket.SOCK_STREAM),
+                             (udp, socket.SOCK_DGRAM)):
+            assert 1024 <= server.port <= 65535
+            with socket.socket(socket.AF_INET, kind) as probe, pytest.raises(OSError):
+                probe.bind(server.address)           # EADDRINUSE: the server holds it
 
 
 # --- the demo peer ----------------------------------------------------------------------------

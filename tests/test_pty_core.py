@@ -9,7 +9,7 @@ import time
 import pytest
 
 from emulator.storage.checksum import xor16
-from tests.host import Host
+from emulator.testing.host import Host
 
 
 def test_startup_commands_ec2x(ec2x):

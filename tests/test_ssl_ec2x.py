@@ -1,5 +1,5 @@
 """EC2x SSL sockets in buffer access mode, over the pty, against OpenSSL servers
-(Python ssl) on loopback: the note's §3 examples verbatim, verification levels,
+(Python ssl, emulator.testing.peers.TlsServer) on loopback: the note's §3 examples verbatim, verification levels,
 many sockets, binary bulk data, peer close and every failure's QIGETERROR."""
 from __future__ import annotations
 
@@ -7,24 +7,13 @@ import hashlib
 import os
 import re
 import socket
-import ssl
 
 import pytest
-import trustme
 
-from tests.tls_engine.servers import ServerObservation, TlsTestServer, echo_until_eof, server_context
+from emulator.testing.peers import TlsConnection, TlsServer
 
-MANUAL_HOST = "220.180.239.212"
-
-
-@pytest.fixture(scope="module")
-def pki():
-    # RSA keys: the note's table is mostly RSA key-exchange suites (trustme defaults to ECDSA).
-    ca = trustme.CA(key_type=trustme.KeyType.RSA)
-    return {"ca": ca, "server": ca.issue_cert(MANUAL_HOST, "localhost", "www.iottest.work",
-                                              key_type=trustme.KeyType.RSA),
-            "client": ca.issue_cert("device-001", key_type=trustme.KeyType.RSA),
-            "wrong_ca": trustme.CA(key_type=trustme.KeyType.RSA)}
+MANUAL_HOST = "220.180.239.212"      # one of the shared PKI's server names (RSA keys: the
+                                     # note's table is mostly RSA key-exchange suites)
 
 
 @pytest.fixture
@@ -32,7 +21,7 @@ def net(emulator, ec2x):
     """ec2x with PDP context 1 active, and a helper to route the manual's host to a server."""
     assert ec2x.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
 
-    def route(server: TlsTestServer, port: int = 8010, host: str = MANUAL_HOST) -> None:
+    def route(server: TlsServer, port: int = 8010, host: str = MANUAL_HOST) -> None:
         emulator.router.add_map(host, port, "127.0.0.1", server.port)
     return route
 
@@ -44,23 +33,23 @@ def opened(host, client_id: int, timeout: float = 10) -> int:
 
 def reply_after(n: int, payload: bytes):
     """Server: read n bytes, then answer payload, then echo until EOF."""
-    def handler(conn: ssl.SSLSocket, obs: ServerObservation) -> None:
-        while len(obs.received) < n:
-            obs.received += conn.recv(65536)
+    def handler(conn: TlsConnection) -> None:
+        while len(conn.received) < n and conn.recv():
+            pass
         conn.sendall(payload)
-        echo_until_eof(conn, obs)
+        while data := conn.recv():
+            conn.sendall(data)
     return handler
 
 
 def test_manual_examples_3_1_to_3_3_verbatim(ec2x, emulator, pki):
-    ctx = server_context(pki["server"])
-    with TlsTestServer(ctx, reply_after(36, b"Test data from SSL")) as server:
+    with TlsServer(pki.server, legacy=True, handler=reply_after(36, b"Test data from SSL")) as server:
         emulator.router.add_map(MANUAL_HOST, 8010, "127.0.0.1", server.port)
         # §3.1
         assert ec2x.at('AT+QICSGP=1,1,"UNINET","","",1') == b"\r\nOK\r\n"
         assert ec2x.at("AT+QIACT=1") == b"\r\nOK\r\n"
         assert ec2x.at("AT+QIACT?") == b'\r\n+QIACT: 1,1,1,"10.7.157.1"\r\n\r\nOK\r\n'
-        ca = pki["ca"].cert_pem.bytes()
+        ca = pki.ca.cert_pem
         assert ec2x.upload("RAM:cacert.pem", ca).startswith(b"\r\n+QFUPL: %d," % len(ca))
         # §3.2 (lost in the OCR but for its last comment; see docs/behaviour.md)
         assert ec2x.at('AT+QSSLCFG="sslversion",1,1') == b"\r\nOK\r\n"
@@ -83,28 +72,28 @@ def test_manual_examples_3_1_to_3_3_verbatim(ec2x, emulator, pki):
         # §3.3.4
         assert ec2x.at("AT+QSSLCLOSE=4") == b"\r\nOK\r\n"
         assert ec2x.at("AT+QSSLSTATE") == b"\r\nOK\r\n"
-        server.last.done.wait(5)
+        server.conn.done.wait(5)
     # What the server saw: the pinned version, the chosen suite, both sends.
-    assert server.last.version == "TLSv1"
-    assert server.last.cipher == "AES256-SHA"
-    assert bytes(server.last.received[:36]) == b"Test data from SSL" * 2
+    assert server.conn.version == "TLSv1"
+    assert server.conn.cipher == "AES256-SHA"
+    assert bytes(server.conn.received[:36]) == b"Test data from SSL" * 2
 
 
 @pytest.mark.parametrize("cipher_id, openssl_name", [("0XC02F", "ECDHE-RSA-AES128-GCM-SHA256"),
                                                      ("0X002F", "AES128-SHA"),
                                                      ("0XC014", "ECDHE-RSA-AES256-SHA")])
 def test_chosen_cipher_suite_is_what_the_server_negotiates(ec2x, net, pki, cipher_id, openssl_name):
-    with TlsTestServer(server_context(pki["server"])) as server:
+    with TlsServer(pki.server, legacy=True) as server:
         net(server)
         assert ec2x.at(f'AT+QSSLCFG="ciphersuite",0,{cipher_id}') == b"\r\nOK\r\n"
         assert ec2x.at('AT+QSSLOPEN=1,0,0,"220.180.239.212",8010') == b"\r\nOK\r\n"
         assert opened(ec2x, 0) == 0
         assert ec2x.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
-    assert server.last.cipher == openssl_name
+    assert server.conn.cipher == openssl_name
 
 
 def test_seclevel_0_needs_nothing(ec2x, net, pki):
-    with TlsTestServer(server_context(pki["server"])) as server:
+    with TlsServer(pki.server, legacy=True) as server:
         net(server)
         ec2x.at('AT+QSSLOPEN=1,0,0,"220.180.239.212",8010')
         assert opened(ec2x, 0) == 0
@@ -112,9 +101,9 @@ def test_seclevel_0_needs_nothing(ec2x, net, pki):
 
 
 def test_seclevel_1_right_ca_passes_wrong_ca_fails(ec2x, net, pki):
-    ec2x.upload("UFS:ca.pem", pki["ca"].cert_pem.bytes())
-    ec2x.upload("UFS:wrong.pem", pki["wrong_ca"].cert_pem.bytes())
-    with TlsTestServer(server_context(pki["server"])) as server:
+    ec2x.upload("UFS:ca.pem", pki.ca.cert_pem)
+    ec2x.upload("UFS:wrong.pem", pki.wrong_ca.cert_pem)
+    with TlsServer(pki.server, legacy=True) as server:
         net(server)
         ec2x.at('AT+QSSLCFG="seclevel",2,1;+QSSLCFG="cacert",2,"UFS:ca.pem"')
         ec2x.at('AT+QSSLOPEN=1,2,0,"220.180.239.212",8010')
@@ -131,20 +120,18 @@ def test_seclevel_1_right_ca_passes_wrong_ca_fails(ec2x, net, pki):
 
 
 def test_seclevel_2_mutual_auth(ec2x, net, pki):
-    client = pki["client"]
-    ec2x.upload("UFS:ca.pem", pki["ca"].cert_pem.bytes())
-    ec2x.upload("UFS:client.pem", client.cert_chain_pems[0].bytes())
-    ec2x.upload("UFS:client.key", client.private_key_pem.bytes())
-    ctx = server_context(pki["server"], require_client_cert_from=pki["ca"])
-    with TlsTestServer(ctx) as server:
+    ec2x.upload("UFS:ca.pem", pki.ca.cert_pem)
+    ec2x.upload("UFS:client.pem", pki.client.cert_pem)
+    ec2x.upload("UFS:client.key", pki.client.key_pem)
+    with TlsServer(pki.server, legacy=True, client_ca=pki.ca, require_client_cert=True) as server:
         net(server)
         ec2x.at('AT+QSSLCFG="seclevel",3,2;+QSSLCFG="cacert",3,"ca.pem"')
         ec2x.at('AT+QSSLCFG="clientcert",3,"client.pem";+QSSLCFG="clientkey",3,"client.key"')
         ec2x.at('AT+QSSLOPEN=1,3,0,"220.180.239.212",8010')
         assert opened(ec2x, 0) == 0
         assert ec2x.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
-        server.last.done.wait(5)
-        assert server.last.client_cert is not None
+        server.conn.done.wait(5)
+        assert server.conn.client_cert is not None
         # seclevel 1 presents no certificate: the server refuses the handshake
         ec2x.at('AT+QSSLCFG="seclevel",3,1')
         ec2x.at('AT+QSSLOPEN=1,3,1,"220.180.239.212",8010')
@@ -157,9 +144,8 @@ def test_seclevel_2_mutual_auth(ec2x, net, pki):
 
 
 def test_four_sockets_on_two_contexts(ec2x, net, pki):
-    servers = [TlsTestServer(server_context(pki["server"])) for _ in range(4)]
+    servers = [TlsServer(pki.server, legacy=True) for _ in range(4)]
     for i, server in enumerate(servers):
-        server.__enter__()
         net(server, port=9000 + i)
     try:
         for cid in range(4):
@@ -177,14 +163,14 @@ def test_four_sockets_on_two_contexts(ec2x, net, pki):
             assert ec2x.at(f"AT+QSSLCLOSE={cid}") == b"\r\nOK\r\n"
     finally:
         for server in servers:
-            server.__exit__(None, None, None)
+            server.close()
 
 
 def test_one_mib_of_binary_up_and_down(ec2x, net, pki):
     payload = os.urandom(int(os.environ.get("MIB_TEST_BYTES", 1 << 20)))
     assert b"\x1a" in payload and b"\x1b" in payload
     received = bytearray()
-    with TlsTestServer(server_context(pki["server"])) as server:
+    with TlsServer(pki.server, legacy=True) as server:
         net(server)
         ec2x.at('AT+QSSLOPEN=1,0,0,"220.180.239.212",8010')
         assert opened(ec2x, 0) == 0
@@ -212,17 +198,13 @@ def test_one_mib_of_binary_up_and_down(ec2x, net, pki):
         while len(received) < len(payload):
             drain()
         assert ec2x.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
-        server.last.done.wait(5)
-    assert hashlib.sha256(server.last.received).digest() == hashlib.sha256(payload).digest()
+        server.conn.done.wait(5)
+    assert hashlib.sha256(server.conn.received).digest() == hashlib.sha256(payload).digest()
     assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
 
 
 def test_peer_close_reports_closed_and_keeps_data(ec2x, net, pki):
-    def goodbye(conn, obs):
-        conn.sendall(b"bye")
-        conn.unwrap()
-
-    with TlsTestServer(server_context(pki["server"]), goodbye) as server:
+    with TlsServer(pki.server, legacy=True, mode="send_then_close", payload=b"bye") as server:
         net(server)
         ec2x.at('AT+QSSLOPEN=1,0,5,"220.180.239.212",8010')
         assert opened(ec2x, 5) == 0
@@ -251,15 +233,14 @@ def test_failures_and_qigeterror(ec2x, emulator, pki):
     ec2x.at('AT+QSSLOPEN=1,0,0,"nowhere.example",443')
     assert opened(ec2x, 0) == 565
     assert err() == b"\r\n+QIGETERROR: 565,DNS parse failed\r\n\r\nOK\r\n"
-    # TCP connection refused
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    emulator.router.add_map("refused.example", 443, "127.0.0.1", closed.getsockname()[1])
-    closed.close()
-    ec2x.at('AT+QSSLOPEN=1,0,0,"refused.example",443')
-    assert opened(ec2x, 0) == 566
+    # TCP connection refused: a port bound (so no one else takes it) but not listening
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        emulator.router.add_map("refused.example", 443, "127.0.0.1", closed.getsockname()[1])
+        ec2x.at('AT+QSSLOPEN=1,0,0,"refused.example",443')
+        assert opened(ec2x, 0) == 566
     # clientID in use
-    with TlsTestServer(server_context(pki["server"])) as server:
+    with TlsServer(pki.server, legacy=True) as server:
         emulator.router.add_map(MANUAL_HOST, 8010, "127.0.0.1", server.port)
         ec2x.at('AT+QSSLOPEN=1,0,0,"220.180.239.212",8010')
         assert opened(ec2x, 0) == 0
@@ -276,10 +257,10 @@ def test_failures_and_qigeterror(ec2x, emulator, pki):
 
 
 def test_certificate_paths_cannot_leave_the_modem_storage(ec2x, net, pki, tmp_path):
-    assert ec2x.upload("ca.pem", pki["ca"].cert_pem.bytes()).endswith(b"OK\r\n")
+    assert ec2x.upload("ca.pem", pki.ca.cert_pem).endswith(b"OK\r\n")
     for name in ("../ca.pem", "UFS:../../etc/passwd", "/etc/passwd"):
         assert ec2x.at(f'AT+QFUPL="{name}",10') == b"\r\n+CME ERROR: 406\r\n"
-    with TlsTestServer(server_context(pki["server"])) as server:
+    with TlsServer(pki.server, legacy=True) as server:
         net(server)
         ec2x.at('AT+QSSLCFG="seclevel",0,1;+QSSLCFG="cacert",0,"UFS:../ufs/ca.pem"')
         ec2x.at('AT+QSSLOPEN=1,0,0,"220.180.239.212",8010')
@@ -329,7 +310,7 @@ def test_qsslcfg_every_option_stored_queried_range_checked(ec2x):
 
 
 def test_manual_example_3_4_direct_push(ec2x, net, pki):
-    with TlsTestServer(server_context(pki["server"]), reply_after(18, b"Test data from SSL")) as server:
+    with TlsServer(pki.server, legacy=True, handler=reply_after(18, b"Test data from SSL")) as server:
         net(server, port=8011)
         assert ec2x.at('AT+QSSLOPEN=1,1,4,"220.180.239.212",8011,1') == b"\r\nOK\r\n"
         assert opened(ec2x, 4) == 0
@@ -349,7 +330,7 @@ def test_transparent_mode_refused_until_implemented(ec2x, net):
 
 
 def test_pdp_deactivation_closes_sockets(ec2x, net, pki):
-    with TlsTestServer(server_context(pki["server"])) as server:
+    with TlsServer(pki.server, legacy=True) as server:
         net(server)
         ec2x.at('AT+QSSLOPEN=1,0,3,"220.180.239.212",8010')
         assert opened(ec2x, 3) == 0

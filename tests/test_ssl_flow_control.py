@@ -1,5 +1,5 @@
 """Flow control of EC2x SSL sockets, both ways, over the pty against OpenSSL servers
-(Python ssl) on loopback, judged byte for byte (SHA-256):
+(Python ssl, emulator.testing.peers.TlsServer) on loopback, judged byte for byte (SHA-256):
 
  - down, direct push (access mode 1): a host that stops reading must not make the
    emulator hold the stream in memory; the data wait in the TCP connection (the socket
@@ -18,10 +18,9 @@ import threading
 import time
 
 import pytest
-import trustme
 
 from emulator.sockets.service import SslService
-from tests.tls_engine.servers import TlsTestServer, server_context
+from emulator.testing.peers import TlsServer
 
 HOST = "220.180.239.212"
 OK = b"\r\nOK\r\n"
@@ -31,13 +30,12 @@ SEND_FAIL_LIMIT = 64 << 20    # give up on SEND FAIL after this much data
 PUSH_URC = re.compile(rb'\r\n\+QSSLURC: "recv",(\d+),(\d+)\r\n')
 
 
-@pytest.fixture(scope="module")
-def server_cert():
-    ca = trustme.CA(key_type=trustme.KeyType.RSA)
-    return ca.issue_cert(HOST, "localhost", key_type=trustme.KeyType.RSA)
+@pytest.fixture
+def server_cert(pki):
+    return pki.server             # its names include HOST
 
 
-def connect(emulator, open_modem, server: TlsTestServer, access_mode: int):
+def connect(emulator, open_modem, server: TlsServer, access_mode: int):
     host, port = open_modem("ec2x")
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == OK
     emulator.router.add_map(HOST, 8010, "127.0.0.1", server.port)
@@ -50,14 +48,13 @@ def connect(emulator, open_modem, server: TlsTestServer, access_mode: int):
 def test_direct_push_holds_the_server_back_while_the_host_does_not_read(emulator, open_modem, server_cert):
     stream = os.urandom(STREAM_BYTES)
 
-    def streamer(conn, obs) -> None:
-        conn.settimeout(120)              # the host stalls: sendall blocks meanwhile
-        obs.received += conn.recv(1)      # the host's go
-        conn.sendall(stream)
+    def streamer(conn) -> None:
+        conn.recv(1)                      # the host's go
+        conn.sendall(stream)              # the host stalls: sendall blocks meanwhile
         while conn.recv(65536):           # until the host closes
             pass
 
-    with TlsTestServer(server_context(server_cert), streamer) as server:
+    with TlsServer(server_cert, legacy=True, handler=streamer) as server:
         host, port = connect(emulator, open_modem, server, access_mode=1)
         svc = emulator.run(lambda: port.modem.feature("ssl", SslService))
         assert host.send_data(0, b"!") == b"\r\nSEND OK\r\n"
@@ -87,8 +84,8 @@ def test_direct_push_holds_the_server_back_while_the_host_does_not_read(emulator
         assert urcs >= len(stream) // 1500
         assert host.quiet_for(0.3) == b""                       # exactly once: nothing more
         assert host.at("AT+QSSLCLOSE=0") == OK
-        server.last.done.wait(10)
-    assert server.last.error is None, server.last.error
+        server.conn.done.wait(10)
+    assert server.conn.error is None, server.conn.error
 
 
 def test_push_waits_for_a_pending_command_and_the_close_comes_after_the_data(
@@ -96,16 +93,12 @@ def test_push_waits_for_a_pending_command_and_the_close_comes_after_the_data(
     payload = os.urandom(20_000)
     go = threading.Event()
 
-    def send_then_close(conn, obs) -> None:
+    def send_then_close(conn) -> None:
         go.wait(30)
         conn.sendall(payload)
-        conn.settimeout(1)
-        try:
-            conn.unwrap()                  # close_notify (the emulator need not answer it)
-        except OSError:
-            pass
+        conn.send_close_notify()          # (the emulator need not answer it)
 
-    with TlsTestServer(server_context(server_cert), send_then_close) as server:
+    with TlsServer(server_cert, legacy=True, handler=send_then_close) as server:
         host, port = connect(emulator, open_modem, server, access_mode=1)
         svc = emulator.run(lambda: port.modem.feature("ssl", SslService))
         # The host is inside a "> " prompt: nothing may be pushed into the middle of it.
@@ -137,13 +130,12 @@ def test_send_fail_when_the_server_stops_reading_and_only_send_ok_data_arrive(
         emulator, open_modem, server_cert):
     release = threading.Event()
 
-    def stalled_reader(conn, obs) -> None:
+    def stalled_reader(conn) -> None:
         release.wait(120)                 # accepts TLS, then reads nothing until told
-        conn.settimeout(30)
-        while data := conn.recv(65536):   # until the host's close_notify
-            obs.received += data
+        while conn.recv(65536, timeout=30):   # until the host's close_notify (conn.received)
+            pass
 
-    with TlsTestServer(server_context(server_cert), stalled_reader) as server:
+    with TlsServer(server_cert, legacy=True, handler=stalled_reader) as server:
         try:
             host, _ = connect(emulator, open_modem, server, access_mode=0)
             accepted, results, total = [], [], 0
@@ -166,8 +158,8 @@ def test_send_fail_when_the_server_stops_reading_and_only_send_ok_data_arrive(
             release.set()
         # The server reads everything; the close (close_notify + FIN) ends its read loop.
         assert host.at("AT+QSSLCLOSE=0,30") == OK
-        assert server.last.done.wait(30)
-    assert server.last.error is None, server.last.error
+        assert server.conn.done.wait(30)
+    assert server.conn.error is None, server.conn.error
     expected = b"".join(accepted)
-    assert len(server.last.received) == len(expected)
-    assert hashlib.sha256(server.last.received).hexdigest() == hashlib.sha256(expected).hexdigest()
+    assert len(server.conn.received) == len(expected)
+    assert hashlib.sha256(server.conn.received).hexdigest() == hashlib.sha256(expected).hexdigest()

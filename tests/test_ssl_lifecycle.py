@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import socket
 
-from tests.peers import TlsServer, default_pki
+from emulator.testing.peers import TlsServer, default_pki
 
 
 def _silent_listener(emulator, host: str) -> socket.socket:

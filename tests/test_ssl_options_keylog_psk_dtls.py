@@ -12,16 +12,12 @@ from pathlib import Path
 import pytest
 
 from emulator.io.app import BackgroundEmulator
-from tests.host import Host
-from tests.peers import OpenSslServer, TlsServer, UdpDropRelay
-from tests.ssl_options_support import HOST, PORT, cfg, close, net, open_ssl, pki, recv_all  # noqa: F401
-from tls_engine import native
+from emulator.testing.host import Host
+from emulator.testing.peers import OpenSslServer, TlsServer, UdpDropRelay
+from tests.ssl_options_support import HOST, PORT, cfg, close, open_ssl, recv_all
 
 ROOT = Path(__file__).resolve().parent.parent
 PSK_HEX = "00112233445566778899aabbccddeeff"
-
-needs_native = pytest.mark.skipif(not native.available(),
-                                  reason="the key log needs tls_engine.native")
 
 
 def server_lines(path: Path) -> list[str]:
@@ -39,7 +35,7 @@ def echo_session(modem, server) -> None:
 
 
 # -- key log ------------------------------------------------------------------------------------
-@needs_native
+@pytest.mark.needs_native
 def test_keylog_callback_matches_the_servers_keylog(pki, tmp_path):
     lines: list[str] = []
     server_log = tmp_path / "server.keylog"
@@ -59,7 +55,7 @@ def test_keylog_callback_matches_the_servers_keylog(pki, tmp_path):
     assert len(lines) == 2 and lines == server_lines(server_log)
 
 
-@needs_native
+@pytest.mark.needs_native
 @pytest.mark.parametrize("how", ["--keylog", "SSLKEYLOGFILE"])
 def test_cli_keylog_file_matches_the_servers_keylog(pki, tmp_path, how):
     ours, theirs = tmp_path / "emulator.keylog", tmp_path / "server.keylog"

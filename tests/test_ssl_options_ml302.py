@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.peers import TlsServer, default_pki
+from emulator.testing.peers import TlsServer, default_pki
 from tests.ssl_options_support import HOST, PORT, opened
 
 SCSV = 0x00FF

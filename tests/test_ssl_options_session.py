@@ -9,13 +9,8 @@ import threading
 
 import pytest
 
-from tests.peers import OpenSslServer, TlsServer
-from tests.ssl_options_support import HOST, cfg, close, net, open_ssl, opened, pki, recv_all  # noqa: F401
-from tests.tls_engine.servers import TlsTestServer, server_context
-from tls_engine import native
-
-needs_native = pytest.mark.skipif(not native.available(),
-                                  reason="resumption and renegotiation need tls_engine.native")
+from emulator.testing.peers import OpenSslServer, TlsServer
+from tests.ssl_options_support import HOST, cfg, close, open_ssl, opened, recv_all
 
 
 def socket_state(modem, client_id: int) -> int | None:
@@ -25,7 +20,7 @@ def socket_state(modem, client_id: int) -> int | None:
 
 
 # -- session_cache ---------------------------------------------------------------------------------
-@needs_native
+@pytest.mark.needs_native
 def test_session_cache_resumes_on_the_same_context(ec2x, net, pki):
     with TlsServer(pki.server) as server:
         net(server)
@@ -39,7 +34,7 @@ def test_session_cache_resumes_on_the_same_context(ec2x, net, pki):
         close(ec2x)
 
 
-@needs_native
+@pytest.mark.needs_native
 def test_session_cache_0_means_full_handshakes(ec2x, net, pki):
     with TlsServer(pki.server) as server:
         net(server)
@@ -51,7 +46,7 @@ def test_session_cache_0_means_full_handshakes(ec2x, net, pki):
         assert [c.session_reused for c in server.connections] == [False, False]
 
 
-@needs_native
+@pytest.mark.needs_native
 def test_changing_the_context_forgets_its_sessions(ec2x, net, pki):
     with TlsServer(pki.server) as server:
         net(server)
@@ -105,11 +100,10 @@ def deaf_server(pki):
     the TCP connection until the test sets `release`."""
     release = threading.Event()
 
-    def hold(conn, obs):
+    def hold(conn):
         release.wait(60)
 
-    server = TlsTestServer(server_context(pki.server.leaf), hold)
-    with server:
+    with TlsServer(pki.server, legacy=True, handler=hold) as server:
         yield server, release
         release.set()
 
@@ -121,7 +115,7 @@ def test_closetimemode_1_close_timeout_in_ms(ec2x, net, deaf_server):
     assert open_ssl(ec2x, 0) == 0
     # 300 ms: the answer comes although the server still holds the connection.
     assert ec2x.at("AT+QSSLCLOSE=0,300", timeout=30) == b"\r\nOK\r\n"
-    assert not server.last.done.is_set()               # server side: still open, not closed
+    assert not server.conn.done.is_set()               # server side: still open, not closed
     assert ec2x.at("AT+QSSLSTATE") == b"\r\nOK\r\n"
 
 
@@ -135,7 +129,7 @@ def test_closetimemode_0_close_timeout_in_seconds(timed, emulator, deaf_server):
     assert ec2x.quiet_for(0.05) == b""
     release.set()                                      # the server closes its side
     assert ec2x.read_until(b"\r\nOK\r\n", timeout=30) == b"\r\nOK\r\n"
-    assert server.last.done.wait(5)
+    assert server.conn.done.wait(5)
     assert ec2x.at("AT+QSSLSTATE") == b"\r\nOK\r\n"
 
 
@@ -156,7 +150,7 @@ def reneg_server(pki):
     server.stop()
 
 
-@needs_native
+@pytest.mark.needs_native
 def test_renegotiation_1_accepts_and_data_flows_after(ec2x, net, reneg_server):
     net(reneg_server)
     cfg(ec2x, "renegotiation", 0, 1)
@@ -180,7 +174,7 @@ def test_renegotiation_1_accepts_and_data_flows_after(ec2x, net, reneg_server):
     close(ec2x)
 
 
-@needs_native
+@pytest.mark.needs_native
 def test_renegotiation_0_refuses(ec2x, net, reneg_server):
     """What the server sees: a no_renegotiation alert ("no renegotiation" in s_server's
     output); OpenSSL then ends the connection and the modem reports it closed."""

@@ -1,6 +1,6 @@
 """AT+QSSLCFG "seclevel", "cacert", "cacertex", "clientcert", "clientkey",
 "ignoremulticertchainverify", "ignoreinvalidcertsign", "ignorelocaltime" (with AT+CCLK)
-through the pty, against OpenSSL servers (tests/peers.TlsServer) that record whether the
+through the pty, against OpenSSL servers (emulator.testing.peers.TlsServer) that record whether the
 handshake completed and which client certificate they got."""
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.peers import TlsServer, utc
-from tests.ssl_options_support import HOST, cfg, close, net, open_ssl, pki  # noqa: F401
-from tests.tls_engine.pki import make_cert
+from emulator.testing.peers import TlsServer, make_cert, utc
+from tests.ssl_options_support import HOST, cfg, close, open_ssl
 
 
 def trust(modem, ctx: int, ca_pem: bytes, name: str = "UFS:ca.pem", seclevel: int = 1) -> None:

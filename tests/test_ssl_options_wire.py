@@ -8,15 +8,12 @@ import logging
 import pytest
 
 from emulator.modem.profile import load_profile
-from tests.peers import TlsServer
-from tests.ssl_options_support import HOST, cfg, close, last_error, net, open_ssl, pki, recv_all  # noqa: F401
-from tls_engine import native
+from emulator.testing.peers import TlsServer
+from emulator.testing.peers.mbedtls_peer import MbedtlsServer, mbedtls_server_context
+from tests.ssl_options_support import HOST, cfg, close, last_error, open_ssl, recv_all
 from tls_engine.ciphers import suite_offerable
 
 SCSV = 0x00FF          # TLS_EMPTY_RENEGOTIATION_INFO_SCSV, added by Mbed TLS to every offer
-
-needs_native = pytest.mark.skipif(not native.available(),
-                                  reason="RC4/3DES offers need tls_engine.native")
 
 
 def offered(conn) -> list[int]:
@@ -107,7 +104,7 @@ def test_0xffff_offers_the_profile_table(ec2x, net, pki):
     assert offered(conn) == [s for s in table if suite_offerable(s)]
 
 
-@needs_native
+@pytest.mark.needs_native
 @pytest.mark.parametrize("suite", ["0X0005", "0X000A"])
 def test_rc4_3des_offered_on_the_wire_openssl_has_none(ec2x, net, pki, suite):
     with TlsServer(pki.server, min_version="TLSv1") as server:
@@ -119,12 +116,11 @@ def test_rc4_3des_offered_on_the_wire_openssl_has_none(ec2x, net, pki, suite):
     assert conn.handshake_error
 
 
-@needs_native
+@pytest.mark.needs_native
 @pytest.mark.parametrize("suite, name", [("0X0005", "TLS-RSA-WITH-RC4-128-SHA"),
                                          ("0X000A", "TLS-RSA-WITH-3DES-EDE-CBC-SHA")])
 def test_rc4_3des_negotiated_with_an_mbedtls_server(ec2x, net, pki, suite, name):
-    from tests.tls_engine.native_peers import MbedtlsServer, mbedtls_server_context
-    server = MbedtlsServer(mbedtls_server_context((None, pki.server.leaf), [0x0005, 0x000A]))
+    server = MbedtlsServer(mbedtls_server_context(pki.server, [0x0005, 0x000A]))
     net(server)
     cfg(ec2x, "ciphersuite", 0, suite)
     assert open_ssl(ec2x, 0) == 0

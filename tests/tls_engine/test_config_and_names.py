@@ -31,15 +31,14 @@ def test_bad_sslversion_is_bad_config():
 
 
 def test_garbage_client_key_is_bad_config(client_leaf):
-    failure = failure_of(seclevel=2, ca_pem=None, client_cert_pem=client_leaf.cert_chain_pems[0].bytes(),
+    failure = failure_of(seclevel=2, ca_pem=None, client_cert_pem=client_leaf.cert_pem,
                          client_key_pem=b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
     assert failure.kind == "bad_config"
 
 
 def test_client_key_of_another_certificate_is_bad_config(ca, client_leaf, rsa_leaf):
-    failure = failure_of(seclevel=2, ca_pem=ca.cert_pem.bytes(),
-                         client_cert_pem=client_leaf.cert_chain_pems[0].bytes(),
-                         client_key_pem=rsa_leaf.private_key_pem.bytes())
+    failure = failure_of(seclevel=2, ca_pem=ca.cert_pem, client_cert_pem=client_leaf.cert_pem,
+                         client_key_pem=rsa_leaf.key_pem)
     assert failure.kind == "bad_config" and "does not belong" in failure.reason
 
 

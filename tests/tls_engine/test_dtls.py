@@ -5,29 +5,23 @@ The driver honours next_timeout()/handle_timeout() like the emulator's event loo
 from __future__ import annotations
 
 import select
-import shutil
 import socket
 import time
 
 import pytest
 
+from emulator.testing.peers import OpenSslServer, parse_client_hello
 from tls_engine import AppData, HandshakeComplete, TlsClientSession, TlsFailure, TlsSettings
-
-from .openssl_peer import OpensslServer
-from .wire import client_hello_extensions
-
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 
 
 @pytest.fixture
-def dtls_server(tmp_path, rsa_leaf):
-    """Start `openssl s_server` for one DTLS client; returns (port, OpensslServer)."""
-    pem = tmp_path / "server.pem"
-    rsa_leaf.private_key_and_cert_chain_pem.write_to_path(str(pem))
+def dtls_server(rsa_leaf):
+    """Start `openssl s_server` for DTLS clients; returns (port, OpenSslServer)."""
+    cert, key = rsa_leaf.load_args
     servers = []
 
     def start(*extra: str):
-        server = OpensslServer("-cert", str(pem), "-quiet", *extra, dtls=True)
+        server = OpenSslServer(["-cert", cert, "-key", key, "-cipher", "ALL:@SECLEVEL=0", *extra])
         servers.append(server)
         return server.port, server
 
@@ -72,7 +66,7 @@ def drive(session: TlsClientSession, port: int, until, limit: float = 5.0, first
 
 
 def _settings(ca, **overrides) -> TlsSettings:
-    values = dict(server_name="localhost", dtls=True, seclevel=1, ca_pem=ca.cert_pem.bytes(),
+    values = dict(server_name="localhost", dtls=True, seclevel=1, ca_pem=ca.cert_pem,
                   ca_label="RAM:cacert.pem")
     values.update(overrides)
     return TlsSettings(**values)
@@ -91,13 +85,13 @@ def test_dtls_handshake_and_data(dtls_server, ca, dtls_version, flag, expected):
     events = driver.run(completed)
     assert isinstance(events[-1], HandshakeComplete), events
     assert events[-1].version == expected
-    proc.type(b"from the server\n")
+    proc.write(b"from the server\n")
     driver.run(lambda ev: any(isinstance(e, AppData) for e in ev))
     assert b"".join(e.data for e in driver.events if isinstance(e, AppData)) == b"from the server\n"
     session.send(b"hello over dtls\n")
     session.close()
     driver.run(lambda ev: True)
-    assert b"hello over dtls" in proc.stop()
+    proc.wait_for_output(rb"hello over dtls")
 
 
 def test_dtls_verify_failure(dtls_server, other_ca):
@@ -111,7 +105,7 @@ def test_dtls_client_hello_is_retransmitted_after_timeout(dtls_server, ca):
     session = TlsClientSession(_settings(ca, alpn=("coap",)))
     session.start()
     [lost] = session.outgoing()                 # pretend the network dropped it
-    assert client_hello_extensions(lost, dtls=True)[16].endswith(b"coap")
+    assert parse_client_hello(lost, dtls=True).extension(16).endswith(b"coap")
     assert 0 < session.next_timeout() <= 1.0
     time.sleep(session.next_timeout() + 0.01)   # RFC 6347 initial timer: 1 s
     session.handle_timeout()

@@ -1,30 +1,43 @@
-"""Handshake, versions, suites, SNI, ALPN and data transfer against OpenSSL servers."""
+"""Handshake, versions, suites, SNI, ALPN and data transfer against OpenSSL servers
+(emulator.testing.peers.TlsServer, legacy: TLS 1.0-1.2 and every suite, as the engine)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
-import ssl
-import warnings
 
 import pytest
 
+from emulator.testing.engine_client import ClientDriver
+from emulator.testing.peers import TlsConnection, TlsServer, parse_client_hello
 from tls_engine import (AppData, HandshakeComplete, PeerClosed, TlsClientSession, TlsFailure,
                         TlsSettings, native)
-
-from .servers import (ClientDriver, TlsTestServer, send_then_close, server_context, sha256)
-from .wire import client_hello_extensions, client_hello_suites
 
 EXT_SERVER_NAME = 0
 EXT_ALPN = 16
 
 
-def connect(settings: TlsSettings, server: TlsTestServer) -> tuple[ClientDriver, object]:
+def connect(settings: TlsSettings, server: TlsServer) -> tuple[ClientDriver, object]:
     driver = ClientDriver(TlsClientSession(settings), server.port)
     return driver, driver.handshake()
 
 
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def send_then_close(payload: bytes):
+    """Server handler: on the client's first byte, send payload and close_notify (waiting
+    keeps them out of the handshake's last read)."""
+    def handler(conn: TlsConnection) -> None:
+        conn.recv(1)
+        conn.sendall(payload)
+        conn.send_close_notify()
+    return handler
+
+
 def test_handshake_then_echo(rsa_leaf, base_settings):
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    with TlsServer(rsa_leaf, legacy=True) as server:
         driver, result = connect(base_settings(), server)
         assert isinstance(result, HandshakeComplete), result
         assert driver.session.state == "established"
@@ -35,16 +48,16 @@ def test_handshake_then_echo(rsa_leaf, base_settings):
 
 def test_200_kib_each_way_arrives_intact(rsa_leaf, base_settings):
     payload = os.urandom(200 * 1024)
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    with TlsServer(rsa_leaf, legacy=True) as server:
         driver, result = connect(base_settings(), server)
         assert isinstance(result, HandshakeComplete)
         echoed = driver.exchange(payload, timeout=10)
         driver.session.close()
         driver.flush()
-        server.last.done.wait(5)
+        server.conn.done.wait(5)
         driver.close()
     assert sha256(echoed) == sha256(payload)
-    assert sha256(bytes(server.last.received)) == sha256(payload)
+    assert sha256(bytes(server.conn.received)) == sha256(payload)
 
 
 @pytest.mark.parametrize("ssl_version, server_sees, engine_reports", [
@@ -53,20 +66,17 @@ def test_200_kib_each_way_arrives_intact(rsa_leaf, base_settings):
 ])
 def test_sslversion_is_what_the_server_negotiates(rsa_leaf, base_settings, ssl_version,
                                                   server_sees, engine_reports):
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    with TlsServer(rsa_leaf, legacy=True) as server:
         driver, result = connect(base_settings(ssl_version=ssl_version), server)
         assert isinstance(result, HandshakeComplete), result
         assert result.version == engine_reports
         assert driver.exchange(b"x") == b"x"
         driver.close()
-    assert server.last.version == server_sees
+    assert server.conn.version == server_sees
 
 
 def test_pinned_tls12_fails_against_tls10_only_server(rsa_leaf, base_settings):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ctx = server_context(rsa_leaf, max_version=ssl.TLSVersion.TLSv1)
-    with TlsTestServer(ctx) as server:
+    with TlsServer(rsa_leaf, legacy=True, max_version="TLSv1") as server:
         driver, result = connect(base_settings(ssl_version=3), server)
         driver.close()
     assert isinstance(result, TlsFailure) and result.kind == "handshake_failed"
@@ -87,18 +97,17 @@ def test_ssl30_is_unsupported_version():
     (0xC02F, "ECDHE-RSA-AES128-GCM-SHA256"),
 ])
 def test_configured_cipher_suite_is_used(rsa_leaf, base_settings, suite_id, openssl_name):
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    with TlsServer(rsa_leaf, legacy=True) as server:
         driver, result = connect(base_settings(cipher_suites=(suite_id,)), server)
         driver.close()
     assert isinstance(result, HandshakeComplete), result
-    assert server.last.cipher == openssl_name
+    assert server.conn.cipher == openssl_name
     assert result.cipher_id == suite_id
     assert result.cipher_name.startswith("TLS_")
 
 
 def test_no_shared_cipher_suite_is_a_handshake_failure(rsa_leaf, base_settings):
-    ctx = server_context(rsa_leaf, ciphers="ECDHE-RSA-AES128-GCM-SHA256")
-    with TlsTestServer(ctx) as server:
+    with TlsServer(rsa_leaf, legacy=True, ciphers="ECDHE-RSA-AES128-GCM-SHA256") as server:
         driver, result = connect(base_settings(cipher_suites=(0x0035,)), server)
         driver.close()
     assert isinstance(result, TlsFailure) and result.kind == "handshake_failed"
@@ -119,7 +128,7 @@ def test_without_native_rc4_is_left_out_of_a_mixed_list(monkeypatch):
     session = TlsClientSession(TlsSettings(server_name="localhost", cipher_suites=(0x0005, 0xC02F, 0x000A)))
     session.start()
     [hello] = session.outgoing()
-    assert [s for s in client_hello_suites(hello) if s != 0x00FF] == [0xC02F]
+    assert [s for s in parse_client_hello(hello).cipher_suites if s != 0x00FF] == [0xC02F]
     assert any("0x0005 TLS_RSA_WITH_RC4_128_SHA, 0x000A TLS_RSA_WITH_3DES_EDE_CBC_SHA" in n
                for n in session.notes)
 
@@ -132,37 +141,36 @@ def test_sni_only_when_enabled_and_a_dns_name(rsa_leaf, base_settings, sni, serv
     session = TlsClientSession(settings)
     session.start()
     [hello] = session.outgoing()
-    assert (EXT_SERVER_NAME in client_hello_extensions(hello)) == (expected is not None)
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    assert parse_client_hello(hello).has_extension(EXT_SERVER_NAME) == (expected is not None)
+    with TlsServer(rsa_leaf, legacy=True) as server:
         driver, result = connect(settings, server)
         driver.close()
     assert isinstance(result, HandshakeComplete), result
-    assert server.last.sni_callback_called and server.last.sni == expected
+    assert server.conn.sni_callback_called and server.conn.sni == expected
 
 
 def test_alpn_reaches_server_and_choice_is_reported(rsa_leaf, base_settings):
-    ctx = server_context(rsa_leaf, alpn=["x-other", "mqtt"])
-    with TlsTestServer(ctx) as server:
+    with TlsServer(rsa_leaf, legacy=True, alpn=["x-other", "mqtt"]) as server:
         driver, result = connect(base_settings(alpn=("mqtt", "http/1.1")), server)
         driver.close()
     assert isinstance(result, HandshakeComplete), result
-    assert server.last.alpn == "mqtt" and result.alpn == "mqtt"
+    assert server.conn.alpn_selected == "mqtt" and result.alpn == "mqtt"
 
 
 def test_no_alpn_configured_means_no_extension(rsa_leaf, base_settings):
     session = TlsClientSession(base_settings())
     session.start()
     [hello] = session.outgoing()
-    assert EXT_ALPN not in client_hello_extensions(hello)
-    with TlsTestServer(server_context(rsa_leaf, alpn=["mqtt"])) as server:
+    assert not parse_client_hello(hello).has_extension(EXT_ALPN)
+    with TlsServer(rsa_leaf, legacy=True, alpn=["mqtt"]) as server:
         driver, result = connect(base_settings(), server)
         driver.close()
-    assert result.alpn is None and server.last.alpn is None
+    assert result.alpn is None and server.conn.alpn_selected is None
 
 
 def test_data_and_close_notify_in_one_input_keep_the_data(rsa_leaf, base_settings):
     payload = b"last words " * 300
-    with TlsTestServer(server_context(rsa_leaf), handler=send_then_close(payload)) as server:
+    with TlsServer(rsa_leaf, legacy=True, handler=send_then_close(payload)) as server:
         driver, result = connect(base_settings(), server)
         assert isinstance(result, HandshakeComplete)
         request(driver)
@@ -196,7 +204,7 @@ def read_through_first_alert_record(sock: socket.socket) -> bytes:
 
 
 def test_peer_close_is_reported_once(rsa_leaf, base_settings):
-    with TlsTestServer(server_context(rsa_leaf), handler=send_then_close(b"bye")) as server:
+    with TlsServer(rsa_leaf, legacy=True, handler=send_then_close(b"bye")) as server:
         driver, _ = connect(base_settings(), server)
         request(driver)
         driver.pump(lambda ev: any(isinstance(e, PeerClosed) for e in ev))
@@ -208,19 +216,19 @@ def test_peer_close_is_reported_once(rsa_leaf, base_settings):
 
 
 def test_client_close_sends_close_notify(rsa_leaf, base_settings):
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    with TlsServer(rsa_leaf, legacy=True) as server:
         driver, _ = connect(base_settings(), server)
         driver.exchange(b"ping")
         driver.session.close()
         driver.flush()
-        assert server.last.done.wait(5)
+        assert server.conn.done.wait(5)
         driver.close()
-    assert server.last.error is None  # the echo loop ended on close_notify, cleanly
+    assert server.conn.error is None  # the echo loop ended on close_notify, cleanly
     assert driver.session.state == "closed"
 
 
 def test_handshake_flights_are_coalesced(rsa_leaf, base_settings):
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    with TlsServer(rsa_leaf, legacy=True) as server:
         session = TlsClientSession(base_settings())
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         session.start()
@@ -253,7 +261,7 @@ def test_eof_during_handshake_is_a_handshake_failure(base_settings):
 
 def test_one_receive_larger_than_the_wrappers_32k_buffer(rsa_leaf, base_settings):
     payload = os.urandom(100 * 1024)
-    with TlsTestServer(server_context(rsa_leaf), handler=send_then_close(payload)) as server:
+    with TlsServer(rsa_leaf, legacy=True, handler=send_then_close(payload)) as server:
         driver, _ = connect(base_settings(), server)
         request(driver)
         blob = read_through_first_alert_record(driver.sock)
@@ -267,7 +275,7 @@ def test_one_receive_larger_than_the_wrappers_32k_buffer(rsa_leaf, base_settings
 
 
 def test_handshake_fed_one_byte_at_a_time(rsa_leaf, base_settings):
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    with TlsServer(rsa_leaf, legacy=True) as server:
         session = TlsClientSession(base_settings(seclevel=1))
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         session.start()

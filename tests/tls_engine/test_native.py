@@ -1,24 +1,20 @@
 """tls_engine.native: every feature proven from the SERVER side.
 
-Peers (native_peers.py): Python ssl (OpenSSL 3) servers, `openssl s_server`, a raw TCP
-listener that reads the ClientHello, and (for RC4/3DES, which this OpenSSL lacks) a
-python-mbedtls server. The client side is always a TLSWrappedBuffer pumped sans-IO over
-a real socket. The self-check and the in-process checks are in test_native_selfcheck.py.
+Peers (emulator.testing.peers): Python ssl (OpenSSL 3) servers (TlsServer, which also
+records the raw ClientHello), `openssl s_server`, and (for RC4/3DES, which this OpenSSL
+lacks) a python-mbedtls server. The client side is always a TLSWrappedBuffer pumped sans-IO
+over a real socket (mbedtls_peer.SansIO). The self-check and the in-process checks are in
+test_native_selfcheck.py.
 """
 from __future__ import annotations
-
-import shutil
-import ssl
 
 import mbedtls.exceptions as mexc
 import mbedtls.tls as mtls
 import mbedtls.x509 as mx509
 import pytest
-import trustme
 
-# (tests/test_ssl_options_wire.py imports MbedtlsServer / mbedtls_server_context from here)
-from tests.tls_engine.native_peers import (MbedtlsServer, OpenSslServer, PySslServer, SansIO,
-                                           capture_client_hello, connect, mbedtls_server_context)
+from emulator.testing.peers import OpenSslServer, TlsServer
+from emulator.testing.peers.mbedtls_peer import MbedtlsServer, SansIO, connect, mbedtls_server_context
 from tls_engine import native
 
 TLS12 = mtls.TLSVersion.TLSv1_2
@@ -28,15 +24,8 @@ TLS12 = mtls.TLSVersion.TLSv1_2
 
 
 @pytest.fixture(scope="module")
-def pki():
-    ca = trustme.CA(key_type=trustme.KeyType.RSA)
-    return ca, ca.issue_cert("localhost", key_type=trustme.KeyType.RSA)
-
-
-@pytest.fixture(scope="module")
-def trust(pki):
-    ca, _ = pki
-    return mtls.TrustStore([mx509.CRT.from_PEM(ca.cert_pem.bytes().decode())])
+def trust(ca):
+    return mtls.TrustStore([mx509.CRT.from_PEM(ca.cert_pem.decode())])
 
 
 def client_context(trust, **kw) -> mtls.ClientContext:
@@ -45,19 +34,13 @@ def client_context(trust, **kw) -> mtls.ClientContext:
 
 
 @pytest.fixture()
-def py_server(pki, request, tmp_path):
-    """Python ssl server, TLS 1.2 max (Mbed TLS 2.28 has no TLS 1.3)."""
-    _, cert = pki
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    cert.configure_cert(ctx)
-    if getattr(request, "param", "tickets") == "session-id":
-        ctx.options |= ssl.OP_NO_TICKET  # resumption through the server's session cache
-    ctx.keylog_filename = str(tmp_path / "server-keylog.txt")
-    server = PySslServer(ctx)
-    server.keylog_path = tmp_path / "server-keylog.txt"
-    yield server
-    server.close()
+def py_server(rsa_leaf, request, tmp_path):
+    """Python ssl echo server, TLS 1.2 max (Mbed TLS 2.28 has no TLS 1.3); its key log in
+    py_server.keylog. "session-id": no tickets, resumption through its session cache."""
+    tickets = getattr(request, "param", "tickets") == "tickets"
+    with TlsServer(rsa_leaf, max_version="TLSv1.2", tickets=tickets,
+                   keylog=tmp_path / "server-keylog.txt") as server:
+        yield server
 
 
 def echo_once(conn: SansIO, payload: bytes = b"ping") -> None:
@@ -77,12 +60,12 @@ def test_resumption_accepted_by_openssl(py_server, trust):
     echo_once(first)
     saved = first_ssl.save_session()
     first.close()
-    seen = py_server.next_result()
+    seen = py_server.wait_done(0)
     assert seen.error is None and seen.session_reused is False
     assert first_ssl.session_reused() is False
 
     # Same saved session, loaded twice: a session is reusable.
-    for _ in range(2):
+    for i in (1, 2):
         again = connect(py_server.port, ctx.wrap_buffers("localhost"))
         again_ssl = native.NativeSsl(again.buffer)
         again_ssl.load_session(saved)
@@ -90,7 +73,7 @@ def test_resumption_accepted_by_openssl(py_server, trust):
         echo_once(again, b"resumed")
         assert again_ssl.session_reused() is True
         again.close()
-        seen = py_server.next_result()
+        seen = py_server.wait_done(i)
         assert seen.error is None, seen.error
         assert seen.session_reused is True  # OpenSSL's own word
         assert seen.received == b"resumed"
@@ -98,14 +81,14 @@ def test_resumption_accepted_by_openssl(py_server, trust):
 
 def test_no_resumption_without_load_session(py_server, trust):
     ctx = client_context(trust)
-    for _ in range(2):
+    for i in range(2):
         conn = connect(py_server.port, ctx.wrap_buffers("localhost"))
         nssl = native.NativeSsl(conn.buffer)
         conn.handshake()
         echo_once(conn)
         assert nssl.session_reused() is False
         conn.close()
-        seen = py_server.next_result()
+        seen = py_server.wait_done(i)
         assert seen.error is None and seen.session_reused is False
 
 
@@ -130,9 +113,9 @@ def test_keylog_line_equals_openssl_server_keylog(py_server, trust):
     conn.handshake()
     echo_once(conn)
     conn.close()
-    assert py_server.next_result().error is None
+    assert py_server.wait_done(0).error is None
     server_lines = [
-        line for line in py_server.keylog_path.read_text().splitlines() if line.startswith("CLIENT_RANDOM ")
+        line for line in py_server.keylog.read_text().splitlines() if line.startswith("CLIENT_RANDOM ")
     ]
     assert len(lines) == 1
     assert lines == server_lines
@@ -143,23 +126,21 @@ def test_keylog_line_equals_openssl_server_keylog(py_server, trust):
 OFFER = [0x0005, 0xC02F, 0x000A, 0x0035, 0xC011, 0x0004, 0xC012, 0x002F, 0xC002, 0xC003]
 
 
-def offer_and_abort(ctx) -> callable:
-    def go(port: int) -> None:
-        conn = connect(port, ctx.wrap_buffers("localhost"))
-        try:
-            conn.handshake()
-        except Exception:
-            pass  # the listener only reads the ClientHello and hangs up
-        finally:
-            conn.sock.close()
-
-    return go
+def offered_suites(ctx) -> list[int]:
+    """The cipher_suites vector of the ClientHello `ctx` sends, exactly as it crossed the
+    wire (to a server that only reads it)."""
+    with TlsServer(mode="silent") as server:
+        conn = connect(server.port, ctx.wrap_buffers("localhost"))
+        conn.start_handshake()
+        hello = server.wait_for(lambda: server.connections and server.conn.client_hello)
+        conn.sock.close()
+    return hello.cipher_suites
 
 
 def test_set_ciphersuites_offers_exactly_that_list_in_order(trust):
     ctx = client_context(trust)
     native.NativeConf(ctx).set_ciphersuites(OFFER)
-    suites = capture_client_hello(offer_and_abort(ctx))
+    suites = offered_suites(ctx)
     # Mbed TLS appends TLS_EMPTY_RENEGOTIATION_INFO_SCSV to an initial ClientHello.
     assert suites == OFFER + [native.EMPTY_RENEGOTIATION_INFO_SCSV]
 
@@ -168,7 +149,7 @@ RC4_3DES_IDS = {0x0004, 0x0005, 0x000A, 0xC002, 0xC003, 0xC007, 0xC008, 0xC011, 
 
 
 def test_default_offer_has_no_rc4_or_3des(trust):
-    suites = capture_client_hello(offer_and_abort(client_context(trust)))
+    suites = offered_suites(client_context(trust))
     assert suites and not set(suites) & RC4_3DES_IDS
 
 
@@ -185,8 +166,8 @@ LEGACY = [
 
 
 @pytest.mark.parametrize("suite, name", LEGACY, ids=[n for _, n in LEGACY])
-def test_rc4_3des_negotiated_with_mbedtls_server(pki, trust, suite, name):
-    server = MbedtlsServer(mbedtls_server_context(pki, [s for s, _ in LEGACY]))
+def test_rc4_3des_negotiated_with_mbedtls_server(rsa_leaf, trust, suite, name):
+    server = MbedtlsServer(mbedtls_server_context(rsa_leaf, [s for s, _ in LEGACY]))
     ctx = client_context(trust)
     native.NativeConf(ctx).set_ciphersuites([suite])
     conn = connect(server.port, ctx.wrap_buffers("localhost"))
@@ -200,9 +181,9 @@ def test_rc4_3des_negotiated_with_mbedtls_server(pki, trust, suite, name):
     assert server.received == b"rc4?"
 
 
-def test_rc4_3des_refused_without_native(pki, trust):
+def test_rc4_3des_refused_without_native(rsa_leaf, trust):
     # Server offers only RC4/3DES; a client left at python-mbedtls defaults shares none.
-    server = MbedtlsServer(mbedtls_server_context(pki, [0x0005, 0x000A]))
+    server = MbedtlsServer(mbedtls_server_context(rsa_leaf, [0x0005, 0x000A]))
     conn = connect(server.port, client_context(trust).wrap_buffers("localhost"))
     with pytest.raises(mexc.TLSError):
         conn.handshake()
@@ -215,8 +196,8 @@ def test_rc4_3des_refused_without_native(pki, trust):
         mtls.ClientContext(mtls.TLSConfiguration(ciphers=("TLS-RSA-WITH-RC4-128-SHA",)))
 
 
-def test_rc4_offer_refused_by_default_server(pki, trust):
-    server = MbedtlsServer(mbedtls_server_context(pki))  # python-mbedtls defaults
+def test_rc4_offer_refused_by_default_server(rsa_leaf, trust):
+    server = MbedtlsServer(mbedtls_server_context(rsa_leaf))  # python-mbedtls defaults
     ctx = client_context(trust)
     native.NativeConf(ctx).set_ciphersuites([0x0005])
     conn = connect(server.port, ctx.wrap_buffers("localhost"))
@@ -231,15 +212,12 @@ def test_rc4_offer_refused_by_default_server(pki, trust):
 
 
 @pytest.fixture()
-def s_server(pki, tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not installed")
-    _, cert = pki
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    server = OpenSslServer(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
-    yield server
-    server.close()
+def s_server(rsa_leaf):
+    """`openssl s_server -tls1_2 -msg`: stdin lines are commands ("r" = renegotiate) or
+    data for the client; -msg prints every handshake message and alert on stdout."""
+    args = ["-tls1_2", "-msg", "-cert", str(rsa_leaf.cert_path), "-key", str(rsa_leaf.key_path)]
+    with OpenSslServer(args) as server:
+        yield server
 
 
 def renegotiation_client(s_server, trust, enabled: bool):
@@ -251,18 +229,19 @@ def renegotiation_client(s_server, trust, enabled: bool):
     conn = connect(s_server.port, ctx.wrap_buffers("localhost"))
     conn.handshake()
     conn.send(b"before\n")
-    s_server.wait_for(b"before\n")
-    s_server.command("r")  # s_server: SSL_renegotiate() + SSL_do_handshake() -> HelloRequest
-    s_server.wait_for(b"HelloRequest")
+    s_server.wait_for_output(rb"before\n")
+    s_server.write(b"r\n")  # s_server: SSL_renegotiate() + SSL_do_handshake() -> HelloRequest
+    s_server.wait_for_output(rb"HelloRequest")
     return conn, keylog
 
 
 def test_renegotiation_enabled_completes(s_server, trust):
     conn, keylog = renegotiation_client(s_server, trust, enabled=True)
-    s_server.command("pong")  # queued behind the renegotiation on the server side
+    s_server.write(b"pong\n")  # queued behind the renegotiation on the server side
     assert conn.recv_exactly(5) == b"pong\n"  # reading drives the client's renegotiation
     conn.send(b"after\n")
-    out = s_server.wait_for(b"after\n")
+    s_server.wait_for_output(rb"after\n")
+    out = s_server.stdout.decode("latin-1")
     # The server saw a second full handshake, then application data in the new epoch.
     assert out.count(", ClientHello") == 2
     assert out.count(", Finished") == 4  # 2 per handshake
@@ -277,7 +256,9 @@ def test_renegotiation_disabled_is_refused(s_server, trust):
     # OpenSSL 3 treats that as fatal: it sends handshake_failure and drops the link.
     with pytest.raises((mexc.TLSError, ConnectionError)):
         conn.recv_exactly(1)
-    out = s_server.wait_for(b"no renegotiation")
+    s_server.wait_for_output(rb"no renegotiation", stream="stderr")
+    s_server.wait_for_output(rb"fatal handshake_failure")
+    out = s_server.stdout.decode("latin-1")
     assert "Alert [length 0002], warning no_renegotiation" in out
     assert "fatal handshake_failure" in out
     assert out.count(", ClientHello") == 1
@@ -288,7 +269,7 @@ def test_renegotiation_disabled_is_refused(s_server, trust):
 # --- verify result ----------------------------------------------------------------------------
 
 
-def test_verify_result(py_server, trust):
+def test_verify_result(py_server, trust, pki):
     conn = connect(py_server.port, client_context(trust).wrap_buffers("localhost"))
     nssl = native.NativeSsl(conn.buffer)
     conn.handshake()
@@ -296,7 +277,7 @@ def test_verify_result(py_server, trust):
     echo_once(conn)
     conn.close()
 
-    other = mtls.TrustStore([mx509.CRT.from_PEM(trustme.CA().cert_pem.bytes().decode())])
+    other = mtls.TrustStore([mx509.CRT.from_PEM(pki.wrong_ca.cert_pem.decode())])
     ctx = client_context(other, validate_certificates=False)  # VERIFY_OPTIONAL
     conn = connect(py_server.port, ctx.wrap_buffers("localhost"))
     nssl = native.NativeSsl(conn.buffer)

@@ -1,15 +1,11 @@
 """PSK against `openssl s_server -psk` (Python 3.11's ssl module has no server PSK)."""
 from __future__ import annotations
 
-import shutil
 import pytest
 
+from emulator.testing.engine_client import ClientDriver
+from emulator.testing.peers import OpenSslServer
 from tls_engine import HandshakeComplete, TlsClientSession, TlsFailure, TlsSettings
-
-from .openssl_peer import OpensslServer
-from .servers import ClientDriver
-
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 
 KEY_HEX = "00112233445566778899aabbccddeeff"
 
@@ -19,8 +15,8 @@ def psk_server():
     servers = []
 
     def start():
-        server = OpensslServer("-nocert", "-psk", KEY_HEX, "-psk_identity", "modem-1",
-                               "-cipher", "PSK:@SECLEVEL=0", "-tls1_2", "-quiet")
+        server = OpenSslServer(["-nocert", "-psk", KEY_HEX, "-psk_identity", "modem-1",
+                                "-cipher", "PSK:@SECLEVEL=0", "-tls1_2"])
         servers.append(server)
         return server.port, server
 
@@ -39,7 +35,7 @@ def test_psk_handshake_with_table_default_plus_psk_suites(psk_server):
     assert "PSK" in result.cipher_name
     driver.session.send(b"psk data\n")
     driver.flush()
-    assert b"psk data" in proc.stop()
+    proc.wait_for_output(rb"psk data")
     driver.close()
 
 

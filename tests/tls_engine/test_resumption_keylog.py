@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from emulator.testing.engine_client import ClientDriver
+from emulator.testing.peers import TlsServer, parse_client_hello
 from tls_engine import HandshakeComplete, SessionCache, TlsClientSession, native
 
-from .servers import ClientDriver, TlsTestServer, server_context
-from .wire import client_hello_suites
 
-needs_native = pytest.mark.skipif(not native.available(),
-                                  reason=f"tls_engine.native unusable: {native.unavailable_reason()}")
+def client_hello_suites(hello: bytes) -> list[int]:
+    return parse_client_hello(hello).cipher_suites
 
 
 def run(server, settings, cache=None, key=None):
@@ -21,42 +21,42 @@ def run(server, settings, cache=None, key=None):
     assert driver.exchange(b"ping") == b"ping"
     session.close()
     driver.flush()
-    server.last.done.wait(5)
+    server.conn.done.wait(5)
     driver.close()
     return result, session
 
 
-@needs_native
+@pytest.mark.needs_native
 def test_second_connection_resumes_and_server_agrees(rsa_leaf, base_settings):
     cache = SessionCache()
     key = (1, "localhost", 443)
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    with TlsServer(rsa_leaf, legacy=True) as server:
         first, _ = run(server, base_settings(), cache, key)
         assert not first.resumed and key in cache
         second, _ = run(server, base_settings(), cache, key)
-        assert second.resumed and server.last.session_reused
+        assert second.resumed and server.conn.session_reused
 
 
-@needs_native
+@pytest.mark.needs_native
 def test_session_cache_disabled_means_full_handshakes(rsa_leaf, base_settings):
     cache = SessionCache()
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    with TlsServer(rsa_leaf, legacy=True) as server:
         run(server, base_settings(session_cache=False), cache, "k")
         again, _ = run(server, base_settings(session_cache=False), cache, "k")
-    assert not again.resumed and not server.last.session_reused and len(cache) == 0
+    assert not again.resumed and not server.conn.session_reused and len(cache) == 0
 
 
-@needs_native
+@pytest.mark.needs_native
 def test_key_log_lines_are_nss_format(rsa_leaf, base_settings):
     lines: list[str] = []
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    with TlsServer(rsa_leaf, legacy=True) as server:
         run(server, base_settings(keylog=lines.append))
     assert len(lines) == 1
     label, client_random, master = lines[0].split(" ")
     assert label == "CLIENT_RANDOM" and len(client_random) == 64 and len(master) == 96
 
 
-@needs_native
+@pytest.mark.needs_native
 def test_default_offer_is_the_whole_ec2x_table_in_order(base_settings):
     from tls_engine import CIPHER_TABLE
 
@@ -67,7 +67,7 @@ def test_default_offer_is_the_whole_ec2x_table_in_order(base_settings):
     assert offered == list(CIPHER_TABLE)
 
 
-@needs_native
+@pytest.mark.needs_native
 def test_explicit_3des_suite_is_offered_alone(base_settings):
     session = TlsClientSession(base_settings(cipher_suites=(0x000A,)))
     session.start()

@@ -5,16 +5,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import trustme
 
+from emulator.testing.engine_client import ClientDriver
+from emulator.testing.peers import NOW, ServerIdentity, TlsServer, make_cert
 from tls_engine import HandshakeComplete, TlsClientSession, TlsFailure
-
-from .pki import NOW, ServerIdentity, make_cert
-from .servers import ClientDriver, TlsTestServer, server_context
 
 
 def handshake(settings, identity, **server_kwargs):
-    with TlsTestServer(server_context(identity, **server_kwargs)) as server:
+    with TlsServer(identity, legacy=True, **server_kwargs) as server:
         driver = ClientDriver(TlsClientSession(settings), server.port)
         result = driver.handshake()
         if isinstance(result, HandshakeComplete):
@@ -22,8 +20,8 @@ def handshake(settings, identity, **server_kwargs):
             driver.session.close()
             driver.flush()
         driver.close()
-        server.last.done.wait(5)
-    return result, server.last
+        server.conn.done.wait(5)
+    return result, server.conn
 
 
 def modem_clock(moment: datetime):
@@ -40,7 +38,7 @@ def assert_verify_failed(result, *fragments):
 # --- seclevel ---------------------------------------------------------------
 
 def test_seclevel0_accepts_any_server(rsa_leaf, other_ca):
-    settings_ca = other_ca.cert_pem.bytes()
+    settings_ca = other_ca.cert_pem
     result, _ = handshake(_settings(seclevel=0, ca_pem=settings_ca), rsa_leaf)
     assert isinstance(result, HandshakeComplete)
 
@@ -51,7 +49,7 @@ def test_seclevel1_with_right_ca(rsa_leaf, base_settings):
 
 
 def test_seclevel1_with_wrong_ca_fails_and_server_sees_unknown_ca(rsa_leaf, base_settings, other_ca):
-    result, seen = handshake(base_settings(ca_pem=other_ca.cert_pem.bytes()), rsa_leaf)
+    result, seen = handshake(base_settings(ca_pem=other_ca.cert_pem), rsa_leaf)
     assert_verify_failed(result, "server certificate not signed by RAM:cacert.pem")
     assert "UNKNOWN_CA" in (seen.error or "")
 
@@ -64,22 +62,22 @@ def test_seclevel1_without_ca_is_bad_config():
 
 
 def test_seclevel2_presents_client_certificate(rsa_leaf, client_leaf, ca, base_settings):
-    settings = base_settings(seclevel=2, client_cert_pem=client_leaf.cert_chain_pems[0].bytes(),
-                             client_key_pem=client_leaf.private_key_pem.bytes())
-    result, seen = handshake(settings, rsa_leaf, require_client_cert_from=ca)
+    settings = base_settings(seclevel=2, client_cert_pem=client_leaf.cert_pem,
+                             client_key_pem=client_leaf.key_pem)
+    result, seen = handshake(settings, rsa_leaf, client_ca=ca, require_client_cert=True)
     assert isinstance(result, HandshakeComplete), result
     assert dict(x[0] for x in seen.client_cert["subject"])["commonName"] == "modem-client"
 
 
 def test_server_requiring_client_cert_rejects_seclevel1(rsa_leaf, ca, base_settings):
-    result, seen = handshake(base_settings(seclevel=1), rsa_leaf, require_client_cert_from=ca)
+    result, seen = handshake(base_settings(seclevel=1), rsa_leaf, client_ca=ca, require_client_cert=True)
     assert isinstance(result, TlsFailure) and result.kind == "handshake_failed", result
     assert "server sent fatal alert" in result.reason
     assert seen.error is not None
 
 
 def test_seclevel2_without_client_key_is_bad_config(client_leaf, base_settings):
-    session = TlsClientSession(base_settings(seclevel=2, client_cert_pem=client_leaf.cert_chain_pems[0].bytes()))
+    session = TlsClientSession(base_settings(seclevel=2, client_cert_pem=client_leaf.cert_pem))
     session.start()
     [failure] = session.events()
     assert failure.kind == "bad_config" and "client key is missing" in failure.reason
@@ -106,14 +104,14 @@ def test_ip_literal_matches_ip_san(rsa_leaf, base_settings):
     assert isinstance(result, HandshakeComplete), result
 
 
-def test_ip_literal_does_not_match_dns_only_cert(ca, base_settings):
-    dns_only = ca.issue_cert("localhost", key_type=trustme.KeyType.RSA)
+def test_ip_literal_does_not_match_dns_only_cert(pki, base_settings):
+    dns_only = pki.issue("engine-dns-only", "localhost")
     result, _ = handshake(base_settings(server_name="127.0.0.1"), dns_only)
     assert_verify_failed(result, "does not match '127.0.0.1'")
 
 
-def test_wildcard_certificate(ca, base_settings):
-    wildcard = ca.issue_cert("*.example.test", key_type=trustme.KeyType.RSA)
+def test_wildcard_certificate(pki, base_settings):
+    wildcard = pki.issue("engine-wildcard", "*.example.test")
     ok, _ = handshake(base_settings(server_name="Broker.Example.Test"), wildcard)
     assert isinstance(ok, HandshakeComplete), ok
     deep, _ = handshake(base_settings(server_name="a.broker.example.test"), wildcard)
@@ -123,10 +121,10 @@ def test_wildcard_certificate(ca, base_settings):
 # --- dates at the modem clock ---------------------------------------------------
 
 @pytest.fixture(scope="module")
-def one_year_leaf(ca):
+def one_year_leaf(pki):
     """trustme certificates last until year 3000 by default: give this one a year."""
-    return ca.issue_cert("localhost", key_type=trustme.KeyType.RSA,
-                         not_before=NOW - timedelta(days=1), not_after=NOW + timedelta(days=365))
+    return pki.issue("engine-one-year", "localhost",
+                     not_before=NOW - timedelta(days=1), not_after=NOW + timedelta(days=365))
 
 
 def test_expired_at_modem_clock_fails_though_valid_now(one_year_leaf, base_settings):
@@ -142,9 +140,9 @@ def test_expired_at_modem_clock_passes_with_ignore_local_time(one_year_leaf, bas
     assert isinstance(result, HandshakeComplete), result
 
 
-def test_expired_now_but_valid_at_modem_clock_passes(ca, base_settings):
-    old = ca.issue_cert("localhost", key_type=trustme.KeyType.RSA,
-                        not_before=NOW - timedelta(days=400), not_after=NOW - timedelta(days=30))
+def test_expired_now_but_valid_at_modem_clock_passes(pki, base_settings):
+    old = pki.issue("engine-expired", "localhost",
+                    not_before=NOW - timedelta(days=400), not_after=NOW - timedelta(days=30))
     back_then = modem_clock(NOW - timedelta(days=100))
     result, _ = handshake(base_settings(ignore_local_time=False, clock=back_then), old)
     assert isinstance(result, HandshakeComplete), result
@@ -152,9 +150,9 @@ def test_expired_now_but_valid_at_modem_clock_passes(ca, base_settings):
     assert_verify_failed(at_system_clock, "server certificate expired at modem clock")
 
 
-def test_not_yet_valid_at_modem_clock(ca, base_settings):
-    future = ca.issue_cert("localhost", key_type=trustme.KeyType.RSA,
-                           not_before=NOW + timedelta(days=10), not_after=NOW + timedelta(days=40))
+def test_not_yet_valid_at_modem_clock(pki, base_settings):
+    future = pki.issue("engine-future", "localhost",
+                       not_before=NOW + timedelta(days=10), not_after=NOW + timedelta(days=40))
     result, _ = handshake(base_settings(ignore_local_time=False), future)
     assert_verify_failed(result, "server certificate not yet valid at modem clock")
     later = modem_clock(NOW + timedelta(days=20))
@@ -191,7 +189,7 @@ def test_missing_intermediate_fails(own_root, chained_leaf):
 
 
 def test_ignore_multicert_chain_verify_checks_only_the_leaf_link(other_ca, intermediate, chained_leaf):
-    unrelated_anchor = other_ca.cert_pem.bytes()
+    unrelated_anchor = other_ca.cert_pem
     strict = _settings(seclevel=1, ca_pem=unrelated_anchor)
     result, _ = handshake(strict, ServerIdentity(chained_leaf, intermediate))
     assert_verify_failed(result, "not signed by")
@@ -229,7 +227,7 @@ def test_ignore_invalid_cert_sign_relaxes_nothing_else(own_root):
 
 
 def test_ignore_local_time_relaxes_nothing_else(rsa_leaf, other_ca):
-    result, _ = handshake(_settings(seclevel=1, ca_pem=other_ca.cert_pem.bytes(), ignore_local_time=True), rsa_leaf)
+    result, _ = handshake(_settings(seclevel=1, ca_pem=other_ca.cert_pem, ignore_local_time=True), rsa_leaf)
     assert_verify_failed(result, "not signed by")
 
 
@@ -244,8 +242,8 @@ def _settings(**overrides):
 def test_verify_failure_sends_only_an_alert_never_the_next_flight(rsa_leaf, other_ca):
     import socket
 
-    session = TlsClientSession(_settings(seclevel=1, ca_pem=other_ca.cert_pem.bytes()))
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    session = TlsClientSession(_settings(seclevel=1, ca_pem=other_ca.cert_pem))
+    with TlsServer(rsa_leaf, legacy=True) as server:
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         session.start()
         sock.sendall(session.outgoing()[0])
