@@ -3,23 +3,27 @@
 1. TLS handshake median: the sans-IO engine vs Python's ssl client, same server.
 2. AT-level throughput through the pty: 1 MiB up (AT+QSSLSEND=<id>,1460) and down
    (AT+QSSLRECV=<id>,1500) against a loopback echo server.
+3. The transfer checksum (emulator.storage.checksum.xor16) over 1 MiB.
+
+Peers and the pty host come from emulator.testing (the `test` extra), as the tests' do.
 """
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import statistics
 import time
 
-import trustme
-
 from emulator.io.app import BackgroundEmulator
-from tests.host import Host
-from tests.tls_engine.servers import ClientDriver, TlsTestServer, server_context
+from emulator.storage.checksum import xor16
+from emulator.testing.engine_client import ClientDriver
+from emulator.testing.host import Host
+from emulator.testing.peers import TlsServer, make_pki
 from tls_engine import TlsClientSession, TlsSettings
 
 
-def handshake_medians(server: TlsTestServer, rounds: int = 40) -> tuple[float, float]:
+def handshake_medians(server: TlsServer, rounds: int = 40) -> tuple[float, float]:
     engine, openssl = [], []
     for _ in range(rounds):
         t = time.perf_counter()
@@ -35,7 +39,7 @@ def handshake_medians(server: TlsTestServer, rounds: int = 40) -> tuple[float, f
     return statistics.median(engine) * 1000, statistics.median(openssl) * 1000
 
 
-def at_throughput(server: TlsTestServer, size: int = 1 << 20) -> tuple[float, float]:
+def at_throughput(server: TlsServer, size: int = 1 << 20) -> tuple[float, float]:
     payload = bytes(range(256)) * (size // 256)
     with BackgroundEmulator(routes=[f"bench.example:443=127.0.0.1:{server.port}"]) as emu:
         host = Host(emu.add_modem("ec2x").path)
@@ -63,15 +67,27 @@ def _drain(host: Host) -> int:
     return int(answer.split(b"+QSSLRECV: ")[1].split(b"\r\n")[0])
 
 
+def checksum_median_ms(size: int = 1 << 20, rounds: int = 20) -> float:
+    data = os.urandom(size)
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        xor16(data)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
 def main() -> None:
-    ca = trustme.CA()
-    with TlsTestServer(server_context(ca.issue_cert("localhost"))) as server:
+    pki = make_pki()
+    cert = pki.issue("bench", "localhost")
+    with TlsServer(cert, legacy=True) as server:
         engine_ms, openssl_ms = handshake_medians(server)
         print(f"handshake median: engine {engine_ms:.1f} ms, Python ssl client {openssl_ms:.1f} ms")
-    with TlsTestServer(server_context(ca.issue_cert("localhost"))) as server:
+    with TlsServer(cert, legacy=True) as server:
         up, down = at_throughput(server)
         print(f"AT over pty, 1 MiB: up {up:.2f} MB/s (QSSLSEND 1460), "
               f"down (rest of the echo) {down:.2f} MB/s (QSSLRECV 1500)")
+    print(f"xor16 checksum of 1 MiB: median {checksum_median_ms():.2f} ms")
 
 
 if __name__ == "__main__":
