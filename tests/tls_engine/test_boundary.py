@@ -16,15 +16,16 @@ wheel degrades instead of crashing every handshake.
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
+from emulator.testing.engine_client import ClientDriver
+from emulator.testing.peers import TlsServer
 from tls_engine import HandshakeComplete, TlsClientSession, native
 from tls_engine.native import wrapper
-
-from .servers import ClientDriver, TlsTestServer, server_context, sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("emulator", "tls_engine")
@@ -162,11 +163,11 @@ def test_engine_works_without_the_wrappers_private_names(private_names_missing, 
     assert not native.available()
     assert "_not_in_this_wheel" in native.unavailable_reason()
     payload = os.urandom(200 * 1024)  # > the 32 KiB input ring: fed in pieces
-    with TlsTestServer(server_context(rsa_leaf)) as server:
+    with TlsServer(rsa_leaf, legacy=True) as server:
         driver = ClientDriver(TlsClientSession(base_settings()), server.port)
         result = driver.handshake()
         assert isinstance(result, HandshakeComplete), result
         assert result.cipher_id == 0xC02F and result.cipher_name == "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
         echoed = driver.exchange(payload, timeout=10)
         driver.close()
-    assert sha256(echoed) == sha256(payload)
+    assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
