@@ -31,6 +31,13 @@ def opened(host, client_id: int, timeout: float = 10) -> int:
     return int(re.search(rb"(-?\d+)\r\n$", line).group(1))
 
 
+def open_example(host, client_id: int = 0, ctx: int = 0) -> int:
+    """AT+QSSLOPEN to the manual's host, port 8010, buffer mode (OK); the <err> of the
+    +QSSLOPEN that follows."""
+    assert host.at(f'AT+QSSLOPEN=1,{ctx},{client_id},"{MANUAL_HOST}",8010') == b"\r\nOK\r\n"
+    return opened(host, client_id)
+
+
 def reply_after(n: int, payload: bytes):
     """Server: read n bytes, then answer payload, then echo until EOF."""
     def handler(conn: TlsConnection) -> None:
@@ -86,8 +93,7 @@ def test_chosen_cipher_suite_is_what_the_server_negotiates(ec2x, net, pki, ciphe
     with TlsServer(pki.server, legacy=True) as server:
         net(server)
         assert ec2x.at(f'AT+QSSLCFG="ciphersuite",0,{cipher_id}') == b"\r\nOK\r\n"
-        assert ec2x.at('AT+QSSLOPEN=1,0,0,"220.180.239.212",8010') == b"\r\nOK\r\n"
-        assert opened(ec2x, 0) == 0
+        assert open_example(ec2x) == 0
         assert ec2x.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
     assert server.conn.cipher == openssl_name
 
@@ -95,8 +101,7 @@ def test_chosen_cipher_suite_is_what_the_server_negotiates(ec2x, net, pki, ciphe
 def test_seclevel_0_needs_nothing(ec2x, net, pki):
     with TlsServer(pki.server, legacy=True) as server:
         net(server)
-        ec2x.at('AT+QSSLOPEN=1,0,0,"220.180.239.212",8010')
-        assert opened(ec2x, 0) == 0
+        assert open_example(ec2x) == 0
         assert ec2x.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
 
 
@@ -106,14 +111,11 @@ def test_seclevel_1_right_ca_passes_wrong_ca_fails(ec2x, net, pki):
     with TlsServer(pki.server, legacy=True) as server:
         net(server)
         ec2x.at('AT+QSSLCFG="seclevel",2,1;+QSSLCFG="cacert",2,"UFS:ca.pem"')
-        ec2x.at('AT+QSSLOPEN=1,2,0,"220.180.239.212",8010')
-        assert opened(ec2x, 0) == 0
+        assert open_example(ec2x, 0, ctx=2) == 0
         ec2x.at('AT+QSSLCFG="cacert",2,"ca.pem"')        # bare name = UFS
-        ec2x.at('AT+QSSLOPEN=1,2,1,"220.180.239.212",8010')
-        assert opened(ec2x, 1) == 0
+        assert open_example(ec2x, 1, ctx=2) == 0
         ec2x.at('AT+QSSLCFG="cacert",2,"UFS:wrong.pem"')
-        ec2x.at('AT+QSSLOPEN=1,2,2,"220.180.239.212",8010')
-        assert opened(ec2x, 2) == 566
+        assert open_example(ec2x, 2, ctx=2) == 566
         assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 566,socket connect failed\r\n\r\nOK\r\n"
         assert ec2x.at("AT+QSSLSTATE=2") == b"\r\nOK\r\n"          # a failed open frees the id
         assert ec2x.at("AT+QSSLCLOSE=0;+QSSLCLOSE=1") == b"\r\nOK\r\n"
@@ -127,19 +129,16 @@ def test_seclevel_2_mutual_auth(ec2x, net, pki):
         net(server)
         ec2x.at('AT+QSSLCFG="seclevel",3,2;+QSSLCFG="cacert",3,"ca.pem"')
         ec2x.at('AT+QSSLCFG="clientcert",3,"client.pem";+QSSLCFG="clientkey",3,"client.key"')
-        ec2x.at('AT+QSSLOPEN=1,3,0,"220.180.239.212",8010')
-        assert opened(ec2x, 0) == 0
+        assert open_example(ec2x, 0, ctx=3) == 0
         assert ec2x.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
         server.conn.done.wait(5)
         assert server.conn.client_cert is not None
         # seclevel 1 presents no certificate: the server refuses the handshake
         ec2x.at('AT+QSSLCFG="seclevel",3,1')
-        ec2x.at('AT+QSSLOPEN=1,3,1,"220.180.239.212",8010')
-        assert opened(ec2x, 1) == 566
+        assert open_example(ec2x, 1, ctx=3) == 566
         # seclevel 2 with a key file that is not there: refused before any handshake
         ec2x.at('AT+QSSLCFG="seclevel",3,2;+QSSLCFG="clientkey",3,"RAM:none.key"')
-        ec2x.at('AT+QSSLOPEN=1,3,2,"220.180.239.212",8010')
-        assert opened(ec2x, 2) == 552
+        assert open_example(ec2x, 2, ctx=3) == 552
         assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 552,invalid parameter\r\n\r\nOK\r\n"
 
 
@@ -172,8 +171,7 @@ def test_one_mib_of_binary_up_and_down(ec2x, net, pki):
     received = bytearray()
     with TlsServer(pki.server, legacy=True) as server:
         net(server)
-        ec2x.at('AT+QSSLOPEN=1,0,0,"220.180.239.212",8010')
-        assert opened(ec2x, 0) == 0
+        assert open_example(ec2x) == 0
 
         def drain() -> None:
             while True:
@@ -206,8 +204,7 @@ def test_one_mib_of_binary_up_and_down(ec2x, net, pki):
 def test_peer_close_reports_closed_and_keeps_data(ec2x, net, pki):
     with TlsServer(pki.server, legacy=True, mode="send_then_close", payload=b"bye") as server:
         net(server)
-        ec2x.at('AT+QSSLOPEN=1,0,5,"220.180.239.212",8010')
-        assert opened(ec2x, 5) == 0
+        assert open_example(ec2x, 5) == 0
         ec2x.seen(b'\r\n+QSSLURC: "closed",5\r\n', 10)
         assert re.search(rb',4,1,5,0,"usbmodem",0\r\n', ec2x.at("AT+QSSLSTATE=5"))
         assert ec2x.at("AT+QSSLRECV=5,1500") == b"\r\n+QSSLRECV: 3\r\nbye\r\n\r\nOK\r\n"
@@ -242,8 +239,7 @@ def test_failures_and_qigeterror(ec2x, emulator, pki):
     # clientID in use
     with TlsServer(pki.server, legacy=True) as server:
         emulator.router.add_map(MANUAL_HOST, 8010, "127.0.0.1", server.port)
-        ec2x.at('AT+QSSLOPEN=1,0,0,"220.180.239.212",8010')
-        assert opened(ec2x, 0) == 0
+        assert open_example(ec2x) == 0
         assert ec2x.at('AT+QSSLOPEN=1,0,0,"220.180.239.212",8010') == b"\r\nERROR\r\n"
         assert err() == b"\r\n+QIGETERROR: 563,socket identity has been used\r\n\r\nOK\r\n"
         assert ec2x.at("AT+QSSLSEND=1,5") == b"\r\nERROR\r\n"             # not connected
@@ -263,8 +259,7 @@ def test_certificate_paths_cannot_leave_the_modem_storage(ec2x, net, pki, tmp_pa
     with TlsServer(pki.server, legacy=True) as server:
         net(server)
         ec2x.at('AT+QSSLCFG="seclevel",0,1;+QSSLCFG="cacert",0,"UFS:../ufs/ca.pem"')
-        ec2x.at('AT+QSSLOPEN=1,0,0,"220.180.239.212",8010')
-        assert opened(ec2x, 0) == 552       # a traversal path names no file
+        assert open_example(ec2x) == 552       # a traversal path names no file
 
 
 def test_qsslcfg_every_option_stored_queried_range_checked(ec2x):
@@ -332,8 +327,7 @@ def test_transparent_mode_refused_until_implemented(ec2x, net):
 def test_pdp_deactivation_closes_sockets(ec2x, net, pki):
     with TlsServer(pki.server, legacy=True) as server:
         net(server)
-        ec2x.at('AT+QSSLOPEN=1,0,3,"220.180.239.212",8010')
-        assert opened(ec2x, 3) == 0
+        assert open_example(ec2x, 3) == 0
         assert ec2x.at("AT+QIDEACT=1") == b"\r\nOK\r\n"
         ec2x.seen(b'\r\n+QSSLURC: "closed",3\r\n')
         assert re.search(rb",4,1,3,0,", ec2x.at("AT+QSSLSTATE=3"))     # closing until the host closes it
