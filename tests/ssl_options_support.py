@@ -30,6 +30,15 @@ def close(modem, client_id: int = 0) -> None:
     assert modem.at(f"AT+QSSLCLOSE={client_id}") == b"\r\nOK\r\n"
 
 
+def s_server_round_trip(modem, server, up: bytes, down: bytes, **since) -> None:
+    """A line up to an `openssl s_server` (AT+QSSLSEND on socket 0: SEND OK, the server
+    prints it) and one back (AT+QSSLRECV); since: where the server's output is searched."""
+    assert modem.send_data(0, up) == b"\r\nSEND OK\r\n"
+    server.wait_for_output(re.escape(up.rstrip(b"\n")), **since)
+    server.write(down)
+    assert recv_all(modem, 0, len(down)) == down
+
+
 def last_error(modem) -> int:
     answer = modem.at("AT+QIGETERROR")
     return int(re.search(rb"\+QIGETERROR: (\d+),", answer).group(1))

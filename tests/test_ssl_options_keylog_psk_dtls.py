@@ -14,7 +14,7 @@ import pytest
 from emulator.io.app import BackgroundEmulator
 from emulator.testing.host import Host
 from emulator.testing.peers import OpenSslServer, TlsServer, UdpDropRelay
-from tests.ssl_options_support import HOST, PORT, cfg, close, open_ssl, recv_all
+from tests.ssl_options_support import HOST, PORT, cfg, close, open_ssl, recv_all, s_server_round_trip
 
 ROOT = Path(__file__).resolve().parent.parent
 PSK_HEX = "00112233445566778899aabbccddeeff"
@@ -92,10 +92,7 @@ def test_psk_identity_and_hex_key_against_s_server(ec2x, net):
         cfg(ec2x, "psk", 0, '"modem-1"', f'"{PSK_HEX}"')
         assert open_ssl(ec2x, 0) == 0
         server.wait_for_output(rb"CIPHER is \S*PSK")
-        assert ec2x.send_data(0, b"psk up\n") == b"\r\nSEND OK\r\n"
-        server.wait_for_output(rb"psk up")
-        server.write(b"psk down\n")
-        assert recv_all(ec2x, 0, 9) == b"psk down\n"
+        s_server_round_trip(ec2x, server, b"psk up\n", b"psk down\n")
         close(ec2x)
         cfg(ec2x, "psk", 0, '"modem-1"', '"ffeeddccbbaa99887766554433221100"')
         assert open_ssl(ec2x, 0) == 566                # wrong key: the server refuses
@@ -124,10 +121,7 @@ def test_dtls_datagrams_up_and_down(ec2x, net, dtls_server, dtlsversion, flag):
     cfg(ec2x, "dtlsversion", 0, dtlsversion)
     assert open_ssl(ec2x, 0) == 0
     server.wait_for_output(rb"CIPHER is")
-    assert ec2x.send_data(0, b"datagram up\n") == b"\r\nSEND OK\r\n"
-    server.wait_for_output(rb"datagram up")
-    server.write(b"datagram down\n")
-    assert recv_all(ec2x, 0, 14) == b"datagram down\n"
+    s_server_round_trip(ec2x, server, b"datagram up\n", b"datagram down\n")
     close(ec2x)
 
 

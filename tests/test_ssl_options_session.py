@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from emulator.testing.peers import OpenSslServer, TlsServer
-from tests.ssl_options_support import HOST, cfg, close, open_ssl, opened, recv_all
+from tests.ssl_options_support import HOST, cfg, close, open_ssl, opened, s_server_round_trip
 
 
 def socket_state(modem, client_id: int) -> int | None:
@@ -159,10 +159,7 @@ def test_renegotiation_1_accepts_and_data_flows_after(ec2x, net, reneg_server):
     mark = reneg_server.mark()
     reneg_server.write(b"r\n")                         # HelloRequest: a new full handshake
     reneg_server.wait_for_output(rb"SSL_do_handshake -> 1", since=mark)   # s_server: it completed
-    assert ec2x.send_data(0, b"after renegotiation?\n") == b"\r\nSEND OK\r\n"
-    reneg_server.wait_for_output(rb"after renegotiation\?", since=mark)
-    reneg_server.write(b"yes\n")
-    assert recv_all(ec2x, 0, 4) == b"yes\n"
+    s_server_round_trip(ec2x, reneg_server, b"after renegotiation?\n", b"yes\n", since=mark)
     # Data the host sends while a renegotiation is under way waits for it, then goes out.
     mark = reneg_server.mark()
     reneg_server.write(b"r\n")

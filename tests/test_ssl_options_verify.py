@@ -23,6 +23,14 @@ def trust(modem, ctx: int, ca_pem: bytes, name: str = "UFS:ca.pem", seclevel: in
     cfg(modem, "session_cache", ctx, 0)
 
 
+def client_identity(modem, pki, ctx: int) -> None:
+    """The shared PKI's client certificate and key uploaded and set on context ctx."""
+    modem.upload("UFS:client.pem", pki.client.cert_pem)
+    modem.upload("UFS:client.key", pki.client.key_pem)
+    cfg(modem, "clientcert", ctx, '"UFS:client.pem"')
+    cfg(modem, "clientkey", ctx, '"UFS:client.key"')
+
+
 def reasons(caplog) -> str:
     return "\n".join(r.getMessage() for r in caplog.records if r.name == "emulator.ssl")
 
@@ -46,13 +54,10 @@ def test_seclevel_0_checks_nothing_1_checks_the_server(ec2x, net, pki):
 
 
 def test_seclevel_2_presents_the_client_certificate(ec2x, net, pki):
-    ec2x.upload("UFS:client.pem", pki.client.cert_pem)
-    ec2x.upload("UFS:client.key", pki.client.key_pem)
+    client_identity(ec2x, pki, 1)
     with TlsServer(pki.server, client_ca=pki.ca.cert_pem, require_client_cert=True) as server:
         net(server)
         trust(ec2x, 1, pki.ca.cert_pem, seclevel=2)
-        cfg(ec2x, "clientcert", 1, '"UFS:client.pem"')
-        cfg(ec2x, "clientkey", 1, '"UFS:client.key"')
         assert open_ssl(ec2x, 1) == 0
         conn = server.wait_handshake()
         close(ec2x)
@@ -64,13 +69,10 @@ def test_seclevel_2_presents_the_client_certificate(ec2x, net, pki):
 
 
 def test_seclevel_2_sends_nothing_unless_asked(ec2x, net, pki):
-    ec2x.upload("UFS:client.pem", pki.client.cert_pem)
-    ec2x.upload("UFS:client.key", pki.client.key_pem)
+    client_identity(ec2x, pki, 0)
     with TlsServer(pki.server) as server:              # no CertificateRequest
         net(server)
         trust(ec2x, 0, pki.ca.cert_pem, seclevel=2)
-        cfg(ec2x, "clientcert", 0, '"UFS:client.pem"')
-        cfg(ec2x, "clientkey", 0, '"UFS:client.key"')
         assert open_ssl(ec2x, 0) == 0
         conn = server.wait_handshake()
         close(ec2x)

@@ -22,15 +22,24 @@ def offered(conn) -> list[int]:
     return suites[:-1]
 
 
+def handshake(ec2x, net, server: TlsServer, *settings: tuple[str, object], host: str = HOST):
+    """What `server` saw of one AT+QSSLOPEN on context 0 (which succeeds, then is closed)
+    with these AT+QSSLCFG (option, value) settings written first."""
+    with server:
+        net(server, host=host)
+        for option, value in settings:
+            cfg(ec2x, option, 0, value)
+        assert open_ssl(ec2x, 0, host=host) == 0
+        conn = server.wait_handshake()
+        close(ec2x)
+    return conn
+
+
 # -- sslversion -------------------------------------------------------------------------------
 @pytest.mark.parametrize("value, version", [(1, "TLSv1"), (2, "TLSv1.1"), (3, "TLSv1.2")])
 def test_sslversion_pins_exactly_that_version(ec2x, net, pki, value, version):
-    with TlsServer(pki.server, min_version="TLSv1", max_version="TLSv1.2") as server:
-        net(server)
-        cfg(ec2x, "sslversion", 0, value)
-        assert open_ssl(ec2x, 0) == 0
-        conn = server.wait_handshake()
-        close(ec2x)
+    conn = handshake(ec2x, net, TlsServer(pki.server, min_version="TLSv1", max_version="TLSv1.2"),
+                     ("sslversion", value))
     assert conn.version == version
     # the ClientHello itself carries the pinned version (legacy_version, no TLS 1.3 extension)
     assert conn.client_hello.client_version == {1: 0x0301, 2: 0x0302, 3: 0x0303}[value]
@@ -45,11 +54,8 @@ def test_sslversion_pinned_refuses_a_server_that_wants_another(ec2x, net, pki):
 
 
 def test_sslversion_4_is_tls12_against_a_modern_server(ec2x, net, pki):
-    with TlsServer(pki.server) as server:             # OpenSSL defaults: TLS 1.2 and 1.3
-        net(server)
-        assert open_ssl(ec2x, 0) == 0                 # sslversion 4 is the default
-        conn = server.wait_handshake()
-        close(ec2x)
+    # OpenSSL defaults: TLS 1.2 and 1.3; sslversion 4 is the default
+    conn = handshake(ec2x, net, TlsServer(pki.server))
     assert conn.version == "TLSv1.2"
     assert conn.client_hello.client_version == 0x0303
 
@@ -68,12 +74,7 @@ def test_sslversion_0_ssl3_is_not_supported(ec2x, net, pki, caplog):
 
 # -- ciphersuite -------------------------------------------------------------------------------
 def test_one_cipher_suite_is_offered_alone(ec2x, net, pki):
-    with TlsServer(pki.server) as server:
-        net(server)
-        cfg(ec2x, "ciphersuite", 0, "0X002F")
-        assert open_ssl(ec2x, 0) == 0
-        conn = server.wait_handshake()
-        close(ec2x)
+    conn = handshake(ec2x, net, TlsServer(pki.server), ("ciphersuite", "0X002F"))
     assert offered(conn) == [0x002F]
     assert conn.cipher_id == 0x002F
 
@@ -95,12 +96,7 @@ def test_cipher_list_is_offered_in_order(ec2x, net, pki, value):
 
 def test_0xffff_offers_the_profile_table(ec2x, net, pki):
     table = [int(x, 16) for x in load_profile("ec2x")["ssl.cipher_suites"]]
-    with TlsServer(pki.server) as server:
-        net(server)
-        cfg(ec2x, "ciphersuite", 0, "0XFFFF")
-        assert open_ssl(ec2x, 0) == 0
-        conn = server.wait_handshake()
-        close(ec2x)
+    conn = handshake(ec2x, net, TlsServer(pki.server), ("ciphersuite", "0XFFFF"))
     assert offered(conn) == [s for s in table if suite_offerable(s)]
 
 
@@ -137,12 +133,7 @@ def test_rc4_3des_negotiated_with_an_mbedtls_server(ec2x, net, pki, suite, name)
                                                  (1, "220.180.239.212", None)],
                          ids=["sni-on", "sni-off", "ip-literal"])
 def test_sni_carries_the_dialled_name_only_when_enabled(ec2x, net, pki, sni, host, expected):
-    with TlsServer(pki.server) as server:
-        net(server, host=host)                         # really connects to 127.0.0.1
-        cfg(ec2x, "sni", 0, sni)
-        assert open_ssl(ec2x, 0, host=host) == 0
-        conn = server.wait_handshake()
-        close(ec2x)
+    conn = handshake(ec2x, net, TlsServer(pki.server), ("sni", sni), host=host)   # really to 127.0.0.1
     assert conn.client_hello.sni == expected
     assert conn.sni == expected                        # what OpenSSL's SNI callback got
     assert conn.client_hello.has_extension(0) == (expected is not None)
@@ -151,12 +142,7 @@ def test_sni_carries_the_dialled_name_only_when_enabled(ec2x, net, pki, sni, hos
 # -- alpn ------------------------------------------------------------------------------------------
 def test_alpn_list_reaches_the_server_and_the_choice_is_logged(ec2x, net, pki, caplog):
     caplog.set_level(logging.INFO, logger="emulator.ssl")
-    with TlsServer(pki.server, alpn=["http/1.1"]) as server:
-        net(server)
-        cfg(ec2x, "alpn", 0, '"h2,http/1.1"')
-        assert open_ssl(ec2x, 0) == 0
-        conn = server.wait_handshake()
-        close(ec2x)
+    conn = handshake(ec2x, net, TlsServer(pki.server, alpn=["http/1.1"]), ("alpn", '"h2,http/1.1"'))
     assert conn.alpn_offered == [b"h2", b"http/1.1"]
     assert conn.alpn_selected == "http/1.1"
     assert any("ALPN http/1.1" in r.getMessage() for r in caplog.records
@@ -164,12 +150,7 @@ def test_alpn_list_reaches_the_server_and_the_choice_is_logged(ec2x, net, pki, c
 
 
 def test_empty_alpn_sends_no_extension(ec2x, net, pki):
-    with TlsServer(pki.server, alpn=["http/1.1"]) as server:
-        net(server)
-        cfg(ec2x, "alpn", 0, '"h2"')
-        cfg(ec2x, "alpn", 0, '""')
-        assert open_ssl(ec2x, 0) == 0
-        conn = server.wait_handshake()
-        close(ec2x)
+    conn = handshake(ec2x, net, TlsServer(pki.server, alpn=["http/1.1"]),
+                     ("alpn", '"h2"'), ("alpn", '""'))
     assert conn.alpn_offered is None and not conn.client_hello.has_extension(16)
     assert conn.alpn_selected is None
