@@ -30,12 +30,14 @@ from emulator.tools.demo_peer import DemoHttpSession
 _LINGER = 2.0       # after our FIN, how long we keep reading before closing (see _finish)
 
 
-class TlsConnection:
-    """What one accepted client did. Fields are filled in as the connection progresses.
+class ServerStopped(Exception):
+    """Raised inside a handler's recv / sendall when TlsServer.close() ends the connection."""
 
-    From the test's thread: send(), close(), and the fields. From a handler (it runs in the
-    connection's own thread, after the handshake): recv(), sendall(), send_close_notify().
-    """
+
+class TlsConnection:
+    """What one accepted client did, filled in as the connection progresses. The test's
+    thread: send(), close() and the fields; a handler (in the connection's own thread, after
+    the handshake): recv(), sendall(), send_close_notify()."""
 
     def __init__(self, sock: socket.socket, address, index: int, context: ssl.SSLContext, *,
                  mode: str, payload: bytes, handshake_timeout: float,
@@ -120,7 +122,7 @@ class TlsConnection:
             if self.close_notify_received or self.client_eof:
                 return b""
             if self._stopping:
-                raise ConnectionAbortedError("server stopped")
+                raise ServerStopped
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"no data from the client within {timeout} s")
             if self._wait(deadline):
@@ -199,7 +201,7 @@ class TlsConnection:
         sendall() would not read either)."""
         while self._out:
             if self._stopping:
-                raise ConnectionAbortedError("server stopped")
+                raise ServerStopped
             _, writable, _ = select.select([self._wake_r], [self._sock], [])
             if writable:
                 self._send_some()
@@ -324,7 +326,7 @@ class TlsConnection:
         try:
             self._drain()                      # our last handshake flight, before the handler
             self._handler(self)
-        except ConnectionAbortedError:
+        except ServerStopped:
             self._end("server stopped")
             return
         except Exception as exc:  # recorded: tests assert on it
@@ -377,32 +379,29 @@ class TlsConnection:
         while self._out and time.monotonic() < deadline and not self._stopping:
             self._wait(deadline)
 
-    def _finish(self, close_notify: bool, reason: str) -> None:
+    def _finish(self, close_notify: bool, reason: str, fin: bool = True,
+                linger: float | None = _LINGER) -> None:
+        """close_notify if asked, FIN (or leave the TCP close to the client), then read until
+        the client closes, for `linger` s (None: however long it takes): closing a socket with
+        unread input makes Linux send RST, which can destroy data the client has not read."""
         if close_notify:
             self._queue_close_notify()
         self._flush_out(time.monotonic() + _LINGER)
         self._end(reason)
-        # Send FIN, then keep reading until the client closes: closing a socket with unread
-        # input makes Linux send RST, which can destroy data the client has not read yet.
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
-        self._read_until_eof(time.monotonic() + _LINGER)
+        if fin:
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                return
+        self._read_until_eof(None if linger is None else time.monotonic() + linger)
 
     def _close_as_asked(self, close_notify: bool, fin: bool, reset: bool) -> None:
         if reset:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self._sock.close()
             self._end("reset by test")
-            return
-        if close_notify:
-            self._queue_close_notify()
-        self._flush_out(time.monotonic() + _LINGER)
-        self._end("closed by test")
-        if fin:
-            self._sock.shutdown(socket.SHUT_WR)
-        self._read_until_eof(None)       # the client's close is what the test waits for
+        else:                           # the client's close is what the test waits for
+            self._finish(close_notify, "closed by test", fin=fin, linger=None)
 
     def _read_until_eof(self, deadline: float | None) -> None:
         while not self.client_eof and not self._stopping:
