@@ -38,17 +38,7 @@ ATTR_BUILTINS = {"getattr", "setattr", "hasattr", "delattr"}
 # Narrow on purpose: an entry covers that exact expression in that file, no more often.
 # Remove an entry when its code is fixed (a fixed entry is not an error, an extra
 # occurrence is).
-ALLOWED: dict[tuple[str, str], int] = {
-    # to be fixed by emulator/modem (timers): Timers sets TimerHandle's private field.
-    ("emulator/modem/timers.py", "handle._real"): 1,
-    # to be fixed by emulator/sockets: the _Link protocol calls SslSocket's private methods.
-    ("emulator/sockets/ssl_socket.py", "self.sock._link_made"): 1,
-    ("emulator/sockets/ssl_socket.py", "self.sock._from_network"): 2,
-    ("emulator/sockets/ssl_socket.py", "self.sock._network_lost"): 2,
-    # to be fixed by emulator/tools (demo peer): the protocol edits DemoPeer's private sets.
-    ("emulator/tools/demo_peer.py", "self._peer._connections"): 2,
-    ("emulator/tools/demo_peer.py", "peer._servers"): 1,
-}
+ALLOWED: dict[tuple[str, str], int] = {}
 
 
 def _private(name: str) -> bool:
