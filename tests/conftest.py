@@ -10,7 +10,7 @@ import pytest
 from emulator.io.app import BackgroundEmulator
 from emulator.testing.host import Host
 from emulator.testing.peers import default_pki
-from tests.ssl_options_support import HOST, PORT
+from tests.e2e.ssl_options_support import HOST, PORT
 
 
 def pytest_configure(config):

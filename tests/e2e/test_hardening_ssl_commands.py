@@ -13,7 +13,7 @@ from emulator.modem.profile import PROFILE_DIR, ProfileError, load_profile
 from emulator.testing.engine_client import ClientDriver
 from emulator.testing.host import Host
 from emulator.testing.peers import OpenSslServer, TlsServer, default_pki
-from tests.ssl_options_support import HOST, PORT, cfg, close, open_ssl, opened
+from tests.e2e.ssl_options_support import HOST, PORT, cfg, close, open_ssl, opened
 from tls_engine import HandshakeComplete, SessionCache, TlsClientSession, TlsSettings
 
 OK = b"\r\nOK\r\n"

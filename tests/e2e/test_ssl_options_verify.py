@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from emulator.testing.peers import TlsServer, make_cert, utc
-from tests.ssl_options_support import HOST, cfg, close, open_ssl
+from tests.e2e.ssl_options_support import HOST, cfg, close, open_ssl
 
 
 def trust(modem, ctx: int, ca_pem: bytes, name: str = "UFS:ca.pem", seclevel: int = 1) -> None:

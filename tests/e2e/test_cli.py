@@ -3,39 +3,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import ptyprocess
 import pytest
 
 from emulator.testing.host import Host
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "emulator", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def first_line(proc: subprocess.Popen) -> str:
-    line = proc.stdout.readline().strip()
-    if not line:
-        proc.kill()
-        raise AssertionError(f"no device path; stderr: {proc.stderr.read()}")
-    return line
-
-
-def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
-    proc.send_signal(sig)
-    try:
-        return proc.wait(10)
-    finally:
-        proc.kill()
-
+from tests.e2e.cli_support import ROOT, first_line, start, stop
 
 def test_ec2x_with_link_answers_the_manual_pdp_sequence(tmp_path):
     link = tmp_path / "x"

@@ -10,7 +10,7 @@ import pytest
 from emulator.modem.profile import load_profile
 from emulator.testing.peers import TlsServer
 from emulator.testing.peers.mbedtls_peer import MbedtlsServer, mbedtls_server_context
-from tests.ssl_options_support import HOST, cfg, close, last_error, open_ssl, recv_all
+from tests.e2e.ssl_options_support import HOST, cfg, close, last_error, open_ssl, recv_all
 from tls_engine.ciphers import suite_offerable
 
 SCSV = 0x00FF          # TLS_EMPTY_RENEGOTIATION_INFO_SCSV, added by Mbed TLS to every offer

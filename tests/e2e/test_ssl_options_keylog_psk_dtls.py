@@ -14,9 +14,9 @@ import pytest
 from emulator.io.app import BackgroundEmulator
 from emulator.testing.host import Host
 from emulator.testing.peers import OpenSslServer, TlsServer, UdpDropRelay
-from tests.ssl_options_support import HOST, PORT, cfg, close, open_ssl, recv_all, s_server_round_trip
+from tests.e2e.ssl_options_support import HOST, PORT, cfg, close, open_ssl, recv_all, s_server_round_trip
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PSK_HEX = "00112233445566778899aabbccddeeff"
 
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from emulator.testing.peers import OpenSslServer, TlsServer
-from tests.ssl_options_support import HOST, cfg, close, open_ssl, opened, s_server_round_trip
+from tests.e2e.ssl_options_support import HOST, cfg, close, open_ssl, opened, s_server_round_trip
 
 
 def socket_state(modem, client_id: int) -> int | None:

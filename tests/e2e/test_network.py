@@ -14,7 +14,7 @@ from emulator.tools.cli import build_parser, load_config
 from emulator.tools.demo_peer import IOTTEST_RESPONSE
 from emulator.io.network import Router, made_up_address, parse_dns
 from emulator.testing.host import Host
-from tests.test_cli import ROOT, first_line, start, stop
+from tests.e2e.cli_support import ROOT, first_line, start, stop
 
 FAKE_NET = ipaddress.ip_network("198.18.0.0/15")
 

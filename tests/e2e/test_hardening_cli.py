@@ -11,26 +11,9 @@ import subprocess
 import sys
 import termios
 import time
-from pathlib import Path
 
 from emulator.testing.host import Host
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def start(*args: str, **kwargs) -> subprocess.Popen:
-    kwargs.setdefault("stdout", subprocess.PIPE)
-    kwargs.setdefault("stderr", subprocess.PIPE)
-    return subprocess.Popen([sys.executable, "-m", "emulator", *args], cwd=ROOT, text=True, **kwargs)
-
-
-def first_line(proc: subprocess.Popen) -> str:
-    line = proc.stdout.readline().strip()
-    if not line:
-        proc.kill()
-        raise AssertionError(f"no device path; stderr: {proc.stderr.read()}")
-    return line
-
+from tests.e2e.cli_support import ROOT, first_line, start
 
 def finish(proc: subprocess.Popen, timeout: float = 10) -> int:
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from emulator.testing.peers import TlsServer, default_pki
-from tests.ssl_options_support import HOST, PORT, opened
+from tests.e2e.ssl_options_support import HOST, PORT, opened
 
 SCSV = 0x00FF
 
