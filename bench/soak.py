@@ -618,6 +618,16 @@ def temp_files(state: Path) -> list[Path]:
     return [p for p in state.rglob("*") if p.name.startswith(TEMP_PREFIX)]
 
 
+def _kills_done(emu, port, what: str, runs: int, counts: dict, old: str) -> str:
+    """Stop the last restart cleanly and say how the kills of one command ended."""
+    port.close()
+    status = emu.stop()
+    if status != 0:
+        raise CheckFailed(f"{what} kills: exit status {status}")
+    return (f"{what} {runs} kills: {counts['old']} old ({old}), {counts['new']} new, 0 torn; "
+            f"{counts['temp']} half-written temp files found after a kill, none after the restart")
+
+
 def _no_temp_left(state: Path, what: str) -> None:
     left = temp_files(state)
     if left:
@@ -658,12 +668,7 @@ def kills_qfupl(work: Path, runs: int, rng: random.Random) -> str:
                 or b"tmp" in listing:
             raise CheckFailed(f"QFUPL kill {run}: AT+QFLST after restart: {listing!r}")
         _no_temp_left(state, f"QFUPL kill {run}")
-    port.close()
-    status = emu.stop()
-    if status != 0:
-        raise CheckFailed(f"QFUPL kills: exit status {status}")
-    return (f"AT+QFUPL {runs} kills: {counts['old']} old (absent), {counts['new']} new, 0 torn; "
-            f"{counts['temp']} half-written temp files found after a kill, none after the restart")
+    return _kills_done(emu, port, "AT+QFUPL", runs, counts, "absent")
 
 
 def kills_qsecwrite(work: Path, runs: int, rng: random.Random) -> str:
@@ -700,12 +705,7 @@ def kills_qsecwrite(work: Path, runs: int, rng: random.Random) -> str:
         if filled != (b"+QSECREAD: 1," in answer):
             raise CheckFailed(f"QSECWRITE kill {run}: AT+QSECREAD=1 after restart: {answer!r}")
         _no_temp_left(state, f"QSECWRITE kill {run}")
-    port.close()
-    status = emu.stop()
-    if status != 0:
-        raise CheckFailed(f"QSECWRITE kills: exit status {status}")
-    return (f"AT+QSECWRITE {runs} kills: {counts['old']} old (empty), {counts['new']} new, 0 torn; "
-            f"{counts['temp']} half-written temp files found after a kill, none after the restart")
+    return _kills_done(emu, port, "AT+QSECWRITE", runs, counts, "empty")
 
 
 def kills_atw(work: Path, runs: int, rng: random.Random, profile: str) -> str:
