@@ -10,10 +10,13 @@ _MISSING = object()
 
 
 class Args:
-    def __init__(self, cmd: Command, error: Final = "ERROR") -> None:
+    def __init__(self, cmd: Command, error: Final = "ERROR", at_most: int | None = None) -> None:
+        """at_most: more parameters than this are refused at once."""
         self.cmd = cmd
         self.values = list(cmd.args)
         self.error = error            # what a bad parameter answers (ERROR or a Cme)
+        if at_most is not None:
+            self.at_most(at_most)
 
     def __len__(self) -> int:
         return len(self.values)

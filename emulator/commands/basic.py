@@ -80,8 +80,7 @@ def sreg_test(modem, cmd):
 
 @command("+CMEE", WRITE, test="+CMEE: (0-2)")
 def cmee_write(modem, cmd):
-    args = Args(cmd)
-    args.at_most(1)
+    args = Args(cmd, at_most=1)
     modem.settings.cmee = args.int(0, 0, 2, default=0)
     return ok()
 

@@ -54,8 +54,7 @@ def _registration(name: str):
         return ok(f"{name}: {n},{stat}")
 
     def write(modem, cmd):
-        args = Args(cmd)
-        args.at_most(1)
+        args = Args(cmd, at_most=1)
         modem.reg_urc[name] = args.int(0, 0, 2, default=0)
         return ok()
 
@@ -86,8 +85,7 @@ def cfun_read(modem, cmd):
 
 @command("+CFUN", WRITE)
 def cfun_write(modem, cmd):
-    args = Args(cmd, error=Cme(50))
-    args.at_most(2)
+    args = Args(cmd, error=Cme(50), at_most=2)
     fun = args.int(0, 0, 127)
     if fun not in (0, 1, 4):
         raise CommandError(Cme(50), f"AT+CFUN={fun}: only 0, 1 and 4")
@@ -122,8 +120,7 @@ def ipr_read(modem, cmd):
 
 @command("+IPR", WRITE)
 def ipr_write(modem, cmd):
-    args = Args(cmd)
-    args.at_most(1)
+    args = Args(cmd, at_most=1)
     rate = args.int(0, 0, 4_000_000)
     if rate != 0 and rate not in modem.profile["serial.baud_rates"]:
         raise CommandError("ERROR", f"baud rate {rate} not supported by {modem.profile.name}")
@@ -139,8 +136,7 @@ def ifc_read(modem, cmd):
 
 @command("+IFC", WRITE)
 def ifc_write(modem, cmd):
-    args = Args(cmd)
-    args.at_most(2)
+    args = Args(cmd, at_most=2)
     a = args.int(0, 0, 2, default=0)
     b = args.int(1, 0, 2, default=0)
     if 1 in (a, b):
@@ -156,8 +152,7 @@ def cclk_read(modem, cmd):
 
 @command("+CCLK", WRITE)
 def cclk_write(modem, cmd):
-    args = Args(cmd, error=Cme(50))
-    args.at_most(1)
+    args = Args(cmd, error=Cme(50), at_most=1)
     if not modem.clock.set_local(args.str(0, quoted=True, max_len=20)):
         raise CommandError(Cme(50), "AT+CCLK wants \"yy/MM/dd,hh:mm:ss+zz\"")
     return ok()

@@ -23,8 +23,7 @@ def _range(modem) -> str:
 @command("+QICSGP", WRITE,
          test=lambda modem: f"+QICSGP: {_range(modem)},(1-3),<APN>,<username>,<password>,(0-3)")
 def qicsgp_write(modem, cmd):
-    args = Args(cmd)
-    args.at_most(6)
+    args = Args(cmd, at_most=6)
     cid = _cid(modem, args)
     ctx = modem.pdp.get(cid)
     if len(args) == 1:                         # AT+QICSGP=<cid>: query
@@ -45,8 +44,7 @@ def qiact_read(modem, cmd):
 
 @command("+QIACT", WRITE)
 def qiact_write(modem, cmd):
-    args = Args(cmd)
-    args.at_most(1)
+    args = Args(cmd, at_most=1)
     cid = _cid(modem, args)
     if modem.cfun != 1:
         raise CommandError("ERROR", "radio is off (AT+CFUN)")
@@ -58,8 +56,7 @@ def qiact_write(modem, cmd):
 
 @command("+QIDEACT", WRITE, test=lambda modem: f"+QIDEACT: {_range(modem)}")
 def qideact_write(modem, cmd):
-    args = Args(cmd)
-    args.at_most(1)
+    args = Args(cmd, at_most=1)
     modem.deactivate_pdp(_cid(modem, args))
     return ok()
 
@@ -74,8 +71,7 @@ def cgdcont_read(modem, cmd):
 
 @command("+CGDCONT", WRITE)
 def cgdcont_write(modem, cmd):
-    args = Args(cmd)
-    args.at_most(6)
+    args = Args(cmd, at_most=6)
     ctx = modem.pdp.get(_cid(modem, args))
     if len(args) == 1:
         return ok()
@@ -94,8 +90,7 @@ def cgact_read(modem, cmd):
 
 @command("+CGACT", WRITE)
 def cgact_write(modem, cmd):
-    args = Args(cmd)
-    args.at_most(2)
+    args = Args(cmd, at_most=2)
     state = args.int(0, 0, 1)
     cids = [_cid(modem, args, 1)] if args.present(1) else [c.cid for c in modem.pdp.defined()]
     lines = []

@@ -40,8 +40,7 @@ ERR_PARAMETERS = 50
 
 
 def _slot(cmd) -> int:
-    args = Args(cmd, error=Cme(ERR_PARAMETERS))
-    args.at_most(1)
+    args = Args(cmd, error=Cme(ERR_PARAMETERS), at_most=1)
     return args.int(0, 0, 2)
 
 

@@ -43,9 +43,9 @@ def done(svc: SslService, response: Response) -> Response:
 class SslArgs(Args):
     """Bad parameters of an SSL command: ERROR, with 552 for AT+QIGETERROR."""
 
-    def __init__(self, modem, cmd) -> None:
-        super().__init__(cmd)
+    def __init__(self, modem, cmd, at_most: int | None = None) -> None:
         self.svc = service(modem)
+        super().__init__(cmd, at_most=at_most)
 
     def fail(self, why: str) -> CommandError:
         self.svc.set_error(552)

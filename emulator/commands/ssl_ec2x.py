@@ -114,8 +114,7 @@ def read_file_material(modem):
     f"{_socket_range(modem)},<serveraddr>,<server_port>,(0-2)")))
 def qsslopen_write(modem, cmd):
     svc = service(modem)
-    args = SslArgs(modem, cmd)
-    args.at_most(6)
+    args = SslArgs(modem, cmd, at_most=6)
     pdp_id = args.int(0, modem.pdp.first, modem.pdp.last)
     ctx_id = args.int(1, 0, len(svc.contexts) - 1)
     client_id = args.int(2, 0, svc.max_sockets - 1)

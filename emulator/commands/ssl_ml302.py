@@ -158,8 +158,7 @@ def _parse_suites(modem, args: Args) -> tuple[int, ...]:
          test="+QSSLOPEN: <ssid>,<ctxindex>,<ipaddr/domainname>,<port>,<connectmode>[,<timeout>]")
 def qsslopen_write(modem, cmd):
     svc = service(modem)
-    args = Args(cmd)
-    args.at_most(6)
+    args = Args(cmd, at_most=6)
     ssid = args.int(0, 0, svc.max_sockets - 1)
     ctx_id = args.int(1, 0, len(svc.contexts) - 1)
     host = server_address(args, 2)
