@@ -75,12 +75,6 @@ def _hex_id(v: Any) -> str | None:
     return None if 0 <= n <= 0xFFFF else f"{v!r} out of range"
 
 
-def _one_of(*choices: str) -> Callable:
-    def check(v: Any) -> str | None:
-        return None if v in choices else f"must be one of {', '.join(map(repr, choices))}, got {v!r}"
-    return check
-
-
 def _table(value: Callable) -> Callable:
     def check(v: Any) -> str | None:
         if not isinstance(v, dict):
