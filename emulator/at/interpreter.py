@@ -14,6 +14,7 @@ the interpreter runs in unit tests as is.
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING, Callable
 
@@ -44,8 +45,9 @@ class _Pending:
 
 class Interpreter:
     # An illegal mode transition is an emulator bug: in production it is logged and the
-    # port goes back to command mode; with strict (the sans-IO tests) it raises.
-    strict = False
+    # port goes back to command mode; with strict (MODEM_EMULATOR_STRICT=1, which the test
+    # suite sets, or set on the instance) it raises.
+    strict = os.environ.get("MODEM_EMULATOR_STRICT") == "1"
 
     def __init__(self, modem: "Modem") -> None:
         self.modem = modem

@@ -16,7 +16,7 @@ DATA: every outcome is handled in command mode, so there is one place that write
 answers.  Any other (mode, event) pair is a bug in the emulator, never something
 a host can cause: Interpreter._enter raises IllegalTransition, and the
 interpreter's entry points log it and put the port back in command mode -- or,
-with Interpreter.strict (the sans-IO tests), let it propagate.
+with Interpreter.strict (MODEM_EMULATOR_STRICT=1; the test suite sets it), let it propagate.
 """
 from __future__ import annotations
 
