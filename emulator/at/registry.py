@@ -61,9 +61,6 @@ class CommandTable:
     def knows(self, name: str, variant: str = ANY_VARIANT) -> bool:
         return any(n == name and v in (variant, ANY_VARIANT) for n, _, v in self._entries)
 
-    def names(self) -> set[str]:
-        return {n for n, _, _ in self._entries}
-
     def variants(self, name: str) -> set[str]:
         return {v for n, _, v in self._entries if n == name}
 
