@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Callable
 
 from emulator.at import framing
 from emulator.at.data_phase import DataPhase
+from emulator.at.escape import EscapeDetector
 from emulator.at.lexer import CommandLine, CommandLineLexer, Echo, LineTooLong, RepeatLast
 from emulator.at.mode import Event, IllegalTransition, Mode, next_mode
 from emulator.at.parser import Command, Malformed, parse_line
 from emulator.at.registry import TABLE
-from emulator.at.responses import Cme, CommandError, DataRequest, Response, Text, cme_code
+from emulator.at.responses import Cme, CommandError, DataRequest, OnlineLink, Response, Text, cme_code
 from emulator.logsafe import get_logger, loggable, redact
 
 if TYPE_CHECKING:
@@ -55,6 +56,10 @@ class Interpreter:
         self.mode = Mode.COMMAND
         self._data: DataPhase | None = None    # set exactly in DATA mode
         self._pending: _Pending | None = None        # set exactly in PENDING mode
+        self._online: OnlineLink | None = None       # set exactly in ONLINE mode
+        self._escape: EscapeDetector | None = None   # its "+++" detector
+        self._escape_timer = None
+        self.last_online: OnlineLink | None = None   # the link that left online mode last (ATO)
         # Inside a handler (a call on the stack, never a mode the port waits in): URCs
         # it raises go after its answer, and the port is not idle.
         self._executing = False
@@ -107,11 +112,19 @@ class Interpreter:
             self._settle()
 
     def _abandon(self) -> None:
-        """Forget the data phase or the pending answer (its late outcome is ignored)."""
+        """Forget the data phase, the pending answer (its late outcome is ignored) or
+        the online link (it keeps its connection; ATO may return to it)."""
         if self._data is not None and self._data.timer is not None:
             self._data.timer.cancel()
         self._data = None
         self._pending = None
+        if self._escape_timer is not None:
+            self._escape_timer.cancel()
+            self._escape_timer = None
+        if self._online is not None:
+            self.last_online = self._online
+        self._online = None
+        self._escape = None
 
     # -- input ---------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -134,6 +147,11 @@ class Interpreter:
             log.info("host closed the port during a data prompt: %d bytes discarded",
                      len(self._data.buf))
             self._abandon()
+        if self._online is not None:
+            link = self._online
+            log.info("host closed the port in online data mode: the connection stays open (ATO)")
+            self._abandon()
+            link.escaped()
         self._enter(Event.HANGUP)
         self._inbox.clear()
         self._queue.clear()
@@ -148,7 +166,9 @@ class Interpreter:
                 self._lex_some()
             elif self.mode is Mode.DATA:
                 self._feed_data()
-            else:        # PENDING: input waits for the answer; ONLINE: no route yet
+            elif self.mode is Mode.ONLINE:
+                self._feed_online()
+            else:        # PENDING: input waits for the answer
                 break
         self._settle()
 
@@ -254,6 +274,10 @@ class Interpreter:
             self._queue.clear()                  # the rest of the line is data now
             self._start_data(response.data, after_line)
             return False
+        if response.online is not None:
+            self._queue.clear()                  # the rest of the line is online data now
+            self._go_online(response.online)
+            return False
         if response.final == "OK":
             return True
         self._queue.clear()
@@ -339,6 +363,85 @@ class Interpreter:
         if self._handle(response, after_line=False):
             self._write_final("OK")
             self._write_after()
+
+    # -- online data mode (transparent access) ------------------------------------
+    def _guard_time(self) -> float:
+        return self.modem.settings.sreg[12] / 50        # S12: fiftieths of a second
+
+    def _go_online(self, link: OnlineLink) -> None:
+        self._write_final("CONNECT")
+        self._enter(Event.ONLINE)
+        self._online = link
+        self.last_online = link
+        self._escape = EscapeDetector(self._guard_time(), self.modem.monotonic())
+        self.lexer.reset()
+        link.started()
+
+    def _feed_online(self) -> None:
+        data = bytes(self._inbox)
+        self._inbox.clear()
+        escape, link = self._escape, self._online
+        out = escape.feed(data, self.modem.monotonic())
+        if out:
+            link.send(out)
+        self._arm_escape_timer()
+
+    def _arm_escape_timer(self) -> None:
+        if self._escape_timer is not None:
+            self._escape_timer.cancel()
+            self._escape_timer = None
+        deadline = self._escape.deadline() if self._escape is not None else None
+        if deadline is not None:
+            self._escape_timer = self.modem.call_later(
+                max(0.0, deadline - self.modem.monotonic()), self._guarded, self._escape_due)
+
+    def _escape_due(self) -> None:
+        self._escape_timer = None
+        if self.mode is not Mode.ONLINE:
+            return
+        out, escaped = self._escape.expire(self.modem.monotonic())
+        if out:
+            self._online.send(out)
+        if escaped:
+            self._leave_online("OK", escaped=True)
+        else:
+            self._arm_escape_timer()
+
+    @property
+    def online_link(self) -> OnlineLink | None:
+        """The connection the port belongs to in online data mode, else None."""
+        return self._online
+
+    def leave_online(self, link: OnlineLink, final: str = "NO CARRIER") -> None:
+        """The connection ended while the port was its (the peer closed, the network
+        failed): after the data already written, NO CARRIER, back to command mode."""
+        if self._online is link:
+            self._guarded(self._leave_online, final, False)
+
+    def dtr_drop(self) -> None:
+        """DTR ON->OFF (a pty has none: an API call).  AT&D0 ignores it; in online data
+        mode AT&D1 leaves it like "+++" (OK, the connection stays), AT&D2 closes the
+        connection (NO CARRIER)."""
+        mode = self.modem.settings.dtr
+        if self.mode is not Mode.ONLINE or mode == 0:
+            return
+        if mode == 1:
+            self._guarded(self._leave_online, "OK", True)
+        else:
+            link = self._online
+            self._guarded(self._leave_online, "NO CARRIER", False)
+            link.hang_up()
+
+    def _leave_online(self, final: str, escaped: bool) -> None:
+        link = self._online
+        self._abandon()
+        self._enter(Event.ESCAPE)
+        self._write_final(final)
+        if escaped:
+            link.escaped()
+        else:
+            self.last_online = None if self.last_online is link else self.last_online
+        self._settle()
 
     # -- output --------------------------------------------------------------
     def urc(self, line: str | bytes, raw: bytes = b"") -> None:

@@ -7,8 +7,8 @@
     PENDING --DONE----> COMMAND   the answer came; it is written in command mode
     DATA    --HANGUP--> COMMAND   the host closed the port: the half-entered data are dropped
     COMMAND, PENDING --HANGUP--> themselves (a pending answer still comes)
-    COMMAND --ONLINE--> ONLINE    declared for transparent mode (no handler asks for it yet)
-    ONLINE  --ESCAPE--> COMMAND   declared: "+++" or the peer closed
+    COMMAND --ONLINE--> ONLINE    a handler answered CONNECT with a link (transparent mode)
+    ONLINE  --ESCAPE--> COMMAND   "+++" with guard times or DTR (OK), or the link ended (NO CARRIER)
     ONLINE  --HANGUP--> COMMAND
 
 A chained data phase (a data handler asking for more data) is DATA -> COMMAND ->
@@ -27,7 +27,7 @@ class Mode(Enum):
     COMMAND = "command"          # the lexer reads command lines
     DATA = "data prompt"         # bytes go to a DataRequest ("> ", CONNECT)
     PENDING = "pending answer"   # a handler's answer is awaited; input waits in the inbox
-    ONLINE = "online data"       # transparent mode: bytes go to a socket (not reached yet)
+    ONLINE = "online data"       # transparent mode: bytes go to a connection (OnlineLink)
 
 
 class Event(Enum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Awaitable, Callable, Union
+from typing import Awaitable, Callable, Protocol, Union
 
 # V.250 result codes and their ATV0 numbers.
 RESULT_CODES = {"OK": 0, "CONNECT": 1, "RING": 2, "NO CARRIER": 3, "ERROR": 4,
@@ -80,6 +80,27 @@ class DataRequest:
     ack_block: int | None = None
 
 
+class OnlineLink(Protocol):
+    """What the port talks to in online data mode (transparent access): a connection.
+
+    The interpreter calls these; the connection calls interpreter.leave_online() when it
+    ends (the peer closed, the network failed) and writes the peer's bytes to the port
+    itself (modem.write) while it is the port's online link."""
+
+    def started(self) -> None:
+        """CONNECT is out: the port is this link's now (deliver what waited)."""
+
+    def send(self, data: bytes) -> None:
+        """The host's bytes, unchanged, into the connection."""
+
+    def escaped(self) -> None:
+        """The host left with "+++" or a DTR drop (AT&D1): the connection stays open and
+        the peer's bytes wait until the port comes back (ATO, AT+QISWTMD)."""
+
+    def hang_up(self) -> None:
+        """A DTR drop with AT&D2: close the connection."""
+
+
 @dataclass
 class Response:
     lines: list[Line] = field(default_factory=list)
@@ -87,6 +108,7 @@ class Response:
     data: DataRequest | None = None          # enter data collection after the lines
     pending: Awaitable["Response"] | None = None   # finish later (the port stays busy)
     after: list[str] = field(default_factory=list)  # URC-like lines right after the final
+    online: OnlineLink | None = None         # CONNECT, then online data mode with this link
 
 
 def ok(*lines: Line) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from emulator.at.args import Args
 from emulator.at.parser import EXEC, READ, TEST, WRITE
 from emulator.at.registry import command
-from emulator.at.responses import CommandError, ok
+from emulator.at.responses import CommandError, Response, ok
 from emulator.modem.settings import SREG_RANGES
 
 
@@ -94,3 +94,15 @@ def cmee_read(modem, cmd):
 def cmee_exec(modem, cmd):
     modem.settings.cmee = 0
     return ok()
+
+
+@command("O", EXEC)
+def ato(modem, cmd):
+    """ATO: back to online data mode with the connection that left it last ("+++", DTR
+    with AT&D1): CONNECT, its waiting data first; NO CARRIER when there is none (any
+    more).  The EC2x note, "Return to transparent access mode"."""
+    Args(cmd, at_most=1).int(0, 0, 0, default=0)
+    link = modem.interpreter.last_online
+    if link is None or not link.alive:
+        return Response([], "NO CARRIER")
+    return Response([], None, online=link)

@@ -6,7 +6,7 @@ ML302 ("onemo", ssl_ml302.py) handlers use one of each of these:
 * fail() / done(): ERROR with the code AT+QIGETERROR reports, success clearing it;
 * socket_args(): a socket command's first steps (service, parameters, socket id);
 * quectel_test(): a declarative test form that also clears AT+QIGETERROR;
-* server_address() and refuse_unimplemented(): AT+QSSLOPEN's common checks;
+* server_address() and online_answer(): AT+QSSLOPEN's address check and transparent answer;
 * send_request(): the data phase of AT+QSSLSEND;
 * AT+QIGETERROR itself.
 """
@@ -78,11 +78,18 @@ def server_address(args: Args, index: int) -> str:
     return host
 
 
-def refuse_unimplemented(svc: SslService, delivery: Delivery, code: int | None, what: str) -> None:
-    """An access mode the emulator does not have yet (transparent: issue 11): ERROR."""
-    if not delivery.implemented:
-        log.warning("AT+QSSLOPEN %s (transparent) is not implemented yet: ERROR", what)
-        raise fail(svc, code, f"{what} ({delivery.name}) not implemented yet")
+def online_answer(svc: SslService, sock, failed: Callable[[int], Response]) -> Response:
+    """AT+QSSLOPEN in transparent access mode: no OK, the port waits for the handshake;
+    then CONNECT and online data mode, or failed(code) (the dialect's failure answer)."""
+    delivery = svc.deliveries["online"]
+    future = delivery.wait_open(sock)
+
+    async def answer() -> Response:
+        code = await future
+        if code != 0:
+            return failed(code)
+        return Response([], None, online=delivery.link(sock))
+    return Response([], None, pending=answer())
 
 
 def send_request(modem, svc: SslService, client_id: int, length: int | None,

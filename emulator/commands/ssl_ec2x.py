@@ -11,10 +11,10 @@ from __future__ import annotations
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Raw, Response, ok
-from emulator.commands.ssl_common import (SslArgs, done, fail, quectel_test, refuse_unimplemented,
+from emulator.commands.ssl_common import (SslArgs, done, fail, online_answer, quectel_test,
                                           send_request, server_address, service, socket_args)
 from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
-from emulator.sockets.ssl_socket import INITIAL, OPENING
+from emulator.sockets.ssl_socket import CONNECTED, INITIAL, OPENING
 from emulator.storage.vfs import FileError
 from tls_engine.ciphers import ALL_SUITES_CODE
 
@@ -121,13 +121,15 @@ def qsslopen_write(modem, cmd):
     host = server_address(args, 3)
     port = args.int(4, 1, 65535)
     delivery = svc.delivery(args.int(5, 0, 2, default=0))     # <access_mode>: 0 buffer, 1 push, 2 online
-    refuse_unimplemented(svc, delivery, 555, f"access mode {delivery.access_mode}")
     if not modem.pdp.is_active(pdp_id):
         raise fail(svc, 561, f"PDP context {pdp_id} is not active (AT+QIACT={pdp_id} first)")
     if client_id in svc.sockets:
         raise fail(svc, 563, f"clientID {client_id} is in use")
-    svc.open(client_id, pdp_id=pdp_id, ctx_id=ctx_id, host=host, port=port, delivery=delivery,
-             read_material=read_file_material(modem))
+    sock = svc.open(client_id, pdp_id=pdp_id, ctx_id=ctx_id, host=host, port=port, delivery=delivery,
+                    read_material=read_file_material(modem))
+    if delivery.name == "online":
+        # §3.5: no OK; CONNECT once the handshake is done, else ERROR (AT+QIGETERROR says why).
+        return online_answer(svc, sock, lambda code: Response([], "ERROR"))
     return done(svc, ok())
 
 
@@ -212,3 +214,23 @@ def _no_such_form(modem, cmd):
 for _name, _kinds in (("+QSSLCFG", (READ, EXEC)), ("+QSSLOPEN", (READ, EXEC)), ("+QSSLSEND", (READ, EXEC)),
                       ("+QSSLRECV", (READ, EXEC)), ("+QSSLCLOSE", (READ, EXEC)), ("+QSSLSTATE", (READ,))):
     command(_name, *_kinds, variant=V)(_no_such_form)
+
+
+# -- AT+QISWTMD ------------------------------------------------------------------------
+@command("+QISWTMD", WRITE, variant=V, test=quectel_test(lambda modem: f"+QISWTMD: {_socket_range(modem)},(0-2)"))
+def qiswtmd_write(modem, cmd):
+    """Switch an open connection's access mode (the note §1.3; the TCP/IP note's
+    AT+QISWTMD): 0 buffer (a "recv" URC if data wait), 1 direct push (waiting data are
+    pushed), OK; 2 transparent: CONNECT, the waiting data first."""
+    svc, args, client_id = socket_args(modem, cmd, 2)
+    mode = args.int(1, 0, 2)
+    sock = svc.sockets.get(client_id)
+    if sock is None or sock.state is not CONNECTED:
+        raise fail(svc, 572, f"socket {client_id} is not connected")
+    delivery = svc.delivery(mode)
+    if delivery.name == "online":
+        delivery.adopt(sock)
+        svc.set_error(0)
+        return Response([], None, online=delivery.link(sock))
+    delivery.adopt(sock)
+    return done(svc, ok())

@@ -13,7 +13,8 @@ defaults); the AT+QSSLSEND data phase is shared (ssl_common.py).  Choices where 
   manual's -2 ("socket in use") connectcode implies: -2 for in use, -1 else.
 * AT+QSSLOPEN uses the first active PDP context (the ML302 has no <pdpctx>).
   <timeout> bounds DNS + TCP + handshake together.  connectmode 1
-  (transparent) is not implemented: ERROR with a log line.
+  (transparent): no OK, CONNECT once the handshake is done; a failure is the
+  "+QSSLOPEN: <ssid>,<connectcode>" line then ERROR.
 * Certificates come from the AT+QSECWRITE slots; a context's cacert /
   clientcert / clientkey start at the manual's fixed paths ("/caCrt.pem",
   "/clientCrt.pem", "/privateKey.pem"), so AT+QSSLCFG="seclevel",0,2 alone
@@ -51,7 +52,7 @@ from emulator.at.parser import EXEC, READ, WRITE
 from emulator.logsafe import get_logger
 from emulator.at.registry import command
 from emulator.at.responses import Raw, Response, ok
-from emulator.commands.ssl_common import (fail, refuse_unimplemented, send_request, server_address, service,
+from emulator.commands.ssl_common import (fail, online_answer, send_request, server_address, service,
                                           socket_args)
 from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
 from emulator.sockets.service import SslService
@@ -165,19 +166,28 @@ def qsslopen_write(modem, cmd):
     port = args.int(3, 1, 65535)
     delivery = svc.deliveries["online" if args.int(4, 0, 1) == 1 else "buffer"]   # <connectmode>
     timeout = args.int(5, 10, 300, default=90)
-    refuse_unimplemented(svc, delivery, None, "connectmode 1")
+    online = delivery.name == "online"
+
+    def refused(code: int) -> Response:
+        # connectmode 1 has no OK before CONNECT: a failure is the manual's
+        # "+QSSLOPEN: <ssid>,<connectcode>" line, then ERROR instead of CONNECT.
+        if online:
+            return Response([f"+QSSLOPEN: {ssid},{code}"], "ERROR")
+        return Response([], "OK", after=[f"+QSSLOPEN: {ssid},{code}"])
     if ssid in svc.sockets:
         log.info("AT+QSSLOPEN: ssid %d is in use (AT+QSSLCLOSE=%d first): -2", ssid, ssid)
-        return Response([], "OK", after=[f"+QSSLOPEN: {ssid},-2"])
+        return refused(-2)
     active = modem.pdp.active()
     if not active:
         code = svc.code("pdp")
         log.warning("AT+QSSLOPEN: no PDP context is active (AT+CGACT=1,<cid> first): %d", code)
-        return Response([], "OK", after=[f"+QSSLOPEN: {ssid},{code}"])
+        return refused(code)
     # 0XFFFF = the ML302 suites this TLS build can offer, rather than failing the open.
     offerable = tuple(int(x, 16) for x in modem.profile["ssl.cipher_suites"] if suite_offerable(int(x, 16)))
-    svc.open(ssid, pdp_id=active[0].cid, ctx_id=ctx_id, host=host, port=port, delivery=delivery,
-             read_material=read_slot_material(modem), timeout=float(timeout), allow_ciphers=offerable)
+    sock = svc.open(ssid, pdp_id=active[0].cid, ctx_id=ctx_id, host=host, port=port, delivery=delivery,
+                    read_material=read_slot_material(modem), timeout=float(timeout), allow_ciphers=offerable)
+    if online:
+        return online_answer(svc, sock, refused)
     return ok()
 
 

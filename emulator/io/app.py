@@ -53,7 +53,7 @@ class Emulator:
                       name=name or f"modem{len(self.ports)}", keylog=self.keylog, manual_time=manual_time)
         port = PtyPort(loop, modem.feed, link, on_hangup=modem.host_hangup, on_drain=modem.output_drained,
                        max_backlog=profile.get("serial.output_backlog", 1 << 20))
-        modem.attach(port.write, loop, backlog=lambda: port.backlog)
+        modem.attach(port.write, loop, backlog=lambda: port.backlog, reading=port.set_reading)
         if self.demo is not None:
             from emulator.tools.demo_setup import install_demo_material
             install_demo_material(modem, self.demo)

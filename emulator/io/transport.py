@@ -55,6 +55,7 @@ class PtyPort:
         self._poll.register(self.master, select.POLLHUP)
         self.link = Path(link) if link else None
         self.attached = False
+        self.reading = True               # False: host bytes stay in the pty (set_reading)
         self.received = 0                 # bytes read from the host so far (tests sync on it)
         self._out = bytearray()
         self.max_backlog = max(max_backlog, HIGH_WATER)
@@ -85,10 +86,25 @@ class PtyPort:
             return
         self.attached = True
         log.debug("host opened %s", self.device)
-        self.loop.add_reader(self.master, self._readable)
+        if self.reading:
+            self.loop.add_reader(self.master, self._readable)
+
+    def set_reading(self, on: bool) -> None:
+        """Flow control towards the host: while off, its bytes stay in the pty (whose
+        buffer then blocks the host's writes), as a UART holds a sender back with RTS."""
+        if on == self.reading:
+            return
+        self.reading = on
+        if self._closed or not self.attached:
+            return
+        if on:
+            self.loop.add_reader(self.master, self._readable)
+        else:
+            self.loop.remove_reader(self.master)
 
     def _hangup(self) -> None:
         self.loop.remove_reader(self.master)
+        self.reading = True               # the next host starts with nothing held back
         if self._writing:
             self.loop.remove_writer(self.master)
             self._writing = False

@@ -50,6 +50,8 @@ class Modem:
         self._features: dict[str, object] = {}
         self._listeners: dict[str, list[Callable]] = defaultdict(list)
         self._sink: Callable[[bytes], None] | None = None
+        self._reading: Callable[[bool], None] | None = None
+        self.dtr = 1                      # the host's DTR line (set_dtr)
         self._backlog: Callable[[], int] = lambda: 0
         self.interpreter = Interpreter(self)
 
@@ -59,10 +61,12 @@ class Modem:
 
     # -- wiring ---------------------------------------------------------------
     def attach(self, sink: Callable[[bytes], None], loop: asyncio.AbstractEventLoop | None = None,
-               backlog: Callable[[], int] | None = None) -> None:
+               backlog: Callable[[], int] | None = None,
+               reading: Callable[[bool], None] | None = None) -> None:
         """sink(bytes) takes output; backlog() tells how much of it the host has not taken yet."""
         self._sink = sink
         self.loop = loop
+        self._reading = reading           # reading(False) stops taking host bytes (flow control)
         if loop is not None:
             self.timers = Timers(loop, manual=self._manual_time)
         if backlog is not None:
@@ -81,6 +85,23 @@ class Modem:
         returns its result or raises its exception.  A cancelled one reports nothing."""
         task = asyncio.ensure_future(awaitable, loop=self.loop)
         task.add_done_callback(lambda t: None if t.cancelled() else on_done(t.result))
+
+    def pause_input(self) -> None:
+        """Stop reading the host's bytes (the connection they go to is full): the pty's
+        own buffer then holds the host back, as RTS/CTS would on a UART."""
+        if self._reading is not None:
+            self._reading(False)
+
+    def resume_input(self) -> None:
+        if self._reading is not None:
+            self._reading(True)
+
+    def set_dtr(self, level: int) -> None:
+        """The host's DTR line (a pty has none: an API call, and the control socket's
+        "dtr" later).  ON->OFF acts per AT&D (emulator/at/interpreter.py dtr_drop)."""
+        was, self.dtr = self.dtr, 1 if level else 0
+        if was and not self.dtr:
+            self.interpreter.dtr_drop()
 
     def output_backlog(self) -> int:
         return self._backlog()

@@ -130,6 +130,8 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "ssl.recv_max": (True, _int(1, 65535)),
     "ssl.send_buffer": (True, _int(1, 1 << 24)),
     "ssl.recv_buffer": (True, _int(1, 1 << 24)),
+    # Transparent mode: unsent bytes per connection past which the pty is not read.
+    "ssl.online_buffer": (False, _int(4096, 1 << 26)),
     # The module's suites, in offer order (0XFFFF = these).  Absent: the EC2x note's
     # Table 3, whose one source is tls_engine/ciphers.py (CIPHER_TABLE).
     "ssl.cipher_suites": (False, _list(_hex_id, 1)),

@@ -6,13 +6,14 @@ own (push flow control) shares it among its sockets.
     name     EC2x <access_mode>  ML302 <connectmode>  data reach the host ...
     buffer   0                   0                    "recv" URC, then AT+QSSLRECV reads
     push     1                   -                    "+QSSLURC: "recv",<id>,<len>" + the data
-    online   2                   1                    transparent (issue 11): not yet
+    online   2                   1                    CONNECT, then the port is the connection's
 
 A new access mode is a Delivery subclass here, an entry in SslService.deliveries,
 and the handler's mapping of its number.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from emulator.io.transport import HIGH_WATER
@@ -28,15 +29,24 @@ log = get_logger("emulator.ssl")
 class Delivery:
     name = ""
     access_mode = 0              # the number AT+QSSLSTATE prints
-    implemented = True           # False: AT+QSSLOPEN refuses the mode (555 / ERROR)
     host_reads = False           # AT+QSSLRECV takes the data
 
     def __init__(self, svc: "SslService") -> None:
         self.svc = svc
 
+    def opened(self, sock: SslSocket, code: int) -> None:
+        """The open ended (0 = connected, else the module's error code)."""
+        self.svc.modem.urc(self.svc.dialect.opened(sock, code))
+
     def data_arrived(self, sock: SslSocket, was_empty: bool) -> None:
         """New plaintext is in sock.inbox (was_empty: the inbox had none before)."""
         raise NotImplementedError
+
+    def adopt(self, sock: SslSocket) -> None:
+        """AT+QISWTMD switched sock to this strategy: deliver what already waits."""
+        sock.delivery = self
+        if sock.inbox:
+            self.data_arrived(sock, True)
 
     def peer_closed(self, sock: SslSocket) -> None:
         """The peer (or the bearer) ended the connection: report it, after any data the
@@ -132,21 +142,141 @@ class PushDelivery(Delivery):
 
 
 class OnlineDelivery(Delivery):
-    """Transparent access mode (EC2x 2, ML302 connectmode 1), declared for issue 11 and
-    refused until then.  What it will need: AT+QSSLOPEN answers CONNECT once the
-    handshake is done (the interpreter's online-data mode, not a URC); the peer's bytes
-    go to the port unframed and the host's bytes into the connection; "+++" with guard
-    times and ATO leave and re-enter it; other sockets' URCs are held meanwhile; a peer
-    close delivers the data still held, then NO CARRIER (peer_closed)."""
+    """Transparent access mode (EC2x <access_mode> 2, ML302 <connectmode> 1).
+
+    AT+QSSLOPEN is answered CONNECT once the handshake is done (or ERROR), and the port
+    enters the interpreter's online data mode with the socket's SocketLink: the host's
+    bytes go into the connection unchanged, the peer's bytes to the port unframed.
+    "+++" with guard times (or a DTR drop with AT&D1) leaves it with the connection
+    open: the peer's bytes then wait in the socket (past ssl.recv_buffer the TCP reading
+    pauses) until ATO or AT+QISWTMD=<id>,2 returns -- CONNECT, the waiting bytes first.
+    A peer close while online: the data received before it, then NO CARRIER; while the
+    port is in command mode: the "closed" URC like the other modes.
+
+    Flow control both ways: when the connection has more than ssl.online_buffer bytes
+    the kernel has not taken, the port stops reading the pty (the host is held back by
+    the pty's own buffer); when more than the port's high water of output waits for the
+    host, the socket stops reading from the network (the server is held back)."""
     name = "online"
     access_mode = 2
-    implemented = False
 
+    def __init__(self, svc: "SslService") -> None:
+        super().__init__(svc)
+        self._opening: dict[SslSocket, "asyncio.Future[int]"] = {}
+        self._links: dict[SslSocket, SocketLink] = {}
+        svc.modem.on("output_drained", self._drained)
+        svc.modem.on("hangup", self._drained)
+
+    # -- opening ------------------------------------------------------------------
+    def wait_open(self, sock: SslSocket) -> "asyncio.Future[int]":
+        """A future for the open's result code (0 = connected): the AT+QSSLOPEN answer."""
+        future = asyncio.get_running_loop().create_future()
+        self._opening[sock] = future
+        return future
+
+    def opened(self, sock: SslSocket, code: int) -> None:
+        future = self._opening.pop(sock, None)
+        if future is None:
+            super().opened(sock, code)
+        elif not future.done():
+            future.set_result(code)
+
+    def link(self, sock: SslSocket) -> "SocketLink":
+        link = self._links.get(sock)
+        if link is None:
+            link = self._links[sock] = SocketLink(self, sock)
+        return link
+
+    def online(self, sock: SslSocket) -> bool:
+        """The port is this socket's now (online data mode)."""
+        link = self._links.get(sock)
+        return link is not None and self.svc.modem.interpreter.online_link is link
+
+    # -- data ---------------------------------------------------------------------
     def data_arrived(self, sock: SslSocket, was_empty: bool) -> None:
-        raise NotImplementedError("transparent access mode (issue 11)")
+        if self.online(sock):
+            self.flush(sock)
+        # else: the host left with +++; the bytes wait for ATO / AT+QISWTMD
+
+    def flush(self, sock: SslSocket, everything: bool = False) -> None:
+        """The socket's waiting bytes to the port while the host keeps up (everything:
+        regardless, before NO CARRIER); else hold the network back until it drains."""
+        modem = self.svc.modem
+        while sock.inbox:
+            if not everything and modem.output_backlog() > HIGH_WATER:
+                sock.pause_network(True)
+                return
+            modem.write(sock.read(65536))
+        sock.pause_network(False)
+
+    def _drained(self, **_event) -> None:
+        for sock in list(self._links):
+            if self.svc.sockets.get(sock.client_id) is not sock:
+                self._links.pop(sock, None)              # the host closed it
+            elif self.online(sock):
+                self.flush(sock)
 
     def peer_closed(self, sock: SslSocket) -> None:
-        raise NotImplementedError("transparent access mode (issue 11)")
+        if self.online(sock):
+            self.flush(sock, everything=True)
+            self.svc.modem.interpreter.leave_online(self._links[sock])
+        else:
+            super().peer_closed(sock)
+
+    def adopt(self, sock: SslSocket) -> None:
+        sock.delivery = self            # the bytes wait for CONNECT (SocketLink.started)
+
+    def forget(self) -> None:
+        self._links.clear()
+        for future in self._opening.values():
+            if not future.done():
+                future.cancel()
+        self._opening.clear()
+
+
+class SocketLink:
+    """A socket as the interpreter's online link (emulator.at.responses.OnlineLink)."""
+
+    def __init__(self, delivery: OnlineDelivery, sock: SslSocket) -> None:
+        self.delivery = delivery
+        self.sock = sock
+        self.limit = delivery.svc.modem.profile.get("ssl.online_buffer", 256 * 1024)
+        self._input_paused = False
+        sock.on_writable = self._writable
+
+    @property
+    def alive(self) -> bool:
+        svc = self.delivery.svc
+        return (svc.sockets.get(self.sock.client_id) is self.sock and self.sock.state is CONNECTED
+                and self.sock.delivery is self.delivery)
+
+    def started(self) -> None:
+        self.sock.set_send_limit(self.limit)
+        self.delivery.flush(self.sock)
+
+    def send(self, data: bytes) -> None:
+        if self.sock.state is not CONNECTED:
+            log.info("SSL socket %d: %d bytes from the host after the connection ended: dropped",
+                     self.sock.client_id, len(data))
+            return
+        self.sock.send(data)
+        if self.sock.send_backlog() > self.limit and not self._input_paused:
+            self._input_paused = True
+            self.delivery.svc.modem.pause_input()
+
+    def _writable(self) -> None:
+        if self._input_paused:
+            self._input_paused = False
+            self.delivery.svc.modem.resume_input()
+
+    def escaped(self) -> None:
+        self._writable()                 # the port reads again (commands now)
+
+    def hang_up(self) -> None:
+        """AT&D2: the connection is closed and the socket freed."""
+        self._writable()
+        svc = self.delivery.svc
+        asyncio.ensure_future(svc.close(self.sock.client_id, 0))
 
 
 DELIVERIES = (BufferDelivery, PushDelivery, OnlineDelivery)

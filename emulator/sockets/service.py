@@ -118,14 +118,14 @@ class SslService:
                             sock.port, reason, exc_info=exc)
             return                                   # closed by the host meanwhile
         if kind is None:
-            self.modem.urc(self.dialect.opened(sock, 0))
+            sock.delivery.opened(sock, 0)
             return
         code = self.code(kind)
         log.warning("SSL open %d to %s:%d failed (%d %s): %s", sock.client_id, sock.host, sock.port,
                     code, ERROR_TEXT.get(code, kind), reason, exc_info=exc)
         del self.sockets[sock.client_id]
         self.last_error = code if code > 0 else self.last_error
-        self.modem.urc(self.dialect.opened(sock, code))
+        sock.delivery.opened(sock, code)
 
     def on_data(self, sock: SslSocket, was_empty: bool) -> None:
         sock.delivery.data_arrived(sock, was_empty)

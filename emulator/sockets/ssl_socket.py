@@ -114,10 +114,15 @@ class _Link(asyncio.Protocol):
     """asyncio protocol feeding a socket (TCP stream or DTLS datagrams) through the
     three callbacks the socket hands it."""
 
-    def __init__(self, made: Callable, received: Callable[[bytes], None], lost: Callable[[str], None]) -> None:
+    def __init__(self, made: Callable, received: Callable[[bytes], None], lost: Callable[[str], None],
+                 writable: Callable[[], None]) -> None:
         self.made = made
         self.received = received
         self.lost = lost
+        self.writable = writable
+
+    def resume_writing(self) -> None:
+        self.writable()
 
     def connection_made(self, transport) -> None:
         self.made(transport)
@@ -168,6 +173,9 @@ class SslSocket:
         self._answered = False          # owner.on_opened() called
         self._eof_reason: str | None = None     # how the transport ended (FIN / RST / ...)
         self._session_closed = False            # session.close() tried
+        # Called when the kernel has taken the connection's write backlog down again
+        # (online data mode holds the pty back meanwhile).
+        self.on_writable: Callable[[], None] | None = None
 
     # -- state ------------------------------------------------------------------
     @property
@@ -189,7 +197,11 @@ class SslSocket:
         return True
 
     def _link(self) -> _Link:
-        return _Link(self._link_made, self._from_network, self._network_lost)
+        return _Link(self._link_made, self._from_network, self._network_lost, self._writable)
+
+    def _writable(self) -> None:
+        if self.on_writable is not None:
+            self.on_writable()
 
     # -- opening ----------------------------------------------------------------
     def open(self, router: Router, settings: TlsSettings, negotiate_timeout: float,
@@ -425,6 +437,25 @@ class SslSocket:
     def send(self, data: bytes) -> None:
         self.session.send(data)
         self._pump()
+
+    def set_send_limit(self, limit: int) -> None:
+        """Past `limit` unsent bytes the transport reports pause/resume_writing (online data
+        mode stops reading the pty until on_writable)."""
+        if self._transport is not None and hasattr(self._transport, "set_write_buffer_limits"):
+            self._transport.set_write_buffer_limits(high=limit, low=limit // 4)
+
+    def pause_network(self, paused: bool) -> None:
+        """Stop (or resume) reading from the network while the host does not read its port;
+        the inbox's own limit pauses it too (read())."""
+        transport = self._transport
+        if transport is None or not hasattr(transport, "pause_reading") or transport.is_closing():
+            return
+        if paused and not self._paused:
+            transport.pause_reading()
+            self._paused = True
+        elif not paused and self._paused and len(self.inbox) < self.recv_limit // 2:
+            transport.resume_reading()
+            self._paused = False
 
     def send_backlog(self) -> int:
         """Bytes accepted but not yet taken by the kernel (what "send buffer full" measures)."""

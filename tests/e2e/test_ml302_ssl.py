@@ -279,7 +279,6 @@ def test_forms_errors_and_refusals(ml302, server):
     for command in ('AT+QSSLOPEN=6,0,"h",443,0', 'AT+QSSLOPEN=0,6,"h",443,0', 'AT+QSSLOPEN=0,0,"",443,0',
                     'AT+QSSLOPEN=0,0,"h",0,0', 'AT+QSSLOPEN=0,0,"h",443', 'AT+QSSLOPEN=0,0,"h",443,2',
                     'AT+QSSLOPEN=0,0,"h",443,0,9', 'AT+QSSLOPEN=0,0,"h",443,0,301',
-                    f'AT+QSSLOPEN=0,0,"{HOST}",443,1',            # transparent mode: later
                     "AT+QSSLSEND=0", "AT+QSSLSEND=6", "AT+QSSLRECV=1,0,10", "AT+QSSLRECV=2,0,10",
                     "AT+QSSLCLOSE=6", "AT+QSSLCLOSE=0,2"):
         at(ml302, command, ERROR)

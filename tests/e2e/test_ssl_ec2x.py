@@ -319,11 +319,6 @@ def test_manual_example_3_4_direct_push(ec2x, net, pki):
         assert ec2x.at("AT+QSSLCLOSE=4") == b"\r\nOK\r\n"
 
 
-def test_transparent_mode_refused_until_implemented(ec2x, net):
-    assert ec2x.at('AT+QSSLOPEN=1,1,4,"220.180.239.212",8011,2') == b"\r\nERROR\r\n"
-    assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 555,operation not supported\r\n\r\nOK\r\n"
-
-
 def test_pdp_deactivation_closes_sockets(ec2x, net, pki):
     with TlsServer(pki.server, legacy=True) as server:
         net(server)

@@ -1,0 +1,274 @@
+"""Transparent access mode (EC2x <access_mode> 2, ML302 <connectmode> 1) over the pty,
+against OpenSSL echo servers: CONNECT, data both ways unchanged, "+++" with guard times
+(on the modem's manual clock), ATO, AT+QISWTMD, DTR, NO CARRIER, held URCs."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+import pytest
+
+from emulator.testing.peers import TlsServer
+
+HOST, PORT = "220.180.239.212", 8011
+NASTY = b"+++\x1a\x1b\r\nAT\r\x00+++AT+QSSLCLOSE=4\r\n\xff"
+
+
+@pytest.fixture
+def online(emulator, open_modem, pki):
+    """(host, port, advance(s), server) for an EC2x on manual time whose PDP context is up,
+    with HOST:PORT routed to an OpenSSL echo server."""
+    host, port = open_modem("ec2x", manual_time=True)
+    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+    with TlsServer(mode="echo", legacy=True) as server:
+        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
+
+        def advance(seconds: float) -> None:
+            emulator.wait_received(port, host.written)
+            emulator.advance(port, seconds)
+        yield host, port, advance, server
+
+
+def connect(host, line: str = f'AT+QSSLOPEN=1,1,4,"{HOST}",{PORT},2') -> None:
+    host.write(line + "\r")
+    assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\nCONNECT\r\n"
+
+
+def escape(host, advance) -> bytes:
+    """The note's sequence: 1 s silence, "+++", 1 s silence -> OK."""
+    advance(1.1)
+    host.write(b"+++")
+    advance(1.1)
+    return host.read_until(re.compile(rb"\r\n(OK|ERROR)\r\n"))
+
+
+def echo(host, server, data: bytes) -> None:
+    host.write(data)
+    assert host.read_exactly(len(data), timeout=10) == data
+
+
+def test_note_3_5_transparent_send_and_receive(online):
+    host, port, advance, server = online
+    connect(host)                                   # §3.5.1: no OK before CONNECT
+    echo(host, server, b"Test data from SSL" + NASTY)
+    assert server.wait_received(18 + len(NASTY)) == b"Test data from SSL" + NASTY
+    assert escape(host, advance) == b"\r\nOK\r\n"
+    state = host.at("AT+QSSLSTATE=4")                 # still connected, still mode 2
+    assert re.fullmatch(rb'\r\n\+QSSLSTATE: 4,"SSLClient","220\.180\.239\.212",8011,\d+,2,1,4,2,"usbmodem",1'
+                        rb"\r\n\r\nOK\r\n", state), state
+    host.write(b"ATO\r")
+    assert host.read_until(b"\r\nCONNECT\r\n") == b"\r\nCONNECT\r\n"
+    echo(host, server, b"more data, intact")
+    assert escape(host, advance) == b"\r\nOK\r\n"
+    assert host.at("AT+QSSLCLOSE=4") == b"\r\nOK\r\n"
+    assert host.at("ATO") == b"\r\nNO CARRIER\r\n"
+
+
+def test_plus_plus_plus_without_guard_times_is_data(online):
+    host, port, advance, server = online
+    connect(host)
+    echo(host, server, b"abc+++def")                # no silence around it
+    advance(1.1)
+    echo(host, server, b"+++x")                     # silence before, a byte right after
+    advance(1.1)
+    host.write(b"++")                               # silence before, but only two ...
+    advance(0.5)
+    host.write(b"+")                                # ... the third within the guard time
+    emulator_quiet = host.quiet_for(0.05)
+    assert emulator_quiet == b""                    # held back: it may still be an escape
+    host.write(b"y")                                # a byte before the silence after: data
+    assert host.read_exactly(4) == b"+++y"
+    advance(1.1)
+    host.write(b"+")                                # a lone "+" that never completes ...
+    advance(1.1)
+    assert host.read_exactly(1) == b"+"             # ... goes out as data once it cannot be one
+    assert server.wait_received(9 + 4 + 4 + 1) == b"abc+++def+++x+++y+"
+    assert escape(host, advance) == b"\r\nOK\r\n"
+
+
+def test_ato_with_nothing_to_return_to(online):
+    host, *_ = online
+    assert host.at("ATO") == b"\r\nNO CARRIER\r\n"
+
+
+def test_peer_close_while_online_gives_the_data_then_no_carrier(online):
+    host, port, advance, server = online
+    connect(host)
+    conn = server.wait_handshake()
+    conn.send(b"last words")
+    conn.close()
+    assert host.read_until(b"\r\nNO CARRIER\r\n") == b"last words\r\nNO CARRIER\r\n"
+    state = host.at("AT+QSSLSTATE=4")               # closing until the host closes it
+    assert b",4,1,4,2," in state, state
+    assert host.at("AT+QSSLCLOSE=4") == b"\r\nOK\r\n"
+    assert host.at("ATO") == b"\r\nNO CARRIER\r\n"
+
+
+def test_data_that_arrive_after_escape_wait_for_ato(online):
+    host, port, advance, server = online
+    connect(host)
+    conn = server.wait_handshake()
+    assert escape(host, advance) == b"\r\nOK\r\n"
+    conn.send(b"while you were away")
+    assert host.quiet_for(0.2) == b""               # no URC: transparent data wait
+    host.write(b"ATO\r")
+    assert host.read_until(b"away") == b"\r\nCONNECT\r\nwhile you were away"
+
+
+def test_urcs_of_other_sockets_are_held_while_online(online, emulator):
+    host, port, advance, server = online
+    host.write(f'AT+QSSLOPEN=1,1,0,"{HOST}",{PORT},0\r')
+    assert host.read_until(b"\r\nOK\r\n")
+    host.seen(b"\r\n+QSSLOPEN: 0,0\r\n")
+    connect(host)
+    conn0 = server.wait_connections(2)[0]
+    conn0.send(b"for socket 0")                     # its "recv" URC must wait
+    echo(host, server, b"online")
+    assert b"QSSLURC" not in bytes(host.pending)
+    assert escape(host, advance) == b'\r\nOK\r\n'
+    host.seen(b'\r\n+QSSLURC: "recv",0\r\n')
+
+
+def test_qiswtmd_switches_between_modes(online):
+    host, port, advance, server = online
+    assert host.at(f'AT+QSSLOPEN=1,1,4,"{HOST}",{PORT},0') == b"\r\nOK\r\n"
+    host.seen(b"\r\n+QSSLOPEN: 4,0\r\n")
+    assert host.at("AT+QISWTMD=?") == b"\r\n+QISWTMD: (0-11),(0-2)\r\n\r\nOK\r\n"
+    host.write(b"AT+QISWTMD=4,2\r")                 # 0 -> 2
+    assert host.read_until(b"\r\nCONNECT\r\n") == b"\r\nCONNECT\r\n"
+    echo(host, server, b"switched")
+    assert escape(host, advance) == b"\r\nOK\r\n"
+    assert host.at("AT+QISWTMD=4,0") == b"\r\nOK\r\n"   # 2 -> 0 (after +++)
+    server.conn.send(b"buffered")
+    host.seen(b'\r\n+QSSLURC: "recv",4\r\n')
+    assert host.at("AT+QISWTMD=4,1") == b"\r\nOK\r\n"   # 0 -> 1: waiting data are pushed
+    host.seen(b'+QSSLURC: "recv",4,8\r\nbuffered')
+    server.conn.send(b"more")
+    host.seen(b'+QSSLURC: "recv",4,4\r\nmore')
+    assert escape_free_switch(host, server, advance)
+    assert host.at("AT+QISWTMD=5,2") == b"\r\nERROR\r\n"
+    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 572,operation not allowed\r\n\r\nOK\r\n"
+
+
+def escape_free_switch(host, server, advance) -> bool:
+    """1 -> 2 with data already waiting: they come first, right after CONNECT."""
+    host.at("AT+QISWTMD=4,0")
+    server.conn.send(b"waiting")
+    host.seen(b'\r\n+QSSLURC: "recv",4\r\n')
+    host.write(b"AT+QISWTMD=4,2\r")
+    assert host.read_until(b"waiting") == b"\r\nCONNECT\r\nwaiting"
+    return escape(host, advance) == b"\r\nOK\r\n"
+
+
+@pytest.mark.parametrize("dtr_mode, answer, still_open", [(0, None, True), (1, b"\r\nOK\r\n", True),
+                                                           (2, b"\r\nNO CARRIER\r\n", False)])
+def test_dtr_drop(online, emulator, dtr_mode, answer, still_open):
+    host, port, advance, server = online
+    assert host.at(f"AT&D{dtr_mode}") == b"\r\nOK\r\n"
+    connect(host)
+    emulator.wait_received(port, host.written)
+    emulator.run(port.modem.set_dtr, 0)
+    emulator.run(port.modem.set_dtr, 1)
+    if answer is None:
+        assert host.quiet_for(0.1) == b""
+        echo(host, server, b"still online")
+        assert escape(host, advance) == b"\r\nOK\r\n"
+    else:
+        assert host.read_until(answer) == answer
+    state = host.at("AT+QSSLSTATE=4")
+    if still_open:
+        assert b",2,1,4,2," in state, state
+    else:
+        assert state == b"\r\nOK\r\n"                # closed and freed
+        server.wait_done()
+
+
+def test_failed_transparent_open_is_error(online, emulator):
+    host, *_ = online
+    emulator.router.add_map("nowhere.example", 1, "127.0.0.1", 9)     # discard port: refused
+    host.write(b'AT+QSSLOPEN=1,1,2,"nowhere.example",1,2\r')
+    assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\nERROR\r\n"
+    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 566,socket connect failed\r\n\r\nOK\r\n"
+    assert host.at("AT+QSSLSTATE=2") == b"\r\nOK\r\n"
+
+
+def test_ml302_connectmode_1(emulator, open_modem):
+    host, port = open_modem("ml302", manual_time=True)
+    assert host.at("AT+CGACT=1,1").endswith(b"OK\r\n")
+    with TlsServer(mode="echo", legacy=True) as server:
+        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
+        connect(host, f'AT+QSSLOPEN=0,0,"{HOST}",{PORT},1')
+        echo(host, server, b"onemo" + NASTY)
+        emulator.wait_received(port, host.written)
+        emulator.advance(port, 1.1)
+        host.write(b"+++")
+        emulator.wait_received(port, host.written)
+        emulator.advance(port, 1.1)
+        assert host.read_until(b"\r\nOK\r\n") == b"\r\nOK\r\n"
+        assert b'"CONNECTED"' in host.at("AT+QSSLSTATE")
+        host.write(b'AT+QSSLOPEN=0,0,"x",1,1\r')        # ssid in use: the -2 line, then ERROR
+        assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\n+QSSLOPEN: 0,-2\r\n\r\nERROR\r\n"
+        assert host.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
+        assert host.read_until(b"0,CLOSE OK\r\n") == b"\r\n0,CLOSE OK\r\n"
+
+
+def test_eight_mib_both_ways_with_a_slow_reader(online):
+    """Random bytes with the escape-like runs inside, echoed: SHA-256 equal both ways,
+    the host writing as fast as it can while reading in odd-sized chunks."""
+    host, port, advance, server = online
+    connect(host)
+    blob = bytearray(os.urandom(8 << 20))
+    for i in range(0, len(blob), 1 << 20):
+        blob[i:i + len(NASTY)] = NASTY
+    blob = bytes(blob)
+    got = bytearray()
+    view = memoryview(blob)
+    sent = 0
+    import time
+    deadline = time.monotonic() + 120
+    host.ser.write_timeout = 0
+    while len(got) < len(blob):
+        assert time.monotonic() < deadline, f"stalled at {sent} sent, {len(got)} read"
+        if sent < len(blob):
+            try:
+                sent += host.ser.write(view[sent:sent + 65536]) or 0
+            except Exception:
+                pass
+        chunk = host.ser.read(min(host.ser.in_waiting or 1, 7919))
+        got += chunk
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(blob).hexdigest()
+    assert server.conn.sha256() == hashlib.sha256(blob).hexdigest()
+
+
+def test_flow_control_holds_both_sides_back_with_bounded_memory(online, emulator, open_modem):
+    """The host writes 16 MiB and reads nothing for a while: the emulator stops reading the
+    network once the pty is full, then the pty once the connection is full -- its own
+    buffers stay bounded -- and it keeps answering another modem; then everything arrives."""
+    import threading
+    import time
+    host, port, advance, server = online
+    other, _ = open_modem("ec2x")
+    connect(host)
+    blob = os.urandom(16 << 20)
+    writer = threading.Thread(target=host.ser.write, args=(blob,), daemon=True)
+    writer.start()
+    profile = port.modem.profile
+    limits = {"pty backlog": 64 * 1024 + 65536, "socket inbox": profile["ssl.recv_buffer"] + 65536,
+              "unsent to the network": profile.get("ssl.online_buffer", 256 * 1024) + 65536}
+    worst = dict.fromkeys(limits, 0)
+
+    def sample():
+        sock = next(iter(port.modem.feature("ssl", None).sockets.values()))
+        return {"pty backlog": port.port.backlog, "socket inbox": len(sock.inbox),
+                "unsent to the network": sock.send_backlog()}
+    for _ in range(8):
+        time.sleep(0.1)
+        for key, value in emulator.run(sample).items():
+            worst[key] = max(worst[key], value)
+    assert other.at("AT") == b"\r\nOK\r\n"          # the loop still serves other modems
+    assert writer.is_alive(), "16 MiB went through a host that reads nothing: no back-pressure"
+    assert all(worst[k] <= limits[k] for k in limits), (worst, limits)
+    got = host.read_exactly(len(blob), timeout=60)
+    writer.join(30)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
