@@ -57,6 +57,7 @@ class Interpreter:
         self._data: DataPhase | None = None    # set exactly in DATA mode
         self._pending: _Pending | None = None        # set exactly in PENDING mode
         self._online: OnlineLink | None = None       # set exactly in ONLINE mode
+        self._online_lf_until: float | None = None   # a first-byte LF before this is the line's
         self._escape: EscapeDetector | None = None   # its "+++" detector
         self._escape_timer = None
         self.last_online: OnlineLink | None = None   # the link that left online mode last (ATO)
@@ -276,7 +277,7 @@ class Interpreter:
             return False
         if response.online is not None:
             self._queue.clear()                  # the rest of the line is online data now
-            self._go_online(response.online)
+            self._go_online(response.online, after_line)
             return False
         if response.final == "OK":
             return True
@@ -310,20 +311,28 @@ class Interpreter:
         self._enter(Event.PROMPT)
         self._data = phase
         self.modem.write(framing.prompt(request.prompt, self.modem.settings))
-        # A host ending its lines with CR LF: the LF that came with the CR belongs to the
-        # command line, not to the data (which the host sends only after the prompt) --
-        # also when it arrives just after the prompt, from a host writing byte by byte.
-        if after_line and self.lexer.s3 == 13:
-            if self._inbox[:1] == b"\n":
-                del self._inbox[:1]
-                self.lexer.forget_line_end()
-            elif not self._inbox and self.lexer.crlf is not False:
-                # (a host known to end its lines with CR alone sends no LF: a first byte
-                # LF from it is data, however soon it comes)
-                phase.lf_until = self._line_end + self._lf_window
+        phase.lf_until = self._line_lf(after_line)
         self._restart_idle_timer(phase)
         if request.length == 0:
             self._finish_data(phase, "done")
+
+    def _line_lf(self, after_line: bool) -> float | None:
+        """A host ending its lines with CR LF: the LF that came with the CR belongs to the
+        command line, not to the data that follow a prompt or CONNECT (the host sends them
+        only after it) -- also when it arrives just after, from a host writing byte by
+        byte.  Drops an LF already waiting; returns until when a first-byte LF is still
+        the line's (None: it is data)."""
+        if not after_line or self.lexer.s3 != 13:
+            return None
+        if self._inbox[:1] == b"\n":
+            del self._inbox[:1]
+            self.lexer.forget_line_end()
+            return None
+        if not self._inbox and self.lexer.crlf is not False:
+            # (a host known to end its lines with CR alone sends no LF: a first byte
+            # LF from it is data, however soon it comes)
+            return self._line_end + self._lf_window
+        return None
 
     def _restart_idle_timer(self, phase: DataPhase) -> None:
         if phase.request.idle_timeout is None:
@@ -368,18 +377,28 @@ class Interpreter:
     def _guard_time(self) -> float:
         return self.modem.settings.sreg[12] / 50        # S12: fiftieths of a second
 
-    def _go_online(self, link: OnlineLink) -> None:
+    def _go_online(self, link: OnlineLink, after_line: bool) -> None:
         self._write_final("CONNECT")
         self._enter(Event.ONLINE)
         self._online = link
         self.last_online = link
         self._escape = EscapeDetector(self._guard_time(), self.modem.monotonic())
+        self._online_lf_until = self._line_lf(after_line)
+        crlf = self.lexer.crlf
         self.lexer.reset()
+        self.lexer.crlf = crlf
         link.started()
 
     def _feed_online(self) -> None:
+        if self._online_lf_until is not None:    # the first byte after CONNECT
+            late_lf = self._inbox[:1] == b"\n" and self.modem.monotonic() <= self._online_lf_until
+            self._online_lf_until = None
+            if late_lf:
+                del self._inbox[:1]
         data = bytes(self._inbox)
         self._inbox.clear()
+        if not data:
+            return
         escape, link = self._escape, self._online
         out = escape.feed(data, self.modem.monotonic())
         if out:

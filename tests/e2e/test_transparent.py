@@ -272,3 +272,21 @@ def test_flow_control_holds_both_sides_back_with_bounded_memory(online, emulator
     got = host.read_exactly(len(blob), timeout=60)
     writer.join(30)
     assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
+
+
+def test_crlf_line_endings_never_reach_the_server(online):
+    """A host ending lines with CR LF: the LF of AT+QSSLOPEN's and ATO's lines belongs to
+    the line, not to the connection, also when it arrives after CONNECT."""
+    host, port, advance, server = online
+    host.write(b"AT\r\n")
+    assert host.read_until(b"\r\nOK\r\n") == b"\r\nOK\r\n"
+    host.write(f'AT+QSSLOPEN=1,1,4,"{HOST}",{PORT},2\r\n'.encode())
+    assert host.read_until(b"\r\nCONNECT\r\n") == b"\r\nCONNECT\r\n"
+    echo(host, server, b"one")
+    assert escape(host, advance) == b"\r\nOK\r\n"
+    host.write(b"ATO\r")
+    assert host.read_until(b"\r\nCONNECT\r\n") == b"\r\nCONNECT\r\n"
+    host.write(b"\n")                                 # the LF, after CONNECT, within 50 ms
+    echo(host, server, b"two")
+    assert server.wait_received(6) == b"onetwo"
+    assert host.quiet_for(0.05) == b""
