@@ -31,6 +31,9 @@ class EscapeDetector:
     def feed(self, data: bytes, now: float) -> bytes:
         if not data:
             return b""
+        if not self.held and (data[0] != self.char or now - self.last_rx < self.guard):
+            self.last_rx = now                          # the common case: plain data, no copy
+            return data
         out = bytearray()
         start = 0
         if self.held == 3:                              # "+++" then more: all data

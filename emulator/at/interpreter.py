@@ -134,6 +134,9 @@ class Interpreter:
             log.warning("port busy: %d input bytes dropped (more than %d waiting)",
                         len(data) - room, MAX_WAITING_INPUT)
             data = data[:room]
+        if self.mode is Mode.ONLINE and not self._inbox and self._online_lf_until is None:
+            self._guarded(self._send_online, data)     # the fast path: no copy through the inbox
+            return
         self._inbox += data
         self._guarded(self._pump)
 
@@ -397,13 +400,15 @@ class Interpreter:
                 del self._inbox[:1]
         data = bytes(self._inbox)
         self._inbox.clear()
-        if not data:
-            return
-        escape, link = self._escape, self._online
-        out = escape.feed(data, self.modem.monotonic())
+        if data:
+            self._send_online(data)
+
+    def _send_online(self, data: bytes) -> None:
+        out = self._escape.feed(data, self.modem.monotonic())
         if out:
-            link.send(out)
-        self._arm_escape_timer()
+            self._online.send(out)
+        if self._escape.held or self._escape_timer is not None:
+            self._arm_escape_timer()
 
     def _arm_escape_timer(self) -> None:
         if self._escape_timer is not None:

