@@ -130,19 +130,30 @@ async def run(args: argparse.Namespace) -> int:
         await emulator.close()
         where = exc.filename or state_dir
         raise SystemExit(f"modem-emulator: cannot start: {where}: {exc.strerror or exc}")
-    print(entry.path, flush=True)
-    print(f"modem-emulator: {profile.name} ({profile['identity.model']}) on {entry.port.device}"
-          f"{' -> ' + entry.path if args.link else ''}; state in {state_dir}", file=sys.stderr)
-    print(f"  connect: python -m serial.tools.miniterm {entry.path} 115200", file=sys.stderr)
+    hints = [f"modem-emulator: {profile.name} ({profile['identity.model']}) on {entry.port.device}"
+             f"{' -> ' + entry.path if args.link else ''}; state in {state_dir}",
+             f"  connect: python -m serial.tools.miniterm {entry.path} 115200"]
     if args.demo:
-        print("  demo peer: 220.180.239.212:8010/8011 (TLS echo) and www.iottest.work:443 (HTTPS)\n"
-              "  are routed to loopback (www.iottest.work shows as 106.12.79.254);\n"
-              f"  {demo_material_hint(profile)}", file=sys.stderr)
-    print("  stop with Ctrl+C", file=sys.stderr)
+        hints.append("  demo peer: 220.180.239.212:8010/8011 (TLS echo) and www.iottest.work:443 (HTTPS)\n"
+                     "  are routed to loopback (www.iottest.work shows as 106.12.79.254);\n"
+                     f"  {demo_material_hint(profile)}")
+    hints.append("  stop with Ctrl+C")
+    _say(sys.stdout, entry.path)
+    for line in hints:
+        _say(sys.stderr, line)
 
     await stop.wait()
     await emulator.close()
     return 0
+
+
+def _say(stream, text: str) -> None:
+    """A line for the person or script that started us; their terminal may be gone
+    already (closed right after it showed the first line): that must not stop the modem."""
+    try:
+        print(text, file=stream, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
