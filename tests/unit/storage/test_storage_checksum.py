@@ -29,6 +29,8 @@ def naive_xor16(data: bytes) -> int:
         (b"\x12\x34\x56\x78", 0x444C),  # 0x1234 ^ 0x5678 = 0x444c
         (b"\xff\xff\xff\xff", 0x0000),  # a word XORed with itself vanishes
         (b"\x00\xff", 0x00FF),  # leading zero digits must survive formatting
+        (b"AB", 0x4142),  # ASCII text, one word
+        (b"ABC", 0x0242),  # 0x4142 ^ 0x4300
     ],
 )
 def test_known_vectors(data, expected):

@@ -57,7 +57,10 @@ def private_accesses(source: str, filename: str = "<source>") -> list[tuple[int,
             if _private(node.attr) and not _is_self(node.value):
                 found.append((node.lineno, ast.unparse(node)))
         elif isinstance(node, ast.Call):
-            if (isinstance(node.func, ast.Name) and node.func.id in ATTR_BUILTINS
+            if (_dynamic_import(node) and node.args and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str) and _private_module(node.args[0].value)):
+                found.append((node.lineno, ast.unparse(node)))
+            elif (isinstance(node.func, ast.Name) and node.func.id in ATTR_BUILTINS
                     and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
                     and isinstance(node.args[1].value, str) and _private(node.args[1].value)
                     and not _is_self(node.args[0])):
@@ -74,7 +77,19 @@ def private_accesses(source: str, filename: str = "<source>") -> list[tuple[int,
                     any(_private(p) for p in parts) or any(_private(a.name) for a in node.names))):
                 names = ", ".join(a.name for a in node.names)
                 found.append((node.lineno, f"from {node.module} import {names}"))
-    return found
+    return sorted(found)
+
+
+def _dynamic_import(node: ast.Call) -> bool:
+    """__import__("x"), importlib.import_module("x"), import_module("x")."""
+    func = node.func
+    name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+    return name in ("__import__", "import_module")
+
+
+def _private_module(name: str) -> bool:
+    parts = name.split(".")
+    return parts[0] == "ctypes" or (parts[0] not in OWN_PACKAGES and any(_private(p) for p in parts))
 
 
 def _scanned_files() -> list[Path]:
@@ -100,11 +115,13 @@ def test_the_check_sees_what_it_should():
         "        other._bad\n"
         "        self._buf._input_buffer\n"
         "        getattr(other, '_bad2'), getattr(self, '_ok'), getattr(other, '__dict__')\n"
+        "importlib.import_module('ctypes'), __import__('mbedtls._tls'), import_module('mbedtls.tls')\n"
     )
     assert private_accesses(source) == [
         (1, "import ctypes"), (2, "import mbedtls._tls"), (3, "from mbedtls import _tls"),
         (4, "from mbedtls.tls import _x"),
         (9, "other._bad"), (10, "self._buf._input_buffer"), (11, "getattr(other, '_bad2')"),
+        (12, "__import__('mbedtls._tls')"), (12, "importlib.import_module('ctypes')"),
     ]
 
 
