@@ -218,6 +218,19 @@ def test_eight_mib_both_ways_with_a_slow_reader(online):
     the host writing as fast as it can while reading in odd-sized chunks."""
     host, port, advance, server = online
     connect(host)
+    eight_mib_echo(host, server)
+
+
+def test_eight_mib_both_ways_ml302(emulator, open_modem):
+    host, _ = open_modem("ml302", manual_time=True)
+    assert host.at("AT+CGACT=1,1").endswith(b"OK\r\n")
+    with TlsServer(mode="echo", legacy=True) as server:
+        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
+        connect(host, f'AT+QSSLOPEN=0,0,"{HOST}",{PORT},1')
+        eight_mib_echo(host, server)
+
+
+def eight_mib_echo(host, server) -> None:
     blob = bytearray(os.urandom(8 << 20))
     for i in range(0, len(blob), 1 << 20):
         blob[i:i + len(NASTY)] = NASTY
