@@ -48,8 +48,10 @@ class Args:
 
     def parse_int(self, text: str, lo: int, hi: int, i: int = 0) -> int:
         text = text.strip()
-        digits = text[1:] if text[:1] in ("+", "-") else text
-        if not digits or not digits.isascii() or not digits.isdigit():   # "²".isdigit() is True
+        # ASCII digits only, a minus sign only where the range has negative values (no
+        # module takes "+1" or "-0" for 1 or 0); "²".isdigit() is True, hence isascii().
+        digits = text[1:] if text[:1] == "-" and lo < 0 else text
+        if not digits or not digits.isascii() or not digits.isdigit():
             raise self.fail(f"parameter {i + 1} {text!r} is not a number")
         if len(text) > 12:
             raise self.fail(f"parameter {i + 1} out of range")

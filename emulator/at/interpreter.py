@@ -42,6 +42,7 @@ class _Pending:
     def __init__(self, after_line: bool, raw: str) -> None:
         self.after_line = after_line
         self.raw = raw
+        self.orphaned = False      # the host that asked closed the port: nobody to answer
 
 
 class Interpreter:
@@ -156,6 +157,10 @@ class Interpreter:
             log.info("host closed the port in online data mode: the connection stays open (ATO)")
             self._abandon()
             link.escaped()
+        if self._pending is not None:
+            # The answer still comes (the command runs to its end), but not to the next
+            # host: it would read an OK it never asked for and be one answer off.
+            self._pending.orphaned = True
         self._enter(Event.HANGUP)
         self._inbox.clear()
         self._queue.clear()
@@ -304,6 +309,13 @@ class Interpreter:
         self._enter(Event.DONE)
         self._raw = pending.raw
         response = self._call(outcome, raw=pending.raw, what="the answer of ")
+        if pending.orphaned:
+            log.info("answer of AT%s not written: the host that sent it closed the port",
+                     loggable(pending.raw))
+            if response.online is not None:
+                self.last_online = response.online     # the connection is up: ATO reaches it
+            self._pump()
+            return
         if self._handle(response, pending.after_line):
             self._run_queue(pending.after_line)
         self._pump()

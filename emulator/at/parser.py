@@ -114,7 +114,8 @@ def _skip_to_separator(text: str, i: int) -> int:
 
 def split_args(text: str) -> list[Arg | None] | None:
     """Comma-separated parameters; None for an omitted one.  Returns None for a
-    malformed list (a quote left open, text after a closing quote)."""
+    malformed list (a quote left open, text after a closing quote, a quote inside an
+    unquoted value)."""
     args: list[Arg | None] = []
     i, n = 0, len(text)
     if not text.strip():
@@ -136,6 +137,8 @@ def split_args(text: str) -> list[Arg | None] | None:
             comma = text.find(",", i)
             comma = n if comma < 0 else comma
             raw = text[i:comma].strip()
+            if '"' in raw:
+                return None            # a stray quote in an unquoted value: abc"
             value = Arg(raw) if raw else None
             i = comma
         args.append(value)

@@ -33,15 +33,17 @@ class ModemClock:
         if not -96 <= quarters <= 96:        # 27.007: -96..+96
             return False
         try:
+            # As UTC, then the zone's offset taken off by hand: Python's timezone() refuses
+            # +-24 h, which 27.007's +-96 quarters reach.
             local = datetime(2000 + int(yy), int(mo), int(dd), int(hh), int(mi), int(ss),
-                             tzinfo=timezone(timedelta(minutes=15 * quarters)))
+                             tzinfo=timezone.utc)
         except ValueError:
             return False
-        self._offset = local.timestamp() - self._system_now()
+        self._offset = local.timestamp() - 900 * quarters - self._system_now()
         self.quarters = quarters
         return True
 
     def format_local(self) -> str:
-        local = self.now().astimezone(timezone(timedelta(minutes=15 * self.quarters)))
+        local = (self.now() + timedelta(minutes=15 * self.quarters)).replace(tzinfo=None)
         sign = "+" if self.quarters >= 0 else "-"
         return local.strftime("%y/%m/%d,%H:%M:%S") + f"{sign}{abs(self.quarters):02d}"

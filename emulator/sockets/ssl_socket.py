@@ -390,7 +390,10 @@ class SslSocket:
             if self._paused:
                 transport.resume_reading()     # or the peer's FIN would never be seen
                 self._paused = False
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError as exc:             # reset right after its close_notify: gone already
+                log.debug("SSL socket %d: no FIN after the peer's close_notify: %s", self.client_id, exc)
 
     def _arm_timer(self) -> None:
         if self._timer is not None:
