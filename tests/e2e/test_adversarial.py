@@ -7,6 +7,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 
 import pytest
 
@@ -30,6 +31,13 @@ def raw_tls_server(pki, script):
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     return listener.getsockname()[1], thread
+
+
+def open_via(ec2x, emulator, port: int, name: str, client_id: int = 0, mode: int = 0) -> None:
+    """Route `name`:443 to the server, activate PDP context 1, open the socket (OK)."""
+    emulator.router.add_map(name, 443, "127.0.0.1", port)
+    assert ec2x.at("AT+QIACT=1") == b"\r\nOK\r\n"
+    assert ec2x.at(f'AT+QSSLOPEN=1,1,{client_id},"{name}",443,{mode}') == b"\r\nOK\r\n"
 
 
 def rst(sock) -> None:
@@ -70,9 +78,7 @@ def test_close_notify_then_rst_is_reported_as_close_notify(ec2x, emulator, pki, 
             pass
         rst(tls)                                          # ... and at once an RST
     port, thread = raw_tls_server(pki, script)
-    emulator.router.add_map("r.test", 443, "127.0.0.1", port)
-    assert ec2x.at("AT+QIACT=1") == b"\r\nOK\r\n"
-    assert ec2x.at('AT+QSSLOPEN=1,1,0,"r.test",443,0') == b"\r\nOK\r\n"
+    open_via(ec2x, emulator, port, "r.test")
     ec2x.seen(b"\r\n+QSSLOPEN: 0,0\r\n")
     ec2x.seen(b'\r\n+QSSLURC: "recv",0\r\n')
     ec2x.seen(b'\r\n+QSSLURC: "closed",0\r\n')
@@ -88,25 +94,22 @@ def test_a_pending_answer_is_not_given_to_the_next_host(emulator, open_modem, pk
     read that command's OK as the answer to its own first command."""
     from emulator.testing.host import Host
     host, port = open_modem("ec2x")
-    import time
     port_no, thread = raw_tls_server(pki, lambda tls: time.sleep(3))     # ignores our FIN
-    if True:
-        emulator.router.add_map("s.test", 443, "127.0.0.1", port_no)
-        assert host.at("AT+QIACT=1") == b"\r\nOK\r\n"
-        assert host.at('AT+QSSLOPEN=1,1,1,"s.test",443,0') == b"\r\nOK\r\n"
-        host.seen(b"+QSSLOPEN: 1,0")
-        host.write(b"AT+QSSLCFG=\"closetimemode\",1,1\r")
-        host.read_until(b"\r\nOK\r\n")
-        host.write(b"AT+QSSLCLOSE=1,1000\r")              # lingers 1 s (ms mode)
-        host.close()
-        time.sleep(0.25)                                 # the hang-up is seen ...
-        again = Host(port.path)                          # ... and a new host opens the port
-        time.sleep(0.1)                                  # while the close still lingers
-        try:
-            assert again.at("AT+CSQ").startswith(b"\r\n+CSQ: ")    # not the old OK
-            assert again.at("ATI").startswith(b"\r\nQuectel\r\n")
-        finally:
-            again.close()
+    open_via(host, emulator, port_no, "s.test", client_id=1)
+    host.seen(b"+QSSLOPEN: 1,0")
+    host.write(b"AT+QSSLCFG=\"closetimemode\",1,1\r")
+    host.read_until(b"\r\nOK\r\n")
+    host.write(b"AT+QSSLCLOSE=1,1000\r")                  # lingers 1 s (ms mode)
+    host.close()
+    time.sleep(0.25)                                     # the hang-up is seen ...
+    again = Host(port.path)                              # ... and a new host opens the port
+    time.sleep(0.1)                                      # while the close still lingers
+    try:
+        assert again.at("AT+CSQ").startswith(b"\r\n+CSQ: ")        # not the old OK
+        assert again.at("ATI").startswith(b"\r\nQuectel\r\n")
+    finally:
+        again.close()
+    thread.join(5)
 
 
 def test_ccklk_takes_the_whole_27_007_zone_range(ec2x):

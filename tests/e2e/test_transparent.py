@@ -193,24 +193,30 @@ def test_failed_transparent_open_is_error(online, emulator):
     assert host.at("AT+QSSLSTATE=2") == b"\r\nOK\r\n"
 
 
-def test_ml302_connectmode_1(emulator, open_modem):
+@pytest.fixture
+def ml302_online(emulator, open_modem):
+    """(host, advance(s), server): an ML302 on manual time, online with connectmode 1."""
     host, port = open_modem("ml302", manual_time=True)
     assert host.at("AT+CGACT=1,1").endswith(b"OK\r\n")
     with TlsServer(mode="echo", legacy=True) as server:
         emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
         connect(host, f'AT+QSSLOPEN=0,0,"{HOST}",{PORT},1')
-        echo(host, server, b"onemo" + NASTY)
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, 1.1)
-        host.write(b"+++")
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, 1.1)
-        assert host.read_until(b"\r\nOK\r\n") == b"\r\nOK\r\n"
-        assert b'"CONNECTED"' in host.at("AT+QSSLSTATE")
-        host.write(b'AT+QSSLOPEN=0,0,"x",1,1\r')        # ssid in use: the -2 line, then ERROR
-        assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\n+QSSLOPEN: 0,-2\r\n\r\nERROR\r\n"
-        assert host.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
-        assert host.read_until(b"0,CLOSE OK\r\n") == b"\r\n0,CLOSE OK\r\n"
+
+        def advance(seconds: float) -> None:
+            emulator.wait_received(port, host.written)
+            emulator.advance(port, seconds)
+        yield host, advance, server
+
+
+def test_ml302_connectmode_1(ml302_online):
+    host, advance, server = ml302_online
+    echo(host, server, b"onemo" + NASTY)
+    assert escape(host, advance) == b"\r\nOK\r\n"
+    assert b'"CONNECTED"' in host.at("AT+QSSLSTATE")
+    host.write(b'AT+QSSLOPEN=0,0,"x",1,1\r')            # ssid in use: the -2 line, then ERROR
+    assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\n+QSSLOPEN: 0,-2\r\n\r\nERROR\r\n"
+    assert host.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
+    assert host.read_until(b"0,CLOSE OK\r\n") == b"\r\n0,CLOSE OK\r\n"
 
 
 def test_eight_mib_both_ways_with_a_slow_reader(online):
@@ -221,13 +227,9 @@ def test_eight_mib_both_ways_with_a_slow_reader(online):
     eight_mib_echo(host, server)
 
 
-def test_eight_mib_both_ways_ml302(emulator, open_modem):
-    host, _ = open_modem("ml302", manual_time=True)
-    assert host.at("AT+CGACT=1,1").endswith(b"OK\r\n")
-    with TlsServer(mode="echo", legacy=True) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        connect(host, f'AT+QSSLOPEN=0,0,"{HOST}",{PORT},1')
-        eight_mib_echo(host, server)
+def test_eight_mib_both_ways_ml302(ml302_online):
+    host, _, server = ml302_online
+    eight_mib_echo(host, server)
 
 
 def eight_mib_echo(host, server) -> None:
@@ -254,37 +256,58 @@ def eight_mib_echo(host, server) -> None:
     assert server.conn.sha256() == hashlib.sha256(blob).hexdigest()
 
 
-def test_flow_control_holds_both_sides_back_with_bounded_memory(online, emulator, open_modem):
-    """The host writes 16 MiB and reads nothing for a while: the emulator stops reading the
-    network once the pty is full, then the pty once the connection is full -- its own
-    buffers stay bounded -- and it keeps answering another modem; then everything arrives."""
+def test_flow_control_holds_both_sides_back_with_bounded_memory(emulator, open_modem):
+    """A server that reads nothing for a second, a host that writes 16 MiB and reads
+    nothing meanwhile: the emulator stops reading the pty once the connection is full (the
+    host's writes block) and, once the echo comes, stops reading the network while the host
+    does not read; its own buffers stay bounded, other modems are served; then everything
+    arrives intact."""
     import threading
     import time
-    host, port, advance, server = online
-    other, _ = open_modem("ec2x")
-    connect(host)
-    blob = os.urandom(16 << 20)
-    writer = threading.Thread(target=host.ser.write, args=(blob,), daemon=True)
-    writer.start()
-    profile = port.modem.profile
-    limits = {"pty backlog": 64 * 1024 + 65536, "socket inbox": profile["ssl.recv_buffer"] + 65536,
-              "unsent to the network": profile.get("ssl.online_buffer", 256 * 1024) + 65536}
-    worst = dict.fromkeys(limits, 0)
 
-    def sample():
-        sock = next(iter(port.modem.feature("ssl", None).sockets.values()))
-        return {"pty backlog": port.port.backlog, "socket inbox": len(sock.inbox),
-                "unsent to the network": sock.send_backlog()}
-    for _ in range(8):
-        time.sleep(0.1)
-        for key, value in emulator.run(sample).items():
+    def slow_echo(conn):
+        time.sleep(1.0)
+        while data := conn.recv(65536):
+            conn.sendall(data)
+    host, port = open_modem("ec2x", manual_time=True)
+    other, _ = open_modem("ec2x")
+    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+    with TlsServer(handler=slow_echo, legacy=True) as server:
+        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
+        connect(host)
+        blob = os.urandom(16 << 20)
+        writer = threading.Thread(target=host.ser.write, args=(blob,), daemon=True)
+        writer.start()
+        profile = port.modem.profile
+        # Each limit may be passed by what one read brings before the pause takes effect:
+        # asyncio reads up to 256 KiB from the network, the port up to 256 KiB from the pty.
+        one_read = 272 << 10
+        limits = {"pty backlog": 64 * 1024 + 65536,
+                  "socket inbox": profile["ssl.recv_buffer"] + one_read,
+                  "unsent to the network": profile.get("ssl.online_buffer", 256 * 1024) + one_read}
+        worst = dict.fromkeys(limits, 0)
+        pty_paused = False
+
+        def sample():
+            sock = next(iter(port.modem.feature("ssl", None).sockets.values()))
+            return port.port.reading, {"pty backlog": port.port.backlog, "socket inbox": len(sock.inbox),
+                                       "unsent to the network": sock.send_backlog()}
+        for _ in range(8):
+            time.sleep(0.1)
+            reading, sizes = emulator.run(sample)
+            pty_paused = pty_paused or not reading
+            for key, value in sizes.items():
+                worst[key] = max(worst[key], value)
+        assert pty_paused, "the emulator never stopped reading the pty"
+        assert writer.is_alive(), "16 MiB went into a connection nobody read: no back-pressure"
+        assert other.at("AT") == b"\r\nOK\r\n"      # the loop still serves other modems
+        time.sleep(0.5)                                 # the echo starts; the host still reads nothing
+        for key, value in emulator.run(sample)[1].items():
             worst[key] = max(worst[key], value)
-    assert other.at("AT") == b"\r\nOK\r\n"          # the loop still serves other modems
-    assert writer.is_alive(), "16 MiB went through a host that reads nothing: no back-pressure"
-    assert all(worst[k] <= limits[k] for k in limits), (worst, limits)
-    got = host.read_exactly(len(blob), timeout=60)
-    writer.join(30)
-    assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
+        assert all(worst[k] <= limits[k] for k in limits), (worst, limits)
+        got = host.read_exactly(len(blob), timeout=60)
+        writer.join(30)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
 
 
 def test_crlf_line_endings_never_reach_the_server(online):
