@@ -209,6 +209,7 @@ class Interpreter:
 
     # -- command execution ---------------------------------------------------
     def _start_line(self, body: bytes) -> None:
+        self.modem.trace("line", line=body)
         try:
             self._queue = list(parse_line(body))
         except Exception:     # the parser never raises by design; if it does, the line still ends
@@ -504,6 +505,7 @@ class Interpreter:
 
     def _write_final(self, final) -> None:
         self.modem.write(framing.final(final, self.modem.settings, self.modem.profile))
+        self.modem.trace("final")
 
 
 def _final_name(final) -> str:

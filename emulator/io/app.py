@@ -44,16 +44,23 @@ class Emulator:
 
     async def add_modem(self, profile: Profile | str, *, link: str | Path | None = None,
                         state_dir: str | Path | None = None, name: str | None = None,
-                        manual_time: bool = False) -> ModemPort:
-        """manual_time: the modem's timers wait for advance() (tests of timeouts)."""
+                        manual_time: bool = False, trace=None) -> ModemPort:
+        """manual_time: the modem's timers wait for advance() (tests of timeouts).
+        trace: a path or an emulator.tools.trace.TraceWriter (shared by several modems
+        if wanted): every byte each way, commands, socket events (JSON lines)."""
         loop = asyncio.get_running_loop()
         if isinstance(profile, str):
             profile = load_profile(profile)
         modem = Modem(profile, state_dir=state_dir, network=self.router,
                       name=name or f"modem{len(self.ports)}", keylog=self.keylog, manual_time=manual_time)
-        port = PtyPort(loop, modem.feed, link, on_hangup=modem.host_hangup, on_drain=modem.output_drained,
+        feed = modem.feed
+        if trace is not None:
+            from emulator.tools.trace import attach_trace
+            feed, wrap_sink = attach_trace(trace, modem, len(self.ports))
+        port = PtyPort(loop, feed, link, on_hangup=modem.host_hangup, on_drain=modem.output_drained,
                        max_backlog=profile.get("serial.output_backlog", 1 << 20))
-        modem.attach(port.write, loop, backlog=lambda: port.backlog, reading=port.set_reading)
+        sink = port.write if trace is None else wrap_sink(port.write)
+        modem.attach(sink, loop, backlog=lambda: port.backlog, reading=port.set_reading)
         if self.demo is not None:
             from emulator.tools.demo_setup import install_demo_material
             install_demo_material(modem, self.demo)

@@ -53,6 +53,7 @@ class Modem:
         self._reading: Callable[[bool], None] | None = None
         self.dtr = 1                      # the host's DTR line (set_dtr)
         self._backlog: Callable[[], int] = lambda: 0
+        self.tracer = None                # a trace (emulator/tools/trace.py) when attached
         self.interpreter = Interpreter(self)
 
     @property
@@ -75,6 +76,11 @@ class Modem:
     def monotonic(self) -> float:
         """The modem's monotonic time in seconds (its Timers; manual in tests)."""
         return self.timers.monotonic()
+
+    def trace(self, kind: str, /, **fields) -> None:
+        """A trace record (emulator/tools/trace.py); nothing unless a trace is attached."""
+        if self.tracer is not None:
+            self.tracer.event(kind, fields)
 
     def call_later(self, delay: float, callback: Callable, *args):
         """A timer on the modem's time (emulator/modem/timers.py)."""

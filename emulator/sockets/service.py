@@ -117,6 +117,8 @@ class SslService:
                 log.warning("SSL open %d to %s:%d, closed meanwhile: %s", sock.client_id, sock.host,
                             sock.port, reason, exc_info=exc)
             return                                   # closed by the host meanwhile
+        self.modem.trace("open_result", socket=sock.client_id, code=0 if kind is None else self.code(kind),
+                         kind=kind, reason=reason)
         if kind is None:
             sock.delivery.opened(sock, 0)
             return

@@ -103,6 +103,10 @@ def _lost_reason(exc: Exception | None) -> str:
     return f"connection lost: {exc}"
 
 
+def _no_trace(kind: str, /, **fields) -> None:
+    pass
+
+
 class SocketOwner(Protocol):
     def on_opened(self, sock: "SslSocket", error_kind: str | None, reason: str,
                   exc: BaseException | None = None) -> None: ...
@@ -176,6 +180,7 @@ class SslSocket:
         # Called when the kernel has taken the connection's write backlog down again
         # (online data mode holds the pty back meanwhile).
         self.on_writable: Callable[[], None] | None = None
+        self._trace = getattr(getattr(owner, "modem", None), "trace", _no_trace)   # tools/trace.py
 
     # -- state ------------------------------------------------------------------
     @property
@@ -210,6 +215,7 @@ class SslSocket:
         (the ML302's AT+QSSLOPEN <timeout>); None = the EC2x's separate limits."""
         if not self._go("open"):
             return
+        self._trace("open", socket=self.client_id, host=self.host, port=self.port, dtls=settings.dtls)
         self._task = asyncio.ensure_future(
             self._open(router, settings, negotiate_timeout, cache, cache_key, total_timeout))
 
@@ -265,7 +271,7 @@ class SslSocket:
         negotiate_timeout = max(0.0, min(negotiate_timeout, deadline - timers.monotonic()))
         self._opened = asyncio.get_running_loop().create_future()
         self._phase = "setup"
-        self.session = TlsClientSession(settings, cache, cache_key)
+        self.session = getattr(self.owner, "session_factory", TlsClientSession)(settings, cache, cache_key)
         self.session.start()
         self._phase = "handshake"
         self._pump()
@@ -280,6 +286,8 @@ class SslSocket:
             return
         self._go("established")
         hs = self.handshake
+        self._trace("handshake", socket=self.client_id, version=hs.version, cipher=hs.cipher_name,
+                    alpn=hs.alpn, resumed=hs.resumed)
         log.info("SSL socket %d connected to %s:%d (%s, %s%s%s)", self.client_id, self.host, self.port,
                  hs.version, hs.cipher_name, f", ALPN {hs.alpn}" if hs.alpn else "",
                  ", resumed" if hs.resumed else "")
@@ -372,6 +380,7 @@ class SslSocket:
                     self._end_tcp()
                 self._peer_closed(self._eof_reason or CLOSE_NOTIFY)
             elif isinstance(event, TlsFailure):
+                self._trace("tls_failure", socket=self.client_id, kind=event.kind, reason=event.reason)
                 if self._opened is not None and not self._opened.done():
                     self._opened.set_result((event.kind, event.reason))
                 elif self._state is CONNECTED:
@@ -415,6 +424,7 @@ class SslSocket:
     def _received(self, data: bytes) -> None:
         was_empty = not self.inbox
         self.inbox += data
+        self._trace("received", socket=self.client_id, data=data)
         if len(self.inbox) >= self.recv_limit and self._transport is not None and not self._paused:
             if hasattr(self._transport, "pause_reading"):
                 self._transport.pause_reading()
@@ -438,6 +448,7 @@ class SslSocket:
         return data
 
     def send(self, data: bytes) -> None:
+        self._trace("sent", socket=self.client_id, data=data)
         self.session.send(data)
         self._pump()
 
@@ -474,6 +485,7 @@ class SslSocket:
                 self._peer_gone = reason
             return
         self._go("peer_closed")
+        self._trace("peer_closed", socket=self.client_id, reason=reason)
         log.info("SSL socket %d: %s", self.client_id, reason)
         self.owner.on_closed(self, reason)
 
@@ -501,6 +513,7 @@ class SslSocket:
         host's AT+QSSLCLOSE always gets its answer."""
         self._stop_opening()
         was_connected = self._state is CONNECTED
+        self._trace("close", socket=self.client_id)
         if self._state is not INITIAL:
             self._go("close")             # the TCP close that follows is ours, not the peer's
         try:

@@ -1,0 +1,695 @@
+"""Trace and replay (issue 12): what a modem did, as JSON lines, and a fresh modem driven
+with the host side of it.
+
+Writing a trace
+    Emulator.add_modem(..., trace=PATH_OR_WRITER) attaches a TraceWriter to the modem
+    (app.py wraps the modem's feed and its output sink; nothing else changes).  Hooks in
+    the interpreter and the SSL socket call `modem.trace(kind, **fields)`, a no-op when
+    no trace is attached.  One JSON object per line, every one with
+        "t"      seconds since the trace began (monotonic clock), "modem" (index), "kind":
+    kinds:
+        start        profile, name, wall (UTC, ISO 8601), version (of this format: 1)
+        io           dir "in" (host -> modem) | "out" (modem -> host), data
+        cmd          line (the command line as the host sent it, "AT..."), answer (every
+                     byte the modem wrote from the line's start to its final result, a
+                     data prompt included; URCs queued meanwhile come after it), done
+                     (false: the next line came before a final result)
+        open         socket, host, port, dtls          (AT+QSSLOPEN starts connecting)
+        handshake    socket, version, cipher, alpn, resumed
+        tls_failure  socket, failure (kind), reason    (alerts, verification, ...)
+        open_result  socket, code (what the host is told), failure (kind or null), reason
+        sent         socket, data (plaintext the host sent on the socket)
+        received     socket, data (plaintext the server sent)
+        peer_closed  socket, how ("close_notify" | "fin" | "rst" | "other"), reason
+        close        socket                            (AT+QSSLCLOSE)
+    Every "data"/"answer"/"line" is the bytes as a JSON string of code points 0-255
+    (bytes.decode("latin-1")): lossless, and readable for AT text.  Each record carries
+    "in"/"out": how many bytes the host had sent / been sent so far (replay syncs on them).
+    The file is created 0600: it holds the plaintext of every connection.
+
+Reading one
+    show_main(argv) -> int     `modem-emulator trace show FILE [--socket N] [--modem N]`
+    replay_main(argv) -> int   `modem-emulator replay FILE [--profile P] [--modem N]
+                                [--ignore REGEX]...`: 0 no difference, 1 a difference
+                                (printed), 2 unusable input
+    Until the CLI wires them: python -m emulator.tools.trace show|replay FILE ...
+
+Replay drives a fresh offline modem (BackgroundEmulator) through its pty with the host's
+bytes, each chunk once the modem has written as many bytes as it had before that chunk in
+the trace (and not sooner after the previous chunk than recorded: "+++" guard times).  The
+network side is a loopback TCP server on the emulator's loop standing in for every server
+the trace connected to: the replayed sockets use a plaintext stand-in of the TLS session
+(ReplaySession: the server's first line says how the handshake ended, as recorded, then
+the connection carries the recorded plaintext), and the server sends each recorded
+"received" once the host has sent as many bytes as it had then, and expects each
+recorded "sent".  It then compares the command answers in order, then the whole output,
+and prints the first difference.  A plain AT log (">> AT..." / "<< OK" lines, or a
+miniterm capture with echo: lines starting "AT" are commands) is replayed command by
+command, answers compared line by line (no network side: it has no plaintext).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT_VERSION = 1
+
+
+def _s(data: bytes) -> str:
+    return bytes(data).decode("latin-1")
+
+
+def _b(text: str) -> bytes:
+    return text.encode("latin-1")
+
+
+def close_kind(reason: str) -> str:
+    from emulator.sockets.ssl_socket import CLOSE_NOTIFY, FIN, RST
+    for marker, kind in ((CLOSE_NOTIFY, "close_notify"), (FIN, "fin"), (RST, "rst")):
+        if reason.startswith(marker):
+            return kind
+    return "other"
+
+
+# -- writing ------------------------------------------------------------------------
+class TraceWriter:
+    """JSON lines to `path` (created 0600), or kept in `records` when path is None."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = path
+        self.records: list[dict] = []
+        self._file = None
+        if path is not None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._file = os.fdopen(fd, "w", encoding="ascii")
+        self._t0 = time.monotonic()
+
+    def write(self, record: dict) -> None:
+        record = {"t": round(time.monotonic() - self._t0, 6), **record}
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        else:
+            self.records.append(record)
+
+    def attach(self, modem, index: int = 0) -> "ModemTrace":
+        tracer = ModemTrace(self, index)
+        modem.tracer = tracer
+        self.write({"modem": index, "kind": "start", "profile": modem.profile.name, "name": modem.name,
+                    "wall": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+                    "version": FORMAT_VERSION, "in": 0, "out": 0})
+        return tracer
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class ModemTrace:
+    """One modem's side of a writer: counts bytes each way, pairs lines with answers."""
+
+    def __init__(self, writer: TraceWriter, index: int) -> None:
+        self.writer = writer
+        self.index = index
+        self.in_total = 0
+        self.out_total = 0
+        self._line: bytes | None = None
+        self._answer = bytearray()
+
+    def _write(self, kind: str, fields: dict) -> None:
+        self.writer.write({"modem": self.index, "kind": kind, **fields, "in": self.in_total, "out": self.out_total})
+
+    def host_bytes(self, data: bytes) -> None:
+        self.in_total += len(data)
+        self._write("io", {"dir": "in", "data": _s(data)})
+
+    def modem_bytes(self, data: bytes) -> None:
+        self.out_total += len(data)
+        if self._line is not None:
+            self._answer += data
+        self._write("io", {"dir": "out", "data": _s(data)})
+
+    def _cmd(self, done: bool) -> None:
+        self._write("cmd", {"line": _s(b"AT" + self._line), "answer": _s(self._answer), "done": done})
+        self._line = None
+        self._answer = bytearray()
+
+    def event(self, kind: str, fields: dict) -> None:
+        if kind == "line":
+            if self._line is not None:
+                self._cmd(False)
+            self._line = bytes(fields["line"])
+            return
+        if kind == "final":
+            if self._line is not None:
+                self._cmd(True)
+            return
+        fields = {k: _s(v) if isinstance(v, (bytes, bytearray, memoryview)) else v for k, v in fields.items()}
+        if "kind" in fields:                     # a failure kind ("verify", "dns", ...)
+            fields["failure"] = fields.pop("kind")
+        if kind == "peer_closed":
+            fields["how"] = close_kind(fields.get("reason", ""))
+        self._write(kind, fields)
+
+
+def attach_trace(trace, modem, index: int):
+    """For Emulator.add_modem: (feed, wrap_sink) recording every byte each way."""
+    writer = trace if isinstance(trace, TraceWriter) else TraceWriter(trace)
+    tracer = writer.attach(modem, index)
+    if writer is not trace:
+        modem.on("shutdown", writer.close)
+    feed = modem.feed
+
+    def traced_feed(data: bytes) -> None:
+        tracer.host_bytes(data)
+        feed(data)
+
+    def wrap_sink(sink):
+        def traced_sink(data: bytes) -> None:
+            tracer.modem_bytes(data)
+            sink(data)
+        return traced_sink
+    return traced_feed, wrap_sink
+
+
+# -- reading --------------------------------------------------------------------------
+def read_trace(path: str | os.PathLike) -> list[dict]:
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{n}: not a JSON line: {exc}") from None
+    return records
+
+
+def escape(data: bytes) -> str:
+    """Bytes for a person: printable ASCII as is, \\r \\n \\t, the rest \\xNN."""
+    out = []
+    for b in data:
+        if b == 0x5C:
+            out.append("\\\\")
+        elif 0x20 <= b < 0x7F:
+            out.append(chr(b))
+        else:
+            out.append({13: "\\r", 10: "\\n", 9: "\\t"}.get(b, f"\\x{b:02x}"))
+    return "".join(out)
+
+
+def hexdump(data: bytes, indent: str = "") -> list[str]:
+    lines = []
+    for i in range(0, len(data), 16):
+        chunk = data[i:i + 16]
+        hx = " ".join(f"{b:02x}" for b in chunk)
+        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
+        lines.append(f"{indent}{i:08x}  {hx:<47}  |{text}|")
+    return lines
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    """After each LF, so an answer shows one line of text per line of output."""
+    parts = re.split(rb"(?<=\n)", data)
+    return [p for p in parts if p]
+
+
+def render(records: list[dict], socket: int | None = None, modem: int | None = None) -> list[str]:
+    lines: list[str] = []
+    t0 = records[0]["t"] if records else 0.0
+    for r in records:
+        if modem is not None and r.get("modem", 0) != modem:
+            continue
+        kind = r.get("kind")
+        if socket is not None and r.get("socket") != socket:
+            continue
+        head = f"{r['t'] - t0:+10.3f}s m{r.get('modem', 0)}"
+        if kind == "start":
+            lines.append(f"{head} start {r.get('profile')} ({r.get('name')}) at {r.get('wall')}")
+        elif kind == "io":
+            arrow = ">>" if r["dir"] == "in" else "<<"
+            for part in _split_lines(_b(r["data"])):
+                lines.append(f"{head} {arrow} {escape(part)}")
+        elif kind == "cmd":
+            state = "" if r.get("done", True) else " (no final result)"
+            lines.append(f"{head} == {escape(_b(r['line']))} -> {escape(_b(r['answer']))}{state}")
+        elif kind in ("sent", "received"):
+            data = _b(r["data"])
+            what = "sent" if kind == "sent" else "received"
+            lines.append(f"{head} socket {r['socket']} {what} {len(data)} bytes")
+            lines.extend(hexdump(data, " " * 14))
+        elif kind == "open":
+            lines.append(f"{head} socket {r['socket']} open {r['host']}:{r['port']}{' (DTLS)' if r.get('dtls') else ''}")
+        elif kind == "handshake":
+            extra = (f", ALPN {r['alpn']}" if r.get("alpn") else "") + (", resumed" if r.get("resumed") else "")
+            lines.append(f"{head} socket {r['socket']} handshake {r['version']} {r['cipher']}{extra}")
+        elif kind == "tls_failure":
+            lines.append(f"{head} socket {r['socket']} TLS failure ({r['failure']}): {r['reason']}")
+        elif kind == "open_result":
+            why = f" ({r['failure']}: {r['reason']})" if r.get("code") else ""
+            lines.append(f"{head} socket {r['socket']} open result {r['code']}{why}")
+        elif kind == "peer_closed":
+            lines.append(f"{head} socket {r['socket']} peer closed ({r['how']}): {r['reason']}")
+        elif kind == "close":
+            lines.append(f"{head} socket {r['socket']} closed by the host")
+        else:
+            lines.append(f"{head} {kind} {json.dumps({k: v for k, v in r.items() if k not in ('t', 'modem', 'kind')})}")
+    return lines
+
+
+def show_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="modem-emulator trace show",
+                                description="render a trace (--trace FILE) for a person")
+    p.add_argument("file")
+    p.add_argument("--socket", type=int, help="only this socket's events and data")
+    p.add_argument("--modem", type=int, help="only this modem (index)")
+    args = p.parse_args(argv)
+    try:
+        records = read_trace(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"modem-emulator trace show: {exc}", file=sys.stderr)
+        return 2
+    try:
+        for line in render(records, args.socket, args.modem):
+            print(line)
+    except BrokenPipeError:
+        pass
+    return 0
+
+
+# -- replay: the network side -----------------------------------------------------------
+@dataclass
+class Script:
+    """One recorded connection: how its handshake ended and its plaintext, in order."""
+    socket: int
+    host: str
+    port: int
+    header: dict = field(default_factory=dict)      # {"ok": true, version, cipher} or {"fail": kind}
+    steps: list = field(default_factory=list)       # ("expect", bytes) | ("send", bytes, in) | ("end", how)
+    connected: bool = False
+
+
+def scripts_of(records: list[dict]) -> list[Script]:
+    current: dict[int, Script] = {}
+    scripts: list[Script] = []
+    for r in records:
+        kind, sid = r.get("kind"), r.get("socket")
+        if kind == "open":
+            current[sid] = s = Script(sid, r["host"], r["port"])
+            scripts.append(s)
+            continue
+        s = current.get(sid)
+        if s is None:
+            continue
+        if kind == "handshake":
+            s.connected = True
+            s.header = {"ok": True, "version": r["version"], "cipher": r["cipher"],
+                        "alpn": r.get("alpn"), "resumed": r.get("resumed", False)}
+        elif kind == "tls_failure" and not s.header:
+            s.connected = True
+            s.header = {"fail": r["failure"], "reason": r["reason"]}
+        elif kind == "open_result":
+            if r["code"] and not s.header:
+                if r.get("failure") in ("dns", "connect", "pdp"):
+                    s.connected = False          # never reached a server
+                else:                            # a TLS-level failure (timeout, verify, ...)
+                    s.connected = True
+                    s.header = {"fail": r.get("failure") or "protocol_error", "reason": r.get("reason", "")}
+            elif r["code"] and s.header.get("ok"):
+                s.header = {"fail": r.get("failure") or "protocol_error", "reason": r.get("reason", "")}
+        elif kind == "sent":
+            s.steps.append(("expect", _b(r["data"])))
+        elif kind == "received":
+            s.steps.append(("send", _b(r["data"]), r.get("in", 0)))
+        elif kind == "peer_closed":
+            s.steps.append(("end", r["how"]))
+        elif kind == "tls_failure":
+            s.steps.append(("end", "rst"))
+    return scripts
+
+
+class ReplaySession:
+    """A stand-in for tls_engine.TlsClientSession in replay: no TLS; the server's first
+    line (JSON) says how the recorded handshake ended, then the stream is plaintext."""
+
+    def __init__(self, settings, cache=None, cache_key=None) -> None:
+        self.settings = settings
+        self.state = "new"
+        self._head = bytearray()
+        self._out: list[bytes] = []
+        self._events: list = []
+
+    def start(self) -> None:
+        self.state = "handshaking"
+
+    def receive(self, data: bytes) -> None:
+        from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsFailure
+        if not data:
+            if self.state == "established":
+                self._events.append(PeerClosed())
+            self.state = "closed"
+            return
+        if self.state == "handshaking":
+            self._head += data
+            if b"\n" not in self._head:
+                return
+            line, _, data = bytes(self._head).partition(b"\n")
+            head = json.loads(line)
+            if head.get("ok"):
+                self.state = "established"
+                self._events.append(HandshakeComplete(head["version"], 0, head["cipher"],
+                                                      head.get("alpn"), bool(head.get("resumed"))))
+            else:
+                self.state = "failed"
+                self._events.append(TlsFailure(head.get("fail", "protocol_error"), head.get("reason", "replayed")))
+                return
+        if data and self.state == "established":
+            self._events.append(AppData(bytes(data)))
+
+    def outgoing(self):
+        out, self._out = self._out, []
+        return out
+
+    def events(self):
+        ev, self._events = self._events, []
+        return ev
+
+    def send(self, data: bytes) -> None:
+        self._out.append(bytes(data))
+
+    def close(self) -> None:
+        self.state = "closed"
+
+    def next_timeout(self):
+        return None
+
+    def handle_timeout(self) -> None:
+        pass
+
+
+class ReplayPeer:
+    """The loopback server standing in for every server of the trace (on the emulator's loop)."""
+
+    def __init__(self, scripts: list[Script], host_sent) -> None:
+        self.queue = [s for s in scripts if s.connected]
+        self.host_sent = host_sent            # callable: bytes the replay host has sent so far
+        self.differences: list[str] = []
+        self.server = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.queue:
+            self.differences.append("a connection the trace does not have")
+            writer.transport.abort()
+            return
+        script = self.queue.pop(0)
+        try:
+            writer.write(json.dumps(script.header).encode() + b"\n")
+            if not script.header.get("ok"):
+                await writer.drain()
+                return
+            for step in script.steps:
+                if step[0] == "expect":
+                    try:
+                        got = await asyncio.wait_for(reader.readexactly(len(step[1])), 10)
+                    except (asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
+                        got = getattr(exc, "partial", b"")
+                    if got != step[1]:
+                        self.differences.append(f"socket {script.socket} sent {escape(got)!r}, "
+                                                f"recorded {escape(step[1])!r}")
+                        return
+                elif step[0] == "send":
+                    deadline = time.monotonic() + 10
+                    while self.host_sent() < step[2] and time.monotonic() < deadline:
+                        await asyncio.sleep(0.002)
+                    writer.write(step[1])
+                    await writer.drain()
+                else:                            # the server ended it
+                    if step[1] == "rst":
+                        import socket as _socket, struct
+                        sock = writer.get_extra_info("socket")
+                        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        writer.transport.abort()
+                    else:
+                        writer.close()
+                    return
+            while await reader.read(65536):      # until the modem closes
+                pass
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if not writer.transport.is_closing():
+                writer.close()
+
+
+# -- replay: the host side ----------------------------------------------------------------
+def _compare_cmds(expected: list[dict], got: list[dict], ignore: list[re.Pattern]) -> str | None:
+    def norm(text: str) -> str:
+        for rx in ignore:
+            text = rx.sub("<ignored>", text)
+        return text
+    for i, exp in enumerate(expected):
+        if i >= len(got):
+            return (f"command {i + 1} ({escape(_b(exp['line']))}): not answered in the replay\n"
+                    f"  expected: {escape(_b(exp['answer']))}")
+        g = got[i]
+        if g["line"] != exp["line"]:
+            return (f"command {i + 1}: the replay ran {escape(_b(g['line']))}, "
+                    f"the trace {escape(_b(exp['line']))}")
+        if norm(g["answer"]) != norm(exp["answer"]) or g.get("done", True) != exp.get("done", True):
+            return (f"command {i + 1} ({escape(_b(exp['line']))}) at {exp['t']:.3f}s:\n"
+                    f"  expected: {escape(_b(exp['answer']))}\n"
+                    f"  got:      {escape(_b(g['answer']))}")
+    if len(got) > len(expected):
+        return f"command {len(expected) + 1} ({escape(_b(got[len(expected)]['line']))}): not in the trace"
+    return None
+
+
+def _compare_stream(expected: bytes, got: bytes, ignore: list[re.Pattern]) -> str | None:
+    for rx in ignore:
+        expected = re.sub(_b(rx.pattern), b"<ignored>", expected)
+        got = re.sub(_b(rx.pattern), b"<ignored>", got)
+    if expected == got:
+        return None
+    i = next((k for k in range(min(len(expected), len(got))) if expected[k] != got[k]), min(len(expected), len(got)))
+    lo = max(0, i - 40)
+    return (f"the output differs at byte {i} (outside command answers: URCs, data):\n"
+            f"  expected: ...{escape(expected[lo:i + 60])}\n"
+            f"  got:      ...{escape(got[lo:i + 60])}")
+
+
+def _drain(ser) -> None:
+    n = ser.in_waiting
+    if n:
+        ser.read(n)
+
+
+def replay_records(records: list[dict], profile: str | None = None, modem: int = 0,
+                   ignore: list[re.Pattern] | None = None, out=None) -> int:
+    out = out or sys.stdout
+    import tempfile
+
+    import serial
+
+    from emulator.io.app import BackgroundEmulator
+    from emulator.sockets.service import ssl_service
+
+    ignore = ignore or []
+    records = [r for r in records if r.get("modem", 0) == modem]
+    start = next((r for r in records if r.get("kind") == "start"), {})
+    profile = profile or start.get("profile") or "ec2x"
+    chunks = [r for r in records if r.get("kind") == "io" and r["dir"] == "in"]
+    expected_out = b"".join(_b(r["data"]) for r in records if r.get("kind") == "io" and r["dir"] == "out")
+    expected_cmds = [r for r in records if r.get("kind") == "cmd"]
+    writer = TraceWriter(None)
+    with tempfile.TemporaryDirectory(prefix="modem-replay-") as state, BackgroundEmulator(offline=True) as emu:
+        tracer: list[ModemTrace] = []
+        peer = ReplayPeer(scripts_of(records), lambda: tracer[0].in_total if tracer else 0)
+        emu.call(peer.start())
+        for s in scripts_of(records):
+            if s.connected:
+                emu.router.add_map(s.host, s.port, "127.0.0.1", peer.port)
+        port = emu.add_modem(profile, state_dir=Path(state), trace=writer)
+        tracer.append(port.modem.tracer)
+        emu.run(lambda: setattr(ssl_service(port.modem), "session_factory", ReplaySession))
+        out_count = lambda: emu.run(lambda: tracer[0].out_total)   # noqa: E731
+        ser = serial.Serial(port.path, 115200, timeout=0)
+        try:
+            last_t, last_sent = None, time.monotonic()
+            for r in chunks:
+                deadline = time.monotonic() + 10
+                while out_count() < r.get("out", 0) and time.monotonic() < deadline:
+                    _drain(ser)
+                    time.sleep(0.002)
+                if last_t is not None:
+                    wait = (r["t"] - last_t) - (time.monotonic() - last_sent)
+                    if wait > 0.02:              # guard times ("+++"), idle timeouts
+                        time.sleep(wait)
+                ser.write(_b(r["data"]))
+                ser.flush()
+                last_t, last_sent = r["t"], time.monotonic()
+            # the rest of the output, until it stops coming
+            deadline, seen, quiet_since = time.monotonic() + 10, -1, time.monotonic()
+            while time.monotonic() < deadline:
+                _drain(ser)
+                n = out_count()
+                if n != seen:
+                    seen, quiet_since = n, time.monotonic()
+                if n >= len(expected_out) and time.monotonic() - quiet_since > 0.2:
+                    break
+                if time.monotonic() - quiet_since > 1.0:
+                    break
+                time.sleep(0.005)
+        finally:
+            ser.close()
+        emu.call(peer.close())
+        got = list(writer.records)
+    got_cmds = [r for r in got if r.get("kind") == "cmd"]
+    got_out = b"".join(_b(r["data"]) for r in got if r.get("kind") == "io" and r["dir"] == "out")
+    diff = _compare_cmds(expected_cmds, got_cmds, ignore) or _compare_stream(expected_out, got_out, ignore)
+    if diff is None and peer.differences:
+        diff = peer.differences[0]
+    if diff is not None:
+        print(f"first difference: {diff}", file=out)
+        return 1
+    print(f"replayed {len(expected_cmds)} commands, {sum(len(_b(r['data'])) for r in chunks)} host bytes: "
+          "no difference", file=out)
+    return 0
+
+
+# -- replay: plain AT logs ---------------------------------------------------------------------
+FINAL = re.compile(r"^(OK|ERROR|\+CME ERROR: .*|SEND OK|SEND FAIL|CONNECT|NO CARRIER)$")
+
+
+def parse_at_log(text: str) -> list[tuple[str, list[str]]]:
+    """[(what the host sent, [answer lines])]; a sent line after a ">" prompt is data."""
+    steps: list[tuple[str, list[str]]] = []
+    arrows = any(re.match(r"^\s*(>>|<<)", line) for line in text.splitlines())
+    for raw in text.splitlines():
+        line = raw.rstrip("\r\n")
+        if arrows:
+            m = re.match(r"^\s*(>>|<<) ?(.*)$", line)
+            if not m:
+                continue
+            direction, body = m.groups()
+            host = direction == ">>"
+        else:
+            body = line.strip()
+            host = bool(re.match(r"(?i)^AT", body)) or bool(steps and steps[-1][1][-1:] == [">"])
+        if host:
+            steps.append((body, []))
+        elif body.strip() and steps:
+            steps[-1][1].append(body.strip())
+    return steps
+
+
+def replay_at_log(text: str, profile: str = "ec2x", out=None) -> int:
+    out = out or sys.stdout
+    import tempfile
+
+    import serial
+
+    from emulator.io.app import BackgroundEmulator
+
+    steps = parse_at_log(text)
+    if not steps:
+        print("replay: no commands found (expected '>> AT...' / '<< OK' lines or a terminal capture)", file=out)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="modem-replay-") as state, BackgroundEmulator(offline=True) as emu:
+        port = emu.add_modem(profile, state_dir=Path(state))
+        ser = serial.Serial(port.path, 115200, timeout=0)
+        try:
+            prompt = False
+            for n, (sent, expected) in enumerate(steps, 1):
+                ser.write(_b(sent) + (b"" if prompt else b"\r"))
+                buf = bytearray()
+                deadline = time.monotonic() + 10
+                ctrl_z_at = time.monotonic() + 0.3 if prompt else None
+                while time.monotonic() < deadline:
+                    n_wait = ser.in_waiting
+                    if n_wait:
+                        buf += ser.read(n_wait)
+                    lines = [x.strip() for x in buf.decode("latin-1").replace("\r", "\n").split("\n")]
+                    lines = [x for x in lines if x]
+                    if lines and lines[0] == sent.strip() and not prompt:
+                        lines = lines[1:]            # the echo (E1)
+                    if (expected and lines[-1:] == [">"] and buf.rstrip().endswith(b">")) or \
+                            any(FINAL.match(x) for x in lines):
+                        if not any(FINAL.match(x) for x in expected) or any(FINAL.match(x) for x in lines):
+                            time.sleep(0.02)
+                            buf += ser.read(ser.in_waiting or 0)
+                            lines = [x.strip() for x in buf.decode("latin-1").replace("\r", "\n").split("\n")]
+                            lines = [x for x in lines if x]
+                            if lines and lines[0] == sent.strip() and not prompt:
+                                lines = lines[1:]
+                            break
+                    if ctrl_z_at is not None and time.monotonic() > ctrl_z_at:
+                        ser.write(b"\x1a")           # a variable-length send ends with Ctrl+Z
+                        ctrl_z_at = None
+                    time.sleep(0.002)
+                if lines != expected:
+                    print(f"first difference: step {n} ({escape(_b(sent))}):\n"
+                          f"  expected: {expected}\n  got:      {lines}", file=out)
+                    return 1
+                prompt = lines[-1:] == [">"]
+        finally:
+            ser.close()
+    print(f"replayed {len(steps)} lines: no difference", file=out)
+    return 0
+
+
+def replay_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="modem-emulator replay",
+                                description="drive a fresh modem with the host side of a trace or an AT log "
+                                            "and report the first answer that differs (exit 1)")
+    p.add_argument("file")
+    p.add_argument("--profile", help="the profile to replay on (default: the trace's, else ec2x)")
+    p.add_argument("--modem", type=int, default=0, help="which modem of a trace (index, default 0)")
+    p.add_argument("--ignore", action="append", default=[], metavar="REGEX",
+                   help="text matching REGEX is not compared (e.g. a local port); repeatable")
+    args = p.parse_args(argv)
+    try:
+        text = Path(args.file).read_text(encoding="latin-1")
+        ignore = [re.compile(x) for x in args.ignore]
+    except (OSError, re.error) as exc:
+        print(f"modem-emulator replay: {exc}", file=sys.stderr)
+        return 2
+    if text.lstrip().startswith("{"):
+        try:
+            records = read_trace(args.file)
+        except (OSError, ValueError) as exc:
+            print(f"modem-emulator replay: {exc}", file=sys.stderr)
+            return 2
+        return replay_records(records, args.profile, args.modem, ignore)
+    return replay_at_log(text, args.profile or "ec2x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["show"]:
+        return show_main(argv[1:])
+    if argv[:1] == ["replay"]:
+        return replay_main(argv[1:])
+    print("usage: python -m emulator.tools.trace show FILE [--socket N] | replay FILE", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

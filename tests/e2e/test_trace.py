@@ -1,0 +1,111 @@
+"""Trace and replay (emulator/tools/trace.py): a traced session over the pty writes every
+byte, each command with its answer and the sockets' TLS events and plaintext; `trace show`
+renders it; replaying it on a fresh modem (no server: the recorded plaintext stands in)
+gives no difference, and a changed answer is named; a plain >>/<< AT log replays too."""
+from __future__ import annotations
+
+import json
+import re
+
+from emulator.testing.peers import TlsServer
+from emulator.tools.trace import replay_main, show_main
+
+HOST = "220.180.239.212"
+
+
+def reply_after(n: int, payload: bytes):
+    def handler(conn) -> None:
+        while len(conn.received) < n and conn.recv():
+            pass
+        conn.sendall(payload)
+        while data := conn.recv():
+            conn.sendall(data)
+    return handler
+
+
+def traced_session(open_modem, emulator, pki, path) -> None:
+    host, _ = open_modem("ec2x", trace=str(path))
+    with TlsServer(pki.server, handler=reply_after(18, b"Test data from SSL")) as server:
+        emulator.router.add_map(HOST, 8010, "127.0.0.1", server.port)
+        assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+        assert host.upload("UFS:ca.pem", pki.ca.cert_pem).startswith(b"\r\n+QFUPL: ")
+        assert host.at('AT+QSSLCFG="seclevel",1,1;+QSSLCFG="cacert",1,"UFS:ca.pem"') == b"\r\nOK\r\n"
+        assert host.at(f'AT+QSSLOPEN=1,1,4,"{HOST}",8010,0') == b"\r\nOK\r\n"
+        host.read_until(b"\r\n+QSSLOPEN: 4,0\r\n")
+        assert host.send_data(4, b"Test data from SSL") == b"\r\nSEND OK\r\n"
+        host.read_until(b'\r\n+QSSLURC: "recv",4\r\n')
+        assert host.at("AT+QSSLRECV=4,1500") == b"\r\n+QSSLRECV: 18\r\nTest data from SSL\r\n\r\nOK\r\n"
+        assert host.at("AT+QSSLCLOSE=4") == b"\r\nOK\r\n"
+        assert host.at("AT+CSQ").endswith(b"OK\r\n")
+
+
+def test_a_traced_session_records_bytes_commands_and_sockets(open_modem, emulator, pki, tmp_path):
+    path = tmp_path / "session.trace"
+    traced_session(open_modem, emulator, pki, path)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert all("t" in r and r["modem"] == 0 for r in records)
+    assert (path.stat().st_mode & 0o777) == 0o600
+    kinds = [r["kind"] for r in records]
+    assert kinds[0] == "start" and records[0]["profile"] == "ec2x"
+    host_in = "".join(r["data"] for r in records if r["kind"] == "io" and r["dir"] == "in")
+    assert 'AT+QSSLOPEN=1,1,4,"220.180.239.212",8010,0\r' in host_in and "Test data from SSL" in host_in
+    cmds = {r["line"]: r["answer"] for r in records if r["kind"] == "cmd"}
+    assert cmds["AT+QSSLSEND=4,18"] == "\r\n> \r\nSEND OK\r\n"
+    assert cmds["AT+QSSLRECV=4,1500"] == "\r\n+QSSLRECV: 18\r\nTest data from SSL\r\n\r\nOK\r\n"
+    assert any(line.startswith("AT+QFUPL=") for line in cmds)
+    sock = [r for r in records if r.get("socket") == 4]
+    assert [r["kind"] for r in sock] == ["open", "handshake", "open_result", "sent", "received", "close"]
+    assert sock[1]["version"].startswith("TLSv1") and sock[1]["cipher"]
+    assert sock[2]["code"] == 0
+    assert sock[3]["data"] == sock[4]["data"] == "Test data from SSL"
+
+
+def test_trace_show_renders_lines_events_and_hexdumps(open_modem, emulator, pki, tmp_path, capsys):
+    path = tmp_path / "session.trace"
+    traced_session(open_modem, emulator, pki, path)
+    capsys.readouterr()
+    assert show_main([str(path)]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r'^ +\+\d+\.\d{3}s m0 >> AT\+QSSLOPEN=1,1,4,"220\.180\.239\.212",8010,0\\r$', text, re.M)
+    assert re.search(r"^ +\+\d+\.\d{3}s m0 << \+QSSLOPEN: 4,0\\r\\n$", text, re.M)
+    assert re.search(r"socket 4 handshake TLSv1\.\d \S+", text)
+    assert re.search(r"socket 4 received 18 bytes\n +00000000  54 65 73 74 20 64 61 74 61 20 66 72 6f 6d 20 53"
+                     r"  \|Test data from S\|\n +00000010  53 4c +\|SL\|", text)
+    assert show_main([str(path), "--socket", "4"]) == 0
+    only = capsys.readouterr().out
+    assert "socket 4 open 220.180.239.212:8010" in only and ">>" not in only and "<<" not in only
+
+
+def test_a_trace_replays_with_no_difference_and_a_changed_one_names_its_first(open_modem, emulator, pki,
+                                                                              tmp_path, capsys):
+    path = tmp_path / "session.trace"
+    traced_session(open_modem, emulator, pki, path)
+    capsys.readouterr()
+    assert replay_main([str(path)]) == 0, capsys.readouterr().out
+    assert "no difference" in capsys.readouterr().out
+    # One recorded answer changed: the replay names that command and both answers.
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        r = json.loads(line)
+        if r["kind"] == "cmd" and r["line"] == "AT+QSSLRECV=4,1500":
+            r["answer"] = r["answer"].replace("Test data", "Best data")
+            lines[i] = json.dumps(r)
+    changed = tmp_path / "changed.trace"
+    changed.write_text("\n".join(lines) + "\n")
+    assert replay_main([str(changed)]) == 1
+    out = capsys.readouterr().out
+    assert "AT+QSSLRECV=4,1500" in out
+    assert "expected: \\r\\n+QSSLRECV: 18\\r\\nBest data from SSL" in out
+    assert "got:      \\r\\n+QSSLRECV: 18\\r\\nTest data from SSL" in out
+
+
+def test_a_plain_at_log_replays(tmp_path, capsys):
+    log = tmp_path / "host.log"
+    log.write_text(">> ATE0\n<< OK\n>> AT+CMEE=2\n<< OK\n>> AT+QSSLCFG=\"seclevel\",1,7\n<< ERROR\n"
+                   '>> AT+QSSLCFG="seclevel",1,1\n<< OK\n>> AT+QSSLCFG="seclevel",1\n'
+                   '<< +QSSLCFG: "seclevel",1,1\n<< OK\n')
+    assert replay_main([str(log)]) == 0, capsys.readouterr().out
+    log.write_text(">> ATE0\n<< OK\n>> AT+QSSLCFG=\"seclevel\",1\n<< +QSSLCFG: \"seclevel\",1,2\n<< OK\n")
+    assert replay_main([str(log)]) == 1
+    out = capsys.readouterr().out
+    assert 'step 2 (AT+QSSLCFG="seclevel",1)' in out and "+QSSLCFG: \"seclevel\",1,0" in out
