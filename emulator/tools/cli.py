@@ -29,9 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modem-emulator", description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="ec2x",
                    help="ec2x, ml302 or a path to a profile .toml (default: ec2x)")
-    p.add_argument("--link", help="create this symlink to the pty device")
+    p.add_argument("--link", help="create this symlink to the pty device; with --count, a pattern "
+                                  "with {n} (the modem's index from 0), e.g. /tmp/modem-{n}")
     p.add_argument("--state-dir", help="where UFS files, certificates and saved settings live "
-                                       "(default: ~/.local/state/modem-emulator/<profile>)")
+                                       "(default: ~/.local/state/modem-emulator/<profile>; "
+                                       "with --count N > 1, modem n uses <state-dir>/<n>)")
+    p.add_argument("--count", type=_positive, default=1, metavar="N",
+                   help="run N independent modems in one process; the first N lines of stdout "
+                        "are their device paths, in index order (default: 1)")
     p.add_argument("--log-level", default="INFO", type=str.upper,
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--route", action="append", default=[], metavar="HOST:PORT=ADDR:PORT",
@@ -47,6 +52,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keylog", help="append NSS key-log lines of every TLS session to this file "
                                     "(default: $SSLKEYLOGFILE)")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def modem_places(args: argparse.Namespace, profile_name: str) -> list[tuple[str | None, Path]]:
+    """(link, state dir) of each modem.  One modem: --link and --state-dir as given.
+    Several: --link must be a pattern with {n} (each modem its own link) and modem n keeps
+    its state in <state-dir>/<n>, so no two modems share a file."""
+    base = Path(args.state_dir) if args.state_dir else (
+        Path.home() / ".local" / "state" / "modem-emulator" / profile_name)
+    link = args.link
+    if link is not None and "{n}" not in link and args.count > 1:
+        raise SystemExit(f"modem-emulator: --link: with --count {args.count} the link must be a "
+                         f"pattern with {{n}} (e.g. /tmp/modem-{{n}}), got {link!r}")
+    if link is not None and "{n}" in link:
+        try:
+            link.format(n=0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise SystemExit(f"modem-emulator: --link: bad pattern {link!r}: {exc}")
+    places = []
+    for n in range(args.count):
+        one_link = link.format(n=n) if link is not None and "{n}" in link else link
+        places.append((one_link, base if args.count == 1 else base / str(n)))
+    return places
 
 
 def load_config(path: str | None, router: Router) -> None:
@@ -116,29 +153,34 @@ async def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise SystemExit(f"modem-emulator: --dns: {exc}")
     load_config(args.config, router)
-    state_dir = Path(args.state_dir) if args.state_dir else (
-        Path.home() / ".local" / "state" / "modem-emulator" / profile.name)
+    places = modem_places(args, profile.name)
     emulator = Emulator(router, keylog=make_keylog(args.keylog))
     if args.demo:
         await emulator.start_demo()
-    try:
-        entry = await emulator.add_modem(profile, link=args.link, state_dir=state_dir)
-    except LinkError as exc:
-        await emulator.close()
-        raise SystemExit(f"modem-emulator: --link: {exc}")
-    except OSError as exc:                       # state dir not creatable, link dir read-only, ...
-        await emulator.close()
-        where = exc.filename or state_dir
-        raise SystemExit(f"modem-emulator: cannot start: {where}: {exc.strerror or exc}")
-    hints = [f"modem-emulator: {profile.name} ({profile['identity.model']}) on {entry.port.device}"
-             f"{' -> ' + entry.path if args.link else ''}; state in {state_dir}",
-             f"  connect: python -m serial.tools.miniterm {entry.path} 115200"]
+    entries = []
+    for link, state_dir in places:
+        try:
+            entries.append(await emulator.add_modem(profile, link=link, state_dir=state_dir))
+        except LinkError as exc:
+            await emulator.close()
+            raise SystemExit(f"modem-emulator: --link: {exc}")
+        except OSError as exc:                   # state dir not creatable, link dir read-only, ...
+            await emulator.close()
+            where = exc.filename or state_dir
+            raise SystemExit(f"modem-emulator: cannot start: {where}: {exc.strerror or exc}")
+    hints = []
+    for n, (entry, (link, state_dir)) in enumerate(zip(entries, places)):
+        label = f" #{n}" if len(entries) > 1 else ""
+        hints.append(f"modem-emulator: {profile.name}{label} ({profile['identity.model']}) on "
+                     f"{entry.port.device}{' -> ' + entry.path if link else ''}; state in {state_dir}")
+    hints.append(f"  connect: python -m serial.tools.miniterm {entries[0].path} 115200")
     if args.demo:
         hints.append("  demo peer: 220.180.239.212:8010/8011 (TLS echo) and www.iottest.work:443 (HTTPS)\n"
                      "  are routed to loopback (www.iottest.work shows as 106.12.79.254);\n"
                      f"  {demo_material_hint(profile)}")
     hints.append("  stop with Ctrl+C")
-    _say(sys.stdout, entry.path)
+    for entry in entries:
+        _say(sys.stdout, entry.path)
     for line in hints:
         _say(sys.stderr, line)
 

@@ -1,0 +1,126 @@
+"""--count N: N independent modems in one process (issue 12, "Many modems")."""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+
+import pytest
+
+from emulator.testing.host import Host
+from emulator.testing.peers import TlsServer
+from tests.e2e.cli_support import start, stop
+
+HOST_NAME, HOST_PORT = "www.iottest.work", 443
+
+
+def device_paths(proc, count: int) -> list[str]:
+    paths = [proc.stdout.readline().strip() for _ in range(count)]
+    if not all(paths):
+        proc.kill()
+        raise AssertionError(f"got {paths}; stderr: {proc.stderr.read()}")
+    return paths
+
+
+def test_count_3_prints_three_paths_and_each_modem_answers_alone(tmp_path):
+    proc = start("--count", "3", "--state-dir", str(tmp_path / "s"),
+                 "--link", str(tmp_path / "modem-{n}"))
+    hosts = []
+    try:
+        paths = device_paths(proc, 3)
+        assert paths == [str(tmp_path / f"modem-{n}") for n in range(3)]
+        devices = {os.readlink(p) for p in paths}
+        assert len(devices) == 3 and all(d.startswith("/dev/pts/") for d in devices)
+        hosts = [Host(p) for p in paths]
+        # echo off on modem 1 only: the others still echo
+        assert hosts[1].at("ATE0") == b"ATE0\r\r\nOK\r\n"
+        assert hosts[0].at("AT") == b"AT\r\r\nOK\r\n"
+        assert hosts[1].at("AT") == b"\r\nOK\r\n"
+        assert hosts[2].at("AT") == b"AT\r\r\nOK\r\n"
+        # each has its own UFS: a file uploaded to modem 2 is not on modem 0
+        assert hosts[2].upload("UFS:only-2.txt", b"two").startswith(b"\r\n+QFUPL: 3,")
+        assert b"only-2.txt" in hosts[2].at('AT+QFLST="*"')
+        assert b"only-2.txt" not in hosts[0].at('AT+QFLST="*"')
+    finally:
+        for host in hosts:
+            host.close()
+        assert stop(proc) == 0
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["0", "1", "2"]
+    assert not any((tmp_path / f"modem-{n}").is_symlink() for n in range(3))
+
+
+def test_count_with_a_link_without_n_stops_startup(tmp_path):
+    proc = start("--count", "2", "--link", str(tmp_path / "modem"), "--state-dir", str(tmp_path / "s"))
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1 and out == ""
+    assert "--link: with --count 2 the link must be a pattern with {n}" in err
+    assert not (tmp_path / "modem").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_count_must_be_positive(tmp_path, value):
+    proc = start("--count", value, "--state-dir", str(tmp_path / "s"))
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2 and out == ""
+    assert "--count: expected a whole number of at least 1" in err
+
+
+def tls_echo(path: str, ca_pem: bytes, message: bytes) -> bytes:
+    """A host's whole session: PDP, CA upload, AT+QSSLOPEN in buffer mode, send, read back."""
+    host = Host(path)
+    try:
+        assert host.at("ATE0").endswith(b"OK\r\n")
+        assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+        assert host.upload("RAM:cacert.pem", ca_pem).startswith(b"\r\n+QFUPL: ")
+        assert host.at('AT+QSSLCFG="seclevel",1,1;+QSSLCFG="cacert",1,"RAM:cacert.pem"') == b"\r\nOK\r\n"
+        assert host.at(f'AT+QSSLOPEN=1,1,4,"{HOST_NAME}",{HOST_PORT},0') == b"\r\nOK\r\n"
+        host.seen(b"\r\n+QSSLOPEN: 4,0\r\n")
+        assert host.send_data(4, message) == b"\r\nSEND OK\r\n"
+        host.seen(b'\r\n+QSSLURC: "recv",4\r\n')
+        got = b""
+        deadline = time.monotonic() + 10
+        while len(got) < len(message) and time.monotonic() < deadline:
+            answer = host.at("AT+QSSLRECV=4,1500")
+            m = re.search(rb"\+QSSLRECV: (\d+)\r\n", answer)
+            n = int(m.group(1))
+            got += answer[m.end():m.end() + n]
+        assert host.at("AT+QSSLCLOSE=4") == b"\r\nOK\r\n"
+        return got
+    finally:
+        host.close()
+
+
+def run_parallel_echo(tmp_path, pki, count: int) -> float:
+    """`count` hosts, one thread each, on `count` modems of one process, all at once."""
+    with TlsServer(pki.server, mode="echo") as server:
+        proc = start("--count", str(count), "--state-dir", str(tmp_path / "s"), "--offline",
+                     "--route", f"{HOST_NAME}:{HOST_PORT}=127.0.0.1:{server.port}")
+        try:
+            paths = device_paths(proc, count)
+            results: dict[int, bytes | BaseException] = {}
+            barrier = threading.Barrier(count)
+
+            def one(n: int) -> None:
+                try:
+                    barrier.wait(10)
+                    results[n] = tls_echo(paths[n], pki.ca.cert_pem, b"modem %d says hello" % n)
+                except BaseException as exc:       # reported below, with its modem
+                    results[n] = exc
+            started = time.monotonic()
+            threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            elapsed = time.monotonic() - started
+        finally:
+            assert stop(proc) == 0
+        assert {n: r for n, r in results.items() if r != b"modem %d says hello" % n} == {}
+        assert len(results) == count
+        assert len(server.connections) == count
+        return elapsed
+
+
+def test_twenty_hosts_each_complete_a_tls_echo_at_once(tmp_path, pki):
+    run_parallel_echo(tmp_path, pki, 20)
