@@ -14,6 +14,7 @@ the interpreter runs in unit tests as is.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import TYPE_CHECKING, Callable
@@ -74,6 +75,9 @@ class Interpreter:
         self._last_line: bytes | None = None
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
+        # Command name ("+QSSLOPEN") -> seconds its final answer is held back (the
+        # control API's "slow"), on the modem's timers.
+        self.delays: dict[str, float] = {}
 
     # -- mode ----------------------------------------------------------------
     @property
@@ -244,7 +248,9 @@ class Interpreter:
                 return Response([], "OK")
             log.info("ERROR: AT%s (%s form) not supported", loggable(item.raw), item.kind)
             return Response([], "ERROR")
-        return self._call(entry.func, self.modem, item, raw=item.raw, what="")
+        response = self._call(entry.func, self.modem, item, raw=item.raw, what="")
+        delay = self.delays.get(name)
+        return _delayed(response, delay, self.modem.timers) if delay else response
 
     def _call(self, func: Callable, *args, raw: str, what: str) -> Response:
         """Run a handler (or a data handler, or a pending command's outcome) and turn
@@ -506,6 +512,24 @@ class Interpreter:
     def _write_final(self, final) -> None:
         self.modem.write(framing.final(final, self.modem.settings, self.modem.profile))
         self.modem.trace("final")
+
+
+def _delayed(response: Response, delay: float, timers) -> Response:
+    """A slow module (the control API's "slow"): the command's answer (its lines and
+    final result; after a data prompt, what follows the data) comes `delay` seconds
+    later on the modem's timers; the port is busy meanwhile, as on a module."""
+    if response.data is not None:
+        done = response.data.on_done
+        request = dataclasses.replace(response.data,
+                                      on_done=lambda data, reason: _delayed(done(data, reason), delay, timers))
+        return dataclasses.replace(response, data=request)
+
+    async def later() -> Response:
+        await timers.sleep(delay)
+        if response.pending is not None:
+            return await response.pending
+        return response
+    return Response([], None, pending=later())
 
 
 def _final_name(final) -> str:

@@ -114,8 +114,10 @@ def send_request(modem, svc: SslService, client_id: int, length: int | None,
             raise fail(svc, 567, f"socket {client_id} closed while data was entered")
         if not data:
             raise fail(svc, 552, "nothing to send")
-        if sock.send_backlog() + len(data) > modem.profile["ssl.send_buffer"]:
-            log.info("SSL socket %d: send buffer full, SEND FAIL", client_id)
+        injected = sock.take_send_failure()       # the control API's "send_fail"
+        if injected or sock.send_backlog() + len(data) > modem.profile["ssl.send_buffer"]:
+            log.info("SSL socket %d: %s, SEND FAIL", client_id,
+                     "send failure injected" if injected else "send buffer full")
             svc.set_error(0)
             return Response([], Text("SEND FAIL"))
         sock.send(data)

@@ -68,6 +68,12 @@ class Emulator:
         self.ports.append(entry)
         return entry
 
+    def control(self, op: str, modem: int = 0, **kw) -> dict:
+        """A fault or a state query (emulator/tools/control.py): {"ok": True, ...} or
+        {"ok": False, "error": "<why>"}, never an exception for bad input.  On the loop."""
+        from emulator.tools.control import run
+        return run(self, op, modem, kw)
+
     async def close(self) -> None:
         for entry in self.ports:
             entry.modem.emit("shutdown")
@@ -129,6 +135,10 @@ class BackgroundEmulator:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the modem read {self.run(lambda: port.port.received)} of {total} bytes")
             time.sleep(0.002)
+
+    def control(self, op: str, modem: int = 0, **kw) -> dict:
+        """Emulator.control() run on the loop thread."""
+        return self.run(lambda: self.emulator.control(op, modem, **kw))
 
     @property
     def router(self) -> Router:

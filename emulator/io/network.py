@@ -181,10 +181,42 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-async def open_tcp(router: Router, host: str, port: int, protocol_factory):
+class NetFaults:
+    """One modem's injected network faults for its next opens (the control API's
+    "dns_fail", "connect_refuse", "handshake_stall"): counts of opens still to fail,
+    taken in that order, one fault per open."""
+
+    KINDS = ("dns", "refuse", "stall")
+
+    def __init__(self, modem=None) -> None:
+        self.pending = {kind: 0 for kind in self.KINDS}
+
+    def take_open(self) -> str | None:
+        for kind in self.KINDS:
+            if self.pending[kind] > 0:
+                self.pending[kind] -= 1
+                return kind
+        return None
+
+
+def net_faults(modem) -> NetFaults:
+    return modem.feature("net_faults", NetFaults)
+
+
+def _injected(fault: str | None, host: str, port: int) -> None:
+    """An open's injected fault that happens before any packet: the modem's DNS gives
+    no answer, or the server refuses the connection."""
+    if fault == "dns":
+        raise NetworkError("dns", f"cannot resolve {host!r}: DNS failure (fault injected)")
+    if fault == "refuse":
+        raise NetworkError("connect", f"connect to {host}:{port} refused (fault injected)")
+
+
+async def open_tcp(router: Router, host: str, port: int, protocol_factory, fault: str | None = None):
     """Resolve through the router and connect; returns (transport, protocol, (addr, port)).
-    The caller bounds it (the SSL socket, on the modem's time)."""
+    The caller bounds it (the SSL socket, on the modem's time).  fault: NetFaults.take_open()."""
     loop = asyncio.get_running_loop()
+    _injected(fault, host, port)
     addr, real_port = await router.resolve(host, port)
     try:
         transport, protocol = await loop.create_connection(protocol_factory, addr, real_port)
@@ -201,8 +233,9 @@ async def open_tcp(router: Router, host: str, port: int, protocol_factory):
     return transport, protocol, (addr, real_port)
 
 
-async def open_udp(router: Router, host: str, port: int, protocol_factory):
+async def open_udp(router: Router, host: str, port: int, protocol_factory, fault: str | None = None):
     loop = asyncio.get_running_loop()
+    _injected(fault, host, port)
     addr, real_port = await router.resolve(host, port)
     try:
         transport, protocol = await loop.create_datagram_endpoint(

@@ -12,6 +12,7 @@ from tls_engine import SessionCache
 
 from emulator.logsafe import get_logger
 
+from emulator.io.network import net_faults
 from emulator.sockets.context import SetupError, SslContext, to_tls_settings
 from emulator.sockets.delivery import DELIVERIES, Delivery
 from emulator.sockets.dialects import DIALECTS
@@ -92,6 +93,7 @@ class SslService:
         sock = SslSocket(self, client_id, pdp_id=pdp_id, ctx_id=ctx_id, host=host, port=port,
                          delivery=delivery, recv_limit=modem.profile["ssl.recv_buffer"], timers=modem.timers)
         self.sockets[client_id] = self.dialled[client_id] = sock
+        sock.faults = net_faults(modem)
         ctx = self.contexts[ctx_id]
         try:
             settings = to_tls_settings(ctx, host=host, profile=modem.profile, read_material=read_material,

@@ -180,6 +180,15 @@ class SslSocket:
         # Called when the kernel has taken the connection's write backlog down again
         # (online data mode holds the pty back meanwhile).
         self.on_writable: Callable[[], None] | None = None
+        # Faults (emulator/tools/control.py): plaintext counters for "state"; the
+        # modem's open faults (io/network.NetFaults); a blackholed link moves no packet
+        # (sent records pile up as an unsent backlog); SEND FAILs still due.
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.faults = None
+        self.blackholed = False
+        self._void = 0
+        self.send_failures = 0
         self._trace = getattr(getattr(owner, "modem", None), "trace", _no_trace)   # tools/trace.py
 
     # -- state ------------------------------------------------------------------
@@ -244,11 +253,12 @@ class SslSocket:
         timers = self._timers
         connect_timeout = CONNECT_TIMEOUT if total_timeout is None else min(CONNECT_TIMEOUT, total_timeout)
         deadline = timers.monotonic() + (total_timeout if total_timeout is not None else float("inf"))
+        fault = self.faults.take_open() if self.faults is not None else None
         try:
             if settings.dtls:
-                link = open_udp(router, self.host, self.port, self._link)
+                link = open_udp(router, self.host, self.port, self._link, fault=fault)
             else:
-                link = open_tcp(router, self.host, self.port, self._link)
+                link = open_tcp(router, self.host, self.port, self._link, fault=fault)
             # Name lookup and connect together, on the modem's time.
             transport, _, self.remote = await timers.wait_for(link, connect_timeout)
         except asyncio.TimeoutError:
@@ -263,6 +273,8 @@ class SslSocket:
             transport.abort()
             return
         self._transport = transport
+        if fault == "stall":           # the server accepts TCP and then answers nothing
+            self.blackholed = True
         sockname = transport.get_extra_info("sockname")
         self.local_port = sockname[1] if sockname else 0
         peername = transport.get_extra_info("peername")
@@ -318,7 +330,7 @@ class SslSocket:
 
     # -- data path --------------------------------------------------------------
     def _from_network(self, data: bytes) -> None:
-        if self.session is None:
+        if self.session is None or self.blackholed:
             return
         try:
             self.session.receive(data)
@@ -363,6 +375,9 @@ class SslSocket:
         for chunk in session.outgoing():
             if self._transport is None or self._transport.is_closing():
                 break
+            if self.blackholed:
+                self._void += len(chunk)       # never acknowledged: it stays "unsent"
+                continue
             if session.settings.dtls:
                 self._transport.sendto(chunk)
             else:
@@ -422,6 +437,7 @@ class SslSocket:
                 self._internal_error(exc)
 
     def _received(self, data: bytes) -> None:
+        self.bytes_received += len(data)
         was_empty = not self.inbox
         self.inbox += data
         self._trace("received", socket=self.client_id, data=data)
@@ -448,9 +464,36 @@ class SslSocket:
         return data
 
     def send(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
         self._trace("sent", socket=self.client_id, data=data)
         self.session.send(data)
         self._pump()
+
+    def take_send_failure(self) -> bool:
+        """A SEND FAIL injected by the control API is due (counts it down)."""
+        if self.send_failures > 0:
+            self.send_failures -= 1
+            return True
+        return False
+
+    def drop(self, how: str) -> bool:
+        """A network fault on a connected socket (the control API's "drop"): "close" the
+        server ends the connection (close_notify + FIN), "rst" it is reset, "blackhole"
+        packets silently stop both ways (sends pile up unacknowledged until the send
+        buffer is full).  The first two reach the host as any peer close does (the
+        dialect's "closed" URC, NO CARRIER when online).  False: not connected."""
+        if self._state is not CONNECTED:
+            return False
+        if how == "blackhole":
+            self.blackholed = True
+            log.info("SSL socket %d: network fault: packets stop (blackhole)", self.client_id)
+            return True
+        reason = CLOSE_NOTIFY if how == "close" else RST
+        self._eof_reason = reason
+        if self._transport is not None:
+            self._transport.abort()
+        self._peer_closed(f"{reason} (fault injected)")
+        return True
 
     def set_send_limit(self, limit: int) -> None:
         """Past `limit` unsent bytes the transport reports pause/resume_writing (online data
@@ -474,8 +517,8 @@ class SslSocket:
     def send_backlog(self) -> int:
         """Bytes accepted but not yet taken by the kernel (what "send buffer full" measures)."""
         if self._transport is None:
-            return 0
-        return self._transport.get_write_buffer_size()
+            return self._void
+        return self._transport.get_write_buffer_size() + self._void
 
     def _peer_closed(self, reason: str) -> None:
         if self._state is not CONNECTED:

@@ -1,0 +1,316 @@
+"""The control API: faults and state of a running modem, in-process and over a unix socket.
+
+In-process: `Emulator.control(op, modem=0, **kw)` (on the loop) or
+`BackgroundEmulator.control(op, modem=0, **kw)` (from any thread) returns a dict,
+`{"ok": True, ...}` or `{"ok": False, "error": "<why>"}`; bad input (an unknown op, a
+bad argument, no such modem or socket) is never raised.
+
+The socket: `ControlServer(emulator, path)`; `await server.start()` listens on the
+unix socket `path` (mode 0600; never TCP), `await server.close()` stops and removes
+the file.  Each request is one line of JSON, `{"op": "drop", "modem": 0, "socket": 1,
+"how": "rst"}` ("modem" defaults to 0), and gets one line of JSON back; a line that is
+not a JSON object gets `{"ok": false, "error": ...}` and the connection stays usable.
+
+Every op is one small function in OPS and delegates to the layer where the real
+fault happens (docs/architecture.md, "A fault"): the socket's link for drops
+(SslSocket.drop), the modem's network faults for opens (io/network.NetFaults), the
+socket's state for SEND FAIL, the interpreter for slow answers, the modem for PDP,
+DTR, URCs and the reboot.
+
+    state                                  profile, cfun, dtr, port mode, clock, PDP, sockets
+    drop        socket, how=close|rst|blackhole
+    pdp_deact   cid                        the network deactivates a context
+    dns_fail / connect_refuse / handshake_stall   count=K (the next K opens; 0 cancels)
+    send_fail   socket, count=K            the next K AT+QSSLSEND answer SEND FAIL
+    dtr         level=0|1
+    urc         text                       any line, as a URC
+    reboot      [ms=50]                    as AT+CFUN=1,1, start-up URCs after ms
+    slow        command="+QSSLOPEN", ms    that command's answer comes ms later (0: off)
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from emulator.logsafe import get_logger
+
+log = get_logger("emulator.control")
+
+MAX_REQUEST = 64 * 1024          # one JSON line
+
+
+class ControlError(Exception):
+    """A request that cannot be done: its text is the answer's "error"."""
+
+
+OPS: dict[str, Callable] = {}
+
+
+def op(name: str):
+    def register(func: Callable) -> Callable:
+        OPS[name] = func
+        return func
+    return register
+
+
+def run(emulator, name, modem=0, kw: dict | None = None) -> dict:
+    """One request against `emulator` (on its loop): never raises for bad input."""
+    kw = kw or {}
+    try:
+        func = OPS.get(name) if isinstance(name, str) else None
+        if func is None:
+            raise ControlError(f"unknown op {name!r} (known: {', '.join(sorted(OPS))})")
+        if isinstance(modem, bool) or not isinstance(modem, int) or not 0 <= modem < len(emulator.ports):
+            raise ControlError(f"no modem {modem!r} (there are {len(emulator.ports)})")
+        answer = func(emulator.ports[modem].modem, _Args(name, kw))
+    except ControlError as exc:
+        return {"ok": False, "error": str(exc)}
+    except Exception as exc:          # a bug must not take the emulator (or the socket) down
+        log.exception("control op %r failed", name)
+        return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+    log.info("control: %s %s", name, kw)
+    return {"ok": True, **(answer or {})}
+
+
+class _Args:
+    """An op's keyword arguments, checked; every unused one is an error."""
+
+    def __init__(self, name: str, kw: dict) -> None:
+        self.name = name
+        self.kw = dict(kw)
+
+    def int(self, key: str, lo: int, hi: int, default: int | None = None) -> int:
+        value = self.kw.pop(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ControlError(f"{self.name}: {key!r} must be an integer {lo}..{hi}, not {value!r}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.kw.pop(key, None)
+        if value not in choices:
+            raise ControlError(f"{self.name}: {key!r} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def str(self, key: str) -> str:
+        value = self.kw.pop(key, None)
+        if not isinstance(value, str):
+            raise ControlError(f"{self.name}: {key!r} must be a string, not {value!r}")
+        return value
+
+    def done(self) -> None:
+        if self.kw:
+            raise ControlError(f"{self.name}: unknown argument(s) {', '.join(map(repr, self.kw))}")
+
+
+def _svc(modem):
+    from emulator.sockets.service import ssl_service
+    return ssl_service(modem)
+
+
+def _socket(modem, args: _Args, connected: bool = True):
+    svc = _svc(modem)
+    client_id = args.int("socket", 0, svc.max_sockets - 1)
+    sock = svc.sockets.get(client_id)
+    if sock is None:
+        raise ControlError(f"{args.name}: socket {client_id} is not open")
+    if connected and svc.connected(client_id) is None:
+        raise ControlError(f"{args.name}: socket {client_id} is not connected (state {sock.state.name})")
+    return sock
+
+
+def _count(args: _Args) -> int:
+    return args.int("count", 0, 1_000_000, default=1)
+
+
+# -- ops ------------------------------------------------------------------------
+@op("state")
+def state(modem, args: _Args) -> dict:
+    args.done()
+    svc = _svc(modem)
+    sockets = []
+    for sock in sorted(svc.sockets.values(), key=lambda s: s.client_id):
+        hs = sock.handshake
+        sockets.append({
+            "id": sock.client_id, "state": sock.state.name, "state_code": int(sock.state),
+            "access_mode": sock.delivery.access_mode, "delivery": sock.delivery.name,
+            "host": sock.host, "port": sock.port, "address": f"{sock.host}:{sock.port}",
+            "pdp": sock.pdp_id, "ctx": sock.ctx_id,
+            "bytes_sent": sock.bytes_sent, "bytes_received": sock.bytes_received,
+            "unread": len(sock.inbox), "blackholed": sock.blackholed,
+            "tls_version": hs.version if hs else None, "cipher": hs.cipher_name if hs else None,
+        })
+    return {
+        "profile": modem.profile.name, "name": modem.name, "cfun": modem.cfun, "dtr": modem.dtr,
+        "mode": modem.interpreter.mode.name,
+        "clock": modem.clock.format_local(),
+        "pdp": [{"cid": c.cid, "active": c.active, "apn": c.apn, "address": c.address}
+                for c in modem.pdp.defined()],
+        "sockets": sockets,
+    }
+
+
+@op("drop")
+def drop(modem, args: _Args) -> dict:
+    sock = _socket(modem, args)
+    how = args.choice("how", ("close", "rst", "blackhole"))
+    args.done()
+    sock.drop(how)
+    return {}
+
+
+@op("pdp_deact")
+def pdp_deact(modem, args: _Args) -> dict:
+    cid = args.int("cid", modem.pdp.first, modem.pdp.last)
+    args.done()
+    if not modem.pdp.is_active(cid):
+        raise ControlError(f"pdp_deact: PDP context {cid} is not active")
+    urc = _svc(modem).dialect.pdpdeact_urc
+    if urc is not None:
+        modem.urc(urc.format(cid=cid))
+    modem.deactivate_pdp(cid)         # sockets on it report closed / fail their open
+    return {}
+
+
+def _open_fault(kind: str) -> Callable:
+    def handler(modem, args: _Args) -> dict:
+        from emulator.io.network import net_faults
+        count = _count(args)
+        args.done()
+        net_faults(modem).pending[kind] = count
+        return {}
+    return handler
+
+
+op("dns_fail")(_open_fault("dns"))
+op("connect_refuse")(_open_fault("refuse"))
+op("handshake_stall")(_open_fault("stall"))
+
+
+@op("send_fail")
+def send_fail(modem, args: _Args) -> dict:
+    sock = _socket(modem, args)
+    count = _count(args)
+    args.done()
+    sock.send_failures = count
+    return {}
+
+
+@op("dtr")
+def dtr(modem, args: _Args) -> dict:
+    level = args.int("level", 0, 1)
+    args.done()
+    modem.set_dtr(level)
+    return {}
+
+
+@op("urc")
+def urc(modem, args: _Args) -> dict:
+    text = args.str("text")
+    args.done()
+    if "\r" in text or "\n" in text:
+        raise ControlError("urc: one line, without CR or LF")
+    modem.urc(text)
+    return {}
+
+
+@op("reboot")
+def reboot(modem, args: _Args) -> dict:
+    ms = args.int("ms", 0, 600_000, default=50)
+    args.done()
+    from emulator.commands.general import _boot_urcs
+    # Whatever the port was doing (a data prompt, a pending answer, online data) ends
+    # without an answer, as when the module's power goes.
+    modem.interpreter.hangup()
+    modem.reset()                     # as AT+CFUN=1,1: sockets silently, PDP, settings, RAM
+    modem.call_later(ms / 1000, _boot_urcs, modem)
+    return {}
+
+
+@op("slow")
+def slow(modem, args: _Args) -> dict:
+    command = args.str("command").strip().upper()
+    ms = args.int("ms", 0, 600_000)
+    args.done()
+    if command.startswith("AT"):
+        command = command[2:]
+    if not command or modem.profile.command_variant(command) is None:
+        raise ControlError(f"slow: {command!r} is not a command of profile {modem.profile.name}")
+    if ms:
+        modem.interpreter.delays[command] = ms / 1000
+    else:
+        modem.interpreter.delays.pop(command, None)
+    return {}
+
+
+# -- the unix socket --------------------------------------------------------------
+class ControlServer:
+    """Newline-delimited JSON on a unix socket: one answer line per request line.
+
+        server = ControlServer(emulator, "/tmp/modem.ctl")
+        await server.start()          # on the emulator's loop
+        ...
+        await server.close()          # the socket file is removed
+    """
+
+    def __init__(self, emulator, path: str | os.PathLike) -> None:
+        self.emulator = emulator
+        self.path = Path(path)
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        if self.path.is_socket():
+            self.path.unlink()        # a stale socket of an earlier run
+        old = os.umask(0o177)         # the socket file is 0600: only its user may drive faults
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
+                                                           limit=MAX_REQUEST)
+        finally:
+            os.umask(old)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._clients):
+                writer.close()
+            await self._server.wait_closed()
+            self._server = None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    writer.write(b'{"ok": false, "error": "request line too long"}\n')
+                    break
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                writer.write(json.dumps(self.handle(line)).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._clients.discard(writer)
+            writer.close()
+
+    def handle(self, line: bytes) -> dict:
+        try:
+            request = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return {"ok": False, "error": f"malformed JSON: {exc}"}
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "a request is a JSON object"}
+        name = request.pop("op", None)
+        modem = request.pop("modem", 0)
+        return run(self.emulator, name, modem, request)

@@ -1,0 +1,273 @@
+"""The control API (emulator/tools/control.py): each fault seen from a pyserial host
+as a real module reports it, and the unix socket's JSON-lines protocol."""
+from __future__ import annotations
+
+import json
+import re
+import socket
+
+import pytest
+
+from emulator.io.app import BackgroundEmulator
+from emulator.testing.host import Host
+from emulator.testing.peers import TlsServer
+from emulator.tools.control import ControlServer
+
+HOST = "echo.example"
+
+
+@pytest.fixture
+def echo(pki, emulator):
+    with TlsServer(pki.server, mode="echo") as server:
+        emulator.router.add_map(HOST, 443, "127.0.0.1", server.address[1])
+        yield server
+
+
+@pytest.fixture
+def ec2x_on(open_modem):
+    host, port = open_modem("ec2x", manual_time=True)
+    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+    return host, port
+
+
+def _open(host, client_id: int = 1, mode: int = 0) -> None:
+    assert host.at(f'AT+QSSLOPEN=1,1,{client_id},"{HOST}",443,{mode}') == b"\r\nOK\r\n"
+    host.seen(f"+QSSLOPEN: {client_id},0\r\n".encode(), timeout=3)
+
+
+def _ml302_open(host, ssid: int = 0) -> None:
+    assert host.at('AT+CGDCONT=1,"IP","CMNET"') == b"\r\nOK\r\n"
+    assert host.at("AT+CGACT=1,1").endswith(b"OK\r\n")
+    assert host.at(f'AT+QSSLOPEN={ssid},0,"{HOST}",443,0') == b"\r\nOK\r\n"
+    host.seen(f"+QSSLOPEN: {ssid},0\r\n".encode(), timeout=3)
+
+
+# -- the API itself -----------------------------------------------------------------
+def test_bad_requests_answer_errors_and_never_raise(emulator, ec2x_on):
+    for op, modem, kw in (("nope", 0, {}), ("state", 7, {}), ("state", "0", {}),
+                          ("drop", 0, {"socket": 3, "how": "rst"}),
+                          ("drop", 0, {"socket": 99, "how": "rst"}),
+                          ("drop", 0, {"socket": 1}), ("dtr", 0, {"level": 2}),
+                          ("dtr", 0, {"level": True}), ("state", 0, {"extra": 1}),
+                          ("pdp_deact", 0, {"cid": 2}), ("slow", 0, {"command": "+NOPE", "ms": 5}),
+                          ("urc", 0, {"text": "a\r\nb"}), ("send_fail", 0, {"socket": 1})):
+        answer = emulator.control(op, modem, **kw)
+        assert answer["ok"] is False and answer["error"], (op, kw, answer)
+
+
+def test_state_lists_pdp_clock_and_sockets(emulator, ec2x_on, echo):
+    host, _ = ec2x_on
+    _open(host, 1)
+    assert host.send_data(1, b"hello") == b"\r\nSEND OK\r\n"
+    host.seen(b'+QSSLURC: "recv",1\r\n', timeout=3)
+    state = emulator.control("state")
+    assert state["ok"] and state["profile"] == "ec2x" and state["clock"]
+    assert {"cid": 1, "active": True, "apn": "UNINET", "address": "10.7.157.1"} in state["pdp"]
+    (sock,) = state["sockets"]
+    assert sock["id"] == 1 and sock["state"] == "CONNECTED" and sock["access_mode"] == 0
+    assert sock["address"] == f"{HOST}:443" and sock["bytes_sent"] == 5 and sock["bytes_received"] == 5
+    assert sock["tls_version"] and sock["cipher"]
+
+
+# -- drops --------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["close", "rst"])
+def test_drop_reports_closed_then_close_answers(emulator, ec2x_on, echo, how):
+    host, _ = ec2x_on
+    _open(host, 2)
+    assert emulator.control("drop", socket=2, how=how) == {"ok": True}
+    host.seen(b'+QSSLURC: "closed",2\r\n', timeout=3)
+    assert re.search(rb'\+QSSLSTATE: 2,"SSLClient","echo.example",443,\d+,4,', host.at("AT+QSSLSTATE=2"))
+    assert host.at("AT+QSSLSEND=2,1") == b"\r\nERROR\r\n"
+    assert host.at("AT+QSSLCLOSE=2") == b"\r\nOK\r\n"
+    assert emulator.control("state")["sockets"] == []
+
+
+def test_drop_while_online_is_no_carrier(emulator, ec2x_on, echo):
+    host, _ = ec2x_on
+    host.write(f'AT+QSSLOPEN=1,1,3,"{HOST}",443,2\r')
+    host.read_until(b"\r\nCONNECT\r\n", timeout=3)
+    assert emulator.control("drop", socket=3, how="rst")["ok"]
+    host.read_until(b"\r\nNO CARRIER\r\n", timeout=3)
+    assert host.at("AT+QSSLCLOSE=3") == b"\r\nOK\r\n"
+
+
+def test_blackhole_swallows_sends_until_the_buffer_is_full(emulator, ec2x_on, echo):
+    host, _ = ec2x_on
+    _open(host, 1)
+    assert emulator.control("drop", socket=1, how="blackhole")["ok"]
+    results = [host.send_data(1, b"x" * 1460) for _ in range(12)]    # ssl.send_buffer 16384
+    assert results == [b"\r\nSEND OK\r\n"] * 11 + [b"\r\nSEND FAIL\r\n"]
+    assert b"QSSLURC" not in host.quiet_for(0.2)          # the echo never comes back
+    assert echo.conn.received == b""                        # nothing reached the server
+    state = emulator.control("state")["sockets"][0]
+    assert state["blackholed"] and state["bytes_received"] == 0 and state["state"] == "CONNECTED"
+    assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
+
+
+# -- PDP ----------------------------------------------------------------------------
+def test_pdp_deact_ec2x_urc_then_sockets_closed(emulator, ec2x_on, echo):
+    host, _ = ec2x_on
+    _open(host, 1)
+    assert emulator.control("pdp_deact", cid=1)["ok"]
+    got = host.read_until(b'+QSSLURC: "closed",1\r\n', timeout=3)
+    assert got.endswith(b'\r\n+QIURC: "pdpdeact",1\r\n\r\n+QSSLURC: "closed",1\r\n'), got
+    assert host.at("AT+QIACT?") == b"\r\nOK\r\n"
+    assert host.at("AT+QSSLCLOSE=1") == b"\r\nOK\r\n"
+    assert not emulator.control("pdp_deact", cid=1)["ok"]     # not active any more
+
+
+def test_pdp_deact_ml302_closes_sockets_and_state_says_pdp_deact(emulator, open_modem, echo):
+    host, _ = open_modem("ml302", manual_time=True)
+    _ml302_open(host, 0)
+    assert emulator.control("pdp_deact", cid=1)["ok"]
+    got = host.read_until(b'+QSSLURC: "close",0\r\n', timeout=3)
+    assert got == b'\r\n+QSSLURC: "close",0\r\n', got
+    assert b'+QSSLSTATE: "PDP DEACT"' in host.at("AT+QSSLSTATE")
+
+
+# -- open faults ----------------------------------------------------------------------
+@pytest.mark.parametrize("op, code", [("dns_fail", 565), ("connect_refuse", 566)])
+def test_open_faults_ec2x(emulator, ec2x_on, echo, op, code):
+    host, _ = ec2x_on
+    assert emulator.control(op, count=1)["ok"]
+    assert host.at(f'AT+QSSLOPEN=1,1,1,"{HOST}",443,0') == b"\r\nOK\r\n"
+    host.seen(f"+QSSLOPEN: 1,{code}\r\n".encode(), timeout=3)
+    assert host.at("AT+QIGETERROR").startswith(f"\r\n+QIGETERROR: {code},".encode())
+    _open(host, 1)                                          # only the next one failed
+
+
+def test_handshake_stall_ec2x_is_569_after_negotiatetime(emulator, ec2x_on, echo):
+    host, port = ec2x_on
+    assert host.at('AT+QSSLCFG="negotiatetime",1,20') == b"\r\nOK\r\n"
+    assert emulator.control("handshake_stall")["ok"]
+    assert host.at(f'AT+QSSLOPEN=1,1,1,"{HOST}",443,0') == b"\r\nOK\r\n"
+    echo.wait_connections(1, timeout=3)
+    assert b"+QSSLOPEN" not in host.quiet_for(0.2)
+    emulator.advance(port, 19)
+    assert b"+QSSLOPEN" not in host.quiet_for(0.1)
+    emulator.advance(port, 1.5)
+    host.seen(b"+QSSLOPEN: 1,569", timeout=3)
+
+
+@pytest.mark.parametrize("op", ["dns_fail", "connect_refuse"])
+def test_open_faults_ml302_are_minus_1(emulator, open_modem, echo, op):
+    host, _ = open_modem("ml302", manual_time=True)
+    assert emulator.control(op, count=2)["ok"]
+    assert host.at('AT+CGDCONT=1,"IP","CMNET"') == b"\r\nOK\r\n"
+    assert host.at("AT+CGACT=1,1").endswith(b"OK\r\n")
+    for _ in range(2):
+        assert host.at(f'AT+QSSLOPEN=0,0,"{HOST}",443,0') == b"\r\nOK\r\n"
+        host.seen(b"+QSSLOPEN: 0,-1\r\n", timeout=3)
+    assert host.at(f'AT+QSSLOPEN=0,0,"{HOST}",443,0') == b"\r\nOK\r\n"
+    host.seen(b"+QSSLOPEN: 0,0\r\n", timeout=3)
+
+
+def test_handshake_stall_ml302_is_minus_1_after_its_timeout(emulator, open_modem, echo):
+    host, port = open_modem("ml302", manual_time=True)
+    assert emulator.control("handshake_stall", count=1)["ok"]
+    assert host.at('AT+CGDCONT=1,"IP","CMNET"') == b"\r\nOK\r\n"
+    assert host.at("AT+CGACT=1,1").endswith(b"OK\r\n")
+    assert host.at(f'AT+QSSLOPEN=0,0,"{HOST}",443,0,30') == b"\r\nOK\r\n"
+    echo.wait_connections(1, timeout=3)
+    emulator.advance(port, 29)
+    assert b"+QSSLOPEN" not in host.quiet_for(0.1)
+    emulator.advance(port, 1.5)
+    host.seen(b"+QSSLOPEN: 0,-1\r\n", timeout=3)
+
+
+# -- sends, lines, port ------------------------------------------------------------------
+def test_send_fail_for_the_next_k_sends(emulator, open_modem, echo):
+    host, _ = open_modem("ml302", manual_time=True)
+    _ml302_open(host, 0)
+    assert emulator.control("send_fail", socket=0, count=2)["ok"]
+    for expected in (b"SEND FAIL", b"SEND FAIL", b"SEND OK"):      # ML302: Ctrl+Z ends the data
+        assert host.send_data(0, b"abc", fixed=False) == b"\r\n" + expected + b"\r\n"
+    echo.wait_received(3, timeout=3)
+
+
+def test_dtr_drop_leaves_online_mode(emulator, ec2x_on, echo):
+    host, _ = ec2x_on
+    assert host.at("AT&D1") == b"\r\nOK\r\n"
+    host.write(f'AT+QSSLOPEN=1,1,3,"{HOST}",443,2\r')
+    host.read_until(b"\r\nCONNECT\r\n", timeout=3)
+    assert emulator.control("dtr", level=0)["ok"]            # AT&D1: like +++
+    host.read_until(b"\r\nOK\r\n", timeout=3)
+    assert emulator.control("dtr", level=1)["ok"]
+    assert emulator.control("state")["dtr"] == 1
+    assert host.at("ATO") == b"\r\nCONNECT\r\n"
+
+
+def test_urc_injects_a_line(emulator, ec2x_on):
+    host, _ = ec2x_on
+    assert emulator.control("urc", text='+QIURC: "dnsgip",0,1,600')["ok"]
+    assert host.read_until(b"600\r\n", timeout=3) == b'\r\n+QIURC: "dnsgip",0,1,600\r\n'
+
+
+def test_reboot_goes_quiet_then_start_up_urcs(emulator, ec2x_on, echo):
+    host, port = ec2x_on
+    _open(host, 1)
+    assert emulator.control("reboot", ms=3000)["ok"]
+    assert host.quiet_for(0.2) == b""
+    emulator.advance(port, 3)
+    got = host.read_until(b"+QIND: SMS DONE\r\n", timeout=3)
+    assert got.startswith(b"\r\nRDY\r\n") and b"QSSLURC" not in got
+    assert host.at("AT+QIACT?") == b"AT+QIACT?\r\r\nOK\r\n"     # echo back on, PDP gone
+    assert emulator.control("state")["sockets"] == []
+
+
+def test_slow_answer_waits_on_the_modem_clock(emulator, ec2x_on, echo):
+    host, port = ec2x_on
+    assert emulator.control("slow", command="+QSSLOPEN", ms=5000)["ok"]
+    host.write(f'AT+QSSLOPEN=1,1,1,"{HOST}",443,0\r')
+    emulator.wait_received(port, host.written)
+    assert host.quiet_for(0.3) == b""                       # the OK waits (the URC behind it)
+    emulator.advance(port, 5)
+    host.read_until(b"\r\nOK\r\n", timeout=3)
+    host.seen(b"+QSSLOPEN: 1,0\r\n", timeout=3)
+    assert emulator.control("slow", command="AT+QSSLOPEN", ms=0)["ok"]
+    assert host.at("AT+QSSLCLOSE=1") == b"\r\nOK\r\n"
+
+
+def test_slow_send_delays_the_answer_after_the_data(emulator, ec2x_on, echo):
+    host, port = ec2x_on
+    _open(host, 1)
+    assert emulator.control("slow", command="+QSSLSEND", ms=1000)["ok"]
+    host.write("AT+QSSLSEND=1,3\r")
+    host.read_until(b"> ", timeout=3)
+    host.write(b"abc")
+    emulator.wait_received(port, host.written)
+    assert b"SEND OK" not in host.quiet_for(0.2)
+    emulator.advance(port, 1)
+    host.read_until(b"\r\nSEND OK\r\n", timeout=3)
+
+
+# -- the unix socket --------------------------------------------------------------------
+def test_control_socket_protocol(tmp_path):
+    path = tmp_path / "ctl.sock"
+    with BackgroundEmulator(offline=True) as emu:
+        emu.add_modem("ec2x", state_dir=tmp_path / "state", manual_time=True)
+        server = ControlServer(emu.emulator, path)
+        emu.call(server.start())
+        try:
+            assert path.is_socket() and (path.stat().st_mode & 0o777) == 0o600
+            with socket.socket(socket.AF_UNIX) as client:
+                client.settimeout(3)
+                client.connect(str(path))
+                reader = client.makefile("rb")
+
+                def ask(line: bytes) -> dict:
+                    client.sendall(line + b"\n")
+                    return json.loads(reader.readline())
+
+                state = ask(b'{"op": "state", "modem": 0}')
+                assert state["ok"] is True and state["profile"] == "ec2x" and state["sockets"] == []
+                unknown = ask(b'{"op": "fly"}')
+                assert unknown["ok"] is False and "unknown op" in unknown["error"]
+                bad = ask(b'{"op": "state",')
+                assert bad["ok"] is False and "malformed JSON" in bad["error"]
+                assert ask(b"[1, 2]")["ok"] is False
+                assert ask(b'{"op": "state", "modem": 1}')["ok"] is False
+                assert ask(b'{"op": "dtr", "level": 0}') == {"ok": True}
+        finally:
+            emu.call(server.close())
+        assert not path.exists()
