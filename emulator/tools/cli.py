@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unrouted names fail as DNS errors instead of using the real network")
     p.add_argument("--demo", action="store_true",
                    help="start the built-in loopback TLS peer and route the manuals' hosts to it")
+    p.add_argument("--trace", metavar="FILE",
+                   help="write every byte each way, each command with its answer and each socket's "
+                        "TLS events and plaintext as JSON lines to FILE (created 0600; with --count, "
+                        "one file, each record naming its modem's index); read it with "
+                        "'modem-emulator trace show FILE', replay it with 'modem-emulator replay FILE'")
     p.add_argument("--keylog", help="append NSS key-log lines of every TLS session to this file "
                                     "(default: $SSLKEYLOGFILE)")
     return p
@@ -155,17 +160,18 @@ async def run(args: argparse.Namespace) -> int:
     load_config(args.config, router)
     places = modem_places(args, profile.name)
     emulator = Emulator(router, keylog=make_keylog(args.keylog))
+    trace = make_trace(args.trace)
     if args.demo:
         await emulator.start_demo()
     entries = []
     for link, state_dir in places:
         try:
-            entries.append(await emulator.add_modem(profile, link=link, state_dir=state_dir))
+            entries.append(await emulator.add_modem(profile, link=link, state_dir=state_dir, trace=trace))
         except LinkError as exc:
-            await emulator.close()
+            await _close(emulator, trace)
             raise SystemExit(f"modem-emulator: --link: {exc}")
         except OSError as exc:                   # state dir not creatable, link dir read-only, ...
-            await emulator.close()
+            await _close(emulator, trace)
             where = exc.filename or state_dir
             raise SystemExit(f"modem-emulator: cannot start: {where}: {exc.strerror or exc}")
     hints = []
@@ -185,8 +191,26 @@ async def run(args: argparse.Namespace) -> int:
         _say(sys.stderr, line)
 
     await stop.wait()
-    await emulator.close()
+    await _close(emulator, trace)
     return 0
+
+
+async def _close(emulator: Emulator, trace) -> None:
+    await emulator.close()
+    if trace is not None:
+        trace.close()
+
+
+def make_trace(path: str | None):
+    """One TraceWriter for every modem (records carry the modem's index), opened at
+    start-up so a bad path is reported at once."""
+    if not path:
+        return None
+    from emulator.tools.trace import TraceWriter
+    try:
+        return TraceWriter(path)
+    except OSError as exc:
+        raise SystemExit(f"modem-emulator: --trace {path}: {exc.strerror or exc}")
 
 
 def _say(stream, text: str) -> None:
@@ -198,7 +222,30 @@ def _say(stream, text: str) -> None:
         pass
 
 
+SUBCOMMANDS = ("usage: modem-emulator trace show FILE [--socket N] [--modem N]\n"
+               "       modem-emulator replay FILE [--profile P] [--modem N] [--ignore REGEX]...")
+
+
+def subcommand(argv: list[str]) -> int | None:
+    """`trace show FILE ...` and `replay FILE ...` (emulator/tools/trace.py); None when
+    argv is a normal start-up."""
+    if argv[:1] == ["replay"]:
+        from emulator.tools.trace import replay_main
+        return replay_main(argv[1:])
+    if argv[:1] == ["trace"]:
+        if argv[1:2] == ["show"]:
+            from emulator.tools.trace import show_main
+            return show_main(argv[2:])
+        print(SUBCOMMANDS, file=sys.stderr)
+        return 2
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    code = subcommand(argv)
+    if code is not None:
+        return code
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,8 +1,11 @@
 """--count N: N independent modems in one process (issue 12, "Many modems")."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -10,7 +13,7 @@ import pytest
 
 from emulator.testing.host import Host
 from emulator.testing.peers import TlsServer
-from tests.e2e.cli_support import start, stop
+from tests.e2e.cli_support import ROOT, start, stop
 
 HOST_NAME, HOST_PORT = "www.iottest.work", 443
 
@@ -124,3 +127,44 @@ def run_parallel_echo(tmp_path, pki, count: int) -> float:
 
 def test_twenty_hosts_each_complete_a_tls_echo_at_once(tmp_path, pki):
     run_parallel_echo(tmp_path, pki, 20)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emulator", *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=60)
+
+
+def test_count_2_with_trace_writes_one_file_that_trace_show_and_replay_read(tmp_path):
+    trace = tmp_path / "run.trace"
+    proc = start("--count", "2", "--state-dir", str(tmp_path / "s"), "--trace", str(trace))
+    try:
+        paths = device_paths(proc, 2)
+        for n, path in enumerate(paths):
+            host = Host(path)
+            assert host.at("ATE0").endswith(b"OK\r\n")
+            assert host.at(f'AT+QICSGP=1,1,"APN{n}","","",1') == b"\r\nOK\r\n"
+            assert host.at("AT+QICSGP=1") == b'\r\n+QICSGP: 1,"APN%d","","",1\r\n\r\nOK\r\n' % n
+            host.close()
+    finally:
+        assert stop(proc) == 0
+    assert (trace.stat().st_mode & 0o777) == 0o600
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert {r["modem"] for r in records if r["kind"] == "start"} == {0, 1}
+    assert [r["line"] for r in records if r["kind"] == "cmd" and r["modem"] == 1] == \
+        ["ATE0", 'AT+QICSGP=1,1,"APN1","","",1', "AT+QICSGP=1"]
+    shown = run_cli("trace", "show", str(trace), "--modem", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert '"APN1"' in shown.stdout and '"APN0"' not in shown.stdout
+    replayed = run_cli("replay", str(trace), "--modem", "1")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    changed = tmp_path / "changed.trace"
+    changed.write_text(trace.read_text().replace('"APN1\\"', '"APN9\\"', 1))
+    assert run_cli("replay", str(changed), "--modem", "1").returncode == 1
+    assert run_cli("trace").returncode == 2
+
+
+def test_trace_to_an_unwritable_path_stops_startup(tmp_path):
+    proc = start("--trace", str(tmp_path / "no-such-dir" / "t"), "--state-dir", str(tmp_path / "s"))
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1 and out == ""
+    assert "modem-emulator: --trace" in err and "No such file or directory" in err
