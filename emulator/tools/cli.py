@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "TLS events and plaintext as JSON lines to FILE (created 0600; with --count, "
                         "one file, each record naming its modem's index); read it with "
                         "'modem-emulator trace show FILE', replay it with 'modem-emulator replay FILE'")
+    p.add_argument("--control", metavar="PATH",
+                   help="listen on this unix socket for JSON-line requests (state, faults; "
+                        "\"modem\": <index> picks one of --count's modems); removed at exit")
     p.add_argument("--keylog", help="append NSS key-log lines of every TLS session to this file "
                                     "(default: $SSLKEYLOGFILE)")
     return p
@@ -174,12 +177,23 @@ async def run(args: argparse.Namespace) -> int:
             await _close(emulator, trace)
             where = exc.filename or state_dir
             raise SystemExit(f"modem-emulator: cannot start: {where}: {exc.strerror or exc}")
+    control = None
+    if args.control:
+        from emulator.tools.control import ControlServer
+        control = ControlServer(emulator, args.control)
+        try:
+            await control.start()
+        except OSError as exc:
+            await _close(emulator, trace)
+            raise SystemExit(f"modem-emulator: --control {args.control}: {exc.strerror or exc}")
     hints = []
     for n, (entry, (link, state_dir)) in enumerate(zip(entries, places)):
         label = f" #{n}" if len(entries) > 1 else ""
         hints.append(f"modem-emulator: {profile.name}{label} ({profile['identity.model']}) on "
                      f"{entry.port.device}{' -> ' + entry.path if link else ''}; state in {state_dir}")
     hints.append(f"  connect: python -m serial.tools.miniterm {entries[0].path} 115200")
+    if control is not None:
+        hints.append(f"  control: JSON lines on {args.control}, e.g. {{\"op\": \"state\", \"modem\": 0}}")
     if args.demo:
         hints.append("  demo peer: 220.180.239.212:8010/8011 (TLS echo) and www.iottest.work:443 (HTTPS)\n"
                      "  are routed to loopback (www.iottest.work shows as 106.12.79.254);\n"
@@ -191,6 +205,8 @@ async def run(args: argparse.Namespace) -> int:
         _say(sys.stderr, line)
 
     await stop.wait()
+    if control is not None:
+        await control.close()
     await _close(emulator, trace)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -168,3 +169,33 @@ def test_trace_to_an_unwritable_path_stops_startup(tmp_path):
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 1 and out == ""
     assert "modem-emulator: --trace" in err and "No such file or directory" in err
+
+
+def control_request(sock_path, request: dict) -> dict:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(sock_path))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        return json.loads(sock.makefile("rb").readline())
+
+
+def test_count_2_with_control_each_modem_answers_to_its_index(tmp_path):
+    ctl = tmp_path / "modem.ctl"
+    proc = start("--count", "2", "--state-dir", str(tmp_path / "s"), "--control", str(ctl))
+    hosts = []
+    try:
+        hosts = [Host(p) for p in device_paths(proc, 2)]
+        for host in hosts:
+            assert host.at("ATE0").endswith(b"OK\r\n")
+        assert (ctl.stat().st_mode & 0o777) == 0o600
+        assert control_request(ctl, {"op": "urc", "modem": 1, "text": "+HELLO: 1"}) == {"ok": True}
+        assert hosts[1].read_until(b"\r\n+HELLO: 1\r\n") == b"\r\n+HELLO: 1\r\n"
+        assert control_request(ctl, {"op": "urc", "text": "+HELLO: 0"}) == {"ok": True}
+        assert hosts[0].read_until(b"\r\n+HELLO: 0\r\n") == b"\r\n+HELLO: 0\r\n"
+        assert hosts[1].quiet_for(0.2) == b""
+        answer = control_request(ctl, {"op": "state", "modem": 2})
+        assert answer["ok"] is False and "no modem 2" in answer["error"]
+    finally:
+        for host in hosts:
+            host.close()
+        assert stop(proc) == 0
+    assert not ctl.exists()
