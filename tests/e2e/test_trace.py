@@ -112,3 +112,30 @@ def test_a_plain_at_log_replays(tmp_path, capsys):
     assert replay_main([str(log)]) == 1
     out = capsys.readouterr().out
     assert 'step 2 (AT+QSSLCFG="seclevel",1)' in out and "+QSSLCFG: \"seclevel\",1,0" in out
+
+
+def test_a_failed_open_and_a_peer_close_replay(open_modem, emulator, pki, tmp_path, capsys):
+    """The stand-in server ends the handshake as recorded (a certificate the CA did not
+    sign: 566) and closes where the recorded server did (the "closed" URC)."""
+    path = tmp_path / "close.trace"
+    host, _ = open_modem("ec2x", trace=str(path))
+    with TlsServer(pki.server, handler=lambda conn: conn.sendall(b"bye")) as server:
+        emulator.router.add_map(HOST, 8010, "127.0.0.1", server.port)
+        assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+        host.upload("UFS:wrong.pem", pki.wrong_ca.cert_pem)
+        assert host.at('AT+QSSLCFG="seclevel",2,1;+QSSLCFG="cacert",2,"UFS:wrong.pem"') == b"\r\nOK\r\n"
+        assert host.at(f'AT+QSSLOPEN=1,2,1,"{HOST}",8010,0') == b"\r\nOK\r\n"
+        host.read_until(b"\r\n+QSSLOPEN: 1,566\r\n")
+        assert host.at(f'AT+QSSLOPEN=1,1,2,"{HOST}",8010,0') == b"\r\nOK\r\n"
+        host.read_until(b"\r\n+QSSLOPEN: 2,0\r\n")
+        host.read_until(b'\r\n+QSSLURC: "closed",2\r\n')
+        assert host.at("AT+QSSLRECV=2,100") == b"\r\n+QSSLRECV: 3\r\nbye\r\n\r\nOK\r\n"
+        assert host.at("AT+QSSLCLOSE=2") == b"\r\nOK\r\n"
+    emulator.run(lambda: None)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    results = [(r["socket"], r["code"], r["failure"]) for r in records if r["kind"] == "open_result"]
+    assert results[0][:2] == (1, 566) and results[1] == (2, 0, None)
+    closed = next(r for r in records if r["kind"] == "peer_closed")
+    assert closed["socket"] == 2 and closed["how"] in ("close_notify", "fin")
+    capsys.readouterr()
+    assert replay_main([str(path)]) == 0, capsys.readouterr().out
