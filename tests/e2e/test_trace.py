@@ -32,6 +32,7 @@ def traced_session(open_modem, emulator, pki, path) -> None:
         assert host.at('AT+QSSLCFG="seclevel",1,1;+QSSLCFG="cacert",1,"UFS:ca.pem"') == b"\r\nOK\r\n"
         assert host.at(f'AT+QSSLOPEN=1,1,4,"{HOST}",8010,0') == b"\r\nOK\r\n"
         host.read_until(b"\r\n+QSSLOPEN: 4,0\r\n")
+        assert host.at("AT+QSSLSTATE=4").startswith(b'\r\n+QSSLSTATE: 4,"SSLClient"')   # a local port
         assert host.send_data(4, b"Test data from SSL") == b"\r\nSEND OK\r\n"
         host.read_until(b'\r\n+QSSLURC: "recv",4\r\n')
         assert host.at("AT+QSSLRECV=4,1500") == b"\r\n+QSSLRECV: 18\r\nTest data from SSL\r\n\r\nOK\r\n"
