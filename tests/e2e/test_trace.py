@@ -140,3 +140,28 @@ def test_a_failed_open_and_a_peer_close_replay(open_modem, emulator, pki, tmp_pa
     assert closed["socket"] == 2 and closed["how"] in ("close_notify", "fin")
     capsys.readouterr()
     assert replay_main([str(path)]) == 0, capsys.readouterr().out
+
+
+def test_a_transparent_session_replays(open_modem, emulator, pki, tmp_path, capsys):
+    """Online data mode: the host's bytes go to the socket as they come; "+++" needs its
+    guard times (S12, shortened here), which the replay keeps by keeping the host's pauses."""
+    path = tmp_path / "online.trace"
+    host, _ = open_modem("ec2x", trace=str(path))
+    with TlsServer(pki.server, mode="echo") as server:
+        emulator.router.add_map(HOST, 8011, "127.0.0.1", server.port)
+        assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1;S12=5') == b"\r\nOK\r\n"
+        host.write(f'AT+QSSLOPEN=1,1,4,"{HOST}",8011,2\r')
+        host.read_until(b"CONNECT\r\n")
+        host.write(b"hello\r\n")
+        assert host.read_exactly(7) == b"hello\r\n"
+        host.quiet_for(0.15)
+        host.write(b"+++")
+        host.read_until(b"\r\nOK\r\n")
+        assert host.at("AT+QSSLCLOSE=4") == b"\r\nOK\r\n"
+    emulator.run(lambda: None)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["data"] for r in records if r["kind"] == "sent"] == ["hello\r\n"]
+    capsys.readouterr()
+    assert replay_main([str(path)]) == 0, capsys.readouterr().out
+    show_main([str(path), "--socket", "4"])
+    assert "socket 4 sent 7 bytes" in capsys.readouterr().out
