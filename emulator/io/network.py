@@ -19,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import random
 import socket
+from collections import deque
+from dataclasses import dataclass
 
 from emulator.logsafe import get_logger
 
@@ -190,6 +193,15 @@ class NetFaults:
 
     def __init__(self, modem=None) -> None:
         self.pending = {kind: 0 for kind in self.KINDS}
+        self.modem = modem
+        self.conditions = NetConditions()      # the whole modem's (a socket's own wins)
+        self.random = random.Random(0)
+
+    def shaped(self, protocol_factory, conditions, datagram: bool):
+        """A protocol factory whose links carry the network conditions (the control API's
+        "net"): conditions() gives the NetConditions in force, asked at every packet."""
+        timers = self.modem.timers
+        return lambda: ShapedLink(protocol_factory(), conditions, timers, self.random, datagram)
 
     def take_open(self) -> str | None:
         for kind in self.KINDS:
@@ -197,6 +209,167 @@ class NetFaults:
                 self.pending[kind] -= 1
                 return kind
         return None
+
+
+@dataclass
+class NetConditions:
+    """A link's conditions: one-way latency, bandwidth (0 = unlimited) and packet loss
+    (TCP: a lost segment is sent again after an RTO, max(200 ms, 2 x latency), and the
+    stream waits behind it; DTLS: the datagram is gone)."""
+    latency_ms: float = 0
+    kbps: float = 0
+    loss: float = 0
+
+    def active(self) -> bool:
+        return bool(self.latency_ms or self.kbps or self.loss)
+
+
+class _Pipe:
+    """One direction of a shaped link: packets leave in order, each at its due time
+    on the modem's timers (so manual-time tests advance them)."""
+
+    def __init__(self, conditions, timers, rng, datagram: bool) -> None:
+        self.conditions, self.timers, self.random, self.datagram = conditions, timers, rng, datagram
+        self.queue: deque = deque()          # (due, action)
+        self.busy_until = 0.0                # the sender's bandwidth is used until then
+        self.queued = 0                      # bytes waiting
+        self._timer = None
+
+    def push(self, size: int, action) -> None:
+        cond = self.conditions()
+        if not self.queue and not cond.active():
+            action()
+            return
+        now = self.timers.monotonic()
+        extra = 0.0
+        if size and cond.loss and self.random.random() < cond.loss:
+            if self.datagram:
+                return                       # a lost datagram
+            extra = max(0.2, 2 * cond.latency_ms / 1000)     # retransmitted after an RTO
+        start = max(now, self.busy_until)
+        self.busy_until = start + (size * 8 / (cond.kbps * 1000) if cond.kbps else 0)
+        due = self.busy_until + cond.latency_ms / 1000 + extra
+        if self.queue:
+            due = max(due, self.queue[-1][0])                # never overtakes
+        self.queue.append((due, size, action))
+        self.queued += size
+        if self._timer is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self.queue:
+            self._timer = self.timers.call_later(self.queue[0][0] - self.timers.monotonic(), self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        now = self.timers.monotonic()
+        while self.queue and self.queue[0][0] <= now + 1e-9:
+            _, size, action = self.queue.popleft()
+            self.queued -= size
+            action()
+        self._arm()
+
+    def clear(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.queue.clear()
+        self.queued = 0
+
+
+class ShapedTransport:
+    """The transport a socket writes to, with the link's conditions on the way out."""
+
+    def __init__(self, inner, pipe: _Pipe, writable) -> None:
+        self._inner = inner
+        self._pipe = pipe
+        self._writable = writable            # the protocol's resume_writing
+        self._high = self._low = None
+        self._over = False
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        """Bytes waiting on the shaped link count too: above `high` the writer holds
+        back (it sees send_backlog()), at `low` it hears resume_writing again."""
+        self._high, self._low = high, low
+        self._inner.set_write_buffer_limits(high=high, low=low)
+
+    def _out(self, send, data: bytes) -> None:
+        def go() -> None:
+            if not self._inner.is_closing():
+                send(data)
+            if self._over and self.get_write_buffer_size() <= (self._low or 0):
+                self._over = False
+                self._writable()
+        self._pipe.push(len(data), go)
+        if self._high is not None and self._pipe.queued > self._high:
+            self._over = True
+
+    def write(self, data: bytes) -> None:
+        self._out(self._inner.write, bytes(data))
+
+    def sendto(self, data: bytes, addr=None) -> None:
+        self._out(self._inner.sendto, bytes(data))
+
+    def write_eof(self) -> None:
+        if not self._pipe.queue:
+            self._inner.write_eof()
+            return
+
+        def go() -> None:
+            try:
+                if not self._inner.is_closing():
+                    self._inner.write_eof()
+            except OSError as exc:
+                log.debug("no FIN after shaped data: %s", exc)
+        self._pipe.push(0, go)
+
+    def get_write_buffer_size(self) -> int:
+        return self._inner.get_write_buffer_size() + self._pipe.queued
+
+    def abort(self) -> None:
+        self._pipe.clear()
+        self._inner.abort()
+
+    def close(self) -> None:
+        self._pipe.clear()
+        self._inner.close()
+
+
+class ShapedLink(asyncio.Protocol):
+    """Wraps a socket's protocol: what arrives passes the link's conditions first (the
+    connection's end included, behind the data before it); its transport is shaped."""
+
+    def __init__(self, inner, conditions, timers, rng, datagram: bool) -> None:
+        self.inner = inner
+        self.incoming = _Pipe(conditions, timers, rng, datagram)
+        self.outgoing = _Pipe(conditions, timers, rng, datagram)
+        self.shaped = None
+
+    def connection_made(self, transport) -> None:
+        self.shaped = ShapedTransport(transport, self.outgoing, self.inner.resume_writing)
+        self.inner.connection_made(self.shaped)
+
+    def data_received(self, data: bytes) -> None:
+        self.incoming.push(len(data), lambda: self.inner.data_received(data))
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.incoming.push(len(data), lambda: self.inner.datagram_received(data, addr))
+
+    def error_received(self, exc: Exception) -> None:
+        self.inner.error_received(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        self.outgoing.clear()
+        self.incoming.push(0, lambda: self.inner.connection_lost(exc))
 
 
 def net_faults(modem) -> NetFaults:

@@ -189,6 +189,7 @@ class SslSocket:
         self.blackholed = False
         self._void = 0
         self.send_failures = 0
+        self.net = None                 # this socket's NetConditions (None: the modem's)
         self._trace = getattr(getattr(owner, "modem", None), "trace", _no_trace)   # tools/trace.py
 
     # -- state ------------------------------------------------------------------
@@ -254,13 +255,18 @@ class SslSocket:
         connect_timeout = CONNECT_TIMEOUT if total_timeout is None else min(CONNECT_TIMEOUT, total_timeout)
         deadline = timers.monotonic() + (total_timeout if total_timeout is not None else float("inf"))
         fault = self.faults.take_open() if self.faults is not None else None
+        factory = self._link
+        if self.faults is not None:       # the network conditions (control API "net")
+            faults = self.faults
+            factory = faults.shaped(self._link, lambda: self.net or faults.conditions, settings.dtls)
         try:
             if settings.dtls:
-                link = open_udp(router, self.host, self.port, self._link, fault=fault)
+                link = open_udp(router, self.host, self.port, factory, fault=fault)
             else:
-                link = open_tcp(router, self.host, self.port, self._link, fault=fault)
+                link = open_tcp(router, self.host, self.port, factory, fault=fault)
             # Name lookup and connect together, on the modem's time.
-            transport, _, self.remote = await timers.wait_for(link, connect_timeout)
+            transport, protocol, self.remote = await timers.wait_for(link, connect_timeout)
+            transport = getattr(protocol, "shaped", None) or transport
         except asyncio.TimeoutError:
             self._fail_open("timeout", f"no connection to {self.host}:{self.port} within {connect_timeout:g} s")
             return

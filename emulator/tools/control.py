@@ -26,6 +26,8 @@ DTR, URCs and the reboot.
     urc         text                       any line, as a URC
     reboot      [ms=50]                    as AT+CFUN=1,1, start-up URCs after ms
     slow        command="+QSSLOPEN", ms    that command's answer comes ms later (0: off)
+    net         latency_ms, kbps, loss, [socket], [seed]   network conditions of one socket
+                                           or the whole modem (all 0: none)
 """
 from __future__ import annotations
 
@@ -242,6 +244,31 @@ def slow(modem, args: _Args) -> dict:
         modem.interpreter.delays[command] = ms / 1000
     else:
         modem.interpreter.delays.pop(command, None)
+    return {}
+
+
+@op("net")
+def net(modem, args: _Args) -> dict:
+    from emulator.io.network import NetConditions, net_faults
+    faults = net_faults(modem)
+    sock = _socket(modem, args, connected=False) if "socket" in args.kw else None
+    values = {}
+    for key, hi in (("latency_ms", 600_000), ("kbps", 10_000_000)):
+        value = args.kw.pop(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= hi:
+            raise ControlError(f"net: {key!r} must be a number 0..{hi}, not {value!r}")
+        values[key] = value
+    loss = args.kw.pop("loss", 0)
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not 0 <= loss <= 1:
+        raise ControlError(f"net: 'loss' must be a fraction 0..1, not {loss!r}")
+    if "seed" in args.kw:
+        faults.random.seed(args.int("seed", 0, 2**63))
+    args.done()
+    conditions = NetConditions(values["latency_ms"], values["kbps"], loss)
+    if sock is not None:
+        sock.net = conditions if conditions.active() else None
+    else:
+        faults.conditions = conditions
     return {}
 
 

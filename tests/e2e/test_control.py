@@ -241,6 +241,48 @@ def test_slow_send_delays_the_answer_after_the_data(emulator, ec2x_on, echo):
     host.read_until(b"\r\nSEND OK\r\n", timeout=3)
 
 
+# -- network conditions --------------------------------------------------------------------
+def test_net_latency_delays_both_ways_on_the_modem_clock(emulator, ec2x_on, echo):
+    host, port = ec2x_on
+    _open(host, 1)
+    assert emulator.control("net", socket=1, latency_ms=300)["ok"]
+    assert host.send_data(1, b"hello") == b"\r\nSEND OK\r\n"
+    conn = echo.wait_handshake()
+    assert host.quiet_for(0.2) == b"" and conn.received == b""     # still on its way
+    emulator.advance(port, 0.3)
+    echo.wait_received(5, timeout=3)                                # the echo is on its way back
+    assert host.quiet_for(0.2) == b""
+    emulator.advance(port, 0.3)
+    host.seen(b'+QSSLURC: "recv",1\r\n', timeout=3)
+    assert emulator.control("net", socket=1)["ok"]                  # all 0: conditions off
+    assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
+
+
+def test_net_bandwidth_paces_what_the_server_gets(emulator, ec2x_on, echo):
+    host, port = ec2x_on
+    _open(host, 1)
+    assert emulator.control("net", kbps=8)["ok"]                   # the whole modem: 1000 bytes/s
+    assert host.send_data(1, b"x" * 1000) == b"\r\nSEND OK\r\n"   # + TLS record overhead
+    conn = echo.wait_handshake()
+    emulator.advance(port, 0.9)
+    assert host.quiet_for(0.2) == b"" and conn.received == b""
+    emulator.advance(port, 0.2)
+    echo.wait_received(1000, timeout=3)
+    assert emulator.control("net", latency_ms=0, kbps=0, loss=0)["ok"]
+    assert emulator.control("net", loss=2)["ok"] is False
+
+
+def test_net_loss_on_tcp_is_a_retransmission_delay(emulator, ec2x_on, echo):
+    host, port = ec2x_on
+    _open(host, 1)
+    assert emulator.control("net", socket=1, loss=1.0, seed=7)["ok"]
+    assert host.send_data(1, b"abc") == b"\r\nSEND OK\r\n"
+    conn = echo.wait_handshake()
+    assert host.quiet_for(0.2) == b"" and conn.received == b""
+    emulator.advance(port, 0.2)
+    echo.wait_received(3, timeout=3)                                # late, never lost
+
+
 # -- the unix socket --------------------------------------------------------------------
 def test_control_socket_protocol(tmp_path):
     path = tmp_path / "ctl.sock"
