@@ -8,7 +8,8 @@ Writing a trace
     no trace is attached.  One JSON object per line, every one with
         "t"      seconds since the trace began (monotonic clock), "modem" (index), "kind":
     kinds:
-        start        profile, name, wall (UTC, ISO 8601), version (of this format: 1)
+        start        profile, name, wall (UTC, ISO 8601), version (of this format: 1), dns
+                     (the names the modem's DNS answers, --dns: the ML302 shows them)
         io           dir "in" (host -> modem) | "out" (modem -> host), data
         cmd          line (the command line as the host sent it, "AT..."), answer (every
                      byte the modem wrote from the line's start to its final result, a
@@ -105,7 +106,8 @@ class TraceWriter:
         modem.tracer = tracer
         self.write({"modem": index, "kind": "start", "profile": modem.profile.name, "name": modem.name,
                     "wall": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
-                    "version": FORMAT_VERSION, "in": 0, "out": 0})
+                    "version": FORMAT_VERSION, "dns": dict(getattr(modem.network, "dns", None) or {}),
+                    "in": 0, "out": 0})
         return tracer
 
     def close(self) -> None:
@@ -532,6 +534,8 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         tracer: list[ModemTrace] = []
         peer = ReplayPeer(scripts_of(records), lambda: tracer[0].in_total if tracer else 0)
         emu.call(peer.start())
+        for name, ip in (start.get("dns") or {}).items():
+            emu.router.add_dns(name, ip)
         for s in scripts_of(records):
             if s.connected:
                 emu.router.add_map(s.host, s.port, "127.0.0.1", peer.port)

@@ -165,3 +165,27 @@ def test_a_transparent_session_replays(open_modem, emulator, pki, tmp_path, caps
     assert replay_main([str(path)]) == 0, capsys.readouterr().out
     show_main([str(path), "--socket", "4"])
     assert "socket 4 sent 7 bytes" in capsys.readouterr().out
+
+
+def test_an_ml302_session_with_echo_replays(open_modem, emulator, pki, tmp_path, capsys):
+    """The ML302's forms, echo on, and the address its DNS showed (recorded with the trace)."""
+    path = tmp_path / "ml302.trace"
+    emulator.router.add_dns("www.iottest.work", "106.12.79.254")
+    host, _ = open_modem("ml302", echo=True, trace=str(path))
+    with TlsServer(pki.server, handler=reply_after(5, b"pong")) as server:
+        emulator.router.add_map("www.iottest.work", 443, "127.0.0.1", server.port)
+        for line in ('AT+CGDCONT=1,"IP","CMNET"', "AT+CGACT=1,1", 'AT+QSSLCFG="seclevel",0,0',
+                     'AT+QSSLOPEN=0,0,"www.iottest.work",443,0'):
+            assert host.at(line).endswith(b"OK\r\n")
+        host.read_until(b"+QSSLOPEN: 0,0\r\n")
+        host.write("AT+QSSLSEND=0\r")
+        host.read_until(b"> ")
+        host.write(b"ping!\x1a")
+        host.read_until(b"SEND OK\r\n")
+        host.read_until(b'+QSSLURC: "recv",1,0\r\n')
+        assert b"+QSSLRECV: 106.12.79.254:443,TCP,4\r\npong" in host.at("AT+QSSLRECV=1,0,1460")
+        host.at("AT+QSSLCLOSE=0")
+        host.read_until(b"0,CLOSE OK\r\n")
+    emulator.run(lambda: None)
+    capsys.readouterr()
+    assert replay_main([str(path)]) == 0, capsys.readouterr().out
