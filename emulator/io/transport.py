@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import random
 import select
 import termios
 import tty
@@ -33,6 +34,8 @@ HIGH_WATER = 64 * 1024            # backlog above this ...
 LOW_WATER = 16 * 1024             # ... then below this: on_drain()
 MAX_BACKLOG = 1 << 20             # default bound of unread output (profile serial.output_backlog)
 READ_BATCH = 256 * 1024           # host bytes taken in one wake-up at most
+NOISE_MAX = 16                    # uart_noise: fragments of 1..16 bytes ...
+NOISE_GAP = (0.001, 0.005)        # ... 1-5 ms apart
 
 
 class LinkError(Exception):
@@ -68,6 +71,10 @@ class PtyPort:
         self._above_high_water = False
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
+        # UART noise (the control API's "uart_noise"): output leaves in random-sized
+        # fragments with small gaps, so a host that assumes one read = one line fails.
+        self.noise: random.Random | None = None
+        self._noise_timer: asyncio.TimerHandle | None = None
         if self.link:
             make_link(self.link, self.device)
         self._watch_for_host()
@@ -150,24 +157,46 @@ class PtyPort:
                 log.warning("host is not reading %s: output past %d unread bytes is dropped, "
                             "oldest first", self.device, self.max_backlog)
             self._dropped += excess
-        if not self._writing:
+        if not self._writing and self._noise_timer is None:
+            self._flush()
+
+    def set_noise(self, on: bool, seed: int = 0) -> None:
+        """Fragments of 1..NOISE_MAX bytes, NOISE_GAP seconds apart (seeded: the same
+        fragments every run); off: the rest goes out at once."""
+        self.noise = random.Random(seed) if on else None
+        if not on and self._noise_timer is not None:
+            self._noise_timer.cancel()
+            self._noise_timer = None
+            if not self._writing:
+                self._flush()
+
+    def _noise_due(self) -> None:
+        self._noise_timer = None
+        if not self._closed and not self._writing:
             self._flush()
 
     def _flush(self) -> None:
+        noise = self.noise
+        blocked = False
         while self._out:
             try:
-                n = os.write(self.master, self._out[:65536])
+                n = os.write(self.master, self._out[:noise.randint(1, NOISE_MAX) if noise else 65536])
             except BlockingIOError:
+                blocked = True
                 break
             except OSError as exc:
                 if exc.errno != errno.EIO:
                     raise
                 break                      # hung up: the reader side notices
             del self._out[:n]
+            if noise is not None and self._out:
+                if self._noise_timer is None:
+                    self._noise_timer = self.loop.call_later(noise.uniform(*NOISE_GAP), self._noise_due)
+                break
         if self._dropped and not self._out:
             log.info("host caught up on %s: %d output bytes were dropped", self.device, self._dropped)
             self._dropped = 0
-        want = bool(self._out)
+        want = bool(self._out) and (noise is None or blocked)
         if want and not self._writing:
             self.loop.add_writer(self.master, self._flush)
         elif not want and self._writing:
@@ -218,6 +247,8 @@ class PtyPort:
         self._closed = True
         if self._timer:
             self._timer.cancel()
+        if self._noise_timer is not None:
+            self._noise_timer.cancel()
         if self.attached:
             self.loop.remove_reader(self.master)
         if self._writing:

@@ -28,6 +28,7 @@ DTR, URCs and the reboot.
     slow        command="+QSSLOPEN", ms    that command's answer comes ms later (0: off)
     net         latency_ms, kbps, loss, [socket], [seed]   network conditions of one socket
                                            or the whole modem (all 0: none)
+    uart_noise  on=true|false, [seed]      output in 1-16 byte fragments, 1-5 ms apart
 """
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ def run(emulator, name, modem=0, kw: dict | None = None) -> dict:
             raise ControlError(f"unknown op {name!r} (known: {', '.join(sorted(OPS))})")
         if isinstance(modem, bool) or not isinstance(modem, int) or not 0 <= modem < len(emulator.ports):
             raise ControlError(f"no modem {modem!r} (there are {len(emulator.ports)})")
-        answer = func(emulator.ports[modem].modem, _Args(name, kw))
+        args = _Args(name, kw)
+        args.port = emulator.ports[modem].port
+        answer = func(emulator.ports[modem].modem, args)
     except ControlError as exc:
         return {"ok": False, "error": str(exc)}
     except Exception as exc:          # a bug must not take the emulator (or the socket) down
@@ -83,6 +86,7 @@ class _Args:
     def __init__(self, name: str, kw: dict) -> None:
         self.name = name
         self.kw = dict(kw)
+        self.port = None              # the modem's PtyPort (ops on the UART)
 
     def int(self, key: str, lo: int, hi: int, default: int | None = None) -> int:
         value = self.kw.pop(key, default)
@@ -269,6 +273,17 @@ def net(modem, args: _Args) -> dict:
         sock.net = conditions if conditions.active() else None
     else:
         faults.conditions = conditions
+    return {}
+
+
+@op("uart_noise")
+def uart_noise(modem, args: _Args) -> dict:
+    on = args.kw.pop("on", None)
+    if not isinstance(on, bool):
+        raise ControlError(f"uart_noise: 'on' must be true or false, not {on!r}")
+    seed = args.int("seed", 0, 2**63, default=0)
+    args.done()
+    args.port.set_noise(on, seed)
     return {}
 
 

@@ -283,6 +283,24 @@ def test_net_loss_on_tcp_is_a_retransmission_delay(emulator, ec2x_on, echo):
     echo.wait_received(3, timeout=3)                                # late, never lost
 
 
+def test_uart_noise_fragments_answers_but_keeps_every_byte(emulator, ec2x_on):
+    host, _ = ec2x_on
+    clean = host.at("AT+QSSLCFG=?")
+    assert len(clean) > 100
+    assert emulator.control("uart_noise", on=True, seed=3)["ok"]
+    host.write("AT+QSSLCFG=?\r")
+    reads, got = 0, b""
+    while not got.endswith(b"\r\nOK\r\n"):
+        chunk = host.ser.read(max(1, host.ser.in_waiting))
+        if chunk:
+            reads += 1
+            got += chunk
+    assert got == clean and reads > 1
+    assert emulator.control("uart_noise", on=False)["ok"]
+    assert host.at("AT+QSSLCFG=?") == clean
+    assert emulator.control("uart_noise", on="yes")["ok"] is False
+
+
 # -- the unix socket --------------------------------------------------------------------
 def test_control_socket_protocol(tmp_path):
     path = tmp_path / "ctl.sock"
