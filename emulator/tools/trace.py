@@ -592,7 +592,8 @@ FINAL = re.compile(r"^(OK|ERROR|\+CME ERROR: .*|SEND OK|SEND FAIL|CONNECT|NO CAR
 
 
 def parse_at_log(text: str) -> list[tuple[str, list[str]]]:
-    """[(what the host sent, [answer lines])]; a sent line after a ">" prompt is data."""
+    """[(what the host sent, [answer lines])]; a sent line after a ">" or CONNECT prompt is
+    data (sent as is, no CR; after ">" a Ctrl+Z follows if the modem waits for more)."""
     steps: list[tuple[str, list[str]]] = []
     arrows = any(re.match(r"^\s*(>>|<<)", line) for line in text.splitlines())
     for raw in text.splitlines():
@@ -603,9 +604,14 @@ def parse_at_log(text: str) -> list[tuple[str, list[str]]]:
                 continue
             direction, body = m.groups()
             host = direction == ">>"
-        else:
+        else:                                    # a terminal capture: the modem echoes
             body = line.strip()
-            host = bool(re.match(r"(?i)^AT", body)) or bool(steps and steps[-1][1][-1:] == [">"])
+            if body[:1] == ">" and steps and not steps[-1][1]:
+                steps[-1][1].append(">")         # "> " and the data typed after it, echoed
+                if body[1:].strip():
+                    steps.append((body[1:].strip(), []))
+                continue
+            host = bool(re.match(r"(?i)^AT", body)) or bool(steps and steps[-1][1][-1:] in ([">"], ["CONNECT"]))
         if host:
             steps.append((body, []))
         elif body.strip() and steps:
@@ -634,14 +640,14 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None) -> int:
                 ser.write(_b(sent) + (b"" if prompt else b"\r"))
                 buf = bytearray()
                 deadline = time.monotonic() + 10
-                ctrl_z_at = time.monotonic() + 0.3 if prompt else None
+                ctrl_z_at = time.monotonic() + 0.3 if prompt == ">" else None
                 while time.monotonic() < deadline:
                     n_wait = ser.in_waiting
                     if n_wait:
                         buf += ser.read(n_wait)
                     lines = [x.strip() for x in buf.decode("latin-1").replace("\r", "\n").split("\n")]
                     lines = [x for x in lines if x]
-                    if lines and lines[0] == sent.strip() and not prompt:
+                    if lines and lines[0] == sent.strip():
                         lines = lines[1:]            # the echo (E1)
                     if (expected and lines[-1:] == [">"] and buf.rstrip().endswith(b">")) or \
                             any(FINAL.match(x) for x in lines):
@@ -650,7 +656,7 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None) -> int:
                             buf += ser.read(ser.in_waiting or 0)
                             lines = [x.strip() for x in buf.decode("latin-1").replace("\r", "\n").split("\n")]
                             lines = [x for x in lines if x]
-                            if lines and lines[0] == sent.strip() and not prompt:
+                            if lines and lines[0] == sent.strip():
                                 lines = lines[1:]
                             break
                     if ctrl_z_at is not None and time.monotonic() > ctrl_z_at:
@@ -661,7 +667,7 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None) -> int:
                     print(f"first difference: step {n} ({escape(_b(sent))}):\n"
                           f"  expected: {expected}\n  got:      {lines}", file=out)
                     return 1
-                prompt = lines[-1:] == [">"]
+                prompt = lines[-1] if lines[-1:] in ([">"], ["CONNECT"]) else False
         finally:
             ser.close()
     print(f"replayed {len(steps)} lines: no difference", file=out)

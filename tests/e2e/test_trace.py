@@ -189,3 +189,13 @@ def test_an_ml302_session_with_echo_replays(open_modem, emulator, pki, tmp_path,
     emulator.run(lambda: None)
     capsys.readouterr()
     assert replay_main([str(path)]) == 0, capsys.readouterr().out
+
+
+def test_an_upload_in_an_at_log_and_a_terminal_capture_replay(tmp_path, capsys):
+    log = tmp_path / "upload.log"          # the data after CONNECT goes as is (no CR)
+    log.write_text('>> ATE0\n<< OK\n>> AT+QFUPL="UFS:a.txt",5\n<< CONNECT\n>> hello\n<< +QFUPL: 5,6b09\n<< OK\n')
+    assert replay_main([str(log)]) == 0, capsys.readouterr().out
+    capture = tmp_path / "miniterm.txt"   # echo on: the commands are the lines starting AT
+    capture.write_text('AT\r\nOK\r\nAT+QSSLCFG="seclevel",1\r\n+QSSLCFG: "seclevel",1,0\r\n\r\nOK\r\n'
+                       "ATI\r\nQuectel\r\nEC25\r\nRevision: EC25EFAR06A06M4G\r\n\r\nOK\r\n")
+    assert replay_main([str(capture)]) == 0, capsys.readouterr().out
