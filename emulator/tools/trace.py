@@ -61,7 +61,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emulator.logsafe import get_logger
+
 FORMAT_VERSION = 1
+log = get_logger("emulator.trace")
 
 
 def _s(data: bytes) -> str:
@@ -96,9 +99,13 @@ class TraceWriter:
     def write(self, record: dict) -> None:
         record = {"t": round(time.monotonic() - self._t0, 6), **record}
         if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
-        else:
+            try:
+                self._file.write(json.dumps(record, default=str) + "\n")
+                self._file.flush()
+            except (OSError, ValueError) as exc:  # a full disk must not stop the modem
+                log.error("trace %s: %s; tracing stops", self.path, exc)
+                self.close()
+        elif self.path is None:
             self.records.append(record)
 
     def attach(self, modem, index: int = 0) -> "ModemTrace":
@@ -112,7 +119,10 @@ class TraceWriter:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass
             self._file = None
 
 
