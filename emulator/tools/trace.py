@@ -31,7 +31,7 @@ Writing a trace
 Reading one
     show_main(argv) -> int     `modem-emulator trace show FILE [--socket N] [--modem N]`
     replay_main(argv) -> int   `modem-emulator replay FILE [--profile P] [--modem N]
-                                [--ignore REGEX]...`: 0 no difference, 1 a difference
+                                [--max-gap S] [--ignore REGEX]...`: 0 no difference, 1 a difference
                                 (printed), 2 unusable input
     Until the CLI wires them: python -m emulator.tools.trace show|replay FILE ...
 
@@ -175,7 +175,7 @@ class ModemTrace:
 
 def attach_trace(trace, modem, index: int):
     """For Emulator.add_modem: (feed, wrap_sink) recording every byte each way."""
-    writer = trace if isinstance(trace, TraceWriter) else TraceWriter(trace)
+    writer = trace if hasattr(trace, "attach") else TraceWriter(trace)   # a writer or a path
     tracer = writer.attach(modem, index)
     if writer is not trace:
         modem.on("shutdown", writer.close)
@@ -523,7 +523,7 @@ def _drain(ser) -> None:
 
 
 def replay_records(records: list[dict], profile: str | None = None, modem: int = 0,
-                   ignore: list[re.Pattern] | None = None, out=None) -> int:
+                   ignore: list[re.Pattern] | None = None, out=None, max_gap: float | None = None) -> int:
     out = out or sys.stdout
     import tempfile
 
@@ -562,7 +562,8 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                     _drain(ser)
                     time.sleep(0.002)
                 if last_t is not None:
-                    wait = (r["t"] - last_t) - (time.monotonic() - last_sent)
+                    gap = r["t"] - last_t if max_gap is None else min(r["t"] - last_t, max_gap)
+                    wait = gap - (time.monotonic() - last_sent)
                     if wait > 0.02:              # guard times ("+++"), idle timeouts
                         time.sleep(wait)
                 ser.write(_b(r["data"]))
@@ -691,6 +692,9 @@ def replay_main(argv: list[str] | None = None) -> int:
     p.add_argument("file")
     p.add_argument("--profile", help="the profile to replay on (default: the trace's, else ec2x)")
     p.add_argument("--modem", type=int, default=0, help="which modem of a trace (index, default 0)")
+    p.add_argument("--max-gap", type=float, metavar="SECONDS",
+                   help="shorten the host's recorded pauses to at most this (default: keep them; "
+                        "keep it above the guard time S12 when the trace has +++)")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX",
                    help="text matching REGEX is not compared (e.g. a local port); repeatable")
     args = p.parse_args(argv)
@@ -706,7 +710,7 @@ def replay_main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"modem-emulator replay: {exc}", file=sys.stderr)
             return 2
-        return replay_records(records, args.profile, args.modem, ignore)
+        return replay_records(records, args.profile, args.modem, ignore, max_gap=args.max_gap)
     return replay_at_log(text, args.profile or "ec2x")
 
 
@@ -721,4 +725,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from emulator.tools.trace import main as _main   # the module, not this __main__ copy
+    sys.exit(_main())

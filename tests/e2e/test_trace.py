@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 from emulator.testing.peers import TlsServer
 from emulator.tools.trace import replay_main, show_main
@@ -199,3 +201,22 @@ def test_an_upload_in_an_at_log_and_a_terminal_capture_replay(tmp_path, capsys):
     capture.write_text('AT\r\nOK\r\nAT+QSSLCFG="seclevel",1\r\n+QSSLCFG: "seclevel",1,0\r\n\r\nOK\r\n'
                        "ATI\r\nQuectel\r\nEC25\r\nRevision: EC25EFAR06A06M4G\r\n\r\nOK\r\n")
     assert replay_main([str(capture)]) == 0, capsys.readouterr().out
+
+
+def test_the_cli_replays_with_shortened_pauses(tmp_path):
+    log = tmp_path / "host.log"
+    log.write_text(">> ATE0\n<< OK\n>> AT+CMEE=2\n<< OK\n")
+    trace = tmp_path / "t.trace"
+    lines = [{"t": 0.0, "modem": 0, "kind": "start", "profile": "ec2x", "in": 0, "out": 0},
+             {"t": 0.1, "modem": 0, "kind": "io", "dir": "in", "data": "ATE0\r", "in": 5, "out": 0},
+             {"t": 0.1, "modem": 0, "kind": "io", "dir": "out", "data": "ATE0\r\r\nOK\r\n", "in": 5, "out": 11},
+             {"t": 0.1, "modem": 0, "kind": "cmd", "line": "ATE0", "answer": "\r\nOK\r\n", "done": True,
+              "in": 5, "out": 11},
+             {"t": 60.0, "modem": 0, "kind": "io", "dir": "in", "data": "AT\r", "in": 8, "out": 11},
+             {"t": 60.0, "modem": 0, "kind": "io", "dir": "out", "data": "\r\nOK\r\n", "in": 8, "out": 17},
+             {"t": 60.0, "modem": 0, "kind": "cmd", "line": "AT", "answer": "\r\nOK\r\n", "done": True,
+              "in": 8, "out": 17}]
+    trace.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    for argv in (["replay", str(log)], ["replay", str(trace), "--max-gap", "0.05"]):
+        done = subprocess.run([sys.executable, "-m", "emulator", *argv], capture_output=True, text=True, timeout=10)
+        assert done.returncode == 0 and "no difference" in done.stdout, (argv, done.stdout, done.stderr)
