@@ -345,6 +345,11 @@ class SslSocket:
             self._internal_error(exc)
 
     def _network_lost(self, reason: str) -> None:
+        if self.blackholed:
+            # Nothing reaches the module on a blackholed link, not even the server's
+            # FIN or RST: the host's timeouts (negotiatetime, close linger) decide.
+            log.debug("SSL socket %d: %s, unseen (blackhole)", self.client_id, reason)
+            return
         self._closed_event.set()
         if self._eof_reason is None:
             self._eof_reason = reason
@@ -579,7 +584,9 @@ class SslSocket:
 
     async def _linger(self, timeout: float) -> None:
         transport = self._transport
-        if transport is None or timeout <= 0 or transport.is_closing() or self.session.settings.dtls:
+        if transport is None or timeout <= 0 or self.session.settings.dtls:
+            return
+        if transport.is_closing() and not self.blackholed:     # (a blackhole hides the end)
             return
         # Linger: send FIN after close_notify and wait up to timeout for the peer's own
         # close (its FIN -> connection_lost).  transport.close() would call
@@ -587,7 +594,8 @@ class SslSocket:
         if self._paused:
             transport.resume_reading()     # or the peer's FIN would never be seen
             self._paused = False
-        transport.write_eof()
+        if not self.blackholed:            # a blackholed FIN never arrives: the full linger
+            transport.write_eof()
         try:
             await self._timers.wait_for(self._closed_event.wait(), timeout)
         except asyncio.TimeoutError:

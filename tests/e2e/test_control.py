@@ -92,7 +92,7 @@ def test_drop_while_online_is_no_carrier(emulator, ec2x_on, echo):
 
 
 def test_blackhole_swallows_sends_until_the_buffer_is_full(emulator, ec2x_on, echo):
-    host, _ = ec2x_on
+    host, port = ec2x_on
     _open(host, 1)
     assert emulator.control("drop", socket=1, how="blackhole")["ok"]
     results = [host.send_data(1, b"x" * 1460) for _ in range(12)]    # ssl.send_buffer 16384
@@ -101,7 +101,14 @@ def test_blackhole_swallows_sends_until_the_buffer_is_full(emulator, ec2x_on, ec
     assert echo.conn.received == b""                        # nothing reached the server
     state = emulator.control("state")["sockets"][0]
     assert state["blackholed"] and state["bytes_received"] == 0 and state["state"] == "CONNECTED"
-    assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
+    echo.conn.close(reset=True)                                     # unseen behind the blackhole
+    assert host.quiet_for(0.2) == b""
+    host.write("AT+QSSLCLOSE=1\r")                                 # lingers its 10 s: no FIN comes back
+    emulator.wait_received(port, host.written)
+    emulator.advance(port, 9.5)
+    assert host.quiet_for(0.2) == b""
+    emulator.advance(port, 0.5)
+    assert host.read_until(b"\r\nOK\r\n", timeout=3) == b"\r\nOK\r\n"
 
 
 # -- PDP ----------------------------------------------------------------------------
