@@ -33,7 +33,8 @@ Reading one
     replay_main(argv) -> int   `modem-emulator replay FILE [--profile P] [--modem N]
                                 [--max-gap S] [--ignore REGEX]...`: 0 no difference, 1 a difference
                                 (printed), 2 unusable input
-    Until the CLI wires them: python -m emulator.tools.trace show|replay FILE ...
+    (emulator/tools/cli.py dispatches to them; python -m emulator.tools.trace show|replay
+    FILE ... is the same)
 
 Replay drives a fresh offline modem (BackgroundEmulator) through its pty with the host's
 bytes, each chunk once the modem has written as many bytes as it had before that chunk in
@@ -47,6 +48,14 @@ recorded "sent".  It then compares the command answers in order, then the whole 
 and prints the first difference.  A plain AT log (">> AT..." / "<< OK" lines, or a
 miniterm capture with echo: lines starting "AT" are commands) is replayed command by
 command, answers compared line by line (no network side: it has no plaintext).
+
+Limits of replay: TLS itself is not redone (the handshake ends as recorded: version,
+cipher, failure kind), so it needs no server key; DTLS sockets are not replayed (the
+stand-in is TCP); an open that failed before reaching a server (dns, connect, pdp) is
+replayed by leaving its name unrouted, which fails as a DNS error; text that differs from
+run to run by nature (AT+CCLK, AT+QLTS) needs --ignore REGEX (AT+QSSLSTATE's local port is
+ignored already); chunks of received data may arrive joined where the recorded ones did
+not, which changes nothing a host sees unless it counted "recv" URCs between reads.
 """
 from __future__ import annotations
 
