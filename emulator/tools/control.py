@@ -33,8 +33,10 @@ DTR, URCs and the reboot.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -304,8 +306,17 @@ class ControlServer:
         self._clients: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
+        """OSError when the path cannot be bound, or another process is listening on it."""
         if self.path.is_socket():
-            self.path.unlink()        # a stale socket of an earlier run
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(str(self.path))
+            except OSError:
+                self.path.unlink()    # a stale socket of an earlier run
+            else:
+                raise OSError(errno.EADDRINUSE, f"{self.path}: another process listens there")
+            finally:
+                probe.close()
         old = os.umask(0o177)         # the socket file is 0600: only its user may drive faults
         try:
             self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),

@@ -335,6 +335,18 @@ def test_control_socket_protocol(tmp_path):
                 assert ask(b"[1, 2]")["ok"] is False
                 assert ask(b'{"op": "state", "modem": 1}')["ok"] is False
                 assert ask(b'{"op": "dtr", "level": 0}') == {"ok": True}
+            with pytest.raises(OSError):                         # a second server: in use
+                emu.call(ControlServer(emu.emulator, path).start())
         finally:
             emu.call(server.close())
         assert not path.exists()
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(path))                                    # left by a killed run
+        stale.close()
+        emu2 = BackgroundEmulator(offline=True)
+        with emu2:
+            emu2.add_modem("ml302", state_dir=tmp_path / "state2")
+            server = ControlServer(emu2.emulator, path)
+            emu2.call(server.start())
+            assert emu2.control("state")["profile"] == "ml302"
+            emu2.call(server.close())
