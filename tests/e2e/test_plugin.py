@@ -6,26 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-# README's example, verbatim: keep the two the same.
-USER_TEST = '''\
-import serial
-
-def test_tls_echo(modem, tls_server):
-    ser = serial.Serial(modem.path, 115200, timeout=5)
-    def at(data, until=b"OK\\r\\n"):
-        ser.write(data)
-        return ser.read_until(until)
-    at(b'ATE0;+QICSGP=1,1,"UNINET","","",1;+QIACT=1\\r')
-    at(b'AT+QFUPL="RAM:ca.pem",%d\\r' % len(tls_server.ca_pem), b"CONNECT\\r\\n")
-    at(tls_server.ca_pem)
-    at(b'AT+QSSLCFG="seclevel",1,1;+QSSLCFG="cacert",1,"RAM:ca.pem"\\r')
-    dial = b'AT+QSSLOPEN=1,1,4,"%s",%d\\r' % (tls_server.host.encode(), tls_server.port)
-    assert at(dial, b"+QSSLOPEN: 4,0\\r\\n").endswith(b"+QSSLOPEN: 4,0\\r\\n")
-    at(b"AT+QSSLSEND=4,5\\r", b"> ")
-    assert at(b"hello", b'+QSSLURC: "recv",4\\r\\n').startswith(b"\\r\\nSEND OK")
-    assert b"+QSSLRECV: 5\\r\\nhello\\r\\n" in at(b"AT+QSSLRECV=4,100\\r")
-'''
+# README's example, read from README.md itself (the block under "As a test in your own
+# repository"), so the two cannot drift apart.
+_README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+USER_TEST = _README.split("### As a test in your own repository", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
 
 MORE_TESTS = '''\
 import pytest
