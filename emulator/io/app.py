@@ -44,10 +44,14 @@ class Emulator:
 
     async def add_modem(self, profile: Profile | str, *, link: str | Path | None = None,
                         state_dir: str | Path | None = None, name: str | None = None,
-                        manual_time: bool = False, trace=None) -> ModemPort:
+                        manual_time: bool = False, trace=None, baud: int | None = None) -> ModemPort:
         """manual_time: the modem's timers wait for advance() (tests of timeouts).
+        baud: output to the host paced at this rate, 10 bits a byte (None: unpaced);
+        AT+IPR=<rate> then switches the pace after its answer.
         trace: a path or an emulator.tools.trace.TraceWriter (shared by several modems
         if wanted): every byte each way, commands, socket events (JSON lines)."""
+        if baud is not None and (not isinstance(baud, int) or isinstance(baud, bool) or baud <= 0):
+            raise ValueError(f"baud must be a positive integer, got {baud!r}")
         loop = asyncio.get_running_loop()
         if isinstance(profile, str):
             profile = load_profile(profile)
@@ -59,6 +63,8 @@ class Emulator:
             feed, wrap_sink = attach_trace(trace, modem, len(self.ports))
         port = PtyPort(loop, feed, link, on_hangup=modem.host_hangup, on_drain=modem.output_drained,
                        max_backlog=profile.get("serial.output_backlog", 1 << 20))
+        if baud is not None:
+            _pace(modem, port, baud)
         sink = port.write if trace is None else wrap_sink(port.write)
         modem.attach(sink, loop, backlog=lambda: port.backlog, reading=port.set_reading)
         if self.demo is not None:
@@ -82,6 +88,21 @@ class Emulator:
         if self.demo is not None:
             await self.demo.close()
             self.demo = None
+
+
+def _pace(modem: Modem, port: PtyPort, baud: int) -> None:
+    port.set_baud(baud)
+    new_rate: list[int] = []
+
+    def ipr(rate: int) -> None:            # AT+IPR=<rate> answered (its OK not written yet)
+        if rate:
+            new_rate[:] = [rate]
+
+    def idle() -> None:                    # the answer is queued: switch once it has gone
+        if new_rate:
+            port.set_baud(new_rate.pop(), after_queued=True)
+    modem.on("ipr", ipr)
+    modem.on("port_idle", idle)
 
 
 class BackgroundEmulator:

@@ -12,6 +12,14 @@ Output is written non-blocking; what the pty cannot take yet waits in a buffer.
 back instead of growing that buffer without bound.  Past `max_backlog` (a host
 that never reads while echo or URCs keep coming) the oldest bytes are dropped, as
 a UART whose receiver stalls loses them, with one warning per stall.
+
+Pacing (`baud`, the CLI's --baud): output leaves no faster than a UART at that
+rate sends it, 10 bits a byte, in slices of about PACE_SLICE seconds on the
+loop's (real) time.  The bytes not sent yet wait in the same buffer, so
+`backlog`, on_drain and the max_backlog bound see them.  With uart_noise too,
+fragments are the noise's sizes and the next one starts after this one has gone
+out at the rate plus the noise's gap.  set_baud(rate, after_queued=True) (AT+IPR)
+switches once the bytes queued now have gone out at the old rate.
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ MAX_BACKLOG = 1 << 20             # default bound of unread output (profile seri
 READ_BATCH = 256 * 1024           # host bytes taken in one wake-up at most
 NOISE_MAX = 16                    # uart_noise: fragments of 1..16 bytes ...
 NOISE_GAP = (0.001, 0.005)        # ... 1-5 ms apart
+PACE_SLICE = 0.01                 # pacing: at most this long's worth of bytes per write
 
 
 class LinkError(Exception):
@@ -74,7 +83,13 @@ class PtyPort:
         # UART noise (the control API's "uart_noise"): output leaves in random-sized
         # fragments with small gaps, so a host that assumes one read = one line fails.
         self.noise: random.Random | None = None
-        self._noise_timer: asyncio.TimerHandle | None = None
+        self._noise_timer: asyncio.TimerHandle | None = None   # the next fragment (noise or pacing)
+        # Pacing (--baud): None = unpaced.  _line_free: loop.time() when the bytes
+        # written so far have left at the rate; _switch: [bytes still to go at the old
+        # rate, new rate] of an AT+IPR change.
+        self.baud: int | None = None
+        self._line_free = 0.0
+        self._switch: list | None = None
         if self.link:
             make_link(self.link, self.device)
         self._watch_for_host()
@@ -123,6 +138,8 @@ class PtyPort:
         dropped = len(self._out)
         self._out.clear()
         self._dropped = 0
+        if self._switch is not None:
+            self._apply_switch()
         self._discard_unread_output()
         log.info("host closed %s%s", self.device, f" ({dropped} output bytes dropped)" if dropped else "")
         if self.on_hangup is not None:
@@ -153,6 +170,10 @@ class PtyPort:
         if len(self._out) > self.max_backlog:
             excess = len(self._out) - self.max_backlog
             del self._out[:excess]
+            if self._switch is not None:
+                self._switch[0] -= excess
+                if self._switch[0] <= 0:
+                    self._apply_switch()
             if not self._dropped:
                 log.warning("host is not reading %s: output past %d unread bytes is dropped, "
                             "oldest first", self.device, self.max_backlog)
@@ -170,6 +191,29 @@ class PtyPort:
             if not self._writing:
                 self._flush()
 
+    def set_baud(self, rate: int | None, after_queued: bool = False) -> None:
+        """Pace output at `rate` baud (10 bits a byte); None or 0: unpaced.
+        after_queued: only once the bytes queued now have gone out (at the old rate)."""
+        rate = rate or None
+        if after_queued and self._out and self.baud is not None:
+            self._switch = [len(self._out), rate]
+            return
+        self._switch = None
+        self.baud = rate
+        if self._noise_timer is not None:          # re-time the next fragment at the new rate
+            self._noise_timer.cancel()
+            self._noise_timer = None
+            if not self._closed and not self._writing:
+                self._flush()
+
+    def _apply_switch(self) -> None:
+        _, self.baud = self._switch
+        self._switch = None
+        log.info("%s now paced at %s", self.device, f"{self.baud} baud" if self.baud else "full speed")
+
+    def _schedule_next(self, delay: float) -> None:
+        self._noise_timer = self.loop.call_later(max(delay, 0.0), self._noise_due)
+
     def _noise_due(self) -> None:
         self._noise_timer = None
         if not self._closed and not self._writing:
@@ -177,26 +221,41 @@ class PtyPort:
 
     def _flush(self) -> None:
         noise = self.noise
-        blocked = False
         while self._out:
+            baud = self.baud
+            if baud is not None:
+                wait = self._line_free - self.loop.time()
+                if wait > 0:               # the line is still sending earlier bytes
+                    self._schedule_next(wait)
+                    break
+            size = noise.randint(1, NOISE_MAX) if noise else 65536
+            if baud is not None:
+                size = min(size, max(1, int(baud / 10 * PACE_SLICE)))
+                if self._switch is not None:
+                    size = min(size, self._switch[0])
             try:
-                n = os.write(self.master, self._out[:noise.randint(1, NOISE_MAX) if noise else 65536])
+                n = os.write(self.master, self._out[:size])
             except BlockingIOError:
-                blocked = True
-                break
+                break                      # the pty is full: add_writer below
             except OSError as exc:
                 if exc.errno != errno.EIO:
                     raise
                 break                      # hung up: the reader side notices
             del self._out[:n]
+            if baud is not None:
+                self._line_free = max(self._line_free, self.loop.time()) + n * 10 / baud
+                if self._switch is not None:
+                    self._switch[0] -= n
+                    if self._switch[0] <= 0:
+                        self._apply_switch()
             if noise is not None and self._out:
-                if self._noise_timer is None:
-                    self._noise_timer = self.loop.call_later(noise.uniform(*NOISE_GAP), self._noise_due)
+                busy = self._line_free - self.loop.time() if baud is not None else 0.0
+                self._schedule_next(busy + noise.uniform(*NOISE_GAP))
                 break
         if self._dropped and not self._out:
             log.info("host caught up on %s: %d output bytes were dropped", self.device, self._dropped)
             self._dropped = 0
-        want = bool(self._out) and (noise is None or blocked)
+        want = bool(self._out) and self._noise_timer is None
         if want and not self._writing:
             self.loop.add_writer(self.master, self._flush)
         elif not want and self._writing:

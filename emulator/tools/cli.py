@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "\"modem\": <index> picks one of --count's modems); removed at exit")
     p.add_argument("--keylog", help="append NSS key-log lines of every TLS session to this file "
                                     "(default: $SSLKEYLOGFILE)")
+    p.add_argument("--baud", type=_positive, metavar="N",
+                   help="pace output to the host at N baud, 10 bits a byte (115200: 11520 bytes/s), "
+                        "as a real UART; AT+IPR=<rate> then switches the pace after its OK "
+                        "(default: unpaced)")
     return p
 
 
@@ -169,7 +173,8 @@ async def run(args: argparse.Namespace) -> int:
     entries = []
     for link, state_dir in places:
         try:
-            entries.append(await emulator.add_modem(profile, link=link, state_dir=state_dir, trace=trace))
+            entries.append(await emulator.add_modem(profile, link=link, state_dir=state_dir, trace=trace,
+                                                   baud=args.baud))
         except LinkError as exc:
             await _close(emulator, trace)
             raise SystemExit(f"modem-emulator: --link: {exc}")
