@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from emulator.testing.peers import TlsConnection, TlsServer
+from emulator.testing.peers import TlsServer, reply_after
 
 MANUAL_HOST = "220.180.239.212"      # one of the shared PKI's server names (RSA keys: the
                                      # note's table is mostly RSA key-exchange suites)
@@ -36,17 +36,6 @@ def open_example(host, client_id: int = 0, ctx: int = 0) -> int:
     +QSSLOPEN that follows."""
     assert host.at(f'AT+QSSLOPEN=1,{ctx},{client_id},"{MANUAL_HOST}",8010') == b"\r\nOK\r\n"
     return opened(host, client_id)
-
-
-def reply_after(n: int, payload: bytes):
-    """Server: read n bytes, then answer payload, then echo until EOF."""
-    def handler(conn: TlsConnection) -> None:
-        while len(conn.received) < n and conn.recv():
-            pass
-        conn.sendall(payload)
-        while data := conn.recv():
-            conn.sendall(data)
-    return handler
 
 
 def test_manual_examples_3_1_to_3_3_verbatim(ec2x, emulator, pki):

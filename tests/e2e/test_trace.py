@@ -9,20 +9,10 @@ import re
 import subprocess
 import sys
 
-from emulator.testing.peers import TlsServer
+from emulator.testing.peers import TlsServer, reply_after
 from emulator.tools.trace import replay_main, show_main
 
 HOST = "220.180.239.212"
-
-
-def reply_after(n: int, payload: bytes):
-    def handler(conn) -> None:
-        while len(conn.received) < n and conn.recv():
-            pass
-        conn.sendall(payload)
-        while data := conn.recv():
-            conn.sendall(data)
-    return handler
 
 
 def traced_session(open_modem, emulator, pki, path) -> None:

@@ -28,10 +28,10 @@ from emulator.testing.peers.openssl import OpenSslClient, OpenSslServer, openssl
 from emulator.testing.peers.pki import (NOW, SERVER_NAMES, CaFiles, CertFiles, Issued, Pki,
                                         ServerIdentity, default_pki, make_cert, make_pki, utc)
 from emulator.testing.peers.tls_connection import TlsConnection
-from emulator.testing.peers.tls_server import MODES, TlsServer, tls_version
+from emulator.testing.peers.tls_server import MODES, TlsServer, reply_after, tls_version
 from emulator.testing.peers.udp_relay import Datagram, UdpDropRelay
 
-__all__ = ["CaFiles", "CertFiles", "ClientHello", "Datagram", "Issued", "MODES", "NOW",
+__all__ = ["reply_after", "CaFiles", "CertFiles", "ClientHello", "Datagram", "Issued", "MODES", "NOW",
            "OpenSslClient", "OpenSslServer", "Pki", "SERVER_NAMES", "ServerIdentity",
            "TlsConnection", "TlsServer", "UdpDropRelay", "default_pki", "make_cert",
            "make_pki", "openssl_binary", "parse_client_hello", "tls_version", "utc"]

@@ -228,3 +228,15 @@ class TlsServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def reply_after(n: int, payload: bytes) -> Callable[[TlsConnection], None]:
+    """A handler: read n bytes, then answer payload, then echo until the client's EOF
+    (the EC2x note's §3 server: 36 bytes in, "Test data from SSL" back)."""
+    def handler(conn: TlsConnection) -> None:
+        while len(conn.received) < n and conn.recv():
+            pass
+        conn.sendall(payload)
+        while data := conn.recv():
+            conn.sendall(data)
+    return handler
