@@ -28,6 +28,7 @@ from emulator.at.parser import Command, Malformed, parse_line
 from emulator.at.registry import TABLE
 from emulator.at.responses import Cme, CommandError, DataRequest, OnlineLink, Response, Text, cme_code
 from emulator.logsafe import get_logger, loggable, redact
+from emulator.modem.profile import response_delay_name
 
 if TYPE_CHECKING:
     from emulator.modem.modem import Modem
@@ -78,6 +79,11 @@ class Interpreter:
         # Command name ("+QSSLOPEN") -> seconds its final answer is held back (the
         # control API's "slow"), on the modem's timers.
         self.delays: dict[str, float] = {}
+        # The profile's timing.response_delay_ms, same keys: a real module's latency.
+        # With a "slow" on the same command too, the larger of the two counts.
+        self.profile_delays: dict[str, float] = {
+            response_delay_name(k): ms / 1000
+            for k, ms in modem.profile.get("timing.response_delay_ms", {}).items() if ms}
 
     # -- mode ----------------------------------------------------------------
     @property
@@ -249,7 +255,7 @@ class Interpreter:
             log.info("ERROR: AT%s (%s form) not supported", loggable(item.raw), item.kind)
             return Response([], "ERROR")
         response = self._call(entry.func, self.modem, item, raw=item.raw, what="")
-        delay = self.delays.get(name)
+        delay = max(self.delays.get(name, 0), self.profile_delays.get(name, 0))
         return _delayed(response, delay, self.modem.timers) if delay else response
 
     def _call(self, func: Callable, *args, raw: str, what: str) -> Response:

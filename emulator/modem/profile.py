@@ -144,6 +144,10 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "ssl.errors": (False, _table(_int(-1000, 1000))),
     "ssl.at_port": (False, _str),
     "ssl.verify_hostname": (False, _bool),   # absent = true (check the dialled name)
+    # Command name ("+QSSLOPEN", "I", "+CSQ") -> ms its answer is held back, as a real
+    # module's latency (the interpreter's "slow" mechanism, on the modem's timers; a
+    # control-API "slow" on the same command: the larger delay counts).  Absent: none.
+    "timing.response_delay_ms": (False, _table(_int(0, 600_000))),
     "commands": (True, _table(_str)),
     "cme_text": (False, _table(_str)),
 }
@@ -236,6 +240,13 @@ def check_ssl(data: dict, path: Path) -> None:
                                f'but ssl.dialect is {dialect!r} (they name the same family)')
 
 
+def response_delay_name(name: str) -> str:
+    """A timing.response_delay_ms key as the [commands] table names it ("at+qsslopen"
+    -> "+QSSLOPEN")."""
+    name = name.strip().upper()
+    return name[2:] if name.startswith("AT") else name
+
+
 def validate(data: dict, path: Path) -> None:
     for section, body in data.items():
         if section not in _SECTIONS:
@@ -263,5 +274,9 @@ def validate(data: dict, path: Path) -> None:
         why = check(node)
         if why:
             raise ProfileError(f"profile {path}: key {key}: {why}")
+    for name in data.get("timing", {}).get("response_delay_ms", {}):
+        if response_delay_name(name) not in data["commands"]:
+            raise ProfileError(f'profile {path}: key timing.response_delay_ms."{name}": '
+                               f"not a command of the profile's [commands]")
     if data["pdp"]["first_id"] > data["pdp"]["last_id"]:
         raise ProfileError(f"profile {path}: key pdp.last_id: smaller than pdp.first_id")

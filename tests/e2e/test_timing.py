@@ -5,8 +5,11 @@ than baud / 10 a second), never the emulator's speed."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
+
+from emulator.modem.profile import ProfileError, load_profile
 
 
 def _urc_bytes(emulator, modem: int, total: int) -> bytes:
@@ -87,3 +90,63 @@ def test_bad_baud_is_refused(emulator, tmp_path):
         emulator.add_modem("ec2x", state_dir=tmp_path / "s", baud=0)
     with pytest.raises(ValueError):
         emulator.add_modem("ec2x", state_dir=tmp_path / "s", baud=-5)
+
+
+# -- timing.response_delay_ms -----------------------------------------------------------
+def _profile_with_delays(tmp_path: Path, table: str) -> str:
+    from emulator.modem.profile import resolve_profile_path
+    text = resolve_profile_path("ec2x").read_text()
+    path = tmp_path / "slow-ec2x.toml"
+    path.write_text(text.replace("[pdp]\n", f"[timing]\nresponse_delay_ms = {table}\n\n[pdp]\n", 1))
+    return str(path)
+
+
+def test_profile_response_delay_holds_the_answer_on_the_modem_clock(emulator, open_modem, tmp_path):
+    profile = _profile_with_delays(tmp_path, '{ "+CSQ" = 2000, "ATI" = 0 }')
+    host, port = open_modem(profile, manual_time=True)
+    host.write("AT+CSQ\r")
+    emulator.wait_received(port, host.written)
+    assert host.quiet_for(0.2) == b""
+    emulator.advance(port, 1.5)
+    assert host.quiet_for(0.1) == b""
+    emulator.advance(port, 0.5)
+    assert host.read_until(b"\r\nOK\r\n", timeout=3).startswith(b"\r\n+CSQ: ")
+    assert host.at("ATI").endswith(b"\r\nOK\r\n")                    # 0: at once
+
+
+def test_profile_delay_and_slow_the_larger_counts(emulator, open_modem, tmp_path):
+    host, port = open_modem(_profile_with_delays(tmp_path, '{ "+CSQ" = 1000 }'), manual_time=True)
+    assert emulator.control("slow", command="+CSQ", ms=3000)["ok"]
+    host.write("AT+CSQ\r")
+    emulator.wait_received(port, host.written)
+    emulator.advance(port, 1)
+    assert host.quiet_for(0.2) == b""                               # the slow 3 s counts
+    emulator.advance(port, 2)
+    host.read_until(b"\r\nOK\r\n", timeout=3)
+    assert emulator.control("slow", command="+CSQ", ms=200)["ok"]
+    host.write("AT+CSQ\r")
+    emulator.wait_received(port, host.written)
+    emulator.advance(port, 0.2)
+    assert host.quiet_for(0.2) == b""                               # the profile's 1 s counts
+    emulator.advance(port, 0.8)
+    host.read_until(b"\r\nOK\r\n", timeout=3)
+
+
+def test_profile_delay_of_an_unknown_command_is_refused(tmp_path):
+    with pytest.raises(ProfileError, match="timing.response_delay_ms"):
+        load_profile(_profile_with_delays(tmp_path, '{ "+NOPE" = 5 }'))
+    with pytest.raises(ProfileError, match="timing.response_delay_ms"):
+        load_profile(_profile_with_delays(tmp_path, '{ "+CSQ" = -1 }'))
+
+
+@pytest.mark.parametrize("name", ["ec2x", "ml302"])
+def test_the_profiles_commented_timing_example_loads(tmp_path, name):
+    from emulator.modem.profile import resolve_profile_path
+    text = resolve_profile_path(name).read_text()
+    assert "\n# [timing]\n" in text and "\n# response_delay_ms = " in text
+    text = text.replace("# [timing]\n", "[timing]\n").replace("# response_delay_ms = ", "response_delay_ms = ")
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    delays = load_profile(str(path)).get("timing.response_delay_ms")
+    assert delays["+QSSLOPEN"] == 100
+    assert load_profile(name).get("timing.response_delay_ms") is None   # the shipped default: none
