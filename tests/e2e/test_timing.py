@@ -40,6 +40,22 @@ def test_baud_paces_output_and_the_paced_bytes_count_as_backlog(emulator, open_m
     assert host.at("AT") == b"\r\nOK\r\n"
 
 
+def test_a_hangup_drops_the_unsent_paced_bytes(emulator, open_modem):
+    from emulator.testing.host import Host
+    host, port = open_modem("ec2x", baud=9600)
+    _urc_bytes(emulator, 0, 960)                                    # a second's worth
+    host.close()
+    deadline = time.monotonic() + 3
+    while emulator.run(lambda: port.port.attached) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert emulator.run(lambda: port.port.backlog) == 0
+    again = Host(port.path)
+    try:
+        assert again.at("AT") == b"\r\nOK\r\n"                      # no stale URC bytes first
+    finally:
+        again.close()
+
+
 def test_unpaced_by_default_and_ipr_changes_no_timing(emulator, open_modem):
     host, port = open_modem("ec2x")
     assert host.at("AT+IPR=9600") == b"\r\nOK\r\n"
@@ -150,3 +166,31 @@ def test_the_profiles_commented_timing_example_loads(tmp_path, name):
     delays = load_profile(str(path)).get("timing.response_delay_ms")
     assert delays["+QSSLOPEN"] == 100
     assert load_profile(name).get("timing.response_delay_ms") is None   # the shipped default: none
+
+
+# -- the CLI ------------------------------------------------------------------------------
+def test_cli_baud_paces_the_answers(tmp_path):
+    from emulator.testing.host import Host
+    from tests.e2e.cli_support import first_line, start, stop
+    proc = start("--baud", "1200", "--state-dir", str(tmp_path / "s"))      # 120 bytes/s
+    try:
+        host = Host(first_line(proc))
+        try:
+            begin = time.monotonic()
+            host.write("ATI\r")
+            got = host.read_until(b"\r\nOK\r\n", timeout=3)                   # echo on: ATI<CR> too
+            assert len(got) > 40
+            assert time.monotonic() - begin >= (len(got) - 2) / 120
+        finally:
+            host.close()
+    finally:
+        assert stop(proc) == 0
+
+
+@pytest.mark.parametrize("value", ["0", "-9600", "fast"])
+def test_cli_baud_must_be_positive(tmp_path, value):
+    from tests.e2e.cli_support import start
+    proc = start("--baud", value, "--state-dir", str(tmp_path / "s"))
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2 and out == ""
+    assert "--baud" in err
