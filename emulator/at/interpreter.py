@@ -244,6 +244,7 @@ class Interpreter:
             return Response([], "ERROR")
         profile = self.modem.profile
         name = "S" if _S_REGISTER.match(item.name) else item.name
+        self.modem.emit("command", name=name, kind=item.kind, args=item.args)   # (scenario triggers)
         variant = profile.command_variant(name)
         if variant is None:
             log.info("ERROR: AT%s is not a command of profile %s", loggable(item.raw), profile.name)

@@ -80,6 +80,16 @@ class Emulator:
         from emulator.tools.control import run
         return run(self, op, modem, kw)
 
+    def run_scenario(self, scenario):
+        """Start a scenario (emulator/tools/scenario.py): a TOML path, a dict of the same
+        shape or a loaded Scenario, against the modems added so far; its `at` times count
+        from now.  Returns the ScenarioRun (.fired, .pending, .cancel()); a bad scenario
+        raises ScenarioError with the one-line message.  On the loop."""
+        from emulator.tools.scenario import Scenario, ScenarioRun, load_scenario
+        if not isinstance(scenario, Scenario):
+            scenario = load_scenario(scenario)
+        return ScenarioRun(self, scenario).start()
+
     async def close(self) -> None:
         for entry in self.ports:
             entry.modem.emit("shutdown")
@@ -160,6 +170,10 @@ class BackgroundEmulator:
     def control(self, op: str, modem: int = 0, **kw) -> dict:
         """Emulator.control() run on the loop thread."""
         return self.run(lambda: self.emulator.control(op, modem, **kw))
+
+    def run_scenario(self, scenario):
+        """Emulator.run_scenario() run on the loop thread."""
+        return self.run(self.emulator.run_scenario, scenario)
 
     @property
     def router(self) -> Router:

@@ -6,6 +6,7 @@ Fixtures
                     @pytest.mark.modem_profile("ml302")                 (or a profile .toml path)
                     @pytest.mark.parametrize("modem", ["ec2x", "ml302"], indirect=True)
                 yields a ModemHandle: .path (the pty device), .profile, .control(op, **kw),
+                .scenario(path) (a scenario file: faults by time or on the host's commands),
                 .route(host, port, server), .trace (its trace file), .trace_tail(n),
                 .state_dir, .emulator (the BackgroundEmulator), .port (the ModemPort)
     tls_server  an OpenSSL echo server on loopback (emulator.testing.peers.TlsServer) whose
@@ -55,6 +56,12 @@ class ModemHandle:
         """The control API (state, drop, pdp_deact, send_fail, dtr, urc, reboot, ...):
         {"ok": True, ...} or {"ok": False, "error": ...}."""
         return self.emulator.control(op, 0, **kw)
+
+    def scenario(self, scenario):
+        """Run a scenario file (a TOML path, or a dict of the same shape) against this
+        modem from now on: its steps fire by time or on the host's commands
+        (emulator/tools/scenario.py).  Returns the ScenarioRun (.fired: the steps that ran)."""
+        return self.emulator.run_scenario(scenario)
 
     def route(self, host: str, port: int, server) -> None:
         """Connections the host opens to host:port go to `server`: anything with

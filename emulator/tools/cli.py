@@ -20,6 +20,7 @@ from emulator.tools.demo_setup import demo_material_hint
 from emulator.logsafe import get_logger
 from emulator.io.network import Router, parse_dns
 from emulator.modem.profile import ProfileError, load_profile
+from emulator.tools.scenario import ScenarioError
 from emulator.io.transport import LinkError
 
 log = get_logger("emulator")
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", metavar="PATH",
                    help="listen on this unix socket for JSON-line requests (state, faults; "
                         "\"modem\": <index> picks one of --count's modems); removed at exit")
+    p.add_argument("--scenario", metavar="FILE",
+                   help="a TOML file of control operations scheduled by time or by the host's "
+                        "commands (a field bug as a file; emulator/tools/scenario.py); a bad "
+                        "file stops start-up")
     p.add_argument("--keylog", help="append NSS key-log lines of every TLS session to this file "
                                     "(default: $SSLKEYLOGFILE)")
     p.add_argument("--baud", type=_positive, metavar="N",
@@ -146,6 +151,7 @@ def make_keylog(path: str | None):
 
 async def run(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
+    scenario = load_cli_scenario(args, profile)
     # Handlers first: a signal that arrives right after the path is printed must still
     # end the run cleanly (link removed, exit 0).  SIGHUP is the terminal of `make run`
     # being closed: the same clean stop, not a dangling --link.
@@ -191,6 +197,8 @@ async def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             await _close(emulator, trace)
             raise SystemExit(f"modem-emulator: --control {args.control}: {exc.strerror or exc}")
+    if scenario is not None:
+        emulator.run_scenario(scenario)          # its `at` times count from here
     hints = []
     for n, (entry, (link, state_dir)) in enumerate(zip(entries, places)):
         label = f" #{n}" if len(entries) > 1 else ""
@@ -214,6 +222,16 @@ async def run(args: argparse.Namespace) -> int:
         await control.close()
     await _close(emulator, trace)
     return 0
+
+
+def load_cli_scenario(args: argparse.Namespace, profile):
+    """--scenario, read and checked before any modem starts (ScenarioError: exit 2)."""
+    if not args.scenario:
+        return None
+    from emulator.tools.scenario import load_scenario
+    scenario = load_scenario(args.scenario)
+    scenario.check(args.count, lambda n: profile)
+    return scenario
 
 
 async def _close(emulator: Emulator, trace) -> None:
@@ -244,7 +262,8 @@ def _say(stream, text: str) -> None:
 
 
 SUBCOMMANDS = ("usage: modem-emulator trace show FILE [--socket N] [--modem N]\n"
-               "       modem-emulator replay FILE [--profile P] [--modem N] [--ignore REGEX]...")
+               "       modem-emulator replay FILE [--profile P] [--modem N] [--ignore REGEX]... "
+               "[--scenario FILE]")
 
 
 def subcommand(argv: list[str]) -> int | None:
@@ -272,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return asyncio.run(run(args))
-    except ProfileError as exc:
+    except (ProfileError, ScenarioError) as exc:
         print(f"modem-emulator: {exc}", file=sys.stderr)
         return 2
 

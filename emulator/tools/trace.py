@@ -23,6 +23,7 @@ Writing a trace
         received     socket, data (plaintext the server sent)
         peer_closed  socket, how ("close_notify" | "fin" | "rst" | "other"), reason
         close        socket                            (AT+QSSLCLOSE)
+        scenario     step, op, ok, error?, args        (a scenario step ran: tools/scenario.py)
     Every "data"/"answer"/"line" is the bytes as a JSON string of code points 0-255
     (bytes.decode("latin-1")): lossless, and readable for AT text.  Each record carries
     "in"/"out": how many bytes the host had sent / been sent so far (replay syncs on them).
@@ -31,7 +32,7 @@ Writing a trace
 Reading one
     show_main(argv) -> int     `modem-emulator trace show FILE [--socket N] [--modem N]`
     replay_main(argv) -> int   `modem-emulator replay FILE [--profile P] [--modem N]
-                                [--max-gap S] [--ignore REGEX]...`: 0 no difference, 1 a difference
+                                [--max-gap S] [--ignore REGEX]... [--scenario FILE]`: 0 no difference, 1 a difference
                                 (printed), 2 unusable input
     (emulator/tools/cli.py dispatches to them; python -m emulator.tools.trace show|replay
     FILE ... is the same)
@@ -532,7 +533,8 @@ def _drain(ser) -> None:
 
 
 def replay_records(records: list[dict], profile: str | None = None, modem: int = 0,
-                   ignore: list[re.Pattern] | None = None, out=None, max_gap: float | None = None) -> int:
+                   ignore: list[re.Pattern] | None = None, out=None, max_gap: float | None = None,
+                   scenario=None) -> int:
     out = out or sys.stdout
     import tempfile
 
@@ -560,6 +562,8 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                 emu.router.add_map(s.host, s.port, "127.0.0.1", peer.port)
         port = emu.add_modem(profile, state_dir=Path(state), trace=writer)
         tracer.append(port.modem.tracer)
+        if scenario is not None:                 # the faults the trace was recorded with
+            emu.run_scenario(scenario)
         emu.run(lambda: setattr(ssl_service(port.modem), "session_factory", ReplaySession))
         out_count = lambda: emu.run(lambda: tracer[0].out_total)   # noqa: E731
         ser = serial.Serial(port.path, 115200, timeout=0)
@@ -639,7 +643,7 @@ def parse_at_log(text: str) -> list[tuple[str, list[str]]]:
     return steps
 
 
-def replay_at_log(text: str, profile: str = "ec2x", out=None) -> int:
+def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None) -> int:
     out = out or sys.stdout
     import tempfile
 
@@ -653,6 +657,8 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="modem-replay-") as state, BackgroundEmulator(offline=True) as emu:
         port = emu.add_modem(profile, state_dir=Path(state))
+        if scenario is not None:
+            emu.run_scenario(scenario)
         ser = serial.Serial(port.path, 115200, timeout=0)
         try:
             prompt = False
@@ -706,21 +712,31 @@ def replay_main(argv: list[str] | None = None) -> int:
                         "keep it above the guard time S12 when the trace has +++)")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX",
                    help="text matching REGEX is not compared (e.g. a local port); repeatable")
+    p.add_argument("--scenario", metavar="FILE",
+                   help="run this scenario file (emulator/tools/scenario.py) on the replaying modem: "
+                        "the faults the field session met, so their answers replay too")
     args = p.parse_args(argv)
+    from emulator.tools.scenario import ScenarioError, load_scenario
     try:
         text = Path(args.file).read_text(encoding="latin-1")
         ignore = [re.compile(x) for x in args.ignore]
-    except (OSError, re.error) as exc:
+        scenario = load_scenario(args.scenario) if args.scenario else None
+    except (OSError, re.error, ScenarioError) as exc:
         print(f"modem-emulator replay: {exc}", file=sys.stderr)
         return 2
-    if text.lstrip().startswith("{"):
-        try:
-            records = read_trace(args.file)
-        except (OSError, ValueError) as exc:
-            print(f"modem-emulator replay: {exc}", file=sys.stderr)
-            return 2
-        return replay_records(records, args.profile, args.modem, ignore, max_gap=args.max_gap)
-    return replay_at_log(text, args.profile or "ec2x")
+    try:
+        if text.lstrip().startswith("{"):
+            try:
+                records = read_trace(args.file)
+            except (OSError, ValueError) as exc:
+                print(f"modem-emulator replay: {exc}", file=sys.stderr)
+                return 2
+            return replay_records(records, args.profile, args.modem, ignore, max_gap=args.max_gap,
+                                  scenario=scenario)
+        return replay_at_log(text, args.profile or "ec2x", scenario=scenario)
+    except ScenarioError as exc:                 # a step's modem or command does not fit
+        print(f"modem-emulator replay: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
