@@ -172,7 +172,8 @@ class BackgroundEmulator:
         return self.run(lambda: self.emulator.control(op, modem, **kw))
 
     def run_scenario(self, scenario):
-        """Emulator.run_scenario() run on the loop thread."""
+        """Emulator.run_scenario() run on the loop thread.  The ScenarioRun changes on the
+        loop: read it there too (emu.run(lambda: run.fired)) when a step may be running."""
         return self.run(self.emulator.run_scenario, scenario)
 
     @property

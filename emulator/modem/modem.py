@@ -153,7 +153,9 @@ class Modem:
         """Events: "pdp_deactivated" (cid), "reset", "shutdown", "hangup" (the host closed
         the port), "output_drained" (the host caught up with a backlog), "port_idle" (the
         interpreter is idle again after an answer, a data prompt or a pending command,
-        its queued URCs written: a URC now goes out at once)."""
+        its queued URCs written: a URC now goes out at once), "command" (name, kind, args: a
+        command the host sent, as the interpreter dispatches it, before its handler runs;
+        scenario triggers count these)."""
         self._listeners[event].append(callback)
 
     def emit(self, event: str, **kwargs) -> None:
