@@ -81,6 +81,23 @@ def net(emulator, ec2x):
     return route
 
 
+@pytest.fixture
+def echo(pki, emulator):
+    """An OpenSSL echo server that "echo.example":443 is routed to."""
+    from emulator.testing.peers import TlsServer
+    with TlsServer(pki.server, mode="echo") as server:
+        emulator.router.add_map("echo.example", 443, "127.0.0.1", server.address[1])
+        yield server
+
+
+@pytest.fixture
+def ec2x_on(open_modem):
+    """(host, port): an EC2x on manual time with PDP context 1 active."""
+    host, port = open_modem("ec2x", manual_time=True)
+    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+    return host, port
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """With MODEM_EMULATOR_REQUIRE_ALL=1 (make test, CI) a skip is a failure: the

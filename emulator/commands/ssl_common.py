@@ -19,7 +19,6 @@ from emulator.at.parser import EXEC
 from emulator.at.registry import command
 from emulator.at.responses import CommandError, DataRequest, Prompt, Response, Text, ok
 from emulator.logsafe import get_logger
-from emulator.sockets.delivery import Delivery
 from emulator.sockets.service import ERROR_TEXT, SslService, ssl_service
 
 log = get_logger("emulator.ssl")

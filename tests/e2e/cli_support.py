@@ -30,3 +30,10 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
         return proc.wait(10)
     finally:
         proc.kill()
+
+
+def refused(*args: str) -> tuple[int, str, str]:
+    """Start the CLI with args it must refuse: (exit code, stdout, stderr)."""
+    proc = start(*args)
+    out, err = proc.communicate(timeout=20)
+    return proc.returncode, out, err

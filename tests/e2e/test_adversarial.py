@@ -2,7 +2,6 @@
 and host habits, each reproduced through the pty."""
 from __future__ import annotations
 
-import re
 import socket
 import ssl
 import struct
@@ -11,7 +10,6 @@ import time
 
 import pytest
 
-from emulator.testing.peers import TlsServer
 
 
 def raw_tls_server(pki, script):
@@ -94,7 +92,7 @@ def test_a_pending_answer_is_not_given_to_the_next_host(emulator, open_modem, pk
     read that command's OK as the answer to its own first command."""
     from emulator.testing.host import Host
     host, port = open_modem("ec2x")
-    port_no, thread = raw_tls_server(pki, lambda tls: time.sleep(3))     # ignores our FIN
+    port_no, thread = raw_tls_server(pki, lambda tls: time.sleep(1.5))   # ignores our FIN
     open_via(host, emulator, port_no, "s.test", client_id=1)
     host.seen(b"+QSSLOPEN: 1,0")
     host.write(b"AT+QSSLCFG=\"closetimemode\",1,1\r")

@@ -9,25 +9,9 @@ import socket
 import pytest
 
 from emulator.io.app import BackgroundEmulator
-from emulator.testing.host import Host
-from emulator.testing.peers import TlsServer
 from emulator.tools.control import ControlServer
 
-HOST = "echo.example"
-
-
-@pytest.fixture
-def echo(pki, emulator):
-    with TlsServer(pki.server, mode="echo") as server:
-        emulator.router.add_map(HOST, 443, "127.0.0.1", server.address[1])
-        yield server
-
-
-@pytest.fixture
-def ec2x_on(open_modem):
-    host, port = open_modem("ec2x", manual_time=True)
-    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
-    return host, port
+HOST = "echo.example"           # routed to the `echo` fixture's server (tests/conftest.py)
 
 
 def _open(host, client_id: int = 1, mode: int = 0) -> None:

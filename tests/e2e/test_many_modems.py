@@ -14,7 +14,7 @@ import pytest
 
 from emulator.testing.host import Host
 from emulator.testing.peers import TlsServer
-from tests.e2e.cli_support import ROOT, start, stop
+from tests.e2e.cli_support import ROOT, refused, start, stop
 
 HOST_NAME, HOST_PORT = "www.iottest.work", 443
 
@@ -64,9 +64,8 @@ def test_count_with_a_link_without_n_stops_startup(tmp_path):
 
 @pytest.mark.parametrize("value", ["0", "-1", "many"])
 def test_count_must_be_positive(tmp_path, value):
-    proc = start("--count", value, "--state-dir", str(tmp_path / "s"))
-    out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 2 and out == ""
+    code, out, err = refused("--count", value, "--state-dir", str(tmp_path / "s"))
+    assert code == 2 and out == ""
     assert "--count: expected a whole number of at least 1" in err
 
 

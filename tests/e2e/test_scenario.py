@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.testing.peers import TlsServer
 from emulator.tools.scenario import ScenarioError, load_scenario
 from tests.e2e.cli_support import first_line, start, stop
 from emulator.testing.host import Host
 
-HOST = "echo.example"
-
-
-@pytest.fixture
-def echo(pki, emulator):
-    with TlsServer(pki.server, mode="echo") as server:
-        emulator.router.add_map(HOST, 443, "127.0.0.1", server.address[1])
-        yield server
-
-
-@pytest.fixture
-def ec2x_on(open_modem):
-    host, port = open_modem("ec2x", manual_time=True)
-    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
-    return host, port
+HOST = "echo.example"           # routed to the `echo` fixture's server (tests/conftest.py)
 
 
 def _open(host, client_id: int = 1) -> None:

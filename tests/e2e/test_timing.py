@@ -189,8 +189,7 @@ def test_cli_baud_paces_the_answers(tmp_path):
 
 @pytest.mark.parametrize("value", ["0", "-9600", "fast"])
 def test_cli_baud_must_be_positive(tmp_path, value):
-    from tests.e2e.cli_support import start
-    proc = start("--baud", value, "--state-dir", str(tmp_path / "s"))
-    out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 2 and out == ""
+    from tests.e2e.cli_support import refused
+    code, out, err = refused("--baud", value, "--state-dir", str(tmp_path / "s"))
+    assert code == 2 and out == ""
     assert "--baud" in err
