@@ -123,3 +123,30 @@ def test_ccklk_takes_the_whole_27_007_zone_range(ec2x):
 def test_signs_and_stray_quotes_are_errors(ec2x, line):
     assert ec2x.at(line) == b"\r\nERROR\r\n"
     assert ec2x.at('AT+QSSLCFG="alpn",1') == b'\r\n+QSSLCFG: "alpn",1,""\r\n\r\nOK\r\n'
+
+
+def test_a_closed_socket_is_freed_without_the_cyclic_gc(ec2x, emulator, pki):
+    """Each closed socket (and its TLS context, ~50 KiB of C memory) must go by reference
+    counting, not wait for the cyclic garbage collector: `make soak`'s 2,000 open/close races
+    saw the emulator's RSS grow when a reference cycle kept them (the shaped transport).
+    (The service remembers the last socket of each id for AT+QSSLSTATE, so the first of
+    two sockets on one id is the one that must be gone.)"""
+    import gc
+    import weakref
+    servers = [raw_tls_server(pki, lambda tls: time.sleep(0.5)) for _ in range(2)]
+    open_via(ec2x, emulator, servers[0][0], "g.test")
+    ec2x.seen(b"\r\n+QSSLOPEN: 0,0\r\n")
+    svc = emulator.run(lambda: emulator.emulator.ports[-1].modem.feature("ssl", None))
+    first = emulator.run(lambda: weakref.ref(svc.sockets[0]))
+    gc.disable()
+    try:
+        assert ec2x.at("AT+QSSLCLOSE=0,0") == b"\r\nOK\r\n"
+        emulator.router.add_map("g.test", 443, "127.0.0.1", servers[1][0])
+        assert ec2x.at('AT+QSSLOPEN=1,1,0,"g.test",443,0') == b"\r\nOK\r\n"
+        ec2x.seen(b"\r\n+QSSLOPEN: 0,0\r\n")
+        assert ec2x.at("AT+QSSLCLOSE=0,0") == b"\r\nOK\r\n"
+        assert emulator.run(first) is None, "the first socket outlived its close"
+    finally:
+        gc.enable()
+    for _, thread in servers:
+        thread.join(5)
