@@ -363,6 +363,15 @@ class Interpreter:
             return self._line_end + self._lf_window
         return None
 
+    def _drop_late_lf(self, until: float) -> bool:
+        """The first byte after a prompt or CONNECT: an LF that comes before `until` (see
+        _line_lf) is the command line's ending and is dropped; True when it was."""
+        self.lexer.forget_line_end()
+        if self._inbox[:1] == b"\n" and self.modem.monotonic() <= until:
+            del self._inbox[:1]
+            return True
+        return False
+
     def _restart_idle_timer(self, phase: DataPhase) -> None:
         if phase.request.idle_timeout is None:
             return
@@ -378,11 +387,8 @@ class Interpreter:
     def _feed_data(self) -> None:
         phase = self._data
         if phase.lf_until is not None:           # the first byte after the prompt
-            late_lf = self._inbox[:1] == b"\n" and self.modem.monotonic() <= phase.lf_until
-            phase.lf_until = None
-            self.lexer.forget_line_end()
-            if late_lf:
-                del self._inbox[:1]
+            until, phase.lf_until = phase.lf_until, None
+            if self._drop_late_lf(until):
                 return
         out, reason = phase.take(self._inbox, self.modem.settings.echo)
         self.modem.write(out)
@@ -413,17 +419,13 @@ class Interpreter:
         self.last_online = link
         self._escape = EscapeDetector(self._guard_time(), self.modem.monotonic())
         self._online_lf_until = self._line_lf(after_line)
-        crlf = self.lexer.crlf
-        self.lexer.reset()
-        self.lexer.crlf = crlf
+        self.lexer.reset()                       # (keeps what it learnt of the host's line ends)
         link.started()
 
     def _feed_online(self) -> None:
         if self._online_lf_until is not None:    # the first byte after CONNECT
-            late_lf = self._inbox[:1] == b"\n" and self.modem.monotonic() <= self._online_lf_until
-            self._online_lf_until = None
-            if late_lf:
-                del self._inbox[:1]
+            until, self._online_lf_until = self._online_lf_until, None
+            self._drop_late_lf(until)
         data = bytes(self._inbox)
         self._inbox.clear()
         if data:

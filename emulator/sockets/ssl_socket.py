@@ -452,10 +452,8 @@ class SslSocket:
         was_empty = not self.inbox
         self.inbox += data
         self._trace("received", socket=self.client_id, data=data)
-        if len(self.inbox) >= self.recv_limit and self._transport is not None and not self._paused:
-            if hasattr(self._transport, "pause_reading"):
-                self._transport.pause_reading()
-                self._paused = True
+        if len(self.inbox) >= self.recv_limit:
+            self.pause_network(True)
         if self._state is CONNECTED:
             self.owner.on_data(self, was_empty)
 
@@ -469,9 +467,7 @@ class SslSocket:
     def read(self, n: int) -> bytes:
         data = bytes(self.inbox[:n])
         del self.inbox[:n]
-        if self._paused and len(self.inbox) < self.recv_limit // 2 and self._transport is not None:
-            self._transport.resume_reading()
-            self._paused = False
+        self.pause_network(False)                # resumes once the inbox is half empty
         return data
 
     def send(self, data: bytes) -> None:
@@ -513,8 +509,9 @@ class SslSocket:
             self._transport.set_write_buffer_limits(high=limit, low=limit // 4)
 
     def pause_network(self, paused: bool) -> None:
-        """Stop (or resume) reading from the network while the host does not read its port;
-        the inbox's own limit pauses it too (read())."""
+        """Stop (or resume) reading from the network: past the inbox limit (ssl.recv_buffer,
+        resumed below half of it as the host reads), and while the host does not read its port
+        (online data mode)."""
         transport = self._transport
         if transport is None or not hasattr(transport, "pause_reading") or transport.is_closing():
             return
