@@ -65,6 +65,17 @@ class CommandTable:
         return {v for n, _, v in self._entries if n == name}
 
 
+def refusing(func: Callable) -> Callable:
+    """Mark a handler registered only to refuse a form the module lacks (ERROR with
+    its reason): the command surface in README.md does not list such forms."""
+    func.refuses = True
+    return func
+
+
+def refuses(func: Callable) -> bool:
+    return getattr(func, "refuses", False)
+
+
 TABLE = CommandTable()
 command = TABLE.command
 

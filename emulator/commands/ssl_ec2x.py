@@ -9,7 +9,7 @@ a module has are the profile's ssl.options (a BG95-style module lists fewer).
 from __future__ import annotations
 
 from emulator.at.parser import EXEC, READ, WRITE
-from emulator.at.registry import command
+from emulator.at.registry import command, refusing
 from emulator.at.responses import Raw, Response, ok
 from emulator.commands.ssl_common import (SslArgs, done, fail, online_answer, quectel_test,
                                           send_request, server_address, service, socket_args)
@@ -205,6 +205,7 @@ def qsslstate_one(modem, cmd):
 
 
 # -- forms a command does not have ------------------------------------------------------
+@refusing
 def _no_such_form(modem, cmd):
     """"AT+QSSLSEND?" and the like: ERROR, and AT+QIGETERROR says 552 (invalid parameter),
     as for any other SSL command the module could not parse."""
