@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LINK   ?= /tmp/modem-ec2x
 
-.PHONY: run run-ml302 test bench soak openssl clean
+.PHONY: run run-ml302 test bench soak openssl socat clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "modem-emulator needs CPython 3.11 or 3.12 (python-mbedtls 2.10.1): set PYTHON=..." >&2; exit 1; }
@@ -25,6 +25,13 @@ openssl:
 	  (apt-get update -qq && apt-get install -y -qq openssl) >/dev/null 2>&1 || \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq openssl); }
 
+# socat is the reference make bench measures transparent mode against (pty <-> openssl).
+socat:
+	@command -v socat >/dev/null || { \
+	  echo "installing socat"; \
+	  (apt-get update -qq && apt-get install -y -qq socat) >/dev/null 2>&1 || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq socat); }
+
 run: $(STAMP)
 	@echo "EC2x modem with the built-in loopback TLS peer; device link: $(LINK)" >&2
 	@$(PY) -m emulator --profile ec2x --demo --offline --link $(LINK) --state-dir state/ec2x
@@ -36,7 +43,8 @@ run-ml302: $(STAMP)
 test: $(STAMP) openssl
 	MODEM_EMULATOR_REQUIRE_ALL=1 $(PY) -m pytest -q
 
-bench: $(STAMP)
+# One table, each figure beside a reference from the same run (about 2 minutes).
+bench: $(STAMP) socat
 	$(PY) -m bench
 
 # Not part of `make test` (several minutes): fuzzing, open/close races, kill -9 during
