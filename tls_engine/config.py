@@ -157,6 +157,35 @@ def _alpn(settings: TlsSettings) -> tuple[bytes, ...] | None:
 
 
 def build_plan(settings: TlsSettings) -> EnginePlan:
+    """The plan for one connection.  Its configuration part is built once per distinct set
+    of the settings that shape it (_config_key) and shared; the SNI name is per connection."""
+    key = _config_key(settings)
+    built = _PLANS.get(key)
+    if built is None:
+        built = _build_configuration(settings)
+        _remember(_PLANS, key, built)
+    configuration, native_ids, notes = built
+    # SNI only for DNS names (RFC 6066 forbids IP literals) and only when enabled;
+    # Mbed TLS would also name-check it, which VERIFY_OPTIONAL ignores.
+    host = settings.server_name
+    sni = host if settings.sni and host and parse_ip(host) is None else None
+    return EnginePlan(configuration, sni, native_ids, list(notes))
+
+
+def _config_key(settings: TlsSettings) -> tuple:
+    """Every TlsSettings field _build_configuration reads, by value (the client certificate
+    and key by their bytes: a file replaced with AT+QFUPL is another key), and the native
+    layer's self-check run and availability it was built under (the table default's suites
+    and RC4/3DES depend on them)."""
+    from . import native   # the default offer depends on its self-check's outcome
+
+    chain = (settings.client_cert_pem, settings.client_key_pem) if settings.seclevel == 2 else None
+    return (native.generation(), native.available(), settings.seclevel, settings.dtls, settings.ssl_version, settings.dtls_version,
+            tuple(settings.cipher_suites), settings.psk_identity, settings.psk_key,
+            tuple(settings.alpn), chain)
+
+
+def _build_configuration(settings: TlsSettings) -> tuple[object, tuple[int, ...] | None, tuple[str, ...]]:
     import mbedtls.tls as tls
 
     if settings.seclevel not in (0, 1, 2):
@@ -181,11 +210,54 @@ def build_plan(settings: TlsSettings) -> EnginePlan:
             configuration = tls.TLSConfiguration(**common)
     except (ValueError, TypeError, NotImplementedError) as exc:
         raise EngineConfigError(BAD_CONFIG, f"TLS configuration rejected: {exc}") from None
-    # SNI only for DNS names (RFC 6066 forbids IP literals) and only when enabled;
-    # Mbed TLS would also name-check it, which VERIFY_OPTIONAL ignores.
-    host = settings.server_name
-    sni = host if settings.sni and host and parse_ip(host) is None else None
-    return EnginePlan(configuration, sni, native_ids, notes)
+    return configuration, native_ids, tuple(notes)
+
+
+def client_context(plan: EnginePlan, settings: TlsSettings) -> tuple[object, tuple[str, ...]]:
+    """The mbedtls ClientContext for a plan, with apply_native_conf applied, and the notes
+    that produced: built once per (configuration, native settings) and shared by every
+    connection that has them (an Mbed TLS ssl_config serves any number of ssl contexts;
+    each wrap_buffers() is a fresh session, and a shared context never resumes one).
+    The key: the configuration object (the entry holds it, so its id stays unique), what
+    apply_native_conf sets (exact suite list, renegotiation, the key-log callable itself)
+    and whether the native layer can set it now."""
+    from . import native
+
+    key = (id(plan.configuration), plan.native_suites, settings.renegotiation, settings.keylog,
+           native.generation(), native.available())
+    entry = _CONTEXTS.get(key)
+    if entry is not None and entry[0] is plan.configuration:
+        return entry[1], entry[2]
+    import mbedtls.tls as tls
+    from mbedtls.exceptions import TLSError
+
+    try:
+        context = tls.ClientContext(plan.configuration)
+    except (TLSError, ValueError, TypeError, NotImplementedError) as exc:
+        raise EngineConfigError(BAD_CONFIG, f"TLS configuration rejected: {exc}") from None
+    notes: list[str] = []
+    apply_native_conf(context, plan, settings, notes)
+    _remember(_CONTEXTS, key, (plan.configuration, context, tuple(notes)))
+    return context, tuple(notes)
+
+
+# Built configurations (by _config_key) and contexts (see client_context), oldest first; a few dozen distinct SSL contexts
+# at most in practice (6 per modem, mostly alike), bounded anyway.
+_PLANS: dict[tuple, tuple] = {}
+_CONTEXTS: dict[tuple, tuple] = {}
+_CACHE_MAX = 64
+
+
+def _remember(cache: dict, key, value) -> None:
+    if len(cache) >= _CACHE_MAX:
+        del cache[next(iter(cache))]
+    cache[key] = value
+
+
+def clear_caches() -> None:
+    """Forget every built configuration and context (tests; a library reload)."""
+    _PLANS.clear()
+    _CONTEXTS.clear()
 
 
 def apply_native_conf(context, plan: EnginePlan, settings: TlsSettings, notes: list[str]) -> None:

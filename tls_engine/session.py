@@ -21,7 +21,7 @@ import time
 from collections.abc import Hashable
 
 from . import ciphers as cs
-from .config import EnginePlan, apply_native_conf, build_plan
+from .config import EnginePlan, build_plan, client_context
 from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_VERSION, MBEDTLS_PEER_CLOSE_NOTIFY,
                      PROTOCOL_ERROR, VERIFY_FAILED, AppData, EngineConfigError,
                      HandshakeComplete, PeerClosed, TlsFailure, describe_alert,
@@ -62,8 +62,9 @@ class TlsClientSession:
         self._cert_seen = False
         self._server_version: bytes | None = None
         self._fatal_alert: int | None = None
+        resumable = settings.session_cache and cache is not None and cache_key is not None
         self._resumption = Resumption(settings.session_cache, cache, cache_key, self.notes,
-                                      settings_fingerprint(settings))
+                                      settings_fingerprint(settings) if resumable else None)
         self._scratch = bytearray(WRITE_CHUNK + 2048)
         self._unsent = bytearray()   # accepted by send() while a renegotiation was running
         self._rx: list[bytes] = []  # decrypted in this receive(), not yet an event
@@ -189,14 +190,10 @@ class TlsClientSession:
     # --- setup -----------------------------------------------------------------
 
     def _wrap(self, plan: EnginePlan):
-        import mbedtls.tls as tls
         from mbedtls.exceptions import TLSError
 
-        try:
-            context = tls.ClientContext(plan.configuration)
-        except (TLSError, ValueError, TypeError, NotImplementedError) as exc:
-            raise EngineConfigError(BAD_CONFIG, f"TLS configuration rejected: {exc}") from None
-        apply_native_conf(context, plan, self.settings, self.notes)
+        context, notes = client_context(plan, self.settings)   # built once per configuration
+        self.notes.extend(notes)
         try:
             return context.wrap_buffers(plan.sni_hostname)
         except (TLSError, ValueError) as exc:

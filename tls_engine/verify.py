@@ -45,10 +45,23 @@ def load_anchors(settings: TlsSettings) -> list[x509.Certificate]:
     if not settings.ca_pem or _PEM_BEGIN not in settings.ca_pem:
         raise EngineConfigError(BAD_CONFIG, f"seclevel {settings.seclevel} needs a CA certificate, "
                                             f"but {label} holds no PEM certificate")
-    try:
-        return x509.load_pem_x509_certificates(settings.ca_pem)
-    except ValueError as exc:
-        raise EngineConfigError(BAD_CONFIG, f"cannot parse CA certificate {label}: {exc}") from None
+    anchors = _ANCHORS.get(settings.ca_pem)
+    if anchors is None:
+        try:
+            anchors = x509.load_pem_x509_certificates(settings.ca_pem)
+        except ValueError as exc:
+            raise EngineConfigError(BAD_CONFIG, f"cannot parse CA certificate {label}: {exc}") from None
+        if len(_ANCHORS) >= _ANCHORS_MAX:
+            del _ANCHORS[next(iter(_ANCHORS))]          # the oldest
+        _ANCHORS[settings.ca_pem] = anchors
+    return list(anchors)
+
+
+# Parsed trust anchors keyed by the CA file's CONTENT (the bytes the emulator read at this
+# open): a file replaced with AT+QFUPL is other bytes, hence parsed anew; the same bundle
+# opened again is not parsed again.  Certificates are immutable; callers get a new list.
+_ANCHORS: dict[bytes, list[x509.Certificate]] = {}
+_ANCHORS_MAX = 16
 
 
 def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -77,6 +77,7 @@ from .wrapper import ciphersuite_id, ciphersuite_name, feed, handshake_over, tak
 
 __all__ = [
     "available",
+    "generation",
     "unavailable_reason",
     "NativeConf",
     "NativeSsl",
@@ -129,10 +130,21 @@ def psk_identity(raw: bytes) -> str:
 # --- the self-check ------------------------------------------------------------------------
 
 
+_generation = 0
+
+
+def generation() -> int:
+    """How many times the self-check ran: what was built from its outcome (which suites a
+    default offer holds, ...) is stale once this changes (tls_engine.config's caches)."""
+    return _generation
+
+
 def _init() -> None:
     """Run (or re-run) the self-check. First the wrapper's private Python names
     (wrapper.py: used on success, public fallbacks otherwise), then the ctypes layer,
     which also needs them; binds the library into handles.py on success."""
+    global _generation
+    _generation += 1
     _handles.unbind("self-check not run")
     _wrapper.unbind("self-check not run")
     try:
