@@ -243,7 +243,9 @@ class Interpreter:
             log.info("ERROR: malformed command AT%s (%s)", loggable(item.raw), item.reason)
             return Response([], "ERROR")
         profile = self.modem.profile
-        name = "S" if _S_REGISTER.match(item.name) else item.name
+        name = item.name
+        if name[:1] == "S" and _S_REGISTER.match(name):
+            name = "S"
         self.modem.emit("command", name=name, kind=item.kind, args=item.args)   # (scenario triggers)
         variant = profile.command_variant(name)
         if variant is None:
@@ -391,10 +393,12 @@ class Interpreter:
             if self._drop_late_lf(until):
                 return
         out, reason = phase.take(self._inbox, self.modem.settings.echo)
-        self.modem.write(out)
-        self._restart_idle_timer(phase)
-        if reason is not None:
-            self._finish_data(phase, reason)
+        if out:
+            self.modem.write(out)
+        if reason is None:
+            self._restart_idle_timer(phase)
+        else:
+            self._finish_data(phase, reason)     # (cancels the idle timer)
 
     def _finish_data(self, phase: DataPhase, reason: str) -> None:
         if self._data is not phase:

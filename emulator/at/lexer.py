@@ -61,6 +61,9 @@ class CommandLineLexer:
         self._last_was_s3 = False
 
     def feed(self, data: bytes) -> list[object]:
+        line = self._whole_line(data)
+        if line is not None:
+            return line
         events: list[object] = []
         echo = bytearray()
         for byte in data:
@@ -77,6 +80,22 @@ class CommandLineLexer:
         if echo:
             events.append(Echo(bytes(echo)))
         return events
+
+    def _whole_line(self, data: bytes) -> list[object] | None:
+        """The common case in one go: a whole command line, "AT...<S3>", from command
+        state with nothing to edit (no S5, no other S3).  The events and the state after
+        are exactly what _step gives byte by byte; anything else returns None."""
+        s3 = self.s3
+        if (self._state != "idle" or len(data) < 3 or data[0] not in (0x41, 0x61)
+                or data[1] not in (0x54, 0x74) or data.find(s3) != len(data) - 1
+                or data.find(self.s5) >= 0 or len(data) - 3 > self.max_line):
+            return None
+        if self._last_was_s3:
+            self.crlf = False                 # the byte after the last S3 was an 'A'
+        self._last_was_s3 = True
+        self._buf.clear()
+        line = CommandLine(bytes(data[2:-1]))
+        return [Echo(bytes(data)), line] if self.echo else [line]
 
     def _step(self, byte: int) -> object | None:
         after_s3 = self._last_was_s3

@@ -42,6 +42,7 @@ HIGH_WATER = 64 * 1024            # backlog above this ...
 LOW_WATER = 16 * 1024             # ... then below this: on_drain()
 MAX_BACKLOG = 1 << 20             # default bound of unread output (profile serial.output_backlog)
 READ_BATCH = 256 * 1024           # host bytes taken in one wake-up at most
+SHORT_READ = 2048                 # a read shorter than this emptied the pty (it gives ~4 KiB)
 NOISE_MAX = 16                    # uart_noise: fragments of 1..16 bytes ...
 NOISE_GAP = (0.001, 0.005)        # ... 1-5 ms apart
 PACE_SLICE = 0.01                 # pacing: at most this long's worth of bytes per write
@@ -287,7 +288,10 @@ class PtyPort:
                 break
             chunks.append(piece)
             size += len(piece)
-        data = b"".join(chunks)
+            if len(piece) < SHORT_READ:
+                break      # the pty had no more: the next read would only say EAGAIN (and
+                           # the reader is level-triggered: bytes that come now wake it again)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if data:
             self._deliver(data)
         if hung_up and not self._closed and self.attached:
