@@ -6,6 +6,7 @@ from emulator.at.args import Args
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Cme, CommandError, ok
+from emulator.modem.registration import registration
 
 
 def _plain(key: str):
@@ -46,12 +47,8 @@ def csq(modem, cmd):
 
 def _registration(name: str):
     def read(modem, cmd):
-        n = modem.reg_urc[name]
-        stat = modem.profile["network.reg_stat"] if modem.cfun == 1 else 0
-        if n == 2 and stat in (1, 5):
-            # Location fields are fixed values: the emulator has no cell to report.
-            return ok(f'{name}: {n},{stat},"D5D5","8A21B03",{modem.profile["network.act"]}')
-        return ok(f"{name}: {n},{stat}")
+        # Location fields are fixed values: the emulator has no cell to report.
+        return ok(registration(modem).line(name, modem.reg_urc[name]))
 
     def write(modem, cmd):
         args = Args(cmd, at_most=1)
@@ -96,10 +93,12 @@ def cfun_write(modem, cmd):
             # A rebooting module reports its start-up URCs a moment after OK.
             modem.call_later(0.05, _boot_urcs, modem)
         return ok()
+    reg = registration(modem)                  # knows the stats before the change
     if fun != 1:
         for cid in [c.cid for c in modem.pdp.active()]:
             modem.deactivate_pdp(cid)
     modem.cfun = fun
+    reg.refresh()                              # +CREG/+CGREG/+CEREG URCs if enabled
     return ok()
 
 

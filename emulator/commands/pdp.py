@@ -1,11 +1,18 @@
 """PDP contexts: Quectel's AT+QICSGP / AT+QIACT / AT+QIDEACT (EC2x note §3.1)
-and 3GPP's AT+CGDCONT / AT+CGACT in the ML302 manual's format (§3)."""
+and 3GPP's AT+CGDCONT / AT+CGACT in the ML302 manual's format (§3) and, variant
+"quectel", the EC25&EC21 AT Commands Manual's; AT+CGATT, AT+CGPADDR, AT+CGCONTRDP
+(EC2x).  One PdpTable (emulator/modem/pdp.py) behind all of them, so a context
+configured with AT+QICSGP reads back in AT+CGDCONT? and one activated with AT+CGACT
+in AT+QIACT?; registration and attach are emulator/modem/registration.py."""
 from __future__ import annotations
 
 from emulator.at.args import Args
-from emulator.at.parser import READ, WRITE
+import ipaddress
+
+from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import CommandError, ok
+from emulator.modem.registration import registration
 
 _TYPE_NAMES = {1: "IP", 2: "IPV6", 3: "IPV4V6"}
 _TYPE_BY_NAME = {v: k for k, v in _TYPE_NAMES.items()}
@@ -17,6 +24,19 @@ def _cid(modem, args: Args, i: int = 0) -> int:
 
 def _range(modem) -> str:
     return f"({modem.pdp.first}-{modem.pdp.last})"
+
+
+def _activate(modem, cid: int):
+    """Activate a context as AT+QIACT / AT+CGACT=1 do: the radio on, registered (the
+    packet domain is attached first if the host detached it, as 27.007 §10.1.10 says)."""
+    if modem.cfun != 1:
+        raise CommandError("ERROR", "radio is off (AT+CFUN)")
+    reg = registration(modem)
+    if not reg.registered():
+        raise CommandError("ERROR", f"not registered to a network (stat {reg.radio_stat()})")
+    if not reg.attached():
+        reg.attach(True)
+    return modem.pdp.activate(cid)
 
 
 # -- Quectel ------------------------------------------------------------------
@@ -46,11 +66,9 @@ def qiact_read(modem, cmd):
 def qiact_write(modem, cmd):
     args = Args(cmd, at_most=1)
     cid = _cid(modem, args)
-    if modem.cfun != 1:
-        raise CommandError("ERROR", "radio is off (AT+CFUN)")
     if modem.pdp.is_active(cid):
         raise CommandError("ERROR", f"PDP context {cid} is already active")
-    modem.pdp.activate(cid)
+    _activate(modem, cid)
     return ok()
 
 
@@ -98,9 +116,103 @@ def cgact_write(modem, cmd):
         if state == 0:
             modem.deactivate_pdp(cid)
             continue
-        if modem.cfun != 1:
-            raise CommandError("ERROR", "radio is off (AT+CFUN)")
-        ctx = modem.pdp.activate(cid)
+        ctx = _activate(modem, cid)
         # The manual's §3 format, spaces included: "+CGACT: 1, 1, 10.127.79.43".
         lines.append(f"+CGACT: {cid}, 1, {ctx.address}")
     return ok(*lines)
+
+
+# -- 3GPP (EC2x: EC25&EC21 AT Commands Manual) ----------------------------------
+# A context's <PDP_addr> in AT+CGDCONT? is the one configured (none: zeros), as an EC25
+# answers after AT+QICSGP=1,1,"UNINET": +CGDCONT: 1,"IP","UNINET","0.0.0.0",0,0,0,0.
+_ZERO_ADDR = {1: "0.0.0.0", 2: ".".join(["0"] * 16), 3: ".".join(["0"] * 16)}
+
+
+def _cgdcont_test_ec2x(modem) -> list[str]:
+    return [f'+CGDCONT: {_range(modem)},"{name}",,,(0-2),(0-4),(0-1),(0-1)'
+            for name in _TYPE_NAMES.values()]
+
+
+@command("+CGDCONT", READ, variant="quectel", test=_cgdcont_test_ec2x)
+def cgdcont_read_ec2x(modem, cmd):
+    return ok(*(f'+CGDCONT: {c.cid},"{_TYPE_NAMES[c.type]}","{c.apn}","{_ZERO_ADDR[c.type]}",0,0,0,0'
+                for c in modem.pdp.defined()))
+
+
+@command("+CGACT", WRITE, variant="quectel")
+def cgact_write_ec2x(modem, cmd):
+    """AT+CGACT=<state>[,<cid>]: OK alone (no +CGACT line, unlike the ML302); an active
+    context activated again or an inactive one deactivated is OK (27.007)."""
+    args = Args(cmd, at_most=2)
+    state = args.int(0, 0, 1)
+    cids = [_cid(modem, args, 1)] if args.present(1) else [c.cid for c in modem.pdp.defined()]
+    for cid in cids:
+        if state == 0:
+            if modem.pdp.is_active(cid):
+                modem.deactivate_pdp(cid)
+        elif not modem.pdp.is_active(cid):
+            _activate(modem, cid)
+    return ok()
+
+
+@command("+CGATT", READ, test="+CGATT: (0,1)")
+def cgatt_read(modem, cmd):
+    return ok(f"+CGATT: {int(registration(modem).attached())}")
+
+
+@command("+CGATT", WRITE)
+def cgatt_write(modem, cmd):
+    """AT+CGATT=0 deactivates every PDP context (sockets report "closed"; no "pdpdeact":
+    the host asked for it); AT+CGATT=1 needs the radio on and a registration."""
+    args = Args(cmd, at_most=1)
+    state = args.int(0, 0, 1)
+    reg = registration(modem)
+    if state == 1 and not reg.registered():
+        raise CommandError("ERROR", f"cannot attach: not registered (stat {reg.radio_stat()})")
+    reg.attach(bool(state))
+    return ok()
+
+
+def _cgpaddr_line(modem, cid: int) -> str:
+    ctx = modem.pdp.get(cid) if cid in {c.cid for c in modem.pdp.defined()} else None
+    address = ctx.address if ctx is not None and ctx.active else _ZERO_ADDR[ctx.type if ctx else 1]
+    return f'+CGPADDR: {cid},"{address}"'
+
+
+def _defined_list(modem) -> str:
+    return "(" + ",".join(str(c.cid) for c in modem.pdp.defined()) + ")"
+
+
+@command("+CGPADDR", EXEC, test=lambda modem: f"+CGPADDR: {_defined_list(modem)}")
+def cgpaddr_exec(modem, cmd):
+    return ok(*(_cgpaddr_line(modem, c.cid) for c in modem.pdp.defined()))
+
+
+@command("+CGPADDR", WRITE)
+def cgpaddr_write(modem, cmd):
+    """AT+CGPADDR=<cid>[,<cid>...]: +CGPADDR: <cid>,"<address>" ("0.0.0.0" while inactive)."""
+    args = Args(cmd, at_most=modem.pdp.last - modem.pdp.first + 1)
+    return ok(*(_cgpaddr_line(modem, _cid(modem, args, i)) for i in range(len(args))))
+
+
+def _contrdp_line(modem, ctx) -> str:
+    """27.007 §10.1.23: cid, bearer id, APN, "<address>.<mask>", gateway, DNS (the
+    network's or AT+QIDNSCFG's).  The bearer of the default EPS bearer starts at 5."""
+    net = ipaddress.ip_network(f"{ctx.address}/24", strict=False)
+    gateway = net[1] if str(net[1]) != ctx.address else net[2]
+    pri, sec = modem.pdp.dns_servers(ctx.cid)
+    return (f'+CGCONTRDP: {ctx.cid},{ctx.cid + 4},"{ctx.apn}","{ctx.address}.{net.netmask}",'
+            f'"{gateway}","{pri}","{sec}"')
+
+
+@command("+CGCONTRDP", EXEC, test=lambda modem: f"+CGCONTRDP: {_defined_list(modem)}")
+def cgcontrdp_exec(modem, cmd):
+    return ok(*(_contrdp_line(modem, c) for c in modem.pdp.active()))
+
+
+@command("+CGCONTRDP", WRITE)
+def cgcontrdp_write(modem, cmd):
+    """AT+CGCONTRDP=<cid>: the line of an active context; an inactive one: OK alone."""
+    args = Args(cmd, at_most=1)
+    cid = _cid(modem, args)
+    return ok(*(_contrdp_line(modem, c) for c in modem.pdp.active() if c.cid == cid))

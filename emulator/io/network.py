@@ -78,10 +78,24 @@ def parse_dns(spec: str) -> tuple[str, str]:
     return name.strip(), ip.strip()
 
 
+def parse_ping(spec: str) -> tuple[str, float]:
+    """"HOST=RTT_MS" (the --ping form) -> (host, ms); add_ping() checks both."""
+    host, sep, rtt = spec.partition("=")
+    if not sep:
+        raise ValueError(f"ping {spec!r}: expected HOST=RTT_MS")
+    try:
+        ms = float(rtt.strip())
+    except ValueError:
+        raise ValueError(f"ping {spec!r}: {rtt.strip()!r} is not a number of milliseconds") from None
+    return host.strip(), ms
+
+
 # A name the modem's DNS has no entry for shows an address made up from the name in
 # 198.18.0.0/15 (RFC 2544 benchmarking, never routed on the internet; the range fake-IP
 # DNS proxies use for the same purpose): stable across runs, never the loopback route.
 FAKE_NET = ipaddress.ip_network("198.18.0.0/15")
+
+DEFAULT_RTT_MS = 20.0          # AT+QPING to a known host without a --ping entry
 
 
 def made_up_address(name: str) -> str:
@@ -96,18 +110,23 @@ def _dns_key(name: str) -> str:
 
 class Router:
     def __init__(self, routes: list[str] | dict[str, str] | None = None, offline: bool = False,
-                 dns: dict[str, str] | None = None) -> None:
+                 dns: dict[str, str] | None = None, ping: dict[str, float] | None = None) -> None:
         self.offline = offline
         self._routes: dict[tuple[str, int | None], tuple[str, int | None]] = {}
         # name -> the address the modem's DNS answers (--dns, [dns]); what the host is shown.
         self.dns: dict[str, str] = {}
         # name -> what the real DNS answered when an unrouted name was resolved.
         self._answered: dict[str, str] = {}
+        # host -> round-trip time in ms of its echo replies (AT+QPING; --ping, [ping]);
+        # a routed host or a --dns name without an entry answers after DEFAULT_RTT_MS.
+        self.ping: dict[str, float] = {}
         items = routes.items() if isinstance(routes, dict) else ((r, None) for r in routes or ())
         for key, value in items:
             self.add(key if value is None else f"{key}={value}")
         for name, ip in (dns or {}).items():
             self.add_dns(name, ip)
+        for host, ms in (ping or {}).items():
+            self.add_ping(host, ms)
 
     def add(self, spec: str) -> None:
         src, dst = parse_route(spec)
@@ -125,6 +144,25 @@ class Router:
         if not isinstance(ip, str) or not _is_ip(ip.strip()):
             raise ValueError(f"dns {name!r}: {ip!r} is not an IP address")
         self.dns[_dns_key(name)] = str(ipaddress.ip_address(ip.strip().strip("[]")))
+
+    def add_ping(self, host: str, rtt_ms: float) -> None:
+        """Echo replies from `host` (a name or an IP address) come after rtt_ms (AT+QPING)."""
+        if not isinstance(host, str) or not _dns_key(host):
+            raise ValueError(f"ping {host!r}: empty host")
+        if isinstance(rtt_ms, bool) or not isinstance(rtt_ms, (int, float)) or not 0 <= rtt_ms <= 255_000:
+            raise ValueError(f"ping {host!r}: round-trip time {rtt_ms!r} must be 0..255000 ms")
+        self.ping[_dns_key(host)] = float(rtt_ms)
+
+    def knows(self, host: str) -> bool:
+        """Whether the emulator's network has `host`: a route on any port, a --dns entry or
+        a --ping entry (AT+QPING answers such a host; AT+QIDNSGIP resolves it offline)."""
+        key = _dns_key(host)
+        return (key in self.dns or key in self.ping
+                or any(name == key for name, _ in self._routes))
+
+    def ping_rtt(self, host: str) -> float:
+        """The round-trip time in ms of a known host's echo replies."""
+        return self.ping.get(_dns_key(host), DEFAULT_RTT_MS)
 
     def display_address(self, host: str) -> str:
         """The server address the host is shown for a dialled `host` (never a route):

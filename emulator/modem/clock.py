@@ -43,6 +43,11 @@ class ModemClock:
         self.quarters = quarters
         return True
 
+    def adjust(self, seconds: float) -> None:
+        """Move the clock by `seconds` (AT+QNTP with <autosettime> 1: the offset SNTP
+        measured); the time zone stays."""
+        self._offset += seconds
+
     def format_local(self) -> str:
         local = (self.now() + timedelta(minutes=15 * self.quarters)).replace(tzinfo=None)
         sign = "+" if self.quarters >= 0 else "-"

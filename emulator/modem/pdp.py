@@ -16,6 +16,12 @@ class PdpContext:
     auth: int = 0
     active: bool = False
     address: str | None = None
+    dns: tuple[str, str] | None = None    # AT+QIDNSCFG; None: what the network assigns
+
+
+# The DNS servers the network hands out with an address (AT+QIDNSCFG, AT+CGCONTRDP) when the
+# profile has no pdp.dns: a Quectel driver's comment shows +QIDNSCFG: 1,"123.66.165.1","123.66.165.2".
+NETWORK_DNS = ("123.66.165.1", "123.66.165.2")
 
 
 class PdpTable:
@@ -24,6 +30,7 @@ class PdpTable:
         self.last = profile["pdp.last_id"]
         self._pool_start = ipaddress.IPv4Address(profile["pdp.address_pool"])
         self._default_apn = profile["pdp.default_apn"]
+        self.network_dns: tuple[str, str] = tuple(profile.get("pdp.dns") or NETWORK_DNS)
         self._contexts: dict[int, PdpContext] = {}
 
     def get(self, cid: int) -> PdpContext:
@@ -57,6 +64,11 @@ class PdpTable:
         if ctx:
             ctx.active = False
             ctx.address = None
+
+    def dns_servers(self, cid: int) -> tuple[str, str]:
+        """(primary, secondary) DNS of a context: AT+QIDNSCFG's, else the network's."""
+        ctx = self._contexts.get(cid)
+        return ctx.dns if ctx is not None and ctx.dns is not None else self.network_dns
 
     def deactivate_all(self) -> list[int]:
         cids = [c.cid for c in self.active()]

@@ -121,6 +121,8 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "pdp.last_id": (True, _int(0, 255)),
     "pdp.address_pool": (True, _ipv4),
     "pdp.default_apn": (True, _str),
+    # The primary and secondary DNS servers the network assigns (AT+QIDNSCFG, AT+CGCONTRDP).
+    "pdp.dns": (False, _list(_ipv4, 2, 2)),
     "files.ufs_capacity": (True, _int(0, 1 << 34)),
     "files.ram_capacity": (True, _int(0, 1 << 34)),
     "files.max_name_len": (True, _int(1, 255)),

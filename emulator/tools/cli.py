@@ -18,7 +18,7 @@ from pathlib import Path
 from emulator.io.app import Emulator
 from emulator.tools.demo_setup import demo_material_hint
 from emulator.logsafe import get_logger
-from emulator.io.network import Router, parse_dns
+from emulator.io.network import Router, parse_dns, parse_ping
 from emulator.modem.profile import ProfileError, load_profile
 from emulator.tools.scenario import ScenarioError
 from emulator.io.transport import LinkError
@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dns", action="append", default=[], metavar="NAME=IP",
                    help="the address the modem's DNS answers for NAME, shown to the host "
                         "(ML302 <ipaddr>); where the emulator connects is unchanged (repeatable)")
-    p.add_argument("--config", help="TOML file with [routes] and [dns] tables and optional offline = true")
+    p.add_argument("--ping", action="append", default=[], metavar="HOST=RTT_MS",
+                   help="AT+QPING replies from HOST (a name or an IP address) come after RTT_MS "
+                        "milliseconds; a routed or --dns host without one answers after 20 ms "
+                        "(repeatable)")
+    p.add_argument("--config", help="TOML file with [routes], [dns] and [ping] tables and optional "
+                                    "offline = true")
     p.add_argument("--offline", action="store_true",
                    help="unrouted names fail as DNS errors instead of using the real network")
     p.add_argument("--demo", action="store_true",
@@ -123,6 +128,14 @@ def load_config(path: str | None, router: Router) -> None:
             router.add_dns(key, value)
         except ValueError as exc:
             raise SystemExit(f"modem-emulator: config {path}: dns: {exc}")
+    ping = data.get("ping", {})
+    if not isinstance(ping, dict):
+        raise SystemExit(f"modem-emulator: config {path}: ping: expected a table of HOST = RTT_MS")
+    for key, value in ping.items():
+        try:
+            router.add_ping(key, value)
+        except ValueError as exc:
+            raise SystemExit(f"modem-emulator: config {path}: ping: {exc}")
     if data.get("offline"):
         router.offline = True
 
@@ -170,6 +183,11 @@ async def run(args: argparse.Namespace) -> int:
             router.add_dns(*parse_dns(spec))
         except ValueError as exc:
             raise SystemExit(f"modem-emulator: --dns: {exc}")
+    for spec in args.ping:
+        try:
+            router.add_ping(*parse_ping(spec))
+        except ValueError as exc:
+            raise SystemExit(f"modem-emulator: --ping: {exc}")
     load_config(args.config, router)
     places = modem_places(args, profile.name)
     emulator = Emulator(router, keylog=make_keylog(args.keylog))

@@ -29,6 +29,9 @@ DTR, URCs and the reboot.
     net         latency_ms, kbps, loss, [socket], [seed]   network conditions of one socket
                                            or the whole modem (all 0: none)
     uart_noise  on=true|false, [seed]      output in 1-16 byte fragments, 1-5 ms apart
+    register    stat=0..5                  the network's registration (27.007 <stat>): 1 home,
+                                           5 roaming; 0/2/3/4 drop the module (PDP contexts
+                                           lost as "pdp_deact"); +CREG/+CGREG/+CEREG URCs
 """
 from __future__ import annotations
 
@@ -154,10 +157,26 @@ def state(modem, args: _Args) -> dict:
         "profile": modem.profile.name, "name": modem.name, "cfun": modem.cfun, "dtr": modem.dtr,
         "mode": modem.interpreter.mode.name,
         "clock": modem.clock.format_local(),
+        "registration": _registration_state(modem),
         "pdp": [{"cid": c.cid, "active": c.active, "apn": c.apn, "address": c.address}
                 for c in modem.pdp.defined()],
         "sockets": sockets,
     }
+
+
+def _registration_state(modem) -> dict:
+    from emulator.modem.registration import registration
+    reg = registration(modem)
+    return {"stat": reg.radio_stat(), "attached": reg.attached()}
+
+
+@op("register")
+def register(modem, args: _Args) -> dict:
+    from emulator.modem.registration import registration
+    stat = args.int("stat", 0, 5)
+    args.done()
+    registration(modem).set_network(stat)
+    return {}
 
 
 @op("drop")

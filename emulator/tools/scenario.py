@@ -29,7 +29,7 @@ and exactly one of `at`, `after`, `when` saying when it happens:
 
 Step keys
     op          a control operation: drop, pdp_deact, send_fail, dns_fail, connect_refuse,
-                handshake_stall, net, slow, uart_noise, dtr, urc, reboot (state is allowed but
+                handshake_stall, net, slow, uart_noise, dtr, urc, reboot, register (state is allowed but
                 does nothing useful); every other key of the step is its argument, with the
                 same name and values as on the control socket
     at          seconds (>= 0) after the scenario started: the CLI starts it with the modems,
@@ -141,6 +141,7 @@ ARGS: dict[str, dict[str, tuple[Callable, bool]]] = {
     "net": {"latency_ms": (_num(0, 600_000), False), "kbps": (_num(0, 10_000_000), False),
             "loss": (_num(0, 1), False), "socket": (_SOCKET, False), "seed": (_int(0, 2**63), False)},
     "uart_noise": {"on": (_bool, True), "seed": (_int(0, 2**63), False)},
+    "register": {"stat": (_int(0, 5), True)},
 }
 
 

@@ -156,7 +156,7 @@ class TestInterpreter:
 
     def test_command_of_other_profile_is_error(self, modem):
         modem.run(b"ATE0\r")
-        assert modem.run(b"AT+CGACT=1,1\r") == b"\r\nERROR\r\n"
+        assert modem.run(b"AT+QSECREAD=0\r") == b"\r\nERROR\r\n"
         assert modem.run(b"AT+CCID\r") == b"\r\nERROR\r\n"
 
     def test_random_input_never_raises_and_recovers(self, modem):
@@ -182,6 +182,9 @@ TEST_FORMS = {
         "+IFC": "+IFC: (0,2),(0,2)", "+CCLK": None, "+CGMI": None, "S3": "(0-127)",
         "S5": "(0-127)", "+QICSGP": "+QICSGP: (1-16),(1-3),<APN>,<username>,<password>,(0-3)",
         "+QIACT": "+QIACT: (1-16)", "+QIDEACT": "+QIDEACT: (1-16)",
+        "+CGATT": "+CGATT: (0,1)", "+CGACT": "+CGACT: (0,1)",
+        "+QIDNSGIP": "+QIDNSGIP: (1-16),<hostname>", "+QPING": "+QPING: (1-16),<host>,(1-255),(1-10)",
+        "+QNTP": "+QNTP: (1-16),<server>,(1-65535),(0,1)",
     },
     "ml302": {
         "+COPS": '+COPS: (2,"CHINA MOBILE","CHINA MOBILE","46001",7),,(0-4),(0-2)',

@@ -1,0 +1,473 @@
+"""DNS, ping and NTP of the EC2x (Quectel TCP/IP AT Commands Manual / LTE Standard
+TCP/IP Application Note): AT+QIDNSCFG, AT+QIDNSGIP, AT+QPING, AT+QNTP.
+
+Every answer comes from the emulator's network (emulator/io/network.py Router), never
+from the host's own configuration:
+
+* a name is resolved from a --dns entry (or, routed without one, the address the host is
+  shown elsewhere: Router.display_address), then by the real resolver unless --offline
+  (then 565, "DNS parse failed"); an IP literal resolves to itself;
+* a host the Router knows (a route on any port, a --dns or --ping entry) answers echo
+  requests after its --ping round-trip time (default 20 ms); an unknown one without raw
+  sockets: with --offline every request times out (569), otherwise a TCP connection
+  attempt to its port 80 stands in for the echo (SYN-ACK or RST = a reply, its time the RTT);
+* AT+QNTP speaks SNTP (RFC 4330) over UDP to the routed server and moves the modem clock
+  by the offset it measured.
+
+Immediate failures answer `+CME ERROR: <err>` with the §5 codes (552 invalid parameter,
+561 the context is not active, 568 a ping / NTP request still running), and
+AT+QIGETERROR reports the same code.  Results come as URCs after OK, on the modem's timers
+(manual time in tests moves them).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import struct
+from datetime import datetime, timedelta
+
+from emulator.at.args import Args
+from emulator.at.cme import CME_TEXT
+from emulator.at.parser import READ, WRITE
+from emulator.at.registry import command
+from emulator.at.responses import Cme, CommandError, ok
+from emulator.io.network import NetworkError, Router, name_problem, open_udp
+from emulator.logsafe import get_logger
+from emulator.sockets.service import ERROR_TEXT, ssl_service
+
+log = get_logger("emulator.netutil")
+
+# +CME ERROR: <err> with AT+CMEE=2 prints the §5 text of these codes (one table: ERROR_TEXT).
+for _code, _text in ERROR_TEXT.items():
+    if _code >= 550:
+        CME_TEXT.setdefault(_code, _text)
+
+DNS_TTL = 600               # seconds; what a field log shows (+QIURC: "dnsgip",0,1,600)
+PING_BYTES, PING_TTL = 32, 255          # field logs: +QPING: 0,"61.135.169.125",32,469,255
+DNS_TIMEOUT = 60.0          # the real resolver, on the modem's timers
+NTP_TIMEOUT = 125.0         # the note: "it will take at most 125 seconds to return the result"
+NTP_RESEND = 5.0            # a lost request is sent again after this long
+NTP_EPOCH = 2_208_988_800   # seconds from 1900-01-01 (NTP) to 1970-01-01 (Unix)
+ECHO_PORT = 80              # the TCP port an unknown host's "echo" is tried on
+
+
+def set_error(modem, code: int) -> None:
+    """What AT+QIGETERROR reports next (the one store of the last TCP/IP error)."""
+    ssl_service(modem).set_error(code)
+
+
+def _error(modem, code: int, why: str) -> CommandError:
+    set_error(modem, code)
+    return CommandError(Cme(code), why)
+
+
+class NetArgs(Args):
+    """A bad parameter: +CME ERROR: 552 ("invalid parameter"), also for AT+QIGETERROR."""
+
+    def __init__(self, modem, cmd, at_most: int) -> None:
+        self.modem = modem
+        super().__init__(cmd, error=Cme(552), at_most=None)
+        self.at_most(at_most)
+
+    def fail(self, why: str) -> CommandError:
+        set_error(self.modem, 552)
+        return super().fail(why)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+class NetUtil:
+    """One modem's DNS / ping / NTP requests in flight (asyncio tasks, cancelled at a
+    reboot or shutdown without a word, as the module's power going would)."""
+
+    def __init__(self, modem) -> None:
+        self.modem = modem
+        self.tasks: set[asyncio.Task] = set()
+        self.ping_run: object | None = None           # the AT+QPING running (its token)
+        self.ntp: _SntpExchange | None = None        # the AT+QNTP running (AT+QNTP? shows it)
+        modem.on("reset", self._reboot)
+        modem.on("shutdown", self.cancel)
+
+    @property
+    def router(self) -> Router:
+        return self.modem.network if self.modem.network is not None else Router(offline=True)
+
+    def spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro, loop=self.modem.loop)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("DNS/ping/NTP request failed unexpectedly", exc_info=task.exception())
+
+    def _reboot(self) -> None:
+        """AT+CFUN=1,1: requests in flight end without a word; AT+QIDNSCFG is forgotten."""
+        self.cancel()
+        for ctx in self.modem.pdp.defined():
+            ctx.dns = None
+
+    def cancel(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        self.tasks.clear()
+        self.ping_run = None
+        self.ntp = None
+
+    async def lookup(self, host: str, cid: int) -> list[str]:
+        """The addresses the modem's DNS answers for `host` (NetworkError "dns" if none)."""
+        router = self.router
+        if _is_ip(host):
+            return [host.strip("[]")]
+        if router.knows(host):
+            return [router.display_address(host)]
+        if router.offline:
+            raise NetworkError("dns", f"cannot resolve {host!r}: not known and the emulator is --offline")
+        problem = name_problem(host)
+        if problem is not None:
+            raise NetworkError("dns", f"cannot resolve {host!r}: {problem}")
+        family = socket.AF_INET if self.modem.pdp.get(cid).type == 1 else socket.AF_UNSPEC
+        try:
+            infos = await self.modem.timers.wait_for(
+                asyncio.get_running_loop().getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM),
+                DNS_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise NetworkError("dns", f"cannot resolve {host!r}: no answer in {DNS_TIMEOUT:.0f} s") from None
+        except (OSError, UnicodeError, ValueError) as exc:
+            raise NetworkError("dns", f"cannot resolve {host!r}: {exc}") from None
+        addresses: list[str] = []
+        for info in infos:
+            if info[4][0] not in addresses:
+                addresses.append(info[4][0])
+        if not addresses:
+            raise NetworkError("dns", f"cannot resolve {host!r}: no address")
+        return addresses
+
+
+def netutil(modem) -> NetUtil:
+    return modem.feature("netutil", NetUtil)
+
+
+def _range(modem) -> str:
+    return f"({modem.pdp.first}-{modem.pdp.last})"
+
+
+def _active_cid(modem, args: NetArgs) -> int:
+    cid = args.int(0, modem.pdp.first, modem.pdp.last)
+    if not modem.pdp.is_active(cid):
+        raise _error(modem, 561, f"PDP context {cid} is not active")
+    return cid
+
+
+def _host(args: NetArgs, i: int) -> str:
+    host = args.str(i, max_len=255).strip()
+    if not host:
+        raise args.fail("empty host name")
+    return host
+
+
+def _ok_test(line):
+    def answer(modem):
+        set_error(modem, 0)
+        return line(modem)
+    return answer
+
+
+# -- AT+QIDNSCFG ------------------------------------------------------------------
+def _dns_address(args: NetArgs, i: int) -> str:
+    text = args.str(i, max_len=64).strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise args.fail(f"{text!r} is not an IP address") from None
+
+
+@command("+QIDNSCFG", WRITE,
+         test=_ok_test(lambda modem: f"+QIDNSCFG: {_range(modem)},<pridnsaddr>,<secdnsaddr>"))
+def qidnscfg_write(modem, cmd):
+    """AT+QIDNSCFG=<cid>,<pri>[,<sec>] sets a context's DNS servers (kept until a reboot;
+    an omitted <sec> keeps the current one); AT+QIDNSCFG=<cid> reads them, which needs the
+    context active (witnesses: a BG96 and an EC2x stand-in answer an error before AT+QIACT)."""
+    args = NetArgs(modem, cmd, at_most=3)
+    cid = args.int(0, modem.pdp.first, modem.pdp.last)
+    if len(args) == 1:
+        if not modem.pdp.is_active(cid):
+            raise _error(modem, 561, f"PDP context {cid} is not active")
+        pri, sec = modem.pdp.dns_servers(cid)
+        set_error(modem, 0)
+        return ok(f'+QIDNSCFG: {cid},"{pri}","{sec}"')
+    pri = _dns_address(args, 1)
+    sec = _dns_address(args, 2) if args.present(2) else modem.pdp.dns_servers(cid)[1]
+    netutil(modem)                        # forgets it at a reboot
+    modem.pdp.get(cid).dns = (pri, sec)
+    set_error(modem, 0)
+    return ok()
+
+
+# -- AT+QIDNSGIP ------------------------------------------------------------------
+@command("+QIDNSGIP", WRITE, test=_ok_test(lambda modem: f"+QIDNSGIP: {_range(modem)},<hostname>"))
+def qidnsgip_write(modem, cmd):
+    args = NetArgs(modem, cmd, at_most=2)
+    host = _host(args, 1)
+    cid = _active_cid(modem, args)
+    netutil(modem).spawn(_dnsgip(modem, cid, host))
+    set_error(modem, 0)
+    return ok()
+
+
+async def _dnsgip(modem, cid: int, host: str) -> None:
+    try:
+        addresses = await netutil(modem).lookup(host, cid)
+    except NetworkError as exc:
+        log.warning("AT+QIDNSGIP %s failed (565 DNS parse failed): %s", host, exc.reason)
+        modem.urc('+QIURC: "dnsgip",565')
+        return
+    ttl = 0 if _is_ip(host) else DNS_TTL         # a field log: an IP literal answers 0,1,0
+    modem.urc(f'+QIURC: "dnsgip",0,{len(addresses)},{ttl}')
+    for address in addresses:
+        modem.urc(f'+QIURC: "dnsgip","{address}"')
+
+
+# -- AT+QPING ----------------------------------------------------------------------
+@command("+QPING", WRITE,
+         test=_ok_test(lambda modem: f"+QPING: {_range(modem)},<host>,(1-255),(1-10)"))
+def qping_write(modem, cmd):
+    args = NetArgs(modem, cmd, at_most=4)
+    host = _host(args, 1)
+    timeout = args.int(2, 1, 255, default=4)
+    count = args.int(3, 1, 10, default=4)
+    cid = _active_cid(modem, args)
+    util = netutil(modem)
+    if util.ping_run is not None:
+        raise _error(modem, 568, "AT+QPING: a ping is still running")
+    token = util.ping_run = object()
+    util.spawn(_ping(modem, token, cid, host, timeout, count))
+    set_error(modem, 0)
+    return ok()
+
+
+async def _ping(modem, token: object, cid: int, host: str, timeout: int, count: int) -> None:
+    util = netutil(modem)
+    try:
+        address = (await util.lookup(host, cid))[0]
+    except NetworkError as exc:
+        log.warning("AT+QPING %s failed (565 DNS parse failed): %s", host, exc.reason)
+        util.ping_run = None
+        modem.urc("+QPING: 565")
+        return
+    if util.ping_run is token:
+        util.ping_run = _Pinger(util, cid, host, address, timeout, count)
+        util.ping_run.request()
+
+
+class _Pinger:
+    """One AT+QPING run: each request, then the next one as soon as it is answered or timed
+    out.  Replies of known hosts and offline timeouts are timer callbacks on the modem's
+    time, each scheduling the next, so one advance() over the whole run fires them all."""
+
+    def __init__(self, util: NetUtil, cid: int, host: str, address: str, timeout: int, count: int) -> None:
+        self.util, self.cid, self.host, self.address = util, cid, host, address
+        self.timeout, self.count = timeout, count
+        self.times: list[int] = []
+        self.sent = 0
+        router = util.router
+        self.known = host if router.knows(host) else address if router.knows(address) else None
+
+    def request(self) -> None:
+        modem, timers = self.util.modem, self.util.modem.timers
+        if self.util.ping_run is not self:
+            return                                   # cancelled (reboot, shutdown)
+        if self.sent == self.count:
+            self.finish()
+            return
+        if not modem.pdp.is_active(self.cid):
+            self.util.ping_run = None
+            modem.urc("+QPING: 561")                 # the context went away meanwhile
+            return
+        self.sent += 1
+        router = self.util.router
+        if self.known is not None:
+            rtt = router.ping_rtt(self.known)
+            if rtt / 1000 > self.timeout:
+                timers.call_later(self.timeout, self.answered, None)
+            else:
+                timers.call_later(rtt / 1000, self.answered, round(rtt))
+        elif router.offline:
+            timers.call_later(self.timeout, self.answered, None)   # nowhere to send it
+        else:
+            self.util.spawn(self._probe())
+
+    async def _probe(self) -> None:
+        """No raw sockets: a TCP connection attempt to port 80 stands in for the echo
+        request; a SYN-ACK or an RST is the reply, its time the round trip."""
+        timers = self.util.modem.timers
+        start = timers.monotonic()
+        try:
+            _, writer = await timers.wait_for(asyncio.open_connection(self.address, ECHO_PORT), self.timeout)
+            writer.transport.abort()
+        except ConnectionRefusedError:
+            pass
+        except (OSError, asyncio.TimeoutError):
+            await timers.sleep(max(0.0, self.timeout - (timers.monotonic() - start)))
+            self.answered(None)
+            return
+        self.answered(max(1, round((timers.monotonic() - start) * 1000)))
+
+    def answered(self, rtt: int | None) -> None:
+        if self.util.ping_run is not self:
+            return
+        modem = self.util.modem
+        if rtt is None:
+            modem.urc("+QPING: 569")
+        else:
+            self.times.append(rtt)
+            modem.urc(f'+QPING: 0,"{self.address}",{PING_BYTES},{rtt},{PING_TTL}')
+        self.request()
+
+    def finish(self) -> None:
+        self.util.ping_run = None
+        t = self.times
+        stats = f"{min(t)},{max(t)},{round(sum(t) / len(t))}" if t else "0,0,0"
+        self.util.modem.urc(f"+QPING: 0,{self.count},{len(t)},{self.count - len(t)},{stats}")
+
+
+# -- AT+QNTP -----------------------------------------------------------------------
+@command("+QNTP", WRITE,
+         test=_ok_test(lambda modem: f"+QNTP: {_range(modem)},<server>,(1-65535),(0,1)"))
+def qntp_write(modem, cmd):
+    args = NetArgs(modem, cmd, at_most=4)
+    server = _host(args, 1)
+    port = args.int(2, 1, 65535, default=123)
+    autoset = args.int(3, 0, 1, default=1)
+    cid = _active_cid(modem, args)
+    util = netutil(modem)
+    if util.ntp is not None:
+        raise _error(modem, 568, "AT+QNTP: a synchronisation is still running")
+    util.ntp = _SntpExchange(util, cid, server, port, bool(autoset))
+    util.spawn(_ntp(util.ntp))
+    set_error(modem, 0)
+    return ok()
+
+
+@command("+QNTP", READ)
+def qntp_read(modem, cmd):
+    """While a synchronisation runs: +QNTP: "<server>",<port> (the note's read form)."""
+    running = netutil(modem).ntp
+    return ok(f'+QNTP: "{running.server}",{running.port}') if running else ok()
+
+
+def _ntp_stamp(dt: datetime) -> bytes:
+    seconds = dt.timestamp() + NTP_EPOCH
+    whole = int(seconds)
+    return struct.pack("!II", whole & 0xFFFFFFFF, int((seconds - whole) * 2**32) & 0xFFFFFFFF)
+
+
+def _ntp_seconds(stamp: bytes) -> float:
+    whole, fraction = struct.unpack("!II", stamp)
+    return whole - NTP_EPOCH + fraction / 2**32
+
+
+def _valid_reply(data: bytes, sent: set[bytes]) -> bool:
+    """RFC 4330 §5: a server reply (mode 4), synchronised (LI != 3, stratum 1-15; 0 is a
+    kiss-o'-death), to one of our requests (originate = our transmit timestamp), with a
+    transmit timestamp."""
+    if len(data) < 48:
+        return False
+    li, mode, stratum = data[0] >> 6, data[0] & 7, data[1]
+    return (mode == 4 and li != 3 and 1 <= stratum <= 15
+            and data[24:32] in sent and data[40:48] != bytes(8))
+
+
+async def _ntp(exchange: "_SntpExchange") -> None:
+    util, modem, server, port = exchange.util, exchange.util.modem, exchange.server, exchange.port
+    try:
+        await open_udp(util.router, server, port, lambda: exchange)
+    except NetworkError as exc:
+        if exc.kind == "dns":
+            log.warning("AT+QNTP %s failed (565 DNS parse failed): %s", server, exc.reason)
+            exchange.finish(565)
+            return
+        log.warning("AT+QNTP %s:%d: %s; no reply can come", server, port, exc.reason)
+        exchange.deadline = modem.timers.call_later(NTP_TIMEOUT, exchange.timed_out)
+
+
+class _SntpExchange(asyncio.DatagramProtocol):
+    """One AT+QNTP: a 48-byte mode 3 request, sent again every NTP_RESEND s until a valid
+    reply comes or NTP_TIMEOUT s passed (569); the offset is RFC 4330's
+    ((T2 - T1) + (T3 - T4)) / 2 with T1 / T4 on the modem clock.  Timer callbacks on the
+    modem's time, so one advance() runs the whole timeout."""
+
+    def __init__(self, util: NetUtil, cid: int, server: str, port: int, autoset: bool) -> None:
+        self.util, self.cid, self.server, self.port, self.autoset = util, cid, server, port, autoset
+        self.transport = None
+        self.sent: set[bytes] = set()
+        self.deadline = self.resend = None
+        self.done = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.deadline = self.util.modem.timers.call_later(NTP_TIMEOUT, self.timed_out)
+        self.send()
+
+    def send(self) -> None:
+        if self.done or self.transport is None or self.transport.is_closing():
+            return
+        stamp = _ntp_stamp(self.util.modem.clock.now())
+        self.sent.add(stamp)
+        # LI 0, VN 4, mode 3 (client); all zero but the transmit timestamp (T1).
+        self.transport.sendto(bytes([0x23]) + bytes(39) + stamp)
+        self.resend = self.util.modem.timers.call_later(NTP_RESEND, self.send)
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if self.done:
+            return
+        if not _valid_reply(data, self.sent):
+            log.info("AT+QNTP %s: ignored a reply that is not a valid SNTP answer", self.server)
+            return
+        t4 = self.util.modem.clock.now().timestamp()
+        t1, t2, t3 = (_ntp_seconds(data[i:i + 8]) for i in (24, 32, 40))
+        self.finish(0, ((t2 - t1) + (t3 - t4)) / 2)
+
+    def error_received(self, exc: Exception) -> None:
+        log.info("AT+QNTP %s: %s", self.server, exc)   # port unreachable: the request is lost
+
+    def timed_out(self) -> None:
+        log.warning("AT+QNTP %s:%d failed (569 operation timeout): no valid reply in %.0f s",
+                    self.server, self.port, NTP_TIMEOUT)
+        self.finish(569)
+
+    def finish(self, code: int, offset: float = 0.0) -> None:
+        if self.done:
+            return
+        self.done = True
+        for handle in (self.deadline, self.resend):
+            if handle is not None:
+                handle.cancel()
+        if self.transport is not None:
+            self.transport.close()
+        util, modem = self.util, self.util.modem
+        if util.ntp is not self:
+            return                                   # cancelled (reboot, shutdown)
+        util.ntp = None
+        if code == 0 and not modem.pdp.is_active(self.cid):
+            code = 561                               # the context went away meanwhile
+        if code != 0:
+            modem.urc(f"+QNTP: {code}")
+            return
+        if self.autoset:
+            modem.clock.adjust(offset)
+        synced = modem.clock.now() + timedelta(seconds=0 if self.autoset else offset)
+        quarters = modem.clock.quarters
+        local = (synced + timedelta(minutes=15 * quarters)).replace(tzinfo=None)
+        sign = "+" if quarters >= 0 else "-"
+        log.info("AT+QNTP %s:%d: offset %+.3f s%s", self.server, self.port, offset,
+                 "" if self.autoset else " (clock not set: autosettime 0)")
+        modem.urc(f'+QNTP: 0,"{local:%Y/%m/%d,%H:%M:%S}{sign}{abs(quarters):02d}"')

@@ -1,0 +1,107 @@
+"""Network registration and packet-domain attach of one modem (AT+CREG/CGREG/CEREG,
+AT+CGATT), and the URCs a registration change reports.
+
+What the network says (the control API's "register" op, a scenario step) and what the
+host asks (AT+CGATT, AT+CFUN) meet here, so every path behaves the same way:
+
+* stat 1 (home) or 5 (roaming): registered; the packet domain is attached unless the
+  host detached it with AT+CGATT=0.
+* any other stat (0 not registered, 2 searching, 3 denied, 4 unknown): the network
+  dropped the module: every active PDP context is lost as a network deactivation
+  (EC2x `+QIURC: "pdpdeact",<cid>`, then each socket's "closed" URC).
+* AT+CGATT=0: the host detaches: every PDP context is deactivated as by AT+QIDEACT
+  (sockets report "closed", no "pdpdeact": the host asked for it); AT+CGREG/AT+CEREG
+  then read stat 0 while AT+CREG (circuit switched) keeps its stat.
+* AT+CFUN=0/4: stat 0 everywhere until AT+CFUN=1.
+
+A change of the stat each command reports is sent as its URC when the host enabled it
+(`AT+CEREG=1`: `+CEREG: <stat>`; `=2` when registered: `+CEREG: <stat>,"<tac>","<ci>",<act>`).
+"""
+from __future__ import annotations
+
+NAMES = ("+CREG", "+CGREG", "+CEREG")
+REGISTERED = (1, 5)
+# Location fields: the emulator has no cell to report (docs/behaviour.md).
+AREA, CELL = "D5D5", "8A21B03"
+
+
+def registration(modem) -> "Registration":
+    return modem.feature("registration", Registration)
+
+
+class Registration:
+    def __init__(self, modem) -> None:
+        self.modem = modem
+        self.network_stat: int | None = None     # the network's word (control API); None: the profile's
+        self.detached = False                    # AT+CGATT=0 until AT+CGATT=1 / a reboot
+        self._reported = {name: self.stat(name) for name in NAMES}
+        modem.on("reset", self._reboot)
+
+    # -- what the commands read ---------------------------------------------------
+    def radio_stat(self, cfun: int | None = None) -> int:
+        if (self.modem.cfun if cfun is None else cfun) != 1:
+            return 0
+        return self.modem.profile["network.reg_stat"] if self.network_stat is None else self.network_stat
+
+    def registered(self) -> bool:
+        return self.radio_stat() in REGISTERED
+
+    def attached(self) -> bool:
+        """AT+CGATT?: the packet domain is attached."""
+        return self.registered() and not self.detached
+
+    def stat(self, name: str, cfun: int | None = None) -> int:
+        stat = self.radio_stat(cfun)
+        if name != "+CREG" and stat in REGISTERED and self.detached:
+            return 0                             # PS detached: not registered for packet data
+        return stat
+
+    def line(self, name: str, n: int, urc: bool = False) -> str:
+        """The read answer (`+CEREG: <n>,<stat>[,...]`) or, urc=True, the URC (no <n>)."""
+        stat = self.stat(name)
+        head = f"{name}: {stat}" if urc else f"{name}: {n},{stat}"
+        if n == 2 and stat in REGISTERED:
+            return f'{head},"{AREA}","{CELL}",{self.modem.profile["network.act"]}'
+        return head
+
+    # -- changes --------------------------------------------------------------------
+    def set_network(self, stat: int) -> None:
+        """The network registers (1, 5) or drops (0, 2, 3, 4) the module."""
+        was_registered = self.registered()
+        self.network_stat = stat
+        self.refresh()
+        if was_registered and not self.registered():
+            self._lose_contexts(network=True)
+
+    def attach(self, on: bool) -> None:
+        """AT+CGATT=<0|1> (the caller checked that attaching is possible)."""
+        self.detached = not on
+        self.refresh()
+        if not on:
+            self._lose_contexts(network=False)
+
+    def refresh(self) -> None:
+        """Report every registration stat that changed, as its URC if the host asked."""
+        for name in NAMES:
+            stat = self.stat(name)
+            if stat != self._reported[name]:
+                self._reported[name] = stat
+                n = self.modem.reg_urc.get(name, 0)
+                if n:
+                    self.modem.urc(self.line(name, n, urc=True))
+
+    def _lose_contexts(self, network: bool) -> None:
+        urc = None
+        if network:
+            from emulator.sockets.dialects import DIALECTS
+            urc = DIALECTS[self.modem.profile.get("ssl.dialect", "quectel")].pdpdeact_urc
+        for ctx in self.modem.pdp.active():
+            if urc is not None:
+                self.modem.urc(urc.format(cid=ctx.cid))
+            self.modem.deactivate_pdp(ctx.cid)      # sockets on it report "closed"
+
+    def _reboot(self) -> None:
+        """AT+CFUN=1,1: attached again after the restart (which ends at AT+CFUN 1);
+        nothing is reported."""
+        self.detached = False
+        self._reported = {name: self.stat(name, cfun=1) for name in NAMES}

@@ -1,0 +1,243 @@
+"""AT+QIDNSCFG, AT+QIDNSGIP, AT+QPING and AT+QNTP on the EC2x (emulator/commands/netutil.py)
+through the pty: answers from the Router's --dns / route / --ping entries, offline
+failures, every error code a host can reach, SNTP against emulator.testing.peers.sntp
+and a certificate valid only at the NTP date (ignorelocaltime 0)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from emulator.io.network import Router
+from emulator.testing.peers import TlsServer, utc
+from emulator.testing.peers.sntp import SntpServer
+from emulator.tools.cli import build_parser, load_config
+from tests.e2e.cli_support import refused
+from tests.e2e.ssl_options_support import cfg, close, last_error, open_ssl
+
+ACTIVATE = 'AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1'
+OK = b"\r\nOK\r\n"
+
+
+def cme(code: int) -> bytes:
+    return f"\r\n+CME ERROR: {code}\r\n".encode()
+
+
+# -- AT+QIDNSGIP ------------------------------------------------------------------------
+def test_qidnsgip_answers_from_dns_entries_routes_and_ip_literals(emulator, ec2x):
+    emulator.router.add_dns("www.iottest.work", "106.12.79.254")
+    emulator.router.add_map("svc.example", 443, "127.0.0.1", 9)       # routed, no --dns entry
+    assert ec2x.at(ACTIVATE) == OK
+    assert ec2x.at('AT+QIDNSGIP=1,"www.iottest.work"') == OK
+    assert ec2x.read_until(b'+QIURC: "dnsgip","106.12.79.254"\r\n', timeout=3) == \
+        b'\r\n+QIURC: "dnsgip",0,1,600\r\n\r\n+QIURC: "dnsgip","106.12.79.254"\r\n'
+    assert ec2x.at('AT+QIDNSGIP=1,"220.180.239.212"') == OK          # an IP literal: itself, TTL 0
+    assert ec2x.read_until(b'"220.180.239.212"\r\n', timeout=3) == \
+        b'\r\n+QIURC: "dnsgip",0,1,0\r\n\r\n+QIURC: "dnsgip","220.180.239.212"\r\n'
+    assert ec2x.at('AT+QIDNSGIP=1,"svc.example"') == OK               # the address shown elsewhere
+    got = ec2x.read_until(re.compile(rb'"dnsgip","[\d.]+"\r\n'), timeout=3)
+    shown = emulator.router.display_address("svc.example")
+    assert shown.startswith("198.1") and got.endswith(f'"dnsgip","{shown}"\r\n'.encode())
+    assert last_error(ec2x) == 0
+
+
+def test_qidnsgip_offline_is_565(emulator, ec2x):
+    assert ec2x.at(ACTIVATE) == OK
+    for name in ("nowhere.example", "a..b"):        # not known; no DNS query can carry the 2nd
+        assert ec2x.at(f'AT+QIDNSGIP=1,"{name}"') == OK
+        assert ec2x.read_until(b'+QIURC: "dnsgip",565\r\n', timeout=3) == b'\r\n+QIURC: "dnsgip",565\r\n'
+
+
+def test_qidnsgip_errors(ec2x):
+    assert ec2x.at('AT+QIDNSGIP=1,"www.iottest.work"') == cme(561)   # context not active
+    assert last_error(ec2x) == 561
+    assert ec2x.at(ACTIVATE) == OK
+    for bad in ('AT+QIDNSGIP=1', 'AT+QIDNSGIP=17,"x.example"', 'AT+QIDNSGIP=1,""',
+                'AT+QIDNSGIP=1,"x",2', 'AT+QIDNSGIP=a,"x"'):
+        assert ec2x.at(bad) == cme(552), bad
+    assert last_error(ec2x) == 552
+    assert ec2x.at("AT+QIDNSGIP=?") == b"\r\n+QIDNSGIP: (1-16),<hostname>\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+CMEE=2") == OK
+    assert ec2x.at('AT+QIDNSGIP=2,"x.example"') == b"\r\n+CME ERROR: open PDP context failed\r\n"
+    assert ec2x.at("AT+CMEE=0") == OK
+    assert ec2x.at('AT+QIDNSGIP=2,"x.example"') == b"\r\nERROR\r\n"
+
+
+# -- AT+QIDNSCFG ------------------------------------------------------------------------
+def test_qidnscfg_reads_the_network_servers_then_the_hosts(ec2x):
+    assert ec2x.at("AT+QIDNSCFG=1") == cme(561)                       # not active: nothing to read
+    assert ec2x.at(ACTIVATE) == OK
+    assert ec2x.at("AT+QIDNSCFG=1") == b'\r\n+QIDNSCFG: 1,"123.66.165.1","123.66.165.2"\r\n\r\nOK\r\n'
+    assert ec2x.at('AT+QIDNSCFG=1,"8.8.8.8","1.1.1.1"') == OK
+    assert ec2x.at("AT+QIDNSCFG=1") == b'\r\n+QIDNSCFG: 1,"8.8.8.8","1.1.1.1"\r\n\r\nOK\r\n'
+    assert ec2x.at('AT+QIDNSCFG=1,"9.9.9.9"') == OK                  # the secondary stays
+    assert ec2x.at("AT+QIDNSCFG=1") == b'\r\n+QIDNSCFG: 1,"9.9.9.9","1.1.1.1"\r\n\r\nOK\r\n'
+    assert b'"9.9.9.9","1.1.1.1"' in ec2x.at("AT+CGCONTRDP=1")
+    for bad in ('AT+QIDNSCFG=1,"8.8.8"', 'AT+QIDNSCFG=1,"8.8.8.8","x"', "AT+QIDNSCFG=0",
+                'AT+QIDNSCFG=1,"8.8.8.8","1.1.1.1",3'):
+        assert ec2x.at(bad) == cme(552), bad
+    assert ec2x.at("AT+QIDNSCFG=?") == \
+        b"\r\n+QIDNSCFG: (1-16),<pridnsaddr>,<secdnsaddr>\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+CFUN=1,1") == OK                               # not kept across a reboot
+    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    assert ec2x.at("ATE0").endswith(OK)                               # the AT&W set has echo on
+    assert ec2x.at(ACTIVATE) == OK
+    assert ec2x.at("AT+QIDNSCFG=1") == b'\r\n+QIDNSCFG: 1,"123.66.165.1","123.66.165.2"\r\n\r\nOK\r\n'
+
+
+# -- AT+QPING ---------------------------------------------------------------------------
+def test_qping_a_routed_host_answers_after_its_rtt(emulator, ec2x_on):
+    host, port = ec2x_on
+    emulator.router.add_dns("pinghost.example", "106.12.79.254")
+    emulator.router.add_ping("pinghost.example", 35)
+    assert host.at('AT+QPING=1,"pinghost.example",4,3') == OK
+    assert host.quiet_for(0.2) == b""                                 # on the modem's time
+    emulator.advance(port, 0.2)
+    reply = b'\r\n+QPING: 0,"106.12.79.254",32,35,255\r\n'
+    assert host.read_until(b"+QPING: 0,3,3,0,35,35,35\r\n", timeout=3) == reply * 3 + \
+        b"\r\n+QPING: 0,3,3,0,35,35,35\r\n"
+    # A routed host without a --ping entry: 20 ms, four requests by default.
+    emulator.router.add_map("svc.example", 443, "127.0.0.1", 9)
+    assert host.at('AT+QPING=1,"svc.example"') == OK
+    emulator.advance(port, 1)
+    shown = emulator.router.display_address("svc.example")
+    assert host.read_until(b"+QPING: 0,4,4,0,20,20,20\r\n", timeout=3).count(
+        f'+QPING: 0,"{shown}",32,20,255'.encode()) == 4
+
+
+def test_qping_timeouts_are_569(emulator, ec2x_on):
+    host, port = ec2x_on
+    assert host.at('AT+QPING=1,"192.0.2.1",2,2') == OK                # unrouted, offline: no reply
+    emulator.advance(port, 1.9)
+    assert host.quiet_for(0.2) == b""
+    emulator.advance(port, 2.2)
+    assert host.read_until(b"+QPING: 0,2,0,2,0,0,0\r\n", timeout=3) == \
+        b"\r\n+QPING: 569\r\n\r\n+QPING: 569\r\n\r\n+QPING: 0,2,0,2,0,0,0\r\n"
+    emulator.router.add_ping("far.example", 3000)                     # slower than <timeout>
+    assert host.at('AT+QPING=1,"far.example",2,1') == OK
+    emulator.advance(port, 2)
+    assert host.read_until(b"+QPING: 0,1,0,1,0,0,0\r\n", timeout=3).startswith(b"\r\n+QPING: 569\r\n")
+
+
+def test_qping_errors(emulator, ec2x_on):
+    host, port = ec2x_on
+    assert host.at('AT+QPING=1,"nowhere.example"') == OK               # offline, unknown name
+    assert host.read_until(b"+QPING: 565\r\n", timeout=3) == b"\r\n+QPING: 565\r\n"
+    assert host.at('AT+QPING=2,"192.0.2.1"') == cme(561)
+    assert last_error(host) == 561
+    for bad in ('AT+QPING=1,"192.0.2.1",0', 'AT+QPING=1,"192.0.2.1",256', 'AT+QPING=1,"192.0.2.1",4,0',
+                'AT+QPING=1,"192.0.2.1",4,11', "AT+QPING=1", 'AT+QPING=1,"192.0.2.1",4,4,1'):
+        assert host.at(bad) == cme(552), bad
+    assert host.at('AT+QPING=1,"192.0.2.1",1,1') == OK
+    assert host.at('AT+QPING=1,"192.0.2.1"') == cme(568)               # one ping at a time
+    emulator.advance(port, 1)
+    host.read_until(b"+QPING: 0,1,0,1,0,0,0\r\n", timeout=3)
+    assert host.at("AT+QPING=?") == b"\r\n+QPING: (1-16),<host>,(1-255),(1-10)\r\n\r\nOK\r\n"
+    assert last_error(host) == 0
+    # The context goes away during a run: the rest is "+QPING: 561".
+    emulator.router.add_ping("slow.example", 1000)
+    assert host.at('AT+QPING=1,"slow.example",4,3') == OK
+    emulator.advance(port, 1)
+    host.read_until(b",32,1000,255\r\n", timeout=3)
+    assert host.at("AT+QIDEACT=1") == OK
+    emulator.advance(port, 1)
+    assert host.read_until(b"+QPING: 561\r\n", timeout=3).endswith(b"\r\n+QPING: 561\r\n")
+
+
+def test_ping_option_and_config_table(tmp_path):
+    args = build_parser().parse_args(["--ping", "a.example=12.5", "--ping", "10.0.0.1=3"])
+    assert args.ping == ["a.example=12.5", "10.0.0.1=3"]
+    router = Router(ping={"b.example": 7})
+    config = tmp_path / "net.toml"
+    config.write_text('[ping]\n"c.example" = 40\n')
+    load_config(str(config), router)
+    assert router.ping_rtt("b.example") == 7 and router.ping_rtt("C.example") == 40
+    assert router.knows("c.example") and not router.knows("d.example")
+    config.write_text('[ping]\n"c.example" = "fast"\n')
+    with pytest.raises(SystemExit, match="ping"):
+        load_config(str(config), router)
+    code, _, err = refused("--ping", "a.example")
+    assert code != 0 and "--ping" in err
+
+
+# -- AT+QNTP ----------------------------------------------------------------------------
+NTP_DATE = utc(2019, 6, 1, 12, 0, 0)
+
+
+def test_qntp_sets_the_modem_clock(emulator, ec2x):
+    with SntpServer(NTP_DATE) as ntp:
+        emulator.router.add_map("ntp.example", 123, "127.0.0.1", ntp.port)
+        assert ec2x.at(ACTIVATE) == OK
+        assert ec2x.at('AT+QNTP=1,"ntp.example"') == OK
+        got = ec2x.read_until(re.compile(rb"\+QNTP: .*\r\n"), timeout=5)
+        assert re.fullmatch(rb'\r\n\+QNTP: 0,"2019/06/01,20:00:0\d\+32"\r\n', got), got   # +08:00
+        request = ntp.requests[0]
+        assert len(request) == 48 and request[0] == 0x23            # LI 0, VN 4, mode 3
+    assert re.fullmatch(rb'\r\n\+CCLK: "19/06/01,20:00:\d\d\+32"\r\n\r\nOK\r\n', ec2x.at("AT+CCLK?"))
+    assert last_error(ec2x) == 0
+
+
+def test_qntp_autosettime_0_reports_without_setting_the_clock(emulator, ec2x):
+    with SntpServer(NTP_DATE) as ntp:
+        emulator.router.add_map("ntp.example", 4123, "127.0.0.1", ntp.port)
+        assert ec2x.at(ACTIVATE) == OK
+        assert ec2x.at('AT+QNTP=1,"ntp.example",4123,0') == OK
+        assert b'+QNTP: 0,"2019/06/01,20:00:0' in ec2x.read_until(re.compile(rb"\+QNTP: .*\r\n"), timeout=5)
+    assert b'"19/06/01' not in ec2x.at("AT+CCLK?")
+
+
+def test_qntp_then_a_certificate_valid_only_then_verifies(emulator, ec2x, net, pki):
+    """A host syncing the clock before a TLS open with ignorelocaltime 0, as in the field."""
+    old = pki.issue_window("ntp-2019", utc(2019, 1, 1), utc(2020, 1, 1))
+    with TlsServer(old) as server, SntpServer(NTP_DATE) as ntp:
+        net(server)
+        emulator.router.add_map("ntp.example", 123, "127.0.0.1", ntp.port)
+        assert ec2x.upload("UFS:ca.pem", pki.ca.cert_pem).endswith(b"OK\r\n")
+        cfg(ec2x, "seclevel", 0, 1)
+        cfg(ec2x, "cacert", 0, '"UFS:ca.pem"')
+        cfg(ec2x, "session_cache", 0, 0)
+        cfg(ec2x, "ignorelocaltime", 0, 0)
+        assert open_ssl(ec2x, 0) == 566                 # expired at the modem's clock (today)
+        assert ec2x.at('AT+QNTP=1,"ntp.example"') == OK
+        assert b'+QNTP: 0,"2019/06/01' in ec2x.read_until(re.compile(rb"\+QNTP: .*\r\n"), timeout=5)
+        assert open_ssl(ec2x, 0) == 0                   # valid at the NTP date
+        close(ec2x)
+
+
+def test_qntp_errors(emulator, ec2x_on):
+    host, port = ec2x_on
+    assert host.at('AT+QNTP=2,"ntp.example"') == cme(561)
+    assert last_error(host) == 561
+    for bad in ("AT+QNTP=1", 'AT+QNTP=1,"ntp.example",0', 'AT+QNTP=1,"ntp.example",65536',
+                'AT+QNTP=1,"ntp.example",123,2', 'AT+QNTP=1,""'):
+        assert host.at(bad) == cme(552), bad
+    assert host.at('AT+QNTP=1,"nowhere.example"') == OK                # offline: no DNS answer
+    assert host.read_until(b"+QNTP: 565\r\n", timeout=3) == b"\r\n+QNTP: 565\r\n"
+    with SntpServer(NTP_DATE, answer=False) as ntp:                     # a silent server
+        emulator.router.add_map("ntp.example", 123, "127.0.0.1", ntp.port)
+        assert host.at('AT+QNTP=1,"ntp.example"') == OK
+        assert host.at("AT+QNTP?") == b'\r\n+QNTP: "ntp.example",123\r\n\r\nOK\r\n'
+        assert host.at('AT+QNTP=1,"ntp.example"') == cme(568)          # one at a time
+        _wait_requests(ntp, 1)
+        emulator.advance(port, 124)
+        _wait_requests(ntp, 25)                                         # sent again every 5 s
+        assert b"QNTP" not in host.quiet_for(0.1)
+        emulator.advance(port, 1)
+        assert host.read_until(b"+QNTP: 569\r\n", timeout=3) == b"\r\n+QNTP: 569\r\n"
+    assert host.at("AT+QNTP?") == OK
+    with SntpServer(NTP_DATE, kiss=True) as ntp:                        # kiss-o'-death: not used
+        emulator.router.add_map("kod.example", 123, "127.0.0.1", ntp.port)
+        assert host.at('AT+QNTP=1,"kod.example"') == OK
+        _wait_requests(ntp, 1)
+        assert host.quiet_for(0.2) == b""
+        emulator.advance(port, 125)
+        assert host.read_until(b"+QNTP: 569\r\n", timeout=3) == b"\r\n+QNTP: 569\r\n"
+    assert host.at("AT+QNTP=?") == b"\r\n+QNTP: (1-16),<server>,(1-65535),(0,1)\r\n\r\nOK\r\n"
+
+
+def _wait_requests(ntp: SntpServer, n: int, timeout: float = 5) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while len(ntp.requests) < n:
+        assert time.monotonic() < deadline, f"{len(ntp.requests)} SNTP requests of {n}"
+        time.sleep(0.01)

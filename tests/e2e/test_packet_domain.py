@@ -1,0 +1,142 @@
+"""3GPP packet domain on the EC2x: AT+CGDCONT / AT+CGACT in the EC25 manual's format on
+the one PDP table AT+QICSGP / AT+QIACT use, AT+CGATT (detach closes sockets), AT+CGPADDR,
+AT+CGCONTRDP, and +CREG/+CGREG/+CEREG URCs when the registration changes (the control
+API's "register", scenario files, AT+CFUN, AT+CGATT)."""
+from __future__ import annotations
+
+from tests.e2e.ssl_options_support import last_error
+
+OK = b"\r\nOK\r\n"
+ERROR = b"\r\nERROR\r\n"
+HOST = "echo.example"            # routed to the `echo` fixture's server
+
+
+def _open(host, client_id: int = 1) -> None:
+    assert host.at(f'AT+QSSLOPEN=1,1,{client_id},"{HOST}",443,0') == OK
+    host.seen(f"+QSSLOPEN: {client_id},0\r\n".encode(), timeout=5)
+
+
+def test_cgdcont_and_qicsgp_are_one_table(ec2x):
+    assert ec2x.at('AT+QICSGP=1,1,"UNINET","","",1') == OK
+    assert ec2x.at("AT+CGDCONT?") == b'\r\n+CGDCONT: 1,"IP","UNINET","0.0.0.0",0,0,0,0\r\n\r\nOK\r\n'
+    assert ec2x.at('AT+CGDCONT=2,"IPV4V6","ims"') == OK
+    assert ec2x.at("AT+QICSGP=2") == b'\r\n+QICSGP: 3,"ims","","",0\r\n\r\nOK\r\n'
+    assert ec2x.at("AT+CGDCONT?") == (b'\r\n+CGDCONT: 1,"IP","UNINET","0.0.0.0",0,0,0,0\r\n'
+                                      b'+CGDCONT: 2,"IPV4V6","ims","0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0",0,0,0,0\r\n'
+                                      b"\r\nOK\r\n")
+    assert ec2x.at("AT+CGDCONT=?") == (b'\r\n+CGDCONT: (1-16),"IP",,,(0-2),(0-4),(0-1),(0-1)\r\n'
+                                       b'+CGDCONT: (1-16),"IPV6",,,(0-2),(0-4),(0-1),(0-1)\r\n'
+                                       b'+CGDCONT: (1-16),"IPV4V6",,,(0-2),(0-4),(0-1),(0-1)\r\n'
+                                       b"\r\nOK\r\n")
+    assert ec2x.at('AT+CGDCONT=1,"X25"') == ERROR
+
+
+def test_cgact_and_qiact_are_one_state(ec2x):
+    assert ec2x.at('AT+CGDCONT=1,"IP","CMNET"') == OK
+    assert ec2x.at("AT+CGACT=1,1") == OK                         # no +CGACT line on the EC2x
+    assert ec2x.at("AT+QIACT?") == b'\r\n+QIACT: 1,1,1,"10.7.157.1"\r\n\r\nOK\r\n'
+    assert ec2x.at("AT+CGACT?") == b"\r\n+CGACT: 1,1\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+CGACT=1,1") == OK                         # active already: OK (27.007)
+    assert ec2x.at("AT+CGPADDR=1") == b'\r\n+CGPADDR: 1,"10.7.157.1"\r\n\r\nOK\r\n'
+    assert ec2x.at("AT+QIACT=2") == OK
+    assert ec2x.at("AT+CGPADDR") == (b'\r\n+CGPADDR: 1,"10.7.157.1"\r\n+CGPADDR: 2,"10.7.157.2"\r\n'
+                                     b"\r\nOK\r\n")
+    assert ec2x.at("AT+CGPADDR=?") == b"\r\n+CGPADDR: (1,2)\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+QIDEACT=1") == OK
+    assert ec2x.at("AT+CGACT?") == b"\r\n+CGACT: 1,0\r\n+CGACT: 2,1\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+CGPADDR=1,2") == (b'\r\n+CGPADDR: 1,"0.0.0.0"\r\n+CGPADDR: 2,"10.7.157.2"\r\n'
+                                         b"\r\nOK\r\n")
+    assert ec2x.at("AT+CGACT=0,1") == OK                         # inactive already: OK
+    assert ec2x.at("AT+CGACT=0") == OK                           # every context
+    assert ec2x.at("AT+QIACT?") == OK
+    for bad in ("AT+CGACT=2,1", "AT+CGACT=1,17", "AT+CGPADDR=0", "AT+CGPADDR=x"):
+        assert ec2x.at(bad) == ERROR, bad
+
+
+def test_cgcontrdp_shows_the_dynamic_parameters(ec2x):
+    assert ec2x.at("AT+CGCONTRDP") == OK                         # nothing active
+    assert ec2x.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == OK
+    line = b'+CGCONTRDP: 1,5,"UNINET","10.7.157.1.255.255.255.0","10.7.157.2","123.66.165.1","123.66.165.2"'
+    assert ec2x.at("AT+CGCONTRDP") == b"\r\n" + line + b"\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+CGCONTRDP=1") == b"\r\n" + line + b"\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+CGCONTRDP=2") == OK                       # defined nowhere / inactive
+    assert ec2x.at("AT+CGCONTRDP=17") == ERROR
+
+
+def test_cgatt_0_closes_ssl_sockets_without_pdpdeact(emulator, ec2x_on, echo):
+    """A host-initiated detach is AT+QIDEACT on every context: each socket reports
+    "closed"; +QIURC: "pdpdeact" is the network's word only."""
+    host, _ = ec2x_on
+    assert host.at("AT+CGATT?") == b"\r\n+CGATT: 1\r\n\r\nOK\r\n"
+    _open(host, 1)
+    assert host.at("AT+CGATT=0") == OK
+    got = host.read_until(b'+QSSLURC: "closed",1\r\n', timeout=3)
+    assert got == b'\r\n+QSSLURC: "closed",1\r\n' and b"pdpdeact" not in host.transcript
+    assert host.at("AT+CGATT?") == b"\r\n+CGATT: 0\r\n\r\nOK\r\n"
+    assert host.at("AT+QIACT?") == OK
+    assert host.at("AT+CEREG?") == b"\r\n+CEREG: 0,0\r\n\r\nOK\r\n"   # PS detached
+    assert host.at("AT+CREG?") == b"\r\n+CREG: 0,1\r\n\r\nOK\r\n"     # CS still registered
+    assert host.at("AT+QSSLCLOSE=1") == OK
+    assert host.at("AT+QIACT=1") == OK                               # attaches again first
+    assert host.at("AT+CGATT?") == b"\r\n+CGATT: 1\r\n\r\nOK\r\n"
+    assert host.at("AT+CGATT=0;+CGATT=1") == OK
+    assert host.at("AT+QIACT?") == OK and host.at("AT+CGATT=?") == b"\r\n+CGATT: (0,1)\r\n\r\nOK\r\n"
+    assert host.at("AT+CGATT=2") == ERROR
+
+
+def test_network_deregistration_reports_urcs_and_drops_contexts(emulator, ec2x_on, echo):
+    host, _ = ec2x_on
+    assert host.at("AT+CEREG=1;+CGREG=2") == OK                       # AT+CREG stays 0: no URC
+    _open(host, 1)
+    assert emulator.control("register", stat=3)["ok"]                 # registration denied
+    got = host.read_until(b'+QSSLURC: "closed",1\r\n', timeout=3)
+    assert got == (b"\r\n+CGREG: 3\r\n\r\n+CEREG: 3\r\n"
+                   b'\r\n+QIURC: "pdpdeact",1\r\n\r\n+QSSLURC: "closed",1\r\n'), got
+    assert host.at("AT+CEREG?") == b"\r\n+CEREG: 1,3\r\n\r\nOK\r\n"
+    assert host.at("AT+CGATT?") == b"\r\n+CGATT: 0\r\n\r\nOK\r\n"
+    assert host.at("AT+QIACT=1") == ERROR and host.at("AT+CGACT=1,1") == ERROR
+    assert host.at("AT+CGATT=1") == ERROR                             # nothing to attach to
+    assert emulator.control("state")["registration"] == {"stat": 3, "attached": False}
+    assert emulator.control("register", stat=5)["ok"]                 # roaming
+    assert host.read_until(b"+CEREG: 5\r\n", timeout=3) == \
+        b'\r\n+CGREG: 5,"D5D5","8A21B03",7\r\n\r\n+CEREG: 5\r\n'
+    assert host.at("AT+QIACT=1") == OK
+    assert emulator.control("register", stat=5)["ok"]                 # no change: nothing said
+    assert host.quiet_for(0.2) == b""
+    for stat in (6, -1, "1", None):
+        assert not emulator.control("register", stat=stat)["ok"]
+    assert last_error(host) == 0
+
+
+def test_registration_change_from_a_scenario_step(emulator, ec2x_on):
+    host, port = ec2x_on
+    assert host.at("AT+CEREG=2") == OK
+    emulator.run_scenario({"step": [{"at": 1.0, "op": "register", "stat": 2},
+                                    {"at": 2.0, "op": "register", "stat": 1}]})
+    emulator.advance(port, 1)
+    assert host.read_until(b"+CEREG: 2\r\n", timeout=3) == b"\r\n+CEREG: 2\r\n"
+    assert host.read_until(b"pdpdeact\",1\r\n", timeout=3)           # the network dropped it
+    emulator.advance(port, 1)
+    assert host.read_until(b"+CEREG: 1,\"D5D5\",\"8A21B03\",7\r\n", timeout=3)
+
+
+def test_cfun_changes_the_registration_urcs(ec2x):
+    assert ec2x.at("AT+CREG=1;+CEREG=1") == OK
+    assert ec2x.at("AT+CFUN=4") == OK
+    assert ec2x.read_until(b"+CEREG: 0\r\n", timeout=3) == b"\r\n+CREG: 0\r\n\r\n+CEREG: 0\r\n"
+    assert ec2x.at("AT+CGATT?") == b"\r\n+CGATT: 0\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+CFUN=1") == OK
+    assert ec2x.read_until(b"+CEREG: 1\r\n", timeout=3) == b"\r\n+CREG: 1\r\n\r\n+CEREG: 1\r\n"
+
+
+def test_ml302_keeps_its_formats_and_gets_registration_urcs(emulator, open_modem):
+    host, _ = open_modem("ml302")
+    assert host.at('AT+CGDCONT=1,"IP","CMNET"') == OK
+    assert host.at("AT+CGACT=1,1") == b"\r\n+CGACT: 1, 1, 10.127.79.43\r\n\r\nOK\r\n"
+    assert host.at("AT+CGDCONT?") == b'\r\n+CGDCONT: 1,"IP","CMNET","10.127.79.43",0,0\r\n\r\nOK\r\n'
+    for absent in ("AT+CGATT?", "AT+CGPADDR", "AT+CGCONTRDP", 'AT+QPING=1,"x"', "AT+QIDNSCFG=1"):
+        assert host.at(absent) == ERROR, absent
+    assert host.at("AT+CEREG=1") == OK
+    assert emulator.control("register", stat=0)["ok"]
+    assert host.read_until(b"+CEREG: 0\r\n", timeout=3) == b"\r\n+CEREG: 0\r\n"
+    assert host.at("AT+CGACT?") == b"\r\n+CGACT: 1,0\r\n\r\nOK\r\n"  # no URC of its own (manual)
