@@ -91,18 +91,40 @@ def online_answer(svc: SslService, sock, failed: Callable[[int], Response]) -> R
     return Response([], None, pending=answer())
 
 
+def send_now(svc, sock, data: bytes, send_buffer: int, to: tuple[str, int] | None = None) -> Response:
+    """Hand data to a connected socket: SEND OK, or SEND FAIL when its send buffer is full
+    (or the control API's "send_fail" is due).  to: a UDP SERVICE's destination."""
+    injected = sock.take_send_failure()       # the control API's "send_fail"
+    if injected or sock.send_backlog() + len(data) > send_buffer:
+        log.info("%s socket %d: %s, SEND FAIL", svc.kind, sock.client_id,
+                 "send failure injected" if injected else "send buffer full")
+        svc.set_error(0)
+        return Response([], Text("SEND FAIL"))
+    if to is None:
+        sock.send(data)
+    else:
+        sock.send(data, to)
+    svc.set_error(0)
+    return Response([], Text("SEND OK"))
+
+
 def send_request(modem, svc: SslService, client_id: int, length: int | None,
-                 cancelled: Response | None = None) -> Response:
-    """The data phase of AT+QSSLSEND, shared by EC2x and ML302: "> ", the data
+                 cancelled: Response | None = None, *, send_max: int | None = None,
+                 send_buffer: int | None = None, echo: bool = True,
+                 to: Callable[[], tuple[str, int] | None] | None = None) -> Response:
+    """The data phase of AT+QSSLSEND (EC2x and ML302) and AT+QISEND: "> ", the data
     (length bytes, or up to Ctrl+Z where ESC cancels), then SEND OK / SEND FAIL.
-    cancelled: the answer to ESC (None = ERROR, the EC2x choice)."""
-    send_max = modem.profile["ssl.send_max"]
+    cancelled: the answer to ESC (None = ERROR, the EC2x choice).  send_max/send_buffer:
+    the service's limits (default: the profile's ssl.*); echo: the data are echoed (with
+    ATE1; AT+QISDE); to(): a UDP SERVICE's destination, looked up when the data are in."""
+    send_max = modem.profile["ssl.send_max"] if send_max is None else send_max
+    send_buffer = modem.profile["ssl.send_buffer"] if send_buffer is None else send_buffer
 
     def finish(data: bytes, reason: str) -> Response:
         sock = svc.connected(client_id)
         if reason == "cancel":
             if cancelled is not None:
-                log.info("SSL socket %d: send cancelled with ESC", client_id)
+                log.info("%s socket %d: send cancelled with ESC", svc.kind, client_id)
                 return cancelled
             raise fail(svc, 571, "send cancelled with ESC")
         if reason == "overflow":
@@ -113,19 +135,18 @@ def send_request(modem, svc: SslService, client_id: int, length: int | None,
             raise fail(svc, 567, f"socket {client_id} closed while data was entered")
         if not data:
             raise fail(svc, 552, "nothing to send")
-        injected = sock.take_send_failure()       # the control API's "send_fail"
-        if injected or sock.send_backlog() + len(data) > modem.profile["ssl.send_buffer"]:
-            log.info("SSL socket %d: %s, SEND FAIL", client_id,
-                     "send failure injected" if injected else "send buffer full")
-            svc.set_error(0)
-            return Response([], Text("SEND FAIL"))
-        sock.send(data)
-        svc.set_error(0)
-        return Response([], Text("SEND OK"))
+        dest = None
+        if to is not None:
+            dest = to()
+            if dest is None:
+                log.info("%s socket %d: destination not reachable, SEND FAIL", svc.kind, client_id)
+                svc.set_error(0)
+                return Response([], Text("SEND FAIL"))
+        return send_now(svc, sock, data, send_buffer, dest)
 
     prompt = Prompt.DATA          # "\r\n> " in ATV1, "> " in ATV0: the interpreter frames it
     return Response([], None, data=DataRequest(finish, prompt=prompt, length=length, max_length=send_max,
-                                               escape_cancels=length is None))
+                                               escape_cancels=length is None, echo=echo))
 
 
 @command("+QIGETERROR", EXEC)

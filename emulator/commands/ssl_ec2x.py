@@ -1,6 +1,7 @@
 """Quectel SSL commands ("quectel" variant; EC2x SSL Application Note §2.2):
 AT+QSSLCFG, AT+QSSLOPEN, AT+QSSLSEND, AT+QSSLRECV, AT+QSSLCLOSE, AT+QSSLSTATE
-(AT+QIGETERROR and the AT+QSSLSEND data phase: ssl_common.py).
+(AT+QIGETERROR and the AT+QSSLSEND data phase: ssl_common.py; AT+QISWTMD, a TCP/IP
+command that switches SSL sockets too: tcpip.py).
 
 SSL commands answer a plain ERROR and leave the reason for AT+QIGETERROR
 (§5), as the module does; the log says what was wrong.  The AT+QSSLCFG options
@@ -14,7 +15,8 @@ from emulator.at.responses import Raw, Response, ok
 from emulator.commands.ssl_common import (SslArgs, done, fail, online_answer, quectel_test,
                                           send_request, server_address, service, socket_args)
 from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
-from emulator.sockets.ssl_socket import CONNECTED, INITIAL, OPENING
+from emulator.sockets.ssl_socket import INITIAL, OPENING
+from emulator.sockets.tcpip import ids_in_use
 from emulator.storage.vfs import FileError
 from tls_engine.ciphers import ALL_SUITES_CODE
 
@@ -123,7 +125,7 @@ def qsslopen_write(modem, cmd):
     delivery = svc.delivery(args.int(5, 0, 2, default=0))     # <access_mode>: 0 buffer, 1 push, 2 online
     if not modem.pdp.is_active(pdp_id):
         raise fail(svc, 561, f"PDP context {pdp_id} is not active (AT+QIACT={pdp_id} first)")
-    if client_id in svc.sockets:
+    if client_id in ids_in_use(modem):          # one pool with the AT+QIOPEN connectIDs
         raise fail(svc, 563, f"clientID {client_id} is in use")
     sock = svc.open(client_id, pdp_id=pdp_id, ctx_id=ctx_id, host=host, port=port, delivery=delivery,
                     read_material=read_file_material(modem))
@@ -215,23 +217,3 @@ def _no_such_form(modem, cmd):
 for _name, _kinds in (("+QSSLCFG", (READ, EXEC)), ("+QSSLOPEN", (READ, EXEC)), ("+QSSLSEND", (READ, EXEC)),
                       ("+QSSLRECV", (READ, EXEC)), ("+QSSLCLOSE", (READ, EXEC)), ("+QSSLSTATE", (READ,))):
     command(_name, *_kinds, variant=V)(_no_such_form)
-
-
-# -- AT+QISWTMD ------------------------------------------------------------------------
-@command("+QISWTMD", WRITE, variant=V, test=quectel_test(lambda modem: f"+QISWTMD: {_socket_range(modem)},(0-2)"))
-def qiswtmd_write(modem, cmd):
-    """Switch an open connection's access mode (the note §1.3; the TCP/IP note's
-    AT+QISWTMD): 0 buffer (a "recv" URC if data wait), 1 direct push (waiting data are
-    pushed), OK; 2 transparent: CONNECT, the waiting data first."""
-    svc, args, client_id = socket_args(modem, cmd, 2)
-    mode = args.int(1, 0, 2)
-    sock = svc.sockets.get(client_id)
-    if sock is None or sock.state is not CONNECTED:
-        raise fail(svc, 572, f"socket {client_id} is not connected")
-    delivery = svc.delivery(mode)
-    if delivery.name == "online":
-        delivery.adopt(sock)
-        svc.set_error(0)
-        return Response([], None, online=delivery.link(sock))
-    delivery.adopt(sock)
-    return done(svc, ok())

@@ -120,6 +120,8 @@ class Router:
         # host -> round-trip time in ms of its echo replies (AT+QPING; --ping, [ping]);
         # a routed host or a --dns name without an entry answers after DEFAULT_RTT_MS.
         self.ping: dict[str, float] = {}
+        # the module's <local_port> -> the loopback address a listener binds (--listen).
+        self.listen: dict[int, tuple[str, int]] = {}
         items = routes.items() if isinstance(routes, dict) else ((r, None) for r in routes or ())
         for key, value in items:
             self.add(key if value is None else f"{key}={value}")
@@ -134,6 +136,30 @@ class Router:
 
     def add_map(self, host: str, port: int, addr: str, dst_port: int) -> None:
         self._routes[(host.lower(), port)] = (addr, dst_port)
+
+    def add_listen(self, local_port: int, addr: str = "127.0.0.1", port: int = 0) -> None:
+        """A "TCP LISTENER"/"UDP SERVICE" on the host's <local_port> really binds addr:port
+        (loopback only; port 0: any free port, see listen_address)."""
+        if not isinstance(local_port, int) or isinstance(local_port, bool) or not 0 < local_port < 65536:
+            raise ValueError(f"listen {local_port!r}: the module's local port must be 1-65535")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+            raise ValueError(f"listen {local_port}: bad port {port!r}")
+        if not _is_ip(addr) or not ipaddress.ip_address(addr.strip("[]")).is_loopback:
+            raise ValueError(f"listen {local_port}: {addr!r} is not a loopback address")
+        self.listen[local_port] = (addr.strip("[]"), port)
+
+    def add_listen_spec(self, spec: str) -> None:
+        """"<local_port>=127.0.0.1:<port>" (the --listen form)."""
+        left, sep, right = spec.partition("=")
+        if not sep or not left.strip().isdigit():
+            raise ValueError(f"listen {spec!r}: expected LOCAL_PORT=127.0.0.1:PORT")
+        addr, port = _split_host_port(right, need_port=True)
+        self.add_listen(int(left), addr, port)
+
+    def listen_address(self, local_port: int) -> tuple[str, int]:
+        """Where a listener on the module's <local_port> binds: its --listen mapping, else
+        127.0.0.1:<local_port> itself."""
+        return self.listen.get(local_port, ("127.0.0.1", local_port))
 
     def add_dns(self, name: str, ip: str) -> None:
         """Let the modem's DNS answer `ip` for `name` (shown to the host; routing unchanged)."""
@@ -349,7 +375,10 @@ class ShapedTransport:
         self._out(self._inner.write, bytes(data))
 
     def sendto(self, data: bytes, addr=None) -> None:
-        self._out(self._inner.sendto, bytes(data))
+        if addr is None:
+            self._out(self._inner.sendto, bytes(data))
+        else:
+            self._out(lambda d: self._inner.sendto(d, addr), bytes(data))
 
     def write_eof(self) -> None:
         if not self._pipe.queue:
@@ -454,3 +483,41 @@ async def open_udp(router: Router, host: str, port: int, protocol_factory, fault
     except OSError as exc:
         raise NetworkError("connect", f"UDP socket to {addr}:{real_port} failed: {exc.strerror or exc}") from None
     return transport, protocol, (addr, real_port)
+
+async def listen_tcp(router: Router, local_port: int, protocol_factory):
+    """A TCP LISTENER's server on router.listen_address(local_port) (loopback only)."""
+    addr, port = router.listen_address(local_port)
+    try:
+        server = await asyncio.get_running_loop().create_server(protocol_factory, addr, port)
+    except OSError as exc:
+        raise NetworkError("bind", f"cannot listen on {addr}:{port}: {exc.strerror or exc}") from None
+    log.info("listening on %s:%d for the module's port %d", addr, server.sockets[0].getsockname()[1], local_port)
+    return server
+
+
+async def bind_udp(router: Router, local_port: int, protocol_factory):
+    """A UDP SERVICE's socket on router.listen_address(local_port); returns
+    (transport, protocol, None) like open_udp (no remote address)."""
+    addr, port = router.listen_address(local_port)
+    try:
+        transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+            protocol_factory, local_addr=(addr, port))
+    except OSError as exc:
+        raise NetworkError("bind", f"cannot bind UDP {addr}:{port}: {exc.strerror or exc}") from None
+    return transport, protocol, None
+
+
+def udp_destination(router: Router, host: str, port: int) -> tuple[str, int] | None:
+    """Where a UDP SERVICE's datagram to host:port goes (None: nowhere): a route, else the
+    address itself when it is an IP literal and the emulator is online or it is loopback
+    (the peers a listener hears from on this machine)."""
+    routed = router.lookup(host, port)
+    if routed is not None:
+        return routed
+    if not _is_ip(host):
+        return None
+    ip = ipaddress.ip_address(host.strip("[]"))
+    if router.offline and not ip.is_loopback:
+        return None
+    return str(ip), port
+

@@ -146,6 +146,15 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "ssl.errors": (False, _table(_int(-1000, 1000))),
     "ssl.at_port": (False, _str),
     "ssl.verify_hostname": (False, _bool),   # absent = true (check the dialled name)
+    # TCP(IP) AT commands (AT+QIOPEN & co., emulator/sockets/tcpip.py); absent: no such commands.
+    "tcpip.sockets": (False, _int(1, 64)),          # <connectID>s, one pool with the SSL clientIDs
+    "tcpip.send_max": (False, _int(1, 65535)),      # AT+QISEND <send_length>
+    "tcpip.recv_max": (False, _int(1, 65535)),      # AT+QIRD <read_length>, a push URC's data
+    "tcpip.sendex_max": (False, _int(1, 65535)),    # AT+QISENDEX bytes (twice as many hex digits)
+    "tcpip.send_buffer": (False, _int(1, 1 << 24)),
+    "tcpip.recv_buffer": (False, _int(1, 1 << 24)),
+    "tcpip.online_buffer": (False, _int(4096, 1 << 26)),
+    "tcpip.at_port": (False, _str),
     # Command name ("+QSSLOPEN", "I", "+CSQ") -> ms its answer is held back, as a real
     # module's latency (the interpreter's "slow" mechanism, on the modem's timers; a
     # control-API "slow" on the same command: the larger delay counts).  Absent: none.
@@ -249,6 +258,23 @@ def response_delay_name(name: str) -> str:
     return name[2:] if name.startswith("AT") else name
 
 
+TCPIP_REQUIRED = ("sockets", "send_max", "recv_max", "sendex_max", "send_buffer", "recv_buffer")
+TCPIP_COMMANDS = ("+QIOPEN", "+QICLOSE", "+QISTATE", "+QISEND", "+QISENDEX", "+QIRD", "+QISDE")
+
+
+def check_tcpip(data: dict, path: Path) -> None:
+    """A [tcpip] table has every key its service needs; the TCP/IP commands need the table."""
+    tcpip = data.get("tcpip")
+    if tcpip is None:
+        listed = [name for name in TCPIP_COMMANDS if name in data.get("commands", {})]
+        if listed:
+            raise ProfileError(f"profile {path}: [commands] lists {listed[0]} but there is no [tcpip] table")
+        return
+    for key in TCPIP_REQUIRED:
+        if key not in tcpip:
+            raise ProfileError(f"profile {path}: key tcpip.{key}: missing")
+
+
 def validate(data: dict, path: Path) -> None:
     for section, body in data.items():
         if section not in _SECTIONS:
@@ -276,6 +302,7 @@ def validate(data: dict, path: Path) -> None:
         why = check(node)
         if why:
             raise ProfileError(f"profile {path}: key {key}: {why}")
+    check_tcpip(data, path)
     for name in data.get("timing", {}).get("response_delay_ms", {}):
         if response_delay_name(name) not in data["commands"]:
             raise ProfileError(f'profile {path}: key timing.response_delay_ms."{name}": '

@@ -123,7 +123,7 @@ class PushDelivery(Delivery):
         self._pushing = True
         try:
             svc = self.svc
-            limit = svc.modem.profile["ssl.recv_max"]
+            limit = svc.recv_max
             while (ready := self._holding()) and self._host_keeps_up():
                 for sock in ready:
                     if not self._host_keeps_up():
@@ -240,7 +240,7 @@ class SocketLink:
     def __init__(self, delivery: OnlineDelivery, sock: SslSocket) -> None:
         self.delivery = delivery
         self.sock = sock
-        self.limit = delivery.svc.modem.profile.get("ssl.online_buffer", 256 * 1024)
+        self.limit = delivery.svc.online_buffer
         self._input_paused = False
         sock.on_writable = self._writable
 
@@ -256,8 +256,8 @@ class SocketLink:
 
     def send(self, data: bytes) -> None:
         if self.sock.state is not CONNECTED:
-            log.info("SSL socket %d: %d bytes from the host after the connection ended: dropped",
-                     self.sock.client_id, len(data))
+            log.info("%s socket %d: %d bytes from the host after the connection ended: dropped",
+                     self.delivery.svc.kind, self.sock.client_id, len(data))
             return
         self.sock.send(data)
         if self.sock.send_backlog() > self.limit and not self._input_paused:

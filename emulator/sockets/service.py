@@ -39,24 +39,18 @@ def ssl_service(modem) -> "SslService":
     return modem.feature("ssl", SslService)
 
 
-class SslService:
-    def __init__(self, modem) -> None:
-        self.modem = modem
-        profile = modem.profile
-        self.dialect = DIALECTS[profile["ssl.dialect"]]
-        self.options: tuple[str, ...] = tuple(profile["ssl.options"])
-        self.contexts = {i: SslContext(i, self.dialect.context_values()) for i in range(profile["ssl.contexts"])}
-        self.globals: dict[str, int] = dict(self.dialect.stored_globals)
-        self.max_sockets = profile["ssl.sockets"]
+class SocketService:
+    """What a per-modem socket service shares, TLS or plain underneath (SslService here,
+    TcpipService in emulator/sockets/tcpip.py): its sockets by id, the access modes
+    (deliveries), the SocketOwner callbacks, close, the bearer's loss.  A subclass sets
+    modem, dialect, max_sockets, recv_max, online_buffer, errors and calls _start()."""
+    kind = "SSL"                       # in log lines
+
+    def _start(self) -> None:
         self.sockets: dict[int, SslSocket] = {}
-        # The last socket opened on each id: once it has ended, the ML302's AT+QSSLSTATE
-        # shows it as CLOSED with its address until the id is used again.
-        self.dialled: dict[int, SslSocket] = {}
-        self.errors: dict[str, int] = dict(profile.get("ssl.errors", {}))
-        self.last_error = 0
-        self.cache = SessionCache()
         self.deliveries: dict[str, Delivery] = {d.name: d(self) for d in DELIVERIES}
-        modem.on("pdp_deactivated", self._pdp_lost)
+        modem = self.modem
+        modem.on("pdp_deactivated", self.pdp_lost)
         modem.on("reset", self._reboot)
         modem.on("shutdown", self.abort_all)
 
@@ -66,6 +60,94 @@ class SslService:
 
     def code(self, kind: str) -> int:
         return self.errors.get(kind, self.errors.get("unknown", 550))
+
+    def set_error(self, code: int) -> None:
+        raise NotImplementedError
+
+    def _reboot(self) -> None:
+        self.abort_all()
+
+    # -- SocketOwner callbacks -----------------------------------------------------
+    def on_opened(self, sock: SslSocket, kind: str | None, reason: str,
+                  exc: BaseException | None = None) -> None:
+        """exc: the unexpected exception behind a failure; the log line carries its traceback."""
+        if self.sockets.get(sock.client_id) is not sock:
+            if exc is not None:                      # no answer is due, but never silence
+                log.warning("%s open %d to %s:%d, closed meanwhile: %s", self.kind, sock.client_id, sock.host,
+                            sock.port, reason, exc_info=exc)
+            return                                   # closed by the host meanwhile
+        self.modem.trace("open_result", socket=sock.client_id, code=0 if kind is None else self.code(kind),
+                         kind=kind, reason=reason)
+        if kind is None:
+            sock.delivery.opened(sock, 0)
+            return
+        code = self.code(kind)
+        log.warning("%s open %d to %s:%d failed (%d %s): %s", self.kind, sock.client_id, sock.host, sock.port,
+                    code, ERROR_TEXT.get(code, kind), reason, exc_info=exc)
+        del self.sockets[sock.client_id]
+        if code > 0:
+            self.set_error(code)
+        sock.delivery.opened(sock, code)
+
+    def on_data(self, sock: SslSocket, was_empty: bool) -> None:
+        sock.delivery.data_arrived(sock, was_empty)
+
+    def on_closed(self, sock: SslSocket, reason: str) -> None:
+        if self.sockets.get(sock.client_id) is sock:
+            sock.delivery.peer_closed(sock)
+
+    # -- host commands ----------------------------------------------------------------
+    def connected(self, client_id: int) -> SslSocket | None:
+        sock = self.sockets.get(client_id)
+        return sock if sock is not None and sock.state == CONNECTED else None
+
+    async def close(self, client_id: int, timeout: float) -> None:
+        """Always returns (the AT+QSSLCLOSE answer follows); the socket is gone either way."""
+        sock = self.sockets.pop(client_id, None)
+        if sock is None:
+            return
+        try:
+            await sock.close(timeout)
+        except Exception:
+            log.exception("%s close %d: unexpected error (connection dropped)", self.kind, client_id)
+            try:
+                sock.abort()
+            except Exception:
+                log.exception("%s close %d: abort failed too", self.kind, client_id)
+
+    def abort_all(self) -> None:
+        for sock in list(self.sockets.values()):
+            sock.abort()
+        self.sockets.clear()
+        for delivery in self.deliveries.values():
+            delivery.forget()
+
+    def pdp_lost(self, cid: int) -> None:
+        """The bearer went away: open sockets report "closed" (the host still has
+        to close them), sockets still opening fail."""
+        for sock in list(self.sockets.values()):
+            if sock.pdp_id == cid:
+                sock.bearer_lost(f"PDP context {cid} deactivated")
+
+
+class SslService(SocketService):
+    def __init__(self, modem) -> None:
+        self.modem = modem
+        profile = modem.profile
+        self.dialect = DIALECTS[profile["ssl.dialect"]]
+        self.options: tuple[str, ...] = tuple(profile["ssl.options"])
+        self.contexts = {i: SslContext(i, self.dialect.context_values()) for i in range(profile["ssl.contexts"])}
+        self.globals: dict[str, int] = dict(self.dialect.stored_globals)
+        self.max_sockets = profile["ssl.sockets"]
+        self.recv_max = profile["ssl.recv_max"]
+        self.online_buffer = profile.get("ssl.online_buffer", 256 * 1024)
+        # The last socket opened on each id: once it has ended, the ML302's AT+QSSLSTATE
+        # shows it as CLOSED with its address until the id is used again.
+        self.dialled: dict[int, SslSocket] = {}
+        self.errors: dict[str, int] = dict(profile.get("ssl.errors", {}))
+        self.last_error = 0
+        self.cache = SessionCache()
+        self._start()
 
     def set_error(self, code: int) -> None:
         self.last_error = code
@@ -109,64 +191,3 @@ class SslService:
                   self.cache if ctx["session_cache"] else None, (ctx_id, host.lower(), port),
                   total_timeout=timeout)
         return sock
-
-    # -- SocketOwner callbacks -----------------------------------------------------
-    def on_opened(self, sock: SslSocket, kind: str | None, reason: str,
-                  exc: BaseException | None = None) -> None:
-        """exc: the unexpected exception behind a failure; the log line carries its traceback."""
-        if self.sockets.get(sock.client_id) is not sock:
-            if exc is not None:                      # no answer is due, but never silence
-                log.warning("SSL open %d to %s:%d, closed meanwhile: %s", sock.client_id, sock.host,
-                            sock.port, reason, exc_info=exc)
-            return                                   # closed by the host meanwhile
-        self.modem.trace("open_result", socket=sock.client_id, code=0 if kind is None else self.code(kind),
-                         kind=kind, reason=reason)
-        if kind is None:
-            sock.delivery.opened(sock, 0)
-            return
-        code = self.code(kind)
-        log.warning("SSL open %d to %s:%d failed (%d %s): %s", sock.client_id, sock.host, sock.port,
-                    code, ERROR_TEXT.get(code, kind), reason, exc_info=exc)
-        del self.sockets[sock.client_id]
-        self.last_error = code if code > 0 else self.last_error
-        sock.delivery.opened(sock, code)
-
-    def on_data(self, sock: SslSocket, was_empty: bool) -> None:
-        sock.delivery.data_arrived(sock, was_empty)
-
-    def on_closed(self, sock: SslSocket, reason: str) -> None:
-        if self.sockets.get(sock.client_id) is sock:
-            sock.delivery.peer_closed(sock)
-
-    # -- host commands ----------------------------------------------------------------
-    def connected(self, client_id: int) -> SslSocket | None:
-        sock = self.sockets.get(client_id)
-        return sock if sock is not None and sock.state == CONNECTED else None
-
-    async def close(self, client_id: int, timeout: float) -> None:
-        """Always returns (the AT+QSSLCLOSE answer follows); the socket is gone either way."""
-        sock = self.sockets.pop(client_id, None)
-        if sock is None:
-            return
-        try:
-            await sock.close(timeout)
-        except Exception:
-            log.exception("SSL close %d: unexpected error (connection dropped)", client_id)
-            try:
-                sock.abort()
-            except Exception:
-                log.exception("SSL close %d: abort failed too", client_id)
-
-    def abort_all(self) -> None:
-        for sock in list(self.sockets.values()):
-            sock.abort()
-        self.sockets.clear()
-        for delivery in self.deliveries.values():
-            delivery.forget()
-
-    def _pdp_lost(self, cid: int) -> None:
-        """The bearer went away: open sockets report "closed" (the host still has
-        to close them), sockets still opening fail."""
-        for sock in list(self.sockets.values()):
-            if sock.pdp_id == cid:
-                sock.bearer_lost(f"PDP context {cid} deactivated")

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+from collections import deque
 from typing import Callable, Protocol
 
 from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsClientSession, TlsFailure, TlsSettings
@@ -135,7 +136,7 @@ class _Link(asyncio.Protocol):
         self.received(data)
 
     def datagram_received(self, data: bytes, addr) -> None:
-        self.received(data)
+        self.received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         self.lost(f"UDP error: {exc}")
@@ -191,6 +192,18 @@ class SslSocket:
         self.send_failures = 0
         self.net = None                 # this socket's NetConditions (None: the modem's)
         self._trace = getattr(getattr(owner, "modem", None), "trace", _no_trace)   # tools/trace.py
+        # Plain sockets (emulator/sockets/plain_session.py) use the same machine: a UDP one
+        # keeps its datagrams apart (keep_datagrams: read() returns at most one, and
+        # last_from says who sent it); connect: how it reaches the network instead of
+        # open_tcp/open_udp (a UDP SERVICE binds a local port); an accepted connection
+        # (a TCP LISTENER's) is given its transport by the listener (accept()).
+        self.keep_datagrams = False
+        self._records: deque[list] = deque()     # [bytes left, sender] per datagram in inbox
+        self._from = None                        # the sender of the datagram being received
+        self.last_from = None                    # the sender of the datagram read last
+        self._dest = None                        # where the datagram being sent goes (None: connected)
+        self._connect = None
+        self._incoming = None                    # the settings of an accepted connection
 
     # -- state ------------------------------------------------------------------
     @property
@@ -220,11 +233,14 @@ class SslSocket:
 
     # -- opening ----------------------------------------------------------------
     def open(self, router: Router, settings: TlsSettings, negotiate_timeout: float,
-             cache=None, cache_key=None, total_timeout: float | None = None) -> None:
+             cache=None, cache_key=None, total_timeout: float | None = None, connect=None) -> None:
         """total_timeout bounds name resolution + TCP connect + handshake together
-        (the ML302's AT+QSSLOPEN <timeout>); None = the EC2x's separate limits."""
+        (the ML302's AT+QSSLOPEN <timeout>); None = the EC2x's separate limits.
+        connect(protocol_factory, fault): an awaitable of (transport, protocol, remote)
+        instead of open_tcp/open_udp (a UDP SERVICE's local bind)."""
         if not self._go("open"):
             return
+        self._connect = connect
         self._trace("open", socket=self.client_id, host=self.host, port=self.port, dtls=settings.dtls)
         self._task = asyncio.ensure_future(
             self._open(router, settings, negotiate_timeout, cache, cache_key, total_timeout))
@@ -260,7 +276,9 @@ class SslSocket:
             faults = self.faults
             factory = faults.shaped(self._link, lambda: self.net or faults.conditions, settings.dtls)
         try:
-            if settings.dtls:
+            if self._connect is not None:
+                link = self._connect(factory, fault)
+            elif settings.dtls:
                 link = open_udp(router, self.host, self.port, factory, fault=fault)
             else:
                 link = open_tcp(router, self.host, self.port, factory, fault=fault)
@@ -333,11 +351,49 @@ class SslSocket:
             transport.abort()
             return
         self._transport = transport
+        if self._incoming is not None:
+            self._accepted()
+
+    def accept(self, settings) -> asyncio.Protocol:
+        """An incoming connection a listener accepts for this socket: the protocol to hand
+        asyncio (the modem's network conditions apply as to any socket).  The socket is
+        CONNECTED, and owner.on_accepted() called, when the transport is made."""
+        if not self._go("open"):
+            raise IllegalTransition(f"socket {self.client_id}: accept in state {self._state.name}")
+        self._incoming = settings
+        self._answered = True
+        if self.faults is None:
+            return self._link()
+        faults = self.faults
+        return faults.shaped(self._link, lambda: self.net or faults.conditions, settings.dtls)()
+
+    def _accepted(self) -> None:
+        transport = self._transport
+        sockname = transport.get_extra_info("sockname")
+        self.local_port = sockname[1] if sockname else 0
+        peername = transport.get_extra_info("peername")
+        if peername:
+            self.remote = (peername[0], peername[1])
+        try:
+            self.session = self.owner.session_factory(self._incoming, None, None)
+            self.session.start()
+            self._pump()
+        except Exception as exc:
+            log.error("socket %d: accepting failed: %s", self.client_id, exc, exc_info=exc)
+            transport.abort()
+            self._go("open_failed")
+            self.owner.on_opened(self, "unknown", f"accepting failed: {exc}", exc)
+            return
+        self._go("established")
+        self._trace("accepted", socket=self.client_id, remote=f"{self.remote[0]}:{self.remote[1]}"
+                    if self.remote else "")
+        self.owner.on_accepted(self)
 
     # -- data path --------------------------------------------------------------
-    def _from_network(self, data: bytes) -> None:
+    def _from_network(self, data: bytes, addr=None) -> None:
         if self.session is None or self.blackholed:
             return
+        self._from = addr
         try:
             self.session.receive(data)
             self._pump()
@@ -345,6 +401,11 @@ class SslSocket:
             self._internal_error(exc)
 
     def _network_lost(self, reason: str) -> None:
+        if self.keep_datagrams and reason.startswith("UDP error"):
+            # A plain UDP socket has no connection to lose: an ICMP error (port unreachable)
+            # is only a datagram that went nowhere.
+            log.debug("socket %d: %s (ignored: UDP)", self.client_id, reason)
+            return
         if self.blackholed:
             # Nothing reaches the module on a blackholed link, not even the server's
             # FIN or RST: the host's timeouts (negotiatetime, close linger) decide.
@@ -390,7 +451,10 @@ class SslSocket:
                 self._void += len(chunk)       # never acknowledged: it stays "unsent"
                 continue
             if session.settings.dtls:
-                self._transport.sendto(chunk)
+                if self._dest is not None:
+                    self._transport.sendto(chunk, self._dest)
+                else:
+                    self._transport.sendto(chunk)
             else:
                 self._transport.write(chunk)
         for event in session.events():
@@ -451,6 +515,8 @@ class SslSocket:
         self.bytes_received += len(data)
         was_empty = not self.inbox
         self.inbox += data
+        if self.keep_datagrams:
+            self._records.append([len(data), self._from])
         self._trace("received", socket=self.client_id, data=data)
         if len(self.inbox) >= self.recv_limit:
             self.pause_network(True)
@@ -465,16 +531,28 @@ class SslSocket:
             self._peer_closed(f"{self._peer_gone} right after the handshake")
 
     def read(self, n: int) -> bytes:
+        if self.keep_datagrams and self._records:
+            record = self._records[0]        # one datagram at most (the rest of it stays)
+            self.last_from = record[1]
+            n = min(n, record[0])
+            record[0] -= n
+            if record[0] <= 0:
+                self._records.popleft()
         data = bytes(self.inbox[:n])
         del self.inbox[:n]
         self.pause_network(False)                # resumes once the inbox is half empty
         return data
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, to: tuple[str, int] | None = None) -> None:
+        """to: the destination of a datagram from an unconnected socket (UDP SERVICE)."""
         self.bytes_sent += len(data)
         self._trace("sent", socket=self.client_id, data=data)
         self.session.send(data)
-        self._pump()
+        self._dest = to
+        try:
+            self._pump()
+        finally:
+            self._dest = None
 
     def take_send_failure(self) -> bool:
         """A SEND FAIL injected by the control API is due (counts it down)."""

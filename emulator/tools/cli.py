@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--route", action="append", default=[], metavar="HOST:PORT=ADDR:PORT",
                    help="connect to ADDR:PORT when the host dials HOST:PORT (repeatable)")
+    p.add_argument("--listen", action="append", default=[], metavar="LOCAL_PORT=127.0.0.1:PORT",
+                   help="an AT+QIOPEN \"TCP LISTENER\"/\"UDP SERVICE\" on the module's LOCAL_PORT "
+                        "binds 127.0.0.1:PORT (loopback only; without one it binds "
+                        "127.0.0.1:LOCAL_PORT; a [listen] table of the --config file does the same; "
+                        "repeatable)")
     p.add_argument("--dns", action="append", default=[], metavar="NAME=IP",
                    help="the address the modem's DNS answers for NAME, shown to the host "
                         "(ML302 <ipaddr>); where the emulator connects is unchanged (repeatable)")
@@ -128,6 +133,14 @@ def load_config(path: str | None, router: Router) -> None:
             router.add_dns(key, value)
         except ValueError as exc:
             raise SystemExit(f"modem-emulator: config {path}: dns: {exc}")
+    listen = data.get("listen", {})
+    if not isinstance(listen, dict):
+        raise SystemExit(f"modem-emulator: config {path}: listen: expected a table of LOCAL_PORT = \"127.0.0.1:PORT\"")
+    for key, value in listen.items():
+        try:
+            router.add_listen_spec(f"{key}={value}")
+        except ValueError as exc:
+            raise SystemExit(f"modem-emulator: config {path}: listen: {exc}")
     ping = data.get("ping", {})
     if not isinstance(ping, dict):
         raise SystemExit(f"modem-emulator: config {path}: ping: expected a table of HOST = RTT_MS")
@@ -178,6 +191,11 @@ async def run(args: argparse.Namespace) -> int:
             router.add(spec)
         except ValueError as exc:
             raise SystemExit(f"modem-emulator: --route: {exc}")
+    for spec in args.listen:
+        try:
+            router.add_listen_spec(spec)
+        except ValueError as exc:
+            raise SystemExit(f"modem-emulator: --listen: {exc}")
     for spec in args.dns:
         try:
             router.add_dns(*parse_dns(spec))

@@ -121,10 +121,19 @@ def _svc(modem):
     return ssl_service(modem)
 
 
+def _services(modem) -> list:
+    """The modem's socket services: SSL, and TCP/IP where the profile has it (one id pool)."""
+    from emulator.sockets.tcpip import has_tcpip, tcpip_service
+    return [_svc(modem)] + ([tcpip_service(modem)] if has_tcpip(modem) else [])
+
+
 def _socket(modem, args: _Args, connected: bool = True):
     svc = _svc(modem)
     client_id = args.int("socket", 0, svc.max_sockets - 1)
     sock = svc.sockets.get(client_id)
+    for other in _services(modem)[1:]:
+        if sock is None:
+            svc, sock = other, other.sockets.get(client_id)
     if sock is None:
         raise ControlError(f"{args.name}: socket {client_id} is not open")
     if connected and svc.connected(client_id) is None:
@@ -142,16 +151,20 @@ def state(modem, args: _Args) -> dict:
     args.done()
     svc = _svc(modem)
     sockets = []
-    for sock in sorted(svc.sockets.values(), key=lambda s: s.client_id):
+    every = [s for service in _services(modem) for s in service.sockets.values()]
+    for sock in sorted(every, key=lambda s: s.client_id):
         hs = sock.handshake
+        plain = hasattr(sock, "service_type")           # an AT+QIOPEN socket
         sockets.append({
             "id": sock.client_id, "state": sock.state.name, "state_code": int(sock.state),
+            "service_type": sock.service_type if plain else "SSL",
             "access_mode": sock.delivery.access_mode, "delivery": sock.delivery.name,
             "host": sock.host, "port": sock.port, "address": f"{sock.host}:{sock.port}",
             "pdp": sock.pdp_id, "ctx": sock.ctx_id,
             "bytes_sent": sock.bytes_sent, "bytes_received": sock.bytes_received,
             "unread": len(sock.inbox), "blackholed": sock.blackholed,
-            "tls_version": hs.version if hs else None, "cipher": hs.cipher_name if hs else None,
+            "tls_version": hs.version if hs and not plain else None,
+            "cipher": hs.cipher_name if hs and not plain else None,
         })
     return {
         "profile": modem.profile.name, "name": modem.name, "cfun": modem.cfun, "dtr": modem.dtr,

@@ -12,6 +12,7 @@ reports the port it bound), so no port is probed and then reused. One module per
   clienthello.py     parse_client_hello: the raw (D)TLS ClientHello (offered suites, SNI, ALPN)
   openssl.py         OpenSslServer / OpenSslClient: ready when their output says so
   udp_relay.py       UdpDropRelay: a UDP relay dropping chosen datagrams
+  plain.py           TcpServer (echo/sink/close), UdpEchoServer: plain TCP/UDP peers (AT+QIOPEN)
   mbedtls_peer.py    MbedtlsServer, SansIO (imported from there: it loads python-mbedtls)
 
 Typical use:
@@ -30,8 +31,9 @@ from emulator.testing.peers.pki import (NOW, SERVER_NAMES, CaFiles, CertFiles, I
 from emulator.testing.peers.tls_connection import TlsConnection
 from emulator.testing.peers.tls_server import MODES, TlsServer, reply_after, tls_version
 from emulator.testing.peers.udp_relay import Datagram, UdpDropRelay
+from emulator.testing.peers.plain import TcpPeerConnection, TcpServer, UdpEchoServer
 
 __all__ = ["reply_after", "CaFiles", "CertFiles", "ClientHello", "Datagram", "Issued", "MODES", "NOW",
            "OpenSslClient", "OpenSslServer", "Pki", "SERVER_NAMES", "ServerIdentity",
-           "TlsConnection", "TlsServer", "UdpDropRelay", "default_pki", "make_cert",
+           "TcpPeerConnection", "TcpServer", "TlsConnection", "TlsServer", "UdpDropRelay", "UdpEchoServer", "default_pki", "make_cert",
            "make_pki", "openssl_binary", "parse_client_hello", "tls_version", "utc"]

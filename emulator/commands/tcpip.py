@@ -1,0 +1,280 @@
+"""Quectel TCP(IP) AT commands (EC2x TCP(IP) AT Commands Manual / Application Note):
+AT+QIOPEN, AT+QICLOSE, AT+QISTATE, AT+QISEND, AT+QISENDEX, AT+QIRD, AT+QISDE and
+AT+QISWTMD (which switches SSL sockets too: the ids are one pool).
+
+The sockets are emulator/sockets/tcpip.py's (the SSL socket machine over a plain
+session).  Like the SSL commands they answer a plain ERROR and leave the reason for
+AT+QIGETERROR (one store with the SSL commands); an open that fails after its OK
+reports +QIOPEN: <connectID>,<err>.
+"""
+from __future__ import annotations
+
+import binascii
+
+from emulator.at.parser import EXEC, READ, WRITE
+from emulator.at.registry import command, refusing
+from emulator.at.responses import Raw, Response, ok
+from emulator.commands.ssl_common import (SslArgs, done, fail, online_answer, quectel_test, send_now,
+                                          send_request, server_address, service)
+from emulator.io.network import udp_destination
+from emulator.sockets.ssl_socket import CLOSING, CONNECTED
+from emulator.sockets.tcpip import SERVICE_TYPES, has_tcpip, ids_in_use, tcpip_service
+
+
+def _ids(modem) -> str:
+    return f"(0-{tcpip_service(modem).max_sockets - 1})"
+
+
+def _args(modem, cmd, at_most: int) -> SslArgs:
+    args = SslArgs(modem, cmd)
+    args.at_most(at_most)
+    return args
+
+
+# -- AT+QIOPEN -----------------------------------------------------------------------
+@command("+QIOPEN", WRITE, test=quectel_test(lambda modem: (
+    f'+QIOPEN: ({modem.pdp.first}-{modem.pdp.last}),{_ids(modem)},"TCP/UDP/TCP LISTENER/UDP SERVICE",'
+    f'"<IP_address>/<domain_name>",<remote_port>,<local_port>,(0-2)')))
+def qiopen_write(modem, cmd):
+    svc = tcpip_service(modem)
+    args = _args(modem, cmd, 7)
+    pdp_id = args.int(0, modem.pdp.first, modem.pdp.last)
+    connect_id = args.int(1, 0, svc.max_sockets - 1)
+    service_type = args.str(2, max_len=16)
+    if service_type not in SERVICE_TYPES:
+        raise args.fail(f"unknown <service_type> {service_type!r}")
+    host = server_address(args, 3)
+    port = args.int(4, 0, 65535)
+    local_port = args.int(5, 0, 65535, default=0)
+    access_mode = args.int(6, 0, 2, default=0)
+    server = service_type in ("TCP LISTENER", "UDP SERVICE")
+    if not server and port == 0:
+        raise args.fail("<remote_port> 0")
+    if server and local_port == 0:
+        raise args.fail(f"a {service_type} needs a <local_port>")
+    if server and access_mode == 2:
+        raise args.fail(f"a {service_type} has no transparent access mode")
+    delivery = svc.delivery(access_mode)
+    online = delivery.name == "online"
+
+    def refuse(code: int, why: str) -> Response:
+        # After a good command line the module says OK and reports the failure as
+        # +QIOPEN: <id>,<err> (drivers match "\r\nOK\r\n\r\n+QIOPEN: 0,563\r\n");
+        # in transparent mode the answer is ERROR.
+        svc.set_error(code)
+        if online:
+            raise fail(svc, code, why)
+        modem.urc(svc.dialect.opened_urc.format(id=connect_id, code=code))
+        return ok()
+
+    if connect_id in ids_in_use(modem):
+        return refuse(563, f"connectID {connect_id} is in use")
+    if not modem.pdp.is_active(pdp_id):
+        return refuse(561, f"PDP context {pdp_id} is not active (AT+QIACT={pdp_id} first)")
+    if service_type == "TCP LISTENER":
+        svc.listen(connect_id, pdp_id=pdp_id, local_port=local_port, delivery=delivery)
+        return done(svc, ok())
+    sock = svc.open(connect_id, pdp_id=pdp_id, service_type=service_type, host=host, port=port,
+                    local_port=local_port, delivery=delivery)
+    if online:
+        return online_answer(svc, sock, lambda code: Response([], "ERROR"))
+    return done(svc, ok())
+
+
+# -- AT+QICLOSE ----------------------------------------------------------------------
+@command("+QICLOSE", WRITE, test=quectel_test(lambda modem: f"+QICLOSE: {_ids(modem)},(0-65535)"))
+def qiclose_write(modem, cmd):
+    svc = tcpip_service(modem)
+    args = _args(modem, cmd, 2)
+    connect_id = args.int(0, 0, svc.max_sockets - 1)
+    timeout = args.int(1, 0, 65535, default=10)
+    if svc.entry(connect_id) is None:
+        raise fail(svc, 572, f"connectID {connect_id} is not open")
+
+    async def close() -> Response:
+        await svc.close(connect_id, float(timeout))
+        return done(svc, ok())
+    return Response([], None, pending=close())
+
+
+# -- AT+QISTATE ----------------------------------------------------------------------
+def _ip(modem, entry) -> str:
+    if entry.service_type in ("TCP LISTENER", "UDP SERVICE"):
+        return "127.0.0.1"
+    if entry.service_type == "TCP INCOMING":
+        return entry.host
+    return modem.network.display_address(entry.host)
+
+
+def _state_line(modem, entry) -> str:
+    svc = tcpip_service(modem)
+    return (f'+QISTATE: {entry.client_id},"{entry.service_type}","{_ip(modem, entry)}",{entry.port},'
+            f'{entry.shown_local_port},{int(entry.state)},{entry.pdp_id},{entry.server_id},'
+            f'{entry.delivery.access_mode},"{svc.at_port}"')
+
+
+def _entries(svc) -> list:
+    return [svc.entry(i) for i in sorted(set(svc.sockets) | set(svc.listeners))]
+
+
+@command("+QISTATE", READ)
+def qistate_read(modem, cmd):
+    svc = tcpip_service(modem)
+    return done(svc, ok(*(_state_line(modem, e) for e in _entries(svc))))
+
+
+@command("+QISTATE", WRITE, test=quectel_test(lambda modem: []))
+def qistate_write(modem, cmd):
+    svc = tcpip_service(modem)
+    args = _args(modem, cmd, 2)
+    query_type = args.int(0, 0, 1)
+    if query_type == 0:
+        cid = args.int(1, modem.pdp.first, modem.pdp.last)
+        return done(svc, ok(*(_state_line(modem, e) for e in _entries(svc) if e.pdp_id == cid)))
+    entry = svc.entry(args.int(1, 0, svc.max_sockets - 1))
+    return done(svc, ok(_state_line(modem, entry)) if entry is not None else ok())
+
+
+# -- AT+QISEND / AT+QISENDEX -------------------------------------------------------------
+def _sendable(svc, connect_id: int):
+    """The connected socket data go to (ERROR with the reason otherwise)."""
+    entry = svc.entry(connect_id)
+    if entry is None:
+        raise fail(svc, 572, f"connectID {connect_id} is not open")
+    if entry.service_type == "TCP LISTENER":
+        raise fail(svc, 572, f"connectID {connect_id} is a TCP LISTENER: nothing to send to")
+    if entry.state is not CONNECTED:
+        raise fail(svc, 567, f"connectID {connect_id} is not connected")
+    return entry
+
+
+@command("+QISEND", WRITE, test=quectel_test(
+    lambda modem: f"+QISEND: {_ids(modem)},(0-{tcpip_service(modem).send_max})"))
+def qisend_write(modem, cmd):
+    svc = tcpip_service(modem)
+    args = _args(modem, cmd, 4)
+    connect_id = args.int(0, 0, svc.max_sockets - 1)
+    if len(args) >= 2 and not args.present(1):
+        raise args.fail("empty <send_length>")
+    length = args.int(1, 0, svc.send_max, default=None)
+    if length == 0:                                   # the query of sent/acked/unacked bytes
+        args.at_most(2)
+        entry = svc.entry(connect_id)
+        if entry is None or entry.service_type == "TCP LISTENER":
+            raise fail(svc, 572, f"connectID {connect_id} is not open")
+        backlog = entry.send_backlog() if entry.state in (CONNECTED, CLOSING) else 0
+        return done(svc, ok(f"+QISEND: {entry.bytes_sent},{entry.bytes_sent - backlog},{backlog}"))
+    sock = _sendable(svc, connect_id)
+    to = None
+    if sock.service_type == "UDP SERVICE":
+        if len(args) != 4 or length is None:
+            raise args.fail('a UDP SERVICE sends with AT+QISEND=<id>,<len>,"<ip>",<port>')
+        ip = args.str(2, max_len=64).strip()
+        port = args.int(3, 1, 65535)
+        router = modem.network
+        to = lambda: udp_destination(router, ip, port)          # noqa: E731
+    elif len(args) > 2:
+        raise args.fail("<remoteIP>,<remote_port> only for a UDP SERVICE")
+    return send_request(modem, svc, connect_id, length, send_max=svc.send_max, send_buffer=svc.send_buffer,
+                        echo=bool(svc.data_echo), to=to)
+
+
+@command("+QISENDEX", WRITE, test=quectel_test(lambda modem: f"+QISENDEX: {_ids(modem)},<hex_string>"))
+def qisendex_write(modem, cmd):
+    svc = tcpip_service(modem)
+    args = _args(modem, cmd, 2)
+    connect_id = args.int(0, 0, svc.max_sockets - 1)
+    text = args.str(1, max_len=2 * svc.sendex_max)
+    try:
+        data = binascii.unhexlify(text)
+    except (binascii.Error, ValueError):
+        raise args.fail("<hex_string> is not an even number of hex digits") from None
+    if not data:
+        raise args.fail("empty <hex_string>")
+    sock = _sendable(svc, connect_id)
+    if sock.service_type == "UDP SERVICE":
+        raise fail(svc, 572, "AT+QISENDEX cannot send on a UDP SERVICE (no destination)")
+    return send_now(svc, sock, data, svc.send_buffer)
+
+
+# -- AT+QIRD -------------------------------------------------------------------------
+@command("+QIRD", WRITE, test=quectel_test(
+    lambda modem: f"+QIRD: {_ids(modem)},(0-{tcpip_service(modem).recv_max})"))
+def qird_write(modem, cmd):
+    svc = tcpip_service(modem)
+    args = _args(modem, cmd, 2)
+    connect_id = args.int(0, 0, svc.max_sockets - 1)
+    length = args.int(1, 0, svc.recv_max, default=svc.recv_max)
+    sock = svc.sockets.get(connect_id)
+    if sock is None or sock.state not in (CONNECTED, CLOSING):
+        raise fail(svc, 572, f"connectID {connect_id} is not connected")
+    if length == 0:
+        unread = len(sock.inbox)
+        return done(svc, ok(f"+QIRD: {sock.bytes_received},{sock.bytes_received - unread},{unread}"))
+    if not sock.delivery.host_reads:
+        raise fail(svc, 572, f"connectID {connect_id} is in {sock.delivery.name} access mode: "
+                             f"its data are not read with AT+QIRD")
+    data = sock.read(length)
+    if not data:
+        return done(svc, ok("+QIRD: 0"))
+    if sock.service_type == "UDP SERVICE" and sock.last_from:
+        head = f'+QIRD: {len(data)},"{sock.last_from[0]}",{sock.last_from[1]}'
+    else:
+        head = f"+QIRD: {len(data)}"
+    return done(svc, ok(head, Raw(data)))
+
+
+# -- AT+QISDE ------------------------------------------------------------------------
+@command("+QISDE", WRITE, test=quectel_test(lambda modem: "+QISDE: (0,1)"))
+def qisde_write(modem, cmd):
+    svc = tcpip_service(modem)
+    svc.data_echo = _args(modem, cmd, 1).int(0, 0, 1)
+    return done(svc, ok())
+
+
+@command("+QISDE", READ)
+def qisde_read(modem, cmd):
+    svc = tcpip_service(modem)
+    return done(svc, ok(f"+QISDE: {svc.data_echo}"))
+
+
+# -- AT+QISWTMD ----------------------------------------------------------------------
+def _swtmd_ids(modem) -> str:
+    return f"(0-{service(modem).max_sockets - 1})"
+
+
+@command("+QISWTMD", WRITE, variant="quectel", test=quectel_test(lambda modem: f"+QISWTMD: {_swtmd_ids(modem)},(0-2)"))
+def qiswtmd_write(modem, cmd):
+    """Switch an open connection's access mode, SSL (AT+QSSLOPEN) or TCP/IP (AT+QIOPEN):
+    0 buffer (a "recv" URC if data wait), 1 direct push (waiting data are pushed), OK;
+    2 transparent: CONNECT, the waiting data first."""
+    ssl = service(modem)
+    args = SslArgs(modem, cmd, at_most=2)
+    client_id = args.int(0, 0, ssl.max_sockets - 1)
+    mode = args.int(1, 0, 2)
+    svc, sock = ssl, ssl.sockets.get(client_id)
+    if sock is None and has_tcpip(modem):
+        svc = tcpip_service(modem)
+        sock = svc.sockets.get(client_id)
+    if sock is None or sock.state is not CONNECTED:
+        raise fail(ssl, 572, f"socket {client_id} is not connected")
+    delivery = svc.delivery(mode)
+    if delivery.name == "online" and getattr(sock, "service_type", "") == "UDP SERVICE":
+        raise fail(ssl, 572, "a UDP SERVICE has no transparent access mode")
+    delivery.adopt(sock)
+    if delivery.name == "online":
+        ssl.set_error(0)
+        return Response([], None, online=delivery.link(sock))
+    return done(ssl, ok())
+
+
+# -- forms a command does not have ------------------------------------------------------
+@refusing
+def _no_such_form(modem, cmd):
+    raise fail(service(modem), 552, f"AT{cmd.raw}: {cmd.kind} form not supported")
+
+
+for _name, _kinds in (("+QIOPEN", (READ, EXEC)), ("+QICLOSE", (READ, EXEC)), ("+QISTATE", (EXEC,)),
+                      ("+QISEND", (READ, EXEC)), ("+QISENDEX", (READ, EXEC)), ("+QIRD", (READ, EXEC)),
+                      ("+QISDE", (EXEC,))):
+    command(_name, *_kinds)(_no_such_form)

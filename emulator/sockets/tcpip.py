@@ -1,0 +1,268 @@
+"""The plain TCP/UDP sockets of one modem (the EC2x TCP(IP) AT commands, AT+QIOPEN & co.).
+
+The same socket layer as SSL (emulator/sockets/ssl_socket.py: states, deliveries, flow
+control, faults, counters, trace) with a PlainSession underneath instead of TLS
+(emulator/sockets/plain_session.py); this service gives it the TCP/IP wording
+(+QIOPEN, +QIURC) and the service types:
+
+    "TCP"           a client connection (open_tcp through the Router)
+    "UDP"           a connected UDP socket (open_udp); one AT+QISEND = one datagram
+    "TCP LISTENER"  a server on 127.0.0.1 (TcpListener below); each connection it
+                    accepts is a "TCP INCOMING" socket on the lowest free id
+    "UDP SERVICE"   an unconnected UDP socket bound on 127.0.0.1; datagrams keep their
+                    sender, AT+QISEND names the destination
+
+Listeners bind router.listen_address(<local_port>): a --listen mapping, else
+127.0.0.1:<local_port> itself.
+
+One id space: AT+QIOPEN connectIDs and AT+QSSLOPEN clientIDs are one pool of sockets
+(ids_in_use); an id either uses is "socket identity has been used" (563) to the other.
+AT+QIGETERROR is one store for both (the SSL service's set_error/last_error).
+"""
+from __future__ import annotations
+
+import asyncio
+
+from emulator.io.network import NetworkError, bind_udp, listen_tcp, net_faults
+from emulator.logsafe import get_logger
+from emulator.sockets.dialects import Dialect
+from emulator.sockets.plain_session import PlainSession, PlainSettings
+from emulator.sockets.service import SocketService, ssl_service
+from emulator.sockets.ssl_socket import CLOSING, INITIAL, SslSocket
+
+log = get_logger("emulator.tcpip")
+
+SERVICE_TYPES = ("TCP", "UDP", "TCP LISTENER", "UDP SERVICE")
+LISTENING = 3                 # <socket_state> of a TCP LISTENER (the manual's "listening")
+CONNECT_TIMEOUT = 150.0       # the manual: wait up to 150 s for +QIOPEN
+
+# What +QIOPEN: <id>,<err> reports for each failure (the manual's error table, §4).
+ERRORS = {"dns": 565, "connect": 566, "timeout": 569, "pdp": 570, "bind": 556, "unknown": 550,
+          "protocol_error": 566, "bad_config": 552}
+
+
+class TcpipDialect(Dialect):
+    def push(self, sock, n: int) -> str:
+        line = super().push(sock, n)
+        if getattr(sock, "service_type", "") == "UDP SERVICE" and sock.last_from:
+            line += f',"{sock.last_from[0]}",{sock.last_from[1]}'
+        return line
+
+
+TCPIP = TcpipDialect(name="tcpip", options=(), opened_urc="+QIOPEN: {id},{code}",
+                     recv_urc='+QIURC: "recv",{id}', push_urc='+QIURC: "recv",{id},{n}',
+                     closed_urc='+QIURC: "closed",{id}')
+
+
+class TcpipSocket(SslSocket):
+    """An AT+QIOPEN socket: the SSL socket's machine with the TCP/IP service's fields."""
+
+    def __init__(self, *args, service_type: str, shown_local_port: int = 0, server_id: int | None = None,
+                 **kwargs) -> None:
+        super().__init__(*args, ctx_id=0, **kwargs)
+        self.service_type = service_type
+        self.shown_local_port = shown_local_port      # the host's <local_port> (0: chosen by the stack)
+        self.server_id = self.client_id if server_id is None else server_id
+        self.keep_datagrams = service_type in ("UDP", "UDP SERVICE")
+
+
+class TcpListener:
+    """A "TCP LISTENER": a server socket on loopback; what it accepts become TCP INCOMING
+    sockets with the listener's access mode."""
+
+    service_type = "TCP LISTENER"
+    host = "127.0.0.1"
+    port = 0
+    bytes_sent = bytes_received = 0
+    inbox = b""
+    handshake = None
+    blackholed = False
+
+    def __init__(self, svc: "TcpipService", connect_id: int, pdp_id: int, local_port: int, delivery) -> None:
+        self.svc = svc
+        self.client_id = connect_id
+        self.server_id = connect_id
+        self.pdp_id = pdp_id
+        self.ctx_id = 0
+        self.shown_local_port = local_port
+        self.delivery = delivery
+        self.state = INITIAL
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        try:
+            self.server = await listen_tcp(self.svc.modem.network, self.shown_local_port, self._protocol)
+        except NetworkError as exc:
+            log.warning("TCP LISTENER %d: %s", self.client_id, exc.reason)
+            return ERRORS["bind"]
+        self.state = LISTENING
+        return 0
+
+    def _protocol(self):
+        return self.svc.incoming(self)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    def bearer_lost(self, reason: str) -> None:
+        """The PDP context went away: no more connections; "closed" as for a socket."""
+        self.stop()
+        if self.state == LISTENING:
+            self.state = CLOSING
+            self.svc.modem.urc(self.svc.dialect.closed(self))
+
+    def abort(self) -> None:
+        self.stop()
+        self.state = INITIAL
+
+    async def close(self, timeout: float) -> None:
+        self.abort()
+
+
+class _Refused:
+    """The protocol of a connection no id is free for: dropped as it comes."""
+
+    def connection_made(self, transport) -> None:
+        transport.abort()
+
+    def connection_lost(self, exc) -> None:
+        pass
+
+    def data_received(self, data) -> None:
+        pass
+
+    def eof_received(self) -> None:
+        pass
+
+
+def tcpip_service(modem) -> "TcpipService":
+    """The modem's TCP/IP state, created on first use (a profile with a [tcpip] table)."""
+    return modem.feature("tcpip", TcpipService)
+
+
+def has_tcpip(modem) -> bool:
+    return modem.profile.get("tcpip.sockets") is not None
+
+
+def ids_in_use(modem) -> set[int]:
+    """The socket ids taken in the one pool AT+QIOPEN and AT+QSSLOPEN share."""
+    ids = set(ssl_service(modem).sockets)
+    if has_tcpip(modem):
+        svc = tcpip_service(modem)
+        ids |= set(svc.sockets) | set(svc.listeners)
+    return ids
+
+
+class TcpipService(SocketService):
+    kind = "TCP/IP"
+    session_factory = PlainSession
+
+    def __init__(self, modem) -> None:
+        self.modem = modem
+        profile = modem.profile
+        self.dialect = TCPIP
+        self.max_sockets = profile["tcpip.sockets"]
+        self.send_max = profile["tcpip.send_max"]
+        self.recv_max = profile["tcpip.recv_max"]
+        self.sendex_max = profile["tcpip.sendex_max"]
+        self.send_buffer = profile["tcpip.send_buffer"]
+        self.recv_buffer = profile["tcpip.recv_buffer"]
+        self.online_buffer = profile.get("tcpip.online_buffer", profile.get("ssl.online_buffer", 256 * 1024))
+        self.at_port = profile.get("tcpip.at_port", profile.get("ssl.at_port", "usbmodem"))
+        self.errors = dict(ERRORS)
+        self.listeners: dict[int, TcpListener] = {}
+        self.data_echo = 1                    # AT+QISDE
+        self._start()
+
+    # AT+QIGETERROR: one store with the SSL commands.
+    def set_error(self, code: int) -> None:
+        ssl_service(self.modem).set_error(code)
+
+    def _reboot(self) -> None:
+        self.abort_all()
+        self.data_echo = 1
+
+    def abort_all(self) -> None:
+        for listener in list(self.listeners.values()):
+            listener.abort()
+        self.listeners.clear()
+        super().abort_all()
+
+    def pdp_lost(self, cid: int) -> None:
+        super().pdp_lost(cid)
+        for listener in list(self.listeners.values()):
+            if listener.pdp_id == cid:
+                listener.bearer_lost(f"PDP context {cid} deactivated")
+
+    def entry(self, connect_id: int):
+        """The socket or listener on an id (None: free)."""
+        return self.sockets.get(connect_id) or self.listeners.get(connect_id)
+
+    # -- opening ---------------------------------------------------------------------
+    def open(self, connect_id: int, *, pdp_id: int, service_type: str, host: str, port: int,
+             local_port: int, delivery) -> SslSocket:
+        """A "TCP"/"UDP" client or a "UDP SERVICE": the result comes through on_opened."""
+        modem = self.modem
+        udp = service_type != "TCP"
+        sock = TcpipSocket(self, connect_id, pdp_id=pdp_id, host=host, port=port, delivery=delivery,
+                           recv_limit=self.recv_buffer, timers=modem.timers, service_type=service_type,
+                           shown_local_port=local_port)
+        sock.faults = net_faults(modem)
+        self.sockets[connect_id] = sock
+        router = modem.network
+        connect = None
+        if service_type == "UDP SERVICE":            # binds the local port, connects nowhere
+            connect = lambda factory, fault: bind_udp(router, local_port, factory)  # noqa: E731
+        sock.open(router, PlainSettings(dtls=udp), CONNECT_TIMEOUT, connect=connect)
+        return sock
+
+    def listen(self, connect_id: int, *, pdp_id: int, local_port: int, delivery) -> TcpListener:
+        """A "TCP LISTENER": +QIOPEN: <id>,0 once bound (556 when the port cannot be)."""
+        listener = TcpListener(self, connect_id, pdp_id, local_port, delivery)
+        self.listeners[connect_id] = listener
+
+        async def start() -> None:
+            code = await listener.start()
+            if self.listeners.get(connect_id) is not listener:
+                listener.stop()                   # closed meanwhile
+                return
+            if code:
+                del self.listeners[connect_id]
+                self.set_error(code)
+            self.modem.urc(self.dialect.opened(listener, code))
+        asyncio.ensure_future(start())
+        return listener
+
+    def incoming(self, listener: TcpListener):
+        """A connection arrives at a listener: a TCP INCOMING socket on the lowest free id
+        of the shared pool, or "incoming full" and the connection is dropped."""
+        taken = ids_in_use(self.modem)
+        free = next((i for i in range(self.max_sockets) if i not in taken), None)
+        if free is None or listener.state != LISTENING:
+            log.info("TCP LISTENER %d: no free connectID for an incoming connection", listener.client_id)
+            self.modem.urc('+QIURC: "incoming full"')
+            return _Refused()
+        sock = TcpipSocket(self, free, pdp_id=listener.pdp_id, host="127.0.0.1", port=0,
+                           delivery=listener.delivery, recv_limit=self.recv_buffer, timers=self.modem.timers,
+                           service_type="TCP INCOMING", shown_local_port=listener.shown_local_port,
+                           server_id=listener.client_id)
+        sock.faults = net_faults(self.modem)
+        self.sockets[free] = sock
+        return sock.accept(PlainSettings(dtls=False))
+
+    def on_accepted(self, sock: SslSocket) -> None:
+        if self.sockets.get(sock.client_id) is not sock:
+            return
+        ip, port = sock.remote or ("0.0.0.0", 0)
+        sock.host, sock.port = ip, port
+        self.modem.urc(f'+QIURC: "incoming",{sock.client_id},{sock.server_id},"{ip}",{port}')
+
+    # -- closing ---------------------------------------------------------------------
+    async def close(self, client_id: int, timeout: float) -> None:
+        listener = self.listeners.pop(client_id, None)
+        if listener is not None:
+            listener.abort()
+            return
+        await super().close(client_id, timeout)

@@ -1,0 +1,158 @@
+"""Plain TCP and UDP peers (no TLS) for the TCP/IP socket tests (AT+QIOPEN & co.).
+
+TcpServer: a thread per connection on 127.0.0.1:0; mode "echo" returns every byte and
+closes after the client's FIN, "sink" only records, "close" closes at once.  Each
+connection is a TcpPeerConnection (received bytes, send, close, wait_received).
+UdpEchoServer: echoes each datagram to its sender, one for one, and logs them.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+
+class TcpPeerConnection:
+    def __init__(self, sock: socket.socket, addr) -> None:
+        self.sock = sock
+        self.addr = addr
+        self.received = bytearray()
+        self.eof = threading.Event()
+        self._cond = threading.Condition()
+
+    def add(self, data: bytes) -> None:
+        with self._cond:
+            self.received += data
+            self._cond.notify_all()
+
+    def wait_received(self, n: int, timeout: float = 20) -> bytes:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.received) >= n, timeout):
+                raise AssertionError(f"peer received {len(self.received)} of {n} bytes")
+            return bytes(self.received)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class TcpServer:
+    def __init__(self, mode: str = "echo") -> None:
+        assert mode in ("echo", "sink", "close")
+        self.mode = mode
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.address = self.listener.getsockname()
+        self.port = self.address[1]
+        self.connections: list[TcpPeerConnection] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True, name="tcp-peer").start()
+
+    def __enter__(self) -> "TcpServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                sock, addr = self.listener.accept()
+            except OSError:
+                return
+            conn = TcpPeerConnection(sock, addr)
+            with self._cond:
+                self.connections.append(conn)
+                self._cond.notify_all()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: TcpPeerConnection) -> None:
+        if self.mode == "close":
+            conn.close()
+            return
+        try:
+            while True:
+                data = conn.sock.recv(65536)
+                if not data:
+                    break
+                conn.add(data)
+                if self.mode == "echo":
+                    conn.sock.sendall(data)
+        except OSError:
+            pass
+        conn.eof.set()
+        if self.mode == "echo":
+            conn.close()
+
+    def wait_connection(self, index: int = 0, timeout: float = 10) -> TcpPeerConnection:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.connections) > index, timeout):
+                raise AssertionError("no connection came")
+            return self.connections[index]
+
+    def close(self) -> None:
+        self._closed = True
+        self.listener.close()
+        for conn in self.connections:
+            conn.close()
+
+
+class UdpEchoServer:
+    """Echoes every datagram back to its sender; `log` keeps (sender, data)."""
+
+    def __init__(self, echo: bool = True) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = self.sock.getsockname()
+        self.port = self.address[1]
+        self.echo = echo
+        self.log: list[tuple[tuple[str, int], bytes]] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, daemon=True, name="udp-peer").start()
+
+    def __enter__(self) -> "UdpEchoServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except OSError:
+                return
+            with self._cond:
+                self.log.append((addr, data))
+                self._cond.notify_all()
+            if self.echo:
+                try:
+                    self.sock.sendto(data, addr)
+                except OSError:
+                    pass
+
+    def wait_datagrams(self, n: int, timeout: float = 20) -> list[tuple[tuple[str, int], bytes]]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.log) >= n, timeout):
+                raise AssertionError(f"UDP peer got {len(self.log)} of {n} datagrams")
+            return list(self.log)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_until(predicate, timeout: float = 10, interval: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
