@@ -99,15 +99,27 @@ class NetUtil:
     def router(self) -> Router:
         return self.modem.network if self.modem.network is not None else Router(offline=True)
 
-    def spawn(self, coro) -> None:
+    def spawn(self, coro, crashed: str) -> None:
+        """Run a request's coroutine; an unexpected exception in it is logged with its
+        traceback and answered with the URC `crashed` (550, "unknown error"): the host
+        always gets its result line."""
         task = asyncio.ensure_future(coro, loop=self.modem.loop)
         self.tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(lambda t: self._done(t, crashed))
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task, crashed: str) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("DNS/ping/NTP request failed unexpectedly", exc_info=task.exception())
+            self.crashed(crashed, task.exception())
+
+    def crashed(self, urc: str, exc: BaseException) -> None:
+        log.error("DNS/ping/NTP request failed unexpectedly; answered %s", urc, exc_info=exc)
+        if urc.startswith("+QPING"):
+            self.ping_run = None
+        elif urc.startswith("+QNTP") and self.ntp is not None:
+            self.ntp.abort()
+            self.ntp = None
+        self.modem.urc(urc)
 
     def _reboot(self) -> None:
         """AT+CFUN=1,1: requests in flight end without a word; AT+QIDNSCFG is forgotten."""
@@ -120,7 +132,9 @@ class NetUtil:
             task.cancel()
         self.tasks.clear()
         self.ping_run = None
-        self.ntp = None
+        if self.ntp is not None:
+            self.ntp.abort()
+            self.ntp = None
 
     async def lookup(self, host: str, cid: int) -> list[str]:
         """The addresses the modem's DNS answers for `host` (NetworkError "dns" if none)."""
@@ -218,7 +232,7 @@ def qidnsgip_write(modem, cmd):
     args = NetArgs(modem, cmd, at_most=2)
     host = _host(args, 1)
     cid = _active_cid(modem, args)
-    netutil(modem).spawn(_dnsgip(modem, cid, host))
+    netutil(modem).spawn(_dnsgip(modem, cid, host), crashed='+QIURC: "dnsgip",550')
     set_error(modem, 0)
     return ok()
 
@@ -249,7 +263,7 @@ def qping_write(modem, cmd):
     if util.ping_run is not None:
         raise _error(modem, 568, "AT+QPING: a ping is still running")
     token = util.ping_run = object()
-    util.spawn(_ping(modem, token, cid, host, timeout, count))
+    util.spawn(_ping(modem, token, cid, host, timeout, count), crashed="+QPING: 550")
     set_error(modem, 0)
     return ok()
 
@@ -282,6 +296,12 @@ class _Pinger:
         self.known = host if router.knows(host) else address if router.knows(address) else None
 
     def request(self) -> None:
+        try:
+            self._request()
+        except Exception as exc:                     # never a ping without its last line
+            self.util.crashed("+QPING: 550", exc)
+
+    def _request(self) -> None:
         modem, timers = self.util.modem, self.util.modem.timers
         if self.util.ping_run is not self:
             return                                   # cancelled (reboot, shutdown)
@@ -303,7 +323,7 @@ class _Pinger:
         elif router.offline:
             timers.call_later(self.timeout, self.answered, None)   # nowhere to send it
         else:
-            self.util.spawn(self._probe())
+            self.util.spawn(self._probe(), crashed="+QPING: 550")
 
     async def _probe(self) -> None:
         """No raw sockets: a TCP connection attempt to port 80 stands in for the echo
@@ -324,13 +344,19 @@ class _Pinger:
     def answered(self, rtt: int | None) -> None:
         if self.util.ping_run is not self:
             return
+        try:
+            self._answered(rtt)
+        except Exception as exc:
+            self.util.crashed("+QPING: 550", exc)
+
+    def _answered(self, rtt: int | None) -> None:
         modem = self.util.modem
         if rtt is None:
             modem.urc("+QPING: 569")
         else:
             self.times.append(rtt)
             modem.urc(f'+QPING: 0,"{self.address}",{PING_BYTES},{rtt},{PING_TTL}')
-        self.request()
+        self._request()
 
     def finish(self) -> None:
         self.util.ping_run = None
@@ -352,7 +378,7 @@ def qntp_write(modem, cmd):
     if util.ntp is not None:
         raise _error(modem, 568, "AT+QNTP: a synchronisation is still running")
     util.ntp = _SntpExchange(util, cid, server, port, bool(autoset))
-    util.spawn(_ntp(util.ntp))
+    util.spawn(_ntp(util.ntp), crashed="+QNTP: 550")
     set_error(modem, 0)
     return ok()
 
@@ -414,6 +440,9 @@ class _SntpExchange(asyncio.DatagramProtocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        if self.done:                                # aborted while the socket was made
+            transport.close()
+            return
         self.deadline = self.util.modem.timers.call_later(NTP_TIMEOUT, self.timed_out)
         self.send()
 
@@ -429,6 +458,13 @@ class _SntpExchange(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:
         if self.done:
             return
+        try:
+            self._received(data)
+        except Exception as exc:                     # never an AT+QNTP without its result
+            if self.util.ntp is self:
+                self.util.crashed("+QNTP: 550", exc)
+
+    def _received(self, data: bytes) -> None:
         if not _valid_reply(data, self.sent):
             log.info("AT+QNTP %s: ignored a reply that is not a valid SNTP answer", self.server)
             return
@@ -444,15 +480,19 @@ class _SntpExchange(asyncio.DatagramProtocol):
                     self.server, self.port, NTP_TIMEOUT)
         self.finish(569)
 
-    def finish(self, code: int, offset: float = 0.0) -> None:
-        if self.done:
-            return
+    def abort(self) -> None:
+        """Stop: no more requests, the socket closed, nothing reported."""
         self.done = True
         for handle in (self.deadline, self.resend):
             if handle is not None:
                 handle.cancel()
         if self.transport is not None:
             self.transport.close()
+
+    def finish(self, code: int, offset: float = 0.0) -> None:
+        if self.done:
+            return
+        self.abort()
         util, modem = self.util, self.util.modem
         if util.ntp is not self:
             return                                   # cancelled (reboot, shutdown)

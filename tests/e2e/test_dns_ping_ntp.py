@@ -241,3 +241,73 @@ def _wait_requests(ntp: SntpServer, n: int, timeout: float = 5) -> None:
     while len(ntp.requests) < n:
         assert time.monotonic() < deadline, f"{len(ntp.requests)} SNTP requests of {n}"
         time.sleep(0.01)
+
+
+# -- not --offline: the real resolver and sockets (loopback only) ------------------------
+def test_online_the_real_resolver_a_tcp_probe_and_an_unrouted_ntp_server(tmp_path):
+    from emulator.io.app import BackgroundEmulator
+    from emulator.testing.host import Host
+    with BackgroundEmulator(offline=False) as emu, SntpServer(NTP_DATE) as ntp:
+        port = emu.add_modem("ec2x", state_dir=tmp_path / "state")
+        host = Host(port.path)
+        try:
+            assert host.at("ATE0").endswith(OK) and host.at(ACTIVATE) == OK
+            assert host.at('AT+QIDNSGIP=1,"localhost"') == OK         # /etc/hosts, IPv4 context
+            head = host.read_until(re.compile(rb'\+QIURC: "dnsgip",\d+,\d+,\d+\r\n'), timeout=10)
+            assert head.endswith(b'"dnsgip",0,1,600\r\n'), head
+            assert host.read_until(b'"dnsgip","127.0.0.1"\r\n', timeout=3)
+            # No raw sockets: a TCP connection attempt to port 80 answers (SYN-ACK or RST).
+            assert host.at('AT+QPING=1,"127.0.0.1",4,1') == OK
+            got = host.read_until(re.compile(rb"\+QPING: 0,1,\d,\d,\d+,\d+,\d+\r\n"), timeout=10)
+            assert re.search(rb'\+QPING: 0,"127.0.0.1",32,\d+,255\r\n', got) and \
+                re.search(rb"\+QPING: 0,1,1,0,", got), got
+            # An unrouted IP literal: the datagrams go there directly.
+            assert host.at(f'AT+QNTP=1,"127.0.0.1",{ntp.port}') == OK
+            assert b'+QNTP: 0,"2019/06/01,20:00:0' in host.read_until(re.compile(rb"\+QNTP: .*\r\n"), timeout=10)
+        finally:
+            host.close()
+
+
+def test_an_internal_error_still_ends_each_request_with_its_result_line(emulator, ec2x_on, monkeypatch, caplog):
+    """A bug inside the emulator must not leave the host waiting: 550 "unknown error"."""
+    from emulator.commands import netutil
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected")
+    host, port = ec2x_on
+    monkeypatch.setattr(netutil.NetUtil, "lookup", broken)
+    assert host.at('AT+QIDNSGIP=1,"x.example"') == OK
+    assert host.read_until(b'+QIURC: "dnsgip",550\r\n', timeout=3) == b'\r\n+QIURC: "dnsgip",550\r\n'
+    monkeypatch.undo()
+    monkeypatch.setattr(Router, "ping_rtt", broken)
+    emulator.router.add_ping("p.example", 5)
+    assert host.at('AT+QPING=1,"p.example"') == OK
+    assert host.read_until(b"+QPING: 550\r\n", timeout=3) == b"\r\n+QPING: 550\r\n"
+    monkeypatch.undo()
+    assert host.at('AT+QPING=1,"p.example",4,1') == OK               # not stuck "busy"
+    emulator.advance(port, 1)
+    host.read_until(b"+QPING: 0,1,1,0,5,5,5\r\n", timeout=3)
+    monkeypatch.setattr(netutil, "_valid_reply", broken)
+    with SntpServer(NTP_DATE) as ntp:
+        emulator.router.add_map("ntp.example", 123, "127.0.0.1", ntp.port)
+        assert host.at('AT+QNTP=1,"ntp.example"') == OK
+        assert host.read_until(b"+QNTP: 550\r\n", timeout=3) == b"\r\n+QNTP: 550\r\n"
+    assert "injected" in caplog.text
+
+
+def test_a_reboot_ends_requests_in_flight_without_a_word(emulator, ec2x_on):
+    host, port = ec2x_on
+    emulator.router.add_ping("p.example", 500)
+    with SntpServer(NTP_DATE, answer=False) as ntp:
+        emulator.router.add_map("ntp.example", 123, "127.0.0.1", ntp.port)
+        assert host.at('AT+QPING=1,"p.example",4,4;+QNTP=1,"ntp.example"') == OK
+        _wait_requests(ntp, 1)
+        assert host.at("AT+CFUN=1,1") == OK
+        emulator.advance(port, 130)
+        host.read_until(b"+QIND: SMS DONE\r\n", timeout=3)
+        assert b"QPING" not in host.quiet_for(0.2) and b"QNTP" not in host.transcript
+    assert host.at("ATE0").endswith(OK) and host.at(ACTIVATE) == OK
+    assert host.at('AT+QPING=1,"p.example",4,1') == OK                 # neither is "busy"
+    emulator.advance(port, 1)
+    host.read_until(b"+QPING: 0,1,1,0,500,500,500\r\n", timeout=3)
+    assert host.at("AT+QNTP?") == OK
