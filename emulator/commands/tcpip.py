@@ -117,8 +117,9 @@ def _entries(svc) -> list:
     return [svc.entry(i) for i in sorted(set(svc.sockets) | set(svc.listeners))]
 
 
-@command("+QISTATE", READ)
+@command("+QISTATE", READ, EXEC)
 def qistate_read(modem, cmd):
+    """AT+QISTATE? or AT+QISTATE: every socket service (the TCP/IP note's Read/Execution form)."""
     svc = tcpip_service(modem)
     return done(svc, ok(*(_state_line(modem, e) for e in _entries(svc))))
 
@@ -274,7 +275,7 @@ def _no_such_form(modem, cmd):
     raise fail(service(modem), 552, f"AT{cmd.raw}: {cmd.kind} form not supported")
 
 
-for _name, _kinds in (("+QIOPEN", (READ, EXEC)), ("+QICLOSE", (READ, EXEC)), ("+QISTATE", (EXEC,)),
+for _name, _kinds in (("+QIOPEN", (READ, EXEC)), ("+QICLOSE", (READ, EXEC)),
                       ("+QISEND", (READ, EXEC)), ("+QISENDEX", (READ, EXEC)), ("+QIRD", (READ, EXEC)),
                       ("+QISDE", (EXEC,))):
     command(_name, *_kinds)(_no_such_form)
