@@ -8,6 +8,8 @@ receives in command state).
 """
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 
 MAX_LINE = 2048
@@ -66,7 +68,21 @@ class CommandLineLexer:
             return line
         events: list[object] = []
         echo = bytearray()
-        for byte in data:
+        i, end = 0, len(data)
+        while i < end:
+            if not self._last_was_s3 and self._state in ("idle", "overflow"):
+                # Between lines (or past the limit) only 'A'/'a' and S3 (only S3 past
+                # the limit) change anything: skip the rest in one go, echoed, so bytes
+                # that are no command (a host's binary garbage) cost no per-byte step.
+                stop = _interesting(self._state, self.s3).search(data, i)
+                j = stop.start() if stop else end
+                if j > i:
+                    if self.echo:
+                        echo += data[i:j]
+                    i = j
+                    continue
+            byte = data[i]
+            i += 1
             # The LF of a CR LF ending is part of the terminator the line was run on:
             # echoing it would put a stray "\n" after the command's final result.
             if self.echo and not (byte == 10 and self._last_was_s3):
@@ -145,3 +161,10 @@ class CommandLineLexer:
             self._buf.clear()
             return CommandLine(body)
         return None
+
+
+@functools.lru_cache(maxsize=16)
+def _interesting(state: str, s3: int) -> re.Pattern:
+    """The bytes that matter in `state` ("idle": 'A', 'a', S3; "overflow": S3)."""
+    chars = re.escape(bytes([s3])) + (b"Aa" if state == "idle" else b"")
+    return re.compile(b"[" + chars + b"]")

@@ -41,7 +41,8 @@ POLL_INTERVAL = 0.05
 HIGH_WATER = 64 * 1024            # backlog above this ...
 LOW_WATER = 16 * 1024             # ... then below this: on_drain()
 MAX_BACKLOG = 1 << 20             # default bound of unread output (profile serial.output_backlog)
-READ_BATCH = 256 * 1024           # host bytes taken in one wake-up at most
+READ_BATCH = 64 * 1024            # host bytes taken in one wake-up at most (fairness:
+                                  # ~0.5 ms of work for a streaming modem, then the others)
 SHORT_READ = 2048                 # a read shorter than this emptied the pty (it gives ~4 KiB)
 NOISE_MAX = 16                    # uart_noise: fragments of 1..16 bytes ...
 NOISE_GAP = (0.001, 0.005)        # ... 1-5 ms apart
