@@ -242,8 +242,10 @@ async def _dnsgip(modem, cid: int, host: str) -> None:
         addresses = await netutil(modem).lookup(host, cid)
     except NetworkError as exc:
         log.warning("AT+QIDNSGIP %s failed (565 DNS parse failed): %s", host, exc.reason)
+        modem.trace("dns", host=host, code=565, reason=exc.reason)
         modem.urc('+QIURC: "dnsgip",565')
         return
+    modem.trace("dns", host=host, code=0, addresses=addresses)
     ttl = 0 if _is_ip(host) else DNS_TTL         # a field log: an IP literal answers 0,1,0
     modem.urc(f'+QIURC: "dnsgip",0,{len(addresses)},{ttl}')
     for address in addresses:
@@ -361,6 +363,7 @@ class _Pinger:
     def finish(self) -> None:
         self.util.ping_run = None
         t = self.times
+        self.util.modem.trace("ping", host=self.host, address=self.address, sent=self.count, times=t)
         stats = f"{min(t)},{max(t)},{round(sum(t) / len(t))}" if t else "0,0,0"
         self.util.modem.urc(f"+QPING: 0,{self.count},{len(t)},{self.count - len(t)},{stats}")
 
@@ -499,6 +502,8 @@ class _SntpExchange(asyncio.DatagramProtocol):
         util.ntp = None
         if code == 0 and not modem.pdp.is_active(self.cid):
             code = 561                               # the context went away meanwhile
+        modem.trace("ntp", server=self.server, port=self.port, code=code, offset=offset,
+                    autosettime=self.autoset)
         if code != 0:
             modem.urc(f"+QNTP: {code}")
             return

@@ -86,6 +86,7 @@ class Registration:
             stat = self.stat(name)
             if stat != self._reported[name]:
                 self._reported[name] = stat
+                self.modem.trace("registration", command=name, stat=stat)
                 n = self.modem.reg_urc.get(name, 0)
                 if n:
                     self.modem.urc(self.line(name, n, urc=True))

@@ -311,3 +311,21 @@ def test_a_reboot_ends_requests_in_flight_without_a_word(emulator, ec2x_on):
     emulator.advance(port, 1)
     host.read_until(b"+QPING: 0,1,1,0,500,500,500\r\n", timeout=3)
     assert host.at("AT+QNTP?") == OK
+
+
+def test_the_trace_records_lookups_pings_syncs_and_registration(emulator, open_modem, tmp_path):
+    import json
+    trace = tmp_path / "trace.jsonl"
+    host, port = open_modem("ec2x", manual_time=True, trace=trace)
+    emulator.router.add_ping("p.example", 7)
+    assert host.at(ACTIVATE + ";+CEREG=1") == OK
+    assert host.at('AT+QIDNSGIP=1,"nowhere.example";+QPING=1,"p.example",4,1') == OK
+    emulator.advance(port, 1)
+    host.read_until(b"+QPING: 0,1,1,0,7,7,7\r\n", timeout=3)
+    assert emulator.control("register", stat=2)["ok"]
+    host.read_until(b"+CEREG: 2\r\n", timeout=3)
+    emulator.stop()
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    kinds = {r["kind"]: r for r in records if r["kind"] in ("dns", "ping", "registration")}
+    assert kinds["dns"]["code"] == 565 and kinds["ping"]["times"] == [7]
+    assert kinds["registration"]["command"] == "+CEREG" and kinds["registration"]["stat"] == 2
