@@ -140,3 +140,22 @@ def test_ml302_keeps_its_formats_and_gets_registration_urcs(emulator, open_modem
     assert emulator.control("register", stat=0)["ok"]
     assert host.read_until(b"+CEREG: 0\r\n", timeout=3) == b"\r\n+CEREG: 0\r\n"
     assert host.at("AT+CGACT?") == b"\r\n+CGACT: 1,0\r\n\r\nOK\r\n"  # no URC of its own (manual)
+
+
+def test_detach_and_deregistration_close_tcp_sockets_too(emulator, ec2x_on):
+    """AT+QIOPEN sockets share the bearer: the same "closed" URCs as SSL sockets."""
+    from emulator.testing.peers import TcpServer
+    host, _ = ec2x_on
+    with TcpServer("echo") as server:
+        emulator.router.add_map("tcp.example", 7, "127.0.0.1", server.port)
+        assert host.at('AT+QIOPEN=1,2,"TCP","tcp.example",7,0,0') == OK
+        host.seen(b"+QIOPEN: 2,0\r\n", timeout=5)
+        assert host.at("AT+CGATT=0") == OK
+        host.seen(b'+QIURC: "closed",2\r\n', timeout=3)
+        assert b"pdpdeact" not in host.transcript
+        assert host.at("AT+QICLOSE=2;+QIACT=1") == OK
+        assert host.at('AT+QIOPEN=1,3,"TCP","tcp.example",7,0,0') == OK
+        host.seen(b"+QIOPEN: 3,0\r\n", timeout=5)
+        assert emulator.control("register", stat=0)["ok"]
+        host.seen(b'+QIURC: "pdpdeact",1\r\n', timeout=3)
+        host.seen(b'+QIURC: "closed",3\r\n', timeout=3)
