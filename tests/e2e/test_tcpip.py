@@ -642,3 +642,19 @@ def test_crlf_host_writing_byte_at_a_time(open_modem, tcp_echo):
     assert tcp_echo.wait_connection().wait_received(23) == b"\nstarts with LFctrl-z\r\n"
     host.seen(b'+QIURC: "recv",0\r\n')
     assert at("AT+QIRD=0,1500") == b"\r\n+QIRD: 23\r\n\nstarts with LFctrl-z\r\n\r\n\r\nOK\r\n"
+
+
+def test_blackholed_link_fills_the_send_buffer_then_send_fail(modem, emulator):
+    """Nothing is acknowledged on a blackholed link: AT+QISEND=<id>,0 shows the bytes as
+    unacknowledged, and past tcpip.send_buffer (16 KiB) AT+QISEND answers SEND FAIL."""
+    host, _ = modem
+    with TcpServer("sink") as server:
+        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
+        qiopen(host, 0)
+        assert emulator.control("drop", socket=0, how="blackhole")["ok"]
+        chunk = b"z" * 1460
+        results = [qisend(host, 0, chunk) for _ in range(12)]
+        assert results[:11] == [b"\r\nSEND OK\r\n"] * 11 and results[11] == b"\r\nSEND FAIL\r\n"
+        assert host.at("AT+QISEND=0,0") == b"\r\n+QISEND: 16060,0,16060\r\n\r\nOK\r\n"
+        assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operation successful\r\n\r\nOK\r\n"
+        assert host.at("AT+QICLOSE=0,0") == b"\r\nOK\r\n"

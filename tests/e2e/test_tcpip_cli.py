@@ -45,3 +45,17 @@ def test_listen_flag_and_config_table_map_the_modules_ports(tmp_path):
 def test_bad_listen_is_refused(spec):
     code, _, err = refused("--profile", "ec2x", "--listen", spec)
     assert code != 0 and "--listen" in err and "Traceback" not in err
+
+
+def test_router_listen_api_checks_its_input():
+    from emulator.io.network import Router
+    router = Router()
+    router.add_listen(2020, "127.0.0.1", 5000)
+    router.add_listen(3030)                                             # any free port
+    assert router.listen_address(2020) == ("127.0.0.1", 5000)
+    assert router.listen_address(3030) == ("127.0.0.1", 0)
+    assert router.listen_address(4040) == ("127.0.0.1", 4040)          # no mapping: the port itself
+    for bad in ((0, "127.0.0.1", 1), (70000, "127.0.0.1", 1), (2020, "10.0.0.1", 1), (2020, "127.0.0.1", -1),
+                (True, "127.0.0.1", 1), (2020, "localhost", 1)):
+        with pytest.raises(ValueError):
+            router.add_listen(*bad)
