@@ -70,7 +70,7 @@ def _cops_test(modem) -> str:
 
 @command("+COPS", READ, test=_cops_test)
 def cops(modem, cmd):
-    if modem.cfun != 1:
+    if not registration(modem).registered():     # radio off, or the network dropped the module
         return ok("+COPS: 0")
     return ok(f'+COPS: 0,0,"{modem.profile["network.operator"]}",{modem.profile["network.act"]}')
 

@@ -4,6 +4,9 @@ AT+CGCONTRDP, and +CREG/+CGREG/+CEREG URCs when the registration changes (the co
 API's "register", scenario files, AT+CFUN, AT+CGATT)."""
 from __future__ import annotations
 
+import pytest
+
+from emulator.tools.scenario import ScenarioError
 from tests.e2e.ssl_options_support import last_error
 
 OK = b"\r\nOK\r\n"
@@ -96,6 +99,7 @@ def test_network_deregistration_reports_urcs_and_drops_contexts(emulator, ec2x_o
     assert host.at("AT+CGATT?") == b"\r\n+CGATT: 0\r\n\r\nOK\r\n"
     assert host.at("AT+QIACT=1") == ERROR and host.at("AT+CGACT=1,1") == ERROR
     assert host.at("AT+CGATT=1") == ERROR                             # nothing to attach to
+    assert host.at("AT+COPS?") == b"\r\n+COPS: 0\r\n\r\nOK\r\n"            # no operator either
     assert emulator.control("state")["registration"] == {"stat": 3, "attached": False}
     assert emulator.control("register", stat=5)["ok"]                 # roaming
     assert host.read_until(b"+CEREG: 5\r\n", timeout=3) == \
@@ -118,6 +122,8 @@ def test_registration_change_from_a_scenario_step(emulator, ec2x_on):
     assert host.read_until(b"pdpdeact\",1\r\n", timeout=3)           # the network dropped it
     emulator.advance(port, 1)
     assert host.read_until(b"+CEREG: 1,\"D5D5\",\"8A21B03\",7\r\n", timeout=3)
+    with pytest.raises(ScenarioError, match="stat"):
+        emulator.run_scenario({"step": [{"at": 1.0, "op": "register", "stat": 9}]})
 
 
 def test_cfun_changes_the_registration_urcs(ec2x):
