@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from . import ciphers as cs
 from .errors import BAD_CONFIG, UNSUPPORTED_CIPHER, UNSUPPORTED_VERSION, EngineConfigError
 from .settings import DTLS1_0, DTLS1_2, SSL3_0, TLS1_0, TLS1_1, TLS1_2, TLS_ALL, TlsSettings
-from .verify import parse_ip
 
 
 @dataclass
@@ -99,6 +94,9 @@ def _suites(settings: TlsSettings, notes: list[str]) -> tuple[tuple[str, ...] | 
 def _client_chain(settings: TlsSettings):
     import mbedtls.pk
     import mbedtls.x509
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     if not settings.client_cert_pem or not settings.client_key_pem:
         missing = "client certificate" if not settings.client_cert_pem else "client key"
@@ -168,8 +166,14 @@ def build_plan(settings: TlsSettings) -> EnginePlan:
     # SNI only for DNS names (RFC 6066 forbids IP literals) and only when enabled;
     # Mbed TLS would also name-check it, which VERIFY_OPTIONAL ignores.
     host = settings.server_name
-    sni = host if settings.sni and host and parse_ip(host) is None else None
+    sni = host if settings.sni and host and _ip_literal(host) is None else None
     return EnginePlan(configuration, sni, native_ids, list(notes))
+
+
+def _ip_literal(host: str):
+    from .verify import parse_ip      # (verify imports cryptography: not before an open)
+
+    return parse_ip(host)
 
 
 def _config_key(settings: TlsSettings) -> tuple:

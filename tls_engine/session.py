@@ -30,7 +30,6 @@ from .datagrams import pack_datagrams
 from .resumption import Resumption, SessionCache, settings_fingerprint
 from .records import HS_CERTIFICATE, HS_SERVER_HELLO, HandshakeSniffer, parse_certificate_list
 from .settings import TlsSettings
-from .verify import ALERT_CERT_UNKNOWN, ChainVerifier, VerifyProblem, load_anchors
 
 WRITE_CHUNK = 16 * 1024          # one TLS record's worth of plaintext per write()
 DTLS_TIMEOUT_MIN = 1.0           # Mbed TLS defaults (RFC 6347 §4.2.4.1): 1 s doubling to 60 s
@@ -58,7 +57,7 @@ class TlsClientSession:
         self._buffer = None
         self._plan: EnginePlan | None = None
         self._sniffer = HandshakeSniffer(settings.dtls)
-        self._verifier: ChainVerifier | None = None
+        self._verifier = None             # a verify.ChainVerifier at seclevel >= 1
         self._cert_seen = False
         self._server_version: bytes | None = None
         self._fatal_alert: int | None = None
@@ -81,6 +80,8 @@ class TlsClientSession:
             self._plan = build_plan(self.settings)
             self.notes.extend(self._plan.notes)
             if self.settings.seclevel >= 1:
+                from .verify import ChainVerifier, load_anchors   # (cryptography: at the first use)
+
                 self._verifier = ChainVerifier(self.settings, load_anchors(self.settings))
             self._buffer = self._wrap(self._plan)
         except EngineConfigError as exc:
@@ -222,6 +223,8 @@ class TlsClientSession:
                 try:
                     problem = self._verifier.verify(self.peer_chain)
                 except Exception as exc:  # e.g. an exotic key type, or the clock failing
+                    from .verify import ALERT_CERT_UNKNOWN, VerifyProblem
+
                     problem = VerifyProblem(f"cannot verify server certificate: {exc}", ALERT_CERT_UNKNOWN)
                 if problem is not None:
                     # Never hand the Certificate to Mbed TLS: no next flight is sent.
