@@ -16,7 +16,6 @@ import tomllib
 from pathlib import Path
 
 from emulator.io.app import Emulator
-from emulator.tools.demo_setup import demo_material_hint
 from emulator.logsafe import get_logger
 from emulator.io.network import Router, parse_dns, parse_ping
 from emulator.modem.profile import ProfileError, load_profile
@@ -244,6 +243,7 @@ async def run(args: argparse.Namespace) -> int:
     if control is not None:
         hints.append(f"  control: JSON lines on {args.control}, e.g. {{\"op\": \"state\", \"modem\": 0}}")
     if args.demo:
+        from emulator.tools.demo_setup import demo_material_hint   # (cryptography: only for --demo)
         hints.append("  demo peer: 220.180.239.212:8010/8011 (TLS echo) and www.iottest.work:443 (HTTPS)\n"
                      "  are routed to loopback (www.iottest.work shows as 106.12.79.254);\n"
                      f"  {demo_material_hint(profile)}")
