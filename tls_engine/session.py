@@ -120,8 +120,30 @@ class TlsClientSession:
     def send(self, data: bytes) -> None:
         if self.state != "established":
             raise RuntimeError(f"send() called in state {self.state!r}")
-        self._unsent += data
-        self._write_unsent()
+        if self._unsent:                 # behind bytes a renegotiation holds: keep the order
+            self._unsent += data
+            self._write_unsent()
+            return
+        # Straight from the caller's buffer, WRITE_CHUNK at a time (no copy into _unsent);
+        # what the library does not take now is queued as _write_unsent would.
+        from mbedtls.exceptions import TLSError
+        from mbedtls.tls import WantReadError, WantWriteError
+
+        view = memoryview(data)
+        while view and self.state == "established":
+            chunk = view[:WRITE_CHUNK]
+            try:
+                self._buffer.write(chunk)
+            except (WantReadError, WantWriteError):
+                self._unsent += view
+                self._collect_output()
+                return
+            except TLSError as exc:
+                self._collect_output()
+                self._fail(PROTOCOL_ERROR, f"write failed: {describe_mbedtls_error(getattr(exc, 'err', 0), str(exc))}")
+                return
+            view = view[len(chunk):]
+            self._collect_output()
 
     def _write_unsent(self) -> None:
         """Encrypt what send() accepted.  While a server-initiated renegotiation runs,
