@@ -513,7 +513,8 @@ class Interpreter:
             self.modem.write(self._urcs.pop(0))
 
     def _write_lines(self, lines) -> None:
-        self.modem.write(framing.lines(lines, self.modem.settings))
+        if lines:
+            self.modem.write(framing.lines(lines, self.modem.settings))
 
     def _write_after(self) -> None:
         """The end of a line's answer: its trailing lines, then URCs that waited."""

@@ -9,6 +9,7 @@ interpreter answers with ERROR when it reaches it.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 TEST, READ, WRITE, EXEC = "test", "read", "write", "exec"
@@ -16,6 +17,9 @@ TEST, READ, WRITE, EXEC = "test", "read", "write", "exec"
 _EXT_PREFIXES = "+$^%#*"
 _DIGITS = frozenset("0123456789")      # str.isdigit() also takes "²", which int() refuses
 _NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!%-./:_")
+# A run of name characters, either case (the latin-1 characters whose upper() is in
+# _NAME_CHARS are exactly these).
+_NAME_RUN = re.compile(r"[A-Za-z0-9!%\-./:_]*")
 
 
 @dataclass(frozen=True)
@@ -67,10 +71,8 @@ def parse_line(body: bytes) -> list[Command | Malformed]:
 
 
 def _parse_extended(text: str, start: int, out: list) -> int:
-    i = start + 1
+    i = _NAME_RUN.match(text, start + 1).end()
     n = len(text)
-    while i < n and text[i].upper() in _NAME_CHARS:
-        i += 1
     name = text[start:i].upper()
     if len(name) < 2:
         out.append(Malformed(text[start:], "empty command name"))
@@ -101,6 +103,10 @@ def _parse_extended(text: str, start: int, out: list) -> int:
 
 def _skip_to_separator(text: str, i: int) -> int:
     """Index of the next ';' outside quotes (or end of text)."""
+    semicolon = text.find(";", i)
+    quote = text.find('"', i)
+    if quote < 0 or 0 <= semicolon < quote:      # no quote before it: that ';' is outside
+        return len(text) if semicolon < 0 else semicolon
     quoted = False
     while i < len(text):
         c = text[i]

@@ -1,6 +1,7 @@
 """The lexer's bulk paths (a whole "AT...<S3>" line at once; bytes between lines or past
 the line limit skipped in one go) give exactly what its byte-by-byte step gives: the same
-events, the same echo, the same state after (issue 13: speed without another behaviour)."""
+events, the same echo, the same state after; the parser's separator search is its
+quote-aware scan (issue 13: speed without another behaviour)."""
 from __future__ import annotations
 
 from hypothesis import given, settings
@@ -66,3 +67,21 @@ def test_a_megabyte_of_garbage_is_echoed_and_runs_nothing():
     events = lexer.feed(garbage * 4096)
     assert merged(events) == [Echo(garbage * 4096)]
     assert lexer.feed(b"AT\r")[-1].body == b""
+
+
+def _skip_reference(text: str, i: int) -> int:
+    quoted = False
+    while i < len(text):
+        if text[i] == '"':
+            quoted = not quoted
+        elif text[i] == ";" and not quoted:
+            return i
+        i += 1
+    return i
+
+
+@given(st.text(alphabet='";a,=', max_size=30), st.integers(0, 30))
+def test_the_separator_search_matches_the_quote_aware_scan(text, start):
+    from emulator.at.parser import _skip_to_separator
+    start = min(start, len(text))
+    assert _skip_to_separator(text, start) == _skip_reference(text, start)
