@@ -192,6 +192,7 @@ class SslSocket:
         self.send_failures = 0
         self.net = None                 # this socket's NetConditions (None: the modem's)
         self._trace = getattr(getattr(owner, "modem", None), "trace", _no_trace)   # tools/trace.py
+        self.kind = getattr(owner, "kind", "SSL")       # in log lines: SSL, TCP/IP
         # Plain sockets (emulator/sockets/plain_session.py) use the same machine: a UDP one
         # keeps its datagrams apart (keep_datagrams: read() returns at most one, and
         # last_from says who sent it); connect: how it reaches the network instead of
@@ -216,7 +217,7 @@ class SslSocket:
         has none (a bug: raised under test, else logged and ignored)."""
         target = TRANSITIONS.get((self._state, event))
         if target is None:
-            what = f"SSL socket {self.client_id}: event {event!r} is not allowed in state {self._state.name}"
+            what = f"{self.kind} socket {self.client_id}: event {event!r} is not allowed in state {self._state.name}"
             if strict_states():
                 raise IllegalTransition(what)
             log.error("%s (a bug: event ignored, state kept)", what)
@@ -324,7 +325,7 @@ class SslSocket:
         hs = self.handshake
         self._trace("handshake", socket=self.client_id, version=hs.version, cipher=hs.cipher_name,
                     alpn=hs.alpn, resumed=hs.resumed)
-        log.info("SSL socket %d connected to %s:%d (%s, %s%s%s)", self.client_id, self.host, self.port,
+        log.info("%s socket %d connected to %s:%d (%s, %s%s%s)", self.kind, self.client_id, self.host, self.port,
                  hs.version, hs.cipher_name, f", ALPN {hs.alpn}" if hs.alpn else "",
                  ", resumed" if hs.resumed else "")
         self._answered = True
@@ -347,7 +348,7 @@ class SslSocket:
     def _link_made(self, transport) -> None:
         """asyncio connected a transport for this socket (before open_tcp returns it)."""
         if self._dead:
-            log.debug("SSL socket %d: connected after it was closed: dropped", self.client_id)
+            log.debug("%s socket %d: connected after it was closed: dropped", self.kind, self.client_id)
             transport.abort()
             return
         self._transport = transport
@@ -409,7 +410,7 @@ class SslSocket:
         if self.blackholed:
             # Nothing reaches the module on a blackholed link, not even the server's
             # FIN or RST: the host's timeouts (negotiatetime, close linger) decide.
-            log.debug("SSL socket %d: %s, unseen (blackhole)", self.client_id, reason)
+            log.debug("%s socket %d: %s, unseen (blackhole)", self.kind, self.client_id, reason)
             return
         self._closed_event.set()
         if self._eof_reason is None:
@@ -434,7 +435,7 @@ class SslSocket:
             self._open_exc = exc
             self._opened.set_result(("protocol_error", reason))
         else:
-            log.error("SSL socket %d: %s", self.client_id, reason, exc_info=exc)
+            log.error("%s socket %d: %s", self.kind, self.client_id, reason, exc_info=exc)
             self._peer_closed(reason)
         if self._transport is not None:
             self._transport.abort()
@@ -492,7 +493,7 @@ class SslSocket:
             try:
                 transport.write_eof()
             except OSError as exc:             # reset right after its close_notify: gone already
-                log.debug("SSL socket %d: no FIN after the peer's close_notify: %s", self.client_id, exc)
+                log.debug("%s socket %d: no FIN after the peer's close_notify: %s", self.kind, self.client_id, exc)
 
     def _arm_timer(self) -> None:
         if self._timer is not None:
@@ -571,7 +572,7 @@ class SslSocket:
             return False
         if how == "blackhole":
             self.blackholed = True
-            log.info("SSL socket %d: network fault: packets stop (blackhole)", self.client_id)
+            log.info("%s socket %d: network fault: packets stop (blackhole)", self.kind, self.client_id)
             return True
         reason = CLOSE_NOTIFY if how == "close" else RST
         self._eof_reason = reason
@@ -615,7 +616,7 @@ class SslSocket:
             return
         self._go("peer_closed")
         self._trace("peer_closed", socket=self.client_id, reason=reason)
-        log.info("SSL socket %d: %s", self.client_id, reason)
+        log.info("%s socket %d: %s", self.kind, self.client_id, reason)
         self.owner.on_closed(self, reason)
 
     def bearer_lost(self, reason: str) -> None:
@@ -629,7 +630,7 @@ class SslSocket:
             was_connected = self._state is CONNECTED
             self._go("bearer_lost")
             if was_connected:
-                log.info("SSL socket %d: %s", self.client_id, reason)
+                log.info("%s socket %d: %s", self.kind, self.client_id, reason)
                 self.owner.on_closed(self, reason)
 
     # -- closing ----------------------------------------------------------------
@@ -651,7 +652,7 @@ class SslSocket:
                 self._pump()
                 await self._linger(timeout)
         except Exception:
-            log.exception("SSL socket %d: error while closing (connection dropped)", self.client_id)
+            log.exception("%s socket %d: error while closing (connection dropped)", self.kind, self.client_id)
         finally:
             self._teardown()
             if self._state is CLOSING:
@@ -674,7 +675,7 @@ class SslSocket:
         try:
             await self._timers.wait_for(self._closed_event.wait(), timeout)
         except asyncio.TimeoutError:
-            log.info("SSL socket %d: peer still open after the close timeout: aborted", self.client_id)
+            log.info("%s socket %d: peer still open after the close timeout: aborted", self.kind, self.client_id)
 
     def _close_session(self) -> None:
         """session.close() once (close_notify when established), however it ends."""
@@ -705,7 +706,7 @@ class SslSocket:
             try:
                 self._close_session()
             except Exception:
-                log.exception("SSL socket %d: error while closing the TLS session", self.client_id)
+                log.exception("%s socket %d: error while closing the TLS session", self.kind, self.client_id)
         # The shaped transport (control API "net") refers back to this socket through the
         # protocol's callbacks: drop it, or every closed socket and its TLS context (~50 KiB
         # of C memory) waited for the cyclic garbage collector (the soak saw RSS grow).
