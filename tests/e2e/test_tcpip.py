@@ -463,6 +463,12 @@ def test_udp_service_receives_and_sends_to_an_address(modem):
         if not got.startswith(b"\r\n+QIRD"):          # the second "recv" URC cannot come; any other
             got = got[got.index(b"\r\n+QIRD"):]       # leading bytes are framing
         assert got == expect
+    peer.sendto(b"0123456789", ("127.0.0.1", port))         # read in parts: the rest stays
+    host.seen(b'+QIURC: "recv",2\r\n')
+    assert host.at("AT+QIRD=2,4") == f'\r\n+QIRD: 4,"127.0.0.1",{me}\r\n0123\r\n\r\nOK\r\n'.encode()
+    assert host.at("AT+QIRD=2") == f'\r\n+QIRD: 6,"127.0.0.1",{me}\r\n456789\r\n\r\nOK\r\n'.encode()
+    assert host.at("AT+QIRD=2") == b"\r\n+QIRD: 0\r\n\r\nOK\r\n"
+    assert host.at("AT+QIRD=2,0") == b"\r\n+QIRD: 22,22,0\r\n\r\nOK\r\n"
     assert qisend(host, 2, b"reply", extra=f',"127.0.0.1",{me}') == b"\r\nSEND OK\r\n"
     assert peer.recvfrom(100) == (b"reply", ("127.0.0.1", port))
     assert host.at("AT+QISEND=2,5") == b"\r\nERROR\r\n"               # no destination
