@@ -665,3 +665,15 @@ def test_blackholed_link_fills_the_send_buffer_then_send_fail(modem, emulator):
         assert host.at("AT+QISEND=0,0") == b"\r\n+QISEND: 16060,0,16060\r\n\r\nOK\r\n"
         assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operation successful\r\n\r\nOK\r\n"
         assert host.at("AT+QICLOSE=0,0") == b"\r\nOK\r\n"
+
+
+def test_udp_to_a_closed_port_stays_open(modem, emulator):
+    """A UDP socket has no connection to lose: an ICMP port unreachable is no "closed" URC."""
+    host, _ = modem
+    emulator.router.add_map(UDP_HOST, UDP_PORT, "127.0.0.1", free_port(socket.SOCK_DGRAM))
+    qiopen(host, 0, "UDP", UDP_HOST, UDP_PORT)
+    for _ in range(3):
+        assert qisend(host, 0, b"anyone?") == b"\r\nSEND OK\r\n"
+    assert b"closed" not in host.quiet_for(0.3)
+    assert re.search(rb'\+QISTATE: 0,"UDP",.*,2,1,0,0,"usbmodem"', host.at("AT+QISTATE=1,0"))
+    assert host.at("AT+QISEND=0,0") == b"\r\n+QISEND: 21,21,0\r\n\r\nOK\r\n"
