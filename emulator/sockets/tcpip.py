@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 
-from emulator.io.network import NetworkError, bind_udp, listen_tcp, net_faults
+from emulator.io.network import NetworkError, bind_udp, listen_tcp, net_faults, open_tcp, open_udp
 from emulator.logsafe import get_logger
 from emulator.sockets.dialects import Dialect
 from emulator.sockets.plain_session import PlainSession, PlainSettings
@@ -212,9 +212,17 @@ class TcpipService(SocketService):
         sock.faults = net_faults(modem)
         self.sockets[connect_id] = sock
         router = modem.network
-        connect = None
         if service_type == "UDP SERVICE":            # binds the local port, connects nowhere
             connect = lambda factory, fault: bind_udp(router, local_port, factory)  # noqa: E731
+        else:
+            opener = open_udp if udp else open_tcp
+
+            def connect(factory, fault):
+                # The control API's "handshake_stall": with no handshake to stall, the
+                # server never answers the connect (+QIOPEN: <id>,569 after 150 s).
+                if fault == "stall":
+                    return asyncio.get_running_loop().create_future()
+                return opener(router, host, port, factory, fault=fault)
         sock.open(router, PlainSettings(dtls=udp), CONNECT_TIMEOUT, connect=connect)
         return sock
 

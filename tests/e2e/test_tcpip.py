@@ -677,3 +677,34 @@ def test_udp_to_a_closed_port_stays_open(modem, emulator):
     assert b"closed" not in host.quiet_for(0.3)
     assert re.search(rb'\+QISTATE: 0,"UDP",.*,2,1,0,0,"usbmodem"', host.at("AT+QISTATE=1,0"))
     assert host.at("AT+QISEND=0,0") == b"\r\n+QISEND: 21,21,0\r\n\r\nOK\r\n"
+
+
+def test_unanswered_connect_is_569_and_pdp_loss_while_opening_570(modem, emulator, tcp_echo):
+    """The control API's handshake_stall on a TCP socket: the server never answers the
+    connect, so +QIOPEN comes after the manual's 150 s with 569; a PDP context that goes
+    away meanwhile ends the open with 570."""
+    host, advance = modem
+    assert emulator.control("handshake_stall")["ok"]
+    assert host.at(f'AT+QIOPEN=1,0,"TCP","{TCP_HOST}",{TCP_PORT},0,0') == b"\r\nOK\r\n"
+    advance(149)
+    assert b"+QIOPEN" not in host.quiet_for(0.2)
+    assert re.search(rb',0,1,1,0,0,"usbmodem"', host.at("AT+QISTATE=1,0"))         # opening
+    advance(2)
+    assert host.read_until(b"+QIOPEN: 0,569\r\n").endswith(b"\r\n+QIOPEN: 0,569\r\n")
+    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 569,operation timeout\r\n\r\nOK\r\n"
+    assert emulator.control("handshake_stall")["ok"]
+    assert host.at(f'AT+QIOPEN=1,1,"TCP","{TCP_HOST}",{TCP_PORT},0,0') == b"\r\nOK\r\n"
+    assert emulator.control("pdp_deact", cid=1)["ok"]
+    assert host.read_until(b"+QIOPEN: 1,570\r\n").endswith(b'+QIURC: "pdpdeact",1\r\n\r\n+QIOPEN: 1,570\r\n')
+    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 570,PDP context break down\r\n\r\nOK\r\n"
+    assert host.at("AT+QISTATE?") == b"\r\nOK\r\n"
+
+
+def test_close_while_opening_means_no_qiopen(modem, emulator, tcp_echo):
+    host, advance = modem
+    assert emulator.control("handshake_stall")["ok"]
+    assert host.at(f'AT+QIOPEN=1,2,"TCP","{TCP_HOST}",{TCP_PORT},0,0') == b"\r\nOK\r\n"
+    assert host.at("AT+QICLOSE=2") == b"\r\nOK\r\n"        # the manual's advice when +QIOPEN is late
+    advance(151)
+    assert b"+QIOPEN" not in host.quiet_for(0.3)
+    qiopen(host, 2)                                          # the id is free again
