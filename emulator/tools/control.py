@@ -18,10 +18,12 @@ socket's state for SEND FAIL, the interpreter for slow answers, the modem for PD
 DTR, URCs and the reboot.
 
     state                                  profile, cfun, dtr, port mode, clock, PDP, sockets
-    drop        socket, how=close|rst|blackhole
+                                           (SSL and AT+QIOPEN ones: service_type)
+    drop        socket, how=close|rst|blackhole   (an SSL or a TCP/IP socket: one id pool)
     pdp_deact   cid                        the network deactivates a context
-    dns_fail / connect_refuse / handshake_stall   count=K (the next K opens; 0 cancels)
-    send_fail   socket, count=K            the next K AT+QSSLSEND answer SEND FAIL
+    dns_fail / connect_refuse / handshake_stall   count=K (the next K opens; 0 cancels; a
+                                           TCP/UDP open's stall: its connect is never answered)
+    send_fail   socket, count=K            the next K AT+QSSLSEND / AT+QISEND answer SEND FAIL
     dtr         level=0|1
     urc         text                       any line, as a URC
     reboot      [ms=50]                    as AT+CFUN=1,1, start-up URCs after ms
