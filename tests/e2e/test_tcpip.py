@@ -562,6 +562,11 @@ def test_control_state_and_drop_see_tcp_sockets(modem, emulator, tcp_echo):
     state = emulator.control("state")
     assert [s["id"] for s in state["sockets"]] == [0]
     assert state["sockets"][0]["service_type"] == "TCP"
+    assert emulator.control("send_fail", socket=0, count=2)["ok"]
+    assert qisend(host, 0, b"x") == b"\r\nSEND FAIL\r\n"
+    assert host.at('AT+QISENDEX=0,"41"') == b"\r\nSEND FAIL\r\n"
+    assert qisend(host, 0, b"y") == b"\r\nSEND OK\r\n"
+    host.seen(b'+QIURC: "recv",0\r\n')
     assert emulator.control("drop", socket=0, how="rst")["ok"]
     host.seen(b'+QIURC: "closed",0\r\n')
     assert host.at("AT+QICLOSE=0") == b"\r\nOK\r\n"
