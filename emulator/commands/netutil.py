@@ -12,7 +12,10 @@ from the host's own configuration:
   sockets: with --offline every request times out (569), otherwise a TCP connection
   attempt to its port 80 stands in for the echo (SYN-ACK or RST = a reply, its time the RTT);
 * AT+QNTP speaks SNTP (RFC 4330) over UDP to the routed server and moves the modem clock
-  by the offset it measured.
+  by the offset it measured (timestamps read across the 2036 era wrap; a reply whose times
+  cannot be right, or dated outside the clock's 2000-2099, is ignored like an invalid one);
+* a request whose PDP context goes away (AT+QIDEACT, AT+CGACT=0, AT+CGATT=0, AT+CFUN=0/4,
+  the network) ends at once with 561 and sends nothing more.
 
 Immediate failures answer `+CME ERROR: <err>` with the §5 codes (552 invalid parameter,
 561 the context is not active, 568 a ping / NTP request still running), and
@@ -23,9 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
+import math
 import socket
 import struct
-from datetime import datetime, timedelta
+import time
+from datetime import datetime, timedelta, timezone
 
 from emulator.at.args import Args
 from emulator.at.cme import CME_TEXT
@@ -90,27 +96,34 @@ class NetUtil:
     def __init__(self, modem) -> None:
         self.modem = modem
         self.tasks: set[asyncio.Task] = set()
-        self.ping_run: object | None = None           # the AT+QPING running (its token)
+        self.dns: set[_DnsRequest] = set()            # AT+QIDNSGIP lookups not answered yet
+        self.ping_run: _PingLookup | _Pinger | None = None    # the AT+QPING running
         self.ntp: _SntpExchange | None = None        # the AT+QNTP running (AT+QNTP? shows it)
         modem.on("reset", self._reboot)
         modem.on("shutdown", self.cancel)
+        modem.on("pdp_deactivated", self._pdp_lost)
 
     @property
     def router(self) -> Router:
         return self.modem.network if self.modem.network is not None else Router(offline=True)
 
-    def spawn(self, coro, crashed: str) -> None:
+    def spawn(self, coro, crashed: str, alive=lambda: True) -> None:
         """Run a request's coroutine; an unexpected exception in it is logged with its
-        traceback and answered with the URC `crashed` (550, "unknown error"): the host
-        always gets its result line."""
+        traceback and answered with the URC `crashed` (550, "unknown error") unless the
+        request already has its result line (alive() False): the host always gets exactly
+        one."""
         task = asyncio.ensure_future(coro, loop=self.modem.loop)
         self.tasks.add(task)
-        task.add_done_callback(lambda t: self._done(t, crashed))
+        task.add_done_callback(lambda t: self._done(t, crashed, alive))
 
-    def _done(self, task: asyncio.Task, crashed: str) -> None:
+    def _done(self, task: asyncio.Task, crashed: str, alive) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            self.crashed(crashed, task.exception())
+            if alive():
+                self.crashed(crashed, task.exception())
+            else:
+                log.error("DNS/ping/NTP request failed unexpectedly after its result",
+                          exc_info=task.exception())
 
     def crashed(self, urc: str, exc: BaseException) -> None:
         log.error("DNS/ping/NTP request failed unexpectedly; answered %s", urc, exc_info=exc)
@@ -119,7 +132,26 @@ class NetUtil:
         elif urc.startswith("+QNTP") and self.ntp is not None:
             self.ntp.abort()
             self.ntp = None
+        elif urc.startswith('+QIURC: "dnsgip"'):
+            self.dns.clear()
         self.modem.urc(urc)
+
+    def _pdp_lost(self, cid: int) -> None:
+        """The context a request runs on went away (AT+QIDEACT, AT+CGACT=0, AT+CGATT=0,
+        AT+CFUN=0/4, the network): its packets have no bearer any more, so it ends at once
+        with 561, and nothing it had on the way (a lookup, an echo reply, an SNTP answer)
+        is reported after that."""
+        for request in sorted((r for r in self.dns if r.cid == cid), key=lambda r: r.seq):
+            self.dns.discard(request)
+            log.warning("AT+QIDNSGIP %s failed (561): PDP context %d deactivated", request.host, cid)
+            self.modem.urc('+QIURC: "dnsgip",561')
+        if self.ping_run is not None and self.ping_run.cid == cid:
+            log.warning("AT+QPING %s failed (561): PDP context %d deactivated", self.ping_run.host, cid)
+            self.ping_run = None
+            self.modem.urc("+QPING: 561")
+        if self.ntp is not None and self.ntp.cid == cid:
+            log.warning("AT+QNTP %s failed (561): PDP context %d deactivated", self.ntp.server, cid)
+            self.ntp.finish(561)
 
     def _reboot(self) -> None:
         """AT+CFUN=1,1: requests in flight end without a word; AT+QIDNSCFG is forgotten."""
@@ -131,6 +163,7 @@ class NetUtil:
         for task in list(self.tasks):
             task.cancel()
         self.tasks.clear()
+        self.dns.clear()
         self.ping_run = None
         if self.ntp is not None:
             self.ntp.abort()
@@ -145,6 +178,11 @@ class NetUtil:
             return [router.display_address(host)]
         if router.offline:
             raise NetworkError("dns", f"cannot resolve {host!r}: not known and the emulator is --offline")
+        return await self.resolve(host, cid)
+
+    async def resolve(self, host: str, cid: int) -> list[str]:
+        """The real resolver's addresses for a name (IPv4 only on an IP context), within
+        DNS_TIMEOUT on the modem's time (NetworkError "dns" otherwise)."""
         problem = name_problem(host)
         if problem is not None:
             raise NetworkError("dns", f"cannot resolve {host!r}: {problem}")
@@ -232,19 +270,41 @@ def qidnsgip_write(modem, cmd):
     args = NetArgs(modem, cmd, at_most=2)
     host = _host(args, 1)
     cid = _active_cid(modem, args)
-    netutil(modem).spawn(_dnsgip(modem, cid, host), crashed='+QIURC: "dnsgip",550')
+    util = netutil(modem)
+    request = _DnsRequest(cid, host)
+    util.dns.add(request)
+    util.spawn(_dnsgip(modem, request), crashed='+QIURC: "dnsgip",550',
+               alive=lambda: request in util.dns)
     set_error(modem, 0)
     return ok()
 
 
-async def _dnsgip(modem, cid: int, host: str) -> None:
+_DNS_SEQ = itertools.count()
+
+
+class _DnsRequest:
+    """One AT+QIDNSGIP in flight (in NetUtil.dns until its result URCs are out)."""
+
+    def __init__(self, cid: int, host: str) -> None:
+        self.cid, self.host = cid, host
+        self.seq = next(_DNS_SEQ)                    # the order the host asked in
+
+
+async def _dnsgip(modem, request: _DnsRequest) -> None:
+    util, host = netutil(modem), request.host
     try:
-        addresses = await netutil(modem).lookup(host, cid)
+        addresses = await util.lookup(host, request.cid)
     except NetworkError as exc:
+        if request not in util.dns:
+            return                                   # ended already (context lost)
+        util.dns.discard(request)
         log.warning("AT+QIDNSGIP %s failed (565 DNS parse failed): %s", host, exc.reason)
         modem.trace("dns", host=host, code=565, reason=exc.reason)
         modem.urc('+QIURC: "dnsgip",565')
         return
+    if request not in util.dns:
+        return                                       # ended already (context lost)
+    util.dns.discard(request)
     modem.trace("dns", host=host, code=0, addresses=addresses)
     ttl = 0 if _is_ip(host) else DNS_TTL         # a field log: an IP literal answers 0,1,0
     modem.urc(f'+QIURC: "dnsgip",0,{len(addresses)},{ttl}')
@@ -264,17 +324,27 @@ def qping_write(modem, cmd):
     util = netutil(modem)
     if util.ping_run is not None:
         raise _error(modem, 568, "AT+QPING: a ping is still running")
-    token = util.ping_run = object()
-    util.spawn(_ping(modem, token, cid, host, timeout, count), crashed="+QPING: 550")
+    token = util.ping_run = _PingLookup(cid, host)
+    util.spawn(_ping(modem, token, cid, host, timeout, count), crashed="+QPING: 550",
+               alive=lambda: util.ping_run is token)
     set_error(modem, 0)
     return ok()
 
 
-async def _ping(modem, token: object, cid: int, host: str, timeout: int, count: int) -> None:
+class _PingLookup:
+    """AT+QPING while its host is looked up (NetUtil.ping_run until a _Pinger takes over)."""
+
+    def __init__(self, cid: int, host: str) -> None:
+        self.cid, self.host = cid, host
+
+
+async def _ping(modem, token: _PingLookup, cid: int, host: str, timeout: int, count: int) -> None:
     util = netutil(modem)
     try:
         address = (await util.lookup(host, cid))[0]
     except NetworkError as exc:
+        if util.ping_run is not token:
+            return                                   # ended already (context lost, reboot)
         log.warning("AT+QPING %s failed (565 DNS parse failed): %s", host, exc.reason)
         util.ping_run = None
         modem.urc("+QPING: 565")
@@ -325,7 +395,7 @@ class _Pinger:
         elif router.offline:
             timers.call_later(self.timeout, self.answered, None)   # nowhere to send it
         else:
-            self.util.spawn(self._probe(), crashed="+QPING: 550")
+            self.util.spawn(self._probe(), crashed="+QPING: 550", alive=lambda: self.util.ping_run is self)
 
     async def _probe(self) -> None:
         """No raw sockets: a TCP connection attempt to port 80 stands in for the echo
@@ -380,8 +450,8 @@ def qntp_write(modem, cmd):
     util = netutil(modem)
     if util.ntp is not None:
         raise _error(modem, 568, "AT+QNTP: a synchronisation is still running")
-    util.ntp = _SntpExchange(util, cid, server, port, bool(autoset))
-    util.spawn(_ntp(util.ntp), crashed="+QNTP: 550")
+    exchange = util.ntp = _SntpExchange(util, cid, server, port, bool(autoset))
+    util.spawn(_ntp(exchange), crashed="+QNTP: 550", alive=lambda: util.ntp is exchange)
     set_error(modem, 0)
     return ok()
 
@@ -393,67 +463,85 @@ def qntp_read(modem, cmd):
     return ok(f'+QNTP: "{running.server}",{running.port}') if running else ok()
 
 
-def _ntp_stamp(dt: datetime) -> bytes:
-    seconds = dt.timestamp() + NTP_EPOCH
-    whole = int(seconds)
-    return struct.pack("!II", whole & 0xFFFFFFFF, int((seconds - whole) * 2**32) & 0xFFFFFFFF)
+ERA = 2**32                 # NTP seconds wrap every 2**32 s (RFC 4330 §3: era 1 from 2036-02-07)
+# The years the modem clock can hold: AT+CCLK's two-digit year is 2000 + yy.
+CLOCK_YEARS = (2000, 2099)
+
+
+def _ntp_stamp(unix: float) -> bytes:
+    """Our transmit timestamp: Unix seconds as NTP seconds modulo the era, and fraction."""
+    seconds = unix + NTP_EPOCH
+    whole = math.floor(seconds)
+    return struct.pack("!II", whole % ERA, int((seconds - whole) * ERA) % ERA)
 
 
 def _ntp_seconds(stamp: bytes) -> float:
+    """Unix seconds of a server's timestamp.  RFC 4330 §3: with the top bit set it is in
+    1968-2036 (era 0), without it in 2036-2104 (era 1, after the seconds wrapped)."""
     whole, fraction = struct.unpack("!II", stamp)
-    return whole - NTP_EPOCH + fraction / 2**32
+    if not whole & 0x8000_0000:
+        whole += ERA
+    return whole - NTP_EPOCH + fraction / ERA
 
 
-def _valid_reply(data: bytes, sent: set[bytes]) -> bool:
+def _valid_reply(data: bytes, sent) -> bool:
     """RFC 4330 §5: a server reply (mode 4), synchronised (LI != 3, stratum 1-15; 0 is a
-    kiss-o'-death), to one of our requests (originate = our transmit timestamp), with a
-    transmit timestamp."""
+    kiss-o'-death), to one of our requests (originate = our transmit timestamp), with
+    receive and transmit timestamps."""
     if len(data) < 48:
         return False
     li, mode, stratum = data[0] >> 6, data[0] & 7, data[1]
     return (mode == 4 and li != 3 and 1 <= stratum <= 15
-            and data[24:32] in sent and data[40:48] != bytes(8))
+            and data[24:32] in sent and data[32:40] != bytes(8) and data[40:48] != bytes(8))
 
 
 async def _ntp(exchange: "_SntpExchange") -> None:
     util, modem, server, port = exchange.util, exchange.util.modem, exchange.server, exchange.port
+    router = util.router
     try:
-        await open_udp(util.router, server, port, lambda: exchange)
+        target = server
+        if router.lookup(server, port) is None and not _is_ip(server) and not router.offline:
+            # An unrouted name: the modem's resolver (IPv4 on an IP context, DNS_TIMEOUT).
+            target = (await util.resolve(server, exchange.cid))[0]
+        await open_udp(router, target, port, lambda: exchange)
     except NetworkError as exc:
         if exc.kind == "dns":
             log.warning("AT+QNTP %s failed (565 DNS parse failed): %s", server, exc.reason)
             exchange.finish(565)
             return
         log.warning("AT+QNTP %s:%d: %s; no reply can come", server, port, exc.reason)
-        exchange.deadline = modem.timers.call_later(NTP_TIMEOUT, exchange.timed_out)
 
 
 class _SntpExchange(asyncio.DatagramProtocol):
     """One AT+QNTP: a 48-byte mode 3 request, sent again every NTP_RESEND s until a valid
-    reply comes or NTP_TIMEOUT s passed (569); the offset is RFC 4330's
-    ((T2 - T1) + (T3 - T4)) / 2 with T1 / T4 on the modem clock.  Timer callbacks on the
-    modem's time, so one advance() runs the whole timeout."""
+    reply comes or NTP_TIMEOUT s passed since the command (569, the lookup included).
+    The clock is set to T3 + delay / 2 (RFC 4330's offset ((T2 - T1) + (T3 - T4)) / 2
+    applied at T4), with the round trip T4 - T1 timed on a monotonic clock: an AT+CCLK
+    while the request is out moves T1 and T4 apart by whatever it set, not by the time
+    that passed.  Timer callbacks on the modem's time, so one advance() runs the whole
+    timeout."""
 
     def __init__(self, util: NetUtil, cid: int, server: str, port: int, autoset: bool) -> None:
         self.util, self.cid, self.server, self.port, self.autoset = util, cid, server, port, autoset
         self.transport = None
-        self.sent: set[bytes] = set()
-        self.deadline = self.resend = None
+        self.sent: dict[bytes, float] = {}           # our transmit timestamp -> time.monotonic()
+        self.resend = None
         self.done = False
+        self.ignored = 0
+        self.deadline = util.modem.timers.call_later(NTP_TIMEOUT, self.timed_out)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         if self.done:                                # aborted while the socket was made
             transport.close()
             return
-        self.deadline = self.util.modem.timers.call_later(NTP_TIMEOUT, self.timed_out)
         self.send()
 
     def send(self) -> None:
         if self.done or self.transport is None or self.transport.is_closing():
             return
-        stamp = _ntp_stamp(self.util.modem.clock.now())
-        self.sent.add(stamp)
+        stamp = _ntp_stamp(self.util.modem.clock.now().timestamp())
+        self.sent[stamp] = time.monotonic()
         # LI 0, VN 4, mode 3 (client); all zero but the transmit timestamp (T1).
         self.transport.sendto(bytes([0x23]) + bytes(39) + stamp)
         self.resend = self.util.modem.timers.call_later(NTP_RESEND, self.send)
@@ -467,13 +555,28 @@ class _SntpExchange(asyncio.DatagramProtocol):
             if self.util.ntp is self:
                 self.util.crashed("+QNTP: 550", exc)
 
+    def _ignore(self, why: str) -> None:
+        self.ignored += 1                            # a flood is one line in the log
+        (log.info if self.ignored == 1 else log.debug)(
+            "AT+QNTP %s: ignored a reply (%s); %d so far", self.server, why, self.ignored)
+
     def _received(self, data: bytes) -> None:
         if not _valid_reply(data, self.sent):
-            log.info("AT+QNTP %s: ignored a reply that is not a valid SNTP answer", self.server)
+            self._ignore("not a valid SNTP answer to our request")
             return
-        t4 = self.util.modem.clock.now().timestamp()
-        t1, t2, t3 = (_ntp_seconds(data[i:i + 8]) for i in (24, 32, 40))
-        self.finish(0, ((t2 - t1) + (t3 - t4)) / 2)
+        round_trip = time.monotonic() - self.sent[data[24:32]]
+        t2, t3 = _ntp_seconds(data[32:40]), _ntp_seconds(data[40:48])
+        if not 0 <= t3 - t2 <= round_trip + 1.0:
+            self._ignore(f"the server says it held the request {t3 - t2:.3f} s of a {round_trip:.3f} s round trip")
+            return
+        now = t3 + max(0.0, round_trip - (t3 - t2)) / 2
+        modem = self.util.modem
+        year = datetime.fromtimestamp(now + 900 * modem.clock.quarters, timezone.utc).year
+        if not CLOCK_YEARS[0] <= year <= CLOCK_YEARS[1]:
+            self._ignore(f"a time in {year}, which the modem clock (AT+CCLK, "
+                         f"{CLOCK_YEARS[0]}-{CLOCK_YEARS[1]}) cannot hold")
+            return
+        self.finish(0, now - modem.clock.now().timestamp())
 
     def error_received(self, exc: Exception) -> None:
         log.info("AT+QNTP %s: %s", self.server, exc)   # port unreachable: the request is lost
