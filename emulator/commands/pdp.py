@@ -12,6 +12,7 @@ import ipaddress
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import CommandError, ok
+from emulator.modem.pdp import PdpContext
 from emulator.modem.registration import registration
 
 _TYPE_NAMES = {1: "IP", 2: "IPV6", 3: "IPV4V6"}
@@ -24,6 +25,13 @@ def _cid(modem, args: Args, i: int = 0) -> int:
 
 def _range(modem) -> str:
     return f"({modem.pdp.first}-{modem.pdp.last})"
+
+
+def _peek(modem, cid: int) -> PdpContext:
+    """A context as a read shows it, without defining it: a query must not make it appear
+    in AT+CGDCONT? / AT+CGACT? / AT+CGPADDR, nor be activated by AT+CGACT=1 (all defined)."""
+    defined = next((c for c in modem.pdp.defined() if c.cid == cid), None)
+    return defined or PdpContext(cid, apn=modem.profile["pdp.default_apn"])
 
 
 def _activate(modem, cid: int):
@@ -45,14 +53,15 @@ def _activate(modem, cid: int):
 def qicsgp_write(modem, cmd):
     args = Args(cmd, at_most=6)
     cid = _cid(modem, args)
-    ctx = modem.pdp.get(cid)
     if len(args) == 1:                         # AT+QICSGP=<cid>: query
+        ctx = _peek(modem, cid)
         return ok(f'+QICSGP: {ctx.type},"{ctx.apn}","{ctx.user}","{ctx.password}",{ctx.auth}')
     ctx_type = args.int(1, 1, 3)
     apn = args.str(2, default="", max_len=99)
     user = args.str(3, default="", max_len=127)
     password = args.str(4, default="", max_len=127)
-    auth = args.int(5, 0, 3, default=ctx.auth)
+    auth = args.int(5, 0, 3, default=_peek(modem, cid).auth)
+    ctx = modem.pdp.get(cid)                   # a refused line defines nothing
     ctx.type, ctx.apn, ctx.user, ctx.password, ctx.auth = ctx_type, apn, user, password, auth
     return ok()
 
@@ -90,14 +99,16 @@ def cgdcont_read(modem, cmd):
 @command("+CGDCONT", WRITE)
 def cgdcont_write(modem, cmd):
     args = Args(cmd, at_most=6)
-    ctx = modem.pdp.get(_cid(modem, args))
+    cid = _cid(modem, args)
     if len(args) == 1:
+        # 27.007 undefines the context; that is not modelled, but it must not define one.
         return ok()
     type_name = args.str(1, default="IP", max_len=8).upper()
     if type_name not in _TYPE_BY_NAME:
         raise CommandError("ERROR", f"PDP type {type_name!r}")
-    ctx.type = _TYPE_BY_NAME[type_name]
-    ctx.apn = args.str(2, default="", max_len=99)
+    apn = args.str(2, default="", max_len=99)
+    ctx = modem.pdp.get(cid)                   # a refused line defines nothing
+    ctx.type, ctx.apn = _TYPE_BY_NAME[type_name], apn
     return ok()
 
 

@@ -220,3 +220,23 @@ def test_a_resolver_that_never_answers_ends_qntp_with_565(monkeypatch, tmp_path)
             assert last_error(host) == 0
         finally:
             host.close()
+
+
+# -- reading or refusing a context must not define it ----------------------------------------
+@pytest.mark.parametrize("profile", ["ec2x", "ml302"])
+def test_a_query_or_a_refused_line_does_not_define_a_context(open_modem, profile):
+    """AT+QICSGP=<cid> (a driver's start-up reads all 16), AT+CGDCONT=<cid> and lines
+    refused for a bad value defined the context: it then showed in AT+CGDCONT? /
+    AT+CGACT? / AT+CGPADDR, and AT+CGACT=1 (every defined context) activated it."""
+    host, _ = open_modem(profile)
+    lines = ["AT+CGDCONT=3", 'AT+CGDCONT=4,"X25"', 'AT+CGDCONT=5,"IP","' + "a" * 100 + '"']
+    if profile == "ec2x":
+        lines += ["AT+QICSGP=2", 'AT+QICSGP=6,1,"x","","",9', 'AT+QICSGP=7,4']
+    for line in lines:
+        host.at(line)
+    assert host.at("AT+CGDCONT?") == OK
+    assert host.at("AT+CGACT?") == OK
+    if profile == "ec2x":
+        assert host.at("AT+QICSGP=2") == b'\r\n+QICSGP: 1,"","","",0\r\n\r\nOK\r\n'
+        assert host.at("AT+CGACT=1") == OK and host.at("AT+QIACT?") == OK
+        assert host.at("AT+CGPADDR") == OK
