@@ -73,10 +73,6 @@ class TcpListener:
     service_type = "TCP LISTENER"
     host = "127.0.0.1"
     port = 0
-    bytes_sent = bytes_received = 0
-    inbox = b""
-    handshake = None
-    blackholed = False
 
     def __init__(self, svc: "TcpipService", connect_id: int, pdp_id: int, local_port: int, delivery) -> None:
         self.svc = svc
@@ -116,9 +112,6 @@ class TcpListener:
     def abort(self) -> None:
         self.stop()
         self.state = INITIAL
-
-    async def close(self, timeout: float) -> None:
-        self.abort()
 
 
 class _Refused:
