@@ -193,17 +193,23 @@ class Interpreter:
 
     def _lex_some(self) -> None:
         s = self.modem.settings
-        self.lexer.s3, self.lexer.s5, self.lexer.echo = s.sreg[3], s.sreg[5], s.echo
+        lexer, inbox = self.lexer, self._inbox
+        s3 = s.sreg[3]
+        lexer.s3, lexer.s5, lexer.echo = s3, s.sreg[5], s.echo
         # Up to the next line end or '/': at most one line event per chunk, so a
         # command that switches to data mode sees the following bytes as data.
-        cut = len(self._inbox)
-        for stop in (bytes([s.sreg[3]]), b"/"):
-            i = self._inbox.find(stop)
-            if 0 <= i < cut:
-                cut = i + 1
-        chunk = bytes(self._inbox[:cut])
-        del self._inbox[:cut]
-        for event in self.lexer.feed(chunk):
+        end = inbox.find(s3)
+        cut = end + 1 if end >= 0 else len(inbox)
+        slash = inbox.find(0x2F, 0, cut)
+        if slash >= 0:
+            cut = slash + 1
+        if cut == len(inbox):
+            chunk = bytes(inbox)
+            inbox.clear()
+        else:
+            chunk = bytes(inbox[:cut])
+            del inbox[:cut]
+        for event in lexer.feed(chunk):
             if isinstance(event, Echo):
                 self.modem.write(event.data)
             elif isinstance(event, CommandLine):
