@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import itertools
 import math
 import socket
 import struct
@@ -96,7 +95,7 @@ class NetUtil:
     def __init__(self, modem) -> None:
         self.modem = modem
         self.tasks: set[asyncio.Task] = set()
-        self.dns: set[_DnsRequest] = set()            # AT+QIDNSGIP lookups not answered yet
+        self.dns: list[_DnsRequest] = []             # AT+QIDNSGIP not answered yet, in order
         self.ping_run: _PingLookup | _Pinger | None = None    # the AT+QPING running
         self.ntp: _SntpExchange | None = None        # the AT+QNTP running (AT+QNTP? shows it)
         modem.on("reset", self._reboot)
@@ -132,8 +131,6 @@ class NetUtil:
         elif urc.startswith("+QNTP") and self.ntp is not None:
             self.ntp.abort()
             self.ntp = None
-        elif urc.startswith('+QIURC: "dnsgip"'):
-            self.dns.clear()
         self.modem.urc(urc)
 
     def _pdp_lost(self, cid: int) -> None:
@@ -141,17 +138,29 @@ class NetUtil:
         AT+CFUN=0/4, the network): its packets have no bearer any more, so it ends at once
         with 561, and nothing it had on the way (a lookup, an echo reply, an SNTP answer)
         is reported after that."""
-        for request in sorted((r for r in self.dns if r.cid == cid), key=lambda r: r.seq):
-            self.dns.discard(request)
+        for request in [r for r in self.dns if r.cid == cid and r.lines is None]:
             log.warning("AT+QIDNSGIP %s failed (561): PDP context %d deactivated", request.host, cid)
-            self.modem.urc('+QIURC: "dnsgip",561')
+            self.modem.trace("dns", host=request.host, code=561, reason="PDP context deactivated")
+            self.dns_answer(request, ['+QIURC: "dnsgip",561'])
         if self.ping_run is not None and self.ping_run.cid == cid:
             log.warning("AT+QPING %s failed (561): PDP context %d deactivated", self.ping_run.host, cid)
+            self.modem.trace("ping", host=self.ping_run.host, code=561)
             self.ping_run = None
             self.modem.urc("+QPING: 561")
         if self.ntp is not None and self.ntp.cid == cid:
             log.warning("AT+QNTP %s failed (561): PDP context %d deactivated", self.ntp.server, cid)
             self.ntp.finish(561)
+
+    def dns_answer(self, request: "_DnsRequest", lines: list[str]) -> None:
+        """A lookup's result URCs, written in the order the host asked: a `+QIURC:
+        "dnsgip"` block names no host, so a later name's answer that overtook an earlier
+        one would be taken for it.  A request ended already (reboot) says nothing."""
+        if request not in self.dns or request.lines is not None:
+            return
+        request.lines = lines
+        while self.dns and self.dns[0].lines is not None:
+            for line in self.dns.pop(0).lines:
+                self.modem.urc(line)
 
     def _reboot(self) -> None:
         """AT+CFUN=1,1: requests in flight end without a word; AT+QIDNSCFG is forgotten."""
@@ -272,14 +281,11 @@ def qidnsgip_write(modem, cmd):
     cid = _active_cid(modem, args)
     util = netutil(modem)
     request = _DnsRequest(cid, host)
-    util.dns.add(request)
+    util.dns.append(request)
     util.spawn(_dnsgip(modem, request), crashed='+QIURC: "dnsgip",550',
-               alive=lambda: request in util.dns)
+               alive=lambda: request in util.dns and request.lines is None)
     set_error(modem, 0)
     return ok()
-
-
-_DNS_SEQ = itertools.count()
 
 
 class _DnsRequest:
@@ -287,7 +293,7 @@ class _DnsRequest:
 
     def __init__(self, cid: int, host: str) -> None:
         self.cid, self.host = cid, host
-        self.seq = next(_DNS_SEQ)                    # the order the host asked in
+        self.lines: list[str] | None = None          # its URCs, once known
 
 
 async def _dnsgip(modem, request: _DnsRequest) -> None:
@@ -295,21 +301,21 @@ async def _dnsgip(modem, request: _DnsRequest) -> None:
     try:
         addresses = await util.lookup(host, request.cid)
     except NetworkError as exc:
-        if request not in util.dns:
-            return                                   # ended already (context lost)
-        util.dns.discard(request)
-        log.warning("AT+QIDNSGIP %s failed (565 DNS parse failed): %s", host, exc.reason)
-        modem.trace("dns", host=host, code=565, reason=exc.reason)
-        modem.urc('+QIURC: "dnsgip",565')
+        if request.lines is None:
+            log.warning("AT+QIDNSGIP %s failed (565 DNS parse failed): %s", host, exc.reason)
+            modem.trace("dns", host=host, code=565, reason=exc.reason)
+        util.dns_answer(request, ['+QIURC: "dnsgip",565'])
         return
-    if request not in util.dns:
-        return                                       # ended already (context lost)
-    util.dns.discard(request)
-    modem.trace("dns", host=host, code=0, addresses=addresses)
+    except Exception as exc:                         # never a lookup without its result
+        if request in util.dns and request.lines is None:
+            log.error("AT+QIDNSGIP %s failed unexpectedly; answered 550", host, exc_info=exc)
+        util.dns_answer(request, ['+QIURC: "dnsgip",550'])
+        return
+    if request.lines is None:
+        modem.trace("dns", host=host, code=0, addresses=addresses)
     ttl = 0 if _is_ip(host) else DNS_TTL         # a field log: an IP literal answers 0,1,0
-    modem.urc(f'+QIURC: "dnsgip",0,{len(addresses)},{ttl}')
-    for address in addresses:
-        modem.urc(f'+QIURC: "dnsgip","{address}"')
+    util.dns_answer(request, [f'+QIURC: "dnsgip",0,{len(addresses)},{ttl}']
+                    + [f'+QIURC: "dnsgip","{address}"' for address in addresses])
 
 
 # -- AT+QPING ----------------------------------------------------------------------

@@ -240,3 +240,32 @@ def test_a_query_or_a_refused_line_does_not_define_a_context(open_modem, profile
         assert host.at("AT+QICSGP=2") == b'\r\n+QICSGP: 1,"","","",0\r\n\r\nOK\r\n'
         assert host.at("AT+CGACT=1") == OK and host.at("AT+QIACT?") == OK
         assert host.at("AT+CGPADDR") == OK
+
+
+def test_lookups_answer_in_the_order_the_host_asked(monkeypatch, tmp_path):
+    """A +QIURC: "dnsgip" block names no host: two AT+QIDNSGIP sent back to back must be
+    answered in that order, or the host takes one name's addresses for the other's (a
+    slow first lookup was overtaken by a fast second one)."""
+    from emulator.io.app import BackgroundEmulator
+    from emulator.testing.host import Host
+
+    async def resolver(self, host, *args, **kwargs):
+        slow = host.startswith("slow")
+        await asyncio.sleep(0.5 if slow else 0)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1" if slow else "192.0.2.2", 0))]
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "getaddrinfo", resolver)
+    with BackgroundEmulator(offline=False) as emu:
+        port = emu.add_modem("ec2x", state_dir=tmp_path / "state", manual_time=True)
+        host = Host(port.path)
+        try:
+            assert host.at("ATE0").endswith(OK) and host.at(ACTIVATE) == OK
+            assert host.at('AT+QIDNSGIP=1,"slow.example";+QIDNSGIP=1,"fast.example";'
+                           '+QIDNSGIP=1,"192.0.2.9"') == OK
+            got = b""
+            while got.count(b'"dnsgip","') < 3:
+                got += host.read_until(re.compile(rb'"dnsgip","[\d.]+"\r\n'), timeout=5)
+            assert got == (b'\r\n+QIURC: "dnsgip",0,1,600\r\n\r\n+QIURC: "dnsgip","192.0.2.1"\r\n'
+                           b'\r\n+QIURC: "dnsgip",0,1,600\r\n\r\n+QIURC: "dnsgip","192.0.2.2"\r\n'
+                           b'\r\n+QIURC: "dnsgip",0,1,0\r\n\r\n+QIURC: "dnsgip","192.0.2.9"\r\n'), got
+        finally:
+            host.close()
