@@ -28,11 +28,11 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 # (group, predicate on the command name), first match wins.
 _GROUPS: tuple[tuple[str, object], ...] = (
     ("V.25ter / basic", lambda n: not n.startswith("+")),
-    ("SSL/TLS", lambda n: n.startswith("+QSSL") or n in ("+QISWTMD", "+QIGETERROR")),
+    ("SSL/TLS", lambda n: n.startswith("+QSSL") or n == "+QIGETERROR"),
     ("Secure storage", lambda n: n.startswith("+QSEC")),
     ("Files", lambda n: n.startswith("+QF")),
     ("TCP/UDP sockets", lambda n: n in ("+QIOPEN", "+QICLOSE", "+QISTATE", "+QISEND", "+QISENDEX",
-                                         "+QIRD", "+QISDE", "+QICFG")),
+                                         "+QIRD", "+QISDE", "+QICFG", "+QISWTMD")),
     ("DNS, ping, NTP", lambda n: n.startswith(("+QIDNS", "+QPING", "+QNTP"))),
     ("Packet domain", lambda n: n in ("+CGATT", "+CGDCONT", "+CGACT", "+CGPADDR", "+CGCONTRDP", "+CREG",
                                        "+CGREG", "+CEREG", "+QICSGP", "+QIACT", "+QIDEACT")),
