@@ -246,9 +246,12 @@ def _ok_test(line):
 def _dns_address(args: NetArgs, i: int) -> str:
     text = args.str(i, max_len=64).strip()
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise args.fail(f"{text!r} is not an IP address") from None
+    if getattr(address, "scope_id", None):       # "fe80::1%eth0": the emulator's interface name
+        raise args.fail(f"{text!r}: a DNS server address takes no zone index")
+    return str(address)
 
 
 @command("+QIDNSCFG", WRITE,

@@ -269,3 +269,15 @@ def test_lookups_answer_in_the_order_the_host_asked(monkeypatch, tmp_path):
                            b'\r\n+QIURC: "dnsgip",0,1,0\r\n\r\n+QIURC: "dnsgip","192.0.2.9"\r\n'), got
         finally:
             host.close()
+
+
+def test_qidnscfg_refuses_an_address_with_a_zone_index(ec2x_on):
+    """Python's ipaddress takes "fe80::1%eth0" (a zone is the emulator machine's interface
+    name, nothing a module's DNS setting holds); it was stored and read back with it."""
+    host, _ = ec2x_on
+    for bad in ('AT+QIDNSCFG=1,"fe80::1%eth0"', 'AT+QIDNSCFG=1,"8.8.8.8","fe80::1%1"'):
+        assert host.at(bad) == b"\r\n+CME ERROR: 552\r\n", bad
+        assert last_error(host) == 552
+    assert host.at("AT+QIDNSCFG=1") == b'\r\n+QIDNSCFG: 1,"123.66.165.1","123.66.165.2"\r\n\r\nOK\r\n'
+    assert host.at('AT+QIDNSCFG=1,"FE80::0001","8.8.8.8"') == OK
+    assert host.at("AT+QIDNSCFG=1") == b'\r\n+QIDNSCFG: 1,"fe80::1","8.8.8.8"\r\n\r\nOK\r\n'
