@@ -98,6 +98,9 @@ class NetUtil:
         self.dns: list[_DnsRequest] = []             # AT+QIDNSGIP not answered yet, in order
         self.ping_run: _PingLookup | _Pinger | None = None    # the AT+QPING running
         self.ntp: _SntpExchange | None = None        # the AT+QNTP running (AT+QNTP? shows it)
+        # AT+QIDNSCFG per context id, kept here rather than on the context: setting a
+        # context's DNS servers does not define the context (AT+CGDCONT?, AT+CGACT=1).
+        self.servers: dict[int, tuple[str, str]] = {}
         modem.on("reset", self._reboot)
         modem.on("shutdown", self.cancel)
         modem.on("pdp_deactivated", self._pdp_lost)
@@ -165,8 +168,7 @@ class NetUtil:
     def _reboot(self) -> None:
         """AT+CFUN=1,1: requests in flight end without a word; AT+QIDNSCFG is forgotten."""
         self.cancel()
-        for ctx in self.modem.pdp.defined():
-            ctx.dns = None
+        self.servers.clear()
 
     def cancel(self) -> None:
         for task in list(self.tasks):
@@ -217,6 +219,11 @@ def netutil(modem) -> NetUtil:
     return modem.feature("netutil", NetUtil)
 
 
+def dns_servers(modem, cid: int) -> tuple[str, str]:
+    """(primary, secondary) DNS of a context: AT+QIDNSCFG's, else the network's."""
+    return netutil(modem).servers.get(cid) or modem.pdp.dns_servers(cid)
+
+
 def _range(modem) -> str:
     return f"({modem.pdp.first}-{modem.pdp.last})"
 
@@ -265,13 +272,12 @@ def qidnscfg_write(modem, cmd):
     if len(args) == 1:
         if not modem.pdp.is_active(cid):
             raise _error(modem, 561, f"PDP context {cid} is not active")
-        pri, sec = modem.pdp.dns_servers(cid)
+        pri, sec = dns_servers(modem, cid)
         set_error(modem, 0)
         return ok(f'+QIDNSCFG: {cid},"{pri}","{sec}"')
     pri = _dns_address(args, 1)
-    sec = _dns_address(args, 2) if args.present(2) else modem.pdp.dns_servers(cid)[1]
-    netutil(modem)                        # forgets it at a reboot
-    modem.pdp.get(cid).dns = (pri, sec)
+    sec = _dns_address(args, 2) if args.present(2) else dns_servers(modem, cid)[1]
+    netutil(modem).servers[cid] = (pri, sec)          # forgotten at a reboot
     set_error(modem, 0)
     return ok()
 

@@ -211,7 +211,8 @@ def _contrdp_line(modem, ctx) -> str:
     network's or AT+QIDNSCFG's).  The bearer of the default EPS bearer starts at 5."""
     net = ipaddress.ip_network(f"{ctx.address}/24", strict=False)
     gateway = net[1] if str(net[1]) != ctx.address else net[2]
-    pri, sec = modem.pdp.dns_servers(ctx.cid)
+    from emulator.commands.netutil import dns_servers
+    pri, sec = dns_servers(modem, ctx.cid)
     return (f'+CGCONTRDP: {ctx.cid},{ctx.cid + 4},"{ctx.apn}","{ctx.address}.{net.netmask}",'
             f'"{gateway}","{pri}","{sec}"')
 

@@ -281,3 +281,15 @@ def test_qidnscfg_refuses_an_address_with_a_zone_index(ec2x_on):
     assert host.at("AT+QIDNSCFG=1") == b'\r\n+QIDNSCFG: 1,"123.66.165.1","123.66.165.2"\r\n\r\nOK\r\n'
     assert host.at('AT+QIDNSCFG=1,"FE80::0001","8.8.8.8"') == OK
     assert host.at("AT+QIDNSCFG=1") == b'\r\n+QIDNSCFG: 1,"fe80::1","8.8.8.8"\r\n\r\nOK\r\n'
+
+
+def test_qidnscfg_does_not_define_the_context(ec2x_on):
+    """AT+QIDNSCFG=<cid>,... on a context the host never defined created it: it showed in
+    AT+CGDCONT? / AT+CGACT?, and AT+CGACT=1 (every defined context) activated it."""
+    host, _ = ec2x_on
+    assert host.at('AT+QIDNSCFG=2,"8.8.8.8"') == OK
+    assert host.at("AT+CGACT?") == b"\r\n+CGACT: 1,1\r\n\r\nOK\r\n"
+    assert host.at("AT+CGACT=1") == OK and host.at("AT+CGPADDR=2") == b'\r\n+CGPADDR: 2,"0.0.0.0"\r\n\r\nOK\r\n'
+    assert host.at("AT+QIACT=2") == OK                                  # still configured
+    assert host.at("AT+QIDNSCFG=2") == b'\r\n+QIDNSCFG: 2,"8.8.8.8","123.66.165.2"\r\n\r\nOK\r\n'
+    assert b'"8.8.8.8","123.66.165.2"' in host.at("AT+CGCONTRDP=2")
