@@ -547,6 +547,36 @@ print(sent / (time.monotonic() - t) / 1e6, flush=True)
 """
 
 
+def contention_floor(cert, rounds: int) -> tuple[float, float]:
+    """The same load without the emulator: the streamer writes into socat (pty -> openssl)
+    while a bare pty echo answers AT; (echo p50 ms, streamer MB/s).  What a round trip
+    costs on this machine when a TLS stream keeps the CPUs busy."""
+    servers = Servers(cert, f"count:{1 << 40}")
+    link = Path(tempfile.mkdtemp(prefix="bench-socat-")) / "tty"
+    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={link}",
+                             f"openssl:127.0.0.1:{servers.ports[0]},verify=0"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not link.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "socat did not start"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        host = RawHost(str(link))
+        streamer = subprocess.Popen([sys.executable, "-c", STREAMER, str(host.fd), "4"],
+                                    stdout=subprocess.PIPE, text=True, pass_fds=[host.fd])
+        time.sleep(0.5)
+        floor = bare_pty_round_trip(rounds)
+        rate = float(streamer.stdout.readline())
+        streamer.wait()
+        host.close()
+        return floor, rate
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        servers.stop()
+        shutil.rmtree(link.parent, ignore_errors=True)
+
+
 def bench_scale(cert) -> None:
     modems, sockets = (20, 12) if QUICK else (100, 12)
     servers = Servers(cert, "discard", f"count:{1 << 40}")
@@ -599,6 +629,10 @@ def bench_scale(cert) -> None:
         "< 1024 MiB", rss < 1024)
     row(f"{label}, idle modem AT p50 while one streams", f"{busy:.3f} ms",
         f"{calm:.3f} ms with none streaming", f"{busy / calm:.2f}x", "<= 0.25 ms", busy <= 0.25)
+    if shutil.which("socat"):
+        floor, floor_rate = contention_floor(cert, 1000 if QUICK else 3000)
+        row("limit: bare pty echo p50 while the streamer feeds socat instead", f"{floor:.3f} ms",
+            f"socat streaming {floor_rate:.1f} MB/s", f"{busy / floor:.2f}x", "(the machine's floor)", None)
     from emulator.io.transport import READ_BATCH
     batch = READ_BATCH / (rate * 1e6) * 1000
     row("limit: one wake-up of the streaming modem (its read batch at its rate)", f"{batch:.3f} ms",
