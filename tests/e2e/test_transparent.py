@@ -257,22 +257,32 @@ def eight_mib_echo(host, server) -> None:
 
 
 def test_flow_control_holds_both_sides_back_with_bounded_memory(emulator, open_modem):
-    """A server that reads nothing for a second, a host that writes 16 MiB and reads
-    nothing meanwhile: the emulator stops reading the pty once the connection is full (the
-    host's writes block) and, once the echo comes, stops reading the network while the host
-    does not read; its own buffers stay bounded, other modems are served; then everything
-    arrives intact."""
+    """A server that reads nothing, a host that writes 16 MiB and reads nothing meanwhile:
+    the emulator stops reading the pty once the connection is full (the host's writes
+    block); the server then echoes, and the emulator stops reading the network while the
+    host does not read; its own buffers stay bounded, other modems are served; then
+    everything arrives intact.
+
+    "Full" includes what the kernel takes of the loopback connection (its autotuned send
+    buffer, the server's receive buffer: about 4 MiB here), and how long the emulator needs
+    to push that through the pty, TLS and TCP depends on the machine's load (2-8 MB/s
+    seen on two shared cores). So the server reads nothing until the test has seen the
+    pty paused, and each phase waits for its condition, not for a fixed time: a server
+    that started reading after a fixed second drained the connection before it was ever
+    full on a loaded machine, and the pause was never seen (1 run in 6)."""
     import threading
     import time
 
-    def slow_echo(conn):
-        time.sleep(1.0)
+    release = threading.Event()
+
+    def held_echo(conn):
+        release.wait(120)              # reads nothing until the test has seen the pause
         while data := conn.recv(65536):
             conn.sendall(data)
     host, port = open_modem("ec2x", manual_time=True)
     other, _ = open_modem("ec2x")
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
-    with TlsServer(handler=slow_echo, legacy=True) as server:
+    with TlsServer(handler=held_echo, legacy=True) as server:
         emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
         connect(host)
         blob = os.urandom(16 << 20)
@@ -286,24 +296,35 @@ def test_flow_control_holds_both_sides_back_with_bounded_memory(emulator, open_m
                   "socket inbox": profile["ssl.recv_buffer"] + one_read,
                   "unsent to the network": profile.get("ssl.online_buffer", 256 * 1024) + one_read}
         worst = dict.fromkeys(limits, 0)
-        pty_paused = False
 
         def sample():
             sock = next(iter(port.modem.feature("ssl", None).sockets.values()))
-            return port.port.reading, {"pty backlog": port.port.backlog, "socket inbox": len(sock.inbox),
-                                       "unsent to the network": sock.send_backlog()}
-        for _ in range(8):
-            time.sleep(0.1)
-            reading, sizes = emulator.run(sample)
-            pty_paused = pty_paused or not reading
-            for key, value in sizes.items():
-                worst[key] = max(worst[key], value)
-        assert pty_paused, "the emulator never stopped reading the pty"
-        assert writer.is_alive(), "16 MiB went into a connection nobody read: no back-pressure"
-        assert other.at("AT") == b"\r\nOK\r\n"      # the loop still serves other modems
-        time.sleep(0.5)                                 # the echo starts; the host still reads nothing
-        for key, value in emulator.run(sample)[1].items():
-            worst[key] = max(worst[key], value)
+            return {"reading pty": port.port.reading, "reading network": not sock._paused,
+                    "pty backlog": port.port.backlog, "socket inbox": len(sock.inbox),
+                    "unsent to the network": sock.send_backlog()}
+
+        def watch(until, timeout: float) -> bool:
+            """Sample every 20 ms (keeping the worst sizes) until `until(state)`."""
+            deadline = time.monotonic() + timeout
+            while True:
+                state = emulator.run(sample)
+                for key in limits:
+                    worst[key] = max(worst[key], state[key])
+                if until(state):
+                    return True
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.02)
+        try:
+            assert watch(lambda s: not s["reading pty"], 60), "the emulator never stopped reading the pty"
+            watch(lambda s: False, 0.3)                     # while the server still reads nothing
+            assert writer.is_alive(), "16 MiB went into a connection nobody read: no back-pressure"
+            assert other.at("AT") == b"\r\nOK\r\n"      # the loop still serves other modems
+        finally:
+            release.set()                                   # the echo starts; the host still reads nothing
+        assert watch(lambda s: not s["reading network"], 60), \
+            "the emulator kept reading the network while the host read nothing"
+        watch(lambda s: False, 0.3)
         assert all(worst[k] <= limits[k] for k in limits), (worst, limits)
         got = host.read_exactly(len(blob), timeout=60)
         writer.join(30)
