@@ -221,7 +221,7 @@ def netutil(modem) -> NetUtil:
 
 def dns_servers(modem, cid: int) -> tuple[str, str]:
     """(primary, secondary) DNS of a context: AT+QIDNSCFG's, else the network's."""
-    return netutil(modem).servers.get(cid) or modem.pdp.dns_servers(cid)
+    return netutil(modem).servers.get(cid) or modem.pdp.network_dns
 
 
 def _range(modem) -> str:

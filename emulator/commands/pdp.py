@@ -101,7 +101,10 @@ def cgdcont_write(modem, cmd):
     args = Args(cmd, at_most=6)
     cid = _cid(modem, args)
     if len(args) == 1:
-        # 27.007 undefines the context; that is not modelled, but it must not define one.
+        # 27.007 §10.1.1: the context becomes undefined (AT+QICSGP=<cid> then reads the
+        # defaults); an active context cannot be: ERROR.
+        if not modem.pdp.undefine(cid):
+            raise CommandError("ERROR", f"PDP context {cid} is active (AT+CGACT=0,{cid} first)")
         return ok()
     type_name = args.str(1, default="IP", max_len=8).upper()
     if type_name not in _TYPE_BY_NAME:

@@ -16,7 +16,6 @@ class PdpContext:
     auth: int = 0
     active: bool = False
     address: str | None = None
-    dns: tuple[str, str] | None = None    # AT+QIDNSCFG; None: what the network assigns
 
 
 # The DNS servers the network hands out with an address (AT+QIDNSCFG, AT+CGCONTRDP) when the
@@ -65,10 +64,14 @@ class PdpTable:
             ctx.active = False
             ctx.address = None
 
-    def dns_servers(self, cid: int) -> tuple[str, str]:
-        """(primary, secondary) DNS of a context: AT+QIDNSCFG's, else the network's."""
+    def undefine(self, cid: int) -> bool:
+        """AT+CGDCONT=<cid> (27.007 §10.1.1: the context's values become undefined); False
+        when the context is active (it must be deactivated first)."""
         ctx = self._contexts.get(cid)
-        return ctx.dns if ctx is not None and ctx.dns is not None else self.network_dns
+        if ctx is not None and ctx.active:
+            return False
+        self._contexts.pop(cid, None)
+        return True
 
     def deactivate_all(self) -> list[int]:
         cids = [c.cid for c in self.active()]

@@ -165,3 +165,19 @@ def test_detach_and_deregistration_close_tcp_sockets_too(emulator, ec2x_on):
         assert emulator.control("register", stat=0)["ok"]
         host.seen(b'+QIURC: "pdpdeact",1\r\n', timeout=3)
         host.seen(b'+QIURC: "closed",3\r\n', timeout=3)
+
+
+def test_cgdcont_with_only_a_cid_undefines_an_inactive_context(ec2x):
+    """27.007 §10.1.1: AT+CGDCONT=<cid> makes the context's values undefined; an active
+    context cannot be undefined (ERROR) until it is deactivated."""
+    assert ec2x.at('AT+CGDCONT=3,"IP","iot.example"') == b"\r\nOK\r\n"
+    assert b'+CGDCONT: 3,"IP","iot.example"' in ec2x.at("AT+CGDCONT?")
+    assert ec2x.at("AT+CGDCONT=3") == b"\r\nOK\r\n"
+    assert b"+CGDCONT: 3," not in ec2x.at("AT+CGDCONT?")
+    assert ec2x.at('AT+QICSGP=3') == b'\r\n+QICSGP: 1,"","","",0\r\n\r\nOK\r\n'
+    assert ec2x.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+    assert ec2x.at("AT+CGDCONT=1") == b"\r\nERROR\r\n"                # active
+    assert b'+CGDCONT: 1,"IP","UNINET"' in ec2x.at("AT+CGDCONT?")
+    assert ec2x.at("AT+QIDEACT=1") == b"\r\nOK\r\n"
+    assert ec2x.at("AT+CGDCONT=1") == b"\r\nOK\r\n"
+    assert b"+CGDCONT: 1," not in ec2x.at("AT+CGDCONT?")
