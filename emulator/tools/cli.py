@@ -112,42 +112,46 @@ def modem_places(args: argparse.Namespace, profile_name: str) -> list[tuple[str 
     return places
 
 
+# What --route/--listen/--dns/--ping and the --config tables of the same names add to the
+# Router: (option / table, what a table maps, add(router, key, value) for a table entry,
+# add_spec(router, "KEY=VALUE") for an option).
+ROUTER_ENTRIES = (
+    ("route", "HOST:PORT = \"ADDR:PORT\"", lambda r, k, v: r.add(f"{k}={v}"), lambda r, s: r.add(s)),
+    ("listen", "LOCAL_PORT = \"127.0.0.1:PORT\"", lambda r, k, v: r.add_listen_spec(f"{k}={v}"),
+     lambda r, s: r.add_listen_spec(s)),
+    ("dns", "NAME = \"IP\"", lambda r, k, v: r.add_dns(k, v), lambda r, s: r.add_dns(*parse_dns(s))),
+    ("ping", "HOST = RTT_MS", lambda r, k, v: r.add_ping(k, v), lambda r, s: r.add_ping(*parse_ping(s))),
+)
+
+
+def add_router_options(args: argparse.Namespace, router: Router) -> None:
+    """--route, --listen, --dns and --ping (each repeatable) into the Router."""
+    for name, _, _, add_spec in ROUTER_ENTRIES:
+        for spec in getattr(args, name):
+            try:
+                add_spec(router, spec)
+            except ValueError as exc:
+                raise SystemExit(f"modem-emulator: --{name}: {exc}")
+
+
 def load_config(path: str | None, router: Router) -> None:
+    """--config: TOML tables [routes], [listen], [dns], [ping] and offline = true."""
     if not path:
         return
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SystemExit(f"modem-emulator: config {path}: {exc}")
-    for key, value in data.get("routes", {}).items():
-        try:
-            router.add(f"{key}={value}")
-        except ValueError as exc:
-            raise SystemExit(f"modem-emulator: config {path}: routes: {exc}")
-    dns = data.get("dns", {})
-    if not isinstance(dns, dict):
-        raise SystemExit(f"modem-emulator: config {path}: dns: expected a table of NAME = \"IP\"")
-    for key, value in dns.items():
-        try:
-            router.add_dns(key, value)
-        except ValueError as exc:
-            raise SystemExit(f"modem-emulator: config {path}: dns: {exc}")
-    listen = data.get("listen", {})
-    if not isinstance(listen, dict):
-        raise SystemExit(f"modem-emulator: config {path}: listen: expected a table of LOCAL_PORT = \"127.0.0.1:PORT\"")
-    for key, value in listen.items():
-        try:
-            router.add_listen_spec(f"{key}={value}")
-        except ValueError as exc:
-            raise SystemExit(f"modem-emulator: config {path}: listen: {exc}")
-    ping = data.get("ping", {})
-    if not isinstance(ping, dict):
-        raise SystemExit(f"modem-emulator: config {path}: ping: expected a table of HOST = RTT_MS")
-    for key, value in ping.items():
-        try:
-            router.add_ping(key, value)
-        except ValueError as exc:
-            raise SystemExit(f"modem-emulator: config {path}: ping: {exc}")
+    for name, shape, add, _ in ROUTER_ENTRIES:
+        table = "routes" if name == "route" else name
+        entries = data.get(table, {})
+        if not isinstance(entries, dict):
+            raise SystemExit(f"modem-emulator: config {path}: {table}: expected a table of {shape}")
+        for key, value in entries.items():
+            try:
+                add(router, key, value)
+            except ValueError as exc:
+                raise SystemExit(f"modem-emulator: config {path}: {table}: {exc}")
     if data.get("offline"):
         router.offline = True
 
@@ -185,26 +189,7 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     router = Router(offline=args.offline)
-    for spec in args.route:
-        try:
-            router.add(spec)
-        except ValueError as exc:
-            raise SystemExit(f"modem-emulator: --route: {exc}")
-    for spec in args.listen:
-        try:
-            router.add_listen_spec(spec)
-        except ValueError as exc:
-            raise SystemExit(f"modem-emulator: --listen: {exc}")
-    for spec in args.dns:
-        try:
-            router.add_dns(*parse_dns(spec))
-        except ValueError as exc:
-            raise SystemExit(f"modem-emulator: --dns: {exc}")
-    for spec in args.ping:
-        try:
-            router.add_ping(*parse_ping(spec))
-        except ValueError as exc:
-            raise SystemExit(f"modem-emulator: --ping: {exc}")
+    add_router_options(args, router)
     load_config(args.config, router)
     places = modem_places(args, profile.name)
     emulator = Emulator(router, keylog=make_keylog(args.keylog))
