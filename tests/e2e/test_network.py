@@ -107,6 +107,8 @@ def test_config_dns_table(tmp_path):
     ('[dns]\n"a.test" = "not-an-ip"\n', "dns: dns 'a.test': 'not-an-ip' is not an IP address"),
     ('[dns]\n"a.test" = 5\n', "is not an IP address"),
     ('dns = "a.test=1.2.3.4"\n', "dns: expected a table"),
+    ('routes = "a.test:443=127.0.0.1:8443"\n', "routes: expected a table"),
+    ('listen = 5\n', "listen: expected a table"),
 ])
 def test_config_dns_errors_name_the_file(tmp_path, text, message):
     config = tmp_path / "net.toml"
