@@ -15,8 +15,13 @@ Writing a trace
                      byte the modem wrote from the line's start to its final result, a
                      data prompt included; URCs queued meanwhile come after it), done
                      (false: the next line came before a final result)
-        open         socket, host, port, dtls          (AT+QSSLOPEN starts connecting)
-        handshake    socket, version, cipher, alpn, resumed
+        open         socket, host, port, dtls          (AT+QSSLOPEN / AT+QIOPEN starts connecting)
+                     an AT+QIOPEN socket also: service "tcpip", type ("TCP", "UDP",
+                     "UDP SERVICE" with local_port); SSL sockets have no "service"
+        accepted     socket, remote ("ip:port"), service "tcpip", type "TCP INCOMING",
+                     server (the TCP LISTENER's id), local_port (its <local_port>)
+        handshake    socket, version, cipher, alpn, resumed  (a plain socket: version "TCP" or
+                     "UDP", cipher "": it is connected; `trace show` says so, not "handshake")
         tls_failure  socket, failure (kind), reason    (alerts, verification, ...)
         open_result  socket, code (what the host is told), failure (kind or null), reason
         sent         socket, data (plaintext the host sent on the socket)
@@ -39,24 +44,37 @@ Reading one
 
 Replay drives a fresh offline modem (BackgroundEmulator) through its pty with the host's
 bytes, each chunk once the modem has written as many bytes as it had before that chunk in
-the trace (and not sooner after the previous chunk than recorded: "+++" guard times).  The
+the trace (and not sooner after the previous chunk than recorded: "+++" guard times). The
 network side is a loopback TCP server on the emulator's loop standing in for every server
 the trace connected to: the replayed sockets use a plaintext stand-in of the TLS session
-(ReplaySession: the server's first line says how the handshake ended, as recorded, then
-the connection carries the recorded plaintext), and the server sends each recorded
-"received" once the host has sent as many bytes as it had then, and expects each
-recorded "sent".  It then compares the command answers in order, then the whole output,
-and prints the first difference.  A plain AT log (">> AT..." / "<< OK" lines, or a
-miniterm capture with echo: lines starting "AT" are commands) is replayed command by
-command, answers compared line by line (no network side: it has no plaintext).
+(ReplaySession: the server's first line says how the handshake ended, as recorded, then the
+connection carries the recorded plaintext), and the server sends each recorded "received"
+once the host has sent as many bytes as it had then, and expects each recorded "sent".
+AT+QIOPEN sockets have stand-ins without TLS and without the header line: a plain TCP
+server per recorded destination; a UDP server that expects each recorded datagram whole and
+sends each received one back to where the modem's came from; a client that connects to the
+replaying modem's TCP LISTENER once the host has sent and the modem written as much as when
+the recorded client came (the listeners bind any free port, not the recorded <local_port>);
+a port nobody listens on for a refused connect (566, SSL too). The server's close (FIN/RST)
+comes once the host has sent as much as it had then. It then compares the command answers
+in order, then the whole output, and prints the first difference (then what a socket sent
+that the recording did not). A plain AT log (">> AT..." / "<< OK" lines, or a miniterm
+capture with echo: lines starting "AT" are commands) is replayed command by command,
+answers compared line by line (no network side: it has no plaintext).
 
 Limits of replay: TLS itself is not redone (the handshake ends as recorded: version,
 cipher, failure kind), so it needs no server key; DTLS sockets are not replayed (the
-stand-in is TCP); an open that failed before reaching a server (dns, connect, pdp) is
-replayed by leaving its name unrouted, which fails as a DNS error; text that differs from
-run to run by nature (AT+CCLK, AT+QLTS) needs --ignore REGEX (AT+QSSLSTATE's local port is
-ignored already); chunks of received data may arrive joined where the recorded ones did
-not, which changes nothing a host sees unless it counted "recv" URCs between reads.
+stand-in is TCP); an open that failed before reaching a server (dns, pdp) is replayed by
+leaving its name unrouted, which fails as a DNS error (a refused connect is routed to a
+port nobody listens on); text that differs from run to run by nature (AT+CCLK, AT+QLTS)
+needs --ignore REGEX (AT+QSSLSTATE's local port is ignored already); chunks of received
+data may arrive joined where the recorded ones did not, which changes nothing a host sees
+unless it counted "recv" URCs between reads. TCP/IP: a "UDP SERVICE" is not replayed (the
+trace does not record who sent each datagram); a UDP server that sent before the modem did
+cannot be replayed (its address is learnt from the modem's first datagram); an open that
+got no answer (569) is left unrouted (565 for a name, 566 for an address) unless --scenario
+makes it stall; a listener's client's address and port ("incoming" URC, AT+QISTATE) are not
+compared; a LISTENER that failed to bind (556) replays as bound.
 """
 from __future__ import annotations
 
@@ -119,7 +137,7 @@ class TraceWriter:
             self.records.append(record)
 
     def attach(self, modem, index: int = 0) -> "ModemTrace":
-        tracer = ModemTrace(self, index)
+        tracer = ModemTrace(self, index, modem)
         modem.tracer = tracer
         self.write({"modem": index, "kind": "start", "profile": modem.profile.name, "name": modem.name,
                     "wall": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
@@ -139,9 +157,10 @@ class TraceWriter:
 class ModemTrace:
     """One modem's side of a writer: counts bytes each way, pairs lines with answers."""
 
-    def __init__(self, writer: TraceWriter, index: int) -> None:
+    def __init__(self, writer: TraceWriter, index: int, modem=None) -> None:
         self.writer = writer
         self.index = index
+        self.modem = modem
         self.in_total = 0
         self.out_total = 0
         self._line: bytes | None = None
@@ -180,7 +199,33 @@ class ModemTrace:
             fields["failure"] = fields.pop("kind")
         if kind == "peer_closed":
             fields["how"] = close_kind(fields.get("reason", ""))
+        if kind in ("open", "accepted"):
+            fields.update(self._tcpip_fields(fields.get("socket")))
         self._write(kind, fields)
+
+    def _tcpip_fields(self, sid) -> dict:
+        """An AT+QIOPEN socket's open/accepted record says so: service "tcpip", its type
+        ("TCP", "UDP", "UDP SERVICE", "TCP INCOMING"), an incoming one its listener's id and
+        <local_port> (replay connects to that listener). SSL sockets: nothing added."""
+        svc = _tcpip_if_any(self.modem)
+        sock = svc.sockets.get(sid) if svc is not None else None
+        kind = getattr(sock, "service_type", None)
+        if not kind:
+            return {}
+        extra = {"service": "tcpip", "type": kind}
+        if kind == "TCP INCOMING":
+            extra.update(server=sock.server_id, local_port=sock.shown_local_port)
+        elif kind == "UDP SERVICE":
+            extra.update(local_port=sock.shown_local_port)
+        return extra
+
+
+def _tcpip_if_any(modem):
+    """The modem's TCP/IP service if it has one already (never creates it: a factory
+    returning None leaves the feature absent, Modem.feature makes it on its next use)."""
+    if modem is None or not hasattr(modem, "feature"):
+        return None
+    return modem.feature("tcpip", lambda _modem: None)
 
 
 def attach_trace(trace, modem, index: int):
@@ -245,10 +290,20 @@ def _split_lines(data: bytes) -> list[bytes]:
     return [p for p in parts if p]
 
 
+def _plain_handshake(r: dict) -> bool:
+    """A plain TCP/UDP socket's "handshake" (emulator/sockets/plain_session.py): no TLS."""
+    return r.get("version") in ("TCP", "UDP") and not r.get("cipher")
+
+
 def render(records: list[dict], socket: int | None = None, modem: int | None = None) -> list[str]:
     lines: list[str] = []
     t0 = records[0]["t"] if records else 0.0
+    plain: dict = {}          # socket id -> its TCP/IP type while it is an AT+QIOPEN socket
     for r in records:
+        if r.get("kind") in ("open", "accepted"):
+            plain[r.get("socket")] = r.get("type") if r.get("service") == "tcpip" else None
+        elif r.get("kind") == "handshake" and _plain_handshake(r):
+            plain[r.get("socket")] = plain.get(r.get("socket")) or r.get("version")
         if modem is not None and r.get("modem", 0) != modem:
             continue
         kind = r.get("kind")
@@ -269,8 +324,17 @@ def render(records: list[dict], socket: int | None = None, modem: int | None = N
             what = "sent" if kind == "sent" else "received"
             lines.append(f"{head} socket {r['socket']} {what} {len(data)} bytes")
             lines.extend(hexdump(data, " " * 14))
+        elif kind == "open" and r.get("service") == "tcpip":
+            where = f"{r['host']}:{r['port']}" if r.get("type") != "UDP SERVICE" else f"local port {r.get('local_port')}"
+            lines.append(f"{head} socket {r['socket']} open {r.get('type')} {where}")
         elif kind == "open":
             lines.append(f"{head} socket {r['socket']} open {r['host']}:{r['port']}{' (DTLS)' if r.get('dtls') else ''}")
+        elif kind == "accepted":
+            on = (f" by listener {r['server']} (local port {r.get('local_port')})"
+                  if r.get("server") is not None else "")
+            lines.append(f"{head} socket {r['socket']} accepted from {r.get('remote') or '?'}{on}")
+        elif kind == "handshake" and _plain_handshake(r):
+            lines.append(f"{head} socket {r['socket']} connected ({plain.get(r['socket']) or r['version']}, no TLS)")
         elif kind == "handshake":
             extra = (f", ALPN {r['alpn']}" if r.get("alpn") else "") + (", resumed" if r.get("resumed") else "")
             lines.append(f"{head} socket {r['socket']} handshake {r['version']} {r['cipher']}{extra}")
@@ -279,6 +343,9 @@ def render(records: list[dict], socket: int | None = None, modem: int | None = N
         elif kind == "open_result":
             why = f" ({r['failure']}: {r['reason']})" if r.get("code") else ""
             lines.append(f"{head} socket {r['socket']} open result {r['code']}{why}")
+        elif kind == "peer_closed" and plain.get(r.get("socket")):
+            how = {"fin": "FIN", "rst": "RST"}.get(r["how"], r["how"])
+            lines.append(f"{head} socket {r['socket']} peer closed ({how})")
         elif kind == "peer_closed":
             lines.append(f"{head} socket {r['socket']} peer closed ({r['how']}): {r['reason']}")
         elif kind == "close":
@@ -316,23 +383,54 @@ class Script:
     host: str
     port: int
     header: dict = field(default_factory=dict)      # {"ok": true, version, cipher} or {"fail": kind}
-    steps: list = field(default_factory=list)       # ("expect", bytes) | ("send", bytes, in) | ("end", how)
+    steps: list = field(default_factory=list)       # ("expect", bytes) | ("send", bytes, in) | ("end", how, in)
     connected: bool = False
+    plain: bool = False          # an AT+QIOPEN socket: no TLS, no header line
+    type: str = ""               # its service type: "TCP", "UDP", "TCP INCOMING", "UDP SERVICE"
+    refused: bool = False        # the connect was refused (the stand-in: a port nobody listens on)
+    server: int | None = None    # TCP INCOMING: the listener's id, its <local_port>, and when the
+    local_port: int = 0          # client came (the host's and the modem's byte counts then)
+    at: tuple = (0, 0)
+
+    @property
+    def datagram(self) -> bool:
+        return self.plain and self.type == "UDP"
 
 
 def scripts_of(records: list[dict]) -> list[Script]:
     current: dict[int, Script] = {}
     scripts: list[Script] = []
+    untyped: list[Script] = []       # opened by the command being answered (traces before "service")
     for r in records:
         kind, sid = r.get("kind"), r.get("socket")
         if kind == "open":
             current[sid] = s = Script(sid, r["host"], r["port"])
+            if r.get("service") == "tcpip":
+                s.plain, s.type = True, r.get("type") or ("UDP" if r.get("dtls") else "TCP")
+            elif "service" not in r:
+                untyped.append(s)
             scripts.append(s)
+            continue
+        if kind == "accepted":
+            host, _, rport = str(r.get("remote") or "").rpartition(":")
+            current[sid] = s = Script(sid, host, int(rport) if rport.isdigit() else 0, plain=True,
+                                      type="TCP INCOMING", connected=True, server=r.get("server"),
+                                      local_port=r.get("local_port") or 0, at=(r.get("in", 0), r.get("out", 0)))
+            scripts.append(s)
+            continue
+        if kind == "cmd":
+            if "+QIOPEN" in r.get("line", "").upper():
+                for s in untyped:
+                    s.plain, s.type = True, s.type or "TCP"
+            untyped = []
             continue
         s = current.get(sid)
         if s is None:
             continue
-        if kind == "handshake":
+        if kind == "handshake" and _plain_handshake(r):
+            s.connected, s.plain, s.type = True, True, s.type or r["version"]
+            s.header = {"ok": True}
+        elif kind == "handshake":
             s.connected = True
             s.header = {"ok": True, "version": r["version"], "cipher": r["cipher"],
                         "alpn": r.get("alpn"), "resumed": r.get("resumed", False)}
@@ -343,6 +441,9 @@ def scripts_of(records: list[dict]) -> list[Script]:
             if r["code"] and not s.header:
                 if r.get("failure") in ("dns", "connect", "pdp"):
                     s.connected = False          # never reached a server
+                    s.refused = r.get("failure") == "connect"
+                elif s.plain:                    # no answer to a connect (569): not replayed
+                    s.connected = False
                 else:                            # a TLS-level failure (timeout, verify, ...)
                     s.connected = True
                     s.header = {"fail": r.get("failure") or "protocol_error", "reason": r.get("reason", "")}
@@ -353,9 +454,9 @@ def scripts_of(records: list[dict]) -> list[Script]:
         elif kind == "received":
             s.steps.append(("send", _b(r["data"]), r.get("in", 0)))
         elif kind == "peer_closed":
-            s.steps.append(("end", r["how"]))
+            s.steps.append(("end", r["how"], r.get("in", 0)))
         elif kind == "tls_failure":
-            s.steps.append(("end", "rst"))
+            s.steps.append(("end", "rst", r.get("in", 0)))
     return scripts
 
 
@@ -419,34 +520,118 @@ class ReplaySession:
 
 
 class ReplayPeer:
-    """The loopback server standing in for every server of the trace (on the emulator's loop)."""
+    """The stand-ins for every server of the trace, on the emulator's loop: a loopback TCP
+    server per recorded destination (SSL sockets, whose first line is the recorded
+    handshake's end, and plain TCP sockets), a UDP socket per recorded UDP destination, a
+    port nobody listens on for a refused connect, and a client per recorded connection to a
+    TCP LISTENER (it connects once the host has sent, and the modem written, as much as
+    they had when the recorded one came)."""
 
-    def __init__(self, scripts: list[Script], host_sent) -> None:
-        self.queue = [s for s in scripts if s.connected]
+    def __init__(self, scripts: list[Script], host_sent, modem_wrote=None, listener_addr=None) -> None:
+        self.scripts = scripts
         self.host_sent = host_sent            # callable: bytes the replay host has sent so far
+        self.modem_wrote = modem_wrote or (lambda: 1 << 62)
+        self.listener_addr = listener_addr or (lambda server_id: None)   # (ip, port) once listening
         self.differences: list[str] = []
+        self.routes: list[tuple[str, int, int]] = []     # (host, port, stand-in port) for the router
+        self._servers: list = []
+        self._tasks: list[asyncio.Future] = []
+        self._refusing = None
         self.server = None
         self.port = 0
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
+        import socket as _socket
+        loop = asyncio.get_running_loop()
+        streams: dict[tuple, list[Script]] = {}
+        datagrams: dict[tuple, list[Script]] = {}
+        refused: set[tuple] = set()
+        for s in self.scripts:
+            if s.type == "TCP INCOMING":
+                self.spawn(self._client(s))
+            elif s.connected and s.type not in ("UDP SERVICE",):
+                (datagrams if s.datagram else streams).setdefault((s.host.lower(), s.port), []).append(s)
+            elif s.refused:
+                refused.add((s.host.lower(), s.port))
+        for dest, queue in streams.items():
+            server = await asyncio.start_server(lambda r, w, q=queue: self._serve(q, r, w), "127.0.0.1", 0)
+            self._servers.append(server)
+            self.routes.append((*dest, server.sockets[0].getsockname()[1]))
+        for dest, queue in datagrams.items():
+            transport, _ = await loop.create_datagram_endpoint(lambda q=queue: _UdpStandIn(self, q),
+                                                               local_addr=("127.0.0.1", 0))
+            self._servers.append(transport)
+            self.routes.append((*dest, transport.get_extra_info("sockname")[1]))
+        refused -= {(h, p) for h, p, _ in self.routes}
+        if refused:                               # bound, never listening: connect() is refused
+            self._refusing = _socket.socket()
+            self._refusing.bind(("127.0.0.1", 0))
+            closed_port = self._refusing.getsockname()[1]
+            self.routes.extend((h, p, closed_port) for h, p in refused)
+        if self.routes:
+            self.port = self.routes[0][2]
+
+    def spawn(self, coroutine) -> None:
+        """A task of the replay's network side (cancelled by close)."""
+        self._tasks.append(asyncio.ensure_future(coroutine))
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        for task in self._tasks:
+            task.cancel()
+        for server in self._servers:
+            server.close()
+        if self._refusing is not None:
+            self._refusing.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.queue:
+    async def _wait_host(self, sent: int, wrote: int = 0, timeout: float | None = 10) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.host_sent() < sent or self.modem_wrote() < wrote:
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.002)
+
+    async def _serve(self, queue: list[Script], reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        if not queue:
             self.differences.append("a connection the trace does not have")
             writer.transport.abort()
             return
-        script = self.queue.pop(0)
-        try:
+        script = queue.pop(0)
+        if not script.plain:
             writer.write(json.dumps(script.header).encode() + b"\n")
             if not script.header.get("ok"):
-                await writer.drain()
+                try:
+                    await writer.drain()
+                except (ConnectionError, OSError):
+                    pass
+                writer.close()
                 return
+        await self._play(script, reader, writer)
+
+    async def _client(self, script: Script) -> None:
+        """A recorded connection to one of the modem's TCP LISTENERs, made again."""
+        await self._wait_host(script.at[0], timeout=None)
+        await self._wait_host(*script.at)
+        addr = None
+        for _ in range(5000):
+            addr = self.listener_addr(script.server)
+            if addr is not None:
+                break
+            await asyncio.sleep(0.002)
+        if addr is None:
+            self.differences.append(f"socket {script.socket}: listener {script.server} is not listening "
+                                    "when the recorded client came")
+            return
+        try:
+            reader, writer = await asyncio.open_connection(*addr)
+        except OSError as exc:
+            self.differences.append(f"socket {script.socket}: connecting to listener {script.server}: {exc}")
+            return
+        await self._play(script, reader, writer)
+
+    async def _play(self, script: Script, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One stream's recorded plaintext: expect what the modem sent, send what it received."""
+        try:
             for step in script.steps:
                 if step[0] == "expect":
                     try:
@@ -456,14 +641,15 @@ class ReplayPeer:
                     if got != step[1]:
                         self.differences.append(f"socket {script.socket} sent {escape(got)!r}, "
                                                 f"recorded {escape(step[1])!r}")
-                        return
+                        if len(got) < len(step[1]):
+                            return               # it stopped sending: nothing more to replay
+                        # else: go on as recorded, so that what follows still replays
                 elif step[0] == "send":
-                    deadline = time.monotonic() + 10
-                    while self.host_sent() < step[2] and time.monotonic() < deadline:
-                        await asyncio.sleep(0.002)
+                    await self._wait_host(step[2])
                     writer.write(step[1])
                     await writer.drain()
-                else:                            # the server ended it
+                else:                            # the server ended it, when it had
+                    await self._wait_host(step[2] if len(step) > 2 else 0)
                     if step[1] == "rst":
                         import socket as _socket, struct
                         sock = writer.get_extra_info("socket")
@@ -480,11 +666,76 @@ class ReplayPeer:
             if not writer.transport.is_closing():
                 writer.close()
 
+    async def play_datagrams(self, script: Script, transport, inbox: "asyncio.Queue[bytes]", addr) -> None:
+        """One UDP socket's recorded datagrams: each "sent" one expected whole, each "received"
+        one sent back to where the modem's came from."""
+        for step in script.steps:
+            if step[0] == "expect":
+                try:
+                    got = await asyncio.wait_for(inbox.get(), 10)
+                except asyncio.TimeoutError:
+                    got = b""
+                if got != step[1]:
+                    self.differences.append(f"socket {script.socket} sent the datagram {escape(got)!r}, "
+                                            f"recorded {escape(step[1])!r}")
+            elif step[0] == "send":
+                await self._wait_host(step[2])
+                transport.sendto(step[1], addr)
+
+
+class _UdpStandIn(asyncio.DatagramProtocol):
+    """The stand-in UDP server of one destination: each new sender is the next recorded socket."""
+
+    def __init__(self, peer: ReplayPeer, queue: list[Script]) -> None:
+        self.peer = peer
+        self.queue = queue
+        self.inboxes: dict = {}
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        inbox = self.inboxes.get(addr)
+        if inbox is None:
+            if not self.queue:
+                self.peer.differences.append("a UDP socket the trace does not have")
+                return
+            inbox = self.inboxes[addr] = asyncio.Queue()
+            self.peer.spawn(self.peer.play_datagrams(self.queue.pop(0), self.transport, inbox, addr))
+        inbox.put_nowait(data)
+
 
 # -- replay: the host side ----------------------------------------------------------------
 # What differs from run to run by nature, not by behaviour: the local TCP port the kernel
-# chose (EC2x AT+QSSLSTATE's 5th field).
-VARIABLE = [(re.compile(r'(\+QSSLSTATE: \d+,"SSLClient","[^"]*",\d+,)\d+'), r"\1<local port>")]
+# chose (EC2x AT+QSSLSTATE's 5th field), the address and port a client of a TCP LISTENER
+# came from (its "incoming" URC, its AT+QISTATE line).
+VARIABLE = [(re.compile(r'(\+QSSLSTATE: \d+,"SSLClient","[^"]*",\d+,)\d+'), r"\1<local port>"),
+            (re.compile(r'(\+QIURC: "incoming",\d+,\d+,)"[^"]*",\d+'), r'\1"<remote>",<port>'),
+            (re.compile(r'(\+QISTATE: \d+,"TCP INCOMING",)"[^"]*",\d+'), r'\1"<remote>",<port>')]
+
+LISTEN_LINE = re.compile(r'\+QIOPEN=\d+,\d+,"(?:TCP LISTENER|UDP SERVICE)","[^"]*",\d+,(\d+)', re.I)
+
+
+def _listen_ports(records: list[dict]) -> set[int]:
+    """The <local_port>s the trace's TCP LISTENERs and UDP SERVICEs bound (from their
+    AT+QIOPEN lines and accepted records): the replay binds them on any free port."""
+    ports = {r.get("local_port") for r in records if r.get("kind") == "accepted"}
+    for r in records:
+        if r.get("kind") == "cmd":
+            ports.update(int(m.group(1)) for m in LISTEN_LINE.finditer(r.get("line", "")))
+    return {p for p in ports if isinstance(p, int) and 0 < p < 65536}
+
+
+def _listening(modem, server_id) -> tuple[str, int] | None:
+    """Where the replaying modem's TCP LISTENER <server_id> listens (None: not yet/not now)."""
+    from emulator.sockets.tcpip import LISTENING
+    svc = _tcpip_if_any(modem)
+    listener = svc.listeners.get(server_id) if svc is not None else None
+    server = getattr(listener, "server", None)
+    if server is None or not server.sockets or listener.state != LISTENING:
+        return None
+    return tuple(server.sockets[0].getsockname()[:2])
 
 
 def _norm(text: str, ignore: list[re.Pattern]) -> str:
@@ -553,14 +804,19 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
     writer = TraceWriter(None)
     with tempfile.TemporaryDirectory(prefix="modem-replay-") as state, BackgroundEmulator(offline=True) as emu:
         tracer: list[ModemTrace] = []
-        peer = ReplayPeer(scripts_of(records), lambda: tracer[0].in_total if tracer else 0)
+        modems: list = []
+        peer = ReplayPeer(scripts_of(records), lambda: tracer[0].in_total if tracer else 0,
+                          lambda: tracer[0].out_total if tracer else 0,
+                          lambda server_id: _listening(modems[0], server_id) if modems else None)
         emu.call(peer.start())
         for name, ip in (start.get("dns") or {}).items():
             emu.router.add_dns(name, ip)
-        for s in scripts_of(records):
-            if s.connected:
-                emu.router.add_map(s.host, s.port, "127.0.0.1", peer.port)
+        for host, host_port, stand_in in peer.routes:
+            emu.router.add_map(host, host_port, "127.0.0.1", stand_in)
+        for local_port in _listen_ports(records):      # any free port, not the recorded one
+            emu.router.add_listen(local_port, "127.0.0.1", 0)
         port = emu.add_modem(profile, state_dir=Path(state), trace=writer)
+        modems.append(port.modem)
         tracer.append(port.modem.tracer)
         if scenario is not None:                 # the faults the trace was recorded with
             emu.run_scenario(scenario)

@@ -210,3 +210,148 @@ def test_the_cli_replays_with_shortened_pauses(tmp_path):
     for argv in (["replay", str(log)], ["replay", str(trace), "--max-gap", "0.05"]):
         done = subprocess.run([sys.executable, "-m", "emulator", *argv], capture_output=True, text=True, timeout=10)
         assert done.returncode == 0 and "no difference" in done.stdout, (argv, done.stdout, done.stderr)
+
+
+# -- plain TCP/UDP sockets (AT+QIOPEN) -------------------------------------------------------
+def traced_tcpip_session(open_modem, emulator, path) -> None:
+    """An EC2x's TCP client (buffer mode), UDP client (direct push) and TCP LISTENER with one
+    client that sends, is answered and hangs up; an open nothing listens for (566)."""
+    import socket
+
+    from emulator.testing.peers import TcpServer, UdpEchoServer
+    from emulator.sockets.tcpip import tcpip_service
+
+    host, port = open_modem("ec2x", trace=str(path))
+    emulator.router.add_listen(2020, "127.0.0.1", 0)         # any free port for the module's 2020
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))                            # bound, not listening: refused
+    with TcpServer("echo") as tcp, UdpEchoServer() as udp, closed:
+        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", tcp.port)
+        emulator.router.add_map("udp.example", 7001, "127.0.0.1", udp.port)
+        emulator.router.add_map("10.9.8.7", 7002, "127.0.0.1", closed.getsockname()[1])
+        assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+        assert host.at('AT+QIOPEN=1,0,"TCP","tcp.example",7000,0,0') == b"\r\nOK\r\n"
+        host.read_until(b"\r\n+QIOPEN: 0,0\r\n")
+        host.write("AT+QISEND=0,5\r")
+        host.read_until(b"> ")
+        host.write(b"hello")
+        host.read_until(b"\r\nSEND OK\r\n")
+        host.read_until(b'\r\n+QIURC: "recv",0\r\n')
+        assert host.at("AT+QIRD=0,1500") == b"\r\n+QIRD: 5\r\nhello\r\n\r\nOK\r\n"
+        assert host.at('AT+QIOPEN=1,1,"UDP","udp.example",7001,0,1') == b"\r\nOK\r\n"
+        host.read_until(b"\r\n+QIOPEN: 1,0\r\n")
+        for datagram in (b"ping", b"pong!"):
+            host.write(f"AT+QISEND=1,{len(datagram)}\r")
+            host.read_until(b"> ")
+            host.write(datagram)
+            host.read_until(b"\r\nSEND OK\r\n")
+            host.read_until(f'\r\n+QIURC: "recv",1,{len(datagram)}\r\n'.encode() + datagram)
+        assert host.at('AT+QIOPEN=1,2,"TCP LISTENER","127.0.0.1",0,2020,0') == b"\r\nOK\r\n"
+        host.read_until(b"\r\n+QIOPEN: 2,0\r\n")
+        listener = emulator.run(lambda: tcpip_service(port.modem).listeners[2].server.sockets[0].getsockname())
+        client = socket.create_connection(listener[:2])
+        host.read_until(re.compile(rb'\+QIURC: "incoming",3,2,"127\.0\.0\.1",\d+\r\n'))
+        client.sendall(b"from client")
+        host.read_until(b'\r\n+QIURC: "recv",3\r\n')
+        assert host.at("AT+QIRD=3,1500") == b"\r\n+QIRD: 11\r\nfrom client\r\n\r\nOK\r\n"
+        host.write("AT+QISEND=3,6\r")
+        host.read_until(b"> ")
+        host.write(b"answer")
+        host.read_until(b"\r\nSEND OK\r\n")
+        assert client.recv(100) == b"answer"
+        assert re.search(rb'\+QISTATE: 3,"TCP INCOMING","127\.0\.0\.1",\d+,2020,2,', host.at("AT+QISTATE"))
+        client.close()
+        host.read_until(b'\r\n+QIURC: "closed",3\r\n')
+        assert host.at('AT+QIOPEN=1,4,"TCP","10.9.8.7",7002,0,0') == b"\r\nOK\r\n"
+        host.read_until(b"\r\n+QIOPEN: 4,566\r\n")
+        for connect_id in (3, 0, 1, 2):
+            assert host.at(f"AT+QICLOSE={connect_id}") == b"\r\nOK\r\n"
+    emulator.run(lambda: None)
+
+
+def test_a_tcpip_session_is_traced_shown_and_replayed(open_modem, emulator, tmp_path, capsys):
+    """AT+QIOPEN sockets replay: the stand-ins are a plain TCP server (no TLS, no header
+    line), a UDP server answering each recorded datagram where the modem's came from, a
+    client that connects to the replaying modem's TCP LISTENER when the recorded one did,
+    and a port nobody listens on for the refused open (566, not the 565 of a DNS failure)."""
+    path = tmp_path / "tcpip.trace"
+    traced_tcpip_session(open_modem, emulator, path)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    opens = [(r["socket"], r.get("service"), r.get("type")) for r in records if r["kind"] == "open"]
+    assert opens == [(0, "tcpip", "TCP"), (1, "tcpip", "UDP"), (4, "tcpip", "TCP")]
+    accepted = next(r for r in records if r["kind"] == "accepted")
+    assert (accepted["socket"], accepted["type"], accepted["server"], accepted["local_port"]) == \
+        (3, "TCP INCOMING", 2, 2020)
+    capsys.readouterr()
+    assert show_main([str(path)]) == 0
+    text = capsys.readouterr().out
+    for wanted in ("socket 0 open TCP tcp.example:7000", "socket 0 connected (TCP, no TLS)",
+                   "socket 1 open UDP udp.example:7001", "socket 1 connected (UDP, no TLS)",
+                   "socket 3 peer closed (FIN)", "socket 4 open result 566 (connect: "):
+        assert wanted in text, (wanted, text)
+    assert re.search(r"socket 3 accepted from 127\.0\.0\.1:\d+ by listener 2 \(local port 2020\)", text), text
+    assert "DTLS" not in text and "handshake" not in text
+    assert replay_main([str(path)]) == 0, capsys.readouterr().out
+    assert "no difference" in capsys.readouterr().out
+
+
+def test_a_changed_tcpip_exchange_is_named(open_modem, emulator, tmp_path, capsys):
+    """What the modem sends is checked against the recording on each kind of socket: a
+    changed datagram, a changed stream, a changed answer to the listener's client."""
+    path = tmp_path / "tcpip.trace"
+    traced_tcpip_session(open_modem, emulator, path)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    capsys.readouterr()
+
+    def replay_changed(socket_id: int, old: str, new: str) -> str:
+        changed = tmp_path / f"changed-{socket_id}.trace"
+        rows = []
+        for r in records:
+            if r["kind"] == "sent" and r["socket"] == socket_id and r["data"] == old:
+                r = {**r, "data": new}
+            rows.append(json.dumps(r))
+        changed.write_text("\n".join(rows) + "\n")
+        assert replay_main([str(changed), "--max-gap", "0.2"]) == 1
+        return capsys.readouterr().out
+    assert "socket 1 sent the datagram 'pong!', recorded 'pang!'" in replay_changed(1, "pong!", "pang!")
+    assert "socket 0 sent 'hello', recorded 'jello'" in replay_changed(0, "hello", "jello")
+    assert "socket 3 sent 'answer', recorded 'Answer'" in replay_changed(3, "answer", "Answer")
+
+
+def test_tcp_push_and_transparent_sessions_replay(open_modem, emulator, tmp_path, capsys):
+    """A TCP client in direct push mode and one in transparent mode (CONNECT, "+++" with
+    its guard times); and a trace written before the open records said
+    "service" (the sockets are told apart by their TCP/UDP "handshake" and the AT+QIOPEN
+    line) replays the same."""
+    from emulator.testing.peers import TcpServer
+
+    path = tmp_path / "modes.trace"
+    host, _ = open_modem("ec2x", trace=str(path))
+    with TcpServer("echo") as echo, TcpServer("echo") as other:
+        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", echo.port)
+        emulator.router.add_map("10.1.2.3", 7003, "127.0.0.1", other.port)
+        assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1;S12=5') == b"\r\nOK\r\n"
+        assert host.at('AT+QIOPEN=1,0,"TCP","tcp.example",7000,0,1') == b"\r\nOK\r\n"
+        host.read_until(b"\r\n+QIOPEN: 0,0\r\n")
+        host.write("AT+QISEND=0,4\r")
+        host.read_until(b"> ")
+        host.write(b"push")
+        host.read_until(b"\r\nSEND OK\r\n")
+        host.read_until(b'\r\n+QIURC: "recv",0,4\r\npush')
+        host.write('AT+QIOPEN=1,1,"TCP","10.1.2.3",7003,0,2\r')
+        host.read_until(b"\r\nCONNECT\r\n")
+        host.write(b"online\r\n")
+        assert host.read_exactly(8) == b"online\r\n"
+        host.quiet_for(0.15)
+        host.write(b"+++")
+        host.read_until(b"\r\nOK\r\n")
+        assert host.at("AT+QICLOSE=1") == b"\r\nOK\r\n"
+        assert host.at("AT+QICLOSE=0") == b"\r\nOK\r\n"
+    emulator.run(lambda: None)
+    capsys.readouterr()
+    assert replay_main([str(path)]) == 0, capsys.readouterr().out
+    old = tmp_path / "old.trace"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    old.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("service", "type")}) + "\n"
+                           for r in rows))
+    assert replay_main([str(old)]) == 0, capsys.readouterr().out
