@@ -312,6 +312,7 @@ class SslSocket:
         self.session.start()
         self._phase = "handshake"
         self._pump()
+        self.pause_network(False)          # what the peer sent meanwhile (see _link_made)
         try:
             kind, reason = await timers.wait_for(asyncio.shield(self._opened), negotiate_timeout)
         except asyncio.TimeoutError:
@@ -354,6 +355,12 @@ class SslSocket:
         self._transport = transport
         if self._incoming is not None:
             self._accepted()
+        elif self.session is None and hasattr(transport, "pause_reading"):
+            # The open's coroutine makes the session a loop turn later: until then the
+            # kernel keeps what the peer sends (a server that speaks first, a FIN right
+            # after accept), or those bytes and the peer's end would go to no session.
+            transport.pause_reading()
+            self._paused = True
 
     def accept(self, settings) -> asyncio.Protocol:
         """An incoming connection a listener accepts for this socket: the protocol to hand

@@ -1,0 +1,565 @@
+"""The EC2x TCP/IP sockets (AT+QIOPEN & co.) against impolite hosts and hostile servers:
+hosts that never wait for the URC they should, close the port mid-phase, send bad
+parameters; servers that reset, half-close, never read, flood.  Checked: byte-exact data,
+no lost or split answers, bounded memory, the right AT+QIGETERROR, no traceback, fds freed."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from emulator.testing.host import Host
+from emulator.testing.peers import TcpServer, UdpEchoServer
+
+TCP_HOST, TCP_PORT = "tcp.example", 7000
+UDP_HOST, UDP_PORT = "udp.example", 7001
+RESULT = re.compile(rb"\r\n(SEND OK|SEND FAIL|ERROR)\r\n")
+
+
+@pytest.fixture
+def modem(emulator, ec2x_on, caplog):
+    """(host, advance(s), port): an EC2x on manual time, PDP context 1 up.  At the end no
+    log record may carry a traceback or be an error."""
+    caplog.set_level(logging.INFO)
+    host, port = ec2x_on
+
+    def advance(seconds: float) -> None:
+        emulator.wait_received(port, host.written)
+        emulator.advance(port, seconds)
+    yield host, advance, port
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+@pytest.fixture
+def tcp_echo(emulator):
+    with TcpServer("echo") as server:
+        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
+        yield server
+
+
+@pytest.fixture
+def tcp_sink(emulator):
+    with TcpServer("sink") as server:
+        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
+        yield server
+
+
+def qiopen(host, connect_id: int, kind: str = "TCP", addr: str = TCP_HOST, port: int = TCP_PORT,
+           local_port: int = 0, mode: int = 0, code: int = 0) -> None:
+    line = f'AT+QIOPEN=1,{connect_id},"{kind}","{addr}",{port},{local_port},{mode}'
+    assert host.at(line) == b"\r\nOK\r\n"
+    assert host.seen(f"+QIOPEN: {connect_id},".encode()) + host.read_until(b"\r\n") == \
+        f"+QIOPEN: {connect_id},{code}\r\n".encode()
+
+
+def qisend(host, connect_id: int, data: bytes, fixed: bool = True) -> bytes:
+    host.write(f"AT+QISEND={connect_id},{len(data)}\r" if fixed else f"AT+QISEND={connect_id}\r")
+    assert host.read_until(re.compile(rb"> |\r\nERROR\r\n")).endswith(b"> ")
+    host.write(data if fixed else data + b"\x1a")
+    return host.read_until(RESULT)
+
+
+def qird(host, connect_id: int, n: int = 1500) -> tuple[bytes, bytes]:
+    """One AT+QIRD: (its head line, the data)."""
+    host.write(f"AT+QIRD={connect_id},{n}\r")
+    head = host.read_until(re.compile(rb"\+QIRD: \d+[^\r]*\r\n|\r\nERROR\r\n"))
+    assert not head.endswith(b"ERROR\r\n"), head
+    length = int(re.search(rb"\+QIRD: (\d+)", head).group(1))
+    if length == 0:
+        host.read_until(b"\r\nOK\r\n")
+        return head, b""
+    data = host.read_exactly(length)
+    assert host.read_until(b"\r\nOK\r\n") == b"\r\n\r\nOK\r\n"
+    return head, data
+
+
+def error_code(host) -> int:
+    return int(re.search(rb"\+QIGETERROR: (\d+),", host.at("AT+QIGETERROR")).group(1))
+
+
+def tcpip(emulator, port):
+    from emulator.sockets.tcpip import tcpip_service
+    return emulator.run(tcpip_service, port.modem)
+
+
+def fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def wait_for(predicate, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+# -- impolite hosts ------------------------------------------------------------------------
+def test_two_qiopen_on_one_id_back_to_back(modem, tcp_echo):
+    host, _, _ = modem
+    host.write(f'AT+QIOPEN=1,0,"TCP","{TCP_HOST}",{TCP_PORT},0,0\r'.encode() * 2)
+    out = host.read_until(b"\r\nOK\r\n") + host.read_until(b"\r\nOK\r\n")
+    host.seen(b"+QIOPEN: 0,563\r\n")
+    host.seen(b"+QIOPEN: 0,0\r\n")
+    assert b"ERROR" not in out
+    assert qisend(host, 0, b"still works") == b"\r\nSEND OK\r\n"
+    host.seen(b'+QIURC: "recv",0\r\n')
+    assert qird(host, 0)[1] == b"still works"
+    assert host.at("AT+QICLOSE=0") == b"\r\nOK\r\n"
+
+
+def test_qisend_before_the_qiopen_urc(modem, emulator, tcp_echo):
+    host, _, _ = modem
+    assert emulator.control("handshake_stall")["ok"]
+    assert host.at(f'AT+QIOPEN=1,0,"TCP","{TCP_HOST}",{TCP_PORT},0,0') == b"\r\nOK\r\n"
+    assert host.at("AT+QISEND=0,5") == b"\r\nERROR\r\n"
+    assert error_code(host) == 567
+    assert host.at('AT+QISENDEX=0,"41"') == b"\r\nERROR\r\n"
+    assert host.at("AT+QIRD=0,10") == b"\r\nERROR\r\n"
+    assert host.at("AT+QICLOSE=0") == b"\r\nOK\r\n"
+
+
+def test_qiopen_on_an_id_an_ssl_socket_is_opening(modem, emulator, echo, pki):
+    host, _, _ = modem
+    assert emulator.control("handshake_stall")["ok"]
+    assert host.at('AT+QSSLOPEN=1,1,3,"echo.example",443,0') == b"\r\nOK\r\n"
+    assert host.at(f'AT+QIOPEN=1,3,"TCP","{TCP_HOST}",{TCP_PORT},0,0') == b"\r\nOK\r\n"
+    host.seen(b"+QIOPEN: 3,563\r\n")
+    assert host.at('AT+QIOPEN=1,4,"TCP LISTENER","127.0.0.1",0,0,0') == b"\r\nERROR\r\n"   # port 0
+    qiopen(host, 4, "TCP LISTENER", "127.0.0.1", 0, local_port=free_port())
+    assert host.at('AT+QSSLOPEN=1,1,4,"echo.example",443,0') == b"\r\nERROR\r\n"
+    assert error_code(host) == 563
+    assert host.at("AT+QSSLCLOSE=3") == b"\r\nOK\r\n"
+    assert host.at("AT+QICLOSE=4") == b"\r\nOK\r\n"
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_qisendex_edges(modem, tcp_sink):
+    host, _, _ = modem
+    qiopen(host, 0)
+    conn = tcp_sink.wait_connection()
+    assert host.at('AT+QISENDEX=0,"0a0B1f"') == b"\r\nSEND OK\r\n"          # lowercase, mixed
+    big = bytes(range(256)) * 2
+    assert host.at(f'AT+QISENDEX=0,"{big.hex()}"') == b"\r\nSEND OK\r\n"     # 512 bytes
+    assert conn.wait_received(515) == b"\x0a\x0b\x1f" + big
+    for bad in ('"0a0"', '"0g"', '""', f'"{"41" * 513}"', '"41 42"', '"41",1'):
+        assert host.at(f"AT+QISENDEX=0,{bad}") == b"\r\nERROR\r\n", bad
+        assert error_code(host) == 552, bad
+    assert host.at("AT+QICLOSE=0,0") == b"\r\nOK\r\n"
+
+
+def test_qisend_lengths_and_escape(modem, tcp_sink):
+    host, _, _ = modem
+    qiopen(host, 0)
+    conn = tcp_sink.wait_connection()
+    assert host.at("AT+QISEND=0,1461") == b"\r\nERROR\r\n"
+    assert error_code(host) == 552
+    assert host.at("AT+QISEND=0,0") == b"\r\n+QISEND: 0,0,0\r\n\r\nOK\r\n"
+    data = bytes([0x1a, 0x1b]) * 730                                            # Ctrl+Z / ESC as data
+    assert qisend(host, 0, data) == b"\r\nSEND OK\r\n"
+    assert conn.wait_received(1460) == data
+    host.write(b"AT+QISEND=0\r")
+    host.read_until(b"> ")
+    host.write(b"abc\x1b")                                                      # ESC: not sent
+    assert host.read_until(RESULT) == b"\r\nERROR\r\n"
+    assert error_code(host) == 571
+    assert qisend(host, 0, b"x" * 1460, fixed=False) == b"\r\nSEND OK\r\n"
+    assert conn.wait_received(2920)[1460:] == b"x" * 1460
+    host.write(b"AT+QISEND=0\r")
+    host.read_until(b"> ")
+    host.write(b"y" * 1461 + b"\x1a")
+    assert host.read_until(RESULT) == b"\r\nERROR\r\n"
+    assert host.at("AT") == b"\r\nOK\r\n"
+    assert host.at("AT+QISEND=0,0") == b"\r\n+QISEND: 2920,2920,0\r\n\r\nOK\r\n"
+    assert host.at("AT+QICLOSE=0,0") == b"\r\nOK\r\n"
+
+
+# -- listeners ------------------------------------------------------------------------------
+def test_twelve_incoming_at_once_and_one_more(modem, emulator):
+    host, _, port = modem
+    lport = free_port()
+    qiopen(host, 0, "TCP LISTENER", "127.0.0.1", 0, local_port=lport)
+    before = fds()
+    clients = [socket.create_connection(("127.0.0.1", lport)) for _ in range(12)]
+    try:
+        for i in range(1, 12):
+            host.seen(re.compile(rb'\+QIURC: "incoming",%d,0,"127\.0\.0\.1",\d+\r\n' % i))
+        host.seen(b'+QIURC: "incoming full"\r\n')
+        # exactly one was refused: it reads EOF/RST
+        refused = 0
+        for c in clients:
+            c.settimeout(0.5)
+            try:
+                if c.recv(1) == b"":
+                    refused += 1
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                refused += 1
+        assert refused == 1
+        for i, c in enumerate(clients):
+            try:
+                c.sendall(b"hello %d" % i)
+            except OSError:
+                pass
+        for i in range(1, 12):
+            host.seen(b'+QIURC: "recv",%d\r\n' % i)
+        got = sorted(qird(host, i)[1] for i in range(1, 12))
+        assert len(got) == 11 and all(g.startswith(b"hello ") for g in got)
+        assert host.at("AT+QIOPEN=1,5,\"TCP\",\"x\",1") == b"\r\nOK\r\n"
+        host.seen(b"+QIOPEN: 5,563\r\n")
+    finally:
+        for c in clients:
+            c.close()
+    for i in range(1, 12):
+        host.seen(b'+QIURC: "closed",%d\r\n' % i)
+        assert host.at(f"AT+QICLOSE={i}").endswith(b"\r\nOK\r\n")
+    assert host.at("AT+QICLOSE=0") == b"\r\nOK\r\n"
+    assert host.at("AT+QISTATE?") == b"\r\nOK\r\n"
+    wait_for(lambda: fds() <= before - 0)
+
+
+def test_client_closes_before_the_host_reads(modem, emulator):
+    host, _, _ = modem
+    lport = free_port()
+    qiopen(host, 0, "TCP LISTENER", "127.0.0.1", 0, local_port=lport, mode=0)
+    data = os.urandom(100_000)
+    with socket.create_connection(("127.0.0.1", lport)) as c:
+        c.sendall(data)
+    host.seen(b'+QIURC: "incoming",1,0,')
+    host.seen(b'+QIURC: "recv",1\r\n')
+    got = bytearray()
+    closed = False
+    while True:           # past the 64 KiB receive buffer the FIN is seen as the host reads
+        chunk = qird(host, 1)[1]
+        got += chunk
+        closed = closed or b'+QIURC: "closed",1\r\n' in host.transcript
+        if not chunk and closed:
+            break
+        if not chunk:
+            time.sleep(0.01)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert host.at("AT+QICLOSE=1") == b"\r\nOK\r\n"
+    # a client that connects and goes at once, in push mode: the listener's mode
+    qiopen(host, 2, "TCP LISTENER", "127.0.0.1", 0, local_port=free_port(), mode=1)
+    lport2 = tcpip(emulator, modem[2]).listeners[2].shown_local_port
+    with socket.create_connection(("127.0.0.1", lport2)) as c:
+        c.sendall(b"bye")
+    host.seen(b'+QIURC: "incoming",1,2,')
+    host.seen(b'+QIURC: "recv",1,3\r\nbye')
+    host.seen(b'+QIURC: "closed",1\r\n')
+    for i in (1, 0, 2):
+        assert host.at(f"AT+QICLOSE={i}").endswith(b"\r\nOK\r\n")
+
+
+def test_many_listeners_and_fds_released(modem, emulator, tcp_echo):
+    host, _, _ = modem
+    emulator.router.add_map(UDP_HOST, UDP_PORT, "127.0.0.1", free_port(socket.SOCK_DGRAM))
+    qiopen(host, 0)
+    assert qisend(host, 0, b"warm") == b"\r\nSEND OK\r\n"
+    host.seen(b'+QIURC: "recv",0\r\n')
+    qird(host, 0)
+    assert host.at("AT+QICLOSE=0") == b"\r\nOK\r\n"
+    base = fds()
+    for _ in range(3):
+        ports = [free_port() for _ in range(12)]
+        for i, p in enumerate(ports):
+            qiopen(host, i, "TCP LISTENER" if i % 3 else "UDP SERVICE", "127.0.0.1", 0, local_port=p)
+        for i in range(12):
+            assert host.at(f"AT+QICLOSE={i}") == b"\r\nOK\r\n"
+        for i in range(12):
+            qiopen(host, i, "TCP" if i % 2 else "UDP", TCP_HOST if i % 2 else UDP_HOST, TCP_PORT if i % 2 else UDP_PORT)
+        for i in range(12):
+            assert host.at(f"AT+QICLOSE={i},0") == b"\r\nOK\r\n"
+    wait_for(lambda: fds() <= base)
+
+
+# -- floods and memory ----------------------------------------------------------------------
+def flood_server(emulator, size: int, chunk: int = 65536):
+    """A server that sends `size` random bytes as soon as a client connects, then closes;
+    returns (server socket, the data, a thread-safe dict with 'sent')."""
+    data = os.urandom(size)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    state = {"sent": 0}
+
+    def run():
+        try:
+            conn, _ = srv.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                for i in range(0, size, chunk):
+                    conn.sendall(data[i:i + chunk])
+                    state["sent"] = i + chunk
+            except OSError:
+                pass
+    threading.Thread(target=run, daemon=True).start()
+    emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", srv.getsockname()[1])
+    return srv, data, state
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_ten_megabytes_while_the_host_never_reads(modem, emulator, mode):
+    host, _, port = modem
+    srv, data, state = flood_server(emulator, 10 * 1024 * 1024)
+    with srv:
+        qiopen(host, 0, mode=mode)
+        time.sleep(1.0)                         # the host reads nothing for a while
+        svc = tcpip(emulator, port)
+        held = emulator.run(lambda: len(svc.sockets[0].inbox))
+        backlog = emulator.run(port.modem.output_backlog)
+        assert held <= svc.recv_buffer + 262144 and backlog <= 1024 * 1024, (held, backlog)
+        assert state["sent"] < len(data)
+        got = bytearray()
+        if mode == 0:
+            while len(got) < len(data):
+                chunk = qird(host, 0)[1]
+                if not chunk:
+                    host.seen(b'+QIURC: "recv",0\r\n')
+                got += chunk
+        else:
+            buf = host.pending
+            push = re.compile(rb'\r\n\+QIURC: "recv",0,(\d+)\r\n')
+            deadline = time.monotonic() + 120
+            while len(got) < len(data):
+                assert time.monotonic() < deadline
+                m = push.match(buf)
+                if m and len(buf) >= m.end() + int(m.group(1)):
+                    got += buf[m.end():m.end() + int(m.group(1))]
+                    del buf[:m.end() + int(m.group(1))]
+                    continue
+                assert m or len(buf) < 30, bytes(buf[:100])
+                host._fill()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+        host.seen(b'+QIURC: "closed",0\r\n')
+        assert host.at("AT+QICLOSE=0").endswith(b"\r\nOK\r\n")
+
+
+def test_udp_flood_larger_than_the_buffers(modem, emulator):
+    host, _, port = modem
+    lport = free_port(socket.SOCK_DGRAM)
+    qiopen(host, 0, "UDP SERVICE", "127.0.0.1", 0, local_port=lport)
+    sent = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        me = peer.getsockname()
+        peer.sendto(b"", ("127.0.0.1", lport))                      # a zero-length datagram
+        big = os.urandom(65507)
+        peer.sendto(big, ("127.0.0.1", lport))
+        sent.append(big)
+        for i in range(3000):
+            d = i.to_bytes(4, "big") + os.urandom(996)
+            sent.append(d)
+            peer.sendto(d, ("127.0.0.1", lport))
+        time.sleep(0.5)
+        svc = tcpip(emulator, port)
+        held = emulator.run(lambda: len(svc.sockets[0].inbox))
+        assert held <= svc.recv_buffer + 65507, held
+        host.seen(b'+QIURC: "recv",0\r\n')
+        got = []
+        current = bytearray()
+        while True:
+            head, chunk = qird(host, 0)
+            if not chunk:
+                break
+            assert head.lstrip() == f'+QIRD: {len(chunk)},"127.0.0.1",{me[1]}\r\n'.encode()
+            current += chunk
+            if len(chunk) < 1500 or bytes(current) in sent:
+                got.append(bytes(current))
+                current = bytearray()
+        # whole datagrams, in order, none duplicated (the tail past the buffers is dropped)
+        assert got[0] == big
+        idx = [sent.index(g) for g in got]
+        assert idx == sorted(set(idx)), idx[:20]
+    assert host.at("AT+QICLOSE=0").endswith(b"\r\nOK\r\n")
+
+
+# -- hostile servers ------------------------------------------------------------------------
+def banner_server(emulator, banner: bytes, then: str = "close", udp: bool = False):
+    """A server that speaks first, as soon as it accepts (SMTP, FTP, a telnet prompt), then
+    "close"s (FIN), "rst"s or "stay"s open."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    kept = []
+
+    def run():
+        try:
+            conn, _ = srv.accept()
+        except OSError:
+            return
+        conn.sendall(banner)
+        if then == "rst":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            conn.close()
+        elif then == "close":
+            conn.close()
+        else:
+            kept.append(conn)
+    threading.Thread(target=run, daemon=True).start()
+    emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", srv.getsockname()[1])
+    return srv, kept
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_server_that_speaks_first_loses_nothing(modem, emulator, mode):
+    """A server's greeting sent the moment it accepts (before the module has even reported
+    +QIOPEN) reaches the host whole: the first bytes were dropped (the socket had no
+    session yet when the transport delivered them)."""
+    host, _, _ = modem
+    banner = b"220 smtp.example ESMTP ready\r\n" + os.urandom(200_000)
+    for _ in range(5):
+        srv, kept = banner_server(emulator, banner, then="stay")
+        with srv:
+            qiopen(host, 0, mode=mode)
+            got = bytearray()
+            deadline = time.monotonic() + 20
+            if mode == 0:
+                while len(got) < len(banner):
+                    assert time.monotonic() < deadline, len(got)
+                    chunk = qird(host, 0)[1]
+                    if not chunk:
+                        time.sleep(0.01)
+                    got += chunk
+            else:
+                push = re.compile(rb'\r\n\+QIURC: "recv",0,(\d+)\r\n')
+                buf = host.pending
+                while len(got) < len(banner):
+                    assert time.monotonic() < deadline, len(got)
+                    m = push.match(buf)
+                    if m and len(buf) >= m.end() + int(m.group(1)):
+                        got += buf[m.end():m.end() + int(m.group(1))]
+                        del buf[:m.end() + int(m.group(1))]
+                        continue
+                    host._fill()
+            assert hashlib.sha256(got).digest() == hashlib.sha256(banner).digest()
+            assert host.at("AT+QICLOSE=0,0").endswith(b"\r\nOK\r\n")
+            for c in kept:
+                c.close()
+        host.quiet_for(0.05)
+
+
+@pytest.mark.parametrize("then", ["close", "rst"])
+def test_server_that_greets_and_goes_at_once(modem, emulator, then):
+    """A server that sends a line and closes (or resets) the moment it accepts: the host
+    sees +QIOPEN: 0,0 and, for a FIN, the line; then "closed" either way (it never came:
+    the end was lost with the early data and the socket stayed "connected")."""
+    host, _, _ = modem
+    srv, _ = banner_server(emulator, b"421 too busy\r\n", then=then)
+    with srv:
+        time.sleep(0.05)
+        assert host.at(f'AT+QIOPEN=1,0,"TCP","{TCP_HOST}",{TCP_PORT},0,0') == b"\r\nOK\r\n"
+        result = host.seen(re.compile(rb"\+QIOPEN: 0,\d+\r\n"))
+        if then == "rst" and result == b"+QIOPEN: 0,566\r\n":
+            return                   # the reset came before the connect was seen complete
+        assert result == b"+QIOPEN: 0,0\r\n"
+        host.seen(b'+QIURC: "closed",0\r\n')
+        if then == "close":
+            got = bytearray()
+            while chunk := qird(host, 0)[1]:
+                got += chunk
+            assert got == b"421 too busy\r\n"
+        assert host.at("AT+QICLOSE=0").endswith(b"\r\nOK\r\n")
+
+
+# -- transparent mode and mode switches -------------------------------------------------------
+def escape(host, advance) -> bytes:
+    advance(1.1)
+    host.write(b"+++")
+    advance(1.1)
+    return host.read_until(re.compile(rb"\r\n(OK|ERROR)\r\n"))
+
+
+def test_transparent_plus_in_data_ato_after_peer_close(modem, emulator):
+    host, advance, _ = modem
+    with TcpServer("sink") as server:
+        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
+        host.write(f'AT+QIOPEN=1,1,"TCP","{TCP_HOST}",{TCP_PORT},0,2\r')
+        assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\nCONNECT\r\n"
+        conn = server.wait_connection()
+        data = b"a+++b" + b"+++" + os.urandom(5000) + b"+++"       # no guard times: data
+        host.write(data)
+        assert conn.wait_received(len(data)) == data
+        assert escape(host, advance) == b"\r\nOK\r\n"
+        conn.send(b"while away")
+        conn.close()
+        host.seen(b'+QIURC: "closed",1\r\n')
+        host.write(b"ATO\r")
+        out = host.read_until(re.compile(rb"\r\n(NO CARRIER|ERROR)\r\n"))
+        assert b"CONNECT" not in out and out.endswith(b"NO CARRIER\r\n"), out
+        assert host.at("AT+QICLOSE=1").endswith(b"\r\nOK\r\n")
+        assert host.at("AT") == b"\r\nOK\r\n"
+
+
+@pytest.mark.parametrize("path", [(0, 1, 0), (1, 0, 2), (0, 2, 1), (1, 2, 0)])
+def test_qiswtmd_with_data_waiting(modem, emulator, path):
+    """Data that waited in one access mode come out whole, once, in order, in the next."""
+    host, advance, port = modem
+    with TcpServer("sink") as server:
+        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
+        qiopen(host, 0, mode=path[0])
+        conn = server.wait_connection()
+        sent = bytearray()
+        got = bytearray()
+        svc = tcpip(emulator, port)
+
+        def drain(mode: int) -> None:
+            deadline = time.monotonic() + 20
+            while len(got) < len(sent):
+                assert time.monotonic() < deadline, (mode, len(got), len(sent))
+                if mode == 0:
+                    got.extend(qird(host, 0)[1])
+                elif mode == 1:
+                    buf = host.pending
+                    m = re.compile(rb'(?:\r\n)?\+QIURC: "recv",0,(\d+)\r\n').match(buf)
+                    if m and len(buf) >= m.end() + int(m.group(1)):
+                        got.extend(buf[m.end():m.end() + int(m.group(1))])
+                        del buf[:m.end() + int(m.group(1))]
+                        continue
+                    host._fill()
+                else:
+                    host._fill()
+                    got.extend(host.pending)
+                    host.pending.clear()
+        for i, mode in enumerate(path):
+            if i:
+                if path[i - 1] == 2:
+                    assert escape(host, advance) == b"\r\nOK\r\n"
+                piece = os.urandom(3000 + i)
+                conn.send(piece)
+                sent += piece
+                wait_for(lambda: emulator.run(lambda: svc.sockets[0].bytes_received) >= len(sent))
+                if path[i - 1] == 1:
+                    drain(1)                       # direct push does not wait for the switch
+                if mode == 2:
+                    host.write(b"AT+QISWTMD=0,2\r")
+                    host.read_until(b"\r\nCONNECT\r\n")
+                else:
+                    assert host.at(f"AT+QISWTMD=0,{mode}").endswith(b"\r\nOK\r\n")
+            drain(mode)
+            piece = os.urandom(2000)
+            conn.send(piece)
+            sent += piece
+            drain(mode)
+            if mode == 0:
+                host.transcript.clear()
+                host._consumed.clear()
+        if path[-1] == 2:
+            assert escape(host, advance) == b"\r\nOK\r\n"
+        text = bytes(got)
+        assert hashlib.sha256(text).digest() == hashlib.sha256(sent).digest()
+        assert host.at("AT+QICLOSE=0,0").endswith(b"\r\nOK\r\n")
