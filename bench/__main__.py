@@ -7,7 +7,9 @@ Every figure is the median of its repeats; the machine is shared, so the ratio t
 reference taken in the same run is what to compare between runs.  Asserts nothing: the
 targets are issue 13's, printed beside the figures (`met?`).
 
-  python -m bench [--quick]      (--quick: fewer repeats, smaller transfers)
+  python -m bench [--quick] [--only PART[,PART]]
+      --quick: fewer repeats, smaller transfers
+      --only:  run only these parts: at, handshake, buffer, transparent, scale, startup
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from emulator.testing.peers import make_pki
 
 QUICK = "--quick" in sys.argv
+ONLY = set(sys.argv[sys.argv.index("--only") + 1].split(",")) if "--only" in sys.argv else None
 REPEATS = 1 if QUICK else 5
 ROWS: list[tuple[str, str, str, str, str, str]] = []
 NOTES: list[str] = []
@@ -706,9 +709,15 @@ def main() -> None:
     start = time.monotonic()
     pki = make_pki()                # its directory lives as long as the object
     cert = pki.issue("bench", "localhost")
-    for part in (bench_at, lambda: bench_handshake(cert), lambda: bench_buffer(cert),
-                 lambda: bench_transparent(cert), lambda: bench_scale(cert), bench_startup):
-        part()
+    parts = {"at": bench_at, "handshake": lambda: bench_handshake(cert), "buffer": lambda: bench_buffer(cert),
+             "transparent": lambda: bench_transparent(cert), "scale": lambda: bench_scale(cert),
+             "startup": bench_startup}
+    unknown = (ONLY or set()) - set(parts)
+    if unknown:
+        sys.exit(f"--only: no part {', '.join(sorted(unknown))} (parts: {', '.join(parts)})")
+    for name, part in parts.items():
+        if ONLY is None or name in ONLY:
+            part()
     print(table())
     for note in NOTES:
         print(f"- {note}")
