@@ -109,14 +109,21 @@ class PtyPort:
     def _watch_for_host(self) -> None:
         if self._closed:
             return
-        hung_up = any(ev & select.POLLHUP for _, ev in self._poll.poll(0))
-        if hung_up:
+        if not self._attach_if_present():
             self._timer = self.loop.call_later(POLL_INTERVAL, self._watch_for_host)
-            return
+
+    def _attach_if_present(self) -> bool:
+        """Attach when a host holds the slave side open (no POLLHUP); False: nobody there."""
+        if any(ev & select.POLLHUP for _, ev in self._poll.poll(0)):
+            return False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.attached = True
         log.debug("host opened %s", self.device)
         if self.reading:
             self.loop.add_reader(self.master, self._readable)
+        return True
 
     def set_reading(self, on: bool) -> None:
         """Flow control towards the host: while off, its bytes stay in the pty (whose
@@ -165,7 +172,11 @@ class PtyPort:
 
     # -- data ---------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self._closed or not data or not self.attached:
+        if self._closed or not data:
+            return
+        # A host that opened the port since the last look (the watch polls every
+        # POLL_INTERVAL) gets what is written now: a URC right after a reopen is not lost.
+        if not self.attached and not self._attach_if_present():
             return
         if (not self._out and not self._writing and self._noise_timer is None
                 and self.noise is None and self.baud is None):

@@ -146,6 +146,20 @@ def test_close_and_reopen_device(open_modem):
     host.close()
 
 
+def test_a_urc_right_after_the_host_reopens_the_port_is_delivered(emulator, open_modem):
+    """The pty only shows a host's open by the end of POLLHUP, which the modem looked for
+    every 50 ms: output written in that gap (a URC due just after a reopen) was dropped as
+    if nobody were there."""
+    host, port = open_modem("ec2x")
+    for i in range(5):
+        host.close()
+        time.sleep(0.2)                    # the modem has seen the hang-up
+        host = Host(port.path)
+        assert emulator.control("urc", text=f"+TEST: {i}")["ok"]
+        assert host.read_until(f"+TEST: {i}\r\n".encode(), timeout=3) == f"\r\n+TEST: {i}\r\n".encode()
+    host.close()
+
+
 def test_garbage_and_overlong_line(ec2x):
     ec2x.write(bytes(range(256)) * 4 + b"\r")
     ec2x.quiet_for(0.3)
