@@ -84,6 +84,7 @@ class TcpListener:
         self.delivery = delivery
         self.state = INITIAL
         self.server: asyncio.AbstractServer | None = None
+        self.lost: str | None = None          # the bearer went while binding (why)
 
     async def start(self) -> int:
         try:
@@ -103,8 +104,10 @@ class TcpListener:
             self.server = None
 
     def bearer_lost(self, reason: str) -> None:
-        """The PDP context went away: no more connections; "closed" as for a socket."""
+        """The PDP context went away: no more connections; "closed" as for a socket; one
+        still binding fails with 570 as an open does (TcpipService.listen)."""
         self.stop()
+        self.lost = reason
         if self.state == LISTENING:
             self.state = CLOSING
             self.svc.modem.urc(self.svc.dialect.closed(self))
@@ -229,6 +232,13 @@ class TcpipService(SocketService):
             if self.listeners.get(connect_id) is not listener:
                 listener.stop()                   # closed meanwhile
                 return
+            if listener.lost is not None and not code:
+                # The context went while binding (AT+QIDEACT in the same line): no listener
+                # on a context that is gone, the open fails as a socket's does.
+                log.info("TCP LISTENER %d: %s while binding", connect_id, listener.lost)
+                listener.stop()
+                listener.state = INITIAL
+                code = ERRORS["pdp"]
             if code:
                 del self.listeners[connect_id]
                 self.set_error(code)

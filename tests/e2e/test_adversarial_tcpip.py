@@ -563,3 +563,59 @@ def test_qiswtmd_with_data_waiting(modem, emulator, path):
         text = bytes(got)
         assert hashlib.sha256(text).digest() == hashlib.sha256(sent).digest()
         assert host.at("AT+QICLOSE=0,0").endswith(b"\r\nOK\r\n")
+
+
+# -- the bearer and the module going away mid-transfer ------------------------------------------
+def test_pdp_lost_while_a_listener_is_starting(modem, emulator):
+    """AT+QIDEACT in the same line as the listener's AT+QIOPEN (before it is bound): the
+    listener must not come up on a context that is gone (it reported +QIOPEN: 0,0 after
+    "pdpdeact" and accepted connections)."""
+    host, _, port = modem
+    lport = free_port()
+    out = host.at(f'AT+QIOPEN=1,0,"TCP LISTENER","127.0.0.1",0,{lport},0;+QIDEACT=1')
+    assert out.endswith(b"\r\nOK\r\n"), out
+    result = host.seen(re.compile(rb"\+QIOPEN: 0,\d+\r\n"))
+    host.quiet_for(0.3)
+    if result == b"+QIOPEN: 0,0\r\n":
+        host.seen(b'+QIURC: "closed",0\r\n')        # it was up first: then closed with the bearer
+    else:
+        assert result == b"+QIOPEN: 0,570\r\n", result
+        assert host.at("AT+QISTATE?") == b"\r\nOK\r\n"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", lport), timeout=1).close()
+    host.at("AT+QICLOSE=0")
+
+
+def test_reboot_and_pdp_loss_mid_transfer(modem, emulator):
+    host, advance, port = modem
+    base = None
+    for how in ("cfun", "pdp", "cfun"):
+        srv, data, state = flood_server(emulator, 4 * 1024 * 1024)
+        with srv:
+            qiopen(host, 1, "TCP LISTENER", "127.0.0.1", 0, local_port=free_port())
+            qiopen(host, 0, mode=1)
+            host.read_until(b'+QIURC: "recv",0,')             # the push has started
+            if base is None:
+                base = fds()
+            if how == "cfun":
+                host.write(b"AT+CFUN=1,1\r")
+                host.read_until(b"\r\nOK\r\n")
+                advance(30)
+                time.sleep(0.3)
+                assert host.at("AT").endswith(b"OK\r\n")
+                host.at("ATE0")
+                assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1').endswith(b"OK\r\n")
+            else:
+                assert emulator.control("pdp_deact", cid=1)["ok"]
+                host.seen(b'+QIURC: "pdpdeact",1\r\n')
+                deadline = time.monotonic() + 20
+                while b'+QIURC: "closed",0\r\n' not in host.transcript:
+                    assert time.monotonic() < deadline
+                    host.quiet_for(0.05)
+                host.seen(b'+QIURC: "closed",1\r\n')
+                assert host.at("AT+QICLOSE=0").endswith(b"OK\r\n")
+                assert host.at("AT+QICLOSE=1").endswith(b"OK\r\n")
+                assert host.at("AT+QIACT=1").endswith(b"OK\r\n")
+            host.quiet_for(0.2)
+            assert host.at("AT+QISTATE?") == b"\r\nOK\r\n"
+    wait_for(lambda: fds() <= base)
