@@ -71,6 +71,7 @@ class Interpreter:
         self._inbox = bytearray()
         self._queue: list[Command | Malformed] = []
         self._after: list[str] = []
+        self._then: Callable[[], None] | None = None     # the answer's `then`, run once it is written
         self._raw = ""                   # the command being answered (logs)
         self._urcs: list[bytes] = []
         self._last_line: bytes | None = None
@@ -310,10 +311,15 @@ class Interpreter:
             self._go_online(response.online, after_line)
             return False
         if response.final == "OK":
+            if response.then is not None:        # (the line may go on: no answer yet to wait for)
+                self._run_then(response.then)
             return True
         self._queue.clear()
         if response.final is not None:
+            self._then = response.then
             self._write_final(response.final)
+        elif response.then is not None:
+            self._run_then(response.then)
         self._write_after()
         return False
 
@@ -532,12 +538,29 @@ class Interpreter:
     def _write_final(self, final) -> None:
         self.modem.write(framing.final(final, self.modem.settings, self.modem.profile))
         self.modem.trace("final")
+        then, self._then = self._then, None
+        if then is not None:
+            self._run_then(then)
+
+    def _run_then(self, then: Callable[[], None]) -> None:
+        """A response's `then`, as part of its handler: URCs it raises wait for the lines
+        after the final (port busy meanwhile); an exception is logged (the answer is out)."""
+        executing, self._executing = self._executing, True
+        try:
+            then()
+        except Exception:
+            log.exception("work after the answer of AT%s failed", loggable(self._raw))
+        finally:
+            self._executing = executing
 
 
 def _delayed(response: Response, delay: float, timers) -> Response:
     """A slow module (the control API's "slow"): the command's answer (its lines and
     final result; after a data prompt, what follows the data) comes `delay` seconds
     later on the modem's timers; the port is busy meanwhile, as on a module."""
+    if response.then is not None:            # the work is done now; only the answer waits
+        response.then()
+        response = dataclasses.replace(response, then=None)
     if response.data is not None:
         done = response.data.on_done
         request = dataclasses.replace(response.data,

@@ -109,6 +109,11 @@ class Response:
     pending: Awaitable["Response"] | None = None   # finish later (the port stays busy)
     after: list[str] = field(default_factory=list)  # URC-like lines right after the final
     online: OnlineLink | None = None         # CONNECT, then online data mode with this link
+    # Work the answer does not wait for, run right after its final result is written
+    # (before the lines after it and the URCs that waited, so what it raises comes after
+    # them as if the handler had done it): the host reads SEND OK while the module is
+    # still encrypting and sending.  Only with a final result.
+    then: Callable[[], None] | None = None
 
 
 def ok(*lines: Line) -> Response:

@@ -100,12 +100,14 @@ def send_now(svc, sock, data: bytes, send_buffer: int, to: tuple[str, int] | Non
                  "send failure injected" if injected else "send buffer full")
         svc.set_error(0)
         return Response([], Text("SEND FAIL"))
-    if to is None:
-        sock.send(data)
-    else:
-        sock.send(data, to)
     svc.set_error(0)
-    return Response([], Text("SEND OK"))
+    if to is not None:
+        sock.send(data, to)
+        return Response([], Text("SEND OK"))
+    # SEND OK says the data are in the send buffer (decided above, on the backlog before
+    # them): the host reads it while the socket encrypts and writes them, right after.
+    sock.account_send(data)
+    return Response([], Text("SEND OK"), then=lambda: sock.transmit(data))
 
 
 def send_request(modem, svc: SslService, client_id: int, length: int | None,

@@ -553,8 +553,17 @@ class SslSocket:
 
     def send(self, data: bytes, to: tuple[str, int] | None = None) -> None:
         """to: the destination of a datagram from an unconnected socket (UDP SERVICE)."""
+        self.account_send(data)
+        self.transmit(data, to)
+
+    def account_send(self, data: bytes) -> None:
+        """The first half of send(): the bytes are the socket's now (its counters, the
+        trace); transmit() encrypts and writes them."""
         self.bytes_sent += len(data)
         self._trace("sent", socket=self.client_id, data=data)
+
+    def transmit(self, data: bytes, to: tuple[str, int] | None = None) -> None:
+        """The second half of send(): into the session and out to the network."""
         self.session.send(data)
         self._dest = to
         try:
