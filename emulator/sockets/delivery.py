@@ -56,6 +56,9 @@ class Delivery:
     def forget(self) -> None:
         """Every socket is gone (reboot, shutdown): drop what is held for them."""
 
+    def release(self, sock: SslSocket) -> None:
+        """sock is gone (the host closed it, or its open failed): drop what is held for it."""
+
 
 class BufferDelivery(Delivery):
     """Buffer access mode: a "recv" URC when data arrive into an empty receive buffer;
@@ -105,6 +108,10 @@ class PushDelivery(Delivery):
 
     def forget(self) -> None:
         self._close_after_push.clear()
+
+    def release(self, sock: SslSocket) -> None:
+        if sock in self._close_after_push:
+            self._close_after_push.remove(sock)
 
     def _host_keeps_up(self) -> bool:
         modem = self.svc.modem
@@ -225,6 +232,17 @@ class OnlineDelivery(Delivery):
 
     def adopt(self, sock: SslSocket) -> None:
         sock.delivery = self            # the bytes wait for CONNECT (SocketLink.started)
+
+    def release(self, sock: SslSocket) -> None:
+        """The socket's link and any open still waiting for it: without this every closed
+        transparent socket stayed here (with its buffers and TLS context) until the port's
+        output happened to drain from above its high water."""
+        link = self._links.pop(sock, None)
+        if link is not None and self.svc.modem.interpreter.online_link is not link:
+            link._writable()            # never leave the port's input paused for it
+        future = self._opening.pop(sock, None)
+        if future is not None and not future.done():
+            future.set_result(self.svc.code("unknown"))     # an answer nobody waits for any more
 
     def forget(self) -> None:
         self._links.clear()

@@ -88,6 +88,7 @@ class SocketService:
         if code > 0:
             self.set_error(code)
         sock.delivery.opened(sock, code)
+        self._release(sock)
 
     def on_data(self, sock: SslSocket, was_empty: bool) -> None:
         sock.delivery.data_arrived(sock, was_empty)
@@ -106,6 +107,7 @@ class SocketService:
         sock = self.sockets.pop(client_id, None)
         if sock is None:
             return
+        self._release(sock)
         try:
             await sock.close(timeout)
         except Exception:
@@ -114,6 +116,11 @@ class SocketService:
                 sock.abort()
             except Exception:
                 log.exception("%s close %d: abort failed too", self.kind, client_id)
+
+    def _release(self, sock: SslSocket) -> None:
+        """The socket is gone from the service: no access mode keeps anything for it."""
+        for delivery in self.deliveries.values():
+            delivery.release(sock)
 
     def abort_all(self) -> None:
         for sock in list(self.sockets.values()):

@@ -619,3 +619,299 @@ def test_reboot_and_pdp_loss_mid_transfer(modem, emulator):
             host.quiet_for(0.2)
             assert host.at("AT+QISTATE?") == b"\r\nOK\r\n"
     wait_for(lambda: fds() <= base)
+
+
+def reopen(host: Host) -> Host:
+    host.close()
+    time.sleep(0.05)
+    again = Host(host.path)
+    for _ in range(50):
+        if again.at("AT").endswith(b"OK\r\n"):
+            break
+    again.at("ATE0")
+    return again
+
+
+def test_port_closed_and_reopened_mid_phase(modem, emulator):
+    host, advance, port = modem
+    with TcpServer("sink") as server:
+        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
+        qiopen(host, 0)
+        conn = server.wait_connection()
+        host.write(b"AT+QISEND=0,10\r")
+        host.read_until(b"> ")
+        host.write(b"12345")                                 # half the data, then the port goes
+        host = reopen(host)
+        assert qisend(host, 0, b"whole") == b"\r\nSEND OK\r\n"
+        assert conn.wait_received(5) == b"whole"
+        # mid transparent open, then mid online data
+        host.write(f'AT+QIOPEN=1,1,"TCP","{TCP_HOST}",{TCP_PORT},0,2\r'.encode())
+        host = reopen(host)
+        host.quiet_for(0.2)
+        server.wait_connection(1)
+        state = host.at("AT+QISTATE=1,1")
+        assert b'+QISTATE: 1,"TCP"' in state, state
+        assert host.at("AT+QICLOSE=1,0").endswith(b"\r\nOK\r\n")
+        host.write(f'AT+QIOPEN=1,2,"TCP","{TCP_HOST}",{TCP_PORT},0,2\r'.encode())
+        assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\nCONNECT\r\n"
+        host.write(b"online bytes")
+        conn2 = server.wait_connection(2)
+        assert conn2.wait_received(12) == b"online bytes"
+        host = reopen(host)
+        host.write(b"ATO\r")
+        assert host.read_until(re.compile(rb"\r\n(CONNECT|NO CARRIER)\r\n")) == b"\r\nCONNECT\r\n"
+        host.write(b"more")
+        assert conn2.wait_received(16) == b"online bytesmore"
+        host = reopen(host)
+        assert host.at("AT+QICLOSE=2,0").endswith(b"\r\nOK\r\n")
+        assert host.at("AT+QICLOSE=0,0").endswith(b"\r\nOK\r\n")
+        assert host.at("AT+QISTATE?") == b"\r\nOK\r\n"
+        host.close()
+
+
+def test_server_that_never_reads(modem, emulator):
+    """The send buffer fills: SEND FAIL (never a hang), the unacknowledged bytes in the
+    AT+QISEND=<id>,0 query, then AT+QICLOSE waits its timeout and frees the id; also in
+    transparent mode, where the port stops taking the host's bytes instead."""
+    host, advance, port = modem
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", srv.getsockname()[1])
+    with srv:
+        qiopen(host, 0)
+        results = []
+        for _ in range(20000):                 # the kernel's buffers take megabytes first
+            results.append(qisend(host, 0, os.urandom(1460)))
+            if results[-1] == b"\r\nSEND FAIL\r\n":
+                break
+        assert results[-1] == b"\r\nSEND FAIL\r\n" and set(results[:-1]) == {b"\r\nSEND OK\r\n"}
+        sent, acked, unacked = map(int, re.search(rb"\+QISEND: (\d+),(\d+),(\d+)", host.at("AT+QISEND=0,0")).groups())
+        assert sent == 1460 * (len(results) - 1) and unacked > 0 and acked + unacked == sent
+        host.write(b"AT+QICLOSE=0\r")
+        advance(11)
+        assert host.read_until(re.compile(rb"\r\n(OK|ERROR)\r\n")).endswith(b"\r\nOK\r\n")
+        assert host.at("AT+QISTATE?") == b"\r\nOK\r\n"
+
+
+def test_half_close_by_the_server(modem, emulator):
+    """The server shuts its sending side and still reads: "closed" after its data; the
+    host reads the rest, and its close completes."""
+    host, advance, port = modem
+    with TcpServer("sink") as server:
+        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
+        qiopen(host, 0)
+        conn = server.wait_connection()
+        conn.send(b"last")
+        conn.sock.shutdown(socket.SHUT_WR)
+        host.seen(b'+QIURC: "closed",0\r\n')
+        assert qird(host, 0)[1] == b"last"
+        assert qird(host, 0)[1] == b""
+        assert host.at("AT+QISEND=0,4") == b"\r\nERROR\r\n"
+        assert error_code(host) == 567
+        assert host.at("AT+QICLOSE=0").endswith(b"\r\nOK\r\n")
+        assert conn.eof.wait(5)
+
+
+def test_listener_closed_while_binding_and_reopened_at_once(modem, emulator):
+    host, _, _ = modem
+    for _ in range(10):
+        lport = free_port()
+        out = host.at(f'AT+QIOPEN=1,0,"TCP LISTENER","127.0.0.1",0,{lport},0;+QICLOSE=0;'
+                      f'+QIOPEN=1,0,"TCP LISTENER","127.0.0.1",0,{lport},0')
+        assert out.endswith(b"\r\nOK\r\n"), out
+        assert host.seen(re.compile(rb"\+QIOPEN: 0,\d+\r\n")) == b"+QIOPEN: 0,0\r\n"
+        assert b"+QIOPEN" not in host.quiet_for(0.1)
+        with socket.create_connection(("127.0.0.1", lport)) as c:
+            c.sendall(b"in")
+            host.seen(b'+QIURC: "incoming",1,0,')
+            host.seen(b'+QIURC: "recv",1\r\n')
+            assert qird(host, 1)[1] == b"in"
+        host.seen(b'+QIURC: "closed",1\r\n')
+        assert host.at("AT+QICLOSE=1").endswith(b"\r\nOK\r\n")
+        assert host.at("AT+QICLOSE=0").endswith(b"\r\nOK\r\n")
+
+
+def test_udp_datagram_edges(modem, emulator):
+    """Zero-length and 65507-byte datagrams on a connected UDP socket in push mode, mixed with
+    small ones: each datagram once, whole, in order; an empty one is no URC."""
+    host, _, port = modem
+    with UdpEchoServer(echo=False) as server:
+        emulator.router.add_map(UDP_HOST, UDP_PORT, "127.0.0.1", server.port)
+        qiopen(host, 0, "UDP", UDP_HOST, UDP_PORT, mode=1)
+        assert qisend(host, 0, b"hi") == b"\r\nSEND OK\r\n"
+        (me, _), = server.wait_datagrams(1)
+        big = os.urandom(65507)
+        for d in (b"", b"one", big, b"", b"two"):
+            server.sock.sendto(d, me)
+        want = b"one" + big + b"two"
+        got = bytearray()
+        sizes = []
+        push = re.compile(rb'\r\n\+QIURC: "recv",0,(\d+)\r\n')
+        buf = host.pending
+        deadline = time.monotonic() + 20
+        while len(got) < len(want):
+            assert time.monotonic() < deadline, len(got)
+            m = push.match(buf)
+            if m and len(buf) >= m.end() + int(m.group(1)):
+                sizes.append(int(m.group(1)))
+                got += buf[m.end():m.end() + int(m.group(1))]
+                del buf[:m.end() + int(m.group(1))]
+                continue
+            assert m or len(buf) < 30, bytes(buf[:60])
+            host._fill()
+        assert got == want
+        assert sizes[0] == 3 and sizes[-1] == 3 and sum(sizes[1:-1]) == 65507
+        assert b"recv" not in host.quiet_for(0.2)
+        assert host.at("AT+QICLOSE=0").endswith(b"\r\nOK\r\n")
+
+
+def test_client_hammering_a_listener_as_it_comes_up(modem, emulator):
+    """A client that retries its connect in a tight loop gets in the moment the listener
+    binds: an "incoming" socket, never "incoming full" with ids free."""
+    host, _, _ = modem
+    for round_ in range(15):
+        lport = free_port()
+        done = threading.Event()
+        conns = []
+
+        def hammer():
+            while not done.is_set():
+                try:
+                    c = socket.create_connection(("127.0.0.1", lport), timeout=1)
+                except OSError:
+                    continue
+                conns.append(c)
+                return
+        t = threading.Thread(target=hammer, daemon=True)
+        t.start()
+        time.sleep(0.01)
+        qiopen(host, 0, "TCP LISTENER", "127.0.0.1", 0, local_port=lport)
+        host.seen(b'+QIURC: "incoming",1,0,')
+        done.set()
+        t.join(5)
+        assert b"incoming full" not in host.transcript, round_
+        for c in conns:
+            c.close()
+        host.seen(b'+QIURC: "closed",1\r\n')
+        assert host.at("AT+QICLOSE=1").endswith(b"\r\nOK\r\n")
+        assert host.at("AT+QICLOSE=0").endswith(b"\r\nOK\r\n")
+
+
+def test_transparent_open_to_a_server_that_speaks_first(modem, emulator):
+    host, advance, _ = modem
+    banner = b"220 ready\r\n" + os.urandom(100_000)
+    srv, kept = banner_server(emulator, banner, then="stay")
+    with srv:
+        host.write(f'AT+QIOPEN=1,0,"TCP","{TCP_HOST}",{TCP_PORT},0,2\r'.encode())
+        assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\nCONNECT\r\n"
+        got = host.read_exactly(len(banner))
+        assert hashlib.sha256(got).digest() == hashlib.sha256(banner).digest()
+        assert escape(host, advance) == b"\r\nOK\r\n"
+        assert host.at("AT+QICLOSE=0,0").endswith(b"\r\nOK\r\n")
+        for c in kept:
+            c.close()
+
+
+@pytest.mark.parametrize("how", ["pdp", "reboot", "rst"])
+def test_online_transfer_cut(modem, emulator, how):
+    """The bearer, the module or the server goes mid transparent transfer: what was
+    received first, then NO CARRIER, and the port answers commands."""
+    host, advance, port = modem
+    with TcpServer("sink") as server:
+        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
+        host.write(f'AT+QIOPEN=1,0,"TCP","{TCP_HOST}",{TCP_PORT},0,2\r'.encode())
+        assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\nCONNECT\r\n"
+        conn = server.wait_connection()
+        data = os.urandom(50_000)
+        conn.send(data)
+        got = host.read_exactly(len(data))
+        assert got == data
+        host.write(os.urandom(3000))
+        conn.wait_received(3000)
+        if how == "pdp":
+            assert emulator.control("pdp_deact", cid=1)["ok"]
+        elif how == "reboot":
+            assert emulator.control("reboot")["ok"]
+        else:
+            assert emulator.control("drop", socket=0, how="rst")["ok"]
+        out = host.read_until(b"NO CARRIER\r\n") if how != "reboot" else b""
+        assert out in (b"", b"\r\nNO CARRIER\r\n"), out[:100]
+        advance(30)
+        host.quiet_for(0.3)
+        deadline = time.monotonic() + 10
+        while not host.at("AT", timeout=2).endswith(b"OK\r\n"):
+            assert time.monotonic() < deadline
+        host.at("ATE0")
+        if how != "reboot":
+            assert host.at("AT+QICLOSE=0,0").endswith(b"\r\nOK\r\n")
+        assert host.at("AT+QISTATE?") == b"\r\nOK\r\n"
+
+
+def test_fuzzed_parameters_never_raise(modem, emulator, tcp_echo):
+    """Random parameter lists to every TCP/IP command: each line gets its final result, no
+    handler raises (a traceback in the log), and the modem answers AT afterwards."""
+    import random
+    host, advance, port = modem
+    qiopen(host, 0)
+    qiopen(host, 1, "UDP SERVICE", "127.0.0.1", 0, local_port=free_port(socket.SOCK_DGRAM))
+    qiopen(host, 2, "TCP LISTENER", "127.0.0.1", 0, local_port=free_port())
+    rng = random.Random(1)
+    values = ["0", "1", "2", "3", "11", "12", "-1", "65535", "65536", "99999999999999999999", "",
+              '""', '"TCP"', '"UDP"', '"TCP LISTENER"', '"UDP SERVICE"', '"tcp"', f'"{TCP_HOST}"',
+              '"127.0.0.1"', '"::1"', '"41"', '"4"', '"zz"', "1.5", "0x10", '"' + "a" * 200 + '"', " 1 ",
+              '"unterminated', "\x1b", ","]
+    names = ["+QIOPEN", "+QICLOSE", "+QISTATE", "+QISEND", "+QISENDEX", "+QIRD", "+QISDE", "+QISWTMD",
+             "+QIGETERROR"]
+    for _ in range(600):
+        name = rng.choice(names)
+        form = rng.random()
+        if form < 0.1:
+            line = f"AT{name}?"
+        elif form < 0.15:
+            line = f"AT{name}=?"
+        elif form < 0.2:
+            line = f"AT{name}"
+        else:
+            line = f"AT{name}=" + ",".join(rng.choice(values) for _ in range(rng.randint(1, 8)))
+        if name in ("+QICLOSE", "+QIOPEN") and re.match(r"AT\+QI(CLOSE|OPEN)=[012]\b", line):
+            continue                                 # keep the three sockets
+        host.write(line.encode() + b"\r")
+        out = host.read_until(re.compile(rb"(?:^|\r\n)(OK|ERROR|> |CONNECT|SEND OK|SEND FAIL|NO CARRIER)\r?\n?"),
+                              timeout=15)
+        if out.endswith(b"> "):
+            host.write(b"\x1b")                      # cancel a data prompt
+            host.read_until(RESULT)
+        elif out.endswith(b"CONNECT\r\n"):
+            assert escape(host, advance) == b"\r\nOK\r\n"
+        advance(0.01)
+    host.quiet_for(0.2)
+    assert host.at("AT") == b"\r\nOK\r\n"
+
+
+def test_closed_transparent_sockets_are_not_kept(modem, emulator, tcp_echo):
+    """Open, use and close a transparent socket again and again: the access mode must not
+    keep every closed socket (with its buffers; an SSL one with its TLS context) -- its
+    link table grew by one a cycle and was pruned only when the port's output backlog had
+    gone over its high water."""
+    import gc
+    host, advance, port = modem
+    svc = tcpip(emulator, port)
+    online = svc.deliveries["online"]
+    for i in range(30):
+        host.write(f'AT+QIOPEN=1,{i % 3},"TCP","{TCP_HOST}",{TCP_PORT},0,2\r'.encode())
+        assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\nCONNECT\r\n"
+        host.write(b"ping %d" % i)
+        assert host.read_exactly(len(b"ping %d" % i)) == b"ping %d" % i
+        assert escape(host, advance) == b"\r\nOK\r\n"
+        assert host.at(f"AT+QICLOSE={i % 3},0").endswith(b"\r\nOK\r\n")
+    assert emulator.run(lambda: len(online._links)) <= 1
+    # a transparent open the host walked away from (port closed before CONNECT), then closed
+    host.write(f'AT+QIOPEN=1,5,"TCP","{TCP_HOST}",{TCP_PORT},0,2\r'.encode())
+    host = reopen(host)
+    wait_for(lambda: b"+QISTATE: 5" in host.at("AT+QISTATE=1,5"))
+    assert host.at("AT+QICLOSE=5,0").endswith(b"\r\nOK\r\n")
+    kept = emulator.run(lambda: (len(online._links), len(online._opening)))
+    assert kept == (0, 0), kept
+    host.close()
