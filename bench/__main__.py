@@ -636,10 +636,10 @@ def bench_scale(cert) -> None:
         floor, floor_rate = contention_floor(cert, 1000 if QUICK else 3000)
         row("limit: bare pty echo p50 while the streamer feeds socat instead", f"{floor:.3f} ms",
             f"socat streaming {floor_rate:.1f} MB/s", f"{busy / floor:.2f}x", "(the machine's floor)", None)
-    from emulator.io.transport import READ_BATCH
-    batch = READ_BATCH / (rate * 1e6) * 1000
-    row("limit: one wake-up of the streaming modem (its read batch at its rate)", f"{batch:.3f} ms",
-        f"{READ_BATCH >> 10} KiB at {rate:.1f} MB/s", "", "(an AT waits ~half of one)", None)
+    from emulator.io.transport import SLICE
+    batch = SLICE / (rate * 1e6) * 1000
+    row("limit: one slice the streaming modem hands on (its work an AT may wait behind)", f"{batch:.3f} ms",
+        f"{SLICE >> 10} KiB at {rate:.1f} MB/s", "", "(at most one, between two reads)", None)
     NOTES.append(f"scale: {modems * sockets - 1} TLS opens took {open_time:.1f} s; the streaming modem "
                  f"moved {rate:.1f} MB/s during the idle-modem measurement ({len(busy_times)} round trips); "
                  f"{os.cpu_count()} CPUs for the streamer, the emulator, the TLS server and this host")

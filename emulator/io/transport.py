@@ -30,6 +30,7 @@ import random
 import select
 import termios
 import tty
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -41,9 +42,11 @@ POLL_INTERVAL = 0.05
 HIGH_WATER = 64 * 1024            # backlog above this ...
 LOW_WATER = 16 * 1024             # ... then below this: on_drain()
 MAX_BACKLOG = 1 << 20             # default bound of unread output (profile serial.output_backlog)
-READ_BATCH = 32 * 1024            # host bytes taken in one wake-up at most (fairness:
-                                  # ~0.6 ms of work for a streaming modem, then the others;
-                                  # 16 KiB halves that but costs a quarter of the throughput)
+READ_BATCH = 64 * 1024            # host bytes taken in one wake-up at most (then the loop's
+                                  # other work: sockets, timers)
+SLICE = 16 * 1024                 # ... handed to the modem in slices of this size (one TLS
+                                  # record); between two pty reads, a look whether another
+                                  # port's host is waiting (fairness between modems)
 SHORT_READ = 2048                 # a read shorter than this emptied the pty (it gives ~4 KiB)
 NOISE_MAX = 16                    # uart_noise: fragments of 1..16 bytes ...
 NOISE_GAP = (0.001, 0.005)        # ... 1-5 ms apart
@@ -52,6 +55,49 @@ PACE_SLICE = 0.01                 # pacing: at most this long's worth of bytes p
 
 class LinkError(Exception):
     pass
+
+
+class _LoopPorts:
+    """The ports on one loop in an epoll of their own, which says without a loop turn
+    whether another port's host has written (a streaming modem then lets it go first)."""
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.ports: dict[int, PtyPort] = {}
+
+    def others_ready(self, me: "PtyPort") -> bool:
+        for fd, events in self.epoll.poll(0):
+            if fd != me.master and events & select.EPOLLIN:
+                port = self.ports.get(fd)
+                if port is not None and port.wants_input():
+                    return True
+        return False
+
+
+_LOOP_PORTS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPorts]" = weakref.WeakKeyDictionary()
+
+
+def _join(port: "PtyPort") -> _LoopPorts:
+    ports = _LOOP_PORTS.get(port.loop)
+    if ports is None:
+        ports = _LOOP_PORTS[port.loop] = _LoopPorts()
+    ports.epoll.register(port.master, select.EPOLLIN)
+    ports.ports[port.master] = port
+    return ports
+
+
+def _leave(port: "PtyPort") -> None:
+    ports = _LOOP_PORTS.get(port.loop)
+    if ports is None or ports.ports.get(port.master) is not port:
+        return
+    del ports.ports[port.master]
+    try:
+        ports.epoll.unregister(port.master)
+    except OSError:
+        pass
+    if not ports.ports:                  # the last port of this loop: no fd left behind
+        ports.epoll.close()
+        del _LOOP_PORTS[port.loop]
 
 
 class PtyPort:
@@ -95,6 +141,8 @@ class PtyPort:
         self._switch: list | None = None
         if self.link:
             make_link(self.link, self.device)
+        self._peers = _join(self)
+        self._held = b""                  # read, not yet handed on (stepped aside meanwhile)
         self._watch_for_host()
 
     @property
@@ -294,39 +342,66 @@ class PtyPort:
 
     def _readable(self) -> None:
         # A pty read returns at most ~4 KiB: take what is there, up to READ_BATCH, in one
-        # wake-up, so a host writing fast costs one feed (one TLS record, one socket write)
-        # per batch rather than per 4 KiB, and one busy host cannot starve the other modems.
+        # wake-up, handed on SLICE bytes at a time, so a host writing fast costs one feed
+        # (one TLS record, one socket write) per slice rather than per 4 KiB.  Between two
+        # reads, when another port's host has written (another modem's AT), this one steps
+        # aside for a loop turn (what it read waits in _held, first in line) so that one is
+        # served first, whatever order the poll reports: one busy host cannot starve the
+        # other modems for longer than one slice's work.
         chunks: list[bytes] = []
-        size = 0
+        size = taken = 0
+        if self._held:
+            chunks.append(self._held)
+            size = len(self._held)
+            self._held = b""
         hung_up = False
-        while size < READ_BATCH:
+        while True:
+            more = False
             try:
                 piece = os.read(self.master, 65536)
             except BlockingIOError:
-                break
+                piece = None
             except OSError as exc:
                 if exc.errno != errno.EIO:
                     raise
                 piece = b""
-            if not piece:
+            if piece:
+                chunks.append(piece)
+                size += len(piece)
+                # A read shorter than SHORT_READ emptied the pty: the next would only say
+                # EAGAIN (and the reader is level-triggered: bytes that come now wake it again).
+                more = len(piece) >= SHORT_READ
+            elif piece is not None:
                 hung_up = True
+            if size and (size >= SLICE or not more):
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                taken += size
+                size = 0
+                self._deliver(data)
+                if not more or not self.wants_input() or taken >= READ_BATCH:
+                    break
+                if self._peers.others_ready(self):
+                    self._step_aside()
+                    return
+            elif not more:
                 break
-            chunks.append(piece)
-            size += len(piece)
-            if len(piece) < SHORT_READ:
-                break      # the pty had no more: the next read would only say EAGAIN (and
-                           # the reader is level-triggered: bytes that come now wake it again)
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if data:
-            self._deliver(data)
+            elif self._peers.others_ready(self):
+                self._held = b"".join(chunks)
+                self._step_aside()
+                return
         if hung_up and not self._closed and self.attached:
             self._hangup()
-        elif size >= READ_BATCH and self.reading and self.attached and not self._closed:
-            # A full batch: the host has more.  Step aside for one loop turn, so that the
-            # ports that became ready meanwhile (another modem's AT) are served before
-            # this one's next batch, not after it, whatever order the poll reports.
-            self.loop.remove_reader(self.master)
-            self.loop.call_soon(self._resume_reading)
+
+    def wants_input(self) -> bool:
+        """A host is attached and its bytes are being read (not held back, not closed)."""
+        return self.attached and self.reading and not self._closed
+
+    def _step_aside(self) -> None:
+        """Stop reading for one loop turn (reader removed, re-added by call_soon): the
+        ports that became ready meanwhile are served before this one's next slice."""
+        self.loop.remove_reader(self.master)
+        self.loop.call_soon(self._resume_reading)
 
     def _resume_reading(self) -> None:
         if self.reading and self.attached and not self._closed:
@@ -353,6 +428,7 @@ class PtyPort:
             self.loop.remove_writer(self.master)
         if self.link:
             remove_link(self.link, self.device)
+        _leave(self)
         os.close(self.master)
 
 
