@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+import socket
 from collections import deque
 from typing import Callable, Protocol
 
@@ -102,6 +103,16 @@ def _lost_reason(exc: Exception | None) -> str:
     if isinstance(exc, ConnectionResetError):
         return RST
     return f"connection lost: {exc}"
+
+
+def _no_delay(transport) -> None:
+    """TCP_NODELAY before the first flight (open_tcp sets it too, once it returns)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 def _no_trace(kind: str, /, **fields) -> None:
@@ -205,6 +216,8 @@ class SslSocket:
         self._dest = None                        # where the datagram being sent goes (None: connected)
         self._connect = None
         self._incoming = None                    # the settings of an accepted connection
+        self._early = None                       # (settings, cache, key): start the session in _link_made
+        self._early_exc: BaseException | None = None    # what starting it there raised
 
     # -- state ------------------------------------------------------------------
     @property
@@ -276,6 +289,10 @@ class SslSocket:
         if self.faults is not None:       # the network conditions (control API "net")
             faults = self.faults
             factory = faults.shaped(self._link, lambda: self.net or faults.conditions, settings.dtls)
+        if self._connect is None and fault is None and not settings.dtls:
+            # A plain TCP connect: the session starts in _link_made, as soon as asyncio
+            # has the transport (what _open_steps does after the connect, done earlier).
+            self._early = (settings, cache, cache_key)
         try:
             if self._connect is not None:
                 link = self._connect(factory, fault)
@@ -306,12 +323,14 @@ class SslSocket:
         if peername:                   # the IP really dialled, even when a route names a host
             self.remote = (peername[0], peername[1])
         negotiate_timeout = max(0.0, min(negotiate_timeout, deadline - timers.monotonic()))
-        self._opened = asyncio.get_running_loop().create_future()
-        self._phase = "setup"
-        self.session = getattr(self.owner, "session_factory", TlsClientSession)(settings, cache, cache_key)
-        self.session.start()
-        self._phase = "handshake"
-        self._pump()
+        if self._early is not None:
+            # The session started when the transport was made (_link_made): the
+            # ClientHello left then, not a few loop turns later when this resumed.
+            self._early = None
+            if self._early_exc is not None:
+                raise self._early_exc          # as if raised here (_phase says how far it got)
+        else:
+            self._start_session(settings, cache, cache_key)
         self.pause_network(False)          # what the peer sent meanwhile (see _link_made)
         try:
             kind, reason = await timers.wait_for(asyncio.shield(self._opened), negotiate_timeout)
@@ -355,12 +374,33 @@ class SslSocket:
         self._transport = transport
         if self._incoming is not None:
             self._accepted()
+        elif self._early is not None:
+            _no_delay(transport)
+            self._start_session(*self._early)
         elif self.session is None and hasattr(transport, "pause_reading"):
             # The open's coroutine makes the session a loop turn later: until then the
             # kernel keeps what the peer sends (a server that speaks first, a FIN right
             # after accept), or those bytes and the peer's end would go to no session.
             transport.pause_reading()
             self._paused = True
+
+    def _start_session(self, settings, cache, cache_key) -> None:
+        """The open's TLS (or plain) session on the connected transport, its first flight out."""
+        self._opened = asyncio.get_running_loop().create_future()
+        self._phase = "setup"
+        if self._early is None:
+            self.session = getattr(self.owner, "session_factory", TlsClientSession)(settings, cache, cache_key)
+            self.session.start()
+            self._phase = "handshake"
+            self._pump()
+            return
+        try:                               # from the transport's callback: _open_steps raises it
+            self.session = getattr(self.owner, "session_factory", TlsClientSession)(settings, cache, cache_key)
+            self.session.start()
+            self._phase = "handshake"
+            self._pump()
+        except Exception as exc:
+            self._early_exc = exc
 
     def accept(self, settings) -> asyncio.Protocol:
         """An incoming connection a listener accepts for this socket: the protocol to hand
