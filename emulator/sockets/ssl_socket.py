@@ -327,8 +327,9 @@ class SslSocket:
             # The session started when the transport was made (_link_made): the
             # ClientHello left then, not a few loop turns later when this resumed.
             self._early = None
-            if self._early_exc is not None:
-                raise self._early_exc          # as if raised here (_phase says how far it got)
+            exc, self._early_exc = self._early_exc, None
+            if exc is not None:
+                raise exc                      # as if raised here (_phase says how far it got)
         else:
             self._start_session(settings, cache, cache_key)
         self.pause_network(False)          # what the peer sent meanwhile (see _link_made)
@@ -750,6 +751,9 @@ class SslSocket:
         self._dead = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        # The task's CancelledError keeps its frames, and they this socket: a cycle the
+        # cyclic GC collects late, with the TLS session's C memory in it (soak RSS).
+        self._task = None
 
     def _teardown(self) -> None:
         self._dead = True
