@@ -63,9 +63,9 @@ class _LoopPorts:
 
     One-shot entries: a port is reported once, then not looked at again until it is armed
     anew, after a wake-up of its own that emptied its pty (or when it attaches / reads
-    again).  So a streaming port's
-    look costs ~1 us however busy its own pty is (polling a pty that is being written to
-    waits for its buffer work: ~50 us a look when the own port stayed in the set)."""
+    again).  So a streaming port's look costs ~1 us however busy its own pty is (polling a
+    pty that is being written to waits for its buffer work: ~50 us a look when the own port
+    stayed in the set)."""
 
     def __init__(self) -> None:
         self.epoll = select.epoll()
