@@ -81,7 +81,8 @@ class _LoopPorts:
         return ready                      # run: the loop's own poll serves them anyway)
 
     def arm(self, port: "PtyPort") -> None:
-        if self.ports.get(port.master) is port:
+        # A port alone on its loop is looked at by nobody (_join arms it when a second comes).
+        if len(self.ports) > 1 and self.ports.get(port.master) is port:
             try:
                 self.epoll.modify(port.master, _ONE_SHOT)
             except OSError:
@@ -100,6 +101,9 @@ def _join(port: "PtyPort") -> _LoopPorts:
         ports = _LOOP_PORTS[port.loop] = _LoopPorts()
     ports.epoll.register(port.master, _ONE_SHOT)
     ports.ports[port.master] = port
+    if len(ports.ports) == 2:            # the first port was alone: it was never re-armed
+        for other in list(ports.ports.values()):
+            ports.arm(other)
     return ports
 
 

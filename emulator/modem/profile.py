@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.resources
 import ipaddress
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -170,13 +170,20 @@ class Profile:
     name: str
     path: Path
     data: dict
+    # key -> value found (the loaded data never change): handlers read "ssl.send_max" and
+    # the like on every command, and a dotted walk per read showed in the profiles
+    _found: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def get(self, key: str, default: Any = None) -> Any:
+        found = self._found.get(key, _MISSING)
+        if found is not _MISSING:
+            return found
         node: Any = self.data
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 return default
             node = node[part]
+        self._found[key] = node
         return node
 
     def __getitem__(self, key: str) -> Any:
