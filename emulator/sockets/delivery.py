@@ -239,7 +239,7 @@ class OnlineDelivery(Delivery):
         output happened to drain from above its high water."""
         link = self._links.pop(sock, None)
         if link is not None and self.svc.modem.interpreter.online_link is not link:
-            link._writable()            # never leave the port's input paused for it
+            link.release_input()        # never leave the port's input paused for it
         future = self._opening.pop(sock, None)
         if future is not None and not future.done():
             future.set_result(self.svc.code("unknown"))     # an answer nobody waits for any more
@@ -286,6 +286,10 @@ class SocketLink:
         if self._input_paused:
             self._input_paused = False
             self.delivery.svc.modem.resume_input()
+
+    def release_input(self) -> None:
+        """The port reads again if this link paused it (the link is going away)."""
+        self._writable()
 
     def escaped(self) -> None:
         self._writable()                 # the port reads again (commands now)
