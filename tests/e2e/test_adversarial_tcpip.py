@@ -286,21 +286,41 @@ def test_many_listeners_and_fds_released(modem, emulator, tcp_echo):
 
 
 # -- floods and memory ----------------------------------------------------------------------
-def flood_server(emulator, size: int, chunk: int = 65536):
-    """A server that sends `size` random bytes as soon as a client connects, then closes;
+def flood_server(emulator, size: int, chunk: int = 65536, reads: bool = False):
+    """A server that sends `size` random bytes as soon as a client connects, then closes
+    (reads: it takes what the client sends, into state["got"], until the client's FIN);
     returns (server socket, the data, a thread-safe dict with 'sent')."""
     data = os.urandom(size)
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(4)
-    state = {"sent": 0}
+    state = {"sent": 0, "got": bytearray()}
 
     def run():
         try:
             conn, _ = srv.accept()
         except OSError:
             return
+        if reads:
+            def reader():
+                while True:
+                    try:
+                        got = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not got:
+                        return
+                    state["got"] += got
+            t = threading.Thread(target=reader, daemon=True)
+            t.start()
         with conn:
+            if reads:
+                try:
+                    conn.sendall(data)
+                except OSError:
+                    pass
+                t.join()
+                return
             try:
                 for i in range(0, size, chunk):
                     conn.sendall(data[i:i + chunk])
@@ -915,3 +935,71 @@ def test_closed_transparent_sockets_are_not_kept(modem, emulator, tcp_echo):
     kept = emulator.run(lambda: (len(online._links), len(online._opening)))
     assert kept == (0, 0), kept
     host.close()
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_sends_and_reads_during_a_flood(modem, emulator, mode):
+    """The server floods while the host keeps sending (and reading, in buffer mode): no URC
+    inside a data prompt or an AT+QIRD answer, every byte once and in order both ways."""
+    host, _, port = modem
+    srv, data, state = flood_server(emulator, 512 * 1024, reads=True)
+    received = bytearray()
+    up = os.urandom(200 * 1460)
+    with srv:
+        qiopen(host, 0, mode=mode)
+        buf = host.pending
+        push = re.compile(rb'\r\n\+QIURC: "recv",0,(\d+)\r\n')
+        recv_urc = b'\r\n+QIURC: "recv",0\r\n'
+        urc_head = b'\r\n+QIURC: "recv",0'
+
+        def take_urcs() -> None:
+            """Consume whole URCs (and push data) at the head of the pending bytes."""
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                m = push.match(buf)
+                if m and len(buf) >= m.end() + int(m.group(1)):
+                    received.extend(buf[m.end():m.end() + int(m.group(1))])
+                    del buf[:m.end() + int(m.group(1))]
+                elif buf.startswith(recv_urc):
+                    del buf[:len(recv_urc)]
+                elif buf and bytes(buf[:len(urc_head)]) == urc_head[:len(buf)]:
+                    host._fill()                         # a URC still coming in
+                else:
+                    return
+
+        sent = 0
+        for i in range(0, len(up), 1460):
+            take_urcs()
+            host.write(f"AT+QISEND=0,{len(up[i:i + 1460])}\r")
+            deadline = time.monotonic() + 10
+            while b"> " not in buf:
+                assert time.monotonic() < deadline, (i, bytes(buf[:200]))
+                host._fill()
+                take_urcs()
+            head = bytes(buf[:buf.index(b"> ") + 2])
+            assert head == b"\r\n> ", head
+            del buf[:len(head)]
+            host.write(up[i:i + 1460])
+            assert host.read_until(RESULT) == b"\r\nSEND OK\r\n"
+            sent += 1460
+            if mode == 0 and i % (10 * 1460) == 0:
+                take_urcs()
+                head, chunk = qird(host, 0)
+                assert head in (b"\r\n+QIRD: %d\r\n" % len(chunk), b"+QIRD: %d\r\n" % len(chunk)), head[:80]
+                received.extend(chunk)
+        deadline = time.monotonic() + 60
+        while len(received) < len(data):
+            assert time.monotonic() < deadline, len(received)
+            if mode == 0:
+                take_urcs()
+                head, chunk = qird(host, 0)
+                assert head in (b"\r\n+QIRD: %d\r\n" % len(chunk), b"+QIRD: %d\r\n" % len(chunk)), head[:80]
+                received.extend(chunk)
+            else:
+                host._fill()
+                take_urcs()
+        assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+        wait_for(lambda: len(state["got"]) >= len(up))
+        assert hashlib.sha256(state["got"]).digest() == hashlib.sha256(up).digest()
+        host.quiet_for(0.1)
+        host.at("AT+QICLOSE=0,0")
