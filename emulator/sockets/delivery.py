@@ -227,6 +227,14 @@ class OnlineDelivery(Delivery):
         if self.online(sock):
             self.flush(sock, everything=True)
             self.svc.modem.interpreter.leave_online(self._links[sock])
+        elif sock.inbox:
+            # The host left with +++ and the peer has closed since: ATO can only answer
+            # NO CARRIER, so what the peer sent meanwhile would be lost. The socket falls
+            # back to buffer mode: a "recv" URC, then "closed"; AT+QIRD/QSSLRECV read it.
+            self.release(sock)
+            buffer = self.svc.deliveries["buffer"]
+            buffer.adopt(sock)
+            buffer.peer_closed(sock)
         else:
             super().peer_closed(sock)
 

@@ -116,6 +116,22 @@ def test_data_that_arrive_after_escape_wait_for_ato(online):
     assert host.read_until(b"away") == b"\r\nCONNECT\r\nwhile you were away"
 
 
+def test_data_that_arrive_after_escape_survive_the_peer_closing(online):
+    """After +++ the peer sends and closes: ATO could only say NO CARRIER, so the socket
+    falls back to buffer mode ("recv", then "closed") and the host reads what was sent."""
+    host, port, advance, server = online
+    connect(host)
+    conn = server.wait_handshake()
+    assert escape(host, advance) == b"\r\nOK\r\n"
+    conn.send(b"parting words")
+    conn.close()
+    assert host.read_until(b'"closed",4\r\n') == b'\r\n+QSSLURC: "recv",4\r\n\r\n+QSSLURC: "closed",4\r\n'
+    assert host.at("AT+QSSLRECV=4,1500") == b"\r\n+QSSLRECV: 13\r\nparting words\r\n\r\nOK\r\n"
+    assert b",4,1,4,0," in host.at("AT+QSSLSTATE=4")      # buffer access mode now
+    assert host.at("ATO") == b"\r\nNO CARRIER\r\n"
+    assert host.at("AT+QSSLCLOSE=4") == b"\r\nOK\r\n"
+
+
 def test_urcs_of_other_sockets_are_held_while_online(online, emulator):
     host, port, advance, server = online
     host.write(f'AT+QSSLOPEN=1,1,0,"{HOST}",{PORT},0\r')
