@@ -522,10 +522,13 @@ async def open_udp(router: Router, host: str, port: int, protocol_factory, fault
     return transport, protocol, (addr, real_port)
 
 async def listen_tcp(router: Router, local_port: int, protocol_factory):
-    """A TCP LISTENER's server on router.listen_address(local_port) (loopback only)."""
+    """A TCP LISTENER's server on router.listen_address(local_port) (loopback only), bound
+    but not yet accepting: the caller starts it (server.start_serving()) once the host has
+    been told the listener is up."""
     addr, port = router.listen_address(local_port)
     try:
-        server = await asyncio.get_running_loop().create_server(protocol_factory, addr, port)
+        server = await asyncio.get_running_loop().create_server(protocol_factory, addr, port,
+                                                                start_serving=False)
     except OSError as exc:
         raise NetworkError("bind", f"cannot listen on {addr}:{port}: {exc.strerror or exc}") from None
     log.info("listening on %s:%d for the module's port %d", addr, server.sockets[0].getsockname()[1], local_port)

@@ -83,6 +83,7 @@ class TcpListener:
         self.shown_local_port = local_port
         self.delivery = delivery
         self.state = INITIAL
+        self.held: list | None = None         # accepted before "+QIOPEN: <id>,0" was written
         self.server: asyncio.AbstractServer | None = None
         self.lost: str | None = None          # the bearer went while binding (why)
 
@@ -92,8 +93,23 @@ class TcpListener:
         except NetworkError as exc:
             log.warning("TCP LISTENER %d: %s", self.client_id, exc.reason)
             return ERRORS["bind"]
-        self.state = LISTENING
         return 0
+
+    async def serve(self) -> None:
+        """Accept connections from now on; their "incoming" URCs wait until the host has
+        been told the listener is up (announce()), none is misreported as "incoming full"
+        while the listener starts, and a client connecting as soon as the host saw
+        "+QIOPEN: <id>,0" finds it listening."""
+        self.state = LISTENING
+        self.held = []
+        await self.server.start_serving()
+
+    def announce(self, urc: str) -> None:
+        """"+QIOPEN: <id>,0", then the connections accepted while it was due."""
+        self.svc.modem.urc(urc)
+        held, self.held = self.held or [], None
+        for sock in held:
+            self.svc.on_accepted(sock)
 
     def _protocol(self):
         return self.svc.incoming(self)
@@ -242,7 +258,11 @@ class TcpipService(SocketService):
             if code:
                 del self.listeners[connect_id]
                 self.set_error(code)
-            self.modem.urc(self.dialect.opened(listener, code))
+                self.modem.urc(self.dialect.opened(listener, code))
+                return
+            await listener.serve()
+            if self.listeners.get(connect_id) is listener:
+                listener.announce(self.dialect.opened(listener, 0))
         asyncio.ensure_future(start())
         return listener
 
@@ -251,7 +271,9 @@ class TcpipService(SocketService):
         of the shared pool, or "incoming full" and the connection is dropped."""
         taken = ids_in_use(self.modem)
         free = next((i for i in range(self.max_sockets) if i not in taken), None)
-        if free is None or listener.state != LISTENING:
+        if self.listeners.get(listener.client_id) is not listener or listener.state != LISTENING:
+            return _Refused()                     # closed or lost meanwhile: nothing to report
+        if free is None:
             log.info("TCP LISTENER %d: no free connectID for an incoming connection", listener.client_id)
             self.modem.urc('+QIURC: "incoming full"')
             return _Refused()
@@ -265,6 +287,10 @@ class TcpipService(SocketService):
 
     def on_accepted(self, sock: SslSocket) -> None:
         if self.sockets.get(sock.client_id) is not sock:
+            return
+        listener = self.listeners.get(sock.server_id)
+        if listener is not None and listener.held is not None:
+            listener.held.append(sock)            # after the listener's +QIOPEN
             return
         ip, port = sock.remote or ("0.0.0.0", 0)
         sock.host, sock.port = ip, port

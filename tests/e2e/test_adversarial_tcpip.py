@@ -812,6 +812,8 @@ def test_client_hammering_a_listener_as_it_comes_up(modem, emulator):
         done.set()
         t.join(5)
         assert b"incoming full" not in host.transcript, round_
+        opened = host.transcript.rindex(b"+QIOPEN: 0,0\r\n")
+        assert opened < host.transcript.rindex(b'+QIURC: "incoming",1,0,'), round_   # never before it
         for c in conns:
             c.close()
         host.seen(b'+QIURC: "closed",1\r\n')
@@ -1003,3 +1005,26 @@ def test_sends_and_reads_during_a_flood(modem, emulator, mode):
         assert hashlib.sha256(state["got"]).digest() == hashlib.sha256(up).digest()
         host.quiet_for(0.1)
         host.at("AT+QICLOSE=0,0")
+
+
+def test_a_connection_reaching_a_listener_that_is_not_listening_is_refused_silently(modem, emulator):
+    """A connection the kernel accepted just as the listener was closed (or before it was
+    up) is dropped without a word: it was reported as "incoming full" although ids were
+    free, a URC no driver can make sense of."""
+    host, _, port = modem
+    qiopen(host, 0, "TCP LISTENER", "127.0.0.1", 0, local_port=free_port())
+    svc = tcpip(emulator, port)
+    listener = svc.listeners[0]
+    assert host.at("AT+QICLOSE=0").endswith(b"\r\nOK\r\n")
+    late = emulator.run(svc.incoming, listener)         # the accept that raced the close
+
+    class Transport:
+        aborted = False
+
+        def abort(self):
+            self.aborted = True
+    transport = Transport()
+    emulator.run(late.connection_made, transport)
+    assert transport.aborted
+    assert b"incoming" not in host.quiet_for(0.2) and b"incoming full" not in host.transcript
+    assert host.at("AT+QISTATE?") == b"\r\nOK\r\n"
