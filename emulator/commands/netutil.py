@@ -37,7 +37,7 @@ from emulator.at.cme import CME_TEXT
 from emulator.at.parser import READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Cme, CommandError, ok
-from emulator.io.network import NetworkError, Router, name_problem, open_udp
+from emulator.io.network import NetworkError, Router, is_ip, name_problem, open_udp
 from emulator.logsafe import get_logger
 from emulator.sockets.service import ERROR_TEXT, ssl_service
 
@@ -78,14 +78,6 @@ class NetArgs(Args):
     def fail(self, why: str) -> CommandError:
         set_error(self.modem, 552)
         return super().fail(why)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
 
 
 class NetUtil:
@@ -183,7 +175,7 @@ class NetUtil:
     async def lookup(self, host: str, cid: int) -> list[str]:
         """The addresses the modem's DNS answers for `host` (NetworkError "dns" if none)."""
         router = self.router
-        if _is_ip(host):
+        if is_ip(host):
             return [host.strip("[]")]
         if router.knows(host):
             return [router.display_address(host)]
@@ -322,7 +314,7 @@ async def _dnsgip(modem, request: _DnsRequest) -> None:
         return
     if request.lines is None:
         modem.trace("dns", host=host, code=0, addresses=addresses)
-    ttl = 0 if _is_ip(host) else DNS_TTL         # a field log: an IP literal answers 0,1,0
+    ttl = 0 if is_ip(host) else DNS_TTL         # a field log: an IP literal answers 0,1,0
     util.dns_answer(request, [f'+QIURC: "dnsgip",0,{len(addresses)},{ttl}']
                     + [f'+QIURC: "dnsgip","{address}"' for address in addresses])
 
@@ -515,7 +507,7 @@ async def _ntp(exchange: "_SntpExchange") -> None:
     router = util.router
     try:
         target = server
-        if router.lookup(server, port) is None and not _is_ip(server) and not router.offline:
+        if router.lookup(server, port) is None and not is_ip(server) and not router.offline:
             # An unrouted name: the modem's resolver (IPv4 on an IP context, DNS_TIMEOUT).
             target = (await util.resolve(server, exchange.cid))[0]
         await open_udp(router, target, port, lambda: exchange)

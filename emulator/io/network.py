@@ -145,7 +145,7 @@ class Router:
             raise ValueError(f"listen {local_port!r}: the module's local port must be 1-65535")
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
             raise ValueError(f"listen {local_port}: bad port {port!r}")
-        if not _is_ip(addr) or not ipaddress.ip_address(addr.strip("[]")).is_loopback:
+        if not is_ip(addr) or not ipaddress.ip_address(addr.strip("[]")).is_loopback:
             raise ValueError(f"listen {local_port}: {addr!r} is not a loopback address")
         self.listen[local_port] = (addr.strip("[]"), port)
 
@@ -166,9 +166,9 @@ class Router:
         """Let the modem's DNS answer `ip` for `name` (shown to the host; routing unchanged)."""
         if not isinstance(name, str) or not _dns_key(name):
             raise ValueError(f"dns {name!r}: empty name")
-        if _is_ip(name):
+        if is_ip(name):
             raise ValueError(f"dns {name!r}: an IP address needs no DNS entry")
-        if not isinstance(ip, str) or not _is_ip(ip.strip()):
+        if not isinstance(ip, str) or not is_ip(ip.strip()):
             raise ValueError(f"dns {name!r}: {ip!r} is not an IP address")
         self.dns[_dns_key(name)] = str(ipaddress.ip_address(ip.strip().strip("[]")))
 
@@ -195,7 +195,7 @@ class Router:
         """The server address the host is shown for a dialled `host` (never a route):
         an IP literal itself; a name with a DNS entry (add_dns) that entry; a name the real
         DNS resolved (not routed) the real answer; any other name made_up_address(name)."""
-        if _is_ip(host):
+        if is_ip(host):
             return host.strip("[]")
         key = _dns_key(host)
         return self.dns.get(key) or self._answered.get(key) or made_up_address(key)
@@ -211,7 +211,7 @@ class Router:
         routed = self.lookup(host, port)
         if routed is not None:
             return routed
-        if _is_ip(host):
+        if is_ip(host):
             if self.offline:       # no DNS involved: nowhere to connect to
                 raise NetworkError("connect", f"{host}:{port} is not routed and the emulator is --offline")
             return host.strip("[]"), port
@@ -241,7 +241,8 @@ def name_problem(host: str) -> str | None:
     return None
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """An IPv4 or IPv6 literal (brackets allowed), not a name."""
     try:
         ipaddress.ip_address(host.strip("[]"))
         return True
@@ -554,7 +555,7 @@ def udp_destination(router: Router, host: str, port: int) -> tuple[str, int] | N
     routed = router.lookup(host, port)
     if routed is not None:
         return routed
-    if not _is_ip(host):
+    if not is_ip(host):
         return None
     ip = ipaddress.ip_address(host.strip("[]"))
     if router.offline and not ip.is_loopback:
