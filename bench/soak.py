@@ -9,8 +9,9 @@ Four parts, each against the emulator started as a user starts it (a subprocess 
          exactly one final result, a probe (ATE0V1Q0...S7=<n>;&W;S7?) after every batch must answer,
          and the process must stay alive and stop with exit status 0.
   races  AT+QSSLOPEN immediately followed by AT+QSSLCLOSE against a loopback TLS echo server,
-         in four timings; every command answered, no socket left, the emulator's fd count and
-         RSS flat from the first hundred cycles to the end, no connection left at the server.
+         alternating with AT+QIOPEN "TCP" / AT+QICLOSE against a plain echo server, in four
+         timings; every command answered, no socket left, the emulator's fd count and RSS flat
+         from the first hundred cycles to the end, no connection left at either server.
   kills  kill -9 of the emulator during AT+QFUPL (EC2x), AT+QSECWRITE (ML302) and AT&W (both),
          timed anywhere in the transfer or around its end; then a restart on the same state
          dir: the store holds the old or the new content, never a torn one, an unrelated
@@ -199,11 +200,13 @@ class Port:
 class EchoServer:
     """Echoes every byte; counts connections and hashes each direction."""
 
-    def __init__(self) -> None:
-        import trustme
-        ca = trustme.CA()
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ca.issue_cert("soak.example").configure_cert(self.ctx)
+    def __init__(self, tls: bool = True) -> None:
+        self.ctx = None                  # tls=False: a plain TCP echo (AT+QIOPEN sockets)
+        if tls:
+            import trustme
+            ca = trustme.CA()
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ca.issue_cert("soak.example").configure_cert(self.ctx)
         self.loop = asyncio.new_event_loop()
         self.open = 0
         self.accepted = 0
@@ -479,12 +482,19 @@ def part_fuzz(work: Path, lines: int, rng: random.Random, figures: list) -> None
 
 # -- part 2: open/close races -----------------------------------------------------------------
 OPENED = re.compile(rb"\+QSSLOPEN: (\d+),(-?\d+)\r\n")
+TCP_OPENED = re.compile(rb"\+QIOPEN: (\d+),(-?\d+)\r\n")
+# The races' two socket kinds: (open line with %d for the id, close line, its open URC).
+RACE_KINDS = (
+    (b'AT+QSSLOPEN=1,1,%d,"soak.example",4433,0\r', b"AT+QSSLCLOSE=%d\r", OPENED),
+    (b'AT+QIOPEN=1,%d,"TCP","soak-tcp.example",4434,0,0\r', b"AT+QICLOSE=%d\r", TCP_OPENED),
+)
 
 
 def part_races(work: Path, races: int, rng: random.Random, figures: list) -> None:
-    server = EchoServer()
+    server, plain = EchoServer(), EchoServer(tls=False)
     emu = EmulatorProcess("ec2x", work / "races", work / "races.log",
-                          routes=[f"soak.example:4433=127.0.0.1:{server.port}"])
+                          routes=[f"soak.example:4433=127.0.0.1:{server.port}",
+                                  f"soak-tcp.example:4434=127.0.0.1:{plain.port}"])
     port = Port(emu.path)
     outcomes: dict[str, int] = {}
     seen = bytearray()                       # every answer, for the +QSSLOPEN URC tally
@@ -497,8 +507,8 @@ def part_races(work: Path, races: int, rng: random.Random, figures: list) -> Non
         for i in range(races):
             cid = i % 12
             timing = i % 4
-            open_line = b'AT+QSSLOPEN=1,1,%d,"soak.example",4433,0\r' % cid
-            close_line = b"AT+QSSLCLOSE=%d\r" % cid
+            open_form, close_form, opened_urc = RACE_KINDS[(i // 4) % 2]
+            open_line, close_line = open_form % cid, close_form % cid
             if timing == 0:                       # both lines in one write
                 port.write(open_line + close_line)
                 opened = port.take(port.expect(FINAL, 15, "QSSLOPEN result").end())
@@ -508,11 +518,11 @@ def part_races(work: Path, races: int, rng: random.Random, figures: list) -> Non
                 if timing == 2:
                     time.sleep(rng.random() * 0.03)
                 elif timing == 3 and b"OK" in opened:
-                    port.expect(OPENED, 15, "+QSSLOPEN URC")
+                    port.expect(opened_urc, 15, "open URC")
                 port.write(close_line)
             closed = port.take(port.expect(FINAL, 30, "QSSLCLOSE result").end())
             if b"OK" not in closed:
-                raise CheckFailed(f"race {i}: AT+QSSLCLOSE answered {closed!r}")
+                raise CheckFailed(f"race {i}: {close_line.strip().decode()} answered {closed!r}")
             seen.extend(opened + closed)
             key = "open OK" if b"OK" in opened else "open " + opened.strip().decode(errors="replace")
             outcomes[key] = outcomes.get(key, 0) + 1
@@ -525,28 +535,29 @@ def part_races(work: Path, races: int, rng: random.Random, figures: list) -> Non
                 raise CheckFailed("races: emulator died")
         # what came in as URCs: each open reported once at most
         seen.extend(port.settle(0.3))
-        state = port.command(b"AT+QSSLSTATE")
-        if b"+QSSLSTATE:" in state:
+        state = port.command(b"AT+QSSLSTATE") + port.command(b"AT+QISTATE")
+        if b"STATE:" in state:
             raise CheckFailed(f"races: sockets left after closing all: {state!r}")
         time.sleep(1.0)
         last = (emu.fds(), emu.rss_kib())
-        server_open = server.open
+        server_open = server.open + plain.open
     finally:
         port.close()
         status = emu.stop()
         server.close()
+        plain.close()
     elapsed = time.monotonic() - t0
     urcs: dict[str, int] = {}
-    for _, code in OPENED.findall(bytes(seen)):
+    for _, code in OPENED.findall(bytes(seen)) + TCP_OPENED.findall(bytes(seen)):
         urcs[code.decode()] = urcs.get(code.decode(), 0) + 1
-    figures.append(f"races: {races} AT+QSSLOPEN+AT+QSSLCLOSE in {elapsed:.0f} s; "
-                   f"outcomes {outcomes}; +QSSLOPEN URCs by <err> {urcs} "
+    figures.append(f"races: {races} open+close (AT+QSSLOPEN/QSSLCLOSE and AT+QIOPEN/QICLOSE by turns) "
+                   f"in {elapsed:.0f} s; outcomes {outcomes}; open URCs by <err> {urcs} "
                    f"(the others closed before they reported); "
-                   f"server accepted {server.accepted}, still open {server_open}; "
+                   f"servers accepted {server.accepted} TLS + {plain.accepted} TCP, still open {server_open}; "
                    f"fds {first[0]} -> {last[0]} (peak {peak_fds}); RSS {first[1]} -> {last[1]} KiB; "
                    f"exit status {status}, {emu.tracebacks()} tracebacks in the log")
     if sum(urcs.values()) > races:
-        raise CheckFailed(f"races: {sum(urcs.values())} +QSSLOPEN URCs for {races} opens")
+        raise CheckFailed(f"races: {sum(urcs.values())} open URCs for {races} opens")
     if last[0] > first[0] + 2:
         raise CheckFailed(f"races: fd count grew {first[0]} -> {last[0]}")
     rss_margin = max(4096, first[1] // 10)
