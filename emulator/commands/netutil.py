@@ -101,32 +101,33 @@ class NetUtil:
     def router(self) -> Router:
         return self.modem.network if self.modem.network is not None else Router(offline=True)
 
-    def spawn(self, coro, crashed: str, alive=lambda: True) -> None:
+    def spawn(self, coro, crashed: str, alive=lambda: True, answer=None) -> None:
         """Run a request's coroutine; an unexpected exception in it is logged with its
         traceback and answered with the URC `crashed` (550, "unknown error") unless the
         request already has its result line (alive() False): the host always gets exactly
-        one."""
+        one.  answer: how that URC goes out (default modem.urc; a DNS lookup's goes through
+        the in-order queue, or every later lookup would wait behind it for good)."""
         task = asyncio.ensure_future(coro, loop=self.modem.loop)
         self.tasks.add(task)
-        task.add_done_callback(lambda t: self._done(t, crashed, alive))
+        task.add_done_callback(lambda t: self._done(t, crashed, alive, answer))
 
-    def _done(self, task: asyncio.Task, crashed: str, alive) -> None:
+    def _done(self, task: asyncio.Task, crashed: str, alive, answer) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             if alive():
-                self.crashed(crashed, task.exception())
+                self.crashed(crashed, task.exception(), answer)
             else:
                 log.error("DNS/ping/NTP request failed unexpectedly after its result",
                           exc_info=task.exception())
 
-    def crashed(self, urc: str, exc: BaseException) -> None:
+    def crashed(self, urc: str, exc: BaseException, answer=None) -> None:
         log.error("DNS/ping/NTP request failed unexpectedly; answered %s", urc, exc_info=exc)
         if urc.startswith("+QPING"):
             self.ping_run = None
         elif urc.startswith("+QNTP") and self.ntp is not None:
             self.ntp.abort()
             self.ntp = None
-        self.modem.urc(urc)
+        (answer or self.modem.urc)(urc)
 
     def _pdp_lost(self, cid: int) -> None:
         """The context a request runs on went away (AT+QIDEACT, AT+CGACT=0, AT+CGATT=0,
@@ -284,7 +285,8 @@ def qidnsgip_write(modem, cmd):
     request = _DnsRequest(cid, host)
     util.dns.append(request)
     util.spawn(_dnsgip(modem, request), crashed='+QIURC: "dnsgip",550',
-               alive=lambda: request in util.dns and request.lines is None)
+               alive=lambda: request in util.dns and request.lines is None,
+               answer=lambda urc: util.dns_answer(request, [urc]))
     set_error(modem, 0)
     return ok()
 

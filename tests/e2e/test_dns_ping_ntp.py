@@ -295,6 +295,29 @@ def test_an_internal_error_still_ends_each_request_with_its_result_line(emulator
     assert "injected" in caplog.text
 
 
+def test_a_lookup_failing_after_its_answer_came_does_not_hold_the_next_ones(emulator, ec2x_on, monkeypatch):
+    """An internal error after the lookup (here: the trace record) is answered 550 through
+    the in-order queue: it went out beside it, the failed request stayed first in the
+    queue, and every later AT+QIDNSGIP's answer waited behind it for good."""
+    from emulator.modem.modem import Modem
+    host, port = ec2x_on
+    real = Modem.trace
+
+    def trace(self, kind, **fields):
+        if kind == "dns" and fields.get("host") == "bad.example":
+            raise RuntimeError("injected")
+        return real(self, kind, **fields)
+    monkeypatch.setattr(Modem, "trace", trace)
+    emulator.router.add_dns("bad.example", "192.0.2.7")
+    assert host.at('AT+QIDNSGIP=1,"bad.example"') == OK
+    assert host.read_until(b'+QIURC: "dnsgip",550\r\n', timeout=3) == b'\r\n+QIURC: "dnsgip",550\r\n'
+    assert host.at('AT+QIDNSGIP=1,"9.9.9.9"') == OK
+    assert host.read_until(b'"9.9.9.9"\r\n', timeout=3) == \
+        b'\r\n+QIURC: "dnsgip",0,1,0\r\n\r\n+QIURC: "dnsgip","9.9.9.9"\r\n'
+    assert host.at("AT+QIDEACT=1") == OK
+    assert b"dnsgip" not in host.quiet_for(0.2)                   # no second result for it
+
+
 def test_a_reboot_ends_requests_in_flight_without_a_word(emulator, ec2x_on):
     host, port = ec2x_on
     emulator.router.add_ping("p.example", 500)
