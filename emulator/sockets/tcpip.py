@@ -118,6 +118,13 @@ class TcpListener:
         if self.server is not None:
             self.server.close()
             self.server = None
+        # Connections accepted while "+QIOPEN: <id>,0" was due and never announced: the
+        # host never heard of them, so they go without a word and free their ids.
+        held, self.held = self.held or [], None
+        for sock in held:
+            if self.svc.sockets.get(sock.client_id) is sock:
+                del self.svc.sockets[sock.client_id]
+            sock.abort()
 
     def bearer_lost(self, reason: str) -> None:
         """The PDP context went away: no more connections; "closed" as for a socket; one

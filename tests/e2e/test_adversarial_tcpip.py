@@ -1028,3 +1028,26 @@ def test_a_connection_reaching_a_listener_that_is_not_listening_is_refused_silen
     assert transport.aborted
     assert b"incoming" not in host.quiet_for(0.2) and b"incoming full" not in host.transcript
     assert host.at("AT+QISTATE?") == b"\r\nOK\r\n"
+
+
+def test_connections_held_for_an_unannounced_listener_go_with_it(modem, emulator):
+    """A connection accepted while the listener's +QIOPEN was still due waits for it; when
+    the listener goes first (closed or its context lost in that turn), the held connection
+    must go too instead of keeping an id the host never heard of."""
+    host, _, port = modem
+    qiopen(host, 0, "TCP LISTENER", "127.0.0.1", 0, local_port=free_port())
+    svc = tcpip(emulator, port)
+    listener = svc.listeners[0]
+    with socket.create_connection(("127.0.0.1", listener.shown_local_port)) as client:
+        host.seen(b'+QIURC: "incoming",1,0,')
+        accepted = svc.sockets[1]
+        emulator.run(svc.sockets.pop, 1)
+        listener.held = [accepted]                  # as if accepted before the announcement
+        emulator.run(svc.sockets.__setitem__, 1, accepted)
+        assert host.at("AT+QICLOSE=0").endswith(b"\r\nOK\r\n")
+        assert 1 not in svc.sockets and host.at("AT+QISTATE?") == b"\r\nOK\r\n"
+        client.settimeout(5)
+        try:
+            assert client.recv(10) == b""           # the connection was dropped (FIN ...
+        except ConnectionResetError:
+            pass                                    # ... or RST)
