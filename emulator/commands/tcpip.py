@@ -171,6 +171,8 @@ def qisend_write(modem, cmd):
         if len(args) != 4 or length is None:
             raise args.fail('a UDP SERVICE sends with AT+QISEND=<id>,<len>,"<ip>",<port>')
         ip = args.str(2, max_len=64).strip()
+        if not ip:
+            raise args.fail("empty <remoteIP>")
         port = args.int(3, 1, 65535)
         router = modem.network
         to = lambda: udp_destination(router, ip, port)          # noqa: E731
@@ -205,6 +207,8 @@ def qird_write(modem, cmd):
     svc = tcpip_service(modem)
     args = _args(modem, cmd, 2)
     connect_id = args.int(0, 0, svc.max_sockets - 1)
+    if len(args) == 2 and not args.present(1):
+        raise args.fail("empty <read_length>")          # "AT+QIRD=1," (as AT+QISEND=1,)
     length = args.int(1, 0, svc.recv_max, default=svc.recv_max)
     sock = svc.sockets.get(connect_id)
     if sock is None or sock.state not in (CONNECTED, CLOSING):

@@ -472,6 +472,8 @@ def test_udp_service_receives_and_sends_to_an_address(modem):
     assert qisend(host, 2, b"reply", extra=f',"127.0.0.1",{me}') == b"\r\nSEND OK\r\n"
     assert peer.recvfrom(100) == (b"reply", ("127.0.0.1", port))
     assert host.at("AT+QISEND=2,5") == b"\r\nERROR\r\n"               # no destination
+    assert host.at('AT+QISEND=2,5,"",53') == b"\r\nERROR\r\n"           # an empty one: no prompt
+    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 552,invalid parameter\r\n\r\nOK\r\n"
     assert host.at('AT+QISENDEX=2,"4142"') == b"\r\nERROR\r\n"
     assert qisend(host, 2, b"lost", extra=',"8.8.8.8",53') == b"\r\nSEND FAIL\r\n"   # offline, unrouted
     peer.close()
@@ -595,6 +597,7 @@ def test_control_state_and_drop_see_tcp_sockets(modem, emulator, tcp_echo):
     (f'AT+QISENDEX=0,"{"41" * 513}"', 552),
     ("AT+QIRD=0", 572),
     ("AT+QIRD=0,1501", 552),
+    ("AT+QIRD=0,", 552),                                   # as AT+QISEND=0, (not 1500)
     ("AT+QISDE=5", 552),
     ("AT+QISWTMD=0,1", 572),
 ])
