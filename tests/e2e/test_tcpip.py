@@ -9,6 +9,7 @@ import re
 import socket
 
 import pytest
+import serial
 
 from emulator.testing.peers import TcpServer, UdpEchoServer
 
@@ -121,7 +122,8 @@ class PushStream:
                     found = bytes(w.group(0))
                     del buf[:w.end()]
                     return found
-            assert time.monotonic() < deadline, f"waiting for {want.pattern!r}: {bytes(buf[:200])!r}"
+            if time.monotonic() >= deadline:
+                raise PushTimeout(f"waiting for {want.pattern!r}: {bytes(buf[:200])!r}")
             self.host._fill()
 
     def send(self, data: bytes) -> bytes:
@@ -139,9 +141,13 @@ class PushStream:
             assert time.monotonic() < deadline, f"pushed {len(self.data)} of {n}"
             try:
                 self.until(never, timeout=0.05)
-            except AssertionError:
+            except PushTimeout:                 # (a malformed push URC still fails at once)
                 pass
         return bytes(self.data)
+
+
+class PushTimeout(AssertionError):
+    """PushStream.until found no match in time (a malformed URC is a plain AssertionError)."""
 
 
 def read_push(host, connect_id: int, n: int) -> bytes:
@@ -194,16 +200,19 @@ def escape(host, advance) -> bytes:
     return host.read_until(re.compile(rb"\r\n(OK|ERROR)\r\n"))
 
 
-def online_echo(host, data: bytes) -> bytes:
+def online_echo(host, data: bytes, timeout: float = 60) -> bytes:
+    import time
     got = bytearray()
     view, sent = memoryview(data), 0
     host.ser.write_timeout = 0
+    deadline = time.monotonic() + timeout
     while len(got) < len(data):
+        assert time.monotonic() < deadline, f"echoed {len(got)} of {len(data)}, sent {sent}"
         if sent < len(data):
             try:
                 sent += host.ser.write(view[sent:sent + 16384]) or 0
-            except Exception:
-                pass
+            except serial.SerialTimeoutException:
+                pass                             # the pty is full: read first
         got += host.ser.read(min(host.ser.in_waiting or 1, 4093))
     host.written += len(data)
     return bytes(got)
