@@ -119,9 +119,13 @@ def test_registration_change_from_a_scenario_step(emulator, ec2x_on):
                                     {"at": 2.0, "op": "register", "stat": 1}]})
     emulator.advance(port, 1)
     assert host.read_until(b"+CEREG: 2\r\n", timeout=3) == b"\r\n+CEREG: 2\r\n"
-    assert host.read_until(b"pdpdeact\",1\r\n", timeout=3)           # the network dropped it
+    assert host.read_until(b"pdpdeact\",1\r\n", timeout=3).endswith(b'\r\n+QIURC: "pdpdeact",1\r\n')
+    assert host.at("AT+CGACT?") == b"\r\n+CGACT: 1,0\r\n\r\nOK\r\n"      # the network dropped it
     emulator.advance(port, 1)
-    assert host.read_until(b"+CEREG: 1,\"D5D5\",\"8A21B03\",7\r\n", timeout=3)
+    assert host.read_until(b"+CEREG: 1,\"D5D5\",\"8A21B03\",7\r\n", timeout=3) == \
+        b'\r\n+CEREG: 1,"D5D5","8A21B03",7\r\n'
+    assert host.at("AT+CGATT?") == b"\r\n+CGATT: 1\r\n\r\nOK\r\n"        # registered: attached again
+    assert host.at("AT+QIACT=1") == OK and host.at("AT+CGACT?") == b"\r\n+CGACT: 1,1\r\n\r\nOK\r\n"
     with pytest.raises(ScenarioError, match="stat"):
         emulator.run_scenario({"step": [{"at": 1.0, "op": "register", "stat": 9}]})
 
