@@ -22,6 +22,7 @@ AT+QIGETERROR is one store for both (the SSL service's set_error/last_error).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from emulator.io.network import NetworkError, bind_udp, listen_tcp, net_faults, open_tcp, open_udp
 from emulator.logsafe import get_logger
@@ -41,7 +42,16 @@ ERRORS = {"dns": 565, "connect": 566, "timeout": 569, "pdp": 570, "bind": 556, "
           "protocol_error": 566, "bad_config": 552}
 
 
+@dataclass(frozen=True)
 class TcpipDialect(Dialect):
+    """The TCP/IP wording: the SSL dialect's fields plus what only listeners say (a
+    SIMCom-style family would be another instance with its own words)."""
+    incoming_urc: str = '+QIURC: "incoming",{id},{server},"{ip}",{port}'
+    incoming_full_urc: str = '+QIURC: "incoming full"'
+
+    def incoming(self, sock, ip: str, port: int) -> str:
+        return self.incoming_urc.format(id=sock.client_id, server=sock.server_id, ip=ip, port=port)
+
     def push(self, sock, n: int) -> str:
         line = super().push(sock, n)
         if getattr(sock, "service_type", "") == "UDP SERVICE" and sock.last_from:
@@ -282,7 +292,7 @@ class TcpipService(SocketService):
             return _Refused()                     # closed or lost meanwhile: nothing to report
         if free is None:
             log.info("TCP LISTENER %d: no free connectID for an incoming connection", listener.client_id)
-            self.modem.urc('+QIURC: "incoming full"')
+            self.modem.urc(self.dialect.incoming_full_urc)
             return _Refused()
         sock = TcpipSocket(self, free, pdp_id=listener.pdp_id, host="127.0.0.1", port=0,
                            delivery=listener.delivery, recv_limit=self.recv_buffer, timers=self.modem.timers,
@@ -301,7 +311,7 @@ class TcpipService(SocketService):
             return
         ip, port = sock.remote or ("0.0.0.0", 0)
         sock.host, sock.port = ip, port
-        self.modem.urc(f'+QIURC: "incoming",{sock.client_id},{sock.server_id},"{ip}",{port}')
+        self.modem.urc(self.dialect.incoming(sock, ip, port))
 
     # -- closing ---------------------------------------------------------------------
     async def close(self, client_id: int, timeout: float) -> None:
