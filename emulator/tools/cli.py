@@ -229,8 +229,9 @@ async def run(args: argparse.Namespace) -> int:
         hints.append(f"  control: JSON lines on {args.control}, e.g. {{\"op\": \"state\", \"modem\": 0}}")
     if args.demo:
         from emulator.tools.demo_setup import demo_material_hint   # (cryptography: only for --demo)
-        hints.append("  demo peer: 220.180.239.212:8010/8011 (TLS echo) and www.iottest.work:443 (HTTPS)\n"
-                     "  are routed to loopback (www.iottest.work shows as 106.12.79.254);\n"
+        hints.append("  demo peer: 220.180.239.212:8010/8011 (TLS echo), 220.180.239.212:8009 (TCP and UDP\n"
+                     "  echo, EC2x AT+QIOPEN) and www.iottest.work:443 (HTTPS) are routed to loopback\n"
+                     "  (www.iottest.work shows as 106.12.79.254);\n"
                      f"  {demo_material_hint(profile)}")
     hints.append("  stop with Ctrl+C")
     for entry in entries:

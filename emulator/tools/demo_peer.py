@@ -220,6 +220,9 @@ def make_demo_server_context(pki: dict[str, bytes]) -> ssl.SSLContext:
 # --- The services --------------------------------------------------------------------------
 ECHO_ROUTES = ("220.180.239.212:8010", "220.180.239.212:8011")
 HTTPS_ROUTE = "www.iottest.work:443"
+# The TCP(IP) notes' example server (AT+QIOPEN=1,0,"TCP","220.180.239.212",8009,0,0): a
+# plain echo, TCP and UDP on the same loopback port number.
+PLAIN_ECHO_ROUTE = "220.180.239.212:8009"
 _HANDSHAKE_TIMEOUT = 30.0
 
 
@@ -228,6 +231,33 @@ class _EchoApp:
 
     def feed(self, data: bytes) -> bytes:
         return data
+
+
+class _PlainEcho(asyncio.Protocol):
+    """TCP: every byte back."""
+
+    def __init__(self, peer: "DemoPeer") -> None:
+        self.peer = peer
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.peer.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def connection_lost(self, exc) -> None:
+        self.peer.connections.discard(self)
+
+
+class _UdpEcho(asyncio.DatagramProtocol):
+    """UDP: every datagram back to its sender."""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.transport.sendto(data, addr)
 
 
 class _TlsServiceProtocol(asyncio.Protocol):
@@ -321,9 +351,13 @@ class DemoPeer:
     routes: dict[str, tuple[str, int]]
     server_cert_pem: bytes = b""
     servers: list = field(default_factory=list, repr=False)       # listening asyncio servers
-    connections: set = field(default_factory=set, repr=False)     # open TLS connections
+    connections: set = field(default_factory=set, repr=False)     # open connections
+    datagram_endpoints: list = field(default_factory=list, repr=False)   # the UDP echo
 
     async def close(self) -> None:
+        for endpoint in self.datagram_endpoints:
+            endpoint.close()
+        self.datagram_endpoints.clear()
         for server in self.servers:
             server.close()
         for connection in list(self.connections):
@@ -353,6 +387,12 @@ async def start_demo_peer(bind: str = "127.0.0.1") -> DemoPeer:
             port = server.sockets[0].getsockname()[1]
             for route in routes:
                 peer.routes[route] = (bind, port)
+        server = await loop.create_server(lambda: _PlainEcho(peer), bind, 0)
+        peer.servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        udp, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=(bind, port))
+        peer.datagram_endpoints.append(udp)
+        peer.routes[PLAIN_ECHO_ROUTE] = (bind, port)
     except BaseException:
         await peer.close()
         raise

@@ -135,6 +135,17 @@ def test_demo_answers_the_notes_example_out_of_the_box(tmp_path):
         host.seen(b'\r\n+QSSLURC: "recv",4\r\n')
         assert host.at("AT+QSSLRECV=4,1500") == b"\r\n+QSSLRECV: 18\r\nTest data from SSL\r\n\r\nOK\r\n"
         assert host.at("AT+QSSLCLOSE=4") == b"\r\nOK\r\n"
+        # the TCP(IP) notes' example server: a plain echo, TCP and UDP
+        for kind, cid in (("TCP", 0), ("UDP", 1)):
+            assert host.at(f'AT+QIOPEN=1,{cid},"{kind}","220.180.239.212",8009,0,0') == b"\r\nOK\r\n"
+            assert host.seen(f"\r\n+QIOPEN: {cid},0\r\n".encode(), 15)
+            host.write(f"AT+QISEND={cid},5\r")
+            host.read_until(b"> ")
+            host.write(b"hello")
+            assert host.read_until(b"SEND OK\r\n") == b"\r\nSEND OK\r\n"
+            host.seen(f'\r\n+QIURC: "recv",{cid}\r\n'.encode())
+            assert host.at(f"AT+QIRD={cid}") == b"\r\n+QIRD: 5\r\nhello\r\n\r\nOK\r\n"
+            assert host.at(f"AT+QICLOSE={cid}") == b"\r\nOK\r\n"
         host.close()
     finally:
         assert stop(proc) == 0

@@ -364,7 +364,12 @@ def test_demo_peer_routes_answer(tmp_path):
         peer = await start_demo_peer()
         try:
             assert set(peer.routes) == {"220.180.239.212:8010", "220.180.239.212:8011",
-                                        "www.iottest.work:443"}
+                                        "220.180.239.212:8009", "www.iottest.work:443"}
+            reader, writer = await asyncio.open_connection(*peer.routes["220.180.239.212:8009"])
+            writer.write(b"plain")                              # the TCP(IP) notes' echo
+            assert await reader.readexactly(5) == b"plain"
+            writer.close()
+            await writer.wait_closed()
             cert, key = tmp_path / "client.pem", tmp_path / "client.key"
             cert.write_bytes(peer.client_cert_pem)
             key.write_bytes(peer.client_key_pem)
