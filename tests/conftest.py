@@ -91,6 +91,34 @@ def echo(pki, emulator):
 
 
 @pytest.fixture
+def tcp_echo(emulator):
+    """A plain TCP echo server that socket_support.TCP_HOST:TCP_PORT is routed to."""
+    yield from _plain_peer(emulator, "tcp", "echo")
+
+
+@pytest.fixture
+def tcp_sink(emulator):
+    """A TCP server that only reads, at socket_support.TCP_HOST:TCP_PORT."""
+    yield from _plain_peer(emulator, "tcp", "sink")
+
+
+@pytest.fixture
+def udp_echo(emulator):
+    """A UDP echo server that socket_support.UDP_HOST:UDP_PORT is routed to."""
+    yield from _plain_peer(emulator, "udp")
+
+
+def _plain_peer(emulator, kind: str, mode: str = "echo"):
+    from emulator.testing.peers import TcpServer, UdpEchoServer
+    from tests.e2e.socket_support import TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT
+    server = TcpServer(mode) if kind == "tcp" else UdpEchoServer()
+    host, port = (TCP_HOST, TCP_PORT) if kind == "tcp" else (UDP_HOST, UDP_PORT)
+    with server:
+        emulator.router.add_map(host, port, "127.0.0.1", server.port)
+        yield server
+
+
+@pytest.fixture
 def ec2x_on(open_modem):
     """(host, port): an EC2x on manual time with PDP context 1 active."""
     host, port = open_modem("ec2x", manual_time=True)

@@ -16,10 +16,9 @@ import pytest
 
 from emulator.testing.host import Host
 from emulator.testing.peers import TcpServer, UdpEchoServer
+from tests.e2e.socket_support import (RESULT, TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT, escape, free_port,
+                                      qiopen, qird, qisend)
 
-TCP_HOST, TCP_PORT = "tcp.example", 7000
-UDP_HOST, UDP_PORT = "udp.example", 7001
-RESULT = re.compile(rb"\r\n(SEND OK|SEND FAIL|ERROR)\r\n")
 
 
 @pytest.fixture
@@ -35,49 +34,6 @@ def modem(emulator, ec2x_on, caplog):
     yield host, advance, port
     bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not bad, [r.getMessage() for r in bad]
-
-
-@pytest.fixture
-def tcp_echo(emulator):
-    with TcpServer("echo") as server:
-        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
-        yield server
-
-
-@pytest.fixture
-def tcp_sink(emulator):
-    with TcpServer("sink") as server:
-        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
-        yield server
-
-
-def qiopen(host, connect_id: int, kind: str = "TCP", addr: str = TCP_HOST, port: int = TCP_PORT,
-           local_port: int = 0, mode: int = 0, code: int = 0) -> None:
-    line = f'AT+QIOPEN=1,{connect_id},"{kind}","{addr}",{port},{local_port},{mode}'
-    assert host.at(line) == b"\r\nOK\r\n"
-    assert host.seen(f"+QIOPEN: {connect_id},".encode()) + host.read_until(b"\r\n") == \
-        f"+QIOPEN: {connect_id},{code}\r\n".encode()
-
-
-def qisend(host, connect_id: int, data: bytes, fixed: bool = True) -> bytes:
-    host.write(f"AT+QISEND={connect_id},{len(data)}\r" if fixed else f"AT+QISEND={connect_id}\r")
-    assert host.read_until(re.compile(rb"> |\r\nERROR\r\n")).endswith(b"> ")
-    host.write(data if fixed else data + b"\x1a")
-    return host.read_until(RESULT)
-
-
-def qird(host, connect_id: int, n: int = 1500) -> tuple[bytes, bytes]:
-    """One AT+QIRD: (its head line, the data)."""
-    host.write(f"AT+QIRD={connect_id},{n}\r")
-    head = host.read_until(re.compile(rb"\+QIRD: \d+[^\r]*\r\n|\r\nERROR\r\n"))
-    assert not head.endswith(b"ERROR\r\n"), head
-    length = int(re.search(rb"\+QIRD: (\d+)", head).group(1))
-    if length == 0:
-        host.read_until(b"\r\nOK\r\n")
-        return head, b""
-    data = host.read_exactly(length)
-    assert host.read_until(b"\r\nOK\r\n") == b"\r\n\r\nOK\r\n"
-    return head, data
 
 
 def error_code(host) -> int:
@@ -137,12 +93,6 @@ def test_qiopen_on_an_id_an_ssl_socket_is_opening(modem, emulator, echo, pki):
     assert error_code(host) == 563
     assert host.at("AT+QSSLCLOSE=3") == b"\r\nOK\r\n"
     assert host.at("AT+QICLOSE=4") == b"\r\nOK\r\n"
-
-
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_qisendex_edges(modem, tcp_sink):
@@ -504,13 +454,6 @@ def test_server_that_greets_and_goes_at_once(modem, emulator, then):
 
 
 # -- transparent mode and mode switches -------------------------------------------------------
-def escape(host, advance) -> bytes:
-    advance(1.1)
-    host.write(b"+++")
-    advance(1.1)
-    return host.read_until(re.compile(rb"\r\n(OK|ERROR)\r\n"))
-
-
 def test_transparent_plus_in_data_ato_after_peer_close(modem, emulator):
     host, advance, _ = modem
     with TcpServer("sink") as server:
@@ -925,7 +868,6 @@ def test_closed_transparent_sockets_are_not_kept(modem, emulator, tcp_echo):
     keep every closed socket (with its buffers; an SSL one with its TLS context) -- its
     link table grew by one a cycle and was pruned only when the port's output backlog had
     gone over its high water."""
-    import gc
     host, advance, port = modem
     svc = tcpip(emulator, port)
     online = svc.deliveries["online"]

@@ -11,11 +11,9 @@ import socket
 import pytest
 import serial
 
-from emulator.testing.peers import TcpServer, UdpEchoServer
-
-TCP_HOST, TCP_PORT = "tcp.example", 7000
-UDP_HOST, UDP_PORT = "udp.example", 7001
-RESULT = re.compile(rb"\r\n(SEND OK|SEND FAIL|ERROR)\r\n")
+from emulator.testing.peers import TcpServer
+from tests.e2e.socket_support import (RESULT, TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT, escape, free_port,
+                                      qiopen, qird, qisend)
 
 
 @pytest.fixture
@@ -29,61 +27,11 @@ def modem(emulator, ec2x_on):
     return host, advance
 
 
-@pytest.fixture
-def tcp_echo(emulator):
-    with TcpServer("echo") as server:
-        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
-        yield server
-
-
-@pytest.fixture
-def udp_echo(emulator):
-    with UdpEchoServer() as server:
-        emulator.router.add_map(UDP_HOST, UDP_PORT, "127.0.0.1", server.port)
-        yield server
-
-
-def qiopen(host, connect_id: int, kind: str = "TCP", addr: str = TCP_HOST, port: int = TCP_PORT,
-           local_port: int = 0, mode: int = 0, code: int = 0) -> None:
-    line = f'AT+QIOPEN=1,{connect_id},"{kind}","{addr}",{port},{local_port},{mode}'
-    assert host.at(line) in (b"\r\nOK\r\n", line.encode() + b"\r\r\nOK\r\n")      # ATE0 / ATE1
-    assert host.seen(f"+QIOPEN: {connect_id},".encode()) + host.read_until(b"\r\n") == \
-        f"+QIOPEN: {connect_id},{code}\r\n".encode()
-
-
-def qisend(host, connect_id: int, data: bytes, fixed: bool = True, byte_at_a_time: bool = False,
-           extra: str = "", eol: str = "\r") -> bytes:
-    """eol: how this host ends its lines (a modem learns it from the first line)."""
-    line = f"AT+QISEND={connect_id},{len(data)}{extra}{eol}" if fixed else f"AT+QISEND={connect_id}{eol}"
-    if byte_at_a_time:
-        for b in line.encode():
-            host.write(bytes([b]))
-    else:
-        host.write(line)
-    assert host.read_until(re.compile(rb"> |\r\nERROR\r\n")).endswith(b"> ")
-    host.write(data if fixed else data + b"\x1a")
-    return host.read_until(RESULT)
-
-
-def qird(host, connect_id: int, n: int = 1500) -> bytes:
-    """One AT+QIRD: the data it returned (b"" for +QIRD: 0)."""
-    host.write(f"AT+QIRD={connect_id},{n}\r")
-    head = host.read_until(re.compile(rb"\+QIRD: \d+[^\r]*\r\n|\r\nERROR\r\n"))
-    assert not head.endswith(b"ERROR\r\n"), head
-    length = int(re.search(rb"\+QIRD: (\d+)", head).group(1))
-    if length == 0:
-        host.read_until(b"\r\nOK\r\n")
-        return b""
-    data = host.read_exactly(length)
-    assert host.read_until(b"\r\nOK\r\n") == b"\r\n\r\nOK\r\n"
-    return data
-
-
 def read_buffer(host, connect_id: int, n: int) -> bytes:
     """Buffer mode: AT+QIRD until n bytes came, waiting for "recv" URCs when empty."""
     got = bytearray()
     while len(got) < n:
-        chunk = qird(host, connect_id)
+        chunk = qird(host, connect_id)[1]
         if not chunk:
             host.seen(f'+QIURC: "recv",{connect_id}\r\n'.encode())
             continue
@@ -193,13 +141,6 @@ def test_tcp_push_mode_echo_sha256(modem, tcp_echo):
     assert host.at("AT+QICLOSE=1") == b"\r\nOK\r\n"
 
 
-def escape(host, advance) -> bytes:
-    advance(1.1)
-    host.write(b"+++")
-    advance(1.1)
-    return host.read_until(re.compile(rb"\r\n(OK|ERROR)\r\n"))
-
-
 def online_echo(host, data: bytes, timeout: float = 60) -> bytes:
     import time
     got = bytearray()
@@ -282,10 +223,10 @@ def test_udp_buffer_mode_keeps_datagrams_sha256(modem, udp_echo):
         for dgram in batch:
             assert qisend(host, 0, dgram) == b"\r\nSEND OK\r\n"
         for dgram in batch:                        # one AT+QIRD = one datagram
-            chunk = qird(host, 0)
+            chunk = qird(host, 0)[1]
             while not chunk:
                 host.seen(b'+QIURC: "recv",0\r\n')
-                chunk = qird(host, 0)
+                chunk = qird(host, 0)[1]
             assert chunk == dgram
             got += chunk
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
@@ -348,7 +289,7 @@ def test_qisde_controls_the_echo_of_send_data(open_modem, tcp_echo):
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1').endswith(b"\r\nOK\r\n")
     assert host.at("AT+QISDE?") == b"AT+QISDE?\r\r\n+QISDE: 1\r\n\r\nOK\r\n"
     assert host.at("AT+QISDE=?") == b"AT+QISDE=?\r\r\n+QISDE: (0,1)\r\n\r\nOK\r\n"
-    qiopen(host, 0)
+    qiopen(host, 0, echo=True)
     host.write("AT+QISEND=0,4\r")
     host.read_until(b"> ")
     host.write(b"echo")
@@ -385,12 +326,6 @@ def test_qistate_all_forms(modem, emulator, tcp_echo, udp_echo):
 
 
 # -- listeners ---------------------------------------------------------------------------
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tcp_listener_incoming_buffer_mode(modem, emulator):
     host, _ = modem
     real = free_port()
@@ -403,7 +338,7 @@ def test_tcp_listener_incoming_buffer_mode(modem, emulator):
     assert urc == f'+QIURC: "incoming",0,11,"127.0.0.1",{client.getsockname()[1]}\r\n'.encode()
     client.sendall(b"hello module")
     host.seen(b'+QIURC: "recv",0\r\n')
-    assert qird(host, 0) == b"hello module"
+    assert qird(host, 0)[1] == b"hello module"
     assert re.fullmatch(rb'\r\n\+QISTATE: 0,"TCP INCOMING","127\.0\.0\.1",\d+,2020,2,1,11,0,"usbmodem"\r\n\r\nOK\r\n',
                         host.at("AT+QISTATE=1,0"))
     assert qisend(host, 0, b"hello client") == b"\r\nSEND OK\r\n"

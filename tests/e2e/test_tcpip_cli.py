@@ -9,12 +9,7 @@ import pytest
 
 from emulator.testing.host import Host
 from tests.e2e.cli_support import first_line, refused, start, stop
-
-
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.e2e.socket_support import free_port
 
 
 def test_listen_flag_and_config_table_map_the_modules_ports(tmp_path):

@@ -10,6 +10,7 @@ import re
 import pytest
 
 from emulator.testing.peers import TlsServer
+from tests.e2e.socket_support import escape
 
 HOST, PORT = "220.180.239.212", 8011
 NASTY = b"+++\x1a\x1b\r\nAT\r\x00+++AT+QSSLCLOSE=4\r\n\xff"
@@ -33,14 +34,6 @@ def online(emulator, open_modem, pki):
 def connect(host, line: str = f'AT+QSSLOPEN=1,1,4,"{HOST}",{PORT},2') -> None:
     host.write(line + "\r")
     assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\nCONNECT\r\n"
-
-
-def escape(host, advance) -> bytes:
-    """The note's sequence: 1 s silence, "+++", 1 s silence -> OK."""
-    advance(1.1)
-    host.write(b"+++")
-    advance(1.1)
-    return host.read_until(re.compile(rb"\r\n(OK|ERROR)\r\n"))
 
 
 def echo(host, server, data: bytes) -> None:

@@ -1,0 +1,67 @@
+"""Shared bits of the socket tests over the pty (tests/e2e/test_tcpip*.py,
+test_adversarial_tcpip.py, test_transparent.py): the TCP(IP) commands as a host sends
+them, the escape to command mode, a free loopback port.  The loopback peers these tests
+dial are the fixtures tcp_echo / tcp_sink / udp_echo in tests/conftest.py, routed from
+TCP_HOST:TCP_PORT and UDP_HOST:UDP_PORT."""
+from __future__ import annotations
+
+import re
+import socket
+
+TCP_HOST, TCP_PORT = "tcp.example", 7000
+UDP_HOST, UDP_PORT = "udp.example", 7001
+RESULT = re.compile(rb"\r\n(SEND OK|SEND FAIL|ERROR)\r\n")
+
+
+def qiopen(host, connect_id: int, kind: str = "TCP", addr: str = TCP_HOST, port: int = TCP_PORT,
+           local_port: int = 0, mode: int = 0, code: int = 0, echo: bool = False) -> None:
+    """AT+QIOPEN in buffer or push mode: OK, then +QIOPEN: <id>,<code> (echo: ATE1)."""
+    line = f'AT+QIOPEN=1,{connect_id},"{kind}","{addr}",{port},{local_port},{mode}'
+    assert host.at(line) == (line.encode() + b"\r" if echo else b"") + b"\r\nOK\r\n"
+    assert host.seen(f"+QIOPEN: {connect_id},".encode()) + host.read_until(b"\r\n") == \
+        f"+QIOPEN: {connect_id},{code}\r\n".encode()
+
+
+def qisend(host, connect_id: int, data: bytes, fixed: bool = True, byte_at_a_time: bool = False,
+           extra: str = "", eol: str = "\r") -> bytes:
+    """AT+QISEND with a fixed length (or variable, ended by Ctrl+Z); returns the result
+    (SEND OK / SEND FAIL / ERROR).  eol: how this host ends its lines (a modem learns it
+    from the first line)."""
+    line = f"AT+QISEND={connect_id},{len(data)}{extra}{eol}" if fixed else f"AT+QISEND={connect_id}{eol}"
+    if byte_at_a_time:
+        for b in line.encode():
+            host.write(bytes([b]))
+    else:
+        host.write(line)
+    assert host.read_until(re.compile(rb"> |\r\nERROR\r\n")).endswith(b"> ")
+    host.write(data if fixed else data + b"\x1a")
+    return host.read_until(RESULT)
+
+
+def qird(host, connect_id: int, n: int = 1500) -> tuple[bytes, bytes]:
+    """One AT+QIRD: (its head line with what came before it, the data; b"" for +QIRD: 0)."""
+    host.write(f"AT+QIRD={connect_id},{n}\r")
+    head = host.read_until(re.compile(rb"\+QIRD: \d+[^\r]*\r\n|\r\nERROR\r\n"))
+    assert not head.endswith(b"ERROR\r\n"), head
+    length = int(re.search(rb"\+QIRD: (\d+)", head).group(1))
+    if length == 0:
+        host.read_until(b"\r\nOK\r\n")
+        return head, b""
+    data = host.read_exactly(length)
+    assert host.read_until(b"\r\nOK\r\n") == b"\r\n\r\nOK\r\n"
+    return head, data
+
+
+def escape(host, advance) -> bytes:
+    """The note's sequence: 1 s silence, "+++", 1 s silence -> OK (advance: the modem's
+    manual clock)."""
+    advance(1.1)
+    host.write(b"+++")
+    advance(1.1)
+    return host.read_until(re.compile(rb"\r\n(OK|ERROR)\r\n"))
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
