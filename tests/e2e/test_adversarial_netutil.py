@@ -14,7 +14,7 @@ import pytest
 
 from emulator.testing.peers import TlsServer, utc
 from emulator.testing.peers.sntp import SntpServer, ntp_stamp
-from tests.e2e.ssl_options_support import cfg, close, last_error, open_ssl
+from tests.e2e.ssl_options_support import cfg, close, last_error, open_ssl, trust
 
 ACTIVATE = 'AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1'
 OK = b"\r\nOK\r\n"
@@ -55,10 +55,7 @@ def test_qntp_from_a_server_past_the_2036_rollover_and_a_certificate_of_then(emu
     with TlsServer(leaf) as server, SntpServer(then) as ntp:
         net(server)
         emulator.router.add_map("ntp.example", 123, "127.0.0.1", ntp.port)
-        assert ec2x.upload("UFS:ca.pem", pki.ca.cert_pem).endswith(b"OK\r\n")
-        cfg(ec2x, "seclevel", 0, 1)
-        cfg(ec2x, "cacert", 0, '"UFS:ca.pem"')
-        cfg(ec2x, "session_cache", 0, 0)
+        trust(ec2x, 0, pki.ca.cert_pem)
         cfg(ec2x, "ignorelocaltime", 0, 0)
         assert open_ssl(ec2x, 0) == 566                  # not yet valid at today's clock
         assert ec2x.at('AT+QNTP=1,"ntp.example"') == OK

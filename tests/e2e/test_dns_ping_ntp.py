@@ -13,7 +13,7 @@ from emulator.testing.peers import TlsServer, utc
 from emulator.testing.peers.sntp import SntpServer
 from emulator.tools.cli import build_parser, load_config
 from tests.e2e.cli_support import refused
-from tests.e2e.ssl_options_support import cfg, close, last_error, open_ssl
+from tests.e2e.ssl_options_support import cfg, close, last_error, open_ssl, trust
 
 ACTIVATE = 'AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1'
 OK = b"\r\nOK\r\n"
@@ -192,10 +192,7 @@ def test_qntp_then_a_certificate_valid_only_then_verifies(emulator, ec2x, net, p
     with TlsServer(old) as server, SntpServer(NTP_DATE) as ntp:
         net(server)
         emulator.router.add_map("ntp.example", 123, "127.0.0.1", ntp.port)
-        assert ec2x.upload("UFS:ca.pem", pki.ca.cert_pem).endswith(b"OK\r\n")
-        cfg(ec2x, "seclevel", 0, 1)
-        cfg(ec2x, "cacert", 0, '"UFS:ca.pem"')
-        cfg(ec2x, "session_cache", 0, 0)
+        trust(ec2x, 0, pki.ca.cert_pem)
         cfg(ec2x, "ignorelocaltime", 0, 0)
         assert open_ssl(ec2x, 0) == 566                 # expired at the modem's clock (today)
         assert ec2x.at('AT+QNTP=1,"ntp.example"') == OK

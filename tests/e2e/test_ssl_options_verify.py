@@ -10,17 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from emulator.testing.peers import TlsServer, make_cert, utc
-from tests.e2e.ssl_options_support import HOST, cfg, close, open_ssl
-
-
-def trust(modem, ctx: int, ca_pem: bytes, name: str = "UFS:ca.pem", seclevel: int = 1) -> None:
-    """Upload a CA (once per name) and verify against it; session_cache off, because a
-    resumed session is not verified again (even after AT+CCLK moved the modem clock)."""
-    if name.encode() not in modem.at('AT+QFLST="*"'):
-        assert modem.upload(name, ca_pem).endswith(b"OK\r\n")
-    cfg(modem, "seclevel", ctx, seclevel)
-    cfg(modem, "cacert", ctx, f'"{name}"')
-    cfg(modem, "session_cache", ctx, 0)
+from tests.e2e.ssl_options_support import HOST, cfg, close, open_ssl, trust
 
 
 def client_identity(modem, pki, ctx: int) -> None:
