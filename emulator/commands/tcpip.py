@@ -25,19 +25,13 @@ def _ids(modem) -> str:
     return f"(0-{tcpip_service(modem).max_sockets - 1})"
 
 
-def _args(modem, cmd, at_most: int) -> SslArgs:
-    args = SslArgs(modem, cmd)
-    args.at_most(at_most)
-    return args
-
-
 # -- AT+QIOPEN -----------------------------------------------------------------------
 @command("+QIOPEN", WRITE, test=quectel_test(lambda modem: (
     f'+QIOPEN: ({modem.pdp.first}-{modem.pdp.last}),{_ids(modem)},"TCP/UDP/TCP LISTENER/UDP SERVICE",'
     f'"<IP_address>/<domain_name>",<remote_port>,<local_port>,(0-2)')))
 def qiopen_write(modem, cmd):
     svc = tcpip_service(modem)
-    args = _args(modem, cmd, 7)
+    args = SslArgs(modem, cmd, at_most=7)
     pdp_id = args.int(0, modem.pdp.first, modem.pdp.last)
     connect_id = args.int(1, 0, svc.max_sockets - 1)
     service_type = args.str(2, max_len=16)
@@ -85,7 +79,7 @@ def qiopen_write(modem, cmd):
 @command("+QICLOSE", WRITE, test=quectel_test(lambda modem: f"+QICLOSE: {_ids(modem)},(0-65535)"))
 def qiclose_write(modem, cmd):
     svc = tcpip_service(modem)
-    args = _args(modem, cmd, 2)
+    args = SslArgs(modem, cmd, at_most=2)
     connect_id = args.int(0, 0, svc.max_sockets - 1)
     timeout = args.int(1, 0, 65535, default=10)
     if svc.entry(connect_id) is None:
@@ -127,7 +121,7 @@ def qistate_read(modem, cmd):
 @command("+QISTATE", WRITE, test=quectel_test(lambda modem: []))
 def qistate_write(modem, cmd):
     svc = tcpip_service(modem)
-    args = _args(modem, cmd, 2)
+    args = SslArgs(modem, cmd, at_most=2)
     query_type = args.int(0, 0, 1)
     if query_type == 0:
         cid = args.int(1, modem.pdp.first, modem.pdp.last)
@@ -153,7 +147,7 @@ def _sendable(svc, connect_id: int):
     lambda modem: f"+QISEND: {_ids(modem)},(0-{tcpip_service(modem).send_max})"))
 def qisend_write(modem, cmd):
     svc = tcpip_service(modem)
-    args = _args(modem, cmd, 4)
+    args = SslArgs(modem, cmd, at_most=4)
     connect_id = args.int(0, 0, svc.max_sockets - 1)
     if len(args) >= 2 and not args.present(1):
         raise args.fail("empty <send_length>")
@@ -185,7 +179,7 @@ def qisend_write(modem, cmd):
 @command("+QISENDEX", WRITE, test=quectel_test(lambda modem: f"+QISENDEX: {_ids(modem)},<hex_string>"))
 def qisendex_write(modem, cmd):
     svc = tcpip_service(modem)
-    args = _args(modem, cmd, 2)
+    args = SslArgs(modem, cmd, at_most=2)
     connect_id = args.int(0, 0, svc.max_sockets - 1)
     text = args.str(1, max_len=2 * svc.sendex_max)
     try:
@@ -205,7 +199,7 @@ def qisendex_write(modem, cmd):
     lambda modem: f"+QIRD: {_ids(modem)},(0-{tcpip_service(modem).recv_max})"))
 def qird_write(modem, cmd):
     svc = tcpip_service(modem)
-    args = _args(modem, cmd, 2)
+    args = SslArgs(modem, cmd, at_most=2)
     connect_id = args.int(0, 0, svc.max_sockets - 1)
     if len(args) == 2 and not args.present(1):
         raise args.fail("empty <read_length>")          # "AT+QIRD=1," (as AT+QISEND=1,)
@@ -233,7 +227,7 @@ def qird_write(modem, cmd):
 @command("+QISDE", WRITE, test=quectel_test(lambda modem: "+QISDE: (0,1)"))
 def qisde_write(modem, cmd):
     svc = tcpip_service(modem)
-    svc.data_echo = _args(modem, cmd, 1).int(0, 0, 1)
+    svc.data_echo = SslArgs(modem, cmd, at_most=1).int(0, 0, 1)
     return done(svc, ok())
 
 
