@@ -37,6 +37,7 @@ from emulator.at.cme import CME_TEXT
 from emulator.at.parser import READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Cme, CommandError, ok
+from emulator.commands.ssl_common import quectel_test
 from emulator.io.network import NetworkError, Router, is_ip, name_problem, open_udp
 from emulator.logsafe import get_logger
 from emulator.sockets.service import ERROR_TEXT, ssl_service
@@ -71,9 +72,8 @@ class NetArgs(Args):
     """A bad parameter: +CME ERROR: 552 ("invalid parameter"), also for AT+QIGETERROR."""
 
     def __init__(self, modem, cmd, at_most: int) -> None:
-        self.modem = modem
-        super().__init__(cmd, error=Cme(552), at_most=None)
-        self.at_most(at_most)
+        self.modem = modem                   # (before: a refused count already sets 552)
+        super().__init__(cmd, error=Cme(552), at_most=at_most)
 
     def fail(self, why: str) -> CommandError:
         set_error(self.modem, 552)
@@ -235,13 +235,6 @@ def _host(args: NetArgs, i: int) -> str:
     return host
 
 
-def _ok_test(line):
-    def answer(modem):
-        set_error(modem, 0)
-        return line(modem)
-    return answer
-
-
 # -- AT+QIDNSCFG ------------------------------------------------------------------
 def _dns_address(args: NetArgs, i: int) -> str:
     text = args.str(i, max_len=64).strip()
@@ -255,7 +248,7 @@ def _dns_address(args: NetArgs, i: int) -> str:
 
 
 @command("+QIDNSCFG", WRITE,
-         test=_ok_test(lambda modem: f"+QIDNSCFG: {_range(modem)},<pridnsaddr>,<secdnsaddr>"))
+         test=quectel_test(lambda modem: f"+QIDNSCFG: {_range(modem)},<pridnsaddr>,<secdnsaddr>"))
 def qidnscfg_write(modem, cmd):
     """AT+QIDNSCFG=<cid>,<pri>[,<sec>] sets a context's DNS servers (kept until a reboot;
     an omitted <sec> keeps the current one); AT+QIDNSCFG=<cid> reads them, which needs the
@@ -276,7 +269,7 @@ def qidnscfg_write(modem, cmd):
 
 
 # -- AT+QIDNSGIP ------------------------------------------------------------------
-@command("+QIDNSGIP", WRITE, test=_ok_test(lambda modem: f"+QIDNSGIP: {_range(modem)},<hostname>"))
+@command("+QIDNSGIP", WRITE, test=quectel_test(lambda modem: f"+QIDNSGIP: {_range(modem)},<hostname>"))
 def qidnsgip_write(modem, cmd):
     args = NetArgs(modem, cmd, at_most=2)
     host = _host(args, 1)
@@ -323,7 +316,7 @@ async def _dnsgip(modem, request: _DnsRequest) -> None:
 
 # -- AT+QPING ----------------------------------------------------------------------
 @command("+QPING", WRITE,
-         test=_ok_test(lambda modem: f"+QPING: {_range(modem)},<host>,(1-255),(1-10)"))
+         test=quectel_test(lambda modem: f"+QPING: {_range(modem)},<host>,(1-255),(1-10)"))
 def qping_write(modem, cmd):
     args = NetArgs(modem, cmd, at_most=4)
     host = _host(args, 1)
@@ -449,7 +442,7 @@ class _Pinger:
 
 # -- AT+QNTP -----------------------------------------------------------------------
 @command("+QNTP", WRITE,
-         test=_ok_test(lambda modem: f"+QNTP: {_range(modem)},<server>,(1-65535),(0,1)"))
+         test=quectel_test(lambda modem: f"+QNTP: {_range(modem)},<server>,(1-65535),(0,1)"))
 def qntp_write(modem, cmd):
     args = NetArgs(modem, cmd, at_most=4)
     server = _host(args, 1)
@@ -505,7 +498,7 @@ def _valid_reply(data: bytes, sent) -> bool:
 
 
 async def _ntp(exchange: "_SntpExchange") -> None:
-    util, modem, server, port = exchange.util, exchange.util.modem, exchange.server, exchange.port
+    util, server, port = exchange.util, exchange.server, exchange.port
     router = util.router
     try:
         target = server
