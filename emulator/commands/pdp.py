@@ -6,9 +6,9 @@ configured with AT+QICSGP reads back in AT+CGDCONT? and one activated with AT+CG
 in AT+QIACT?; registration and attach are emulator/modem/registration.py."""
 from __future__ import annotations
 
-from emulator.at.args import Args
 import ipaddress
 
+from emulator.at.args import Args
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import CommandError, ok
@@ -30,8 +30,7 @@ def _range(modem) -> str:
 def _peek(modem, cid: int) -> PdpContext:
     """A context as a read shows it, without defining it: a query must not make it appear
     in AT+CGDCONT? / AT+CGACT? / AT+CGPADDR, nor be activated by AT+CGACT=1 (all defined)."""
-    defined = next((c for c in modem.pdp.defined() if c.cid == cid), None)
-    return defined or PdpContext(cid, apn=modem.profile["pdp.default_apn"])
+    return modem.pdp.find(cid) or PdpContext(cid, apn=modem.profile["pdp.default_apn"])
 
 
 def _activate(modem, cid: int):
@@ -188,8 +187,8 @@ def cgatt_write(modem, cmd):
 
 
 def _cgpaddr_line(modem, cid: int) -> str:
-    ctx = modem.pdp.get(cid) if cid in {c.cid for c in modem.pdp.defined()} else None
-    address = ctx.address if ctx is not None and ctx.active else _ZERO_ADDR[ctx.type if ctx else 1]
+    ctx = _peek(modem, cid)
+    address = ctx.address if ctx.active else _ZERO_ADDR[ctx.type]
     return f'+CGPADDR: {cid},"{address}"'
 
 

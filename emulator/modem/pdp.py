@@ -37,6 +37,10 @@ class PdpTable:
             self._contexts[cid] = PdpContext(cid, apn=self._default_apn)
         return self._contexts[cid]
 
+    def find(self, cid: int) -> PdpContext | None:
+        """The context if it is defined (never defines it, unlike get())."""
+        return self._contexts.get(cid)
+
     def defined(self) -> list[PdpContext]:
         return [self._contexts[c] for c in sorted(self._contexts)]
 
