@@ -130,14 +130,11 @@ def _services(modem) -> list:
 
 
 def _socket(modem, args: _Args, connected: bool = True):
-    svc = _svc(modem)
-    client_id = args.int("socket", 0, svc.max_sockets - 1)
-    sock = svc.sockets.get(client_id)
-    for other in _services(modem)[1:]:
-        if sock is None:
-            svc, sock = other, other.sockets.get(client_id)
-    if sock is None:
+    client_id = args.int("socket", 0, _svc(modem).max_sockets - 1)
+    svc = next((s for s in _services(modem) if client_id in s.sockets), None)   # one id pool
+    if svc is None:
         raise ControlError(f"{args.name}: socket {client_id} is not open")
+    sock = svc.sockets[client_id]
     if connected and svc.connected(client_id) is None:
         raise ControlError(f"{args.name}: socket {client_id} is not connected (state {sock.state.name})")
     return sock
@@ -151,7 +148,6 @@ def _count(args: _Args) -> int:
 @op("state")
 def state(modem, args: _Args) -> dict:
     args.done()
-    svc = _svc(modem)
     sockets = []
     every = [s for service in _services(modem) for s in service.sockets.values()]
     for sock in sorted(every, key=lambda s: s.client_id):
