@@ -377,7 +377,10 @@ class SslSocket:
             self._accepted()
         elif self._early is not None:
             _no_delay(transport)
-            self._start_session(*self._early)
+            try:
+                self._start_session(*self._early)
+            except Exception as exc:       # from the transport's callback: _open_steps raises it
+                self._early_exc = exc
         elif self.session is None and hasattr(transport, "pause_reading"):
             # The open's coroutine makes the session a loop turn later: until then the
             # kernel keeps what the peer sends (a server that speaks first, a FIN right
@@ -389,19 +392,10 @@ class SslSocket:
         """The open's TLS (or plain) session on the connected transport, its first flight out."""
         self._opened = asyncio.get_running_loop().create_future()
         self._phase = "setup"
-        if self._early is None:
-            self.session = getattr(self.owner, "session_factory", TlsClientSession)(settings, cache, cache_key)
-            self.session.start()
-            self._phase = "handshake"
-            self._pump()
-            return
-        try:                               # from the transport's callback: _open_steps raises it
-            self.session = getattr(self.owner, "session_factory", TlsClientSession)(settings, cache, cache_key)
-            self.session.start()
-            self._phase = "handshake"
-            self._pump()
-        except Exception as exc:
-            self._early_exc = exc
+        self.session = getattr(self.owner, "session_factory", TlsClientSession)(settings, cache, cache_key)
+        self.session.start()
+        self._phase = "handshake"
+        self._pump()
 
     def accept(self, settings) -> asyncio.Protocol:
         """An incoming connection a listener accepts for this socket: the protocol to hand
