@@ -241,6 +241,14 @@ class SslSocket:
     def _link(self) -> _Link:
         return _Link(self._link_made, self._from_network, self._network_lost, self._writable)
 
+    def _link_factory(self, datagram: bool) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory of this socket's connection, with the network conditions
+        (control API "net": this socket's, else the modem's) on the way when faults exist."""
+        faults = self.faults
+        if faults is None:
+            return self._link
+        return faults.shaped(self._link, lambda: self.net or faults.conditions, datagram)
+
     def _writable(self) -> None:
         if self.on_writable is not None:
             self.on_writable()
@@ -285,10 +293,7 @@ class SslSocket:
         connect_timeout = CONNECT_TIMEOUT if total_timeout is None else min(CONNECT_TIMEOUT, total_timeout)
         deadline = timers.monotonic() + (total_timeout if total_timeout is not None else float("inf"))
         fault = self.faults.take_open() if self.faults is not None else None
-        factory = self._link
-        if self.faults is not None:       # the network conditions (control API "net")
-            faults = self.faults
-            factory = faults.shaped(self._link, lambda: self.net or faults.conditions, settings.dtls)
+        factory = self._link_factory(settings.dtls)
         if self._connect is None and fault is None and not settings.dtls:
             # A plain TCP connect: the session starts in _link_made, as soon as asyncio
             # has the transport (what _open_steps does after the connect, done earlier).
@@ -405,10 +410,7 @@ class SslSocket:
             raise IllegalTransition(f"socket {self.client_id}: accept in state {self._state.name}")
         self._incoming = settings
         self._answered = True
-        if self.faults is None:
-            return self._link()
-        faults = self.faults
-        return faults.shaped(self._link, lambda: self.net or faults.conditions, settings.dtls)()
+        return self._link_factory(settings.dtls)()
 
     def _accepted(self) -> None:
         transport = self._transport
