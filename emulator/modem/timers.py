@@ -92,23 +92,16 @@ class Timers:
 
     async def wait_for(self, awaitable: Awaitable, timeout: float | None):
         """asyncio.wait_for on the modem's time: TimeoutError after `timeout` s (None: no
-        limit); the awaitable is cancelled then, as asyncio.wait_for does."""
+        limit); the awaitable is cancelled then, as asyncio.wait_for does.  The awaitable
+        runs in the calling task (asyncio.timeout, whose deadline this modem's timer sets
+        when it expires): no task of its own, so no loop turn to start it and none to
+        hand its result back (the connect of an open, the wait for its handshake)."""
         if timeout is None:
             return await awaitable
-        inner = asyncio.ensure_future(awaitable)
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            if not inner.done():
-                expired = True
-                inner.cancel()
-        handle = self.call_later(timeout, expire)
-        try:
-            return await inner
-        except asyncio.CancelledError:
-            if expired:
-                raise asyncio.TimeoutError() from None
-            raise
-        finally:
-            handle.cancel()
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(None) as limit:
+            handle = self.call_later(timeout, lambda: limit.reschedule(loop.time()))
+            try:
+                return await awaitable
+            finally:
+                handle.cancel()

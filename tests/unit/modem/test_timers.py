@@ -58,3 +58,34 @@ def test_real_timers_use_the_loop():
             await t.wait_for(asyncio.get_running_loop().create_future(), 0.01)
         await t.sleep(0.001)
     asyncio.run(main())
+
+
+def test_wait_for_runs_the_awaitable_in_the_calling_task():
+    """No task of its own (each costs loop turns on an open's critical path), and a
+    cancel from outside still reaches the awaitable and is not mistaken for a timeout."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        t = Timers(loop)
+        seen = []
+
+        async def step():
+            seen.append(asyncio.current_task())
+            await asyncio.sleep(0)
+            return 5
+
+        assert await t.wait_for(step(), 10) == 5
+        assert seen == [asyncio.current_task()]
+
+        never = loop.create_future()
+        waiter = asyncio.ensure_future(t.wait_for(never, 10))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert never.cancelled()
+        # A timeout that fell due after the result came is not an error.
+        quick = loop.create_future()
+        quick.set_result(3)
+        assert await t.wait_for(quick, 0) == 3
+        await asyncio.sleep(0.01)              # the expired timer, if any, fires into nothing
+    asyncio.run(main())
