@@ -17,8 +17,10 @@ a name, independently of where the emulator really connects.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import ipaddress
+import os
 import random
 import select
 import socket
@@ -207,7 +209,9 @@ class Router:
             return None
         return dst[0], dst[1] if dst[1] is not None else port
 
-    async def resolve(self, host: str, port: int) -> tuple[str, int]:
+    def resolve_now(self, host: str, port: int) -> tuple[str, int] | None:
+        """resolve() when it needs no DNS (a route, an IP literal, an error --offline
+        gives at once); None: a name the resolver has to look up."""
         routed = self.lookup(host, port)
         if routed is not None:
             return routed
@@ -215,6 +219,12 @@ class Router:
             if self.offline:       # no DNS involved: nowhere to connect to
                 raise NetworkError("connect", f"{host}:{port} is not routed and the emulator is --offline")
             return host.strip("[]"), port
+        return None
+
+    async def resolve(self, host: str, port: int) -> tuple[str, int]:
+        known = self.resolve_now(host, port)
+        if known is not None:
+            return known
         if self.offline:
             raise NetworkError("dns", f"cannot resolve {host!r}: not routed and the emulator is --offline")
         problem = name_problem(host)
@@ -454,19 +464,99 @@ def _injected(fault: str | None, host: str, port: int) -> None:
         raise NetworkError("connect", f"connect to {host}:{port} refused (fault injected)")
 
 
-async def open_tcp(router: Router, host: str, port: int, protocol_factory, fault: str | None = None):
-    """Resolve through the router and connect; returns (transport, protocol, (addr, port)).
-    The caller bounds it (the SSL socket, on the modem's time).  fault: NetFaults.take_open()."""
-    loop = asyncio.get_running_loop()
-    _injected(fault, host, port)
-    addr, real_port = await router.resolve(host, port)
+class Dialled:
+    """An open's TCP connect made at once, before any loop turn (dial_now): the socket,
+    the address really dialled, and whether the connect is complete already (a server
+    on this machine: a --route).  Until asyncio's transport has the socket, write()
+    stands in for it, so the handshake's first flight leaves at once; open_tcp(dialled=)
+    finishes the connect and makes the transport."""
+
+    def __init__(self, sock: socket.socket, address: tuple[str, int], done: bool) -> None:
+        self.sock, self.address, self.done = sock, address, done
+        self.pending = b""                   # what the socket did not take (handed on)
+        self.taken = False                   # open_tcp has it: closing it is open_tcp's then
+
+    def write(self, data: bytes) -> None:
+        if not self.pending:
+            try:
+                data = data[self.sock.send(data):]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                pass                         # reset at once: the transport reports it
+        self.pending += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.sock.fileno() < 0
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.pending)
+
+    def abort(self) -> None:
+        # Once open_tcp has the socket, its own cleanup closes it, in asyncio's order (a
+        # close here could free the fd number while asyncio still has callbacks for it).
+        if not self.taken:
+            self.sock.close()
+
+    close = abort
+
+
+def dial_now(router: Router, host: str, port: int) -> Dialled | None:
+    """open_tcp's connect started synchronously, when no name has to be looked up: an
+    IPv4 route or literal.  None: open_tcp does it all (a DNS name, IPv6).  Raises
+    NetworkError as open_tcp would (refused at once, --offline)."""
+    known = router.resolve_now(host, port)
+    if known is None or not _is_ipv4(known[0]):
+        return None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        if _is_ipv4(addr):
+        sock.setblocking(False)
+        done = _connect_started(sock, known)
+        if done:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:
+        sock.close()
+        raise NetworkError("connect", f"TCP connect to {known[0]}:{known[1]} failed: {_why(exc)}") from None
+    return Dialled(sock, known, done)
+
+
+def _connect_started(sock: socket.socket, address: tuple[str, int]) -> bool:
+    """connect() on a non-blocking socket: True when it is complete already (else the
+    loop waits for it); OSError when it failed at once."""
+    try:
+        sock.connect(address)
+        return True
+    except (BlockingIOError, InterruptedError):
+        poll = select.poll()
+        poll.register(sock, select.POLLOUT)
+        if not poll.poll(0):
+            return False
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, f"Connect call failed {address}") from None
+        return True
+
+
+async def open_tcp(router: Router, host: str, port: int, protocol_factory, fault: str | None = None,
+                   dialled: Dialled | None = None):
+    """Resolve through the router and connect; returns (transport, protocol, (addr, port)).
+    The caller bounds it (the SSL socket, on the modem's time).  fault: NetFaults.take_open().
+    dialled: the connect dial_now() started (the transport is made on its socket)."""
+    loop = asyncio.get_running_loop()
+    if dialled is not None:
+        addr, real_port = dialled.address
+    else:
+        _injected(fault, host, port)
+        addr, real_port = await router.resolve(host, port)
+    try:
+        if dialled is not None:
+            transport, protocol = await _connect_dialled(loop, protocol_factory, dialled)
+        elif _is_ipv4(addr):
             transport, protocol = await _connect_ipv4(loop, protocol_factory, addr, real_port)
         else:
             transport, protocol = await loop.create_connection(protocol_factory, addr, real_port)
     except OSError as exc:
-        raise NetworkError("connect", f"TCP connect to {addr}:{real_port} failed: {exc.strerror or exc}") from None
+        raise NetworkError("connect", f"TCP connect to {addr}:{real_port} failed: {_why(exc)}") from None
     sock = transport.get_extra_info("socket")
     if sock is not None and not transport.is_closing():
         # Handshake flights are written whole; Nagle would hold each back ~40 ms.
@@ -478,11 +568,36 @@ async def open_tcp(router: Router, host: str, port: int, protocol_factory, fault
     return transport, protocol, (addr, real_port)
 
 
+def _why(exc: OSError) -> str:
+    """An OSError as the log and the control API say it: the system's words for its errno
+    ("Connection refused"), not asyncio's "Connect call failed (addr)"."""
+    if exc.errno:
+        try:
+            return os.strerror(exc.errno)
+        except ValueError:
+            pass
+    return exc.strerror or str(exc)
+
+
 def _is_ipv4(addr: str) -> bool:
     try:
         return isinstance(ipaddress.ip_address(addr), ipaddress.IPv4Address)
     except ValueError:
         return False
+
+
+async def _connect_dialled(loop, protocol_factory, dialled: Dialled):
+    sock = dialled.sock
+    dialled.taken = True
+    try:
+        if sock.fileno() < 0:
+            raise OSError(errno.ECONNABORTED, "the connection was dropped")
+        if not dialled.done:
+            await loop.sock_connect(sock, dialled.address)
+        return await loop.create_connection(protocol_factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
 
 
 async def _connect_ipv4(loop, protocol_factory, addr: str, port: int):
@@ -494,17 +609,8 @@ async def _connect_ipv4(loop, protocol_factory, addr: str, port: int):
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        try:
-            sock.connect(address)
-        except (BlockingIOError, InterruptedError):
-            poll = select.poll()
-            poll.register(sock, select.POLLOUT)
-            if poll.poll(0):                     # done (or refused) already
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    raise OSError(err, f"Connect call failed {address}")
-            else:
-                await loop.sock_connect(sock, address)
+        if not _connect_started(sock, address):
+            await loop.sock_connect(sock, address)
         return await loop.create_connection(protocol_factory, sock=sock)
     except BaseException:
         sock.close()
@@ -519,7 +625,7 @@ async def open_udp(router: Router, host: str, port: int, protocol_factory, fault
         transport, protocol = await loop.create_datagram_endpoint(
             protocol_factory, remote_addr=(addr, real_port))
     except OSError as exc:
-        raise NetworkError("connect", f"UDP socket to {addr}:{real_port} failed: {exc.strerror or exc}") from None
+        raise NetworkError("connect", f"UDP socket to {addr}:{real_port} failed: {_why(exc)}") from None
     return transport, protocol, (addr, real_port)
 
 async def listen_tcp(router: Router, local_port: int, protocol_factory):
@@ -531,7 +637,7 @@ async def listen_tcp(router: Router, local_port: int, protocol_factory):
         server = await asyncio.get_running_loop().create_server(protocol_factory, addr, port,
                                                                 start_serving=False)
     except OSError as exc:
-        raise NetworkError("bind", f"cannot listen on {addr}:{port}: {exc.strerror or exc}") from None
+        raise NetworkError("bind", f"cannot listen on {addr}:{port}: {_why(exc)}") from None
     log.info("listening on %s:%d for the module's port %d", addr, server.sockets[0].getsockname()[1], local_port)
     return server
 
@@ -544,7 +650,7 @@ async def bind_udp(router: Router, local_port: int, protocol_factory):
         transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
             protocol_factory, local_addr=(addr, port))
     except OSError as exc:
-        raise NetworkError("bind", f"cannot bind UDP {addr}:{port}: {exc.strerror or exc}") from None
+        raise NetworkError("bind", f"cannot bind UDP {addr}:{port}: {_why(exc)}") from None
     return transport, protocol, None
 
 

@@ -48,7 +48,7 @@ from typing import Callable, Protocol
 from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsClientSession, TlsFailure, TlsSettings
 
 from emulator.logsafe import get_logger
-from emulator.io.network import NetworkError, Router, open_tcp, open_udp
+from emulator.io.network import Dialled, NetworkError, Router, dial_now, open_tcp, open_udp
 
 log = get_logger("emulator.ssl")
 
@@ -264,8 +264,35 @@ class SslSocket:
             return
         self._connect = connect
         self._trace("open", socket=self.client_id, host=self.host, port=self.port, dtls=settings.dtls)
+        fault = self.faults.take_open() if self.faults is not None else None
+        dialled = None
+        if connect is None and fault is None and not settings.dtls:
+            dialled = self._dial(router, settings, cache, cache_key)
         self._task = asyncio.ensure_future(
-            self._open(router, settings, negotiate_timeout, cache, cache_key, total_timeout))
+            self._open(router, settings, negotiate_timeout, cache, cache_key, total_timeout, fault, dialled))
+
+    def _dial(self, router, settings, cache, cache_key) -> Dialled | NetworkError | None:
+        """The TCP connect started now, in the command's own turn, when no name has to be
+        looked up (dial_now); when it is complete already and the link has no conditions
+        to apply, the session starts too and its ClientHello leaves at once: the open's
+        task, a loop turn later, only makes the transport.  (What starting the session
+        raises, _open_steps raises after the connect, as from _link_made.)"""
+        try:
+            dialled = dial_now(router, self.host, self.port)
+        except NetworkError as exc:
+            return exc                          # answered by the open's task, after the OK
+        if dialled is not None and dialled.done and not self._shaping():
+            self._transport = dialled
+            try:
+                self._start_session(settings, cache, cache_key)
+            except Exception as exc:
+                self._early_exc = exc
+        return dialled
+
+    def _shaping(self) -> bool:
+        """Network conditions (the control API's "net") apply to this socket's packets now."""
+        faults = self.faults
+        return faults is not None and (self.net or faults.conditions).active()
 
     def refuse(self, kind: str, reason: str, exc: BaseException | None = None) -> None:
         """An open that fails before any connection (a context that cannot be used): the
@@ -274,12 +301,14 @@ class SslSocket:
             return
         asyncio.get_running_loop().call_soon(self._fail_open, kind, reason, exc)
 
-    async def _open(self, router, settings, negotiate_timeout, cache, cache_key, total_timeout) -> None:
+    async def _open(self, router, settings, negotiate_timeout, cache, cache_key, total_timeout,
+                    fault, dialled) -> None:
         # What an unexpected exception becomes, by how far the open got: EC2x 566 while
         # connecting, 552 (invalid parameter) while the TLS session is set up from the
         # context's settings, 566 during the handshake; the ML302's -1 for all.
         try:
-            await self._open_steps(router, settings, negotiate_timeout, cache, cache_key, total_timeout)
+            await self._open_steps(router, settings, negotiate_timeout, cache, cache_key, total_timeout,
+                                   fault, dialled)
         except Exception as exc:
             if self._answered:         # after "+QSSLOPEN: <id>,0": it ends as a peer close would
                 self._internal_error(exc)
@@ -288,23 +317,26 @@ class SslSocket:
             what = {"connect": "connecting", "setup": "setting up TLS"}.get(self._phase, "in the handshake")
             self._fail_open(kind, f"unexpected {type(exc).__name__} while {what}: {exc}", exc)
 
-    async def _open_steps(self, router, settings, negotiate_timeout, cache, cache_key, total_timeout) -> None:
+    async def _open_steps(self, router, settings, negotiate_timeout, cache, cache_key, total_timeout,
+                          fault, dialled) -> None:
         timers = self._timers
         connect_timeout = CONNECT_TIMEOUT if total_timeout is None else min(CONNECT_TIMEOUT, total_timeout)
         deadline = timers.monotonic() + (total_timeout if total_timeout is not None else float("inf"))
-        fault = self.faults.take_open() if self.faults is not None else None
         factory = self._link_factory(settings.dtls)
-        if self._connect is None and fault is None and not settings.dtls:
+        started = self.session is not None     # at the dial (open()): its first flight is out
+        if not started and self._connect is None and fault is None and not settings.dtls:
             # A plain TCP connect: the session starts in _link_made, as soon as asyncio
             # has the transport (what _open_steps does after the connect, done earlier).
             self._early = (settings, cache, cache_key)
         try:
+            if isinstance(dialled, NetworkError):
+                raise dialled
             if self._connect is not None:
                 link = self._connect(factory, fault)
             elif settings.dtls:
                 link = open_udp(router, self.host, self.port, factory, fault=fault)
             else:
-                link = open_tcp(router, self.host, self.port, factory, fault=fault)
+                link = open_tcp(router, self.host, self.port, factory, fault=fault, dialled=dialled)
             # Name lookup and connect together, on the modem's time.
             transport, protocol, self.remote = await timers.wait_for(link, connect_timeout)
             transport = getattr(protocol, "shaped", None) or transport
@@ -328,9 +360,9 @@ class SslSocket:
         if peername:                   # the IP really dialled, even when a route names a host
             self.remote = (peername[0], peername[1])
         negotiate_timeout = max(0.0, min(negotiate_timeout, deadline - timers.monotonic()))
-        if self._early is not None:
-            # The session started when the transport was made (_link_made): the
-            # ClientHello left then, not a few loop turns later when this resumed.
+        if self._early is not None or started:
+            # The session started at the dial, or when the transport was made
+            # (_link_made): the ClientHello left then, not loop turns later when this resumed.
             self._early = None
             exc, self._early_exc = self._early_exc, None
             if exc is not None:
@@ -377,8 +409,12 @@ class SslSocket:
             log.debug("%s socket %d: connected after it was closed: dropped", self.kind, self.client_id)
             transport.abort()
             return
-        self._transport = transport
-        if self._incoming is not None:
+        first, self._transport = self._transport, transport
+        if isinstance(first, Dialled):         # the first flight's bytes the socket did not take
+            pending, first.pending = first.pending, b""
+            if pending:
+                transport.write(pending)
+        elif self._incoming is not None:
             self._accepted()
         elif self._early is not None:
             _no_delay(transport)

@@ -1,0 +1,165 @@
+"""An open's TCP connect starts in the command's own loop turn (emulator/io/network.py
+dial_now, SslSocket._dial): to a server on this machine the connect is complete at once,
+and the ClientHello leaves before the command's OK is even written.  These tests hold the
+server side themselves (a raw listening socket) and look at it without giving the loop a
+turn, then at every way such an open can end: refused, aborted before its task ran, a
+session that cannot start, network conditions that must delay the first flight."""
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from emulator.io.network import Dialled, NetFaults, Router
+from emulator.modem.timers import Timers
+from emulator.sockets.ssl_socket import CONNECTED, INITIAL, SslSocket
+from tls_engine import TlsClientSession, TlsSettings
+
+
+class Owner:
+    def __init__(self, session_factory=TlsClientSession) -> None:
+        self.opened: list[tuple[str | None, str]] = []
+        self.session_factory = session_factory
+
+    def on_opened(self, sock, kind, reason, exc=None) -> None:
+        self.opened.append((kind, reason))
+
+    def on_data(self, sock, was_empty) -> None:
+        pass
+
+    def on_closed(self, sock, reason) -> None:
+        pass
+
+
+class FakeModem:
+    def __init__(self, timers) -> None:
+        self.timers = timers
+
+
+def listener() -> socket.socket:
+    server = socket.create_server(("127.0.0.1", 0))
+    server.setblocking(False)
+    return server
+
+
+def closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return probe.getsockname()[1]
+
+
+def settings() -> TlsSettings:
+    return TlsSettings(server_name="h.test", ssl_version=3, cipher_suites=(0xC02F,), session_cache=False)
+
+
+def make(owner: Owner, port: int, faults=None) -> tuple[SslSocket, Router]:
+    loop = asyncio.get_running_loop()
+    sock = SslSocket(owner, 0, pdp_id=1, ctx_id=0, host="h.test", port=443, delivery=None,
+                     recv_limit=4096, timers=Timers(loop))
+    sock.faults = faults
+    return sock, Router({"h.test:443": f"127.0.0.1:{port}"})
+
+
+def test_the_client_hello_leaves_in_the_commands_turn():
+    async def main():
+        server = listener()
+        sock, router = make(Owner(), server.getsockname()[1])
+        sock.open(router, settings(), 10)
+        # No await since open(): the connection is there and the first flight in it.
+        conn, _ = server.accept()
+        conn.settimeout(5)
+        head = conn.recv(5)
+        assert head[:2] == b"\x16\x03"                    # a TLS handshake record
+        assert isinstance(sock._transport, Dialled)       # asyncio's transport comes a turn later
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not isinstance(sock._transport, Dialled)
+        sock.abort()
+        conn.close()
+        server.close()
+    asyncio.run(main())
+
+
+def test_an_open_closed_before_its_task_ran_closes_the_connection():
+    async def main():
+        server = listener()
+        owner = Owner()
+        sock, router = make(owner, server.getsockname()[1])
+        sock.open(router, settings(), 10)
+        dialled = sock._transport
+        assert isinstance(dialled, Dialled)
+        sock.abort()                                      # the host's close, same command line
+        assert dialled.sock.fileno() == -1                # not left to the garbage collector
+        conn, _ = server.accept()
+        conn.settimeout(5)
+        got = b""
+        while chunk := conn.recv(4096):
+            got += chunk
+        assert got[:2] == b"\x16\x03"                     # the ClientHello, then the end
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert sock.state is INITIAL and owner.opened == []
+        conn.close()
+        server.close()
+    asyncio.run(main())
+
+
+def test_a_refused_connect_is_answered_after_the_command():
+    async def main():
+        owner = Owner()
+        sock, router = make(owner, closed_port())
+        sock.open(router, settings(), 10)
+        assert owner.opened == []                         # the command's OK goes first
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(owner.opened) == 1
+        kind, reason = owner.opened[0]
+        assert kind == "connect" and "refused" in reason.lower()
+        assert sock.state is INITIAL
+    asyncio.run(main())
+
+
+def test_a_session_that_cannot_start_at_the_dial_fails_the_open_as_setup():
+    def broken(settings, cache, key):
+        raise ValueError("no such curve")
+
+    async def main():
+        server = listener()
+        owner = Owner(session_factory=broken)
+        sock, router = make(owner, server.getsockname()[1])
+        sock.open(router, settings(), 10)
+        assert owner.opened == []
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert owner.opened == [("bad_config", "unexpected ValueError while setting up TLS: no such curve")]
+        conn, _ = server.accept()
+        conn.settimeout(5)
+        assert conn.recv(4096) == b""                     # dropped without a byte
+        conn.close()
+        server.close()
+    asyncio.run(main())
+
+
+def test_network_conditions_hold_the_first_flight_back():
+    async def main():
+        server = listener()
+        timers = Timers(asyncio.get_running_loop(), manual=True)
+        faults = NetFaults(FakeModem(timers))
+        faults.conditions.latency_ms = 500
+        sock, router = make(Owner(), server.getsockname()[1], faults)
+        sock.open(router, settings(), 10)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        conn, _ = server.accept()
+        conn.setblocking(False)
+        try:
+            early = conn.recv(5)
+        except BlockingIOError:
+            early = None
+        assert early is None                              # still on the shaped link
+        timers.advance(0.6)
+        conn.settimeout(5)
+        assert conn.recv(5)[:2] == b"\x16\x03"
+        assert sock.state is not CONNECTED
+        sock.abort()
+        conn.close()
+        server.close()
+    asyncio.run(main())
