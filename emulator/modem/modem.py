@@ -180,6 +180,14 @@ class Modem:
         self.pdp.deactivate(cid)
         self.emit("pdp_deactivated", cid=cid)
 
+    def network_deactivated_pdp(self, cid: int) -> None:
+        """The network took context `cid` down (not the host): the family's URC
+        (profile pdp.deact_urc) first, then each socket on it reports closed."""
+        urc = self.profile.get("pdp.deact_urc")
+        if urc:
+            self.urc(urc.format(cid=cid))
+        self.deactivate_pdp(cid)
+
     def reset(self) -> None:
         """AT+CFUN=1,1: what a module loses when it reboots.  Sockets go first and
         silently ("reset"), so taking the PDP contexts down reports nothing more."""

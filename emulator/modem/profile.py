@@ -37,6 +37,19 @@ def _str(v: Any) -> str | None:
     return None if isinstance(v, str) else f"must be a string, got {v!r}"
 
 
+def _template(*fields: str) -> Callable[[Any], str | None]:
+    """A string that str.format() fills from these fields (a URC's wording)."""
+    def check(v: Any) -> str | None:
+        if not isinstance(v, str):
+            return f"must be a string, got {v!r}"
+        try:
+            v.format(**{name: 1 for name in fields})
+        except (KeyError, IndexError, ValueError) as exc:
+            return f"{v!r} must use only {', '.join('{' + f + '}' for f in fields)} ({type(exc).__name__}: {exc})"
+        return None
+    return check
+
+
 def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
 
@@ -123,6 +136,9 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "pdp.default_apn": (True, _str),
     # The primary and secondary DNS servers the network assigns (AT+QIDNSCFG, AT+CGCONTRDP).
     "pdp.dns": (False, _list(_ipv4, 2, 2)),
+    # The URC when the network deactivates context {cid} (absent: the family reports only
+    # its sockets' closes, as the ML302 manual documents no such URC).
+    "pdp.deact_urc": (False, _template("cid")),
     "files.ufs_capacity": (True, _int(0, 1 << 34)),
     "files.ram_capacity": (True, _int(0, 1 << 34)),
     "files.max_name_len": (True, _int(1, 255)),

@@ -92,14 +92,11 @@ class Registration:
                     self.modem.urc(self.line(name, n, urc=True))
 
     def _lose_contexts(self, network: bool) -> None:
-        urc = None
-        if network:
-            from emulator.sockets.dialects import DIALECTS
-            urc = DIALECTS[self.modem.profile.get("ssl.dialect", "quectel")].pdpdeact_urc
-        for ctx in self.modem.pdp.active():
-            if urc is not None:
-                self.modem.urc(urc.format(cid=ctx.cid))
-            self.modem.deactivate_pdp(ctx.cid)      # sockets on it report "closed"
+        for ctx in self.modem.pdp.active():     # sockets on it report "closed"
+            if network:
+                self.modem.network_deactivated_pdp(ctx.cid)
+            else:
+                self.modem.deactivate_pdp(ctx.cid)
 
     def _reboot(self) -> None:
         """AT+CFUN=1,1: attached again after the restart (which ends at AT+CFUN 1);

@@ -33,9 +33,6 @@ class Dialect:
     recv_urc: str = '+QSSLURC: "recv",{id}'
     push_urc: str = '+QSSLURC: "recv",{id},{n}'
     closed_urc: str = '+QSSLURC: "closed",{id}'
-    # The network deactivated PDP context {cid} (None: the family reports only its
-    # sockets' closes; the ML302 manual documents no such URC).
-    pdpdeact_urc: str | None = '+QIURC: "pdpdeact",{cid}'
 
     def context_values(self) -> dict[str, object]:
         return default_values(self.context_defaults)
@@ -68,7 +65,6 @@ ONEMO = Dialect(
     stored_globals={"https": 0, "httpsctxi": 0},
     recv_urc='+QSSLURC: "recv",1,{id}',          # <cid> is reserved: always 1
     closed_urc='+QSSLURC: "close",{id}',
-    pdpdeact_urc=None,
 )
 
 DIALECTS: dict[str, Dialect] = {d.name: d for d in (QUECTEL, ONEMO)}

@@ -205,10 +205,7 @@ def pdp_deact(modem, args: _Args) -> dict:
     args.done()
     if not modem.pdp.is_active(cid):
         raise ControlError(f"pdp_deact: PDP context {cid} is not active")
-    urc = _svc(modem).dialect.pdpdeact_urc
-    if urc is not None:
-        modem.urc(urc.format(cid=cid))
-    modem.deactivate_pdp(cid)         # sockets on it report closed / fail their open
+    modem.network_deactivated_pdp(cid)     # sockets on it report closed / fail their open
     return {}
 
 

@@ -185,3 +185,32 @@ def test_cgdcont_with_only_a_cid_undefines_an_inactive_context(ec2x):
     assert ec2x.at("AT+QIDEACT=1") == b"\r\nOK\r\n"
     assert ec2x.at("AT+CGDCONT=1") == b"\r\nOK\r\n"
     assert b"+CGDCONT: 1," not in ec2x.at("AT+CGDCONT?")
+
+
+def _profile_with_deact_urc(tmp_path, line: str):
+    from emulator.modem.profile import PROFILE_DIR
+    text = (PROFILE_DIR / "ec2x.toml").read_text()
+    old = "deact_urc = '+QIURC: \"pdpdeact\",{cid}'"
+    assert old in text
+    path = tmp_path / "family.toml"
+    path.write_text(text.replace(old, line))
+    return str(path)
+
+
+def test_the_network_deactivation_urc_is_the_profiles(emulator, open_modem, tmp_path, echo):
+    """pdp.deact_urc is profile data: another family's wording (SIMCom's +PDP: DEACT
+    style here), or none when the key is absent (the ML302's profile has none)."""
+    host, port = open_modem(_profile_with_deact_urc(tmp_path, "deact_urc = '+PDP: DEACT,{cid}'"))
+    assert host.at("AT+QIACT=1") == OK
+    _open(host, 1)
+    assert emulator.control("register", stat=0)["ok"]
+    got = host.read_until(b'+QSSLURC: "closed",1\r\n', timeout=3)
+    assert b"\r\n+PDP: DEACT,1\r\n" in got and b"pdpdeact" not in got, got
+
+
+def test_a_deactivation_urc_template_is_checked(tmp_path):
+    from emulator.modem.profile import ProfileError, load_profile
+    path = _profile_with_deact_urc(tmp_path, "deact_urc = '+PDP: DEACT,{id}'")
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    assert "pdp.deact_urc" in str(info.value) and "{cid}" in str(info.value), info.value
