@@ -286,6 +286,13 @@ def bench_handshake(cert) -> None:
     NOTES.append(f"handshake: the <= 2.0x target leaves {2.0 * s - m:.2f} ms beyond the library's own "
                  f"handshake for the AT command, the connect and the URC (the emulator takes {e - m:.2f} ms)")
 
+    def spread(ratios: list[float]) -> str:
+        q = statistics.quantiles(ratios, n=4)
+        return f"{statistics.median(ratios):.2f}x (quartiles {q[0]:.2f}-{q[2]:.2f})"
+    NOTES.append("handshake, each round's three handshakes paired (the machine drifts between rounds): "
+                 f"emulator / Python ssl {spread([a / b for a, b in zip(emu, ref_ssl)])}, "
+                 f"emulator / bare mbedtls {spread([a / b for a, b in zip(emu, ref_mbed)])}")
+
 
 # -- 3. buffer mode ----------------------------------------------------------------------------
 def buffer_up(host: RawHost, servers: Servers | None, size: int) -> float:
@@ -378,7 +385,7 @@ def bench_buffer(cert) -> None:
     size = (1 if QUICK else 4) << 20
     size -= size % 1460
     servers = Servers(cert, f"count:{size}", f"source:{size}")
-    ups, downs = [], []
+    ups, downs, floor_up, floor_down = [], [], [], []
     try:
         with emulator("--route", f"up.example:443=127.0.0.1:{servers.ports[0]}",
                       "--route", f"down.example:443=127.0.0.1:{servers.ports[1]}") as (_, paths):
@@ -392,25 +399,30 @@ def bench_buffer(cert) -> None:
                 time.sleep(0.3)                         # the receive buffer fills (flow control)
                 downs.append(buffer_down(host, size))
                 host.at(b"AT+QSSLCLOSE=0")
+                # The floor between two emulator runs: the machine drifts within a run.
+                path, stop = scripted_responder()
+                try:
+                    responder = RawHost(path)
+                    floor_up.append(buffer_up(responder, None, size))
+                    floor_down.append(buffer_down(responder, size))
+                    responder.close()
+                finally:
+                    stop()
             host.close()
     finally:
         servers.stop()
-    floor_up, floor_down = [], []
-    for _ in range(REPEATS):
-        path, stop = scripted_responder()
-        try:
-            host = RawHost(path)
-            floor_up.append(buffer_up(host, None, size))
-            floor_down.append(buffer_down(host, size))
-            host.close()
-        finally:
-            stop()
     up, down = statistics.median(ups), statistics.median(downs)
     fu, fd = statistics.median(floor_up), statistics.median(floor_down)
     row(f"buffer mode up, AT+QSSLSEND=0,1460 x {size // 1460}", f"{up:.2f} MB/s",
         f"{fu:.2f} MB/s scripted pty responder", f"{up / fu:.2f}x", ">= 6 MB/s", up >= 6)
     row(f"buffer mode down, AT+QSSLRECV=0,1500 loop, {size / 2**20:.1f} MiB", f"{down:.2f} MB/s",
         f"{fd:.2f} MB/s scripted pty responder", f"{down / fd:.2f}x", ">= 6 MB/s", down >= 6)
+    # The responder answers the same bytes with no parser, no TLS and no socket: what the
+    # pty round trips alone allow here.  Below 6 MB/s, no emulator can meet the target on
+    # this machine; the ratio above is then the figure to watch.
+    for way, floor in (("up", fu), ("down", fd)):
+        row(f"limit: buffer mode {way} floor, scripted pty responder (pty round trips: " + ("two a command" if way == "up" else "one a read") + ")",
+            f"{floor:.2f} MB/s", "", "", "(>= 6 MB/s: target reachable here)", floor >= 6)
 
 
 # -- 4. transparent mode -----------------------------------------------------------------------
