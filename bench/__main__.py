@@ -413,15 +413,18 @@ def bench_buffer(cert) -> None:
         servers.stop()
     up, down = statistics.median(ups), statistics.median(downs)
     fu, fd = statistics.median(floor_up), statistics.median(floor_down)
+    # Ratios of each repeat's pair (run back to back), then their median.
+    ru = statistics.median(a / b for a, b in zip(ups, floor_up))
+    rd = statistics.median(a / b for a, b in zip(downs, floor_down))
     row(f"buffer mode up, AT+QSSLSEND=0,1460 x {size // 1460}", f"{up:.2f} MB/s",
-        f"{fu:.2f} MB/s scripted pty responder", f"{up / fu:.2f}x", ">= 6 MB/s", up >= 6)
+        f"{fu:.2f} MB/s scripted pty responder", f"{ru:.2f}x", ">= 6 MB/s", up >= 6)
     row(f"buffer mode down, AT+QSSLRECV=0,1500 loop, {size / 2**20:.1f} MiB", f"{down:.2f} MB/s",
-        f"{fd:.2f} MB/s scripted pty responder", f"{down / fd:.2f}x", ">= 6 MB/s", down >= 6)
+        f"{fd:.2f} MB/s scripted pty responder", f"{rd:.2f}x", ">= 6 MB/s", down >= 6)
     # The responder answers the same bytes with no parser, no TLS and no socket: what the
     # pty round trips alone allow here.  Below 6 MB/s, no emulator can meet the target on
     # this machine; the ratio above is then the figure to watch.
     for way, floor in (("up", fu), ("down", fd)):
-        row(f"limit: buffer mode {way} floor, scripted pty responder (pty round trips: " + ("two a command" if way == "up" else "one a read") + ")",
+        row(f"limit: buffer mode {way} floor, scripted pty responder (pty round trips: " + ("two per command" if way == "up" else "one per read") + ")",
             f"{floor:.2f} MB/s", "", "", "(>= 6 MB/s: target reachable here)", floor >= 6)
 
 

@@ -508,14 +508,16 @@ def dial_now(router: Router, host: str, port: int) -> Dialled | None:
     known = router.resolve_now(host, port)
     if known is None or not _is_ipv4(known[0]):
         return None
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = None
     try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)      # EMFILE, ENOBUFS: 566 too
         sock.setblocking(False)
         done = _connect_started(sock, known)
         if done:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise NetworkError("connect", f"TCP connect to {known[0]}:{known[1]} failed: {_why(exc)}") from None
     return Dialled(sock, known, done)
 

@@ -218,6 +218,7 @@ class SslSocket:
         self._incoming = None                    # the settings of an accepted connection
         self._early = None                       # (settings, cache, key): start the session in _link_made
         self._early_exc: BaseException | None = None    # what starting it there raised
+        self._dialled = None                     # the connect open() started (network.Dialled)
 
     # -- state ------------------------------------------------------------------
     @property
@@ -281,6 +282,7 @@ class SslSocket:
             dialled = dial_now(router, self.host, self.port)
         except NetworkError as exc:
             return exc                          # answered by the open's task, after the OK
+        self._dialled = dialled                 # closed with the socket until open_tcp has it
         if dialled is not None and dialled.done and not self._shaping():
             self._transport = dialled
             try:
@@ -324,6 +326,8 @@ class SslSocket:
         deadline = timers.monotonic() + (total_timeout if total_timeout is not None else float("inf"))
         factory = self._link_factory(settings.dtls)
         started = self.session is not None     # at the dial (open()): its first flight is out
+        if started:                            # failures until the connect is done are the connect's
+            resume_phase, self._phase = self._phase, "connect"
         if not started and self._connect is None and fault is None and not settings.dtls:
             # A plain TCP connect: the session starts in _link_made, as soon as asyncio
             # has the transport (what _open_steps does after the connect, done earlier).
@@ -346,6 +350,9 @@ class SslSocket:
         except NetworkError as exc:
             self._fail_open(exc.kind, exc.reason)
             return
+        self._dialled = None                   # open_tcp has made the transport on it
+        if started:
+            self._phase = resume_phase
         if self._dead:
             # Closed by the host while the connect completed (a wait can return the
             # result although its task was cancelled): the connection must not outlive it.
@@ -789,6 +796,9 @@ class SslSocket:
 
     def _teardown(self) -> None:
         self._dead = True
+        if self._dialled is not None:
+            self._dialled.abort()              # a connect open() started that no task took over
+            self._dialled = None               # (a no-op once open_tcp has it: it closes it)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

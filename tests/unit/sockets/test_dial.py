@@ -7,6 +7,7 @@ session that cannot start, network conditions that must delay the first flight."
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 from emulator.io.network import Dialled, NetFaults, Router
@@ -161,5 +162,58 @@ def test_network_conditions_hold_the_first_flight_back():
         assert sock.state is not CONNECTED
         sock.abort()
         conn.close()
+        server.close()
+    asyncio.run(main())
+
+
+def test_an_open_closed_while_its_first_flight_waits_for_the_link_closes_the_connection():
+    """With network conditions the session waits for the task; the dialled connect is the
+    socket's all the same: closed by the host's close, not left to the garbage collector."""
+    async def main():
+        server = listener()
+        timers = Timers(asyncio.get_running_loop(), manual=True)
+        faults = NetFaults(FakeModem(timers))
+        faults.conditions.latency_ms = 500
+        sock, router = make(Owner(), server.getsockname()[1], faults)
+        sock.open(router, settings(), 10)
+        sock.abort()
+        conn, _ = server.accept()
+        conn.settimeout(5)
+        assert conn.recv(4096) == b""                     # the end, not a live connection
+        conn.close()
+        server.close()
+    asyncio.run(main())
+
+
+def test_no_descriptor_left_for_the_connect_is_answered_566_after_the_command():
+    """EMFILE at the dial: the open fails as a connect failure after the command's OK
+    (it escaped the handler as a traceback and left the id OPENING)."""
+    import resource
+
+    async def main():
+        owner = Owner()
+        server = listener()
+        sock, router = make(owner, server.getsockname()[1])
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        filler = []
+        try:
+            while True:                                   # every descriptor below the limit
+                filler.append(os.dup(0))
+        except OSError:
+            pass
+        try:
+            sock.open(router, settings(), 10)
+        finally:
+            for fd in filler:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert owner.opened == []
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(owner.opened) == 1
+        kind, reason = owner.opened[0]
+        assert kind == "connect" and "Too many open files" in reason, reason
+        assert sock.state is INITIAL
         server.close()
     asyncio.run(main())
