@@ -688,12 +688,110 @@ def test_server_sends_then_closes_right_after_the_handshake(modem, emulator, mod
 def test_transparent_ssl_open_server_closes_with_the_handshake_gives_no_carrier(modem, emulator, payload):
     """docs/behaviour.md: "The peer closes ... while online: the bytes received before the
     close, then NO CARRIER, back to command mode" (the TCP/IP transparent open does it)."""
-    from emulator.testing.peers import TlsServer
     host, advance, port = modem
+    _transparent_server_closes_with_the_handshake(host, emulator, payload,
+                                                  ssl_open_line(6, "greet.example", 443, mode=2),
+                                                  "AT+QSSLCLOSE=6")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: the same on the ML302 (connectmode 1): CONNECT and the data, never NO CARRIER"))
+def test_ml302_transparent_open_server_closes_with_the_handshake_gives_no_carrier(ml302_on, emulator):
+    host, advance, port = ml302_on
+    _transparent_server_closes_with_the_handshake(host, emulator, b"GREETING",
+                                                  'AT+QSSLOPEN=1,0,"greet.example",443,1', "AT+QSSLCLOSE=1")
+
+
+def _transparent_server_closes_with_the_handshake(host, emulator, payload, line, close):
+    from emulator.testing.peers import TlsServer
     with TlsServer(mode="send_then_close", payload=payload) as server:
         emulator.router.add_map("greet.example", 443, "127.0.0.1", server.port)
-        host.write(ssl_open_line(6, "greet.example", 443, mode=2) + "\r\n")
+        host.write(line + "\r\n")
         assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n"), timeout=5) == b"\r\nCONNECT\r\n"
         assert host.read_until(b"\r\nNO CARRIER\r\n", timeout=2) == payload + b"\r\nNO CARRIER\r\n"
         assert host.at("AT") == b"\r\nOK\r\n"                   # command mode again
-        assert host.at("AT+QSSLCLOSE=6").endswith(b"\r\nOK\r\n")
+        assert host.at(close).endswith(b"\r\nOK\r\n")
+
+
+# -- out of file descriptors at the dial ------------------------------------------------
+@pytest.mark.parametrize("kind", ["SSL", "TCP"])
+def test_no_file_descriptor_left_at_the_dial_is_566_and_the_id_is_free(modem, emulator, echo, tcp_echo, kind):
+    """socket() failing with EMFILE in the command's turn: OK, then the open's 566 (never
+    a traceback, never an id left OPENING); with descriptors back the id opens."""
+    import resource
+    host, advance, port = modem
+    line = ssl_open_line(2) if kind == "SSL" else f'AT+QIOPEN=1,2,"TCP","{TCP_HOST}",{TCP_PORT},0,0'
+    urc = b"+QSSLOPEN: 2," if kind == "SSL" else b"+QIOPEN: 2,"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    spare = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(fds() + 8, 64), hard))
+        try:
+            while True:                                  # use up every descriptor
+                spare.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        host.write(line + "\r\n")
+        out = host.read_until(re.compile(re.escape(urc) + rb"-?\d+\r\n"), timeout=5)
+    finally:
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert out == b"\r\nOK\r\n\r\n" + urc + b"566\r\n", out
+    assert last_error(host) == 566
+    assert services_empty(emulator, port)
+    assert host.at(line) == b"\r\nOK\r\n"
+    assert host.read_until(re.compile(re.escape(urc) + rb"-?\d+\r\n"), timeout=5).endswith(urc + b"0\r\n")
+
+
+# -- the bearer or the radio going in the open's own command line ---------------------------
+@pytest.mark.parametrize("then", ["+QIDEACT=1", "+CFUN=0"])
+def test_bearer_lost_in_the_open_line_is_570_and_frees_the_dial(modem, emulator, echo, then):
+    """The dial is complete (ClientHello out) when the same line takes the PDP context or
+    the radio away: OK, then +QSSLOPEN: <id>,570; the connection the dial made is closed."""
+    host, advance, port = modem
+    for _ in range(3):
+        assert host.at(ssl_open_line(0) + ";" + then) == b"\r\nOK\r\n"
+        assert host.read_until(re.compile(rb"\+QSSLOPEN: 0,-?\d+\r\n"), timeout=3).endswith(b"+QSSLOPEN: 0,570\r\n")
+        wait_for(lambda: tcp_fds_to(echo.address[1]) == 0)
+        assert services_empty(emulator, port)
+        if then == "+CFUN=0":
+            assert host.at("AT+CFUN=1").endswith(b"OK\r\n")
+            host.quiet_for(0.2)
+        assert host.at('AT+QIACT?').endswith(b"OK\r\n")
+        host.at("AT+QIACT=1")
+    assert host.at(ssl_open_line(0)) == b"\r\nOK\r\n"
+    assert host.read_until(re.compile(rb"\+QSSLOPEN: 0,-?\d+\r\n"), timeout=3).endswith(b"+QSSLOPEN: 0,0\r\n")
+    assert host.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
+
+
+# -- the host leaves while a transparent open waits for its handshake ------------------------
+def test_hangup_during_a_pending_transparent_open_ends_by_negotiatetime(modem, emulator):
+    host, advance, port = modem
+    assert host.at('AT+QSSLCFG="negotiatetime",1,10') == b"\r\nOK\r\n"
+    got = threading.Event()
+
+    def behave(server, conn):
+        _read_client_hello(server, conn)
+        got.set()
+        time.sleep(5)
+
+    with HostileServer(behave) as server:
+        emulator.router.add_map("mute.example", 443, "127.0.0.1", server.port)
+        host.write(ssl_open_line(6, "mute.example", 443, mode=2) + "\r\n")
+        assert got.wait(3)
+        host.close()
+        host = Host(port.path)
+        host.write("AT\r\n")                               # waits behind the pending open
+        assert host.quiet_for(0.3) == b""
+        advance(9)
+        assert host.quiet_for(0.2) == b""
+        advance(1.5)
+        # The open's ERROR is not written when the emulator saw the hang-up before the new
+        # host opened the port (an orphaned answer, interpreter._hangup); the AT's OK is.
+        assert host.read_until(b"\r\nOK\r\n", timeout=3) in (b"\r\nERROR\r\n\r\nOK\r\n", b"\r\nOK\r\n")
+        assert last_error(host) == 569
+        wait_for(lambda: tcp_fds_to(server.port) == 0)
+    assert emulator.control("state")["mode"] == "COMMAND"
+    assert services_empty(emulator, port)
+    host.close()
