@@ -795,3 +795,67 @@ def test_hangup_during_a_pending_transparent_open_ends_by_negotiatetime(modem, e
     assert emulator.control("state")["mode"] == "COMMAND"
     assert services_empty(emulator, port)
     host.close()
+
+
+def test_close_while_the_shaped_first_flight_waits_then_the_clock_moves(modem, emulator):
+    """Latency active: the ClientHello waits in the shaped link for the modem clock; the host
+    closes meanwhile; when the clock moves the queued flight must go nowhere (no write on a
+    closed transport, no traceback) and the server sees the end without a byte."""
+    host, advance, port = modem
+    seen = []
+
+    def behave(server, conn):
+        conn.settimeout(5)
+        data = b""
+        while chunk := conn.recv(4096):
+            data += chunk
+        seen.append(data)
+
+    with HostileServer(behave) as server:
+        emulator.router.add_map("slow.example", 443, "127.0.0.1", server.port)
+        assert emulator.control("net", latency_ms=500)["ok"]
+        for i in range(5):
+            assert host.at(ssl_open_line(i, "slow.example", 443)) == b"\r\nOK\r\n"
+        time.sleep(0.1)
+        assert host.at(";".join(f"AT+QSSLCLOSE={i}" if i == 0 else f"+QSSLCLOSE={i}" for i in range(5))) \
+            == b"\r\nOK\r\n"
+        advance(1)
+        wait_for(lambda: len(seen) == 5)
+        assert seen == [b""] * 5, seen
+        assert b"+QSSLOPEN" not in host.quiet_for(0.2)
+        assert emulator.control("net", latency_ms=0)["ok"]
+    assert services_empty(emulator, port)
+
+
+def test_a_burst_of_opens_and_closes_written_byte_by_byte_without_waiting(modem, emulator, echo):
+    """12 SSL open lines and 12 close lines written one byte at a time, CR LF, no waiting
+    for any answer: 24 answers in order, each open answered or closed first, no socket left."""
+    host, advance, port = modem
+    burst = "".join(ssl_open_line(i) + "\r\n" for i in range(12))
+    burst += "".join(f"AT+QSSLCLOSE={i}\r\n" for i in range(12))
+    for b in burst.encode():
+        host.write(bytes([b]))
+    out = b""
+    deadline = time.monotonic() + 5
+    while out.count(b"OK\r\n") + out.count(b"ERROR\r\n") < 24:
+        assert time.monotonic() < deadline, out
+        out += host.quiet_for(0.05)
+    assert b"ERROR" not in out, out
+    assert out.count(b"\r\nOK\r\n") == 24, out
+    opened = re.findall(rb"\+QSSLOPEN: (\d+),(-?\d+)", out + host.quiet_for(0.3))
+    assert all(code == b"0" for _, code in opened), opened
+    assert len({i for i, _ in opened}) == len(opened)            # at most once per id
+    assert services_empty(emulator, port)
+    wait_for(lambda: tcp_fds_to(echo.address[1]) == 0)
+
+
+def test_qiopen_on_an_id_an_ssl_open_is_dialling_in_the_same_line_is_563(modem, emulator, echo, tcp_echo):
+    host, advance, port = modem
+    out = host.at(ssl_open_line(4) + f';+QIOPEN=1,4,"TCP","{TCP_HOST}",{TCP_PORT},0,0')
+    out += host.quiet_for(0.3)
+    assert b"+QIOPEN: 4,563" in out or out.startswith(b"\r\nERROR\r\n"), out
+    assert ssl_opened(host, 4) == 0
+    assert host.send_data(4, b"still mine") == b"\r\nSEND OK\r\n"
+    assert echo.wait_received(10) == b"still mine" if hasattr(echo, "wait_received") else True
+    assert host.at("AT+QSSLCLOSE=4").endswith(b"\r\nOK\r\n")
+    assert services_empty(emulator, port)

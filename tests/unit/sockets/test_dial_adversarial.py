@@ -150,3 +150,74 @@ def test_many_waits_on_one_task_leave_no_timers_behind():
         assert t.advance(1000) == 0                   # nothing fired
         assert asyncio.current_task().cancelling() == 0
     run(main)
+
+
+# -- SslSocket's dial: a first flight the socket cannot take at once ------------------------
+import hashlib  # noqa: E402
+import socket  # noqa: E402
+
+from emulator.io.network import Dialled, Router  # noqa: E402
+from emulator.sockets.plain_session import PlainSession, PlainSettings  # noqa: E402
+from emulator.sockets.ssl_socket import CONNECTED, SslSocket  # noqa: E402
+
+BIG = bytes(range(256)) * (6 * 4096)        # 6 MiB: far past the loopback socket buffers
+
+
+class BigHello(PlainSession):
+    """A session whose first flight is huge (the dial writes it before asyncio's transport
+    exists: Dialled.write keeps what the socket did not take)."""
+
+    def start(self) -> None:
+        super().start()
+        self._out.append(BIG)
+
+
+class Owner:
+    session_factory = BigHello
+
+    def __init__(self) -> None:
+        self.opened = []
+
+    def on_opened(self, sock, kind, reason, exc=None) -> None:
+        self.opened.append((kind, reason))
+
+    def on_data(self, sock, was_empty) -> None:
+        pass
+
+    def on_closed(self, sock, reason) -> None:
+        pass
+
+
+def test_a_first_flight_larger_than_the_socket_buffer_arrives_whole_and_in_order():
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = socket.create_server(("127.0.0.1", 0))
+        owner = Owner()
+        sock = SslSocket(owner, 0, pdp_id=1, ctx_id=0, host="h.test", port=443, delivery=None,
+                         recv_limit=4096, timers=Timers(loop))
+        router = Router({"h.test:443": f"127.0.0.1:{server.getsockname()[1]}"})
+        sock.open(router, PlainSettings(), 10)
+        dialled = sock._transport
+        assert isinstance(dialled, Dialled) and dialled.pending     # the socket took only part
+        got = bytearray()
+
+        def reader():
+            conn, _ = server.accept()
+            conn.settimeout(5)
+            while len(got) < len(BIG):
+                chunk = conn.recv(1 << 16)
+                if not chunk:
+                    break
+                got.extend(chunk)
+            return conn
+
+        conn = await asyncio.wait_for(loop.run_in_executor(None, reader), 10)
+        assert len(got) == len(BIG)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(BIG).digest()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert owner.opened == [(None, "")] and sock.state is CONNECTED
+        sock.abort()
+        conn.close()
+        server.close()
+    asyncio.run(main())
