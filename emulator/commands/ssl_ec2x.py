@@ -178,8 +178,10 @@ def qsslclose_write(modem, cmd):
     # <close_timeout> is in seconds, or in ms with AT+QSSLCFG="closetimemode",<ctx>,1 (§2.2.5).
     unit = 0.001 if svc.contexts[sock.ctx_id]["closetimemode"] == 1 else 1.0
 
+    closing = svc.close(client_id, timeout * unit)     # the socket is gone from now on
+
     async def close() -> Response:
-        await svc.close(client_id, timeout * unit)
+        await closing
         return done(svc, ok())
     return Response([], None, pending=close())
 

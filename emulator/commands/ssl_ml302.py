@@ -230,8 +230,10 @@ def qsslclose_write(modem, cmd):
     if ssid not in svc.sockets:
         return done
 
+    closing = svc.close(ssid, CLOSE_TIMEOUT)            # the socket is gone from now on
+
     async def close() -> Response:
-        await svc.close(ssid, CLOSE_TIMEOUT)
+        await closing
         return done
     return Response([], None, pending=close())
 

@@ -85,8 +85,10 @@ def qiclose_write(modem, cmd):
     if svc.entry(connect_id) is None:
         raise fail(svc, 572, f"connectID {connect_id} is not open")
 
+    closing = svc.close(connect_id, float(timeout))     # the socket is gone from now on
+
     async def close() -> Response:
-        await svc.close(connect_id, float(timeout))
+        await closing
         return done(svc, ok())
     return Response([], None, pending=close())
 

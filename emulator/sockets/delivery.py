@@ -171,6 +171,9 @@ class OnlineDelivery(Delivery):
         super().__init__(svc)
         self._opening: dict[SslSocket, "asyncio.Future[int]"] = {}
         self._links: dict[SslSocket, SocketLink] = {}
+        # Opened, their CONNECT not written yet (the open's answer comes a turn later): a
+        # peer close meanwhile is the link's to report once online (NO CARRIER).
+        self._connecting: set[SslSocket] = set()
         svc.modem.on("output_drained", self._drained)
         svc.modem.on("hangup", self._drained)
 
@@ -187,6 +190,12 @@ class OnlineDelivery(Delivery):
             super().opened(sock, code)
         elif not future.done():
             future.set_result(code)
+            if code == 0:
+                self._connecting.add(sock)
+
+    def connected(self, sock: SslSocket) -> None:
+        """The open's CONNECT is out: the port is the socket's link now."""
+        self._connecting.discard(sock)
 
     def link(self, sock: SslSocket) -> "SocketLink":
         link = self._links.get(sock)
@@ -224,6 +233,8 @@ class OnlineDelivery(Delivery):
                 self.flush(sock)
 
     def peer_closed(self, sock: SslSocket) -> None:
+        if sock in self._connecting:
+            return                      # CONNECT is on its way: SocketLink.started reports it
         if self.online(sock):
             self.flush(sock, everything=True)
             self.svc.modem.interpreter.leave_online(self._links[sock])
@@ -245,6 +256,7 @@ class OnlineDelivery(Delivery):
         """The socket's link and any open still waiting for it: without this every closed
         transparent socket stayed here (with its buffers and TLS context) until the port's
         output happened to drain from above its high water."""
+        self._connecting.discard(sock)
         link = self._links.pop(sock, None)
         if link is not None and self.svc.modem.interpreter.online_link is not link:
             link.release_input()        # never leave the port's input paused for it
@@ -277,8 +289,19 @@ class SocketLink:
                 and self.sock.delivery is self.delivery)
 
     def started(self) -> None:
+        delivery = self.delivery
+        delivery.connected(self.sock)
         self.sock.set_send_limit(self.limit)
-        self.delivery.flush(self.sock)
+        delivery.flush(self.sock)
+        if self.sock.state is not CONNECTED:
+            # The peer closed with the handshake's last flight, before CONNECT went out:
+            # what it sent is written above; now NO CARRIER (a turn later: the interpreter
+            # is still entering online mode).
+            asyncio.get_running_loop().call_soon(self._ended_before_start)
+
+    def _ended_before_start(self) -> None:
+        self.delivery.flush(self.sock, everything=True)
+        self.delivery.svc.modem.interpreter.leave_online(self)
 
     def send(self, data: bytes) -> None:
         if self.sock.state is not CONNECTED:

@@ -8,6 +8,8 @@ received data reach the host is each socket's delivery strategy
 """
 from __future__ import annotations
 
+from typing import Any, Coroutine
+
 from tls_engine import SessionCache
 
 from emulator.logsafe import get_logger
@@ -102,12 +104,20 @@ class SocketService:
         sock = self.sockets.get(client_id)
         return sock if sock is not None and sock.state == CONNECTED else None
 
-    async def close(self, client_id: int, timeout: float) -> None:
-        """Always returns (the AT+QSSLCLOSE answer follows); the socket is gone either way."""
+    def close(self, client_id: int, timeout: float) -> Coroutine[Any, Any, None]:
+        """The host's close: the socket leaves the service at once, in the command's own
+        turn, so nothing its open or its connection does from now on reaches the host (an
+        open refused at once would otherwise answer "+QSSLOPEN: <id>,566" after the OK of
+        "AT+QSSLOPEN=...;+QSSLCLOSE=<id>").  The returned coroutine closes the connection
+        (close_notify, linger) and always returns: the close's answer follows it."""
         sock = self.sockets.pop(client_id, None)
+        if sock is not None:
+            self._release(sock)
+        return self._close(client_id, sock, timeout)
+
+    async def _close(self, client_id: int, sock: SslSocket | None, timeout: float) -> None:
         if sock is None:
             return
-        self._release(sock)
         try:
             await sock.close(timeout)
         except Exception:

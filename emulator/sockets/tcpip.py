@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any, Coroutine
 
 from emulator.io.network import NetworkError, bind_udp, listen_tcp, net_faults, open_tcp, open_udp
 from emulator.logsafe import get_logger
@@ -314,9 +315,10 @@ class TcpipService(SocketService):
         self.modem.urc(self.dialect.incoming(sock, ip, port))
 
     # -- closing ---------------------------------------------------------------------
-    async def close(self, client_id: int, timeout: float) -> None:
+    def close(self, client_id: int, timeout: float) -> Coroutine[Any, Any, None]:
+        """SocketService.close for listeners too: gone at once, the coroutine finishes."""
         listener = self.listeners.pop(client_id, None)
         if listener is not None:
             listener.abort()
-            return
-        await super().close(client_id, timeout)
+            return super().close(-1, timeout)        # (no such socket: returns at once)
+        return super().close(client_id, timeout)

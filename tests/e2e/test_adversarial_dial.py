@@ -678,24 +678,18 @@ def test_server_sends_then_closes_right_after_the_handshake(modem, emulator, mod
             assert services_empty(emulator, port)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a transparent SSL open whose server sends and closes with the handshake's last "
-    "flight: CONNECT and the data come, but never NO CARRIER; the port stays online on a "
-    "closed socket (host bytes silently dropped); after +++ a stale \"recv\" + \"closed\" URC "
-    "(SslSocket._deliver_pending -> _peer_closed runs before the interpreter is online, so "
-    "OnlineDelivery.peer_closed takes the command-mode branch)"))
 @pytest.mark.parametrize("payload", [b"GREETING", b""])
 def test_transparent_ssl_open_server_closes_with_the_handshake_gives_no_carrier(modem, emulator, payload):
     """docs/behaviour.md: "The peer closes ... while online: the bytes received before the
-    close, then NO CARRIER, back to command mode" (the TCP/IP transparent open does it)."""
+    close, then NO CARRIER, back to command mode" (the TCP/IP transparent open does it).
+    The close came before CONNECT was written: the port stayed online on a closed socket
+    (OnlineDelivery.peer_closed took it for command mode), now SocketLink.started reports it."""
     host, advance, port = modem
     _transparent_server_closes_with_the_handshake(host, emulator, payload,
                                                   ssl_open_line(6, "greet.example", 443, mode=2),
                                                   "AT+QSSLCLOSE=6")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the same on the ML302 (connectmode 1): CONNECT and the data, never NO CARRIER"))
 def test_ml302_transparent_open_server_closes_with_the_handshake_gives_no_carrier(ml302_on, emulator):
     host, advance, port = ml302_on
     _transparent_server_closes_with_the_handshake(host, emulator, b"GREETING",
@@ -914,7 +908,6 @@ def test_subprocess_emulator_keeps_its_fd_count_over_hundreds_of_open_close_line
             for i in range(100):
                 for line in lines:
                     host.write(line + "\r\n")
-                    # (the refused open's stray URC may precede the OK: the xfail below)
                     assert host.read_until(final, timeout=5).endswith(b"\r\nOK\r\n"), (i, line)
             host.quiet_for(0.3)
             deadline = time.monotonic() + 3
@@ -933,17 +926,11 @@ def test_subprocess_emulator_keeps_its_fd_count_over_hundreds_of_open_close_line
 
 
 # -- an open refused at once and closed in the same line ------------------------------------
-_STRAY = ("BUG (regression of 44cda3e, kept by d1c251e): an open refused at once and closed "
-          "in the same command line still reports its failure URC after the host's close. The "
-          "open's task now fails in its first step (no inner wait_for task, the refused connect "
-          "known synchronously), which runs before the close's pending task (svc.close) that "
-          "would cancel it; before, the open's task yielded first and the close won")
-
-
-@pytest.mark.xfail(strict=True, reason=_STRAY)
 @pytest.mark.parametrize("kind", ["SSL", "TCP"])
 def test_open_refused_at_once_then_closed_in_the_same_line_reports_nothing(modem, emulator, kind):
-    """The transition table: OPENING --close--> CLOSING, "the host's close (a +QSSLOPEN
+    """(A regression of 44cda3e, fixed by the close taking the socket out of the service
+    in the command's own turn: the open's task, failing in its first step, ran before the
+    close's pending task.)  The transition table: OPENING --close--> CLOSING, "the host's close (a +QSSLOPEN
     never comes)".  A stray failure URC after the close is read by a host as the answer
     of its next open on that id."""
     host, advance, port = modem
@@ -957,7 +944,6 @@ def test_open_refused_at_once_then_closed_in_the_same_line_reports_nothing(modem
         assert urc not in out, out
 
 
-@pytest.mark.xfail(strict=True, reason=_STRAY + " (ML302: even after its '1,CLOSE OK')")
 def test_ml302_open_refused_at_once_then_closed_in_the_same_line_reports_nothing(ml302_on, emulator):
     host, advance, port = ml302_on
     emulator.router.add_map("dead.example", 9000, "127.0.0.1", free_port())
