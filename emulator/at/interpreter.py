@@ -73,7 +73,7 @@ class Interpreter:
         self._after: list[str] = []
         self._then: Callable[[], None] | None = None     # the answer's `then`, run once it is written
         self._raw = ""                   # the command being answered (logs)
-        self._urcs: list[bytes] = []
+        self._urcs: list[tuple[bytes, object]] = []    # (framed URC, what it is about)
         self._last_line: bytes | None = None
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
@@ -342,6 +342,7 @@ class Interpreter:
                      loggable(pending.raw))
             if response.online is not None:
                 self.last_online = response.online     # the connection is up: ATO reaches it
+                response.online.escaped()              # as a hang-up in online mode leaves it
             self._pump()
             return
         if self._handle(response, pending.after_line):
@@ -512,17 +513,24 @@ class Interpreter:
         self._settle()
 
     # -- output --------------------------------------------------------------
-    def urc(self, line: str | bytes, raw: bytes = b"") -> None:
-        """An unsolicited line (+ optional raw bytes after it, e.g. direct push data)."""
+    def urc(self, line: str | bytes, raw: bytes = b"", about: object = None) -> None:
+        """An unsolicited line (+ optional raw bytes after it, e.g. direct push data).
+        about: what it reports on (a socket), for drop_urcs()."""
         framed = framing.urc(line, raw, self.modem.settings)
         if self.idle:
             self.modem.write(framed)
         else:
-            self._urcs.append(framed)
+            self._urcs.append((framed, about))
+
+    def drop_urcs(self, about: object) -> None:
+        """Forget the URCs still waiting (the port busy) that report on `about`: the
+        host closed that socket, and a late "recv"/"closed" for its id would read as
+        news of the next socket the host opens on that id."""
+        self._urcs = [entry for entry in self._urcs if entry[1] is not about]
 
     def _flush_urcs(self) -> None:
         while self._urcs:
-            self.modem.write(self._urcs.pop(0))
+            self.modem.write(self._urcs.pop(0)[0])
 
     def _write_lines(self, lines) -> None:
         if lines:

@@ -128,8 +128,12 @@ class Modem:
         if self._sink is not None and data:
             self._sink(data)
 
-    def urc(self, line: str | bytes, raw: bytes = b"") -> None:
-        self.interpreter.urc(line, raw)
+    def urc(self, line: str | bytes, raw: bytes = b"", about: object = None) -> None:
+        self.interpreter.urc(line, raw, about)
+
+    def drop_urcs(self, about: object) -> None:
+        """Waiting URCs about `about` (a socket the host closed) are not written."""
+        self.interpreter.drop_urcs(about)
 
     def feature(self, key: str, factory: Callable[["Modem"], object]):
         """Per-modem state of a feature, created on first use."""

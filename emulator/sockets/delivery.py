@@ -51,7 +51,7 @@ class Delivery:
     def peer_closed(self, sock: SslSocket) -> None:
         """The peer (or the bearer) ended the connection: report it, after any data the
         strategy still holds."""
-        self.svc.modem.urc(self.svc.dialect.closed(sock))
+        self.svc.modem.urc(self.svc.dialect.closed(sock), about=sock)
 
     def forget(self) -> None:
         """Every socket is gone (reboot, shutdown): drop what is held for them."""
@@ -69,7 +69,7 @@ class BufferDelivery(Delivery):
 
     def data_arrived(self, sock: SslSocket, was_empty: bool) -> None:
         if was_empty:
-            self.svc.modem.urc(self.svc.dialect.recv(sock))
+            self.svc.modem.urc(self.svc.dialect.recv(sock), about=sock)
 
 
 class PushDelivery(Delivery):
@@ -137,13 +137,13 @@ class PushDelivery(Delivery):
                         break
                     if sock.inbox:
                         chunk = sock.read(limit)       # may resume the paused TCP reading
-                        svc.modem.urc(svc.dialect.push(sock, len(chunk)), raw=chunk)
+                        svc.modem.urc(svc.dialect.push(sock, len(chunk)), raw=chunk, about=sock)
             for sock in list(self._close_after_push):
                 if svc.sockets.get(sock.client_id) is not sock:
                     self._close_after_push.remove(sock)     # the host closed it meanwhile
                 elif not sock.inbox:
                     self._close_after_push.remove(sock)
-                    svc.modem.urc(svc.dialect.closed(sock))
+                    svc.modem.urc(svc.dialect.closed(sock), about=sock)
         finally:
             self._pushing = False
 
@@ -193,9 +193,13 @@ class OnlineDelivery(Delivery):
             if code == 0:
                 self._connecting.add(sock)
 
-    def connected(self, sock: SslSocket) -> None:
-        """The open's CONNECT is out: the port is the socket's link now."""
+    def settled(self, sock: SslSocket) -> bool:
+        """The open's CONNECT went out, or never will (its host hung up first): True when
+        it was still on its way (a peer close since then was kept for the caller)."""
+        if sock not in self._connecting:
+            return False
         self._connecting.discard(sock)
+        return True
 
     def link(self, sock: SslSocket) -> "SocketLink":
         link = self._links.get(sock)
@@ -290,7 +294,7 @@ class SocketLink:
 
     def started(self) -> None:
         delivery = self.delivery
-        delivery.connected(self.sock)
+        delivery.settled(self.sock)
         self.sock.set_send_limit(self.limit)
         delivery.flush(self.sock)
         if self.sock.state is not CONNECTED:
@@ -324,6 +328,12 @@ class SocketLink:
 
     def escaped(self) -> None:
         self._writable()                 # the port reads again (commands now)
+        # (Also an open whose CONNECT was never written, its host gone: a peer close kept
+        # for the CONNECT is reported now, as after "+++".)
+        sock = self.sock
+        if (self.delivery.settled(sock) and sock.state is not CONNECTED
+                and self.delivery.svc.sockets.get(sock.client_id) is sock):
+            self.delivery.peer_closed(sock)
 
     def hang_up(self) -> None:
         """AT&D2: the connection is closed and the socket freed."""

@@ -50,6 +50,9 @@ class SocketService:
 
     def _start(self) -> None:
         self.sockets: dict[int, SslSocket] = {}
+        # Closed by the host, their connection still lingering (close_notify sent, the
+        # peer's FIN awaited): no id, but a reboot or the bearer's loss drops them too.
+        self.lingering: set[SslSocket] = set()
         self.deliveries: dict[str, Delivery] = {d.name: d(self) for d in DELIVERIES}
         modem = self.modem
         modem.on("pdp_deactivated", self.pdp_lost)
@@ -93,7 +96,8 @@ class SocketService:
         self._release(sock)
 
     def on_data(self, sock: SslSocket, was_empty: bool) -> None:
-        sock.delivery.data_arrived(sock, was_empty)
+        if self.sockets.get(sock.client_id) is sock:   # (closed by the host: no more URCs)
+            sock.delivery.data_arrived(sock, was_empty)
 
     def on_closed(self, sock: SslSocket, reason: str) -> None:
         if self.sockets.get(sock.client_id) is sock:
@@ -113,11 +117,13 @@ class SocketService:
         sock = self.sockets.pop(client_id, None)
         if sock is not None:
             self._release(sock)
+            self.modem.drop_urcs(sock)
         return self._close(client_id, sock, timeout)
 
     async def _close(self, client_id: int, sock: SslSocket | None, timeout: float) -> None:
         if sock is None:
             return
+        self.lingering.add(sock)
         try:
             await sock.close(timeout)
         except Exception:
@@ -126,6 +132,8 @@ class SocketService:
                 sock.abort()
             except Exception:
                 log.exception("%s close %d: abort failed too", self.kind, client_id)
+        finally:
+            self.lingering.discard(sock)
 
     def _release(self, sock: SslSocket) -> None:
         """The socket is gone from the service: no access mode keeps anything for it."""
@@ -133,7 +141,7 @@ class SocketService:
             delivery.release(sock)
 
     def abort_all(self) -> None:
-        for sock in list(self.sockets.values()):
+        for sock in [*self.sockets.values(), *self.lingering]:
             sock.abort()
         self.sockets.clear()
         for delivery in self.deliveries.values():
@@ -145,6 +153,9 @@ class SocketService:
         for sock in list(self.sockets.values()):
             if sock.pdp_id == cid:
                 sock.bearer_lost(f"PDP context {cid} deactivated")
+        for sock in list(self.lingering):        # closed by the host: dropped, unreported
+            if sock.pdp_id == cid:
+                sock.abort()
 
 
 class SslService(SocketService):

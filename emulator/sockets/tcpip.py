@@ -144,7 +144,7 @@ class TcpListener:
         self.lost = reason
         if self.state == LISTENING:
             self.state = CLOSING
-            self.svc.modem.urc(self.svc.dialect.closed(self))
+            self.svc.modem.urc(self.svc.dialect.closed(self), about=self)
 
     def abort(self) -> None:
         self.stop()
@@ -312,13 +312,14 @@ class TcpipService(SocketService):
             return
         ip, port = sock.remote or ("0.0.0.0", 0)
         sock.host, sock.port = ip, port
-        self.modem.urc(self.dialect.incoming(sock, ip, port))
+        self.modem.urc(self.dialect.incoming(sock, ip, port), about=sock)
 
     # -- closing ---------------------------------------------------------------------
     def close(self, client_id: int, timeout: float) -> Coroutine[Any, Any, None]:
         """SocketService.close for listeners too: gone at once, the coroutine finishes."""
         listener = self.listeners.pop(client_id, None)
         if listener is not None:
+            self.modem.drop_urcs(listener)
             listener.abort()
             return super().close(-1, timeout)        # (no such socket: returns at once)
         return super().close(client_id, timeout)

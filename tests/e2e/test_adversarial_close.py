@@ -249,11 +249,10 @@ def test_close_lingers_the_full_timeout_while_another_socket_has_a_prompt_open(m
 
 
 # -- the server sends while the close is answered late -------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (older than ab97365): SocketService.on_data does not check that the socket is still "
-    "the service's; a close answered late (control 'slow', timing.response_delay_ms) leaves the "
-    "connection reading until the linger coroutine runs, and a 'recv' URC for the closed id "
-    "follows the close's OK"))
+# Was a bug, fixed (older than ab97365): SocketService.on_data does not check that the socket is
+# still the service's; a close answered late (control 'slow', timing.response_delay_ms) leaves
+# the connection reading until the linger coroutine runs, and a 'recv' URC for the closed id
+# follows the close's OK
 def test_tcp_data_arriving_while_a_slow_close_waits_gives_no_urc_after_the_ok(modem, emulator):
     """The control API's "slow": the command's work is done now, its answer comes later.
     AT+QICLOSE takes the socket out at once, but its connection still reads until the
@@ -275,11 +274,10 @@ def test_tcp_data_arriving_while_a_slow_close_waits_gives_no_urc_after_the_ok(mo
         assert server.gone(0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (older than ab97365): SocketService.on_data does not check that the socket is still "
-    "the service's; a close answered late (control 'slow', timing.response_delay_ms) leaves the "
-    "connection reading until the linger coroutine runs, and a 'recv' URC for the closed id "
-    "follows the close's OK"))
+# Was a bug, fixed (older than ab97365): SocketService.on_data does not check that the socket is
+# still the service's; a close answered late (control 'slow', timing.response_delay_ms) leaves
+# the connection reading until the linger coroutine runs, and a 'recv' URC for the closed id
+# follows the close's OK
 @pytest.mark.parametrize("profile", ["ec2x", "ml302"])
 def test_ssl_data_arriving_while_a_slow_close_waits_gives_no_urc_after_the_ok(
         emulator, open_modem, echo, profile):
@@ -414,10 +412,9 @@ def test_pdp_deact_during_a_linger_reports_nothing_about_the_closed_id(modem, em
         assert server.gone(0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (older than ab97365): a reboot (control 'reboot', as AT+CFUN=1,1) aborts only the "
-    "service's sockets; one whose AT+QICLOSE lingers was taken out of the service already, so "
-    "its TCP connection stays half-open until the close timeout (here 60 s) on the rebooted modem"))
+# Was a bug, fixed (older than ab97365): a reboot (control 'reboot', as AT+CFUN=1,1) aborts only
+# the service's sockets; one whose AT+QICLOSE lingers was taken out of the service already, so
+# its TCP connection stays half-open until the close timeout (here 60 s) on the rebooted modem
 def test_reboot_during_a_linger_drops_the_lingering_connection(modem, emulator):
     """A reboot drops every connection silently (docs: AT+CFUN=1,1 sockets dropped); a
     close still lingering must not keep its TCP connection open past the reboot."""
@@ -489,10 +486,9 @@ class HeldProxy:
             s.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (regression of ab97365): a transparent open whose CONNECT was orphaned by a hang-up "
-    "stays in OnlineDelivery._connecting forever; its peer's close is then swallowed "
-    "(no '+QSSLURC: \"closed\"' for the next host, the socket state 4 unannounced)"))
+# Was a bug, fixed (regression of ab97365): a transparent open whose CONNECT was orphaned by a
+# hang-up stays in OnlineDelivery._connecting forever; its peer's close is then swallowed (no
+# '+QSSLURC: "closed"' for the next host, the socket state 4 unannounced)
 def test_orphaned_transparent_open_then_peer_close_reports_closed(modem, emulator, echo):
     host, advance, port = modem
     proxy = HeldProxy(echo.address[1])
@@ -517,10 +513,9 @@ def test_orphaned_transparent_open_then_peer_close_reports_closed(modem, emulato
 
 
 # -- more: URCs queued behind a linger, the bearer under a linger, ML302 ----------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (older than ab97365): a URC raised for an id while the port was busy waits in the "
-    "interpreter's queue and is written after the OK of the line that closed that id "
-    "('+QIURC: \"recv\",1' after 'AT+QICLOSE=0,2;+QICLOSE=1,0' answered OK)"))
+# Was a bug, fixed (older than ab97365): a URC raised for an id while the port was busy waits in
+# the interpreter's queue and is written after the OK of the line that closed that id ('+QIURC:
+# "recv",1' after 'AT+QICLOSE=0,2;+QICLOSE=1,0' answered OK)
 def test_urc_queued_behind_a_linger_about_an_id_the_same_line_then_closes(modem, emulator, tcp_echo):
     """Id 0 lingers; meanwhile id 1's server sends and closes (its "recv"/"closed" URCs wait
     behind the busy port); the same line then closes id 1.  After that line's OK the host
@@ -542,10 +537,9 @@ def test_urc_queued_behind_a_linger_about_an_id_the_same_line_then_closes(modem,
         assert out == b"\r\nOK\r\n", out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (older than ab97365): pdp_lost walks only the service's sockets; a socket whose "
-    "AT+QICLOSE lingers left the service already, so it keeps its TCP connection to the server "
-    "after the bearer went, until its close timeout"))
+# Was a bug, fixed (older than ab97365): pdp_lost walks only the service's sockets; a socket
+# whose AT+QICLOSE lingers left the service already, so it keeps its TCP connection to the
+# server after the bearer went, until its close timeout
 def test_pdp_deact_during_a_linger_drops_the_lingering_connection(modem, emulator):
     """The bearer goes while a close lingers: no packet can move any more, so the linger's
     connection goes too (as every other socket's on that context does), at once."""
@@ -617,10 +611,9 @@ def test_incoming_connection_during_a_linger_takes_the_freed_id_and_survives_its
             b.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (regression of ab97365): as above, TCP: a transparent AT+QIOPEN answered late "
-    "(control 'slow') and orphaned by a hang-up keeps its socket in OnlineDelivery._connecting; "
-    "the peer's close is swallowed, no '+QIURC: \"closed\"'"))
+# Was a bug, fixed (regression of ab97365): as above, TCP: a transparent AT+QIOPEN answered late
+# (control 'slow') and orphaned by a hang-up keeps its socket in OnlineDelivery._connecting; the
+# peer's close is swallowed, no '+QIURC: "closed"'
 def test_orphaned_slow_transparent_tcp_open_then_peer_close_reports_closed(modem, emulator):
     host, advance, port = modem
     with Server() as server:
