@@ -3,6 +3,7 @@
 The peers, the PKI and the pty host live in emulator.testing, shared with bench/."""
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -124,6 +125,21 @@ def ec2x_on(open_modem):
     host, port = open_modem("ec2x", manual_time=True)
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
     return host, port
+
+
+@pytest.fixture
+def ec2x_strict(emulator, ec2x_on, caplog):
+    """(host, advance(s), port): ec2x_on with advance() on its manual time; at the end no
+    log record may carry a traceback or be an error (the adversarial tests' modem)."""
+    caplog.set_level(logging.INFO)
+    host, port = ec2x_on
+
+    def advance(seconds: float) -> None:
+        emulator.wait_received(port, host.written)
+        emulator.advance(port, seconds)
+    yield host, advance, port
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not bad, [r.getMessage() for r in bad]
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -7,7 +7,6 @@ Checked: one answer per command, no URC about a closed id after its close's answ
 id free again, the linger on modem time, no connection outliving its socket."""
 from __future__ import annotations
 
-import logging
 import os
 import re
 import socket
@@ -17,6 +16,7 @@ import time
 import pytest
 
 from emulator.testing.host import Host
+from emulator.testing.peers.plain import wait_until
 from tests.e2e.socket_support import TCP_HOST, TCP_PORT, free_port, qiopen
 
 SSL_HOST, SSL_PORT = "echo.example", 443          # the `echo` fixture's route
@@ -24,25 +24,10 @@ ANSWER = re.compile(rb"\r\n(OK|ERROR)\r\n")
 
 
 @pytest.fixture
-def modem(emulator, ec2x_on, caplog):
-    """(host, advance(s), port): an EC2x on manual time, PDP context 1 up.  At the end no
-    log record may carry a traceback or be an error."""
-    caplog.set_level(logging.INFO)
-    host, port = ec2x_on
-
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
-    yield host, advance, port
-    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
-    assert not bad, [r.getMessage() for r in bad]
+def modem(ec2x_strict):
+    return ec2x_strict
 
 
-def wait_for(predicate, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 class Server:
@@ -262,7 +247,7 @@ def test_tcp_data_arriving_while_a_slow_close_waits_gives_no_urc_after_the_ok(mo
     with Server() as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         qiopen(host, 0, addr="stay.example", port=80)
-        wait_for(lambda: server.conns)
+        wait_until(lambda: server.conns)
         assert emulator.control("slow", command="+QICLOSE", ms=1000)["ok"]
         host.write("AT+QICLOSE=0,0\r\n")
         advance(0)
@@ -292,7 +277,7 @@ def test_ssl_data_arriving_while_a_slow_close_waits_gives_no_urc_after_the_ok(
         assert host.at(f'AT+QSSLOPEN=1,0,"{SSL_HOST}",{SSL_PORT},0') == b"\r\nOK\r\n"
         assert host.seen(b"+QSSLOPEN: 1,0\r\n", 5)
         close, answer = "AT+QSSLCLOSE=1\r\n", b"\r\nOK\r\n\r\n1,CLOSE OK\r\n"
-    wait_for(lambda: echo.connections)
+    wait_until(lambda: echo.connections)
     assert emulator.control("slow", command="+QSSLCLOSE", ms=800)["ok"]
     host.write(close)
     time.sleep(0.1)
@@ -364,8 +349,8 @@ def test_dtr_drop_with_d2_frees_the_id_at_once_and_closes_the_connection(modem, 
     assert host.at(f'AT+QSSLOPEN=1,1,6,"{SSL_HOST}",{SSL_PORT},0') == b"\r\nOK\r\n"
     assert host.seen(b"+QSSLOPEN: 6,", 5) + host.read_until(b"\r\n") == b"+QSSLOPEN: 6,0\r\n"
     assert host.at("ATO") == b"\r\nNO CARRIER\r\n"
-    wait_for(lambda: len(echo.connections) == 2)
-    wait_for(lambda: echo.connections[0].close_notify_received)    # docs: close_notify, socket freed
+    wait_until(lambda: len(echo.connections) == 2)
+    wait_until(lambda: echo.connections[0].close_notify_received)    # docs: close_notify, socket freed
     assert b"closed" not in host.quiet_for(0.3)
 
 
@@ -429,7 +414,7 @@ def test_reboot_during_a_linger_drops_the_lingering_connection(modem, emulator):
         assert tcp_fds_to(server.port) == 1
         assert emulator.control("reboot", ms=10)["ok"]
         advance(0.1)
-        wait_for(lambda: tcp_fds_to(server.port) == 0, 2)  # else: survived the reboot
+        wait_until(lambda: tcp_fds_to(server.port) == 0, 2)  # else: survived the reboot
 
 
 # -- a transparent open orphaned by a hang-up ------------------------------------------------
@@ -500,7 +485,7 @@ def test_orphaned_transparent_open_then_peer_close_reports_closed(modem, emulato
         time.sleep(0.3)                                    # the emulator sees the hang-up
         host = Host(port.path)
         proxy.release()
-        wait_for(lambda: any(s["state"] == "CONNECTED" for s in emulator.control("state")["sockets"]))
+        wait_until(lambda: any(s["state"] == "CONNECTED" for s in emulator.control("state")["sockets"]))
         assert host.at("AT") == b"\r\nOK\r\n"              # the open's CONNECT was orphaned
         proxy.kill()                                       # the server goes: FIN
         assert host.seen(b'+QSSLURC: "closed",0\r\n', 3)
@@ -526,7 +511,7 @@ def test_urc_queued_behind_a_linger_about_an_id_the_same_line_then_closes(modem,
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         qiopen(host, 0, addr="stay.example", port=80)
         qiopen(host, 1, addr="stay.example", port=80)
-        wait_for(lambda: len(server.conns) == 2)
+        wait_until(lambda: len(server.conns) == 2)
         host.write("AT+QICLOSE=0,2;+QICLOSE=1,0\r\n")
         advance(0)
         server.conns[1].sendall(b"late")
@@ -553,7 +538,7 @@ def test_pdp_deact_during_a_linger_drops_the_lingering_connection(modem, emulato
         assert tcp_fds_to(server.port) == 1
         assert emulator.control("pdp_deact", cid=1)["ok"]
         advance(0.1)
-        wait_for(lambda: tcp_fds_to(server.port) == 0, 2)
+        wait_until(lambda: tcp_fds_to(server.port) == 0, 2)
 
 
 def test_ml302_close_twice_in_one_line_then_state_shows_closed(emulator, open_modem, echo):
@@ -621,7 +606,7 @@ def test_orphaned_slow_transparent_tcp_open_then_peer_close_reports_closed(modem
         assert emulator.control("slow", command="+QIOPEN", ms=1000)["ok"]
         host.write('AT+QIOPEN=1,3,"TCP","stay.example",80,0,2\r\n')
         advance(0)
-        wait_for(lambda: server.conns)
+        wait_until(lambda: server.conns)
         time.sleep(0.1)
         host.close()
         time.sleep(0.3)                                    # the emulator sees the hang-up

@@ -16,24 +16,15 @@ import time
 import pytest
 
 from emulator.testing.host import Host
+from emulator.testing.peers.plain import wait_until
 from tests.e2e.socket_support import TCP_HOST, TCP_PORT, escape, free_port, qiopen, qird, qisend
 
 SSL_HOST, SSL_PORT = "echo.example", 443          # the `echo` fixture's route
 
 
 @pytest.fixture
-def modem(emulator, ec2x_on, caplog):
-    """(host, advance(s), port): an EC2x on manual time, PDP context 1 up.  At the end no
-    log record may carry a traceback or be an error."""
-    caplog.set_level(logging.INFO)
-    host, port = ec2x_on
-
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
-    yield host, advance, port
-    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
-    assert not bad, [r.getMessage() for r in bad]
+def modem(ec2x_strict):
+    return ec2x_strict
 
 
 def fds() -> int:
@@ -61,11 +52,6 @@ def tcp_fds_to(port: int) -> int:
     return len(inodes & mine)
 
 
-def wait_for(predicate, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 class HostileServer:
@@ -175,7 +161,7 @@ def test_open_then_close_on_one_line_many_times_leaks_nothing(modem, emulator, e
     # The id is free at once (563 would mean the pool still holds it)...
     assert services_empty(emulator, port)
     # ...no emulator-side connection to the server is left open...
-    wait_for(lambda: tcp_fds_to(server_port) == 0)
+    wait_until(lambda: tcp_fds_to(server_port) == 0)
     # ...and no open answer comes for any of the closed opens.
     out = host.quiet_for(0.3)
     assert b"+QIOPEN" not in out and b"+QSSLOPEN" not in out, out
@@ -253,7 +239,7 @@ def test_hostile_server_before_the_client_hello_fails_the_ssl_open(modem, emulat
         for _ in range(2):
             assert host.at(ssl_open_line(4, "bad.example", 443)) == b"\r\nOK\r\n"
             assert ssl_opened(host, 4) == 566
-        wait_for(lambda: tcp_fds_to(server.port) == 0)
+        wait_until(lambda: tcp_fds_to(server.port) == 0)
         assert services_empty(emulator, port)
     assert host.at(ssl_open_line(4)) == b"\r\nOK\r\n"
     assert ssl_opened(host, 4) == 0
@@ -279,7 +265,7 @@ def test_server_that_reads_the_client_hello_and_never_answers_times_out_on_modem
         assert b"+QSSLOPEN" not in host.quiet_for(0.3)
         advance(1)
         assert ssl_opened(host, 6, timeout=3) == 569
-        wait_for(lambda: tcp_fds_to(server.port) == 0)
+        wait_until(lambda: tcp_fds_to(server.port) == 0)
     assert last_error(host) == 569
     assert services_empty(emulator, port)
 
@@ -296,7 +282,7 @@ def test_server_that_reads_and_never_answers_a_plain_tcp_open_is_fine(modem, emu
         emulator.router.add_map("mute.example", 80, "127.0.0.1", server.port)
         qiopen(host, 0, addr="mute.example", port=80)
         assert qisend(host, 0, b"ping") == b"\r\nSEND OK\r\n"
-        wait_for(lambda: server.received == [b"ping"])
+        wait_until(lambda: server.received == [b"ping"])
         assert host.at("AT+QICLOSE=0,0") == b"\r\nOK\r\n"
 
 
@@ -326,13 +312,13 @@ def test_listen_backlog_full_connect_pending_then_closed_leaks_nothing(modem, em
             assert host.at(ssl_open_line(7, "full.example", 443) + ";+QSSLCLOSE=7") == b"\r\nOK\r\n"
         assert host.at(ssl_open_line(7, "full.example", 443)) == b"\r\nOK\r\n"
         assert host.at("AT+QSSLCLOSE=7") == b"\r\nOK\r\n"
-        wait_for(lambda: tcp_fds_to(lport) == before)
+        wait_until(lambda: tcp_fds_to(lport) == before)
         assert host.at(ssl_open_line(8, "full.example", 443)) == b"\r\nOK\r\n"
         advance(149)
         assert b"+QSSLOPEN" not in host.quiet_for(0.3)
         advance(2)
         assert ssl_opened(host, 8, timeout=3) == 569
-        wait_for(lambda: tcp_fds_to(lport) == before)
+        wait_until(lambda: tcp_fds_to(lport) == before)
     finally:
         for s in fillers:
             s.close()
@@ -409,7 +395,7 @@ def test_latency_set_before_a_tcp_open_delays_the_first_send(modem, emulator):
         time.sleep(0.3)
         assert server.received == []
         advance(0.35)
-        wait_for(lambda: server.received == [b"late"])
+        wait_until(lambda: server.received == [b"late"])
         assert emulator.control("net", latency_ms=0)["ok"]
         assert host.at("AT+QICLOSE=1,0") == b"\r\nOK\r\n"
 
@@ -422,7 +408,7 @@ def test_open_and_close_with_conditions_active_leaks_nothing(modem, emulator, tc
     for _ in range(40):
         assert host.at(f'AT+QIOPEN=1,9,"TCP","{TCP_HOST}",{TCP_PORT},0,0;+QICLOSE=9') == b"\r\nOK\r\n"
         assert host.at(ssl_open_line(10) + ";+QSSLCLOSE=10") == b"\r\nOK\r\n"
-    wait_for(lambda: tcp_fds_to(tcp_echo.port) == 0 and tcp_fds_to(echo.address[1]) == 0, timeout=3)
+    wait_until(lambda: tcp_fds_to(tcp_echo.port) == 0 and tcp_fds_to(echo.address[1]) == 0, timeout=3)
     advance(1)
     out = host.quiet_for(0.3)
     assert b"OPEN" not in out, out
@@ -525,7 +511,7 @@ def test_all_twelve_ids_opened_in_one_command_line(modem, emulator, echo, tcp_ec
     closes = ";".join(f"+QSSLCLOSE={i}" if i % 2 else f"+QICLOSE={i}" for i in range(12))
     assert host.at("AT" + closes, timeout=5).endswith(b"\r\nOK\r\n")
     assert services_empty(emulator, port)
-    wait_for(lambda: tcp_fds_to(tcp_echo.port) == 0 and tcp_fds_to(echo.address[1]) == 0)
+    wait_until(lambda: tcp_fds_to(tcp_echo.port) == 0 and tcp_fds_to(echo.address[1]) == 0)
 
 
 # -- the linger on modem time (Timers.wait_for in the command's task) ------------------------
@@ -555,7 +541,7 @@ def test_close_linger_waits_for_a_server_that_never_closes_on_modem_time(modem, 
         assert b"OK" not in host.quiet_for(0.2)
         advance(1)
         assert host.read_until(b"\r\nOK\r\n", timeout=3) == b"\r\nOK\r\n"
-        wait_for(lambda: tcp_fds_to(server.port) == 0)
+        wait_until(lambda: tcp_fds_to(server.port) == 0)
     host.write("AT+QSSLCLOSE=0\r\n")                  # its server went away: no linger
     assert host.read_until(re.compile(rb"\r\n(OK|ERROR)\r\n"), timeout=3).endswith(b"\r\nOK\r\n")
     assert services_empty(emulator, port)
@@ -596,7 +582,7 @@ def test_two_ssl_opens_on_one_id_in_one_line(modem, emulator, echo):
     assert host.send_data(3, b"one") == b"\r\nSEND OK\r\n"
     echo.wait_handshake()
     assert host.at("AT+QSSLCLOSE=3").endswith(b"\r\nOK\r\n")
-    wait_for(lambda: tcp_fds_to(echo.address[1]) == 0)
+    wait_until(lambda: tcp_fds_to(echo.address[1]) == 0)
 
 
 # -- the ML302 dialect on the same path ---------------------------------------------------
@@ -620,7 +606,7 @@ def test_ml302_open_close_one_line_refused_and_silent_server(ml302_on, emulator,
     for _ in range(50):
         assert host.at(f'AT+QSSLOPEN=1,0,"{SSL_HOST}",{SSL_PORT},0;+QSSLCLOSE=1') == b"\r\nOK\r\n"
         assert host.read_until(b"\r\n1,CLOSE OK\r\n", timeout=3) == b"\r\n1,CLOSE OK\r\n"
-    wait_for(lambda: tcp_fds_to(echo.address[1]) == 0)
+    wait_until(lambda: tcp_fds_to(echo.address[1]) == 0)
     assert b"+QSSLOPEN" not in host.quiet_for(0.3)
     emulator.router.add_map("dead.example", 9000, "127.0.0.1", free_port())
     assert host.at('AT+QSSLOPEN=1,0,"dead.example",9000,0') == b"\r\nOK\r\n"
@@ -640,7 +626,7 @@ def test_ml302_open_close_one_line_refused_and_silent_server(ml302_on, emulator,
         assert b"+QSSLOPEN" not in host.quiet_for(0.3)
         advance(1)
         assert ssl_opened(host, 1, timeout=3) == -1
-        wait_for(lambda: tcp_fds_to(server.port) == 0)
+        wait_until(lambda: tcp_fds_to(server.port) == 0)
     assert host.at(f'AT+QSSLOPEN=1,0,"{SSL_HOST}",{SSL_PORT},0') == b"\r\nOK\r\n"
     assert ssl_opened(host, 1) == 0
     assert host.at("AT+QSSLCLOSE=1").endswith(b"\r\nOK\r\n")
@@ -747,7 +733,7 @@ def test_bearer_lost_in_the_open_line_is_570_and_frees_the_dial(modem, emulator,
     for _ in range(3):
         assert host.at(ssl_open_line(0) + ";" + then) == b"\r\nOK\r\n"
         assert host.read_until(re.compile(rb"\+QSSLOPEN: 0,-?\d+\r\n"), timeout=3).endswith(b"+QSSLOPEN: 0,570\r\n")
-        wait_for(lambda: tcp_fds_to(echo.address[1]) == 0)
+        wait_until(lambda: tcp_fds_to(echo.address[1]) == 0)
         assert services_empty(emulator, port)
         if then == "+CFUN=0":
             assert host.at("AT+CFUN=1").endswith(b"OK\r\n")
@@ -785,7 +771,7 @@ def test_hangup_during_a_pending_transparent_open_ends_by_negotiatetime(modem, e
         # host opened the port (an orphaned answer, interpreter._hangup); the AT's OK is.
         assert host.read_until(b"\r\nOK\r\n", timeout=3) in (b"\r\nERROR\r\n\r\nOK\r\n", b"\r\nOK\r\n")
         assert last_error(host) == 569
-        wait_for(lambda: tcp_fds_to(server.port) == 0)
+        wait_until(lambda: tcp_fds_to(server.port) == 0)
     assert emulator.control("state")["mode"] == "COMMAND"
     assert services_empty(emulator, port)
     host.close()
@@ -814,7 +800,7 @@ def test_close_while_the_shaped_first_flight_waits_then_the_clock_moves(modem, e
         assert host.at(";".join(f"AT+QSSLCLOSE={i}" if i == 0 else f"+QSSLCLOSE={i}" for i in range(5))) \
             == b"\r\nOK\r\n"
         advance(1)
-        wait_for(lambda: len(seen) == 5)
+        wait_until(lambda: len(seen) == 5)
         assert seen == [b""] * 5, seen
         assert b"+QSSLOPEN" not in host.quiet_for(0.2)
         assert emulator.control("net", latency_ms=0)["ok"]
@@ -840,7 +826,7 @@ def test_a_burst_of_opens_and_closes_written_byte_by_byte_without_waiting(modem,
     assert all(code == b"0" for _, code in opened), opened
     assert len({i for i, _ in opened}) == len(opened)            # at most once per id
     assert services_empty(emulator, port)
-    wait_for(lambda: tcp_fds_to(echo.address[1]) == 0)
+    wait_until(lambda: tcp_fds_to(echo.address[1]) == 0)
 
 
 def test_qiopen_on_an_id_an_ssl_open_is_dialling_in_the_same_line_is_563(modem, emulator, echo, tcp_echo):
