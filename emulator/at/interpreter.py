@@ -357,6 +357,7 @@ class Interpreter:
         self.modem.write(framing.prompt(request.prompt, self.modem.settings))
         phase.lf_until = self._line_lf(after_line)
         self._restart_idle_timer(phase)
+        self.modem.emit("data_prompt")          # the port waits for the host: work can go now
         if request.length == 0:
             self._finish_data(phase, "done")
 

@@ -45,7 +45,27 @@ class Malformed:
     reason: str
 
 
+# Host drivers send the same few lines over and over (AT+QSSLSEND=0,1460 per packet):
+# parsing is pure and its results are frozen, so a line parsed once is not parsed again.
+_PARSED: dict[bytes, tuple[Command | Malformed, ...]] = {}
+_PARSED_MAX = 256                  # distinct lines kept (then the table starts again)
+_PARSED_LINE_MAX = 128             # longer lines (certificates, payloads) are not kept
+
+
 def parse_line(body: bytes) -> list[Command | Malformed]:
+    body = bytes(body)
+    known = _PARSED.get(body)
+    if known is not None:
+        return list(known)
+    out = _parse_line(body)
+    if len(body) <= _PARSED_LINE_MAX:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[body] = tuple(out)
+    return out
+
+
+def _parse_line(body: bytes) -> list[Command | Malformed]:
     # latin-1 maps every byte to one char, so any input decodes and round-trips.
     text = body.decode("latin-1")
     out: list[Command | Malformed] = []

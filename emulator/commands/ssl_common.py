@@ -105,9 +105,10 @@ def send_now(svc, sock, data: bytes, send_buffer: int, to: tuple[str, int] | Non
         sock.send(data, to)
         return Response([], Text("SEND OK"))
     # SEND OK says the data are in the send buffer (decided above, on the backlog before
-    # them): the host reads it while the socket encrypts and writes them, right after.
+    # them): the host reads it while the socket encrypts and writes them, right after (once
+    # the host's next command, if it came meanwhile, has been read: transmit_soon).
     sock.account_send(data)
-    return Response([], Text("SEND OK"), then=lambda: sock.transmit(data))
+    return Response([], Text("SEND OK"), then=lambda: sock.transmit_soon(data))
 
 
 def send_request(modem, svc: SslService, client_id: int, length: int | None,

@@ -56,6 +56,7 @@ class SocketService:
         self.deliveries: dict[str, Delivery] = {d.name: d(self) for d in DELIVERIES}
         modem = self.modem
         modem.on("pdp_deactivated", self.pdp_lost)
+        modem.on("data_prompt", self._flush_deferred)
         modem.on("reset", self._reboot)
         modem.on("shutdown", self.abort_all)
 
@@ -134,6 +135,12 @@ class SocketService:
                 log.exception("%s close %d: abort failed too", self.kind, client_id)
         finally:
             self.lingering.discard(sock)
+
+    def _flush_deferred(self, **_event) -> None:
+        """The port waits for the host's data (a prompt is out): the bytes earlier SEND OKs
+        accepted go now, while the host writes (SslSocket.transmit_soon)."""
+        for sock in list(self.sockets.values()):
+            sock.flush_deferred()
 
     def _release(self, sock: SslSocket) -> None:
         """The socket is gone from the service: no access mode keeps anything for it."""

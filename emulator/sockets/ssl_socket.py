@@ -90,6 +90,7 @@ def strict_states() -> bool:
 
 
 CONNECT_TIMEOUT = 150.0          # the note: "maximum network response time of 150 s"
+FLUSH_AFTER = 0.0005             # transmit_soon(): bytes after SEND OK leave at most this late
 
 # How the peer ended the connection, as the log says it.
 CLOSE_NOTIFY = "peer sent close_notify"
@@ -219,6 +220,9 @@ class SslSocket:
         self._early = None                       # (settings, cache, key): start the session in _link_made
         self._early_exc: BaseException | None = None    # what starting it there raised
         self._dialled = None                     # the connect open() started (network.Dialled)
+        self._deferred: deque[bytes] = deque()  # accepted bytes transmit_soon() holds
+        self._deferred_bytes = 0
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     # -- state ------------------------------------------------------------------
     @property
@@ -643,13 +647,59 @@ class SslSocket:
         self._trace("sent", socket=self.client_id, data=data)
 
     def transmit(self, data: bytes, to: tuple[str, int] | None = None) -> None:
-        """The second half of send(): into the session and out to the network."""
+        """The second half of send(): into the session and out to the network (after
+        what transmit_soon() still holds: the bytes keep their order)."""
+        if self._deferred:
+            self.flush_deferred()
+        self._transmit_now(data, to)
+
+    def _transmit_now(self, data: bytes, to: tuple[str, int] | None = None) -> None:
         self.session.send(data)
         self._dest = to
         try:
             self._pump()
         finally:
             self._dest = None
+
+    def transmit_soon(self, data: bytes) -> None:
+        """transmit() a little later: after "SEND OK" the host turns round with its next
+        command, and encrypting and writing these bytes at once would make that command
+        wait.  They leave when the port next waits for the host (a data prompt is out:
+        flush_deferred() from the service) or after FLUSH_AFTER, whichever comes first.
+        Anything else this socket writes (transmit, close_notify) sends them first;
+        send_backlog() counts them.  (On a shaped link -- network conditions -- at once:
+        the link's own pacing decides when they arrive, on the modem's time.)"""
+        if self._shaping():
+            self.transmit(data)
+            return
+        self._deferred.append(data)
+        self._deferred_bytes += len(data)
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self.flush_deferred)
+
+    def flush_deferred(self) -> None:
+        """What transmit_soon() holds, out now (in order)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._deferred:
+            self._flush_deferred()
+
+    def _flush_deferred(self) -> None:
+        while self._deferred:
+            data = self._deferred.popleft()
+            self._deferred_bytes -= len(data)
+            if self.session is None or self.session.state != "established":
+                log.info("%s socket %d: %d bytes accepted (SEND OK) but the connection ended before "
+                         "they left: dropped", self.kind, self.client_id, len(data) + self._deferred_bytes)
+                self._deferred.clear()
+                self._deferred_bytes = 0
+                return
+            try:
+                self._transmit_now(data)
+            except Exception as exc:           # (from a loop callback: never an unhandled error)
+                self._internal_error(exc)
+                return
 
     def take_send_failure(self) -> bool:
         """A SEND FAIL injected by the control API is due (counts it down)."""
@@ -700,8 +750,8 @@ class SslSocket:
     def send_backlog(self) -> int:
         """Bytes accepted but not yet taken by the kernel (what "send buffer full" measures)."""
         if self._transport is None:
-            return self._void
-        return self._transport.get_write_buffer_size() + self._void
+            return self._void + self._deferred_bytes
+        return self._transport.get_write_buffer_size() + self._void + self._deferred_bytes
 
     def _peer_closed(self, reason: str) -> None:
         if self._state is not CONNECTED:
@@ -737,6 +787,8 @@ class SslSocket:
         is one the peer closed already (after its close_notify we sent our FIN).
         Whatever goes wrong, the connection is dropped and the call returns: the
         host's AT+QSSLCLOSE always gets its answer."""
+        if self._state is CONNECTED:
+            self.flush_deferred()              # what SEND OK accepted leaves before close_notify
         self._stop_opening()
         was_connected = self._state is CONNECTED
         self._trace("close", socket=self.client_id)
@@ -796,6 +848,11 @@ class SslSocket:
 
     def _teardown(self) -> None:
         self._dead = True
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        self._deferred.clear()                 # accepted, never sent: the connection is gone
+        self._deferred_bytes = 0
         if self._dialled is not None:
             self._dialled.abort()              # a connect open() started that no task took over
             self._dialled = None               # (a no-op once open_tcp has it: it closes it)

@@ -160,3 +160,18 @@ def test_lexer_line_content_does_not_depend_on_chunking(data, cuts):
     third = CommandLineLexer()
     echo = b"".join(e.data for c in chunked(data, cuts) for e in third.feed(c) if isinstance(e, Echo))
     assert echo == re.sub(rb"(?<=\r)\n", b"", data)
+
+
+@given(st.binary(max_size=200))
+def test_a_line_parsed_again_comes_from_the_cache_unchanged(body):
+    """parse_line keeps what it parsed (host drivers repeat their lines): the second
+    answer is the first one's commands, equal to a fresh parse, and a caller changing
+    its list changes nothing for the next caller."""
+    from emulator.at import parser
+    first = parser.parse_line(body)
+    first_items = list(first)
+    first.append("changed by the caller")
+    again = parser.parse_line(bytearray(body))
+    assert again == first_items == parser._parse_line(body)
+    if len(body) <= parser._PARSED_LINE_MAX:
+        assert all(a is b for a, b in zip(again, first_items))
