@@ -527,7 +527,7 @@ class Interpreter:
         """Forget the URCs still waiting (the port busy) that report on `about`: the
         host closed that socket, and a late "recv"/"closed" for its id would read as
         news of the next socket the host opens on that id."""
-        self._urcs = [entry for entry in self._urcs if entry[1] is not about]
+        self._urcs = [entry for entry in self._urcs if entry[1] != about]
 
     def _flush_urcs(self) -> None:
         while self._urcs:
@@ -577,7 +577,13 @@ def _delayed(response: Response, delay: float, timers) -> Response:
         return dataclasses.replace(response, data=request)
 
     async def later() -> Response:
-        await timers.sleep(delay)
+        try:
+            await timers.sleep(delay)
+        except BaseException:                # cancelled in the delay (a reboot): the command's
+            close = getattr(response.pending, "close", None)     # own awaitable never runs
+            if close is not None:
+                close()
+            raise
         if response.pending is not None:
             return await response.pending
         return response

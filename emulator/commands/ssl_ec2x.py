@@ -174,6 +174,7 @@ def qsslclose_write(modem, cmd):
     timeout = args.int(1, 0, 65535, default=10)
     sock = svc.sockets.get(client_id)
     if sock is None:
+        svc.drop_news(client_id)                   # (a failed open's answer still waiting)
         return done(svc, ok())
     # <close_timeout> is in seconds, or in ms with AT+QSSLCFG="closetimemode",<ctx>,1 (§2.2.5).
     unit = 0.001 if svc.contexts[sock.ctx_id]["closetimemode"] == 1 else 1.0

@@ -228,6 +228,7 @@ def qsslclose_write(modem, cmd):
     args.int(1, 0, 1, default=0)             # <closetype>: reserved
     done = Response([], "OK", after=[f"{ssid},CLOSE OK"])
     if ssid not in svc.sockets:
+        svc.drop_news(ssid)                        # (a failed open's answer still waiting)
         return done
 
     closing = svc.close(ssid, CLOSE_TIMEOUT)            # the socket is gone from now on

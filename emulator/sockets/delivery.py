@@ -36,7 +36,7 @@ class Delivery:
 
     def opened(self, sock: SslSocket, code: int) -> None:
         """The open ended (0 = connected, else the module's error code)."""
-        self.svc.modem.urc(self.svc.dialect.opened(sock, code))
+        self.svc.modem.urc(self.svc.dialect.opened(sock, code), about=self.svc.news(sock.client_id))
 
     def data_arrived(self, sock: SslSocket, was_empty: bool) -> None:
         """New plaintext is in sock.inbox (was_empty: the inbox had none before)."""
@@ -51,7 +51,7 @@ class Delivery:
     def peer_closed(self, sock: SslSocket) -> None:
         """The peer (or the bearer) ended the connection: report it, after any data the
         strategy still holds."""
-        self.svc.modem.urc(self.svc.dialect.closed(sock), about=sock)
+        self.svc.modem.urc(self.svc.dialect.closed(sock), about=self.svc.news(sock.client_id))
 
     def forget(self) -> None:
         """Every socket is gone (reboot, shutdown): drop what is held for them."""
@@ -69,7 +69,7 @@ class BufferDelivery(Delivery):
 
     def data_arrived(self, sock: SslSocket, was_empty: bool) -> None:
         if was_empty:
-            self.svc.modem.urc(self.svc.dialect.recv(sock), about=sock)
+            self.svc.modem.urc(self.svc.dialect.recv(sock), about=self.svc.news(sock.client_id))
 
 
 class PushDelivery(Delivery):
@@ -137,13 +137,13 @@ class PushDelivery(Delivery):
                         break
                     if sock.inbox:
                         chunk = sock.read(limit)       # may resume the paused TCP reading
-                        svc.modem.urc(svc.dialect.push(sock, len(chunk)), raw=chunk, about=sock)
+                        svc.modem.urc(svc.dialect.push(sock, len(chunk)), raw=chunk, about=svc.news(sock.client_id))
             for sock in list(self._close_after_push):
                 if svc.sockets.get(sock.client_id) is not sock:
                     self._close_after_push.remove(sock)     # the host closed it meanwhile
                 elif not sock.inbox:
                     self._close_after_push.remove(sock)
-                    svc.modem.urc(svc.dialect.closed(sock), about=sock)
+                    svc.modem.urc(svc.dialect.closed(sock), about=svc.news(sock.client_id))
         finally:
             self._pushing = False
 
@@ -270,9 +270,12 @@ class OnlineDelivery(Delivery):
 
     def forget(self) -> None:
         self._links.clear()
+        self._connecting.clear()
         for future in self._opening.values():
             if not future.done():
-                future.cancel()
+                # An answer, not a cancel: the transparent open's pending command must
+                # end (ERROR), or the port would stay waiting for it (a reboot meanwhile).
+                future.set_result(self.svc.code("unknown"))
         self._opening.clear()
 
 
@@ -304,8 +307,14 @@ class SocketLink:
             asyncio.get_running_loop().call_soon(self._ended_before_start)
 
     def _ended_before_start(self) -> None:
-        self.delivery.flush(self.sock, everything=True)
-        self.delivery.svc.modem.interpreter.leave_online(self)
+        delivery, sock = self.delivery, self.sock
+        if delivery.online(sock):
+            delivery.flush(sock, everything=True)
+            delivery.svc.modem.interpreter.leave_online(self)
+        elif delivery.svc.sockets.get(sock.client_id) is sock:
+            # The port left online mode in the same turn (a hang-up, a DTR drop): the
+            # close is reported as one after "+++" is ("closed", or the buffer fall-back).
+            delivery.peer_closed(sock)
 
     def send(self, data: bytes) -> None:
         if self.sock.state is not CONNECTED:
@@ -339,7 +348,7 @@ class SocketLink:
         """AT&D2: the connection is closed and the socket freed."""
         self._writable()
         svc = self.delivery.svc
-        asyncio.ensure_future(svc.close(self.sock.client_id, 0))
+        svc.close(self.sock.client_id, 0)       # (a task: it runs on its own)
 
 
 DELIVERIES = (BufferDelivery, PushDelivery, OnlineDelivery)

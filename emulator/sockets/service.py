@@ -8,7 +8,7 @@ received data reach the host is each socket's delivery strategy
 """
 from __future__ import annotations
 
-from typing import Any, Coroutine
+import asyncio
 
 from tls_engine import SessionCache
 
@@ -109,22 +109,34 @@ class SocketService:
         sock = self.sockets.get(client_id)
         return sock if sock is not None and sock.state == CONNECTED else None
 
-    def close(self, client_id: int, timeout: float) -> Coroutine[Any, Any, None]:
+    def close(self, client_id: int, timeout: float) -> "asyncio.Future[None]":
         """The host's close: the socket leaves the service at once, in the command's own
         turn, so nothing its open or its connection does from now on reaches the host (an
         open refused at once would otherwise answer "+QSSLOPEN: <id>,566" after the OK of
-        "AT+QSSLOPEN=...;+QSSLCLOSE=<id>").  The returned coroutine closes the connection
-        (close_notify, linger) and always returns: the close's answer follows it."""
+        "AT+QSSLOPEN=...;+QSSLCLOSE=<id>").  The returned task closes the connection
+        (close_notify, linger) and always ends without an error: the close's answer follows
+        it.  A task, not a bare coroutine: the connection is closed even if nobody awaits
+        it (an answer dropped with its port)."""
+        self.drop_news(client_id)
         sock = self.sockets.pop(client_id, None)
         if sock is not None:
             self._release(sock)
-            self.modem.drop_urcs(sock)
-        return self._close(client_id, sock, timeout)
+            self.lingering.add(sock)              # (a reboot or the bearer's loss drops it)
+            sock.leave()                          # no more open steps
+        return asyncio.ensure_future(self._close(client_id, sock, timeout))
+
+    def news(self, client_id: int) -> tuple:
+        """What a URC about this service's id `client_id` is about (Interpreter.drop_urcs)."""
+        return (self, client_id)
+
+    def drop_news(self, client_id: int) -> None:
+        """The host closed `client_id`: URCs about it still waiting for a busy port (its
+        open's answer, "recv", "closed") would read as news of the next socket on the id."""
+        self.modem.drop_urcs(self.news(client_id))
 
     async def _close(self, client_id: int, sock: SslSocket | None, timeout: float) -> None:
         if sock is None:
             return
-        self.lingering.add(sock)
         try:
             await sock.close(timeout)
         except Exception:

@@ -837,6 +837,10 @@ class SslSocket:
         self._teardown()
         self._go("abort")
 
+    def leave(self) -> None:
+        """The host closed this socket (its linger follows, close()): no more open steps."""
+        self._stop_opening()
+
     def _stop_opening(self) -> None:
         """No more open steps: a transport that connects from now on is dropped."""
         self._dead = True

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Coroutine
 
 from emulator.io.network import NetworkError, bind_udp, listen_tcp, net_faults, open_tcp, open_udp
 from emulator.logsafe import get_logger
@@ -117,7 +116,7 @@ class TcpListener:
 
     def announce(self, urc: str) -> None:
         """"+QIOPEN: <id>,0", then the connections accepted while it was due."""
-        self.svc.modem.urc(urc)
+        self.svc.modem.urc(urc, about=self.svc.news(self.client_id))
         held, self.held = self.held or [], None
         for sock in held:
             self.svc.on_accepted(sock)
@@ -144,7 +143,7 @@ class TcpListener:
         self.lost = reason
         if self.state == LISTENING:
             self.state = CLOSING
-            self.svc.modem.urc(self.svc.dialect.closed(self), about=self)
+            self.svc.modem.urc(self.svc.dialect.closed(self), about=self.svc.news(self.client_id))
 
     def abort(self) -> None:
         self.stop()
@@ -276,7 +275,7 @@ class TcpipService(SocketService):
             if code:
                 del self.listeners[connect_id]
                 self.set_error(code)
-                self.modem.urc(self.dialect.opened(listener, code))
+                self.modem.urc(self.dialect.opened(listener, code), about=self.news(connect_id))
                 return
             await listener.serve()
             if self.listeners.get(connect_id) is listener:
@@ -312,14 +311,14 @@ class TcpipService(SocketService):
             return
         ip, port = sock.remote or ("0.0.0.0", 0)
         sock.host, sock.port = ip, port
-        self.modem.urc(self.dialect.incoming(sock, ip, port), about=sock)
+        self.modem.urc(self.dialect.incoming(sock, ip, port), about=self.news(sock.client_id))
 
     # -- closing ---------------------------------------------------------------------
-    def close(self, client_id: int, timeout: float) -> Coroutine[Any, Any, None]:
+    def close(self, client_id: int, timeout: float) -> "asyncio.Future[None]":
         """SocketService.close for listeners too: gone at once, the coroutine finishes."""
         listener = self.listeners.pop(client_id, None)
         if listener is not None:
-            self.modem.drop_urcs(listener)
+            self.drop_news(client_id)
             listener.abort()
             return super().close(-1, timeout)        # (no such socket: returns at once)
         return super().close(client_id, timeout)

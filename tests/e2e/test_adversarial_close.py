@@ -443,7 +443,10 @@ class HeldProxy:
         first = client.recv(65536)
         self.got_hello.set()
         self._release.wait(10)
-        upstream.sendall(first)
+        try:
+            upstream.sendall(first)
+        except OSError:                 # closed by the test meanwhile
+            return
         threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
         self._pipe(client, upstream)
 
@@ -620,3 +623,104 @@ def test_orphaned_slow_transparent_tcp_open_then_peer_close_reports_closed(modem
             assert connecting(emulator, port) == 0
         finally:
             host.close()
+
+
+# -- from an independent review of the close changes (all failed before their fixes) ---------
+def test_reboot_while_a_slow_close_waits_drops_the_connection(modem, emulator):
+    """The close takes the socket at once (lingering from then on), also while a `slow`
+    delay holds the close's answer: a reboot in that delay drops the connection."""
+    host, advance, port = modem
+    with Server() as server:
+        emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
+        qiopen(host, 1, addr="stay.example", port=80)
+        wait_until(lambda: server.conns)
+        assert emulator.control("slow", command="+QICLOSE", ms=1000)["ok"]
+        host.write("AT+QICLOSE=1,60\r\n")
+        advance(0)
+        time.sleep(0.2)
+        assert emulator.control("reboot", ms=10)["ok"]
+        advance(0.1)
+        wait_until(lambda: tcp_fds_to(server.port) == 0, timeout=3)
+
+
+def test_an_open_answer_queued_for_an_id_the_line_then_closes_is_dropped(modem, emulator):
+    """"+QIOPEN: 1,0" waiting behind id 0's linger, then the same line closes id 1."""
+    host, advance, port = modem
+    with Server() as server:
+        emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
+        qiopen(host, 0, addr="stay.example", port=80)
+        wait_until(lambda: server.conns)
+        host.write('AT+QIOPEN=1,1,"TCP","stay.example",80,0,0;+QICLOSE=0,2;+QICLOSE=1,0\r\n')
+        advance(0)
+        wait_until(lambda: len(server.conns) == 2)
+        time.sleep(0.3)
+        advance(2.5)
+        out = host.read_until(ANSWER, timeout=3) + host.quiet_for(0.5)
+        assert out == b"\r\nOK\r\n", out
+
+
+def test_a_failed_open_answer_queued_for_an_id_the_line_then_closes_is_dropped(modem, emulator, echo):
+    """The same for a refused SSL open whose socket is gone when its id is closed."""
+    host, advance, port = modem
+    ssl_open(host, 0)
+    emulator.router.add_map("dead.example", 9000, "127.0.0.1", free_port())
+    assert emulator.control("slow", command="+QSSLCLOSE", ms=500)["ok"]
+    host.write('AT+QSSLOPEN=1,1,1,"dead.example",9000,0;+QSSLCLOSE=0;+QSSLCLOSE=1\r\n')
+    advance(0)
+    time.sleep(0.3)
+    advance(0.6)
+    time.sleep(0.2)
+    advance(0.6)
+    out = host.read_until(ANSWER, timeout=3) + host.quiet_for(0.5)
+    assert out == b"\r\nOK\r\n", out
+
+
+@pytest.mark.parametrize("leave", ["dtr", "hangup"])
+def test_a_port_leaving_online_mode_in_the_connects_turn_still_hears_of_the_close(
+        modem, emulator, monkeypatch, leave):
+    """A server sends and closes with the handshake; the port leaves online mode in the
+    very turn CONNECT went out (AT&D1 + DTR drop, or the host's hang-up): the close is
+    reported as one after "+++" ("closed"), not lost."""
+    from emulator.sockets.delivery import SocketLink
+    from emulator.testing.peers import TlsServer
+    from tests.e2e.test_adversarial_dial import ssl_open_line
+    host, advance, port = modem
+    assert host.at("AT&D1") == b"\r\nOK\r\n"
+    started = SocketLink.started
+
+    def started_then_left(self):
+        started(self)
+        if leave == "dtr":
+            self.delivery.svc.modem.interpreter.dtr_drop()
+        else:
+            self.delivery.svc.modem.host_hangup()
+    monkeypatch.setattr(SocketLink, "started", started_then_left)
+    with TlsServer(mode="send_then_close", payload=b"GREETING") as server:
+        emulator.router.add_map("greet.example", 443, "127.0.0.1", server.port)
+        host.write(ssl_open_line(6, "greet.example", 443, mode=2) + "\r\n")
+        out = host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n"), timeout=5) + host.quiet_for(0.5)
+        monkeypatch.undo()
+        if leave == "hangup":
+            host.close()
+            host = Host(port.path)
+            out += host.quiet_for(0.5)
+        assert b'"closed",6' in out or b'"recv",6' in out, out
+        if leave == "hangup":
+            host.close()
+
+
+def test_a_reboot_during_a_pending_transparent_open_frees_the_port(modem, emulator, echo):
+    """The open's pending answer ends (ERROR) instead of holding the port forever."""
+    host, advance, port = modem
+    proxy = HeldProxy(echo.address[1])
+    try:
+        emulator.router.add_map("held.example", 443, "127.0.0.1", proxy.port)
+        host.write('AT+QSSLOPEN=1,1,0,"held.example",443,2\r\n')
+        assert proxy.got_hello.wait(3)
+        assert emulator.control("reboot", ms=10)["ok"]
+        advance(0.1)
+        time.sleep(0.3)
+        assert host.at("AT", timeout=2).endswith(b"OK\r\n")
+    finally:
+        proxy.release()
+        proxy.close()
