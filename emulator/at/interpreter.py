@@ -331,8 +331,14 @@ class Interpreter:
 
     def _pending_done(self, pending: _Pending, outcome) -> None:
         """outcome() returns the pending command's Response or raises its exception."""
-        if self._pending is not pending:
-            return                               # abandoned by a recovery
+        if self._pending is not pending:         # abandoned by a recovery: not written, but
+            try:                                 # a transparent open's link is left as a
+                response = outcome()             # hang-up leaves one (its peer's close is
+            except Exception:                    # still reported)
+                return
+            if isinstance(response, Response) and response.online is not None:
+                response.online.escaped()
+            return
         self._pending = None
         self._enter(Event.DONE)
         self._raw = pending.raw

@@ -328,6 +328,36 @@ class TestModes:
         assert modem.run(b"\rAT+CGMM\r") == b"\r\nEC25\r\n\r\nOK\r\n"
 
 
+    def test_a_transparent_answer_abandoned_by_a_recovery_leaves_its_link_escaped(self, modem, monkeypatch):
+        """A recovery (an emulator bug, non-strict) abandons a pending transparent open: its
+        CONNECT is never written, and its link is told so (escaped(), as after a hang-up),
+        or a close it kept for the CONNECT would never be reported."""
+        spawned, escaped = [], []
+
+        class Link:
+            def escaped(self):
+                escaped.append(True)
+
+        async def later():
+            return Response([], None, online=Link())
+        handler_for(monkeypatch, "+CSQ", "exec", lambda m, cmd: Response([], None, pending=later()))
+        monkeypatch.setattr(modem, "spawn", lambda awaitable, done: spawned.append((awaitable, done)))
+        interp = modem.interpreter
+        modem.run(b"ATE0\r")
+        modem.run(b"AT+CSQ\r")
+        assert interp.mode is Mode.PENDING
+        interp.strict = False
+
+        def bug():
+            raise IllegalTransition(Mode.PENDING, Event.PROMPT)
+        interp._guarded(bug)                             # the recovery: command mode again
+        awaitable, done = spawned.pop()
+        awaitable.close()
+        link = Link()
+        done(lambda: Response([], None, online=link))
+        assert escaped == [True] and interp.mode is Mode.COMMAND
+
+
 class TestUploadTimerAndAck:
     def test_idle_timeout_is_exact_on_the_modem_clock(self, modem):
         modem.run(b"ATE0\r")
