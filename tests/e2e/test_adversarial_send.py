@@ -273,3 +273,110 @@ def test_send_fail_with_a_full_buffer_counts_held_bytes(emulator, ec2x_on, tcp_s
     assert total == acked + unacked and acked == 0
     assert total == 1460 * sum(r.endswith(SEND_OK) for r in results)
     assert host.at("AT+QICLOSE=0,0").endswith(OK)
+
+
+# -- ML302 ----------------------------------------------------------------------------------
+def test_ml302_secwrite_prompt_flushes_and_close_keeps_order(emulator, open_modem, echo, held):
+    """ML302: AT+QSSLSEND (Ctrl+Z), then AT+QSECWRITE's prompt flushes the held bytes; a
+    second send is held until AT+QSSLCLOSE, which sends it before close_notify."""
+    host, _ = open_modem("ml302")
+    assert host.at('AT+CGDCONT=1,"IP","CMNET"') == OK
+    assert host.at("AT+CGACT=1,1").endswith(OK)
+    assert host.at('AT+QSSLOPEN=2,0,"echo.example",443,0') == OK
+    assert host.seen(b"+QSSLOPEN: 2,0\r\n", 5)
+    conn = echo.wait_handshake()
+    host.write("AT+QSSLSEND=2\r")
+    assert host.read_until(b"> ").endswith(b"> ")
+    host.write(b"one," + b"\x1a")
+    assert host.read_until(SEND_OK).endswith(SEND_OK)
+    assert host.quiet_for(0.1) == b"" and conn.received == b""        # held
+    assert host.at("AT+QSECDEL=0").endswith(OK)
+    host.write("AT+QSECWRITE=0\r")
+    assert host.read_until(b"> ").endswith(b"> ")
+    wait_until(lambda: conn.received == b"one,", timeout=3)            # out with the prompt
+    host.write(b"-----BEGIN CERTIFICATE-----\x1b")                       # ESC: cancelled
+    host.read_until(OK)
+    host.write("AT+QSSLSEND=2\r")
+    assert host.read_until(b"> ").endswith(b"> ")
+    host.write(b"two\x1a")
+    assert host.read_until(SEND_OK).endswith(SEND_OK)
+    host.write("AT+QSSLCLOSE=2\r")
+    host.read_until(b"CLOSE OK\r\n", timeout=15)
+    wait_until(lambda: conn.closed, timeout=5)
+    assert conn.received == b"one,two"
+
+
+# -- incoming connections, and a long mixed run on the real timer ------------------------------
+def test_incoming_socket_is_flushed_by_the_next_prompt(emulator, ec2x_on, held):
+    """A connection a TCP LISTENER accepted: its held bytes go out with the next data prompt
+    (of another socket) like any client socket's, and a close timeout 0 keeps the rest."""
+    host, _ = ec2x_on
+    from tests.e2e.socket_support import free_port
+    port = free_port()
+    qiopen(host, 4, "TCP LISTENER", "127.0.0.1", 0, local_port=port)
+    client = socket.create_connection(("127.0.0.1", port))
+    client.settimeout(3)
+    try:
+        head = host.seen(re.compile(rb'\+QIURC: "incoming",\d+,4,'))
+        cid = int(re.search(rb'"incoming",(\d+),', head).group(1))
+        assert qisend(host, cid, b"first;").endswith(SEND_OK)
+        host.write(f"AT+QISEND={cid},7\r")
+        assert host.read_until(re.compile(rb"> ")).endswith(b"> ")
+        assert client.recv(100) == b"first;"                      # out with the prompt
+        host.write(b"second;")
+        assert host.read_until(re.compile(rb"\r\nSEND OK\r\n")).endswith(SEND_OK)
+        assert _qisendex(host, cid, b"third").endswith(SEND_OK)
+        assert host.at(f"AT+QICLOSE={cid},0").endswith(OK)
+        got = b""
+        while True:
+            try:
+                part = client.recv(100)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not part:
+                break
+            got += part
+        assert got == b"second;third"
+    finally:
+        client.close()
+        host.at("AT+QICLOSE=4,0")
+
+
+def test_long_mixed_run_on_two_sockets_real_timer(emulator, ec2x_on, tcp_sink):
+    """60 sends of every kind, alternating two sockets, on the real 0.5 ms timer: each peer
+    gets exactly its bytes, in order."""
+    host, _ = ec2x_on
+    qiopen(host, 0)
+    first = tcp_sink.wait_connection(0)
+    qiopen(host, 1)
+    second = tcp_sink.wait_connection(1)
+    want = {0: b"", 1: b""}
+    for i in range(60):
+        cid = i % 2
+        data = f"[{i}:{'x' * (i % 17)}]".encode()
+        kind = i % 4
+        if kind == 0:
+            result = qisend(host, cid, data)
+        elif kind == 1:
+            result = qisend(host, cid, data, fixed=False)
+        elif kind == 2:
+            result = _qisendex(host, cid, data)
+        else:
+            result = qisend(host, cid, data, byte_at_a_time=True)
+        assert result.endswith(SEND_OK), (i, result)
+        want[cid] += data
+    assert first.wait_received(len(want[0]), timeout=3) == want[0]
+    assert second.wait_received(len(want[1]), timeout=3) == want[1]
+    assert host.at("AT+QICLOSE=0,0").endswith(OK)
+    assert host.at("AT+QICLOSE=1,0").endswith(OK)
+
+
+def test_hex_sends_and_close_in_one_command_line(emulator, ec2x_on, tcp_sink, held):
+    """AT+QISENDEX=..;+QISENDEX=..;+QICLOSE=0,0 in one line: both SEND OKs' bytes, in order,
+    before the close."""
+    host, _ = ec2x_on
+    qiopen(host, 0)
+    conn = tcp_sink.wait_connection()
+    out = host.at('AT+QISENDEX=0,"414243";+QISENDEX=0,"444546";+QICLOSE=0,0')
+    assert out.count(b"SEND OK") == 2 and out.endswith(OK), out
+    assert conn.wait_received(6, timeout=3) == b"ABCDEF"
