@@ -370,13 +370,3 @@ def test_long_mixed_run_on_two_sockets_real_timer(emulator, ec2x_on, tcp_sink):
     assert host.at("AT+QICLOSE=0,0").endswith(OK)
     assert host.at("AT+QICLOSE=1,0").endswith(OK)
 
-
-def test_hex_sends_and_close_in_one_command_line(emulator, ec2x_on, tcp_sink, held):
-    """AT+QISENDEX=..;+QISENDEX=..;+QICLOSE=0,0 in one line: both SEND OKs' bytes, in order,
-    before the close."""
-    host, _ = ec2x_on
-    qiopen(host, 0)
-    conn = tcp_sink.wait_connection()
-    out = host.at('AT+QISENDEX=0,"414243";+QISENDEX=0,"444546";+QICLOSE=0,0')
-    assert out.count(b"SEND OK") == 2 and out.endswith(OK), out
-    assert conn.wait_received(6, timeout=3) == b"ABCDEF"
