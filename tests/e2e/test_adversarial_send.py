@@ -210,7 +210,7 @@ def test_ssl_send_then_pdp_deactivation_reports_closed(emulator, ec2x_on, echo, 
     _ssl_open(host)
     echo.wait_handshake()
     assert host.send_data(1, b"gone") == SEND_OK
-    assert host.at("AT+QIDEACT=1") == OK
+    assert host.at("AT+QIDEACT=1").endswith(OK)
     host.seen(b'+QSSLURC: "closed",1', timeout=5)
     assert host.at("AT+QSSLCLOSE=1").endswith(OK)
     assert host.at("AT+QIACT=1") == OK
@@ -370,3 +370,40 @@ def test_long_mixed_run_on_two_sockets_real_timer(emulator, ec2x_on, tcp_sink):
     assert host.at("AT+QICLOSE=0,0").endswith(OK)
     assert host.at("AT+QICLOSE=1,0").endswith(OK)
 
+
+
+def test_held_bytes_then_network_conditions_keep_order(emulator, ec2x_on, echo, held):
+    """Bytes held before network conditions are set leave before those sent on the shaped
+    link (which go at once, paced on the modem's clock)."""
+    host, port = ec2x_on
+    _ssl_open(host, 1)
+    conn = echo.wait_handshake()
+    assert host.send_data(1, b"held-") == SEND_OK
+    assert emulator.control("net", socket=1, latency_ms=300)["ok"]
+    assert host.send_data(1, b"shaped").endswith(SEND_OK)
+    emulator.advance(port, 0.35)
+    echo.wait_received(11, timeout=3)
+    assert conn.received == b"held-shaped"
+    assert emulator.control("net", socket=1)["ok"]
+    assert host.at("AT+QSSLCLOSE=1,0").endswith(OK)
+
+
+# -- the parser's cache -----------------------------------------------------------------------
+def test_parse_line_cache_is_not_shared_mutable_state():
+    """parse_line keeps the lines it parsed: the list it returns is the caller's own, a
+    cached answer equals a fresh parse, and filling the table past its size changes nothing."""
+    from emulator.at import parser
+    line = bytearray(b'+QSSLSEND=0,1460;+QISENDEX=1,"4142"')
+    first = parser.parse_line(line)
+    fresh = parser._parse_line(bytes(line))
+    first.clear()                                   # the caller's list: not the cache's
+    line[:] = b"+CSQ"                               # the caller's buffer: copied
+    again = parser.parse_line(b'+QSSLSEND=0,1460;+QISENDEX=1,"4142"')
+    assert again == fresh and len(again) == 2
+    for i in range(parser._PARSED_MAX + 3):         # past the table's size: it starts again
+        assert parser.parse_line(f"+QISEND={i % 12},{i}".encode()) == parser._parse_line(
+            f"+QISEND={i % 12},{i}".encode())
+    long = b"+QSSLCFG=" + b'"x",' * 60 + b"1"
+    assert parser.parse_line(long) == parser._parse_line(long)
+    assert bytes(long) not in parser._PARSED
+    assert parser.parse_line(b"+CSQ") == parser._parse_line(b"+CSQ")
