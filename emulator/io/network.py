@@ -440,6 +440,12 @@ class ShapedLink(asyncio.Protocol):
     def error_received(self, exc: Exception) -> None:
         self.inner.error_received(exc)
 
+    def eof_received(self) -> None:
+        # The peer's FIN, seen by the socket at once when nothing received waits on the
+        # link before it (the socket's last writes then go before asyncio closes).
+        if not self.incoming.queue:
+            self.inner.eof_received()
+
     def pause_writing(self) -> None:
         self.inner.pause_writing()
 

@@ -132,11 +132,18 @@ class _Link(asyncio.Protocol):
     three callbacks the socket hands it."""
 
     def __init__(self, made: Callable, received: Callable[[bytes], None], lost: Callable[[str], None],
-                 writable: Callable[[], None]) -> None:
+                 writable: Callable[[], None], eof: Callable[[], None] | None = None) -> None:
         self.made = made
         self.received = received
         self.lost = lost
         self.writable = writable
+        self.eof = eof
+
+    def eof_received(self) -> None:
+        """The peer's FIN: the socket's last word before asyncio closes the transport
+        (which still sends what is written now); connection_lost follows."""
+        if self.eof is not None:
+            self.eof()
 
     def resume_writing(self) -> None:
         self.writable()
@@ -244,7 +251,16 @@ class SslSocket:
         return True
 
     def _link(self) -> _Link:
-        return _Link(self._link_made, self._from_network, self._network_lost, self._writable)
+        return _Link(self._link_made, self._from_network, self._network_lost, self._writable, self._peer_eof)
+
+    def _peer_eof(self) -> None:
+        # What SEND OK accepted still goes: a half-closed TCP connection takes it (asyncio
+        # sends it before closing the transport).
+        if self._deferred and self.session is not None and self.session.state == "established":
+            try:
+                self.flush_deferred()
+            except Exception as exc:
+                self._internal_error(exc)
 
     def _link_factory(self, datagram: bool) -> Callable[[], asyncio.Protocol]:
         """The protocol factory of this socket's connection, with the network conditions
@@ -485,6 +501,8 @@ class SslSocket:
     def _from_network(self, data: bytes, addr=None) -> None:
         if self.session is None or self.blackholed:
             return
+        if self._deferred:
+            self.flush_deferred()      # what SEND OK accepted leaves before the peer's news
         self._from = addr
         try:
             self.session.receive(data)

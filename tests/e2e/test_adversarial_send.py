@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import socket
-import struct
 import time
 
 import pytest
@@ -141,9 +140,6 @@ def test_peer_reset_before_flush_is_quiet(emulator, ec2x_strict, echo, held):
     assert host.at("AT+QSSLCLOSE=2,0").endswith(OK)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: bytes a SEND OK accepted are dropped when the peer's FIN "
-                   "(half-close) arrives before the deferred flush: _flush_deferred requires "
-                   "session.state == 'established', a plain TCP session turns 'closed' on EOF")
 def test_peer_half_close_before_flush_keeps_accepted_bytes(emulator, ec2x_on, tcp_sink, held):
     """The peer shuts down its sending side only (it still reads).  SEND OK came before its
     FIN: the module's TCP stack has the bytes and delivers them (CLOSE_WAIT may send)."""
