@@ -504,8 +504,6 @@ class Dialled:
         if not self.taken:
             self.sock.close()
 
-    close = abort
-
 
 def dial_now(router: Router, host: str, port: int) -> Dialled | None:
     """open_tcp's connect started synchronously, when no name has to be looked up: an
@@ -514,18 +512,24 @@ def dial_now(router: Router, host: str, port: int) -> Dialled | None:
     known = router.resolve_now(host, port)
     if known is None or not _is_ipv4(known[0]):
         return None
-    sock = None
     try:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)      # EMFILE, ENOBUFS: 566 too
+        return _dial_ipv4(known)                                  # EMFILE, ENOBUFS: 566 too
+    except OSError as exc:
+        raise NetworkError("connect", f"TCP connect to {known[0]}:{known[1]} failed: {_why(exc)}") from None
+
+
+def _dial_ipv4(address: tuple[str, int]) -> Dialled:
+    """A non-blocking socket connecting to an IPv4 address (OSError: it failed at once)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
         sock.setblocking(False)
-        done = _connect_started(sock, known)
+        done = _connect_started(sock, address)
         if done:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError as exc:
-        if sock is not None:
-            sock.close()
-        raise NetworkError("connect", f"TCP connect to {known[0]}:{known[1]} failed: {_why(exc)}") from None
-    return Dialled(sock, known, done)
+    except BaseException:
+        sock.close()
+        raise
+    return Dialled(sock, address, done)
 
 
 def _connect_started(sock: socket.socket, address: tuple[str, int]) -> bool:
@@ -557,10 +561,12 @@ async def open_tcp(router: Router, host: str, port: int, protocol_factory, fault
         _injected(fault, host, port)
         addr, real_port = await router.resolve(host, port)
     try:
+        if dialled is None and _is_ipv4(addr):
+            # (not loop.create_connection: it spends two loop turns, a writer callback and
+            # the task resuming, even when the connect is done at once, as to a --route)
+            dialled = _dial_ipv4((addr, real_port))
         if dialled is not None:
             transport, protocol = await _connect_dialled(loop, protocol_factory, dialled)
-        elif _is_ipv4(addr):
-            transport, protocol = await _connect_ipv4(loop, protocol_factory, addr, real_port)
         else:
             transport, protocol = await loop.create_connection(protocol_factory, addr, real_port)
     except OSError as exc:
@@ -602,23 +608,6 @@ async def _connect_dialled(loop, protocol_factory, dialled: Dialled):
             raise OSError(errno.ECONNABORTED, "the connection was dropped")
         if not dialled.done:
             await loop.sock_connect(sock, dialled.address)
-        return await loop.create_connection(protocol_factory, sock=sock)
-    except BaseException:
-        sock.close()
-        raise
-
-
-async def _connect_ipv4(loop, protocol_factory, addr: str, port: int):
-    """loop.create_connection(protocol_factory, addr, port) for an IPv4 literal, without the
-    two loop turns it spends (a writer callback, then the task resuming) when the connect is
-    done at once, as to a server on this machine (a --route): the handshake's first flight
-    leaves that much sooner.  Errors as create_connection raises them."""
-    address = (addr, port)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        if not _connect_started(sock, address):
-            await loop.sock_connect(sock, address)
         return await loop.create_connection(protocol_factory, sock=sock)
     except BaseException:
         sock.close()
