@@ -139,7 +139,7 @@ class PushDelivery(Delivery):
                         chunk = sock.read(limit)       # may resume the paused TCP reading
                         svc.modem.urc(svc.dialect.push(sock, len(chunk)), raw=chunk, about=svc.news(sock.client_id))
             for sock in list(self._close_after_push):
-                if svc.sockets.get(sock.client_id) is not sock:
+                if not svc.holds(sock):
                     self._close_after_push.remove(sock)     # the host closed it meanwhile
                 elif not sock.inbox:
                     self._close_after_push.remove(sock)
@@ -231,7 +231,7 @@ class OnlineDelivery(Delivery):
 
     def _drained(self, **_event) -> None:
         for sock in list(self._links):
-            if self.svc.sockets.get(sock.client_id) is not sock:
+            if not self.svc.holds(sock):
                 self._links.pop(sock, None)              # the host closed it
             elif self.online(sock):
                 self.flush(sock)
@@ -292,7 +292,7 @@ class SocketLink:
     @property
     def alive(self) -> bool:
         svc = self.delivery.svc
-        return (svc.sockets.get(self.sock.client_id) is self.sock and self.sock.state is CONNECTED
+        return (svc.holds(self.sock) and self.sock.state is CONNECTED
                 and self.sock.delivery is self.delivery)
 
     def started(self) -> None:
@@ -311,7 +311,7 @@ class SocketLink:
         if delivery.online(sock):
             delivery.flush(sock, everything=True)
             delivery.svc.modem.interpreter.leave_online(self)
-        elif delivery.svc.sockets.get(sock.client_id) is sock:
+        elif delivery.svc.holds(sock):
             # The port left online mode in the same turn (a hang-up, a DTR drop): the
             # close is reported as one after "+++" is ("closed", or the buffer fall-back).
             delivery.peer_closed(sock)
@@ -341,7 +341,7 @@ class SocketLink:
         # for the CONNECT is reported now, as after "+++".)
         sock = self.sock
         if (self.delivery.settled(sock) and sock.state is not CONNECTED
-                and self.delivery.svc.sockets.get(sock.client_id) is sock):
+                and self.delivery.svc.holds(sock)):
             self.delivery.peer_closed(sock)
 
     def hang_up(self) -> None:

@@ -60,6 +60,11 @@ class SocketService:
         modem.on("reset", self._reboot)
         modem.on("shutdown", self.abort_all)
 
+    def holds(self, sock: SslSocket) -> bool:
+        """sock is still this service's socket on its id (not closed by the host, not
+        failed, not replaced by a newer one on the same id)."""
+        return self.sockets.get(sock.client_id) is sock
+
     def delivery(self, access_mode: int) -> Delivery:
         """The strategy of an EC2x <access_mode> number (0 buffer, 1 push, 2 online)."""
         return next(d for d in self.deliveries.values() if d.access_mode == access_mode)
@@ -77,7 +82,7 @@ class SocketService:
     def on_opened(self, sock: SslSocket, kind: str | None, reason: str,
                   exc: BaseException | None = None) -> None:
         """exc: the unexpected exception behind a failure; the log line carries its traceback."""
-        if self.sockets.get(sock.client_id) is not sock:
+        if not self.holds(sock):
             if exc is not None:                      # no answer is due, but never silence
                 log.warning("%s open %d to %s:%d, closed meanwhile: %s", self.kind, sock.client_id, sock.host,
                             sock.port, reason, exc_info=exc)
@@ -97,11 +102,11 @@ class SocketService:
         self._release(sock)
 
     def on_data(self, sock: SslSocket, was_empty: bool) -> None:
-        if self.sockets.get(sock.client_id) is sock:   # (closed by the host: no more URCs)
+        if self.holds(sock):   # (closed by the host: no more URCs)
             sock.delivery.data_arrived(sock, was_empty)
 
     def on_closed(self, sock: SslSocket, reason: str) -> None:
-        if self.sockets.get(sock.client_id) is sock:
+        if self.holds(sock):
             sock.delivery.peer_closed(sock)
 
     # -- host commands ----------------------------------------------------------------

@@ -251,24 +251,22 @@ class SslSocket:
         return True
 
     def _link(self) -> _Link:
-        return _Link(self._link_made, self._from_network, self._network_lost, self._writable, self._peer_eof)
-
-    def _peer_eof(self) -> None:
-        # What SEND OK accepted still goes: a half-closed TCP connection takes it (asyncio
-        # sends it before closing the transport).
-        if self._deferred and self.session is not None and self.session.state == "established":
-            try:
-                self.flush_deferred()
-            except Exception as exc:
-                self._internal_error(exc)
+        # On the peer's FIN what SEND OK accepted still goes: a half-closed TCP connection
+        # takes it (asyncio sends it before closing the transport).
+        return _Link(self._link_made, self._from_network, self._network_lost, self._writable,
+                     self.flush_deferred)
 
     def _link_factory(self, datagram: bool) -> Callable[[], asyncio.Protocol]:
         """The protocol factory of this socket's connection, with the network conditions
         (control API "net": this socket's, else the modem's) on the way when faults exist."""
-        faults = self.faults
-        if faults is None:
+        if self.faults is None:
             return self._link
-        return faults.shaped(self._link, lambda: self.net or faults.conditions, datagram)
+        return self.faults.shaped(self._link, self._conditions, datagram)
+
+    def _conditions(self):
+        """The network conditions in force for this socket (with faults): its own, else
+        the modem's."""
+        return self.net or self.faults.conditions
 
     def _writable(self) -> None:
         if self.on_writable is not None:
@@ -305,16 +303,12 @@ class SslSocket:
         self._dialled = dialled                 # closed with the socket until open_tcp has it
         if dialled is not None and dialled.done and not self._shaping():
             self._transport = dialled
-            try:
-                self._start_session(settings, cache, cache_key)
-            except Exception as exc:
-                self._early_exc = exc
+            self._start_early(settings, cache, cache_key)
         return dialled
 
     def _shaping(self) -> bool:
         """Network conditions (the control API's "net") apply to this socket's packets now."""
-        faults = self.faults
-        return faults is not None and (self.net or faults.conditions).active()
+        return self.faults is not None and self._conditions().active()
 
     def refuse(self, kind: str, reason: str, exc: BaseException | None = None) -> None:
         """An open that fails before any connection (a context that cannot be used): the
@@ -445,16 +439,21 @@ class SslSocket:
             self._accepted()
         elif self._early is not None:
             _no_delay(transport)
-            try:
-                self._start_session(*self._early)
-            except Exception as exc:       # from the transport's callback: _open_steps raises it
-                self._early_exc = exc
+            self._start_early(*self._early)
         elif self.session is None and hasattr(transport, "pause_reading"):
             # The open's coroutine makes the session a loop turn later: until then the
             # kernel keeps what the peer sends (a server that speaks first, a FIN right
             # after accept), or those bytes and the peer's end would go to no session.
             transport.pause_reading()
             self._paused = True
+
+    def _start_early(self, settings, cache, cache_key) -> None:
+        """_start_session ahead of the open's task (at the dial, or in the transport's
+        callback): what it raises, _open_steps raises after the connect."""
+        try:
+            self._start_session(settings, cache, cache_key)
+        except Exception as exc:
+            self._early_exc = exc
 
     def _start_session(self, settings, cache, cache_key) -> None:
         """The open's TLS (or plain) session on the connected transport, its first flight out."""

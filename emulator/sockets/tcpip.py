@@ -132,7 +132,7 @@ class TcpListener:
         # host never heard of them, so they go without a word and free their ids.
         held, self.held = self.held or [], None
         for sock in held:
-            if self.svc.sockets.get(sock.client_id) is sock:
+            if self.svc.holds(sock):
                 del self.svc.sockets[sock.client_id]
             sock.abort()
 
@@ -303,7 +303,7 @@ class TcpipService(SocketService):
         return sock.accept(PlainSettings(dtls=False))
 
     def on_accepted(self, sock: SslSocket) -> None:
-        if self.sockets.get(sock.client_id) is not sock:
+        if not self.holds(sock):
             return
         listener = self.listeners.get(sock.server_id)
         if listener is not None and listener.held is not None:
@@ -315,10 +315,9 @@ class TcpipService(SocketService):
 
     # -- closing ---------------------------------------------------------------------
     def close(self, client_id: int, timeout: float) -> "asyncio.Future[None]":
-        """SocketService.close for listeners too: gone at once, the coroutine finishes."""
+        """SocketService.close for listeners too (a listener's id holds no socket: the
+        task ends at once)."""
         listener = self.listeners.pop(client_id, None)
         if listener is not None:
-            self.drop_news(client_id)
             listener.abort()
-            return super().close(-1, timeout)        # (no such socket: returns at once)
         return super().close(client_id, timeout)
