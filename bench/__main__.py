@@ -423,8 +423,8 @@ def bench_buffer(cert) -> None:
     # The responder answers the same bytes with no parser, no TLS and no socket: what the
     # pty round trips alone allow here.  Below 6 MB/s, no emulator can meet the target on
     # this machine; the ratio above is then the figure to watch.
-    for way, floor in (("up", fu), ("down", fd)):
-        row(f"limit: buffer mode {way} floor, scripted pty responder (pty round trips: " + ("two per command" if way == "up" else "one per read") + ")",
+    for way, floor, trips in (("up", fu, "two per command"), ("down", fd, "one per read")):
+        row(f"limit: buffer mode {way} floor, scripted pty responder (pty round trips: {trips})",
             f"{floor:.2f} MB/s", "", "", "(>= 6 MB/s: target reachable here)", floor >= 6)
 
 

@@ -131,8 +131,21 @@ def ec2x_on(open_modem):
 def ec2x_strict(emulator, ec2x_on, caplog):
     """(host, advance(s), port): ec2x_on with advance() on its manual time; at the end no
     log record may carry a traceback or be an error (the adversarial tests' modem)."""
+    yield from _strict(emulator, caplog, *ec2x_on)
+
+
+@pytest.fixture
+def ml302_strict(emulator, open_modem, caplog):
+    """ec2x_strict for an ML302 (PDP context 1 active)."""
     caplog.set_level(logging.INFO)
-    host, port = ec2x_on
+    host, port = open_modem("ml302", manual_time=True)
+    assert host.at('AT+CGDCONT=1,"IP","CMNET"') == b"\r\nOK\r\n"
+    assert host.at("AT+CGACT=1,1").endswith(b"OK\r\n")
+    yield from _strict(emulator, caplog, host, port)
+
+
+def _strict(emulator, caplog, host, port):
+    caplog.set_level(logging.INFO)
 
     def advance(seconds: float) -> None:
         emulator.wait_received(port, host.written)

@@ -5,7 +5,6 @@ mid-open, network conditions set before an open, transparent mode, all 12 ids at
 Checked: every command answered, the manuals' codes, ids reusable, fds freed, no traceback."""
 from __future__ import annotations
 
-import logging
 import os
 import re
 import socket
@@ -587,18 +586,8 @@ def test_two_ssl_opens_on_one_id_in_one_line(modem, emulator, echo):
 
 # -- the ML302 dialect on the same path ---------------------------------------------------
 @pytest.fixture
-def ml302_on(emulator, open_modem, caplog):
-    caplog.set_level(logging.INFO)
-    host, port = open_modem("ml302", manual_time=True)
-    assert host.at('AT+CGDCONT=1,"IP","CMNET"') == b"\r\nOK\r\n"
-    assert host.at("AT+CGACT=1,1").endswith(b"OK\r\n")
-
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
-    yield host, advance, port
-    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
-    assert not bad, [r.getMessage() for r in bad]
+def ml302_on(ml302_strict):
+    return ml302_strict
 
 
 def test_ml302_open_close_one_line_refused_and_silent_server(ml302_on, emulator, echo):

@@ -159,6 +159,7 @@ import socket  # noqa: E402
 from emulator.io.network import Dialled, Router  # noqa: E402
 from emulator.sockets.plain_session import PlainSession, PlainSettings  # noqa: E402
 from emulator.sockets.ssl_socket import CONNECTED, SslSocket  # noqa: E402
+from tests.unit.sockets.test_dial import Owner  # noqa: E402
 
 BIG = bytes(range(256)) * (6 * 4096)        # 6 MiB: far past the loopback socket buffers
 
@@ -172,27 +173,11 @@ class BigHello(PlainSession):
         self._out.append(BIG)
 
 
-class Owner:
-    session_factory = BigHello
-
-    def __init__(self) -> None:
-        self.opened = []
-
-    def on_opened(self, sock, kind, reason, exc=None) -> None:
-        self.opened.append((kind, reason))
-
-    def on_data(self, sock, was_empty) -> None:
-        pass
-
-    def on_closed(self, sock, reason) -> None:
-        pass
-
-
 def test_a_first_flight_larger_than_the_socket_buffer_arrives_whole_and_in_order():
     async def main():
         loop = asyncio.get_running_loop()
         server = socket.create_server(("127.0.0.1", 0))
-        owner = Owner()
+        owner = Owner(session_factory=BigHello)
         sock = SslSocket(owner, 0, pdp_id=1, ctx_id=0, host="h.test", port=443, delivery=None,
                          recv_limit=4096, timers=Timers(loop))
         router = Router({"h.test:443": f"127.0.0.1:{server.getsockname()[1]}"})
