@@ -115,11 +115,15 @@ def suite_name(suite_id: int) -> str | None:
     return None if name is None else iana_name_for(name)
 
 
+# Mbed TLS name -> table id: the negotiated suite is looked up once per handshake.
+_TABLE_BY_MBEDTLS_NAME = {suite.mbedtls_name: suite.id for suite in CIPHER_TABLE.values()}
+
+
 def suite_id_for_mbedtls_name(mbedtls_name: str) -> int:
     """Negotiated suite as Mbed TLS reports it -> IANA id (0 when unknown)."""
-    for suite in CIPHER_TABLE.values():
-        if suite.mbedtls_name == mbedtls_name:
-            return suite.id
+    suite_id = _TABLE_BY_MBEDTLS_NAME.get(mbedtls_name)
+    if suite_id is not None:
+        return suite_id
     from . import native
 
     return native.ciphersuite_id(mbedtls_name)

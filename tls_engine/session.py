@@ -41,6 +41,21 @@ _VERSION_NAMES = {"TLSv1": "TLSv1.0", "TLSv1_1": "TLSv1.1", "TLSv1_2": "TLSv1.2"
 _WIRE_VERSIONS = {b"\x03\x00": "SSLv3.0", b"\x03\x01": "TLSv1.0", b"\x03\x02": "TLSv1.1",
                   b"\x03\x03": "TLSv1.2", b"\xfe\xff": "DTLSv1.0", b"\xfe\xfd": "DTLSv1.2"}
 
+# The library's names, bound by the first start() (importing mbedtls and running the
+# native self-check takes tens of ms, which the emulator's start-up must not pay); plain
+# globals after that, so the hot paths (every handshake step, receive, send, output
+# collection) do not run an import statement each time.
+TLSError = WantReadError = WantWriteError = RaggedEOF = None
+feed = take_outgoing = handshake_over = None
+
+
+def _bind_library() -> None:
+    global TLSError, WantReadError, WantWriteError, RaggedEOF, feed, take_outgoing, handshake_over
+    from mbedtls.exceptions import TLSError
+    from mbedtls.tls import RaggedEOF, WantReadError, WantWriteError
+
+    from .native import feed, handshake_over, take_outgoing
+
 
 class TlsClientSession:
     def __init__(self, settings: TlsSettings, cache: SessionCache | None = None,
@@ -77,6 +92,8 @@ class TlsClientSession:
             raise RuntimeError(f"start() called in state {self.state!r}")
         self.state = "handshaking"
         try:
+            if feed is None:
+                _bind_library()
             self._plan = build_plan(self.settings)
             self.notes.extend(self._plan.notes)
             if self.settings.seclevel >= 1:
@@ -103,8 +120,6 @@ class TlsClientSession:
         if self.state == "handshaking" and not self._sniff(data):
             return
         produced_before = self._output_pending()
-        from .native import feed
-
         view = memoryview(bytes(data))
         while view and self.state in ("handshaking", "established"):
             taken = feed(self._buffer, view)
@@ -126,9 +141,6 @@ class TlsClientSession:
             return
         # Straight from the caller's buffer, WRITE_CHUNK at a time (no copy into _unsent);
         # what the library does not take now is queued as _write_unsent would.
-        from mbedtls.exceptions import TLSError
-        from mbedtls.tls import WantReadError, WantWriteError
-
         view = memoryview(data)
         while view and self.state == "established":
             chunk = view[:WRITE_CHUNK]
@@ -150,9 +162,6 @@ class TlsClientSession:
         Mbed TLS's write drives that handshake and answers WANT_READ without taking
         the data: it stays queued (same bytes retried, as the API wants) until the
         server's next flight has been read."""
-        from mbedtls.exceptions import TLSError
-        from mbedtls.tls import WantReadError, WantWriteError
-
         while self._unsent and self.state == "established":
             chunk = bytes(self._unsent[:WRITE_CHUNK])
             try:
@@ -213,8 +222,6 @@ class TlsClientSession:
     # --- setup -----------------------------------------------------------------
 
     def _wrap(self, plan: EnginePlan):
-        from mbedtls.exceptions import TLSError
-
         context, notes = client_context(plan, self.settings)   # built once per configuration
         self.notes.extend(notes)
         try:
@@ -272,11 +279,11 @@ class TlsClientSession:
         self._collect_output()
 
     def _advance_handshake(self) -> None:
-        from mbedtls.exceptions import TLSError
-        from mbedtls.tls import WantReadError, WantWriteError
-
-        from .native import handshake_over
-
+        # TLS: a flight is taken from the wrapper once, when the handshake waits or is over
+        # (or the wrapper's output ring is full: WantWriteError), not after every step --
+        # ~3 us a step, a dozen steps a handshake.  DTLS takes each step's records apart,
+        # as before (pack_datagrams keeps them in that step's datagrams).
+        per_step = self.settings.dtls
         while self.state == "handshaking":
             try:
                 self._buffer.do_handshake()
@@ -293,7 +300,8 @@ class TlsClientSession:
                 if not handshake_over(self._buffer):
                     self._fail(PROTOCOL_ERROR, f"handshake step failed: {exc}")
                     return
-            self._collect_output()
+            if per_step:
+                self._collect_output()
             if handshake_over(self._buffer):
                 self._on_handshake_over()
         self._collect_output()
@@ -320,9 +328,6 @@ class TlsClientSession:
     # --- data ------------------------------------------------------------------
 
     def _pump_read(self) -> None:
-        from mbedtls.exceptions import TLSError
-        from mbedtls.tls import RaggedEOF, WantReadError, WantWriteError
-
         closed = False
         while True:
             try:
@@ -377,8 +382,6 @@ class TlsClientSession:
     def _collect_output(self) -> None:
         if self._buffer is None:
             return
-        from .native import take_outgoing
-
         data = take_outgoing(self._buffer)
         if not data:
             return

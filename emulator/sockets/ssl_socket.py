@@ -195,6 +195,7 @@ class SslSocket:
         self._open_exc: BaseException | None = None    # behind a data-path failure while opening
         self._dead = False              # closed or aborted: a transport connecting now is dropped
         self._answered = False          # owner.on_opened() called
+        self._awaiting = False          # the open's task waits for the handshake's end
         self._eof_reason: str | None = None     # how the transport ended (FIN / RST / ...)
         self._session_closed = False            # session.close() tried
         # Called when the kernel has taken the connection's write backlog down again
@@ -391,15 +392,25 @@ class SslSocket:
         else:
             self._start_session(settings, cache, cache_key)
         self.pause_network(False)          # what the peer sent meanwhile (see _link_made)
+        self._awaiting = True              # from now on _pump answers a finished handshake
         try:
             kind, reason = await timers.wait_for(asyncio.shield(self._opened), negotiate_timeout)
         except asyncio.TimeoutError:
             kind, reason = "timeout", f"TLS handshake not finished within {negotiate_timeout:g} s"
-        if self._dead:
-            return
+        finally:
+            self._awaiting = False
+        if self._dead or self._answered:
+            return                             # (answered by _pump already, timer or not)
         if kind is not None:
             self._fail_open(kind, reason, self._open_exc)
             return
+        self._established()
+
+    def _established(self) -> None:
+        """The open's success answer ("+QSSLOPEN: <id>,0", CONNECT).  Given by _pump, in
+        the network callback that finished the handshake, when the open's task already
+        waits for it: the task itself would resume two loop turns later (the shield's
+        callback, then its own wake-up), each a poll of the loop before the host hears."""
         self._go("established")
         hs = self.handshake
         self._trace("handshake", socket=self.client_id, version=hs.version, cipher=hs.cipher_name,
@@ -571,6 +582,8 @@ class SslSocket:
                 self.handshake = event
                 if self._opened is not None and not self._opened.done():
                     self._opened.set_result((None, ""))
+                    if self._awaiting and not self._dead:
+                        self._established()    # data after it in these bytes: news of an open socket
             elif isinstance(event, AppData):
                 self._received(event.data)
             elif isinstance(event, PeerClosed):
