@@ -180,10 +180,22 @@ class BackgroundEmulator:
     def router(self) -> Router:
         return self.emulator.router
 
+    async def _shutdown(self) -> None:
+        """Close the emulator, then end what its modems still run (a close lingering, a
+        command's answer not yet started) as asyncio.run() would: cancelled and run to
+        their end, so no task or coroutine is left to the garbage collector (a "never
+        awaited" warning, a socket closed by nobody)."""
+        await self.emulator.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
     def stop(self) -> None:
         if not self._thread.is_alive():
             return
-        self.call(self.emulator.close())
+        self.call(self._shutdown())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()

@@ -334,3 +334,19 @@ def test_control_socket_protocol(tmp_path):
             emu2.call(server.start())
             assert emu2.control("state")["profile"] == "ml302"
             emu2.call(server.close())
+
+
+def test_stopping_a_background_emulator_ends_what_its_modems_still_run(tmp_path):
+    """A command whose answer is still due (control 'slow') when the emulator stops: its task
+    is cancelled and run to its end, as asyncio.run() would, not left pending on a closed
+    loop for the garbage collector (a "coroutine ... was never awaited" warning)."""
+    import asyncio
+
+    emu = BackgroundEmulator()
+    emu.start()
+    port = emu.add_modem("ec2x", state_dir=tmp_path)
+    assert emu.control("slow", command="+CSQ", ms=60000)["ok"]
+    emu.run(port.modem.feed, b"AT+CSQ\r")
+    assert [t for t in emu.run(asyncio.all_tasks) if not t.done()]     # its answer waits
+    emu.stop()
+    assert not [t for t in asyncio.all_tasks(emu.loop) if not t.done()]
