@@ -16,7 +16,7 @@ import time
 import pytest
 
 from emulator.testing.host import Host
-from emulator.testing.peers.plain import wait_until
+from emulator.testing.peers.plain import TcpServer, wait_until
 from tests.e2e.socket_support import TCP_HOST, TCP_PORT, free_port, qiopen
 
 SSL_HOST, SSL_PORT = "echo.example", 443          # the `echo` fixture's route
@@ -28,66 +28,6 @@ def modem(ec2x_strict):
     return ec2x_strict
 
 
-
-
-class Server:
-    """A TCP server on 127.0.0.1 that keeps its connections open (never closes, never
-    answers) until the test acts on them: send, close; `gone(i)` tells whether the
-    client's side of connection i is closed (EOF or reset)."""
-
-    def __init__(self) -> None:
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.port = self.listener.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.ended: list[threading.Event] = []
-        self.received: list[bytearray] = []
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            ended, buf = threading.Event(), bytearray()
-            self.received.append(buf)
-            self.ended.append(ended)
-            self.conns.append(conn)
-            threading.Thread(target=self._read, args=(conn, ended, buf), daemon=True).start()
-
-    @staticmethod
-    def _read(conn, ended, buf) -> None:
-        try:
-            while True:
-                data = conn.recv(4096)
-                if not data:
-                    break
-                buf += data
-        except OSError:
-            pass
-        ended.set()
-
-    def gone(self, i: int = 0, timeout: float = 3) -> bool:
-        return self.ended[i].wait(timeout)
-
-    def close(self) -> None:
-        self._closed = True
-        self.listener.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def ssl_open(host, client_id: int, mode: int = 0, addr: str = SSL_HOST, port: int = SSL_PORT) -> None:
@@ -163,7 +103,7 @@ def test_close_lingering_then_reopen_same_id_in_the_same_line(modem, emulator, t
     """AT+QICLOSE=1,3;+QIOPEN=...,1,...: the close lingers its 3 s (the server never closes),
     then OK; the open on the same id then succeeds; the old linger's end does not touch it."""
     host, advance, port = modem
-    with Server() as server:
+    with TcpServer("sink") as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         qiopen(host, 1, addr="stay.example", port=80)
         host.write(f'AT+QICLOSE=1,3;+QIOPEN=1,1,"TCP","{TCP_HOST}",{TCP_PORT},0,0\r\n')
@@ -205,7 +145,7 @@ def test_ssl_close_then_open_same_id_in_one_line(modem, emulator, echo, bytewise
 # -- linger on modem time ------------------------------------------------------------------
 def test_close_timeout_0_aborts_at_once_even_with_a_silent_server(modem, emulator):
     host, advance, port = modem
-    with Server() as server:
+    with TcpServer("sink") as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         qiopen(host, 4, addr="stay.example", port=80)
         assert host.at("AT+QICLOSE=4,0", timeout=3) == b"\r\nOK\r\n"
@@ -216,7 +156,7 @@ def test_close_lingers_the_full_timeout_while_another_socket_has_a_prompt_open(m
     """A close lingers; the host cannot enter a data prompt meanwhile (the port is busy:
     the QISEND waits), and the prompt comes after the close's OK."""
     host, advance, port = modem
-    with Server() as server:
+    with TcpServer("sink") as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         qiopen(host, 0, addr="stay.example", port=80)
         qiopen(host, 1)
@@ -244,14 +184,14 @@ def test_tcp_data_arriving_while_a_slow_close_waits_gives_no_urc_after_the_ok(mo
     (delayed) linger coroutine runs: data arriving meanwhile must not report
     '+QIURC: "recv",0' after the close's OK (the host would read from a free id)."""
     host, advance, port = modem
-    with Server() as server:
+    with TcpServer("sink") as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         qiopen(host, 0, addr="stay.example", port=80)
-        wait_until(lambda: server.conns)
+        wait_until(lambda: server.connections)
         assert emulator.control("slow", command="+QICLOSE", ms=1000)["ok"]
         host.write("AT+QICLOSE=0,0\r\n")
         advance(0)
-        server.conns[0].sendall(b"late data")
+        server.connections[0].sock.sendall(b"late data")
         time.sleep(0.3)
         advance(1.1)
         out = host.read_until(b"\r\nOK\r\n", timeout=3) + host.quiet_for(0.3)
@@ -357,7 +297,7 @@ def test_dtr_drop_with_d2_frees_the_id_at_once_and_closes_the_connection(modem, 
 # -- the host hangs up mid-linger ------------------------------------------------------------
 def test_hangup_mid_linger_the_ok_never_reaches_the_next_host(modem, emulator):
     host, advance, port = modem
-    with Server() as server:
+    with TcpServer("sink") as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         qiopen(host, 1, addr="stay.example", port=80)
         host.write("AT+QICLOSE=1,5\r\n")
@@ -382,7 +322,7 @@ def test_hangup_mid_linger_the_ok_never_reaches_the_next_host(modem, emulator):
 # -- the bearer, a reboot --------------------------------------------------------------------
 def test_pdp_deact_during_a_linger_reports_nothing_about_the_closed_id(modem, emulator, tcp_echo):
     host, advance, port = modem
-    with Server() as server:
+    with TcpServer("sink") as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         qiopen(host, 1, addr="stay.example", port=80)
         qiopen(host, 2)
@@ -404,7 +344,7 @@ def test_reboot_during_a_linger_drops_the_lingering_connection(modem, emulator):
     """A reboot drops every connection silently (docs: AT+CFUN=1,1 sockets dropped); a
     close still lingering must not keep its TCP connection open past the reboot."""
     host, advance, port = modem
-    with Server() as server:
+    with TcpServer("sink") as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         qiopen(host, 1, addr="stay.example", port=80)
         host.write("AT+QICLOSE=1,60\r\n")
@@ -510,15 +450,15 @@ def test_urc_queued_behind_a_linger_about_an_id_the_same_line_then_closes(modem,
     must read nothing about id 1: it is closed, and a "closed",1 now reads as the end of the
     host's next socket on id 1."""
     host, advance, port = modem
-    with Server() as server:
+    with TcpServer("sink") as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         qiopen(host, 0, addr="stay.example", port=80)
         qiopen(host, 1, addr="stay.example", port=80)
-        wait_until(lambda: len(server.conns) == 2)
+        wait_until(lambda: len(server.connections) == 2)
         host.write("AT+QICLOSE=0,2;+QICLOSE=1,0\r\n")
         advance(0)
-        server.conns[1].sendall(b"late")
-        server.conns[1].close()
+        server.connections[1].sock.sendall(b"late")
+        server.connections[1].sock.close()
         time.sleep(0.3)
         advance(2.5)
         out = host.read_until(ANSWER, timeout=3) + host.quiet_for(0.3)
@@ -532,7 +472,7 @@ def test_pdp_deact_during_a_linger_drops_the_lingering_connection(modem, emulato
     """The bearer goes while a close lingers: no packet can move any more, so the linger's
     connection goes too (as every other socket's on that context does), at once."""
     host, advance, port = modem
-    with Server() as server:
+    with TcpServer("sink") as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         qiopen(host, 1, addr="stay.example", port=80)
         host.write("AT+QICLOSE=1,60\r\n")
@@ -604,12 +544,12 @@ def test_incoming_connection_during_a_linger_takes_the_freed_id_and_survives_its
 # peer's close is swallowed, no '+QIURC: "closed"'
 def test_orphaned_slow_transparent_tcp_open_then_peer_close_reports_closed(modem, emulator):
     host, advance, port = modem
-    with Server() as server:
+    with TcpServer("sink") as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         assert emulator.control("slow", command="+QIOPEN", ms=1000)["ok"]
         host.write('AT+QIOPEN=1,3,"TCP","stay.example",80,0,2\r\n')
         advance(0)
-        wait_until(lambda: server.conns)
+        wait_until(lambda: server.connections)
         time.sleep(0.1)
         host.close()
         time.sleep(0.3)                                    # the emulator sees the hang-up
@@ -617,7 +557,7 @@ def test_orphaned_slow_transparent_tcp_open_then_peer_close_reports_closed(modem
         try:
             advance(1.1)                                   # the CONNECT is due: orphaned
             assert host.at("AT") == b"\r\nOK\r\n"
-            server.conns[0].shutdown(socket.SHUT_RDWR)     # the server goes: FIN
+            server.connections[0].sock.shutdown(socket.SHUT_RDWR)     # the server goes: FIN
             assert host.seen(b'+QIURC: "closed",3\r\n', 3)
             assert host.at("AT+QICLOSE=3") == b"\r\nOK\r\n"
             assert connecting(emulator, port) == 0
@@ -630,10 +570,10 @@ def test_reboot_while_a_slow_close_waits_drops_the_connection(modem, emulator):
     """The close takes the socket at once (lingering from then on), also while a `slow`
     delay holds the close's answer: a reboot in that delay drops the connection."""
     host, advance, port = modem
-    with Server() as server:
+    with TcpServer("sink") as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         qiopen(host, 1, addr="stay.example", port=80)
-        wait_until(lambda: server.conns)
+        wait_until(lambda: server.connections)
         assert emulator.control("slow", command="+QICLOSE", ms=1000)["ok"]
         host.write("AT+QICLOSE=1,60\r\n")
         advance(0)
@@ -646,13 +586,13 @@ def test_reboot_while_a_slow_close_waits_drops_the_connection(modem, emulator):
 def test_an_open_answer_queued_for_an_id_the_line_then_closes_is_dropped(modem, emulator):
     """"+QIOPEN: 1,0" waiting behind id 0's linger, then the same line closes id 1."""
     host, advance, port = modem
-    with Server() as server:
+    with TcpServer("sink") as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         qiopen(host, 0, addr="stay.example", port=80)
-        wait_until(lambda: server.conns)
+        wait_until(lambda: server.connections)
         host.write('AT+QIOPEN=1,1,"TCP","stay.example",80,0,0;+QICLOSE=0,2;+QICLOSE=1,0\r\n')
         advance(0)
-        wait_until(lambda: len(server.conns) == 2)
+        wait_until(lambda: len(server.connections) == 2)
         time.sleep(0.3)
         advance(2.5)
         out = host.read_until(ANSWER, timeout=3) + host.quiet_for(0.5)

@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 import re
 import socket
-import struct
 import threading
 import time
 
 import pytest
 
 from emulator.testing.host import Host
-from emulator.testing.peers.plain import wait_until
+from emulator.testing.peers.plain import TcpServer, wait_until
 from tests.e2e.socket_support import TCP_HOST, TCP_PORT, escape, free_port, qiopen, qird, qisend
 
 SSL_HOST, SSL_PORT = "echo.example", 443          # the `echo` fixture's route
@@ -51,70 +50,6 @@ def tcp_fds_to(port: int) -> int:
     return len(inodes & mine)
 
 
-
-
-class HostileServer:
-    """A TCP listener on 127.0.0.1 that runs `behave(conn)` on each accepted connection."""
-
-    def __init__(self, behave, backlog: int = 16, accept: bool = True) -> None:
-        self.behave = behave
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(backlog)
-        self.port = self.listener.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.received: list[bytes] = []
-        self._closed = False
-        if accept:
-            threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
-
-    def _run(self, conn) -> None:
-        try:
-            self.behave(self, conn)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self._closed = True
-        self.listener.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def _read_client_hello(server: HostileServer, conn: socket.socket) -> bytes:
-    conn.settimeout(5)
-    data = b""
-    while len(data) < 5 or len(data) < 5 + struct.unpack(">H", data[3:5])[0]:
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    server.received.append(data)
-    return data
-
-
-def rst(conn: socket.socket) -> None:
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    conn.close()
 
 
 def ssl_open_line(client_id: int, host: str = SSL_HOST, port: int = SSL_PORT, mode: int = 0) -> str:
@@ -219,21 +154,21 @@ def test_refused_at_once_is_566_after_the_ok_and_the_id_is_reusable(modem, emula
 def test_hostile_server_before_the_client_hello_fails_the_ssl_open(modem, emulator, echo, behaviour):
     host, advance, port = modem
 
-    def behave(server, conn):
+    def behave(conn):
         if behaviour == "close":
             conn.close()
         elif behaviour == "rst":
-            rst(conn)
+            conn.reset()
         elif behaviour == "garbage":
-            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4)
+            conn.send(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4)
             time.sleep(0.5)
             conn.close()
         else:   # fatal handshake_failure alert, TLS 1.2 record
-            conn.sendall(b"\x15\x03\x03\x00\x02\x02\x28")
+            conn.send(b"\x15\x03\x03\x00\x02\x02\x28")
             time.sleep(0.5)
             conn.close()
 
-    with HostileServer(behave) as server:
+    with TcpServer(behave=behave) as server:
         emulator.router.add_map("bad.example", 443, "127.0.0.1", server.port)
         for _ in range(2):
             assert host.at(ssl_open_line(4, "bad.example", 443)) == b"\r\nOK\r\n"
@@ -250,16 +185,16 @@ def test_server_that_reads_the_client_hello_and_never_answers_times_out_on_modem
     assert host.at('AT+QSSLCFG="negotiatetime",1,10') == b"\r\nOK\r\n"
     got = threading.Event()
 
-    def behave(server, conn):
-        _read_client_hello(server, conn)
+    def behave(conn):
+        conn.read_record()
         got.set()
         time.sleep(10)
 
-    with HostileServer(behave) as server:
+    with TcpServer(behave=behave) as server:
         emulator.router.add_map("mute.example", 443, "127.0.0.1", server.port)
         assert host.at(ssl_open_line(6, "mute.example", 443)) == b"\r\nOK\r\n"
         assert got.wait(3)
-        assert server.received[0][:1] == b"\x16"          # a handshake record: the ClientHello
+        assert server.connections[0].received[:1] == b"\x16"          # a handshake record: the ClientHello
         advance(9.5)
         assert b"+QSSLOPEN" not in host.quiet_for(0.3)
         advance(1)
@@ -273,15 +208,15 @@ def test_server_that_reads_and_never_answers_a_plain_tcp_open_is_fine(modem, emu
     """A plain TCP open needs nothing from the server after the connect: +QIOPEN: 0,0."""
     host, advance, port = modem
 
-    def behave(server, conn):
-        conn.settimeout(5)
-        server.received.append(conn.recv(100))
+    def behave(conn):
+        conn.sock.settimeout(5)
+        conn.add(conn.sock.recv(100))
 
-    with HostileServer(behave) as server:
+    with TcpServer(behave=behave) as server:
         emulator.router.add_map("mute.example", 80, "127.0.0.1", server.port)
         qiopen(host, 0, addr="mute.example", port=80)
         assert qisend(host, 0, b"ping") == b"\r\nSEND OK\r\n"
-        wait_until(lambda: server.received == [b"ping"])
+        wait_until(lambda: server.connections and server.connections[0].received == b"ping")
         assert host.at("AT+QICLOSE=0,0") == b"\r\nOK\r\n"
 
 
@@ -361,19 +296,19 @@ def test_latency_set_before_the_open_delays_the_client_hello(modem, emulator):
     host, advance, port = modem
     got = threading.Event()
 
-    def behave(server, conn):
-        _read_client_hello(server, conn)
+    def behave(conn):
+        conn.read_record()
         got.set()
         time.sleep(5)
 
-    with HostileServer(behave) as server:
+    with TcpServer(behave=behave) as server:
         emulator.router.add_map("slow.example", 443, "127.0.0.1", server.port)
         assert emulator.control("net", latency_ms=400)["ok"]
         assert host.at(ssl_open_line(1, "slow.example", 443)) == b"\r\nOK\r\n"
         assert not got.wait(0.4), "the ClientHello skipped the 400 ms latency"
         advance(0.5)
         assert got.wait(3)
-        assert server.received[0][:1] == b"\x16"
+        assert server.connections[0].received[:1] == b"\x16"
         assert emulator.control("net", latency_ms=0)["ok"]
         assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
         assert services_empty(emulator, port)
@@ -382,19 +317,19 @@ def test_latency_set_before_the_open_delays_the_client_hello(modem, emulator):
 def test_latency_set_before_a_tcp_open_delays_the_first_send(modem, emulator):
     host, advance, port = modem
 
-    def behave(server, conn):
-        conn.settimeout(5)
-        server.received.append(conn.recv(100))
+    def behave(conn):
+        conn.sock.settimeout(5)
+        conn.add(conn.sock.recv(100))
 
-    with HostileServer(behave) as server:
+    with TcpServer(behave=behave) as server:
         emulator.router.add_map("slow.example", 80, "127.0.0.1", server.port)
         assert emulator.control("net", latency_ms=300)["ok"]
         qiopen(host, 1, addr="slow.example", port=80)
         assert qisend(host, 1, b"late") == b"\r\nSEND OK\r\n"
         time.sleep(0.3)
-        assert server.received == []
+        assert not server.connections or server.connections[0].received == b""
         advance(0.35)
-        wait_until(lambda: server.received == [b"late"])
+        wait_until(lambda: server.connections and server.connections[0].received == b"late")
         assert emulator.control("net", latency_ms=0)["ok"]
         assert host.at("AT+QICLOSE=1,0") == b"\r\nOK\r\n"
 
@@ -421,17 +356,17 @@ def test_transparent_tcp_open_with_a_server_that_speaks_first(modem, emulator):
     ways, +++, ATO, close."""
     host, advance, port = modem
 
-    def behave(server, conn):
-        conn.sendall(b"220 hello+++\r\n")
-        conn.settimeout(5)
+    def behave(conn):
+        conn.send(b"220 hello+++\r\n")
+        conn.sock.settimeout(5)
         while True:
-            data = conn.recv(4096)
+            data = conn.sock.recv(4096)
             if not data:
                 conn.close()
                 return
-            conn.sendall(data)
+            conn.send(data)
 
-    with HostileServer(behave) as server:
+    with TcpServer(behave=behave) as server:
         emulator.router.add_map("banner.example", 21, "127.0.0.1", server.port)
         host.write('AT+QIOPEN=1,2,"TCP","banner.example",21,0,2\r\n')
         assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n|\+QIOPEN: 2,\d+\r\n")) == b"\r\nCONNECT\r\n"
@@ -517,9 +452,9 @@ def test_all_twelve_ids_opened_in_one_command_line(modem, emulator, echo, tcp_ec
 def test_close_linger_waits_for_a_server_that_never_closes_on_modem_time(modem, emulator):
     host, advance, port = modem
 
-    def behave(server, conn):       # answers nothing, never closes
-        conn.settimeout(10)
-        while conn.recv(4096):
+    def behave(conn):       # answers nothing, never closes
+        conn.sock.settimeout(10)
+        while conn.sock.recv(4096):
             pass
         time.sleep(10)
 
@@ -529,7 +464,7 @@ def test_close_linger_waits_for_a_server_that_never_closes_on_modem_time(modem, 
         emulator.router.add_map("linger.example", 443, "127.0.0.1", tls.port)
         assert host.at(ssl_open_line(0, "linger.example", 443)) == b"\r\nOK\r\n"
         assert ssl_opened(host, 0) == 0
-    with HostileServer(behave) as server:
+    with TcpServer(behave=behave) as server:
         emulator.router.add_map("stay.example", 80, "127.0.0.1", server.port)
         assert host.at('AT+QIOPEN=1,1,"TCP","stay.example",80,0,0').endswith(b"\r\nOK\r\n")
         assert qi_opened(host, 1) == 0
@@ -602,12 +537,12 @@ def test_ml302_open_close_one_line_refused_and_silent_server(ml302_on, emulator,
     assert ssl_opened(host, 1) == -1
     got = threading.Event()
 
-    def behave(server, conn):
-        _read_client_hello(server, conn)
+    def behave(conn):
+        conn.read_record()
         got.set()
         time.sleep(5)
 
-    with HostileServer(behave) as server:
+    with TcpServer(behave=behave) as server:
         emulator.router.add_map("mute.example", 443, "127.0.0.1", server.port)
         assert host.at('AT+QSSLOPEN=1,0,"mute.example",443,0,12') == b"\r\nOK\r\n"   # 12 s in all
         assert got.wait(3)
@@ -740,12 +675,12 @@ def test_hangup_during_a_pending_transparent_open_ends_by_negotiatetime(modem, e
     assert host.at('AT+QSSLCFG="negotiatetime",1,10') == b"\r\nOK\r\n"
     got = threading.Event()
 
-    def behave(server, conn):
-        _read_client_hello(server, conn)
+    def behave(conn):
+        conn.read_record()
         got.set()
         time.sleep(5)
 
-    with HostileServer(behave) as server:
+    with TcpServer(behave=behave) as server:
         emulator.router.add_map("mute.example", 443, "127.0.0.1", server.port)
         host.write(ssl_open_line(6, "mute.example", 443, mode=2) + "\r\n")
         assert got.wait(3)
@@ -773,14 +708,14 @@ def test_close_while_the_shaped_first_flight_waits_then_the_clock_moves(modem, e
     host, advance, port = modem
     seen = []
 
-    def behave(server, conn):
-        conn.settimeout(5)
+    def behave(conn):
+        conn.sock.settimeout(5)
         data = b""
-        while chunk := conn.recv(4096):
+        while chunk := conn.sock.recv(4096):
             data += chunk
         seen.append(data)
 
-    with HostileServer(behave) as server:
+    with TcpServer(behave=behave) as server:
         emulator.router.add_map("slow.example", 443, "127.0.0.1", server.port)
         assert emulator.control("net", latency_ms=500)["ok"]
         for i in range(5):
@@ -855,7 +790,7 @@ def test_ip_literal_without_a_route_dials_directly_when_not_offline(modem, emula
 
 # -- the emulator as a subprocess: its own descriptors ----------------------------------------
 def test_subprocess_emulator_keeps_its_fd_count_over_hundreds_of_open_close_lines(tmp_path, pki):
-    from emulator.testing.peers import TcpServer, TlsServer
+    from emulator.testing.peers import TlsServer
     from tests.e2e.cli_support import first_line, start, stop
     with TlsServer(pki.server, mode="echo") as tls, TcpServer("echo") as tcp:
         proc = start("--offline", "--state-dir", str(tmp_path / "state"), "--log-level", "WARNING",

@@ -1,15 +1,19 @@
 """Plain TCP and UDP peers (no TLS) for the TCP/IP socket tests (AT+QIOPEN & co.).
 
 TcpServer: a thread per connection on 127.0.0.1:0; mode "echo" returns every byte and
-closes after the client's FIN, "sink" only records, "close" closes at once.  Each
-connection is a TcpPeerConnection (received bytes, send, close, wait_received).
+closes after the client's FIN, "sink" only records (and never closes), "close" closes at
+once; or behave(conn), a test's own hostile server run on each connection (reset it, answer
+garbage, read one ClientHello...).  Each connection is a TcpPeerConnection (received bytes,
+send, close, reset, wait_received, its end: eof / gone()).
 UdpEchoServer: echoes each datagram to its sender, one for one, and logs them.
 """
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
+from typing import Callable
 
 
 class TcpPeerConnection:
@@ -41,21 +45,46 @@ class TcpPeerConnection:
             pass
         self.sock.close()
 
+    def reset(self) -> None:
+        """Close with an RST instead of a FIN (SO_LINGER 0)."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.sock.close()
+
+    def read_record(self, timeout: float = 5) -> bytes:
+        """One whole TLS record from the client (its ClientHello), also kept in received."""
+        self.sock.settimeout(timeout)
+        data = b""
+        while len(data) < 5 or len(data) < 5 + struct.unpack(">H", data[3:5])[0]:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        self.add(data)
+        return data
+
 
 class TcpServer:
-    def __init__(self, mode: str = "echo") -> None:
+    def __init__(self, mode: str = "echo", behave: Callable[[TcpPeerConnection], None] | None = None,
+                 backlog: int = 16, accept: bool = True) -> None:
+        """behave: run on each connection (in its thread) instead of the mode; its
+        OSError ends it quietly.  accept=False: connections wait in the listen backlog."""
         assert mode in ("echo", "sink", "close")
         self.mode = mode
+        self.behave = behave
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
+        self.listener.listen(backlog)
         self.address = self.listener.getsockname()
         self.port = self.address[1]
         self.connections: list[TcpPeerConnection] = []
         self._cond = threading.Condition()
         self._closed = False
-        threading.Thread(target=self._accept, daemon=True, name="tcp-peer").start()
+        if accept:
+            threading.Thread(target=self._accept, daemon=True, name="tcp-peer").start()
 
     def __enter__(self) -> "TcpServer":
         return self
@@ -76,6 +105,12 @@ class TcpServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: TcpPeerConnection) -> None:
+        if self.behave is not None:
+            try:
+                self.behave(conn)
+            except OSError:
+                pass
+            return
         if self.mode == "close":
             conn.close()
             return
@@ -99,10 +134,17 @@ class TcpServer:
                 raise AssertionError("no connection came")
             return self.connections[index]
 
+    def gone(self, index: int = 0, timeout: float = 3) -> bool:
+        """Connection `index` ended from the client's side (EOF or reset) within timeout
+        ("sink" and "echo" modes, which read until then)."""
+        return self.wait_connection(index, timeout).eof.wait(timeout)
+
     def close(self) -> None:
         self._closed = True
         self.listener.close()
-        for conn in self.connections:
+        with self._cond:
+            connections = list(self.connections)
+        for conn in connections:
             conn.close()
 
 

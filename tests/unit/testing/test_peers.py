@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import socket
 import ssl
+import struct
 import warnings
 
 import pytest
@@ -407,3 +408,31 @@ def client_context_from_pem(ca_pem: bytes) -> ssl.SSLContext:
         ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1
     ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     return ctx
+
+
+def test_tcp_server_behave_read_record_reset_and_gone():
+    """TcpServer(behave=...): a test's own server per connection (one TLS record read, then
+    an RST); "sink" connections report the client's end (gone)."""
+    from emulator.testing.peers.plain import TcpServer
+
+    def behave(conn):
+        conn.read_record()
+        conn.reset()
+
+    record = b"\x16\x03\x01" + struct.pack(">H", 4) + b"abcd"
+    with TcpServer(behave=behave) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+            client.sendall(record[:3])
+            client.sendall(record[3:] + b"tail")
+            try:
+                assert client.recv(10) == b""              # (an RST may also say so)
+            except ConnectionResetError:
+                pass
+        assert server.wait_connection(0).received[:len(record)] == record
+    with TcpServer("sink") as server:
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        client.sendall(b"x")
+        server.wait_connection(0).wait_received(1)
+        assert not server.gone(0, timeout=0.1)
+        client.close()
+        assert server.gone(0)
