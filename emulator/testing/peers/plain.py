@@ -68,9 +68,9 @@ class TcpPeerConnection:
 
 class TcpServer:
     def __init__(self, mode: str = "echo", behave: Callable[[TcpPeerConnection], None] | None = None,
-                 backlog: int = 16, accept: bool = True) -> None:
+                 backlog: int = 16) -> None:
         """behave: run on each connection (in its thread) instead of the mode; its
-        OSError ends it quietly.  accept=False: connections wait in the listen backlog."""
+        OSError ends it quietly."""
         assert mode in ("echo", "sink", "close")
         self.mode = mode
         self.behave = behave
@@ -83,8 +83,7 @@ class TcpServer:
         self.connections: list[TcpPeerConnection] = []
         self._cond = threading.Condition()
         self._closed = False
-        if accept:
-            threading.Thread(target=self._accept, daemon=True, name="tcp-peer").start()
+        threading.Thread(target=self._accept, daemon=True, name="tcp-peer").start()
 
     def __enter__(self) -> "TcpServer":
         return self
