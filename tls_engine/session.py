@@ -298,6 +298,7 @@ class TlsClientSession:
                 return
             except ValueError as exc:  # "handshake already over" is the expected one
                 if not handshake_over(self._buffer):
+                    self._collect_output()  # what earlier steps queued (no per-step collection)
                     self._fail(PROTOCOL_ERROR, f"handshake step failed: {exc}")
                     return
             if per_step:

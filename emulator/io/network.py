@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hashlib
 import ipaddress
 import os
@@ -593,7 +594,9 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+@functools.lru_cache(maxsize=256)
 def _is_ipv4(addr: str) -> bool:
+    # (cached: every open asks it of its routed address, and ipaddress parses in Python)
     try:
         return isinstance(ipaddress.ip_address(addr), ipaddress.IPv4Address)
     except ValueError:

@@ -163,7 +163,10 @@ class Modem:
         self._listeners[event].append(callback)
 
     def emit(self, event: str, **kwargs) -> None:
-        for callback in list(self._listeners[event]):
+        listeners = self._listeners.get(event)
+        if not listeners:                    # (every command emits; mostly nobody listens)
+            return
+        for callback in list(listeners):
             try:
                 callback(**kwargs)
             except Exception:

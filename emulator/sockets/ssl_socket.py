@@ -595,8 +595,8 @@ class SslSocket:
                 self._trace("tls_failure", socket=self.client_id, kind=event.kind, reason=event.reason)
                 if self._opened is not None and not self._opened.done():
                     self._opened.set_result((event.kind, event.reason))
-                elif self._state is CONNECTED:
-                    self._peer_closed(f"TLS failure: {event.reason}")
+                else:       # connected, or the handshake's success not yet answered (then
+                    self._peer_closed(f"TLS failure: {event.reason}")   # reported right after it)
         self._arm_timer()
 
     def _end_tcp(self) -> None:

@@ -13,7 +13,7 @@ from emulator.modem.timers import Timers
 from emulator.sockets.plain_session import PlainSession, PlainSettings
 from emulator.sockets.ssl_socket import CONNECTED, SslSocket
 from tests.unit.sockets.test_dial import Owner
-from tls_engine import AppData, HandshakeComplete
+from tls_engine import AppData, HandshakeComplete, TlsFailure
 
 
 class LastFlight(PlainSession):
@@ -47,6 +47,9 @@ class Recorder(Owner):
 
     def on_data(self, sock, was_empty) -> None:
         self.log.append(f"data {bytes(sock.inbox)!r}")
+
+    def on_closed(self, sock, reason) -> None:
+        self.log.append(f"closed {reason}")
 
 
 async def opened_and_waiting(owner: Recorder, negotiate: float = 10):
@@ -108,4 +111,35 @@ def test_a_negotiate_timer_due_in_the_same_turn_does_not_undo_the_answer():
         assert sock.state is CONNECTED
         sock.abort()
         conn.close()
+    asyncio.run(main())
+
+
+class FailsRightAfter(PlainSession):
+    """A session whose handshake succeeds and fails in the same events, before the open's
+    task waits (at the dial: start() itself)."""
+
+    def start(self) -> None:
+        self.state = "failed"
+        self._events.append(HandshakeComplete(version="TLSv1.2", cipher_id=0xC02F,
+                                              cipher_name="TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                                              alpn=None, resumed=False))
+        self._events.append(TlsFailure("protocol_error", "bad record MAC"))
+
+
+def test_a_failure_right_after_the_handshake_before_the_wait_is_reported_closed():
+    """Reported after the open's answer as the peer's end, not lost: the socket must not
+    look connected on a failed session."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = socket.create_server(("127.0.0.1", 0))
+        owner = Recorder()
+        owner.session_factory = FailsRightAfter
+        sock = SslSocket(owner, 0, pdp_id=1, ctx_id=0, host="h.test", port=443, delivery=None,
+                         recv_limit=4096, timers=Timers(loop))
+        sock.open(Router({"h.test:443": f"127.0.0.1:{server.getsockname()[1]}"}), PlainSettings(), 10)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert owner.log == ["opened None", "closed TLS failure: bad record MAC right after the handshake"]
+        sock.abort()
+        server.close()
     asyncio.run(main())
