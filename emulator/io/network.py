@@ -535,7 +535,8 @@ def _dial_ipv4(address: tuple[str, int]) -> Dialled:
 
 def _connect_started(sock: socket.socket, address: tuple[str, int]) -> bool:
     """connect() on a non-blocking socket: True when it is complete already (else the
-    loop waits for it); OSError when it failed at once."""
+    loop waits for it); OSError when it failed at once.  ECONNRESET is a connect that was
+    made and reset by the server since (see _connect_dialled): complete."""
     try:
         sock.connect(address)
         return True
@@ -545,7 +546,7 @@ def _connect_started(sock: socket.socket, address: tuple[str, int]) -> bool:
         if not poll.poll(0):
             return False
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
+        if err and err != errno.ECONNRESET:
             raise OSError(err, f"Connect call failed {address}") from None
         return True
 
@@ -610,7 +611,13 @@ async def _connect_dialled(loop, protocol_factory, dialled: Dialled):
         if sock.fileno() < 0:
             raise OSError(errno.ECONNABORTED, "the connection was dropped")
         if not dialled.done:
-            await loop.sock_connect(sock, dialled.address)
+            try:
+                await loop.sock_connect(sock, dialled.address)
+            except ConnectionResetError:
+                # The server accepted and reset the connection before this looked: the
+                # connect was made (a refusal is ECONNREFUSED), so the open succeeds as on the
+                # module, and the transport reads the end at once ("closed" / a failed handshake).
+                pass
         return await loop.create_connection(protocol_factory, sock=sock)
     except BaseException:
         sock.close()

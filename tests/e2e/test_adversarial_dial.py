@@ -860,3 +860,28 @@ def test_ml302_open_refused_at_once_then_closed_in_the_same_line_reports_nothing
     for _ in range(5):
         out = host.at('AT+QSSLOPEN=1,0,"dead.example",9000,0;+QSSLCLOSE=1') + host.quiet_for(0.1)
         assert out.endswith(b"1,CLOSE OK\r\n") and b"+QSSLOPEN" not in out, out
+
+
+# Was a bug, fixed: a server that accepts and resets at once made AT+QIOPEN answer 566 now and
+# then (the reset seen by the connect's own SO_ERROR check, ~1 in 40 connects here), although
+# the connect was made: the module says +QIOPEN: <id>,0 and then "closed" (CONNECT, NO CARRIER
+# in transparent mode), every time.
+@pytest.mark.parametrize("mode", [1, 2])
+def test_a_server_that_resets_right_after_accept_is_opened_then_closed_every_time(modem, emulator, mode):
+    host, advance, port = modem
+    with TcpServer(behave=lambda conn: conn.reset()) as server:
+        emulator.router.add_map("rst.example", 80, "127.0.0.1", server.port)
+        for _ in range(40):
+            line = f'AT+QIOPEN=1,3,"TCP","rst.example",80,0,{mode}'
+            if mode == 2:
+                # CONNECT, then NO CARRIER when the reset is read (at once, or in a later read)
+                out = host.at(line)
+                if b"NO CARRIER" not in out:
+                    out += host.read_until(b"\r\nNO CARRIER\r\n", timeout=3)
+                assert out == b"\r\nCONNECT\r\n\r\nNO CARRIER\r\n", out
+            else:
+                assert host.at(line) == b"\r\nOK\r\n"
+                assert qi_opened(host, 3) == 0
+                assert host.seen(b'+QIURC: "closed",3\r\n', 3)
+            assert host.at("AT+QICLOSE=3") == b"\r\nOK\r\n"
+    assert services_empty(emulator, port)
