@@ -178,6 +178,19 @@ def bytewise(host: Host, line: str, eol: str = "\r\n") -> None:
         host.write(bytes([b]))
 
 
+def read_pushed(host: Host, client_id: int, size: int) -> bytes:
+    """`size` bytes of direct-push data: each +QSSLURC: "recv",<id>,<len> carries at most
+    recv_max bytes; the framing of every URC is checked on the way."""
+    urc = re.compile(rb'\r\n\+QSSLURC: "recv",%d,(\d+)\r\n' % client_id)
+    data = b""
+    while len(data) < size:
+        line = host.read_until(urc, timeout=5)
+        m = urc.fullmatch(line)
+        assert m, line
+        data += host.read_exactly(int(m.group(1)), timeout=5)
+    return data
+
+
 def open_line(client_id: int, mode: int, name: str = TLS_HOST, port: int = 443, ctx: int = 1) -> str:
     return f'AT+QSSLOPEN=1,{ctx},{client_id},"{name}",{port},{mode}'
 
@@ -217,14 +230,7 @@ def test_push_mode_data_with_finished_exact_bytes(modem, emulator):
         bytewise(host, open_line(3, 1))
         head = b'\r\nOK\r\n\r\n+QSSLOPEN: 3,0\r\n'
         assert host.read_exactly(len(head), timeout=5) == head
-        # push URCs carry at most recv_max bytes each: reassemble and check the framing
-        data = b""
-        while len(data) < len(PAYLOAD):
-            line = host.read_until(re.compile(rb'\r\n\+QSSLURC: "recv",3,(\d+)\r\n'), timeout=5)
-            m = re.fullmatch(rb'\r\n\+QSSLURC: "recv",3,(\d+)\r\n', line)
-            assert m, line
-            data += host.read_exactly(int(m.group(1)), timeout=5)
-        assert data == PAYLOAD
+        assert read_pushed(host, 3, len(PAYLOAD)) == PAYLOAD
         assert host.at("AT+QSSLCLOSE=3") == b"\r\nOK\r\n"
         assert host.quiet_for(0.1) == b""
 
@@ -746,11 +752,7 @@ def test_big_data_with_the_finished_all_delivered_in_order(modem, emulator, mode
         elif mode == 1:
             head = b"\r\nOK\r\n\r\n+QSSLOPEN: 3,0\r\n"
             assert host.read_exactly(len(head), timeout=5) == head
-            while len(got) < len(blob):
-                line = host.read_until(re.compile(rb'\r\n\+QSSLURC: "recv",3,(\d+)\r\n'), timeout=5)
-                m = re.fullmatch(rb'\r\n\+QSSLURC: "recv",3,(\d+)\r\n', line)
-                assert m, line
-                got += host.read_exactly(int(m.group(1)), timeout=5)
+            got = read_pushed(host, 3, len(blob))
         else:
             head = b'\r\nOK\r\n\r\n+QSSLOPEN: 3,0\r\n\r\n+QSSLURC: "recv",3\r\n'
             assert host.read_exactly(len(head), timeout=5) == head

@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from emulator.io.network import Dialled, Router
-from emulator.modem.timers import Timers
+from emulator.io.network import Dialled
 from emulator.sockets.plain_session import PlainSession, PlainSettings
-from emulator.sockets.ssl_socket import CONNECTED, SslSocket
-from tests.unit.sockets.test_dial import Owner
+from emulator.sockets.ssl_socket import CONNECTED
+from tests.unit.sockets.test_dial import Owner, make
 from tls_engine import AppData, HandshakeComplete, TlsFailure
 
 
@@ -54,11 +53,9 @@ class Recorder(Owner):
 
 async def opened_and_waiting(owner: Recorder, negotiate: float = 10):
     """An open whose task waits for the handshake, and the server's side of it."""
-    loop = asyncio.get_running_loop()
     server = socket.create_server(("127.0.0.1", 0))
-    sock = SslSocket(owner, 0, pdp_id=1, ctx_id=0, host="h.test", port=443, delivery=None,
-                     recv_limit=4096, timers=Timers(loop))
-    sock.open(Router({"h.test:443": f"127.0.0.1:{server.getsockname()[1]}"}), PlainSettings(), negotiate)
+    sock, router = make(owner, server.getsockname()[1])
+    sock.open(router, PlainSettings(), negotiate)
     for _ in range(50):                       # the task makes asyncio's transport, then waits
         await asyncio.sleep(0)
     assert sock._transport is not None and not isinstance(sock._transport, Dialled)
@@ -130,13 +127,11 @@ def test_a_failure_right_after_the_handshake_before_the_wait_is_reported_closed(
     """Reported after the open's answer as the peer's end, not lost: the socket must not
     look connected on a failed session."""
     async def main():
-        loop = asyncio.get_running_loop()
         server = socket.create_server(("127.0.0.1", 0))
         owner = Recorder()
         owner.session_factory = FailsRightAfter
-        sock = SslSocket(owner, 0, pdp_id=1, ctx_id=0, host="h.test", port=443, delivery=None,
-                         recv_limit=4096, timers=Timers(loop))
-        sock.open(Router({"h.test:443": f"127.0.0.1:{server.getsockname()[1]}"}), PlainSettings(), 10)
+        sock, router = make(owner, server.getsockname()[1])
+        sock.open(router, PlainSettings(), 10)
         for _ in range(50):
             await asyncio.sleep(0)
         assert owner.log == ["opened None", "closed TLS failure: bad record MAC right after the handshake"]
