@@ -82,6 +82,14 @@ class EscapeDetector:
         return out, False
 
 
+    def release(self) -> bytes:
+        """The held characters, as data: online mode ends before their guard time has
+        told (DTR dropped, the host hung up), so they were never an escape."""
+        out = bytes([self.char]) * self.held
+        self.held = 0
+        return out
+
+
 def _leading(data: bytes, char: int, limit: int) -> int:
     n = 0
     while n < len(data) and n < limit and data[n] == char:

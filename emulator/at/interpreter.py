@@ -166,6 +166,7 @@ class Interpreter:
         if self._online is not None:
             link = self._online
             log.info("host closed the port in online data mode: the connection stays open (ATO)")
+            self._release_held()
             self._abandon()
             link.escaped()
         if self._pending is not None:
@@ -501,12 +502,22 @@ class Interpreter:
         mode = self.modem.settings.dtr
         if self.mode is not Mode.ONLINE or mode == 0:
             return
+        self._guarded(self._release_held)          # what the host wrote goes first
         if mode == 1:
             self._guarded(self._leave_online, "OK", True)
         else:
             link = self._online
             self._guarded(self._leave_online, "NO CARRIER", False)
             link.hang_up()
+
+    def _release_held(self) -> None:
+        """A "+" the escape detector holds back (its guard time not passed yet) is data
+        when online mode ends another way than the escape (DTR, the host hanging up):
+        it goes into the connection, after what came before it, never lost."""
+        if self._escape is not None and self._online is not None:
+            out = self._escape.release()
+            if out:
+                self._online.send(out)
 
     def _leave_online(self, final: str, escaped: bool) -> None:
         link = self._online
