@@ -35,6 +35,7 @@ WRITE_CHUNK = 16 * 1024          # one TLS record's worth of plaintext per write
 DTLS_TIMEOUT_MIN = 1.0           # Mbed TLS defaults (RFC 6347 §4.2.4.1): 1 s doubling to 60 s
 DTLS_TIMEOUT_MAX = 60.0
 _RECHECK = 0.02                  # Mbed TLS's own timer not yet expired: look again soon
+_RING_RETRY = 16 * 1024          # a flight this big may have filled the wrapper's output ring
 
 _VERSION_NAMES = {"TLSv1": "TLSv1.0", "TLSv1_1": "TLSv1.1", "TLSv1_2": "TLSv1.2",
                   "TLSv1_3": "TLSv1.3", "DTLSv1_0": "DTLSv1.0", "DTLSv1_2": "DTLSv1.2"}
@@ -279,15 +280,19 @@ class TlsClientSession:
         self._collect_output()
 
     def _advance_handshake(self) -> None:
-        # TLS: a flight is taken from the wrapper once, when the handshake waits or is over
-        # (or the wrapper's output ring is full: WantWriteError), not after every step --
-        # ~3 us a step, a dozen steps a handshake.  DTLS takes each step's records apart,
-        # as before (pack_datagrams keeps them in that step's datagrams).
+        # TLS: a flight is taken from the wrapper once, when the handshake waits or is over,
+        # not after every step -- ~3 us a step, a dozen steps a handshake.  The wrapper says
+        # "want read" also when its 32 KiB output ring is full: after a flight of
+        # _RING_RETRY bytes or more the step is tried again with the ring emptied.  DTLS
+        # takes each step's records apart, as before (pack_datagrams keeps them in that
+        # step's datagrams).
         per_step = self.settings.dtls
         while self.state == "handshaking":
             try:
                 self._buffer.do_handshake()
             except WantReadError:
+                if not per_step and self._collect_output() >= _RING_RETRY:
+                    continue
                 break
             except WantWriteError:
                 self._collect_output()
@@ -380,16 +385,18 @@ class TlsClientSession:
     def _output_pending(self) -> int:
         return len(self._datagrams) if self.settings.dtls else len(self._tls_out)
 
-    def _collect_output(self) -> None:
+    def _collect_output(self) -> int:
+        """Take what the wrapper has queued for the network; returns how many bytes."""
         if self._buffer is None:
-            return
+            return 0
         data = take_outgoing(self._buffer)
         if not data:
-            return
+            return 0
         if self.settings.dtls:
             self._datagrams.extend(pack_datagrams(data))
         else:
             self._tls_out += data
+        return len(data)
 
     def _arm_timer_for_new_flight(self) -> None:
         if self.settings.dtls and self.state == "handshaking":

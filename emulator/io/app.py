@@ -186,11 +186,16 @@ class BackgroundEmulator:
         their end, so no task or coroutine is left to the garbage collector (a "never
         awaited" warning, a socket closed by nobody)."""
         await self.emulator.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        for _ in range(3):                    # (a task's cleanup may start another)
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if not tasks:
+                return
+            for task in tasks:
+                task.cancel()
+            done, _ = await asyncio.wait(tasks, timeout=5)
+            for task in done:                 # (retrieved: no "never retrieved" warning)
+                if not task.cancelled():
+                    task.exception()
 
     def stop(self) -> None:
         if not self._thread.is_alive():

@@ -458,7 +458,7 @@ def test_urc_queued_behind_a_linger_about_an_id_the_same_line_then_closes(modem,
         host.write("AT+QICLOSE=0,2;+QICLOSE=1,0\r\n")
         advance(0)
         server.connections[1].sock.sendall(b"late")
-        server.connections[1].sock.close()
+        server.connections[1].close()              # FIN (shutdown wakes the reader)
         time.sleep(0.3)
         advance(2.5)
         out = host.read_until(ANSWER, timeout=3) + host.quiet_for(0.3)
