@@ -215,6 +215,9 @@ def qsslrecv_write(modem, cmd):
     sock = svc.sockets.get(ssid)
     if sock is None or sock.state in (INITIAL, OPENING):
         raise fail(svc, None, f"ssid {ssid} is not connected")
+    if not sock.delivery.host_reads:        # transparent, left with "+++": its bytes wait for ATO
+        raise fail(svc, None, f"ssid {ssid} is in {sock.delivery.name} mode: its data "
+                              f"are not read with AT+QSSLRECV (ATO returns to them)")
     data = sock.read(length)
     if not data:
         return ok()
