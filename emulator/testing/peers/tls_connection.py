@@ -114,9 +114,17 @@ class TlsConnection:
                 f"error={self.error!r} closed={self.closed}>")
 
     # --- a handler's side (in the connection's thread) -------------------------------------
+    def _handler_only(self, what: str) -> None:
+        # (one SSL object, one thread: from a test's thread these would race the connection's
+        # own loop and fail at random, e.g. BufferError on the shared output buffer)
+        if threading.current_thread() is not self.thread:
+            raise RuntimeError(f"TlsConnection.{what}() runs in the connection's handler; "
+                               f"a test's thread uses send() / close()")
+
     def recv(self, size: int = 65536, timeout: float | None = None) -> bytes:
         """Decrypted bytes, 1 to `size` of them; b"" once the client sent close_notify or
         closed TCP. TimeoutError after `timeout` seconds without data."""
+        self._handler_only("recv")
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._unread:
             if self.close_notify_received or self.client_eof:
@@ -136,11 +144,13 @@ class TlsConnection:
 
     def sendall(self, data: bytes) -> None:
         """Encrypt and send `data`; returns once the kernel took all of it."""
+        self._handler_only("sendall")
         self._write(data)
         self._drain()
 
     def send_close_notify(self) -> None:
         """Send a TLS close_notify (not waiting for the client's)."""
+        self._handler_only("send_close_notify")
         self._queue_close_notify()
         self._drain()
 

@@ -436,3 +436,23 @@ def test_tcp_server_behave_read_record_reset_and_gone():
         assert not server.gone(0, timeout=0.1)
         client.close()
         assert server.gone(0)
+
+
+def test_a_tls_connections_handler_calls_refuse_a_tests_thread():
+    """recv / sendall / send_close_notify drive the connection's one SSL object from its own
+    thread; from a test's thread they would race it (a random BufferError): a clear error."""
+    import ssl as _ssl
+
+    from emulator.testing.peers import default_pki
+
+    pki = default_pki()
+    with TlsServer(pki.server, mode="sink") as server:
+        ctx = _ssl.create_default_context(cafile=str(pki.ca.cert_path))
+        ctx.check_hostname = False
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            with ctx.wrap_socket(raw):
+                conn = server.wait_handshake()
+                for call in (lambda: conn.sendall(b"x"), lambda: conn.recv(1, timeout=0.1),
+                             conn.send_close_notify):
+                    with pytest.raises(RuntimeError, match="handler"):
+                        call()
