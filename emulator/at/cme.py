@@ -2,7 +2,8 @@
 
 3GPP TS 27.007 §9.2 for the general codes; Quectel's FILE error table (400-426)
 for the file commands and the storage under them (emulator.storage.vfs.FileError
-carries these numbers).  The FILE table is Quectel's as Quectel's own host
+carries these numbers); the TCP/IP and SSL codes 550-574 of the EC2x SSL note (§5), which
+AT+QIGETERROR prints too.  The FILE table is Quectel's as Quectel's own host
 driver decodes it (GitHub quectel-develop/user-friendly-project,
 quectel/modules/bg95/bg95_filesystem.c, at_file_errcode_parse); the manual's PDF
 table itself could not be consulted.  There is no 404 and no 408.
@@ -25,6 +26,15 @@ CME_TEXT = {
     414: "the file read-only", 416: "invalid file descriptor", 417: "fail to list the file",
     418: "fail to delete the file", 419: "fail to get disk info", 420: "no space",
     421: "time out", 423: "file too large", 425: "invalid parameter", 426: "file already opened",
+    # Quectel TCP/IP and SSL (EC2x SSL Application Note §5; AT+QIGETERROR prints the same texts)
+    550: "unknown error", 551: "operation blocked", 552: "invalid parameter", 553: "memory not enough",
+    554: "create socket failed", 555: "operation not supported", 556: "socket bind failed",
+    557: "socket listen failed", 558: "socket write failed", 559: "socket read failed",
+    560: "socket accept failed", 561: "open PDP context failed", 562: "close PDP context failed",
+    563: "socket identity has been used", 564: "DNS busy", 565: "DNS parse failed",
+    566: "socket connect failed", 567: "socket has been closed", 568: "operation busy",
+    569: "operation timeout", 570: "PDP context break down", 571: "cancel send",
+    572: "operation not allowed", 573: "APN not configured", 574: "port busy",
 }
 
 

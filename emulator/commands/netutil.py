@@ -33,21 +33,15 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from emulator.at.args import Args
-from emulator.at.cme import CME_TEXT
 from emulator.at.parser import READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Cme, CommandError, ok
 from emulator.commands.ssl_common import quectel_test
 from emulator.io.network import NetworkError, Router, is_ip, name_problem, open_udp
 from emulator.logsafe import get_logger
-from emulator.sockets.service import ERROR_TEXT, ssl_service
+from emulator.sockets.service import ssl_service
 
 log = get_logger("emulator.netutil")
-
-# +CME ERROR: <err> with AT+CMEE=2 prints the §5 text of these codes (one table: ERROR_TEXT).
-for _code, _text in ERROR_TEXT.items():
-    if _code >= 550:
-        CME_TEXT.setdefault(_code, _text)
 
 DNS_TTL = 600               # seconds; what a field log shows (+QIURC: "dnsgip",0,1,600)
 PING_BYTES, PING_TTL = 32, 255          # field logs: +QPING: 0,"61.135.169.125",32,469,255

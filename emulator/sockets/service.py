@@ -12,6 +12,7 @@ import asyncio
 
 from tls_engine import SessionCache
 
+from emulator.at.cme import CME_TEXT
 from emulator.logsafe import get_logger
 
 from emulator.io.network import net_faults
@@ -23,17 +24,8 @@ from emulator.sockets.ssl_socket import CONNECTED, SslSocket
 log = get_logger("emulator.ssl")
 
 # EC2x note §5; AT+QIGETERROR prints the text.
-ERROR_TEXT = {
-    0: "operation successful", 550: "unknown error", 551: "operation blocked",
-    552: "invalid parameter", 553: "memory not enough", 554: "create socket failed",
-    555: "operation not supported", 556: "socket bind failed", 557: "socket listen failed",
-    558: "socket write failed", 559: "socket read failed", 560: "socket accept failed",
-    561: "open PDP context failed", 562: "close PDP context failed",
-    563: "socket identity has been used", 564: "DNS busy", 565: "DNS parse failed",
-    566: "socket connect failed", 567: "socket has been closed", 568: "operation busy",
-    569: "operation timeout", 570: "PDP context break down", 571: "cancel send",
-    572: "operation not allowed", 573: "APN not configured", 574: "port busy",
-}
+# AT+QIGETERROR's texts: the +CME ERROR table's TCP/IP and SSL codes (one table), and 0.
+ERROR_TEXT = {0: "operation successful", **{code: text for code, text in CME_TEXT.items() if 550 <= code <= 574}}
 
 
 def ssl_service(modem) -> "SslService":
