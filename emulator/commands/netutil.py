@@ -37,7 +37,7 @@ from emulator.at.parser import READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Cme, CommandError, ok
 from emulator.commands.ssl_common import quectel_test
-from emulator.io.network import NetworkError, Router, is_ip, name_problem, open_udp
+from emulator.io.network import NetworkError, Router, is_ip, name_problem, net_faults, open_udp
 from emulator.logsafe import get_logger
 from emulator.sockets.service import ssl_service
 
@@ -172,6 +172,8 @@ class NetUtil:
         router = self.router
         if is_ip(host):
             return [host.strip("[]")]
+        if net_faults(self.modem).take_lookup():
+            raise NetworkError("dns", f"cannot resolve {host!r}: DNS failure (fault injected)")
         if router.knows(host):
             return [router.display_address(host)]
         if router.offline:
@@ -496,6 +498,8 @@ async def _ntp(exchange: "_SntpExchange") -> None:
     router = util.router
     try:
         target = server
+        if not is_ip(server) and net_faults(util.modem).take_lookup():
+            raise NetworkError("dns", f"cannot resolve {server!r}: DNS failure (fault injected)")
         if router.lookup(server, port) is None and not is_ip(server) and not router.offline:
             # An unrouted name: the modem's resolver (IPv4 on an IP context, DNS_TIMEOUT).
             target = (await util.resolve(server, exchange.cid))[0]

@@ -287,6 +287,14 @@ class NetFaults:
                 return kind
         return None
 
+    def take_lookup(self) -> bool:
+        """A name lookup of the modem's own (AT+QIDNSGIP, AT+QPING, AT+QNTP of a name):
+        True when the "dns_fail" fault is to fail it (one of its count taken)."""
+        if self.pending["dns"] > 0:
+            self.pending["dns"] -= 1
+            return True
+        return False
+
 
 @dataclass
 class NetConditions:

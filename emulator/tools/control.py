@@ -22,7 +22,8 @@ DTR, URCs and the reboot.
     drop        socket, how=close|rst|blackhole   (an SSL or a TCP/IP socket: one id pool)
     pdp_deact   cid                        the network deactivates a context
     dns_fail / connect_refuse / handshake_stall   count=K (the next K opens; 0 cancels; a
-                                           TCP/UDP open's stall: its connect is never answered)
+                                           TCP/UDP open's stall: its connect is never answered;
+                                           dns_fail: also AT+QIDNSGIP/QPING/QNTP of a name)
     send_fail   socket, count=K            the next K AT+QSSLSEND / AT+QISEND answer SEND FAIL
     dtr         level=0|1
     urc         text                       any line, as a URC

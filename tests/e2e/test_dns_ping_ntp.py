@@ -349,3 +349,28 @@ def test_the_trace_records_lookups_pings_syncs_and_registration(emulator, open_m
     kinds = {r["kind"]: r for r in records if r["kind"] in ("dns", "ping", "registration")}
     assert kinds["dns"]["code"] == 565 and kinds["ping"]["times"] == [7]
     assert kinds["registration"]["command"] == "+CEREG" and kinds["registration"]["stat"] == 2
+
+
+def test_the_dns_fail_fault_fails_the_modems_own_lookups_too(emulator, ec2x_on):
+    """Control op dns_fail count=K: the next K name lookups fail, the modem's own
+    (AT+QIDNSGIP, AT+QPING, AT+QNTP of a name) as well as socket opens; IP literals need no
+    lookup; once K are taken, names resolve again."""
+    host, port = ec2x_on
+    emulator.router.add_dns("known.example", "106.12.79.254")
+    emulator.router.add_ping("known.example", 5)
+    with SntpServer(NTP_DATE) as ntp:
+        emulator.router.add_map("ntp.example", 123, "127.0.0.1", ntp.port)
+        assert emulator.control("dns_fail", count=3)["ok"]
+        assert host.at('AT+QIDNSGIP=1,"106.12.79.254"') == OK              # a literal: no lookup
+        assert host.read_until(b'"106.12.79.254"\r\n', timeout=3) == (
+            b'\r\n+QIURC: "dnsgip",0,1,0\r\n\r\n+QIURC: "dnsgip","106.12.79.254"\r\n')
+        assert host.at('AT+QIDNSGIP=1,"known.example"') == OK
+        assert host.read_until(b'+QIURC: "dnsgip",565\r\n', timeout=3) == b'\r\n+QIURC: "dnsgip",565\r\n'
+        assert host.at('AT+QPING=1,"known.example",1,1') == OK
+        assert host.read_until(b"+QPING: 565\r\n", timeout=3) == b"\r\n+QPING: 565\r\n"
+        assert host.at('AT+QNTP=1,"ntp.example"') == OK
+        assert host.read_until(b"+QNTP: 565\r\n", timeout=3) == b"\r\n+QNTP: 565\r\n"
+        assert ntp.requests == []
+        assert host.at('AT+QIDNSGIP=1,"known.example"') == OK              # the count is spent
+        assert host.read_until(b'"106.12.79.254"\r\n', timeout=3) == (
+            b'\r\n+QIURC: "dnsgip",0,1,600\r\n\r\n+QIURC: "dnsgip","106.12.79.254"\r\n')
