@@ -104,7 +104,10 @@ def _ip(modem, entry) -> str:
 
 def _state_line(modem, entry) -> str:
     svc = tcpip_service(modem)
-    return (f'+QISTATE: {entry.client_id},"{entry.service_type}","{_ip(modem, entry)}",{entry.port},'
+    # A listener and a UDP SERVICE have no remote end: "127.0.0.1",0 (the <remote_port> a UDP
+    # SERVICE's AT+QIOPEN carries is not shown).
+    port = 0 if entry.service_type in ("TCP LISTENER", "UDP SERVICE") else entry.port
+    return (f'+QISTATE: {entry.client_id},"{entry.service_type}","{_ip(modem, entry)}",{port},'
             f'{entry.shown_local_port},{int(entry.state)},{entry.pdp_id},{entry.server_id},'
             f'{entry.delivery.access_mode},"{svc.at_port}"')
 
