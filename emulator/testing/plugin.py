@@ -55,7 +55,8 @@ class ModemHandle:
     def control(self, op: str, **kw) -> dict:
         """The control API (state, drop, pdp_deact, send_fail, dtr, urc, reboot, ...):
         {"ok": True, ...} or {"ok": False, "error": ...}."""
-        return self.emulator.control(op, 0, **kw)
+        modem = kw.pop("modem", 0)              # (this handle's emulator has modem 0 only)
+        return self.emulator.control(op, modem, **kw)
 
     def scenario(self, scenario):
         """Run a scenario file (a TOML path, or a dict of the same shape) against this
@@ -87,7 +88,11 @@ class ModemHandle:
 def _profile_of(request) -> str:
     marker = request.node.get_closest_marker("modem_profile")
     if marker is not None:
-        return marker.args[0] if marker.args else marker.kwargs["name"]
+        name = marker.args[0] if marker.args else marker.kwargs.get("name")
+        if not isinstance(name, str) or not name:
+            pytest.fail('@pytest.mark.modem_profile needs a profile name: modem_profile("ml302") '
+                        'or modem_profile(name="ml302")', pytrace=False)
+        return name
     return getattr(request, "param", "ec2x")
 
 

@@ -248,6 +248,10 @@ def urc(modem, args: _Args) -> dict:
     args.done()
     if "\r" in text or "\n" in text:
         raise ControlError("urc: one line, without CR or LF")
+    try:
+        text.encode("latin-1")            # the port carries bytes: one char, one byte
+    except UnicodeEncodeError:
+        raise ControlError("urc: text must be characters U+0000-U+00FF (one byte each on the port)") from None
     modem.urc(text)
     return {}
 
@@ -390,6 +394,8 @@ class ControlServer:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError) as exc:
             return {"ok": False, "error": f"malformed JSON: {exc}"}
+        except RecursionError:            # "[[[[..." nested past the parser's recursion limit
+            return {"ok": False, "error": "malformed JSON: nested too deeply"}
         if not isinstance(request, dict):
             return {"ok": False, "error": "a request is a JSON object"}
         name = request.pop("op", None)
