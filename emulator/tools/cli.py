@@ -152,7 +152,10 @@ def load_config(path: str | None, router: Router) -> None:
                 add(router, key, value)
             except ValueError as exc:
                 raise SystemExit(f"modem-emulator: config {path}: {table}: {exc}")
-    if data.get("offline"):
+    offline = data.get("offline", False)
+    if not isinstance(offline, bool):       # (offline = "no" would read as true)
+        raise SystemExit(f"modem-emulator: config {path}: offline: expected true or false, got {offline!r}")
+    if offline:
         router.offline = True
 
 

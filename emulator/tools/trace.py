@@ -249,9 +249,11 @@ def attach_trace(trace, modem, index: int):
 
 
 # -- reading --------------------------------------------------------------------------
-def read_trace(path: str | os.PathLike) -> list[dict]:
+def read_trace(path: str | os.PathLike, warn=None) -> list[dict]:
     """The records of a trace file; ValueError naming the line when one is not a record
-    this version wrote (a damaged or hand-edited file): show and replay exit 2 on it."""
+    this version wrote (a damaged or hand-edited file): show and replay exit 2 on it.  A
+    last line cut short (no newline: the recording was killed, the disk filled) is left
+    out, with warn(text) saying so."""
     records = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -259,6 +261,11 @@ def read_trace(path: str | os.PathLike) -> list[dict]:
                 try:
                     record = json.loads(line)
                 except (json.JSONDecodeError, RecursionError) as exc:
+                    if not line.endswith("\n"):          # (only the last line can lack it)
+                        if warn is not None:
+                            warn(f"{path}:{n}: the last line is cut short (an interrupted "
+                                 f"recording): left out")
+                        break
                     raise ValueError(f"{path}:{n}: not a JSON line: {exc}") from None
                 problem = _record_problem(record)
                 if problem:
@@ -399,7 +406,8 @@ def show_main(argv: list[str] | None = None) -> int:
     p.add_argument("--modem", type=int, help="only this modem (index)")
     args = p.parse_args(argv)
     try:
-        records = read_trace(args.file)
+        records = read_trace(args.file, warn=lambda text: print(f"modem-emulator trace show: {text}",
+                                                                 file=sys.stderr))
     except (OSError, ValueError) as exc:
         print(f"modem-emulator trace show: {exc}", file=sys.stderr)
         return 2
@@ -955,7 +963,8 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None) -> 
 
     steps = parse_at_log(text)
     if not steps:
-        print("replay: no commands found (expected '>> AT...' / '<< OK' lines or a terminal capture)", file=out)
+        print("modem-emulator replay: no commands found (expected '>> AT...' / '<< OK' lines or a "
+              "terminal capture)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="modem-replay-") as state, BackgroundEmulator(offline=True) as emu:
         port = emu.add_modem(profile, state_dir=Path(state))
@@ -1002,6 +1011,13 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None) -> 
     return 0
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:                       # (NaN too)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
 def replay_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="modem-emulator replay",
                                 description="drive a fresh modem with the host side of a trace or an AT log "
@@ -1009,7 +1025,7 @@ def replay_main(argv: list[str] | None = None) -> int:
     p.add_argument("file")
     p.add_argument("--profile", help="the profile to replay on (default: the trace's, else ec2x)")
     p.add_argument("--modem", type=int, default=0, help="which modem of a trace (index, default 0)")
-    p.add_argument("--max-gap", type=float, metavar="SECONDS",
+    p.add_argument("--max-gap", type=_seconds, metavar="SECONDS",
                    help="shorten the host's recorded pauses to at most this (default: keep them; "
                         "keep it above the guard time S12 when the trace has +++)")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX",
@@ -1032,7 +1048,8 @@ def replay_main(argv: list[str] | None = None) -> int:
     try:
         if text.lstrip().startswith("{"):
             try:
-                records = read_trace(args.file)
+                records = read_trace(args.file, warn=lambda text: print(f"modem-emulator replay: {text}",
+                                                                         file=sys.stderr))
                 mine = [r for r in records if r.get("modem", 0) == args.modem]
                 if not mine:
                     have = sorted({r.get("modem", 0) for r in records})

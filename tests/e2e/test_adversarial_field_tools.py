@@ -442,19 +442,29 @@ def _write(tmp_path, name: str, text: str | bytes) -> str:
     return str(p)
 
 
-def test_truncated_unreadable_and_missing_traces_are_exit_2_with_one_line(tmp_path, capsys):
+def test_a_trace_cut_mid_line_shows_what_came_before_the_cut(tmp_path, capsys):
+    """A recording killed mid-write (kill -9, a full disk) ends in half a line: the complete
+    records before it are shown, the cut line is left out with one warning."""
     good = ('{"t": 0, "modem": 0, "kind": "start", "profile": "ec2x", "in": 0, "out": 0}\n'
             '{"t": 0.1, "modem": 0, "kind": "io", "dir": "in", "data": "AT\\r", "in": 0, "out": 0}\n')
-    cases = [_write(tmp_path, "cut.trace", good + '{"t": 0.2, "modem": 0, "kind": "io", "dir": "o'),
-             _write(tmp_path, "bin.trace", b"\xff\xfe{\"t\"\x00\x01"),
+    cut = _write(tmp_path, "cut.trace", good + '{"t": 0.2, "modem": 0, "kind": "io", "dir": "o')
+    assert show_main([cut]) == 0
+    said = capsys.readouterr()
+    assert "AT\\r" in said.out and "Traceback" not in said.err
+    assert said.err == f"modem-emulator trace show: {cut}:3: the last line is cut short (an interrupted recording): left out\n"
+
+
+def test_unreadable_and_missing_traces_are_exit_2_with_one_line(tmp_path, capsys):
+    cases = [_write(tmp_path, "bin.trace", b"\xff\xfe{\"t\"\x00\x01"),
+             _write(tmp_path, "mid.trace", '{"t": 0, "modem": 0, "kind": "io", "dir": "o\n{"t": 1}\n'),
              str(tmp_path / "missing.trace"), str(tmp_path)]
     for f in cases:
         assert show_main([f]) == 2, f
         err = capsys.readouterr().err
         assert err.startswith("modem-emulator trace show: ") and "Traceback" not in err
         assert replay_main([f]) == 2, f
-        said = capsys.readouterr()                 # (an AT log with no commands is said on stdout)
-        assert (said.err or said.out).strip() and "Traceback" not in said.err + said.out
+        said = capsys.readouterr()
+        assert said.err.startswith("modem-emulator replay: ") and "Traceback" not in said.err + said.out
     assert replay_main([_write(tmp_path, "empty.log", "")]) == 2
     assert replay_main([_write(tmp_path, "noise.log", "hello\nworld\n")]) == 2
 
@@ -704,3 +714,24 @@ def test_plugin_control_with_a_modem_index_answers(odd_plugin_run):
 def test_plugin_empty_profile_marker_is_handled(odd_plugin_run):
     assert _outcome(odd_plugin_run, "test_empty_marker") == "PASSED" or \
         "KeyError" not in odd_plugin_run, odd_plugin_run[-2000:]
+
+
+def test_replay_refuses_a_negative_max_gap(tmp_path, capsys):
+    trace = _write(tmp_path, "one.trace", '{"t": 0, "modem": 0, "kind": "start", "profile": "ec2x"}\n')
+    with pytest.raises(SystemExit) as exc:
+        replay_main([trace, "--max-gap", "-1"])
+    assert exc.value.code == 2 and "--max-gap" in capsys.readouterr().err
+
+
+def test_config_offline_must_be_a_boolean(tmp_path):
+    """offline = "no" read as true before (any truthy value): now only true/false."""
+    from emulator.io.network import Router
+    from emulator.tools.cli import load_config
+
+    for text, offline in (('offline = true\n', True), ('offline = false\n', False)):
+        router = Router()
+        load_config(_write(tmp_path, "ok.toml", text), router)
+        assert router.offline is offline
+    for text in ('offline = "no"\n', "offline = 1\n"):
+        with pytest.raises(SystemExit, match="offline: expected true or false"):
+            load_config(_write(tmp_path, "bad.toml", text), Router())
