@@ -53,6 +53,7 @@ class HandshakeSniffer:
         self._hs_stream = bytearray()   # TLS: handshake bytes not yet a full message
         self._dtls_msgs: dict[int, tuple[int, int, bytearray, set[tuple[int, int]]]] = {}
         self._dtls_done: set[int] = set()
+        self._largest = 0               # TLS: the longest complete handshake message's length
 
     def feed(self, data: bytes) -> tuple[list[HandshakeMessage], list[Alert]]:
         """Parse inbound bytes; return the handshake messages and alerts completed."""
@@ -65,6 +66,12 @@ class HandshakeSniffer:
         except SnifferError:
             self.broken = True
             return [], []
+
+    def largest_message(self) -> int:
+        """The longest handshake message seen so far (TLS), counting one still being
+        reassembled at the length its header announces."""
+        pending = int.from_bytes(self._hs_stream[1:4], "big") if len(self._hs_stream) >= 4 else 0
+        return max(self._largest, pending)
 
     # --- TLS -----------------------------------------------------------------
 
@@ -103,6 +110,7 @@ class HandshakeSniffer:
             if len(self._hs_stream) < 4 + length:
                 break
             out.append(HandshakeMessage(self._hs_stream[0], bytes(self._hs_stream[4:4 + length])))
+            self._largest = max(self._largest, length)
             del self._hs_stream[:4 + length]
         return out
 

@@ -22,7 +22,8 @@ from collections.abc import Hashable
 
 from . import ciphers as cs
 from .config import EnginePlan, build_plan, client_context
-from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_VERSION, MBEDTLS_PEER_CLOSE_NOTIFY,
+from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_VERSION, MBEDTLS_FEATURE_UNAVAILABLE,
+                     MBEDTLS_PEER_CLOSE_NOTIFY,
                      PROTOCOL_ERROR, VERIFY_FAILED, AppData, EngineConfigError,
                      HandshakeComplete, PeerClosed, TlsFailure, describe_alert,
                      describe_mbedtls_error)
@@ -36,6 +37,7 @@ DTLS_TIMEOUT_MIN = 1.0           # Mbed TLS defaults (RFC 6347 §4.2.4.1): 1 s d
 DTLS_TIMEOUT_MAX = 60.0
 _RECHECK = 0.02                  # Mbed TLS's own timer not yet expired: look again soon
 _RING_RETRY = 16 * 1024          # a flight this big may have filled the wrapper's output ring
+_MAX_HANDSHAKE_MESSAGE = 16384 - 4   # Mbed TLS's input record content less the message header
 
 _VERSION_NAMES = {"TLSv1": "TLSv1.0", "TLSv1_1": "TLSv1.1", "TLSv1_2": "TLSv1.2",
                   "TLSv1_3": "TLSv1.3", "DTLSv1_0": "DTLSv1.0", "DTLSv1_2": "DTLSv1.2"}
@@ -85,6 +87,8 @@ class TlsClientSession:
         self._rx: list[bytes] = []  # decrypted in this receive(), not yet an event
         self._retransmit = DTLS_TIMEOUT_MIN
         self._deadline: float | None = None
+        self._reneg_ssl = None       # native.NativeSsl when renegotiations must be checked
+        self._renegotiating = False
 
     # --- public API ----------------------------------------------------------
 
@@ -109,6 +113,8 @@ class TlsClientSession:
             self._fail(BAD_CONFIG, f"cannot set up TLS: {type(exc).__name__}: {exc}")
             return
         self._resumption.attach(self._buffer)
+        if self._verifier is not None and self.settings.renegotiation:
+            self._watch_renegotiations()
         self._advance_handshake()
         self._arm_timer_for_new_flight()
 
@@ -277,7 +283,44 @@ class TlsClientSession:
         if self.state == "established":
             self._pump_read()
             self._write_unsent()
+            if self._reneg_ssl is not None and self.state == "established":
+                self._check_renegotiation()
         self._collect_output()
+
+    # --- renegotiation (seclevel >= 1) -------------------------------------------
+    # A renegotiation's Certificate travels encrypted: the sniffer cannot see its chain, and
+    # Mbed TLS runs VERIFY_OPTIONAL.  So the server must keep the certificate it was verified
+    # with (as NSS insists too), and that chain is verified again, at the modem clock of the
+    # renegotiation.  Seen through ssl->state: away from HANDSHAKE_OVER while one runs (it
+    # takes round trips, so at least one receive() sees it running), back when it is done.
+
+    def _watch_renegotiations(self) -> None:
+        from . import native
+
+        try:
+            self._reneg_ssl = native.NativeSsl(self._buffer)
+        except Exception as exc:      # (renegotiation itself needs native: it is off then)
+            self.notes.append(f"renegotiations not watched: {exc}")
+
+    def _check_renegotiation(self) -> None:
+        if self._reneg_ssl.handshake_state() != self._reneg_ssl.HANDSHAKE_OVER:
+            self._renegotiating = True
+            return
+        if not self._renegotiating:
+            return
+        self._renegotiating = False
+        leaf = self._buffer.getpeercert(binary_form=True)
+        if not self.peer_chain or leaf != self.peer_chain[0]:
+            self._fail(VERIFY_FAILED, "the server changed its certificate in a renegotiation (the new "
+                                      "chain travels encrypted and cannot be verified)")
+            return
+        try:
+            problem = self._verifier.verify(self.peer_chain)
+            reason = problem.reason if problem is not None else None
+        except Exception as exc:       # (as in _sniff: a failure, never an exception)
+            reason = f"cannot verify server certificate: {exc}"
+        if reason is not None:
+            self._fail(VERIFY_FAILED, f"renegotiation: {reason}")
 
     def _advance_handshake(self) -> None:
         # TLS: a flight is taken from the wrapper once, when the handshake waits or is over,
@@ -413,6 +456,11 @@ class TlsClientSession:
         if err == MBEDTLS_BAD_VERSION and self._server_version is not None:
             chosen = _WIRE_VERSIONS.get(bytes(self._server_version), self._server_version.hex())
             reason = f"server chose {chosen}, outside the configured sslversion (mbedtls -0x{err:04X})"
+        largest = self._sniffer.largest_message()
+        if err == MBEDTLS_FEATURE_UNAVAILABLE and largest > _MAX_HANDSHAKE_MESSAGE:
+            reason = (f"a server handshake message of {largest} bytes (its certificate chain?) is more "
+                      f"than Mbed TLS takes ({_MAX_HANDSHAKE_MESSAGE}: it reassembles none larger "
+                      f"than one record) (mbedtls -0x{err:04X})")
         self._fail(kind, reason)
 
     def _fail(self, kind: str, reason: str) -> None:

@@ -8,7 +8,7 @@ relax flag must relax exactly what it names. Policy (also in tls_engine/README.m
   (settings.ca_pem) first, then among the certificates the server sent, until an
   anchor is reached. A leaf byte-identical to an anchor is trusted as is.
 * Each issuer must be a CA (basicConstraints CA=true; v1/v2 anchors are accepted as
-  Mbed TLS does) and must have signed its child.
+  Mbed TLS does, a v1/v2 certificate the server sent is not) and must have signed its child.
 * ignore_invalid_cert_sign=1: a bad signature along the path is tolerated; the
   names must still chain to an anchor. Nothing else is relaxed.
 * ignore_local_time=0: every certificate on the path (leaf, intermediates, anchor)
@@ -173,7 +173,7 @@ class ChainVerifier:
         candidates += [_Link(c, True, False) for c in sent if c.public_bytes(_DER) not in used]
         bad_signature = None
         for link in candidates:
-            if link.cert.subject != child.issuer or not _can_issue(link.cert):
+            if link.cert.subject != child.issuer or not _can_issue(link.cert, link.is_anchor):
                 continue
             if self._signature_ok(child, link.cert):
                 return link, None
@@ -213,9 +213,12 @@ class ChainVerifier:
         return f"server certificate does not match {host!r} (it is for {', '.join(cert_names(leaf)) or 'no name'})"
 
 
-def _can_issue(cert: x509.Certificate) -> bool:
+def _can_issue(cert: x509.Certificate, trusted: bool) -> bool:
+    """A CA: basicConstraints CA=true; a v1/v2 certificate (no extensions) only when it is a
+    trust anchor (Mbed TLS waives the CA bit for a locally trusted one only: x509_crt_check_parent
+    with `top`), never one the server sent."""
     if cert.version != x509.Version.v3:
-        return True
+        return trusted
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:

@@ -9,6 +9,8 @@ place where an option meets the TLS engine.  A module family's own defaults
 """
 from __future__ import annotations
 
+import string
+
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -131,6 +133,8 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
     if seclevel >= 1:
         ca_pem, ca_label = material("cacert", True)
         extra, extra_label = material("cacertex", False)
+        if extra is None and ctx["cacertex"]:        # set, but no such file: as for cacert
+            raise SetupError("bad_config", f"cacertex file {ctx['cacertex']} not found")
         if extra:
             ca_pem = ca_pem.rstrip(b"\n") + b"\n" + extra
             ca_label = f"{ca_label} / {extra_label}"
@@ -188,9 +192,7 @@ def _host_bytes(text: str, what: str) -> bytes:
 def _psk_key_bytes(text: str) -> bytes:
     """The note gives <key> as a string; a hex string is taken as the key bytes
     (what `openssl s_server -psk` expects), anything else as the bytes the host sent."""
-    try:
-        if text and len(text) % 2 == 0:
-            return bytes.fromhex(text)
-    except ValueError:
-        pass
+    # (only hex digits: bytes.fromhex would also skip spaces, turning "0011 2233 " into 4 bytes)
+    if text and len(text) % 2 == 0 and all(c in string.hexdigits for c in text):
+        return bytes.fromhex(text)
     return _host_bytes(text, "PSK key")

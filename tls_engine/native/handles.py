@@ -218,8 +218,14 @@ class NativeSsl:
     def address(self) -> int:
         return self._ssl
 
+    HANDSHAKE_OVER = L.HANDSHAKE_OVER
+
     def _state(self) -> int:
         return L.i32(self._ssl + L.SC_STATE)
+
+    def handshake_state(self) -> int:
+        """ssl->state: HANDSHAKE_OVER once the handshake (or a renegotiation) is done."""
+        return self._state()
 
     def save_session(self) -> NativeSession:
         """After the handshake (client side): a copy of the negotiated session."""
