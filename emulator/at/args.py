@@ -47,7 +47,7 @@ class Args:
         return self.parse_int(arg.text, lo, hi, i)
 
     def parse_int(self, text: str, lo: int, hi: int, i: int = 0) -> int:
-        text = text.strip()
+        text = text.strip(" \t")        # (not str.strip(): a no-break space is no space)
         # ASCII digits only, a minus sign only where the range has negative values (no
         # module takes "+1" or "-0" for 1 or 0); "²".isdigit() is True, hence isascii().
         digits = text[1:] if text[:1] == "-" and lo < 0 else text

@@ -2,6 +2,8 @@
 
 ATV1 (verbose): information text "<CR><LF>text<CR><LF>", results "<CR><LF>OK<CR><LF>".
 ATV0: information text "text<CR><LF>", result codes as digits and "<CR>" ("0<CR>").
+<CR> is S3 and <LF> is S4 (V.250 6.2.1/6.2.2: ATS3=35 makes every answer, its own OK
+included, "#\nOK#\n"), as the Quectel manuals describe both registers.
 ATQ1 suppresses result codes (and +CME ERROR), never information text or URCs.
 AT+CMEE: 0 a +CME error is a plain ERROR, 1 its number, 2 its text (emulator/at/cme.py).
 Pure functions of the value and the port settings: the interpreter writes what
@@ -15,19 +17,26 @@ from emulator.at.responses import RESULT_CODES, Cme, Code, Final, Line, Prompt, 
 ACK = b"A"        # AT+QFUPL ack mode: after each block, no CR LF
 
 
+def _ends(settings) -> tuple[bytes, bytes]:
+    """(<CR>, <LF>): S3 and S4."""
+    sreg = settings.sreg
+    return bytes((sreg.get(3, 13),)), bytes((sreg.get(4, 10),))
+
+
 def lines(items: list[Line], settings) -> bytes:
     """Information text: the lines of a response, each ended with CR LF."""
     if not items:
         return b""
-    out = bytearray(b"\r\n" if settings.verbose else b"")
+    cr, lf = _ends(settings)
+    out = bytearray(cr + lf if settings.verbose else b"")
     for item in items:
         if isinstance(item, Code):
             if not settings.quiet:
-                out += (item.name.encode() + b"\r\n" if settings.verbose
-                        else f"{RESULT_CODES[item.name]}\r".encode())
+                out += (item.name.encode() + cr + lf if settings.verbose
+                        else str(RESULT_CODES[item.name]).encode() + cr)
             continue
         out += item.data if isinstance(item, Raw) else item.encode("latin-1")
-        out += b"\r\n"
+        out += cr + lf
     return bytes(out)
 
 
@@ -48,14 +57,15 @@ def final(result: Final, settings, profile=None) -> bytes:
     if settings.quiet:
         return b""
     if not settings.verbose:
-        return f"{RESULT_CODES[result]}\r".encode()
+        return str(RESULT_CODES[result]).encode() + _ends(settings)[0]
     return _line(result, settings)
 
 
 def prompt(kind: Prompt | None, settings) -> bytes:
     """What a DataRequest writes before the data (None: nothing)."""
     if kind is Prompt.DATA:
-        return b"\r\n> " if settings.verbose else b"> "
+        cr, lf = _ends(settings)
+        return cr + lf + b"> " if settings.verbose else b"> "
     if kind is Prompt.CONNECT:
         return final("CONNECT", settings)
     return b""
@@ -64,8 +74,11 @@ def prompt(kind: Prompt | None, settings) -> bytes:
 def urc(text: str | bytes, raw: bytes, settings) -> bytes:
     """An unsolicited line, then optional raw bytes (direct push data)."""
     body = text.encode("latin-1") if isinstance(text, str) else text
-    return (b"\r\n" + body + b"\r\n" if settings.verbose else body + b"\r\n") + raw
+    cr, lf = _ends(settings)
+    return (cr + lf + body + cr + lf if settings.verbose else body + cr + lf) + raw
 
 
 def _line(text: str, settings) -> bytes:
-    return (f"\r\n{text}\r\n" if settings.verbose else f"{text}\r\n").encode("latin-1")
+    cr, lf = _ends(settings)
+    body = text.encode("latin-1")
+    return cr + lf + body + cr + lf if settings.verbose else body + cr + lf

@@ -75,6 +75,7 @@ class Interpreter:
         self._raw = ""                   # the command being answered (logs)
         self._urcs: list[tuple[bytes, object]] = []    # (framed URC, what it is about)
         self._last_line: bytes | None = None
+        modem.on("reset", self._forget_last_line)     # (A/ after a reboot repeats nothing)
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
         # Command name ("+QSSLOPEN") -> seconds its final answer is held back (the
@@ -87,6 +88,9 @@ class Interpreter:
             for k, ms in modem.profile.get("timing.response_delay_ms", {}).items() if ms}
 
     # -- mode ----------------------------------------------------------------
+    def _forget_last_line(self) -> None:
+        self._last_line = None
+
     @property
     def idle(self) -> bool:
         """Command mode and no handler running: a URC goes out at once.  When the
@@ -311,7 +315,7 @@ class Interpreter:
             self._queue.clear()                  # the rest of the line is online data now
             self._go_online(response.online, after_line)
             return False
-        if response.final == "OK":
+        if response.final == "OK" and not response.ends_line:
             if response.then is not None:        # (the line may go on: no answer yet to wait for)
                 self._run_then(response.then)
             return True

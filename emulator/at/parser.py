@@ -67,7 +67,7 @@ def parse_line(body: bytes) -> list[Command | Malformed]:
 
 def _parse_line(body: bytes) -> list[Command | Malformed]:
     # latin-1 maps every byte to one char, so any input decodes and round-trips.
-    text = body.decode("latin-1")
+    text = _without_spaces(body.decode("latin-1"))
     out: list[Command | Malformed] = []
     i = 0
     n = len(text)
@@ -90,6 +90,22 @@ def _parse_line(body: bytes) -> list[Command | Malformed]:
     return out
 
 
+def _without_spaces(text: str) -> str:
+    """V.250 5.1: space characters (0x20) are ignored outside string constants:
+    "AT+CMEE =1", "ATS3 ?", "ATE 0" are AT+CMEE=1, ATS3?, ATE0.  Except between two digits:
+    "443 1" stays a malformed number (ERROR), never 4431 -- a host's typo must not become
+    another port.  (Only 0x20: a no-break space or a control character is not a space.)"""
+    if " " not in text:
+        return text
+    parts = text.split('"')
+    for k in range(0, len(parts), 2):          # outside quotes: the even pieces
+        parts[k] = _SPACES.sub("", parts[k])
+    return '"'.join(parts)
+
+
+_SPACES = re.compile(r"(?<![0-9]) +| +(?![0-9])")    # a run not between two digits
+
+
 def _parse_extended(text: str, start: int, out: list) -> int:
     i = _NAME_RUN.match(text, start + 1).end()
     n = len(text)
@@ -100,7 +116,7 @@ def _parse_extended(text: str, start: int, out: list) -> int:
     for suffix, kind in (("=?", TEST), ("?", READ)):      # "=?" before "=" and "?"
         if text.startswith(suffix, i):
             end = _skip_to_separator(text, i + len(suffix))
-            if text[i + len(suffix):end].strip():
+            if text[i + len(suffix):end].strip(" \t"):
                 out.append(Malformed(text[start:end], f"text after {suffix}"))
                 return n
             out.append(Command(name, kind, (), text[start:end]))
@@ -114,7 +130,7 @@ def _parse_extended(text: str, start: int, out: list) -> int:
         out.append(Command(name, WRITE, tuple(args), text[start:end]))
         return end
     end = _skip_to_separator(text, i)
-    if text[i:end].strip():
+    if text[i:end].strip(" \t"):
         out.append(Malformed(text[start:end], "unexpected text after command name"))
         return n
     out.append(Command(name, EXEC, (), text[start:end]))
@@ -144,7 +160,7 @@ def split_args(text: str) -> list[Arg | None] | None:
     unquoted value)."""
     args: list[Arg | None] = []
     i, n = 0, len(text)
-    if not text.strip():
+    if not text.strip(" \t"):
         return [None]
     while True:
         while i < n and text[i] in " \t":
@@ -162,7 +178,7 @@ def split_args(text: str) -> list[Arg | None] | None:
         else:
             comma = text.find(",", i)
             comma = n if comma < 0 else comma
-            raw = text[i:comma].strip()
+            raw = text[i:comma].strip(" \t")
             if '"' in raw:
                 return None            # a stray quote in an unquoted value: abc"
             value = Arg(raw) if raw else None

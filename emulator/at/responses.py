@@ -114,6 +114,10 @@ class Response:
     # them as if the handler had done it): the host reads SEND OK while the module is
     # still encrypting and sending.  Only with a final result.
     then: Callable[[], None] | None = None
+    # The line ends with this answer: the commands after it on the line do not run, and
+    # `then` runs after the final even when it is OK (a reboot: OK, framed with the
+    # settings it was asked with, then the module restarts).
+    ends_line: bool = False
 
 
 def ok(*lines: Line) -> Response:

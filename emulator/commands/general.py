@@ -5,7 +5,7 @@ from __future__ import annotations
 from emulator.at.args import Args
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
-from emulator.at.responses import Cme, CommandError, ok
+from emulator.at.responses import Cme, CommandError, Response, ok
 from emulator.modem.registration import registration
 
 
@@ -64,15 +64,49 @@ for _name in ("+CREG", "+CGREG", "+CEREG"):
 
 
 def _cops_test(modem) -> str:
-    op = modem.profile["network.operator"]
-    return f'+COPS: (2,"{op}","{op}","46001",{modem.profile["network.act"]}),,(0-4),(0-2)'
+    reg = registration(modem)
+    return (f'+COPS: (2,"{reg.operator(0)}","{reg.operator(1)}","{reg.operator(2)}",'
+            f'{modem.profile["network.act"]}),,(0-4),(0-2)')
 
 
 @command("+COPS", READ, test=_cops_test)
 def cops(modem, cmd):
-    if not registration(modem).registered():     # radio off, or the network dropped the module
-        return ok("+COPS: 0")
-    return ok(f'+COPS: 0,0,"{modem.profile["network.operator"]}",{modem.profile["network.act"]}')
+    reg = registration(modem)
+    if not reg.registered():                     # radio off, deregistered, or dropped by the network
+        return ok(f"+COPS: {reg.cops_mode}")
+    return ok(f'+COPS: {reg.cops_mode},{reg.cops_format},"{reg.operator()}",{modem.profile["network.act"]}')
+
+
+@command("+COPS", WRITE)
+def cops_write(modem, cmd):
+    """27.007 7.3: <mode> 0 automatic, 1 manual (<format>,<oper> must name this network),
+    2 deregister, 3 only sets <format>, 4 manual then automatic (the one network there is
+    is found either way); <AcT> is taken as given."""
+    args = Args(cmd, error=Cme(50), at_most=4)
+    reg = registration(modem)
+    mode = args.int(0, 0, 4)
+    fmt = args.int(1, 0, 2, default=None)
+    if mode == 3:
+        if fmt is None:
+            raise CommandError(Cme(50), "AT+COPS=3 needs <format>")
+        args.at_most(2)
+        reg.cops_format = fmt
+        return ok()
+    if mode in (1, 4):
+        if fmt is None or not args.present(2):
+            raise CommandError(Cme(50), f"AT+COPS={mode} needs <format>,<oper>")
+        args.int(3, 0, 9, default=None)
+        oper = args.str(2, max_len=32)
+        if mode == 1 and oper.upper() != reg.operator(fmt).upper():
+            raise CommandError(Cme(30), f"AT+COPS=1: no network {oper!r} here ({reg.operator(fmt)!r})")
+    elif len(args) > 2:
+        raise CommandError(Cme(50), f"AT+COPS={mode} takes at most <format>")
+    if fmt is not None:
+        reg.cops_format = fmt
+    if modem.cfun != 1 and mode != 2:
+        raise CommandError(Cme(30), "the radio is off (AT+CFUN)")
+    reg.select(mode)
+    return ok()
 
 
 @command("+CFUN", READ, test="+CFUN: (0,1,4),(0-1)")
@@ -88,11 +122,17 @@ def cfun_write(modem, cmd):
         raise CommandError(Cme(50), f"AT+CFUN={fun}: only 0, 1 and 4")
     reset = args.int(1, 0, 1, default=0)
     if reset:
-        modem.reset()
-        if modem.loop is not None:
-            # A rebooting module reports its start-up URCs a moment after OK.
-            modem.call_later(0.05, _boot_urcs, modem)
-        return ok()
+        if fun != 1:        # (Quectel: <rst> 1 "is available only for <fun>=1")
+            raise CommandError(Cme(50), f"AT+CFUN={fun},1: a reset only with <fun> 1")
+
+        def reboot() -> None:
+            modem.reset()
+            if modem.loop is not None:
+                # A rebooting module reports its start-up URCs a moment after OK.
+                modem.call_later(0.05, _boot_urcs, modem)
+        # OK first, framed as the host asked (ATV0, ATQ1...); then the module restarts with
+        # its AT&W set, and the rest of the line is not run.
+        return Response([], "OK", then=reboot, ends_line=True)
     reg = registration(modem)                  # knows the stats before the change
     if fun != 1:
         for cid in [c.cid for c in modem.pdp.active()]:

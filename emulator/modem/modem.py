@@ -201,6 +201,7 @@ class Modem:
         self.emit("reset")
         self.pdp.deactivate_all()
         self.restore_saved_settings()
+        self.reg_urc = dict.fromkeys(self.reg_urc, 0)     # AT+CREG=<n> & co. are not AT&W's
         self.cfun = 1
 
 

@@ -34,12 +34,14 @@ class Registration:
         self.modem = modem
         self.network_stat: int | None = None     # the network's word (control API); None: the profile's
         self.detached = False                    # AT+CGATT=0 until AT+CGATT=1 / a reboot
+        self.cops_mode = 0                       # AT+COPS <mode>: 0 automatic, 1 manual, 2 deregistered, 4
+        self.cops_format = 0                     # AT+COPS=3,<format>: 0 long, 1 short, 2 numeric
         self._reported = {name: self.stat(name) for name in NAMES}
         modem.on("reset", self._reboot)
 
     # -- what the commands read ---------------------------------------------------
     def radio_stat(self, cfun: int | None = None) -> int:
-        if (self.modem.cfun if cfun is None else cfun) != 1:
+        if (self.modem.cfun if cfun is None else cfun) != 1 or self.cops_mode == 2:
             return 0
         return self.modem.profile["network.reg_stat"] if self.network_stat is None else self.network_stat
 
@@ -73,6 +75,23 @@ class Registration:
         if was_registered and not self.registered():
             self._lose_contexts(network=True)
 
+    def select(self, mode: int) -> None:
+        """AT+COPS=<mode>: 2 deregisters (the contexts go, as the host asked), 0/1/4 register
+        again."""
+        was_registered = self.registered()
+        self.cops_mode = mode
+        self.refresh()
+        if was_registered and not self.registered():
+            self._lose_contexts(network=False)
+
+    def operator(self, fmt: int | None = None) -> str:
+        """The network's name in an AT+COPS <format>: 0 long, 1 short alphanumeric (the
+        profile's network.operator), 2 numeric (MCC MNC: the first five digits of the IMSI)."""
+        fmt = self.cops_format if fmt is None else fmt
+        if fmt == 2:
+            return self.modem.profile["identity.imsi"][:5]
+        return self.modem.profile["network.operator"]
+
     def attach(self, on: bool) -> None:
         """AT+CGATT=<0|1> (the caller checked that attaching is possible)."""
         self.detached = not on
@@ -102,4 +121,5 @@ class Registration:
         """AT+CFUN=1,1: attached again after the restart (which ends at AT+CFUN 1);
         nothing is reported."""
         self.detached = False
+        self.cops_mode = self.cops_format = 0
         self._reported = {name: self.stat(name, cfun=1) for name in NAMES}

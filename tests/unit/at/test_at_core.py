@@ -187,7 +187,7 @@ TEST_FORMS = {
         "+QNTP": "+QNTP: (1-16),<server>,(1-65535),(0,1)",
     },
     "ml302": {
-        "+COPS": '+COPS: (2,"CHINA MOBILE","CHINA MOBILE","46001",7),,(0-4),(0-2)',
+        "+COPS": '+COPS: (2,"CHINA MOBILE","CHINA MOBILE","46004",7),,(0-4),(0-2)',
         "+IPR": "+IPR: (0,9600,19200,38400,57600,115200,230400,460800,921600),(0)",
         "+CGDCONT": '+CGDCONT: (1-7),("IP","IPV6","IPV4V6"),,,(0-2),(0-4)',
         "+CGACT": "+CGACT: (0,1)", "+CCID": None,
