@@ -125,8 +125,11 @@ class CommandLineLexer:
         if self._state == "overflow":
             return None
         if byte == self.s5:
-            if self._state == "in_line" and self._buf:
-                self._buf.pop()
+            if self._state == "in_line":
+                if self._buf:
+                    self._buf.pop()
+                else:
+                    self._state = "got_a"     # it deletes the prefix's T: "AT<BS>T+CSQ" is AT+CSQ
             elif self._state == "got_a":
                 self._state = "idle"
             return None

@@ -427,3 +427,11 @@ def test_cops_modes_formats_and_deregistration(ec2x):
     assert b"+QIACT: 1," not in ec2x.at("AT+QIACT?")
     assert ec2x.at("AT+COPS=0") == b"\r\nOK\r\n"
     assert ec2x.at("AT+CREG?") == b"\r\n+CREG: 0,1\r\n\r\nOK\r\n"
+
+
+def test_backspace_deletes_the_prefixes_t_too(ec2x):
+    """S5 deletes the previous character, the prefix's T included: "AT<BS>T+CSQ" is AT+CSQ,
+    "AT<BS><BS>AT" is AT (it was ERROR: the T stayed and "T+CSQ" was parsed)."""
+    assert ec2x.at(b"AT\x08T+CSQ") == b"\r\n+CSQ: 24,99\r\n\r\nOK\r\n"
+    assert ec2x.at(b"AT\x08\x08AT") == b"\r\nOK\r\n"
+    assert ec2x.at(b"AT+\x08\x08T+CSQ") == b"\r\n+CSQ: 24,99\r\n\r\nOK\r\n"
