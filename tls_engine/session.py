@@ -89,6 +89,7 @@ class TlsClientSession:
         self._deadline: float | None = None
         self._reneg_ssl = None       # native.NativeSsl when renegotiations must be checked
         self._renegotiating = False
+        self._first_leaf: bytes | None = None   # the leaf (DER) the handshake ended with
 
     # --- public API ----------------------------------------------------------
 
@@ -309,13 +310,18 @@ class TlsClientSession:
         if not self._renegotiating:
             return
         self._renegotiating = False
-        leaf = self._buffer.getpeercert(binary_form=True)
-        if not self.peer_chain or leaf != self.peer_chain[0]:
+        leaf = self._buffer.getpeercert(binary_form=True) or None
+        if leaf != self._first_leaf:
             self._fail(VERIFY_FAILED, "the server changed its certificate in a renegotiation (the new "
                                       "chain travels encrypted and cannot be verified)")
             return
+        if leaf is None:
+            return                      # a PSK session, and still no certificate: nothing to check
         try:
-            problem = self._verifier.verify(self.peer_chain)
+            # The chain of the full handshake; a resumed session had none in clear: its leaf
+            # (the one the cache keeps), dated at the modem clock, as far as it can be checked.
+            problem = (self._verifier.verify(self.peer_chain) if self.peer_chain
+                       else self._verifier.check_dates_of(leaf))
             reason = problem.reason if problem is not None else None
         except Exception as exc:       # (as in _sniff: a failure, never an exception)
             reason = f"cannot verify server certificate: {exc}"
@@ -365,6 +371,8 @@ class TlsClientSession:
             return
         self.state = "established"
         self._resumption.save()
+        if self._reneg_ssl is not None:        # what a renegotiation must keep (None: PSK)
+            self._first_leaf = self._buffer.getpeercert(binary_form=True) or None
         version = self._buffer.negotiated_tls_version()
         self._events.append(HandshakeComplete(
             version=_VERSION_NAMES.get(getattr(version, "name", ""), str(version)),

@@ -139,6 +139,13 @@ class ChainVerifier:
         problem = self._check_name(leaf)
         return VerifyProblem(problem, ALERT_BAD_CERT) if problem else None
 
+    def check_dates_of(self, leaf_der: bytes) -> VerifyProblem | None:
+        """Only the validity of one certificate at the modem clock (unless ignore_local_time)."""
+        if self.settings.ignore_local_time:
+            return None
+        problem, alert = self._check_dates([x509.load_der_x509_certificate(leaf_der)])
+        return VerifyProblem(problem, alert) if problem else None
+
     # --- path --------------------------------------------------------------
 
     def _build_path(self, leaf, sent) -> tuple[list[x509.Certificate], str | None]:

@@ -89,7 +89,10 @@ class Interpreter:
 
     # -- mode ----------------------------------------------------------------
     def _forget_last_line(self) -> None:
+        """A reboot: A/ repeats nothing, and URCs still queued (news of sockets the reboot
+        dropped) are not written after it."""
         self._last_line = None
+        self._urcs.clear()
 
     @property
     def idle(self) -> bool:
@@ -588,9 +591,9 @@ def _delayed(response: Response, delay: float, timers) -> Response:
     """A slow module (the control API's "slow"): the command's answer (its lines and
     final result; after a data prompt, what follows the data) comes `delay` seconds
     later on the modem's timers; the port is busy meanwhile, as on a module."""
-    if response.then is not None:            # the work is done now; only the answer waits
-        response.then()
-        response = dataclasses.replace(response, then=None)
+    if response.then is not None and not response.ends_line:   # the work is done now; only
+        response.then()                                          # the answer waits (a reboot
+        response = dataclasses.replace(response, then=None)     # waits for its OK: ends_line)
     if response.data is not None:
         done = response.data.on_done
         request = dataclasses.replace(response.data,

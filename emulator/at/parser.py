@@ -91,10 +91,12 @@ def _parse_line(body: bytes) -> list[Command | Malformed]:
 
 
 def _without_spaces(text: str) -> str:
-    """V.250 5.1: space characters (0x20) are ignored outside string constants:
-    "AT+CMEE =1", "ATS3 ?", "ATE 0" are AT+CMEE=1, ATS3?, ATE0.  Except between two digits:
-    "443 1" stays a malformed number (ERROR), never 4431 -- a host's typo must not become
-    another port.  (Only 0x20: a no-break space or a control character is not a space.)"""
+    """V.250 5.1 asks that spaces be ignored: here the spaces (0x20) outside string constants
+    next to the syntax -- around '=', '?', ',', ';' and at the ends of the line or of a quoted
+    piece -- go: "AT+CMEE =1", "ATS3 ?", "AT+QIOPEN=1, 0" are AT+CMEE=1, ATS3?, AT+QIOPEN=1,0.
+    A space inside a name or a value stays: an unquoted string keeps it (an APN, a file name,
+    a password are the host's, never joined), a number with it is malformed ("443 1" is
+    ERROR, never port 4431).  Only 0x20: a no-break space or a control character is no space."""
     if " " not in text:
         return text
     parts = text.split('"')
@@ -103,7 +105,7 @@ def _without_spaces(text: str) -> str:
     return '"'.join(parts)
 
 
-_SPACES = re.compile(r"(?<![0-9]) +| +(?![0-9])")    # a run not between two digits
+_SPACES = re.compile(r"^ +| +$|(?<=[=?,;]) +| +(?=[=?,;])")
 
 
 def _parse_extended(text: str, start: int, out: list) -> int:
@@ -216,6 +218,9 @@ def _parse_basic(text: str, i: int, out: list, prefix: str) -> int:
             while k < n and text[k] in _DIGITS:
                 k += 1
             value = text[j + 1:k]
+            if _split_number(text, k):
+                out.append(Malformed(text[start:], "a space inside the number"))
+                return n
             out.append(Command(name, WRITE, (Arg(value) if value else None,), text[start:k]))
             return k
         out.append(Malformed(text[start:j], "S register needs ? or ="))
@@ -225,12 +230,22 @@ def _parse_basic(text: str, i: int, out: list, prefix: str) -> int:
         j += 1
     value = text[i:j]
     name = prefix + letter
+    if _split_number(text, j):                # "ATE1 0", "ATE 0": not E then a stray number
+        out.append(Malformed(text[start:], "a space inside the number"))
+        return n
     end = _basic_query(name, text, start, j, out)
     if end is not None:
         return end
     args = (Arg(value),) if value else ()
     out.append(Command(name, EXEC, args, text[start:j]))
     return j
+
+
+def _split_number(text: str, k: int) -> bool:
+    """A basic command's digits end at k and more digits follow after spaces ("ATS3=1 3",
+    "ATE1 0"): one malformed number, not a value and another command."""
+    rest = text[k:k + 16].lstrip(" ")
+    return len(rest) < len(text[k:k + 16]) and rest[:1] in _DIGITS and rest[:1] != ""
 
 
 def _basic_query(name: str, text: str, start: int, j: int, out: list) -> int | None:

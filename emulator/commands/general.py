@@ -97,8 +97,10 @@ def cops_write(modem, cmd):
             raise CommandError(Cme(50), f"AT+COPS={mode} needs <format>,<oper>")
         args.int(3, 0, 9, default=None)
         oper = args.str(2, max_len=32)
-        if mode == 1 and oper.upper() != reg.operator(fmt).upper():
+        found = oper.upper() == reg.operator(fmt).upper()
+        if mode == 1 and not found:
             raise CommandError(Cme(30), f"AT+COPS=1: no network {oper!r} here ({reg.operator(fmt)!r})")
+        mode = 1 if found else 0                 # 4: manual when it works, else automatic
     elif len(args) > 2:
         raise CommandError(Cme(50), f"AT+COPS={mode} takes at most <format>")
     if fmt is not None:

@@ -8,6 +8,7 @@ the others pin behaviour that was checked and found right."""
 from __future__ import annotations
 
 import re
+import time
 import tomllib
 from pathlib import Path
 
@@ -61,9 +62,27 @@ def test_spaces_after_the_separator_and_at_the_end_are_ignored(ec2x):
 # already ignores them after '=' of an extended command (AT+CMEE= 2 is OK), but a space between
 # the command name and '='/'?' or right after ATSn= is ERROR (parser._parse_extended/_parse_basic
 # look for '=', '?' right after the name)
-@pytest.mark.parametrize("line", ["AT+CMEE =1", "AT+CMEE ?", "AT+CMEE =?", "ATS3 =13", "ATS3= 13", "ATS3 ?", "ATE 0"])
+@pytest.mark.parametrize("line", ["AT+CMEE =1", "AT+CMEE ?", "AT+CMEE =?", "ATS3 =13", "ATS3= 13", "ATS3 ?",
+                                  "AT +CSQ", "AT+CMEE=1 ", "AT+CMEE=1 ;+CSQ"])
 def test_spaces_before_the_separator_are_ignored(ec2x, line):
     assert FINAL_V1.search(ec2x.at(line)).group(1) == b"OK"
+
+
+# (review of the first fix) A space inside a value is not the syntax's: a number with one is
+# malformed -- one space or several, an extended or a basic command -- and nothing on the line
+# runs (ATS3=1 3 set S3=1 and then answered ERROR, locking the host out); an unquoted string
+# keeps its spaces (APN, user and password were joined into one word).
+@pytest.mark.parametrize("line", ['AT+QIOPEN=1,0,"TCP","127.0.0.1",443 1,0,0', "AT+QIOPEN=1,0,TCP,127.0.0.1,443  1,0,0",
+                                  "ATS3=1 3", "ATS3=1  3", "ATE1 0", "ATE 0"])
+def test_a_space_inside_a_number_is_error_and_nothing_runs(ec2x, line):
+    assert ec2x.at(line) == b"\r\nERROR\r\n"
+    assert ec2x.at("ATS3?") == b"\r\n013\r\n\r\nOK\r\n"
+    assert b"+QIOPEN" not in ec2x.quiet_for(0.2)
+
+
+def test_an_unquoted_string_keeps_its_inner_spaces(ec2x):
+    assert ec2x.at("AT+QICSGP=1,1,my apn, user name ,pass word,1") == b"\r\nOK\r\n"
+    assert ec2x.at("AT+QICSGP=1") == b'\r\n+QICSGP: 1,"my apn","user name","pass word",1\r\n\r\nOK\r\n'
 
 
 # --------------------------------------------------------------------------------------
@@ -435,3 +454,24 @@ def test_backspace_deletes_the_prefixes_t_too(ec2x):
     assert ec2x.at(b"AT\x08T+CSQ") == b"\r\n+CSQ: 24,99\r\n\r\nOK\r\n"
     assert ec2x.at(b"AT\x08\x08AT") == b"\r\nOK\r\n"
     assert ec2x.at(b"AT+\x08\x08T+CSQ") == b"\r\n+CSQ: 24,99\r\n\r\nOK\r\n"
+
+
+# (review) A slow module (control 'slow') ran a reboot's work before its delayed OK, which then
+# came framed with the restored settings; URCs queued before a reboot were written after it.
+def test_a_slow_reboot_still_answers_as_asked_before_restarting(emulator, ec2x):
+    ec2x.at("ATV1Q0")
+    exchange(ec2x, b"ATV0\r", 0.2)
+    assert emulator.control("slow", command="+CFUN", ms=300)["ok"]
+    out = exchange(ec2x, b"AT+CFUN=1,1;+CSQ\r", 0.8)
+    assert out.startswith(b"0\r\r\nRDY\r\n"), out                 # then the boot URCs (AT&W: V1)
+    assert b"+CSQ" not in out
+
+
+def test_urcs_queued_before_a_reboot_are_not_written_after_it(emulator, open_modem):
+    host, port = open_modem("ec2x")
+    assert emulator.control("slow", command="+CSQ", ms=300)["ok"]
+    host.write("AT+CSQ;+CFUN=1,1\r")
+    time.sleep(0.1)
+    assert emulator.control("urc", text='+QIURC: "recv",0')["ok"]   # news while the port is busy
+    out = host.quiet_for(0.9)
+    assert b"OK\r\n" in out and b"RDY" in out and b'"recv",0' not in out, out

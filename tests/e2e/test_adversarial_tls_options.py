@@ -863,7 +863,7 @@ def test_renegotiation_keeps_a_valid_certificate_and_data_flows(modem, route, pk
 
 def test_a_certificate_changed_in_a_renegotiation_is_refused(modem, route, pki, emulator, caplog):
     """What the first handshake verified is the certificate the session must keep: here the
-    session's record of it is swapped, as if the server had sent another one."""
+    session's record of it (_first_leaf) is swapped, as if the server had sent another one."""
     from emulator.sockets.service import ssl_service
 
     host, _, port = modem
@@ -877,8 +877,8 @@ def test_a_certificate_changed_in_a_renegotiation_is_refused(modem, route, pki, 
         other = x509.load_pem_x509_certificate(pki.issue_window(
             "reneg-other", datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc),
             datetime.datetime(2040, 1, 1, tzinfo=datetime.timezone.utc)).cert_pem)
-        emulator.run(lambda: ssl_service(port.modem).sockets[0].session.peer_chain.__setitem__(
-            0, other.public_bytes(serialization.Encoding.DER)))
+        emulator.run(lambda: setattr(ssl_service(port.modem).sockets[0].session, "_first_leaf",
+                                     other.public_bytes(serialization.Encoding.DER)))
         _renegotiate(host, server)
     assert "the server changed its certificate in a renegotiation" in ssl_log(caplog)
     assert host.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
@@ -953,3 +953,39 @@ def test_ml302_name_mismatch_and_suite_mismatch_are_minus_1(ml, emulator, pki, c
     text = ssl_log(caplog)
     assert "does not match 'nomatch.example'" in text and "no shared cipher" in text
     no_traceback(caplog)
+
+
+# (review of the renegotiation check) A resumed session has no clear-text Certificate, a PSK
+# session none at all: their renegotiations were refused as 'certificate changed'.
+def test_a_resumed_session_can_be_renegotiated(modem, route, pki):
+    host, _, _ = modem
+    cert, key = pki.server.load_args
+    with OpenSslServer(["-cert", cert, "-key", key, "-tls1_2"]) as server:
+        route(server)
+        trust(host, 0, pki.ca.cert_pem)
+        cfg(host, "renegotiation", 0, 1)
+        cfg(host, "session_cache", 0, 1)
+        assert open_ssl(host, 0) == 0
+        server.wait_for_output(rb"CIPHER is")
+        close(host)
+        assert open_ssl(host, 0) == 0
+        server.wait_for_output(rb"Reused session-id", 5)
+        server.write(b"r\n")
+        assert b"closed" not in host.quiet_for(1.0)
+        close(host)
+
+
+def test_a_psk_session_at_seclevel_1_can_be_renegotiated(modem, route, pki):
+    host, _, _ = modem
+    psk_hex = "00112233445566778899aabbccddeeff"
+    with OpenSslServer(["-nocert", "-psk", psk_hex, "-psk_identity", "modem-1",
+                        "-cipher", "PSK:@SECLEVEL=0", "-tls1_2"]) as server:
+        route(server)
+        trust(host, 0, pki.ca.cert_pem)
+        cfg(host, "renegotiation", 0, 1)
+        cfg(host, "psk", 0, '"modem-1"', f'"{psk_hex}"')
+        assert open_ssl(host, 0) == 0
+        server.wait_for_output(rb"CIPHER is \S*PSK")
+        server.write(b"r\n")
+        assert b"closed" not in host.quiet_for(1.0)
+        close(host)
