@@ -568,8 +568,7 @@ class SslSocket:
             if self._transport is None or self._transport.is_closing():
                 break
             if self.blackholed:
-                self._void += len(chunk)       # never acknowledged: it stays "unsent"
-                continue
+                continue                       # (counted as plaintext: _transmit_now)
             if session.settings.dtls:
                 if self._dest is not None:
                     self._transport.sendto(chunk, self._dest)
@@ -684,6 +683,11 @@ class SslSocket:
         self._transmit_now(data, to)
 
     def _transmit_now(self, data: bytes, to: tuple[str, int] | None = None) -> None:
+        if self.blackholed:
+            # Never acknowledged: it stays "unsent", counted as the host's bytes, as the send
+            # buffer is (TLS and DTLS records add different overheads: SEND FAIL must come at
+            # the same point on every kind of socket).
+            self._void += len(data)
         self.session.send(data)
         self._dest = to
         try:
