@@ -164,6 +164,7 @@ class PtyPort:
             make_link(self.link, self.device)
         self._peers = _join(self)
         self._held = b""                  # read, not yet handed on (stepped aside meanwhile)
+        self._hangup_due = False          # write() saw the host gone: _hangup_if_gone is queued
         self._watch_for_host()
 
     @property
@@ -181,9 +182,14 @@ class PtyPort:
         if not self._attach_if_present():
             self._timer = self.loop.call_later(POLL_INTERVAL, self._watch_for_host)
 
+    def _host_gone(self) -> bool:
+        """Nobody holds the slave side open (POLLHUP on the master)."""
+        return any(ev & select.POLLHUP for _, ev in self._poll.poll(0))
+
     def _attach_if_present(self) -> bool:
         """Attach when a host holds the slave side open (no POLLHUP); False: nobody there."""
-        if any(ev & select.POLLHUP for _, ev in self._poll.poll(0)):
+        if self._host_gone():
+            self._drop_departed_input()
             return False
         if self._timer is not None:
             self._timer.cancel()
@@ -209,6 +215,11 @@ class PtyPort:
         else:
             self.loop.remove_reader(self.master)
 
+    def _hangup_if_gone(self) -> None:
+        self._hangup_due = False
+        if self.attached and not self._closed and self._host_gone():
+            self._hangup()
+
     def _hangup(self) -> None:
         self.loop.remove_reader(self.master)
         self.reading = True               # the next host starts with nothing held back
@@ -226,6 +237,22 @@ class PtyPort:
         if self.on_hangup is not None:
             self.on_hangup()
         self._watch_for_host()
+
+    def _drop_departed_input(self) -> None:
+        """Bytes a host wrote and then closed the port before it was ever seen (between two
+        looks for a host): nobody is there to answer, and the next host must not have them
+        run for it."""
+        dropped = 0
+        while True:
+            try:
+                piece = os.read(self.master, 65536)
+            except OSError:               # EAGAIN (nothing), EIO (the usual hung-up answer)
+                break
+            if not piece:
+                break
+            dropped += len(piece)
+        if dropped:
+            log.info("%s: %d bytes from a host that closed before it was seen, dropped", self.device, dropped)
 
     def _discard_unread_output(self) -> None:
         """What the departed host never read stays queued on the slave side and
@@ -248,6 +275,15 @@ class PtyPort:
         # A host that opened the port since the last look (the watch polls every
         # POLL_INTERVAL) gets what is written now: a URC right after a reopen is not lost.
         if not self.attached and not self._attach_if_present():
+            return
+        if self._host_gone():
+            # The host closed the port after writing and before this answer (its bytes were
+            # read, the hang-up not yet): written now, the answer would wait in the pty and
+            # greet the next host.  Dropped, as unread output is at a hang-up; the reader
+            # sees the hang-up next.
+            if not self._hangup_due:
+                self._hangup_due = True
+                self.loop.call_soon(self._hangup_if_gone)
             return
         if (not self._out and not self._writing and self._noise_timer is None
                 and self.noise is None and self.baud is None):
