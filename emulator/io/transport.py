@@ -214,6 +214,17 @@ class PtyPort:
             self._peers.arm(self)
         else:
             self.loop.remove_reader(self.master)
+            self._watch_paused()
+
+    def _watch_paused(self) -> None:
+        """While the host's bytes are held back nothing reads the pty, so its hang-up (an EIO
+        on read) would go unseen and the next host be left unanswered: look for it instead."""
+        if self._closed or not self.attached or self.reading:
+            return
+        if self._host_gone():
+            self._hangup()
+            return
+        self.loop.call_later(POLL_INTERVAL, self._watch_paused)
 
     def _hangup_if_gone(self) -> None:
         self._hangup_due = False

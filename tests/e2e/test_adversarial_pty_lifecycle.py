@@ -527,3 +527,15 @@ def test_cli_count_links_removed_on_exit_even_while_hosts_hold_them(tmp_path):
         assert not os.path.lexists(p), p
     err = proc.stderr.read()
     assert "Traceback" not in err, err
+
+
+# A tester's loose end, fixed: while the modem held the host's bytes back (flow control:
+# reading the pty off), nothing read it, so a hang-up (seen as EIO on a read) went unseen and
+# the next host's AT was never answered until the flow-control pause ended.
+def test_a_hangup_while_input_is_held_back_is_seen_and_the_next_host_answered(emulator, open_modem, strict_log):
+    host, port = open_modem("ec2x")
+    assert host.at("AT") == b"\r\nOK\r\n"
+    emulator.run(port.port.set_reading, False)          # as when a connection's buffer is full
+    host.close()
+    wait_for(lambda: not emulator.run(lambda: port.port.attached), what="the hang-up seen")
+    assert fresh_at(port.path, "AT+CGMI") == b"\r\nQuectel\r\n\r\nOK\r\n"
