@@ -1,10 +1,11 @@
 """Shared bits of the socket tests over the pty (tests/e2e/test_tcpip*.py,
 test_adversarial_tcpip.py, test_transparent.py): the TCP(IP) commands as a host sends
-them, the escape to command mode, a free loopback port.  The loopback peers these tests
+them, the escape to command mode, a free loopback port, the process's connections to a port.  The loopback peers these tests
 dial are the fixtures tcp_echo / tcp_sink / udp_echo in tests/conftest.py, routed from
 TCP_HOST:TCP_PORT and UDP_HOST:UDP_PORT."""
 from __future__ import annotations
 
+import os
 import re
 import socket
 
@@ -65,3 +66,29 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def fds() -> int:
+    """Open file descriptors of this process (the emulator runs in a thread of it)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def tcp_fds_to(port: int) -> int:
+    """TCP sockets of this process (the emulator runs in a thread of it) whose peer is
+    127.0.0.1:port, connecting, established or half-closed (our FIN sent, lingering)."""
+    want = f":{port:04X}"
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            if parts[2].endswith(want) and parts[2].startswith("0100007F"):
+                inodes.add(parts[9])
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            mine.add(link[8:-1])
+    return len(inodes & mine)

@@ -7,17 +7,17 @@ Checked: one answer per command, no URC about a closed id after its close's answ
 id free again, the linger on modem time, no connection outliving its socket."""
 from __future__ import annotations
 
-import os
 import re
 import socket
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
 from emulator.testing.host import Host
 from emulator.testing.peers.plain import TcpServer, wait_until
-from tests.e2e.socket_support import TCP_HOST, TCP_PORT, free_port, qiopen
+from tests.e2e.socket_support import TCP_HOST, TCP_PORT, free_port, qiopen, tcp_fds_to
 
 SSL_HOST, SSL_PORT = "echo.example", 443          # the `echo` fixture's route
 ANSWER = re.compile(rb"\r\n(OK|ERROR)\r\n")
@@ -26,8 +26,6 @@ ANSWER = re.compile(rb"\r\n(OK|ERROR)\r\n")
 @pytest.fixture
 def modem(ec2x_strict):
     return ec2x_strict
-
-
 
 
 def ssl_open(host, client_id: int, mode: int = 0, addr: str = SSL_HOST, port: int = SSL_PORT) -> None:
@@ -44,27 +42,6 @@ def svc_ids(emulator, port) -> tuple[set, set, set]:
         t = tcpip_service(modem)
         return set(ssl_service(modem).sockets), set(t.sockets), set(t.listeners)
     return emulator.run(check, port.modem)
-
-
-def tcp_fds_to(port: int) -> int:
-    """TCP sockets of this process (the emulator runs in a thread of it) whose peer is
-    127.0.0.1:port: a half-closed one (our FIN sent, lingering) still counts."""
-    want = f":{port:04X}"
-    inodes = set()
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            parts = line.split()
-            if parts[2].endswith(want) and parts[2].startswith("0100007F"):
-                inodes.add(parts[9])
-    mine = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            mine.add(link[8:-1])
-    return len(inodes & mine)
 
 
 def connecting(emulator, port) -> int:
@@ -414,30 +391,41 @@ class HeldProxy:
             s.close()
 
 
-# Was a bug, fixed (regression of ab97365): a transparent open whose CONNECT was orphaned by a
-# hang-up stays in OnlineDelivery._connecting forever; its peer's close is then swallowed (no
-# '+QSSLURC: "closed"' for the next host, the socket state 4 unannounced)
-def test_orphaned_transparent_open_then_peer_close_reports_closed(modem, emulator, echo):
-    host, advance, port = modem
+@contextmanager
+def held_transparent_open(host, emulator, echo):
+    """A transparent AT+QSSLOPEN (id 0) whose ClientHello a HeldProxy in front of the echo
+    server holds: the open is pending when this yields the proxy."""
     proxy = HeldProxy(echo.address[1])
     try:
         emulator.router.add_map("held.example", 443, "127.0.0.1", proxy.port)
         host.write('AT+QSSLOPEN=1,1,0,"held.example",443,2\r\n')
         assert proxy.got_hello.wait(3)
+        yield proxy
+    finally:
+        proxy.release()
+        proxy.close()
+
+
+# Was a bug, fixed (regression of ab97365): a transparent open whose CONNECT was orphaned by a
+# hang-up stays in OnlineDelivery._connecting forever; its peer's close is then swallowed (no
+# '+QSSLURC: "closed"' for the next host, the socket state 4 unannounced)
+def test_orphaned_transparent_open_then_peer_close_reports_closed(modem, emulator, echo):
+    host, advance, port = modem
+    with held_transparent_open(host, emulator, echo) as proxy:
         host.close()
         time.sleep(0.3)                                    # the emulator sees the hang-up
         host = Host(port.path)
-        proxy.release()
-        wait_until(lambda: any(s["state"] == "CONNECTED" for s in emulator.control("state")["sockets"]))
-        assert host.at("AT") == b"\r\nOK\r\n"              # the open's CONNECT was orphaned
-        proxy.kill()                                       # the server goes: FIN
-        assert host.seen(b'+QSSLURC: "closed",0\r\n', 3)
-        assert host.at("ATO") == b"\r\nNO CARRIER\r\n"
-        assert host.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
-        assert connecting(emulator, port) == 0
-    finally:
-        host.close()
-        proxy.close()
+        try:
+            proxy.release()
+            wait_until(lambda: any(s["state"] == "CONNECTED" for s in emulator.control("state")["sockets"]))
+            assert host.at("AT") == b"\r\nOK\r\n"          # the open's CONNECT was orphaned
+            proxy.kill()                                   # the server goes: FIN
+            assert host.seen(b'+QSSLURC: "closed",0\r\n', 3)
+            assert host.at("ATO") == b"\r\nNO CARRIER\r\n"
+            assert host.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
+            assert connecting(emulator, port) == 0
+        finally:
+            host.close()
 
 
 # -- more: URCs queued behind a linger, the bearer under a linger, ML302 ----------------------
@@ -652,15 +640,8 @@ def test_a_port_leaving_online_mode_in_the_connects_turn_still_hears_of_the_clos
 def test_a_reboot_during_a_pending_transparent_open_frees_the_port(modem, emulator, echo):
     """The open's pending answer ends (ERROR) instead of holding the port forever."""
     host, advance, port = modem
-    proxy = HeldProxy(echo.address[1])
-    try:
-        emulator.router.add_map("held.example", 443, "127.0.0.1", proxy.port)
-        host.write('AT+QSSLOPEN=1,1,0,"held.example",443,2\r\n')
-        assert proxy.got_hello.wait(3)
+    with held_transparent_open(host, emulator, echo):
         assert emulator.control("reboot", ms=10)["ok"]
         advance(0.1)
         time.sleep(0.3)
         assert host.at("AT", timeout=2).endswith(b"OK\r\n")
-    finally:
-        proxy.release()
-        proxy.close()

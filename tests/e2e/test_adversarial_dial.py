@@ -15,7 +15,8 @@ import pytest
 
 from emulator.testing.host import Host
 from emulator.testing.peers.plain import TcpServer, wait_until
-from tests.e2e.socket_support import TCP_HOST, TCP_PORT, escape, free_port, qiopen, qird, qisend
+from tests.e2e.socket_support import (TCP_HOST, TCP_PORT, escape, fds, free_port, qiopen, qird, qisend,
+                                    tcp_fds_to)
 
 SSL_HOST, SSL_PORT = "echo.example", 443          # the `echo` fixture's route
 
@@ -23,33 +24,6 @@ SSL_HOST, SSL_PORT = "echo.example", 443          # the `echo` fixture's route
 @pytest.fixture
 def modem(ec2x_strict):
     return ec2x_strict
-
-
-def fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def tcp_fds_to(port: int) -> int:
-    """Established/in-progress TCP sockets of this process whose peer is 127.0.0.1:port."""
-    want = f":{port:04X}"
-    inodes = set()
-    for name in ("/proc/net/tcp",):
-        with open(name) as f:
-            for line in f.readlines()[1:]:
-                parts = line.split()
-                if parts[2].endswith(want) and parts[2].startswith("0100007F"):
-                    inodes.add(parts[9])
-    mine = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            mine.add(link[8:-1])
-    return len(inodes & mine)
-
-
 
 
 def ssl_open_line(client_id: int, host: str = SSL_HOST, port: int = SSL_PORT, mode: int = 0) -> str:

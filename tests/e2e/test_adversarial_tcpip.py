@@ -16,7 +16,7 @@ import pytest
 from emulator.testing.host import Host
 from emulator.testing.peers import TcpServer, UdpEchoServer
 from tests.e2e.socket_support import (RESULT, TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT, escape, free_port,
-                                      qiopen, qird, qisend)
+                                      fds, qiopen, qird, qisend)
 
 
 
@@ -32,10 +32,6 @@ def error_code(host) -> int:
 def tcpip(emulator, port):
     from emulator.sockets.tcpip import tcpip_service
     return emulator.run(tcpip_service, port.modem)
-
-
-def fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def wait_for(predicate, timeout: float = 10) -> None:
