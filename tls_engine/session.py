@@ -257,12 +257,7 @@ class TlsClientSession:
                 self._fail(PROTOCOL_ERROR, f"malformed server Certificate message: {exc}")
                 return False
             if self._verifier is not None:
-                try:
-                    problem = self._verifier.verify(self.peer_chain)
-                except Exception as exc:  # e.g. an exotic key type, or the clock failing
-                    from .verify import ALERT_CERT_UNKNOWN, VerifyProblem
-
-                    problem = VerifyProblem(f"cannot verify server certificate: {exc}", ALERT_CERT_UNKNOWN)
+                problem = self._verify(self._verifier.verify, self.peer_chain)
                 if problem is not None:
                     # Never hand the Certificate to Mbed TLS: no next flight is sent.
                     self._queue_clear_alert(problem.alert)
@@ -317,16 +312,23 @@ class TlsClientSession:
             return
         if leaf is None:
             return                      # a PSK session, and still no certificate: nothing to check
+        # The chain of the full handshake; a resumed session had none in clear: its leaf (the
+        # one the cache keeps), dated at the modem clock, as far as it can be checked.
+        problem = (self._verify(self._verifier.verify, self.peer_chain) if self.peer_chain
+                   else self._verify(self._verifier.check_dates_of, leaf))
+        if problem is not None:
+            self._fail(VERIFY_FAILED, f"renegotiation: {problem.reason}")
+
+    @staticmethod
+    def _verify(check, *args):
+        """A verifier call; what it raises (an exotic key type, the clock failing) is a
+        problem too: a failure, never an exception."""
         try:
-            # The chain of the full handshake; a resumed session had none in clear: its leaf
-            # (the one the cache keeps), dated at the modem clock, as far as it can be checked.
-            problem = (self._verifier.verify(self.peer_chain) if self.peer_chain
-                       else self._verifier.check_dates_of(leaf))
-            reason = problem.reason if problem is not None else None
-        except Exception as exc:       # (as in _sniff: a failure, never an exception)
-            reason = f"cannot verify server certificate: {exc}"
-        if reason is not None:
-            self._fail(VERIFY_FAILED, f"renegotiation: {reason}")
+            return check(*args)
+        except Exception as exc:
+            from .verify import ALERT_CERT_UNKNOWN, VerifyProblem
+
+            return VerifyProblem(f"cannot verify server certificate: {exc}", ALERT_CERT_UNKNOWN)
 
     def _advance_handshake(self) -> None:
         # TLS: a flight is taken from the wrapper once, when the handshake waits or is over,

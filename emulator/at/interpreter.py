@@ -75,7 +75,7 @@ class Interpreter:
         self._raw = ""                   # the command being answered (logs)
         self._urcs: list[tuple[bytes, object]] = []    # (framed URC, what it is about)
         self._last_line: bytes | None = None
-        modem.on("reset", self._forget_last_line)     # (A/ after a reboot repeats nothing)
+        modem.on("reset", self._rebooted)              # (A/ repeats nothing, no stale URCs)
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
         # Command name ("+QSSLOPEN") -> seconds its final answer is held back (the
@@ -88,7 +88,7 @@ class Interpreter:
             for k, ms in modem.profile.get("timing.response_delay_ms", {}).items() if ms}
 
     # -- mode ----------------------------------------------------------------
-    def _forget_last_line(self) -> None:
+    def _rebooted(self) -> None:
         """A reboot: A/ repeats nothing, and URCs still queued (news of sockets the reboot
         dropped) are not written after it."""
         self._last_line = None

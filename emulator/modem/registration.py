@@ -71,18 +71,21 @@ class Registration:
         """The network registers (1, 5) or drops (0, 2, 3, 4) the module."""
         was_registered = self.registered()
         self.network_stat = stat
-        self.refresh()
-        if was_registered and not self.registered():
-            self._lose_contexts(network=True)
+        self._changed(was_registered, network=True)
 
     def select(self, mode: int) -> None:
         """AT+COPS=<mode>: 2 deregisters (the contexts go, as the host asked), 0/1/4 register
         again."""
         was_registered = self.registered()
         self.cops_mode = mode
+        self._changed(was_registered, network=False)
+
+    def _changed(self, was_registered: bool, network: bool) -> None:
+        """After a change of what registration depends on: the URCs, and the PDP contexts
+        gone if it is lost (network: the network's doing, reported as such)."""
         self.refresh()
         if was_registered and not self.registered():
-            self._lose_contexts(network=False)
+            self._lose_contexts(network=network)
 
     def operator(self, fmt: int | None = None) -> str:
         """The network's name in an AT+COPS <format>: 0 long, 1 short alphanumeric (the
