@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable, Hashable
 
 # TlsSettings fields that say nothing about what a session was verified against.
-_NOT_FINGERPRINTED = frozenset({"clock", "keylog", "ca_label"})
+_NOT_FINGERPRINTED = frozenset({"clock", "keylog", "ca_label", "monotonic"})
 
 
 def settings_fingerprint(settings) -> bytes:

@@ -87,6 +87,8 @@ class TlsClientSession:
         self._rx: list[bytes] = []  # decrypted in this receive(), not yet an event
         self._retransmit = DTLS_TIMEOUT_MIN
         self._deadline: float | None = None
+        self._now = settings.monotonic or time.monotonic
+        self._clock_ssl = None       # native.NativeSsl: Mbed TLS's DTLS timer on self._now
         self._reneg_ssl = None       # native.NativeSsl when renegotiations must be checked
         self._renegotiating = False
         self._first_leaf: bytes | None = None   # the leaf (DER) the handshake ended with
@@ -114,6 +116,8 @@ class TlsClientSession:
             self._fail(BAD_CONFIG, f"cannot set up TLS: {type(exc).__name__}: {exc}")
             return
         self._resumption.attach(self._buffer)
+        if self.settings.dtls and self.settings.monotonic is not None:
+            self._follow_clock()
         if self._verifier is not None and self.settings.renegotiation:
             self._watch_renegotiations()
         self._advance_handshake()
@@ -210,12 +214,12 @@ class TlsClientSession:
     def next_timeout(self) -> float | None:
         if self._deadline is None or self.state != "handshaking":
             return None
-        return max(0.0, self._deadline - time.monotonic())
+        return max(0.0, self._deadline - self._now())
 
     def handle_timeout(self) -> None:
         if self._deadline is None or self.state != "handshaking":
             return
-        if time.monotonic() < self._deadline:
+        if self._now() < self._deadline:
             return
         before = self._output_pending()
         self._advance_handshake()  # Mbed TLS resends the flight if its timer expired
@@ -223,9 +227,9 @@ class TlsClientSession:
             return
         if self._output_pending() > before:
             self._retransmit = min(self._retransmit * 2, DTLS_TIMEOUT_MAX)
-            self._deadline = time.monotonic() + self._retransmit
+            self._deadline = self._now() + self._retransmit
         else:
-            self._deadline = time.monotonic() + _RECHECK
+            self._deadline = self._now() + _RECHECK
 
     # --- setup -----------------------------------------------------------------
 
@@ -289,6 +293,20 @@ class TlsClientSession:
     # with (as NSS insists too), and that chain is verified again, at the modem clock of the
     # renegotiation.  Seen through ssl->state: away from HANDSHAKE_OVER while one runs (it
     # takes round trips, so at least one receive() sees it running), back when it is done.
+
+    def _follow_clock(self) -> None:
+        """DTLS: Mbed TLS's retransmission timer reads settings.monotonic (the modem's time,
+        moved by hand in tests) as next_timeout/handle_timeout do; without native it keeps
+        the system clock, and a retransmission waits for that too."""
+        from . import native
+
+        try:
+            ssl = native.NativeSsl(self._buffer)
+            ssl.use_clock(self._now)
+        except Exception as exc:
+            self.notes.append(f"DTLS retransmission on the system clock: {exc}")
+            return
+        self._clock_ssl = ssl
 
     def _watch_renegotiations(self) -> None:
         from . import native
@@ -454,7 +472,7 @@ class TlsClientSession:
     def _arm_timer_for_new_flight(self) -> None:
         if self.settings.dtls and self.state == "handshaking":
             self._retransmit = DTLS_TIMEOUT_MIN
-            self._deadline = time.monotonic() + self._retransmit
+            self._deadline = self._now() + self._retransmit
 
     def _fail_from_tls_error(self, exc: Exception) -> None:
         err = abs(int(getattr(exc, "err", 0) or 0))

@@ -36,6 +36,8 @@ class TlsSettings:
     renegotiation: bool = False
     verify_hostname: bool = True            # seclevel >= 1: check server_name against the cert
     keylog: Callable[[str], None] | None = None   # NSS key-log lines
+    monotonic: Callable[[], float] | None = None  # seconds: DTLS retransmission's clock (the
+                                                  # modem's time); None = time.monotonic
 
     @property
     def trust_label(self) -> str:

@@ -113,7 +113,8 @@ def format_cipher_list(ids: tuple[int, ...]) -> str:
 
 
 def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Callable[[str], bytes | None],
-                    clock: Callable, keylog=None, allow_ciphers: tuple[int, ...] | None = None) -> TlsSettings:
+                    clock: Callable, keylog=None, allow_ciphers: tuple[int, ...] | None = None,
+                    monotonic: Callable[[], float] | None = None) -> TlsSettings:
     """Resolve a context into engine settings.  read_material(path) returns the
     bytes stored under a path (EC2x: a UFS/RAM file; ML302: a certificate slot)."""
     seclevel = ctx["seclevel"]
@@ -177,6 +178,7 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
         renegotiation=bool(ctx["renegotiation"]),
         verify_hostname=bool(profile.get("ssl.verify_hostname", True)),
         keylog=keylog,
+        monotonic=monotonic,
     )
 
 

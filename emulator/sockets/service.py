@@ -224,6 +224,7 @@ class SslService(SocketService):
         try:
             settings = to_tls_settings(ctx, host=host, profile=modem.profile, read_material=read_material,
                                        clock=modem.clock.now, keylog=getattr(modem, "keylog", None),
+                                       monotonic=modem.timers.monotonic,
                                        allow_ciphers=allow_ciphers)
         except SetupError as exc:
             sock.refuse(exc.kind, exc.reason)

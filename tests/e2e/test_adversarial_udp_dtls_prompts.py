@@ -166,11 +166,9 @@ def peer() -> socket.socket:
 
 
 # == DTLS =====================================================================================
-@pytest.mark.xfail(strict=True, reason=(
-    "DTLS retransmission does not run on the modem's manual time: TlsClientSession keeps its "
-    "deadline on time.monotonic() (tls_engine/session.py next_timeout/handle_timeout) and Mbed "
-    "TLS its own wall-clock timer, so advance(1.1) fires the socket's timer but handle_timeout() "
-    "sees the wall-clock deadline not reached and re-arms it; no ClientHello is resent"))
+# Was a bug, fixed: DTLS retransmission ran on the system clock (the session's deadline on
+# time.monotonic(), Mbed TLS's timer on gettimeofday), so advancing the modem's manual time
+# resent nothing; both now read the modem's time (TlsSettings.monotonic, NativeSsl.use_clock).
 def test_dtls_client_hello_retransmitted_on_manual_time(ec2x_strict, emulator):
     host, advance, _ = ec2x_strict
     with UdpEchoServer(echo=False) as silent:

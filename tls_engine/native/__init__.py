@@ -24,7 +24,9 @@ What it touches
       ``mbedtls_ssl_conf_legacy_renegotiation``, ``mbedtls_ssl_conf_export_keys_ext_cb``.
     * ``mbedtls_ssl_context`` embedded in the ``MbedTLSBuffer`` (= TLSWrappedBuffer)
       object (object + 24), passed to ``mbedtls_ssl_get_session``/``set_session``/
-      ``get_verify_result``.
+      ``get_verify_result``, and to ``mbedtls_ssl_set_timer_cb`` (DTLS: the retransmission
+      timer on the caller's clock; the setter cancels the running timer through the new
+      callback, which use_clock checks).
     * ``mbedtls_ssl_session`` structs this package allocates and frees itself.
     * Private Python names of the wrapper (wrapper.py): ``TLSWrappedBuffer.
       _input_buffer`` / ``_output_buffer`` / ``_handshake_state`` and

@@ -266,3 +266,50 @@ class NativeSsl:
         readable with validate_certificates=False (VERIFY_OPTIONAL). Meaningless (0)
         before the server's certificate was processed."""
         return int(self._lib.mbedtls_ssl_get_verify_result(self._ssl))
+
+    def use_clock(self, monotonic: Callable[[], float]) -> None:
+        """The DTLS retransmission timer on `monotonic` (seconds) instead of Mbed TLS's
+        gettimeofday: installed with the library's own setter, mbedtls_ssl_set_timer_cb,
+        which cancels the running timer through the new callback at once (checked).  The
+        callbacks live as long as this handle: keep it as long as the buffer is used."""
+        timer = _DelayTimer(monotonic)
+        self._lib.mbedtls_ssl_set_timer_cb(self._ssl, None, timer.set_cb, timer.get_cb)
+        self._timer = timer
+        if timer.calls != 1 or timer.fin_ms != 0:
+            raise NativeError("mbedtls_ssl_set_timer_cb did not reset the timer through its callback")
+
+
+class _DelayTimer:
+    """timing.c's mbedtls_timing_set_delay / get_delay, on a clock of the caller's (the
+    modem's time, which tests and the control API move by hand).  Never raises into C:
+    a clock that fails reads as "no time passed" (the session's own deadline still ends
+    the handshake)."""
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._now = monotonic
+        self.start = 0.0
+        self.int_ms = self.fin_ms = 0           # fin_ms 0: cancelled
+        self.calls = 0
+        self.set_cb = L.SET_TIMER_CB(self._set)
+        self.get_cb = L.GET_TIMER_CB(self._get)
+
+    def _elapsed_ms(self) -> float:
+        try:
+            return (self._now() - self.start) * 1000.0
+        except Exception:
+            return 0.0
+
+    def _set(self, _p, int_ms: int, fin_ms: int) -> None:
+        self.calls += 1
+        self.int_ms, self.fin_ms = int_ms, fin_ms
+        if fin_ms:
+            try:
+                self.start = self._now()
+            except Exception:
+                pass
+
+    def _get(self, _p) -> int:
+        if not self.fin_ms:
+            return -1
+        elapsed = self._elapsed_ms()
+        return 2 if elapsed >= self.fin_ms else 1 if elapsed >= self.int_ms else 0

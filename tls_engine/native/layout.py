@@ -70,8 +70,13 @@ EXPORT_KEYS_EXT_CB = ctypes.CFUNCTYPE(
     ctypes.c_int,  # mbedtls_tls_prf_types
 )
 
+# mbedtls_ssl_set_timer_t / mbedtls_ssl_get_timer_t (ssl.h): the DTLS retransmission timer.
+SET_TIMER_CB = ctypes.CFUNCTYPE(None, _P, ctypes.c_uint32, ctypes.c_uint32)  # (p_timer, int_ms, fin_ms)
+GET_TIMER_CB = ctypes.CFUNCTYPE(ctypes.c_int, _P)  # -1 cancelled, 0 running, 1 int_ms, 2 fin_ms passed
+
 # name: (restype, argtypes)
 _SIGNATURES = {
+    "mbedtls_ssl_set_timer_cb": (None, [_P, _P, SET_TIMER_CB, GET_TIMER_CB]),
     "mbedtls_ssl_conf_ciphersuites": (None, [_P, _P]),
     "mbedtls_ssl_conf_arc4_support": (None, [_P, ctypes.c_char]),
     "mbedtls_ssl_conf_renegotiation": (None, [_P, ctypes.c_int]),

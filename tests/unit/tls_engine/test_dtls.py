@@ -4,6 +4,7 @@ The driver honours next_timeout()/handle_timeout() like the emulator's event loo
 """
 from __future__ import annotations
 
+import dataclasses
 import select
 import socket
 import time
@@ -126,3 +127,32 @@ def test_dtls_no_timer_once_established(dtls_server, ca):
     session = TlsClientSession(_settings(ca))
     drive(session, port, completed)
     assert session.state == "established" and session.next_timeout() is None
+
+
+@pytest.mark.needs_native
+def test_dtls_retransmission_follows_the_settings_clock(dtls_server, ca):
+    """TlsSettings.monotonic (the modem's time, moved by hand): the session's deadline and
+    Mbed TLS's own timer both read it, so the ClientHello is resent when that clock says
+    1 s passed, at once in real time, and not before; the timer doubles, on that clock too.
+    (Without the native timer hook Mbed TLS would wait for a real second.)"""
+    now = [1000.0]
+    session = TlsClientSession(dataclasses.replace(_settings(ca), monotonic=lambda: now[0]))
+    session.start()
+    [first] = session.outgoing()
+    assert session.next_timeout() == pytest.approx(1.0)
+    now[0] += 0.9
+    session.handle_timeout()
+    assert session.outgoing() == [] and session.next_timeout() == pytest.approx(0.1)
+    now[0] += 0.11
+    session.handle_timeout()
+    resent = session.outgoing()
+    # The same flight again: a new record sequence number (bytes 5-10), the same message.
+    assert len(resent) == 1 and resent[0][13] == 1 and resent[0][11:] == first[11:]
+    assert session.next_timeout() == pytest.approx(2.0)           # doubled, on the same clock
+    now[0] += 2.01
+    session.handle_timeout()
+    again = session.outgoing()
+    assert len(again) == 1 and again[0][11:] == first[11:]
+    port, _ = dtls_server("-dtls1_2")                              # and it still completes
+    events = drive(session, port, completed, first=again)
+    assert isinstance(events[-1], HandshakeComplete), events
