@@ -32,7 +32,7 @@ CME_TEXT = {
     557: "socket listen failed", 558: "socket write failed", 559: "socket read failed",
     560: "socket accept failed", 561: "open PDP context failed", 562: "close PDP context failed",
     563: "socket identity has been used", 564: "DNS busy", 565: "DNS parse failed",
-    566: "socket connect failed", 567: "socket has been closed", 568: "operation busy",
+    566: "socket connection failed", 567: "socket has been closed", 568: "operation busy",
     569: "operation timeout", 570: "PDP context break down", 571: "cancel send",
     572: "operation not allowed", 573: "APN not configured", 574: "port busy",
 }

@@ -342,6 +342,6 @@ def test_offline_unrouted_ip_literal_is_566(ec2x, literal):
     assert ec2x.at("AT+QIACT=1") == OK
     assert ec2x.at(f'AT+QSSLOPEN=1,0,0,"{literal}",443') == OK
     assert ec2x_opened(ec2x, 0) == 566
-    assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 566,socket connect failed\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 566,socket connection failed\r\n\r\nOK\r\n"
     assert ec2x.at('AT+QSSLOPEN=1,0,0,"unrouted.example",443') == OK
     assert ec2x_opened(ec2x, 0) == 565

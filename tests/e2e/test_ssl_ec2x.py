@@ -105,7 +105,7 @@ def test_seclevel_1_right_ca_passes_wrong_ca_fails(ec2x, net, pki):
         assert open_example(ec2x, 1, ctx=2) == 0
         ec2x.at('AT+QSSLCFG="cacert",2,"UFS:wrong.pem"')
         assert open_example(ec2x, 2, ctx=2) == 566
-        assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 566,socket connect failed\r\n\r\nOK\r\n"
+        assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 566,socket connection failed\r\n\r\nOK\r\n"
         assert ec2x.at("AT+QSSLSTATE=2") == b"\r\nOK\r\n"          # a failed open frees the id
         assert ec2x.at("AT+QSSLCLOSE=0;+QSSLCLOSE=1") == b"\r\nOK\r\n"
 

@@ -198,7 +198,7 @@ def test_failed_transparent_open_is_error(online, emulator):
     emulator.router.add_map("nowhere.example", 1, "127.0.0.1", 9)     # discard port: refused
     host.write(b'AT+QSSLOPEN=1,1,2,"nowhere.example",1,2\r')
     assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\nERROR\r\n"
-    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 566,socket connect failed\r\n\r\nOK\r\n"
+    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 566,socket connection failed\r\n\r\nOK\r\n"
     assert host.at("AT+QSSLSTATE=2") == b"\r\nOK\r\n"
 
 

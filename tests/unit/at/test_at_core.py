@@ -482,7 +482,7 @@ def test_data_phase_takes_bytes_and_says_why_it_ended():
 
 
 def test_tcpip_and_ssl_cme_texts_are_the_cme_table_without_any_command_module():
-    """+CME ERROR: 566 with AT+CMEE=2 reads "socket connect failed" from the one CME table,
+    """+CME ERROR: 566 with AT+CMEE=2 reads "socket connection failed" from the one CME table,
     whatever modules a process imported (they were copied into it by an import side effect
     of commands/netutil.py); AT+QIGETERROR's texts are the same ones."""
     import subprocess
@@ -492,7 +492,7 @@ def test_tcpip_and_ssl_cme_texts_are_the_cme_table_without_any_command_module():
             "assert 'emulator.commands.netutil' not in sys.modules; "
             "print(cme_text(566), '|', cme_text(552), '|', cme_text(574))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "socket connect failed | invalid parameter | port busy"
+    assert out.strip() == "socket connection failed | invalid parameter | port busy"
     from emulator.at.cme import CME_TEXT
     from emulator.sockets.service import ERROR_TEXT
     assert ERROR_TEXT == {0: "operation successful", **{c: CME_TEXT[c] for c in range(550, 575)}}
