@@ -186,6 +186,7 @@ class Interpreter:
         self._after.clear()
         self._urcs.clear()
         self.lexer.reset()
+        self.lexer.crlf = None       # the next host's line ends are not known yet
         self._settle()
 
     def _pump(self) -> None:
@@ -227,13 +228,14 @@ class Interpreter:
                 self._start_line(event.body)
             elif isinstance(event, RepeatLast):
                 if self._last_line is not None:
-                    self._start_line(self._last_line)
+                    # (no S3 ends "A/": an LF after it is the host's next byte, data too)
+                    self._start_line(self._last_line, after_line=False)
             elif isinstance(event, LineTooLong):
                 log.info("command line longer than %d bytes: ERROR", self.lexer.max_line)
                 self._write_final("ERROR")
 
     # -- command execution ---------------------------------------------------
-    def _start_line(self, body: bytes) -> None:
+    def _start_line(self, body: bytes, after_line: bool = True) -> None:
         self.modem.trace("line", line=body)
         try:
             self._queue = list(parse_line(body))
@@ -241,7 +243,7 @@ class Interpreter:
             log.exception("cannot parse AT%s", loggable(body.decode("latin-1")))
             self._queue = [Malformed(body.decode("latin-1"), "parser failure")]
         self._after = []
-        self._run_queue(after_line=True)
+        self._run_queue(after_line)
 
     def _run_queue(self, after_line: bool) -> None:
         while self._queue:
@@ -384,6 +386,8 @@ class Interpreter:
         if not after_line or self.lexer.s3 != 13:
             return None
         if self._inbox[:1] == b"\n":
+            # (written with the line: its ending, whatever the host did before -- data
+            # come after the prompt, and a CR-only host may have switched to CR LF)
             del self._inbox[:1]
             self.lexer.forget_line_end()
             return None

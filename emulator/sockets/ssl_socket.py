@@ -596,7 +596,16 @@ class SslSocket:
                     self._opened.set_result((event.kind, event.reason))
                 else:       # connected, or the handshake's success not yet answered (then
                     self._peer_closed(f"TLS failure: {event.reason}")   # reported right after it)
+                    self._close_after_fatal()
         self._arm_timer()
+
+    def _close_after_fatal(self) -> None:
+        """A fatal TLS error on an open connection (an alert received or sent, a record
+        that fails its MAC): both sides close at once (RFC 5246 7.2.2).  The alert Mbed TLS
+        queued leaves first, then the FIN; what the host has not read stays readable."""
+        transport = self._transport
+        if transport is not None and not isinstance(transport, Dialled) and not transport.is_closing():
+            transport.close()
 
     def _end_tcp(self) -> None:
         """After the peer's close_notify the TLS session is over: nothing more can be sent
