@@ -78,6 +78,12 @@ def _ipv4(v: Any) -> str | None:
     return None
 
 
+def _plmn(v: Any) -> str | None:
+    if not isinstance(v, str) or not v.isascii() or not v.isdigit() or len(v) not in (5, 6):
+        return f"must be the MCC and MNC as 5 or 6 digits (\"46001\", \"310260\"), got {v!r}"
+    return None
+
+
 def _hex_id(v: Any) -> str | None:
     if not isinstance(v, str) or not v.upper().startswith("0X"):
         return f"must be a hex string like \"0X0035\", got {v!r}"
@@ -115,6 +121,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "network.operator": (True, _str),
     "network.act": (True, _int(0, 9)),
     "network.reg_stat": (True, _int(0, 5)),
+    "network.plmn": (False, _plmn),
     "defaults.echo": (True, _bool),
     "defaults.verbose": (True, _bool),
     "defaults.cmee": (True, _int(0, 2)),

@@ -89,10 +89,12 @@ class Registration:
 
     def operator(self, fmt: int | None = None) -> str:
         """The network's name in an AT+COPS <format>: 0 long, 1 short alphanumeric (the
-        profile's network.operator), 2 numeric (MCC MNC: the first five digits of the IMSI)."""
+        profile's network.operator), 2 numeric (MCC MNC: the profile's network.plmn, else the
+        first five digits of the IMSI -- a 2-digit MNC; a 3-digit one needs network.plmn)."""
         fmt = self.cops_format if fmt is None else fmt
         if fmt == 2:
-            return self.modem.profile["identity.imsi"][:5]
+            profile = self.modem.profile
+            return profile.get("network.plmn") or profile["identity.imsi"][:5]
         return self.modem.profile["network.operator"]
 
     def attach(self, on: bool) -> None:

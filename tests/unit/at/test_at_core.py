@@ -8,7 +8,7 @@ import pytest
 from emulator.at.lexer import CommandLine, CommandLineLexer, Echo, LineTooLong, RepeatLast
 from emulator.at.parser import EXEC, READ, TEST, WRITE, Arg, Malformed, parse_line
 from emulator.modem.modem import Modem
-from emulator.modem.profile import load_profile
+from emulator.modem.profile import ProfileError, load_profile
 
 
 def lines(events):
@@ -496,3 +496,41 @@ def test_tcpip_and_ssl_cme_texts_are_the_cme_table_without_any_command_module():
     from emulator.at.cme import CME_TEXT
     from emulator.sockets.service import ERROR_TEXT
     assert ERROR_TEXT == {0: "operation successful", **{c: CME_TEXT[c] for c in range(550, 575)}}
+
+
+class TestOperatorNumeric:
+    """AT+COPS numeric format: the profile's network.plmn (a 3-digit MNC such as T-Mobile US
+    310 260 cannot come from the IMSI's first five digits), else IMSI[:5]."""
+
+    @staticmethod
+    def user_profile(tmp_path, plmn_line: str):
+        text = (load_profile("ec2x").path.read_text()
+                .replace('imsi = "460011234567890"', 'imsi = "310260123456789"')
+                .replace("reg_stat = 1\n", f"reg_stat = 1\n{plmn_line}\n"))
+        path = tmp_path / "us.toml"
+        path.write_text(text)
+        return str(path)
+
+    def run(self, profile, line: bytes) -> bytes:
+        out = bytearray()
+        m = Modem(profile)
+        m.attach(out.extend)
+        m.feed(b"ATE0\r")
+        out.clear()
+        m.feed(line)
+        return bytes(out)
+
+    def test_plmn_gives_the_numeric_name(self, tmp_path):
+        profile = load_profile(self.user_profile(tmp_path, 'plmn = "310260"'))
+        assert self.run(profile, b"AT+COPS=3,2;+COPS?\r") == b'\r\n+COPS: 0,2,"310260",7\r\n\r\nOK\r\n'
+        assert self.run(profile, b'AT+COPS=1,2,"310260"\r') == b"\r\nOK\r\n"
+        assert self.run(profile, b'AT+COPS=1,2,"31026"\r') == b"\r\n+CME ERROR: 30\r\n"
+
+    def test_without_plmn_the_imsi_gives_five_digits(self, tmp_path):
+        profile = load_profile(self.user_profile(tmp_path, ""))
+        assert self.run(profile, b"AT+COPS=3,2;+COPS?\r") == b'\r\n+COPS: 0,2,"31026",7\r\n\r\nOK\r\n'
+
+    @pytest.mark.parametrize("bad", ['"4600"', '"4600123"', '"46O01"', "46001"])
+    def test_a_bad_plmn_is_refused_when_the_profile_loads(self, tmp_path, bad):
+        with pytest.raises(ProfileError, match="network.plmn"):
+            load_profile(self.user_profile(tmp_path, f"plmn = {bad}"))
