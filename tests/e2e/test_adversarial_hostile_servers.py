@@ -9,6 +9,7 @@ servers at once.  Checked: the exact AT answers, byte-exact data, one answer per
 reusable afterwards, the emulator still answering AT."""
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import ssl
@@ -641,18 +642,26 @@ def flood_script(total: int, progress: dict, seed: int = 0):
     return script, data
 
 
+@contextlib.contextmanager
+def flooded(emulator, host, cid: int, total: int, seed: int = 0, mode: int = 0):
+    """An EC2x socket <cid> open (access mode <mode>) to a server that floods `total` bytes
+    of records at once after the handshake: yields (server, data, progress)."""
+    progress: dict = {}
+    script, data = flood_script(total, progress, seed=seed)
+    with Hostile(script) as server:
+        route(emulator, server)
+        ec2x_open(host, cid, mode=mode)
+        assert ec2x_answer(host, cid) == 0
+        yield server, data, progress
+
+
 def test_flood_of_16k_records_is_held_back_and_read_byte_exact(modem, emulator):
     """4 MiB in full-size records, sent at once after the handshake (before the host asked):
     one "recv" URC while the data wait unread, the server held back (TCP flow control past
     ssl.recv_buffer, nothing dropped), then 256 KiB read with AT+QSSLRECV=<id>,1500 arrive
     in order, each answer at most 1500 bytes, no byte lost or repeated."""
     host, advance, port = modem
-    progress: dict = {}
-    script, data = flood_script(4 * 1024 * 1024, progress)
-    with Hostile(script) as server:
-        route(emulator, server)
-        ec2x_open(host, 6)
-        assert ec2x_answer(host, 6) == 0
+    with flooded(emulator, host, 6, 4 * 1024 * 1024) as (server, data, progress):
         host.seen(b'+QSSLURC: "recv",6\r\n')
         time.sleep(0.8)
         assert host.quiet_for(0.2) == b""                 # no repeated "recv" URC meanwhile
@@ -669,12 +678,7 @@ def test_flood_of_16k_records_is_held_back_and_read_byte_exact(modem, emulator):
 def test_flood_drained_completely_then_quiet(modem, emulator):
     """160 KiB in 16 KiB records: read to the last byte, then +QSSLRECV: 0, no further URC."""
     host, advance, port = modem
-    progress: dict = {}
-    script, data = flood_script(160 * 1024, progress, seed=99)
-    with Hostile(script) as server:
-        route(emulator, server)
-        ec2x_open(host, 7)
-        assert ec2x_answer(host, 7) == 0
+    with flooded(emulator, host, 7, 160 * 1024, seed=99) as (server, data, progress):
         host.seen(b'+QSSLURC: "recv",7\r\n')
         assert ec2x_read_all(host, 7, len(data)) == data
         wait_until(lambda: progress.get("sent") == progress.get("wire"), what="all sent")
@@ -685,13 +689,8 @@ def test_flood_drained_completely_then_quiet(modem, emulator):
 
 def test_push_mode_flood_every_urc_framed_and_byte_exact(modem, emulator):
     host, advance, port = modem
-    progress: dict = {}
-    script, data = flood_script(200 * 1024, progress, seed=5)
     urc = re.compile(rb'\r\n\+QSSLURC: "recv",8,(\d+)\r\n')
-    with Hostile(script) as server:
-        route(emulator, server)
-        ec2x_open(host, 8, mode=1)
-        assert ec2x_answer(host, 8) == 0
+    with flooded(emulator, host, 8, 200 * 1024, seed=5, mode=1) as (server, data, progress):
         got = bytearray()
         while len(got) < len(data):
             line = host.read_until(urc, timeout=10)
