@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import socket
 
-import pytest
 
 from emulator.testing.peers import TlsServer
 
