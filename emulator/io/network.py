@@ -280,8 +280,13 @@ class NetFaults:
         timers = self.modem.timers
         return lambda: ShapedLink(protocol_factory(), conditions, timers, self.random, datagram)
 
-    def take_open(self) -> str | None:
+    def take_open(self, host: str) -> str | None:
+        """The fault the next open of `host` gets (one of its count taken), else None.  An
+        IP literal needs no lookup: "dns" is not its (as for take_lookup)."""
+        literal = is_ip(host)
         for kind in self.KINDS:
+            if kind == "dns" and literal:
+                continue
             if self.pending[kind] > 0:
                 self.pending[kind] -= 1
                 return kind
@@ -371,6 +376,7 @@ class ShapedTransport:
         self._writable = writable            # the protocol's resume_writing
         self._high = self._low = None
         self._over = False
+        self._closing = False                # close() called: the FIN waits behind the queue
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
@@ -382,6 +388,9 @@ class ShapedTransport:
         self._inner.set_write_buffer_limits(high=high, low=low)
 
     def _out(self, send, data: bytes) -> None:
+        if self._closing:
+            return                           # (asyncio ignores writes after close() too)
+
         def go() -> None:
             if not self._inner.is_closing():
                 send(data)
@@ -421,9 +430,23 @@ class ShapedTransport:
         self._pipe.clear()
         self._inner.abort()
 
+    def is_closing(self) -> bool:
+        return self._closing or self._inner.is_closing()
+
     def close(self) -> None:
-        self._pipe.clear()
-        self._inner.close()
+        """asyncio's close(): what was written leaves first, through the link's conditions,
+        then the connection closes (abort() drops it all at once)."""
+        if self._closing:
+            return
+        self._closing = True
+        if not self._pipe.queue:
+            self._inner.close()
+            return
+
+        def go() -> None:
+            if not self._inner.is_closing():
+                self._inner.close()
+        self._pipe.push(0, go)
 
 
 class ShapedLink(asyncio.Protocol):

@@ -241,7 +241,9 @@ class OnlineDelivery(Delivery):
             return                      # CONNECT is on its way: SocketLink.started reports it
         if self.online(sock):
             self.flush(sock, everything=True)
-            self.svc.modem.interpreter.leave_online(self._links[sock])
+            link = self._links[sock]
+            self.svc.modem.interpreter.leave_online(link)
+            link.release_input()        # (no drain will come from a closed connection)
         elif sock.inbox:
             # The host left with +++ and the peer has closed since: ATO can only answer
             # NO CARRIER, so what the peer sent meanwhile would be lost. The socket falls
@@ -311,6 +313,7 @@ class SocketLink:
         if delivery.online(sock):
             delivery.flush(sock, everything=True)
             delivery.svc.modem.interpreter.leave_online(self)
+            self.release_input()
         elif delivery.svc.holds(sock):
             # The port left online mode in the same turn (a hang-up, a DTR drop): the
             # close is reported as one after "+++" is ("closed", or the buffer fall-back).

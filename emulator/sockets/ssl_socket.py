@@ -284,7 +284,7 @@ class SslSocket:
             return
         self._connect = connect
         self._trace("open", socket=self.client_id, host=self.host, port=self.port, dtls=settings.dtls)
-        fault = self.faults.take_open() if self.faults is not None else None
+        fault = self.faults.take_open(self.host) if self.faults is not None else None
         dialled = None
         if connect is None and fault is None and not settings.dtls:
             dialled = self._dial(router, settings, cache, cache_key)

@@ -625,6 +625,41 @@ def test_fatal_tls_error_after_connect_closes_the_tcp_connection(modem, emulator
             assert host.at("AT+QSSLCLOSE=3") == b"\r\nOK\r\n"
 
 
+def test_fatal_error_on_a_shaped_link_still_sends_what_was_queued(modem, emulator):
+    """Under network conditions (control "net": 16 kbit/s) the bytes SEND OK accepted and
+    Mbed TLS's fatal alert are still on the slow link when a forged record ends the
+    session: they leave, then the FIN.  Was a bug, fixed: ShapedTransport.close() emptied
+    the link's queue, so the server got a bare FIN and none of the data."""
+    host, advance, port = modem
+    go = threading.Event()
+    mark = {}
+
+    def script(p: Peer) -> None:
+        p.handshake()
+        go.wait(30)
+        mark["before"] = len(p.raw_in)
+        p.send(record(CT_APP, b"\x00" * 40))              # fails the modem's MAC check
+        p.drain()
+
+    with Hostile(script) as server:
+        route(emulator, server)
+        ec2x_open(host, 3)
+        assert ec2x_answer(host, 3) == 0
+        assert emulator.control("net", socket=3, kbps=16)["ok"]
+        payload = pattern(1000, seed=3)
+        assert host.send_data(3, payload) == b"\r\nSEND OK\r\n"
+        go.set()
+        time.sleep(0.3)                 # the forged record is on the (shaped) way in
+        advance(5)                      # it comes in first: 1 KB out at 16 kbit/s takes 0.5 s
+        host.seen(b'+QSSLURC: "closed",3\r\n')
+        peer = server.peers[0]
+        wait_until(peer.eof.is_set, timeout=5, what="server sees EOF")
+        assert bytes(peer.plain_in) == payload
+        types = [ct for ct, _ in tls_records(bytes(peer.raw_in[mark["before"]:]))]
+        assert types == [CT_APP, CT_ALERT], types
+        assert host.at("AT+QSSLCLOSE=3") == b"\r\nOK\r\n"
+
+
 
 # == floods: 16 KiB records back to back, faster than the host reads ==============================
 def flood_script(total: int, progress: dict, seed: int = 0):

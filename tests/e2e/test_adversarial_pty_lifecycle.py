@@ -9,6 +9,8 @@ import re
 import select
 import shutil
 import socket
+import struct
+import termios
 import threading
 import time
 
@@ -340,7 +342,10 @@ class StuckServer:
             c.close()
 
 
-def go_online_and_stall(emulator, open_modem, server):
+def go_online_and_stall(emulator, open_modem, server, keep_host: bool = False):
+    """A transparent TCP socket to a server that never reads, the host writing until the
+    port stops reading it (the connection's backlog past ssl.online_buffer, 4 KiB here).
+    Returns (fd that wrote, port), or (host, port) with keep_host."""
     profile = load_profile("ec2x")
     profile.data["ssl"]["online_buffer"] = 4096
     profile._found.clear()
@@ -349,8 +354,11 @@ def go_online_and_stall(emulator, open_modem, server):
     emulator.router.add_map("stuck.example", 80, "127.0.0.1", server.port)
     host.write(b'AT+QIOPEN=1,0,"TCP","stuck.example",80,0,2\r')
     host.read_until(b"CONNECT\r\n")
-    host.close()
-    fd = raw_open(port.path)
+    if keep_host:
+        fd = host.ser.fd
+    else:
+        host.close()
+        fd = raw_open(port.path)
     view = memoryview(b"D" * 40_000_000)
     deadline = time.monotonic() + 3
     while view and time.monotonic() < deadline:
@@ -360,7 +368,38 @@ def go_online_and_stall(emulator, open_modem, server):
             if not emulator.run(lambda: port.port.reading):
                 break
             time.sleep(0.002)
-    return fd, port
+    return (host if keep_host else fd), port
+
+
+@pytest.mark.parametrize("how", ["server_rst", "control_drop", "pdp_deact"])
+def test_connection_ending_while_the_host_is_held_back_gives_the_port_back(emulator, open_modem, how,
+                                                                           strict_log):
+    """Transparent mode, the host held back (flow control: the port stopped reading it),
+    then the connection ends (the server's RST, the control API's drop, the PDP context
+    lost): after NO CARRIER the port reads the host again and answers its commands.
+    Was a bug, fixed: nothing resumed the port (only a drain of the closed connection
+    would have), so AT went unanswered until the host reopened the device."""
+    server = StuckServer()
+    try:
+        host, port = go_online_and_stall(emulator, open_modem, server, keep_host=True)
+        assert not emulator.run(lambda: port.port.reading)
+        time.sleep(0.2)
+        if how == "server_rst":
+            conn = server.conns[0]
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+        elif how == "control_drop":
+            assert emulator.control("drop", socket=0, how="rst")["ok"]
+        else:
+            assert emulator.control("pdp_deact", cid=1)["ok"]
+        host.read_until(b"NO CARRIER\r\n", timeout=10)
+        termios.tcflush(host.ser.fd, termios.TCOFLUSH)      # what the host had still queued
+        wait_for(lambda: emulator.run(lambda: port.port.reading), 5, "the port reading again")
+        host.pending.clear()
+        assert host.at("AT", timeout=5).endswith(b"OK\r\n")
+        assert host.at("AT+QICLOSE=0", timeout=5).endswith(b"OK\r\n")
+    finally:
+        server.close()
 
 
 def test_a_stuck_online_modem_does_not_slow_or_leak_into_the_others(emulator, open_modem, strict_log):
