@@ -128,10 +128,7 @@ def cfun_write(modem, cmd):
             raise CommandError(Cme(50), f"AT+CFUN={fun},1: a reset only with <fun> 1")
 
         def reboot() -> None:
-            modem.reset()
-            if modem.loop is not None:
-                # A rebooting module reports its start-up URCs a moment after OK.
-                modem.call_later(0.05, _boot_urcs, modem)
+            modem.reboot(0.05)       # its start-up URCs a moment after OK
         # OK first, framed as the host asked (ATV0, ATQ1...); then the module restarts with
         # its AT&W set, and the rest of the line is not run.
         return Response([], "OK", then=reboot, ends_line=True)
@@ -142,11 +139,6 @@ def cfun_write(modem, cmd):
     modem.cfun = fun
     reg.refresh()                              # +CREG/+CGREG/+CEREG URCs if enabled
     return ok()
-
-
-def _boot_urcs(modem) -> None:
-    for line in modem.profile.get("defaults.boot_urcs", []):
-        modem.urc(line)
 
 
 def _ipr_test(modem) -> str:

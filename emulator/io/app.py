@@ -4,6 +4,7 @@ and the shared routing layer.  `Emulator` is the in-loop API (the CLI uses it);
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ class Emulator:
         self.keylog = keylog               # callable(str) receiving NSS key-log lines, or None
         self.ports: list[ModemPort] = []
         self.demo = None
+        self._trace_files: dict[str, object] = {}   # real path -> the TraceWriter writing it
 
     async def start_demo(self) -> None:
         """The built-in loopback TLS peer; routes the manuals' example hosts to it."""
@@ -49,7 +51,8 @@ class Emulator:
         baud: output to the host paced at this rate, 10 bits a byte (None: unpaced);
         AT+IPR=<rate> then switches the pace after its answer.
         trace: a path or an emulator.tools.trace.TraceWriter (shared by several modems
-        if wanted): every byte each way, commands, socket events (JSON lines)."""
+        if wanted; modems given the same path share its writer, as --count's modems do):
+        every byte each way, commands, socket events (JSON lines)."""
         if baud is not None and (not isinstance(baud, int) or isinstance(baud, bool) or baud <= 0):
             raise ValueError(f"baud must be a positive integer, got {baud!r}")
         loop = asyncio.get_running_loop()
@@ -59,7 +62,12 @@ class Emulator:
                       name=name or f"modem{len(self.ports)}", keylog=self.keylog, manual_time=manual_time)
         feed = modem.feed
         if trace is not None:
-            from emulator.tools.trace import attach_trace
+            from emulator.tools.trace import TraceWriter, attach_trace
+            if not isinstance(trace, TraceWriter):
+                key = os.path.realpath(trace)
+                if key not in self._trace_files:
+                    self._trace_files[key] = TraceWriter(trace)    # (closed with the emulator)
+                trace = self._trace_files[key]
             feed, wrap_sink = attach_trace(trace, modem, len(self.ports))
         port = PtyPort(loop, feed, link, on_hangup=modem.host_hangup, on_drain=modem.output_drained,
                        max_backlog=profile.get("serial.output_backlog", 1 << 20))
@@ -95,6 +103,9 @@ class Emulator:
             entry.modem.emit("shutdown")
             entry.port.close()
         self.ports.clear()
+        for writer in self._trace_files.values():
+            writer.close()
+        self._trace_files.clear()
         if self.demo is not None:
             await self.demo.close()
             self.demo = None

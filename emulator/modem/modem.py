@@ -46,6 +46,7 @@ class Modem:
         self.clock = ModemClock(profile["defaults.timezone_quarters"])
         self.cfun = 1
         self.reg_urc = {"+CREG": 0, "+CGREG": 0, "+CEREG": 0}
+        self._boot = None                 # the start-up URCs' timer while a restart is on
         self.pdp = PdpTable(profile)
         self._features: dict[str, object] = {}
         self._listeners: dict[str, list[Callable]] = defaultdict(list)
@@ -195,9 +196,25 @@ class Modem:
             self.urc(urc.format(cid=cid))
         self.deactivate_pdp(cid)
 
+    def reboot(self, delay: float) -> None:
+        """A restart (AT+CFUN=1,1, the control API's reboot): reset() now, the profile's
+        start-up URCs `delay` s later.  A restart before they came abandons that boot: one
+        set of URCs, after the last restart."""
+        self.reset()
+        if self.loop is not None:
+            self._boot = self.call_later(delay, self._booted)
+
+    def _booted(self) -> None:
+        self._boot = None
+        for line in self.profile.get("defaults.boot_urcs", []):
+            self.urc(line)
+
     def reset(self) -> None:
         """AT+CFUN=1,1: what a module loses when it reboots.  Sockets go first and
         silently ("reset"), so taking the PDP contexts down reports nothing more."""
+        if self._boot is not None:
+            self._boot.cancel()
+            self._boot = None
         self.emit("reset")
         self.pdp.deactivate_all()
         self.restore_saved_settings()

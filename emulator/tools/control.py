@@ -134,6 +134,8 @@ def _socket(modem, args: _Args, connected: bool = True):
     client_id = args.int("socket", 0, _svc(modem).max_sockets - 1)
     svc = next((s for s in _services(modem) if client_id in s.sockets), None)   # one id pool
     if svc is None:
+        if any(client_id in getattr(s, "listeners", {}) for s in _services(modem)):
+            raise ControlError(f"{args.name}: socket {client_id} is a TCP LISTENER: it has no connection")
         raise ControlError(f"{args.name}: socket {client_id} is not open")
     sock = svc.sockets[client_id]
     if connected and svc.connected(client_id) is None:
@@ -148,6 +150,7 @@ def _count(args: _Args) -> int:
 # -- ops ------------------------------------------------------------------------
 @op("state")
 def state(modem, args: _Args) -> dict:
+    from emulator.sockets.tcpip import LISTENING
     args.done()
     sockets = []
     every = [s for service in _services(modem) for s in service.sockets.values()]
@@ -165,6 +168,19 @@ def state(modem, args: _Args) -> dict:
             "tls_version": hs.version if hs and not plain else None,
             "cipher": hs.cipher_name if hs and not plain else None,
         })
+    for service in _services(modem):
+        for listener in getattr(service, "listeners", {}).values():   # they hold ids of the pool too
+            listening = listener.state == LISTENING
+            sockets.append({
+                "id": listener.client_id, "state": "LISTENING" if listening else "OPENING",
+                "state_code": int(listener.state), "service_type": listener.service_type,
+                "access_mode": listener.delivery.access_mode, "delivery": listener.delivery.name,
+                "host": listener.host, "port": listener.port, "address": f"{listener.host}:{listener.port}",
+                "local_port": listener.shown_local_port, "pdp": listener.pdp_id, "ctx": listener.ctx_id,
+                "bytes_sent": 0, "bytes_received": 0, "unread": 0, "blackholed": False,
+                "tls_version": None, "cipher": None,
+            })
+    sockets.sort(key=lambda s: s["id"])
     return {
         "profile": modem.profile.name, "name": modem.name, "cfun": modem.cfun, "dtr": modem.dtr,
         "mode": modem.interpreter.mode.name,
@@ -260,12 +276,10 @@ def urc(modem, args: _Args) -> dict:
 def reboot(modem, args: _Args) -> dict:
     ms = args.int("ms", 0, 600_000, default=50)
     args.done()
-    from emulator.commands.general import _boot_urcs
     # Whatever the port was doing (a data prompt, a pending answer, online data) ends
     # without an answer, as when the module's power goes.
     modem.interpreter.hangup()
-    modem.reset()                     # as AT+CFUN=1,1: sockets silently, PDP, settings, RAM
-    modem.call_later(ms / 1000, _boot_urcs, modem)
+    modem.reboot(ms / 1000)           # as AT+CFUN=1,1: sockets silently, PDP, settings, RAM
     return {}
 
 

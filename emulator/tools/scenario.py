@@ -78,7 +78,10 @@ KINDS = ("write", "read", "test", "exec")
 STEP_KEYS = ("op", "at", "after", "when", "delay", "modem", "note")
 TRIGGER_KEYS = ("command", "socket", "kind", "count")
 # Which argument names the socket, where it is not the first (per profile variant).
-SOCKET_ARG = {("+QSSLOPEN", "quectel"): 2, ("+QSSLRECV", "onemo"): 1}
+# AT+QIOPEN=<contextID>,<connectID>,...; AT+QISTATE's second argument is a connectID only
+# in its <query_type> 1 form, so it names none.
+SOCKET_ARG = {("+QSSLOPEN", "quectel"): 2, ("+QSSLRECV", "onemo"): 1, ("+QIOPEN", "*"): 1,
+              ("+QISTATE", "*"): 99}
 
 
 class ScenarioError(Exception):

@@ -81,6 +81,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import ipaddress
 import json
 import os
 import re
@@ -275,6 +276,22 @@ def read_trace(path: str | os.PathLike, warn=None) -> list[dict]:
 
 
 _BYTES_FIELDS = ("data", "line", "answer")       # latin-1 strings: one char per byte
+_REQUIRED = {"io": ("data",), "cmd": ("line", "answer")}   # what show and replay read of them
+
+
+def _start_problem(record: dict) -> str:
+    """A "start" record's profile name and DNS table (replay uses both)."""
+    if not isinstance(record.get("profile", ""), str):
+        return '"profile" is not a name'
+    dns = record.get("dns", {})
+    if not isinstance(dns, dict):
+        return '"dns" is not a table of names and addresses'
+    for name, address in dns.items():
+        try:
+            ipaddress.ip_address(address)
+        except (TypeError, ValueError):
+            return f'"dns" holds {name!r}: {address!r}, not an IP address'
+    return ""
 
 
 def _record_problem(record) -> str:
@@ -289,8 +306,20 @@ def _record_problem(record) -> str:
         return '"modem" is not an index'
     if not isinstance(record.get("kind", ""), str):
         return '"kind" is not a name'
-    if record.get("kind") == "io" and record.get("dir") not in ("in", "out"):
+    kind = record.get("kind")
+    if kind == "io" and record.get("dir") not in ("in", "out"):
         return 'an "io" record\'s "dir" is not "in" or "out"'
+    for key in _REQUIRED.get(kind, ()):
+        if key not in record:
+            return f'a "{kind}" record without "{key}"'
+    for key in ("in", "out"):                          # byte counts
+        value = record.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f'"{key}" is not a byte count'
+    if kind == "start":
+        problem = _start_problem(record)
+        if problem:
+            return problem
     for key in _BYTES_FIELDS:
         value = record.get(key)
         if value is None:
@@ -341,12 +370,13 @@ def _plain_handshake(r: dict) -> bool:
 def render(records: list[dict], socket: int | None = None, modem: int | None = None) -> list[str]:
     lines: list[str] = []
     t0 = records[0]["t"] if records else 0.0
-    plain: dict = {}          # socket id -> its TCP/IP type while it is an AT+QIOPEN socket
+    plain: dict = {}          # (modem, socket id) -> its TCP/IP type while it is an AT+QIOPEN socket
     for r in records:
+        key = (r.get("modem", 0), r.get("socket"))
         if r.get("kind") in ("open", "accepted"):
-            plain[r.get("socket")] = r.get("type") if r.get("service") == "tcpip" else None
+            plain[key] = r.get("type") if r.get("service") == "tcpip" else None
         elif r.get("kind") == "handshake" and _plain_handshake(r):
-            plain[r.get("socket")] = plain.get(r.get("socket")) or r.get("version")
+            plain[key] = plain.get(key) or r.get("version")
         if modem is not None and r.get("modem", 0) != modem:
             continue
         kind = r.get("kind")
@@ -377,7 +407,7 @@ def render(records: list[dict], socket: int | None = None, modem: int | None = N
                   if r.get("server") is not None else "")
             lines.append(f"{head} socket {r['socket']} accepted from {r.get('remote') or '?'}{on}")
         elif kind == "handshake" and _plain_handshake(r):
-            lines.append(f"{head} socket {r['socket']} connected ({plain.get(r['socket']) or r['version']}, no TLS)")
+            lines.append(f"{head} socket {r['socket']} connected ({plain.get(key) or r['version']}, no TLS)")
         elif kind == "handshake":
             extra = (f", ALPN {r['alpn']}" if r.get("alpn") else "") + (", resumed" if r.get("resumed") else "")
             lines.append(f"{head} socket {r['socket']} handshake {r['version']} {r['cipher']}{extra}")
@@ -386,7 +416,7 @@ def render(records: list[dict], socket: int | None = None, modem: int | None = N
         elif kind == "open_result":
             why = f" ({r['failure']}: {r['reason']})" if r.get("code") else ""
             lines.append(f"{head} socket {r['socket']} open result {r['code']}{why}")
-        elif kind == "peer_closed" and plain.get(r.get("socket")):
+        elif kind == "peer_closed" and plain.get(key):
             how = {"fin": "FIN", "rst": "RST"}.get(r["how"], r["how"])
             lines.append(f"{head} socket {r['socket']} peer closed ({how})")
         elif kind == "peer_closed":
@@ -815,8 +845,11 @@ def _compare_cmds(expected: list[dict], got: list[dict], ignore: list[re.Pattern
     return None
 
 
-def _compare_stream(expected: bytes, got: bytes, ignore: list[re.Pattern]) -> str | None:
+def _compare_stream(expected: bytes, got: bytes, ignore: list[re.Pattern], prefix: bool = False) -> str | None:
+    """prefix: the expected stream was cut short; only that much of `got` is compared."""
     expected, got = _b(_norm(_s(expected), ignore)), _b(_norm(_s(got), ignore))
+    if prefix:
+        got = got[:len(expected)]
     if expected == got:
         return None
     i = next((k for k in range(min(len(expected), len(got))) if expected[k] != got[k]), min(len(expected), len(got)))
@@ -834,7 +867,9 @@ def _drain(ser) -> None:
 
 def replay_records(records: list[dict], profile: str | None = None, modem: int = 0,
                    ignore: list[re.Pattern] | None = None, out=None, max_gap: float | None = None,
-                   scenario=None) -> int:
+                   scenario=None, complete: bool = True) -> int:
+    """complete False: the recording was cut short (read_trace left its last line out):
+    what the modem says beyond what was recorded is not a difference."""
     out = out or sys.stdout
     import tempfile
 
@@ -910,7 +945,10 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         got = list(writer.records)
     got_cmds = [r for r in got if r.get("kind") == "cmd"]
     got_out = b"".join(_b(r["data"]) for r in got if r.get("kind") == "io" and r["dir"] == "out")
-    diff = _compare_cmds(expected_cmds, got_cmds, ignore) or _compare_stream(expected_out, got_out, ignore)
+    if not complete:
+        got_cmds = got_cmds[:len(expected_cmds)]
+    diff = (_compare_cmds(expected_cmds, got_cmds, ignore)
+            or _compare_stream(expected_out, got_out, ignore, prefix=not complete))
     if diff is None and peer.differences:
         diff = peer.differences[0]
     if diff is not None:
@@ -1047,20 +1085,31 @@ def replay_main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if text.lstrip().startswith("{"):
+            cut: list[str] = []
+
+            def warn(text: str) -> None:
+                cut.append(text)
+                print(f"modem-emulator replay: {text}", file=sys.stderr)
             try:
-                records = read_trace(args.file, warn=lambda text: print(f"modem-emulator replay: {text}",
-                                                                         file=sys.stderr))
+                records = read_trace(args.file, warn=warn)
                 mine = [r for r in records if r.get("modem", 0) == args.modem]
                 if not mine:
                     have = sorted({r.get("modem", 0) for r in records})
                     raise ValueError(f"{args.file}: no modem {args.modem} in the trace (it has: "
                                      f"{', '.join(map(str, have)) or 'no records'})")
                 scripts_of(mine)                 # the network side: every field it needs is there
+                recorded_on = next((r.get("profile") for r in mine if r.get("kind") == "start"), None)
+                if args.profile is None and recorded_on:
+                    try:
+                        load_profile(recorded_on)
+                    except ProfileError as exc:
+                        raise ValueError(f"{args.file} was recorded on profile {recorded_on!r}, which "
+                                         f"cannot be loaded here: give it with --profile ({exc})") from None
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 print(f"modem-emulator replay: {exc}", file=sys.stderr)
                 return 2
             return replay_records(records, args.profile, args.modem, ignore, max_gap=args.max_gap,
-                                  scenario=scenario)
+                                  scenario=scenario, complete=not cut)
         return replay_at_log(text, args.profile or "ec2x", scenario=scenario)
     except ScenarioError as exc:                 # a step's modem or command does not fit
         print(f"modem-emulator replay: {exc}", file=sys.stderr)
