@@ -471,6 +471,8 @@ class Interpreter:
         out = self._escape.feed(data, self.modem.monotonic())
         if out:
             self._online.send(out)
+            if self._online is None:
+                return                  # the send ended the connection (NO CARRIER is out)
         if self._escape.held or self._escape_timer is not None:
             self._arm_escape_timer()
 
@@ -490,6 +492,8 @@ class Interpreter:
         out, escaped = self._escape.expire(self.modem.monotonic())
         if out:
             self._online.send(out)
+            if self.mode is not Mode.ONLINE:
+                return                  # the send ended the connection
         if escaped:
             self._leave_online("OK", escaped=True)
         else:

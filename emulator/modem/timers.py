@@ -20,6 +20,10 @@ import itertools
 from typing import Any, Awaitable, Callable
 
 
+def _nothing() -> None:
+    pass
+
+
 class TimerHandle:
     __slots__ = ("when", "callback", "args", "cancelled", "loop_handle")
 
@@ -32,6 +36,9 @@ class TimerHandle:
 
     def cancel(self) -> None:
         self.cancelled = True
+        # (On manual time a cancelled handle stays in the heap until the clock passes it:
+        # what its callback holds -- a task, its closures -- goes now.)
+        self.callback, self.args = _nothing, ()
         if self.loop_handle is not None:
             self.loop_handle.cancel()
 

@@ -358,6 +358,38 @@ class TestModes:
         assert escaped == [True] and interp.mode is Mode.COMMAND
 
 
+    @pytest.mark.parametrize("via", ["feed", "escape_timer"])
+    def test_a_send_that_ends_the_connection_leaves_online_mode_cleanly(self, modem, monkeypatch, via):
+        """The link's send() ends the connection in the same call (a DTLS sendto refused at
+        once reports the loss synchronously): NO CARRIER, command mode, and the rest of the
+        turn does not touch the escape detector that went with online mode (it raised
+        AttributeError, which skipped the port's settle)."""
+        interp = modem.interpreter
+        sent = []
+
+        class Link:
+            def started(self):
+                pass
+
+            def send(self, data):
+                sent.append(data)
+                interp.leave_online(self)
+
+            def escaped(self):
+                pass
+        handler_for(monkeypatch, "+CSQ", "exec", lambda m, cmd: Response([], None, online=Link()))
+        modem.run(b"ATE0\r")
+        assert modem.run(b"AT+CSQ\r") == b"\r\nCONNECT\r\n"
+        if via == "feed":
+            assert modem.run(b"data") == b"\r\nNO CARRIER\r\n"
+        else:
+            modem.run(b"+")                              # held: maybe the start of "+++"
+            modem.timers.advance(1.5)                    # not followed: it is data after all
+            assert bytes(modem.out) == b"\r\nNO CARRIER\r\n"
+        assert sent == [b"data" if via == "feed" else b"+"]
+        assert interp.mode is Mode.COMMAND
+        assert modem.run(b"AT+CGMM\r") == b"\r\nEC25\r\n\r\nOK\r\n"
+
 class TestUploadTimerAndAck:
     def test_idle_timeout_is_exact_on_the_modem_clock(self, modem):
         modem.run(b"ATE0\r")

@@ -89,3 +89,23 @@ def test_wait_for_runs_the_awaitable_in_the_calling_task():
         assert await t.wait_for(quick, 0) == 3
         await asyncio.sleep(0.01)              # the expired timer, if any, fires into nothing
     asyncio.run(main())
+
+
+def test_a_cancelled_manual_timer_lets_go_of_what_its_callback_holds():
+    """Manual time keeps a cancelled handle in its heap until the clock passes it (every
+    open's 150 s connect limit, on a modem whose clock a test never moves that far): what
+    the callback held -- a task, its closures -- must not live on with it."""
+    import gc
+    import weakref
+
+    class Held:
+        pass
+    timers = Timers(None)
+    held = Held()
+    gone = weakref.ref(held)
+    handle = timers.call_later(150, lambda h=held: h)
+    del held
+    handle.cancel()
+    gc.collect()
+    assert gone() is None
+    assert timers.advance(200) == 0                  # and it never fires
