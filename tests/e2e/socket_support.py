@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 
 TCP_HOST, TCP_PORT = "tcp.example", 7000
 UDP_HOST, UDP_PORT = "udp.example", 7001
@@ -92,3 +93,12 @@ def tcp_fds_to(port: int) -> int:
         if link.startswith("socket:["):
             mine.add(link[8:-1])
     return len(inodes & mine)
+
+
+def wait_for(predicate, timeout: float = 10, what: str = "condition") -> None:
+    """Poll predicate() every 10 ms until it is true; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met in {timeout:g} s")
+        time.sleep(0.01)

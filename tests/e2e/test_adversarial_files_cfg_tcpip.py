@@ -13,10 +13,10 @@ import pytest
 
 from emulator.storage.checksum import xor16
 from emulator.testing.host import Host
-from emulator.testing.peers import TcpServer, TlsServer
+from emulator.testing.peers import TlsServer
 from emulator.testing.peers.pki import utc
 from tests.e2e.socket_support import TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT, free_port, qiopen, qird, qisend
-from tests.e2e.ssl_options_support import HOST, PORT, cfg, close, last_error, open_ssl, opened, trust
+from tests.e2e.ssl_options_support import PORT, cfg, close, last_error, open_ssl, trust
 
 
 @pytest.fixture

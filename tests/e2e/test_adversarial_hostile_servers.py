@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.e2e.socket_support import tcp_fds_to
+from tests.e2e.socket_support import tcp_fds_to, wait_for
 
 NAME = "hostile.example"
 CT_CCS, CT_ALERT, CT_HANDSHAKE, CT_APP = 20, 21, 22, 23
@@ -232,14 +232,6 @@ class Hostile:
         self.close()
 
 
-def wait_until(predicate, timeout: float = 10, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met in time")
-        time.sleep(0.01)
-
-
 def pattern(n: int, seed: int = 0) -> bytes:
     """n bytes in which every 4-byte word is its own offset: a loss, a duplicate or a reorder
     shows at the exact place."""
@@ -378,7 +370,7 @@ def test_handshake_cut_at_each_flight_is_566_and_the_id_is_free(modem, emulator,
         assert qigeterror(host) == 566
         assert ec2x_state(host, 5) == b"\r\nOK\r\n"            # the failed open freed the id
         assert host.at("AT+QSSLCLOSE=5") == b"\r\nOK\r\n"
-        wait_until(lambda: tcp_fds_to(server.port) == 0, what="connection released")
+        wait_for(lambda: tcp_fds_to(server.port) == 0, what="connection released")
     good_open_and_echo(host, emulator, 5)
 
 
@@ -396,9 +388,9 @@ def test_handshake_stalled_at_each_flight_times_out_569_on_negotiatetime(modem, 
             # garbage, or a record header no TLS record can have, fails the open at once
             # (566) with the TCP connection still held: no wait for the timer
             assert ec2x_answer(host, 2) == 566
-            wait_until(lambda: tcp_fds_to(server.port) == 0, what="connection aborted")
+            wait_for(lambda: tcp_fds_to(server.port) == 0, what="connection aborted")
             return
-        wait_until(lambda: server.peers and len(server.peers[0].raw_in) > 0, what="ClientHello")
+        wait_for(lambda: server.peers and len(server.peers[0].raw_in) > 0, what="ClientHello")
         time.sleep(0.2)
         assert re.fullmatch(STATE % (2, 1, 2), ec2x_state(host, 2)), ec2x_state(host, 2)
         advance(9.5)
@@ -407,7 +399,7 @@ def test_handshake_stalled_at_each_flight_times_out_569_on_negotiatetime(modem, 
         assert ec2x_answer(host, 2) == 569
         assert qigeterror(host) == 569
         assert ec2x_state(host, 2) == b"\r\nOK\r\n"
-        wait_until(lambda: tcp_fds_to(server.port) == 0, what="connection aborted")
+        wait_for(lambda: tcp_fds_to(server.port) == 0, what="connection aborted")
     good_open_and_echo(host, emulator, 2)
 
 
@@ -433,7 +425,7 @@ def test_handshake_message_announcing_16_mib_fails_without_waiting(modem, emulat
         route(emulator, server)
         ec2x_open(host, 1)
         assert ec2x_answer(host, 1) == 566
-        wait_until(lambda: tcp_fds_to(server.port) == 0, what="connection released")
+        wait_for(lambda: tcp_fds_to(server.port) == 0, what="connection released")
         assert sent["n"] < 16 * 1024 * 1024
     assert host.at("AT") == b"\r\nOK\r\n"
 
@@ -525,14 +517,14 @@ def test_data_then_hostile_ending_keeps_the_data_and_reports_closed(modem, emula
         assert host.at("AT+QSSLSEND=3,4") == b"\r\nERROR\r\n"
         if ending in ("close_notify_tcp_open", "close_notify_then_junk", "fin_half_close"):
             # the emulator closes its side without waiting for the host
-            wait_until(lambda: server.peers[0].eof.is_set(), what="server sees EOF")
+            wait_for(lambda: server.peers[0].eof.is_set(), what="server sees EOF")
         assert host.at("AT+QSSLCLOSE=3") == b"\r\nOK\r\n"
         assert ec2x_state(host, 3) == b"\r\nOK\r\n"
         rest = host.quiet_for(0.1)
         assert b"+QSSLURC" not in rest, rest
         assert host.transcript.count(b'+QSSLURC: "closed",3') == 1
         assert host.transcript.count(b'+QSSLURC: "recv",3') == 1
-        wait_until(lambda: tcp_fds_to(server.port) == 0, what="connection released")
+        wait_for(lambda: tcp_fds_to(server.port) == 0, what="connection released")
     assert host.at("AT") == b"\r\nOK\r\n"
 
 
@@ -565,7 +557,7 @@ def test_ml302_data_then_hostile_ending(ml, emulator, ending):
         assert host.at("AT+QSSLCLOSE=2") == b"\r\nOK\r\n"
         assert host.read_until(b"2,CLOSE OK\r\n") == b"\r\n2,CLOSE OK\r\n"
         assert host.transcript.count(b'+QSSLURC: "close",2') == 1
-        wait_until(lambda: tcp_fds_to(server.port) == 0, what="connection released")
+        wait_for(lambda: tcp_fds_to(server.port) == 0, what="connection released")
     assert host.at("AT") == b"\r\nOK\r\n"
 
 
@@ -580,7 +572,7 @@ def test_ml302_handshake_cut_is_minus_1(ml, emulator, stage, ending):
         assert host.quiet_for(0.05) == b""
         state = host.at("AT+QSSLSTATE")
         assert re.search(rb'\+QSSLSTATE: 4,"TCP","[0-9.]+",443,"CLOSED",1\r\n', state), state
-        wait_until(lambda: tcp_fds_to(server.port) == 0, what="connection released")
+        wait_for(lambda: tcp_fds_to(server.port) == 0, what="connection released")
     assert host.at("AT") == b"\r\nOK\r\n"
 
 
@@ -589,7 +581,7 @@ def test_ml302_server_hello_then_stall_times_out_at_its_timeout(ml, emulator):
     with Hostile(cut_script("server_hello", "stall")) as server:
         route(emulator, server)
         assert host.at(f'AT+QSSLOPEN=1,0,"{NAME}",443,0,10') == b"\r\nOK\r\n"
-        wait_until(lambda: server.peers and len(server.peers[0].raw_in) > 0, what="ClientHello")
+        wait_for(lambda: server.peers and len(server.peers[0].raw_in) > 0, what="ClientHello")
         time.sleep(0.2)
         state = host.at("AT+QSSLSTATE")
         assert re.search(rb'\+QSSLSTATE: 1,"TCP","[0-9.]*",443,"CONNECTING",1\r\n', state), state
@@ -597,7 +589,7 @@ def test_ml302_server_hello_then_stall_times_out_at_its_timeout(ml, emulator):
         assert b"+QSSLOPEN" not in host.quiet_for(0.2)
         advance(1)
         assert host.seen(re.compile(rb"\+QSSLOPEN: 1,-?\d+\r\n")) == b"+QSSLOPEN: 1,-1\r\n"
-        wait_until(lambda: tcp_fds_to(server.port) == 0, what="connection aborted")
+        wait_for(lambda: tcp_fds_to(server.port) == 0, what="connection aborted")
         assert host.at("AT+QSSLCLOSE=1") == b"\r\nOK\r\n"
         assert host.read_until(b"1,CLOSE OK\r\n") == b"\r\n1,CLOSE OK\r\n"
     assert host.at("AT") == b"\r\nOK\r\n"
@@ -620,7 +612,7 @@ def test_fatal_tls_error_after_connect_closes_the_tcp_connection(modem, emulator
         go.set()
         host.seen(b'+QSSLURC: "closed",3\r\n')
         try:
-            wait_until(lambda: server.peers[0].eof.is_set(), timeout=2, what="server sees EOF")
+            wait_for(lambda: server.peers[0].eof.is_set(), timeout=2, what="server sees EOF")
         finally:
             assert host.at("AT+QSSLCLOSE=3") == b"\r\nOK\r\n"
 
@@ -653,12 +645,11 @@ def test_fatal_error_on_a_shaped_link_still_sends_what_was_queued(modem, emulato
         advance(5)                      # it comes in first: 1 KB out at 16 kbit/s takes 0.5 s
         host.seen(b'+QSSLURC: "closed",3\r\n')
         peer = server.peers[0]
-        wait_until(peer.eof.is_set, timeout=5, what="server sees EOF")
+        wait_for(peer.eof.is_set, timeout=5, what="server sees EOF")
         assert bytes(peer.plain_in) == payload
         types = [ct for ct, _ in tls_records(bytes(peer.raw_in[mark["before"]:]))]
         assert types == [CT_APP, CT_ALERT], types
         assert host.at("AT+QSSLCLOSE=3") == b"\r\nOK\r\n"
-
 
 
 # == floods: 16 KiB records back to back, faster than the host reads ==============================
@@ -705,7 +696,7 @@ def test_flood_of_16k_records_is_held_back_and_read_byte_exact(modem, emulator):
         got = ec2x_read_all(host, 6, 256 * 1024)
         assert got == data[:len(got)]
         assert host.at("AT+QSSLCLOSE=6,0") == b"\r\nOK\r\n"
-        wait_until(lambda: tcp_fds_to(server.port) == 0, what="connection aborted")
+        wait_for(lambda: tcp_fds_to(server.port) == 0, what="connection aborted")
         assert b"+QSSLURC" not in host.quiet_for(0.1)
     assert host.at("AT") == b"\r\nOK\r\n"
 
@@ -716,7 +707,7 @@ def test_flood_drained_completely_then_quiet(modem, emulator):
     with flooded(emulator, host, 7, 160 * 1024, seed=99) as (server, data, progress):
         host.seen(b'+QSSLURC: "recv",7\r\n')
         assert ec2x_read_all(host, 7, len(data)) == data
-        wait_until(lambda: progress.get("sent") == progress.get("wire"), what="all sent")
+        wait_for(lambda: progress.get("sent") == progress.get("wire"), what="all sent")
         assert ec2x_recv(host, 7) == b""
         assert b"+QSSLURC" not in host.quiet_for(0.2)
         assert host.at("AT+QSSLCLOSE=7,0") == b"\r\nOK\r\n"
@@ -773,7 +764,7 @@ def test_ml302_flood_of_16k_records_read_byte_exact(ml, emulator):
         server.release.set()                  # the server closes: the close's linger ends
         assert host.at("AT+QSSLCLOSE=3") == b"\r\nOK\r\n"
         host.read_until(b"3,CLOSE OK\r\n")
-        wait_until(lambda: tcp_fds_to(server.port) == 0, what="connection closed")
+        wait_for(lambda: tcp_fds_to(server.port) == 0, what="connection closed")
     assert host.at("AT") == b"\r\nOK\r\n"
 
 
@@ -840,12 +831,11 @@ def test_twelve_hostile_servers_at_once_each_id_answered_once(modem, emulator):
             assert host.at(f"AT+QSSLCLOSE={i},0") == b"\r\nOK\r\n"
         assert host.at("AT+QSSLSTATE") == b"\r\nOK\r\n"
         for server in servers.values():
-            wait_until(lambda: tcp_fds_to(server.port) == 0, what="connections released")
+            wait_for(lambda: tcp_fds_to(server.port) == 0, what="connections released")
         assert host.at("AT") == b"\r\nOK\r\n"
     finally:
         for server in servers.values():
             server.close()
-
 
 
 # == DTLS: garbage and corrupted datagrams in the middle of a session ==============================

@@ -19,6 +19,7 @@ import pytest
 from emulator.modem.profile import load_profile
 from emulator.testing.host import Host
 from tests.e2e import cli_support
+from tests.e2e.socket_support import wait_for
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -66,14 +67,6 @@ def strict_log(caplog):
     yield caplog
     bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not bad, [r.getMessage() for r in bad]
-
-
-def wait_for(predicate, timeout: float = 5, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def fresh_at(path: str, line: str = "AT+CGMI") -> bytes:

@@ -16,8 +16,7 @@ import pytest
 from emulator.testing.host import Host
 from emulator.testing.peers import TcpServer, UdpEchoServer
 from tests.e2e.socket_support import (RESULT, TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT, escape, free_port,
-                                      fds, qiopen, qird, qisend)
-
+                                      fds, qiopen, qird, qisend, wait_for)
 
 
 @pytest.fixture
@@ -32,13 +31,6 @@ def error_code(host) -> int:
 def tcpip(emulator, port):
     from emulator.sockets.tcpip import tcpip_service
     return emulator.run(tcpip_service, port.modem)
-
-
-def wait_for(predicate, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 # -- impolite hosts ------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def ato(host) -> bytes:
 
 def received(server, n: int, timeout: float = 10) -> bytes:
     """Exactly what the server got once it has n bytes (then a short grace to catch extra)."""
-    got = server.wait_received(n, timeout=timeout)
+    server.wait_received(n, timeout=timeout)
     time.sleep(0.05)
     return bytes(server.conn.received)
 

@@ -18,7 +18,7 @@ import pytest
 
 from emulator.testing.host import Host
 from emulator.testing.peers import OpenSslServer, UdpEchoServer
-from tests.e2e.socket_support import RESULT, UDP_HOST, UDP_PORT, free_port, qiopen, qird, qisend
+from tests.e2e.socket_support import RESULT, UDP_HOST, UDP_PORT, free_port, qiopen, qird, qisend, wait_for
 from tests.e2e.ssl_options_support import HOST, PORT, cfg, close, open_ssl, recv_all
 
 CT_CCS, CT_ALERT, CT_HANDSHAKE, CT_APP = 20, 21, 22, 23
@@ -43,14 +43,6 @@ def is_client_hello(d: bytes) -> bool:
 
 def has_ccs(d: bytes) -> bool:
     return any(ct == CT_CCS for ct, _, _ in records(d))
-
-
-def wait_for(predicate, timeout: float = 10, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met in time")
-        time.sleep(0.01)
 
 
 class Relay:
@@ -536,7 +528,7 @@ def test_prompt_abandoned_by_closing_the_port_sends_nothing(emulator, open_modem
             assert again.at("AT") == b"\r\nOK\r\n"
             assert again.at("ATE0") == b"\r\nOK\r\n"
             assert qisend(again, 0, b"after") == b"\r\nSEND OK\r\n"
-            got = sink.wait_datagrams(1)
+            sink.wait_datagrams(1)
             time.sleep(0.2)
             assert [d for _, d in sink.log] == [b"after"]
             assert again.at("AT+QICLOSE=0") == b"\r\nOK\r\n"

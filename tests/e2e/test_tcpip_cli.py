@@ -26,7 +26,7 @@ def test_listen_flag_and_config_table_map_the_modules_ports(tmp_path):
         host.seen(b"+QIOPEN: 1,0\r\n")
         assert host.at('AT+QIOPEN=1,2,"UDP SERVICE","127.0.0.1",0,3030,0') == b"\r\nOK\r\n"
         host.seen(b"+QIOPEN: 2,0\r\n")
-        with socket.create_connection(("127.0.0.1", tcp_real)) as client:
+        with socket.create_connection(("127.0.0.1", tcp_real)):
             host.seen(re.compile(rb'\+QIURC: "incoming",0,1,"127\.0\.0\.1",\d+\r\n'))
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
             peer.sendto(b"hi", ("127.0.0.1", udp_real))
