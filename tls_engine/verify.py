@@ -174,19 +174,28 @@ class ChainVerifier:
         return path, f"server certificate chain longer than {max_depth} does not reach {label}"
 
     def _find_issuer(self, child, sent, used) -> tuple[_Link | None, x509.Certificate | None]:
-        """The issuer of child (anchors preferred) and, failing that, a name-matching
-        candidate whose signature did not verify (for the reason text)."""
-        candidates = [_Link(a, False, True) for a in self.anchors]
-        candidates += [_Link(c, True, False) for c in sent if c.public_bytes(_DER) not in used]
+        """The issuer of child and, failing that, a name-matching candidate whose signature
+        did not verify (for the reason text).  As Mbed TLS (x509_crt_find_parent): the
+        trusted certificates first, then those the server sent; within each, a candidate
+        valid at the modem clock before one that is not (a renewed CA or intermediate next
+        to its expired predecessor, in either order), which is taken only when no other is."""
+        now = None if self.settings.ignore_local_time else self.now()
         bad_signature = None
-        for link in candidates:
-            if link.cert.subject != child.issuer or not _can_issue(link.cert, link.is_anchor):
-                continue
-            if self._signature_ok(child, link.cert):
+        for candidates in ([_Link(a, False, True) for a in self.anchors],
+                           [_Link(c, True, False) for c in sent if c.public_bytes(_DER) not in used]):
+            out_of_date = None
+            for link in candidates:
+                if link.cert.subject != child.issuer or not _can_issue(link.cert, link.is_anchor):
+                    continue
+                if not (self._signature_ok(child, link.cert) or self.settings.ignore_invalid_cert_sign):
+                    bad_signature = bad_signature or link.cert
+                    continue
+                if now is not None and not (link.cert.not_valid_before_utc <= now <= link.cert.not_valid_after_utc):
+                    out_of_date = out_of_date or link
+                    continue
                 return link, None
-            if self.settings.ignore_invalid_cert_sign:
-                return link, None
-            bad_signature = bad_signature or link.cert
+            if out_of_date is not None:
+                return out_of_date, None
         return None, bad_signature
 
     @staticmethod
