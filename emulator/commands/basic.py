@@ -35,10 +35,17 @@ def _action(do):
     return handler
 
 
+def _save(modem) -> None:
+    try:
+        modem.save_settings()
+    except OSError as exc:               # the state dir is full or read-only: nothing saved
+        raise CommandError("ERROR", f"AT&W: the settings cannot be saved: {exc.strerror or exc}") from None
+
+
 # Settings sets: ATZ the AT&W one, AT&F the profile's factory one; AT&W saves.
 for _name, _do in (("Z", lambda modem: modem.restore_saved_settings()),
                    ("&F", lambda modem: modem.restore_factory_settings()),
-                   ("&W", lambda modem: modem.save_settings())):
+                   ("&W", _save)):
     command(_name, EXEC)(_action(_do))
 
 

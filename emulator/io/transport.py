@@ -515,10 +515,12 @@ class PtyPort:
 
 
 def make_link(link: Path, target: str) -> None:
-    """Create link -> target, replacing only a stale link to a vanished pty."""
+    """Create link -> target, replacing only a stale link: to a vanished pty, or to this
+    very pty (its owner died and the kernel gave the freed number to us: a restart after
+    kill -9 often gets the same /dev/pts/N)."""
     if link.is_symlink():
         current = os.readlink(link)
-        if current.startswith("/dev/pts/") and not os.path.exists(current):
+        if current.startswith("/dev/pts/") and (current == target or not os.path.exists(current)):
             link.unlink()
         else:
             raise LinkError(f"{link} exists and points to {current}: not replacing it")

@@ -175,8 +175,11 @@ class Modem:
 
     # -- lifecycle ------------------------------------------------------------
     def save_settings(self) -> None:
-        self.saved_settings = self.settings.copy()
-        self.saved_settings.save(self._settings_path)
+        """AT&W.  OSError (a full or read-only state dir): nothing changed, here or on disk
+        (the atomic write left the old file), so ATZ and a restart agree."""
+        saved = self.settings.copy()
+        saved.save(self._settings_path)
+        self.saved_settings = saved
 
     def restore_saved_settings(self) -> None:
         self.settings = self.saved_settings.copy()

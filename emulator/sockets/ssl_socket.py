@@ -302,6 +302,8 @@ class SslSocket:
         except NetworkError as exc:
             return exc                          # answered by the open's task, after the OK
         self._dialled = dialled                 # closed with the socket until open_tcp has it
+        if dialled is not None and dialled.done:
+            self.remote = dialled.address       # connected now (not a loop turn later)
         if dialled is not None and dialled.done and not self._shaping():
             self._transport = dialled
             self._start_early(settings, cache, cache_key)
@@ -337,7 +339,9 @@ class SslSocket:
     async def _open_steps(self, router, settings, negotiate_timeout, cache, cache_key, total_timeout,
                           fault, dialled) -> None:
         timers = self._timers
-        connect_timeout = CONNECT_TIMEOUT if total_timeout is None else min(CONNECT_TIMEOUT, total_timeout)
+        # The EC2x's TCP connect gives up after 150 s; the ML302's <timeout> (10-300 s) bounds
+        # lookup, connect and handshake together, and nothing else does.
+        connect_timeout = CONNECT_TIMEOUT if total_timeout is None else total_timeout
         deadline = timers.monotonic() + (total_timeout if total_timeout is not None else float("inf"))
         factory = self._link_factory(settings.dtls)
         started = self.session is not None     # at the dial (open()): its first flight is out

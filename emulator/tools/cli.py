@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import fcntl
 import logging
 import os
+import queue
+import threading
 import signal
 import stat
 import sys
@@ -23,6 +27,12 @@ from emulator.tools.scenario import ScenarioError
 from emulator.io.transport import LinkError
 
 log = get_logger("emulator")
+
+
+class Refused(Exception):
+    """An argument or input file the emulator will not start with: one line, exit 2 (as
+    argparse's own refusals, a bad profile or scenario).  Exit 1 is a start-up that failed
+    on the machine (a --link taken, a state dir that cannot be created)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,13 +108,13 @@ def modem_places(args: argparse.Namespace, profile_name: str) -> list[tuple[str 
         Path.home() / ".local" / "state" / "modem-emulator" / profile_name)
     link = args.link
     if link is not None and "{n}" not in link and args.count > 1:
-        raise SystemExit(f"modem-emulator: --link: with --count {args.count} the link must be a "
+        raise Refused(f"--link: with --count {args.count} the link must be a "
                          f"pattern with {{n}} (e.g. /tmp/modem-{{n}}), got {link!r}")
     if link is not None and "{n}" in link:
         try:
             link.format(n=0)
         except (KeyError, IndexError, ValueError) as exc:
-            raise SystemExit(f"modem-emulator: --link: bad pattern {link!r}: {exc}")
+            raise Refused(f"--link: bad pattern {link!r}: {exc}")
     places = []
     for n in range(args.count):
         one_link = link.format(n=n) if link is not None and "{n}" in link else link
@@ -131,7 +141,7 @@ def add_router_options(args: argparse.Namespace, router: Router) -> None:
             try:
                 add_spec(router, spec)
             except ValueError as exc:
-                raise SystemExit(f"modem-emulator: --{name}: {exc}")
+                raise Refused(f"--{name}: {exc}")
 
 
 def load_config(path: str | None, router: Router) -> None:
@@ -141,20 +151,24 @@ def load_config(path: str | None, router: Router) -> None:
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SystemExit(f"modem-emulator: config {path}: {exc}")
+        raise Refused(f"config {path}: {exc}")
+    known = {"routes", "listen", "dns", "ping", "offline"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise Refused(f"config {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
     for name, shape, add, _ in ROUTER_ENTRIES:
         table = "routes" if name == "route" else name
         entries = data.get(table, {})
         if not isinstance(entries, dict):
-            raise SystemExit(f"modem-emulator: config {path}: {table}: expected a table of {shape}")
+            raise Refused(f"config {path}: {table}: expected a table of {shape}")
         for key, value in entries.items():
             try:
                 add(router, key, value)
             except ValueError as exc:
-                raise SystemExit(f"modem-emulator: config {path}: {table}: {exc}")
+                raise Refused(f"config {path}: {table}: {exc}")
     offline = data.get("offline", False)
     if not isinstance(offline, bool):       # (offline = "no" would read as true)
-        raise SystemExit(f"modem-emulator: config {path}: offline: expected true or false, got {offline!r}")
+        raise Refused(f"config {path}: offline: expected true or false, got {offline!r}")
     if offline:
         router.offline = True
 
@@ -171,7 +185,7 @@ def make_keylog(path: str | None):
         st = os.fstat(fd)
         stream = os.fdopen(fd, "a", buffering=1)   # line-buffered: Wireshark reads it live
     except OSError as exc:
-        raise SystemExit(f"modem-emulator: key log {path}: {exc.strerror or exc}")
+        raise Refused(f"key log {path}: {exc.strerror or exc}")
     if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
         log.warning("key log %s has mode %04o: TLS session secrets are readable by others "
                     "(chmod 600 it to keep them private)", path, stat.S_IMODE(st.st_mode))
@@ -182,15 +196,17 @@ def make_keylog(path: str | None):
 
 
 async def run(args: argparse.Namespace) -> int:
-    profile = load_profile(args.profile)
-    scenario = load_cli_scenario(args, profile)
-    # Handlers first: a signal that arrives right after the path is printed must still
-    # end the run cleanly (link removed, exit 0).  SIGHUP is the terminal of `make run`
-    # being closed: the same clean stop, not a dangling --link.
+    # Handlers first, before anything that may block (a profile or config read from a
+    # FIFO, a slow disk): a signal at any moment, also right after the path is printed,
+    # ends the run cleanly (link removed, exit 0), never asyncio's cancel of this task
+    # (a KeyboardInterrupt traceback and the link left behind).  SIGHUP is the terminal
+    # of `make run` being closed: the same clean stop, not a dangling --link.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
+    profile = load_profile(args.profile)
+    scenario = load_cli_scenario(args, profile)
     router = Router(offline=args.offline)
     add_router_options(args, router)
     load_config(args.config, router)
@@ -200,15 +216,24 @@ async def run(args: argparse.Namespace) -> int:
     if args.demo:
         await emulator.start_demo()
     entries = []
-    for link, state_dir in places:
+    locks = []
+    for n, (link, state_dir) in enumerate(places):
         try:
+            locks.append(lock_state_dir(state_dir))
             entries.append(await emulator.add_modem(profile, link=link, state_dir=state_dir, trace=trace,
                                                    baud=args.baud))
         except LinkError as exc:
             await _close(emulator, trace)
             raise SystemExit(f"modem-emulator: --link: {exc}")
+        except StateDirBusy as exc:
+            await _close(emulator, trace)
+            raise SystemExit(f"modem-emulator: --state-dir: {exc}")
         except OSError as exc:                   # state dir not creatable, link dir read-only, ...
             await _close(emulator, trace)
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise SystemExit(f"modem-emulator: cannot start modem #{n} of {len(places)}: "
+                                 f"{exc.strerror} (the file limit, ulimit -n, is too low for "
+                                 f"--count {len(places)})")
             where = exc.filename or state_dir
             raise SystemExit(f"modem-emulator: cannot start: {where}: {exc.strerror or exc}")
     control = None
@@ -249,6 +274,37 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class StateDirBusy(Exception):
+    pass
+
+
+def lock_state_dir(state_dir: Path) -> int | None:
+    """An exclusive lock on <state_dir>/.lock for as long as this process runs (the fd is
+    kept; the kernel drops the lock when the process dies, kill -9 included): a second
+    emulator on the same state would read a file index the first one changes under it,
+    and sweep its uploads in flight as stale temp files."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:               # a read-only state dir still serves what it holds
+        log.warning("state dir %s: no lock file (%s): another emulator on it would not be "
+                    "noticed", state_dir, exc.strerror or exc)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise StateDirBusy(f"{state_dir} is in use by another modem-emulator"
+                           f"{f' (pid {holder})' if holder.isdigit() else ''}") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass                             # (a full disk: the lock holds all the same)
+    return fd
+
+
 def load_cli_scenario(args: argparse.Namespace, profile):
     """--scenario, read and checked before any modem starts (ScenarioError: exit 2)."""
     if not args.scenario:
@@ -274,7 +330,7 @@ def make_trace(path: str | None):
     try:
         return TraceWriter(path)
     except OSError as exc:
-        raise SystemExit(f"modem-emulator: --trace {path}: {exc.strerror or exc}")
+        raise Refused(f"--trace {path}: {exc.strerror or exc}")
 
 
 def _say(stream, text: str) -> None:
@@ -306,19 +362,76 @@ def subcommand(argv: list[str]) -> int | None:
     return None
 
 
+class BackgroundStderr(logging.Handler):
+    """Log lines leave through a thread of their own: a stderr nobody reads (a parent's
+    pipe that filled up) blocks that thread, never the event loop and the modems.  At
+    most MAX_WAITING lines wait; past that new ones are dropped and counted, and the
+    count is written when the pipe moves again."""
+
+    MAX_WAITING = 10_000
+
+    def __init__(self, stream) -> None:
+        super().__init__()
+        self.stream = stream
+        self._lines: queue.Queue[str] = queue.Queue(self.MAX_WAITING)
+        self._dropped = 0
+        self._count_lock = threading.Lock()
+        threading.Thread(target=self._write, name="log-writer", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            self._lines.put_nowait(line)
+        except queue.Full:
+            with self._count_lock:
+                self._dropped += 1
+
+    def _write(self) -> None:
+        while True:
+            line = self._lines.get()
+            with self._count_lock:
+                dropped, self._dropped = self._dropped, 0
+            try:
+                if dropped:
+                    self.stream.write(f"modem-emulator: {dropped} log lines dropped (stderr was not read)\n")
+                self.stream.write(line)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass                     # stderr closed: the lines have nowhere to go
+            finally:
+                self._lines.task_done()
+
+    def drain(self, timeout: float) -> None:
+        """Wait up to `timeout` s for the waiting lines to be written (at exit)."""
+        done = threading.Event()
+
+        def wait() -> None:
+            self._lines.join()
+            done.set()
+        threading.Thread(target=wait, daemon=True).start()
+        done.wait(timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     code = subcommand(argv)
     if code is not None:
         return code
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = BackgroundStderr(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level, handlers=[handler])
     try:
         return asyncio.run(run(args))
-    except (ProfileError, ScenarioError) as exc:
+    except (ProfileError, ScenarioError, Refused) as exc:
         print(f"modem-emulator: {exc}", file=sys.stderr)
         return 2
+    finally:
+        handler.drain(1.0)
 
 
 if __name__ == "__main__":

@@ -726,12 +726,12 @@ def test_replay_refuses_a_negative_max_gap(tmp_path, capsys):
 def test_config_offline_must_be_a_boolean(tmp_path):
     """offline = "no" read as true before (any truthy value): now only true/false."""
     from emulator.io.network import Router
-    from emulator.tools.cli import load_config
+    from emulator.tools.cli import Refused, load_config
 
     for text, offline in (('offline = true\n', True), ('offline = false\n', False)):
         router = Router()
         load_config(_write(tmp_path, "ok.toml", text), router)
         assert router.offline is offline
     for text in ('offline = "no"\n', "offline = 1\n"):
-        with pytest.raises(SystemExit, match="offline: expected true or false"):
+        with pytest.raises(Refused, match="offline: expected true or false"):
             load_config(_write(tmp_path, "bad.toml", text), Router())

@@ -11,7 +11,7 @@ import pytest
 from emulator.io.network import Router
 from emulator.testing.peers import TlsServer, utc
 from emulator.testing.peers.sntp import SntpServer
-from emulator.tools.cli import build_parser, load_config
+from emulator.tools.cli import Refused, build_parser, load_config
 from tests.e2e.cli_support import refused
 from tests.e2e.ssl_options_support import cfg, close, last_error, open_ssl, trust
 
@@ -154,7 +154,7 @@ def test_ping_option_and_config_table(tmp_path):
     assert router.ping_rtt("b.example") == 7 and router.ping_rtt("C.example") == 40
     assert router.knows("c.example") and not router.knows("d.example")
     config.write_text('[ping]\n"c.example" = "fast"\n')
-    with pytest.raises(SystemExit, match="ping"):
+    with pytest.raises(Refused, match="ping"):
         load_config(str(config), router)
     code, _, err = refused("--ping", "a.example")
     assert code != 0 and "--ping" in err

@@ -57,7 +57,7 @@ def test_count_3_prints_three_paths_and_each_modem_answers_alone(tmp_path):
 def test_count_with_a_link_without_n_stops_startup(tmp_path):
     proc = start("--count", "2", "--link", str(tmp_path / "modem"), "--state-dir", str(tmp_path / "s"))
     out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 1 and out == ""
+    assert proc.returncode == 2 and out == ""        # a refused argument
     assert "--link: with --count 2 the link must be a pattern with {n}" in err
     assert not (tmp_path / "modem").exists()
 
@@ -166,7 +166,7 @@ def test_count_2_with_trace_writes_one_file_that_trace_show_and_replay_read(tmp_
 def test_trace_to_an_unwritable_path_stops_startup(tmp_path):
     proc = start("--trace", str(tmp_path / "no-such-dir" / "t"), "--state-dir", str(tmp_path / "s"))
     out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 1 and out == ""
+    assert proc.returncode == 2 and out == ""       # a refused argument
     assert "modem-emulator: --trace" in err and "No such file or directory" in err
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from emulator.tools.cli import build_parser, load_config
+from emulator.tools.cli import Refused, build_parser, load_config
 from emulator.tools.demo_peer import IOTTEST_RESPONSE
 from emulator.io.network import Router, made_up_address, parse_dns
 from emulator.testing.host import Host
@@ -113,7 +113,7 @@ def test_config_dns_table(tmp_path):
 def test_config_dns_errors_name_the_file(tmp_path, text, message):
     config = tmp_path / "net.toml"
     config.write_text(text)
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(Refused) as info:
         load_config(str(config), Router())
     assert str(config) in str(info.value) and message in str(info.value)
 
