@@ -695,14 +695,16 @@ async def bind_udp(router: Router, local_port: int, protocol_factory):
 def udp_destination(router: Router, host: str, port: int) -> tuple[str, int] | None:
     """Where a UDP SERVICE's datagram to host:port goes (None: nowhere): a route, else the
     address itself when it is an IP literal and the emulator is online or it is loopback
-    (the peers a listener hears from on this machine)."""
+    (the peers a listener hears from on this machine).  The service's socket is bound to
+    127.0.0.1: an IPv6 destination is out of its reach (None: SEND FAIL, never a datagram
+    counted as sent and lost)."""
     routed = router.lookup(host, port)
     if routed is not None:
-        return routed
+        return routed if _is_ipv4(routed[0]) else None
     if not is_ip(host):
         return None
     ip = ipaddress.ip_address(host.strip("[]"))
-    if router.offline and not ip.is_loopback:
+    if ip.version != 4 or (router.offline and not ip.is_loopback):
         return None
     return str(ip), port
 

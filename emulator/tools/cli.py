@@ -17,6 +17,7 @@ import signal
 import stat
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from emulator.io.app import Emulator
@@ -195,24 +196,52 @@ def make_keylog(path: str | None):
     return write
 
 
-async def run(args: argparse.Namespace) -> int:
-    # Handlers first, before anything that may block (a profile or config read from a
-    # FIFO, a slow disk): a signal at any moment, also right after the path is printed,
-    # ends the run cleanly (link removed, exit 0), never asyncio's cancel of this task
-    # (a KeyboardInterrupt traceback and the link left behind).  SIGHUP is the terminal
-    # of `make run` being closed: the same clean stop, not a dangling --link.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop.set)
+class _Stopped(Exception):
+    """A stop signal while start-up reads its files (nothing to undo yet)."""
+
+
+def _stop_now(signum, frame) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
+
+@dataclass
+class _Setup:
+    """What start-up reads before the event loop runs: every file the options name."""
+    profile: object
+    scenario: object
+    router: Router
+    places: list
+    keylog: object
+    trace: object
+
+
+def prepare(args: argparse.Namespace) -> _Setup:
+    """The profile, scenario, routes and config, the key log and trace files: read (and
+    refused: Refused, ProfileError, ScenarioError) before any modem exists.  A read may
+    block (a FIFO, a hung file system): main() has SIGINT/SIGTERM/SIGHUP raise _Stopped
+    meanwhile, which interrupts it, so a stop signal always ends start-up."""
     profile = load_profile(args.profile)
     scenario = load_cli_scenario(args, profile)
     router = Router(offline=args.offline)
     add_router_options(args, router)
     load_config(args.config, router)
     places = modem_places(args, profile.name)
-    emulator = Emulator(router, keylog=make_keylog(args.keylog))
-    trace = make_trace(args.trace)
+    keylog = make_keylog(args.keylog)
+    return _Setup(profile, scenario, router, places, keylog, make_trace(args.trace))
+
+
+async def run(args: argparse.Namespace, setup: _Setup) -> int:
+    # The loop's handlers replace main()'s first thing: a signal at any moment, also right
+    # after the path is printed, ends the run cleanly (link removed, exit 0), never
+    # asyncio's cancel of this task (a KeyboardInterrupt traceback and the link left
+    # behind).  SIGHUP is the terminal of `make run` being closed: the same clean stop.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    profile, scenario, router, places, trace = (setup.profile, setup.scenario, setup.router,
+                                                setup.places, setup.trace)
+    emulator = Emulator(router, keylog=setup.keylog)
     if args.demo:
         await emulator.start_demo()
     entries = []
@@ -425,11 +454,20 @@ def main(argv: list[str] | None = None) -> int:
     handler = BackgroundStderr(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level, handlers=[handler])
+    # Until run() installs the loop's handlers, a stop signal raises _Stopped: it breaks a
+    # blocking read (open() of a FIFO nobody writes) that a handler which only sets a flag
+    # would leave retrying forever (PEP 475).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_now)
     try:
-        return asyncio.run(run(args))
+        setup = prepare(args)
+        return asyncio.run(run(args, setup))
     except (ProfileError, ScenarioError, Refused) as exc:
         print(f"modem-emulator: {exc}", file=sys.stderr)
         return 2
+    except _Stopped as exc:
+        log.info("stopped by %s during start-up", exc)
+        return 0
     finally:
         handler.drain(1.0)
 
