@@ -865,6 +865,15 @@ def _drain(ser) -> None:
         ser.read(n)
 
 
+def _unanswered_at_end(records: list[dict]) -> bool:
+    """The recording stopped between a command line and its answer: host bytes with a line
+    end (CR) after the last "cmd" record.  Every record is written whole, so a kill -9
+    usually leaves whole lines: this, not a cut line, is how most interrupted traces end."""
+    last = max((i for i, r in enumerate(records) if r.get("kind") == "cmd"), default=-1)
+    return any(r.get("kind") == "io" and r.get("dir") == "in" and "\r" in r.get("data", "")
+               for r in records[last + 1:])
+
+
 def replay_records(records: list[dict], profile: str | None = None, modem: int = 0,
                    ignore: list[re.Pattern] | None = None, out=None, max_gap: float | None = None,
                    scenario=None, complete: bool = True) -> int:
@@ -1109,7 +1118,7 @@ def replay_main(argv: list[str] | None = None) -> int:
                 print(f"modem-emulator replay: {exc}", file=sys.stderr)
                 return 2
             return replay_records(records, args.profile, args.modem, ignore, max_gap=args.max_gap,
-                                  scenario=scenario, complete=not cut)
+                                  scenario=scenario, complete=not cut and not _unanswered_at_end(mine))
         return replay_at_log(text, args.profile or "ec2x", scenario=scenario)
     except ScenarioError as exc:                 # a step's modem or command does not fit
         print(f"modem-emulator replay: {exc}", file=sys.stderr)

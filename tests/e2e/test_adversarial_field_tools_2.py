@@ -279,6 +279,23 @@ def test_replay_of_an_interrupted_recording_compares_what_was_recorded(open_mode
     assert code == 0, said.out
 
 
+def test_replay_of_a_recording_stopped_before_an_answer_compares_what_was_recorded(
+        open_modem, emulator, tmp_path, capsys):
+    """Records are written whole, so a kill -9 mostly leaves whole lines: here the trace
+    ends with the host's "AT+CGMM\r", its answer never recorded.  Was a bug, fixed: replay
+    said "command 3 (AT+CGMM): not in the trace" (exit 1) unless a line happened to be cut."""
+    trace = tmp_path / "full.trace"
+    host, _ = open_modem("ec2x", trace=str(trace))
+    for line in ("AT+CGMI", "AT+CGMM"):
+        assert host.at(line).endswith(b"OK\r\n")
+    emulator.run(lambda: None)
+    lines = trace.read_text().splitlines(keepends=True)
+    sent = max(i for i, line in enumerate(lines) if '"dir": "in"' in line and "CGMM" in line)
+    cut = _write(tmp_path, "cut.trace", "".join(lines[:sent + 1]))
+    code = replay_main([cut])
+    assert code == 0, capsys.readouterr().out
+
+
 def _two_modem_trace() -> str:
     """Modem 0 has a plain TCP socket 0, modem 1 a TLS socket 0; both servers close."""
     rows = [
