@@ -63,7 +63,7 @@ class Emulator:
         feed = modem.feed
         if trace is not None:
             from emulator.tools.trace import TraceWriter, attach_trace
-            if not isinstance(trace, TraceWriter):
+            if not hasattr(trace, "attach"):         # a path (a writer: anything with attach())
                 key = os.path.realpath(trace)
                 if key not in self._trace_files:
                     self._trace_files[key] = TraceWriter(trace)    # (closed with the emulator)
