@@ -188,6 +188,7 @@ class Hostile:
         self.handshaken = threading.Semaphore(0)
         self.release = threading.Event()      # stalled scripts wait on it
         self.done = threading.Semaphore(0)
+        self.failures: list[str] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -205,7 +206,9 @@ class Hostile:
             self.script(peer)
         except (OSError, EOFError, ssl.SSLError) as exc:
             if not self.release.is_set():
-                self.errors.append(repr(exc))
+                self.errors.append(repr(exc))        # the connection's end: the test's subject
+        except Exception as exc:                      # a script's own assert, a bug in it
+            self.failures.append(f"{type(exc).__name__}: {exc}")
         finally:
             try:
                 peer.sock.close()
@@ -228,8 +231,11 @@ class Hostile:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         self.close()
+        if exc_type is None:
+            # What a server script asserted must fail the test, not a thread's warning.
+            assert not self.failures, f"server script failed: {self.failures}"
 
 
 def pattern(n: int, seed: int = 0) -> bytes:
@@ -641,9 +647,15 @@ def test_fatal_error_on_a_shaped_link_still_sends_what_was_queued(modem, emulato
         payload = pattern(1000, seed=3)
         assert host.send_data(3, payload) == b"\r\nSEND OK\r\n"
         go.set()
-        time.sleep(0.3)                 # the forged record is on the (shaped) way in
-        advance(5)                      # it comes in first: 1 KB out at 16 kbit/s takes 0.5 s
-        host.seen(b'+QSSLURC: "closed",3\r\n')
+        # Small steps of the modem's clock until the forged record has come in and closed the
+        # session: that must happen while the 1000 bytes (0.5 s at 16 kbit/s) are still on
+        # the slow link, or the close would find the queue empty and prove nothing.
+        moved = 0.0
+        while b'+QSSLURC: "closed",3' not in bytes(host.transcript) + host.quiet_for(0.02):
+            assert moved < 0.4, "the session did not end while the data were on the link"
+            advance(0.02)
+            moved += 0.02
+        advance(5)                      # the data, the alert and the FIN leave
         peer = server.peers[0]
         wait_for(peer.eof.is_set, timeout=5, what="server sees EOF")
         assert bytes(peer.plain_in) == payload
