@@ -132,6 +132,7 @@ def test_a_slash_repeat_of_a_send_keeps_a_leading_lf_written_with_it(open_modem,
     assert host.read_until(b"> ") == b"\r\n> "
     host.write(b"hello")
     assert host.read_until(RESULT) == SEND_OK
+    host.seen(b'+QSSLURC: "recv",0\r\n')          # the echo's news, before the next prompt
     host.write(b"A/\nabcd")                        # the same send again, data right behind
     assert host.read_until(b"> ") == b"\r\n> "
     assert host.read_until(RESULT, timeout=2) == SEND_OK
