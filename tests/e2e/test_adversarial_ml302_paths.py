@@ -17,6 +17,7 @@ import time
 import pytest
 
 from emulator.testing.peers import TlsServer, default_pki
+from tests.e2e.socket_support import wait_for
 
 HOST = "www.iottest.work"
 HOST_IP = "106.12.79.254"
@@ -117,14 +118,6 @@ def send(host, ssid: int, data: bytes) -> None:
 def recv(host, ssid: int, data: bytes, ip: str = HOST_IP) -> None:
     assert host.at(f"AT+QSSLRECV=1,{ssid},1500") == \
         f"\r\n+QSSLRECV: {ip}:443,TCP,{len(data)}\r\n".encode() + data + b"\r\n" + OK
-
-
-def wait_for(predicate, timeout: float = 5, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 # == AT+QSSLOPEN <timeout> against a TCP connect that never completes ============================
@@ -498,7 +491,7 @@ def test_transparent_left_with_escape_then_bearer_lost(ml, server):
     conn = srv.wait_handshake()
     escape(host, advance)
     conn.send(b"waiting \x1a for ATO")
-    time.sleep(0.3)
+    time.sleep(0.3)                 # on the loopback (an escaped socket leaves them in the kernel)
     assert host.quiet_for(0.1) == b""
     host.write("AT+CGACT=0,1\r")
     expected = OK + b'\r\n+QSSLURC: "recv",1,3\r\n\r\n+QSSLURC: "close",3\r\n'
