@@ -683,7 +683,7 @@ def test_timeout_bounds_a_slow_handshake_on_the_modem_clock(ml, server, emulator
     while elapsed < 12.9:
         advance(0.1 if elapsed >= 10.5 else 0.5)
         elapsed += 0.1 if elapsed >= 10.5 else 0.5
-        time.sleep(0.05)
+        time.sleep(0.15)                # the loopback server's real time to answer each step
         out += host.quiet_for(0.02)
         for code in (b"+QSSLOPEN: 2,-1", b"+QSSLOPEN: 3,0"):
             if code in out and code not in seen_at:

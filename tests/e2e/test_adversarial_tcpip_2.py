@@ -432,7 +432,7 @@ def test_hangup_while_a_udp_service_receives_then_the_next_host_reads_everything
     lport = udp_service(host, 6)
     a, b = udp_peer(), udp_peer()
     host.close()
-    time.sleep(0.1)
+    wait_for(lambda: not port.port.attached, what="the modem saw the hang-up")
     for i in range(6):
         (a if i % 2 == 0 else b).sendto(b"d%d" % i, ("127.0.0.1", lport))
     time.sleep(0.3)
@@ -468,7 +468,7 @@ def test_hangup_in_a_udp_service_prompt_sends_nothing(modem):
     host.write(b"half!")
     time.sleep(0.2)
     host.close()
-    time.sleep(0.2)
+    wait_for(lambda: not port.port.attached, what="the modem saw the hang-up")
     host = Host(port.path)
     try:
         host.quiet_for(0.2)
@@ -489,7 +489,7 @@ def test_hangup_with_a_listener_and_a_client_arriving_meanwhile(modem):
     lport = free_port()
     qiopen(host, 0, "TCP LISTENER", "127.0.0.1", 0, local_port=lport)
     host.close()
-    time.sleep(0.1)
+    wait_for(lambda: not port.port.attached, what="the modem saw the hang-up")
     c = socket.create_connection(("127.0.0.1", lport))
     c.sendall(b"while away")
     time.sleep(0.3)
