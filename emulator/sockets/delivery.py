@@ -240,10 +240,7 @@ class OnlineDelivery(Delivery):
         if sock in self._connecting:
             return                      # CONNECT is on its way: SocketLink.started reports it
         if self.online(sock):
-            self.flush(sock, everything=True)
-            link = self._links[sock]
-            self.svc.modem.interpreter.leave_online(link)
-            link.release_input()        # (no drain will come from a closed connection)
+            self._links[sock].ended()
         elif sock.inbox:
             # The host left with +++ and the peer has closed since: ATO can only answer
             # NO CARRIER, so what the peer sent meanwhile would be lost. The socket falls
@@ -311,13 +308,19 @@ class SocketLink:
     def _ended_before_start(self) -> None:
         delivery, sock = self.delivery, self.sock
         if delivery.online(sock):
-            delivery.flush(sock, everything=True)
-            delivery.svc.modem.interpreter.leave_online(self)
-            self.release_input()
+            self.ended()
         elif delivery.svc.holds(sock):
             # The port left online mode in the same turn (a hang-up, a DTR drop): the
             # close is reported as one after "+++" is ("closed", or the buffer fall-back).
             delivery.peer_closed(sock)
+
+    def ended(self) -> None:
+        """The connection ended while the port was its: what the peer sent, NO CARRIER,
+        command mode, and the host's input read again (no drain will come from a closed
+        connection to resume it)."""
+        self.delivery.flush(self.sock, everything=True)
+        self.delivery.svc.modem.interpreter.leave_online(self)
+        self.release_input()
 
     def send(self, data: bytes) -> None:
         if self.sock.state is not CONNECTED:

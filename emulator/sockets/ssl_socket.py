@@ -304,9 +304,9 @@ class SslSocket:
         self._dialled = dialled                 # closed with the socket until open_tcp has it
         if dialled is not None and dialled.done:
             self.remote = dialled.address       # connected now (not a loop turn later)
-        if dialled is not None and dialled.done and not self._shaping():
-            self._transport = dialled
-            self._start_early(settings, cache, cache_key)
+            if not self._shaping():
+                self._transport = dialled
+                self._start_early(settings, cache, cache_key)
         return dialled
 
     def _shaping(self) -> bool:

@@ -153,12 +153,12 @@ def load_config(path: str | None, router: Router) -> None:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise Refused(f"config {path}: {exc}")
-    known = {"routes", "listen", "dns", "ping", "offline"}
-    unknown = sorted(set(data) - known)
+    tables = {("routes" if name == "route" else name): (shape, add) for name, shape, add, _ in ROUTER_ENTRIES}
+    unknown = sorted(set(data) - set(tables) - {"offline"})
     if unknown:
-        raise Refused(f"config {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    for name, shape, add, _ in ROUTER_ENTRIES:
-        table = "routes" if name == "route" else name
+        raise Refused(f"config {path}: unknown key {unknown[0]!r} "
+                      f"(known: {', '.join(sorted([*tables, 'offline']))})")
+    for table, (shape, add) in tables.items():
         entries = data.get(table, {})
         if not isinstance(entries, dict):
             raise Refused(f"config {path}: {table}: expected a table of {shape}")
@@ -245,10 +245,9 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
     if args.demo:
         await emulator.start_demo()
     entries = []
-    locks = []
     for n, (link, state_dir) in enumerate(places):
         try:
-            locks.append(lock_state_dir(state_dir))
+            lock_state_dir(state_dir)            # (held as long as this process runs)
             entries.append(await emulator.add_modem(profile, link=link, state_dir=state_dir, trace=trace,
                                                    baud=args.baud))
         except LinkError as exc:

@@ -77,11 +77,11 @@ log = get_logger("emulator.scenario")
 KINDS = ("write", "read", "test", "exec")
 STEP_KEYS = ("op", "at", "after", "when", "delay", "modem", "note")
 TRIGGER_KEYS = ("command", "socket", "kind", "count")
-# Which argument names the socket, where it is not the first (per profile variant).
-# AT+QIOPEN=<contextID>,<connectID>,...; AT+QISTATE's second argument is a connectID only
-# in its <query_type> 1 form, so it names none.
+# Which argument names the socket, where it is not the first (per profile variant); None:
+# no argument does.  AT+QIOPEN=<contextID>,<connectID>,...; AT+QISTATE's second argument is
+# a connectID only in its <query_type> 1 form.
 SOCKET_ARG = {("+QSSLOPEN", "quectel"): 2, ("+QSSLRECV", "onemo"): 1, ("+QIOPEN", "*"): 1,
-              ("+QISTATE", "*"): 99}
+              ("+QISTATE", "*"): None}
 
 
 class ScenarioError(Exception):
@@ -425,7 +425,7 @@ class ScenarioRun:
 def _socket_of(modem, name: str, args) -> int | None:
     """The socket a command names (SOCKET_ARG), or None."""
     index = SOCKET_ARG.get((name, modem.profile.command_variant(name)), 0)
-    if index >= len(args) or args[index] is None:
+    if index is None or index >= len(args) or args[index] is None:
         return None
     text = str(args[index]).strip()
     return int(text) if text.isascii() and text.isdigit() else None
