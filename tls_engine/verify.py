@@ -190,7 +190,7 @@ class ChainVerifier:
                 if not (self._signature_ok(child, link.cert) or self.settings.ignore_invalid_cert_sign):
                     bad_signature = bad_signature or link.cert
                     continue
-                if now is not None and not (link.cert.not_valid_before_utc <= now <= link.cert.not_valid_after_utc):
+                if now is not None and _dated(link.cert, now) is not None:
                     out_of_date = out_of_date or link
                     continue
                 return link, None
@@ -212,10 +212,11 @@ class ChainVerifier:
         now = self.now()
         for position, cert in enumerate(path):
             who = "server certificate" if position == 0 else f"issuer certificate {describe_cert(cert)}"
-            if now > cert.not_valid_after_utc:
+            fault = _dated(cert, now)
+            if fault == "expired":
                 return (f"{who} expired at modem clock {_fmt(now)} "
                         f"(notAfter {_fmt(cert.not_valid_after_utc)})", ALERT_CERT_EXPIRED)
-            if now < cert.not_valid_before_utc:
+            if fault == "not yet valid":
                 return (f"{who} not yet valid at modem clock {_fmt(now)} "
                         f"(notBefore {_fmt(cert.not_valid_before_utc)})", ALERT_CERT_UNKNOWN)
         return None, 0
@@ -227,6 +228,16 @@ class ChainVerifier:
         if matches_host(leaf, host):
             return None
         return f"server certificate does not match {host!r} (it is for {', '.join(cert_names(leaf)) or 'no name'})"
+
+
+def _dated(cert: x509.Certificate, now) -> str | None:
+    """Why cert is not valid at now ("expired", "not yet valid"); None: it is.  (The one
+    test of a validity period: the chain's check and the choice between issuers.)"""
+    if now > cert.not_valid_after_utc:
+        return "expired"
+    if now < cert.not_valid_before_utc:
+        return "not yet valid"
+    return None
 
 
 def _can_issue(cert: x509.Certificate, trusted: bool) -> bool:

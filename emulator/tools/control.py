@@ -157,12 +157,7 @@ def state(modem, args: _Args) -> dict:
     for sock in sorted(every, key=lambda s: s.client_id):
         hs = sock.handshake
         plain = hasattr(sock, "service_type")           # an AT+QIOPEN socket
-        sockets.append({
-            "id": sock.client_id, "state": sock.state.name, "state_code": int(sock.state),
-            "service_type": sock.service_type if plain else "SSL",
-            "access_mode": sock.delivery.access_mode, "delivery": sock.delivery.name,
-            "host": sock.host, "port": sock.port, "address": f"{sock.host}:{sock.port}",
-            "pdp": sock.pdp_id, "ctx": sock.ctx_id,
+        sockets.append(_entry(sock, sock.state.name, sock.service_type if plain else "SSL") | {
             "bytes_sent": sock.bytes_sent, "bytes_received": sock.bytes_received,
             "unread": len(sock.inbox), "blackholed": sock.blackholed,
             "tls_version": hs.version if hs and not plain else None,
@@ -170,13 +165,9 @@ def state(modem, args: _Args) -> dict:
         })
     for service in _services(modem):
         for listener in getattr(service, "listeners", {}).values():   # they hold ids of the pool too
-            listening = listener.state == LISTENING
-            sockets.append({
-                "id": listener.client_id, "state": "LISTENING" if listening else "OPENING",
-                "state_code": int(listener.state), "service_type": listener.service_type,
-                "access_mode": listener.delivery.access_mode, "delivery": listener.delivery.name,
-                "host": listener.host, "port": listener.port, "address": f"{listener.host}:{listener.port}",
-                "local_port": listener.shown_local_port, "pdp": listener.pdp_id, "ctx": listener.ctx_id,
+            state_name = "LISTENING" if listener.state == LISTENING else "OPENING"
+            sockets.append(_entry(listener, state_name, listener.service_type) | {
+                "local_port": listener.shown_local_port,
                 "bytes_sent": 0, "bytes_received": 0, "unread": 0, "blackholed": False,
                 "tls_version": None, "cipher": None,
             })
@@ -189,6 +180,16 @@ def state(modem, args: _Args) -> dict:
         "pdp": [{"cid": c.cid, "active": c.active, "apn": c.apn, "address": c.address}
                 for c in modem.pdp.defined()],
         "sockets": sockets,
+    }
+
+
+def _entry(sock, state_name: str, service_type: str) -> dict:
+    """What `state` shows alike of a connection and a TCP/UDP listener (one id pool)."""
+    return {
+        "id": sock.client_id, "state": state_name, "state_code": int(sock.state), "service_type": service_type,
+        "access_mode": sock.delivery.access_mode, "delivery": sock.delivery.name,
+        "host": sock.host, "port": sock.port, "address": f"{sock.host}:{sock.port}",
+        "pdp": sock.pdp_id, "ctx": sock.ctx_id,
     }
 
 
