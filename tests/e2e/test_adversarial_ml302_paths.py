@@ -347,7 +347,7 @@ def test_close_of_a_server_that_never_closes_lingers_on_modem_time(ml, server):
         hold.set()
 
 
-def test_urc_of_another_socket_raised_during_a_lingering_close_follows_close_ok(ml, server):
+def test_urc_of_another_socket_raised_during_a_lingering_close_follows_close_ok(ml, server, emulator):
     """behaviour.md: URCs raised while a command runs follow its final result; the
     "<ssid>,CLOSE OK" line belongs to the close's answer (§2.6, §3), so socket 1's news
     comes after it, never between OK and CLOSE OK."""
@@ -365,7 +365,11 @@ def test_urc_of_another_socket_raised_during_a_lingering_close_follows_close_ok(
         echo_conn.send(b"news")
         echo_conn.close()
         wait_for(lambda: echo_conn.done.is_set(), what="the echo server's close")
-        time.sleep(0.2)
+
+        def socket_1():
+            return next(s for s in emulator.control("state")["sockets"] if s["id"] == 1)
+        wait_for(lambda: socket_1()["unread"] == 4 and socket_1()["state"] == "CLOSING",
+                 what="socket 1 holding the news and the peer's close")
         assert host.quiet_for(0.1) == b""
         advance(9)
         expected = (OK + b"\r\n0,CLOSE OK\r\n" + b'\r\n+QSSLURC: "recv",1,1\r\n'
