@@ -11,17 +11,15 @@ gives (EC2x +QSSLOPEN <err> and AT+QIGETERROR; ML302 -1), with no traceback in t
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import subprocess
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from emulator.testing.peers import NOW, ServerIdentity, TlsServer, openssl_binary
-from emulator.testing.peers.pki import Issued, utc
+from emulator.testing.peers.pki import Issued, make_cert, utc
 from tests.e2e.ssl_options_support import HOST, PORT, cfg, close, last_error, open_ssl, opened, trust
 
 DAY = datetime.timedelta(days=1)
@@ -31,28 +29,9 @@ DER = serialization.Encoding.DER
 
 
 # -- material ---------------------------------------------------------------------------------
-def build(cn: str, issuer: Issued | None, *, key=None, ca: bool = False, names=(),
-          not_before=None, not_after=None, subject_cn: str | None = None) -> Issued:
-    """A certificate for `key` (default: a new P-256 key) signed by issuer (None: itself)."""
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn or cn)])
-    b = (x509.CertificateBuilder().subject_name(name)
-         .issuer_name(issuer.cert.subject if issuer else name)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(not_before or NOW - DAY).not_valid_after(not_after or NOW + 365 * DAY)
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if names:
-        sans = []
-        for n in names:
-            if isinstance(n, x509.GeneralName):
-                sans.append(n)
-                continue
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-            except ValueError:
-                sans.append(x509.DNSName(n))
-        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return Issued(b.sign(issuer.key if issuer else key, hashes.SHA256()), key)
+def build(cn: str, issuer: Issued | None, *, ca: bool = False, **kwargs) -> Issued:
+    """pki.make_cert with a leaf as the default."""
+    return make_cert(cn, issuer, ca=ca, **kwargs)
 
 
 def key_pem(key, fmt=serialization.PrivateFormat.PKCS8, enc=None) -> bytes:

@@ -203,13 +203,16 @@ def _name(cn: str) -> x509.Name:
 
 
 def make_cert(cn: str, issuer: Issued | None, *, ca: bool, names=(), not_before=None,
-              not_after=None, signing_key=None) -> Issued:
+              not_after=None, signing_key=None, key=None, subject_cn: str | None = None) -> Issued:
     """issuer None = self-signed. signing_key overrides the issuer's key (bad signature).
-    names become SANs (IP addresses as such). Default window: yesterday to a year on."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    names become SANs (IP addresses as such; an x509.GeneralName as given). Default window:
+    yesterday to a year on. key: the certificate's own (default: a new P-256 key);
+    subject_cn: a subject CN other than cn (a certificate whose name differs from its label)."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    subject = _name(subject_cn or cn)
     builder = (x509.CertificateBuilder()
-               .subject_name(_name(cn))
-               .issuer_name(issuer.cert.subject if issuer else _name(cn))
+               .subject_name(subject)
+               .issuer_name(issuer.cert.subject if issuer else subject)
                .public_key(key.public_key())
                .serial_number(x509.random_serial_number()))
     builder = builder.not_valid_before(not_before or NOW - datetime.timedelta(days=1))
@@ -218,6 +221,9 @@ def make_cert(cn: str, issuer: Issued | None, *, ca: bool, names=(), not_before=
     if names:
         sans = []
         for n in names:
+            if isinstance(n, x509.GeneralName):
+                sans.append(n)
+                continue
             try:
                 sans.append(x509.IPAddress(ipaddress.ip_address(n)))
             except ValueError:
