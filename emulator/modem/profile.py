@@ -38,16 +38,51 @@ def _str(v: Any) -> str | None:
 
 
 def _template(*fields: str) -> Callable[[Any], str | None]:
-    """A string that str.format() fills from these fields (a URC's wording)."""
+    """A line that str.format() fills from these fields (a URC's wording): only plain
+    "{field}" replacements (no index, attribute, conversion or format spec: a width of a
+    billion would make the line, and the check itself, a gigabyte), on one line."""
+    import string
+
     def check(v: Any) -> str | None:
-        if not isinstance(v, str):
-            return f"must be a string, got {v!r}"
+        why = _wire(v)
+        if why:
+            return why
+        allowed = f"must use only {', '.join('{' + f + '}' for f in fields)}"
         try:
-            v.format(**{name: 1 for name in fields})
-        except (KeyError, IndexError, ValueError) as exc:
-            return f"{v!r} must use only {', '.join('{' + f + '}' for f in fields)} ({type(exc).__name__}: {exc})"
+            parts = list(string.Formatter().parse(v))
+        except ValueError as exc:
+            return f"{v!r} {allowed} ({exc})"
+        for _, name, spec, conversion in parts:
+            if name is not None and (name not in fields or spec or conversion):
+                return f"{v!r} {allowed}, each as it stands (got {{{name}{'!' + conversion if conversion else ''}" \
+                       f"{':' + spec if spec else ''}}})"
         return None
     return check
+
+
+def _wire(v: Any, quoted: bool = False) -> str | None:
+    """A string the modem puts on the wire as it stands: printable ASCII, so a profile can
+    neither break a response's framing (CR, LF: a line of its own, a fake OK) nor, inside
+    a quoted field (quoted), end the quotes early."""
+    if not isinstance(v, str):
+        return f"must be a string, got {v!r}"
+    bad = next((c for c in v if not " " <= c <= "~" or (quoted and c == '"')), None)
+    if bad is not None:
+        what = "a double quote (the value is shown in quotes)" if bad == '"' else f"{bad!r}"
+        return f"{v!r} holds {what}: only printable ASCII goes on the wire"
+    return None
+
+
+def _quoted(v: Any) -> str | None:
+    return _wire(v, quoted=True)
+
+
+def _profile_name(v: Any) -> str | None:
+    """A name that is also a folder (the default state dir) and a link's suffix."""
+    if not isinstance(v, str) or not v or len(v) > 64 or v in (".", "..") \
+            or not all(c.isascii() and (c.isalnum() or c in "._-") for c in v):
+        return f"must be 1-64 letters, digits, '.', '_' or '-' (it names the state folder), got {v!r}"
+    return None
 
 
 def _bool(v: Any) -> str | None:
@@ -108,17 +143,17 @@ def _table(value: Callable) -> Callable:
 
 # key path -> (required, check)
 SCHEMA: dict[str, tuple[bool, Callable]] = {
-    "profile.name": (True, _str),
+    "profile.name": (True, _profile_name),
     "profile.description": (False, _str),
-    "identity.manufacturer": (True, _str),
-    "identity.model": (True, _str),
-    "identity.revision": (True, _str),
-    "identity.imei": (True, _str),
-    "identity.imsi": (True, _str),
-    "identity.iccid": (True, _str),
-    "identity.ati": (True, _list(_str, 1)),
+    "identity.manufacturer": (True, _wire),
+    "identity.model": (True, _wire),
+    "identity.revision": (True, _wire),
+    "identity.imei": (True, _wire),
+    "identity.imsi": (True, _wire),
+    "identity.iccid": (True, _wire),
+    "identity.ati": (True, _list(_wire, 1)),
     "network.csq": (True, _list(_int(0, 199), 2, 2)),
-    "network.operator": (True, _str),
+    "network.operator": (True, _quoted),
     "network.act": (True, _int(0, 9)),
     "network.reg_stat": (True, _int(0, 5)),
     "network.plmn": (False, _plmn),
@@ -127,7 +162,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "defaults.cmee": (True, _int(0, 2)),
     "defaults.ipr": (True, _int(0, 4_000_000)),
     "defaults.timezone_quarters": (True, _int(-96, 96)),
-    "defaults.boot_urcs": (False, _list(_str)),
+    "defaults.boot_urcs": (False, _list(_wire)),
     "serial.baud_rates": (True, _list(_int(0, 4_000_000), 1)),
     "serial.line_max": (True, _int(64, 65536)),
     # An LF that follows a command line's CR by at most this long belongs to the line,
@@ -140,7 +175,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "pdp.first_id": (True, _int(0, 255)),
     "pdp.last_id": (True, _int(0, 255)),
     "pdp.address_pool": (True, _ipv4),
-    "pdp.default_apn": (True, _str),
+    "pdp.default_apn": (True, _quoted),
     # The primary and secondary DNS servers the network assigns (AT+QIDNSCFG, AT+CGCONTRDP).
     "pdp.dns": (False, _list(_ipv4, 2, 2)),
     # The URC when the network deactivates context {cid} (absent: the family reports only
@@ -167,7 +202,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     # dialect's (checked in check_ssl).  Absent: all of the dialect's.
     "ssl.options": (False, _list(_str, 1)),
     "ssl.errors": (False, _table(_int(-1000, 1000))),
-    "ssl.at_port": (False, _str),
+    "ssl.at_port": (False, _quoted),
     "ssl.verify_hostname": (False, _bool),   # absent = true (check the dialled name)
     # TCP(IP) AT commands (AT+QIOPEN & co., emulator/sockets/tcpip.py); absent: no such commands.
     "tcpip.sockets": (False, _int(1, 64)),          # <connectID>s, one pool with the SSL clientIDs
@@ -177,13 +212,13 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "tcpip.send_buffer": (False, _int(1, 1 << 24)),
     "tcpip.recv_buffer": (False, _int(1, 1 << 24)),
     "tcpip.online_buffer": (False, _int(4096, 1 << 26)),
-    "tcpip.at_port": (False, _str),
+    "tcpip.at_port": (False, _quoted),
     # Command name ("+QSSLOPEN", "I", "+CSQ") -> ms its answer is held back, as a real
     # module's latency (the interpreter's "slow" mechanism, on the modem's timers; a
     # control-API "slow" on the same command: the larger delay counts).  Absent: none.
     "timing.response_delay_ms": (False, _table(_int(0, 600_000))),
     "commands": (True, _table(_str)),
-    "cme_text": (False, _table(_str)),
+    "cme_text": (False, _table(_wire)),
 }
 _SECTIONS = {k.split(".")[0] for k in SCHEMA}
 
@@ -240,6 +275,8 @@ def load_profile(spec: str) -> Profile:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ProfileError(f"profile {path}: not valid TOML: {exc}") from None
+    except RecursionError:      # tomllib recurses per level of nested arrays / inline tables
+        raise ProfileError(f"profile {path}: not valid TOML: nested too deeply") from None
     validate(data, path)
     check_commands(data["commands"], path)
     check_ssl(data, path)
@@ -274,7 +311,16 @@ def check_ssl(data: dict, path: Path) -> None:
     why = options_problem(dialect, options)
     if why:
         raise ProfileError(f"profile {path}: key ssl.options: {why}")
-    ssl.setdefault("cipher_suites", [suite.code for suite in CIPHER_TABLE.values()])
+    suites = ssl.setdefault("cipher_suites", [suite.code for suite in CIPHER_TABLE.values()])
+    unknown = next((code for code in suites if int(code, 16) not in CIPHER_TABLE), None)
+    if unknown is not None:
+        raise ProfileError(f"profile {path}: key ssl.cipher_suites: {unknown} is not a suite the emulator "
+                           f"can offer (tls_engine/ciphers.py CIPHER_TABLE)")
+    from emulator.sockets.service import OPEN_FAILURES
+    kind = next((k for k in ssl.get("errors", {}) if k not in OPEN_FAILURES), None)
+    if kind is not None:
+        raise ProfileError(f"profile {path}: key ssl.errors: {kind!r} is not a failure kind "
+                           f"(known: {', '.join(sorted(OPEN_FAILURES))})")
     for name, variant in data["commands"].items():
         if name.upper().startswith("+QSSL") and variant not in (dialect, "*"):
             raise ProfileError(f'profile {path}: key commands."{name}": variant {variant!r} '
@@ -332,10 +378,21 @@ def validate(data: dict, path: Path) -> None:
         why = check(node)
         if why:
             raise ProfileError(f"profile {path}: key {key}: {why}")
+    commands: dict[str, str] = {}
+    for name, variant in data["commands"].items():     # looked up upper case (command_variant)
+        if name.upper() in commands:
+            raise ProfileError(f'profile {path}: key commands."{name}": listed twice (names are case-insensitive)')
+        commands[name.upper()] = variant
+    data["commands"] = commands
     check_tcpip(data, path)
     for name in data.get("timing", {}).get("response_delay_ms", {}):
         if response_delay_name(name) not in data["commands"]:
             raise ProfileError(f'profile {path}: key timing.response_delay_ms."{name}": '
                                f"not a command of the profile's [commands]")
-    if data["pdp"]["first_id"] > data["pdp"]["last_id"]:
+    pdp = data["pdp"]
+    if pdp["first_id"] > pdp["last_id"]:
         raise ProfileError(f"profile {path}: key pdp.last_id: smaller than pdp.first_id")
+    contexts = pdp["last_id"] - pdp["first_id"] + 1       # each active one takes the next address
+    if int(ipaddress.IPv4Address(pdp["address_pool"])) + contexts - 1 > 0xFFFFFFFF:
+        raise ProfileError(f"profile {path}: key pdp.address_pool: {pdp['address_pool']} leaves fewer "
+                           f"than the {contexts} addresses its contexts take")
