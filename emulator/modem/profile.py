@@ -129,6 +129,32 @@ def _hex_id(v: Any) -> str | None:
     return None if 0 <= n <= 0xFFFF else f"{v!r} out of range"
 
 
+def _item(v: Any) -> str | None:
+    """An AT+QCFG-style item (emulator/commands/device.py): value = the wire tokens its read
+    form shows ('"pulse"', "120"), test = its test form's groups, extra = how many more
+    parameters a write takes and does not show (<effect>, <savetonvram>)."""
+    from emulator.commands.device import _canonical, form_groups
+    if not isinstance(v, dict):
+        return f"must be a table {{ value = [...], test = \"...\" }}, got {v!r}"
+    unknown = sorted(set(v) - {"value", "test", "extra"})
+    if unknown:
+        return f"unknown field {unknown[0]!r} (value, test, extra)"
+    for key in ("value", "test"):
+        if key not in v:
+            return f"{key}: missing"
+    why = _list(_wire, 1, 16)(v["value"]) or _wire(v["test"]) or _int(0, 4)(v.get("extra", 0))
+    if why:
+        return why
+    groups = form_groups(v["test"])
+    for i, token in enumerate(v["value"]):
+        quoted = token.startswith('"') and token.endswith('"') and len(token) >= 2 and '"' not in token[1:-1]
+        if not (quoted or (token.isalnum() and token.isascii())):
+            return f"value {token!r}: a quoted string or letters and digits"
+        if _canonical(token, groups[i] if i < len(groups) else None) != token:
+            return f"value {token!r} is not one the test form {v['test']!r} allows"
+    return None
+
+
 def _table(value: Callable) -> Callable:
     def check(v: Any) -> str | None:
         if not isinstance(v, dict):
@@ -217,6 +243,19 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     # module's latency (the interpreter's "slow" mechanism, on the modem's timers; a
     # control-API "slow" on the same command: the larger delay counts).  Absent: none.
     "timing.response_delay_ms": (False, _table(_int(0, 600_000))),
+    # What the device commands report (emulator/commands/device.py), needed where the
+    # profile lists the command (COMMAND_NEEDS).
+    "identity.gcap": (False, _wire),                   # AT+GCAP's list; absent: +CGSM
+    "identity.firmware": (False, _wire),               # AT+QGMR; absent: identity.revision
+    "network.rat": (False, _quoted),                   # AT+QNWINFO <act> ("FDD LTE")
+    "network.band": (False, _quoted),                  # AT+QNWINFO <band> ("LTE BAND 3")
+    "network.channel": (False, _int(0, 1 << 20)),      # AT+QNWINFO <channel> (EARFCN)
+    "network.lte_signal": (False, _list(_int(-200, 255), 3, 3)),   # AT+QCSQ <rsrp>,<sinr>,<rsrq>
+    "device.battery": (False, _list(_int(0, 100_000), 3, 3)),     # AT+CBC <bcs>,<bcl>,<voltage mV>
+    # AT+QCFG / AT+QURCCFG / AT+QINDCFG items: "<item>" = { value, test[, extra] }.
+    "qcfg": (False, _table(_item)),
+    "qurccfg": (False, _table(_item)),
+    "qindcfg": (False, _table(_item)),
     "commands": (True, _table(_str)),
     "cme_text": (False, _table(_wire)),
 }
@@ -351,11 +390,31 @@ def check_tcpip(data: dict, path: Path) -> None:
             raise ProfileError(f"profile {path}: key tcpip.{key}: missing")
 
 
+# Commands whose answers come from profile keys that are optional otherwise.
+COMMAND_NEEDS = {
+    "+QNWINFO": ("network.rat", "network.band", "network.channel"),
+    "+QCSQ": ("network.lte_signal",),
+    "+CBC": ("device.battery",),
+    "+QCFG": ("qcfg",),
+    "+QURCCFG": ("qurccfg",),
+    "+QINDCFG": ("qindcfg",),
+}
+
+
+def _lookup(data: dict, key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
 def validate(data: dict, path: Path) -> None:
     for section, body in data.items():
         if section not in _SECTIONS:
             raise ProfileError(f"profile {path}: unknown section [{section}]")
-        if section in ("commands", "cme_text"):
+        if section in ("commands", "cme_text", "qcfg", "qurccfg", "qindcfg"):
             continue
         if not isinstance(body, dict):
             raise ProfileError(f"profile {path}: key {section}: must be a table")
@@ -363,15 +422,8 @@ def validate(data: dict, path: Path) -> None:
             if f"{section}.{key}" not in SCHEMA:
                 raise ProfileError(f"profile {path}: key {section}.{key}: unknown key")
     for key, (required, check) in SCHEMA.items():
-        node: Any = data
-        present = True
-        for part in key.split("."):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            else:
-                present = False
-                break
-        if not present:
+        node = _lookup(data, key)
+        if node is _MISSING:
             if required:
                 raise ProfileError(f"profile {path}: key {key}: missing")
             continue
@@ -385,6 +437,11 @@ def validate(data: dict, path: Path) -> None:
         commands[name.upper()] = variant
     data["commands"] = commands
     check_tcpip(data, path)
+    for name, needs in COMMAND_NEEDS.items():
+        if name in commands:
+            missing = next((key for key in needs if _lookup(data, key) is _MISSING), None)
+            if missing is not None:
+                raise ProfileError(f"profile {path}: [commands] lists {name}, which needs {missing}")
     for name in data.get("timing", {}).get("response_delay_ms", {}):
         if response_delay_name(name) not in data["commands"]:
             raise ProfileError(f'profile {path}: key timing.response_delay_ms."{name}": '

@@ -151,7 +151,7 @@ def test_first_error_ends_the_line_and_earlier_commands_took_effect(ec2x):
     assert ec2x.at("AT+CMEE?") == b"\r\n+CMEE: 2\r\n\r\nOK\r\n"
     # information text of commands before the error is written, the rest not
     assert ec2x.at("AT+CSQ;+NOPE;+CSQ") == b"\r\n+CSQ: 24,99\r\n\r\nERROR\r\n"
-    assert ec2x.at("ATE0V1;X;+CSQ") == b"\r\nERROR\r\n"
+    assert ec2x.at("ATE0V1;Y;+CSQ") == b"\r\nERROR\r\n"
 
 
 @pytest.mark.parametrize("profile,line", [("ec2x", "AT+CCID"), ("ec2x", "AT+QSECWRITE=?"),
@@ -172,14 +172,14 @@ def test_cmee_modes_and_atv0_atq1(ec2x):
     ec2x.write(b"AT+CSQ\r")
     assert ec2x.read_until(b"0\r") == b"+CSQ: 24,99\r\n0\r"
     assert ec2x.at("AT+CFUN=5") == b"+CME ERROR: incorrect parameters\r\n"
-    ec2x.write(b"ATX\r")
+    ec2x.write(b"ATY\r")
     assert ec2x.read_until(b"4\r") == b"4\r"
     ec2x.write(b"AT+CMEE=0;+CFUN=5\r")
     assert ec2x.read_until(b"4\r") == b"4\r"
     ec2x.write(b"ATQ1\r")
     ec2x.write(b"AT+CSQ\r")
     ec2x.write(b"AT+CMEE=1;+CFUN=5\r")
-    ec2x.write(b"ATX\r")
+    ec2x.write(b"ATY\r")
     assert ec2x.quiet_for(0.3) == b"+CSQ: 24,99\r\n"
     assert ec2x.at("ATQ0V1") == b"\r\nOK\r\n"
 

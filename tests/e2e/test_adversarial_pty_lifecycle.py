@@ -459,7 +459,10 @@ def test_ipr_change_then_hangup_before_the_ok_left_and_reopen(emulator, strict_l
     time.sleep(0.15)
     for rate in (115200, 9600, 115200):
         fd = raw_open(port.path)
-        os.write(fd, f"ATI;+IPR={rate}\r".encode())
+        line = f"ATI;+IPR={rate}\r".encode()
+        before = emulator.run(lambda: port.port.received)
+        os.write(fd, line)
+        emulator.wait_received(port, before + len(line))     # the modem has the line (a busy machine)
         time.sleep(0.05)                     # part of ATI's answer out at 120 B/s
         os.close(fd)
         time.sleep(0.2)

@@ -1,0 +1,272 @@
+"""Commands third-party drivers send on start-up and while polling that have nothing to do with
+sockets, so that a driver's init sequence gets the answers a real module gives instead of
+ERROR: ATH, ATX, AT+CSCS, AT+CTZU / AT+CTZR, AT+QLTS, AT+CPAS, AT+GCAP, AT+QGMR, AT+CBC,
+AT+QSCLK, the status polls AT+QNWINFO / AT+QSPN / AT+QCSQ, and the item-configuration
+commands AT+QCFG / AT+QURCCFG / AT+QINDCFG, whose items are profile data ([qcfg] & co.).
+
+Which of them a module has is its profile's [commands]; the values they report are its
+profile's (network.*, identity.*, device.*).  What they change is kept (docs/behaviour.md,
+"Device configuration commands") but drives nothing: the emulator has one port, no ring
+indicator, no battery and no sleep."""
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from emulator.at.args import Args
+from emulator.at.parser import EXEC, READ, WRITE
+from emulator.at.registry import command
+from emulator.at.responses import Cme, CommandError, ok
+from emulator.modem.registration import registration
+
+# AT+CTZU <onoff>: 0 off, 1 on, 3 on with local time in the RTC (ModemManager's Quectel
+# plugin asks AT+CTZU=? and sends 3 when it is listed, as an EC25 lists it).
+CTZU_VALUES = (0, 1, 3)
+CHARSETS = ("GSM", "IRA", "UCS2")
+# AT+QCSQ <sysmode> by the profile's network.act (27.007 <AcT>).
+SYSMODE = {0: "GSM", 1: "GSM", 3: "GSM", 2: "WCDMA", 4: "WCDMA", 5: "WCDMA", 6: "WCDMA",
+           7: "LTE", 8: "eMTC", 9: "NBIoT"}
+LTE_MODES = ("LTE", "eMTC", "NBIoT")
+
+
+class DeviceConfig:
+    """What these commands set.  The module keeps AT+CTZU, AT+QSCLK and the AT+QCFG /
+    AT+QURCCFG / AT+QINDCFG items in its NV (here: across AT+CFUN=1,1, not across a
+    restart of the emulator); AT+CTZR, AT+CSCS and ATX start again from their defaults."""
+
+    def __init__(self, modem) -> None:
+        self.modem = modem
+        self.ctzu = 1
+        self.qsclk = 0
+        self.items: dict[str, dict[str, list[str]]] = {}     # "+QCFG" -> item -> wire tokens
+        self._volatile()
+        modem.on("reset", self._volatile)
+
+    def _volatile(self) -> None:
+        self.ctzr = 0
+        self.cscs = "GSM"
+        self.x = 4
+
+    def item_values(self, table: str, item: str) -> list[str]:
+        values = self.items.setdefault(table, {})
+        if item not in values:
+            values[item] = list(self.modem.profile[f"{table}.{item}"]["value"])
+        return values[item]
+
+
+def device(modem) -> DeviceConfig:
+    return modem.feature("device", DeviceConfig)
+
+
+# -- V.250 basics -------------------------------------------------------------------------
+@command("H", EXEC)
+def hang_up(modem, cmd):
+    """ATH[0]: there is no call to hang up (a socket is closed with its own command), so OK."""
+    Args(cmd).int(0, 0, 0, default=0)
+    return ok()
+
+
+@command("X", EXEC)
+def result_codes(modem, cmd):
+    """ATX<0-4>: which CONNECT / BUSY / NO DIALTONE codes a dial reports; kept (no dialling here)."""
+    device(modem).x = Args(cmd).int(0, 0, 4, default=0)
+    return ok()
+
+
+# -- character set, time zone, clock ---------------------------------------------------------
+@command("+CSCS", WRITE, test="+CSCS: " + "(" + ",".join(f'"{c}"' for c in CHARSETS) + ")")
+def cscs_write(modem, cmd):
+    args = Args(cmd, error=Cme(50), at_most=1)
+    chset = args.str(0, quoted=True, max_len=16).upper()
+    if chset not in CHARSETS:
+        raise CommandError(Cme(50), f"AT+CSCS: {chset!r} is not one of {', '.join(CHARSETS)}")
+    device(modem).cscs = chset
+    return ok()
+
+
+@command("+CSCS", READ)
+def cscs_read(modem, cmd):
+    return ok(f'+CSCS: "{device(modem).cscs}"')
+
+
+@command("+CTZU", WRITE, test="+CTZU: (" + ",".join(map(str, CTZU_VALUES)) + ")")
+def ctzu_write(modem, cmd):
+    args = Args(cmd, error=Cme(50), at_most=1)
+    value = args.int(0, 0, 3)
+    if value not in CTZU_VALUES:
+        raise CommandError(Cme(50), f"AT+CTZU={value}: only {CTZU_VALUES}")
+    device(modem).ctzu = value
+    return ok()
+
+
+@command("+CTZU", READ)
+def ctzu_read(modem, cmd):
+    return ok(f"+CTZU: {device(modem).ctzu}")
+
+
+@command("+CTZR", WRITE, test="+CTZR: (0-2)")
+def ctzr_write(modem, cmd):
+    device(modem).ctzr = Args(cmd, error=Cme(50), at_most=1).int(0, 0, 2)
+    return ok()
+
+
+@command("+CTZR", READ)
+def ctzr_read(modem, cmd):
+    return ok(f"+CTZR: {device(modem).ctzr}")
+
+
+@command("+QLTS", EXEC, WRITE, test="+QLTS: (0-2)")
+def qlts(modem, cmd):
+    """The time the network gave: <mode> 0 (the last synchronisation) and 1 (GMT now), 2
+    (local now), as "yyyy/MM/dd,hh:mm:ss+zz,<dst>".  The network's time is the modem
+    clock's (AT+CCLK): 0 and 1 both answer GMT now.  No network, no time: ""."""
+    mode = Args(cmd, error=Cme(50), at_most=1).int(0, 0, 2, default=0)
+    if not registration(modem).registered():
+        return ok('+QLTS: ""')
+    clock = modem.clock
+    shown = clock.now() + timedelta(minutes=15 * clock.quarters if mode == 2 else 0)
+    sign = "+" if clock.quarters >= 0 else "-"
+    return ok(f'+QLTS: "{shown.strftime("%Y/%m/%d,%H:%M:%S")}{sign}{abs(clock.quarters):02d},0"')
+
+
+# -- identity and status -------------------------------------------------------------------
+@command("+GCAP", EXEC)
+def gcap(modem, cmd):
+    return ok(f"+GCAP: {modem.profile.get('identity.gcap', '+CGSM')}")
+
+
+@command("+QGMR", EXEC)
+def qgmr(modem, cmd):
+    return ok(modem.profile.get("identity.firmware") or modem.profile["identity.revision"])
+
+
+@command("+CPAS", EXEC, test="+CPAS: (0,3,4)")
+def cpas(modem, cmd):
+    return ok("+CPAS: 0")                  # ready: no call is ever ringing or in progress
+
+
+@command("+CBC", EXEC)
+def cbc(modem, cmd):
+    bcs, bcl, millivolts = modem.profile["device.battery"]
+    return ok(f"+CBC: {bcs},{bcl},{millivolts}")
+
+
+@command("+QSCLK", WRITE, test="+QSCLK: (0,1)")
+def qsclk_write(modem, cmd):
+    device(modem).qsclk = Args(cmd, at_most=1).int(0, 0, 1)
+    return ok()
+
+
+@command("+QSCLK", READ)
+def qsclk_read(modem, cmd):
+    return ok(f"+QSCLK: {device(modem).qsclk}")
+
+
+@command("+QNWINFO", EXEC)
+def qnwinfo(modem, cmd):
+    reg = registration(modem)
+    if not reg.registered():
+        return ok("+QNWINFO: No Service")
+    p = modem.profile
+    return ok(f'+QNWINFO: "{p["network.rat"]}","{reg.operator(2)}","{p["network.band"]}",{p["network.channel"]}')
+
+
+@command("+QSPN", EXEC)
+def qspn(modem, cmd):
+    """<FNN>,<SNN>,<SPN>,<alphabet>,<RPLMN>: the network's long and short names (AT+COPS
+    formats 0 and 1), no SIM service provider name."""
+    reg = registration(modem)
+    if not reg.registered():
+        raise CommandError(Cme(30), "AT+QSPN: not registered")
+    return ok(f'+QSPN: "{reg.operator(0)}","{reg.operator(1)}","",0,"{reg.operator(2)}"')
+
+
+@command("+QCSQ", EXEC)
+def qcsq(modem, cmd):
+    """<sysmode>,<rssi dBm>[,<rsrp>,<sinr>,<rsrq>]: the RSSI from the profile's AT+CSQ,
+    the LTE figures from network.lte_signal."""
+    if not registration(modem).registered():
+        return ok('+QCSQ: "NOSERVICE"')
+    sysmode = SYSMODE.get(modem.profile["network.act"], "LTE")
+    csq = modem.profile["network.csq"][0]
+    rssi = -113 + 2 * min(csq, 31) if csq != 99 else -113
+    if sysmode not in LTE_MODES:
+        return ok(f'+QCSQ: "{sysmode}",{rssi}')
+    rsrp, sinr, rsrq = modem.profile["network.lte_signal"]
+    return ok(f'+QCSQ: "{sysmode}",{rssi},{rsrp},{sinr},{rsrq}')
+
+
+# -- AT+QCFG / AT+QURCCFG / AT+QINDCFG: items as profile data -------------------------------
+ITEM_TABLES = {"+QCFG": "qcfg", "+QURCCFG": "qurccfg", "+QINDCFG": "qindcfg"}
+_GROUP = re.compile(r'\((?:[^()"]|"[^"]*")*\)|[^,()]+')
+_CHOICE = re.compile(r'"[^"]*"|[^,]+')
+
+
+def form_groups(test: str) -> list[list[str] | None]:
+    """A test form's parameter groups ('(0-3),("off","on")') as lists of alternatives
+    ('0-3', '"off"', '"on"'); None for a group that is not a list in parentheses
+    (a placeholder such as <gsmbandval>: not checked)."""
+    groups: list[list[str] | None] = []
+    for group in _GROUP.findall(test):
+        group = group.strip()
+        groups.append([c.strip() for c in _CHOICE.findall(group[1:-1])]
+                      if group.startswith("(") and group.endswith(")") else None)
+    return groups
+
+
+def _canonical(token: str, choices: list[str] | None) -> str | None:
+    """token as the module shows it when the test form's group allows it (a quoted choice
+    in its own spelling: "OFF" is "off"), else None.  A group that is no list takes any
+    number (hex masks such as a band's)."""
+    if choices is None:
+        return token if token.startswith('"') or token.isalnum() else None
+    for choice in choices:
+        if choice.startswith('"') or not token.isdigit():
+            if token.upper() == choice.upper():
+                return choice
+            continue
+        lo, sep, hi = choice.partition("-")
+        hi = hi if sep else lo
+        if lo.isdigit() and hi.isdigit() and int(lo) <= int(token) <= int(hi):
+            return str(int(token)).zfill(len(lo)) if len(lo) == len(hi) and lo.startswith("0") else str(int(token))
+    return None
+
+
+def _item_command(name: str, table: str) -> None:
+    def test(modem) -> list[str]:
+        items = modem.profile[table]
+        return [f'{name}: "{item}",{spec["test"]}' for item, spec in items.items()]
+
+    def write(modem, cmd):
+        item = Args(cmd).str(0, quoted=True, max_len=64)
+        items = modem.profile[table]
+        item = next((k for k in items if k.lower() == item.lower()), None)
+        if item is None:
+            raise CommandError("ERROR", f"{cmd.raw}: no such item on this module")
+        spec = items[item]
+        values = device(modem).item_values(table, item)
+        given = cmd.args[1:]
+        if not given:
+            return ok(f'{name}: "{item}",{",".join(values)}')
+        most = len(values) + spec.get("extra", 0)          # <effect>, <savetonvram>: not shown
+        if len(given) > most:
+            raise CommandError("ERROR", f"{cmd.raw}: at most {most} values")
+        groups = form_groups(spec["test"])
+        new = list(values)
+        for i, arg in enumerate(given):
+            if arg is None:
+                continue                                   # omitted: unchanged
+            token = f'"{arg.text}"' if arg.quoted else arg.text
+            shown = _canonical(token, groups[i] if i < len(groups) else None)
+            if shown is None or (i < len(values) and arg.quoted != values[i].startswith('"')):
+                raise CommandError("ERROR", f"{cmd.raw}: value {i + 1} {token} is not in {spec['test']}")
+            if i < len(values):
+                new[i] = shown
+        values[:] = new
+        return ok()
+
+    command(name, WRITE, test=test)(write)
+
+
+for _name, _table in ITEM_TABLES.items():
+    _item_command(_name, _table)

@@ -1,0 +1,236 @@
+"""The device commands drivers send on start-up and while polling (emulator/commands/device.py):
+exact answers, refusals, what survives AT+CFUN=1,1, and the AT+QCFG-style items as profile data.
+The driver sequences that need them are replayed in test_adversarial_driver_init.py."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from emulator.commands.device import _canonical, form_groups
+from emulator.modem.profile import PROFILE_DIR, ProfileError, load_profile
+
+OK = b"\r\nOK\r\n"
+ERROR = b"\r\nERROR\r\n"
+EC2X = (PROFILE_DIR / "ec2x.toml").read_text()
+
+
+def answer(*lines: str) -> bytes:
+    """One command's information lines (one frame) and OK."""
+    return b"\r\n" + "\r\n".join(lines).encode() + b"\r\n" + OK
+
+
+def cme(code: int) -> bytes:
+    return f"\r\n+CME ERROR: {code}\r\n".encode()
+
+
+def test_v250_hang_up_and_result_code_selection(ec2x):
+    for line in ("ATH", "ATH0", "ATX", "ATX0", "ATX4", "ATE0H0X4"):
+        assert ec2x.at(line) == OK, line
+    for line in ("ATH1", "ATX5"):
+        assert ec2x.at(line) == ERROR, line
+
+
+def test_character_set(ec2x):
+    assert ec2x.at("AT+CSCS=?") == answer('+CSCS: ("GSM","IRA","UCS2")')
+    assert ec2x.at("AT+CSCS?") == answer('+CSCS: "GSM"')
+    assert ec2x.at('AT+CSCS="ucs2"') == OK
+    assert ec2x.at("AT+CSCS?") == answer('+CSCS: "UCS2"')
+    assert ec2x.at('AT+CSCS="HEX"') == cme(50)
+    assert ec2x.at("AT+CSCS=IRA") == cme(50)               # the character set is a quoted string
+    assert ec2x.at("AT+CSCS?") == answer('+CSCS: "UCS2"')
+
+
+def test_time_zone_update_and_reporting(ec2x):
+    assert ec2x.at("AT+CTZU=?") == answer("+CTZU: (0,1,3)")
+    assert ec2x.at("AT+CTZU?") == answer("+CTZU: 1")
+    assert ec2x.at("AT+CTZU=3") == OK
+    assert ec2x.at("AT+CTZU?") == answer("+CTZU: 3")
+    assert ec2x.at("AT+CTZU=2") == cme(50)
+    assert ec2x.at("AT+CTZR=?") == answer("+CTZR: (0-2)")
+    assert ec2x.at("AT+CTZR=2;+CTZR?") == answer("+CTZR: 2")
+    assert ec2x.at("AT+CTZR=3") == cme(50)
+
+
+QLTS = re.compile(rb'\r\n\+QLTS: "(\d{4}/\d\d/\d\d,\d\d:\d\d:\d\d)([+-]\d\d),0"\r\n\r\nOK\r\n')
+
+
+def qlts(host, line: str) -> tuple[datetime, str]:
+    m = QLTS.fullmatch(host.at(line))
+    assert m, line
+    return datetime.strptime(m.group(1).decode(), "%Y/%m/%d,%H:%M:%S").replace(tzinfo=timezone.utc), m.group(2).decode()
+
+
+def test_network_time_follows_the_modem_clock(ec2x):
+    """AT+QLTS: GMT (modes 0, 1) or local time (2), with the zone in quarters and DST 0,
+    from the modem clock AT+CCLK set."""
+    assert ec2x.at('AT+CCLK="30/06/15,10:20:30+32"') == OK           # local 10:20:30 at UTC+8
+    gmt, zone = qlts(ec2x, "AT+QLTS")
+    assert zone == "+32"
+    assert abs(gmt - datetime(2030, 6, 15, 2, 20, 30, tzinfo=timezone.utc)) < timedelta(seconds=5)
+    assert abs(qlts(ec2x, "AT+QLTS=1")[0] - gmt) < timedelta(seconds=5)
+    local, zone = qlts(ec2x, "AT+QLTS=2")
+    assert zone == "+32" and abs(local - gmt - timedelta(hours=8)) < timedelta(seconds=5)
+    assert ec2x.at('AT+CCLK="30/06/15,10:20:30-14"') == OK
+    local, zone = qlts(ec2x, "AT+QLTS=2")
+    assert zone == "-14" and abs(local - datetime(2030, 6, 15, 10, 20, 30, tzinfo=timezone.utc)) < timedelta(seconds=5)
+    assert ec2x.at("AT+QLTS=3") == cme(50)
+    assert ec2x.at("AT+QLTS=?") == answer("+QLTS: (0-2)")
+    assert ec2x.at("AT+CFUN=4") == OK                                   # no network, no time
+    assert ec2x.at("AT+QLTS=2") == answer('+QLTS: ""')
+
+
+def test_identity_and_status_answers(ec2x):
+    assert ec2x.at("AT+GCAP") == answer("+GCAP: +CGSM")
+    assert ec2x.at("AT+QGMR") == answer("EC25EFAR06A06M4G")
+    assert ec2x.at("AT+CPAS") == answer("+CPAS: 0")
+    assert ec2x.at("AT+CPAS=?") == answer("+CPAS: (0,3,4)")
+    assert ec2x.at("AT+CBC") == answer("+CBC: 0,100,3800")
+    assert ec2x.at("AT+QSCLK=?") == answer("+QSCLK: (0,1)")
+    assert ec2x.at("AT+QSCLK=1;+QSCLK?") == answer("+QSCLK: 1")
+    assert ec2x.at("AT+QSCLK=2") == ERROR
+
+
+def test_network_polls_registered_and_not(ec2x):
+    assert ec2x.at("AT+QNWINFO") == answer('+QNWINFO: "FDD LTE","46001","LTE BAND 3",1650')
+    assert ec2x.at("AT+QSPN") == answer('+QSPN: "CHN-UNICOM","CHN-UNICOM","",0,"46001"')
+    # <rssi> from the profile's AT+CSQ 24: -113 + 2 * 24 dBm
+    assert ec2x.at("AT+QCSQ") == answer('+QCSQ: "LTE",-65,-94,142,-9')
+    assert ec2x.at("AT+CFUN=4") == OK
+    assert ec2x.at("AT+QNWINFO") == answer("+QNWINFO: No Service")
+    assert ec2x.at("AT+QSPN") == cme(30)
+    assert ec2x.at("AT+QCSQ") == answer('+QCSQ: "NOSERVICE"')
+    assert ec2x.at("AT+CFUN=1") == OK
+    assert ec2x.at("AT+QNWINFO").startswith(b'\r\n+QNWINFO: "FDD LTE"')
+
+
+QCFG_TEST = answer(
+    '+QCFG: "nwscanmode",(0-3),(0,1)',
+    '+QCFG: "urc/ri/ring",("off","pulse","always","auto","wave"),(1-2000),(1000-5000),(1000-5000),("off","on"),(1-5)',
+    '+QCFG: "urc/ri/smsincoming",("off","pulse","always"),(1-2000),(1-5)',
+    '+QCFG: "urc/ri/other",("off","pulse"),(1-2000),(1-5)',
+    '+QCFG: "risignaltype",("respective","physical")',
+    '+QCFG: "apready",(0,1),(0,1),(100-3000)',
+    '+QCFG: "cmux/urcport",(0-4)',
+)
+
+
+def test_qcfg_items_read_write_and_refusals(ec2x):
+    assert ec2x.at("AT+QCFG=?") == QCFG_TEST
+    assert ec2x.at('AT+QCFG="nwscanmode"') == answer('+QCFG: "nwscanmode",0')
+    assert ec2x.at('AT+QCFG="nwscanmode",3,1') == OK                   # <effect> taken, not shown
+    assert ec2x.at('AT+QCFG="NwScanMode"') == answer('+QCFG: "nwscanmode",3')
+    assert ec2x.at('AT+QCFG="urc/ri/ring","OFF"') == OK                # the module's spelling kept
+    assert ec2x.at('AT+QCFG="urc/ri/ring"') == answer('+QCFG: "urc/ri/ring","off",120,1000,5000,"off",1')
+    assert ec2x.at('AT+QCFG="urc/ri/ring",,200,,,"on"') == OK          # omitted: unchanged
+    assert ec2x.at('AT+QCFG="urc/ri/ring"') == answer('+QCFG: "urc/ri/ring","off",200,1000,5000,"on",1')
+    assert ec2x.at('AT+QCFG="apready",1,1,200') == OK
+    assert ec2x.at('AT+QCFG="apready"') == answer('+QCFG: "apready",1,1,200')
+    for bad in ('AT+QCFG="nwscanmode",4',            # out of (0-3)
+                'AT+QCFG="nwscanmode",1,2',          # <effect> out of (0,1)
+                'AT+QCFG="nwscanmode",1,1,1',        # one value too many
+                'AT+QCFG="nwscanmode","1"',          # a number given as a string
+                'AT+QCFG="urc/ri/ring",pulse',       # a string given bare
+                'AT+QCFG="urc/ri/ring","loud"',
+                'AT+QCFG="apready",1,1,99',
+                'AT+QCFG="band"',                    # no such item on this module
+                "AT+QCFG=nwscanmode",                # the item is a quoted string
+                "AT+QCFG?", "AT+QCFG"):
+        assert ec2x.at(bad) == ERROR, bad
+    assert ec2x.at('AT+QCFG="nwscanmode"') == answer('+QCFG: "nwscanmode",3')   # refusals changed nothing
+    assert ec2x.at('AT+QCFG="apready"') == answer('+QCFG: "apready",1,1,200')
+
+
+def test_urc_port_and_indication_items(ec2x):
+    assert ec2x.at("AT+QURCCFG=?") == answer('+QURCCFG: "urcport",("usbat","usbmodem","uart1")')
+    assert ec2x.at('AT+QURCCFG="urcport"') == answer('+QURCCFG: "urcport","usbat"')
+    assert ec2x.at('AT+QURCCFG="urcport","uart1"') == OK
+    assert ec2x.at('AT+QURCCFG="urcport"') == answer('+QURCCFG: "urcport","uart1"')
+    assert ec2x.at('AT+QURCCFG="urcport","uart2"') == ERROR
+    assert ec2x.at('AT+QINDCFG="csq"') == answer('+QINDCFG: "csq",0')
+    assert ec2x.at('AT+QINDCFG="csq",1,1') == OK
+    assert ec2x.at('AT+QINDCFG="csq"') == answer('+QINDCFG: "csq",1')
+    assert ec2x.at("AT+QINDCFG=?").startswith(b'\r\n+QINDCFG: "all",(0,1),(0,1)\r\n+QINDCFG: "csq",(0,1),(0,1)\r\n')
+
+
+def test_nv_items_survive_a_reboot_and_the_rest_start_again(ec2x):
+    assert ec2x.at('AT+QCFG="nwscanmode",3;+QURCCFG="urcport","uart1";+CTZU=0;+QSCLK=1') == OK
+    assert ec2x.at('AT+CSCS="UCS2";+CTZR=1') == OK
+    assert ec2x.at("AT+CFUN=1,1") == OK
+    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    assert ec2x.at("ATE0") == b"ATE0\r" + OK                 # echo is on again after the reboot
+    assert ec2x.at('AT+QCFG="nwscanmode"') == answer('+QCFG: "nwscanmode",3')
+    assert ec2x.at('AT+QURCCFG="urcport"') == answer('+QURCCFG: "urcport","uart1"')
+    assert ec2x.at("AT+CTZU?;+QSCLK?") == b"\r\n+CTZU: 0\r\n\r\n+QSCLK: 1\r\n" + OK   # a frame each
+    assert ec2x.at("AT+CSCS?") == answer('+CSCS: "GSM"')
+    assert ec2x.at("AT+CTZR?") == answer("+CTZR: 0")
+
+
+def test_the_ml302_has_ath_but_not_the_quectel_items(ml302):
+    assert ml302.at("ATH") == OK
+    for line in ('AT+QCFG="nwscanmode"', "AT+QNWINFO", "AT+CTZU?", "AT+CBC"):
+        assert ml302.at(line) == ERROR, line
+
+
+# -- the items are data ---------------------------------------------------------------------
+def test_a_user_profile_brings_its_own_items(tmp_path, open_modem):
+    text = EC2X.replace('"cmux/urcport" = { value = ["0"], test = "(0-4)" }',
+                        '"cmux/urcport" = { value = ["0"], test = "(0-4)" }\n'
+                        '"iotopmode" = { value = ["2"], test = "(0-2),(0,1)", extra = 1 }\n'
+                        '"band" = { value = ["0xf", "0x100002000000000f0e189f", "0x10004200000000090e189f"], '
+                        'test = "<gsmbandval>,<emtcbandval>,<nbiotbandval>,(0,1)", extra = 1 }')
+    path = tmp_path / "bg96ish.toml"
+    path.write_text(text)
+    host, _ = open_modem(str(path))
+    assert host.at('AT+QCFG="iotopmode",0,1;+QCFG="iotopmode"') == answer('+QCFG: "iotopmode",0')
+    assert host.at('AT+QCFG="band",F,80000,80000,1') == OK                # hex masks: any letters/digits
+    assert host.at('AT+QCFG="band"') == answer('+QCFG: "band",F,80000,80000')
+    assert host.at('AT+QCFG="band",F,80000,80000,2') == ERROR             # <effect> out of (0,1)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (('"+QCFG" = "*"\n', '"+QCFG" = "*"\n'), None),                               # (the file loads)
+    (("[qcfg]\n", "[qcfgx]\n"), "unknown section [qcfgx]"),
+    (('"nwscanmode" = { value = ["0"],', '"nwscanmode" = { value = ["5"],'),
+     "key qcfg: [nwscanmode] value '5' is not one the test form '(0-3),(0,1)' allows"),
+    (('"nwscanmode" = { value = ["0"],', '"nwscanmode" = { value = ["0"], colour = 1,'),
+     "key qcfg: [nwscanmode] unknown field 'colour' (value, test, extra)"),
+    (('"nwscanmode" = { value = ["0"], test = "(0-3),(0,1)", extra = 1 }', '"nwscanmode" = { value = ["0"] }'),
+     "key qcfg: [nwscanmode] test: missing"),
+    (('"risignaltype" = { value = [\'"respective"\']', '"risignaltype" = { value = ["\\"resp\\r\\nOK\\""]'),
+     "key qcfg: [risignaltype] item 0: '\"resp\\r\\nOK\"' holds '\\r'"),
+    (("channel = 1650\n", ""), "[commands] lists +QNWINFO, which needs network.channel"),
+    (("battery = [0, 100, 3800]", "# battery"), "[commands] lists +CBC, which needs device.battery"),
+])
+def test_item_tables_and_command_needs_are_checked_at_load(tmp_path, edit, message):
+    path = tmp_path / "user.toml"
+    old, new = edit
+    assert old in EC2X
+    path.write_text(EC2X.replace(old, new, 1))
+    if message is None:
+        assert load_profile(str(path)).name == "ec2x"
+        return
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(path))
+    assert str(info.value).startswith(f"profile {path}: {message}"), str(info.value)
+
+
+def test_a_profile_without_the_item_table_cannot_list_its_command(tmp_path):
+    start, end = EC2X.index("[qcfg]\n"), EC2X.index("[qurccfg]\n")
+    path = tmp_path / "user.toml"
+    path.write_text(EC2X[:start] + EC2X[end:])
+    with pytest.raises(ProfileError, match=r"\[commands\] lists \+QCFG, which needs qcfg"):
+        load_profile(str(path))
+
+
+def test_test_form_groups_and_values():
+    assert form_groups('("off","pulse"),(1-2000),<x>,(0,1)') == [['"off"', '"pulse"'], ["1-2000"], None, ["0", "1"]]
+    assert form_groups('("a,b","c")') == [['"a,b"', '"c"']]
+    assert _canonical('"PULSE"', ['"off"', '"pulse"']) == '"pulse"'
+    assert _canonical("2000", ["1-2000"]) == "2000"
+    assert _canonical("2001", ["1-2000"]) is None
+    assert _canonical("007", ["0-9"]) == "7"
+    assert _canonical('"1"', ["0", "1"]) is None
+    assert _canonical("0x1F", None) == "0x1F"
+    assert _canonical("1;2", None) is None
