@@ -113,6 +113,16 @@ def _ipv4(v: Any) -> str | None:
     return None
 
 
+def _digits(lo: int, hi: int, alphabet: str = "0123456789", what: str = "digits") -> Callable[[Any], str | None]:
+    """An identity number as the module prints it (IMEI 14-16 digits, IMSI 6-15 digits: its
+    first five are the default PLMN, an ICCID 18-22 hex digits: some carry letters)."""
+    def check(v: Any) -> str | None:
+        if not isinstance(v, str) or not lo <= len(v) <= hi or any(c not in alphabet for c in v):
+            return f"must be {lo}-{hi} {what}, got {v!r}"
+        return None
+    return check
+
+
 def _plmn(v: Any) -> str | None:
     if not isinstance(v, str) or not v.isascii() or not v.isdigit() or len(v) not in (5, 6):
         return f"must be the MCC and MNC as 5 or 6 digits (\"46001\", \"310260\"), got {v!r}"
@@ -174,9 +184,9 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "identity.manufacturer": (True, _wire),
     "identity.model": (True, _wire),
     "identity.revision": (True, _wire),
-    "identity.imei": (True, _wire),
-    "identity.imsi": (True, _wire),
-    "identity.iccid": (True, _wire),
+    "identity.imei": (True, _digits(14, 16)),
+    "identity.imsi": (True, _digits(6, 15)),
+    "identity.iccid": (True, _digits(18, 22, "0123456789ABCDEFabcdef", "hex digits")),
     "identity.ati": (True, _list(_wire, 1)),
     "network.csq": (True, _list(_int(0, 199), 2, 2)),
     "network.operator": (True, _quoted),
@@ -446,6 +456,13 @@ def validate(data: dict, path: Path) -> None:
         if response_delay_name(name) not in data["commands"]:
             raise ProfileError(f'profile {path}: key timing.response_delay_ms."{name}": '
                                f"not a command of the profile's [commands]")
+    if data["defaults"]["ipr"] not in (0, *data["serial"]["baud_rates"]):
+        raise ProfileError(f"profile {path}: key defaults.ipr: {data['defaults']['ipr']} is not 0 (auto-baud) "
+                           f"or one of serial.baud_rates")
+    tcpip_sockets = data.get("tcpip", {}).get("sockets")
+    if tcpip_sockets is not None and tcpip_sockets != data["ssl"]["sockets"]:
+        raise ProfileError(f"profile {path}: key tcpip.sockets: {tcpip_sockets}, but SSL clientIDs and TCP/IP "
+                           f"connectIDs are one pool of ssl.sockets = {data['ssl']['sockets']}")
     pdp = data["pdp"]
     if pdp["first_id"] > pdp["last_id"]:
         raise ProfileError(f"profile {path}: key pdp.last_id: smaller than pdp.first_id")

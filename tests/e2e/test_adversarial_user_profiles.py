@@ -93,6 +93,15 @@ REFUSED = [
     ("cipher-not-hex", [('dialect = "quectel"', 'cipher_suites = ["35"]\ndialect = "quectel"')],
      "key ssl.cipher_suites: item 0: must be a hex string like \"0X0035\", got '35'"),
     ("error-code-range", [("dns = 565 ", "dns = 100000 ")], "key ssl.errors: [dns] must be in -1000..1000, got 100000"),
+    ("pool-split", [(SSL_SOCKETS, "sockets = 4")],
+     "key tcpip.sockets: 12, but SSL clientIDs and TCP/IP connectIDs are one pool of ssl.sockets = 4"),
+    ("ipr-not-a-rate", [("ipr = 115200", "ipr = 1234")],
+     "key defaults.ipr: 1234 is not 0 (auto-baud) or one of serial.baud_rates"),
+    ("imsi-empty", [('imsi = "460011234567890"', 'imsi = ""')], "key identity.imsi: must be 6-15 digits, got ''"),
+    ("imei-letters", [('imei = "867698041234567"', 'imei = "86769804123456X"')],
+     "key identity.imei: must be 14-16 digits, got '86769804123456X'"),
+    ("iccid-short", [('iccid = "89860119841234567890"', 'iccid = "8986"')],
+     "key identity.iccid: must be 18-22 hex digits, got '8986'"),
     ("pdp-ids-reversed", [("first_id = 1", "first_id = 17")], "key pdp.last_id: smaller than pdp.first_id"),
     ("pdp-pool-not-ipv4", [('address_pool = "10.7.157.1"', 'address_pool = "10.7.157"')],
      "key pdp.address_pool: '10.7.157' is not an IPv4 address"),
@@ -258,8 +267,11 @@ def test_a_string_that_would_break_the_framing_is_refused(tmp_path, old, new):
 
 # ---------------------------------------------------------------- part 2: data change the wire
 
+TCPIP_SOCKETS = "sockets = 12                    # <connectID> 0-11: one pool with the SSL <clientID>s"
+
+
 def test_fewer_ssl_sockets_change_the_range_and_the_refusal(tmp_path, open_modem):
-    host, _ = open_modem(str(write(tmp_path, derive((SSL_SOCKETS, "sockets = 4")))))
+    host, _ = open_modem(str(write(tmp_path, derive((SSL_SOCKETS, "sockets = 4"), (TCPIP_SOCKETS, "sockets = 4")))))
     assert host.at("AT+QSSLOPEN=?") == (
         b"\r\n+QSSLOPEN: (1-16),(0-5),(0-3),<serveraddr>,<server_port>,(0-2)\r\n\r\nOK\r\n")
     assert host.at("AT+QSSLSEND=?") == b"\r\n+QSSLSEND: (0-3),(1-1460)\r\n\r\nOK\r\n"
