@@ -50,7 +50,7 @@ class DeviceConfig:
     def item_values(self, table: str, item: str) -> list[str]:
         values = self.items.setdefault(table, {})
         if item not in values:
-            values[item] = list(self.modem.profile[f"{table}.{item}"]["value"])
+            values[item] = list(self.modem.profile[table][item]["value"])
         return values[item]
 
 
@@ -198,37 +198,66 @@ def qcsq(modem, cmd):
 
 # -- AT+QCFG / AT+QURCCFG / AT+QINDCFG: items as profile data -------------------------------
 ITEM_TABLES = {"+QCFG": "qcfg", "+QURCCFG": "qurccfg", "+QINDCFG": "qindcfg"}
-_GROUP = re.compile(r'\((?:[^()"]|"[^"]*")*\)|[^,()]+')
-_CHOICE = re.compile(r'"[^"]*"|[^,]+')
+ITEM_NAME_MAX = 64                    # what the commands read as <item> (Args.str max_len)
+NUMBER_MAX = 12                       # digits of a number in a test form or a value
+_NUMBER = re.compile(r"[0-9]{1,%d}" % NUMBER_MAX)
+_RANGE = re.compile(r"([0-9]{1,%d})-([0-9]{1,%d})" % (NUMBER_MAX, NUMBER_MAX))
+_QUOTED = re.compile(r'"[ !#-~]*"')          # printable ASCII, no double quote inside
+_GROUP = re.compile(r'\((?:[^()"]|"[^"]*")*\)|<[A-Za-z0-9_]+>|[^,]+')
+
+
+class FormError(ValueError):
+    pass
 
 
 def form_groups(test: str) -> list[list[str] | None]:
-    """A test form's parameter groups ('(0-3),("off","on")') as lists of alternatives
-    ('0-3', '"off"', '"on"'); None for a group that is not a list in parentheses
-    (a placeholder such as <gsmbandval>: not checked)."""
+    """A test form's parameter groups, one per parameter: '(0-3),("off","on"),<mask>' ->
+    [['0-3'], ['"off"', '"on"'], None].  Each alternative is a number, a range a-b or a
+    quoted string; a <placeholder> (None) takes letters and digits (a band mask) or a
+    quoted printable string.  FormError for anything else (an unbalanced group, an empty
+    one, a bare word)."""
     groups: list[list[str] | None] = []
     for group in _GROUP.findall(test):
-        group = group.strip()
-        groups.append([c.strip() for c in _CHOICE.findall(group[1:-1])]
-                      if group.startswith("(") and group.endswith(")") else None)
+        if group.startswith("<"):
+            groups.append(None)
+            continue
+        if not (group.startswith("(") and group.endswith(")")):
+            raise FormError(f"{group!r} is neither (choices) nor <placeholder>")
+        choices = re.findall(r'"[^"]*"|[^,]+', group[1:-1])
+        for choice in choices:
+            if not (_NUMBER.fullmatch(choice) or _QUOTED.fullmatch(choice)
+                    or ((m := _RANGE.fullmatch(choice)) and int(m[1]) <= int(m[2]))):
+                raise FormError(f"{choice!r} in {group} is not a number, a range or a quoted string")
+        if not choices:
+            raise FormError(f"{group} allows nothing")
+        groups.append(choices)
+    if ",".join(_GROUP.findall(test)) != test:
+        raise FormError(f"{test!r} is not a list of (choices) and <placeholders>")
     return groups
 
 
 def _canonical(token: str, choices: list[str] | None) -> str | None:
-    """token as the module shows it when the test form's group allows it (a quoted choice
-    in its own spelling: "OFF" is "off"), else None.  A group that is no list takes any
-    number (hex masks such as a band's)."""
+    """token as the module shows it when its group allows it, else None: a quoted choice
+    in its own spelling ("OFF" is "off"), a number without leading zeros (unless the
+    group's numbers are zero-padded, as "00"-"0403"); a placeholder takes letters and
+    digits, or a quoted printable string."""
+    quoted = token.startswith('"')
+    if quoted and not _QUOTED.fullmatch(token):
+        return None
     if choices is None:
-        return token if token.startswith('"') or token.isalnum() else None
+        return token if quoted or (token.isascii() and token.isalnum() and len(token) <= 64) else None
+    if quoted:
+        return next((c for c in choices if c.upper() == token.upper()), None)
+    if not _NUMBER.fullmatch(token):
+        return None
     for choice in choices:
-        if choice.startswith('"') or not token.isdigit():
-            if token.upper() == choice.upper():
-                return choice
+        if choice.startswith('"'):
             continue
-        lo, sep, hi = choice.partition("-")
-        hi = hi if sep else lo
-        if lo.isdigit() and hi.isdigit() and int(lo) <= int(token) <= int(hi):
-            return str(int(token)).zfill(len(lo)) if len(lo) == len(hi) and lo.startswith("0") else str(int(token))
+        lo, _, hi = choice.partition("-")
+        hi = hi or lo
+        if int(lo) <= int(token) <= int(hi):
+            padded = len(lo) == len(hi) and lo.startswith("0") and len(lo) > 1
+            return str(int(token)).zfill(len(lo)) if padded else str(int(token))
     return None
 
 
@@ -238,7 +267,7 @@ def _item_command(name: str, table: str) -> None:
         return [f'{name}: "{item}",{spec["test"]}' for item, spec in items.items()]
 
     def write(modem, cmd):
-        item = Args(cmd).str(0, quoted=True, max_len=64)
+        item = Args(cmd).str(0, quoted=True, max_len=ITEM_NAME_MAX)
         items = modem.profile[table]
         item = next((k for k in items if k.lower() == item.lower()), None)
         if item is None:

@@ -141,9 +141,9 @@ def _hex_id(v: Any) -> str | None:
 
 def _item(v: Any) -> str | None:
     """An AT+QCFG-style item (emulator/commands/device.py): value = the wire tokens its read
-    form shows ('"pulse"', "120"), test = its test form's groups, extra = how many more
-    parameters a write takes and does not show (<effect>, <savetonvram>)."""
-    from emulator.commands.device import _canonical, form_groups
+    form shows ('"pulse"', "120"), test = its test form's groups, one per parameter, extra =
+    how many more parameters a write takes and does not show (<effect>, <savetonvram>)."""
+    from emulator.commands.device import FormError, _canonical, form_groups
     if not isinstance(v, dict):
         return f"must be a table {{ value = [...], test = \"...\" }}, got {v!r}"
     unknown = sorted(set(v) - {"value", "test", "extra"})
@@ -155,14 +155,34 @@ def _item(v: Any) -> str | None:
     why = _list(_wire, 1, 16)(v["value"]) or _wire(v["test"]) or _int(0, 4)(v.get("extra", 0))
     if why:
         return why
-    groups = form_groups(v["test"])
-    for i, token in enumerate(v["value"]):
-        quoted = token.startswith('"') and token.endswith('"') and len(token) >= 2 and '"' not in token[1:-1]
-        if not (quoted or (token.isalnum() and token.isascii())):
-            return f"value {token!r}: a quoted string or letters and digits"
-        if _canonical(token, groups[i] if i < len(groups) else None) != token:
-            return f"value {token!r} is not one the test form {v['test']!r} allows"
+    try:
+        groups = form_groups(v["test"])
+    except FormError as exc:
+        return f"test {v['test']!r}: {exc}"
+    if len(groups) != len(v["value"]) + v.get("extra", 0):
+        return (f"test {v['test']!r} has {len(groups)} groups for {len(v['value'])} values and "
+                f"{v.get('extra', 0)} extra parameters (one group each)")
+    for token, group in zip(v["value"], groups):
+        if _canonical(token, group) != token:
+            return f"value {token!r} is not one the test form {v['test']!r} allows (as the module shows it)"
     return None
+
+
+def _items(v: Any) -> str | None:
+    """An item table: names the commands can address (printable ASCII without quotes or
+    '.', at most ITEM_NAME_MAX, unique without regard to case), each an _item."""
+    from emulator.commands.device import ITEM_NAME_MAX
+    if not isinstance(v, dict):
+        return f"must be a table, got {v!r}"
+    seen: set[str] = set()
+    for name in v:
+        why = _quoted(name)
+        if why or "." in name or not 1 <= len(name) <= ITEM_NAME_MAX:
+            return f"item name {name!r}: 1-{ITEM_NAME_MAX} printable ASCII characters, no '\"' or '.'"
+        if name.lower() in seen:
+            return f"item name {name!r}: listed twice (names are case-insensitive)"
+        seen.add(name.lower())
+    return _table(_item)(v)
 
 
 def _table(value: Callable) -> Callable:
@@ -263,9 +283,9 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "network.lte_signal": (False, _list(_int(-200, 255), 3, 3)),   # AT+QCSQ <rsrp>,<sinr>,<rsrq>
     "device.battery": (False, _list(_int(0, 100_000), 3, 3)),     # AT+CBC <bcs>,<bcl>,<voltage mV>
     # AT+QCFG / AT+QURCCFG / AT+QINDCFG items: "<item>" = { value, test[, extra] }.
-    "qcfg": (False, _table(_item)),
-    "qurccfg": (False, _table(_item)),
-    "qindcfg": (False, _table(_item)),
+    "qcfg": (False, _items),
+    "qurccfg": (False, _items),
+    "qindcfg": (False, _items),
     "commands": (True, _table(_str)),
     "cme_text": (False, _table(_wire)),
 }
