@@ -27,6 +27,7 @@ from emulator.at.mode import Event, IllegalTransition, Mode, next_mode
 from emulator.at.parser import Command, Malformed, parse_line
 from emulator.at.registry import TABLE
 from emulator.at.responses import Cme, CommandError, DataRequest, OnlineLink, Response, Text, cme_code
+from emulator.io.transport import HIGH_WATER
 from emulator.logsafe import get_logger, loggable, redact
 from emulator.modem.profile import response_delay_name
 
@@ -76,6 +77,8 @@ class Interpreter:
         self._urcs: list[tuple[bytes, object]] = []    # (framed URC, what it is about)
         self._last_line: bytes | None = None
         modem.on("reset", self._rebooted)              # (A/ repeats nothing, no stale URCs)
+        self._held_for_output = False    # host input not taken until the host reads (AT+IFC)
+        modem.on("output_drained", self._output_drained)
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
         # Command name ("+QSSLOPEN") -> seconds its final answer is held back (the
@@ -166,6 +169,9 @@ class Interpreter:
         self._guarded(self._hangup)
 
     def _hangup(self) -> None:
+        if self._held_for_output:        # its unread output goes with the host
+            self._held_for_output = False
+            self.modem.resume_input()
         if self._data is not None:
             log.info("host closed the port during a data prompt: %d bytes discarded",
                      len(self._data.buf))
@@ -192,6 +198,8 @@ class Interpreter:
     def _pump(self) -> None:
         while self._inbox:
             if self.mode is Mode.COMMAND:
+                if self._output_stalled():
+                    break
                 self._lex_some()
             elif self.mode is Mode.DATA:
                 self._feed_data()
@@ -200,6 +208,26 @@ class Interpreter:
             else:        # PENDING: input waits for the answer
                 break
         self._settle()
+
+    def _output_stalled(self) -> bool:
+        """With AT+IFC=<x>,2 the module may hold the host back (CTS): once more than
+        HIGH_WATER bytes of its output wait unread, it takes no more command input until
+        the host has read them (output_drained), so answers carrying socket or file data
+        are never dropped for a host that pipelines commands and reads late.  Without it
+        the port behaves as a UART without flow control (serial.output_backlog)."""
+        if self._held_for_output:
+            return True
+        if self.modem.settings.ifc[1] != 2 or self.modem.output_backlog() <= HIGH_WATER:
+            return False
+        self._held_for_output = True
+        self.modem.pause_input()
+        return True
+
+    def _output_drained(self) -> None:
+        if self._held_for_output:
+            self._held_for_output = False
+            self.modem.resume_input()
+            self._guarded(self._pump)
 
     def _lex_some(self) -> None:
         s = self.modem.settings

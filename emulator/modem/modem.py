@@ -49,6 +49,8 @@ class Modem:
         self._boot = None                 # the start-up URCs' timer while a restart is on
         self.pdp = PdpTable(profile)
         self._features: dict[str, object] = {}
+        self._drain_waiters: list = []    # drained() futures
+        self.hangups = 0                  # host hang-ups so far (a streamed answer stops at one)
         self._listeners: dict[str, list[Callable]] = defaultdict(list)
         self._sink: Callable[[bytes], None] | None = None
         self._reading: Callable[[bool], None] | None = None
@@ -115,12 +117,29 @@ class Modem:
 
     def host_hangup(self) -> None:
         """The host closed the port (transport callback)."""
+        self.hangups += 1
+        self._wake_drain_waiters()
         self.interpreter.hangup()
         self.emit("hangup")
 
     def output_drained(self) -> None:
         """The host caught up with a large output backlog (transport callback)."""
+        self._wake_drain_waiters()
         self.emit("output_drained")
+
+    def drained(self) -> "asyncio.Future[None]":
+        """Resolved when the host has read the output backlog down (output_drained) or
+        has closed the port (its unread output is gone with it): what a command that
+        streams a long answer waits for between pieces."""
+        future = self.loop.create_future()
+        self._drain_waiters.append(future)
+        return future
+
+    def _wake_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
 
     def feed(self, data: bytes) -> None:
         self.interpreter.feed(data)

@@ -199,3 +199,37 @@ def test_test_forms(ec2x):
 
 def test_file_commands_absent_on_ml302(ml302):
     assert ml302.at("AT+QFLST") == b"\r\nERROR\r\n"
+
+
+BIG = os.urandom(1_300_000)           # more than serial.output_backlog (1 MiB)
+
+
+def test_a_download_larger_than_the_output_bound_arrives_whole_in_atv0_framing(ec2x):
+    """AT+QFDWL of a large file goes out piece by piece as the host reads (never cut at the
+    output bound), framed as a small one is: ATV0 "1<CR>", data, CR LF, +QFDWL, "0<CR>"."""
+    assert ec2x.upload("big.bin", BIG).endswith(b"\r\nOK\r\n")
+    ec2x.write("ATV0\r")
+    assert ec2x.read_exactly(2) == b"0\r"
+    ec2x.write('AT+QFDWL="big.bin"\r')
+    expected = b"1\r" + BIG + f"\r\n+QFDWL: {len(BIG)},{cs(BIG)}\r\n0\r".encode()
+    assert ec2x.read_exactly(len(expected), timeout=30) == expected
+    assert ec2x.at("ATV1") == b"\r\nOK\r\n"          # (the port was free again)
+
+
+def test_a_hang_up_during_a_download_ends_it_and_the_next_host_gets_none_of_it(open_modem, emulator):
+    host, port = open_modem("ec2x")
+    assert host.upload("big.bin", BIG).endswith(b"\r\nOK\r\n")
+    host.write('AT+QFDWL="big.bin"\r')
+    assert host.read_until(b"\r\nCONNECT\r\n") == b"\r\nCONNECT\r\n"
+    host.read_exactly(100_000)                   # some of it, then the host goes away
+    host.close()
+    from emulator.testing.host import Host
+    from tests.e2e.socket_support import wait_for
+    wait_for(lambda: emulator.run(lambda: port.modem.interpreter.mode) is Mode.COMMAND,
+             what="the download ended")
+    nxt = Host(port.path)
+    try:
+        assert nxt.at("AT") == b"\r\nOK\r\n"            # no piece of the file before it
+        assert nxt.quiet_for(0.3) == b""
+    finally:
+        nxt.close()

@@ -4,6 +4,7 @@ lines a host could forge or fill with secrets."""
 from __future__ import annotations
 
 import logging
+import threading
 import re
 import time
 
@@ -201,3 +202,30 @@ def test_qigeterror_after_a_form_the_command_lacks(ec2x, line):
     assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operation successful\r\n\r\nOK\r\n"
     assert ec2x.at(line) == b"\r\nERROR\r\n"
     assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 552,invalid parameter\r\n\r\nOK\r\n"
+
+
+def test_flow_controlled_port_holds_input_then_a_hang_up_frees_it(emulator, tmp_path):
+    """AT+IFC=2,2: a host that pipelines commands and does not read is held back (no more
+    input taken past 64 KiB of unread output, nothing dropped); when it closes the port,
+    the next host is heard at once."""
+    from emulator.testing.host import Host
+    from tests.e2e.socket_support import wait_for
+    port = emulator.add_modem("ec2x", state_dir=tmp_path / "s")
+    host = Host(port.path)
+    assert host.at("ATE0;+IFC=2,2").endswith(b"\r\nOK\r\n")
+    ati = b"ATI\r" * 3000                               # ~100 KB of answers
+    writer = threading.Thread(target=host.write, args=(ati,), daemon=True)
+    writer.start()
+    wait_for(lambda: emulator.run(lambda: port.port.backlog) > 64 * 1024, what="a backlog")
+    time.sleep(0.2)
+    held = emulator.run(lambda: port.port.backlog)
+    assert held < 64 * 1024 + 200                       # stopped at the first answer past 64 KiB
+    assert emulator.run(lambda: port.modem.interpreter._held_for_output)
+    host.close()
+    writer.join(5)
+    wait_for(lambda: not emulator.run(lambda: port.port.attached), what="the modem saw the hang-up")
+    nxt = Host(port.path)
+    try:
+        assert nxt.at("AT", timeout=5) == b"\r\nOK\r\n"
+    finally:
+        nxt.close()

@@ -335,6 +335,10 @@ class TlsConnection:
     def _run_handler(self) -> None:
         try:
             self._drain()                      # our last handshake flight, before the handler
+            # Application data that came with the client's last flight (its Finished and a
+            # first record in one segment, as after a resumed handshake) are already in
+            # the TLS object: recv() must find them, not wait for bytes that never come.
+            self._unread += self._decrypt()
             self._handler(self)
         except ServerStopped:
             self._end("server stopped")
