@@ -89,30 +89,25 @@ def cscs_read(modem, cmd):
     return ok(f'+CSCS: "{device(modem).cscs}"')
 
 
-@command("+CTZU", WRITE, test="+CTZU: (" + ",".join(map(str, CTZU_VALUES)) + ")")
-def ctzu_write(modem, cmd):
-    args = Args(cmd, error=Cme(50), at_most=1)
-    value = args.int(0, 0, 3)
-    if value not in CTZU_VALUES:
-        raise CommandError(Cme(50), f"AT+CTZU={value}: only {CTZU_VALUES}")
-    device(modem).ctzu = value
-    return ok()
+def _kept(name: str, attr: str, values: tuple[int, ...], test: str, error=Cme(50)) -> None:
+    """AT<name>=<n> keeps one of `values` (DeviceConfig.<attr>); AT<name>? shows it."""
+    def write(modem, cmd):
+        value = Args(cmd, error=error, at_most=1).int(0, 0, max(values))
+        if value not in values:
+            raise CommandError(error, f"AT{name}={value}: only {test}")
+        setattr(device(modem), attr, value)
+        return ok()
+
+    def read(modem, cmd):
+        return ok(f"{name}: {getattr(device(modem), attr)}")
+
+    command(name, WRITE, test=f"{name}: {test}")(write)
+    command(name, READ)(read)
 
 
-@command("+CTZU", READ)
-def ctzu_read(modem, cmd):
-    return ok(f"+CTZU: {device(modem).ctzu}")
-
-
-@command("+CTZR", WRITE, test="+CTZR: (0-2)")
-def ctzr_write(modem, cmd):
-    device(modem).ctzr = Args(cmd, error=Cme(50), at_most=1).int(0, 0, 2)
-    return ok()
-
-
-@command("+CTZR", READ)
-def ctzr_read(modem, cmd):
-    return ok(f"+CTZR: {device(modem).ctzr}")
+_kept("+CTZU", "ctzu", CTZU_VALUES, "(" + ",".join(map(str, CTZU_VALUES)) + ")")
+_kept("+CTZR", "ctzr", (0, 1, 2), "(0-2)")
+_kept("+QSCLK", "qsclk", (0, 1), "(0,1)", error="ERROR")     # (no +CME code documented)
 
 
 @command("+QLTS", EXEC, WRITE, test="+QLTS: (0-2)")
@@ -149,17 +144,6 @@ def cpas(modem, cmd):
 def cbc(modem, cmd):
     bcs, bcl, millivolts = modem.profile["device.battery"]
     return ok(f"+CBC: {bcs},{bcl},{millivolts}")
-
-
-@command("+QSCLK", WRITE, test="+QSCLK: (0,1)")
-def qsclk_write(modem, cmd):
-    device(modem).qsclk = Args(cmd, at_most=1).int(0, 0, 1)
-    return ok()
-
-
-@command("+QSCLK", READ)
-def qsclk_read(modem, cmd):
-    return ok(f"+QSCLK: {device(modem).qsclk}")
 
 
 @command("+QNWINFO", EXEC)
