@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = get_logger("emulator.at")
 _S_REGISTER = re.compile(r"^S\d+$")
 MAX_WAITING_INPUT = 1 << 20      # host bytes held while a command is pending
+PACED_PIECE = 64 * 1024          # what a paced answer writes at a time
 
 
 class _Pending:
@@ -335,6 +336,14 @@ class Interpreter:
         """Write a response (in command mode); True when the line may go on with its
         next command.  after_line: the response answers a command line (not a data
         handler), so a data prompt it opens may meet that line's late LF."""
+        if response.paced and response.lines:
+            framed = framing.lines(response.lines, self.modem.settings)
+            if self.modem.output_backlog() + len(framed) > HIGH_WATER:
+                self._after.extend(response.after)
+                self._await(self._write_paced(framed, response.final), after_line)
+                return False
+            response = dataclasses.replace(response, lines=[], paced=False)
+            self.modem.write(framed)
         self._write_lines(response.lines)
         self._after.extend(response.after)
         if response.pending is not None:
@@ -360,6 +369,19 @@ class Interpreter:
             self._run_then(response.then)
         self._write_after()
         return False
+
+    async def _write_paced(self, framed: bytes, final) -> Response:
+        """A paced answer's bytes, PACED_PIECE at a time whenever no more than HIGH_WATER
+        wait unread; then its final result (as a pending command's answer)."""
+        modem, host = self.modem, self.modem.hangups
+        view = memoryview(framed)
+        for start in range(0, len(view), PACED_PIECE):
+            while modem.output_backlog() > HIGH_WATER and modem.hangups == host:
+                await modem.drained()
+            if modem.hangups != host:
+                break                            # orphaned: the answer is not written
+            modem.write(bytes(view[start:start + PACED_PIECE]))
+        return Response([], final)
 
     def _await(self, awaitable, after_line: bool) -> None:
         pending = _Pending(after_line, self._raw)

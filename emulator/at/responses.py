@@ -118,6 +118,10 @@ class Response:
     # `then` runs after the final even when it is OK (a reboot: OK, framed with the
     # settings it was asked with, then the module restarts).
     ends_line: bool = False
+    # The lines go out as the host reads them, a piece whenever little output waits (a
+    # long answer: AT+QFDWL's file), the port busy until the final result; a hang-up
+    # ends them (the rest is not for the next host).  Short ones are written at once.
+    paced: bool = False
 
 
 def ok(*lines: Line) -> Response:

@@ -38,12 +38,10 @@ Behaviour chosen where the note is silent or ambiguous (docs/behaviour.md):
 """
 from __future__ import annotations
 
-from emulator.at import framing
 from emulator.at.args import Args
 from emulator.at.parser import EXEC, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import CONNECT, Cme, CommandError, DataRequest, Prompt, Raw, Response, ok
-from emulator.io.transport import HIGH_WATER
 from emulator.storage.checksum import format_checksum, xor16
 
 # A FileError (emulator.storage.vfs) carries its +CME code: handlers let it through
@@ -119,28 +117,9 @@ def qfdwl_write(modem, cmd):
     data = modem.files.read(args.str(0, max_len=1000))
     # Framed by the interpreter: "\r\nCONNECT\r\n<data>\r\n+QFDWL: ...\r\n" in ATV1,
     # "1\r<data>\r\n+QFDWL: ...\r\n" in ATV0 (CONNECT glued to the data), no CONNECT in ATQ1.
-    lines = [CONNECT, Raw(data), f"+QFDWL: {len(data)},{format_checksum(xor16(data))}"]
-    if len(data) <= DOWNLOAD_PIECE:
-        return ok(*lines)
-    # A large file goes out as the host reads it, as through a UART: a piece whenever the
-    # unread output is below HIGH_WATER.  Written at once, past serial.output_backlog it
-    # would be cut; the port stays busy (host input waits) until the last piece and OK.
-    return Response([], None, pending=_download(modem, framing.lines(lines, modem.settings)))
-
-
-DOWNLOAD_PIECE = 64 * 1024
-
-
-async def _download(modem, framed: bytes) -> Response:
-    view = memoryview(framed)
-    host = modem.hangups                  # the host that asked (a hang-up ends its download)
-    for start in range(0, len(view), DOWNLOAD_PIECE):
-        while modem.output_backlog() > HIGH_WATER and modem.hangups == host:
-            await modem.drained()
-        if modem.hangups != host:
-            break                         # the rest is not written to the next host
-        modem.write(bytes(view[start:start + DOWNLOAD_PIECE]))
-    return ok()
+    # Paced: a file larger than the output bound (serial.output_backlog) would be cut if
+    # written at once; it goes out as the host reads it, as through a UART.
+    return Response([CONNECT, Raw(data), f"+QFDWL: {len(data)},{format_checksum(xor16(data))}"], paced=True)
 
 
 @command("+QFLDS", WRITE)
