@@ -172,7 +172,7 @@ class Interpreter:
     def _hangup(self) -> None:
         if self._held_for_output:        # its unread output goes with the host
             self._held_for_output = False
-            self.modem.resume_input()
+            self.modem.resume_input("output")
         if self._data is not None:
             log.info("host closed the port during a data prompt: %d bytes discarded",
                      len(self._data.buf))
@@ -221,13 +221,13 @@ class Interpreter:
         if self.modem.settings.ifc[1] != 2 or self.modem.output_backlog() <= HIGH_WATER:
             return False
         self._held_for_output = True
-        self.modem.pause_input()
+        self.modem.pause_input("output")
         return True
 
     def _output_drained(self) -> None:
         if self._held_for_output:
             self._held_for_output = False
-            self.modem.resume_input()
+            self.modem.resume_input("output")
             self._guarded(self._pump)
 
     def _lex_some(self) -> None:
@@ -337,10 +337,13 @@ class Interpreter:
         next command.  after_line: the response answers a command line (not a data
         handler), so a data prompt it opens may meet that line's late LF."""
         if response.paced and response.lines:
+            assert response.data is None and response.online is None and response.pending is None, \
+                "a paced answer ends with a final result"
             framed = framing.lines(response.lines, self.modem.settings)
             if self.modem.output_backlog() + len(framed) > HIGH_WATER:
                 self._after.extend(response.after)
-                self._await(self._write_paced(framed, response.final), after_line)
+                rest = dataclasses.replace(response, lines=[], after=[], paced=False)
+                self._await(self._write_paced(framed, rest), after_line)
                 return False
             response = dataclasses.replace(response, lines=[], paced=False)
             self.modem.write(framed)
@@ -370,18 +373,19 @@ class Interpreter:
         self._write_after()
         return False
 
-    async def _write_paced(self, framed: bytes, final) -> Response:
+    async def _write_paced(self, framed: bytes, rest: Response) -> Response:
         """A paced answer's bytes, PACED_PIECE at a time whenever no more than HIGH_WATER
-        wait unread; then its final result (as a pending command's answer)."""
-        modem, host = self.modem, self.modem.hangups
+        wait unread; then the rest of it (its final result) as a pending command's answer.
+        A hang-up or a restart ends it: the rest is not for the host after it."""
+        modem, epoch = self.modem, self.modem.epoch
         view = memoryview(framed)
         for start in range(0, len(view), PACED_PIECE):
-            while modem.output_backlog() > HIGH_WATER and modem.hangups == host:
+            while modem.output_backlog() > HIGH_WATER and modem.epoch == epoch:
                 await modem.drained()
-            if modem.hangups != host:
-                break                            # orphaned: the answer is not written
+            if modem.epoch != epoch:
+                return Response([], None)         # (after a hang-up it is orphaned anyway)
             modem.write(bytes(view[start:start + PACED_PIECE]))
-        return Response([], final)
+        return rest
 
     def _await(self, awaitable, after_line: bool) -> None:
         pending = _Pending(after_line, self._raw)

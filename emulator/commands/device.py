@@ -23,16 +23,12 @@ from emulator.modem.registration import registration
 # plugin asks AT+CTZU=? and sends 3 when it is listed, as an EC25 lists it).
 CTZU_VALUES = (0, 1, 3)
 CHARSETS = ("GSM", "IRA", "UCS2")
-# AT+QCSQ <sysmode> by the profile's network.act (27.007 <AcT>).
-SYSMODE = {0: "GSM", 1: "GSM", 3: "GSM", 2: "WCDMA", 4: "WCDMA", 5: "WCDMA", 6: "WCDMA",
-           7: "LTE", 8: "eMTC", 9: "NBIoT"}
-LTE_MODES = ("LTE", "eMTC", "NBIoT")
 
 
 class DeviceConfig:
     """What these commands set.  The module keeps AT+CTZU, AT+QSCLK and the AT+QCFG /
     AT+QURCCFG / AT+QINDCFG items in its NV (here: across AT+CFUN=1,1, not across a
-    restart of the emulator); AT+CTZR, AT+CSCS and ATX start again from their defaults."""
+    restart of the emulator); AT+CTZR and AT+CSCS start again from their defaults."""
 
     def __init__(self, modem) -> None:
         self.modem = modem
@@ -45,7 +41,6 @@ class DeviceConfig:
     def _volatile(self) -> None:
         self.ctzr = 0
         self.cscs = "GSM"
-        self.x = 4
 
     def item_values(self, table: str, item: str) -> list[str]:
         values = self.items.setdefault(table, {})
@@ -68,8 +63,9 @@ def hang_up(modem, cmd):
 
 @command("X", EXEC)
 def result_codes(modem, cmd):
-    """ATX<0-4>: which CONNECT / BUSY / NO DIALTONE codes a dial reports; kept (no dialling here)."""
-    device(modem).x = Args(cmd).int(0, 0, 4, default=0)
+    """ATX<0-4>: which CONNECT / BUSY / NO DIALTONE codes a dial reports: accepted, no
+    effect (nothing here dials)."""
+    Args(cmd).int(0, 0, 4, default=0)
     return ok()
 
 
@@ -127,7 +123,7 @@ def qlts(modem, cmd):
 # -- identity and status -------------------------------------------------------------------
 @command("+GCAP", EXEC)
 def gcap(modem, cmd):
-    return ok(f"+GCAP: {modem.profile.get('identity.gcap', '+CGSM')}")
+    return ok(f"+GCAP: {modem.profile['identity.gcap']}")
 
 
 @command("+QGMR", EXEC)
@@ -167,17 +163,13 @@ def qspn(modem, cmd):
 
 @command("+QCSQ", EXEC)
 def qcsq(modem, cmd):
-    """<sysmode>,<rssi dBm>[,<rsrp>,<sinr>,<rsrq>]: the RSSI from the profile's AT+CSQ,
-    the LTE figures from network.lte_signal."""
+    """The profile's network.qcsq line ('"LTE",{rssi},<rsrp>,<sinr>,<rsrq>': its system
+    mode and figures are the module's), {rssi} in dBm from the profile's AT+CSQ."""
     if not registration(modem).registered():
         return ok('+QCSQ: "NOSERVICE"')
-    sysmode = SYSMODE.get(modem.profile["network.act"], "LTE")
     csq = modem.profile["network.csq"][0]
     rssi = -113 + 2 * min(csq, 31) if csq != 99 else -113
-    if sysmode not in LTE_MODES:
-        return ok(f'+QCSQ: "{sysmode}",{rssi}')
-    rsrp, sinr, rsrq = modem.profile["network.lte_signal"]
-    return ok(f'+QCSQ: "{sysmode}",{rssi},{rsrp},{sinr},{rsrq}')
+    return ok("+QCSQ: " + modem.profile["network.qcsq"].format(rssi=rssi))
 
 
 # -- AT+QCFG / AT+QURCCFG / AT+QINDCFG: items as profile data -------------------------------
@@ -222,9 +214,10 @@ def form_groups(test: str) -> list[list[str] | None]:
 
 def _canonical(token: str, choices: list[str] | None) -> str | None:
     """token as the module shows it when its group allows it, else None: a quoted choice
-    in its own spelling ("OFF" is "off"), a number without leading zeros (unless the
-    group's numbers are zero-padded, as "00"-"0403"); a placeholder takes letters and
-    digits, or a quoted printable string."""
+    in its own spelling ("OFF" is "off"), a number without leading zeros, unless the
+    group's are zero-padded ("00"-"0403": from as many digits as its low bound to as many
+    as its high one, kept as given); a placeholder takes letters and digits, or a quoted
+    printable string."""
     quoted = token.startswith('"')
     if quoted and not _QUOTED.fullmatch(token):
         return None
@@ -240,8 +233,9 @@ def _canonical(token: str, choices: list[str] | None) -> str | None:
         lo, _, hi = choice.partition("-")
         hi = hi or lo
         if int(lo) <= int(token) <= int(hi):
-            padded = len(lo) == len(hi) and lo.startswith("0") and len(lo) > 1
-            return str(int(token)).zfill(len(lo)) if padded else str(int(token))
+            if len(lo) > 1 and lo.startswith("0"):     # zero-padded ("00"-"0403"): digits as given
+                return token if len(lo) <= len(token) <= len(hi) else None
+            return str(int(token))
     return None
 
 

@@ -241,6 +241,7 @@ class PtyPort:
         dropped = len(self._out)
         self._out.clear()
         self._dropped = 0
+        self._above_high_water = False    # (no drain to report to the next host)
         if self._switch is not None:
             self._apply_switch()
         self._discard_unread_output()

@@ -50,7 +50,10 @@ class Modem:
         self.pdp = PdpTable(profile)
         self._features: dict[str, object] = {}
         self._drain_waiters: list = []    # drained() futures
-        self.hangups = 0                  # host hang-ups so far (a streamed answer stops at one)
+        # Hang-ups and restarts so far: what was under way for the host before one (a paced
+        # answer) is not for the host after it.
+        self.epoch = 0
+        self._input_holds: set[str] = set()    # who holds the host's input back (pause_input)
         self._listeners: dict[str, list[Callable]] = defaultdict(list)
         self._sink: Callable[[bytes], None] | None = None
         self._reading: Callable[[bool], None] | None = None
@@ -95,14 +98,17 @@ class Modem:
         task = asyncio.ensure_future(awaitable, loop=self.loop)
         task.add_done_callback(lambda t: None if t.cancelled() else on_done(t.result))
 
-    def pause_input(self) -> None:
-        """Stop reading the host's bytes (the connection they go to is full): the pty's
-        own buffer then holds the host back, as RTS/CTS would on a UART."""
+    def pause_input(self, owner: str) -> None:
+        """Stop reading the host's bytes (owner: "online", a connection that is full;
+        "output", a host that must read first): the pty's own buffer then holds the host
+        back, as RTS/CTS would on a UART.  Reading goes on when no owner holds it."""
+        self._input_holds.add(owner)
         if self._reading is not None:
             self._reading(False)
 
-    def resume_input(self) -> None:
-        if self._reading is not None:
+    def resume_input(self, owner: str) -> None:
+        self._input_holds.discard(owner)
+        if self._reading is not None and not self._input_holds:
             self._reading(True)
 
     def set_dtr(self, level: int) -> None:
@@ -117,7 +123,7 @@ class Modem:
 
     def host_hangup(self) -> None:
         """The host closed the port (transport callback)."""
-        self.hangups += 1
+        self.epoch += 1
         self._wake_drain_waiters()
         self.interpreter.hangup()
         self.emit("hangup")
@@ -128,9 +134,9 @@ class Modem:
         self.emit("output_drained")
 
     def drained(self) -> "asyncio.Future[None]":
-        """Resolved when the host has read the output backlog down (output_drained) or
-        has closed the port (its unread output is gone with it): what a command that
-        streams a long answer waits for between pieces."""
+        """Resolved when the host has read the output backlog down (output_drained), has
+        closed the port (its unread output is gone with it) or the module restarted: what
+        a paced answer waits for between pieces."""
         future = self.loop.create_future()
         self._drain_waiters.append(future)
         return future
@@ -237,6 +243,8 @@ class Modem:
         if self._boot is not None:
             self._boot.cancel()
             self._boot = None
+        self.epoch += 1
+        self._wake_drain_waiters()
         self.emit("reset")
         self.pdp.deactivate_all()
         self.restore_saved_settings()

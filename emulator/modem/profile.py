@@ -227,7 +227,9 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "serial.lf_window_ms": (False, _int(0, 1000)),
     # Bytes the host has not read yet, past which the oldest are dropped (a UART whose
     # receiver stalls loses them too).
-    "serial.output_backlog": (False, _int(4096, 1 << 30)),
+    # At least what a paced answer (64 KiB waiting + a 64 KiB piece) and a held AT+IFC
+    # port's last command line may queue, or "never dropped" would not hold.
+    "serial.output_backlog": (False, _int(256 * 1024, 1 << 30)),
     "pdp.first_id": (True, _int(0, 255)),
     "pdp.last_id": (True, _int(0, 255)),
     "pdp.address_pool": (True, _ipv4),
@@ -275,12 +277,12 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "timing.response_delay_ms": (False, _table(_int(0, 600_000))),
     # What the device commands report (emulator/commands/device.py), needed where the
     # profile lists the command (COMMAND_NEEDS).
-    "identity.gcap": (False, _wire),                   # AT+GCAP's list; absent: +CGSM
+    "identity.gcap": (False, _wire),                   # AT+GCAP's list ("+CGSM")
     "identity.firmware": (False, _wire),               # AT+QGMR; absent: identity.revision
     "network.rat": (False, _quoted),                   # AT+QNWINFO <act> ("FDD LTE")
     "network.band": (False, _quoted),                  # AT+QNWINFO <band> ("LTE BAND 3")
     "network.channel": (False, _int(0, 1 << 20)),      # AT+QNWINFO <channel> (EARFCN)
-    "network.lte_signal": (False, _list(_int(-200, 255), 3, 3)),   # AT+QCSQ <rsrp>,<sinr>,<rsrq>
+    "network.qcsq": (False, _template("rssi")),        # AT+QCSQ's line after "+QCSQ: "
     "device.battery": (False, _list(_int(0, 100_000), 3, 3)),     # AT+CBC <bcs>,<bcl>,<voltage mV>
     # AT+QCFG / AT+QURCCFG / AT+QINDCFG items: "<item>" = { value, test[, extra] }.
     "qcfg": (False, _items),
@@ -423,7 +425,8 @@ def check_tcpip(data: dict, path: Path) -> None:
 # Commands whose answers come from profile keys that are optional otherwise.
 COMMAND_NEEDS = {
     "+QNWINFO": ("network.rat", "network.band", "network.channel"),
-    "+QCSQ": ("network.lte_signal",),
+    "+QCSQ": ("network.qcsq",),
+    "+GCAP": ("identity.gcap",),
     "+CBC": ("device.battery",),
     "+QCFG": ("qcfg",),
     "+QURCCFG": ("qurccfg",),

@@ -330,12 +330,12 @@ class SocketLink:
         self.sock.send(data)
         if self.sock.send_backlog() > self.limit and not self._input_paused:
             self._input_paused = True
-            self.delivery.svc.modem.pause_input()
+            self.delivery.svc.modem.pause_input("online")
 
     def _writable(self) -> None:
         if self._input_paused:
             self._input_paused = False
-            self.delivery.svc.modem.resume_input()
+            self.delivery.svc.modem.resume_input("online")
 
     def release_input(self) -> None:
         """The port reads again if this link paused it (the link is going away)."""

@@ -16,7 +16,7 @@ from emulator.modem.profile import PROFILE_DIR, ProfileError, load_profile
 OK = b"\r\nOK\r\n"
 ERROR = b"\r\nERROR\r\n"
 EC2X = (PROFILE_DIR / "ec2x.toml").read_text()
-ANCHOR = '"cmux/urcport" = { value = ["0"], test = "(0-4)" }\n'
+ANCHOR = "[qurccfg]\n"          # the [qcfg] table ends here: extra items go before it
 
 
 def answer(*lines: str) -> bytes:
@@ -44,7 +44,8 @@ def clean_log(caplog):
 
 def user_profile(tmp_path, extra_items: str = "", edit: tuple[str, str] | None = None) -> str:
     """The EC2x profile with more [qcfg] items (and one textual edit), as a file."""
-    text = EC2X.replace(ANCHOR, ANCHOR + extra_items, 1)
+    assert ANCHOR in EC2X
+    text = EC2X.replace(ANCHOR, extra_items + "\n" + ANCHOR, 1)
     if edit is not None:
         assert edit[0] in text
         text = text.replace(*edit, 1)
@@ -460,8 +461,11 @@ def test_a_zero_padded_range_and_a_quoted_comma_choice(tmp_path, open_modem, cle
     host, _ = open_modem(user_profile(
         tmp_path, '"pad" = { value = ["05"], test = "(00-99)" }\n'
                   '"sep" = { value = [\'"a,b"\'], test = \'("a,b","c;d")\' }\n'))
-    assert host.at('AT+QCFG="pad",7;+QCFG="pad"') == answer('+QCFG: "pad",07')
-    assert host.at('AT+QCFG="pad",0000099;+QCFG="pad"') == answer('+QCFG: "pad",99')
+    # zero-padded: as many digits as the bounds have, kept as given (a scan sequence "0201")
+    assert host.at('AT+QCFG="pad",07;+QCFG="pad"') == answer('+QCFG: "pad",07')
+    assert host.at('AT+QCFG="pad",7') == ERROR
+    assert host.at('AT+QCFG="pad",0000099') == ERROR
+    assert host.at('AT+QCFG="pad",99;+QCFG="pad"') == answer('+QCFG: "pad",99')
     assert host.at('AT+QCFG="pad",100') == ERROR
     assert host.at('AT+QCFG="sep","C;D";+QCFG="sep"') == answer('+QCFG: "sep","c;d"')
     assert host.at('AT+QCFG="sep","a"') == ERROR

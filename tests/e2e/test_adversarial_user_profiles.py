@@ -93,6 +93,8 @@ REFUSED = [
     ("cipher-not-hex", [('dialect = "quectel"', 'cipher_suites = ["35"]\ndialect = "quectel"')],
      "key ssl.cipher_suites: item 0: must be a hex string like \"0X0035\", got '35'"),
     ("error-code-range", [("dns = 565 ", "dns = 100000 ")], "key ssl.errors: [dns] must be in -1000..1000, got 100000"),
+    ("backlog-below-a-paced-answer", [("output_backlog = 1_048_576", "output_backlog = 65_536")],
+     "key serial.output_backlog: must be in 262144..1073741824, got 65536"),
     ("pool-split", [(SSL_SOCKETS, "sockets = 4")],
      "key tcpip.sockets: 12, but SSL clientIDs and TCP/IP connectIDs are one pool of ssl.sockets = 4"),
     ("ipr-not-a-rate", [("ipr = 115200", "ipr = 1234")],

@@ -83,7 +83,7 @@ def test_network_time_follows_the_modem_clock(ec2x):
 
 def test_identity_and_status_answers(ec2x):
     assert ec2x.at("AT+GCAP") == answer("+GCAP: +CGSM")
-    assert ec2x.at("AT+QGMR") == answer("EC25EFAR06A06M4G")
+    assert ec2x.at("AT+QGMR") == answer("EC25EFAR06A06M4G_01.001.01.001")
     assert ec2x.at("AT+CPAS") == answer("+CPAS: 0")
     assert ec2x.at("AT+CPAS=?") == answer("+CPAS: (0,3,4)")
     assert ec2x.at("AT+CBC") == answer("+CBC: 0,100,3800")
@@ -112,7 +112,7 @@ QCFG_TEST = answer(
     '+QCFG: "urc/ri/other",("off","pulse"),(1-2000),(1-5)',
     '+QCFG: "risignaltype",("respective","physical")',
     '+QCFG: "apready",(0,1),(0,1),(100-3000)',
-    '+QCFG: "cmux/urcport",(0-4)',
+    '+QCFG: "cmux/urcport",(0-4),(0,1)',
 )
 
 
@@ -175,11 +175,11 @@ def test_the_ml302_has_ath_but_not_the_quectel_items(ml302):
 
 # -- the items are data ---------------------------------------------------------------------
 def test_a_user_profile_brings_its_own_items(tmp_path, open_modem):
-    text = EC2X.replace('"cmux/urcport" = { value = ["0"], test = "(0-4)" }',
-                        '"cmux/urcport" = { value = ["0"], test = "(0-4)" }\n'
+    assert "[qurccfg]\n" in EC2X
+    text = EC2X.replace("[qurccfg]\n",
                         '"iotopmode" = { value = ["2"], test = "(0-2),(0,1)", extra = 1 }\n'
                         '"band" = { value = ["0xf", "0x100002000000000f0e189f", "0x10004200000000090e189f"], '
-                        'test = "<gsmbandval>,<emtcbandval>,<nbiotbandval>,(0,1)", extra = 1 }')
+                        'test = "<gsmbandval>,<emtcbandval>,<nbiotbandval>,(0,1)", extra = 1 }\n\n[qurccfg]\n', 1)
     path = tmp_path / "bg96ish.toml"
     path.write_text(text)
     host, _ = open_modem(str(path))
@@ -231,6 +231,8 @@ def test_test_form_groups_and_values():
     assert _canonical("2000", ["1-2000"]) == "2000"
     assert _canonical("2001", ["1-2000"]) is None
     assert _canonical("007", ["0-9"]) == "7"
+    assert _canonical("0201", ["00-0403"]) == "0201"         # a scan sequence: digits as given
+    assert _canonical("00", ["00-0403"]) == "00" and _canonical("5", ["00-0403"]) is None
     assert _canonical('"1"', ["0", "1"]) is None
     assert _canonical("0x1F", None) == "0x1F"
     assert _canonical("1;2", None) is None

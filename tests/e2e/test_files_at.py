@@ -233,3 +233,19 @@ def test_a_hang_up_during_a_download_ends_it_and_the_next_host_gets_none_of_it(o
         assert nxt.quiet_for(0.3) == b""
     finally:
         nxt.close()
+
+
+def test_a_restart_during_a_download_ends_it(open_modem, emulator):
+    """The control API's reboot (the module's power goes) mid-download: the pieces stop, no
+    +QFDWL line or OK follows, the start-up URCs come and the port answers again."""
+    host, port = open_modem("ec2x")
+    assert host.upload("big.bin", BIG).endswith(b"\r\nOK\r\n")
+    host.write('AT+QFDWL="big.bin"\r')
+    assert host.read_until(b"\r\nCONNECT\r\n") == b"\r\nCONNECT\r\n"
+    host.read_exactly(100_000)
+    assert emulator.control("reboot", ms=10)["ok"]
+    rest = host.read_until(b"+QIND: SMS DONE\r\n", timeout=10)
+    assert b"+QFDWL" not in rest and len(rest) < len(BIG) - 100_000
+    assert rest.endswith(b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n")
+    assert host.quiet_for(0.3) == b""
+    assert host.at("AT") == b"AT\r\r\nOK\r\n"           # echo on again: the AT&W set
