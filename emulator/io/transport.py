@@ -165,6 +165,7 @@ class PtyPort:
         self._peers = _join(self)
         self._held = b""                  # read, not yet handed on (stepped aside meanwhile)
         self._hangup_due = False          # write() saw the host gone: _hangup_if_gone is queued
+        self._hup_watch: select.epoll | None = None    # the hang-up, while reading is off
         self._watch_for_host()
 
     @property
@@ -210,6 +211,7 @@ class PtyPort:
         if self._closed or not self.attached:
             return
         if on:
+            self._stop_hangup_watch()
             self.loop.add_reader(self.master, self._readable)
             self._peers.arm(self)
         else:
@@ -218,13 +220,30 @@ class PtyPort:
 
     def _watch_paused(self) -> None:
         """While the host's bytes are held back nothing reads the pty, so its hang-up (an EIO
-        on read) would go unseen and the next host be left unanswered: look for it instead."""
-        if self._closed or not self.attached or self.reading:
+        on read) would go unseen, and a host opening the port right after would be taken
+        for the one that left (its unread answers, its queued commands): an epoll of its
+        own on the master, asking for nothing, reports the hang-up (EPOLLHUP always is) as
+        soon as it happens, as a reader of the loop."""
+        if self._closed or not self.attached or self.reading or self._hup_watch is not None:
             return
         if self._host_gone():
             self._hangup()
             return
-        self.loop.call_later(POLL_INTERVAL, self._watch_paused)
+        watch = self._hup_watch = select.epoll()
+        watch.register(self.master, 0)
+        self.loop.add_reader(watch.fileno(), self._hup_seen)
+
+    def _hup_seen(self) -> None:
+        if self._hup_watch is not None:
+            self._hup_watch.poll(0)
+        if self.attached and not self._closed and self._host_gone():
+            self._hangup()
+
+    def _stop_hangup_watch(self) -> None:
+        watch, self._hup_watch = self._hup_watch, None
+        if watch is not None:
+            self.loop.remove_reader(watch.fileno())
+            watch.close()
 
     def _hangup_if_gone(self) -> None:
         self._hangup_due = False
@@ -232,6 +251,7 @@ class PtyPort:
             self._hangup()
 
     def _hangup(self) -> None:
+        self._stop_hangup_watch()
         self.loop.remove_reader(self.master)
         self.reading = True               # the next host starts with nothing held back
         if self._writing:
@@ -505,6 +525,7 @@ class PtyPort:
             self._timer.cancel()
         if self._noise_timer is not None:
             self._noise_timer.cancel()
+        self._stop_hangup_watch()
         if self.attached:
             self.loop.remove_reader(self.master)
         if self._writing:
