@@ -153,6 +153,15 @@ def ml302_strict(emulator, open_modem, caplog):
     yield from _strict(emulator, caplog, host, port)
 
 
+@pytest.fixture
+def strict_log(caplog):
+    """caplog at INFO; at the end no record may carry a traceback or be an error."""
+    caplog.set_level(logging.INFO)
+    yield caplog
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not bad, [r.getMessage() for r in bad]
+
+
 def _strict(emulator, caplog, host, port):
     caplog.set_level(logging.INFO)
 

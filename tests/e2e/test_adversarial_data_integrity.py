@@ -506,6 +506,33 @@ def test_escape_with_echo_in_flight_then_ato_loses_nothing(modem, emulator, echo
     d.command("AT+QSSLCLOSE=1" if kind == "ssl" else "AT+QICLOSE=1")
 
 
+def until_closed(d: "Demux", cid: int, mode: int, sizes: list[int]) -> bytes:
+    """What socket cid delivered until its "closed" URC (and, buffer mode, what was left to
+    read after it): buffer mode reads with lengths cycling through sizes, push mode collects
+    the pushed data.  The close reported once, last."""
+    got = bytearray()
+    reads = 0
+    deadline = time.monotonic() + 30
+    while cid not in d.closed:
+        assert time.monotonic() < deadline, len(got) + len(d.pushed[cid])
+        if mode == 0:
+            chunk = d.read(cid, sizes[reads % len(sizes)])
+            reads += 1
+            got += chunk
+            if not chunk:
+                d.poll(0.005)
+        else:
+            d.poll(0.01)
+    if mode == 1:
+        got = d.pushed[cid]
+    else:
+        while chunk := d.read(cid, 1499):
+            got += chunk
+    d.poll(0.05)
+    assert d.closed == [cid]
+    return bytes(got)
+
+
 # == 5. a big burst, then the server closes: every byte before the close report ==================
 @pytest.mark.parametrize("records", [[16384], [1] * 50 + [16384, 9000]], ids=["16k", "1byte_then_16k"])
 @pytest.mark.parametrize("ending", ["close_notify", "fin"])
@@ -525,26 +552,8 @@ def test_burst_then_close_every_byte_before_the_close_report(modem, emulator, pk
         else:
             ssl_open(d, 0, mode)
             d.send(0, b"g")
-            got = bytearray()
-            deadline = time.monotonic() + 30
-            while 0 not in d.closed:
-                assert time.monotonic() < deadline, len(got) + len(d.pushed[0])
-                if mode == 0:
-                    chunk = d.read(0, 1500)
-                    got += chunk
-                    if not chunk:
-                        d.poll(0.005)
-                else:
-                    d.poll(0.01)
-            if mode == 1:
-                # the "closed" URC came after every pushed byte
-                assert bytes(d.pushed[0]) == payload
-            else:
-                while chunk := d.read(0, 1499):
-                    got += chunk
-                assert bytes(got) == payload
-            d.poll(0.05)
-            assert d.closed == [0]
+            # (push mode: the "closed" URC came after every pushed byte)
+            assert until_closed(d, 0, mode, [1500]) == payload
         d.command("AT+QSSLCLOSE=0")
 
 
@@ -738,27 +747,7 @@ def test_tcp_burst_then_close_every_byte_before_the_close_report(modem, emulator
         else:
             tcp_open(d, 6, mode)
             d.send(6, b"g")
-            got = bytearray()
-            reads = 0
-            deadline = time.monotonic() + 30
-            while 6 not in d.closed:
-                assert time.monotonic() < deadline, len(got) + len(d.pushed[6])
-                if mode == 0:
-                    reads += 1
-                    chunk = d.read(6, [1, 7, 1499, 1500][reads % 4])
-                    got += chunk
-                    if not chunk:
-                        d.poll(0.005)
-                else:
-                    d.poll(0.01)
-            if mode == 1:
-                assert bytes(d.pushed[6]) == payload
-            else:
-                while chunk := d.read(6, 1500):
-                    got += chunk
-                assert bytes(got) == payload
-            d.poll(0.05)
-            assert d.closed == [6]
+            assert until_closed(d, 6, mode, [7, 1499, 1500, 1]) == payload
         d.command("AT+QICLOSE=6")
 
 

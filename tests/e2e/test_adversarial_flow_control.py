@@ -8,7 +8,6 @@ of 100000 or 4096 bytes lost download data and disabled the hold (the minimum is
 a held port missed a close and reopen within 50 ms (its hang-up was polled)."""
 from __future__ import annotations
 
-import logging
 import os
 import re
 import threading
@@ -33,14 +32,6 @@ def trailer(data: bytes) -> bytes:
 
 def atv1_download(data: bytes) -> bytes:
     return b"\r\nCONNECT\r\n" + data + b"\r\n" + trailer(data) + b"\r\n\r\nOK\r\n"
-
-
-@pytest.fixture
-def strict_log(caplog):
-    caplog.set_level(logging.INFO)
-    yield caplog
-    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
-    assert not bad, [r.getMessage() for r in bad]
 
 
 def _mode(emulator, port):

@@ -3,7 +3,6 @@ moments, two hosts on one device, a host that never reads, paced output with AT+
 several modems on one loop that must stay isolated while one of them is flooded."""
 from __future__ import annotations
 
-import logging
 import os
 import re
 import select
@@ -59,14 +58,6 @@ def small_backlog_profile(size: int = 128 * 1024):
     profile.data["serial"]["output_backlog"] = size
     profile._found.clear()
     return profile
-
-
-@pytest.fixture
-def strict_log(caplog):
-    caplog.set_level(logging.INFO)
-    yield caplog
-    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
-    assert not bad, [r.getMessage() for r in bad]
 
 
 def fresh_at(path: str, line: str = "AT+CGMI") -> bytes:
