@@ -79,6 +79,7 @@ class Interpreter:
         self._last_line: bytes | None = None
         modem.on("reset", self._rebooted)              # (A/ repeats nothing, no stale URCs)
         self._held_for_output = False    # host input not taken until the host reads (AT+IFC)
+        self._held_while_pending = False  # ... nor while an answer is pending and 64 KiB wait
         modem.on("output_drained", self._output_drained)
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
@@ -130,6 +131,7 @@ class Interpreter:
             log.exception("interpreter bug; the port goes back to command mode")
             self._abandon()
             self.mode = Mode.COMMAND         # recovery: the one assignment outside _enter
+            self._release_pending_hold()
             self._executing = False
             self._queue.clear()
             self._after.clear()
@@ -152,7 +154,13 @@ class Interpreter:
 
     # -- input ---------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        if self.mode is Mode.PENDING and len(self._inbox) + len(data) > MAX_WAITING_INPUT:
+        if (self.mode is Mode.PENDING and self.modem.settings.ifc[1] == 2
+                and len(self._inbox) + len(data) > HIGH_WATER and not self._held_while_pending):
+            # AT+IFC=<x>,2: a host that writes on behind a pending answer (a paced download)
+            # is held back by the pty, as by CTS, instead of having its bytes dropped.
+            self._held_while_pending = True
+            self.modem.pause_input("pending")
+        elif self.mode is Mode.PENDING and len(self._inbox) + len(data) > MAX_WAITING_INPUT:
             room = max(0, MAX_WAITING_INPUT - len(self._inbox))
             log.warning("port busy: %d input bytes dropped (more than %d waiting)",
                         len(data) - room, MAX_WAITING_INPUT)
@@ -188,6 +196,7 @@ class Interpreter:
             # host: it would read an OK it never asked for and be one answer off.
             self._pending.orphaned = True
         self._enter(Event.HANGUP)
+        self._release_pending_hold(hangup=True)
         self._inbox.clear()
         self._queue.clear()
         self._after.clear()
@@ -196,7 +205,14 @@ class Interpreter:
         self.lexer.crlf = None       # the next host's line ends are not known yet
         self._settle()
 
+    def _release_pending_hold(self, hangup: bool = False) -> None:
+        """The pending hold ends with the pending answer (or the host: its input is gone)."""
+        if self._held_while_pending and (hangup or self.mode is not Mode.PENDING):
+            self._held_while_pending = False
+            self.modem.resume_input("pending")
+
     def _pump(self) -> None:
+        self._release_pending_hold()
         while self._inbox:
             if self.mode is Mode.COMMAND:
                 if self._output_stalled():

@@ -166,6 +166,7 @@ class PtyPort:
         self._held = b""                  # read, not yet handed on (stepped aside meanwhile)
         self._hangup_due = False          # write() saw the host gone: _hangup_if_gone is queued
         self._hup_watch: select.epoll | None = None    # the hang-up, while reading is off
+        self._hup_watching = False
         self._watch_for_host()
 
     @property
@@ -200,6 +201,8 @@ class PtyPort:
         if self.reading:
             self.loop.add_reader(self.master, self._readable)
             self._peers.arm(self)
+        else:
+            self._watch_paused()          # (held back before this host came)
         return True
 
     def set_reading(self, on: bool) -> None:
@@ -221,29 +224,22 @@ class PtyPort:
     def _watch_paused(self) -> None:
         """While the host's bytes are held back nothing reads the pty, so its hang-up (an EIO
         on read) would go unseen, and a host opening the port right after would be taken
-        for the one that left (its unread answers, its queued commands): an epoll of its
-        own on the master, asking for nothing, reports the hang-up (EPOLLHUP always is) as
-        soon as it happens, as a reader of the loop."""
-        if self._closed or not self.attached or self.reading or self._hup_watch is not None:
+        for the one that left (its unread answers, its queued commands): an epoll of the
+        port's own on the master, asking for nothing, reports the hang-up (EPOLLHUP always
+        is, level-triggered: one already there fires on the next loop turn, never inside
+        the caller that paused) as a reader of the loop."""
+        if self._closed or not self.attached or self.reading or self._hup_watching:
             return
-        if self._host_gone():
-            self._hangup()
-            return
-        watch = self._hup_watch = select.epoll()
-        watch.register(self.master, 0)
-        self.loop.add_reader(watch.fileno(), self._hup_seen)
-
-    def _hup_seen(self) -> None:
-        if self._hup_watch is not None:
-            self._hup_watch.poll(0)
-        if self.attached and not self._closed and self._host_gone():
-            self._hangup()
+        if self._hup_watch is None:
+            self._hup_watch = select.epoll()
+            self._hup_watch.register(self.master, 0)
+        self.loop.add_reader(self._hup_watch.fileno(), self._hangup_if_gone)
+        self._hup_watching = True
 
     def _stop_hangup_watch(self) -> None:
-        watch, self._hup_watch = self._hup_watch, None
-        if watch is not None:
-            self.loop.remove_reader(watch.fileno())
-            watch.close()
+        if self._hup_watching:
+            self._hup_watching = False
+            self.loop.remove_reader(self._hup_watch.fileno())
 
     def _hangup_if_gone(self) -> None:
         self._hangup_due = False
@@ -252,6 +248,9 @@ class PtyPort:
 
     def _hangup(self) -> None:
         self._stop_hangup_watch()
+        if self._held:                    # read before a step aside: the next host's they are not
+            log.info("%s: %d bytes of the host that left, not handed on, dropped", self.device, len(self._held))
+            self._held = b""
         self.loop.remove_reader(self.master)
         self.reading = True               # the next host starts with nothing held back
         if self._writing:
@@ -526,6 +525,9 @@ class PtyPort:
         if self._noise_timer is not None:
             self._noise_timer.cancel()
         self._stop_hangup_watch()
+        if self._hup_watch is not None:
+            self._hup_watch.close()
+        self._held = b""
         if self.attached:
             self.loop.remove_reader(self.master)
         if self._writing:

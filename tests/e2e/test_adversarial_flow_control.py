@@ -584,3 +584,27 @@ def test_atz_and_at_f_queued_behind_a_hold(open_modem, emulator, strict_log):
     assert host.read_exactly(len(expected), timeout=30) == expected
     writer.join(10)
     assert host.quiet_for(0.3) == b""
+
+
+# Was a bug, fixed (independent review): with AT+IFC=2,2, host input written behind a paced
+# AT+QFDWL was still read and dropped past 1 MiB waiting ("port busy: ... input bytes dropped"):
+# 258804 of 400000 pipelined ATs answered.  A pending answer now holds the host back (pty, as
+# CTS) once 64 KiB of its input wait.
+def test_input_behind_a_paced_download_waits_in_the_pty_with_flow_control(open_modem, emulator, strict_log):
+    host, port = open_modem("ec2x")
+    assert host.upload("big.bin", BIG).endswith(b"\r\nOK\r\n")
+    assert host.at("AT+IFC=2,2") == b"\r\nOK\r\n"
+    line = b"AT" + b" " * 2000 + b"\r"                    # a whole line of input, one OK
+    n = 800                                                # 1.6 MB behind the download
+    writer = threading.Thread(target=host.write, args=(b'AT+QFDWL="big.bin"\r' + line * n,), daemon=True)
+    writer.start()
+    wait_for(lambda: _mode(emulator, port) is Mode.PENDING, what="the download under way")
+    wait_for(lambda: not emulator.run(lambda: port.port.reading), what="the host held back")
+    assert emulator.run(lambda: len(port.modem.interpreter._inbox)) < 2 * HIGH_WATER
+    expected = atv1_download(BIG)
+    assert host.read_exactly(len(expected), timeout=60) == expected
+    rest = host.read_exactly(len(b"\r\nOK\r\n") * n, timeout=60)
+    assert rest == b"\r\nOK\r\n" * n
+    writer.join(10)
+    assert not [r for r in strict_log.records if "dropped" in r.getMessage()]
+    assert host.quiet_for(0.2) == b"" and emulator.run(lambda: port.port.reading)

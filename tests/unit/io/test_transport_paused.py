@@ -1,0 +1,65 @@
+"""PtyPort while the host's input is held back (set_reading(False)): the host's hang-up is
+still seen at once, and nothing the departed host wrote or the port had read reaches the next."""
+from __future__ import annotations
+
+import asyncio
+import os
+
+from emulator.io.transport import PtyPort
+
+
+async def until(predicate, timeout: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline
+        await asyncio.sleep(0.005)
+
+
+def test_paused_before_any_host_the_hang_up_is_still_seen_and_its_bytes_dropped():
+    async def main():
+        got, hangups = bytearray(), []
+        port = PtyPort(asyncio.get_running_loop(), got.extend, on_hangup=lambda: hangups.append(1))
+        try:
+            port.set_reading(False)                 # held back before any host came
+            fd = os.open(port.device, os.O_RDWR | os.O_NOCTTY)
+            await until(lambda: port.attached)
+            os.write(fd, b"old host cmd\r")
+            os.close(fd)
+            await until(lambda: hangups)            # seen, though nothing reads the pty
+            fd2 = os.open(port.device, os.O_RDWR | os.O_NOCTTY)
+            await until(lambda: port.attached)
+            port.set_reading(True)
+            os.write(fd2, b"AT\r")
+            await until(lambda: got)
+            await asyncio.sleep(0.05)
+            assert bytes(got) == b"AT\r"
+            os.close(fd2)
+        finally:
+            port.close()
+    asyncio.run(main())
+
+
+def test_a_hang_up_while_paused_is_seen_without_polling_and_a_quick_reopen_gets_nothing_old():
+    async def main():
+        got, hangups = bytearray(), []
+        port = PtyPort(asyncio.get_running_loop(), got.extend, on_hangup=lambda: hangups.append(1))
+        try:
+            fd = os.open(port.device, os.O_RDWR | os.O_NOCTTY)
+            await until(lambda: port.attached)
+            port.set_reading(False)
+            os.write(fd, b"unread by anyone\r")
+            os.close(fd)
+            await asyncio.sleep(0.005)              # well inside the old 50 ms poll
+            assert hangups == [1]
+            fd2 = os.open(port.device, os.O_RDWR | os.O_NOCTTY)
+            await until(lambda: port.attached)
+            assert port.reading                     # the next host starts with nothing held back
+            os.write(fd2, b"AT\r")
+            await until(lambda: got)
+            await asyncio.sleep(0.05)
+            assert bytes(got) == b"AT\r"
+            os.close(fd2)
+        finally:
+            port.close()
+    asyncio.run(main())
