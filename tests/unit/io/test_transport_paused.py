@@ -16,6 +16,20 @@ async def until(predicate, timeout: float = 2.0) -> None:
         await asyncio.sleep(0.005)
 
 
+async def next_host_hears_only_itself(port: PtyPort, got: bytearray) -> None:
+    """A host opening the port now: what reaches the modem is its own "AT\\r", nothing older."""
+    fd = os.open(port.device, os.O_RDWR | os.O_NOCTTY)
+    try:
+        await until(lambda: port.attached)
+        port.set_reading(True)
+        os.write(fd, b"AT\r")
+        await until(lambda: got)
+        await asyncio.sleep(0.05)
+        assert bytes(got) == b"AT\r"
+    finally:
+        os.close(fd)
+
+
 def test_paused_before_any_host_the_hang_up_is_still_seen_and_its_bytes_dropped():
     async def main():
         got, hangups = bytearray(), []
@@ -27,14 +41,7 @@ def test_paused_before_any_host_the_hang_up_is_still_seen_and_its_bytes_dropped(
             os.write(fd, b"old host cmd\r")
             os.close(fd)
             await until(lambda: hangups)            # seen, though nothing reads the pty
-            fd2 = os.open(port.device, os.O_RDWR | os.O_NOCTTY)
-            await until(lambda: port.attached)
-            port.set_reading(True)
-            os.write(fd2, b"AT\r")
-            await until(lambda: got)
-            await asyncio.sleep(0.05)
-            assert bytes(got) == b"AT\r"
-            os.close(fd2)
+            await next_host_hears_only_itself(port, got)
         finally:
             port.close()
     asyncio.run(main())
@@ -52,14 +59,8 @@ def test_a_hang_up_while_paused_is_seen_without_polling_and_a_quick_reopen_gets_
             os.close(fd)
             await asyncio.sleep(0.005)              # well inside the old 50 ms poll
             assert hangups == [1]
-            fd2 = os.open(port.device, os.O_RDWR | os.O_NOCTTY)
-            await until(lambda: port.attached)
             assert port.reading                     # the next host starts with nothing held back
-            os.write(fd2, b"AT\r")
-            await until(lambda: got)
-            await asyncio.sleep(0.05)
-            assert bytes(got) == b"AT\r"
-            os.close(fd2)
+            await next_host_hears_only_itself(port, got)
         finally:
             port.close()
     asyncio.run(main())
