@@ -10,6 +10,7 @@ profile's (network.*, identity.*, device.*).  What they change is kept (docs/beh
 indicator, no battery and no sleep."""
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 
@@ -17,7 +18,11 @@ from emulator.at.args import Args
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Cme, CommandError, ok
+from emulator.logsafe import get_logger
 from emulator.modem.registration import registration
+from emulator.storage.atomic_file import atomic_write
+
+log = get_logger("emulator.device")
 
 # AT+CTZU <onoff>: 0 off, 1 on, 3 on with local time in the RTC (ModemManager's Quectel
 # plugin asks AT+CTZU=? and sends 3 when it is listed, as an EC25 lists it).
@@ -27,14 +32,19 @@ CHARSETS = ("GSM", "IRA", "UCS2")
 
 class DeviceConfig:
     """What these commands set.  The module keeps AT+CTZU, AT+QSCLK and the AT+QCFG /
-    AT+QURCCFG / AT+QINDCFG items in its NV (here: across AT+CFUN=1,1, not across a
-    restart of the emulator); AT+CTZR and AT+CSCS start again from their defaults."""
+    AT+QURCCFG / AT+QINDCFG items in its NV: here <state_dir>/nv.json, written at once
+    (atomically) and read back, checked value by value, when the modem starts; AT+CTZR
+    and AT+CSCS start again from their defaults at a restart."""
+
+    NV = ("ctzu", "qsclk")               # (the items besides)
 
     def __init__(self, modem) -> None:
         self.modem = modem
         self.ctzu = 1
         self.qsclk = 0
-        self.items: dict[str, dict[str, list[str]]] = {}     # "+QCFG" -> item -> wire tokens
+        self.items: dict[str, dict[str, list[str]]] = {}     # "qcfg" -> item -> wire tokens
+        self._path = modem.state_dir / "nv.json" if modem.state_dir is not None else None
+        self._load()
         self._volatile()
         modem.on("reset", self._volatile)
 
@@ -47,6 +57,45 @@ class DeviceConfig:
         if item not in values:
             values[item] = list(self.modem.profile[table][item]["value"])
         return values[item]
+
+    def save(self) -> None:
+        """After a change of an NV value.  A state dir that cannot be written loses it at
+        the next start only: the command's change holds (logged)."""
+        if self._path is None:
+            return
+        data = {"ctzu": self.ctzu, "qsclk": self.qsclk, "items": self.items}
+        try:
+            atomic_write(self._path, json.dumps(data).encode())
+        except OSError as exc:
+            log.warning("%s: NV settings not saved: %s", self._path, exc.strerror or exc)
+
+    def _load(self) -> None:
+        """nv.json as saved, value by value: one a hand edit or another profile made
+        impossible (no such item, a value its test form refuses) keeps its default, with a
+        warning naming it; the emulator never stops on it."""
+        if self._path is None or not self._path.exists():
+            return
+        try:
+            data = json.loads(self._path.read_bytes())
+            assert isinstance(data, dict)
+        except (OSError, ValueError, AssertionError):
+            log.warning("%s: not readable NV settings, ignored", self._path)
+            return
+        if data.get("ctzu") in CTZU_VALUES:
+            self.ctzu = data["ctzu"]
+        if data.get("qsclk") in (0, 1):
+            self.qsclk = data["qsclk"]
+        items = data.get("items")
+        for table, saved in (items.items() if isinstance(items, dict) else ()):
+            for item, tokens in (saved.items() if isinstance(saved, dict) else ()):
+                spec = (self.modem.profile.get(table) or {}).get(item) if table in ITEM_TABLES.values() else None
+                groups = form_groups(spec["test"]) if spec else []
+                if (spec is None or not isinstance(tokens, list) or len(tokens) != len(spec["value"])
+                        or any(not isinstance(t, str) or _canonical(t, g) != t for t, g in zip(tokens, groups))):
+                    log.warning("%s: NV item %s %r (%r) does not fit this profile: its default is kept",
+                                self._path, table, item, tokens)
+                    continue
+                self.items.setdefault(table, {})[item] = list(tokens)
 
 
 def device(modem) -> DeviceConfig:
@@ -91,7 +140,10 @@ def _kept(name: str, attr: str, values: tuple[int, ...], test: str, error=Cme(50
         value = Args(cmd, error=error, at_most=1).int(0, 0, max(values))
         if value not in values:
             raise CommandError(error, f"AT{name}={value}: only {test}")
-        setattr(device(modem), attr, value)
+        config = device(modem)
+        setattr(config, attr, value)
+        if attr in config.NV:
+            config.save()
         return ok()
 
     def read(modem, cmd):
@@ -269,7 +321,9 @@ def _item_command(name: str, table: str) -> None:
                 raise CommandError("ERROR", f"{cmd.raw}: value {i + 1} {token} is not in {spec['test']}")
             if i < len(values):
                 new[i] = shown
-        values[:] = new
+        if new != values:
+            values[:] = new
+            device(modem).save()
         return ok()
 
     command(name, WRITE, test=test)(write)

@@ -236,3 +236,37 @@ def test_test_form_groups_and_values():
     assert _canonical('"1"', ["0", "1"]) is None
     assert _canonical("0x1F", None) == "0x1F"
     assert _canonical("1;2", None) is None
+
+
+# -- NV: what the module keeps across a power cycle -------------------------------------------
+def test_nv_values_survive_a_restart_of_the_emulator(open_modem, tmp_path):
+    state = tmp_path / "nv-state"
+    first, _ = open_modem("ec2x", state_dir=state)
+    assert first.at('AT+QCFG="nwscanmode",3,1;+QURCCFG="urcport","uart1";+CTZU=3;+QSCLK=1') == OK
+    assert first.at('AT+QINDCFG="csq",1;+CTZR=2;+CSCS="UCS2"') == OK
+    first.close()
+    again, _ = open_modem("ec2x", state_dir=state)          # the same state dir: a power cycle
+    assert again.at('AT+QCFG="nwscanmode"') == answer('+QCFG: "nwscanmode",3')
+    assert again.at('AT+QURCCFG="urcport"') == answer('+QURCCFG: "urcport","uart1"')
+    assert again.at('AT+QINDCFG="csq"') == answer('+QINDCFG: "csq",1')
+    assert again.at("AT+CTZU?;+QSCLK?") == b"\r\n+CTZU: 3\r\n\r\n+QSCLK: 1\r\n" + OK
+    assert again.at("AT+CTZR?;+CSCS?") == b'\r\n+CTZR: 0\r\n\r\n+CSCS: "GSM"\r\n' + OK   # not NV
+
+
+def test_a_damaged_or_foreign_nv_file_keeps_the_defaults_it_cannot_use(open_modem, tmp_path, caplog):
+    state = tmp_path / "nv-state"
+    state.mkdir()
+    (state / "nv.json").write_text(
+        '{"ctzu": 2, "qsclk": 1, "items": {"qcfg": {"nwscanmode": ["9"], "apready": ["1", "1", "200"],'
+        ' "band": ["F"]}, "qurccfg": {"urcport": "uart1"}, "nope": {"x": ["1"]}}}')
+    host, _ = open_modem("ec2x", state_dir=state)
+    assert host.at("AT+CTZU?;+QSCLK?") == b"\r\n+CTZU: 1\r\n\r\n+QSCLK: 1\r\n" + OK     # 2 is no CTZU
+    assert host.at('AT+QCFG="nwscanmode"') == answer('+QCFG: "nwscanmode",0')          # 9 out of range
+    assert host.at('AT+QCFG="apready"') == answer('+QCFG: "apready",1,1,200')
+    assert host.at('AT+QURCCFG="urcport"') == answer('+QURCCFG: "urcport","usbat"')
+    warned = [r.getMessage() for r in caplog.records if "does not fit this profile" in r.getMessage()]
+    assert len(warned) == 4, warned               # nwscanmode, band, urcport, the unknown table
+    assert not [r for r in caplog.records if r.exc_info]
+    (state / "nv.json").write_bytes(b"\x00garbage")
+    other, _ = open_modem("ec2x", state_dir=state)
+    assert other.at('AT+QCFG="apready"') == answer('+QCFG: "apready",0,0,500')
