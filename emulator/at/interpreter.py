@@ -78,8 +78,6 @@ class Interpreter:
         self._urcs: list[tuple[bytes, object]] = []    # (framed URC, what it is about)
         self._last_line: bytes | None = None
         modem.on("reset", self._rebooted)              # (A/ repeats nothing, no stale URCs)
-        self._held_for_output = False    # host input not taken until the host reads (AT+IFC)
-        self._held_while_pending = False  # ... nor while an answer is pending and 64 KiB wait
         modem.on("output_drained", self._output_drained)
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
@@ -155,10 +153,9 @@ class Interpreter:
     # -- input ---------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         if (self.mode is Mode.PENDING and self.modem.settings.ifc[1] == 2
-                and len(self._inbox) + len(data) > HIGH_WATER and not self._held_while_pending):
+                and len(self._inbox) + len(data) > HIGH_WATER and not self.modem.input_held("pending")):
             # AT+IFC=<x>,2: a host that writes on behind a pending answer (a paced download)
             # is held back by the pty, as by CTS, instead of having its bytes dropped.
-            self._held_while_pending = True
             self.modem.pause_input("pending")
         elif self.mode is Mode.PENDING and len(self._inbox) + len(data) > MAX_WAITING_INPUT:
             room = max(0, MAX_WAITING_INPUT - len(self._inbox))
@@ -178,9 +175,7 @@ class Interpreter:
         self._guarded(self._hangup)
 
     def _hangup(self) -> None:
-        if self._held_for_output:        # its unread output goes with the host
-            self._held_for_output = False
-            self.modem.resume_input("output")
+        self.modem.resume_input("output")    # (held or not) its unread output goes with the host
         if self._data is not None:
             log.info("host closed the port during a data prompt: %d bytes discarded",
                      len(self._data.buf))
@@ -207,8 +202,7 @@ class Interpreter:
 
     def _release_pending_hold(self, hangup: bool = False) -> None:
         """The pending hold ends with the pending answer (or the host: its input is gone)."""
-        if self._held_while_pending and (hangup or self.mode is not Mode.PENDING):
-            self._held_while_pending = False
+        if self.modem.input_held("pending") and (hangup or self.mode is not Mode.PENDING):
             self.modem.resume_input("pending")
 
     def _pump(self) -> None:
@@ -232,17 +226,15 @@ class Interpreter:
         the host has read them (output_drained), so answers carrying socket or file data
         are never dropped for a host that pipelines commands and reads late.  Without it
         the port behaves as a UART without flow control (serial.output_backlog)."""
-        if self._held_for_output:
+        if self.modem.input_held("output"):
             return True
         if self.modem.settings.ifc[1] != 2 or self.modem.output_backlog() <= HIGH_WATER:
             return False
-        self._held_for_output = True
         self.modem.pause_input("output")
         return True
 
     def _output_drained(self) -> None:
-        if self._held_for_output:
-            self._held_for_output = False
+        if self.modem.input_held("output"):
             self.modem.resume_input("output")
             self._guarded(self._pump)
 

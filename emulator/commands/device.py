@@ -89,9 +89,9 @@ class DeviceConfig:
         for table, saved in (items.items() if isinstance(items, dict) else ()):
             for item, tokens in (saved.items() if isinstance(saved, dict) else ()):
                 spec = (self.modem.profile.get(table) or {}).get(item) if table in ITEM_TABLES.values() else None
-                groups = form_groups(spec["test"]) if spec else []
                 if (spec is None or not isinstance(tokens, list) or len(tokens) != len(spec["value"])
-                        or any(not isinstance(t, str) or _canonical(t, g) != t for t, g in zip(tokens, groups))):
+                        or not all(isinstance(t, str) for t in tokens)
+                        or not_as_shown(tokens, form_groups(spec["test"])) is not None):
                     log.warning("%s: NV item %s %r (%r) does not fit this profile: its default is kept",
                                 self._path, table, item, tokens)
                     continue
@@ -232,6 +232,7 @@ _NUMBER = re.compile(r"[0-9]{1,%d}" % NUMBER_MAX)
 _RANGE = re.compile(r"([0-9]{1,%d})-([0-9]{1,%d})" % (NUMBER_MAX, NUMBER_MAX))
 _QUOTED = re.compile(r'"[ !#-~]*"')          # printable ASCII, no double quote inside
 _GROUP = re.compile(r'\((?:[^()"]|"[^"]*")*\)|<[A-Za-z0-9_]+>|[^,]+')
+_CHOICE = re.compile(r'"[^"]*"|[^,]+')
 
 
 class FormError(ValueError):
@@ -245,13 +246,14 @@ def form_groups(test: str) -> list[list[str] | None]:
     quoted printable string.  FormError for anything else (an unbalanced group, an empty
     one, a bare word)."""
     groups: list[list[str] | None] = []
-    for group in _GROUP.findall(test):
+    found = _GROUP.findall(test)
+    for group in found:
         if group.startswith("<"):
             groups.append(None)
             continue
         if not (group.startswith("(") and group.endswith(")")):
             raise FormError(f"{group!r} is neither (choices) nor <placeholder>")
-        choices = re.findall(r'"[^"]*"|[^,]+', group[1:-1])
+        choices = _CHOICE.findall(group[1:-1])
         for choice in choices:
             if not (_NUMBER.fullmatch(choice) or _QUOTED.fullmatch(choice)
                     or ((m := _RANGE.fullmatch(choice)) and int(m[1]) <= int(m[2]))):
@@ -259,7 +261,7 @@ def form_groups(test: str) -> list[list[str] | None]:
         if not choices:
             raise FormError(f"{group} allows nothing")
         groups.append(choices)
-    if ",".join(_GROUP.findall(test)) != test:
+    if ",".join(found) != test:
         raise FormError(f"{test!r} is not a list of (choices) and <placeholders>")
     return groups
 
@@ -289,6 +291,12 @@ def _canonical(token: str, choices: list[str] | None) -> str | None:
                 return token if len(lo) <= len(token) <= len(hi) else None
             return str(int(token))
     return None
+
+
+def not_as_shown(tokens: list[str], groups: list[list[str] | None]) -> str | None:
+    """The first of an item's values that its test form's group does not allow as it stands
+    (the module would show it otherwise), or None: the profile's values and the NV file's."""
+    return next((t for t, g in zip(tokens, groups) if _canonical(t, g) != t), None)
 
 
 def _item_command(name: str, table: str) -> None:

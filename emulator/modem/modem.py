@@ -106,6 +106,9 @@ class Modem:
         if self._reading is not None:
             self._reading(False)
 
+    def input_held(self, owner: str) -> bool:
+        return owner in self._input_holds
+
     def resume_input(self, owner: str) -> None:
         self._input_holds.discard(owner)
         if self._reading is not None and not self._input_holds:

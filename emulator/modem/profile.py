@@ -143,7 +143,7 @@ def _item(v: Any) -> str | None:
     """An AT+QCFG-style item (emulator/commands/device.py): value = the wire tokens its read
     form shows ('"pulse"', "120"), test = its test form's groups, one per parameter, extra =
     how many more parameters a write takes and does not show (<effect>, <savetonvram>)."""
-    from emulator.commands.device import FormError, _canonical, form_groups
+    from emulator.commands.device import FormError, form_groups, not_as_shown
     if not isinstance(v, dict):
         return f"must be a table {{ value = [...], test = \"...\" }}, got {v!r}"
     unknown = sorted(set(v) - {"value", "test", "extra"})
@@ -162,9 +162,9 @@ def _item(v: Any) -> str | None:
     if len(groups) != len(v["value"]) + v.get("extra", 0):
         return (f"test {v['test']!r} has {len(groups)} groups for {len(v['value'])} values and "
                 f"{v.get('extra', 0)} extra parameters (one group each)")
-    for token, group in zip(v["value"], groups):
-        if _canonical(token, group) != token:
-            return f"value {token!r} is not one the test form {v['test']!r} allows (as the module shows it)"
+    token = not_as_shown(v["value"], groups)
+    if token is not None:
+        return f"value {token!r} is not one the test form {v['test']!r} allows (as the module shows it)"
     return None
 
 
@@ -307,11 +307,9 @@ class Profile:
         found = self._found.get(key, _MISSING)
         if found is not _MISSING:
             return found
-        node: Any = self.data
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
+        node = _lookup(self.data, key)
+        if node is _MISSING:
+            return default
         self._found[key] = node
         return node
 
@@ -447,7 +445,7 @@ def validate(data: dict, path: Path) -> None:
     for section, body in data.items():
         if section not in _SECTIONS:
             raise ProfileError(f"profile {path}: unknown section [{section}]")
-        if section in ("commands", "cme_text", "qcfg", "qurccfg", "qindcfg"):
+        if section in SCHEMA:            # a table of free keys ([commands], [qcfg] ...): its check
             continue
         if not isinstance(body, dict):
             raise ProfileError(f"profile {path}: key {section}: must be a table")

@@ -220,7 +220,7 @@ def test_flow_controlled_port_holds_input_then_a_hang_up_frees_it(emulator, tmp_
     time.sleep(0.2)
     held = emulator.run(lambda: port.port.backlog)
     assert held < 64 * 1024 + 200                       # stopped at the first answer past 64 KiB
-    assert emulator.run(lambda: port.modem.interpreter._held_for_output)
+    assert emulator.run(lambda: port.modem.input_held("output"))
     host.close()
     writer.join(5)
     wait_for(lambda: not emulator.run(lambda: port.port.attached), what="the modem saw the hang-up")
