@@ -55,7 +55,11 @@ server per recorded destination; a UDP server that expects each recorded datagra
 sends each received one back to where the modem's came from; a client that connects to the
 replaying modem's TCP LISTENER once the host has sent and the modem written as much as when
 the recorded client came (the listeners bind any free port, not the recorded <local_port>);
-a port nobody listens on for a refused connect (566, SSL too). The server's close (FIN/RST)
+a port nobody listens on for a refused connect (566, SSL too). A DTLS socket's stand-in is
+a UDP server: the session's first datagram is a hello that tells it where the modem is, it
+answers with the recorded handshake's end, then each record is one datagram each way (all
+tagged: DTLS_HELLO/HEAD/DATA/END), and the server's end of the session (its close_notify or
+a failure) is a datagram too. The server's close (FIN/RST)
 comes once the host has sent as much as it had then. It then compares the command answers
 in order, then the whole output, and prints the first difference (then what a socket sent
 that the recording did not). A plain AT log (">> AT..." / "<< OK" lines, or a miniterm
@@ -63,8 +67,8 @@ capture with echo: lines starting "AT" are commands) is replayed command by comm
 answers compared line by line (no network side: it has no plaintext).
 
 Limits of replay: TLS itself is not redone (the handshake ends as recorded: version,
-cipher, failure kind), so it needs no server key; DTLS sockets are not replayed (the
-stand-in is TCP); an open that failed before reaching a server (dns, pdp) is replayed by
+cipher, failure kind), so it needs no server key (DTLS too: its records are datagrams of
+plaintext; a DTLS server's end is replayed as a close, whatever ended it); an open that failed before reaching a server (dns, pdp) is replayed by
 leaving its name unrouted, which fails as a DNS error (a refused connect is routed to a
 port nobody listens on); text that differs from run to run by nature (AT+CCLK, AT+QLTS)
 needs --ignore REGEX (AT+QSSLSTATE's local port is ignored already); chunks of received
@@ -470,10 +474,11 @@ class Script:
     server: int | None = None    # TCP INCOMING: the listener's id, its <local_port>, and when the
     local_port: int = 0          # client came (the host's and the modem's byte counts then)
     at: tuple = (0, 0)
+    dtls: bool = False           # an SSL socket over DTLS: its stand-in speaks datagrams
 
     @property
     def datagram(self) -> bool:
-        return self.plain and self.type == "UDP"
+        return self.dtls or (self.plain and self.type == "UDP")
 
 
 def scripts_of(records: list[dict]) -> list[Script]:
@@ -486,8 +491,10 @@ def scripts_of(records: list[dict]) -> list[Script]:
             current[sid] = s = Script(sid, r["host"], r["port"])
             if r.get("service") == "tcpip":
                 s.plain, s.type = True, r.get("type") or ("UDP" if r.get("dtls") else "TCP")
-            elif "service" not in r:
-                untyped.append(s)
+            else:
+                s.dtls = bool(r.get("dtls"))
+                if "service" not in r:
+                    untyped.append(s)
             scripts.append(s)
             continue
         if kind == "accepted":
@@ -500,7 +507,8 @@ def scripts_of(records: list[dict]) -> list[Script]:
         if kind == "cmd":
             if "+QIOPEN" in r.get("line", "").upper():
                 for s in untyped:
-                    s.plain, s.type = True, s.type or "TCP"
+                    s.plain, s.type = True, s.type or ("UDP" if s.dtls else "TCP")
+                    s.dtls = False
             untyped = []
             continue
         s = current.get(sid)
@@ -539,9 +547,16 @@ def scripts_of(records: list[dict]) -> list[Script]:
     return scripts
 
 
+# The datagrams of a DTLS socket's stand-in (the first byte says what each is): the modem's
+# hello (the stand-in learns its address), the handshake's end (JSON, as recorded), plaintext
+# one datagram per record, the server's end of the session (its close_notify or failure).
+DTLS_HELLO, DTLS_HEAD, DTLS_DATA, DTLS_END = b"H", b"S", b"D", b"E"
+
+
 class ReplaySession:
     """A stand-in for tls_engine.TlsClientSession in replay: no TLS; the server's first
-    line (JSON) says how the recorded handshake ended, then the stream is plaintext."""
+    line (JSON) says how the recorded handshake ended, then the stream is plaintext.  Over
+    DTLS the same in datagrams, each tagged (DTLS_*): one record of plaintext a datagram."""
 
     def __init__(self, settings, cache=None, cache_key=None) -> None:
         self.settings = settings
@@ -552,9 +567,14 @@ class ReplaySession:
 
     def start(self) -> None:
         self.state = "handshaking"
+        if self.settings.dtls:
+            self._out.append(DTLS_HELLO)
 
     def receive(self, data: bytes) -> None:
         from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsFailure
+        if self.settings.dtls:
+            self._datagram(data)
+            return
         if not data:
             if self.state == "established":
                 self._events.append(PeerClosed())
@@ -565,17 +585,40 @@ class ReplaySession:
             if b"\n" not in self._head:
                 return
             line, _, data = bytes(self._head).partition(b"\n")
-            head = json.loads(line)
-            if head.get("ok"):
-                self.state = "established"
-                self._events.append(HandshakeComplete(head["version"], 0, head["cipher"],
-                                                      head.get("alpn"), bool(head.get("resumed"))))
-            else:
-                self.state = "failed"
-                self._events.append(TlsFailure(head.get("fail", "protocol_error"), head.get("reason", "replayed")))
+            if not self._head_read(json.loads(line)):
                 return
         if data and self.state == "established":
             self._events.append(AppData(bytes(data)))
+
+    def _head_read(self, head: dict) -> bool:
+        """The recorded handshake's end; True: established."""
+        from tls_engine import HandshakeComplete, TlsFailure
+        if head.get("ok"):
+            self.state = "established"
+            self._events.append(HandshakeComplete(head["version"], 0, head["cipher"],
+                                                  head.get("alpn"), bool(head.get("resumed"))))
+            return True
+        self.state = "failed"
+        self._events.append(TlsFailure(head.get("fail", "protocol_error"), head.get("reason", "replayed")))
+        return False
+
+    def _datagram(self, data: bytes) -> None:
+        """One datagram of a DTLS stand-in; what does not fit the state is dropped, as DTLS
+        drops a record it cannot read."""
+        from tls_engine import AppData, PeerClosed
+        kind, body = data[:1], data[1:]
+        if self.state == "handshaking" and kind == DTLS_HEAD:
+            try:
+                head = json.loads(body)
+            except ValueError:
+                return
+            if isinstance(head, dict):
+                self._head_read(head)
+        elif self.state == "established" and kind == DTLS_DATA and body:
+            self._events.append(AppData(bytes(body)))
+        elif self.state == "established" and kind == DTLS_END:
+            self.state = "closed"
+            self._events.append(PeerClosed())
 
     def outgoing(self):
         out, self._out = self._out, []
@@ -586,7 +629,7 @@ class ReplaySession:
         return ev
 
     def send(self, data: bytes) -> None:
-        self._out.append(bytes(data))
+        self._out.append(DTLS_DATA + data if self.settings.dtls else bytes(data))
 
     def close(self) -> None:
         self.state = "closed"
@@ -747,19 +790,33 @@ class ReplayPeer:
 
     async def play_datagrams(self, script: Script, transport, inbox: "asyncio.Queue[bytes]", addr) -> None:
         """One UDP socket's recorded datagrams: each "sent" one expected whole, each "received"
-        one sent back to where the modem's came from."""
+        one sent back to where the modem's came from.  A DTLS socket's stand-in (its first
+        datagram was the modem's hello) answers with the recorded handshake's end, then
+        carries its records tagged (DTLS_*) and ends the session where the server did."""
+        tag = b""
+        if script.dtls:
+            await inbox.get()                    # the hello
+            transport.sendto(DTLS_HEAD + json.dumps(script.header).encode(), addr)
+            if not script.header.get("ok"):
+                return
+            tag = DTLS_DATA
         for step in script.steps:
             if step[0] == "expect":
                 try:
                     got = await asyncio.wait_for(inbox.get(), 10)
                 except asyncio.TimeoutError:
                     got = b""
-                if got != step[1]:
+                if got != tag + step[1]:
+                    got = got[len(tag):] if got.startswith(tag) else got
                     self.differences.append(f"socket {script.socket} sent the datagram {escape(got)!r}, "
                                             f"recorded {escape(step[1])!r}")
             elif step[0] == "send":
                 await self._wait_host(step[2])
-                transport.sendto(step[1], addr)
+                transport.sendto(tag + step[1], addr)
+            elif script.dtls:                    # the server ended the session
+                await self._wait_host(step[2] if len(step) > 2 else 0)
+                transport.sendto(DTLS_END + step[1].encode(), addr)
+                return
 
 
 class _UdpStandIn(asyncio.DatagramProtocol):

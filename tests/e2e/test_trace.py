@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from emulator.testing.peers import TlsServer, reply_after
+from emulator.testing.peers.openssl import OpenSslServer
 from emulator.tools.trace import replay_main, show_main
 
 HOST = "220.180.239.212"
@@ -355,3 +356,43 @@ def test_tcp_push_and_transparent_sessions_replay(open_modem, emulator, tmp_path
     old.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("service", "type")}) + "\n"
                            for r in rows))
     assert replay_main([str(old)]) == 0, capsys.readouterr().out
+
+
+def test_a_dtls_session_is_traced_and_replays(open_modem, emulator, pki, tmp_path, capsys):
+    """A DTLS socket replays over UDP: the stand-in answers the modem's first datagram with
+    the recorded handshake's end, then each record is one datagram as recorded.  (The
+    server's end of a DTLS session: tests/unit/test_replay_dtls.py -- s_server sends no
+    close_notify over DTLS.)"""
+    path = tmp_path / "dtls.trace"
+    host, _ = open_modem("ec2x", trace=str(path))
+    cert, key = pki.server.load_args
+    with OpenSslServer(["-cert", cert, "-key", key, "-dtls1_2"]) as server:
+        emulator.router.add_map(HOST, 5684, "127.0.0.1", server.port)
+        assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+        assert host.at('AT+QSSLCFG="dtls",3,1') == b"\r\nOK\r\n"
+        assert host.at(f'AT+QSSLOPEN=1,3,2,"{HOST}",5684,0') == b"\r\nOK\r\n"
+        host.read_until(b"\r\n+QSSLOPEN: 2,0\r\n")
+        server.wait_for_output(rb"CIPHER is")
+        for up, down in ((b"coap up 1\n", b"coap down 1\n"), (b"coap up 2\n", b"coap down 2\n")):
+            assert host.send_data(2, up) == b"\r\nSEND OK\r\n"
+            server.wait_for_output(re.escape(up))
+            server.write(down)
+            host.read_until(b'\r\n+QSSLURC: "recv",2\r\n')
+            assert host.at("AT+QSSLRECV=2,1500") == b"\r\n+QSSLRECV: %d\r\n%s\r\n\r\nOK\r\n" % (len(down), down)
+        assert host.at("AT+QSSLCLOSE=2") == b"\r\nOK\r\n"
+    emulator.run(lambda: None)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    opened = next(r for r in records if r["kind"] == "open")
+    assert opened["dtls"] is True
+    assert next(r for r in records if r["kind"] == "handshake")["version"] == "DTLSv1.2"
+    capsys.readouterr()
+    assert replay_main([str(path)]) == 0, capsys.readouterr().out
+    assert "no difference" in capsys.readouterr().out
+    # The modem's second datagram recorded otherwise: the stand-in names it.
+    sent = [r for r in records if r["kind"] == "sent"]
+    assert [r["data"] for r in sent] == ["coap up 1\n", "coap up 2\n"]
+    sent[1]["data"] = "coap UP 2\n"
+    changed = tmp_path / "changed.trace"
+    changed.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert replay_main([str(changed)]) == 1
+    assert "socket 2 sent the datagram 'coap up 2\\\\n', recorded 'coap UP 2\\\\n'" in capsys.readouterr().out

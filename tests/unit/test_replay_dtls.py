@@ -1,0 +1,103 @@
+"""Replay's DTLS stand-in (emulator/tools/trace.py), without a modem: the session's tagged
+datagrams each way, and the stand-in server's side of one recorded DTLS socket, including
+the server's end of the session, which no DTLS peer here can record (`openssl s_server`
+sends no close_notify over DTLS)."""
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsFailure
+from emulator.tools.trace import (DTLS_DATA, DTLS_END, DTLS_HEAD, DTLS_HELLO, ReplayPeer, ReplaySession,
+                                  Script, scripts_of)
+
+DTLS = SimpleNamespace(dtls=True)
+OK_HEAD = {"ok": True, "version": "DTLSv1.2", "cipher": "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256",
+           "alpn": None, "resumed": False}
+
+
+def test_the_session_says_hello_then_reads_the_recorded_end_of_the_handshake():
+    session = ReplaySession(DTLS)
+    session.start()
+    assert session.outgoing() == [DTLS_HELLO]
+    session.receive(DTLS_DATA + b"early")             # before the head: dropped, as DTLS drops it
+    assert session.events() == []
+    session.receive(DTLS_HEAD + json.dumps(OK_HEAD).encode())
+    [done] = session.events()
+    assert isinstance(done, HandshakeComplete) and done.version == "DTLSv1.2"
+    session.send(b"up")
+    assert session.outgoing() == [DTLS_DATA + b"up"]
+    session.receive(DTLS_DATA + b"down")
+    session.receive(DTLS_HEAD + b"{}")                  # a late head: not data
+    assert [e.data for e in session.events() if isinstance(e, AppData)] == [b"down"]
+    session.receive(DTLS_END + b"close_notify")
+    assert [type(e) for e in session.events()] == [PeerClosed]
+    session.receive(DTLS_DATA + b"after")               # nothing after the end
+    assert session.events() == []
+
+
+def test_a_recorded_failure_fails_the_handshake_and_junk_is_ignored():
+    session = ReplaySession(DTLS)
+    session.start()
+    session.receive(b"")                                 # (no EOF in UDP: nothing)
+    session.receive(DTLS_HEAD + b"not json")
+    assert session.events() == []
+    session.receive(DTLS_HEAD + json.dumps({"fail": "verify_failed", "reason": "bad CA"}).encode())
+    [failed] = session.events()
+    assert isinstance(failed, TlsFailure) and failed.kind == "verify_failed"
+
+
+def test_a_tls_session_stays_a_stream():
+    session = ReplaySession(SimpleNamespace(dtls=False))
+    session.start()
+    session.send(b"up")
+    assert session.outgoing() == [b"up"]
+
+
+def test_scripts_know_a_dtls_socket_from_a_udp_one():
+    records = [
+        {"kind": "open", "socket": 1, "host": "h", "port": 5684, "dtls": True},
+        {"kind": "open", "socket": 2, "host": "h", "port": 5683, "dtls": False, "service": "tcpip", "type": "UDP"},
+        {"kind": "open", "socket": 3, "host": "h", "port": 443, "dtls": False},
+    ]
+    dtls, udp, tls = scripts_of(records)
+    assert dtls.dtls and dtls.datagram and not dtls.plain
+    assert udp.datagram and udp.plain and not udp.dtls
+    assert not tls.datagram and not tls.dtls
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes, addr) -> None:
+        self.sent.append(data)
+
+
+def test_the_stand_in_answers_the_hello_carries_records_and_ends_where_the_server_did():
+    script = Script(1, "h", 5684, header=OK_HEAD, connected=True, dtls=True,
+                    steps=[("expect", b"up"), ("send", b"down", 0), ("end", "close_notify", 0)])
+
+    async def run() -> tuple[ReplayPeer, Transport]:
+        peer, transport, inbox = ReplayPeer([script], lambda: 1 << 40), Transport(), asyncio.Queue()
+        for datagram in (DTLS_HELLO, DTLS_DATA + b"UP"):
+            inbox.put_nowait(datagram)
+        await asyncio.wait_for(peer.play_datagrams(script, transport, inbox, ("127.0.0.1", 1)), 5)
+        return peer, transport
+    peer, transport = asyncio.run(run())
+    assert transport.sent == [DTLS_HEAD + json.dumps(OK_HEAD).encode(), DTLS_DATA + b"down",
+                              DTLS_END + b"close_notify"]
+    assert peer.differences == ["socket 1 sent the datagram 'UP', recorded 'up'"]
+
+
+def test_a_failed_handshake_is_all_the_stand_in_says():
+    head = {"fail": "handshake_failed", "reason": "alert"}
+    script = Script(1, "h", 5684, header=head, connected=True, dtls=True, steps=[("send", b"never", 0)])
+
+    async def run() -> Transport:
+        transport, inbox = Transport(), asyncio.Queue()
+        inbox.put_nowait(DTLS_HELLO)
+        await asyncio.wait_for(ReplayPeer([script], lambda: 0).play_datagrams(script, transport, inbox, None), 5)
+        return transport
+    assert asyncio.run(run()).sent == [DTLS_HEAD + json.dumps(head).encode()]
