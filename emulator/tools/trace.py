@@ -571,7 +571,7 @@ class ReplaySession:
             self._out.append(DTLS_HELLO)
 
     def receive(self, data: bytes) -> None:
-        from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsFailure
+        from tls_engine import AppData, PeerClosed
         if self.settings.dtls:
             self._datagram(data)
             return
