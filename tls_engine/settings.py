@@ -27,6 +27,7 @@ class TlsSettings:
     sni: bool = False
     ignore_multicert_chain_verify: bool = False
     ignore_invalid_cert_sign: bool = False
+    ignore_cert_chain: bool = False         # the server's chain is not verified (leaf dates, name are)
     psk_identity: bytes | None = None
     psk_key: bytes | None = None
     dtls: bool = False

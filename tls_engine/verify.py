@@ -17,6 +17,10 @@ relax flag must relax exactly what it names. Policy (also in tls_engine/README.m
   must be an anchor or a certificate the server sent, and must have signed it; the
   certificates above that issuer are not verified (so with an intermediate the
   anchor is not involved). Dates (if checked) apply to leaf and that issuer.
+* ignore_cert_chain=1 (a BG96's "ignorecertchain"): the chain is not verified at all:
+  the leaf alone is the path (who signed it, whether signatures verify, is not looked
+  at); its dates (unless ignore_local_time) and its name (unless verify_hostname=False)
+  are checked as ever.
 * Name (unless verify_hostname=False, which skips it): DNS names per RFC 6125 against SAN dNSName (wildcard only as the whole
   left-most label, never for a bare IP or a public two-label name), CN fallback only
   when the certificate has no SAN extension (as Mbed TLS does); IP literals match
@@ -127,9 +131,12 @@ class ChainVerifier:
         except ValueError as exc:
             return VerifyProblem(f"server certificate cannot be parsed: {exc}", ALERT_BAD_CERT)
         leaf = chain[0]
-        path, problem = self._build_path(leaf, chain[1:])
-        if problem:
-            return VerifyProblem(problem, ALERT_UNKNOWN_CA)
+        if self.settings.ignore_cert_chain:
+            path = [leaf]
+        else:
+            path, problem = self._build_path(leaf, chain[1:])
+            if problem:
+                return VerifyProblem(problem, ALERT_UNKNOWN_CA)
         if not self.settings.ignore_local_time:
             problem, alert = self._check_dates(path)
             if problem:

@@ -368,7 +368,7 @@ def check_commands(commands: dict[str, str], path: Path) -> None:
 
 def check_ssl(data: dict, path: Path) -> None:
     """ssl.dialect, ssl.options and the AT+QSSL command variants agree; the absent
-    keys get their defaults (the dialect's options, the EC2x cipher table)."""
+    keys get their defaults (the dialect's default options, the EC2x cipher table)."""
     from tls_engine.ciphers import CIPHER_TABLE
     from emulator.sockets.dialects import DIALECTS, options_problem
     ssl = data["ssl"]
@@ -376,7 +376,7 @@ def check_ssl(data: dict, path: Path) -> None:
     if dialect not in DIALECTS:
         raise ProfileError(f"profile {path}: key ssl.dialect: must be one of "
                            f"{', '.join(map(repr, DIALECTS))}, got {dialect!r}")
-    options = ssl.setdefault("options", list(DIALECTS[dialect].options))
+    options = ssl.setdefault("options", list(DIALECTS[dialect].options_by_default))
     why = options_problem(dialect, options)
     if why:
         raise ProfileError(f"profile {path}: key ssl.options: {why}")

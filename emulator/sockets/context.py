@@ -54,6 +54,11 @@ OPTIONS: dict[str, Option] = {
     "session_cache": Option("int", 1, 0, 1),
     "alpn": Option("alpn", ""),
     "renegotiation": Option("int", 0, 0, 1),
+    # Quectel BG96/BG95 options (no EC2x document has them; docs/behaviour.md, "BG96 options"):
+    # checkhost 1 = the dialled name must match the server's certificate (0: not checked);
+    # ignorecertchain 1 = the server's chain is not verified (its leaf's dates and name are).
+    "checkhost": Option("int", 0, 0, 1),
+    "ignorecertchain": Option("int", 0, 0, 1),
 }
 
 
@@ -176,10 +181,24 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
         alpn=alpn,
         session_cache=bool(ctx["session_cache"]),
         renegotiation=bool(ctx["renegotiation"]),
-        verify_hostname=bool(profile.get("ssl.verify_hostname", True)),
+        verify_hostname=_checks_names(ctx, profile),
+        ignore_cert_chain=_module_option(ctx, profile, "ignorecertchain"),
         keylog=keylog,
         monotonic=monotonic,
     )
+
+
+def _module_option(ctx: SslContext, profile, name: str) -> bool:
+    """An option only some modules have (the profile's ssl.options): off on the others."""
+    return name in profile["ssl.options"] and bool(ctx[name])
+
+
+def _checks_names(ctx: SslContext, profile) -> bool:
+    """Whether the dialled name is checked against the server's certificate: the context's
+    "checkhost" on a module that has the option, else the profile's ssl.verify_hostname."""
+    if "checkhost" in profile["ssl.options"]:
+        return bool(ctx["checkhost"])
+    return bool(profile.get("ssl.verify_hostname", True))
 
 
 def _host_bytes(text: str, what: str) -> bytes:

@@ -22,8 +22,11 @@ from emulator.storage.secstore import SLOT_CA_CERT, SLOT_CLIENT_CERT, SLOT_CLIEN
 class Dialect:
     name: str
     # Every AT+QSSLCFG option the family knows, in the order its test form lists them;
-    # a profile's ssl.options is a subset (default: all of them).
+    # a profile's ssl.options is a subset (default: `default_options`, else all of them).
     options: tuple[str, ...]
+    # The options of a profile that lists none (a family's catalogue may hold options of
+    # other members that its reference module does not have).
+    default_options: tuple[str, ...] = ()
     # Options of a context whose default differs from the EC2x note's (OPTIONS).
     context_defaults: dict[str, object] = field(default_factory=dict)
     # Options without a context that are only stored and queried: name -> default.
@@ -33,6 +36,10 @@ class Dialect:
     recv_urc: str = '+QSSLURC: "recv",{id}'
     push_urc: str = '+QSSLURC: "recv",{id},{n}'
     closed_urc: str = '+QSSLURC: "closed",{id}'
+
+    @property
+    def options_by_default(self) -> tuple[str, ...]:
+        return self.default_options or self.options
 
     def context_values(self) -> dict[str, object]:
         return default_values(self.context_defaults)
@@ -50,8 +57,11 @@ class Dialect:
         return self.closed_urc.format(id=sock.client_id)
 
 
-# Quectel EC2x (SSL Application Note): every option of OPTIONS, the note's defaults.
-QUECTEL = Dialect(name="quectel", options=tuple(OPTIONS))
+# Quectel: every option of OPTIONS, the EC2x note's defaults; a profile without ssl.options
+# has the EC2x's (all but the BG96/BG95 ones, which a BG96 profile lists).
+BG96_ONLY_OPTIONS = ("checkhost", "ignorecertchain")
+QUECTEL = Dialect(name="quectel", options=tuple(OPTIONS),
+                  default_options=tuple(o for o in OPTIONS if o not in BG96_ONLY_OPTIONS))
 
 # China Mobile OneMO ML302 (SSL AT manual): six options per context, three global ones
 # ("ignorertctime" is every context's ignorelocaltime; "https" and "httpsctxi" are only

@@ -1,16 +1,19 @@
 """AT+QSSLCFG "seclevel", "cacert", "cacertex", "clientcert", "clientkey",
-"ignoremulticertchainverify", "ignoreinvalidcertsign", "ignorelocaltime" (with AT+CCLK)
+"ignoremulticertchainverify", "ignoreinvalidcertsign", "ignorelocaltime" (with AT+CCLK), and a
+BG96's "checkhost" and "ignorecertchain" (an EC2x profile with the BG96's option list)
 through the pty, against OpenSSL servers (emulator.testing.peers.TlsServer) that record whether the
 handshake completed and which client certificate they got."""
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from emulator.modem.profile import PROFILE_DIR
 from emulator.testing.peers import TlsServer, make_cert, utc
-from tests.e2e.ssl_options_support import HOST, cfg, close, open_ssl, trust
+from tests.e2e.ssl_options_support import HOST, PORT, cfg, close, open_ssl, trust
 
 
 def client_identity(modem, pki, ctx: int) -> None:
@@ -185,3 +188,78 @@ def test_ignorelocaltime_0_accepts_an_old_certificate_at_an_old_modem_clock(ec2x
         cfg(ec2x, "ignorelocaltime", 0, 1)
         assert open_ssl(ec2x, 0) == 0
         close(ec2x)
+
+
+# -- a BG96's "checkhost" and "ignorecertchain" (docs/behaviour.md, "BG96 options") ---------------
+BG96_OPTIONS = ("sslversion", "ciphersuite", "cacert", "clientcert", "clientkey", "seclevel", "sni",
+                "checkhost", "ignorecertchain", "ignorelocaltime", "negotiatetime")
+
+
+@pytest.fixture
+def bg96(open_modem, emulator, tmp_path):
+    """A modem whose profile is ec2x.toml with a BG96's AT+QSSLCFG options, PDP context 1 up;
+    route(server, host) maps host:PORT to the server."""
+    text = (PROFILE_DIR / "ec2x.toml").read_text()
+    listed = ", ".join(f'"{o}"' for o in BG96_OPTIONS)
+    text, n = re.subn(r"options = \[[^\]]*\]", f"options = [{listed}]", text, count=1)
+    assert n == 1
+    (tmp_path / "bg96.toml").write_text(text)
+    host, _ = open_modem(str(tmp_path / "bg96.toml"))
+    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+
+    def route(server, name: str = HOST) -> None:
+        emulator.router.add_map(name, PORT, "127.0.0.1", server.port)
+    return host, route
+
+
+def bg96_trust(modem, ca_pem: bytes) -> None:
+    """trust() without "session_cache", which a BG96 does not have (a changed context
+    forgets its sessions: each step below is a full handshake)."""
+    assert modem.upload("UFS:ca.pem", ca_pem).endswith(b"OK\r\n")
+    cfg(modem, "seclevel", 0, 1)
+    cfg(modem, "cacert", 0, '"UFS:ca.pem"')
+
+
+def test_bg96_checkhost_decides_whether_the_dialled_name_is_checked(bg96, pki, caplog):
+    modem, route = bg96
+    caplog.set_level(logging.INFO, logger="emulator.ssl")
+    with TlsServer(pki.server) as server:
+        route(server)
+        route(server, "other.example")                 # a name the certificate does not carry
+        bg96_trust(modem, pki.ca.cert_pem)
+        assert open_ssl(modem, 0, host="other.example") == 0      # checkhost 0 (its default)
+        close(modem)
+        cfg(modem, "checkhost", 0, 1)
+        assert open_ssl(modem, 0, host="other.example") == 566
+        assert open_ssl(modem, 0) == 0                 # the name it carries
+        close(modem)
+        cfg(modem, "checkhost", 0, 0)
+        cfg(modem, "seclevel", 0, 0)                   # nothing checked at seclevel 0 anyway
+        assert open_ssl(modem, 0, host="other.example") == 0
+        close(modem)
+    assert "does not match 'other.example'" in reasons(caplog)
+
+
+def test_bg96_ignorecertchain_skips_the_chain_not_the_dates_or_the_name(bg96, pki, caplog):
+    modem, route = bg96
+    caplog.set_level(logging.INFO, logger="emulator.ssl")
+    with TlsServer(pki.wrong_server) as server:        # signed by a CA the modem does not trust
+        route(server)
+        route(server, "other.example")
+        bg96_trust(modem, pki.ca.cert_pem)
+        assert open_ssl(modem, 0) == 566
+        cfg(modem, "ignorecertchain", 0, 1)
+        assert open_ssl(modem, 0) == 0                 # whoever signed it
+        assert server.wait_handshake().handshake_done
+        close(modem)
+        cfg(modem, "checkhost", 0, 1)
+        assert open_ssl(modem, 0, host="other.example") == 566    # the name is still checked
+    old = pki.issue_window("bg96-2019", utc(2019, 1, 1), utc(2020, 1, 1), ca=pki.wrong_ca)
+    with TlsServer(old) as server:                     # expired at the modem's clock
+        route(server)
+        cfg(modem, "ignorelocaltime", 0, 0)
+        assert open_ssl(modem, 0) == 566               # the leaf's dates are still checked
+        cfg(modem, "ignorelocaltime", 0, 1)
+        assert open_ssl(modem, 0) == 0
+        close(modem)
+    assert "does not match 'other.example'" in reasons(caplog)

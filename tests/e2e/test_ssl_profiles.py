@@ -45,7 +45,8 @@ def test_a_bg95_style_profile_lists_and_takes_only_its_options(open_modem, tmp_p
 
 def test_the_built_in_profiles_name_their_family():
     ec2x, ml302 = load_profile("ec2x"), load_profile("ml302")
-    assert ec2x["ssl.dialect"] == "quectel" and ec2x["ssl.options"] == list(QUECTEL.options)
+    assert ec2x["ssl.dialect"] == "quectel" and ec2x["ssl.options"] == list(QUECTEL.default_options)
+    assert set(QUECTEL.options) - set(QUECTEL.default_options) == {"checkhost", "ignorecertchain"}
     assert ml302["ssl.dialect"] == "onemo"
     assert {ec2x.command_variant("+QSSLOPEN"), ml302.command_variant("+QSSLOPEN")} == {"quectel", "onemo"}
 
