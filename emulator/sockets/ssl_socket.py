@@ -222,6 +222,9 @@ class SslSocket:
         self._records: deque[list] = deque()     # [bytes left, sender] per datagram in inbox
         self._from = None                        # the sender of the datagram being received
         self.last_from = None                    # the sender of the datagram read last
+        # A routed destination's real address -> the one the host sent to: a datagram from
+        # it is shown as from there (the host never sees a route; UDP SERVICE, AT+QISEND).
+        self.peer_names: dict[tuple, tuple[str, int]] = {}
         self._dest = None                        # where the datagram being sent goes (None: connected)
         self._connect = None
         self._incoming = None                    # the settings of an accepted connection
@@ -650,7 +653,7 @@ class SslSocket:
         was_empty = not self.inbox
         self.inbox += data
         if self.keep_datagrams:
-            self._records.append([len(data), self._from])
+            self._records.append([len(data), self.peer_names.get(self._from, self._from)])
         self._trace("received", socket=self.client_id, data=data)
         if len(self.inbox) >= self.recv_limit:
             self.pause_network(True)
