@@ -175,11 +175,12 @@ def qisend_write(modem, cmd):
         port = args.int(3, 1, 65535)
         router = modem.network
 
-        def to() -> tuple[str, int] | None:
+        def destination() -> tuple[str, int] | None:
             dest = udp_destination(router, ip, port)
             if dest is not None and dest != (ip, port):      # routed: its replies read as
                 sock.peer_names[dest] = (router.display_address(ip), port)    # from ip:port
             return dest
+        to = destination
     elif len(args) > 2:
         raise args.fail("<remoteIP>,<remote_port> only for a UDP SERVICE")
     return send_request(modem, svc, connect_id, length, send_max=svc.send_max, send_buffer=svc.send_buffer,
