@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import random
 import select
+import struct
 import termios
 import tty
 import weakref
@@ -287,14 +289,16 @@ class PtyPort:
 
     def _discard_unread_output(self) -> None:
         """What the departed host never read stays queued on the slave side and
-        would greet the next host: flush it through a brief open of the slave."""
+        would greet the next host: flush it through a brief open of the slave, which
+        also resets what a UART's last close resets (_reset_line)."""
         try:
             fd = os.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError:
             return
         try:
+            _reset_line(fd)
             termios.tcflush(fd, termios.TCIFLUSH)
-        except termios.error:
+        except (termios.error, OSError):
             pass
         finally:
             os.close(fd)
@@ -560,3 +564,30 @@ def remove_link(link: Path, target: str) -> None:
             link.unlink()
     except OSError as exc:
         log.warning("could not remove %s: %s", link, exc)
+
+
+def _reset_line(fd: int) -> None:
+    """A real UART's tty is released at its last close and the next open starts afresh; a
+    pty's slave lives as long as the emulator holds the master, so what a departed host left
+    in it would stay for every later one.  Reset what the next open of a UART would not see
+    (its termios, which a UART keeps, stay as they are):
+    - a line discipline other than N_TTY (pppd, slattach, ldattach killed before restoring
+      it): with it the port is dead (tcgetattr EINVAL, the modem's answers swallowed);
+    - output stopped by an XOFF that the host's IXON took from the modem's output (binary
+      socket data): the next host's writes would never leave.  Clearing IXON for a moment
+      restarts it (the line discipline's own rule), then the host's settings come back."""
+    try:
+        if struct.unpack("i", fcntl.ioctl(fd, termios.TIOCGETD, b"\0" * 4))[0] != termios.N_TTY:
+            fcntl.ioctl(fd, termios.TIOCSETD, struct.pack("i", termios.N_TTY))
+            log.info("%s: a line discipline the host left was reset to N_TTY", os.ttyname(fd))
+    except OSError:
+        pass
+    try:
+        attrs = termios.tcgetattr(fd)
+        if attrs[0] & termios.IXON:
+            cleared = list(attrs)
+            cleared[0] &= ~termios.IXON
+            termios.tcsetattr(fd, termios.TCSANOW, cleared)
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    except termios.error:
+        pass
