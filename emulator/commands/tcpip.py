@@ -179,6 +179,8 @@ def qisend_write(modem, cmd):
             dest = udp_destination(router, ip, port)
             if dest is not None and dest != (ip, port):      # routed: its replies read as
                 sock.peer_names[dest] = (router.display_address(ip), port)    # from ip:port
+            elif dest is not None:                           # sent to as itself: its own name
+                sock.peer_names.pop(dest, None)
             return dest
         to = destination
     elif len(args) > 2:

@@ -257,11 +257,13 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     # the [commands] variant of every AT+QSSL command must be the same name.  Absent: "quectel".
     "ssl.dialect": (False, _str),
     # The AT+QSSLCFG options the module has, in its test form's order: a subset of the
-    # dialect's (checked in check_ssl).  Absent: all of the dialect's.
+    # dialect's (checked in check_ssl).  Absent: the dialect's default_options (a Quectel:
+    # the EC2x's, without the BG96's checkhost and ignorecertchain).
     "ssl.options": (False, _list(_str, 1)),
     "ssl.errors": (False, _table(_int(-1000, 1000))),
     "ssl.at_port": (False, _quoted),
-    "ssl.verify_hostname": (False, _bool),   # absent = true (check the dialled name)
+    "ssl.verify_hostname": (False, _bool),   # absent = true (check the dialled name; with
+                                             # "checkhost" listed: that option's default)
     # TCP(IP) AT commands (AT+QIOPEN & co., emulator/sockets/tcpip.py); absent: no such commands.
     "tcpip.sockets": (False, _int(1, 64)),          # <connectID>s, one pool with the SSL clientIDs
     "tcpip.send_max": (False, _int(1, 65535)),      # AT+QISEND <send_length>

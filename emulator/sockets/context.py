@@ -55,7 +55,8 @@ OPTIONS: dict[str, Option] = {
     "alpn": Option("alpn", ""),
     "renegotiation": Option("int", 0, 0, 1),
     # Quectel BG96/BG95 options (no EC2x document has them; docs/behaviour.md, "BG96 options"):
-    # checkhost 1 = the dialled name must match the server's certificate (0: not checked);
+    # checkhost 1 = the dialled name must match the server's certificate (0: not checked;
+    # its default on such a module is the profile's ssl.verify_hostname, SslService);
     # ignorecertchain 1 = the server's chain is not verified (its leaf's dates and name are).
     "checkhost": Option("int", 0, 0, 1),
     "ignorecertchain": Option("int", 0, 0, 1),
@@ -195,7 +196,8 @@ def _module_option(ctx: SslContext, profile, name: str) -> bool:
 
 def _checks_names(ctx: SslContext, profile) -> bool:
     """Whether the dialled name is checked against the server's certificate: the context's
-    "checkhost" on a module that has the option, else the profile's ssl.verify_hostname."""
+    "checkhost" on a module that has the option (its default: ssl.verify_hostname), else
+    the profile's ssl.verify_hostname."""
     if "checkhost" in profile["ssl.options"]:
         return bool(ctx["checkhost"])
     return bool(profile.get("ssl.verify_hostname", True))

@@ -181,12 +181,18 @@ class SocketService:
 
 
 class SslService(SocketService):
+    def _context_defaults(self, profile) -> dict[str, object]:
+        values = self.dialect.context_values()
+        if "checkhost" in self.options:    # (a BG96) the profile's name check is its default
+            values["checkhost"] = int(bool(profile.get("ssl.verify_hostname", True)))
+        return values
+
     def __init__(self, modem) -> None:
         self.modem = modem
         profile = modem.profile
         self.dialect = DIALECTS[profile["ssl.dialect"]]
         self.options: tuple[str, ...] = tuple(profile["ssl.options"])
-        self.contexts = {i: SslContext(i, self.dialect.context_values()) for i in range(profile["ssl.contexts"])}
+        self.contexts = {i: SslContext(i, self._context_defaults(profile)) for i in range(profile["ssl.contexts"])}
         self.globals: dict[str, int] = dict(self.dialect.stored_globals)
         self.max_sockets = profile["ssl.sockets"]
         self.recv_max = profile["ssl.recv_max"]

@@ -550,7 +550,9 @@ def scripts_of(records: list[dict]) -> list[Script]:
 # The datagrams of a DTLS socket's stand-in (the first byte says what each is): the modem's
 # hello (the stand-in learns its address), the handshake's end (JSON, as recorded), plaintext
 # one datagram per record, the server's end of the session (its close_notify or failure).
-DTLS_HELLO, DTLS_HEAD, DTLS_DATA, DTLS_END = b"H", b"S", b"D", b"E"
+# The hello is long enough that no plain UDP socket's datagram to the same stand-in is taken
+# for it (the stand-in gives a new sender a DTLS script only if it says this first).
+DTLS_HELLO, DTLS_HEAD, DTLS_DATA, DTLS_END = b"H\0modem-emulator replay: DTLS hello", b"S", b"D", b"E"
 
 
 class ReplaySession:
@@ -834,11 +836,16 @@ class _UdpStandIn(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:
         inbox = self.inboxes.get(addr)
         if inbox is None:
-            if not self.queue:
-                self.peer.differences.append("a UDP socket the trace does not have")
+            # A new sender: the next recorded socket of its kind (a DTLS socket says its hello
+            # at the open, a UDP socket speaks at its first send: their orders may differ).
+            dtls = data == DTLS_HELLO
+            script = next((s for s in self.queue if s.dtls == dtls), None)
+            if script is None:
+                self.peer.differences.append(f"a {'DTLS' if dtls else 'UDP'} socket the trace does not have")
                 return
+            self.queue.remove(script)
             inbox = self.inboxes[addr] = asyncio.Queue()
-            self.peer.spawn(self.peer.play_datagrams(self.queue.pop(0), self.transport, inbox, addr))
+            self.peer.spawn(self.peer.play_datagrams(script, self.transport, inbox, addr))
         inbox.put_nowait(data)
 
 

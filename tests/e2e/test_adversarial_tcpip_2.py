@@ -17,7 +17,7 @@ import time
 import pytest
 
 from emulator.testing.host import Host
-from emulator.testing.peers import TcpServer
+from emulator.testing.peers import TcpServer, UdpEchoServer
 from tests.e2e.socket_support import (RESULT, TCP_HOST, TCP_PORT, free_port, qiopen, qird, qisend,
                                       wait_for)
 
@@ -506,3 +506,29 @@ def test_hangup_with_a_listener_and_a_client_arriving_meanwhile(modem):
         assert host.at("AT+QICLOSE=1") == OK and host.at("AT+QICLOSE=0") == OK
     finally:
         host.close()
+
+
+# -- a UDP SERVICE's replies from routed destinations (docs/behaviour.md, "Routing") ----------
+def test_udp_service_names_a_routed_reply_by_the_address_the_host_sent_to(modem, emulator):
+    """A reply from a routed destination reads as from "8.8.8.8",53; once the host sends to
+    the route's target itself, that sender reads as itself again; a socket reopened on the
+    id remembers nothing.  (From a review: the name stayed after a direct send.)"""
+    modem, _, _ = modem
+
+    def read_one(cid: int) -> bytes:
+        modem.seen(b'+QIURC: "recv",%d\r\n' % cid)
+        return modem.at(f"AT+QIRD={cid}")
+    with UdpEchoServer() as udp:
+        emulator.router.add_map("8.8.8.8", 53, "127.0.0.1", udp.port)
+        local = free_port(socket.SOCK_DGRAM)
+        qiopen(modem, 2, "UDP SERVICE", "127.0.0.1", 0, local_port=local)
+        assert qisend(modem, 2, b"one", extra=',"8.8.8.8",53') == b"\r\nSEND OK\r\n"
+        assert read_one(2) == b'\r\n+QIRD: 3,"8.8.8.8",53\r\none\r\n\r\nOK\r\n'
+        assert qisend(modem, 2, b"two", extra=f',"127.0.0.1",{udp.port}') == b"\r\nSEND OK\r\n"
+        assert read_one(2) == f'\r\n+QIRD: 3,"127.0.0.1",{udp.port}\r\ntwo\r\n\r\nOK\r\n'.encode()
+        assert qisend(modem, 2, b"six", extra=',"8.8.8.8",53') == b"\r\nSEND OK\r\n"
+        assert read_one(2) == b'\r\n+QIRD: 3,"8.8.8.8",53\r\nsix\r\n\r\nOK\r\n'
+        assert modem.at("AT+QICLOSE=2") == OK
+        qiopen(modem, 2, "UDP SERVICE", "127.0.0.1", 0, local_port=local)
+        udp.sock.sendto(b"x", ("127.0.0.1", local))
+        assert read_one(2) == f'\r\n+QIRD: 1,"127.0.0.1",{udp.port}\r\nx\r\n\r\nOK\r\n'.encode()

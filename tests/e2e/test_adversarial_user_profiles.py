@@ -360,9 +360,11 @@ def test_a_bg96_profile_gives_the_bg96_test_form(tmp_path, open_modem):
     assert host.at('AT+QSSLCFG="cacertex",1,"UFS:x.pem"') == b"\r\nERROR\r\n"    # not a BG96 option
     assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 552,invalid parameter\r\n\r\nOK\r\n"
     assert host.at('AT+QSSLCFG="ignorelocaltime",1') == b'\r\n+QSSLCFG: "ignorelocaltime",1,1\r\n\r\nOK\r\n'
-    assert host.at('AT+QSSLCFG="checkhost",1') == b'\r\n+QSSLCFG: "checkhost",1,0\r\n\r\nOK\r\n'
-    assert host.at('AT+QSSLCFG="checkhost",1,1;+QSSLCFG="ignorecertchain",5,1') == b"\r\nOK\r\n"
+    # (checkhost's default is the profile's ssl.verify_hostname: ec2x.toml's true)
     assert host.at('AT+QSSLCFG="checkhost",1') == b'\r\n+QSSLCFG: "checkhost",1,1\r\n\r\nOK\r\n'
+    assert host.at('AT+QSSLCFG="ignorecertchain",5') == b'\r\n+QSSLCFG: "ignorecertchain",5,0\r\n\r\nOK\r\n'
+    assert host.at('AT+QSSLCFG="checkhost",1,0;+QSSLCFG="ignorecertchain",5,1') == b"\r\nOK\r\n"
+    assert host.at('AT+QSSLCFG="checkhost",1') == b'\r\n+QSSLCFG: "checkhost",1,0\r\n\r\nOK\r\n'
     assert host.at('AT+QSSLCFG="ignorecertchain",5') == b'\r\n+QSSLCFG: "ignorecertchain",5,1\r\n\r\nOK\r\n'
     assert host.at('AT+QSSLCFG="checkhost",1,2') == b"\r\nERROR\r\n"
 

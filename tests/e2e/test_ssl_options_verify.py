@@ -195,16 +195,23 @@ BG96_OPTIONS = ("sslversion", "ciphersuite", "cacert", "clientcert", "clientkey"
                 "checkhost", "ignorecertchain", "ignorelocaltime", "negotiatetime")
 
 
-@pytest.fixture
-def bg96(open_modem, emulator, tmp_path):
-    """A modem whose profile is ec2x.toml with a BG96's AT+QSSLCFG options, PDP context 1 up;
-    route(server, host) maps host:PORT to the server."""
+def bg96_profile(tmp_path, verify_hostname: bool = True) -> str:
+    """ec2x.toml with a BG96's AT+QSSLCFG options (and ssl.verify_hostname as given)."""
     text = (PROFILE_DIR / "ec2x.toml").read_text()
     listed = ", ".join(f'"{o}"' for o in BG96_OPTIONS)
     text, n = re.subn(r"options = \[[^\]]*\]", f"options = [{listed}]", text, count=1)
     assert n == 1
+    text, n = re.subn(r"verify_hostname = true", f"verify_hostname = {str(verify_hostname).lower()}", text, count=1)
+    assert n == 1
     (tmp_path / "bg96.toml").write_text(text)
-    host, _ = open_modem(str(tmp_path / "bg96.toml"))
+    return str(tmp_path / "bg96.toml")
+
+
+@pytest.fixture
+def bg96(open_modem, emulator, tmp_path):
+    """A modem on bg96_profile(), PDP context 1 up; route(server, host) maps host:PORT to the
+    server."""
+    host, _ = open_modem(bg96_profile(tmp_path))
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
 
     def route(server, name: str = HOST) -> None:
@@ -227,17 +234,36 @@ def test_bg96_checkhost_decides_whether_the_dialled_name_is_checked(bg96, pki, c
         route(server)
         route(server, "other.example")                 # a name the certificate does not carry
         bg96_trust(modem, pki.ca.cert_pem)
-        assert open_ssl(modem, 0, host="other.example") == 0      # checkhost 0 (its default)
+        assert modem.at('AT+QSSLCFG="checkhost",0') == b'\r\n+QSSLCFG: "checkhost",0,1\r\n\r\nOK\r\n'
+        assert open_ssl(modem, 0, host="other.example") == 566    # checked by default
+        assert open_ssl(modem, 0) == 0                 # the name it carries
+        close(modem)
+        cfg(modem, "checkhost", 0, 0)
+        assert open_ssl(modem, 0, host="other.example") == 0
         close(modem)
         cfg(modem, "checkhost", 0, 1)
         assert open_ssl(modem, 0, host="other.example") == 566
-        assert open_ssl(modem, 0) == 0                 # the name it carries
-        close(modem)
         cfg(modem, "checkhost", 0, 0)
         cfg(modem, "seclevel", 0, 0)                   # nothing checked at seclevel 0 anyway
         assert open_ssl(modem, 0, host="other.example") == 0
         close(modem)
     assert "does not match 'other.example'" in reasons(caplog)
+
+
+def test_bg96_checkhost_default_is_the_profiles_verify_hostname(open_modem, emulator, tmp_path, pki):
+    """A BG96 profile that says verify_hostname = false starts every context with checkhost 0
+    (and AT+QSSLCFG turns the check on per context)."""
+    modem, _ = open_modem(bg96_profile(tmp_path, verify_hostname=False))
+    assert modem.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+    for ctx in range(6):
+        assert modem.at(f'AT+QSSLCFG="checkhost",{ctx}') == b'\r\n+QSSLCFG: "checkhost",%d,0\r\n\r\nOK\r\n' % ctx
+    with TlsServer(pki.server) as server:
+        emulator.router.add_map("other.example", PORT, "127.0.0.1", server.port)
+        bg96_trust(modem, pki.ca.cert_pem)
+        assert open_ssl(modem, 0, host="other.example") == 0
+        close(modem)
+        cfg(modem, "checkhost", 0, 1)
+        assert open_ssl(modem, 0, host="other.example") == 566
 
 
 def test_bg96_ignorecertchain_skips_the_chain_not_the_dates_or_the_name(bg96, pki, caplog):

@@ -14,7 +14,7 @@ from tls_engine.ciphers import CIPHER_TABLE
 
 OK = b"\r\nOK\r\n"
 ERROR = b"\r\nERROR\r\n"
-BG95_OPTIONS = [o for o in QUECTEL.options if o not in ("dtls", "dtlsversion", "psk", "alpn")]
+BG95_OPTIONS = [o for o in QUECTEL.default_options if o not in ("dtls", "dtlsversion", "psk", "alpn")]
 
 
 def profile_copy(tmp_path, edit, source: str = "ec2x"):

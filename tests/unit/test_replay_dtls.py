@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsFailure
 from emulator.tools.trace import (DTLS_DATA, DTLS_END, DTLS_HEAD, DTLS_HELLO, ReplayPeer, ReplaySession,
-                                  Script, scripts_of)
+                                  Script, _UdpStandIn, scripts_of)
 
 DTLS = SimpleNamespace(dtls=True)
 OK_HEAD = {"ok": True, "version": "DTLSv1.2", "cipher": "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256",
@@ -101,3 +101,41 @@ def test_a_failed_handshake_is_all_the_stand_in_says():
         await asyncio.wait_for(ReplayPeer([script], lambda: 0).play_datagrams(script, transport, inbox, None), 5)
         return transport
     assert asyncio.run(run()).sent == [DTLS_HEAD + json.dumps(head).encode()]
+
+
+def test_a_udp_and_a_dtls_socket_to_one_destination_each_get_their_own_script():
+    """The stand-in of one destination gives a new sender the next script of its kind: the
+    DTLS socket (opened second) says its hello at the open, before the UDP socket (opened
+    first) sends.  (From a review: they got each other's script.)"""
+    records = [
+        {"kind": "open", "socket": 0, "host": "h", "port": 5684, "service": "tcpip", "type": "UDP"},
+        {"kind": "handshake", "socket": 0, "version": "UDP", "cipher": ""},
+        {"kind": "open", "socket": 1, "host": "h", "port": 5684, "dtls": True},
+        {"kind": "handshake", "socket": 1, "version": "DTLSv1.2", "cipher": "X"},
+        {"kind": "sent", "socket": 1, "data": "up"},
+        {"kind": "sent", "socket": 0, "data": "q"},
+        {"kind": "received", "socket": 0, "data": "a", "in": 0},
+    ]
+    scripts = scripts_of(records)
+    udp_sender, dtls_sender = ("127.0.0.1", 1000), ("127.0.0.1", 2000)
+
+    class Sent(Transport):
+        def sendto(self, data: bytes, addr) -> None:
+            self.sent.append((addr, data))
+
+    async def run() -> tuple[ReplayPeer, Sent]:
+        peer, transport = ReplayPeer(scripts, lambda: 1 << 40), Sent()
+        stand_in = _UdpStandIn(peer, list(scripts))
+        stand_in.connection_made(transport)
+        stand_in.datagram_received(DTLS_HELLO, dtls_sender)
+        stand_in.datagram_received(DTLS_DATA + b"up", dtls_sender)
+        stand_in.datagram_received(b"q", udp_sender)
+        while len(transport.sent) < 2:
+            await asyncio.sleep(0.001)
+        for task in peer._tasks:
+            task.cancel()
+        return peer, transport
+    peer, transport = asyncio.run(asyncio.wait_for(run(), 5))
+    assert sorted(transport.sent) == sorted([(dtls_sender, DTLS_HEAD + json.dumps(scripts[1].header).encode()),
+                                             (udp_sender, b"a")])
+    assert peer.differences == []
