@@ -162,8 +162,9 @@ class PtyPort:
         self.baud: int | None = None
         self._line_free = 0.0
         self._switch: list | None = None
+        self._link_lock: int | None = None
         if self.link:
-            make_link(self.link, self.device)
+            self._link_lock = make_link(self.link, self.device)
         self._peers = _join(self)
         self._held = b""                  # read, not yet handed on (stepped aside meanwhile)
         self._hangup_due = False          # write() saw the host gone: _hangup_if_gone is queued
@@ -537,33 +538,79 @@ class PtyPort:
         if self._writing:
             self.loop.remove_writer(self.master)
         if self.link:
-            remove_link(self.link, self.device)
+            remove_link(self.link, self.device, self._link_lock)
+            self._link_lock = None
         _leave(self)
         os.close(self.master)
 
 
-def make_link(link: Path, target: str) -> None:
-    """Create link -> target, replacing only a stale link: to a vanished pty, or to this
-    very pty (its owner died and the kernel gave the freed number to us: a restart after
-    kill -9 often gets the same /dev/pts/N)."""
-    if link.is_symlink():
-        current = os.readlink(link)
-        if current.startswith("/dev/pts/") and (current == target or not os.path.exists(current)):
-            link.unlink()
-        else:
-            raise LinkError(f"{link} exists and points to {current}: not replacing it")
-    elif link.exists():
-        raise LinkError(f"{link} exists and is not a link: not replacing it")
+def link_lock_path(link: Path) -> Path:
+    """The lock its owner holds beside a --link (".<name>.lock", holding the owner's pid)."""
+    return link.with_name(f".{link.name}.lock")
+
+
+def make_link(link: Path, target: str) -> int | None:
+    """Create link -> target; returns the fd of the link's lock, held while the link is ours
+    (remove_link releases it).  The lock beside the link (link_lock_path) tells a link of a
+    running emulator (locked: refused) from one whose emulator died (kill -9: its lock is
+    free, its pid still written): that one is taken over, whatever pty its number now
+    names (another program may have the freed /dev/pts/N by then).  A link without such a
+    lock is replaced only when stale: to a vanished pty, or to this very pty (the kernel
+    gave the freed number to us)."""
     link.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(target, link)
+    lock_path = link_lock_path(link)
+    try:
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        lock = None                   # (a directory we cannot write: the link fails below)
+    owner_died = False
+    if lock is not None:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(lock, 32, 0).decode("ascii", "replace").strip()
+            os.close(lock)
+            raise LinkError(f"{link} is the link of a running modem-emulator"
+                            f"{f' (pid {holder})' if holder.isdigit() else ''}: not replacing it") from None
+        owner_died = os.pread(lock, 32, 0).strip().isdigit()
+    try:
+        if link.is_symlink():
+            current = os.readlink(link)
+            if current.startswith("/dev/pts/") and (owner_died or current == target or not os.path.exists(current)):
+                link.unlink()
+            else:
+                raise LinkError(f"{link} exists and points to {current}: not replacing it")
+        elif link.exists():
+            raise LinkError(f"{link} exists and is not a link: not replacing it")
+        os.symlink(target, link)
+    except BaseException:
+        if lock is not None:
+            if not owner_died:
+                _unlink_quietly(lock_path)    # (made just now: not left behind)
+            os.close(lock)
+        raise
+    if lock is not None:
+        os.ftruncate(lock, 0)
+        os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+    return lock
 
 
-def remove_link(link: Path, target: str) -> None:
+def remove_link(link: Path, target: str, lock: int | None = None) -> None:
     try:
         if link.is_symlink() and os.readlink(link) == target:
             link.unlink()
     except OSError as exc:
         log.warning("could not remove %s: %s", link, exc)
+    if lock is not None:
+        _unlink_quietly(link_lock_path(link))
+        os.close(lock)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 def _reset_line(fd: int) -> None:

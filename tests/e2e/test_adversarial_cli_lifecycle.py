@@ -211,7 +211,9 @@ def test_sigterm_with_everything_busy_exits_0_and_leaves_nothing(tmp_path):
 # gets the lowest free pts number -- usually that same N -- so the restart refuses its own pty:
 # "exists and points to /dev/pts/N: not replacing it" (seen in 2 of 4 restarts by hand, every
 # other one: the alternate runs find the number in use by nobody).  CI that kill -9s a job and
-# reruns it cannot start the emulator again until someone removes the link.
+# reruns it cannot start the emulator again until someone removes the link.  (Fixed again: when
+# another program took the freed number meanwhile, e.g. a parallel job's pty, the restart was
+# still refused; the link's lock, .<name>.lock beside it, now tells a dead owner's link apart.)
 def test_restart_after_kill_9_takes_over_the_stale_link(tmp_path):
     link = tmp_path / "modem"
     outcomes = []
@@ -225,6 +227,38 @@ def test_restart_after_kill_9_takes_over_the_stale_link(tmp_path):
         finally:
             kill(proc)                            # SIGKILL: the link stays
     assert outcomes == [str(link)] * 4
+
+
+def test_a_dead_emulators_link_is_taken_over_even_when_its_pty_number_is_in_use(tmp_path):
+    """The link of an emulator that died (its lock beside the link is free, its pid still
+    in it) names a /dev/pts/N another program holds by now: it is taken over.  The same link
+    without that lock is somebody else's and is refused; a clean stop leaves neither file."""
+    link, lock = tmp_path / "modem", tmp_path / ".modem.lock"
+    master, slave = os.openpty()                # a pty of another program, alive
+    try:
+        os.symlink(os.ttyname(slave), link)
+        proc = start("--link", str(link), "--state-dir", str(tmp_path / "s"))
+        try:
+            line, code, err = started_or_refused(proc)
+        finally:
+            kill(proc)
+        assert line == "" and "not replacing it" in err, err
+        assert os.readlink(link) == os.ttyname(slave) and not lock.exists()
+        lock.write_text("4194304\n")            # what a dead emulator leaves (no such pid runs)
+        proc = start("--link", str(link), "--state-dir", str(tmp_path / "s"))
+        try:
+            assert first_line(proc) == str(link)
+            assert os.readlink(link) != os.ttyname(slave) and os.path.exists(os.readlink(link))
+            assert lock.read_text() == f"{proc.pid}\n"
+            host = Host(str(link))
+            assert host.at("AT+CGMI") == b"AT+CGMI\r\r\nQuectel\r\n\r\nOK\r\n"
+            host.close()
+        finally:
+            assert stop(proc) == 0
+        assert not os.path.lexists(link) and not lock.exists()
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_kill_9_mid_upload_then_restart_keeps_exactly_what_was_committed(tmp_path):
@@ -287,6 +321,8 @@ def test_second_emulator_on_the_same_link_or_control_is_refused_and_harms_nothin
             assert line == "" and code not in (0, None), args
             assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
             assert str(link if args[1] == str(link) else ctl) in err
+            if args[1] == str(link):
+                assert f"running modem-emulator (pid {first.pid})" in err, err
         assert os.readlink(link) == target and not os.path.lexists(other_link)
         assert control(ctl, {"op": "state"})["profile"] == "ec2x"
         host = Host(str(link))
@@ -294,7 +330,7 @@ def test_second_emulator_on_the_same_link_or_control_is_refused_and_harms_nothin
         host.close()
     finally:
         assert stop(first) == 0
-    assert not os.path.lexists(link) and not ctl.exists()
+    assert not os.path.lexists(link) and not ctl.exists() and not (tmp_path / ".modem.lock").exists()
 
 
 # Was a bug, fixed: nothing stops a second emulator on a --state-dir in use (two `modem-emulator` without
