@@ -14,14 +14,17 @@ def cfg(modem, option: str, ctx: int, *values) -> None:
     assert modem.at(line) == b"\r\nOK\r\n", line
 
 
-def trust(modem, ctx: int, ca_pem: bytes, name: str = "UFS:ca.pem", seclevel: int = 1) -> None:
+def trust(modem, ctx: int, ca_pem: bytes, name: str = "UFS:ca.pem", seclevel: int = 1,
+          session_cache: bool = True) -> None:
     """Upload a CA (once per name) and verify against it; session_cache off, because a
-    resumed session is not verified again (even after AT+CCLK moved the modem clock)."""
+    resumed session is not verified again (even after AT+CCLK moved the modem clock).
+    session_cache False: a module without that option (a BG96), left alone."""
     if name.encode() not in modem.at('AT+QFLST="*"'):
         assert modem.upload(name, ca_pem).endswith(b"OK\r\n")
     cfg(modem, "seclevel", ctx, seclevel)
     cfg(modem, "cacert", ctx, f'"{name}"')
-    cfg(modem, "session_cache", ctx, 0)
+    if session_cache:
+        cfg(modem, "session_cache", ctx, 0)
 
 
 def opened(modem, client_id: int, timeout: float = 10) -> int:

@@ -130,10 +130,7 @@ def test_a_udp_and_a_dtls_socket_to_one_destination_each_get_their_own_script():
         stand_in.datagram_received(DTLS_HELLO, dtls_sender)
         stand_in.datagram_received(DTLS_DATA + b"up", dtls_sender)
         stand_in.datagram_received(b"q", udp_sender)
-        while len(transport.sent) < 2:
-            await asyncio.sleep(0.001)
-        for task in peer._tasks:
-            task.cancel()
+        await asyncio.gather(*peer._tasks)         # both scripts end by themselves
         return peer, transport
     peer, transport = asyncio.run(asyncio.wait_for(run(), 5))
     assert sorted(transport.sent) == sorted([(dtls_sender, DTLS_HEAD + json.dumps(scripts[1].header).encode()),
