@@ -388,6 +388,19 @@ class PtyPort:
         if not self._closed and not self._writing:
             self._flush()
 
+    def discard_output(self) -> None:
+        """The module lost power (the control API's reboot): what its UART had not sent yet
+        is never sent -- an answer still going out at --baud (or to a host not reading) is
+        cut where the restart found it.  (AT+CFUN=1,1 answers OK first: not through here.)"""
+        if not self._out:
+            return
+        log.info("%s: the modem restarted, %d unsent output bytes dropped", self.device, len(self._out))
+        self._out.clear()
+        self._dropped = 0
+        if self._switch is not None:
+            self._apply_switch()
+        self._flush()                     # (the writer off, a drain reported)
+
     def _flush(self) -> None:
         noise = self.noise
         while self._out:

@@ -772,7 +772,9 @@ class SslSocket:
             return True
         reason = CLOSE_NOTIFY if how == "close" else RST
         self._eof_reason = reason
-        if self._transport is not None:
+        if self._deferred:
+            self.flush_deferred()      # what SEND OK accepted left before the fault (it was
+        if self._transport is not None:    # answered: a reset cannot take it back)
             self._transport.abort()
         self._peer_closed(f"{reason} (fault injected)")
         return True
