@@ -34,6 +34,7 @@ import threading
 import time
 
 import pytest
+import serial
 
 from emulator.at.mode import Mode
 from emulator.storage.checksum import xor16
@@ -126,6 +127,11 @@ def settled(emulator, port, still: float = 0.3, timeout: float = 4) -> int:
     return last
 
 
+def inq(fd: int) -> int:
+    """FIONREAD: bytes the host could read now (canonical mode: of complete lines only)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+
+
 def wait_detached(emulator, port) -> None:
     wait_for(lambda: not emulator.run(lambda: port.port.attached), 3, "the port to see the hang-up")
 
@@ -177,6 +183,7 @@ def test_cooked_slave_with_echo_gets_each_answer_once_and_the_echoed_answer_is_i
             # the modem read the line and the kernel's echo of its answer, then nothing more
             echo = answer.replace(b"\r", b"\n").replace(b"\n", b"\r\n")
             base += len(line) + len(echo)
+            emulator.wait_received(port, base)
             assert settled(emulator, port) == base
             assert quiet(fd) == b""
         make_raw(fd)                       # a well-behaved program leaves the port raw
@@ -200,13 +207,12 @@ def test_echo_pingpong_with_ate1_is_bounded_and_starves_no_other_modem(emulator,
     records_before = len(strict_log.records)
     fd = plain_open(port.path)
     stop = threading.Event()
-    read_total = [0]
 
     def reader() -> None:
         while not stop.is_set():
             if select.select([fd], [], [], 0.02)[0]:
                 try:
-                    read_total[0] += len(os.read(fd, 65536))
+                    os.read(fd, 65536)
                 except (BlockingIOError, InterruptedError):
                     pass
                 except OSError:
@@ -222,9 +228,11 @@ def test_echo_pingpong_with_ate1_is_bounded_and_starves_no_other_modem(emulator,
         t.start()
         try:
             wait_for(lambda: received(emulator, port) > first + 10_000, 5, "the ping-pong to run")
+            during = received(emulator, port)
             for _ in range(20):
                 assert other.at("AT+CGMM", timeout=5) == b"\r\nEC25\r\n\r\nOK\r\n"
-            assert received(emulator, port) > first + 10_000
+            # the other modem was served while the loop kept running (not because it stopped)
+            wait_for(lambda: received(emulator, port) > during, 5, "the ping-pong to go on")
             a = termios.tcgetattr(fd)
             a[3] &= ~termios.ECHO
             termios.tcsetattr(fd, termios.TCSANOW, a)
@@ -232,7 +240,6 @@ def test_echo_pingpong_with_ate1_is_bounded_and_starves_no_other_modem(emulator,
         finally:
             stop.set()
             t.join(2)
-        assert read_total[0] > 0
     finally:
         os.close(fd)
     wait_detached(emulator, port)
@@ -254,9 +261,11 @@ def test_cooked_host_leaving_unread_lines_next_plain_opener_gets_no_stale_line(
     base = received(emulator, port)
     os.write(fd, b"AT+CGMR;+CGSN;+CIMI\r")
     emulator.wait_received(port, base + 20)
-    wait_for(lambda: emulator.run(lambda: port.port.backlog) == 0, 3, "the answer written")
-    time.sleep(0.1)
-    os.close(fd)                                # unread: three lines wait in the tty
+    answer = b"\r\nEC25EFAR06A06M4G\r\n\r\n867698041234567\r\n\r\n460011234567890\r\n\r\nOK\r\n"
+    # canonical mode: FIONREAD counts the bytes of complete lines waiting to be read
+    wait_for(lambda: inq(fd) >= len(answer), 3, "the answer's lines to wait in the tty")
+    assert inq(fd) == len(answer)
+    os.close(fd)                                # unread: the answer's lines wait in the tty
     wait_detached(emulator, port)
     fd = plain_open(port.path)
     try:
@@ -293,15 +302,25 @@ def test_cat_and_echo_shell_script_reads_the_answers_exactly(emulator, open_mode
 
 def test_echo_redirect_on_a_raw_port_runs_nothing_and_leaves_no_half_line(emulator, open_modem,
                                                                           strict_log):
-    """`echo AT > $P` on the raw port writes 'AT\\n': no CR, so a module runs nothing.  The
-    half line must not stick to the next host's command (its 'AT\\r' is a plain AT)."""
+    """`echo AT+CGMR > $P` on the raw port writes 'AT+CGMR\\n': no CR, so a module runs
+    nothing.  The half line must not stick to the next host's command (its 'AT\\r' is a plain
+    AT).  (A real `echo` opens, writes and closes within the emulator's host poll, so its
+    bytes are dropped unseen, as from a host that closed before it was seen; the writer here
+    stays until the modem has read its line, then closes: the same bytes, surely read.)"""
     host, port = open_modem("ec2x")
     host.close()
     wait_detached(emulator, port)
     for _ in range(3):
-        subprocess.run(["sh", "-c", f"echo AT+CGMR > {shlex.quote(port.path)}"], check=True, timeout=5)
-        time.sleep(0.12)
-    wait_detached(emulator, port)
+        base = received(emulator, port)
+        fd = plain_open(port.path)
+        try:
+            make_raw(fd)
+            os.write(fd, b"AT+CGMR\n")
+            emulator.wait_received(port, base + 8)
+            assert quiet(fd, 0.2) == b""        # no line end: nothing ran
+        finally:
+            os.close(fd)
+        wait_detached(emulator, port)
     host = Host(port.path)
     try:
         assert host.at("AT") == OK
@@ -337,7 +356,9 @@ def test_control_bytes_from_a_cooked_host_reach_the_tls_peer_and_unread_data_wai
         assert echo.wait_received(len(payload)) == payload
         os.write(fd, b"AT+QSSLRECV=0,200\r")
         # what it reads is mangled by its own tty (^C flushes, ^U kills the line, ^S/^Q
-        # vanish, ^Z restarts what ^S stopped), but the answer ends in OK; it gives up
+        # vanish; the ^S stops this tty's output to the modem -- IXANY is off, so no later
+        # byte but ^Q restarts it; make_raw's clearing IXON does), but the answer ends in OK;
+        # it gives up
         read_until(fd, b"OK\n\n")
         make_raw(fd)
     finally:
@@ -366,13 +387,15 @@ def test_prompt_echoed_back_by_a_cooked_host_is_data_as_on_a_module(emulator, ec
         make_cooked(fd, echo=True)
         os.write(fd, b"AT+QSSLSEND=0,5\r")
         assert echo.wait_received(5) == b"\r\n\r\n>"
-        read_until(fd, b"SEND OK\n")
+        # the "recv" URC goes to this host, before it leaves
+        assert read_until(fd, b'+QSSLURC: "recv",0\n\n') == canonical(
+            b'\r\n> \r\nSEND OK\r\n\r\n+QSSLURC: "recv",0\r\n')
         make_raw(fd)
     finally:
         os.close(fd)
     wait_detached(emulator, port)
     host = Host(port.path)
-    try:                                       # (the "recv" URC went to the cooked host)
+    try:
         assert host.at("AT+QSSLRECV=0,1500") == b"\r\n+QSSLRECV: 5\r\n\r\n\r\n>\r\n\r\nOK\r\n"
         assert len(echo.conn.received) == 5
     finally:
@@ -420,7 +443,9 @@ def _crtscts(fd):
     termios.tcsetattr(fd, termios.TCSAFLUSH, a)
 
 
-def _modem_lines(fd):
+def _modem_lines_noop_on_pty(fd):
+    """DTR/RTS ioctls: a pty has no modem lines, Linux refuses them (ENOTTY, ignored), so
+    this is a no-op: only that the calls do no harm is tested."""
     for req, bits in ((termios.TIOCMBIC, termios.TIOCM_DTR), (termios.TIOCMSET, 0),
                       (termios.TIOCMBIS, termios.TIOCM_DTR | termios.TIOCM_RTS)):
         try:
@@ -429,7 +454,10 @@ def _modem_lines(fd):
             pass                               # a pty has no modem lines
 
 
-def _break(fd):
+def _break_noop_on_pty(fd):
+    """tcsendbreak and TIOCSBRK/TIOCCBRK: a pty has no break, Linux accepts them and does
+    nothing (an OSError elsewhere is ignored), so this is a no-op: only that the calls do no
+    harm is tested."""
     termios.tcsendbreak(fd, 0)
     for req in (0x5427, 0x5428):               # TIOCSBRK, TIOCCBRK (Linux)
         try:
@@ -438,7 +466,7 @@ def _break(fd):
             pass
 
 
-def _drain_flush_out(fd):
+def _drain_flush_in(fd):
     termios.tcdrain(fd)
     termios.tcflush(fd, termios.TCIFLUSH)      # (what the modem sent and the host did not read)
 
@@ -454,10 +482,12 @@ def _nonblock_toggle(fd):
     fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
 
-@pytest.mark.parametrize("op", [_baud, _cs7_parity, _crtscts, _modem_lines, _break, _drain_flush_out,
-                                _stop_start_output, _nonblock_toggle], ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize("op", [_baud, _cs7_parity, _crtscts, _modem_lines_noop_on_pty, _break_noop_on_pty,
+                                _drain_flush_in, _stop_start_output, _nonblock_toggle],
+                         ids=lambda f: f.__name__.strip("_"))
 def test_termios_and_ioctls_mid_data_prompt_leave_the_data_exact(emulator, ec2x_strict, echo, op):
-    """Baud, CS7/parity, CRTSCTS (with TCSAFLUSH), DTR/RTS ioctls, a break, tcdrain/tcflush,
+    """Baud, CS7/parity, CRTSCTS (with TCSAFLUSH), DTR/RTS ioctls, a break (those two are
+    no-ops on a pty: they only show the calls do no harm), tcdrain + tcflush(TCIFLUSH),
     output stop/start, O_NONBLOCK toggled, all between two halves of an AT+QSSLSEND's data.
     Judgement: a pty has no line coding, baud or modem lines (a real UART at 9600 or CS7 would
     garble, which the emulator cannot know); the 8-bit data reach the peer exactly and the
@@ -516,8 +546,8 @@ fd = int(sys.argv[1])
 sys.stdin.readline()                      # the parent has closed its own handles
 os.write(fd, b"56789")
 got = b""
-deadline = time.monotonic() + 5
-while b"SEND OK\r\n" not in got and time.monotonic() < deadline:
+deadline = time.monotonic() + 10
+while b'+QSSLURC: "recv",0\r\n' not in got and time.monotonic() < deadline:
     if select.select([fd], [], [], 0.05)[0]:
         got += os.read(fd, 100)
 sys.stdout.write(repr(got))
@@ -545,14 +575,14 @@ def test_fd_inherited_by_a_child_keeps_the_session_when_the_parent_and_its_dup_c
     try:
         os.close(fd)
         os.close(dup)
-        time.sleep(0.2)                         # (a hang-up would be seen within 50 ms)
         assert emulator.run(lambda: port.port.attached)
-        out, _ = child.communicate("go\n", timeout=10)
+        out, _ = child.communicate("go\n", timeout=20)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-    assert out == repr(b"\r\nSEND OK\r\n")
+    # (the peer's echo comes back: its URC reaches the child before it exits)
+    assert out == repr(b'\r\nSEND OK\r\n\r\n+QSSLURC: "recv",0\r\n')
     assert echo.wait_received(10) == b"0123456789"
     wait_detached(emulator, port)
     host = Host(port.path)
@@ -609,7 +639,7 @@ def test_vhangup_by_a_getty_like_host_mid_upload_abandons_it_and_the_next_host_i
                          timeout=10)
     if not out.stdout.startswith("0 "):
         pytest.skip(f"vhangup not permitted here: {out.stdout or out.stderr}")
-    with pytest.raises(Exception):
+    with pytest.raises((serial.SerialException, OSError)):
         host.write(b"efghij")                   # its handle is dead
     host.close()
     wait_detached(emulator, port)
@@ -644,7 +674,6 @@ def test_line_discipline_left_by_a_departed_host_does_not_kill_the_port(emulator
         else:
             pytest.skip("no line discipline other than N_TTY available")
         wait_for(lambda: emulator.run(lambda: port.port.attached), 3, "the port to see the host")
-        time.sleep(0.2)                         # (its session)
     finally:
         os.close(fd)                            # killed before it could restore N_TTY
     wait_detached(emulator, port)
@@ -662,7 +691,7 @@ def test_xoff_in_data_read_by_a_departed_host_does_not_gag_the_next_host(emulato
     host, advance, port = ec2x_strict
     open_echo_socket(host)
     assert host.send_data(0, b"hi\x13") == b"\r\nSEND OK\r\n"
-    echo.wait_received(3)
+    assert echo.wait_received(3) == b"hi\x13"
     host.seen(b'+QSSLURC: "recv",0\r\n')
     host.close()
     wait_detached(emulator, port)
@@ -676,8 +705,8 @@ def test_xoff_in_data_read_by_a_departed_host_does_not_gag_the_next_host(emulato
     wait_detached(emulator, port)
     fd = plain_open(port.path)                   # the next run of the same program
     try:
-        write_all(fd, b"AT+CGMI\r", timeout=2)
-        assert read_until(fd, b"OK\r\n", timeout=2) == b"\r\nQuectel\r\n\r\nOK\r\n"
+        write_all(fd, b"AT+CGMI\r")
+        assert read_until(fd, b"OK\r\n") == b"\r\nQuectel\r\n\r\nOK\r\n"
     finally:
         a = termios.tcgetattr(fd)
         a[0] &= ~termios.IXON                   # (releases the stop for the fixtures' teardown)
