@@ -181,12 +181,6 @@ class SocketService:
 
 
 class SslService(SocketService):
-    def _context_defaults(self, profile) -> dict[str, object]:
-        values = self.dialect.context_values()
-        if "checkhost" in self.options:    # (a BG96) the profile's name check is its default
-            values["checkhost"] = int(bool(profile.get("ssl.verify_hostname", True)))
-        return values
-
     def __init__(self, modem) -> None:
         self.modem = modem
         profile = modem.profile
@@ -204,6 +198,12 @@ class SslService(SocketService):
         self.last_error = 0
         self.cache = SessionCache()
         self._start()
+
+    def _context_defaults(self, profile) -> dict[str, object]:
+        values = self.dialect.context_values()
+        if "checkhost" in self.options:    # (a BG96) the profile's name check is its default
+            values["checkhost"] = int(bool(profile.get("ssl.verify_hostname", True)))
+        return values
 
     def set_error(self, code: int) -> None:
         self.last_error = code
