@@ -162,7 +162,8 @@ class Interpreter:
             log.warning("port busy: %d input bytes dropped (more than %d waiting)",
                         len(data) - room, MAX_WAITING_INPUT)
             data = data[:room]
-        if self.mode is Mode.ONLINE and not self._inbox and self._online_lf_until is None:
+        if (self.mode is Mode.ONLINE and not self._inbox and self._online_lf_until is None
+                and not self._escape_overdue()):
             self._guarded(self._send_online, data)     # the fast path: no copy through the inbox
             return
         self._inbox += data
@@ -520,7 +521,21 @@ class Interpreter:
         self.lexer.reset()                       # (keeps what it learnt of the host's line ends)
         link.started()
 
+    def _escape_overdue(self) -> bool:
+        """"+++" then the guard time of silence, and its timer has not run yet: the loop was
+        busy past the deadline and reads the host's next bytes first (asyncio runs ready
+        reads before due timers).  A module's UART would have seen the silence end only
+        with those bytes: the escape came first, and they are command-state input."""
+        escape = self._escape
+        return (escape is not None and escape.held == 3
+                and self.modem.monotonic() >= escape.deadline())
+
     def _feed_online(self) -> None:
+        if self._escape_overdue():
+            if self._escape_timer is not None:
+                self._escape_timer.cancel()
+            self._escape_due()                   # OK, command state: the pump lexes the inbox
+            return
         if self._online_lf_until is not None:    # the first byte after CONNECT
             until, self._online_lf_until = self._online_lf_until, None
             self._drop_late_lf(until)
