@@ -29,6 +29,7 @@ import fcntl
 import os
 import random
 import select
+import stat
 import struct
 import termios
 import tty
@@ -397,9 +398,10 @@ class PtyPort:
         log.info("%s: the modem restarted, %d unsent output bytes dropped", self.device, len(self._out))
         self._out.clear()
         self._dropped = 0
+        self._above_high_water = False    # (no drain to report: what waited for one is gone)
         if self._switch is not None:
             self._apply_switch()
-        self._flush()                     # (the writer off, a drain reported)
+        self._flush()                     # (the writer off)
 
     def _flush(self) -> None:
         noise = self.noise
@@ -572,20 +574,9 @@ def make_link(link: Path, target: str) -> int | None:
     gave the freed number to us)."""
     link.parent.mkdir(parents=True, exist_ok=True)
     lock_path = link_lock_path(link)
-    try:
-        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
-        lock = None                   # (a directory we cannot write: the link fails below)
-    owner_died = False
-    if lock is not None:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(lock, 32, 0).decode("ascii", "replace").strip()
-            os.close(lock)
-            raise LinkError(f"{link} is the link of a running modem-emulator"
-                            f"{f' (pid {holder})' if holder.isdigit() else ''}: not replacing it") from None
-        owner_died = os.pread(lock, 32, 0).strip().isdigit()
+    lock = _take_link_lock(link, lock_path)
+    owner_died = lock is not None and os.pread(lock, 32, 0).strip().isdigit()
+    made = False
     try:
         if link.is_symlink():
             current = os.readlink(link)
@@ -596,16 +587,56 @@ def make_link(link: Path, target: str) -> int | None:
         elif link.exists():
             raise LinkError(f"{link} exists and is not a link: not replacing it")
         os.symlink(target, link)
+        made = True
+        if lock is not None:
+            os.ftruncate(lock, 0)
+            os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
     except BaseException:
+        if made:
+            _unlink_quietly(link)
         if lock is not None:
             if not owner_died:
                 _unlink_quietly(lock_path)    # (made just now: not left behind)
             os.close(lock)
         raise
-    if lock is not None:
-        os.ftruncate(lock, 0)
-        os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
     return lock
+
+
+def _take_link_lock(link: Path, lock_path: Path) -> int | None:
+    """The link's lock, opened without following a symlink (a planted one would have the
+    pid written over its target), a regular file, flock'd; the file on disk, not one a
+    stopping emulator unlinked meanwhile.  None: no lock can be made here (a directory we
+    cannot write: the link fails too); LinkError: a running emulator holds it, or the
+    path is not a plain file."""
+    for _ in range(5):
+        try:
+            lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                           | os.O_NONBLOCK, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LinkError(f"{lock_path} is a symbolic link: not using it as {link}'s lock") from None
+            return None
+        try:
+            info = os.fstat(lock)
+            if not stat.S_ISREG(info.st_mode):
+                raise LinkError(f"{lock_path} is not a plain file: not using it as {link}'s lock")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(lock, 32, 0).decode("ascii", "replace").strip()
+                raise LinkError(f"{link} is the link of a running modem-emulator"
+                                f"{f' (pid {holder})' if holder.isdigit() else ''}: not replacing it") from None
+            try:
+                on_disk = os.stat(lock_path, follow_symlinks=False)
+            except FileNotFoundError:
+                on_disk = None
+            if on_disk is not None and (on_disk.st_dev, on_disk.st_ino) == (info.st_dev, info.st_ino):
+                return lock
+        except BaseException:
+            os.close(lock)
+            raise
+        os.close(lock)                 # unlinked by a stopping emulator: take the new one
+    return None
 
 
 def remove_link(link: Path, target: str, lock: int | None = None) -> None:
@@ -630,7 +661,9 @@ def _reset_line(fd: int) -> None:
     """A real UART's tty is released at its last close and the next open starts afresh; a
     pty's slave lives as long as the emulator holds the master, so what a departed host left
     in it would stay for every later one.  Reset what the next open of a UART would not see
-    (its termios, which a UART keeps, stay as they are):
+    (its termios, which a UART keeps, stay as they are; a host opening in the same instant
+    may have its first settings undone -- the window is the few syscalls below):
+    - exclusive mode (TIOCEXCL) and output stopped with tcflow(TCOOFF);
     - a line discipline other than N_TTY (pppd, slattach, ldattach killed before restoring
       it): with it the port is dead (tcgetattr EINVAL, the modem's answers swallowed);
     - output stopped by an XOFF that the host's IXON took from the modem's output (binary
@@ -641,6 +674,14 @@ def _reset_line(fd: int) -> None:
             fcntl.ioctl(fd, termios.TIOCSETD, struct.pack("i", termios.N_TTY))
             log.info("%s: a line discipline the host left was reset to N_TTY", os.ttyname(fd))
     except OSError:
+        pass
+    try:
+        fcntl.ioctl(fd, termios.TIOCNXCL)    # TIOCEXCL (Qt, gpsd) left set: EBUSY for others
+    except OSError:
+        pass
+    try:
+        termios.tcflow(fd, termios.TCOON)    # output a tcflow(TCOOFF) stopped
+    except termios.error:
         pass
     try:
         attrs = termios.tcgetattr(fd)

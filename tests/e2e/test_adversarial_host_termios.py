@@ -712,3 +712,44 @@ def test_xoff_in_data_read_by_a_departed_host_does_not_gag_the_next_host(emulato
         a[0] &= ~termios.IXON                   # (releases the stop for the fixtures' teardown)
         termios.tcsetattr(fd, termios.TCSANOW, a)
         os.close(fd)
+
+
+# From a review of _reset_line: two more per-open states a departed host leaves on the slave.
+TIOCGEXCL = 0x80045440                          # _IOR('T', 0x40, int) (Linux >= 3.8)
+
+
+def departed_host_leaves(emulator, port, leave) -> None:
+    """A plain host opens the port, is seen, does leave(fd) and exits without undoing it."""
+    fd = plain_open(port.path)
+    try:
+        wait_for(lambda: emulator.run(lambda: port.port.attached), 3, "the port to see the host")
+        leave(fd)
+    finally:
+        os.close(fd)
+    wait_detached(emulator, port)
+
+
+def test_exclusive_mode_left_by_a_departed_host_is_cleared(emulator, open_modem, strict_log):
+    """TIOCEXCL (Qt's QSerialPort and gpsd set it) left by a host that died: every later
+    open but root's would fail with EBUSY."""
+    host, port = open_modem("ec2x")
+    host.close()
+    wait_detached(emulator, port)
+    departed_host_leaves(emulator, port, lambda fd: fcntl.ioctl(fd, termios.TIOCEXCL))
+    fd = plain_open(port.path)                  # (root opens an exclusive tty anyway)
+    try:
+        assert struct.unpack("i", fcntl.ioctl(fd, TIOCGEXCL, b"\0" * 4))[0] == 0
+    finally:
+        os.close(fd)
+    wait_detached(emulator, port)
+    fresh_host_answers(port.path, "AT+CGMI", b"\r\nQuectel\r\n\r\nOK\r\n")
+
+
+def test_output_stopped_with_tcooff_by_a_departed_host_is_restarted(emulator, open_modem, strict_log):
+    """tcflow(TCOOFF) left by a host that died: the next program's writes would never reach
+    the modem (clearing IXON does not restart a TCOOFF stop; TCOON does)."""
+    host, port = open_modem("ec2x")
+    host.close()
+    wait_detached(emulator, port)
+    departed_host_leaves(emulator, port, lambda fd: termios.tcflow(fd, termios.TCOOFF))
+    fresh_host_answers(port.path, "AT+CGMI", b"\r\nQuectel\r\n\r\nOK\r\n")
