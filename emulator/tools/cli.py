@@ -312,12 +312,18 @@ def lock_state_dir(state_dir: Path) -> int | None:
     emulator on the same state would read a file index the first one changes under it,
     and sweep its uploads in flight as stale temp files."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:                                 # (never through a planted symlink: it would be truncated)
+        fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                     | os.O_NONBLOCK, 0o600)
     except OSError as exc:               # a read-only state dir still serves what it holds
+        if exc.errno == errno.ELOOP:
+            raise StateDirBusy(f"{state_dir / '.lock'} is a symbolic link: not using it") from None
         log.warning("state dir %s: no lock file (%s): another emulator on it would not be "
                     "noticed", state_dir, exc.strerror or exc)
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StateDirBusy(f"{state_dir / '.lock'} is not a plain file: not using it")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

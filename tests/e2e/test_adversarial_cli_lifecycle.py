@@ -649,3 +649,21 @@ def test_full_disk_refuses_the_upload_keeps_the_old_file_and_restart_shows_only_
     finally:
         assert stop(proc) == 0
     assert (state / "ufs" / "keep.bin").read_bytes() == b"k" * 1000
+
+
+def test_a_planted_symlink_lock_is_never_followed(tmp_path):
+    """A .lock in the state dir, or beside the --link, that is a symlink (planted in a shared
+    directory) is refused in one line; its target is not truncated or written."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data")
+    state = tmp_path / "st"
+    state.mkdir()
+    (state / ".lock").symlink_to(victim)
+    line, code, err = wait_started_or_refused("--state-dir", str(state))
+    assert line == "" and code not in (0, None) and "is a symbolic link" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    (tmp_path / ".modem.lock").symlink_to(victim)
+    line, code, err = wait_started_or_refused("--link", str(tmp_path / "modem"),
+                                              "--state-dir", str(tmp_path / "st2"))
+    assert line == "" and code not in (0, None) and "is a symbolic link" in err, err
+    assert victim.read_text() == "precious data" and not os.path.lexists(tmp_path / "modem")
