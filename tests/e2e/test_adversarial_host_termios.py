@@ -83,31 +83,28 @@ def write_all(fd: int, data: bytes, timeout: float = 5) -> None:
             select.select([], [fd], [], 0.05)
 
 
-def read_until(fd: int, end: bytes | re.Pattern, timeout: float = 5) -> bytes:
-    regex = end if isinstance(end, re.Pattern) else re.compile(re.escape(end))
+def _collect(fd: int, done, deadline: float) -> bytes:
+    """What the fd gives until done(got) or the deadline."""
     got = b""
-    deadline = time.monotonic() + timeout
-    while not regex.search(got):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {regex.pattern!r}; got {got!r}")
-        if select.select([fd], [], [], 0.05)[0]:
-            try:
-                got += os.read(fd, 65536)
-            except (BlockingIOError, InterruptedError):
-                pass
-    return got
-
-
-def quiet(fd: int, seconds: float = 0.3) -> bytes:
-    got = b""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while not done(got) and time.monotonic() < deadline:
         if select.select([fd], [], [], 0.02)[0]:
             try:
                 got += os.read(fd, 65536)
             except (BlockingIOError, InterruptedError):
                 pass
     return got
+
+
+def read_until(fd: int, end: bytes | re.Pattern, timeout: float = 5) -> bytes:
+    regex = end if isinstance(end, re.Pattern) else re.compile(re.escape(end))
+    got = _collect(fd, regex.search, time.monotonic() + timeout)
+    if not regex.search(got):
+        raise AssertionError(f"timed out waiting for {regex.pattern!r}; got {got!r}")
+    return got
+
+
+def quiet(fd: int, seconds: float = 0.3) -> bytes:
+    return _collect(fd, lambda got: False, time.monotonic() + seconds)
 
 
 def received(emulator, port) -> int:

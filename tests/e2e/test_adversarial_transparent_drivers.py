@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -48,16 +49,22 @@ def settle(conn_received, n: int, timeout: float = 5.0) -> bytes:
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-@pytest.fixture
-def tcp_online(emulator, ec2x_strict):
-    """(host, advance, port, server, conn): EC2x on manual time, connectID 0 transparent to a
-    TCP sink, opened with the drivers' CR LF line end."""
-    host, advance, port = ec2x_strict
+@contextmanager
+def online_to_sink(emulator, host):
+    """(server, conn): connectID 0 transparent to a TCP sink, opened with the drivers' CR LF
+    line end."""
     with TcpServer("sink") as server:
         emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
         host.write(QIOPEN2)
         assert host.read_until(FINAL) == b"\r\nCONNECT\r\n"
-        conn = server.wait_connection()
+        yield server, server.wait_connection()
+
+
+@pytest.fixture
+def tcp_online(emulator, ec2x_strict):
+    """(host, advance, port, server, conn): EC2x on manual time, online_to_sink()."""
+    host, advance, port = ec2x_strict
+    with online_to_sink(emulator, host) as (server, conn):
         yield host, advance, port, server, conn
 
 
@@ -341,11 +348,7 @@ def test_escape_while_the_server_keeps_streaming(emulator, realtime):
 # before the overdue timer), instead of OK + OK
 def test_escape_completed_while_the_loop_was_busy(emulator, realtime):
     host, port = realtime
-    with TcpServer("sink") as server:
-        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
-        host.write(QIOPEN2)
-        assert host.read_until(FINAL) == b"\r\nCONNECT\r\n"
-        conn = server.wait_connection()
+    with online_to_sink(emulator, host) as (server, conn):
         time.sleep(0.3)
         host.write(b"+++")
         emulator.wait_received(port, host.written)
@@ -386,11 +389,7 @@ def test_escape_and_close_while_a_slow_link_still_sends(emulator, realtime):
     most of it is still on the way, and closes with AT+QICLOSE: OK comes after the guard
     time, and the server still gets every byte, in order, before the end of the stream."""
     host, port = realtime
-    with TcpServer("sink") as server:
-        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
-        host.write(QIOPEN2)
-        assert host.read_until(FINAL) == b"\r\nCONNECT\r\n"
-        conn = server.wait_connection()
+    with online_to_sink(emulator, host) as (server, conn):
         assert emulator.control("net", kbps=64)["ok"]
         blob = bytes((i * 31 + 7) & 0xFF for i in range(6144))
         host.write(blob)
