@@ -28,6 +28,7 @@ Writing a trace
         received     socket, data (plaintext the server sent)
         peer_closed  socket, how ("close_notify" | "fin" | "rst" | "other"), reason
         close        socket                            (AT+QSSLCLOSE)
+        hangup                                         (the host closed the port)
         scenario     step, op, ok, error?, args        (a scenario step ran: tools/scenario.py)
     Every "data"/"answer"/"line" is the bytes as a JSON string of code points 0-255
     (bytes.decode("latin-1")): lossless, and readable for AT text.  Each record carries
@@ -49,7 +50,8 @@ network side is a loopback TCP server on the emulator's loop standing in for eve
 the trace connected to: the replayed sockets use a plaintext stand-in of the TLS session
 (ReplaySession: the server's first line says how the handshake ended, as recorded, then the
 connection carries the recorded plaintext), and the server sends each recorded "received"
-once the host has sent as many bytes as it had then, and expects each recorded "sent".
+once the host has sent, and the modem written, as many bytes as they had then, and expects
+each recorded "sent".
 AT+QIOPEN sockets have stand-ins without TLS and without the header line: a plain TCP
 server per recorded destination; a UDP server that expects each recorded datagram whole and
 sends each received one back to where the modem's came from; a client that connects to the
@@ -59,7 +61,10 @@ a port nobody listens on for a refused connect (566, SSL too). A DTLS socket's s
 a UDP server: the session's first datagram is a hello that tells it where the modem is, it
 answers with the recorded handshake's end, then each record is one datagram each way (all
 tagged: DTLS_HELLO/HEAD/DATA/END), and the server's end of the session (its close_notify or
-a failure) is a datagram too. The server's close (FIN/RST)
+a failure) is a datagram too. (Syncing on the modem's output too keeps data the server sent
+in two bursts while the host was idle two pushes, as recorded.) A "hangup" record (the host
+closed the port) is replayed by closing the serial port and opening it again. The server's
+close (FIN/RST)
 comes once the host has sent as much as it had then. It then compares the command answers
 in order, then the whole output, and prints the first difference (then what a socket sent
 that the recording did not). A plain AT log (">> AT..." / "<< OK" lines, or a miniterm
@@ -244,6 +249,7 @@ def attach_trace(trace, modem, index: int):
     def traced_feed(data: bytes) -> None:
         tracer.host_bytes(data)
         feed(data)
+    modem.on("hangup", lambda: tracer.event("hangup", {}))
 
     def wrap_sink(sink):
         def traced_sink(data: bytes) -> None:
@@ -427,6 +433,8 @@ def render(records: list[dict], socket: int | None = None, modem: int | None = N
             lines.append(f"{head} socket {r['socket']} peer closed ({r['how']}): {r['reason']}")
         elif kind == "close":
             lines.append(f"{head} socket {r['socket']} closed by the host")
+        elif kind == "hangup":
+            lines.append(f"{head} the host closed the port")
         else:
             lines.append(f"{head} {kind} {json.dumps({k: v for k, v in r.items() if k not in ('t', 'modem', 'kind')})}")
     return lines
@@ -539,7 +547,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
         elif kind == "sent":
             s.steps.append(("expect", _b(r["data"])))
         elif kind == "received":
-            s.steps.append(("send", _b(r["data"]), r.get("in", 0)))
+            s.steps.append(("send", _b(r["data"]), r.get("in", 0), r.get("out", 0)))
         elif kind == "peer_closed":
             s.steps.append(("end", r["how"], r.get("in", 0)))
         elif kind == "tls_failure":
@@ -769,7 +777,7 @@ class ReplayPeer:
                             return               # it stopped sending: nothing more to replay
                         # else: go on as recorded, so that what follows still replays
                 elif step[0] == "send":
-                    await self._wait_host(step[2])
+                    await self._wait_host(*step[2:4])
                     writer.write(step[1])
                     await writer.drain()
                 else:                            # the server ended it, when it had
@@ -813,7 +821,7 @@ class ReplayPeer:
                     self.differences.append(f"socket {script.socket} sent the datagram {escape(got)!r}, "
                                             f"recorded {escape(step[1])!r}")
             elif step[0] == "send":
-                await self._wait_host(step[2])
+                await self._wait_host(*step[2:4])
                 transport.sendto(tag + step[1], addr)
             elif script.dtls:                    # the server ended the session
                 await self._wait_host(step[2] if len(step) > 2 else 0)
@@ -929,6 +937,17 @@ def _drain(ser) -> None:
         ser.read(n)
 
 
+def _reopen(ser, emu, port):
+    """The recorded host closed the port here and the next one opened it: close, wait until
+    the modem has seen the hang-up, open again."""
+    ser.close()
+    deadline = time.monotonic() + 5
+    while emu.run(lambda: port.port.attached) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    import serial
+    return serial.Serial(port.path, 115200, timeout=0)
+
+
 def _unanswered_at_end(records: list[dict]) -> bool:
     """The recording stopped between a command line and its answer: host bytes with a line
     end (CR) after the last "cmd" record.  Every record is written whole, so a kill -9
@@ -956,6 +975,8 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
     start = next((r for r in records if r.get("kind") == "start"), {})
     profile = profile or start.get("profile") or "ec2x"
     chunks = [r for r in records if r.get("kind") == "io" and r["dir"] == "in"]
+    # The host's side in order: its bytes, and its closing the port (the next program opens it).
+    host_side = [r for r in records if r.get("kind") == "hangup" or (r.get("kind") == "io" and r["dir"] == "in")]
     expected_out = b"".join(_b(r["data"]) for r in records if r.get("kind") == "io" and r["dir"] == "out")
     expected_cmds = [r for r in records if r.get("kind") == "cmd"]
     writer = TraceWriter(None)
@@ -983,7 +1004,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         try:
             last_t, last_sent = None, time.monotonic()
             patience = 10.0                      # for the output the host saw before this chunk
-            for r in chunks:
+            for r in host_side:
                 deadline = time.monotonic() + patience
                 while out_count() < r.get("out", 0) and time.monotonic() < deadline:
                     _drain(ser)
@@ -997,8 +1018,11 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                     wait = gap - (time.monotonic() - last_sent)
                     if wait > 0.02:              # guard times ("+++"), idle timeouts
                         time.sleep(wait)
-                ser.write(_b(r["data"]))
-                ser.flush()
+                if r["kind"] == "hangup":
+                    ser = _reopen(ser, emu, port)
+                else:
+                    ser.write(_b(r["data"]))
+                    ser.flush()
                 last_t, last_sent = r["t"], time.monotonic()
             # the rest of the output, until it stops coming
             deadline, seen, quiet_since = time.monotonic() + 10, -1, time.monotonic()
