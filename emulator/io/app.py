@@ -122,8 +122,13 @@ def _pace(modem: Modem, port: PtyPort, baud: int) -> None:
     def idle() -> None:                    # the answer is queued: switch once it has gone
         if new_rate:
             port.set_baud(new_rate.pop(), after_queued=True)
+
+    def restarted() -> None:               # AT+CFUN=1,1, a reboot: the power-on rate again
+        new_rate.clear()                   # (what is queued, AT+CFUN=1,1's OK, at the old one)
+        port.set_baud(baud, after_queued=True)
     modem.on("ipr", ipr)
     modem.on("port_idle", idle)
+    modem.on("reset", restarted)
 
 
 class BackgroundEmulator:

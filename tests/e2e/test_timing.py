@@ -193,3 +193,21 @@ def test_cli_baud_must_be_positive(tmp_path, value):
     code, out, err = refused("--baud", value, "--state-dir", str(tmp_path / "s"))
     assert code == 2 and out == ""
     assert "--baud" in err
+
+
+def test_a_restart_puts_the_pace_back_to_the_power_on_rate(emulator, open_modem):
+    """AT+IPR=<rate> not saved, then AT+CFUN=1,1 or the control API's reboot: the line runs
+    at --baud's rate again, as at start (the pace of the unsaved rate outlived the restart;
+    from a review).  AT+CFUN=1,1's own OK still leaves at the rate it was given."""
+    host, port = open_modem("ec2x", baud=9600)
+    for restart in ("AT+CFUN=1,1", "reboot"):
+        assert host.at("AT+IPR=115200") == b"\r\nOK\r\n"
+        assert emulator.run(lambda: port.port.baud) == 115200
+        if restart == "reboot":
+            assert emulator.control("reboot", ms=0) == {"ok": True}
+        else:
+            assert host.at(restart) == b"\r\nOK\r\n"
+        host.read_until(b"\r\n+QIND: SMS DONE\r\n", timeout=10)
+        assert emulator.run(lambda: port.port.baud) == 9600
+        assert host.at("ATE0").endswith(b"\r\nOK\r\n")                  # (echo is back on)
+        assert host.at("AT+IPR?") == b"\r\n+IPR: 115200\r\n\r\nOK\r\n"      # (the saved setting)
