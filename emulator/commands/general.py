@@ -23,6 +23,18 @@ for _name, _key in (("+CGMI", "identity.manufacturer"), ("+GMI", "identity.manuf
     command(_name, EXEC)(_plain(_key))
 
 
+# 27.007 §5.4 AT+CGSN=<snt>, which hosts written for the ML302 use to read the IMEI
+# (RT-Thread's and OneOS's ml302 drivers: AT+CGSN=1, "+CGSN: %s"); the EC2x's manual has
+# the execute form only, so its profile keeps "*" (the write form answers ERROR there).
+# No quotes around the values: the ML302 hosts take the 15 characters after "+CGSN: ".
+@command("+CGSN", WRITE, variant="27007", test="+CGSN: (0-3)")
+def cgsn_write(modem, cmd):
+    snt = Args(cmd, at_most=1).int(0, 0, 3)
+    imei = modem.profile["identity.imei"]
+    svn = modem.profile.get("identity.svn", "01")   # (27.007: 2 digits)
+    return ok(imei if snt == 0 else f"+CGSN: {(imei, imei[:14] + svn, svn)[snt - 1]}")
+
+
 @command("+QCCID", EXEC)
 def qccid(modem, cmd):
     return ok(f"+QCCID: {modem.profile['identity.iccid']}")
@@ -32,6 +44,12 @@ def qccid(modem, cmd):
 @command("+CCID", READ)
 def ccid(modem, cmd):
     return ok(f"+CCID: {modem.profile['identity.iccid']}")
+
+
+@command("+ICCID", EXEC)
+def iccid(modem, cmd):
+    """The ML302's (China Mobile's OneOS ml302 driver: AT+ICCID, "+ICCID: %s")."""
+    return ok(f"+ICCID: {modem.profile['identity.iccid']}")
 
 
 @command("+CPIN", READ)

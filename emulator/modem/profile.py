@@ -206,6 +206,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "identity.revision": (True, _wire),
     "identity.imei": (True, _digits(14, 16)),
     "identity.imsi": (True, _digits(6, 15)),
+    "identity.svn": (False, _digits(2, 2)),          # AT+CGSN=2/3 (the "27007" variant)
     "identity.iccid": (True, _digits(18, 22, "0123456789ABCDEFabcdef", "hex digits")),
     "identity.ati": (True, _list(_wire, 1)),
     "network.csq": (True, _list(_int(0, 199), 2, 2)),

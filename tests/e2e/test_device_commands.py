@@ -270,3 +270,37 @@ def test_a_damaged_or_foreign_nv_file_keeps_the_defaults_it_cannot_use(open_mode
     (state / "nv.json").write_bytes(b"\x00garbage")
     other, _ = open_modem("ec2x", state_dir=state)
     assert other.at('AT+QCFG="apready"') == answer('+QCFG: "apready",0,0,500')
+
+
+def test_identity_forms_ml302_hosts_use_and_the_ec2x_lacks(ml302, ec2x):
+    """AT+CGSN=<snt> (27.007 §5.4) and AT+ICCID: RT-Thread's and OneOS's ml302 drivers read
+    the IMEI and ICCID with them (tests/e2e/test_adversarial_ml302_drivers.py); the EC2x
+    manual has the execute form of AT+CGSN only."""
+    assert ml302.at("AT+CGSN") == answer("869523051234567")
+    assert ml302.at("AT+CGSN=0") == answer("869523051234567")
+    assert ml302.at("AT+CGSN=1") == answer("+CGSN: 869523051234567")
+    assert ml302.at("AT+CGSN=2") == answer("+CGSN: 8695230512345601")    # IMEISV: 14 digits + SVN
+    assert ml302.at("AT+CGSN=3") == answer("+CGSN: 01")
+    assert ml302.at("AT+CGSN=?") == answer("+CGSN: (0-3)")
+    for bad in ("AT+CGSN=4", "AT+CGSN=1,1", "AT+CGSN=x"):
+        assert ml302.at(bad) == ERROR, bad
+    assert ml302.at("AT+ICCID") == answer("+ICCID: 898604A1192090123456")
+    assert ml302.at("AT+CCID") == answer("+CCID: 898604A1192090123456")
+    assert ec2x.at("AT+CGSN=1") == ERROR and ec2x.at("AT+ICCID") == ERROR
+    assert ec2x.at("AT+CGSN") == answer(load_profile("ec2x")["identity.imei"])
+
+
+def test_ml302_attach_and_address_as_its_drivers_read_them(ml302, emulator, echo):
+    """AT+CGATT and AT+CGPADDR on the ML302 (RT-Thread's ml302 start-up waits for
+    "+CGATT: 1" and reads its address from AT+CGPADDR=1); a detach ends its SSL socket
+    with the ML302's "close" URC."""
+    assert ml302.at("AT+CGATT?") == answer("+CGATT: 1")
+    assert ml302.at("AT+CGPADDR=1") == answer('+CGPADDR: 1,"0.0.0.0"')
+    assert ml302.at("AT+CGACT=1,1") == answer("+CGACT: 1, 1, 10.127.79.43")
+    assert ml302.at("AT+CGPADDR=1") == answer('+CGPADDR: 1,"10.127.79.43"')
+    assert ml302.at('AT+QSSLOPEN=2,0,"echo.example",443,0') == OK
+    assert ml302.read_until(b"+QSSLOPEN: 2,0\r\n", timeout=5).endswith(b"+QSSLOPEN: 2,0\r\n")
+    assert ml302.at("AT+CGATT=0") == OK
+    assert ml302.read_until(b'+QSSLURC: "close",2\r\n', timeout=3) == b'\r\n+QSSLURC: "close",2\r\n'
+    assert ml302.at("AT+CGATT?") == answer("+CGATT: 0")
+    assert ml302.at("AT+CGPADDR=1") == answer('+CGPADDR: 1,"0.0.0.0"')
