@@ -582,7 +582,7 @@ def test_port_reopen_keeps_the_socket_and_its_data(modem, tls):
     fw = Ml302Fw(uart)
     fw.init()
     assert fw.open(2) == 0
-    conn = srv.wait_handshake()
+    srv.wait_handshake()
     uart.write(b"AT+QSSLSEND=2\r\n")
     uart.take(b"\r\n> ")
     uart.write(b"half a request that must never reach the server")
