@@ -221,6 +221,8 @@ class PtyPort:
             self._stop_hangup_watch()
             self.loop.add_reader(self.master, self._readable)
             self._peers.arm(self)
+            if self._held:                # (a loop turn later: never inside the caller)
+                self.loop.call_soon(self._deliver_held)
         else:
             self.loop.remove_reader(self.master)
             self._watch_paused()
@@ -528,6 +530,17 @@ class PtyPort:
     def _resume_reading(self) -> None:
         if self.reading and self.attached and not self._closed:
             self.loop.add_reader(self.master, self._readable)
+            if self._held:
+                # What the step aside held may have been all the pty had (a piece of
+                # SHORT_READ or more emptied it too): the level-triggered reader would not
+                # fire again before the host writes more.  Handed on now, first in line.
+                self._readable()
+
+    def _deliver_held(self) -> None:
+        """Reading back on after flow control held it off: bytes read before a step aside
+        (see _resume_reading) go on without waiting for the host's next write."""
+        if self._held and self.wants_input():
+            self._readable()
 
     def _deliver(self, data: bytes) -> None:
         self.received += len(data)

@@ -64,3 +64,51 @@ def test_a_hang_up_while_paused_is_seen_without_polling_and_a_quick_reopen_gets_
         finally:
             port.close()
     asyncio.run(main())
+
+
+# -- bytes read before a step aside (PtyPort._held) ------------------------------------------
+async def _port_with_host():
+    got = bytearray()
+    port = PtyPort(asyncio.get_running_loop(), got.extend)
+    fd = os.open(port.device, os.O_RDWR | os.O_NOCTTY)
+    await until(lambda: port.attached)
+    return port, fd, got
+
+
+def test_bytes_held_by_a_step_aside_go_on_though_the_pty_is_empty():
+    """A read that emptied the pty but looked like "more to come" (a piece of SHORT_READ or
+    more) while another modem's host had written: the port held it and stepped aside for a
+    loop turn.  It must hand it on then, not wait for the host's next write (the
+    level-triggered reader never fires on an empty pty): an AT+QFUPL's file sent in one
+    write got no answer while a neighbour's host typed (test_adversarial_many_modems_isolation)."""
+    async def main():
+        port, fd, got = await _port_with_host()
+        try:
+            port._held = b"A" * 3000                # what _read_some holds before it steps aside
+            port._step_aside()
+            await until(lambda: len(got) == 3000)
+            os.write(fd, b"AT\r")                   # and what comes next follows it
+            await until(lambda: len(got) == 3003)
+            assert bytes(got) == b"A" * 3000 + b"AT\r"
+        finally:
+            os.close(fd)
+            port.close()
+    asyncio.run(main())
+
+
+def test_bytes_held_when_flow_control_stopped_reading_go_on_when_it_resumes():
+    async def main():
+        port, fd, got = await _port_with_host()
+        try:
+            port._held = b"B" * 3000
+            port._step_aside()
+            port.set_reading(False)                 # held back before the step aside ended
+            await asyncio.sleep(0.05)
+            assert not got                          # nothing while the modem holds input back
+            port.set_reading(True)
+            await until(lambda: len(got) == 3000)
+            assert bytes(got) == b"B" * 3000
+        finally:
+            os.close(fd)
+            port.close()
+    asyncio.run(main())
