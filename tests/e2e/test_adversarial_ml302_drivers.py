@@ -49,9 +49,8 @@ import pytest
 
 from emulator.testing.peers import TlsServer, default_pki
 from tests.e2e.cli_support import ROOT
+from tests.e2e.ml302_support import HOST, HOST_IP, routed_servers
 
-HOST = "www.iottest.work"
-HOST_IP = "106.12.79.254"
 CTRL_Z = b"\x1a"
 # Bytes a length-framed reader must pass through untouched: CR LF, "OK", a fake URC and
 # final result inside the data (but no Ctrl+Z / ESC: AT+QSSLSEND ends at Ctrl+Z).
@@ -165,19 +164,7 @@ def modem(emulator, tmp_path):
 @pytest.fixture
 def tls(emulator):
     """tls(**kwargs) -> TlsServer routed as www.iottest.work:443 (DNS 106.12.79.254)."""
-    servers: list[TlsServer] = []
-
-    def start(**kwargs) -> TlsServer:
-        kwargs.setdefault("mode", "echo")
-        kwargs.setdefault("ciphers", "DEFAULT:@SECLEVEL=0")
-        srv = TlsServer(default_pki().server, **kwargs)
-        servers.append(srv)
-        emulator.router.add_map(HOST, 443, "127.0.0.1", srv.port)
-        emulator.router.add_dns(HOST, HOST_IP)
-        return srv
-    yield start
-    for srv in servers:
-        srv.close()
+    yield from routed_servers(emulator, default_pki().server, mode="echo", ciphers="DEFAULT:@SECLEVEL=0")
 
 
 # == RT-Thread at_device ML302 ====================================================================

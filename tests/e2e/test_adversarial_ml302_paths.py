@@ -16,11 +16,10 @@ import time
 
 import pytest
 
-from emulator.testing.peers import TlsServer, default_pki
+from emulator.testing.peers import default_pki
+from tests.e2e.ml302_support import HOST, HOST_IP, routed_servers
 from tests.e2e.socket_support import wait_for
 
-HOST = "www.iottest.work"
-HOST_IP = "106.12.79.254"
 OK = b"\r\nOK\r\n"
 ERROR = b"\r\nERROR\r\n"
 CTRL_Z, ESC = b"\x1a", b"\x1b"
@@ -51,19 +50,7 @@ def ml(ml302_strict):
 @pytest.fixture
 def server(emulator):
     """server(**kwargs) -> TlsServer routed as www.iottest.work:443 (DNS 106.12.79.254)."""
-    servers: list[TlsServer] = []
-
-    def start(name: str = HOST, **kwargs) -> TlsServer:
-        kwargs.setdefault("mode", "echo")
-        kwargs.setdefault("ciphers", "DEFAULT:@SECLEVEL=0")
-        srv = TlsServer(default_pki().server, **kwargs)
-        servers.append(srv)
-        emulator.router.add_map(name, 443, "127.0.0.1", srv.port)
-        emulator.router.add_dns(name, HOST_IP)
-        return srv
-    yield start
-    for srv in servers:
-        srv.close()
+    yield from routed_servers(emulator, default_pki().server, mode="echo", ciphers="DEFAULT:@SECLEVEL=0")
 
 
 @pytest.fixture

@@ -15,10 +15,9 @@ from cryptography.hazmat.primitives import serialization
 
 from emulator.storage.checksum import xor16
 from emulator.testing.host import Host
-from emulator.testing.peers import TlsServer, default_pki
+from emulator.testing.peers import default_pki
+from tests.e2e.ml302_support import HOST, HOST_IP, routed_servers
 
-HOST = "www.iottest.work"
-HOST_IP = "106.12.79.254"
 OK = b"\r\nOK\r\n"
 ERROR = b"\r\nERROR\r\n"
 CTRL_Z, ESC = b"\x1a", b"\x1b"
@@ -62,19 +61,7 @@ def pki():
 @pytest.fixture
 def server(pki, emulator):
     """server(**kwargs) -> TlsServer routed as www.iottest.work:443 (DNS 106.12.79.254)."""
-    servers: list[TlsServer] = []
-
-    def start(**kwargs) -> TlsServer:
-        kwargs.setdefault("mode", "echo")
-        kwargs.setdefault("ciphers", "DEFAULT:@SECLEVEL=0")
-        srv = TlsServer(pki.server, **kwargs)
-        servers.append(srv)
-        emulator.router.add_map(HOST, 443, "127.0.0.1", srv.port)
-        emulator.router.add_dns(HOST, HOST_IP)
-        return srv
-    yield start
-    for srv in servers:
-        srv.close()
+    yield from routed_servers(emulator, pki.server, mode="echo", ciphers="DEFAULT:@SECLEVEL=0")
 
 
 def open_ssl(host, ssid: int = 0, code: int = 0, ctx: int = 0) -> None:

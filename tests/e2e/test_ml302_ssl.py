@@ -14,9 +14,8 @@ import pytest
 
 from emulator.testing.peers import TlsServer, default_pki, utc
 from emulator.tools.demo_peer import IOTTEST_RESPONSE
+from tests.e2e.ml302_support import HOST, HOST_IP, routed_servers
 
-HOST = "www.iottest.work"
-HOST_IP = "106.12.79.254"          # what the manual's §3 shows for HOST
 REQUEST = (b"GET https://www.iottest.work/test.html HTTP/1.1\r\n"
            b"Host: www.iottest.work\r\nConnection: keep-alive\r\n\r\n")
 
@@ -36,18 +35,13 @@ def pki():
 def server(pki, emulator):
     """server(cert=..., client_ca=...) -> TlsServer routed as www.iottest.work:443,
     the name the modem's DNS answers as 106.12.79.254."""
-    servers: list[TlsServer] = []
+    routed = routed_servers(emulator, pki["server"], mode="http", ciphers="DEFAULT:@SECLEVEL=0")
+    started = next(routed)
 
     def start(cert: str = "server", client_ca=None) -> TlsServer:
-        srv = TlsServer(pki[cert], mode="http", ciphers="DEFAULT:@SECLEVEL=0", client_ca=client_ca,
-                        require_client_cert=client_ca is not None)
-        servers.append(srv)
-        emulator.router.add_map(HOST, 443, "127.0.0.1", srv.port)
-        emulator.router.add_dns(HOST, HOST_IP)
-        return srv
+        return started(cert=pki[cert], client_ca=client_ca, require_client_cert=client_ca is not None)
     yield start
-    for srv in servers:
-        srv.close()
+    next(routed, None)                 # closes them
 
 
 def exchange(host, sent: bytes | str, expected: bytes) -> None:
