@@ -114,21 +114,15 @@ class Server:
             with self.lock:
                 self.socks[index] = tls
                 self.handshakes += 1
-            if self.kind == "echo":
+            if self.kind in ("echo", "sink"):
                 while True:
                     data = tls.recv(65536)
                     if not data:
                         return
                     with self.lock:
                         self.received[index] += data
-                    tls.sendall(data)
-            elif self.kind == "sink":
-                while True:
-                    data = tls.recv(65536)
-                    if not data:
-                        return
-                    with self.lock:
-                        self.received[index] += data
+                    if self.kind == "echo":
+                        tls.sendall(data)
             elif self.kind == "flood":
                 tls.settimeout(None)
                 offset = 0
