@@ -383,9 +383,20 @@ class ShapedTransport:
 
     def set_write_buffer_limits(self, high=None, low=None) -> None:
         """Bytes waiting on the shaped link count too: above `high` the writer holds
-        back (it sees send_backlog()), at `low` it hears resume_writing again."""
+        back (it sees send_backlog(): the link's queue and asyncio's buffer together), at
+        `low` it hears resume_writing again.  asyncio's own limits are both `low`, so that
+        when the queue has emptied into a buffer still above `low`, asyncio says when that
+        drains (inner_drained)."""
         self._high, self._low = high, low
-        self._inner.set_write_buffer_limits(high=high, low=low)
+        self._inner.set_write_buffer_limits(high=low, low=low)
+
+    def inner_drained(self) -> None:
+        """asyncio's resume_writing: its buffer is down to `low`."""
+        if not self._over:
+            self._writable()
+        elif self.get_write_buffer_size() <= (self._low or 0):
+            self._over = False
+            self._writable()
 
     def _out(self, send, data: bytes) -> None:
         if self._closing:
@@ -398,7 +409,7 @@ class ShapedTransport:
                 self._over = False
                 self._writable()
         self._pipe.push(len(data), go)
-        if self._high is not None and self._pipe.queued > self._high:
+        if self._high is not None and self.get_write_buffer_size() > self._high:
             self._over = True
 
     def write(self, data: bytes) -> None:
@@ -472,17 +483,26 @@ class ShapedLink(asyncio.Protocol):
     def error_received(self, exc: Exception) -> None:
         self.inner.error_received(exc)
 
-    def eof_received(self) -> None:
+    def eof_received(self):
         # The peer's FIN, seen by the socket at once when nothing received waits on the
         # link before it (the socket's last writes then go before asyncio closes).
-        if not self.incoming.queue:
-            self.inner.eof_received()
+        keep = self.inner.eof_received() if not self.incoming.queue else None
+        if not keep and self.outgoing.queue:
+            # What the socket wrote still waits out the link's conditions: asyncio must not
+            # close the connection under it (the peer only half-closed and reads on).  The
+            # close goes behind those bytes instead.
+            self.shaped.close()
+            return True
+        return keep
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if self.shaped is not None:
+            self.shaped.inner_drained()
+        else:
+            self.inner.resume_writing()
 
     def connection_lost(self, exc) -> None:
         self.outgoing.clear()

@@ -343,9 +343,14 @@ class SocketLink:
 
     def escaped(self) -> None:
         self._writable()                 # the port reads again (commands now)
+        sock = self.sock
+        if self.delivery.svc.holds(sock):
+            # The network may be held back for the port's output (OnlineDelivery.flush):
+            # in command mode the socket reads on into its inbox (up to ssl.recv_buffer), so
+            # a peer's close is seen and reported ("recv", "closed") without waiting for ATO.
+            sock.pause_network(False)
         # (Also an open whose CONNECT was never written, its host gone: a peer close kept
         # for the CONNECT is reported now, as after "+++".)
-        sock = self.sock
         if (self.delivery.settled(sock) and sock.state is not CONNECTED
                 and self.delivery.svc.holds(sock)):
             self.delivery.peer_closed(sock)
