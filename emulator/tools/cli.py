@@ -25,6 +25,7 @@ from emulator.logsafe import get_logger
 from emulator.io.network import Router, parse_dns, parse_ping
 from emulator.modem.profile import ProfileError, load_profile
 from emulator.tools.scenario import ScenarioError
+from emulator.tools import OneLineParser
 from emulator.io.transport import LinkError
 
 log = get_logger("emulator")
@@ -37,7 +38,7 @@ class Refused(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="modem-emulator", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="modem-emulator", description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="ec2x",
                    help="ec2x, ml302 or a path to a profile .toml (default: ec2x)")
     p.add_argument("--link", help="create this symlink to the pty device; with --count, a pattern "
