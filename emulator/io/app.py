@@ -60,6 +60,9 @@ class Emulator:
             profile = load_profile(profile)
         modem = Modem(profile, state_dir=state_dir, network=self.router,
                       name=name or f"modem{len(self.ports)}", keylog=self.keylog, manual_time=manual_time)
+        if self.demo is not None:       # (before a trace's start record: what the modem holds)
+            from emulator.tools.demo_setup import install_demo_material
+            install_demo_material(modem, self.demo)
         feed = modem.feed
         if trace is not None:
             from emulator.tools.trace import TraceWriter, attach_trace
@@ -75,9 +78,6 @@ class Emulator:
             _pace(modem, port, baud)
         sink = port.write if trace is None else wrap_sink(port.write)
         modem.attach(sink, loop, backlog=lambda: port.backlog, reading=port.set_reading)
-        if self.demo is not None:
-            from emulator.tools.demo_setup import install_demo_material
-            install_demo_material(modem, self.demo)
         entry = ModemPort(modem, port)
         self.ports.append(entry)
         return entry

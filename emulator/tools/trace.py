@@ -100,6 +100,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emulator.logsafe import get_logger
+from emulator.tools import OneLineParser
 
 FORMAT_VERSION = 1
 log = get_logger("emulator.trace")
@@ -152,7 +153,7 @@ class TraceWriter:
         self.write({"modem": index, "kind": "start", "profile": modem.profile.name, "name": modem.name,
                     "wall": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
                     "version": FORMAT_VERSION, "dns": dict(getattr(modem.network, "dns", None) or {}),
-                    "in": 0, "out": 0})
+                    "material": material_of(modem), "in": 0, "out": 0})
         return tracer
 
     def close(self) -> None:
@@ -289,10 +290,71 @@ _BYTES_FIELDS = ("data", "line", "answer")       # latin-1 strings: one char per
 _REQUIRED = {"io": ("data",), "cmd": ("line", "answer")}   # what show and replay read of them
 
 
+def material_of(modem) -> dict:
+    """What the modem held before the host's first byte (provisioned at the factory, an
+    earlier session, --demo): UFS file names and sizes, certificate slots' sizes and
+    checksums -- never their bytes (the trace holds what the host sent, not more).  Replay
+    puts placeholders of the same size there (restore_material)."""
+    material: dict = {}
+    try:
+        if modem.profile.command_variant("+QFUPL") is not None:
+            material["files"] = {name: size for name, size in modem.files.list()}
+        if modem.profile.command_variant("+QSECWRITE") is not None:
+            from emulator.storage.secstore import SLOTS
+            slots = {}
+            for slot in SLOTS:
+                if modem.secstore.is_filled(slot):
+                    content = modem.secstore.load(slot)
+                    if content is not None:          # (a damaged slot: left out)
+                        slots[str(slot)] = [len(content), modem.secstore.status(slot)[1]]
+            material["slots"] = slots
+    except Exception as exc:        # (SecStoreError, FileError, OSError: a damaged state dir)
+        log.warning("trace: what the modem held at the start is not recorded: %s", exc)
+    return material
+
+
+def restore_material(modem, material: dict) -> None:
+    """A start record's material (material_of) as placeholders on a fresh modem: the same
+    names, sizes and slot checksums, zero bytes otherwise (an open finds its files; what
+    reads their contents differs, and replay says so)."""
+    from emulator.storage.secstore import SLOTS
+    for name, size in (material.get("files") or {}).items():
+        modem.files.write(name, bytes(size))
+    for slot, (size, checksum) in (material.get("slots") or {}).items():
+        if int(slot) in SLOTS and not modem.secstore.is_filled(int(slot)):
+            modem.secstore.write(int(slot), _with_checksum(size, checksum))
+
+
+def _with_checksum(size: int, checksum: int) -> bytes:
+    """`size` bytes whose xor16 is `checksum`: the first word carries it, zeros after (one
+    byte only: its high half)."""
+    if size >= 2:
+        return checksum.to_bytes(2, "big") + bytes(size - 2)
+    return bytes([checksum >> 8])[:size]
+
+
+def _material_problem(material) -> str:
+    if not isinstance(material, dict):
+        return '"material" is not a table'
+    files, slots = material.get("files", {}), material.get("slots", {})
+    if not isinstance(files, dict) or not all(
+            isinstance(n, str) and isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 1 << 30
+            for n, s in files.items()):
+        return '"material" files are not names and sizes'
+    if not isinstance(slots, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            and 0 <= v[0] <= 1 << 20 and 0 <= v[1] <= 0xFFFF for v in slots.values()):
+        return '"material" slots are not sizes and checksums'
+    return ""
+
+
 def _start_problem(record: dict) -> str:
-    """A "start" record's profile name and DNS table (replay uses both)."""
+    """A "start" record's profile name, DNS table and material (replay uses them)."""
     if not isinstance(record.get("profile", ""), str):
         return '"profile" is not a name'
+    why = _material_problem(record.get("material", {}))
+    if why:
+        return why
     dns = record.get("dns", {})
     if not isinstance(dns, dict):
         return '"dns" is not a table of names and addresses'
@@ -441,7 +503,7 @@ def render(records: list[dict], socket: int | None = None, modem: int | None = N
 
 
 def show_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="modem-emulator trace show",
+    p = OneLineParser(prog="modem-emulator trace show",
                                 description="render a trace (--trace FILE) for a person")
     p.add_argument("file")
     p.add_argument("--socket", type=int, help="only this socket's events and data")
@@ -999,6 +1061,10 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         if scenario is not None:                 # the faults the trace was recorded with
             emu.run_scenario(scenario)
         emu.run(lambda: setattr(ssl_service(port.modem), "session_factory", ReplaySession))
+        try:
+            emu.run(restore_material, port.modem, start.get("material") or {})
+        except Exception as exc:             # (a name this profile's file system refuses)
+            print(f"replay: what the modem held at the start cannot be put back: {exc}", file=out)
         out_count = lambda: emu.run(lambda: tracer[0].out_total)   # noqa: E731
         ser = serial.Serial(port.path, 115200, timeout=0)
         try:
@@ -1154,7 +1220,7 @@ def _seconds(text: str) -> float:
 
 
 def replay_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="modem-emulator replay",
+    p = OneLineParser(prog="modem-emulator replay",
                                 description="drive a fresh modem with the host side of a trace or an AT log "
                                             "and report the first answer that differs (exit 1)")
     p.add_argument("file")

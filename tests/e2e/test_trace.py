@@ -396,3 +396,73 @@ def test_a_dtls_session_is_traced_and_replays(open_modem, emulator, pki, tmp_pat
     changed.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert replay_main([str(changed)]) == 1
     assert "socket 2 sent the datagram 'coap up 2\\\\n', recorded 'coap UP 2\\\\n'" in capsys.readouterr().out
+
+
+# -- what the modem held before the trace began ---------------------------------------------
+def test_a_provisioned_ec2x_replays_with_placeholders_of_its_files(open_modem, emulator, pki, tmp_path, capsys):
+    """Certificates uploaded before the trace began (the factory, an earlier session, --demo)
+    are not in the host's bytes: the start record lists their names and sizes (not their
+    bytes), and replay puts placeholders there, so the open finds its CA and AT+QFLST
+    answers the same.  Before, the replaying modem had no such file: 552, exit 1."""
+    state = tmp_path / "state"
+    first, _ = open_modem("ec2x", state_dir=state)                     # the factory's session
+    assert first.upload("UFS:ca.pem", pki.ca.cert_pem).startswith(b"\r\n+QFUPL: ")
+    path = tmp_path / "field.trace"
+    host, _ = open_modem("ec2x", state_dir=state, trace=str(path))     # the traced one
+    with TlsServer(pki.server, handler=reply_after(4, b"pong")) as server:
+        emulator.router.add_map(HOST, 8010, "127.0.0.1", server.port)
+        listing = host.at("AT+QFLST")
+        assert f'+QFLST: "ca.pem",{len(pki.ca.cert_pem)}'.encode() in listing
+        assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+        assert host.at('AT+QSSLCFG="seclevel",1,1;+QSSLCFG="cacert",1,"UFS:ca.pem"') == b"\r\nOK\r\n"
+        assert host.at(f'AT+QSSLOPEN=1,1,2,"{HOST}",8010,0') == b"\r\nOK\r\n"
+        host.read_until(b"\r\n+QSSLOPEN: 2,0\r\n")
+        assert host.send_data(2, b"ping") == b"\r\nSEND OK\r\n"
+        host.read_until(b'\r\n+QSSLURC: "recv",2\r\n')
+        assert host.at("AT+QSSLRECV=2,1500") == b"\r\n+QSSLRECV: 4\r\npong\r\n\r\nOK\r\n"
+        assert host.at("AT+QSSLCLOSE=2") == b"\r\nOK\r\n"
+    emulator.run(lambda: None)
+    text = path.read_text()
+    start = json.loads(text.splitlines()[0])
+    assert start["material"] == {"files": {"ca.pem": len(pki.ca.cert_pem)}}
+    assert "BEGIN CERTIFICATE" not in text                             # names and sizes only
+    capsys.readouterr()
+    assert replay_main([str(path), "--modem", "1"]) == 0, capsys.readouterr().out      # (the second modem)
+
+
+def test_a_provisioned_ml302_replays_its_slots_with_their_checksums(open_modem, emulator, pki, tmp_path, capsys):
+    state = tmp_path / "state"
+    first, _ = open_modem("ml302", state_dir=state)
+    first.write("AT+QSECWRITE=0\r")
+    first.read_until(b"> ")
+    first.write(pki.ca.cert_pem + b"\x1a")
+    first.read_until(b"OK\r\n")
+    path = tmp_path / "ml302.trace"
+    emulator.router.add_dns("www.iottest.work", "106.12.79.254")
+    host, _ = open_modem("ml302", state_dir=state, trace=str(path))
+    with TlsServer(pki.server, handler=reply_after(4, b"pong")) as server:
+        emulator.router.add_map("www.iottest.work", 443, "127.0.0.1", server.port)
+        secread = host.at("AT+QSECREAD=0")
+        assert secread.startswith(b"\r\n+QSECREAD: 1,") and secread.endswith(b"OK\r\n")
+        assert host.at("AT+QSECWRITE=0") == b"\r\n+CME ERROR: 3\r\n"      # filled: as recorded
+        for line in ('AT+CGDCONT=1,"IP","CMNET"', "AT+CGACT=1,1", 'AT+QSSLCFG="seclevel",0,1',
+                     'AT+QSSLOPEN=0,0,"www.iottest.work",443,0'):
+            assert host.at(line).endswith(b"OK\r\n")
+        assert host.read_until(b"+QSSLOPEN: 0,", timeout=5).endswith(b"+QSSLOPEN: 0,")
+        assert host.read_until(b"\r\n") == b"0\r\n"
+        host.at("AT+QSSLCLOSE=0")
+        host.read_until(b"0,CLOSE OK\r\n")
+    emulator.run(lambda: None)
+    start = json.loads(path.read_text().splitlines()[0])
+    assert list(start["material"]["slots"]) == ["0"]
+    assert start["material"]["slots"]["0"][0] == len(pki.ca.cert_pem)
+    capsys.readouterr()
+    assert replay_main([str(path), "--modem", "1"]) == 0, capsys.readouterr().out
+
+
+def test_a_start_record_with_damaged_material_is_refused(tmp_path, capsys):
+    path = tmp_path / "bad.trace"
+    path.write_text(json.dumps({"t": 0, "modem": 0, "kind": "start", "profile": "ec2x",
+                                "material": {"files": {"ca.pem": -1}}}) + "\n")
+    assert replay_main([str(path)]) == 2
+    assert "material" in capsys.readouterr().err
