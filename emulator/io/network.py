@@ -384,11 +384,16 @@ class ShapedTransport:
     def set_write_buffer_limits(self, high=None, low=None) -> None:
         """Bytes waiting on the shaped link count too: above `high` the writer holds
         back (it sees send_backlog(): the link's queue and asyncio's buffer together), at
-        `low` it hears resume_writing again.  asyncio's own limits are both `low`, so that
-        when the queue has emptied into a buffer still above `low`, asyncio says when that
-        drains (inner_drained)."""
+        `low` it hears resume_writing again.  asyncio's own limits are what is left of
+        `low` beside the queue (_retune), so asyncio says when its buffer has drained far
+        enough for the total to be at `low` (inner_drained)."""
         self._high, self._low = high, low
-        self._inner.set_write_buffer_limits(high=low, low=low)
+        self._retune()
+
+    def _retune(self) -> None:
+        if self._low is not None:
+            room = max(0, self._low - self._pipe.queued)
+            self._inner.set_write_buffer_limits(high=room, low=room)
 
     def inner_drained(self) -> None:
         """asyncio's resume_writing: its buffer is down to `low`."""
@@ -408,9 +413,12 @@ class ShapedTransport:
             if self._over and self.get_write_buffer_size() <= (self._low or 0):
                 self._over = False
                 self._writable()
+            elif self._over:
+                self._retune()
         self._pipe.push(len(data), go)
         if self._high is not None and self.get_write_buffer_size() > self._high:
             self._over = True
+            self._retune()
 
     def write(self, data: bytes) -> None:
         self._out(self._inner.write, bytes(data))
@@ -484,16 +492,16 @@ class ShapedLink(asyncio.Protocol):
         self.inner.error_received(exc)
 
     def eof_received(self):
-        # The peer's FIN, seen by the socket at once when nothing received waits on the
-        # link before it (the socket's last writes then go before asyncio closes).
-        keep = self.inner.eof_received() if not self.incoming.queue else None
-        if not keep and self.outgoing.queue:
-            # What the socket wrote still waits out the link's conditions: asyncio must not
-            # close the connection under it (the peer only half-closed and reads on).  The
-            # close goes behind those bytes instead.
-            self.shaped.close()
-            return True
-        return keep
+        # The peer's FIN crosses the link as its data do, behind them; asyncio keeps the
+        # connection (the peer only half-closed and may read on).  The socket hears the end
+        # when it arrives; what it wrote until then, and the close after that, leave through
+        # the link's conditions in order (a close now would drop writes the socket makes
+        # before it knows of the FIN, and the queue behind them).
+        def arrived() -> None:
+            if not self.inner.eof_received() and self.shaped is not None:
+                self.shaped.close()
+        self.incoming.push(0, arrived)
+        return True
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()

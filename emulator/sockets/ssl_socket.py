@@ -863,6 +863,15 @@ class SslSocket:
         if transport is None or timeout <= 0 or self.session.settings.dtls:
             return
         if transport.is_closing() and not self.blackholed:     # (a blackhole hides the end)
+            if transport.get_write_buffer_size() and not self._closed_event.is_set():
+                # A close under way with bytes still to leave (a shaped link's queue behind
+                # the peer's half-close): they go first, then the connection ends; the
+                # teardown's abort would drop them.
+                try:
+                    await self._timers.wait_for(self._closed_event.wait(), timeout)
+                except asyncio.TimeoutError:
+                    log.info("%s socket %d: unsent bytes still waiting after the close timeout: aborted",
+                             self.kind, self.client_id)
             return
         # Linger: send FIN after close_notify and wait up to timeout for the peer's own
         # close (its FIN -> connection_lost).  transport.close() would call
