@@ -59,9 +59,11 @@ class HandshakeSniffer:
         """Parse inbound bytes; return the handshake messages and alerts completed."""
         if self.broken or not data:
             return [], []
+        if self.dtls:
+            # Anyone can send the modem a datagram: one that is not DTLS is dropped, as
+            # Mbed TLS drops it (RFC 6347 4.1.2.7), and the next ones are still read.
+            return self._feed_datagram(bytes(data))
         try:
-            if self.dtls:
-                return self._feed_datagram(bytes(data))
             return self._feed_stream(data)
         except SnifferError:
             self.broken = True
@@ -125,7 +127,7 @@ class HandshakeSniffer:
             epoch = int.from_bytes(datagram[pos + 3:pos + 5], "big")
             length = int.from_bytes(datagram[pos + 11:pos + 13], "big")
             if ctype not in (20, 21, 22, 23) or datagram[pos + 1] != 0xFE:
-                raise SnifferError("not a DTLS record")
+                break                 # not DTLS: the rest of this datagram is dropped
             payload = datagram[pos + DTLS_HEADER:pos + DTLS_HEADER + length]
             pos += DTLS_HEADER + length
             if epoch != 0 or len(payload) != length:
@@ -148,14 +150,14 @@ class HandshakeSniffer:
             frag = payload[pos + DTLS_HS_HEADER:pos + DTLS_HS_HEADER + frag_len]
             pos += DTLS_HS_HEADER + frag_len
             if total > _MAX_BUFFERED or offset + frag_len > total or len(frag) != frag_len:
-                raise SnifferError("bad DTLS handshake fragment")
+                break                 # a broken fragment: the rest of this record is dropped
             if seq in self._dtls_done:
                 continue  # retransmission of a message already delivered
             if msg_type == 3:  # HelloVerifyRequest: the exchange restarts, seqs reused
                 self._dtls_msgs.clear()
             entry = self._dtls_msgs.setdefault(seq, (msg_type, total, bytearray(total), set()))
             if entry[0] != msg_type or entry[1] != total:
-                raise SnifferError("inconsistent DTLS fragments")
+                continue              # disagrees with an earlier fragment (one of them forged)
             entry[2][offset:offset + frag_len] = frag
             entry[3].add((offset, offset + frag_len))
             if _covers(entry[3], total):

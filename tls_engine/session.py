@@ -77,6 +77,7 @@ class TlsClientSession:
         self._sniffer = HandshakeSniffer(settings.dtls)
         self._verifier = None             # a verify.ChainVerifier at seclevel >= 1
         self._cert_seen = False
+        self._checked: dict[bytes, tuple[list[bytes], object]] = {}   # leaf -> (chain, problem)
         self._server_version: bytes | None = None
         self._fatal_alert: int | None = None
         resumable = settings.session_cache and cache is not None and cache_key is not None
@@ -252,7 +253,21 @@ class TlsClientSession:
         for msg in msgs:
             if msg.msg_type == HS_SERVER_HELLO and len(msg.body) >= 2:
                 self._server_version = msg.body[:2]
-            if msg.msg_type != HS_CERTIFICATE or self._cert_seen:
+            if msg.msg_type != HS_CERTIFICATE or (self._cert_seen and not self.settings.dtls):
+                continue
+            if self.settings.dtls:
+                # Any datagram reaches the sniffer, forged ones too, and the Certificate
+                # Mbed TLS takes is known only at the end: each one is checked and kept by
+                # its leaf, and _on_handshake_over judges the one the handshake used.
+                try:
+                    chain = parse_certificate_list(msg.body)
+                except ValueError:
+                    continue
+                if chain and chain[0] not in self._checked:
+                    self._cert_seen = True
+                    problem = self._verify(self._verifier.verify, chain) if self._verifier else None
+                    self._checked[chain[0]] = (chain, problem)
+                    self.peer_chain = self.peer_chain or chain   # (the one used: at the end)
                 continue
             self._cert_seen = True
             try:
@@ -262,6 +277,8 @@ class TlsClientSession:
                 return False
             if self._verifier is not None:
                 problem = self._verify(self._verifier.verify, self.peer_chain)
+                if self.peer_chain:
+                    self._checked[self.peer_chain[0]] = (self.peer_chain, problem)
                 if problem is not None:
                     # Never hand the Certificate to Mbed TLS: no next flight is sent.
                     self._queue_clear_alert(problem.alert)
@@ -386,9 +403,23 @@ class TlsClientSession:
         cipher = self._buffer.cipher()
         cipher = cipher.decode() if isinstance(cipher, bytes) else str(cipher)
         resumed = self._resumption.reused()
-        if self._verifier is not None and not self._cert_seen and not resumed and "PSK" not in cipher:
-            self._fail(VERIFY_FAILED, "server did not present a certificate")
-            return
+        if self._verifier is not None and not resumed and "PSK" not in cipher:
+            # The certificate the handshake used must be one that was checked: the sniffer
+            # and Mbed TLS read the same bytes on TCP, but a DTLS sniffer also sees forged
+            # datagrams that Mbed TLS drops (and the reverse).
+            if not self._cert_seen:
+                self._fail(VERIFY_FAILED, "server did not present a certificate")
+                return
+            leaf = self._buffer.getpeercert(binary_form=True) or b""
+            chain, problem = self._checked.get(leaf, (None, None))
+            if chain is None:
+                self._fail(VERIFY_FAILED, "the certificate the handshake used is not the one that was "
+                                          "checked (a forged or damaged Certificate message)")
+                return
+            if problem is not None:
+                self._fail(VERIFY_FAILED, problem.reason)
+                return
+            self.peer_chain = chain
         self.state = "established"
         self._resumption.save()
         if self._reneg_ssl is not None:        # what a renegotiation must keep (None: PSK)

@@ -74,3 +74,19 @@ def test_garbage_stops_sniffing_without_raising():
     sniffer = HandshakeSniffer(dtls=False)
     assert sniffer.feed(b"HTTP/1.1 400 Bad Request\r\n\r\n") == ([], [])
     assert sniffer.broken
+
+
+def test_a_junk_or_inconsistent_datagram_is_dropped_and_the_next_ones_still_read():
+    """Anyone can send the modem a datagram (RFC 6347 4.1.2.7: invalid records are dropped
+    silently): one junk datagram used to stop DTLS sniffing for good, so the real
+    Certificate was never checked and a verified open failed (test_adversarial_dtls_paths)."""
+    sniffer = HandshakeSniffer(dtls=True)
+    assert sniffer.feed(b"\x00junk" * 20) == ([], [])
+    assert sniffer.feed(bytes([21, 3, 3]) + bytes(8) + b"\x00\x02\x01\x00") == ([], [])   # TLS version
+    body = cert_body(b"C" * 50)
+    forged = dtls_fragment(11, cert_body(b"F" * 80), 1, 0, 20)       # same seq, other length
+    assert sniffer.feed(dtls_record(22, forged)) == ([], [])
+    msgs, _ = sniffer.feed(dtls_record(22, dtls_fragment(11, body, 1, 0, len(body))))
+    assert msgs == [] and not sniffer.broken          # disagrees with the first: not taken
+    msgs, _ = sniffer.feed(dtls_record(22, dtls_fragment(11, body, 2, 0, len(body))))
+    assert [parse_certificate_list(m.body) for m in msgs] == [[b"C" * 50]]
