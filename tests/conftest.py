@@ -118,6 +118,24 @@ def udp_echo(emulator):
     yield from _plain_peer(emulator, "udp")
 
 
+@pytest.fixture
+def peer_factory(emulator):
+    """peer_factory(hold_reading=False, rcvbuf=None) -> a socket_support.DrivenPeer (one TCP
+    connection the test drives: send, half-close, hold its reading) that
+    socket_support.TCP_HOST:TCP_PORT is routed to; closed at the end."""
+    from tests.e2e.socket_support import TCP_HOST, TCP_PORT, DrivenPeer
+    peers = []
+
+    def make(**kw):
+        peer = DrivenPeer(**kw)
+        peers.append(peer)
+        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", peer.port)
+        return peer
+    yield make
+    for peer in peers:
+        peer.close()
+
+
 def _plain_peer(emulator, kind: str, mode: str = "echo"):
     from emulator.testing.peers import TcpServer, UdpEchoServer
     from tests.e2e.socket_support import TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT

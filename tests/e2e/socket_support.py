@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
 import time
 
 TCP_HOST, TCP_PORT = "tcp.example", 7000
@@ -102,3 +103,87 @@ def wait_for(predicate, timeout: float = 10, what: str = "condition") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met in {timeout:g} s")
         time.sleep(0.01)
+
+
+class DrivenPeer:
+    """A loopback TCP server with one connection the test drives: send(), shutdown_wr()
+    (FIN, still reading), close(); what it reads is in .got (read continuously unless
+    hold_reading is set, then from release_reading() on)."""
+
+    def __init__(self, hold_reading: bool = False, rcvbuf: int | None = None) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.port = self.listener.getsockname()[1]
+        self.conn: socket.socket | None = None
+        self.got = bytearray()
+        self.eof = threading.Event()
+        self.accepted = threading.Event()
+        self._may_read = threading.Event()
+        if not hold_reading:
+            self._may_read.set()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.conn, _ = self.listener.accept()
+        except OSError:
+            return
+        self.accepted.set()
+        self._may_read.wait()
+        try:
+            while True:
+                data = self.conn.recv(65536)
+                if not data:
+                    break
+                self.got += data
+        except OSError:
+            pass
+        self.eof.set()
+
+    def release_reading(self) -> None:
+        self._may_read.set()
+
+    def send(self, data: bytes) -> None:
+        assert self.accepted.wait(10)
+        self.conn.sendall(data)
+
+    def shutdown_wr(self) -> None:
+        self.conn.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.shutdown(socket.SHUT_RDWR)    # (wakes the reading thread: a bare
+            except OSError:                            # close() would send no FIN while it reads)
+                pass
+        for s in (self.conn, self.listener):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+def ec2x_with_pdp(open_modem, **kw):
+    host, port = open_modem("ec2x", **kw)
+    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+    return host, port
+
+
+_PUSH_HEAD_0 = re.compile(rb'\r\n\+QIURC: "recv",0,(\d+)\r\n')
+
+
+def read_pushes(host, total: int, timeout: float = 30) -> bytes:
+    """Direct-push URCs of socket 0 until `total` payload bytes came (nothing else between)."""
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(out) < total:
+        head = host.read_until(_PUSH_HEAD_0, timeout=max(0.1, deadline - time.monotonic()))
+        m = _PUSH_HEAD_0.search(head)
+        assert m.start() == 0, head[:200]           # nothing but push URCs meanwhile
+        out += host.read_exactly(int(m.group(1)), timeout=max(0.1, deadline - time.monotonic()))
+    return bytes(out)

@@ -21,9 +21,8 @@ from emulator.io.network import NetConditions, ShapedTransport, _Pipe
 from emulator.io.transport import PtyPort
 from emulator.modem.timers import Timers
 from emulator.sockets.tcpip import tcpip_service
-from tests.e2e.socket_support import (TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT, qird, tcp_fds_to,
-                                      wait_for)
-from tests.e2e.test_adversarial_held_bytes import Peer, _read_pushes
+from tests.e2e.socket_support import (TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT, ec2x_with_pdp, qird,
+                                      read_pushes, tcp_fds_to, wait_for)
 
 CLOSED = b'+QIURC: "closed",0'
 PUSH_HEAD = re.compile(rb'\r\n\+QIURC: "recv",0,(\d+)\r\n')
@@ -163,26 +162,6 @@ def test_pty_a_modem_failing_on_held_bytes_does_not_stop_the_port():
 
 
 # == helpers for the modem tests ===================================================================
-@pytest.fixture
-def peer_factory(emulator):
-    peers: list[Peer] = []
-
-    def make(**kw) -> Peer:
-        peer = Peer(**kw)
-        peers.append(peer)
-        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", peer.port)
-        return peer
-    yield make
-    for peer in peers:
-        peer.close()
-
-
-def _modem(open_modem, **kw):
-    host, port = open_modem("ec2x", **kw)
-    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
-    return host, port
-
-
 def _open(host, mode: int, kind: str = "TCP", addr: str = TCP_HOST, rport: int = TCP_PORT) -> None:
     line = f'AT+QIOPEN=1,0,"{kind}","{addr}",{rport},0,{mode}'
     if mode == 2:
@@ -234,7 +213,7 @@ def _advance_fn(emulator, host, port):
 def test_flood_after_escape_keeps_the_inbox_bounded_and_ato_delivers_it_all_in_order_once(
         open_modem, peer_factory, emulator, strict_log):
     peer = peer_factory()
-    host, port = _modem(open_modem, manual_time=True)
+    host, port = ec2x_with_pdp(open_modem, manual_time=True)
     advance = _advance_fn(emulator, host, port)
     _open(host, 2)
     before, got = _hold_network_then_escape(emulator, host, port, peer, advance)
@@ -265,14 +244,14 @@ def test_switch_to_push_after_an_escape_from_a_held_network_delivers_everything(
     """AT+QISWTMD=0,1 after +++ while the network was held: what waits and what comes later
     arrive as push URCs, in order, once; then the peer's close is reported."""
     peer = peer_factory()
-    host, port = _modem(open_modem, manual_time=True)
+    host, port = ec2x_with_pdp(open_modem, manual_time=True)
     advance = _advance_fn(emulator, host, port)
     _open(host, 2)
     before, got = _hold_network_then_escape(emulator, host, port, peer, advance)
     tail = os.urandom(150_000)                          # > recv_buffer: reading pauses again
     peer.send(tail)
     assert host.at("AT+QISWTMD=0,1") == b"\r\nOK\r\n"
-    stream = _read_pushes(host, len(before) + len(tail) - len(got))
+    stream = read_pushes(host, len(before) + len(tail) - len(got))
     assert got + bytes(stream) == before + tail
     peer.shutdown_wr()
     assert host.read_until(CLOSED + b"\r\n", timeout=10) == b"\r\n" + CLOSED + b"\r\n"
@@ -282,7 +261,7 @@ def test_switch_to_push_after_an_escape_from_a_held_network_delivers_everything(
 def test_switch_to_buffer_after_an_escape_from_a_held_network_delivers_everything(
         open_modem, peer_factory, emulator, strict_log):
     peer = peer_factory()
-    host, port = _modem(open_modem, manual_time=True)
+    host, port = ec2x_with_pdp(open_modem, manual_time=True)
     advance = _advance_fn(emulator, host, port)
     _open(host, 2)
     before, got = _hold_network_then_escape(emulator, host, port, peer, advance)
@@ -308,7 +287,7 @@ def test_udp_transparent_bytes_after_escape_come_on_ato_in_order_without_duplica
     srv.settimeout(10)
     emulator.router.add_map(UDP_HOST, UDP_PORT, "127.0.0.1", srv.getsockname()[1])
     try:
-        host, port = _modem(open_modem, manual_time=True)
+        host, port = ec2x_with_pdp(open_modem, manual_time=True)
         advance = _advance_fn(emulator, host, port)
         _open(host, 2, "UDP", UDP_HOST, UDP_PORT)
         host.write(b"hello")
@@ -343,7 +322,7 @@ def test_transparent_transfer_both_ways_over_a_shaped_link_completes(open_modem,
     """Latency + kbps pacing: host -> server 400 KB with the host's input held and resumed by
     the shaped writer's flow control, then server -> host; nothing lost, nothing stuck."""
     peer = peer_factory()
-    host, port = _modem(open_modem)
+    host, port = ec2x_with_pdp(open_modem)
     assert emulator.control("net", latency_ms=30, kbps=40_000) == {"ok": True}
     _open(host, 2)
     up = os.urandom(400_000)
@@ -361,7 +340,7 @@ def test_transparent_transfer_both_ways_over_a_shaped_link_completes(open_modem,
 def test_send_fail_and_backlog_over_a_shaped_link_match_what_reaches_the_peer(open_modem, peer_factory,
                                                                               emulator, strict_log):
     peer = peer_factory()
-    host, port = _modem(open_modem)
+    host, port = ec2x_with_pdp(open_modem)
     _open(host, 0)
     assert emulator.control("net", latency_ms=1500) == {"ok": True}
     accepted = bytearray()
@@ -389,7 +368,7 @@ def _half_closed_with_queued_bytes(open_modem, peer_factory, emulator, latency_m
     the peer half-closes and its FIN reached the modem's shaped link (crossing it, as data
     do, while "payload" still waits to leave)."""
     peer = peer_factory()
-    host, port = _modem(open_modem)
+    host, port = ec2x_with_pdp(open_modem)
     _open(host, 0)
     assert emulator.control("net", latency_ms=latency_ms) == {"ok": True}
     assert _send(host, b"payload") == b"\r\nSEND OK\r\n"

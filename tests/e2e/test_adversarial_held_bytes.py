@@ -27,102 +27,15 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import threading
 import time
-
-import pytest
 
 from emulator.io.network import NetConditions, ShapedTransport, _Pipe
 from emulator.modem.timers import Timers
 from emulator.sockets.tcpip import tcpip_service
-from tests.e2e.socket_support import TCP_HOST, TCP_PORT, escape, wait_for
+from tests.e2e.socket_support import TCP_HOST, TCP_PORT, ec2x_with_pdp, escape, read_pushes, wait_for
 
-PUSH_HEAD = re.compile(rb'\r\n\+QIURC: "recv",0,(\d+)\r\n')
 CLOSED = b'\r\n+QIURC: "closed",0\r\n'
-
-
-class Peer:
-    """A loopback TCP server with one connection the test drives: send(), shutdown_wr()
-    (FIN, still reading), close(); what it reads is in .got (read continuously unless
-    hold_reading is set, then from release_reading() on)."""
-
-    def __init__(self, hold_reading: bool = False, rcvbuf: int | None = None) -> None:
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if rcvbuf:
-            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(4)
-        self.port = self.listener.getsockname()[1]
-        self.conn: socket.socket | None = None
-        self.got = bytearray()
-        self.eof = threading.Event()
-        self.accepted = threading.Event()
-        self._may_read = threading.Event()
-        if not hold_reading:
-            self._may_read.set()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            self.conn, _ = self.listener.accept()
-        except OSError:
-            return
-        self.accepted.set()
-        self._may_read.wait()
-        try:
-            while True:
-                data = self.conn.recv(65536)
-                if not data:
-                    break
-                self.got += data
-        except OSError:
-            pass
-        self.eof.set()
-
-    def release_reading(self) -> None:
-        self._may_read.set()
-
-    def send(self, data: bytes) -> None:
-        assert self.accepted.wait(10)
-        self.conn.sendall(data)
-
-    def shutdown_wr(self) -> None:
-        self.conn.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.shutdown(socket.SHUT_RDWR)    # (wakes the reading thread: a bare
-            except OSError:                            # close() would send no FIN while it reads)
-                pass
-        for s in (self.conn, self.listener):
-            if s is not None:
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-
-@pytest.fixture
-def peer_factory(emulator):
-    peers: list[Peer] = []
-
-    def make(**kw) -> Peer:
-        peer = Peer(**kw)
-        peers.append(peer)
-        emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", peer.port)
-        return peer
-    yield make
-    for peer in peers:
-        peer.close()
-
-
-def _modem(open_modem, **kw):
-    host, port = open_modem("ec2x", **kw)
-    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
-    return host, port
 
 
 def _open(host, mode: int) -> None:
@@ -143,18 +56,6 @@ def _paused(emulator, port) -> bool:
     return emulator.run(lambda: bool(tcpip_service(port.modem).sockets[0]._paused))
 
 
-def _read_pushes(host, total: int, timeout: float = 30) -> bytes:
-    """Direct-push URCs of socket 0 until `total` payload bytes came (nothing else between)."""
-    out = bytearray()
-    deadline = time.monotonic() + timeout
-    while len(out) < total:
-        head = host.read_until(PUSH_HEAD, timeout=max(0.1, deadline - time.monotonic()))
-        m = PUSH_HEAD.search(head)
-        assert m.start() == 0, head[:200]           # nothing but push URCs meanwhile
-        out += host.read_exactly(int(m.group(1)), timeout=max(0.1, deadline - time.monotonic()))
-    return bytes(out)
-
-
 # == direct push: a burst while the host does not read, then it reads all and goes quiet ==========
 def test_push_burst_held_above_high_water_comes_out_when_the_host_reads_once(open_modem, peer_factory,
                                                                            emulator, strict_log):
@@ -163,19 +64,19 @@ def test_push_burst_held_above_high_water_comes_out_when_the_host_reads_once(ope
     output_drained must push the rest; a second burst sent with its FIN while reading is
     paused comes out whole, then "closed"."""
     peer = peer_factory()
-    host, port = _modem(open_modem)
+    host, port = ec2x_with_pdp(open_modem)
     _open(host, 1)
     first, second = os.urandom(400_000), os.urandom(300_000)
     peer.send(first)
     wait_for(lambda: _paused(emulator, port), what="TCP reading paused behind a host that does not read")
     time.sleep(0.3)
-    assert _read_pushes(host, len(first)) == first
+    assert read_pushes(host, len(first)) == first
     # now: last bytes and FIN while the host is not reading again
     peer.send(second)
     peer.shutdown_wr()
     wait_for(lambda: _paused(emulator, port), what="paused again")
     time.sleep(0.3)
-    assert _read_pushes(host, len(second)) == second
+    assert read_pushes(host, len(second)) == second
     assert host.read_until(CLOSED, timeout=10) == CLOSED
     assert host.quiet_for(0.2) == b""
 
@@ -184,7 +85,7 @@ def test_push_burst_held_above_high_water_comes_out_when_the_host_reads_once(ope
 def test_buffer_mode_last_bytes_and_fin_behind_paused_reading_reach_the_host(open_modem, peer_factory,
                                                                            emulator, strict_log):
     peer = peer_factory()
-    host, port = _modem(open_modem)
+    host, port = ec2x_with_pdp(open_modem)
     _open(host, 0)
     data = os.urandom(150_000)
     peer.send(data)
@@ -209,7 +110,7 @@ def test_buffer_mode_last_bytes_and_fin_behind_paused_reading_reach_the_host(ope
 def test_transparent_burst_and_fin_held_for_a_slow_host_come_out_then_no_carrier(open_modem, peer_factory,
                                                                                 emulator, strict_log):
     peer = peer_factory()
-    host, port = _modem(open_modem)
+    host, port = ec2x_with_pdp(open_modem)
     _open(host, 2)
     data = os.urandom(500_000)
     peer.send(data)
@@ -224,7 +125,7 @@ def test_transparent_burst_and_fin_held_for_a_slow_host_come_out_then_no_carrier
 def test_bytes_that_came_after_plus_plus_plus_go_out_first_on_ato(open_modem, peer_factory, emulator,
                                                                   strict_log):
     peer = peer_factory()
-    host, port = _modem(open_modem, manual_time=True)
+    host, port = ec2x_with_pdp(open_modem, manual_time=True)
 
     def advance(s):
         emulator.wait_received(port, host.written)
@@ -255,7 +156,7 @@ def test_bytes_that_came_after_plus_plus_plus_go_out_first_on_ato(open_modem, pe
 def test_peer_close_after_escape_from_a_network_held_for_output_is_reported(open_modem, peer_factory,
                                                                             emulator, strict_log):
     peer = peer_factory()
-    host, port = _modem(open_modem, manual_time=True)
+    host, port = ec2x_with_pdp(open_modem, manual_time=True)
 
     def advance(s):
         emulator.wait_received(port, host.written)
@@ -297,7 +198,7 @@ def test_peer_close_after_escape_from_a_network_held_for_output_is_reported(open
 def test_a_held_plus_goes_to_the_server_when_its_guard_time_passes(open_modem, peer_factory, emulator,
                                                                    strict_log):
     peer = peer_factory()
-    host, port = _modem(open_modem, manual_time=True)
+    host, port = ec2x_with_pdp(open_modem, manual_time=True)
 
     def advance(s):
         emulator.wait_received(port, host.written)
@@ -317,7 +218,7 @@ def test_a_held_plus_goes_to_the_server_when_its_guard_time_passes(open_modem, p
 def test_input_queued_behind_a_lingering_close_runs_when_the_close_ends(open_modem, peer_factory, emulator,
                                                                         strict_log):
     peer_factory()                                  # never closes: AT+QICLOSE lingers its 10 s
-    host, port = _modem(open_modem, manual_time=True)
+    host, port = ec2x_with_pdp(open_modem, manual_time=True)
     _open(host, 0)
     host.write(b"AT+QICLOSE=0,10\rAT+CGMM\rAT+QISTATE=1,0\r")
     emulator.wait_received(port, host.written)
@@ -334,7 +235,7 @@ def test_input_held_in_the_pty_behind_a_pending_close_with_ifc_comes_in_afterwar
     rest waits in the pty); when the close ends, every queued AT is answered, once, in order,
     though the host writes nothing more."""
     peer_factory()
-    host, port = _modem(open_modem, manual_time=True)
+    host, port = ec2x_with_pdp(open_modem, manual_time=True)
     assert host.at("AT+IFC=2,2") == b"\r\nOK\r\n"
     _open(host, 0)
     count = 30_000                                  # 90 KB of "AT\r"
@@ -363,7 +264,7 @@ def test_tls_close_with_queued_input_answers_both(open_modem, echo, emulator, st
 def test_host_bytes_held_in_the_pty_by_a_full_connection_all_reach_a_server_that_reads_late(
         open_modem, peer_factory, emulator, strict_log):
     peer = peer_factory(hold_reading=True, rcvbuf=16384)
-    host, port = _modem(open_modem)
+    host, port = ec2x_with_pdp(open_modem)
     _open(host, 2)
     data = os.urandom(6_000_000)
     writer = threading.Thread(target=host.write, args=(data,), daemon=True)
@@ -387,7 +288,7 @@ def test_host_bytes_held_in_the_pty_by_a_full_connection_all_reach_a_server_that
 def test_bytes_accepted_before_a_half_close_still_reach_the_peer_over_a_slow_link(open_modem, peer_factory,
                                                                                   emulator, strict_log):
     peer = peer_factory()
-    host, port = _modem(open_modem)
+    host, port = ec2x_with_pdp(open_modem)
     _open(host, 0)
     assert emulator.control("net", latency_ms=800) == {"ok": True}
     host.write(b"AT+QISEND=0,7\r")
