@@ -51,6 +51,13 @@ def emulator():
 @pytest.fixture
 def open_modem(emulator, tmp_path):
     """open_modem(profile) -> (Host on the pty, ModemPort)."""
+    yield from modem_factory(emulator, tmp_path)
+
+
+def modem_factory(emulator, tmp_path):
+    """The body of a fixture like open_modem on any emulator: yields factory(profile="ec2x",
+    echo=False, **add_modem kwargs) -> (Host with ATE0 sent unless echo, ModemPort); each
+    modem keeps its state in its own tmp_path dir; the hosts are closed at the end."""
     hosts: list[Host] = []
 
     def factory(profile: str = "ec2x", echo: bool = False, **kwargs):

@@ -19,6 +19,7 @@ import pytest
 
 from emulator.io.app import BackgroundEmulator
 from emulator.testing.host import Host
+from tests.conftest import modem_factory
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -117,19 +118,7 @@ def demo():
 @pytest.fixture
 def fresh(demo, tmp_path):
     """fresh(profile, echo=False) -> (Host, ModemPort) on the demo emulator."""
-    hosts: list[Host] = []
-
-    def factory(profile: str = "ec2x", echo: bool = False, **kw):
-        kw.setdefault("state_dir", tmp_path / f"state-{len(hosts)}")
-        port = demo.add_modem(profile, **kw)
-        host = Host(port.path)
-        hosts.append(host)
-        if not echo:
-            assert host.at("ATE0").endswith(b"OK\r\n")
-        return host, port
-    yield factory
-    for host in hosts:
-        host.close()
+    yield from modem_factory(demo, tmp_path)
 
 
 def ec2x_active(fresh):
