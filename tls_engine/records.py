@@ -53,6 +53,7 @@ class HandshakeSniffer:
         self._hs_stream = bytearray()   # TLS: handshake bytes not yet a full message
         self._dtls_msgs: dict[int, tuple[int, int, bytearray, set[tuple[int, int]]]] = {}
         self._dtls_done: set[int] = set()
+        self._dtls_next = 0             # DTLS: the lowest message_seq not yet complete
         self._largest = 0               # TLS: the longest complete handshake message's length
 
     def feed(self, data: bytes) -> tuple[list[HandshakeMessage], list[Alert]]:
@@ -126,8 +127,8 @@ class HandshakeSniffer:
             ctype = datagram[pos]
             epoch = int.from_bytes(datagram[pos + 3:pos + 5], "big")
             length = int.from_bytes(datagram[pos + 11:pos + 13], "big")
-            if ctype not in (20, 21, 22, 23) or datagram[pos + 1] != 0xFE:
-                break                 # not DTLS: the rest of this datagram is dropped
+            if ctype not in (20, 21, 22, 23) or datagram[pos + 1:pos + 3] not in _DTLS_VERSIONS:
+                break                 # not DTLS 1.0/1.2: the rest of this datagram is dropped
             payload = datagram[pos + DTLS_HEADER:pos + DTLS_HEADER + length]
             pos += DTLS_HEADER + length
             if epoch != 0 or len(payload) != length:
@@ -151,9 +152,11 @@ class HandshakeSniffer:
             pos += DTLS_HS_HEADER + frag_len
             if total > _MAX_BUFFERED or offset + frag_len > total or len(frag) != frag_len:
                 break                 # a broken fragment: the rest of this record is dropped
-            if seq in self._dtls_done:
+            if seq in self._dtls_done or seq < self._dtls_next:
                 continue  # retransmission of a message already delivered
-            if msg_type == 3:  # HelloVerifyRequest: the exchange restarts, seqs reused
+            if seq >= self._dtls_next + _DTLS_MAX_BUFFERED_HS:
+                continue  # beyond what Mbed TLS buffers ahead: it drops it, so does this
+            if msg_type == 3:  # HelloVerifyRequest: the exchange restarts
                 self._dtls_msgs.clear()
             entry = self._dtls_msgs.setdefault(seq, (msg_type, total, bytearray(total), set()))
             if entry[0] != msg_type or entry[1] != total:
@@ -162,10 +165,18 @@ class HandshakeSniffer:
             entry[3].add((offset, offset + frag_len))
             if _covers(entry[3], total):
                 del self._dtls_msgs[seq]
-                if msg_type != 3:
-                    self._dtls_done.add(seq)
+                self._dtls_done.add(seq)
+                while self._dtls_next in self._dtls_done:
+                    self._dtls_next += 1
                 out.append(HandshakeMessage(msg_type, bytes(entry[2])))
         return out
+
+
+# What Mbed TLS takes of a datagram, so that the sniffer sees no message it drops: record
+# versions DTLS 1.2 and 1.0, and handshake messages no further ahead of the next expected
+# message_seq than it buffers (MBEDTLS_SSL_MAX_BUFFERED_HS).
+_DTLS_VERSIONS = (b"\xfe\xfd", b"\xfe\xff")
+_DTLS_MAX_BUFFERED_HS = 4
 
 
 def _covers(ranges: set[tuple[int, int]], total: int) -> bool:

@@ -77,7 +77,7 @@ class TlsClientSession:
         self._sniffer = HandshakeSniffer(settings.dtls)
         self._verifier = None             # a verify.ChainVerifier at seclevel >= 1
         self._cert_seen = False
-        self._checked: dict[bytes, tuple[list[bytes], object]] = {}   # leaf -> (chain, problem)
+        self._checked: dict[bytes, list[tuple[list[bytes], object]]] = {}   # leaf -> [(chain, problem)]
         self._server_version: bytes | None = None
         self._fatal_alert: int | None = None
         resumable = settings.session_cache and cache is not None and cache_key is not None
@@ -263,10 +263,11 @@ class TlsClientSession:
                     chain = parse_certificate_list(msg.body)
                 except ValueError:
                     continue
-                if chain and chain[0] not in self._checked:
+                seen = self._checked.setdefault(chain[0], []) if chain else None
+                if seen is not None and all(chain != c for c, _ in seen):
                     self._cert_seen = True
                     problem = self._verify(self._verifier.verify, chain) if self._verifier else None
-                    self._checked[chain[0]] = (chain, problem)
+                    seen.append((chain, problem))
                     self.peer_chain = self.peer_chain or chain   # (the one used: at the end)
                 continue
             self._cert_seen = True
@@ -278,7 +279,7 @@ class TlsClientSession:
             if self._verifier is not None:
                 problem = self._verify(self._verifier.verify, self.peer_chain)
                 if self.peer_chain:
-                    self._checked[self.peer_chain[0]] = (self.peer_chain, problem)
+                    self._checked[self.peer_chain[0]] = [(self.peer_chain, problem)]
                 if problem is not None:
                     # Never hand the Certificate to Mbed TLS: no next flight is sent.
                     self._queue_clear_alert(problem.alert)
@@ -411,13 +412,16 @@ class TlsClientSession:
                 self._fail(VERIFY_FAILED, "server did not present a certificate")
                 return
             leaf = self._buffer.getpeercert(binary_form=True) or b""
-            chain, problem = self._checked.get(leaf, (None, None))
-            if chain is None:
+            seen = self._checked.get(leaf)
+            if not seen:
                 self._fail(VERIFY_FAILED, "the certificate the handshake used is not the one that was "
                                           "checked (a forged or damaged Certificate message)")
                 return
-            if problem is not None:
-                self._fail(VERIFY_FAILED, problem.reason)
+            # The leaf Mbed TLS used, with a chain that passed: the server's, or (DTLS) a
+            # forged datagram's that proves the same leaf -- its signatures are genuine.
+            chain = next((c for c, problem in seen if problem is None), None)
+            if chain is None:
+                self._fail(VERIFY_FAILED, seen[0][1].reason)
                 return
             self.peer_chain = chain
         self.state = "established"

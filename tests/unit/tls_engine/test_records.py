@@ -90,3 +90,21 @@ def test_a_junk_or_inconsistent_datagram_is_dropped_and_the_next_ones_still_read
     assert msgs == [] and not sniffer.broken          # disagrees with the first: not taken
     msgs, _ = sniffer.feed(dtls_record(22, dtls_fragment(11, body, 2, 0, len(body))))
     assert [parse_certificate_list(m.body) for m in msgs] == [[b"C" * 50]]
+
+
+def test_the_dtls_sniffer_takes_only_what_mbed_tls_takes():
+    """Record versions DTLS 1.2/1.0 only, and messages at most MBEDTLS_SSL_MAX_BUFFERED_HS (4)
+    ahead of the next expected message_seq: a forged Certificate outside that is dropped by
+    Mbed TLS, and must not be checked in place of the server's (test_adversarial_dtls_cert_review)."""
+    body = cert_body(b"C" * 30)
+    sniffer = HandshakeSniffer(dtls=True)
+    odd_version = bytes([22, 0xFE, 0xFC]) + dtls_record(22, dtls_fragment(11, body, 0, 0, len(body)))[3:]
+    assert sniffer.feed(odd_version) == ([], [])
+    assert sniffer.feed(dtls_record(22, dtls_fragment(11, body, 40, 0, len(body)))) == ([], [])
+    assert sniffer.feed(dtls_record(22, dtls_fragment(11, body, 4, 0, len(body)))) == ([], [])   # 0 + 4
+    msgs, _ = sniffer.feed(dtls_record(22, dtls_fragment(11, body, 3, 0, len(body))))
+    assert len(msgs) == 1                                       # within the window
+    for seq in (0, 1, 2):
+        sniffer.feed(dtls_record(22, dtls_fragment(2, b"h", seq, 0, 1)))
+    msgs, _ = sniffer.feed(dtls_record(22, dtls_fragment(11, body, 7, 0, len(body))))
+    assert len(msgs) == 1                                       # next is 4 now: 7 is in
