@@ -399,9 +399,17 @@ class ShapedTransport:
         """asyncio's resume_writing: its buffer is down to `low`."""
         if not self._over:
             self._writable()
-        elif self.get_write_buffer_size() <= (self._low or 0):
+        else:
+            self._resume_if_low()
+
+    def _resume_if_low(self) -> bool:
+        """The writer held back and the link's queue plus asyncio's buffer down to `low`:
+        it hears resume_writing (True)."""
+        if self._over and self.get_write_buffer_size() <= (self._low or 0):
             self._over = False
             self._writable()
+            return True
+        return False
 
     def _out(self, send, data: bytes) -> None:
         if self._closing:
@@ -410,10 +418,7 @@ class ShapedTransport:
         def go() -> None:
             if not self._inner.is_closing():
                 send(data)
-            if self._over and self.get_write_buffer_size() <= (self._low or 0):
-                self._over = False
-                self._writable()
-            elif self._over:
+            if not self._resume_if_low() and self._over:
                 self._retune()
         self._pipe.push(len(data), go)
         if self._high is not None and self.get_write_buffer_size() > self._high:

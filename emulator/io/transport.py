@@ -222,7 +222,7 @@ class PtyPort:
             self.loop.add_reader(self.master, self._readable)
             self._peers.arm(self)
             if self._held:                # (a loop turn later: never inside the caller)
-                self.loop.call_soon(self._deliver_held)
+                self.loop.call_soon(self._resume_reading)
         else:
             self.loop.remove_reader(self.master)
             self._watch_paused()
@@ -535,12 +535,6 @@ class PtyPort:
                 # SHORT_READ or more emptied it too): the level-triggered reader would not
                 # fire again before the host writes more.  Handed on now, first in line.
                 self._readable()
-
-    def _deliver_held(self) -> None:
-        """Reading back on after flow control held it off: bytes read before a step aside
-        (see _resume_reading) go on without waiting for the host's next write."""
-        if self._held and self.wants_input():
-            self._readable()
 
     def _deliver(self, data: bytes) -> None:
         self.received += len(data)

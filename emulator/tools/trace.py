@@ -300,13 +300,13 @@ def material_of(modem) -> dict:
         if modem.profile.command_variant("+QFUPL") is not None:
             material["files"] = {name: size for name, size in modem.files.list()}
         if modem.profile.command_variant("+QSECWRITE") is not None:
+            from emulator.storage.checksum import xor16
             from emulator.storage.secstore import SLOTS
             slots = {}
             for slot in SLOTS:
-                if modem.secstore.is_filled(slot):
-                    content = modem.secstore.load(slot)
-                    if content is not None:          # (a damaged slot: left out)
-                        slots[str(slot)] = [len(content), modem.secstore.status(slot)[1]]
+                content = modem.secstore.load(slot)  # (None: empty, or damaged and left out)
+                if content is not None:
+                    slots[str(slot)] = [len(content), xor16(content)]
             material["slots"] = slots
     except Exception as exc:        # (SecStoreError, FileError, OSError: a damaged state dir)
         log.warning("trace: what the modem held at the start is not recorded: %s", exc)
@@ -504,7 +504,7 @@ def render(records: list[dict], socket: int | None = None, modem: int | None = N
 
 def show_main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="modem-emulator trace show",
-                                description="render a trace (--trace FILE) for a person")
+                      description="render a trace (--trace FILE) for a person")
     p.add_argument("file")
     p.add_argument("--socket", type=int, help="only this socket's events and data")
     p.add_argument("--modem", type=int, help="only this modem (index)")
@@ -1221,8 +1221,8 @@ def _seconds(text: str) -> float:
 
 def replay_main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="modem-emulator replay",
-                                description="drive a fresh modem with the host side of a trace or an AT log "
-                                            "and report the first answer that differs (exit 1)")
+                      description="drive a fresh modem with the host side of a trace or an AT log "
+                                  "and report the first answer that differs (exit 1)")
     p.add_argument("file")
     p.add_argument("--profile", help="the profile to replay on (default: the trace's, else ec2x)")
     p.add_argument("--modem", type=int, default=0, help="which modem of a trace (index, default 0)")

@@ -1,5 +1,5 @@
 """Adversarial review of 605fd17 (PtyPort: bytes held by a step aside handed on in
-_resume_reading / _deliver_held) and 0f5c8de (SocketLink.escaped resumes the network;
+_resume_reading, also queued by set_reading(True)) and 0f5c8de (SocketLink.escaped resumes the network;
 ShapedTransport judges "over" on queue + asyncio's buffer with asyncio's limits at (low, low);
 ShapedLink.eof_received keeps the connection and closes it behind queued outgoing bytes).
 
@@ -75,9 +75,9 @@ def test_pty_step_aside_then_close_before_the_resume_turn_is_silent():
 
 
 def test_pty_resume_paths_never_reenter_and_deliver_held_once_before_newer_bytes():
-    """A step aside pending while flow control goes off and on again: both _resume_reading and
-    _deliver_held are queued; the held bytes go once, first, never from inside set_reading
-    (the interpreter's call), and the newer pty bytes after them."""
+    """A step aside pending while flow control goes off and on again: _resume_reading is queued
+    twice (by the step aside and by set_reading); the held bytes go once, first, never from
+    inside set_reading (the interpreter's call), and the newer pty bytes after them."""
     async def main():
         calls = []
         depth = [0]
@@ -97,7 +97,7 @@ def test_pty_resume_paths_never_reenter_and_deliver_held_once_before_newer_bytes
             port._held = b"A" * 3000
             port._step_aside()
             port.set_reading(False)
-            port.set_reading(True)                  # queues _deliver_held too
+            port.set_reading(True)                  # queues _resume_reading again
             assert bytes(got) == b""                # nothing inside the caller
             await _until(lambda: len(got) >= 3100)
             await asyncio.sleep(0.05)

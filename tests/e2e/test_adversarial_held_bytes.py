@@ -4,8 +4,8 @@ external event (more host bytes, more network bytes), in order, once, and are th
 exactly when the module would drop them?
 
 Hold points reviewed (what releases them), each with a test below where practical:
-- PtyPort._held (transport.py): _resume_reading / _deliver_held (605fd17: unit tests in
-  tests/unit/io/test_transport_paused.py).
+- PtyPort._held (transport.py): _resume_reading, also queued by set_reading(True)
+  (605fd17: unit tests in tests/unit/io/test_transport_paused.py).
 - PtyPort pty input while set_reading(False) ("pending" with AT+IFC=<x>,2, "output", "online"):
   resume_input -> set_reading(True) -> add_reader, level-triggered on bytes still in the pty.
 - PtyPort._out above HIGH_WATER: on_drain -> "output_drained" -> PushDelivery.push,
