@@ -30,28 +30,17 @@ import threading
 import time
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from emulator.testing.peers import OpenSslServer
 from tests.e2e.ssl_options_support import HOST, PORT, cfg, close, trust
+from tests.e2e.test_adversarial_dtls_paths import der, record
 
 CT_ALERT, CT_HANDSHAKE = 21, 22
-DTLS12 = b"\xfe\xfd"
 OPENED = re.compile(rb"\+QSSLOPEN: (\d+),(-?\d+)\r\n")
 PSK_HEX = "00112233445566778899aabbccddeeff"
 
 
 # -- wire helpers --------------------------------------------------------------------------------
-def der(pem: bytes) -> bytes:
-    return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
-
-
-def record(ctype: int, payload: bytes, *, epoch: int = 0, seq: int = 0, version: bytes = DTLS12) -> bytes:
-    return bytes([ctype]) + version + epoch.to_bytes(2, "big") + seq.to_bytes(6, "big") + \
-        len(payload).to_bytes(2, "big") + payload
-
-
 def fragment(msg_type: int, body: bytes, msg_seq: int, offset: int, length: int) -> bytes:
     return bytes([msg_type]) + len(body).to_bytes(3, "big") + msg_seq.to_bytes(2, "big") + \
         offset.to_bytes(3, "big") + length.to_bytes(3, "big") + body[offset:offset + length]
