@@ -25,7 +25,8 @@ openssl:
 	  (apt-get update -qq && apt-get install -y -qq openssl) >/dev/null 2>&1 || \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq openssl); }
 
-# socat is the reference make bench measures transparent mode against (pty <-> openssl).
+# socat is the reference make bench measures transparent mode against (pty <-> openssl), and
+# README's control-socket example (`... | socat - UNIX-CONNECT:`) is run by the tests.
 socat:
 	@command -v socat >/dev/null || { \
 	  echo "installing socat"; \
@@ -39,8 +40,8 @@ run: $(STAMP)
 run-ml302: $(STAMP)
 	@$(PY) -m emulator --profile ml302 --demo --offline --link /tmp/modem-ml302 --state-dir state/ml302
 
-# Skips count as failures here: a missing openssl CLI or native TLS layer must show.
-test: $(STAMP) openssl
+# Skips count as failures here: a missing openssl or socat CLI or native TLS layer must show.
+test: $(STAMP) openssl socat
 	MODEM_EMULATOR_REQUIRE_ALL=1 $(PY) -m pytest -q
 
 # One table, each figure beside a reference from the same run (about 2 minutes).
