@@ -533,8 +533,15 @@ class PtyPort:
             if self._held:
                 # What the step aside held may have been all the pty had (a piece of
                 # SHORT_READ or more emptied it too): the level-triggered reader would not
-                # fire again before the host writes more.  Handed on now, first in line.
-                self._readable()
+                # fire again before the host writes more.  Handed on, first in line, but a
+                # loop turn later: the ports this one stepped aside for were reported by
+                # this turn's poll and run after this callback; reading here would take a
+                # whole READ_BATCH before them (their one-shot report is already used).
+                self.loop.call_soon(self._hand_on_held)
+
+    def _hand_on_held(self) -> None:
+        if self._held and self.wants_input():
+            self._readable()
 
     def _deliver(self, data: bytes) -> None:
         self.received += len(data)

@@ -1,0 +1,89 @@
+"""Two PtyPorts on one loop: a host streaming into one port must not keep another modem's
+host waiting for more than one slice of the streamer's work (PtyPort._read_some's step
+aside).  Real ptys; the other host's write is made to land at an exact moment (between two
+of the streamer's pty reads) by wrapping os.read."""
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import threading
+
+import pytest
+
+from emulator.io import transport
+from emulator.io.transport import SLICE, PtyPort
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline
+        await asyncio.sleep(0.002)
+
+
+async def attach(port: PtyPort) -> int:
+    fd = os.open(port.device, os.O_RDWR | os.O_NOCTTY)
+    await until(lambda: port.attached)
+    return fd
+
+
+@pytest.mark.parametrize("at_read", [1, 2, 3, 5, 8])
+def test_a_neighbours_command_waits_at_most_one_slice_behind_a_streaming_host(monkeypatch, at_read):
+    """The quiet host writes while the streaming port is between two reads (`at_read` counts
+    the streamer's reads that returned data, so both step-aside paths are taken: with bytes
+    held short of a slice, and right after a slice was handed on).  From then on the
+    streaming port may hand on at most one slice (and the piece that completed it) before
+    the quiet port's command.  A step aside that held bytes used to resume by reading a
+    whole READ_BATCH (64 KiB) at once, the quiet port's one-shot report already used up."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        streamed, quiet = bytearray(), bytearray()
+        marks: dict[str, int] = {}
+
+        def on_stream(data: bytes) -> None:
+            streamed.extend(data)
+
+        def on_quiet(data: bytes) -> None:
+            quiet.extend(data)
+            marks.setdefault("answered", len(streamed))
+
+        busy = PtyPort(loop, on_stream)
+        calm = PtyPort(loop, on_quiet)
+        busy_fd, calm_fd = await attach(busy), await attach(calm)
+        reads = 0
+        real_read = os.read
+
+        def read(fd: int, n: int) -> bytes:
+            nonlocal reads
+            data = real_read(fd, n)
+            if fd == busy.master and data and "written" not in marks:
+                reads += 1
+                if reads == at_read:        # the quiet host writes now, mid-stream
+                    os.write(calm_fd, b"AT\r")
+                    # (the kernel hands a pty write to the other side from a worker: wait
+                    # until it is there, so the moment is exact)
+                    assert select.select([calm.master], [], [], 2)[0]
+                    marks["written"] = len(streamed)
+            return data
+
+        total = 1 << 20
+        writer = threading.Thread(target=lambda: os.write(busy_fd, b"x" * total), daemon=True)
+        try:
+            monkeypatch.setattr(transport.os, "read", read)
+            writer.start()
+            await until(lambda: len(streamed) == total)
+        finally:
+            monkeypatch.undo()
+            writer.join(5)
+            os.close(busy_fd)
+            os.close(calm_fd)
+            busy.close()
+            calm.close()
+        assert bytes(quiet) == b"AT\r"
+        assert "written" in marks and "answered" in marks
+        behind = marks["answered"] - marks["written"]
+        assert behind <= SLICE + 4096, (
+            f"the quiet port's AT waited behind {behind} bytes of the streaming port's work")
+    asyncio.run(main())
