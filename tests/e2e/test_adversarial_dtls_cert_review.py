@@ -24,117 +24,18 @@ real socket against `openssl s_server`, loopback only).
 from __future__ import annotations
 
 import re
-import select
 import socket
-import threading
 import time
 
 import pytest
 
-from emulator.testing.peers import OpenSslServer
+from emulator.testing.peers import OpenSslServer, UdpMiddlebox
+from emulator.testing.peers.dtls_wire import CT_HANDSHAKE, cert_body, der, fragment, handshake, record, records
 from tests.e2e.ssl_options_support import HOST, PORT, cfg, close, trust
-from tests.e2e.test_adversarial_dtls_paths import der, record
 
-CT_ALERT, CT_HANDSHAKE = 21, 22
 OPENED = re.compile(rb"\+QSSLOPEN: (\d+),(-?\d+)\r\n")
 PSK_HEX = "00112233445566778899aabbccddeeff"
-
-
-# -- wire helpers --------------------------------------------------------------------------------
-def fragment(msg_type: int, body: bytes, msg_seq: int, offset: int, length: int) -> bytes:
-    return bytes([msg_type]) + len(body).to_bytes(3, "big") + msg_seq.to_bytes(2, "big") + \
-        offset.to_bytes(3, "big") + length.to_bytes(3, "big") + body[offset:offset + length]
-
-
-def handshake(msg_type: int, body: bytes, msg_seq: int) -> bytes:
-    return fragment(msg_type, body, msg_seq, 0, len(body))
-
-
-def cert_body(*ders: bytes) -> bytes:
-    chain = b"".join(len(d).to_bytes(3, "big") + d for d in ders)
-    return len(chain).to_bytes(3, "big") + chain
-
-
-def records(datagram: bytes):
-    out, pos = [], 0
-    while pos + 13 <= len(datagram):
-        length = int.from_bytes(datagram[pos + 11:pos + 13], "big")
-        out.append((datagram[pos], int.from_bytes(datagram[pos + 5:pos + 11], "big"),
-                    datagram[pos + 13:pos + 13 + length]))
-        pos += 13 + length
-    return out
-
-
 GARBAGE_CERT = b"\x30\x82\x00\x04junk"      # an entry that is no certificate
-
-
-# -- a UDP relay that can inject (as in test_adversarial_dtls_paths.py) ---------------------------
-class Middlebox:
-    def __init__(self, target, rule=None) -> None:
-        self.rule = rule or (lambda direction, index, data: [data])
-        self.counts = {"c2s": 0, "s2c": 0}
-        self.client = None
-        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.front.bind(("127.0.0.1", 0))
-        self.port = self.front.getsockname()[1]
-        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.back.bind(("127.0.0.1", 0))
-        self.back.connect(target)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="review-middlebox")
-        self.thread.start()
-
-    def inject(self, data: bytes) -> None:
-        self.front.sendto(data, self.client)
-
-    def _handle(self, direction, data) -> None:
-        index = self.counts[direction]
-        self.counts[direction] += 1
-        for out in self.rule(direction, index, data):
-            try:
-                if direction == "c2s":
-                    self.back.send(out)
-                else:
-                    self.front.sendto(out, self.client)
-            except OSError:
-                pass
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            readable, _, _ = select.select([self.front, self.back], [], [], 0.05)
-            if self.front in readable:
-                try:
-                    data, self.client = self.front.recvfrom(65536)
-                except OSError:
-                    continue
-                self._handle("c2s", data)
-            if self.back in readable and self.client is not None:
-                try:
-                    data = self.back.recv(65536)
-                except OSError:
-                    continue
-                self._handle("s2c", data)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(2)
-        self.front.close()
-        self.back.close()
-
-
-def inject_first(forged: list[bytes]):
-    """A rule: the forged datagrams reach the modem before its ClientHello goes on (an
-    off-path attacker needs no timing for this: Mbed TLS would not take them anyway)."""
-    def rule(direction, index, data):
-        if direction == "c2s" and index == 0:
-            for d in forged:
-                box_of[0].inject(d)
-        return [data]
-    box_of: list[Middlebox] = []
-    return rule, box_of
 
 
 @pytest.fixture
@@ -188,9 +89,10 @@ def dtls_open(host, emulator, port: int, ca_pem: bytes | None, timeout: float = 
 
 
 def open_through(host, emulator, server, ca_pem, forged: list[bytes]) -> int:
-    rule, box_of = inject_first(forged)
-    with Middlebox(server.address, rule) as box:
-        box_of.append(box)
+    """An open through a middlebox that sends the forged datagrams to the modem before its
+    ClientHello goes on (an off-path attacker needs no timing for this: Mbed TLS would not
+    take them anyway)."""
+    with UdpMiddlebox(server.address, inject_first=forged) as box:
         code = dtls_open(host, emulator, box.port, ca_pem)
         if code == 0:
             close(host)
@@ -300,7 +202,7 @@ class Refragmenter:
 
     def __call__(self, data: bytes) -> list[bytes]:
         extra = []
-        for ctype, seq, payload in records(data):
+        for ctype, _epoch, seq, payload in records(data):
             if ctype != CT_HANDSHAKE or payload[:1] != b"\x0b" or len(payload) < 12:
                 continue
             total = int.from_bytes(payload[1:4], "big")
@@ -326,7 +228,7 @@ def test_certificate_sent_twice_with_other_fragmentation_opens(ec2x, net, emulat
 
     def rule(direction, index, data):
         return refrag(data) if direction == "s2c" else [data]
-    with Middlebox(server.address, rule) as box:
+    with UdpMiddlebox(server.address, rule) as box:
         code = dtls_open(ec2x, emulator, box.port, pki.ca.cert_pem)
         assert refrag.done == 1
         assert code == 0

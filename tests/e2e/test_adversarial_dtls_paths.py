@@ -24,145 +24,24 @@ import threading
 import time
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
-from emulator.testing.peers import OpenSslServer
+from emulator.testing.peers import OpenSslServer, UdpMiddlebox
+from emulator.testing.peers.dtls_wire import (CT_ALERT, CT_APP, CT_HANDSHAKE, certificate_message,
+                                              handshake, hello_verify_request, is_client_hello, record,
+                                              records)
 from tests.e2e.socket_support import UDP_HOST, UDP_PORT, fds, qiopen, qird, qisend, wait_for
 from tests.e2e.ssl_options_support import HOST, PORT, cfg, close, recv_all, trust
 
-CT_CCS, CT_ALERT, CT_HANDSHAKE, CT_APP = 20, 21, 22, 23
-DTLS12 = b"\xfe\xfd"
 OPENED = re.compile(rb"\+QSSLOPEN: (\d+),(-?\d+)\r\n")
 
 
-# -- wire helpers -------------------------------------------------------------------------------
-def records(datagram: bytes) -> list[tuple[int, int, int, bytes]]:
-    """(content type, epoch, start offset, payload) of each DTLS record of a datagram."""
-    out, pos = [], 0
-    while pos + 13 <= len(datagram):
-        length = int.from_bytes(datagram[pos + 11:pos + 13], "big")
-        out.append((datagram[pos], int.from_bytes(datagram[pos + 3:pos + 5], "big"), pos,
-                    datagram[pos + 13:pos + 13 + length]))
-        pos += 13 + length
-    return out
-
-
-def is_client_hello(d: bytes) -> bool:
-    return len(d) > 25 and d[0] == CT_HANDSHAKE and d[13] == 1
-
-
+# -- wire helpers (the rest: emulator/testing/peers/dtls_wire.py) -------------------------------
 def is_app(d: bytes) -> bool:
     recs = records(d)
-    return bool(recs) and all(r[0] == CT_APP for r in recs)
+    return bool(recs) and all(r.type == CT_APP for r in recs)
 
 
-def record(ctype: int, payload: bytes, *, epoch: int = 0, seq: int = 0, version: bytes = DTLS12) -> bytes:
-    return bytes([ctype]) + version + epoch.to_bytes(2, "big") + seq.to_bytes(6, "big") + \
-        len(payload).to_bytes(2, "big") + payload
-
-
-def handshake(msg_type: int, body: bytes, msg_seq: int) -> bytes:
-    n = len(body).to_bytes(3, "big")
-    return bytes([msg_type]) + n + msg_seq.to_bytes(2, "big") + b"\x00\x00\x00" + n + body
-
-
-def hello_verify_request(cookie: bytes, msg_seq: int = 0, rec_seq: int = 0) -> bytes:
-    body = DTLS12 + bytes([len(cookie)]) + cookie
-    return record(CT_HANDSHAKE, handshake(3, body, msg_seq), seq=rec_seq, version=b"\xfe\xff")
-
-
-def der(pem: bytes) -> bytes:
-    return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
-
-
-# -- middleboxes and hostile servers -------------------------------------------------------------
-class Middlebox:
-    """A UDP relay between the emulator (the first sender) and a server.
-
-    rule(direction, index, data) -> list of (delay_s, data) to forward ([] drops, two entries
-    duplicate, a delay reorders); inject(data) sends a datagram to the client from the
-    relay's own address (what the client's connected socket accepts)."""
-
-    def __init__(self, target, rule=None) -> None:
-        self.rule = rule or (lambda direction, index, data: [(0, data)])
-        self.log: list[tuple[str, bytes]] = []
-        self.counts = {"c2s": 0, "s2c": 0}
-        self.client = None
-        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.front.bind(("127.0.0.1", 0))
-        self.address = self.front.getsockname()
-        self.port = self.address[1]
-        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.back.bind(("127.0.0.1", 0))
-        self.back.connect(target)
-        self.lock = threading.Lock()
-        self.timers: list[threading.Timer] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="middlebox")
-        self.thread.start()
-
-    def inject(self, data: bytes) -> None:
-        self.front.sendto(data, self.client)
-
-    def _out(self, direction, data) -> None:
-        try:
-            if direction == "c2s":
-                self.back.send(data)
-            else:
-                self.front.sendto(data, self.client)
-        except OSError:
-            pass
-
-    def _handle(self, direction, data) -> None:
-        with self.lock:
-            index = self.counts[direction]
-            self.counts[direction] += 1
-            self.log.append((direction, data))
-        for delay, out in self.rule(direction, index, data):
-            if delay:
-                t = threading.Timer(delay, self._out, (direction, out))
-                self.timers.append(t)
-                t.start()
-            else:
-                self._out(direction, out)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            readable, _, _ = select.select([self.front, self.back], [], [], 0.05)
-            if self.front in readable:
-                try:
-                    data, self.client = self.front.recvfrom(65536)
-                except OSError:
-                    continue
-                self._handle("c2s", data)
-            if self.back in readable:
-                try:
-                    data = self.back.recv(65536)
-                except OSError:
-                    continue
-                if self.client is not None:
-                    self._handle("s2c", data)
-
-    def sent(self, direction: str) -> list[bytes]:
-        with self.lock:
-            return [d for dr, d in self.log if dr == direction]
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self.timers:
-            t.cancel()
-        self.thread.join(2)
-        self.front.close()
-        self.back.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
+# -- hostile servers (the middlebox: emulator/testing/peers/udp_relay.py UdpMiddlebox) ------------
 class HostileServer:
     """A UDP "DTLS server" that answers each datagram with answer(index, data) -> datagrams."""
 
@@ -264,11 +143,6 @@ def dtls_ready(host, emulator, port: int, *, verify_with=None, negotiatetime: in
         cfg(host, "negotiatetime", 0, negotiatetime)
 
 
-def certificate_message(*pems: bytes, msg_seq: int) -> bytes:
-    chain = b"".join(len(d).to_bytes(3, "big") + d for d in map(der, pems))
-    return handshake(11, len(chain).to_bytes(3, "big") + chain, msg_seq)
-
-
 # == the certificate check and what a middlebox injects =========================================
 def test_untrusted_dtls_server_is_refused_once_and_the_id_is_reusable(ec2x, net, emulator, dtls_server, pki):
     """The control for the next test: seclevel 1, a server whose chain is from another CA ->
@@ -297,13 +171,8 @@ def test_injected_certificate_cannot_pass_the_check(ec2x, net, emulator, dtls_se
     attacker = dtls_server(pki.wrong_server)
     # the genuine server's certificate is public: anyone can put it in a datagram
     forged = record(CT_HANDSHAKE, certificate_message(pki.server.cert_pem, msg_seq=40), seq=20)
-
-    def rule(direction, index, data):
-        if direction == "c2s" and index == 0:
-            box.inject(forged)          # before the ClientHello goes on: it comes first
-        return [(0, data)]
-
-    with Middlebox(attacker.address, rule) as box:
+    # injected before the ClientHello goes on: it comes first
+    with UdpMiddlebox(attacker.address, inject_first=[forged]) as box:
         dtls_ready(ec2x, emulator, box.port, verify_with=pki.ca.cert_pem)
         start_open(ec2x)
         assert one_answer(ec2x) == 566
@@ -328,13 +197,7 @@ def test_junk_datagram_before_the_servers_flight_does_not_break_verification(
     bad = {"not_dtls": b"\x00junk" * 20,
            # a record with TLS 1.2's version: Mbed TLS drops it (not DTLS)
            "tls_version_record": record(CT_ALERT, b"\x01\x00", seq=1, version=b"\x03\x03")}[junk]
-
-    def rule(direction, index, data):
-        if direction == "c2s" and index == 0:
-            box.inject(bad)
-        return [(0, data)]
-
-    with Middlebox(server.address, rule) as box:
+    with UdpMiddlebox(server.address, inject_first=[bad]) as box:
         dtls_ready(ec2x, emulator, box.port, verify_with=pki.ca.cert_pem)
         start_open(ec2x)
         assert one_answer(ec2x) == 0
@@ -383,7 +246,7 @@ def test_damaged_application_datagram_is_dropped_silently(ec2x, net, emulator, d
                 return MUTATIONS[how](data)
         return [(0, data)]
 
-    with Middlebox(server.address, rule) as box:
+    with UdpMiddlebox(server.address, rule) as box:
         dtls_ready(ec2x, emulator, box.port)
         start_open(ec2x)
         assert one_answer(ec2x) == 0
@@ -416,7 +279,7 @@ def test_oversized_and_forged_datagrams_after_the_handshake(ec2x, net, emulator,
                 return [(0, data + bytes(40000))]
         return [(0, data)]
 
-    with Middlebox(server.address, rule) as box:
+    with UdpMiddlebox(server.address, rule) as box:
         dtls_ready(ec2x, emulator, box.port)
         start_open(ec2x)
         assert one_answer(ec2x) == 0
@@ -450,7 +313,7 @@ def test_handshake_through_duplicating_reordering_path(ec2x, net, emulator, dtls
             return [(hold, data), (hold + 0.03, data)]
         return [(0, data), (0, data)]
 
-    with Middlebox(server.address, rule) as box:
+    with UdpMiddlebox(server.address, rule) as box:
         dtls_ready(ec2x, emulator, box.port)
         start_open(ec2x)
         assert one_answer(ec2x, timeout=30) == 0

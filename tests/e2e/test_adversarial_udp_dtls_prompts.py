@@ -9,119 +9,21 @@ pty and on the server side."""
 from __future__ import annotations
 
 import re
-import select
 import socket
-import threading
 import time
 
 import pytest
 
 from emulator.testing.host import Host
-from emulator.testing.peers import OpenSslServer, UdpEchoServer
+from emulator.testing.peers import OpenSslServer, UdpEchoServer, UdpMiddlebox
+from emulator.testing.peers.dtls_wire import CT_APP, CT_CCS, CT_HANDSHAKE, is_client_hello, records
 from tests.e2e.socket_support import RESULT, UDP_HOST, UDP_PORT, free_port, qiopen, qird, qisend, wait_for
 from tests.e2e.ssl_options_support import HOST, PORT, cfg, close, open_ssl, recv_all
 
-CT_CCS, CT_ALERT, CT_HANDSHAKE, CT_APP = 20, 21, 22, 23
 
-
-# -- helpers ----------------------------------------------------------------------------------
-def records(datagram: bytes) -> list[tuple[int, int, bytes]]:
-    """The DTLS records of a datagram: (content type, epoch, payload)."""
-    out, pos = [], 0
-    while pos + 13 <= len(datagram):
-        length = int.from_bytes(datagram[pos + 11:pos + 13], "big")
-        out.append((datagram[pos], int.from_bytes(datagram[pos + 3:pos + 5], "big"),
-                    datagram[pos + 13:pos + 13 + length]))
-        pos += 13 + length
-    assert pos == len(datagram), f"a datagram that is not whole DTLS records: {datagram[:40].hex()}"
-    return out
-
-
-def is_client_hello(d: bytes) -> bool:
-    return len(d) > 25 and d[0] == CT_HANDSHAKE and d[13] == 1
-
-
+# -- helpers (the relay: emulator/testing/peers/udp_relay.py UdpMiddlebox) ----------------------
 def has_ccs(d: bytes) -> bool:
-    return any(ct == CT_CCS for ct, _, _ in records(d))
-
-
-class Relay:
-    """A UDP relay on 127.0.0.1 between one client (the emulator) and a server.
-
-    rule(direction, index, data) -> list of (delay_s, data): what to forward, when ([] drops,
-    two entries duplicate, a delay reorders).  other_port: server datagrams are sent to the
-    client from a second socket (another source port)."""
-
-    def __init__(self, target, rule=None, other_port: bool = False) -> None:
-        self.target = target
-        self.rule = rule or (lambda direction, index, data: [(0, data)])
-        self.log: list[tuple[str, int, bytes]] = []
-        self.counts = {"c2s": 0, "s2c": 0}
-        self.client = None
-        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.front.bind(("127.0.0.1", 0))
-        self.port = self.front.getsockname()[1]
-        self.address = ("127.0.0.1", self.port)
-        self.side = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.side.bind(("127.0.0.1", 0))
-        self.other_port = other_port
-        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.back.bind(("127.0.0.1", 0))
-        self.back.connect(target)
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _out(self, direction, data) -> None:
-        try:
-            if direction == "c2s":
-                self.back.send(data)
-            else:
-                (self.side if self.other_port else self.front).sendto(data, self.client)
-        except OSError:
-            pass
-
-    def _handle(self, direction, data) -> None:
-        with self.lock:
-            index = self.counts[direction]
-            self.counts[direction] += 1
-            self.log.append((direction, index, data))
-        for delay, out in self.rule(direction, index, data):
-            if delay:
-                threading.Timer(delay, self._out, (direction, out)).start()
-            else:
-                self._out(direction, out)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            readable, _, _ = select.select([self.front, self.back], [], [], 0.05)
-            if self.front in readable:
-                data, self.client = self.front.recvfrom(65536)
-                self._handle("c2s", data)
-            if self.back in readable:
-                try:
-                    data = self.back.recv(65536)
-                except OSError:
-                    continue
-                if self.client is not None:
-                    self._handle("s2c", data)
-
-    def sent(self, direction: str) -> list[bytes]:
-        with self.lock:
-            return [d for dr, _, d in self.log if dr == direction]
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(2)
-        for s in (self.front, self.side, self.back):
-            s.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    return any(r.type == CT_CCS for r in records(d, whole=True))
 
 
 @pytest.fixture
@@ -197,7 +99,7 @@ def test_dtls_server_answering_from_another_port_is_not_heard(ec2x_strict, emula
     client, so the open times out (569) without a crash."""
     host, advance, _ = ec2x_strict
     server = dtls_server()
-    with Relay(server.address, other_port=True) as relay:
+    with UdpMiddlebox(server.address, other_port=True) as relay:
         emulator.router.add_map(HOST, PORT, "127.0.0.1", relay.port)
         cfg(host, "dtls", 0, 1)
         cfg(host, "negotiatetime", 0, 10)
@@ -227,7 +129,7 @@ def test_dtls_handshake_survives_a_lost_flight(ec2x, net, emulator, dtls_server,
             return []
         return [(0, data)]
 
-    with Relay(server.address, rule) as relay:
+    with UdpMiddlebox(server.address, rule) as relay:
         assert dtls_open(ec2x, emulator, relay.address, timeout=20) == 0
         assert state["done"], relay.log
         server.wait_for_output(rb"CIPHER is", 10)
@@ -242,11 +144,13 @@ def test_dtls_duplicated_server_datagrams_are_delivered_once(ec2x, net, emulator
     """Every server datagram arrives twice (handshake and data): the handshake completes and
     each application record reaches the host once (DTLS anti-replay)."""
     server = dtls_server()
-    with Relay(server.address, lambda d, i, data: [(0, data), (0, data)] if d == "s2c" else [(0, data)]) as relay:
+    twice = lambda d, i, data: [(0, data), (0, data)] if d == "s2c" else [(0, data)]   # noqa: E731
+    with UdpMiddlebox(server.address, twice) as relay:
         assert dtls_open(ec2x, emulator, relay.address) == 0
         server.wait_for_output(rb"CIPHER is", 10)
         server.write(b"one\n")
-        wait_for(lambda: sum(1 for d in relay.sent("s2c") if records(d)[0][0] == CT_APP) >= 1, 5, "one")
+        wait_for(lambda: sum(1 for d in relay.sent("s2c")
+                             if records(d, whole=True)[0].type == CT_APP) >= 1, 5, "one")
         server.write(b"two\n")
         got = recv_all(ec2x, 0, 8)
         time.sleep(0.3)
@@ -265,13 +169,13 @@ def test_dtls_reordered_server_datagrams_each_delivered_once(ec2x, net, emulator
     seen_app = {"n": 0}
 
     def rule(direction, index, data):
-        if direction == "s2c" and records(data)[0][0] == CT_APP:
+        if direction == "s2c" and records(data, whole=True)[0].type == CT_APP:
             seen_app["n"] += 1
             if seen_app["n"] == 1:
                 return [(0.4, data)]
         return [(0, data)]
 
-    with Relay(server.address, rule) as relay:
+    with UdpMiddlebox(server.address, rule) as relay:
         assert dtls_open(ec2x, emulator, relay.address) == 0
         server.wait_for_output(rb"CIPHER is", 10)
         server.write(b"first\n")
@@ -296,7 +200,7 @@ def test_dtls_one_qsslsend_is_one_record_in_one_datagram(ec2x, net, emulator, dt
     send with Ctrl+Z, and two sends written back to back: one application record each, each
     in its own datagram, in order; the server prints exactly the bytes."""
     server = dtls_server()
-    with Relay(server.address) as relay:
+    with UdpMiddlebox(server.address) as relay:
         assert dtls_open(ec2x, emulator, relay.address) == 0
         server.wait_for_output(rb"CIPHER is", 10)
         before = len(relay.sent("c2s"))
@@ -316,8 +220,8 @@ def test_dtls_one_qsslsend_is_one_record_in_one_datagram(ec2x, net, emulator, dt
         app = relay.sent("c2s")[before:]
         assert len(app) == 5, [len(d) for d in app]
         for d in app:
-            recs = records(d)
-            assert len(recs) == 1 and recs[0][0] == CT_APP, [(r[0], len(r[2])) for r in recs]
+            recs = records(d, whole=True)
+            assert len(recs) == 1 and recs[0].type == CT_APP, [(r.type, len(r.payload)) for r in recs]
         server.wait_for_output(rb"cd\n", 10)
         close(ec2x)
 
@@ -338,7 +242,7 @@ def test_dtls_send_fail_when_blackholed(ec2x, net, emulator, dtls_server):
 
 def test_dtls_escape_cancels_and_sends_nothing(ec2x, net, emulator, dtls_server):
     server = dtls_server()
-    with Relay(server.address) as relay:
+    with UdpMiddlebox(server.address) as relay:
         assert dtls_open(ec2x, emulator, relay.address) == 0
         server.wait_for_output(rb"CIPHER is", 10)
         before = len(relay.sent("c2s"))

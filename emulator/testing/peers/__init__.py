@@ -11,7 +11,9 @@ reports the port it bound), so no port is probed and then reused. One module per
                      client certificate, session reuse, raw ClientHello, data, close)
   clienthello.py     parse_client_hello: the raw (D)TLS ClientHello (offered suites, SNI, ALPN)
   openssl.py         OpenSslServer / OpenSslClient: ready when their output says so
-  udp_relay.py       UdpDropRelay: a UDP relay dropping chosen datagrams
+  udp_relay.py       UdpMiddlebox: a UDP relay whose rule drops, delays, duplicates, rewrites
+                     datagrams, and that injects its own; UdpDropRelay: one dropping chosen ones
+  dtls_wire.py       DTLS records and handshake messages by hand (build, parse), for forgeries
   plain.py           TcpServer (echo/sink/close), UdpEchoServer: plain TCP/UDP peers (AT+QIOPEN)
   mbedtls_peer.py    MbedtlsServer, SansIO (imported from there: it loads python-mbedtls)
 
@@ -30,10 +32,11 @@ from emulator.testing.peers.pki import (NOW, SERVER_NAMES, CaFiles, CertFiles, I
                                         ServerIdentity, default_pki, make_cert, make_pki, utc)
 from emulator.testing.peers.tls_connection import TlsConnection
 from emulator.testing.peers.tls_server import MODES, TlsServer, reply_after, tls_version
-from emulator.testing.peers.udp_relay import Datagram, UdpDropRelay
+from emulator.testing.peers.udp_relay import Datagram, UdpDropRelay, UdpMiddlebox
 from emulator.testing.peers.plain import TcpPeerConnection, TcpServer, UdpEchoServer
 
 __all__ = ["reply_after", "CaFiles", "CertFiles", "ClientHello", "Datagram", "Issued", "MODES", "NOW",
            "OpenSslClient", "OpenSslServer", "Pki", "SERVER_NAMES", "ServerIdentity",
-           "TcpPeerConnection", "TcpServer", "TlsConnection", "TlsServer", "UdpDropRelay", "UdpEchoServer", "default_pki", "make_cert",
+           "TcpPeerConnection", "TcpServer", "TlsConnection", "TlsServer", "UdpDropRelay", "UdpEchoServer",
+           "UdpMiddlebox", "default_pki", "make_cert",
            "make_pki", "openssl_binary", "parse_client_hello", "tls_version", "utc"]
