@@ -370,9 +370,10 @@ class _Pipe:
 class ShapedTransport:
     """The transport a socket writes to, with the link's conditions on the way out."""
 
-    def __init__(self, inner, pipe: _Pipe, writable) -> None:
+    def __init__(self, inner, pipe: _Pipe, writable, incoming: _Pipe | None = None) -> None:
         self._inner = inner
         self._pipe = pipe
+        self._incoming = incoming            # the link's other way (abort() empties it too)
         self._writable = writable            # the protocol's resume_writing
         self._high = self._low = None
         self._over = False
@@ -451,7 +452,12 @@ class ShapedTransport:
         return self._inner.get_write_buffer_size() + self._pipe.queued
 
     def abort(self) -> None:
+        # The connection is gone at once, both ways: what is still on the link towards the
+        # socket never arrives (as with asyncio's abort(), no data_received after it; the
+        # socket may already have told the host "closed": a drop fault, AT+QICLOSE=<id>,0).
         self._pipe.clear()
+        if self._incoming is not None:
+            self._incoming.clear()
         self._inner.abort()
 
     def is_closing(self) -> bool:
@@ -484,7 +490,7 @@ class ShapedLink(asyncio.Protocol):
         self.shaped = None
 
     def connection_made(self, transport) -> None:
-        self.shaped = ShapedTransport(transport, self.outgoing, self.inner.resume_writing)
+        self.shaped = ShapedTransport(transport, self.outgoing, self.inner.resume_writing, self.incoming)
         self.inner.connection_made(self.shaped)
 
     def data_received(self, data: bytes) -> None:

@@ -29,7 +29,7 @@ from emulator.logsafe import get_logger
 from emulator.sockets.dialects import Dialect
 from emulator.sockets.plain_session import PlainSession, PlainSettings
 from emulator.sockets.service import SocketService, ssl_service
-from emulator.sockets.ssl_socket import CLOSING, INITIAL, SslSocket
+from emulator.sockets.ssl_socket import CLOSING, INITIAL, OPENING, SslSocket
 
 log = get_logger("emulator.tcpip")
 
@@ -95,7 +95,8 @@ class TcpListener:
         self.state = INITIAL
         self.held: list | None = None         # accepted before "+QIOPEN: <id>,0" was written
         self.server: asyncio.AbstractServer | None = None
-        self.lost: str | None = None          # the bearer went while binding (why)
+        self.lost: str | None = None          # the bearer went before the open's answer (why)
+        self.announced = False                # "+QIOPEN: <id>,0" written: the host knows it
 
     async def start(self) -> int:
         try:
@@ -116,6 +117,7 @@ class TcpListener:
 
     def announce(self, urc: str) -> None:
         """"+QIOPEN: <id>,0", then the connections accepted while it was due."""
+        self.announced = True
         self.svc.modem.urc(urc, about=self.svc.news(self.client_id))
         held, self.held = self.held or [], None
         for sock in held:
@@ -138,10 +140,12 @@ class TcpListener:
 
     def bearer_lost(self, reason: str) -> None:
         """The PDP context went away: no more connections; "closed" as for a socket; one
-        still binding fails with 570 as an open does (TcpipService.listen)."""
+        whose "+QIOPEN: <id>,0" is still due (binding, or a loop turn from listening)
+        fails with 570 as an open does (TcpipService.listen): never "closed" before the
+        open's answer."""
         self.stop()
         self.lost = reason
-        if self.state == LISTENING:
+        if self.state == LISTENING and self.announced:
             self.state = CLOSING
             self.svc.modem.urc(self.svc.dialect.closed(self), about=self.svc.news(self.client_id))
 
@@ -220,6 +224,16 @@ class TcpipService(SocketService):
         super().abort_all()
 
     def pdp_lost(self, cid: int) -> None:
+        # Connections a listener accepted that the host has not heard of ("incoming" a loop
+        # turn away, or waiting behind the listener's "+QIOPEN: <id>,0") go without a word
+        # and free their ids, as when the listener closes; the rest report as sockets do.
+        for sock in list(self.sockets.values()):
+            if sock.pdp_id == cid and sock.service_type == "TCP INCOMING" and sock.state is OPENING:
+                del self.sockets[sock.client_id]
+                sock.abort()
+        for listener in self.listeners.values():
+            if listener.pdp_id == cid and not listener.announced:
+                listener.stop()
         super().pdp_lost(cid)
         for listener in list(self.listeners.values()):
             if listener.pdp_id == cid:
@@ -262,13 +276,16 @@ class TcpipService(SocketService):
 
         async def start() -> None:
             code = await listener.start()
+            if not code and listener.lost is None and self.listeners.get(connect_id) is listener:
+                await listener.serve()            # (a loop turn: the bearer may go in it)
             if self.listeners.get(connect_id) is not listener:
                 listener.stop()                   # closed meanwhile
                 return
             if listener.lost is not None and not code:
-                # The context went while binding (AT+QIDEACT in the same line): no listener
-                # on a context that is gone, the open fails as a socket's does.
-                log.info("TCP LISTENER %d: %s while binding", connect_id, listener.lost)
+                # The context went before the answer (AT+QIDEACT in the same line, while
+                # binding or in serve()'s turn): no listener on a context that is gone, the
+                # open fails as a socket's does.
+                log.info("TCP LISTENER %d: %s while starting", connect_id, listener.lost)
                 listener.stop()
                 listener.state = INITIAL
                 code = ERRORS["pdp"]
@@ -277,9 +294,7 @@ class TcpipService(SocketService):
                 self.set_error(code)
                 self.modem.urc(self.dialect.opened(listener, code), about=self.news(connect_id))
                 return
-            await listener.serve()
-            if self.listeners.get(connect_id) is listener:
-                listener.announce(self.dialect.opened(listener, 0))
+            listener.announce(self.dialect.opened(listener, 0))
         asyncio.ensure_future(start())
         return listener
 
