@@ -13,14 +13,7 @@ import pytest
 
 from emulator.io import transport
 from emulator.io.transport import SLICE, PtyPort
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline
-        await asyncio.sleep(0.002)
+from tests.unit.io.test_transport_paused import until
 
 
 async def attach(port: PtyPort) -> int:
