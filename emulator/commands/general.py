@@ -9,18 +9,33 @@ from emulator.at.responses import Cme, CommandError, Response, ok
 from emulator.modem.registration import registration
 
 
+ERR_SIM_BUSY = 14
+
+
 def _plain(key: str):
     def handler(modem, cmd):
         return ok(modem.profile[key])
     return handler
 
 
+def _sim(handler):
+    """A command the SIM answers: +CME ERROR: 14 (SIM busy) from a restart until the boot's
+    +CPIN: READY (Modem.sim_ready), as a module whose SIM is still starting."""
+    def guarded(modem, cmd):
+        if not modem.sim_ready:
+            raise CommandError(Cme(ERR_SIM_BUSY), "the SIM is not ready yet (boot)")
+        return handler(modem, cmd)
+    guarded.__name__ = handler.__name__
+    guarded.__doc__ = handler.__doc__
+    return guarded
+
+
 for _name, _key in (("+CGMI", "identity.manufacturer"), ("+GMI", "identity.manufacturer"),
                     ("+CGMM", "identity.model"), ("+GMM", "identity.model"),
                     ("+CGMR", "identity.revision"), ("+GMR", "identity.revision"),
-                    ("+CGSN", "identity.imei"), ("+GSN", "identity.imei"),
-                    ("+CIMI", "identity.imsi")):
+                    ("+CGSN", "identity.imei"), ("+GSN", "identity.imei")):
     command(_name, EXEC)(_plain(_key))
+command("+CIMI", EXEC)(_sim(_plain("identity.imsi")))
 
 
 # 27.007 §5.4 AT+CGSN=<snt>, which hosts written for the ML302 use to read the IMEI
@@ -36,23 +51,27 @@ def cgsn_write(modem, cmd):
 
 
 @command("+QCCID", EXEC)
+@_sim
 def qccid(modem, cmd):
     return ok(f"+QCCID: {modem.profile['identity.iccid']}")
 
 
 @command("+CCID", EXEC)
 @command("+CCID", READ)
+@_sim
 def ccid(modem, cmd):
     return ok(f"+CCID: {modem.profile['identity.iccid']}")
 
 
 @command("+ICCID", EXEC)
+@_sim
 def iccid(modem, cmd):
     """The ML302's (China Mobile's OneOS ml302 driver: AT+ICCID, "+ICCID: %s")."""
     return ok(f"+ICCID: {modem.profile['identity.iccid']}")
 
 
 @command("+CPIN", READ)
+@_sim
 def cpin(modem, cmd):
     return ok("+CPIN: READY")
 

@@ -26,6 +26,8 @@ from emulator.storage.vfs import FileStore
 
 log = get_logger("emulator.modem")
 
+SIM_READY_URC = "+CPIN: READY"      # the boot URC from which the SIM answers
+
 
 class Modem:
     def __init__(self, profile: Profile, *, state_dir: Path | None = None,
@@ -47,6 +49,9 @@ class Modem:
         self.cfun = 1
         self.reg_urc = {"+CREG": 0, "+CGREG": 0, "+CEREG": 0}
         self._boot = None                 # the start-up URCs' timer while a restart is on
+        # The SIM answers (AT+CPIN?, AT+CIMI, the ICCID) from the boot's "+CPIN: READY" on;
+        # +CME ERROR: 14 (SIM busy) between a restart and it.  Up at start.
+        self.sim_ready = True
         self.pdp = PdpTable(profile)
         self._features: dict[str, object] = {}
         self._drain_waiters: list = []    # drained() futures
@@ -229,16 +234,32 @@ class Modem:
 
     def reboot(self, delay: float) -> None:
         """A restart (AT+CFUN=1,1, the control API's reboot): reset() now, the profile's
-        start-up URCs `delay` s later.  A restart before they came abandons that boot: one
-        set of URCs, after the last restart."""
+        start-up URCs from `delay` s later, each at its `defaults.boot_urc_ms` offset (a real
+        EC21: RDY, +CFUN: 1 ~130 ms later, +CPIN: READY ~360 ms, then the SIM's and SMS
+        store's).  A restart before the last came abandons that boot: one set of URCs,
+        after the last restart."""
         self.reset()
         if self.loop is not None:
-            self._boot = self.call_later(delay, self._booted)
+            self._boot = self.call_later(delay, self._boot_urcs, 0)
+        else:
+            self.sim_ready = True         # no loop, no boot to wait for (sans-IO tests)
 
-    def _booted(self) -> None:
+    def _boot_urcs(self, index: int) -> None:
+        """Writes boot URC `index` and every one due at the same offset, then waits for
+        the next.  The SIM is ready from its "+CPIN: READY" on (or the end, without one)."""
         self._boot = None
-        for line in self.profile.get("defaults.boot_urcs", []):
-            self.urc(line)
+        lines = self.profile.get("defaults.boot_urcs", [])
+        offsets = self.profile.get("defaults.boot_urc_ms") or [0] * len(lines)
+        while index < len(lines):
+            self.urc(lines[index])
+            if lines[index] == SIM_READY_URC:
+                self.sim_ready = True
+            index += 1
+            if index < len(lines) and offsets[index] > offsets[index - 1]:
+                self._boot = self.call_later((offsets[index] - offsets[index - 1]) / 1000,
+                                             self._boot_urcs, index)
+                return
+        self.sim_ready = True
 
     def reset(self) -> None:
         """AT+CFUN=1,1: what a module loses when it reboots.  Sockets go first and
@@ -246,6 +267,7 @@ class Modem:
         if self._boot is not None:
             self._boot.cancel()
             self._boot = None
+        self.sim_ready = False            # until the boot's +CPIN: READY
         self.epoch += 1
         self._wake_drain_waiters()
         self.emit("reset")

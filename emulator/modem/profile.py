@@ -220,6 +220,9 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "defaults.ipr": (True, _int(0, 4_000_000)),
     "defaults.timezone_quarters": (True, _int(-96, 96)),
     "defaults.boot_urcs": (False, _list(_wire)),
+    # Each boot URC's offset in ms from the first (RDY), non-decreasing, one per line.
+    # Absent: all at once.
+    "defaults.boot_urc_ms": (False, _list(_int(0, 600_000))),
     "serial.baud_rates": (True, _list(_int(0, 4_000_000), 1)),
     "serial.line_max": (True, _int(64, 65536)),
     # An LF that follows a command line's CR by at most this long belongs to the line,
@@ -487,6 +490,13 @@ def validate(data: dict, path: Path) -> None:
     if tcpip_sockets is not None and tcpip_sockets != data["ssl"]["sockets"]:
         raise ProfileError(f"profile {path}: key tcpip.sockets: {tcpip_sockets}, but SSL clientIDs and TCP/IP "
                            f"connectIDs are one pool of ssl.sockets = {data['ssl']['sockets']}")
+    boot_ms = data["defaults"].get("boot_urc_ms")
+    if boot_ms is not None:
+        if len(boot_ms) != len(data["defaults"].get("boot_urcs", [])):
+            raise ProfileError(f"profile {path}: key defaults.boot_urc_ms: {len(boot_ms)} offsets for "
+                               f"{len(data['defaults'].get('boot_urcs', []))} defaults.boot_urcs (one each)")
+        if any(a > b for a, b in zip(boot_ms, boot_ms[1:])):
+            raise ProfileError(f"profile {path}: key defaults.boot_urc_ms: offsets must not decrease")
     pdp = data["pdp"]
     if pdp["first_id"] > pdp["last_id"]:
         raise ProfileError(f"profile {path}: key pdp.last_id: smaller than pdp.first_id")

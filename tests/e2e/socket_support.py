@@ -152,6 +152,7 @@ class DrivenPeer:
         self.conn.sendall(data)
 
     def shutdown_wr(self) -> None:
+        assert self.accepted.wait(10)          # the modem's connect can complete before accept()
         self.conn.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:

@@ -293,9 +293,11 @@ def test_rtthread_a_line_half_typed_when_the_power_went_is_lost(fresh_manual, em
         ser.write(b"AT+CS")
         emulator.wait_received(port, 10)
         assert emulator.control("reboot", ms=100) == {"ok": True}
-        emulator.advance(port, 0.2)
+        emulator.advance(port, 0.8)                     # RDY at 0.1 s, SMS DONE 0.6 s after it
         got = b""
+        deadline = time.monotonic() + 5
         while not got.endswith(b"+QIND: SMS DONE\r\n"):
+            assert time.monotonic() < deadline, got
             got += ser.read(64)
         assert got == b"".join(b"\r\n" + line for line in BOOT)
         ser.write(b"Q\r")

@@ -257,7 +257,7 @@ def test_reboot_while_a_send_prompt_is_open_abandons_it_and_the_port_recovers(em
     host.write("AT+QSSLSEND=1,10\r")
     host.read_until(b"> ", timeout=3)
     assert emulator.control("reboot", ms=1000) == {"ok": True}
-    emulator.advance(port, 1)
+    emulator.advance(port, 1.6)                               # RDY at 1 s, SMS DONE 0.6 s later
     host.read_until(b"+QIND: SMS DONE\r\n", timeout=3)
     # the prompt is gone: what the host then types is a command line again (echo back on)
     assert host.at("AT+QSSLSEND=1,3").endswith(b"\r\nERROR\r\n")       # socket gone with the reboot
@@ -275,7 +275,7 @@ def test_reboot_during_a_transparent_stream_ends_online_mode(emulator, ec2x_on, 
     host.read_exactly(len(blob), timeout=5)                  # the echo came back through online mode
     host.write(blob[:100])                                  # more in flight as the power goes
     assert emulator.control("reboot", ms=500) == {"ok": True}
-    emulator.advance(port, 1)
+    emulator.advance(port, 1.1)
     host.read_until(b"+QIND: SMS DONE\r\n", timeout=3)
     state = emulator.control("state")
     assert state["mode"] == "COMMAND" and state["sockets"] == []
@@ -314,7 +314,7 @@ def test_reboot_while_an_upload_waits_for_its_bytes(emulator, ec2x_on):
     host.read_until(b"\r\nCONNECT\r\n", timeout=3)
     host.write(b"\x00" * 10)
     assert emulator.control("reboot", ms=0) == {"ok": True}
-    emulator.advance(port, 0.1)
+    emulator.advance(port, 0.6)
     host.read_until(b"+QIND: SMS DONE\r\n", timeout=3)
     assert b"x.bin" not in host.at("AT+QFLST")              # no torn file
     _alive(host)

@@ -199,7 +199,7 @@ def test_reboot_goes_quiet_then_start_up_urcs(emulator, ec2x_on, echo):
     _open(host, 1)
     assert emulator.control("reboot", ms=3000)["ok"]
     assert host.quiet_for(0.2) == b""
-    emulator.advance(port, 3)
+    emulator.advance(port, 3.6)                # RDY at 3 s, the last URC 600 ms after it
     got = host.read_until(b"+QIND: SMS DONE\r\n", timeout=3)
     assert got.startswith(b"\r\nRDY\r\n") and b"QSSLURC" not in got
     assert host.at("AT+QIACT?") == b"AT+QIACT?\r\r\nOK\r\n"     # echo back on, PDP gone

@@ -1,0 +1,101 @@
+"""A restart's start-up URCs come spaced as a real EC21 gives them (profile
+defaults.boot_urc_ms), and the SIM answers +CME ERROR: 14 (SIM busy) until its
++CPIN: READY.  Manual time: each URC appears only once the modem's clock reaches it."""
+from __future__ import annotations
+
+import pytest
+
+from emulator.modem.profile import PROFILE_DIR, ProfileError, load_profile
+
+OK = b"\r\nOK\r\n"
+BUSY = b"\r\n+CME ERROR: 14\r\n"
+
+
+@pytest.fixture
+def manual(open_modem):
+    host, port = open_modem("ec2x", manual_time=True)
+    return host, port
+
+
+def _urc(line: bytes) -> bytes:
+    return b"\r\n" + line + b"\r\n"
+
+
+def test_urcs_follow_the_profiles_offsets_after_rdy(emulator, manual):
+    host, port = manual
+    assert host.at("AT+CFUN=1,1") == OK
+    assert host.quiet_for(0.2) == b""                        # nothing before the clock moves
+    emulator.advance(port, 0.05)                             # AT+CFUN=1,1's RDY delay
+    assert host.read_until(b"RDY\r\n", timeout=3) == _urc(b"RDY")
+    assert host.quiet_for(0.2) == b""
+    emulator.advance(port, 0.129)
+    assert host.quiet_for(0.2) == b""                        # +CFUN: 1 is due at 130 ms, not yet
+    emulator.advance(port, 0.001)
+    assert host.read_until(b"+CFUN: 1\r\n", timeout=3) == _urc(b"+CFUN: 1")
+    emulator.advance(port, 0.23)                             # 360 ms
+    assert host.read_until(b"READY\r\n", timeout=3) == _urc(b"+CPIN: READY")
+    emulator.advance(port, 0.02)
+    assert host.read_until(b"+QUSIM: 1\r\n", timeout=3) == _urc(b"+QUSIM: 1")
+    assert host.quiet_for(0.2) == b""
+    emulator.advance(port, 0.22)                             # 600 ms
+    assert host.read_until(b"DONE\r\n", timeout=3) == _urc(b"+QIND: SMS DONE")
+    emulator.advance(port, 10)
+    assert host.quiet_for(0.2) == b""                        # one set, nothing more
+
+
+def test_the_sim_is_busy_until_cpin_ready(emulator, manual):
+    host, port = manual
+    assert host.at("AT+CPIN?") == b"\r\n+CPIN: READY\r\n" + OK      # up at start
+    assert host.at("AT+CFUN=1,1") == OK
+    emulator.advance(port, 0.05 + 0.2)                       # RDY and +CFUN: 1, not the SIM yet
+    host.read_until(b"+CFUN: 1\r\n", timeout=3)
+    assert host.at("ATE0").endswith(OK)                      # echo is on again after the reboot
+    for line in ("AT+CPIN?", "AT+CIMI", "AT+QCCID"):
+        assert host.at(line) == BUSY, line
+    assert host.at("AT+CGSN").startswith(b"\r\n86")           # the IMEI is the module's, not the SIM's
+    assert host.at("AT+CMEE=2;+CPIN?") == b"\r\n+CME ERROR: SIM busy\r\n"
+    emulator.advance(port, 0.16)
+    host.read_until(b"+CPIN: READY\r\n", timeout=3)
+    assert host.at("AT+CPIN?") == b"\r\n+CPIN: READY\r\n" + OK
+    assert host.at("AT+CIMI").startswith(b"\r\n46")
+
+
+def test_a_restart_during_the_boot_abandons_it(emulator, manual):
+    host, port = manual
+    assert host.at("AT+CFUN=1,1") == OK
+    emulator.advance(port, 0.05 + 0.2)
+    host.read_until(b"+CFUN: 1\r\n", timeout=3)
+    host.write(b"AT+CFUN=1,1\r")                             # before +CPIN: READY
+    host.read_until(OK, timeout=3)
+    emulator.advance(port, 0.04)                             # when the first boot's +CPIN would come
+    assert host.quiet_for(0.2) == b""
+    emulator.advance(port, 0.02)
+    got = host.read_until(b"RDY\r\n", timeout=3)
+    assert got == _urc(b"RDY")
+    assert host.at("AT+CPIN?") == b"AT+CPIN?\r" + BUSY       # the new boot's SIM is not up either
+    emulator.advance(port, 1)
+    got = host.read_until(b"SMS DONE\r\n", timeout=3)
+    assert got.count(b"+CPIN: READY") == 1 and b"RDY" not in got
+
+
+def test_ml302_has_one_boot_urc_and_the_sim_is_ready_with_it(emulator, open_modem):
+    host, port = open_modem("ml302", manual_time=True)
+    assert host.at("AT+CFUN=1,1") == OK
+    emulator.advance(port, 0.05)
+    assert host.read_until(b"READY\r\n", timeout=3) == _urc(b"+CPIN: READY")
+    assert host.at("ATE0").endswith(OK)
+    assert host.at("AT+CPIN?") == b"\r\n+CPIN: READY\r\n" + OK
+
+
+@pytest.mark.parametrize("offsets, why", [
+    ("[0, 130]", "2 offsets for 5"),
+    ("[0, 130, 100, 380, 600]", "must not decrease"),
+    ("[0, 130, 360, 380, -1]", r"0\.\.600000, got -1"),
+])
+def test_profile_offsets_are_checked_at_load(tmp_path, offsets, why):
+    text = (PROFILE_DIR / "ec2x.toml").read_text()
+    assert "boot_urc_ms = [0, 130, 360, 380, 600]" in text
+    path = tmp_path / "mine.toml"
+    path.write_text(text.replace("boot_urc_ms = [0, 130, 360, 380, 600]", f"boot_urc_ms = {offsets}"))
+    with pytest.raises(ProfileError, match=f"defaults.boot_urc_ms: .*{why}"):
+        load_profile(str(path))
