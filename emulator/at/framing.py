@@ -32,10 +32,14 @@ def lines(items: list[Line], settings) -> bytes:
     for item in items:
         if isinstance(item, Code):
             if not settings.quiet:
-                out += (item.name.encode() + cr + lf if settings.verbose
+                text = f"{item.name} {item.detail}" if item.detail else item.name
+                out += (text.encode() + cr + lf if settings.verbose
                         else str(RESULT_CODES[item.name]).encode() + cr)
             continue
-        out += item.data if isinstance(item, Raw) else item.encode("latin-1")
+        if isinstance(item, Raw):
+            out += item.data + cr + lf if item.crlf else item.data
+            continue
+        out += item.encode("latin-1")
         out += cr + lf
     return bytes(out)
 

@@ -27,16 +27,20 @@ class Text:
 
 @dataclass(frozen=True)
 class Raw:
-    """Bytes written verbatim inside a response (received data), then CR LF."""
+    """Bytes written verbatim inside a response (received data), then CR LF (crlf=False:
+    nothing after them -- AT+QFREAD's data run straight into the final result)."""
     data: bytes
+    crlf: bool = True
 
 
 @dataclass(frozen=True)
 class Code:
     """A V.250 result code among a response's lines (the CONNECT before AT+QFDWL's
     data): "CONNECT" in ATV1, "1<CR>" in ATV0 (no CR LF: the data follow at once),
-    nothing with ATQ1.  name is a key of RESULT_CODES."""
+    nothing with ATQ1.  name is a key of RESULT_CODES; detail follows the name after a
+    space in ATV1 (AT+QFREAD's "CONNECT <read_length>"), ATV0 shows the number alone."""
     name: str
+    detail: str = ""
 
 
 CONNECT = Code("CONNECT")

@@ -1,5 +1,7 @@
 """EC2x file commands: AT+QFUPL / QFLST / QFDEL / QFDWL / QFLDS (Quectel
-LTE Standard FILE application note) on top of emulator.storage.vfs.FileStore.
+LTE Standard FILE application note) on top of emulator.storage.vfs.FileStore, and the
+open-file commands AT+QFOPEN / QFREAD / QFWRITE / QFSEEK / QFPOSITION / QFTUCAT / QFCLOSE
+on emulator.storage.handles (their choices: docs/behaviour.md, "Files").
 
 Behaviour chosen where the note is silent or ambiguous (docs/behaviour.md):
 
@@ -39,10 +41,11 @@ Behaviour chosen where the note is silent or ambiguous (docs/behaviour.md):
 from __future__ import annotations
 
 from emulator.at.args import Args
-from emulator.at.parser import EXEC, WRITE
+from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
-from emulator.at.responses import CONNECT, Cme, CommandError, DataRequest, Prompt, Raw, Response, ok
+from emulator.at.responses import CONNECT, Cme, Code, CommandError, DataRequest, Prompt, Raw, Response, ok
 from emulator.storage.checksum import format_checksum, xor16
+from emulator.storage.vfs import ERR_ALREADY_OPEN, FileError
 
 # A FileError (emulator.storage.vfs) carries its +CME code: handlers let it through
 # and the interpreter answers it.
@@ -114,7 +117,10 @@ def qfdel_write(modem, cmd):
 def qfdwl_write(modem, cmd):
     args = _args(cmd)
     args.at_most(1)
-    data = modem.files.read(args.str(0, max_len=1000))
+    name = args.str(0, max_len=1000)
+    if modem.feature("open_files", _make_open_files).is_open_name(name):
+        raise FileError(ERR_ALREADY_OPEN, f"{name} is open")
+    data = modem.files.read(name)
     # Framed by the interpreter: "\r\nCONNECT\r\n<data>\r\n+QFDWL: ...\r\n" in ATV1,
     # "1\r<data>\r\n+QFDWL: ...\r\n" in ATV0 (CONNECT glued to the data), no CONNECT in ATQ1.
     # Paced: a file larger than the output bound (serial.output_backlog) would be cut if
@@ -134,3 +140,107 @@ def qflds_write(modem, cmd):
 def qflds_exec(modem, cmd):
     used, count = modem.files.usage("UFS")
     return ok(f"+QFLDS: {used},{count}")
+
+
+# -- open files: AT+QFOPEN / QFREAD / QFWRITE / QFSEEK / QFPOSITION / QFTUCAT / QFCLOSE --------
+# (emulator.storage.handles; test forms as a Quectel module prints them: the BG96 FILE
+# manual's QFOPEN/QFPOSITION, a BG770A capture's QFREAD/QFWRITE/QFCLOSE; QFSEEK's and
+# QFTUCAT's by the same pattern.)
+
+HANDLE_MAX = 2**31 - 1          # "The data type is 4 bytes"
+
+
+def _open_files(modem):
+    return modem.feature("open_files", _make_open_files)
+
+
+def _make_open_files(modem):
+    from emulator.storage.handles import OpenFiles
+    p = modem.profile
+    table = OpenFiles(modem.files, p.get("files.first_handle", 1), p.get("files.max_open", 10))
+    modem.on("reset", table.close_all)          # a restart closes every handle
+    return table
+
+
+def _handle(args: Args, index: int = 0) -> int:
+    return args.int(index, 0, HANDLE_MAX)
+
+
+@command("+QFOPEN", WRITE, test="+QFOPEN: <filename>[,(0-2)]")
+def qfopen_write(modem, cmd):
+    args = _args(cmd)
+    args.at_most(2)
+    name = args.str(0, max_len=1000)
+    mode = args.int(1, 0, 2, default=0)
+    return ok(f"+QFOPEN: {_open_files(modem).open(name, mode)}")
+
+
+@command("+QFOPEN", READ)
+def qfopen_read(modem, cmd):
+    return ok(*(f'+QFOPEN: "{modem.files.display_name(f.drive, f.basename)}",{f.handle},{f.mode}'
+                for f in _open_files(modem).listing()))
+
+
+@command("+QFREAD", WRITE, test="+QFREAD: <filehandle>[,<length>]")
+def qfread_write(modem, cmd):
+    args = _args(cmd)
+    args.at_most(2)
+    handle = _handle(args)
+    length = args.int(1, 1, 2**31 - 1, default=None)
+    data = _open_files(modem).read(handle, length)
+    # "\r\nCONNECT <n>\r\n<n bytes>\r\nOK\r\n" (Quectel's own host code reads exactly so);
+    # paced as AT+QFDWL's file.
+    return Response([Code("CONNECT", str(len(data))), Raw(data, crlf=False)], paced=True)
+
+
+@command("+QFWRITE", WRITE, test="+QFWRITE: <filehandle>[,<length>[,<timeout>]]")
+def qfwrite_write(modem, cmd):
+    args = _args(cmd)
+    args.at_most(3)
+    handle = _handle(args)
+    length = args.int(1, 1, 2**31 - 1, default=DEFAULT_SIZE)
+    timeout = args.int(2, 1, 65535, default=DEFAULT_TIMEOUT)
+    files = _open_files(modem)
+    files.check_write(handle, length)           # refused before CONNECT (414, 416, 403)
+
+    def on_done(data: bytes, reason: str) -> Response:          # "done" or "timeout"
+        written, total = files.write(handle, data)
+        return ok(f"+QFWRITE: {written},{total}")
+
+    return Response([], None, data=DataRequest(
+        on_done, prompt=Prompt.CONNECT, length=length, escape_cancels=False,
+        idle_timeout=timeout, echo=False))
+
+
+@command("+QFSEEK", WRITE, test="+QFSEEK: <filehandle>,<offset>[,(0-2)]")
+def qfseek_write(modem, cmd):
+    args = _args(cmd)
+    args.at_most(3)
+    handle = _handle(args)
+    offset = args.int(1, 0, 2**31 - 1)
+    whence = args.int(2, 0, 2, default=0)
+    _open_files(modem).seek(handle, offset, whence)
+    return ok()
+
+
+@command("+QFPOSITION", WRITE, test="+QFPOSITION: <filehandle>")
+def qfposition_write(modem, cmd):
+    args = _args(cmd)
+    args.at_most(1)
+    return ok(f"+QFPOSITION: {_open_files(modem).position(_handle(args))}")
+
+
+@command("+QFTUCAT", WRITE, test="+QFTUCAT: <filehandle>")
+def qftucat_write(modem, cmd):
+    args = _args(cmd)
+    args.at_most(1)
+    _open_files(modem).truncate(_handle(args))
+    return ok()
+
+
+@command("+QFCLOSE", WRITE, test="+QFCLOSE: <filehandle>")
+def qfclose_write(modem, cmd):
+    args = _args(cmd)
+    args.at_most(1)
+    _open_files(modem).close(_handle(args))
+    return ok()

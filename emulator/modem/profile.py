@@ -246,6 +246,10 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "files.ufs_capacity": (True, _int(0, 1 << 34)),
     "files.ram_capacity": (True, _int(0, 1 << 34)),
     "files.max_name_len": (True, _int(1, 255)),
+    # AT+QFOPEN: the first handle it gives (then the lowest free one up) and how many files
+    # may be open at once (absent: 1 and 10).
+    "files.first_handle": (False, _int(0, 2**31 - 1 - 1024)),
+    "files.max_open": (False, _int(1, 1024)),
     "ssl.contexts": (True, _int(1, 64)),
     "ssl.sockets": (True, _int(1, 64)),
     "ssl.send_max": (True, _int(1, 65535)),

@@ -1,6 +1,7 @@
 """The EC2x module's file system: the UFS (flash) and RAM drives.
 
-The AT layer (AT+QFUPL/QFLST/QFDEL/QFDWL/QFLDS) and the TLS engine (which
+The AT layer (AT+QFUPL/QFLST/QFDEL/QFDWL/QFLDS, and the open files of
+emulator/storage/handles.py) and the TLS engine (which
 reads "UFS:cacert.pem" and friends named by AT+QSSLCFG) sit on top of this.
 
 Names are what the host writes: "UFS:cacert.pem", "RAM:cacert.pem", or a bare
@@ -27,6 +28,7 @@ gets here:
     write(overwrite=False) onto a file        407 File already existed
     drive cannot hold the data / file count   403 Drive full
     host OS error writing / reading / deleting 409 / 411 / 418
+    deleting a file a handle has open          426 File already opened
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import errno
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 from emulator.at.cme import cme_text
 from emulator.storage.atomic_file import atomic_write, fsync_directory, remove_stale_temp_files
@@ -54,6 +57,7 @@ ERR_ALREADY_EXISTS = 407
 ERR_WRITE_FAILED = 409
 ERR_READ_FAILED = 411
 ERR_DELETE_FAILED = 418
+ERR_ALREADY_OPEN = 426
 
 DRIVE_UFS = "UFS"
 DRIVE_RAM = "RAM"
@@ -194,6 +198,9 @@ class FileStore:
     ) -> None:
         self._max_name_len = max_name_len
         self._max_files = max_files
+        # (drive, basename) -> whether a handle has it open (emulator.storage.handles
+        # sets it): such a file is not deleted.
+        self.in_use: Callable[[str, str], bool] = lambda drive, basename: False
         self._capacity = {DRIVE_UFS: ufs_capacity, DRIVE_RAM: ram_capacity}
         ufs: _MemoryDrive | _DirectoryDrive
         if state_dir is None:
@@ -291,6 +298,8 @@ class FileStore:
         drive, basename = self.parse_name(name)
         if basename not in self._drives[drive].sizes():
             raise FileError(ERR_NOT_FOUND, name)
+        if self.in_use(drive, basename):
+            raise FileError(ERR_ALREADY_OPEN, name)
         self._delete(drive, basename)
 
     def _delete(self, drive: str, basename: str) -> None:
@@ -314,6 +323,9 @@ class FileStore:
         """Delete every file the pattern selects ("*" = all UFS, "RAM:*" = all
         RAM); return how many. Zero matches is not an error here."""
         drive, basenames = self._matching(pattern)
+        busy = [b for b in basenames if self.in_use(drive, b)]
+        if busy:                             # none deleted: the host closes first
+            raise FileError(ERR_ALREADY_OPEN, f"{pattern}: {busy[0]} is open")
         for basename in basenames:
             self._delete(drive, basename)
         return len(basenames)

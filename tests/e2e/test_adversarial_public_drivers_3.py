@@ -737,8 +737,8 @@ def test_aliyun_linksdk_ec200s_ssl_direct_push_with_a_provisioned_ca(emulator, p
     """The LinkSDK SSL adapter end to end: its SSL list configures context 1 (TLS 1.0 only,
     TLS_RSA_WITH_AES_256_CBC_SHA, seclevel 1, cacert UFS:cacert.pem) and then tries to write the
     CA with AT+QFOPEN="cacert.pem",1,1 -- three parameters where the FILE notes have
-    AT+QFOPEN=<filename>[,<mode>] (BG96 FILE AT Commands Manual §2.6), and a command the
-    emulator does not have: ERROR either way, tried 3 times, the list stops before QFWRITE and
+    AT+QFOPEN=<filename>[,<mode>] (BG96 FILE AT Commands Manual §2.6): +CME ERROR: 400 (what a
+    real EC2x answers to it is not known), tried 3 times, the list stops before QFWRITE and
     aiot_at_nwk_connect() ignores that.  With the CA provisioned beforehand (AT+QFUPL, the
     factory's way) the open, the MQTT CONNECT through "> " and the broker's pushed CONNACK and
     PUBLISH (several push URCs, bytes that look like URCs inside) reach the SDK's ring buffer
@@ -1453,13 +1453,11 @@ def _owl_set_server_ca(owl: OwlAt, ca: bytes, force: bool = False) -> bool:
     return owl.do(b'AT+QSSLCFG="cacert",0,"UFS:ssl_cacert.pem"', 1000)[0] == "OK"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (missing command): AT+QFOPEN / AT+QFCLOSE, EC2x FILE commands (EC2x&EG2x&EG9x&EM05 FILE "
-    "Application Note; BG96 FILE AT Commands Manual §2.6: AT+QFOPEN=<filename>[,<mode>] -> "
-    "+QFOPEN: <filehandle>, mode 2 read-only), are answered ERROR by the emulator "
-    "(emulator/commands/files.py has QFUPL/QFDWL/QFDEL/QFLST/QFLDS only), so Twilio's "
-    "setServerCA(force=false) never finds the certificate already on the module and deletes and "
-    "uploads it again at every start"))
+# Was a bug, fixed: AT+QFOPEN / AT+QFCLOSE (EC2x&EG2x&EG9x&EM05 FILE notes; BG96 FILE AT
+# Commands Manual §2.6: AT+QFOPEN=<filename>[,<mode>] -> +QFOPEN: <filehandle>, mode 2 read-only)
+# were answered ERROR (emulator/commands/files.py had QFUPL/QFDWL/QFDEL/QFLST/QFLDS only), so
+# Twilio's setServerCA(force=false) never found the certificate already on the module and deleted
+# and uploaded it again at every start.  Now emulator/storage/handles.py holds open files.
 def test_twilio_owl_set_server_ca_finds_the_certificate_already_on_the_module(port_path, pki):
     """The CA went onto the module at an earlier start (ssl_cacert.pem); this start calls
     setServerCA(ca, force=false), which asks AT+QFOPEN="ssl_cacert.pem",2 whether it is there.
@@ -1485,6 +1483,7 @@ def test_twilio_owl_set_server_ca_finds_the_certificate_already_on_the_module(po
         assert sent[-1] == b'AT+QSSLCFG="cacert",0,"UFS:ssl_cacert.pem"'
         assert not any(c.startswith((b"AT+QFDEL", b"AT+QFUPL")) for c in sent), (
             f"the certificate on the module was not found (AT+QFOPEN answered ERROR): {sent}")
-        assert re.fullmatch(rb"AT\+QFCLOSE=\d+", sent[1]), sent
+        assert sent[1] == b"AT+QFCLOSE=1027", sent          # the EC2x profile's first handle
+        assert owl.do(b"AT+QFOPEN?", 1000) == ("OK", [])    # closed again: none listed
     finally:
         owl.close()
