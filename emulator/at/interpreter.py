@@ -93,9 +93,22 @@ class Interpreter:
     # -- mode ----------------------------------------------------------------
     def _rebooted(self) -> None:
         """A reboot: A/ repeats nothing, and URCs still queued (news of sockets the reboot
-        dropped) are not written after it."""
+        dropped) are not written after it.  Whatever the port was doing goes with the
+        power: a data phase, a pending answer (a "slow" command's: its late outcome is not
+        written and its `then` -- a delayed AT+CFUN=1,1's restart -- never runs), online
+        mode; the restarted module reads command lines."""
         self._last_line = None
         self._urcs.clear()
+        if self.mode is not Mode.COMMAND:
+            link = self._online
+            self._abandon()
+            self._enter(Event.RESET)
+            self._release_pending_hold(hangup=True)
+            self._queue.clear()
+            self._after.clear()
+            self._then = None
+            if link is not None:
+                link.escaped()
 
     @property
     def idle(self) -> bool:
@@ -422,6 +435,8 @@ class Interpreter:
             if response.online is not None:
                 self.last_online = response.online     # the connection is up: ATO reaches it
                 response.online.escaped()              # as a hang-up in online mode leaves it
+            if response.then is not None:              # the command's own work still runs (a
+                self._run_then(response.then)          # delayed AT+CFUN=1,1 still restarts)
             self._pump()
             return
         if self._handle(response, pending.after_line):

@@ -10,6 +10,9 @@
     COMMAND --ONLINE--> ONLINE    a handler answered CONNECT with a link (transparent mode)
     ONLINE  --ESCAPE--> COMMAND   "+++" with guard times or DTR (OK), or the link ended (NO CARRIER)
     ONLINE  --HANGUP--> COMMAND
+    any     --RESET---> COMMAND   the module restarted (AT+CFUN=1,1, the control API's
+                                  reboot): a data phase, a pending answer (never written,
+                                  its `then` never run) or online mode is gone
 
 A chained data phase (a data handler asking for more data) is DATA -> COMMAND ->
 DATA: every outcome is handled in command mode, so there is one place that writes
@@ -37,14 +40,15 @@ class Event(Enum):
     HANGUP = "the host closed the port"
     ONLINE = "a handler entered online data mode"
     ESCAPE = "online data mode ended"
+    RESET = "the module restarted"
 
 
 TRANSITIONS: dict[Mode, dict[Event, Mode]] = {
     Mode.COMMAND: {Event.PROMPT: Mode.DATA, Event.AWAIT: Mode.PENDING,
-                   Event.ONLINE: Mode.ONLINE, Event.HANGUP: Mode.COMMAND},
-    Mode.DATA: {Event.DONE: Mode.COMMAND, Event.HANGUP: Mode.COMMAND},
-    Mode.PENDING: {Event.DONE: Mode.COMMAND, Event.HANGUP: Mode.PENDING},
-    Mode.ONLINE: {Event.ESCAPE: Mode.COMMAND, Event.HANGUP: Mode.COMMAND},
+                   Event.ONLINE: Mode.ONLINE, Event.HANGUP: Mode.COMMAND, Event.RESET: Mode.COMMAND},
+    Mode.DATA: {Event.DONE: Mode.COMMAND, Event.HANGUP: Mode.COMMAND, Event.RESET: Mode.COMMAND},
+    Mode.PENDING: {Event.DONE: Mode.COMMAND, Event.HANGUP: Mode.PENDING, Event.RESET: Mode.COMMAND},
+    Mode.ONLINE: {Event.ESCAPE: Mode.COMMAND, Event.HANGUP: Mode.COMMAND, Event.RESET: Mode.COMMAND},
 }
 
 

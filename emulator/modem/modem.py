@@ -240,14 +240,18 @@ class Modem:
         after the last restart."""
         self.reset()
         if self.loop is not None:
-            self._boot = self.call_later(delay, self._boot_urcs, 0)
+            self._boot = self.call_later(delay, self._boot_urcs, 0, None)
         else:
             self.sim_ready = True         # no loop, no boot to wait for (sans-IO tests)
 
-    def _boot_urcs(self, index: int) -> None:
+    def _boot_urcs(self, index: int, rdy_at: float | None) -> None:
         """Writes boot URC `index` and every one due at the same offset, then waits for
-        the next.  The SIM is ready from its "+CPIN: READY" on (or the end, without one)."""
+        the next, due at RDY's time + its offset (not chained offset differences: their
+        float error would add up).  The SIM is ready from its "+CPIN: READY" on (or the
+        end, without one)."""
         self._boot = None
+        if rdy_at is None:
+            rdy_at = self.monotonic()
         lines = self.profile.get("defaults.boot_urcs", [])
         offsets = self.profile.get("defaults.boot_urc_ms") or [0] * len(lines)
         while index < len(lines):
@@ -256,8 +260,8 @@ class Modem:
                 self.sim_ready = True
             index += 1
             if index < len(lines) and offsets[index] > offsets[index - 1]:
-                self._boot = self.call_later((offsets[index] - offsets[index - 1]) / 1000,
-                                             self._boot_urcs, index)
+                delay = rdy_at + offsets[index] / 1000 - self.monotonic()
+                self._boot = self.call_later(delay, self._boot_urcs, index, rdy_at)
                 return
         self.sim_ready = True
 

@@ -499,6 +499,9 @@ def validate(data: dict, path: Path) -> None:
         if len(boot_ms) != len(data["defaults"].get("boot_urcs", [])):
             raise ProfileError(f"profile {path}: key defaults.boot_urc_ms: {len(boot_ms)} offsets for "
                                f"{len(data['defaults'].get('boot_urcs', []))} defaults.boot_urcs (one each)")
+        if boot_ms and boot_ms[0] != 0:
+            raise ProfileError(f"profile {path}: key defaults.boot_urc_ms: the first is RDY's own "
+                               f"(the others count from it): 0, got {boot_ms[0]}")
         if any(a > b for a, b in zip(boot_ms, boot_ms[1:])):
             raise ProfileError(f"profile {path}: key defaults.boot_urc_ms: offsets must not decrease")
     pdp = data["pdp"]

@@ -20,6 +20,9 @@ import itertools
 from typing import Any, Awaitable, Callable
 
 
+EPSILON = 1e-9                  # manual time: due within a nanosecond of the end is due
+
+
 def _nothing() -> None:
     pass
 
@@ -79,14 +82,16 @@ class Timers:
             raise RuntimeError("advance() needs manual time (add_modem(..., manual_time=True))")
         end = self._now + seconds
         fired = 0
-        while self._heap and self._heap[0][0] <= end:
+        # (A timer due "at" the end fires even when float rounding put it a hair later:
+        # advance(0.05) then advance(0.36) reaches what was set 0.41 s ahead.)
+        while self._heap and self._heap[0][0] <= end + EPSILON:
             when, _, handle = heapq.heappop(self._heap)
             if handle.cancelled:
                 continue
             self._now = max(self._now, when)
             self._fire(handle)
             fired += 1
-        self._now = end
+        self._now = max(self._now, end)      # (a timer fired within EPSILON past it)
         return fired
 
     async def sleep(self, delay: float) -> None:

@@ -91,6 +91,7 @@ def test_ml302_has_one_boot_urc_and_the_sim_is_ready_with_it(emulator, open_mode
     ("[0, 130]", "2 offsets for 5"),
     ("[0, 130, 100, 380, 600]", "must not decrease"),
     ("[0, 130, 360, 380, -1]", r"0\.\.600000, got -1"),
+    ("[10, 130, 360, 380, 600]", "the first is RDY's own"),
 ])
 def test_profile_offsets_are_checked_at_load(tmp_path, offsets, why):
     text = (PROFILE_DIR / "ec2x.toml").read_text()

@@ -244,6 +244,7 @@ class TestModes:
         assert set(TRANSITIONS) == set(Mode)
         for mode in Mode:                     # the host may close the port in any mode
             assert Event.HANGUP in TRANSITIONS[mode]
+            assert next_mode(mode, Event.RESET) is Mode.COMMAND      # a restart ends them all
         assert next_mode(Mode.COMMAND, Event.PROMPT) is Mode.DATA
         assert next_mode(Mode.DATA, Event.DONE) is Mode.COMMAND
         assert next_mode(Mode.PENDING, Event.HANGUP) is Mode.PENDING   # the answer still comes
