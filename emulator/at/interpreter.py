@@ -47,6 +47,7 @@ class _Pending:
         self.after_line = after_line
         self.raw = raw
         self.orphaned = False      # the host that asked closed the port: nobody to answer
+        self.task = None           # what computes the answer (cancelled by a restart)
 
 
 class Interpreter:
@@ -100,15 +101,23 @@ class Interpreter:
         self._last_line = None
         self._urcs.clear()
         if self.mode is not Mode.COMMAND:
-            link = self._online
+            link, pending = self._online, self._pending
             self._abandon()
             self._enter(Event.RESET)
             self._release_pending_hold(hangup=True)
+            if pending is not None and pending.task is not None:
+                pending.task.cancel()            # (a "slow" delay: the command never acts)
+            self._inbox.clear()                  # the busy module's input went with the power
             self._queue.clear()
             self._after.clear()
             self._then = None
             if link is not None:
                 link.escaped()
+
+    def settle(self) -> None:
+        """After a restart (Modem.reboot, once its sockets are gone): the port is idle, so
+        "port_idle" goes out now (scenario steps waiting for it), not at the next command."""
+        self._settle()
 
     @property
     def idle(self) -> bool:
@@ -413,7 +422,8 @@ class Interpreter:
         pending = _Pending(after_line, self._raw)
         self._enter(Event.AWAIT)
         self._pending = pending
-        self.modem.spawn(awaitable, lambda outcome: self._guarded(self._pending_done, pending, outcome))
+        pending.task = self.modem.spawn(
+            awaitable, lambda outcome: self._guarded(self._pending_done, pending, outcome))
 
     def _pending_done(self, pending: _Pending, outcome) -> None:
         """outcome() returns the pending command's Response or raises its exception."""

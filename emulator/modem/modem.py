@@ -97,11 +97,12 @@ class Modem:
         """A timer on the modem's time (emulator/modem/timers.py)."""
         return self.timers.call_later(delay, callback, *args)
 
-    def spawn(self, awaitable, on_done: Callable[[Callable[[], object]], None]) -> None:
+    def spawn(self, awaitable, on_done: Callable[[Callable[[], object]], None]) -> asyncio.Future:
         """Run a pending command's coroutine; on_done(outcome) gets a callable that
         returns its result or raises its exception.  A cancelled one reports nothing."""
         task = asyncio.ensure_future(awaitable, loop=self.loop)
         task.add_done_callback(lambda t: None if t.cancelled() else on_done(t.result))
+        return task
 
     def pause_input(self, owner: str) -> None:
         """Stop reading the host's bytes (owner: "online", a connection that is full;
@@ -243,6 +244,7 @@ class Modem:
             self._boot = self.call_later(delay, self._boot_urcs, 0, None)
         else:
             self.sim_ready = True         # no loop, no boot to wait for (sans-IO tests)
+        self.interpreter.settle()         # idle again, its sockets gone: "port_idle" now
 
     def _boot_urcs(self, index: int, rdy_at: float | None) -> None:
         """Writes boot URC `index` and every one due at the same offset, then waits for

@@ -100,3 +100,44 @@ def test_profile_offsets_are_checked_at_load(tmp_path, offsets, why):
     path.write_text(text.replace("boot_urc_ms = [0, 130, 360, 380, 600]", f"boot_urc_ms = {offsets}"))
     with pytest.raises(ProfileError, match=f"defaults.boot_urc_ms: .*{why}"):
         load_profile(str(path))
+
+
+# Was a bug (found in review), fixed: a restart abandoned a pending answer but not the task
+# behind it, so a "slow" command's own work ran after the restart, on the new module: a
+# delayed AT+QICLOSE from before the power went set AT+QIGETERROR back to 0 seconds later.
+def test_a_restart_cancels_a_slow_commands_work_not_only_its_answer(emulator, ec2x_on, tcp_echo):
+    from tests.e2e.socket_support import qiopen
+    host, port = ec2x_on
+    qiopen(host, 0)
+    assert emulator.control("slow", command="+QICLOSE", ms=3000)["ok"]
+    host.write(b"AT+QICLOSE=0\r")
+    emulator.wait_received(port, host.written)
+    emulator.advance(port, 0.1)
+    assert emulator.control("reboot", ms=50)["ok"]
+    emulator.advance(port, 1)
+    host.read_until(b"SMS DONE\r\n", timeout=3)
+    assert host.at("ATE0").endswith(OK)
+    assert host.at("AT+QISTATE=1,99") == b"\r\nERROR\r\n"          # sets AT+QIGETERROR to 552
+    assert host.at("AT+QIGETERROR") == b'\r\n+QIGETERROR: 552,invalid parameter\r\n' + OK
+    emulator.advance(port, 5)                                         # the old delay is over
+    assert host.quiet_for(0.3) == b""                                 # no late OK either
+    assert host.at("AT+QIGETERROR") == b'\r\n+QIGETERROR: 552,invalid parameter\r\n' + OK
+
+
+# Was a risk (found in review), fixed: after a restart abandoned a pending answer nothing said
+# "port_idle", so what waits for it (a scenario's `after` step) waited for the host's next
+# command after the restart.
+def test_a_restart_that_abandons_an_answer_says_port_idle(emulator, manual):
+    host, port = manual
+    seen = []
+
+    async def listen():
+        port.modem.on("port_idle", lambda **_: seen.append(port.modem.epoch))
+    emulator.call(listen())
+    assert emulator.control("slow", command="+CGMM", ms=5000)["ok"]
+    host.write(b"AT+CGMM\r")
+    emulator.wait_received(port, host.written)
+    emulator.advance(port, 0.1)
+    before = len(seen)
+    assert emulator.control("reboot", ms=50)["ok"]
+    assert len(seen) == before + 1 and seen[-1] == port.modem.epoch   # at the restart itself
