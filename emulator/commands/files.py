@@ -162,8 +162,11 @@ def _make_open_files(modem):
     return table
 
 
-def _handle(args: Args, index: int = 0) -> int:
-    return args.int(index, 0, HANDLE_MAX)
+def _handle_args(cmd, at_most: int) -> tuple[Args, int]:
+    """The parameters of a command on an open file (at most `at_most`) and its handle."""
+    args = _args(cmd)
+    args.at_most(at_most)
+    return args, args.int(0, 0, HANDLE_MAX)
 
 
 @command("+QFOPEN", WRITE, test="+QFOPEN: <filename>[,(0-2)]")
@@ -183,9 +186,7 @@ def qfopen_read(modem, cmd):
 
 @command("+QFREAD", WRITE, test="+QFREAD: <filehandle>[,<length>]")
 def qfread_write(modem, cmd):
-    args = _args(cmd)
-    args.at_most(2)
-    handle = _handle(args)
+    args, handle = _handle_args(cmd, 2)
     length = args.int(1, 1, 2**31 - 1, default=None)
     data = _open_files(modem).read(handle, length)
     # "\r\nCONNECT <n>\r\n<n bytes>\r\nOK\r\n" (Quectel's own host code reads exactly so);
@@ -195,9 +196,7 @@ def qfread_write(modem, cmd):
 
 @command("+QFWRITE", WRITE, test="+QFWRITE: <filehandle>[,<length>[,<timeout>]]")
 def qfwrite_write(modem, cmd):
-    args = _args(cmd)
-    args.at_most(3)
-    handle = _handle(args)
+    args, handle = _handle_args(cmd, 3)
     length = args.int(1, 1, 2**31 - 1, default=DEFAULT_SIZE)
     timeout = args.int(2, 1, 65535, default=DEFAULT_TIMEOUT)
     files = _open_files(modem)
@@ -214,9 +213,7 @@ def qfwrite_write(modem, cmd):
 
 @command("+QFSEEK", WRITE, test="+QFSEEK: <filehandle>,<offset>[,(0-2)]")
 def qfseek_write(modem, cmd):
-    args = _args(cmd)
-    args.at_most(3)
-    handle = _handle(args)
+    args, handle = _handle_args(cmd, 3)
     offset = args.int(1, 0, 2**31 - 1)
     whence = args.int(2, 0, 2, default=0)
     _open_files(modem).seek(handle, offset, whence)
@@ -225,22 +222,19 @@ def qfseek_write(modem, cmd):
 
 @command("+QFPOSITION", WRITE, test="+QFPOSITION: <filehandle>")
 def qfposition_write(modem, cmd):
-    args = _args(cmd)
-    args.at_most(1)
-    return ok(f"+QFPOSITION: {_open_files(modem).position(_handle(args))}")
+    _, handle = _handle_args(cmd, 1)
+    return ok(f"+QFPOSITION: {_open_files(modem).position(handle)}")
 
 
 @command("+QFTUCAT", WRITE, test="+QFTUCAT: <filehandle>")
 def qftucat_write(modem, cmd):
-    args = _args(cmd)
-    args.at_most(1)
-    _open_files(modem).truncate(_handle(args))
+    _, handle = _handle_args(cmd, 1)
+    _open_files(modem).truncate(handle)
     return ok()
 
 
 @command("+QFCLOSE", WRITE, test="+QFCLOSE: <filehandle>")
 def qfclose_write(modem, cmd):
-    args = _args(cmd)
-    args.at_most(1)
-    _open_files(modem).close(_handle(args))
+    _, handle = _handle_args(cmd, 1)
+    _open_files(modem).close(handle)
     return ok()
