@@ -107,8 +107,11 @@ def _state_line(modem, entry) -> str:
     # A listener and a UDP SERVICE have no remote end: "127.0.0.1",0 (the <remote_port> a UDP
     # SERVICE's AT+QIOPEN carries is not shown).
     port = 0 if entry.service_type in ("TCP LISTENER", "UDP SERVICE") else entry.port
+    # <local_port> 0 is "assigned automatically" (the TCP(IP) notes): once connected, the
+    # port the stack chose is shown (a real EC25: ...,1234,8412,2,...), as AT+QSSLSTATE does.
+    local = entry.shown_local_port or getattr(entry, "local_port", 0)
     return (f'+QISTATE: {entry.client_id},"{entry.service_type}","{_ip(modem, entry)}",{port},'
-            f'{entry.shown_local_port},{int(entry.state)},{entry.pdp_id},{entry.server_id},'
+            f'{local},{int(entry.state)},{entry.pdp_id},{entry.server_id},'
             f'{entry.delivery.access_mode},"{svc.at_port}"')
 
 

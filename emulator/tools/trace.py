@@ -76,7 +76,7 @@ cipher, failure kind), so it needs no server key (DTLS too: its records are data
 plaintext; a DTLS server's end is replayed as a close, whatever ended it); an open that failed before reaching a server (dns, pdp) is replayed by
 leaving its name unrouted, which fails as a DNS error (a refused connect is routed to a
 port nobody listens on); text that differs from run to run by nature (AT+CCLK, AT+QLTS)
-needs --ignore REGEX (AT+QSSLSTATE's local port is ignored already); chunks of received
+needs --ignore REGEX (AT+QSSLSTATE's and AT+QISTATE's local ports are ignored already); chunks of received
 data may arrive joined where the recorded ones did not, which changes nothing a host sees
 unless it counted "recv" URCs between reads. TCP/IP: a "UDP SERVICE" is not replayed (the
 trace does not record who sent each datagram); a UDP server that sent before the modem did
@@ -920,12 +920,14 @@ class _UdpStandIn(asyncio.DatagramProtocol):
 
 
 # -- replay: the host side ----------------------------------------------------------------
-# What differs from run to run by nature, not by behaviour: the local TCP port the kernel
-# chose (EC2x AT+QSSLSTATE's 5th field), the address and port a client of a TCP LISTENER
+# What differs from run to run by nature, not by behaviour: the local port the kernel
+# chose (EC2x AT+QSSLSTATE's 5th field, AT+QISTATE's of a client), the address and port a client of a TCP LISTENER
 # came from (its "incoming" URC, its AT+QISTATE line).
 VARIABLE = [(re.compile(r'(\+QSSLSTATE: \d+,"SSLClient","[^"]*",\d+,)\d+'), r"\1<local port>"),
             (re.compile(r'(\+QIURC: "incoming",\d+,\d+,)"[^"]*",\d+'), r'\1"<remote>",<port>'),
-            (re.compile(r'(\+QISTATE: \d+,"TCP INCOMING",)"[^"]*",\d+'), r'\1"<remote>",<port>')]
+            (re.compile(r'(\+QISTATE: \d+,"TCP INCOMING",)"[^"]*",\d+'), r'\1"<remote>",<port>'),
+            # a client opened with <local_port> 0: the port its stack chose
+            (re.compile(r'(\+QISTATE: \d+,"(?:TCP|UDP)","[^"]*",\d+,)\d+'), r"\1<local port>")]
 
 LISTEN_LINE = re.compile(r'\+QIOPEN=\d+,\d+,"(?:TCP LISTENER|UDP SERVICE)","[^"]*",\d+,(\d+)', re.I)
 

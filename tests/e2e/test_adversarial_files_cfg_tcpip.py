@@ -458,7 +458,7 @@ def test_udp_datagrams_and_qird_partial(modem, udp_echo):
     assert qird(host, 2, 100)[1] == b"abc"
     assert qird(host, 2, 100)[1] == b""
     state = host.at("AT+QISTATE=1,2")
-    assert re.fullmatch(rb'\r\n\+QISTATE: 2,"UDP","[0-9.]+",%d,0,2,1,2,0,"usbmodem"\r\n\r\nOK\r\n' % UDP_PORT,
+    assert re.fullmatch(rb'\r\n\+QISTATE: 2,"UDP","[0-9.]+",%d,[1-9]\d*,2,1,2,0,"usbmodem"\r\n\r\nOK\r\n' % UDP_PORT,
                         state), state
     assert host.at("AT+QICLOSE=2") == b"\r\nOK\r\n"
 
