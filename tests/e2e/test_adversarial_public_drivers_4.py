@@ -425,19 +425,20 @@ class TeeEC2X:
         return self.ser.wait_data("", 1.0 * SLOW) == RES_OK
 
 
-class TeeTcpSsl:
-    """EC2X_TCP_SSL (EC2X_TCP_SSL.cpp), TCPS_CONTEXT 1."""
+class _TeeSocket:
+    """What EC2X_TCP_SSL.cpp and EC2X_TCP.cpp do alike, with their own commands: the open's
+    "+QSSLOPEN:" / "+QIOPEN:" answer (563 closes the id), the state query's 6th field, and a
+    fixed-length send after ">"."""
 
     def __init__(self, lte: TeeEC2X, connect_id: int) -> None:
         self.ser = lte.ser
         self.cid = connect_id
-        self.closes = 0
 
-    def open(self, address: str, port: int, mode: int = 0, ssl_id: int = 1) -> bool:
+    def _open(self, line: str, prefix: str, tout: float) -> bool:
         s = self.ser
         s.flush_serial()
-        s.print(f'AT+QSSLOPEN=1,{ssl_id},{self.cid},"{address}",{port},{mode}\r')
-        if s.wait_data("", 5.0) == RES_OK and s.wait_data("+QSSLOPEN:", 10.0) == RES_MATCH:
+        s.print(line)
+        if s.wait_data("", 5.0) == RES_OK and s.wait_data(prefix, tout) == RES_MATCH:
             f = Fields(s.res_data)
             f.to(" ")
             conid = atoi(f.to(","))
@@ -449,17 +450,12 @@ class TeeTcpSsl:
                 self.close()
         return False
 
-    def close(self) -> bool:
-        self.closes += 1
-        self.ser.print(f"AT+QSSLCLOSE={self.cid}\r")
-        return self.ser.wait_data("", 5.0) == RES_OK
-
-    def connected(self) -> bool:
+    def _connected(self, line: str, prefix: str) -> bool:
         s = self.ser
         ok = False
         s.flush_serial()
-        s.print(f"AT+QSSLSTATE={self.cid}\r")
-        if s.wait_data("+QSSLSTATE:", 2.0) == RES_MATCH:
+        s.print(line)
+        if s.wait_data(prefix, 2.0) == RES_MATCH:
             f = Fields(s.res_data)
             for _ in range(6):
                 field = f.to(",")
@@ -467,6 +463,38 @@ class TeeTcpSsl:
             s.wait_data("", 2.0)
         s.flush_serial()
         return ok
+
+    def _send(self, line: str, data: bytes, tout: float) -> int:
+        s = self.ser
+        s.flush_serial()
+        s.print(line)
+        deadline = time.monotonic() + tout * SLOW
+        while time.monotonic() < deadline:
+            if s.io.read() == ord(">"):
+                n = s.io.write(data)
+                if s.wait_data("SEND OK", 0.5 * SLOW) == RES_MATCH:
+                    s.flush_serial()
+                    return n
+        return 0
+
+
+class TeeTcpSsl(_TeeSocket):
+    """EC2X_TCP_SSL (EC2X_TCP_SSL.cpp), TCPS_CONTEXT 1."""
+
+    def __init__(self, lte: TeeEC2X, connect_id: int) -> None:
+        super().__init__(lte, connect_id)
+        self.closes = 0
+
+    def open(self, address: str, port: int, mode: int = 0, ssl_id: int = 1) -> bool:
+        return self._open(f'AT+QSSLOPEN=1,{ssl_id},{self.cid},"{address}",{port},{mode}\r', "+QSSLOPEN:", 10.0)
+
+    def close(self) -> bool:
+        self.closes += 1
+        self.ser.print(f"AT+QSSLCLOSE={self.cid}\r")
+        return self.ser.wait_data("", 5.0) == RES_OK
+
+    def connected(self) -> bool:
+        return self._connected(f"AT+QSSLSTATE={self.cid}\r", "+QSSLSTATE:")
 
     def start_send(self, tout: float = 1.0) -> bool:
         s = self.ser
@@ -483,17 +511,7 @@ class TeeTcpSsl:
         return self.ser.wait_data("SEND OK", 1.0 * SLOW) == RES_MATCH
 
     def send(self, data: bytes, tout: float = 1.0) -> int:
-        s = self.ser
-        s.flush_serial()
-        s.print(f"AT+QSSLSEND={self.cid},{len(data)}\r")
-        deadline = time.monotonic() + tout * SLOW
-        while time.monotonic() < deadline:
-            if s.io.read() == ord(">"):
-                n = s.io.write(data)
-                if s.wait_data("SEND OK", 0.5 * SLOW) == RES_MATCH:
-                    s.flush_serial()
-                    return n
-        return 0
+        return self._send(f"AT+QSSLSEND={self.cid},{len(data)}\r", data, tout)
 
     def get_rx_size(self) -> int:
         s = self.ser
@@ -561,28 +579,11 @@ class TeeClientSsl:
         return self.avail
 
 
-class TeeTcp:
+class TeeTcp(_TeeSocket):
     """EC2X_TCP (EC2X_TCP.cpp), TCP_CONTEXT 1."""
 
-    def __init__(self, lte: TeeEC2X, connect_id: int) -> None:
-        self.ser = lte.ser
-        self.cid = connect_id
-
     def open(self, address: str, port: int, mode: int = 0) -> bool:
-        s = self.ser
-        s.flush_serial()
-        s.print(f'AT+QIOPEN=1,{self.cid},"TCP","{address}",{port},0,{mode}\r')
-        if s.wait_data("", 5.0) == RES_OK and s.wait_data("+QIOPEN:", 5.0) == RES_MATCH:
-            f = Fields(s.res_data)
-            f.to(" ")
-            conid = atoi(f.to(","))
-            err = atoi(f.to(-1))
-            if conid == self.cid and err == 0:
-                s.flush_serial()
-                return True
-            if err == 563:
-                self.close()
-        return False
+        return self._open(f'AT+QIOPEN=1,{self.cid},"TCP","{address}",{port},0,{mode}\r', "+QIOPEN:", 5.0)
 
     def close(self) -> bool:
         self.ser.flush_serial()
@@ -590,31 +591,10 @@ class TeeTcp:
         return self.ser.wait_data("", 2.0 * SLOW) == RES_OK
 
     def connected(self) -> bool:
-        s = self.ser
-        ok = False
-        s.flush_serial()
-        s.print(f"AT+QISTATE=1,{self.cid}\r")
-        if s.wait_data("+QISTATE:", 2.0) == RES_MATCH:
-            f = Fields(s.res_data)
-            for _ in range(6):
-                field = f.to(",")
-            ok = atoi(field) == 2
-            s.wait_data("", 2.0)
-        s.flush_serial()
-        return ok
+        return self._connected(f"AT+QISTATE=1,{self.cid}\r", "+QISTATE:")
 
     def send(self, data: bytes, tout: float = 1.0) -> int:
-        s = self.ser
-        s.flush_serial()
-        s.print(f"AT+QISEND={self.cid},{len(data)}\r")
-        deadline = time.monotonic() + tout * SLOW
-        while time.monotonic() < deadline:
-            if s.io.read() == ord(">"):
-                n = s.io.write(data)
-                if s.wait_data("SEND OK", 0.5 * SLOW) == RES_MATCH:
-                    s.flush_serial()
-                    return n
-        return 0
+        return self._send(f"AT+QISEND={self.cid},{len(data)}\r", data, tout)
 
     def get_rx_size(self) -> int:
         s = self.ser
