@@ -118,7 +118,7 @@ def qfdwl_write(modem, cmd):
     args = _args(cmd)
     args.at_most(1)
     name = args.str(0, max_len=1000)
-    if modem.feature("open_files", _make_open_files).is_open_name(name):
+    if _open_files(modem).is_open_name(name):
         raise FileError(ERR_ALREADY_OPEN, f"{name} is open")
     data = modem.files.read(name)
     # Framed by the interpreter: "\r\nCONNECT\r\n<data>\r\n+QFDWL: ...\r\n" in ATV1,

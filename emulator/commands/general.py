@@ -2,6 +2,8 @@
 functionality, serial settings and the clock.  Values come from the profile."""
 from __future__ import annotations
 
+import functools
+
 from emulator.at.args import Args
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
@@ -21,12 +23,11 @@ def _plain(key: str):
 def _sim(handler):
     """A command the SIM answers: +CME ERROR: 14 (SIM busy) from a restart until the boot's
     +CPIN: READY (Modem.sim_ready), as a module whose SIM is still starting."""
+    @functools.wraps(handler)
     def guarded(modem, cmd):
         if not modem.sim_ready:
             raise CommandError(Cme(ERR_SIM_BUSY), "the SIM is not ready yet (boot)")
         return handler(modem, cmd)
-    guarded.__name__ = handler.__name__
-    guarded.__doc__ = handler.__doc__
     return guarded
 
 
