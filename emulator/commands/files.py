@@ -75,7 +75,7 @@ def qfupl_write(modem, cmd):
         if not data:
             raise CommandError(Cme(ERR_TIMEOUT), f"AT+QFUPL {name}: no data")
         modem.files.write(name, data, overwrite=False)
-        return ok(f"+QFUPL: {len(data)},{format_checksum(xor16(data))}")
+        return ok(f"+QFUPL: {len(data)},{format_checksum(xor16(data), pad=False)}")
 
     return Response([], None, data=DataRequest(
         on_done, prompt=Prompt.CONNECT, length=size, escape_cancels=False,
@@ -125,7 +125,7 @@ def qfdwl_write(modem, cmd):
     # "1\r<data>\r\n+QFDWL: ...\r\n" in ATV0 (CONNECT glued to the data), no CONNECT in ATQ1.
     # Paced: a file larger than the output bound (serial.output_backlog) would be cut if
     # written at once; it goes out as the host reads it, as through a UART.
-    return Response([CONNECT, Raw(data), f"+QFDWL: {len(data)},{format_checksum(xor16(data))}"], paced=True)
+    return Response([CONNECT, Raw(data), f"+QFDWL: {len(data)},{format_checksum(xor16(data), pad=False)}"], paced=True)
 
 
 @command("+QFLDS", WRITE)

@@ -7,7 +7,10 @@ byte counts as the high byte of a last word whose low byte is 0x00:
 
     checksum = (d[0]<<8 | d[1]) ^ (d[2]<<8 | d[3]) ^ ... ^ (d[n-1]<<8 | 0x00)
 
-The modules print it as four lowercase hex digits ("+QSECWRITE: 1388,384a").
+The ML302 prints it as four lowercase hex digits ("+QSECWRITE: 1388,384a"; its manual
+shows no value below 0x1000, so the padding is a guess); Quectel's AT+QFUPL / AT+QFDWL
+print it without leading zeros (a real BG96 log: "+QFUPL: 1675,372", next to
+"+QFUPL: 1188,2d13" -- WIZnet's wiznet-iot-shield-mbed-kr AWS guide).
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ def xor16(data: bytes | bytearray | memoryview) -> int:
     return value & _WORD_MASK
 
 
-def format_checksum(value: int) -> str:
-    """Four lowercase hex digits, as the modules print the checksum ("00ff")."""
+def format_checksum(value: int, pad: bool = True) -> str:
+    """Lowercase hex: four digits ("00ff", the ML302's AT+QSECWRITE / QSECREAD), or with
+    pad=False no leading zeros ("ff", Quectel's AT+QFUPL / AT+QFDWL)."""
     if not 0 <= value <= _WORD_MASK:
         raise ValueError(f"checksum out of 16-bit range: {value!r}")
-    return f"{value:04x}"
+    return f"{value:04x}" if pad else f"{value:x}"

@@ -6,7 +6,8 @@ A handle is a number (the profile's files.first_handle and up, the lowest free o
 first), a file, a mode and a position.  The bytes live in the FileStore only: every
 write goes to the drive at once (UFS atomically), so a restart or a crash never tears a
 file and AT+QFLST / AT+QSSLCFG see what was written.  Files are small (the drives hold a
-few MB), so a write reads the file, splices and writes it back.
+few MB), so a write reads the file, splices and writes it back; a read takes only the
+bytes it returns from the drive.
 
     mode 0  open, or create empty; read and write
     mode 1  create, or empty an existing one; read and write
@@ -104,12 +105,12 @@ class OpenFiles:
         """Up to `length` bytes (None: the rest) from the position, which moves past them.
         Nothing left to read: 402."""
         f = self.get(handle)
-        data = self.store.read(f.name)
-        end = len(data) if length is None else min(len(data), f.position + length)
+        size = self.store.size(f.name)
+        end = size if length is None else min(size, f.position + length)
         if end <= f.position:
-            raise FileError(ERR_READ_ZERO, f"{f.name} at {f.position} of {len(data)}")
-        chunk = data[f.position:end]
-        f.position = end
+            raise FileError(ERR_READ_ZERO, f"{f.name} at {f.position} of {size}")
+        chunk = self.store.read(f.name, f.position, end - f.position)
+        f.position += len(chunk)
         return chunk
 
     def check_write(self, handle: int, length: int) -> None:

@@ -124,8 +124,11 @@ class _MemoryDrive:
     def sizes(self) -> dict[str, int]:
         return {name: len(data) for name, data in self._files.items()}
 
-    def read(self, basename: str) -> bytes:
-        return self._files[basename]
+    def read(self, basename: str, offset: int = 0, length: int | None = None) -> bytes:
+        data = self._files[basename]
+        if offset == 0 and (length is None or length >= len(data)):
+            return data
+        return data[offset:None if length is None else offset + length]
 
     def write(self, basename: str, data: bytes) -> None:
         self._files[basename] = data
@@ -166,11 +169,13 @@ class _DirectoryDrive:
     def sizes(self) -> dict[str, int]:
         return dict(self._sizes)
 
-    def read(self, basename: str) -> bytes:
+    def read(self, basename: str, offset: int = 0, length: int | None = None) -> bytes:
         # O_NOFOLLOW: never follow a symlink someone planted in the drive.
         fd = os.open(self._path(basename), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         with os.fdopen(fd, "rb") as handle:
-            return handle.read()
+            if offset:
+                handle.seek(offset)
+            return handle.read(-1 if length is None else length)
 
     def write(self, basename: str, data: bytes) -> None:
         atomic_write(self._path(basename), data, mode=0o600)
@@ -271,12 +276,14 @@ class FileStore:
         except OSError as exc:
             raise FileError(ERR_WRITE_FAILED, f"{name}: {exc.strerror}") from exc
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """The file's bytes, or (an open file's AT+QFREAD) `length` of them (None: the
+        rest) from `offset`: only those are read from the drive."""
         drive, basename = self.parse_name(name)
         if basename not in self._drives[drive].sizes():
             raise FileError(ERR_NOT_FOUND, name)
         try:
-            return self._drives[drive].read(basename)
+            return self._drives[drive].read(basename, offset, length)
         except (KeyError, FileNotFoundError) as exc:
             raise FileError(ERR_NOT_FOUND, name) from exc
         except OSError as exc:

@@ -867,14 +867,14 @@ def test_files(fresh):
     doc("(405 not found,\n  406 invalid name, 407 already exists")
     doc("`AT+QFDWL`: `CONNECT`, the bytes, CR LF, `+QFDWL: <size>,<checksum>`, OK.")
     host, _ = fresh("ec2x")
-    assert host.upload("UFS:y.txt", b"abcd") == b"\r\n+QFUPL: 4,0206\r\n\r\nOK\r\n"
-    assert host.upload("RAM:x.txt", b"abc") == b"\r\n+QFUPL: 3,0262\r\n\r\nOK\r\n"
+    assert host.upload("UFS:y.txt", b"abcd") == b"\r\n+QFUPL: 4,206\r\n\r\nOK\r\n"
+    assert host.upload("RAM:x.txt", b"abc") == b"\r\n+QFUPL: 3,262\r\n\r\nOK\r\n"
     assert host.at('AT+QFUPL="y.txt",3') == b"\r\n+CME ERROR: 407\r\n"         # bare = UFS
     assert host.at('AT+QFDEL="nope"') == b"\r\n+CME ERROR: 405\r\n"
     for name in ("../x", "a/b", "a\\\\b", " x", "x ", "Q:x", "x" * 81):
         assert host.at(f'AT+QFUPL="{name}",3') == b"\r\n+CME ERROR: 406\r\n", name
     host.write(b'AT+QFDWL="y.txt"\r')
-    assert host.read_until(b"OK\r\n") == b"\r\nCONNECT\r\nabcd\r\n+QFDWL: 4,0206\r\n\r\nOK\r\n"
+    assert host.read_until(b"OK\r\n") == b"\r\nCONNECT\r\nabcd\r\n+QFDWL: 4,206\r\n\r\nOK\r\n"
 
 
 # ----------------------------------------------------------------------------------------

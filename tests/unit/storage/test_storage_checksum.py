@@ -76,6 +76,7 @@ def test_one_mebibyte_even_and_odd(extra):
 def test_format_checksum(value, text):
     # "384a" and "553f" are the ML302 manual's example outputs.
     assert format_checksum(value) == text
+    assert format_checksum(value, pad=False) == text.lstrip("0").rjust(1, "0")
 
 
 @pytest.mark.parametrize("bad", [-1, 0x10000])

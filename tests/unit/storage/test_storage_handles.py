@@ -3,6 +3,7 @@ Any sequence of reads, writes, seeks and truncates leaves the drive holding what
 model holds, and each refusal is the one the model predicts."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,3 +83,35 @@ def test_handles_numbering_limits_and_guards():
     assert files.open("RAM:w", 0) == 5                     # the lowest free handle again
     files.close_all()
     assert files.listing() == []
+
+
+@pytest.mark.parametrize("on_disk", [False, True], ids=["memory", "directory"])
+def test_reads_take_only_their_range_from_the_drive(tmp_path, on_disk):
+    """1 MiB read in 1 KiB AT+QFREADs: the file comes back whole and in order, and the
+    drive hands out 1 MiB in all -- not the whole file per read (a GiB of file I/O)."""
+    store = FileStore(tmp_path if on_disk else None, 4 << 20, 4 << 20)
+    body = bytes(range(256)) * 4096
+    store.write("UFS:big", body)
+    drive = store._drives["UFS"]
+    served = []
+    real_read = drive.read
+
+    def counting_read(*args):
+        data = real_read(*args)
+        served.append(len(data))
+        return data
+    drive.read = counting_read
+    files = OpenFiles(store, 1027, 4)
+    h = files.open("UFS:big", 2)
+    got = bytearray()
+    while True:
+        try:
+            got += files.read(h, 1024)
+        except FileError as exc:
+            assert exc.cme == 402                          # the end of the file
+            break
+    assert bytes(got) == body
+    assert sum(served) == len(body) and len(served) == 1024
+    files.seek(h, 10, 2)                                   # 10 back from the end
+    assert files.read(h, None) == body[-10:]
+    assert sum(served) == len(body) + 10
