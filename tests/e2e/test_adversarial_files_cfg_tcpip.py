@@ -25,7 +25,7 @@ def modem(ec2x_strict):
 
 
 def cs(data: bytes) -> str:
-    return f"{xor16(data):04x}"
+    return f"{xor16(data):x}"          # AT+QFUPL / QFDWL: no leading zeros
 
 
 def upl_answer(data: bytes) -> bytes:

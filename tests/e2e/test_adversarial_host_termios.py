@@ -151,7 +151,7 @@ def open_echo_socket(host: Host, cid: int = 0) -> None:
 
 
 def cs(data: bytes) -> str:
-    return f"{xor16(data):04x}"
+    return f"{xor16(data):x}"          # AT+QFUPL / QFDWL: no leading zeros
 
 
 def canonical(answer: bytes) -> bytes:

@@ -14,7 +14,7 @@ BINARY = bytes(range(256)) + b"\r\nAT+QFDEL=\"*\"\r\n\x1a\x1b\x00+++" + os.urand
 
 
 def cs(data: bytes) -> str:
-    return f"{xor16(data):04x}"
+    return f"{xor16(data):x}"          # AT+QFUPL / QFDWL: no leading zeros
 
 
 def test_upload_binary_checksum_list_download(ec2x):

@@ -215,6 +215,6 @@ def test_crlf_line_endings_do_not_leak_into_data(ec2x):
     ec2x.write(f'AT+QFUPL="crlf.bin",{len(data)}\r\n'.encode())
     ec2x.read_until(b"\r\nCONNECT\r\n")
     ec2x.write(data)
-    assert ec2x.read_until(b"OK\r\n") == f"\r\n+QFUPL: {len(data)},{xor16(data):04x}\r\n\r\nOK\r\n".encode()
+    assert ec2x.read_until(b"OK\r\n") == f"\r\n+QFUPL: {len(data)},{xor16(data):x}\r\n\r\nOK\r\n".encode()
     ec2x.write(b'AT+QFDWL="crlf.bin"\r\n')
     assert ec2x.read_until(b"OK\r\n").startswith(b"\r\nCONNECT\r\n" + data + b"\r\n+QFDWL:")

@@ -276,7 +276,7 @@ class TestModes:
         assert modem.interpreter.mode is Mode.DATA and not modem.interpreter.idle
         modem.urc("+URC: 1")                              # waits for the data phase to end
         assert modem.run(b"ab") == b"" and len(seen) == 1
-        assert modem.run(b"c") == (f"\r\n+QFUPL: 3,{xor16(b'abc'):04x}\r\n\r\nOK\r\n"
+        assert modem.run(b"c") == (f"\r\n+QFUPL: 3,{xor16(b'abc'):x}\r\n\r\nOK\r\n"
                                    "\r\n+URC: 1\r\n").encode()
         assert modem.interpreter.mode is Mode.COMMAND and len(seen) == 2
         assert seen[-1].endswith(b"\r\n+URC: 1\r\n")      # the queue is written, then the event
@@ -400,7 +400,7 @@ class TestUploadTimerAndAck:
         assert modem.timers.advance(1.99) == 0 and modem.interpreter.mode is Mode.DATA
         modem.out.clear()
         modem.timers.advance(0.02)
-        assert bytes(modem.out) == f"\r\n+QFUPL: 2,{xor16(b'ab'):04x}\r\n\r\nOK\r\n".encode()
+        assert bytes(modem.out) == f"\r\n+QFUPL: 2,{xor16(b'ab'):x}\r\n\r\nOK\r\n".encode()
         assert modem.files.read("RAM:t") == b"ab"
 
     def test_no_data_at_all_is_421(self, modem):
@@ -419,7 +419,7 @@ class TestUploadTimerAndAck:
         assert modem.run(data[:1000]) == b""
         assert modem.run(data[1000:2100]) == b"AA"       # two block ends in one write
         assert len(seen) == 1 and modem.interpreter.mode is Mode.DATA
-        assert modem.run(data[2100:2500]) == f"\r\n+QFUPL: 2500,{xor16(data[:2500]):04x}\r\n\r\nOK\r\n".encode()
+        assert modem.run(data[2100:2500]) == f"\r\n+QFUPL: 2500,{xor16(data[:2500]):x}\r\n\r\nOK\r\n".encode()
         assert modem.files.read("RAM:k") == data[:2500]
         assert len(seen) == 2
 
@@ -454,10 +454,10 @@ class TestFraming:
         modem.run(b'AT+QFUPL="RAM:q",2\rxy')
         modem.run(b"ATQ1\r")
         assert modem.run(b'AT+QFUPL="RAM:r",1\r') == b""              # no CONNECT
-        assert modem.run(b"z") == f"\r\n+QFUPL: 1,{xor16(b'z'):04x}\r\n".encode()
-        assert modem.run(b'AT+QFDWL="RAM:q"\r') == f"\r\nxy\r\n+QFDWL: 2,{xor16(b'xy'):04x}\r\n".encode()
+        assert modem.run(b"z") == f"\r\n+QFUPL: 1,{xor16(b'z'):x}\r\n".encode()
+        assert modem.run(b'AT+QFDWL="RAM:q"\r') == f"\r\nxy\r\n+QFDWL: 2,{xor16(b'xy'):x}\r\n".encode()
         modem.run(b"ATV0\r")
-        assert modem.run(b'AT+QFDWL="RAM:q"\r') == f"xy\r\n+QFDWL: 2,{xor16(b'xy'):04x}\r\n".encode()
+        assert modem.run(b'AT+QFDWL="RAM:q"\r') == f"xy\r\n+QFDWL: 2,{xor16(b'xy'):x}\r\n".encode()
 
 
 class TestStorageErrors:
