@@ -2,29 +2,51 @@
 
 The interpreter owns the mode, the prompt and the idle timer; this owns the bytes:
 how many the request takes, where Ctrl+Z / ESC end it, the max_length overflow,
-the echo, and AT+QFUPL's ack byte after each block.
+the echo, AT+QFUPL's ack byte after each block and its "+++" escape.
 """
 from __future__ import annotations
 
 from emulator.at import framing
+from emulator.at.escape import EscapeDetector
 from emulator.at.responses import DataRequest
 
 CTRL_Z, ESC = 0x1A, 0x1B
 
 
 class DataPhase:
-    def __init__(self, request: DataRequest, raw: str) -> None:
+    def __init__(self, request: DataRequest, raw: str, guard: float = 1.0, now: float = 0.0) -> None:
         self.request = request
         self.raw = raw                   # the command line that asked for the data (logs)
         self.buf = bytearray()
         self.overflow = False
         self.timer = None                # the idle timeout (a modem.call_later handle)
         self.lf_until: float | None = None   # a first byte LF before this time ends the line
+        # "+++" (request.plus_escape): the detector only watches; the "+"s go into buf at
+        # once (they are data unless the guard time after them passes) and escaped()
+        # takes them out again.  The silence before counts from the prompt.
+        self.escape = (EscapeDetector(guard, now)
+                       if request.plus_escape and request.length is not None else None)
+        self.escape_timer = None         # when the escape's guard time ends
 
-    def take(self, inbox: bytearray, echo: bool) -> tuple[bytes, str | None]:
+    def escape_deadline(self) -> float | None:
+        """When escape_expired() must run (None: no "+" that may be an escape)."""
+        return self.escape.deadline() if self.escape is not None else None
+
+    def escape_expired(self, now: float) -> bool:
+        """The guard time after "+++" passed with no byte: True, and the "+++" is no
+        longer data.  False: no escape (yet); held "+"s stay data."""
+        if self.escape is None:
+            return False
+        _, escaped = self.escape.expire(now)
+        if escaped:
+            del self.buf[-3:]
+        return escaped
+
+    def take(self, inbox: bytearray, echo: bool, now: float = 0.0) -> tuple[bytes, str | None]:
         """Move the request's bytes out of a non-empty inbox (at least one byte goes).
         Returns what to write (echo, ack) and why the phase ended ("done", "cancel",
-        "overflow") or None while it goes on.  echo: the port's ATE setting."""
+        "overflow") or None while it goes on.  echo: the port's ATE setting; now: the
+        modem's clock (the "+++" guard times)."""
         req = self.request
         echo = echo and req.echo
         if req.length is not None:
@@ -33,6 +55,8 @@ class DataPhase:
                 want = min(want, req.ack_block - len(self.buf) % req.ack_block)
             data = bytes(inbox[:want])
             del inbox[:len(data)]
+            if self.escape is not None:
+                self.escape.feed(data, now)      # (watch only: the bytes are data for now)
             self.buf += data
             out = data if echo else b""
             if len(self.buf) == req.length:

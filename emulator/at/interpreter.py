@@ -160,8 +160,10 @@ class Interpreter:
     def _abandon(self) -> None:
         """Forget the data phase, the pending answer (its late outcome is ignored) or
         the online link (it keeps its connection; ATO may return to it)."""
-        if self._data is not None and self._data.timer is not None:
-            self._data.timer.cancel()
+        if self._data is not None:
+            for timer in (self._data.timer, self._data.escape_timer):
+                if timer is not None:
+                    timer.cancel()
         self._data = None
         self._pending = None
         if self._escape_timer is not None:
@@ -455,7 +457,7 @@ class Interpreter:
 
     # -- data collection -----------------------------------------------------
     def _start_data(self, request: DataRequest, after_line: bool) -> None:
-        phase = DataPhase(request, self._raw)
+        phase = DataPhase(request, self._raw, self._guard_time(), self.modem.monotonic())
         self._enter(Event.PROMPT)
         self._data = phase
         self.modem.write(framing.prompt(request.prompt, self.modem.settings))
@@ -508,17 +510,44 @@ class Interpreter:
 
     def _feed_data(self) -> None:
         phase = self._data
+        if phase.escape_timer is not None and phase.escape_expired(self.modem.monotonic()):
+            # "+++" and its guard time of silence, the timer not run yet (the loop was
+            # busy): as in online mode (_escape_overdue) the escape came first, and these
+            # bytes are command-state input.
+            self._finish_data(phase, "escape")
+            return
         if phase.lf_until is not None:           # the first byte after the prompt
             until, phase.lf_until = phase.lf_until, None
             if self._drop_late_lf(until):
                 return
-        out, reason = phase.take(self._inbox, self.modem.settings.echo)
+        out, reason = phase.take(self._inbox, self.modem.settings.echo, self.modem.monotonic())
         if out:
             self.modem.write(out)
         if reason is None:
             self._restart_idle_timer(phase)
+            self._arm_data_escape(phase)
         else:
             self._finish_data(phase, reason)     # (cancels the idle timer)
+
+    def _arm_data_escape(self, phase: DataPhase) -> None:
+        """A "+" that may start an escape came (AT+QFUPL): check once its guard time ends."""
+        if phase.escape_timer is not None:
+            phase.escape_timer.cancel()
+            phase.escape_timer = None
+        deadline = phase.escape_deadline()
+        if deadline is not None:
+            phase.escape_timer = self.modem.call_later(
+                max(0.0, deadline - self.modem.monotonic()), self._guarded, self._data_escape_due, phase)
+
+    def _data_escape_due(self, phase: DataPhase) -> None:
+        if self._data is not phase:
+            return                               # a late timer
+        phase.escape_timer = None
+        if phase.escape_expired(self.modem.monotonic()):
+            self._finish_data(phase, "escape")
+            self._pump()                         # from a timer, outside feed()
+        else:
+            self._arm_data_escape(phase)
 
     def _finish_data(self, phase: DataPhase, reason: str) -> None:
         if self._data is not phase:

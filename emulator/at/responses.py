@@ -71,8 +71,11 @@ class DataRequest:
     mode, where V.250 echo (a command-state feature) does not apply.
     ack_block: after every ack_block bytes but the last the port writes "A" and the
     host sends the next block (AT+QFUPL's ack mode); only with a length.
+    plus_escape: "+++" with the S12 guard times (as in online data mode) ends the
+    collection, the three "+" not counted (AT+QFUPL); only with a length.  "+++" that
+    completes the length is data.
     on_done(data, reason) -> Response: data is what was collected;
-    reason is "done", "cancel", "timeout" or "overflow".
+    reason is "done", "cancel", "timeout", "overflow" or "escape".
     """
     on_done: Callable[[bytes, str], "Response"]
     prompt: Prompt | None = Prompt.DATA
@@ -82,6 +85,7 @@ class DataRequest:
     idle_timeout: float | None = None
     echo: bool = True
     ack_block: int | None = None
+    plus_escape: bool = False
 
 
 class OnlineLink(Protocol):

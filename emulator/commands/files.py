@@ -11,8 +11,14 @@ Behaviour chosen where the note is silent or ambiguous (docs/behaviour.md):
   upload never swallows the host's data as a command line.  An existing file
   is refused with +CME ERROR: 407 (file already existed): the host deletes
   first, as on the module.  After CONNECT exactly <file_size> bytes are data:
-  Ctrl+Z, ESC, CR, LF, NUL are all file content.  "+++" is not an escape here
-  (it is data too).
+  Ctrl+Z, ESC, CR, LF, NUL are all file content.  "+++" with the guard times of
+  online data mode (S12, 1 s: silence before, the three within it, silence after)
+  ends the upload early (the BG96 FILE manual: '"+++" sequence will cause TA to end
+  the command and switch to command mode. However, the data previously uploaded
+  will be preserved into the file.'): the bytes before it are the file, answered
+  "+QFUPL: <size>,<checksum>" then OK (also "+QFUPL: 0,0" and an empty file when
+  nothing came first).  A "+++" without the guard times, or that completes
+  <file_size>, is data.
 * <timeout> is an inactivity timeout ("the time waiting for data to be
   inputted"): the upload ends once no byte has arrived for <timeout> seconds
   (a timer on the modem's clock, restarted by every byte).  What arrived until
@@ -71,15 +77,16 @@ def qfupl_write(modem, cmd):
     ackmode = bool(args.int(3, 0, 1, default=0))
     modem.files.check_writable(name, size, overwrite=False)     # refused before CONNECT
 
-    def on_done(data: bytes, reason: str) -> Response:          # "done" or "timeout"
-        if not data:
+    def on_done(data: bytes, reason: str) -> Response:          # "done", "timeout" or "escape"
+        if not data and reason == "timeout":
             raise CommandError(Cme(ERR_TIMEOUT), f"AT+QFUPL {name}: no data")
         modem.files.write(name, data, overwrite=False)
         return ok(f"+QFUPL: {len(data)},{format_checksum(xor16(data), pad=False)}")
 
     return Response([], None, data=DataRequest(
         on_done, prompt=Prompt.CONNECT, length=size, escape_cancels=False,
-        idle_timeout=timeout, echo=False, ack_block=ACK_BLOCK if ackmode else None))
+        idle_timeout=timeout, echo=False, ack_block=ACK_BLOCK if ackmode else None,
+        plus_escape=True))
 
 
 # AT+QFLST=? and AT+QFLDS=? answer a bare OK: the table's default for a command

@@ -146,13 +146,11 @@ def test_ack_mode_answers_a_after_the_first_kilobyte(ec2x):
     assert re.search(rb"\r\n\+QFUPL: 2048,[0-9a-f]+\r\n\r\nOK\r\n$", ec2x.read_until(OK, timeout=10))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "'+++' inside AT+QFUPL data: the emulator takes it as file data and keeps waiting for "
-    "the rest (files.py: '\"+++\" is not an escape here'), so 'AT' after it is data too and "
-    "no OK comes; [BG96-FILE] 2.4 note (manualshive 3591530?page=12): '\"+++\" sequence will "
-    "cause TA to end the command and switch to command mode. However, the data previously "
-    "uploaded will be preserved into the file.' (with 1.2's guard times: no character 1 s "
-    "before, +++ within 1 s, none 1 s after). BG96 text; the EC2x page was not readable."))
+# Was a bug, fixed: "+++" inside AT+QFUPL data was taken as file data (the emulator kept waiting
+# for the rest, so 'AT' after it was data too); [BG96-FILE] 2.4 note (manualshive
+# 3591530?page=12): '"+++" sequence will cause TA to end the command and switch to command mode.
+# However, the data previously uploaded will be preserved into the file.' (with 1.2's guard
+# times). BG96 text; the EC2x page was not readable.
 def test_plus_plus_plus_with_guard_times_ends_an_upload_and_keeps_the_data(emulator, open_modem):
     host, port = open_modem("ec2x", manual_time=True)
     host.write('AT+QFUPL="esc.bin",100,60\r')

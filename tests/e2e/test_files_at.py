@@ -249,3 +249,94 @@ def test_a_restart_during_a_download_ends_it(open_modem, emulator):
     assert rest.endswith(b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n")
     assert host.quiet_for(0.3) == b""
     assert host.at("AT") == b"AT\r\r\nOK\r\n"           # echo on again: the AT&W set
+
+
+# -- "+++" inside AT+QFUPL ----------------------------------------------------------------------
+# The BG96 FILE manual: '"+++" sequence will cause TA to end the command and switch to command
+# mode. However, the data previously uploaded will be preserved into the file.'  With the guard
+# times of online data mode (S12, 1 s); decisions in docs/behaviour.md "Files".
+
+def _upload_started(host, advance, name: str, size: int) -> None:
+    host.write(f'AT+QFUPL="{name}",{size},60\r')
+    assert host.read_until(b"CONNECT\r\n") == b"\r\nCONNECT\r\n"
+
+
+def test_plus_plus_plus_with_guard_times_ends_the_upload_keeping_what_came(ec2x_strict):
+    host, advance, _ = ec2x_strict
+    _upload_started(host, advance, "esc.bin", 100)
+    host.write(b"ab\r\n+")                    # a "+" amid data is data
+    advance(1.2)                              # silence before
+    host.write(b"+++")
+    advance(0.5)
+    assert host.quiet_for(0.2) == b""         # the guard time after is not over yet
+    advance(0.6)
+    body = b"ab\r\n+"
+    assert host.read_until(b"OK\r\n") == f"\r\n+QFUPL: 5,{xor16(body):x}\r\n\r\nOK\r\n".encode()
+    assert host.at("AT") == b"\r\nOK\r\n"     # command state again
+    host.write(b'AT+QFDWL="esc.bin"\r')
+    assert host.read_until(b"OK\r\n") == (b"\r\nCONNECT\r\n" + body
+                                          + f"\r\n+QFDWL: 5,{xor16(body):x}\r\n\r\nOK\r\n".encode())
+
+
+def test_plus_plus_plus_right_after_connect_stores_an_empty_file(ec2x_strict):
+    host, advance, _ = ec2x_strict
+    _upload_started(host, advance, "empty.bin", 10)
+    advance(1.1)
+    host.write(b"+++")
+    advance(1.1)
+    assert host.read_until(b"OK\r\n") == b"\r\n+QFUPL: 0,0\r\n\r\nOK\r\n"
+    assert host.at('AT+QFLST="empty.bin"') == b'\r\n+QFLST: "empty.bin",0\r\n\r\nOK\r\n'
+
+
+@pytest.mark.parametrize("case", ["no silence before", "a byte within the guard after",
+                                  "plus signs sent one by one too slowly"])
+def test_plus_plus_plus_without_its_guard_times_is_data(ec2x_strict, case):
+    host, advance, _ = ec2x_strict
+    _upload_started(host, advance, "data.bin", 8)
+    if case == "no silence before":
+        host.write(b"xy")
+        advance(0.3)
+        host.write(b"+++")
+        advance(2)
+        rest = b"zzz"
+    elif case == "a byte within the guard after":
+        host.write(b"xy")
+        advance(1.5)
+        host.write(b"+++")
+        advance(0.5)
+        host.write(b"z")
+        advance(2)
+        rest = b"zz"                          # (the "z" above was the 6th byte)
+    else:
+        host.write(b"xy")
+        advance(1.5)
+        for _ in range(3):                    # 1.2 s from the first "+" to the third
+            host.write(b"+")
+            advance(0.6)
+        advance(2)
+        rest = b"zzz"
+    assert host.quiet_for(0.2) == b""         # still collecting
+    host.write(rest)
+    body = b"xy+++zzz"
+    assert host.read_until(b"OK\r\n") == f"\r\n+QFUPL: 8,{xor16(body):x}\r\n\r\nOK\r\n".encode()
+
+
+def test_plus_plus_plus_that_completes_the_size_is_data(ec2x_strict):
+    host, advance, _ = ec2x_strict
+    _upload_started(host, advance, "full.bin", 5)
+    host.write(b"ab")
+    advance(1.5)
+    host.write(b"+++")                        # the last three bytes: the upload is complete
+    body = b"ab+++"
+    assert host.read_until(b"OK\r\n") == f"\r\n+QFUPL: 5,{xor16(body):x}\r\n\r\nOK\r\n".encode()
+
+
+def test_plus_plus_plus_guard_time_follows_s12(ec2x_strict):
+    host, advance, _ = ec2x_strict
+    assert host.at("ATS12=10") == b"\r\nOK\r\n"      # 10/50 s = 0.2 s
+    _upload_started(host, advance, "s12.bin", 50)
+    host.write(b"q")
+    advance(0.3)
+    host.write(b"+++")
+    advance(0.3)
+    assert host.read_until(b"OK\r\n") == f"\r\n+QFUPL: 1,{xor16(b'q'):x}\r\n\r\nOK\r\n".encode()

@@ -411,6 +411,21 @@ class TestUploadTimerAndAck:
         assert bytes(modem.out) == b"\r\n+CME ERROR: 421\r\n"
         assert modem.run(b'AT+QFLST="RAM:*"\r') == b"\r\nOK\r\n"
 
+    def test_plus_escape_overdue_when_the_next_bytes_come_is_still_an_escape(self, modem):
+        """"+++" then its guard time of silence, but the loop reads the host's next line
+        before the escape timer runs: the escape came first (as a UART would have seen the
+        silence), the upload ends with what came before, and the line is a command."""
+        modem.run(b"ATE0\r")
+        modem.run(b'AT+QFUPL="RAM:e",100,5\r')
+        modem.run(b"abc")
+        modem.timers.advance(1.1)
+        assert modem.run(b"+++") == b""
+        modem.timers._now += 1.1                          # the timer has not fired yet
+        assert modem.run(b"AT\r") == (f"\r\n+QFUPL: 3,{xor16(b'abc'):x}\r\n\r\nOK\r\n"
+                                      "\r\nOK\r\n").encode()
+        assert modem.files.read("RAM:e") == b"abc" and modem.interpreter.mode is Mode.COMMAND
+        assert modem.timers.advance(2) == 0               # the escape timer was cancelled
+
     def test_ack_after_every_block_but_the_last_however_the_bytes_come(self, modem):
         seen = idle_events(modem)
         modem.run(b"ATE0\r")
