@@ -82,6 +82,7 @@ class Interpreter:
         modem.on("output_drained", self._output_drained)
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
+        self._lf_alone = False           # the late LF of the last line counts only alone
         # Command name ("+QSSLOPEN") -> seconds its final answer is held back (the
         # control API's "slow"), on the modem's timers.
         self.delays: dict[str, float] = {}
@@ -484,14 +485,20 @@ class Interpreter:
         if not self._inbox and self.lexer.crlf is not False:
             # (a host known to end its lines with CR alone sends no LF: a first byte
             # LF from it is data, however soon it comes)
+            self._lf_alone = self.lexer.last_line_whole
             return self._line_end + self._lf_window
         return None
 
     def _drop_late_lf(self, until: float) -> bool:
         """The first byte after a prompt or CONNECT: an LF that comes before `until` (see
-        _line_lf) is the command line's ending and is dropped; True when it was."""
+        _line_lf) is the command line's ending and is dropped; True when it was.  After a
+        line that came whole ("AT...\r" in one write, no LF with it) only an LF that comes
+        alone is its ending (the host wrote its CR and LF apart); an LF written together
+        with more bytes was written after the prompt, with the data, and is data (a driver
+        that ends this one command with CR alone, whose payload starts with LF)."""
         self.lexer.forget_line_end()
-        if self._inbox[:1] == b"\n" and self.modem.monotonic() <= until:
+        if (self._inbox[:1] == b"\n" and self.modem.monotonic() <= until
+                and not (self._lf_alone and len(self._inbox) > 1)):
             del self._inbox[:1]
             return True
         return False

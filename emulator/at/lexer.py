@@ -52,6 +52,10 @@ class CommandLineLexer:
         # How this host ends its lines: True CR LF, False CR alone, None not seen yet
         # (the byte after a line's S3 in command state tells).
         self.crlf: bool | None = None
+        # The last line came in one piece, "AT...<S3>" and nothing after (a host that
+        # writes whole lines: had it ended this one with CR LF, the LF would have come
+        # with it), rather than byte by byte or in parts.
+        self.last_line_whole = False
 
     def reset(self) -> None:
         self._buf.clear()
@@ -110,6 +114,7 @@ class CommandLineLexer:
             self.crlf = False                 # the byte after the last S3 was an 'A'
         self._last_was_s3 = True
         self._buf.clear()
+        self.last_line_whole = True
         line = CommandLine(bytes(data[2:-1]))
         return [Echo(bytes(data)), line] if self.echo else [line]
 
@@ -157,6 +162,7 @@ class CommandLineLexer:
 
     def _end_of_line(self) -> object | None:
         state, self._state = self._state, "idle"
+        self.last_line_whole = False
         if state == "overflow":
             return LineTooLong()
         if state == "in_line":

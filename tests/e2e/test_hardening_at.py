@@ -83,8 +83,29 @@ def test_first_line_of_a_new_host_gets_the_window():
     modem, out, clock = sans_io_modem(prime=False)
     modem.feed(b'AT+QFUPL="RAM:z",2\r')
     clock[0] += 0.01
-    modem.feed(b"\nab")
+    modem.feed(b"\n")                          # its own write: the CR LF's LF, late
+    modem.feed(b"ab")
     assert modem.files.read("RAM:z") == b"ab"
+
+
+@pytest.mark.parametrize("first_line", [False, True])
+def test_a_whole_cr_only_line_then_lf_written_with_its_data_is_data(first_line):
+    """A CR LF host (or one not known yet) writes one line whole with CR alone, then after
+    the prompt its payload starting with LF in one write (ghuvrons/quectel-ec25's
+    AT+QISEND): the LF is data -- its line's LF would have come with the line.  The same LF
+    written on its own is still the line's late ending (a host writing CR and LF apart)."""
+    modem, out, clock = sans_io_modem(prime=False)
+    if not first_line:
+        modem.feed(b"ATE0\r\n")                    # it ends its lines with CR LF
+    modem.feed(b'AT+QFUPL="RAM:w",3\r')
+    clock[0] += 0.001
+    modem.feed(b"\nab")
+    assert modem.files.read("RAM:w") == b"\nab"
+    modem.feed(b'AT+QFUPL="RAM:v",2\r')
+    clock[0] += 0.001
+    modem.feed(b"\n")
+    modem.feed(b"ab")
+    assert modem.files.read("RAM:v") == b"ab"
 
 
 def test_lf_after_the_window_is_data():
