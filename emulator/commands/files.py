@@ -1,4 +1,4 @@
-"""EC2x file commands: AT+QFUPL / QFLST / QFDEL / QFDWL / QFLDS (Quectel
+"""EC2x file commands: AT+QFUPL / QFLST / QFDEL / QFDWL / QFLDS / QFMOV (Quectel
 LTE Standard FILE application note) on top of emulator.storage.vfs.FileStore, and the
 open-file commands AT+QFOPEN / QFREAD / QFWRITE / QFSEEK / QFPOSITION / QFTUCAT / QFCLOSE
 on emulator.storage.handles (their choices: docs/behaviour.md, "Files").
@@ -133,6 +133,22 @@ def qfdwl_write(modem, cmd):
     # Paced: a file larger than the output bound (serial.output_backlog) would be cut if
     # written at once; it goes out as the host reads it, as through a UART.
     return Response([CONNECT, Raw(data), f"+QFDWL: {len(data)},{format_checksum(xor16(data), pad=False)}"], paced=True)
+
+
+@command("+QFMOV", WRITE, test="+QFMOV: <srcfilename>,<destfilename>[,(0,1)[,(0,1)]]")
+def qfmov_write(modem, cmd):
+    """AT+QFMOV=<srcfilename>,<destfilename>[,<copy>[,<overwrite>]] (drivers for the EG91,
+    UC20 and EC2x send '"<src>","<dst>",0,1' and take OK): copy 1 keeps the source;
+    overwrite 1 replaces an existing destination (else 407).  Defaults 0, 0.  No
+    wildcards (406)."""
+    args = _args(cmd)
+    args.at_most(4)
+    source = args.str(0, max_len=1000)
+    destination = args.str(1, max_len=1000)
+    copy = bool(args.int(2, 0, 1, default=0))
+    overwrite = bool(args.int(3, 0, 1, default=0))
+    modem.files.move(source, destination, copy, overwrite)
+    return ok()
 
 
 @command("+QFLDS", WRITE)

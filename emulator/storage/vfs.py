@@ -309,6 +309,23 @@ class FileStore:
             raise FileError(ERR_ALREADY_OPEN, name)
         self._delete(drive, basename)
 
+    def move(self, source: str, destination: str, copy: bool, overwrite: bool) -> None:
+        """AT+QFMOV: `source` becomes `destination` (on the same or the other drive); with
+        copy the source stays.  405 no source, 407 the destination exists and overwrite
+        is off, 426 either file open, 403 no room.  A file moved onto itself: nothing."""
+        src_drive, src_base = self.parse_name(source)
+        dst_drive, dst_base = self.parse_name(destination)
+        if src_base not in self._drives[src_drive].sizes():
+            raise FileError(ERR_NOT_FOUND, source)
+        if self.in_use(src_drive, src_base) or self.in_use(dst_drive, dst_base):
+            raise FileError(ERR_ALREADY_OPEN, f"{source} -> {destination}")
+        if (src_drive, src_base) == (dst_drive, dst_base):
+            return
+        data = self.read(source)
+        self.write(destination, data, overwrite=overwrite)
+        if not copy:
+            self._delete(src_drive, src_base)
+
     def _delete(self, drive: str, basename: str) -> None:
         try:
             self._drives[drive].delete(basename)

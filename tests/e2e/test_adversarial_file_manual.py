@@ -297,12 +297,9 @@ def test_download_of_an_open_file_is_426(ec2x):
 
 # -- AT+QFMOV ----------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "AT+QFMOV is not implemented: the emulator answers '\\r\\nERROR\\r\\n'; an EG91 driver "
-    "(gsmio.h: '#define T_fmove \"AT+QFMOV=\"', '#define T_fmove2 \",0,1\"') and an Arduino "
-    "EC2X_FILE library (move(): 'AT+QFMOV=\"<src>\",\"<dst>\",<copy>,<overwrite>', success = OK) "
-    "send it to EG91/EC2x modules and expect OK. The EC2x manual page itself was not readable: "
-    "only 'copy=0 moves, OK' is pinned."))
+# Was a bug, fixed: AT+QFMOV was not implemented (ERROR); an EG91 driver (gsmio.h:
+# '#define T_fmove "AT+QFMOV="', '#define T_fmove2 ",0,1"') and an Arduino EC2X_FILE library
+# (move(): 'AT+QFMOV="<src>","<dst>",<copy>,<overwrite>', success = OK) send it and expect OK.
 def test_qfmov_moves_a_file(ec2x):
     ec2x.upload("tmp.crt", b"certificate")
     assert ec2x.at('AT+QFMOV="tmp.crt","CA.CRT",0,1') == OK

@@ -340,3 +340,46 @@ def test_plus_plus_plus_guard_time_follows_s12(ec2x_strict):
     host.write(b"+++")
     advance(0.3)
     assert host.read_until(b"OK\r\n") == f"\r\n+QFUPL: 1,{xor16(b'q'):x}\r\n\r\nOK\r\n".encode()
+
+
+# -- AT+QFMOV -------------------------------------------------------------------------------
+
+def test_qfmov_moves_copies_and_guards(ec2x):
+    assert ec2x.at("AT+QFMOV=?") == b"\r\n+QFMOV: <srcfilename>,<destfilename>[,(0,1)[,(0,1)]]\r\n\r\nOK\r\n"
+    ec2x.upload("a.pem", b"AAAA")
+    ec2x.upload("RAM:b.pem", b"BB")
+    # copy 0 (the default): a move; the source is gone
+    assert ec2x.at('AT+QFMOV="a.pem","c.pem"') == b"\r\nOK\r\n"
+    assert ec2x.at("AT+QFLST") == b'\r\n+QFLST: "c.pem",4\r\n\r\nOK\r\n'
+    # copy 1 keeps the source; across drives
+    assert ec2x.at('AT+QFMOV="c.pem","RAM:d.pem",1,0') == b"\r\nOK\r\n"
+    assert ec2x.at('AT+QFLST="*"') == b'\r\n+QFLST: "c.pem",4\r\n\r\nOK\r\n'
+    assert ec2x.at('AT+QFLST="RAM:*"') == (b'\r\n+QFLST: "RAM:b.pem",2\r\n+QFLST: "RAM:d.pem",4\r\n'
+                                          b"\r\nOK\r\n")
+    # an existing destination: 407 unless overwrite 1
+    assert ec2x.at('AT+QFMOV="RAM:b.pem","c.pem"') == b"\r\n+CME ERROR: 407\r\n"
+    assert ec2x.at('AT+QFMOV="RAM:b.pem","c.pem",0,1') == b"\r\nOK\r\n"
+    ec2x.write(b'AT+QFDWL="c.pem"\r')
+    assert ec2x.read_until(b"OK\r\n").startswith(b"\r\nCONNECT\r\nBB\r\n+QFDWL: 2,")
+    assert ec2x.at('AT+QFLST="RAM:*"') == b'\r\n+QFLST: "RAM:d.pem",4\r\n\r\nOK\r\n'
+    # onto itself: nothing changes
+    assert ec2x.at('AT+QFMOV="c.pem","UFS:c.pem",0,0') == b"\r\nOK\r\n"
+    assert ec2x.at('AT+QFLST="c.pem"') == b'\r\n+QFLST: "c.pem",2\r\n\r\nOK\r\n'
+    # refusals
+    assert ec2x.at('AT+QFMOV="nope.pem","x.pem"') == b"\r\n+CME ERROR: 405\r\n"
+    assert ec2x.at('AT+QFMOV="*","RAM:"') == b"\r\n+CME ERROR: 406\r\n"
+    assert ec2x.at('AT+QFMOV="c.pem","x.pem",2') == b"\r\n+CME ERROR: 400\r\n"
+    assert ec2x.at('AT+QFMOV="c.pem"') == b"\r\n+CME ERROR: 400\r\n"
+    handle = ec2x.at('AT+QFOPEN="c.pem",2')
+    assert handle.startswith(b"\r\n+QFOPEN: ")
+    assert ec2x.at('AT+QFMOV="c.pem","e.pem"') == b"\r\n+CME ERROR: 426\r\n"
+    assert ec2x.at('AT+QFMOV="RAM:d.pem","c.pem",1,1') == b"\r\n+CME ERROR: 426\r\n"
+    assert ec2x.at('AT+QFLST') == b'\r\n+QFLST: "c.pem",2\r\n\r\nOK\r\n'
+
+
+def test_qfmov_onto_a_full_drive_keeps_the_source(ec2x):
+    free = int(ec2x.at('AT+QFLDS="RAM"').split(b": ")[1].split(b",")[0])
+    ec2x.upload("RAM:fill.bin", b"\0" * (free - 10))
+    ec2x.upload("big.bin", b"x" * 11)
+    assert ec2x.at('AT+QFMOV="big.bin","RAM:big.bin"') == b"\r\n+CME ERROR: 403\r\n"
+    assert ec2x.at('AT+QFLST="big.bin"') == b'\r\n+QFLST: "big.bin",11\r\n\r\nOK\r\n'
