@@ -1086,12 +1086,13 @@ def test_tee_ex_file_sketch(port_path):
         assert read_file() == data + extra
         io.take_tx(), io.take_rx()
 
-        # copy(): AT+QFMOV is not in the emulator's command surface (README): ERROR, copy()
-        # false; the sketch then lists, deletes the copy (not there: an error) and RAM:*.
-        assert not f.move(path, "RAM:test2.txt", True, True)      # copy() = move(.., 1, 1)
+        # copy(): AT+QFMOV with copy 1 keeps the source; the sketch then lists, deletes the
+        # copy and RAM:*.
+        assert f.move(path, "RAM:test2.txt", True, True)          # copy() = move(.., 1, 1)
         assert io.take_tx() == b'AT+QFMOV="RAM:test1.txt","RAM:test2.txt",1,1\r'
-        assert io.take_rx() == b"\r\nERROR\r\n"
-        assert not f.delete("RAM:test2.txt")
+        assert io.take_rx() == b"\r\nOK\r\n"
+        assert f.size(path) == f.size("RAM:test2.txt") == len(data) + len(extra)
+        assert f.delete("RAM:test2.txt")
         assert f.delete("RAM:*")
         assert f.list("RAM:*") == []
         io.take_tx(), io.take_rx()
