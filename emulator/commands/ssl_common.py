@@ -114,12 +114,14 @@ def send_now(svc, sock, data: bytes, send_buffer: int, to: tuple[str, int] | Non
 def send_request(modem, svc: SslService, client_id: int, length: int | None,
                  cancelled: Response | None = None, *, send_max: int | None = None,
                  send_buffer: int | None = None, echo: bool = True,
-                 to: Callable[[], tuple[str, int] | None] | None = None) -> Response:
+                 to: Callable[[], tuple[str, int] | None] | None = None, hex_data: bool = False) -> Response:
     """The data phase of AT+QSSLSEND (EC2x and ML302) and AT+QISEND: "> ", the data
     (length bytes, or up to Ctrl+Z where ESC cancels), then SEND OK / SEND FAIL.
     cancelled: the answer to ESC (None = ERROR, the EC2x choice).  send_max/send_buffer:
     the service's limits (default: the profile's ssl.*); echo: the data are echoed (with
-    ATE1; AT+QISDE); to(): a UDP SERVICE's destination, looked up when the data are in."""
+    ATE1; AT+QISDE); to(): a UDP SERVICE's destination, looked up when the data are in;
+    hex_data: the host types hex digits, two per byte (AT+QICFG="dataformat",1,x): a fixed
+    length counts the bytes sent, so twice as many digits are taken."""
     send_max = modem.profile["ssl.send_max"] if send_max is None else send_max
     send_buffer = modem.profile["ssl.send_buffer"] if send_buffer is None else send_buffer
 
@@ -136,6 +138,11 @@ def send_request(modem, svc: SslService, client_id: int, length: int | None,
             raise fail(svc, 569, "data not complete in time")
         if sock is None:
             raise fail(svc, 567, f"socket {client_id} closed while data was entered")
+        if hex_data:
+            try:
+                data = bytes.fromhex(data.decode("ascii"))
+            except ValueError:
+                raise fail(svc, 552, "the data are not pairs of hex digits") from None
         if not data:
             raise fail(svc, 552, "nothing to send")
         dest = None
@@ -148,6 +155,9 @@ def send_request(modem, svc: SslService, client_id: int, length: int | None,
         return send_now(svc, sock, data, send_buffer, dest)
 
     prompt = Prompt.DATA          # "\r\n> " in ATV1, "> " in ATV0: the interpreter frames it
+    if hex_data:
+        length = None if length is None else 2 * length
+        send_max = 2 * send_max
     return Response([], None, data=DataRequest(finish, prompt=prompt, length=length, max_length=send_max,
                                                escape_cancels=length is None, echo=echo))
 

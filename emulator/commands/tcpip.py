@@ -1,6 +1,7 @@
 """Quectel TCP(IP) AT commands (EC2x TCP(IP) AT Commands Manual / Application Note):
-AT+QIOPEN, AT+QICLOSE, AT+QISTATE, AT+QISEND, AT+QISENDEX, AT+QIRD, AT+QISDE and
-AT+QISWTMD (which switches SSL sockets too: the ids are one pool).
+AT+QIOPEN, AT+QICLOSE, AT+QISTATE, AT+QISEND, AT+QISENDEX, AT+QIRD, AT+QISDE, AT+QICFG
+(emulator/sockets/qicfg.py) and AT+QISWTMD (which switches SSL sockets too: the ids are
+one pool).
 
 The sockets are emulator/sockets/tcpip.py's (the SSL socket machine over a plain
 session).  Like the SSL commands they answer a plain ERROR and leave the reason for
@@ -17,6 +18,7 @@ from emulator.at.responses import Raw, Response, ok
 from emulator.commands.ssl_common import (SslArgs, done, fail, online_answer, quectel_test, send_now,
                                           send_request, server_address, service)
 from emulator.io.network import udp_destination
+from emulator.sockets.qicfg import BY_NAME as QICFG_OPTIONS
 from emulator.sockets.ssl_socket import CLOSING, CONNECTED
 from emulator.sockets.tcpip import SERVICE_TYPES, has_tcpip, ids_in_use, tcpip_service
 
@@ -189,7 +191,7 @@ def qisend_write(modem, cmd):
     elif len(args) > 2:
         raise args.fail("<remoteIP>,<remote_port> only for a UDP SERVICE")
     return send_request(modem, svc, connect_id, length, send_max=svc.send_max, send_buffer=svc.send_buffer,
-                        echo=bool(svc.data_echo), to=to)
+                        echo=bool(svc.data_echo), to=to, hex_data=svc.qicfg.send_hex)
 
 
 @command("+QISENDEX", WRITE, test=quectel_test(lambda modem: f"+QISENDEX: {_ids(modem)},<hex_string>"))
@@ -236,7 +238,30 @@ def qird_write(modem, cmd):
         head = f'+QIRD: {len(data)},"{sock.last_from[0]}",{sock.last_from[1]}'
     else:
         head = f"+QIRD: {len(data)}"
+    qicfg = svc.qicfg
+    if qicfg.recv_hex:                                  # AT+QICFG="dataformat",x,1
+        data = data.hex().encode()
+    if qicfg.one_line:                                  # AT+QICFG="viewmode",1
+        return done(svc, ok(Raw(head.encode() + b"," + data)))
     return done(svc, ok(head, Raw(data)))
+
+
+# -- AT+QICFG ------------------------------------------------------------------------
+# Plain ERROR for anything refused (the BG95/EC200U notes: "If there is any error: ERROR"),
+# AT+QIGETERROR 552 then, as after the other TCP/IP commands' bad parameters.
+@command("+QICFG", WRITE, test=quectel_test(lambda modem: tcpip_service(modem).qicfg.test_lines()))
+def qicfg_write(modem, cmd):
+    svc = tcpip_service(modem)
+    args = SslArgs(modem, cmd)
+    name = args.str(0, max_len=32).lower()
+    if name not in QICFG_OPTIONS:
+        raise args.fail(f"no AT+QICFG option {name!r}")
+    if len(args) == 1:
+        return done(svc, ok(svc.qicfg.read_line(name)))
+    values = [args.int(i, 0, 2**31 - 1) for i in range(1, len(args))]
+    if not svc.qicfg.write(name, values):
+        raise args.fail(f"AT+QICFG={name!r}: {values} refused")
+    return done(svc, ok())
 
 
 # -- AT+QISDE ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from emulator.io.network import NetworkError, bind_udp, listen_tcp, net_faults, 
 from emulator.logsafe import get_logger
 from emulator.sockets.dialects import Dialect
 from emulator.sockets.plain_session import PlainSession, PlainSettings
+from emulator.sockets.qicfg import QicfgSettings
 from emulator.sockets.service import SocketService, ssl_service
 from emulator.sockets.ssl_socket import CLOSING, INITIAL, OPENING, SslSocket
 
@@ -51,6 +52,13 @@ class TcpipDialect(Dialect):
 
     def incoming(self, sock, ip: str, port: int) -> str:
         return self.incoming_urc.format(id=sock.client_id, server=sock.server_id, ip=ip, port=port)
+
+    def recv(self, sock) -> str:
+        line = super().recv(sock)
+        qicfg = getattr(sock.owner, "qicfg", None)
+        if qicfg is not None and qicfg.recv_length_in_urc:      # AT+QICFG="recvind",1
+            line += f",{len(sock.inbox)}"
+        return line
 
     def push(self, sock, n: int) -> str:
         line = super().push(sock, n)
@@ -207,6 +215,7 @@ class TcpipService(SocketService):
         self.errors = dict(ERRORS)
         self.listeners: dict[int, TcpListener] = {}
         self.data_echo = 1                    # AT+QISDE
+        self.qicfg = QicfgSettings()          # AT+QICFG (not saved: a restart resets it)
         self._start()
 
     # AT+QIGETERROR: one store with the SSL commands.
@@ -216,6 +225,7 @@ class TcpipService(SocketService):
     def _reboot(self) -> None:
         self.abort_all()
         self.data_echo = 1
+        self.qicfg.reset()
 
     def abort_all(self) -> None:
         for listener in list(self.listeners.values()):

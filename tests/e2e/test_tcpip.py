@@ -671,3 +671,61 @@ def test_close_while_opening_means_no_qiopen(modem, emulator, tcp_echo):
     advance(151)
     assert b"+QIOPEN" not in host.quiet_for(0.3)
     qiopen(host, 2)                                          # the id is free again
+
+
+# -- AT+QICFG: what the emulator chose where the notes are silent (docs/behaviour.md) --------
+# (tests/e2e/test_qicfg_spec.py pins what the public evidence says.)
+
+def test_qicfg_hex_send_with_a_fixed_length_takes_two_digits_a_byte(modem, tcp_echo):
+    host, _ = modem
+    assert host.at('AT+qicfg="DataFormat",1,1') == b"\r\nOK\r\n"        # the name in any case
+    qiopen(host, 0)
+    host.write("AT+QISEND=0,3\r")
+    assert host.read_until(b"> ") == b"\r\n> "
+    host.write(b"00fF0a")                                   # 3 bytes, 6 digits, either case
+    assert host.read_until(RESULT) == b"\r\nSEND OK\r\n"
+    host.seen(b'+QIURC: "recv",0\r\n')
+    assert host.at("AT+QIRD=0") == b"\r\n+QIRD: 3\r\n00ff0a\r\n\r\nOK\r\n"     # lower case
+    assert tcp_echo.connections[0].wait_received(3) == b"\x00\xff\n"
+    assert host.at("AT+QISEND=0,0") == b"\r\n+QISEND: 3,3,0\r\n\r\nOK\r\n"     # bytes, not digits
+    # digits that are no hex, or an odd number of them: ERROR, nothing sent, 552
+    for typed in (b"0g1", b"abc"):
+        host.write("AT+QISEND=0\r")
+        assert host.read_until(b"> ") == b"\r\n> "
+        host.write(typed + b"\x1a")
+        assert host.read_until(RESULT) == b"\r\nERROR\r\n"
+        assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 552,invalid parameter\r\n\r\nOK\r\n"
+    assert host.at("AT+QISEND=0,0") == b"\r\n+QISEND: 3,3,0\r\n\r\nOK\r\n"
+    # back to text: the bytes as typed
+    assert host.at('AT+QICFG="dataformat",0,0') == b"\r\nOK\r\n"
+    assert qisend(host, 0, b"0a") == b"\r\nSEND OK\r\n"
+    assert tcp_echo.connections[0].wait_received(5) == b"\x00\xff\n0a"
+
+
+def test_qicfg_viewmode_and_recvind_on_a_udp_service(modem):
+    host, _ = modem
+    assert host.at('AT+QICFG="viewmode",1;+QICFG="recvind",1') == b"\r\nOK\r\n"
+    port = free_port(socket.SOCK_DGRAM)
+    qiopen(host, 2, "UDP SERVICE", "127.0.0.1", 0, local_port=port)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    me = peer.getsockname()[1]
+    peer.sendto(b"dgram\r\n", ("127.0.0.1", port))
+    host.seen(b'+QIURC: "recv",2,7\r\n')                   # the length of what arrived
+    assert host.at("AT+QIRD=2") == f'\r\n+QIRD: 7,"127.0.0.1",{me},dgram\r\n\r\n\r\nOK\r\n'.encode()
+    assert host.at("AT+QIRD=2") == b"\r\n+QIRD: 0\r\n\r\nOK\r\n"            # nothing: no comma
+    peer.close()
+
+
+def test_qicfg_errors_restart_and_profiles(modem, ml302):
+    host, _ = modem
+    assert host.at('AT+QICFG="transpktsize",0') == b"\r\nERROR\r\n"
+    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 552,invalid parameter\r\n\r\nOK\r\n"
+    assert host.at('AT+QICFG="transpktsize"') == b'\r\n+QICFG: "transpktsize",1024\r\n\r\nOK\r\n'
+    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operation successful\r\n\r\nOK\r\n"
+    for bad in ('AT+QICFG="tcp/keepalive",1', 'AT+QICFG="tcp/keepalive",1,60,30',
+                'AT+QICFG="viewmode",1,1', 'AT+QICFG="viewmode",', "AT+QICFG=1", "AT+QICFG?", "AT+QICFG"):
+        assert host.at(bad) == b"\r\nERROR\r\n", bad
+    assert host.at('AT+QICFG="tcp/keepalive",0') == b"\r\nOK\r\n"
+    assert host.at('AT+QICFG="tcp/keepalive"') == b'\r\n+QICFG: "tcp/keepalive",0\r\n\r\nOK\r\n'
+    assert ml302.at('AT+QICFG="viewmode",1') == b"\r\nERROR\r\n"             # an EC2x command
