@@ -386,11 +386,26 @@ class Qtel:
         self.net_open = self.get_response(None, 0, 0, False, 150.0)[0] == OK
         return self.net_open
 
+    # setTCPDefaultConfiguration()'s AT+QICFG lines in order, as QTEL_SockConfig() prints them.
+    # Its switch has no break after the "dataformat" case, so that key also falls into the
+    # "tcp/retranscfg" case: a second "dataformat" line whose values are the array read as
+    # uint16 -- the first is 0 (both bytes 0), the second reads past the 2-byte array (stack
+    # bytes; taken as 0 here).  One answer is read for the two lines.
+    QICFG_DEFAULTS = (('"transpktsize",1024',), ('"transwaittm",2',),
+                      ('"dataformat",0,0', '"dataformat",0,0'), ('"viewmode",0',),
+                      ('"tcp/retranscfg",12,600',), ('"dns/cache",1',), ('"qisend/timeout",0',),
+                      ('"passiveclosed",0',), ('"udp/readmode",0',), ('"udp/sendmode",0',),
+                      ('"tcp/accept",1',), ('"tcp/keepalive",0',), ('"recv/buffersize",10240',),
+                      ('"recvind",0',))
+
     def sock_on_net_opened(self) -> list[int]:
-        """setTCPDefaultConfiguration() (first AT+QICFG; it stops at a failure) and
+        """setTCPDefaultConfiguration() (it stops at the first answer that is not OK) and
         resetOpenedSocket(); returns the ids the sweep closed."""
-        self.send_cmd('AT+QICFG="transpktsize",1024')
-        self.is_response_ok()
+        for lines in self.QICFG_DEFAULTS:
+            for line in lines:
+                self.send_cmd(f"AT+QICFG={line}")
+            if not self.is_response_ok():
+                break
         self.send_cmd("AT+QISTATE")
         closed = []
         status, lines = self.get_multiple_response(b"+QISTATE", 8, 12, 10, 1.0 * SLOW)
@@ -545,15 +560,16 @@ def test_qtel_start_up_sees_ready_sim_through_its_inverted_strcmp(port_path):
         u.close()
 
 
-def test_qtel_socket_sweep_after_a_host_restart_closes_id_0_twice(port_path, tcp_echo):
+def test_qtel_socket_sweep_after_a_host_restart_reads_its_own_extra_ok(port_path, tcp_echo):
     """The MCU restarts while the module keeps two sockets (ids 0 and 3) from its previous
-    run.  QTEL_SockOnNetOpened(): AT+QICFG="transpktsize",1024 is ERROR here (no AT+QICFG in
-    the emulator's surface), which ends setTCPDefaultConfiguration(); resetOpenedSocket()
-    then lists AT+QISTATE and closes what it parsed.  Its GetMultipleResponse() never resets
-    the "found ': '" flag, so the second line is copied from its third byte ("QISTATE: ")
-    and atoi() gives 0: the driver sends AT+QICLOSE=0,2 twice and socket 3 stays open.  The
-    second close of the now unused id 0 is ERROR (docs/behaviour.md: a BG95 driver's comment
-    says the module answers ERROR when no socket is open), which the driver ignores."""
+    run.  QTEL_SockOnNetOpened(): setTCPDefaultConfiguration() writes its fourteen AT+QICFG
+    settings, every one OK -- but its "dataformat" case falls through into the next one and
+    sends a second line, so the driver is one answer behind from there on.  resetOpenedSocket()
+    then takes the last AT+QICFG's OK for AT+QISTATE's answer: a list with no socket, so it
+    closes nothing, and both sockets stay open (the real +QISTATE lines come after, read as
+    unsolicited).  (When AT+QICFG was missing here the first one was ERROR, which ended
+    setTCPDefaultConfiguration(), and the sweep ran against the real list -- where its parser,
+    which never resets its "found ': '" flag, read both ids as 0.)"""
     u, q = qtel_start(port_path)
     try:
         for conn in (0, 3):
@@ -573,18 +589,20 @@ def test_qtel_socket_sweep_after_a_host_restart_closes_id_0_twice(port_path, tcp
         assert q.activate_pdp()         # "+QIACT: 1,..." -> already open, no AT+QIACT=1
         assert u.take_tx() == b"AT\r\nATE0\r\nAT+QIACT?\r\n"
         u.take_rx()
-        assert q.sock_on_net_opened() == [0, 0]
-        assert u.take_tx() == (b'AT+QICFG="transpktsize",1024\r\nAT+QISTATE\r\n'
-                               b"AT+QICLOSE=0,2\r\nAT+QICLOSE=0,2\r\n")
+        assert q.sock_on_net_opened() == []
+        sent = [f"AT+QICFG={line}\r\n" for lines in Qtel.QICFG_DEFAULTS for line in lines]
+        assert u.take_tx() == ("".join(sent) + "AT+QISTATE\r\n").encode()
+        q.check_any_response()          # what is left: the real list, taken as unsolicited
         rx = u.take_rx()
         assert re.fullmatch(
-            rb'\r\nERROR\r\n'
+            rb'(\r\nOK\r\n){15}'
             rb'\r\n\+QISTATE: 0,"TCP","198\.18\.\d+\.\d+",7000,\d+,2,1,0,1,"usbmodem"\r\n'
             rb'\+QISTATE: 3,"TCP","198\.18\.\d+\.\d+",7000,\d+,2,1,3,1,"usbmodem"\r\n'
-            rb'\r\nOK\r\n\r\nOK\r\n\r\nERROR\r\n', rx), rx
-        q.send_cmd("AT+QISTATE")
-        status, lines = q.get_multiple_response(b"+QISTATE", 8, 12, 10, 1.0 * SLOW)
-        assert status == OK and len(lines) == 1 and lines[0].startswith(b"3,")
+            rb'\r\nOK\r\n', rx), rx
+        assert u.take_tx() == b""       # nothing closed
+        q.send_cmd("AT+QICFG=\"dataformat\"")                # every setting as the driver wanted
+        assert q.is_response_ok()
+        assert b'+QICFG: "dataformat",0,0\r\n' in u.take_rx()
     finally:
         u.close()
 
