@@ -191,6 +191,11 @@ class Interpreter:
                 and not self._escape_overdue()):
             self._guarded(self._send_online, data)     # the fast path: no copy through the inbox
             return
+        if self.mode in (Mode.COMMAND, Mode.PENDING) and not self._inbox and not self.lexer.piecewise:
+            lexer = self.lexer
+            if ((data[:1] == b"\n" and lexer.after_line_end)     # a line's CR, then its LF apart
+                    or (lexer.mid_line and data[:1] != bytes([lexer.s3]))):   # its text in parts
+                lexer.piecewise = True
         self._inbox += data
         self._guarded(self._pump)
 
@@ -224,6 +229,7 @@ class Interpreter:
         self._urcs.clear()
         self.lexer.reset()
         self.lexer.crlf = None       # the next host's line ends are not known yet
+        self.lexer.piecewise = False
         self._settle()
 
     def _release_pending_hold(self, hangup: bool = False) -> None:
@@ -485,7 +491,9 @@ class Interpreter:
         if not self._inbox and self.lexer.crlf is not False:
             # (a host known to end its lines with CR alone sends no LF: a first byte
             # LF from it is data, however soon it comes)
-            self._lf_alone = self.lexer.last_line_whole
+            # (a host that writes its lines whole and has never written a CR and its LF
+            # apart: only an LF it wrote on its own can be this line's)
+            self._lf_alone = self.lexer.last_line_whole and not self.lexer.piecewise
             return self._line_end + self._lf_window
         return None
 
@@ -500,6 +508,7 @@ class Interpreter:
         if (self._inbox[:1] == b"\n" and self.modem.monotonic() <= until
                 and not (self._lf_alone and len(self._inbox) > 1)):
             del self._inbox[:1]
+            self.lexer.piecewise = True             # its CR and LF came apart
             return True
         return False
 

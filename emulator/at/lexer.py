@@ -56,6 +56,10 @@ class CommandLineLexer:
         # writes whole lines: had it ended this one with CR LF, the LF would have come
         # with it), rather than byte by byte or in parts.
         self.last_line_whole = False
+        # This host writes its lines in pieces: a line's CR and its LF apart (the LF first
+        # in a later write), or a line's text over several writes -- a byte-by-byte writer,
+        # whose late LF may be read together with what follows.
+        self.piecewise = False
 
     def reset(self) -> None:
         self._buf.clear()
@@ -65,6 +69,16 @@ class CommandLineLexer:
     def forget_line_end(self) -> None:
         """Bytes went elsewhere (a data prompt): an LF now no longer follows S3."""
         self._last_was_s3 = False
+
+    @property
+    def mid_line(self) -> bool:
+        """Part of a command line ("A", "AT...") has come, its S3 not yet."""
+        return self._state in ("got_a", "in_line")
+
+    @property
+    def after_line_end(self) -> bool:
+        """The last byte taken was S3 (an LF now would end that line)."""
+        return self._last_was_s3
 
     def feed(self, data: bytes) -> list[object]:
         line = self._whole_line(data)

@@ -108,6 +108,44 @@ def test_a_whole_cr_only_line_then_lf_written_with_its_data_is_data(first_line):
     assert modem.files.read("RAM:v") == b"ab"
 
 
+def test_a_host_seen_writing_cr_and_lf_apart_keeps_the_window_for_lf_with_data():
+    """A byte-by-byte CR LF host (its CR and LF in separate writes) whose next line is read
+    whole because the emulator lagged, and whose late LF is then read together with the data
+    it wrote after the prompt: the LF is still the line's."""
+    modem, out, clock = sans_io_modem(prime=False)
+    for b in b"ATE0\r\n":                       # byte by byte: CR, then LF apart
+        modem.feed(bytes([b]))
+    modem.feed(b'AT+QFUPL="RAM:u",2\r')          # (lagging: the whole line in one read)
+    clock[0] += 0.001
+    modem.feed(b"\nab")
+    assert modem.files.read("RAM:u") == b"ab"
+    # A late LF dropped after a prompt shows the same: a host that writes whole lines but
+    # its LF apart.
+    modem, out, clock = sans_io_modem(prime=False)
+    modem.feed(b'AT+QFUPL="RAM:s",1\r')
+    modem.feed(b"\n")
+    modem.feed(b"s")
+    modem.feed(b'AT+QFUPL="RAM:t",2\r')
+    clock[0] += 0.001
+    modem.feed(b"\nab")
+    assert (modem.files.read("RAM:s"), modem.files.read("RAM:t")) == (b"s", b"ab")
+
+
+def test_a_host_seen_writing_a_line_in_parts_keeps_the_window_for_lf_with_data():
+    """Whole lines with CR LF at first, then one command written byte by byte (a UART driver's
+    AT+QSSLSEND): after that the host is a piecewise writer, and a later whole-read line whose
+    LF comes with the data keeps the window."""
+    modem, out, clock = sans_io_modem(prime=False)
+    modem.feed(b"ATE0\r\n")                        # whole, CR LF together
+    for b in b"AT\r":
+        modem.feed(bytes([b]))                      # its text in parts
+    modem.feed(b"\n")
+    modem.feed(b'AT+QFUPL="RAM:p",2\r')             # (lagging: the whole line in one read)
+    clock[0] += 0.001
+    modem.feed(b"\nab")
+    assert modem.files.read("RAM:p") == b"ab"
+
+
 def test_lf_after_the_window_is_data():
     """Only a LF right after the CR is the line's; one a host sends later is data."""
     modem, out, clock = sans_io_modem()
