@@ -12,6 +12,8 @@ ML302 ("onemo", ssl_ml302.py) handlers use one of each of these:
 """
 from __future__ import annotations
 
+import binascii
+
 from typing import Callable
 
 from emulator.at.args import Args
@@ -140,8 +142,8 @@ def send_request(modem, svc: SslService, client_id: int, length: int | None,
             raise fail(svc, 567, f"socket {client_id} closed while data was entered")
         if hex_data:
             try:
-                data = bytes.fromhex(data.decode("ascii"))
-            except ValueError:
+                data = binascii.unhexlify(data)      # (no whitespace, unlike bytes.fromhex)
+            except (binascii.Error, ValueError):
                 raise fail(svc, 552, "the data are not pairs of hex digits") from None
         if not data:
             raise fail(svc, 552, "nothing to send")

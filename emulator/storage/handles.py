@@ -110,6 +110,8 @@ class OpenFiles:
         if end <= f.position:
             raise FileError(ERR_READ_ZERO, f"{f.name} at {f.position} of {size}")
         chunk = self.store.read(f.name, f.position, end - f.position)
+        if not chunk:                  # (the file shrank on the directory drive under us)
+            raise FileError(ERR_READ_ZERO, f"{f.name} at {f.position}: nothing there")
         f.position += len(chunk)
         return chunk
 

@@ -136,6 +136,9 @@ class _MemoryDrive:
     def delete(self, basename: str) -> None:
         del self._files[basename]
 
+    def rename(self, old: str, new: str) -> None:
+        self._files[new] = self._files.pop(old)
+
     def clear(self) -> None:
         self._files.clear()
 
@@ -180,6 +183,12 @@ class _DirectoryDrive:
     def write(self, basename: str, data: bytes) -> None:
         atomic_write(self._path(basename), data, mode=0o600)
         self._sizes[basename] = len(data)
+
+    def rename(self, old: str, new: str) -> None:
+        # os.replace is atomic: a crash leaves the old name or the new one, never neither.
+        os.replace(self._path(old), self._path(new))
+        self._sizes[new] = self._sizes.pop(old)
+        fsync_directory(self._directory)
 
     def delete(self, basename: str) -> None:
         try:
@@ -320,6 +329,16 @@ class FileStore:
         if self.in_use(src_drive, src_base) or self.in_use(dst_drive, dst_base):
             raise FileError(ERR_ALREADY_OPEN, f"{source} -> {destination}")
         if (src_drive, src_base) == (dst_drive, dst_base):
+            return
+        if not copy and src_drive == dst_drive:
+            # A rename: no new space and no new file on the drive.
+            drive = self._drives[src_drive]
+            if dst_base in drive.sizes() and not overwrite:
+                raise FileError(ERR_ALREADY_EXISTS, destination)
+            try:
+                drive.rename(src_base, dst_base)
+            except OSError as exc:
+                raise FileError(ERR_WRITE_FAILED, f"{source} -> {destination}: {exc.strerror}") from exc
             return
         data = self.read(source)
         self.write(destination, data, overwrite=overwrite)
