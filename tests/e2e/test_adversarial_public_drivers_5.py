@@ -1132,9 +1132,9 @@ class PicoAtcom:
             out += self.u.read(len(self.u.buf), 0)
         return out.decode("utf-8", "replace")
 
-    def get_response(self, desired=None, fault=None, timeout: float = 5):
-        desired = [desired] if isinstance(desired, str) else desired
-        fault = [fault] if isinstance(fault, str) else fault
+    def _poll(self, decide, timeout: float) -> dict:
+        """The SDK's two response loops share this: every 100 ms read what came, split it at
+        CR LF (empty pieces dropped) and ask decide(index, line, lines so far) for a status."""
         processed: list[str] = []
         start = time.monotonic()
         while True:
@@ -1145,38 +1145,41 @@ class PicoAtcom:
             if text:
                 processed.extend(x for x in text.split("\r\n") if x != "")
             for index, value in enumerate(processed):
-                part = processed[:index + 1]
-                if value == "OK":
-                    if not desired:
-                        return {"status": "SUCCESS", "response": part}
-                    if index < 1:
-                        return {"status": "ERROR", "response": part}
-                    for line in processed[:index]:
-                        if any(d in line for d in desired):
-                            return {"status": "SUCCESS", "response": part}
-                        if fault and any(f in line for f in fault):
-                            return {"status": "ERROR", "response": part}
-                elif "+CME ERROR:" in value or value == "ERROR":
-                    return {"status": "ERROR", "response": part}
+                status = decide(index, value, processed)
+                if status is not None:
+                    return {"status": status, "response": processed[:index + 1]}
+
+    def get_response(self, desired=None, fault=None, timeout: float = 5):
+        desired = [desired] if isinstance(desired, str) else desired
+        fault = [fault] if isinstance(fault, str) else fault
+
+        def decide(index, value, processed):
+            if value == "OK":
+                if not desired:
+                    return "SUCCESS"
+                if index < 1:
+                    return "ERROR"
+                for line in processed[:index]:
+                    if any(d in line for d in desired):
+                        return "SUCCESS"
+                    if fault and any(f in line for f in fault):
+                        return "ERROR"
+            elif "+CME ERROR:" in value or value == "ERROR":
+                return "ERROR"
+            return None
+        return self._poll(decide, timeout)
 
     def get_urc_response(self, desired=None, fault=None, timeout: float = 5):
         desired = [desired] if isinstance(desired, str) else desired
         fault = [fault] if isinstance(fault, str) else fault
-        processed: list[str] = []
-        start = time.monotonic()
-        while True:
-            time.sleep(0.1)
-            if time.monotonic() - start >= timeout:
-                return {"status": "TIMEOUT", "response": "timeout"}
-            text = self._read_all()
-            if text:
-                processed.extend(x for x in text.split("\r\n") if x != "")
-            for index, value in enumerate(processed):
-                part = processed[:index + 1]
-                if desired and any(d in value for d in desired):
-                    return {"status": "SUCCESS", "response": part}
-                if fault and any(f in value for f in fault):
-                    return {"status": "ERROR", "response": part}
+
+        def decide(index, value, processed):
+            if desired and any(d in value for d in desired):
+                return "SUCCESS"
+            if fault and any(f in value for f in fault):
+                return "ERROR"
+            return None
+        return self._poll(decide, timeout)
 
     def send_at_comm(self, command: str, desired=None, fault=None, timeout: float = 5,
                      line_end: bool = True, urc: bool = False):
