@@ -255,7 +255,9 @@ class EchoServer:
 class Grammar:
     """AT command lines built from the profile's command table, with hostile parameters."""
 
-    SKIP = {"V", "Q"}                  # would change result framing (random bytes still try them)
+    # V/Q would change result framing (random bytes still try them); AT+QPOWD switches the
+    # module off until a control reboot, so nothing after it would be answered.
+    SKIP = {"V", "Q", "+QPOWD"}
 
     def __init__(self, profile: str, rng: random.Random) -> None:
         from emulator.modem.profile import load_profile

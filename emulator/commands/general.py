@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from emulator.at import framing
 from emulator.at.args import Args
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
@@ -147,6 +148,28 @@ def cops_write(modem, cmd):
         raise CommandError(Cme(30), "the radio is off (AT+CFUN)")
     reg.select(mode)
     return ok()
+
+
+def _qpowd(modem, n: int) -> Response:
+    """AT+QPOWD[=<n>] (0 immediately, 1 normally; the EC25 AT manual): OK, then "POWERED
+    DOWN", then the module is off -- no answer to anything -- until the control API's
+    reboot (a PWRKEY pulse) starts it again with its start-up URCs."""
+    def down() -> None:
+        # Written at once, not queued as a URC: nothing the module held back comes after it.
+        modem.write(framing.urc("POWERED DOWN", b"", modem.settings))
+        modem.power_down()
+    return Response([], "OK", then=down, ends_line=True)
+
+
+@command("+QPOWD", EXEC)
+def qpowd_exec(modem, cmd):
+    return _qpowd(modem, 1)
+
+
+@command("+QPOWD", WRITE, test="+QPOWD: (0,1)")
+def qpowd_write(modem, cmd):
+    args = Args(cmd, at_most=1)
+    return _qpowd(modem, args.int(0, 0, 1))
 
 
 @command("+CFUN", READ, test="+CFUN: (0,1,4),(0-1)")

@@ -52,6 +52,9 @@ class Modem:
         # The SIM answers (AT+CPIN?, AT+CIMI, the ICCID) from the boot's "+CPIN: READY" on;
         # +CME ERROR: 14 (SIM busy) between a restart and it.  Up at start.
         self.sim_ready = True
+        # False after AT+QPOWD's "POWERED DOWN": the module takes no byte and says nothing
+        # until it is powered on again (the control API's reboot, as its PWRKEY would).
+        self.powered = True
         self.pdp = PdpTable(profile)
         self._features: dict[str, object] = {}
         self._drain_waiters: list = []    # drained() futures
@@ -157,6 +160,8 @@ class Modem:
                 future.set_result(None)
 
     def feed(self, data: bytes) -> None:
+        if not self.powered:
+            return                        # a module that is off reads nothing
         self.interpreter.feed(data)
 
     def write(self, data: bytes) -> None:
@@ -164,7 +169,8 @@ class Modem:
             self._sink(data)
 
     def urc(self, line: str | bytes, raw: bytes = b"", about: object = None) -> None:
-        self.interpreter.urc(line, raw, about)
+        if self.powered:
+            self.interpreter.urc(line, raw, about)
 
     def drop_urcs(self, about: object) -> None:
         """Waiting URCs about `about` (a socket the host closed) are not written."""
@@ -240,11 +246,20 @@ class Modem:
         store's).  A restart before the last came abandons that boot: one set of URCs,
         after the last restart."""
         self.reset()
+        self.powered = True
         if self.loop is not None:
             self._boot = self.call_later(delay, self._boot_urcs, 0, None)
         else:
             self.sim_ready = True         # no loop, no boot to wait for (sans-IO tests)
         self.interpreter.settle()         # idle again, its sockets gone: "port_idle" now
+
+    def power_down(self) -> None:
+        """AT+QPOWD after its "POWERED DOWN": what a reboot loses, and then nothing until the
+        module is powered on (reboot())."""
+        self.reset()
+        self.powered = False
+        self.interpreter.hangup()         # a half-typed line or waiting URC is not kept
+        self.interpreter.settle()
 
     def _boot_urcs(self, index: int, rdy_at: float | None) -> None:
         """Writes boot URC `index` and every one due at the same offset, then waits for

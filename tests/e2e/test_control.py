@@ -350,3 +350,39 @@ def test_stopping_a_background_emulator_ends_what_its_modems_still_run(tmp_path)
     assert [t for t in emu.run(asyncio.all_tasks) if not t.done()]     # its answer waits
     emu.stop()
     assert not [t for t in asyncio.all_tasks(emu.loop) if not t.done()]
+
+
+def test_qpowd_powers_down_until_a_control_reboot(emulator, ec2x_on, echo):
+    """AT+QPOWD (EC25 AT manual): OK, "POWERED DOWN", then the module is off: nothing it is
+    sent is answered or remembered, no socket survives.  The control API's reboot is its
+    PWRKEY: the start-up URCs, then a module that answers again."""
+    host, port = ec2x_on
+    assert host.at("AT+QPOWD=?") == b"\r\n+QPOWD: (0,1)\r\n\r\nOK\r\n"
+    for bad in ("AT+QPOWD=2", "AT+QPOWD=1,1", 'AT+QPOWD="1"', "AT+QPOWD?", "AT+QPOWD=", "AT+QPOWD=-1"):
+        assert host.at(bad) == b"\r\nERROR\r\n", bad
+    _open(host, 1)
+    host.write("AT+QPOWD=1;+CSQ\r")                   # the rest of the line is not run
+    assert host.read_until(b"POWERED DOWN\r\n") == b"\r\nOK\r\n\r\nPOWERED DOWN\r\n"
+    host.write("AT\rAT+CSQ\rAT+QSSLSEND=1,3\rabc")
+    emulator.wait_received(port, host.written)
+    emulator.advance(port, 5)
+    assert host.quiet_for(0.3) == b""
+    assert emulator.control("urc", text="+TEST")["ok"]          # nothing comes out of it either
+    assert host.quiet_for(0.2) == b""
+    assert emulator.control("state")["sockets"] == []
+    assert emulator.control("reboot", ms=100)["ok"]
+    emulator.advance(port, 0.8)
+    got = host.read_until(b"+QIND: SMS DONE\r\n", timeout=3)
+    assert got.startswith(b"\r\nRDY\r\n"), got
+    assert host.at("AT").endswith(b"\r\nOK\r\n")              # (echo back on after a start)
+
+
+def test_qpowd_exec_form_and_atv0(emulator, ec2x_on):
+    host, port = ec2x_on
+    host.write("ATV0\r")
+    assert host.read_until(b"0\r") == b"0\r"
+    host.write("AT+QPOWD\r")
+    assert host.read_until(b"POWERED DOWN\r\n") == b"0\rPOWERED DOWN\r\n"
+    host.write("AT\r")
+    emulator.wait_received(port, host.written)
+    assert host.quiet_for(0.3) == b""

@@ -57,9 +57,14 @@ STEP_TIMEOUT = 15.0            # real seconds one command line may take, all in
 
 
 # -- the command surface ------------------------------------------------------------
+# AT+QPOWD switches the module off until a control reboot: every line after it would go
+# unanswered by design (its forms and bad parameters: tests/e2e/test_control.py).
+NOT_FUZZED = {"+QPOWD"}
+
+
 def surface(profile_name: str) -> list[str]:
-    """Every command name the profile has (its [commands] table)."""
-    return sorted(PROFILES[profile_name].data["commands"])
+    """Every command name the profile has (its [commands] table), but NOT_FUZZED."""
+    return sorted(set(PROFILES[profile_name].data["commands"]) - NOT_FUZZED)
 
 
 ALL_NAMES = sorted(set(surface("ec2x")) | set(surface("ml302")))
