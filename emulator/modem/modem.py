@@ -255,11 +255,15 @@ class Modem:
 
     def power_down(self) -> None:
         """AT+QPOWD after its "POWERED DOWN": what a reboot loses, and then nothing until the
-        module is powered on (reboot())."""
+        module is powered on (reboot()): by the control API, or by itself after the
+        profile's defaults.qpowd_power_on_ms (a board with PWRKEY held low; 0: never)."""
         self.reset()
         self.powered = False
         self.interpreter.hangup()         # a half-typed line or waiting URC is not kept
         self.interpreter.settle()
+        after = self.profile.get("defaults.qpowd_power_on_ms", 0)
+        if after and self.loop is not None:
+            self._boot = self.call_later(after / 1000, self.reboot, 0)
 
     def _boot_urcs(self, index: int, rdy_at: float | None) -> None:
         """Writes boot URC `index` and every one due at the same offset, then waits for

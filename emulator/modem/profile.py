@@ -223,6 +223,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     # Each boot URC's offset in ms from the first (RDY), non-decreasing, one per line.
     # Absent: all at once.
     "defaults.boot_urc_ms": (False, _list(_int(0, 600_000))),
+    "defaults.qpowd_power_on_ms": (False, _int(0, 600_000)),
     "serial.baud_rates": (True, _list(_int(0, 4_000_000), 1)),
     "serial.line_max": (True, _int(64, 65536)),
     # An LF that follows a command line's CR by at most this long belongs to the line,

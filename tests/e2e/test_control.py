@@ -354,9 +354,12 @@ def test_stopping_a_background_emulator_ends_what_its_modems_still_run(tmp_path)
 
 def test_qpowd_powers_down_until_a_control_reboot(emulator, ec2x_on, echo):
     """AT+QPOWD (EC25 AT manual): OK, "POWERED DOWN", then the module is off: nothing it is
-    sent is answered or remembered, no socket survives.  The control API's reboot is its
-    PWRKEY: the start-up URCs, then a module that answers again."""
+    sent is answered or remembered, no socket survives.  With defaults.qpowd_power_on_ms 0 it
+    stays off until the control API's reboot (its PWRKEY): the start-up URCs, then a module
+    that answers again."""
     host, port = ec2x_on
+    modem = port.modem
+    emulator.run(lambda: modem.profile._found.__setitem__("defaults.qpowd_power_on_ms", 0))
     assert host.at("AT+QPOWD=?") == b"\r\n+QPOWD: (0,1)\r\n\r\nOK\r\n"
     for bad in ("AT+QPOWD=2", "AT+QPOWD=1,1", 'AT+QPOWD="1"', "AT+QPOWD?", "AT+QPOWD=", "AT+QPOWD=-1"):
         assert host.at(bad) == b"\r\nERROR\r\n", bad
@@ -365,7 +368,7 @@ def test_qpowd_powers_down_until_a_control_reboot(emulator, ec2x_on, echo):
     assert host.read_until(b"POWERED DOWN\r\n") == b"\r\nOK\r\n\r\nPOWERED DOWN\r\n"
     host.write("AT\rAT+CSQ\rAT+QSSLSEND=1,3\rabc")
     emulator.wait_received(port, host.written)
-    emulator.advance(port, 5)
+    emulator.advance(port, 60)
     assert host.quiet_for(0.3) == b""
     assert emulator.control("urc", text="+TEST")["ok"]          # nothing comes out of it either
     assert host.quiet_for(0.2) == b""
@@ -375,6 +378,24 @@ def test_qpowd_powers_down_until_a_control_reboot(emulator, ec2x_on, echo):
     got = host.read_until(b"+QIND: SMS DONE\r\n", timeout=3)
     assert got.startswith(b"\r\nRDY\r\n"), got
     assert host.at("AT").endswith(b"\r\nOK\r\n")              # (echo back on after a start)
+
+
+def test_qpowd_on_a_board_with_pwrkey_held_low_starts_again_by_itself(emulator, ec2x_on):
+    """The EC2x profile's defaults.qpowd_power_on_ms (1000): off for a second, then the
+    start-up URCs -- ThaiEasyElec's shield driver resets with AT+QPOWD=0 and waits for RDY."""
+    host, port = ec2x_on
+    host.write("AT+QPOWD=0\r")
+    assert host.read_until(b"POWERED DOWN\r\n") == b"\r\nOK\r\n\r\nPOWERED DOWN\r\n"
+    emulator.advance(port, 0.9)
+    host.write("AT\r")
+    emulator.wait_received(port, host.written)
+    assert host.quiet_for(0.3) == b""                          # still off: the AT is lost
+    emulator.advance(port, 0.2)                                # powered on: RDY
+    emulator.advance(port, 0.7)
+    got = host.read_until(b"+QIND: SMS DONE\r\n", timeout=3)
+    assert got == (b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n"
+                   b"\r\n+QIND: SMS DONE\r\n"), got
+    assert host.at("AT").endswith(b"\r\nOK\r\n")
 
 
 def test_qpowd_exec_form_and_atv0(emulator, ec2x_on):
