@@ -82,7 +82,6 @@ class Interpreter:
         modem.on("output_drained", self._output_drained)
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
-        self._lf_alone = False           # the late LF of the last line counts only alone
         # Command name ("+QSSLOPEN") -> seconds its final answer is held back (the
         # control API's "slow"), on the modem's timers.
         self.delays: dict[str, float] = {}
@@ -491,9 +490,6 @@ class Interpreter:
         if not self._inbox and self.lexer.crlf is not False:
             # (a host known to end its lines with CR alone sends no LF: a first byte
             # LF from it is data, however soon it comes)
-            # (a host that writes its lines whole and has never written a CR and its LF
-            # apart: only an LF it wrote on its own can be this line's)
-            self._lf_alone = self.lexer.last_line_whole and not self.lexer.piecewise
             return self._line_end + self._lf_window
         return None
 
@@ -504,11 +500,15 @@ class Interpreter:
         alone is its ending (the host wrote its CR and LF apart); an LF written together
         with more bytes was written after the prompt, with the data, and is data (a driver
         that ends this one command with CR alone, whose payload starts with LF)."""
-        self.lexer.forget_line_end()
+        lexer = self.lexer
+        lexer.forget_line_end()
+        # (a host that writes its lines whole and has never written a CR and its LF apart:
+        # only an LF it wrote on its own can be this line's; the lexer has seen no line since)
+        alone_only = lexer.last_line_whole and not lexer.piecewise
         if (self._inbox[:1] == b"\n" and self.modem.monotonic() <= until
-                and not (self._lf_alone and len(self._inbox) > 1)):
+                and not (alone_only and len(self._inbox) > 1)):
             del self._inbox[:1]
-            self.lexer.piecewise = True             # its CR and LF came apart
+            lexer.piecewise = True                  # its CR and LF came apart
             return True
         return False
 
@@ -545,15 +545,19 @@ class Interpreter:
         else:
             self._finish_data(phase, reason)     # (cancels the idle timer)
 
+    def _timer_at(self, old, deadline: float | None, callback, *args):
+        """Cancel `old` (a timer handle or None); a guarded call of callback(*args) at
+        `deadline` on the modem's clock (None: no timer).  Returns the new handle."""
+        if old is not None:
+            old.cancel()
+        if deadline is None:
+            return None
+        return self.modem.call_later(max(0.0, deadline - self.modem.monotonic()), self._guarded, callback, *args)
+
     def _arm_data_escape(self, phase: DataPhase) -> None:
         """A "+" that may start an escape came (AT+QFUPL): check once its guard time ends."""
-        if phase.escape_timer is not None:
-            phase.escape_timer.cancel()
-            phase.escape_timer = None
-        deadline = phase.escape_deadline()
-        if deadline is not None:
-            phase.escape_timer = self.modem.call_later(
-                max(0.0, deadline - self.modem.monotonic()), self._guarded, self._data_escape_due, phase)
+        phase.escape_timer = self._timer_at(phase.escape_timer, phase.escape_deadline(),
+                                            self._data_escape_due, phase)
 
     def _data_escape_due(self, phase: DataPhase) -> None:
         if self._data is not phase:
@@ -624,13 +628,8 @@ class Interpreter:
             self._arm_escape_timer()
 
     def _arm_escape_timer(self) -> None:
-        if self._escape_timer is not None:
-            self._escape_timer.cancel()
-            self._escape_timer = None
         deadline = self._escape.deadline() if self._escape is not None else None
-        if deadline is not None:
-            self._escape_timer = self.modem.call_later(
-                max(0.0, deadline - self.modem.monotonic()), self._guarded, self._escape_due)
+        self._escape_timer = self._timer_at(self._escape_timer, deadline, self._escape_due)
 
     def _escape_due(self) -> None:
         self._escape_timer = None

@@ -259,8 +259,8 @@ class Modem:
         profile's defaults.qpowd_power_on_ms (a board with PWRKEY held low; 0: never)."""
         self.reset()
         self.powered = False
-        self.interpreter.hangup()         # a half-typed line or waiting URC is not kept
-        self.interpreter.settle()
+        self.interpreter.hangup()         # a half-typed line or waiting URC is not kept (and
+                                          # the port is idle: "port_idle" goes out)
         after = self.profile.get("defaults.qpowd_power_on_ms", 0)
         if after and self.loop is not None:
             self._boot = self.call_later(after / 1000, self.reboot, 0)
