@@ -150,9 +150,9 @@ def cops_write(modem, cmd):
     return ok()
 
 
-def _qpowd(modem, n: int) -> Response:
-    """AT+QPOWD[=<n>] (0 immediately, 1 normally; the EC25 AT manual): OK, then "POWERED
-    DOWN", then the module is off -- no answer to anything -- until the control API's
+def _qpowd(modem) -> Response:
+    """AT+QPOWD[=<n>] (0 immediately, 1 normally, the EC25 AT manual; the same here): OK,
+    then "POWERED DOWN", then the module is off -- no answer to anything -- until the control API's
     reboot (a PWRKEY pulse) starts it again with its start-up URCs."""
     def down() -> None:
         # Written at once, not queued as a URC: nothing the module held back comes after it.
@@ -163,13 +163,13 @@ def _qpowd(modem, n: int) -> Response:
 
 @command("+QPOWD", EXEC)
 def qpowd_exec(modem, cmd):
-    return _qpowd(modem, 1)
+    return _qpowd(modem)
 
 
 @command("+QPOWD", WRITE, test="+QPOWD: (0,1)")
 def qpowd_write(modem, cmd):
-    args = Args(cmd, at_most=1)
-    return _qpowd(modem, args.int(0, 0, 1))
+    Args(cmd, at_most=1).int(0, 0, 1)                # <n>: checked, both act alike
+    return _qpowd(modem)
 
 
 @command("+CFUN", READ, test="+CFUN: (0,1,4),(0-1)")

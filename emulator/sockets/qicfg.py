@@ -61,11 +61,10 @@ BY_NAME = {o.name: o for o in OPTIONS}
 
 class QicfgSettings:
     def __init__(self) -> None:
-        self.values: dict[str, tuple[int, ...]] = {}
         self.reset()
 
     def reset(self) -> None:
-        self.values = {o.name: o.default for o in OPTIONS}
+        self.values: dict[str, tuple[int, ...]] = {o.name: o.default for o in OPTIONS}
 
     def test_lines(self) -> list[str]:
         return [f'+QICFG: "{o.name}",{o.test}' for o in OPTIONS]
