@@ -997,6 +997,8 @@ def test_ssl_send_prompt_cancel_and_limits(fresh):
     assert host.read_until(b"> ") == b"> "
     host.write(b"\x1a\x1b!")                              # fixed length: binary-safe
     assert host.read_until(b"SEND OK\r\n") == b"SEND OK\r\n"
+    # the peer echoes the 3 bytes: wait for their URC before the next command's answer is compared
+    assert host.read_until(b'+QSSLURC: "recv",1\r\n').endswith(b'+QSSLURC: "recv",1\r\n')
     host.write(b"ATV1\r")
     host.read_until(b"OK\r\n")
     # direct push: AT+QSSLRECV is ERROR 572
