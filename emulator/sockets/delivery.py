@@ -287,6 +287,11 @@ class SocketLink:
         self.limit = delivery.svc.online_buffer
         self._input_paused = False
         sock.on_writable = self._writable
+        # AT+QICFG="transpktsize"/"transwaittm" (TCP/IP sockets; an SSL socket sends at once):
+        # the host's bytes go out in packets of that size, fewer once the oldest has waited.
+        self._qicfg = getattr(delivery.svc, "qicfg", None)
+        self._unsent = bytearray()
+        self._unsent_timer = None
 
     @property
     def alive(self) -> bool:
@@ -327,6 +332,38 @@ class SocketLink:
             log.info("%s socket %d: %d bytes from the host after the connection ended: dropped",
                      self.delivery.svc.kind, self.sock.client_id, len(data))
             return
+        if self._qicfg is None:
+            self._send(data)
+            return
+        size, wait = self._qicfg.transparent_packets
+        unsent = self._unsent
+        unsent += data
+        if len(unsent) >= size:
+            for at in range(0, len(unsent) - size + 1, size):
+                self._send(bytes(unsent[at:at + size]))
+            del unsent[:len(unsent) - len(unsent) % size]
+            self._stop_unsent_timer()     # what is left came now: its wait starts now
+        if unsent and (wait <= 0 or self.sock.state is not CONNECTED):
+            self.flush_unsent()
+        elif unsent and self._unsent_timer is None:
+            self._unsent_timer = self.delivery.svc.modem.call_later(wait, self.flush_unsent)
+
+    def flush_unsent(self) -> None:
+        """Fewer bytes than a packet waited transwaittm (or the host left online mode with
+        "+++"): they go now, as one packet."""
+        self._stop_unsent_timer()
+        if self._unsent:
+            data = bytes(self._unsent)
+            self._unsent.clear()
+            if self.sock.state is CONNECTED and self.delivery.svc.holds(self.sock):
+                self._send(data)
+
+    def _stop_unsent_timer(self) -> None:
+        if self._unsent_timer is not None:
+            self._unsent_timer.cancel()
+            self._unsent_timer = None
+
+    def _send(self, data: bytes) -> None:
         self.sock.send(data)
         if self.sock.send_backlog() > self.limit and not self._input_paused:
             self._input_paused = True
@@ -339,9 +376,12 @@ class SocketLink:
 
     def release_input(self) -> None:
         """The port reads again if this link paused it (the link is going away)."""
+        self._stop_unsent_timer()
+        self._unsent.clear()
         self._writable()
 
     def escaped(self) -> None:
+        self.flush_unsent()              # what came before the "+++" is not held back
         self._writable()                 # the port reads again (commands now)
         sock = self.sock
         if self.delivery.svc.holds(sock):
@@ -357,7 +397,7 @@ class SocketLink:
 
     def hang_up(self) -> None:
         """AT&D2: the connection is closed and the socket freed."""
-        self._writable()
+        self.release_input()             # (what waited for a packet is not sent)
         svc = self.delivery.svc
         svc.close(self.sock.client_id, 0)       # (a task: it runs on its own)
 

@@ -11,6 +11,8 @@ What each one does in the emulator (docs/behaviour.md, "TCP/IP"):
     dataformat <send>,<recv>  1 = hex: AT+QISEND's data are hex digits, AT+QIRD answers in hex
     viewmode                  1 = "+QIRD: <header>,<data>" on one line
     recvind                   1 = the buffer-mode URC carries the length: +QIURC: "recv",<id>,<n>
+    transpktsize, transwaittm transparent mode (AT+QIOPEN's sockets) sends the host's bytes in
+                              packets of transpktsize; fewer wait transwaittm x 100 ms (0: at once)
     the others                stored and read back only
 """
 from __future__ import annotations
@@ -97,3 +99,8 @@ class QicfgSettings:
     @property
     def recv_length_in_urc(self) -> bool:
         return self.values["recvind"][0] == 1
+
+    @property
+    def transparent_packets(self) -> tuple[int, float]:
+        """Transparent mode's packet size (bytes) and how long fewer bytes wait (seconds)."""
+        return self.values["transpktsize"][0], self.values["transwaittm"][0] / 10

@@ -23,6 +23,10 @@ SSL_HOST, SSL_PORT = "echo.example", 443          # the `echo` fixture's route
 
 @pytest.fixture
 def modem(ec2x_strict):
+    host = ec2x_strict[0]
+    # transparent mode sends what the host writes at once (AT+QICFG="transwaittm",0): these
+    # tests are about other things than the module's packet wait, and run on manual time
+    assert host.at('AT+QICFG="transwaittm",0') == b"\r\nOK\r\n"
     return ec2x_strict
 
 

@@ -599,6 +599,7 @@ def test_qicfg_typed_while_online_is_data_and_works_after_the_escape(ec2x_strict
     conn = tcp_echo.wait_connection()
     line = b'AT+QICFG="dataformat",1,1\r\n'
     host.write(line)
+    advance(0.25)                                                # transwaittm's 200 ms
     assert conn.wait_received(len(line)) == line                 # data, not a command
     assert host.read_exactly(len(line)) == line                  # the echo server's copy
     advance(1.2)
@@ -609,6 +610,7 @@ def test_qicfg_typed_while_online_is_data_and_works_after_the_escape(ec2x_strict
     assert host.at('AT+QICFG="dataformat",1,1') == OK
     assert host.at("ATO") == b"\r\nCONNECT\r\n"
     host.write(b"4142")                                           # transparent: not converted
+    advance(0.25)
     assert conn.wait_received(len(line) + 4) == line + b"4142"
 
 

@@ -64,6 +64,9 @@ def online_to_sink(emulator, host):
 def tcp_online(emulator, ec2x_strict):
     """(host, advance, port, server, conn): EC2x on manual time, online_to_sink()."""
     host, advance, port = ec2x_strict
+    # transparent mode sends what the host writes at once (AT+QICFG="transwaittm",0): these
+    # tests are about other things than the module's packet wait, and run on manual time
+    assert host.at('AT+QICFG="transwaittm",0') == b"\r\nOK\r\n"
     with online_to_sink(emulator, host) as (server, conn):
         yield host, advance, port, server, conn
 
@@ -147,6 +150,9 @@ def test_changemode_driver_with_s12_shortened_to_fit_its_500_ms(tcp_online):
 # -- Cat-1 "send_msg_cat1_tcp_server": the message does not wait for CONNECT ------------------------
 def test_payload_written_before_connect_goes_into_the_connection(emulator, ec2x_strict):
     host, advance, port = ec2x_strict
+    # transparent mode sends what the host writes at once (AT+QICFG="transwaittm",0): these
+    # tests are about other things than the module's packet wait, and run on manual time
+    assert host.at('AT+QICFG="transwaittm",0') == b"\r\nOK\r\n"
     with TcpServer("sink") as server:
         emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
         msg = b"{\"t\":21.5,\"id\":7}\r\n"

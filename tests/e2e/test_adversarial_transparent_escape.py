@@ -506,6 +506,9 @@ def pump(host, blob: bytes, timeout: float = 60) -> bytes:
 # -- the TCP/IP side shares the machinery --------------------------------------------------------
 def test_qiopen_transparent_escape_split_and_peer_data_while_escaped(emulator, ec2x_strict):
     host, advance, port = ec2x_strict
+    # transparent mode sends what the host writes at once (AT+QICFG="transwaittm",0): these
+    # tests are about other things than the module's packet wait, and run on manual time
+    assert host.at('AT+QICFG="transwaittm",0') == b"\r\nOK\r\n"
     with TcpServer("sink") as server:
         emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
         host.write(f'AT+QIOPEN=1,2,"TCP","{TCP_HOST}",{TCP_PORT},0,2\r')

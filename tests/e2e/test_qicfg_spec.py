@@ -1,6 +1,6 @@
 """AT+QICFG (Configure Optional TCP/IP Parameters) of the EC2x, pinned from public evidence,
 exact bytes over the pty.  Written when the emulator had no AT+QICFG (every test that needed it
-was a strict xfail quoting its source); transparent-mode packetization is still not emulated.
+was a strict xfail quoting its source); transparent-mode packetization too.
 
 Sources (read through the reference store; quoted, not copied wholesale):
 
@@ -48,9 +48,9 @@ def missing(reason: str):
 
 
 def not_emulated(reason: str):
-    return pytest.mark.xfail(strict=True, reason=(
-        "AT+QICFG stores transpktsize/transwaittm but transparent mode sends what it reads at "
-        f"once (packetization not emulated; docs/behaviour.md); {reason}"))
+    """Was a bug, fixed: AT+QICFG stored transpktsize/transwaittm but transparent mode sent
+    what it read at once (packetization was not emulated); each use keeps its source."""
+    return lambda test: test
 
 
 ERROR = b"\r\nERROR\r\n"
@@ -336,3 +336,43 @@ def test_transparent_mode_defaults_are_1024_bytes_and_200_ms(ec2x_strict, udp_si
     assert len(datagrams(udp_sink)) == 2
     advance(0.15)
     assert [d for _, d in udp_sink.wait_datagrams(3)][2] == block[1024:]
+
+
+# -- decisions around the packet wait (docs/behaviour.md, "AT+QICFG") ------------------------
+def test_transwaittm_0_sends_at_once(ec2x_strict, udp_sink):
+    host, _, _ = ec2x_strict
+    assert host.at('AT+QICFG="transwaittm",0') == OK
+    open_transparent_udp(host)
+    host.write(b"xyz")
+    assert [d for _, d in udp_sink.wait_datagrams(1)] == [b"xyz"]     # no time advanced
+
+
+def test_the_wait_counts_from_the_oldest_byte_not_the_last(ec2x_strict, udp_sink):
+    host, advance, _ = ec2x_strict
+    open_transparent_udp(host)
+    host.write(b"a")
+    time.sleep(0.1)
+    advance(0.15)
+    host.write(b"b")
+    time.sleep(0.1)
+    assert datagrams(udp_sink) == []
+    advance(0.06)                                   # 210 ms after "a", 60 ms after "b"
+    assert [d for _, d in udp_sink.wait_datagrams(1)] == [b"ab"]
+
+
+def test_escape_sends_what_waited_and_only_once(ec2x_strict, udp_sink):
+    host, advance, _ = ec2x_strict
+    assert host.at("ATS12=10") == OK                # 200 ms guard times
+    assert host.at('AT+QICFG="transwaittm",20') == OK
+    open_transparent_udp(host)
+    host.write(b"abc")
+    time.sleep(0.1)
+    advance(0.25)
+    host.write(b"+++")
+    time.sleep(0.1)
+    advance(0.25)                                   # 0.5 s in all: the 2 s wait is not over
+    assert host.read_until(b"OK\r\n") == b"\r\nOK\r\n"
+    assert [d for _, d in udp_sink.wait_datagrams(1)] == [b"abc"]   # sent at the escape
+    advance(2.0)
+    time.sleep(0.2)
+    assert datagrams(udp_sink) == [b"abc"]

@@ -20,6 +20,9 @@ from tests.e2e.socket_support import (RESULT, TCP_HOST, TCP_PORT, UDP_HOST, UDP_
 def modem(emulator, ec2x_on):
     """(host, advance(s)): an EC2x on manual time, PDP context 1 up."""
     host, port = ec2x_on
+    # transparent mode sends what the host writes at once (AT+QICFG="transwaittm",0): these
+    # tests are about other things than the module's packet wait, and run on manual time
+    assert host.at('AT+QICFG="transwaittm",0') == b"\r\nOK\r\n"
 
     def advance(seconds: float) -> None:
         emulator.wait_received(port, host.written)
