@@ -36,12 +36,14 @@ class DeviceConfig:
     (atomically) and read back, checked value by value, when the modem starts; AT+CTZR
     and AT+CSCS start again from their defaults at a restart."""
 
-    NV = ("ctzu", "qsclk")               # (the items besides)
+    NV = ("ctzu", "qsclk", "qsimstat")   # (the items and AT+QSIMDET besides)
 
     def __init__(self, modem) -> None:
         self.modem = modem
         self.ctzu = 1
         self.qsclk = 0
+        self.qsimstat = 0                 # AT+QSIMSTAT <enable>: the insertion URC off
+        self.qsimdet = [0, 0]             # AT+QSIMDET <enable>,<insert_level>
         self.items: dict[str, dict[str, list[str]]] = {}     # "qcfg" -> item -> wire tokens
         self._path = modem.state_dir / "nv.json" if modem.state_dir is not None else None
         self._load()
@@ -63,7 +65,8 @@ class DeviceConfig:
         the next start only: the command's change holds (logged)."""
         if self._path is None:
             return
-        data = {"ctzu": self.ctzu, "qsclk": self.qsclk, "items": self.items}
+        data = {"ctzu": self.ctzu, "qsclk": self.qsclk, "qsimstat": self.qsimstat,
+                "qsimdet": self.qsimdet, "items": self.items}
         try:
             atomic_write(self._path, json.dumps(data).encode())
         except OSError as exc:
@@ -85,6 +88,11 @@ class DeviceConfig:
             self.ctzu = data["ctzu"]
         if data.get("qsclk") in (0, 1):
             self.qsclk = data["qsclk"]
+        if data.get("qsimstat") in (0, 1):
+            self.qsimstat = data["qsimstat"]
+        det = data.get("qsimdet")
+        if isinstance(det, list) and len(det) == 2 and all(v in (0, 1) for v in det):
+            self.qsimdet = list(det)
         items = data.get("items")
         for table, saved in (items.items() if isinstance(items, dict) else ()):
             for item, tokens in (saved.items() if isinstance(saved, dict) else ()):
@@ -156,6 +164,72 @@ def _kept(name: str, attr: str, values: tuple[int, ...], test: str, error=Cme(50
 _kept("+CTZU", "ctzu", CTZU_VALUES, "(" + ",".join(map(str, CTZU_VALUES)) + ")")
 _kept("+CTZR", "ctzr", (0, 1, 2), "(0-2)")
 _kept("+QSCLK", "qsclk", (0, 1), "(0,1)", error="ERROR")     # (no +CME code documented)
+
+
+# -- (U)SIM status (EC25/EC21 AT Commands Manual, (U)SIM chapter) -----------------------------
+# Kura's Quectel support asks AT+QSIMSTAT? for the insertion status; MuditaOS checks that
+# AT+QSIMDET / AT+QSIMSTAT are enabled at boot, sets them and AT&W's otherwise.  Both are
+# "saved automatically" (NV here).  The SIM is always in: <inserted_status> 1 once the SIM has
+# started (+CPIN: READY), 2 "unknown" before.  No hot-swap: the URC the switch enables never
+# comes, and <insert_level> is only kept.
+@command("+QSIMSTAT", WRITE, test="+QSIMSTAT: (0,1)")
+def qsimstat_write(modem, cmd):
+    config = device(modem)
+    config.qsimstat = Args(cmd, error=Cme(50), at_most=1).int(0, 0, 1)
+    config.save()
+    return ok()
+
+
+@command("+QSIMSTAT", READ)
+def qsimstat_read(modem, cmd):
+    return ok(f"+QSIMSTAT: {device(modem).qsimstat},{1 if modem.sim_ready else 2}")
+
+
+@command("+QSIMDET", WRITE, test="+QSIMDET: (0,1),(0,1)")
+def qsimdet_write(modem, cmd):
+    args = Args(cmd, error=Cme(50), at_most=2)
+    config = device(modem)
+    config.qsimdet = [args.int(0, 0, 1), args.int(1, 0, 1)]
+    config.save()
+    return ok()
+
+
+@command("+QSIMDET", READ)
+def qsimdet_read(modem, cmd):
+    enable, level = device(modem).qsimdet
+    return ok(f"+QSIMDET: {enable},{level}")
+
+
+@command("+QINISTAT", EXEC, test="+QINISTAT: (0-7)")
+def qinistat(modem, cmd):
+    """The SIM's initialization: 1 CPIN READY + 2 SMS DONE + 4 PB DONE.  Here 0 until the
+    boot's +CPIN: READY, 1 until its last URC (SMS DONE), then 7 (no phonebook to load: it is
+    done with the rest; scripts wait for 7)."""
+    if not modem.sim_ready:
+        return ok("+QINISTAT: 0")
+    return ok(f"+QINISTAT: {7 if modem.booted else 1}")
+
+
+# AT+QPINC: the PIN/PUK attempts left; no PIN is ever entered wrong here, so all are left.
+PINC = {"SC": (3, 10), "P2": (3, 10)}
+
+
+@command("+QPINC", WRITE, test='+QPINC: ("SC","P2")')
+def qpinc_write(modem, cmd):
+    facility = Args(cmd, error=Cme(50), at_most=1).str(0, quoted=True, max_len=4).upper()
+    if facility not in PINC:
+        raise CommandError(Cme(50), f"AT+QPINC: {facility!r} is not SC or P2")
+    if not modem.sim_ready:
+        raise CommandError(Cme(14), "AT+QPINC before the SIM is ready")
+    pin, puk = PINC[facility]
+    return ok(f'+QPINC: "{facility}",{pin},{puk}')
+
+
+@command("+QPINC", READ)
+def qpinc_read(modem, cmd):
+    if not modem.sim_ready:
+        raise CommandError(Cme(14), "AT+QPINC? before the SIM is ready")
+    return ok(*[f'+QPINC: "{name}",{pin},{puk}' for name, (pin, puk) in PINC.items()])
 
 
 @command("+QLTS", EXEC, WRITE, test="+QLTS: (0-2)")

@@ -12,7 +12,7 @@ from emulator.at.args import Args
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import CommandError, ok
-from emulator.modem.pdp import PdpContext
+from emulator.modem.pdp import PdpContext, data_counter
 from emulator.modem.registration import registration
 
 _TYPE_NAMES = {1: "IP", 2: "IPV6", 3: "IPV4V6"}
@@ -47,6 +47,27 @@ def _activate(modem, cid: int):
 
 
 # -- Quectel ------------------------------------------------------------------
+# AT+QGDCNT: the data counters (EC25&EC21 AT Commands Manual, packet domain).  Kura's Quectel
+# support reads them for its Tx/Rx counters.  What is counted: emulator/modem/pdp.py DataCounter.
+@command("+QGDCNT", READ)
+def qgdcnt_read(modem, cmd):
+    counter = data_counter(modem)
+    return ok(f"+QGDCNT: {counter.sent},{counter.received}")
+
+
+@command("+QGDCNT", WRITE, test="+QGDCNT: (0,1)")
+def qgdcnt_write(modem, cmd):
+    """=0 resets the counters, =1 saves them (they start from the saved values after a
+    restart)."""
+    action = Args(cmd, at_most=1).int(0, 0, 1)
+    counter = data_counter(modem)
+    if action == 0:
+        counter.sent = counter.received = 0
+    elif not counter.save():
+        raise CommandError("ERROR", "AT+QGDCNT=1: the counters could not be saved")
+    return ok()
+
+
 @command("+QICSGP", WRITE,
          test=lambda modem: f"+QICSGP: {_range(modem)},(1-3),<APN>,<username>,<password>,(0-3)")
 def qicsgp_write(modem, cmd):

@@ -265,6 +265,11 @@ class Modem:
         if after and self.loop is not None:
             self._boot = self.call_later(after / 1000, self.reboot, 0)
 
+    @property
+    def booted(self) -> bool:
+        """The start-up is over: the SIM is ready and every boot URC is out."""
+        return self.sim_ready and self._boot is None
+
     def _boot_urcs(self, index: int, rdy_at: float | None) -> None:
         """Writes boot URC `index` and every one due at the same offset, then waits for
         the next, due at RDY's time + its offset (not chained offset differences: their

@@ -3,7 +3,10 @@ activation state, with addresses handed out from the profile's pool."""
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass
+
+from emulator.storage.atomic_file import atomic_write
 
 
 @dataclass
@@ -82,3 +85,43 @@ class PdpTable:
         for cid in cids:
             self.deactivate(cid)
         return cids
+
+
+class DataCounter:
+    """AT+QGDCNT: bytes the module's sockets sent and received on the network (what their
+    connections carried: TLS records, not the host's plaintext; no IP/TCP headers).  Kept
+    across a restart only as last saved (AT+QGDCNT=1): <state_dir>/qgdcnt.json."""
+
+    def __init__(self, modem=None) -> None:
+        self.sent = 0
+        self.received = 0
+        state_dir = getattr(modem, "state_dir", None)
+        self._path = state_dir / "qgdcnt.json" if state_dir is not None else None
+        self._load()
+        if modem is not None:
+            modem.on("reset", self._load)
+
+    def _load(self) -> None:
+        self.sent = self.received = 0
+        if self._path is None or not self._path.exists():
+            return
+        try:
+            data = json.loads(self._path.read_bytes())
+            sent, received = int(data["sent"]), int(data["received"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if sent >= 0 and received >= 0:
+            self.sent, self.received = sent, received
+
+    def save(self) -> bool:
+        if self._path is None:
+            return True
+        try:
+            atomic_write(self._path, json.dumps({"sent": self.sent, "received": self.received}).encode())
+        except OSError:
+            return False
+        return True
+
+
+def data_counter(modem) -> DataCounter:
+    return modem.feature("data_counter", DataCounter)

@@ -48,6 +48,7 @@ from typing import Callable, Protocol
 from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsClientSession, TlsFailure, TlsSettings
 
 from emulator.logsafe import get_logger
+from emulator.modem.pdp import DataCounter, data_counter
 from emulator.io.network import Dialled, NetworkError, Router, dial_now, open_tcp, open_udp
 
 log = get_logger("emulator.ssl")
@@ -170,6 +171,8 @@ class SslSocket:
         """delivery: how received data reach the host (emulator/sockets/delivery.py);
         timers: the modem's Timers (emulator/modem/timers.py)."""
         self.owner = owner
+        modem = getattr(owner, "modem", None)
+        self._counter = data_counter(modem) if modem is not None else DataCounter()   # (AT+QGDCNT)
         self.client_id = client_id
         self.pdp_id = pdp_id
         self.ctx_id = ctx_id
@@ -518,6 +521,7 @@ class SslSocket:
     def _from_network(self, data: bytes, addr=None) -> None:
         if self.session is None or self.blackholed:
             return
+        self._counter.received += len(data)
         if self._deferred:
             self.flush_deferred()      # what SEND OK accepted leaves before the peer's news
         self._from = addr
@@ -576,6 +580,7 @@ class SslSocket:
                 break
             if self.blackholed:
                 continue                       # (counted as plaintext: _transmit_now)
+            self._counter.sent += len(chunk)
             if session.settings.dtls:
                 if self._dest is not None:
                     self._transport.sendto(chunk, self._dest)

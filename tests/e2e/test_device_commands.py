@@ -4,6 +4,7 @@ The driver sequences that need them are replayed in test_adversarial_driver_init
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -304,3 +305,94 @@ def test_ml302_attach_and_address_as_its_drivers_read_them(ml302, emulator, echo
     assert ml302.read_until(b'+QSSLURC: "close",2\r\n', timeout=3) == b'\r\n+QSSLURC: "close",2\r\n'
     assert ml302.at("AT+CGATT?") == answer("+CGATT: 0")
     assert ml302.at("AT+CGPADDR=1") == answer('+CGPADDR: 1,"0.0.0.0"')
+
+
+# -- (U)SIM status, PIN counters, data counters (EC2x) ---------------------------------------------
+def test_sim_status_detection_init_and_pin_counters(ec2x):
+    assert ec2x.at("AT+QSIMSTAT=?") == answer("+QSIMSTAT: (0,1)")
+    assert ec2x.at("AT+QSIMSTAT?") == answer("+QSIMSTAT: 0,1")          # a SIM is in
+    assert ec2x.at("AT+QSIMSTAT=1;+QSIMSTAT?") == answer("+QSIMSTAT: 1,1")
+    assert ec2x.at("AT+QSIMSTAT=2") == cme(50)
+    assert ec2x.at("AT+QSIMDET=?") == answer("+QSIMDET: (0,1),(0,1)")
+    assert ec2x.at("AT+QSIMDET?") == answer("+QSIMDET: 0,0")
+    assert ec2x.at("AT+QSIMDET=1,0;+QSIMDET?") == answer("+QSIMDET: 1,0")
+    for line in ("AT+QSIMDET=1", "AT+QSIMDET=1,2", "AT+QSIMDET=1,0,0"):
+        assert ec2x.at(line) == cme(50), line
+    assert ec2x.at("AT+QSIMDET?") == answer("+QSIMDET: 1,0")
+    assert ec2x.at("AT+QINISTAT=?") == answer("+QINISTAT: (0-7)")
+    assert ec2x.at("AT+QINISTAT") == answer("+QINISTAT: 7")
+    assert ec2x.at("AT+QPINC=?") == answer('+QPINC: ("SC","P2")')
+    assert ec2x.at("AT+QPINC?") == answer('+QPINC: "SC",3,10', '+QPINC: "P2",3,10')
+    assert ec2x.at('AT+QPINC="p2"') == answer('+QPINC: "P2",3,10')
+    assert ec2x.at('AT+QPINC="PN"') == cme(50)
+    # a restart: the SIM starts again (busy, then ready) and both switches are kept (NV)
+    assert ec2x.at("AT+CFUN=1,1") == OK
+    ec2x.read_until(b"RDY\r\n")
+    assert ec2x.at("ATE0") == b"ATE0\r" + OK                 # echo is on again after the reboot
+    assert ec2x.at("AT+QINISTAT") == answer("+QINISTAT: 0")
+    assert ec2x.at("AT+QSIMSTAT?") == answer("+QSIMSTAT: 1,2")          # not known yet
+    assert ec2x.at("AT+QPINC?") == cme(14)
+    ec2x.read_until(b"+CPIN: READY\r\n")
+    assert ec2x.at("AT+QINISTAT") == answer("+QINISTAT: 1")             # SMS DONE still to come
+    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    assert ec2x.at("AT+QINISTAT") == answer("+QINISTAT: 7")
+    assert ec2x.at("AT+QSIMSTAT?;+QSIMDET?") == b"\r\n+QSIMSTAT: 1,1\r\n\r\n+QSIMDET: 1,0\r\n" + OK
+
+
+def test_sim_switches_survive_a_restart_of_the_emulator(open_modem, tmp_path):
+    state = tmp_path / "nv-sim"
+    first, _ = open_modem("ec2x", state_dir=state)
+    assert first.at("AT+QSIMSTAT=1;+QSIMDET=1,1") == OK
+    first.close()
+    again, _ = open_modem("ec2x", state_dir=state)
+    assert again.at("AT+QSIMSTAT?;+QSIMDET?") == b"\r\n+QSIMSTAT: 1,1\r\n\r\n+QSIMDET: 1,1\r\n" + OK
+
+
+QGDCNT = re.compile(rb"\r\n\+QGDCNT: (\d+),(\d+)\r\n\r\nOK\r\n")
+
+
+def counters(host) -> tuple[int, int]:
+    m = QGDCNT.search(host.at("AT+QGDCNT?"))       # (a "recv" URC may come first)
+    assert m, "not a +QGDCNT answer"
+    return int(m.group(1)), int(m.group(2))
+
+
+def counted(host, want: tuple[int, int]) -> bool:
+    deadline = time.monotonic() + 10
+    while counters(host) != want:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_data_counters_count_socket_traffic_reset_and_save(open_modem, emulator, tmp_path):
+    from emulator.testing.peers import TcpServer
+    state = tmp_path / "qgdcnt"
+    host, _ = open_modem("ec2x", state_dir=state)
+    assert host.at("AT+QGDCNT=?") == answer("+QGDCNT: (0,1)")
+    assert counters(host) == (0, 0)
+    with TcpServer("echo") as server:
+        emulator.router.add_map("count.example", 7000, "127.0.0.1", server.port)
+        assert host.at('AT+QICSGP=1,1,"internet","","",1;+QIACT=1') == OK
+        assert host.at('AT+QIOPEN=1,0,"TCP","count.example",7000,0,0') == OK
+        host.read_until(b"+QIOPEN: 0,0\r\n")
+        host.write(b"AT+QISEND=0,100\r")
+        host.read_until(b"> ")
+        host.write(b"x" * 100)
+        host.read_until(b"SEND OK\r\n")
+        assert counted(host, (100, 100))                               # plain TCP: the payload,
+                                                                       # and its echo
+        assert host.at("AT+QGDCNT=1") == OK                            # saved
+        host.write(b"AT+QISEND=0,20\r")
+        host.read_until(b"> ")
+        host.write(b"y" * 20)
+        host.read_until(b"SEND OK\r\n")
+        assert counted(host, (120, 120))
+        assert host.at("AT+QGDCNT=2") == ERROR
+        assert host.at("AT+CFUN=1,1") == OK                            # a restart: the saved ones
+        host.read_until(b"+QIND: SMS DONE\r\n")
+        assert host.at("ATE0") == b"ATE0\r" + OK
+        assert counters(host) == (100, 100)
+        assert host.at("AT+QGDCNT=0") == OK
+        assert counters(host) == (0, 0)
