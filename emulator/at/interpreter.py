@@ -112,6 +112,7 @@ class Interpreter:
             self._after.clear()
             self._then = None
             if link is not None:
+                self._power_lost(link)
                 link.escaped()
 
     def settle(self) -> None:
@@ -198,13 +199,22 @@ class Interpreter:
         self._inbox += data
         self._guarded(self._pump)
 
-    def hangup(self) -> None:
+    def hangup(self, power_lost: bool = False) -> None:
         """The host closed the port: whatever it was in the middle of is abandoned
         (a half-entered data prompt sends or stores nothing), so the next host to
-        open the port starts in command mode."""
-        self._guarded(self._hangup)
+        open the port starts in command mode.  power_lost: the module's power goes too
+        (the control API's reboot): what an online link still held is not sent."""
+        self._guarded(self._hangup, power_lost)
 
-    def _hangup(self) -> None:
+    @staticmethod
+    def _power_lost(link: OnlineLink) -> None:
+        """What an online link held for its connection (bytes waiting for a packet) is gone
+        with the power (OnlineLink's optional power_lost)."""
+        power_lost = getattr(link, "power_lost", None)
+        if power_lost is not None:
+            power_lost()
+
+    def _hangup(self, power_lost: bool = False) -> None:
         self.modem.resume_input("output")    # (held or not) its unread output goes with the host
         if self._data is not None:
             log.info("host closed the port during a data prompt: %d bytes discarded",
@@ -215,6 +225,8 @@ class Interpreter:
             log.info("host closed the port in online data mode: the connection stays open (ATO)")
             self._release_held()
             self._abandon()
+            if power_lost:
+                self._power_lost(link)
             link.escaped()
         if self._pending is not None:
             # The answer still comes (the command runs to its end), but not to the next

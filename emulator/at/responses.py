@@ -108,6 +108,9 @@ class OnlineLink(Protocol):
     def hang_up(self) -> None:
         """A DTR drop with AT&D2: close the connection."""
 
+    # Optional: power_lost() -- the module restarts in online mode (before escaped()): what
+    # the link still holds for the connection is never sent.
+
 
 @dataclass
 class Response:

@@ -81,18 +81,24 @@ class DeviceConfig:
         try:
             data = json.loads(self._path.read_bytes())
             assert isinstance(data, dict)
-        except (OSError, ValueError, AssertionError):
+        except Exception:                 # unreadable, not JSON, nested too deep, not a dict
             log.warning("%s: not readable NV settings, ignored", self._path)
             return
-        if data.get("ctzu") in CTZU_VALUES:
-            self.ctzu = data["ctzu"]
-        if data.get("qsclk") in (0, 1):
-            self.qsclk = data["qsclk"]
-        if data.get("qsimstat") in (0, 1):
-            self.qsimstat = data["qsimstat"]
+        def number(value, allowed) -> bool:         # (true and 1.0 are == 1: not numbers here)
+            return type(value) is int and value in allowed
+        for key, allowed in (("ctzu", CTZU_VALUES), ("qsclk", (0, 1)), ("qsimstat", (0, 1))):
+            if key not in data:
+                continue
+            if number(data[key], allowed):
+                setattr(self, key, data[key])
+            else:
+                log.warning("%s: NV value %s %r is not one of %s: its default is kept",
+                            self._path, key, data[key], allowed)
         det = data.get("qsimdet")
-        if isinstance(det, list) and len(det) == 2 and all(v in (0, 1) for v in det):
+        if isinstance(det, list) and len(det) == 2 and all(number(v, (0, 1)) for v in det):
             self.qsimdet = list(det)
+        elif det is not None:
+            log.warning("%s: NV value qsimdet %r is not two of 0/1: its default is kept", self._path, det)
         items = data.get("items")
         for table, saved in (items.items() if isinstance(items, dict) else ()):
             for item, tokens in (saved.items() if isinstance(saved, dict) else ()):

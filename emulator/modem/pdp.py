@@ -107,10 +107,10 @@ class DataCounter:
             return
         try:
             data = json.loads(self._path.read_bytes())
-            sent, received = int(data["sent"]), int(data["received"])
-        except (OSError, ValueError, KeyError, TypeError):
+            sent, received = data["sent"], data["received"]
+        except Exception:                 # unreadable, not JSON, too deep, not a dict: none saved
             return
-        if sent >= 0 and received >= 0:
+        if all(type(v) is int and v >= 0 for v in (sent, received)):    # (not a bool, a float)
             self.sent, self.received = sent, received
 
     def save(self) -> bool:

@@ -395,6 +395,12 @@ class SocketLink:
                 and self.delivery.svc.holds(sock)):
             self.delivery.peer_closed(sock)
 
+    def power_lost(self) -> None:
+        """A restart in online mode (the interpreter, before escaped()): the bytes waiting for
+        a packet went with the power."""
+        self._stop_unsent_timer()
+        self._unsent.clear()
+
     def hang_up(self) -> None:
         """AT&D2: the connection is closed and the socket freed."""
         self.release_input()             # (what waited for a packet is not sent)

@@ -288,6 +288,9 @@ def test_udp_transparent_bytes_after_escape_come_on_ato_in_order_without_duplica
     emulator.router.add_map(UDP_HOST, UDP_PORT, "127.0.0.1", srv.getsockname()[1])
     try:
         host, port = ec2x_with_pdp(open_modem, manual_time=True)
+        # transparent mode sends what the host writes at once (AT+QICFG="transwaittm",0): this
+        # test is about other things than the module's packet wait, and runs on manual time
+        assert host.at('AT+QICFG="transwaittm",0') == b"\r\nOK\r\n"
         advance = _advance_fn(emulator, host, port)
         _open(host, 2, "UDP", UDP_HOST, UDP_PORT)
         host.write(b"hello")

@@ -126,6 +126,9 @@ def test_bytes_that_came_after_plus_plus_plus_go_out_first_on_ato(open_modem, pe
                                                                   strict_log):
     peer = peer_factory()
     host, port = ec2x_with_pdp(open_modem, manual_time=True)
+    # transparent mode sends what the host writes at once (AT+QICFG="transwaittm",0): this
+    # test is about other things than the module's packet wait, and runs on manual time
+    assert host.at('AT+QICFG="transwaittm",0') == b"\r\nOK\r\n"
 
     def advance(s):
         emulator.wait_received(port, host.written)
@@ -199,6 +202,9 @@ def test_a_held_plus_goes_to_the_server_when_its_guard_time_passes(open_modem, p
                                                                    strict_log):
     peer = peer_factory()
     host, port = ec2x_with_pdp(open_modem, manual_time=True)
+    # transparent mode sends what the host writes at once (AT+QICFG="transwaittm",0): this
+    # test is about other things than the module's packet wait, and runs on manual time
+    assert host.at('AT+QICFG="transwaittm",0') == b"\r\nOK\r\n"
 
     def advance(s):
         emulator.wait_received(port, host.written)

@@ -57,6 +57,9 @@ def test_accepted_bytes_go_before_what_transparent_mode_sends_at_once(emulator, 
     """Online data mode writes the host's bytes at once: those an earlier SEND OK holds go
     first (AT+QISWTMD to transparent mode, on a TCP socket)."""
     host, _ = ec2x_on
+    # transparent mode sends what the host writes at once (AT+QICFG="transwaittm",0): this
+    # test is about other things than the module's packet wait, and runs on manual time
+    assert host.at('AT+QICFG="transwaittm",0') == b"\r\nOK\r\n"
     qiopen(host, 0)
     conn = tcp_sink.wait_connection()
     assert qisend(host, 0, b"held ") == b"\r\nSEND OK\r\n"
