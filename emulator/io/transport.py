@@ -53,7 +53,6 @@ SLICE = 16 * 1024                 # ... handed to the modem in slices of this si
 SHORT_READ = 2048                 # a read shorter than this emptied the pty (it gives ~4 KiB)
 NOISE_MAX = 16                    # uart_noise: fragments of 1..16 bytes ...
 NOISE_GAP = (0.001, 0.005)        # ... 1-5 ms apart
-CORK_LIMIT = 16 * 1024            # answer bytes gathered while one read is handled, at most
 PACE_SLICE = 0.01                 # pacing: at most this long's worth of bytes per write
 
 
@@ -169,7 +168,6 @@ class PtyPort:
             self._link_lock = make_link(self.link, self.device)
         self._peers = _join(self)
         self._held = b""                  # read, not yet handed on (stepped aside meanwhile)
-        self._cork: bytearray | None = None   # answers to the input being handed on (_deliver)
         self._hangup_due = False          # write() saw the host gone: _hangup_if_gone is queued
         self._hup_watch: select.epoll | None = None    # the hang-up, while reading is off
         self._hup_watching = False
@@ -181,7 +179,7 @@ class PtyPort:
 
     @property
     def backlog(self) -> int:
-        return len(self._out) + (len(self._cork) if self._cork else 0)
+        return len(self._out)
 
     # -- host presence ---------------------------------------------------------
     def _watch_for_host(self) -> None:
@@ -313,19 +311,6 @@ class PtyPort:
     def write(self, data: bytes) -> None:
         if self._closed or not data:
             return
-        cork = self._cork
-        if (cork is not None and not self._out and self._noise_timer is None
-                and self.noise is None and self.baud is None):
-            # Written while the host's input is handed on, to a port that takes output at
-            # once: gathered and written when that returns (an answer and its final result
-            # code in one write(2), one wake-up of the host, instead of one each), or at
-            # CORK_LIMIT.  Once output waits (the host is not reading), writes queue behind
-            # it as before: the cork never holds bytes while the backlog grows.
-            cork += data
-            if len(cork) < CORK_LIMIT:
-                return
-            data = bytes(cork)
-            cork.clear()
         # A host that opened the port since the last look (the watch polls every
         # POLL_INTERVAL) gets what is written now: a URC right after a reopen is not lost.
         if not self.attached and not self._attach_if_present():
@@ -371,7 +356,6 @@ class PtyPort:
     def set_noise(self, on: bool, seed: int = 0) -> None:
         """Fragments of 1..NOISE_MAX bytes, NOISE_GAP seconds apart (seeded: the same
         fragments every run); off: the rest goes out at once."""
-        self._uncork()
         self.noise = random.Random(seed) if on else None
         if not on and self._noise_timer is not None:
             self._noise_timer.cancel()
@@ -382,7 +366,6 @@ class PtyPort:
     def set_baud(self, rate: int | None, after_queued: bool = False) -> None:
         """Pace output at `rate` baud (10 bits a byte); None or 0: unpaced.
         after_queued: only once the bytes queued now have gone out (at the old rate)."""
-        self._uncork()                    # (an answer before the change goes at the old rate)
         rate = rate or None
         if after_queued and self._out and self.baud is not None:
             self._switch = [len(self._out), rate]
@@ -411,10 +394,7 @@ class PtyPort:
     def discard_output(self) -> None:
         """The module lost power (the control API's reboot): what its UART had not sent yet
         is never sent -- an answer still going out at --baud (or to a host not reading) is
-        cut where the restart found it.  (AT+CFUN=1,1 answers OK first: not through here.)
-        Answers gathered in the cork (a restart inside the host's read: a scenario step) were
-        sent before it: they go to the pty first, as far as it takes them."""
-        self._uncork()
+        cut where the restart found it.  (AT+CFUN=1,1 answers OK first: not through here.)"""
         if not self._out:
             return
         log.info("%s: the modem restarted, %d unsent output bytes dropped", self.device, len(self._out))
@@ -565,26 +545,10 @@ class PtyPort:
 
     def _deliver(self, data: bytes) -> None:
         self.received += len(data)
-        self._cork = bytearray()
         try:
             self.on_data(data)
         except Exception:                 # nothing the host sends may stop the port
             log.exception("modem failed on %d input bytes", len(data))   # they may be key material
-        finally:
-            self._uncork()
-            self._cork = None
-
-    def _uncork(self) -> None:
-        """What the cork gathered goes out now (before pacing or noise changes, too)."""
-        cork = self._cork
-        if cork:
-            answers = bytes(cork)
-            cork.clear()
-            self._cork = None             # (this write goes straight out, not into the cork)
-            try:
-                self.write(answers)
-            finally:
-                self._cork = cork
 
     def close(self) -> None:
         if self._closed:

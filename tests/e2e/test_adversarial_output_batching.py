@@ -1,6 +1,9 @@
-"""Adversarial tests of output batching ("corking") in PtyPort: everything the modem writes
-while one read of host input is handed on (PtyPort._deliver) is gathered and written with one
-write(2) when that returns, or as soon as CORK_LIMIT (16 KiB) have gathered.
+"""Adversarial tests of the pty's output ordering, written against output batching
+("corking") in PtyPort: everything the modem wrote while one read of host input was handed on
+(PtyPort._deliver) gathered and written with one write(2) when that returned, or at 16 KiB.
+The cork was reverted (it made buffer mode slower: SEND OK waited behind the work that
+followed it in the same read, halving AT+QSSLSEND throughput, with no gain for AT+QSSLRECV);
+these tests stay as regression tests of what any batching of the output must keep.
 
 Judged from the host's side, as independent host software would see it: byte-wise typing
 with echo, thousands of pipelined commands, odd-sized reads, answers over 16 KiB, AT+IFC=2,2
@@ -9,9 +12,7 @@ AT+QPOWD / AT+CFUN=1,1, data prompts with their data in the same write, transpar
 uart_noise and --baud pacing.  Nothing may be reordered, duplicated or lost, and nothing a
 closed host was owed may reach the next one.
 
-The cork as first written (every write gathered while a read is handled) had two defects,
-kept here as regression tests (they pass without the cork and with the current one, which
-corks only unpaced output with nothing queued, and uncorks before a pace or noise change):
+Defects the cork had, kept as regression tests (they pass without it):
  - --baud: AT+IPR and a restart (AT+CFUN=1,1, AT+QPOWD) switch the pace "after what is
    queued" (set_baud(after_queued=True)); the answer in the cork was not queued yet, so the
    switch was immediate and the answer left at the new rate
@@ -20,11 +21,9 @@ corks only unpaced output with nothing queued, and uncorks before a pace or nois
  - a reboot by a scenario step `after` a command (run while that read is handled) dropped
    the port's queue but not the cork: an answer still going out at --baud or through
    uart_noise arrived whole after the restart
-   (test_scenario_reboot_after_a_command_cuts_its_unsent_answer).
-Still a defect (strict xfail): the same reboot with an unpaced port whose host reads late:
-the answers that had no room in the pty wait in the cork, not in the queue discard_output
-empties, and come through the restart
-(test_scenario_reboot_drops_the_answers_a_slow_reader_had_no_room_for).
+   (test_scenario_reboot_after_a_command_cuts_its_unsent_answer), and with an unpaced port
+   whose host reads late the answers that had no room in the pty came through the restart
+   (test_scenario_reboot_drops_the_answers_a_slow_reader_had_no_room_for).
 """
 from __future__ import annotations
 
@@ -694,7 +693,7 @@ def test_scenario_reboot_after_a_command_cuts_its_unsent_answer(emulator, open_m
     assert len(before) < len(full), f"the whole answer survived the reboot: {before!r}"
 
 
-# Was a bug, fixed (discard_output now writes the cork out first): A restart must drop the output
+# Was a bug of the (reverted) cork: A restart must drop the output
 # not sent yet, 'an answer still going out at --baud (or to a host not reading) is cut where the
 # restart found it' (PtyPort.discard_output; control op reboot). A scenario step `after` AT+CGMR
 # runs the reboot inside PtyPort._deliver, while the answers of that read (290 ATI + AT+CGMR,
