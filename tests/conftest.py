@@ -65,6 +65,7 @@ def modem_factory(emulator, tmp_path):
         port = emulator.add_modem(profile, **kwargs)
         host = Host(port.path)
         hosts.append(host)
+        emulator.run(port.port.look_for_host)       # (not at the next 50 ms poll)
         if not echo:
             assert host.at("ATE0").endswith(b"OK\r\n")
         return host, port

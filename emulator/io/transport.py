@@ -188,6 +188,14 @@ class PtyPort:
         if not self._attach_if_present():
             self._timer = self.loop.call_later(POLL_INTERVAL, self._watch_for_host)
 
+    def look_for_host(self) -> bool:
+        """Look for a host now rather than at the next poll (POLL_INTERVAL): for an in-process
+        user that has just opened the port (a test, the pytest plugin), whose first bytes
+        would otherwise wait up to 50 ms.  True when a host is attached."""
+        if self._closed:
+            return False
+        return self.attached or self._attach_if_present()
+
     def _host_gone(self) -> bool:
         """Nobody holds the slave side open (POLLHUP on the master)."""
         return any(ev & select.POLLHUP for _, ev in self._poll.poll(0))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import socket
 import threading
 import time
@@ -188,3 +189,21 @@ def read_pushes(host, total: int, timeout: float = 30) -> bytes:
         assert m.start() == 0, head[:200]           # nothing but push URCs meanwhile
         out += host.read_exactly(int(m.group(1)), timeout=max(0.1, deadline - time.monotonic()))
     return bytes(out)
+
+
+def raw_open(path: str) -> int:
+    """The pty as a host opening it without pyserial: non-blocking, no controlling tty."""
+    return os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+
+
+def raw_read_until(fd: int, end: bytes, timeout: float = 5) -> bytes:
+    """What a raw_open()ed port gives until it ends with `end` (or `timeout` passed)."""
+    got = b""
+    deadline = time.monotonic() + timeout
+    while not got.endswith(end) and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.05)[0]:
+            try:
+                got += os.read(fd, 65536)
+            except BlockingIOError:
+                pass
+    return got

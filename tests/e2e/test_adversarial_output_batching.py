@@ -38,7 +38,7 @@ import pytest
 from emulator.storage.checksum import format_checksum, xor16
 from emulator.testing.host import Host
 from emulator.testing.peers import TlsServer
-from tests.e2e.socket_support import TCP_HOST, TCP_PORT, escape, wait_for
+from tests.e2e.socket_support import TCP_HOST, TCP_PORT, escape, raw_open, raw_read_until, wait_for
 
 OK = b"\r\nOK\r\n"
 CGMI = b"\r\nQuectel\r\n\r\nOK\r\n"
@@ -106,22 +106,6 @@ def read_some(host: Host, turn: int, timeout: float = 10) -> bytes:
             host.transcript += piece
             return piece
     raise AssertionError("nothing came")
-
-
-def raw_open(path: str) -> int:
-    return os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-
-
-def raw_read_until(fd: int, end: bytes, timeout: float = 10) -> bytes:
-    got = b""
-    deadline = time.monotonic() + timeout
-    while not got.endswith(end) and time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.05)[0]:
-            try:
-                got += os.read(fd, 65536)
-            except BlockingIOError:
-                pass
-    return got
 
 
 def write_in_thread(host: Host, data: bytes) -> threading.Thread:
@@ -403,7 +387,7 @@ def test_host_closing_mid_pipeline_leaves_nothing_for_the_next_host(emulator, op
         fd = raw_open(port.path)
         try:
             os.write(fd, b"AT+CGMI\r")
-            got = raw_read_until(fd, CGMI)
+            got = raw_read_until(fd, CGMI, timeout=10)
             assert got == CGMI, got[:300]
             assert raw_read_until(fd, b"\x00", timeout=0.3) == b""
         finally:
@@ -426,7 +410,7 @@ def test_host_closing_mid_download_leaves_nothing_for_the_next_host(emulator, op
     fd = raw_open(port.path)
     try:
         os.write(fd, b"AT+CGMI\r")
-        assert raw_read_until(fd, CGMI) == CGMI
+        assert raw_read_until(fd, CGMI, timeout=10) == CGMI
         assert raw_read_until(fd, b"\x00", timeout=0.3) == b""
     finally:
         os.close(fd)

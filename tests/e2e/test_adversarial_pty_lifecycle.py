@@ -18,26 +18,10 @@ import pytest
 from emulator.modem.profile import load_profile
 from emulator.testing.host import Host
 from tests.e2e import cli_support
-from tests.e2e.socket_support import wait_for
+from tests.e2e.socket_support import raw_open, raw_read_until, wait_for
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def raw_open(path: str) -> int:
-    return os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-
-
-def raw_read_until(fd: int, end: bytes, timeout: float = 5) -> bytes:
-    got = b""
-    deadline = time.monotonic() + timeout
-    while not got.endswith(end) and time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.05)[0]:
-            try:
-                got += os.read(fd, 65536)
-            except BlockingIOError:
-                pass
-    return got
-
-
 def raw_drain(fd: int, quiet: float = 0.3) -> bytes:
     got = b""
     last = time.monotonic()

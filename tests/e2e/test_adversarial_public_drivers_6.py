@@ -259,7 +259,7 @@ def test_sixfab_send_data_tcp_after_the_port_was_closed_at_the_prompt(port_path,
             conn = server.wait_connection(timeout=10 * SLOW)
             d.send("AT+QISEND=1,5", ">")
             time.sleep(0.5)
-            d.send("hello", "SEND OK", give_up=8)      # (past one resend: already wrong)
+            d.send("hello", "SEND OK", give_up=5)      # (past one resend: already wrong)
             assert conn.wait_received(5, timeout=10 * SLOW) == b"\r\nhel"
         finally:
             d.close()
