@@ -36,7 +36,8 @@ class DeviceConfig:
     (atomically) and read back, checked value by value, when the modem starts; AT+CTZR
     and AT+CSCS start again from their defaults at a restart."""
 
-    NV = ("ctzu", "qsclk", "qsimstat")   # (the items and AT+QSIMDET besides)
+    # The NV numbers and the values each may take (the items and AT+QSIMDET besides).
+    NV = {"ctzu": CTZU_VALUES, "qsclk": (0, 1), "qsimstat": (0, 1)}
 
     def __init__(self, modem) -> None:
         self.modem = modem
@@ -65,8 +66,8 @@ class DeviceConfig:
         the next start only: the command's change holds (logged)."""
         if self._path is None:
             return
-        data = {"ctzu": self.ctzu, "qsclk": self.qsclk, "qsimstat": self.qsimstat,
-                "qsimdet": self.qsimdet, "items": self.items}
+        data = {key: getattr(self, key) for key in self.NV}
+        data.update(qsimdet=self.qsimdet, items=self.items)
         try:
             atomic_write(self._path, json.dumps(data).encode())
         except OSError as exc:
@@ -86,7 +87,7 @@ class DeviceConfig:
             return
         def number(value, allowed) -> bool:         # (true and 1.0 are == 1: not numbers here)
             return type(value) is int and value in allowed
-        for key, allowed in (("ctzu", CTZU_VALUES), ("qsclk", (0, 1)), ("qsimstat", (0, 1))):
+        for key, allowed in self.NV.items():
             if key not in data:
                 continue
             if number(data[key], allowed):

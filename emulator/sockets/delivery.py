@@ -376,8 +376,7 @@ class SocketLink:
 
     def release_input(self) -> None:
         """The port reads again if this link paused it (the link is going away)."""
-        self._stop_unsent_timer()
-        self._unsent.clear()
+        self.power_lost()                # (what waited for a packet goes with the link)
         self._writable()
 
     def escaped(self) -> None:
