@@ -82,6 +82,8 @@ class Interpreter:
         modem.on("output_drained", self._output_drained)
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
+        self._lf_mark: int | None = None  # output_mark() after the prompt a late LF may follow
+        self._lf_early = False            # the host's next bytes were in the pty before that prompt
         # Command name ("+QSSLOPEN") -> seconds its final answer is held back (the
         # control API's "slow"), on the modem's timers.
         self.delays: dict[str, float] = {}
@@ -490,7 +492,9 @@ class Interpreter:
         command line, not to the data that follow a prompt or CONNECT (the host sends them
         only after it) -- also when it arrives just after, from a host writing byte by
         byte.  Drops an LF already waiting; returns until when a first-byte LF is still
-        the line's (None: it is data)."""
+        the line's (None: it is data; -inf: only when the host wrote it before it could
+        see the prompt, see _drop_late_lf)."""
+        self._lf_mark, self._lf_early = None, False
         if not after_line or self.lexer.s3 != 13:
             return None
         if self._inbox[:1] == b"\n":
@@ -499,15 +503,25 @@ class Interpreter:
             del self._inbox[:1]
             self.lexer.forget_line_end()
             return None
-        if not self._inbox and self.lexer.crlf is not False:
-            # (a host known to end its lines with CR alone sends no LF: a first byte
-            # LF from it is data, however soon it comes)
-            return self._line_end + self._lf_window
-        return None
+        if self._inbox:
+            return None
+        # The host's next byte is still to come.  Bytes already waiting in the pty when the
+        # prompt is out were written before it (the same as an LF in the inbox above); one
+        # that comes later while the host has not read the prompt yet cannot answer it.
+        self._lf_mark = self.modem.output_mark()
+        self._lf_early = self.modem.input_waiting() > 0
+        if self.lexer.crlf is False:
+            # (a host known to end its lines with CR alone sends no LF: a first byte LF
+            # that comes after it could see the prompt is data, however soon it comes)
+            return float("-inf")
+        # (counted from the prompt when the line's work took longer than the window: a
+        # stall before the prompt -- a GC pause, a loaded machine -- is not the host's)
+        return max(self._line_end, self.modem.monotonic()) + self._lf_window
 
     def _drop_late_lf(self, until: float) -> bool:
-        """The first byte after a prompt or CONNECT: an LF that comes before `until` (see
-        _line_lf) is the command line's ending and is dropped; True when it was.  After a
+        """The first byte after a prompt or CONNECT: an LF that the host wrote before the
+        prompt was out, or before it read the prompt, or that comes before `until` (see
+        _line_lf), is the command line's ending and is dropped; True when it was.  After a
         line that came whole ("AT...\r" in one write, no LF with it) only an LF that comes
         alone is its ending (the host wrote its CR and LF apart); an LF written together
         with more bytes was written after the prompt, with the data, and is data (a driver
@@ -517,12 +531,20 @@ class Interpreter:
         # (a host that writes its lines whole and has never written a CR and its LF apart:
         # only an LF it wrote on its own can be this line's; the lexer has seen no line since)
         alone_only = lexer.last_line_whole and not lexer.piecewise
-        if (self._inbox[:1] == b"\n" and self.modem.monotonic() <= until
-                and not (alone_only and len(self._inbox) > 1)):
+        mark, self._lf_mark = self._lf_mark, None
+        early, self._lf_early = self._lf_early, False
+        if (self._inbox[:1] == b"\n" and not (alone_only and len(self._inbox) > 1)
+                and (early or self.modem.monotonic() <= until or self._unread(mark))):
             del self._inbox[:1]
             lexer.piecewise = True                  # its CR and LF came apart
             return True
         return False
+
+    def _unread(self, mark: int | None) -> bool:
+        """The host has not read the output up to `mark` (the prompt): what it wrote before
+        reading it cannot answer it -- a host held up between its CR and its LF (a loaded
+        machine, a GC pause) past the window still sent the LF with the line."""
+        return mark is not None and self.modem.host_has_read(mark) is False
 
     def _restart_idle_timer(self, phase: DataPhase) -> None:
         if phase.request.idle_timeout is None:

@@ -146,6 +146,7 @@ class PtyPort:
         self.attached = False
         self.reading = True               # False: host bytes stay in the pty (set_reading)
         self.received = 0                 # bytes read from the host so far (tests sync on it)
+        self.accepted = 0                 # bytes write() took for the host so far (host_has_read)
         self._out = bytearray()
         self.max_backlog = max(max_backlog, HIGH_WATER)
         self._dropped = 0                 # bytes dropped in the current stall (0: not stalled)
@@ -332,6 +333,7 @@ class PtyPort:
                 self._hangup_due = True
                 self.loop.call_soon(self._hangup_if_gone)
             return
+        self.accepted += len(data)
         if (not self._out and not self._writing and self._noise_timer is None
                 and self.noise is None and self.baud is None):
             # Nothing queued, unpaced: straight to the pty (an answer is one write(2),
@@ -360,6 +362,35 @@ class PtyPort:
             self._dropped += excess
         if not self._writing and self._noise_timer is None:
             self._flush()
+
+    def input_waiting(self) -> int:
+        """The host's bytes not handed on yet: read and held, or still in the pty (FIONREAD
+        on the master; one ioctl)."""
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(self.master, termios.FIONREAD, b"\0" * 4))[0]
+        except OSError:
+            queued = 0
+        return len(self._held) + queued
+
+    def host_has_read(self, upto: int) -> bool | None:
+        """Whether the host has read the output up to `upto` (an `accepted` count): none of
+        it waits in this port's buffer nor on the slave side.  None when the pty cannot tell
+        (the slave cannot be opened: a host's TIOCEXCL).  For rare questions only -- the
+        kernel is asked through a brief open of the slave side (FIONREAD)."""
+        behind = self.accepted - upto             # bytes written after the mark
+        if len(self._out) > behind:
+            return False                          # part of it is still in the buffer
+        try:
+            fd = os.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            waiting = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return len(self._out) + waiting <= behind
 
     def set_noise(self, on: bool, seed: int = 0) -> None:
         """Fragments of 1..NOISE_MAX bytes, NOISE_GAP seconds apart (seeded: the same

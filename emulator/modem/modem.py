@@ -67,6 +67,9 @@ class Modem:
         self._reading: Callable[[bool], None] | None = None
         self.dtr = 1                      # the host's DTR line (set_dtr)
         self._backlog: Callable[[], int] = lambda: 0
+        self._written: Callable[[], int] | None = None          # (attach: output_mark)
+        self._read_up_to: Callable[[int], bool | None] | None = None
+        self._waiting: Callable[[], int] | None = None
         self.tracer = None                # a trace (emulator/tools/trace.py) when attached
         self.interpreter = Interpreter(self)
 
@@ -77,8 +80,14 @@ class Modem:
     # -- wiring ---------------------------------------------------------------
     def attach(self, sink: Callable[[bytes], None], loop: asyncio.AbstractEventLoop | None = None,
                backlog: Callable[[], int] | None = None,
-               reading: Callable[[bool], None] | None = None) -> None:
-        """sink(bytes) takes output; backlog() tells how much of it the host has not taken yet."""
+               reading: Callable[[bool], None] | None = None,
+               written: Callable[[], int] | None = None,
+               read_up_to: Callable[[int], bool | None] | None = None,
+               waiting: Callable[[], int] | None = None) -> None:
+        """sink(bytes) takes output; backlog() tells how much of it the host has not taken yet;
+        written() counts the bytes sink() took, read_up_to(count) tells whether the host has
+        read that far (None: cannot tell) -- see output_mark(); waiting() counts the host's
+        bytes not read from it yet."""
         self._sink = sink
         self.loop = loop
         self._reading = reading           # reading(False) stops taking host bytes (flow control)
@@ -86,6 +95,8 @@ class Modem:
             self.timers = Timers(loop, manual=self._manual_time)
         if backlog is not None:
             self._backlog = backlog
+        self._written, self._read_up_to = written, read_up_to
+        self._waiting = waiting
 
     def monotonic(self) -> float:
         """The modem's monotonic time in seconds (its Timers; manual in tests)."""
@@ -132,6 +143,20 @@ class Modem:
 
     def output_backlog(self) -> int:
         return self._backlog()
+
+    def input_waiting(self) -> int:
+        """The host's bytes written and not handed to feed() yet (0: none, or cannot tell)."""
+        return self._waiting() if self._waiting is not None else 0
+
+    def output_mark(self) -> int | None:
+        """A mark of the output written so far, for host_has_read(); None: the transport
+        cannot tell what the host has read."""
+        return self._written() if self._written is not None and self._read_up_to is not None else None
+
+    def host_has_read(self, mark: int) -> bool | None:
+        """Whether the host has read the output up to `mark` (output_mark()); None: unknown.
+        Asks the kernel: for rare questions (a late LF after a prompt), not per byte."""
+        return self._read_up_to(mark) if self._read_up_to is not None else None
 
     def host_hangup(self) -> None:
         """The host closed the port (transport callback)."""

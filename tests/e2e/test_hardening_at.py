@@ -69,6 +69,83 @@ def test_late_lf_ends_the_line_for_qsecwrite(ml302):
     assert answer.startswith(b"\r\n+QSECWRITE: 3,"), answer      # 3 bytes: the LF was not stored
 
 
+def host_reading(modem, out, waiting=lambda: 0):
+    """Attach `out` with a host that reads when told: returns read(), which marks all output
+    so far as read (the pty's FIONREAD count on the slave side, in the real port);
+    waiting(): the host's bytes still in the pty (FIONREAD on the master)."""
+    taken = [0]
+    modem.attach(out.extend, written=lambda: len(out), read_up_to=lambda mark: taken[0] >= mark,
+                 waiting=waiting)
+
+    def read() -> None:
+        taken[0] = len(out)
+    return read
+
+
+@pytest.mark.parametrize("ending", [b"\r\n", b"\r"])
+@pytest.mark.parametrize("host_read_the_prompt", [False, True])
+def test_an_lf_written_before_the_host_read_the_prompt_is_the_lines(host_read_the_prompt, ending):
+    """A host held up between its CR and its LF far past serial.lf_window_ms (a loaded
+    machine, a GC pause; CI saw it): while it has not read the prompt it cannot be answering
+    it, so the LF is still the line's -- also from a host that ended its earlier lines with
+    CR alone and now ends one with CR LF.  Once it has read the prompt, a late LF is data."""
+    modem, out, clock = sans_io_modem(prime=False)
+    read = host_reading(modem, out)
+    for b in b"ATE0" + ending:                   # byte by byte
+        modem.feed(bytes([b]))
+    read()
+    modem.feed(b'AT+QFUPL="RAM:held",2\r')
+    assert out.endswith(b"\r\nCONNECT\r\n")
+    if host_read_the_prompt:
+        read()
+    clock[0] += 5.0                              # 100 windows later
+    modem.feed(b"\n")
+    modem.feed(b"ab")
+    expected = b"\na" if host_read_the_prompt else b"ab"
+    assert modem.files.read("RAM:held") == expected
+
+
+@pytest.mark.parametrize("waiting", [0, 1])
+def test_an_lf_already_in_the_pty_when_the_prompt_is_out_is_the_lines(waiting):
+    """A host that has ended its lines with CR alone, then writes "AT+QFUPL=...<CR><LF>" byte
+    by byte: the emulator read the CR on its own and its LF was already waiting in the pty
+    when CONNECT went out -- written before the prompt, it is the line's however late it is
+    read (even if the host has read the prompt by then).  Not waiting yet: data, as from any
+    CR-only host that has read its prompt."""
+    modem, out, clock = sans_io_modem()                 # ATE0<CR> AT<CR>: a CR-only host
+    read = host_reading(modem, out, waiting=lambda: waiting)
+    modem.feed(b'AT+QFUPL="RAM:early",2\r')
+    read()
+    clock[0] += 1.0
+    modem.feed(b"\n")
+    modem.feed(b"ab")
+    assert modem.files.read("RAM:early") == (b"ab" if waiting else b"\na")
+
+
+@pytest.mark.parametrize("crlf_before", [True, False])
+def test_held_up_lf_through_the_pty_is_not_upload_data(ec2x_on, emulator, crlf_before):
+    """The same through the real pty (its slave side's unread bytes): the host writes its
+    line's CR, its clock-stopped modem writes CONNECT, a second passes on the modem's clock,
+    and only then the host writes its LF -- before reading anything.  (crlf_before False:
+    the fixture's lines ended with CR alone.)"""
+    host, port = ec2x_on
+    if crlf_before:
+        crlf_host(host)
+    host.write(b'AT+QFUPL="UFS:held.txt",3\r')
+    deadline = time.monotonic() + 10
+    while host.ser.in_waiting < len(b"\r\nCONNECT\r\n"):       # CONNECT waits, unread
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    emulator.advance(port, 1.0)                                    # 20 windows
+    host.write(b"\n")
+    emulator.wait_received(port, host.written)
+    assert host.read_until(b"\r\nCONNECT\r\n") == b"\r\nCONNECT\r\n"
+    host.write(b"abc")
+    assert host.read_until(b"\r\nOK\r\n").startswith(b"\r\n+QFUPL: 3,")
+    host.write(b'AT+QFDWL="UFS:held.txt"\r\n')
+    assert host.read_until(b"\r\nOK\r\n").startswith(b"\r\nCONNECT\r\nabc\r\n+QFDWL: 3,")
+
+
 def test_a_cr_only_host_may_start_its_data_with_lf():
     """A host whose lines end with CR alone sends no LF after them: its data may begin
     with one, however soon after the prompt."""
