@@ -42,7 +42,7 @@ run-ml302: $(STAMP)
 
 # Skips count as failures here: a missing openssl or socat CLI or native TLS layer must show.
 test: $(STAMP) openssl socat
-	MODEM_EMULATOR_REQUIRE_ALL=1 $(PY) -m pytest -q
+	MODEM_EMULATOR_REQUIRE_ALL=1 $(PY) -m pytest -q --durations=15
 
 # One table, each figure beside a reference from the same run (about 2 minutes).
 bench: $(STAMP) socat

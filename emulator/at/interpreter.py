@@ -83,7 +83,7 @@ class Interpreter:
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
         self._lf_mark: int | None = None  # output_mark() after the prompt a late LF may follow
-        self._lf_early = False            # the host's next bytes were in the pty before that prompt
+        self._lf_early = 0                # the host's bytes in the pty when that prompt went out
         # Command name ("+QSSLOPEN") -> seconds its final answer is held back (the
         # control API's "slow"), on the modem's timers.
         self.delays: dict[str, float] = {}
@@ -494,7 +494,7 @@ class Interpreter:
         byte.  Drops an LF already waiting; returns until when a first-byte LF is still
         the line's (None: it is data; -inf: only when the host wrote it before it could
         see the prompt, see _drop_late_lf)."""
-        self._lf_mark, self._lf_early = None, False
+        self._lf_mark, self._lf_early = None, 0
         if not after_line or self.lexer.s3 != 13:
             return None
         if self._inbox[:1] == b"\n":
@@ -509,7 +509,7 @@ class Interpreter:
         # prompt is out were written before it (the same as an LF in the inbox above); one
         # that comes later while the host has not read the prompt yet cannot answer it.
         self._lf_mark = self.modem.output_mark()
-        self._lf_early = self.modem.input_waiting() > 0
+        self._lf_early = self.modem.input_waiting()
         if self.lexer.crlf is False:
             # (a host known to end its lines with CR alone sends no LF: a first byte LF
             # that comes after it could see the prompt is data, however soon it comes)
@@ -532,9 +532,12 @@ class Interpreter:
         # only an LF it wrote on its own can be this line's; the lexer has seen no line since)
         alone_only = lexer.last_line_whole and not lexer.piecewise
         mark, self._lf_mark = self._lf_mark, None
-        early, self._lf_early = self._lf_early, False
-        if (self._inbox[:1] == b"\n" and not (alone_only and len(self._inbox) > 1)
-                and (early or self.modem.monotonic() <= until or self._unread(mark))):
+        early, self._lf_early = self._lf_early, 0
+        # (early == 1: the LF was all the pty held when the prompt went out -- written on
+        # its own, before the prompt: the line's, whatever the read joined to it since)
+        if self._inbox[:1] == b"\n" and (early == 1 or (
+                not (alone_only and len(self._inbox) > 1)
+                and (early or self.modem.monotonic() <= until or self._unread(mark)))):
             del self._inbox[:1]
             lexer.piecewise = True                  # its CR and LF came apart
             return True

@@ -122,6 +122,24 @@ def test_an_lf_already_in_the_pty_when_the_prompt_is_out_is_the_lines(waiting):
     assert modem.files.read("RAM:early") == (b"ab" if waiting else b"\na")
 
 
+@pytest.mark.parametrize("waiting", [1, 3])
+def test_an_lf_alone_in_the_pty_when_the_prompt_is_out_is_the_lines_whatever_comes_with_it(waiting):
+    """A byte-by-byte CR LF host whose line the lagging emulator read whole up to its CR (so it
+    looks like a host writing whole lines); its LF, written on its own, was all the pty held
+    when CONNECT went out, and the data it wrote after reading CONNECT are read together with
+    that LF (CI saw it: the server got LF CR LF "CRLF first").  The LF is the line's.  Three
+    bytes waiting ("\\nab" written in one go before the prompt, by a host that does not wait
+    for it, from a host writing whole lines): data, as before."""
+    modem, out, clock = sans_io_modem(prime=False)
+    modem.feed(b"ATE0\r\n")                          # whole lines, CR LF
+    read = host_reading(modem, out, waiting=lambda: waiting)
+    modem.feed(b'AT+QFUPL="RAM:alone",2\r')
+    read()
+    clock[0] += 0.001
+    modem.feed(b"\nab")
+    assert modem.files.read("RAM:alone") == (b"ab" if waiting == 1 else b"\na")
+
+
 @pytest.mark.parametrize("crlf_before", [True, False])
 def test_held_up_lf_through_the_pty_is_not_upload_data(ec2x_on, emulator, crlf_before):
     """The same through the real pty (its slave side's unread bytes): the host writes its
