@@ -480,14 +480,23 @@ class Interpreter:
         phase = DataPhase(request, self._raw, self._guard_time(), self.modem.monotonic())
         self._enter(Event.PROMPT)
         self._data = phase
+        waiting = self._waiting_before_prompt(after_line)
         self.modem.write(framing.prompt(request.prompt, self.modem.settings))
-        phase.lf_until = self._line_lf(after_line)
+        phase.lf_until = self._line_lf(after_line, waiting)
         self._restart_idle_timer(phase)
         self.modem.emit("data_prompt")          # the port waits for the host: work can go now
         if request.length == 0:
             self._finish_data(phase, "done")
 
-    def _line_lf(self, after_line: bool) -> float | None:
+    def _waiting_before_prompt(self, after_line: bool) -> int:
+        """The host's bytes in the pty, asked just before a prompt or CONNECT is written:
+        written before the host could see it.  (Asked after the write, a host quick to
+        answer the prompt -- its data LF -- could already be among them.)"""
+        if after_line and not self._inbox and self.lexer.s3 == 13:
+            return self.modem.input_waiting()
+        return 0
+
+    def _line_lf(self, after_line: bool, waiting: int = 0) -> float | None:
         """A host ending its lines with CR LF: the LF that came with the CR belongs to the
         command line, not to the data that follow a prompt or CONNECT (the host sends them
         only after it) -- also when it arrives just after, from a host writing byte by
@@ -505,11 +514,11 @@ class Interpreter:
             return None
         if self._inbox:
             return None
-        # The host's next byte is still to come.  Bytes already waiting in the pty when the
-        # prompt is out were written before it (the same as an LF in the inbox above); one
-        # that comes later while the host has not read the prompt yet cannot answer it.
+        # The host's next byte is still to come.  Bytes `waiting` in the pty before the
+        # prompt was written were written before it (the same as an LF in the inbox above);
+        # one that comes later while the host has not read the prompt yet cannot answer it.
         self._lf_mark = self.modem.output_mark()
-        self._lf_early = self.modem.input_waiting()
+        self._lf_early = waiting
         if self.lexer.crlf is False:
             # (a host known to end its lines with CR alone sends no LF: a first byte LF
             # that comes after it could see the prompt is data, however soon it comes)
@@ -623,12 +632,13 @@ class Interpreter:
         return self.modem.settings.sreg[12] / 50        # S12: fiftieths of a second
 
     def _go_online(self, link: OnlineLink, after_line: bool) -> None:
+        waiting = self._waiting_before_prompt(after_line)
         self._write_final("CONNECT")
         self._enter(Event.ONLINE)
         self._online = link
         self.last_online = link
         self._escape = EscapeDetector(self._guard_time(), self.modem.monotonic())
-        self._online_lf_until = self._line_lf(after_line)
+        self._online_lf_until = self._line_lf(after_line, waiting)
         self.lexer.reset()                       # (keeps what it learnt of the host's line ends)
         link.started()
 

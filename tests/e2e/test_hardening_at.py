@@ -122,6 +122,18 @@ def test_an_lf_already_in_the_pty_when_the_prompt_is_out_is_the_lines(waiting):
     assert modem.files.read("RAM:early") == (b"ab" if waiting else b"\na")
 
 
+def test_an_lf_the_host_wrote_after_the_prompt_went_out_is_data():
+    """The pty is asked what waits *before* the prompt is written: a CR-only host quick to
+    answer it -- its 1-byte payload an LF, in the pty by the time the write returned -- sent
+    data (the full run saw a DTLS AT+QSSLSEND=0,1 of "\\n" wait for ever for its byte)."""
+    modem, out, clock = sans_io_modem()                 # ATE0<CR> AT<CR>: a CR-only host
+    read = host_reading(modem, out, waiting=lambda: 1 if out.endswith(b"CONNECT\r\n") else 0)
+    modem.feed(b'AT+QFUPL="RAM:quick",1\r')
+    read()
+    modem.feed(b"\n")
+    assert modem.files.read("RAM:quick") == b"\n"
+
+
 @pytest.mark.parametrize("waiting", [1, 3])
 def test_an_lf_alone_in_the_pty_when_the_prompt_is_out_is_the_lines_whatever_comes_with_it(waiting):
     """A byte-by-byte CR LF host whose line the lagging emulator read whole up to its CR (so it
