@@ -202,18 +202,33 @@ class PtyPort:
         return any(ev & select.POLLHUP for _, ev in self._poll.poll(0))
 
     def _attach_if_present(self) -> bool:
-        """Attach when a host holds the slave side open (no POLLHUP); False: nobody there."""
+        """Attach when a host holds the slave side open (no POLLHUP); False: nobody there.
+        What the pty holds is read *before* the look: read after a look that found nobody,
+        it could be a host's that opened the port and wrote in between (the look and the
+        read are two syscalls; another thread may run between them), and be dropped as the
+        departed host's.  Read first, it is the departed host's only if nobody is there
+        after; otherwise it is handed on first."""
+        early = self._read_all() if self.reading else b""
         if self._host_gone():
-            self._drop_departed_input()
+            if self.reading:
+                if early:
+                    log.info("%s: %d bytes from a host that closed before it was seen, dropped",
+                             self.device, len(early))
+            else:
+                self._drop_departed_input()
             return False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self.attached = True
         log.debug("host opened %s", self.device)
+        if early:
+            self._held = early            # (first in line, a loop turn later)
         if self.reading:
             self.loop.add_reader(self.master, self._readable)
             self._peers.arm(self)
+            if self._held:
+                self.loop.call_soon(self._hand_on_held)
         else:
             self._watch_paused()          # (held back before this host came)
         return True
@@ -284,11 +299,9 @@ class PtyPort:
             self.on_hangup()
         self._watch_for_host()
 
-    def _drop_departed_input(self) -> None:
-        """Bytes a host wrote and then closed the port before it was ever seen (between two
-        looks for a host): nobody is there to answer, and the next host must not have them
-        run for it."""
-        dropped = 0
+    def _read_all(self) -> bytes:
+        """Everything the pty holds from the host side now."""
+        pieces = []
         while True:
             try:
                 piece = os.read(self.master, 65536)
@@ -296,7 +309,14 @@ class PtyPort:
                 break
             if not piece:
                 break
-            dropped += len(piece)
+            pieces.append(piece)
+        return b"".join(pieces)
+
+    def _drop_departed_input(self) -> None:
+        """Bytes a host wrote and then closed the port before it was ever seen (between two
+        looks for a host): nobody is there to answer, and the next host must not have them
+        run for it."""
+        dropped = len(self._read_all())
         if dropped:
             log.info("%s: %d bytes from a host that closed before it was seen, dropped", self.device, dropped)
 

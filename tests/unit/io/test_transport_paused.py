@@ -112,3 +112,34 @@ def test_bytes_held_when_flow_control_stopped_reading_go_on_when_it_resumes():
             os.close(fd)
             port.close()
     asyncio.run(main())
+
+
+def test_a_host_that_opens_and_writes_right_after_a_look_found_nobody_keeps_its_bytes():
+    """Was a bug, fixed (the full run saw a driver's first AT+QPOWD=0 go unanswered): the
+    look for a host found nobody (POLLHUP), then -- another thread running between the two
+    syscalls -- a host opened the port and wrote its first command, and the read that
+    followed dropped that command as the departed host's.  The pty is now read before the
+    look: bytes there are dropped only if nobody is there after."""
+    async def main():
+        got = bytearray()
+        port = PtyPort(asyncio.get_running_loop(), got.extend)
+        fds = []
+        real_gone = port._host_gone
+
+        def gone_then_a_host_arrives() -> bool:
+            answer = real_gone()
+            if answer and not fds:           # the look said nobody; the host arrives now
+                fd = os.open(port.device, os.O_RDWR | os.O_NOCTTY)
+                fds.append(fd)
+                os.write(fd, b"AT+QPOWD=0\r")
+            return answer
+        port._host_gone = gone_then_a_host_arrives
+        try:
+            await until(lambda: fds)
+            await until(lambda: port.attached)
+            await until(lambda: bytes(got) == b"AT+QPOWD=0\r")
+        finally:
+            for fd in fds:
+                os.close(fd)
+            port.close()
+    asyncio.run(main())
