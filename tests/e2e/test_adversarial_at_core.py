@@ -8,11 +8,12 @@ the others pin behaviour that was checked and found right."""
 from __future__ import annotations
 
 import re
-import time
 import tomllib
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.answer_support import answer_is
 
 PROFILES = Path(__file__).resolve().parents[2] / "emulator" / "profiles"
 FINAL_V1 = re.compile(rb"\r\n(OK|ERROR|\+CME ERROR: [^\r\n]*)\r\n$")
@@ -180,14 +181,14 @@ def test_cmee_modes_and_atv0_atq1(ec2x):
     ec2x.write(b"AT+CSQ\r")
     ec2x.write(b"AT+CMEE=1;+CFUN=5\r")
     ec2x.write(b"ATY\r")
-    assert ec2x.quiet_for(0.3) == b"+CSQ: 24,99\r\n"
+    answer_is(ec2x, b"+CSQ: 24,99\r\n")
     assert ec2x.at("ATQ0V1") == b"\r\nOK\r\n"
 
 
 def test_atq1_keeps_urcs(open_modem, emulator):
     host, _ = open_modem("ec2x")
     host.write(b"ATQ1;+CSQ\r")
-    assert host.quiet_for(0.2) == b"\r\n+CSQ: 24,99\r\n"
+    answer_is(host, b"\r\n+CSQ: 24,99\r\n", 0.2)
     assert emulator.control("urc", text='+QIURC: "x"')["ok"]
     assert host.read_until(b'+QIURC: "x"\r\n') == b'\r\n+QIURC: "x"\r\n'
 
@@ -246,14 +247,18 @@ def test_s3_changes_the_line_terminator_and_cr_becomes_data(ec2x):
 
 # Was a bug, fixed: framing.py hard-coded CR LF whatever S3/S4 said (V.250 6.2.1/6.2.2).
 def test_s3_frames_the_answers(ec2x):
-    assert exchange(ec2x, b"ATS3=35\r") == b"#\nOK#\n"
-    assert exchange(ec2x, b"AT+CSQ#") == b"#\n+CSQ: 24,99#\n#\nOK#\n"
+    ec2x.write(b"ATS3=35\r")
+    answer_is(ec2x, b"#\nOK#\n")
+    ec2x.write(b"AT+CSQ#")
+    answer_is(ec2x, b"#\n+CSQ: 24,99#\n#\nOK#\n")
 
 
 # Was a bug, fixed: framing.py hard-coded CR LF whatever S3/S4 said (V.250 6.2.1/6.2.2).
 def test_s4_frames_the_answers(ec2x):
-    exchange(ec2x, b"ATS4=64\r")
-    assert exchange(ec2x, b"AT+CSQ\r") == b"\r@+CSQ: 24,99\r@\r@OK\r@"
+    ec2x.write(b"ATS4=64\r")
+    answer_is(ec2x, b"\r@OK\r@")
+    ec2x.write(b"AT+CSQ\r")
+    answer_is(ec2x, b"\r@+CSQ: 24,99\r@\r@OK\r@")
 
 
 def test_s_register_reads_writes_ranges_and_tests(ec2x):
@@ -340,8 +345,10 @@ def test_a_saved_terminator_is_the_terminator_after_a_restart(open_modem, tmp_pa
 @pytest.mark.parametrize("mode,expected", [("ATV0", b"0\r"), ("ATQ1", b"")])
 def test_reboot_ok_is_framed_with_the_settings_it_was_asked_with(ec2x, mode, expected):
     ec2x.at("ATV1Q0")
-    exchange(ec2x, mode.encode() + b"\r", 0.2)
-    out = exchange(ec2x, b"AT+CFUN=1,1\r", 0.4)
+    ec2x.write(mode.encode() + b"\r")
+    answer_is(ec2x, expected, 0.2)         # (its own OK: 0\r, or nothing)
+    ec2x.write(b"AT+CFUN=1,1\r")
+    out = ec2x.read_until(b"\r\nRDY\r\n")
     # (the boot URCs come after the reboot, framed with the restored AT&W set: V1)
     assert out.startswith(expected + b"\r\nRDY\r\n"), out
 
@@ -365,7 +372,8 @@ def test_creg_mode_does_not_survive_a_reboot(ec2x):
 # at <fun>
 @pytest.mark.parametrize("fun", [0, 4])
 def test_cfun_with_reset_ends_at_the_asked_level(ec2x, fun):
-    out = exchange(ec2x, f"AT+CFUN={fun},1\r".encode(), 0.4)
+    ec2x.write(f"AT+CFUN={fun},1\r".encode())
+    out = ec2x.read_until(FINAL_V1)
     if out.startswith(b"\r\nOK\r\n"):
         ec2x.at("ATE0")
         assert ec2x.at("AT+CFUN?") == f"\r\n+CFUN: {fun}\r\n\r\nOK\r\n".encode()
@@ -460,9 +468,11 @@ def test_backspace_deletes_the_prefixes_t_too(ec2x):
 # came framed with the restored settings; URCs queued before a reboot were written after it.
 def test_a_slow_reboot_still_answers_as_asked_before_restarting(emulator, ec2x):
     ec2x.at("ATV1Q0")
-    exchange(ec2x, b"ATV0\r", 0.2)
+    ec2x.write(b"ATV0\r")
+    assert ec2x.read_until(b"0\r") == b"0\r"
     assert emulator.control("slow", command="+CFUN", ms=300)["ok"]
-    out = exchange(ec2x, b"AT+CFUN=1,1;+CSQ\r", 0.8)
+    ec2x.write(b"AT+CFUN=1,1;+CSQ\r")
+    out = ec2x.read_until(b"+QIND: SMS DONE\r\n") + ec2x.quiet_for(0.3)   # the whole boot, and after
     assert out.startswith(b"0\r\r\nRDY\r\n"), out                 # then the boot URCs (AT&W: V1)
     assert b"+CSQ" not in out
 
@@ -471,7 +481,7 @@ def test_urcs_queued_before_a_reboot_are_not_written_after_it(emulator, open_mod
     host, port = open_modem("ec2x")
     assert emulator.control("slow", command="+CSQ", ms=300)["ok"]
     host.write("AT+CSQ;+CFUN=1,1\r")
-    time.sleep(0.1)
+    emulator.wait_received(port, host.written)                     # (the line is in: +CSQ runs)
     assert emulator.control("urc", text='+QIURC: "recv",0')["ok"]   # news while the port is busy
-    out = host.quiet_for(0.9)
+    out = host.read_until(b"+QIND: SMS DONE\r\n") + host.quiet_for(0.3)   # the whole boot, and after
     assert b"OK\r\n" in out and b"RDY" in out and b'"recv",0' not in out, out

@@ -346,6 +346,7 @@ def test_drop_on_a_slow_link_pushes_nothing_after_closed(open_modem, peer_factor
     emulator.advance(port, 1.0)                                # the link delivers what was on it
     assert emulator.run(lambda: link.incoming.queued) == 0
     assert host.at("AT+CSQ").endswith(b"\r\nOK\r\n")           # the port goes idle once more
+    host.seen(b'+QIURC: "closed",0\r\n', timeout=5)               # (however late it is written)
     host.quiet_for(0.3)
     seen = bytes(host.transcript[mark:])
     closed = seen.find(b'+QIURC: "closed",0\r\n')

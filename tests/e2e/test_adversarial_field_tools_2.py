@@ -119,7 +119,7 @@ def test_a_second_reboot_abandons_the_first_boot(emulator, ec2x_on):
     emulator.advance(port, 0.6)                        # 1.1 s after the first, 0.6 s after the second
     early = host.quiet_for(0.3)
     emulator.advance(port, 0.5)
-    late = host.quiet_for(0.3)
+    late = host.read_until(b"RDY\r\n", timeout=5) + host.quiet_for(0.3)
     assert (early, late.count(b"RDY")) == (b"", 1), (early, late)
 
 

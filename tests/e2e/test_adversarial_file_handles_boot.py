@@ -23,6 +23,7 @@ import re
 import time
 
 from emulator.testing.host import Host
+from tests.e2e.answer_support import answer_is
 
 OK = b"\r\nOK\r\n"
 BUSY = b"\r\n+CME ERROR: 14\r\n"
@@ -218,48 +219,48 @@ def test_qfwrite_one_byte_at_a_time_crlf(ec2x, strict_log):
 def test_qfread_and_qfwrite_under_atv0_cmee_and_atq1(ec2x, strict_log):
     h = fill(ec2x, "v.bin", b"\r\n0\r")                                   # data that look like codes
     ec2x.write(f"ATV0;+QFSEEK={h},0;+QFREAD={h},3;+QFREAD={h}\r")
-    assert ec2x.quiet_for(0.3) == b"1\r\r\n01\r\r0\r"
+    answer_is(ec2x, b"1\r\r\n01\r\r0\r")
     ec2x.write(f"AT+QFREAD={h}\r")
-    assert ec2x.quiet_for(0.3) == b"+CME ERROR: 402\r\n"                  # +CME keeps its words
+    answer_is(ec2x, b"+CME ERROR: 402\r\n")                  # +CME keeps its words
     ec2x.write(f"AT+QFWRITE={h},2\r")
-    assert ec2x.quiet_for(0.3) == b"1\r"
+    answer_is(ec2x, b"1\r")
     ec2x.write(b"ok")
-    assert ec2x.quiet_for(0.3) == b"+QFWRITE: 2,6\r\n0\r"
+    answer_is(ec2x, b"+QFWRITE: 2,6\r\n0\r")
     ec2x.write(f"AT+CMEE=2;+QFREAD={h}\r")
-    assert ec2x.quiet_for(0.3) == b"+CME ERROR: read zero byte\r\n"
+    answer_is(ec2x, b"+CME ERROR: read zero byte\r\n")
     ec2x.write(f"ATV1;+CMEE=0;+QFREAD={h}\r")
-    assert ec2x.quiet_for(0.3) == b"\r\nERROR\r\n"
+    answer_is(ec2x, b"\r\nERROR\r\n")
     ec2x.write(b"AT+CMEE=1;+QFCLOSE=5\r")
-    assert ec2x.quiet_for(0.3) == cme(416)
+    answer_is(ec2x, cme(416))
     # ATQ1: no CONNECT, no OK, no +CME ERROR; information text stays
     ec2x.write(f"ATQ1;+QFWRITE={h},1\r")
     assert ec2x.quiet_for(0.3) == b""
     ec2x.write(b"!")
-    assert ec2x.quiet_for(0.3) == b"\r\n+QFWRITE: 1,7\r\n"
+    answer_is(ec2x, b"\r\n+QFWRITE: 1,7\r\n")
     ec2x.write(f"AT+QFREAD={h}\r")
     assert ec2x.quiet_for(0.3) == b""
     ec2x.write(f"AT+QFPOSITION={h}\r")
-    assert ec2x.quiet_for(0.3) == b"\r\n+QFPOSITION: 7\r\n"
+    answer_is(ec2x, b"\r\n+QFPOSITION: 7\r\n")
     ec2x.write(b"ATQ0\r")
-    assert ec2x.quiet_for(0.3) == OK
+    answer_is(ec2x, OK)
 
 
 def test_qfread_and_qfwrite_with_s3_and_s4_changed(ec2x, strict_log):
     h = fill(ec2x, "s.bin", b"ab")
     ec2x.write(b"ATS3=35\r")
-    assert ec2x.quiet_for(0.3) == b"#\nOK#\n"
+    answer_is(ec2x, b"#\nOK#\n")
     ec2x.write(f"AT+QFWRITE={h},2#".encode())
-    assert ec2x.quiet_for(0.3) == b"#\nCONNECT#\n"
+    answer_is(ec2x, b"#\nCONNECT#\n")
     ec2x.write(b"#\r")                                                    # S3 and CR: data
-    assert ec2x.quiet_for(0.3) == b"#\n+QFWRITE: 2,4#\n#\nOK#\n"
+    answer_is(ec2x, b"#\n+QFWRITE: 2,4#\n#\nOK#\n")
     ec2x.write(f"AT+QFSEEK={h},0;+QFREAD={h}#".encode())
-    assert ec2x.quiet_for(0.3) == b"#\nCONNECT 4#\nab#\r#\nOK#\n"
+    answer_is(ec2x, b"#\nCONNECT 4#\nab#\r#\nOK#\n")
     ec2x.write(b"ATS3=13;S4=64#")
-    assert ec2x.quiet_for(0.3) == b"\r@OK\r@"
+    answer_is(ec2x, b"\r@OK\r@")
     ec2x.write(f"AT+QFSEEK={h},1;+QFREAD={h},2\r".encode())
-    assert ec2x.quiet_for(0.3) == b"\r@CONNECT 2\r@b#\r@OK\r@"
+    answer_is(ec2x, b"\r@CONNECT 2\r@b#\r@OK\r@")
     ec2x.write(b"ATS4=10\r")
-    assert ec2x.quiet_for(0.3) == OK
+    answer_is(ec2x, OK)
 
 
 # -- large reads: paced, read late, read in odd pieces, pipelined ------------------------------
@@ -483,7 +484,7 @@ def test_saved_atv0_frames_the_boot_and_a_slash_repeats_nothing_after_it(ec2x_st
     host.write(b"A/")                                  # after a reboot there is no last line
     assert host.quiet_for(0.2) == b""
     host.write(b"AT+CIMI\r")
-    assert host.quiet_for(0.2) == b"+CME ERROR: 14\r\n"             # +CME keeps its words
+    answer_is(host, b"+CME ERROR: 14\r\n", 0.2)             # +CME keeps its words
     advance(0.05)
     assert host.read_until(b"RDY\r\n", timeout=3) == b"RDY\r\n"
     advance(0.6)

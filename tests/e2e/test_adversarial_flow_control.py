@@ -42,6 +42,14 @@ def _held(emulator, port) -> bool:
     return emulator.run(lambda: port.modem.input_held("output"))
 
 
+def _answered(emulator, port, host) -> None:
+    """Wait until the modem read all the host wrote and answered it (back in command mode,
+    nothing left to run): its answer is out, however slow the machine."""
+    emulator.wait_received(port, host.written)
+    wait_for(lambda: _mode(emulator, port) is Mode.COMMAND and not
+             emulator.run(lambda: bool(port.modem.interpreter._inbox)), what="answered")
+
+
 def _start_held(emulator, port, host, count: int = 3000):
     """AT+IFC=2,2 then ~100 KB of pipelined ATI answers the host does not read: the modem
     stops taking input past 64 KiB.  Returns the writer thread (it may block in the pty)."""
@@ -121,6 +129,7 @@ def test_reboot_of_a_held_modem_leaves_it_answering(open_modem, emulator, strict
     # the module lost power: what the host still had to say is gone, what was out stays out
     host.quiet_for(0.5)
     writer.join(10)
+    host.seen(b"+QIND: SMS DONE\r\n")                           # the whole boot (on real time)
     host.quiet_for(0.3)
     assert host.at("ATE0") == b"ATE0\r\r\nOK\r\n"                # factory ATE1 again
     assert host.at("AT+IFC?") == b"\r\n+IFC: 0,0\r\n\r\nOK\r\n"    # not AT&W'd
@@ -194,9 +203,10 @@ def test_big_download_framed_as_a_small_one(open_modem, emulator, strict_log, se
     assert host.upload("small.bin", small).endswith(b"\r\nOK\r\n")
     assert host.upload("mid.bin", MID).endswith(b"\r\nOK\r\n")
     host.write(settings + "\r")
+    _answered(emulator, port, host)
     host.quiet_for(0.2)
     host.write('AT+QFDWL="small.bin"\r')
-    wait_for(lambda: _mode(emulator, port) is Mode.COMMAND, what="small answered")
+    _answered(emulator, port, host)                  # (COMMAND alone: also before it was read)
     small_answer = host.quiet_for(0.3)
     assert small in small_answer
     head, tail = small_answer.split(small)

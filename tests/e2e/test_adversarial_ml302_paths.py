@@ -17,6 +17,7 @@ import time
 import pytest
 
 from emulator.testing.peers import default_pki
+from tests.e2e.answer_support import collect
 from tests.e2e.ml302_support import HOST, HOST_IP, routed_servers
 from tests.e2e.socket_support import wait_for
 
@@ -235,7 +236,7 @@ def test_cgact_0_with_sockets_in_every_state(ml, server):
     srv, stalled = every_state(host, server)
     host.write("AT+CGACT=0,1\r")
     assert host.read_until(OK) == OK
-    after = host.quiet_for(0.3)
+    after = collect(host, lambda got: b'"close",1\r\n' in got and b"+QSSLOPEN: 0,-1\r\n" in got)
     assert sorted(after.split(b"\r\n\r\n")) == sorted([b'\r\n+QSSLURC: "close",1', b"+QSSLOPEN: 0,-1\r\n"]), after
     assert host.at("AT+QSSLSTATE") == state({0: st("CLOSED"), 1: st("REMOTE CLOSING"),
                                              2: st("REMOTE CLOSING"), 3: st("CLOSED")}, "PDP DEACT")

@@ -482,7 +482,7 @@ def test_hangup_in_a_udp_service_prompt_sends_nothing(modem):
         peer.close()
 
 
-def test_hangup_with_a_listener_and_a_client_arriving_meanwhile(modem):
+def test_hangup_with_a_listener_and_a_client_arriving_meanwhile(modem, emulator):
     """A client connects while no host is there: its "incoming" URC goes to nobody, but the
     socket exists; the next host sees it in AT+QISTATE and reads its data."""
     host, _, port = modem
@@ -492,7 +492,8 @@ def test_hangup_with_a_listener_and_a_client_arriving_meanwhile(modem):
     wait_for(lambda: not port.port.attached, what="the modem saw the hang-up")
     c = socket.create_connection(("127.0.0.1", lport))
     c.sendall(b"while away")
-    time.sleep(0.3)
+    wait_for(lambda: any(s["id"] == 1 and s["unread"] == 10 for s in emulator.control("state")["sockets"]),
+             what="the client accepted and its data buffered")
     host = Host(port.path)
     try:
         host.quiet_for(0.2)

@@ -308,7 +308,10 @@ def test_ml302_attach_and_address_as_its_drivers_read_them(ml302, emulator, echo
 
 
 # -- (U)SIM status, PIN counters, data counters (EC2x) ---------------------------------------------
-def test_sim_status_detection_init_and_pin_counters(ec2x):
+def test_sim_status_detection_init_and_pin_counters(open_modem, emulator):
+    # on manual time: what the SIM answers between RDY and +CPIN: READY is under test, and
+    # on a loaded machine a real-time boot may run ahead of the host
+    ec2x, port = open_modem("ec2x", manual_time=True)
     assert ec2x.at("AT+QSIMSTAT=?") == answer("+QSIMSTAT: (0,1)")
     assert ec2x.at("AT+QSIMSTAT?") == answer("+QSIMSTAT: 0,1")          # a SIM is in
     assert ec2x.at("AT+QSIMSTAT=1;+QSIMSTAT?") == answer("+QSIMSTAT: 1,1")
@@ -327,13 +330,16 @@ def test_sim_status_detection_init_and_pin_counters(ec2x):
     assert ec2x.at('AT+QPINC="PN"') == cme(50)
     # a restart: the SIM starts again (busy, then ready) and both switches are kept (NV)
     assert ec2x.at("AT+CFUN=1,1") == OK
+    emulator.advance(port, 0.05)                             # the reboot's RDY delay
     ec2x.read_until(b"RDY\r\n")
     assert ec2x.at("ATE0") == b"ATE0\r" + OK                 # echo is on again after the reboot
     assert ec2x.at("AT+QINISTAT") == answer("+QINISTAT: 0")
     assert ec2x.at("AT+QSIMSTAT?") == answer("+QSIMSTAT: 1,2")          # not known yet
     assert ec2x.at("AT+QPINC?") == cme(14)
+    emulator.advance(port, 0.365)                            # +CPIN: READY at 360 ms, +QUSIM at 380
     ec2x.read_until(b"+CPIN: READY\r\n")
     assert ec2x.at("AT+QINISTAT") == answer("+QINISTAT: 1")             # SMS DONE still to come
+    emulator.advance(port, 0.3)                              # SMS DONE at 600 ms
     ec2x.read_until(b"+QIND: SMS DONE\r\n")
     assert ec2x.at("AT+QINISTAT") == answer("+QINISTAT: 7")
     assert ec2x.at("AT+QSIMSTAT?;+QSIMDET?") == b"\r\n+QSIMSTAT: 1,1\r\n\r\n+QSIMDET: 1,0\r\n" + OK

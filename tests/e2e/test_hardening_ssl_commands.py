@@ -221,9 +221,9 @@ def test_clientcertex_is_the_notes_alias_of_cacertex(ec2x):
 
 
 # -- AT+CFUN=1,1 forgets AT+QSSLCFG ------------------------------------------------------------------
-def reboot(modem) -> None:
+def reboot(modem, last_urc: bytes) -> None:
     assert modem.at("AT+CFUN=1,1") == OK
-    modem.quiet_for(0.3)                                     # the boot URCs
+    modem.read_until(last_urc)                               # the boot URCs, up to the profile's last
     assert modem.at("ATE0").endswith(OK)                     # echo is back on after a reboot
 
 
@@ -232,7 +232,7 @@ def test_ec2x_reboot_resets_every_ssl_context(ec2x):
     for line in ('"seclevel",1,2', '"cacert",1,"UFS:ca.pem"', '"alpn",3,"h2"', '"psk",5,"id","00aa"',
                  '"ciphersuite",0,0X0035', '"sni",2,1'):
         assert ec2x.at(f"AT+QSSLCFG={line}") == OK
-    reboot(ec2x)
+    reboot(ec2x, b"+QIND: SMS DONE\r\n")
     for line, value in (('"seclevel",1', "0"), ('"cacert",1', '""'), ('"alpn",3', '""'),
                         ('"psk",5', '"",""'), ('"ciphersuite",0', "0XFFFF"), ('"sni",2', "0")):
         name, ctx = line.rsplit(",", 1)
@@ -242,7 +242,7 @@ def test_ec2x_reboot_resets_every_ssl_context(ec2x):
 def test_ml302_reboot_resets_ssl_settings(ml302):
     for line in ('"seclevel",0,2', '"cacert",0,"/other.pem"', '"ignorertctime",0', '"https",1'):
         assert ml302.at(f"AT+QSSLCFG={line}") == OK
-    reboot(ml302)
+    reboot(ml302, b"+CPIN: READY\r\n")
     assert ml302.at('AT+QSSLCFG="ctxindex",0') == \
         b'\r\n+QSSLCFG: 0,4,0,0XFFFF,"/caCrt.pem","/clientCrt.pem","/privateKey.pem"\r\n\r\nOK\r\n'
     assert ml302.at('AT+QSSLCFG="ignorertctime"') == b'\r\n+QSSLCFG: "ignorertctime",1\r\n\r\nOK\r\n'
