@@ -46,8 +46,13 @@ class Emulator:
 
     async def add_modem(self, profile: Profile | str, *, link: str | Path | None = None,
                         state_dir: str | Path | None = None, name: str | None = None,
-                        manual_time: bool = False, trace=None, baud: int | None = None) -> ModemPort:
+                        manual_time: bool = False, trace=None, baud: int | None = None,
+                        hangup_on_close: bool = True) -> ModemPort:
         """manual_time: the modem's timers wait for advance() (tests of timeouts).
+        hangup_on_close=False (the CLI's --uart): the host closing the port is no hang-up
+        for the modem, as on a UART with no DTR wired -- it carries on where it was (a data
+        prompt keeps waiting for its bytes, online mode stays online) and what it writes
+        while nobody holds the port is lost (docs/behaviour.md).
         baud: output to the host paced at this rate, 10 bits a byte (None: unpaced);
         AT+IPR=<rate> then switches the pace after its answer.
         trace: a path or an emulator.tools.trace.TraceWriter (shared by several modems
@@ -72,7 +77,8 @@ class Emulator:
                     self._trace_files[key] = TraceWriter(trace)    # (closed with the emulator)
                 trace = self._trace_files[key]
             feed, wrap_sink = attach_trace(trace, modem, len(self.ports))
-        port = PtyPort(loop, feed, link, on_hangup=modem.host_hangup, on_drain=modem.output_drained,
+        on_hangup = modem.host_hangup if hangup_on_close else modem.host_closed_without_hangup
+        port = PtyPort(loop, feed, link, on_hangup=on_hangup, on_drain=modem.output_drained,
                        max_backlog=profile.get("serial.output_backlog", 1 << 20))
         if baud is not None:
             _pace(modem, port, baud)

@@ -165,6 +165,17 @@ class Modem:
         self.interpreter.hangup()
         self.emit("hangup")
 
+    def host_closed_without_hangup(self) -> None:
+        """The host closed a port that carries no hang-up to the module (a UART with no DTR
+        wired: Emulator.add_modem(hangup_on_close=False), the CLI's --uart).  The modem
+        carries on where it was; the port dropped the output the host had not read and
+        drops what comes until a host opens it again, so whatever waited for the host to
+        read goes on (as after the host caught up).  Input still held back for other
+        reasons (a full connection in online mode) stays held for the next host."""
+        self.output_drained()
+        if self._input_holds and self._reading is not None:
+            self._reading(False)          # (the port cleared its hold at the close)
+
     def output_drained(self) -> None:
         """The host caught up with a large output backlog (transport callback)."""
         self._wake_drain_waiters()

@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pace output to the host at N baud, 10 bits a byte (115200: 11520 bytes/s), "
                         "as a real UART; AT+IPR=<rate> then switches the pace after its OK "
                         "(default: unpaced)")
+    p.add_argument("--uart", action="store_true",
+                   help="the port is a UART with no DTR or hang-up line: a host closing it is "
+                        "not seen by the modem, which carries on (a data prompt keeps waiting "
+                        "for its bytes; output while nobody holds the port is lost). Default: "
+                        "a close is a hang-up and the next host meets command state")
     return p
 
 
@@ -250,7 +255,7 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
         try:
             lock_state_dir(state_dir)            # (held as long as this process runs)
             entries.append(await emulator.add_modem(profile, link=link, state_dir=state_dir, trace=trace,
-                                                   baud=args.baud))
+                                                   baud=args.baud, hangup_on_close=not args.uart))
         except LinkError as exc:
             await _close(emulator, trace)
             raise SystemExit(f"modem-emulator: --link: {exc}")

@@ -251,15 +251,36 @@ def test_sixfab_udp_service_open_state_and_close(port_path, emulator):
     "sends the module nothing (no DTR, no hang-up), so a real BG96/EC25 keeps its '> ' prompt, "
     "takes the next <len> bytes (CR LF + 'hel') and answers SEND OK -- which is how Sixfab's own "
     "ThingSpeak/basicUDP samples work on the hardware (TCP(IP) AT Commands Manual AT+QISEND: "
-    "'> ' then exactly <send_length> bytes, then SEND OK)"))
+    "'> ' then exactly <send_length> bytes, then SEND OK). Started with --uart (a close is "
+    "no hang-up) the emulator does the same: the test after this one"))
 def test_sixfab_send_data_tcp_after_the_port_was_closed_at_the_prompt(port_path, emulator):
     """sendDataTCP() with the driver's close/reopen between the '>' and the data; the reopen
     comes a little after the close (the driver prints each response to the console first), so
     the close is always seen.  The module counts bytes: the server must get CR LF + "hel", and
-    "lo" + CR LF is a stray line."""
+    "lo" + CR LF is a stray line.  (With the emulator's default, a close is a hang-up.)"""
+    sixfab_send_after_a_close(port_path, emulator)
+
+
+@pytest.fixture
+def uart_port_path(open_modem):
+    """port_path's EC2x on a port where the host's close is no hang-up (the CLI's --uart:
+    the HAT's UART, no DTR wired)."""
+    host, _ = open_modem("ec2x", echo=True, hangup_on_close=False)
+    host.close()
+    return host.path
+
+
+def test_sixfab_send_data_tcp_after_a_close_on_a_uart_port(uart_port_path, emulator):
+    """The same driver against a modem started as the HAT wires it (--uart): the close at the
+    prompt is not seen, the prompt takes the next 5 bytes (CR LF + "hel") and SEND OK reaches
+    the reopened port."""
+    sixfab_send_after_a_close(uart_port_path, emulator)
+
+
+def sixfab_send_after_a_close(path, emulator) -> None:
     with TcpServer("echo") as server:
         emulator.router.add_map(SERVER_IP, SERVER_PORT, "127.0.0.1", server.port)
-        d = SixfabCellularIoT(port_path)
+        d = SixfabCellularIoT(path)
         try:
             d.ip_address, d.port_number = SERVER_IP, SERVER_PORT
             d.activate_context()
