@@ -208,6 +208,13 @@ class Interpreter:
         (the control API's reboot): what an online link still held is not sent."""
         self._guarded(self._hangup, power_lost)
 
+    def host_changed(self) -> None:
+        """The port was closed and the modem carries on (--uart): what was learnt of the
+        host's line endings is a guess about that program, not module state -- the next
+        program to open the port may end its lines otherwise."""
+        self.lexer.crlf = None
+        self.lexer.piecewise = False
+
     @staticmethod
     def _power_lost(link: OnlineLink) -> None:
         """What an online link held for its connection (bytes waiting for a packet) is gone
@@ -241,8 +248,7 @@ class Interpreter:
         self._after.clear()
         self._urcs.clear()
         self.lexer.reset()
-        self.lexer.crlf = None       # the next host's line ends are not known yet
-        self.lexer.piecewise = False
+        self.host_changed()          # the next host's line ends are not known yet
         self._settle()
 
     def _release_pending_hold(self, hangup: bool = False) -> None:

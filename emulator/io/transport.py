@@ -127,8 +127,13 @@ def _leave(port: "PtyPort") -> None:
 class PtyPort:
     def __init__(self, loop: asyncio.AbstractEventLoop, on_data: Callable[[bytes], None],
                  link: Path | None = None, on_hangup: Callable[[], None] | None = None,
-                 on_drain: Callable[[], None] | None = None, max_backlog: int = MAX_BACKLOG) -> None:
+                 on_drain: Callable[[], None] | None = None, max_backlog: int = MAX_BACKLOG,
+                 hangup_on_close: bool = True) -> None:
         self.loop = loop
+        # False (--uart): a UART with no hang-up line -- the module gets every byte on its RX
+        # line whoever sent it and whenever the sender left, so nothing the host wrote is
+        # dropped at or after its close (on_hangup still tells the modem the port closed).
+        self.hangup_on_close = hangup_on_close
         self.on_data = on_data
         self.on_hangup = on_hangup
         self.on_drain = on_drain
@@ -210,12 +215,13 @@ class PtyPort:
         after; otherwise it is handed on first."""
         early = self._read_all() if self.reading else b""
         if self._host_gone():
-            if self.reading:
-                if early:
-                    log.info("%s: %d bytes from a host that closed before it was seen, dropped",
-                             self.device, len(early))
-            else:
-                self._drop_departed_input()
+            if early and not self.hangup_on_close:
+                self._hand_on_later(early)        # (a UART: they reached the module)
+            elif early:
+                log.info("%s: %d bytes from a host that closed before it was seen, dropped",
+                         self.device, len(early))
+            elif not self.reading and self.hangup_on_close:
+                self._drop_departed_input()       # (--uart: they wait for the reading to resume)
             return False
         if self._timer is not None:
             self._timer.cancel()
@@ -278,7 +284,10 @@ class PtyPort:
 
     def _hangup(self) -> None:
         self._stop_hangup_watch()
-        if self._held:                    # read before a step aside: the next host's they are not
+        if self._held and not self.hangup_on_close:
+            self._hand_on_later(self._held)       # (a UART: they reached the module)
+            self._held = b""
+        elif self._held:                  # read before a step aside: the next host's they are not
             log.info("%s: %d bytes of the host that left, not handed on, dropped", self.device, len(self._held))
             self._held = b""
         self.loop.remove_reader(self.master)
@@ -298,6 +307,11 @@ class PtyPort:
         if self.on_hangup is not None:
             self.on_hangup()
         self._watch_for_host()
+
+    def _hand_on_later(self, data: bytes) -> None:
+        """Bytes of a host that has gone, for a modem that does not see hang-ups (--uart):
+        handed on a loop turn later (never inside write(), which looks for a host)."""
+        self.loop.call_soon(lambda: None if self._closed else self._deliver(data))
 
     def _read_all(self) -> bytes:
         """Everything the pty holds from the host side now."""

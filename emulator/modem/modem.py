@@ -175,6 +175,7 @@ class Modem:
         self.output_drained()
         if self._input_holds and self._reading is not None:
             self._reading(False)          # (the port cleared its hold at the close)
+        self.interpreter.host_changed()
 
     def output_drained(self) -> None:
         """The host caught up with a large output backlog (transport callback)."""
