@@ -38,6 +38,7 @@ log = get_logger("emulator.at")
 _S_REGISTER = re.compile(r"^S\d+$")
 MAX_WAITING_INPUT = 1 << 20      # host bytes held while a command is pending
 PACED_PIECE = 64 * 1024          # what a paced answer writes at a time
+LF_UNREAD_WINDOWS = 5            # a late LF while the prompt is unread: the line's up to 5 windows
 
 
 class _Pending:
@@ -214,6 +215,7 @@ class Interpreter:
         program to open the port may end its lines otherwise."""
         self.lexer.crlf = None
         self.lexer.piecewise = False
+        self.lexer.last_line_whole = False
 
     @staticmethod
     def _power_lost(link: OnlineLink) -> None:
@@ -523,12 +525,18 @@ class Interpreter:
         # The host's next byte is still to come.  Bytes `waiting` in the pty before the
         # prompt was written were written before it (the same as an LF in the inbox above);
         # one that comes later while the host has not read the prompt yet cannot answer it.
-        self._lf_mark = self.modem.output_mark()
         self._lf_early = waiting
         if self.lexer.crlf is False:
-            # (a host known to end its lines with CR alone sends no LF: a first byte LF
-            # that comes after it could see the prompt is data, however soon it comes)
+            # (a host known to end its lines with CR alone sends no LF: a first byte LF that
+            # was not in the pty before the prompt is data, however soon it comes -- also
+            # from a host that does not read the prompt, a delay() and its payload instead)
             return float("-inf")
+        self._lf_mark = self.modem.output_mark()
+        if self.lexer.crlf and self.lexer.piecewise:
+            # (a host that ends its lines with CR LF and writes them in pieces -- byte by byte
+            # -- sends this line's LF right after its CR: on a UART it follows the CR by a
+            # byte time, whatever the emulator's reads make of it under load)
+            return float("inf")
         # (counted from the prompt when the line's work took longer than the window: a
         # stall before the prompt -- a GC pause, a loaded machine -- is not the host's)
         return max(self._line_end, self.modem.monotonic()) + self._lf_window
@@ -552,17 +560,21 @@ class Interpreter:
         # its own, before the prompt: the line's, whatever the read joined to it since)
         if self._inbox[:1] == b"\n" and (early == 1 or (
                 not (alone_only and len(self._inbox) > 1)
-                and (early or self.modem.monotonic() <= until or self._unread(mark)))):
+                and (early or self.modem.monotonic() <= until or self._unread(mark, until)))):
             del self._inbox[:1]
             lexer.piecewise = True                  # its CR and LF came apart
             return True
         return False
 
-    def _unread(self, mark: int | None) -> bool:
-        """The host has not read the output up to `mark` (the prompt): what it wrote before
-        reading it cannot answer it -- a host held up between its CR and its LF (a loaded
-        machine, a GC pause) past the window still sent the LF with the line."""
-        return mark is not None and self.modem.host_has_read(mark) is False
+    def _unread(self, mark: int | None, until: float) -> bool:
+        """The host has not read the output up to `mark` (the prompt) and the LF comes within
+        LF_UNREAD_WINDOWS windows: a CR LF host held up between its CR and its LF (a loaded
+        machine, a GC pause) past the window still sent the LF with the line.  Bounded: a
+        host that never reads prompts (a delay() and then its payload) may start the payload
+        with LF, and later than that it is data."""
+        return (mark is not None
+                and self.modem.monotonic() <= until + (LF_UNREAD_WINDOWS - 1) * self._lf_window
+                and self.modem.host_has_read(mark) is False)
 
     def _restart_idle_timer(self, phase: DataPhase) -> None:
         if phase.request.idle_timeout is None:

@@ -189,8 +189,8 @@ class PtyPort:
 
     # -- host presence ---------------------------------------------------------
     def _watch_for_host(self) -> None:
-        if self._closed:
-            return
+        if self._closed or self.attached:
+            return                        # (a write during the hang-up may have attached a new host)
         if not self._attach_if_present():
             self._timer = self.loop.call_later(POLL_INTERVAL, self._watch_for_host)
 
@@ -229,7 +229,7 @@ class PtyPort:
         self.attached = True
         log.debug("host opened %s", self.device)
         if early:
-            self._held = early            # (first in line, a loop turn later)
+            self._held += early           # (first in line, a loop turn later)
         if self.reading:
             self.loop.add_reader(self.master, self._readable)
             self._peers.arm(self)
@@ -285,8 +285,9 @@ class PtyPort:
     def _hangup(self) -> None:
         self._stop_hangup_watch()
         if self._held and not self.hangup_on_close:
-            self._hand_on_later(self._held)       # (a UART: they reached the module)
-            self._held = b""
+            if self.reading:                      # (a UART: they reached the module; held
+                self._hand_on_later(self._held)   # back, they wait for the next host's attach)
+                self._held = b""
         elif self._held:                  # read before a step aside: the next host's they are not
             log.info("%s: %d bytes of the host that left, not handed on, dropped", self.device, len(self._held))
             self._held = b""
