@@ -297,17 +297,26 @@ class PtyPort:
             self.loop.remove_writer(self.master)
             self._writing = False
         self.attached = False
-        dropped = len(self._out)
-        self._out.clear()
-        self._dropped = 0
-        self._above_high_water = False    # (no drain to report to the next host)
-        if self._switch is not None:
-            self._apply_switch()
+        dropped = 0
+        if not self._paces_into_void():
+            dropped = len(self._out)
+            self._out.clear()
+            self._dropped = 0
+            self._above_high_water = False    # (no drain to report to the next host)
+            if self._switch is not None:
+                self._apply_switch()
+        # (--uart --baud: what the UART has not sent yet goes on leaving at the rate -- to
+        # nobody, or to a host that opens the port meanwhile: _flush's timer carries on)
         self._discard_unread_output()
         log.info("host closed %s%s", self.device, f" ({dropped} output bytes dropped)" if dropped else "")
         if self.on_hangup is not None:
             self.on_hangup()
         self._watch_for_host()
+
+    def _paces_into_void(self) -> bool:
+        """A UART with no hang-up line and a rate (--uart --baud): output goes on leaving at
+        the rate while nobody holds the port, and is lost, as a UART's with no listener."""
+        return not self.hangup_on_close and self.baud is not None
 
     def _hand_on_later(self, data: bytes) -> None:
         """Bytes of a host that has gone, for a modem that does not see hang-ups (--uart):
@@ -358,8 +367,10 @@ class PtyPort:
         # A host that opened the port since the last look (the watch polls every
         # POLL_INTERVAL) gets what is written now: a URC right after a reopen is not lost.
         if not self.attached and not self._attach_if_present():
-            return
-        if self._host_gone():
+            if not self._paces_into_void():
+                return
+            # (--uart --baud: the module's UART sends it at the rate, to nobody for now)
+        elif self._host_gone():
             # The host closed the port after writing and before this answer (its bytes were
             # read, the hang-up not yet): written now, the answer would wait in the pty and
             # greet the next host.  Dropped, as unread output is at a hang-up; the reader
@@ -494,7 +505,8 @@ class PtyPort:
                 if self._switch is not None:
                     size = min(size, self._switch[0])
             try:
-                n = os.write(self.master, self._out[:size])
+                # (detached: only --uart --baud gets here; the slice leaves for nobody)
+                n = os.write(self.master, self._out[:size]) if self.attached else min(size, len(self._out))
             except BlockingIOError:
                 break                      # the pty is full: add_writer below
             except OSError as exc:

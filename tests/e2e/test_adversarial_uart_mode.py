@@ -3,8 +3,8 @@ no hang-up line.  The host closing the pty is not seen by the modem (Modem.
 host_closed_without_hangup); the transport (PtyPort._hangup) still detaches, drops what the
 host had not read and what is written while nobody holds the port, and attaches the next host.
 
-Each test holds what a real module on a UART with no DTR wired would do; the strict xfails are
-bugs found (their reason says where and why)."""
+Each test holds what a real module on a UART with no DTR wired would do; the bugs it found are
+fixed ("Was a bug, fixed" comments say where and why)."""
 from __future__ import annotations
 
 import errno
@@ -279,14 +279,11 @@ def test_a_close_mid_way_through_a_big_download_leaves_a_responsive_modem(open_m
         host.close()
 
 
-# BUG: --baud: output the UART has not sent yet is dropped at the close, as if it had gone out.
-@pytest.mark.xfail(strict=True, reason=(
-    "emulator/io/transport.py PtyPort._hangup clears _out on every close; with --baud, _out is "
-    "what the module's UART has not transmitted yet (discard_output's docstring: a restart drops "
-    "'what its UART had not sent yet'), and with hangup_on_close=False nothing happened to the "
-    "module: its UART goes on sending at the rate, so a host that reopens while the answer is "
-    "still on the line gets its tail ('\\r\\nOK\\r\\n'). The emulator drops the whole unsent "
-    "rest at once: the reopened host never sees the OK"))
+# Was a bug, fixed: --uart --baud: output the UART had not sent yet was dropped at the close, as if
+# it had gone out (PtyPort._hangup cleared _out on every close); nothing happened to the module,
+# so its UART goes on sending at the rate and a host that reopens while the answer is still on
+# the line gets its tail. PtyPort now keeps pacing _out while detached (the bytes leave for
+# nobody) when the port has no hang-up line and a rate.
 def test_baud_paced_answer_keeps_leaving_at_the_rate_across_a_close(open_modem, emulator, strict_log):
     host, port = open_modem("ec2x", hangup_on_close=False, baud=300)      # 30 bytes a second
     host.write(b"ATI\r")
@@ -295,6 +292,26 @@ def test_baud_paced_answer_keeps_leaving_at_the_rate_across_a_close(open_modem, 
     try:
         tail = host.read_until(OK, timeout=6)
         assert (first + tail).endswith(OK)
+    finally:
+        host.close()
+
+
+def test_baud_paced_bytes_sent_while_nobody_holds_the_port_are_lost(open_modem, emulator, strict_log):
+    """The other half: what the UART sent while the port was closed reached nobody -- the
+    reopened host gets the answer's tail, not the bytes of the second it was away."""
+    host, port = open_modem("ec2x", hangup_on_close=False, baud=300)      # 30 bytes a second
+    whole = host.at("ATI")                                                # (paced too: ~2 s)
+    host.write(b"ATI\r")
+    first = host.read_exactly(3)
+    host.close()
+    wait_detached(emulator, port)
+    time.sleep(1.0)                                                       # ~30 bytes to nobody
+    host = attach(emulator, port)
+    try:
+        tail = host.read_until(OK, timeout=6)
+        assert (first + tail).endswith(OK)
+        assert len(first + tail) <= len(whole) - 20, (first + tail, whole)
+        assert whole.endswith(tail)                                       # its tail, in order
     finally:
         host.close()
 
