@@ -14,13 +14,18 @@ from tests.e2e.cli_support import first_line, start, stop
 OK = b"\r\nOK\r\n"
 
 
-def reopen(host: Host, emulator, port) -> Host:
-    """Close the port, wait until the emulator has seen the close, open it again."""
+def close_and_wait(host: Host, emulator, port) -> None:
+    """Close the port and wait until the emulator has seen the close."""
     host.close()
     deadline = time.monotonic() + 10
     while emulator.run(lambda: port.port.attached):
         assert time.monotonic() < deadline, "the close was never seen"
         time.sleep(0.01)
+
+
+def reopen(host: Host, emulator, port) -> Host:
+    """Close the port, wait until the emulator has seen the close, open it again."""
+    close_and_wait(host, emulator, port)
     again = Host(port.path)
     emulator.run(port.port.look_for_host)
     return again
@@ -76,11 +81,8 @@ def test_online_mode_stays_online_after_a_close_and_output_meanwhile_is_lost(ope
         conn = server.wait_connection(timeout=10)
         host.write(b"one")
         assert host.read_until(b"one") == b"one"            # echoed back through the pty
-        host.close()
+        close_and_wait(host, emulator, port)
         deadline = time.monotonic() + 10
-        while emulator.run(lambda: port.port.attached):
-            assert time.monotonic() < deadline, "the close was never seen"
-            time.sleep(0.01)
         counter = data_counter(port.modem)
         before = emulator.run(lambda: counter.received)
         conn.send(b"lost while closed")
