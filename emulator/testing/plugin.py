@@ -5,6 +5,9 @@ Fixtures
                 EC2x unless the test says otherwise:
                     @pytest.mark.modem_profile("ml302")                 (or a profile .toml path)
                     @pytest.mark.parametrize("modem", ["ec2x", "ml302"], indirect=True)
+                on a port with no hang-up line (the CLI's --uart: closing the device is not
+                seen by the module, as on a UART with no DTR wired):
+                    @pytest.mark.modem_uart
                 yields a ModemHandle: .path (the pty device), .profile, .control(op, **kw),
                 .scenario(path) (a scenario file: faults by time or on the host's commands),
                 .route(host, port, server), .trace (its trace file), .trace_tail(n),
@@ -33,6 +36,8 @@ _HANDLE = pytest.StashKey["ModemHandle"]()
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "modem_profile(name): the profile the `modem` fixture "
                                        "starts: ec2x (default), ml302 or a profile .toml path")
+    config.addinivalue_line("markers", "modem_uart: the `modem` fixture's port has no hang-up line "
+                                       "(--uart): the host closing the device is not seen by the module")
     config.addinivalue_line("markers", "tls_server(mode='echo', host='www.iottest.work', port=443, "
                                        "**TlsServer options): how the `tls_server` fixture serves")
 
@@ -103,7 +108,8 @@ def modem(request, tmp_path_factory):
     where = tmp_path_factory.mktemp("modem")
     trace, state_dir = where / "modem.trace", where / "state"
     with BackgroundEmulator(offline=True) as emu:
-        port = emu.add_modem(profile, state_dir=state_dir, trace=str(trace))
+        uart = request.node.get_closest_marker("modem_uart") is not None
+        port = emu.add_modem(profile, state_dir=state_dir, trace=str(trace), hangup_on_close=not uart)
         handle = ModemHandle(emu, port, profile, trace, state_dir)
         request.node.stash[_HANDLE] = handle
         yield handle

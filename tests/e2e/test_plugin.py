@@ -57,6 +57,24 @@ def test_tls_server_marker(modem, tls_server):
 
 def test_a_failure_shows_the_trace(modem):
     assert ask(modem, b"AT+CSQ") == b"something else"
+
+
+@pytest.mark.parametrize("uart", [False, pytest.param(True, marks=pytest.mark.modem_uart)])
+def test_uart_marker_keeps_a_data_prompt_across_a_close(modem, uart):
+    import time
+    with serial.Serial(modem.path, 115200, timeout=5) as ser:
+        ser.write(b"ATE0\\r"); ser.read_until(b"OK\\r\\n")
+        ser.write(b'AT+QFUPL="RAM:u.txt",2\\r'); ser.read_until(b"CONNECT\\r\\n")
+    deadline = time.monotonic() + 10
+    while modem.emulator.run(lambda: modem.port.port.attached):     # the close seen
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with serial.Serial(modem.path, 115200, timeout=2) as ser:
+        modem.emulator.run(modem.port.port.look_for_host)
+        ser.write(b"ok")
+        got = ser.read_until(b"OK\\r\\n")
+    # --uart: the prompt took the two bytes; the default: a hang-up ended it, "ok" is no line
+    assert got.startswith(b"\\r\\n+QFUPL: 2,") if uart else got == b"", got
 '''
 
 
@@ -71,7 +89,7 @@ def test_the_readme_example_passes_as_a_users_test_outside_this_repository(tmp_p
     (tmp_path / "test_more.py").write_text(MORE_TESTS)
     result = run_pytest(tmp_path, "-q", "-rf")
     out = result.stdout
-    assert "1 failed, 7 passed" in out, out + result.stderr
+    assert "1 failed, 9 passed" in out, out + result.stderr
     assert "FAILED test_more.py::test_a_failure_shows_the_trace" in out
     # the failing test's report ends with the last lines of its modem's trace
     assert "modem-emulator trace (" in out
