@@ -204,7 +204,9 @@ def test_many_listeners_and_fds_released(modem, emulator, tcp_echo):
     assert host.at("AT+QICLOSE=0") == b"\r\nOK\r\n"
     base = fds()
     for _ in range(3):
-        ports = [free_port() for _ in range(12)]
+        # (each port free for its own protocol: a port free for TCP may be a UDP client's
+        # ephemeral port from the round before -- the full run once met one)
+        ports = [free_port(socket.SOCK_STREAM if i % 3 else socket.SOCK_DGRAM) for i in range(12)]
         for i, p in enumerate(ports):
             qiopen(host, i, "TCP LISTENER" if i % 3 else "UDP SERVICE", "127.0.0.1", 0, local_port=p)
         for i in range(12):
