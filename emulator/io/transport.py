@@ -215,13 +215,11 @@ class PtyPort:
         after; otherwise it is handed on first."""
         early = self._read_all() if self.reading else b""
         if self._host_gone():
-            if early and not self.hangup_on_close:
-                self._hand_on_later(early)        # (a UART: they reached the module)
-            elif early:
-                log.info("%s: %d bytes from a host that closed before it was seen, dropped",
-                         self.device, len(early))
-            elif not self.reading and self.hangup_on_close:
-                self._drop_departed_input()       # (--uart: they wait for the reading to resume)
+            if not self.hangup_on_close:
+                if early:                         # (a UART: they reached the module; held
+                    self._hand_on_later(early)    # back, they wait for the reading to resume)
+            else:
+                self._drop_departed(early if self.reading else self._read_all())
             return False
         if self._timer is not None:
             self._timer.cancel()
@@ -336,13 +334,12 @@ class PtyPort:
             pieces.append(piece)
         return b"".join(pieces)
 
-    def _drop_departed_input(self) -> None:
+    def _drop_departed(self, data: bytes) -> None:
         """Bytes a host wrote and then closed the port before it was ever seen (between two
         looks for a host): nobody is there to answer, and the next host must not have them
         run for it."""
-        dropped = len(self._read_all())
-        if dropped:
-            log.info("%s: %d bytes from a host that closed before it was seen, dropped", self.device, dropped)
+        if data:
+            log.info("%s: %d bytes from a host that closed before it was seen, dropped", self.device, len(data))
 
     def _discard_unread_output(self) -> None:
         """What the departed host never read stays queued on the slave side and
@@ -413,7 +410,7 @@ class PtyPort:
         """The host's bytes not handed on yet: read and held, or still in the pty (FIONREAD
         on the master; one ioctl)."""
         try:
-            queued = struct.unpack("i", fcntl.ioctl(self.master, termios.FIONREAD, b"\0" * 4))[0]
+            queued = _ioctl_int(self.master, termios.FIONREAD)
         except OSError:
             queued = 0
         return len(self._held) + queued
@@ -431,7 +428,7 @@ class PtyPort:
         except OSError:
             return None
         try:
-            waiting = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+            waiting = _ioctl_int(fd, termios.FIONREAD)
         except OSError:
             return None
         finally:
@@ -757,6 +754,11 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
+def _ioctl_int(fd: int, request: int) -> int:
+    """An ioctl that reads one int (FIONREAD, TIOCGETD); OSError as the ioctl raises it."""
+    return struct.unpack("i", fcntl.ioctl(fd, request, b"\0" * 4))[0]
+
+
 def _reset_line(fd: int) -> None:
     """A real UART's tty is released at its last close and the next open starts afresh; a
     pty's slave lives as long as the emulator holds the master, so what a departed host left
@@ -770,7 +772,7 @@ def _reset_line(fd: int) -> None:
       socket data): the next host's writes would never leave.  Clearing IXON for a moment
       restarts it (the line discipline's own rule), then the host's settings come back."""
     try:
-        if struct.unpack("i", fcntl.ioctl(fd, termios.TIOCGETD, b"\0" * 4))[0] != termios.N_TTY:
+        if _ioctl_int(fd, termios.TIOCGETD) != termios.N_TTY:
             fcntl.ioctl(fd, termios.TIOCSETD, struct.pack("i", termios.N_TTY))
             log.info("%s: a line discipline the host left was reset to N_TTY", os.ttyname(fd))
     except OSError:

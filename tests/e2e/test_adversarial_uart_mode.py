@@ -346,7 +346,7 @@ def test_ifc_output_hold_is_released_by_the_close(open_modem, emulator, strict_l
 
 # Was a bug, fixed: bytes the host wrote while the module held it back (a full transparent
 # connection's 'online' hold) were dropped at a --uart close (_attach_if_present ->
-# _drop_departed_input). On a UART with RTS/CTS the host's close() waits until CTS lets them out and
+# _drop_departed). On a UART with RTS/CTS the host's close() waits until CTS lets them out and
 # the module, which saw no hang-up, sends them on; with hangup_on_close=False they now stay in the
 # pty until the modem reads again.
 def test_bytes_held_back_by_a_full_transparent_connection_survive_the_close(open_modem, peer_factory,
