@@ -561,8 +561,11 @@ class PtyPort:
         hung_up = False
         while True:
             more = False
+            # Never more than the slice lacks: a pty read returns ~4 KiB, but 64 KiB when
+            # the reader fell behind (a loaded machine), which would pass a neighbour's turn.
+            want = SLICE - size if size < SLICE else SLICE
             try:
-                piece = os.read(self.master, 65536)
+                piece = os.read(self.master, want)
             except BlockingIOError:
                 piece = None
             except OSError as exc:
@@ -574,7 +577,7 @@ class PtyPort:
                 size += len(piece)
                 # A read shorter than SHORT_READ emptied the pty: the next would only say
                 # EAGAIN (and the reader is level-triggered: bytes that come now wake it again).
-                more = len(piece) >= SHORT_READ
+                more = len(piece) >= min(SHORT_READ, want)
             elif piece is not None:
                 hung_up = True
             if size and (size >= SLICE or not more):
@@ -585,11 +588,11 @@ class PtyPort:
                 self._deliver(data)
                 if not more or not self.wants_input():
                     break
-                if taken >= READ_BATCH:
-                    return False
                 if self._peers.others_ready(self):
                     self._step_aside()
                     return False
+                if taken >= READ_BATCH:   # (after the look: the loop's next turn may serve
+                    return False          # this port before one that is waiting)
             elif not more:
                 break
             elif self._peers.others_ready(self):
