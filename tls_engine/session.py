@@ -30,9 +30,13 @@ from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_VERSION, MBEDTLS_
 from .datagrams import pack_datagrams
 from .resumption import Resumption, SessionCache, settings_fingerprint
 from .records import HS_CERTIFICATE, HS_SERVER_HELLO, HandshakeSniffer, parse_certificate_list
+from .sealing import WANT_READ, WANT_WRITE, SealJob
 from .settings import TlsSettings
 
 WRITE_CHUNK = 16 * 1024          # one TLS record's worth of plaintext per write()
+OFFLOAD_MIN = 4096               # with offload: a send this large (or one behind a job) is
+                                 # sealed by a job, a smaller one at once
+JOB_MAX = 64 * 1024              # plaintext per job (bounds how long settle() may wait)
 DTLS_TIMEOUT_MIN = 1.0           # Mbed TLS defaults (RFC 6347 §4.2.4.1): 1 s doubling to 60 s
 DTLS_TIMEOUT_MAX = 60.0
 _RECHECK = 0.02                  # Mbed TLS's own timer not yet expired: look again soon
@@ -93,6 +97,11 @@ class TlsClientSession:
         self._reneg_ssl = None       # native.NativeSsl when renegotiations must be checked
         self._renegotiating = False
         self._first_leaf: bytes | None = None   # the leaf (DER) the handshake ended with
+        # Offload (sealing.py): True when the owner runs the jobs take_job() hands out.
+        self.offload = False
+        self._job = None             # sealing.SealJob in flight (the buffer is its meanwhile)
+        self._queued = bytearray()   # accepted by send() behind the job, not yet in one
+        self._sealer = None          # native.NativeSsl that jobs write through
 
     # --- public API ----------------------------------------------------------
 
@@ -125,6 +134,8 @@ class TlsClientSession:
         self._arm_timer_for_new_flight()
 
     def receive(self, data: bytes) -> None:
+        if self._job is not None:
+            self.settle()            # (the context is the job's until then)
         if self.state not in ("handshaking", "established"):
             return  # nothing to do with bytes after the end; never touch a reset context
         if not data:
@@ -148,10 +159,104 @@ class TlsClientSession:
     def send(self, data: bytes) -> None:
         if self.state != "established":
             raise RuntimeError(f"send() called in state {self.state!r}")
+        if self._job is not None:        # behind the job in flight: the next job's
+            self._queued += data
+            return
         if self._unsent:                 # behind bytes a renegotiation holds: keep the order
             self._unsent += data
             self._write_unsent()
             return
+        if len(data) >= OFFLOAD_MIN and self._offloadable():
+            self._queued += data
+            self._next_job()
+            return
+        self._send_now(data)
+
+    # --- offload: records sealed by jobs the owner runs (sealing.py) ---------------
+
+    def take_job(self):
+        """The job to run now (on any thread; call settle() after it), or None.  Each job
+        is handed out once; its records are in outgoing() after settle()."""
+        job = self._job
+        if job is None or job.submitted:
+            return None
+        job.submitted = True
+        return job
+
+    def settle(self, job=None) -> None:
+        """Take in the job in flight: its records into outgoing(), its failure into
+        events(); waits for it when it runs, runs it here when nobody has started it.
+        Then the next job is made of what send() queued behind it.  Every method that
+        needs the TLS context calls this first.  With `job`: only if that one is still
+        the job in flight (the owner's "it ran" may come after the session took it in
+        and made the next, which is then left to the worker)."""
+        if job is not None and job is not self._job:
+            return
+        job = self._job
+        if job is None:
+            return
+        if job.claim():
+            job.work()                   # (not started by the owner's worker: here)
+        else:
+            job.wait()
+        self._job = None
+        for records in job.out:
+            self._tls_out += records
+        if self.state != "established":
+            self._queued.clear()
+            return
+        if job.exc is not None:
+            self._queued.clear()
+            self._fail(PROTOCOL_ERROR, f"write failed: unexpected {type(job.exc).__name__}: {job.exc}")
+            return
+        if job.rc is not None:
+            if job.rc in (WANT_READ, WANT_WRITE):
+                # The library wants input first (a renegotiation): the rest waits in
+                # _unsent as send() would have left it, retried from receive().
+                self._unsent += job.data[job.taken:]
+                self._unsent += self._queued
+                self._queued.clear()
+                self._write_unsent()
+                return
+            self._queued.clear()
+            self._fail(PROTOCOL_ERROR, f"write failed: {describe_mbedtls_error(job.rc)}")
+            return
+        self._next_job()
+
+    def unsealed(self) -> int:
+        """Bytes send() accepted that are not yet records in outgoing() (a job's, queued)."""
+        return len(self._queued) + (len(self._job.data) if self._job is not None else 0)
+
+    def _offloadable(self) -> bool:
+        if (not self.offload or self.settings.dtls or self._renegotiating
+                or self._reneg_ssl is not None):
+            return False
+        if self._sealer is None:
+            from . import native
+
+            try:
+                self._sealer = native.NativeSsl(self._buffer)
+            except Exception as exc:     # noqa: BLE001 - no native layer: encrypt here
+                self.offload = False
+                self.notes.append(f"records sealed on the caller's thread: {exc}")
+                return False
+        return True
+
+    def _next_job(self) -> None:
+        """What send() queued: a job, or (too little for one) records now."""
+        queued = self._queued
+        if not queued or self.state != "established":
+            return
+        if len(queued) < OFFLOAD_MIN:
+            data = bytes(queued)
+            queued.clear()
+            self._send_now(data)
+            return
+        data = bytes(queued[:JOB_MAX])
+        del queued[:JOB_MAX]
+        self._job = SealJob(self._sealer, self._buffer, data, take_outgoing, WRITE_CHUNK)
+
+    def _send_now(self, data: bytes) -> None:
         # Straight from the caller's buffer, WRITE_CHUNK at a time (no copy into _unsent);
         # what the library does not take now is queued as _write_unsent would.
         view = memoryview(data)
@@ -190,6 +295,12 @@ class TlsClientSession:
             self._collect_output()
 
     def close(self) -> None:
+        while self._job is not None:     # (each settle may make the next job of the queue)
+            self.settle()
+        if self._queued and self.state == "established":
+            data = bytes(self._queued)   # accepted before the close: records before close_notify
+            self._queued.clear()
+            self._send_now(data)
         if self.state in ("established", "handshaking"):
             if self.state == "established":
                 self._buffer.shutdown()  # queues close_notify (then resets the context)
@@ -218,6 +329,8 @@ class TlsClientSession:
         return max(0.0, self._deadline - self._now())
 
     def handle_timeout(self) -> None:
+        if self._job is not None:
+            self.settle()
         if self._deadline is None or self.state != "handshaking":
             return
         if self._now() < self._deadline:

@@ -11,7 +11,8 @@ deliveries, flow control, faults, counters, trace) carries AT+QIOPEN sockets too
   (PeerClosed), as for TLS without close_notify;
 * send(data): the bytes go out unchanged; a datagram socket sends one datagram per
   send() (one AT+QISEND = one datagram);
-* close(): nothing to say to the peer (the socket sends the FIN).
+* close(): nothing to say to the peer (the socket sends the FIN);
+* take_job() / settle() / unsealed(): no seal jobs (NoSealJobs).
 """
 from __future__ import annotations
 
@@ -26,7 +27,22 @@ class PlainSettings:
     dtls: bool = False
 
 
-class PlainSession:
+class NoSealJobs:
+    """The seal-job part of the session interface (tls_engine/sealing.py) for a session
+    that encrypts nothing (plain sockets, the trace replay's stand-ins): never a job."""
+    offload = False
+
+    def take_job(self):
+        return None
+
+    def settle(self, job=None) -> None:
+        pass
+
+    def unsealed(self) -> int:
+        return 0
+
+
+class PlainSession(NoSealJobs):
     def __init__(self, settings: PlainSettings, cache=None, cache_key=None) -> None:
         self.settings = settings
         self.state = "idle"

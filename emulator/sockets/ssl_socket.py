@@ -43,12 +43,14 @@ import enum
 import os
 import socket
 from collections import deque
+from functools import partial
 from typing import Callable, Protocol
 
 from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsClientSession, TlsFailure, TlsSettings
 
 from emulator.logsafe import get_logger
 from emulator.modem.pdp import DataCounter, data_counter
+from emulator.io import offload
 from emulator.io.network import Dialled, NetworkError, Router, dial_now, open_tcp, open_udp
 
 log = get_logger("emulator.ssl")
@@ -204,6 +206,7 @@ class SslSocket:
         # Called when the kernel has taken the connection's write backlog down again
         # (online data mode holds the pty back meanwhile).
         self.on_writable: Callable[[], None] | None = None
+        self._send_limit = 0            # set_send_limit's (0: none)
         # Faults (emulator/tools/control.py): plaintext counters for "state"; the
         # modem's open faults (io/network.NetFaults); a blackholed link moves no packet
         # (sent records pile up as an unsent backlog); SEND FAILs still due.
@@ -481,6 +484,7 @@ class SslSocket:
         self._opened = asyncio.get_running_loop().create_future()
         self._phase = "setup"
         self.session = getattr(self.owner, "session_factory", TlsClientSession)(settings, cache, cache_key)
+        self.session.offload = offload.ENABLED      # (records sealed by the worker: _seal)
         self.session.start()
         self._phase = "handshake"
         self._pump()
@@ -715,6 +719,30 @@ class SslSocket:
             self._pump()
         finally:
             self._dest = None
+        self._seal()
+
+    def _seal(self) -> None:
+        """A seal job the session made (a big send: transparent mode's slices) to the
+        worker thread, which encrypts while the loop reads on (emulator/io/offload.py);
+        its records leave from _sealed."""
+        session = self.session
+        job = session.take_job() if session is not None else None
+        if job is not None:
+            offload.WORKER.submit(job.run, asyncio.get_running_loop(), partial(self._sealed, session, job))
+
+    def _sealed(self, session, job) -> None:
+        if session is not self.session:
+            return
+        try:
+            session.settle(job)            # (a no-op when the session took it in already)
+            self._pump()
+            self._seal()                   # what was queued behind it
+        except Exception as exc:
+            self._internal_error(exc)
+            return
+        limit = self._send_limit
+        if limit and self.send_backlog() <= limit // 4:
+            self._writable()               # (the backlog may have been all in the session)
 
     def transmit_soon(self, data: bytes) -> None:
         """transmit() a little later: after "SEND OK" the host turns round with its next
@@ -787,6 +815,7 @@ class SslSocket:
     def set_send_limit(self, limit: int) -> None:
         """Past `limit` unsent bytes the transport reports pause/resume_writing (online data
         mode stops reading the pty until on_writable)."""
+        self._send_limit = limit
         if self._transport is not None and hasattr(self._transport, "set_write_buffer_limits"):
             self._transport.set_write_buffer_limits(high=limit, low=limit // 4)
 
@@ -806,9 +835,12 @@ class SslSocket:
 
     def send_backlog(self) -> int:
         """Bytes accepted but not yet taken by the kernel (what "send buffer full" measures)."""
+        held = self._void + self._deferred_bytes
+        if self.session is not None:
+            held += self.session.unsealed()    # (with a seal job in flight, behind it)
         if self._transport is None:
-            return self._void + self._deferred_bytes
-        return self._transport.get_write_buffer_size() + self._void + self._deferred_bytes
+            return held
+        return self._transport.get_write_buffer_size() + held
 
     def _peer_closed(self, reason: str) -> None:
         if self._state is not CONNECTED:

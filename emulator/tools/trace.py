@@ -100,6 +100,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emulator.logsafe import get_logger
+from emulator.sockets.plain_session import NoSealJobs
 from emulator.tools import OneLineParser
 
 FORMAT_VERSION = 1
@@ -625,7 +626,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
 DTLS_HELLO, DTLS_HEAD, DTLS_DATA, DTLS_END = b"H\0modem-emulator replay: DTLS hello", b"S", b"D", b"E"
 
 
-class ReplaySession:
+class ReplaySession(NoSealJobs):
     """A stand-in for tls_engine.TlsClientSession in replay: no TLS; the server's first
     line (JSON) says how the recorded handshake ended, then the stream is plaintext.  Over
     DTLS the same in datagrams, each tagged (DTLS_*): one record of plaintext a datagram."""

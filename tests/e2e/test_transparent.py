@@ -357,3 +357,28 @@ def test_crlf_line_endings_never_reach_the_server(online):
     echo(host, server, b"two")                        # data after a whole line is data)
     assert server.wait_received(6) == b"onetwo"
     assert host.quiet_for(0.05) == b""
+
+
+@pytest.mark.parametrize("offloaded", [True, False], ids=["seal-worker", "loop-thread"])
+def test_a_transparent_stream_is_sealed_on_the_worker_thread(emulator, open_modem, monkeypatch, offloaded):
+    """The host's stream is encrypted by the seal worker (emulator/io/offload.py), the loop
+    reading the pty meanwhile; MODEM_EMULATOR_OFFLOAD=0 (offload.ENABLED) keeps it on the
+    loop thread.  Either way the server decrypts exactly what the host wrote."""
+    from emulator.io import offload
+    monkeypatch.setattr(offload, "ENABLED", offloaded)
+    host, port = open_modem("ec2x")
+    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+    with TlsServer(mode="sink", legacy=True) as server:
+        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
+        connect(host)
+        before = offload.WORKER.jobs_run
+        blob = os.urandom(4 << 20)
+        host.write(blob)
+        conn = server.wait_for(lambda: server.connections and len(server.conn.received) >= len(blob)
+                               and server.conn, timeout=60, what="4 MiB at the server")
+        assert conn.sha256() == hashlib.sha256(blob).hexdigest()
+        jobs = offload.WORKER.jobs_run - before
+        if offloaded:
+            assert jobs >= (4 << 20) // (64 << 10)   # (a job seals at most 64 KiB)
+        else:
+            assert jobs == 0

@@ -260,6 +260,20 @@ class NativeSsl:
             return False
         return current.master_secret == self._loaded_master
 
+    def write_nogil(self, data: bytes, start: int, length: int) -> int:
+        """mbedtls_ssl_write of data[start:start + length], read in place, with the GIL
+        released (a ctypes call), so another thread runs Python meanwhile: what
+        python-mbedtls' own write() never allows.  Returns what the library returns: bytes
+        taken (> 0) or a negative error (MBEDTLS_ERR_SSL_WANT_READ/WANT_WRITE: the output
+        ring is full, or a renegotiation needs input).  Unlike the wrapper's write() it does
+        not reset the context on an error: the caller ends the session.  The records land in
+        the buffer's output ring (its BIO is C code that needs no GIL).  The caller
+        guarantees that nothing else uses the buffer while this runs."""
+        if not isinstance(data, bytes) or start < 0 or length <= 0 or start + length > len(data):
+            raise ValueError("write_nogil: a slice of a bytes object")
+        base = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+        return int(self._lib.mbedtls_ssl_write(self._ssl, base + start, length))
+
     def verify_result(self) -> int:
         """mbedtls_ssl_get_verify_result after the handshake: 0 = verified, else the
         MBEDTLS_X509_BADCERT_* flags (0x08 not trusted, 0x04 CN mismatch, 0x01 expired...);

@@ -82,6 +82,8 @@ _SIGNATURES = {
     "mbedtls_ssl_conf_renegotiation": (None, [_P, ctypes.c_int]),
     "mbedtls_ssl_conf_legacy_renegotiation": (None, [_P, ctypes.c_int]),
     "mbedtls_ssl_conf_export_keys_ext_cb": (None, [_P, EXPORT_KEYS_EXT_CB, _P]),
+    # (ctypes.CDLL calls release the GIL: NativeSsl.write_nogil encrypts off the loop thread)
+    "mbedtls_ssl_write": (ctypes.c_int, [_P, _P, ctypes.c_size_t]),
     "mbedtls_ssl_get_session": (ctypes.c_int, [_P, _P]),
     "mbedtls_ssl_set_session": (ctypes.c_int, [_P, _P]),
     "mbedtls_ssl_session_init": (None, [_P]),

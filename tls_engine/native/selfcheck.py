@@ -13,7 +13,8 @@ this very build, that: the callback signature is right (it fires with a 32-byte 
 random and 48-byte master secret), NativeSsl finds the ssl context, and the
 mbedtls_ssl_session layout is right (the master secret copied out by
 mbedtls_ssl_get_session equals the exported one; the ciphersuite field is the
-negotiated suite; id_len <= 32).
+negotiated suite; id_len <= 32), and that NativeSsl.write_nogil called from another
+thread makes records the server decrypts to the bytes written.
 """
 from __future__ import annotations
 
@@ -136,3 +137,44 @@ def functional_check(tls) -> None:
     if ssl.session_reused():
         raise LayoutError("session_reused() true on a full handshake")
     session.free()
+    _nogil_write_check(tls, client, server, ssl)
+
+
+def _nogil_write_check(tls, client, server, ssl) -> None:
+    """NativeSsl.write_nogil from another thread (the GIL released in the C call) makes
+    records the peer decrypts to the same bytes: two records, drained between them."""
+    import threading
+
+    payload = bytes(range(256)) * 80          # 20 KiB: a full record and a part
+    records: list[bytes] = []
+    codes: list[int] = []
+
+    def write() -> None:
+        taken = 0
+        while taken < len(payload):
+            rc = ssl.write_nogil(payload, taken, min(16384, len(payload) - taken))
+            if rc <= 0:
+                codes.append(rc)
+                return
+            taken += rc
+            records.append(wrapper.take_outgoing(client))
+    thread = threading.Thread(target=write, name="selfcheck-seal")
+    thread.start()
+    thread.join(10)
+    if thread.is_alive() or codes:
+        raise LayoutError(f"write_nogil: {'no return' if thread.is_alive() else f'-0x{-codes[0]:04X}'}")
+    server.receive_from_network(b"".join(records))
+    got = bytearray()
+    scratch = bytearray(16384)
+    while True:
+        try:
+            n = server.readinto(scratch, len(scratch))
+        except tls.WantReadError:
+            break
+        if n <= 0:
+            break
+        got += scratch[:n]
+    if bytes(got) != payload:
+        raise LayoutError(f"write_nogil: the peer read {len(got)} bytes, not the {len(payload)} "
+                          f"written" if len(got) != len(payload) else "write_nogil: the peer read "
+                          "other bytes than were written")
