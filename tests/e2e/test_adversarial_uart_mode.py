@@ -59,6 +59,12 @@ def write_and_close_unseen(emulator, port, data: bytes) -> None:
         fd = os.open(port.path, os.O_RDWR | os.O_NOCTTY)
         try:
             os.write(fd, data)
+            # The kernel hands a pty write to the master from a worker: on a loaded machine
+            # the bytes could land after the emulator's look had found no host, and a later
+            # host would get them (what this test is about is bytes written *before* the close).
+            deadline = time.monotonic() + 5
+            while port.port.input_waiting() < len(data) and time.monotonic() < deadline:
+                time.sleep(0.0005)
         finally:
             os.close(fd)
     emulator.run(quick)
