@@ -11,6 +11,7 @@ indicator, no battery and no sleep."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import timedelta
 
@@ -294,15 +295,28 @@ def qspn(modem, cmd):
     return ok(f'+QSPN: "{reg.operator(0)}","{reg.operator(1)}","",0,"{reg.operator(2)}"')
 
 
+def rssi_dbm(modem) -> int:
+    """The received signal strength in dBm that the profile's AT+CSQ <rssi> stands for."""
+    csq = modem.profile["network.csq"][0]
+    return -113 + 2 * min(csq, 31) if csq != 99 else -113
+
+
+def qcsq_sinr(sinr_db: float) -> int:
+    """SINR as AT+QCSQ shows it: 1/5 dB steps from -20 dB (0-250 for -20..+30 dB)."""
+    return math.floor((sinr_db + 20) * 5 + 0.5)
+
+
 @command("+QCSQ", EXEC)
 def qcsq(modem, cmd):
-    """The profile's network.qcsq line ('"LTE",{rssi},<rsrp>,<sinr>,<rsrq>': its system
-    mode and figures are the module's), {rssi} in dBm from the profile's AT+CSQ."""
+    """The profile's network.qcsq line (EC2x '"LTE",{rssi},{rsrp},{sinr},{rsrq}': its system
+    mode is the module's), {rssi} in dBm from the profile's AT+CSQ, {rsrp} {rsrq} {sinr} the
+    serving cell's ([cell], which AT+QENG="servingcell" shows too)."""
     if not registration(modem).registered():
         return ok('+QCSQ: "NOSERVICE"')
-    csq = modem.profile["network.csq"][0]
-    rssi = -113 + 2 * min(csq, 31) if csq != 99 else -113
-    return ok("+QCSQ: " + modem.profile["network.qcsq"].format(rssi=rssi))
+    cell = modem.profile.get("cell") or {}
+    fields = {"rssi": rssi_dbm(modem), "rsrp": cell.get("rsrp"), "rsrq": cell.get("rsrq"),
+              "sinr": qcsq_sinr(cell["sinr"]) if "sinr" in cell else None}
+    return ok("+QCSQ: " + modem.profile["network.qcsq"].format(**fields))
 
 
 # -- AT+QCFG / AT+QURCCFG / AT+QINDCFG: items as profile data -------------------------------

@@ -199,6 +199,7 @@ def cfun_write(modem, cmd):
             modem.deactivate_pdp(cid)
     modem.cfun = fun
     reg.refresh()                              # +CREG/+CGREG/+CEREG URCs if enabled
+    reg.note_attach("host")                    # +CGEV: ME DETACH if AT+CGEREP asks
     return ok()
 
 

@@ -12,6 +12,7 @@ from emulator.at.args import Args
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import CommandError, ok
+from emulator.modem.packet_events import NO_SERVICE, RADIO_OFF, packet_events
 from emulator.modem.pdp import PdpContext, data_counter
 from emulator.modem.registration import registration
 
@@ -35,15 +36,24 @@ def _peek(modem, cid: int) -> PdpContext:
 
 def _activate(modem, cid: int):
     """Activate a context as AT+QIACT / AT+CGACT=1 do: the radio on, registered (the
-    packet domain is attached first if the host detached it, as 27.007 §10.1.10 says)."""
+    packet domain is attached first if the host detached it, as 27.007 §10.1.10 says).
+    A refusal is AT+CEER's next cause; a context that comes up is reported
+    (+CGEV: ME PDN ACT with AT+CGEREP)."""
+    events = packet_events(modem)
     if modem.cfun != 1:
+        events.refused(RADIO_OFF)
         raise CommandError("ERROR", "radio is off (AT+CFUN)")
     reg = registration(modem)
     if not reg.registered():
+        events.refused(NO_SERVICE)
         raise CommandError("ERROR", f"not registered to a network (stat {reg.radio_stat()})")
     if not reg.attached():
         reg.attach(True)
-    return modem.pdp.activate(cid)
+    was_active = modem.pdp.is_active(cid)
+    ctx = modem.pdp.activate(cid)
+    if not was_active:
+        events.activated(cid)
+    return ctx
 
 
 # -- Quectel ------------------------------------------------------------------
@@ -202,6 +212,7 @@ def cgatt_write(modem, cmd):
     state = args.int(0, 0, 1)
     reg = registration(modem)
     if state == 1 and not reg.registered():
+        packet_events(modem).refused(RADIO_OFF if modem.cfun != 1 else NO_SERVICE)
         raise CommandError("ERROR", f"cannot attach: not registered (stat {reg.radio_stat()})")
     reg.attach(bool(state))
     return ok()

@@ -17,6 +17,7 @@ from emulator import commands  # noqa: F401  (registers every handler in the tab
 from emulator.modem.clock import ModemClock
 from emulator.at.interpreter import Interpreter
 from emulator.logsafe import get_logger
+from emulator.modem.packet_events import packet_events
 from emulator.modem.pdp import PdpTable
 from emulator.modem.profile import Profile
 from emulator.modem.settings import Settings
@@ -265,16 +266,25 @@ class Modem:
         self.settings = self.factory_settings.copy()
 
     def deactivate_pdp(self, cid: int) -> None:
+        """The host's side takes context `cid` down (AT+QIDEACT, AT+CGACT=0, a detach, the
+        radio off): an active one is reported first (AT+CEER's cause; +CGEV with
+        AT+CGEREP: emulator/modem/packet_events.py), then each socket on it reports closed."""
+        if self.pdp.is_active(cid):
+            packet_events(self).deactivated(cid, "host")
         self.pdp.deactivate(cid)
         self.emit("pdp_deactivated", cid=cid)
 
     def network_deactivated_pdp(self, cid: int) -> None:
-        """The network took context `cid` down (not the host): the family's URC
-        (profile pdp.deact_urc) first, then each socket on it reports closed."""
+        """The network took context `cid` down (not the host): reported as the network's
+        (+CGEV: NW PDN DEACT, AT+CEER), then the family's URC (profile pdp.deact_urc), then
+        each socket on it reports closed."""
+        if self.pdp.is_active(cid):
+            packet_events(self).deactivated(cid, "network")
         urc = self.profile.get("pdp.deact_urc")
         if urc:
             self.urc(urc.format(cid=cid))
-        self.deactivate_pdp(cid)
+        self.pdp.deactivate(cid)
+        self.emit("pdp_deactivated", cid=cid)
 
     def reboot(self, delay: float) -> None:
         """A restart (AT+CFUN=1,1, the control API's reboot): reset() now, the profile's

@@ -85,6 +85,29 @@ def _profile_name(v: Any) -> str | None:
     return None
 
 
+def _number(lo: float, hi: float) -> Callable[[Any], str | None]:
+    """An integer or a decimal number (a figure in dB) in lo..hi."""
+    def check(v: Any) -> str | None:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+            return f"must be a number, got {v!r}"
+        if not lo <= v <= hi:
+            return f"must be in {lo}..{hi}, got {v}"
+        return None
+    return check
+
+
+def _choice(*choices: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(map(repr, choices))}, got {v!r}"
+    return check
+
+
+def _template_fields(v: str) -> set[str]:
+    """The {field}s a (checked) template names."""
+    import string
+    return {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
+
+
 def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
 
@@ -293,8 +316,41 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "network.rat": (False, _quoted),                   # AT+QNWINFO <act> ("FDD LTE")
     "network.band": (False, _quoted),                  # AT+QNWINFO <band> ("LTE BAND 3")
     "network.channel": (False, _int(0, 1 << 20)),      # AT+QNWINFO <channel> (EARFCN)
-    "network.qcsq": (False, _template("rssi")),        # AT+QCSQ's line after "+QCSQ: "
+    # AT+QCSQ's line after "+QCSQ: ": {rssi} from network.csq; {rsrp} {rsrq} {sinr} the serving
+    # cell's (cell.*, which a template naming them needs; {sinr} in AT+QCSQ's 1/5 dB steps).
+    "network.qcsq": (False, _template("rssi", "rsrp", "rsrq", "sinr")),
     "device.battery": (False, _list(_int(0, 100_000), 3, 3)),     # AT+CBC <bcs>,<bcl>,<voltage mV>
+    # The serving cell (AT+QENG="servingcell" and "neighbourcell", AT+QCSQ's figures, the
+    # <tac>/<ci> of AT+CREG/CGREG/CEREG=2).  Absent: fixed location fields, no AT+QENG.
+    "cell.id": (False, _digits(1, 7, "0123456789ABCDEF", "upper-case hex digits")),   # E-UTRAN cell id
+    "cell.tac": (False, _digits(1, 4, "0123456789ABCDEF", "upper-case hex digits")),  # tracking area
+    "cell.pci": (False, _int(0, 503)),                 # physical cell id
+    "cell.band": (False, _int(1, 255)),                # <freq_band_ind>: the band of network.band
+    "cell.duplex": (False, _choice("FDD", "TDD")),
+    "cell.ul_bandwidth": (False, _int(0, 5)),          # 0-5: 1.4, 3, 5, 10, 15, 20 MHz
+    "cell.dl_bandwidth": (False, _int(0, 5)),
+    "cell.rsrp": (False, _int(-140, -44)),             # dBm
+    "cell.rsrq": (False, _int(-30, 0)),                # dB
+    "cell.sinr": (False, _number(-20, 30)),            # dB (AT+QENG: whole dB; AT+QCSQ: 1/5 dB steps)
+    "cell.srxlev": (False, _int(-140, 140)),           # cell selection level (dB)
+    "cell.neighbours": (False, _list(_wire, 0, 32)),   # AT+QENG="neighbourcell" lines after "+QENG: "
+    # AT+CEER: its line after "+CEER: " ({text}), and the text of each cause
+    # (emulator/modem/packet_events.py): none yet, an activation refused with the radio off
+    # or no network, a context deactivated (by the host, or by the network while registered),
+    # contexts lost with the registration.
+    "ceer.report": (False, _template("text")),
+    "ceer.none": (False, _quoted),
+    "ceer.radio_off": (False, _quoted),
+    "ceer.no_service": (False, _quoted),
+    "ceer.deactivated": (False, _quoted),
+    "ceer.link_lost": (False, _quoted),
+    # The +CGEV URCs AT+CGEREP enables: a context the host activated / deactivated, one the
+    # network deactivated ({cid}), the packet domain detached by the host / the network.
+    "cgev.me_pdn_act": (False, _template("cid")),
+    "cgev.me_pdn_deact": (False, _template("cid")),
+    "cgev.nw_pdn_deact": (False, _template("cid")),
+    "cgev.me_detach": (False, _template()),
+    "cgev.nw_detach": (False, _template()),
     # AT+QCFG / AT+QURCCFG / AT+QINDCFG items: "<item>" = { value, test[, extra] }.
     "qcfg": (False, _items),
     "qurccfg": (False, _items),
@@ -435,6 +491,13 @@ def check_tcpip(data: dict, path: Path) -> None:
 COMMAND_NEEDS = {
     "+QNWINFO": ("network.rat", "network.band", "network.channel"),
     "+QCSQ": ("network.qcsq",),
+    "+QENG": ("network.channel", "cell.id", "cell.tac", "cell.pci", "cell.band", "cell.duplex",
+              "cell.ul_bandwidth", "cell.dl_bandwidth", "cell.rsrp", "cell.rsrq", "cell.sinr",
+              "cell.srxlev", "cell.neighbours"),
+    "+CEER": ("ceer.report", "ceer.none", "ceer.radio_off", "ceer.no_service", "ceer.deactivated",
+              "ceer.link_lost"),
+    "+CGEREP": ("cgev.me_pdn_act", "cgev.me_pdn_deact", "cgev.nw_pdn_deact", "cgev.me_detach",
+                "cgev.nw_detach"),
     "+GCAP": ("identity.gcap",),
     "+CBC": ("device.battery",),
     "+QCFG": ("qcfg",),
@@ -479,6 +542,12 @@ def validate(data: dict, path: Path) -> None:
         commands[name.upper()] = variant
     data["commands"] = commands
     check_tcpip(data, path)
+    qcsq = _lookup(data, "network.qcsq")
+    if qcsq is not _MISSING:
+        missing = next((f for f in sorted(_template_fields(qcsq)) if f != "rssi"
+                        and _lookup(data, f"cell.{f}") is _MISSING), None)
+        if missing is not None:
+            raise ProfileError(f"profile {path}: key network.qcsq: uses {{{missing}}}, which needs cell.{missing}")
     for name, needs in COMMAND_NEEDS.items():
         if name in commands:
             missing = next((key for key in needs if _lookup(data, key) is _MISSING), None)

@@ -16,12 +16,17 @@ host asks (AT+CGATT, AT+CFUN) meet here, so every path behaves the same way:
 
 A change of the stat each command reports is sent as its URC when the host enabled it
 (`AT+CEREG=1`: `+CEREG: <stat>`; `=2` when registered: `+CEREG: <stat>,"<tac>","<ci>",<act>`).
+The packet domain detached (by the host or by the network) is reported too, as
+`+CGEV: ME DETACH` / `NW DETACH` when AT+CGEREP asks (emulator/modem/packet_events.py).
 """
 from __future__ import annotations
 
+from emulator.modem.packet_events import packet_events
+
 NAMES = ("+CREG", "+CGREG", "+CEREG")
 REGISTERED = (1, 5)
-# Location fields: the emulator has no cell to report (docs/behaviour.md).
+# Location fields when the profile has no [cell] (the serving cell AT+QENG reports): fixed
+# values (docs/behaviour.md).
 AREA, CELL = "D5D5", "8A21B03"
 
 
@@ -37,6 +42,7 @@ class Registration:
         self.cops_mode = 0                       # AT+COPS <mode>: 0 automatic, 1 manual, 2 deregistered, 4
         self.cops_format = 0                     # AT+COPS=3,<format>: 0 long, 1 short, 2 numeric
         self._reported = {name: self.stat(name) for name in NAMES}
+        self._was_attached = self.attached()     # what a detach is told from (note_attach)
         modem.on("reset", self._reboot)
 
     # -- what the commands read ---------------------------------------------------
@@ -63,8 +69,16 @@ class Registration:
         stat = self.stat(name)
         head = f"{name}: {stat}" if urc else f"{name}: {n},{stat}"
         if n == 2 and stat in REGISTERED:
-            return f'{head},"{AREA}","{CELL}",{self.modem.profile["network.act"]}'
+            return f'{head},"{self.area()}","{self.cell()}",{self.modem.profile["network.act"]}'
         return head
+
+    def area(self) -> str:
+        """The serving cell's tracking (location) area code, hex: the profile's cell.tac."""
+        return self.modem.profile.get("cell.tac", AREA)
+
+    def cell(self) -> str:
+        """The serving cell's id, hex: the profile's cell.id."""
+        return self.modem.profile.get("cell.id", CELL)
 
     # -- changes --------------------------------------------------------------------
     def set_network(self, stat: int) -> None:
@@ -86,6 +100,7 @@ class Registration:
         self.refresh()
         if was_registered and not self.registered():
             self._lose_contexts(network=network)
+        self.note_attach("network" if network else "host")
 
     def operator(self, fmt: int | None = None) -> str:
         """The network's name in an AT+COPS <format>: 0 long, 1 short alphanumeric (the
@@ -103,6 +118,15 @@ class Registration:
         self.refresh()
         if not on:
             self._lose_contexts(network=False)
+        self.note_attach("host")
+
+    def note_attach(self, by: str) -> None:
+        """After a change that may have detached the packet domain (its contexts already
+        gone): a detach is reported, as the host's ("host") or the network's doing."""
+        attached = self.attached()
+        if self._was_attached and not attached:
+            packet_events(self.modem).detached(by)
+        self._was_attached = attached
 
     def refresh(self) -> None:
         """Report every registration stat that changed, as its URC if the host asked."""
@@ -128,3 +152,4 @@ class Registration:
         self.detached = False
         self.cops_mode = self.cops_format = 0
         self._reported = {name: self.stat(name, cfun=1) for name in NAMES}
+        self._was_attached = self.radio_stat(cfun=1) in REGISTERED

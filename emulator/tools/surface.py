@@ -35,7 +35,7 @@ _GROUPS: tuple[tuple[str, object], ...] = (
                                          "+QIRD", "+QISDE", "+QICFG", "+QISWTMD")),
     ("DNS, ping, NTP", lambda n: n.startswith(("+QIDNS", "+QPING", "+QNTP"))),
     ("Packet domain", lambda n: n in ("+CGATT", "+CGDCONT", "+CGACT", "+CGPADDR", "+CGCONTRDP", "+CREG",
-                                       "+CGREG", "+CEREG", "+QICSGP", "+QIACT", "+QIDEACT")),
+                                       "+CGREG", "+CEREG", "+QICSGP", "+QIACT", "+QIDEACT", "+CGEREP")),
     ("General", lambda n: True),
 )
 
