@@ -180,8 +180,19 @@ class TlsClientSession:
         job = self._job
         if job is None or job.submitted:
             return None
+        if self.state != "established":
+            self._drop_job()             # (made before the session ended: never run)
+            return None
         job.submitted = True
         return job
+
+    def _drop_job(self) -> None:
+        """A job nobody has started, on a session that ended (python-mbedtls may have reset
+        its context: a write would start a new handshake): dropped with what was queued."""
+        job = self._job
+        if job is not None and job.claim():
+            self._job = None
+            self._queued.clear()
 
     def settle(self, job=None) -> None:
         """Take in the job in flight: its records into outgoing(), its failure into
@@ -194,6 +205,9 @@ class TlsClientSession:
             return
         job = self._job
         if job is None:
+            return
+        if self.state != "established" and not job.submitted:
+            self._drop_job()             # (the session ended before anyone took it)
             return
         if job.claim():
             job.work()                   # (not started by the owner's worker: here)

@@ -740,9 +740,15 @@ class SslSocket:
         except Exception as exc:
             self._internal_error(exc)
             return
+        # Online flow control: the link paused the pty when send_backlog() passed the limit,
+        # and only the transport's resume_writing resumes it -- which comes only if the
+        # transport's own buffer went above the limit.  With the job's bytes counted in the
+        # backlog, the sum can pass it while neither part does: with no job left and the
+        # backlog within the limit (the transport not above its high water, so no
+        # resume_writing will come), the link reads again now.
         limit = self._send_limit
-        if limit and self.send_backlog() <= limit // 4:
-            self._writable()               # (the backlog may have been all in the session)
+        if limit and session.unsealed() == 0 and self.send_backlog() <= limit:
+            self._writable()
 
     def transmit_soon(self, data: bytes) -> None:
         """transmit() a little later: after "SEND OK" the host turns round with its next

@@ -240,3 +240,20 @@ def test_settle_of_a_job_already_taken_in_leaves_the_next_to_the_worker(sink, ba
         driver.flush()
         second = session.take_job()
     finish(driver, sink, payload)
+
+
+def test_no_job_runs_once_the_session_has_ended(sink, base_settings):
+    """receive() settles the job in flight and makes the next of the queue, then the same
+    bytes end the session (here a TCP EOF; a close_notify resets the wrapper's context):
+    that next job is dropped, never handed out or run on the ended session."""
+    driver = connect(sink, base_settings())
+    session = driver.session
+    session.send(os.urandom(200000))
+    first = session.take_job()
+    run_on_a_thread(first)
+    session.receive(b"")                             # settles `first`, then the end
+    assert session.state == "closed"
+    assert session.take_job() is None and session.unsealed() == 0
+    session.settle()                                 # nothing left to run
+    assert session.unsealed() == 0
+    driver.close()
