@@ -64,6 +64,19 @@ def _bind_library() -> None:
     from .native import feed, handshake_over, take_outgoing
 
 
+def _records_draw_no_random(cipher: str, version: str) -> bool:
+    """Whether Mbed TLS seals this suite's records without its random generator: AEAD
+    (GCM, CCM, ChaCha20-Poly1305: the explicit nonce is the record counter), stream and
+    NULL ciphers, and CBC under TLS 1.0 (implicit IV).  CBC under TLS 1.1/1.2 draws a fresh
+    IV per record from python-mbedtls' one module-wide CTR_DRBG, which has no lock of its
+    own (the bundled library is built without MBEDTLS_THREADING_C): only the GIL keeps two
+    users apart, so those records are never sealed by a job, whose write runs without it."""
+    name = cipher.upper()
+    if any(mark in name for mark in ("-GCM-", "-CCM", "CHACHA20", "-RC4-", "-NULL-")):
+        return True
+    return "-CBC-" in name and version == "TLSv1"
+
+
 class TlsClientSession:
     def __init__(self, settings: TlsSettings, cache: SessionCache | None = None,
                  cache_key: Hashable = None) -> None:
@@ -102,6 +115,7 @@ class TlsClientSession:
         self._job = None             # sealing.SealJob in flight (the buffer is its meanwhile)
         self._queued = bytearray()   # accepted by send() behind the job, not yet in one
         self._sealer = None          # native.NativeSsl that jobs write through
+        self._sealable = False       # the suite's records need no random bytes (see below)
 
     # --- public API ----------------------------------------------------------
 
@@ -242,8 +256,8 @@ class TlsClientSession:
         return len(self._queued) + (len(self._job.data) if self._job is not None else 0)
 
     def _offloadable(self) -> bool:
-        if (not self.offload or self.settings.dtls or self._renegotiating
-                or self._reneg_ssl is not None):
+        if (not self.offload or not self._sealable or self.settings.dtls
+                or self.settings.renegotiation or self._renegotiating or self._reneg_ssl is not None):
             return False
         if self._sealer is None:
             from . import native
@@ -556,6 +570,7 @@ class TlsClientSession:
         if self._reneg_ssl is not None:        # what a renegotiation must keep (None: PSK)
             self._first_leaf = self._buffer.getpeercert(binary_form=True) or None
         version = self._buffer.negotiated_tls_version()
+        self._sealable = _records_draw_no_random(cipher, getattr(version, "name", ""))
         self._events.append(HandshakeComplete(
             version=_VERSION_NAMES.get(getattr(version, "name", ""), str(version)),
             cipher_id=cs.suite_id_for_mbedtls_name(cipher),
