@@ -121,6 +121,13 @@ class Feeder:
             self.host.written += n
         return True
 
+    def until(self, left: int, timeout: float = 10) -> None:
+        """Write until at most `left` bytes are still to go."""
+        deadline = time.monotonic() + timeout
+        while len(self.view) > left:
+            assert time.monotonic() < deadline, f"stuck with {len(self.view)} bytes to write"
+            self.pump()
+
 
 def modem_with(open_modem, manual_time: bool = True, **ssl):
     """An EC2x (profile ssl.<key> overrides) with PDP context 1 up."""
@@ -532,10 +539,7 @@ def test_host_hangs_up_mid_stream_and_the_next_host_resumes_with_ato(emulator, o
         connect(host)
         blob = stream_bytes(2 << 20)
         feeder = Feeder(host, blob)
-        deadline = time.monotonic() + 10
-        while len(feeder.view) > len(blob) // 2:
-            assert time.monotonic() < deadline
-            feeder.pump()
+        feeder.until(len(blob) // 2)
         gate.shut()
         for _ in range(20):
             feeder.pump()
@@ -578,13 +582,9 @@ def test_restart_with_jobs_held(emulator, open_modem, gate, strict_log, how):
         connect(host)
         blob = stream_bytes(1 << 20)
         feeder = Feeder(host, blob)
-        deadline = time.monotonic() + 10
-        while len(feeder.view) > len(blob) // 2:
-            assert time.monotonic() < deadline
-            feeder.pump()
+        feeder.until(len(blob) // 2)
         gate.shut()
-        while not feeder.pump():
-            assert time.monotonic() < deadline
+        feeder.until(0)
         emulator.wait_received(port, host.written)
         sock = emulator.run(the_socket, port)
         assert emulator.run(sock.session.unsealed) > 0
