@@ -322,13 +322,18 @@ class TlsClientSession:
             del self._unsent[:len(chunk)]
             self._collect_output()
 
-    def close(self) -> None:
+    def seal_all(self) -> None:
+        """Every byte send() accepted into records in outgoing() now, on this thread: the
+        job in flight (waited for or run here), then what was queued behind it."""
         while self._job is not None:     # (each settle may make the next job of the queue)
             self.settle()
         if self._queued and self.state == "established":
-            data = bytes(self._queued)   # accepted before the close: records before close_notify
+            data = bytes(self._queued)
             self._queued.clear()
             self._send_now(data)
+
+    def close(self) -> None:
+        self.seal_all()                  # accepted before the close: records before close_notify
         if self.state in ("established", "handshaking"):
             if self.state == "established":
                 self._buffer.shutdown()  # queues close_notify (then resets the context)

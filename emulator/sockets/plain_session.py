@@ -41,6 +41,9 @@ class NoSealJobs:
     def unsealed(self) -> int:
         return 0
 
+    def seal_all(self) -> None:
+        pass
+
 
 class PlainSession(NoSealJobs):
     def __init__(self, settings: PlainSettings, cache=None, cache_key=None) -> None:

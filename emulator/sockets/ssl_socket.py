@@ -806,6 +806,11 @@ class SslSocket:
         if self._state is not CONNECTED:
             return False
         if how == "blackhole":
+            if self.session is not None and self.session.unsealed():
+                # What the host sent before the fault left before it, as when it was
+                # encrypted at once: the seal jobs still out are finished now.
+                self.session.seal_all()
+                self._pump()
             self.blackholed = True
             log.info("%s socket %d: network fault: packets stop (blackhole)", self.kind, self.client_id)
             return True
@@ -842,8 +847,9 @@ class SslSocket:
     def send_backlog(self) -> int:
         """Bytes accepted but not yet taken by the kernel (what "send buffer full" measures)."""
         held = self._void + self._deferred_bytes
-        if self.session is not None:
-            held += self.session.unsealed()    # (with a seal job in flight, behind it)
+        if self.session is not None and not self.blackholed:
+            held += self.session.unsealed()    # (with a seal job in flight, behind it; on a
+                                               # blackholed link _void counts them already)
         if self._transport is None:
             return held
         return self._transport.get_write_buffer_size() + held

@@ -761,3 +761,32 @@ def test_only_records_that_draw_no_random_bytes_are_sealed_by_jobs(version, suit
             assert sha(conn.received) == sha(payload)
         finally:
             driver.close()
+
+def test_a_blackhole_lets_what_came_before_it_leave_and_counts_the_rest_once(emulator, open_modem, gate,
+                                                                              strict_log):
+    """Jobs held when the link goes dark (the control API's blackhole): the bytes the host sent
+    before the fault still leave (as when each was encrypted at once, before it), and what it
+    sends after is the unsent backlog once -- not once as unacknowledged and again as unsealed."""
+    host, port = modem_with(open_modem, manual_time=False)
+    with TlsServer(mode="sink", legacy=True) as server:
+        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
+        connect(host)
+        before = stream_bytes(256 << 10)
+        gate.shut()
+        host.write(before)
+        emulator.wait_received(port, host.written)
+        sock = emulator.run(the_socket, port)
+        assert emulator.run(sock.session.unsealed) > 0          # held by the shut gate
+        assert emulator.control("drop", socket=SOCKET, how="blackhole")["ok"]
+        assert emulator.run(sock.session.unsealed) == 0
+        server.wait_for(lambda: len(server.conn.received) >= len(before), timeout=10, what="the bytes before")
+        assert bytes(server.conn.received) == before
+        after = stream_bytes(48 << 10)
+        host.write(after)
+        emulator.wait_received(port, host.written)
+        backlog = emulator.run(sock.send_backlog)
+        assert backlog == len(after), backlog                  # gate still shut: jobs unsealed
+        gate.open()
+        wait_for(lambda: emulator.run(sock.session.unsealed) == 0, 5, "the late jobs")
+        assert emulator.run(sock.send_backlog) == len(after)
+        assert len(server.conn.received) == len(before)       # nothing crossed the dark link
