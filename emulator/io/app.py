@@ -84,9 +84,7 @@ class Emulator:
         if baud is not None:
             _pace(modem, port, baud)
         sink = port.write if trace is None else wrap_sink(port.write)
-        modem.attach(sink, loop, backlog=lambda: port.backlog, reading=port.set_reading,
-                     written=lambda: port.accepted, read_up_to=port.host_has_read,
-                     waiting=port.input_waiting)
+        modem.attach(sink, loop, port)
         entry = ModemPort(modem, port)
         self.ports.append(entry)
         return entry

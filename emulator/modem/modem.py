@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from emulator import commands  # noqa: F401  (registers every handler in the table)
 from emulator.modem.clock import ModemClock
@@ -28,6 +28,29 @@ from emulator.storage.vfs import FileStore
 log = get_logger("emulator.modem")
 
 SIM_READY_URC = "+CPIN: READY"      # the boot URC from which the SIM answers
+
+
+class HostPort(Protocol):
+    """The port the host talks through, as the modem asks it (emulator.io.transport.PtyPort;
+    a sans-IO test gives emulator.testing.port.StubPort)."""
+
+    @property
+    def backlog(self) -> int:
+        """Output written for the host that it has not taken yet."""
+
+    @property
+    def accepted(self) -> int:
+        """Bytes written for the host so far (the marks of host_has_read)."""
+
+    def set_reading(self, on: bool) -> None:
+        """False: the host's bytes stay in the port (flow control), True: read again."""
+
+    def host_has_read(self, upto: int) -> bool | None:
+        """Whether the host has read the output up to `upto` (an `accepted` value); None:
+        cannot tell."""
+
+    def input_waiting(self) -> int:
+        """The host's bytes in the port, not handed to the modem yet."""
 
 
 class Modem:
@@ -65,12 +88,8 @@ class Modem:
         self._input_holds: set[str] = set()    # who holds the host's input back (pause_input)
         self._listeners: dict[str, list[Callable]] = defaultdict(list)
         self._sink: Callable[[bytes], None] | None = None
-        self._reading: Callable[[bool], None] | None = None
+        self._port: HostPort | None = None       # (attach)
         self.dtr = 1                      # the host's DTR line (set_dtr)
-        self._backlog: Callable[[], int] = lambda: 0
-        self._written: Callable[[], int] | None = None          # (attach: output_mark)
-        self._read_up_to: Callable[[int], bool | None] | None = None
-        self._waiting: Callable[[], int] | None = None
         self.tracer = None                # a trace (emulator/tools/trace.py) when attached
         self.interpreter = Interpreter(self)
 
@@ -80,24 +99,15 @@ class Modem:
 
     # -- wiring ---------------------------------------------------------------
     def attach(self, sink: Callable[[bytes], None], loop: asyncio.AbstractEventLoop | None = None,
-               backlog: Callable[[], int] | None = None,
-               reading: Callable[[bool], None] | None = None,
-               written: Callable[[], int] | None = None,
-               read_up_to: Callable[[int], bool | None] | None = None,
-               waiting: Callable[[], int] | None = None) -> None:
-        """sink(bytes) takes output; backlog() tells how much of it the host has not taken yet;
-        written() counts the bytes sink() took, read_up_to(count) tells whether the host has
-        read that far (None: cannot tell) -- see output_mark(); waiting() counts the host's
-        bytes not read from it yet."""
+               port: HostPort | None = None) -> None:
+        """sink(bytes) takes output (the port's write, or a trace's or a test's wrapper of
+        it); `port` answers what the modem asks of the host's side (HostPort; None: nothing
+        held back, no backlog, cannot tell what the host has read)."""
         self._sink = sink
         self.loop = loop
-        self._reading = reading           # reading(False) stops taking host bytes (flow control)
+        self._port = port
         if loop is not None:
             self.timers = Timers(loop, manual=self._manual_time)
-        if backlog is not None:
-            self._backlog = backlog
-        self._written, self._read_up_to = written, read_up_to
-        self._waiting = waiting
 
     def monotonic(self) -> float:
         """The modem's monotonic time in seconds (its Timers; manual in tests)."""
@@ -124,16 +134,16 @@ class Modem:
         "output", a host that must read first): the pty's own buffer then holds the host
         back, as RTS/CTS would on a UART.  Reading goes on when no owner holds it."""
         self._input_holds.add(owner)
-        if self._reading is not None:
-            self._reading(False)
+        if self._port is not None:
+            self._port.set_reading(False)
 
     def input_held(self, owner: str) -> bool:
         return owner in self._input_holds
 
     def resume_input(self, owner: str) -> None:
         self._input_holds.discard(owner)
-        if self._reading is not None and not self._input_holds:
-            self._reading(True)
+        if self._port is not None and not self._input_holds:
+            self._port.set_reading(True)
 
     def set_dtr(self, level: int) -> None:
         """The host's DTR line (a pty has none: an API call, and the control socket's
@@ -143,21 +153,20 @@ class Modem:
             self.interpreter.dtr_drop()
 
     def output_backlog(self) -> int:
-        return self._backlog()
+        return self._port.backlog if self._port is not None else 0
 
     def input_waiting(self) -> int:
         """The host's bytes written and not handed to feed() yet (0: none, or cannot tell)."""
-        return self._waiting() if self._waiting is not None else 0
+        return self._port.input_waiting() if self._port is not None else 0
 
     def output_mark(self) -> int | None:
-        """A mark of the output written so far, for host_has_read(); None: the transport
-        cannot tell what the host has read."""
-        return self._written() if self._written is not None and self._read_up_to is not None else None
+        """A mark of the output written so far, for host_has_read(); None: no port to ask."""
+        return self._port.accepted if self._port is not None else None
 
     def host_has_read(self, mark: int) -> bool | None:
         """Whether the host has read the output up to `mark` (output_mark()); None: unknown.
         Asks the kernel: for rare questions (a late LF after a prompt), not per byte."""
-        return self._read_up_to(mark) if self._read_up_to is not None else None
+        return self._port.host_has_read(mark) if self._port is not None else None
 
     def host_hangup(self) -> None:
         """The host closed the port (transport callback)."""
@@ -174,8 +183,8 @@ class Modem:
         read goes on (as after the host caught up).  Input still held back for other
         reasons (a full connection in online mode) stays held for the next host."""
         self.output_drained()
-        if self._input_holds and self._reading is not None:
-            self._reading(False)          # (the port cleared its hold at the close)
+        if self._input_holds and self._port is not None:
+            self._port.set_reading(False)     # (the port cleared its hold at the close)
         self.interpreter.host_changed()
 
     def output_drained(self) -> None:

@@ -13,6 +13,7 @@ import pytest
 from emulator.modem.modem import Modem
 from emulator.modem.profile import load_profile
 from emulator.testing.peers import TlsServer
+from emulator.testing.port import StubPort
 
 
 def slow_write(host, data: bytes, gap: float = 0.003) -> None:
@@ -74,8 +75,8 @@ def host_reading(modem, out, waiting=lambda: 0):
     so far as read (the pty's FIONREAD count on the slave side, in the real port);
     waiting(): the host's bytes still in the pty (FIONREAD on the master)."""
     taken = [0]
-    modem.attach(out.extend, written=lambda: len(out), read_up_to=lambda mark: taken[0] >= mark,
-                 waiting=waiting)
+    modem.attach(out.extend, port=StubPort(accepted=lambda: len(out),
+                                           has_read=lambda mark: taken[0] >= mark, waiting=waiting))
 
     def read() -> None:
         taken[0] = len(out)

@@ -5,13 +5,15 @@ from __future__ import annotations
 from emulator.io.transport import HIGH_WATER
 from emulator.modem.modem import Modem
 from emulator.modem.profile import load_profile
+from emulator.testing.port import StubPort
 
 
 def wired(backlog: list[int]):
-    out, reading = bytearray(), []
+    out = bytearray()
     modem = Modem(load_profile("ec2x"))
-    modem.attach(out.extend, backlog=lambda: backlog[0], reading=reading.append)
-    return modem, out, reading
+    port = StubPort(backlog=lambda: backlog[0])
+    modem.attach(out.extend, port=port)
+    return modem, out, port.reading
 
 
 def test_input_is_read_again_only_when_no_owner_holds_it():
