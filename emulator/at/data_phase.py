@@ -20,7 +20,6 @@ class DataPhase:
         self.buf = bytearray()
         self.overflow = False
         self.timer = None                # the idle timeout (a modem.call_later handle)
-        self.lf_until: float | None = None   # a first byte LF before this time ends the line
         # "+++" (request.plus_escape): the detector only watches; the "+"s go into buf at
         # once (they are data unless the guard time after them passes) and escaped()
         # takes them out again.  The silence before counts from the prompt.

@@ -41,6 +41,15 @@ PACED_PIECE = 64 * 1024          # what a paced answer writes at a time
 LF_UNREAD_WINDOWS = 5            # a late LF while the prompt is unread: the line's up to 5 windows
 
 
+@dataclasses.dataclass(slots=True)
+class LateLf:
+    """After a prompt or CONNECT: whether the host's first byte, if it is an LF, is the
+    command line's ending rather than data (Interpreter._drop_late_lf says how each counts)."""
+    until: float               # it comes before this (modem time; -inf: never, inf: always)
+    mark: int | None           # output_mark() after the prompt: the host has not read that far
+    early: int                 # the host's bytes in the pty before the prompt was written
+
+
 class _Pending:
     """The PENDING mode's state: which answer is awaited (a stale one is ignored)."""
 
@@ -64,7 +73,6 @@ class Interpreter:
         self._data: DataPhase | None = None    # set exactly in DATA mode
         self._pending: _Pending | None = None        # set exactly in PENDING mode
         self._online: OnlineLink | None = None       # set exactly in ONLINE mode
-        self._online_lf_until: float | None = None   # a first-byte LF before this is the line's
         self._escape: EscapeDetector | None = None   # its "+++" detector
         self._escape_timer = None
         self.last_online: OnlineLink | None = None   # the link that left online mode last (ATO)
@@ -83,8 +91,9 @@ class Interpreter:
         modem.on("output_drained", self._output_drained)
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
-        self._lf_mark: int | None = None  # output_mark() after the prompt a late LF may follow
-        self._lf_early = 0                # the host's bytes in the pty when that prompt went out
+        # After a prompt or CONNECT, until the host's first byte: whether an LF there is the
+        # command line's ending (set by _expect_late_lf, taken by _drop_late_lf).
+        self._late_lf: LateLf | None = None
         # Command name ("+QSSLOPEN") -> seconds its final answer is held back (the
         # control API's "slow"), on the modem's timers.
         self.delays: dict[str, float] = {}
@@ -170,6 +179,7 @@ class Interpreter:
                     timer.cancel()
         self._data = None
         self._pending = None
+        self._late_lf = None                     # (the prompt or CONNECT it was for is gone)
         if self._escape_timer is not None:
             self._escape_timer.cancel()
             self._escape_timer = None
@@ -190,7 +200,7 @@ class Interpreter:
             log.warning("port busy: %d input bytes dropped (more than %d waiting)",
                         len(data) - room, MAX_WAITING_INPUT)
             data = data[:room]
-        if (self.mode is Mode.ONLINE and not self._inbox and self._online_lf_until is None
+        if (self.mode is Mode.ONLINE and not self._inbox and self._late_lf is None
                 and not self._escape_overdue()):
             self._guarded(self._send_online, data)     # the fast path: no copy through the inbox
             return
@@ -490,7 +500,7 @@ class Interpreter:
         self._data = phase
         waiting = self._waiting_before_prompt(after_line)
         self.modem.write(framing.prompt(request.prompt, self.modem.settings))
-        phase.lf_until = self._line_lf(after_line, waiting)
+        self._expect_late_lf(after_line, waiting)
         self._restart_idle_timer(phase)
         self.modem.emit("data_prompt")          # the port waits for the host: work can go now
         if request.length == 0:
@@ -504,14 +514,15 @@ class Interpreter:
             return self.modem.input_waiting()
         return 0
 
-    def _line_lf(self, after_line: bool, waiting: int = 0) -> float | None:
+    def _expect_late_lf(self, after_line: bool, waiting: int = 0) -> None:
         """A host ending its lines with CR LF: the LF that came with the CR belongs to the
         command line, not to the data that follow a prompt or CONNECT (the host sends them
         only after it) -- also when it arrives just after, from a host writing byte by
-        byte.  Drops an LF already waiting; returns until when a first-byte LF is still
-        the line's (None: it is data; -inf: only when the host wrote it before it could
-        see the prompt, see _drop_late_lf)."""
-        self._lf_mark, self._lf_early = None, 0
+        byte.  Drops an LF already waiting; otherwise sets self._late_lf, what decides for
+        the host's first byte (None: an LF there is data)."""
+        self._late_lf = self._late_lf_rule(after_line, waiting)
+
+    def _late_lf_rule(self, after_line: bool, waiting: int) -> LateLf | None:
         if not after_line or self.lexer.s3 != 13:
             return None
         if self._inbox[:1] == b"\n":
@@ -525,26 +536,31 @@ class Interpreter:
         # The host's next byte is still to come.  Bytes `waiting` in the pty before the
         # prompt was written were written before it (the same as an LF in the inbox above);
         # one that comes later while the host has not read the prompt yet cannot answer it.
-        self._lf_early = waiting
         if self.lexer.crlf is False:
             # (a host known to end its lines with CR alone sends no LF: a first byte LF that
             # was not in the pty before the prompt is data, however soon it comes -- also
             # from a host that does not read the prompt, a delay() and its payload instead)
-            return float("-inf")
-        self._lf_mark = self.modem.output_mark()
+            return LateLf(float("-inf"), None, waiting)
+        mark = self.modem.output_mark()
         if self.lexer.crlf and self.lexer.piecewise:
             # (a host that ends its lines with CR LF and writes them in pieces -- byte by byte
             # -- sends this line's LF right after its CR: on a UART it follows the CR by a
             # byte time, whatever the emulator's reads make of it under load)
-            return float("inf")
+            return LateLf(float("inf"), mark, waiting)
         # (counted from the prompt when the line's work took longer than the window: a
         # stall before the prompt -- a GC pause, a loaded machine -- is not the host's)
-        return max(self._line_end, self.modem.monotonic()) + self._lf_window
+        return LateLf(max(self._line_end, self.modem.monotonic()) + self._lf_window, mark, waiting)
 
-    def _drop_late_lf(self, until: float) -> bool:
+    def _take_late_lf(self) -> bool:
+        """The host's first byte after a prompt or CONNECT is here: an LF the rule set then
+        says is the line's is dropped (True)."""
+        late, self._late_lf = self._late_lf, None
+        return late is not None and self._drop_late_lf(late)
+
+    def _drop_late_lf(self, late: LateLf) -> bool:
         """The first byte after a prompt or CONNECT: an LF that the host wrote before the
         prompt was out, or before it read the prompt, or that comes before `until` (see
-        _line_lf), is the command line's ending and is dropped; True when it was.  After a
+        _late_lf_rule), is the command line's ending and is dropped; True when it was.  After a
         line that came whole ("AT...\r" in one write, no LF with it) only an LF that comes
         alone is its ending (the host wrote its CR and LF apart); an LF written together
         with more bytes was written after the prompt, with the data, and is data (a driver
@@ -554,8 +570,7 @@ class Interpreter:
         # (a host that writes its lines whole and has never written a CR and its LF apart:
         # only an LF it wrote on its own can be this line's; the lexer has seen no line since)
         alone_only = lexer.last_line_whole and not lexer.piecewise
-        mark, self._lf_mark = self._lf_mark, None
-        early, self._lf_early = self._lf_early, 0
+        until, mark, early = late.until, late.mark, late.early
         # (early == 1: the LF was all the pty held when the prompt went out -- written on
         # its own, before the prompt: the line's, whatever the read joined to it since)
         if self._inbox[:1] == b"\n" and (early == 1 or (
@@ -596,10 +611,8 @@ class Interpreter:
             # bytes are command-state input.
             self._finish_data(phase, "escape")
             return
-        if phase.lf_until is not None:           # the first byte after the prompt
-            until, phase.lf_until = phase.lf_until, None
-            if self._drop_late_lf(until):
-                return
+        if self._late_lf is not None and self._take_late_lf():     # the first byte after the prompt
+            return
         out, reason = phase.take(self._inbox, self.modem.settings.echo, self.modem.monotonic())
         if out:
             self.modem.write(out)
@@ -656,7 +669,7 @@ class Interpreter:
         self._online = link
         self.last_online = link
         self._escape = EscapeDetector(self._guard_time(), self.modem.monotonic())
-        self._online_lf_until = self._line_lf(after_line, waiting)
+        self._expect_late_lf(after_line, waiting)
         self.lexer.reset()                       # (keeps what it learnt of the host's line ends)
         link.started()
 
@@ -675,9 +688,8 @@ class Interpreter:
                 self._escape_timer.cancel()
             self._escape_due()                   # OK, command state: the pump lexes the inbox
             return
-        if self._online_lf_until is not None:    # the first byte after CONNECT
-            until, self._online_lf_until = self._online_lf_until, None
-            self._drop_late_lf(until)
+        if self._late_lf is not None:            # the first byte after CONNECT
+            self._take_late_lf()
         data = bytes(self._inbox)
         self._inbox.clear()
         if data:

@@ -650,7 +650,7 @@ def port_path_held_clock(open_modem):
 # Was a bug, fixed: the emulator dropped a payload's leading LF that the host wrote after
 # reading the '> ' prompt: QTEL_SockSendData() sends 'AT+QISEND=0,6\r' (CR only, through
 # SendData, while QTEL_SendCMD() ends every other line with CR LF), waits until read(1) returns
-# '>' and only then writes '\nhello'; interpreter._line_lf() kept the window open for a host
+# '>' and only then writes '\nhello'; interpreter._late_lf_rule() kept the window open for a host
 # that had shown CR LF endings, so _drop_late_lf() took that LF as the line's ending (5 bytes
 # taken, SEND OK never came). On the module the LF arrives after the prompt, in the data phase.
 def test_qtel_send_of_data_starting_with_lf_after_a_cr_only_qisend(port_path_held_clock, tcp_echo):
