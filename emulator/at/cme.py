@@ -2,7 +2,7 @@
 
 3GPP TS 27.007 §9.2 for the general codes; Quectel's FILE error table (400-426)
 for the file commands and the storage under them (emulator.storage.vfs.FileError
-carries these numbers); the TCP/IP and SSL codes 550-574 of the EC2x SSL note (§5), which
+carries these numbers); the GNSS codes 501-549 of the GNSS AT Commands Manual; the TCP/IP and SSL codes 550-574 of the EC2x SSL note (§5), which
 AT+QIGETERROR prints too.  The FILE table is Quectel's as Quectel's own host
 driver decodes it (GitHub quectel-develop/user-friendly-project,
 quectel/modules/bg95/bg95_filesystem.c, at_file_errcode_parse); the manual's PDF
@@ -26,6 +26,12 @@ CME_TEXT = {
     414: "the file read-only", 416: "invalid file descriptor", 417: "fail to list the file",
     418: "fail to delete the file", 419: "fail to get disk info", 420: "no space",
     421: "time out", 423: "file too large", 425: "invalid parameter", 426: "file already opened",
+    # Quectel GNSS (GNSS AT Commands Manual's <errcode> table, its spelling)
+    501: "Invalid parameter", 502: "Operation not supported", 503: "GNSS subsystem busy",
+    504: "Session is ongoing", 505: "Session not active", 506: "Operation timeout",
+    507: "Function not enabled", 508: "Time information error", 512: "Validity time is out of range",
+    513: "Internal resource error", 514: "GNSS locked", 515: "End by E911", 516: "Not fixed now",
+    517: "CMUX port is not opened", 549: "Unknown error",
     # Quectel TCP/IP and SSL (EC2x SSL Application Note §5; AT+QIGETERROR prints the same texts)
     550: "unknown error", 551: "operation blocked", 552: "invalid parameter", 553: "memory not enough",
     554: "create socket failed", 555: "operation not supported", 556: "socket bind failed",

@@ -320,7 +320,7 @@ def qcsq(modem, cmd):
 
 
 # -- AT+QCFG / AT+QURCCFG / AT+QINDCFG: items as profile data -------------------------------
-ITEM_TABLES = {"+QCFG": "qcfg", "+QURCCFG": "qurccfg", "+QINDCFG": "qindcfg"}
+ITEM_TABLES = {"+QCFG": "qcfg", "+QURCCFG": "qurccfg", "+QINDCFG": "qindcfg", "+QGPSCFG": "qgpscfg"}
 ITEM_NAME_MAX = 64                    # what the commands read as <item> (Args.str max_len)
 NUMBER_MAX = 12                       # digits of a number in a test form or a value
 _NUMBER = re.compile(r"[0-9]{1,%d}" % NUMBER_MAX)

@@ -355,6 +355,18 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "qcfg": (False, _items),
     "qurccfg": (False, _items),
     "qindcfg": (False, _items),
+    "qgpscfg": (False, _items),                        # AT+QGPSCFG items ("outport", "nmeasrc")
+    # The GNSS fix AT+QGPSLOC reports (emulator/commands/gnss.py): where, how well, and how
+    # many seconds after AT+QGPS=1 the engine gets it.
+    "gnss.latitude": (False, _number(-90, 90)),        # decimal degrees, + north
+    "gnss.longitude": (False, _number(-180, 180)),     # decimal degrees, + east
+    "gnss.altitude": (False, _number(-1000, 20000)),   # metres above sea level
+    "gnss.hdop": (False, _number(0, 99.9)),
+    "gnss.fix": (False, _int(2, 3)),                   # 2: 2D, 3: 3D
+    "gnss.nsat": (False, _int(0, 99)),                 # satellites used
+    "gnss.cog": (False, _number(0, 359.99)),           # course over ground, degrees
+    "gnss.speed": (False, _number(0, 1000)),           # km/h (knots derived)
+    "gnss.ttff": (False, _int(0, 600)),                # time to first fix, seconds
     "commands": (True, _table(_str)),
     "cme_text": (False, _table(_wire)),
 }
@@ -487,6 +499,9 @@ def check_tcpip(data: dict, path: Path) -> None:
             raise ProfileError(f"profile {path}: key tcpip.{key}: missing")
 
 
+GNSS_KEYS = ("gnss.latitude", "gnss.longitude", "gnss.altitude", "gnss.hdop", "gnss.fix",
+             "gnss.nsat", "gnss.cog", "gnss.speed", "gnss.ttff")
+
 # Commands whose answers come from profile keys that are optional otherwise.
 COMMAND_NEEDS = {
     "+QNWINFO": ("network.rat", "network.band", "network.channel"),
@@ -503,6 +518,9 @@ COMMAND_NEEDS = {
     "+QCFG": ("qcfg",),
     "+QURCCFG": ("qurccfg",),
     "+QINDCFG": ("qindcfg",),
+    "+QGPSCFG": ("qgpscfg",),
+    "+QGPS": GNSS_KEYS,
+    "+QGPSLOC": GNSS_KEYS,
 }
 
 
