@@ -11,11 +11,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from emulator.modem.profile import PROFILE_DIR, ProfileError, load_profile
+from tests.e2e.profile_support import EC2X, load_error_of_edit
 
 OK = b"\r\nOK\r\n"
 ERROR = b"\r\nERROR\r\n"
-EC2X = (PROFILE_DIR / "ec2x.toml").read_text()
 
 # The profile's fix: 31.12345 N 121.54321 E, 12.5 m, HDOP 0.9, 3D, 9 satellites, standing still
 MODE_0 = "3107.4070N,12132.5926E"
@@ -183,10 +182,5 @@ def test_southern_and_western_positions(tmp_path, open_modem, emulator):
     (("ttff = 30", "# ttff = 30"), "[commands] lists +QGPS, which needs gnss.ttff"),
 ])
 def test_the_gnss_table_is_checked_at_load(tmp_path, edit, message):
-    old, new = edit
-    assert old in EC2X, old
-    path = tmp_path / "user.toml"
-    path.write_text(EC2X.replace(old, new, 1))
-    with pytest.raises(ProfileError) as info:
-        load_profile(str(path))
-    assert str(info.value).startswith(f"profile {path}: {message}"), str(info.value)
+    error = load_error_of_edit(tmp_path, *edit)
+    assert error.startswith(message), error

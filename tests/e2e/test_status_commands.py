@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.modem.profile import PROFILE_DIR, ProfileError, load_profile
+from tests.e2e.profile_support import EC2X, load_error_of_edit
 from tests.e2e.socket_support import TCP_HOST, TCP_PORT, escape
 
 OK = b"\r\nOK\r\n"
 ERROR = b"\r\nERROR\r\n"
-EC2X = (PROFILE_DIR / "ec2x.toml").read_text()
 
 # The EC2x profile's cell: CHN-UNICOM 46001, band 3 EARFCN 1650, AT+CSQ 24 (-65 dBm)
 SERVING = '"LTE","FDD",460,01,8A21B03,226,1650,3,5,5,D5D5,-94,-9,-65,8,30'
@@ -243,13 +242,8 @@ def test_cgerep_1_drops_the_codes_online_data_mode_holds_and_2_writes_them_after
      "key cgev.me_pdn_act: '+CGEV: ME PDN ACT {id}' must use only {cid}"),
 ])
 def test_the_cell_ceer_and_cgev_tables_are_checked_at_load(tmp_path, edit, message):
-    old, new = edit
-    assert old in EC2X, old
-    path = tmp_path / "user.toml"
-    path.write_text(EC2X.replace(old, new, 1))
-    with pytest.raises(ProfileError) as info:
-        load_profile(str(path))
-    assert str(info.value).startswith(f"profile {path}: {message}"), str(info.value)
+    error = load_error_of_edit(tmp_path, *edit)
+    assert error.startswith(message), error
 
 
 def test_a_profile_without_a_cell_keeps_the_fixed_location_and_its_own_qcsq(tmp_path, open_modem):
