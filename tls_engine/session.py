@@ -256,8 +256,9 @@ class TlsClientSession:
         return len(self._queued) + (len(self._job.data) if self._job is not None else 0)
 
     def _offloadable(self) -> bool:
-        if (not self.offload or not self._sealable or self.settings.dtls
-                or self.settings.renegotiation or self._renegotiating or self._reneg_ssl is not None):
+        # (renegotiation on: a write may start a handshake, which draws random bytes; the
+        # watch of renegotiations only exists with it on)
+        if not self.offload or not self._sealable or self.settings.dtls or self.settings.renegotiation:
             return False
         if self._sealer is None:
             from . import native
@@ -276,13 +277,17 @@ class TlsClientSession:
         if not queued or self.state != "established":
             return
         if len(queued) < OFFLOAD_MIN:
-            data = bytes(queued)
-            queued.clear()
-            self._send_now(data)
+            self._send_queued()
             return
         data = bytes(queued[:JOB_MAX])
         del queued[:JOB_MAX]
         self._job = SealJob(self._sealer, self._buffer, data, take_outgoing, WRITE_CHUNK)
+
+    def _send_queued(self) -> None:
+        """What send() queued, into records now (on this thread)."""
+        data = bytes(self._queued)
+        self._queued.clear()
+        self._send_now(data)
 
     def _send_now(self, data: bytes) -> None:
         # Straight from the caller's buffer, WRITE_CHUNK at a time (no copy into _unsent);
@@ -328,9 +333,7 @@ class TlsClientSession:
         while self._job is not None:     # (each settle may make the next job of the queue)
             self.settle()
         if self._queued and self.state == "established":
-            data = bytes(self._queued)
-            self._queued.clear()
-            self._send_now(data)
+            self._send_queued()
 
     def close(self) -> None:
         self.seal_all()                  # accepted before the close: records before close_notify
@@ -575,9 +578,10 @@ class TlsClientSession:
         if self._reneg_ssl is not None:        # what a renegotiation must keep (None: PSK)
             self._first_leaf = self._buffer.getpeercert(binary_form=True) or None
         version = self._buffer.negotiated_tls_version()
-        self._sealable = _records_draw_no_random(cipher, getattr(version, "name", ""))
+        version_name = getattr(version, "name", "")
+        self._sealable = _records_draw_no_random(cipher, version_name)
         self._events.append(HandshakeComplete(
-            version=_VERSION_NAMES.get(getattr(version, "name", ""), str(version)),
+            version=_VERSION_NAMES.get(version_name, str(version)),
             cipher_id=cs.suite_id_for_mbedtls_name(cipher),
             cipher_name=cs.iana_name_for(cipher),
             alpn=self._buffer.negotiated_protocol() or None,

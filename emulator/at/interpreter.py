@@ -92,7 +92,7 @@ class Interpreter:
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
         # After a prompt or CONNECT, until the host's first byte: whether an LF there is the
-        # command line's ending (set by _expect_late_lf, taken by _drop_late_lf).
+        # command line's ending (set from _late_lf_rule, taken by _take_late_lf).
         self._late_lf: LateLf | None = None
         # Command name ("+QSSLOPEN") -> seconds its final answer is held back (the
         # control API's "slow"), on the modem's timers.
@@ -500,7 +500,7 @@ class Interpreter:
         self._data = phase
         waiting = self._waiting_before_prompt(after_line)
         self.modem.write(framing.prompt(request.prompt, self.modem.settings))
-        self._expect_late_lf(after_line, waiting)
+        self._late_lf = self._late_lf_rule(after_line, waiting)
         self._restart_idle_timer(phase)
         self.modem.emit("data_prompt")          # the port waits for the host: work can go now
         if request.length == 0:
@@ -514,15 +514,12 @@ class Interpreter:
             return self.modem.input_waiting()
         return 0
 
-    def _expect_late_lf(self, after_line: bool, waiting: int = 0) -> None:
+    def _late_lf_rule(self, after_line: bool, waiting: int) -> LateLf | None:
         """A host ending its lines with CR LF: the LF that came with the CR belongs to the
         command line, not to the data that follow a prompt or CONNECT (the host sends them
         only after it) -- also when it arrives just after, from a host writing byte by
-        byte.  Drops an LF already waiting; otherwise sets self._late_lf, what decides for
-        the host's first byte (None: an LF there is data)."""
-        self._late_lf = self._late_lf_rule(after_line, waiting)
-
-    def _late_lf_rule(self, after_line: bool, waiting: int) -> LateLf | None:
+        byte.  Drops an LF already waiting; otherwise returns what decides for the host's
+        first byte (self._late_lf; None: an LF there is data)."""
         if not after_line or self.lexer.s3 != 13:
             return None
         if self._inbox[:1] == b"\n":
@@ -669,7 +666,7 @@ class Interpreter:
         self._online = link
         self.last_online = link
         self._escape = EscapeDetector(self._guard_time(), self.modem.monotonic())
-        self._expect_late_lf(after_line, waiting)
+        self._late_lf = self._late_lf_rule(after_line, waiting)
         self.lexer.reset()                       # (keeps what it learnt of the host's line ends)
         link.started()
 

@@ -280,8 +280,7 @@ class Modem:
         AT+CGEREP: emulator/modem/packet_events.py), then each socket on it reports closed."""
         if self.pdp.is_active(cid):
             packet_events(self).deactivated(cid, "host")
-        self.pdp.deactivate(cid)
-        self.emit("pdp_deactivated", cid=cid)
+        self._drop_pdp(cid)
 
     def network_deactivated_pdp(self, cid: int) -> None:
         """The network took context `cid` down (not the host): reported as the network's
@@ -292,6 +291,10 @@ class Modem:
         urc = self.profile.get("pdp.deact_urc")
         if urc:
             self.urc(urc.format(cid=cid))
+        self._drop_pdp(cid)
+
+    def _drop_pdp(self, cid: int) -> None:
+        """Context `cid` is down (whoever took it): each socket on it reports closed."""
         self.pdp.deactivate(cid)
         self.emit("pdp_deactivated", cid=cid)
 

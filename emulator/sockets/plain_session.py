@@ -12,7 +12,7 @@ deliveries, flow control, faults, counters, trace) carries AT+QIOPEN sockets too
 * send(data): the bytes go out unchanged; a datagram socket sends one datagram per
   send() (one AT+QISEND = one datagram);
 * close(): nothing to say to the peer (the socket sends the FIN);
-* take_job() / settle() / unsealed(): no seal jobs (NoSealJobs).
+* take_job() / settle() / unsealed() / seal_all(): no seal jobs (NoSealJobs).
 """
 from __future__ import annotations
 
