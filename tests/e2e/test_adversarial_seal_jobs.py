@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -145,6 +146,16 @@ def connect(host, line: str = OPEN) -> None:
     assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\nCONNECT\r\n"
 
 
+@contextmanager
+def online_to(emulator, host, **server):
+    """An OpenSSL server (legacy: what the engine speaks) dialled as HOST:PORT, and the host
+    online to it on socket SOCKET (CONNECT)."""
+    with TlsServer(legacy=True, **server) as srv:
+        emulator.router.add_map(HOST, PORT, "127.0.0.1", srv.port)
+        connect(host)
+        yield srv
+
+
 def the_socket(port):
     return port.modem.feature("ssl", None).sockets[SOCKET]
 
@@ -178,9 +189,7 @@ def test_flow_control_resumes_after_a_late_seal_on_a_draining_link(emulator, ope
     then the worker seals: the pty reads again and every byte arrives."""
     monkeypatch.setattr(offload, "ENABLED", offloaded)
     host, port = modem_with(open_modem, online_buffer=64 * 1024)
-    with TlsServer(mode="sink", legacy=True) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        connect(host)
+    with online_to(emulator, host, mode="sink") as server:
         # A link that moves packets on the modem's (manual) clock: nothing leaves until
         # the test advances it.
         assert emulator.control("net", socket=SOCKET, kbps=8000)["ok"]
@@ -236,9 +245,7 @@ def test_peer_close_notify_while_jobs_are_queued(emulator, open_modem, gate, str
     CARRIER, the port answers commands, nothing is logged as an error."""
     go = threading.Event()
     host, port = modem_with(open_modem, manual_time=False)
-    with TlsServer(handler=close_notify_after(go), legacy=True) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        connect(host)
+    with online_to(emulator, host, handler=close_notify_after(go)) as server:
         gate.shut()
         blob = stream_bytes(40 * 1024)
         host.write(blob)
@@ -262,9 +269,7 @@ def test_no_job_runs_on_a_session_after_the_peer_closed_it(emulator, open_modem,
     from tls_engine.native import take_outgoing
     go = threading.Event()
     host, port = modem_with(open_modem, manual_time=False)
-    with TlsServer(handler=close_notify_after(go), legacy=True) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        connect(host)
+    with online_to(emulator, host, handler=close_notify_after(go)):
         sock = emulator.run(the_socket, port)
         gate.shut()
         host.write(stream_bytes(40 * 1024))
@@ -291,9 +296,7 @@ def test_qsslclose_after_escape_seals_every_queued_byte_before_close_notify(emul
     close_notify; the worker's late turn adds nothing (OpenSSL would see a bad MAC)."""
     host, port = modem_with(open_modem, online_buffer=4 << 20)
     advance = advancer(emulator, port, host)
-    with TlsServer(mode="sink", legacy=True) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        connect(host)
+    with online_to(emulator, host, mode="sink") as server:
         sock = emulator.run(the_socket, port)
         gate.shut()
         blob = stream_bytes(1 << 20)
@@ -320,9 +323,7 @@ def test_escape_and_close_right_after_a_fast_stream(emulator, open_modem, strict
     the last byte, AT+QSSLCLOSE: everything, then close_notify."""
     host, port = modem_with(open_modem)
     advance = advancer(emulator, port, host)
-    with TlsServer(mode="sink", legacy=True) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        connect(host)
+    with online_to(emulator, host, mode="sink") as server:
         blob = stream_bytes(4 << 20)
         feeder = Feeder(host, blob)
         deadline = time.monotonic() + 30
@@ -388,9 +389,7 @@ def test_connection_ends_under_a_stream(emulator, open_modem, gate, strict_log, 
         while conn.recv():
             pass
     host, port = modem_with(open_modem, manual_time=False)
-    with TlsServer(handler=handler, legacy=True) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        connect(host)
+    with online_to(emulator, host, handler=handler) as server:
         blob = stream_bytes(16 << 20)
         feeder = Feeder(host, blob)
         deadline = time.monotonic() + 10
@@ -430,9 +429,7 @@ def test_echo_stream_with_a_stuttering_worker(emulator, open_modem, gate, strict
     """The server echoes while the host streams (every receive() settles the job in
     flight), the worker held and released every few ms: both directions intact."""
     host, port = modem_with(open_modem, manual_time=False)
-    with TlsServer(mode="echo", legacy=True) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        connect(host)
+    with online_to(emulator, host, mode="echo") as server:
         blob = stream_bytes(3 << 20)
         before = gate.submitted
         with Stutter(gate):
@@ -534,9 +531,7 @@ def test_host_hangs_up_mid_stream_and_the_next_host_resumes_with_ato(emulator, o
     stays (ATO).  What the modem had read of the first host goes out, once, in order,
     followed by what the next host sends after ATO."""
     host, port = modem_with(open_modem)
-    with TlsServer(mode="sink", legacy=True) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        connect(host)
+    with online_to(emulator, host, mode="sink") as server:
         blob = stream_bytes(2 << 20)
         feeder = Feeder(host, blob)
         feeder.until(len(blob) // 2)
@@ -577,9 +572,7 @@ def test_restart_with_jobs_held(emulator, open_modem, gate, strict_log, how):
     while seal jobs wait for the worker: the socket is dropped, the late jobs change nothing,
     the modem answers after its restart with no socket; the server saw an exact prefix."""
     host, port = modem_with(open_modem, manual_time=(how == "cfun_after_escape"), online_buffer=4 << 20)
-    with TlsServer(mode="sink", legacy=True) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        connect(host)
+    with online_to(emulator, host, mode="sink") as server:
         blob = stream_bytes(1 << 20)
         feeder = Feeder(host, blob)
         feeder.until(len(blob) // 2)
@@ -620,8 +613,7 @@ def test_emulator_stops_with_jobs_queued_and_the_worker_serves_on(gate, tmp_path
         factory = modem_factory(emu, tmp_path / "first")
         make = next(factory)
         try:
-            host, port = make("ec2x", manual_time=False)
-            assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+            host, port = modem_with(make, manual_time=False)
             emu.router.add_map(HOST, PORT, "127.0.0.1", server.port)
             connect(host)
             gate.shut()
@@ -643,8 +635,7 @@ def test_emulator_stops_with_jobs_queued_and_the_worker_serves_on(gate, tmp_path
         factory = modem_factory(emu, tmp_path / "second")
         make = next(factory)
         try:
-            host, port = make("ec2x", manual_time=False)
-            assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+            host, port = modem_with(make, manual_time=False)
             emu.router.add_map(HOST, PORT, "127.0.0.1", server.port)
             connect(host)
             before = offload.WORKER.jobs_run
@@ -663,9 +654,7 @@ def test_qsslsend_after_escape_keeps_its_place_behind_held_jobs(emulator, open_m
     and an AT+QSSLSEND: the server gets the stream, then the AT+QSSLSEND bytes."""
     host, port = modem_with(open_modem)
     advance = advancer(emulator, port, host)
-    with TlsServer(mode="sink", legacy=True) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        connect(host)
+    with online_to(emulator, host, mode="sink") as server:
         gate.shut()
         blob = stream_bytes(12 * 1024)
         host.write(blob)
@@ -697,9 +686,7 @@ def test_stream_with_each_record_shape(emulator, open_modem, gate, strict_log, v
     host, port = modem_with(open_modem, manual_time=False)
     assert host.at(f'AT+QSSLCFG="sslversion",1,{version}') == b"\r\nOK\r\n"
     assert host.at(f'AT+QSSLCFG="ciphersuite",1,{suite}') == b"\r\nOK\r\n"
-    with TlsServer(mode="sink", legacy=True) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        connect(host)
+    with online_to(emulator, host, mode="sink") as server:
         conn = server.wait_handshake()
         assert conn.cipher == openssl_name
         assert conn.version == {1: "TLSv1", 2: "TLSv1.1", 3: "TLSv1.2"}[version]
@@ -768,9 +755,7 @@ def test_a_blackhole_lets_what_came_before_it_leave_and_counts_the_rest_once(emu
     before the fault still leave (as when each was encrypted at once, before it), and what it
     sends after is the unsent backlog once -- not once as unacknowledged and again as unsealed."""
     host, port = modem_with(open_modem, manual_time=False)
-    with TlsServer(mode="sink", legacy=True) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        connect(host)
+    with online_to(emulator, host, mode="sink") as server:
         before = stream_bytes(256 << 10)
         gate.shut()
         host.write(before)
