@@ -39,21 +39,27 @@ def _activate(modem, cid: int):
     packet domain is attached first if the host detached it, as 27.007 §10.1.10 says).
     A refusal is AT+CEER's next cause; a context that comes up is reported
     (+CGEV: ME PDN ACT with AT+CGEREP)."""
-    events = packet_events(modem)
-    if modem.cfun != 1:
-        events.refused(RADIO_OFF)
-        raise CommandError("ERROR", "radio is off (AT+CFUN)")
-    reg = registration(modem)
-    if not reg.registered():
-        events.refused(NO_SERVICE)
-        raise CommandError("ERROR", f"not registered to a network (stat {reg.radio_stat()})")
+    reg = _in_service(modem, "cannot activate")
     if not reg.attached():
         reg.attach(True)
     was_active = modem.pdp.is_active(cid)
     ctx = modem.pdp.activate(cid)
     if not was_active:
-        events.activated(cid)
+        packet_events(modem).activated(cid)
     return ctx
+
+
+def _in_service(modem, refusal: str):
+    """The registration, when the radio is on and registered; else ERROR, its cause (radio
+    off, no service) AT+CEER's next answer.  (Context activation and AT+CGATT=1.)"""
+    if modem.cfun != 1:
+        packet_events(modem).refused(RADIO_OFF)
+        raise CommandError("ERROR", f"{refusal}: radio is off (AT+CFUN)")
+    reg = registration(modem)
+    if not reg.registered():
+        packet_events(modem).refused(NO_SERVICE)
+        raise CommandError("ERROR", f"{refusal}: not registered (stat {reg.radio_stat()})")
+    return reg
 
 
 # -- Quectel ------------------------------------------------------------------
@@ -210,10 +216,7 @@ def cgatt_write(modem, cmd):
     the host asked for it); AT+CGATT=1 needs the radio on and a registration."""
     args = Args(cmd, at_most=1)
     state = args.int(0, 0, 1)
-    reg = registration(modem)
-    if state == 1 and not reg.registered():
-        packet_events(modem).refused(RADIO_OFF if modem.cfun != 1 else NO_SERVICE)
-        raise CommandError("ERROR", f"cannot attach: not registered (stat {reg.radio_stat()})")
+    reg = _in_service(modem, "cannot attach") if state == 1 else registration(modem)
     reg.attach(bool(state))
     return ok()
 
