@@ -82,10 +82,14 @@ class Interpreter:
         self._left_idle = False          # idle went False since the last "port_idle"
         self._inbox = bytearray()
         self._queue: list[Command | Malformed] = []
-        self._after: list[str] = []
+        # A line's trailing lines (Response.after), each with the count of URCs raised
+        # before its command started: they go behind those, ahead of later ones (_write_after).
+        self._after: list[tuple[int, str]] = []
         self._then: Callable[[], None] | None = None     # the answer's `then`, run once it is written
         self._raw = ""                   # the command being answered (logs)
-        self._urcs: list[tuple[bytes, object]] = []    # (framed URC, what it is about)
+        self._urcs: list[tuple[bytes, object, float]] = []   # (framed URC, what it is about, order)
+        self._raised = 0                 # URCs queued so far (their order among trailing lines)
+        self._started = 0                # _raised when the command being answered started
         self._last_line: bytes | None = None
         modem.on("reset", self._rebooted)              # (A/ repeats nothing, no stale URCs)
         modem.on("output_drained", self._output_drained)
@@ -356,6 +360,7 @@ class Interpreter:
 
     def _dispatch(self, item: Command | Malformed) -> Response:
         self._raw = item.raw
+        self._started = self._raised
         if isinstance(item, Malformed):
             log.info("ERROR: malformed command AT%s (%s)", loggable(item.raw), item.reason)
             return Response([], "ERROR")
@@ -412,14 +417,14 @@ class Interpreter:
                 "a paced answer ends with a final result"
             framed = framing.lines(response.lines, self.modem.settings)
             if self.modem.output_backlog() + len(framed) > HIGH_WATER:
-                self._after.extend(response.after)
+                self._keep_after(response.after)
                 rest = dataclasses.replace(response, lines=[], after=[], paced=False)
                 self._await(self._write_paced(framed, rest), after_line)
                 return False
             response = dataclasses.replace(response, lines=[], paced=False)
             self.modem.write(framed)
         self._write_lines(response.lines)
-        self._after.extend(response.after)
+        self._keep_after(response.after)
         if response.pending is not None:
             self._await(response.pending, after_line)
             return False
@@ -773,7 +778,8 @@ class Interpreter:
         if self.idle:
             self.modem.write(framed)
         else:
-            self._urcs.append((framed, about))
+            self._urcs.append((framed, about, self._raised))
+            self._raised += 1
 
     def drop_urcs(self, about: object) -> None:
         """Forget the URCs still waiting (the port busy) that report on `about`: the
@@ -789,11 +795,21 @@ class Interpreter:
         if lines:
             self.modem.write(framing.lines(lines, self.modem.settings))
 
+    def _keep_after(self, lines) -> None:
+        self._after.extend((self._started, line) for line in lines)
+
     def _write_after(self) -> None:
-        """The end of a line's answer: its trailing lines, then URCs that waited."""
+        """The end of a line's answer: its trailing lines and the URCs that waited, in the
+        order they came -- a trailing line behind the URCs raised before its command
+        started (AT+QIACT's +CGEV, queued while the line ran, comes before the codes a later
+        AT+CGEREP=2,1 of the same line flushes from its buffer), ahead of those raised since
+        (the ML302's "<ssid>,CLOSE OK" of a lingering close, before news that came meanwhile)."""
         after, self._after = self._after, []
-        for line in after:
-            self.urc(line)
+        for mark, line in after:
+            at = 0
+            while at < len(self._urcs) and self._urcs[at][2] < mark:
+                at += 1
+            self._urcs.insert(at, (framing.urc(line, b"", self.modem.settings), None, mark - 0.5))
         self._settle()
 
     def _write_final(self, final) -> None:
