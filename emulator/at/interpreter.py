@@ -46,6 +46,7 @@ class LateLf:
     """After a prompt or CONNECT: whether the host's first byte, if it is an LF, is the
     command line's ending rather than data (Interpreter._drop_late_lf says how each counts)."""
     until: float               # it comes before this (modem time; -inf: never, inf: always)
+    unread_until: float        # or before this while the host has not read the prompt (mark)
     mark: int | None           # output_mark() after the prompt: the host has not read that far
     early: int                 # the host's bytes in the pty before the prompt was written
 
@@ -226,10 +227,13 @@ class Interpreter:
     def host_changed(self) -> None:
         """The port was closed and the modem carries on (--uart): what was learnt of the
         host's line endings is a guess about that program, not module state -- the next
-        program to open the port may end its lines otherwise."""
+        program to open the port may end its lines otherwise.  So is the rule for the first
+        byte after a prompt the closed program left (a late LF is its line's ending only from
+        the program that wrote the line: the next one's LF is data)."""
         self.lexer.crlf = None
         self.lexer.piecewise = False
         self.lexer.last_line_whole = False
+        self._late_lf = None
 
     @staticmethod
     def _power_lost(link: OnlineLink) -> None:
@@ -538,20 +542,23 @@ class Interpreter:
         # The host's next byte is still to come.  Bytes `waiting` in the pty before the
         # prompt was written were written before it (the same as an LF in the inbox above);
         # one that comes later while the host has not read the prompt yet cannot answer it.
-        if self.lexer.crlf is False:
-            # (a host known to end its lines with CR alone sends no LF: a first byte LF that
-            # was not in the pty before the prompt is data, however soon it comes -- also
-            # from a host that does not read the prompt, a delay() and its payload instead)
-            return LateLf(float("-inf"), None, waiting)
         mark = self.modem.output_mark()
+        # (the window is counted from the prompt when the line's work took longer than it: a
+        # stall before the prompt -- a GC pause, a loaded machine -- is not the host's)
+        window = max(self._line_end, self.modem.monotonic()) + self._lf_window
+        if self.lexer.crlf is False:
+            # (a host seen ending its lines with CR alone sends no LF: a first byte LF is data
+            # however soon it comes once the host can have seen the prompt -- also from a host
+            # that never reads prompts, a delay() and its payload, past the window; within the
+            # window, with the prompt unread, it is this line's: hosts mix CR and CR LF, a
+            # CR-only init sequence then a driver writing its CR LF lines byte by byte)
+            return LateLf(float("-inf"), window, mark, waiting)
         if self.lexer.crlf and self.lexer.piecewise:
             # (a host that ends its lines with CR LF and writes them in pieces -- byte by byte
             # -- sends this line's LF right after its CR: on a UART it follows the CR by a
             # byte time, whatever the emulator's reads make of it under load)
-            return LateLf(float("inf"), mark, waiting)
-        # (counted from the prompt when the line's work took longer than the window: a
-        # stall before the prompt -- a GC pause, a loaded machine -- is not the host's)
-        return LateLf(max(self._line_end, self.modem.monotonic()) + self._lf_window, mark, waiting)
+            return LateLf(float("inf"), float("inf"), mark, waiting)
+        return LateLf(window, window + (LF_UNREAD_WINDOWS - 1) * self._lf_window, mark, waiting)
 
     def _take_late_lf(self) -> bool:
         """The host's first byte after a prompt or CONNECT is here: an LF the rule set then
@@ -572,26 +579,27 @@ class Interpreter:
         # (a host that writes its lines whole and has never written a CR and its LF apart:
         # only an LF it wrote on its own can be this line's; the lexer has seen no line since)
         alone_only = lexer.last_line_whole and not lexer.piecewise
-        until, mark, early = late.until, late.mark, late.early
+        until, early = late.until, late.early
         # (early == 1: the LF was all the pty held when the prompt went out -- written on
         # its own, before the prompt: the line's, whatever the read joined to it since)
         if self._inbox[:1] == b"\n" and (early == 1 or (
                 not (alone_only and len(self._inbox) > 1)
-                and (early or self.modem.monotonic() <= until or self._unread(mark, until)))):
+                and (early or self.modem.monotonic() <= until or self._unread(late)))):
             del self._inbox[:1]
             lexer.piecewise = True                  # its CR and LF came apart
             return True
         return False
 
-    def _unread(self, mark: int | None, until: float) -> bool:
-        """The host has not read the output up to `mark` (the prompt) and the LF comes within
-        LF_UNREAD_WINDOWS windows: a CR LF host held up between its CR and its LF (a loaded
-        machine, a GC pause) past the window still sent the LF with the line.  Bounded: a
-        host that never reads prompts (a delay() and then its payload) may start the payload
-        with LF, and later than that it is data."""
-        return (mark is not None
-                and self.modem.monotonic() <= until + (LF_UNREAD_WINDOWS - 1) * self._lf_window
-                and self.modem.host_has_read(mark) is False)
+    def _unread(self, late: LateLf) -> bool:
+        """The host has not read the output up to the prompt (late.mark) and the LF comes
+        before late.unread_until: a CR LF host held up between its CR and its LF (a loaded
+        machine, a GC pause) past the window still sent the LF with the line, up to
+        LF_UNREAD_WINDOWS windows; a host seen ending lines with CR alone, within the window.
+        Bounded: a host that never reads prompts (a delay() and then its payload) may start
+        the payload with LF, and later than that it is data."""
+        return (late.mark is not None
+                and self.modem.monotonic() <= late.unread_until
+                and self.modem.host_has_read(late.mark) is False)
 
     def _restart_idle_timer(self, phase: DataPhase) -> None:
         if phase.request.idle_timeout is None:

@@ -95,9 +95,14 @@ def host_reading(modem, out, waiting=lambda: 0):
     ([b"ATE0\r\n", b"AT\r\n"], False, 0.2, True),
     ([b"ATE0\r\n", b"AT\r\n"], False, 1.0, False),
     ([b"ATE0\r\n", b"AT\r\n"], True, 0.2, False),
-    # a CR-only host sends no LF: data however soon (only an LF in the pty before the prompt
-    # went out is its line's: the next test)
+    # a host seen ending its lines with CR alone: data once it can have seen the prompt (it
+    # read it, or the window is over: a host that never reads prompts, a delay() and then a
+    # payload starting with LF); within the window with the prompt unread, its line's (hosts
+    # mix CR and CR LF: a CR-only init, then a driver writing CR LF lines byte by byte).
+    # (An LF in the pty before the prompt went out is the line's however late: the next test.)
     ([b"ATE0\r", b"AT\r"], False, 0.2, False),
+    ([b"ATE0\r", b"AT\r"], False, 0.01, True),
+    ([b"ATE0\r", b"AT\r"], True, 0.01, False),
 ])
 def test_an_lf_written_before_the_host_read_the_prompt_is_the_lines(first, read, later, lines):
     """Which first-byte LF after a prompt is the command line's late ending."""
