@@ -91,11 +91,13 @@ def qgpsend(modem, cmd):
 
 
 # -- AT+QGPSLOC --------------------------------------------------------------------------------
-@command("+QGPSLOC", EXEC, WRITE, test="+QGPSLOC: (0-2)")
+@command("+QGPSLOC", EXEC, READ, WRITE, test="+QGPSLOC: (0-2)")
 def qgpsloc(modem, cmd):
     """AT+QGPSLOC[=<mode>]: +QGPSLOC: <UTC>,<latitude>,<longitude>,<hdop>,<altitude>,<fix>,
     <cog>,<spkm>,<spkn>,<date>,<nsat>, <latitude>,<longitude> as <mode> says (0 ddmm.mmmmN,
-    1 ddmm.mmmmmm,N, 2 signed decimal degrees)."""
+    1 ddmm.mmmmmm,N, 2 signed decimal degrees).  AT+QGPSLOC? is <mode> 0 too: the form the
+    GNSS manual's example and much public EC25 host code (ModemManager's mmcli users among
+    them) send."""
     mode = Args(cmd, error=Cme(INVALID_PARAMETER), at_most=1).int(0, 0, 2, default=0)
     engine = gnss(modem)
     if not engine.on:

@@ -521,7 +521,7 @@ def test_gnss_hostile_arguments_are_501_and_change_nothing(modem, line):
 def test_gnss_forms_it_lacks_are_plain_error(modem):
     host, _, _ = modem
     assert host.at("AT+CMEE=2") == OK
-    for line in ("AT+QGPS", "AT+QGPSEND=", "AT+QGPSEND=1", "AT+QGPSEND?", "AT+QGPSLOC?", "AT+QGPS?=",
+    for line in ("AT+QGPS", "AT+QGPSEND=", "AT+QGPSEND=1", "AT+QGPSEND?", "AT+QGPS?=",
                  'AT+QGPSLOC="x', "AT+QGPSCFG", "AT+QGPSCFG?", "AT+QGPSCFG=", 'AT+QGPSCFG="outport",usbnmea',
                  'AT+QGPSCFG="nmeasrc","1"', 'AT+QGPSCFG="outport","none",1', "AT+QGPSCFG=outport",
                  'AT+QGPSCFG="gnssconfig",1', 'AT+QGPSCFG="nmeasrc",-1', 'AT+QGPSCFG="nmeasrc",99999999999999',

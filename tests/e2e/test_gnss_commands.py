@@ -69,6 +69,7 @@ def test_a_fix_comes_ttff_seconds_after_qgps_and_is_reported_in_the_three_format
     advance(0.5)
     assert fix(host, "AT+QGPSLOC") == f"{MODE_0},{REST}"           # <mode> 0 by default
     assert fix(host, "AT+QGPSLOC=0") == f"{MODE_0},{REST}"
+    assert fix(host, "AT+QGPSLOC?") == f"{MODE_0},{REST}"           # (the manual example's form)
     assert fix(host, "AT+QGPSLOC=1") == f"{MODE_1},{REST}"
     assert fix(host, "AT+QGPSLOC=2") == f"{MODE_2},{REST}"
     assert host.at("AT+QGPSEND") == OK
@@ -119,7 +120,6 @@ def test_forms_the_module_lacks_and_the_test_forms(gps):
     host, _ = gps
     assert host.at("AT+QGPS") == ERROR
     assert host.at("AT+QGPSEND=1") == ERROR
-    assert host.at("AT+QGPSLOC?") == ERROR
     assert host.at("AT+QGPS=?") == answer("+QGPS: (1-4),(1-255),(1-1000),(0-1000),(1-65535)")
     assert host.at("AT+QGPSLOC=?") == answer("+QGPSLOC: (0-2)")
     assert host.at("AT+QGPSEND=?") == OK
