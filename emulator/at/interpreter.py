@@ -82,6 +82,9 @@ class Interpreter:
         self._executing = False
         self._left_idle = False          # idle went False since the last "port_idle"
         self._inbox = bytearray()
+        self._fed = 0                    # bytes ever fed (so _fed - len(_inbox): ever taken)
+        self._departed_end = 0           # _fed when the last program closed the port (--uart)
+        self._line_departed = False      # the last command line's end came from a departed program
         self._queue: list[Command | Malformed] = []
         # A line's trailing lines (Response.after), each with the count of URCs raised
         # before its command started: they go behind those, ahead of later ones (_write_after).
@@ -117,6 +120,7 @@ class Interpreter:
         mode; the restarted module reads command lines."""
         self._last_line = None
         self._urcs.clear()
+        self._after.clear()              # (the trailing lines of the line the restart ended)
         if self.mode is not Mode.COMMAND:
             link, pending = self._online, self._pending
             self._abandon()
@@ -205,6 +209,7 @@ class Interpreter:
             log.warning("port busy: %d input bytes dropped (more than %d waiting)",
                         len(data) - room, MAX_WAITING_INPUT)
             data = data[:room]
+        self._fed += len(data)
         if (self.mode is Mode.ONLINE and not self._inbox and self._late_lf is None
                 and not self._escape_overdue()):
             self._guarded(self._send_online, data)     # the fast path: no copy through the inbox
@@ -234,6 +239,7 @@ class Interpreter:
         self.lexer.piecewise = False
         self.lexer.last_line_whole = False
         self._late_lf = None
+        self._departed_end = self._fed   # (a line it left in the inbox opens a prompt later)
 
     @staticmethod
     def _power_lost(link: OnlineLink) -> None:
@@ -333,6 +339,7 @@ class Interpreter:
             elif isinstance(event, CommandLine):
                 self._last_line = event.body
                 self._line_end = self.modem.monotonic()
+                self._line_departed = self._fed - len(inbox) <= self._departed_end
                 self._start_line(event.body)
             elif isinstance(event, RepeatLast):
                 if self._last_line is not None:
@@ -531,13 +538,15 @@ class Interpreter:
         first byte (self._late_lf; None: an LF there is data)."""
         if not after_line or self.lexer.s3 != 13:
             return None
-        if self._inbox[:1] == b"\n":
+        if self._inbox[:1] == b"\n" and (not self._line_departed
+                                         or self._fed - len(self._inbox) < self._departed_end):
             # (written with the line: its ending, whatever the host did before -- data
             # come after the prompt, and a CR-only host may have switched to CR LF)
             del self._inbox[:1]
             self.lexer.forget_line_end()
             return None
-        if self._inbox:
+        if self._inbox or self._line_departed:
+            # (a line a closed program left: the next byte is another program's, data)
             return None
         # The host's next byte is still to come.  Bytes `waiting` in the pty before the
         # prompt was written were written before it (the same as an LF in the inbox above);

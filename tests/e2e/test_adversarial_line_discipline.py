@@ -178,7 +178,7 @@ def test_mixed_cr_and_crlf_lines_are_each_answered_once_and_echoed_without_their
             host.write(line)
         answer = b"\r\n+CMEE: 1\r\n\r\nOK\r\n" if b"CMEE" in line else OK
         expected += line.rstrip(b"\n") + answer
-        got = host.read_until(OK)
+        host.read_until(OK)
     host.write(b"AT\r")
     host.read_until(OK)
     assert bytes(host.transcript).endswith(expected + b"AT\r" + OK)
