@@ -84,7 +84,7 @@ class Interpreter:
         self._inbox = bytearray()
         self._fed = 0                    # bytes ever fed (so _fed - len(_inbox): ever taken)
         self._departed_end = 0           # _fed when the last program closed the port (--uart)
-        self._line_departed = False      # the last command line's end came from a departed program
+        self._line_end_at = 0            # _fed - len(_inbox) when the last line's S3 was taken
         self._queue: list[Command | Malformed] = []
         # A line's trailing lines (Response.after), each with the count of URCs raised
         # before its command started: they go behind those, ahead of later ones (_write_after).
@@ -339,7 +339,7 @@ class Interpreter:
             elif isinstance(event, CommandLine):
                 self._last_line = event.body
                 self._line_end = self.modem.monotonic()
-                self._line_departed = self._fed - len(inbox) <= self._departed_end
+                self._line_end_at = self._fed - len(inbox)
                 self._start_line(event.body)
             elif isinstance(event, RepeatLast):
                 if self._last_line is not None:
@@ -538,14 +538,17 @@ class Interpreter:
         first byte (self._late_lf; None: an LF there is data)."""
         if not after_line or self.lexer.s3 != 13:
             return None
-        if self._inbox[:1] == b"\n" and (not self._line_departed
+        # (the line's S3 came from a program that has closed the port since: --uart, a line
+        # left behind a slow answer, or one whose answer was slow itself)
+        departed = self._line_end_at <= self._departed_end
+        if self._inbox[:1] == b"\n" and (not departed
                                          or self._fed - len(self._inbox) < self._departed_end):
             # (written with the line: its ending, whatever the host did before -- data
             # come after the prompt, and a CR-only host may have switched to CR LF)
             del self._inbox[:1]
             self.lexer.forget_line_end()
             return None
-        if self._inbox or self._line_departed:
+        if self._inbox or departed:
             # (a line a closed program left: the next byte is another program's, data)
             return None
         # The host's next byte is still to come.  Bytes `waiting` in the pty before the

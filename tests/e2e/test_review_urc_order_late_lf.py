@@ -676,10 +676,17 @@ def _qfupl_stored_named(host, name: str) -> bytes:
 # 'AT+CSQ<CR>AT+QFUPL=...<CR>' with AT+CSQ slow and closed; the CONNECT for A's second line
 # opened after A left, and program B's first-byte LF was dropped as A's line ending.  A line
 # whose CR came from a program that has closed the port gets no late-LF rule.
-def test_uart_prompt_opened_after_the_writer_left_treats_the_next_programs_lf_as_data(open_modem, emulator):
+# (The same for one chained line lexed before the close, its AT+QFUPL opening CONNECT after it:
+# found re-reading that fix, which judged the line when it was lexed, not when its prompt opened.)
+@pytest.mark.parametrize("lines,answer", [
+    (b'AT+CSQ\rAT+QFUPL="RAM:late",2\r', b"\r\n+CSQ: 24,99\r\n" + OK + CONNECT),
+    (b'AT+CSQ;+QFUPL="RAM:late",2\r', b"\r\n+CSQ: 24,99\r\n" + CONNECT),
+])
+def test_uart_prompt_opened_after_the_writer_left_treats_the_next_programs_lf_as_data(open_modem, emulator,
+                                                                                     lines, answer):
     host, port = open_modem("ec2x", manual_time=True, hangup_on_close=False)
     assert emulator.control("slow", command="+CSQ", ms=300)["ok"]
-    host.write(b'AT+CSQ\rAT+QFUPL="RAM:late",2\r')
+    host.write(lines)
     emulator.wait_received(port, host.written)
     pending(emulator, port)
     host.close()
@@ -688,7 +695,6 @@ def test_uart_prompt_opened_after_the_writer_left_treats_the_next_programs_lf_as
     try:
         emulator.run(port.port.look_for_host)
         emulator.advance(port, 0.3)                     # A's CSQ answer and CONNECT, to B
-        answer = b"\r\n+CSQ: 24,99\r\n" + OK + CONNECT
         wait_unread(again, len(answer))                 # B has not read them
         again.write(b"\n")
         emulator.wait_received(port, host.written + again.written)   # (the port counts A's bytes too)
