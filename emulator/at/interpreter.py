@@ -130,7 +130,6 @@ class Interpreter:
                 pending.task.cancel()            # (a "slow" delay: the command never acts)
             self._inbox.clear()                  # the busy module's input went with the power
             self._queue.clear()
-            self._after.clear()
             self._then = None
             if link is not None:
                 self._power_lost(link)
@@ -392,7 +391,7 @@ class Interpreter:
             return Response([], "ERROR")
         response = self._call(entry.func, self.modem, item, raw=item.raw, what="")
         delay = max(self.delays.get(name, 0), self.profile_delays.get(name, 0))
-        return _delayed(response, delay, self.modem.timers) if delay else response
+        return _delayed(response, delay, self.modem.timers, self._run_then) if delay else response
 
     def _call(self, func: Callable, *args, raw: str, what: str) -> Response:
         """Run a handler (or a data handler, or a pending command's outcome) and turn
@@ -851,17 +850,17 @@ class Interpreter:
             self._executing = executing
 
 
-def _delayed(response: Response, delay: float, timers) -> Response:
+def _delayed(response: Response, delay: float, timers, run_then) -> Response:
     """A slow module (the control API's "slow"): the command's answer (its lines and
     final result; after a data prompt, what follows the data) comes `delay` seconds
     later on the modem's timers; the port is busy meanwhile, as on a module."""
     if response.then is not None and not response.ends_line:   # the work is done now; only
-        response.then()                                          # the answer waits (a reboot
+        run_then(response.then)                                  # the answer waits (a reboot
         response = dataclasses.replace(response, then=None)     # waits for its OK: ends_line)
     if response.data is not None:
         done = response.data.on_done
         request = dataclasses.replace(response.data,
-                                      on_done=lambda data, reason: _delayed(done(data, reason), delay, timers))
+                                      on_done=lambda data, reason: _delayed(done(data, reason), delay, timers, run_then))
         return dataclasses.replace(response, data=request)
 
     async def later() -> Response:

@@ -18,9 +18,12 @@ from emulator.at.responses import Raw, Response, ok
 from emulator.commands.ssl_common import (SslArgs, done, fail, online_answer, quectel_test, send_now,
                                           send_request, server_address, service)
 from emulator.io.network import udp_destination
+from emulator.logsafe import get_logger
 from emulator.sockets.qicfg import BY_NAME as QICFG_OPTIONS
 from emulator.sockets.ssl_socket import CLOSING, CONNECTED
 from emulator.sockets.tcpip import SERVICE_TYPES, has_tcpip, ids_in_use, tcpip_service
+
+log = get_logger("emulator.tcpip")
 
 
 def _ids(modem) -> str:
@@ -57,9 +60,10 @@ def qiopen_write(modem, cmd):
         # After a good command line the module says OK and reports the failure as
         # +QIOPEN: <id>,<err> (drivers match "\r\nOK\r\n\r\n+QIOPEN: 0,563\r\n");
         # in transparent mode the answer is ERROR.
-        svc.set_error(code)
         if online:
             raise fail(svc, code, why)
+        svc.set_error(code)
+        log.info("AT+QIOPEN of connectID %d refused (%d): %s", connect_id, code, why)
         modem.urc(svc.dialect.opened_urc.format(id=connect_id, code=code))
         return ok()
 

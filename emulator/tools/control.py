@@ -316,9 +316,10 @@ def net(modem, args: _Args) -> dict:
     loss = args.kw.pop("loss", 0)
     if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not 0 <= loss <= 1:
         raise ControlError(f"net: 'loss' must be a fraction 0..1, not {loss!r}")
-    if "seed" in args.kw:
-        faults.random.seed(args.int("seed", 0, 2**63))
-    args.done()
+    seed = args.int("seed", 0, 2**63) if "seed" in args.kw else None
+    args.done()                          # (a refused request changes nothing, the seed too)
+    if seed is not None:
+        faults.random.seed(seed)
     conditions = NetConditions(values["latency_ms"], values["kbps"], loss)
     if sock is not None:
         sock.net = conditions if conditions.active() else None
