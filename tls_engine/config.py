@@ -258,12 +258,6 @@ def _remember(cache: dict, key, value) -> None:
     cache[key] = value
 
 
-def clear_caches() -> None:
-    """Forget every built configuration and context (tests; a library reload)."""
-    _PLANS.clear()
-    _CONTEXTS.clear()
-
-
 def apply_native_conf(context, plan: EnginePlan, settings: TlsSettings, notes: list[str]) -> None:
     """Exact cipher-suite list (RC4/3DES), renegotiation and key log, through native."""
     wanted = plan.native_suites or settings.renegotiation or settings.keylog

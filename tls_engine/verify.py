@@ -107,8 +107,7 @@ class VerifyProblem:
 @dataclass
 class _Link:
     cert: x509.Certificate
-    sent_by_server: bool
-    is_anchor: bool
+    is_anchor: bool                # a trusted certificate (else one the server sent)
 
 
 class ChainVerifier:
@@ -188,8 +187,8 @@ class ChainVerifier:
         to its expired predecessor, in either order), which is taken only when no other is."""
         now = None if self.settings.ignore_local_time else self.now()
         bad_signature = None
-        for candidates in ([_Link(a, False, True) for a in self.anchors],
-                           [_Link(c, True, False) for c in sent if c.public_bytes(_DER) not in used]):
+        for candidates in ([_Link(a, True) for a in self.anchors],
+                           [_Link(c, False) for c in sent if c.public_bytes(_DER) not in used]):
             out_of_date = None
             for link in candidates:
                 if link.cert.subject != child.issuer or not _can_issue(link.cert, link.is_anchor):

@@ -48,7 +48,7 @@ class LateLf:
     until: float               # it comes before this (modem time; -inf: never, inf: always)
     unread_until: float        # or before this while the host has not read the prompt (mark)
     mark: int | None           # output_mark() after the prompt: the host has not read that far
-    early: int                 # the host's bytes in the pty before the prompt was written
+    waiting: int               # the host's bytes in the pty before the prompt was written
 
 
 class _Pending:
@@ -590,12 +590,12 @@ class Interpreter:
         # (a host that writes its lines whole and has never written a CR and its LF apart:
         # only an LF it wrote on its own can be this line's; the lexer has seen no line since)
         alone_only = lexer.last_line_whole and not lexer.piecewise
-        until, early = late.until, late.early
-        # (early == 1: the LF was all the pty held when the prompt went out -- written on
+        until, waiting = late.until, late.waiting
+        # (waiting == 1: the LF was all the pty held when the prompt went out -- written on
         # its own, before the prompt: the line's, whatever the read joined to it since)
-        if self._inbox[:1] == b"\n" and (early == 1 or (
+        if self._inbox[:1] == b"\n" and (waiting == 1 or (
                 not (alone_only and len(self._inbox) > 1)
-                and (early or self.modem.monotonic() <= until or self._unread(late)))):
+                and (waiting or self.modem.monotonic() <= until or self._unread(late)))):
             del self._inbox[:1]
             lexer.piecewise = True                  # its CR and LF came apart
             return True

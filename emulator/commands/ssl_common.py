@@ -1,13 +1,13 @@
 """What the SSL command dialects share: both families speak Quectel's AT+QSSL*
 commands (the ML302 copied them), so the EC2x ("quectel", ssl_ec2x.py) and the
-ML302 ("onemo", ssl_ml302.py) handlers use one of each of these:
+ML302 ("onemo", ssl_ml302.py) handlers -- and the EC2x's TCP/IP ones (tcpip.py) -- share:
 
 * service(modem): the modem's SSL state (one factory, emulator/sockets/service.py);
-* fail() / done(): ERROR with the code AT+QIGETERROR reports, success clearing it;
+* fail(): ERROR with the code AT+QIGETERROR reports; done(): success clearing it (EC2x);
 * socket_args(): a socket command's first steps (service, parameters, socket id);
-* quectel_test(): a declarative test form that also clears AT+QIGETERROR;
+* quectel_test(): a declarative test form that also clears AT+QIGETERROR (EC2x);
 * server_address() and online_answer(): AT+QSSLOPEN's address check and transparent answer;
-* send_request(): the data phase of AT+QSSLSEND;
+* send_request() / send_now(): the data phase of a send, and a send whose data came inline;
 * AT+QIGETERROR itself.
 """
 from __future__ import annotations

@@ -196,8 +196,8 @@ class PtyPort:
 
     def look_for_host(self) -> bool:
         """Look for a host now rather than at the next poll (POLL_INTERVAL): for an in-process
-        user that has just opened the port (a test, the pytest plugin), whose first bytes
-        would otherwise wait up to 50 ms.  True when a host is attached."""
+        user that has just opened the port (tests call it through BackgroundEmulator.run),
+        whose first bytes would otherwise wait up to 50 ms.  True when a host is attached."""
         if self._closed:
             return False
         return self.attached or self._attach_if_present()

@@ -24,11 +24,8 @@ class Option:
     default: object
     lo: int = 0
     hi: int = 1
-    choices: tuple[int, ...] = ()
 
     def test_range(self) -> str:
-        if self.choices:
-            return "(" + ",".join(str(c) for c in self.choices) + ")"
         if self.hi - self.lo == 1:
             return f"({self.lo},{self.hi})"
         return f"({self.lo}-{self.hi})"

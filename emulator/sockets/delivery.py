@@ -8,8 +8,8 @@ own (push flow control) shares it among its sockets.
     push     1                   -                    "+QSSLURC: "recv",<id>,<len>" + the data
     online   2                   1                    CONNECT, then the port is the connection's
 
-A new access mode is a Delivery subclass here, an entry in SslService.deliveries,
-and the handler's mapping of its number.
+A new access mode is a Delivery subclass here, an entry in DELIVERIES (below; each
+service makes its instances, SocketService._start), and the handler's mapping of its number.
 """
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ class OnlineDelivery(Delivery):
             if code == 0:
                 self._connecting.add(sock)
 
-    def settled(self, sock: SslSocket) -> bool:
+    def take_connecting(self, sock: SslSocket) -> bool:
         """The open's CONNECT went out, or never will (its host hung up first): True when
         it was still on its way (a peer close since then was kept for the caller)."""
         if sock not in self._connecting:
@@ -301,7 +301,7 @@ class SocketLink:
 
     def started(self) -> None:
         delivery = self.delivery
-        delivery.settled(self.sock)
+        delivery.take_connecting(self.sock)
         self.sock.set_send_limit(self.limit)
         delivery.flush(self.sock)
         if self.sock.state is not CONNECTED:
@@ -390,7 +390,7 @@ class SocketLink:
             sock.pause_network(False)
         # (Also an open whose CONNECT was never written, its host gone: a peer close kept
         # for the CONNECT is reported now, as after "+++".)
-        if (self.delivery.settled(sock) and sock.state is not CONNECTED
+        if (self.delivery.take_connecting(sock) and sock.state is not CONNECTED
                 and self.delivery.svc.holds(sock)):
             self.delivery.peer_closed(sock)
 

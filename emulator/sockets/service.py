@@ -23,14 +23,14 @@ from emulator.sockets.ssl_socket import CONNECTED, SslSocket
 
 log = get_logger("emulator.ssl")
 
-# EC2x note §5; AT+QIGETERROR prints the text.
-# AT+QIGETERROR's texts: the +CME ERROR table's TCP/IP and SSL codes (one table), and 0.
 # Why an open fails (the kinds an [ssl.errors] table maps to codes): the network's
 # (io.network.NetworkError), the open's own, and the TLS engine's (tls_engine.errors).
 OPEN_FAILURES = frozenset({
     "dns", "connect", "bind", "timeout", "pdp", "bad_config", "unknown",
     "handshake_failed", "verify_failed", "protocol_error", "unsupported_version", "unsupported_cipher",
 })
+# EC2x note §5; AT+QIGETERROR prints the text.
+# AT+QIGETERROR's texts: the +CME ERROR table's TCP/IP and SSL codes (one table), and 0.
 ERROR_TEXT = {0: "operation successful", **{code: text for code, text in CME_TEXT.items() if 550 <= code <= 574}}
 
 

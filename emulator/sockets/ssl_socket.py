@@ -132,7 +132,7 @@ class SocketOwner(Protocol):
 
 class _Link(asyncio.Protocol):
     """asyncio protocol feeding a socket (TCP stream or DTLS datagrams) through the
-    three callbacks the socket hands it."""
+    callbacks the socket hands it (made, received, lost, writable, eof)."""
 
     def __init__(self, made: Callable, received: Callable[[bytes], None], lost: Callable[[str], None],
                  writable: Callable[[], None], eof: Callable[[], None] | None = None) -> None:

@@ -74,7 +74,7 @@ class OpenFiles:
         exists = self.store.exists(full)
         if mode == MODE_READ_ONLY and not exists:
             raise FileError(ERR_NOT_FOUND, name)
-        if mode == MODE_CREATE_EMPTY or not exists:
+        if mode == MODE_CREATE_EMPTY or (mode == MODE_OPEN_OR_CREATE and not exists):
             self.store.write(full, b"")
         handle = self.first_handle
         while handle in self._files:
