@@ -18,7 +18,7 @@ from typing import Callable
 
 from emulator.at.args import Args
 from emulator.at.parser import EXEC
-from emulator.at.registry import command
+from emulator.at.registry import command, refusing
 from emulator.at.responses import CommandError, DataRequest, Prompt, Response, Text, ok
 from emulator.logsafe import get_logger
 from emulator.sockets.service import ERROR_TEXT, SslService, ssl_service
@@ -34,6 +34,13 @@ def fail(svc: SslService, code: int | None, why: str) -> CommandError:
     if code is not None:
         svc.set_error(code)
     return CommandError("ERROR", why)
+
+
+@refusing
+def no_such_form(modem, cmd):
+    """"AT+QSSLSEND?", "AT+QISEND" and the like (EC2x): ERROR, and AT+QIGETERROR says 552
+    (invalid parameter), as for any other socket command the module could not parse."""
+    raise fail(service(modem), 552, f"AT{cmd.raw}: {cmd.kind} form not supported")
 
 
 def done(svc: SslService, response: Response) -> Response:

@@ -10,9 +10,9 @@ a module has are the profile's ssl.options (a BG95-style module lists fewer).
 from __future__ import annotations
 
 from emulator.at.parser import EXEC, READ, WRITE
-from emulator.at.registry import command, refusing
+from emulator.at.registry import command
 from emulator.at.responses import Raw, Response, ok
-from emulator.commands.ssl_common import (SslArgs, done, fail, online_answer, quectel_test,
+from emulator.commands.ssl_common import (SslArgs, done, fail, no_such_form, online_answer, quectel_test,
                                           send_request, server_address, service, socket_args)
 from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
 from emulator.sockets.ssl_socket import INITIAL, OPENING
@@ -210,13 +210,6 @@ def qsslstate_one(modem, cmd):
 
 
 # -- forms a command does not have ------------------------------------------------------
-@refusing
-def _no_such_form(modem, cmd):
-    """"AT+QSSLSEND?" and the like: ERROR, and AT+QIGETERROR says 552 (invalid parameter),
-    as for any other SSL command the module could not parse."""
-    raise fail(service(modem), 552, f"AT{cmd.raw}: {cmd.kind} form not supported")
-
-
 for _name, _kinds in (("+QSSLCFG", (READ, EXEC)), ("+QSSLOPEN", (READ, EXEC)), ("+QSSLSEND", (READ, EXEC)),
                       ("+QSSLRECV", (READ, EXEC)), ("+QSSLCLOSE", (READ, EXEC)), ("+QSSLSTATE", (READ,))):
-    command(_name, *_kinds, variant=V)(_no_such_form)
+    command(_name, *_kinds, variant=V)(no_such_form)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import binascii
 
 from emulator.at.parser import EXEC, READ, WRITE
-from emulator.at.registry import command, refusing
+from emulator.at.registry import command
 from emulator.at.responses import Raw, Response, ok
-from emulator.commands.ssl_common import (SslArgs, done, fail, online_answer, quectel_test, send_now,
+from emulator.commands.ssl_common import (SslArgs, done, fail, no_such_form, online_answer, quectel_test, send_now,
                                           send_request, server_address, service)
 from emulator.io.network import udp_destination
 from emulator.logsafe import get_logger
@@ -313,12 +313,7 @@ def qiswtmd_write(modem, cmd):
 
 
 # -- forms a command does not have ------------------------------------------------------
-@refusing
-def _no_such_form(modem, cmd):
-    raise fail(service(modem), 552, f"AT{cmd.raw}: {cmd.kind} form not supported")
-
-
 for _name, _kinds in (("+QIOPEN", (READ, EXEC)), ("+QICLOSE", (READ, EXEC)),
                       ("+QISEND", (READ, EXEC)), ("+QISENDEX", (READ, EXEC)), ("+QIRD", (READ, EXEC)),
                       ("+QISDE", (EXEC,))):
-    command(_name, *_kinds)(_no_such_form)
+    command(_name, *_kinds)(no_such_form)

@@ -476,8 +476,8 @@ def check_ssl(data: dict, path: Path) -> None:
 
 
 def response_delay_name(name: str) -> str:
-    """A timing.response_delay_ms key as the [commands] table names it ("at+qsslopen"
-    -> "+QSSLOPEN")."""
+    """A command as the [commands] table names it ("at+qsslopen" -> "+QSSLOPEN"; a bare
+    "AT" -> ""): timing.response_delay_ms keys, the control API's "slow", scenario triggers."""
     name = name.strip().upper()
     return name[2:] if name.startswith("AT") else name
 

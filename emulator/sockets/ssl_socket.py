@@ -92,7 +92,7 @@ def strict_states() -> bool:
     return os.environ.get(STRICT_ENV) == "1"
 
 
-CONNECT_TIMEOUT = 150.0          # the note: "maximum network response time of 150 s"
+CONNECT_TIMEOUT = 150.0          # the notes: "maximum network response time of 150 s" (SSL and TCP/IP)
 FLUSH_AFTER = 0.0005             # transmit_soon(): bytes after SEND OK leave at most this late
 
 # How the peer ended the connection, as the log says it.

@@ -30,13 +30,12 @@ from emulator.sockets.dialects import Dialect
 from emulator.sockets.plain_session import PlainSession, PlainSettings
 from emulator.sockets.qicfg import QicfgSettings
 from emulator.sockets.service import SocketService, ssl_service
-from emulator.sockets.ssl_socket import CLOSING, INITIAL, OPENING, SslSocket
+from emulator.sockets.ssl_socket import CLOSING, CONNECT_TIMEOUT, INITIAL, OPENING, SslSocket
 
 log = get_logger("emulator.tcpip")
 
 SERVICE_TYPES = ("TCP", "UDP", "TCP LISTENER", "UDP SERVICE")
 LISTENING = 3                 # <socket_state> of a TCP LISTENER (the manual's "listening")
-CONNECT_TIMEOUT = 150.0       # the manual: wait up to 150 s for +QIOPEN
 
 # What +QIOPEN: <id>,<err> reports for each failure (the manual's error table, §4).
 ERRORS = {"dns": 565, "connect": 566, "timeout": 569, "pdp": 570, "bind": 556, "unknown": 550,

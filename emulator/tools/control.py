@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Callable
 
 from emulator.logsafe import get_logger
+from emulator.modem.profile import response_delay_name
 
 log = get_logger("emulator.control")
 
@@ -288,11 +289,9 @@ def reboot(modem, args: _Args) -> dict:
 
 @op("slow")
 def slow(modem, args: _Args) -> dict:
-    command = args.str("command").strip().upper()
+    command = response_delay_name(args.str("command"))
     ms = args.int("ms", 0, 600_000)
     args.done()
-    if command.startswith("AT"):
-        command = command[2:]
     if not command or modem.profile.command_variant(command) is None:
         raise ControlError(f"slow: {command!r} is not a command of profile {modem.profile.name}")
     if ms:

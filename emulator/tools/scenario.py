@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from emulator.logsafe import get_logger
+from emulator.modem.profile import response_delay_name
 
 log = get_logger("emulator.scenario")
 
@@ -146,11 +147,6 @@ ARGS: dict[str, dict[str, tuple[Callable, bool]]] = {
     "uart_noise": {"on": (_bool, True), "seed": (_int(0, 2**63), False)},
     "register": {"stat": (_int(0, 5), True)},
 }
-
-
-def _command_name(text: str) -> str:
-    name = text.strip().upper()
-    return name[2:] if name.startswith("AT") and len(name) > 2 else name
 
 
 @dataclass
@@ -305,9 +301,9 @@ def _parse_trigger(value: Any, fail) -> Trigger:
         if key not in TRIGGER_KEYS:
             raise fail(f"unknown key {key!r} (known: {', '.join(TRIGGER_KEYS)})")
     command = value.get("command")
-    if not isinstance(command, str) or not _command_name(command):
+    if not isinstance(command, str) or not response_delay_name(command):
         raise fail(f"must be a command name like \"+QSSLSEND\", got {command!r}", "command")
-    trig = Trigger(_command_name(command))
+    trig = Trigger(response_delay_name(command))
     if "socket" in value:
         why = _SOCKET(value["socket"])
         if why:
