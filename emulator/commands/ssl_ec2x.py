@@ -189,7 +189,7 @@ def qsslclose_write(modem, cmd):
 
 # -- AT+QSSLSTATE ---------------------------------------------------------------------
 def _state_line(modem, sock) -> str:
-    at_port = modem.profile.get("ssl.at_port", "usbmodem")
+    at_port = service(modem).at_port
     # <serverID> is "reserved"; the note's example shows the clientID there.
     return (f'+QSSLSTATE: {sock.client_id},"SSLClient","{sock.host}",{sock.port},{sock.local_port},'
             f'{int(sock.state)},{sock.pdp_id},{sock.client_id},{sock.delivery.access_mode},"{at_port}",'

@@ -197,6 +197,11 @@ def _checks_names(ctx: SslContext, profile) -> bool:
     the profile's ssl.verify_hostname."""
     if "checkhost" in profile["ssl.options"]:
         return bool(ctx["checkhost"])
+    return verify_hostname(profile)
+
+
+def verify_hostname(profile) -> bool:
+    """The profile's ssl.verify_hostname (absent: true)."""
     return bool(profile.get("ssl.verify_hostname", True))
 
 

@@ -16,12 +16,15 @@ from emulator.at.cme import CME_TEXT
 from emulator.logsafe import get_logger
 
 from emulator.io.network import net_faults
-from emulator.sockets.context import SetupError, SslContext, to_tls_settings
+from emulator.sockets.context import SetupError, SslContext, to_tls_settings, verify_hostname
 from emulator.sockets.delivery import DELIVERIES, Delivery
 from emulator.sockets.dialects import DIALECTS
 from emulator.sockets.ssl_socket import CONNECTED, SslSocket
 
 log = get_logger("emulator.ssl")
+
+ONLINE_BUFFER = 256 * 1024       # ssl.online_buffer (and tcpip.'s) when the profile has none
+AT_PORT = "usbmodem"             # ssl.at_port / tcpip.at_port likewise (the state lines' <at_port>)
 
 # Why an open fails (the kinds an [ssl.errors] table maps to codes): the network's
 # (io.network.NetworkError), the open's own, and the TLS engine's (tls_engine.errors).
@@ -190,7 +193,8 @@ class SslService(SocketService):
         self.globals: dict[str, int] = dict(self.dialect.stored_globals)
         self.max_sockets = profile["ssl.sockets"]
         self.recv_max = profile["ssl.recv_max"]
-        self.online_buffer = profile.get("ssl.online_buffer", 256 * 1024)
+        self.online_buffer = profile.get("ssl.online_buffer", ONLINE_BUFFER)
+        self.at_port = profile.get("ssl.at_port", AT_PORT)
         # The last socket opened on each id: once it has ended, the ML302's AT+QSSLSTATE
         # shows it as CLOSED with its address until the id is used again.
         self.dialled: dict[int, SslSocket] = {}
@@ -202,7 +206,7 @@ class SslService(SocketService):
     def _context_defaults(self, profile) -> dict[str, object]:
         values = self.dialect.context_values()
         if "checkhost" in self.options:    # (a BG96) the profile's name check is its default
-            values["checkhost"] = int(bool(profile.get("ssl.verify_hostname", True)))
+            values["checkhost"] = int(verify_hostname(profile))
         return values
 
     def set_error(self, code: int) -> None:

@@ -29,7 +29,7 @@ from emulator.logsafe import get_logger
 from emulator.sockets.dialects import Dialect
 from emulator.sockets.plain_session import PlainSession, PlainSettings
 from emulator.sockets.qicfg import QicfgSettings
-from emulator.sockets.service import SocketService, ssl_service
+from emulator.sockets.service import AT_PORT, ONLINE_BUFFER, SocketService, ssl_service
 from emulator.sockets.ssl_socket import CLOSING, CONNECT_TIMEOUT, INITIAL, OPENING, SslSocket
 
 log = get_logger("emulator.tcpip")
@@ -209,8 +209,8 @@ class TcpipService(SocketService):
         self.sendex_max = profile["tcpip.sendex_max"]
         self.send_buffer = profile["tcpip.send_buffer"]
         self.recv_buffer = profile["tcpip.recv_buffer"]
-        self.online_buffer = profile.get("tcpip.online_buffer", profile.get("ssl.online_buffer", 256 * 1024))
-        self.at_port = profile.get("tcpip.at_port", profile.get("ssl.at_port", "usbmodem"))
+        self.online_buffer = profile.get("tcpip.online_buffer", profile.get("ssl.online_buffer", ONLINE_BUFFER))
+        self.at_port = profile.get("tcpip.at_port", profile.get("ssl.at_port", AT_PORT))
         self.errors = dict(ERRORS)
         self.listeners: dict[int, TcpListener] = {}
         self.data_echo = 1                    # AT+QISDE
