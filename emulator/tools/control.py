@@ -260,16 +260,24 @@ def dtr(modem, args: _Args) -> dict:
     return {}
 
 
+def urc_text_problem(text: str) -> str | None:
+    """What is wrong with a "urc" op's text (None: nothing); scenario files check the same."""
+    if "\r" in text or "\n" in text:
+        return "one line, without CR or LF"
+    try:
+        text.encode("latin-1")            # the port carries bytes: one char, one byte
+    except UnicodeEncodeError:
+        return "text must be characters U+0000-U+00FF (one byte each on the port)"
+    return None
+
+
 @op("urc")
 def urc(modem, args: _Args) -> dict:
     text = args.str("text")
     args.done()
-    if "\r" in text or "\n" in text:
-        raise ControlError("urc: one line, without CR or LF")
-    try:
-        text.encode("latin-1")            # the port carries bytes: one char, one byte
-    except UnicodeEncodeError:
-        raise ControlError("urc: text must be characters U+0000-U+00FF (one byte each on the port)") from None
+    problem = urc_text_problem(text)
+    if problem:
+        raise ControlError(f"urc: {problem}")
     modem.urc(text)
     return {}
 

@@ -112,14 +112,17 @@ def _choice(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
-def _line(v: Any) -> str | None:
+def _urc_text(v: Any) -> str | None:
     if not isinstance(v, str):
         return f"must be a string, got {v!r}"
-    return "must be one line (no CR or LF)" if "\r" in v or "\n" in v else None
+    from emulator.tools.control import urc_text_problem
+    return urc_text_problem(v)              # (the control op's own check, at load time)
 
 
-def _string(v: Any) -> str | None:
-    return None if isinstance(v, str) and v.strip() else f"must be a non-empty string, got {v!r}"
+def _command(v: Any) -> str | None:
+    if not isinstance(v, str) or not response_delay_name(v):
+        return f"must be a command name like \"+QSSLOPEN\", got {v!r}"
+    return None
 
 
 def _bool(v: Any) -> str | None:
@@ -139,9 +142,9 @@ ARGS: dict[str, dict[str, tuple[Callable, bool]]] = {
     "handshake_stall": {"count": _COUNT},
     "send_fail": {"socket": (_SOCKET, True), "count": _COUNT},
     "dtr": {"level": (_int(0, 1), True)},
-    "urc": {"text": (_line, True)},
+    "urc": {"text": (_urc_text, True)},
     "reboot": {"ms": (_int(0, 600_000), False)},
-    "slow": {"command": (_string, True), "ms": (_int(0, 600_000), True)},
+    "slow": {"command": (_command, True), "ms": (_int(0, 600_000), True)},
     "net": {"latency_ms": (_num(0, 600_000), False), "kbps": (_num(0, 10_000_000), False),
             "loss": (_num(0, 1), False), "socket": (_SOCKET, False), "seed": (_int(0, 2**63), False)},
     "uart_noise": {"on": (_bool, True), "seed": (_int(0, 2**63), False)},
