@@ -10,6 +10,8 @@ BAD_CONFIG = "bad_config"
 VERIFY_FAILED = "verify_failed"
 HANDSHAKE_FAILED = "handshake_failed"
 PROTOCOL_ERROR = "protocol_error"
+FAILURE_KINDS = (UNSUPPORTED_VERSION, UNSUPPORTED_CIPHER, BAD_CONFIG, VERIFY_FAILED, HANDSHAKE_FAILED,
+                 PROTOCOL_ERROR)
 
 
 @dataclass

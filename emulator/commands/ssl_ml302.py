@@ -55,6 +55,7 @@ from emulator.at.responses import Raw, Response, ok
 from emulator.commands.ssl_common import (fail, online_answer, send_request, server_address, service,
                                           socket_args)
 from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
+from emulator.sockets.dialects import ONEMO_CONTEXT_OPTIONS
 from emulator.sockets.service import SslService
 from emulator.sockets.ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
 from emulator.storage.secstore import SLOT_PATHS, slot_for_path
@@ -64,7 +65,7 @@ V = "onemo"
 
 CLOSE_TIMEOUT = 10.0      # seconds for close_notify + TCP close (the ML302 has no parameter)
 STATUS = {OPENING: "CONNECTING", CONNECTED: "CONNECTED", CLOSING: "REMOTE CLOSING", INITIAL: "INITIAL"}
-CTX_FIELDS = ("sslversion", "seclevel", "ciphersuite", "cacert", "clientcert", "clientkey")   # "ctxindex"
+CTX_FIELDS = ONEMO_CONTEXT_OPTIONS        # what AT+QSSLCFG="ctxindex",<n> lists, in its order
 
 
 def _socket_range(modem) -> str:

@@ -33,8 +33,11 @@ from emulator.logsafe import get_logger
 log = get_logger("emulator.network")
 
 
+NETWORK_FAILURES = ("dns", "connect", "bind")      # NetworkError.kind values
+
+
 class NetworkError(Exception):
-    """kind: "dns" | "connect"; reason: a line for the log."""
+    """kind: one of NETWORK_FAILURES; reason: a line for the log."""
 
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)

@@ -66,7 +66,8 @@ QUECTEL = Dialect(name="quectel", options=tuple(OPTIONS),
 # China Mobile OneMO ML302 (SSL AT manual): six options per context, three global ones
 # ("ignorertctime" is every context's ignorelocaltime; "https" and "httpsctxi" are only
 # stored). Certificates default to the AT+QSECWRITE slots, so seclevel 2 alone works.
-ONEMO_CONTEXT_OPTIONS = ("sslversion", "ciphersuite", "seclevel", "cacert", "clientcert", "clientkey")
+# (In the order AT+QSSLCFG="ctxindex",<n> lists them.)
+ONEMO_CONTEXT_OPTIONS = ("sslversion", "seclevel", "ciphersuite", "cacert", "clientcert", "clientkey")
 ONEMO = Dialect(
     name="onemo",
     options=ONEMO_CONTEXT_OPTIONS + ("ignorertctime", "https", "httpsctxi"),

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 
 from tls_engine import SessionCache
+from tls_engine.errors import FAILURE_KINDS
 
 from emulator.at.cme import CME_TEXT
 from emulator.logsafe import get_logger
 
-from emulator.io.network import net_faults
+from emulator.io.network import NETWORK_FAILURES, net_faults
 from emulator.sockets.context import SetupError, SslContext, to_tls_settings, verify_hostname
 from emulator.sockets.delivery import DELIVERIES, Delivery
 from emulator.sockets.dialects import DIALECTS
@@ -28,10 +29,7 @@ AT_PORT = "usbmodem"             # ssl.at_port / tcpip.at_port likewise (the sta
 
 # Why an open fails (the kinds an [ssl.errors] table maps to codes): the network's
 # (io.network.NetworkError), the open's own, and the TLS engine's (tls_engine.errors).
-OPEN_FAILURES = frozenset({
-    "dns", "connect", "bind", "timeout", "pdp", "bad_config", "unknown",
-    "handshake_failed", "verify_failed", "protocol_error", "unsupported_version", "unsupported_cipher",
-})
+OPEN_FAILURES = frozenset({*NETWORK_FAILURES, "timeout", "pdp", "unknown", *FAILURE_KINDS})
 # EC2x note §5; AT+QIGETERROR prints the text.
 # AT+QIGETERROR's texts: the +CME ERROR table's TCP/IP and SSL codes (one table), and 0.
 ERROR_TEXT = {0: "operation successful", **{code: text for code, text in CME_TEXT.items() if 550 <= code <= 574}}
