@@ -36,6 +36,11 @@ def fail(svc: SslService, code: int | None, why: str) -> CommandError:
     return CommandError("ERROR", why)
 
 
+def id_range(svc) -> str:
+    """A service's socket ids as a test form shows them: "(0-11)"."""
+    return f"(0-{svc.max_sockets - 1})"
+
+
 @refusing
 def no_such_form(modem, cmd):
     """"AT+QSSLSEND?", "AT+QISEND" and the like (EC2x): ERROR, and AT+QIGETERROR says 552

@@ -12,7 +12,7 @@ from __future__ import annotations
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Raw, Response, ok
-from emulator.commands.ssl_common import (SslArgs, done, fail, no_such_form, online_answer, quectel_test,
+from emulator.commands.ssl_common import (SslArgs, done, fail, id_range, no_such_form, online_answer, quectel_test,
                                           send_request, server_address, service, socket_args)
 from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
 from emulator.sockets.ssl_socket import INITIAL, OPENING
@@ -24,7 +24,7 @@ V = "quectel"
 
 
 def _socket_range(modem) -> str:
-    return f"(0-{service(modem).max_sockets - 1})"
+    return id_range(service(modem))
 
 
 # -- AT+QSSLCFG ------------------------------------------------------------------

@@ -52,7 +52,7 @@ from emulator.at.parser import EXEC, READ, WRITE
 from emulator.logsafe import get_logger
 from emulator.at.registry import command
 from emulator.at.responses import Raw, Response, ok
-from emulator.commands.ssl_common import (fail, online_answer, send_request, server_address, service,
+from emulator.commands.ssl_common import (fail, id_range, online_answer, send_request, server_address, service,
                                           socket_args)
 from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
 from emulator.sockets.dialects import ONEMO_CONTEXT_OPTIONS
@@ -69,7 +69,7 @@ CTX_FIELDS = ONEMO_CONTEXT_OPTIONS        # what AT+QSSLCFG="ctxindex",<n> lists
 
 
 def _socket_range(modem) -> str:
-    return f"(0-{service(modem).max_sockets - 1})"
+    return id_range(service(modem))
 
 
 def read_slot_material(modem):

@@ -15,8 +15,8 @@ import binascii
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Raw, Response, ok
-from emulator.commands.ssl_common import (SslArgs, done, fail, no_such_form, online_answer, quectel_test, send_now,
-                                          send_request, server_address, service)
+from emulator.commands.ssl_common import (SslArgs, done, fail, id_range, no_such_form, online_answer, quectel_test,
+                                          send_now, send_request, server_address, service)
 from emulator.io.network import udp_destination
 from emulator.logsafe import get_logger
 from emulator.sockets.qicfg import BY_NAME as QICFG_OPTIONS
@@ -27,7 +27,7 @@ log = get_logger("emulator.tcpip")
 
 
 def _ids(modem) -> str:
-    return f"(0-{tcpip_service(modem).max_sockets - 1})"
+    return id_range(tcpip_service(modem))
 
 
 # -- AT+QIOPEN -----------------------------------------------------------------------
@@ -284,7 +284,7 @@ def qisde_read(modem, cmd):
 
 # -- AT+QISWTMD ----------------------------------------------------------------------
 def _swtmd_ids(modem) -> str:
-    return f"(0-{service(modem).max_sockets - 1})"
+    return id_range(service(modem))
 
 
 @command("+QISWTMD", WRITE, variant="quectel", test=quectel_test(lambda modem: f"+QISWTMD: {_swtmd_ids(modem)},(0-2)"))
