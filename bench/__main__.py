@@ -828,6 +828,12 @@ def table() -> str:
 
 
 def main() -> None:
+    known = {"--quick", "--only"} | ({sys.argv[sys.argv.index("--only") + 1]} if ONLY is not None else set())
+    unknown = [a for a in sys.argv[1:] if a not in known]
+    if unknown:                      # --help, a typo: the usage, not a whole run
+        asked = unknown in (["--help"], ["-h"])
+        print(__doc__.strip(), file=sys.stdout if asked else sys.stderr)
+        raise SystemExit(0 if asked else 2)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     info = machine()

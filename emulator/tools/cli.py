@@ -169,6 +169,11 @@ def load_config(path: str | None, router: Router) -> None:
         if not isinstance(entries, dict):
             raise Refused(f"config {path}: {table}: expected a table of {shape}")
         for key, value in entries.items():
+            if key == "offline":                # (inside a table it would be a route "offline")
+                raise Refused(f"config {path}: {table}: offline is a top-level key: "
+                              f"put offline = true before the first table")
+            if table == "routes" and not isinstance(value, str):
+                raise Refused(f"config {path}: {table}: {key!r}: expected a string ({shape}), got {value!r}")
             try:
                 add(router, key, value)
             except ValueError as exc:
@@ -286,7 +291,8 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
         label = f" #{n}" if len(entries) > 1 else ""
         hints.append(f"modem-emulator: {profile.name}{label} ({profile['identity.model']}) on "
                      f"{entry.port.device}{' -> ' + entry.path if link else ''}; state in {state_dir}")
-    hints.append(f"  connect: python -m serial.tools.miniterm {entries[0].path} 115200")
+    # (this interpreter: the one whose environment has pyserial, e.g. the project's .venv)
+    hints.append(f"  connect: {sys.executable} -m serial.tools.miniterm {entries[0].path} 115200")
     if control is not None:
         hints.append(f"  control: JSON lines on {args.control}, e.g. {{\"op\": \"state\", \"modem\": 0}}")
     if args.demo:

@@ -109,6 +109,11 @@ def test_config_dns_table(tmp_path):
     ('dns = "a.test=1.2.3.4"\n', "dns: expected a table"),
     ('routes = "a.test:443=127.0.0.1:8443"\n', "routes: expected a table"),
     ('listen = 5\n', "listen: expected a table"),
+    # offline inside [routes] (where the README's wording puts it) was a route named "offline"
+    # to "True", and the emulator went on to the real resolver
+    ('[routes]\n"a.test:443" = "127.0.0.1:8443"\noffline = true\n',
+     "routes: offline is a top-level key: put offline = true before the first table"),
+    ('[routes]\n"a.test" = 5\n', "routes: 'a.test': expected a string"),
 ])
 def test_config_dns_errors_name_the_file(tmp_path, text, message):
     config = tmp_path / "net.toml"
