@@ -801,7 +801,13 @@ class ReplayPeer:
                     pass
                 writer.close()
                 return
-        await self._play(script, reader, writer)
+        try:
+            await self._play(script, reader, writer)
+        except asyncio.CancelledError:
+            # The replay is over (the emulator stopping cancels every task): end quietly.
+            # A stream server's connection task that ends cancelled is reported by asyncio
+            # itself as "Exception in callback ..." (its done callback asks task.exception()).
+            writer.transport.abort()
 
     async def _client(self, script: Script) -> None:
         """A recorded connection to one of the modem's TCP LISTENERs, made again."""
