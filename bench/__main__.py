@@ -491,24 +491,33 @@ def transparent_emulator(cert, size: int, offload: bool = True) -> float:
         servers.stop()
 
 
-def transparent_socat(cert, size: int) -> float:
-    servers = Servers(cert, f"count:{size}")
+@contextmanager
+def socat_pty(*options: str, other: str, settle: float):
+    """socat with a raw pty (its link yielded) on one side and `other` on the other; given
+    `settle` seconds after the link appears (a TLS handshake); stopped at the end."""
     link = Path(tempfile.mkdtemp(prefix="bench-socat-")) / "tty"
-    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={link}",
-                             f"openssl:127.0.0.1:{servers.ports[0]},verify=0"],
+    proc = subprocess.Popen(["socat", *options, f"pty,raw,echo=0,link={link}", other],
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while not link.exists():
             assert time.monotonic() < deadline and proc.poll() is None, "socat did not start"
             time.sleep(0.01)
-        time.sleep(0.2)                              # its TLS handshake
-        return pump(RawHost(str(link)), size, servers.report)
+        time.sleep(settle)
+        yield link
     finally:
         proc.terminate()
         proc.wait(10)
-        servers.stop()
         shutil.rmtree(link.parent, ignore_errors=True)
+
+
+def transparent_socat(cert, size: int) -> float:
+    servers = Servers(cert, f"count:{size}")
+    try:
+        with socat_pty(other=f"openssl:127.0.0.1:{servers.ports[0]},verify=0", settle=0.2) as link:
+            return pump(RawHost(str(link)), size, servers.report)
+    finally:
+        servers.stop()
 
 
 def mbedtls_ceiling(cert, size: int) -> float:
@@ -563,15 +572,7 @@ def c_pty_reader(size: int) -> float | None:
     the pty's own buffers (~70 KiB of 64 MiB) has been read.  None without socat."""
     if not shutil.which("socat"):
         return None
-    link = Path(tempfile.mkdtemp(prefix="bench-socat-")) / "tty"
-    proc = subprocess.Popen(["socat", "-u", "-b", "65536", f"pty,raw,echo=0,link={link}", "OPEN:/dev/null"],
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not link.exists():
-            assert time.monotonic() < deadline and proc.poll() is None, "socat did not start"
-            time.sleep(0.01)
-        time.sleep(0.1)
+    with socat_pty("-u", "-b", "65536", other="OPEN:/dev/null", settle=0.1) as link:
         fd = os.open(str(link), os.O_WRONLY | os.O_NOCTTY)
         try:
             chunk = os.urandom(1 << 20)
@@ -584,10 +585,6 @@ def c_pty_reader(size: int) -> float | None:
         finally:
             os.close(fd)
         return size / elapsed / 1e6
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(link.parent, ignore_errors=True)
 
 
 def openssl_gcm_rate() -> float | None:
@@ -680,29 +677,24 @@ def contention_floor(cert, rounds: int) -> tuple[float, float]:
     while a bare pty echo answers AT; (echo p50 ms, streamer MB/s).  What a round trip
     costs on this machine when a TLS stream keeps the CPUs busy."""
     servers = Servers(cert, f"count:{1 << 40}")
-    link = Path(tempfile.mkdtemp(prefix="bench-socat-")) / "tty"
-    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={link}",
-                             f"openssl:127.0.0.1:{servers.ports[0]},verify=0"], stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while not link.exists():
-            assert time.monotonic() < deadline and proc.poll() is None, "socat did not start"
-            time.sleep(0.01)
-        time.sleep(0.2)
-        host = RawHost(str(link))
-        streamer = subprocess.Popen([sys.executable, "-c", STREAMER, str(host.fd), "4"],
-                                    stdout=subprocess.PIPE, text=True, pass_fds=[host.fd])
-        time.sleep(0.5)
-        floor = bare_pty_round_trip(rounds)
-        rate = float(streamer.stdout.readline())
-        streamer.wait()
-        host.close()
-        return floor, rate
+        with socat_pty(other=f"openssl:127.0.0.1:{servers.ports[0]},verify=0", settle=0.2) as link:
+            return _streaming_floor(link, rounds)
     finally:
-        proc.terminate()
-        proc.wait(10)
         servers.stop()
-        shutil.rmtree(link.parent, ignore_errors=True)
+
+
+def _streaming_floor(link: Path, rounds: int) -> tuple[float, float]:
+    """The bare pty echo's round trip while STREAMER writes into `link` for 4 s."""
+    host = RawHost(str(link))
+    streamer = subprocess.Popen([sys.executable, "-c", STREAMER, str(host.fd), "4"],
+                                stdout=subprocess.PIPE, text=True, pass_fds=[host.fd])
+    time.sleep(0.5)
+    floor = bare_pty_round_trip(rounds)
+    rate = float(streamer.stdout.readline())
+    streamer.wait()
+    host.close()
+    return floor, rate
 
 
 def bench_scale(cert) -> None:
