@@ -29,7 +29,7 @@ from emulator.at.registry import TABLE
 from emulator.at.responses import Cme, CommandError, DataRequest, OnlineLink, Response, Text, cme_code
 from emulator.io.transport import HIGH_WATER
 from emulator.logsafe import get_logger, loggable, redact
-from emulator.modem.profile import response_delay_name
+from emulator.modem.profile import command_name
 
 if TYPE_CHECKING:
     from emulator.modem.modem import Modem
@@ -108,7 +108,7 @@ class Interpreter:
         # The profile's timing.response_delay_ms, same keys: a real module's latency.
         # With a "slow" on the same command too, the larger of the two counts.
         self.profile_delays: dict[str, float] = {
-            response_delay_name(k): ms / 1000
+            command_name(k): ms / 1000
             for k, ms in modem.profile.get("timing.response_delay_ms", {}).items() if ms}
 
     # -- mode ----------------------------------------------------------------

@@ -475,7 +475,7 @@ def check_ssl(data: dict, path: Path) -> None:
                                f'but ssl.dialect is {dialect!r} (they name the same family)')
 
 
-def response_delay_name(name: str) -> str:
+def command_name(name: str) -> str:
     """A command as the [commands] table names it ("at+qsslopen" -> "+QSSLOPEN"; a bare
     "AT" -> ""): timing.response_delay_ms keys, the control API's "slow", scenario triggers."""
     name = name.strip().upper()
@@ -572,7 +572,7 @@ def validate(data: dict, path: Path) -> None:
             if missing is not None:
                 raise ProfileError(f"profile {path}: [commands] lists {name}, which needs {missing}")
     for name in data.get("timing", {}).get("response_delay_ms", {}):
-        if response_delay_name(name) not in data["commands"]:
+        if command_name(name) not in data["commands"]:
             raise ProfileError(f'profile {path}: key timing.response_delay_ms."{name}": '
                                f"not a command of the profile's [commands]")
     if data["defaults"]["ipr"] not in (0, *data["serial"]["baud_rates"]):

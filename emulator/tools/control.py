@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Callable
 
 from emulator.logsafe import get_logger
-from emulator.modem.profile import response_delay_name
+from emulator.modem.profile import command_name
 
 log = get_logger("emulator.control")
 
@@ -297,7 +297,7 @@ def reboot(modem, args: _Args) -> dict:
 
 @op("slow")
 def slow(modem, args: _Args) -> dict:
-    command = response_delay_name(args.str("command"))
+    command = command_name(args.str("command"))
     ms = args.int("ms", 0, 600_000)
     args.done()
     if not command or modem.profile.command_variant(command) is None:

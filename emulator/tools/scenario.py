@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from emulator.logsafe import get_logger
-from emulator.modem.profile import response_delay_name
+from emulator.modem.profile import command_name
 
 log = get_logger("emulator.scenario")
 
@@ -120,8 +120,8 @@ def _urc_text(v: Any) -> str | None:
 
 
 def _command(v: Any) -> str | None:
-    if not isinstance(v, str) or not response_delay_name(v):
-        return f"must be a command name like \"+QSSLOPEN\", got {v!r}"
+    if not isinstance(v, str) or not command_name(v):
+        return f"must be a command name like \"+QSSLSEND\", got {v!r}"
     return None
 
 
@@ -304,9 +304,10 @@ def _parse_trigger(value: Any, fail) -> Trigger:
         if key not in TRIGGER_KEYS:
             raise fail(f"unknown key {key!r} (known: {', '.join(TRIGGER_KEYS)})")
     command = value.get("command")
-    if not isinstance(command, str) or not response_delay_name(command):
-        raise fail(f"must be a command name like \"+QSSLSEND\", got {command!r}", "command")
-    trig = Trigger(response_delay_name(command))
+    why = _command(command)
+    if why:
+        raise fail(why, "command")
+    trig = Trigger(command_name(command))
     if "socket" in value:
         why = _SOCKET(value["socket"])
         if why:
