@@ -97,13 +97,13 @@ def tcp_fds_to(port: int) -> int:
     return len(inodes & mine)
 
 
-def wait_for(predicate, timeout: float = 10, what: str = "condition") -> None:
-    """Poll predicate() every 10 ms until it is true; AssertionError after `timeout` s."""
+def wait_for(predicate, timeout: float = 10, what: str = "condition", every: float = 0.01) -> None:
+    """Poll predicate() every `every` s until it is true; AssertionError after `timeout` s."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met in {timeout:g} s")
-        time.sleep(0.01)
+        time.sleep(every)
 
 
 class DrivenPeer:

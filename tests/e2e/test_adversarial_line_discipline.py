@@ -40,6 +40,7 @@ import pytest
 
 from emulator.testing.host import Host
 from emulator.testing.peers import TcpServer
+from tests.e2e.socket_support import wait_for
 
 OK = b"\r\nOK\r\n"
 CONNECT = b"\r\nCONNECT\r\n"
@@ -50,14 +51,6 @@ TCP_NAME, TCP_PORT = "lines.example", 7000
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def wait_for(predicate, timeout: float = 10, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met in {timeout:g} s")
-        time.sleep(0.005)
-
-
 def byte_writer(host: Host, data: bytes, gap: float = 0.002) -> None:
     """A host that writes (and flushes) one byte at a time: firmware, per-byte drivers."""
     for b in data:
@@ -70,7 +63,8 @@ def byte_writer(host: Host, data: bytes, gap: float = 0.002) -> None:
 def wait_unread(host: Host, n: int, timeout: float = 10) -> None:
     """Wait until at least n bytes of output wait in the pty for the host, without reading
     them (the host has not read its prompt yet)."""
-    wait_for(lambda: host.ser.in_waiting >= n, timeout, f"{n} unread output bytes")
+    wait_for(lambda: host.ser.in_waiting >= n, timeout, f"{n} unread output bytes",
+             every=0.005)                  # (well inside the 50 ms late-LF window)
 
 
 def learn(host: Host, kind: str) -> None:

@@ -25,7 +25,6 @@ real hosts attack them:
 The one bug found here is fixed (its test says what it was)."""
 from __future__ import annotations
 
-import logging
 import re
 import time
 
@@ -94,13 +93,8 @@ def read_chunked(host, pattern: bytes, size: int, timeout: float = 5) -> bytes:
     return bytes(got)
 
 
-@pytest.fixture(autouse=True)
-def _clean_log(caplog):
-    """No log record may carry a traceback or be an error."""
-    caplog.set_level(logging.INFO)
-    yield
-    bad = [r.getMessage()[:200] for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
-    assert not bad, bad
+# No log record may carry a traceback or be an error (conftest's strict_log, every test).
+pytestmark = pytest.mark.usefixtures("strict_log")
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ SSL section, AT+CFUN=1,1).  The bugs found are fixed (the tests say what they we
 """
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -59,13 +58,8 @@ def deact(cid: int, who: str = "ME") -> str:
     return f"+CGEV: {who} PDN DEACT {cid}"
 
 
-@pytest.fixture(autouse=True)
-def _clean_log(caplog):
-    """No log record may carry a traceback or be an error."""
-    caplog.set_level(logging.INFO)
-    yield
-    bad = [r.getMessage()[:200] for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
-    assert not bad, bad
+# No log record may carry a traceback or be an error (conftest's strict_log, every test).
+pytestmark = pytest.mark.usefixtures("strict_log")
 
 
 def sans_io(profile: str = "ec2x"):
