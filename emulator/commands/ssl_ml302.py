@@ -65,7 +65,6 @@ V = "onemo"
 
 CLOSE_TIMEOUT = 10.0      # seconds for close_notify + TCP close (the ML302 has no parameter)
 STATUS = {OPENING: "CONNECTING", CONNECTED: "CONNECTED", CLOSING: "REMOTE CLOSING", INITIAL: "INITIAL"}
-CTX_FIELDS = ONEMO_CONTEXT_OPTIONS        # what AT+QSSLCFG="ctxindex",<n> lists, in its order
 
 
 def _socket_range(modem) -> str:
@@ -124,7 +123,7 @@ def qsslcfg_write(modem, cmd):
     ctx = svc.contexts[args.int(1, 0, len(svc.contexts) - 1)]
     if name == "ctxindex":
         args.at_most(2)
-        fields = ",".join(_format(n, ctx[n]) for n in CTX_FIELDS)
+        fields = ",".join(_format(n, ctx[n]) for n in ONEMO_CONTEXT_OPTIONS)   # (in "ctxindex"'s order)
         return ok(f"+QSSLCFG: {ctx.ctx_id},{fields}")
     args.at_most(3)
     if not args.present(2):                  # the manual's query answer names no context
