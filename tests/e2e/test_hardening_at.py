@@ -392,13 +392,20 @@ def test_flow_controlled_port_holds_input_then_a_hang_up_frees_it(emulator, tmp_
     port = emulator.add_modem("ec2x", state_dir=tmp_path / "s")
     host = Host(port.path)
     assert host.at("ATE0;+IFC=2,2").endswith(b"\r\nOK\r\n")
-    ati = b"ATI\r" * 3000                               # ~100 KB of answers
+    ati = b"ATI\r" * 3000                               # ~150 KB of answers
     writer = threading.Thread(target=host.write, args=(ati,), daemon=True)
     writer.start()
-    wait_for(lambda: emulator.run(lambda: port.port.backlog) > 64 * 1024, what="a backlog")
+    # (the kernel's pty buffers take up to ~68 KiB of the ~150 KB of answers first; on a
+    # loaded machine 3000 commands may take a while: wait on the hold itself, generously)
+    try:
+        wait_for(lambda: emulator.run(lambda: port.modem.input_held("output")), timeout=60,
+                 what="input held for output")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: backlog {emulator.run(lambda: port.port.backlog)}, "
+                             f"host wrote {host.written}") from None
     time.sleep(0.2)
     held = emulator.run(lambda: port.port.backlog)
-    assert held < 64 * 1024 + 200                       # stopped at the first answer past 64 KiB
+    assert 64 * 1024 < held < 64 * 1024 + 200, held    # stopped at the first answer past 64 KiB
     assert emulator.run(lambda: port.modem.input_held("output"))
     host.close()
     writer.join(5)
