@@ -410,6 +410,7 @@ class PtyPort:
         """The host's bytes not handed on yet: read and held, or still in the pty (FIONREAD
         on the master; one ioctl)."""
         try:
+            _flushed(self.master)
             queued = _ioctl_int(self.master, termios.FIONREAD)
         except OSError:
             queued = 0
@@ -428,6 +429,7 @@ class PtyPort:
         except OSError:
             return None
         try:
+            _flushed(fd)
             waiting = _ioctl_int(fd, termios.FIONREAD)
         except OSError:
             return None
@@ -657,6 +659,17 @@ class PtyPort:
             self._link_lock = None
         _leave(self)
         os.close(self.master)
+
+
+def _flushed(fd: int) -> None:
+    """Bytes written to one side of a pty reach the other side's read buffer a moment
+    later, moved by a kernel worker from the pty's flip buffer: until then FIONREAD does not
+    count them.  A poll of the reading side waits for that move (n_tty_poll flushes the
+    flip buffer when the read buffer is empty): FIONREAD after it counts every byte whose
+    write has returned."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll(0)
 
 
 def link_lock_path(link: Path) -> Path:
