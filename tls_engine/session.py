@@ -77,6 +77,16 @@ def _records_draw_no_random(cipher: str, version: str) -> bool:
     return "-CBC-" in name and version == "TLSv1"
 
 
+def _chosen_suite(body: bytes) -> str | None:
+    """The suite a ServerHello body names (IANA name; None: cut short or unknown)."""
+    if len(body) < 35:
+        return None
+    at = 35 + body[34]                   # version 2, random 32, session_id length 1 + id
+    if len(body) < at + 2:
+        return None
+    return cs.suite_name(int.from_bytes(body[at:at + 2], "big"))
+
+
 class TlsClientSession:
     def __init__(self, settings: TlsSettings, cache: SessionCache | None = None,
                  cache_key: Hashable = None) -> None:
@@ -97,6 +107,7 @@ class TlsClientSession:
         self._checked: dict[bytes, list[tuple[list[bytes], object]]] = {}   # leaf -> [(chain, problem)]
         self._server_version: bytes | None = None
         self._fatal_alert: int | None = None
+        self._server_suite: str | None = None   # IANA name of the suite in the ServerHello
         resumable = settings.session_cache and cache is not None and cache_key is not None
         self._resumption = Resumption(settings.session_cache, cache, cache_key, self.notes,
                                       settings_fingerprint(settings) if resumable else None)
@@ -402,6 +413,7 @@ class TlsClientSession:
         for msg in msgs:
             if msg.msg_type == HS_SERVER_HELLO and len(msg.body) >= 2:
                 self._server_version = msg.body[:2]
+                self._server_suite = _chosen_suite(msg.body)
             if msg.msg_type != HS_CERTIFICATE or (self._cert_seen and not self.settings.dtls):
                 continue
             if self.settings.dtls:
@@ -415,7 +427,8 @@ class TlsClientSession:
                 seen = self._checked.setdefault(chain[0], []) if chain else None
                 if seen is not None and all(chain != c for c, _ in seen):
                     self._cert_seen = True
-                    problem = self._verify(self._verifier.verify, chain) if self._verifier else None
+                    problem = (self._verify(self._verifier.verify, chain, self._server_suite)
+                               if self._verifier else None)
                     seen.append((chain, problem))
                     self.peer_chain = self.peer_chain or chain   # (the one used: at the end)
                 continue
@@ -426,7 +439,7 @@ class TlsClientSession:
                 self._fail(PROTOCOL_ERROR, f"malformed server Certificate message: {exc}")
                 return False
             if self._verifier is not None:
-                problem = self._verify(self._verifier.verify, self.peer_chain)
+                problem = self._verify(self._verifier.verify, self.peer_chain, self._server_suite)
                 if self.peer_chain:
                     self._checked[self.peer_chain[0]] = [(self.peer_chain, problem)]
                 if problem is not None:
@@ -499,7 +512,7 @@ class TlsClientSession:
             return                      # a PSK session, and still no certificate: nothing to check
         # The chain of the full handshake; a resumed session had none in clear: its leaf (the
         # one the cache keeps), dated at the modem clock, as far as it can be checked.
-        problem = (self._verify(self._verifier.verify, self.peer_chain) if self.peer_chain
+        problem = (self._verify(self._verifier.verify, self.peer_chain, self._server_suite) if self.peer_chain
                    else self._verify(self._verifier.check_dates_of, leaf))
         if problem is not None:
             self._fail(VERIFY_FAILED, f"renegotiation: {problem.reason}")

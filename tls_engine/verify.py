@@ -8,7 +8,16 @@ relax flag must relax exactly what it names. Policy (also in tls_engine/README.m
   (settings.ca_pem) first, then among the certificates the server sent, until an
   anchor is reached. A leaf byte-identical to an anchor is trusted as is.
 * Each issuer must be a CA (basicConstraints CA=true; v1/v2 anchors are accepted as
-  Mbed TLS does, a v1/v2 certificate the server sent is not) and must have signed its child.
+  Mbed TLS does, a v1/v2 certificate the server sent is not), with keyCertSign when it has
+  a keyUsage extension, within its pathLenConstraint, and must have signed its child.
+  Names chain as Mbed TLS compares them (x509_name_cmp: UTF8String/PrintableString values
+  equal but for ASCII letter case match).
+* Mbed TLS's default certificate profile: every signature on the path below the anchor
+  with SHA-224 or stronger (SHA-1, MD5: refused), every RSA key on it (the anchor's too)
+  of 2048 bits or more.
+* The leaf's usage for the negotiated key exchange (ssl_check_cert_usage): keyUsage, when
+  present, with digitalSignature (ECDHE/DHE), keyEncipherment (RSA) or keyAgreement (ECDH);
+  extendedKeyUsage, when present, with serverAuth or anyExtendedKeyUsage.
 * ignore_invalid_cert_sign=1: a bad signature along the path is tolerated; the
   names must still chain to an anchor. Nothing else is relaxed.
 * ignore_local_time=0: every certificate on the path (leaf, intermediates, anchor)
@@ -33,9 +42,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from .errors import BAD_CONFIG, EngineConfigError
 from .settings import TlsSettings
@@ -92,7 +102,7 @@ def _fmt(moment: datetime) -> str:
 # The alert Mbed TLS itself would send for the same verify flags (ssl_tls.c,
 # ssl_parse_certificate_verify): NOT_TRUSTED -> unknown_ca, EXPIRED -> certificate_expired,
 # CN_MISMATCH -> bad_certificate, anything else (FUTURE) -> certificate_unknown.
-ALERT_BAD_CERT = 42
+ALERT_BAD_CERT = 42                # (also KEY_USAGE, EXT_KEY_USAGE, BAD_KEY)
 ALERT_CERT_EXPIRED = 45
 ALERT_CERT_UNKNOWN = 46
 ALERT_UNKNOWN_CA = 48
@@ -121,8 +131,10 @@ class ChainVerifier:
             moment = moment.replace(tzinfo=timezone.utc)
         return moment
 
-    def verify(self, chain_der: list[bytes]) -> VerifyProblem | None:
-        """None when the server chain is acceptable, else what is wrong with it."""
+    def verify(self, chain_der: list[bytes], suite: str | None = None) -> VerifyProblem | None:
+        """None when the server chain is acceptable, else what is wrong with it.  suite: the
+        IANA name of the suite the server chose (its key exchange says what the leaf's key
+        must be fit for); None: the leaf's keyUsage is not looked at."""
         if not chain_der:
             return VerifyProblem("server sent an empty certificate chain", ALERT_BAD_CERT)
         try:
@@ -136,6 +148,12 @@ class ChainVerifier:
             path, problem = self._build_path(leaf, chain[1:])
             if problem:
                 return VerifyProblem(problem, ALERT_UNKNOWN_CA)
+            problem, alert = _profile_problem(path, self._trusted(path[-1]))
+            if problem:
+                return VerifyProblem(problem, alert)
+        problem = _key_problem(leaf, "server certificate") or _usage_problem(leaf, suite)
+        if problem:
+            return VerifyProblem(problem, ALERT_BAD_CERT)
         if not self.settings.ignore_local_time:
             problem, alert = self._check_dates(path)
             if problem:
@@ -152,6 +170,10 @@ class ChainVerifier:
         problem, alert = self._check_dates([x509.load_der_x509_certificate(leaf_der)])
         return VerifyProblem(problem, alert) if problem else None
 
+    def _trusted(self, cert: x509.Certificate) -> bool:
+        der = cert.public_bytes(_DER)
+        return any(a.public_bytes(_DER) == der for a in self.anchors)
+
     # --- path --------------------------------------------------------------
 
     def _build_path(self, leaf, sent) -> tuple[list[x509.Certificate], str | None]:
@@ -163,8 +185,11 @@ class ChainVerifier:
         child = leaf
         used = {leaf.public_bytes(_DER)}
         max_depth = 2 if self.settings.ignore_multicert_chain_verify else 10
-        while len(path) < max_depth:
-            link, bad_sig = self._find_issuer(child, sent, used)
+        self_issued = 0              # (Mbed TLS's self_cnt: self-issued CAs below, not counted
+        while len(path) < max_depth:  # against a pathLenConstraint)
+            if len(path) > 1 and same_name(child.issuer, child.subject):
+                self_issued += 1
+            link, bad_sig = self._find_issuer(child, sent, used, len(path) - 1 - self_issued)
             if link is None:
                 who = "server certificate" if child is leaf else f"intermediate {describe_cert(child)}"
                 if bad_sig:
@@ -179,19 +204,21 @@ class ChainVerifier:
             child = link.cert
         return path, f"server certificate chain longer than {max_depth} does not reach {label}"
 
-    def _find_issuer(self, child, sent, used) -> tuple[_Link | None, x509.Certificate | None]:
+    def _find_issuer(self, child, sent, used, below: int = 0) -> tuple[_Link | None, x509.Certificate | None]:
         """The issuer of child and, failing that, a name-matching candidate whose signature
         did not verify (for the reason text).  As Mbed TLS (x509_crt_find_parent): the
         trusted certificates first, then those the server sent; within each, a candidate
         valid at the modem clock before one that is not (a renewed CA or intermediate next
-        to its expired predecessor, in either order), which is taken only when no other is."""
+        to its expired predecessor, in either order), which is taken only when no other is.
+        below: the intermediates under the candidate that its pathLenConstraint counts."""
         now = None if self.settings.ignore_local_time else self.now()
         bad_signature = None
         for candidates in ([_Link(a, True) for a in self.anchors],
                            [_Link(c, False) for c in sent if c.public_bytes(_DER) not in used]):
             out_of_date = None
             for link in candidates:
-                if link.cert.subject != child.issuer or not _can_issue(link.cert, link.is_anchor):
+                if (not same_name(link.cert.subject, child.issuer) or not _can_issue(link.cert, link.is_anchor)
+                        or _path_length(link.cert) < below):
                     continue
                 if not (self._signature_ok(child, link.cert) or self.settings.ignore_invalid_cert_sign):
                     bad_signature = bad_signature or link.cert
@@ -206,11 +233,17 @@ class ChainVerifier:
 
     @staticmethod
     def _signature_ok(child, issuer) -> bool:
+        """Whether issuer's key verifies child's signature.  cryptography's own check also
+        wants the names byte-equal and declines SHA-1: then the signature alone is checked
+        (the names were matched as Mbed TLS matches them; the profile's verdict on the hash
+        is _profile_problem's)."""
         try:
             child.verify_directly_issued_by(issuer)
             return True
-        except (InvalidSignature, ValueError, TypeError):
+        except InvalidSignature:
             return False
+        except (UnsupportedAlgorithm, ValueError, TypeError):
+            return _signature_ok_any_hash(child, issuer)
 
     # --- dates -------------------------------------------------------------
 
@@ -247,15 +280,180 @@ def _dated(cert: x509.Certificate, now) -> str | None:
 
 
 def _can_issue(cert: x509.Certificate, trusted: bool) -> bool:
-    """A CA: basicConstraints CA=true; a v1/v2 certificate (no extensions) only when it is a
-    trust anchor (Mbed TLS waives the CA bit for a locally trusted one only: x509_crt_check_parent
-    with `top`), never one the server sent."""
+    """A CA: basicConstraints CA=true and, when it has a keyUsage extension, keyCertSign; a
+    v1/v2 certificate (no extensions) only when it is a trust anchor (Mbed TLS waives the CA
+    bit for a locally trusted one only: x509_crt_check_parent with `top`), never one the
+    server sent."""
     if cert.version != x509.Version.v3:
         return trusted
     try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
     except x509.ExtensionNotFound:
         return False
+    usage = _extension(cert, x509.KeyUsage)
+    return usage is None or usage.key_cert_sign
+
+
+def _path_length(cert: x509.Certificate) -> float:
+    """The intermediates a CA may have below it (pathLenConstraint; none: no limit)."""
+    constraints = _extension(cert, x509.BasicConstraints)
+    if constraints is None or constraints.path_length is None:
+        return float("inf")
+    return constraints.path_length
+
+
+def _extension(cert: x509.Certificate, kind):
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+_CASE_FOLDED = {12, 19}           # UTF8String, PrintableString (ASN.1 tags)
+
+
+def same_name(a: x509.Name, b: x509.Name) -> bool:
+    """Mbed TLS's x509_name_cmp: the same attributes in the same sets, in order, each value
+    byte-equal with the same string type, or -- both UTF8String or PrintableString -- equal
+    but for the case of ASCII letters (RFC 5280 7.1 asks for more folding; Mbed TLS does this)."""
+    if a == b:
+        return True
+    try:
+        items_a, items_b = _name_items(a.public_bytes()), _name_items(b.public_bytes())
+    except (ValueError, IndexError):
+        return False
+    if len(items_a) != len(items_b):
+        return False
+    for (set_a, oid_a, tag_a, value_a), (set_b, oid_b, tag_b, value_b) in zip(items_a, items_b):
+        if set_a != set_b or oid_a != oid_b:
+            return False
+        if tag_a == tag_b and value_a == value_b:
+            continue
+        if tag_a not in _CASE_FOLDED or tag_b not in _CASE_FOLDED or not _ascii_case_equal(value_a, value_b):
+            return False
+    return True
+
+
+def _name_items(der: bytes) -> list[tuple[int, bytes, int, bytes]]:
+    """A Name's DER as (set number, OID bytes, value tag, value bytes) per attribute."""
+    items = []
+    _, body, _ = _tlv(der, 0)                                   # SEQUENCE of RDNs
+    at, number = 0, 0
+    while at < len(body):
+        _, rdn, at = _tlv(body, at)                             # SET of attributes
+        inner = 0
+        while inner < len(rdn):
+            _, attribute, inner = _tlv(rdn, inner)              # SEQUENCE {OID, value}
+            _, oid, after = _tlv(attribute, 0)
+            tag, value, _ = _tlv(attribute, after)
+            items.append((number, oid, tag, value))
+        number += 1
+    return items
+
+
+def _tlv(der: bytes, at: int) -> tuple[int, bytes, int]:
+    """(tag, contents, offset after) of the DER element at `at`."""
+    tag, length = der[at], der[at + 1]
+    at += 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(der[at:at + count], "big")
+        at += count
+    if at + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, der[at:at + length], at + length
+
+
+def _ascii_case_equal(x: bytes, y: bytes) -> bool:
+    """Mbed TLS's x509_memcasecmp."""
+    return len(x) == len(y) and all(
+        c == d or (c ^ d == 32 and (65 <= c <= 90 or 97 <= c <= 122)) for c, d in zip(x, y))
+
+
+def _signature_ok_any_hash(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """The signature alone (RSA PKCS#1 v1.5 or PSS, ECDSA) with the child's hash, whatever
+    the names and the hash."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = issuer.public_key()
+    try:
+        params = child.signature_algorithm_parameters      # PKCS1v15 / PSS, or ECDSA(hash)
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(child.signature, child.tbs_certificate_bytes, params, child.signature_hash_algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(child.signature, child.tbs_certificate_bytes, params)
+        else:
+            return False
+        return True
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+        return False
+
+
+# Mbed TLS 2.28's mbedtls_x509_crt_profile_default (x509_crt.c): SHA-2 signatures only,
+# any public-key algorithm and curve, RSA keys of 2048 bits or more.
+PROFILE_HASHES = frozenset({"sha224", "sha256", "sha384", "sha512"})
+PROFILE_RSA_MIN_BITS = 2048
+
+
+def _key_problem(cert: x509.Certificate, who: str) -> str | None:
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < PROFILE_RSA_MIN_BITS:
+        return (f"{who} {describe_cert(cert)} has a {key.key_size}-bit RSA key (Mbed TLS's "
+                f"default profile: at least {PROFILE_RSA_MIN_BITS})")
+    return None
+
+
+def _profile_problem(path: list[x509.Certificate], top_trusted: bool) -> tuple[str | None, int]:
+    """What Mbed TLS's default profile refuses on a built path: a signature hash below SHA-224
+    on a certificate under the anchor (BAD_MD), an RSA key under 2048 bits on an issuer
+    (BAD_KEY; the leaf's own key: verify())."""
+    signed = path[:-1] if top_trusted else path
+    for position, cert in enumerate(signed):
+        try:
+            algorithm = cert.signature_hash_algorithm
+        except UnsupportedAlgorithm:
+            algorithm = None
+        name = getattr(algorithm, "name", None)
+        if name is not None and name not in PROFILE_HASHES:
+            who = "server certificate" if position == 0 else f"intermediate {describe_cert(cert)}"
+            return (f"{who} is signed with {name.upper()} (Mbed TLS's default profile accepts "
+                    f"SHA-224 or stronger only)", ALERT_CERT_UNKNOWN)
+    for cert in path[1:]:
+        problem = _key_problem(cert, "issuer certificate")
+        if problem:
+            return problem, ALERT_BAD_CERT
+    return None, 0
+
+
+def _usage_problem(leaf: x509.Certificate, suite: str | None) -> str | None:
+    """Mbed TLS's ssl_check_cert_usage for a server certificate: keyUsage (when present)
+    fit for the suite's key exchange, extendedKeyUsage (when present) naming serverAuth."""
+    eku = _extension(leaf, x509.ExtendedKeyUsage)
+    if eku is not None and not ({ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
+                                & set(eku)):
+        return (f"server certificate {describe_cert(leaf)} is not for TLS servers (extendedKeyUsage "
+                f"without serverAuth)")
+    usage = _extension(leaf, x509.KeyUsage)
+    need = _usage_for(suite)
+    if usage is not None and need is not None and not getattr(usage, need):
+        return (f"server certificate {describe_cert(leaf)} keyUsage lacks {need} (needed by "
+                f"{suite})")
+    return None
+
+
+def _usage_for(suite: str | None) -> str | None:
+    """The keyUsage bit the suite's key exchange needs of the server's key (None: none)."""
+    if not suite:
+        return None
+    kx = suite.removeprefix("TLS_").split("_WITH_")[0]
+    if kx in ("RSA", "RSA_PSK"):
+        return "key_encipherment"
+    if kx in ("DHE_RSA", "ECDHE_RSA", "ECDHE_ECDSA"):
+        return "digital_signature"
+    if kx in ("ECDH_RSA", "ECDH_ECDSA"):
+        return "key_agreement"
+    return None
 
 
 def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:

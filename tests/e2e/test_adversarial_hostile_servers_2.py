@@ -1058,10 +1058,8 @@ def test_certificate_with_an_extension_zoo_verifies(modem, emulator, odd_pki):
     assert _open_verified(host, emulator, leaf) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a leaf whose issuer name differs from the CA's subject only "
-                   "in letter case is refused (566, 'not signed by'); Mbed TLS (x509_string_cmp: "
-                   "case-insensitive for UTF8/PrintableString, measured) and RFC 5280 7.1 chain it "
-                   "(tls_engine/verify.py _find_issuer compares x509.Name with ==)")
+# Was a bug, fixed: a name differing only in letter case did not chain (verify.py compared
+# x509.Name with ==); now same_name(), as Mbed TLS's x509_name_cmp.
 def test_issuer_name_differing_only_in_case_chains(modem, emulator, odd_pki):
     host, advance, port = modem
     root, root_key = odd_pki
@@ -1086,15 +1084,12 @@ def _unfit(kind: str, root: Issued, root_key) -> tuple[Issued, ...]:
     return _cert(_name("leaf"), i2.cert.subject, k2, ca=False), i2, i1
 
 
-UNFIT_REASON = ("BUG: a server certificate unfit for TLS server use is accepted at seclevel 1 "
-                "(open 0); Mbed TLS 2.28 with VERIFY_REQUIRED refuses it (measured with python-mbedtls, "
-                "and OpenSSL too); tls_engine/README.md says key usage/EKU/path length are 'not checked "
-                "(as in the modem's Mbed TLS)', which is not what Mbed TLS does (verify.py ChainVerifier)")
+# Was a bug, fixed: key usage / EKU / path length were "not checked (as in the modem's Mbed TLS)"
+# (tls_engine/README.md), which is not what Mbed TLS 2.28 with VERIFY_REQUIRED does.
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=UNFIT_REASON))
-    for k in ["eku_client_auth_only", "intermediate_without_key_cert_sign", "path_length_exceeded"]])
+@pytest.mark.parametrize("kind", ["eku_client_auth_only", "intermediate_without_key_cert_sign",
+                                  "path_length_exceeded"])
 def test_certificate_unfit_for_a_tls_server_is_refused_at_seclevel_1(modem, emulator, odd_pki, kind):
     host, advance, port = modem
     root, root_key = odd_pki
@@ -1127,10 +1122,7 @@ def _weak(kind: str, tmp_path) -> tuple[Issued, Issued]:
     return root, Issued(leaf, leaf_key)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a server certificate with a 1024-bit RSA key is accepted at "
-                   "seclevel 1; Mbed TLS 2.28's default certificate profile (mbedtls_x509_crt_profile_default: "
-                   "RSA >= 2048 bits) refuses it with VERIFY_REQUIRED (measured, -0x2700) "
-                   "(tls_engine/verify.py checks no key size)")
+# Was a bug, fixed: a 1024-bit RSA leaf was accepted; now Mbed TLS's default profile (RSA >= 2048).
 def test_rsa_1024_server_certificate_is_refused_at_seclevel_1(modem, emulator, tmp_path):
     host, advance, port = modem
     root, leaf = _weak("rsa_1024_leaf", tmp_path)
@@ -1146,11 +1138,8 @@ def test_sha1_signed_server_certificate_is_refused_at_seclevel_1(modem, emulator
     assert _open_verified(host, emulator, leaf) == 566
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the log reason for a SHA-1-signed server certificate is "
-                   "'signature of CN=... does not verify with its issuer', which is false (the signature "
-                   "is genuine; cryptography raises 'Unsupported signature algorithm', which "
-                   "tls_engine/verify.py _signature_ok counts as a bad signature): a person is sent after "
-                   "the wrong fault, and ignoreinvalidcertsign=1 then lets the SHA-1 certificate through")
+# Was a bug, fixed: the reason said the signature did not verify (cryptography declines SHA-1);
+# now the signature is checked alone and the profile names the hash.
 def test_sha1_signed_server_certificate_reason_names_the_hash(modem, emulator, tmp_path, caplog):
     host, advance, port = modem
     root, leaf = _weak("sha1_signed_leaf", tmp_path)
@@ -1229,10 +1218,7 @@ def _ml302_secwrite(host, slot: int, data: bytes) -> None:
     assert host.read_until(b"OK\r\n").startswith(b"\r\n+QSECWRITE: %d," % len(data))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the ML302 (firmware on Mbed TLS) at seclevel 1 accepts a "
-                   "server certificate whose extendedKeyUsage is clientAuth only; Mbed TLS 2.28 with "
-                   "VERIFY_REQUIRED refuses it (mbedtls_ssl_check_cert_usage, -0x7A00, measured) "
-                   "(tls_engine/verify.py ChainVerifier does not look at EKU)")
+# Was a bug, fixed: extendedKeyUsage was not looked at (verify.py _usage_problem now).
 def test_ml302_seclevel_1_refuses_a_client_auth_only_server_certificate(ml, emulator):
     host, advance, port = ml
     root_key, leaf_key = rsa.generate_private_key(65537, 2048), rsa.generate_private_key(65537, 2048)
