@@ -55,6 +55,7 @@ class HandshakeSniffer:
         self._dtls_done: set[int] = set()
         self._dtls_next = 0             # DTLS: the lowest message_seq not yet complete
         self._largest = 0               # TLS: the longest complete handshake message's length
+        self.fragmented = False         # TLS: a handshake message continued in a later record
 
     def feed(self, data: bytes) -> tuple[list[HandshakeMessage], list[Alert]]:
         """Parse inbound bytes; return the handshake messages and alerts completed."""
@@ -100,6 +101,8 @@ class HandshakeSniffer:
             elif ctype == CONTENT_HANDSHAKE:
                 self._hs_stream += payload
                 msgs.extend(self._split_tls_handshake())
+                if self._hs_stream:     # (the record ended inside a message)
+                    self.fragmented = True
         if self.encrypted:
             self._pending.clear()  # nothing more to learn; do not hoard app data
         return msgs, alerts

@@ -452,12 +452,8 @@ def test_warning_alerts_and_an_empty_record_between_data_are_ignored(modem, emul
     assert host.at("AT") == b"\r\nOK\r\n"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: two empty application records in a row (legal, RFC 5246 "
-                   "6.2.1; OpenSSL takes 32) end the session as if the peer had sent close_notify: the "
-                   "data after them are lost and the log says 'peer sent close_notify'.  mbedtls_ssl_read "
-                   "returns 0 for the second empty record, python-mbedtls raises RaggedEOF, and "
-                   "tls_engine/session.py _pump_read takes RaggedEOF for the peer's close (in sans-IO "
-                   "mode the only real EOF is receive(b''))")
+# Was a bug, fixed: the second empty record in a row (mbedtls_ssl_read returns 0, python-mbedtls
+# RaggedEOF) was taken for the peer's close_notify; session.py _pump_read reads on now.
 def test_two_empty_application_records_in_a_row_keep_the_session(modem, emulator, caplog):
     """Data, two empty application records, data, in one TCP segment: both pieces reach the
     host, the socket stays connected, nobody claims a close_notify."""
@@ -483,6 +479,29 @@ def test_two_empty_application_records_in_a_row_keep_the_session(modem, emulator
             assert state(host, 2) == 2
         finally:
             assert host.at("AT+QSSLCLOSE=2,0").endswith(b"\r\nOK\r\n")
+
+
+def test_four_empty_application_records_in_a_row_end_the_session_as_mbedtls_does(modem, emulator, caplog):
+    """Mbed TLS's DoS guard (ssl_prepare_record_content: a fourth consecutive empty record is
+    MBEDTLS_ERR_SSL_INVALID_MAC): the data before them reach the host, then "closed"."""
+    host, advance, port = modem
+    a = pattern(500, 43)
+    go = threading.Event()
+
+    def script(c: Conn) -> None:
+        c.handshake()
+        go.wait(10)
+        c.sock.sendall(c.app(a) + c.seal(CT_APP, b"") * 4 + c.app(b"never read"))
+        c.server.stall()
+
+    with Server(script, emulator):
+        ssl_open(host, 2)
+        assert open_answer(host, 2) == 0
+        go.set()
+        host.seen(b'+QSSLURC: "closed",2\r\n', timeout=5)
+        assert read_all(host, 2, len(a), timeout=3) == a
+        assert "close_notify" not in log_text(caplog)
+        assert host.at("AT+QSSLCLOSE=2,0").endswith(b"\r\nOK\r\n")
 
 
 def test_hello_requests_under_the_session_keys_refused_each_time_data_flow_on(modem, emulator):
@@ -937,11 +956,8 @@ def _small_records(size: int):
     return script
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a server whose handshake messages span several records "
-                   "(legal TLS, RFC 5246 6.2.1; OpenSSL with a small max_send_fragment) fails with 566 "
-                   "and the only log reason is Mbed TLS's 'feature not available' text: nothing says "
-                   "the server fragmented its handshake (session.py _fail_from_tls_error explains only "
-                   "messages over 16 KiB)")
+# Was a bug, fixed: the only reason logged was Mbed TLS's "feature not available"; the sniffer
+# now sees a handshake message continued in a later record and the reason says so.
 def test_handshake_split_into_512_byte_records_is_explained(modem, emulator, caplog):
     """The server's first flight re-cut into 512-byte handshake records (the transcript is
     unchanged, so the handshake is valid).  Mbed TLS 2.28 does not reassemble a TLS handshake
