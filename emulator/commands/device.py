@@ -1,7 +1,7 @@
 """Commands third-party drivers send on start-up and while polling that have nothing to do with
 sockets, so that a driver's init sequence gets the answers a real module gives instead of
 ERROR: ATH, ATX, AT+CSCS, AT+CTZU / AT+CTZR, AT+QLTS, AT+CPAS, AT+GCAP, AT+QGMR, AT+CBC,
-AT+QSCLK, the status polls AT+QNWINFO / AT+QSPN / AT+QCSQ, and the item-configuration
+AT+QSCLK, the SMS set-up AT+CMGF / AT+CSCA / AT+CNMI (no messages), the status polls AT+QNWINFO / AT+QSPN / AT+QCSQ, and the item-configuration
 commands AT+QCFG / AT+QURCCFG / AT+QINDCFG, whose items are profile data ([qcfg] & co.).
 
 Which of them a module has is its profile's [commands]; the values they report are its
@@ -55,6 +55,9 @@ class DeviceConfig:
     def _volatile(self) -> None:
         self.ctzr = 0
         self.cscs = "GSM"
+        self.cmgf = 0                     # SMS format: 0 PDU, 1 text
+        self.csca: tuple[str, int] | None = None    # AT+CSCA set: (<sca>, <tosca>)
+        self.cnmi = list(CNMI_DEFAULT)
 
     def item_values(self, table: str, item: str) -> list[str]:
         values = self.items.setdefault(table, {})
@@ -172,6 +175,65 @@ def _kept(name: str, attr: str, values: tuple[int, ...], test: str, error=Cme(50
 _kept("+CTZU", "ctzu", CTZU_VALUES, "(" + ",".join(map(str, CTZU_VALUES)) + ")")
 _kept("+CTZR", "ctzr", (0, 1, 2), "(0-2)")
 _kept("+QSCLK", "qsclk", (0, 1), "(0,1)", error="ERROR")     # (no +CME code documented)
+
+
+# -- SMS set-up (EC25/EC21 AT Commands Manual, SMS chapter; 3GPP TS 27.005) ------------------
+# Driver start-ups set the message format, read the service centre and choose how new-message
+# indications come (Zerynth's BG96 init stops at the first ERROR).  No message is ever sent or
+# received: the settings are kept (until a restart) and read back, nothing else.
+CNMI_RANGES = ((0, 2), (0, 3), (0, 2), (0, 2), (0, 1))     # <mode>,<mt>,<bm>,<ds>,<bfr>
+CNMI_BM = (0, 2)
+CNMI_DEFAULT = (2, 1, 0, 0, 0)
+
+
+@command("+CMGF", WRITE, test="+CMGF: (0,1)")
+def cmgf_write(modem, cmd):
+    device(modem).cmgf = Args(cmd, at_most=1).int(0, 0, 1)
+    return ok()
+
+
+@command("+CMGF", EXEC)
+def cmgf_exec(modem, cmd):
+    device(modem).cmgf = 0                # (27.005: the parameter omitted is its default, PDU)
+    return ok()
+
+
+@command("+CMGF", READ)
+def cmgf_read(modem, cmd):
+    return ok(f"+CMGF: {device(modem).cmgf}")
+
+
+@command("+CSCA", WRITE)           # (AT+CSCA=? is OK alone, as 27.005 has it)
+def csca_write(modem, cmd):
+    args = Args(cmd, at_most=2)
+    sca = args.str(0, quoted=True, max_len=20)
+    if not re.fullmatch(r"\+?[0-9*#]{1,20}", sca):
+        raise CommandError("ERROR", f"AT+CSCA: {sca!r} is not a phone number")
+    tosca = args.int(1, 0, 255, default=145 if sca.startswith("+") else 129)
+    device(modem).csca = (sca, tosca)
+    return ok()
+
+
+@command("+CSCA", READ)
+def csca_read(modem, cmd):
+    sca, tosca = device(modem).csca or (modem.profile["network.sms_center"], 145)
+    return ok(f'+CSCA: "{sca}",{tosca}')
+
+
+@command("+CNMI", WRITE, test="+CNMI: (0-2),(0-3),(0,2),(0-2),(0,1)")
+def cnmi_write(modem, cmd):
+    args = Args(cmd, at_most=5)
+    config = device(modem)
+    values = [args.int(i, low, high, default=config.cnmi[i]) for i, (low, high) in enumerate(CNMI_RANGES)]
+    if values[2] not in CNMI_BM:
+        raise CommandError("ERROR", f"AT+CNMI: <bm> {values[2]} is not one of 0, 2")
+    config.cnmi = values
+    return ok()
+
+
+@command("+CNMI", READ)
+def cnmi_read(modem, cmd):
+    return ok("+CNMI: " + ",".join(map(str, device(modem).cnmi)))
 
 
 # -- (U)SIM status (EC25/EC21 AT Commands Manual, (U)SIM chapter) -----------------------------

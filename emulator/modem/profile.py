@@ -316,6 +316,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "network.rat": (False, _quoted),                   # AT+QNWINFO <act> ("FDD LTE")
     "network.band": (False, _quoted),                  # AT+QNWINFO <band> ("LTE BAND 3")
     "network.channel": (False, _int(0, 1 << 20)),      # AT+QNWINFO <channel> (EARFCN)
+    "network.sms_center": (False, _quoted),            # AT+CSCA? <sca> ("+8613010112500")
     # AT+QCSQ's line after "+QCSQ: ": {rssi} from network.csq; {rsrp} {rsrq} {sinr} the serving
     # cell's (cell.*, which a template naming them needs; {sinr} in AT+QCSQ's 1/5 dB steps).
     "network.qcsq": (False, _template("rssi", "rsrp", "rsrq", "sinr")),
@@ -506,6 +507,7 @@ GNSS_KEYS = ("gnss.latitude", "gnss.longitude", "gnss.altitude", "gnss.hdop", "g
 COMMAND_NEEDS = {
     "+QNWINFO": ("network.rat", "network.band", "network.channel"),
     "+QCSQ": ("network.qcsq",),
+    "+CSCA": ("network.sms_center",),
     "+QENG": ("network.channel", "cell.id", "cell.tac", "cell.pci", "cell.band", "cell.duplex",
               "cell.ul_bandwidth", "cell.dl_bandwidth", "cell.rsrp", "cell.rsrq", "cell.sinr",
               "cell.srxlev", "cell.neighbours"),

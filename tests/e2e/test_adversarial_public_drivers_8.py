@@ -1391,13 +1391,8 @@ Z_HOST = "www.iottest.work"          # a name the test PKI's server certificate 
 Z_IP = "220.180.239.212"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (a documented 'not emulated' choice, docs/behaviour.md 'Not emulated: ... SMS ... they "
-    "answer ERROR'): Zerynth's _gs_config0() sends AT+CMGF=1, AT+CSCA? and AT+CNMI=2,1,0,0,0 "
-    "and returns 0 -- bg96.init() fails -- unless each is answered OK; a real EC25 answers "
-    "OK / +CSCA: \"<sca>\",145 OK / OK (EC25&EC21 AT Commands Manual, SMS chapter: AT+CMGF, "
-    "AT+CSCA, AT+CNMI).  The emulator answers ERROR to all three (no command registered), so "
-    "the driver's start-up can never complete"))
+# Was a bug, fixed: AT+CMGF / AT+CSCA? / AT+CNMI answered ERROR (SMS not emulated); the set-up
+# commands answer as an EC25's now (emulator/commands/device.py).
 def test_zerynth_startup_config0_completes(port_path, strict_log):
     """_gs_config0(0) on a module that has just come up with echo on: "ATE1\\r\\n" until a line
     holding its echo and then OK ("autobaud"), 500 ms, the input thrown away, ATE0, AT+IPR,

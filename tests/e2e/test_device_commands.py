@@ -168,9 +168,44 @@ def test_nv_items_survive_a_reboot_and_the_rest_start_again(ec2x):
     assert ec2x.at("AT+CTZR?") == answer("+CTZR: 0")
 
 
+def test_sms_set_up_is_kept_and_read_back_until_a_reboot(ec2x):
+    """What driver start-ups set (Zerynth's BG96 init: AT+CMGF=1, AT+CSCA?, AT+CNMI=2,1,0,0,0)
+    answers as an EC25 does; no message is ever sent or received."""
+    assert ec2x.at("AT+CMGF=?") == answer("+CMGF: (0,1)")
+    assert ec2x.at("AT+CMGF?") == answer("+CMGF: 0")
+    assert ec2x.at("AT+CMGF=1") == OK
+    assert ec2x.at("AT+CMGF?") == answer("+CMGF: 1")
+    assert ec2x.at("AT+CMGF") == OK
+    assert ec2x.at("AT+CMGF?") == answer("+CMGF: 0")
+    for line in ("AT+CMGF=2", "AT+CMGF=1,0", 'AT+CMGF="1"x'):
+        assert ec2x.at(line) == ERROR, line
+    assert ec2x.at("AT+CSCA=?") == OK
+    assert ec2x.at("AT+CSCA?") == answer('+CSCA: "+8613010112500",145')
+    assert ec2x.at('AT+CSCA="+8613800100500"') == OK
+    assert ec2x.at("AT+CSCA?") == answer('+CSCA: "+8613800100500",145')
+    assert ec2x.at('AT+CSCA="10086",129') == OK
+    assert ec2x.at("AT+CSCA?") == answer('+CSCA: "10086",129')
+    for line in ("AT+CSCA=10086", 'AT+CSCA="call me"', 'AT+CSCA="+86",256'):
+        assert ec2x.at(line) == ERROR, line
+    assert ec2x.at("AT+CNMI=?") == answer("+CNMI: (0-2),(0-3),(0,2),(0-2),(0,1)")
+    assert ec2x.at("AT+CNMI?") == answer("+CNMI: 2,1,0,0,0")
+    assert ec2x.at("AT+CNMI=1,2,2,1,1") == OK
+    assert ec2x.at("AT+CNMI?") == answer("+CNMI: 1,2,2,1,1")
+    assert ec2x.at("AT+CNMI=2") == OK                     # the others as they were
+    assert ec2x.at("AT+CNMI?") == answer("+CNMI: 2,2,2,1,1")
+    for line in ("AT+CNMI=3", "AT+CNMI=2,4", "AT+CNMI=2,1,1", "AT+CNMI=2,1,0,3", "AT+CNMI=2,1,0,0,2",
+                 "AT+CNMI=2,1,0,0,0,0"):
+        assert ec2x.at(line) == ERROR, line
+    assert ec2x.at("AT+CFUN=1,1") == OK
+    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    assert ec2x.at("ATE0") == b"ATE0\r" + OK
+    assert ec2x.at("AT+CMGF?;+CSCA?;+CNMI?") == (b'\r\n+CMGF: 0\r\n\r\n+CSCA: "+8613010112500",145\r\n'
+                                                  b"\r\n+CNMI: 2,1,0,0,0\r\n" + OK)
+
+
 def test_the_ml302_has_ath_but_not_the_quectel_items(ml302):
     assert ml302.at("ATH") == OK
-    for line in ('AT+QCFG="nwscanmode"', "AT+QNWINFO", "AT+CTZU?", "AT+CBC"):
+    for line in ('AT+QCFG="nwscanmode"', "AT+QNWINFO", "AT+CTZU?", "AT+CBC", "AT+CMGF=1", "AT+CNMI?"):
         assert ml302.at(line) == ERROR, line
 
 
