@@ -1,6 +1,9 @@
-"""Fixtures and marks for the whole suite (test modules import none from each other).
+"""Fixtures and marks for the whole suite.
 
-The peers, the PKI and the pty host live in emulator.testing, shared with bench/."""
+The peers, the PKI and the pty host live in emulator.testing, shared with bench/; helpers
+shared by test modules in tests/e2e/*_support.py.  A few replayed drivers (test_driver_paths'
+Driver, the RT-Thread / esp-modem / Mbed models, test_hardening_at's sans-IO modem) are
+imported by later adversarial files from the module that introduced them."""
 from __future__ import annotations
 
 import logging
