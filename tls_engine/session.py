@@ -512,7 +512,9 @@ class TlsClientSession:
             return                      # a PSK session, and still no certificate: nothing to check
         # The chain of the full handshake; a resumed session had none in clear: its leaf (the
         # one the cache keeps), dated at the modem clock, as far as it can be checked.
-        problem = (self._verify(self._verifier.verify, self.peer_chain, self._server_suite) if self.peer_chain
+        cipher = self._buffer.cipher()          # (the renegotiation may have changed the suite)
+        suite = cs.iana_name_for(cipher.decode() if isinstance(cipher, bytes) else str(cipher))
+        problem = (self._verify(self._verifier.verify, self.peer_chain, suite) if self.peer_chain
                    else self._verify(self._verifier.check_dates_of, leaf))
         if problem is not None:
             self._fail(VERIFY_FAILED, f"renegotiation: {problem.reason}")
@@ -585,6 +587,12 @@ class TlsClientSession:
             if chain is None:
                 self._fail(VERIFY_FAILED, seen[0][1].reason)
                 return
+            # (a DTLS Certificate may have been judged before its ServerHello came: the
+            # leaf's usage, for the suite really negotiated, is judged now)
+            problem = self._verify(self._verifier.check_usage, leaf, cs.iana_name_for(cipher))
+            if problem is not None:
+                self._fail(VERIFY_FAILED, problem.reason)
+                return
             self.peer_chain = chain
         self.state = "established"
         self._resumption.save()
@@ -633,6 +641,7 @@ class TlsClientSession:
                 self._fail_from_tls_error(exc)
                 return
             if n > 0:
+                empty = 0
                 self._rx.append(bytes(self._scratch[:n]))
         if closed:
             self._flush_rx()  # data first: it arrived before the close_notify

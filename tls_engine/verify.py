@@ -37,6 +37,7 @@ relax flag must relax exactly what it names. Policy (also in tls_engine/README.m
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -101,8 +102,10 @@ def _fmt(moment: datetime) -> str:
 
 # The alert Mbed TLS itself would send for the same verify flags (ssl_tls.c,
 # ssl_parse_certificate_verify): NOT_TRUSTED -> unknown_ca, EXPIRED -> certificate_expired,
-# CN_MISMATCH -> bad_certificate, anything else (FUTURE) -> certificate_unknown.
-ALERT_BAD_CERT = 42                # (also KEY_USAGE, EXT_KEY_USAGE, BAD_KEY)
+# CN_MISMATCH -> bad_certificate, KEY_USAGE / EXT_KEY_USAGE / BAD_KEY / BAD_PK ->
+# unsupported_certificate, anything else (FUTURE, BAD_MD) -> certificate_unknown.
+ALERT_BAD_CERT = 42
+ALERT_UNSUPPORTED_CERT = 43        # KEY_USAGE, EXT_KEY_USAGE, BAD_KEY, BAD_PK
 ALERT_CERT_EXPIRED = 45
 ALERT_CERT_UNKNOWN = 46
 ALERT_UNKNOWN_CA = 48
@@ -124,6 +127,7 @@ class ChainVerifier:
     def __init__(self, settings: TlsSettings, anchors: list[x509.Certificate]) -> None:
         self.settings = settings
         self.anchors = anchors
+        self._anchor_set: set[bytes] | None = None
 
     def now(self) -> datetime:
         moment = self.settings.clock() if self.settings.clock else datetime.now(timezone.utc)
@@ -148,12 +152,12 @@ class ChainVerifier:
             path, problem = self._build_path(leaf, chain[1:])
             if problem:
                 return VerifyProblem(problem, ALERT_UNKNOWN_CA)
-            problem, alert = _profile_problem(path, self._trusted(path[-1]))
+            problem, alert = _profile_problem(path, self._is_anchor(path[-1]))
             if problem:
                 return VerifyProblem(problem, alert)
         problem = _key_problem(leaf, "server certificate") or _usage_problem(leaf, suite)
         if problem:
-            return VerifyProblem(problem, ALERT_BAD_CERT)
+            return VerifyProblem(problem, ALERT_UNSUPPORTED_CERT)
         if not self.settings.ignore_local_time:
             problem, alert = self._check_dates(path)
             if problem:
@@ -170,15 +174,24 @@ class ChainVerifier:
         problem, alert = self._check_dates([x509.load_der_x509_certificate(leaf_der)])
         return VerifyProblem(problem, alert) if problem else None
 
-    def _trusted(self, cert: x509.Certificate) -> bool:
-        der = cert.public_bytes(_DER)
-        return any(a.public_bytes(_DER) == der for a in self.anchors)
+    def check_usage(self, leaf_der: bytes, suite: str | None) -> VerifyProblem | None:
+        """Only the leaf's usage for the negotiated suite (a DTLS Certificate can be judged
+        before its ServerHello arrives: the session asks again at the end)."""
+        problem = _usage_problem(x509.load_der_x509_certificate(leaf_der), suite)
+        return VerifyProblem(problem, ALERT_UNSUPPORTED_CERT) if problem else None
+
+    def _anchors_der(self) -> set[bytes]:
+        if self._anchor_set is None:
+            self._anchor_set = {a.public_bytes(_DER) for a in self.anchors}
+        return self._anchor_set
+
+    def _is_anchor(self, cert: x509.Certificate) -> bool:
+        return cert.public_bytes(_DER) in self._anchors_der()
 
     # --- path --------------------------------------------------------------
 
     def _build_path(self, leaf, sent) -> tuple[list[x509.Certificate], str | None]:
-        anchors_der = {a.public_bytes(_DER) for a in self.anchors}
-        if leaf.public_bytes(_DER) in anchors_der:
+        if self._is_anchor(leaf):
             return [leaf], None
         label = self.settings.trust_label
         path = [leaf]
@@ -186,10 +199,10 @@ class ChainVerifier:
         used = {leaf.public_bytes(_DER)}
         max_depth = 2 if self.settings.ignore_multicert_chain_verify else 10
         self_issued = 0              # (Mbed TLS's self_cnt: self-issued CAs below, not counted
-        while len(path) < max_depth:  # against a pathLenConstraint)
-            if len(path) > 1 and same_name(child.issuer, child.subject):
-                self_issued += 1
+        while len(path) < max_depth:  # against a pathLenConstraint; counted after the search)
             link, bad_sig = self._find_issuer(child, sent, used, len(path) - 1 - self_issued)
+            if len(path) > 1 and same_name_der(_issuer_der(child), _subject_der(child)):
+                self_issued += 1
             if link is None:
                 who = "server certificate" if child is leaf else f"intermediate {describe_cert(child)}"
                 if bad_sig:
@@ -213,11 +226,12 @@ class ChainVerifier:
         below: the intermediates under the candidate that its pathLenConstraint counts."""
         now = None if self.settings.ignore_local_time else self.now()
         bad_signature = None
+        issuer = _issuer_der(child)
         for candidates in ([_Link(a, True) for a in self.anchors],
                            [_Link(c, False) for c in sent if c.public_bytes(_DER) not in used]):
             out_of_date = None
             for link in candidates:
-                if (not same_name(link.cert.subject, child.issuer) or not _can_issue(link.cert, link.is_anchor)
+                if (not same_name_der(_subject_der(link.cert), issuer) or not _can_issue(link.cert, link.is_anchor)
                         or _path_length(link.cert) < below):
                     continue
                 if not (self._signature_ok(child, link.cert) or self.settings.ignore_invalid_cert_sign):
@@ -291,8 +305,7 @@ def _can_issue(cert: x509.Certificate, trusted: bool) -> bool:
             return False
     except x509.ExtensionNotFound:
         return False
-    usage = _extension(cert, x509.KeyUsage)
-    return usage is None or usage.key_cert_sign
+    return _usage_allows(cert, "key_cert_sign")
 
 
 def _path_length(cert: x509.Certificate) -> float:
@@ -316,18 +329,22 @@ _CASE_FOLDED = {12, 19}           # UTF8String, PrintableString (ASN.1 tags)
 def same_name(a: x509.Name, b: x509.Name) -> bool:
     """Mbed TLS's x509_name_cmp: the same attributes in the same sets, in order, each value
     byte-equal with the same string type, or -- both UTF8String or PrintableString -- equal
-    but for the case of ASCII letters (RFC 5280 7.1 asks for more folding; Mbed TLS does this)."""
-    if a == b:
+    but for the case of ASCII letters (RFC 5280 7.1 asks for more folding; Mbed TLS does this).
+    (cryptography's Name == ignores the string types: the DER is compared.)"""
+    return same_name_der(a.public_bytes(), b.public_bytes())
+
+
+def same_name_der(der_a: bytes, der_b: bytes) -> bool:
+    if der_a == der_b:
         return True
     try:
-        items_a, items_b = _name_items(a.public_bytes()), _name_items(b.public_bytes())
+        items_a, folded_a = _name_items(der_a)
+        items_b, folded_b = _name_items(der_b)
     except (ValueError, IndexError):
         return False
-    if len(items_a) != len(items_b):
+    if folded_a != folded_b:        # (cheap: no case-folded match possible)
         return False
-    for (set_a, oid_a, tag_a, value_a), (set_b, oid_b, tag_b, value_b) in zip(items_a, items_b):
-        if set_a != set_b or oid_a != oid_b:
-            return False
+    for (_, _, tag_a, value_a), (_, _, tag_b, value_b) in zip(items_a, items_b):
         if tag_a == tag_b and value_a == value_b:
             continue
         if tag_a not in _CASE_FOLDED or tag_b not in _CASE_FOLDED or not _ascii_case_equal(value_a, value_b):
@@ -335,8 +352,21 @@ def same_name(a: x509.Name, b: x509.Name) -> bool:
     return True
 
 
-def _name_items(der: bytes) -> list[tuple[int, bytes, int, bytes]]:
-    """A Name's DER as (set number, OID bytes, value tag, value bytes) per attribute."""
+@functools.lru_cache(maxsize=1024)
+def _subject_der(cert: x509.Certificate) -> bytes:
+    return cert.subject.public_bytes()          # (a Certificate hashes and compares by its DER)
+
+
+@functools.lru_cache(maxsize=1024)
+def _issuer_der(cert: x509.Certificate) -> bytes:
+    return cert.issuer.public_bytes()
+
+
+@functools.lru_cache(maxsize=1024)
+def _name_items(der: bytes) -> tuple[tuple[tuple[int, bytes, int, bytes], ...], tuple]:
+    """A Name's DER as (set number, OID bytes, value tag, value bytes) per attribute, and the
+    same with the values lower-cased and no tags: names whose second parts differ never match
+    (a bundle's hundreds of anchors, each issuer search)."""
     items = []
     _, body, _ = _tlv(der, 0)                                   # SEQUENCE of RDNs
     at, number = 0, 0
@@ -349,7 +379,7 @@ def _name_items(der: bytes) -> list[tuple[int, bytes, int, bytes]]:
             tag, value, _ = _tlv(attribute, after)
             items.append((number, oid, tag, value))
         number += 1
-    return items
+    return tuple(items), tuple((n, oid, value.lower()) for n, oid, _, value in items)
 
 
 def _tlv(der: bytes, at: int) -> tuple[int, bytes, int]:
@@ -408,7 +438,9 @@ def _profile_problem(path: list[x509.Certificate], top_trusted: bool) -> tuple[s
     """What Mbed TLS's default profile refuses on a built path: a signature hash below SHA-224
     on a certificate under the anchor (BAD_MD), an RSA key under 2048 bits on an issuer
     (BAD_KEY; the leaf's own key: verify())."""
-    signed = path[:-1] if top_trusted else path
+    # (a trusted root ends the path unjudged; a leaf that is itself trusted is judged: Mbed TLS
+    # checks a child's hash before its "locally trusted end entity" return)
+    signed = path[:-1] if top_trusted and len(path) > 1 else path
     for position, cert in enumerate(signed):
         try:
             algorithm = cert.signature_hash_algorithm
@@ -422,7 +454,7 @@ def _profile_problem(path: list[x509.Certificate], top_trusted: bool) -> tuple[s
     for cert in path[1:]:
         problem = _key_problem(cert, "issuer certificate")
         if problem:
-            return problem, ALERT_BAD_CERT
+            return problem, ALERT_UNSUPPORTED_CERT
     return None, 0
 
 
@@ -434,12 +466,42 @@ def _usage_problem(leaf: x509.Certificate, suite: str | None) -> str | None:
                                 & set(eku)):
         return (f"server certificate {describe_cert(leaf)} is not for TLS servers (extendedKeyUsage "
                 f"without serverAuth)")
-    usage = _extension(leaf, x509.KeyUsage)
     need = _usage_for(suite)
-    if usage is not None and need is not None and not getattr(usage, need):
-        return (f"server certificate {describe_cert(leaf)} keyUsage lacks {need} (needed by "
-                f"{suite})")
+    if not _usage_allows(leaf, need):
+        what = f"lacks {need} (needed by {suite})" if need else "has encipherOnly / decipherOnly"
+        return f"server certificate {describe_cert(leaf)} keyUsage {what}"
     return None
+
+
+_KEY_USAGE_BITS = {"digital_signature": 0, "content_commitment": 1, "key_encipherment": 2,
+                   "data_encipherment": 3, "key_agreement": 4, "key_cert_sign": 5, "crl_sign": 6,
+                   "encipher_only": 7, "decipher_only": 8}
+_MAY_ONLY = (1 << 7) | (1 << 8)   # encipherOnly, decipherOnly
+
+
+def _usage_allows(cert: x509.Certificate, need: str | None) -> bool:
+    """Mbed TLS's mbedtls_x509_crt_check_key_usage: no keyUsage extension allows all; else
+    the bit needed must be set, and encipherOnly / decipherOnly must not be (nobody asks
+    for them).  Bits read from the extension's DER (cryptography will not say
+    encipherOnly without keyAgreement)."""
+    usage = _extension(cert, x509.KeyUsage)
+    if usage is None:
+        return True
+    bits = _key_usage_bits(usage)
+    if bits & _MAY_ONLY:
+        return False
+    return need is None or bool(bits & (1 << _KEY_USAGE_BITS[need]))
+
+
+def _key_usage_bits(usage: x509.KeyUsage) -> int:
+    """Bit n of the result = KeyUsage bit n (RFC 5280: 0 digitalSignature .. 8 decipherOnly)."""
+    _, body, _ = _tlv(usage.public_bytes(), 0)            # BIT STRING: unused-bit count, bytes
+    bits = 0
+    for index, byte in enumerate(body[1:]):
+        for bit in range(8):
+            if byte & (0x80 >> bit):
+                bits |= 1 << (index * 8 + bit)
+    return bits
 
 
 def _usage_for(suite: str | None) -> str | None:

@@ -206,7 +206,7 @@ def cmgf_read(modem, cmd):
 @command("+CSCA", WRITE)           # (AT+CSCA=? is OK alone, as 27.005 has it)
 def csca_write(modem, cmd):
     args = Args(cmd, at_most=2)
-    sca = args.str(0, quoted=True, max_len=20)
+    sca = args.str(0, quoted=True, max_len=21)
     if not re.fullmatch(r"\+?[0-9*#]{1,20}", sca):
         raise CommandError("ERROR", f"AT+CSCA: {sca!r} is not a phone number")
     tosca = args.int(1, 0, 255, default=145 if sca.startswith("+") else 129)
@@ -216,7 +216,8 @@ def csca_write(modem, cmd):
 
 @command("+CSCA", READ)
 def csca_read(modem, cmd):
-    sca, tosca = device(modem).csca or (modem.profile["network.sms_center"], 145)
+    sca = modem.profile["network.sms_center"]
+    sca, tosca = device(modem).csca or (sca, 145 if sca.startswith("+") else 129)
     return ok(f'+CSCA: "{sca}",{tosca}')
 
 

@@ -664,9 +664,10 @@ class PtyPort:
 def _flushed(fd: int) -> None:
     """Bytes written to one side of a pty reach the other side's read buffer a moment
     later, moved by a kernel worker from the pty's flip buffer: until then FIONREAD does not
-    count them.  A poll of the reading side waits for that move (n_tty_poll flushes the
-    flip buffer when the read buffer is empty): FIONREAD after it counts every byte whose
-    write has returned."""
+    count them.  A poll of the reading side waits for that move when the read buffer is
+    empty (n_tty_poll flushes only then): FIONREAD after it counts every byte whose write has
+    returned, when none was waiting before -- the questions asked here (is the host's next
+    byte there yet, has it read the prompt) are about such a buffer."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     poller.poll(0)

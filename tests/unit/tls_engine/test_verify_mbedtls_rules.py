@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tls_engine import TlsSettings
-from tls_engine.verify import ALERT_BAD_CERT, ALERT_UNKNOWN_CA, ChainVerifier, same_name
+from tls_engine.verify import ALERT_UNKNOWN_CA, ALERT_UNSUPPORTED_CERT, ChainVerifier, same_name
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 ECDHE_RSA = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
@@ -87,7 +87,20 @@ def test_leaf_key_usage_must_fit_the_key_exchange(root, usage, suite, fit):
         assert problem is None, problem
     else:
         assert problem is not None and "keyUsage lacks" in problem.reason, problem
-        assert problem.alert == ALERT_BAD_CERT
+        assert problem.alert == ALERT_UNSUPPORTED_CERT          # (ssl_parse_certificate: 43)
+
+
+@pytest.mark.parametrize("extra", ["encipher_only", "decipher_only"])
+def test_encipher_or_decipher_only_fails_any_key_usage_check(root, extra):
+    """mbedtls_x509_crt_check_key_usage: a may-only bit nobody asked for fails the check --
+    on the leaf (any suite) and on an issuer's keyCertSign."""
+    leaf = _leaf(root, usage=["digital_signature", "key_agreement", extra])
+    for suite in (ECDHE_RSA, ECDH_ECDSA, None):
+        problem = _verify(root[0], [leaf], suite)
+        assert problem is not None and problem.alert == ALERT_UNSUPPORTED_CERT, (suite, problem)
+    inter, ikey = _intermediate(root, "Inter", usage=("key_cert_sign", "key_agreement", extra))
+    leaf = _cert(_name("leaf"), inter.subject, ikey, ec.generate_private_key(ec.SECP256R1()), ca=False)
+    assert _verify(root[0], [leaf, inter]) is not None
 
 
 def test_a_leaf_without_key_usage_fits_any_key_exchange(root):
@@ -144,10 +157,32 @@ def test_path_length_constraint(root, length, depth, ok):
     assert (problem is None) == ok, problem
 
 
+def test_a_self_issued_intermediate_is_not_counted_against_path_length_but_its_own_link_is(root):
+    """root (pathLen 0) -> X (self-issued: the root's name, a key of its own, a key rollover)
+    -> leaf.  Mbed TLS counts a self-issued certificate after its own issuer search (self_cnt),
+    so X's link to the root still counts X: refused.  Without the constraint it chains; and a
+    self-issued CA deeper down is not counted against the constraint above it."""
+    root_cert, root_key = root
+    for length, ok in ((0, False), (None, True)):
+        top = _cert(_name("PL Root"), _name("PL Root"), root_key, root_key, ca=True, path_length=length, host=None)
+        xkey = ec.generate_private_key(ec.SECP256R1())
+        again = _cert(_name("PL Root"), _name("PL Root"), root_key, xkey, ca=True, host=None)
+        leaf = _cert(_name("leaf"), again.subject, xkey, ec.generate_private_key(ec.SECP256R1()), ca=False)
+        assert (_verify(top, [leaf, again]) is None) == ok, length
+    # root (pathLen 1) -> I -> I' (self-issued rollover of I) -> leaf: I' is not counted
+    top = _cert(_name("PL1 Root"), _name("PL1 Root"), root_key, root_key, ca=True, path_length=1, host=None)
+    ikey, ikey2 = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    inter = _cert(_name("PL I"), top.subject, root_key, ikey, ca=True, host=None)
+    rollover = _cert(_name("PL I"), _name("PL I"), ikey, ikey2, ca=True, host=None)
+    leaf = _cert(_name("leaf"), rollover.subject, ikey2, ec.generate_private_key(ec.SECP256R1()), ca=False)
+    assert _verify(top, [leaf, rollover, inter]) is None
+
+
 def test_rsa_keys_under_2048_bits_are_refused_on_the_leaf_and_on_issuers(root):
     small = rsa.generate_private_key(65537, 1024)
     problem = _verify(root[0], [_leaf(root, key=small)])
     assert problem is not None and "1024-bit RSA key" in problem.reason
+    assert problem.alert == ALERT_UNSUPPORTED_CERT
     root_cert, root_key = root
     inter = _cert(_name("Small Inter"), root_cert.subject, root_key, small, ca=True, host=None)
     leaf = _cert(_name("leaf"), inter.subject, small, ec.generate_private_key(ec.SECP256R1()), ca=False)
@@ -187,6 +222,23 @@ def test_a_sha1_signature_is_refused_by_name_and_not_waived_by_ignoreinvalidcert
         assert problem is not None and "signed with SHA1" in problem.reason, problem
 
 
+def test_a_pinned_sha1_leaf_is_refused_a_pinned_sha256_one_is_not(tmp_path):
+    """A self-signed leaf that is itself in the CA file: Mbed TLS judges its hash before its
+    'locally trusted end entity' return."""
+    import subprocess
+
+    from emulator.testing.peers.openssl import openssl_binary
+
+    for digest, ok in (("-sha1", False), ("-sha256", True)):
+        subprocess.run([openssl_binary(), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", digest, "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                        "-days", "3650", "-keyout", str(tmp_path / "p.key"), "-out", str(tmp_path / "p.pem")],
+                       check=True, capture_output=True)
+        pinned = x509.load_pem_x509_certificate((tmp_path / "p.pem").read_bytes())
+        problem = _verify(pinned, [pinned], ignore_local_time=True)
+        assert (problem is None) == ok, (digest, problem)
+
+
 def test_a_sha1_root_itself_is_fine(tmp_path):
     """The anchor's own signature is not judged (Mbed TLS stops at a trusted root)."""
     import subprocess
@@ -212,6 +264,9 @@ def test_names_match_as_mbedtls_compares_them():
     assert not same_name(_name("Odd Root", "odd org"), _name("Odd Root"))
     ia5 = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ODD ROOT", x509.name._ASN1Type.IA5String)])
     assert not same_name(_name("odd root"), ia5)       # IA5String: no case folding in Mbed TLS
+    assert not same_name(_name("ODD ROOT"), ia5)       # nor the same value in another type
+    assert same_name(ia5, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ODD ROOT",
+                                                        x509.name._ASN1Type.IA5String)]))
     assert same_name(_name("Ümlaut"), _name("Ümlaut"))
     assert not same_name(_name("ümlaut"), _name("Ümlaut"))    # only ASCII letters fold
 
