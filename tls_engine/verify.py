@@ -30,10 +30,12 @@ relax flag must relax exactly what it names. Policy (also in tls_engine/README.m
   the leaf alone is the path (who signed it, whether signatures verify, is not looked
   at); its dates (unless ignore_local_time) and its name (unless verify_hostname=False)
   are checked as ever.
-* Name (unless verify_hostname=False, which skips it): DNS names per RFC 6125 against SAN dNSName (wildcard only as the whole
-  left-most label, never for a bare IP or a public two-label name), CN fallback only
-  when the certificate has no SAN extension (as Mbed TLS does); IP literals match
-  SAN iPAddress entries only.
+* Name (unless verify_hostname=False, which skips it): as Mbed TLS (x509_crt_verify_name):
+  SAN dNSName entries, or every CN when the certificate has no SAN extension; equal but for
+  ASCII case, byte for byte (a trailing dot counts), or "*.<rest>" matching the host's part
+  from its first dot (one label, however few follow).  IP literals (the emulator's own
+  rule: Mbed TLS matches no iPAddress SAN): SAN iPAddress entries, or with no SAN a CN
+  that is the literal.
 """
 from __future__ import annotations
 
@@ -121,6 +123,7 @@ class VerifyProblem:
 class _Link:
     cert: x509.Certificate
     is_anchor: bool                # a trusted certificate (else one the server sent)
+    index: int = -1                # its place among those the server sent
 
 
 class ChainVerifier:
@@ -191,16 +194,17 @@ class ChainVerifier:
     # --- path --------------------------------------------------------------
 
     def _build_path(self, leaf, sent) -> tuple[list[x509.Certificate], str | None]:
-        if self._is_anchor(leaf):
-            return [leaf], None
+        if self._is_anchor(leaf) and same_name_der(_issuer_der(leaf), _subject_der(leaf)):
+            return [leaf], None        # (a trusted end entity: Mbed TLS takes it only self-issued)
         label = self.settings.trust_label
         path = [leaf]
         child = leaf
         used = {leaf.public_bytes(_DER)}
         max_depth = 2 if self.settings.ignore_multicert_chain_verify else 10
         self_issued = 0              # (Mbed TLS's self_cnt: self-issued CAs below, not counted
-        while len(path) < max_depth:  # against a pathLenConstraint; counted after the search)
-            link, bad_sig = self._find_issuer(child, sent, used, len(path) - 1 - self_issued)
+        after = 0                    # against a pathLenConstraint; counted after the search)
+        while len(path) < max_depth:
+            link, bad_sig = self._find_issuer(child, sent[after:], used, len(path) - 1 - self_issued, after)
             if len(path) > 1 and same_name_der(_issuer_der(child), _subject_der(child)):
                 self_issued += 1
             if link is None:
@@ -215,34 +219,43 @@ class ChainVerifier:
                 return path, None
             used.add(link.cert.public_bytes(_DER))
             child = link.cert
+            after = link.index + 1     # (Mbed TLS looks for a parent after the child only)
         return path, f"server certificate chain longer than {max_depth} does not reach {label}"
 
-    def _find_issuer(self, child, sent, used, below: int = 0) -> tuple[_Link | None, x509.Certificate | None]:
+    def _find_issuer(self, child, sent, used, below: int = 0,
+                     offset: int = 0) -> tuple[_Link | None, x509.Certificate | None]:
         """The issuer of child and, failing that, a name-matching candidate whose signature
-        did not verify (for the reason text).  As Mbed TLS (x509_crt_find_parent): the
-        trusted certificates first, then those the server sent; within each, a candidate
-        valid at the modem clock before one that is not (a renewed CA or intermediate next
-        to its expired predecessor, in either order), which is taken only when no other is.
-        below: the intermediates under the candidate that its pathLenConstraint counts."""
+        did not verify (for the reason text).  As Mbed TLS (x509_crt_find_parent_in): the
+        trusted certificates first, then those the server sent after the child (`sent`, the
+        first at `offset` in the server's list); within each, a candidate valid at the
+        modem clock before one that is not (a renewed CA or intermediate next to its expired
+        predecessor, in either order), which is taken only when no other is.  A trusted
+        candidate whose signature fails is passed over; a sent one is the parent all the
+        same (Mbed TLS takes the first that fits by name, CA bit and path length), and the
+        path fails on its signature.  below: the intermediates under the candidate that its
+        pathLenConstraint counts."""
         now = None if self.settings.ignore_local_time else self.now()
         bad_signature = None
         issuer = _issuer_der(child)
         for candidates in ([_Link(a, True) for a in self.anchors],
-                           [_Link(c, False) for c in sent if c.public_bytes(_DER) not in used]):
+                           [_Link(c, False, offset + i) for i, c in enumerate(sent)
+                            if c.public_bytes(_DER) not in used]):
             out_of_date = None
             for link in candidates:
                 if (not same_name_der(_subject_der(link.cert), issuer) or not _can_issue(link.cert, link.is_anchor)
                         or _path_length(link.cert) < below):
                     continue
-                if not (self._signature_ok(child, link.cert) or self.settings.ignore_invalid_cert_sign):
+                signed = self._signature_ok(child, link.cert) or self.settings.ignore_invalid_cert_sign
+                if not signed and link.is_anchor:
                     bad_signature = bad_signature or link.cert
                     continue
                 if now is not None and _dated(link.cert, now) is not None:
-                    out_of_date = out_of_date or link
+                    out_of_date = out_of_date or (link, signed)
                     continue
-                return link, None
+                return (link, None) if signed else (None, link.cert)
             if out_of_date is not None:
-                return out_of_date, None
+                link, signed = out_of_date
+                return (link, None) if signed else (None, link.cert)
         return None, bad_signature
 
     @staticmethod
@@ -533,31 +546,51 @@ def cert_names(cert: x509.Certificate) -> list[str]:
     return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
 
 
+_CN_OID = bytes.fromhex("550403")      # id-at-commonName, as it sits in a Name's DER
+
+
 def matches_host(cert: x509.Certificate, host: str) -> bool:
+    """Mbed TLS's x509_crt_verify_name for a DNS name: the SAN's dNSName entries when the
+    certificate has a SAN extension, else every CN (its raw bytes, whatever the string type).
+    An IP literal (the emulator's own rule; Mbed TLS 2.28 matches no iPAddress SAN): a SAN
+    iPAddress entry, or, with no SAN, a CN that is the literal."""
     ip = parse_ip(host)
     san = _san(cert)
     if ip is not None:
-        return san is not None and ip in san.get_values_for_type(x509.IPAddress)
+        if san is not None:
+            return ip in san.get_values_for_type(x509.IPAddress)
+        return any(_cn_matches(value, host) for value in _cn_values(cert))
     if san is not None:
-        names = san.get_values_for_type(x509.DNSName)
-    else:
-        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    return any(dns_name_matches(pattern, host) for pattern in names)
+        return any(dns_name_matches(pattern, host) for pattern in san.get_values_for_type(x509.DNSName))
+    return any(_cn_matches(value, host) for value in _cn_values(cert))
+
+
+def _cn_values(cert: x509.Certificate) -> list[bytes]:
+    try:
+        items, _ = _name_items(_subject_der(cert))
+    except (ValueError, IndexError):
+        return []
+    return [value for _, oid, _, value in items if oid == _CN_OID]
+
+
+def _cn_matches(value: bytes, host: str) -> bool:
+    try:
+        return dns_name_matches(value.decode("ascii"), host)
+    except UnicodeDecodeError:             # (a BMPString's UTF-16, an accented UTF-8 name:
+        return False                       # never the ASCII bytes of a host name)
 
 
 def dns_name_matches(pattern: str, host: str) -> bool:
-    """RFC 6125 §6.4: case-insensitive, wildcard only as the entire left-most label,
-    matching exactly one label, and not when fewer than two labels follow it."""
-    pattern = pattern.rstrip(".").lower()
-    host = host.rstrip(".").lower()
-    if not pattern or not host:
+    """Mbed TLS 2.28's x509_crt_check_cn: equal but for ASCII letter case (byte for byte: a
+    trailing dot counts), or a wildcard: the pattern "*.<rest>" and the host's part from its
+    first dot equal to ".<rest>" -- one label, however few labels follow."""
+    try:
+        p, h = pattern.encode("ascii"), host.encode("ascii")
+    except UnicodeEncodeError:
         return False
-    if "*" not in pattern:
-        return pattern == host
-    p_labels = pattern.split(".")
-    h_labels = host.split(".")
-    if p_labels[0] != "*" or "*" in ".".join(p_labels[1:]) or len(p_labels) < 3:
+    if _ascii_case_equal(p, h):
+        return True
+    if len(p) < 3 or p[:2] != b"*.":
         return False
-    if len(h_labels) != len(p_labels) or not h_labels[0]:
-        return False
-    return h_labels[1:] == p_labels[1:]
+    dot = h.find(b".")
+    return dot > 0 and _ascii_case_equal(p[1:], h[dot:])

@@ -46,16 +46,21 @@ def test_too_many_alpn_names_is_bad_config():
     assert failure_of(alpn=tuple(f"p{i}" for i in range(9))).kind == "bad_config"
 
 
-@pytest.mark.parametrize("pattern, host, ok", [
-    ("example.test", "EXAMPLE.test.", True),
+@pytest.mark.parametrize("pattern, host, ok", [        # (Mbed TLS 2.28 x509_crt_check_cn)
+    ("example.test", "EXAMPLE.test", True),
+    ("example.test", "EXAMPLE.test.", False),           # byte for byte: the dot counts
+    ("example.test.", "example.test", False),
     ("*.example.test", "a.example.test", True),
+    ("*.example.test", "A.EXAMPLE.test", True),
     ("*.example.test", "example.test", False),
     ("*.example.test", "a.b.example.test", False),
-    ("*.test", "example.test", False),
+    ("*.test", "example.test", True),                   # one label, however few follow
+    ("*.test", ".test", False),                         # (nothing before the host's first dot)
     ("a*.example.test", "ab.example.test", False),
     ("*", "localhost", False),
+    ("*.", "a.", False),
 ])
-def test_rfc6125_dns_matching(pattern, host, ok):
+def test_mbedtls_dns_matching(pattern, host, ok):
     assert dns_name_matches(pattern, host) is ok
 
 
