@@ -148,6 +148,13 @@ class ChainVerifier:
             chain = [x509.load_der_x509_certificate(der) for der in chain_der]
         except ValueError as exc:
             return VerifyProblem(f"server certificate cannot be parsed: {exc}", ALERT_BAD_CERT)
+        for position, cert in enumerate(chain):
+            problem = _unparsable(cert)
+            if problem:
+                who = "server certificate" if position == 0 else f"certificate {position + 1} of the chain"
+                return VerifyProblem(f"{who} {describe_cert(cert)}: {problem} (Mbed TLS 2.28 cannot "
+                                     f"parse it, and ends the handshake on any certificate it sends)",
+                                     ALERT_BAD_CERT)
         leaf = chain[0]
         if self.settings.ignore_cert_chain:
             path = [leaf]
@@ -319,6 +326,36 @@ def _can_issue(cert: x509.Certificate, trusted: bool) -> bool:
     except x509.ExtensionNotFound:
         return False
     return _usage_allows(cert, "key_cert_sign")
+
+
+# The extensions Mbed TLS 2.28 parses (x509_get_crt_ext); an unknown one marked critical makes
+# the certificate unparsable (MBEDTLS_ERR_X509_INVALID_EXTENSIONS), a known one is checked.
+_PARSED_EXTENSIONS = {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
+                      ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.CERTIFICATE_POLICIES,
+                      x509.ObjectIdentifier("2.16.840.1.113730.1.1")}      # Netscape cert type
+
+
+def _unparsable(cert: x509.Certificate) -> str | None:
+    """Why Mbed TLS 2.28 would not parse `cert` (mbedtls_x509_crt_parse_der): a public key
+    other than RSA or EC (an Ed25519 key: PK_UNKNOWN_PK_ALG), an unknown critical extension,
+    a critical certificatePolicies naming another policy than anyPolicy (FEATURE_UNAVAILABLE)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return "a public key of an unknown algorithm"
+    if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        return f"a {type(key).__name__.removesuffix('PublicKey').lstrip('_')} public key"
+    for ext in cert.extensions:
+        if not ext.critical:
+            continue
+        if ext.oid not in _PARSED_EXTENSIONS:
+            return f"an unknown critical extension {ext.oid.dotted_string}"
+        if ext.oid == ExtensionOID.CERTIFICATE_POLICIES and any(
+                policy.policy_identifier != x509.ObjectIdentifier("2.5.29.32.0") for policy in ext.value):
+            return "a critical certificatePolicies naming a policy other than anyPolicy"
+    return None
 
 
 def _path_length(cert: x509.Certificate) -> float:

@@ -200,27 +200,7 @@ PERTURBATIONS = {
 
 # The findings: perturbation -> the xfail reason (what Mbed TLS says, what the emulator says,
 # where in verify.py).  Every case of these perturbations disagrees; each has a test_bug_* below.
-_UNPARSABLE = ("Mbed TLS parses EVERY certificate of the Certificate message "
-               "(ssl_parse_certificate_chain) and ends the handshake when one does not parse, on the "
-               "path or not; ChainVerifier.verify() alone accepts (it only needs cryptography's "
-               "load_der_x509_certificate).  A verifier-level difference only: in a session the "
-               "emulator's Mbed TLS (VERIFY_OPTIONAL, measured here with the same -0x2562 / -0x2080 / "
-               "-0x3C80) ends the handshake itself, before the verifier's verdict matters")
 BUGS: dict[str, str] = {
-    "extra_ed25519_key": ("BUG: an extra certificate with an Ed25519 public key: -0x3C80 "
-                          "(PK_UNKNOWN_PK_ALG). " + _UNPARSABLE),
-    "extra_unknown_critical": ("BUG: an extra certificate with an unknown critical extension: -0x2562 "
-                               "(X509_INVALID_EXTENSIONS + ASN1_UNEXPECTED_TAG). " + _UNPARSABLE),
-    "leaf_unknown_critical": ("BUG: a leaf with an unknown critical extension: -0x2562 "
-                              "(X509_INVALID_EXTENSIONS + ASN1_UNEXPECTED_TAG). " + _UNPARSABLE),
-    "inter_name_constraints": (
-        "BUG: an intermediate with a critical nameConstraints (which RFC 5280 requires to be critical; "
-        "Mbed TLS 2.28 has no parser for it): -0x2562 (X509_INVALID_EXTENSIONS + ASN1_UNEXPECTED_TAG); "
-        "tls_engine/README.md says name constraints are 'not checked (as in the modem's Mbed TLS)', "
-        "but Mbed TLS refuses such a chain. " + _UNPARSABLE),
-    "inter_policy_critical": (
-        "BUG: an intermediate with a critical certificatePolicies naming a policy other than "
-        "anyPolicy: -0x2080 (X509_FEATURE_UNAVAILABLE). " + _UNPARSABLE),
 }
 
 # what a perturbation needs of the base: minimum depth, an RSA leaf, RSA issuers
@@ -963,22 +943,22 @@ def test_bug_same_name_ca_with_another_key_before_the_issuer(tmp_path):
     _finding(minimal("decoy_first"), tmp_path, ok=False, error=ERR_X509_CERT_VERIFY_FAILED, flags=0x08)
 
 
-@_bug("extra_ed25519_key")
+# Was a verifier-level difference, fixed: verify() refuses what Mbed TLS cannot parse.
 def test_bug_an_extra_certificate_with_an_ed25519_key(tmp_path):
     _finding(minimal("extra_ed25519_key", depth=0), tmp_path, ok=False, error=0x3C80)
 
 
-@_bug("extra_unknown_critical")
+# Was a verifier-level difference, fixed: verify() refuses what Mbed TLS cannot parse.
 def test_bug_an_extra_certificate_with_an_unknown_critical_extension(tmp_path):
     _finding(minimal("extra_unknown_critical", depth=0), tmp_path, ok=False, error=0x2562)
 
 
-@_bug("leaf_unknown_critical")
+# Was a verifier-level difference, fixed: verify() refuses what Mbed TLS cannot parse.
 def test_bug_a_leaf_with_an_unknown_critical_extension(tmp_path):
     _finding(minimal("leaf_unknown_critical", depth=0), tmp_path, ok=False, error=0x2562)
 
 
-@_bug("inter_name_constraints")
+# Was a verifier-level difference, fixed: verify() refuses what Mbed TLS cannot parse.
 def test_bug_an_intermediate_with_critical_name_constraints(tmp_path):
     _finding(minimal("inter_name_constraints"), tmp_path, ok=False, error=0x2562)
 
@@ -987,7 +967,7 @@ def test_non_critical_name_constraints_agree(tmp_path):
     _finding(minimal("inter_name_constraints_noncritical"), tmp_path, ok=True)
 
 
-@_bug("inter_policy_critical")
+# Was a verifier-level difference, fixed: verify() refuses what Mbed TLS cannot parse.
 def test_bug_an_intermediate_with_a_critical_certificate_policy(tmp_path):
     _finding(minimal("inter_policy_critical"), tmp_path, ok=False, error=0x2080)
 
