@@ -213,15 +213,17 @@ class Peers:
         r.add_dns("stall.test", "10.20.30.40")
         r.add_dns("refused.test", "10.20.30.41")
 
+    # (the newest connection from that port: over a long run the kernel hands out a local
+    # port again, and the first match would be a connection closed long ago)
     def tls_conn(self, local_port: int):
-        return self.tls.wait_for(lambda: next((c for c in self.tls.connections
+        return self.tls.wait_for(lambda: next((c for c in reversed(list(self.tls.connections))
                                                if c.address[1] == local_port), None),
                                  TIMEOUT, f"server side of local port {local_port}")
 
     def tcp_conn(self, local_port: int):
         deadline = time.monotonic() + TIMEOUT
         while True:
-            for c in list(self.tcp.connections):
+            for c in reversed(list(self.tcp.connections)):
                 if c.addr[1] == local_port:
                     return c
             assert time.monotonic() < deadline, f"no TCP peer connection from {local_port}"
