@@ -19,6 +19,9 @@ import time
 
 import pytest
 
+from tests.e2e.hostile_support import BioPeer
+from tests.e2e.hostile_support import open_answer as ec2x_answer
+from tests.e2e.hostile_support import recv as ec2x_recv
 from tests.e2e.socket_support import tcp_fds_to, wait_for
 
 NAME = "hostile.example"
@@ -52,46 +55,13 @@ def record(ct: int, payload: bytes) -> bytes:
     return bytes([ct, 3, 3]) + struct.pack(">H", len(payload)) + payload
 
 
-class Peer:
+class Peer(BioPeer):
     """One accepted connection: the socket, an ssl object over memory BIOs, helpers."""
 
     def __init__(self, server: "Hostile", sock: socket.socket) -> None:
-        self.server, self.sock = server, sock
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(20)
-        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = server.ctx.wrap_bio(self.inc, self.out, server_side=True)
-        self.raw_in = bytearray()
+        super().__init__(server.ctx, sock)
+        self.server = server
         self.plain_in = bytearray()
-        self.eof = threading.Event()
-
-    def _feed(self) -> None:
-        data = self.sock.recv(65536)
-        if not data:
-            self.eof.set()
-            raise EOFError
-        self.raw_in += data
-        self.inc.write(data)
-
-    def first_flight(self) -> bytes:
-        """Read the ClientHello; return the server's first flight (not sent)."""
-        while True:
-            try:
-                self.tls.do_handshake()
-            except ssl.SSLWantReadError:
-                pending = self.out.read()
-                if pending:
-                    return pending
-                self._feed()
-
-    def last_flight(self) -> bytes:
-        """Read the client's flight; return the server's CCS + Finished (not sent)."""
-        while True:
-            try:
-                self.tls.do_handshake()
-                return self.out.read()
-            except ssl.SSLWantReadError:
-                self._feed()
 
     def handshake(self, bytewise: bool = False) -> None:
         self.send(self.first_flight(), bytewise)
@@ -140,7 +110,7 @@ class Peer:
         """Read (and decrypt what can be) until the client's EOF."""
         while True:
             try:
-                self._feed()
+                self.feed()
             except (EOFError, OSError):
                 return
             try:
@@ -155,7 +125,7 @@ class Peer:
     def echo(self) -> None:
         while True:
             try:
-                self._feed()
+                self.feed()
             except (EOFError, OSError):
                 return
             try:
@@ -254,22 +224,6 @@ def ec2x_open(host, cid: int, name: str = NAME, port: int = 443, ctx: int = 1, m
     assert host.at(f'AT+QSSLOPEN=1,{ctx},{cid},"{name}",{port},{mode}') == b"\r\nOK\r\n"
 
 
-def ec2x_answer(host, cid: int, timeout: float = 10) -> int:
-    line = host.seen(re.compile(rb"\+QSSLOPEN: %d,(-?\d+)\r\n" % cid), timeout)
-    return int(re.search(rb",(-?\d+)\r\n", line).group(1))
-
-
-def ec2x_recv(host, cid: int, n: int = 1500) -> bytes:
-    answer = host.at(f"AT+QSSLRECV={cid},{n}")
-    # URCs of other sockets may come first (seen() finds them in the transcript)
-    m = re.match(rb'(?:\r\n\+QSSLURC: "(?:recv|closed)",\d+\r\n)*\r\n\+QSSLRECV: (\d+)\r\n', answer)
-    assert m, answer
-    size = int(m.group(1))
-    data = answer[m.end():m.end() + size]
-    assert answer[m.end() + size:] == (b"\r\n\r\nOK\r\n" if size else b"\r\nOK\r\n"), answer[-40:]
-    return data
-
-
 def ec2x_read_all(host, cid: int, want: int, timeout: float = 20) -> bytes:
     """AT+QSSLRECV until `want` bytes came; a +QSSLRECV: 0 waits for the next "recv" URC."""
     data = bytearray()
@@ -323,10 +277,10 @@ def cut_script(stage: str, ending: str):
     """A server that plays the handshake up to `stage`, then ends by `ending`."""
     def script(p: Peer) -> None:
         if stage == "garbage":
-            p._feed()
+            p.feed()
             p.send(b"\x00\xffNOT TLS AT ALL\r\n" * 8)
         elif stage == "garbage_record_header":          # a handshake record announcing 64 KiB
-            p._feed()
+            p.feed()
             p.send(b"\x16\x03\x03\xff\xff" + b"\x02" * 100)
         else:
             flight = p.first_flight()

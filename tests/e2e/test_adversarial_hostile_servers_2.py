@@ -77,6 +77,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from emulator.testing.peers import NOW, OpenSslServer, ServerIdentity, TlsServer, default_pki, openssl_binary
 from emulator.testing.peers.pki import Issued
+from tests.e2e.hostile_support import BioPeer, open_answer, recv
 from tests.e2e.socket_support import tcp_fds_to, wait_for
 
 NAME = "hostile2.example"
@@ -128,48 +129,17 @@ def pattern(n: int, seed: int = 0) -> bytes:
     return b"".join(struct.pack(">I", (i + seed) & 0xFFFFFFFF) for i in range((n + 3) // 4))[:n]
 
 
-class Conn:
+class Conn(BioPeer):
     """One accepted connection.  handshake() runs OpenSSL's side; then seal() makes records
     under the server's keys and a reader thread decrypts the client's (into .records)."""
 
     def __init__(self, server: "Server", sock: socket.socket) -> None:
-        self.server, self.sock = server, sock
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(20)
-        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = server.ctx.wrap_bio(self.inc, self.out, server_side=True)
-        self.raw_in = bytearray()
+        super().__init__(server.ctx, sock)
+        self.server = server
         self.records: list[tuple[int, bytes]] = []     # the client's, decrypted
-        self.eof = threading.Event()
         self.changed = threading.Condition()
         self.keys = None
         self.seq_out = self.seq_in = 0
-
-    def feed(self) -> None:
-        data = self.sock.recv(65536)
-        if not data:
-            self.eof.set()
-            raise EOFError
-        self.raw_in += data
-        self.inc.write(data)
-
-    def first_flight(self) -> bytes:
-        while True:
-            try:
-                self.tls.do_handshake()
-            except ssl.SSLWantReadError:
-                pending = self.out.read()
-                if pending:
-                    return pending
-                self.feed()
-
-    def last_flight(self) -> bytes:
-        while True:
-            try:
-                self.tls.do_handshake()
-                return self.out.read()
-            except ssl.SSLWantReadError:
-                self.feed()
 
     def handshake(self, reshape=None, seal: bool = True) -> None:
         """The whole handshake; reshape(flight) -> bytes rewrites the server's first flight.
@@ -346,21 +316,6 @@ def write_bytewise(host, data: bytes) -> None:
 
 def ssl_open(host, cid: int, name: str = NAME, mode: int = 0, ctx: int = 1) -> None:
     assert host.at(f'AT+QSSLOPEN=1,{ctx},{cid},"{name}",443,{mode}') == b"\r\nOK\r\n"
-
-
-def open_answer(host, cid: int, timeout: float = 10) -> int:
-    line = host.seen(re.compile(rb"\+QSSLOPEN: %d,(-?\d+)\r\n" % cid), timeout)
-    return int(re.search(rb",(-?\d+)\r\n", line).group(1))
-
-
-def recv(host, cid: int, n: int = 1500) -> bytes:
-    answer = host.at(f"AT+QSSLRECV={cid},{n}")
-    m = re.match(rb'(?:\r\n\+QSSLURC: "(?:recv|closed)",\d+\r\n)*\r\n\+QSSLRECV: (\d+)\r\n', answer)
-    assert m, answer
-    size = int(m.group(1))
-    data = answer[m.end():m.end() + size]
-    assert answer[m.end() + size:] == (b"\r\n\r\nOK\r\n" if size else b"\r\nOK\r\n"), answer[-40:]
-    return data
 
 
 def read_all(host, cid: int, want: int, sizes=(1500,), timeout: float = 20) -> bytes:
