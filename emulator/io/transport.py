@@ -277,8 +277,16 @@ class PtyPort:
 
     def _hangup_if_gone(self) -> None:
         self._hangup_due = False
-        if self.attached and not self._closed and self._host_gone():
-            self._hangup()
+        if not (self.attached and not self._closed and self._host_gone()):
+            return
+        if self.reading:
+            # (write() saw the hang-up first.)  What the host wrote before it closed is
+            # still in the pty -- the kernel keeps it readable until drained, then says
+            # EIO -- and reached the module as on a USB port: read and handed on first,
+            # as the reader does, whose EIO then hangs up.
+            self._readable()
+            return
+        self._hangup()
 
     def _hangup(self) -> None:
         self._stop_hangup_watch()
