@@ -23,6 +23,7 @@ import random
 import re
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -100,6 +101,13 @@ class Rig:
         assert self.host.at(line) == OK
         assert self.host.read_until(re.compile(rb"\+QSSLOPEN: %d,-?\d+\r\n" % cid), 20) \
             .endswith(b"+QSSLOPEN: %d,0\r\n" % cid)
+
+    @contextmanager
+    def ssl_conn(self, cid: int, mode: int = 0):
+        """A sink server, the socket opened to it, and the server's side of it."""
+        with self.ssl_server() as server:
+            self.ssl_open(cid, mode=mode)
+            yield conn_of(server)
 
     def recv_once(self, cid: int, n: int = 1500, urcs: re.Pattern = SSL_URC) -> bytes:
         """One AT+QSSLRECV; before its head nothing but URCs; framing exact."""
@@ -194,9 +202,7 @@ def wait_received(conn, n: int, timeout: float = 20) -> bytes:
 # == closing the port mid-exchange =================================================================
 def test_close_mid_command_line_then_unread_ssl_data_is_read_exactly_once(rig):
     stream = payload(7000, 1)
-    with rig.ssl_server() as server:
-        rig.ssl_open(0)
-        conn = conn_of(server)
+    with rig.ssl_conn(0) as conn:
         conn.send(stream)
         rig.host.read_until(b'+QSSLURC: "recv",0\r\n', 20)
         first = rig.recv_once(0, 700)
@@ -212,9 +218,7 @@ def test_close_mid_command_line_then_unread_ssl_data_is_read_exactly_once(rig):
 
 @pytest.mark.parametrize("written", [0, 4, 9])
 def test_close_at_fixed_length_qsslsend_prompt_sends_nothing(rig, written):
-    with rig.ssl_server() as server:
-        rig.ssl_open(0)
-        conn = conn_of(server)
+    with rig.ssl_conn(0) as conn:
         rig.host.write(b"AT+QSSLSEND=0,10\r")
         rig.host.read_until(b"> ")
         rig.host.write(b"ABCDEFGHIJ"[:written])
@@ -228,9 +232,7 @@ def test_close_at_fixed_length_qsslsend_prompt_sends_nothing(rig, written):
 
 
 def test_close_at_ctrl_z_qsslsend_prompt_sends_nothing(rig):
-    with rig.ssl_server() as server:
-        rig.ssl_open(0)
-        conn = conn_of(server)
+    with rig.ssl_conn(0) as conn:
         rig.host.write(b"AT+QSSLSEND=0\r")
         rig.host.read_until(b"> ")
         rig.host.write(b"half of a variable-length payload")   # no Ctrl+Z
@@ -274,9 +276,7 @@ def test_close_at_qisend_prompt_then_tcp_and_ssl_sockets_carry_on(rig, fixed):
 
 def test_close_mid_qsslrecv_payload_drops_that_answer_only(rig):
     stream = payload(6000, 2)
-    with rig.ssl_server() as server:
-        rig.ssl_open(0)
-        conn = conn_of(server)
+    with rig.ssl_conn(0) as conn:
         conn.send(stream)
         rig.host.read_until(b'+QSSLURC: "recv",0\r\n', 20)
         # wait until the whole stream is in the modem's buffer (a read of 1 then shows it)
@@ -297,9 +297,7 @@ def test_close_mid_qsslrecv_payload_drops_that_answer_only(rig):
 def test_recv_urc_written_to_nobody_then_polled_data_and_a_fresh_urc(rig):
     stream = payload(3000, 3)
     more = payload(500, 4)
-    with rig.ssl_server() as server:
-        rig.ssl_open(0)
-        conn = conn_of(server)
+    with rig.ssl_conn(0) as conn:
         rig.host.close()
         wait_for(lambda: not rig.port.port.attached, 10, "hang-up seen")
         conn.send(stream)                    # its "recv" URC goes to nobody
@@ -316,9 +314,7 @@ def test_recv_urc_written_to_nobody_then_polled_data_and_a_fresh_urc(rig):
 
 def test_close_notify_while_nobody_holds_the_port_leaves_data_and_closing_state(rig):
     stream = payload(4000, 5)
-    with rig.ssl_server() as server:
-        rig.ssl_open(0)
-        conn = conn_of(server)
+    with rig.ssl_conn(0) as conn:
         rig.host.close()
         wait_for(lambda: not rig.port.port.attached, 10, "hang-up seen")
         conn.send(stream)
@@ -348,9 +344,7 @@ def test_close_while_online_then_ato_gives_what_came_meanwhile_and_the_hosts_byt
     up1, down1, up2, down2, up3, down3 = (payload(n, 10 + i) for i, n in
                                            enumerate((3000, 5000, 2000, 7000, 1000, 900)))
     assert rig.host.at("ATS12=10") == OK                  # guard time 0.2 s
-    with rig.ssl_server() as server:
-        rig.ssl_open(0, mode=2)
-        conn = conn_of(server)
+    with rig.ssl_conn(0, mode=2) as conn:
         rig.host.write(up1)
         conn.send(down1)
         assert rig.host.read_exactly(len(down1), 20) == down1
@@ -386,9 +380,7 @@ def test_close_while_online_with_both_directions_streaming(rig):
     down = payload(300_000, 20)
     up = payload(200_000, 21)
     assert rig.host.at("ATS12=10") == OK
-    with rig.ssl_server() as server:
-        rig.ssl_open(0, mode=2)
-        conn = conn_of(server)
+    with rig.ssl_conn(0, mode=2) as conn:
         conn.send(down)
         got = bytearray()
         for i in range(0, 100_000, 4096):
@@ -425,9 +417,7 @@ def test_close_while_online_with_both_directions_streaming(rig):
 # pty is read to its end (EIO) before the hang-up.
 def test_bytes_written_online_right_before_a_close_all_reach_the_server(rig):
     stop = threading.Event()
-    with rig.ssl_server() as server:
-        rig.ssl_open(0, mode=2)
-        conn = conn_of(server)
+    with rig.ssl_conn(0, mode=2) as conn:
 
         def pump() -> None:                 # the server streams all the time
             while not stop.is_set():
@@ -457,9 +447,7 @@ def test_bytes_written_online_right_before_a_close_all_reach_the_server(rig):
 # == impatient typing ===============================================================================
 def test_bytewise_concatenated_lines_with_mixed_endings_while_the_server_streams(rig):
     stream = payload(9000, 30)
-    with rig.ssl_server() as server:
-        rig.ssl_open(0)
-        conn = conn_of(server)
+    with rig.ssl_conn(0) as conn:
         got = bytearray()
         state = state_re(0, 2, 0).pattern[:-len(rb"\r\n\r\nOK\r\n")]
         for i, end in enumerate([b"\r", b"\r\n", b"\r", b"\r\n"] * 3):
@@ -475,9 +463,7 @@ def test_bytewise_concatenated_lines_with_mixed_endings_while_the_server_streams
 
 def test_a_slash_repeats_a_read_until_the_stream_is_drained(rig):
     stream = payload(4000, 31)
-    with rig.ssl_server() as server:
-        rig.ssl_open(0)
-        conn = conn_of(server)
+    with rig.ssl_conn(0) as conn:
         conn.send(stream)
         rig.host.read_until(b'+QSSLURC: "recv",0\r\n', 20)
         got = bytearray(rig.recv_once(0, 97))
@@ -497,9 +483,7 @@ def test_a_slash_repeats_a_read_until_the_stream_is_drained(rig):
 
 def test_backspace_edited_read_length_and_cr_only_lines(rig):
     stream = payload(3000, 32)
-    with rig.ssl_server() as server:
-        rig.ssl_open(0)
-        conn = conn_of(server)
+    with rig.ssl_conn(0) as conn:
         conn.send(stream)
         rig.host.read_until(b'+QSSLURC: "recv",0\r\n', 20)
         time.sleep(0.2)
@@ -515,9 +499,7 @@ def test_overlong_line_of_nul_and_ff_is_one_error_and_unread_data_stay(rig, size
     stream = payload(5000, 33)
     rnd = random.Random(size)
     junk = bytes(rnd.choice(b"\x00\xff\x00\xffA+=,;\"\x1a\x1b") for _ in range(size))
-    with rig.ssl_server() as server:
-        rig.ssl_open(0)
-        conn = conn_of(server)
+    with rig.ssl_conn(0) as conn:
         conn.send(stream[:2500])
         rig.host.read_until(b'+QSSLURC: "recv",0\r\n', 20)
         rig.host.write(b"AT+QSSLRECV=0,1500" + junk + b"\r")
@@ -530,9 +512,7 @@ def test_overlong_line_of_nul_and_ff_is_one_error_and_unread_data_stay(rig, size
 
 def test_pipelined_reads_taken_in_odd_chunks_while_the_server_streams(rig):
     stream = payload(30_000, 34)
-    with rig.ssl_server() as server:
-        rig.ssl_open(0)
-        conn = conn_of(server)
+    with rig.ssl_conn(0) as conn:
         rig.host.close()
         rig.hosts.remove(rig.host)
         wait_for(lambda: not rig.port.port.attached, 10, "hang-up seen")
@@ -554,9 +534,7 @@ def test_pipelined_reads_taken_in_odd_chunks_while_the_server_streams(rig):
 @pytest.mark.parametrize("how", ["close_notify", "fin", "reset"])
 def test_peer_gone_while_the_host_is_at_the_qsslsend_prompt(rig, how):
     stream = payload(2000, 35)
-    with rig.ssl_server() as server:
-        rig.ssl_open(0)
-        conn = conn_of(server)
+    with rig.ssl_conn(0) as conn:
         conn.send(stream)
         rig.host.read_until(b'+QSSLURC: "recv",0\r\n', 20)
         time.sleep(0.2)
@@ -598,9 +576,7 @@ def test_close_notify_racing_qsslclose_answers_ok_and_nothing_after(rig):
 
 def test_reset_during_pipelined_reads_keeps_every_answer_framed(rig):
     stream = payload(6000, 36)
-    with rig.ssl_server() as server:
-        rig.ssl_open(0)
-        conn = conn_of(server)
+    with rig.ssl_conn(0) as conn:
         conn.send(stream)
         rig.host.read_until(b'+QSSLURC: "recv",0\r\n', 20)
         rig.host.write(b"AT+QSSLRECV=0,300\r" * 10)
@@ -717,9 +693,7 @@ def test_tcp_transparent_bytes_waiting_for_their_packet_are_sent_after_a_hangup(
 def test_peer_closes_while_an_online_host_is_away_then_buffer_fallback_and_ato_no_carrier(rig):
     down1, down2 = payload(3000, 60), payload(9000, 61)
     assert rig.host.at("ATS12=10") == OK
-    with rig.ssl_server() as server:
-        rig.ssl_open(0, mode=2)
-        conn = conn_of(server)
+    with rig.ssl_conn(0, mode=2) as conn:
         conn.send(down1)
         assert rig.host.read_exactly(len(down1), 20) == down1
         rig.host.write(b"ab++")         # held "+" of a host that leaves: data, sent first
