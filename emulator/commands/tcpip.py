@@ -315,5 +315,5 @@ def qiswtmd_write(modem, cmd):
 # -- forms a command does not have ------------------------------------------------------
 for _name, _kinds in (("+QIOPEN", (READ, EXEC)), ("+QICLOSE", (READ, EXEC)),
                       ("+QISEND", (READ, EXEC)), ("+QISENDEX", (READ, EXEC)), ("+QIRD", (READ, EXEC)),
-                      ("+QISDE", (EXEC,))):
+                      ("+QISDE", (EXEC,)), ("+QICFG", (READ, EXEC)), ("+QISWTMD", (READ, EXEC))):
     command(_name, *_kinds)(no_such_form)
