@@ -1,6 +1,7 @@
 """Shared bits of the socket tests over the pty (tests/e2e/test_tcpip*.py,
 test_adversarial_tcpip.py, test_transparent.py): the TCP(IP) commands as a host sends
-them, the escape to command mode, a free loopback port, the process's connections to a port.  The loopback peers these tests
+them, the escape to command mode, a free loopback port, the process's connections to a port, a
+host that reads in odd-sized chunks (OddHost).  The loopback peers these tests
 dial are the fixtures tcp_echo / tcp_sink / udp_echo in tests/conftest.py, routed from
 TCP_HOST:TCP_PORT and UDP_HOST:UDP_PORT."""
 from __future__ import annotations
@@ -11,6 +12,8 @@ import select
 import socket
 import threading
 import time
+
+from emulator.testing.host import Host
 
 TCP_HOST, TCP_PORT = "tcp.example", 7000
 UDP_HOST, UDP_PORT = "udp.example", 7001
@@ -207,3 +210,36 @@ def raw_read_until(fd: int, end: bytes, timeout: float = 5) -> bytes:
             except BlockingIOError:
                 pass
     return got
+
+
+class OddHost(Host):
+    """A host that reads the port in odd-sized chunks (1, 3, 7, 4095 bytes, in turn)."""
+    SIZES = (1, 3, 7, 4095)
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self._turn = 0
+
+    def _fill(self) -> None:
+        size = self.SIZES[self._turn % len(self.SIZES)]
+        self._turn += 1
+        chunk = self.ser.read(size)
+        if chunk:
+            self.pending += chunk
+            self.transcript += chunk
+
+
+def conn_of(server, index: int = -1):
+    """The server side (emulator.testing.peers.TlsServer) of a connection, its handshake done."""
+    conn = server.wait_handshake(index, timeout=20)
+    assert conn.handshake_done, conn
+    return conn
+
+
+def wait_received(conn, n: int, timeout: float = 20) -> bytes:
+    """What a TLS server's connection received, once it holds at least n bytes."""
+    deadline = time.monotonic() + timeout
+    while len(conn.received) < n:
+        assert time.monotonic() < deadline, f"the server received {len(conn.received)} of {n} bytes"
+        time.sleep(0.01)
+    return bytes(conn.received)
