@@ -12,7 +12,7 @@ LINK   ?= /tmp/modem-ec2x
 # workers halve the wall time on a 2-CPU machine (860 s -> 430 s); TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 
-.PHONY: run run-ml302 test bench soak openssl socat clean
+.PHONY: run run-ml302 test bench soak openssl socat hostprogs clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "modem-emulator needs CPython 3.11 or 3.12 (python-mbedtls 2.10.1): set PYTHON=..." >&2; exit 1; }
@@ -36,6 +36,14 @@ socat:
 	  (apt-get update -qq && apt-get install -y -qq socat) >/dev/null 2>&1 || \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq socat); }
 
+# Real host programs the tests point at the pty (tests/e2e/test_real_host_programs.py):
+# pppd's chat (package ppp) and picocom.
+hostprogs:
+	@command -v chat >/dev/null && command -v picocom >/dev/null || { \
+	  echo "installing ppp (chat) and picocom"; \
+	  (apt-get update -qq && apt-get install -y -qq ppp picocom) >/dev/null 2>&1 || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq ppp picocom); }
+
 run: $(STAMP)
 	@echo "EC2x modem with the built-in loopback TLS peer; device link: $(LINK)" >&2
 	@$(PY) -m emulator --profile ec2x --demo --offline --link $(LINK) --state-dir state/ec2x
@@ -44,7 +52,7 @@ run-ml302: $(STAMP)
 	@$(PY) -m emulator --profile ml302 --demo --offline --link /tmp/modem-ml302 --state-dir state/ml302
 
 # Skips count as failures here: a missing openssl or socat CLI or native TLS layer must show.
-test: $(STAMP) openssl socat
+test: $(STAMP) openssl socat hostprogs
 	MODEM_EMULATOR_REQUIRE_ALL=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 # One table, each figure beside a reference from the same run (about 2 minutes).
