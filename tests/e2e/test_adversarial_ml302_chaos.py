@@ -756,7 +756,10 @@ def test_pipelined_open_send_recv_close_in_one_write_then_a_hangup_mid_answer(ri
     rig.emulator.wait_received(rig.port, sum(h.written for h in rig.hosts))
     rig.reopen()
     wait_unread(rig.emulator, 3, 6)
-    assert rig.host.at("AT") == OK
+    # The echo of "ping 3" may come in before or after the new host attached (a loaded
+    # machine): its "recv",1,3 URC then reaches the new host ahead of this OK, or is lost with
+    # the old host's unread output (docs/behaviour.md, hang-up).  Either is allowed.
+    assert URC.sub(b"", rig.host.at("AT")) == OK
     assert rig.state() == state_answer({0: "CONNECTED", 3: "CONNECTED"})
     assert rig.recv_all(3, 6) == b"ping 3"
     assert rig.recv_once(0) == b""

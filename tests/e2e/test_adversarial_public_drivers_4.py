@@ -764,6 +764,14 @@ def tee_start(path: str) -> tuple[ArduinoStream, TeeEC2X]:
         raise AssertionError("ready() never saw OK")
     assert re.fullmatch(rb"(AT\r)+ATE0\r", io.take_tx())
     seen = io.take_rx()
+    # A poll answered after ready()'s 0.3 s wait (the process descheduled on a loaded machine)
+    # puts its OK in front of the next poll's: ready() then returns with ATE0's answer unread.
+    # Take that answer too, whenever it comes: the same bytes are checked in either order.
+    while not seen.endswith(b"ATE0\r\r\nOK\r\n"):
+        io.read_string_until(ord("\n"), timeout=5)
+        more = io.take_rx()
+        assert more, f"ATE0 never answered: {seen!r}"
+        seen += more
     assert b"\r\nRDY\r\n" in seen and seen.endswith(b"ATE0\r\r\nOK\r\n"), seen
     # (the sketch goes on at once; the rest of the start-up URCs -- +CPIN: READY 360 ms after
     # RDY, +QIND: SMS DONE at 600 ms -- would land in its next answers, which these replays
