@@ -45,8 +45,11 @@ class Gnss:
         after that many fixes, one each <fixrate> s from the first (the last one is reported
         until the next would have come)."""
         self.on, self.fixed = True, False
-        self._timer = self.modem.call_later(self.modem.profile["gnss.ttff"], self._first_fix,
-                                            fixcount, fixrate)
+        ttff = self.modem.profile["gnss.ttff"]
+        if ttff <= 0:        # fixed at once: not a timer that the host's next line could pass
+            self._first_fix(fixcount, fixrate)
+            return
+        self._timer = self.modem.call_later(ttff, self._first_fix, fixcount, fixrate)
 
     def _first_fix(self, fixcount: int, fixrate: int) -> None:
         self.fixed = True
