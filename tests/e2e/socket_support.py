@@ -243,3 +243,32 @@ def wait_received(conn, n: int, timeout: float = 20) -> bytes:
         assert time.monotonic() < deadline, f"the server received {len(conn.received)} of {n} bytes"
         time.sleep(0.01)
     return bytes(conn.received)
+
+
+def read_exactly_all(read_once, want: int, timeout: float = 30) -> bytes:
+    """read_once() (one AT+QSSLRECV / AT+QIRD answer's data, b"" when none) until `want`
+    bytes came, polling; then one more read must bring nothing (none lost, none twice)."""
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(got) < want:
+        assert time.monotonic() < deadline, f"only {len(got)} of {want} bytes"
+        chunk = read_once()
+        got += chunk
+        if not chunk:
+            time.sleep(0.02)
+    assert len(got) == want, (len(got), want)
+    assert read_once() == b""
+    return bytes(got)
+
+
+def error_code(host) -> int:
+    """What AT+QIGETERROR says now (its <err>)."""
+    return int(re.search(rb"\+QIGETERROR: (\d+),", host.at("AT+QIGETERROR")).group(1))
+
+
+def udp_peer() -> socket.socket:
+    """A UDP socket on 127.0.0.1 (any port), 5 s timeout: a peer of a UDP SERVICE."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(5)
+    return s

@@ -29,7 +29,7 @@ import pytest
 
 from emulator.testing.host import Host
 from emulator.testing.peers import TcpServer, TlsServer
-from tests.e2e.socket_support import OddHost, conn_of, wait_for, wait_received
+from tests.e2e.socket_support import OddHost, conn_of, read_exactly_all, wait_for, wait_received
 
 OK = b"\r\nOK\r\n"
 SSL_HOST, SSL_PORT = "chaos.example", 4443
@@ -131,17 +131,7 @@ class Rig:
     def recv_all(self, cid: int, want: int, n: int = 1500, timeout: float = 30) -> bytes:
         """AT+QSSLRECV (polling, no URC needed) until `want` bytes came; then one more read
         must say 0 (nothing more, nothing duplicated)."""
-        got = bytearray()
-        deadline = time.monotonic() + timeout
-        while len(got) < want:
-            assert time.monotonic() < deadline, f"only {len(got)} of {want} bytes"
-            chunk = self.recv_once(cid, n)
-            got += chunk
-            if not chunk:
-                time.sleep(0.02)
-        assert len(got) == want, (len(got), want)
-        assert self.recv_once(cid, n) == b""
-        return bytes(got)
+        return read_exactly_all(lambda: self.recv_once(cid, n), want, timeout)
 
     def qird_once(self, cid: int, n: int = 1500, urcs: re.Pattern = TCP_URC) -> bytes:
         self.host.write(f"AT+QIRD={cid},{n}\r")

@@ -36,7 +36,7 @@ from emulator.testing.host import Host
 from emulator.testing.peers import OpenSslServer, TlsServer, default_pki
 from tests.e2e.hostile_support import BioPeer
 from tests.e2e.ml302_support import HOST, HOST_IP
-from tests.e2e.socket_support import OddHost, conn_of, wait_for, wait_received
+from tests.e2e.socket_support import OddHost, conn_of, read_exactly_all, wait_for, wait_received
 
 OK = b"\r\nOK\r\n"
 ERROR = b"\r\nERROR\r\n"
@@ -160,6 +160,12 @@ class Rig:
         return srv
 
     # -- commands ---------------------------------------------------------------------------------
+    def connect(self, ssid: int):
+        """A sink server, socket `ssid` opened to it, and the server's side of it."""
+        srv = self.server()
+        self.open(ssid)
+        return conn_of(srv)
+
     def open(self, ssid: int, name: str = HOST, code: int = 0, extra: str = "", timeout: float = 20) -> None:
         assert self.host.at(f'AT+QSSLOPEN={ssid},0,"{name}",443,0{extra}') == OK
         self.opened(ssid, code, timeout)
@@ -200,17 +206,7 @@ class Rig:
 
     def recv_all(self, ssid: int, want: int, n: int = 1500, timeout: float = 30) -> bytes:
         """AT+QSSLRECV until `want` bytes came; then one more must be OK alone."""
-        got = bytearray()
-        deadline = time.monotonic() + timeout
-        while len(got) < want:
-            assert time.monotonic() < deadline, f"only {len(got)} of {want} bytes"
-            chunk = self.recv_once(ssid, n)
-            got += chunk
-            if not chunk:
-                time.sleep(0.02)
-        assert len(got) == want, (len(got), want)
-        assert self.recv_once(ssid, n) == b""
-        return bytes(got)
+        return read_exactly_all(lambda: self.recv_once(ssid, n), want, timeout)
 
     def send(self, ssid: int, data: bytes) -> bytes:
         self.host.write(f"AT+QSSLSEND={ssid}\r")
@@ -257,9 +253,7 @@ def test_half_line_then_bytewise_lines_with_cr_crlf_and_lf_endings(rig):
     byte, its lines ending CR, CR LF and (a sloppy one) LF alone, which ends nothing: the
     LF-ended line is not run on its own.  Every byte the server sent is read exactly once."""
     stream = payload(6000, 1)
-    srv = rig.server()
-    rig.open(0)
-    conn = conn_of(srv)
+    conn = rig.connect(0)
     conn.send(stream)
     assert rig.host.read_until(b'\r\n+QSSLURC: "recv",1,0\r\n', 20) == b'\r\n+QSSLURC: "recv",1,0\r\n'
     wait_unread(rig.emulator, 0, len(stream))
@@ -334,9 +328,7 @@ def test_close_mid_qsslrecv_payload_in_odd_chunks_drops_that_answer_only(rig):
     data: that answer's rest is gone (docs: unread output is discarded), the next host
     gets nothing stale in front of its first answer and the stream's tail exactly once."""
     stream = payload(9000, 3)
-    srv = rig.server()
-    rig.open(0)
-    conn = conn_of(srv)
+    conn = rig.connect(0)
     rig.away()
     rig.back(OddHost)
     assert rig.host.at("AT") == OK
@@ -894,9 +886,7 @@ def test_big_stream_through_flow_control_with_hangups_inside_answers(rig):
     every 12th answer.  What it read is the stream minus exactly the rest of each
     interrupted answer: no byte duplicated, reordered or lost elsewhere."""
     stream = payload(200_000, 90)
-    srv = rig.server()
-    rig.open(0)
-    conn = conn_of(srv)
+    conn = rig.connect(0)
     conn.send(stream)
     rig.host.read_until(b'\r\n+QSSLURC: "recv",1,0\r\n', 20)
     got = bytearray()
@@ -940,9 +930,7 @@ def test_lf_learnt_from_a_departed_host_is_forgotten_at_the_next_send_prompt(rig
     lines, opens the AT+QSSLSEND prompt with "...\\r\\n" in one write: that LF is the
     line's, not data; its payload starting with LF, written after it read the prompt, is
     data -- the server gets exactly the payload."""
-    srv = rig.server()
-    rig.open(0)
-    conn = conn_of(srv)
+    conn = rig.connect(0)
     for _ in range(3):
         assert rig.host.at("AT") == OK                   # CR alone
     rig.reopen()
@@ -1008,9 +996,7 @@ def test_a_hundred_and_fifty_pipelined_reads_written_at_once_read_in_odd_chunks(
     with AT+IFC=0,2 the modem holds the host's lines back instead)."""
     stream = payload(200_000, 100)
     assert rig.host.at(ifc) == OK
-    srv = rig.server()
-    rig.open(0)
-    conn = conn_of(srv)
+    conn = rig.connect(0)
     rig.away()
     rig.back(OddHost)
     assert rig.host.at("AT") == OK

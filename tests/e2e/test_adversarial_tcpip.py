@@ -16,7 +16,7 @@ import pytest
 from emulator.testing.host import Host
 from emulator.testing.peers import TcpServer, UdpEchoServer
 from tests.e2e.socket_support import (RESULT, TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT, escape, free_port,
-                                      fds, qiopen, qird, qisend, wait_for)
+                                      error_code, fds, qiopen, qird, qisend, wait_for)
 
 
 @pytest.fixture
@@ -26,10 +26,6 @@ def modem(ec2x_strict):
     # tests are about other things than the module's packet wait, and run on manual time
     assert host.at('AT+QICFG="transwaittm",0') == b"\r\nOK\r\n"
     return ec2x_strict
-
-
-def error_code(host) -> int:
-    return int(re.search(rb"\+QIGETERROR: (\d+),", host.at("AT+QIGETERROR")).group(1))
 
 
 def tcpip(emulator, port):

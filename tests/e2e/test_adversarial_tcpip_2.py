@@ -18,8 +18,8 @@ import pytest
 
 from emulator.testing.host import Host
 from emulator.testing.peers import TcpServer, UdpEchoServer
-from tests.e2e.socket_support import (RESULT, TCP_HOST, TCP_PORT, free_port, qiopen, qird, qisend,
-                                      wait_for)
+from tests.e2e.socket_support import (RESULT, TCP_HOST, TCP_PORT, error_code, free_port, qiopen, qird,
+                                      qisend, udp_peer, wait_for)
 
 OK = b"\r\nOK\r\n"
 PING_END = re.compile(rb"\+QPING: 0,\d+,\d+,\d+,\d+,\d+,\d+\r\n")
@@ -28,17 +28,6 @@ PING_END = re.compile(rb"\+QPING: 0,\d+,\d+,\d+,\d+,\d+,\d+\r\n")
 @pytest.fixture
 def modem(ec2x_strict):
     return ec2x_strict
-
-
-def error_code(host) -> int:
-    return int(re.search(rb"\+QIGETERROR: (\d+),", host.at("AT+QIGETERROR")).group(1))
-
-
-def udp_peer() -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(5)
-    return s
 
 
 def udp_service(host, connect_id: int, mode: int = 0) -> int:

@@ -17,7 +17,8 @@ import struct
 import pytest
 
 from emulator.testing.peers import TcpServer
-from tests.e2e.socket_support import RESULT, TCP_HOST, TCP_PORT, escape, free_port, qiopen, wait_for
+from tests.e2e.socket_support import (RESULT, TCP_HOST, TCP_PORT, error_code, escape, free_port, qiopen,
+                                      udp_peer, wait_for)
 
 OK = b"\r\nOK\r\n"
 QIRD_HEAD = re.compile(rb'\r\n\+QIRD: (\d+)(?:,"([\d.]+)",(\d+))?\r\n')
@@ -27,17 +28,6 @@ QIRD_HEAD = re.compile(rb'\r\n\+QIRD: (\d+)(?:,"([\d.]+)",(\d+))?\r\n')
 def modem(ec2x_strict):
     """(host, advance(s), port): EC2x on manual time, PDP context 1 up, no error logged."""
     return ec2x_strict
-
-
-def error_code(host) -> int:
-    return int(re.search(rb"\+QIGETERROR: (\d+),", host.at("AT+QIGETERROR")).group(1))
-
-
-def udp_peer() -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(5)
-    return s
 
 
 URC_LINE = re.compile(rb'\r\n\+QIURC: "[a-z ]+"[^\r]*\r\n')
