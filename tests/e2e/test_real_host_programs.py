@@ -33,8 +33,8 @@ import pytest
 
 from emulator.testing.host import Host
 from emulator.testing.peers import OpenSslServer, TlsServer
+from tests.e2e.cli_support import ROOT, start
 
-ROOT = Path(__file__).resolve().parents[2]
 HOSTNAME = "www.iottest.work"          # one of the PKI server certificate's names
 PACKAGES = {"chat": "ppp", "picocom": "picocom", "socat": "socat", "stty": "coreutils",
             "timeout": "coreutils", "openssl": "openssl", "bash": "bash"}
@@ -59,10 +59,8 @@ class Cli:
         self.dev = str(tmp_path / "modem")
         self.log_path = tmp_path / "emulator.log"
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "emulator", "--offline", "--state-dir", str(tmp_path / "state"),
-             "--link", self.dev, "--log-level", "INFO", *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.proc = start("--offline", "--state-dir", str(tmp_path / "state"), "--link", self.dev,
+                          "--log-level", "INFO", *args, stderr=self._log)
         line = self.proc.stdout.readline().strip()
         if line != self.dev:
             self.proc.kill()
