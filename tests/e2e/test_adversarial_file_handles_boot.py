@@ -201,6 +201,12 @@ def test_qfwrite_crlf_host_data_starting_with_lf_and_trailing_commands(ec2x, str
 
 def test_qfwrite_one_byte_at_a_time_crlf(ec2x, strict_log):
     h = qfopen(ec2x, "bw.bin")
+    # A test descheduled between two one-byte writes sends its LF more than 50 ms after the CR
+    # (a loaded machine): the modem first sees a CR LF host writing in pieces (CR, its OK, then
+    # the LF), whose line LF is then the line's however late it comes (docs/behaviour.md).
+    ec2x.write(b"AT\r")
+    assert ec2x.read_until(OK, timeout=5) == OK
+    ec2x.write(b"\n")
     for byte in f"AT+QFWRITE={h},6\r\n".encode():
         ec2x.write(bytes([byte]))
     assert ec2x.read_until(b"CONNECT\r\n", timeout=5) == b"\r\nCONNECT\r\n"
