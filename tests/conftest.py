@@ -79,6 +79,21 @@ def modem_factory(emulator, tmp_path):
 
 
 @pytest.fixture
+def driver_port(open_modem):
+    """(pty path, ModemPort) of a fresh EC2x with echo on, as the module comes up, its Host
+    closed: the replayed driver under test opens (and owns) the port itself."""
+    host, port = open_modem("ec2x", echo=True)
+    host.close()
+    return host.path, port
+
+
+@pytest.fixture
+def driver_path(driver_port):
+    """driver_port's pty path alone."""
+    return driver_port[0]
+
+
+@pytest.fixture
 def ec2x(open_modem):
     host, _ = open_modem("ec2x")
     return host

@@ -92,15 +92,6 @@ TRICKY = (b"HTTP/1.1 200 OK\r\n\r\nOK\r\n+QIURC: \"recv\",0,3\r\nERROR\r\n> \x00
           + b"+QSSLURC: \"recv\",1,4\r\n+QIRD: 99\r\nSEND OK\r\n" + bytes(range(0x20, 0x7f)))
 
 
-@pytest.fixture
-def port_path(open_modem):
-    """(pty path, ModemPort) of a fresh EC2x with echo on, as a module comes up; the fixture's
-    Host is closed so that the driver under test opens the port itself."""
-    host, port = open_modem("ec2x", echo=True)
-    host.close()
-    return host.path, port
-
-
 class WireLog:
     """What a driver wrote and read, for assertions on the exact bytes."""
 
@@ -344,7 +335,7 @@ class HologramEC21:
         self.unhandled_urcs.append(urc)
 
 
-def test_hologram_ec21_session_qisendex_answer_and_close_with_an_int_id(emulator, port_path, peer_factory):
+def test_hologram_ec21_session_qisendex_answer_and_close_with_an_int_id(emulator, driver_port, peer_factory):
     """Hologram's EC21 class from start-up to close against a TCP peer standing in for
     cloudsocket.hologram.io:9999.
 
@@ -358,7 +349,7 @@ def test_hologram_ec21_session_qisendex_answer_and_close_with_an_int_id(emulator
     - _tear_down_pdp_context() sends AT+QIACT=0: context 0 does not exist (1-16): ERROR.
     - of the SMS set-up, +CMGF and +CNMI are answered OK (kept, read back), +CPMS ERROR: the
       emulator stores no messages (docs/behaviour.md); the SDK ignores those results."""
-    path, _ = port_path
+    path, _ = driver_port
     peer = peer_factory()
     emulator.router.add_map("cloudsocket.hologram.io", 9999, "127.0.0.1", peer.port)
     # send_timeout: the driver's 10 s wait for an OK that never comes, scaled down (it is sat
@@ -411,14 +402,14 @@ def test_hologram_ec21_session_qisendex_answer_and_close_with_an_int_id(emulator
         drv.close()
 
 
-def test_hologram_push_payload_is_read_with_readline(emulator, port_path, peer_factory):
+def test_hologram_push_payload_is_read_with_readline(emulator, driver_port, peer_factory):
     """Direct push (access mode 1): Hologram reads the payload of '+QIURC: "recv",0,<len>' with
     one readline(5).  The module writes the data with no CR LF after it (BG96 TCP/IP Application
     Note, direct push: `+QIURC: "recv",<connectID>,<currentrecvlength><CR><LF><data>`), so a
     payload alone is returned whole when the readline times out; a payload followed by the
     peer's close comes back with the CR LF that starts the "closed" URC, which checkURC() then
     reads.  EC21.py returns the line as read, Quectel.py rstrip()s it."""
-    path, _ = port_path
+    path, _ = driver_port
     peer = peer_factory()
     emulator.router.add_map("cloudsocket.hologram.io", 9999, "127.0.0.1", peer.port)
     drv = HologramEC21(path, recv_line_timeout=0.5)    # the SDK's 5 s, sat out: scaled down
@@ -733,7 +724,7 @@ def _aliyun_bootstrap(drv: AliyunAt) -> None:
     assert drv.overflows == []                            # every answer fits its rsp[128]
 
 
-def test_aliyun_linksdk_ec200s_ssl_direct_push_with_a_provisioned_ca(emulator, port_path, pki):
+def test_aliyun_linksdk_ec200s_ssl_direct_push_with_a_provisioned_ca(emulator, driver_port, pki):
     """The LinkSDK SSL adapter end to end: its SSL list configures context 1 (TLS 1.0 only,
     TLS_RSA_WITH_AES_256_CBC_SHA, seclevel 1, cacert UFS:cacert.pem) and then tries to write the
     CA with AT+QFOPEN="cacert.pem",1,1 -- three parameters where the FILE notes have
@@ -743,7 +734,7 @@ def test_aliyun_linksdk_ec200s_ssl_direct_push_with_a_provisioned_ca(emulator, p
     factory's way) the open, the MQTT CONNECT through "> " and the broker's pushed CONNACK and
     PUBLISH (several push URCs, bytes that look like URCs inside) reach the SDK's ring buffer
     exactly, and the server saw TLS 1.0 with AES256-SHA."""
-    path, _ = port_path
+    path, _ = driver_port
     cert = pki.issue("aliyun", ALIYUN_HOST)
     publish = _mqtt_publish(TRICKY * 20)                   # ~2.3 KB: more than one push URC
     got_connect = []
@@ -801,13 +792,13 @@ def test_aliyun_linksdk_ec200s_ssl_direct_push_with_a_provisioned_ca(emulator, p
             drv.close()
 
 
-def test_aliyun_linksdk_ec200s_ssl_without_the_ca_counts_a_failed_open_as_connected(emulator, port_path, pki):
+def test_aliyun_linksdk_ec200s_ssl_without_the_ca_counts_a_failed_open_as_connected(emulator, driver_port, pki):
     """The same adapter on a modem that never got the CA: the QFOPEN write fails as above, so
     seclevel 1 names a file that does not exist and the open fails: `+QSSLOPEN: 1,552`
     (docs/behaviour.md, SSL sockets: a configured file that does not exist is 552).  The SDK
     matches "+QSSLOPEN" as a substring and takes the failure for a connection (its bug); its
     send then meets ERROR for the freed clientID, three times, and reports the failure."""
-    path, _ = port_path
+    path, _ = driver_port
     with TlsServer(pki.issue("aliyun-noca", ALIYUN_HOST), legacy=True) as server:
         emulator.router.add_map(ALIYUN_HOST, ALIYUN_PORT, "127.0.0.1", server.port)
         drv = AliyunAt(path, EC200S_SSL)
@@ -826,12 +817,12 @@ def test_aliyun_linksdk_ec200s_ssl_without_the_ca_counts_a_failed_open_as_connec
             drv.close()
 
 
-def test_aliyun_linksdk_ec200s_tcp_push_reassembly_and_peer_close(emulator, port_path, peer_factory):
+def test_aliyun_linksdk_ec200s_tcp_push_reassembly_and_peer_close(emulator, driver_port, peer_factory):
     """The LinkSDK TCP adapter (AT+QIOPEN ...,0,1 direct push): a payload full of look-alike
     URCs, "> " and "ERROR" crosses as raw bytes behind its header; the peer's close arrives as an
     ordinary line ('+QIURC: "closed",1'), which this adapter registers no handler for; its close
     (AT+QICLOSE=1) is still answered OK."""
-    path, _ = port_path
+    path, _ = driver_port
     peer = peer_factory()
     drv = AliyunAt(path, EC200S_TCP)
     try:
@@ -1087,13 +1078,13 @@ class WioLTE:
 # TurnOnOrReset() -- AT, ATE0, AT+QURCCFG, AT+QSCLK=1 after RDY, only then the wait for
 # +CPIN: READY -- dropped the URC while reading AT's OK and failed after 10 s.  Now the profile's
 # defaults.boot_urc_ms spaces them.
-def test_wiolte_turn_on_or_reset_waits_for_cpin_ready_after_its_commands(emulator, port_path):
+def test_wiolte_turn_on_or_reset_waits_for_cpin_ready_after_its_commands(emulator, driver_port):
     """SeeedJP/WioLTEforArduino TurnOnOrReset() on a module that answers: IsRespond(), then
     Reset() (the RESET pin pulse, here the control API's reboot), RDY, four commands, and the
     wait for +CPIN: READY.  The emulator's RDY comes after its `ms` (here 300 ms, a module's is
     seconds); what matters is +CPIN: READY arriving after the four commands' answers, as on the
     module (the commands take ~20 ms there, the SIM ~350 ms)."""
-    path, _ = port_path
+    path, _ = driver_port
     wio = WioLTE(path)
     try:
         assert wio.is_respond()
@@ -1110,7 +1101,7 @@ def test_wiolte_turn_on_or_reset_waits_for_cpin_ready_after_its_commands(emulato
         wio.close()
 
 
-def test_wiolte_tcp_sockets_open_send_poll_receive_close(emulator, port_path, tcp_echo):
+def test_wiolte_tcp_sockets_open_send_poll_receive_close(emulator, driver_port, tcp_echo):
     """WioLTE's socket API on the pty: Activate() on a registered module skips AT+QICSGP and
     activates context 1 with its default APN; SocketOpen() picks the lowest connectID AT+QISTATE?
     does not list (0, then 1 for a second socket); SocketSend() takes "^>" from the partial line
@@ -1118,7 +1109,7 @@ def test_wiolte_tcp_sockets_open_send_poll_receive_close(emulator, port_path, tc
     SocketReceive() (AT+QIRD=<id>, the module's default length) reads "+QIRD: <n>", exactly n raw
     bytes, then OK, polled until data come; the buffer-mode '+QIURC: "recv",<id>' URCs are lines
     it drops."""
-    path, _ = port_path
+    path, _ = driver_port
     wio = WioLTE(path)
     try:
         assert wio.at.command("AT", "^OK$", 0.5 * SLOW) is not None
@@ -1344,13 +1335,13 @@ class MpyLTEModule:
         return None
 
 
-def test_mpy_wiolte_reset_polls_cpin_then_socket_round_trip(emulator, port_path, tcp_echo):
+def test_mpy_wiolte_reset_polls_cpin_then_socket_round_trip(emulator, driver_port, tcp_echo):
     """ciniml/mpy-wiolte after a reset: its parser needs every response framed CR LF ... CR LF
     (the echo "AT\\r" of a module just restarted with ATE1 is skipped by it), it polls AT+CPIN?
     (so it does not depend on catching the +CPIN: READY URC, unlike Seeed's C++ library), activates the
     context with AT+QICSGP/AT+QIACT, opens with explicit ",0,0", sends after matching "> " byte by
     byte and reads AT+QIRD=<id>,<len> with readinto() of exactly the announced length."""
-    path, _ = port_path
+    path, _ = driver_port
     lte = MpyLTEModule(path)
     try:
         assert emulator.control("reboot", ms=100)["ok"]
@@ -1458,12 +1449,12 @@ def _owl_set_server_ca(owl: OwlAt, ca: bytes, force: bool = False) -> bool:
 # were answered ERROR (emulator/commands/files.py had QFUPL/QFDWL/QFDEL/QFLST/QFLDS only), so
 # Twilio's setServerCA(force=false) never found the certificate already on the module and deleted
 # and uploaded it again at every start.  Now emulator/storage/handles.py holds open files.
-def test_twilio_owl_set_server_ca_finds_the_certificate_already_on_the_module(port_path, pki):
+def test_twilio_owl_set_server_ca_finds_the_certificate_already_on_the_module(driver_port, pki):
     """The CA went onto the module at an earlier start (ssl_cacert.pem); this start calls
     setServerCA(ca, force=false), which asks AT+QFOPEN="ssl_cacert.pem",2 whether it is there.
     A module with the file answers "+QFOPEN: <handle>" OK, the driver closes the handle and does
     not touch the file; the context is configured either way."""
-    path, _ = port_path
+    path, _ = driver_port
     ca = pki.ca.cert_pem
     with serial.Serial(path, 115200, timeout=5 * SLOW) as earlier_start:
         earlier_start.write(b'ATE0\r')

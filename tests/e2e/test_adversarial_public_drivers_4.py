@@ -85,15 +85,6 @@ SLOW = 3
 GAP = 0.05
 
 
-@pytest.fixture
-def port_path(open_modem):
-    """The pty path of a fresh EC2x with echo on, as the module comes up; the fixture's Host
-    is closed so that the driver under test opens the port itself."""
-    host, port = open_modem("ec2x", echo=True)
-    host.close()
-    return host.path
-
-
 # =================================================================================================
 # An Arduino Stream on the pty
 # =================================================================================================
@@ -801,10 +792,10 @@ def tee_start(path: str) -> tuple[ArduinoStream, TeeEC2X]:
 
 
 # -------------------------------------------------------------------------------------------------
-def test_tee_ssl_client_round_trip_over_buffer_mode(port_path, echo):
+def test_tee_ssl_client_round_trip_over_buffer_mode(driver_path, echo):
     """mqtt_ssl.ino's SSL set-up and EC2XClientSSL's connect / write / read / available /
     disconnect against the OpenSSL echo server, with the driver's exact bytes."""
-    io, lte = tee_start(port_path)
+    io, lte = tee_start(driver_path)
     try:
         assert lte.ssl_config("sslversion", 1, 4)
         assert lte.ssl_config("ciphersuite", 1, "0XFFFF")
@@ -854,12 +845,12 @@ def test_tee_ssl_client_round_trip_over_buffer_mode(port_path, echo):
         io.close()
 
 
-def test_tee_ssl_available_never_sees_waiting_data(port_path, echo):
+def test_tee_ssl_available_never_sees_waiting_data(driver_path, echo):
     """EC2XClientSSL.available() counts on getRxSize() (AT+QSSLRECV=<id>,0) to say how much is
     waiting.  The module has no such query on AT+QSSLRECV (<readlen> 1-1500): ERROR, so
     available() stays 0 with the echo waiting in the module -- a sketch's
     `while (client.available())` loop never reads; read() does (it asks for 100 anyway)."""
-    io, lte = tee_start(port_path)
+    io, lte = tee_start(driver_path)
     try:
         client = TeeClientSsl(lte, 2, 1)
         assert client.connect(SSL_HOST, 443)
@@ -880,7 +871,7 @@ def test_tee_ssl_available_never_sees_waiting_data(port_path, echo):
         io.close()
 
 
-def test_tee_ssl_connected_is_false_on_a_connected_socket(port_path, echo):
+def test_tee_ssl_connected_is_false_on_a_connected_socket(driver_path, echo):
     """connected() takes the 6th comma field of the AT+QSSLSTATE=<id> line, but LTE_Serial keeps
     49 bytes of a line (MAX_BUF 50): `+QSSLSTATE: 1,"SSLClient","echo.example",443,<local port>`
     is already longer, so the state field is lost and connected() answers false on a socket in
@@ -890,7 +881,7 @@ def test_tee_ssl_connected_is_false_on_a_connected_socket(port_path, echo):
     AT+QSSLOPEN's plain ERROR for an id in use (docs/behaviour.md), so the driver's 563 branch
     (OK, then `+QSSLOPEN: <id>,563`, then close()) never runs; open() is false and the socket,
     untouched, still carries data."""
-    io, lte = tee_start(port_path)
+    io, lte = tee_start(driver_path)
     try:
         tcp = TeeTcpSsl(lte, 1)
         assert tcp.open(SSL_HOST, 443, 0, 1)
@@ -915,10 +906,10 @@ def test_tee_ssl_connected_is_false_on_a_connected_socket(port_path, echo):
         io.close()
 
 
-def test_tee_ssl_variable_length_send_with_ctrl_z(port_path, echo):
+def test_tee_ssl_variable_length_send_with_ctrl_z(driver_path, echo):
     """startSend() / stopSend(): AT+QSSLSEND=<id> (no length), '>' found byte by byte, the
     sketch's bytes written straight to the port, 0x1A, then "SEND OK" within 1 s."""
-    io, lte = tee_start(port_path)
+    io, lte = tee_start(driver_path)
     try:
         tcp = TeeTcpSsl(lte, 3)
         assert tcp.open(SSL_HOST, 443, 0, 1)
@@ -946,10 +937,10 @@ def tee_tcp_server(emulator):
         yield server
 
 
-def test_tee_tcp_ex_tcp_loop(port_path, tee_tcp_server):
+def test_tee_tcp_ex_tcp_loop(driver_path, tee_tcp_server):
     """ex_tcp.ino's loop(): connected() (AT+QISTATE=1,1) -> open() in buffer mode -> send()
     "Test send TCP from EC25" -> getRxSize() (AT+QIRD=1,0, 3rd field) -> readRxBuffer(n)."""
-    io, lte = tee_start(port_path)
+    io, lte = tee_start(driver_path)
     try:
         client = TeeTcp(lte, 1)
         assert not client.connected()
@@ -986,7 +977,7 @@ def test_tee_tcp_ex_tcp_loop(port_path, tee_tcp_server):
         io.close()
 
 
-def test_tee_tcp_peer_close_reopen_goes_through_563(port_path, emulator):
+def test_tee_tcp_peer_close_reopen_goes_through_563(driver_path, emulator):
     """The server closes: AT+QISTATE shows state 4 (closing) until AT+QICLOSE, so connected()
     is false and the sketch calls open() on the same connectID.  The emulator answers as the
     driver's 563 branch expects (docs/behaviour.md: an id in use is OK, then
@@ -994,7 +985,7 @@ def test_tee_tcp_peer_close_reopen_goes_through_563(port_path, emulator):
     the next round's open() succeeds."""
     with TcpServer("close") as server:
         emulator.router.add_map(TCP_IP, TCP_PORT_, "127.0.0.1", server.port)
-        io, lte = tee_start(port_path)
+        io, lte = tee_start(driver_path)
         try:
             client = TeeTcp(lte, 1)
             assert client.open(TCP_IP, TCP_PORT_, 0)
@@ -1022,8 +1013,8 @@ def test_tee_tcp_peer_close_reopen_goes_through_563(port_path, emulator):
 # TEE driver opens) instead of the port the stack chose. Evidence: EC2X_TCP.cpp's comment is a
 # real EC25 answer for such a socket, `+QISTATE: 0,"TCP","178.128.80.51",1234,8412,2,1,0,0,"uart1"`;
 # the TCP/IP notes: "If <local_port> is 0, then the local port is assigned automatically".
-def test_tee_tcp_qistate_local_port_is_assigned(port_path, tee_tcp_server):
-    io, lte = tee_start(port_path)
+def test_tee_tcp_qistate_local_port_is_assigned(driver_path, tee_tcp_server):
+    io, lte = tee_start(driver_path)
     try:
         client = TeeTcp(lte, 1)
         assert client.open(TCP_IP, TCP_PORT_, 0)
@@ -1037,11 +1028,11 @@ def test_tee_tcp_qistate_local_port_is_assigned(port_path, tee_tcp_server):
 
 
 # -------------------------------------------------------------------------------------------------
-def test_tee_ex_file_sketch(port_path):
+def test_tee_ex_file_sketch(driver_path):
     """ex_File.ino's testFile() on RAM:, with the driver's exact bytes: space info, write
     through a handle, list / size / exists, read back in 100-byte reads until read() gives 0,
     append at the end, copy (AT+QFMOV), delete; and uploadFile()."""
-    io, lte = tee_start(port_path)
+    io, lte = tee_start(driver_path)
     f = TeeFile(lte)
     try:
         assert f.qflds("RAM", True) == f.qflds("RAM", False) > 0
@@ -1130,11 +1121,11 @@ def test_tee_ex_file_sketch(port_path):
         io.close()
 
 
-def test_tee_dns_lookup_quote_counting(port_path, echo):
+def test_tee_dns_lookup_quote_counting(driver_path, echo):
     """getIPbyDomain(): AT+QIDNSGIP=1,"<name>" -> OK, then every byte until 500 ms of silence;
     the address is what lies between the 5th and 6th double quote -- that is the second
     URC's, `+QIURC: "dnsgip","<ip>"`, after `+QIURC: "dnsgip",0,1,600`."""
-    io, lte = tee_start(port_path)
+    io, lte = tee_start(driver_path)
     try:
         ip = lte.get_ip_by_domain(SSL_HOST)
         assert io.take_tx() == b'AT+QIDNSGIP=1,"echo.example"\r'
@@ -1184,7 +1175,7 @@ class DarshanEC21:
         return s[i:j] if j >= 0 else b""
 
 
-def test_darshan_echo_on_identity_and_uint8_file_handle(port_path):
+def test_darshan_echo_on_identity_and_uint8_file_handle(driver_path):
     """With echo on and "\\r\\n" line ends the driver cuts identity values out of the echo:
     midString(buf, "AT+CGSN\\r\\r\\n", "\\r\\n\\r\\nOK") -- the module echoes the CR, the LF of the
     CR LF ending does not come before the answer (docs/behaviour.md, Echo).  Then readFile():
@@ -1193,7 +1184,7 @@ def test_darshan_echo_on_identity_and_uint8_file_handle(port_path):
     EC2x's first handle is 1027 (docs/behaviour.md: a public EG91 driver logs it; other
     public EC2x drivers document 3000-range handles), so the driver's byte-sized handle and
     its storeFile() layout (one-digit handle) fail on this module; asserted as it happens."""
-    io = ArduinoStream(port_path)
+    io = ArduinoStream(driver_path)
     d = DarshanEC21(io)
     try:
         assert b"OK" in d.command("AT")

@@ -94,15 +94,6 @@ WEB_HOST = "www.iottest.work"      # a name the test PKI's server certificate ca
 SLOW = 3                           # drivers' short waits widened for a loaded 2-core machine
 
 
-@pytest.fixture
-def port_path(open_modem):
-    """The pty path of a fresh EC2x with echo on, as the module comes up; the fixture's Host
-    is closed so that the driver under test opens the port itself."""
-    host, _ = open_modem("ec2x", echo=True)
-    host.close()
-    return host.path
-
-
 # =================================================================================================
 # A UART as the drivers' serial layers see it
 # =================================================================================================
@@ -543,13 +534,13 @@ def qtel_start(path: str) -> tuple[Uart, Qtel]:
 
 
 # -------------------------------------------------------------------------------------------------
-def test_qtel_start_up_sees_ready_sim_through_its_inverted_strcmp(port_path):
+def test_qtel_start_up_sees_ready_sim_through_its_inverted_strcmp(driver_path):
     """QTEL_CheckSIMCard() calls the SIM ready when strcmp(data, "READY") != 0: it works on
     the module only because GetResponse copies the line's CR LF too ("READY\\r\\n").  The
     start-up then sets APN context 1 as IPV4V6 without auth and activates it (AT+QIACT? shows
     nothing active yet: OK alone, so AT+QIACT=1 follows); AT+QIACT? afterwards carries the
     context with <context_type> 3 as set, which the driver's 3-byte atoi() field takes."""
-    u, q = qtel_start(port_path)
+    u, q = qtel_start(driver_path)
     try:
         assert q.net_open and q.context_id == 1
         q.send_cmd("AT+QIACT?")
@@ -560,7 +551,7 @@ def test_qtel_start_up_sees_ready_sim_through_its_inverted_strcmp(port_path):
         u.close()
 
 
-def test_qtel_socket_sweep_after_a_host_restart_reads_its_own_extra_ok(port_path, tcp_echo):
+def test_qtel_socket_sweep_after_a_host_restart_reads_its_own_extra_ok(driver_path, tcp_echo):
     """The MCU restarts while the module keeps two sockets (ids 0 and 3) from its previous
     run.  QTEL_SockOnNetOpened(): setTCPDefaultConfiguration() writes its fourteen AT+QICFG
     settings, every one OK -- but its "dataformat" case falls through into the next one and
@@ -570,7 +561,7 @@ def test_qtel_socket_sweep_after_a_host_restart_reads_its_own_extra_ok(port_path
     unsolicited).  (When AT+QICFG was missing here the first one was ERROR, which ended
     setTCPDefaultConfiguration(), and the sweep ran against the real list -- where its parser,
     which never resets its "found ': '" flag, read both ids as 0.)"""
-    u, q = qtel_start(port_path)
+    u, q = qtel_start(driver_path)
     try:
         for conn in (0, 3):
             q.sock_open(conn, TCP_HOST, TCP_PORT)
@@ -580,7 +571,7 @@ def test_qtel_socket_sweep_after_a_host_restart_reads_its_own_extra_ok(port_path
     finally:
         u.close()
 
-    u = Uart(port_path)                 # the MCU comes back: a new driver, the same module
+    u = Uart(driver_path)                 # the MCU comes back: a new driver, the same module
     q = Qtel(u)
     try:
         assert q.check_at()
@@ -607,13 +598,13 @@ def test_qtel_socket_sweep_after_a_host_restart_reads_its_own_extra_ok(port_path
         u.close()
 
 
-def test_qtel_direct_push_round_trip_takes_exactly_the_pushed_bytes(port_path, tcp_echo):
+def test_qtel_direct_push_round_trip_takes_exactly_the_pushed_bytes(driver_path, tcp_echo):
     """QTEL_SockOpenTCPIP() in direct push mode, QTEL_SockSendData() ("AT+QISEND=0,<n>\\r",
     CR only, '>' found by read(1) / unread / readline), then the echo pushed as
     '+QIURC: "recv",0,<n>' CR LF and the bytes.  forwardToBuffer() copies every byte already
     received, so the driver gets the payload exactly only because the module puts nothing
     after the pushed bytes (the TCP/IP manuals' push format; docs/behaviour.md)."""
-    u, q = qtel_start(port_path)
+    u, q = qtel_start(driver_path)
     try:
         sock = q.sock_open(0, TCP_HOST, TCP_PORT)
         q.check_any_response()
@@ -639,7 +630,7 @@ def test_qtel_direct_push_round_trip_takes_exactly_the_pushed_bytes(port_path, t
 
 @pytest.fixture
 def port_path_held_clock(open_modem):
-    """port_path on a modem whose clock moves only when told (the test never moves it): the
+    """driver_path on a modem whose clock moves only when told (the test never moves it): the
     emulator's "an LF within 50 ms of the line's CR" window is then always open, however
     slowly this machine runs the driver."""
     host, _ = open_modem("ec2x", echo=True, manual_time=True)
@@ -667,13 +658,13 @@ def test_qtel_send_of_data_starting_with_lf_after_a_cr_only_qisend(port_path_hel
         u.close()
 
 
-def test_qtel_server_close_urc_then_close_with_timeout_argument(port_path, emulator):
+def test_qtel_server_close_urc_then_close_with_timeout_argument(driver_path, emulator):
     """The server closes: '+QIURC: "closed",0' sets CLOSED_BY_SVR, the event loop answers with
     QTEL_SOCK_Close() -> AT+QICLOSE=0,2 (the <timeout> argument in seconds) -> OK, and the id
     is free for the auto-reconnect's next AT+QIOPEN."""
     with TcpServer("close") as server:
         emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", server.port)
-        u, q = qtel_start(port_path)
+        u, q = qtel_start(driver_path)
         try:
             sock = q.sock_open(0, TCP_HOST, TCP_PORT)
             wait_for(lambda: sock.state == "closed" and "closed_by_server" in sock.events
@@ -690,14 +681,14 @@ def test_qtel_server_close_urc_then_close_with_timeout_argument(port_path, emula
             u.close()
 
 
-def test_qtel_file_upload_ackmode_then_handle_io(port_path):
+def test_qtel_file_upload_ackmode_then_handle_io(driver_path):
     """QTEL_File_Upload() of 2500 bytes with ackmode 1: CONNECT, two 1024-byte blocks each
     answered with a bare "A" (the driver's read(1) first meets the CR LF left after CONNECT,
     unreads it and reads the line away), the last 452 bytes, +QFUPL; then QTEL_File_Open()
     (AT+QFLST for the length, AT+QFOPEN for the handle 1027), QTEL_File_Read() in 1024-byte
     reads until pos reaches the length (no AT+QFREAD is sent for the end), QTEL_File_Seek(),
     QTEL_File_Write() (no <timeout> argument), Close, Delete."""
-    u, q = qtel_start(port_path)
+    u, q = qtel_start(driver_path)
     try:
         data = bytes((i * 7 + 3) & 0xFF for i in range(2500)).replace(b"A", b"a")
         status, resp = q.file_upload("cert.pem", data)
@@ -743,14 +734,14 @@ def test_qtel_file_upload_ackmode_then_handle_io(port_path):
         u.close()
 
 
-def test_qtel_upload_of_whole_kib_waits_for_an_a_after_the_last_block(port_path):
+def test_qtel_upload_of_whole_kib_waits_for_an_a_after_the_last_block(driver_path):
     """QTEL_File_Upload() of exactly 2048 bytes: after the second block dataLen is 1024, not
     < 1024, so the driver waits for another "A" instead of "+QFUPL".  The emulator sends "A"
     only between blocks (emulator/commands/files.py: "no 'A' follows the last byte"; not
     confirmed from a module log -- see the report): the driver's WaitResponse("A") meets
     "+QFUPL: 2048,...", hands it to the URC parser and times out after 5 s, so the upload is
     reported failed while the module stored the whole file."""
-    u, q = qtel_start(port_path)
+    u, q = qtel_start(driver_path)
     try:
         data = bytes(range(256)).replace(b"A", b"a") * 8
         assert len(data) == 2048
@@ -990,7 +981,7 @@ def rtos_online(path: str) -> tuple[Uart, AtRtos]:
     return u, at
 
 
-def test_rtos_ssl_client_configures_opens_sends_and_reads_nothing(port_path, echo):
+def test_rtos_ssl_client_configures_opens_sends_and_reads_nothing(driver_path, echo):
     """sockOpen() with isSSL: AT+QSSLSTATE=0 (nothing open: OK alone, state 0), configSSL()
     (ciphersuite as unquoted bytes), AT+QSSLOPEN=2,1,0,... and the "+QSSLOPEN: 0,0" handler;
     AT+QSSLSEND=0,<n> through the "> " / "SEND " flags.  The echo's '+QSSLURC: "recv",0'
@@ -1000,7 +991,7 @@ def test_rtos_ssl_client_configures_opens_sends_and_reads_nothing(port_path, ech
     "+QSSLRECV:" line, so AT_CommandReadInto() waits for it until its timeout and the data
     stay in the module.  The buffer is not empty, so the next echo raises no new URC
     (the note: the URC reports data arriving) -- the driver never reads again."""
-    u, at = rtos_online(port_path)
+    u, at = rtos_online(driver_path)
     try:
         sock = RtosSocket(at, 0, SSL_HOST, 443, ssl=True)
         assert sock.open() == "OK"
@@ -1041,14 +1032,14 @@ def test_rtos_ssl_client_configures_opens_sends_and_reads_nothing(port_path, ech
         u.close()
 
 
-def test_rtos_tcp_client_buffer_mode_read_into_and_close(port_path, tcp_echo):
+def test_rtos_tcp_client_buffer_mode_read_into_and_close(driver_path, tcp_echo):
     """The plain socket: AT+QISTATE=1,1 (OK alone), AT+QIOPEN=2,1,"TCP","<host>",<port> with
     <local_port> and <access_mode> left out (buffer mode), AT+QISEND=1,<n>, the "recv" URC,
     then AT+QIRD=1 without a length (the TCP/IP manuals' [<read_length>]): "+QIRD: <n>" is the
     command's response line, readinto() takes exactly n bytes, CR LF and OK follow.  A second
     AT+QIRD=1 answers "+QIRD: 0" (readinto of nothing).  getSockState() reads field 7 of
     AT+QISTATE as the context (2); AT+QICLOSE=1,16000 closes."""
-    u, at = rtos_online(port_path)
+    u, at = rtos_online(driver_path)
     try:
         sock = RtosSocket(at, 1, TCP_HOST, TCP_PORT, ssl=False)
         assert sock.open() == "OK"
@@ -1081,7 +1072,7 @@ def test_rtos_tcp_client_buffer_mode_read_into_and_close(port_path, tcp_echo):
         u.close()
 
 
-def test_rtos_reopen_of_a_server_closed_ssl_socket_closes_first(port_path, emulator, pki):
+def test_rtos_reopen_of_a_server_closed_ssl_socket_closes_first(driver_path, emulator, pki):
     """The server ends the TLS session: '+QSSLURC: "closed",0' puts the client in CLOSE.  The
     next sockOpen() asks AT+QSSLSTATE=0, sees state 4 (closing, the note's state after the
     "closed" URC until AT+QSSLCLOSE) in context 2, so it sends AT+QSSLCLOSE=0,16000 before
@@ -1090,7 +1081,7 @@ def test_rtos_reopen_of_a_server_closed_ssl_socket_closes_first(port_path, emula
     with TlsServer(pki.server, mode="close") as closer, TlsServer(pki.server, mode="echo") as ok:
         emulator.router.add_map("close.example", 443, "127.0.0.1", closer.address[1])
         emulator.router.add_map(SSL_HOST, 443, "127.0.0.1", ok.address[1])
-        u, at = rtos_online(port_path)
+        u, at = rtos_online(driver_path)
         try:
             sock = RtosSocket(at, 0, "close.example", 443, ssl=True)
             assert sock.open() == "OK"
@@ -1190,7 +1181,7 @@ class PicoAtcom:
         return self.get_response(desired, fault, timeout)
 
 
-def test_pico_lte_upload_with_trailing_cr_and_ctrl_z_then_ssl_context_2(port_path, emulator, echo,
+def test_pico_lte_upload_with_trailing_cr_and_ctrl_z_then_ssl_context_2(driver_path, emulator, echo,
                                                                           pki):
     """File.upload_file_to_modem(): AT+QFUPL="<name>",<n>,5000 (the SDK's "timeout=5000" is
     milliseconds-minded; the module's <timeout> is seconds, 1-65535, so it is a valid 5000 s),
@@ -1203,7 +1194,7 @@ def test_pico_lte_upload_with_trailing_cr_and_ctrl_z_then_ssl_context_2(port_pat
     configure a handshake that verifies the echo server against the uploaded CA (dialled by a
     name its certificate carries)."""
     emulator.router.add_map(WEB_HOST, 443, "127.0.0.1", echo.address[1])
-    u = Uart(port_path)
+    u = Uart(driver_path)
     at = PicoAtcom(u)
     try:
         assert at.send_at_comm("ATE0")["status"] == "SUCCESS"

@@ -80,15 +80,6 @@ SERVER_IP = "203.0.113.10"   # the IP the Sixfab sample is given (TEST-NET-3), r
 SERVER_PORT = 5000
 
 
-@pytest.fixture
-def port_path(open_modem):
-    """The pty path of a fresh EC2x with echo on, as the module comes up; the fixture's Host
-    is closed so that the driver under test opens (and closes) the port itself."""
-    host, _ = open_modem("ec2x", echo=True)
-    host.close()
-    return host.path
-
-
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -181,14 +172,14 @@ class SixfabCellularIoT:
         self.send("AT+QICLOSE=1", "\r\n")
 
 
-def test_sixfab_tcp_open_state_and_close_with_a_port_closed_after_each_answer(port_path, emulator):
+def test_sixfab_tcp_open_state_and_close_with_a_port_closed_after_each_answer(driver_path, emulator):
     """activateContext(), connectToServerTCP(), closeConnection(): every line wrapped in CR LF,
     the port closed as soon as a pass holds the awaited text -- for AT+QIACT=1 and AT+QICLOSE=1
     that is the echo of the leading CR LF, before any answer -- and reopened (with its input
     flushed) for the next command.  The module still runs every command it was sent."""
     with TcpServer("echo") as server:
         emulator.router.add_map(SERVER_IP, SERVER_PORT, "127.0.0.1", server.port)
-        d = SixfabCellularIoT(port_path)
+        d = SixfabCellularIoT(driver_path)
         try:
             d.ip_address, d.port_number = SERVER_IP, SERVER_PORT
             d.activate_context()
@@ -206,7 +197,7 @@ def test_sixfab_tcp_open_state_and_close_with_a_port_closed_after_each_answer(po
             d.close()
         assert d.resends == 0, d.sent
     # the next program to open the port meets a clean command state
-    with serial.Serial(port_path, 115200, timeout=0) as ser:
+    with serial.Serial(driver_path, 115200, timeout=0) as ser:
         ser.reset_input_buffer()
         ser.write(b"AT\r")
         got, deadline = b"", time.monotonic() + 5 * SLOW
@@ -216,14 +207,14 @@ def test_sixfab_tcp_open_state_and_close_with_a_port_closed_after_each_answer(po
         assert got == b"AT\r\r\nOK\r\n", got
 
 
-def test_sixfab_udp_service_open_state_and_close(port_path, emulator):
+def test_sixfab_udp_service_open_state_and_close(driver_path, emulator):
     """startUDPService(): the UDP SERVICE on local port 3005 (bound elsewhere on loopback
     through the listen map) shows in AT+QISTATE=0,1 as "UDP SERVICE" on local port 3005,
     state 1 or 2 (the driver asks right after OK, maybe before +QIOPEN: 1,0); closeConnection()
     frees it (a second startUDPService() opens id 1 again).  (sendDataUDP() meets the same
     closed-port prompt as sendDataTCP(): see the strict xfail below.)"""
     emulator.router.add_listen(3005, "127.0.0.1", free_udp_port())
-    d = SixfabCellularIoT(port_path)
+    d = SixfabCellularIoT(driver_path)
     try:
         d.ip_address, d.port_number = SERVER_IP, SERVER_PORT
         d.activate_context()
@@ -257,17 +248,17 @@ def test_sixfab_udp_service_open_state_and_close(port_path, emulator):
     "ThingSpeak/basicUDP samples work on the hardware (TCP(IP) AT Commands Manual AT+QISEND: "
     "'> ' then exactly <send_length> bytes, then SEND OK). Started with --uart (a close is "
     "no hang-up) the emulator does the same: the test after this one"))
-def test_sixfab_send_data_tcp_after_the_port_was_closed_at_the_prompt(port_path, emulator):
+def test_sixfab_send_data_tcp_after_the_port_was_closed_at_the_prompt(driver_path, emulator):
     """sendDataTCP() with the driver's close/reopen between the '>' and the data; the reopen
     comes a little after the close (the driver prints each response to the console first), so
     the close is always seen.  The module counts bytes: the server must get CR LF + "hel", and
     "lo" + CR LF is a stray line.  (With the emulator's default, a close is a hang-up.)"""
-    sixfab_send_after_a_close(port_path, emulator)
+    sixfab_send_after_a_close(driver_path, emulator)
 
 
 @pytest.fixture
 def uart_port_path(open_modem):
-    """port_path's EC2x on a port where the host's close is no hang-up (the CLI's --uart:
+    """driver_path's EC2x on a port where the host's close is no hang-up (the CLI's --uart:
     the HAT's UART, no DTR wired)."""
     host, _ = open_modem("ec2x", echo=True, hangup_on_close=False)
     host.close()
@@ -385,10 +376,10 @@ class KuraQuectel:
         return int(tx), int(rx)
 
 
-def test_kura_identity_signal_and_registration(port_path):
+def test_kura_identity_signal_and_registration(driver_path):
     """The constructor's reads that work: IMEI, model, manufacturer, revision, RSSI, and the
     registration poll -- each on a port opened, probed with "at" and closed again, echo on."""
-    k = KuraQuectel(port_path)
+    k = KuraQuectel(driver_path)
     assert k.serial_number() == "867698041234567"
     assert k.model() == "EC25"
     assert k.manufacturer() == "Quectel"
@@ -402,8 +393,8 @@ def test_kura_identity_signal_and_registration(port_path):
 # never read the IMSI or ICCID. A real EC25 answers '+QSIMSTAT: <enable>,<inserted_status>' then
 # OK, e.g. '+QSIMSTAT: 0,1' with a SIM in (EC25&EC21 AT Commands Manual V1.3 (U)SIM chapter;
 # Quectel LTE Standard AT manual ch. 5.11: <inserted_status> 0 removed, 1 inserted, 2 unknown).
-def test_kura_quectel_sim_ready_then_imsi(port_path):
-    k = KuraQuectel(port_path)
+def test_kura_quectel_sim_ready_then_imsi(driver_path):
+    k = KuraQuectel(driver_path)
     assert k.is_sim_card_ready()
     assert k.imsi() == "460011234567890"
 
@@ -413,12 +404,12 @@ def test_kura_quectel_sim_ready_then_imsi(port_path):
 # reports 0 bytes sent and received for ever. A real EC25 answers '+QGDCNT:
 # <bytes_sent>,<bytes_recv>' then OK (e.g. '+QGDCNT: 3832,4618'; EC25&EC21 AT Commands Manual V1.3
 # packet domain chapter, AT+QGDCNT Packet Data Counter; Quectel LTE Standard AT manual ch. 10.15)
-def test_kura_quectel_data_counters_after_traffic(port_path, emulator):
+def test_kura_quectel_data_counters_after_traffic(driver_path, emulator):
     """Some TCP traffic through AT+QIOPEN/AT+QISEND first, so the counters have something to
     count; Kura's parse must then yield numbers, the sent one at least the payload."""
     with TcpServer("echo") as server:
         emulator.router.add_map(SERVER_IP, SERVER_PORT, "127.0.0.1", server.port)
-        host = Host(port_path)
+        host = Host(driver_path)
         try:
             assert host.at("ATE0").endswith(b"OK\r\n")
             assert host.at('AT+QICSGP=1,1,"internet","","",1;+QIACT=1') == b"\r\nOK\r\n"
@@ -431,9 +422,9 @@ def test_kura_quectel_data_counters_after_traffic(port_path, emulator):
             server.wait_connection(timeout=10 * SLOW).wait_received(10, timeout=10 * SLOW)
         finally:
             host.close()
-    reply = KuraQuectel(port_path)._query("at+qgdcnt?\r\n")
+    reply = KuraQuectel(driver_path)._query("at+qgdcnt?\r\n")
     assert re.search(rb"\+QGDCNT: \d+,\d+\r\n\r\nOK\r\n$", reply), reply
-    tx, rx = KuraQuectel(port_path).data_counters()
+    tx, rx = KuraQuectel(driver_path).data_counters()
     assert tx >= 10 and rx >= 0
 
 

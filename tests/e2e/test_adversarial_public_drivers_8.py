@@ -71,22 +71,12 @@ import re
 import socket
 import time
 
-import pytest
 import serial
 
 from emulator.testing.peers import TcpServer, TlsServer, UdpEchoServer
 
 SLOW = 3                     # drivers' short waits widened for a loaded 2-core machine
 CR, LF = 0x0D, 0x0A
-
-
-@pytest.fixture
-def port_path(open_modem):
-    """(pty path, ModemPort) of a fresh EC2x with echo on, as the module comes up; the
-    fixture's Host is closed so that the driver under test owns the port."""
-    host, port = open_modem("ec2x", echo=True)
-    host.close()
-    return host.path, port
 
 
 def free_port(kind=socket.SOCK_STREAM) -> int:
@@ -761,7 +751,7 @@ def ufp_attach(client: UfpAtClient, apn: str = "UNINET") -> dict:
 UFP_SERVER = ("203.0.113.7", 8305)      # the address example_tcp_client_test() is given
 
 
-def test_ufp_tcp_client_example_push_mode_echo_with_echo_on(port_path, emulator, strict_log):
+def test_ufp_tcp_client_example_push_mode_echo_with_echo_on(driver_port, emulator, strict_log):
     """apps/example/sockets/example_tcp.c over ql_socket.c, the module's echo left on (the SDK
     never sends ATE0): attach, socket(), connect() -- AT+QIOPEN=1,0,"TCP","<ip>",<port>,0,1 then
     the +QIOPEN URC --, three rounds of send(str(fd)) / recv(64) against an echo server, close()
@@ -769,7 +759,7 @@ def test_ufp_tcp_client_example_push_mode_echo_with_echo_on(port_path, emulator,
     at its CR LF, followed at once by the n raw bytes the handler reads; the AT+QISEND prompt
     ends the response at the end sign '>'; SEND OK (and with echo on the echoed data) arrive as
     lines nobody waits for."""
-    path, _ = port_path
+    path, _ = driver_port
     with TcpServer("echo") as server:
         emulator.router.add_map(*UFP_SERVER, "127.0.0.1", server.port)
         uart, client, net = ufp(path)
@@ -803,14 +793,14 @@ def test_ufp_tcp_client_example_push_mode_echo_with_echo_on(port_path, emulator,
             uart.close()
 
 
-def test_ufp_tcp_server_example_listener_incoming_echo_and_closes(port_path, emulator, strict_log):
+def test_ufp_tcp_server_example_listener_incoming_echo_and_closes(driver_port, emulator, strict_log):
     """apps/example/sockets/example_tcp_server.c (max_connect_num 1): bind() -- AT+QIOPEN=1,0,
     "TCP LISTENER","127.0.0.1",0,<port>,1 --, select() on the listener until the
     '+QIURC: "incoming",<id>,0,"<ip>",<port>' URC (three dots: parsed), accept() -- the client's
     fd is the module's connectID --, the listener closed at once (AT+QICLOSE=0,1: max connections
     reached) while the accepted connection stays up, then select()/recv(64)/send() echo rounds
     until the peer's FIN: '+QIURC: "closed",1', recv() 0, close() -- AT+QICLOSE=1,1."""
-    path, _ = port_path
+    path, _ = driver_port
     lport = free_port()
     uart, client, net = ufp(path)
     peer = None
@@ -851,14 +841,14 @@ def test_ufp_tcp_server_example_listener_incoming_echo_and_closes(port_path, emu
         uart.close()
 
 
-def test_ufp_udp_server_example_push_from_and_reply_to_with_an_unquoted_ip(port_path, emulator, strict_log):
+def test_ufp_udp_server_example_push_from_and_reply_to_with_an_unquoted_ip(driver_port, emulator, strict_log):
     """apps/example/sockets/example_udp_server.c (cli_udp_server_test, 2 rounds): bind() --
     AT+QIOPEN=1,0,"UDP SERVICE","127.0.0.1",0,<port>,1 --, recvfrom(64): the push URC
     '+QIURC: "recv",0,<n>,"<ip>",<port>' (three dots: the sender parsed) and its raw bytes, then
     sendto() back: ql_socket_send() formats AT+QISEND=<fd>,<n>,<ip>,<port> with "%s" -- the
     remote IP unquoted.  The module takes it: the reply reaches the sender from the service's
     port.  close() -- AT+QICLOSE=0,1."""
-    path, _ = port_path
+    path, _ = driver_port
     lport = free_port(socket.SOCK_DGRAM)
     uart, client, net = ufp(path)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -1393,7 +1383,7 @@ Z_IP = "220.180.239.212"
 
 # Was a bug, fixed: AT+CMGF / AT+CSCA? / AT+CNMI answered ERROR (SMS not emulated); the set-up
 # commands answer as an EC25's now (emulator/commands/device.py).
-def test_zerynth_startup_config0_completes(port_path, strict_log):
+def test_zerynth_startup_config0_completes(driver_port, strict_log):
     """_gs_config0(0) on a module that has just come up with echo on: "ATE1\\r\\n" until a line
     holding its echo and then OK ("autobaud"), 500 ms, the input thrown away, ATE0, AT+IPR,
     AT+CFUN=1, AT+CMEE=2, AT+CREG=2, AT+CGREG=2, AT+CEREG=2, ATI, AT+QGMR, AT+CPIN? until a line
@@ -1401,7 +1391,7 @@ def test_zerynth_startup_config0_completes(port_path, strict_log):
     AT+CMGF=1, AT+CSCS="IRA", AT+CSCA?, AT+CNMI=2,1,0,0,0, AT+CGEREP=2 -- each waited for with
     _gs_wait_for_ok() (a line starting "OK\\r\\n"; an ERROR line is just skipped until the
     wait's timeout).  The module should get it to the end."""
-    path, _ = port_path
+    path, _ = driver_port
     uart = Uart(path)
     try:
         z = ZerynthBg96(uart)
@@ -1410,7 +1400,7 @@ def test_zerynth_startup_config0_completes(port_path, strict_log):
         uart.close()
 
 
-def test_zerynth_modem_tls_socket_resolve_connect_send_recv_close(port_path, emulator, pki, strict_log):
+def test_zerynth_modem_tls_socket_resolve_connect_send_recv_close(driver_port, emulator, pki, strict_log):
     """_bg96_secure_socket() (the modem's own TLS, r2.4.2) with a CA: _gs_socket_tls() --
     AT+QSSLCFG "sslversion" 0,3 / "ciphersuite" 0,0XFFFF, AT+QFDEL="cacert0" (its +CME ERROR
     ignored), AT+QFUPL="cacert0",<n>,5,0 -> CONNECT -> the PEM without Zerynth's NUL -> +QFUPL ->
@@ -1423,7 +1413,7 @@ def test_zerynth_modem_tls_socket_resolve_connect_send_recv_close(port_path, emu
     a further AT+QSSLRECV whenever its buffer runs dry; close() -- AT+QSSLCLOSE=0,10.
     (The start-up is test_zerynth_startup_config0_completes; here only its ATE0 is sent.  The
     DNS answer is an address the server certificate lists: see Z_IP.)"""
-    path, _ = port_path
+    path, _ = driver_port
     payload = bytes(range(256)) * 2 + b"the end\r\n"
     with TlsServer(pki.server, mode="echo") as server:
         emulator.router.add_dns(Z_HOST, Z_IP)
@@ -1459,13 +1449,13 @@ def test_zerynth_modem_tls_socket_resolve_connect_send_recv_close(port_path, emu
             uart.close()
 
 
-def test_zerynth_udp_service_bind_recvfrom_and_sendto(port_path, emulator, strict_log):
+def test_zerynth_udp_service_bind_recvfrom_and_sendto(driver_port, emulator, strict_log):
     """bind() of a UDP socket: AT+QIOPEN=1,0,"UDP SERVICE","127.0.0.1",0,<port>,0 (buffer
     mode), +QIOPEN: 0,0; a datagram: '+QIURC: "recv",0' signals the socket; recvfrom():
     AT+QIRD=0 (no length) -> '+QIRD: <n>,"<ip>",<port>' parsed as "isi" (the address between
     its quotes), buffer mode, n raw bytes; sendto(): AT+QISEND=0,<n>,"<ip>",<port> -> prompt ->
     data -> SEND OK; a second AT+QIRD=0 with nothing left: '+QIRD: 0' (two fields: no data)."""
-    path, _ = port_path
+    path, _ = driver_port
     lport = free_port(socket.SOCK_DGRAM)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
@@ -1742,7 +1732,7 @@ class MbedBg96:
 MBED_HOST = "www.iottest.work"
 
 
-def test_mbed_bg96_tls_socket_with_the_mqtt_clients_ssl_setup(port_path, emulator, pki, strict_log):
+def test_mbed_bg96_tls_socket_with_the_mqtt_clients_ssl_setup(driver_port, emulator, pki, strict_log):
     """BG96MQTTClient::open()'s SSL part and BG96TLSSocket on SSL context 0, the echo left on
     (the driver's ATE0 is in connect(), which this skips): AT+QSSLCFG "sslversion" 0,4 and
     "seclevel" 0,1 (send_generic_cmd), set_root_ca_cert() -- send_file(): AT+QFLST="cacert.pem"
@@ -1759,7 +1749,7 @@ def test_mbed_bg96_tls_socket_with_the_mqtt_clients_ssl_setup(port_path, emulato
     has the getc() of the TCP path commented out: ATCmdParser matched "+QSSLRECV:%d\\r\\n" at
     the CR, the LF is still unread, so read(n) returns that LF and the first n-1 bytes (the
     last byte is skipped by the following recv("OK"))."""
-    path, _ = port_path
+    path, _ = driver_port
     payload = b"GET /mqtt HTTP/1.1\r\nHost: www.iottest.work\r\n\r\n"
     with TlsServer(pki.server, mode="echo") as server:
         emulator.router.add_map(MBED_HOST, 8883, "127.0.0.1", server.address[1])
@@ -1798,7 +1788,7 @@ def test_mbed_bg96_tls_socket_with_the_mqtt_clients_ssl_setup(port_path, emulato
             uart.close()
 
 
-def test_mbed_bg96_tcp_open_with_an_extra_cr_drain_send_recv_close(port_path, emulator, strict_log):
+def test_mbed_bg96_tcp_open_with_an_extra_cr_drain_send_recv_close(driver_port, emulator, strict_log):
     """BG96::open('t', 0, <ip>, <port>): the command is formatted with its own "\\r" and sent with
     the delimiter, so the line ends "\\r\\r\\n"; OK, then "+QIOPEN: 0,%d" (150 s); the drain
     loop: recv(0, 20) = chkRxAvail() (a 1 s wait for '+QIURC: "recv",0'), AT+QIRD=0,20 ->
@@ -1806,7 +1796,7 @@ def test_mbed_bg96_tcp_open_with_an_extra_cr_drain_send_recv_close(port_path, em
     recv(): chkRxAvail(), AT+QIRD=0,<n> -> "+QIRD:%d\\r\\n", getc() (the LF the parser left:
     "for some reason BG96 always outputs a 0x0A before the data"), read(n), OK; close():
     AT+QICLOSE=0,1.  The empty line after the command's CR is ignored by the module."""
-    path, _ = port_path
+    path, _ = driver_port
     with TcpServer("echo") as server:
         emulator.router.add_map("198.51.100.23", 7007, "127.0.0.1", server.port)
         uart = Uart(path)
@@ -1827,13 +1817,13 @@ def test_mbed_bg96_tcp_open_with_an_extra_cr_drain_send_recv_close(port_path, em
             uart.close()
 
 
-def test_ufp_udp_client_example_push_mode_echo(port_path, emulator, strict_log):
+def test_ufp_udp_client_example_push_mode_echo(driver_port, emulator, strict_log):
     """apps/example/sockets/example_udp.c (2 rounds): sendto() on a fresh SOCK_DGRAM opens it as
     a client -- AT+QIOPEN=1,0,"UDP","<ip>",<port>,0,1, +QIOPEN: 0,0 --, then AT+QISEND=0,<n>
     (no address: the socket is CONNECTED); the echo comes back pushed as
     '+QIURC: "recv",0,<n>' -- no dots, so no sender: the SDK's from-address is 0.0.0.0:0 --
     and its raw bytes; close() -- AT+QICLOSE=0,1."""
-    path, _ = port_path
+    path, _ = driver_port
     with UdpEchoServer() as server:
         emulator.router.add_map("203.0.113.9", 9009, "127.0.0.1", server.port)
         uart, client, net = ufp(path)
@@ -1854,7 +1844,7 @@ def test_ufp_udp_client_example_push_mode_echo(port_path, emulator, strict_log):
             uart.close()
 
 
-def test_ufp_file_example_write_fails_on_the_result_framing(port_path, strict_log):
+def test_ufp_file_example_write_fails_on_the_result_framing(driver_port, strict_log):
     """apps/example/fs/example_fs.c: ql_fopen("UFS:ufp_test.txt", CREATE_OR_OPEN), ql_fwrite()
     of 62 bytes -- on failure ql_fclose() and return, as the example does --; then the CLI
     test's open / read (apps/test/file/cli_file.c) to see what the file holds: ql_fopen(),
@@ -1868,7 +1858,7 @@ def test_ufp_file_example_write_fails_on_the_result_framing(port_path, strict_lo
     file holds the 62 bytes (its predecessor, bg95_filesystem.c of the initial commit, looped
     until a chunk held "+QFWRITE:").  The parser reads the rest as lines nobody waits for;
     ql_fread() gets "CONNECT 62", the bytes and "\r\nOK\r\n" exactly."""
-    path, _ = port_path
+    path, _ = driver_port
     content = b"1234567890abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
     uart, client, _ = ufp(path)
     try:
@@ -1890,7 +1880,7 @@ def test_ufp_file_example_write_fails_on_the_result_framing(port_path, strict_lo
         uart.close()
 
 
-def test_zerynth_tcp_socket_buffer_reads_keepalive_query_and_peer_close(port_path, emulator, strict_log):
+def test_zerynth_tcp_socket_buffer_reads_keepalive_query_and_peer_close(driver_port, emulator, strict_log):
     """A plain TCP socket: connect() -- AT+QIOPEN=1,0,"TCP","<ip>",<port>,0,0, OK, +QIOPEN: 0,0
     --; send() of 600 bytes (prompt after 100 ms of silence, 64-byte writes, SEND OK);
     _gs_socket_isalive() -- AT+QISEND=0,0 answered "+QISEND: <sent>,<acked>,<unacked>" then OK,
@@ -1898,7 +1888,7 @@ def test_zerynth_tcp_socket_buffer_reads_keepalive_query_and_peer_close(port_pat
     AT+QIRD=0,0 -> "+QIRD: <total>,<read>,<unread>" (the unread count), AT+QIRD=0,256 -> buffer
     mode, n raw bytes; the echo server's FIN: '+QIURC: "closed",0' marks the socket, recv()
     answers ERR_CLSD without asking the module again; close(): AT+QICLOSE=0,10."""
-    path, _ = port_path
+    path, _ = driver_port
     payload = bytes(range(200)) * 3
     with TcpServer("echo") as server:
         emulator.router.add_map("198.51.100.77", 5005, "127.0.0.1", server.port)

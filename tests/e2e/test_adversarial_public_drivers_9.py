@@ -66,21 +66,10 @@ from __future__ import annotations
 import time
 from collections import deque
 
-import pytest
-
 from emulator.testing.peers import TcpServer, TlsServer
 from tests.e2e.test_adversarial_public_drivers_8 import Uart
 
 SLOW = 3                     # drivers' short waits widened for a loaded 2-core machine
-
-
-@pytest.fixture
-def port_path(open_modem):
-    """(pty path, ModemPort) of a fresh EC2x with echo on, as the module comes up; the
-    fixture's Host is closed so that the driver under test owns the port."""
-    host, port = open_modem("ec2x", echo=True)
-    host.close()
-    return host.path, port
 
 
 def arduino_to_int(s: bytes) -> int:
@@ -460,7 +449,7 @@ def idle_until(at: AsyncAT, condition, timeout: float = 10 * SLOW) -> None:
 EG_HOST = "iot.bytenana.example"
 
 
-def test_asyncgsm_eg915_tls_echo_through_the_reader_task(port_path, emulator, strict_log):
+def test_asyncgsm_eg915_tls_echo_through_the_reader_task(driver_port, emulator, strict_log):
     """AsyncSecureGSM on an echo server: begin()'s set-up (the model check answered "EC25": the
     EG915U-only driver would stop there, so the rest of begin() is replayed without it -- the
     four AT+QICLOSE of disableConnections() are ERROR, nothing open, and ignored), then
@@ -471,7 +460,7 @@ def test_asyncgsm_eg915_tls_echo_through_the_reader_task(port_path, emulator, st
     -> "\\r\\n\\r\\nOK\\r\\n" consumed -> the driver's stray AT+QIRD=0, which the module answers
     ERROR (no TCP connectID 0: docs/behaviour.md AT+QIRD) and which no promise takes; then
     stopSecure() -> AT+QSSLCLOSE=0 -> OK."""
-    path, _ = port_path
+    path, _ = driver_port
     rounds = [b"GET /time HTTP/1.1\r\nHost: iot\r\n\r\n", bytes(range(1, 256)) + b"\xff\xfe tail"]
     with TlsServer(mode="echo") as server:
         emulator.router.add_map(EG_HOST, 443, "127.0.0.1", server.address[1])
@@ -508,7 +497,7 @@ def test_asyncgsm_eg915_tls_echo_through_the_reader_task(port_path, emulator, st
             uart.close()
 
 
-def test_asyncgsm_eg915_tls_reply_over_1500_bytes_stalls_after_one_read(port_path, emulator, strict_log):
+def test_asyncgsm_eg915_tls_reply_over_1500_bytes_stalls_after_one_read(driver_port, emulator, strict_log):
     """A 2000-byte reply in one go: one '+QSSLURC: "recv",0' (data arrived into an empty
     buffer), the reader's AT+QSSLRECV=0,1500 -> '+QSSLRECV: 1500'; the driver's follow-up is
     AT+QIRD=0 (the TCP read: ERROR), never a second AT+QSSLRECV, and the module reports
@@ -516,7 +505,7 @@ def test_asyncgsm_eg915_tls_reply_over_1500_bytes_stalls_after_one_read(port_pat
     docs/behaviour.md "Receiving"), so the app sees 1500 bytes and waits forever for the rest
     -- the driver's fault (b84c275; the later GSMTransport polls again after a full 1500-byte
     chunk).  The 500 bytes are still in the module: an AT+QSSLRECV typed afterwards gets them."""
-    path, _ = port_path
+    path, _ = driver_port
     reply = bytes((i * 7 + 3) % 255 + 1 for i in range(2000))
 
     def handler(conn):
@@ -547,13 +536,13 @@ def test_asyncgsm_eg915_tls_reply_over_1500_bytes_stalls_after_one_read(port_pat
             uart.close()
 
 
-def test_asyncgsm_eg915_tcp_socket_reads_with_qird_without_length(port_path, emulator, strict_log):
+def test_asyncgsm_eg915_tcp_socket_reads_with_qird_without_length(driver_port, emulator, strict_log):
     """AsyncGSM (not secure) on a TCP echo server: connect() -- AT+QIOPEN=1,0,"TCP",...,0,0, the
     promise popped unwaited (its OK dropped), +QIOPEN: 0,0 to the URC callback --; write() with
     AT+QISEND=0,<n>; '+QIURC: "recv",0' -> the reader writes AT+QIRD=0 (no length: up to 1500)
     -> '+QIRD: <n>' (a URC here) -> n bytes, OK consumed -> AT+QIRD=0 again -> '+QIRD: 0' ->
     "Invalid length" logged and left (its OK dropped); stop() -> AT+QICLOSE=0 -> OK."""
-    path, _ = port_path
+    path, _ = driver_port
     message = b"\x01\x02 tcp \xfe\xff\r\n\r\nOK\r\n not a final line"
     with TcpServer("echo") as server:
         emulator.router.add_map("tcp.bytenana.example", 9000, "127.0.0.1", server.port)
@@ -701,7 +690,7 @@ def upload(uart: Uart, name: str, data: bytes) -> None:
 MOTAM_HOST = "www.iottest.work"          # a name the shared PKI's server certificate carries
 
 
-def test_bg96nbiot_mutual_tls_then_qsslrecv_without_readlen_is_error(port_path, emulator, pki, strict_log):
+def test_bg96nbiot_mutual_tls_then_qsslrecv_without_readlen_is_error(driver_port, emulator, pki, strict_log):
     """openSslSocket() with client authentication (seclevel 2, "ca.crt", "trafficLight.crt",
     "trafficLight.key" uploaded beforehand) against an OpenSSL server that requires the client
     certificate: every AT+QSSLCFG is OK within the 300 ms the driver allows, the open's OK and
@@ -712,7 +701,7 @@ def test_bg96nbiot_mutual_tls_then_qsslrecv_without_readlen_is_error(port_path, 
     Command requires (004 app note, AT+QSSLRECV: "If the parameters are incorrect ... ERROR")
     -- is ERROR, so receiveDatabySsl() returns "" although the echo waits in the module (the
     driver's fault); closeSslSocket() OK."""
-    path, _ = port_path
+    path, _ = driver_port
     payload = b"{\"light\":\"green\",\"t\":42}"
     with TlsServer(pki.server, client_ca=pki.ca, require_client_cert=True, mode="echo") as server:
         emulator.router.add_map(MOTAM_HOST, 8883, "127.0.0.1", server.address[1])
@@ -741,7 +730,7 @@ def test_bg96nbiot_mutual_tls_then_qsslrecv_without_readlen_is_error(port_path, 
             uart.close()
 
 
-def test_bg96nbiot_tcp_receive_cuts_the_datas_last_crlf(port_path, emulator, strict_log):
+def test_bg96nbiot_tcp_receive_cuts_the_datas_last_crlf(driver_port, emulator, strict_log):
     """openSocket(): AT+QIACT=1 (OK), AT+QIOPEN=1,0,"TCP","<host>",<port>,16000,0 -> OK and
     +QIOPEN: 0,0; sendData() of an HTTP request (the declared length, then sendIt()'s CR LF);
     receiveData(): '+QIURC: "recv",0', AT+QIRD=0 (no length: up to 1500) ->
@@ -750,7 +739,7 @@ def test_bg96nbiot_tcp_receive_cuts_the_datas_last_crlf(port_path, emulator, str
     is the data without that CR LF (the driver's parse), and a second reply not ending in CR LF
     comes back with the module's framing "\\r\\n\\r\\nOK\\r\\n" still on it (Arduino substring()
     with an end of -1)."""
-    path, _ = port_path
+    path, _ = driver_port
     request = b"GET /state HTTP/1.1\r\nHost: motam\r\n\r\n"
     with TcpServer("echo") as server:
         emulator.router.add_map(MOTAM_HOST, 8080, "127.0.0.1", server.port)
