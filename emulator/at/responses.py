@@ -108,6 +108,10 @@ class OnlineLink(Protocol):
     def hang_up(self) -> None:
         """A DTR drop with AT&D2: close the connection."""
 
+    def resume(self) -> bool:
+        """ATO after the link left online mode: True when its connection can take the port
+        again (CONNECT follows), False when it is gone (NO CARRIER)."""
+
     # Optional: power_lost() -- the module restarts in online mode (before escaped()): what
     # the link still holds for the connection is never sent.
 

@@ -106,10 +106,11 @@ def cmee_exec(modem, cmd):
 @command("O", EXEC)
 def ato(modem, cmd):
     """ATO: back to online data mode with the connection that left it last ("+++", DTR
-    with AT&D1): CONNECT, its waiting data first; NO CARRIER when there is none (any
-    more).  The EC2x note, "Return to transparent access mode"."""
+    with AT&D1), also when AT+QISWTMD switched it to buffer or push mode since: CONNECT,
+    its waiting data first; NO CARRIER when there is none (any more).  The EC2x note,
+    "Return to transparent access mode"."""
     Args(cmd, at_most=1).int(0, 0, 0, default=0)
     link = modem.interpreter.last_online
-    if link is None or not link.alive:
+    if link is None or not link.resume():
         return Response([], "NO CARRIER")
     return Response([], None, online=link)

@@ -69,7 +69,7 @@ def qsslcfg_write(modem, cmd):
     if name == "cacertex" and len(args) == 1:           # query every context at once
         return done(svc, ok(*(f'+QSSLCFG: "cacertex",{i},"{c["cacertex"]}"' for i, c in svc.contexts.items())))
     ctx = svc.contexts[args.int(1, 0, last_ctx)]
-    if len(args) == 2:
+    if len(args) == 2 or (len(args) == 3 and not args.present(2)):   # "<opt>",<ctx>, : omitted
         return done(svc, ok(f'+QSSLCFG: "{name}",{ctx.ctx_id},{_format_value(name, ctx[name])}'))
     opt = OPTIONS[name]
     if opt.kind == "int":
@@ -144,7 +144,10 @@ def qsslsend_write(modem, cmd):
         raise args.fail("empty <sendlen>")          # "AT+QSSLSEND=4," is not variable length
     length = args.int(1, 1, modem.profile["ssl.send_max"], default=None)
     if svc.connected(client_id) is None:
-        raise fail(svc, 567 if client_id in svc.sockets else 572, f"socket {client_id} is not connected")
+        sock = svc.sockets.get(client_id)
+        if sock is not None and sock.state is not OPENING:       # closed by the peer (state 4)
+            raise fail(svc, 567, f"socket {client_id} has been closed by the peer")
+        raise fail(svc, 572, f"socket {client_id} is not connected")    # none, or still opening
     return send_request(modem, svc, client_id, length)
 
 

@@ -97,17 +97,18 @@ class SetupError(Exception):
         self.reason = reason
 
 
+HEX_DIGITS = "0123456789abcdefABCDEF"
+
+
 def parse_cipher_list(text: str) -> tuple[int, ...] | None:
     """"0X0035", "0x0035:0XC02F" (':' or ';' between ids); None when malformed."""
     parts = [p.strip() for p in text.replace(";", ":").split(":")]
     ids = []
     for p in parts:
-        if not p.upper().startswith("0X") or not 3 <= len(p) <= 6:
-            return None
-        try:
-            ids.append(int(p, 16))
-        except ValueError:
-            return None
+        digits = p[2:]
+        if not p.upper().startswith("0X") or not 1 <= len(digits) <= 4 or digits.strip(HEX_DIGITS):
+            return None                 # (int(p, 16) alone would take "0X_35" and "0X 35")
+        ids.append(int(digits, 16))
     return tuple(ids) if ids else None
 
 

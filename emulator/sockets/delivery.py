@@ -293,11 +293,17 @@ class SocketLink:
         self._unsent = bytearray()
         self._unsent_timer = None
 
-    @property
-    def alive(self) -> bool:
+    def resume(self) -> bool:
+        """ATO: back to this connection if it is still open -- in transparent access mode
+        again when AT+QISWTMD gave it another since (the note: "ATO will change the access
+        mode of connection that exits transparent access mode lately"); what waits in it
+        goes out after CONNECT.  False: closed since (NO CARRIER)."""
         svc = self.delivery.svc
-        return (svc.holds(self.sock) and self.sock.state is CONNECTED
-                and self.sock.delivery is self.delivery)
+        if not (svc.holds(self.sock) and self.sock.state is CONNECTED):
+            return False
+        if self.sock.delivery is not self.delivery:
+            self.delivery.adopt(self.sock)
+        return True
 
     def started(self) -> None:
         delivery = self.delivery

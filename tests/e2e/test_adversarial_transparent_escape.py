@@ -348,7 +348,6 @@ def test_qiswtmd_to_buffer_and_back_with_data_waiting(quiet_peer):
     assert host.at("AT+QISWTMD=4,0") == b"\r\nOK\r\n"
     host.seen(b'+QSSLURC: "recv",4\r\n')
     assert host.at("AT+QSSLRECV=4,40") == b"\r\n+QSSLRECV: 40\r\n" + b"A" * 40 + b"\r\n\r\nOK\r\n"
-    assert ato(host) == b"\r\nNO CARRIER\r\n"            # buffer mode now: nothing to go back to
     server.conn.send(b"B" * 10)
     time.sleep(0.2)
     host.write(b"AT+QISWTMD=4,2\r")
@@ -359,6 +358,26 @@ def test_qiswtmd_to_buffer_and_back_with_data_waiting(quiet_peer):
     assert received(server, 2) == b"up"
 
 
+def test_ato_after_qiswtmd_to_buffer_returns_to_transparent(quiet_peer):
+    """The note, "Return to transparent access mode": "ATO will change the access mode of
+    connection that exits transparent access mode lately" -- also after AT+QISWTMD gave it
+    buffer mode: CONNECT, what still waits first, the socket in access mode 2 again."""
+    host, advance, port, server = quiet_peer
+    assert escape(host, advance) == b"\r\nOK\r\n"
+    server.conn.send(b"A" * 100)
+    time.sleep(0.2)
+    assert host.at("AT+QISWTMD=4,0") == b"\r\nOK\r\n"
+    host.seen(b'+QSSLURC: "recv",4\r\n')
+    assert host.at("AT+QSSLRECV=4,40") == b"\r\n+QSSLRECV: 40\r\n" + b"A" * 40 + b"\r\n\r\nOK\r\n"
+    assert b',2,1,4,0,"usbmodem",' in host.at("AT+QSSLSTATE=4")     # buffer access mode now
+    assert ato(host) == b"\r\nCONNECT\r\n"
+    assert host.read_exactly(60) == b"A" * 60
+    host.write(b"up")
+    assert received(server, 2) == b"up"
+    assert escape(host, advance) == b"\r\nOK\r\n"
+    assert b',2,1,4,2,"usbmodem",' in host.at("AT+QSSLSTATE=4")     # transparent again
+
+
 def test_qiswtmd_to_push_while_escaped_pushes_what_waited(quiet_peer):
     host, advance, port, server = quiet_peer
     assert escape(host, advance) == b"\r\nOK\r\n"
@@ -366,7 +385,9 @@ def test_qiswtmd_to_push_while_escaped_pushes_what_waited(quiet_peer):
     time.sleep(0.2)
     assert host.at("AT+QISWTMD=4,1") == b"\r\nOK\r\n"
     assert host.seen(b'+QSSLURC: "recv",4,13\r\nwaiting bytes') == b'+QSSLURC: "recv",4,13\r\nwaiting bytes'
-    assert ato(host) == b"\r\nNO CARRIER\r\n"
+    assert ato(host) == b"\r\nCONNECT\r\n"                 # (ATO changes its access mode back)
+    server.conn.send(b"online again")
+    assert host.read_exactly(12) == b"online again"
 
 
 def test_qiswtmd_to_transparent_on_wrong_or_missing_socket(ec2x_strict):
