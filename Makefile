@@ -36,13 +36,14 @@ socat:
 	  (apt-get update -qq && apt-get install -y -qq socat) >/dev/null 2>&1 || \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq socat); }
 
-# Real host programs the tests point at the pty (tests/e2e/test_real_host_programs.py):
-# pppd's chat (package ppp) and picocom.
+# Real host programs the tests point at the pty (tests/e2e/test_real_host_programs.py,
+# test_real_host_c_firmware.py): pppd's chat (package ppp), picocom, a C compiler.
 hostprogs:
-	@command -v chat >/dev/null && command -v picocom >/dev/null || { \
-	  echo "installing ppp (chat) and picocom"; \
-	  (apt-get update -qq && apt-get install -y -qq ppp picocom) >/dev/null 2>&1 || \
-	  (sudo apt-get update -qq && sudo apt-get install -y -qq ppp picocom); }
+	@command -v chat >/dev/null && command -v picocom >/dev/null && command -v cc >/dev/null \
+	  && test -f /usr/include/termios.h || { \
+	  echo "installing ppp (chat), picocom, gcc and libc6-dev"; \
+	  (apt-get update -qq && apt-get install -y -qq ppp picocom gcc libc6-dev) >/dev/null 2>&1 || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq ppp picocom gcc libc6-dev); }
 
 run: $(STAMP)
 	@echo "EC2x modem with the built-in loopback TLS peer; device link: $(LINK)" >&2
