@@ -6,7 +6,7 @@ What earlier files (test_tcpip.py, test_adversarial_tcpip*.py, test_qicfg_spec.p
 test_adversarial_files_cfg_tcpip.py) do not already pin: a UDP SERVICE past its receive buffer
 with many senders, hex dataformat on a UDP SERVICE, close-and-reopen of one UDP port in one
 line, the id pool full for a listener and an id freed again, SEND OK then AT+QICLOSE in one
-write, ATO after AT+QISWTMD moved a transparent socket to buffer mode, clients that reset right
+write, ATO after AT+QISWTMD moved a transparent socket to buffer mode (back to transparent), clients that reset right
 after connecting.  A test marked xfail(strict) reproduces a confirmed bug."""
 from __future__ import annotations
 
@@ -201,8 +201,9 @@ def test_send_ok_then_qiclose_in_the_same_write_still_delivers_the_data(modem, p
 
 def test_ato_after_qiswtmd_moved_the_transparent_socket_to_buffer_mode(modem, emulator):
     """Transparent, "+++", data arrive, AT+QISWTMD=<id>,0: the "recv" URC and AT+QIRD get them;
-    ATO then has no transparent connection (NO CARRIER) and the socket stays open in buffer
-    mode; AT+QISWTMD=<id>,2 goes online again (CONNECT) and data flow."""
+    ATO then returns to that connection all the same -- the note: "ATO will change the access
+    mode of connection that exits transparent access mode lately" -- CONNECT, transparent
+    again (AT+QISTATE access mode 2), data flow; after "+++" AT+QISWTMD=<id>,2 does the same."""
     host, advance, _ = modem
     assert host.at('AT+QICFG="transwaittm",0') == OK
     with TcpServer("sink") as server:
@@ -216,13 +217,19 @@ def test_ato_after_qiswtmd_moved_the_transparent_socket_to_buffer_mode(modem, em
         assert host.at("AT+QISWTMD=3,0") == OK
         host.seen(b'\r\n+QIURC: "recv",3\r\n')
         assert host.at("AT+QIRD=3") == b"\r\n+QIRD: 10\r\nwhile-away\r\n\r\nOK\r\n"
-        assert host.at("ATO") == b"\r\nNO CARRIER\r\n"
         assert re.fullmatch(rb'\r\n\+QISTATE: 3,"TCP","[\d.]+",7000,\d+,2,1,3,0,"usbmodem"\r\n\r\nOK\r\n',
+                            host.at("AT+QISTATE=1,3"))
+        host.write(b"ATO\r")
+        assert host.read_until(re.compile(rb"\r\n(CONNECT|NO CARRIER)\r\n")) == b"\r\nCONNECT\r\n"
+        host.write(b"via-ato")
+        assert conn.wait_received(7) == b"via-ato"
+        assert escape(host, advance) == OK
+        assert re.fullmatch(rb'\r\n\+QISTATE: 3,"TCP","[\d.]+",7000,\d+,2,1,3,2,"usbmodem"\r\n\r\nOK\r\n',
                             host.at("AT+QISTATE=1,3"))
         host.write(b"AT+QISWTMD=3,2\r")
         assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\nCONNECT\r\n"
         host.write(b"online-again")
-        assert conn.wait_received(12) == b"online-again"
+        assert conn.wait_received(19) == b"via-atoonline-again"
         assert escape(host, advance) == OK
         assert host.at("AT+QICLOSE=3,0") == OK
 
