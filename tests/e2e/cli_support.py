@@ -2,6 +2,7 @@
 stdout line (the device path), and a signal to stop it."""
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -37,3 +38,60 @@ def refused(*args: str) -> tuple[int, str, str]:
     proc = start(*args)
     out, err = proc.communicate(timeout=20)
     return proc.returncode, out, err
+
+
+class Cli:
+    """`python -m emulator --offline --state-dir D --link D/modem <args>`; log in a file."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.dir = tmp_path
+        self.dev = str(tmp_path / "modem")
+        self.log_path = tmp_path / "emulator.log"
+        self._log = open(self.log_path, "w")
+        self.proc = start("--offline", "--state-dir", str(tmp_path / "state"), "--link", self.dev,
+                          "--log-level", "INFO", *args, stderr=self._log)
+        line = self.proc.stdout.readline().strip()
+        if line != self.dev:
+            self.proc.kill()
+            raise AssertionError(f"CLI did not print its link: {line!r}; log: {self.log()}")
+        self.stopped = False
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM; exit status 0 and a log without a traceback or an ERROR-level record (an
+        INFO line may quote a command's ERROR answer)."""
+        self.stopped = True
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(30)
+        finally:
+            self.proc.kill()
+            self._log.close()
+        log = self.log_path.read_text(errors="replace")
+        assert rc == 0, f"emulator exit status {rc}; log:\n{log[-4000:]}"
+        assert "Traceback" not in log, log[-4000:]
+        assert not re.search(r"^\S+ \S+ (ERROR|CRITICAL) ", log, re.M), log[-4000:]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if not self._log.closed:
+            self._log.close()
+
+
+def cli_factory(tmp_path: Path):
+    """The body of a `cli` fixture: yields start(*args) -> Cli (each in tmp_path), killed at
+    the end."""
+    started: list[Cli] = []
+
+    def start_cli(*args: str) -> Cli:
+        emu = Cli(tmp_path, *args)
+        started.append(emu)
+        return emu
+    yield start_cli
+    for emu in started:
+        emu.kill()

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_real_host_programs import Cli
+from tests.e2e.cli_support import cli_factory
 
 SOURCES = Path(__file__).resolve().parent / "c_hosts"
 HOSTNAME = "www.iottest.work"          # one of the PKI server certificate's names
@@ -82,15 +82,8 @@ def run_host(exe: str, *args: str, wall: float = WALL) -> tuple[dict[str, str], 
 
 @pytest.fixture
 def cli(tmp_path):
-    started: list[Cli] = []
-
-    def start(*args: str) -> Cli:
-        emu = Cli(tmp_path, *args)
-        started.append(emu)
-        return emu
-    yield start
-    for emu in started:
-        emu.kill()
+    """start(*args) -> Cli: the CLI as a user starts it (tests/e2e/cli_support.Cli)."""
+    yield from cli_factory(tmp_path)
 
 
 # --- the TLS peer: Python's ssl (OpenSSL), nothing of the emulator's -------------------------------
