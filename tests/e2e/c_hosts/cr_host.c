@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "report.h"
 #include "sha256.h"
 
 #define RXCAP (512 * 1024)
@@ -51,43 +52,6 @@ static unsigned char *echo;
 static size_t echo_len, echo_cap;
 static sha256_ctx sent_sha;
 static size_t sent_total;
-
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    printf("RESULT fail ");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-    exit(1);
-}
-
-static void step(const char *fmt, ...)
-{
-    va_list ap;
-    printf("STEP ");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-}
-
-static void wire(const char *dir, const unsigned char *p, size_t n)
-{
-    size_t i, shown = n > 160 ? 160 : n;
-    fprintf(stderr, "%s ", dir);
-    for (i = 0; i < shown; i++)
-        if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\\')
-            fputc(p[i], stderr);
-        else
-            fprintf(stderr, "\\x%02x", p[i]);
-    if (shown < n)
-        fprintf(stderr, "...(+%zu)", n - shown);
-    fputc('\n', stderr);
-}
 
 static double now(void)
 {

@@ -36,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "report.h"
 #include "sha256.h"
 
 #define RXCAP (512 * 1024)
@@ -67,44 +68,6 @@ static void on_alarm(int sig)
 {
     (void)sig;
     g_alarm = 1;
-}
-
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    printf("RESULT fail ");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-    exit(1);
-}
-
-static void step(const char *fmt, ...)
-{
-    va_list ap;
-    printf("STEP ");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-}
-
-static void trace(const char *dir, const unsigned char *p, size_t n)
-{
-    size_t i, shown = n > 160 ? 160 : n;
-    fprintf(stderr, "%s ", dir);
-    for (i = 0; i < shown; i++) {
-        if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\\')
-            fputc(p[i], stderr);
-        else
-            fprintf(stderr, "\\x%02x", p[i]);
-    }
-    if (shown < n)
-        fprintf(stderr, "...(+%zu)", n - shown);
-    fputc('\n', stderr);
 }
 
 static void arm(unsigned seconds)
@@ -174,7 +137,7 @@ static int fill(void)
         fail("read: %s", strerror(errno));
     }
     if (n > 0) {
-        trace("<<", g_rx + g_rxlen, (size_t)n);
+        wire("<<", g_rx + g_rxlen, (size_t)n);
         g_rxlen += (size_t)n;
     }
     return (int)n;
@@ -201,7 +164,7 @@ static void write_all(const void *buf, size_t len)
             }
             fail("write: %s", strerror(errno));
         }
-        trace(">>", p, (size_t)n);
+        wire(">>", p, (size_t)n);
         p += n;
         len -= (size_t)n;
     }
