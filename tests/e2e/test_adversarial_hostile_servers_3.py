@@ -228,12 +228,10 @@ def test_a_byte_flipped_in_the_servers_handshake_never_opens(modem, emulator, ki
 
 
 # == negotiatetime against a server that never stops sending =========================================
-def test_drip_fed_handshake_times_out_at_negotiatetime(modem, emulator):
-    """The server sends its first flight one byte per modem second: traffic never stops, the
-    handshake never ends.  negotiatetime (10 s) bounds the handshake, not the silence between
-    bytes: +QSSLOPEN: <id>,569 at 10 s, once; the connection is aborted."""
-    host, advance, port = modem
-    assert host.at('AT+QSSLCFG="negotiatetime",1,10') == b"\r\nOK\r\n"
+def _drip_feeder():
+    """(script, drip): a server script that sends its first flight one byte each time drip
+    asks; drip(host, advance, urc) feeds ten bytes a modem second apart (the open's answer
+    `urc` must not come meanwhile), then an eleventh and one more second."""
     ask = threading.Semaphore(0)
     sent = []
 
@@ -247,18 +245,31 @@ def test_drip_fed_handshake_times_out_at_negotiatetime(modem, emulator):
             sent.append(i)
         c.server.stall()
 
-    with Server(script, emulator) as server:
-        ssl_open(host, 6)
-        wait_for(lambda: server.conns and len(server.conns[0].raw_in) > 0, what="ClientHello")
+    def drip(host, advance, urc: bytes) -> None:
         for step in range(10):
             ask.release()
             wait_for(lambda: len(sent) > step, what="a byte sent")
             time.sleep(0.05)                              # (the emulator reads it)
             advance(0.95)
-            assert b"+QSSLOPEN" not in host.quiet_for(0.05), step
+            assert urc not in host.quiet_for(0.05), step
         ask.release()
         wait_for(lambda: len(sent) > 10, what="a byte sent")
         advance(1.0)
+    return script, drip
+
+
+def test_drip_fed_handshake_times_out_at_negotiatetime(modem, emulator):
+    """The server sends its first flight one byte per modem second: traffic never stops, the
+    handshake never ends.  negotiatetime (10 s) bounds the handshake, not the silence between
+    bytes: +QSSLOPEN: <id>,569 at 10 s, once; the connection is aborted."""
+    host, advance, port = modem
+    assert host.at('AT+QSSLCFG="negotiatetime",1,10') == b"\r\nOK\r\n"
+    script, drip = _drip_feeder()
+
+    with Server(script, emulator) as server:
+        ssl_open(host, 6)
+        wait_for(lambda: server.conns and len(server.conns[0].raw_in) > 0, what="ClientHello")
+        drip(host, advance, b"+QSSLOPEN")
         assert open_answer(host, 6) == 569
         assert qigeterror(host) == 569
         assert host.quiet_for(0.2) == b""
@@ -811,30 +822,12 @@ def test_ml302_drip_fed_handshake_ends_at_its_timeout(ml, emulator):
     flight a byte per modem second does not keep it alive: +QSSLOPEN: <ssid>,-1 once, at 10 s,
     the connection aborted, AT+QSSLSTATE CLOSED."""
     host, advance, port = ml
-    ask = threading.Semaphore(0)
-    sent = []
-
-    def script(c: Conn) -> None:
-        flight = c.first_flight()
-        for i in range(len(flight)):
-            while not ask.acquire(timeout=0.2):
-                if c.server.release.is_set():
-                    return
-            c.sock.sendall(flight[i:i + 1])
-            sent.append(i)
-        c.server.stall()
+    script, drip = _drip_feeder()
 
     with Server(script, emulator, suites=ML302_SUITES) as server:
         assert host.at(f'AT+QSSLOPEN=3,0,"{NAME}",443,0,10') == b"\r\nOK\r\n"
         wait_for(lambda: server.conns and len(server.conns[0].raw_in) > 0, what="ClientHello")
-        for step in range(10):
-            ask.release()
-            wait_for(lambda: len(sent) > step, what="a byte sent")
-            time.sleep(0.05)
-            advance(0.95)
-            assert b"+QSSLOPEN: 3" not in host.quiet_for(0.05), step
-        ask.release()
-        advance(1.0)
+        drip(host, advance, b"+QSSLOPEN: 3")
         assert host.seen(re.compile(rb"\+QSSLOPEN: 3,-?\d+\r\n"), 10) == b"+QSSLOPEN: 3,-1\r\n"
         assert host.quiet_for(0.2) == b""
         state_ = host.at("AT+QSSLSTATE")
