@@ -249,7 +249,7 @@ def test_seclevel2_without_client_key_is_552_before_any_tcp(modem, net, pki):
 @pytest.mark.parametrize("line", [
     'AT+QSSLCFG="sslversion",0,5', 'AT+QSSLCFG="sslversion",6,1', 'AT+QSSLCFG="sslversion",0,-1',
     'AT+QSSLCFG="seclevel",0,3', 'AT+QSSLCFG="negotiatetime",0,9', 'AT+QSSLCFG="negotiatetime",0,301',
-    'AT+QSSLCFG="sni",0,2', 'AT+QSSLCFG="sni",0,"1"', 'AT+QSSLCFG="sni",0,', 'AT+QSSLCFG="sni",0,1,',
+    'AT+QSSLCFG="sni",0,2', 'AT+QSSLCFG="sni",0,"1"', 'AT+QSSLCFG="sni",0,,', 'AT+QSSLCFG="sni",0,1,',
     'AT+QSSLCFG="ciphersuite",0,"0XFFFF:0X0035"', 'AT+QSSLCFG="ciphersuite",0,""',
     'AT+QSSLCFG="ciphersuite",0,"0X0035:"', 'AT+QSSLCFG="ciphersuite",0,"35"',
     'AT+QSSLCFG="ciphersuite",0,"0X10035"', 'AT+QSSLCFG="nosuch",0,1', 'AT+QSSLCFG="sni"',

@@ -511,8 +511,8 @@ class Ec2xSockets(RuleBasedStateMachine):
         line = (f"AT+QSSLSEND={cid},{len(data)}" if kind == "ssl" else f"AT+QISEND={cid},{len(data)}")
         if s is None or s.state != "connected":
             self.cmd(line, ERROR, bytewise)
-            if kind == "ssl":
-                self.last_error(572 if s is None else 567, line)
+            if kind == "ssl":           # 567 only once the peer closed it; opening: 572
+                self.last_error(567 if s is not None and s.state == "closing" else 572, line)
             return
         self.cmd(line, b"\r\n> ", bytewise)
         self.wire.write(data)
