@@ -154,3 +154,23 @@ def test_empty_alpn_sends_no_extension(ec2x, net, pki):
                      ("alpn", '"h2"'), ("alpn", '""'))
     assert conn.alpn_offered is None and not conn.client_hello.has_extension(16)
     assert conn.alpn_selected is None
+
+
+# -- groups (no AT option: what every ClientHello offers) ---------------------------------------
+# Mbed TLS 2.28's own order, strongest first (IANA named-group ids): secp521r1, brainpoolP512r1,
+# secp384r1, brainpoolP384r1, secp256r1, secp256k1, brainpoolP256r1, secp224r1, secp224k1,
+# secp192r1, secp192k1, x25519, x448.
+MBEDTLS_GROUPS = [25, 28, 24, 27, 23, 22, 26, 21, 20, 19, 18, 29, 30]
+
+
+def test_supported_groups_are_mbed_tls_defaults_strongest_first(ec2x, net, pki):
+    """behaviour.md (TLS options on the wire): no AT+QSSLCFG option sets the ECDHE groups;
+    the ClientHello's supported_groups extension (10) lists Mbed TLS 2.28's defaults in its
+    order, secp521r1 first, so a server that follows the client's preference (openssl
+    s_server's default) picks P-521 and one that prefers its own (Python ssl) x25519."""
+    conn = handshake(ec2x, net, TlsServer(pki.server))
+    body = conn.client_hello.extension(10)
+    assert body is not None
+    size = int.from_bytes(body[:2], "big")
+    groups = [int.from_bytes(body[2 + i:4 + i], "big") for i in range(0, size, 2)]
+    assert groups == MBEDTLS_GROUPS
