@@ -209,9 +209,7 @@ def strict_log(caplog):
 def _strict(emulator, caplog, host, port):
     caplog.set_level(logging.INFO)
 
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
+    advance = emulator.advancer(port, host)
     yield host, advance, port
     bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not bad, [r.getMessage() for r in bad]

@@ -190,6 +190,15 @@ class BackgroundEmulator:
                 raise TimeoutError(f"the modem read {self.run(lambda: port.port.received)} of {total} bytes")
             time.sleep(0.002)
 
+    def advancer(self, port: ModemPort, host, before: int = 0, timeout: float = 10):
+        """advance(seconds) for a test on manual time: the modem's clock moves only once it
+        has read all that `host` (anything with a .written count) wrote -- plus `before`
+        bytes earlier hosts wrote, as received counts every host's."""
+        def advance(seconds: float) -> int:
+            self.wait_received(port, before + host.written, timeout)
+            return self.advance(port, seconds)
+        return advance
+
     def control(self, op: str, modem: int = 0, **kw) -> dict:
         """Emulator.control() run on the loop thread."""
         return self.run(lambda: self.emulator.control(op, modem, **kw))

@@ -582,10 +582,7 @@ def test_transparent_ato_with_data_in_the_same_write(emulator, open_modem, tcp_e
     """Transparent mode (AT+QIOPEN mode 2): after +++, "ATO" CR and the next data in one
     write: CONNECT, then the data echoed back; the escape's OK never mixes with them."""
     host, port = open_modem("ec2x", manual_time=True)
-
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
+    advance = emulator.advancer(port, host)
     with_pdp(host)
     assert host.at('AT+QICFG="transwaittm",0') == OK           # packets leave at once
     qiopen(host, mode=2)

@@ -81,9 +81,7 @@ def gnss_modem(open_modem, emulator):
         got = host.at('AT+CCLK="30/06/15,10:20:30+32"')
         assert got.endswith(b"\r\nOK\r\n"), got
 
-        def advance(seconds: float) -> None:
-            emulator.wait_received(port, host.written)
-            emulator.advance(port, seconds)
+        advance = emulator.advancer(port, host)
         return host, advance
     return make
 

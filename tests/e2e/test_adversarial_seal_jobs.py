@@ -163,10 +163,7 @@ def the_socket(port):
 def advancer(emulator, port, host, before: int = 0):
     """advance(s) for escape(): the modem's clock moves once it has read all the host wrote
     (before: what the port had read from earlier hosts)."""
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, before + host.written, timeout=20)
-        emulator.advance(port, seconds)
-    return advance
+    return emulator.advancer(port, host, before=before, timeout=20)
 
 
 def drain_host(host) -> None:

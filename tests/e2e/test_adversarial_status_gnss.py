@@ -101,10 +101,7 @@ pytestmark = pytest.mark.usefixtures("strict_log")
 def modem(open_modem, emulator):
     """(host, advance(s), port): an EC2x on manual time, ATE0."""
     host, port = open_modem("ec2x", manual_time=True)
-
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
+    advance = emulator.advancer(port, host)
     return host, advance, port
 
 
@@ -376,10 +373,7 @@ def test_cgev_mode_2_in_transparent_mode_comes_after_the_escape_never_in_the_dat
 
 def test_cgev_mode_1_drops_the_codes_of_online_mode_for_good(open_modem, emulator, tcp_echo):
     host, port = open_modem("ec2x", manual_time=True)
-
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
+    advance = emulator.advancer(port, host)
     assert host.at('AT+CGEREP=1;+QICSGP=1,1,"UNINET","","",1;+QIACT=1;+QICSGP=2,1,"B","","",1;'
                    '+QIACT=2;+QICFG="transwaittm",0') == OK
     host.read_until(b"ACT 2\r\n")

@@ -104,10 +104,7 @@ def timed(emulator, open_modem):
     """An EC2x on manual time: (host, advance(seconds), mode()), advancing only after the
     modem has read everything the host wrote; mode() is its port's mode now."""
     host, port = open_modem("ec2x", manual_time=True)
-
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
+    advance = emulator.advancer(port, host)
 
     def mode() -> Mode:
         return emulator.run(lambda: port.modem.interpreter.mode)

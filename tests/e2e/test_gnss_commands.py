@@ -36,10 +36,7 @@ def cme(code: int) -> bytes:
 def gps(open_modem, emulator):
     """(host, advance(s)): an EC2x on manual time whose clock says 2030-06-15 02:20:30 UTC."""
     host, port = open_modem("ec2x", manual_time=True)
-
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
+    advance = emulator.advancer(port, host)
     assert host.at('AT+CCLK="30/06/15,10:20:30+32"') == OK          # local 10:20:30 at UTC+8
     return host, advance
 

@@ -29,10 +29,7 @@ def cme(code: int) -> bytes:
 def modem(emulator, open_modem):
     """(host, advance(s), port): an EC2x on the manual clock, ATE0, no context active."""
     host, port = open_modem("ec2x", manual_time=True)
-
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
+    advance = emulator.advancer(port, host)
     return host, advance, port
 
 

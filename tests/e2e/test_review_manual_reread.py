@@ -257,10 +257,7 @@ def test_ec2x_close_timeout_default_is_10_seconds(open_modem, emulator, pki):
         release.wait(120)
 
     host, port = ec2x_up(open_modem, manual_time=True)
-
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
+    advance = emulator.advancer(port, host)
 
     with TlsServer(pki.server, legacy=True, handler=deaf) as server:
         emulator.router.add_map(NOTE_HOST, 8010, "127.0.0.1", server.port)
@@ -287,10 +284,7 @@ def test_ec2x_ato_returns_to_the_last_transparent_connection_after_qiswtmd(open_
     # successfully, CONNECT will be returned. If there is no connection entering transparent
     # access mode before, ATO will return NO CARRIER."
     host, port = ec2x_up(open_modem, manual_time=True)
-
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
+    advance = emulator.advancer(port, host)
 
     with TlsServer(pki.server, legacy=True, mode="echo") as server:
         emulator.router.add_map(NOTE_HOST, 8011, "127.0.0.1", server.port)

@@ -151,9 +151,7 @@ def ec2x_two(open_modem, emulator):
                    '+QICSGP=2,1,"B","","",1;+QIACT=2') == OK
     assert host.read_until(b"ACT 2\r\n") == urcs(act(1), act(2))
 
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
+    advance = emulator.advancer(port, host)
     return host, advance, port
 
 

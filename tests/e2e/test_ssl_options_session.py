@@ -68,9 +68,7 @@ def timed(emulator, open_modem):
     host, port = open_modem("ec2x", manual_time=True)
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
 
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
+    advance = emulator.advancer(port, host)
     return host, advance
 
 

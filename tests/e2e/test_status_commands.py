@@ -210,10 +210,7 @@ def test_a_restart_sets_cgerep_back_to_0(ec2x):
 def test_cgerep_1_drops_the_codes_online_data_mode_holds_and_2_writes_them_after(
         open_modem, emulator, tcp_echo, mode, kept):
     host, port = open_modem("ec2x", manual_time=True)
-
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
+    advance = emulator.advancer(port, host)
     assert host.at(f'AT+QICFG="transwaittm",0;+CGEREP={mode}') == OK
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1;+QICSGP=2,1,"B","","",1;+QIACT=2') == OK
     assert host.read_until(b"ACT 2\r\n") == urcs("+CGEV: ME PDN ACT 1", "+CGEV: ME PDN ACT 2")

@@ -24,9 +24,7 @@ def modem(emulator, ec2x_on):
     # tests are about other things than the module's packet wait, and run on manual time
     assert host.at('AT+QICFG="transwaittm",0') == b"\r\nOK\r\n"
 
-    def advance(seconds: float) -> None:
-        emulator.wait_received(port, host.written)
-        emulator.advance(port, seconds)
+    advance = emulator.advancer(port, host)
     return host, advance
 
 

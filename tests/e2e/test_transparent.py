@@ -25,9 +25,7 @@ def online(emulator, open_modem, pki):
     with TlsServer(mode="echo", legacy=True) as server:
         emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
 
-        def advance(seconds: float) -> None:
-            emulator.wait_received(port, host.written)
-            emulator.advance(port, seconds)
+        advance = emulator.advancer(port, host)
         yield host, port, advance, server
 
 
@@ -211,9 +209,7 @@ def ml302_online(emulator, open_modem):
         emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
         connect(host, f'AT+QSSLOPEN=0,0,"{HOST}",{PORT},1')
 
-        def advance(seconds: float) -> None:
-            emulator.wait_received(port, host.written)
-            emulator.advance(port, seconds)
+        advance = emulator.advancer(port, host)
         yield host, advance, server
 
 
