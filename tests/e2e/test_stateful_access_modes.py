@@ -62,7 +62,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 
 from emulator.io.app import BackgroundEmulator
 from emulator.testing.peers import TcpServer, TlsServer, default_pki
-from tests.e2e.test_stateful_sockets import ERROR, OK, TRICKY, LogGuard, Wire
+from tests.e2e.test_stateful_sockets import ERROR, OK, TRICKY, LogGuard, Wire, close_rig
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "25"))
 SETTINGS = settings(max_examples=EXAMPLES, stateful_step_count=12, deadline=None,
@@ -243,13 +243,7 @@ class AccessModes(RuleBasedStateMachine):
             if self.clean:
                 self.final_drain()
         finally:
-            try:
-                self.wire.close()
-                self.emu.stop()
-            finally:
-                logging.getLogger().removeHandler(self.guard)
-                self.state_dir.cleanup()
-        assert not self.guard.bad, self.guard.bad
+            close_rig(self)
 
     # -- plumbing
     def cmd(self, line: str, answer: bytes | None = None, timeout: float = TIMEOUT) -> None:

@@ -275,6 +275,18 @@ class Sock:
 
 
 # -- the EC2x machine ---------------------------------------------------------------------------
+def close_rig(machine) -> None:
+    """A state machine's end: its wire and emulator stopped, its log guard removed, its state
+    dir gone; then no log record may have been an error or carried a traceback."""
+    try:
+        machine.wire.close()
+        machine.emu.stop()
+    finally:
+        logging.getLogger().removeHandler(machine.guard)
+        machine.state_dir.cleanup()
+    assert not machine.guard.bad, machine.guard.bad
+
+
 class Ec2xSockets(RuleBasedStateMachine):
     peers: Peers = None              # set by the test
 
@@ -308,13 +320,7 @@ class Ec2xSockets(RuleBasedStateMachine):
         self.cmd("AT+QIACT=1", OK)
 
     def teardown(self) -> None:
-        try:
-            self.wire.close()
-            self.emu.stop()
-        finally:
-            logging.getLogger().removeHandler(self.guard)
-            self.state_dir.cleanup()
-        assert not self.guard.bad, self.guard.bad
+        close_rig(self)
 
     # -- plumbing
     def cmd(self, line: str, answer: bytes | None = None, bytewise: bool = False) -> None:
