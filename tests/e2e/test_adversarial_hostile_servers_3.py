@@ -588,6 +588,20 @@ def _dtls_open(host, emulator, port: int, cid: int = 0) -> None:
     assert host.at(f'AT+QSSLOPEN=1,2,{cid},"{DTLS_NAME}",{DTLS_PORT},0') == b"\r\nOK\r\n"
 
 
+def _dtls_still_usable(host, emulator, pki, cid: int) -> None:
+    """The id opens again on a fresh DTLS server, data flow, and it closes."""
+    server = _dtls_server(pki)
+    try:
+        emulator.router.add_map(DTLS_NAME, DTLS_PORT, "127.0.0.1", server.port)
+        assert host.at(f'AT+QSSLOPEN=1,2,{cid},"{DTLS_NAME}",{DTLS_PORT},0') == b"\r\nOK\r\n"
+        assert open_answer(host, cid, timeout=20) == 0
+        assert host.send_data(cid, b"again\n") == b"\r\nSEND OK\r\n"
+        server.wait_for_output(rb"again", 10)
+        assert host.at(f"AT+QSSLCLOSE={cid},0") == b"\r\nOK\r\n"
+    finally:
+        server.stop()
+
+
 def _is_app(d: bytes) -> bool:
     recs = dtls_records(d)
     return bool(recs) and all(r.type == CT_APP for r in recs)
@@ -732,16 +746,7 @@ def test_dtls_server_close_notify_reports_closed(modem, emulator, pki, tmp_path)
             assert host.transcript.count(b'+QSSLURC: "closed",3') == 1
     finally:
         server.stop()
-    server = _dtls_server(pki)
-    try:
-        emulator.router.add_map(DTLS_NAME, DTLS_PORT, "127.0.0.1", server.port)
-        assert host.at(f'AT+QSSLOPEN=1,2,3,"{DTLS_NAME}",{DTLS_PORT},0') == b"\r\nOK\r\n"
-        assert open_answer(host, 3, timeout=20) == 0
-        assert host.send_data(3, b"again\n") == b"\r\nSEND OK\r\n"
-        server.wait_for_output(rb"again", 10)
-        assert host.at("AT+QSSLCLOSE=3,0") == b"\r\nOK\r\n"
-    finally:
-        server.stop()
+    _dtls_still_usable(host, emulator, pki, 3)
 
 
 @pytest.mark.needs_native
@@ -776,16 +781,7 @@ def test_dtls_server_initiated_renegotiation_ends_the_socket(modem, emulator, pk
         assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
     finally:
         server.stop()
-    server = _dtls_server(pki)
-    try:
-        emulator.router.add_map(DTLS_NAME, DTLS_PORT, "127.0.0.1", server.port)
-        assert host.at(f'AT+QSSLOPEN=1,2,1,"{DTLS_NAME}",{DTLS_PORT},0') == b"\r\nOK\r\n"
-        assert open_answer(host, 1, timeout=20) == 0
-        assert host.send_data(1, b"again\n") == b"\r\nSEND OK\r\n"
-        server.wait_for_output(rb"again", 10)
-        assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
-    finally:
-        server.stop()
+    _dtls_still_usable(host, emulator, pki, 1)
 
 
 def test_dtls_server_demanding_a_client_certificate_the_modem_lacks(modem, emulator, pki):
