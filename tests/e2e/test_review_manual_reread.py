@@ -41,6 +41,14 @@ def opened(host, cid: int, timeout: float = 30) -> bytes:
     return host.seen(re.compile(rb"\r\n\+QSSLOPEN: %d,-?\d+\r\n" % cid), timeout)
 
 
+def open_note(host, emulator, server, port: int, access_mode: int) -> None:
+    """The note's §3 open on clientID 4 (SSL context 1) to NOTE_HOST:<port>, routed to
+    `server`: OK, then +QSSLOPEN: 4,0."""
+    emulator.router.add_map(NOTE_HOST, port, "127.0.0.1", server.port)
+    assert host.at(f'AT+QSSLOPEN=1,1,4,"{NOTE_HOST}",{port},{access_mode}') == OK
+    assert opened(host, 4) == b"\r\n+QSSLOPEN: 4,0\r\n"
+
+
 def wait_until(predicate, what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -92,9 +100,7 @@ def test_ec2x_3_4_1_direct_push_state_line_and_no_qsslrecv(open_modem, emulator,
     # AT+QIGETERROR 572.  §3.4.3: the data come pushed instead.
     host, _ = ec2x_up(open_modem)
     with TlsServer(pki.server, legacy=True, mode="echo") as server:
-        emulator.router.add_map(NOTE_HOST, 8011, "127.0.0.1", server.port)
-        assert host.at(f'AT+QSSLOPEN=1,1,4,"{NOTE_HOST}",8011,1') == OK
-        assert opened(host, 4) == b"\r\n+QSSLOPEN: 4,0\r\n"
+        open_note(host, emulator, server, 8011, 1)
         state = host.at("AT+QSSLSTATE")
         assert re.fullmatch(rb'\r\n\+QSSLSTATE: 4,"SSLClient","220\.180\.239\.212",8011,\d{1,5},2,1,4,1,'
                             rb'"usbmodem",1\r\n\r\nOK\r\n', state), state
@@ -114,9 +120,7 @@ def test_ec2x_variable_length_send_is_at_most_1460_bytes(open_modem, emulator, p
     # of a refused send reaches the server.
     host, _ = ec2x_up(open_modem)
     with TlsServer(pki.server, legacy=True, mode="sink") as server:
-        emulator.router.add_map(NOTE_HOST, 8010, "127.0.0.1", server.port)
-        assert host.at(f'AT+QSSLOPEN=1,1,4,"{NOTE_HOST}",8010,0') == OK
-        assert opened(host, 4) == b"\r\n+QSSLOPEN: 4,0\r\n"
+        open_note(host, emulator, server, 8010, 0)
         full = bytes(b for b in range(0x20, 0x7F)) * 15 + b"-" * 35           # 1460, no ^Z/ESC
         assert len(full) == 1460
         assert host.send_data(4, full, fixed=False) == b"\r\nSEND OK\r\n"
@@ -138,9 +142,7 @@ def test_ec2x_pdp_deactivation_reports_closed_and_the_id_stays_taken(open_modem,
     # loss stay readable; the clientID is in use (563) until AT+QSSLCLOSE.
     host, _ = ec2x_up(open_modem)
     with TlsServer(pki.server, legacy=True, mode="echo") as server:
-        emulator.router.add_map(NOTE_HOST, 8010, "127.0.0.1", server.port)
-        assert host.at(f'AT+QSSLOPEN=1,1,4,"{NOTE_HOST}",8010,0') == OK
-        assert opened(host, 4) == b"\r\n+QSSLOPEN: 4,0\r\n"
+        open_note(host, emulator, server, 8010, 0)
         assert host.send_data(4, b"kept") == b"\r\nSEND OK\r\n"
         host.seen(b'+QSSLURC: "recv",4\r\n')
         assert host.at("AT+QIDEACT=1") == OK
@@ -476,9 +478,7 @@ def test_ec2x_direct_push_urc_lengths_frame_a_large_burst(open_modem, emulator, 
     burst = bytes((i * 7) & 0xFF for i in range(4000))
     host, _ = ec2x_up(open_modem)
     with TlsServer(pki.server, legacy=True, mode="echo") as server:
-        emulator.router.add_map(NOTE_HOST, 8011, "127.0.0.1", server.port)
-        assert host.at(f'AT+QSSLOPEN=1,1,4,"{NOTE_HOST}",8011,1') == OK
-        assert opened(host, 4) == b"\r\n+QSSLOPEN: 4,0\r\n"
+        open_note(host, emulator, server, 8011, 1)
         server.wait_for(lambda: server.connections and server.conn.handshake_done, 20, "handshake")
         server.conn.send(burst)
         got = b""
@@ -535,9 +535,7 @@ def test_ec2x_send_on_a_socket_still_opening_is_572_and_after_a_peer_close_567(o
     finally:
         listener.close()
     with TlsServer(legacy=True, mode="echo") as server:
-        emulator.router.add_map(NOTE_HOST, 8010, "127.0.0.1", server.port)
-        assert host.at(f'AT+QSSLOPEN=1,1,4,"{NOTE_HOST}",8010,0') == OK
-        assert opened(host, 4, timeout=30) == b"\r\n+QSSLOPEN: 4,0\r\n"
+        open_note(host, emulator, server, 8010, 0)
         server.wait_handshake()
         server.conn.close()
         host.seen(b'+QSSLURC: "closed",4\r\n', timeout=30)
