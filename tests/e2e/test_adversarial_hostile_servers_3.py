@@ -61,16 +61,6 @@ ML302_SUITES = "AES128-SHA:AES256-SHA"    # (the ML302 offers only its manual's 
 DTLS_PORT = 4444
 
 
-@pytest.fixture
-def modem(ec2x_strict):
-    return ec2x_strict
-
-
-@pytest.fixture
-def ml(ml302_strict):
-    return ml302_strict
-
-
 def qigeterror(host) -> int:
     return int(re.search(rb"\+QIGETERROR: (\d+),", host.at("AT+QIGETERROR")).group(1))
 
@@ -106,11 +96,11 @@ def _coalesce(how: str):
 
 
 @pytest.mark.parametrize("how", ["one_record", "hello_then_rest"])
-def test_first_flight_coalesced_into_one_record_opens(modem, emulator, how):
+def test_first_flight_coalesced_into_one_record_opens(ec2x_strict, emulator, how):
     """ServerHello, Certificate, ServerKeyExchange and ServerHelloDone in one handshake record
     (several whole messages per record: RFC 5246 6.2.1, what Mbed TLS reads): the open
     succeeds, at seclevel 1 too (the sniffer finds the Certificate inside the record)."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     from emulator.testing.peers import default_pki
     from tests.e2e.ssl_options_support import trust
     trust(host, 1, default_pki().ca.cert_pem)
@@ -129,13 +119,13 @@ def test_first_flight_coalesced_into_one_record_opens(modem, emulator, how):
         assert host.at("AT+QSSLCLOSE=3,0") == b"\r\nOK\r\n"
 
 
-def test_hello_request_in_clear_before_the_server_hello_is_answered_once(modem, emulator, caplog):
+def test_hello_request_in_clear_before_the_server_hello_is_answered_once(ec2x_strict, emulator, caplog):
     """A HelloRequest (clear, epoch 0) in front of the ServerHello.  RFC 5246 7.4.1.1 says a
     client in a negotiation ignores it; Mbed TLS 2.28 (the ML302's library) takes it for a
     bad ServerHello and fails, and so does the emulator (behaviour.md, "Empty records and
     split handshake messages"): exactly one answer, 566 with a reason in the log, the
     connection released, the id reusable."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
 
     def script(c: Conn) -> None:
         c.handshake(lambda flight: record(CT_HANDSHAKE, b"\x00\x00\x00\x00") + flight)
@@ -208,13 +198,13 @@ def _flipping_script(kind: str):
 
 
 @pytest.mark.parametrize("kind", FLIPS)
-def test_a_byte_flipped_in_the_servers_handshake_never_opens(modem, emulator, kind):
+def test_a_byte_flipped_in_the_servers_handshake_never_opens(ec2x_strict, emulator, kind):
     """seclevel 0 (nothing verified): a damaged ServerHello, certificate, key exchange,
     ChangeCipherSpec or Finished still cannot give a session -- the signatures over the
     randoms and the Finished MACs over the transcript see to it.  Exactly one answer, 566
     (or 569 at negotiatetime if the damage leaves the client waiting), never 0; the id is
     free at once and opens again."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     assert host.at('AT+QSSLCFG="negotiatetime",1,10') == b"\r\nOK\r\n"
     with Server(_flipping_script(kind), emulator) as server:
         ssl_open(host, 5)
@@ -258,11 +248,11 @@ def _drip_feeder():
     return script, drip
 
 
-def test_drip_fed_handshake_times_out_at_negotiatetime(modem, emulator):
+def test_drip_fed_handshake_times_out_at_negotiatetime(ec2x_strict, emulator):
     """The server sends its first flight one byte per modem second: traffic never stops, the
     handshake never ends.  negotiatetime (10 s) bounds the handshake, not the silence between
     bytes: +QSSLOPEN: <id>,569 at 10 s, once; the connection is aborted."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     assert host.at('AT+QSSLCFG="negotiatetime",1,10') == b"\r\nOK\r\n"
     script, drip = _drip_feeder()
 
@@ -279,10 +269,10 @@ def test_drip_fed_handshake_times_out_at_negotiatetime(modem, emulator):
 
 
 # == odd records after the handshake ================================================================
-def test_thirty_thousand_one_byte_records(modem, emulator):
+def test_thirty_thousand_one_byte_records(ec2x_strict, emulator):
     """30000 application records of one byte each (870 KB on the wire): one "recv" URC, every
     byte once in order, AT answering throughout, the session still up."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     data = pattern(30000, 17)
     go = threading.Event()
     done = threading.Event()
@@ -316,12 +306,12 @@ def test_thirty_thousand_one_byte_records(modem, emulator):
 
 
 @pytest.mark.parametrize("size", [16384, 16385])
-def test_record_plaintext_at_and_over_the_16384_limit(modem, emulator, size):
+def test_record_plaintext_at_and_over_the_16384_limit(ec2x_strict, emulator, size):
     """A correctly sealed record of 16384 plaintext bytes (the limit) is data; one of 16385
     is a record_overflow (RFC 5246 6.2.1/6.2.3, Mbed TLS: "bad message length"), a fatal error:
     the data before it readable, one "closed", nothing of the big record delivered, the
     emulator ends the connection."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     before, big = pattern(3000, 5), pattern(size, 6)
     go = threading.Event()
 
@@ -357,11 +347,11 @@ def test_record_plaintext_at_and_over_the_16384_limit(modem, emulator, size):
 
 
 @pytest.mark.parametrize("ctype", [24, 255], ids=["heartbeat", "type_255"])
-def test_record_of_an_unknown_content_type_ends_the_session(modem, emulator, ctype):
+def test_record_of_an_unknown_content_type_ends_the_session(ec2x_strict, emulator, ctype):
     """A record of content type 24 (heartbeat: Mbed TLS has no such extension, none was
     negotiated) or 255, under the session's keys, between data records: the data before it
     stay readable once, "closed", state 4, nothing after it delivered."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     before = pattern(2000, 9)
     go = threading.Event()
 
@@ -387,11 +377,11 @@ def test_record_of_an_unknown_content_type_ends_the_session(modem, emulator, cty
     still_usable(host, emulator, 8)
 
 
-def test_close_notify_then_valid_records_with_tcp_left_open(modem, emulator):
+def test_close_notify_then_valid_records_with_tcp_left_open(ec2x_strict, emulator):
     """Data, close_notify, then more VALID application records, the TCP connection left
     open: what came before the close_notify is read once; nothing after it ever reaches the
     host (RFC 5246 7.2.1); one "closed"; the emulator closes its side."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     before = pattern(4000, 12)
     go = threading.Event()
 
@@ -418,12 +408,12 @@ def test_close_notify_then_valid_records_with_tcp_left_open(modem, emulator):
         assert host.transcript.count(b'+QSSLURC: "closed",9') == 1
 
 
-def test_bad_mac_in_the_middle_of_a_held_back_flood(modem, emulator):
+def test_bad_mac_in_the_middle_of_a_held_back_flood(ec2x_strict, emulator):
     """13 full records (208 KiB) sent at once, the 7th with one ciphertext byte flipped; the
     host reads nothing at first, so flow control holds the server back with the bad record
     still in the network.  Then the host reads: exactly the six records before the bad one
     (98304 bytes), in order, then "closed" -- not a byte of the bad record or after it."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     data = pattern(13 * 16384, 23)
     progress = {}
 
@@ -480,11 +470,11 @@ def _renegotiating_server(ending: str, before: bytes, asked: threading.Event, go
 
 
 @pytest.mark.needs_native
-def test_renegotiation_answered_with_a_fatal_alert_ends_the_session(modem, emulator):
+def test_renegotiation_answered_with_a_fatal_alert_ends_the_session(ec2x_strict, emulator):
     """renegotiation 1: the server's HelloRequest starts a renegotiation, the modem's new
     ClientHello is answered with a fatal handshake_failure alert: the data before stay
     readable, one "closed", state 4, the connection ended; the id opens again."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     assert host.at('AT+QSSLCFG="renegotiation",1,1') == b"\r\nOK\r\n"
     before = pattern(1500, 31)
     asked, go = threading.Event(), threading.Event()
@@ -504,12 +494,12 @@ def test_renegotiation_answered_with_a_fatal_alert_ends_the_session(modem, emula
 
 
 @pytest.mark.needs_native
-def test_renegotiation_stalled_by_the_server_leaves_the_host_in_control(modem, emulator):
+def test_renegotiation_stalled_by_the_server_leaves_the_host_in_control(ec2x_strict, emulator):
     """renegotiation 1: the server asks for a renegotiation and never answers the modem's
     ClientHello.  behaviour.md says nothing of a timer here; what must hold: AT answers, the
     data read before stay readable, a send is answered (SEND OK or SEND FAIL, never a hang),
     AT+QSSLCLOSE answers within its close_timeout and frees the id, no error is logged."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     assert host.at('AT+QSSLCFG="renegotiation",1,1') == b"\r\nOK\r\n"
     before = pattern(1500, 33)
     asked, go = threading.Event(), threading.Event()
@@ -538,12 +528,12 @@ def test_renegotiation_stalled_by_the_server_leaves_the_host_in_control(modem, e
 
 
 @pytest.mark.needs_native
-def test_server_data_interleaved_with_its_renegotiation(modem, emulator, pki):
+def test_server_data_interleaved_with_its_renegotiation(ec2x_strict, emulator, pki):
     """renegotiation 1, `openssl s_server` writes lines right behind its HelloRequest, before
     the modem's new ClientHello is in (RFC 5246 7.4.1.1: application data may come until the
     new handshake starts): every line reaches the host once and in order, the renegotiation
     completes, data flow both ways after it."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     cert, key = pki.server.load_args
     with OpenSslServer(["-cert", cert, "-key", key, "-tls1_2"]) as server:
         emulator.router.add_map(NAME, 443, "127.0.0.1", server.port)
@@ -608,12 +598,12 @@ def _is_app(d: bytes) -> bool:
 
 
 @pytest.mark.parametrize("path", ["in_order", "flights_reversed"])
-def test_dtls_certificate_fragmented_by_a_small_mtu_is_verified(modem, emulator, pki, path):
+def test_dtls_certificate_fragmented_by_a_small_mtu_is_verified(ec2x_strict, emulator, pki, path):
     """`s_server -dtls1_2 -mtu 256`: the Certificate travels in many fragments (DTLS handshake
     fragmentation, which Mbed TLS reassembles); seclevel 1 with the right CA.  Through a path
     that reverses the order of the server's handshake datagrams too: the open succeeds once,
     data flow."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     from tests.e2e.ssl_options_support import trust
     trust(host, 2, pki.ca.cert_pem)
     assert host.at('AT+QSSLCFG="negotiatetime",2,60') == b"\r\nOK\r\n"
@@ -646,11 +636,11 @@ def test_dtls_certificate_fragmented_by_a_small_mtu_is_verified(modem, emulator,
         server.stop()
 
 
-def test_dtls_two_records_coalesced_in_one_datagram_both_delivered(modem, emulator, pki):
+def test_dtls_two_records_coalesced_in_one_datagram_both_delivered(ec2x_strict, emulator, pki):
     """The path holds the server's first application datagram and sends it glued in front of
     the second (two DTLS records in one datagram, RFC 6347 4.1.1): both lines reach the host
     once, in order."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     server = _dtls_server(pki)
     held: list[bytes] = []
 
@@ -715,12 +705,12 @@ class DtlsSealer:
                            epoch=1, seq=self.seq)
 
 
-def test_dtls_server_close_notify_reports_closed(modem, emulator, pki, tmp_path):
+def test_dtls_server_close_notify_reports_closed(ec2x_strict, emulator, pki, tmp_path):
     """A DTLS server's close_notify (sealed under the session's keys, epoch 1) after a line of
     data: the line stays readable, one "closed" URC, state 4, a send is ERROR, AT+QSSLCLOSE
     OK, the id opens again.  A forged close_notify in clear (epoch 0) before it changes
     nothing (RFC 6347 4.1.2.7: not of the current epoch)."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     keylog = tmp_path / "dtls.keys"
     server = _dtls_server(pki, "-keylogfile", str(keylog))
     try:
@@ -750,7 +740,7 @@ def test_dtls_server_close_notify_reports_closed(modem, emulator, pki, tmp_path)
 
 
 @pytest.mark.needs_native
-def test_dtls_server_initiated_renegotiation_ends_the_socket(modem, emulator, pki):
+def test_dtls_server_initiated_renegotiation_ends_the_socket(ec2x_strict, emulator, pki):
     """A server-initiated DTLS 1.2 renegotiation (s_server -dtls1_2 'r', AT+QSSLCFG
     "renegotiation",<ctx>,1) does not complete: Mbed TLS 2.28's DTLS renegotiation does not
     interoperate with OpenSSL 3 -- python-mbedtls alone, no emulator, fails the same way (the
@@ -759,7 +749,7 @@ def test_dtls_server_initiated_renegotiation_ends_the_socket(modem, emulator, pk
     the socket ends as after any fatal alert -- what the server sent before stays readable,
     one +QSSLURC "closed", AT+QSSLSTATE 4 until the host closes, the id opens again; no
     ERROR log record (the strict fixture).  (TLS renegotiation works: test_ssl_options_*.)"""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     server = _dtls_server(pki)
     try:
         assert host.at('AT+QSSLCFG="renegotiation",2,1') == b"\r\nOK\r\n"
@@ -784,12 +774,12 @@ def test_dtls_server_initiated_renegotiation_ends_the_socket(modem, emulator, pk
     _dtls_still_usable(host, emulator, pki, 1)
 
 
-def test_dtls_server_demanding_a_client_certificate_the_modem_lacks(modem, emulator, pki):
+def test_dtls_server_demanding_a_client_certificate_the_modem_lacks(ec2x_strict, emulator, pki):
     """`s_server -dtls1_2 -Verify 1`, the modem at seclevel 0 (no client certificate): it
     answers the CertificateRequest with an empty Certificate, the server refuses.  One
     answer, a failure (566, or 569 when the server's alert is not heard and negotiatetime
     ends it), the id free, AT answering."""
-    host, advance, port = modem
+    host, advance, port = ec2x_strict
     assert host.at('AT+QSSLCFG="negotiatetime",2,10') == b"\r\nOK\r\n"
     server = _dtls_server(pki, "-Verify", "1", "-CAfile", str(pki.ca.cert_path))
     try:
@@ -803,8 +793,8 @@ def test_dtls_server_demanding_a_client_certificate_the_modem_lacks(modem, emula
 
 
 # == ML302 =========================================================================================
-def test_ml302_flipped_finished_is_minus_1_once(ml, emulator):
-    host, advance, port = ml
+def test_ml302_flipped_finished_is_minus_1_once(ml302_strict, emulator):
+    host, advance, port = ml302_strict
     with Server(_flipping_script("encrypted_finished"), emulator, suites=ML302_SUITES) as server:
         assert host.at(f'AT+QSSLOPEN=2,0,"{NAME}",443,0') == b"\r\nOK\r\n"
         assert host.seen(re.compile(rb"\+QSSLOPEN: 2,-?\d+\r\n"), 10) == b"+QSSLOPEN: 2,-1\r\n"
@@ -813,11 +803,11 @@ def test_ml302_flipped_finished_is_minus_1_once(ml, emulator):
     assert host.at("AT") == b"\r\nOK\r\n"
 
 
-def test_ml302_drip_fed_handshake_ends_at_its_timeout(ml, emulator):
+def test_ml302_drip_fed_handshake_ends_at_its_timeout(ml302_strict, emulator):
     """The ML302's <timeout> (10 s here) bounds the whole open: a server drip-feeding its first
     flight a byte per modem second does not keep it alive: +QSSLOPEN: <ssid>,-1 once, at 10 s,
     the connection aborted, AT+QSSLSTATE CLOSED."""
-    host, advance, port = ml
+    host, advance, port = ml302_strict
     script, drip = _drip_feeder()
 
     with Server(script, emulator, suites=ML302_SUITES) as server:
