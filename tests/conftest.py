@@ -173,6 +173,13 @@ def _plain_peer(emulator, kind: str, mode: str = "echo"):
 
 
 @pytest.fixture
+def ec2x_timed(emulator, open_modem):
+    """(host, advance(s), port): an EC2x on manual time, ATE0, no PDP context active."""
+    host, port = open_modem("ec2x", manual_time=True)
+    return host, emulator.advancer(port, host), port
+
+
+@pytest.fixture
 def ec2x_on(open_modem):
     """(host, port): an EC2x on manual time with PDP context 1 active."""
     host, port = open_modem("ec2x", manual_time=True)

@@ -98,21 +98,13 @@ pytestmark = pytest.mark.usefixtures("strict_log")
 
 
 @pytest.fixture
-def modem(open_modem, emulator):
-    """(host, advance(s), port): an EC2x on manual time, ATE0."""
-    host, port = open_modem("ec2x", manual_time=True)
-    advance = emulator.advancer(port, host)
-    return host, advance, port
-
-
-@pytest.fixture
-def two_ctx(modem):
-    """modem with AT+CGEREP=2 and contexts 1 and 2 active (their ACT codes read)."""
-    host, advance, port = modem
+def two_ctx(ec2x_timed):
+    """ec2x_timed with AT+CGEREP=2 and contexts 1 and 2 active (their ACT codes read)."""
+    host, advance, port = ec2x_timed
     assert host.at('AT+CGEREP=2;+QICSGP=1,1,"UNINET","","",1;+QIACT=1;'
                    '+QICSGP=2,1,"B","","",1;+QIACT=2;+QICFG="transwaittm",0') == OK
     assert host.read_until(b"ACT 2\r\n") == urcs("+CGEV: ME PDN ACT 1", "+CGEV: ME PDN ACT 2")
-    return modem
+    return ec2x_timed
 
 
 def restart_done(host, advance, seconds: float = 2) -> None:
@@ -134,15 +126,15 @@ def restart_done(host, advance, seconds: float = 2) -> None:
     'AT+QENG=0', 'AT+QENG=-1', 'AT+QENG=99999999999999', 'AT+QENG="servingcell"x',
     'AT+QENG="neighbourcell","servingcell"', 'AT+QENG?=', 'AT+QENG=?,', 'AT+QENGX="servingcell"',
 ])
-def test_qeng_hostile_arguments_are_plain_error_even_with_verbose_errors(modem, line):
-    host, _, _ = modem
+def test_qeng_hostile_arguments_are_plain_error_even_with_verbose_errors(ec2x_timed, line):
+    host, _, _ = ec2x_timed
     assert host.at("AT+CMEE=2") == OK
     assert host.at(line) == ERROR
     assert host.at('AT+QENG="servingcell"') == answer(serving())
 
 
-def test_qeng_under_atv0_atq1_and_in_chains(modem):
-    host, _, _ = modem
+def test_qeng_under_atv0_atq1_and_in_chains(ec2x_timed):
+    host, _, _ = ec2x_timed
     # one line, three commands: their texts in order and one OK
     assert host.at('AT+QENG="servingcell";+QENG=neighbourcell;+CEER') == (
         f"\r\n{serving()}\r\n" + "\r\n" + "\r\n".join(NEIGHBOURS) + "\r\n"
@@ -165,8 +157,8 @@ def test_qeng_under_atv0_atq1_and_in_chains(modem):
     alive(host)
 
 
-def test_qeng_is_search_with_the_radio_off_even_where_the_network_denies(modem, emulator):
-    host, _, _ = modem
+def test_qeng_is_search_with_the_radio_off_even_where_the_network_denies(ec2x_timed, emulator):
+    host, _, _ = ec2x_timed
     assert emulator.control("register", stat=3) == {"ok": True}
     host.quiet_for(0.05)
     assert host.at('AT+QENG="servingcell"') == answer(serving("LIMSRV"))
@@ -199,15 +191,15 @@ def test_qeng_written_byte_by_byte_with_echo_and_read_in_odd_chunks(open_modem, 
 # =========================================================================================
 @pytest.mark.parametrize("line", ["AT+CEER=", "AT+CEER=1", "AT+CEER=0", "AT+CEER?", "AT+CEER=,",
                                   'AT+CEER="x"', "AT+CEER=?1", "AT+CEER=-1", "AT+CEERX"])
-def test_ceer_hostile_forms(modem, line):
-    host, _, _ = modem
+def test_ceer_hostile_forms(ec2x_timed, line):
+    host, _, _ = ec2x_timed
     assert host.at("AT+CMEE=2") == OK
     assert host.at(line) == ERROR
     assert host.at("AT+CEER=?;+CEER;+CEER") == urcs(*['+CEER: "No cause information available"'] * 2) + OK
 
 
-def test_ceer_causes_of_cops_cgatt_and_cfun_paths(modem):
-    host, _, _ = modem
+def test_ceer_causes_of_cops_cgatt_and_cfun_paths(ec2x_timed):
+    host, _, _ = ec2x_timed
     ceer = lambda text: answer(f'+CEER: "{text}"')                     # noqa: E731
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1') == OK
     assert host.at("AT+COPS=2") == OK                                  # deregistered by the host
@@ -234,15 +226,15 @@ def test_ceer_causes_of_cops_cgatt_and_cfun_paths(modem):
                                   "AT+CGEREP=+1", "AT+CGEREP=99999999999999", "AT+CGEREP=1,99999999999999",
                                   "AT+CGEREP=1 1", "AT+CGEREP=1,0,0,0", 'AT+CGEREP="', "AT+CGEREP=?,",
                                   "AT+CGEREP?1", "AT+CGEREP=" + "1" * 3000])
-def test_cgerep_hostile_arguments_change_nothing(modem, line):
-    host, _, _ = modem
+def test_cgerep_hostile_arguments_change_nothing(ec2x_timed, line):
+    host, _, _ = ec2x_timed
     assert host.at("AT+CGEREP=2,1;+CMEE=2") == OK
     assert host.at(line) == ERROR
     assert host.at("AT+CGEREP?") == answer("+CGEREP: 2,1")
 
 
-def test_cgerep_mode_0_keeps_exactly_the_newest_32_codes(modem):
-    host, _, _ = modem
+def test_cgerep_mode_0_keeps_exactly_the_newest_32_codes(ec2x_timed):
+    host, _, _ = ec2x_timed
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1') == OK
     for i in range(20):                                          # 40 codes, mode 0
         assert host.at("AT+QIACT=1;+QIDEACT=1") == OK, i
@@ -258,8 +250,8 @@ def test_cgerep_mode_0_keeps_exactly_the_newest_32_codes(modem):
 # Interpreter._write_after wrote those at once, before the older queued URCs: the host's last
 # word was 'ACT 1' for a context that is down.  Trailing lines now go behind the URCs raised
 # before their command ran.
-def test_cgev_codes_of_one_line_come_in_the_order_of_the_events(modem):
-    host, _, _ = modem
+def test_cgev_codes_of_one_line_come_in_the_order_of_the_events(ec2x_timed):
+    host, _, _ = ec2x_timed
     assert host.at('AT+CGEREP=2;+QICSGP=1,1,"UNINET","","",1') == OK
     assert host.at("AT+QIACT=1;+CGEREP=0;+QIDEACT=1;+CGEREP=2,1") == OK
     got = host.quiet_for(0.3)
@@ -496,8 +488,8 @@ def seconds_ok(m) -> bool:
     "AT+QGPSLOC=-0", "AT+QGPSLOC=-1", "AT+QGPSLOC=1a", "AT+QGPSLOC=,", "AT+QGPSLOC=0,",
     "AT+QGPSLOC=99999999999999", 'AT+QGPSLOC="0"',
 ])
-def test_gnss_hostile_arguments_are_501_and_change_nothing(modem, line):
-    host, _, _ = modem
+def test_gnss_hostile_arguments_are_501_and_change_nothing(ec2x_timed, line):
+    host, _, _ = ec2x_timed
     assert host.at(line) == cme(501)
     assert host.at("AT+CMEE=2") == OK
     assert host.at(line) == b"\r\n+CME ERROR: Invalid parameter\r\n"
@@ -506,8 +498,8 @@ def test_gnss_hostile_arguments_are_501_and_change_nothing(modem, line):
     assert host.at("AT+CMEE=1;+QGPS?") == answer("+QGPS: 0")
 
 
-def test_gnss_forms_it_lacks_are_plain_error(modem):
-    host, _, _ = modem
+def test_gnss_forms_it_lacks_are_plain_error(ec2x_timed):
+    host, _, _ = ec2x_timed
     assert host.at("AT+CMEE=2") == OK
     for line in ("AT+QGPS", "AT+QGPSEND=", "AT+QGPSEND=1", "AT+QGPSEND?", "AT+QGPS?=",
                  'AT+QGPSLOC="x', "AT+QGPSCFG", "AT+QGPSCFG?", "AT+QGPSCFG=", 'AT+QGPSCFG="outport",usbnmea',
@@ -519,8 +511,8 @@ def test_gnss_forms_it_lacks_are_plain_error(modem):
         urcs('+QGPSCFG: "outport","usbnmea"', '+QGPSCFG: "nmeasrc",0') + OK
 
 
-def test_gnss_session_errors_in_chains_one_final_each(modem):
-    host, advance, _ = modem
+def test_gnss_session_errors_in_chains_one_final_each(ec2x_timed):
+    host, advance, _ = ec2x_timed
     got = host.at("AT+QGPS=1;+QGPS=1;+CEER")                   # the second is 504, ends the line
     assert got == cme(504) and finals(got) == 1
     assert host.at("AT+QGPS?") == answer("+QGPS: 1")            # the first one did start it
@@ -544,8 +536,8 @@ def test_gnss_session_errors_in_chains_one_final_each(modem):
     alive(host)
 
 
-def test_qgpsloc_every_mode_exact_on_the_modem_clock_across_a_date(modem):
-    host, advance, _ = modem
+def test_qgpsloc_every_mode_exact_on_the_modem_clock_across_a_date(ec2x_timed):
+    host, advance, _ = ec2x_timed
     assert host.at('AT+CCLK="30/06/15,02:00:00+32"') == OK       # UTC 2030-06-14 18:00:00
     assert host.at("AT+QGPSLOC") == cme(505)
     assert host.at("AT+QGPS=1") == OK
@@ -577,8 +569,8 @@ def test_qgpsloc_every_mode_exact_on_the_modem_clock_across_a_date(modem):
 
 
 @pytest.mark.parametrize("eol", [b"\r", b"\r\n"])
-def test_qgpsloc_byte_by_byte_read_in_odd_chunks(modem, emulator, eol):
-    host, advance, port = modem
+def test_qgpsloc_byte_by_byte_read_in_odd_chunks(ec2x_timed, emulator, eol):
+    host, advance, port = ec2x_timed
     assert host.at("AT+QGPS=1") == OK
     advance(30)
     trickle(host, emulator, port, b"AT+QGPSLOC=2" + eol)
@@ -588,8 +580,8 @@ def test_qgpsloc_byte_by_byte_read_in_odd_chunks(modem, emulator, eol):
     assert host.quiet_for(0.1) == b""
 
 
-def test_gnss_stays_on_through_cfun_0_and_4(modem):
-    host, advance, _ = modem
+def test_gnss_stays_on_through_cfun_0_and_4(ec2x_timed):
+    host, advance, _ = ec2x_timed
     assert host.at("AT+QGPS=1") == OK
     advance(10)
     assert host.at("AT+CFUN=0") == OK
@@ -602,8 +594,8 @@ def test_gnss_stays_on_through_cfun_0_and_4(modem):
 
 
 @pytest.mark.parametrize("how", ["cfun", "qpowd", "control"])
-def test_a_restart_cancels_the_pending_fix(modem, emulator, how):
-    host, advance, _ = modem
+def test_a_restart_cancels_the_pending_fix(ec2x_timed, emulator, how):
+    host, advance, _ = ec2x_timed
     assert host.at("AT+QGPS=1") == OK                            # the fix would come at t=30
     advance(10)
     if how == "cfun":
@@ -622,8 +614,8 @@ def test_a_restart_cancels_the_pending_fix(modem, emulator, how):
     assert host.at("AT+QGPSLOC=2").startswith(b"\r\n+QGPSLOC: ")
 
 
-def test_fixcount_boundaries_and_an_ended_sessions_timer(modem):
-    host, advance, _ = modem
+def test_fixcount_boundaries_and_an_ended_sessions_timer(ec2x_timed):
+    host, advance, _ = ec2x_timed
     assert host.at("AT+QGPS=1,30,50,1,1") == OK                 # one fix, then off 1 s later
     advance(30)
     assert host.at("AT+QGPSLOC=2").startswith(b"\r\n+QGPSLOC: ")
@@ -645,8 +637,8 @@ def test_fixcount_boundaries_and_an_ended_sessions_timer(modem):
     assert host.at("AT+QGPS=1,255,1000,1000,65535;+QGPS=?") == cme(504)
 
 
-def test_qgpscfg_items_survive_a_restart_and_refuse_garbage(modem):
-    host, advance, _ = modem
+def test_qgpscfg_items_survive_a_restart_and_refuse_garbage(ec2x_timed):
+    host, advance, _ = ec2x_timed
     assert host.at('AT+QGPSCFG="OutPort","UARTDEBUG";+QGPSCFG="nmeasrc",001') == OK
     assert host.at('AT+QGPSCFG="outport",') == OK                # an omitted value stays
     assert host.at('AT+QGPSCFG="outport";+QGPSCFG="NMEASRC"') == \
@@ -678,8 +670,8 @@ def test_cgev_waits_behind_a_slow_answer_in_the_order_raised(two_ctx, emulator):
     assert host.at("AT+CEER") == answer('+CEER: "Regular deactivation"')
 
 
-def test_a_slash_repeats_gnss_and_status_lines(modem):
-    host, advance, _ = modem
+def test_a_slash_repeats_gnss_and_status_lines(ec2x_timed):
+    host, advance, _ = ec2x_timed
     assert host.at("AT+QGPS=1") == OK
     host.write("A/")                                          # no terminator
     assert host.read_until(cme(504)) == cme(504)
@@ -722,8 +714,8 @@ def test_cgev_mode_1_keeps_the_codes_raised_during_an_upload(open_modem, emulato
                                                     + urcs("+CGEV: NW PDN DEACT 1", '+QIURC: "pdpdeact",1'))
 
 
-def test_buffered_codes_in_atv0_after_the_ok(modem):
-    host, _, _ = modem
+def test_buffered_codes_in_atv0_after_the_ok(ec2x_timed):
+    host, _, _ = ec2x_timed
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1;+QIDEACT=1') == OK   # mode 0: kept
     host.write("ATV0;+CGEREP=2,1\r")
     assert host.read_until(b"DEACT 1\r\n") == b"0\r+CGEV: ME PDN ACT 1\r\n+CGEV: ME PDN DEACT 1\r\n"

@@ -26,19 +26,11 @@ def cme(code: int) -> bytes:
 
 
 @pytest.fixture
-def modem(emulator, open_modem):
-    """(host, advance(s), port): an EC2x on the manual clock, ATE0, no context active."""
-    host, port = open_modem("ec2x", manual_time=True)
-    advance = emulator.advancer(port, host)
-    return host, advance, port
-
-
-@pytest.fixture
-def online(modem):
-    """modem with PDP context 1 active."""
-    host, _, _ = modem
+def online(ec2x_timed):
+    """ec2x_timed with PDP context 1 active."""
+    host, _, _ = ec2x_timed
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == OK
-    return modem
+    return ec2x_timed
 
 
 def reboot(host, advance) -> None:
@@ -73,11 +65,11 @@ def test_location_fields_are_the_same_fixed_cell_on_both_profiles(open_modem, pr
                                          b'\r\n+CEREG: 2,1,"D5D5","8A21B03",7\r\n' + OK)
 
 
-def test_a_reboot_restores_csca_ctzr_sms_settings_but_ctzu_is_kept_in_nv(modem):
+def test_a_reboot_restores_csca_ctzr_sms_settings_but_ctzu_is_kept_in_nv(ec2x_timed):
     """Device configuration: "AT+CTZR and AT+CSCS start again from their defaults at a
     reboot"; "The module keeps AT+CTZU ... in NV ... so they survive AT+CFUN=1,1"; SMS set-up:
     AT+CMGF, AT+CSCA, AT+CNMI "are kept until a restart and read back"."""
-    host, advance, _ = modem
+    host, advance, _ = ec2x_timed
     assert host.at('AT+CSCS="UCS2";+CTZR=2;+CTZU=3;+CMGF=1;+CSCA="5550100";+CNMI=1,2') == OK
     assert host.at("AT+CSCS?;+CTZR?;+CTZU?;+CMGF?;+CSCA?;+CNMI?") == (
         b'\r\n+CSCS: "UCS2"\r\n\r\n+CTZR: 2\r\n\r\n+CTZU: 3\r\n\r\n+CMGF: 1\r\n'
@@ -88,21 +80,21 @@ def test_a_reboot_restores_csca_ctzr_sms_settings_but_ctzu_is_kept_in_nv(modem):
         b'\r\n+CSCA: "+8613010112500",145\r\n\r\n+CNMI: 2,1,0,0,0\r\n' + OK)
 
 
-def test_csca_under_ucs2_stays_plain_digits_and_tosca_follows_the_plus(modem):
+def test_csca_under_ucs2_stays_plain_digits_and_tosca_follows_the_plus(ec2x_timed):
     """Device configuration, SMS set-up: "tosca 145 for a "+" number else 129"; "The `<sca>`
     is always plain digits, also under AT+CSCS="UCS2" (where a module would use hex)"."""
-    host, _, _ = modem
+    host, _, _ = ec2x_timed
     assert host.at('AT+CSCS="UCS2";+CSCA="+4915200000"') == OK
     assert host.at("AT+CSCA?") == b'\r\n+CSCA: "+4915200000",145\r\n' + OK
     assert host.at('AT+CSCA="015200000"') == OK
     assert host.at("AT+CSCA?") == b'\r\n+CSCA: "015200000",129\r\n' + OK
 
 
-def test_qlts_is_gmt_for_modes_0_and_1_and_local_for_2_with_the_zone_in_quarters(modem):
+def test_qlts_is_gmt_for_modes_0_and_1_and_local_for_2_with_the_zone_in_quarters(ec2x_timed):
     """Device configuration: "`AT+QLTS[=<mode>]`: `+QLTS: "yyyy/MM/dd,hh:mm:ss±zz,0"` from
     the modem clock: GMT for modes 0 and 1 ..., local time for 2; the zone in quarters, DST
     0"; AT+CCLK "accepts time zones of -96..+96 quarters (27.007), the ends included"."""
-    host, _, _ = modem
+    host, _, _ = ec2x_timed
     assert host.at('AT+CCLK="30/01/01,05:00:00-20"') == OK      # local 05:00 at -05:00
     gmt = re.compile(rb'\r\n\+QLTS: "2030/01/01,10:00:0\d-20,0"\r\n\r\nOK\r\n')
     for line in ("AT+QLTS", "AT+QLTS=0", "AT+QLTS=1"):
@@ -164,11 +156,11 @@ def test_network_deregistration_urc_order(emulator, online):
         peer.close()
 
 
-def test_qeng_limsrv_on_denied_registration_and_search_alone_without_cell(emulator, modem):
+def test_qeng_limsrv_on_denied_registration_and_search_alone_without_cell(emulator, ec2x_timed):
     """Status: "`LIMSRV` with the full line while camped without that registration
     (registration denied, stat 3 ...), `+QENG: "servingcell","SEARCH"` alone with no cell
     (... stat 0/2/4)"; neighbourcell "with no cell (SEARCH) OK alone"."""
-    host, _, _ = modem
+    host, _, _ = ec2x_timed
     tail = b',"LTE","FDD",460,01,8A21B03,226,1650,3,5,5,D5D5,-94,-9,-65,8,30\r\n\r\nOK\r\n'
     assert emulator.control("register", stat=3)["ok"]
     assert host.at('AT+QENG="servingcell"') == b'\r\n+QENG: "servingcell","LIMSRV"' + tail
@@ -180,10 +172,10 @@ def test_qeng_limsrv_on_denied_registration_and_search_alone_without_cell(emulat
     assert host.at('AT+QENG="servingcell"') == b'\r\n+QENG: "servingcell","NOCONN"' + tail
 
 
-def test_ceer_and_cgerep_forget_everything_at_a_restart(modem):
+def test_ceer_and_cgerep_forget_everything_at_a_restart(ec2x_timed):
     """Status: AT+CEER "`No cause information available` until something happened (and after
     a restart)"; AT+CGEREP "A restart sets 0,0 again"."""
-    host, advance, _ = modem
+    host, advance, _ = ec2x_timed
     assert host.at("AT+CFUN=0") == OK
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1') == OK
     assert host.at("AT+QIACT=1") == b"\r\nERROR\r\n"
@@ -198,11 +190,11 @@ def test_ceer_and_cgerep_forget_everything_at_a_restart(modem):
 # Device configuration: GNSS
 # =========================================================================================
 
-def test_gnss_utc_and_date_come_from_the_modem_clock_as_in_the_doc_example(modem):
+def test_gnss_utc_and_date_come_from_the_modem_clock_as_in_the_doc_example(ec2x_timed):
     """GNSS: "UTC hhmmss.sss from the modem clock at whole seconds"; the doc's example
     `+QGPSLOC: 022030.000,3107.4070N,12132.5926E,0.9,12.5,3,0.00,0.0,0.0,150630,09` -- set the
     clock to 2030-06-15 10:20:30 +08:00 and the fix reads that UTC time and date."""
-    host, advance, _ = modem
+    host, advance, _ = ec2x_timed
     assert host.at('AT+CCLK="30/06/15,10:20:30+32";+QGPS=1') == OK
     advance(30)
     m = re.fullmatch(rb"\r\n\+QGPSLOC: 02(\d\d)(\d\d)\.000,3107\.4070N,12132\.5926E,0\.9,12\.5,3,"
@@ -212,12 +204,12 @@ def test_gnss_utc_and_date_come_from_the_modem_clock_as_in_the_doc_example(modem
     assert 20 * 60 + 30 <= seconds <= 20 * 60 + 30 + 180      # the clock runs on from the value set
 
 
-def test_gnss_survives_cfun_0_but_not_qpowd(modem):
+def test_gnss_survives_cfun_0_but_not_qpowd(ec2x_timed):
     """GNSS: "A restart (AT+CFUN=1,1, AT+QPOWD, the control API's reboot) turns the engine off;
     AT+CFUN=0/4 does not (GNSS is not the cellular radio)"; Identity: AT+QPOWD "OK, then
     `POWERED DOWN` ..., nothing the host writes is read or answered ... until it starts again
     with its start-up URCs: by itself `defaults.qpowd_power_on_ms` later (EC2x 1000)"."""
-    host, advance, _ = modem
+    host, advance, _ = ec2x_timed
     assert host.at("AT+QGPS=1;+CFUN=0") == OK
     assert host.at("AT+QGPS?") == b"\r\n+QGPS: 1\r\n" + OK
     assert host.at("AT+CFUN=1") == OK
@@ -234,10 +226,10 @@ def test_gnss_survives_cfun_0_but_not_qpowd(modem):
     assert host.at("AT+QGPS?") == b"\r\n+QGPS: 0\r\n" + OK
 
 
-def test_fixcount_turns_the_engine_off_n_times_fixrate_after_the_first_fix(modem):
+def test_fixcount_turns_the_engine_off_n_times_fixrate_after_the_first_fix(ec2x_timed):
     """GNSS: "`<fixcount>` N > 0 turns the engine off N x `<fixrate>` s after the first fix
     (the last fix is reported until the next would have come)"."""
-    host, advance, _ = modem
+    host, advance, _ = ec2x_timed
     assert host.at("AT+QGPS=1,30,50,3,4") == OK                 # off 12 s after the fix
     advance(30)
     assert host.at("AT+QGPSLOC=2").startswith(b"\r\n+QGPSLOC: ")
@@ -275,11 +267,11 @@ def test_pdp_context_forms_and_pool_addresses(open_modem):
 # Files
 # =========================================================================================
 
-def test_qfmov_copy_across_drives_keeps_the_source_and_overwrite_rules(modem):
+def test_qfmov_copy_across_drives_keeps_the_source_and_overwrite_rules(ec2x_timed):
     """Files: "`<copy>` 1 keeps the source, 0 (default) moves it; `<overwrite>` 1 replaces an
     existing destination, 0 (default) refuses it with 407. Across drives too (RAM <-> UFS);
     405 no source, ... a file moved onto itself OK and unchanged."""
-    host, _, _ = modem
+    host, _, _ = ec2x_timed
     assert host.upload("src", b"hello") == b"\r\n+QFUPL: 5,6b09\r\n" + OK
     assert host.upload("RAM:dst", b"xy") == b"\r\n+QFUPL: 2,7879\r\n" + OK
     assert host.at('AT+QFMOV="src","RAM:dst"') == cme(407)
@@ -294,11 +286,11 @@ def test_qfmov_copy_across_drives_keeps_the_source_and_overwrite_rules(modem):
     assert host.at('AT+QFMOV="src","x"') == cme(405)
 
 
-def test_qfopen_mode_0_keeps_the_contents_mode_1_empties_them(modem):
+def test_qfopen_mode_0_keeps_the_contents_mode_1_empties_them(ec2x_timed):
     """Files: "Mode 0 (default) opens or creates an empty file, 1 creates or empties, 2 is
     read-only and needs the file (405)"; handles "start at ... 1027, the lowest free one
     first"."""
-    host, _, _ = modem
+    host, _, _ = ec2x_timed
     host.upload("f", b"0123456789")
     assert host.at('AT+QFOPEN="f"') == b"\r\n+QFOPEN: 1027\r\n" + OK
     assert host.at("AT+QFREAD=1027,4") == b"\r\nCONNECT 4\r\n0123\r\nOK\r\n"
@@ -310,11 +302,11 @@ def test_qfopen_mode_0_keeps_the_contents_mode_1_empties_them(modem):
     assert host.at('AT+QFOPEN="nothere",2') == cme(405)
 
 
-def test_qfwrite_takes_guarded_plus_ctrl_z_and_cr_as_data(modem):
+def test_qfwrite_takes_guarded_plus_ctrl_z_and_cr_as_data(ec2x_timed):
     """Files: AT+QFWRITE "then exactly `<length>` bytes are data (`+++` too -- the FILE manual
     names the escape for AT+QFUPL only --, Ctrl+Z, CR) ... and `+QFWRITE: <written>,<file
     size>` OK"."""
-    host, advance, _ = modem
+    host, advance, _ = ec2x_timed
     assert host.at('AT+QFOPEN="w"') == b"\r\n+QFOPEN: 1027\r\n" + OK
     host.write(b"AT+QFWRITE=1027,5\r")
     host.read_until(b"\r\nCONNECT\r\n")
@@ -327,10 +319,10 @@ def test_qfwrite_takes_guarded_plus_ctrl_z_and_cr_as_data(modem):
     assert host.at("AT+QFSEEK=1027,0;+QFREAD=1027") == b"\r\nCONNECT 5\r\n+++\x1a\r\r\nOK\r\n"
 
 
-def test_qfwrite_timeout_counts_idle_time_and_keeps_what_came(modem):
+def test_qfwrite_timeout_counts_idle_time_and_keeps_what_came(ec2x_timed):
     """Files: AT+QFWRITE "The timeout counts idle time, as AT+QFUPL's: what came is written and
     reported (`+QFWRITE: 0,<size>` if nothing did)"."""
-    host, advance, _ = modem
+    host, advance, _ = ec2x_timed
     assert host.at('AT+QFOPEN="t"') == b"\r\n+QFOPEN: 1027\r\n" + OK
     host.write(b"AT+QFWRITE=1027,10,2\r")
     host.read_until(b"\r\nCONNECT\r\n")
@@ -347,10 +339,10 @@ def test_qfwrite_timeout_counts_idle_time_and_keeps_what_came(modem):
     assert host.read_until(b"OK\r\n") == b"\r\n+QFWRITE: 0,3\r\n" + OK
 
 
-def test_qfupl_plus_plus_plus_completing_the_size_is_data(modem):
+def test_qfupl_plus_plus_plus_completing_the_size_is_data(ec2x_timed):
     """Files: "A `+++` without the guard times, or one whose bytes complete `<file_size>`, is
     data." -- and one with them, before that, ends the upload with what came first."""
-    host, advance, _ = modem
+    host, advance, _ = ec2x_timed
     host.write(b'AT+QFUPL="full",10\r')
     host.read_until(b"\r\nCONNECT\r\n")
     host.write(b"abcdefg")
@@ -368,21 +360,21 @@ def test_qfupl_plus_plus_plus_completing_the_size_is_data(modem):
     assert host.at('AT+QFLST="*"') == b'\r\n+QFLST: "full",10\r\n+QFLST: "part",3\r\n' + OK
 
 
-def test_qfread_under_atv0_is_1_cr_data_0_cr(modem):
+def test_qfread_under_atv0_is_1_cr_data_0_cr(ec2x_timed):
     """Files: AT+QFREAD "`\\r\\nCONNECT <n>\\r\\n`, n bytes, `\\r\\nOK\\r\\n` ... (ATV0:
     `1<CR>`, no count)"."""
-    host, _, _ = modem
+    host, _, _ = ec2x_timed
     host.upload("v", b"xyz")
     assert host.at('AT+QFOPEN="v",2') == b"\r\n+QFOPEN: 1027\r\n" + OK
     host.write(b"ATV0;+QFREAD=1027\r")
     assert host.read_until(b"0\r") == b"1\rxyz0\r"
 
 
-def test_a_restart_drops_ram_files_and_handles_but_keeps_ufs_writes(modem):
+def test_a_restart_drops_ram_files_and_handles_but_keeps_ufs_writes(ec2x_timed):
     """Files: "RAM is lost on restart and AT+CFUN=1,1"; "A restart (AT+CFUN=1,1) closes every
     handle"; "Every write goes to the drive at once (UFS atomically): `AT+QFLST` shows it, a
     restart keeps it, nothing is held in a handle"."""
-    host, advance, _ = modem
+    host, advance, _ = ec2x_timed
     host.upload("RAM:r", b"ram")
     assert host.at('AT+QFOPEN="u"') == b"\r\n+QFOPEN: 1027\r\n" + OK
     host.write(b"AT+QFWRITE=1027,4\r")
@@ -398,10 +390,10 @@ def test_a_restart_drops_ram_files_and_handles_but_keeps_ufs_writes(modem):
     assert host.read_until(b"OK\r\n") == b"\r\nCONNECT\r\nkept\r\n+QFDWL: 4,1b11\r\n" + OK
 
 
-def test_names_with_spaces_or_over_80_characters_are_406_on_either_drive(modem):
+def test_names_with_spaces_or_over_80_characters_are_406_on_either_drive(ec2x_timed):
     """Files: "over 80 characters ... is `+CME ERROR: 406`, and so are names with leading or
     trailing spaces"."""
-    host, _, _ = modem
+    host, _, _ = ec2x_timed
     for name in (" a", "a ", "RAM: a", "RAM:a ", "y" * 81, "RAM:" + "y" * 81):
         assert host.at(f'AT+QFUPL="{name}",1') == cme(406), name
         assert host.at(f'AT+QFOPEN="{name}"') == cme(406), name
@@ -412,10 +404,10 @@ def test_names_with_spaces_or_over_80_characters_are_406_on_either_drive(modem):
 # TCP/UDP sockets
 # =========================================================================================
 
-def test_qiopen_on_an_inactive_context_is_ok_then_561_but_error_in_mode_2(modem):
+def test_qiopen_on_an_inactive_context_is_ok_then_561_but_error_in_mode_2(ec2x_timed):
     """TCP/UDP sockets: "An id in use (563) or an inactive context (561) also answers OK and
     then the URC ...; in mode 2 these are ERROR."""
-    host, _, _ = modem
+    host, _, _ = ec2x_timed
     qiopen(host, 2, code=561)
     assert host.at(f'AT+QIOPEN=1,3,"TCP","{TCP_HOST}",{TCP_PORT},0,2') == b"\r\nERROR\r\n"
     assert error_code(host) == 561
@@ -579,11 +571,11 @@ def test_udp_service_push_urc_names_the_sender(online):
 # DNS, ping, NTP, packet domain
 # =========================================================================================
 
-def test_qidnscfg_written_while_inactive_then_forgotten_at_a_reboot(modem):
+def test_qidnscfg_written_while_inactive_then_forgotten_at_a_reboot(ec2x_timed):
     """DNS: AT+QIDNSCFG "Reading on an inactive context is 561"; "Defaults are the profile's
     `pdp.dns` (EC2x "123.66.165.1","123.66.165.2" ...)"; "Writes are accepted while inactive
     and forgotten at AT+CFUN=1,1"."""
-    host, advance, _ = modem
+    host, advance, _ = ec2x_timed
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIDNSCFG=1,"9.9.9.9","1.0.0.1"') == OK
     assert host.at("AT+QIDNSCFG=1") == cme(561)
     assert host.at("AT+QIACT=1") == OK
@@ -657,11 +649,11 @@ def test_cgcontrdp_and_cgpaddr_formats(online):
     assert host.at("AT+CGPADDR=1") == b'\r\n+CGPADDR: 1,"0.0.0.0"\r\n' + OK
 
 
-def test_cops_format_only_manual_fallback_and_radio_off(modem):
+def test_cops_format_only_manual_fallback_and_radio_off(ec2x_timed):
     """Packet domain: AT+COPS "3 sets only the format the read form uses; 4 manual, else
     automatic (the read form says 1 or 0, whichever it became). Radio off (AT+CFUN 0/4):
     +CME ERROR: 30"; "`AT+COPS?` reads `+COPS: <mode>` while not registered"."""
-    host, _, _ = modem
+    host, _, _ = ec2x_timed
     assert host.at("AT+COPS=3,2;+COPS?") == b'\r\n+COPS: 0,2,"46001",7\r\n' + OK
     assert host.at('AT+COPS=4,2,"46002";+COPS?') == b'\r\n+COPS: 0,2,"46001",7\r\n' + OK
     assert host.at('AT+COPS=4,2,"46001";+COPS?') == b'\r\n+COPS: 1,2,"46001",7\r\n' + OK
