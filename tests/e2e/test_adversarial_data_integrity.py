@@ -979,19 +979,27 @@ def test_crlf_host_data_starting_with_lf_are_sent_whole(modem, emulator, echo, b
     first.close()
     wait_for(lambda: not emulator.run(lambda: port.port.attached), what="hang-up seen")
     host = Host(port.path)
+
+    def write_line(line: bytes) -> None:
+        # (the byte-by-byte host writes every line so, the first one too: a host seen writing
+        # whole lines whose next line's CR and LF come apart around the prompt -- a lagging
+        # read joins that line into one piece, and its late LF to the data -- is the case
+        # docs/behaviour.md names as ambiguous, and takes the LF as data)
+        if bytewise:
+            for b in line:
+                host.write(bytes([b]))
+        else:
+            host.write(line)
+
     try:
         d = Demux(host, SSL)
-        host.write(b'AT+QSSLOPEN=1,1,1,"echo.example",443,1\r\n')
+        write_line(b'AT+QSSLOPEN=1,1,1,"echo.example",443,1\r\n')
         d.expect(OK)
         d.expect(b"\r\n+QSSLOPEN: 1,0\r\n")
         data = b"\n\r\nOK\r\n"
         line = b"AT+QSSLSEND=1,%d\r\n" % len(data)
         for _ in range(3):
-            if bytewise:
-                for b in line:
-                    host.write(bytes([b]))
-            else:
-                host.write(line)
+            write_line(line)
             d.expect(b"\r\n> ")
             host.write(data)
             d.expect(b"\r\nSEND OK\r\n")
