@@ -16,8 +16,8 @@ The two programs in tests/e2e/c_hosts/ are written the way embedded-Linux modem 
   answers, with payloads that begin with LF written after the "> " prompt.
 
 Each program prints "RESULT ok sent=N recv=N sha_sent=H sha_recv=H ..." (or "RESULT fail
-why"); the TLS peer is an independent Python ssl (OpenSSL) echo server in this file (or
-`openssl s_server`), on 127.0.0.1, the dialled name routed there with --route.  The test
+why"); the TLS peer is an independent Python ssl (OpenSSL) echo server -- echo_peer() below,
+peers.TlsServer with an echo handler -- on 127.0.0.1, the dialled name routed there with --route.  The test
 checks the SHA-256 of what the C host sent, what the peer received and what came back.
 
 OS packages needed: a C compiler and libc headers (gcc, libc6-dev), openssl.  A missing
@@ -28,15 +28,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
-import ssl
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from emulator.testing.peers import TlsConnection, TlsServer
 from tests.e2e.cli_support import cli_factory
 
 SOURCES = Path(__file__).resolve().parent / "c_hosts"
@@ -88,92 +86,40 @@ def cli(tmp_path):
 
 # --- the TLS peer: Python's ssl (OpenSSL), nothing of the emulator's -------------------------------
 
-class EchoPeer:
-    """A TLS echo server on 127.0.0.1 in threads: every connection's bytes are kept (received)
-    and sent back as they come.  hold_after=N: once a connection has received more than N
-    bytes, the echo waits `hold` seconds first (once) -- a slow server, so that a host that
-    closes its port right after writing is gone before the answer comes."""
-
-    def __init__(self, pki, hold_after: int | None = None, hold: float = 3.0,
-                 close_after: int | None = None, cert=None) -> None:
-        """close_after=N: the server closes (close_notify, then TCP) once it has echoed N
-        bytes; cert: a peers.pki CertFiles other than the CA's server certificate."""
-        self.hold_after, self.hold, self.close_after = hold_after, hold, close_after
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        # OpenSSL's DEFAULT (Python's own list drops RSA key exchange, all the ML302 has)
-        self.ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-        cert = cert or pki.server
-        self.ctx.load_cert_chain(str(cert.chain_path), str(cert.key_path))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.received: list[bytearray] = []
-        self.errors: list[str] = []
-        self.ended = 0
-        self.cond = threading.Condition()
-        self.threads: list[threading.Thread] = []
-        self.closing = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
+def echo_peer(pki, hold_after: int | None = None, hold: float = 3.0,
+              close_after: int | None = None, cert=None) -> TlsServer:
+    """A TLS echo server (emulator.testing.peers.TlsServer: Python ssl in threads, each
+    connection's bytes kept in conn.received) that sends every chunk back as it comes.
+    hold_after=N: once a connection has received more than N bytes, the echo waits `hold`
+    seconds first (once) -- a slow server, so that a host that closes its port right after
+    writing is gone before the answer comes.  close_after=N: the server closes (close_notify,
+    then TCP) once it has echoed N bytes.  cert: a peers.pki CertFiles other than the CA's
+    server certificate.  TLS 1.2 up, OpenSSL's DEFAULT suites (Python's own list drops RSA
+    key exchange, all the ML302 has)."""
+    def handler(conn: TlsConnection) -> None:
+        held = False
+        while chunk := conn.recv():
+            if not held and hold_after is not None and len(conn.received) > hold_after:
+                held = True
+                time.sleep(hold)
+            conn.sendall(chunk)
+            if close_after is not None and len(conn.received) >= close_after:
+                time.sleep(0.2)
+                conn.send_close_notify()
                 return
-            data = bytearray()
-            with self.cond:
-                self.received.append(data)
-            thread = threading.Thread(target=self._serve, args=(sock, data), daemon=True)
-            self.threads.append(thread)
-            thread.start()
+    return TlsServer(cert or pki.server, handler=handler, min_version="TLSv1.2",
+                     ciphers="DEFAULT:@SECLEVEL=0")
 
-    def _serve(self, sock: socket.socket, data: bytearray) -> None:
-        try:
-            sock.settimeout(120)
-            held = False
-            with self.ctx.wrap_socket(sock, server_side=True) as tls:
-                while True:
-                    chunk = tls.recv(65536)
-                    if not chunk:
-                        break
-                    with self.cond:
-                        data += chunk
-                        self.cond.notify_all()
-                    if not held and self.hold_after is not None and len(data) > self.hold_after:
-                        held = True
-                        time.sleep(self.hold)
-                    tls.sendall(chunk)
-                    if self.close_after is not None and len(data) >= self.close_after:
-                        time.sleep(0.2)
-                        tls.unwrap()
-                        break
-        except (OSError, ssl.SSLError) as exc:
-            if not self.closing and not isinstance(exc, (ssl.SSLEOFError, ConnectionResetError)):
-                self.errors.append(repr(exc))
-        finally:
-            with self.cond:
-                self.ended += 1
-                self.cond.notify_all()
 
-    def all_received(self) -> bytes:
-        with self.cond:
-            return b"".join(bytes(d) for d in self.received)
+def wait_ended(peer: TlsServer, count: int, timeout: float = 60) -> None:
+    """The first `count` connections are over (the client closed, or the server did)."""
+    peer.wait_for(lambda: len(peer.connections) >= count
+                  and all(conn.done.is_set() for conn in peer.connections[:count]),
+                  timeout, f"{count} connection(s) to end")
 
-    def wait_ended(self, count: int, timeout: float = 60) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: self.ended >= count, timeout), \
-                f"{self.ended} of {count} connections ended"
 
-    def close(self) -> None:
-        self.closing = True
-        self.listener.close()
-
-    def __enter__(self) -> EchoPeer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+def all_received(peer: TlsServer) -> bytes:
+    return b"".join(bytes(conn.received) for conn in peer.connections)
 
 
 def payload_file(tmp_path: Path, name: str, data: bytes) -> str:
@@ -227,12 +173,12 @@ def test_ec2x_buffer_mode_session_end_to_end(cli, tmp_path, pki, c_hosts, lf_fir
         for start in piece_starts(len(data)):
             data[start] = 0x0A
     data = bytes(data)
-    with EchoPeer(pki) as peer:
+    with echo_peer(pki) as peer:
         emu = cli("--route", f"{HOSTNAME}:443=127.0.0.1:{peer.port}")
         result, _, _ = run_host(c_hosts["ec2x_host"], emu.dev, "buffer", HOSTNAME, "443",
                                 payload_file(tmp_path, "p.bin", data), ca_file(tmp_path, pki))
-        peer.wait_ended(1)
-        assert_end_to_end(result, data, peer.all_received())
+        wait_ended(peer, 1)
+        assert_end_to_end(result, data, all_received(peer))
         assert not peer.errors, peer.errors
     assert (tmp_path / "state" / "ufs" / "cacert.pem").read_bytes() == pki.ca.cert_pem
     emu.stop()
@@ -245,12 +191,12 @@ def test_ec2x_port_closed_in_a_prompt_and_before_reading_the_echo(cli, tmp_path,
     it closes the port again after SEND OK, before reading the echo: the next open reads it
     all with AT+QSSLRECV (its "recv" URC went with the hang-up)."""
     data = os.urandom(24_000)
-    with EchoPeer(pki) as peer:
+    with echo_peer(pki) as peer:
         emu = cli("--route", f"{HOSTNAME}:443=127.0.0.1:{peer.port}")
         result, out, _ = run_host(c_hosts["ec2x_host"], emu.dev, "reopen", HOSTNAME, "443",
                                   payload_file(tmp_path, "p.bin", data), ca_file(tmp_path, pki))
-        peer.wait_ended(1)
-        got = peer.all_received()
+        wait_ended(peer, 1)
+        got = all_received(peer)
         assert b"ABANDONED-" not in got
         assert_end_to_end(result, data, got)
         assert out.count("STEP port reopened") == 2, out
@@ -270,12 +216,12 @@ def test_ec2x_transparent_mode_escape_ato_qiswtmd_and_reopen_online(cli, tmp_pat
     # the last piece (the one written before the port closes while online) is echoed 3 s
     # late: the echo must wait in the socket for ATO, not race the close (what the modem had
     # already written to a host that then closed without reading it is gone, by design)
-    with EchoPeer(pki, hold_after=n // 2 + n // 4 + n // 8) as peer:
+    with echo_peer(pki, hold_after=n // 2 + n // 4 + n // 8) as peer:
         emu = cli("--route", f"{HOSTNAME}:443=127.0.0.1:{peer.port}")
         result, out, _ = run_host(c_hosts["ec2x_host"], emu.dev, "transparent", HOSTNAME, "443",
                                   payload_file(tmp_path, "p.bin", data), ca_file(tmp_path, pki))
-        peer.wait_ended(1)
-        assert_end_to_end(result, data, peer.all_received())
+        wait_ended(peer, 1)
+        assert_end_to_end(result, data, all_received(peer))
         assert out.count("STEP escaped") == 3, out
         assert not peer.errors, peer.errors
     emu.stop()
@@ -304,15 +250,14 @@ def test_ml302_secwrite_ssl_session_and_transparent(cli, tmp_path, pki, c_hosts)
     300 KiB of binary streamed with 64 KiB in flight, +++, close.  Every byte both ways."""
     text = text_payload(12_000)
     binary = os.urandom(300 * 1024)
-    with EchoPeer(pki) as peer:
+    with echo_peer(pki) as peer:
         emu = cli("--profile", "ml302", "--route", f"{HOSTNAME}:443=127.0.0.1:{peer.port}",
                   "--dns", f"{HOSTNAME}=106.12.79.254")
         result, out, _ = run_host(c_hosts["cr_host"], emu.dev, "ml302", HOSTNAME, "443",
                                   payload_file(tmp_path, "t.txt", text),
                                   payload_file(tmp_path, "b.bin", binary), ca_file(tmp_path, pki))
-        peer.wait_ended(2)
-        with peer.cond:
-            first, second = (bytes(d) for d in peer.received)
+        wait_ended(peer, 2)
+        first, second = (bytes(conn.received) for conn in peer.connections[:2])
         assert first == text and sha(second) == sha(binary) and len(second) == len(binary)
         assert_end_to_end(result, text + binary, first + second)
         assert result["peer"] == "106.12.79.254:443", result
@@ -329,12 +274,12 @@ def test_ec2x_cr_only_direct_push_with_payloads_starting_with_lf(cli, tmp_path, 
     raw bytes; AT+QSSLRECV on the push socket is ERROR; AT+QSSLSTATE shows mode 1."""
     pieces = [b"\n\r\n" + os.urandom(997) for _ in range(30)]
     data = b"".join(pieces)
-    with EchoPeer(pki) as peer:
+    with echo_peer(pki) as peer:
         emu = cli("--route", f"{HOSTNAME}:443=127.0.0.1:{peer.port}")
         result, _, _ = run_host(c_hosts["cr_host"], emu.dev, "push", HOSTNAME, "443",
                                 payload_file(tmp_path, "b.bin", data))
-        peer.wait_ended(1)
-        assert_end_to_end(result, data, peer.all_received())
+        wait_ended(peer, 1)
+        assert_end_to_end(result, data, all_received(peer))
         assert int(result["pushes"]) >= 1
         assert not peer.errors, peer.errors
     emu.stop()
@@ -348,13 +293,13 @@ def test_ec2x_open_refused_by_an_untrusted_server(cli, tmp_path, pki, c_hosts):
     """The peer's certificate comes from another CA: the C driver's open ends in
     +QSSLOPEN: 4,566 (TLS failures are 566 on the EC2x), AT+QIGETERROR says 566, the
     id is free (AT+QSSLCLOSE harmless), and the peer never gets a byte of application data."""
-    with EchoPeer(pki, cert=pki.wrong_server) as peer:
+    with echo_peer(pki, cert=pki.wrong_server) as peer:
         emu = cli("--route", f"{HOSTNAME}:443=127.0.0.1:{peer.port}")
         result, _, _ = run_host(c_hosts["ec2x_host"], emu.dev, "badca", HOSTNAME, "443",
                                 payload_file(tmp_path, "p.bin", b"never sent"),
                                 ca_file(tmp_path, pki))
         assert result["open_err"] == "566" and result["qigeterror"] == "566", result
-        assert result["sent"] == "0" and peer.all_received() == b""
+        assert result["sent"] == "0" and all_received(peer) == b""
     emu.stop()
 
 
@@ -366,11 +311,11 @@ def test_ec2x_peer_closes_after_its_echo(cli, tmp_path, pki, c_hosts, scenario):
     Access mode 2: every echoed byte, then NO CARRIER in the stream; state 4, mode 2;
     AT+QSSLCLOSE OK."""
     data = os.urandom(30_000)
-    with EchoPeer(pki, close_after=len(data)) as peer:
+    with echo_peer(pki, close_after=len(data)) as peer:
         emu = cli("--route", f"{HOSTNAME}:443=127.0.0.1:{peer.port}")
         result, _, _ = run_host(c_hosts["ec2x_host"], emu.dev, scenario, HOSTNAME, "443",
                                 payload_file(tmp_path, "p.bin", data), ca_file(tmp_path, pki))
-        peer.wait_ended(1)
-        assert_end_to_end(result, data, peer.all_received())
+        wait_ended(peer, 1)
+        assert_end_to_end(result, data, all_received(peer))
         assert not peer.errors, peer.errors
     emu.stop()
