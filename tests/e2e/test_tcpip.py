@@ -592,7 +592,13 @@ def test_crlf_host_writing_byte_at_a_time(open_modem, tcp_echo):
             host.write(bytes([b]))
         return host.read_until(FINAL)
 
-    assert at("ATE0").endswith(b"\r\nOK\r\n")
+    # Its first byte's echo comes back before it writes the rest: the modem has seen this host
+    # write a line in pieces.  (Else a loaded machine may read each byte-by-byte line in one
+    # piece and the AT+QISEND line's late LF together with the data that start with LF: data,
+    # as docs/behaviour.md says for a host seen writing whole lines.)
+    host.write(b"A")
+    assert host.read_exactly(1) == b"A"
+    assert at("TE0").endswith(b"\r\nOK\r\n")
     assert at('AT+QICSGP=1,1,"UNINET","","",1') == b"\r\nOK\r\n"
     assert at("AT+QIACT=1") == b"\r\nOK\r\n"
     assert at(f'AT+QIOPEN=1,0,"TCP","{TCP_HOST}",{TCP_PORT},0,0') == b"\r\nOK\r\n"
