@@ -137,7 +137,10 @@ class Interpreter:
 
     def settle(self) -> None:
         """After a restart (Modem.reboot, once its sockets are gone): the port is idle, so
-        "port_idle" goes out now (scenario steps waiting for it), not at the next command."""
+        "port_idle" goes out now (scenario steps waiting for it), not at the next command.
+        No connection is left for ATO (NO CARRIER): the last online link is let go, or it
+        would keep its dead socket until the next online session."""
+        self.last_online = None
         self._settle()
 
     @property

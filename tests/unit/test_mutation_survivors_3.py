@@ -212,15 +212,18 @@ def gone(ref: weakref.ref) -> bool:
 def test_a_reboot_lets_go_of_a_transparent_socket(bench):
     """Mutant: OnlineDelivery.forget without `self._links.clear()` (every socket's link, and
     through it the socket, kept after a restart until the port's output next drained).
-    Socket 1 went online and left with "+++"; AT+CFUN=1,1-like restart (Modem.reboot); then
-    socket 2 goes online (the port's last online link is its now): socket 1 is gone."""
+    Socket 1 went online and left with "+++"; AT+CFUN=1,1-like restart (Modem.reboot):
+    socket 1 is gone at once -- the interpreter's last online link (ATO's target) went with
+    the restart too (it kept the socket until the next online session before), and ATO is
+    NO CARRIER; a second socket then goes online as before."""
     ref = weakref.ref(online_socket(bench, 1))
     assert bench.escape() == b"\r\nOK\r\n"
     bench.modem.reboot(0)
     assert bench.svc.sockets == {}
-    assert bench.run(b"ATE0\r") == b"ATE0\r\r\nOK\r\n"
-    online_socket(bench, 2)
     assert gone(ref)
+    assert bench.run(b"ATE0\r") == b"ATE0\r\r\nOK\r\n"
+    assert bench.run(b"ATO\r") == b"\r\nNO CARRIER\r\n"
+    online_socket(bench, 2)
 
 
 def test_a_reboot_lets_go_of_a_push_socket_whose_close_waited_for_its_data(bench):
