@@ -428,9 +428,11 @@ class SslSocket:
         hs = self.handshake
         self._trace("handshake", socket=self.client_id, version=hs.version, cipher=hs.cipher_name,
                     alpn=hs.alpn, resumed=hs.resumed)
-        log.info("%s socket %d connected to %s:%d (%s, %s%s%s)", self.kind, self.client_id, self.host, self.port,
-                 hs.version, hs.cipher_name, f", ALPN {hs.alpn}" if hs.alpn else "",
-                 ", resumed" if hs.resumed else "")
+        # (a plain socket's "handshake" has a version, "TCP"/"UDP", and no cipher)
+        detail = ", ".join(x for x in (hs.version, hs.cipher_name, hs.alpn and f"ALPN {hs.alpn}",
+                                       hs.resumed and "resumed") if x)
+        log.info("%s socket %d connected to %s:%d (%s)", self.kind, self.client_id, self.host, self.port,
+                 detail)
         self._answered = True
         self.owner.on_opened(self, None, "")
         self._deliver_pending()

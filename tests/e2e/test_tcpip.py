@@ -4,6 +4,7 @@ loopback peers (emulator.testing.peers.plain), in each access mode."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import socket
@@ -202,6 +203,20 @@ def test_transparent_open_failure_is_error(modem):
     host.write('AT+QIOPEN=1,0,"TCP","nowhere.example",80,0,2\r')    # not routed, offline
     assert host.read_until(re.compile(rb"\r\n(CONNECT|ERROR)\r\n")) == b"\r\nERROR\r\n"
     assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 565,DNS parse failed\r\n\r\nOK\r\n"
+
+
+def test_the_log_names_a_plain_sockets_connection_without_an_empty_cipher(modem, tcp_echo, udp_echo, caplog):
+    """The INFO line a connected socket logs: a plain one has a type and no cipher -- "(TCP)",
+    not "(TCP, )" with an empty field where an SSL socket names its cipher."""
+    caplog.set_level(logging.INFO, logger="emulator")
+    host, _ = modem
+    qiopen(host, 0)
+    qiopen(host, 1, "UDP", UDP_HOST, UDP_PORT)
+    lines = [r.getMessage() for r in caplog.records if " connected to " in r.getMessage()]
+    assert lines == [f"TCP/IP socket 0 connected to {TCP_HOST}:{TCP_PORT} (TCP)",
+                     f"TCP/IP socket 1 connected to {UDP_HOST}:{UDP_PORT} (UDP)"]
+    assert host.at("AT+QICLOSE=0") == b"\r\nOK\r\n"
+    assert host.at("AT+QICLOSE=1") == b"\r\nOK\r\n"
 
 
 # -- UDP echo in each access mode -------------------------------------------------------
