@@ -389,8 +389,8 @@ def _say(stream, text: str) -> None:
 
 
 SUBCOMMANDS = ("usage: modem-emulator trace show FILE [--socket N] [--modem N]\n"
-               "       modem-emulator replay FILE [--profile P] [--modem N] [--ignore REGEX]... "
-               "[--scenario FILE]")
+               "       modem-emulator replay FILE [--profile P] [--modem N] [--max-gap SECONDS] "
+               "[--ignore REGEX]... [--scenario FILE]")
 
 
 def subcommand(argv: list[str]) -> int | None:
@@ -403,6 +403,9 @@ def subcommand(argv: list[str]) -> int | None:
         if argv[1:2] == ["show"]:
             from emulator.tools.trace import show_main
             return show_main(argv[2:])
+        if argv[1:2] in (["-h"], ["--help"]):       # asked for: the usage on stdout, exit 0
+            print(SUBCOMMANDS)
+            return 0
         print(SUBCOMMANDS, file=sys.stderr)
         return 2
     return None

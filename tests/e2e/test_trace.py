@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from emulator.testing.peers import TlsServer, reply_after
 from emulator.testing.peers.openssl import OpenSslServer
 from emulator.tools.trace import replay_main, show_main
@@ -466,3 +468,19 @@ def test_a_start_record_with_damaged_material_is_refused(tmp_path, capsys):
                                 "material": {"files": {"ca.pem": -1}}}) + "\n")
     assert replay_main([str(path)]) == 2
     assert "material" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, code", [(["trace", "--help"], 0), (["trace", "-h"], 0),
+                                        (["trace"], 2), (["trace", "bogus"], 2)])
+def test_trace_without_a_subcommand_prints_the_usage_and_help_exits_0(capsys, argv, code):
+    """`modem-emulator trace --help` asks for the usage: stdout, exit 0 (as `trace show --help`
+    and `replay --help` do); no or an unknown subcommand is a usage error: stderr, exit 2.  The
+    usage names every replay option (--max-gap too)."""
+    from emulator.tools.cli import subcommand
+    assert subcommand(argv) == code
+    out, err = capsys.readouterr()
+    usage = out if code == 0 else err
+    assert (out if code else err) == ""
+    assert usage.startswith("usage: modem-emulator trace show FILE")
+    for option in ("--profile", "--modem", "--max-gap", "--ignore", "--scenario"):
+        assert option in usage.splitlines()[1], option
