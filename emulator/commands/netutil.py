@@ -576,7 +576,7 @@ class _SntpExchange(asyncio.DatagramProtocol):
             self._ignore(f"a time in {year}, which the modem clock (AT+CCLK, "
                          f"{CLOCK_YEARS[0]}-{CLOCK_YEARS[1]}) cannot hold")
             return
-        self.finish(0, now - modem.clock.now().timestamp())
+        self.finish(0, now - modem.clock.now().timestamp(), now)
 
     def error_received(self, exc: Exception) -> None:
         log.info("AT+QNTP %s: %s", self.server, exc)   # port unreachable: the request is lost
@@ -595,7 +595,9 @@ class _SntpExchange(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
 
-    def finish(self, code: int, offset: float = 0.0) -> None:
+    def finish(self, code: int, offset: float = 0.0, server_time: float | None = None) -> None:
+        """server_time: the time the server's answer gave (Unix seconds), for the trace
+        (replay's SNTP stand-in answers it again)."""
         if self.done:
             return
         self.abort()
@@ -606,7 +608,8 @@ class _SntpExchange(asyncio.DatagramProtocol):
         if code == 0 and not modem.pdp.is_active(self.cid):
             code = 561                               # the context went away meanwhile
         modem.trace("ntp", server=self.server, port=self.port, code=code, offset=offset,
-                    autosettime=self.autoset)
+                    autosettime=self.autoset,
+                    **({"server_time": round(server_time, 6)} if code == 0 and server_time else {}))
         if code != 0:
             modem.urc(f"+QNTP: {code}")
             return

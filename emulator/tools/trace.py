@@ -1028,6 +1028,97 @@ def _unanswered_at_end(records: list[dict]) -> bool:
                for r in records[last + 1:])
 
 
+def _stand_in_pings(router, records: list[dict]) -> None:
+    """The round-trip times AT+QPING met (a `--ping` setting, the default, or the real
+    network's): each pinged host answers the replay after its first recorded time."""
+    for r in records:
+        times = r.get("times") if r.get("kind") == "ping" else None
+        if isinstance(r.get("host"), str) and isinstance(times, list) and times:
+            try:
+                router.add_ping(r["host"], times[0])
+            except ValueError:
+                pass                             # (a damaged record: the replay shows it)
+
+
+def _utc(unix) -> datetime.datetime | None:
+    """An aware datetime of a recorded Unix time; None for anything else (a damaged field)."""
+    if isinstance(unix, bool) or not isinstance(unix, (int, float)):
+        return None
+    try:
+        return datetime.datetime.fromtimestamp(unix, datetime.timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def _stand_in_ntp(router, records: list[dict], modem_now) -> list:
+    """An SNTP stand-in for each server AT+QNTP reached: one that answered (code 0) answers
+    the time it gave then (`server_time`; a trace without it: the replaying modem's clock
+    plus the offset recorded), so the replay's +QNTP and clock show what the recording's
+    did; one that never answered (569) stays silent.  Other outcomes need no server (565:
+    not routed, offline).  The first recorded exchange with a server decides for all of
+    them.  Returns the servers (close them)."""
+    from emulator.testing.peers.sntp import SntpServer
+
+    servers, seen = [], set()
+    for r in records:
+        if r.get("kind") != "ntp" or r.get("code") not in (0, 569):
+            continue
+        server, port, offset = r.get("server"), r.get("port", 123), r.get("offset", 0.0)
+        if not isinstance(server, str) or not isinstance(port, int) or (server, port) in seen:
+            continue
+        if not isinstance(offset, (int, float)):
+            continue
+        seen.add((server, port))
+        stand_in = SntpServer(modem_now(), answer=r["code"] == 0)
+        given = _utc(r.get("server_time"))
+        if r["code"] == 0 and given is not None:
+            stand_in.when = given
+        elif r["code"] == 0:
+            def respond(request: bytes, stand_in=stand_in, offset=float(offset)) -> list[bytes]:
+                when = modem_now() + datetime.timedelta(seconds=offset)
+                return [stand_in.reply(request, when=when)]
+            stand_in.respond = respond
+        servers.append(stand_in)
+        try:
+            router.add_map(server, port, "127.0.0.1", stand_in.port)
+        except ValueError:
+            pass
+    return servers
+
+
+class _CommandWatch:
+    """Compares the replay's command answers with the trace's as they come, so that the
+    replay stops at the first one that differs (what follows would wait for answers that
+    are not coming).  `records` is the replay's trace, growing on the loop thread."""
+
+    def __init__(self, expected: list[dict], records: list, ignore: list[re.Pattern],
+                 complete: bool) -> None:
+        self.expected, self.records, self.ignore, self.complete = expected, records, ignore, complete
+        self._scanned = 0
+        self._got: list[dict] = []
+        self._found = False
+
+    def differs(self) -> bool:
+        """True from the first command that differs on (it stays found)."""
+        if not self._found:
+            self._found = self._new_differ()
+        return self._found
+
+    def _new_differ(self) -> bool:
+        start = len(self._got)
+        end = len(self.records)
+        self._got += [r for r in self.records[self._scanned:end] if r.get("kind") == "cmd"]
+        self._scanned = end
+        new = self._got[start:]
+        if not self.complete:
+            new = new[:max(0, len(self.expected) - start)]
+        if not new:
+            return False
+        if start + len(new) > len(self.expected):
+            return True                          # a command the trace does not have
+        return _compare_cmds(self.expected[start:start + len(new)], new, self.ignore) is not None
+
+
 def replay_records(records: list[dict], profile: str | None = None, modem: int = 0,
                    ignore: list[re.Pattern] | None = None, out=None, max_gap: float | None = None,
                    scenario=None, complete: bool = True) -> int:
@@ -1060,6 +1151,9 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         emu.call(peer.start())
         for name, ip in (start.get("dns") or {}).items():
             emu.router.add_dns(name, ip)
+        _stand_in_pings(emu.router, records)
+        ntp_servers = _stand_in_ntp(emu.router, records, lambda: (
+            modems[0].clock.now() if modems else datetime.datetime.now(datetime.timezone.utc)))
         for host, host_port, stand_in in peer.routes:
             emu.router.add_map(host, host_port, "127.0.0.1", stand_in)
         for local_port in _listen_ports(records):      # any free port, not the recorded one
@@ -1075,7 +1169,9 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         except Exception as exc:             # (a name this profile's file system refuses)
             print(f"replay: what the modem held at the start cannot be put back: {exc}", file=out)
         out_count = lambda: emu.run(lambda: tracer[0].out_total)   # noqa: E731
+        watch = _CommandWatch(expected_cmds, writer.records, ignore, complete)
         ser = serial.Serial(port.path, 115200, timeout=0)
+        stopped = False
         try:
             last_t, last_sent = None, time.monotonic()
             patience = 10.0                      # for the output the host saw before this chunk
@@ -1084,6 +1180,11 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                 while out_count() < r.get("out", 0) and time.monotonic() < deadline:
                     _drain(ser)
                     time.sleep(0.002)
+                    if watch.differs():
+                        break
+                if watch.differs():
+                    stopped = True               # reported below; the rest would only wait
+                    break
                 if out_count() < r.get("out", 0):
                     # The modem said less than recorded: a difference already, reported at the
                     # end; the later chunks need not wait 10 s each for output that is not coming.
@@ -1101,7 +1202,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                 last_t, last_sent = r["t"], time.monotonic()
             # the rest of the output, until it stops coming
             deadline, seen, quiet_since = time.monotonic() + 10, -1, time.monotonic()
-            while time.monotonic() < deadline:
+            while not stopped and time.monotonic() < deadline:
                 _drain(ser)
                 n = out_count()
                 if n != seen:
@@ -1113,6 +1214,8 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                 time.sleep(0.005)
         finally:
             ser.close()
+            for server in ntp_servers:
+                server.close()
         emu.call(peer.close())
         got = list(writer.records)
     got_cmds = [r for r in got if r.get("kind") == "cmd"]

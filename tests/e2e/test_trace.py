@@ -484,3 +484,69 @@ def test_trace_without_a_subcommand_prints_the_usage_and_help_exits_0(capsys, ar
     assert usage.startswith("usage: modem-emulator trace show FILE")
     for option in ("--profile", "--modem", "--max-gap", "--ignore", "--scenario"):
         assert option in usage.splitlines()[1], option
+
+
+def test_replay_stands_in_for_ping_times_and_the_ntp_server(open_modem, emulator, tmp_path, capsys):
+    """A session that pinged a host with a --ping time (150 ms, not the default 20) and synced
+    the clock with AT+QNTP from a server giving a fixed date replays with no difference: the
+    replay's pinged host answers after the recorded time, and an SNTP stand-in answers the
+    time the recorded server gave (the trace's `ntp` record keeps it), so +QNTP and the
+    AT+CCLK? after it show the same."""
+    import datetime
+
+    from emulator.testing.peers.sntp import SntpServer
+    path = tmp_path / "netutil.trace"
+    emulator.router.add_dns("pinged.example", "106.12.79.254")
+    emulator.router.add_ping("pinged.example", 150)
+    with SntpServer(datetime.datetime(2019, 6, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)) as ntp:
+        emulator.router.add_map("ntp.example", 123, "127.0.0.1", ntp.port)
+        host, _ = open_modem("ec2x", trace=str(path))
+        assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+        assert host.at('AT+QPING=1,"pinged.example",2,2') == b"\r\nOK\r\n"
+        assert host.read_until(b"+QPING: 0,2,2,0,150,150,150\r\n", timeout=5).count(
+            b'+QPING: 0,"106.12.79.254",32,150,255') == 2
+        assert host.at('AT+QNTP=1,"ntp.example"') == b"\r\nOK\r\n"
+        assert host.read_until(b"\r\n", timeout=5) == b"\r\n"
+        assert re.fullmatch(rb'\+QNTP: 0,"2019/06/01,20:00:0\d\+32"\r\n',      # (UTC+8: +32 quarters)
+                            host.read_until(b"\r\n", timeout=5))
+        assert re.fullmatch(rb'\r\n\+CCLK: "19/06/01,20:00:\d\d\+32"\r\n\r\nOK\r\n', host.at("AT+CCLK?"))
+        emulator.run(lambda: None)
+    ntp_record = next(json.loads(line) for line in path.read_text().splitlines()
+                      if json.loads(line)["kind"] == "ntp")
+    assert ntp_record["code"] == 0 and abs(ntp_record["server_time"] - 1559390400) < 0.01
+    capsys.readouterr()
+    assert replay_main([str(path)]) == 0, capsys.readouterr().out
+    assert "no difference" in capsys.readouterr().out
+
+
+def test_replay_stops_at_the_first_command_that_differs(open_modem, emulator, tmp_path, capsys,
+                                                         monkeypatch):
+    """Once a command's answer differs, the rest of the host's side is not played (it would
+    only wait, up to 10 s a chunk, for answers that are not coming): the lines after the
+    differing one are never written to the replaying modem; the difference is reported."""
+    import serial
+    path = tmp_path / "short.trace"
+    host, _ = open_modem("ec2x", trace=str(path))
+    for line in ("AT+CMEE=2", 'AT+QSSLCFG="seclevel",1,1', "AT+CSQ", "AT+CGMR", "AT+CGMM"):
+        assert host.at(line).endswith(b"OK\r\n")
+    emulator.run(lambda: None)
+    lines = path.read_text().splitlines()
+    for i, text in enumerate(lines):
+        r = json.loads(text)
+        if r["kind"] == "cmd" and r["line"] == 'AT+QSSLCFG="seclevel",1,1':
+            r["answer"] = "\r\nERROR\r\n"
+            lines[i] = json.dumps(r)
+    path.write_text("\n".join(lines) + "\n")
+    written = bytearray()
+    real_write = serial.Serial.write
+
+    def spy(self, data):
+        written.extend(data)
+        return real_write(self, data)
+    monkeypatch.setattr(serial.Serial, "write", spy)
+    capsys.readouterr()
+    assert replay_main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "command 3 (AT+QSSLCFG=\\\"seclevel\\\",1,1)" in out or 'AT+QSSLCFG="seclevel",1,1' in out, out
+    assert b'AT+QSSLCFG="seclevel",1,1\r' in written
+    assert b"AT+CGMR" not in written and b"AT+CGMM" not in written
