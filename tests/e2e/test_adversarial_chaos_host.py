@@ -253,6 +253,11 @@ def test_close_mid_qsslrecv_payload_drops_that_answer_only(rig):
         assert sha(rest) == sha(stream[1501:])
 
 
+def unread(emulator, cid: int) -> int:
+    """The modem's unread bytes on socket cid (control API state), -1 without that socket."""
+    return next((s["unread"] for s in emulator.control("state")["sockets"] if s["id"] == cid), -1)
+
+
 def test_recv_urc_written_to_nobody_then_polled_data_and_a_fresh_urc(rig):
     stream = payload(3000, 3)
     more = payload(500, 4)
@@ -260,7 +265,7 @@ def test_recv_urc_written_to_nobody_then_polled_data_and_a_fresh_urc(rig):
         rig.host.close()
         wait_for(lambda: not rig.port.port.attached, 10, "hang-up seen")
         conn.send(stream)                    # its "recv" URC goes to nobody
-        time.sleep(0.5)
+        wait_for(lambda: unread(rig.emulator, 0) == len(stream), 20, "the stream in the modem")
         rig.host = Host(rig.port.path)
         rig.hosts.append(rig.host)
         rig.emulator.run(rig.port.port.look_for_host)

@@ -396,9 +396,9 @@ def test_qisend_lengths_0_max_and_max_plus_1(modem, tcp_echo):
     assert host.at("AT+QISEND=0,0") == b"\r\n+QISEND: 0,0,0\r\n\r\nOK\r\n"
     data = bytes(range(256)) * 5 + bytes(180)          # 1460
     assert qisend(host, 0, data) == b"\r\nSEND OK\r\n"
+    host.seen(b'+QIURC: "recv",0\r\n')       # the echo's URC, before the next exact answer
     assert host.at("AT+QISEND=0,1461") == b"\r\nERROR\r\n"
     assert last_error(host) == 552
-    host.seen(b'+QIURC: "recv",0\r\n')
     got = b""
     while len(got) < 1460:
         got += qird(host, 0, 1000)[1]

@@ -80,6 +80,7 @@ def test_qsslsend_with_an_empty_sendlen_is_error_not_a_variable_length_prompt(ec
     assert last_error(ec2x) == 552
     assert ec2x.quiet_for(0.1) == b""                            # no prompt came after all
     assert ec2x.send_data(0, b"still fine") == SEND_OK
+    ec2x.seen(b'+QSSLURC: "recv",0\r\n')     # the echo's URC, before close()'s exact OK
     close(ec2x)
 
 
