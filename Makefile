@@ -50,13 +50,14 @@ run: $(STAMP)
 	@$(PY) -m emulator --profile ec2x --demo --offline --link $(LINK) --state-dir state/ec2x
 
 run-ml302: $(STAMP)
+	@echo "ML302 modem with the built-in loopback TLS peer; device link: /tmp/modem-ml302" >&2
 	@$(PY) -m emulator --profile ml302 --demo --offline --link /tmp/modem-ml302 --state-dir state/ml302
 
 # Skips count as failures here: a missing openssl or socat CLI or native TLS layer must show.
 test: $(STAMP) openssl socat hostprogs
 	MODEM_EMULATOR_REQUIRE_ALL=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
-# One table, each figure beside a reference from the same run (about 2 minutes).
+# One table, each figure beside a reference from the same run (about a minute; under 3).
 bench: $(STAMP) socat
 	$(PY) -m bench
 

@@ -905,7 +905,9 @@ PARTS = {"fuzz": part_fuzz, "races": part_races, "kills": part_kills, "bulk": pa
 
 def main(argv: list[str] | None = None) -> int:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0],
+                                epilog="Each option's default comes from the environment when set: SOAK_PARTS, "
+                                       "SOAK_LINES, SOAK_RACES, SOAK_KILLS, SOAK_MIB, SOAK_SEED.")
     p.add_argument("--parts", default=env("SOAK_PARTS", ",".join(PARTS)))
     p.add_argument("--lines", type=int, default=int(env("SOAK_LINES", 100_000)))
     p.add_argument("--races", type=int, default=int(env("SOAK_RACES", 2000)))

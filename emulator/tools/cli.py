@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AT+QPING replies from HOST (a name or an IP address) come after RTT_MS "
                         "milliseconds; a routed or --dns host without one answers after 20 ms "
                         "(repeatable)")
-    p.add_argument("--config", help="TOML file with [routes], [dns] and [ping] tables and optional "
-                                    "offline = true")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML file with [routes], [listen], [dns] and [ping] tables and optional "
+                        "offline = true (any other key is refused)")
     p.add_argument("--offline", action="store_true",
                    help="unrouted names fail as DNS errors instead of using the real network")
     p.add_argument("--demo", action="store_true",
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a TOML file of control operations scheduled by time or by the host's "
                         "commands (a field bug as a file; emulator/tools/scenario.py); a bad "
                         "file stops start-up")
-    p.add_argument("--keylog", help="append NSS key-log lines of every TLS session to this file "
+    p.add_argument("--keylog", metavar="FILE", help="append NSS key-log lines of every TLS session to this file "
                                     "(default: $SSLKEYLOGFILE)")
     p.add_argument("--baud", type=_positive, metavar="N",
                    help="pace output to the host at N baud, 10 bits a byte (115200: 11520 bytes/s), "

@@ -173,16 +173,22 @@ def test_readme_ml302_manual_section3_against_the_demo(fresh):
     manual's test page; the demo CA is in /caCrt.pem, so seclevel 1 works too."""
     doc('`"www.iottest.work",443`, which serves the manual\'s test page', README)
     doc('so `AT+QSSLCFG="seclevel",0,1` works too', README)
+    block = code_block("For the ML302 (`make run-ml302`)")
+    commands = [line for line in block.splitlines() if line.startswith("AT")]
+    assert commands == ["AT+CGACT=1,1", 'AT+QSSLCFG="seclevel",0,1',
+                        'AT+QSSLOPEN=0,0,"www.iottest.work",443,0', "AT+QSSLSEND=0",
+                        "AT+QSSLRECV=1,0,1460", "AT+QSSLCLOSE=0"]
+    shown = [line for line in block.splitlines()           # what the block says comes back
+             if line and not line.startswith(("AT", "> ", "...")) and "<-" not in line]
     host, _ = fresh("ml302")
-    assert host.at('AT+CGDCONT=1,"IP","CMNET"') == b"\r\nOK\r\n"
+    start = len(host.transcript)
     assert host.at("AT+CGACT=1,1") == b"\r\n+CGACT: 1, 1, 10.127.79.43\r\n\r\nOK\r\n"   # §3
     assert host.at('AT+QSSLCFG="seclevel",0,1') == b"\r\nOK\r\n"
     assert host.at('AT+QSSLOPEN=0,0,"www.iottest.work",443,0') == b"\r\nOK\r\n"
     assert host.read_until(b"+QSSLOPEN: 0,") + host.read_until(b"\r\n") == b"\r\n+QSSLOPEN: 0,0\r\n"
     host.write(b"AT+QSSLSEND=0\r")
     assert host.read_until(b"> ") == b"\r\n> "
-    host.write(b"GET https://www.iottest.work/test.html HTTP/1.1\r\nHost: www.iottest.work\r\n"
-               b"Connection: keep-alive\r\n\r\n\x1a")
+    host.write(b"GET /test.html HTTP/1.1\r\nHost: www.iottest.work\r\n\r\n\x1a")   # (as README types it)
     assert host.read_until(b"SEND OK\r\n").endswith(b"\r\nSEND OK\r\n")
     assert host.seen(b'+QSSLURC: "recv",1,0\r\n')
     answer = host.at("AT+QSSLRECV=1,0,1460")
@@ -190,6 +196,8 @@ def test_readme_ml302_manual_section3_against_the_demo(fresh):
     assert b"Hello!This is an IOT test webpage!" in answer
     assert host.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
     assert host.read_until(b"CLOSE OK\r\n") == b"\r\n0,CLOSE OK\r\n"
+    screen = iter(x for x in render(bytes(host.transcript[start:])) if x)
+    assert all(line in screen for line in shown), (shown, render(bytes(host.transcript[start:])))
 
 
 def test_readme_ml302_transparent_line(fresh):
@@ -203,7 +211,8 @@ def test_readme_ml302_transparent_line(fresh):
 
 
 def test_readme_sockets_share_one_pool_of_12_ids(fresh):
-    doc("one pool of 12 ids (an id in use by either is error 563 to the other)", README)
+    doc("one pool of 12 ids (an id in use by either is error 563 to the other: AT+QSSLOPEN answers "
+        "ERROR and AT+QIGETERROR then says 563; AT+QIOPEN answers OK, then `+QIOPEN: <id>,563`)", README)
     doc('drivers match `"\\r\\nOK\\r\\n\\r\\n+QIOPEN: 0,563\\r\\n"`')
     host, _ = ec2x_active(fresh)
     assert host.at('AT+QSSLOPEN=1,1,0,"220.180.239.212",8010,0') == b"\r\nOK\r\n"
@@ -1211,3 +1220,15 @@ def test_readme_makefile_targets_exist():
         assert re.search(rf"^{re.escape(target)}:", makefile, re.M), target
     assert "--link /tmp/modem-ec2x" in makefile or "LINK   ?= /tmp/modem-ec2x" in makefile
     assert "--demo --offline" in makefile
+
+
+def test_readme_in_process_python_example_runs(tmp_path):
+    """README "In Python, without pytest": the example, as printed, runs to its end in a
+    fresh interpreter (imports, add_modem with manual time, routing, Host, control, advance,
+    a modem call on the loop thread)."""
+    doc("Calls into a\nmodem itself (`Modem.set_dtr`, its settings) run on the loop thread", README)
+    script = tmp_path / "example.py"
+    script.write_text(code_block("### In Python, without pytest", fence="```"))
+    result = subprocess.run([PY, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "+QIOPEN: 0,0" in result.stdout and "'state': 'CONNECTED'" in result.stdout, result.stdout
