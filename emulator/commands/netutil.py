@@ -576,7 +576,7 @@ class _SntpExchange(asyncio.DatagramProtocol):
             self._ignore(f"a time in {year}, which the modem clock (AT+CCLK, "
                          f"{CLOCK_YEARS[0]}-{CLOCK_YEARS[1]}) cannot hold")
             return
-        self.finish(0, now - modem.clock.now().timestamp(), now)
+        self.finish(0, now - modem.clock.now().timestamp(), t3)
 
     def error_received(self, exc: Exception) -> None:
         log.info("AT+QNTP %s: %s", self.server, exc)   # port unreachable: the request is lost
@@ -596,8 +596,9 @@ class _SntpExchange(asyncio.DatagramProtocol):
             self.transport.close()
 
     def finish(self, code: int, offset: float = 0.0, server_time: float | None = None) -> None:
-        """server_time: the time the server's answer gave (Unix seconds), for the trace
-        (replay's SNTP stand-in answers it again)."""
+        """server_time: the server's transmit timestamp (Unix seconds), for the trace:
+        replay's SNTP stand-in sends it again, and the replaying modem adds its own half
+        round trip as this one did."""
         if self.done:
             return
         self.abort()

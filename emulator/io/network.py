@@ -21,6 +21,7 @@ import errno
 import functools
 import hashlib
 import ipaddress
+import math
 import os
 import random
 import select
@@ -178,10 +179,14 @@ class Router:
             raise ValueError(f"dns {name!r}: {ip!r} is not an IP address")
         self.dns[_dns_key(name)] = str(ipaddress.ip_address(ip.strip().strip("[]")))
 
-    def add_ping(self, host: str, rtt_ms: float) -> None:
-        """Echo replies from `host` (a name or an IP address) come after rtt_ms (AT+QPING)."""
+    def add_ping(self, host: str, rtt_ms: float | None) -> None:
+        """Echo replies from `host` (a name or an IP address) come after rtt_ms (AT+QPING);
+        None: the host is known but never replies (every request times out: 569)."""
         if not isinstance(host, str) or not _dns_key(host):
             raise ValueError(f"ping {host!r}: empty host")
+        if rtt_ms is None:
+            self.ping[_dns_key(host)] = math.inf
+            return
         if isinstance(rtt_ms, bool) or not isinstance(rtt_ms, (int, float)) or not 0 <= rtt_ms <= 255_000:
             raise ValueError(f"ping {host!r}: round-trip time {rtt_ms!r} must be 0..255000 ms")
         self.ping[_dns_key(host)] = float(rtt_ms)

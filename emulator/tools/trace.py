@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -96,6 +97,7 @@ import os
 import re
 import sys
 import time
+from struct import error as struct_error
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1030,14 +1032,26 @@ def _unanswered_at_end(records: list[dict]) -> bool:
 
 def _stand_in_pings(router, records: list[dict]) -> None:
     """The round-trip times AT+QPING met (a `--ping` setting, the default, or the real
-    network's): each pinged host answers the replay after its first recorded time."""
+    network's): each pinged host answers the replay after its first recorded time; a host
+    whose every request timed out never answers.  A pinged name resolves to the address the
+    recording showed (unless the start record's DNS table has it already)."""
+    decided: set[str] = set()
     for r in records:
-        times = r.get("times") if r.get("kind") == "ping" else None
-        if isinstance(r.get("host"), str) and isinstance(times, list) and times:
-            try:
-                router.add_ping(r["host"], times[0])
-            except ValueError:
-                pass                             # (a damaged record: the replay shows it)
+        host, times, address = r.get("host"), r.get("times"), r.get("address")
+        if r.get("kind") != "ping" or not isinstance(host, str) or not isinstance(times, list):
+            continue
+        try:
+            if isinstance(address, str) and not router.knows(host):
+                try:
+                    router.add_dns(host, address)
+                except ValueError:
+                    pass                         # (an IP literal was pinged: no entry needed)
+            if host.lower() in decided:
+                continue
+            decided.add(host.lower())
+            router.add_ping(host, times[0] if times else None)
+        except (ValueError, TypeError):
+            pass                                 # (a damaged record: the replay shows it)
 
 
 def _utc(unix) -> datetime.datetime | None:
@@ -1050,34 +1064,67 @@ def _utc(unix) -> datetime.datetime | None:
         return None
 
 
-def _stand_in_ntp(router, records: list[dict], modem_now) -> list:
-    """An SNTP stand-in for each server AT+QNTP reached: one that answered (code 0) answers
-    the time it gave then (`server_time`; a trace without it: the replaying modem's clock
-    plus the offset recorded), so the replay's +QNTP and clock show what the recording's
-    did; one that never answered (569) stays silent.  Other outcomes need no server (565:
-    not routed, offline).  The first recorded exchange with a server decides for all of
-    them.  Returns the servers (close them)."""
+MAX_NTP_STAND_INS = 64      # one thread and socket each: a hand-made trace cannot exhaust fds
+
+
+def _ntp_outcome(r: dict) -> tuple[int, datetime.datetime | None, float] | None:
+    """(code, the server's time, offset) of a recorded AT+QNTP exchange that a stand-in can
+    give again: an answer (0: its `server_time`, or for an older trace the offset against the
+    replaying modem's clock) or none at all (569).  None: nothing to stand in for (565 and
+    the rest need no server) or a damaged record."""
+    code, offset = r.get("code"), r.get("offset", 0.0)
+    if code == 569:
+        return 569, None, 0.0
+    if code != 0:
+        return None
+    given = _utc(r.get("server_time"))
+    if given is not None:
+        return 0, given, 0.0
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not abs(offset) < 1e9:
+        return None                              # (NaN fails the comparison too)
+    return 0, None, float(offset)
+
+
+def _stand_in_ntp(router, records: list[dict], modem_now, replayed: list) -> list:
+    """An SNTP stand-in for each server AT+QNTP reached, giving each exchange the outcome it
+    had, in order: the time the server gave then (`server_time`; a trace without it: the
+    replaying modem's clock plus the offset recorded), or no answer at all (569).  Which
+    exchange a request belongs to is told by the replaying modem's own `ntp` records so far
+    (`replayed`, its trace): the k-th exchange with a server gets the k-th recorded outcome
+    (past the last: the last).  Returns the servers (close them)."""
     from emulator.testing.peers.sntp import SntpServer
 
-    servers, seen = [], set()
+    outcomes: dict[tuple[str, int], list] = {}
     for r in records:
-        if r.get("kind") != "ntp" or r.get("code") not in (0, 569):
+        server, port = r.get("server"), r.get("port", 123)
+        if (r.get("kind") != "ntp" or not isinstance(server, str) or isinstance(port, bool)
+                or not isinstance(port, int)):
             continue
-        server, port, offset = r.get("server"), r.get("port", 123), r.get("offset", 0.0)
-        if not isinstance(server, str) or not isinstance(port, int) or (server, port) in seen:
-            continue
-        if not isinstance(offset, (int, float)):
-            continue
-        seen.add((server, port))
-        stand_in = SntpServer(modem_now(), answer=r["code"] == 0)
-        given = _utc(r.get("server_time"))
-        if r["code"] == 0 and given is not None:
-            stand_in.when = given
-        elif r["code"] == 0:
-            def respond(request: bytes, stand_in=stand_in, offset=float(offset)) -> list[bytes]:
-                when = modem_now() + datetime.timedelta(seconds=offset)
+        outcome = _ntp_outcome(r)
+        if outcome is not None:
+            outcomes.setdefault((server, port), []).append(outcome)
+    servers = []
+    for (server, port), recorded in list(outcomes.items())[:MAX_NTP_STAND_INS]:
+        def finished(server=server, port=port) -> int:
+            return sum(1 for x in list(replayed) if x.get("kind") == "ntp"
+                       and x.get("server") == server and x.get("port") == port)
+
+        try:
+            stand_in = SntpServer(modem_now())
+        except OSError as exc:                   # (out of descriptors: the rest go unanswered)
+            log.warning("replay: no SNTP stand-in for %s:%d: %s", server, port, exc)
+            break
+
+        def respond(request: bytes, stand_in=stand_in, recorded=recorded, finished=finished) -> list[bytes]:
+            code, when, offset = recorded[min(finished(), len(recorded) - 1)]
+            if code != 0:
+                return []                        # a server that never answered
+            try:
+                when = when or modem_now() + datetime.timedelta(seconds=offset)
                 return [stand_in.reply(request, when=when)]
-            stand_in.respond = respond
+            except (ArithmeticError, ValueError, struct_error):
+                return []                        # (no time to give: as if unanswered)
+        stand_in.respond = respond
         servers.append(stand_in)
         try:
             router.add_map(server, port, "127.0.0.1", stand_in.port)
@@ -1142,7 +1189,8 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
     expected_out = b"".join(_b(r["data"]) for r in records if r.get("kind") == "io" and r["dir"] == "out")
     expected_cmds = [r for r in records if r.get("kind") == "cmd"]
     writer = TraceWriter(None)
-    with tempfile.TemporaryDirectory(prefix="modem-replay-") as state, BackgroundEmulator(offline=True) as emu:
+    with (tempfile.TemporaryDirectory(prefix="modem-replay-") as state, BackgroundEmulator(offline=True) as emu,
+          contextlib.ExitStack() as stand_ins):
         tracer: list[ModemTrace] = []
         modems: list = []
         peer = ReplayPeer(scripts_of(records), lambda: tracer[0].in_total if tracer else 0,
@@ -1152,8 +1200,10 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         for name, ip in (start.get("dns") or {}).items():
             emu.router.add_dns(name, ip)
         _stand_in_pings(emu.router, records)
-        ntp_servers = _stand_in_ntp(emu.router, records, lambda: (
-            modems[0].clock.now() if modems else datetime.datetime.now(datetime.timezone.utc)))
+        for server in _stand_in_ntp(emu.router, records, lambda: (
+                modems[0].clock.now() if modems else datetime.datetime.now(datetime.timezone.utc)),
+                writer.records):
+            stand_ins.callback(server.close)     # (closed however the replay ends)
         for host, host_port, stand_in in peer.routes:
             emu.router.add_map(host, host_port, "127.0.0.1", stand_in)
         for local_port in _listen_ports(records):      # any free port, not the recorded one
@@ -1214,8 +1264,6 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                 time.sleep(0.005)
         finally:
             ser.close()
-            for server in ntp_servers:
-                server.close()
         emu.call(peer.close())
         got = list(writer.records)
     got_cmds = [r for r in got if r.get("kind") == "cmd"]
