@@ -261,10 +261,17 @@ class SslSocket:
         return True
 
     def _link(self) -> _Link:
-        # On the peer's FIN what SEND OK accepted still goes: a half-closed TCP connection
-        # takes it (asyncio sends it before closing the transport).
         return _Link(self._link_made, self._from_network, self._network_lost, self._writable,
-                     self.flush_deferred)
+                     self._peer_fin)
+
+    def _peer_fin(self) -> None:
+        """The peer's FIN (asyncio closes the transport when this returns; connection_lost
+        follows a loop turn later).  What SEND OK accepted leaves first -- a half-closed TCP
+        connection takes it --, then the socket learns of the end at once: a send read in the
+        same loop turn (the host's bytes right behind the FIN) is refused as after any peer
+        close (567), not answered SEND OK and then dropped with the transport."""
+        self.flush_deferred()
+        self._network_lost(FIN)
 
     def _link_factory(self, datagram: bool) -> Callable[[], asyncio.Protocol]:
         """The protocol factory of this socket's connection, with the network conditions
