@@ -51,10 +51,11 @@ def settings() -> TlsSettings:
     return TlsSettings(server_name="h.test", ssl_version=3, cipher_suites=(0xC02F,), session_cache=False)
 
 
-def make(owner: Owner, port: int, faults=None) -> tuple[SslSocket, Router]:
+def make(owner: Owner, port: int, faults=None, manual_time: bool = False) -> tuple[SslSocket, Router]:
+    """manual_time: the socket's timers (negotiatetime, ...) fire only on sock._timers.advance()."""
     loop = asyncio.get_running_loop()
     sock = SslSocket(owner, 0, pdp_id=1, ctx_id=0, host="h.test", port=443, delivery=None,
-                     recv_limit=4096, timers=Timers(loop))
+                     recv_limit=4096, timers=Timers(loop, manual=manual_time))
     sock.faults = faults
     return sock, Router({"h.test:443": f"127.0.0.1:{port}"})
 

@@ -51,10 +51,10 @@ class Recorder(Owner):
         self.log.append(f"closed {reason}")
 
 
-async def opened_and_waiting(owner: Recorder, negotiate: float = 10):
+async def opened_and_waiting(owner: Recorder, negotiate: float = 10, manual_time: bool = False):
     """An open whose task waits for the handshake, and the server's side of it."""
     server = socket.create_server(("127.0.0.1", 0))
-    sock, router = make(owner, server.getsockname()[1])
+    sock, router = make(owner, server.getsockname()[1], manual_time=manual_time)
     sock.open(router, PlainSettings(), negotiate)
     for _ in range(50):                       # the task makes asyncio's transport, then waits
         await asyncio.sleep(0)
@@ -98,12 +98,18 @@ def test_data_with_the_last_flight_follows_the_answer():
 def test_a_negotiate_timer_due_in_the_same_turn_does_not_undo_the_answer():
     async def main():
         owner = Recorder()
-        sock, conn = await opened_and_waiting(owner, negotiate=0.05)
-        loop = asyncio.get_running_loop()
-        # The handshake ends in a callback of the turn in which the timer is due too.
-        when = loop.time() + 0.05
-        loop.call_at(when, sock._transport.get_protocol().data_received, b"finished")
-        await asyncio.sleep(0.2)
+        # (manual time: on the real clock the timer, armed at the open, fell due turns before
+        # a callback scheduled "as late" once the open was waiting -- on a loaded machine the
+        # timeout won and the test failed)
+        sock, conn = await opened_and_waiting(owner, negotiate=0.05, manual_time=True)
+        protocol = sock._transport.get_protocol()
+
+        def same_turn() -> None:
+            sock._timers.advance(0.05)        # the negotiate timer fires: the wait's timeout is due
+            protocol.data_received(b"finished")   # and the handshake ends in the same callback
+        asyncio.get_running_loop().call_soon(same_turn)
+        for _ in range(20):
+            await asyncio.sleep(0)
         assert owner.opened == [(None, "")]
         assert sock.state is CONNECTED
         sock.abort()
