@@ -378,6 +378,42 @@ def test_send_ok_in_the_turn_the_peers_half_close_arrives_is_delivered(modem, em
             peer.close()
 
 
+def test_qsslsend_in_the_turn_the_tls_peers_half_close_arrives(modem, emulator):
+    """The same race on an SSL socket: the TLS server sends its FIN without close_notify (and
+    reads on) while the emulator's loop is busy, then the host's AT+QSSLSEND data come; both are
+    handled in one turn.  SEND OK only if the server then gets the bytes (decrypted); else
+    ERROR with QIGETERROR 567 and it gets none -- never SEND OK for bytes that are dropped."""
+    from emulator.testing.peers import TlsServer
+    host, advance, port = modem
+    for i in range(3):
+        with TlsServer(mode="echo") as server:
+            emulator.router.add_map("tls.example", 443, "127.0.0.1", server.port)
+            assert host.at('AT+QSSLOPEN=1,1,0,"tls.example",443,0') == OK
+            assert host.read_until(b"+QSSLOPEN: 0,0\r\n", timeout=10).endswith(b"+QSSLOPEN: 0,0\r\n")
+            conn = server.wait_handshake(timeout=10)
+            payload = b"tls-race%02d" % i
+            host.write(b"AT+QSSLSEND=0,%d\r" % len(payload))
+            assert host.read_until(b"> ") == b"\r\n> "
+            busy = LoopBlocked(emulator)
+            conn.close(close_notify=False, fin=True)           # FIN only; it reads on
+            server.wait_for(lambda: conn.close_reason is not None, 10, "the server's close")
+            time.sleep(0.05)                    # (its shutdown follows at once, on loopback)
+            host.write(payload)
+            busy.release()
+            closed = b'\r\n+QSSLURC: "closed",0\r\n'
+            out = host.read_until(RESULT)
+            if closed not in out:
+                out += host.read_until(closed)
+            answer = out.replace(closed, b"", 1)
+            assert answer in (b"\r\nSEND OK\r\n", b"\r\nERROR\r\n"), out
+            if answer == b"\r\nERROR\r\n":
+                assert error_code(host) == 567
+            assert host.at("AT+QSSLCLOSE=0") == OK
+            server.wait_for(lambda: conn.client_eof, 10, "the emulator's FIN")
+            assert bytes(conn.received) == (payload if answer == b"\r\nSEND OK\r\n" else b""), \
+                (answer, bytes(conn.received))
+
+
 def test_zero_window_peer_then_it_reads_exactly_the_send_ok_bytes(modem, emulator):
     """A server that reads nothing (its window shuts): AT+QISEND answers SEND OK until the
     modem's send buffer is full, then SEND FAIL; AT+QISEND=0,0 counts exactly the SEND OK
