@@ -331,6 +331,20 @@ class LoopBlocked:
         self.released.set()
 
 
+def send_answer_and_closed(host, closed: bytes) -> bytes:
+    """A send's answer (SEND OK, or ERROR with QIGETERROR 567) and the socket's "closed" URC,
+    which comes before the answer when the FIN was seen before the command line, after it
+    when the data prompt was already open.  Returns the answer."""
+    out = host.read_until(RESULT)
+    if closed not in out:
+        out += host.read_until(closed)
+    answer = out.replace(closed, b"", 1)
+    assert answer in (b"\r\nSEND OK\r\n", b"\r\nERROR\r\n"), out
+    if answer == b"\r\nERROR\r\n":
+        assert error_code(host) == 567
+    return answer
+
+
 # Was a bug, fixed: SEND OK for bytes that never left.  The peer's FIN and the host's data came
 # in one loop turn: asyncio closed the transport at the FIN while the socket stayed CONNECTED
 # until connection_lost ran a turn later, so the data got SEND OK, were held by transmit_soon()
@@ -358,16 +372,7 @@ def test_send_ok_in_the_turn_the_peers_half_close_arrives_is_delivered(modem, em
             peer.shutdown_wr()                 # (on loopback the FIN is there when this returns)
             host.write(payload if command == "qisend" else b'AT+QISENDEX=0,"%s"\r' % payload.hex().encode())
             busy.release()
-            # (the "closed" URC comes before the answer when the FIN was seen before the
-            # command line, after it when the data prompt was already open)
-            closed = b'\r\n+QIURC: "closed",0\r\n'
-            out = host.read_until(RESULT)
-            if closed not in out:
-                out += host.read_until(closed)
-            answer = out.replace(closed, b"", 1)
-            assert answer in (b"\r\nSEND OK\r\n", b"\r\nERROR\r\n"), out
-            if answer == b"\r\nERROR\r\n":
-                assert error_code(host) == 567
+            answer = send_answer_and_closed(host, b'\r\n+QIURC: "closed",0\r\n')
             assert host.at("AT+QICLOSE=0") == OK
             assert peer.eof.wait(5)
             if answer == b"\r\nSEND OK\r\n":
@@ -400,14 +405,7 @@ def test_qsslsend_in_the_turn_the_tls_peers_half_close_arrives(modem, emulator):
             time.sleep(0.05)                    # (its shutdown follows at once, on loopback)
             host.write(payload)
             busy.release()
-            closed = b'\r\n+QSSLURC: "closed",0\r\n'
-            out = host.read_until(RESULT)
-            if closed not in out:
-                out += host.read_until(closed)
-            answer = out.replace(closed, b"", 1)
-            assert answer in (b"\r\nSEND OK\r\n", b"\r\nERROR\r\n"), out
-            if answer == b"\r\nERROR\r\n":
-                assert error_code(host) == 567
+            answer = send_answer_and_closed(host, b'\r\n+QSSLURC: "closed",0\r\n')
             assert host.at("AT+QSSLCLOSE=0") == OK
             server.wait_for(lambda: conn.client_eof, 10, "the emulator's FIN")
             assert bytes(conn.received) == (payload if answer == b"\r\nSEND OK\r\n" else b""), \
