@@ -234,11 +234,11 @@ class Router:
         known = self.resolve_now(host, port)
         if known is not None:
             return known
-        if self.offline:
-            raise NetworkError("dns", f"cannot resolve {host!r}: not routed and the emulator is --offline")
-        problem = name_problem(host)
+        problem = name_problem(host)       # (first: offline too, the log says what is wrong)
         if problem is not None:
             raise NetworkError("dns", f"cannot resolve {host!r}: {problem}")
+        if self.offline:
+            raise NetworkError("dns", f"cannot resolve {host!r}: not routed and the emulator is --offline")
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError, ValueError) as exc:

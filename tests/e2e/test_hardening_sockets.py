@@ -55,8 +55,11 @@ def online(emulator, monkeypatch):
     return asked
 
 
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
 @pytest.mark.parametrize("name", BAD_NAMES + [".".join(["a" * 63] * 4)])   # 255 characters
-def test_router_refuses_names_no_dns_query_can_carry(name):
+def test_router_refuses_names_no_dns_query_can_carry(name, offline):
+    """Offline too the reason names the bad name, not "not routed" (the log says what is
+    wrong with the host's name)."""
     async def scenario():
         asked = []
 
@@ -65,7 +68,7 @@ def test_router_refuses_names_no_dns_query_can_carry(name):
             raise AssertionError("the resolver must not be asked")
         asyncio.get_running_loop().getaddrinfo = getaddrinfo
         with pytest.raises(NetworkError) as info:
-            await Router(offline=False).resolve(name, 443)
+            await Router(offline=offline).resolve(name, 443)
         assert info.value.kind == "dns" and "not a valid host name" in info.value.reason
         assert asked == []
     asyncio.run(scenario())
