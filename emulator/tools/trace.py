@@ -97,7 +97,6 @@ import os
 import re
 import sys
 import time
-from struct import error as struct_error
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1122,7 +1121,7 @@ def _stand_in_ntp(router, records: list[dict], modem_now, replayed: list) -> lis
             try:
                 when = when or modem_now() + datetime.timedelta(seconds=offset)
                 return [stand_in.reply(request, when=when)]
-            except (ArithmeticError, ValueError, struct_error):
+            except (ArithmeticError, ValueError):
                 return []                        # (no time to give: as if unanswered)
         stand_in.respond = respond
         servers.append(stand_in)
@@ -1221,7 +1220,6 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         out_count = lambda: emu.run(lambda: tracer[0].out_total)   # noqa: E731
         watch = _CommandWatch(expected_cmds, writer.records, ignore, complete)
         ser = serial.Serial(port.path, 115200, timeout=0)
-        stopped = False
         try:
             last_t, last_sent = None, time.monotonic()
             patience = 10.0                      # for the output the host saw before this chunk
@@ -1233,8 +1231,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                     if watch.differs():
                         break
                 if watch.differs():
-                    stopped = True               # reported below; the rest would only wait
-                    break
+                    break                        # reported below; the rest would only wait
                 if out_count() < r.get("out", 0):
                     # The modem said less than recorded: a difference already, reported at the
                     # end; the later chunks need not wait 10 s each for output that is not coming.
@@ -1252,7 +1249,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                 last_t, last_sent = r["t"], time.monotonic()
             # the rest of the output, until it stops coming
             deadline, seen, quiet_since = time.monotonic() + 10, -1, time.monotonic()
-            while not stopped and time.monotonic() < deadline:
+            while not watch.differs() and time.monotonic() < deadline:
                 _drain(ser)
                 n = out_count()
                 if n != seen:

@@ -64,6 +64,16 @@ async def turns(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
+async def first_output(bench, n: int = 10) -> bytes:
+    """What the port writes in the first of the next n loop turns that writes anything."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+        out = bench.run()
+        if out:
+            return out
+    return b""
+
+
 @pytest.fixture
 def no_dial(monkeypatch):
     monkeypatch.setattr(SslSocket, "open", lambda self, *args, **kwargs: None)
@@ -185,11 +195,7 @@ def test_a_close_with_the_last_flight_is_reported_after_a_hang_up_in_the_same_tu
         sock._received(b"hello")
         sock._peer_closed("peer closed TCP without close_notify (FIN)")
         assert bench.run() == b""                       # CONNECT is turns away
-        for _ in range(10):                             # the turn CONNECT is written in
-            await asyncio.sleep(0)
-            out = bench.run()
-            if out:
-                break
+        out = await first_output(bench)                 # the turn CONNECT is written in
         assert out in (b"\r\nCONNECT\r\nhello", b"\r\nCONNECT\r\nhello\r\nNO CARRIER\r\n")
         bench.modem.host_hangup()                       # (NO CARRIER is a turn away)
         await turns()
@@ -223,11 +229,7 @@ def test_host_bytes_after_the_peers_close_are_not_sent_into_it(bench, no_dial):
         sock = await transparent_open(bench, 4)
         handshake_done(bench, sock)
         sock._peer_closed("peer closed TCP without close_notify (FIN)")
-        for _ in range(10):                         # the turn CONNECT is written in
-            await asyncio.sleep(0)
-            out = bench.run()
-            if out:
-                break
+        out = await first_output(bench)             # the turn CONNECT is written in
         assert out in (b"\r\nCONNECT\r\n", b"\r\nCONNECT\r\n\r\nNO CARRIER\r\n")
         bench.modem.feed(b"too late")
         await turns()
