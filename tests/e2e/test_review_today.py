@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -128,7 +127,6 @@ def _low_fd_limit() -> None:
 
 # Was a bug, fixed: one SNTP stand-in (a thread and a socket) per distinct server of the trace,
 #  however many: a hand-made trace with more servers than file descriptors tracebacks (EMFILE)
-@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_NOFILE")
 def test_a_trace_with_more_ntp_servers_than_descriptors_prints_no_traceback(tmp_path):
     path = tmp_path / "many.trace"
     records = [{"t": 0, "modem": 0, "kind": "start", "profile": "ec2x", "in": 0, "out": 0}]
