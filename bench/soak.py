@@ -292,9 +292,11 @@ class Grammar:
             return b'"' + body.replace(b'"', b"") + b'"'
         if choice < 0.8:
             return b'"' + body                               # unbalanced quote
+        # Unquoted, a ';' would start another command: ";v" (V0) or ";q" (Q1) would change the
+        # result framing this part reads by (SKIP); random bytes still try those.
         if choice < 0.9:
-            return b'"' + body[: n // 2] + b'"' + body[n // 2:] + b'"'
-        return body
+            return b'"' + body[: n // 2] + b'"' + body[n // 2:].replace(b";", b"") + b'"'
+        return body.replace(b";", b"")
 
     def param(self) -> bytes:
         r = self.rng
