@@ -119,6 +119,10 @@ def _no_delay(transport) -> None:
             pass
 
 
+async def _failed(exc: BaseException):
+    raise exc
+
+
 def _no_trace(kind: str, /, **fields) -> None:
     pass
 
@@ -363,19 +367,28 @@ class SslSocket:
         started = self.session is not None     # at the dial (open()): its first flight is out
         if started:                            # failures until the connect is done are the connect's
             resume_phase, self._phase = self._phase, "connect"
-        if not started and self._connect is None and fault is None and not settings.dtls:
+        # A TCP connect over a link with latency (control API "net") takes its round trip, the
+        # SYN out and the SYN-ACK back, before the socket is connected: the open's answer and
+        # the first flight wait for it.  (The real connect, on loopback, is made at once: the
+        # peer's first bytes wait on the shaped link, the host cannot tell the difference.)
+        rtt = 2 * self._conditions().latency_ms / 1000 if not settings.dtls and self._shaping() else 0.0
+        if not started and self._connect is None and fault is None and not settings.dtls and not rtt:
             # A plain TCP connect: the session starts in _link_made, as soon as asyncio
             # has the transport (what _open_steps does after the connect, done earlier).
             self._early = (settings, cache, cache_key)
         try:
             if isinstance(dialled, NetworkError):
-                raise dialled
-            if self._connect is not None:
+                if not rtt:
+                    raise dialled
+                link = _failed(dialled)        # (the refusal, too, comes back a round trip later)
+            elif self._connect is not None:
                 link = self._connect(factory, fault)
             elif settings.dtls:
                 link = open_udp(router, self.host, self.port, factory, fault=fault)
             else:
                 link = open_tcp(router, self.host, self.port, factory, fault=fault, dialled=dialled)
+            if rtt:
+                link = self._round_trip_after(link, rtt)
             # Name lookup and connect together, on the modem's time.
             transport, protocol, self.remote = await timers.wait_for(link, connect_timeout)
             transport = getattr(protocol, "shaped", None) or transport
@@ -425,6 +438,22 @@ class SslSocket:
             self._fail_open(kind, reason, self._open_exc)
             return
         self._established()
+
+    async def _round_trip_after(self, link, rtt: float):
+        """The connect `link` (open_tcp), complete once `rtt` more has passed on the modem's
+        time; a connection made meanwhile goes with a cancelled open (timeout, close).  A
+        refusal (the peer's RST) or a failed lookup comes back after the round trip too."""
+        try:
+            result = await link
+        except NetworkError:
+            await self._timers.sleep(rtt)
+            raise
+        try:
+            await self._timers.sleep(rtt)
+        except BaseException:
+            result[0].abort()
+            raise
+        return result
 
     def _established(self) -> None:
         """The open's success answer ("+QSSLOPEN: <id>,0", CONNECT).  Given by _pump, in

@@ -284,7 +284,11 @@ def test_latency_set_before_the_open_delays_the_client_hello(modem, emulator):
         assert emulator.control("net", latency_ms=400)["ok"]
         assert host.at(ssl_open_line(1, "slow.example", 443)) == b"\r\nOK\r\n"
         assert not got.wait(0.4), "the ClientHello skipped the 400 ms latency"
-        advance(0.5)
+        # The connect's round trip (800 ms) comes first, then the ClientHello's 400 ms.
+        advance(0.8)                    # (the open goes on at 0.8 s, before the next advance)
+        advance(0.3)
+        assert not got.wait(0.4), "the ClientHello skipped the connect's round trip"
+        advance(0.2)
         assert got.wait(3)
         assert server.connections[0].received[:1] == b"\x16"
         assert emulator.control("net", latency_ms=0)["ok"]
@@ -302,7 +306,13 @@ def test_latency_set_before_a_tcp_open_delays_the_first_send(modem, emulator):
     with TcpServer(behave=behave) as server:
         emulator.router.add_map("slow.example", 80, "127.0.0.1", server.port)
         assert emulator.control("net", latency_ms=300)["ok"]
-        qiopen(host, 1, addr="slow.example", port=80)
+        line = 'AT+QIOPEN=1,1,"TCP","slow.example",80,0,0'
+        assert host.at(line) == b"\r\nOK\r\n"
+        # The open's result comes after the connect's round trip (SYN, SYN-ACK: 600 ms).
+        advance(0.55)
+        assert b"+QIOPEN" not in host.quiet_for(0.2)
+        advance(0.1)
+        assert host.read_until(b"+QIOPEN: 1,0\r\n", timeout=5).endswith(b"\r\n+QIOPEN: 1,0\r\n")
         assert qisend(host, 1, b"late") == b"\r\nSEND OK\r\n"
         time.sleep(0.3)
         assert not server.connections or server.connections[0].received == b""

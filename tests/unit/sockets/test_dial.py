@@ -51,11 +51,13 @@ def settings() -> TlsSettings:
     return TlsSettings(server_name="h.test", ssl_version=3, cipher_suites=(0xC02F,), session_cache=False)
 
 
-def make(owner: Owner, port: int, faults=None, manual_time: bool = False) -> tuple[SslSocket, Router]:
-    """manual_time: the socket's timers (negotiatetime, ...) fire only on sock._timers.advance()."""
+def make(owner: Owner, port: int, faults=None, manual_time: bool = False,
+         timers: Timers | None = None) -> tuple[SslSocket, Router]:
+    """manual_time: the socket's timers (negotiatetime, ...) fire only on sock._timers.advance().
+    timers: the socket's (a modem's sockets and its network conditions share one)."""
     loop = asyncio.get_running_loop()
     sock = SslSocket(owner, 0, pdp_id=1, ctx_id=0, host="h.test", port=443, delivery=None,
-                     recv_limit=4096, timers=Timers(loop, manual=manual_time))
+                     recv_limit=4096, timers=timers or Timers(loop, manual=manual_time))
     sock.faults = faults
     return sock, Router({"h.test:443": f"127.0.0.1:{port}"})
 
@@ -146,7 +148,7 @@ def test_network_conditions_hold_the_first_flight_back():
         timers = Timers(asyncio.get_running_loop(), manual=True)
         faults = NetFaults(FakeModem(timers))
         faults.conditions.latency_ms = 500
-        sock, router = make(Owner(), server.getsockname()[1], faults)
+        sock, router = make(Owner(), server.getsockname()[1], faults, timers=timers)
         sock.open(router, settings(), 10)
         for _ in range(20):
             await asyncio.sleep(0)
@@ -157,11 +159,77 @@ def test_network_conditions_hold_the_first_flight_back():
         except BlockingIOError:
             early = None
         assert early is None                              # still on the shaped link
-        timers.advance(0.6)
+        # The connect's round trip (2 x 500 ms) first, then the ClientHello's 500 ms.
+        timers.advance(1.0)
+        for _ in range(20):
+            await asyncio.sleep(0)                        # (the open's task goes on at 1.0 s)
+        timers.advance(0.4)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        try:
+            early = conn.recv(5)
+        except BlockingIOError:
+            early = None
+        assert early is None                              # 1.4 s: not yet
+        timers.advance(0.2)
         conn.settimeout(5)
         assert conn.recv(5)[:2] == b"\x16\x03"
         assert sock.state is not CONNECTED
         sock.abort()
+        conn.close()
+        server.close()
+    asyncio.run(main())
+
+
+def test_a_refusal_over_a_link_with_latency_comes_back_after_the_round_trip():
+    """The peer's RST to the SYN travels the link too: 2 x 300 ms on the modem's time."""
+    async def main():
+        owner = Owner()
+        timers = Timers(asyncio.get_running_loop(), manual=True)
+        faults = NetFaults(FakeModem(timers))
+        faults.conditions.latency_ms = 300
+        sock, router = make(owner, closed_port(), faults, timers=timers)
+        sock.open(router, settings(), 10)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        timers.advance(0.55)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert owner.opened == []
+        timers.advance(0.1)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(owner.opened) == 1 and owner.opened[0][0] == "connect"
+    asyncio.run(main())
+
+
+def test_a_close_during_the_connects_round_trip_ends_the_connection():
+    """Closed by the host while the SYN-ACK is on its way back (latency): the connection made
+    on loopback goes with it, no session ever starts, no answer comes."""
+    async def main():
+        owner = Owner()
+        server = listener()
+        timers = Timers(asyncio.get_running_loop(), manual=True)
+        faults = NetFaults(FakeModem(timers))
+        faults.conditions.latency_ms = 500
+        sock, router = make(owner, server.getsockname()[1], faults, timers=timers)
+        sock.open(router, settings(), 10)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        timers.advance(0.5)                               # half the round trip
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert sock.session is None
+        sock.abort()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        conn, _ = server.accept()
+        conn.settimeout(5)
+        assert conn.recv(4096) == b""                     # the end, no ClientHello
+        timers.advance(2)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert owner.opened == [] and sock.session is None
         conn.close()
         server.close()
     asyncio.run(main())
