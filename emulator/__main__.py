@@ -1,5 +1,25 @@
+"""`python -m emulator` and the `modem-emulator` command: the CLI (emulator/tools/cli.py)."""
+import signal
 import sys
 
-from emulator.tools.cli import main
+_STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-sys.exit(main())
+
+def _stopped_while_loading(signum, frame) -> None:
+    # Nothing is made yet while the modules load (no link, no state dir touched): the run
+    # just ends, exit 0 and no traceback, as a stop signal does at any moment of start-up.
+    raise SystemExit(0)
+
+
+def run() -> int:
+    """The CLI's main(), with stop signals covered while its modules load (~0.2 s, longer on
+    a loaded machine), before main() installs its own handlers."""
+    previous = {sig: signal.signal(sig, _stopped_while_loading) for sig in _STOPS}
+    from emulator.tools.cli import main
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(run())

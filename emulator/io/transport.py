@@ -708,11 +708,14 @@ def make_link(link: Path, target: str) -> int | None:
                 raise LinkError(f"{link} exists and points to {current}: not replacing it")
         elif link.exists():
             raise LinkError(f"{link} exists and is not a link: not replacing it")
-        os.symlink(target, link)
-        made = True
         if lock is not None:
+            # The pid first, then the link: killed in between, the lock names a dead
+            # emulator and no link is left; never a link beside an empty lock, which no
+            # later start could tell from another program's link.
             os.ftruncate(lock, 0)
             os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+        os.symlink(target, link)
+        made = True
     except BaseException:
         if made:
             _unlink_quietly(link)

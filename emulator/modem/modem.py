@@ -22,8 +22,9 @@ from emulator.modem.pdp import PdpTable
 from emulator.modem.profile import Profile
 from emulator.modem.settings import Settings
 from emulator.modem.timers import Timers
-from emulator.storage.secstore import SecStore
-from emulator.storage.vfs import FileStore
+from emulator.storage.atomic_file import remove_stale_temp_files
+from emulator.storage.secstore import DIRECTORY as SECSTORE_DIR, SecStore
+from emulator.storage.vfs import DIRECTORY as UFS_DIR, FileStore
 
 log = get_logger("emulator.modem")
 
@@ -53,6 +54,18 @@ class HostPort(Protocol):
         """The host's bytes in the port, not handed to the modem yet."""
 
 
+def _sweep_temp_files(state_dir: Path) -> None:
+    """What a killed writer left (atomic writes' temp files) goes at the start, in every
+    directory of the state dir, not only once the store that wrote it is used again: the
+    stores are made at their first command, the ML302's never on an EC2x."""
+    for directory in (state_dir, state_dir / UFS_DIR, state_dir / SECSTORE_DIR):
+        try:
+            if directory.is_dir() and not directory.is_symlink():
+                remove_stale_temp_files(directory)
+        except OSError as exc:            # unreadable: its store says so when it is used
+            log.warning("state dir %s: cannot clear leftover temp files: %s", directory, exc.strerror or exc)
+
+
 class Modem:
     def __init__(self, profile: Profile, *, state_dir: Path | None = None,
                  network=None, name: str = "modem0", keylog=None, manual_time: bool = False) -> None:
@@ -61,6 +74,7 @@ class Modem:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         if self.state_dir is not None:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)   # UFS may hold keys
+            _sweep_temp_files(self.state_dir)
         self.network = network            # emulator.io.network.Network (routing layer)
         self.keylog = keylog              # callable(str) receiving NSS key-log lines, or None
         self.loop: asyncio.AbstractEventLoop | None = None

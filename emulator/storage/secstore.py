@@ -73,6 +73,7 @@ __all__ = [
     "slot_for_path",
 ]
 
+DIRECTORY = "secstore"              # under the state dir
 SLOT_CA_CERT = 0
 SLOT_CLIENT_CERT = 1
 SLOT_CLIENT_KEY = 2
@@ -184,7 +185,7 @@ class SecStore:
         if state_dir is None:
             self._blobs = _MemoryBlobs()
         else:
-            self._blobs = _DirectoryBlobs(Path(state_dir) / "secstore")
+            self._blobs = _DirectoryBlobs(Path(state_dir) / DIRECTORY)
 
     # -- key -----------------------------------------------------------------
 

@@ -50,6 +50,7 @@ __all__ = [
     "DRIVES",
 ]
 
+DIRECTORY = "ufs"                   # the UFS drive, under the state dir
 ERR_DRIVE_FULL = 403
 ERR_NOT_FOUND = 405
 ERR_INVALID_NAME = 406
@@ -220,7 +221,7 @@ class FileStore:
         if state_dir is None:
             ufs = _MemoryDrive()
         else:
-            ufs = _DirectoryDrive(Path(state_dir) / "ufs", max_name_len)
+            ufs = _DirectoryDrive(Path(state_dir) / DIRECTORY, max_name_len)
         self._drives: dict[str, _MemoryDrive | _DirectoryDrive] = {
             DRIVE_UFS: ufs,
             DRIVE_RAM: _MemoryDrive(),
