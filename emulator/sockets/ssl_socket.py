@@ -241,6 +241,7 @@ class SslSocket:
         self._early = None                       # (settings, cache, key): start the session in _link_made
         self._early_exc: BaseException | None = None    # what starting it there raised
         self._dialled = None                     # the connect open() started (network.Dialled)
+        self._round_trip_due: float | None = None   # a connect over latency is complete then
         self._deferred: deque[bytes] = deque()  # accepted bytes transmit_soon() holds
         self._deferred_bytes = 0
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -305,6 +306,13 @@ class SslSocket:
         self._connect = connect
         self._trace("open", socket=self.client_id, host=self.host, port=self.port, dtls=settings.dtls)
         fault = self.faults.take_open(self.host) if self.faults is not None else None
+        # A TCP connect over a link with latency (control API "net") takes its round trip, the
+        # SYN out and the SYN-ACK back, counted from the command: the open's answer and the
+        # first flight wait for it.  (The real connect, on loopback, is made at once: the peer's
+        # first bytes wait on the shaped link, the host cannot tell the difference.)  Decided
+        # here, in the command's turn, as _dial decides whether the first flight leaves now.
+        latency = self._conditions().latency_ms / 1000 if not settings.dtls and self._shaping() else 0
+        self._round_trip_due = self._timers.monotonic() + 2 * latency if latency else None
         dialled = None
         if connect is None and fault is None and not settings.dtls:
             dialled = self._dial(router, settings, cache, cache_key)
@@ -367,18 +375,14 @@ class SslSocket:
         started = self.session is not None     # at the dial (open()): its first flight is out
         if started:                            # failures until the connect is done are the connect's
             resume_phase, self._phase = self._phase, "connect"
-        # A TCP connect over a link with latency (control API "net") takes its round trip, the
-        # SYN out and the SYN-ACK back, before the socket is connected: the open's answer and
-        # the first flight wait for it.  (The real connect, on loopback, is made at once: the
-        # peer's first bytes wait on the shaped link, the host cannot tell the difference.)
-        rtt = 2 * self._conditions().latency_ms / 1000 if not settings.dtls and self._shaping() else 0.0
-        if not started and self._connect is None and fault is None and not settings.dtls and not rtt:
+        due = self._round_trip_due             # (open(): the connect's round trip, if any)
+        if not started and self._connect is None and fault is None and not settings.dtls and due is None:
             # A plain TCP connect: the session starts in _link_made, as soon as asyncio
             # has the transport (what _open_steps does after the connect, done earlier).
             self._early = (settings, cache, cache_key)
         try:
             if isinstance(dialled, NetworkError):
-                if not rtt:
+                if due is None:
                     raise dialled
                 link = _failed(dialled)        # (the refusal, too, comes back a round trip later)
             elif self._connect is not None:
@@ -387,8 +391,8 @@ class SslSocket:
                 link = open_udp(router, self.host, self.port, factory, fault=fault)
             else:
                 link = open_tcp(router, self.host, self.port, factory, fault=fault, dialled=dialled)
-            if rtt:
-                link = self._round_trip_after(link, rtt)
+            if due is not None:
+                link = self._round_trip_after(link, due)
             # Name lookup and connect together, on the modem's time.
             transport, protocol, self.remote = await timers.wait_for(link, connect_timeout)
             transport = getattr(protocol, "shaped", None) or transport
@@ -439,21 +443,27 @@ class SslSocket:
             return
         self._established()
 
-    async def _round_trip_after(self, link, rtt: float):
-        """The connect `link` (open_tcp), complete once `rtt` more has passed on the modem's
-        time; a connection made meanwhile goes with a cancelled open (timeout, close).  A
-        refusal (the peer's RST) or a failed lookup comes back after the round trip too."""
+    async def _round_trip_after(self, link, due: float):
+        """The connect `link` (open_tcp), complete at `due` on the modem's time (the command's
+        time + the round trip) however long the loopback connect itself took; a connection
+        made meanwhile goes with a cancelled open (timeout, close).  A refusal (the peer's
+        RST) or a failed lookup comes back at `due` too."""
         try:
             result = await link
         except NetworkError:
-            await self._timers.sleep(rtt)
+            await self._wait_until(due)
             raise
         try:
-            await self._timers.sleep(rtt)
+            await self._wait_until(due)
         except BaseException:
             result[0].abort()
             raise
         return result
+
+    async def _wait_until(self, due: float) -> None:
+        left = due - self._timers.monotonic()
+        if left > 0:                           # (a manual clock fires a timer only when moved)
+            await self._timers.sleep(left)
 
     def _established(self) -> None:
         """The open's success answer ("+QSSLOPEN: <id>,0", CONNECT).  Given by _pump, in
