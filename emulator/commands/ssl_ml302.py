@@ -58,7 +58,7 @@ from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_l
 from emulator.sockets.dialects import ONEMO_CONTEXT_OPTIONS
 from emulator.sockets.service import SslService
 from emulator.sockets.ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
-from emulator.storage.secstore import SLOT_PATHS, slot_for_path
+from emulator.storage.secstore import SLOT_PATHS, SecStoreError, slot_for_path
 
 log = get_logger("emulator.ssl")
 V = "onemo"
@@ -79,7 +79,11 @@ def read_slot_material(modem):
             log.warning("ML302 certificate path %r names no slot (they are %s)",
                         path, ", ".join(SLOT_PATHS.values()))
             return None
-        return modem.secstore.load(slot)
+        try:
+            return modem.secstore.load(slot)
+        except SecStoreError as exc:        # (unreadable now: as an empty slot, said why)
+            log.warning("ML302 certificate slot %d cannot be read: %s", slot, exc)
+            return None
     return read
 
 

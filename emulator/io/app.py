@@ -6,13 +6,53 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from emulator.logsafe import get_logger
 from emulator.modem.modem import Modem
 from emulator.io.network import Router
 from emulator.modem.profile import Profile, load_profile
 from emulator.io.transport import PtyPort
+
+log = get_logger("emulator.network")
+
+
+_ACCEPT_TROUBLE = "socket.accept() out of system resource"
+_QUIETED: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """A listening socket (a TCP LISTENER, the control socket) that cannot accept for lack of
+    descriptors or memory: asyncio reports it once per pending connection, with a traceback
+    each (a hundred in a millisecond), and retries a second later.  Said here in one WARNING
+    line per listener and retry; everything else goes to the handler that was there."""
+    if loop in _QUIETED:
+        return
+    previous = loop.get_exception_handler()
+    said: dict[object, float] = {}
+
+    def handler(loop, context) -> None:
+        exc = context.get("exception")
+        if context.get("message") == _ACCEPT_TROUBLE and isinstance(exc, OSError):
+            sock = context.get("socket")
+            try:
+                where = sock.getsockname() if sock is not None else "?"
+            except OSError:
+                where = "?"
+            now = loop.time()
+            if now - said.get(where, float("-inf")) >= 1.0:      # (asyncio retries after 1 s)
+                said[where] = now
+                log.warning("listening socket %s cannot accept a connection: %s (tried again "
+                            "in a second)", where or "?", exc.strerror or exc)
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+    loop.set_exception_handler(handler)
+    _QUIETED.add(loop)
 
 
 @dataclass
@@ -61,6 +101,7 @@ class Emulator:
         if baud is not None and (not isinstance(baud, int) or isinstance(baud, bool) or baud <= 0):
             raise ValueError(f"baud must be a positive integer, got {baud!r}")
         loop = asyncio.get_running_loop()
+        quiet_accept_errors(loop)
         if isinstance(profile, str):
             profile = load_profile(profile)
         modem = Modem(profile, state_dir=state_dir, network=self.router,

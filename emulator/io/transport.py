@@ -771,7 +771,15 @@ def remove_link(link: Path, target: str, lock: int | None = None) -> None:
     except OSError as exc:
         log.warning("could not remove %s: %s", link, exc)
     if lock is not None:
-        _unlink_quietly(link_lock_path(link))
+        # Only the lock file this emulator holds: after the link's directory was removed and
+        # made again, the lock on that path is another running emulator's.
+        lock_path = link_lock_path(link)
+        try:
+            held, on_disk = os.fstat(lock), os.stat(lock_path, follow_symlinks=False)
+            if (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino):
+                _unlink_quietly(lock_path)
+        except OSError:
+            pass                        # (gone already: nothing of ours to remove)
         os.close(lock)
 
 

@@ -185,16 +185,24 @@ class SecStore:
         if state_dir is None:
             self._blobs = _MemoryBlobs()
         else:
-            self._blobs = _DirectoryBlobs(Path(state_dir) / DIRECTORY)
+            try:
+                self._blobs = _DirectoryBlobs(Path(state_dir) / DIRECTORY)
+            except OSError as exc:      # (made at the first store command; the next tries again)
+                raise SecStoreError(f"the certificate store cannot be read: {exc.strerror or exc}") from exc
 
     # -- key -----------------------------------------------------------------
 
     def _read_key(self) -> bytes | None:
-        """The device key, or None if it is missing, unreadable or corrupt."""
+        """The device key, or None if it is missing or corrupt (not 32 bytes, a directory).
+        SecStoreError (a host storage failure) if it is there but cannot be read now (no
+        permission, no descriptor left): an unreadable key is not a damaged one, and
+        replacing it would lose every slot it protects."""
         try:
             key = self._blobs.get(_KEY_NAME)
-        except OSError:
+        except IsADirectoryError:
             return None
+        except OSError as exc:
+            raise SecStoreError(f"cannot read the store's key: {exc.strerror or exc}") from exc
         return key if key is not None and len(key) == _KEY_BYTES else None
 
     def _key_for_writing(self) -> bytes:
@@ -223,11 +231,16 @@ class SecStore:
             raise InvalidSlot(f"no such slot: {slot!r} (valid: 0-2)")
 
     def _read_blob(self, slot: int) -> bytes | None:
-        """The slot's stored blob; b"" when it exists but cannot be read."""
+        """The slot's stored blob; b"" when something else stands there (a directory:
+        filled, and damaged).  SecStoreError (a host storage failure, 23) when the store
+        cannot be read now (no permission, no descriptor left): the slot may be empty or
+        filled, and neither answer may be given for it."""
         try:
             return self._blobs.get(_slot_file(slot))
-        except OSError:
-            return b""  # e.g. replaced by a directory: filled, and damaged
+        except IsADirectoryError:
+            return b""
+        except OSError as exc:
+            raise SecStoreError(f"cannot read slot {slot}: {exc.strerror or exc}") from exc
 
     def is_filled(self, slot: int) -> bool:
         self._check_slot(slot)
@@ -272,8 +285,8 @@ class SecStore:
         return plaintext, checksum
 
     def status(self, slot: int) -> tuple[int, int]:
-        """(good, checksum) for +QSECREAD; raises only SlotEmpty (and
-        InvalidSlot for a bad slot number).
+        """(good, checksum) for +QSECREAD; raises SlotEmpty (InvalidSlot for a bad slot
+        number, SecStoreError when the store cannot be read now).
 
         good is 1 when the decrypted content's checksum equals the one stored
         at write time. When the content cannot be recovered the stored
@@ -290,7 +303,8 @@ class SecStore:
         return (1 if recomputed == stored else 0), recomputed
 
     def load(self, slot: int) -> bytes | None:
-        """The slot's bytes for the TLS engine; None if empty or damaged.
+        """The slot's bytes for the TLS engine; None if empty or damaged (SecStoreError
+        when the store cannot be read now).
 
         Never expose this through an AT command: the module cannot read
         certificates back.

@@ -58,6 +58,7 @@ ERR_ALREADY_EXISTS = 407
 ERR_WRITE_FAILED = 409
 ERR_READ_FAILED = 411
 ERR_DELETE_FAILED = 418
+ERR_DISK_INFO = 419                 # fail to get disk info
 ERR_ALREADY_OPEN = 426
 
 DRIVE_UFS = "UFS"
@@ -221,7 +222,12 @@ class FileStore:
         if state_dir is None:
             ufs = _MemoryDrive()
         else:
-            ufs = _DirectoryDrive(Path(state_dir) / DIRECTORY, max_name_len)
+            try:
+                ufs = _DirectoryDrive(Path(state_dir) / DIRECTORY, max_name_len)
+            except OSError as exc:      # (the state dir gone, a file, unreadable; EMFILE)
+                # The drive is made at the first file command: that command fails as the
+                # module's would with a drive it cannot mount, and the next one tries again.
+                raise FileError(ERR_DISK_INFO, f"the UFS drive cannot be read: {exc.strerror or exc}") from exc
         self._drives: dict[str, _MemoryDrive | _DirectoryDrive] = {
             DRIVE_UFS: ufs,
             DRIVE_RAM: _MemoryDrive(),
