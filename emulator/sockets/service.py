@@ -32,7 +32,7 @@ AT_PORT = "usbmodem"             # ssl.at_port / tcpip.at_port likewise (the sta
 OPEN_FAILURES = frozenset({*NETWORK_FAILURES, "timeout", "pdp", "unknown", *FAILURE_KINDS})
 # EC2x note §5; AT+QIGETERROR prints the text.
 # AT+QIGETERROR's texts: the +CME ERROR table's TCP/IP and SSL codes (one table), and 0.
-ERROR_TEXT = {0: "operation successful", **{code: text for code, text in CME_TEXT.items() if 550 <= code <= 574}}
+ERROR_TEXT = {0: "operate successfully", **{code: text for code, text in CME_TEXT.items() if 550 <= code <= 574}}
 
 
 def ssl_service(modem) -> "SslService":

@@ -295,7 +295,7 @@ def test_atv0_driver_ssl_exchange_is_framed_as_v250_asks(open_modem, server):
     host.write(b"AT+QSSLRECV=0,1500\r")
     assert host.read_until(b"\r\n0\r") == b"+QSSLRECV: 4\r\nab\r\n\r\n0\r"
     host.write(b"AT+QSSLRECV=0,1500;+QIGETERROR\r")
-    assert host.read_until(b"\r\n0\r") == b"+QSSLRECV: 0\r\n+QIGETERROR: 0,operation successful\r\n0\r"
+    assert host.read_until(b"\r\n0\r") == b"+QSSLRECV: 0\r\n+QIGETERROR: 0,operate successfully\r\n0\r"
     host.write(b"AT+QSSLSEND=0\rxy\x1b")             # ESC cancels: ERROR is 4
     assert host.read_until(b"4\r") == b"> 4\r"
     host.write(b"AT+QSSLCLOSE=0\r")
@@ -311,7 +311,7 @@ def test_chained_ssl_line_then_a_slash_repeat(open_modem, server):
     up(host, "ec2x")
     line = f'AT+QSSLOPEN=1,0,0,"{NAME}",{PORT},0;+QSSLSTATE=0;+QIGETERROR'
     assert host.at(line) == (b'\r\n+QSSLSTATE: 0,"SSLClient","drivers.example",443,0,1,1,0,0,"usbmodem",0\r\n'
-                             b"\r\n+QIGETERROR: 0,operation successful\r\n" + OK)
+                             b"\r\n+QIGETERROR: 0,operate successfully\r\n" + OK)
     assert host.read_until(b"+QSSLOPEN: 0,0\r\n") == b"\r\n+QSSLOPEN: 0,0\r\n"
     host.write(b"A/")
     assert host.read_until(re.compile(rb"\r\n(OK|ERROR)\r\n")) == b"\r\nERROR\r\n"

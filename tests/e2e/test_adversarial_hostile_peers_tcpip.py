@@ -432,7 +432,7 @@ def test_zero_window_peer_then_it_reads_exactly_the_send_ok_bytes(modem, emulato
             ok_bytes += chunk
         else:
             raise AssertionError("never SEND FAIL")
-        assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operation successful\r\n\r\nOK\r\n"
+        assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operate successfully\r\n\r\nOK\r\n"
         sent, acked, unacked = map(int, re.fullmatch(rb"\r\n\+QISEND: (\d+),(\d+),(\d+)\r\n\r\nOK\r\n",
                                                      host.at("AT+QISEND=0,0")).groups())
         assert sent == len(ok_bytes) and acked + unacked == sent and unacked > 0, (sent, acked, unacked)

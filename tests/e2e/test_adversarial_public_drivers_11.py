@@ -976,7 +976,7 @@ def test_fruitymesh_soracom_beam_mqtt_publish_then_a_second_button_press(driver_
     is no Quectel command -- ERROR -- so the module keeps connectID 0 in state 4 (closing).
     A second press: AT+QIACT=1 is ERROR now (already active), accepted by "OK|ERROR"; the
     AT+QIGETERROR after it must say 0 for Activate() to go on, and the emulator does say
-    "+QIGETERROR: 0,operation successful" there (the SSL note ties AT+QIGETERROR to SSL commands
+    "+QIGETERROR: 0,operate successfully" there (the SSL note ties AT+QIGETERROR to SSL commands
     only; what a real EC21 reports after a refused AT+QIACT is not documented);
     AT+QISTATE lists id 0, so the driver opens id 1 and MQTT connects again."""
     path, _ = driver_port

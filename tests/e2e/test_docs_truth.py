@@ -804,7 +804,7 @@ def test_cfun_1_1_reboot(fresh):
     assert host.at("AT+CTZR?") == b"\r\n+CTZR: 0\r\n\r\nOK\r\n"        # "start again from
     assert host.at("AT+CSCS?") == b'\r\n+CSCS: "GSM"\r\n\r\nOK\r\n'     #  their defaults"
     assert host.at("AT+CTZU?") == b"\r\n+CTZU: 3\r\n\r\nOK\r\n"         # NV: survives
-    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operation successful\r\n\r\nOK\r\n"
+    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operate successfully\r\n\r\nOK\r\n"
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
     assert host.at("AT+QIDNSCFG=1") == b'\r\n+QIDNSCFG: 1,"123.66.165.1","123.66.165.2"\r\n\r\nOK\r\n'
 

@@ -235,7 +235,7 @@ def test_an_ec2x_driver_runs_its_startup_dns_ping_ntp_ssl_tcp_and_udp_paths(emul
         for cid in (0, 1):
             assert d.cmd(f"AT+QICLOSE={cid}") == []
         assert d.cmd("AT+QSSLCLOSE=4") == []
-        assert d.cmd("AT+QIGETERROR") == [b"+QIGETERROR: 0,operation successful"]
+        assert d.cmd("AT+QIGETERROR") == [b"+QIGETERROR: 0,operate successfully"]
 
         # -- detach: nothing left open ------------------------------------------------------
         assert d.cmd("AT+CGATT=0") == []

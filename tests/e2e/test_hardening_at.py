@@ -384,7 +384,7 @@ def sans_io_modem(profile: str = "ec2x", prime: bool = True):
                                   "AT+QSSLRECV", "AT+QSSLCLOSE?"])
 def test_qigeterror_after_a_form_the_command_lacks(ec2x, line):
     assert ec2x.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"          # a success: QIGETERROR 0
-    assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operation successful\r\n\r\nOK\r\n"
+    assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operate successfully\r\n\r\nOK\r\n"
     assert ec2x.at(line) == b"\r\nERROR\r\n"
     assert ec2x.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 552,invalid parameter\r\n\r\nOK\r\n"
 

@@ -232,7 +232,7 @@ def test_ec2x_qigeterror_reports_the_last_ssl_command_only(open_modem):
     for line in ('AT+QSSLCFG="sni",0', "AT+QSSLSTATE=?", "AT+QSSLSTATE", "AT+QSSLCLOSE=3"):
         assert host.at("AT+QSSLSEND=0,0") == ERROR
         assert host.at(line).endswith(OK), line
-        assert qigeterror(host) == err(0, "operation successful"), line
+        assert qigeterror(host) == err(0, "operate successfully"), line
 
 
 def test_ec2x_psk_needs_identity_and_key_together(open_modem):

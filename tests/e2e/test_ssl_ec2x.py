@@ -238,7 +238,7 @@ def test_failures_and_qigeterror(ec2x, emulator, pki):
         assert ec2x.read_until(b"ERROR\r\n") == b"\r\nERROR\r\n"
         assert err() == b"\r\n+QIGETERROR: 571,cancel send\r\n\r\nOK\r\n"
         assert ec2x.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
-        assert err() == b"\r\n+QIGETERROR: 0,operation successful\r\n\r\nOK\r\n"
+        assert err() == b"\r\n+QIGETERROR: 0,operate successfully\r\n\r\nOK\r\n"
 
 
 def test_certificate_paths_cannot_leave_the_modem_storage(ec2x, net, pki, tmp_path):

@@ -153,7 +153,7 @@ def test_send_fail_when_the_server_stops_reading_and_only_send_ok_data_arrive(
                 if results[-1] == b"\r\nSEND OK\r\n":
                     accepted.append(chunk)
             assert set(results) <= {b"\r\nSEND OK\r\n", b"\r\nSEND FAIL\r\n"}
-            assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operation successful\r\n\r\nOK\r\n"
+            assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operate successfully\r\n\r\nOK\r\n"
         finally:
             release.set()
         # The server reads everything; the close (close_notify + FIN) ends its read loop.

@@ -648,7 +648,7 @@ def test_blackholed_link_fills_the_send_buffer_then_send_fail(modem, emulator):
         results = [qisend(host, 0, chunk) for _ in range(12)]
         assert results[:11] == [b"\r\nSEND OK\r\n"] * 11 and results[11] == b"\r\nSEND FAIL\r\n"
         assert host.at("AT+QISEND=0,0") == b"\r\n+QISEND: 16060,0,16060\r\n\r\nOK\r\n"
-        assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operation successful\r\n\r\nOK\r\n"
+        assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operate successfully\r\n\r\nOK\r\n"
         assert host.at("AT+QICLOSE=0,0") == b"\r\nOK\r\n"
 
 
@@ -744,7 +744,7 @@ def test_qicfg_errors_restart_and_profiles(modem, ml302):
     assert host.at('AT+QICFG="transpktsize",0') == b"\r\nERROR\r\n"
     assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 552,invalid parameter\r\n\r\nOK\r\n"
     assert host.at('AT+QICFG="transpktsize"') == b'\r\n+QICFG: "transpktsize",1024\r\n\r\nOK\r\n'
-    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operation successful\r\n\r\nOK\r\n"
+    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operate successfully\r\n\r\nOK\r\n"
     for bad in ('AT+QICFG="tcp/keepalive",1', 'AT+QICFG="tcp/keepalive",1,60,30',
                 'AT+QICFG="viewmode",1,1', 'AT+QICFG="viewmode",', "AT+QICFG=1", "AT+QICFG?", "AT+QICFG"):
         assert host.at(bad) == b"\r\nERROR\r\n", bad

@@ -543,7 +543,7 @@ def test_tcpip_and_ssl_cme_texts_are_the_cme_table_without_any_command_module():
     assert out.strip() == "socket connection failed | invalid parameter | port busy"
     from emulator.at.cme import CME_TEXT
     from emulator.sockets.service import ERROR_TEXT
-    assert ERROR_TEXT == {0: "operation successful", **{c: CME_TEXT[c] for c in range(550, 575)}}
+    assert ERROR_TEXT == {0: "operate successfully", **{c: CME_TEXT[c] for c in range(550, 575)}}
 
 
 class TestOperatorNumeric:
