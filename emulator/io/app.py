@@ -206,6 +206,10 @@ class BackgroundEmulator:
             self.call(self.emulator.start_demo())
 
     def call(self, coro, timeout: float = 30):
+        if self.loop.is_closed() or not self._thread.is_alive():
+            coro.close()                      # (closed unrun: Python warns of no lost coroutine)
+            raise RuntimeError("this BackgroundEmulator is stopped (or not started): its modems "
+                               "are gone (a pytest `modem` fixture's modem ends with its test)")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def run(self, func, *args):

@@ -419,6 +419,10 @@ def load_profile(spec: str) -> Profile:
     try:
         raw = path.read_bytes()
     except OSError as exc:
+        if path.parent == PROFILE_DIR and isinstance(exc, FileNotFoundError):
+            built_in = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.toml")))
+            raise ProfileError(f"no built-in profile {spec!r} (they are {built_in}; or give a "
+                               f"profile .toml path)") from None
         raise ProfileError(f"profile {path}: cannot read: {exc.strerror or exc}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))

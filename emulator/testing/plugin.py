@@ -8,16 +8,22 @@ Fixtures
                 on a port with no hang-up line (the CLI's --uart: closing the device is not
                 seen by the module, as on a UART with no DTR wired):
                     @pytest.mark.modem_uart
+                on the modem's manual clock (its timers -- timeouts, start-up URCs, network
+                conditions -- move only with modem.advance(seconds)):
+                    @pytest.mark.modem_manual_time
                 yields a ModemHandle: .path (the pty device), .profile, .control(op, **kw),
                 .scenario(path) (a scenario file: faults by time or on the host's commands),
-                .route(host, port, server), .trace (its trace file), .trace_tail(n),
-                .state_dir, .emulator (the BackgroundEmulator), .port (the ModemPort)
+                .route(host, port, server), .advance(seconds) (manual time), .trace (its
+                trace file), .trace_tail(n), .state_dir, .emulator (the BackgroundEmulator),
+                .port (the ModemPort).  The handle is the test's: its modem is stopped when
+                the test ends (a call after that raises RuntimeError saying so).
     tls_server  an OpenSSL echo server on loopback (emulator.testing.peers.TlsServer) whose
                 certificate comes from a throw-away trustme CA, already routed into `modem`:
                 the host dials tls_server.host:tls_server.port ("www.iottest.work":443 unless
                 the marker says otherwise) and reaches it.  .ca_pem (bytes, to upload with
                 AT+QFUPL), .ca_path, .server (the TlsServer: connections, wait_received, ...).
                     @pytest.mark.tls_server(mode="http", host="api.example.com", port=8443)
+                    @pytest.mark.tls_server("http")          (the mode may come first, alone)
 When a test that used `modem` fails, the last lines of its trace are printed with the failure.
 
 Everything heavy is imported inside the fixtures: the plugin loads in every pytest run of an
@@ -38,6 +44,8 @@ def pytest_configure(config) -> None:
                                        "starts: ec2x (default), ml302 or a profile .toml path")
     config.addinivalue_line("markers", "modem_uart: the `modem` fixture's port has no hang-up line "
                                        "(--uart): the host closing the device is not seen by the module")
+    config.addinivalue_line("markers", "modem_manual_time: the `modem` fixture's timers move only with "
+                                       "modem.advance(seconds)")
     config.addinivalue_line("markers", "tls_server(mode='echo', host='www.iottest.work', port=443, "
                                        "**TlsServer options): how the `tls_server` fixture serves")
 
@@ -82,6 +90,11 @@ class ModemHandle:
             addr, dport = "127.0.0.1", server.port
         self.emulator.router.add_map(host, int(port), addr, int(dport))
 
+    def advance(self, seconds: float) -> int:
+        """Move the modem's clock on by `seconds` (@pytest.mark.modem_manual_time): the timers
+        due by then fire; returns how many did."""
+        return self.emulator.advance(self.port, seconds)
+
     def trace_tail(self, lines: int = TRACE_TAIL) -> list[str]:
         """The last `lines` of the trace, rendered as `modem-emulator trace show` does."""
         from emulator.tools.trace import read_trace, render
@@ -103,13 +116,20 @@ def _profile_of(request) -> str:
 
 @pytest.fixture
 def modem(request, tmp_path_factory):
+    """A fresh emulated module for this test (EC2x unless @pytest.mark.modem_profile("ml302"),
+    a profile path, or indirect parametrization says otherwise), offline: only names routed
+    with .route() (or by the tls_server fixture) connect.  Yields a ModemHandle: .path is the
+    pty your driver opens; .control(op, ...), .scenario(file), .advance(s) with
+    @pytest.mark.modem_manual_time, .trace_tail().  Stopped when the test ends."""
     from emulator.io.app import BackgroundEmulator
     profile = _profile_of(request)
     where = tmp_path_factory.mktemp("modem")
     trace, state_dir = where / "modem.trace", where / "state"
     with BackgroundEmulator(offline=True) as emu:
         uart = request.node.get_closest_marker("modem_uart") is not None
-        port = emu.add_modem(profile, state_dir=state_dir, trace=str(trace), hangup_on_close=not uart)
+        manual = request.node.get_closest_marker("modem_manual_time") is not None
+        port = emu.add_modem(profile, state_dir=state_dir, trace=str(trace), hangup_on_close=not uart,
+                             manual_time=manual)
         handle = ModemHandle(emu, port, profile, trace, state_dir)
         request.node.stash[_HANDLE] = handle
         yield handle
@@ -140,9 +160,18 @@ class TlsServerHandle:
 
 @pytest.fixture
 def tls_server(request, modem):
+    """An OpenSSL echo server on loopback with a throw-away CA, routed into `modem`: the host
+    dials tls_server.host:tls_server.port ("www.iottest.work":443 by default) and reaches it.
+    .ca_pem / .ca_path: the CA to upload; .server: the TlsServer (connections, received).
+    @pytest.mark.tls_server(mode="http", host=..., port=..., **TlsServer options)."""
     from emulator.testing.peers import SERVER_NAMES, TlsServer, default_pki
     found = request.node.get_closest_marker("tls_server")
     marker = dict(found.kwargs) if found is not None else {}
+    if found is not None and found.args:
+        if len(found.args) > 1 or "mode" in marker:
+            pytest.fail("@pytest.mark.tls_server takes the mode alone positionally: "
+                        'tls_server("http", host=..., port=...)', pytrace=False)
+        marker["mode"] = found.args[0]
     host = marker.pop("host", "www.iottest.work")
     port = marker.pop("port", 443)
     pki = default_pki()
