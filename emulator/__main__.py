@@ -13,11 +13,13 @@ def _stopped_while_loading(signum, frame) -> None:
 
 def run() -> int:
     """The CLI's main(), with stop signals covered while its modules load (~0.2 s, longer on
-    a loaded machine), before main() installs its own handlers."""
+    a loaded machine) and until main() installs its own handlers (after its options are
+    read).  The tools (`trace`, `replay`) get the handlers there were."""
     previous = {sig: signal.signal(sig, _stopped_while_loading) for sig in _STOPS}
-    from emulator.tools.cli import main
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
+    from emulator.tools.cli import is_subcommand, main
+    if is_subcommand(sys.argv[1:]):
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return main()
 
 

@@ -205,8 +205,13 @@ class BackgroundEmulator:
         if self._demo:
             self.call(self.emulator.start_demo())
 
+    @property
+    def running(self) -> bool:
+        """Started and not stopped: its modems exist."""
+        return self._thread.is_alive() and not self.loop.is_closed()
+
     def call(self, coro, timeout: float = 30):
-        if self.loop.is_closed() or not self._thread.is_alive():
+        if not self.running:
             coro.close()                      # (closed unrun: Python warns of no lost coroutine)
             raise RuntimeError("this BackgroundEmulator is stopped (or not started): its modems "
                                "are gone (a pytest `modem` fixture's modem ends with its test)")

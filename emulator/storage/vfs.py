@@ -117,6 +117,45 @@ def _wildcard_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts), re.DOTALL)
 
 
+class _MountedDrive:
+    """The UFS drive in <state-dir>/ufs/, read (mounted) when the file system is made.  A
+    directory that cannot be read then (the state dir gone or a file, no permission, no
+    descriptor left) leaves it unmounted: each UFS operation tries again and, until one
+    succeeds, fails as a module's with a drive it cannot mount (419, fail to get disk info);
+    the RAM drive works meanwhile."""
+
+    def __init__(self, directory: Path, max_name_len: int) -> None:
+        self._directory, self._max_name_len = directory, max_name_len
+        self._drive: _DirectoryDrive | None = None
+        try:
+            self._mounted()
+        except FileError:
+            pass                        # (said by the operation that meets it)
+
+    def _mounted(self) -> _DirectoryDrive:
+        if self._drive is None:
+            try:
+                self._drive = _DirectoryDrive(self._directory, self._max_name_len)
+            except OSError as exc:
+                raise FileError(ERR_DISK_INFO, f"the UFS drive cannot be read: {exc.strerror or exc}") from exc
+        return self._drive
+
+    def sizes(self) -> dict[str, int]:
+        return self._mounted().sizes()
+
+    def read(self, basename: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self._mounted().read(basename, offset, length)
+
+    def write(self, basename: str, data: bytes) -> None:
+        self._mounted().write(basename, data)
+
+    def rename(self, old: str, new: str) -> None:
+        self._mounted().rename(old, new)
+
+    def delete(self, basename: str) -> None:
+        self._mounted().delete(basename)
+
+
 class _MemoryDrive:
     """A drive whose files live in a dict (RAM, or UFS without state_dir)."""
 
@@ -218,17 +257,12 @@ class FileStore:
         # sets it): such a file is not deleted.
         self.in_use: Callable[[str, str], bool] = lambda drive, basename: False
         self._capacity = {DRIVE_UFS: ufs_capacity, DRIVE_RAM: ram_capacity}
-        ufs: _MemoryDrive | _DirectoryDrive
+        ufs: _MemoryDrive | _MountedDrive
         if state_dir is None:
             ufs = _MemoryDrive()
         else:
-            try:
-                ufs = _DirectoryDrive(Path(state_dir) / DIRECTORY, max_name_len)
-            except OSError as exc:      # (the state dir gone, a file, unreadable; EMFILE)
-                # The drive is made at the first file command: that command fails as the
-                # module's would with a drive it cannot mount, and the next one tries again.
-                raise FileError(ERR_DISK_INFO, f"the UFS drive cannot be read: {exc.strerror or exc}") from exc
-        self._drives: dict[str, _MemoryDrive | _DirectoryDrive] = {
+            ufs = _MountedDrive(Path(state_dir) / DIRECTORY, max_name_len)
+        self._drives: dict[str, _MemoryDrive | _MountedDrive] = {
             DRIVE_UFS: ufs,
             DRIVE_RAM: _MemoryDrive(),
         }

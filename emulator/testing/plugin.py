@@ -62,7 +62,11 @@ class ModemHandle:
 
     @property
     def path(self) -> str:
-        """The device to open (pyserial, your driver): /dev/pts/N."""
+        """The device to open (pyserial, your driver): /dev/pts/N.  RuntimeError once the
+        test is over (the kernel may give that number to another test's modem)."""
+        if not self.emulator.running:
+            raise RuntimeError(f"this modem stopped when its test ended: {self.port.path} is no "
+                               f"longer it")
         return self.port.path
 
     def control(self, op: str, **kw) -> dict:
@@ -88,7 +92,8 @@ class ModemHandle:
             addr, dport = server.address[:2]
         else:
             addr, dport = "127.0.0.1", server.port
-        self.emulator.router.add_map(host, int(port), addr, int(dport))
+        # (on the loop thread, as every call of the handle: a stopped one raises)
+        self.emulator.run(self.emulator.router.add_map, host, int(port), addr, int(dport))
 
     def advance(self, seconds: float) -> int:
         """Move the modem's clock on by `seconds` (@pytest.mark.modem_manual_time): the timers

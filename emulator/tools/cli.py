@@ -394,6 +394,11 @@ SUBCOMMANDS = ("usage: modem-emulator trace show FILE [--socket N] [--modem N]\n
                "[--ignore REGEX]... [--scenario FILE]")
 
 
+def is_subcommand(argv: list[str]) -> bool:
+    """argv runs a tool (`trace ...`, `replay ...`), not a modem."""
+    return argv[:1] in (["replay"], ["trace"])
+
+
 def subcommand(argv: list[str]) -> int | None:
     """`trace show FILE ...` and `replay FILE ...` (emulator/tools/trace.py); None when
     argv is a normal start-up."""

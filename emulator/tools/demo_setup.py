@@ -8,6 +8,7 @@ from cryptography import x509
 
 from emulator.logsafe import get_logger
 from emulator.storage.secstore import SLOT_CA_CERT, SLOT_PATHS, SecStoreError
+from emulator.storage.vfs import FileError
 
 log = get_logger("emulator.demo")
 
@@ -28,7 +29,17 @@ def demo_material_hint(profile) -> str:
 
 def install_demo_material(modem, demo) -> str:
     """Install the demo CA (and, with a file system, the demo client certificate and key);
-    returns what was done, in words."""
+    returns what was done, in words.  A state dir whose store cannot be used (a file where
+    ufs/ or secstore/ should be, no permission) is the same warning for --demo as the host's
+    first file command meets there (419 / 23): the modem starts all the same."""
+    try:
+        return _install(modem, demo)
+    except (FileError, SecStoreError) as exc:
+        log.warning("--demo: the demo material is not installed: %s", exc)
+        return f"demo material not installed: {exc}"
+
+
+def _install(modem, demo) -> str:
     if modem.profile.command_variant("+QFUPL") is not None:
         modem.files.write(DEMO_CA_NAME, demo.ca_pem)
         modem.files.write(DEMO_CLIENT_CERT_NAME, demo.client_cert_pem)
