@@ -693,7 +693,7 @@ def test_plugin_odd_uses_that_work(odd_plugin_run):
     assert _outcome(out, "test_control_with_garbage") == "PASSED", out[-3000:]
     assert _outcome(out, "test_port_left_open_and_mid_prompt") == "PASSED", out[-3000:]
     assert _outcome(out, "test_unknown_profile") == "ERROR"
-    assert "nope.toml: cannot read" in out
+    assert "no built-in profile 'nope' (they are ec2x, ml302" in out
     for name in ("test_fail_after_trace_corrupted", "test_fail_after_trace_removed", "test_reboot_then_fail"):
         assert _outcome(out, name) == "FAILED"
     assert "(trace unreadable:" in out                 # a broken trace does not hide the failure
