@@ -5,9 +5,14 @@ import sys
 _STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+_stops: list[int] = []
+
+
 def _stopped_while_loading(signum, frame) -> None:
     # Nothing is made yet while the modules load (no link, no state dir touched): the run
     # just ends, exit 0 and no traceback, as a stop signal does at any moment of start-up.
+    # (Noted too: a handler run inside a finalizer has its SystemExit swallowed.)
+    _stops.append(signum)
     raise SystemExit(0)
 
 
@@ -17,10 +22,13 @@ def run() -> int:
     read).  The tools (`trace`, `replay`) get the handlers there were."""
     previous = {sig: signal.signal(sig, _stopped_while_loading) for sig in _STOPS}
     from emulator.tools.cli import is_subcommand, main
+    if _stops:
+        return 0
     if is_subcommand(sys.argv[1:]):
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return main()
+        return main()
+    return main(stopped_before=lambda: bool(_stops))
 
 
 if __name__ == "__main__":

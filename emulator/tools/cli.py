@@ -19,6 +19,7 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from emulator.io.app import Emulator
 from emulator.logsafe import get_logger
@@ -471,7 +472,10 @@ class BackgroundStderr(logging.Handler):
         done.wait(timeout)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stopped_before: Callable[[], bool] | None = None) -> int:
+    """stopped_before(): whether a stop signal came before main()'s own handlers (the entry
+    point's, emulator/__main__.py): checked once they are in place, so a signal whose exit
+    something swallowed on the way (a finalizer running the handler) still ends the run."""
     argv = list(sys.argv[1:] if argv is None else argv)
     code = subcommand(argv)
     if code is not None:
@@ -485,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     # would leave retrying forever (PEP 475).
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop_now)
+    if stopped_before is not None and stopped_before():
+        handler.drain(1.0)
+        return 0
     try:
         setup = prepare(args)
         return asyncio.run(run(args, setup))

@@ -361,3 +361,36 @@ def test_qigeterror_with_no_error_and_the_unknown_profile_message(open_modem):
         load_profile("EC2X")
     with pytest.raises(ProfileError, match="cannot read"):
         load_profile("./nowhere/ec2x.toml")
+
+
+# A stop signal whose SystemExit something swallowed on the way (the handler run inside a
+# finalizer: "Exception ignored in ...") must still end the start-up: the entry point notes
+# the signal, and checks the note after the imports and once main()'s own handlers are in.
+_SWALLOWED = r"""
+import os, signal, sys
+import emulator.__main__ as entry
+sys.argv = ["modem-emulator", "--offline", "--state-dir", sys.argv[1], "--link", sys.argv[2]]
+if os.environ["WHEN"] == "imports":
+    entry._stops.append(signal.SIGTERM)            # as if noted during the imports
+    sys.exit(entry.run())
+import emulator.tools.cli as cli                   # (loaded: only the handlers' window is left)
+real = cli.build_parser
+def parser_swallowing_a_stop():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)       # the early handler: noted, SystemExit ...
+    except SystemExit:
+        pass                                       # ... swallowed (a finalizer would)
+    return real()
+cli.build_parser = parser_swallowing_a_stop
+sys.exit(entry.run())
+"""
+
+
+@pytest.mark.parametrize("when", ["imports", "parsing"])
+def test_a_swallowed_stop_signal_still_ends_the_start_up(tmp_path, when):
+    link = tmp_path / "modem"
+    proc = subprocess.run([sys.executable, "-c", _SWALLOWED, str(tmp_path / "state"), str(link)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "WHEN": when})
+    assert (proc.returncode, "Traceback" in proc.stderr) == (0, False), proc.stderr[-2000:]
+    assert not os.path.lexists(link)               # nothing was started
