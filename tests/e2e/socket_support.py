@@ -109,6 +109,17 @@ def wait_for(predicate, timeout: float = 10, what: str = "condition", every: flo
         time.sleep(every)
 
 
+def activate_pdp(path: str) -> None:
+    """What a board does before the driver under test runs: PDP context 1 up, through a host
+    of its own on the pty (the module's echo left on), closed again."""
+    host = Host(path)
+    try:
+        assert host.at('AT+QICSGP=1,1,"CMNET","","",1').endswith(b"\r\nOK\r\n")
+        assert host.at("AT+QIACT=1").endswith(b"\r\nOK\r\n")
+    finally:
+        host.close()
+
+
 class DrivenPeer:
     """A loopback TCP server with one connection the test drives: send(), shutdown_wr()
     (FIN, still reading), close(); what it reads is in .got (read continuously unless

@@ -63,26 +63,14 @@ import serial
 
 from emulator.testing.host import Host
 from emulator.testing.peers import TlsServer
+from tests.e2e import socket_support
+from tests.e2e.socket_support import activate_pdp
 
 SLOW = 5                     # short waits widened for a loaded 2-core machine
 
 
-def wait_for(predicate, seconds: float = 10 * SLOW, what: str = "condition") -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not met in {seconds} s")
-        time.sleep(0.005)
-
-
-def activate_pdp(path: str) -> None:
-    """What the programs assume was done before them: PDP context 1 up (module echo on)."""
-    host = Host(path)
-    try:
-        assert host.at('AT+QICSGP=1,1,"CMNET","","",1').endswith(b"\r\nOK\r\n")
-        assert host.at("AT+QIACT=1").endswith(b"\r\nOK\r\n")
-    finally:
-        host.close()
+def wait_for(predicate, what: str = "condition") -> None:
+    socket_support.wait_for(predicate, timeout=10 * SLOW, what=what, every=0.005)
 
 
 # =================================================================================================
