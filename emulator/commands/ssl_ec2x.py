@@ -14,10 +14,10 @@ from emulator.at.registry import command
 from emulator.at.responses import Raw, Response, ok
 from emulator.commands.ssl_common import (SslArgs, done, fail, id_range, no_such_form, online_answer, quectel_test,
                                           send_request, server_address, service, socket_args)
-from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
+from emulator.sockets.context import OPTIONS, MaterialUnreadable, format_cipher_list, parse_cipher_list
 from emulator.sockets.ssl_socket import INITIAL, OPENING
 from emulator.sockets.tcpip import ids_in_use
-from emulator.storage.vfs import FileError
+from emulator.storage.vfs import ERR_NOT_FOUND, FileError
 from tls_engine.ciphers import ALL_SUITES_CODE
 
 V = "quectel"
@@ -106,7 +106,9 @@ def read_file_material(modem):
     def read(path: str) -> bytes | None:
         try:
             return modem.files.read(path)
-        except FileError:
+        except FileError as exc:
+            if exc.code != ERR_NOT_FOUND:   # there, but unreadable: the open's failure says why
+                raise MaterialUnreadable(exc.detail or str(exc)) from None
             return None
     return read
 

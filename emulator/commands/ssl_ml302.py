@@ -54,7 +54,7 @@ from emulator.at.registry import command
 from emulator.at.responses import Raw, Response, ok
 from emulator.commands.ssl_common import (fail, id_range, online_answer, send_request, server_address, service,
                                           socket_args)
-from emulator.sockets.context import OPTIONS, format_cipher_list, parse_cipher_list
+from emulator.sockets.context import OPTIONS, MaterialUnreadable, format_cipher_list, parse_cipher_list
 from emulator.sockets.dialects import ONEMO_CONTEXT_OPTIONS
 from emulator.sockets.service import SslService
 from emulator.sockets.ssl_socket import CLOSING, CONNECTED, INITIAL, OPENING, SslSocket
@@ -81,9 +81,8 @@ def read_slot_material(modem):
             return None
         try:
             return modem.secstore.load(slot)
-        except SecStoreError as exc:        # (unreadable now: as an empty slot, said why)
-            log.warning("ML302 certificate slot %d cannot be read: %s", slot, exc)
-            return None
+        except SecStoreError as exc:        # (unreadable now: the open's failure says why)
+            raise MaterialUnreadable(str(exc)) from None
     return read
 
 

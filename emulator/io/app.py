@@ -108,7 +108,7 @@ class Emulator:
                       name=name or f"modem{len(self.ports)}", keylog=self.keylog, manual_time=manual_time)
         if self.demo is not None:       # (before a trace's start record: what the modem holds)
             from emulator.tools.demo_setup import install_demo_material
-            install_demo_material(modem, self.demo)
+            modem.demo_note = install_demo_material(modem, self.demo)   # (what was done, in words)
         feed = modem.feed
         if trace is not None:
             from emulator.tools.trace import TraceWriter, attach_trace

@@ -116,6 +116,11 @@ def format_cipher_list(ids: tuple[int, ...]) -> str:
     return ":".join(f"0X{i:04X}" for i in ids)
 
 
+class MaterialUnreadable(Exception):
+    """read_material(path): the material is there but cannot be read now (the host's
+    storage: a directory in its place, no permission); the text says why."""
+
+
 def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Callable[[str], bytes | None],
                     clock: Callable, keylog=None, allow_ciphers: tuple[int, ...] | None = None,
                     monotonic: Callable[[], float] | None = None) -> TlsSettings:
@@ -129,7 +134,10 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
             if needed:
                 raise SetupError("bad_config", f"seclevel {seclevel} needs AT+QSSLCFG=\"{option}\" set")
             return None, ""
-        data = read_material(path)
+        try:
+            data = read_material(path)
+        except MaterialUnreadable as exc:
+            raise SetupError("bad_config", f"{option} file {path} cannot be read: {exc}") from None
         if data is None and needed:
             raise SetupError("bad_config", f"{option} file {path} not found")
         return data, path

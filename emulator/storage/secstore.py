@@ -44,7 +44,9 @@ loop thread, so the store holds no lock.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -154,10 +156,23 @@ class _DirectoryBlobs:
         remove_stale_temp_files(directory)
 
     def get(self, name: str) -> bytes | None:
+        """The blob, None when there is none; b"" when something other than a regular file
+        stands there (a FIFO, a device: never opened blocking, which would stop the event
+        loop); OSError (ENOENT too) when the store's directory itself is gone."""
         try:
-            return (self._directory / name).read_bytes()
+            fd = os.open(self._directory / name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
+            if not self._directory.is_dir():
+                raise                   # (the store is gone, not this blob: a host failure)
             return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return b""              # a symlink planted there: filled, and damaged
+            raise
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return b""
+            return handle.read()
 
     def put(self, name: str, data: bytes) -> None:
         atomic_write(self._directory / name, data, mode=0o600)
@@ -169,6 +184,8 @@ class _DirectoryBlobs:
         try:
             (self._directory / name).unlink()
         except FileNotFoundError:
+            if not self._directory.is_dir():
+                raise                   # (the store is gone: a host failure, not "empty")
             return False
         fsync_directory(self._directory)  # make the deletion itself durable
         return True
@@ -188,7 +205,10 @@ class SecStore:
             try:
                 self._blobs = _DirectoryBlobs(Path(state_dir) / DIRECTORY)
             except OSError as exc:      # (made at the first store command; the next tries again)
-                raise SecStoreError(f"the certificate store cannot be read: {exc.strerror or exc}") from exc
+                where = Path(state_dir) / DIRECTORY
+                why = ("it is not a directory" if isinstance(exc, FileExistsError) and not where.is_dir()
+                       else exc.strerror or exc)
+                raise SecStoreError(f"the certificate store {where} cannot be read: {why}") from exc
 
     # -- key -----------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Callable
 
@@ -137,7 +138,9 @@ class _MountedDrive:
             try:
                 self._drive = _DirectoryDrive(self._directory, self._max_name_len)
             except OSError as exc:
-                raise FileError(ERR_DISK_INFO, f"the UFS drive cannot be read: {exc.strerror or exc}") from exc
+                why = ("it is not a directory" if isinstance(exc, FileExistsError) and not self._directory.is_dir()
+                       else exc.strerror or exc)
+                raise FileError(ERR_DISK_INFO, f"the UFS drive {self._directory} cannot be read: {why}") from exc
         return self._drive
 
     def sizes(self) -> dict[str, int]:
@@ -214,9 +217,12 @@ class _DirectoryDrive:
         return dict(self._sizes)
 
     def read(self, basename: str, offset: int = 0, length: int | None = None) -> bytes:
-        # O_NOFOLLOW: never follow a symlink someone planted in the drive.
-        fd = os.open(self._path(basename), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # O_NOFOLLOW: never follow a symlink someone planted in the drive; O_NONBLOCK: a FIFO
+        # put there would block the open, and the event loop with it (refused below).
+        fd = os.open(self._path(basename), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
         with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FileError(ERR_READ_FAILED, f"{basename} is not a regular file on the host")
             if offset:
                 handle.seek(offset)
             return handle.read(-1 if length is None else length)

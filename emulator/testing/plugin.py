@@ -98,6 +98,9 @@ class ModemHandle:
     def advance(self, seconds: float) -> int:
         """Move the modem's clock on by `seconds` (@pytest.mark.modem_manual_time): the timers
         due by then fire; returns how many did."""
+        if not self.emulator.run(lambda: self.port.modem.timers.manual):
+            raise RuntimeError("modem.advance() needs the modem on manual time: mark the test "
+                               "@pytest.mark.modem_manual_time")
         return self.emulator.advance(self.port, seconds)
 
     def trace_tail(self, lines: int = TRACE_TAIL) -> list[str]:

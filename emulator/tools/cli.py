@@ -213,7 +213,11 @@ class _Stopped(Exception):
     """A stop signal while start-up reads its files (nothing to undo yet)."""
 
 
+_stops_seen: list[int] = []
+
+
 def _stop_now(signum, frame) -> None:
+    _stops_seen.append(signum)       # (noted: an exception a finalizer swallowed is not lost)
     raise _Stopped(signal.Signals(signum).name)
 
 
@@ -252,6 +256,9 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
+    if _stops_seen:                  # one came while the files were read and its _Stopped was
+        log.info("stopped during start-up")       # swallowed on the way: nothing starts
+        return 0
     profile, scenario, router, places, trace = (setup.profile, setup.scenario, setup.router,
                                                 setup.places, setup.trace)
     emulator = Emulator(router, keylog=setup.keylog)
@@ -298,11 +305,12 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
     if control is not None:
         hints.append(f"  control: JSON lines on {args.control}, e.g. {{\"op\": \"state\", \"modem\": 0}}")
     if args.demo:
-        from emulator.tools.demo_setup import demo_material_hint   # (cryptography: only for --demo)
+        from emulator.tools.demo_setup import NOT_INSTALLED, demo_material_hint   # (cryptography: --demo only)
+        failed = next((n for e in entries if (n := getattr(e.modem, "demo_note", "")).startswith(NOT_INSTALLED)), None)
         hints.append("  demo peer: 220.180.239.212:8010/8011 (TLS echo), 220.180.239.212:8009 (TCP and UDP\n"
                      "  echo, EC2x AT+QIOPEN) and www.iottest.work:443 (HTTPS) are routed to loopback\n"
                      "  (www.iottest.work shows as 106.12.79.254);\n"
-                     f"  {demo_material_hint(profile)}")
+                     f"  {failed or demo_material_hint(profile)}")
     hints.append("  stop with Ctrl+C")
     for entry in entries:
         _say(sys.stdout, entry.path)

@@ -13,6 +13,7 @@ from emulator.storage.vfs import FileError
 log = get_logger("emulator.demo")
 
 DEMO_CA_NAME = "UFS:demo-ca.pem"
+NOT_INSTALLED = "demo material not installed"     # (how install_demo_material's words start then)
 DEMO_CLIENT_CERT_NAME = "UFS:demo-client.pem"
 DEMO_CLIENT_KEY_NAME = "UFS:demo-client.key"
 
@@ -36,7 +37,7 @@ def install_demo_material(modem, demo) -> str:
         return _install(modem, demo)
     except (FileError, SecStoreError) as exc:
         log.warning("--demo: the demo material is not installed: %s", exc)
-        return f"demo material not installed: {exc}"
+        return f"{NOT_INSTALLED}: {exc}"
 
 
 def _install(modem, demo) -> str:

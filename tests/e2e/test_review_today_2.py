@@ -327,7 +327,7 @@ def test_ml302_slot_unreadable_at_the_open_fails_it_then_recovers(ml302_strict, 
     finally:
         store.unlink()
         aside.rename(store)
-    assert any("slot 0 cannot be read" in r.getMessage() and r.levelno == logging.WARNING
+    assert any("cannot be read: cannot read slot 0" in r.getMessage() and r.levelno == logging.WARNING
                for r in caplog.records)
     assert open_code() == 0
     close()
