@@ -138,16 +138,21 @@ class DrivenPeer:
         self.eof = threading.Event()
         self.accepted = threading.Event()
         self._may_read = threading.Event()
+        self._closed = False
         if not hold_reading:
             self._may_read.set()
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
         try:
-            self.conn, _ = self.listener.accept()
+            conn, _ = self.listener.accept()
         except OSError:
             return
+        self.conn = conn
         self.accepted.set()
+        if self._closed:                # close() came while accept() was returning (a loaded
+            self._close_conn()          # machine): the connection still ends, with a FIN
+            return
         self._may_read.wait()
         try:
             while True:
@@ -171,17 +176,27 @@ class DrivenPeer:
         self.conn.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
+        self._closed = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)    # (wakes an accept() still blocked: a bare
+        except OSError:                                # close() leaves it running on the fd)
+            pass
+        self._close_conn()
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+
+    def _close_conn(self) -> None:
         if self.conn is not None:
             try:
                 self.conn.shutdown(socket.SHUT_RDWR)    # (wakes the reading thread: a bare
             except OSError:                            # close() would send no FIN while it reads)
                 pass
-        for s in (self.conn, self.listener):
-            if s is not None:
-                try:
-                    s.close()
-                except OSError:
-                    pass
+            try:
+                self.conn.close()
+            except OSError:
+                pass
 
 
 def ec2x_with_pdp(open_modem, **kw):
