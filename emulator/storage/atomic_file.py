@@ -23,6 +23,7 @@ __all__ = [
     "create_exclusive",
     "fsync_directory",
     "remove_stale_temp_files",
+    "why_unusable",
 ]
 
 TEMP_PREFIX = "..tmp-"
@@ -86,6 +87,14 @@ def create_exclusive(path: Path, data: bytes, mode: int = 0o600) -> bool:
         _unlink_quietly(temp_path)
     fsync_directory(directory)
     return True
+
+
+def why_unusable(directory: Path, exc: OSError) -> str:
+    """Why a store's directory could not be made or read, in words: mkdir's "File exists"
+    means something else stands at that path."""
+    if isinstance(exc, FileExistsError) and not directory.is_dir():
+        return "it is not a directory"
+    return str(exc.strerror or exc)
 
 
 def remove_stale_temp_files(directory: Path) -> int:

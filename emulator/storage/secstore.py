@@ -58,6 +58,7 @@ from emulator.storage.atomic_file import (
     create_exclusive,
     fsync_directory,
     remove_stale_temp_files,
+    why_unusable,
 )
 from emulator.storage.checksum import xor16
 
@@ -206,9 +207,8 @@ class SecStore:
                 self._blobs = _DirectoryBlobs(Path(state_dir) / DIRECTORY)
             except OSError as exc:      # (made at the first store command; the next tries again)
                 where = Path(state_dir) / DIRECTORY
-                why = ("it is not a directory" if isinstance(exc, FileExistsError) and not where.is_dir()
-                       else exc.strerror or exc)
-                raise SecStoreError(f"the certificate store {where} cannot be read: {why}") from exc
+                raise SecStoreError(f"the certificate store {where} cannot be read: "
+                                    f"{why_unusable(where, exc)}") from exc
 
     # -- key -----------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Callable
 
 from emulator.at.cme import cme_text
-from emulator.storage.atomic_file import atomic_write, fsync_directory, remove_stale_temp_files
+from emulator.storage.atomic_file import atomic_write, fsync_directory, remove_stale_temp_files, why_unusable
 
 __all__ = [
     "FileError",
@@ -138,9 +138,8 @@ class _MountedDrive:
             try:
                 self._drive = _DirectoryDrive(self._directory, self._max_name_len)
             except OSError as exc:
-                why = ("it is not a directory" if isinstance(exc, FileExistsError) and not self._directory.is_dir()
-                       else exc.strerror or exc)
-                raise FileError(ERR_DISK_INFO, f"the UFS drive {self._directory} cannot be read: {why}") from exc
+                raise FileError(ERR_DISK_INFO, f"the UFS drive {self._directory} cannot be read: "
+                                               f"{why_unusable(self._directory, exc)}") from exc
         return self._drive
 
     def sizes(self) -> dict[str, int]:
