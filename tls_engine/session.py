@@ -118,6 +118,7 @@ class TlsClientSession:
         self._deadline: float | None = None
         self._now = settings.monotonic or time.monotonic
         self._clock_ssl = None       # native.NativeSsl: Mbed TLS's DTLS timer on self._now
+        self._timer_fired = None     # when the expired timer last read was armed
         self._reneg_ssl = None       # native.NativeSsl when renegotiations must be checked
         self._renegotiating = False
         self._first_leaf: bytes | None = None   # the leaf (DER) the handshake ended with
@@ -371,6 +372,8 @@ class TlsClientSession:
         return out
 
     def next_timeout(self) -> float | None:
+        if self.state == "established":
+            return self._renegotiation_timeout()
         if self._deadline is None or self.state != "handshaking":
             return None
         return max(0.0, self._deadline - self._now())
@@ -378,6 +381,9 @@ class TlsClientSession:
     def handle_timeout(self) -> None:
         if self._job is not None:
             self.settle()
+        if self.state == "established":
+            self._renegotiation_timer_expired()
+            return
         if self._deadline is None or self.state != "handshaking":
             return
         if self._now() < self._deadline:
@@ -466,6 +472,29 @@ class TlsClientSession:
             if self._reneg_ssl is not None and self.state == "established":
                 self._check_renegotiation()
         self._collect_output()
+
+    # --- DTLS renegotiation timer ------------------------------------------------
+    # A renegotiation the server asks for (HelloRequest) runs inside mbedtls_ssl_read on the
+    # established session, on Mbed TLS's retransmission timer (the modem clock: use_clock):
+    # a lost flight is sent again only when a read finds the timer expired, and after the
+    # last interval (1+2+...+32+60 s) the read fails with MBEDTLS_ERR_SSL_TIMEOUT, which ends
+    # the session.  Without a read at those moments a server that stays silent (OpenSSL
+    # drops a flight it cannot decrypt) would hold the socket open forever.  The timer is
+    # cancelled while no renegotiation runs (read_timeout 0), so this costs nothing then.
+
+    def _renegotiation_timeout(self) -> float | None:
+        running = self._clock_ssl.timer() if self._clock_ssl is not None else None
+        if running is None or (running[1] == 0.0 and running[0] == self._timer_fired):
+            return None                  # (expired, read once already: input moves it on)
+        return running[1]
+
+    def _renegotiation_timer_expired(self) -> None:
+        running = self._clock_ssl.timer() if self._clock_ssl is not None else None
+        if running is None or running[1] > 0.0:
+            return
+        self._timer_fired = running[0]
+        self._process()                  # Mbed TLS resends its flight, or gives up
+        self._flush_rx()
 
     # --- renegotiation (seclevel >= 1) -------------------------------------------
     # A renegotiation's Certificate travels encrypted: the sniffer cannot see its chain, and

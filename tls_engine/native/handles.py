@@ -292,6 +292,13 @@ class NativeSsl:
         if timer.calls != 1 or timer.fin_ms != 0:
             raise NativeError("mbedtls_ssl_set_timer_cb did not reset the timer through its callback")
 
+    def timer(self) -> tuple[float, float] | None:
+        """After use_clock: the running retransmission timer as (armed at, seconds left,
+        0.0 once expired) on that clock; None while Mbed TLS has it cancelled (or use_clock
+        was not called)."""
+        timer = getattr(self, "_timer", None)
+        return None if timer is None else timer.running()
+
 
 class _DelayTimer:
     """timing.c's mbedtls_timing_set_delay / get_delay, on a clock of the caller's (the
@@ -321,6 +328,11 @@ class _DelayTimer:
                 self.start = self._now()
             except Exception:
                 pass
+
+    def running(self) -> tuple[float, float] | None:
+        if not self.fin_ms:
+            return None
+        return self.start, max(0.0, (self.fin_ms - self._elapsed_ms()) / 1000.0)
 
     def _get(self, _p) -> int:
         if not self.fin_ms:
