@@ -2,17 +2,14 @@
 import signal
 import sys
 
-_STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-_stops: list[int] = []
+from emulator import stop_signals
 
 
 def _stopped_while_loading(signum, frame) -> None:
     # Nothing is made yet while the modules load (no link, no state dir touched): the run
     # just ends, exit 0 and no traceback, as a stop signal does at any moment of start-up.
     # (Noted too: a handler run inside a finalizer has its SystemExit swallowed.)
-    _stops.append(signum)
+    stop_signals.seen.append(signum)
     raise SystemExit(0)
 
 
@@ -20,15 +17,14 @@ def run() -> int:
     """The CLI's main(), with stop signals covered while its modules load (~0.2 s, longer on
     a loaded machine) and until main() installs its own handlers (after its options are
     read).  The tools (`trace`, `replay`) get the handlers there were."""
-    previous = {sig: signal.signal(sig, _stopped_while_loading) for sig in _STOPS}
+    previous = {sig: signal.signal(sig, _stopped_while_loading) for sig in stop_signals.STOPS}
     from emulator.tools.cli import is_subcommand, main
-    if _stops:
+    if stop_signals.seen:
         return 0
     if is_subcommand(sys.argv[1:]):
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        return main()
-    return main(stopped_before=lambda: bool(_stops))
+    return main()
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from emulator import stop_signals
 from emulator.io.app import Emulator
 from emulator.logsafe import get_logger
 from emulator.io.network import Router, parse_dns, parse_ping
@@ -213,11 +213,8 @@ class _Stopped(Exception):
     """A stop signal while start-up reads its files (nothing to undo yet)."""
 
 
-_stops_seen: list[int] = []
-
-
 def _stop_now(signum, frame) -> None:
-    _stops_seen.append(signum)       # (noted: an exception a finalizer swallowed is not lost)
+    stop_signals.seen.append(signum)     # (noted: an exception a finalizer swallowed is not lost)
     raise _Stopped(signal.Signals(signum).name)
 
 
@@ -254,9 +251,9 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
     # behind).  SIGHUP is the terminal of `make run` being closed: the same clean stop.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in stop_signals.STOPS:
         loop.add_signal_handler(sig, stop.set)
-    if _stops_seen:                  # one came while the files were read and its _Stopped was
+    if stop_signals.seen:            # one came while the files were read and its _Stopped was
         log.info("stopped during start-up")       # swallowed on the way: nothing starts
         return 0
     profile, scenario, router, places, trace = (setup.profile, setup.scenario, setup.router,
@@ -480,9 +477,9 @@ class BackgroundStderr(logging.Handler):
         done.wait(timeout)
 
 
-def main(argv: list[str] | None = None, stopped_before: Callable[[], bool] | None = None) -> int:
-    """stopped_before(): whether a stop signal came before main()'s own handlers (the entry
-    point's, emulator/__main__.py): checked once they are in place, so a signal whose exit
+def main(argv: list[str] | None = None) -> int:
+    """A stop signal noted before main()'s own handlers (emulator/stop_signals.py: the entry
+    point's, emulator/__main__.py) is checked once they are in place, so a signal whose exit
     something swallowed on the way (a finalizer running the handler) still ends the run."""
     argv = list(sys.argv[1:] if argv is None else argv)
     code = subcommand(argv)
@@ -495,9 +492,9 @@ def main(argv: list[str] | None = None, stopped_before: Callable[[], bool] | Non
     # Until run() installs the loop's handlers, a stop signal raises _Stopped: it breaks a
     # blocking read (open() of a FIFO nobody writes) that a handler which only sets a flag
     # would leave retrying forever (PEP 475).
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in stop_signals.STOPS:
         signal.signal(sig, _stop_now)
-    if stopped_before is not None and stopped_before():
+    if stop_signals.seen:
         handler.drain(1.0)
         return 0
     try:

@@ -369,9 +369,10 @@ def test_qigeterror_with_no_error_and_the_unknown_profile_message(open_modem):
 _SWALLOWED = r"""
 import os, signal, sys
 import emulator.__main__ as entry
+from emulator import stop_signals
 sys.argv = ["modem-emulator", "--offline", "--state-dir", sys.argv[1], "--link", sys.argv[2]]
 if os.environ["WHEN"] == "imports":
-    entry._stops.append(signal.SIGTERM)            # as if noted during the imports
+    stop_signals.seen.append(signal.SIGTERM)       # as if noted during the imports
     sys.exit(entry.run())
 import emulator.tools.cli as cli                   # (loaded: only the handlers' window is left)
 real = cli.build_parser
