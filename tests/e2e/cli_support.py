@@ -2,13 +2,29 @@
 stdout line (the device path), and a signal to stop it."""
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+# File modes (chmod 0500, 0000) bind a normal user as they are; root ignores them unless
+# CAP_DAC_OVERRIDE and its friends leave its bounding set: setpriv does that for the child.
+NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+needs_file_modes = pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None,
+                                      reason="root without setpriv: chmod does not bind it")
+
+
+def modes_bind() -> list[str]:
+    """The command prefix under which the emulator obeys file modes: none for a normal
+    user, setpriv for root."""
+    return NO_DAC if os.geteuid() == 0 else []
 
 
 def start(*args: str, **kwargs) -> subprocess.Popen:

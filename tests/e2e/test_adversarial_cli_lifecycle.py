@@ -21,13 +21,7 @@ import pytest
 
 from emulator.testing.host import Host
 from tests.e2e.socket_support import wait_for
-from tests.e2e.cli_support import ROOT, first_line, start, stop
-
-# Root without CAP_DAC_OVERRIDE: file modes apply to root-owned files (chmod 0500 = read-only).
-NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
-needs_no_dac = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                                  reason="needs root and setpriv to drop CAP_DAC_OVERRIDE")
-
+from tests.e2e.cli_support import ROOT, first_line, modes_bind, needs_file_modes, start, stop
 
 # -- helpers ---------------------------------------------------------------------------------
 def start_as(prefix: list[str], *args: str, env=None, **kw) -> subprocess.Popen:
@@ -532,13 +526,13 @@ def test_many_hosts_in_a_row_on_the_link_each_get_only_their_own_answers(tmp_pat
 
 
 # -- unwritable and full state dirs -------------------------------------------------------------
-@needs_no_dac
+@needs_file_modes
 def test_home_without_write_permission_and_no_state_dir_gives_one_line(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     home.chmod(0o500)
     link = tmp_path / "modem"
-    proc = start_as(NO_DAC, "--link", str(link), env={**os.environ, "HOME": str(home)})
+    proc = start_as(modes_bind(), "--link", str(link), env={**os.environ, "HOME": str(home)})
     try:
         out, err = proc.communicate(timeout=20)
     finally:
@@ -549,14 +543,14 @@ def test_home_without_write_permission_and_no_state_dir_gives_one_line(tmp_path)
     assert not os.path.lexists(link)
 
 
-@needs_no_dac
+@needs_file_modes
 def test_read_only_state_dir_serves_what_it_holds_and_refuses_writes_cleanly(tmp_path):
     state = tmp_path / "st"
     (state / "ufs").mkdir(parents=True)
     (state / "ufs" / "ca.pem").write_bytes(b"hello")
     for d in (state / "ufs", state):
         d.chmod(0o500)
-    proc = start_as(NO_DAC, "--state-dir", str(state))
+    proc = start_as(modes_bind(), "--state-dir", str(state))
     try:
         host = Host(first_line(proc))
         assert host.at("ATE0").endswith(b"OK\r\n")
@@ -582,10 +576,10 @@ def test_read_only_state_dir_serves_what_it_holds_and_refuses_writes_cleanly(tmp
 # Settings.save raises), so ATZ restores the values the failed AT&W was asked to save -- values
 # that are gone after a restart.  The OSError also escapes the handler: "handler for AT&W failed"
 # with a traceback in the log, as if it were an emulator bug.
-@needs_no_dac
+@needs_file_modes
 def test_failed_atw_keeps_the_last_committed_settings(tmp_path):
     state = tmp_path / "st"
-    proc = start_as(NO_DAC, "--state-dir", str(state))
+    proc = start_as(modes_bind(), "--state-dir", str(state))
     try:
         host = Host(first_line(proc))
         assert host.at("ATE0;S7=33;&W").endswith(b"\r\nOK\r\n")

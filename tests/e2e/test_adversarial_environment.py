@@ -5,8 +5,9 @@ CLI, changed while it runs and then put right again.
   prlimit(2) while it runs (0: no regular file may grow; Python ignores SIGXFSZ, so writes
   fail with EFBIG "File too large") and raising it again ("space freed");
 * the state dir's ufs/ made read-only / unreadable, secstore/device.key or secstore/ made
-  unreadable while it runs (as root, chmod does not stop root: the CLI runs under setpriv
-  without CAP_DAC_OVERRIDE, as test_adversarial_cli_lifecycle.py does; skipped without it);
+  unreadable while it runs (chmod binds a normal user as it is; root runs the CLI under
+  setpriv without CAP_DAC_OVERRIDE: cli_support.modes_bind; skipped only for root without
+  setpriv);
 * the state dir deleted, or replaced by a plain file, while it runs (a CI clean-up job);
 * the --link's directory removed while it runs, and another emulator started on that link;
 * the file-descriptor limit (RLIMIT_NOFILE) lowered to what is open already: AT+QIOPEN /
@@ -48,25 +49,13 @@ import pytest
 
 from emulator.storage.checksum import format_checksum, xor16
 from emulator.testing.host import Host
-from tests.e2e.cli_support import ROOT
+from tests.e2e.cli_support import ROOT, modes_bind, needs_file_modes
 from tests.e2e.socket_support import wait_for
 
 INF = resource.RLIM_INFINITY
 FINAL = re.compile(rb"\r\n(OK|ERROR|\+CME ERROR: \d+)\r\n")
 CONNECT_OR_FINAL = re.compile(rb"\r\nCONNECT\r\n|" + FINAL.pattern)
 PROMPT_OR_FINAL = re.compile(rb"\r\n> |" + FINAL.pattern)
-
-# Root without CAP_DAC_OVERRIDE: file modes apply to root (as in test_adversarial_cli_lifecycle).
-NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
-needs_no_dac = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                                  reason="needs root and setpriv to drop CAP_DAC_OVERRIDE "
-                                         "(as another user, chmod applies as it is: see prefix())")
-
-
-def prefix() -> list[str]:
-    """What makes chmod bind the emulator: nothing for a normal user, setpriv for root."""
-    return NO_DAC if os.geteuid() == 0 else []
-
 
 # -- the process ---------------------------------------------------------------------------------
 class Emu:
@@ -316,7 +305,7 @@ def test_disk_full_ml302_store_answers_memory_failure_and_keeps_its_slots(emus, 
 
 
 # -- permissions changed while running -------------------------------------------------------------
-@needs_no_dac
+@needs_file_modes
 def test_ufs_made_read_only_then_unreadable_while_running_then_given_back(emus, tmp_path):
     """ufs/ made read-only mid-session: an upload takes its data and answers 409, QFDEL 418,
     a rename 409 (FILE table: write / delete failed), listing and downloading still work;
@@ -325,7 +314,7 @@ def test_ufs_made_read_only_then_unreadable_while_running_then_given_back(emus, 
     committed."""
     state = tmp_path / "st"
     ufs = state / "ufs"
-    emu = emus(state, pre=prefix())
+    emu = emus(state, pre=modes_bind())
     host = emu.host()
     assert host.at("ATS7=21;&W") == b"\r\nOK\r\n"
     assert upload(host, "keep.bin", b"keep") == qfupl_ok(b"keep")
@@ -358,7 +347,7 @@ def test_ufs_made_read_only_then_unreadable_while_running_then_given_back(emus, 
     emu.stop()
 
 
-@needs_no_dac
+@needs_file_modes
 # Was a bug, fixed: an unreadable device.key (EACCES for a moment) was taken for a corrupt one and
 # replaced at the next AT+QSECWRITE (OK, no log line): every slot written before was lost for
 # good.  An unreadable key is now a host storage failure (+CME ERROR: 23), the key untouched.
@@ -368,7 +357,7 @@ def test_device_key_unreadable_for_a_moment_never_costs_the_stored_slots(emus, t
     expects a failed write (memory failure, 23) and the stored certificate intact once the
     key is readable again -- an unreadable key is not a damaged one."""
     state = tmp_path / "st"
-    emu = emus(state, profile="ml302", pre=prefix())
+    emu = emus(state, profile="ml302", pre=modes_bind())
     host = emu.host()
     cert = b"-----BEGIN CERTIFICATE-----\r\nSLOT-ZERO\r\n-----END CERTIFICATE-----\r\n"
     assert secwrite(host, 0, cert).endswith(b"\r\nOK\r\n")
@@ -383,7 +372,7 @@ def test_device_key_unreadable_for_a_moment_never_costs_the_stored_slots(emus, t
     emu.stop()
 
 
-@needs_no_dac
+@needs_file_modes
 # Was a bug, fixed: an unreadable secstore/ made every slot look filled and damaged: AT+QSECWRITE
 # answered +CME ERROR: 3 ('AT+QSECDEL first') and nothing was logged.  Now 23, with the reason.
 def test_unreadable_cert_store_is_a_memory_failure_not_a_filled_slot(emus, tmp_path):
@@ -392,7 +381,7 @@ def test_unreadable_cert_store_is_a_memory_failure_not_a_filled_slot(emus, tmp_p
     the host the slot is filled (3), and the log must say why; permissions given back, the
     write works."""
     state = tmp_path / "st"
-    emu = emus(state, profile="ml302", pre=prefix())
+    emu = emus(state, profile="ml302", pre=modes_bind())
     host = emu.host()
     assert secwrite(host, 0, b"zero").endswith(b"\r\nOK\r\n")
     store = state / "secstore"
