@@ -740,6 +740,16 @@ def test_dtls_server_close_notify_reports_closed(ec2x_strict, emulator, pki, tmp
 
 
 @pytest.mark.needs_native
+def _ended_as_after_a_fatal_alert(host, cid: int, before: bytes) -> None:
+    """docs/behaviour.md (renegotiation): what the server sent before stays readable, one
+    +QSSLURC "closed", AT+QSSLSTATE 4 until the host closes, which it then does."""
+    assert read_all(host, cid, len(before)) == before
+    assert recv(host, cid) == b""
+    assert state(host, cid) == 4
+    assert host.transcript.count(b'+QSSLURC: "closed",%d' % cid) == 1
+    assert host.at(f"AT+QSSLCLOSE={cid},0") == b"\r\nOK\r\n"
+
+
 def test_dtls_server_initiated_renegotiation_ends_the_socket(ec2x_strict, emulator, pki):
     """A server-initiated DTLS 1.2 renegotiation (s_server -dtls1_2 'r', AT+QSSLCFG
     "renegotiation",<ctx>,1) does not complete: Mbed TLS 2.28's DTLS renegotiation does not
@@ -764,11 +774,7 @@ def test_dtls_server_initiated_renegotiation_ends_the_socket(ec2x_strict, emulat
             assert time.monotonic() < deadline, bytes(host.transcript)[-300:]
             advance(5)                              # (retransmission timers on modem time:
             host.quiet_for(0.2)                     # a stalled one gives up after 123 s)
-        assert read_all(host, 1, 7) == b"before\n"
-        assert recv(host, 1) == b""
-        assert state(host, 1) == 4
-        assert host.transcript.count(b'+QSSLURC: "closed",1') == 1
-        assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
+        _ended_as_after_a_fatal_alert(host, 1, b"before\n")
     finally:
         server.stop()
     _dtls_still_usable(host, emulator, pki, 1)
@@ -813,11 +819,7 @@ def test_dtls_renegotiation_whose_flights_are_lost_ends_at_the_retransmission_li
             # resent on the timer, and not given up before the intervals are spent
             assert len(box.dropped()) >= 6, len(box.dropped())
             assert advanced >= 1 + 2 + 4 + 8 + 16 + 32 + 60, advanced
-            assert read_all(host, 1, 7) == b"before\n"
-            assert recv(host, 1) == b""
-            assert state(host, 1) == 4
-            assert host.transcript.count(b'+QSSLURC: "closed",1') == 1
-            assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
+            _ended_as_after_a_fatal_alert(host, 1, b"before\n")
     finally:
         server.stop()
     _dtls_still_usable(host, emulator, pki, 1)
