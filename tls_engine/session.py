@@ -40,6 +40,7 @@ JOB_MAX = 64 * 1024              # plaintext per job (bounds how long settle() m
 DTLS_TIMEOUT_MIN = 1.0           # Mbed TLS defaults (RFC 6347 §4.2.4.1): 1 s doubling to 60 s
 DTLS_TIMEOUT_MAX = 60.0
 _RECHECK = 0.02                  # Mbed TLS's own timer not yet expired: look again soon
+_MIN_WAIT = 0.001                # the shortest wait for a timer that has not expired
 _RING_RETRY = 16 * 1024          # a flight this big may have filled the wrapper's output ring
 _MAX_HANDSHAKE_MESSAGE = 16384 - 4   # Mbed TLS's input record content less the message header
 
@@ -486,7 +487,8 @@ class TlsClientSession:
         running = self._clock_ssl.timer() if self._clock_ssl is not None else None
         if running is None or (running[1] == 0.0 and running[0] == self._timer_fired):
             return None                  # (expired, read once already: input moves it on)
-        return running[1]
+        left = running[1]
+        return left if left == 0.0 else max(left, _MIN_WAIT)   # (never "now" again by a hair)
 
     def _renegotiation_timer_expired(self) -> None:
         running = self._clock_ssl.timer() if self._clock_ssl is not None else None

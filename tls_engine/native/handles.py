@@ -315,8 +315,13 @@ class _DelayTimer:
         self.get_cb = L.GET_TIMER_CB(self._get)
 
     def _elapsed_ms(self) -> float:
+        # Rounded to the microsecond: (now - start) of two clock readings off the whole second
+        # (1031.1 - 1015.1) is a hair under the interval (15999.9999999 ms), which would leave
+        # a remainder below the clock's resolution -- a timer re-armed for "1e-13 s later"
+        # lands on the same instant and fires for ever.  Mbed TLS (_get) and the session
+        # (running) read the same rounded figure, so "expired" means the same to both.
         try:
-            return (self._now() - self.start) * 1000.0
+            return round((self._now() - self.start) * 1000.0, 3)
         except Exception:
             return 0.0
 

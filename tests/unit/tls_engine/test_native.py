@@ -284,3 +284,33 @@ def test_verify_result(py_server, trust, pki):
     conn.handshake()
     assert nssl.verify_result() == 0x08  # MBEDTLS_X509_BADCERT_NOT_TRUSTED
     conn.close()
+
+
+# -- the DTLS timer on the modem clock (_DelayTimer) ----------------------------------------------
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+from tls_engine.native.handles import _DelayTimer  # noqa: E402
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(start=st.floats(0, 2e9, allow_nan=False), fin_ms=st.sampled_from([1000, 2000, 4000, 8000, 16000, 32000, 60000]),
+       offset=st.integers(0, 999_999))
+def test_delay_timer_expiry_is_one_instant_for_mbedtls_and_the_session(start, fin_ms, offset):
+    """Armed at any modem time (off the whole second too: 1015.1, epoch seconds), read back at
+    start + interval computed in floats: Mbed TLS's get callback and running() agree on
+    "expired", and a timer not expired never has a remainder so small that re-arming it for
+    that long lands on the same instant (was a bug: 1031.1 - 1015.1 is 15999.9999999 ms, ~1e-13
+    s left, a timer re-armed for ever at one instant)."""
+    clock = [start + offset / 1e6]
+    timer = _DelayTimer(lambda: clock[0])
+    timer._set(None, fin_ms // 4, fin_ms)
+    for now in (timer.start + fin_ms / 1000, timer.start + fin_ms / 1000 - 1e-7, timer.start + fin_ms / 2000):
+        clock[0] = now
+        left = timer.running()[1]
+        expired = timer._get(None) == 2
+        assert expired == (left == 0.0), (now, left)
+        assert left == 0.0 or now + left > now, (now, left)
+    clock[0] = timer.start + fin_ms / 1000
+    assert timer._get(None) == 2 and timer.running()[1] == 0.0      # due at the interval's end
+    timer._set(None, 0, 0)
+    assert timer.running() is None and timer._get(None) == -1       # cancelled
