@@ -197,7 +197,9 @@ def _build_configuration(settings: TlsSettings) -> tuple[object, tuple[int, ...]
     lowest, highest = _dtls_versions(settings) if settings.dtls else _tls_versions(settings)
     notes: list[str] = []
     names, native_ids = _suites(settings, notes)
-    chain = _client_chain(settings) if settings.seclevel == 2 else None
+    # seclevel 2 with no client pair at all: none offered (an empty Certificate if asked)
+    with_pair = settings.seclevel == 2 and (settings.client_cert_pem or settings.client_key_pem)
+    chain = _client_chain(settings) if with_pair else None
     common = dict(
         validate_certificates=False,  # VERIFY_OPTIONAL: tls_engine.verify decides
         certificate_chain=chain,

@@ -152,7 +152,11 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
             ca_pem = ca_pem.rstrip(b"\n") + b"\n" + extra
             ca_label = f"{ca_label} / {extra_label}"
     cert = key = None
-    if seclevel == 2:
+    if seclevel == 2 and (ctx["clientcert"] or ctx["clientkey"]):
+        # The note (sec. 4, item 3): the client pair has to be uploaded when the server
+        # requires client authentication -- none set, the open goes ahead as at seclevel 1
+        # and an empty Certificate answers a CertificateRequest.  A path that is set must
+        # hold its material, and half a pair is no pair.
         cert, _ = material("clientcert", True)
         key, _ = material("clientkey", True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -70,6 +71,44 @@ def test_seclevel_2_sends_nothing_unless_asked(ec2x, net, pki):
         conn = server.wait_handshake()
         close(ec2x)
     assert conn.client_cert_der is None
+
+
+def test_seclevel_2_with_no_client_pair_set_needs_one_only_when_the_server_does(ec2x, net, pki):
+    """The note (sec. 4, item 3): the client certificate and key have to be uploaded when
+    the server requires client authentication ("SSLVerifyClient required").  seclevel 2 with
+    neither set: a server that asks for none is reached (the server still verified); one that
+    asks but does not insist gets an empty Certificate and goes on; one that requires it ends
+    the handshake (566).  Half a pair, or a path set to a missing file, is 552 before any TCP.
+    (Was 552 at every open whatever the server: a Cat-1 ESP-IDF driver that verifies servers
+    at seclevel 2 and has no client certificate could never connect.)"""
+    trust(ec2x, 1, pki.ca.cert_pem, seclevel=2)
+    with TlsServer(pki.server) as server:              # no CertificateRequest
+        net(server)
+        assert open_ssl(ec2x, 1) == 0
+        assert server.wait_handshake().client_cert_der is None
+        close(ec2x)
+    with TlsServer(pki.server, client_ca=pki.ca.cert_pem) as server:    # asks, optional
+        net(server)
+        assert open_ssl(ec2x, 1) == 0
+        conn = server.wait_handshake()
+        assert conn.handshake_done and conn.client_cert_der is None
+        close(ec2x)
+    with TlsServer(pki.server, client_ca=pki.ca.cert_pem, require_client_cert=True) as server:
+        net(server)
+        assert open_ssl(ec2x, 1) == 566
+        assert server.wait_handshake().client_cert_der is None
+    with TlsServer(pki.wrong_server) as server:        # seclevel 2 still verifies the server
+        net(server)
+        assert open_ssl(ec2x, 1) == 566
+    ec2x.upload("UFS:client.pem", pki.client.cert_pem)
+    cfg(ec2x, "clientcert", 1, '"UFS:client.pem"')     # a certificate without its key
+    with TlsServer(pki.server) as server:
+        net(server)
+        assert open_ssl(ec2x, 1) == 552
+        cfg(ec2x, "clientkey", 1, '"UFS:nowhere.key"')  # a key path naming no file
+        assert open_ssl(ec2x, 1) == 552
+        time.sleep(0.1)
+        assert server.connections == []                 # (refused before any TCP)
 
 
 def test_intermediate_chain_verifies_against_the_root(ec2x, net, pki):

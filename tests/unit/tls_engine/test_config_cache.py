@@ -90,11 +90,21 @@ def test_a_new_native_self_check_rebuilds_the_default_offer(base_settings):
     assert after.configuration is not before.configuration
 
 
-def test_a_failed_configuration_is_refused_every_time(base_settings):
+def test_a_failed_configuration_is_refused_every_time(ca, base_settings):
     for _ in range(2):
-        session = started(base_settings(seclevel=2))     # no client certificate
+        session = started(base_settings(seclevel=2, client_cert_pem=ca.cert_pem))   # no key
         [failure] = session.events()
         assert isinstance(failure, TlsFailure) and failure.kind == "bad_config"
+        assert "client key is missing" in failure.reason
+
+
+def test_seclevel_2_without_any_client_pair_starts_the_handshake(base_settings):
+    """seclevel 2 with neither certificate nor key: no client chain, the handshake starts
+    (a ClientHello goes out) -- the note asks for the pair only when the server requires
+    client authentication; an empty Certificate answers a CertificateRequest."""
+    session = started(base_settings(seclevel=2))
+    assert session.events() == [] and session.state == "handshaking"
+    assert session.outgoing() and session.outgoing() == []
 
 
 @pytest.mark.needs_native
