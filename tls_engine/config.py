@@ -98,9 +98,11 @@ def _client_chain(settings: TlsSettings):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    if not settings.client_cert_pem or not settings.client_key_pem:
-        missing = "client certificate" if not settings.client_cert_pem else "client key"
-        raise EngineConfigError(BAD_CONFIG, f"seclevel 2 needs a client certificate and key; {missing} is missing")
+    for data, what in ((settings.client_cert_pem, "client certificate"), (settings.client_key_pem, "client key")):
+        if data is None:
+            raise EngineConfigError(BAD_CONFIG, f"seclevel 2 needs a client certificate and key; {what} is missing")
+        if not data:
+            raise EngineConfigError(BAD_CONFIG, f"seclevel 2: the {what} is empty")
     try:
         certs = x509.load_pem_x509_certificates(settings.client_cert_pem)
     except ValueError as exc:
@@ -198,7 +200,8 @@ def _build_configuration(settings: TlsSettings) -> tuple[object, tuple[int, ...]
     notes: list[str] = []
     names, native_ids = _suites(settings, notes)
     # seclevel 2 with no client pair at all: none offered (an empty Certificate if asked)
-    with_pair = settings.seclevel == 2 and (settings.client_cert_pem or settings.client_key_pem)
+    with_pair = settings.seclevel == 2 and (settings.client_cert_pem is not None
+                                            or settings.client_key_pem is not None)
     chain = _client_chain(settings) if with_pair else None
     common = dict(
         validate_certificates=False,  # VERIFY_OPTIONAL: tls_engine.verify decides

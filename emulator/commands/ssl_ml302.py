@@ -136,8 +136,10 @@ def qsslcfg_write(modem, cmd):
     elif OPTIONS[name].kind == "path":
         path = args.str(2, max_len=modem.profile["files.max_name_len"])
         if slot_for_path(path) is None:
+            level = 2 if name in ("clientcert", "clientkey") else 1
             log.warning("AT+QSSLCFG=\"%s\": %r is not a certificate slot path (%s): "
-                        "AT+QSSLOPEN will fail at seclevel >= 1", name, path, ", ".join(SLOT_PATHS.values()))
+                        "AT+QSSLOPEN will fail at seclevel >= %d", name, path, ", ".join(SLOT_PATHS.values()),
+                        level)
         ctx[name] = path
     else:
         ctx[name] = args.int(2, OPTIONS[name].lo, OPTIONS[name].hi)

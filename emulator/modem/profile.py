@@ -296,6 +296,11 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "ssl.at_port": (False, _quoted),
     "ssl.verify_hostname": (False, _bool),   # absent = true (check the dialled name; with
                                              # "checkhost" listed: that option's default)
+    # seclevel 2 with neither clientcert nor clientkey set: true = the open fails (the ML302
+    # manual, 2.1 remark: server and client authentication need the client pair); absent or
+    # false = no client certificate is offered (the EC2x note, sec. 4 item 3: the pair is
+    # needed only when the server requires client authentication).
+    "ssl.client_pair_required": (False, _bool),
     # TCP(IP) AT commands (AT+QIOPEN & co., emulator/sockets/tcpip.py); absent: no such commands.
     "tcpip.sockets": (False, _int(1, 64)),          # <connectID>s, one pool with the SSL clientIDs
     "tcpip.send_max": (False, _int(1, 65535)),      # AT+QISEND <send_length>

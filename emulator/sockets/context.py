@@ -152,11 +152,13 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
             ca_pem = ca_pem.rstrip(b"\n") + b"\n" + extra
             ca_label = f"{ca_label} / {extra_label}"
     cert = key = None
-    if seclevel == 2 and (ctx["clientcert"] or ctx["clientkey"]):
-        # The note (sec. 4, item 3): the client pair has to be uploaded when the server
+    pair_required = bool(profile.get("ssl.client_pair_required", False))
+    if seclevel == 2 and (pair_required or ctx["clientcert"] or ctx["clientkey"]):
+        # The EC2x note (sec. 4, item 3): the client pair has to be uploaded when the server
         # requires client authentication -- none set, the open goes ahead as at seclevel 1
-        # and an empty Certificate answers a CertificateRequest.  A path that is set must
-        # hold its material, and half a pair is no pair.
+        # and an empty Certificate answers a CertificateRequest.  The ML302 manual (2.1
+        # remark) needs the pair at seclevel 2 (ssl.client_pair_required).  A path that is
+        # set must hold its material, and half a pair is no pair.
         cert, _ = material("clientcert", True)
         key, _ = material("clientkey", True)
 
