@@ -14,7 +14,7 @@ import pytest
 from emulator.io.app import BackgroundEmulator
 from emulator.testing.host import Host
 from emulator.testing.peers import OpenSslServer, TlsServer, UdpDropRelay
-from tests.e2e.ssl_options_support import HOST, PORT, cfg, close, open_ssl, recv_all, s_server_round_trip
+from tests.e2e.ssl_options_support import HOST, PORT, cfg, close, open_ssl, recv_all, s_server_round_trip, trust
 
 ROOT = Path(__file__).resolve().parents[2]
 PSK_HEX = "00112233445566778899aabbccddeeff"
@@ -96,6 +96,30 @@ def test_psk_identity_and_hex_key_against_s_server(ec2x, net):
         close(ec2x)
         cfg(ec2x, "psk", 0, '"modem-1"', '"ffeeddccbbaa99887766554433221100"')
         assert open_ssl(ec2x, 0) == 566                # wrong key: the server refuses
+
+
+@pytest.mark.needs_native
+def test_psk_session_at_seclevel_1_renegotiates_with_no_certificate_to_recheck(ec2x, net, pki):
+    """A PSK session has no server certificate; at seclevel 1 with renegotiation on, the
+    server's renegotiation (s_server 'r') completes and data flow after it: there is no chain
+    to verify again (the renegotiation check's "no leaf: nothing to check"), so nothing
+    fails, whatever the CA, with dates checked (ignorelocaltime 0).  (A mutation pass found
+    no test of that case.)"""
+    with OpenSslServer(["-nocert", "-psk", PSK_HEX, "-psk_identity", "modem-1",
+                        "-cipher", "PSK:@SECLEVEL=0", "-tls1_2"]) as server:
+        net(server)
+        trust(ec2x, 0, pki.ca.cert_pem)
+        cfg(ec2x, "psk", 0, '"modem-1"', f'"{PSK_HEX}"')
+        cfg(ec2x, "renegotiation", 0, 1)
+        cfg(ec2x, "ignorelocaltime", 0, 0)             # dates checked (none to check)
+        assert open_ssl(ec2x, 0) == 0
+        server.wait_for_output(rb"CIPHER is \S*PSK")
+        mark = server.mark()
+        server.write(b"r\n")
+        server.wait_for_output(rb"SSL_do_handshake -> 1", since=mark)
+        s_server_round_trip(ec2x, server, b"after psk renegotiation\n", b"fine\n", since=mark)
+        assert b'+QSSLURC: "closed"' not in bytes(ec2x.transcript)
+        close(ec2x)
 
 
 # -- dtls / dtlsversion ---------------------------------------------------------------------------------
