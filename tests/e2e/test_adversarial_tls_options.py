@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from emulator.testing.peers import (NOW, OpenSslServer, ServerIdentity, TlsServer, make_cert,
                                     openssl_binary)
-from emulator.testing.peers.pki import Issued
+from emulator.testing.peers.pki import SERVER_NAMES, Issued, utc
 from tests.e2e.ssl_options_support import (HOST, PORT, cfg, close, last_error, open_ssl, opened,
                                            s_server_round_trip, trust)
 
@@ -843,6 +843,33 @@ def test_renegotiation_certificate_is_verified_like_the_first(modem, route, pki,
         assert host.at('AT+CCLK="31/01/01,00:00:00+00"') == b"\r\nOK\r\n"
         _renegotiate(host, server)
     assert "renegotiation: server certificate expired at modem clock 2031" in ssl_log(caplog)
+    assert host.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
+
+
+def test_renegotiation_verifies_the_whole_chain_again_not_only_the_leaf(modem, route, tmp_path, caplog):
+    """The chain of the first handshake, verified again at the modem clock of the renegotiation:
+    an intermediate that expired meanwhile ends the socket though the leaf and the root are
+    still valid.  (A mutation pass: re-checking the leaf's dates alone went unnoticed.)"""
+    host, _, _ = modem
+    root = make_cert("reneg root", None, ca=True, not_before=utc(2020), not_after=utc(2040))
+    inter = make_cert("reneg intermediate", root, ca=True, not_before=utc(2020), not_after=utc(2028))
+    leaf = make_cert("reneg leaf", inter, ca=False, names=SERVER_NAMES, not_before=utc(2020),
+                     not_after=utc(2035))
+    (tmp_path / "leaf.pem").write_bytes(leaf.cert_pem)
+    (tmp_path / "leaf.key").write_bytes(leaf.key_pem)
+    (tmp_path / "chain.pem").write_bytes(inter.cert_pem)
+    with OpenSslServer(["-cert", str(tmp_path / "leaf.pem"), "-key", str(tmp_path / "leaf.key"),
+                        "-cert_chain", str(tmp_path / "chain.pem"), "-tls1_2"]) as server:
+        route(server)
+        trust(host, 0, root.cert_pem, name="UFS:reneg-root.pem")
+        cfg(host, "ignorelocaltime", 0, 0)
+        cfg(host, "renegotiation", 0, 1)
+        assert host.at('AT+CCLK="26/06/01,00:00:00+00"') == b"\r\nOK\r\n"
+        assert open_ssl(host, 0) == 0
+        server.wait_for_output(rb"CIPHER is")
+        assert host.at('AT+CCLK="29/01/01,00:00:00+00"') == b"\r\nOK\r\n"   # intermediate expired
+        _renegotiate(host, server)
+    assert "renegotiation: " in ssl_log(caplog) and "2029" in ssl_log(caplog), ssl_log(caplog)
     assert host.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
 
 
