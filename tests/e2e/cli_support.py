@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,32 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
         return proc.wait(10)
     finally:
         proc.kill()
+
+
+def came_up_after_a_stop(script: str, tmp_path: Path) -> tuple[str, int, str]:
+    """Run `python -c script <state dir> <link>`, a start-up meant to be stopped by a signal
+    it sends itself: (the device path it printed if it came up anyway, else "", its exit
+    code, its stderr).  One that came up is stopped cleanly (SIGTERM, the loop's handlers)."""
+    out_path, err_path = tmp_path / "out", tmp_path / "err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "state"), str(tmp_path / "modem")],
+                                cwd=ROOT, stdout=out, stderr=err)
+        try:
+            deadline = time.monotonic() + 40
+            while proc.poll() is None and time.monotonic() < deadline:
+                if out_path.read_text().strip():          # it came up: the stop was lost
+                    break
+                time.sleep(0.05)
+            started = out_path.read_text().strip()
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)          # (the loop's handlers: a clean stop)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+    return started, proc.returncode, err_path.read_text()
 
 
 def refused(*args: str) -> tuple[int, str, str]:

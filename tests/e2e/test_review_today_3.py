@@ -35,7 +35,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -48,7 +47,7 @@ from emulator.io.app import BackgroundEmulator
 from emulator.io.transport import make_link, remove_link
 from emulator.testing.host import Host
 from emulator.testing.peers import TlsServer
-from tests.e2e.cli_support import ROOT, Cli
+from tests.e2e.cli_support import ROOT, Cli, came_up_after_a_stop
 from tests.e2e.socket_support import wait_for
 
 OK = b"\r\nOK\r\n"
@@ -107,29 +106,10 @@ sys.exit(entry.run())
 # Was a bug, fixed: cli._stop_now noted nothing, so a _Stopped swallowed while prepare() read the
 # files was lost (the emulator came up after the SIGTERM).  It notes the signal; run() ends at once.
 def test_a_stop_swallowed_while_prepare_reads_the_files_still_ends_the_start_up(tmp_path):
-    link = tmp_path / "modem"
-    out_path = tmp_path / "out"
-    with open(out_path, "w") as out, open(tmp_path / "err", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", _SWALLOWED_IN_PREPARE, str(tmp_path / "state"),
-                                 str(link)], cwd=ROOT, stdout=out, stderr=err)
-        try:
-            deadline = time.monotonic() + 40
-            while proc.poll() is None and time.monotonic() < deadline:
-                if out_path.read_text().strip():          # it came up: the stop was lost
-                    break
-                time.sleep(0.05)
-            started = out_path.read_text().strip()
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)          # (the loop's handlers: a clean stop)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+    started, code, _ = came_up_after_a_stop(_SWALLOWED_IN_PREPARE, tmp_path)
     assert started == "", f"started on {started} after a SIGTERM during start-up"
-    assert proc.returncode == 0
-    assert not os.path.lexists(link)
+    assert code == 0
+    assert not os.path.lexists(tmp_path / "modem")
 
 
 # == BUG 2: ML302, the state dir gone: QSECREAD 22 / QSECDEL OK, QSECWRITE 23 ==================

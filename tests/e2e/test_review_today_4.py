@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from emulator.testing.peers import TlsServer, default_pki
-from tests.e2e.cli_support import ROOT
+from tests.e2e.cli_support import ROOT, came_up_after_a_stop
 from tests.e2e.ml302_support import HOST as ML_HOST, routed_servers
 from tests.e2e.ssl_options_support import cfg, close, open_ssl, trust
 from tests.e2e.test_ml302_ssl import at, attach, secwrite
@@ -163,29 +161,10 @@ print("NOT REACHED")
 
 
 def test_python_m_emulator_notes_a_swallowed_stop_where_main_reads_it(tmp_path):
-    link = tmp_path / "modem"
-    out_path, err_path = tmp_path / "out", tmp_path / "err"
-    with open(out_path, "w") as out, open(err_path, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", _RUN_AS_MAIN, str(tmp_path / "state"), str(link)],
-                                cwd=ROOT, stdout=out, stderr=err)
-        try:
-            deadline = time.monotonic() + 40
-            while proc.poll() is None and time.monotonic() < deadline:
-                if out_path.read_text().strip():          # it came up: the stop was lost
-                    break
-                time.sleep(0.05)
-            started = out_path.read_text().strip()
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)          # (the loop's handlers: a clean stop)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+    started, code, err = came_up_after_a_stop(_RUN_AS_MAIN, tmp_path)
     assert started == "", f"started on {started} after a SIGTERM during start-up"
-    assert proc.returncode == 0 and "Traceback" not in err_path.read_text(), err_path.read_text()[-2000:]
-    assert not os.path.lexists(link)
+    assert code == 0 and "Traceback" not in err, err[-2000:]
+    assert not os.path.lexists(tmp_path / "modem")
 
 
 # The tools: a stop noted while the modules loaded ends the run before the tool does anything;
