@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from emulator.testing.engine_client import ClientDriver
 from emulator.testing.peers import OpenSslServer, TlsServer
 from tls_engine import (AppData, HandshakeComplete, PeerClosed, TlsClientSession, TlsFailure,
-                        TlsSettings, native)
+                        TlsSettings)
 from tls_engine import session as session_module
 from tls_engine.datagrams import pack_datagrams
 from tls_engine.records import HandshakeSniffer, parse_certificate_list
@@ -263,7 +263,7 @@ def offload_driver(server, settings) -> ClientDriver:
     return driver
 
 
-@pytest.mark.skipif(not native.available(), reason=native.unavailable_reason())
+@needs_native
 def test_a_send_of_exactly_offload_min_bytes_is_sealed_by_a_job(sink, pki):
     """Mutant: send() offloading only sends longer than OFFLOAD_MIN (`>` for `>=`).  README
     "Seal jobs": with offload on, a send() of *at least* OFFLOAD_MIN (4 KiB) bytes is queued
@@ -281,7 +281,7 @@ def test_a_send_of_exactly_offload_min_bytes_is_sealed_by_a_job(sink, pki):
     driver.close()
 
 
-@pytest.mark.skipif(not native.available(), reason=native.unavailable_reason())
+@needs_native
 def test_a_job_left_when_the_session_ended_is_never_run_by_settle(sink, pki):
     """Mutant: settle() running the job in flight although the session has ended and nobody
     took the job (its `state != "established" and not job.submitted` drop removed).  README
@@ -303,7 +303,7 @@ def test_a_job_left_when_the_session_ended_is_never_run_by_settle(sink, pki):
     driver.close()
 
 
-@pytest.mark.skipif(not native.available(), reason=native.unavailable_reason())
+@needs_native
 def test_want_write_from_a_jobs_write_leaves_the_rest_to_the_wrapper(sink, pki, monkeypatch):
     """Mutant: settle() treating only WANT_READ as "the library wants input first" (WANT_WRITE
     failing the session as a write error).  README "Seal jobs": WANT_READ / WANT_WRITE (a
@@ -341,7 +341,7 @@ def test_want_write_from_a_jobs_write_leaves_the_rest_to_the_wrapper(sink, pki, 
     assert conn.close_notify_received and bytes(conn.received) == payload
 
 
-@pytest.mark.skipif(not native.available(), reason=native.unavailable_reason())
+@needs_native
 def test_offload_min_bytes_left_behind_a_job_make_the_next_job(sink, pki):
     """Mutant: _next_job() sealing at once what was queued when it is exactly OFFLOAD_MIN
     (`<=` for `<`).  README "Seal jobs": jobs hold up to JOB_MAX; settle() makes the next job
