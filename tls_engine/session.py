@@ -483,15 +483,19 @@ class TlsClientSession:
     # drops a flight it cannot decrypt) would hold the socket open forever.  The timer is
     # cancelled while no renegotiation runs (read_timeout 0), so this costs nothing then.
 
+    def _mbedtls_timer(self) -> tuple[float, float] | None:
+        """(armed at, seconds left) of Mbed TLS's timer on the modem clock; None: not running."""
+        return self._clock_ssl.timer() if self._clock_ssl is not None else None
+
     def _renegotiation_timeout(self) -> float | None:
-        running = self._clock_ssl.timer() if self._clock_ssl is not None else None
+        running = self._mbedtls_timer()
         if running is None or (running[1] == 0.0 and running[0] == self._timer_fired):
             return None                  # (expired, read once already: input moves it on)
         left = running[1]
         return left if left == 0.0 else max(left, _MIN_WAIT)   # (never "now" again by a hair)
 
     def _renegotiation_timer_expired(self) -> None:
-        running = self._clock_ssl.timer() if self._clock_ssl is not None else None
+        running = self._mbedtls_timer()
         if running is None or running[1] > 0.0:
             return
         self._timer_fired = running[0]

@@ -213,6 +213,7 @@ class NativeSsl:
         if L.word(self._ssl + L.SC_CONF) != conf:
             raise NativeError("ssl->conf does not point at the context's mbedtls_ssl_config")
         self._loaded_master: bytes | None = None
+        self._timer: _DelayTimer | None = None      # use_clock's (its callbacks live here)
 
     @property
     def address(self) -> int:
@@ -296,8 +297,7 @@ class NativeSsl:
         """After use_clock: the running retransmission timer as (armed at, seconds left,
         0.0 once expired) on that clock; None while Mbed TLS has it cancelled (or use_clock
         was not called)."""
-        timer = getattr(self, "_timer", None)
-        return None if timer is None else timer.running()
+        return None if self._timer is None else self._timer.running()
 
 
 class _DelayTimer:
