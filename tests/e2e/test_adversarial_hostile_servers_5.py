@@ -45,6 +45,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -129,6 +130,18 @@ def _c2s_count(box: UdpMiddlebox, mark: int, n: int) -> list[bytes]:
     return _c2s_since(box, mark)
 
 
+@contextmanager
+def _dtls_path(pki, rule=None):
+    """`openssl s_server -dtls1_2` behind a UdpMiddlebox with `rule`: yields (server, box);
+    the server is stopped however the test ends."""
+    server = _dtls_server(pki)
+    try:
+        with UdpMiddlebox(server.address, rule) as box:
+            yield server, box
+    finally:
+        server.stop()
+
+
 def _open_dtls(host, emulator, box: UdpMiddlebox, cid: int = 1, mode: int = 0,
                name: str = DTLS_NAME, renegotiation: int = 1) -> None:
     emulator.router.add_map(name, DTLS_PORT, "127.0.0.1", box.port)
@@ -184,29 +197,25 @@ def test_idle_established_dtls_socket_arms_no_timer(ec2x_strict, emulator, pki, 
     armed only while a renegotiation runs), and the socket still carries data both ways."""
     host, advance, port = ec2x_strict
     calls = _count_timer_calls(monkeypatch, port)
-    server = _dtls_server(pki)
-    try:
-        with UdpMiddlebox(server.address) as box:
-            _open_dtls(host, emulator, box)
-            server.wait_for_output(rb"CIPHER is", 10)
-            assert host.send_data(1, b"hello\n") == b"\r\nSEND OK\r\n"
-            server.wait_for_output(rb"hello", 10)
-            server.write(b"back\n")
-            assert read_all(host, 1, 5) == b"back\n"
-            for _ in range(20):
-                advance(1)
-            advance(600)
-            host.quiet_for(0.3)
-            assert calls == []
-            assert state(host, 1) == 2
-            assert host.send_data(1, b"still\n") == b"\r\nSEND OK\r\n"
-            server.wait_for_output(rb"still", 10)
-            server.write(b"yes\n")
-            assert read_all(host, 1, 4) == b"yes\n"
-            assert calls == []
-            assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
-    finally:
-        server.stop()
+    with _dtls_path(pki) as (server, box):
+        _open_dtls(host, emulator, box)
+        server.wait_for_output(rb"CIPHER is", 10)
+        assert host.send_data(1, b"hello\n") == b"\r\nSEND OK\r\n"
+        server.wait_for_output(rb"hello", 10)
+        server.write(b"back\n")
+        assert read_all(host, 1, 5) == b"back\n"
+        for _ in range(20):
+            advance(1)
+        advance(600)
+        host.quiet_for(0.3)
+        assert calls == []
+        assert state(host, 1) == 2
+        assert host.send_data(1, b"still\n") == b"\r\nSEND OK\r\n"
+        server.wait_for_output(rb"still", 10)
+        server.write(b"yes\n")
+        assert read_all(host, 1, 4) == b"yes\n"
+        assert calls == []
+        assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
 
 
 # == partial loss, then recovery ====================================================================
@@ -219,28 +228,24 @@ def test_renegotiation_client_hellos_lost_then_path_recovers(ec2x_strict, emulat
     modem, no second URC over 300 more modem seconds; the id opens again."""
     host, advance, port = ec2x_strict
     calls = _count_timer_calls(monkeypatch, port)
-    server = _dtls_server(pki)
     path = Path(lose_c2s=2)
-    try:
-        with UdpMiddlebox(server.address, path.rule) as box:
-            _open_dtls(host, emulator, box)
-            mark = _before_then_hello_request(host, server, box, path)
-            moved = _advance_until(host, advance, b'+QSSLURC: "closed",1', 1, LIMIT + 20)
-            sent = _c2s_since(box, mark)
-            hellos = [d for d in sent if _kinds(d)[:1] == [(CT_HANDSHAKE, 1)]]
-            assert len(hellos) >= 3, [_kinds(d) for d in sent]          # resent until one got through
-            assert path.lost == 2 and len(box.passed("c2s")) > 0
-            assert moved >= 3                                            # (resends at 1 s and 3 s)
-            assert 2 <= len(calls) <= 10, calls
-            _ended_as_documented(host, 1)
-            n_calls, n_log = len(calls), len(box.log)
-            advance(300)
-            host.quiet_for(0.3)
-            assert len(calls) == n_calls, calls[n_calls:]
-            assert _c2s_since(box, n_log) == []
-            assert host.transcript.count(b'+QSSLURC: "closed",1') == 1
-    finally:
-        server.stop()
+    with _dtls_path(pki, path.rule) as (server, box):
+        _open_dtls(host, emulator, box)
+        mark = _before_then_hello_request(host, server, box, path)
+        moved = _advance_until(host, advance, b'+QSSLURC: "closed",1', 1, LIMIT + 20)
+        sent = _c2s_since(box, mark)
+        hellos = [d for d in sent if _kinds(d)[:1] == [(CT_HANDSHAKE, 1)]]
+        assert len(hellos) >= 3, [_kinds(d) for d in sent]          # resent until one got through
+        assert path.lost == 2 and len(box.passed("c2s")) > 0
+        assert moved >= 3                                            # (resends at 1 s and 3 s)
+        assert 2 <= len(calls) <= 10, calls
+        _ended_as_documented(host, 1)
+        n_calls, n_log = len(calls), len(box.log)
+        advance(300)
+        host.quiet_for(0.3)
+        assert len(calls) == n_calls, calls[n_calls:]
+        assert _c2s_since(box, n_log) == []
+        assert host.transcript.count(b'+QSSLURC: "closed",1') == 1
     _dtls_still_usable(host, emulator, pki, 1)
 
 
@@ -253,28 +258,24 @@ def test_renegotiation_into_a_black_hole_ends_exactly_at_the_limit(ec2x_strict, 
     123 s: the socket ends, "closed" once, and one more timer callback was all it took."""
     host, advance, port = ec2x_strict
     calls = _count_timer_calls(monkeypatch, port)
-    server = _dtls_server(pki)
     path = Path(lose_c2s=None, deaf=True)
-    try:
-        with UdpMiddlebox(server.address, path.rule) as box:
-            _open_dtls(host, emulator, box)
-            mark = _before_then_hello_request(host, server, box, path)
-            t0 = port.modem.timers.monotonic()
-            advance(LIMIT - 1)
-            host.quiet_for(0.3)
-            assert b"closed" not in bytes(host.transcript)
-            assert state(host, 1) == 2
-            sent = _c2s_count(box, mark, 1 + len(RESENT_AT))
-            assert len(sent) == 1 + len(RESENT_AT), [_kinds(d) for d in sent]
-            assert all(_kinds(d)[:1] == [(CT_HANDSHAKE, 1)] for d in sent)
-            assert [round(t - t0, 6) for t, _ in calls] == list(RESENT_AT), calls
-            advance(1000)
-            host.seen(b'+QSSLURC: "closed",1\r\n', timeout=5)
-            assert [round(t - t0, 6) for t, _ in calls] == list(RESENT_AT) + [LIMIT], calls
-            assert len(_c2s_count(box, mark, 1 + len(RESENT_AT))) == 1 + len(RESENT_AT)
-            _ended_as_documented(host, 1)
-    finally:
-        server.stop()
+    with _dtls_path(pki, path.rule) as (server, box):
+        _open_dtls(host, emulator, box)
+        mark = _before_then_hello_request(host, server, box, path)
+        t0 = port.modem.timers.monotonic()
+        advance(LIMIT - 1)
+        host.quiet_for(0.3)
+        assert b"closed" not in bytes(host.transcript)
+        assert state(host, 1) == 2
+        sent = _c2s_count(box, mark, 1 + len(RESENT_AT))
+        assert len(sent) == 1 + len(RESENT_AT), [_kinds(d) for d in sent]
+        assert all(_kinds(d)[:1] == [(CT_HANDSHAKE, 1)] for d in sent)
+        assert [round(t - t0, 6) for t, _ in calls] == list(RESENT_AT), calls
+        advance(1000)
+        host.seen(b'+QSSLURC: "closed",1\r\n', timeout=5)
+        assert [round(t - t0, 6) for t, _ in calls] == list(RESENT_AT) + [LIMIT], calls
+        assert len(_c2s_count(box, mark, 1 + len(RESENT_AT))) == 1 + len(RESENT_AT)
+        _ended_as_documented(host, 1)
     _dtls_still_usable(host, emulator, pki, 1)
 
 
@@ -292,21 +293,17 @@ def test_renegotiation_timer_at_a_fractional_modem_time_does_not_spin(ec2x_stric
     instant) and the socket ends after 123 s with one "closed"."""
     host, advance, port = ec2x_strict
     calls = _count_timer_calls(monkeypatch, port)
-    server = _dtls_server(pki)
     path = Path(lose_c2s=None, deaf=True)
-    try:
-        with UdpMiddlebox(server.address, path.rule) as box:
-            _open_dtls(host, emulator, box)
-            advance(0.1)
-            _before_then_hello_request(host, server, box, path)
-            advance(LIMIT + 10)
-            host.quiet_for(0.3)
-            instants = sorted({round(t, 6) for t, _ in calls})
-            assert len(calls) <= 2 * len(instants) and len(calls) <= 10, (len(calls), instants)
-            assert host.transcript.count(b'+QSSLURC: "closed",1') == 1, bytes(host.transcript)[-200:]
-            _ended_as_documented(host, 1)
-    finally:
-        server.stop()
+    with _dtls_path(pki, path.rule) as (server, box):
+        _open_dtls(host, emulator, box)
+        advance(0.1)
+        _before_then_hello_request(host, server, box, path)
+        advance(LIMIT + 10)
+        host.quiet_for(0.3)
+        instants = sorted({round(t, 6) for t, _ in calls})
+        assert len(calls) <= 2 * len(instants) and len(calls) <= 10, (len(calls), instants)
+        assert host.transcript.count(b'+QSSLURC: "closed",1') == 1, bytes(host.transcript)[-200:]
+        _ended_as_documented(host, 1)
 
 
 @pytest.mark.needs_native
@@ -316,25 +313,21 @@ def test_stalled_renegotiation_with_the_clock_standing_still(ec2x_strict, emulat
     connected and AT answers.  Once the clock moves past 123 s the socket ends."""
     host, advance, port = ec2x_strict
     calls = _count_timer_calls(monkeypatch, port)
-    server = _dtls_server(pki)
     path = Path(lose_c2s=None, deaf=True)
-    try:
-        with UdpMiddlebox(server.address, path.rule) as box:
-            _open_dtls(host, emulator, box)
-            mark = _before_then_hello_request(host, server, box, path)
-            for _ in range(6):
-                host.quiet_for(0.25)
-                assert host.at("AT") == b"\r\nOK\r\n"
-            assert calls == []
-            assert len(_c2s_since(box, mark)) == 1
-            assert state(host, 1) == 2
-            assert b"closed" not in bytes(host.transcript)
-            advance(LIMIT + 1)
-            host.seen(b'+QSSLURC: "closed",1\r\n', timeout=5)
-            assert len(calls) == len(RESENT_AT) + 1, calls
-            _ended_as_documented(host, 1)
-    finally:
-        server.stop()
+    with _dtls_path(pki, path.rule) as (server, box):
+        _open_dtls(host, emulator, box)
+        mark = _before_then_hello_request(host, server, box, path)
+        for _ in range(6):
+            host.quiet_for(0.25)
+            assert host.at("AT") == b"\r\nOK\r\n"
+        assert calls == []
+        assert len(_c2s_since(box, mark)) == 1
+        assert state(host, 1) == 2
+        assert b"closed" not in bytes(host.transcript)
+        advance(LIMIT + 1)
+        host.seen(b'+QSSLURC: "closed",1\r\n', timeout=5)
+        assert len(calls) == len(RESENT_AT) + 1, calls
+        _ended_as_documented(host, 1)
 
 
 # == the HelloRequest duplicated and replayed =======================================================
@@ -346,32 +339,28 @@ def test_hello_request_duplicated_and_replayed_starts_one_renegotiation(ec2x_str
     callback each) and the socket ends at the limit with one "closed"."""
     host, advance, port = ec2x_strict
     calls = _count_timer_calls(monkeypatch, port)
-    server = _dtls_server(pki)
     path = Path(lose_c2s=None, deaf=True, copies=2)
-    try:
-        with UdpMiddlebox(server.address, path.rule) as box:
-            _open_dtls(host, emulator, box)
-            mark = _before_then_hello_request(host, server, box, path)
-            host.quiet_for(0.3)
-            advance(0.5)
-            box.inject(path.hello_request)
-            host.quiet_for(0.3)
-            advance(0.25)
-            box.inject(path.hello_request)
-            host.quiet_for(0.3)
-            assert len(_c2s_since(box, mark)) == 1, [_kinds(d) for d in _c2s_since(box, mark)]
-            assert calls == []
-            advance(LIMIT - 0.75 - 1)
-            host.quiet_for(0.2)
-            assert len(calls) == len(RESENT_AT), calls
-            assert b"closed" not in bytes(host.transcript)
-            advance(2)
-            host.seen(b'+QSSLURC: "closed",1\r\n', timeout=5)
-            assert len(calls) == len(RESENT_AT) + 1, calls
-            assert len(_c2s_count(box, mark, 1 + len(RESENT_AT))) == 1 + len(RESENT_AT)
-            _ended_as_documented(host, 1)
-    finally:
-        server.stop()
+    with _dtls_path(pki, path.rule) as (server, box):
+        _open_dtls(host, emulator, box)
+        mark = _before_then_hello_request(host, server, box, path)
+        host.quiet_for(0.3)
+        advance(0.5)
+        box.inject(path.hello_request)
+        host.quiet_for(0.3)
+        advance(0.25)
+        box.inject(path.hello_request)
+        host.quiet_for(0.3)
+        assert len(_c2s_since(box, mark)) == 1, [_kinds(d) for d in _c2s_since(box, mark)]
+        assert calls == []
+        advance(LIMIT - 0.75 - 1)
+        host.quiet_for(0.2)
+        assert len(calls) == len(RESENT_AT), calls
+        assert b"closed" not in bytes(host.transcript)
+        advance(2)
+        host.seen(b'+QSSLURC: "closed",1\r\n', timeout=5)
+        assert len(calls) == len(RESENT_AT) + 1, calls
+        assert len(_c2s_count(box, mark, 1 + len(RESENT_AT))) == 1 + len(RESENT_AT)
+        _ended_as_documented(host, 1)
 
 
 @pytest.mark.needs_native
@@ -382,22 +371,18 @@ def test_renegotiation_off_answers_a_duplicated_hello_request_with_one_alert(ec2
     alert and the modem reports "closed" once, the line before read; the id opens again."""
     host, advance, port = ec2x_strict
     calls = _count_timer_calls(monkeypatch, port)
-    server = _dtls_server(pki)
     path = Path(lose_c2s=0, copies=2)
-    try:
-        with UdpMiddlebox(server.address, path.rule) as box:
-            _open_dtls(host, emulator, box, renegotiation=0)
-            mark = _before_then_hello_request(host, server, box, path)
-            host.seen(b'+QSSLURC: "closed",1\r\n', timeout=10)
-            server.wait_for_output(rb"no renegotiation", 10, stream="stderr")
-            advance(300)
-            host.quiet_for(0.3)
-            sent = _c2s_count(box, mark, 1)
-            assert [_kinds(d) for d in sent] == [[(CT_ALERT, 1)]], [_kinds(d) for d in sent]
-            assert calls == []
-            _ended_as_documented(host, 1)
-    finally:
-        server.stop()
+    with _dtls_path(pki, path.rule) as (server, box):
+        _open_dtls(host, emulator, box, renegotiation=0)
+        mark = _before_then_hello_request(host, server, box, path)
+        host.seen(b'+QSSLURC: "closed",1\r\n', timeout=10)
+        server.wait_for_output(rb"no renegotiation", 10, stream="stderr")
+        advance(300)
+        host.quiet_for(0.3)
+        sent = _c2s_count(box, mark, 1)
+        assert [_kinds(d) for d in sent] == [[(CT_ALERT, 1)]], [_kinds(d) for d in sent]
+        assert calls == []
+        _ended_as_documented(host, 1)
     _dtls_still_usable(host, emulator, pki, 1)
 
 
@@ -411,30 +396,26 @@ def test_sends_during_a_stalled_renegotiation_wait_then_the_socket_ends(ec2x_str
     a send after that is ERROR."""
     host, advance, port = ec2x_strict
     calls = _count_timer_calls(monkeypatch, port)
-    server = _dtls_server(pki)
     path = Path(lose_c2s=None, deaf=True)
-    try:
-        with UdpMiddlebox(server.address, path.rule) as box:
-            _open_dtls(host, emulator, box)
-            server.wait_for_output(rb"CIPHER is", 10)
-            assert host.send_data(1, b"first line\n") == b"\r\nSEND OK\r\n"
-            assert host.send_data(1, b"second line\n") == b"\r\nSEND OK\r\n"
-            server.wait_for_output(rb"first line\nsecond line\n", 10)
-            mark = _before_then_hello_request(host, server, box, path)
-            assert host.send_data(1, b"during one\n") == b"\r\nSEND OK\r\n"
-            advance(2)                                       # (a resend between the two)
-            assert host.send_data(1, b"during two\n") == b"\r\nSEND OK\r\n"
-            host.quiet_for(0.3)
-            moved = 2 + _advance_until(host, advance, b'+QSSLURC: "closed",1', 5, LIMIT + 20)
-            assert moved >= LIMIT
-            sent = _c2s_count(box, mark, 1 + len(RESENT_AT))
-            assert all((CT_APP, 1) not in _kinds(d) for d in sent), [_kinds(d) for d in sent]
-            assert len(sent) == 1 + len(RESENT_AT), [_kinds(d) for d in sent]
-            assert len(calls) == len(RESENT_AT) + 1, calls
-            assert b"during" not in server.stdout
-            _ended_as_documented(host, 1)
-    finally:
-        server.stop()
+    with _dtls_path(pki, path.rule) as (server, box):
+        _open_dtls(host, emulator, box)
+        server.wait_for_output(rb"CIPHER is", 10)
+        assert host.send_data(1, b"first line\n") == b"\r\nSEND OK\r\n"
+        assert host.send_data(1, b"second line\n") == b"\r\nSEND OK\r\n"
+        server.wait_for_output(rb"first line\nsecond line\n", 10)
+        mark = _before_then_hello_request(host, server, box, path)
+        assert host.send_data(1, b"during one\n") == b"\r\nSEND OK\r\n"
+        advance(2)                                       # (a resend between the two)
+        assert host.send_data(1, b"during two\n") == b"\r\nSEND OK\r\n"
+        host.quiet_for(0.3)
+        moved = 2 + _advance_until(host, advance, b'+QSSLURC: "closed",1', 5, LIMIT + 20)
+        assert moved >= LIMIT
+        sent = _c2s_count(box, mark, 1 + len(RESENT_AT))
+        assert all((CT_APP, 1) not in _kinds(d) for d in sent), [_kinds(d) for d in sent]
+        assert len(sent) == 1 + len(RESENT_AT), [_kinds(d) for d in sent]
+        assert len(calls) == len(RESENT_AT) + 1, calls
+        assert b"during" not in server.stdout
+        _ended_as_documented(host, 1)
 
 
 @pytest.mark.needs_native
@@ -444,27 +425,23 @@ def test_close_during_a_stalled_renegotiation_leaves_nothing_behind(ec2x_strict,
     datagram of the modem, no URC; the id opens again and carries data."""
     host, advance, port = ec2x_strict
     calls = _count_timer_calls(monkeypatch, port)
-    server = _dtls_server(pki)
     path = Path(lose_c2s=None, deaf=True)
-    try:
-        with UdpMiddlebox(server.address, path.rule) as box:
-            _open_dtls(host, emulator, box)
-            mark = _before_then_hello_request(host, server, box, path)
-            advance(3.5)
-            assert len(_c2s_count(box, mark, 3)) == 3
-            assert len(calls) == 2, calls
-            assert host.at("AT+QSSLCLOSE=1") == b"\r\nOK\r\n"
-            assert state(host, 1) is None
-            n_log = len(box.log)
-            for _ in range(6):
-                advance(50)
-            host.quiet_for(0.3)
-            assert len(calls) == 2, calls
-            assert _c2s_since(box, n_log) == []
-            assert b"+QSSLURC" not in host.quiet_for(0.1)
-            assert b'"closed"' not in bytes(host.transcript)
-    finally:
-        server.stop()
+    with _dtls_path(pki, path.rule) as (server, box):
+        _open_dtls(host, emulator, box)
+        mark = _before_then_hello_request(host, server, box, path)
+        advance(3.5)
+        assert len(_c2s_count(box, mark, 3)) == 3
+        assert len(calls) == 2, calls
+        assert host.at("AT+QSSLCLOSE=1") == b"\r\nOK\r\n"
+        assert state(host, 1) is None
+        n_log = len(box.log)
+        for _ in range(6):
+            advance(50)
+        host.quiet_for(0.3)
+        assert len(calls) == 2, calls
+        assert _c2s_since(box, n_log) == []
+        assert b"+QSSLURC" not in host.quiet_for(0.1)
+        assert b'"closed"' not in bytes(host.transcript)
     _dtls_still_usable(host, emulator, pki, 1)
 
 
@@ -519,30 +496,26 @@ def test_direct_push_socket_during_a_stalled_renegotiation(ec2x_strict, emulator
     interval."""
     host, advance, port = ec2x_strict
     calls = _count_timer_calls(monkeypatch, port)
-    server = _dtls_server(pki)
     path = Path(lose_c2s=None, deaf=True)
-    try:
-        with UdpMiddlebox(server.address, path.rule) as box:
-            _open_dtls(host, emulator, box, mode=1)
-            server.wait_for_output(rb"CIPHER is", 10)
-            server.write(b"before\n")
-            host.seen(b'+QSSLURC: "recv",1,7\r\nbefore\n', timeout=10)
-            mark = len(box.log)
-            path.on.set()
-            server.write(b"r\n")
-            box.wait_for(lambda: any(d.direction == "c2s" for d in box.log[mark:]), 10)
-            advance(LIMIT + 1)
-            host.seen(b'+QSSLURC: "closed",1\r\n', timeout=5)
-            host.quiet_for(0.2)
-            text = bytes(host.transcript)
-            assert text.count(b"before\n") == 1
-            assert text.index(b"before\n") < text.index(b'+QSSLURC: "closed",1')
-            assert text.count(b'+QSSLURC: "closed",1') == 1
-            assert len(calls) == len(RESENT_AT) + 1, calls
-            assert state(host, 1) == 4
-            assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
-    finally:
-        server.stop()
+    with _dtls_path(pki, path.rule) as (server, box):
+        _open_dtls(host, emulator, box, mode=1)
+        server.wait_for_output(rb"CIPHER is", 10)
+        server.write(b"before\n")
+        host.seen(b'+QSSLURC: "recv",1,7\r\nbefore\n', timeout=10)
+        mark = len(box.log)
+        path.on.set()
+        server.write(b"r\n")
+        box.wait_for(lambda: any(d.direction == "c2s" for d in box.log[mark:]), 10)
+        advance(LIMIT + 1)
+        host.seen(b'+QSSLURC: "closed",1\r\n', timeout=5)
+        host.quiet_for(0.2)
+        text = bytes(host.transcript)
+        assert text.count(b"before\n") == 1
+        assert text.index(b"before\n") < text.index(b'+QSSLURC: "closed",1')
+        assert text.count(b'+QSSLURC: "closed",1') == 1
+        assert len(calls) == len(RESENT_AT) + 1, calls
+        assert state(host, 1) == 4
+        assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
 
 
 @pytest.mark.needs_native
@@ -553,38 +526,34 @@ def test_transparent_socket_during_a_stalled_renegotiation(ec2x_strict, emulator
     mode, behaviour.md), back to command mode, AT+QSSLSTATE 4, AT+QSSLCLOSE OK."""
     host, advance, port = ec2x_strict
     calls = _count_timer_calls(monkeypatch, port)
-    server = _dtls_server(pki)
     path = Path(lose_c2s=None, deaf=True)
-    try:
-        with UdpMiddlebox(server.address, path.rule) as box:
-            _open_dtls(host, emulator, box, mode=2)
-            server.wait_for_output(rb"CIPHER is", 10)
-            server.write(b"before\n")
-            assert host.read_exactly(7, timeout=10) == b"before\n"
-            mark = len(box.log)
-            path.on.set()
-            server.write(b"r\n")
-            box.wait_for(lambda: any(d.direction == "c2s" for d in box.log[mark:]), 10)
-            host.write(b"typed while renegotiating\n")
-            host.quiet_for(0.3)
-            moved = 0
-            while b"NO CARRIER" not in bytes(host.transcript):
-                assert moved <= LIMIT + 20, bytes(host.transcript)[-200:]
-                advance(10)
-                moved += 10
-                host.quiet_for(0.1)
-            assert moved >= LIMIT
-            host.quiet_for(0.2)
-            text = bytes(host.transcript)
-            assert text.endswith(b"\r\nCONNECT\r\nbefore\n\r\nNO CARRIER\r\n"), text[-120:]
-            assert b'"closed"' not in text
-            sent = _c2s_since(box, mark)
-            assert all((CT_APP, 1) not in _kinds(d) for d in sent), [_kinds(d) for d in sent]
-            assert len(calls) == len(RESENT_AT) + 1, calls
-            assert state(host, 1) == 4
-            assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
-    finally:
-        server.stop()
+    with _dtls_path(pki, path.rule) as (server, box):
+        _open_dtls(host, emulator, box, mode=2)
+        server.wait_for_output(rb"CIPHER is", 10)
+        server.write(b"before\n")
+        assert host.read_exactly(7, timeout=10) == b"before\n"
+        mark = len(box.log)
+        path.on.set()
+        server.write(b"r\n")
+        box.wait_for(lambda: any(d.direction == "c2s" for d in box.log[mark:]), 10)
+        host.write(b"typed while renegotiating\n")
+        host.quiet_for(0.3)
+        moved = 0
+        while b"NO CARRIER" not in bytes(host.transcript):
+            assert moved <= LIMIT + 20, bytes(host.transcript)[-200:]
+            advance(10)
+            moved += 10
+            host.quiet_for(0.1)
+        assert moved >= LIMIT
+        host.quiet_for(0.2)
+        text = bytes(host.transcript)
+        assert text.endswith(b"\r\nCONNECT\r\nbefore\n\r\nNO CARRIER\r\n"), text[-120:]
+        assert b'"closed"' not in text
+        sent = _c2s_since(box, mark)
+        assert all((CT_APP, 1) not in _kinds(d) for d in sent), [_kinds(d) for d in sent]
+        assert len(calls) == len(RESENT_AT) + 1, calls
+        assert state(host, 1) == 4
+        assert host.at("AT+QSSLCLOSE=1,0") == b"\r\nOK\r\n"
 
 
 # == TLS keeps no timer =============================================================================
@@ -627,27 +596,23 @@ def test_server_lines_behind_its_hello_request_reach_the_host_during_the_stall(e
     pushed back by the data) and the socket ends at the limit with one "closed"."""
     host, advance, port = ec2x_strict
     calls = _count_timer_calls(monkeypatch, port)
-    server = _dtls_server(pki)
     path = Path(lose_c2s=None, deaf=True, keep_app=True)
-    try:
-        with UdpMiddlebox(server.address, path.rule) as box:
-            _open_dtls(host, emulator, box)
-            mark = _before_then_hello_request(host, server, box, path)
-            lines = b"".join(b"behind the request %d\n" % i for i in range(3))
-            for i in range(3):
-                server.write(b"behind the request %d\n" % i)
-                box.wait_for(lambda: sum(_is_app_datagram(d.data) for d in box.log[mark:]
-                                         if d.direction == "s2c") > i, 10)
-            assert read_all(host, 1, len(lines)) == lines
-            host.quiet_for(0.2)
-            assert recv(host, 1) == b""
-            assert calls == []
-            moved = _advance_until(host, advance, b'+QSSLURC: "closed",1', 5, LIMIT + 20)
-            assert moved >= LIMIT
-            assert len(calls) == len(RESENT_AT) + 1, calls
-            _ended_as_documented(host, 1)
-    finally:
-        server.stop()
+    with _dtls_path(pki, path.rule) as (server, box):
+        _open_dtls(host, emulator, box)
+        mark = _before_then_hello_request(host, server, box, path)
+        lines = b"".join(b"behind the request %d\n" % i for i in range(3))
+        for i in range(3):
+            server.write(b"behind the request %d\n" % i)
+            box.wait_for(lambda: sum(_is_app_datagram(d.data) for d in box.log[mark:]
+                                     if d.direction == "s2c") > i, 10)
+        assert read_all(host, 1, len(lines)) == lines
+        host.quiet_for(0.2)
+        assert recv(host, 1) == b""
+        assert calls == []
+        moved = _advance_until(host, advance, b'+QSSLURC: "closed",1', 5, LIMIT + 20)
+        assert moved >= LIMIT
+        assert len(calls) == len(RESENT_AT) + 1, calls
+        _ended_as_documented(host, 1)
 
 
 def _is_app_datagram(data: bytes) -> bool:
