@@ -391,9 +391,10 @@ class SocketLink:
         sock = self.sock
         if self.delivery.svc.holds(sock):
             # The network may be held back for the port's output (OnlineDelivery.flush):
-            # in command mode the socket reads on into its inbox (up to ssl.recv_buffer), so
-            # a peer's close is seen and reported ("recv", "closed") without waiting for ATO.
-            sock.pause_network(False)
+            # in command mode the socket reads on into its inbox (up to ssl.recv_buffer, not
+            # only once it is below half of it), so a peer's close is seen and reported
+            # ("recv", "closed") without waiting for ATO.
+            sock.pause_network(False, port_hold_only=True)
         # (Also an open whose CONNECT was never written, its host gone: a peer close kept
         # for the CONNECT is reported now, as after "+++".)
         if (self.delivery.take_connecting(sock) and sock.state is not CONNECTED

@@ -878,17 +878,21 @@ class SslSocket:
         if self._transport is not None and hasattr(self._transport, "set_write_buffer_limits"):
             self._transport.set_write_buffer_limits(high=limit, low=limit // 4)
 
-    def pause_network(self, paused: bool) -> None:
+    def pause_network(self, paused: bool, port_hold_only: bool = False) -> None:
         """Stop (or resume) reading from the network: past the inbox limit (ssl.recv_buffer,
         resumed below half of it as the host reads), and while the host does not read its port
-        (online data mode)."""
+        (online data mode).  port_hold_only: the resume lifts a hold for the port alone (the
+        host left online mode), so the socket reads on up to the inbox limit itself rather
+        than waiting for the reads' half-way mark, which in command mode might never come
+        before the host reads (a peer's close unseen)."""
         transport = self._transport
         if transport is None or not hasattr(transport, "pause_reading") or transport.is_closing():
             return
         if paused and not self._paused:
             transport.pause_reading()
             self._paused = True
-        elif not paused and self._paused and len(self.inbox) < self.recv_limit // 2:
+        elif not paused and self._paused and len(self.inbox) < (self.recv_limit if port_hold_only
+                                                                  else self.recv_limit // 2):
             transport.resume_reading()
             self._paused = False
 
