@@ -401,7 +401,14 @@ def _switch_marathon(d: Demux, advance, kind: Kind, cid: int, stream: bytes) -> 
                 d.poll(0.002)
 
     def push_until(n: int) -> None:
-        wait_for(lambda: d.poll() or len(got) + len(d.pushed[cid]) >= n, timeout=20, what="pushed data")
+        # One URC at a time: d.poll() takes push URCs for as long as more keep coming, so a
+        # host reading as fast as the modem pushes took hundreds of KB for a 50 KB target and
+        # the stream ran out before the last transparent leg (a 1-in-200 "stall" of 20 s).
+        deadline = time.monotonic() + 20
+        while len(got) + len(d.pushed[cid]) < n:
+            assert time.monotonic() < deadline, ("pushed data", len(got) + len(d.pushed[cid]), n)
+            if not d._urc():
+                d.host._fill()
 
     def online(n: int) -> None:
         got.extend(read_online(d, n, stream[len(got):]))
