@@ -83,3 +83,32 @@ def test_without_native_default_offer_skips_rc4_3des(monkeypatch, base_settings)
     offered = client_hello_suites(hello)
     assert 0x0005 not in offered and 0x000A not in offered and 0xC02F in offered
     assert any("no session resumption" in note for note in session.notes)
+
+
+@pytest.mark.needs_native
+def test_a_cached_session_that_cannot_be_loaded_is_dropped_and_the_handshake_is_full(
+        rsa_leaf, base_settings, monkeypatch):
+    """Resumption.attach degrades a native failure to a note: the entry that failed to load
+    is dropped at once (never offered again, whatever happens to this handshake), the
+    handshake is a full one, and its own session is cached for the next connection."""
+    cache = SessionCache()
+    key = (1, "localhost", 443)
+    with TlsServer(rsa_leaf, legacy=True) as server:
+        run(server, base_settings(), cache, key)
+        assert key in cache
+        load = native.NativeSsl.load_session
+
+        def broken(self, saved):
+            raise RuntimeError("cannot load it")
+
+        monkeypatch.setattr(native.NativeSsl, "load_session", broken)
+        session = TlsClientSession(base_settings(), cache, key)
+        session.start()
+        assert key not in cache
+        assert "session not resumed: cannot load it" in session.notes
+        session.close()
+        full, session = run(server, base_settings(), cache, key)
+        assert not full.resumed and not server.conn.session_reused and key in cache
+        monkeypatch.setattr(native.NativeSsl, "load_session", load)
+        again, _ = run(server, base_settings(), cache, key)
+        assert again.resumed and server.conn.session_reused
