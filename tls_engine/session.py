@@ -354,6 +354,11 @@ class TlsClientSession:
             if self.state == "established":
                 self._buffer.shutdown()  # queues close_notify (then resets the context)
                 self._collect_output()
+            else:
+                # A handshake abandoned (negotiatetime ran out, the host closed): the session
+                # it offered is not offered again, as after a failure -- a path that swallows
+                # ClientHellos carrying a ticket would otherwise time out every open.
+                self._resumption.forget()
         if self.state != "failed":
             self.state = "closed"
         self._deadline = None
