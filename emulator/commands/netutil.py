@@ -186,7 +186,7 @@ class NetUtil:
         problem = name_problem(host)
         if problem is not None:
             raise NetworkError("dns", f"cannot resolve {host!r}: {problem}")
-        family = socket.AF_INET if self.modem.pdp.get(cid).type == 1 else socket.AF_UNSPEC
+        family = self.modem.pdp.get(cid).name_family
         try:
             infos = await self.modem.timers.wait_for(
                 asyncio.get_running_loop().getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM),

@@ -230,7 +230,9 @@ class Router:
             return host.strip("[]"), port
         return None
 
-    async def resolve(self, host: str, port: int) -> tuple[str, int]:
+    async def resolve(self, host: str, port: int, family: int = socket.AF_UNSPEC) -> tuple[str, int]:
+        """family: the PDP context's (PdpContext.name_family): on an IPv4 context an AAAA
+        answer is never dialled, as AT+QIDNSGIP on it shows none."""
         known = self.resolve_now(host, port)
         if known is not None:
             return known
@@ -240,7 +242,7 @@ class Router:
         if self.offline:
             raise NetworkError("dns", f"cannot resolve {host!r}: not routed and the emulator is --offline")
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError, ValueError) as exc:
             raise NetworkError("dns", f"cannot resolve {host!r}: {exc}") from None
         self._answered[_dns_key(host)] = infos[0][4][0]
@@ -630,16 +632,17 @@ def _connect_started(sock: socket.socket, address: tuple[str, int]) -> bool:
 
 
 async def open_tcp(router: Router, host: str, port: int, protocol_factory, fault: str | None = None,
-                   dialled: Dialled | None = None):
+                   dialled: Dialled | None = None, family: int = socket.AF_UNSPEC):
     """Resolve through the router and connect; returns (transport, protocol, (addr, port)).
     The caller bounds it (the SSL socket, on the modem's time).  fault: NetFaults.take_open().
-    dialled: the connect dial_now() started (the transport is made on its socket)."""
+    dialled: the connect dial_now() started (the transport is made on its socket).  family:
+    of a name's answers (Router.resolve)."""
     loop = asyncio.get_running_loop()
     if dialled is not None:
         addr, real_port = dialled.address
     else:
         _injected(fault, host, port)
-        addr, real_port = await router.resolve(host, port)
+        addr, real_port = await router.resolve(host, port, family)
     try:
         if dialled is None and _is_ipv4(addr):
             # (not loop.create_connection: it spends two loop turns, a writer callback and
@@ -702,10 +705,11 @@ async def _connect_dialled(loop, protocol_factory, dialled: Dialled):
         raise
 
 
-async def open_udp(router: Router, host: str, port: int, protocol_factory, fault: str | None = None):
+async def open_udp(router: Router, host: str, port: int, protocol_factory, fault: str | None = None,
+                   family: int = socket.AF_UNSPEC):
     loop = asyncio.get_running_loop()
     _injected(fault, host, port)
-    addr, real_port = await router.resolve(host, port)
+    addr, real_port = await router.resolve(host, port, family)
     try:
         transport, protocol = await loop.create_datagram_endpoint(
             protocol_factory, remote_addr=(addr, real_port))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from dataclasses import dataclass
 
 from emulator.storage.atomic_file import atomic_write
@@ -19,6 +20,12 @@ class PdpContext:
     auth: int = 0
     active: bool = False
     address: str | None = None
+
+    @property
+    def name_family(self) -> int:
+        """The address family a name resolves to on this context: A records only on an "IP"
+        (IPv4) context, any on the others -- AT+QIDNSGIP, AT+QIOPEN and AT+QSSLOPEN alike."""
+        return socket.AF_INET if self.type == 1 else socket.AF_UNSPEC
 
 
 # The DNS servers the network hands out with an address (AT+QIDNSCFG, AT+CGCONTRDP) when the

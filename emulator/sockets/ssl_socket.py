@@ -319,6 +319,13 @@ class SslSocket:
         self._task = asyncio.ensure_future(
             self._open(router, settings, negotiate_timeout, cache, cache_key, total_timeout, fault, dialled))
 
+    def name_family(self) -> int:
+        """The address family the host name resolves to: its PDP context's (A records only
+        on an IPv4 context, as AT+QIDNSGIP shows); any without a modem (unit tests)."""
+        modem = getattr(self.owner, "modem", None)
+        context = modem.pdp.find(self.pdp_id) if modem is not None else None
+        return context.name_family if context is not None else socket.AF_UNSPEC
+
     def _dial(self, router, settings, cache, cache_key) -> Dialled | NetworkError | None:
         """The TCP connect started now, in the command's own turn, when no name has to be
         looked up (dial_now); when it is complete already and the link has no conditions
@@ -388,9 +395,10 @@ class SslSocket:
             elif self._connect is not None:
                 link = self._connect(factory, fault)
             elif settings.dtls:
-                link = open_udp(router, self.host, self.port, factory, fault=fault)
+                link = open_udp(router, self.host, self.port, factory, fault=fault, family=self.name_family())
             else:
-                link = open_tcp(router, self.host, self.port, factory, fault=fault, dialled=dialled)
+                link = open_tcp(router, self.host, self.port, factory, fault=fault, dialled=dialled,
+                                family=self.name_family())
             if due is not None:
                 link = self._round_trip_after(link, due)
             # Name lookup and connect together, on the modem's time.

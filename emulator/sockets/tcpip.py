@@ -274,7 +274,7 @@ class TcpipService(SocketService):
                 # server never answers the connect (+QIOPEN: <id>,569 after 150 s).
                 if fault == "stall":
                     return asyncio.get_running_loop().create_future()
-                return opener(router, host, port, factory, fault=fault)
+                return opener(router, host, port, factory, fault=fault, family=sock.name_family())
         sock.open(router, PlainSettings(dtls=udp), CONNECT_TIMEOUT, connect=connect)
         return sock
 
