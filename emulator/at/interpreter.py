@@ -253,13 +253,14 @@ class Interpreter:
 
     def _hangup(self, power_lost: bool = False) -> None:
         self.modem.resume_input("output")    # (held or not) its unread output goes with the host
+        why = "the modem restarted" if power_lost else "host closed the port"
         if self._data is not None:
-            log.info("host closed the port during a data prompt: %d bytes discarded",
-                     len(self._data.buf))
+            log.info("%s during a data prompt: %d bytes discarded", why, len(self._data.buf))
             self._abandon()
         if self._online is not None:
             link = self._online
-            log.info("host closed the port in online data mode: the connection stays open (ATO)")
+            log.info("the modem restarted in online data mode" if power_lost else
+                     "host closed the port in online data mode: the connection stays open (ATO)")
             self._release_held()
             self._abandon()
             if power_lost:

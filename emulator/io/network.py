@@ -143,6 +143,9 @@ class Router:
         self._routes[src] = dst
 
     def add_map(self, host: str, port: int, addr: str, dst_port: int) -> None:
+        if isinstance(dst_port, bool) or not isinstance(dst_port, int) or not 0 <= dst_port <= 65535:
+            # (as --route refuses it: found at the first dial, it was a traceback in the log)
+            raise ValueError(f"route {host}:{port}: bad destination port {dst_port!r} (0-65535)")
         self._routes[(host.lower(), port)] = (addr, dst_port)
 
     def add_listen(self, local_port: int, addr: str = "127.0.0.1", port: int = 0) -> None:

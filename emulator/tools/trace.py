@@ -375,6 +375,8 @@ def _record_problem(record) -> str:
     t = record.get("t")
     if isinstance(t, bool) or not isinstance(t, (int, float)):
         return 'no time ("t")'
+    if not 0 <= t < 1e9:               # (NaN, infinity, a corrupted exponent: no wait can be made of it)
+        return f'"t" is not a time in seconds: {t!r}'
     modem = record.get("modem", 0)
     if isinstance(modem, bool) or not isinstance(modem, int):
         return '"modem" is not an index'
@@ -1392,7 +1394,7 @@ def replay_main(argv: list[str] | None = None) -> int:
                    help="run this scenario file (emulator/tools/scenario.py) on the replaying modem: "
                         "the faults the field session met, so their answers replay too")
     args = p.parse_args(argv)
-    from emulator.modem.profile import ProfileError, load_profile
+    from emulator.modem.profile import PROFILE_DIR, ProfileError, load_profile, resolve_profile_path
     from emulator.tools.scenario import ScenarioError, load_scenario
     try:
         text = Path(args.file).read_text(encoding="latin-1")
@@ -1421,6 +1423,10 @@ def replay_main(argv: list[str] | None = None) -> int:
                 recorded_on = next((r.get("profile") for r in mine if r.get("kind") == "start"), None)
                 if args.profile is None and recorded_on:
                     try:
+                        # A trace records its profile's NAME: one naming a path is damaged (or
+                        # planted), and reading it could block for ever (a FIFO, /dev/stdin).
+                        if resolve_profile_path(recorded_on).parent != PROFILE_DIR:
+                            raise ProfileError("not the name of a built-in profile")
                         load_profile(recorded_on)
                     except ProfileError as exc:
                         raise ValueError(f"{args.file} was recorded on profile {recorded_on!r}, which "
