@@ -319,6 +319,9 @@ def net(modem, args: _Args) -> dict:
         value = args.kw.pop(key, 0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= hi:
             raise ControlError(f"net: {key!r} must be a number 0..{hi}, not {value!r}")
+        if key == "kbps" and 0 < value < 0.1:
+            # (a typo's 1e-6 would hold every byte in flight for days, past any clearing)
+            raise ControlError(f"net: 'kbps' must be 0 (unpaced) or at least 0.1 (100 bit/s), not {value!r}")
         values[key] = value
     loss = args.kw.pop("loss", 0)
     if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not 0 <= loss <= 1:

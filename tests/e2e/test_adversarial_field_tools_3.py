@@ -207,6 +207,7 @@ WRONG_VALUES = [
     b'{"op": "dns_fail", "count": 1.0}', b'{"op": "register", "stat": null}', b'{"op": "dtr", "level": 2}',
     b'{"op": "uart_noise", "on": "false"}', b'{"op": "pdp_deact", "cid": 8}',
     b'{"op": "REBOOT"}', b'{"op": " state"}', b'{"op": "state", "modem": "modem0"}',
+    b'{"op": "net", "kbps": 1e-300}', b'{"op": "net", "kbps": 0.09}',   # bytes held for days
 ]
 
 
