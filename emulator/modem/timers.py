@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from typing import Any, Awaitable, Callable
 
 
@@ -80,6 +81,8 @@ class Timers:
         Returns how many fired.  Call it on the loop's thread."""
         if not self.manual:
             raise RuntimeError("advance() needs manual time (add_modem(..., manual_time=True))")
+        if not 0 <= seconds < math.inf:     # (NaN fails too) time never runs back, nor to infinity
+            raise ValueError(f"advance({seconds!r}): seconds must be a finite number >= 0")
         end = self._now + seconds
         fired = 0
         # (A timer due "at" the end fires even when float rounding put it a hair later:

@@ -21,8 +21,8 @@ _plugin_users.py, _replay_sessions.py, _many_modems_isolation.py):
   (ops refused clearly, reboot abandons the close's answer);
 - faults during AT+QFUPL (urc, uart_noise, dtr, slow arriving mid-upload: the file intact) and
   a control reboot during an ML302 AT+QSECWRITE (slot left empty, the prompt gone);
-- the clock jumping backwards: AT+CCLK set 26 years back and the plugin handle's advance(-5)
-  move no pending timer;
+- the clock jumping backwards: AT+CCLK set 26 years back moves no pending timer, and the plugin handle's
+  advance(-5 / NaN / inf) is a ValueError;
 - replay of an ML302 trace on the EC2x profile (a difference, exit 1), and of damaged traces;
 - the plugin's ModemHandle.route() given a port no socket can have.
 
@@ -440,7 +440,9 @@ def test_the_clock_set_backwards_moves_no_pending_timer(emulator, ec2x_on, tmp_p
     assert emulator.control("slow", command="+CSQ", ms=2000)["ok"]
     host.write("AT+CSQ\r")
     emulator.wait_received(port, host.written)
-    assert handle.advance(-5) == 0                                     # the manual clock back: nothing
+    for nonsense in (-5, float("nan"), float("inf")):                 # the manual clock never runs back
+        with pytest.raises(ValueError, match="finite number >= 0"):
+            handle.advance(nonsense)
     handle.advance(1.9)
     assert host.quiet_for(0.2) == b""
     handle.advance(0.2)
