@@ -325,12 +325,23 @@ class StateDirBusy(Exception):
     pass
 
 
+def _private_dirs(path: Path) -> None:
+    """mkdir -p with every directory it creates 0700 (Path.mkdir(parents=True) makes the
+    parents with the default mode: --count's <state-dir> holding <state-dir>/<n>)."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+
 def lock_state_dir(state_dir: Path) -> int | None:
     """An exclusive lock on <state_dir>/.lock for as long as this process runs (the fd is
     kept; the kernel drops the lock when the process dies, kill -9 included): a second
     emulator on the same state would read a file index the first one changes under it,
     and sweep its uploads in flight as stale temp files."""
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _private_dirs(state_dir)
     try:                                 # (never through a planted symlink: it would be truncated)
         fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
                      | os.O_NONBLOCK, 0o600)

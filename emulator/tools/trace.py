@@ -1313,8 +1313,13 @@ def parse_at_log(text: str) -> list[tuple[str, list[str]]]:
     return steps
 
 
-def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None) -> int:
+def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
+                  ignore: list[re.Pattern] | None = None) -> int:
+    """A host's own AT log (`>> AT` / `<< OK` lines, a terminal capture): its lines written to a
+    fresh modem, each answer compared line by line (text matching `ignore` is not compared, as
+    for a trace)."""
     out = out or sys.stdout
+    ignore = ignore or []
     import tempfile
 
     import serial
@@ -1360,7 +1365,7 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None) -> 
                         ser.write(b"\x1a")           # a variable-length send ends with Ctrl+Z
                         ctrl_z_at = None
                     time.sleep(0.002)
-                if lines != expected:
+                if [_norm(x, ignore) for x in lines] != [_norm(x, ignore) for x in expected]:
                     print(f"first difference: step {n} ({escape(_b(sent))}):\n"
                           f"  expected: {expected}\n  got:      {lines}", file=out)
                     return 1
@@ -1436,7 +1441,7 @@ def replay_main(argv: list[str] | None = None) -> int:
                 return 2
             return replay_records(records, args.profile, args.modem, ignore, max_gap=args.max_gap,
                                   scenario=scenario, complete=not cut and not _unanswered_at_end(mine))
-        return replay_at_log(text, args.profile or "ec2x", scenario=scenario)
+        return replay_at_log(text, args.profile or "ec2x", scenario=scenario, ignore=ignore)
     except ScenarioError as exc:                 # a step's modem or command does not fit
         print(f"modem-emulator replay: {exc}", file=sys.stderr)
         return 2
