@@ -79,6 +79,7 @@ class Resumption:
         self.notes = notes
         self.fingerprint = fingerprint      # settings_fingerprint() of this connection
         self._ssl = None
+        self._offered = None                # the session this connection offered (or saved)
 
     def attach(self, buffer) -> None:
         """Before the handshake: offer the cached session, if any."""
@@ -94,6 +95,7 @@ class Resumption:
             saved = self.cache.get(self.key, self.fingerprint)
             if saved is not None:
                 self._ssl.load_session(saved)
+                self._offered = saved
         except Exception as exc:
             self.cache.discard(self.key)
             self.notes.append(f"session not resumed: {exc}")
@@ -111,11 +113,13 @@ class Resumption:
         if self._ssl is None:
             return
         try:
-            self.cache.put(self.key, self._ssl.save_session(), self.fingerprint)
+            self._offered = self._ssl.save_session()      # this connection's session now
+            self.cache.put(self.key, self._offered, self.fingerprint)
         except Exception as exc:
             self.notes.append(f"session not saved for resumption: {exc}")
 
     def forget(self) -> None:
-        """After a failure: never offer this session again."""
-        if self.enabled:
+        """After a failure: never offer this session again -- the one this connection offered
+        (or saved), not a newer one another connection saved under the key meanwhile."""
+        if self.enabled and self._offered is not None and self.cache.get(self.key) is self._offered:
             self.cache.discard(self.key)

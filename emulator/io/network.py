@@ -146,6 +146,8 @@ class Router:
         if isinstance(dst_port, bool) or not isinstance(dst_port, int) or not 0 <= dst_port <= 65535:
             # (as --route refuses it: found at the first dial, it was a traceback in the log)
             raise ValueError(f"route {host}:{port}: bad destination port {dst_port!r} (0-65535)")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+            raise ValueError(f"route {host}:{port!r}: bad port (0-65535)")
         self._routes[(host.lower(), port)] = (addr, dst_port)
 
     def add_listen(self, local_port: int, addr: str = "127.0.0.1", port: int = 0) -> None:

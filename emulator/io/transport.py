@@ -740,7 +740,7 @@ def _take_link_lock(link: Path, lock_path: Path) -> int | None:
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise LinkError(f"{lock_path} is a symbolic link: not using it as {link}'s lock") from None
-            if exc.errno == errno.EISDIR:       # (something there that is no file: as a FIFO is)
+            if exc.errno in (errno.EISDIR, errno.ENXIO):   # (a directory, a unix socket: no file, as a FIFO is)
                 raise LinkError(f"{lock_path} is not a plain file: not using it as {link}'s lock") from None
             return None
         try:

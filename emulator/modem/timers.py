@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import math
 from typing import Any, Awaitable, Callable
 
 
 EPSILON = 1e-9                  # manual time: due within a nanosecond of the end is due
+MAX_ADVANCE = 1e9               # one advance(): ~31 years (the clock then still counts microseconds)
 
 
 def _nothing() -> None:
@@ -81,8 +81,9 @@ class Timers:
         Returns how many fired.  Call it on the loop's thread."""
         if not self.manual:
             raise RuntimeError("advance() needs manual time (add_modem(..., manual_time=True))")
-        if not 0 <= seconds < math.inf:     # (NaN fails too) time never runs back, nor to infinity
-            raise ValueError(f"advance({seconds!r}): seconds must be a finite number >= 0")
+        if not 0 <= seconds <= MAX_ADVANCE:  # (NaN fails too) time never runs back, nor so far that
+            # the float clock stops counting milliseconds (1e300: every timer due at once)
+            raise ValueError(f"advance({seconds!r}): seconds must be a number 0..{MAX_ADVANCE:.0e}")
         end = self._now + seconds
         fired = 0
         # (A timer due "at" the end fires even when float rounding put it a hair later:

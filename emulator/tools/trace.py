@@ -360,11 +360,16 @@ def _start_problem(record: dict) -> str:
     dns = record.get("dns", {})
     if not isinstance(dns, dict):
         return '"dns" is not a table of names and addresses'
+    from emulator.io.network import Router           # (lazy: the CLI's start-up does not need it)
     for name, address in dns.items():
         try:
             ipaddress.ip_address(address)
         except (TypeError, ValueError):
             return f'"dns" holds {name!r}: {address!r}, not an IP address'
+        try:
+            Router().add_dns(name, address)            # (what replay does with it: an IP as a
+        except ValueError as exc:                      # name, an empty name are refused)
+            return f'"dns": {exc}'
     return ""
 
 
@@ -383,6 +388,9 @@ def _record_problem(record) -> str:
     if not isinstance(record.get("kind", ""), str):
         return '"kind" is not a name'
     kind = record.get("kind")
+    if kind == "open" and not (isinstance(record.get("host"), str) and isinstance(record.get("port"), int)
+                               and not isinstance(record.get("port"), bool)):
+        return 'an "open" record\'s "host" and "port" are not a name and a number'
     if kind == "io" and record.get("dir") not in ("in", "out"):
         return 'an "io" record\'s "dir" is not "in" or "out"'
     for key in _REQUIRED.get(kind, ()):

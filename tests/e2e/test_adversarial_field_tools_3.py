@@ -441,7 +441,7 @@ def test_the_clock_set_backwards_moves_no_pending_timer(emulator, ec2x_on, tmp_p
     host.write("AT+CSQ\r")
     emulator.wait_received(port, host.written)
     for nonsense in (-5, float("nan"), float("inf")):                 # the manual clock never runs back
-        with pytest.raises(ValueError, match="finite number >= 0"):
+        with pytest.raises(ValueError, match="must be a number 0..1e"):
             handle.advance(nonsense)
     handle.advance(1.9)
     assert host.quiet_for(0.2) == b""
