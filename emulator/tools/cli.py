@@ -329,11 +329,13 @@ def _private_dirs(path: Path) -> None:
     """mkdir -p with every directory it creates 0700 (Path.mkdir(parents=True) makes the
     parents with the default mode: --count's <state-dir> holding <state-dir>/<n>)."""
     missing = []
-    while not path.exists() and path != path.parent:
-        missing.append(path)
-        path = path.parent
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
     for directory in reversed(missing):
         directory.mkdir(mode=0o700, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)    # (a file there: FileExistsError, as before)
 
 
 def lock_state_dir(state_dir: Path) -> int | None:

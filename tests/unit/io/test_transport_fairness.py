@@ -13,7 +13,7 @@ import time
 import pytest
 
 from emulator.io import transport
-from emulator.io.transport import SLICE, PtyPort
+from emulator.io.transport import SHORT_READ, SLICE, PtyPort
 from tests.unit.io.test_transport_paused import until
 
 
@@ -110,6 +110,9 @@ def test_a_neighbours_command_waits_at_most_one_slice_behind_a_streaming_host(
         assert bytes(quiet) == b"AT\r"
         assert "written" in marks and "answered" in marks
         behind = marks["answered"] - marks["written"]
-        assert behind <= SLICE, (
+        # (+ SHORT_READ: a short read that emptied the pty is handed on at once; on a loaded
+        # machine the kernel's wake-up of the loop's epoll can come after one such piece -- a
+        # full run saw 16384 + 1536.  The bug this pins took 32-80 KiB.)
+        assert behind <= SLICE + SHORT_READ, (
             f"the quiet port's AT waited behind {behind} bytes of the streaming port's work")
     asyncio.run(main())
