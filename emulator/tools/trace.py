@@ -269,12 +269,16 @@ def read_trace(path: str | os.PathLike, warn=None) -> list[dict]:
     last line cut short (no newline: the recording was killed, the disk filled) is left
     out, with warn(text) saying so."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not UTF-8 text: {exc}") from None
             if line.strip():
                 try:
                     record = json.loads(line)
-                except (json.JSONDecodeError, RecursionError) as exc:
+                except (ValueError, RecursionError) as exc:   # (JSONDecodeError; a number past 4300 digits)
                     if not line.endswith("\n"):          # (only the last line can lack it)
                         if warn is not None:
                             warn(f"{path}:{n}: the last line is cut short (an interrupted "
@@ -389,8 +393,12 @@ def _record_problem(record) -> str:
         return '"kind" is not a name'
     kind = record.get("kind")
     if kind == "open" and not (isinstance(record.get("host"), str) and isinstance(record.get("port"), int)
-                               and not isinstance(record.get("port"), bool)):
-        return 'an "open" record\'s "host" and "port" are not a name and a number'
+                               and not isinstance(record.get("port"), bool) and 0 <= record["port"] <= 65535):
+        return 'an "open" record\'s "host" and "port" are not a name and a number 0-65535'
+    if kind == "handshake" and not all(isinstance(record.get(k), (str, type(None))) for k in ("version", "cipher")):
+        return 'a "handshake" record\'s "version" and "cipher" are not names'
+    if kind in ("tls_failure", "open_result") and not isinstance(record.get("failure"), (str, type(None))):
+        return f'a "{kind}" record\'s "failure" is not a name'
     if kind == "io" and record.get("dir") not in ("in", "out"):
         return 'an "io" record\'s "dir" is not "in" or "out"'
     for key in _REQUIRED.get(kind, ()):
@@ -405,9 +413,9 @@ def _record_problem(record) -> str:
         if problem:
             return problem
     for key in _BYTES_FIELDS:
-        value = record.get(key)
-        if value is None:
+        if key not in record:
             continue
+        value = record[key]                            # (null too: the writers always give a string)
         if not isinstance(value, str):
             return f'"{key}" is not a string'
         try:
@@ -1432,7 +1440,10 @@ def replay_main(argv: list[str] | None = None) -> int:
                     have = sorted({r.get("modem", 0) for r in records})
                     raise ValueError(f"{args.file}: no modem {args.modem} in the trace (it has: "
                                      f"{', '.join(map(str, have)) or 'no records'})")
-                scripts_of(mine)                 # the network side: every field it needs is there
+                try:
+                    scripts_of(mine)             # the network side: every field it needs is there
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f"{args.file}: a record is damaged: {exc!r}") from None
                 recorded_on = next((r.get("profile") for r in mine if r.get("kind") == "start"), None)
                 if args.profile is None and recorded_on:
                     try:
