@@ -298,3 +298,21 @@ def udp_peer() -> socket.socket:
     s.bind(("127.0.0.1", 0))
     s.settimeout(5)
     return s
+
+
+def answer_ipv6_first(monkeypatch, name: str) -> None:
+    """The loop's resolver (patched: nothing leaves this machine) answers `name` with ::1 first,
+    then 127.0.0.1, as a dual-stack name often does; a family asked for is honoured."""
+    import asyncio
+    real = asyncio.base_events.BaseEventLoop.getaddrinfo
+
+    async def resolver(self, host, port, *args, family=0, type=0, proto=0, flags=0):
+        if host != name:
+            return await real(self, host, port, *args, family=family, type=type, proto=proto, flags=flags)
+        answers = []
+        if family in (socket.AF_UNSPEC, socket.AF_INET6):
+            answers.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port or 0, 0, 0)))
+        if family in (socket.AF_UNSPEC, socket.AF_INET):
+            answers.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port or 0)))
+        return answers
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "getaddrinfo", resolver)

@@ -56,7 +56,7 @@ import time
 import pytest
 
 from emulator.testing.peers import UdpEchoServer
-from tests.e2e.socket_support import (UDP_HOST, UDP_PORT, error_code, free_port, qiopen, qird,
+from tests.e2e.socket_support import (UDP_HOST, UDP_PORT, answer_ipv6_first, error_code, free_port, qiopen, qird,
                                       qisend, udp_peer, wait_for)
 
 OK = b"\r\nOK\r\n"
@@ -494,24 +494,11 @@ def test_a_name_answering_ipv6_first_is_dialled_over_ipv4_on_an_ipv4_context(mon
     <context_type> 1, IPv4): AT+QIDNSGIP asks for IPv4 only and answers 127.0.0.1, so an
     AT+QIOPEN (or AT+QSSLOPEN) to the same name must reach 127.0.0.1 too -- and AT+QISTATE
     (AT+QSSLSTATE) show it."""
-    import asyncio
-
     from emulator.io.app import BackgroundEmulator
     from emulator.testing.host import Host
     from emulator.testing.peers import TcpServer, TlsServer
 
-    real = asyncio.base_events.BaseEventLoop.getaddrinfo
-
-    async def resolver(self, host, port, *args, family=0, type=0, proto=0, flags=0):
-        if host != "dual.example":
-            return await real(self, host, port, *args, family=family, type=type, proto=proto, flags=flags)
-        answers = []
-        if family in (socket.AF_UNSPEC, socket.AF_INET6):
-            answers.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port or 0, 0, 0)))
-        if family in (socket.AF_UNSPEC, socket.AF_INET):
-            answers.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port or 0)))
-        return answers
-    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "getaddrinfo", resolver)
+    answer_ipv6_first(monkeypatch, "dual.example")
     server = {"UDP": lambda: UdpEchoServer(echo=True), "TCP": lambda: TcpServer("echo"), "SSL": TlsServer}[kind]()
     with BackgroundEmulator(offline=False) as emu, server:
         port = emu.add_modem("ec2x", state_dir=tmp_path / "state", manual_time=True)

@@ -24,7 +24,6 @@ tests where a changed behaviour had none.
 """
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import re
@@ -39,6 +38,7 @@ from emulator.modem.timers import Timers
 from emulator.testing.peers import TcpServer, TlsServer, UdpEchoServer
 from emulator.tools.trace import replay_main
 from tests.e2e.ssl_options_support import HOST, PORT, close, open_ssl
+from tests.e2e.socket_support import answer_ipv6_first
 
 OK = b"\r\nOK\r\n"
 
@@ -157,18 +157,7 @@ def test_a_dtls_open_to_a_name_answering_ipv6_first_goes_over_ipv4(monkeypatch, 
     from emulator.io.app import BackgroundEmulator
     from emulator.testing.host import Host
 
-    real = asyncio.base_events.BaseEventLoop.getaddrinfo
-
-    async def resolver(self, host, port, *args, family=0, type=0, proto=0, flags=0):
-        if host != "dual.example":
-            return await real(self, host, port, *args, family=family, type=type, proto=proto, flags=flags)
-        answers = []
-        if family in (socket.AF_UNSPEC, socket.AF_INET6):
-            answers.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port or 0, 0, 0)))
-        if family in (socket.AF_UNSPEC, socket.AF_INET):
-            answers.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port or 0)))
-        return answers
-    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "getaddrinfo", resolver)
+    answer_ipv6_first(monkeypatch, "dual.example")
     with BackgroundEmulator(offline=False) as emu, UdpEchoServer(echo=False) as server:
         port = emu.add_modem("ec2x", state_dir=tmp_path / "state", manual_time=True)
         host = Host(port.path)
