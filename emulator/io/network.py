@@ -46,6 +46,11 @@ class NetworkError(Exception):
         self.reason = reason
 
 
+def is_port(value, lowest: int = 0) -> bool:
+    """An int (not a bool) in lowest..65535: a port a socket can have."""
+    return isinstance(value, int) and not isinstance(value, bool) and lowest <= value <= 65535
+
+
 def _split_host_port(text: str, need_port: bool) -> tuple[str, int | None]:
     text = text.strip()
     if text.startswith("["):                       # [v6]:port
@@ -143,19 +148,19 @@ class Router:
         self._routes[src] = dst
 
     def add_map(self, host: str, port: int, addr: str, dst_port: int) -> None:
-        if isinstance(dst_port, bool) or not isinstance(dst_port, int) or not 0 <= dst_port <= 65535:
+        if not is_port(dst_port):
             # (as --route refuses it: found at the first dial, it was a traceback in the log)
             raise ValueError(f"route {host}:{port}: bad destination port {dst_port!r} (0-65535)")
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+        if port is not None and not is_port(port):
             raise ValueError(f"route {host}:{port!r}: bad port (0-65535)")
         self._routes[(host.lower(), port)] = (addr, dst_port)
 
     def add_listen(self, local_port: int, addr: str = "127.0.0.1", port: int = 0) -> None:
         """A "TCP LISTENER"/"UDP SERVICE" on the host's <local_port> really binds addr:port
         (loopback only; port 0: any free port, see listen_address)."""
-        if not isinstance(local_port, int) or isinstance(local_port, bool) or not 0 < local_port < 65536:
+        if not is_port(local_port, lowest=1):
             raise ValueError(f"listen {local_port!r}: the module's local port must be 1-65535")
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+        if not is_port(port):
             raise ValueError(f"listen {local_port}: bad port {port!r}")
         if not is_ip(addr) or not ipaddress.ip_address(addr.strip("[]")).is_loopback:
             raise ValueError(f"listen {local_port}: {addr!r} is not a loopback address")

@@ -100,6 +100,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emulator.io.network import Router, is_port
 from emulator.logsafe import get_logger
 from emulator.sockets.plain_session import NoSealJobs
 from emulator.tools import OneLineParser
@@ -364,14 +365,14 @@ def _start_problem(record: dict) -> str:
     dns = record.get("dns", {})
     if not isinstance(dns, dict):
         return '"dns" is not a table of names and addresses'
-    from emulator.io.network import Router           # (lazy: the CLI's start-up does not need it)
+    router = Router()                                  # (what replay adds the table to)
     for name, address in dns.items():
         try:
             ipaddress.ip_address(address)
         except (TypeError, ValueError):
             return f'"dns" holds {name!r}: {address!r}, not an IP address'
         try:
-            Router().add_dns(name, address)            # (what replay does with it: an IP as a
+            router.add_dns(name, address)              # (what replay does with it: an IP as a
         except ValueError as exc:                      # name, an empty name are refused)
             return f'"dns": {exc}'
     return ""
@@ -392,8 +393,7 @@ def _record_problem(record) -> str:
     if not isinstance(record.get("kind", ""), str):
         return '"kind" is not a name'
     kind = record.get("kind")
-    if kind == "open" and not (isinstance(record.get("host"), str) and isinstance(record.get("port"), int)
-                               and not isinstance(record.get("port"), bool) and 0 <= record["port"] <= 65535):
+    if kind == "open" and not (isinstance(record.get("host"), str) and is_port(record.get("port"))):
         return 'an "open" record\'s "host" and "port" are not a name and a number 0-65535'
     if kind == "handshake" and not all(isinstance(record.get(k), (str, type(None))) for k in ("version", "cipher")):
         return 'a "handshake" record\'s "version" and "cipher" are not names'
