@@ -48,6 +48,7 @@ from emulator.testing.plugin import ModemHandle
 from emulator.tools.control import ControlServer
 from emulator.tools.trace import replay_main
 from tests.e2e.cli_support import start
+from tests.e2e.test_adversarial_field_tools_2 import _escape
 
 HOST = "echo.example"           # routed to the `echo` fixture's server (tests/conftest.py)
 RESULT = re.compile(rb"\r\n(SEND OK|SEND FAIL|ERROR)\r\n")
@@ -62,16 +63,6 @@ def _open(host, client_id: int = 1, mode: int = 0) -> None:
 def _online(host) -> None:
     host.write(f'AT+QSSLOPEN=1,1,1,"{HOST}",443,2\r')
     host.read_until(b"\r\nCONNECT\r\n", timeout=3)
-
-
-def _escape(emulator, port, host) -> bytes:
-    """'+++' with its guard times (S12 default 1 s) on the modem's manual clock."""
-    emulator.wait_received(port, host.written)
-    emulator.advance(port, 1.1)
-    host.write(b"+++")
-    emulator.wait_received(port, host.written)
-    emulator.advance(port, 1.1)
-    return host.read_until(b"\r\nOK\r\n", timeout=3)
 
 
 def _recv_all(host, client_id: int = 1) -> bytes:

@@ -61,20 +61,12 @@ from tests.e2e.hostile_support import open_answer, recv
 from tests.e2e.socket_support import tcp_fds_to, wait_for
 from tests.e2e.test_adversarial_hostile_peers_tcpip import outq
 from tests.e2e.test_adversarial_hostile_servers_4 import forget_answers
+from tests.unit.test_mutation_survivors_8 import prf_sha256 as prf      # RFC 5246 5: P_SHA256
 
 NAME = "hostile6.example"
 CT_CCS, CT_ALERT, CT_HANDSHAKE, CT_APP = 20, 21, 22, 23
 RSA_GCM, RSA_CBC = 0x009C, 0x002F          # TLS_RSA_WITH_AES_128_GCM_SHA256 / _CBC_SHA
 EXT_SNI, EXT_ALPN, EXT_TICKET, EXT_RENEG = 0x0000, 0x0010, 0x0023, 0xFF01
-
-
-def prf(secret: bytes, label: bytes, seed: bytes, n: int) -> bytes:
-    seed = label + seed
-    out, a = b"", seed
-    while len(out) < n:
-        a = hmac.new(secret, a, hashlib.sha256).digest()
-        out += hmac.new(secret, a + seed, hashlib.sha256).digest()
-    return out[:n]
 
 
 def record(ct: int, payload: bytes) -> bytes:
