@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import functools
 import hashlib
 import ipaddress
@@ -26,6 +27,8 @@ import os
 import random
 import select
 import socket
+import struct
+import termios
 from collections import deque
 from dataclasses import dataclass
 
@@ -594,6 +597,23 @@ class Dialled:
         # close here could free the fd number while asyncio still has callbacks for it).
         if not self.taken:
             self.sock.close()
+
+
+def tcp_unacked(transport) -> int:
+    """Bytes a TCP connection's kernel holds that the peer has not acknowledged, sent or
+    not sent yet (Linux SIOCOUTQ: write_seq - snd_una); 0 for a datagram socket, a closed
+    one, or no transport.  transport: an asyncio transport, a ShapedTransport or a Dialled."""
+    if transport is None:
+        return 0
+    sock = getattr(transport, "sock", None)
+    if sock is None:
+        sock = transport.get_extra_info("socket")
+    try:
+        if sock is None or sock.type != socket.SOCK_STREAM or sock.fileno() < 0:
+            return 0
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 def dial_now(router: Router, host: str, port: int) -> Dialled | None:

@@ -51,7 +51,7 @@ from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsClientSession,
 from emulator.logsafe import get_logger
 from emulator.modem.pdp import DataCounter, data_counter
 from emulator.io import offload
-from emulator.io.network import Dialled, NetworkError, Router, dial_now, open_tcp, open_udp
+from emulator.io.network import Dialled, NetworkError, Router, dial_now, open_tcp, open_udp, tcp_unacked
 
 log = get_logger("emulator.ssl")
 
@@ -913,6 +913,12 @@ class SslSocket:
         if self._transport is None:
             return held
         return self._transport.get_write_buffer_size() + held
+
+    def unacked(self) -> int:
+        """Bytes accepted (SEND OK) that the peer has not acknowledged: send_backlog() and,
+        on TCP, what the kernel sent or holds without the peer's ACK.  (Plaintext and the
+        kernel's bytes are the same count on a plain socket only: AT+QISEND's query.)"""
+        return self.send_backlog() + tcp_unacked(self._transport)
 
     def _peer_closed(self, reason: str) -> None:
         if self._state is not CONNECTED:

@@ -300,6 +300,72 @@ def test_qisend_variable_fixed_query_and_qisendex(modem, tcp_echo):
     assert host.at(f'AT+QISENDEX=0,"{"41" * 512}"') == b"\r\nSEND OK\r\n"     # 512 bytes: the most
 
 
+def test_qisend_query_counts_only_what_the_peer_acknowledged(modem, emulator):
+    """AT+QISEND=<id>,0: <ackedbytes> are the bytes the peer's TCP acknowledged (TCP(IP)
+    manual).  A server that stops reading closes its window: what it has in its receive
+    queue is acked, the rest -- in the modem's stack -- unacked, however long it waits (the
+    kernel taking the bytes is no ACK); once the server reads, all of it turns acked."""
+    import fcntl
+    import struct
+    import termios
+    import time
+
+    host, _ = modem
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)     # a small window
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    emulator.router.add_map(TCP_HOST, TCP_PORT, "127.0.0.1", listener.getsockname()[1])
+    try:
+        qiopen(host, 0)
+        conn, _ = listener.accept()
+        data = os.urandom(4 * 1460)
+        for i in range(0, len(data), 1460):
+            assert qisend(host, 0, data[i:i + 1460]) == b"\r\nSEND OK\r\n"
+
+        def queued_at_server() -> int:
+            return struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+        def query() -> tuple[int, int, int]:
+            answer = host.at("AT+QISEND=0,0")
+            m = re.fullmatch(rb"\r\n\+QISEND: (\d+),(\d+),(\d+)\r\n\r\nOK\r\n", answer)
+            assert m, answer
+            return tuple(int(x) for x in m.groups())
+
+        def settled() -> tuple[int, int, int, int]:
+            """(held at the server, sent, acked, unacked) once both ends agree twice over
+            0.2 s: the window closes, and the kernel may still squeeze a segment in (a
+            window update after it compacts its queue), within a few round trips."""
+            deadline = time.monotonic() + 10
+            last = None
+            while True:
+                now = (queued_at_server(), *query())
+                if now == last and now[0] == now[2] or time.monotonic() > deadline:
+                    return now
+                last = now
+                time.sleep(0.2)
+
+        held, sent, acked, unacked = settled()
+        assert sent == len(data) and acked + unacked == sent
+        assert acked == held < sent, (held, acked, unacked)
+        time.sleep(0.5)                           # waiting acknowledges nothing
+        held, sent, acked, unacked = settled()
+        assert acked == held < sent and unacked == sent - held > 0, (held, acked, unacked)
+        got = bytearray()
+        while len(got) < len(data):
+            got += conn.recv(65536)
+        assert bytes(got) == data
+        deadline = time.monotonic() + 10
+        while query() != (len(data), len(data), 0):
+            assert time.monotonic() < deadline, query()
+            time.sleep(0.02)
+        conn.close()
+    finally:
+        listener.close()
+    host.seen(b'+QIURC: "closed",0\r\n')
+    assert host.at("AT+QICLOSE=0") == b"\r\nOK\r\n"
+
+
 def test_qisde_controls_the_echo_of_send_data(open_modem, tcp_echo):
     host, _ = open_modem("ec2x", echo=True)              # ATE1
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1').endswith(b"\r\nOK\r\n")
