@@ -1,13 +1,94 @@
-"""What the hostile-server tests share (test_adversarial_hostile_servers.py, _2.py): the server
-side of one accepted TCP connection driven by hand -- OpenSSL (Python ssl) over memory BIOs,
-so a test decides what goes on the wire and when -- and the EC2x host's open answer and
-AT+QSSLRECV read."""
+"""What the hostile-server tests share (test_adversarial_hostile_servers.py, _2.py, _6.py): the
+scripted server's skeleton (ScriptedServer: listen, accept, one script thread a connection),
+the server side of one accepted TCP connection driven by hand -- OpenSSL (Python ssl) over
+memory BIOs, so a test decides what goes on the wire and when -- and the EC2x host's open
+answer and AT+QSSLRECV read."""
 from __future__ import annotations
 
 import re
 import socket
 import ssl
 import threading
+
+
+class ScriptedServer:
+    """A server on 127.0.0.1: script(conn) runs on each accepted connection, in a thread of
+    its own.  The connection ending under it (OSError, EOFError, ssl.SSLError) is the test's
+    subject, passed to on_end(); anything else a script raises is its own failed assertion,
+    which fails the test on leaving the with-block.  Subclasses make the connection object
+    (make_conn) and say whether its socket is closed when the script returns
+    (close_when_done; else it stays open until close()).  emulator/name/port: a route to it."""
+
+    close_when_done = False
+    stall_limit = 30.0
+
+    def __init__(self, script, emulator=None, name: str | None = None, port: int = 443) -> None:
+        self.script = script
+        self.conns: list = []
+        self.failures: list[str] = []
+        self.release = threading.Event()          # stalled scripts wait on it
+        self.accepted = threading.Event()
+        self.done = threading.Semaphore(0)        # one release per script that ended
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+        if emulator is not None:
+            emulator.router.add_map(name, port, "127.0.0.1", self.port)
+
+    def make_conn(self, sock: socket.socket):
+        raise NotImplementedError
+
+    def on_end(self, exc: BaseException) -> None:
+        """The connection ended under the script (the client's close, a reset, a TLS error)."""
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            conn = self.make_conn(sock)
+            self.conns.append(conn)
+            self.accepted.set()
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn) -> None:
+        try:
+            self.script(conn)
+        except (OSError, EOFError, ssl.SSLError) as exc:
+            self.on_end(exc)
+        except Exception as exc:                  # a script's own assertion, a bug in it
+            self.failures.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            if self.close_when_done:
+                _close_quietly(conn.sock)
+            self.done.release()
+
+    def stall(self) -> None:
+        """A script that answers nothing more, until the test ends."""
+        self.release.wait(self.stall_limit)
+
+    def close(self) -> None:
+        self.release.set()
+        self.listener.close()
+        for conn in self.conns:
+            _close_quietly(conn.sock)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        self.close()
+        if exc_type is None:
+            # What a server script asserted must fail the test, not a thread's warning.
+            assert not self.failures, f"server script failed: {self.failures}"
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 class BioPeer:

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.e2e.hostile_support import BioPeer
+from tests.e2e.hostile_support import BioPeer, ScriptedServer
 from tests.e2e.hostile_support import open_answer as ec2x_answer
 from tests.e2e.hostile_support import recv as ec2x_recv
 from tests.e2e.socket_support import tcp_fds_to, wait_for
@@ -139,73 +139,35 @@ class Peer(BioPeer):
             self.sock.sendall(self.app(chunk))
 
 
-class Hostile:
-    """A TLS 1.2 server on 127.0.0.1: script(peer) runs on each accepted connection."""
+class Hostile(ScriptedServer):
+    """A TLS 1.2 server on 127.0.0.1: script(peer) runs on each accepted connection, whose
+    socket is closed when the script returns."""
+
+    close_when_done = True
+    stall_limit = 60.0
 
     def __init__(self, script, tickets: bool = False) -> None:
         from emulator.testing.peers import default_pki
-        self.script = script
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         self.ctx.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256:ALL:@SECLEVEL=0")
         if not tickets:
             self.ctx.options |= ssl.OP_NO_TICKET
         default_pki().server.configure_cert(self.ctx)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.peers: list[Peer] = []
         self.errors: list[str] = []
         self.handshaken = threading.Semaphore(0)
-        self.release = threading.Event()      # stalled scripts wait on it
-        self.done = threading.Semaphore(0)
-        self.failures: list[str] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(script)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            peer = Peer(self, sock)
-            self.peers.append(peer)
-            threading.Thread(target=self._run, args=(peer,), daemon=True).start()
+    @property
+    def peers(self) -> list[Peer]:
+        return self.conns
 
-    def _run(self, peer: Peer) -> None:
-        try:
-            self.script(peer)
-        except (OSError, EOFError, ssl.SSLError) as exc:
-            if not self.release.is_set():
-                self.errors.append(repr(exc))        # the connection's end: the test's subject
-        except Exception as exc:                      # a script's own assert, a bug in it
-            self.failures.append(f"{type(exc).__name__}: {exc}")
-        finally:
-            try:
-                peer.sock.close()
-            except OSError:
-                pass
-            self.done.release()
+    def make_conn(self, sock: socket.socket) -> Peer:
+        return Peer(self, sock)
 
-    def stall(self) -> None:
-        self.release.wait(60)
-
-    def close(self) -> None:
-        self.release.set()
-        self.listener.close()
-        for p in self.peers:
-            try:
-                p.sock.close()
-            except OSError:
-                pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        self.close()
-        if exc_type is None:
-            # What a server script asserted must fail the test, not a thread's warning.
-            assert not self.failures, f"server script failed: {self.failures}"
+    def on_end(self, exc: BaseException) -> None:
+        if not self.release.is_set():
+            self.errors.append(repr(exc))        # the connection's end: the test's subject
 
 
 def pattern(n: int, seed: int = 0) -> bytes:

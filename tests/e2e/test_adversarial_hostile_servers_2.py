@@ -77,7 +77,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from emulator.testing.peers import NOW, OpenSslServer, ServerIdentity, TlsServer, default_pki, openssl_binary
 from emulator.testing.peers.pki import Issued
-from tests.e2e.hostile_support import BioPeer, open_answer, recv
+from tests.e2e.hostile_support import BioPeer, ScriptedServer, open_answer, recv
 from tests.e2e.socket_support import tcp_fds_to, wait_for
 
 NAME = "hostile2.example"
@@ -238,12 +238,11 @@ class Conn(BioPeer):
         self.sock.close()
 
 
-class Server:
+class Server(ScriptedServer):
     """A TLS 1.2 server on 127.0.0.1 (RSA, AES-128-GCM, no tickets); script(conn) runs on
-    each accepted connection, in its own thread."""
+    each accepted connection, in its own thread (the socket stays open when it returns)."""
 
     def __init__(self, script, emulator=None, name: str = NAME, suites: str | None = None) -> None:
-        self.script = script
         fd, self.keylog = tempfile.mkstemp(suffix=".keys")
         os.close(fd)
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -252,55 +251,14 @@ class Server:
         self.ctx.options |= ssl.OP_NO_TICKET
         self.ctx.keylog_filename = self.keylog
         default_pki().server.configure_cert(self.ctx)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.conns: list[Conn] = []
-        self.failures: list[str] = []
-        self.release = threading.Event()
-        self.accepted = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-        if emulator is not None:
-            emulator.router.add_map(name, 443, "127.0.0.1", self.port)
+        super().__init__(script, emulator, name)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            conn = Conn(self, sock)
-            self.conns.append(conn)
-            self.accepted.set()
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
-
-    def _run(self, conn: Conn) -> None:
-        try:
-            self.script(conn)
-        except (OSError, EOFError, ssl.SSLError):
-            pass                                   # the connection's end: the test's subject
-        except Exception as exc:                   # a script's own assertion
-            self.failures.append(f"{type(exc).__name__}: {exc}")
-
-    def stall(self) -> None:
-        self.release.wait(30)
+    def make_conn(self, sock: socket.socket) -> Conn:
+        return Conn(self, sock)
 
     def close(self) -> None:
-        self.release.set()
-        self.listener.close()
-        for c in self.conns:
-            try:
-                c.sock.close()
-            except OSError:
-                pass
+        super().close()
         os.unlink(self.keylog)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        self.close()
-        if exc_type is None:
-            assert not self.failures, self.failures
 
 
 # == host side ======================================================================================

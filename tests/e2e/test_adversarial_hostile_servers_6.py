@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography import x509
 
 from emulator.testing.peers import default_pki
-from tests.e2e.hostile_support import open_answer, recv
+from tests.e2e.hostile_support import ScriptedServer, open_answer, recv
 from tests.e2e.socket_support import tcp_fds_to, wait_for
 from tests.e2e.test_adversarial_hostile_peers_tcpip import outq
 from tests.e2e.test_adversarial_hostile_servers_4 import forget_answers
@@ -349,55 +349,21 @@ class Conn:
         self.sock.close()
 
 
-class HandServer:
+class HandServer(ScriptedServer):
     """The hand-made TLS 1.2 server on 127.0.0.1; script(conn) runs per connection (thread).
     policy: suite, on_resume ("alert" / "rst"), resume_suite, compression, extra_ext."""
 
     def __init__(self, emulator, script=None, *, suite: int = RSA_GCM, tickets: bool = False,
                  single_use: bool = False, name: str = NAME, policy: dict | None = None) -> None:
-        self.script = script or (lambda c: (c.handshake(), c.echo()))
         self.suite, self.use_tickets, self.single_use = suite, tickets, single_use
         self.policy = dict(policy or {})
         self.sessions: dict[bytes, tuple] = {}
         self.tickets: dict[bytes, tuple] = {}
         self.hellos: list[ClientHello] = []
-        self.conns: list[Conn] = []
-        self.failures: list[str] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-        emulator.router.add_map(name, 443, "127.0.0.1", self.port)
+        super().__init__(script or (lambda c: (c.handshake(), c.echo())), emulator, name)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            conn = Conn(self, sock)
-            self.conns.append(conn)
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
-
-    def _run(self, conn: Conn) -> None:
-        try:
-            self.script(conn)
-        except (OSError, EOFError):
-            pass
-        except Exception as exc:                  # noqa: BLE001 - the script's own assertion
-            self.failures.append(f"{type(exc).__name__}: {exc}")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        self.listener.close()
-        for c in self.conns:
-            try:
-                c.sock.close()
-            except OSError:
-                pass
-        if exc_type is None:
-            assert not self.failures, self.failures
+    def make_conn(self, sock: socket.socket) -> Conn:
+        return Conn(self, sock)
 
 
 # == host side ======================================================================================
