@@ -318,8 +318,20 @@ def test_peer_close_after_escape_is_reported_when_the_escape_found_the_inbox_hal
             while not (look(a)["inbox"] == len(payload) and look(b)["paused"]):
                 assert time.monotonic() < deadline, (look(a), look(b))
                 d.poll(0.005)
-            reads = 150
-            host.write(f"AT+QIRD={b},1500\r".encode() * reads)       # unread: ~230 KB of answers
+            # AT+QIRD answers of B, unread, until the port's backlog is above HIGH_WATER
+            # (~230 KB for 150 reads when B's refills from the network keep up; on a
+            # loaded machine a burst of reads can outrun them -- the rest answer
+            # "+QIRD: 0" -- so more are sent until the backlog is there)
+            reads = 0
+            deadline = time.monotonic() + 20
+            while look(b)["backlog"] <= HIGH_WATER:
+                assert time.monotonic() < deadline, look(b)
+                host.write(f"AT+QIRD={b},1500\r".encode() * 50)
+                reads += 50
+                emulator.wait_received(port, host.written)
+                settle = time.monotonic() + 0.5
+                while look(b)["backlog"] <= HIGH_WATER and time.monotonic() < settle:
+                    time.sleep(0.01)
             host.write(f"AT+QISWTMD={a},2\r".encode())
             emulator.wait_received(port, host.written)
             st = look(a)

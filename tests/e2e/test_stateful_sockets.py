@@ -63,7 +63,7 @@ from emulator.testing.peers import TcpServer, TlsServer, default_pki
 SETTINGS = settings(max_examples=100, stateful_step_count=40, deadline=None,
                     suppress_health_check=list(HealthCheck))
 
-TIMEOUT = 5.0                        # no answer / URC expected takes longer on loopback
+TIMEOUT = 10.0                       # no answer / URC expected takes longer (a loaded machine)
 CHUNKS = (1, 3, 7, 2, 13, 5, 31, 4, 64, 9, 17, 250)       # odd read sizes, in turn
 URC = re.compile(rb"\r\n(\+QSSLURC: [^\r\n]*|\+QIURC: [^\r\n]*|\+QSSLOPEN: [^\r\n]*|"
                  rb"\+QIOPEN: [^\r\n]*)\r\n")
