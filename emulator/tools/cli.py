@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pace output to the host at N baud, 10 bits a byte (115200: 11520 bytes/s), "
                         "as a real UART; AT+IPR=<rate> then switches the pace after its OK "
                         "(default: unpaced)")
+    p.add_argument("--latency", type=_latency, default=0.0, metavar="MS",
+                   help="one-way network latency of every modem's sockets from the start, as the "
+                        "control op net's latency_ms (a TCP connect then takes 2 x MS before its "
+                        "+QIOPEN/+QSSLOPEN); a cellular link has 20-100 ms, and a driver that reads "
+                        "the open's OK and then waits for the URC in a later read needs some "
+                        "(default: 0, loopback speed)")
     p.add_argument("--uart", action="store_true",
                    help="the port is a UART with no DTR or hang-up line: a host closing it is "
                         "not seen by the modem, which carries on (a data prompt keeps waiting "
@@ -106,6 +112,16 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _latency(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 600_000:           # (NaN fails too)
+        raise argparse.ArgumentTypeError(f"expected milliseconds from 0 to 600000, got {text!r}")
     return value
 
 
@@ -281,6 +297,9 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
                                  f"--count {len(places)})")
             where = exc.filename or state_dir
             raise SystemExit(f"modem-emulator: cannot start: {where}: {exc.strerror or exc}")
+    if args.latency:
+        for n in range(len(entries)):
+            emulator.control("net", n, latency_ms=args.latency)
     control = None
     if args.control:
         from emulator.tools.control import ControlServer
