@@ -171,10 +171,10 @@ def qisend_write(modem, cmd):
         entry = svc.entry(connect_id)
         if entry is None or entry.service_type == "TCP LISTENER":
             raise fail(svc, 572, f"connectID {connect_id} is not open")
-        # <ackedbytes>: acknowledged by the peer's TCP (the kernel's unacknowledged bytes
-        # count as unacked, as on the module: a peer that stops reading shows them grow)
-        unacked = min(entry.bytes_sent, entry.unacked()) if entry.state in (CONNECTED, CLOSING) else 0
-        return done(svc, ok(f"+QISEND: {entry.bytes_sent},{entry.bytes_sent - unacked},{unacked}"))
+        # <ackedbytes>: acknowledged by the peer's TCP, as on the module (a peer that stops
+        # reading leaves them unacked, in the kernel as much as in the modem's queue)
+        acked = entry.acked() if entry.state in (CONNECTED, CLOSING) else entry.bytes_sent
+        return done(svc, ok(f"+QISEND: {entry.bytes_sent},{acked},{entry.bytes_sent - acked}"))
     sock = _sendable(svc, connect_id)
     to = None
     if sock.service_type == "UDP SERVICE":

@@ -547,6 +547,9 @@ class ShapedLink(asyncio.Protocol):
             self.inner.resume_writing()
 
     def connection_lost(self, exc) -> None:
+        ending = getattr(self.inner, "ending", None)
+        if ending is not None:
+            ending()                         # (now: asyncio closes the socket after this call)
         self.outgoing.clear()
         self.incoming.push(0, lambda: self.inner.connection_lost(exc))
 
@@ -599,21 +602,23 @@ class Dialled:
             self.sock.close()
 
 
-def tcp_unacked(transport) -> int:
-    """Bytes a TCP connection's kernel holds that the peer has not acknowledged, sent or
-    not sent yet (Linux SIOCOUTQ: write_seq - snd_una); 0 for a datagram socket, a closed
-    one, or no transport.  transport: an asyncio transport, a ShapedTransport or a Dialled."""
+def tcp_unacked(transport) -> int | None:
+    """The bytes a TCP connection's kernel holds that its peer has not acknowledged, sent or
+    not yet (Linux SIOCOUTQ: write_seq - snd_una, still right after a reset until the socket
+    is closed); None for a datagram socket, a closed one or no transport.  (Not TCP_INFO's
+    bytes_acked: it counts the SYN of a connect.)  transport: an asyncio transport, a
+    ShapedTransport or a Dialled."""
     if transport is None:
-        return 0
+        return None
     sock = getattr(transport, "sock", None)
-    if sock is None:
+    if sock is None and hasattr(transport, "get_extra_info"):
         sock = transport.get_extra_info("socket")
     try:
         if sock is None or sock.type != socket.SOCK_STREAM or sock.fileno() < 0:
-            return 0
+            return None
         return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
     except (OSError, ValueError):
-        return 0
+        return None
 
 
 def dial_now(router: Router, host: str, port: int) -> Dialled | None:

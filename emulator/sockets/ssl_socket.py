@@ -139,12 +139,14 @@ class _Link(asyncio.Protocol):
     callbacks the socket hands it (made, received, lost, writable, eof)."""
 
     def __init__(self, made: Callable, received: Callable[[bytes], None], lost: Callable[[str], None],
-                 writable: Callable[[], None], eof: Callable[[], None] | None = None) -> None:
+                 writable: Callable[[], None], eof: Callable[[], None] | None = None,
+                 ending: Callable[[], None] | None = None) -> None:
         self.made = made
         self.received = received
         self.lost = lost
         self.writable = writable
         self.eof = eof
+        self.ending = ending or (lambda: None)   # the connection ends now (its socket still open)
 
     def eof_received(self) -> None:
         """The peer's FIN: the socket's last word before asyncio closes the transport
@@ -168,6 +170,7 @@ class _Link(asyncio.Protocol):
         self.lost(f"UDP error: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.ending()
         self.lost(_lost_reason(exc))
 
 
@@ -211,6 +214,8 @@ class SslSocket:
         # (online data mode holds the pty back meanwhile).
         self.on_writable: Callable[[], None] | None = None
         self._send_limit = 0            # set_send_limit's (0: none)
+        self._acked = 0                 # bytes the peer's TCP acknowledged, as last measured
+        self._acks_frozen = False       # the connection ended or went dark: no more ACKs seen
         # Faults (emulator/tools/control.py): plaintext counters for "state"; the
         # modem's open faults (io/network.NetFaults); a blackholed link moves no packet
         # (sent records pile up as an unsent backlog); SEND FAILs still due.
@@ -267,7 +272,7 @@ class SslSocket:
 
     def _link(self) -> _Link:
         return _Link(self._link_made, self._from_network, self._network_lost, self._writable,
-                     self._peer_fin)
+                     self._peer_fin, self._freeze_acks)
 
     def _peer_fin(self) -> None:
         """The peer's FIN (asyncio closes the transport when this returns; connection_lost
@@ -421,6 +426,7 @@ class SslSocket:
         self._transport = transport
         if fault == "stall":           # the server accepts TCP and then answers nothing
             self.blackholed = True
+            self._freeze_acks()
         sockname = transport.get_extra_info("sockname")
         self.local_port = sockname[1] if sockname else 0
         peername = transport.get_extra_info("peername")
@@ -861,6 +867,7 @@ class SslSocket:
         dialect's "closed" URC, NO CARRIER when online).  False: not connected."""
         if self._state is not CONNECTED:
             return False
+        self._freeze_acks()            # (the packets stop, or the connection ends, now)
         if how == "blackhole":
             if self.session is not None and self.session.unsealed():
                 # What the host sent before the fault left before it, as when it was
@@ -914,11 +921,28 @@ class SslSocket:
             return held
         return self._transport.get_write_buffer_size() + held
 
-    def unacked(self) -> int:
-        """Bytes accepted (SEND OK) that the peer has not acknowledged: send_backlog() and,
-        on TCP, what the kernel sent or holds without the peer's ACK.  (Plaintext and the
-        kernel's bytes are the same count on a plain socket only: AT+QISEND's query.)"""
-        return self.send_backlog() + tcp_unacked(self._transport)
+    def acked(self) -> int:
+        """Bytes of the SEND OKs the peer's TCP has acknowledged (AT+QISEND=<id>,0): measured
+        (SIOCOUTQ) while the connection lives, never going back, and frozen at its end --
+        the peer's FIN or RST, a drop or blackhole fault -- where the module's own count
+        stops too.  A datagram socket: what left (the kernel took).  (The kernel's bytes
+        and SEND OK's are the same count on a plain socket only.)"""
+        if not self._acks_frozen:
+            self._measure_acks()
+        return self._acked
+
+    def _measure_acks(self) -> None:
+        kernel = tcp_unacked(self._transport)
+        if kernel is None and (self.session is None or not self.session.settings.dtls):
+            return                          # TCP closed already, or not yet connected: kept
+        live = self.bytes_sent - self.send_backlog() - (kernel or 0)
+        self._acked = max(self._acked, min(live, self.bytes_sent))
+
+    def _freeze_acks(self) -> None:
+        """The connection ends (or goes dark) now: its last acknowledgement count stays."""
+        if not self._acks_frozen:
+            self._measure_acks()
+            self._acks_frozen = True
 
     def _peer_closed(self, reason: str) -> None:
         if self._state is not CONNECTED:

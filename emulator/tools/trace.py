@@ -76,7 +76,8 @@ cipher, failure kind), so it needs no server key (DTLS too: its records are data
 plaintext; a DTLS server's end is replayed as a close, whatever ended it); an open that failed before reaching a server (dns, pdp) is replayed by
 leaving its name unrouted, which fails as a DNS error (a refused connect is routed to a
 port nobody listens on); text that differs from run to run by nature (AT+CCLK, AT+QLTS)
-needs --ignore REGEX (AT+QSSLSTATE's and AT+QISTATE's local ports are ignored already); chunks of received
+needs --ignore REGEX (AT+QSSLSTATE's and AT+QISTATE's local ports and AT+QISEND=<id>,0's
+acked/unacked split are ignored already); chunks of received
 data may arrive joined where the recorded ones did not, which changes nothing a host sees
 unless it counted "recv" URCs between reads. TCP/IP: a "UDP SERVICE" is not replayed (the
 trace does not record who sent each datagram); a UDP server that sent before the modem did
@@ -948,12 +949,15 @@ class _UdpStandIn(asyncio.DatagramProtocol):
 # -- replay: the host side ----------------------------------------------------------------
 # What differs from run to run by nature, not by behaviour: the local port the kernel
 # chose (EC2x AT+QSSLSTATE's 5th field, AT+QISTATE's of a client), the address and port a client of a TCP LISTENER
-# came from (its "incoming" URC, its AT+QISTATE line).
+# came from (its "incoming" URC, its AT+QISTATE line), what a peer had acknowledged.
 VARIABLE = [(re.compile(r'(\+QSSLSTATE: \d+,"SSLClient","[^"]*",\d+,)\d+'), r"\1<local port>"),
             (re.compile(r'(\+QIURC: "incoming",\d+,\d+,)"[^"]*",\d+'), r'\1"<remote>",<port>'),
             (re.compile(r'(\+QISTATE: \d+,"TCP INCOMING",)"[^"]*",\d+'), r'\1"<remote>",<port>'),
             # a client opened with <local_port> 0: the port its stack chose
-            (re.compile(r'(\+QISTATE: \d+,"(?:TCP|UDP)","[^"]*",\d+,)\d+'), r"\1<local port>")]
+            (re.compile(r'(\+QISTATE: \d+,"(?:TCP|UDP)","[^"]*",\d+,)\d+'), r"\1<local port>"),
+            # AT+QISEND=<id>,0: how much the peer's TCP had acknowledged (its window, its
+            # pace); <sent> is the host's own and compared
+            (re.compile(r'(\+QISEND: \d+,)\d+,\d+'), r"\1<acked>,<unacked>")]
 
 LISTEN_LINE = re.compile(r'\+QIOPEN=\d+,\d+,"(?:TCP LISTENER|UDP SERVICE)","[^"]*",\d+,(\d+)', re.I)
 
@@ -1161,6 +1165,10 @@ class _CommandWatch:
         self._scanned = 0
         self._got: list[dict] = []
         self._found = False
+        # bytes the replay's answers took beyond the trace's (alike but for run-dependent
+        # fields of another length: AT+QISEND=<id>,0's acked count): the output the host saw
+        # before a chunk is that much more, or less, in the replay
+        self.delta = 0
 
     def differs(self) -> bool:
         """True from the first command that differs on (it stays found)."""
@@ -1180,7 +1188,11 @@ class _CommandWatch:
             return False
         if start + len(new) > len(self.expected):
             return True                          # a command the trace does not have
-        return _compare_cmds(self.expected[start:start + len(new)], new, self.ignore) is not None
+        expected = self.expected[start:start + len(new)]
+        if _compare_cmds(expected, new, self.ignore) is not None:
+            return True
+        self.delta += sum(len(_b(g["answer"])) - len(_b(e["answer"])) for g, e in zip(new, expected))
+        return False
 
 
 def replay_records(records: list[dict], profile: str | None = None, modem: int = 0,
@@ -1243,14 +1255,14 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
             patience = 10.0                      # for the output the host saw before this chunk
             for r in host_side:
                 deadline = time.monotonic() + patience
-                while out_count() < r.get("out", 0) and time.monotonic() < deadline:
+                while out_count() < r.get("out", 0) + watch.delta and time.monotonic() < deadline:
                     _drain(ser)
                     time.sleep(0.002)
                     if watch.differs():
                         break
                 if watch.differs():
                     break                        # reported below; the rest would only wait
-                if out_count() < r.get("out", 0):
+                if out_count() < r.get("out", 0) + watch.delta:
                     # The modem said less than recorded: a difference already, reported at the
                     # end; the later chunks need not wait 10 s each for output that is not coming.
                     patience = 1.0
@@ -1272,7 +1284,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                 n = out_count()
                 if n != seen:
                     seen, quiet_since = n, time.monotonic()
-                if n >= len(expected_out) and time.monotonic() - quiet_since > 0.2:
+                if n >= len(expected_out) + watch.delta and time.monotonic() - quiet_since > 0.2:
                     break
                 if time.monotonic() - quiet_since > 1.0:
                     break

@@ -299,13 +299,17 @@ def test_sending_on_a_listener_is_572_not_567(bench, line):
     assert bench.run(b"AT+QIGETERROR\r").startswith(b"\r\n+QIGETERROR: 572,")
 
 
-def test_qisend_query_after_the_peer_closed_still_shows_the_unacked_bytes(bench):
+def test_qisend_query_after_the_peer_closed_still_shows_the_unacked_bytes(bench, monkeypatch):
     """Mutant: AT+QISEND=<id>,0 counting the send backlog only while CONNECTED (after the
     peer's FIN, state 4, everything sent would read as acked).  docs/behaviour.md: `=<id>,0`
-    answers `+QISEND: <sent>,<acked>,<unacked>`, acked = taken by the stack; what SEND OK
-    accepted before the FIN still leaves first -- until it has, it is unacked, closed or not."""
+    answers `+QISEND: <sent>,<acked>,<unacked>`, acked = acknowledged by the peer's TCP; what
+    SEND OK accepted before the FIN still leaves first -- until it has, it is unacked, closed
+    or not.  (No network here: the kernel is made to hold nothing unacknowledged, so acked is
+    what left the modem.)"""
+    import emulator.sockets.ssl_socket as ssl_socket
+    monkeypatch.setattr(ssl_socket, "tcp_unacked", lambda transport: 0)
     sock = bench.connected(1, "buffer", tcp=True)
-    sock.bytes_sent, sock.unsent = 5, 2                 # SEND OK for 5 bytes, the stack took 3
+    sock.bytes_sent, sock.unsent = 5, 2                 # SEND OK for 5 bytes, 3 left and acked
     assert bench.run(b"AT+QISEND=1,0\r") == b"\r\n+QISEND: 5,3,2\r\n\r\nOK\r\n"
     sock._go("peer_closed")
     assert int(sock.state) == 4
