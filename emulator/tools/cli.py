@@ -299,7 +299,10 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
             raise SystemExit(f"modem-emulator: cannot start: {where}: {exc.strerror or exc}")
     if args.latency:
         for n in range(len(entries)):
-            emulator.control("net", n, latency_ms=args.latency)
+            answer = emulator.control("net", n, latency_ms=args.latency)
+            if not answer.get("ok"):         # (the option's own check is the op's range)
+                await _close(emulator, trace)
+                raise SystemExit(f"modem-emulator: --latency: {answer.get('error')}")
     control = None
     if args.control:
         from emulator.tools.control import ControlServer
