@@ -299,7 +299,7 @@ def test_held_bytes_queued_for_hand_on_wait_when_a_hold_comes_first():
 
 
 # -- pacing --------------------------------------------------------------------------------------
-async def arrival(h: Hosted, n: int, timeout: float = 2.0) -> tuple[bytes, float]:
+async def arrival(h: Hosted, n: int, timeout: float = 10.0) -> tuple[bytes, float]:
     """The host reads n bytes; returns them and the loop time the last came."""
     loop = asyncio.get_running_loop()
     got = await h.read_exactly(n, timeout)
