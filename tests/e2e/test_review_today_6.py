@@ -68,6 +68,17 @@ def fill(host, cid: int, n: int = 4) -> bytes:
     return data
 
 
+def window_shut(host, peer, cid: int = 0, mode: int = 0) -> tuple[bytes, int, int]:
+    """Open `cid` to the stalled peer, send 4 x 1460 bytes, wait until the counts settle:
+    (the bytes, held by the server, sent), the query showing exactly the held ones acked."""
+    qiopen(host, cid, mode=mode)
+    assert peer.accepted.wait(10)
+    data = fill(host, cid)
+    held, sent, acked, unacked = settled(host, peer.conn, cid)
+    assert acked == held < sent and unacked == sent - held, (held, acked, unacked)
+    return data, held, sent
+
+
 # -- AT+QISEND=<id>,0 ------------------------------------------------------------------
 # Was a bug, fixed: after the peer's FIN asyncio closed the emulator's socket and the query
 # read the kernel's count as 0 (+QISEND: 5840,5840,0 with the server holding 2048); the count
@@ -80,11 +91,7 @@ def test_a_peer_half_close_acknowledges_nothing(modem, emulator):
     host, _, _ = modem
     peer = stalled_peer(emulator)
     try:
-        qiopen(host, 0)
-        assert peer.accepted.wait(10)
-        data = fill(host, 0)
-        held, sent, acked, unacked = settled(host, peer.conn)
-        assert acked == held < sent and unacked == sent - held, (held, acked, unacked)
+        data, held, sent = window_shut(host, peer)
         peer.shutdown_wr()
         host.seen(b'+QIURC: "closed",0\r\n')
         time.sleep(0.3)
@@ -104,11 +111,7 @@ def test_a_reset_does_not_acknowledge_what_the_peer_never_took(modem, emulator):
     host, _, _ = modem
     peer = stalled_peer(emulator)
     try:
-        qiopen(host, 0)
-        assert peer.accepted.wait(10)
-        fill(host, 0)
-        held, sent, acked, unacked = settled(host, peer.conn)
-        assert acked == held < sent, (held, acked, unacked)
+        _, held, sent = window_shut(host, peer)
         peer.conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         peer.conn.close()                                  # RST, its queue discarded
         host.seen(b'+QIURC: "closed",0\r\n')
@@ -227,11 +230,7 @@ def test_buffer_and_push_mode_show_a_stalled_servers_window(modem, emulator, mod
     host, _, _ = modem
     peer = stalled_peer(emulator)
     try:
-        qiopen(host, 4, mode=mode)
-        assert peer.accepted.wait(10)
-        fill(host, 4)
-        held, sent, acked, unacked = settled(host, peer.conn, 4)
-        assert acked == held < sent and unacked == sent - held, (held, acked, unacked)
+        _, held, sent = window_shut(host, peer, 4, mode=mode)
         assert host.at("AT+QICLOSE=4,0") == b"\r\nOK\r\n"
     finally:
         peer.close()
@@ -300,15 +299,11 @@ def test_nothing_is_acknowledged_through_a_blackhole(modem, emulator):
     host, _, _ = modem
     peer = stalled_peer(emulator)
     try:
-        qiopen(host, 0)
-        assert peer.accepted.wait(10)
-        fill(host, 0)
-        held, sent, acked, unacked = settled(host, peer.conn)
-        assert acked == held < sent
+        _, held, sent = window_shut(host, peer)
         assert emulator.control("drop", socket=0, how="blackhole")["ok"]
         peer.release_reading()
         time.sleep(0.5)
-        assert query(host) == (sent, acked, unacked), f"the server got {len(peer.got)} of {sent} bytes"
+        assert query(host) == (sent, held, sent - held), f"the server got {len(peer.got)} of {sent} bytes"
     finally:
         peer.close()
     assert host.at("AT+QICLOSE=0,0") == b"\r\nOK\r\n"
@@ -514,11 +509,7 @@ def test_a_session_that_polled_a_stalled_server_replays(open_modem, emulator, tm
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
     peer = stalled_peer(emulator)
     try:
-        qiopen(host, 0)
-        assert peer.accepted.wait(10)
-        data = fill(host, 0)
-        held, sent, acked, unacked = settled(host, peer.conn)
-        assert acked == held < sent
+        data, held, sent = window_shut(host, peer)
         peer.release_reading()
         wait_for(lambda: bytes(peer.got) == data, what="every byte at the server")
         poll_until_acked(host, 0, len(data))
