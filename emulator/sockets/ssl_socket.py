@@ -939,10 +939,15 @@ class SslSocket:
         self._acked = max(self._acked, min(live, self.bytes_sent))
 
     def _freeze_acks(self) -> None:
-        """The connection ends (or goes dark) now: its last acknowledgement count stays."""
-        if not self._acks_frozen:
+        """The connection ends (or goes dark) now: its last acknowledgement count stays.
+        (Called from the transport's end too: whatever goes wrong, the end goes on.)"""
+        if self._acks_frozen:
+            return
+        self._acks_frozen = True
+        try:
             self._measure_acks()
-            self._acks_frozen = True
+        except Exception:
+            log.exception("%s socket %d: cannot read the acknowledged count", self.kind, self.client_id)
 
     def _peer_closed(self, reason: str) -> None:
         if self._state is not CONNECTED:
@@ -1064,6 +1069,7 @@ class SslSocket:
             self._timer.cancel()
             self._timer = None
         if self._transport is not None:
+            self._freeze_acks()                # (while its socket is open: connection_lost is later)
             self._transport.abort()
         if self.session is not None and self.session.state in ("handshaking", "established"):
             try:

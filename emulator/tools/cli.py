@@ -297,10 +297,9 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
                                  f"--count {len(places)})")
             where = exc.filename or state_dir
             raise SystemExit(f"modem-emulator: cannot start: {where}: {exc.strerror or exc}")
-    if args.latency:
-        for n in range(len(entries)):
+        if args.latency:                         # (before the next modem's start lets a host in)
             answer = emulator.control("net", n, latency_ms=args.latency)
-            if not answer.get("ok"):         # (the option's own check is the op's range)
+            if not answer.get("ok"):             # (the option's own check is the op's range)
                 await _close(emulator, trace)
                 raise SystemExit(f"modem-emulator: --latency: {answer.get('error')}")
     control = None

@@ -6,10 +6,13 @@ dial are the fixtures tcp_echo / tcp_sink / udp_echo in tests/conftest.py, route
 TCP_HOST:TCP_PORT and UDP_HOST:UDP_PORT."""
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import select
 import socket
+import struct
+import termios
 import threading
 import time
 
@@ -316,3 +319,38 @@ def answer_ipv6_first(monkeypatch, name: str) -> None:
             answers.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port or 0)))
         return answers
     monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "getaddrinfo", resolver)
+
+
+# -- AT+QISEND=<id>,0: what the peer's TCP acknowledged ----------------------------------------
+QISEND_COUNTS = re.compile(rb"\r\n\+QISEND: (\d+),(\d+),(\d+)\r\n\r\nOK\r\n")
+
+
+def qisend_counts(host, cid: int = 0) -> tuple[int, int, int]:
+    """AT+QISEND=<cid>,0: (sent, acked, unacked), checked to add up (only "recv"/"closed"
+    URCs may come before the answer)."""
+    answer = host.at(f"AT+QISEND={cid},0")
+    m = QISEND_COUNTS.search(answer)
+    assert m and m.end() == len(answer), answer
+    assert re.fullmatch(rb'(\r\n\+QIURC: "(?:recv|closed)",\d+\r\n)*', answer[:m.start()]), answer
+    sent, acked, unacked = (int(x) for x in m.groups())
+    assert sent == acked + unacked and acked >= 0 and unacked >= 0, (sent, acked, unacked)
+    return sent, acked, unacked
+
+
+def rx_queued(conn: socket.socket) -> int:
+    """Bytes in a socket's receive queue (what its TCP acknowledged, not read yet)."""
+    return struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+def acks_settled(host, conn: socket.socket, cid: int = 0, timeout: float = 10) -> tuple[int, int, int, int]:
+    """(held by the server, sent, acked, unacked) once the server's queue and the query agree
+    twice over 0.2 s: a window closes within a few round trips, and the kernel may still
+    squeeze a segment in (a window update after it compacts its queue)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        now = (rx_queued(conn), *qisend_counts(host, cid))
+        if (now == last and now[0] == now[2]) or time.monotonic() > deadline:
+            return now
+        last = now
+        time.sleep(0.2)

@@ -13,8 +13,8 @@ import pytest
 import serial
 
 from emulator.testing.peers import TcpServer
-from tests.e2e.socket_support import (RESULT, TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT, escape, free_port,
-                                      qiopen, qird, qisend)
+from tests.e2e.socket_support import (RESULT, TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT, acks_settled, escape,
+                                      free_port, qiopen, qird, qisend, qisend_counts)
 
 
 @pytest.fixture
@@ -305,13 +305,11 @@ def test_qisend_query_counts_only_what_the_peer_acknowledged(modem, emulator):
     manual).  A server that stops reading closes its window: what it has in its receive
     queue is acked, the rest -- in the modem's stack -- unacked, however long it waits (the
     kernel taking the bytes is no ACK); once the server reads, all of it turns acked."""
-    import fcntl
-    import struct
-    import termios
     import time
 
     host, _ = modem
     listener = socket.socket()
+    listener.settimeout(10)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)     # a small window
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -322,42 +320,19 @@ def test_qisend_query_counts_only_what_the_peer_acknowledged(modem, emulator):
         data = os.urandom(4 * 1460)
         for i in range(0, len(data), 1460):
             assert qisend(host, 0, data[i:i + 1460]) == b"\r\nSEND OK\r\n"
-
-        def queued_at_server() -> int:
-            return struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.FIONREAD, b"\0" * 4))[0]
-
-        def query() -> tuple[int, int, int]:
-            answer = host.at("AT+QISEND=0,0")
-            m = re.fullmatch(rb"\r\n\+QISEND: (\d+),(\d+),(\d+)\r\n\r\nOK\r\n", answer)
-            assert m, answer
-            return tuple(int(x) for x in m.groups())
-
-        def settled() -> tuple[int, int, int, int]:
-            """(held at the server, sent, acked, unacked) once both ends agree twice over
-            0.2 s: the window closes, and the kernel may still squeeze a segment in (a
-            window update after it compacts its queue), within a few round trips."""
-            deadline = time.monotonic() + 10
-            last = None
-            while True:
-                now = (queued_at_server(), *query())
-                if now == last and now[0] == now[2] or time.monotonic() > deadline:
-                    return now
-                last = now
-                time.sleep(0.2)
-
-        held, sent, acked, unacked = settled()
+        held, sent, acked, unacked = acks_settled(host, conn)
         assert sent == len(data) and acked + unacked == sent
         assert acked == held < sent, (held, acked, unacked)
         time.sleep(0.5)                           # waiting acknowledges nothing
-        held, sent, acked, unacked = settled()
+        held, sent, acked, unacked = acks_settled(host, conn)
         assert acked == held < sent and unacked == sent - held > 0, (held, acked, unacked)
         got = bytearray()
         while len(got) < len(data):
             got += conn.recv(65536)
         assert bytes(got) == data
         deadline = time.monotonic() + 10
-        while query() != (len(data), len(data), 0):
-            assert time.monotonic() < deadline, query()
+        while qisend_counts(host) != (len(data), len(data), 0):
+            assert time.monotonic() < deadline, qisend_counts(host)
             time.sleep(0.02)
         conn.close()
     finally:
