@@ -322,6 +322,15 @@ def _esp_bytes_until(dte: EspDte, link, marker: bytes, timeout: float = 5) -> by
     return got
 
 
+def _esp_check_answered(dte: EspDte, link) -> None:
+    """The responder went IDLE at the '+QISEND: ' line of its AT+QISEND=<id>,0 check; the
+    answer's OK is a write of its own that a loaded machine may deliver later: read it, so
+    that what comes next is checked byte for byte."""
+    if not link.seen.endswith(b"\r\nOK\r\n"):
+        _esp_bytes_until(dte, link, b"OK\r\n")
+    assert link.seen.endswith(b"\r\nOK\r\n"), bytes(link.seen[-80:])
+
+
 def test_esp_modem_pdp_deactivated_by_the_network_then_net_close_and_init_again(fresh, emulator, strict_log):
     """The network takes the bearer: the raw UART shows '+QIURC: "pdpdeact",1' and then
     '+QIURC: "closed",0', nothing else; check_urc() logs "Connection closed".  The app's
@@ -340,6 +349,7 @@ def test_esp_modem_pdp_deactivated_by_the_network_then_net_close_and_init_again(
             link.pump(lambda: link.state == "IDLE", 5)
             sent = link.data_to_send
             assert server.wait_connection(0).wait_received(len(sent)) == sent
+            _esp_check_answered(dte, link)
             assert emulator.control("pdp_deact", cid=1) == {"ok": True}
             got = _esp_bytes_until(dte, link, b'"closed",0\r\n')
             assert got == b'\r\n+QIURC: "pdpdeact",1\r\n\r\n+QIURC: "closed",0\r\n'
@@ -353,7 +363,13 @@ def test_esp_modem_pdp_deactivated_by_the_network_then_net_close_and_init_again(
             link2.start_sending(b"again")
             link2.pump(lambda: link2.state == "IDLE", 5)
             assert server.wait_connection(1).wait_received(5) == b"again"
-            assert link2.qisend_queries == [b"5,5,0"]
+            # The responder's AT+QISEND=0,0 right after SEND OK may be read before the block
+            # left (docs/behaviour.md: a SEND OK's bytes leave when the port next waits for the
+            # host or 0.5 ms later; a loaded loop reads the query first): 5,0,5 then, which the
+            # driver takes as sent too (unacked <= 64).  Once the server has them, all acked.
+            assert link2.qisend_queries in ([b"5,5,0"], [b"5,0,5"]), link2.qisend_queries
+            _esp_check_answered(dte, link2)
+            assert dte.generic_get_string(b"AT+QISEND=0,0\r", 5) == ("OK", b"+QISEND: 5,5,0")
         finally:
             dte.close()
 
@@ -374,12 +390,16 @@ def test_esp_modem_blackhole_keeps_the_send_check_pending_then_close_waits_its_t
             link.start_sending(b"A" * 100)
             link.pump(lambda: link.state == "IDLE", 5)
             assert server.wait_connection(0).wait_received(100) == b"A" * 100
+            # The check right after SEND OK may be read before the block left (SEND OK's bytes
+            # leave when the port next waits for the host or 0.5 ms later; a loaded loop reads
+            # the query first): 100,0,100, and the responder polls again 500 ms later.
+            before = list(link.qisend_queries)
+            assert before in ([b"100,100,0"], [b"100,0,100", b"100,100,0"]), before
             assert emulator.control("drop", socket=0, how="blackhole") == {"ok": True}
             link.start_sending(b"B" * 200)
-            link.pump(lambda: len(link.qisend_queries) >= 4, 5)   # pending(): every 500 ms
-            assert link.qisend_queries[0] == b"100,100,0"
-            assert len(link.qisend_queries) >= 3 and set(link.qisend_queries[1:]) == {b"300,100,200"}, \
-                link.qisend_queries
+            link.pump(lambda: len(link.qisend_queries) >= len(before) + 3, 5)   # pending(): every 500 ms
+            after = link.qisend_queries[len(before):]
+            assert len(after) >= 3 and set(after) == {b"300,100,200"}, link.qisend_queries
             assert not link.failures
             time.sleep(0.1)
             assert bytes(server.wait_connection(0).received) == b"A" * 100

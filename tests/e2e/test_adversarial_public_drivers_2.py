@@ -93,6 +93,8 @@ class ZephyrChat:
     """modem_chat as bg9x_ssl.c configures it (delimiter '\\r', filter '\\n'), plus the raw pipe
     the driver's recv path attaches instead."""
 
+    QUIET = 0.15                 # drain_idle()'s end of a burst (30 ms widened for a loaded machine)
+
     def __init__(self, path: str) -> None:
         self.ser = serial.Serial(path, 115200, timeout=0.005)
         self.buf = bytearray()            # bytes received by the UART backend, not yet parsed
@@ -153,13 +155,15 @@ class ZephyrChat:
         """The chat's receive work runs all the time: what arrived after the last script's
         final match (e.g. the OK after "+QFUPL: ...") met no script and went to the
         unsolicited matches only (or nowhere).  A module sends such a tail in the same burst
-        as the match, so the rest of a burst (no gap over 30 ms) is taken first."""
-        quiet_until = time.monotonic() + 0.03
+        as the match, so the rest of a burst is taken first: no gap over QUIET -- the emulator
+        writes an answer's final result apart from its information text, and a loaded machine
+        can put more than 30 ms between them."""
+        quiet_until = time.monotonic() + self.QUIET
         while time.monotonic() < quiet_until:
             chunk = self.ser.read(self.ser.in_waiting or 1)
             if chunk:
                 self.buf += chunk
-                quiet_until = time.monotonic() + 0.03
+                quiet_until = time.monotonic() + self.QUIET
         while (i := self.buf.find(b"\r")) >= 0:
             line = bytes(self.buf[:i]).replace(b"\n", b"")
             del self.buf[:i + 1]
