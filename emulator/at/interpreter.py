@@ -815,8 +815,8 @@ class Interpreter:
             self.modem.write(self._urcs.pop(0)[0])
 
     def _write_lines(self, lines) -> None:
-        if lines:
-            self.modem.write(framing.lines(lines, self.modem.settings))
+        if lines:                   # (with the final result that usually follows at once)
+            self.modem.write_joined(framing.lines(lines, self.modem.settings))
 
     def _keep_after(self, lines) -> None:
         self._after.extend((self._started, line) for line in lines)

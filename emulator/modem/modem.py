@@ -102,6 +102,7 @@ class Modem:
         self._input_holds: set[str] = set()    # who holds the host's input back (pause_input)
         self._listeners: dict[str, list[Callable]] = defaultdict(list)
         self._sink: Callable[[bytes], None] | None = None
+        self._held = b""                  # write_joined()'s output, until the next write
         self._port: HostPort | None = None       # (attach)
         self.dtr = 1                      # the host's DTR line (set_dtr)
         self.tracer = None                # a trace (emulator/tools/trace.py) when attached
@@ -120,6 +121,7 @@ class Modem:
         self._sink = sink
         self.loop = loop
         self._port = port
+        self._held = b""                  # write_joined()'s, until the next write
         if loop is not None:
             self.timers = Timers(loop, manual=self._manual_time)
 
@@ -226,8 +228,31 @@ class Modem:
         self.interpreter.feed(data)
 
     def write(self, data: bytes) -> None:
+        if self._held:                    # (what write_joined() kept goes first, in order)
+            data, self._held = self._held + data, b""
         if self._sink is not None and data:
             self._sink(data)
+
+    def write_joined(self, data: bytes) -> None:
+        """Output to leave in one write with the modem's next one in this loop turn: an
+        answer's text with its final result code, which a UART sends back to back (a host
+        reading between two writes would see the text alone -- on a loaded machine, or when
+        the host shares this process and its GIL, for milliseconds).  Written on the next
+        loop turn at the latest; at once without a running loop (sans-IO use)."""
+        if self.loop is None or not self.loop.is_running():
+            self.write(data)
+            return
+        if not self._held:
+            self.loop.call_soon(self.flush_held)
+        self._held += data
+
+    def flush_held(self) -> None:
+        if self._held:
+            self.write(b"")
+
+    def drop_held(self) -> None:
+        """Output write_joined() kept is lost with what the port had not sent (a power cut)."""
+        self._held = b""
 
     def urc(self, line: str | bytes, raw: bytes = b"", about: object = None) -> None:
         if self.powered:

@@ -290,6 +290,7 @@ def reboot(modem, args: _Args) -> dict:
     # without an answer, as when the module's power goes; output not sent yet is lost.
     modem.interpreter.hangup(power_lost=True)
     modem.reboot(ms / 1000)           # as AT+CFUN=1,1: sockets silently, PDP, settings, RAM
+    modem.drop_held()
     if args.port is not None:         # (after: the dropped sockets queue nothing more)
         args.port.discard_output()
     return {}
