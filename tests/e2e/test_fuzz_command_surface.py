@@ -323,6 +323,15 @@ class Rig:
                     self.out_count += len(data)
             write(data)
         modem.write = counting_write
+        write_joined = modem.write_joined
+
+        def counting_write_joined(data: bytes) -> None:
+            # (kept for the next write, which sends it first: counted now, in its place)
+            if data:
+                with self.lock:
+                    self.out_count += len(data)
+            write_joined(data)
+        modem.write_joined = counting_write_joined
         emit = modem.emit
 
         def counting_emit(event: str, **kwargs) -> None:
