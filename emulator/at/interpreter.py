@@ -259,8 +259,7 @@ class Interpreter:
             self._abandon()
         if self._online is not None:
             link = self._online
-            log.info("the modem restarted in online data mode" if power_lost else
-                     "host closed the port in online data mode: the connection stays open (ATO)")
+            log.info("%s in online data mode%s", why, "" if power_lost else ": the connection stays open (ATO)")
             self._release_held()
             self._abandon()
             if power_lost:

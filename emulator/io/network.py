@@ -324,6 +324,9 @@ class NetFaults:
         return False
 
 
+MAX_LATENCY_MS = 600_000        # a link's one-way latency at most (the control op net, --latency)
+
+
 @dataclass
 class NetConditions:
     """A link's conditions: one-way latency, bandwidth (0 = unlimited) and packet loss

@@ -121,7 +121,6 @@ class Modem:
         self._sink = sink
         self.loop = loop
         self._port = port
-        self._held = b""                  # write_joined()'s, until the next write
         if loop is not None:
             self.timers = Timers(loop, manual=self._manual_time)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from emulator import stop_signals
 from emulator.io.app import Emulator
 from emulator.logsafe import get_logger
-from emulator.io.network import Router, parse_dns, parse_ping
+from emulator.io.network import MAX_LATENCY_MS, Router, parse_dns, parse_ping
 from emulator.modem.profile import ProfileError, load_profile
 from emulator.tools.scenario import ScenarioError
 from emulator.tools import OneLineParser
@@ -120,8 +120,8 @@ def _latency(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 <= value <= 600_000:           # (NaN fails too)
-        raise argparse.ArgumentTypeError(f"expected milliseconds from 0 to 600000, got {text!r}")
+    if not 0 <= value <= MAX_LATENCY_MS:    # (NaN fails too; the control op net's range)
+        raise argparse.ArgumentTypeError(f"expected milliseconds from 0 to {MAX_LATENCY_MS}, got {text!r}")
     return value
 
 

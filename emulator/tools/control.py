@@ -312,11 +312,11 @@ def slow(modem, args: _Args) -> dict:
 
 @op("net")
 def net(modem, args: _Args) -> dict:
-    from emulator.io.network import NetConditions, net_faults
+    from emulator.io.network import MAX_LATENCY_MS, NetConditions, net_faults
     faults = net_faults(modem)
     sock = _socket(modem, args, connected=False) if "socket" in args.kw else None
     values = {}
-    for key, hi in (("latency_ms", 600_000), ("kbps", 10_000_000)):
+    for key, hi in (("latency_ms", MAX_LATENCY_MS), ("kbps", 10_000_000)):
         value = args.kw.pop(key, 0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= hi:
             raise ControlError(f"net: {key!r} must be a number 0..{hi}, not {value!r}")

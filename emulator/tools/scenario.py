@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from emulator.io.network import MAX_LATENCY_MS
 from emulator.logsafe import get_logger
 from emulator.modem.profile import command_name
 
@@ -145,7 +146,7 @@ ARGS: dict[str, dict[str, tuple[Callable, bool]]] = {
     "urc": {"text": (_urc_text, True)},
     "reboot": {"ms": (_int(0, 600_000), False)},
     "slow": {"command": (_command, True), "ms": (_int(0, 600_000), True)},
-    "net": {"latency_ms": (_num(0, 600_000), False), "kbps": (_num(0, 10_000_000), False),
+    "net": {"latency_ms": (_num(0, MAX_LATENCY_MS), False), "kbps": (_num(0, 10_000_000), False),
             "loss": (_num(0, 1), False), "socket": (_SOCKET, False), "seed": (_int(0, 2**63), False)},
     "uart_noise": {"on": (_bool, True), "seed": (_int(0, 2**63), False)},
     "register": {"stat": (_int(0, 5), True)},
