@@ -28,6 +28,7 @@ deterministic test below; the properties cover their input classes too.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import json
@@ -84,8 +85,9 @@ class _BadRecords(logging.Handler):
             self.bad.append(f"{record.levelname} {record.name}: {record.getMessage()[:300]}")
 
 
-@pytest.fixture
-def bad_logs():
+@contextlib.contextmanager
+def _watching_logs():
+    """_BadRecords on the root logger (at INFO) for the block's duration."""
     handler = _BadRecords()
     root = logging.getLogger()
     old = root.level
@@ -96,6 +98,12 @@ def bad_logs():
     finally:
         root.removeHandler(handler)
         root.setLevel(old)
+
+
+@pytest.fixture
+def bad_logs():
+    with _watching_logs() as handler:
+        yield handler
 
 
 def _replay_many(paths: list[str]) -> list[dict]:
@@ -523,16 +531,8 @@ def _replay_one(tmp_path, items: list) -> tuple[dict, str, list[str]]:
     """(result, path, bad log records) of one replay of `items` (see _write_trace)."""
     path = str(tmp_path / "bug.trace")
     _write_trace(path, items)
-    handler = _BadRecords()
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
+    with _watching_logs() as handler:
         result, = _replay_many([path])
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
     return result, path, handler.bad
 
 
