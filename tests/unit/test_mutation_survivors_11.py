@@ -84,7 +84,6 @@ import os
 import select
 import socket
 import struct
-import threading
 import time
 
 import pytest
@@ -95,6 +94,7 @@ from emulator.io.network import Dialled, Router
 from emulator.io.transport import READ_BATCH, SLICE, PtyPort
 from emulator.sockets.plain_session import PlainSession, PlainSettings
 from emulator.sockets.ssl_socket import INITIAL
+from tests.unit.io.fairness_support import command_beside_a_stream
 from tests.unit.io.test_transport_paused import until
 from tests.unit.sockets.test_dial import Owner
 from tests.unit.sockets.test_dial import listener as dial_listener
@@ -304,47 +304,8 @@ def test_a_neighbours_command_goes_before_the_rest_of_a_slice_being_read():
     reads, when another port's host has written ..., this one steps aside for a loop turn
     (what it read waits in _held, first in line) so that one is served first"."""
     async def main():
-        loop = asyncio.get_running_loop()
-        streamed, quiet = bytearray(), bytearray()
-        marks: dict[str, int] = {}
-
-        def on_quiet(data: bytes) -> None:
-            quiet.extend(data)
-            marks.setdefault("answered", len(streamed))
-
-        busy = PtyPort(loop, streamed.extend)
-        calm = PtyPort(loop, on_quiet)
-        busy_fd = os.open(busy.device, os.O_RDWR | os.O_NOCTTY)
-        calm_fd = os.open(calm.device, os.O_RDWR | os.O_NOCTTY)
-        assert busy.look_for_host() and calm.look_for_host()
-        announced = select.epoll()
-        announced.register(calm.master, select.EPOLLIN)
-
-        def read(fd: int, n: int) -> bytes:
-            data = OS_READ(fd, n)
-            if fd == busy.master and data and "written" not in marks:
-                os.write(calm_fd, b"AT\r")           # right after the streamer's first read
-                assert announced.poll(2)             # (as test_transport_fairness waits)
-                time.sleep(0.002)
-                marks["written"] = len(streamed)
-            return data
-
-        total = 256 * 1024
-        writer = threading.Thread(target=lambda: os.write(busy_fd, b"x" * total), daemon=True)
-        try:
-            monkeypatch = pytest.MonkeyPatch()
-            monkeypatch.setattr(transport.os, "read", read)
-            writer.start()
-            await until(lambda: len(streamed) == total and quiet)
-        finally:
-            monkeypatch.undo()
-            writer.join(5)
-            announced.close()
-            os.close(busy_fd)
-            os.close(calm_fd)
-            busy.close()
-            calm.close()
-        assert bytes(quiet) == b"AT\r" and marks["written"] == 0
+        quiet, marks = await command_beside_a_stream(256 * 1024)   # (AT right after the first read)
+        assert quiet == b"AT\r" and marks["written"] == 0
         assert marks["answered"] < SLICE, marks      # (not a whole slice first)
     run(main)
 
