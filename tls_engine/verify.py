@@ -111,6 +111,11 @@ ALERT_UNSUPPORTED_CERT = 43        # KEY_USAGE, EXT_KEY_USAGE, BAD_KEY, BAD_PK
 ALERT_CERT_EXPIRED = 45
 ALERT_CERT_UNKNOWN = 46
 ALERT_UNKNOWN_CA = 48
+# The one alert Mbed TLS 2.28 sends for a chain with several faults (ssl_parse_certificate_verify
+# tests the flags in this order): name mismatch, key usage / key, expired, not trusted, other
+# (a date not yet valid, a weak signature hash).
+_ALERT_PRECEDENCE = (ALERT_BAD_CERT, ALERT_UNSUPPORTED_CERT, ALERT_CERT_EXPIRED, ALERT_UNKNOWN_CA,
+                     ALERT_CERT_UNKNOWN)
 
 
 @dataclass
@@ -156,26 +161,34 @@ class ChainVerifier:
                                      f"parse it, and ends the handshake on any certificate it sends)",
                                      ALERT_BAD_CERT)
         leaf = chain[0]
+        # Every fault is found, as Mbed TLS flags them all, and the one reported is the one
+        # whose alert Mbed TLS sends (_ALERT_PRECEDENCE).  An untrusted path's dates are
+        # those of the certificates it reached (Mbed TLS dates each one on its way up).
+        faults: list[tuple[str, int]] = []
         if self.settings.ignore_cert_chain:
             path = [leaf]
         else:
             path, problem = self._build_path(leaf, chain[1:])
             if problem:
-                return VerifyProblem(problem, ALERT_UNKNOWN_CA)
-            problem, alert = _profile_problem(path, self._is_anchor(path[-1]))
-            if problem:
-                return VerifyProblem(problem, alert)
+                faults.append((problem, ALERT_UNKNOWN_CA))
+            else:
+                problem, alert = _profile_problem(path, self._is_anchor(path[-1]))
+                if problem:
+                    faults.append((problem, alert))
         problem = _key_problem(leaf, "server certificate") or _usage_problem(leaf, suite)
         if problem:
-            return VerifyProblem(problem, ALERT_UNSUPPORTED_CERT)
+            faults.append((problem, ALERT_UNSUPPORTED_CERT))
         if not self.settings.ignore_local_time:
             problem, alert = self._check_dates(path)
             if problem:
-                return VerifyProblem(problem, alert)
-        if not self.settings.verify_hostname:
-            return None          # a firmware that never gives its TLS library the host name
-        problem = self._check_name(leaf)
-        return VerifyProblem(problem, ALERT_BAD_CERT) if problem else None
+                faults.append((problem, alert))
+        if self.settings.verify_hostname:   # (else a firmware that never gives its TLS library the name)
+            problem = self._check_name(leaf)
+            if problem:
+                faults.append((problem, ALERT_BAD_CERT))
+        if not faults:
+            return None
+        return VerifyProblem(*min(faults, key=lambda fault: _ALERT_PRECEDENCE.index(fault[1])))
 
     def check_dates_of(self, leaf_der: bytes) -> VerifyProblem | None:
         """Only the validity of one certificate at the modem clock (unless ignore_local_time)."""
