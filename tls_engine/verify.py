@@ -111,11 +111,14 @@ ALERT_UNSUPPORTED_CERT = 43        # KEY_USAGE, EXT_KEY_USAGE, BAD_KEY, BAD_PK
 ALERT_CERT_EXPIRED = 45
 ALERT_CERT_UNKNOWN = 46
 ALERT_UNKNOWN_CA = 48
+# A chain too long for Mbed TLS (more than MBEDTLS_X509_MAX_INTERMEDIATE_CA intermediates below
+# an untrusted parent) is a fatal error that sets every flag, BADCERT_OTHER included: access_denied.
+ALERT_ACCESS_DENIED = 49
 # The one alert Mbed TLS 2.28 sends for a chain with several faults (ssl_parse_certificate_verify
-# tests the flags in this order): name mismatch, key usage / key, expired, not trusted, other
-# (a date not yet valid, a weak signature hash).
-_ALERT_PRECEDENCE = (ALERT_BAD_CERT, ALERT_UNSUPPORTED_CERT, ALERT_CERT_EXPIRED, ALERT_UNKNOWN_CA,
-                     ALERT_CERT_UNKNOWN)
+# tests the flags in this order): other (the fatal error above), name mismatch, key usage / key,
+# expired, not trusted, anything else (a date not yet valid, a weak signature hash).
+_ALERT_PRECEDENCE = (ALERT_ACCESS_DENIED, ALERT_BAD_CERT, ALERT_UNSUPPORTED_CERT, ALERT_CERT_EXPIRED,
+                     ALERT_UNKNOWN_CA, ALERT_CERT_UNKNOWN)
 
 
 @dataclass
@@ -162,19 +165,17 @@ class ChainVerifier:
                                      ALERT_BAD_CERT)
         leaf = chain[0]
         # Every fault is found, as Mbed TLS flags them all, and the one reported is the one
-        # whose alert Mbed TLS sends (_ALERT_PRECEDENCE).  An untrusted path's dates are
-        # those of the certificates it reached (Mbed TLS dates each one on its way up).
+        # whose alert Mbed TLS sends (_ALERT_PRECEDENCE).  An untrusted path's dates, hashes
+        # and issuer keys are those of the certificates it reached (Mbed TLS judges each one
+        # on its way up, past an issuer whose signature fails too).
         faults: list[tuple[str, int]] = []
         if self.settings.ignore_cert_chain:
             path = [leaf]
         else:
-            path, problem = self._build_path(leaf, chain[1:])
+            path, problem, alert = self._build_path(leaf, chain[1:])
             if problem:
-                faults.append((problem, ALERT_UNKNOWN_CA))
-            else:
-                problem, alert = _profile_problem(path, self._is_anchor(path[-1]))
-                if problem:
-                    faults.append((problem, alert))
+                faults.append((problem, alert))
+            faults.extend(_profile_problems(path, self._is_anchor(path[-1])))
         problem = _key_problem(leaf, "server certificate") or _usage_problem(leaf, suite)
         if problem:
             faults.append((problem, ALERT_UNSUPPORTED_CERT))
@@ -213,9 +214,13 @@ class ChainVerifier:
 
     # --- path --------------------------------------------------------------
 
-    def _build_path(self, leaf, sent) -> tuple[list[x509.Certificate], str | None]:
+    def _build_path(self, leaf, sent) -> tuple[list[x509.Certificate], str | None, int]:
+        """The path from the leaf up, as Mbed TLS walks it (x509_crt_verify_chain), with its
+        fault and that fault's alert (None, 0: it reaches a trusted certificate).  A sent
+        issuer whose signature fails is on the path all the same (the walk goes on above
+        it, the path is not trusted)."""
         if self._is_anchor(leaf) and same_name_der(_issuer_der(leaf), _subject_der(leaf)):
-            return [leaf], None        # (a trusted end entity: Mbed TLS takes it only self-issued)
+            return [leaf], None, 0     # (a trusted end entity: Mbed TLS takes it only self-issued)
         label = self.settings.trust_label
         path = [leaf]
         child = leaf
@@ -223,29 +228,32 @@ class ChainVerifier:
         max_depth = 2 if self.settings.ignore_multicert_chain_verify else 10
         self_issued = 0              # (Mbed TLS's self_cnt: self-issued CAs below, not counted
         after = 0                    # against a pathLenConstraint; counted after the search)
+        fault = None                 # a signature that failed on the way
         while len(path) < max_depth:
             link, bad_sig = self._find_issuer(child, sent[after:], used, len(path) - 1 - self_issued, after)
             if len(path) > 1 and same_name_der(_issuer_der(child), _subject_der(child)):
                 self_issued += 1
+            who = "server certificate" if child is leaf else f"intermediate {describe_cert(child)}"
+            if bad_sig is not None and fault is None:
+                fault = f"{who}: signature of {describe_cert(child)} does not verify " \
+                        f"with its issuer {describe_cert(bad_sig)} (check {label})"
             if link is None:
-                who = "server certificate" if child is leaf else f"intermediate {describe_cert(child)}"
-                if bad_sig:
-                    return path, f"{who}: signature of {describe_cert(child)} does not verify " \
-                                 f"with its issuer {describe_cert(bad_sig)} (check {label})"
-                return path, f"{who} not signed by {label} (issuer {child.issuer.rfc4514_string()} " \
-                             f"not found among the trusted or sent certificates)"
+                fault = fault or f"{who} not signed by {label} (issuer {child.issuer.rfc4514_string()} " \
+                                 f"not found among the trusted or sent certificates)"
+                return path, fault, ALERT_UNKNOWN_CA
             path.append(link.cert)
             if link.is_anchor or self.settings.ignore_multicert_chain_verify:
-                return path, None
+                return path, fault, ALERT_UNKNOWN_CA if fault else 0
             used.add(link.cert.public_bytes(_DER))
             child = link.cert
             after = link.index + 1     # (Mbed TLS looks for a parent after the child only)
-        return path, f"server certificate chain longer than {max_depth} does not reach {label}"
+        return path, f"server certificate chain longer than {max_depth} does not reach {label}", ALERT_ACCESS_DENIED
 
     def _find_issuer(self, child, sent, used, below: int = 0,
                      offset: int = 0) -> tuple[_Link | None, x509.Certificate | None]:
-        """The issuer of child and, failing that, a name-matching candidate whose signature
-        did not verify (for the reason text).  As Mbed TLS (x509_crt_find_parent_in): the
+        """(parent, candidate whose signature failed): the issuer of child, or a sent
+        candidate whose signature fails (taken as the parent all the same: both), or no
+        parent and a trusted candidate whose signature failed (for the reason text).  As Mbed TLS (x509_crt_find_parent_in): the
         trusted certificates first, then those the server sent after the child (`sent`, the
         first at `offset` in the server's list); within each, a candidate valid at the
         modem clock before one that is not (a renewed CA or intermediate next to its expired
@@ -272,10 +280,10 @@ class ChainVerifier:
                 if now is not None and _dated(link.cert, now) is not None:
                     out_of_date = out_of_date or (link, signed)
                     continue
-                return (link, None) if signed else (None, link.cert)
+                return link, None if signed else link.cert
             if out_of_date is not None:
                 link, signed = out_of_date
-                return (link, None) if signed else (None, link.cert)
+                return link, None if signed else link.cert
         return None, bad_signature
 
     @staticmethod
@@ -283,7 +291,7 @@ class ChainVerifier:
         """Whether issuer's key verifies child's signature.  cryptography's own check also
         wants the names byte-equal and declines SHA-1: then the signature alone is checked
         (the names were matched as Mbed TLS matches them; the profile's verdict on the hash
-        is _profile_problem's)."""
+        is _profile_problems')."""
         try:
             child.verify_directly_issued_by(issuer)
             return True
@@ -295,17 +303,20 @@ class ChainVerifier:
     # --- dates -------------------------------------------------------------
 
     def _check_dates(self, path) -> tuple[str | None, int]:
+        """The first certificate of the path that expired, else the first not yet valid
+        (Mbed TLS flags both; EXPIRED decides its alert)."""
         now = self.now()
+        early = None
         for position, cert in enumerate(path):
             who = "server certificate" if position == 0 else f"issuer certificate {describe_cert(cert)}"
             fault = _dated(cert, now)
             if fault == "expired":
                 return (f"{who} expired at modem clock {_fmt(now)} "
                         f"(notAfter {_fmt(cert.not_valid_after_utc)})", ALERT_CERT_EXPIRED)
-            if fault == "not yet valid":
-                return (f"{who} not yet valid at modem clock {_fmt(now)} "
-                        f"(notBefore {_fmt(cert.not_valid_before_utc)})", ALERT_CERT_UNKNOWN)
-        return None, 0
+            if fault == "not yet valid" and early is None:
+                early = (f"{who} not yet valid at modem clock {_fmt(now)} "
+                         f"(notBefore {_fmt(cert.not_valid_before_utc)})", ALERT_CERT_UNKNOWN)
+        return early or (None, 0)
 
     # --- name --------------------------------------------------------------
 
@@ -497,12 +508,13 @@ def _key_problem(cert: x509.Certificate, who: str) -> str | None:
     return None
 
 
-def _profile_problem(path: list[x509.Certificate], top_trusted: bool) -> tuple[str | None, int]:
-    """What Mbed TLS's default profile refuses on a built path: a signature hash below SHA-224
-    on a certificate under the anchor (BAD_MD), an RSA key under 2048 bits on an issuer
-    (BAD_KEY; the leaf's own key: verify())."""
+def _profile_problems(path: list[x509.Certificate], top_trusted: bool) -> list[tuple[str, int]]:
+    """What Mbed TLS's default profile refuses on a path (built, or as far as it reached): a
+    signature hash below SHA-224 on a certificate under the anchor (BAD_MD), an RSA key under
+    2048 bits on an issuer (BAD_KEY; the leaf's own key: verify()) -- the first of each."""
     # (a trusted root ends the path unjudged; a leaf that is itself trusted is judged: Mbed TLS
     # checks a child's hash before its "locally trusted end entity" return)
+    faults = []
     signed = path[:-1] if top_trusted and len(path) > 1 else path
     for position, cert in enumerate(signed):
         try:
@@ -512,13 +524,15 @@ def _profile_problem(path: list[x509.Certificate], top_trusted: bool) -> tuple[s
         name = getattr(algorithm, "name", None)
         if name is not None and name not in PROFILE_HASHES:
             who = "server certificate" if position == 0 else f"intermediate {describe_cert(cert)}"
-            return (f"{who} is signed with {name.upper()} (Mbed TLS's default profile accepts "
-                    f"SHA-224 or stronger only)", ALERT_CERT_UNKNOWN)
+            faults.append((f"{who} is signed with {name.upper()} (Mbed TLS's default profile accepts "
+                           f"SHA-224 or stronger only)", ALERT_CERT_UNKNOWN))
+            break
     for cert in path[1:]:
         problem = _key_problem(cert, "issuer certificate")
         if problem:
-            return problem, ALERT_UNSUPPORTED_CERT
-    return None, 0
+            faults.append((problem, ALERT_UNSUPPORTED_CERT))
+            break
+    return faults
 
 
 def _usage_problem(leaf: x509.Certificate, suite: str | None) -> str | None:

@@ -15,14 +15,23 @@ For every chain below, two verdicts are compared:
     (VERIFY_OPTIONAL) reads the X.509 verify flags (tls_engine.native's
     mbedtls_ssl_get_verify_result) for the messages; the verdict is the REQUIRED one.
 
+When both refuse, the ALERT is compared too: the emulator's VerifyProblem.alert (what its engine
+sends in clear) against the fatal alert the REQUIRED Mbed TLS client queued when its handshake
+failed, read from the clear alert record (15 03 03 00 02 02 <description>) and checked by
+feeding that record to the OpenSSL server (its error names the alert it received).
+
 The chains come from a seeded generator (SEED, no hypothesis: the list is fixed): a random
 VALID base (0-3 intermediates, RSA-2048 / EC P-256 / P-384 keys, SHA-224/256/384/512 and
 RSA-PSS signatures, issuer names differing from the CA's subject in ASCII case or
 UTF8String/PrintableString type, keyUsage absent/fit, EKU variants, SAN / CN fallback /
 wildcard, the root sent or not, harmless extra certificates) plus exactly one perturbation of
-PERTURBATIONS (or none).  A perturbation that Mbed TLS and the emulator judge differently is a
-finding: it is in BUGS, every case of it is xfail(strict), and it has its own explicit test
-below (test_bug_*) with a minimal chain, Mbed TLS's error code / flags and the emulator's verdict.
+PERTURBATIONS (or none), and then (a sequence of its own, SEED + 1) bases with TWO perturbations
+at once, the PAIRS: faults that coexist, where Mbed TLS flags both and its precedence picks the
+alert.  A perturbation that Mbed TLS and the emulator judge differently is a finding: it is in
+BUGS, every case of it is xfail(strict), and it has its own explicit test below (test_bug_*)
+with a minimal chain, Mbed TLS's error code / flags and the emulator's verdict.  One (or a pair)
+where both refuse but the alerts differ is in ALERT_BUGS, xfail(strict, AlertDisagreement),
+with a test_alert_bug_* of its own.
 
 Not compared here: static-ECDH suites (keyAgreement), because OpenSSL 3 has none; EC leaves
 whose keyUsage lacks digitalSignature (OpenSSL refuses to serve them: no shared cipher), so the
@@ -83,8 +92,27 @@ FLAG_NAMES = {0x01: "EXPIRED", 0x02: "REVOKED", 0x04: "CN_MISMATCH", 0x08: "NOT_
               0x8000: "BAD_PK", 0x10000: "BAD_KEY"}
 
 
+# TLS alert descriptions (RFC 5246 7.2) and OpenSSL's names of them as the server receives them
+ALERT_NAMES = {40: "handshake_failure", 42: "bad_certificate", 43: "unsupported_certificate",
+               44: "certificate_revoked", 45: "certificate_expired", 46: "certificate_unknown",
+               48: "unknown_ca", 49: "access_denied", 50: "decode_error", 80: "internal_error"}
+OPENSSL_ALERT_REASONS = {40: "SSLV3_ALERT_HANDSHAKE_FAILURE", 42: "SSLV3_ALERT_BAD_CERTIFICATE",
+                         43: "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE", 44: "SSLV3_ALERT_CERTIFICATE_REVOKED",
+                         45: "SSLV3_ALERT_CERTIFICATE_EXPIRED", 46: "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+                         48: "TLSV1_ALERT_UNKNOWN_CA", 49: "TLSV1_ALERT_ACCESS_DENIED",
+                         50: "TLSV1_ALERT_DECODE_ERROR", 80: "TLSV1_ALERT_INTERNAL_ERROR"}
+
+
+def alert_name(alert: int | None) -> str:
+    return "no alert" if alert is None else f"{alert} {ALERT_NAMES.get(alert, '?')}"
+
+
 class Disagreement(AssertionError):
     """Mbed TLS and the emulator judged the same chain differently."""
+
+
+class AlertDisagreement(Disagreement):
+    """Both refuse the chain, but the emulator would send another alert than Mbed TLS sends."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,12 +224,56 @@ PERTURBATIONS = {
     "san_trailing_dot": "SAN svc.example.test. (trailing dot), host svc.example.test",
     "long_chain_8": "8 intermediates (MBEDTLS_X509_MAX_INTERMEDIATE_CA)",
     "long_chain_9": "9 intermediates",
+    "root_untrusted": "the root is not a trust anchor (an unrelated CA is the only one)",
 }
+
+# Two perturbations at once (the case's pert is "a+b"): Mbed TLS flags every fault of a chain
+# and sends ONE alert, by ssl_parse_certificate_verify's precedence (name mismatch
+# bad_certificate 42 > KEY_USAGE / EXT_KEY_USAGE / BAD_PK / BAD_KEY unsupported_certificate 43
+# > EXPIRED certificate_expired 45 > NOT_TRUSTED unknown_ca 48 > other certificate_unknown 46;
+# BADCERT_OTHER -- a fatal verify error -- access_denied 49 before all); a certificate it cannot
+# parse ends the handshake before that (bad_certificate).  Each pair: faults that can coexist
+# (neither undoes the other), by the alert Mbed TLS's precedence should pick.
+PAIRS = (
+    # a name mismatch (42) beside another fault
+    ("host_wrong_san", "leaf_expired"), ("host_cn_wrong", "leaf_not_yet_valid"),
+    ("host_wrong_san", "root_untrusted"), ("leaf_ku_wrong", "host_wrong_san"),
+    ("inter_sha1", "host_wrong_san"), ("leaf_eku_client", "wildcard_deep"),
+    ("leaf_rsa1024", "host_cn_wrong"), ("missing_intermediate", "host_san_other_cn_right"),
+    ("bad_leaf_signature", "wildcard_partial"), ("inter_expired_renewed", "host_trailing_dot"),
+    # the leaf's usage or a key (43) beside a date or the path
+    ("leaf_ku_wrong", "leaf_expired"), ("leaf_eku_codesign", "root_untrusted"),
+    ("leaf_rsa1024", "inter_expired"), ("leaf_ku_certsign_only", "inter_not_yet_valid"),
+    ("inter_rsa1024", "leaf_not_yet_valid"), ("inter_rsa1024", "root_untrusted"),
+    ("inter_rsa1024", "inter_sha1"), ("root_rsa1024", "leaf_sha1"),
+    ("bad_leaf_signature", "inter_rsa1024"),
+    # expired (45) beside untrusted / not yet valid / a weak hash
+    ("leaf_expired", "root_untrusted"), ("inter_expired", "root_untrusted"),
+    ("leaf_not_yet_valid", "inter_expired"), ("inter_not_yet_valid", "root_expired"),
+    ("bad_leaf_signature", "inter_expired"), ("pathlen_short", "leaf_expired"),
+    ("pathlen_short", "inter_expired"), ("root_expired", "leaf_sha1"),
+    ("leaf_selfsigned_untrusted", "leaf_expired"), ("leaf_anchor_issued", "leaf_expired"),
+    ("inter_ku_no_certsign", "leaf_expired"),
+    # untrusted (48) beside a date or a hash; a fault off the trusted path (both accept)
+    ("leaf_not_yet_valid", "root_untrusted"), ("inter_sha1", "root_untrusted"),
+    ("wrong_order", "leaf_not_yet_valid"), ("decoy_first", "inter_not_yet_valid"),
+    ("anchor_is_intermediate", "root_expired"),
+    # a certificate Mbed TLS cannot parse, or a chain too long for it, beside another fault
+    ("extra_ed25519_key", "host_wrong_san"), ("leaf_unknown_critical", "leaf_expired"),
+    ("long_chain_9", "host_wrong_san"),
+)
+CASES_PER_PAIR = 2
 
 # The findings: perturbation -> the xfail reason (what Mbed TLS says, what the emulator says,
 # where in verify.py).  Every case of these perturbations disagrees; each has a test_bug_* below.
 BUGS: dict[str, str] = {
 }
+
+# The alert findings: perturbation (or pair "a+b") -> the xfail reason.  Both refuse every case
+# of these, but the emulator's VerifyProblem.alert (the alert its engine sends in clear) is not
+# the one Mbed TLS sends; each has a test_alert_bug_* below.  (None open: the five the first
+# alert comparison found are fixed, their tests below say how.)
+ALERT_BUGS: dict[str, str] = {}
 
 # what a perturbation needs of the base: minimum depth, an RSA leaf, RSA issuers
 NEEDS = {
@@ -264,8 +336,20 @@ class Spec:
                 f"target {self.target}")
 
 
+def _needs(pert: str) -> dict:
+    """What the perturbation(s) ("a" or "a+b") need of the base, merged."""
+    merged: dict = {}
+    for part in pert.split("+"):
+        for key, value in NEEDS.get(part, {}).items():
+            if key == "depth" and key in merged:
+                assert (value == 0) == (merged[key] == 0), f"{pert}: incompatible depths"
+                value = max(value, merged[key])
+            merged[key] = merged.get(key) or value
+    return merged
+
+
 def _random_spec(rng: random.Random, pert: str) -> Spec:
-    needs = NEEDS.get(pert, {})
+    needs = _needs(pert)
     depth = max(rng.choice([0, 1, 1, 2, 2, 3]), needs.get("depth", 0))
     if "depth" in needs and needs["depth"] == 0:
         depth = 0
@@ -313,6 +397,11 @@ def _all_specs() -> list[tuple[str, Spec]]:
         count = PLAIN_CASES if pert == "none" else CASES_PER_PERTURBATION
         for n in range(count):
             specs.append((f"{pert}-{n}", _random_spec(rng, pert)))
+    rng = random.Random(SEED + 1)      # (the pairs: their own sequence, the singles unchanged)
+    for a, b in PAIRS:
+        assert a in PERTURBATIONS and b in PERTURBATIONS, (a, b)
+        for n in range(CASES_PER_PAIR):
+            specs.append((f"{a}+{b}-{n}", _random_spec(rng, f"{a}+{b}")))
     return specs
 
 
@@ -448,9 +537,16 @@ def _unrelated_ca():
 
 
 def build(spec: Spec) -> Built:
-    p = spec.pert
+    perts = frozenset(spec.pert.split("+"))       # one perturbation, or two ("a+b")
+
+    def has(*names: str) -> bool:
+        return not perts.isdisjoint(names)
+
+    def prefixed(prefix: str) -> str | None:
+        return next((q for q in sorted(perts) if q.startswith(prefix)), None)
+
     day = timedelta(days=1)
-    root_kind = "rsa1024" if p == "root_rsa1024" else spec.root_key
+    root_kind = "rsa1024" if has("root_rsa1024") else spec.root_key
     root_key = _key(root_kind, "root")
     cns = ["Diff Root"] + [f"Diff Inter {j}" for j in range(spec.depth)]
     kinds = list(spec.subject_types)
@@ -459,29 +555,29 @@ def build(spec: Spec) -> Built:
 
     def pathlen(level):
         slack = spec.pathlen_slack[level]
-        if p.startswith("self_issued_rollover"):
+        if prefixed("self_issued_rollover"):
             return None           # (the rollover sets its own constraint)
-        if p == "pathlen_exact":
+        if has("pathlen_exact"):
             return below[level]
-        if p == "pathlen_short" and level == min(spec.target, spec.depth - 1):
+        if has("pathlen_short") and level == min(spec.target, spec.depth - 1):
             return below[level] - 1
         return None if slack is None else below[level] + slack
 
     # the root
     root_bc = (True, True, pathlen(0))
-    if p == "root_no_bc":
+    if has("root_no_bc"):
         root_bc = None
-    elif p == "root_ca_false":
+    elif has("root_ca_false"):
         root_bc = (True, False, None)
     root_ku = _key_usage("key_cert_sign", "crl_sign") if spec.root_ku == "certsign_crl" else None
-    if p == "root_ku_no_certsign":
+    if has("root_ku_no_certsign"):
         root_ku = _key_usage("crl_sign", "digital_signature")
-    root_dates = dict(not_before=NOW - 30 * day, not_after=NOW - day) if p == "root_expired" else {}
+    root_dates = dict(not_before=NOW - 30 * day, not_after=NOW - day) if has("root_expired") else {}
     root = _make(subjects[0], subjects[0], root_key, root_key, bc=root_bc, ku=root_ku, **root_dates)
-    if p == "root_sha1":
+    if has("root_sha1"):
         root = _resign_sha1(root, root_key)
     anchors = [root]
-    if p == "root_expired_renewed":
+    if has("root_expired_renewed"):
         expired = _make(subjects[0], subjects[0], root_key, root_key, bc=root_bc, ku=root_ku,
                         not_before=NOW - 30 * day, not_after=NOW - day)
         anchors = [expired, root]
@@ -492,7 +588,7 @@ def build(spec: Spec) -> Built:
     extra_after = {}        # index in inters -> certificates sent right after it
     for j in range(spec.depth):
         level = j + 1
-        kind = "rsa1024" if (p == "inter_rsa1024" and j == spec.target % spec.depth) else spec.inter_keys[j]
+        kind = "rsa1024" if (has("inter_rsa1024") and j == spec.target % spec.depth) else spec.inter_keys[j]
         key = _key(kind, f"inter{j}")
         hit = j == spec.target % spec.depth if spec.depth else False
         ku = {"absent": None, "certsign": _key_usage("key_cert_sign"),
@@ -503,41 +599,41 @@ def build(spec: Spec) -> Built:
         eku = None
         dates = {}
         if hit:
-            if p == "inter_no_bc":
+            if has("inter_no_bc"):
                 bc = None
-            elif p == "inter_ca_false":
+            elif has("inter_ca_false"):
                 bc = (True, False, None)
-            elif p == "inter_bc_noncritical":
+            elif has("inter_bc_noncritical"):
                 bc = (False, True, pathlen(level))
-            elif p == "inter_ku_no_certsign":
+            elif has("inter_ku_no_certsign"):
                 ku = _key_usage("crl_sign", "digital_signature")
-            elif p == "inter_ku_decipher_only":
+            elif has("inter_ku_decipher_only"):
                 ku = _key_usage("key_cert_sign", "key_agreement", "decipher_only")
-            elif p == "inter_ku_encipher_only":
+            elif has("inter_ku_encipher_only"):
                 ku = _key_usage("key_cert_sign", "key_agreement", "encipher_only")
-            elif p == "inter_eku_client":
+            elif has("inter_eku_client"):
                 eku = [ExtendedKeyUsageOID.CLIENT_AUTH]
-            elif p in ("inter_name_constraints", "inter_name_constraints_noncritical"):
+            elif has("inter_name_constraints", "inter_name_constraints_noncritical"):
                 exts.append((x509.NameConstraints([x509.DNSName("example.test")], None),
-                             p == "inter_name_constraints"))
-            elif p == "inter_policy_critical":
+                             has("inter_name_constraints")))
+            elif has("inter_policy_critical"):
                 exts.append((x509.CertificatePolicies([x509.PolicyInformation(
                     ObjectIdentifier("2.23.140.1.2.1"), None)]), True))
-            elif p == "inter_any_policy_critical":
+            elif has("inter_any_policy_critical"):
                 exts.append((x509.CertificatePolicies([x509.PolicyInformation(
                     ObjectIdentifier("2.5.29.32.0"), None)]), True))
-            elif p == "inter_expired":
+            if has("inter_expired"):           # (dates: beside any of the above, in a pair)
                 dates = dict(not_before=NOW - 30 * day, not_after=NOW - day)
-            elif p == "inter_not_yet_valid":
+            elif has("inter_not_yet_valid"):
                 dates = dict(not_before=NOW + day, not_after=NOW + 30 * day)
         style = spec.issuer_styles[j]
-        if p.startswith("issuer_") and spec.target == j:
-            style = p.removeprefix("issuer_")
+        if prefixed("issuer_") and spec.target == j:
+            style = prefixed("issuer_").removeprefix("issuer_")
         issuer_field = _issuer_field(cns[j], kinds[j], style)
-        sign = "sha1" if (p == "inter_sha1" and hit) else spec.hashes[j]
+        sign = "sha1" if (has("inter_sha1") and hit) else spec.hashes[j]
         cert = _make(subjects[level], issuer_field, ca_keys[-1], key, sign=sign, bc=bc, ku=ku, eku=eku,
                      exts=exts, **dates)
-        if p == "inter_expired_renewed" and hit:
+        if has("inter_expired_renewed") and hit:
             old = _make(subjects[level], issuer_field, ca_keys[-1], key, sign=sign, bc=bc, ku=ku,
                         not_before=NOW - 30 * day, not_after=NOW - day)
             extra_after.setdefault(j, []).append(("before", old))
@@ -546,7 +642,7 @@ def build(spec: Spec) -> Built:
 
     # self-issued rollover: the bottom CA's name X gets a new key, certified by the old one
     rollover = None
-    if p.startswith("self_issued_rollover"):
+    if prefixed("self_issued_rollover"):
         old_cn = cns[-1]
         old_kind = kinds[-1]
         new_key = _key("p256", "rollover")
@@ -555,7 +651,7 @@ def build(spec: Spec) -> Built:
             # re-issue the bottom intermediate with pathLen 0 (or 1)
             j = spec.depth - 1
             old_key = ca_keys[-1]
-            limit = 1 if p.endswith("pathlen1") else 0
+            limit = 1 if has("self_issued_rollover_pathlen1") else 0
             issuer_field = _issuer_field(cns[j], kinds[j], spec.issuer_styles[j])
             inters[-1] = _make(x_name, issuer_field, ca_keys[-2], old_key, sign=spec.hashes[j],
                                bc=(True, True, limit), ku=_key_usage("key_cert_sign", "crl_sign"))
@@ -564,7 +660,7 @@ def build(spec: Spec) -> Built:
             ca_keys[-1] = new_key
 
     # the leaf
-    leaf_kind = "rsa1024" if p == "leaf_rsa1024" else spec.leaf_key
+    leaf_kind = "rsa1024" if has("leaf_rsa1024") else spec.leaf_key
     leaf_key = _key(leaf_kind, "leaf")
     host = spec.host
     leaf_cn = "Diff Leaf"
@@ -579,90 +675,94 @@ def build(spec: Spec) -> Built:
         leaf_cn = HOST
     elif spec.leaf_name == "wildcard":
         san = [x509.DNSName("*.example.test")]
-    if p == "host_wrong_san":
+    if has("host_wrong_san"):
         san = [x509.DNSName("other.example.test")]
-    elif p == "host_san_other_cn_right":
+    elif has("host_san_other_cn_right"):
         san, leaf_cn = [x509.DNSName("other.example.test")], HOST
-    elif p == "host_cn_wrong":
+    elif has("host_cn_wrong"):
         san, leaf_cn = None, "other.example.test"
-    elif p == "wildcard_two_labels":
+    elif has("wildcard_two_labels"):
         san, host = [x509.DNSName("*.test")], "svc.test"
-    elif p == "wildcard_deep":
+    elif has("wildcard_deep"):
         san, host = [x509.DNSName("*.example.test")], "a.svc.example.test"
-    elif p == "wildcard_partial":
+    elif has("wildcard_partial"):
         san, host = [x509.DNSName("sv*.example.test")], HOST
-    elif p == "host_trailing_dot":
+    elif has("host_trailing_dot"):
         san, host = [x509.DNSName(HOST)], HOST + "."
-    elif p == "san_ip_only_cn_host":
+    elif has("san_ip_only_cn_host"):
         san, leaf_cn = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))], HOST
-    elif p == "wildcard_apex":
+    elif has("wildcard_apex"):
         san, host = [x509.DNSName("*.example.test")], "example.test"
-    elif p == "san_trailing_dot":
+    elif has("san_trailing_dot"):
         san, host = [x509.DNSName(HOST + ".")], HOST
-    elif p == "ip_san":                    # (explicit tests only: host 127.0.0.1)
+    elif has("ip_san"):                    # (explicit tests only: host 127.0.0.1)
         san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    elif p == "ip_cn":
+    elif has("ip_cn"):
         san, leaf_cn = None, "127.0.0.1"
     leaf_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, leaf_cn)])
-    if p == "cn_second_attr":
+    if has("cn_second_attr"):
         san = None
         leaf_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other.example.test"),
                                   x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
-    elif p == "cn_bmp":
+    elif has("cn_bmp"):
         san = None
         leaf_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST, T.BMPString)])
     leaf_bc = {"absent": None, "ca_false": (True, False, None),
                "ca_false_noncritical": (False, False, None)}[spec.leaf_bc]
-    if p == "leaf_ca_true":
+    if has("leaf_ca_true"):
         leaf_bc = (True, True, None)
     need = KEYEX_USAGE[spec.suite]
     leaf_ku = {"absent": None, "fit": _key_usage(need),
                "fit_plus": _key_usage(need, "digital_signature" if need != "digital_signature"
                                       else ("key_encipherment" if leaf_kind.startswith("rsa")
                                             else "key_agreement"))}[spec.leaf_ku]
-    if p == "leaf_ku_wrong":
+    if has("leaf_ku_wrong"):
         leaf_ku = _key_usage("key_encipherment" if need == "digital_signature" else "digital_signature")
-    elif p == "leaf_ku_certsign_only":
+    elif has("leaf_ku_certsign_only"):
         leaf_ku = _key_usage("key_cert_sign")
-    elif p == "leaf_ku_decipher_only":
+    elif has("leaf_ku_decipher_only"):
         leaf_ku = _key_usage(need, "key_agreement", "decipher_only")
     leaf_eku = {"absent": None, "server": [ExtendedKeyUsageOID.SERVER_AUTH],
                 "server_client": [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
                 "any": [ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE]}[spec.leaf_eku]
-    if p == "leaf_eku_client":
+    if has("leaf_eku_client"):
         leaf_eku = [ExtendedKeyUsageOID.CLIENT_AUTH]
-    elif p == "leaf_eku_codesign":
+    elif has("leaf_eku_codesign"):
         leaf_eku = [ExtendedKeyUsageOID.CODE_SIGNING]
     leaf_exts = []
-    if p == "leaf_unknown_critical":
+    if has("leaf_unknown_critical"):
         leaf_exts.append((x509.UnrecognizedExtension(_UNKNOWN_OID, b"\x05\x00"), True))
     leaf_dates = {}
-    if p == "leaf_expired":
+    if has("leaf_expired"):
         leaf_dates = dict(not_before=NOW - 30 * day, not_after=NOW - day)
-    elif p == "leaf_not_yet_valid":
+    elif has("leaf_not_yet_valid"):
         leaf_dates = dict(not_before=NOW + day, not_after=NOW + 30 * day)
     leaf_issuer_style = spec.issuer_styles[spec.depth]
-    if p.startswith("issuer_") and spec.target == spec.depth:
-        leaf_issuer_style = p.removeprefix("issuer_")
-    leaf_sign = "sha1" if p == "leaf_sha1" else spec.hashes[spec.depth]
+    if prefixed("issuer_") and spec.target == spec.depth:
+        leaf_issuer_style = prefixed("issuer_").removeprefix("issuer_")
+    leaf_sign = "sha1" if has("leaf_sha1") else spec.hashes[spec.depth]
     signer = ca_keys[-1]
-    if p == "bad_leaf_signature":
+    if has("bad_leaf_signature"):
         signer = _key("rsa2048" if isinstance(signer, ec.EllipticCurvePrivateKey) else "p256", "wrong-signer")
     leaf_issuer = _issuer_field(cns[-1], kinds[-1], leaf_issuer_style)
-    if p in ("leaf_anchor_selfsigned", "leaf_anchor_sha1", "leaf_selfsigned_untrusted"):
+    if has("leaf_anchor_selfsigned", "leaf_anchor_sha1", "leaf_selfsigned_untrusted"):
         leaf_issuer, signer = leaf_subject, leaf_key
-        leaf_sign = "sha1" if p == "leaf_anchor_sha1" else "sha256"
+        leaf_sign = "sha1" if has("leaf_anchor_sha1") else "sha256"
     leaf = _make(leaf_subject, leaf_issuer, signer, leaf_key, sign=leaf_sign, bc=leaf_bc, ku=leaf_ku,
                  eku=leaf_eku, san=san, exts=leaf_exts, **leaf_dates)
-    if p in ("leaf_anchor_selfsigned", "leaf_anchor_issued_and_root", "leaf_anchor_sha1"):
+    if has("leaf_anchor_selfsigned", "leaf_anchor_issued_and_root", "leaf_anchor_sha1"):
         anchors = [*anchors, leaf]
-    elif p == "leaf_anchor_issued":
+    elif has("leaf_anchor_issued"):
         anchors = [leaf]
-    elif p == "anchor_is_intermediate":
+    elif has("anchor_is_intermediate"):
         anchors = [inters[-1]]
-    elif p == "decoy_anchor_first":
+    elif has("decoy_anchor_first"):
         decoy_key = _key("rsa2048" if isinstance(root_key, ec.EllipticCurvePrivateKey) else "p256", "decoy-root")
         anchors = [_make(subjects[0], subjects[0], decoy_key, decoy_key, bc=(True, True, None)), *anchors]
+
+    unrelated, unrelated_key = _unrelated_ca()
+    if has("root_untrusted"):
+        anchors = [unrelated]
 
     # what the server sends: leaf, intermediates bottom-up (or as perturbed), extras
     chain_inters = list(reversed(inters))
@@ -672,17 +772,17 @@ def build(spec: Spec) -> Built:
         at = chain_inters.index(inters[j])
         for where, cert in items:
             chain_inters.insert(at if where == "before" else at + 1, cert)
-    if p == "wrong_order":
+    if has("wrong_order"):
         chain_inters = list(inters)
-    elif p == "missing_intermediate":
+    elif has("missing_intermediate"):
         chain_inters.remove(inters[spec.target % spec.depth])
-    elif p in ("decoy_first", "decoy_after"):
+    elif has("decoy_first", "decoy_after"):
         # a CA with the leaf's issuer's name (as the leaf writes it) and another key
         decoy_key = _key("rsa2048" if isinstance(ca_keys[-1], ec.EllipticCurvePrivateKey) else "p256", "decoy")
         parent_key = ca_keys[-2]
         decoy = _make(subjects[-1], _issuer_field(cns[-2], kinds[-2], "exact"), parent_key, decoy_key,
                       bc=(True, True, None))
-        chain_inters.insert(0 if p == "decoy_first" else 1, decoy)
+        chain_inters.insert(0 if has("decoy_first") else 1, decoy)
     served = [leaf, *chain_inters]
     if spec.root_position == "end":
         served.append(root)
@@ -690,32 +790,31 @@ def build(spec: Spec) -> Built:
         served.insert(1, root)
 
     extras = []
-    unrelated, unrelated_key = _unrelated_ca()
-    if spec.extra == "unrelated_ca" or p == "duplicate_and_unrelated":
+    if spec.extra == "unrelated_ca" or has("duplicate_and_unrelated"):
         extras.append(unrelated)
-    if spec.extra == "unrelated_leaf" or p == "duplicate_and_unrelated":
+    if spec.extra == "unrelated_leaf" or has("duplicate_and_unrelated"):
         extras.append(_make(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "unrelated leaf")]),
                             unrelated.subject, unrelated_key, _key("p256", "unrelated-leaf"),
                             san=[x509.DNSName(HOST)]))
-    if (spec.extra == "duplicate" or p == "duplicate_and_unrelated") and inters \
-            and p not in ("wrong_order", "missing_intermediate", "decoy_first"):   # (would repair them)
+    if (spec.extra == "duplicate" or has("duplicate_and_unrelated")) and inters \
+            and not has("wrong_order", "missing_intermediate", "decoy_first"):   # (would repair them)
         extras.append(inters[spec.target % len(inters)])
-    if p == "extra_ed25519_key":
+    if has("extra_ed25519_key"):
         extras.append(_make(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed25519 key")]),
                             unrelated.subject, unrelated_key, _key("ed25519", "extra")))
-    elif p == "extra_ed25519_signed":
+    elif has("extra_ed25519_signed"):
         ed_key = _key("ed25519", "extra-signer")
         extras.append(_make(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed25519 signed")]),
                             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed25519 CA")]), ed_key,
                             _key("p256", "extra-ed-subject")))
-    elif p == "extra_unknown_critical":
+    elif has("extra_unknown_critical"):
         extras.append(_make(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd extension")]),
                             unrelated.subject, unrelated_key, _key("p256", "extra-odd"),
                             exts=[(x509.UnrecognizedExtension(_UNKNOWN_OID, b"\x05\x00"), True)]))
     for n, cert in enumerate(extras):
         at = 1 + (spec.insert_at + n) % len(served)
         served.insert(at, cert)
-    if p.startswith("leaf_anchor") or p == "leaf_selfsigned_untrusted":
+    if prefixed("leaf_anchor") or has("leaf_selfsigned_untrusted"):
         served = [leaf]
     return Built(served=served, leaf_key=leaf_key, anchors=anchors, host=host, suite=spec.suite)
 
@@ -731,6 +830,7 @@ class MbedVerdict:
     flags: int | None         # VERIFY_OPTIONAL: mbedtls_ssl_get_verify_result (None: not reached)
     optional_error: int | None
     sent: list                # DER certificates in the server's Certificate message
+    alert: int | None = None  # the fatal alert the REQUIRED client sent (its description byte)
 
     def describe(self) -> str:
         if self.ok:
@@ -741,7 +841,7 @@ class MbedVerdict:
             flags = f", verify flags 0x{self.flags:X} ({'|'.join(names)})"
         elif self.optional_error is not None:
             flags = f" (also with VERIFY_OPTIONAL: -0x{self.optional_error:04X})"
-        return f"Mbed TLS: refused, -0x{self.error:04X}{flags}"
+        return f"Mbed TLS: refused, -0x{self.error:04X}{flags}, alert {alert_name(self.alert)}"
 
 
 class ServerRefused(Exception):
@@ -787,8 +887,35 @@ def _certificate_message(server_bytes: bytes) -> list[bytes]:
     return []
 
 
+def _alert_record(client_bytes: bytes) -> int | None:
+    """The description of the (clear) fatal alert record among the client's bytes: 0x15, the
+    version 0x0303, the length 2, level 2 (fatal), the description."""
+    at = 0
+    while at + 5 <= len(client_bytes):
+        kind, length = client_bytes[at], int.from_bytes(client_bytes[at + 3:at + 5], "big")
+        if kind == 21:
+            record = client_bytes[at:at + 5 + length]
+            assert record[:6] == b"\x15\x03\x03\x00\x02\x02" and len(record) == 7, record.hex()
+            return record[6]
+        at += 5 + length
+    return None
+
+
+def _alert_to_server(server: ssl.SSLObject, incoming: ssl.MemoryBIO, client_bytes: bytes) -> str | None:
+    """What the OpenSSL server says of the client's last bytes (the alert's name, as it got it)."""
+    incoming.write(client_bytes)
+    try:
+        server.do_handshake()
+    except ssl.SSLWantReadError:
+        return None
+    except ssl.SSLError as exc:
+        return exc.reason
+    return None
+
+
 def _handshake(built: Built, server_ctx: ssl.SSLContext, validate: bool):
-    """One in-memory handshake: (completed, TLSError code, verify flags, server's bytes)."""
+    """One in-memory handshake: (completed, TLSError code, verify flags, server's bytes, the
+    alert the client sent when it failed)."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     server = server_ctx.wrap_bio(incoming, outgoing, server_side=True)
     trust = mbtls.TrustStore()
@@ -819,7 +946,13 @@ def _handshake(built: Built, server_ctx: ssl.SSLContext, validate: bool):
             except mbtls.WantWriteError:
                 pass
             except TLSError as exc:
-                return False, exc.err, None, seen
+                # the alert it queued, in clear (before its ChangeCipherSpec): read from the
+                # record and, as a check of that reading, as the OpenSSL server receives it
+                queued = client.peek_outgoing(1 << 16)
+                alert = _alert_record(queued)
+                if alert in OPENSSL_ALERT_REASONS:
+                    assert _alert_to_server(server, incoming, queued) == OPENSSL_ALERT_REASONS[alert]
+                return False, exc.err, None, seen, alert
             flush()
         flush()
         if over():
@@ -827,7 +960,7 @@ def _handshake(built: Built, server_ctx: ssl.SSLContext, validate: bool):
             from tls_engine import native
             if native.available():
                 flags = native.NativeSsl(client).verify_result()
-            return True, None, flags, seen
+            return True, None, flags, seen, None
         try:
             server.do_handshake()
         except ssl.SSLWantReadError:
@@ -843,14 +976,14 @@ def _handshake(built: Built, server_ctx: ssl.SSLContext, validate: bool):
 
 def mbedtls_verdict(built: Built, workdir) -> MbedVerdict:
     ctx = _server_context(built, workdir)
-    ok, error, _, seen = _handshake(built, ctx, validate=True)
-    optional_ok, optional_error, flags, seen_optional = _handshake(built, ctx, validate=False)
+    ok, error, _, seen, alert = _handshake(built, ctx, validate=True)
+    optional_ok, optional_error, flags, seen_optional, _ = _handshake(built, ctx, validate=False)
     sent = _certificate_message(seen) or _certificate_message(seen_optional)
     assert sent == [c.public_bytes(DER) for c in built.served], "the server did not send the chain as built"
     if optional_ok and flags is not None:       # REQUIRED fails exactly when OPTIONAL has flags
         assert ok == (flags == 0), (ok, error, flags)
     return MbedVerdict(ok=ok, error=error, flags=flags if optional_ok else None,
-                       optional_error=optional_error, sent=sent)
+                       optional_error=optional_error, sent=sent, alert=alert)
 
 
 def emulator_verdict(built: Built, chain_der: list[bytes]):
@@ -871,9 +1004,13 @@ def judge(spec: Spec, workdir) -> tuple[MbedVerdict, object]:
 
 
 def agree(spec: Spec, mbed: MbedVerdict, emulated) -> None:
+    """The same verdict and, when both refuse, the same alert."""
     if mbed.ok != (emulated is None):
         raise Disagreement(f"{spec.describe()}\n  {mbed.describe()}\n  emulator: "
                            f"{'accepted' if emulated is None else 'refused: ' + emulated.reason}")
+    if not mbed.ok and emulated.alert != mbed.alert:
+        raise AlertDisagreement(f"{spec.describe()}\n  {mbed.describe()}\n  emulator: refused with alert "
+                                f"{alert_name(emulated.alert)}: {emulated.reason}")
 
 
 def compare(spec: Spec, workdir) -> tuple[MbedVerdict, object]:
@@ -892,6 +1029,8 @@ def _params():
         marks = []
         if spec.pert in BUGS:
             marks.append(pytest.mark.xfail(strict=True, raises=Disagreement, reason=BUGS[spec.pert]))
+        elif spec.pert in ALERT_BUGS:
+            marks.append(pytest.mark.xfail(strict=True, raises=AlertDisagreement, reason=ALERT_BUGS[spec.pert]))
         params.append(pytest.param(spec, id=case_id, marks=marks))
     return params
 
@@ -918,13 +1057,16 @@ def minimal(pert: str, depth: int = 1, **changes) -> Spec:
     return replace(spec, **changes)
 
 
-def _finding(spec: Spec, tmp_path, *, ok: bool, error: int | None = None, flags: int | None = None):
+def _finding(spec: Spec, tmp_path, *, ok: bool, error: int | None = None, flags: int | None = None,
+             alert: int | None = None):
     mbed, emulated = judge(spec, str(tmp_path))
     assert mbed.ok == ok, mbed.describe()
     if error is not None:
         assert mbed.error == error, mbed.describe()
     if flags is not None:
         assert mbed.flags == flags, mbed.describe()
+    if alert is not None:
+        assert mbed.alert == alert, mbed.describe()
     agree(spec, mbed, emulated)
 
 
@@ -1024,3 +1166,62 @@ def test_ip_literal_against_an_ip_san(tmp_path):
 # Was a bug, fixed: with no SAN, a CN that is the dialled IP literal matches (as in Mbed TLS).
 def test_ip_literal_against_a_common_name(tmp_path):
     _finding(minimal("ip_cn", depth=0, host="127.0.0.1"), tmp_path, ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the alert findings (ALERT_BUGS), one minimal chain each: both refuse, Mbed TLS's flags and the
+# alert it sent are asserted, then the comparison raises AlertDisagreement until the emulator
+# sends the same alert.  The first comparison found five, all fixed in tls_engine/verify.py:
+
+
+# Was a bug, fixed: 9 intermediates and no anchor within MBEDTLS_X509_MAX_INTERMEDIATE_CA: Mbed
+# TLS's x509_crt_verify_chain returns MBEDTLS_ERR_X509_FATAL_ERROR (-0x3000, with VERIFY_OPTIONAL
+# too), the flags become (uint32_t)-1 and BADCERT_OTHER is tested first -> access_denied (49),
+# whatever else is wrong; the emulator sent unknown_ca (48), or bad_certificate (42) beside a
+# name mismatch.
+def test_alert_bug_a_chain_too_long_for_mbedtls(tmp_path):
+    _finding(minimal("long_chain_9", depth=9), tmp_path, ok=False, error=0x3000, alert=49)
+
+
+# Was a bug, fixed: a hash below SHA-224 (BAD_MD) and an issuer's RSA key under 2048 bits
+# (BAD_KEY) on one path: Mbed TLS flags both (0x14000) -> unsupported_certificate (43); the
+# emulator sent certificate_unknown (46): its profile check returned its first fault, the hash.
+def test_alert_bug_a_sha1_signature_and_a_short_issuer_key(tmp_path):
+    # leaf <- Inter 0 (RSA-1024, signed by the root with SHA-1) <- root
+    _finding(minimal("inter_rsa1024+inter_sha1"), tmp_path, ok=False, error=ERR_X509_CERT_VERIFY_FAILED,
+             flags=0x14000, alert=43)
+
+
+# Was a bug, fixed: an issuer with an RSA-1024 key on a path that ends untrusted: Mbed TLS checks
+# the key of every parent it finds, flags NOT_TRUSTED|BAD_KEY (0x10008) -> unsupported_certificate
+# (43); the emulator sent unknown_ca (48): it judged the profile only on a path that reached an anchor.
+def test_alert_bug_a_short_issuer_key_on_an_untrusted_path(tmp_path):
+    # leaf <- Inter 0 (RSA-1024) <- root (not sent, not trusted: the anchor is an unrelated CA)
+    _finding(minimal("inter_rsa1024+root_untrusted"), tmp_path, ok=False, error=ERR_X509_CERT_VERIFY_FAILED,
+             flags=0x10008, alert=43)
+
+
+# Was a bug, fixed: a certificate not yet valid and one above it expired: Mbed TLS flags
+# EXPIRED|FUTURE (0x201) -> certificate_expired (45); the emulator sent certificate_unknown (46):
+# it reported the first dated certificate of the path (leaf first).
+def test_alert_bug_a_leaf_not_yet_valid_under_an_expired_intermediate(tmp_path):
+    _finding(minimal("leaf_not_yet_valid+inter_expired"), tmp_path, ok=False,
+             error=ERR_X509_CERT_VERIFY_FAILED, flags=0x201, alert=45)
+
+
+# Was a bug, fixed: the leaf's signature fails with its (sent) issuer and an intermediate is
+# expired: Mbed TLS takes a sent parent whose signature fails all the same (NOT_TRUSTED) and goes
+# on up the chain, dating (and key-checking) each certificate -> EXPIRED|NOT_TRUSTED (0x9) ->
+# certificate_expired (45); the emulator sent unknown_ca (48): its path stopped at the bad
+# signature, only the leaf was dated.
+def test_alert_bug_a_bad_leaf_signature_under_an_expired_intermediate(tmp_path):
+    # leaf (signed by another key) <- Inter 0 (expired) <- root
+    _finding(minimal("bad_leaf_signature+inter_expired"), tmp_path, ok=False,
+             error=ERR_X509_CERT_VERIFY_FAILED, flags=0x9, alert=45)
+
+
+def test_two_faults_alert_as_mbedtls_picks(tmp_path):
+    """A pair the emulator gets right: a leaf for the wrong name from an untrusted root ->
+    CN_MISMATCH|NOT_TRUSTED -> bad_certificate (the name first)."""
+    _finding(minimal("host_wrong_san+root_untrusted"), tmp_path, ok=False, error=ERR_X509_CERT_VERIFY_FAILED,
+             flags=0x0C, alert=42)
