@@ -418,9 +418,10 @@ MAIN_FILES = {
         @pytest.mark.modem_manual_time
         def test_the_manual_time_marker(modem):
             assert modem.emulator.run(lambda: modem.port.modem.timers.manual)
-            with serial.Serial(modem.path, 115200, timeout=0.3) as ser:
+            # (a wait for the answer, not a 0.3 s read: a loaded machine answered later)
+            with serial.Serial(modem.path, 115200, timeout=5) as ser:
                 ser.write(b"AT+QSCLK=1\\r\\n")
-                assert ser.read(200).endswith(b"OK\\r\\n")
+                assert ser.read_until(b"OK\\r\\n").endswith(b"OK\\r\\n")
                 assert modem.advance(1.0) >= 0
     ''',
     # A sub-directory whose conftest overrides `modem` with the team's own (manual time);
@@ -444,8 +445,11 @@ MAIN_FILES = {
 
         def test_scenario_on_the_manual_clock(modem):
             modem.scenario({"step": [{"at": 30, "op": "urc", "text": "+HELLO: 30"}]})
-            with serial.Serial(modem.path, 115200, timeout=0.3) as ser:
+            # ATE0's answer waited for up to 5 s (0.3 s was once too short under load: the
+            # session's one failure); only the "not yet" read is 0.3 s
+            with serial.Serial(modem.path, 115200, timeout=5) as ser:
                 assert at(ser, b"ATE0").endswith(b"OK\\r\\n")
+                ser.timeout = 0.3
                 modem.emulator.advance(modem.port, 29.5)
                 assert ser.read(64) == b""                       # 29.5 s of modem time: not yet
                 modem.emulator.advance(modem.port, 1)

@@ -568,8 +568,10 @@ def test_negotiatetime_counts_the_whole_handshake_not_only_the_first_answer(mode
         conn, _ = listener.accept()
         held.append(conn)
         conn.recv(4096)
-        got_hello.set()
         conn.sendall(bytes([22, 3, 3, 0x10, 0x00]) + b"\x02\x00\x00")   # a 4 KiB record, 8 bytes of it
+        # set once the half record is out, not before: under load the test once ran to its end
+        # (569 with no answer at all) and closed `conn` ahead of this sendall (EBADF in the thread)
+        got_hello.set()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

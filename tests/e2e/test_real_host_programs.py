@@ -563,14 +563,28 @@ def test_shell_half_line_of_a_closed_program_is_not_run_for_the_next_one(cli, tm
     docs/behaviour.md; the helper that found it saw AT+CGMM run 5 times in 5.)"""
     emu = cli()
     subprocess.run([tool("stty"), "-F", emu.dev, "raw", "-echo"], check=True, timeout=30)
+    # The moment is a sleep, as a script's; then, for a loaded machine, also until the emulator
+    # has logged that program's going (a 0.2 s moment alone was once too short for its look for
+    # a host, every 50 ms, under CPU load).  Each count is taken with nothing else pending: fd 3's
+    # close is waited for too.
+    closes = r"closed before it was seen|host closed"
     shell = f"""
+        count() {{ {tool('grep')} -c -E '{closes}' {emu.log_path}; }}
+        more_than() {{
+            end=$((SECONDS + 10))
+            until [ "$(count)" -gt "$1" ] || [ $SECONDS -ge $end ]; do sleep 0.01; done
+        }}
         for i in 1 2 3 4 5; do
+            n=$(count)
             printf 'AT+CG' > {emu.dev}
             sleep 0.2
+            more_than $n
             exec 3<>{emu.dev}
             printf 'MM\\r' >&3
             {tool('timeout')} 1 cat <&3 || true
+            n=$(count)
             exec 3>&-
+            more_than $n
             sleep 0.3
         done
     """

@@ -229,6 +229,9 @@ def test_demo_hint_does_not_claim_an_upload_that_failed(tmp_path):
     cli = Cli(tmp_path, "--demo")
     try:
         wait_for(lambda: "stop with Ctrl+C" in cli.log(), 20, "the start-up hints")
+        # the warning is a log record, written by the CLI's stderr thread: it may come after the
+        # hints, which are printed at once (it once had not come yet under CPU load)
+        wait_for(lambda: "demo material is not installed" in cli.log(), 20, "the --demo warning")
         log = cli.log()
     finally:
         cli.stop()

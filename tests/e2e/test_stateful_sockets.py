@@ -198,9 +198,12 @@ class Peers:
         self.tls = TlsServer(pki.server, mode="echo", ciphers="DEFAULT:@SECLEVEL=0")
         self.tcp = TcpServer(behave=_tcp_echo)
         self.stall = socket.create_server(("127.0.0.1", 0), backlog=256)   # never accept()ed
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.refused_port = s.getsockname()[1]                         # nothing listens
+        # Bound, never listening: refused, and kept so for the whole test.  (A port only found
+        # free and let go could be a listener's of another test by the time a later example
+        # dials it -- two parallel runs did: +QIOPEN: <id>,0 and a "recv" URC on "tcprefused".)
+        self.refused = socket.socket()
+        self.refused.bind(("127.0.0.1", 0))
+        self.refused_port = self.refused.getsockname()[1]                  # nothing listens
 
     def route(self, emu: BackgroundEmulator) -> None:
         r = emu.router
@@ -213,17 +216,19 @@ class Peers:
         r.add_dns("stall.test", "10.20.30.40")
         r.add_dns("refused.test", "10.20.30.41")
 
-    # (the newest connection from that port: over a long run the kernel hands out a local
-    # port again, and the first match would be a connection closed long ago)
-    def tls_conn(self, local_port: int):
-        return self.tls.wait_for(lambda: next((c for c in reversed(list(self.tls.connections))
+    # (a connection from that port accepted since the socket's open began, `start` being the
+    # count before it: over a long run the kernel hands out a local port again, and the newest
+    # match alone was once an earlier example's connection -- the server's accept thread, on a
+    # loaded machine, had not yet listed this one)
+    def tls_conn(self, local_port: int, start: int):
+        return self.tls.wait_for(lambda: next((c for c in reversed(list(self.tls.connections)[start:])
                                                if c.address[1] == local_port), None),
                                  TIMEOUT, f"server side of local port {local_port}")
 
-    def tcp_conn(self, local_port: int):
+    def tcp_conn(self, local_port: int, start: int):
         deadline = time.monotonic() + TIMEOUT
         while True:
-            for c in reversed(list(self.tcp.connections)):
+            for c in reversed(list(self.tcp.connections)[start:]):
                 if c.addr[1] == local_port:
                     return c
             assert time.monotonic() < deadline, f"no TCP peer connection from {local_port}"
@@ -233,6 +238,7 @@ class Peers:
         self.tls.close()
         self.tcp.close()
         self.stall.close()
+        self.refused.close()
 
 
 class LogGuard(logging.Handler):
@@ -272,6 +278,7 @@ class Sock:
         self.buffer = "empty"           # the modem's receive buffer: empty / nonempty / unknown
         self.local_port: int | None = None
         self.closed_urc = False
+        self.conns_before = 0           # the server's connection count when the open began
 
 
 # -- the EC2x machine ---------------------------------------------------------------------------
@@ -400,6 +407,7 @@ class Ec2xSockets(RuleBasedStateMachine):
             self.last_error(563, line)
             return
         s = self.socks[cid] = Sock("ssl", target, ctx)
+        s.conns_before = len(self.peers.tls.connections)
         self.cmd(line, OK, bytewise)
         if target == "stall":
             self.wire.settle(0.05)
@@ -429,6 +437,7 @@ class Ec2xSockets(RuleBasedStateMachine):
             assert self.refusal == 563, f"+QIOPEN: {cid},{self.refusal} on an id in use"
             return
         s = self.socks[cid] = Sock("tcp", "refused" if target == "tcprefused" else "echo")
+        s.conns_before = len(self.peers.tcp.connections)
         self.cmd(line, OK, bytewise)
         self.wire.wait_urcs(lambda: s.open_code is not None, f"+QIOPEN: {cid}")
         if s.target == "refused":
@@ -673,12 +682,12 @@ class Ec2xSockets(RuleBasedStateMachine):
         if s.local_port is None:
             (self.check_ssl_state if s.kind == "ssl" else self.check_tcp_state)(cid)
         if s.kind == "ssl":
-            conn = self.peers.tls_conn(s.local_port)
+            conn = self.peers.tls_conn(s.local_port, s.conns_before)
             self.peers.tls.wait_for(lambda: len(conn.received) >= len(s.sent), TIMEOUT, "echo settled")
             assert bytes(conn.received) == bytes(s.sent), "the server got other bytes than SEND OK took"
             conn.close(close_notify=True)
         else:
-            conn = self.peers.tcp_conn(s.local_port)
+            conn = self.peers.tcp_conn(s.local_port, s.conns_before)
             got = conn.wait_received(len(s.sent), TIMEOUT)
             assert got == bytes(s.sent), "the server got other bytes than SEND OK took"
             conn.close()

@@ -344,8 +344,11 @@ static unsigned char *slurp(const char *path, size_t *len)
 static void sync_modem(void)
 {
     int i;
+    /* 10 s, not 2: this host never flushes, so a first answer later than the wait (a loaded
+       machine, the emulator just started) was read as the next command's and every answer
+       after it was one off (AT+CGACT "answered" by AT+CGDCONT's OK). */
     for (i = 0; i < 10; i++)
-        if (AT(2, "AT") == AT_OK)
+        if (AT(10, "AT") == AT_OK)
             break;
     if (i == 10)
         fail("no answer to AT");
