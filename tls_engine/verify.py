@@ -253,14 +253,14 @@ class ChainVerifier:
                      offset: int = 0) -> tuple[_Link | None, x509.Certificate | None]:
         """(parent, candidate whose signature failed): the issuer of child, or a sent
         candidate whose signature fails (taken as the parent all the same: both), or no
-        parent and a trusted candidate whose signature failed (for the reason text).  As Mbed TLS (x509_crt_find_parent_in): the
-        trusted certificates first, then those the server sent after the child (`sent`, the
-        first at `offset` in the server's list); within each, a candidate valid at the
-        modem clock before one that is not (a renewed CA or intermediate next to its expired
-        predecessor, in either order), which is taken only when no other is.  A trusted
-        candidate whose signature fails is passed over; a sent one is the parent all the
-        same (Mbed TLS takes the first that fits by name, CA bit and path length), and the
-        path fails on its signature.  below: the intermediates under the candidate that its
+        parent and a trusted candidate whose signature failed (for the reason text).  As
+        Mbed TLS (x509_crt_find_parent_in): the trusted certificates first, then those the
+        server sent after the child (`sent`, the first at `offset` in the server's list);
+        within each, a candidate valid at the modem clock before one that is not (a renewed
+        CA or intermediate next to its expired predecessor, in either order), which is taken
+        only when no other is.  A trusted candidate whose signature fails is passed over; a
+        sent one is the parent all the same (Mbed TLS takes the first that fits by name, CA
+        bit and path length), and the path fails on its signature.  below: the intermediates under the candidate that its
         pathLenConstraint counts."""
         now = None if self.settings.ignore_local_time else self.now()
         bad_signature = None
