@@ -93,9 +93,9 @@ def describe_cert(cert: x509.Certificate) -> str:
         cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if cns:
             return f"CN={cns[0].value}"
-    except ValueError:
-        pass
-    return cert.subject.rfc4514_string() or "(empty subject)"
+        return cert.subject.rfc4514_string() or "(empty subject)"
+    except ValueError:            # (a name value that is not text: Mbed TLS keeps its bytes)
+        return f"serial 0x{cert.serial_number:X} (a subject that is not text)"
 
 
 def _fmt(moment: datetime) -> str:
@@ -224,13 +224,12 @@ class ChainVerifier:
         label = self.settings.trust_label
         path = [leaf]
         child = leaf
-        used = {leaf.public_bytes(_DER)}
         max_depth = 2 if self.settings.ignore_multicert_chain_verify else 10
         self_issued = 0              # (Mbed TLS's self_cnt: self-issued CAs below, not counted
         after = 0                    # against a pathLenConstraint; counted after the search)
         fault = None                 # a signature that failed on the way
         while len(path) < max_depth:
-            link, bad_sig = self._find_issuer(child, sent[after:], used, len(path) - 1 - self_issued, after)
+            link, bad_sig = self._find_issuer(child, sent[after:], len(path) - 1 - self_issued, after)
             if len(path) > 1 and same_name_der(_issuer_der(child), _subject_der(child)):
                 self_issued += 1
             who = "server certificate" if child is leaf else f"intermediate {describe_cert(child)}"
@@ -244,12 +243,13 @@ class ChainVerifier:
             path.append(link.cert)
             if link.is_anchor or self.settings.ignore_multicert_chain_verify:
                 return path, fault, ALERT_UNKNOWN_CA if fault else 0
-            used.add(link.cert.public_bytes(_DER))
             child = link.cert
-            after = link.index + 1     # (Mbed TLS looks for a parent after the child only)
-        return path, f"server certificate chain longer than {max_depth} does not reach {label}", ALERT_ACCESS_DENIED
+            after = link.index + 1     # (Mbed TLS looks for a parent after the child only: the
+                                       # walk ends, and a duplicate sent later is walked as in Mbed TLS)
+        return path, (f"server certificate chain of {len(path)} certificates does not reach {label} "
+                      f"(Mbed TLS walks at most 8 intermediates)"), ALERT_ACCESS_DENIED
 
-    def _find_issuer(self, child, sent, used, below: int = 0,
+    def _find_issuer(self, child, sent, below: int = 0,
                      offset: int = 0) -> tuple[_Link | None, x509.Certificate | None]:
         """(parent, candidate whose signature failed): the issuer of child, or a sent
         candidate whose signature fails (taken as the parent all the same: both), or no
@@ -260,14 +260,13 @@ class ChainVerifier:
         CA or intermediate next to its expired predecessor, in either order), which is taken
         only when no other is.  A trusted candidate whose signature fails is passed over; a
         sent one is the parent all the same (Mbed TLS takes the first that fits by name, CA
-        bit and path length), and the path fails on its signature.  below: the intermediates under the candidate that its
-        pathLenConstraint counts."""
+        bit and path length), and the path fails on its signature.  below: the intermediates
+        under the candidate that its pathLenConstraint counts."""
         now = None if self.settings.ignore_local_time else self.now()
         bad_signature = None
         issuer = _issuer_der(child)
         for candidates in ([_Link(a, True) for a in self.anchors],
-                           [_Link(c, False, offset + i) for i, c in enumerate(sent)
-                            if c.public_bytes(_DER) not in used]):
+                           [_Link(c, False, offset + i) for i, c in enumerate(sent)]):
             out_of_date = None
             for link in candidates:
                 if (not same_name_der(_subject_der(link.cert), issuer) or not _can_issue(link.cert, link.is_anchor)
@@ -280,10 +279,10 @@ class ChainVerifier:
                 if now is not None and _dated(link.cert, now) is not None:
                     out_of_date = out_of_date or (link, signed)
                     continue
-                return link, None if signed else link.cert
+                return (link, None) if signed else (link, link.cert)
             if out_of_date is not None:
                 link, signed = out_of_date
-                return link, None if signed else link.cert
+                return (link, None) if signed else (link, link.cert)
         return None, bad_signature
 
     @staticmethod
@@ -361,8 +360,9 @@ _PARSED_EXTENSIONS = {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, Ex
 
 def _unparsable(cert: x509.Certificate) -> str | None:
     """Why Mbed TLS 2.28 would not parse `cert` (mbedtls_x509_crt_parse_der): a public key
-    other than RSA or EC (an Ed25519 key: PK_UNKNOWN_PK_ALG), an unknown critical extension,
-    a critical certificatePolicies naming another policy than anyPolicy (FEATURE_UNAVAILABLE)."""
+    other than RSA or EC (an Ed25519 key: PK_UNKNOWN_PK_ALG), RSASSA-PSS signature parameters
+    it cannot read, an unknown critical extension, a critical certificatePolicies naming
+    another policy than anyPolicy (FEATURE_UNAVAILABLE)."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
     try:
@@ -371,6 +371,12 @@ def _unparsable(cert: x509.Certificate) -> str | None:
         return "a public key of an unknown algorithm"
     if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
         return f"a {type(key).__name__.removesuffix('PublicKey').lstrip('_')} public key"
+    try:
+        cert.signature_hash_algorithm
+    except ValueError:            # (x509_get_rsassa_pss_params fails: the whole parse does)
+        return "invalid RSASSA-PSS signature parameters"
+    except UnsupportedAlgorithm:
+        pass
     for ext in cert.extensions:
         if not ext.critical:
             continue
@@ -607,7 +613,10 @@ def cert_names(cert: x509.Certificate) -> list[str]:
     if san is not None:
         return [*san.get_values_for_type(x509.DNSName),
                 *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
-    return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    try:
+        return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    except ValueError:            # (a CN that is not text: no name it could be dialled by)
+        return [describe_cert(cert)]
 
 
 _CN_OID = bytes.fromhex("550403")      # id-at-commonName, as it sits in a Name's DER
