@@ -94,6 +94,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from tests.unit.tls_engine.der_support import children, contents, element
 from tls_engine import TlsSettings
 from tls_engine import verify
 from tls_engine.verify import (ALERT_BAD_CERT, ALERT_CERT_EXPIRED, ALERT_CERT_UNKNOWN, ALERT_UNKNOWN_CA,
@@ -263,33 +264,15 @@ def test_an_unknown_suite_asks_no_key_usage_bit(root):
 
 # --- verify.py: the path -----------------------------------------------------------------------
 
-def _enc_len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
-def _enc(tag: int, body: bytes) -> bytes:
-    return bytes([tag]) + _enc_len(len(body)) + body
-
-
 def _version1(cert: x509.Certificate, signer) -> x509.Certificate:
     """cert (made without extensions) as a version-1 certificate: the TBS without its
     version field, signed again by signer (an EC key, as cert's issuer's)."""
-    _, tbs, _ = verify._tlv(cert.tbs_certificate_bytes, 0)
-    kept, at = [], 0
-    while at < len(tbs):
-        start = at
-        tag, _, at = verify._tlv(tbs, at)
-        if tag not in (0xA0, 0xA3):                     # [0] version, [3] extensions
-            kept.append(tbs[start:at])
-    new_tbs = _enc(0x30, b"".join(kept))
-    _, outer, _ = verify._tlv(_der(cert), 0)
-    _, _, after_tbs = verify._tlv(outer, 0)
-    _, _, after_alg = verify._tlv(outer, after_tbs)
+    kept = [field for field in children(contents(cert.tbs_certificate_bytes))
+            if field[0] not in (0xA0, 0xA3)]                # [0] version, [3] extensions
+    new_tbs = element(0x30, b"".join(kept))
+    _, algorithm, _ = children(contents(_der(cert)))
     signature = signer.sign(new_tbs, ec.ECDSA(hashes.SHA256()))
-    v1 = x509.load_der_x509_certificate(_enc(0x30, new_tbs + outer[after_tbs:after_alg] + _enc(0x03, b"\0" + signature)))
+    v1 = x509.load_der_x509_certificate(element(0x30, new_tbs + algorithm + element(0x03, b"\0" + signature)))
     assert v1.version == x509.Version.v1
     return v1
 

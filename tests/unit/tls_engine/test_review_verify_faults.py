@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from tests.unit.tls_engine.der_support import children, contents, element
 from tls_engine import TlsSettings
 from tls_engine.verify import (ALERT_ACCESS_DENIED, ALERT_BAD_CERT, ALERT_UNKNOWN_CA, ChainVerifier,
                                VerifyProblem)
@@ -63,43 +64,13 @@ def _verify(chain: list[x509.Certificate], anchors=(ROOT,), **flags) -> VerifyPr
 
 # --- minimal DER surgery (the hostile certificates cryptography will not build) -------------
 
-def _tlv(der: bytes, at: int) -> tuple[bytes, int]:
-    length, start = der[at + 1], at + 2
-    if length & 0x80:
-        count = length & 0x7F
-        length, start = int.from_bytes(der[start:start + count], "big"), start + count
-    return der[at:start + length], start + length
-
-
-def _elements(body: bytes) -> list[bytes]:
-    out, at = [], 0
-    while at < len(body):
-        element, at = _tlv(body, at)
-        out.append(element)
-    return out
-
-
-def _body(element: bytes) -> bytes:
-    length, start = element[1], 2
-    if length & 0x80:
-        start += length & 0x7F
-    return element[start:]
-
-
-def _seq(body: bytes) -> bytes:
-    n = len(body)
-    length = bytes([n]) if n < 128 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes(
-        (n.bit_length() + 7) // 8, "big")
-    return b"\x30" + length + body
-
-
 def _with_signature_algorithm(cert: x509.Certificate, algorithm: bytes) -> x509.Certificate:
     """cert with `algorithm` (an AlgorithmIdentifier's DER) in both its places (the signature
     no longer verifies, which is beside the point)."""
-    tbs, _, signature = _elements(_body(cert.public_bytes(DER)))
-    fields = _elements(_body(tbs))
+    tbs, _, signature = children(contents(cert.public_bytes(DER)))
+    fields = children(contents(tbs))
     fields[2] = algorithm                       # (version, serial, signature, ...)
-    return x509.load_der_x509_certificate(_seq(_seq(b"".join(fields)) + algorithm + signature))
+    return x509.load_der_x509_certificate(element(0x30, element(0x30, b"".join(fields)) + algorithm + signature))
 
 
 RSASSA_PSS_WITHOUT_PARAMETERS = bytes.fromhex("300b06092a864886f70d01010a")

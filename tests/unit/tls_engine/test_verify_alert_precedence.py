@@ -22,6 +22,7 @@ from mbedtls import tls as mbtls
 from mbedtls import x509 as mbx509
 from mbedtls.exceptions import TLSError
 
+from tests.unit.tls_engine.test_verify_differential import OPENSSL_ALERT_REASONS
 from tls_engine import TlsClientSession, TlsFailure, TlsSettings
 
 NOW = datetime.now(timezone.utc)
@@ -29,9 +30,7 @@ PAST = (NOW - timedelta(days=800), NOW - timedelta(days=400))      # expired
 FUTURE = (NOW + timedelta(days=400), NOW + timedelta(days=800))    # not yet valid
 
 # OpenSSL's names of what it received (TLS 1.2)
-BAD_CERT, UNSUPPORTED, EXPIRED, UNKNOWN, UNKNOWN_CA = (
-    "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED", "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "TLSV1_ALERT_UNKNOWN_CA")
+BAD_CERT, EXPIRED, UNKNOWN, UNKNOWN_CA = (OPENSSL_ALERT_REASONS[n] for n in (42, 45, 46, 48))
 
 # (case, leaf's names, validity, anchor: the issuing CA or another, dialled name, alert)
 CASES = [

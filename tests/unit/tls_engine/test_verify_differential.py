@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from tests.unit.tls_engine.der_support import element
 from tls_engine import TlsSettings
 from tls_engine.verify import ChainVerifier
 
@@ -409,17 +410,6 @@ def _all_specs() -> list[tuple[str, Spec]]:
 # building a spec's certificates
 
 
-def _der_len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
-def _tlv(tag: int, body: bytes) -> bytes:
-    return bytes([tag]) + _der_len(len(body)) + body
-
-
 _ALG_SHA256_RSA = bytes.fromhex("300d06092a864886f70d01010b0500")
 _ALG_SHA1_RSA = bytes.fromhex("300d06092a864886f70d0101050500")
 
@@ -432,7 +422,7 @@ def _resign_sha1(cert: x509.Certificate, issuer_key) -> x509.Certificate:
     assert tbs.count(_ALG_SHA256_RSA) == 1
     tbs = tbs.replace(_ALG_SHA256_RSA, _ALG_SHA1_RSA)
     signature = issuer_key.sign(tbs, padding.PKCS1v15(), hashes.SHA1())
-    der = _tlv(0x30, tbs + _ALG_SHA1_RSA + _tlv(0x03, b"\x00" + signature))
+    der = element(0x30, tbs + _ALG_SHA1_RSA + element(0x03, b"\x00" + signature))
     resigned = x509.load_der_x509_certificate(der)
     assert resigned.signature_hash_algorithm.name == "sha1"
     return resigned
