@@ -232,13 +232,15 @@ class ChainVerifier:
             link, bad_sig = self._find_issuer(child, sent[after:], len(path) - 1 - self_issued, after)
             if len(path) > 1 and same_name_der(_issuer_der(child), _subject_der(child)):
                 self_issued += 1
-            who = "server certificate" if child is leaf else f"intermediate {describe_cert(child)}"
-            if bad_sig is not None and fault is None:
-                fault = f"{who}: signature of {describe_cert(child)} does not verify " \
-                        f"with its issuer {describe_cert(bad_sig)} (check {label})"
+            if fault is None and (bad_sig is not None or link is None):   # (the path's first fault)
+                who = "server certificate" if child is leaf else f"intermediate {describe_cert(child)}"
+                if bad_sig is not None:
+                    fault = f"{who}: signature of {describe_cert(child)} does not verify " \
+                            f"with its issuer {describe_cert(bad_sig)} (check {label})"
+                else:
+                    fault = f"{who} not signed by {label} (issuer {child.issuer.rfc4514_string()} " \
+                            f"not found among the trusted or sent certificates)"
             if link is None:
-                fault = fault or f"{who} not signed by {label} (issuer {child.issuer.rfc4514_string()} " \
-                                 f"not found among the trusted or sent certificates)"
                 return path, fault, ALERT_UNKNOWN_CA
             path.append(link.cert)
             if link.is_anchor or self.settings.ignore_multicert_chain_verify:

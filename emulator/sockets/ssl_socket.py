@@ -925,8 +925,8 @@ class SslSocket:
         """Bytes of the SEND OKs the peer's TCP has acknowledged (AT+QISEND=<id>,0): measured
         (SIOCOUTQ) while the connection lives, never going back, and frozen at its end --
         the peer's FIN or RST, a drop or blackhole fault, the emulator's own teardown --
-        where the module's own count stops too.  A datagram socket: what left (the kernel took).  (The kernel's bytes
-        and SEND OK's are the same count on a plain socket only.)"""
+        where the module's own count stops too.  A datagram socket: what left (the kernel
+        took).  (The kernel's bytes and SEND OK's are the same count on a plain socket only.)"""
         if not self._acks_frozen:
             self._measure_acks()
         return self._acked
