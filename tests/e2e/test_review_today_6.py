@@ -457,10 +457,23 @@ def test_a_sockets_own_net_replaces_the_modems_latency_only_when_not_all_zero(mo
     assert host.at("AT+QICLOSE=0,0") == b"\r\nOK\r\n"
 
 
+def _replays_alike(capsys, path) -> None:
+    """The trace at `path` replays with no difference."""
+    from emulator.tools.trace import replay_main
+    capsys.readouterr()
+    assert replay_main([str(path)]) == 0, capsys.readouterr().out
+
+
+def _stalled_recording(open_modem, emulator, path):
+    """(host, peer): a modem tracing to `path`, its context up, and a server that stops reading."""
+    host, _ = open_modem("ec2x", trace=str(path))
+    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+    return host, stalled_peer(emulator)
+
+
 def test_a_session_recorded_with_latency_replays(tmp_path, capsys):
     from emulator.testing.peers import TcpServer
     from emulator.testing.host import Host
-    from emulator.tools.trace import replay_main
     from tests.e2e.cli_support import Cli
     path = tmp_path / "latency.trace"
     with TcpServer("echo") as server:
@@ -480,19 +493,15 @@ def test_a_session_recorded_with_latency_replays(tmp_path, capsys):
             host.close()
         finally:
             cli.stop()
-    capsys.readouterr()
-    assert replay_main([str(path)]) == 0, capsys.readouterr().out
+    _replays_alike(capsys, path)
 
 
 # Was a bug, fixed: replay compared AT+QISEND=<id>,0's acked/unacked split, which depends on
 # the peer's TCP (its window, its pace) that the trace does not record (recorded 5840,2048,3792,
 # replayed 5840,4380,1460); replay now compares <sent> only (trace.VARIABLE).
 def test_a_session_that_polled_a_stalled_server_replays(open_modem, emulator, tmp_path, capsys):
-    from emulator.tools.trace import replay_main
     path = tmp_path / "stalled.trace"
-    host, _ = open_modem("ec2x", trace=str(path))
-    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
-    peer = stalled_peer(emulator)
+    host, peer = _stalled_recording(open_modem, emulator, path)
     try:
         data, held, sent = window_shut(host, peer)
         peer.release_reading()
@@ -503,9 +512,8 @@ def test_a_session_that_polled_a_stalled_server_replays(open_modem, emulator, tm
         assert host.at("AT+QICLOSE=0,0") == b"\r\nOK\r\n"
     finally:
         peer.close()
-    emulator.run(lambda: None)
-    capsys.readouterr()
-    assert replay_main([str(path)]) == 0, capsys.readouterr().out
+    emulator.run(lambda: None)                  # (the trace's last records written)
+    _replays_alike(capsys, path)
 
 
 def test_a_session_with_a_stalled_server_that_answers_later_replays(open_modem, emulator, tmp_path, capsys):
@@ -513,11 +521,8 @@ def test_a_session_with_a_stalled_server_that_answers_later_replays(open_modem, 
     AT+QISEND=<id>,0 answers are shorter (its stand-in reads at once), so that wait must
     allow for them (_CommandWatch.delta) -- without it the reply came only after a 10 s
     patience (not timed here: the replay must simply match)."""
-    from emulator.tools.trace import replay_main
     path = tmp_path / "stalled2.trace"
-    host, _ = open_modem("ec2x", trace=str(path))
-    assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
-    peer = stalled_peer(emulator)
+    host, peer = _stalled_recording(open_modem, emulator, path)
     try:
         data, held, sent = window_shut(host, peer)
         for _ in range(3):
@@ -531,9 +536,8 @@ def test_a_session_with_a_stalled_server_that_answers_later_replays(open_modem, 
         assert host.at("AT+QICLOSE=0,0") == b"\r\nOK\r\n"
     finally:
         peer.close()
-    emulator.run(lambda: None)
-    capsys.readouterr()
-    assert replay_main([str(path)]) == 0, capsys.readouterr().out
+    emulator.run(lambda: None)                  # (the trace's last records written)
+    _replays_alike(capsys, path)
 
 
 @pytest.mark.parametrize("value", ["1e309", "-0.001", "600000.001", "0x10", "-inf"])
