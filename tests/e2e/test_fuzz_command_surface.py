@@ -315,23 +315,18 @@ class Rig:
 
     def _instrument(self) -> None:
         modem, interp = self.modem, self.modem.interpreter
-        write = modem.write
 
-        def counting_write(data: bytes) -> None:
-            if data:
-                with self.lock:
-                    self.out_count += len(data)
-            write(data)
-        modem.write = counting_write
-        write_joined = modem.write_joined
-
-        def counting_write_joined(data: bytes) -> None:
-            # (kept for the next write, which sends it first: counted now, in its place)
-            if data:
-                with self.lock:
-                    self.out_count += len(data)
-            write_joined(data)
-        modem.write_joined = counting_write_joined
+        def counted(write):
+            def counting(data: bytes) -> None:
+                if data:
+                    with self.lock:
+                        self.out_count += len(data)
+                write(data)
+            return counting
+        modem.write = counted(modem.write)
+        # (write_joined's output waits for the next write, which sends it first: counted
+        # when given, in its place; the write that sends it adds only its own bytes)
+        modem.write_joined = counted(modem.write_joined)
         emit = modem.emit
 
         def counting_emit(event: str, **kwargs) -> None:
