@@ -1222,9 +1222,10 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
           contextlib.ExitStack() as stand_ins):
         tracer: list[ModemTrace] = []
         modems: list = []
-        watches: list[_CommandWatch] = []        # (made below; its delta: answers of another length)
+        watch = _CommandWatch(expected_cmds, writer.records, ignore, complete)
         peer = ReplayPeer(scripts_of(records), lambda: tracer[0].in_total if tracer else 0,
-                          lambda: (tracer[0].out_total - (watches[0].delta if watches else 0)) if tracer else 0,
+                          # (the output as the trace counted it: less the answers' other lengths)
+                          lambda: tracer[0].out_total - watch.delta if tracer else 0,
                           lambda server_id: _listening(modems[0], server_id) if modems else None)
         emu.call(peer.start())
         for name, ip in (start.get("dns") or {}).items():
@@ -1249,8 +1250,6 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         except Exception as exc:             # (a name this profile's file system refuses)
             print(f"replay: what the modem held at the start cannot be put back: {exc}", file=out)
         out_count = lambda: emu.run(lambda: tracer[0].out_total)   # noqa: E731
-        watch = _CommandWatch(expected_cmds, writer.records, ignore, complete)
-        watches.append(watch)
         ser = serial.Serial(port.path, 115200, timeout=0)
         try:
             last_t, last_sent = None, time.monotonic()
