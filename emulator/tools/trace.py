@@ -6,7 +6,8 @@ Writing a trace
     (app.py wraps the modem's feed and its output sink; nothing else changes).  Hooks in
     the interpreter and the SSL socket call `modem.trace(kind, **fields)`, a no-op when
     no trace is attached.  One JSON object per line, every one with
-        "t"      seconds since the trace began (monotonic clock), "modem" (index), "kind":
+        "t"      seconds since the trace began (monotonic clock; a modem on manual time: its
+                 own clock from its first record on), "modem" (index), "kind":
     kinds:
         start        profile, name, wall (UTC, ISO 8601), version (of this format: 1), dns
                      (the names the modem's DNS answers, --dns: the ML302 shows them)
@@ -139,8 +140,13 @@ class TraceWriter:
             self._file = os.fdopen(fd, "w", encoding="ascii")
         self._t0 = time.monotonic()
 
-    def write(self, record: dict) -> None:
-        record = {"t": round(time.monotonic() - self._t0, 6), **record}
+    def elapsed(self) -> float:
+        """Seconds since the trace began, on the monotonic clock."""
+        return time.monotonic() - self._t0
+
+    def write(self, record: dict, t: float | None = None) -> None:
+        """t: the record's time in seconds since the trace began (None: now)."""
+        record = {"t": round(self.elapsed() if t is None else t, 6), **record}
         if self._file is not None:
             try:
                 self._file.write(json.dumps(record, default=str) + "\n")
@@ -180,9 +186,25 @@ class ModemTrace:
         self.out_total = 0
         self._line: bytes | None = None
         self._answer = bytearray()
+        self._manual_origin: tuple[float, float] | None = None   # (trace time, modem time) at the first record
+
+    def _now(self) -> float | None:
+        """A record's time for a modem on manual time (add_modem(manual_time=True)): its own
+        clock, which only advance() moves -- the silences its timers saw (a guard time, a
+        timeout) are the ones a replay must keep, and the wall clock's are not them.  None
+        (the writer's clock) for a modem on real time."""
+        modem = self.modem
+        if modem is None or not getattr(modem, "_manual_time", False):
+            return None
+        now = modem.monotonic()
+        if self._manual_origin is None:
+            self._manual_origin = (self.writer.elapsed(), now)
+        at, origin = self._manual_origin
+        return at + (now - origin)
 
     def _write(self, kind: str, fields: dict) -> None:
-        self.writer.write({"modem": self.index, "kind": kind, **fields, "in": self.in_total, "out": self.out_total})
+        self.writer.write({"modem": self.index, "kind": kind, **fields, "in": self.in_total, "out": self.out_total},
+                          self._now())
 
     def host_bytes(self, data: bytes) -> None:
         self.in_total += len(data)
@@ -557,7 +579,7 @@ class Script:
     host: str
     port: int
     header: dict = field(default_factory=dict)      # {"ok": true, version, cipher} or {"fail": kind}
-    steps: list = field(default_factory=list)       # ("expect", bytes) | ("send", bytes, in) | ("end", how, in)
+    steps: list = field(default_factory=list)       # ("expect", bytes) | ("send"|"end", bytes|how, in, out)
     connected: bool = False
     plain: bool = False          # an AT+QIOPEN socket: no TLS, no header line
     type: str = ""               # its service type: "TCP", "UDP", "TCP INCOMING", "UDP SERVICE"
@@ -632,9 +654,9 @@ def scripts_of(records: list[dict]) -> list[Script]:
         elif kind == "received":
             s.steps.append(("send", _b(r["data"]), r.get("in", 0), r.get("out", 0)))
         elif kind == "peer_closed":
-            s.steps.append(("end", r["how"], r.get("in", 0)))
+            s.steps.append(("end", r["how"], r.get("in", 0), r.get("out", 0)))
         elif kind == "tls_failure":
-            s.steps.append(("end", "rst", r.get("in", 0)))
+            s.steps.append(("end", "rst", r.get("in", 0), r.get("out", 0)))
     return scripts
 
 
@@ -870,7 +892,9 @@ class ReplayPeer:
                     writer.write(step[1])
                     await writer.drain()
                 else:                            # the server ended it, when it had
-                    await self._wait_host(step[2] if len(step) > 2 else 0)
+                    # (what the modem had written then, too: a close recorded after an
+                    # escape's OK must not come in its guard time)
+                    await self._wait_host(*step[2:4])
                     if step[1] == "rst":
                         import socket as _socket, struct
                         sock = writer.get_extra_info("socket")
@@ -913,7 +937,7 @@ class ReplayPeer:
                 await self._wait_host(*step[2:4])
                 transport.sendto(tag + step[1], addr)
             elif script.dtls:                    # the server ended the session
-                await self._wait_host(step[2] if len(step) > 2 else 0)
+                await self._wait_host(*step[2:4])
                 transport.sendto(DTLS_END + step[1].encode(), addr)
                 return
 
