@@ -124,6 +124,11 @@ class Modem:
         if loop is not None:
             self.timers = Timers(loop, manual=self._manual_time)
 
+    @property
+    def manual_time(self) -> bool:
+        """Its timers wait for advance() (Emulator.add_modem(manual_time=True))."""
+        return self._manual_time
+
     def monotonic(self) -> float:
         """The modem's monotonic time in seconds (its Timers; manual in tests)."""
         return self.timers.monotonic()

@@ -102,7 +102,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emulator.io.network import Router, is_port
+from emulator.io.network import NetFaults, Router, is_port
 from emulator.logsafe import get_logger
 from emulator.sockets.plain_session import NoSealJobs
 from emulator.tools import OneLineParser
@@ -187,6 +187,8 @@ class ModemTrace:
         self._line: bytes | None = None
         self._answer = bytearray()
         self._manual_origin: tuple[float, float] | None = None   # (trace time, modem time) at the first record
+        self.hangups = 0                 # "hangup" records so far
+        self.received_total = 0          # plaintext bytes of the "received" records so far
 
     def _now(self) -> float | None:
         """A record's time for a modem on manual time (add_modem(manual_time=True)): its own
@@ -194,7 +196,7 @@ class ModemTrace:
         timeout) are the ones a replay must keep, and the wall clock's are not them.  None
         (the writer's clock) for a modem on real time."""
         modem = self.modem
-        if modem is None or not getattr(modem, "_manual_time", False):
+        if modem is None or not getattr(modem, "manual_time", False):
             return None
         now = modem.monotonic()
         if self._manual_origin is None:
@@ -238,6 +240,10 @@ class ModemTrace:
             fields["how"] = close_kind(fields.get("reason", ""))
         if kind in ("open", "accepted"):
             fields.update(self._tcpip_fields(fields.get("socket")))
+        elif kind == "hangup":
+            self.hangups += 1
+        elif kind == "received":
+            self.received_total += len(fields.get("data", ""))
         self._write(kind, fields)
 
     def _tcpip_fields(self, sid) -> dict:
@@ -579,7 +585,11 @@ class Script:
     host: str
     port: int
     header: dict = field(default_factory=dict)      # {"ok": true, version, cipher} or {"fail": kind}
-    steps: list = field(default_factory=list)       # ("expect", bytes) | ("send"|"end", bytes|how, in, out)
+    # ("expect", bytes) | ("send", bytes, *moment) | ("end", how, *moment): a moment is what
+    # had happened when the server did it -- the host's bytes, the modem's, the host's
+    # hang-ups, the plaintext the modem had received from every replayed server -- and the
+    # stand-in waits for the replay to get as far (see moment())
+    steps: list = field(default_factory=list)
     connected: bool = False
     plain: bool = False          # an AT+QIOPEN socket: no TLS, no header line
     type: str = ""               # its service type: "TCP", "UDP", "TCP INCOMING", "UDP SERVICE"
@@ -588,6 +598,8 @@ class Script:
     local_port: int = 0          # client came (the host's and the modem's byte counts then)
     at: tuple = (0, 0)
     dtls: bool = False           # an SSL socket over DTLS: its stand-in speaks datagrams
+    head_at: tuple = ()          # the moment the handshake ended (the stand-in's header waits for it)
+    open_number: int = 0         # 1 for the trace's first open (AT+QSSLOPEN / AT+QIOPEN), ...
 
     @property
     def datagram(self) -> bool:
@@ -598,10 +610,24 @@ def scripts_of(records: list[dict]) -> list[Script]:
     current: dict[int, Script] = {}
     scripts: list[Script] = []
     untyped: list[Script] = []       # opened by the command being answered (traces before "service")
+    hangups = received = opens = 0
+
+    def moment(r: dict) -> tuple[int, int, int, int]:
+        """When a server did what r records: (host bytes, modem bytes, hang-ups, plaintext
+        received before it).  The byte counts alone let a stand-in run ahead: a server's
+        answer while the host was at a "> " prompt comes in either order with another
+        server's, data after a hang-up reach the host that left, a slow handshake ends
+        before the AT+QSSLSTATE the host sent meanwhile."""
+        return (r.get("in", 0), r.get("out", 0), hangups, received)
+
     for r in records:
         kind, sid = r.get("kind"), r.get("socket")
+        if kind == "hangup":
+            hangups += 1
+            continue
         if kind == "open":
-            current[sid] = s = Script(sid, r["host"], r["port"])
+            opens += 1
+            current[sid] = s = Script(sid, r["host"], r["port"], open_number=opens)
             if r.get("service") == "tcpip":
                 s.plain, s.type = True, r.get("type") or ("UDP" if r.get("dtls") else "TCP")
             else:
@@ -634,9 +660,11 @@ def scripts_of(records: list[dict]) -> list[Script]:
             s.connected = True
             s.header = {"ok": True, "version": r["version"], "cipher": r["cipher"],
                         "alpn": r.get("alpn"), "resumed": r.get("resumed", False)}
+            s.head_at = moment(r)
         elif kind == "tls_failure" and not s.header:
             s.connected = True
             s.header = {"fail": r["failure"], "reason": r["reason"]}
+            s.head_at = moment(r)
         elif kind == "open_result":
             if r["code"] and not s.header:
                 if r.get("failure") in ("dns", "connect", "pdp"):
@@ -647,16 +675,20 @@ def scripts_of(records: list[dict]) -> list[Script]:
                 else:                            # a TLS-level failure (timeout, verify, ...)
                     s.connected = True
                     s.header = {"fail": r.get("failure") or "protocol_error", "reason": r.get("reason", "")}
+                    s.head_at = moment(r)
             elif r["code"] and s.header.get("ok"):
                 s.header = {"fail": r.get("failure") or "protocol_error", "reason": r.get("reason", "")}
         elif kind == "sent":
             s.steps.append(("expect", _b(r["data"])))
         elif kind == "received":
-            s.steps.append(("send", _b(r["data"]), r.get("in", 0), r.get("out", 0)))
+            data = _b(r["data"])
+            s.steps.append(("send", data, *moment(r)))
+            if s.type != "UDP SERVICE":          # (not replayed: its data never come)
+                received += len(data)
         elif kind == "peer_closed":
-            s.steps.append(("end", r["how"], r.get("in", 0), r.get("out", 0)))
+            s.steps.append(("end", r["how"], *moment(r)))
         elif kind == "tls_failure":
-            s.steps.append(("end", "rst", r.get("in", 0), r.get("out", 0)))
+            s.steps.append(("end", "rst", *moment(r)))
     return scripts
 
 
@@ -756,6 +788,25 @@ class ReplaySession(NoSealJobs):
         pass
 
 
+class _ReplayFaults(NetFaults):
+    """The replay modem's network faults: the opens whose connect the recording's server
+    refused are refused again, by their place among the trace's opens -- a destination
+    refused once and connected later is routed to its stand-in, which would take both.
+    (Every open asks take_open once, right after its "open" record.)  The rest as on any
+    modem (a scenario's faults)."""
+
+    def __init__(self, modem, refused: frozenset[int]) -> None:
+        super().__init__(modem)
+        self.refused = refused
+        self.opens = 0
+
+    def take_open(self, host: str) -> str | None:
+        self.opens += 1
+        if self.opens in self.refused:
+            return "refuse"
+        return super().take_open(host)
+
+
 class ReplayPeer:
     """The stand-ins for every server of the trace, on the emulator's loop: a loopback TCP
     server per recorded destination (SSL sockets, whose first line is the recorded
@@ -764,10 +815,13 @@ class ReplayPeer:
     TCP LISTENER (it connects once the host has sent, and the modem written, as much as
     they had when the recorded one came)."""
 
-    def __init__(self, scripts: list[Script], host_sent, modem_wrote=None, listener_addr=None) -> None:
+    def __init__(self, scripts: list[Script], host_sent, modem_wrote=None, listener_addr=None,
+                 hangups=None, received=None) -> None:
         self.scripts = scripts
         self.host_sent = host_sent            # callable: bytes the replay host has sent so far
         self.modem_wrote = modem_wrote or (lambda: 1 << 62)
+        self.hangups = hangups or (lambda: 1 << 62)      # the replay host's hang-ups so far
+        self.received = received or (lambda: 1 << 62)    # plaintext the modem has received so far
         self.listener_addr = listener_addr or (lambda server_id: None)   # (ip, port) once listening
         self.differences: list[str] = []
         self.routes: list[tuple[str, int, int]] = []     # (host, port, stand-in port) for the router
@@ -820,9 +874,12 @@ class ReplayPeer:
         if self._refusing is not None:
             self._refusing.close()
 
-    async def _wait_host(self, sent: int, wrote: int = 0, timeout: float | None = 10) -> None:
+    async def _wait_host(self, sent: int = 0, wrote: int = 0, hangups: int = 0, received: int = 0,
+                         timeout: float | None = 10) -> None:
+        """Until the replay is as far as a recorded moment (Script.steps), 10 s at most."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.host_sent() < sent or self.modem_wrote() < wrote:
+        while (self.host_sent() < sent or self.modem_wrote() < wrote or self.hangups() < hangups
+               or self.received() < received):
             if deadline is not None and time.monotonic() > deadline:
                 return
             await asyncio.sleep(0.002)
@@ -835,6 +892,7 @@ class ReplayPeer:
             return
         script = queue.pop(0)
         if not script.plain:
+            await self._wait_host(*script.head_at)
             writer.write(json.dumps(script.header).encode() + b"\n")
             if not script.header.get("ok"):
                 try:
@@ -888,13 +946,13 @@ class ReplayPeer:
                             return               # it stopped sending: nothing more to replay
                         # else: go on as recorded, so that what follows still replays
                 elif step[0] == "send":
-                    await self._wait_host(*step[2:4])
+                    await self._wait_host(*step[2:])
                     writer.write(step[1])
                     await writer.drain()
                 else:                            # the server ended it, when it had
                     # (what the modem had written then, too: a close recorded after an
                     # escape's OK must not come in its guard time)
-                    await self._wait_host(*step[2:4])
+                    await self._wait_host(*step[2:])
                     if step[1] == "rst":
                         import socket as _socket, struct
                         sock = writer.get_extra_info("socket")
@@ -919,6 +977,7 @@ class ReplayPeer:
         tag = b""
         if script.dtls:
             await inbox.get()                    # the hello
+            await self._wait_host(*script.head_at)
             transport.sendto(DTLS_HEAD + json.dumps(script.header).encode(), addr)
             if not script.header.get("ok"):
                 return
@@ -934,10 +993,10 @@ class ReplayPeer:
                     self.differences.append(f"socket {script.socket} sent the datagram {escape(got)!r}, "
                                             f"recorded {escape(step[1])!r}")
             elif step[0] == "send":
-                await self._wait_host(*step[2:4])
+                await self._wait_host(*step[2:])
                 transport.sendto(tag + step[1], addr)
             elif script.dtls:                    # the server ended the session
-                await self._wait_host(*step[2:4])
+                await self._wait_host(*step[2:])
                 transport.sendto(DTLS_END + step[1].encode(), addr)
                 return
 
@@ -1057,7 +1116,12 @@ def _drain(ser) -> None:
 
 def _reopen(ser, emu, port):
     """The recorded host closed the port here and the next one opened it: close, wait until
-    the modem has seen the hang-up, open again."""
+    the modem has seen the hang-up, open again.  (A port closed before the modem saw it
+    opened is no hang-up to the modem: the first wait is for that; a stand-in server waits
+    for the replay's hang-ups to count as many as the recording's.)"""
+    deadline = time.monotonic() + 5
+    while not emu.run(lambda: port.port.attached) and time.monotonic() < deadline:
+        time.sleep(0.002)
     ser.close()
     deadline = time.monotonic() + 5
     while emu.run(lambda: port.port.attached) and time.monotonic() < deadline:
@@ -1247,10 +1311,13 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         tracer: list[ModemTrace] = []
         modems: list = []
         watch = _CommandWatch(expected_cmds, writer.records, ignore, complete)
-        peer = ReplayPeer(scripts_of(records), lambda: tracer[0].in_total if tracer else 0,
+        scripts = scripts_of(records)
+        peer = ReplayPeer(scripts, lambda: tracer[0].in_total if tracer else 0,
                           # (the output as the trace counted it: less the answers' other lengths)
                           lambda: tracer[0].out_total - watch.delta if tracer else 0,
-                          lambda server_id: _listening(modems[0], server_id) if modems else None)
+                          lambda server_id: _listening(modems[0], server_id) if modems else None,
+                          lambda: tracer[0].hangups if tracer else 0,
+                          lambda: tracer[0].received_total if tracer else 0)
         emu.call(peer.start())
         for name, ip in (start.get("dns") or {}).items():
             emu.router.add_dns(name, ip)
@@ -1264,6 +1331,8 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         for local_port in _listen_ports(records):      # any free port, not the recorded one
             emu.router.add_listen(local_port, "127.0.0.1", 0)
         port = emu.add_modem(profile, state_dir=Path(state), trace=writer)
+        refused = frozenset(s.open_number for s in scripts if s.refused)
+        emu.run(port.modem.feature, "net_faults", lambda modem: _ReplayFaults(modem, refused))
         modems.append(port.modem)
         tracer.append(port.modem.tracer)
         if scenario is not None:                 # the faults the trace was recorded with
@@ -1302,8 +1371,11 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                     ser.write(_b(r["data"]))
                     ser.flush()
                 last_t, last_sent = r["t"], time.monotonic()
-            # the rest of the output, until it stops coming
-            deadline, seen, quiet_since = time.monotonic() + 10, -1, time.monotonic()
+            # the rest of the output, until it stops coming -- or, when the recording's last
+            # output came later than a second after the host's last byte (a timer of the
+            # modem's: an upload's inactivity, negotiatetime), until as long as that has passed
+            tail = _output_tail(records, host_side, max_gap)
+            deadline, seen, quiet_since = time.monotonic() + 10 + tail, -1, time.monotonic()
             while not watch.differs() and time.monotonic() < deadline:
                 _drain(ser)
                 n = out_count()
@@ -1311,7 +1383,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                     seen, quiet_since = n, time.monotonic()
                 if n >= len(expected_out) + watch.delta and time.monotonic() - quiet_since > 0.2:
                     break
-                if time.monotonic() - quiet_since > 1.0:
+                if time.monotonic() - quiet_since > 1.0 and time.monotonic() - last_sent > tail + 1.0:
                     break
                 time.sleep(0.005)
         finally:
@@ -1332,6 +1404,16 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
     print(f"replayed {len(expected_cmds)} commands, {sum(len(_b(r['data'])) for r in chunks)} host bytes: "
           "no difference", file=out)
     return 0
+
+
+def _output_tail(records: list[dict], host_side: list[dict], max_gap: float | None) -> float:
+    """Seconds from the host's last byte (or hang-up) to the recording's last output (0: none
+    after it), shortened to max_gap as the pauses between the host's bytes are."""
+    outs = [r["t"] for r in records if r.get("kind") == "io" and r["dir"] == "out"]
+    if not outs or not host_side:
+        return 0.0
+    tail = max(0.0, outs[-1] - host_side[-1]["t"])
+    return tail if max_gap is None else min(tail, max_gap)
 
 
 # -- replay: plain AT logs ---------------------------------------------------------------------
