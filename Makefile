@@ -8,9 +8,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LINK   ?= /tmp/modem-ec2x
-# pytest-xdist workers for make test: most tests wait (the pty, timers, TLS peers), so two
-# workers halve the wall time on a 2-CPU machine (860 s -> 430 s); TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+# pytest-xdist workers for make test: most tests wait (the pty, timers, TLS peers, driver
+# models' own pauses) -- two workers kept 0.42 of one CPU busy (826 s of wall time, 351 s of
+# CPU) -- so four on a 2-CPU machine: 460 s, 0.85 CPU.  TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 4
 
 .PHONY: run run-ml302 test bench soak openssl socat hostprogs clean
 
