@@ -17,6 +17,7 @@ sends what outgoing() returns and reacts to events(). Rules this module keeps
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Hashable
 
@@ -66,6 +67,7 @@ def _bind_library() -> None:
     from .native import feed, handshake_over, take_outgoing
 
 
+@functools.lru_cache(maxsize=64)
 def _records_draw_no_random(cipher: str, version: str) -> bool:
     """Whether Mbed TLS seals this suite's records without its random generator: AEAD
     (GCM, CCM, ChaCha20-Poly1305: the explicit nonce is the record counter), stream and

@@ -306,6 +306,8 @@ class NetFaults:
     def take_open(self, host: str) -> str | None:
         """The fault the next open of `host` gets (one of its count taken), else None.  An
         IP literal needs no lookup: "dns" is not its (as for take_lookup)."""
+        if not any(self.pending.values()):     # (every open asks: mostly none is due)
+            return None
         literal = is_ip(host)
         for kind in self.KINDS:
             if kind == "dns" and literal:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import os
 import socket
 from collections import deque
@@ -488,11 +489,12 @@ class SslSocket:
         hs = self.handshake
         self._trace("handshake", socket=self.client_id, version=hs.version, cipher=hs.cipher_name,
                     alpn=hs.alpn, resumed=hs.resumed)
-        # (a plain socket's "handshake" has a version, "TCP"/"UDP", and no cipher)
-        detail = ", ".join(x for x in (hs.version, hs.cipher_name, hs.alpn and f"ALPN {hs.alpn}",
-                                       hs.resumed and "resumed") if x)
-        log.info("%s socket %d connected to %s:%d (%s)", self.kind, self.client_id, self.host, self.port,
-                 detail)
+        if log.isEnabledFor(logging.INFO):     # (the line on the way to the open's answer)
+            # (a plain socket's "handshake" has a version, "TCP"/"UDP", and no cipher)
+            detail = ", ".join(x for x in (hs.version, hs.cipher_name, hs.alpn and f"ALPN {hs.alpn}",
+                                           hs.resumed and "resumed") if x)
+            log.info("%s socket %d connected to %s:%d (%s)", self.kind, self.client_id, self.host, self.port,
+                     detail)
         self._answered = True
         self.owner.on_opened(self, None, "")
         self._deliver_pending()
