@@ -178,12 +178,26 @@ def _ip_literal(host: str):
     return parse_ip(host)
 
 
+_NATIVE = None
+
+
+def _native():
+    """tls_engine.native, imported at the first open (its first import runs the self-check);
+    then a global's read -- an import statement in a function runs importlib's Python code
+    each time, and these two run on every open before its ClientHello leaves."""
+    global _NATIVE
+    if _NATIVE is None:
+        from . import native
+        _NATIVE = native
+    return _NATIVE
+
+
 def _config_key(settings: TlsSettings) -> tuple:
     """Every TlsSettings field _build_configuration reads, by value (the client certificate
     and key by their bytes: a file replaced with AT+QFUPL is another key), and the native
     layer's self-check run and availability it was built under (the table default's suites
     and RC4/3DES depend on them)."""
-    from . import native   # the default offer depends on its self-check's outcome
+    native = _native()     # the default offer depends on its self-check's outcome
 
     chain = (settings.client_cert_pem, settings.client_key_pem) if settings.seclevel == 2 else None
     return (native.generation(), native.available(), settings.seclevel, settings.dtls, settings.ssl_version, settings.dtls_version,
@@ -230,8 +244,7 @@ def client_context(plan: EnginePlan, settings: TlsSettings) -> tuple[object, tup
     The key: the configuration object (the entry holds it, so its id stays unique), what
     apply_native_conf sets (exact suite list, renegotiation, the key-log callable itself)
     and whether the native layer can set it now."""
-    from . import native
-
+    native = _native()
     key = (id(plan.configuration), plan.native_suites, settings.renegotiation, settings.keylog,
            native.generation(), native.available())
     entry = _CONTEXTS.get(key)

@@ -32,8 +32,10 @@ class Args:
             raise self.fail(f"at most {n} parameters")
 
     def _get(self, i: int, default) -> Arg | None:
-        if self.present(i):
-            return self.values[i]
+        values = self.values
+        arg = values[i] if i < len(values) else None     # (present(i), inline: every parameter asks)
+        if arg is not None:
+            return arg
         if default is _MISSING:
             raise self.fail(f"parameter {i + 1} missing")
         return None
