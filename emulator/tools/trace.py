@@ -24,7 +24,8 @@ Writing a trace
         handshake    socket, version, cipher, alpn, resumed  (a plain socket: version "TCP" or
                      "UDP", cipher "": it is connected; `trace show` says so, not "handshake")
         tls_failure  socket, failure (kind), reason    (alerts, verification, ...)
-        open_result  socket, code (what the host is told), failure (kind or null), reason
+        open_result  socket, code (what the host is told), failure (kind or null), reason;
+                     connected: shown (the server address the host is shown for the name)
         sent         socket, data (plaintext the host sent on the socket)
         received     socket, data (plaintext the server sent)
         peer_closed  socket, how ("close_notify" | "fin" | "rst" | "other"), reason
@@ -102,7 +103,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emulator.io.network import NetFaults, Router, is_port
+from emulator.io.network import NetFaults, Router, is_ip, is_port
 from emulator.logsafe import get_logger
 from emulator.sockets.plain_session import NoSealJobs
 from emulator.tools import OneLineParser
@@ -188,6 +189,7 @@ class ModemTrace:
         self._answer = bytearray()
         self._manual_origin: tuple[float, float] | None = None   # (trace time, modem time) at the first record
         self.hangups = 0                 # "hangup" records so far
+        self._dialled: dict = {}         # socket id -> the name its last open dialled
         self.received_total = 0          # plaintext bytes of the "received" records so far
 
     def _now(self) -> float | None:
@@ -240,6 +242,15 @@ class ModemTrace:
             fields["how"] = close_kind(fields.get("reason", ""))
         if kind in ("open", "accepted"):
             fields.update(self._tcpip_fields(fields.get("socket")))
+            if kind == "open":
+                self._dialled[fields.get("socket")] = fields.get("host")
+        elif kind == "open_result" and fields.get("code") == 0:
+            # the server address the host is shown for the name (the ML302's +QSSLRECV, the
+            # EC2x's AT+QISTATE): the real DNS's answer on a real network, which a replay
+            # (offline) has to give again
+            name, network = self._dialled.get(fields.get("socket")), getattr(self.modem, "network", None)
+            if isinstance(name, str) and hasattr(network, "display_address"):
+                fields["shown"] = network.display_address(name)
         elif kind == "hangup":
             self.hangups += 1
         elif kind == "received":
@@ -594,6 +605,7 @@ class Script:
     plain: bool = False          # an AT+QIOPEN socket: no TLS, no header line
     type: str = ""               # its service type: "TCP", "UDP", "TCP INCOMING", "UDP SERVICE"
     refused: bool = False        # the connect was refused (the stand-in: a port nobody listens on)
+    dns_failed: bool = False     # its name's lookup failed (the replay fails it again: _ReplayFaults)
     server: int | None = None    # TCP INCOMING: the listener's id, its <local_port>, and when the
     local_port: int = 0          # client came (the host's and the modem's byte counts then)
     at: tuple = (0, 0)
@@ -670,6 +682,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
                 if r.get("failure") in ("dns", "connect", "pdp"):
                     s.connected = False          # never reached a server
                     s.refused = r.get("failure") == "connect"
+                    s.dns_failed = r.get("failure") == "dns"
                 elif s.plain:                    # no answer to a connect (569): not replayed
                     s.connected = False
                 else:                            # a TLS-level failure (timeout, verify, ...)
@@ -790,21 +803,27 @@ class ReplaySession(NoSealJobs):
 
 class _ReplayFaults(NetFaults):
     """The replay modem's network faults: the opens whose connect the recording's server
-    refused are refused again, by their place among the trace's opens -- a destination
-    refused once and connected later is routed to its stand-in, which would take both.
-    (Every open asks take_open once, right after its "open" record.)  The rest as on any
-    modem (a scenario's faults)."""
+    refused, or whose name's lookup failed, fail so again, by their place among the trace's
+    opens -- a destination refused once and connected later is routed to its stand-in,
+    which would take both; a name that failed once (the control API's dns_fail) resolves
+    later.  (Every open asks take_open once, right after its "open" record.)  A --scenario's
+    fault is taken by the open it falls on all the same, so that it does not fall on the
+    next one."""
 
-    def __init__(self, modem, refused: frozenset[int]) -> None:
+    def __init__(self, modem, refused: frozenset[int], dns_failed: frozenset[int] = frozenset()) -> None:
         super().__init__(modem)
         self.refused = refused
+        self.dns_failed = dns_failed
         self.opens = 0
 
     def take_open(self, host: str) -> str | None:
         self.opens += 1
+        fault = super().take_open(host)
         if self.opens in self.refused:
             return "refuse"
-        return super().take_open(host)
+        if self.opens in self.dns_failed:
+            return "dns"
+        return fault
 
 
 class ReplayPeer:
@@ -1017,9 +1036,13 @@ class _UdpStandIn(asyncio.DatagramProtocol):
         inbox = self.inboxes.get(addr)
         if inbox is None:
             # A new sender: the next recorded socket of its kind (a DTLS socket says its hello
-            # at the open, a UDP socket speaks at its first send: their orders may differ).
+            # at the open, a UDP socket speaks at its first send: their orders may differ),
+            # a UDP one whose first datagram is this one first (two sockets to one server
+            # need not send in the order they were opened).
             dtls = data == DTLS_HELLO
-            script = next((s for s in self.queue if s.dtls == dtls), None)
+            mine = [s for s in self.queue if s.dtls == dtls]
+            script = next((s for s in mine if not dtls and s.steps[:1] == [("expect", data)]),
+                          mine[0] if mine else None)
             if script is None:
                 self.peer.differences.append(f"a {'DTLS' if dtls else 'UDP'} socket the trace does not have")
                 return
@@ -1139,13 +1162,36 @@ def _unanswered_at_end(records: list[dict]) -> bool:
                for r in records[last + 1:])
 
 
+_PING_LINE = re.compile(r'\+QPING=\d+,"([^"]*)"', re.I)
+_PING_REPLY = re.compile(r'\+QPING: 0,"([^"]+)",\d+,(\d+),\d+')
+
+
+def _pings_cut_short(records: list[dict]) -> list[dict]:
+    """"ping" records for the AT+QPING runs the trace has none of (one is written when a run
+    ends: a trace cut short during one): the host's address and its first reply's time, from
+    the reply URCs the recorded output holds after the command."""
+    done = {r.get("host") for r in records if r.get("kind") == "ping"}
+    output = "".join(r.get("data", "") for r in records if r.get("kind") == "io" and r.get("dir") == "out")
+    made = []
+    for r in records:
+        m = _PING_LINE.search(r.get("line", "")) if r.get("kind") == "cmd" else None
+        if m is None or m.group(1) in done or not isinstance(r.get("out"), int):
+            continue
+        reply = _PING_REPLY.search(output, r["out"])
+        if reply is not None:
+            made.append({"kind": "ping", "host": m.group(1), "address": reply.group(1),
+                         "times": [int(reply.group(2))]})
+            done.add(m.group(1))
+    return made
+
+
 def _stand_in_pings(router, records: list[dict]) -> None:
     """The round-trip times AT+QPING met (a `--ping` setting, the default, or the real
     network's): each pinged host answers the replay after its first recorded time; a host
     whose every request timed out never answers.  A pinged name resolves to the address the
     recording showed (unless the start record's DNS table has it already)."""
     decided: set[str] = set()
-    for r in records:
+    for r in records + _pings_cut_short(records):
         host, times, address = r.get("host"), r.get("times"), r.get("address")
         if r.get("kind") != "ping" or not isinstance(host, str) or not isinstance(times, list):
             continue
@@ -1321,6 +1367,12 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         emu.call(peer.start())
         for name, ip in (start.get("dns") or {}).items():
             emu.router.add_dns(name, ip)
+        for name, ip in _dns_answers(records):   # what the recording's DNS answered (a real one)
+            try:
+                if not emu.router.knows(name):
+                    emu.router.add_dns(name, ip)
+            except ValueError:
+                pass                             # (a damaged record: the replay shows it)
         _stand_in_pings(emu.router, records)
         for server in _stand_in_ntp(emu.router, records, lambda: (
                 modems[0].clock.now() if modems else datetime.datetime.now(datetime.timezone.utc)),
@@ -1332,7 +1384,8 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
             emu.router.add_listen(local_port, "127.0.0.1", 0)
         port = emu.add_modem(profile, state_dir=Path(state), trace=writer)
         refused = frozenset(s.open_number for s in scripts if s.refused)
-        emu.run(port.modem.feature, "net_faults", lambda modem: _ReplayFaults(modem, refused))
+        dns_failed = frozenset(s.open_number for s in scripts if s.dns_failed)
+        emu.run(port.modem.feature, "net_faults", lambda modem: _ReplayFaults(modem, refused, dns_failed))
         modems.append(port.modem)
         tracer.append(port.modem.tracer)
         if scenario is not None:                 # the faults the trace was recorded with
@@ -1343,20 +1396,27 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         except Exception as exc:             # (a name this profile's file system refuses)
             print(f"replay: what the modem held at the start cannot be put back: {exc}", file=out)
         out_count = lambda: emu.run(lambda: tracer[0].out_total)   # noqa: E731
+        # as far as the host's own chunk: the output before it, and the plaintext the modem had
+        # received before it (a buffer-mode read after data that came in pieces takes them all)
+        progress = lambda: emu.run(lambda: (tracer[0].out_total, tracer[0].received_total))   # noqa: E731
+        received_before = _received_before(records, scripts)
         ser = serial.Serial(port.path, 115200, timeout=0)
         try:
             last_t, last_sent = None, time.monotonic()
             patience = 10.0                      # for the output the host saw before this chunk
             for r in host_side:
                 deadline = time.monotonic() + patience
-                while out_count() < r.get("out", 0) + watch.delta and time.monotonic() < deadline:
+                def behind() -> bool:
+                    wrote, received = progress()     # (watch.delta moves as answers are compared)
+                    return wrote < r.get("out", 0) + watch.delta or received < received_before.get(id(r), 0)
+                while behind() and time.monotonic() < deadline:
                     _drain(ser)
                     time.sleep(0.002)
                     if watch.differs():
                         break
                 if watch.differs():
                     break                        # reported below; the rest would only wait
-                if out_count() < r.get("out", 0) + watch.delta:
+                if behind():
                     # The modem said less than recorded: a difference already, reported at the
                     # end; the later chunks need not wait 10 s each for output that is not coming.
                     patience = 1.0
@@ -1404,6 +1464,39 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
     print(f"replayed {len(expected_cmds)} commands, {sum(len(_b(r['data'])) for r in chunks)} host bytes: "
           "no difference", file=out)
     return 0
+
+
+def _dns_answers(records: list[dict]) -> list[tuple[str, str]]:
+    """(name, address) the recording's DNS gave: AT+QIDNSGIP's first address, the address an
+    open's host was shown (open_result "shown"); names only, well-formed ones."""
+    answers, dialled = [], {}
+    for r in records:
+        kind = r.get("kind")
+        name = address = None
+        if kind == "open":
+            dialled[r.get("socket")] = r.get("host")
+        elif kind == "dns" and r.get("code") == 0 and isinstance(r.get("addresses"), list) and r["addresses"]:
+            name, address = r.get("host"), r["addresses"][0]
+        elif kind == "open_result" and r.get("code") == 0:
+            name, address = dialled.get(r.get("socket")), r.get("shown")
+        if (isinstance(name, str) and isinstance(address, str) and name.strip("[]") and not is_ip(name)
+                and is_ip(address)):
+            answers.append((name, address))
+    return answers
+
+
+def _received_before(records: list[dict], scripts: list[Script]) -> dict[int, int]:
+    """id(record) of each host-side record -> the plaintext bytes the modem had received
+    (from the servers a replay stands in for) before it."""
+    unreplayed = {s.socket for s in scripts if s.type == "UDP SERVICE"}
+    before, total = {}, 0
+    for r in records:
+        kind = r.get("kind")
+        if kind == "received" and r.get("socket") not in unreplayed:
+            total += len(r.get("data", ""))
+        elif kind == "hangup" or (kind == "io" and r.get("dir") == "in"):
+            before[id(r)] = total
+    return before
 
 
 def _output_tail(records: list[dict], host_side: list[dict], max_gap: float | None) -> float:
@@ -1478,6 +1571,9 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
                 buf = bytearray()
                 deadline = time.monotonic() + 10
                 ctrl_z_at = time.monotonic() + 0.3 if prompt == ">" else None
+                # lines the log shows after the step's final result (URCs: AT+QPING's replies)
+                # are waited for too, not only 20 ms
+                after_final = any(FINAL.match(x) for x in expected[:-1])
                 while time.monotonic() < deadline:
                     n_wait = ser.in_waiting
                     if n_wait:
@@ -1486,8 +1582,8 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
                     lines = [x for x in lines if x]
                     if lines and lines[0] == sent.strip():
                         lines = lines[1:]            # the echo (E1)
-                    if (expected and lines[-1:] == [">"] and buf.rstrip().endswith(b">")) or \
-                            any(FINAL.match(x) for x in lines):
+                    if ((expected and lines[-1:] == [">"] and buf.rstrip().endswith(b">")) or
+                            any(FINAL.match(x) for x in lines)) and not (after_final and len(lines) < len(expected)):
                         if not any(FINAL.match(x) for x in expected) or any(FINAL.match(x) for x in lines):
                             time.sleep(0.02)
                             buf += ser.read(ser.in_waiting or 0)
