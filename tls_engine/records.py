@@ -65,11 +65,7 @@ class HandshakeSniffer:
             # Anyone can send the modem a datagram: one that is not DTLS is dropped, as
             # Mbed TLS drops it (RFC 6347 4.1.2.7), and the next ones are still read.
             return self._feed_datagram(bytes(data))
-        try:
-            return self._feed_stream(data)
-        except SnifferError:
-            self.broken = True
-            return [], []
+        return self._feed_stream(data)
 
     def largest_message(self) -> int:
         """The longest handshake message seen so far (TLS), counting one still being
@@ -83,6 +79,16 @@ class HandshakeSniffer:
         msgs: list[HandshakeMessage] = []
         alerts: list[Alert] = []
         self._pending += data
+        try:
+            self._parse_records(msgs, alerts)
+        except SnifferError:
+            # Not TLS from here on: stop looking, but keep what came before the junk (an
+            # alert Mbed TLS read and failed on, the ServerHello's version).
+            self.broken = True
+            self._pending.clear()
+        return msgs, alerts
+
+    def _parse_records(self, msgs: list[HandshakeMessage], alerts: list[Alert]) -> None:
         while len(self._pending) >= TLS_HEADER:
             ctype = self._pending[0]
             length = int.from_bytes(self._pending[3:5], "big")
@@ -105,7 +111,6 @@ class HandshakeSniffer:
                     self.fragmented = True
         if self.encrypted:
             self._pending.clear()  # nothing more to learn; do not hoard app data
-        return msgs, alerts
 
     def _split_tls_handshake(self) -> list[HandshakeMessage]:
         out = []

@@ -456,7 +456,7 @@ class TlsClientSession:
     def _sniff_now(self, data: bytes) -> bool:
         msgs, alerts = self._sniffer.feed(data)
         for alert in alerts:
-            if alert.level == 2:
+            if alert.level == 2 and self._fatal_alert is None:   # (Mbed TLS stops at the first)
                 self._fatal_alert = alert.description
         for msg in msgs:
             if msg.msg_type == HS_SERVER_HELLO and len(msg.body) >= 2:
