@@ -163,9 +163,9 @@ def test_transparent_ato_reentered_three_times_with_sends_while_parked_replays(
             online, parked = b"online %d\r\n" % n, b"away %d" % n
             host.write(online)
             assert host.read_exactly(len(online)) == online
-            advance(0.15)
+            advance(0.3)
             host.write(b"+++")
-            advance(0.15)
+            advance(0.3)
             assert host.read_until(b"OK\r\n") == OK
             assert host.send_data(3, parked) == b"\r\nSEND OK\r\n"
             total += len(online) + len(parked)
@@ -174,9 +174,9 @@ def test_transparent_ato_reentered_three_times_with_sends_while_parked_replays(
             host.write("ATO\r")
             assert host.read_until(b"CONNECT\r\n") == b"\r\nCONNECT\r\n"
             assert host.read_exactly(len(parked)) == parked
-        advance(0.15)
+        advance(0.3)
         host.write(b"+++")
-        advance(0.15)
+        advance(0.3)
         assert host.read_until(b"OK\r\n") == OK
         assert host.at("AT+QSSLCLOSE=3") == OK
         emulator.stop()
@@ -195,6 +195,8 @@ def test_qiswtmd_switching_one_tcp_socket_through_every_mode_replays(open_modem,
     AT+QISWTMD=0,2 (CONNECT), online data (transwaittm on the modem's clock), "+++",
     AT+QISWTMD=0,0, a buffered echo read in part, ATO back online with the rest first."""
     path = tmp_path / "swtmd.trace"
+    # (the escapes' silences are 0.5 s against a 0.1 s guard time: the replay keeps them on
+    # the wall clock, where a loaded machine's ATO may take tens of ms to answer)
     with TcpServer("echo") as server:
         emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
         host, port = open_modem("ec2x", trace=str(path), manual_time=True)
@@ -213,9 +215,9 @@ def test_qiswtmd_switching_one_tcp_socket_through_every_mode_replays(open_modem,
         host.write(b"trans1")
         advance(0.25)                                     # transwaittm 2: 200 ms
         assert host.read_exactly(6) == b"trans1"
-        advance(0.15)
+        advance(0.5)
         host.write(b"+++")
-        advance(0.15)
+        advance(0.5)
         assert host.read_until(b"OK\r\n") == OK
         assert host.at("AT+QISWTMD=0,0") == OK
         _qisend(host, 0, b"buf2")
@@ -224,9 +226,9 @@ def test_qiswtmd_switching_one_tcp_socket_through_every_mode_replays(open_modem,
         host.write("ATO\r")
         assert host.read_until(b"CONNECT\r\n") == b"\r\nCONNECT\r\n"
         assert host.read_exactly(1) == b"2"
-        advance(0.15)
+        advance(0.5)
         host.write(b"+++")
-        advance(0.15)
+        advance(0.5)
         assert host.read_until(b"OK\r\n") == OK
         assert host.at("AT+QICLOSE=0") == OK
         emulator.stop()
@@ -290,9 +292,9 @@ def test_uploads_with_plus_signs_as_data_and_an_early_escape_replay(open_modem, 
     host.write('AT+QFUPL="UFS:b.txt",50\r')
     assert host.read_until(b"CONNECT\r\n") == b"\r\nCONNECT\r\n"
     host.write(b"first+++")
-    advance(0.15)
+    advance(0.3)
     host.write(b"+++")
-    advance(0.15)
+    advance(0.3)
     assert re.fullmatch(rb"\r\n\+QFUPL: 8,[0-9a-f]+\r\n\r\nOK\r\n", host.read_until(b"OK\r\n"))
     assert host.upload("UFS:c.txt", b"xy+++").endswith(OK)
     assert host.at('AT+QFLST="*"') == (b'\r\n+QFLST: "a.txt",17\r\n+QFLST: "b.txt",8\r\n'

@@ -326,9 +326,9 @@ def test_transparent_data_holding_plus_signs_without_guard_times_replays(open_mo
             emulator.wait_received(port, host.written)
         advance(0.3)                                          # transwaittm 2: 200 ms
         assert host.read_exactly(10) == b"ab+++cd+++"
-        advance(0.15)
+        advance(0.3)
         host.write(b"+++")
-        advance(0.15)
+        advance(0.3)
         assert host.read_until(b"OK\r\n") == OK
         assert host.at("AT+QICLOSE=0") == OK
         emulator.stop()
