@@ -439,6 +439,16 @@ def _record_problem(record) -> str:
         return 'a "handshake" record\'s "version" and "cipher" are not names'
     if kind in ("tls_failure", "open_result") and not isinstance(record.get("failure"), (str, type(None))):
         return f'a "{kind}" record\'s "failure" is not a name'
+    if kind == "open_result" and (isinstance(record.get("code"), bool) or not isinstance(record.get("code"), int)):
+        return 'an "open_result" record\'s "code" is not a number'
+    socket_id = record.get("socket", 0)
+    if isinstance(socket_id, bool) or not isinstance(socket_id, int):
+        return '"socket" is not an id'
+    for key in ("dtls", "resumed"):                    # flags: a string such as "no" is no flag
+        if not isinstance(record.get(key, False), bool):
+            return f'"{key}" is not true or false'
+    if not isinstance(record.get("reason", ""), str):
+        return '"reason" is not a text'
     if kind == "io" and record.get("dir") not in ("in", "out"):
         return 'an "io" record\'s "dir" is not "in" or "out"'
     for key in _REQUIRED.get(kind, ()):
@@ -691,6 +701,9 @@ def scripts_of(records: list[dict]) -> list[Script]:
                     s.head_at = moment(r)
             elif r["code"] and s.header.get("ok"):
                 s.header = {"fail": r.get("failure") or "protocol_error", "reason": r.get("reason", "")}
+        elif kind == "close" and not s.header and not (s.refused or s.dns_failed) and not s.plain:
+            # the host closed it before its handshake ended: the recording's server held it
+            s.connected, s.header = True, {"hold": True}
         elif kind == "sent":
             s.steps.append(("expect", _b(r["data"])))
         elif kind == "received":
@@ -910,6 +923,14 @@ class ReplayPeer:
             writer.transport.abort()
             return
         script = queue.pop(0)
+        if script.header.get("hold"):            # a handshake the host abandoned: never answered
+            try:
+                while await reader.read(65536):
+                    pass
+            except (ConnectionError, OSError, asyncio.CancelledError):
+                pass
+            writer.transport.abort()
+            return
         if not script.plain:
             await self._wait_host(*script.head_at)
             writer.write(json.dumps(script.header).encode() + b"\n")
@@ -996,6 +1017,8 @@ class ReplayPeer:
         tag = b""
         if script.dtls:
             await inbox.get()                    # the hello
+            if script.header.get("hold"):        # a handshake the host abandoned: never answered
+                return
             await self._wait_host(*script.head_at)
             transport.sendto(DTLS_HEAD + json.dumps(script.header).encode(), addr)
             if not script.header.get("ok"):

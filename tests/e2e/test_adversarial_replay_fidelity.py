@@ -35,7 +35,6 @@ assertions; manual time where guard times and timeouts matter.
 """
 from __future__ import annotations
 
-import json
 import queue
 import re
 import socket
@@ -45,7 +44,7 @@ import time
 
 from emulator.testing.host import Host
 from emulator.testing.peers import TcpServer, TlsServer
-from emulator.tools.trace import replay_main
+from tests.e2e import replay_support as rs
 
 OK = b"\r\nOK\r\n"
 HOST = "www.iottest.work"           # a name the shared PKI's server certificate carries
@@ -53,63 +52,6 @@ ATTACH = 'AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1'
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _replay(capsys, path, *args: str) -> tuple[int, str]:
-    capsys.readouterr()
-    code = replay_main([str(path), *args])
-    cap = capsys.readouterr()
-    assert "Traceback" not in cap.out + cap.err, cap.out + cap.err
-    return code, cap.out + cap.err
-
-
-class ReplayDiffers(AssertionError):
-    """An unchanged trace's replay reported a difference (its output is the message; a failure
-    in the recording is a plain AssertionError)."""
-
-
-def _replays(capsys, path) -> None:
-    code, out = _replay(capsys, path)
-    if code != 0:
-        raise ReplayDiffers(out)
-
-
-def _records(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _save(tmp_path, name: str, records: list[dict]):
-    p = tmp_path / name
-    p.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return p
-
-
-def _changed(tmp_path, path, name: str, pick, change) -> object:
-    """The trace at `path` with change(record) applied to the first record pick() accepts."""
-    recs = _records(path)
-    i = next(k for k, r in enumerate(recs) if pick(r))
-    recs[i] = change(dict(recs[i]))
-    return _save(tmp_path, name, recs)
-
-
-def _flush(emulator) -> None:
-    """The answer the host read and its record are one loop callback: one round trip and the
-    trace is complete."""
-    emulator.run(lambda: None)
-
-
-def _wait_records(path, kind: str, count: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while sum(1 for r in _records(path) if r["kind"] == kind) < count:
-        assert time.monotonic() < deadline, f"{count} {kind!r} records never came"
-        time.sleep(0.005)
-
-
-def _qisend(host, cid: int, data: bytes) -> None:
-    host.write(f"AT+QISEND={cid},{len(data)}\r")
-    assert host.read_until(b"> ") == b"\r\n> "
-    host.write(data)
-    assert host.read_until(b"SEND OK\r\n") == b"\r\nSEND OK\r\n"
-
-
 class GatedTlsServer:
     """OpenSSL (Python ssl) in a thread: accepts, then holds the ClientHello until `go` is
     set (a slow server, a long path), then completes the handshake and echoes until the
@@ -180,12 +122,12 @@ def test_transparent_ato_reentered_three_times_with_sends_while_parked_replays(
         assert host.read_until(b"OK\r\n") == OK
         assert host.at("AT+QSSLCLOSE=3") == OK
         emulator.stop()
-    code, out = _replay(capsys, path)
+    code, out = rs.replay(capsys, path)
     assert code == 0 and "no difference" in out, out
-    changed = _changed(tmp_path, path, "changed.trace",
+    changed = rs.changed(tmp_path, path,
                        lambda r: r["kind"] == "received" and r["data"] == "away 1",
                        lambda r: {**r, "data": "AWAY 1"})
-    code, out = _replay(capsys, changed)
+    code, out = rs.replay(capsys, changed)
     assert code == 1 and "the output differs" in out, out
     assert "away 1" in out.split("expected:")[1].split("got:")[0] and "AWAY 1" in out.split("got:")[1], out
 
@@ -204,11 +146,11 @@ def test_qiswtmd_switching_one_tcp_socket_through_every_mode_replays(open_modem,
         assert host.at(ATTACH + ";S12=5") == OK
         assert host.at('AT+QIOPEN=1,0,"TCP","tcp.example",7000,0,0') == OK
         assert host.read_until(b"+QIOPEN: 0,0\r\n") == b"\r\n+QIOPEN: 0,0\r\n"
-        _qisend(host, 0, b"buf1")
+        rs.qisend(host, 0, b"buf1")
         assert host.read_until(b'"recv",0\r\n') == b'\r\n+QIURC: "recv",0\r\n'
         assert host.at("AT+QISWTMD=0,1") == OK
         assert host.read_until(b"buf1") == b'\r\n+QIURC: "recv",0,4\r\nbuf1'     # pushed at once
-        _qisend(host, 0, b"push1")
+        rs.qisend(host, 0, b"push1")
         assert host.read_until(b"push1") == b'\r\n+QIURC: "recv",0,5\r\npush1'
         host.write("AT+QISWTMD=0,2\r")
         assert host.read_until(b"CONNECT\r\n") == b"\r\nCONNECT\r\n"
@@ -220,7 +162,7 @@ def test_qiswtmd_switching_one_tcp_socket_through_every_mode_replays(open_modem,
         advance(0.5)
         assert host.read_until(b"OK\r\n") == OK
         assert host.at("AT+QISWTMD=0,0") == OK
-        _qisend(host, 0, b"buf2")
+        rs.qisend(host, 0, b"buf2")
         assert host.read_until(b'"recv",0\r\n') == b'\r\n+QIURC: "recv",0\r\n'
         assert host.at("AT+QIRD=0,3") == b"\r\n+QIRD: 3\r\nbuf\r\n\r\nOK\r\n"
         host.write("ATO\r")
@@ -232,12 +174,12 @@ def test_qiswtmd_switching_one_tcp_socket_through_every_mode_replays(open_modem,
         assert host.read_until(b"OK\r\n") == OK
         assert host.at("AT+QICLOSE=0") == OK
         emulator.stop()
-    code, out = _replay(capsys, path)
+    code, out = rs.replay(capsys, path)
     assert code == 0 and "no difference" in out, out
-    changed = _changed(tmp_path, path, "changed.trace",
+    changed = rs.changed(tmp_path, path,
                        lambda r: r["kind"] == "received" and r["data"] == "push1",
                        lambda r: {**r, "data": "PUSH1"})
-    code, out = _replay(capsys, changed)
+    code, out = rs.replay(capsys, changed)
     assert code == 1 and "PUSH1" in out.split("got:")[1], out
 
 
@@ -261,7 +203,7 @@ def test_a_listener_with_two_clients_whose_data_interleave_replays(open_modem, e
         for cid, client, text in ((id2, c2, b"two says"), (id1, c1, b"one says")):
             client.sendall(text)
             assert host.read_until(text) == b'\r\n+QIURC: "recv",%d,8\r\n%s' % (cid, text)
-            _qisend(host, cid, b"ack " + text[:3])
+            rs.qisend(host, cid, b"ack " + text[:3])
             assert client.recv(100) == b"ack " + text[:3]
         c1.shutdown(socket.SHUT_WR)
         assert host.read_until(b'"closed",%d\r\n' % id1) == b'\r\n+QIURC: "closed",%d\r\n' % id1
@@ -270,13 +212,13 @@ def test_a_listener_with_two_clients_whose_data_interleave_replays(open_modem, e
         c2.close()
         for cid in (id1, id2, 1):
             assert host.at(f"AT+QICLOSE={cid}") == OK
-    _flush(emulator)
-    code, out = _replay(capsys, path)
+    rs.flush(emulator)
+    code, out = rs.replay(capsys, path)
     assert code == 0 and "no difference" in out, out
-    changed = _changed(tmp_path, path, "changed.trace",
+    changed = rs.changed(tmp_path, path,
                        lambda r: r["kind"] == "sent" and r["data"] == "ack one",
                        lambda r: {**r, "data": "ack ONE"})
-    code, out = _replay(capsys, changed)
+    code, out = rs.replay(capsys, changed)
     assert code == 1 and f"socket {id1} sent 'ack one', recorded 'ack ONE'" in out, out
 
 
@@ -300,12 +242,12 @@ def test_uploads_with_plus_signs_as_data_and_an_early_escape_replay(open_modem, 
     assert host.at('AT+QFLST="*"') == (b'\r\n+QFLST: "a.txt",17\r\n+QFLST: "b.txt",8\r\n'
                                        b'+QFLST: "c.txt",5\r\n\r\nOK\r\n')
     emulator.stop()
-    code, out = _replay(capsys, path)
+    code, out = rs.replay(capsys, path)
     assert code == 0 and "no difference" in out, out
-    changed = _changed(tmp_path, path, "changed.trace",
+    changed = rs.changed(tmp_path, path,
                        lambda r: r["kind"] == "cmd" and r["line"] == 'AT+QFLST="*"',
                        lambda r: {**r, "answer": r["answer"].replace('"b.txt",8', '"b.txt",11')})
-    code, out = _replay(capsys, changed)
+    code, out = rs.replay(capsys, changed)
     assert code == 1 and '(AT+QFLST="*")' in out and '"b.txt",8' in out.split("got:")[1], out
 
 
@@ -350,13 +292,13 @@ def test_an_ml302_session_with_its_secwrite_and_urc_forms_replays(open_modem, em
         assert host.at("AT+QSSLRECV=1,2,1460").endswith(b",TCP,3\r\nbye\r\n\r\nOK\r\n")
         host.write("AT+QSSLCLOSE=2\r")
         assert host.read_until(b"CLOSE OK\r\n") == b"\r\nOK\r\n\r\n2,CLOSE OK\r\n"
-        _flush(emulator)
-    code, out = _replay(capsys, path)
+        rs.flush(emulator)
+    code, out = rs.replay(capsys, path)
     assert code == 0 and "no difference" in out, out
-    changed = _changed(tmp_path, path, "changed.trace",
+    changed = rs.changed(tmp_path, path,
                        lambda r: r["kind"] == "received" and r["data"] == "bye",
                        lambda r: {**r, "data": "BYE"})
-    code, out = _replay(capsys, changed)
+    code, out = rs.replay(capsys, changed)
     assert code == 1 and "(AT+QSSLRECV=1,2,1460)" in out and "BYE" in out.split("got:")[1], out
 
 
@@ -397,10 +339,10 @@ def test_a_bytewise_crlf_host_with_echo_replays(open_modem, emulator, pki, tmp_p
         host.read_until(b'+QSSLURC: "recv",1,11\r\n> \r\nSEND OK')
         bytewise(b"AT+QSSLCLOSE=1\r\n")
         assert host.read_until(b"OK\r\n").endswith(OK)
-        _flush(emulator)
-    lines = [r for r in _records(path) if r["kind"] == "io" and r["dir"] == "in" and r["data"] in "\r\n"]
+        rs.flush(emulator)
+    lines = [r for r in rs.records(path) if r["kind"] == "io" and r["dir"] == "in" and r["data"] in "\r\n"]
     assert len(lines) >= 2 * 7                       # every CR and LF was read on its own
-    code, out = _replay(capsys, path)
+    code, out = rs.replay(capsys, path)
     assert code == 0 and "no difference" in out, out
 
 
@@ -435,9 +377,9 @@ def test_servers_that_send_their_last_words_and_close_at_once_replay_in_every_ac
                 else:
                     assert urcs == b'\r\n+QSSLURC: "recv",2,12\r\nlast words:y\r\n+QSSLURC: "closed",2\r\n'
             assert host.at(f"AT+QSSLCLOSE={sid}") == OK
-        _flush(emulator)
-    assert [r["how"] for r in _records(path) if r["kind"] == "peer_closed"] == ["close_notify"] * 3
-    code, out = _replay(capsys, path)
+        rs.flush(emulator)
+    assert [r["how"] for r in rs.records(path) if r["kind"] == "peer_closed"] == ["close_notify"] * 3
+    code, out = rs.replay(capsys, path)
     assert code == 0 and "no difference" in out, out
 
 
@@ -458,7 +400,7 @@ def test_control_drops_are_recorded_as_peer_closes_and_replay_without_a_scenario
         host.read_until(b"+QIOPEN: 2,0\r\n")
         assert host.send_data(1, b"abc") == b"\r\nSEND OK\r\n"
         assert host.read_until(b"abc") == b'\r\n+QSSLURC: "recv",1,3\r\nabc'
-        _qisend(host, 2, b"defg")
+        rs.qisend(host, 2, b"defg")
         assert host.read_until(b"defg") == b'\r\n+QIURC: "recv",2,4\r\ndefg'
         assert emulator.control("drop", socket=1, how="rst")["ok"]
         assert host.read_until(b'"closed",1\r\n') == b'\r\n+QSSLURC: "closed",1\r\n'
@@ -467,10 +409,10 @@ def test_control_drops_are_recorded_as_peer_closes_and_replay_without_a_scenario
         assert emulator.control("drop", socket=2, how="close")["ok"]
         assert host.read_until(b'"closed",2\r\n') == b'\r\n+QIURC: "closed",2\r\n'
         assert host.at("AT+QICLOSE=2") == OK
-        _flush(emulator)
-    closes = [(r["socket"], r["how"]) for r in _records(path) if r["kind"] == "peer_closed"]
+        rs.flush(emulator)
+    closes = [(r["socket"], r["how"]) for r in rs.records(path) if r["kind"] == "peer_closed"]
     assert [sid for sid, _ in closes] == [1, 2] and closes[0][1] == "rst", closes
-    code, out = _replay(capsys, path)
+    code, out = rs.replay(capsys, path)
     assert code == 0 and "no difference" in out, out
 
 
@@ -496,10 +438,10 @@ def test_a_host_polling_the_state_of_a_slow_handshake_replays(open_modem, emulat
         host.read_until(b'"recv",1\r\n')
         assert host.at("AT+QSSLRECV=1,100") == b"\r\n+QSSLRECV: 5\r\nhello\r\n\r\nOK\r\n"
         assert host.at("AT+QSSLCLOSE=1") == OK
-        _flush(emulator)
+        rs.flush(emulator)
     finally:
         server.close()
-    _replays(capsys, path)
+    rs.replays(capsys, path)
 
 
 # Was a bug, fixed: replay stopped reading output 1 s after the last, whatever the trace recorded after the
@@ -515,7 +457,7 @@ def test_a_manual_time_trace_ending_in_an_upload_timeout_replays(open_modem, emu
     advance(3.5)
     assert host.read_until(b"OK\r\n") == b"\r\n+QFUPL: 10,3839\r\n\r\nOK\r\n"
     emulator.stop()
-    _replays(capsys, path)
+    rs.replays(capsys, path)
 
 
 # Was a bug, fixed: a stand-in's 'received' step waited for byte counts only, which a hang-up does not move:
@@ -546,9 +488,9 @@ def test_data_that_reached_a_parked_connection_while_nobody_held_the_port_replay
         assert host.read_exactly(2) == b"hi"
         time.sleep(0.3)                              # the host's own pace before it quits
         host.close()
-        _wait_records(path, "hangup", 1)
+        rs.wait_records(path, "hangup", 1)
         go.set()
-        _wait_records(path, "received", 2)
+        rs.wait_records(path, "received", 2)
         host2 = Host(port.path)
         try:
             assert host2.at("AT+QSSLSTATE=3").endswith(b',2,1,3,2,"usbmodem",1\r\n\r\nOK\r\n')
@@ -560,8 +502,8 @@ def test_data_that_reached_a_parked_connection_while_nobody_held_the_port_replay
             assert host2.at("AT+QSSLCLOSE=3") == OK
         finally:
             host2.close()
-        _flush(emulator)
-    _replays(capsys, path)
+        rs.flush(emulator)
+    rs.replays(capsys, path)
 
 
 # Was a bug, fixed: two stand-ins whose 'received' steps had the same byte counts (data that came while the
@@ -601,7 +543,7 @@ def test_two_servers_speaking_while_the_host_is_at_a_prompt_replay_in_the_record
             for tag in order:
                 queues[tag].put(n)
                 received += 1
-                _wait_records(path, "received", received)
+                rs.wait_records(path, "received", received)
             host.write(b"x")
             ids = [b"1" if tag == b"A" else b"2" for tag in order]
             assert host.read_until(b"SEND OK\r\n") == b"\r\nSEND OK\r\n"
@@ -613,8 +555,8 @@ def test_two_servers_speaking_while_the_host_is_at_a_prompt_replay_in_the_record
             q.put(None)
         assert host.at("AT+QSSLCLOSE=1") == OK
         assert host.at("AT+QSSLCLOSE=2") == OK
-        _flush(emulator)
-    _replays(capsys, path)
+        rs.flush(emulator)
+    rs.replays(capsys, path)
 
 
 # Was a bug, fixed: a destination refused once and connected later was routed to its stand-in for both
@@ -639,5 +581,5 @@ def test_a_refused_open_retried_once_the_server_is_up_replays(open_modem, emulat
         host.write(b"+++")
         assert host.read_until(b"OK\r\n") == OK
         assert host.at("AT+QSSLCLOSE=1") == OK
-        _flush(emulator)
-    _replays(capsys, path)
+        rs.flush(emulator)
+    rs.replays(capsys, path)

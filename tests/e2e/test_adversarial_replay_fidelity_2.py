@@ -56,7 +56,8 @@ from emulator.io.app import BackgroundEmulator
 from emulator.testing.host import Host
 from emulator.testing.peers import OpenSslServer, TcpServer, TlsServer, UdpEchoServer
 from emulator.testing.peers.sntp import SntpServer
-from emulator.tools.trace import TraceWriter, replay_main
+from emulator.tools.trace import TraceWriter
+from tests.e2e import replay_support as rs
 
 OK = b"\r\nOK\r\n"
 HOST = "www.iottest.work"           # a name the shared PKI's server certificate carries
@@ -65,62 +66,6 @@ CCLK = r'\+CCLK: "[^"]*"'
 
 
 # -- helpers -------------------------------------------------------------------------------------
-class ReplayDiffers(AssertionError):
-    """An unchanged trace's (or log's) replay reported a difference (its output is the message;
-    a failure in the recording is a plain AssertionError)."""
-
-
-def _replay(capsys, path, *args: str) -> tuple[int, str]:
-    capsys.readouterr()
-    code = replay_main([str(path), *args])
-    cap = capsys.readouterr()
-    assert "Traceback" not in cap.out + cap.err, cap.out + cap.err
-    return code, cap.out + cap.err
-
-
-def _replays(capsys, path, *args: str) -> None:
-    code, out = _replay(capsys, path, *args)
-    if code != 0:
-        raise ReplayDiffers(out)
-    assert "no difference" in out, out
-
-
-def _records(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _changed(tmp_path, path, pick, change):
-    """The trace at `path` with change(record) applied to the first record pick() accepts."""
-    recs = _records(path)
-    i = next(k for k, r in enumerate(recs) if pick(r))
-    recs[i] = change(dict(recs[i]))
-    out = tmp_path / "changed.trace"
-    out.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    return out
-
-
-def _flush(emulator) -> None:
-    """The answer the host read and its record are one loop callback: one round trip and the
-    trace is complete."""
-    emulator.run(lambda: None)
-
-
-def _wait_records(path, kind: str, count: int, timeout: float = 10) -> None:
-    """Until the trace being written has `count` records of `kind` (whole lines only)."""
-    deadline = time.monotonic() + timeout
-    while sum(1 for line in path.read_text().split("\n")[:-1] if json.loads(line)["kind"] == kind) < count:
-        assert time.monotonic() < deadline, f"{count} {kind!r} records never came"
-        time.sleep(0.005)
-
-
-def _qisend(host, cid: int, data: bytes, length: int | None = None) -> None:
-    """length: what the command line says (dataformat hex: half the digits)."""
-    host.write(f"AT+QISEND={cid},{len(data) if length is None else length}\r")
-    assert host.read_until(b"> ") == b"\r\n> "
-    host.write(data)
-    assert host.read_until(b"SEND OK\r\n") == b"\r\nSEND OK\r\n"
-
-
 class TwoAnswerUdpServer:
     """Answers each datagram with two: b"re:" + it, then b"more"."""
 
@@ -173,14 +118,14 @@ def test_dtls_with_several_datagrams_each_way_and_the_server_gone_replays(open_m
     assert host.send_data(2, b"anyone?\n") == b"\r\nSEND OK\r\n"        # UDP: the datagram left
     assert host.read_until(b'"closed",2\r\n') == b'\r\n+QSSLURC: "closed",2\r\n'
     assert host.at("AT+QSSLCLOSE=2") == OK
-    _flush(emulator)
-    recs = _records(path)
+    rs.flush(emulator)
+    recs = rs.records(path)
     assert [r["data"] for r in recs if r["kind"] == "received"] == ["down 0\n", "down 1\n", "down 2\n"]
     assert [r["socket"] for r in recs if r["kind"] == "peer_closed"] == [2]
-    _replays(capsys, path)
-    changed = _changed(tmp_path, path, lambda r: r["kind"] == "received" and r["data"] == "down 1\n",
+    rs.replays(capsys, path)
+    changed = rs.changed(tmp_path, path, lambda r: r["kind"] == "received" and r["data"] == "down 1\n",
                        lambda r: {**r, "data": "DOWN 1\n"})
-    code, out = _replay(capsys, changed)
+    code, out = rs.replay(capsys, changed)
     assert code == 1 and "DOWN 1" in out.split("got:")[1], out
 
 
@@ -198,25 +143,25 @@ def test_plain_udp_in_push_and_buffer_mode_with_hex_dataformat_replays(open_mode
         for cid, name, port, mode in ((0, "udp-a.example", 7001, 1), (1, "udp-b.example", 7002, 0)):
             assert host.at(f'AT+QIOPEN=1,{cid},"UDP","{name}",{port},0,{mode}') == OK
             assert host.read_until(b"+QIOPEN: %d,0\r\n" % cid) == b"\r\n+QIOPEN: %d,0\r\n" % cid
-        _qisend(host, 0, b"414243", 3)                                     # "ABC"
+        rs.qisend(host, 0, b"414243", 3)                                     # "ABC"
         assert host.read_until(b"more") == b'\r\n+QIURC: "recv",0,6\r\nre:ABC\r\n+QIURC: "recv",0,4\r\nmore'
         assert host.at('AT+QISENDEX=0,"2B2B2B0D0A"') == b"\r\nSEND OK\r\n"
         assert host.read_until(b"more") == b'\r\n+QIURC: "recv",0,8\r\nre:+++\r\n\r\n+QIURC: "recv",0,4\r\nmore'
         assert host.at('AT+QISENDEX=1,"00FF0D0A"') == b"\r\nSEND OK\r\n"
         assert host.read_until(b'"recv",1\r\n') == b'\r\n+QIURC: "recv",1\r\n'
         assert host.at("AT+QIRD=1") == b"\r\n+QIRD: 4\r\n00ff0d0a\r\n\r\nOK\r\n"
-        _qisend(host, 1, b"2b2b2b", 3)
+        rs.qisend(host, 1, b"2b2b2b", 3)
         assert host.read_until(b'"recv",1\r\n') == b'\r\n+QIURC: "recv",1\r\n'
         assert host.at("AT+QIRD=1") == b"\r\n+QIRD: 3\r\n2b2b2b\r\n\r\nOK\r\n"
         assert host.at("AT+QICLOSE=0") == OK
         assert host.at("AT+QICLOSE=1") == OK
-        _flush(emulator)
-    assert [(r["socket"], r["data"]) for r in _records(path) if r["kind"] == "sent"] == \
+        rs.flush(emulator)
+    assert [(r["socket"], r["data"]) for r in rs.records(path) if r["kind"] == "sent"] == \
         [(0, "ABC"), (0, "+++\r\n"), (1, "\x00\xff\r\n"), (1, "+++")]
-    _replays(capsys, path)
-    changed = _changed(tmp_path, path, lambda r: r["kind"] == "sent" and r["data"] == "+++\r\n",
+    rs.replays(capsys, path)
+    changed = rs.changed(tmp_path, path, lambda r: r["kind"] == "sent" and r["data"] == "+++\r\n",
                        lambda r: {**r, "data": "---\r\n"})
-    code, out = _replay(capsys, changed)
+    code, out = rs.replay(capsys, changed)
     assert code == 1 and "socket 0 sent the datagram '+++\\\\r\\\\n', recorded '---\\\\r\\\\n'" in out, out
 
 
@@ -265,9 +210,9 @@ def test_a_trace_recorded_under_a_scenario_replays_with_it(open_modem, emulator,
             assert host.send_data(1, b"hello%d" % i) == b"\r\nSEND OK\r\n"
             assert host.read_until(b"hello%d" % i) == b'\r\n+QSSLURC: "recv",1,6\r\nhello%d' % i
         assert host.at("AT+QSSLCLOSE=1") == OK
-        _flush(emulator)
-    assert [r["op"] for r in _records(path) if r["kind"] == "scenario"] == ["net", "dns_fail", "net", "send_fail"]
-    _replays(capsys, path, "--scenario", str(scenario))
+        rs.flush(emulator)
+    assert [r["op"] for r in rs.records(path) if r["kind"] == "scenario"] == ["net", "dns_fail", "net", "send_fail"]
+    rs.replays(capsys, path, "--scenario", str(scenario))
 
 
 def test_a_listener_whose_clients_close_first_replays(open_modem, emulator, tmp_path, capsys):
@@ -300,12 +245,12 @@ def test_a_listener_whose_clients_close_first_replays(open_modem, emulator, tmp_
             assert host.at(f"AT+QISEND={cid},3") == b"\r\nERROR\r\n"
         assert host.at(f"AT+QICLOSE={cid}") == OK
     assert host.at("AT+QICLOSE=1") == OK
-    _flush(emulator)
-    assert [r["socket"] for r in _records(path) if r["kind"] == "peer_closed"] == ids
-    _replays(capsys, path)
-    changed = _changed(tmp_path, path, lambda r: r["kind"] == "received",
+    rs.flush(emulator)
+    assert [r["socket"] for r in rs.records(path) if r["kind"] == "peer_closed"] == ids
+    rs.replays(capsys, path)
+    changed = rs.changed(tmp_path, path, lambda r: r["kind"] == "received",
                        lambda r: {**r, "data": r["data"].replace("hello", "HELLO")})
-    code, out = _replay(capsys, changed)
+    code, out = rs.replay(capsys, changed)
     assert code == 1 and f"(AT+QIRD={ids[0]},5)" in out and "HELLO" in out.split("got:")[1], out
 
 
@@ -332,11 +277,11 @@ def test_transparent_data_holding_plus_signs_without_guard_times_replays(open_mo
         assert host.read_until(b"OK\r\n") == OK
         assert host.at("AT+QICLOSE=0") == OK
         emulator.stop()
-    assert [r["data"] for r in _records(path) if r["kind"] == "sent"] == ["ab+++cd+++"]
-    _replays(capsys, path)
-    changed = _changed(tmp_path, path, lambda r: r["kind"] == "io" and r["dir"] == "in" and r["data"] == "cd",
+    assert [r["data"] for r in rs.records(path) if r["kind"] == "sent"] == ["ab+++cd+++"]
+    rs.replays(capsys, path)
+    changed = rs.changed(tmp_path, path, lambda r: r["kind"] == "io" and r["dir"] == "in" and r["data"] == "cd",
                        lambda r: {**r, "data": "CD"})
-    code, out = _replay(capsys, changed)
+    code, out = rs.replay(capsys, changed)
     assert code == 1 and "socket 0 sent 'ab+++CD+++', recorded 'ab+++cd+++'" in out, out
 
 
@@ -365,9 +310,9 @@ def test_a_host_leaving_mid_command_line_while_a_push_socket_speaks_replays(open
         host.write("AT+QSSLSE")
         emulator.wait_received(port, host.written)
         host.close()
-        _wait_records(path, "hangup", 1)
+        rs.wait_records(path, "hangup", 1)
         words.put(b"while away")
-        _wait_records(path, "received", 2)
+        rs.wait_records(path, "received", 2)
         host2 = Host(port.path)
         try:
             emulator.run(port.port.look_for_host)
@@ -378,8 +323,8 @@ def test_a_host_leaving_mid_command_line_while_a_push_socket_speaks_replays(open
             assert host2.at("AT+QSSLCLOSE=1") == OK
         finally:
             host2.close()
-        _flush(emulator)
-    _replays(capsys, path)
+        rs.flush(emulator)
+    rs.replays(capsys, path)
 
 
 # -- bugs ----------------------------------------------------------------------------------------
@@ -400,14 +345,14 @@ def test_two_udp_sockets_to_one_server_sending_in_the_other_order_replay(open_mo
             assert host.at(f'AT+QIOPEN=1,{cid},"UDP","udp.example",7001,0,1') == OK
             assert host.read_until(b"+QIOPEN: %d,0\r\n" % cid) == b"\r\n+QIOPEN: %d,0\r\n" % cid
         for cid, data in ((1, b"to one"), (0, b"to zero")):
-            _qisend(host, cid, data)
+            rs.qisend(host, cid, data)
         ports = [addr[1] for addr, _ in udp.wait_datagrams(2)]
         assert [data for _, data in udp.log] == [b"to one", b"to zero"] and ports[0] != ports[1]
         assert host.at("AT+QICLOSE=0") == OK
         assert host.at("AT+QICLOSE=1") == OK
-        _flush(emulator)
-    assert [(r["socket"], r["data"]) for r in _records(path) if r["kind"] == "sent"] == [(1, "to one"), (0, "to zero")]
-    _replays(capsys, path)
+        rs.flush(emulator)
+    assert [(r["socket"], r["data"]) for r in rs.records(path) if r["kind"] == "sent"] == [(1, "to one"), (0, "to zero")]
+    rs.replays(capsys, path)
 
 
 # Was a bug, fixed (the comment tells the cause; emulator/tools/trace.py now does the fix it names): what the recording's DNS answered is not replayed.  An emulator on the real network
@@ -457,15 +402,15 @@ def test_a_session_recorded_on_the_real_network_replays_its_dns_answers(pki, tmp
     finally:
         for host in hosts:
             host.close()
-    assert not [r for r in _records(path) if r["kind"] == "hangup"]
-    assert [r["addresses"] for r in _records(path) if r["kind"] == "dns"] == [["127.0.0.1"]]
+    assert not [r for r in rs.records(path) if r["kind"] == "hangup"]
+    assert [r["addresses"] for r in rs.records(path) if r["kind"] == "dns"] == [["127.0.0.1"]]
     differences = []
     for index in ("0", "1"):
-        code, out = _replay(capsys, path, "--modem", index)
+        code, out = rs.replay(capsys, path, "--modem", index)
         if code:
             differences.append(f"--modem {index}: {out}")
     if differences:
-        raise ReplayDiffers("\n".join(differences))
+        raise rs.ReplayDiffers("\n".join(differences))
 
 
 # Was a bug, fixed (the comment tells the cause; emulator/tools/trace.py now does the fix it names): an open whose name lookup failed (the control socket's dns_fail, or a DNS outage) is
@@ -491,10 +436,10 @@ def test_a_dns_failure_then_a_connect_to_the_same_name_replays(open_modem, emula
         host.write(b"+++")
         assert host.read_until(b"OK\r\n") == OK
         assert host.at("AT+QICLOSE=0") == OK
-        _flush(emulator)
-    assert [(r["code"], r["failure"]) for r in _records(path) if r["kind"] == "open_result"] == \
+        rs.flush(emulator)
+    assert [(r["code"], r["failure"]) for r in rs.records(path) if r["kind"] == "open_result"] == \
         [(565, "dns"), (0, None)]
-    _replays(capsys, path)
+    rs.replays(capsys, path)
 
 
 # Was a bug, fixed (left by the fix of round 1; _ReplayFaults now takes the scenario's fault first): _ReplayFaults.take_open refuses an open the recording's
@@ -523,12 +468,12 @@ def test_a_trace_recorded_under_a_connect_refuse_scenario_replays_with_it(open_m
         for code in (566, 0):
             assert host.at('AT+QIOPEN=1,0,"TCP","tcp.example",7000,0,1') == OK
             assert host.read_until(b"+QIOPEN: 0,%d\r\n" % code) == b"\r\n+QIOPEN: 0,%d\r\n" % code
-        _qisend(host, 0, b"abc")
+        rs.qisend(host, 0, b"abc")
         assert host.read_until(b"abc") == b'\r\n+QIURC: "recv",0,3\r\nabc'
         assert host.at("AT+QICLOSE=0") == OK
-        _flush(emulator)
-    assert [r["op"] for r in _records(path) if r["kind"] == "scenario"] == ["connect_refuse"]
-    _replays(capsys, path, "--scenario", str(scenario))
+        rs.flush(emulator)
+    assert [r["op"] for r in rs.records(path) if r["kind"] == "scenario"] == ["connect_refuse"]
+    rs.replays(capsys, path, "--scenario", str(scenario))
 
 
 # Was a bug, fixed (the comment tells the cause; emulator/tools/trace.py now does the fix it names): in buffer mode a server's data that came in pieces while the host was idle give one
@@ -566,15 +511,15 @@ def test_data_that_came_in_pieces_before_a_buffer_mode_read_replays(open_modem, 
             assert host.read_until(b'"recv",1\r\n') == b'\r\n+QSSLURC: "recv",1\r\n'
             for k in range(6):                       # one piece after the other, each read alone
                 received += 1
-                _wait_records(path, "received", received)
+                rs.wait_records(path, "received", received)
                 pieces.put(b"%d" % k)
             received += 1
-            _wait_records(path, "received", received)
+            rs.wait_records(path, "received", received)
             assert host.at("AT+QSSLRECV=1,100") == b"\r\n+QSSLRECV: 9\r\n<%d:012345\r\n\r\nOK\r\n" % n
         pieces.put(None)
         assert host.at("AT+QSSLCLOSE=1") == OK
         emulator.stop()
-    _replays(capsys, path)
+    rs.replays(capsys, path)
 
 
 # Was a bug, fixed (the comment tells the cause; emulator/tools/trace.py now does the fix it names): replay_at_log reads a step's answer until a final result (+ 20 ms): URCs the log shows
@@ -593,7 +538,7 @@ def test_a_terminal_capture_with_urcs_after_the_final_result_replays(tmp_path, c
                         b'AT+QPING=1,"10.1.2.3",1,2\r\nOK\r\n\r\n+QPING: 569\r\n\r\n+QPING: 569\r\n\r\n'
                         b"+QPING: 0,2,0,2,0,0,0\r\n"
                         b"AT+CSQ\r\n+CSQ: 24,99\r\n\r\nOK\r\n")
-    _replays(capsys, capture)
+    rs.replays(capsys, capture)
 
 
 # Was a bug, fixed (the comment tells the cause; emulator/tools/trace.py now does the fix it names): an AT+QPING run's times are recorded once, when the run ends ("ping" record before the
@@ -628,14 +573,14 @@ def test_a_trace_cut_short_during_a_ping_run_replays_what_it_has(open_modem, emu
         assert host.send_data(1, b"two") == b"\r\nSEND OK\r\n"
         assert host.read_until(b"two") == b'\r\n+QSSLURC: "recv",1,3\r\ntwo'
         assert host.at("AT+QSSLCLOSE=1") == OK
-        _flush(emulator)
-    code, out = _replay(capsys, path, "--ignore", CCLK)
+        rs.flush(emulator)
+    code, out = rs.replay(capsys, path, "--ignore", CCLK)
     assert code == 0 and "no difference" in out, out                 # the whole trace replays
     lines = path.read_text().splitlines(keepends=True)
     at = next(i for i, line in enumerate(lines) if json.loads(line)["kind"] == "ping")
     cut = tmp_path / "cut.trace"                                      # killed while writing it
     cut.write_text("".join(lines[:at]) + lines[at][:len(lines[at]) // 2])
-    code, out = _replay(capsys, cut, "--ignore", CCLK)
+    code, out = rs.replay(capsys, cut, "--ignore", CCLK)
     assert "the last line is cut short" in out, out
     if code != 0:
-        raise ReplayDiffers(out)
+        raise rs.ReplayDiffers(out)

@@ -1,0 +1,70 @@
+"""What the replay tests share: run `replay_main` on a trace, read and rewrite its records,
+wait for a trace being written (emulator/tools/trace.py)."""
+from __future__ import annotations
+
+import json
+import time
+
+from emulator.tools.trace import replay_main
+
+
+class ReplayDiffers(AssertionError):
+    """An unchanged trace's (or log's) replay reported a difference (its output is the
+    message; a failure in the recording is a plain AssertionError)."""
+
+
+def replay(capsys, path, *args: str) -> tuple[int, str]:
+    """(exit code, what it printed) of `modem-emulator replay PATH ARGS`; never a traceback."""
+    capsys.readouterr()
+    code = replay_main([str(path), *args])
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.out + cap.err, cap.out + cap.err
+    return code, cap.out + cap.err
+
+
+def replays(capsys, path, *args: str) -> None:
+    """The trace replays with no difference (else ReplayDiffers with what replay printed)."""
+    code, out = replay(capsys, path, *args)
+    if code != 0:
+        raise ReplayDiffers(out)
+    assert "no difference" in out, out
+
+
+def records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def save(tmp_path, name: str, recs: list[dict]):
+    p = tmp_path / name
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return p
+
+
+def changed(tmp_path, path, pick, change, name: str = "changed.trace"):
+    """The trace at `path` with change(record) applied to the first record pick() accepts."""
+    recs = records(path)
+    i = next(k for k, r in enumerate(recs) if pick(r))
+    recs[i] = change(dict(recs[i]))
+    return save(tmp_path, name, recs)
+
+
+def flush(emulator) -> None:
+    """The answer the host read and its record are one loop callback: one round trip and the
+    trace is complete."""
+    emulator.run(lambda: None)
+
+
+def wait_records(path, kind: str, count: int, timeout: float = 10) -> None:
+    """Until the trace being written has `count` records of `kind` (whole lines only)."""
+    deadline = time.monotonic() + timeout
+    while sum(1 for line in path.read_text().split("\n")[:-1] if json.loads(line)["kind"] == kind) < count:
+        assert time.monotonic() < deadline, f"{count} {kind!r} records never came"
+        time.sleep(0.005)
+
+
+def qisend(host, cid: int, data: bytes, length: int | None = None) -> None:
+    """AT+QISEND of `data` (length: what the command line says -- dataformat hex: half the digits)."""
+    host.write(f"AT+QISEND={cid},{len(data) if length is None else length}\r")
+    assert host.read_until(b"> ") == b"\r\n> "
+    host.write(data)
+    assert host.read_until(b"SEND OK\r\n") == b"\r\nSEND OK\r\n"
