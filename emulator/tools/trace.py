@@ -31,6 +31,8 @@ Writing a trace
         peer_closed  socket, how ("close_notify" | "fin" | "rst" | "other"), reason
         close        socket                            (AT+QSSLCLOSE)
         hangup                                         (the host closed the port)
+        stop                                           (the modem stopped: the recording ends;
+                     a trace without one was cut short)
         scenario     step, op, ok, error?, args        (a scenario step ran: tools/scenario.py)
     Every "data"/"answer"/"line" is the bytes as a JSON string of code points 0-255
     (bytes.decode("latin-1")): lossless, and readable for AT text.  Each record carries
@@ -286,6 +288,7 @@ def attach_trace(trace, modem, index: int):
     """For Emulator.add_modem: (feed, wrap_sink) recording every byte each way."""
     writer = trace if hasattr(trace, "attach") else TraceWriter(trace)   # a writer or a path
     tracer = writer.attach(modem, index)
+    modem.on("shutdown", lambda: tracer.event("stop", {}))    # (before a close of the writer)
     if writer is not trace:
         modem.on("shutdown", writer.close)
     feed = modem.feed
@@ -567,6 +570,8 @@ def render(records: list[dict], socket: int | None = None, modem: int | None = N
             lines.append(f"{head} socket {r['socket']} closed by the host")
         elif kind == "hangup":
             lines.append(f"{head} the host closed the port")
+        elif kind == "stop":
+            lines.append(f"{head} the modem stopped (the recording ends)")
         else:
             lines.append(f"{head} {kind} {json.dumps({k: v for k, v in r.items() if k not in ('t', 'modem', 'kind')})}")
     return lines
@@ -1424,6 +1429,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         progress = lambda: emu.run(lambda: (tracer[0].out_total, tracer[0].received_total))   # noqa: E731
         received_before = _received_before(records, scripts)
         ser = serial.Serial(port.path, 115200, timeout=0)
+        ended = None                             # the replay's records where the recording ended
         try:
             last_t, last_sent = None, time.monotonic()
             patience = 10.0                      # for the output the host saw before this chunk
@@ -1458,12 +1464,18 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
             # output came later than a second after the host's last byte (a timer of the
             # modem's: an upload's inactivity, negotiatetime), until as long as that has passed
             tail = _output_tail(records, host_side, max_gap)
+            # A recording that says where it ended (its "stop" record) is compared as far as
+            # that moment: output the modem wrote later (a timer's, a server's) it never saw.
+            span = _stop_tail(records, host_side, max_gap)
             deadline, seen, quiet_since = time.monotonic() + 10 + tail, -1, time.monotonic()
             while not watch.differs() and time.monotonic() < deadline:
                 _drain(ser)
                 n = out_count()
                 if n != seen:
                     seen, quiet_since = n, time.monotonic()
+                if n >= len(expected_out) + watch.delta and span is not None and time.monotonic() - last_sent >= span:
+                    ended = list(writer.records)
+                    break
                 if n >= len(expected_out) + watch.delta and time.monotonic() - quiet_since > 0.2:
                     break
                 if time.monotonic() - quiet_since > 1.0 and time.monotonic() - last_sent > tail + 1.0:
@@ -1472,7 +1484,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         finally:
             ser.close()
         emu.call(peer.close())
-        got = list(writer.records)
+        got = ended if ended is not None else list(writer.records)
     got_cmds = [r for r in got if r.get("kind") == "cmd"]
     got_out = b"".join(_b(r["data"]) for r in got if r.get("kind") == "io" and r["dir"] == "out")
     if not complete:
@@ -1520,6 +1532,16 @@ def _received_before(records: list[dict], scripts: list[Script]) -> dict[int, in
         elif kind == "hangup" or (kind == "io" and r.get("dir") == "in"):
             before[id(r)] = total
     return before
+
+
+def _stop_tail(records: list[dict], host_side: list[dict], max_gap: float | None) -> float | None:
+    """Seconds from the host's last byte (or hang-up) to the recording's end (its "stop"
+    record), shortened to max_gap; None: the trace does not say where it ended."""
+    stop = next((r for r in reversed(records) if r.get("kind") == "stop"), None)
+    if stop is None:
+        return None
+    span = max(0.0, stop["t"] - host_side[-1]["t"]) if host_side else 0.0
+    return span if max_gap is None else min(span, max_gap)
 
 
 def _output_tail(records: list[dict], host_side: list[dict], max_gap: float | None) -> float:

@@ -20,14 +20,12 @@ Replayed with no difference (and, where cheap, one recorded byte changed -> exit
   buffer mode) replayed;
 * a server that speaks first (a banner right after the handshake), push and buffer mode.
 
-Bugs found, fixed: an SSL open abandoned by AT+QSSLCLOSE during its handshake, then a reopen
+Bugs found, fixed (comments on the tests): an SSL open abandoned by AT+QSSLCLOSE during its handshake, then a reopen
 of the same server (the replay's first connection took the second open's script, the reopen
 failed, 566); records with a field of the wrong type that _record_problem did not check
 ("code": "0" in an open_result, "dtls": "no" in an open: exit 1 with a made-up difference, not
-exit 2).
-Still a bug (strict xfail; cause and suggested fix in the comment on the test): a recording
-that ends before a timer's output (AT+CFUN=1,1's "+QIND: SMS DONE" 600 ms after RDY): the
-replay waits past the recording's end and reports that URC as a difference.
+exit 2); a recording that ends before a timer's output (AT+CFUN=1,1's "+QIND: SMS DONE" 600 ms
+after RDY): the replay waited past the recording's end and reported that URC as a difference.
 
 TLS peers are OpenSSL (Python ssl: TlsServer or ssl.SSLContext in a thread).  No timing
 assertions; manual time where guard times and timeouts matter.
@@ -383,7 +381,8 @@ def test_an_open_abandoned_during_its_handshake_then_a_reopen_replays(open_modem
     rs.replays(capsys, path)
 
 
-# BUG: a recording that ends before a timer's output: AT+CFUN=1,1, the host waits for
+# Was a bug, fixed (the modem's shutdown writes a "stop" record; replay compares as far as it):
+# a recording that ends before a timer's output: AT+CFUN=1,1, the host waits for
 # "+QUSIM: 1" (380 ms after RDY), sends AT 550 ms after RDY, and the recording stops (a plugin
 # test's end, Ctrl+C).  The trace has no record of where it ended, so replay_records reads "the
 # rest of the output" until 0.2 s of quiet past the recording's span, and "+QIND: SMS DONE" (600 ms
@@ -393,8 +392,6 @@ def test_an_open_abandoned_during_its_handshake_then_a_reopen_replays(open_modem
 # writes a "stop" record with its time; replay compares the output only as far as the replay's
 # equivalent of that moment (the tail as long as stop.t - the host's last byte, later output not
 # compared), and a trace without one (killed) compares its tail as a prefix.
-@pytest.mark.xfail(strict=True, raises=rs.ReplayDiffers,
-                   reason="output due after the recording ended (a boot URC) is compared")
 def test_a_recording_that_ends_before_a_boot_urc_replays(open_modem, emulator, pki, tmp_path, capsys):
     path = tmp_path / "reboot.trace"
     host, port = open_modem("ec2x", trace=str(path), manual_time=True)
