@@ -1205,7 +1205,8 @@ def _pings_cut_short(records: list[dict]) -> list[dict]:
         m = _PING_LINE.search(r.get("line", "")) if r.get("kind") == "cmd" else None
         if m is None or m.group(1) in done or not isinstance(r.get("out"), int):
             continue
-        reply = _PING_REPLY.search(output, r["out"])
+        first = output.find("+QPING: ", r["out"])           # the run's first line: a reply?
+        reply = _PING_REPLY.match(output, first) if first >= 0 else None   # (565, 569: none)
         if reply is not None:
             made.append({"kind": "ping", "host": m.group(1), "address": reply.group(1),
                          "times": [int(reply.group(2))]})
@@ -1523,11 +1524,13 @@ def _dns_answers(records: list[dict]) -> list[tuple[str, str]]:
 def _received_before(records: list[dict], scripts: list[Script]) -> dict[int, int]:
     """id(record) of each host-side record -> the plaintext bytes the modem had received
     (from the servers a replay stands in for) before it."""
-    unreplayed = {s.socket for s in scripts if s.type == "UDP SERVICE"}
+    unreplayed: set = set()                      # the ids a UDP SERVICE holds now
     before, total = {}, 0
     for r in records:
         kind = r.get("kind")
-        if kind == "received" and r.get("socket") not in unreplayed:
+        if kind == "open":
+            (unreplayed.add if r.get("type") == "UDP SERVICE" else unreplayed.discard)(r.get("socket"))
+        elif kind == "received" and r.get("socket") not in unreplayed:
             total += len(r.get("data", ""))
         elif kind == "hangup" or (kind == "io" and r.get("dir") == "in"):
             before[id(r)] = total

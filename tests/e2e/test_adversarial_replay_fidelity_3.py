@@ -388,10 +388,10 @@ def test_an_open_abandoned_during_its_handshake_then_a_reopen_replays(open_modem
 # rest of the output" until 0.2 s of quiet past the recording's span, and "+QIND: SMS DONE" (600 ms
 # after RDY) is reported as a difference -- output the recording never had the time to see (and
 # whether it is caught depends on the replay's pace: with the recording ending at +QUSIM it
-# mostly is not).  Fix: TraceWriter.close() (or the modem's shutdown)
-# writes a "stop" record with its time; replay compares the output only as far as the replay's
-# equivalent of that moment (the tail as long as stop.t - the host's last byte, later output not
-# compared), and a trace without one (killed) compares its tail as a prefix.
+# mostly is not).  The fix: the modem's shutdown writes a "stop" record with its time; replay
+# compares the output only as far as the replay's equivalent of that moment (the tail as long as
+# stop.t - the host's last byte, later output not compared).  A trace without one (killed, or
+# older) is still compared until the output stops (test_review_replay_changes: the decision).
 def test_a_recording_that_ends_before_a_boot_urc_replays(open_modem, emulator, pki, tmp_path, capsys):
     path = tmp_path / "reboot.trace"
     host, port = open_modem("ec2x", trace=str(path), manual_time=True)
