@@ -167,12 +167,13 @@ class NetUtil:
             self.ntp.abort()
             self.ntp = None
 
-    async def lookup(self, host: str, cid: int) -> list[str]:
-        """The addresses the modem's DNS answers for `host` (NetworkError "dns" if none)."""
+    async def lookup(self, host: str, cid: int, purpose: str = "") -> list[str]:
+        """The addresses the modem's DNS answers for `host` (NetworkError "dns" if none);
+        purpose: what asks ("dnsgip", "ping": NetFaults.take_lookup)."""
         router = self.router
         if is_ip(host):
             return [host.strip("[]")]
-        if net_faults(self.modem).take_lookup():
+        if net_faults(self.modem).take_lookup(host, purpose):
             raise NetworkError("dns", f"cannot resolve {host!r}: DNS failure (fault injected)")
         if router.knows(host):
             return [router.display_address(host)]
@@ -291,7 +292,7 @@ class _DnsRequest:
 async def _dnsgip(modem, request: _DnsRequest) -> None:
     util, host = netutil(modem), request.host
     try:
-        addresses = await util.lookup(host, request.cid)
+        addresses = await util.lookup(host, request.cid, "dnsgip")
     except NetworkError as exc:
         if request.lines is None:
             log.warning("AT+QIDNSGIP %s failed (565 DNS parse failed): %s", host, exc.reason)
@@ -339,7 +340,7 @@ class _PingLookup:
 async def _ping(modem, token: _PingLookup, cid: int, host: str, timeout: int, count: int) -> None:
     util = netutil(modem)
     try:
-        address = (await util.lookup(host, cid))[0]
+        address = (await util.lookup(host, cid, "ping"))[0]
     except NetworkError as exc:
         if util.ping_run is not token:
             return                                   # ended already (context lost, reboot)
@@ -498,7 +499,7 @@ async def _ntp(exchange: "_SntpExchange") -> None:
     router = util.router
     try:
         target = server
-        if not is_ip(server) and net_faults(util.modem).take_lookup():
+        if not is_ip(server) and net_faults(util.modem).take_lookup(server, "ntp"):
             raise NetworkError("dns", f"cannot resolve {server!r}: DNS failure (fault injected)")
         if router.lookup(server, port) is None and not is_ip(server) and not router.offline:
             # An unrouted name: the modem's resolver (IPv4 on an IP context, DNS_TIMEOUT).

@@ -317,9 +317,10 @@ class NetFaults:
                 return kind
         return None
 
-    def take_lookup(self) -> bool:
-        """A name lookup of the modem's own (AT+QIDNSGIP, AT+QPING, AT+QNTP of a name):
-        True when the "dns_fail" fault is to fail it (one of its count taken)."""
+    def take_lookup(self, host: str = "", purpose: str = "") -> bool:
+        """A name lookup of the modem's own (AT+QIDNSGIP, AT+QPING, AT+QNTP of a name:
+        `purpose` "dnsgip", "ping", "ntp"): True when the "dns_fail" fault is to fail it (one
+        of its count taken)."""
         if self.pending["dns"] > 0:
             self.pending["dns"] -= 1
             return True

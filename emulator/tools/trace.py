@@ -828,11 +828,16 @@ class _ReplayFaults(NetFaults):
     fault is taken by the open it falls on all the same, so that it does not fall on the
     next one."""
 
-    def __init__(self, modem, refused: frozenset[int], dns_failed: frozenset[int] = frozenset()) -> None:
+    def __init__(self, modem, refused: frozenset[int], dns_failed: frozenset[int] = frozenset(),
+                 lookups_failed: dict[str, frozenset[int]] | None = None) -> None:
         super().__init__(modem)
         self.refused = refused
         self.dns_failed = dns_failed
         self.opens = 0
+        # AT+QIDNSGIP's lookups the same way: a name -> the places, among its lookups, of the
+        # ones that failed (the recording's "dns" records, code 565)
+        self.lookups_failed = lookups_failed or {}
+        self.lookups: dict[str, int] = {}
 
     def take_open(self, host: str) -> str | None:
         self.opens += 1
@@ -842,6 +847,14 @@ class _ReplayFaults(NetFaults):
         if self.opens in self.dns_failed:
             return "dns"
         return fault
+
+    def take_lookup(self, host: str = "", purpose: str = "") -> bool:
+        fault = super().take_lookup(host, purpose)
+        if purpose != "dnsgip":
+            return fault
+        key = host.lower()
+        self.lookups[key] = self.lookups.get(key, 0) + 1
+        return fault or self.lookups[key] in self.lookups_failed.get(key, frozenset())
 
 
 class ReplayPeer:
@@ -1414,7 +1427,8 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         port = emu.add_modem(profile, state_dir=Path(state), trace=writer)
         refused = frozenset(s.open_number for s in scripts if s.refused)
         dns_failed = frozenset(s.open_number for s in scripts if s.dns_failed)
-        emu.run(port.modem.feature, "net_faults", lambda modem: _ReplayFaults(modem, refused, dns_failed))
+        emu.run(port.modem.feature, "net_faults",
+                lambda modem: _ReplayFaults(modem, refused, dns_failed, _lookups_failed(records)))
         modems.append(port.modem)
         tracer.append(port.modem.tracer)
         if scenario is not None:                 # the faults the trace was recorded with
@@ -1519,6 +1533,21 @@ def _dns_answers(records: list[dict]) -> list[tuple[str, str]]:
                 and is_ip(address)):
             answers.append((name, address))
     return answers
+
+
+def _lookups_failed(records: list[dict]) -> dict[str, frozenset[int]]:
+    """A name -> the places, among its AT+QIDNSGIP lookups (the "dns" records), of those that
+    failed (565: the name did not resolve then)."""
+    count: dict[str, int] = {}
+    failed: dict[str, set[int]] = {}
+    for r in records:
+        if r.get("kind") != "dns" or not isinstance(r.get("host"), str) or r.get("code") == 561:
+            continue                             # (561: no lookup, the context was gone)
+        key = r["host"].lower()
+        count[key] = count.get(key, 0) + 1
+        if r.get("code") == 565:
+            failed.setdefault(key, set()).add(count[key])
+    return {key: frozenset(places) for key, places in failed.items()}
 
 
 def _received_before(records: list[dict], scripts: list[Script]) -> dict[int, int]:

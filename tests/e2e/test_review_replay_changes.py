@@ -16,8 +16,8 @@ Bugs found (the comments on the tests say which are fixed):
   timer's URC right after its end: the URC is reported as a difference -- the comment on
   test_a_recording_that_ends_before_a_boot_urc_replays said such a trace "compares its tail as
   a prefix"; the comment was wrong, the whole comparison is the decision (README);
-* (a gap, not a regression) a lookup (AT+QIDNSGIP) failed by the control API's dns_fail is not
-  failed again: _ReplayFaults repeats the DNS failures of opens only.
+* (a gap, not a regression; fixed) a lookup (AT+QIDNSGIP) failed by the control API's
+  dns_fail was not failed again: _ReplayFaults repeated the DNS failures of opens only.
 
 Checked and right (passing tests): traces without today's fields ("stop", "shown", steps
 without hang-up/received counts) replay; _wait_host with hand-built steps of any length and a
@@ -128,13 +128,12 @@ def test_a_killed_recording_that_ends_before_a_boot_urc_is_compared_whole(open_m
     assert code == 1 and "SMS DONE" in out, out
 
 
-# AT+QIDNSGIP hit by the control API's dns_fail (take_lookup): _ReplayFaults repeats DNS failures
+# Was a gap, fixed (_ReplayFaults.take_lookup fails a name's lookups by their place among its
+# "dns" records): AT+QIDNSGIP hit by the control API's dns_fail (take_lookup): _ReplayFaults repeated DNS failures
 # of opens only (take_open, by open number); a lookup's failure ("dns" record, code 565) is not
 # given again, and the name is in the start record's DNS table: the replay resolves it.  Not a
 # regression (before today the same), a gap in "DNS failures repeated".  Fix: count the "dns"
 # (and failed ping/ntp-by-name) records in order and fail the same lookups (take_lookup).
-@pytest.mark.xfail(strict=True, reason="a lookup's (AT+QIDNSGIP) recorded DNS failure is not repeated by the replay, "
-                                       "only an open's")
 def test_a_lookup_failed_by_dns_fail_then_resolved_replays(open_modem, emulator, tmp_path, capsys):
     path = tmp_path / "lookup.trace"
     emulator.router.add_dns("n.example", "10.9.8.7")
