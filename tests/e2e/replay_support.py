@@ -3,6 +3,7 @@ wait for a trace being written (emulator/tools/trace.py)."""
 from __future__ import annotations
 
 import json
+import ssl
 import time
 
 from emulator.tools.trace import replay_main
@@ -68,3 +69,17 @@ def qisend(host, cid: int, data: bytes, length: int | None = None) -> None:
     assert host.read_until(b"> ") == b"\r\n> "
     host.write(data)
     assert host.read_until(b"SEND OK\r\n") == b"\r\nSEND OK\r\n"
+
+
+def tls_echo(ctx: ssl.SSLContext, raw) -> None:
+    """Server side of one accepted connection: OpenSSL's handshake, then an echo until the
+    client closes (errors end it quietly); the socket closed either way."""
+    conn = raw
+    try:
+        conn = ctx.wrap_socket(raw, server_side=True)
+        while data := conn.recv(4096):
+            conn.sendall(data)
+    except (OSError, ssl.SSLError):
+        pass
+    finally:
+        conn.close()

@@ -71,15 +71,7 @@ class GatedTlsServer:
         except OSError:
             return
         self.go.wait(10)
-        conn = raw
-        try:
-            conn = self.ctx.wrap_socket(raw, server_side=True)
-            while data := conn.recv(4096):
-                conn.sendall(data)
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            conn.close()
+        rs.tls_echo(self.ctx, raw)
 
     def close(self) -> None:
         self.go.set()

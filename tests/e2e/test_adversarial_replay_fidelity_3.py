@@ -84,18 +84,7 @@ class HoldFirstTlsServer:
             if not self.held:
                 self.held.append(raw)
                 continue
-            threading.Thread(target=self._echo, args=(raw,), daemon=True).start()
-
-    def _echo(self, raw) -> None:
-        conn = raw
-        try:
-            conn = self.ctx.wrap_socket(raw, server_side=True)
-            while data := conn.recv(4096):
-                conn.sendall(data)
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            conn.close()
+            threading.Thread(target=rs.tls_echo, args=(self.ctx, raw), daemon=True).start()
 
     def close(self) -> None:
         self.listener.close()
@@ -407,6 +396,13 @@ def test_a_recording_that_ends_before_a_boot_urc_replays(open_modem, emulator, p
     emulator.stop()                              # the recording ends here
     assert b"SMS DONE" not in b"".join(r["data"].encode("latin-1") for r in rs.records(path) if r["kind"] == "io")
     rs.replays(capsys, path)
+    # The same recording without its "stop" record (killed, or written before it existed) does
+    # not say where it ended: compared until the output stops coming, the URC IS a difference
+    # -- the decision (README, "Record, read, replay"): comparing such a tail as a prefix would
+    # hide extra trailing output of every older trace.
+    killed = rs.save(tmp_path, "killed.trace", [r for r in rs.records(path) if r["kind"] != "stop"])
+    code, out = rs.replay(capsys, killed)
+    assert code == 1 and "SMS DONE" in out, out
 
 
 # Was a bug, fixed (_record_problem checks them now): fields of the wrong type it did not check:

@@ -15,7 +15,8 @@ Bugs found (the comments on the tests say which are fixed):
 * a recording without a "stop" record (killed, or written before today) whose modem wrote a
   timer's URC right after its end: the URC is reported as a difference -- the comment on
   test_a_recording_that_ends_before_a_boot_urc_replays said such a trace "compares its tail as
-  a prefix"; the comment was wrong, the whole comparison is the decision (README);
+  a prefix"; the comment was wrong, the whole comparison is the decision (README; that test
+  checks it now);
 * (a gap, not a regression; fixed) a lookup (AT+QIDNSGIP) failed by the control API's
   dns_fail was not failed again: _ReplayFaults repeated the DNS failures of opens only.
 
@@ -102,30 +103,6 @@ def test_a_host_chunk_waits_for_a_tcp_clients_data_on_an_id_a_udp_service_had(ud
     assert client.steps == [("send", b"hello", 0, 0, 0, 0)]        # scripts_of: the client's data count
     read = next(r for r in recs if r["kind"] == "io")
     assert _received_before(recs, scripts)[id(read)] == 5
-
-
-# A recording with no "stop" record (killed, or written before 2aa8744) does not say where it
-# ended: its output is compared until the replay's output stops coming (README, "Record, read,
-# replay"), so a timer's URC due right after its end IS a difference -- the decision (comparing
-# such a tail as a prefix would hide extra trailing output of every older trace).  The same
-# recording with its "stop" record replays (test_adversarial_replay_fidelity_3).
-def test_a_killed_recording_that_ends_before_a_boot_urc_is_compared_whole(open_modem, emulator, tmp_path, capsys):
-    path = tmp_path / "reboot.trace"
-    host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-    advance = emulator.advancer(port, host)
-    assert host.at(ATTACH) == OK
-    assert host.at("AT+CFUN=1,1") == OK
-    advance(0.05)
-    assert host.read_until(b"RDY\r\n") == b"\r\nRDY\r\n"
-    advance(0.4)
-    assert host.read_until(b"+QUSIM: 1\r\n") == b"\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n"
-    advance(0.15)                                # 0.55 s after RDY: SMS DONE is due at 0.6
-    assert host.at("AT") == b"AT\r" + OK
-    emulator.stop()
-    rs.replays(capsys, path)
-    killed = rs.save(tmp_path, "killed.trace", [r for r in rs.records(path) if r["kind"] != "stop"])
-    code, out = rs.replay(capsys, killed)
-    assert code == 1 and "SMS DONE" in out, out
 
 
 # Was a gap, fixed (_ReplayFaults.take_lookup fails a name's lookups by their place among its
