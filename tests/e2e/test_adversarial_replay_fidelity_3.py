@@ -45,6 +45,7 @@ from emulator.testing.host import Host
 from emulator.testing.peers import TlsServer
 from emulator.tools.trace import TraceWriter
 from tests.e2e import replay_support as rs
+from tests.e2e.test_adversarial_field_tools_fuzz import _ssl_session   # (a hand-written trace)
 
 OK = b"\r\nOK\r\n"
 HOST = "www.iottest.work"           # a name the shared PKI's server certificate carries
@@ -411,41 +412,14 @@ def test_a_recording_that_ends_before_a_boot_urc_replays(open_modem, emulator, p
 # 566).  Replay exits 1 with a made-up difference instead of 2 naming the line, as for the
 # fields it does check.  Fix: _record_problem: "code" an int (not bool), "dtls"/"resumed" bools
 # (or absent), "reason" a string, "socket" an int.
-def _hand_written(**changes) -> list[dict]:
-    """A hand-written trace: the PDP context up, AT+QSSLOPEN answered OK then +QSSLOPEN: 1,0."""
-    records = [{"t": 0, "modem": 0, "kind": "start", "profile": "ec2x", "name": "m", "version": 1,
-                "dns": {}, "material": {}, "in": 0, "out": 0}]
-    counts = {"in": 0, "out": 0}
-
-    def add(kind, **fields):
-        if kind == "io":
-            counts[fields["dir"]] += len(fields["data"])
-        records.append({"t": round(0.01 * len(records), 2), "modem": 0, "kind": kind, **fields, **counts})
-
-    for line, events in ((ATTACH, []), ('AT+QSSLOPEN=1,1,1,"a.example",443,0',
-                                        [("open", {"socket": 1, "host": "a.example", "port": 443, "dtls": False})])):
-        add("io", dir="in", data=line + "\r")
-        for kind, fields in events:
-            add(kind, **fields)
-        add("io", dir="out", data=line + "\r\r\nOK\r\n")
-        add("cmd", line=line, answer="\r\nOK\r\n", done=True)
-    add("handshake", socket=1, version="TLSv1.2", cipher="TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", alpn=None,
-        resumed=False)
-    add("open_result", socket=1, code=0, reason="", failure=None)
-    add("io", dir="out", data="\r\n+QSSLOPEN: 1,0\r\n")
-    for kind, fields in changes.items():
-        next(r for r in records if r["kind"] == kind).update(fields)
-    return records
-
-
 @pytest.mark.parametrize("changes, line", [
     pytest.param({"open_result": {"code": "0"}}, 10, id="open_result-code-a-string"),
     pytest.param({"open": {"dtls": "no"}}, 6, id="open-dtls-a-string"),
 ])
 def test_a_record_with_a_field_of_the_wrong_type_is_refused(tmp_path, capsys, changes, line):
     good, bad = tmp_path / "good.trace", tmp_path / "bad.trace"
-    good.write_text("".join(json.dumps(r) + "\n" for r in _hand_written()))
-    bad.write_text("".join(json.dumps(r) + "\n" for r in _hand_written(**changes)))
+    good.write_text("".join(json.dumps(r) + "\n" for r in _ssl_session()))
+    bad.write_text("".join(json.dumps(r) + "\n" for r in _ssl_session(**changes)))
     assert rs.replay(capsys, good, "--max-gap", "0") == (0, rs.replay(capsys, good, "--max-gap", "0")[1])
     code, out = rs.replay(capsys, bad, "--max-gap", "0")
     if code != 2 or f"{bad}:{line}: not a trace record" not in out:
