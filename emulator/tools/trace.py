@@ -1443,6 +1443,12 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         # received before it (a buffer-mode read after data that came in pieces takes them all)
         progress = lambda: emu.run(lambda: (tracer[0].out_total, tracer[0].received_total))   # noqa: E731
         received_before = _received_before(records, scripts)
+
+        def behind(r: dict) -> bool:
+            """The replay is not yet as far as the recording was at host-side record r."""
+            wrote, received = progress()         # (watch.delta moves as answers are compared)
+            return wrote < r.get("out", 0) + watch.delta or received < received_before.get(id(r), 0)
+
         ser = serial.Serial(port.path, 115200, timeout=0)
         ended = None                             # the replay's records where the recording ended
         try:
@@ -1450,17 +1456,14 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
             patience = 10.0                      # for the output the host saw before this chunk
             for r in host_side:
                 deadline = time.monotonic() + patience
-                def behind() -> bool:
-                    wrote, received = progress()     # (watch.delta moves as answers are compared)
-                    return wrote < r.get("out", 0) + watch.delta or received < received_before.get(id(r), 0)
-                while behind() and time.monotonic() < deadline:
+                while behind(r) and time.monotonic() < deadline:
                     _drain(ser)
                     time.sleep(0.002)
                     if watch.differs():
                         break
                 if watch.differs():
                     break                        # reported below; the rest would only wait
-                if behind():
+                if behind(r):
                     # The modem said less than recorded: a difference already, reported at the
                     # end; the later chunks need not wait 10 s each for output that is not coming.
                     patience = 1.0
