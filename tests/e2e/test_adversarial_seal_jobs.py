@@ -303,7 +303,10 @@ def test_qsslclose_after_escape_seals_every_queued_byte_before_close_notify(emul
             assert time.monotonic() < deadline
             time.sleep(0.002)
         assert escape(host, advance) == b"\r\nOK\r\n"
-        assert emulator.run(sock.session.unsealed) > (1 << 20) - (64 << 10)    # nothing sealed yet
+        # most of it still waiting for the held worker (the pty's first pieces, smaller than
+        # OFFLOAD_MIN before the first job, are sealed on the loop: under load they came 4 KiB
+        # or less at a time for ~70 KiB; a full run once failed a 64 KiB bound here)
+        assert emulator.run(sock.session.unsealed) > (1 << 20) // 2
         host.write(b"AT+QSSLCLOSE=4\r\n")
         assert host.read_until(re.compile(rb"\r\n(OK|ERROR)\r\n"), timeout=10) == b"\r\nOK\r\n"
         gate.open()
