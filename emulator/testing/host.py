@@ -10,6 +10,8 @@ FINAL = re.compile(rb"(?:^|\r\n)(OK|ERROR|\+CME ERROR: [^\r\n]*|SEND OK|SEND FAI
 
 
 class Host:
+    line_end = b"\r"                  # what at() ends a command line with (a subclass: CR LF)
+
     def __init__(self, path: str, baudrate: int = 115200) -> None:
         self.path = path
         self.ser = serial.Serial(path, baudrate, timeout=0.02)
@@ -82,7 +84,7 @@ class Host:
         """Send a command line and return the answer (echo included) up to its final
         result; URCs that follow stay pending for the next read."""
         raw = line.encode("latin-1") if isinstance(line, str) else line
-        self.write(raw + b"\r")
+        self.write(raw + self.line_end)
         deadline = time.monotonic() + timeout
         while True:
             m = FINAL.search(self.pending)

@@ -49,7 +49,7 @@ import time
 
 import pytest
 
-from emulator.testing.host import FINAL, Host
+from emulator.testing.host import Host
 from emulator.testing.peers import OpenSslServer, TlsServer
 from tests.e2e.hostile_support import BioPeer, ScriptedServer
 from tests.e2e.socket_support import OddHost, escape, wait_for
@@ -536,7 +536,9 @@ def test_lines_at_and_past_line_max_next_to_a_prompt_and_inside_online_data(ec2x
 
 # == a byte-at-a-time CR LF host with odd reads, every kind of socket at once ========================
 class BytewiseOddHost(OddHost):
-    """Writes every byte on its own (firmware that flushes per byte), reads in odd chunks."""
+    """Writes every byte on its own (firmware that flushes per byte), reads in odd chunks;
+    its command lines end with CR LF."""
+    line_end = b"\r\n"
 
     def write(self, data) -> None:
         raw = data.encode("latin-1") if isinstance(data, str) else data
@@ -544,20 +546,6 @@ class BytewiseOddHost(OddHost):
             self.ser.write(raw[i:i + 1])
             self.ser.flush()
         self.written += len(raw)
-
-    def at(self, line, timeout: float = 10) -> bytes:
-        """The line with CR LF; its answer up to the final result."""
-        raw = line.encode("latin-1") if isinstance(line, str) else line
-        self.write(raw + b"\r\n")
-        deadline = time.monotonic() + timeout
-        while True:
-            m = FINAL.search(self.pending)
-            if m:
-                out = bytes(self.pending[:m.end()])
-                del self.pending[:m.end()]
-                return out
-            assert time.monotonic() < deadline, f"no final result for {raw!r}: {bytes(self.pending)!r}"
-            self._fill()
 
 
 def test_bytewise_crlf_host_with_odd_reads_drives_upload_push_and_buffer_sockets(emulator, pki, tmp_path, strict_log):
