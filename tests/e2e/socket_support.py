@@ -228,6 +228,21 @@ def raw_open(path: str) -> int:
     return os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
 
 
+def raw_drain(fd: int, wait: float = 0.0) -> bytes:
+    """Everything a raw_open()ed port holds now, after waiting up to `wait` s for something."""
+    if wait:
+        select.select([fd], [], [], wait)
+    got = bytearray()
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return bytes(got)
+        if not chunk:
+            return bytes(got)
+        got += chunk
+
+
 def raw_read_until(fd: int, end: bytes, timeout: float = 5) -> bytes:
     """What a raw_open()ed port gives until it ends with `end` (or `timeout` passed)."""
     got = b""

@@ -84,6 +84,7 @@ import pytest
 
 from emulator.testing.host import Host
 from emulator.testing.peers import TcpServer, TlsServer
+from tests.e2e.socket_support import raw_drain, raw_open
 
 SECOND = 0.25          # the drivers' delay(1000) / 2 s pauses: nothing is read during them
 SLOW = 4               # ST's 50 ms / 350 ms answer waits, widened for a loaded machine
@@ -141,7 +142,7 @@ class WaspBG96:
     RECV_URC_WAIT = 10.0              # sendSSL(): the wait for the server's '+QSSLURC: "recv",'
 
     def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        self.fd = raw_open(path)
         self.rx = bytearray()          # the UART's RX buffer: arrived, not yet serialRead()
         self.buffer = b""              # _buffer (its _length bytes)
         self.strtok = Strtok()
@@ -161,17 +162,9 @@ class WaspBG96:
 
     # -- WaspUART ------------------------------------------------------------------------------
     def _pull(self, wait: float = 0.0) -> None:
-        if wait:
-            select.select([self.fd], [], [], wait)
-        while True:
-            try:
-                chunk = os.read(self.fd, 4096)
-            except BlockingIOError:
-                return
-            if not chunk:
-                return
-            self.rx += chunk
-            self.transcript += chunk
+        chunk = raw_drain(self.fd, wait)
+        self.rx += chunk
+        self.transcript += chunk
 
     def _flush(self) -> None:                          # serialFlush(_uart)
         self._pull()
@@ -670,7 +663,7 @@ class StBg96:
     AT_RetrieveUrc()'s results, `dropped` what each IO_FlushBuffer() emptied."""
 
     def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        self.fd = raw_open(path)
         self.ring = bytearray()
         self.lock = threading.Lock()
         self.stop = threading.Event()

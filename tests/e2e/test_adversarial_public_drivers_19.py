@@ -52,6 +52,7 @@ import time
 import pytest
 
 from emulator.testing.peers import TlsServer
+from tests.e2e.socket_support import raw_drain, raw_open
 
 STREAM_TIMEOUT = 1.0      # Arduino Stream::setTimeout() default
 AT_WAIT_RESPONSE = 0.010
@@ -64,7 +65,7 @@ class ModemBGxx:
     """MODEMBGXX over the pty.  `written` logs each command line, `lines` every line read."""
 
     def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        self.fd = raw_open(path)
         self.rx = bytearray()
         self.written: list[bytes] = []
         self.lines: list[bytes] = []
@@ -80,17 +81,9 @@ class ModemBGxx:
 
     # -- HardwareSerial / Stream ----------------------------------------------------------------
     def _pull(self, wait: float = 0.0) -> None:
-        if wait:
-            select.select([self.fd], [], [], wait)
-        while True:
-            try:
-                chunk = os.read(self.fd, 4096)
-            except BlockingIOError:
-                return
-            if not chunk:
-                return
-            self.rx += chunk
-            self.transcript += chunk
+        chunk = raw_drain(self.fd, wait)
+        self.rx += chunk
+        self.transcript += chunk
 
     def available(self) -> int:
         self._pull()
