@@ -637,7 +637,8 @@ def scripts_of(records: list[dict]) -> list[Script]:
     current: dict[int, Script] = {}
     scripts: list[Script] = []
     untyped: list[Script] = []       # opened by the command being answered (traces before "service")
-    hangups = received = opens = 0
+    hangups = opens = 0
+    received = _received_before(records)
 
     def moment(r: dict) -> tuple[int, int, int, int]:
         """When a server did what r records: (host bytes, modem bytes, hang-ups, plaintext
@@ -645,7 +646,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
         answer while the host was at a "> " prompt comes in either order with another
         server's, data after a hang-up reach the host that left, a slow handshake ends
         before the AT+QSSLSTATE the host sent meanwhile."""
-        return (r.get("in", 0), r.get("out", 0), hangups, received)
+        return (r.get("in", 0), r.get("out", 0), hangups, received[id(r)])
 
     for r in records:
         kind, sid = r.get("kind"), r.get("socket")
@@ -712,10 +713,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
         elif kind == "sent":
             s.steps.append(("expect", _b(r["data"])))
         elif kind == "received":
-            data = _b(r["data"])
-            s.steps.append(("send", data, *moment(r)))
-            if s.type != "UDP SERVICE":          # (not replayed: its data never come)
-                received += len(data)
+            s.steps.append(("send", _b(r["data"]), *moment(r)))
         elif kind == "peer_closed":
             s.steps.append(("end", r["how"], *moment(r)))
         elif kind == "tls_failure":
@@ -1442,7 +1440,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         # as far as the host's own chunk: the output before it, and the plaintext the modem had
         # received before it (a buffer-mode read after data that came in pieces takes them all)
         progress = lambda: emu.run(lambda: (tracer[0].out_total, tracer[0].received_total))   # noqa: E731
-        received_before = _received_before(records, scripts)
+        received_before = _received_before(records)
 
         def behind(r: dict) -> bool:
             """The replay is not yet as far as the recording was at host-side record r."""
@@ -1553,40 +1551,40 @@ def _lookups_failed(records: list[dict]) -> dict[str, frozenset[int]]:
     return {key: frozenset(places) for key, places in failed.items()}
 
 
-def _received_before(records: list[dict], scripts: list[Script]) -> dict[int, int]:
-    """id(record) of each host-side record -> the plaintext bytes the modem had received
-    (from the servers a replay stands in for) before it."""
+def _received_before(records: list[dict]) -> dict[int, int]:
+    """id(record) -> the plaintext bytes the modem had received before it from the servers a
+    replay stands in for (a UDP SERVICE's are not: its data never come).  One count for the
+    stand-ins' steps (scripts_of) and the host's chunks (replay_records)."""
     unreplayed: set = set()                      # the ids a UDP SERVICE holds now
     before, total = {}, 0
     for r in records:
+        before[id(r)] = total
         kind = r.get("kind")
         if kind == "open":
             (unreplayed.add if r.get("type") == "UDP SERVICE" else unreplayed.discard)(r.get("socket"))
         elif kind == "received" and r.get("socket") not in unreplayed:
             total += len(r.get("data", ""))
-        elif kind == "hangup" or (kind == "io" and r.get("dir") == "in"):
-            before[id(r)] = total
     return before
 
 
-def _stop_tail(records: list[dict], host_side: list[dict], max_gap: float | None) -> float | None:
-    """Seconds from the host's last byte (or hang-up) to the recording's end (its "stop"
-    record), shortened to max_gap; None: the trace does not say where it ended."""
-    stop = next((r for r in reversed(records) if r.get("kind") == "stop"), None)
-    if stop is None:
-        return None
-    span = max(0.0, stop["t"] - host_side[-1]["t"]) if host_side else 0.0
+def _after_host(t: float, host_side: list[dict], max_gap: float | None) -> float:
+    """Seconds from the host's last byte (or hang-up) to recorded time t (0: none after it),
+    shortened to max_gap as the pauses between the host's bytes are."""
+    span = max(0.0, t - host_side[-1]["t"]) if host_side else 0.0
     return span if max_gap is None else min(span, max_gap)
 
 
+def _stop_tail(records: list[dict], host_side: list[dict], max_gap: float | None) -> float | None:
+    """_after_host of the recording's end (its "stop" record); None: the trace does not say
+    where it ended."""
+    stop = next((r for r in reversed(records) if r.get("kind") == "stop"), None)
+    return None if stop is None else _after_host(stop["t"], host_side, max_gap)
+
+
 def _output_tail(records: list[dict], host_side: list[dict], max_gap: float | None) -> float:
-    """Seconds from the host's last byte (or hang-up) to the recording's last output (0: none
-    after it), shortened to max_gap as the pauses between the host's bytes are."""
-    outs = [r["t"] for r in records if r.get("kind") == "io" and r["dir"] == "out"]
-    if not outs or not host_side:
-        return 0.0
-    tail = max(0.0, outs[-1] - host_side[-1]["t"])
-    return tail if max_gap is None else min(tail, max_gap)
+    """_after_host of the recording's last output (0: no output)."""
+    last = next((r["t"] for r in reversed(records) if r.get("kind") == "io" and r["dir"] == "out"), None)
+    return 0.0 if last is None else _after_host(last, host_side, max_gap)
 
 
 # -- replay: plain AT logs ---------------------------------------------------------------------

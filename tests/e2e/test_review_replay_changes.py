@@ -102,7 +102,7 @@ def test_a_host_chunk_waits_for_a_tcp_clients_data_on_an_id_a_udp_service_had(ud
     client = next(s for s in scripts if s.type == "TCP")
     assert client.steps == [("send", b"hello", 0, 0, 0, 0)]        # scripts_of: the client's data count
     read = next(r for r in recs if r["kind"] == "io")
-    assert _received_before(recs, scripts)[id(read)] == 5
+    assert _received_before(recs)[id(read)] == 5
 
 
 # Was a gap, fixed (_ReplayFaults.take_lookup fails a name's lookups by their place among its
