@@ -23,8 +23,10 @@ from tls_engine import AppData, HandshakeComplete, PeerClosed
 
 @dataclass(frozen=True)
 class PlainSettings:
-    """What SslSocket reads of a session's settings: dtls = datagrams (UDP)."""
+    """What SslSocket reads of a session's settings: dtls = datagrams (UDP); incoming =
+    a connection a TCP LISTENER accepted (the trace replay's sessions tell them apart)."""
     dtls: bool = False
+    incoming: bool = False
 
 
 class NoSealJobs:

@@ -324,7 +324,7 @@ class TcpipService(SocketService):
                            server_id=listener.client_id)
         sock.faults = net_faults(self.modem)
         self.sockets[free] = sock
-        return sock.accept(PlainSettings(dtls=False))
+        return sock.accept(PlainSettings(dtls=False, incoming=True))
 
     def on_accepted(self, sock: SslSocket) -> None:
         if not self.holds(sock):

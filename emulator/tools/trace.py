@@ -107,7 +107,7 @@ from pathlib import Path
 
 from emulator.io.network import NetFaults, Router, is_ip, is_port
 from emulator.logsafe import get_logger
-from emulator.sockets.plain_session import NoSealJobs
+from emulator.sockets.plain_session import NoSealJobs, PlainSession
 from emulator.tools import OneLineParser
 
 FORMAT_VERSION = 1
@@ -684,6 +684,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
         if kind == "handshake" and _plain_handshake(r):
             s.connected, s.plain, s.type = True, True, s.type or r["version"]
             s.header = {"ok": True}
+            s.head_at = moment(r)              # (a TCP stand-in says "connected" then)
         elif kind == "handshake":
             s.connected = True
             s.header = {"ok": True, "version": r["version"], "cipher": r["cipher"],
@@ -817,6 +818,49 @@ class ReplaySession(NoSealJobs):
         pass
 
 
+class ReplayPlainSession(PlainSession):
+    """A stand-in for PlainSession of an AT+QIOPEN "TCP" socket in replay: the loopback
+    connect to the stand-in is made at once, so the socket stays opening until the
+    stand-in's first line (JSON, the recorded connect's end) comes at the recorded moment;
+    then it is a PlainSession.  UDP sockets and the connections a TCP LISTENER accepts
+    keep PlainSession (plain_session_for_replay)."""
+
+    def __init__(self, settings, cache=None, cache_key=None) -> None:
+        super().__init__(settings, cache, cache_key)
+        self._head = bytearray()
+
+    def start(self) -> None:
+        if self.state != "idle":
+            raise RuntimeError(f"start() called in state {self.state!r}")
+        self.state = "connecting"
+
+    def receive(self, data: bytes) -> None:
+        from tls_engine import TlsFailure
+        if self.state != "connecting":
+            super().receive(data)
+            return
+        if not data:                             # the stand-in ended first (a difference)
+            self.state = "failed"
+            self._events.append(TlsFailure("protocol_error", "the replay's stand-in closed the connection"))
+            return
+        self._head += data
+        if b"\n" not in self._head:
+            return
+        _, _, rest = bytes(self._head).partition(b"\n")
+        self._head.clear()
+        self.state = "idle"
+        super().start()
+        if rest:
+            super().receive(rest)
+
+
+def plain_session_for_replay(settings, cache=None, cache_key=None) -> PlainSession:
+    """The replay modem's TCP/IP sessions: ReplayPlainSession for an outgoing TCP socket."""
+    if settings.dtls or getattr(settings, "incoming", False):
+        return PlainSession(settings, cache, cache_key)
+    return ReplayPlainSession(settings, cache, cache_key)
+
+
 class _ReplayFaults(NetFaults):
     """The replay modem's network faults: the opens whose connect the recording's server
     refused, or whose name's lookup failed, fail so again, by their place among the trace's
@@ -947,16 +991,17 @@ class ReplayPeer:
                 pass
             writer.transport.abort()
             return
-        if not script.plain:
-            await self._wait_host(*script.head_at)
-            writer.write(json.dumps(script.header).encode() + b"\n")
-            if not script.header.get("ok"):
-                try:
-                    await writer.drain()
-                except (ConnectionError, OSError):
-                    pass
-                writer.close()
-                return
+        # The handshake's end -- or a plain TCP socket's connect (ReplayPlainSession) -- at the
+        # moment it came in the recording: a slow network's is not made instant.
+        await self._wait_host(*script.head_at)
+        writer.write(json.dumps(script.header).encode() + b"\n")
+        if not script.header.get("ok"):
+            try:
+                await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            writer.close()
+            return
         try:
             await self._play(script, reader, writer)
         except asyncio.CancelledError:
@@ -1381,6 +1426,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
 
     from emulator.io.app import BackgroundEmulator
     from emulator.sockets.service import ssl_service
+    from emulator.sockets.tcpip import has_tcpip, tcpip_service
 
     ignore = ignore or []
     records = [r for r in records if r.get("modem", 0) == modem]
@@ -1432,6 +1478,8 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         if scenario is not None:                 # the faults the trace was recorded with
             emu.run_scenario(scenario)
         emu.run(lambda: setattr(ssl_service(port.modem), "session_factory", ReplaySession))
+        if has_tcpip(port.modem):
+            emu.run(lambda: setattr(tcpip_service(port.modem), "session_factory", plain_session_for_replay))
         try:
             emu.run(restore_material, port.modem, start.get("material") or {})
         except Exception as exc:             # (a name this profile's file system refuses)

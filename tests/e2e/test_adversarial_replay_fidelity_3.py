@@ -424,3 +424,35 @@ def test_a_record_with_a_field_of_the_wrong_type_is_refused(tmp_path, capsys, ch
     code, out = rs.replay(capsys, bad, "--max-gap", "0")
     if code != 2 or f"{bad}:{line}: not a trace record" not in out:
         raise NotRefused(f"exit {code}: {out}")
+
+
+# Was a bug, fixed: a plain TCP socket's connect was replayed at once (the stand-in is a loopback
+# listener), so a host that asked AT+QISTATE while a slow network's connect was under way
+# (state 1, opening) got state 2 in the replay, and +QIOPEN before the answer.  The stand-in of
+# an AT+QIOPEN "TCP" socket now says "connected" at the recorded connect's moment, as an SSL
+# socket's stand-in ends its handshake (Script.head_at, ReplayPlainSession).
+def test_a_host_polling_the_state_of_a_slow_tcp_connect_replays(open_modem, emulator, tmp_path, capsys):
+    """A connect that takes a 1 s round trip (the control API's latency, on the modem's
+    clock): AT+QISTATE meanwhile says opening, then +QIOPEN: 0,0, an echo, AT+QICLOSE."""
+    from emulator.testing.peers import TcpServer
+    path = tmp_path / "slowtcp.trace"
+    with TcpServer(mode="echo") as server:
+        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
+        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
+        advance = emulator.advancer(port, host)
+        assert host.at(ATTACH) == OK
+        assert emulator.control("net", latency_ms=500)["ok"]
+        assert host.at('AT+QIOPEN=1,0,"TCP","tcp.example",7000,0,0') == OK
+        assert re.fullmatch(rb'\r\n\+QISTATE: 0,"TCP","[\d.]+",7000,\d+,1,1,0,0,"usbmodem"\r\n\r\nOK\r\n',
+                            host.at("AT+QISTATE=1,0")), "not opening"
+        advance(1.0)
+        assert host.read_until(b"+QIOPEN: 0,0\r\n") == b"\r\n+QIOPEN: 0,0\r\n"
+        assert emulator.control("net", latency_ms=0)["ok"]
+        assert re.fullmatch(rb'\r\n\+QISTATE: 0,"TCP","[\d.]+",7000,\d+,2,1,0,0,"usbmodem"\r\n\r\nOK\r\n',
+                            host.at("AT+QISTATE=1,0")), "not connected"
+        rs.qisend(host, 0, b"hello")
+        assert host.read_until(b'"recv",0\r\n') == b'\r\n+QIURC: "recv",0\r\n'
+        assert host.at("AT+QIRD=0,100") == b"\r\n+QIRD: 5\r\nhello\r\n\r\nOK\r\n"
+        assert host.at("AT+QICLOSE=0") == OK
+        emulator.stop()
+    rs.replays(capsys, path)
