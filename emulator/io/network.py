@@ -226,6 +226,8 @@ class Router:
 
     def lookup(self, host: str, port: int) -> tuple[str, int] | None:
         key = host.lower().strip("[]")
+        if key.endswith(".") and not key.endswith(".."):
+            key = key[:-1]           # the root's dot (an absolute name): the same host, as for DNS
         dst = self._routes.get((key, port)) or self._routes.get((key, None))
         if dst is None:
             return None

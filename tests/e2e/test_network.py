@@ -38,6 +38,35 @@ def test_dns_entry_is_shown_not_the_route():
     assert Router(dns={"a.test": "192.0.2.1"}).display_address("a.test") == "192.0.2.1"
 
 
+# Was a bug, fixed (found by the ML302 wire round): a name with its root's trailing dot
+# ("www.iottest.work.", absolute) was shown the name's DNS answer but not routed: the open
+# failed ("not routed") where a module's resolver takes the name as the same one.
+def test_a_trailing_dot_names_the_same_host_for_routes_as_for_dns():
+    router = Router(["www.iottest.work:443=127.0.0.1:8443", "any.example=127.0.0.1"])
+    router.add_map("Map.Example", 8883, "127.0.0.1", 9001)
+    assert router.lookup("www.iottest.work.", 443) == ("127.0.0.1", 8443)
+    assert router.lookup("WWW.IOTTEST.WORK.", 443) == ("127.0.0.1", 8443)
+    assert router.lookup("any.example.", 7) == ("127.0.0.1", 7)
+    assert router.lookup("map.example.", 8883) == ("127.0.0.1", 9001)
+    assert router.lookup("www.iottest.work..", 443) is None          # not a name: stays unrouted
+    assert router.lookup("www.iottest.work.", 444) is None
+    assert router.display_address("www.iottest.work.") == router.display_address("www.iottest.work")
+
+
+def test_an_ssl_open_of_a_name_with_a_trailing_dot_reaches_its_route(open_modem, emulator, pki):
+    from emulator.testing.peers import TlsServer
+    with TlsServer(pki.server, mode="echo") as server:
+        emulator.router.add_map("www.iottest.work", 443, "127.0.0.1", server.port)
+        host, _ = open_modem("ec2x")
+        assert host.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == b"\r\nOK\r\n"
+        assert host.at('AT+QSSLOPEN=1,1,2,"www.iottest.work.",443,0') == b"\r\nOK\r\n"
+        assert host.read_until(b"+QSSLOPEN: 2,") + host.read_until(b"\r\n") == b"\r\n+QSSLOPEN: 2,0\r\n"
+        assert host.send_data(2, b"dot") == b"\r\nSEND OK\r\n"
+        assert host.read_until(b'"recv",2\r\n') == b'\r\n+QSSLURC: "recv",2\r\n'      # the echo
+        assert host.at("AT+QSSLRECV=2,10") == b"\r\n+QSSLRECV: 3\r\ndot\r\n\r\nOK\r\n"
+        assert host.at("AT+QSSLCLOSE=2") == b"\r\nOK\r\n"
+
+
 def test_other_names_get_a_stable_made_up_address():
     router = Router(["silent.test:443=127.0.0.1:9", "other.test=127.0.0.1"])
     shown = router.display_address("silent.test")
