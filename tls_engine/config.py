@@ -107,12 +107,7 @@ def _client_chain(settings: TlsSettings):
         certs = x509.load_pem_x509_certificates(settings.client_cert_pem)
     except ValueError as exc:
         raise EngineConfigError(BAD_CONFIG, f"cannot parse client certificate: {exc}") from None
-    try:
-        key = serialization.load_pem_private_key(settings.client_key_pem, password=None)
-    except TypeError:
-        raise EngineConfigError(BAD_CONFIG, "client key is encrypted; a clear PEM key is needed") from None
-    except (ValueError, Exception) as exc:  # UnsupportedAlgorithm too
-        raise EngineConfigError(BAD_CONFIG, f"cannot parse client key: {exc}") from None
+    key = _client_key(settings.client_key_pem, settings.client_key_password or None)
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if key.public_key().public_bytes(*spki) != certs[0].public_key().public_bytes(*spki):
         raise EngineConfigError(BAD_CONFIG, "client key does not belong to the client certificate")
@@ -126,6 +121,21 @@ def _client_chain(settings: TlsSettings):
         raise EngineConfigError(BAD_CONFIG, f"client key type {type(key).__name__} not supported")
     mbed_certs = tuple(mbedtls.x509.CRT.from_DER(c.public_bytes(serialization.Encoding.DER)) for c in certs)
     return mbed_certs, mbed_key
+
+
+def _client_key(pem: bytes, password: bytes | None):
+    """The client key, decrypted with `password` when it is encrypted (a password given
+    for a clear key is not needed: ignored, as OpenSSL's PEM reader does)."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        return serialization.load_pem_private_key(pem, password=password)
+    except TypeError:
+        if password is not None:      # "Password was given but private key is not encrypted"
+            return _client_key(pem, None)
+        raise EngineConfigError(BAD_CONFIG, "client key is encrypted and no key password is set") from None
+    except (ValueError, Exception) as exc:  # a wrong password, UnsupportedAlgorithm too
+        raise EngineConfigError(BAD_CONFIG, f"cannot parse client key: {exc}") from None
 
 
 def _psk(settings: TlsSettings):
@@ -194,12 +204,14 @@ def _native():
 
 def _config_key(settings: TlsSettings) -> tuple:
     """Every TlsSettings field _build_configuration reads, by value (the client certificate
-    and key by their bytes: a file replaced with AT+QFUPL is another key), and the native
+    and key by their bytes -- a file replaced with AT+QFUPL is another key -- and the key
+    password), and the native
     layer's self-check run and availability it was built under (the table default's suites
     and RC4/3DES depend on them)."""
     native = _native()     # the default offer depends on its self-check's outcome
 
-    chain = (settings.client_cert_pem, settings.client_key_pem) if settings.seclevel == 2 else None
+    chain = ((settings.client_cert_pem, settings.client_key_pem, settings.client_key_password)
+             if settings.seclevel == 2 else None)
     return (native.generation(), native.available(), settings.seclevel, settings.dtls, settings.ssl_version, settings.dtls_version,
             tuple(settings.cipher_suites), settings.psk_identity, settings.psk_key,
             tuple(settings.alpn), chain)

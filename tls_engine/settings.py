@@ -22,6 +22,7 @@ class TlsSettings:
     ca_label: str = ""                      # e.g. "RAM:cacert.pem", for reasons
     client_cert_pem: bytes | None = None    # leaf first; extra PEM certs = chain
     client_key_pem: bytes | None = None
+    client_key_password: bytes | None = None    # an encrypted client key's password
     ignore_local_time: bool = True          # EC2x default 1
     clock: Callable[[], datetime] | None = None  # modem clock (aware); None = system
     sni: bool = False

@@ -83,8 +83,13 @@ def qsslcfg_write(modem, cmd):
         if ALL_SUITES_CODE in value and len(value) > 1:
             raise args.fail("0XFFFF cannot be combined with other suites")
     elif opt.kind == "path":
-        args.at_most(3)
+        # "clientkey",<ctx>,<path>[,<key_pwd>]: a real EG25-G's form (its test form), on a
+        # profile with ssl.clientkey_password; a write without it sets no password.
+        with_password = name == "clientkey" and modem.profile.get("ssl.clientkey_password", False)
+        args.at_most(4 if with_password else 3)
         value = args.str(2, max_len=modem.profile["files.max_name_len"] + 4)
+        if with_password:
+            ctx.key_password = args.str(3, max_len=255) if len(args) > 3 and args.present(3) else ""
     elif opt.kind == "alpn":
         args.at_most(3)
         value = args.str(2, max_len=255)

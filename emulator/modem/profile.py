@@ -301,6 +301,9 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     # false = no client certificate is offered (the EC2x note, sec. 4 item 3: the pair is
     # needed only when the server requires client authentication).
     "ssl.client_pair_required": (False, _bool),
+    # AT+QSSLCFG="clientkey",<ctx>,<path>[,<key_pwd>]: an encrypted client key's password
+    # (a real EG25-G's test form lists it; the EC2x note 1.1 does not); absent or false: none.
+    "ssl.clientkey_password": (False, _bool),
     # TCP(IP) AT commands (AT+QIOPEN & co., emulator/sockets/tcpip.py); absent: no such commands.
     "tcpip.sockets": (False, _int(1, 64)),          # <connectID>s, one pool with the SSL clientIDs
     "tcpip.send_max": (False, _int(1, 65535)),      # AT+QISEND <send_length>

@@ -72,6 +72,9 @@ class SslContext:
     ctx_id: int
     defaults: dict[str, object] = field(default_factory=default_values)
     values: dict[str, object] = field(init=False)
+    # The clientkey's <key_pwd> (a module whose profile has ssl.clientkey_password): the
+    # password of an encrypted client key, never shown back by a query.
+    key_password: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         self.values = dict(self.defaults)
@@ -85,6 +88,7 @@ class SslContext:
     def reset(self) -> None:
         """Back to the defaults (a reboot: the settings are not saved)."""
         self.values = dict(self.defaults)
+        self.key_password = ""
 
 
 class SetupError(Exception):
@@ -151,7 +155,7 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
         if extra:
             ca_pem = ca_pem.rstrip(b"\n") + b"\n" + extra
             ca_label = f"{ca_label} / {extra_label}"
-    cert = key = None
+    cert = key = key_password = None
     pair_required = bool(profile.get("ssl.client_pair_required", False))
     if seclevel == 2 and (pair_required or ctx["clientcert"] or ctx["clientkey"]):
         # The EC2x note (sec. 4, item 3): the client pair has to be uploaded when the server
@@ -161,6 +165,8 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
         # set must hold its material, and half a pair is no pair.
         cert, _ = material("clientcert", True)
         key, _ = material("clientkey", True)
+        if ctx.key_password:
+            key_password = _host_bytes(ctx.key_password, "client key password")
 
     identity, psk_key = ctx["psk"]
     identity_bytes = _host_bytes(identity, "PSK identity") if identity else None
@@ -182,6 +188,7 @@ def to_tls_settings(ctx: SslContext, *, host: str, profile, read_material: Calla
         ca_label=ca_label or "",
         client_cert_pem=cert,
         client_key_pem=key,
+        client_key_password=key_password,
         ignore_local_time=bool(ctx["ignorelocaltime"]),
         clock=clock,
         sni=bool(ctx["sni"]),

@@ -62,6 +62,58 @@ def test_seclevel_2_presents_the_client_certificate(ec2x, net, pki):
         assert server.wait_handshake().client_cert_der is None
 
 
+def _encrypted(key_pem: bytes, password: bytes, traditional: bool = False) -> bytes:
+    """The key as an encrypted PEM: PKCS#8 (BEGIN ENCRYPTED PRIVATE KEY) or OpenSSL's
+    traditional form (Proc-Type: 4,ENCRYPTED)."""
+    from cryptography.hazmat.primitives import serialization
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    form = serialization.PrivateFormat.TraditionalOpenSSL if traditional else serialization.PrivateFormat.PKCS8
+    return key.private_bytes(serialization.Encoding.PEM, form, serialization.BestAvailableEncryption(password))
+
+
+@pytest.mark.parametrize("traditional", [False, True], ids=["pkcs8", "traditional"])
+def test_seclevel_2_with_an_encrypted_client_key_and_its_password(ec2x, net, pki, traditional):
+    """A real EG25-G's "clientkey",<ctx>,<path>,<key_pwd> (its test form; the note 1.1 has
+    no password): the key decrypted at the open.  No password, or a wrong one: the key
+    cannot be read: 552 (as a key that does not parse).  The query shows the path only."""
+    ec2x.upload("UFS:client.pem", pki.client.cert_pem)
+    assert b"BEGIN" in (enc := _encrypted(pki.client.key_pem, b"s3cret pass", traditional))
+    ec2x.upload("UFS:client.key", enc)
+    cfg(ec2x, "clientcert", 1, '"UFS:client.pem"')
+    with TlsServer(pki.server, client_ca=pki.ca.cert_pem, require_client_cert=True) as server:
+        net(server)
+        trust(ec2x, 1, pki.ca.cert_pem, seclevel=2)
+        cfg(ec2x, "clientkey", 1, '"UFS:client.key"')                      # no password
+        assert open_ssl(ec2x, 1) == 552
+        cfg(ec2x, "clientkey", 1, '"UFS:client.key"', '"wrong"')
+        assert open_ssl(ec2x, 1) == 552
+        assert not any(c.handshake_done for c in server.connections)       # no handshake made
+        cfg(ec2x, "clientkey", 1, '"UFS:client.key"', '"s3cret pass"')
+        assert ec2x.at('AT+QSSLCFG="clientkey",1') == b'\r\n+QSSLCFG: "clientkey",1,"UFS:client.key"\r\n\r\nOK\r\n'
+        assert open_ssl(ec2x, 1) == 0
+        conn = server.wait_handshake()
+        close(ec2x)
+        assert "modem client" in conn.client_cert_subject
+        cfg(ec2x, "clientkey", 1, '"UFS:client.key"')                      # written again: no password
+        assert open_ssl(ec2x, 1) == 552
+
+
+def test_a_key_password_for_a_clear_key_is_not_needed_and_bad_forms_are_refused(ec2x, net, pki):
+    client_identity(ec2x, pki, 1)
+    with TlsServer(pki.server, client_ca=pki.ca.cert_pem, require_client_cert=True) as server:
+        net(server)
+        trust(ec2x, 1, pki.ca.cert_pem, seclevel=2)
+        cfg(ec2x, "clientkey", 1, '"UFS:client.key"', '"unused"')
+        assert open_ssl(ec2x, 1) == 0
+        assert "modem client" in server.wait_handshake().client_cert_subject
+        close(ec2x)
+    for line in ('AT+QSSLCFG="clientkey",1,"UFS:client.key","pwd",1',        # one too many
+                 'AT+QSSLCFG="clientcert",1,"UFS:client.pem","pwd"',         # clientkey only
+                 'AT+QSSLCFG="clientkey",1,"UFS:client.key","' + "p" * 256 + '"'):
+        assert ec2x.at(line) == b"\r\nERROR\r\n", line
+    assert ec2x.at('AT+QSSLCFG="clientcert",1') == b'\r\n+QSSLCFG: "clientcert",1,"UFS:client.pem"\r\n\r\nOK\r\n'
+
+
 def test_seclevel_2_sends_nothing_unless_asked(ec2x, net, pki):
     client_identity(ec2x, pki, 0)
     with TlsServer(pki.server) as server:              # no CertificateRequest

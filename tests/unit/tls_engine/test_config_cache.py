@@ -114,3 +114,22 @@ def test_a_new_key_log_gets_the_next_sessions_lines(rsa_leaf, base_settings):
         for lines in (first, second, first):
             assert isinstance(connect(base_settings(keylog=lines.append), server), HandshakeComplete)
     assert len(first) == 2 and len(second) == 1
+
+
+def test_an_encrypted_client_key_is_decrypted_only_with_its_password_every_time(pki, base_settings):
+    """The key password is part of the configuration's key: a right one never lets a wrong
+    one (or none) reuse the decrypted key."""
+    from cryptography.hazmat.primitives import serialization
+    leaf = pki.issue("cache-client-enc", "enc@example.test", common_name="client-enc")
+    key = serialization.load_pem_private_key(leaf.key_pem, password=None)
+    encrypted = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.BestAvailableEncryption(b"right"))
+    for password, ok in [(b"right", True), (b"wrong", False), (None, False), (b"right", True)]:
+        session = started(base_settings(seclevel=2, client_cert_pem=leaf.cert_pem, client_key_pem=encrypted,
+                                        client_key_password=password))
+        failures = [e for e in session.events() if isinstance(e, TlsFailure)]
+        if ok:
+            assert failures == [] and session.outgoing(), password
+        else:
+            assert len(failures) == 1 and failures[0].kind == "bad_config", (password, failures)
+            assert "password" in failures[0].reason, failures[0].reason
