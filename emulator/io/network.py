@@ -83,7 +83,7 @@ def parse_route(spec: str) -> tuple[tuple[str, int | None], tuple[str, int | Non
     dst = _split_host_port(right, need_port=False)
     if (src[1] is None) != (dst[1] is None):
         raise ValueError(f"route {spec!r}: give a port on both sides or on neither")
-    return (src[0].lower(), src[1]), dst
+    return (_route_key(src[0]), src[1]), dst
 
 
 def parse_dns(spec: str) -> tuple[str, str]:
@@ -118,6 +118,13 @@ def made_up_address(name: str) -> str:
     """198.18-19.x.y (y 1-254) from SHA-256 of the lower-cased name."""
     n = int.from_bytes(hashlib.sha256(_dns_key(name).encode()).digest()[:4], "big")
     return str(FAKE_NET[((n >> 8) % 512) * 256 + 1 + n % 254])
+
+
+def _route_key(host: str) -> str:
+    """A routed name as the routes hold it: lower case, without the root's trailing dot (an
+    absolute name is the same host, as for DNS: _dns_key)."""
+    key = host.lower()
+    return key[:-1] if key.endswith(".") and not key.endswith("..") else key
 
 
 def _dns_key(name: str) -> str:
@@ -156,7 +163,7 @@ class Router:
             raise ValueError(f"route {host}:{port}: bad destination port {dst_port!r} (0-65535)")
         if port is not None and not is_port(port):
             raise ValueError(f"route {host}:{port!r}: bad port (0-65535)")
-        self._routes[(host.lower(), port)] = (addr, dst_port)
+        self._routes[(_route_key(host), port)] = (addr, dst_port)
 
     def add_listen(self, local_port: int, addr: str = "127.0.0.1", port: int = 0) -> None:
         """A "TCP LISTENER"/"UDP SERVICE" on the host's <local_port> really binds addr:port
@@ -225,9 +232,7 @@ class Router:
         return self.dns.get(key) or self._answered.get(key) or made_up_address(key)
 
     def lookup(self, host: str, port: int) -> tuple[str, int] | None:
-        key = host.lower().strip("[]")
-        if key.endswith(".") and not key.endswith(".."):
-            key = key[:-1]           # the root's dot (an absolute name): the same host, as for DNS
+        key = _route_key(host.strip("[]"))
         dst = self._routes.get((key, port)) or self._routes.get((key, None))
         if dst is None:
             return None

@@ -44,6 +44,9 @@ def test_dns_entry_is_shown_not_the_route():
 def test_a_trailing_dot_names_the_same_host_for_routes_as_for_dns():
     router = Router(["www.iottest.work:443=127.0.0.1:8443", "any.example=127.0.0.1"])
     router.add_map("Map.Example", 8883, "127.0.0.1", 9001)
+    router.add_map("dotted.example.", 443, "127.0.0.1", 9002)            # a route given absolute
+    assert router.lookup("dotted.example", 443) == router.lookup("DOTTED.example.", 443) == ("127.0.0.1", 9002)
+    assert Router(["abs.example.:443=127.0.0.1:9003"]).lookup("abs.example", 443) == ("127.0.0.1", 9003)
     assert router.lookup("www.iottest.work.", 443) == ("127.0.0.1", 8443)
     assert router.lookup("WWW.IOTTEST.WORK.", 443) == ("127.0.0.1", 8443)
     assert router.lookup("any.example.", 7) == ("127.0.0.1", 7)
