@@ -190,18 +190,39 @@ class Scenario:
 
     def check(self, modem_count: int, profile_of: Callable[[int], Any]) -> None:
         """What needs the running modems: each step's modem exists, each trigger's
-        command is one of that modem's profile.  ScenarioError otherwise."""
+        command is one of that modem's profile, and so are the op's own arguments that the
+        profile bounds (a socket id, a PDP context id, a command to slow down): a step that
+        could never run is refused at start-up, not logged when its time comes.
+        ScenarioError otherwise."""
         for step in self.steps:
             if step.modem >= modem_count:
                 raise ScenarioError(f"scenario {self.source}: step {step.number}: key modem: "
                                     f"there is no modem {step.modem} (there are {modem_count})")
+            profile = profile_of(step.modem)
             trig = step.trigger
-            if trig is not None:
-                profile = profile_of(step.modem)
-                if profile.command_variant(trig.command) is None:
-                    key = "after" if step.after else "when"
-                    raise ScenarioError(f"scenario {self.source}: step {step.number}: key {key}.command: "
-                                        f"AT{trig.command} is not a command of profile {profile.name}")
+            if trig is not None and profile.command_variant(trig.command) is None:
+                key = "after" if step.after else "when"
+                raise ScenarioError(f"scenario {self.source}: step {step.number}: key {key}.command: "
+                                    f"AT{trig.command} is not a command of profile {profile.name}")
+            problem = _profile_problem(step, profile)
+            if problem:
+                raise ScenarioError(f"scenario {self.source}: step {step.number}: {problem}")
+
+
+def _profile_problem(step: Step, profile) -> str | None:
+    """What in a step's op arguments the modem's profile can never take (the control op
+    checks the same when it runs: emulator/tools/control.py)."""
+    kw = step.kw
+    sockets = profile.get("ssl.sockets")
+    if "socket" in kw and sockets is not None and not kw["socket"] < sockets:
+        return f"key socket: {kw['socket']} is not a socket id of profile {profile.name} (0-{sockets - 1})"
+    if step.op == "pdp_deact":
+        first, last = profile["pdp.first_id"], profile["pdp.last_id"]
+        if not first <= kw["cid"] <= last:
+            return f"key cid: {kw['cid']} is not a PDP context of profile {profile.name} ({first}-{last})"
+    if step.op == "slow" and profile.command_variant(command_name(kw["command"])) is None:
+        return f"key command: {kw['command']!r} is not a command of profile {profile.name}"
+    return None
 
 
 def load_scenario(source: str | Path | dict) -> Scenario:
