@@ -138,11 +138,20 @@ def _client_key(pem: bytes, password: bytes | None):
         raise EngineConfigError(BAD_CONFIG, f"cannot parse client key: {exc}") from None
 
 
+# The PSK length python-mbedtls 2.10.1's Mbed TLS 2.28 takes (its MBEDTLS_PSK_MAX_LEN, a
+# build-time limit; RFC 4279 5.3 asks for 64 octets): a longer key cannot be offered.
+PSK_MAX_LEN = 32
+
+
 def _psk(settings: TlsSettings):
     if settings.psk_key is None and settings.psk_identity is None:
         return None
     if not settings.psk_key:
         raise EngineConfigError(BAD_CONFIG, "PSK configured with an empty key")
+    if len(settings.psk_key) > PSK_MAX_LEN:
+        # (Mbed TLS would refuse the configuration as "Bad input parameters": say why)
+        raise EngineConfigError(BAD_CONFIG, f"a PSK of {len(settings.psk_key)} bytes: this TLS library "
+                                            f"takes at most {PSK_MAX_LEN} (MBEDTLS_PSK_MAX_LEN)")
     from .native import psk_identity  # the wrapper's str-only identity, bytes kept exact
 
     return psk_identity(bytes(settings.psk_identity or b"")), bytes(settings.psk_key)
