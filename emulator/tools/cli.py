@@ -225,6 +225,25 @@ def make_keylog(path: str | None):
     return write
 
 
+UNIX_PATH_MAX = 107                  # bytes of a unix socket's path (sun_path, its NUL aside)
+
+
+def check_control_path(path: str | None) -> None:
+    """A --control path that can never be a socket is a refused argument (exit 2), as a bad
+    --trace or --keylog path: its directory missing, a file that is not a socket in its
+    place, too long for a unix socket.  Another process listening there is the machine's
+    refusal (exit 1, when it is bound)."""
+    if not path:
+        return
+    where = Path(path)
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise Refused(f"--control {path}: longer than a unix socket's path may be ({UNIX_PATH_MAX} bytes)")
+    if not where.parent.is_dir():
+        raise Refused(f"--control {path}: no such directory {where.parent}")
+    if (where.exists() or where.is_symlink()) and not where.is_socket():
+        raise Refused(f"--control {path}: a file that is not a socket is there")
+
+
 class _Stopped(Exception):
     """A stop signal while start-up reads its files (nothing to undo yet)."""
 
@@ -257,6 +276,7 @@ def prepare(args: argparse.Namespace) -> _Setup:
     load_config(args.config, router)
     places = modem_places(args, profile.name)
     keylog = make_keylog(args.keylog)
+    check_control_path(args.control)
     return _Setup(profile, scenario, router, places, keylog, make_trace(args.trace))
 
 

@@ -298,6 +298,25 @@ def test_kill_9_mid_upload_then_restart_keeps_exactly_what_was_committed(tmp_pat
     assert not ctl.exists()
 
 
+# Was inconsistent, fixed (found by the README walk-through): a --control path that can never be a socket
+# exited 1 (the machine's refusal) where a bad --trace or --keylog path exits 2 (a refused
+# argument, README "Running it yourself").  Another process listening there stays exit 1.
+@pytest.mark.parametrize("make, why", [
+    (lambda tmp: tmp / "no-such-dir" / "ctl", "no such directory"),
+    (lambda tmp: (tmp / "file").write_text("x") and tmp / "file", "not a socket"),
+    (lambda tmp: tmp / ("c" * 120), "longer than a unix socket's path"),
+], ids=["missing-directory", "a-regular-file", "too-long"])
+def test_a_control_path_that_can_never_be_a_socket_is_a_refused_argument(tmp_path, make, why):
+    ctl = make(tmp_path)
+    proc = start("--control", str(ctl), "--state-dir", str(tmp_path / "s"))
+    try:
+        line, code, err = started_or_refused(proc)
+    finally:
+        kill(proc)
+    assert (line, code) == ("", 2), (line, code, err)
+    assert len(err.strip().splitlines()) == 1 and why in err and str(ctl) in err, err
+
+
 # -- two emulators on the same paths at once -----------------------------------------------------
 def test_second_emulator_on_the_same_link_or_control_is_refused_and_harms_nothing(tmp_path):
     link, ctl = tmp_path / "modem", tmp_path / "ctl"
