@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import socket
 import threading
 import time
@@ -45,6 +44,7 @@ from emulator.testing.peers.dtls_wire import (CT_ALERT, CT_APP, CT_CCS, CT_HANDS
                                               record, records)
 from emulator.testing.peers.mbedtls_peer import MbedtlsServer
 from tests.e2e.socket_support import wait_for
+from tests.e2e.test_adversarial_dtls_paths import HostileServer   # (a hand-made UDP server)
 from tests.e2e.ssl_options_support import HOST, PORT, cfg, recv_all
 
 PSK_HEX = "00112233445566778899aabbccddeeff"
@@ -68,39 +68,8 @@ def servers():
         return server
     yield keep
     for server in started:
-        server.stop() if hasattr(server, "stop") else server.close()
-
-
-class HandMadeServer:
-    """A UDP "DTLS server" on 127.0.0.1 that answers each datagram with
-    answer(index, data) -> datagrams to send back; every datagram it got is kept."""
-
-    def __init__(self, answer) -> None:
-        self.answer = answer
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.received: list[bytes] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="hand-made-dtls")
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            if not select.select([self.sock], [], [], 0.05)[0]:
-                continue
-            try:
-                data, addr = self.sock.recvfrom(65536)
-            except OSError:
-                return
-            self.received.append(data)
-            for out in self.answer(len(self.received) - 1, data):
-                self.sock.sendto(out, addr)
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.thread.join(2)
-        self.sock.close()
+        server.close() if isinstance(server, HostileServer) else server.stop() if hasattr(server, "stop") \
+            else server.close()
 
 
 def server_hello_flight(suite: int) -> bytes:
@@ -469,7 +438,7 @@ def test_hand_made_server_choosing_a_psk_suite_the_host_did_not_configure(ec2x_s
     def answer(index, data):
         return [server_hello_flight(PSK_AES128_GCM_SHA256)] if is_client_hello(data) else []
 
-    hostile = servers(HandMadeServer(answer))
+    hostile = servers(HostileServer(answer))
     route(emulator, hostile.port)
     cfg(host, "dtls", 0, 1)
     cfg(host, "negotiatetime", 0, 20)
@@ -506,7 +475,7 @@ def test_hand_made_psk_server_with_a_finished_the_key_cannot_open_fails_at_once(
                     + record(CT_HANDSHAKE, os.urandom(40), epoch=1, seq=0)]
         return []
 
-    hostile = servers(HandMadeServer(answer))
+    hostile = servers(HostileServer(answer))
     route(emulator, hostile.port)
     dtls_psk_ctx(host, identity="modem-1", negotiatetime=20)
     start_open(host)
@@ -705,7 +674,7 @@ def test_malformed_hello_verify_request_fails_the_open_at_once(ec2x_strict, emul
     def answer(index, data):
         return [hvr_with(MALFORMED_HVR[kind])] if is_client_hello(data) else []
 
-    hostile = servers(HandMadeServer(answer))
+    hostile = servers(HostileServer(answer))
     route(emulator, hostile.port)
     cfg(host, "dtls", 0, 1)
     cfg(host, "negotiatetime", 0, 10)
@@ -731,7 +700,7 @@ def test_hello_verify_request_with_a_255_byte_cookie_is_echoed(ec2x_strict, emul
     def answer(index, data):
         return [hvr_with(b"\xfe\xff" + bytes([255]) + cookie)] if index == 0 else []
 
-    hostile = servers(HandMadeServer(answer))
+    hostile = servers(HostileServer(answer))
     route(emulator, hostile.port)
     cfg(host, "dtls", 0, 1)
     cfg(host, "negotiatetime", 0, 10)
@@ -801,7 +770,7 @@ def test_crafted_psk_server_flights(ec2x_strict, emulator, servers, pki, caplog,
             return [out] if out and len(key_exchange) == 1 else []
         return []
 
-    hostile = servers(HandMadeServer(answer))
+    hostile = servers(HostileServer(answer))
     route(emulator, hostile.port)
     dtls_psk_ctx(host, negotiatetime=10)
     start_open(host)
