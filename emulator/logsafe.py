@@ -4,7 +4,8 @@ Everything the host sends may end up in a log message (a rejected command line, 
 host name, a file name).  A host name containing LF must not start a new log line
 and an ESC must not repaint the reader's terminal, so every string argument of a
 log call is escaped (printable ASCII stays, anything else becomes \\xNN / \\uNNNN).
-Key material never reaches a log: command lines that carry it (AT+QSSLCFG="psk")
+Key material never reaches a log: command lines that carry it (AT+QSSLCFG="psk", a
+"clientkey" with its <key_pwd>)
 are shown with those parameters replaced by "<redacted>".
 
     log = get_logger("emulator.ssl")       # instead of logging.getLogger
@@ -26,8 +27,10 @@ def escape(text: str) -> str:
 
 
 # Commands whose parameters from the given index on are secrets:
-# AT+QSSLCFG="psk",<ctx>,<identity>,<key> keeps "psk" and <ctx>.
-_SECRET_FORMS = [(re.compile(r'^\s*\+QSSLCFG\s*=\s*"?\s*psk\s*"?\s*,', re.IGNORECASE), 2)]
+# AT+QSSLCFG="psk",<ctx>,<identity>,<key> keeps "psk" and <ctx>;
+# AT+QSSLCFG="clientkey",<ctx>,<path>,<key_pwd> keeps the path.
+_SECRET_FORMS = [(re.compile(r'^\s*\+QSSLCFG\s*=\s*"?\s*psk\s*"?\s*,', re.IGNORECASE), 2),
+                 (re.compile(r'^\s*\+QSSLCFG\s*=\s*"?\s*clientkey\s*"?\s*,', re.IGNORECASE), 3)]
 
 
 def redact(raw: str) -> str:

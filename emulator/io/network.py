@@ -83,7 +83,7 @@ def parse_route(spec: str) -> tuple[tuple[str, int | None], tuple[str, int | Non
     dst = _split_host_port(right, need_port=False)
     if (src[1] is None) != (dst[1] is None):
         raise ValueError(f"route {spec!r}: give a port on both sides or on neither")
-    return (_route_key(src[0]), src[1]), dst
+    return (name_key(src[0]), src[1]), dst
 
 
 def parse_dns(spec: str) -> tuple[str, str]:
@@ -120,15 +120,20 @@ def made_up_address(name: str) -> str:
     return str(FAKE_NET[((n >> 8) % 512) * 256 + 1 + n % 254])
 
 
-def _route_key(host: str) -> str:
-    """A routed name as the routes hold it: lower case, without the root's trailing dot (an
-    absolute name is the same host, as for DNS: _dns_key)."""
-    key = host.lower()
-    return key[:-1] if key.endswith(".") and not key.endswith("..") else key
+def name_key(host: str) -> str:
+    """How routes, --dns / --ping entries and the DNS side know a host: lower case, an IPv6
+    literal without its brackets, a name without its root's dot ("x.example." is the
+    absolute name of x.example) -- one dot only ("x.example.." is no name), and never one
+    that would leave an IP literal ("::1." and "10.0.0.1." are neither that address nor a
+    name a resolver finds)."""
+    key = host.strip("[]").lower()
+    if key.endswith(".") and not key.endswith("..") and not is_ip(key[:-1]):
+        key = key[:-1]
+    return key
 
 
 def _dns_key(name: str) -> str:
-    return name.strip().strip("[]").rstrip(".").lower()
+    return name_key(name.strip())
 
 
 class Router:
@@ -163,7 +168,7 @@ class Router:
             raise ValueError(f"route {host}:{port}: bad destination port {dst_port!r} (0-65535)")
         if port is not None and not is_port(port):
             raise ValueError(f"route {host}:{port!r}: bad port (0-65535)")
-        self._routes[(_route_key(host), port)] = (addr, dst_port)
+        self._routes[(name_key(host), port)] = (addr, dst_port)
 
     def add_listen(self, local_port: int, addr: str = "127.0.0.1", port: int = 0) -> None:
         """A "TCP LISTENER"/"UDP SERVICE" on the host's <local_port> really binds addr:port
@@ -232,7 +237,7 @@ class Router:
         return self.dns.get(key) or self._answered.get(key) or made_up_address(key)
 
     def lookup(self, host: str, port: int) -> tuple[str, int] | None:
-        key = _route_key(host.strip("[]"))
+        key = name_key(host)
         dst = self._routes.get((key, port)) or self._routes.get((key, None))
         if dst is None:
             return None

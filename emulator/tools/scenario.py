@@ -200,10 +200,16 @@ class Scenario:
                                     f"there is no modem {step.modem} (there are {modem_count})")
             profile = profile_of(step.modem)
             trig = step.trigger
-            if trig is not None and profile.command_variant(trig.command) is None:
+            if trig is not None:
                 key = "after" if step.after else "when"
-                raise ScenarioError(f"scenario {self.source}: step {step.number}: key {key}.command: "
-                                    f"AT{trig.command} is not a command of profile {profile.name}")
+                if profile.command_variant(trig.command) is None:
+                    raise ScenarioError(f"scenario {self.source}: step {step.number}: key {key}.command: "
+                                        f"AT{trig.command} is not a command of profile {profile.name}")
+                sockets = profile.get("ssl.sockets")
+                if trig.socket is not None and sockets is not None and not trig.socket < sockets:
+                    raise ScenarioError(f"scenario {self.source}: step {step.number}: key {key}.socket: "
+                                        f"{trig.socket} is not a socket id of profile {profile.name} "
+                                        f"(0-{sockets - 1})")
             problem = _profile_problem(step, profile)
             if problem:
                 raise ScenarioError(f"scenario {self.source}: step {step.number}: {problem}")

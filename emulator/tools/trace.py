@@ -105,7 +105,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emulator.io.network import NetFaults, Router, is_ip, is_port
+from emulator.io.network import NetFaults, Router, is_ip, is_port, name_key
 from emulator.logsafe import get_logger
 from emulator.sockets.plain_session import NoSealJobs, PlainSession
 from emulator.tools import OneLineParser
@@ -627,6 +627,7 @@ class Script:
     dtls: bool = False           # an SSL socket over DTLS: its stand-in speaks datagrams
     head_at: tuple = ()          # the moment the handshake ended (the stand-in's header waits for it)
     open_number: int = 0         # 1 for the trace's first open (AT+QSSLOPEN / AT+QIOPEN), ...
+    answered: bool = False       # its open_result was recorded (a close after it abandons nothing)
 
     @property
     def datagram(self) -> bool:
@@ -695,6 +696,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
             s.header = {"fail": r["failure"], "reason": r["reason"]}
             s.head_at = moment(r)
         elif kind == "open_result":
+            s.answered = True
             if r["code"] and not s.header:
                 if r.get("failure") in ("dns", "connect", "pdp"):
                     s.connected = False          # never reached a server
@@ -708,8 +710,10 @@ def scripts_of(records: list[dict]) -> list[Script]:
                     s.head_at = moment(r)
             elif r["code"] and s.header.get("ok"):
                 s.header = {"fail": r.get("failure") or "protocol_error", "reason": r.get("reason", "")}
-        elif kind == "close" and not s.header and not (s.refused or s.dns_failed) and not s.plain:
-            # the host closed it before its handshake ended: the recording's server held it
+        elif (kind == "close" and not s.header and not (s.refused or s.dns_failed)
+              and (not s.plain or (s.type == "TCP" and not s.answered))):
+            # the host closed it before its handshake (or a TCP socket's connect) ended: the
+            # recording's server held it
             s.connected, s.header = True, {"hold": True}
         elif kind == "sent":
             s.steps.append(("expect", _b(r["data"])))
@@ -933,9 +937,10 @@ class ReplayPeer:
             if s.type == "TCP INCOMING":
                 self.spawn(self._client(s))
             elif s.connected and s.type not in ("UDP SERVICE",):
-                (datagrams if s.datagram else streams).setdefault((s.host.lower(), s.port), []).append(s)
+                # (by the name the router knows it by: "x.example." and "X.example" are one)
+                (datagrams if s.datagram else streams).setdefault((name_key(s.host), s.port), []).append(s)
             elif s.refused:
-                refused.add((s.host.lower(), s.port))
+                refused.add((name_key(s.host), s.port))
         for dest, queue in streams.items():
             server = await asyncio.start_server(lambda r, w, q=queue: self._serve(q, r, w), "127.0.0.1", 0)
             self._servers.append(server)
