@@ -83,6 +83,8 @@ def parse_route(spec: str) -> tuple[tuple[str, int | None], tuple[str, int | Non
     dst = _split_host_port(right, need_port=False)
     if (src[1] is None) != (dst[1] is None):
         raise ValueError(f"route {spec!r}: give a port on both sides or on neither")
+    if not name_key(src[0]):
+        raise ValueError(f"route {spec!r}: no host name (the root '.' alone is none)")
     return (name_key(src[0]), src[1]), dst
 
 
@@ -168,6 +170,8 @@ class Router:
             raise ValueError(f"route {host}:{port}: bad destination port {dst_port!r} (0-65535)")
         if port is not None and not is_port(port):
             raise ValueError(f"route {host}:{port!r}: bad port (0-65535)")
+        if not isinstance(host, str) or not name_key(host):
+            raise ValueError(f"route {host!r}:{port}: no host name")
         self._routes[(name_key(host), port)] = (addr, dst_port)
 
     def add_listen(self, local_port: int, addr: str = "127.0.0.1", port: int = 0) -> None:

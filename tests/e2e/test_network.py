@@ -54,6 +54,11 @@ def test_a_trailing_dot_names_the_same_host_for_routes_as_for_dns():
     assert router.lookup("www.iottest.work..", 443) is None          # not a name: stays unrouted
     assert router.lookup("www.iottest.work.", 444) is None
     assert router.display_address("www.iottest.work.") == router.display_address("www.iottest.work")
+    for spec in (".:443=127.0.0.1:1", "[]:443=127.0.0.1:1"):          # the root alone names no host
+        with pytest.raises(ValueError, match="no host name|empty host"):
+            Router([spec])
+    with pytest.raises(ValueError, match="no host name"):
+        router.add_map(".", 443, "127.0.0.1", 1)
 
 
 def test_an_ssl_open_of_a_name_with_a_trailing_dot_reaches_its_route(open_modem, emulator, pki):
