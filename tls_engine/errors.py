@@ -10,8 +10,9 @@ BAD_CONFIG = "bad_config"
 VERIFY_FAILED = "verify_failed"
 HANDSHAKE_FAILED = "handshake_failed"
 PROTOCOL_ERROR = "protocol_error"
+TIMED_OUT = "timeout"      # a DTLS handshake nobody answered: Mbed TLS's retransmissions ran out
 FAILURE_KINDS = (UNSUPPORTED_VERSION, UNSUPPORTED_CIPHER, BAD_CONFIG, VERIFY_FAILED, HANDSHAKE_FAILED,
-                 PROTOCOL_ERROR)
+                 PROTOCOL_ERROR, TIMED_OUT)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from collections.abc import Hashable
 from . import ciphers as cs
 from .config import EnginePlan, build_plan, client_context
 from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_VERSION, MBEDTLS_FEATURE_UNAVAILABLE,
-                     MBEDTLS_PEER_CLOSE_NOTIFY,
+                     MBEDTLS_PEER_CLOSE_NOTIFY, MBEDTLS_TIMEOUT, TIMED_OUT,
                      PROTOCOL_ERROR, VERIFY_FAILED, AppData, EngineConfigError,
                      HandshakeComplete, PeerClosed, TlsFailure, describe_alert,
                      describe_mbedtls_error)
@@ -781,6 +781,10 @@ class TlsClientSession:
             self._fail(HANDSHAKE_FAILED, describe_alert(self._fatal_alert))
             return
         kind = HANDSHAKE_FAILED if self.state == "handshaking" else PROTOCOL_ERROR
+        if err == MBEDTLS_TIMEOUT and self.state == "handshaking":
+            # Silence to the last retransmission is the open's timeout, as when negotiatetime
+            # runs out first: the host sees one answer for a server that never answered.
+            kind = TIMED_OUT
         reason = describe_mbedtls_error(err, getattr(exc, "msg", "") or str(exc))
         if err == MBEDTLS_BAD_VERSION and self._server_version is not None:
             chosen = _WIRE_VERSIONS.get(bytes(self._server_version), self._server_version.hex())
