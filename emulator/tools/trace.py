@@ -193,6 +193,7 @@ class ModemTrace:
         self.hangups = 0                 # "hangup" records so far
         self._dialled: dict = {}         # socket id -> the name its last open dialled
         self.received_total = 0          # plaintext bytes of the "received" records so far
+        self.handshakes = 0              # "handshake" records so far (connects and TLS handshakes ended)
 
     def _now(self) -> float | None:
         """A record's time for a modem on manual time (add_modem(manual_time=True)): its own
@@ -257,6 +258,8 @@ class ModemTrace:
             self.hangups += 1
         elif kind == "received":
             self.received_total += len(fields.get("data", ""))
+        elif kind == "handshake":
+            self.handshakes += 1
         self._write(kind, fields)
 
     def _tcpip_fields(self, sid) -> dict:
@@ -638,19 +641,24 @@ def scripts_of(records: list[dict]) -> list[Script]:
     current: dict[int, Script] = {}
     scripts: list[Script] = []
     untyped: list[Script] = []       # opened by the command being answered (traces before "service")
-    hangups = opens = 0
+    hangups = opens = handshakes = hs_before = 0
     received = _received_before(records)
 
-    def moment(r: dict) -> tuple[int, int, int, int]:
+    def moment(r: dict) -> tuple[int, int, int, int, int]:
         """When a server did what r records: (host bytes, modem bytes, hang-ups, plaintext
         received before it).  The byte counts alone let a stand-in run ahead: a server's
         answer while the host was at a "> " prompt comes in either order with another
         server's, data after a hang-up reach the host that left, a slow handshake ends
-        before the AT+QSSLSTATE the host sent meanwhile."""
-        return (r.get("in", 0), r.get("out", 0), hangups, received[id(r)])
+        before the AT+QSSLSTATE the host sent meanwhile; and the connects / handshakes that
+        had ended: connects ending while the host sat at a prompt, all at the same byte
+        counts, end in the recorded order."""
+        return (r.get("in", 0), r.get("out", 0), hangups, received[id(r)], hs_before)
 
     for r in records:
         kind, sid = r.get("kind"), r.get("socket")
+        hs_before = handshakes                   # (the ones before r: moment() of r)
+        if kind == "handshake":
+            handshakes += 1
         if kind == "hangup":
             hangups += 1
             continue
@@ -698,7 +706,12 @@ def scripts_of(records: list[dict]) -> list[Script]:
         elif kind == "open_result":
             s.answered = True
             if r["code"] and not s.header:
-                if r.get("failure") in ("dns", "connect", "pdp"):
+                if r.get("failure") == "pdp" and not s.datagram:
+                    # the context went away while it opened (an inactive one never opens a
+                    # socket): the connect had been made -- a replay's is, at once -- and the
+                    # recording's server held it; the deactivation fails it again
+                    s.connected, s.header = True, {"hold": True}
+                elif r.get("failure") in ("dns", "connect", "pdp"):
                     s.connected = False          # never reached a server
                     s.refused = r.get("failure") == "connect"
                     s.dns_failed = r.get("failure") == "dns"
@@ -827,11 +840,14 @@ class ReplayPlainSession(PlainSession):
     connect to the stand-in is made at once, so the socket stays opening until the
     stand-in's first line (JSON, the recorded connect's end) comes at the recorded moment;
     then it is a PlainSession.  UDP sockets and the connections a TCP LISTENER accepts
-    keep PlainSession (plain_session_for_replay)."""
+    keep PlainSession (plain_sessions_for_replay)."""
 
-    def __init__(self, settings, cache=None, cache_key=None) -> None:
+    def __init__(self, settings, cache=None, cache_key=None, counter=None) -> None:
         super().__init__(settings, cache, cache_key)
         self._head = bytearray()
+        # The modem's AT+QGDCNT counter: the socket counted the header line as received
+        # from the network; it is the replay's, not the recorded server's (taken back)
+        self._counter = counter
 
     def start(self) -> None:
         if self.state != "idle":
@@ -850,19 +866,27 @@ class ReplayPlainSession(PlainSession):
         self._head += data
         if b"\n" not in self._head:
             return
-        _, _, rest = bytes(self._head).partition(b"\n")
+        line, _, rest = bytes(self._head).partition(b"\n")
         self._head.clear()
+        if self._counter is not None:
+            self._counter.received -= len(line) + 1
         self.state = "idle"
         super().start()
         if rest:
             super().receive(rest)
 
 
-def plain_session_for_replay(settings, cache=None, cache_key=None) -> PlainSession:
-    """The replay modem's TCP/IP sessions: ReplayPlainSession for an outgoing TCP socket."""
-    if settings.dtls or getattr(settings, "incoming", False):
-        return PlainSession(settings, cache, cache_key)
-    return ReplayPlainSession(settings, cache, cache_key)
+def plain_sessions_for_replay(modem):
+    """The replay modem's TCP/IP session factory: ReplayPlainSession for an outgoing TCP
+    socket (with the modem's AT+QGDCNT counter), PlainSession for the others."""
+    from emulator.modem.pdp import data_counter
+    counter = data_counter(modem)
+
+    def factory(settings, cache=None, cache_key=None) -> PlainSession:
+        if settings.dtls or getattr(settings, "incoming", False):
+            return PlainSession(settings, cache, cache_key)
+        return ReplayPlainSession(settings, cache, cache_key, counter)
+    return factory
 
 
 class _ReplayFaults(NetFaults):
@@ -912,12 +936,16 @@ class ReplayPeer:
     they had when the recorded one came)."""
 
     def __init__(self, scripts: list[Script], host_sent, modem_wrote=None, listener_addr=None,
-                 hangups=None, received=None) -> None:
+                 hangups=None, received=None, handshakes=None) -> None:
         self.scripts = scripts
         self.host_sent = host_sent            # callable: bytes the replay host has sent so far
         self.modem_wrote = modem_wrote or (lambda: 1 << 62)
         self.hangups = hangups or (lambda: 1 << 62)      # the replay host's hang-ups so far
         self.received = received or (lambda: 1 << 62)    # plaintext the modem has received so far
+        self.handshakes = handshakes or (lambda: 1 << 62)   # connects and handshakes ended so far
+        # When the replay's host wrote its last recorded byte (None: it still plays); a
+        # moment is waited for while it plays, and 10 s after at most
+        self.played_at: float | None = 0.0
         self.listener_addr = listener_addr or (lambda server_id: None)   # (ip, port) once listening
         self.differences: list[str] = []
         self.routes: list[tuple[str, int, int]] = []     # (host, port, stand-in port) for the router
@@ -972,12 +1000,16 @@ class ReplayPeer:
             self._refusing.close()
 
     async def _wait_host(self, sent: int = 0, wrote: int = 0, hangups: int = 0, received: int = 0,
-                         timeout: float | None = 10) -> None:
-        """Until the replay is as far as a recorded moment (Script.steps), 10 s at most."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+                         handshakes: int = 0, timeout: float | None = 10) -> None:
+        """Until the replay is as far as a recorded moment (Script.steps): at most 10 s, and
+        never while the replay's host is still playing the recording (a slow network's
+        moment may come more than 10 s of the recording's silence later): then 10 s after."""
+        start = time.monotonic()
         while (self.host_sent() < sent or self.modem_wrote() < wrote or self.hangups() < hangups
-               or self.received() < received):
-            if deadline is not None and time.monotonic() > deadline:
+               or self.received() < received or self.handshakes() < handshakes):
+            now = time.monotonic()
+            if (timeout is not None and now > start + timeout and self.played_at is not None
+                    and now > self.played_at + timeout):
                 return
             await asyncio.sleep(0.002)
 
@@ -1454,7 +1486,9 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                           lambda: tracer[0].out_total - watch.delta if tracer else 0,
                           lambda server_id: _listening(modems[0], server_id) if modems else None,
                           lambda: tracer[0].hangups if tracer else 0,
-                          lambda: tracer[0].received_total if tracer else 0)
+                          lambda: tracer[0].received_total if tracer else 0,
+                          lambda: tracer[0].handshakes if tracer else 0)
+        peer.played_at = None                    # (the host plays: see the loop below)
         emu.call(peer.start())
         for name, ip in (start.get("dns") or {}).items():
             emu.router.add_dns(name, ip)
@@ -1484,7 +1518,8 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
             emu.run_scenario(scenario)
         emu.run(lambda: setattr(ssl_service(port.modem), "session_factory", ReplaySession))
         if has_tcpip(port.modem):
-            emu.run(lambda: setattr(tcpip_service(port.modem), "session_factory", plain_session_for_replay))
+            emu.run(lambda: setattr(tcpip_service(port.modem), "session_factory",
+                                    plain_sessions_for_replay(port.modem)))
         try:
             emu.run(restore_material, port.modem, start.get("material") or {})
         except Exception as exc:             # (a name this profile's file system refuses)
@@ -1529,6 +1564,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                     ser.write(_b(r["data"]))
                     ser.flush()
                 last_t, last_sent = r["t"], time.monotonic()
+            peer.played_at = time.monotonic()
             # the rest of the output, until it stops coming -- or, when the recording's last
             # output came later than a second after the host's last byte (a timer of the
             # modem's: an upload's inactivity, negotiatetime), until as long as that has passed
