@@ -260,7 +260,8 @@ class Interpreter:
         if self._online is not None:
             link = self._online
             log.info("%s in online data mode%s", why, "" if power_lost else ": the connection stays open (ATO)")
-            self._release_held()
+            if not power_lost:               # (a "+" the escape held: with the power gone,
+                self._release_held()         # nothing more leaves for the server)
             self._abandon()
             if power_lost:
                 self._power_lost(link)

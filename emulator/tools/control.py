@@ -214,6 +214,10 @@ def drop(modem, args: _Args) -> dict:
     sock = _socket(modem, args)
     how = args.choice("how", ("close", "rst", "blackhole"))
     args.done()
+    if how != "blackhole" and getattr(sock, "service_type", "") in ("UDP", "UDP SERVICE"):
+        # (no connection a network could close or reset; ICMP errors are ignored on them)
+        raise ControlError(f"drop: socket {sock.client_id} is a UDP socket: it has no connection to "
+                           f"{how} (how=\"blackhole\" stops its packets)")
     sock.drop(how)
     return {}
 
