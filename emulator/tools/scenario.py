@@ -256,8 +256,8 @@ def parse_scenario(data: dict, source: str) -> Scenario:
     if not isinstance(description, str):
         raise fail("key description", f"must be a string, got {description!r}")
     steps = data.get("step")
-    if steps is None:
-        raise fail("key step", "missing: no [[step]] tables")
+    if steps is None or steps == []:        # (TOML cannot write an empty array of tables:
+        raise fail("key step", "missing: no [[step]] tables")     # `step = []` is the same: none)
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         raise fail("key step", "must be an array of tables ([[step]])")
     scenario = Scenario(source, description=description)

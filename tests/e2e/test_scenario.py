@@ -114,6 +114,8 @@ def test_a_step_that_fails_when_it_runs_is_recorded_and_the_rest_go_on(emulator,
     ('[[step]]\nat = 1\nop = "send_fail"\ncount = 2\n', "step 1: key socket: missing (op send_fail needs it)"),
     ('[[step]]\nat = 1\nop = "dtr"\nlevel = 0\nsocket = 1\n', "step 1: key socket: not an argument of dtr"),
     ("steps = 1\n", "key steps: unknown key"),
+    ('description = "x"\n', "key step: missing: no [[step]] tables"),
+    ("step = []\n", "key step: missing: no [[step]] tables"),      # (was accepted: a run that does nothing)
     # (checked as the control op checks it when it runs: was only found then, mid-run)
     ('[[step]]\nat = 1\nop = "urc"\ntext = "+X: \u20ac"\n', "step 1: key text: text must be characters U+0000-U+00FF"),
     ('[[step]]\nat = 1\nop = "slow"\ncommand = "AT"\nms = 5\n', "step 1: key command"),
