@@ -56,8 +56,8 @@ the trace connected to: the replayed sockets use a plaintext stand-in of the TLS
 connection carries the recorded plaintext), and the server sends each recorded "received"
 once the host has sent, and the modem written, as many bytes as they had then, and expects
 each recorded "sent".
-AT+QIOPEN sockets have stand-ins without TLS and without the header line: a plain TCP
-server per recorded destination; a UDP server that expects each recorded datagram whole and
+AT+QIOPEN sockets have stand-ins without TLS: a plain TCP server per recorded destination,
+whose first line (JSON) says the connect ended, when it did (ReplayPlainSession); a UDP server that expects each recorded datagram whole and
 sends each received one back to where the modem's came from; a client that connects to the
 replaying modem's TCP LISTENER once the host has sent and the modem written as much as when
 the recorded client came (the listeners bind any free port, not the recorded <local_port>);
@@ -646,7 +646,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
 
     def moment(r: dict) -> tuple[int, int, int, int, int]:
         """When a server did what r records: (host bytes, modem bytes, hang-ups, plaintext
-        received before it).  The byte counts alone let a stand-in run ahead: a server's
+        received before it, connects and handshakes ended before it).  The byte counts alone let a stand-in run ahead: a server's
         answer while the host was at a "> " prompt comes in either order with another
         server's, data after a hang-up reach the host that left, a slow handshake ends
         before the AT+QSSLSTATE the host sent meanwhile; and the connects / handshakes that
