@@ -200,16 +200,10 @@ class Scenario:
                                     f"there is no modem {step.modem} (there are {modem_count})")
             profile = profile_of(step.modem)
             trig = step.trigger
-            if trig is not None:
+            if trig is not None and profile.command_variant(trig.command) is None:
                 key = "after" if step.after else "when"
-                if profile.command_variant(trig.command) is None:
-                    raise ScenarioError(f"scenario {self.source}: step {step.number}: key {key}.command: "
-                                        f"AT{trig.command} is not a command of profile {profile.name}")
-                sockets = profile.get("ssl.sockets")
-                if trig.socket is not None and sockets is not None and not trig.socket < sockets:
-                    raise ScenarioError(f"scenario {self.source}: step {step.number}: key {key}.socket: "
-                                        f"{trig.socket} is not a socket id of profile {profile.name} "
-                                        f"(0-{sockets - 1})")
+                raise ScenarioError(f"scenario {self.source}: step {step.number}: key {key}.command: "
+                                    f"AT{trig.command} is not a command of profile {profile.name}")
             problem = _profile_problem(step, profile)
             if problem:
                 raise ScenarioError(f"scenario {self.source}: step {step.number}: {problem}")
@@ -218,10 +212,12 @@ class Scenario:
 def _profile_problem(step: Step, profile) -> str | None:
     """What in a step's op arguments the modem's profile can never take (the control op
     checks the same when it runs: emulator/tools/control.py)."""
-    kw = step.kw
+    kw, trig = step.kw, step.trigger
     sockets = profile.get("ssl.sockets")
-    if "socket" in kw and sockets is not None and not kw["socket"] < sockets:
-        return f"key socket: {kw['socket']} is not a socket id of profile {profile.name} (0-{sockets - 1})"
+    for key, socket in ((f"{'after' if step.after else 'when'}.socket", trig and trig.socket),
+                        ("socket", kw.get("socket"))):
+        if socket is not None and sockets is not None and not socket < sockets:
+            return f"key {key}: {socket} is not a socket id of profile {profile.name} (0-{sockets - 1})"
     if step.op == "pdp_deact":
         first, last = profile["pdp.first_id"], profile["pdp.last_id"]
         if not first <= kw["cid"] <= last:
