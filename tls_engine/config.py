@@ -214,9 +214,8 @@ def _native():
 def _config_key(settings: TlsSettings) -> tuple:
     """Every TlsSettings field _build_configuration reads, by value (the client certificate
     and key by their bytes -- a file replaced with AT+QFUPL is another key -- and the key
-    password), and the native
-    layer's self-check run and availability it was built under (the table default's suites
-    and RC4/3DES depend on them)."""
+    password), and the native layer's self-check run and availability it was built under
+    (the table default's suites and RC4/3DES depend on them)."""
     native = _native()     # the default offer depends on its self-check's outcome
 
     chain = ((settings.client_cert_pem, settings.client_key_pem, settings.client_key_password)
