@@ -631,6 +631,7 @@ class Script:
     head_at: tuple = ()          # the moment the handshake ended (the stand-in's header waits for it)
     open_number: int = 0         # 1 for the trace's first open (AT+QSSLOPEN / AT+QIOPEN), ...
     answered: bool = False       # its open_result was recorded (a close after it abandons nothing)
+    opened_in: int = 0           # the host's bytes when it was opened
 
     @property
     def datagram(self) -> bool:
@@ -644,15 +645,18 @@ def scripts_of(records: list[dict]) -> list[Script]:
     hangups = opens = handshakes = hs_before = 0
     received = _received_before(records)
 
-    def moment(r: dict) -> tuple[int, int, int, int, int]:
+    def moment(r: dict) -> tuple[int, int, int, int, int, float | None]:
         """When a server did what r records: (host bytes, modem bytes, hang-ups, plaintext
-        received before it, connects and handshakes ended before it).  The byte counts alone let a stand-in run ahead: a server's
+        received before it, connects and handshakes ended before it, its time in the
+        recording -- how long a stand-in may wait for the rest: ReplayPeer._wait_host).  The byte counts alone let a stand-in run ahead: a server's
         answer while the host was at a "> " prompt comes in either order with another
         server's, data after a hang-up reach the host that left, a slow handshake ends
         before the AT+QSSLSTATE the host sent meanwhile; and the connects / handshakes that
         had ended: connects ending while the host sat at a prompt, all at the same byte
         counts, end in the recorded order."""
-        return (r.get("in", 0), r.get("out", 0), hangups, received[id(r)], hs_before)
+        t = r.get("t")
+        return (r.get("in", 0), r.get("out", 0), hangups, received[id(r)], hs_before,
+                t if isinstance(t, (int, float)) and not isinstance(t, bool) else None)
 
     for r in records:
         kind, sid = r.get("kind"), r.get("socket")
@@ -664,7 +668,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
             continue
         if kind == "open":
             opens += 1
-            current[sid] = s = Script(sid, r["host"], r["port"], open_number=opens)
+            current[sid] = s = Script(sid, r["host"], r["port"], open_number=opens, opened_in=r.get("in", 0))
             if r.get("service") == "tcpip":
                 s.plain, s.type = True, r.get("type") or ("UDP" if r.get("dtls") else "TCP")
             else:
@@ -706,10 +710,13 @@ def scripts_of(records: list[dict]) -> list[Script]:
         elif kind == "open_result":
             s.answered = True
             if r["code"] and not s.header:
-                if r.get("failure") == "pdp" and not s.datagram:
+                if r.get("failure") == "pdp" and not (s.plain and s.type == "UDP") and not (
+                        s.plain and r.get("in", 0) == s.opened_in):
                     # the context went away while it opened (an inactive one never opens a
                     # socket): the connect had been made -- a replay's is, at once -- and the
-                    # recording's server held it; the deactivation fails it again
+                    # recording's server held it; the deactivation fails it again.  (An
+                    # AT+QIOPEN's connect starts a loop turn after its command: a deactivation
+                    # in the same host bytes came first, in the replay too -- no connect.)
                     s.connected, s.header = True, {"hold": True}
                 elif r.get("failure") in ("dns", "connect", "pdp"):
                     s.connected = False          # never reached a server
@@ -736,6 +743,12 @@ def scripts_of(records: list[dict]) -> list[Script]:
             s.steps.append(("end", r["how"], *moment(r)))
         elif kind == "tls_failure":
             s.steps.append(("end", "rst", *moment(r)))
+    for s in scripts:
+        if (not s.header and not s.answered and not (s.refused or s.dns_failed) and s.type != "TCP INCOMING"
+                and (not s.plain or s.type == "TCP")):
+            # an open whose end the recording never saw (a restart took it, the trace was
+            # cut): its server held it as far as the recording goes
+            s.connected, s.header = True, {"hold": True}
     return scripts
 
 
@@ -943,9 +956,10 @@ class ReplayPeer:
         self.hangups = hangups or (lambda: 1 << 62)      # the replay host's hang-ups so far
         self.received = received or (lambda: 1 << 62)    # plaintext the modem has received so far
         self.handshakes = handshakes or (lambda: 1 << 62)   # connects and handshakes ended so far
-        # When the replay's host wrote its last recorded byte (None: it still plays); a
-        # moment is waited for while it plays, and 10 s after at most
-        self.played_at: float | None = 0.0
+        # (recorded time, monotonic time) of the replay host's last chunk, and the replay's
+        # --max-gap: where a recorded time falls in the replay (None: not known)
+        self.anchor: tuple[float, float] | None = None
+        self.max_gap: float | None = None
         self.listener_addr = listener_addr or (lambda server_id: None)   # (ip, port) once listening
         self.differences: list[str] = []
         self.routes: list[tuple[str, int, int]] = []     # (host, port, stand-in port) for the router
@@ -1004,18 +1018,28 @@ class ReplayPeer:
             self._refusing.close()
 
     async def _wait_host(self, sent: int = 0, wrote: int = 0, hangups: int = 0, received: int = 0,
-                         handshakes: int = 0, timeout: float | None = 10) -> None:
-        """Until the replay is as far as a recorded moment (Script.steps): at most 10 s, and
-        never while the replay's host is still playing the recording (a slow network's
-        moment may come more than 10 s of the recording's silence later): then 10 s after."""
+                         handshakes: int = 0, at: float | None = None, timeout: float | None = 10) -> None:
+        """Until the replay is as far as a recorded moment (Script.steps); given up `timeout`
+        seconds after the wait began or after the moment's place in the replay's schedule,
+        whichever is later (`at`, its recorded time: a slow network's moment may come long
+        after the host's last bytes, and the replay keeps the recording's silences)."""
         start = time.monotonic()
         while (self.host_sent() < sent or self.modem_wrote() < wrote or self.hangups() < hangups
                or self.received() < received or self.handshakes() < handshakes):
             now = time.monotonic()
-            if (timeout is not None and now > start + timeout and self.played_at is not None
-                    and now > self.played_at + timeout):
+            if timeout is not None and now > max(start, self._scheduled(at)) + timeout:
                 return
             await asyncio.sleep(0.002)
+
+    def _scheduled(self, at: float | None) -> float:
+        """When recorded time `at` comes in the replay (the host's last chunk as anchor,
+        --max-gap shortening the silence after it); 0 when not known."""
+        anchor = self.anchor
+        if at is None or anchor is None:
+            return 0.0
+        last_t, last_sent = anchor
+        gap = max(0.0, at - last_t)
+        return last_sent + (gap if self.max_gap is None else min(gap, self.max_gap))
 
     async def _serve(self, queue: list[Script], reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
@@ -1492,7 +1516,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                           lambda: tracer[0].hangups if tracer else 0,
                           lambda: tracer[0].received_total if tracer else 0,
                           lambda: tracer[0].handshakes if tracer else 0)
-        peer.played_at = None                    # (the host plays: see the loop below)
+        peer.max_gap = max_gap
         emu.call(peer.start())
         for name, ip in (start.get("dns") or {}).items():
             emu.router.add_dns(name, ip)
@@ -1568,7 +1592,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                     ser.write(_b(r["data"]))
                     ser.flush()
                 last_t, last_sent = r["t"], time.monotonic()
-            peer.played_at = time.monotonic()
+                peer.anchor = (last_t, last_sent)
             # the rest of the output, until it stops coming -- or, when the recording's last
             # output came later than a second after the host's last byte (a timer of the
             # modem's: an upload's inactivity, negotiatetime), until as long as that has passed
