@@ -109,6 +109,18 @@ def _slow(emulator, ms: int) -> None:
     assert emulator.control("net", latency_ms=ms)["ok"]
 
 
+def _timed_modem(open_modem, emulator, path, server, slow_ms: int | None = None):
+    """An EC2x on manual time tracing to `path`, tcp.example:7000 routed to `server`, the
+    context active, and (slow_ms) a modem-wide one-way latency: (host, advance, port)."""
+    emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
+    host, port = open_modem("ec2x", trace=str(path), manual_time=True)
+    advance = emulator.advancer(port, host)
+    assert host.at(ATTACH) == OK
+    if slow_ms is not None:
+        _slow(emulator, slow_ms)
+    return host, advance, port
+
+
 def _echo_close(conn) -> None:
     """TcpServer behaviour: echo until the modem's FIN, then close (AT+QICLOSE's linger ends)."""
     while data := conn.sock.recv(4096):
@@ -184,11 +196,7 @@ def test_a_server_that_closes_right_after_accept_over_a_slow_network_replays(
         conn.close()
 
     with TcpServer(behave=close_at_once) as server:
-        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
-        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-        advance = emulator.advancer(port, host)
-        assert host.at(ATTACH) == OK
-        _slow(emulator, 300)
+        host, advance, port = _timed_modem(open_modem, emulator, path, server, slow_ms=300)
         _tcp_open(host, 0, 1)
         assert _state(host, 0) == 1
         polled.set()
@@ -235,11 +243,7 @@ class _RefusingThenListening:
 def _refused_then_retried(open_modem, emulator, path, poll: bool) -> None:
     server = _RefusingThenListening()
     try:
-        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
-        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-        advance = emulator.advancer(port, host)
-        assert host.at(ATTACH) == OK
-        _slow(emulator, 300)
+        host, advance, port = _timed_modem(open_modem, emulator, path, server, slow_ms=300)
         _tcp_open(host, 0, 0)
         if poll:                                  # the RST comes a round trip later
             assert _state(host, 0) == 1
@@ -279,11 +283,7 @@ def test_two_tcp_sockets_to_one_server_connecting_in_the_other_order_replay(
         _echo_close(conn)
 
     with TcpServer(behave=greet) as server:
-        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
-        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-        advance = emulator.advancer(port, host)
-        assert host.at(ATTACH) == OK
-        _slow(emulator, 500)
+        host, advance, port = _timed_modem(open_modem, emulator, path, server, slow_ms=500)
         _tcp_open(host, 3, 1)
         _slow(emulator, 0)
         _tcp_open(host, 1, 1)
@@ -307,11 +307,7 @@ def test_a_connect_that_completes_while_the_host_is_at_a_prompt_replays(open_mod
     a write: SEND OK, +QIOPEN: 1,0, the echo."""
     path = tmp_path / "prompt.trace"
     with TcpServer(behave=_echo_close) as server:
-        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
-        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-        advance = emulator.advancer(port, host)
-        assert host.at(ATTACH) == OK
-        _slow(emulator, 500)
+        host, advance, port = _timed_modem(open_modem, emulator, path, server, slow_ms=500)
         _tcp_open(host, 1, 0)
         _slow(emulator, 0)
         _tcp_open(host, 0, 1)
@@ -338,11 +334,7 @@ def test_a_connect_that_completes_while_another_socket_is_online_replays(open_mo
     +QIOPEN: 1,0; socket 1 used in buffer mode."""
     path = tmp_path / "online.trace"
     with TcpServer(behave=_echo_close) as server:
-        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
-        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-        advance = emulator.advancer(port, host)
-        assert host.at(ATTACH) == OK
-        _slow(emulator, 500)
+        host, advance, port = _timed_modem(open_modem, emulator, path, server, slow_ms=500)
         _tcp_open(host, 1, 0)
         _slow(emulator, 0)
         host.write('AT+QIOPEN=1,0,"TCP","tcp.example",7000,0,2\r')
@@ -400,11 +392,7 @@ def test_a_slow_transparent_mode_connect_replays(open_modem, emulator, tmp_path,
     modem's clock, CONNECT at the round trip, data echoed, "+++", AT+QICLOSE."""
     path = tmp_path / "transparent.trace"
     with TcpServer(behave=_echo_close) as server:
-        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
-        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-        advance = emulator.advancer(port, host)
-        assert host.at(ATTACH) == OK
-        _slow(emulator, 500)
+        host, advance, port = _timed_modem(open_modem, emulator, path, server, slow_ms=500)
         host.write('AT+QIOPEN=1,0,"TCP","tcp.example",7000,0,2\r')
         advance(0.5)
         assert host.quiet_for(0.2) == b""
@@ -434,11 +422,7 @@ def test_push_mode_banner_and_fin_with_a_slow_connect_replay(open_modem, emulato
         conn.close()
 
     with TcpServer(behave=banner_bye) as server:
-        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
-        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-        advance = emulator.advancer(port, host)
-        assert host.at(ATTACH) == OK
-        _slow(emulator, 300)
+        host, advance, port = _timed_modem(open_modem, emulator, path, server, slow_ms=300)
         _tcp_open(host, 0, 1)
         assert _state(host, 0) == 1
         assert _advance_until(host, advance, b'"closed",0\r\n') == (
@@ -461,11 +445,7 @@ def test_commands_on_a_socket_still_opening_replay(open_modem, emulator, tmp_pat
         _echo_close(conn)
 
     with TcpServer(behave=banner) as server:
-        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
-        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-        advance = emulator.advancer(port, host)
-        assert host.at(ATTACH) == OK
-        _slow(emulator, 500)
+        host, advance, port = _timed_modem(open_modem, emulator, path, server, slow_ms=500)
         _tcp_open(host, 0, 0)
         assert host.at("AT+QISWTMD=0,1") == ERROR
         assert host.at("AT+QISEND=0,3") == ERROR
@@ -548,10 +528,7 @@ def test_a_listeners_client_speaking_during_a_slow_connect_replays(open_modem, e
     path = tmp_path / "listener_slow.trace"
     emulator.router.add_listen(2020, "127.0.0.1", 0)
     with TcpServer(behave=_echo_close) as server:
-        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
-        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-        advance = emulator.advancer(port, host)
-        assert host.at(ATTACH) == OK
+        host, advance, port = _timed_modem(open_modem, emulator, path, server)
         assert host.at('AT+QIOPEN=1,1,"TCP LISTENER","127.0.0.1",0,2020,1') == OK
         assert host.read_until(b"+QIOPEN: 1,0\r\n") == b"\r\n+QIOPEN: 1,0\r\n"
         _slow(emulator, 400)
@@ -587,11 +564,7 @@ def test_dns_ping_and_ntp_during_a_slow_connect_replay(open_modem, emulator, tmp
     with (SntpServer(datetime.datetime(2021, 3, 4, 5, 6, 7, tzinfo=datetime.timezone.utc)) as ntp,
           TcpServer(behave=_echo_close) as server):
         emulator.router.add_map("ntp.example", 123, "127.0.0.1", ntp.port)
-        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
-        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-        advance = emulator.advancer(port, host)
-        assert host.at(ATTACH) == OK
-        _slow(emulator, 400)
+        host, advance, port = _timed_modem(open_modem, emulator, path, server, slow_ms=400)
         _tcp_open(host, 0, 1)
         assert host.at('AT+QIDNSGIP=1,"tcp.example"') == OK
         host.read_until(re.compile(rb'"dnsgip","[\d.]+"\r\n'))
@@ -641,11 +614,7 @@ def test_qgdcnt_after_a_tcp_exchange_replays(open_modem, emulator, tmp_path, cap
 
 def _closed_while_connecting(open_modem, emulator, path, reopen: bool) -> None:
     with TcpServer(behave=_echo_close) as server:
-        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
-        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-        advance = emulator.advancer(port, host)
-        assert host.at(ATTACH) == OK
-        _slow(emulator, 500)
+        host, advance, port = _timed_modem(open_modem, emulator, path, server, slow_ms=500)
         _tcp_open(host, 0, 1)
         advance(0.2)
         assert _state(host, 0) == 1
@@ -728,11 +697,7 @@ def test_a_connect_slower_than_ten_seconds_polled_by_the_host_replays(open_modem
     12 s, AT+QISTATE connected, an echo."""
     path = tmp_path / "very_slow.trace"
     with TcpServer(behave=_echo_close) as server:
-        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
-        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-        advance = emulator.advancer(port, host)
-        assert host.at(ATTACH) == OK
-        _slow(emulator, 6000)
+        host, advance, port = _timed_modem(open_modem, emulator, path, server, slow_ms=6000)
         _tcp_open(host, 0, 1)
         advance(11.0)
         assert _state(host, 0) == 1
@@ -812,11 +777,7 @@ def test_a_slow_connect_ended_by_the_contexts_deactivation_replays(open_modem, e
     the context activated again and a new socket to the same server echoes."""
     path = tmp_path / "deact.trace"
     with TcpServer(behave=_echo_close) as server:
-        emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
-        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
-        advance = emulator.advancer(port, host)
-        assert host.at(ATTACH) == OK
-        _slow(emulator, 500)
+        host, advance, port = _timed_modem(open_modem, emulator, path, server, slow_ms=500)
         _tcp_open(host, 0, 1)
         assert _state(host, 0) == 1
         assert host.at("AT+QIDEACT=1") == OK
