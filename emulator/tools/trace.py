@@ -743,13 +743,24 @@ def scripts_of(records: list[dict]) -> list[Script]:
             s.steps.append(("end", r["how"], *moment(r)))
         elif kind == "tls_failure":
             s.steps.append(("end", "rst", *moment(r)))
+    # (the host bytes that asked for a restart: the chunk's own record -- its command's record
+    # may be written only after the boot)
+    restarts = [r.get("in", 0) for r in records if r.get("kind") == "io" and r.get("dir") == "in"
+                and _RESTART.search(str(r.get("data", "")))]
     for s in scripts:
         if (not s.header and not s.answered and not (s.refused or s.dns_failed) and s.type != "TCP INCOMING"
                 and (not s.plain or s.type == "TCP")):
             # an open whose end the recording never saw (a restart took it, the trace was
-            # cut): its server held it as far as the recording goes
-            s.connected, s.header = True, {"hold": True}
+            # cut): its server held it as far as the recording goes -- unless an AT+QIOPEN
+            # met a restart in the host bytes it came in (its connect, a loop turn after
+            # the command, never started: the replay's does not either)
+            cut = next((n for n in restarts if n >= s.opened_in), None)
+            if not (s.plain and cut == s.opened_in):
+                s.connected, s.header = True, {"hold": True}
     return scripts
+
+
+_RESTART = re.compile(r"\+CFUN=\s*\d+\s*,\s*1\b|\+CFUN=\s*[04]\b|\+QPOWD", re.I)   # (the modem restarts / stops)
 
 
 # The datagrams of a DTLS socket's stand-in (the first byte says what each is): the modem's
@@ -1699,9 +1710,12 @@ def _stop_tail(records: list[dict], host_side: list[dict], max_gap: float | None
 
 
 def _output_tail(records: list[dict], host_side: list[dict], max_gap: float | None) -> float:
-    """_after_host of the recording's last output (0: no output)."""
+    """_after_host of the recording's last output (0: no output) -- not shortened by --max-gap:
+    what the modem wrote after the host's last byte came from its own timers (a ping's, an
+    upload's inactivity), which take their whole time in the replay too (the wait ends as soon
+    as the output is all there)."""
     last = next((r["t"] for r in reversed(records) if r.get("kind") == "io" and r["dir"] == "out"), None)
-    return 0.0 if last is None else _after_host(last, host_side, max_gap)
+    return 0.0 if last is None else _after_host(last, host_side, None)
 
 
 # -- replay: plain AT logs ---------------------------------------------------------------------
