@@ -83,9 +83,10 @@ def parse_route(spec: str) -> tuple[tuple[str, int | None], tuple[str, int | Non
     dst = _split_host_port(right, need_port=False)
     if (src[1] is None) != (dst[1] is None):
         raise ValueError(f"route {spec!r}: give a port on both sides or on neither")
-    if not name_key(src[0]):
+    key = name_key(src[0])
+    if not key:
         raise ValueError(f"route {spec!r}: no host name (the root '.' alone is none)")
-    return (name_key(src[0]), src[1]), dst
+    return (key, src[1]), dst
 
 
 def parse_dns(spec: str) -> tuple[str, str]:
@@ -170,9 +171,10 @@ class Router:
             raise ValueError(f"route {host}:{port}: bad destination port {dst_port!r} (0-65535)")
         if port is not None and not is_port(port):
             raise ValueError(f"route {host}:{port!r}: bad port (0-65535)")
-        if not isinstance(host, str) or not name_key(host):
+        key = name_key(host) if isinstance(host, str) else ""
+        if not key:
             raise ValueError(f"route {host!r}:{port}: no host name")
-        self._routes[(name_key(host), port)] = (addr, dst_port)
+        self._routes[(key, port)] = (addr, dst_port)
 
     def add_listen(self, local_port: int, addr: str = "127.0.0.1", port: int = 0) -> None:
         """A "TCP LISTENER"/"UDP SERVICE" on the host's <local_port> really binds addr:port
@@ -622,6 +624,18 @@ class Dialled:
         # close here could free the fd number while asyncio still has callbacks for it).
         if not self.taken:
             self.sock.close()
+
+
+def reset_on_close(transport) -> None:
+    """The TCP connection under `transport` (an asyncio transport or a ShapedTransport) ends
+    with a RST when it is closed (SO_LINGER 0: the peer sees a reset, not a FIN); nothing
+    for a datagram socket."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.type == socket.SOCK_STREAM:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
 
 
 def tcp_unacked(transport) -> int | None:

@@ -43,7 +43,6 @@ import enum
 import logging
 import os
 import socket
-import struct
 from collections import deque
 from functools import partial
 from typing import Callable, Protocol
@@ -53,7 +52,8 @@ from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsClientSession,
 from emulator.logsafe import get_logger
 from emulator.modem.pdp import DataCounter, data_counter
 from emulator.io import offload
-from emulator.io.network import Dialled, NetworkError, Router, dial_now, open_tcp, open_udp, tcp_unacked
+from emulator.io.network import (Dialled, NetworkError, Router, dial_now, open_tcp, open_udp, reset_on_close,
+                                 tcp_unacked)
 
 log = get_logger("emulator.ssl")
 
@@ -117,17 +117,6 @@ def _no_delay(transport) -> None:
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
-def _reset_on_close(transport) -> None:
-    """The TCP connection under `transport` ends with a RST when it is closed (SO_LINGER 0:
-    the server sees a reset, not a FIN); nothing for a datagram socket."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.type == socket.SOCK_STREAM:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
 
@@ -897,7 +886,7 @@ class SslSocket:
             self.flush_deferred()      # what SEND OK accepted left before the fault (it was
         if self._transport is not None:    # answered: a reset cannot take it back)
             if how == "rst":
-                _reset_on_close(self._transport)
+                reset_on_close(self._transport)
             self._transport.abort()
         self._peer_closed(f"{reason} (fault injected)")
         return True

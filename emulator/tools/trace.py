@@ -105,7 +105,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emulator.io.network import NetFaults, Router, is_ip, is_port, name_key
+from emulator.io.network import NetFaults, Router, is_ip, is_port, name_key, reset_on_close
 from emulator.logsafe import get_logger
 from emulator.sockets.plain_session import NoSealJobs, PlainSession
 from emulator.tools import OneLineParser
@@ -637,6 +637,12 @@ class Script:
     def datagram(self) -> bool:
         return self.dtls or (self.plain and self.type == "UDP")
 
+    @property
+    def can_hold(self) -> bool:
+        """Its server can hold an open it never answered ("hold": an SSL socket's handshake,
+        TLS or DTLS, or an outgoing TCP socket's connect; not UDP, a listener's client)."""
+        return not self.plain or self.type == "TCP"
+
 
 def scripts_of(records: list[dict]) -> list[Script]:
     current: dict[int, Script] = {}
@@ -710,8 +716,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
         elif kind == "open_result":
             s.answered = True
             if r["code"] and not s.header:
-                if r.get("failure") == "pdp" and not (s.plain and s.type == "UDP") and not (
-                        s.plain and r.get("in", 0) == s.opened_in):
+                if r.get("failure") == "pdp" and s.can_hold and not (s.plain and r.get("in", 0) == s.opened_in):
                     # the context went away while it opened (an inactive one never opens a
                     # socket): the connect had been made -- a replay's is, at once -- and the
                     # recording's server held it; the deactivation fails it again.  (An
@@ -730,8 +735,8 @@ def scripts_of(records: list[dict]) -> list[Script]:
                     s.head_at = moment(r)
             elif r["code"] and s.header.get("ok"):
                 s.header = {"fail": r.get("failure") or "protocol_error", "reason": r.get("reason", "")}
-        elif (kind == "close" and not s.header and not (s.refused or s.dns_failed)
-              and (not s.plain or (s.type == "TCP" and not s.answered))):
+        elif (kind == "close" and not s.header and not (s.refused or s.dns_failed) and s.can_hold
+              and not (s.plain and s.answered)):
             # the host closed it before its handshake (or a TCP socket's connect) ended: the
             # recording's server held it
             s.connected, s.header = True, {"hold": True}
@@ -748,8 +753,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
     restarts = [r.get("in", 0) for r in records if r.get("kind") == "io" and r.get("dir") == "in"
                 and _RESTART.search(str(r.get("data", "")))]
     for s in scripts:
-        if (not s.header and not s.answered and not (s.refused or s.dns_failed) and s.type != "TCP INCOMING"
-                and (not s.plain or s.type == "TCP")):
+        if not s.header and not s.answered and not (s.refused or s.dns_failed) and s.can_hold:
             # an open whose end the recording never saw (a restart took it, the trace was
             # cut): its server held it as far as the recording goes -- unless an AT+QIOPEN
             # met a restart in the host bytes it came in (its connect, a loop turn after
@@ -1131,9 +1135,7 @@ class ReplayPeer:
                     # escape's OK must not come in its guard time)
                     await self._wait_host(*step[2:])
                     if step[1] == "rst":
-                        import socket as _socket, struct
-                        sock = writer.get_extra_info("socket")
-                        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        reset_on_close(writer.transport)
                         writer.transport.abort()
                     else:
                         writer.close()

@@ -43,7 +43,7 @@ from emulator.testing.peers.dtls_wire import (CT_ALERT, CT_APP, CT_CCS, CT_HANDS
                                               certificate_message, handshake, is_client_hello,
                                               record, records)
 from emulator.testing.peers.mbedtls_peer import MbedtlsServer
-from tests.e2e.socket_support import wait_for
+from tests.e2e.socket_support import udp_peer, wait_for
 from tests.e2e.test_adversarial_dtls_paths import HostileServer   # (a hand-made UDP server)
 from tests.e2e.ssl_options_support import HOST, PORT, cfg, recv_all
 
@@ -626,9 +626,8 @@ def test_server_port_closing_after_its_first_flight_fails_566_at_once(ec2x_stric
     unreachable, the handshake's read fails (MBEDTLS_ERR_NET_RECV_FAILED on a connected
     socket): +QSSLOPEN: 0,566 then, far from negotiatetime (20 s), one answer, the id free."""
     host, advance, _ = ec2x_strict
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(10)
+    sock = udp_peer()
+    sock.settimeout(10)                              # (generous: a loaded machine)
     try:
         route(emulator, sock.getsockname()[1])
         dtls_psk_ctx(host, negotiatetime=20)
@@ -1012,9 +1011,8 @@ def test_commands_while_a_dtls_psk_handshake_waits_and_pdp_deactivation_ends_it(
     allowed: not connected); AT+QIDEACT=1 then ends the open with exactly one
     +QSSLOPEN: 0,570 (PDP context break down), before any negotiatetime."""
     host, advance, _ = ec2x_strict
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(10)
+    sock = udp_peer()
+    sock.settimeout(10)                              # (generous: a loaded machine)
     try:
         route(emulator, sock.getsockname()[1])
         dtls_psk_ctx(host, negotiatetime=60)
