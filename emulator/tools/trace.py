@@ -61,7 +61,10 @@ whose first line (JSON) says the connect ended, when it did (ReplayPlainSession)
 sends each received one back to where the modem's came from; a client that connects to the
 replaying modem's TCP LISTENER once the host has sent and the modem written as much as when
 the recorded client came (the listeners bind any free port, not the recorded <local_port>);
-a port nobody listens on for a refused connect (566, SSL too). A DTLS socket's stand-in is
+a refused TCP connect, or one whose name did not resolve, is accepted by its destination's
+stand-in, whose first line says "refused" (566) or "no such name" (565) when the recorded
+answer came -- over a slow network a round trip after the command (SSL too; a refused UDP
+or DTLS socket's stand-in is a port nobody listens on). A DTLS socket's stand-in is
 a UDP server: the session's first datagram is a hello that tells it where the modem is, it
 answers with the recorded handshake's end, then each record is one datagram each way (all
 tagged: DTLS_HELLO/HEAD/DATA/END), and the server's end of the session (its close_notify or
@@ -77,9 +80,9 @@ answers compared line by line (no network side: it has no plaintext).
 
 Limits of replay: TLS itself is not redone (the handshake ends as recorded: version,
 cipher, failure kind), so it needs no server key (DTLS too: its records are datagrams of
-plaintext; a DTLS server's end is replayed as a close, whatever ended it); an open that failed before reaching a server (dns, pdp) is replayed by
-leaving its name unrouted, which fails as a DNS error (a refused connect is routed to a
-port nobody listens on); text that differs from run to run by nature (AT+CCLK, AT+QLTS)
+plaintext; a DTLS server's end is replayed as a close, whatever ended it); an open the
+context's loss failed before it reached a server (pdp) is replayed by leaving its name
+unrouted; text that differs from run to run by nature (AT+CCLK, AT+QLTS)
 needs --ignore REGEX (AT+QSSLSTATE's and AT+QISTATE's local ports and AT+QISEND=<id>,0's
 acked/unacked split are ignored already); chunks of received
 data may arrive joined where the recorded ones did not, which changes nothing a host sees
@@ -622,8 +625,9 @@ class Script:
     connected: bool = False
     plain: bool = False          # an AT+QIOPEN socket: no TLS, no header line
     type: str = ""               # its service type: "TCP", "UDP", "TCP INCOMING", "UDP SERVICE"
-    refused: bool = False        # the connect was refused (the stand-in: a port nobody listens on)
-    dns_failed: bool = False     # its name's lookup failed (the replay fails it again: _ReplayFaults)
+    refused: bool = False        # a UDP/DTLS socket's connect was refused (a port nobody listens
+                                 # on; a TCP one's stand-in says so: header {"fail": "connect"})
+    dns_failed: bool = False     # a UDP/DTLS socket's lookup failed (failed again: _ReplayFaults)
     server: int | None = None    # TCP INCOMING: the listener's id, its <local_port>, and when the
     local_port: int = 0          # client came (the host's and the modem's byte counts then)
     at: tuple = (0, 0)
@@ -723,6 +727,14 @@ def scripts_of(records: list[dict]) -> list[Script]:
                     # AT+QIOPEN's connect starts a loop turn after its command: a deactivation
                     # in the same host bytes came first, in the replay too -- no connect.)
                     s.connected, s.header = True, {"hold": True}
+                elif r.get("failure") in ("dns", "connect") and not s.datagram:
+                    # refused, or its name did not resolve: a stand-in of its destination
+                    # accepts the replay's connect and says so when the recording's answer
+                    # came -- a slow network's refusal (or lookup) is a round trip late, and
+                    # the socket is opening meanwhile
+                    s.connected = True
+                    s.header = {"fail": r["failure"], "reason": r.get("reason", "")}
+                    s.head_at = moment(r)
                 elif r.get("failure") in ("dns", "connect", "pdp"):
                     s.connected = False          # never reached a server
                     s.refused = r.get("failure") == "connect"
@@ -898,6 +910,16 @@ class ReplayPlainSession(PlainSession):
         self._head.clear()
         if self._counter is not None:
             self._counter.received -= len(line) + 1
+        try:
+            head = json.loads(line)
+        except ValueError:
+            head = None
+        if not isinstance(head, dict) or not head.get("ok"):
+            # the recorded connect failed (refused, its name unresolved: scripts_of), now
+            self.state = "failed"
+            head = head if isinstance(head, dict) else {"fail": "protocol_error", "reason": "the replay's stand-in said nothing readable"}
+            self._events.append(TlsFailure(str(head.get("fail", "protocol_error")), str(head.get("reason", "replayed"))))
+            return
         self.state = "idle"
         super().start()
         if rest:
@@ -924,13 +946,16 @@ class _ReplayFaults(NetFaults):
     which would take both; a name that failed once (the control API's dns_fail) resolves
     later.  (Every open asks take_open once, right after its "open" record.)  A --scenario's
     fault is taken by the open it falls on all the same, so that it does not fall on the
-    next one."""
+    next one -- and left to the stand-in when that open's failure has one (`stood_in`: a
+    refusal or failed lookup of a TCP connect, said at its recorded moment: scripts_of)."""
 
     def __init__(self, modem, refused: frozenset[int], dns_failed: frozenset[int] = frozenset(),
-                 lookups_failed: dict[str, frozenset[int]] | None = None) -> None:
+                 lookups_failed: dict[str, frozenset[int]] | None = None,
+                 stood_in: frozenset[int] = frozenset()) -> None:
         super().__init__(modem)
         self.refused = refused
         self.dns_failed = dns_failed
+        self.stood_in = stood_in
         self.opens = 0
         # AT+QIDNSGIP's lookups the same way: a name -> the places, among its lookups, of the
         # ones that failed (the recording's "dns" records, code 565)
@@ -940,6 +965,8 @@ class _ReplayFaults(NetFaults):
     def take_open(self, host: str) -> str | None:
         self.opens += 1
         fault = super().take_open(host)
+        if self.opens in self.stood_in and fault in ("refuse", "dns"):
+            return None
         if self.opens in self.refused:
             return "refuse"
         if self.opens in self.dns_failed:
@@ -1551,8 +1578,9 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         port = emu.add_modem(profile, state_dir=Path(state), trace=writer)
         refused = frozenset(s.open_number for s in scripts if s.refused)
         dns_failed = frozenset(s.open_number for s in scripts if s.dns_failed)
+        stood_in = frozenset(s.open_number for s in scripts if s.header.get("fail") in ("connect", "dns"))
         emu.run(port.modem.feature, "net_faults",
-                lambda modem: _ReplayFaults(modem, refused, dns_failed, _lookups_failed(records)))
+                lambda modem: _ReplayFaults(modem, refused, dns_failed, _lookups_failed(records), stood_in))
         modems.append(port.modem)
         tracer.append(port.modem.tracer)
         if scenario is not None:                 # the faults the trace was recorded with

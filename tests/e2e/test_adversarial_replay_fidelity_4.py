@@ -31,7 +31,7 @@ Replayed with no difference (and, where cheap, one recorded byte changed -> exit
 * a listener's client that connects and speaks while a slow outgoing connect is under way;
 * AT+QIDNSGIP, AT+QPING and AT+QNTP while a slow connect is under way.
 
-Bugs found (strict xfails then; all but one fixed since, their tests say "Was a bug, fixed"):
+Bugs found (strict xfails then; all fixed since, their tests say "Was a bug, fixed"):
 * AT+QGDCNT? after any TCP exchange replays with 13 more bytes received: the stand-in's
   header line of f55e3ab is counted as network data (a regression of f55e3ab);
 * an AT+QIOPEN "TCP" closed by the host (AT+QICLOSE) while its connect is under way: the
@@ -673,13 +673,60 @@ def test_a_tcp_open_closed_while_connecting_then_a_new_socket_to_the_same_server
 # the host's AT+QISTATE, which answers a bare OK.  The refusal's moment is not in the script
 # (a refused script has no head_at); f55e3ab made the successful connect wait, not the refused
 # one.  (The same holds for an open whose name lookup failed (dns_fail) over a slow network.)
-@pytest.mark.xfail(strict=True, raises=rs.ReplayDiffers,
-                   reason=("BUG: a refused connect over a slow network is refused at once in the replay "
-                           "(AT+QISTATE shows no socket)"))
+# Was a bug, fixed (a refused or unresolved connect's stand-in accepts the replay's connect and
+# says "refused" at the recorded moment: scripts_of, ReplayPlainSession): a refused connect over a
+# slow network is refused at once in the replay (AT+QISTATE shows no socket)
 def test_a_refused_connect_polled_over_a_slow_network_replays(open_modem, emulator, tmp_path, capsys):
     """The refused-then-retried session, with AT+QISTATE while the refused connect is under way."""
     path = tmp_path / "refused_polled.trace"
     _refused_then_retried(open_modem, emulator, path, poll=True)
+    rs.replays(capsys, path)
+
+
+def test_an_unresolved_name_polled_over_a_slow_network_replays(open_modem, emulator, tmp_path, capsys):
+    """The control API's dns_fail on an AT+QIOPEN over a slow network: the failed lookup
+    comes a round trip later (AT+QISTATE meanwhile: opening), +QIOPEN: 0,565; a retry of the
+    same name connects and echoes."""
+    path = tmp_path / "unresolved_polled.trace"
+    with TcpServer(behave=_echo_close) as server:
+        host, advance, port = _timed_modem(open_modem, emulator, path, server, slow_ms=300)
+        assert emulator.control("dns_fail", count=1)["ok"]
+        _tcp_open(host, 0, 1)
+        assert _state(host, 0) == 1
+        assert _advance_until(host, advance, b"+QIOPEN: 0,565\r\n") == b"\r\n+QIOPEN: 0,565\r\n"
+        assert host.at("AT+QISTATE=1,0") == OK
+        _tcp_open(host, 0, 1)
+        assert _state(host, 0) == 1
+        assert _advance_until(host, advance, b"+QIOPEN: 0,0\r\n") == b"\r\n+QIOPEN: 0,0\r\n"
+        _slow(emulator, 0)
+        rs.qisend(host, 0, b"back")
+        assert host.read_until(b"back") == b'\r\n+QIURC: "recv",0,4\r\nback'
+        assert host.at("AT+QICLOSE=0") == OK
+        rs.flush(emulator)
+        emulator.stop()
+    rs.replays(capsys, path)
+
+
+def test_a_refused_ssl_open_polled_over_a_slow_network_replays(open_modem, emulator, tmp_path, capsys):
+    """AT+QSSLOPEN refused over a slow network: AT+QSSLSTATE shows it opening until the RST
+    comes a round trip later, +QSSLOPEN: 1,566 -- replayed with the same wait."""
+    path = tmp_path / "ssl_refused_polled.trace"
+    server = _RefusingThenListening()
+    try:
+        emulator.router.add_map(HOST, 443, "127.0.0.1", server.port)
+        host, port = open_modem("ec2x", trace=str(path), manual_time=True)
+        advance = emulator.advancer(port, host)
+        assert host.at(ATTACH) == OK
+        _slow(emulator, 300)
+        assert host.at(f'AT+QSSLOPEN=1,1,1,"{HOST}",443,0') == OK
+        assert re.fullmatch(rb'\r\n\+QSSLSTATE: 1,"SSLClient","[^"]+",443,\d+,1,1,\d+,0,"usbmodem",1\r\n\r\nOK\r\n',
+                            host.at("AT+QSSLSTATE=1")), "opening while the connect is under way"
+        assert _advance_until(host, advance, b"+QSSLOPEN: 1,566\r\n") == b"\r\n+QSSLOPEN: 1,566\r\n"
+        assert host.at("AT+QSSLSTATE=1") == OK
+        rs.flush(emulator)
+        emulator.stop()
+    finally:
+        server.close()
     rs.replays(capsys, path)
 
 
