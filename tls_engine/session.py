@@ -32,7 +32,7 @@ from .datagrams import pack_datagrams
 from .resumption import Resumption, SessionCache, settings_fingerprint
 from .records import HS_CERTIFICATE, HS_SERVER_HELLO, HandshakeSniffer, parse_certificate_list
 from .sealing import WANT_READ, WANT_WRITE, SealJob
-from .settings import TlsSettings
+from .settings import TLS1_0, TLS1_1, TLS1_2, TLS_ALL, TlsSettings
 
 WRITE_CHUNK = 16 * 1024          # one TLS record's worth of plaintext per write()
 OFFLOAD_MIN = 4096               # with offload: a send this large (or one behind a job) is
@@ -91,6 +91,28 @@ def _chosen_suite(body: bytes) -> str | None:
     return cs.suite_name(int.from_bytes(body[at:at + 2], "big"))
 
 
+def _hello_offer(data: bytes) -> tuple[bytes, frozenset[int]] | None:
+    """(client_version, cipher suite ids) of the ClientHello the first flight `data` (TLS
+    records) begins with; None when it does not begin with one."""
+    if len(data) < 9 + 35 or data[0] != 22 or data[5] != 1:
+        return None
+    body = data[9:9 + int.from_bytes(data[6:9], "big")]
+    if len(body) < 35:
+        return None
+    at = 35 + body[34]                   # version 2, random 32, session_id length 1 + id
+    if len(body) < at + 2:
+        return None
+    n = int.from_bytes(body[at:at + 2], "big")
+    suites = body[at + 2:at + 2 + n]
+    if len(suites) != n or n % 2:
+        return None
+    return bytes(body[:2]), frozenset(int.from_bytes(suites[i:i + 2], "big") for i in range(0, n, 2))
+
+
+# The lowest record version each AT+QSSLCFG "sslversion" lets Mbed TLS take (config._tls_versions)
+_LOWEST_WIRE = {TLS1_0: b"\x03\x01", TLS1_1: b"\x03\x02", TLS1_2: b"\x03\x03", TLS_ALL: b"\x03\x01"}
+
+
 class TlsClientSession:
     def __init__(self, settings: TlsSettings, cache: SessionCache | None = None,
                  cache_key: Hashable = None) -> None:
@@ -114,6 +136,12 @@ class TlsClientSession:
         self._server_version: bytes | None = None
         self._fatal_alert: int | None = None
         self._server_suite: str | None = None   # IANA name of the suite in the ServerHello
+        # TLS at seclevel >= 1: the ClientHello's (version, suite ids), read from the first
+        # flight (False: not yet); and whether Mbed TLS will fail before it takes the
+        # server's Certificate (a message split across records, a ServerHello it refuses):
+        # then that Certificate is not judged here, Mbed TLS's failure is the open's
+        self._offer: tuple[bytes, frozenset[int]] | None | bool = False
+        self._doomed = False
         resumable = settings.session_cache and cache is not None and cache_key is not None
         self._resumption = Resumption(settings.session_cache, cache, cache_key, self.notes,
                                       settings_fingerprint(settings) if resumable else None)
@@ -459,9 +487,13 @@ class TlsClientSession:
             if alert.level == 2 and self._fatal_alert is None:   # (Mbed TLS stops at the first)
                 self._fatal_alert = alert.description
         for msg in msgs:
+            if msg.split:
+                self._doomed = True          # (Mbed TLS fails at it: -0x7080, no alert)
             if msg.msg_type == HS_SERVER_HELLO and len(msg.body) >= 2:
                 self._server_version = msg.body[:2]
                 self._server_suite = _chosen_suite(msg.body)
+                if not self.settings.dtls and self._hello_refused(msg.body):
+                    self._doomed = True
             if msg.msg_type != HS_CERTIFICATE or (self._cert_seen and not self.settings.dtls):
                 continue
             if self.settings.dtls:
@@ -481,6 +513,11 @@ class TlsClientSession:
                     self._peer_chain = self._peer_chain or chain   # (the one used: at the end)
                 continue
             self._cert_seen = True
+            if self._doomed and self.state == "handshaking":
+                # Mbed TLS fails before it would use this Certificate: its failure (and its
+                # alert, or none) is the open's, as at seclevel 0.  Not judged here; were the
+                # handshake to end all the same, _on_handshake_over finds no checked leaf.
+                continue
             try:
                 self._peer_chain = parse_certificate_list(msg.body)
             except ValueError as exc:
@@ -498,6 +535,20 @@ class TlsClientSession:
                     self._fail(VERIFY_FAILED, problem.reason)
                     return False
         return True
+
+    def _hello_refused(self, body: bytes) -> bool:
+        """Whether Mbed TLS refuses this ServerHello (TLS) before any Certificate: a version
+        outside the ClientHello's range, a suite the ClientHello did not offer, cut short."""
+        if not self._offer:
+            return False
+        client_version, suites = self._offer
+        version = bytes(body[:2])
+        if version > client_version or version < _LOWEST_WIRE.get(self.settings.ssl_version, b"\x03\x01"):
+            return True
+        at = 35 + body[34] if len(body) >= 35 else len(body)
+        if len(body) < at + 2:
+            return True
+        return int.from_bytes(body[at:at + 2], "big") not in suites
 
     def _queue_clear_alert(self, description: int) -> None:
         """A fatal alert in clear, as Mbed TLS would send (TLS only: DTLS would need
@@ -766,6 +817,8 @@ class TlsClientSession:
         if self.settings.dtls:
             self._datagrams.extend(pack_datagrams(data))
         else:
+            if self._offer is False and self._verifier is not None:
+                self._offer = _hello_offer(data)
             self._tls_out += data
         return len(data)
 
