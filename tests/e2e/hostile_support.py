@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import ssl
 import threading
 
@@ -89,6 +90,18 @@ def _close_quietly(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
+
+
+def send_rst(sock: socket.socket) -> None:
+    """End a TCP connection with an RST now: SO_LINGER 0, and the read side shut first -- a
+    thread blocked in recv() on it would keep the socket alive past close(), and no RST would
+    leave until that recv returned."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
+    sock.close()
 
 
 class BioPeer:

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.e2e.hostile_support import BioPeer, ScriptedServer
+from tests.e2e.hostile_support import BioPeer, ScriptedServer, send_rst
 from tests.e2e.hostile_support import open_answer as ec2x_answer
 from tests.e2e.hostile_support import recv as ec2x_recv
 from tests.e2e.socket_support import tcp_fds_to, wait_for
@@ -103,8 +103,7 @@ class Peer(BioPeer):
         self.sock.shutdown(socket.SHUT_WR)
 
     def rst(self) -> None:
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.sock.close()
+        send_rst(self.sock)
 
     def drain(self) -> None:
         """Read (and decrypt what can be) until the client's EOF."""

@@ -77,7 +77,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from emulator.testing.peers import NOW, OpenSslServer, ServerIdentity, TlsServer, default_pki, openssl_binary
 from emulator.testing.peers.pki import Issued
-from tests.e2e.hostile_support import BioPeer, ScriptedServer, open_answer, recv
+from tests.e2e.hostile_support import BioPeer, ScriptedServer, open_answer, recv, send_rst
 from tests.e2e.socket_support import tcp_fds_to, wait_for
 
 NAME = "hostile2.example"
@@ -234,8 +234,7 @@ class Conn(BioPeer):
         return [p for ct, p in self.records if ct == CT_ALERT]
 
     def rst(self) -> None:
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.sock.close()
+        send_rst(self.sock)      # (a bare close() sent none while the reader sat in recv())
 
 
 class Server(ScriptedServer):

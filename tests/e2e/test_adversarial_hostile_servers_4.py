@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import re
 import socket
-import struct
 import threading
 
 import pytest
@@ -43,7 +42,7 @@ import pytest
 from emulator.sockets.service import ssl_service
 from emulator.sockets.ssl_socket import CONNECTED
 from emulator.testing.peers import OpenSslServer
-from tests.e2e.hostile_support import open_answer, recv
+from tests.e2e.hostile_support import open_answer, recv, send_rst
 from tests.e2e.socket_support import tcp_fds_to, wait_for
 from tests.e2e.test_adversarial_hostile_peers_tcpip import outq
 from tests.e2e.test_adversarial_hostile_servers_2 import (CT_APP, NAME, WARNING, Conn, Server,
@@ -88,12 +87,7 @@ def server_got_fin(server_port: int) -> bool:
 def rst(c: Conn) -> None:
     """An RST now, also while c's reader thread sits in recv() (a bare close() would wait
     for that recv to return): SO_LINGER 0, SHUT_RD wakes the reader, close()."""
-    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    try:
-        c.sock.shutdown(socket.SHUT_RD)
-    except OSError:
-        pass
-    c.sock.close()
+    send_rst(c.sock)
 
 
 def forget_answers(host, cid: int) -> None:

@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography import x509
 
 from emulator.testing.peers import default_pki
-from tests.e2e.hostile_support import ScriptedServer, open_answer, recv
+from tests.e2e.hostile_support import ScriptedServer, open_answer, recv, send_rst
 from tests.e2e.socket_support import tcp_fds_to, wait_for
 from tests.e2e.test_adversarial_hostile_peers_tcpip import outq
 from tests.e2e.test_adversarial_hostile_servers_4 import forget_answers
@@ -341,12 +341,7 @@ class Conn:
         self.eof.set()
 
     def rst(self) -> None:
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        try:
-            self.sock.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
-        self.sock.close()
+        send_rst(self.sock)
 
 
 class HandServer(ScriptedServer):

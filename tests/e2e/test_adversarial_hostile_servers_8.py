@@ -98,7 +98,7 @@ from emulator.sockets.service import ssl_service
 from emulator.sockets.ssl_socket import CLOSING
 from tests.e2e import test_adversarial_hostile_servers_2 as h2
 from tests.e2e.answer_support import collect
-from tests.e2e.hostile_support import open_answer, recv
+from tests.e2e.hostile_support import open_answer, recv, send_rst
 from tests.e2e.socket_support import wait_for
 
 Server, Conn, pattern = h2.Server, h2.Conn, h2.pattern
@@ -161,12 +161,7 @@ def ending(c: Conn, kind: str) -> bytes:
 def rst(c: Conn) -> None:
     """An RST now.  (Conn.rst() alone may send none: the decrypting reader thread blocked in
     recv() keeps the socket alive past close(); SHUT_RD wakes it first.)"""
-    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    try:
-        c.sock.shutdown(socket.SHUT_RD)
-    except OSError:
-        pass
-    c.sock.close()
+    send_rst(c.sock)
 
 
 def noise(c: Conn) -> bytes:
