@@ -427,9 +427,11 @@ def form_groups(test: str) -> list[list[str] | None]:
 def _canonical(token: str, choices: list[str] | None) -> str | None:
     """token as the module shows it when its group allows it, else None: a quoted choice
     in its own spelling ("OFF" is "off"), a number without leading zeros, unless the
-    group's are zero-padded ("00"-"0403": from as many digits as its low bound to as many
-    as its high one, kept as given); a placeholder takes letters and digits, or a quoted
-    printable string."""
+    group's are zero-padded ("00"-"99": as many digits as the bounds, kept as given); a
+    placeholder takes letters and digits, or a quoted printable string.  A zero-padded
+    group whose high bound is longer than its low one is a sequence of codes (AT+QCFG=
+    "nwscanseq", "(00-0102030405)"): the low bound alone, or codes as wide as it, each from
+    1 to the high bound's largest, none twice, at most as many as the high bound has."""
     quoted = token.startswith('"')
     if quoted and not _QUOTED.fullmatch(token):
         return None
@@ -444,11 +446,27 @@ def _canonical(token: str, choices: list[str] | None) -> str | None:
             continue
         lo, _, hi = choice.partition("-")
         hi = hi or lo
+        if len(lo) > 1 and lo.startswith("0") and len(hi) > len(lo) and len(hi) % len(lo) == 0:
+            if _in_sequence(token, lo, hi):
+                return token
+            continue
         if int(lo) <= int(token) <= int(hi):
             if len(lo) > 1 and lo.startswith("0"):     # zero-padded ("00"-"0403"): digits as given
                 return token if len(lo) <= len(token) <= len(hi) else None
             return str(int(token))
     return None
+
+
+def _in_sequence(token: str, lo: str, hi: str) -> bool:
+    """token is the sequence group lo-hi's lo, or a sequence of its codes (see _canonical)."""
+    if token == lo:
+        return True
+    width = len(lo)
+    if not token or len(token) % width or len(token) > len(hi):
+        return False
+    codes = [int(token[i:i + width]) for i in range(0, len(token), width)]
+    top = max(int(hi[i:i + width]) for i in range(0, len(hi), width))
+    return len(set(codes)) == len(codes) and all(1 <= c <= top for c in codes)
 
 
 def not_as_shown(tokens: list[str], groups: list[list[str] | None]) -> str | None:

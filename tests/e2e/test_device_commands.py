@@ -107,11 +107,16 @@ def test_network_polls_registered_and_not(ec2x):
 
 
 QCFG_TEST = answer(
+    '+QCFG: "gprsattach",(0,1)',
     '+QCFG: "nwscanmode",(0-3),(0,1)',
+    '+QCFG: "nwscanseq",(00-0102030405),(0,1)',
+    '+QCFG: "servicedomain",(0,1,2),(0,1)',
+    '+QCFG: "roamservice",(1,2,255),(0,1)',
     '+QCFG: "urc/ri/ring",("off","pulse","always","auto","wave"),(1-2000),(1000-5000),(1000-5000),("off","on"),(1-5)',
     '+QCFG: "urc/ri/smsincoming",("off","pulse","always"),(1-2000),(1-5)',
     '+QCFG: "urc/ri/other",("off","pulse"),(1-2000),(1-5)',
     '+QCFG: "risignaltype",("respective","physical")',
+    '+QCFG: "urc/delay",(0,1)',
     '+QCFG: "apready",(0,1),(0,1),(100-3000)',
     '+QCFG: "cmux/urcport",(0-4),(0,1)',
 )
@@ -141,6 +146,24 @@ def test_qcfg_items_read_write_and_refusals(ec2x):
         assert ec2x.at(bad) == ERROR, bad
     assert ec2x.at('AT+QCFG="nwscanmode"') == answer('+QCFG: "nwscanmode",3')   # refusals changed nothing
     assert ec2x.at('AT+QCFG="apready"') == answer('+QCFG: "apready",1,1,200')
+
+
+def test_qcfg_nwscanseq_is_a_sequence_of_rat_codes(ec2x):
+    """AT+QCFG="nwscanseq": 00 (automatic) or a string of two-digit RAT codes 01-05 (GSM,
+    TD-SCDMA, WCDMA, LTE, CDMA), each at most once -- not a number: 0403 (LTE, then WCDMA) and
+    the real EC25's 0301020405 are taken and shown with their leading zero; mbed-os's EC2x
+    driver and a BG77 driver write such sequences."""
+    assert ec2x.at('AT+QCFG="nwscanseq"') == answer('+QCFG: "nwscanseq",00')
+    assert ec2x.at('AT+QCFG="nwscanseq",0403,1') == OK
+    assert ec2x.at('AT+QCFG="nwscanseq"') == answer('+QCFG: "nwscanseq",0403')
+    assert ec2x.at('AT+QCFG="nwscanseq",0301020405') == OK
+    assert ec2x.at('AT+QCFG="nwscanseq"') == answer('+QCFG: "nwscanseq",0301020405')
+    for bad in ("4", "004", "0404", "0006", "0400", "06", "030102040501", "0", '"04"'):
+        assert ec2x.at(f'AT+QCFG="nwscanseq",{bad}') == ERROR, bad
+    assert ec2x.at('AT+QCFG="nwscanseq",00') == OK
+    assert ec2x.at('AT+QCFG="nwscanseq"') == answer('+QCFG: "nwscanseq",00')
+    assert ec2x.at('AT+QCFG="roamservice",2,1;+QCFG="roamservice"') == answer('+QCFG: "roamservice",2')
+    assert ec2x.at('AT+QCFG="roamservice",3') == ERROR
 
 
 def test_urc_port_and_indication_items(ec2x):
