@@ -335,6 +335,12 @@ class NetFaults:
                 return kind
         return None
 
+    def failure_wait(self):
+        """What the "refuse" / "dns" fault take_open just gave waits for before it fails the
+        open (an awaitable; None: it fails at once, or a round trip later over a link with
+        latency).  The replay's faults wait for the moment the recording's refusal came."""
+        return None
+
     def take_lookup(self, host: str = "", purpose: str = "") -> bool:
         """A name lookup of the modem's own (AT+QIDNSGIP, AT+QPING, AT+QNTP of a name:
         `purpose` "dnsgip", "ping", "ntp"): True when the "dns_fail" fault is to fail it (one

@@ -125,6 +125,16 @@ async def _failed(exc: BaseException):
     raise exc
 
 
+async def _after(wait, link):
+    """The coroutine `link`, run once the awaitable `wait` is done (NetFaults.failure_wait)."""
+    try:
+        await wait
+    except BaseException:
+        link.close()
+        raise
+    return await link
+
+
 def _no_trace(kind: str, /, **fields) -> None:
     pass
 
@@ -244,6 +254,7 @@ class SslSocket:
         self.peer_names: dict[tuple, tuple[str, int]] = {}
         self._dest = None                        # where the datagram being sent goes (None: connected)
         self._connect = None
+        self._fault_wait = None                  # what an injected refusal waits for (NetFaults)
         self._incoming = None                    # the settings of an accepted connection
         self._early = None                       # (settings, cache, key): start the session in _link_made
         self._early_exc: BaseException | None = None    # what starting it there raised
@@ -313,6 +324,7 @@ class SslSocket:
         self._connect = connect
         self._trace("open", socket=self.client_id, host=self.host, port=self.port, dtls=settings.dtls)
         fault = self.faults.take_open(self.host) if self.faults is not None else None
+        self._fault_wait = self.faults.failure_wait() if fault in ("refuse", "dns") else None
         # A TCP connect over a link with latency (control API "net") takes its round trip, the
         # SYN out and the SYN-ACK back, counted from the command: the open's answer and the
         # first flight wait for it.  (The real connect, on loopback, is made at once: the peer's
@@ -406,6 +418,9 @@ class SslSocket:
             else:
                 link = open_tcp(router, self.host, self.port, factory, fault=fault, dialled=dialled,
                                 family=self.name_family())
+            if self._fault_wait is not None:
+                link = _after(self._fault_wait, link)
+                self._fault_wait = None
             if due is not None:
                 link = self._round_trip_after(link, due)
             # Name lookup and connect together, on the modem's time.

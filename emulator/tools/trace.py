@@ -61,10 +61,10 @@ whose first line (JSON) says the connect ended, when it did (ReplayPlainSession)
 sends each received one back to where the modem's came from; a client that connects to the
 replaying modem's TCP LISTENER once the host has sent and the modem written as much as when
 the recorded client came (the listeners bind any free port, not the recorded <local_port>);
-a refused TCP connect, or one whose name did not resolve, is accepted by its destination's
-stand-in, whose first line says "refused" (566) or "no such name" (565) when the recorded
-answer came -- over a slow network a round trip after the command (SSL too; a refused UDP
-or DTLS socket's stand-in is a port nobody listens on). A DTLS socket's stand-in is
+a port nobody listens on for a refused connect (566, SSL too). A refused open, and one whose
+name did not resolve, fails when the recorded answer came (_ReplayFaults.failure_wait: over
+a slow network a round trip after the command, the socket opening meanwhile), with no
+connection to any stand-in. A DTLS socket's stand-in is
 a UDP server: the session's first datagram is a hello that tells it where the modem is, it
 answers with the recorded handshake's end, then each record is one datagram each way (all
 tagged: DTLS_HELLO/HEAD/DATA/END), and the server's end of the session (its close_notify or
@@ -80,9 +80,9 @@ answers compared line by line (no network side: it has no plaintext).
 
 Limits of replay: TLS itself is not redone (the handshake ends as recorded: version,
 cipher, failure kind), so it needs no server key (DTLS too: its records are datagrams of
-plaintext; a DTLS server's end is replayed as a close, whatever ended it); an open the
-context's loss failed before it reached a server (pdp) is replayed by leaving its name
-unrouted; text that differs from run to run by nature (AT+CCLK, AT+QLTS)
+plaintext; a DTLS server's end is replayed as a close, whatever ended it); an open that failed before reaching a server (dns, pdp) is replayed by
+leaving its name unrouted, which fails as a DNS error (a refused connect is routed to a
+port nobody listens on); text that differs from run to run by nature (AT+CCLK, AT+QLTS)
 needs --ignore REGEX (AT+QSSLSTATE's and AT+QISTATE's local ports and AT+QISEND=<id>,0's
 acked/unacked split are ignored already); chunks of received
 data may arrive joined where the recorded ones did not, which changes nothing a host sees
@@ -250,10 +250,10 @@ class ModemTrace:
             fields.update(self._tcpip_fields(fields.get("socket")))
             if kind == "open":
                 self._dialled[fields.get("socket")] = fields.get("host")
-        elif kind == "open_result" and fields.get("code") == 0:
+        elif kind == "open_result" and (fields.get("code") == 0 or fields.get("failure") == "connect"):
             # the server address the host is shown for the name (the ML302's +QSSLRECV, the
-            # EC2x's AT+QISTATE): the real DNS's answer on a real network, which a replay
-            # (offline) has to give again
+            # EC2x's AT+QISTATE, also while a connect it refuses is under way): the real DNS's
+            # answer on a real network, which a replay (offline) has to give again
             name, network = self._dialled.get(fields.get("socket")), getattr(self.modem, "network", None)
             if isinstance(name, str) and hasattr(network, "display_address"):
                 fields["shown"] = network.display_address(name)
@@ -261,7 +261,7 @@ class ModemTrace:
             self.hangups += 1
         elif kind == "received":
             self.received_total += len(fields.get("data", ""))
-        elif kind == "handshake":
+        if kind == "handshake" or (kind == "open_result" and _refusal(fields | {"kind": kind})):
             self.handshakes += 1
         self._write(kind, fields)
 
@@ -625,12 +625,12 @@ class Script:
     connected: bool = False
     plain: bool = False          # an AT+QIOPEN socket: no TLS, no header line
     type: str = ""               # its service type: "TCP", "UDP", "TCP INCOMING", "UDP SERVICE"
-    refused: bool = False        # a UDP/DTLS socket's connect was refused (a port nobody listens
-                                 # on; a TCP one's stand-in says so: header {"fail": "connect"})
-    dns_failed: bool = False     # a UDP/DTLS socket's lookup failed (failed again: _ReplayFaults)
+    refused: bool = False        # the connect was refused (the stand-in: a port nobody listens on)
+    dns_failed: bool = False     # its name's lookup failed (the replay fails it again: _ReplayFaults)
     server: int | None = None    # TCP INCOMING: the listener's id, its <local_port>, and when the
     local_port: int = 0          # client came (the host's and the modem's byte counts then)
     at: tuple = (0, 0)
+    fail_at: tuple = ()          # refused / dns_failed: the moment the recorded answer came
     dtls: bool = False           # an SSL socket over DTLS: its stand-in speaks datagrams
     head_at: tuple = ()          # the moment the handshake ended (the stand-in's header waits for it)
     open_number: int = 0         # 1 for the trace's first open (AT+QSSLOPEN / AT+QIOPEN), ...
@@ -671,7 +671,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
     for r in records:
         kind, sid = r.get("kind"), r.get("socket")
         hs_before = handshakes                   # (the ones before r: moment() of r)
-        if kind == "handshake":
+        if kind == "handshake" or _refusal(r):
             handshakes += 1
         if kind == "hangup":
             hangups += 1
@@ -727,18 +727,11 @@ def scripts_of(records: list[dict]) -> list[Script]:
                     # AT+QIOPEN's connect starts a loop turn after its command: a deactivation
                     # in the same host bytes came first, in the replay too -- no connect.)
                     s.connected, s.header = True, {"hold": True}
-                elif r.get("failure") in ("dns", "connect") and not s.datagram:
-                    # refused, or its name did not resolve: a stand-in of its destination
-                    # accepts the replay's connect and says so when the recording's answer
-                    # came -- a slow network's refusal (or lookup) is a round trip late, and
-                    # the socket is opening meanwhile
-                    s.connected = True
-                    s.header = {"fail": r["failure"], "reason": r.get("reason", "")}
-                    s.head_at = moment(r)
                 elif r.get("failure") in ("dns", "connect", "pdp"):
                     s.connected = False          # never reached a server
                     s.refused = r.get("failure") == "connect"
                     s.dns_failed = r.get("failure") == "dns"
+                    s.fail_at = moment(r)        # (when: a slow network's is a round trip late)
                 elif s.plain:                    # no answer to a connect (569): not replayed
                     s.connected = False
                 else:                            # a TLS-level failure (timeout, verify, ...)
@@ -774,6 +767,13 @@ def scripts_of(records: list[dict]) -> list[Script]:
             if not (s.plain and cut == s.opened_in):
                 s.connected, s.header = True, {"hold": True}
     return scripts
+
+
+def _refusal(r: dict) -> bool:
+    """r is an open's answer that it was refused or its name did not resolve: a connect that
+    ended, as a handshake record is (the moments' count: connects ending at the same byte
+    counts, the host at a prompt, end in the recorded order)."""
+    return r.get("kind") == "open_result" and bool(r.get("code")) and r.get("failure") in ("connect", "dns")
 
 
 _RESTART = re.compile(r"\+CFUN=\s*\d+\s*,\s*1\b|\+CFUN=\s*[04]\b|\+QPOWD", re.I)   # (the modem restarts / stops)
@@ -910,16 +910,6 @@ class ReplayPlainSession(PlainSession):
         self._head.clear()
         if self._counter is not None:
             self._counter.received -= len(line) + 1
-        try:
-            head = json.loads(line)
-        except ValueError:
-            head = None
-        if not isinstance(head, dict) or not head.get("ok"):
-            # the recorded connect failed (refused, its name unresolved: scripts_of), now
-            self.state = "failed"
-            head = head if isinstance(head, dict) else {"fail": "protocol_error", "reason": "the replay's stand-in said nothing readable"}
-            self._events.append(TlsFailure(str(head.get("fail", "protocol_error")), str(head.get("reason", "replayed"))))
-            return
         self.state = "idle"
         super().start()
         if rest:
@@ -946,16 +936,20 @@ class _ReplayFaults(NetFaults):
     which would take both; a name that failed once (the control API's dns_fail) resolves
     later.  (Every open asks take_open once, right after its "open" record.)  A --scenario's
     fault is taken by the open it falls on all the same, so that it does not fall on the
-    next one -- and left to the stand-in when that open's failure has one (`stood_in`: a
-    refusal or failed lookup of a TCP connect, said at its recorded moment: scripts_of)."""
+    next one."""
 
     def __init__(self, modem, refused: frozenset[int], dns_failed: frozenset[int] = frozenset(),
                  lookups_failed: dict[str, frozenset[int]] | None = None,
-                 stood_in: frozenset[int] = frozenset()) -> None:
+                 fail_at: dict[int, tuple] | None = None, moment_reached=None) -> None:
         super().__init__(modem)
         self.refused = refused
         self.dns_failed = dns_failed
-        self.stood_in = stood_in
+        # open number -> the moment its recorded refusal (or failed lookup) came, and what
+        # waits for a moment (ReplayPeer.moment_reached): the replay's comes then too -- over
+        # a slow network a round trip after the command, the socket opening meanwhile
+        self.fail_at = fail_at or {}
+        self.moment_reached = moment_reached
+        self._due = None
         self.opens = 0
         # AT+QIDNSGIP's lookups the same way: a name -> the places, among its lookups, of the
         # ones that failed (the recording's "dns" records, code 565)
@@ -965,13 +959,21 @@ class _ReplayFaults(NetFaults):
     def take_open(self, host: str) -> str | None:
         self.opens += 1
         fault = super().take_open(host)
-        if self.opens in self.stood_in and fault in ("refuse", "dns"):
-            return None
+        self._due = None
         if self.opens in self.refused:
-            return "refuse"
-        if self.opens in self.dns_failed:
-            return "dns"
+            fault = "refuse"
+        elif self.opens in self.dns_failed:
+            fault = "dns"
+        else:
+            return fault
+        self._due = self.fail_at.get(self.opens)
         return fault
+
+    def failure_wait(self):
+        due, self._due = self._due, None
+        if due is None or self.moment_reached is None:
+            return None
+        return self.moment_reached(due)
 
     def take_lookup(self, host: str = "", purpose: str = "") -> bool:
         fault = super().take_lookup(host, purpose)
@@ -1047,9 +1049,15 @@ class ReplayPeer:
         if self.routes:
             self.port = self.routes[0][2]
 
-    def spawn(self, coroutine) -> None:
+    def spawn(self, coroutine) -> asyncio.Future:
         """A task of the replay's network side (cancelled by close)."""
-        self._tasks.append(asyncio.ensure_future(coroutine))
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.append(task)
+        return task
+
+    def moment_reached(self, moment: tuple) -> asyncio.Future:
+        """Done when the replay is as far as a recorded moment (see _wait_host)."""
+        return self.spawn(self._wait_host(*moment))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -1578,9 +1586,10 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         port = emu.add_modem(profile, state_dir=Path(state), trace=writer)
         refused = frozenset(s.open_number for s in scripts if s.refused)
         dns_failed = frozenset(s.open_number for s in scripts if s.dns_failed)
-        stood_in = frozenset(s.open_number for s in scripts if s.header.get("fail") in ("connect", "dns"))
+        fail_at = {s.open_number: s.fail_at for s in scripts if s.fail_at}
         emu.run(port.modem.feature, "net_faults",
-                lambda modem: _ReplayFaults(modem, refused, dns_failed, _lookups_failed(records), stood_in))
+                lambda modem: _ReplayFaults(modem, refused, dns_failed, _lookups_failed(records),
+                                            fail_at, peer.moment_reached))
         modems.append(port.modem)
         tracer.append(port.modem.tracer)
         if scenario is not None:                 # the faults the trace was recorded with
@@ -1686,7 +1695,7 @@ def _dns_answers(records: list[dict]) -> list[tuple[str, str]]:
             dialled[r.get("socket")] = r.get("host")
         elif kind == "dns" and r.get("code") == 0 and isinstance(r.get("addresses"), list) and r["addresses"]:
             name, address = r.get("host"), r["addresses"][0]
-        elif kind == "open_result" and r.get("code") == 0:
+        elif kind == "open_result" and (r.get("code") == 0 or r.get("failure") == "connect"):
             name, address = dialled.get(r.get("socket")), r.get("shown")
         if (isinstance(name, str) and isinstance(address, str) and name.strip("[]") and not is_ip(name)
                 and is_ip(address)):
