@@ -32,9 +32,6 @@ _MAX_BUFFERED = 1 << 20  # a sane upper bound for a handshake message we reassem
 class HandshakeMessage:
     msg_type: int
     body: bytes
-    # TLS: it began in an earlier record than the one that completed it (Mbed TLS 2.28
-    # reassembles none: "TLS handshake fragmentation not supported", it fails there)
-    split: bool = False
 
 
 @dataclass
@@ -108,16 +105,14 @@ class HandshakeSniffer:
             elif ctype == CONTENT_ALERT and len(payload) == 2:
                 alerts.append(Alert(payload[0], payload[1]))
             elif ctype == CONTENT_HANDSHAKE:
-                carried = bool(self._hs_stream)     # (a message begun in an earlier record)
                 self._hs_stream += payload
-                msgs.extend(self._split_tls_handshake(carried))
+                msgs.extend(self._split_tls_handshake())
                 if self._hs_stream:     # (the record ended inside a message)
                     self.fragmented = True
         if self.encrypted:
             self._pending.clear()  # nothing more to learn; do not hoard app data
 
-    def _split_tls_handshake(self, carried: bool = False) -> list[HandshakeMessage]:
-        """The messages a record completed; the first is `carried` over from an earlier one."""
+    def _split_tls_handshake(self) -> list[HandshakeMessage]:
         out = []
         while len(self._hs_stream) >= 4:
             length = int.from_bytes(self._hs_stream[1:4], "big")
@@ -125,8 +120,7 @@ class HandshakeSniffer:
                 raise SnifferError("handshake message too large")
             if len(self._hs_stream) < 4 + length:
                 break
-            out.append(HandshakeMessage(self._hs_stream[0], bytes(self._hs_stream[4:4 + length]),
-                                        split=carried and not out))
+            out.append(HandshakeMessage(self._hs_stream[0], bytes(self._hs_stream[4:4 + length])))
             self._largest = max(self._largest, length)
             del self._hs_stream[:4 + length]
         return out

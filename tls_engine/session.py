@@ -32,7 +32,7 @@ from .datagrams import pack_datagrams
 from .resumption import Resumption, SessionCache, settings_fingerprint
 from .records import HS_CERTIFICATE, HS_SERVER_HELLO, HandshakeSniffer, parse_certificate_list
 from .sealing import WANT_READ, WANT_WRITE, SealJob
-from .settings import TLS1_0, TLS1_1, TLS1_2, TLS_ALL, TlsSettings
+from .settings import TlsSettings
 
 WRITE_CHUNK = 16 * 1024          # one TLS record's worth of plaintext per write()
 OFFLOAD_MIN = 4096               # with offload: a send this large (or one behind a job) is
@@ -81,6 +81,19 @@ def _records_draw_no_random(cipher: str, version: str) -> bool:
     return "-CBC-" in name and version == "TLSv1"
 
 
+# Mbed TLS 2.28's client handshake states (ssl->state: the step it does next): past
+# SERVER_CERTIFICATE it has taken the server's Certificate message (or skipped it: PSK)
+MBEDTLS_SERVER_CERTIFICATE = 3
+# Mbed TLS's X.509 errors (-0x2080 .. -0x3000: a chain it parsed and could not verify, e.g.
+# too long) against its SSL errors (a message or record it could not take)
+_X509_ERRORS = (0x2080, 0x3000)
+
+
+def _certificate_less(suite: str | None) -> bool:
+    """A PSK suite whose server sends no Certificate (PSK, DHE-PSK, ECDHE-PSK; RSA-PSK has one)."""
+    return bool(suite) and suite.startswith(("TLS_PSK_", "TLS_DHE_PSK_", "TLS_ECDHE_PSK_"))
+
+
 def _chosen_suite(body: bytes) -> str | None:
     """The suite a ServerHello body names (IANA name; None: cut short or unknown)."""
     if len(body) < 35:
@@ -89,28 +102,6 @@ def _chosen_suite(body: bytes) -> str | None:
     if len(body) < at + 2:
         return None
     return cs.suite_name(int.from_bytes(body[at:at + 2], "big"))
-
-
-def _hello_offer(data: bytes) -> tuple[bytes, frozenset[int]] | None:
-    """(client_version, cipher suite ids) of the ClientHello the first flight `data` (TLS
-    records) begins with; None when it does not begin with one."""
-    if len(data) < 9 + 35 or data[0] != 22 or data[5] != 1:
-        return None
-    body = data[9:9 + int.from_bytes(data[6:9], "big")]
-    if len(body) < 35:
-        return None
-    at = 35 + body[34]                   # version 2, random 32, session_id length 1 + id
-    if len(body) < at + 2:
-        return None
-    n = int.from_bytes(body[at:at + 2], "big")
-    suites = body[at + 2:at + 2 + n]
-    if len(suites) != n or n % 2:
-        return None
-    return bytes(body[:2]), frozenset(int.from_bytes(suites[i:i + 2], "big") for i in range(0, n, 2))
-
-
-# The lowest record version each AT+QSSLCFG "sslversion" lets Mbed TLS take (config._tls_versions)
-_LOWEST_WIRE = {TLS1_0: b"\x03\x01", TLS1_1: b"\x03\x02", TLS1_2: b"\x03\x03", TLS_ALL: b"\x03\x01"}
 
 
 class TlsClientSession:
@@ -136,12 +127,13 @@ class TlsClientSession:
         self._server_version: bytes | None = None
         self._fatal_alert: int | None = None
         self._server_suite: str | None = None   # IANA name of the suite in the ServerHello
-        # TLS at seclevel >= 1: the ClientHello's (version, suite ids), read from the first
-        # flight (False: not yet); and whether Mbed TLS will fail before it takes the
-        # server's Certificate (a message split across records, a ServerHello it refuses):
-        # then that Certificate is not judged here, Mbed TLS's failure is the open's
-        self._offer: tuple[bytes, frozenset[int]] | None | bool = False
-        self._doomed = False
+        # TLS at seclevel >= 1: a Certificate the sniffer judged bad, (kind, reason, alert),
+        # applied once Mbed TLS has taken that Certificate (_judge_certificate); where this
+        # receive()'s output began (what goes when it is applied: the next flight)
+        self._cert_problem: tuple[str, str, int | None] | None = None
+        self._state_ssl = None       # native.NativeSsl reading Mbed TLS's handshake state
+        self._step_state: int | None = None   # ssl->state before the step under way
+        self._out_mark = 0
         resumable = settings.session_cache and cache is not None and cache_key is not None
         self._resumption = Resumption(settings.session_cache, cache, cache_key, self.notes,
                                       settings_fingerprint(settings) if resumable else None)
@@ -208,6 +200,7 @@ class TlsClientSession:
         if not data:
             self._on_transport_eof()
             return
+        self._out_mark = len(self._tls_out)
         if self.state == "handshaking" and not self._sniff(data):
             return
         produced_before = self._output_pending()
@@ -219,6 +212,8 @@ class TlsClientSession:
                 return
             view = view[taken:]
             self._process()
+        if self._cert_problem is not None and self.state == "handshaking":
+            self._judge_certificate()
         self._flush_rx()
         if self.settings.dtls and self.state == "handshaking" and self._output_pending() > produced_before:
             self._arm_timer_for_new_flight()
@@ -487,13 +482,9 @@ class TlsClientSession:
             if alert.level == 2 and self._fatal_alert is None:   # (Mbed TLS stops at the first)
                 self._fatal_alert = alert.description
         for msg in msgs:
-            if msg.split:
-                self._doomed = True          # (Mbed TLS fails at it: -0x7080, no alert)
             if msg.msg_type == HS_SERVER_HELLO and len(msg.body) >= 2:
                 self._server_version = msg.body[:2]
                 self._server_suite = _chosen_suite(msg.body)
-                if not self.settings.dtls and self._hello_refused(msg.body):
-                    self._doomed = True
             if msg.msg_type != HS_CERTIFICATE or (self._cert_seen and not self.settings.dtls):
                 continue
             if self.settings.dtls:
@@ -513,42 +504,72 @@ class TlsClientSession:
                     self._peer_chain = self._peer_chain or chain   # (the one used: at the end)
                 continue
             self._cert_seen = True
-            if self._doomed and self.state == "handshaking":
-                # Mbed TLS fails before it would use this Certificate: its failure (and its
-                # alert, or none) is the open's, as at seclevel 0.  Not judged here; were the
-                # handshake to end all the same, _on_handshake_over finds no checked leaf.
-                continue
+            if self._verifier is not None and _certificate_less(self._server_suite):
+                continue        # (a PSK suite has no server certificate: Mbed TLS refuses the message)
             try:
                 self._peer_chain = parse_certificate_list(msg.body)
             except ValueError as exc:
                 if self.state != "handshaking":
                     continue                   # (read late: Mbed TLS took it, the handshake is over)
-                self._fail(PROTOCOL_ERROR, f"malformed server Certificate message: {exc}")
-                return False
+                reason = f"malformed server Certificate message: {exc}"
+                if self._verifier is None:     # (seclevel 0: read after Mbed TLS failed on it)
+                    self._fail(PROTOCOL_ERROR, reason)
+                    return False
+                if not self._hold_verdict(PROTOCOL_ERROR, reason, None):
+                    return False
+                continue
             if self._verifier is not None:
                 problem = self._verify(self._verifier.verify, self._peer_chain, self._server_suite)
                 if self._peer_chain:
                     self._checked[self._peer_chain[0]] = [(self._peer_chain, problem)]
-                if problem is not None:
-                    # Never hand the Certificate to Mbed TLS: no next flight is sent.
-                    self._queue_clear_alert(problem.alert)
-                    self._fail(VERIFY_FAILED, problem.reason)
+                if problem is not None and not self._hold_verdict(VERIFY_FAILED, problem.reason, problem.alert):
                     return False
         return True
 
-    def _hello_refused(self, body: bytes) -> bool:
-        """Whether Mbed TLS refuses this ServerHello (TLS) before any Certificate: a version
-        outside the ClientHello's range, a suite the ClientHello did not offer, cut short."""
-        if not self._offer:
+    def _hold_verdict(self, kind: str, reason: str, alert: int | None) -> bool:
+        """A Certificate judged bad (TLS): the open fails so once Mbed TLS has taken that
+        Certificate (_judge_certificate) -- not when Mbed TLS fails before it would (a
+        ServerHello it refuses, a message it cannot take: split across records, over 16
+        KiB): then its failure and its alert (or none) are the open's, as at seclevel 0.
+        Without the native layer (no handshake state to read) the open fails at once.
+        False: the session is over."""
+        if self._cert_problem is None:
+            self._cert_problem = (kind, reason, alert)
+        if self._handshake_state() is not None:
+            return True
+        self._cert_problem = None
+        if alert is not None:
+            self._queue_clear_alert(alert)
+        self._fail(kind, reason)
+        return False
+
+    def _handshake_state(self) -> int | None:
+        """Mbed TLS's ssl->state (None: the native layer cannot read it)."""
+        if self._state_ssl is None:
+            try:
+                from . import native
+
+                self._state_ssl = native.NativeSsl(self._buffer) if native.available() else False
+            except Exception:
+                self._state_ssl = False
+        return self._state_ssl.handshake_state() if self._state_ssl else None
+
+    def _judge_certificate(self, state: int | None = None) -> bool:
+        """The held verdict, once Mbed TLS is past the Certificate (it took the message):
+        the open fails as the verdict says; what Mbed TLS queued since this receive()
+        began (its next flight, or its alert for a later message) never leaves.  `state`:
+        Mbed TLS's (default: now).  True: it was applied."""
+        state = self._handshake_state() if state is None else state
+        if state is None or state <= MBEDTLS_SERVER_CERTIFICATE:
             return False
-        client_version, suites = self._offer
-        version = bytes(body[:2])
-        if version > client_version or version < _LOWEST_WIRE.get(self.settings.ssl_version, b"\x03\x01"):
-            return True
-        at = 35 + body[34] if len(body) >= 35 else len(body)
-        if len(body) < at + 2:
-            return True
-        return int.from_bytes(body[at:at + 2], "big") not in suites
+        kind, reason, alert = self._cert_problem
+        self._cert_problem = None
+        take_outgoing(self._buffer)                    # (what the wrapper still holds)
+        del self._tls_out[self._out_mark:]
+        if alert is not None:
+            self._queue_clear_alert(alert)
+        self._fail(kind, reason)
+        return True
 
     def _queue_clear_alert(self, description: int) -> None:
         """A fatal alert in clear, as Mbed TLS would send (TLS only: DTLS would need
@@ -668,6 +689,10 @@ class TlsClientSession:
         # step's datagrams).
         per_step = self.settings.dtls
         while self.state == "handshaking":
+            if self._cert_problem is not None:
+                # (the step's state, read before it: the wrapper resets the context when a
+                # step fails, and _judge_certificate asks how far the failed one was)
+                self._step_state = self._handshake_state()
             try:
                 self._buffer.do_handshake()
             except WantReadError:
@@ -817,8 +842,6 @@ class TlsClientSession:
         if self.settings.dtls:
             self._datagrams.extend(pack_datagrams(data))
         else:
-            if self._offer is False and self._verifier is not None:
-                self._offer = _hello_offer(data)
             self._tls_out += data
         return len(data)
 
@@ -828,6 +851,20 @@ class TlsClientSession:
             self._deadline = self._now() + self._retransmit
 
     def _fail_from_tls_error(self, exc: Exception) -> None:
+        if self._cert_problem is not None and self.state == "handshaking":
+            err = abs(int(getattr(exc, "err", 0) or 0))
+            state = self._step_state
+            if state == MBEDTLS_SERVER_CERTIFICATE and _X509_ERRORS[0] <= err <= _X509_ERRORS[1]:
+                state += 1           # (it read the chain and its own check failed: the chain's verdict)
+            if self._judge_certificate(state):
+                return               # (Mbed TLS failed past a Certificate judged bad: that is why)
+            kind, reason, _ = self._cert_problem
+            if kind == PROTOCOL_ERROR and self._step_state == MBEDTLS_SERVER_CERTIFICATE:
+                # Mbed TLS failed on that very message, which the sniffer could not read
+                # either: the sniffer says why (as at seclevel 0); Mbed TLS's alert stays
+                self._cert_problem = None
+                self._fail(kind, reason)
+                return
         self._catch_up()             # (the alert, version, message sizes its reason names)
         err = abs(int(getattr(exc, "err", 0) or 0))
         if self._fatal_alert is not None and self.state == "handshaking":

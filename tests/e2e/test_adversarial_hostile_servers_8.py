@@ -2009,8 +2009,8 @@ def _unreadable_certificate(kind: str):
     return script
 
 
-# Was a bug, fixed (the sniffer leaves a Certificate behind a split message or a refused
-# ServerHello to Mbed TLS's failure: tls_engine/session.py _doomed): at seclevel 1 the sniffer
+# Was a bug, fixed (the sniffer's verdict on a Certificate is held until Mbed TLS has taken
+# it: tls_engine/session.py _hold_verdict): at seclevel 1 the sniffer
 # verifies a Certificate Mbed TLS never reaches (a message over one record, one split across
 # records, or one behind a ServerHello Mbed TLS refuses): a certificate for another name gives
 # 'verify_failed: server certificate does not match' and a bad_certificate(42) alert on the wire,
@@ -2053,8 +2053,8 @@ def test_seclevel_1_never_verifies_a_certificate_message_mbedtls_cannot_take(mod
     assert seen[1] == seen[0], seen
 
 
-# Was a bug, fixed (the sniffer leaves a Certificate behind a split message or a refused
-# ServerHello to Mbed TLS's failure: tls_engine/session.py _doomed): the same on the ML302 (its
+# Was a bug, fixed (the sniffer's verdict on a Certificate is held until Mbed TLS has taken
+# it: tls_engine/session.py _hold_verdict): the same on the ML302 (its
 # firmware is Mbed TLS 2.28): at seclevel 1 a ~40 KiB / split Certificate for another name fails
 # as 'verify_failed' with a bad_certificate alert instead of Mbed TLS's size / split failure with
 # no alert (tls_engine/session.py _sniff_now)

@@ -1,13 +1,13 @@
 """At seclevel >= 1 the engine judges the server's certificate itself, from the sniffed
-Certificate message, before Mbed TLS reads it.  A Certificate Mbed TLS 2.28 never reaches --
-behind a handshake message split across records (it reassembles none: -0x7080, no alert) or
-behind a ServerHello it refuses (a version outside the configured range, a suite it did not
-offer) -- must not be judged: the open fails as Mbed TLS fails, as it does at seclevel 0,
-never with "verify_failed" and a bad_certificate alert the module would not send.
+Certificate message, and holds the verdict until Mbed TLS has taken that message.  A
+Certificate Mbed TLS 2.28 never takes -- behind a ServerHello it refuses (a version outside
+the configured range), in one of its messages split across records -- must not be judged:
+the open fails as Mbed TLS fails, as at seclevel 0, never with "verify_failed" and a
+bad_certificate alert the module would not send.  (More shapes: tests/e2e/
+test_adversarial_hostile_servers_8.py, test_review_changes_1205_c.py.)
 
-The sniffer marks a message that began in an earlier record (`split`); the differential
-tests run the engine and python-mbedtls itself against the same OpenSSL server (Python
-ssl over memory BIOs) and compare how each fails and the alert the server got.
+The differential test runs the engine and python-mbedtls itself against the same OpenSSL
+server (Python ssl over memory BIOs) and compares how each fails and the alert the server got.
 """
 from __future__ import annotations
 
@@ -18,32 +18,10 @@ from mbedtls import tls as mbtls
 from mbedtls import x509 as mbx509
 from mbedtls.exceptions import TLSError
 
-from tests.unit.tls_engine.test_records import hs, tls_record
 from tls_engine import TlsClientSession, TlsFailure, TlsSettings
-from tls_engine.records import HandshakeSniffer
 from tls_engine.settings import TLS1_2
 
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
-
-
-def test_a_message_completed_in_its_own_record_is_not_split():
-    sniffer = HandshakeSniffer(dtls=False)
-    msgs, _ = sniffer.feed(tls_record(22, hs(2, b"h" * 40) + hs(11, b"c" * 30)) + tls_record(22, hs(14, b"")))
-    assert [(m.msg_type, m.split) for m in msgs] == [(2, False), (11, False), (14, False)]
-
-
-def test_a_message_begun_in_an_earlier_record_is_split_and_only_that_one():
-    """ServerHello whole; the Certificate's first 10 bytes in record 1, the rest in record 2
-    (with ServerHelloDone behind it, whole); then a message across three records."""
-    cert = hs(11, b"c" * 30)
-    big = hs(12, b"k" * 50)
-    sniffer = HandshakeSniffer(dtls=False)
-    got = []
-    for record in (tls_record(22, hs(2, b"h" * 40) + cert[:10]), tls_record(22, cert[10:] + hs(14, b"")),
-                   tls_record(22, big[:2]), tls_record(22, big[2:20]), tls_record(22, big[20:])):
-        msgs, _ = sniffer.feed(record)
-        got += [(m.msg_type, m.split) for m in msgs]
-    assert got == [(2, False), (11, True), (14, False), (12, True)]
 
 
 class Server:
