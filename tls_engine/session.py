@@ -133,6 +133,7 @@ class TlsClientSession:
         self._cert_problem: tuple[str, str, int | None] | None = None
         self._state_ssl = None       # native.NativeSsl reading Mbed TLS's handshake state
         self._step_state: int | None = None   # ssl->state before the step under way
+        self._cert_step_seen = False # a step began at SERVER_CERTIFICATE (a resumption never has one)
         self._out_mark = 0
         resumable = settings.session_cache and cache is not None and cache_key is not None
         self._resumption = Resumption(settings.session_cache, cache, cache_key, self.notes,
@@ -560,8 +561,8 @@ class TlsClientSession:
         began (its next flight, or its alert for a later message) never leaves.  `state`:
         Mbed TLS's (default: now).  True: it was applied."""
         state = self._handshake_state() if state is None else state
-        if state is None or state <= MBEDTLS_SERVER_CERTIFICATE:
-            return False
+        if state is None or not self._cert_step_seen or state <= MBEDTLS_SERVER_CERTIFICATE:
+            return False             # (not taken: a resumed handshake jumps past it, never taking one)
         kind, reason, alert = self._cert_problem
         self._cert_problem = None
         take_outgoing(self._buffer)                    # (what the wrapper still holds)
@@ -692,7 +693,11 @@ class TlsClientSession:
             if self._cert_problem is not None:
                 # (the step's state, read before it: the wrapper resets the context when a
                 # step fails, and _judge_certificate asks how far the failed one was)
-                self._step_state = self._handshake_state()
+                self._step_state = state = self._handshake_state()
+                if state == MBEDTLS_SERVER_CERTIFICATE:
+                    self._cert_step_seen = True
+                elif self._judge_certificate(state):
+                    return           # (taken: no further step -- no key exchange, no key log)
             try:
                 self._buffer.do_handshake()
             except WantReadError:
@@ -854,17 +859,17 @@ class TlsClientSession:
         if self._cert_problem is not None and self.state == "handshaking":
             err = abs(int(getattr(exc, "err", 0) or 0))
             state = self._step_state
-            if state == MBEDTLS_SERVER_CERTIFICATE and _X509_ERRORS[0] <= err <= _X509_ERRORS[1]:
-                state += 1           # (it read the chain and its own check failed: the chain's verdict)
-            if self._judge_certificate(state):
-                return               # (Mbed TLS failed past a Certificate judged bad: that is why)
             kind, reason, _ = self._cert_problem
-            if kind == PROTOCOL_ERROR and self._step_state == MBEDTLS_SERVER_CERTIFICATE:
+            if kind == PROTOCOL_ERROR and state == MBEDTLS_SERVER_CERTIFICATE:
                 # Mbed TLS failed on that very message, which the sniffer could not read
                 # either: the sniffer says why (as at seclevel 0); Mbed TLS's alert stays
                 self._cert_problem = None
                 self._fail(kind, reason)
                 return
+            if state == MBEDTLS_SERVER_CERTIFICATE and _X509_ERRORS[0] <= err <= _X509_ERRORS[1]:
+                state += 1           # (it read the chain and its own check failed: the chain's verdict)
+            if self._judge_certificate(state):
+                return               # (Mbed TLS failed past a Certificate judged bad: that is why)
         self._catch_up()             # (the alert, version, message sizes its reason names)
         err = abs(int(getattr(exc, "err", 0) or 0))
         if self._fatal_alert is not None and self.state == "handshaking":
