@@ -84,9 +84,10 @@ def _records_draw_no_random(cipher: str, version: str) -> bool:
 # Mbed TLS 2.28's client handshake states (ssl->state: the step it does next): past
 # SERVER_CERTIFICATE it has taken the server's Certificate message (or skipped it: PSK)
 MBEDTLS_SERVER_CERTIFICATE = 3
-# Mbed TLS's X.509 errors (-0x2080 .. -0x3000: a chain it parsed and could not verify, e.g.
-# too long) against its SSL errors (a message or record it could not take)
-_X509_ERRORS = (0x2080, 0x3000)
+# The one failure Mbed TLS's own chain check gives under VERIFY_OPTIONAL at that step (a
+# chain it parsed and walked, too long: MBEDTLS_ERR_X509_FATAL_ERROR) -- the chain's verdict;
+# its other failures there (X.509 parse errors, a message it cannot take) are its own
+MBEDTLS_X509_FATAL_ERROR = 0x3000
 
 
 def _certificate_less(suite: str | None) -> bool:
@@ -866,8 +867,8 @@ class TlsClientSession:
                 self._cert_problem = None
                 self._fail(kind, reason)
                 return
-            if state == MBEDTLS_SERVER_CERTIFICATE and _X509_ERRORS[0] <= err <= _X509_ERRORS[1]:
-                state += 1           # (it read the chain and its own check failed: the chain's verdict)
+            if state == MBEDTLS_SERVER_CERTIFICATE and err == MBEDTLS_X509_FATAL_ERROR:
+                state += 1           # (it walked the chain and its own check failed: the chain's verdict)
             if self._judge_certificate(state):
                 return               # (Mbed TLS failed past a Certificate judged bad: that is why)
         self._catch_up()             # (the alert, version, message sizes its reason names)
