@@ -233,6 +233,15 @@ class Router:
         """The round-trip time in ms of a known host's echo replies."""
         return self.ping.get(_dns_key(host), DEFAULT_RTT_MS)
 
+    def answered_address(self, host: str) -> str | None:
+        """The address a name has been given -- a --dns entry, or the real DNS's answer --
+        or an IP literal itself; None for a name nothing resolved (display_address would
+        make one up)."""
+        if is_ip(host):
+            return host.strip("[]")
+        key = _dns_key(host)
+        return self.dns.get(key) or self._answered.get(key)
+
     def display_address(self, host: str) -> str:
         """The server address the host is shown for a dialled `host` (never a route):
         an IP literal itself; a name with a DNS entry (add_dns) that entry; a name the real

@@ -60,11 +60,11 @@ AT+QIOPEN sockets have stand-ins without TLS: a plain TCP server per recorded de
 whose first line (JSON) says the connect ended, when it did (ReplayPlainSession); a UDP server that expects each recorded datagram whole and
 sends each received one back to where the modem's came from; a client that connects to the
 replaying modem's TCP LISTENER once the host has sent and the modem written as much as when
-the recorded client came (the listeners bind any free port, not the recorded <local_port>);
-a port nobody listens on for a refused connect (566, SSL too). A refused open, and one whose
-name did not resolve, fails when the recorded answer came (_ReplayFaults.failure_wait: over
+the recorded client came (the listeners bind any free port, not the recorded <local_port>).
+A refused open (566, SSL too), and one whose name did not resolve (565), fails again by its
+place among the trace's opens when the recorded answer came (_ReplayFaults.failure_wait: over
 a slow network a round trip after the command, the socket opening meanwhile), with no
-connection to any stand-in. A DTLS socket's stand-in is
+connection to any stand-in and no route for its name. A DTLS socket's stand-in is
 a UDP server: the session's first datagram is a hello that tells it where the modem is, it
 answers with the recorded handshake's end, then each record is one datagram each way (all
 tagged: DTLS_HELLO/HEAD/DATA/END), and the server's end of the session (its close_notify or
@@ -255,8 +255,12 @@ class ModemTrace:
             # EC2x's AT+QISTATE, also while a connect it refuses is under way): the real DNS's
             # answer on a real network, which a replay (offline) has to give again
             name, network = self._dialled.get(fields.get("socket")), getattr(self.modem, "network", None)
-            if isinstance(name, str) and hasattr(network, "display_address"):
+            if not isinstance(name, str) or not hasattr(network, "display_address"):
+                pass
+            elif fields.get("code") == 0:
                 fields["shown"] = network.display_address(name)
+            elif (answered := network.answered_address(name)) is not None:
+                fields["shown"] = answered       # (a refusal: only a name that was resolved)
         elif kind == "hangup":
             self.hangups += 1
         elif kind == "received":
@@ -617,7 +621,7 @@ class Script:
     host: str
     port: int
     header: dict = field(default_factory=dict)      # {"ok": true, version, cipher} or {"fail": kind}
-    # ("expect", bytes) | ("send", bytes, *moment) | ("end", how, *moment): a moment is what
+    # ("expect", bytes, t) | ("send", bytes, *moment) | ("end", how, *moment): a moment is what
     # had happened when the server did it -- the host's bytes, the modem's, the host's
     # hang-ups, the plaintext the modem had received from every replayed server -- and the
     # stand-in waits for the replay to get as far (see moment())
@@ -746,7 +750,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
             # recording's server held it
             s.connected, s.header = True, {"hold": True}
         elif kind == "sent":
-            s.steps.append(("expect", _b(r["data"])))
+            s.steps.append(("expect", _b(r["data"]), moment(r)[-1]))
         elif kind == "received":
             s.steps.append(("send", _b(r["data"]), *moment(r)))
         elif kind == "peer_closed":
@@ -987,9 +991,8 @@ class _ReplayFaults(NetFaults):
 class ReplayPeer:
     """The stand-ins for every server of the trace, on the emulator's loop: a loopback TCP
     server per recorded destination (SSL sockets, whose first line is the recorded
-    handshake's end, and plain TCP sockets), a UDP socket per recorded UDP destination, a
-    port nobody listens on for a refused connect, and a client per recorded connection to a
-    TCP LISTENER (it connects once the host has sent, and the modem written, as much as
+    handshake's end, and plain TCP sockets), a UDP socket per recorded UDP destination, and
+    a client per recorded connection to a TCP LISTENER (it connects once the host has sent, and the modem written, as much as
     they had when the recorded one came)."""
 
     def __init__(self, scripts: list[Script], host_sent, modem_wrote=None, listener_addr=None,
@@ -1009,16 +1012,13 @@ class ReplayPeer:
         self.routes: list[tuple[str, int, int]] = []     # (host, port, stand-in port) for the router
         self._servers: list = []
         self._tasks: list[asyncio.Future] = []
-        self._refusing = None
         self.server = None
         self.port = 0
 
     async def start(self) -> None:
-        import socket as _socket
         loop = asyncio.get_running_loop()
         streams: dict[tuple, list[Script]] = {}
         datagrams: dict[tuple, list[Script]] = {}
-        refused: set[tuple] = set()
         for s in self.scripts:
             if s.type == "UDP SERVICE" and any(step[0] == "expect" for step in s.steps):
                 # (its peers are not stood in for: a send the recording has is a difference
@@ -1029,8 +1029,6 @@ class ReplayPeer:
             elif s.connected and s.type not in ("UDP SERVICE",):
                 # (by the name the router knows it by: "x.example." and "X.example" are one)
                 (datagrams if s.datagram else streams).setdefault((name_key(s.host), s.port), []).append(s)
-            elif s.refused:
-                refused.add((name_key(s.host), s.port))
         for dest, queue in streams.items():
             server = await asyncio.start_server(lambda r, w, q=queue: self._serve(q, r, w), "127.0.0.1", 0)
             self._servers.append(server)
@@ -1040,12 +1038,6 @@ class ReplayPeer:
                                                                local_addr=("127.0.0.1", 0))
             self._servers.append(transport)
             self.routes.append((*dest, transport.get_extra_info("sockname")[1]))
-        refused -= {(h, p) for h, p, _ in self.routes}
-        if refused:                               # bound, never listening: connect() is refused
-            self._refusing = _socket.socket()
-            self._refusing.bind(("127.0.0.1", 0))
-            closed_port = self._refusing.getsockname()[1]
-            self.routes.extend((h, p, closed_port) for h, p in refused)
         if self.routes:
             self.port = self.routes[0][2]
 
@@ -1064,8 +1056,6 @@ class ReplayPeer:
             task.cancel()
         for server in self._servers:
             server.close()
-        if self._refusing is not None:
-            self._refusing.close()
 
     async def _wait_host(self, sent: int = 0, wrote: int = 0, hangups: int = 0, received: int = 0,
                          handshakes: int = 0, at: float | None = None, timeout: float | None = 10) -> None:
@@ -1080,6 +1070,12 @@ class ReplayPeer:
             if timeout is not None and now > max(start, self._scheduled(at)) + timeout:
                 return
             await asyncio.sleep(0.002)
+
+    def _patience(self, at: float | None) -> float:
+        """How long to wait for what the modem sent at recorded time `at`: 10 s, or until
+        10 s after that time's place in the replay's schedule (a host idle longer than 10 s
+        before its next send, the recording's pause kept)."""
+        return max(10.0, self._scheduled(at) + 10 - time.monotonic())
 
     def _scheduled(self, at: float | None) -> float:
         """When recorded time `at` comes in the replay (the host's last chunk as anchor,
@@ -1108,7 +1104,11 @@ class ReplayPeer:
             return
         # The handshake's end -- or a plain TCP socket's connect (ReplayPlainSession) -- at the
         # moment it came in the recording: a slow network's is not made instant.
-        await self._wait_host(*script.head_at)
+        try:
+            await self._wait_host(*script.head_at)
+        except asyncio.CancelledError:
+            writer.transport.abort()             # (the replay is over: quietly, see below)
+            return
         writer.write(json.dumps(script.header).encode() + b"\n")
         if not script.header.get("ok"):
             try:
@@ -1152,7 +1152,7 @@ class ReplayPeer:
             for step in script.steps:
                 if step[0] == "expect":
                     try:
-                        got = await asyncio.wait_for(reader.readexactly(len(step[1])), 10)
+                        got = await asyncio.wait_for(reader.readexactly(len(step[1])), self._patience(step[2] if len(step) > 2 else None))
                     except (asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
                         got = getattr(exc, "partial", b"")
                     if got != step[1]:
@@ -1201,7 +1201,7 @@ class ReplayPeer:
         for step in script.steps:
             if step[0] == "expect":
                 try:
-                    got = await asyncio.wait_for(inbox.get(), 10)
+                    got = await asyncio.wait_for(inbox.get(), self._patience(step[2] if len(step) > 2 else None))
                 except asyncio.TimeoutError:
                     got = b""
                 if got != tag + step[1]:
@@ -1238,7 +1238,7 @@ class _UdpStandIn(asyncio.DatagramProtocol):
             # need not send in the order they were opened).
             dtls = data == DTLS_HELLO
             mine = [s for s in self.queue if s.dtls == dtls]
-            script = next((s for s in mine if not dtls and s.steps[:1] == [("expect", data)]),
+            script = next((s for s in mine if not dtls and s.steps and s.steps[0][:2] == ("expect", data)),
                           mine[0] if mine else None)
             if script is None:
                 self.peer.differences.append(f"a {'DTLS' if dtls else 'UDP'} socket the trace does not have")

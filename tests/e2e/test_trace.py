@@ -276,8 +276,8 @@ def test_a_tcpip_session_is_traced_shown_and_replayed(open_modem, emulator, tmp_
     """AT+QIOPEN sockets replay: the stand-ins are a plain TCP server (no TLS, no header
     line), a UDP server answering each recorded datagram where the modem's came from, a
     client that connects to the replaying modem's TCP LISTENER when the recorded one did,
-    and a port nobody listens on for the refused open (566, not the 565 of a DNS failure),
-    failed when the recording's refusal came (f4f7295)."""
+    and, for the refused open, a failure by its place among the opens when the recording's
+    refusal came (566, not the 565 of a DNS failure; f4f7295, no route since)."""
     path = tmp_path / "tcpip.trace"
     traced_tcpip_session(open_modem, emulator, path)
     records = [json.loads(line) for line in path.read_text().splitlines()]
