@@ -1009,6 +1009,7 @@ class ReplayPeer:
         self.max_gap: float | None = None
         self.listener_addr = listener_addr or (lambda server_id: None)   # (ip, port) once listening
         self.differences: list[str] = []
+        self._expecting: dict[object, tuple] = {}      # waits for the modem's sends: (socket, data, datagram)
         self.routes: list[tuple[str, int, int]] = []     # (host, port, stand-in port) for the router
         self._servers: list = []
         self._tasks: list[asyncio.Future] = []
@@ -1052,6 +1053,15 @@ class ReplayPeer:
         return self.spawn(self._wait_host(*moment))
 
     async def close(self) -> None:
+        # What a stand-in still waits for the modem to send when the replay is over (a moment
+        # for it to come), then never came: a difference (the recording's modem sent it)
+        deadline = time.monotonic() + 1.0
+        while self._expecting and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for sid, data, datagram in list(self._expecting.values()):
+            what = "the datagram " if datagram else ""
+            self.differences.append(f"socket {sid} never sent {what}{escape(data)!r}, recorded")
+        self._expecting.clear()
         for task in self._tasks:
             task.cancel()
         for server in self._servers:
@@ -1071,11 +1081,27 @@ class ReplayPeer:
                 return
             await asyncio.sleep(0.002)
 
-    def _patience(self, at: float | None) -> float:
-        """How long to wait for what the modem sent at recorded time `at`: 10 s, or until
-        10 s after that time's place in the replay's schedule (a host idle longer than 10 s
-        before its next send, the recording's pause kept)."""
-        return max(10.0, self._scheduled(at) + 10 - time.monotonic())
+    async def _expect(self, script: Script, step: tuple, awaitable, datagram: bool = False):
+        """What the modem sends for an "expect" step (awaitable's result): TimeoutError 10 s
+        after the wait began or after the step's recorded time's place in the replay's
+        schedule, whichever is later -- re-read as the replay goes on (a host idle longer
+        than 10 s before its next send; --max-gap shortens each pause, not the whole wait)."""
+        at = step[2] if len(step) > 2 else None
+        key = object()
+        self._expecting[key] = (script.socket, step[1], datagram)
+        task = asyncio.ensure_future(awaitable)
+        start = time.monotonic()
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.25)
+                if done:
+                    return task.result()
+                if time.monotonic() > max(start, self._scheduled(at)) + 10:
+                    raise asyncio.TimeoutError
+        finally:
+            self._expecting.pop(key, None)
+            if not task.done():
+                task.cancel()
 
     def _scheduled(self, at: float | None) -> float:
         """When recorded time `at` comes in the replay (the host's last chunk as anchor,
@@ -1152,7 +1178,7 @@ class ReplayPeer:
             for step in script.steps:
                 if step[0] == "expect":
                     try:
-                        got = await asyncio.wait_for(reader.readexactly(len(step[1])), self._patience(step[2] if len(step) > 2 else None))
+                        got = await self._expect(script, step, reader.readexactly(len(step[1])))
                     except (asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
                         got = getattr(exc, "partial", b"")
                     if got != step[1]:
@@ -1201,7 +1227,7 @@ class ReplayPeer:
         for step in script.steps:
             if step[0] == "expect":
                 try:
-                    got = await asyncio.wait_for(inbox.get(), self._patience(step[2] if len(step) > 2 else None))
+                    got = await self._expect(script, step, inbox.get(), datagram=True)
                 except asyncio.TimeoutError:
                     got = b""
                 if got != tag + step[1]:
