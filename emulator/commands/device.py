@@ -451,7 +451,7 @@ def _canonical(token: str, choices: list[str] | None) -> str | None:
                 return token
             continue
         if int(lo) <= int(token) <= int(hi):
-            if len(lo) > 1 and lo.startswith("0"):     # zero-padded ("00"-"0403"): digits as given
+            if len(lo) > 1 and lo.startswith("0"):     # zero-padded ("00"-"99"): digits as given
                 return token if len(lo) <= len(token) <= len(hi) else None
             return str(int(token))
     return None

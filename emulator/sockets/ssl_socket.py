@@ -130,7 +130,9 @@ async def _after(wait, link):
     try:
         await wait
     except BaseException:
-        link.close()
+        close = getattr(link, "close", None)       # (a coroutine never awaited: closed, no warning)
+        if close is not None:
+            close()
         raise
     return await link
 
