@@ -10,8 +10,10 @@ STAMP  := $(VENV)/.installed
 LINK   ?= /tmp/modem-ec2x
 # pytest-xdist workers for make test: most tests wait (the pty, timers, TLS peers, driver
 # models' own pauses) -- two workers kept 0.42 of one CPU busy (826 s of wall time, 351 s of
-# CPU) -- so four on a 2-CPU machine: 460 s, 0.85 CPU.  TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 4
+# CPU) -- so four on a 2-CPU machine: 460 s, 0.85 CPU; at 5,980 tests (2026-12-05, replays that
+# keep recorded pauses of 10-30 s) four took 790 s with a load of ~0.5, six 601 s with a load of
+# ~1.4 (all passed).  TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 6
 
 .PHONY: run run-ml302 test bench soak openssl socat hostprogs clean
 
