@@ -857,8 +857,8 @@ class TlsClientSession:
             self._deadline = self._now() + self._retransmit
 
     def _fail_from_tls_error(self, exc: Exception) -> None:
+        err = abs(int(getattr(exc, "err", 0) or 0))
         if self._cert_problem is not None and self.state == "handshaking":
-            err = abs(int(getattr(exc, "err", 0) or 0))
             state = self._step_state
             kind, reason, _ = self._cert_problem
             if kind == PROTOCOL_ERROR and state == MBEDTLS_SERVER_CERTIFICATE:
@@ -872,7 +872,6 @@ class TlsClientSession:
             if self._judge_certificate(state):
                 return               # (Mbed TLS failed past a Certificate judged bad: that is why)
         self._catch_up()             # (the alert, version, message sizes its reason names)
-        err = abs(int(getattr(exc, "err", 0) or 0))
         if self._fatal_alert is not None and self.state == "handshaking":
             self._fail(HANDSHAKE_FAILED, describe_alert(self._fatal_alert))
             return

@@ -246,10 +246,7 @@ class Router:
         """The server address the host is shown for a dialled `host` (never a route):
         an IP literal itself; a name with a DNS entry (add_dns) that entry; a name the real
         DNS resolved (not routed) the real answer; any other name made_up_address(name)."""
-        if is_ip(host):
-            return host.strip("[]")
-        key = _dns_key(host)
-        return self.dns.get(key) or self._answered.get(key) or made_up_address(key)
+        return self.answered_address(host) or made_up_address(_dns_key(host))
 
     def lookup(self, host: str, port: int) -> tuple[str, int] | None:
         key = name_key(host)

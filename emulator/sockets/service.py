@@ -29,7 +29,7 @@ AT_PORT = "usbmodem"             # ssl.at_port / tcpip.at_port likewise (the sta
 
 # Why an open fails (the kinds an [ssl.errors] table maps to codes): the network's
 # (io.network.NetworkError), the open's own, and the TLS engine's (tls_engine.errors).
-OPEN_FAILURES = frozenset({*NETWORK_FAILURES, "timeout", "pdp", "unknown", *FAILURE_KINDS})
+OPEN_FAILURES = frozenset({*NETWORK_FAILURES, "pdp", "unknown", *FAILURE_KINDS})   # ("timeout": TIMED_OUT)
 # EC2x note §5; AT+QIGETERROR prints the text.
 # AT+QIGETERROR's texts: the +CME ERROR table's TCP/IP and SSL codes (one table), and 0.
 ERROR_TEXT = {0: "operate successfully", **{code: text for code, text in CME_TEXT.items() if 550 <= code <= 574}}

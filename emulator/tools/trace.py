@@ -992,8 +992,8 @@ class ReplayPeer:
     """The stand-ins for every server of the trace, on the emulator's loop: a loopback TCP
     server per recorded destination (SSL sockets, whose first line is the recorded
     handshake's end, and plain TCP sockets), a UDP socket per recorded UDP destination, and
-    a client per recorded connection to a TCP LISTENER (it connects once the host has sent, and the modem written, as much as
-    they had when the recorded one came)."""
+    a client per recorded connection to a TCP LISTENER (it connects once the host has sent,
+    and the modem written, as much as they had when the recorded one came)."""
 
     def __init__(self, scripts: list[Script], host_sent, modem_wrote=None, listener_addr=None,
                  hangups=None, received=None, handshakes=None) -> None:
@@ -1076,8 +1076,7 @@ class ReplayPeer:
         start = time.monotonic()
         while (self.host_sent() < sent or self.modem_wrote() < wrote or self.hangups() < hangups
                or self.received() < received or self.handshakes() < handshakes):
-            now = time.monotonic()
-            if timeout is not None and now > max(start, self._scheduled(at)) + timeout:
+            if timeout is not None and self._given_up(start, at, timeout):
                 return
             await asyncio.sleep(0.002)
 
@@ -1096,12 +1095,17 @@ class ReplayPeer:
                 done, _ = await asyncio.wait({task}, timeout=0.25)
                 if done:
                     return task.result()
-                if time.monotonic() > max(start, self._scheduled(at)) + 10:
+                if self._given_up(start, at):
                     raise asyncio.TimeoutError
         finally:
             self._expecting.pop(key, None)
             if not task.done():
                 task.cancel()
+
+    def _given_up(self, start: float, at: float | None, timeout: float = 10) -> bool:
+        """A wait begun at `start` for what came at recorded time `at` is over: `timeout`
+        seconds past the later of the two (the schedule re-read now: --max-gap, the anchor)."""
+        return time.monotonic() > max(start, self._scheduled(at)) + timeout
 
     def _scheduled(self, at: float | None) -> float:
         """When recorded time `at` comes in the replay (the host's last chunk as anchor,
@@ -1672,7 +1676,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
             # the rest of the output, until it stops coming -- or, when the recording's last
             # output came later than a second after the host's last byte (a timer of the
             # modem's: an upload's inactivity, negotiatetime), until as long as that has passed
-            tail = _output_tail(records, host_side, max_gap)
+            tail = _output_tail(records, host_side)
             # A recording that says where it ended (its "stop" record) is compared as far as
             # that moment: output the modem wrote later (a timer's, a server's) it never saw.
             span = _stop_tail(records, host_side, max_gap)
@@ -1774,7 +1778,7 @@ def _stop_tail(records: list[dict], host_side: list[dict], max_gap: float | None
     return None if stop is None else _after_host(stop["t"], host_side, max_gap)
 
 
-def _output_tail(records: list[dict], host_side: list[dict], max_gap: float | None) -> float:
+def _output_tail(records: list[dict], host_side: list[dict]) -> float:
     """_after_host of the recording's last output (0: no output) -- not shortened by --max-gap:
     what the modem wrote after the host's last byte came from its own timers (a ping's, an
     upload's inactivity), which take their whole time in the replay too (the wait ends as soon
