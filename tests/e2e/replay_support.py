@@ -3,6 +3,7 @@ wait for a trace being written (emulator/tools/trace.py)."""
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import time
 
@@ -83,3 +84,62 @@ def tls_echo(ctx: ssl.SSLContext, raw) -> None:
         pass
     finally:
         conn.close()
+
+
+# -- what the replay review rounds' sessions share (test_review_replay_changes_3 .. _6) --------
+def echo_close(conn) -> None:
+    """TcpServer behaviour: echo until the modem's FIN, then close."""
+    while data := conn.sock.recv(4096):
+        conn.sock.sendall(data)
+    conn.close()
+
+
+class Refusing:
+    """A bound socket that refuses connects (never listening)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def traced_modem(open_modem, emulator, path, profile: str = "ec2x"):
+    """A modem on manual time tracing to `path`, its host ending lines with CR LF:
+    (host, advance, port)."""
+    host, port = open_modem(profile, trace=str(path), manual_time=True)
+    host.line_end = b"\r\n"
+    return host, emulator.advancer(port, host), port
+
+
+def ctl(emulator, op: str, **kw) -> None:
+    assert emulator.control(op, **kw)["ok"]
+
+
+def advance_until(host, advance, pattern, step: float = 0.25, tries: int = 120) -> bytes:
+    """Move the modem's clock by `step` until `pattern` came; what came up to it."""
+    for _ in range(tries):
+        advance(step)
+        try:
+            return host.read_until(pattern, timeout=0.3)
+        except AssertionError:
+            continue
+    return host.read_until(pattern)
+
+
+def tcp_open(host, cid: int, mode: int = 1, name: str = "tcp.example", port: int = 7000, kind: str = "TCP") -> None:
+    assert host.at(f'AT+QIOPEN=1,{cid},"{kind}","{name}",{port},0,{mode}') == b"\r\nOK\r\n"
+
+
+def echo_on(host, cid: int, data: bytes) -> None:
+    """An AT+QISEND of `data` on a push-mode socket whose server echoes: the echo's URC."""
+    qisend(host, cid, data)
+    assert host.read_until(data) == b'\r\n+QIURC: "recv",%d,%d\r\n%s' % (cid, len(data), data)
+
+
+def finish(emulator) -> None:
+    """The trace written out, the recording emulator stopped."""
+    flush(emulator)
+    emulator.stop()

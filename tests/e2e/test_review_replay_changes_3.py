@@ -62,6 +62,8 @@ from emulator.testing.host import Host
 from emulator.testing.peers import TcpServer, TlsServer, UdpEchoServer
 from emulator.tools.trace import TraceWriter
 from tests.e2e import replay_support as rs
+from tests.e2e.replay_support import (  # (helpers the review rounds share)
+    echo_close as _echo_close, tcp_open as _tcp_open, echo_on as _echo_on, finish as _finish)
 
 OK = b"\r\nOK\r\n"
 ERROR = b"\r\nERROR\r\n"
@@ -105,13 +107,6 @@ class _Refusing:
         self.sock.close()
 
 
-def _echo_close(conn) -> None:
-    """TcpServer behaviour: echo until the modem's FIN, then close."""
-    while data := conn.sock.recv(4096):
-        conn.sock.sendall(data)
-    conn.close()
-
-
 def _modem(open_modem, emulator, path, profile: str = "ec2x", manual: bool = True):
     host, port = open_modem(profile, trace=str(path), manual_time=manual)
     host.line_end = b"\r\n"                       # most drivers end their lines with CR LF
@@ -138,20 +133,6 @@ def _advance_until(host, advance, pattern, step: float = 0.5, tries: int = 60) -
         except AssertionError:
             continue
     return host.read_until(pattern)
-
-
-def _tcp_open(host, cid: int, mode: int, name: str = "tcp.example", port: int = 7000) -> None:
-    assert host.at(f'AT+QIOPEN=1,{cid},"TCP","{name}",{port},0,{mode}') == OK
-
-
-def _echo_on(host, cid: int, data: bytes) -> None:
-    rs.qisend(host, cid, data)
-    assert host.read_until(data) == b'\r\n+QIURC: "recv",%d,%d\r\n%s' % (cid, len(data), data)
-
-
-def _finish(emulator) -> None:
-    rs.flush(emulator)
-    emulator.stop()
 
 
 # -- a failed lookup's name, asked again ---------------------------------------------------------

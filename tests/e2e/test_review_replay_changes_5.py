@@ -37,7 +37,6 @@ Covered (not repeating test_review_replay_changes_3.py / _4.py):
 from __future__ import annotations
 
 import re
-import socket
 import time
 
 import pytest
@@ -47,6 +46,10 @@ from emulator.testing.host import Host
 from emulator.testing.peers import TcpServer, TlsServer, UdpEchoServer
 from emulator.tools.trace import TraceWriter
 from tests.e2e import replay_support as rs
+from tests.e2e.replay_support import (  # (helpers the review rounds share)
+    echo_close as _echo_close, Refusing as _Refusing, traced_modem as _modem, ctl as _ctl,
+    advance_until as _advance_until, tcp_open as _tcp_open, echo_on as _echo_on,
+    finish as _finish)
 
 OK = b"\r\nOK\r\n"
 HOST = "www.iottest.work"           # a name the shared PKI's server certificate carries
@@ -54,64 +57,11 @@ ATTACH = 'AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1'
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _echo_close(conn) -> None:
-    """TcpServer behaviour: echo until the modem's FIN, then close."""
-    while data := conn.sock.recv(4096):
-        conn.sock.sendall(data)
-    conn.close()
-
-
 def _sink(conn) -> None:
     """TcpServer behaviour: read everything, answer nothing, close at the modem's FIN."""
     while conn.sock.recv(4096):
         pass
     conn.close()
-
-
-class _Refusing:
-    """A bound socket that refuses connects (never listening)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _modem(open_modem, emulator, path, profile: str = "ec2x"):
-    host, port = open_modem(profile, trace=str(path), manual_time=True)
-    host.line_end = b"\r\n"
-    return host, emulator.advancer(port, host), port
-
-
-def _ctl(emulator, op: str, **kw) -> None:
-    assert emulator.control(op, **kw)["ok"]
-
-
-def _advance_until(host, advance, pattern, step: float = 0.25, tries: int = 120) -> bytes:
-    for _ in range(tries):
-        advance(step)
-        try:
-            return host.read_until(pattern, timeout=0.3)
-        except AssertionError:
-            continue
-    return host.read_until(pattern)
-
-
-def _tcp_open(host, cid: int, mode: int = 1, name: str = "tcp.example", port: int = 7000, kind: str = "TCP") -> None:
-    assert host.at(f'AT+QIOPEN=1,{cid},"{kind}","{name}",{port},0,{mode}') == OK
-
-
-def _echo_on(host, cid: int, data: bytes) -> None:
-    rs.qisend(host, cid, data)
-    assert host.read_until(data) == b'\r\n+QIURC: "recv",%d,%d\r\n%s' % (cid, len(data), data)
-
-
-def _finish(emulator) -> None:
-    rs.flush(emulator)
-    emulator.stop()
 
 
 # -- (1) refused opens: no route, by their place ---------------------------------------------------

@@ -43,6 +43,8 @@ import pytest
 from emulator.testing.peers import TcpServer, UdpEchoServer
 from emulator.tools.trace import _listening
 from tests.e2e import replay_support as rs
+from tests.e2e.replay_support import (  # (helpers the review rounds share)
+    traced_modem as _modem, tcp_open as _tcp_open, finish as _finish)
 
 OK = b"\r\nOK\r\n"
 ATTACH = 'AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1'
@@ -71,21 +73,6 @@ class _Collect:
     def wait_for(self, data: bytes, timeout: float = 30) -> None:
         with self.cond:
             assert self.cond.wait_for(lambda: data in self.data, timeout), bytes(self.data)
-
-
-def _modem(open_modem, emulator, path, profile: str = "ec2x"):
-    host, port = open_modem(profile, trace=str(path), manual_time=True)
-    host.line_end = b"\r\n"
-    return host, emulator.advancer(port, host), port
-
-
-def _tcp_open(host, cid: int, mode: int = 1, name: str = "tcp.example", port: int = 7000, kind: str = "TCP") -> None:
-    assert host.at(f'AT+QIOPEN=1,{cid},"{kind}","{name}",{port},0,{mode}') == OK
-
-
-def _finish(emulator) -> None:
-    rs.flush(emulator)
-    emulator.stop()
 
 
 def _without(tmp_path, path, kind: str, name: str):
