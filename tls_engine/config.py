@@ -7,6 +7,7 @@ turns it into a TlsFailure event, never an exception.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from . import ciphers as cs
@@ -220,9 +221,36 @@ def _config_key(settings: TlsSettings) -> tuple:
 
     chain = ((settings.client_cert_pem, settings.client_key_pem, settings.client_key_password)
              if settings.seclevel == 2 else None)
+    anchors = settings.ca_pem if settings.seclevel >= 1 else None
     return (native.generation(), native.available(), settings.seclevel, settings.dtls, settings.ssl_version, settings.dtls_version,
             tuple(settings.cipher_suites), settings.psk_identity, settings.psk_key,
-            tuple(settings.alpn), chain)
+            tuple(settings.alpn), chain, anchors)
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def _trust_store(settings: TlsSettings):
+    """The CA file's certificates as Mbed TLS's trust store (seclevel >= 1), or None.
+
+    Under VERIFY_OPTIONAL its verdict is only flags (tls_engine.verify decides), but its
+    chain walk still stops at a trusted certificate: without one it walks a sent chain to
+    its end and fails at MBEDTLS_X509_MAX_INTERMEDIATE_CA (8) with MBEDTLS_ERR_X509_FATAL_ERROR
+    -- a chain of 10+ that reaches the CA, which the real module (its CA in the trust
+    store) takes.  A certificate Mbed TLS cannot parse is left out (verify.py still has it)."""
+    if settings.seclevel < 1 or not settings.ca_pem:
+        return None
+    import mbedtls.tls as tls
+    import mbedtls.x509 as x509
+    from mbedtls.exceptions import TLSError
+
+    certs = []
+    for block in _PEM_BLOCK.findall(settings.ca_pem):
+        try:
+            certs.append(x509.CRT.from_PEM(block.decode("ascii")))
+        except (TLSError, ValueError, UnicodeDecodeError):
+            continue
+    return tls.TrustStore(certs) if certs else None
 
 
 def _build_configuration(settings: TlsSettings) -> tuple[object, tuple[int, ...] | None, tuple[str, ...]]:
@@ -239,6 +267,7 @@ def _build_configuration(settings: TlsSettings) -> tuple[object, tuple[int, ...]
     chain = _client_chain(settings) if with_pair else None
     common = dict(
         validate_certificates=False,  # VERIFY_OPTIONAL: tls_engine.verify decides
+        trust_store=_trust_store(settings),
         certificate_chain=chain,
         ciphers=names,
         inner_protocols=_alpn(settings),

@@ -17,7 +17,7 @@ test_review_held_verdict_2.py did not try):
   intermediates (566); the session cache across opens: a server that refuses the offered
   session and sends a bad chain in its first flight (566), then a full handshake.
 
-Bug found (strict xfail):
+Bug found (was a strict xfail; fixed: tls_engine/config.py _trust_store):
 * a sent chain of 10 or more linked certificates that reaches the configured CA within
   Mbed TLS's limit -- 8 intermediates with the (trusted) root sent too, or 9 intermediates
   where the CA file is the 5th of them: Mbed TLS in the engine runs with no trust store
@@ -172,17 +172,15 @@ def test_eight_intermediates_are_taken_as_mbedtls_takes_them(deep, cut):
     assert alerts_in(sent) == [UNEXPECTED_MESSAGE], sent.hex()
 
 
-# BUG: tls_engine/config.py builds Mbed TLS's configuration with no trust store (VERIFY_OPTIONAL,
+# Was (fixed: tls_engine/config.py _trust_store gives Mbed TLS the CA file as its trust store,
+# still VERIFY_OPTIONAL): tls_engine/config.py built Mbed TLS's configuration with no trust store (VERIFY_OPTIONAL,
 # verify.py decides); Mbed TLS's x509_crt_verify_chain then never sees a trusted parent and, at
 # the sent root above 8 intermediates, returns MBEDTLS_ERR_X509_FATAL_ERROR (ver_chain->len > 8
 # and the parent not trusted).  _cert_problem is None (verify.py found the path to the anchor),
 # so tls_engine/session.py _fail_from_tls_error (~line 859) reports Mbed TLS's -0x3000 as the
 # open's failure.  The real module's Mbed TLS has the CA as trust_ca: the root is trusted, the
 # walk stops there.
-@pytest.mark.xfail(strict=True, reason="BUG: a sent chain of 10+ linked certificates reaching the CA (8 "
-                                       "intermediates + root, or 9 under a trusted intermediate): the engine's "
-                                       "trust-store-less Mbed TLS fails -0x3000 (access_denied) where Mbed TLS with "
-                                       "the CA trusted takes the chain")
+ # Was a bug, fixed (Mbed TLS has the CA as trust store): a sent chain of 10+ linked certificates reaching the CA (8 intermediates + root, or 9 under a trusted intermediate): the engine's trust-store-less Mbed TLS fails -0x3000 (access_denied) where Mbed TLS with the CA trusted takes the chain
 @pytest.mark.parametrize("cut", ["one_read", "bytewise"])
 @pytest.mark.parametrize("case", ["8_and_the_root_sent", "9_under_a_trusted_intermediate"])
 def test_a_long_chain_reaching_the_anchor_is_taken_as_mbedtls_takes_it(deep, case, cut):
@@ -327,9 +325,7 @@ def test_ec2x_eight_intermediates_open(ec2x_strict, route, deep):
         close(host)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: EC2x, 8 intermediates + the root sent: 566 (Mbed TLS without a "
-                                       "trust store walks the root as a 9th intermediate: -0x3000) where the real "
-                                       "module connects")
+ # Was a bug, fixed (Mbed TLS has the CA as trust store): EC2x, 8 intermediates + the root sent: 566 (Mbed TLS without a trust store walks the root as a 9th intermediate: -0x3000) where the real module connects
 def test_ec2x_eight_intermediates_and_the_root_sent_open(ec2x_strict, route, deep):
     """8 intermediates and the trusted root sent too (servers often send their root): the real
     module's Mbed TLS finds the root in its trust store: +QSSLOPEN: 0,0."""
@@ -410,8 +406,7 @@ def test_dtls_more_than_eight_intermediates_fail_once(deep, dtls_server, n):
     assert session.state == "failed" and len(ends) == 1 and isinstance(ends[0], TlsFailure), ends
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: DTLS, 8 intermediates + the root sent: Mbed TLS without a trust "
-                                       "store fails -0x3000 where the real module connects")
+ # Was a bug, fixed (Mbed TLS has the CA as trust store): DTLS, 8 intermediates + the root sent: Mbed TLS without a trust store fails -0x3000 where the real module connects
 def test_dtls_eight_intermediates_and_the_root_sent_open(deep, dtls_server):
     """DTLS, 8 intermediates and the root sent: the real module (root in its trust store) connects."""
     session, ends = _dtls_open(deep, dtls_server(8, True).address)
@@ -564,9 +559,7 @@ def test_ml302_eight_intermediates_open(ml302_strict, route, deep):
     assert _ml302_open(host, route, deep, 8, False) == b"\r\n+QSSLOPEN: 1,0\r\n"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ML302, 8 intermediates + the root sent: -1 (Mbed TLS without a trust "
-                                       "store walks the root as a 9th intermediate: -0x3000) where the real module "
-                                       "connects")
+ # Was a bug, fixed (Mbed TLS has the CA as trust store): ML302, 8 intermediates + the root sent: -1 (Mbed TLS without a trust store walks the root as a 9th intermediate: -0x3000) where the real module connects
 def test_ml302_eight_intermediates_and_the_root_sent_open(ml302_strict, route, deep):
     """ML302, 8 intermediates and the root (in slot 0) sent too: +QSSLOPEN: 1,0."""
     host, _, _ = ml302_strict

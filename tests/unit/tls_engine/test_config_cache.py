@@ -133,3 +133,35 @@ def test_an_encrypted_client_key_is_decrypted_only_with_its_password_every_time(
         else:
             assert len(failures) == 1 and failures[0].kind == "bad_config", (password, failures)
             assert "password" in failures[0].reason, failures[0].reason
+
+
+def _trusted_ders(settings) -> list[bytes]:
+    store = started(settings)._plan.configuration.trust_store
+    return [] if store is None else [crt.to_DER() for crt in store]
+
+
+def _der_of(pem: bytes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+
+
+def test_mbedtls_trusts_the_ca_file_it_is_configured_with_keyed_by_content(base_settings, ca, other_ca):
+    """seclevel >= 1: the CA file's certificates are Mbed TLS's trust store (its chain walk
+    stops there, as the module's); a replaced CA file is another configuration; seclevel 0
+    has none (and shares one configuration whatever the CA file holds)."""
+    assert _trusted_ders(base_settings(ca_pem=ca.cert_pem)) == [_der_of(ca.cert_pem)]
+    assert _trusted_ders(base_settings(ca_pem=other_ca.cert_pem)) == [_der_of(other_ca.cert_pem)]
+    assert _trusted_ders(base_settings(ca_pem=bytes(ca.cert_pem), seclevel=2)) == [_der_of(ca.cert_pem)]
+    bundle = base_settings(ca_pem=ca.cert_pem + b"\n" + other_ca.cert_pem)
+    assert _trusted_ders(bundle) == [_der_of(ca.cert_pem), _der_of(other_ca.cert_pem)]
+    zero_a, zero_b = started(base_settings(seclevel=0)), started(base_settings(seclevel=0, ca_pem=other_ca.cert_pem))
+    assert zero_a._plan.configuration.trust_store is None
+    assert zero_a._plan.configuration is zero_b._plan.configuration
+
+
+def test_a_ca_block_mbedtls_cannot_parse_is_left_out_of_its_trust_store(base_settings, ca):
+    """The check (verify.py) reads the CA file itself; a block Mbed TLS refuses only stays out
+    of Mbed TLS's trust store, the configuration is still built."""
+    junk = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    assert _trusted_ders(base_settings(ca_pem=junk + ca.cert_pem)) == [_der_of(ca.cert_pem)]
+    assert _trusted_ders(base_settings(ca_pem=b"\xff" + junk)) == []
