@@ -1007,9 +1007,12 @@ class ReplayPeer:
         # --max-gap: where a recorded time falls in the replay (None: not known)
         self.anchor: tuple[float, float] | None = None
         self.max_gap: float | None = None
+        # False: the recording was cut short -- what the modem sends beyond it is no difference
+        self.complete = True
         self.listener_addr = listener_addr or (lambda server_id: None)   # (ip, port) once listening
         self.differences: list[str] = []
-        self._expecting: dict[object, tuple] = {}      # waits for the modem's sends: (socket, data, datagram)
+        # waits for the modem's sends: (socket, data, datagram, what of it came so far)
+        self._expecting: dict[object, tuple] = {}
         self.routes: list[tuple[str, int, int]] = []     # (host, port, stand-in port) for the router
         self._servers: list = []
         self._tasks: list[asyncio.Future] = []
@@ -1058,7 +1061,15 @@ class ReplayPeer:
         deadline = time.monotonic() + 1.0
         while self._expecting and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        for sid, data, datagram in list(self._expecting.values()):
+        if self._tasks:
+            # a moment for what the modem has sent already (its answer said so: written to
+            # the kernel, maybe not yet read on this loop) to reach its stand-in: bytes
+            # beyond the recording are a difference
+            await asyncio.sleep(0.05)
+        for sid, data, datagram, came in list(self._expecting.values()):
+            if came:                 # a stream's send only partly made: what it did send
+                self.differences.append(f"socket {sid} sent {escape(bytes(came))!r}, recorded {escape(data)!r}")
+                continue
             what = "the datagram " if datagram else ""
             self.differences.append(f"socket {sid} never sent {what}{escape(data)!r}, recorded")
         self._expecting.clear()
@@ -1080,14 +1091,17 @@ class ReplayPeer:
                 return
             await asyncio.sleep(0.002)
 
-    async def _expect(self, script: Script, step: tuple, awaitable, datagram: bool = False):
+    async def _expect(self, script: Script, step: tuple, awaitable, datagram: bool = False,
+                      came: bytearray | None = None):
         """What the modem sends for an "expect" step (awaitable's result): TimeoutError 10 s
         after the wait began or after the step's recorded time's place in the replay's
         schedule, whichever is later -- re-read as the replay goes on (a host idle longer
-        than 10 s before its next send; --max-gap shortens each pause, not the whole wait)."""
+        than 10 s before its next send; --max-gap shortens each pause, not the whole wait).
+        `came`: what of a stream's send has come so far (the awaitable fills it), named by
+        close() if the rest never comes."""
         at = step[2] if len(step) > 2 else None
         key = object()
-        self._expecting[key] = (script.socket, step[1], datagram)
+        self._expecting[key] = (script.socket, step[1], datagram, came)
         task = asyncio.ensure_future(awaitable)
         start = time.monotonic()
         try:
@@ -1181,10 +1195,11 @@ class ReplayPeer:
         try:
             for step in script.steps:
                 if step[0] == "expect":
+                    came = bytearray()
                     try:
-                        got = await self._expect(script, step, reader.readexactly(len(step[1])))
-                    except (asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
-                        got = getattr(exc, "partial", b"")
+                        got = await self._expect(script, step, _read_into(reader, len(step[1]), came), came=came)
+                    except asyncio.TimeoutError:
+                        got = bytes(came)
                     if got != step[1]:
                         self.differences.append(f"socket {script.socket} sent {escape(got)!r}, "
                                                 f"recorded {escape(step[1])!r}")
@@ -1205,28 +1220,36 @@ class ReplayPeer:
                     else:
                         writer.close()
                     return
-            while await reader.read(65536):      # until the modem closes
-                pass
+            # until the modem closes: what it sends beyond the recording is a difference
+            # (not where the recording was cut short: it may have had it)
+            beyond = not self.complete           # (True: said, or not to be said)
+            while chunk := await reader.read(65536):
+                if not beyond:
+                    beyond = True
+                    self.differences.append(f"socket {script.socket} sent {escape(chunk)!r} "
+                                            "beyond the recording")
         except (ConnectionError, OSError):
             pass
         finally:
             if not writer.transport.is_closing():
                 writer.close()
 
-    async def play_datagrams(self, script: Script, transport, inbox: "asyncio.Queue[bytes]", addr) -> None:
+    async def play_datagrams(self, script: Script, transport, inbox: "asyncio.Queue[bytes]", addr) -> bool:
         """One UDP socket's recorded datagrams: each "sent" one expected whole, each "received"
         one sent back to where the modem's came from.  A DTLS socket's stand-in (its first
         datagram was the modem's hello) answers with the recorded handshake's end, then
-        carries its records tagged (DTLS_*) and ends the session where the server did."""
+        carries its records tagged (DTLS_*) and ends the session where the server did.
+        True: the script played to its end with the session still on (a datagram from the
+        modem after that is one the recording does not have)."""
         tag = b""
         if script.dtls:
             await inbox.get()                    # the hello
             if script.header.get("hold"):        # a handshake the host abandoned: never answered
-                return
+                return False
             await self._wait_host(*script.head_at)
             transport.sendto(DTLS_HEAD + json.dumps(script.header).encode(), addr)
             if not script.header.get("ok"):
-                return
+                return False
             tag = DTLS_DATA
         for step in script.steps:
             if step[0] == "expect":
@@ -1244,7 +1267,19 @@ class ReplayPeer:
             elif script.dtls:                    # the server ended the session
                 await self._wait_host(*step[2:])
                 transport.sendto(DTLS_END + step[1].encode(), addr)
-                return
+                return False
+        return True                              # every step played: what comes now is beyond it
+
+
+async def _read_into(reader: asyncio.StreamReader, n: int, came: bytearray) -> bytes:
+    """readexactly(n) that keeps what has come in `came` (a wait given up, or the replay
+    over, can say what of the send the modem did make)."""
+    while len(came) < n:
+        chunk = await reader.read(n - len(came))
+        if not chunk:
+            break                                # the modem closed: what came is what it sent
+        came += chunk
+    return bytes(came)
 
 
 class _UdpStandIn(asyncio.DatagramProtocol):
@@ -1254,12 +1289,16 @@ class _UdpStandIn(asyncio.DatagramProtocol):
         self.peer = peer
         self.queue = queue
         self.inboxes: dict = {}
+        self.played: dict = {}           # sender -> its script, once played to its end
         self.transport = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
+        if addr in self.played:
+            self._beyond(self.played.pop(addr), data)
+            return
         inbox = self.inboxes.get(addr)
         if inbox is None:
             # A new sender: the next recorded socket of its kind (a DTLS socket says its hello
@@ -1275,8 +1314,23 @@ class _UdpStandIn(asyncio.DatagramProtocol):
                 return
             self.queue.remove(script)
             inbox = self.inboxes[addr] = asyncio.Queue()
-            self.peer.spawn(self.peer.play_datagrams(script, self.transport, inbox, addr))
+            self.peer.spawn(self._play(script, inbox, addr))
         inbox.put_nowait(data)
+
+    async def _play(self, script: Script, inbox: "asyncio.Queue[bytes]", addr) -> None:
+        if await self.peer.play_datagrams(script, self.transport, inbox, addr):
+            if not inbox.empty():
+                self._beyond(script, inbox.get_nowait())
+            else:
+                self.played[addr] = script
+
+    def _beyond(self, script: Script, data: bytes) -> None:
+        """A datagram the modem sent after its script's last step: the recording has none
+        (unless it was cut short)."""
+        if self.peer.complete:
+            body = data[len(DTLS_DATA):] if script.dtls and data.startswith(DTLS_DATA) else data
+            self.peer.differences.append(f"socket {script.socket} sent the datagram {escape(body)!r} "
+                                         "beyond the recording")
 
 
 # -- replay: the host side ----------------------------------------------------------------
@@ -1595,6 +1649,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                           lambda: tracer[0].received_total if tracer else 0,
                           lambda: tracer[0].handshakes if tracer else 0)
         peer.max_gap = max_gap
+        peer.complete = complete
         emu.call(peer.start())
         for name, ip in (start.get("dns") or {}).items():
             emu.router.add_dns(name, ip)

@@ -24,7 +24,8 @@ Covered:
 * a replay of a normal trace still ends well inside a generous bound (no 1 s-per-socket
   grace, no 10 s wait).
 
-Bugs found (strict xfails; causes in the comments above the tests):
+Bugs found (were strict xfails, fixed: ReplayPeer names bytes and datagrams beyond the
+recording, and what of a partial send came; causes in the comments above the tests):
 * a modem sending MORE than the recording at the end (TCP: the stand-in reads and drops
   whatever follows its last expected bytes; UDP: a datagram beyond the script sits unread in
   the stand-in's inbox): "no difference", exit 0 (both older than af444a8);
@@ -320,14 +321,13 @@ def test_a_last_send_recorded_longer_on_a_closed_socket_is_named(open_modem, emu
     assert code == 1 and "first difference: socket 0" in out, out
 
 
-# BUG: a send recorded longer than what the modem sent, on a socket left open, is printed as
+# Was a bug (fixed): a send recorded longer than what the modem sent, on a socket left open, is printed as
 # "socket 0 never sent 'last bytes and more', recorded" (ReplayPeer.close, trace.py:1056-1064: only
 # the step's recorded data is kept in _expecting, trace.py:1091)
 # though the modem sent "last bytes" of it: the pending readexactly's bytes are never shown;
 # on a closed socket the same edit prints "socket 0 sent 'last bytes', recorded ..." (the
 # IncompleteReadError's partial).  The first difference should say what the modem sent.
-@pytest.mark.xfail(strict=True, reason="BUG: a partly-made last send on an open socket is printed "
-                                       "as 'never sent <all of it>', the bytes the modem sent hidden")
+ # Was a bug, fixed (the stand-ins name what the modem sent beyond the recording and a partial send): a partly-made last send on an open socket is printed as 'never sent <all of it>', the bytes the modem sent hidden
 def test_a_partly_made_last_send_on_an_open_socket_shows_what_the_modem_sent(
         open_modem, emulator, tmp_path, capsys):
     path = tmp_path / "partial.trace"
@@ -340,13 +340,12 @@ def test_a_partly_made_last_send_on_an_open_socket_shows_what_the_modem_sent(
     assert "socket 0" in first and "never sent" not in first and "sent 'last bytes'" in first, out
 
 
-# BUG: after its last "expect" step a TCP stand-in reads whatever else comes and drops it
+# Was a bug (fixed): after its last "expect" step a TCP stand-in reads whatever else comes and drops it
 # (ReplayPeer._play: `while await reader.read(65536): pass`, trace.py:1204-1205; there before
 # af444a8 too): a modem that
 # sends MORE than the recording at the end (the last "sent" record says "last" where the
 # modem sends "last bytes") replays as "no difference".
-@pytest.mark.xfail(strict=True, reason="BUG: bytes the modem sends beyond the recording's last "
-                                       "send are read and dropped by the stand-in: no difference")
+ # Was a bug, fixed (the stand-ins name what the modem sent beyond the recording and a partial send): bytes the modem sends beyond the recording's last send are read and dropped by the stand-in: no difference
 @pytest.mark.parametrize("close", [False, True], ids=["left-open", "closed"])
 def test_a_modem_sending_more_than_recorded_at_the_end_is_named(open_modem, emulator, tmp_path, capsys, close):
     path = tmp_path / "more.trace"
@@ -358,12 +357,11 @@ def test_a_modem_sending_more_than_recorded_at_the_end_is_named(open_modem, emul
     assert code == 1 and "first difference: socket 0" in out, out
 
 
-# BUG: a datagram the modem sends that the recording does not have is put in the stand-in's
+# Was a bug (fixed): a datagram the modem sends that the recording does not have is put in the stand-in's
 # inbox (_UdpStandIn.datagram_received, trace.py:1275) and never looked at once the script's
 # steps are done (play_datagrams returns; close() looks only at pending expects): the last
 # "sent" datagram deleted from the trace -> "no difference".
-@pytest.mark.xfail(strict=True, reason="BUG: a datagram the modem sends beyond the recording "
-                                       "is never named: no difference")
+ # Was a bug, fixed (the stand-ins name what the modem sent beyond the recording and a partial send): a datagram the modem sends beyond the recording is never named: no difference
 def test_a_datagram_the_recording_does_not_have_is_named(open_modem, emulator, tmp_path, capsys):
     path = tmp_path / "udp_more.trace"
     with UdpEchoServer() as server:

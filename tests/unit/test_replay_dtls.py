@@ -136,3 +136,37 @@ def test_a_udp_and_a_dtls_socket_to_one_destination_each_get_their_own_script():
     assert sorted(transport.sent) == sorted([(dtls_sender, DTLS_HEAD + json.dumps(scripts[1].header).encode()),
                                              (udp_sender, b"a")])
     assert peer.differences == []
+
+
+def _beyond(complete: bool, dtls: bool, extra_in_inbox: bool) -> list[str]:
+    """One script played to its end through _UdpStandIn, then one datagram more from the
+    same sender (in the inbox before the script ended, or after)."""
+    head = OK_HEAD if dtls else {}
+    script = Script(4, "h", 5684, header=head, connected=True, dtls=dtls, plain=not dtls, type="" if dtls else "UDP",
+                    steps=[("expect", b"up"), ("send", b"down", 0)])
+    tag = DTLS_DATA if dtls else b""
+    sender = ("127.0.0.1", 4000)
+
+    async def run() -> ReplayPeer:
+        peer = ReplayPeer([script], lambda: 1 << 40)
+        peer.complete = complete
+        stand_in = _UdpStandIn(peer, [script])
+        stand_in.connection_made(Transport())
+        if dtls:
+            stand_in.datagram_received(DTLS_HELLO, sender)
+        stand_in.datagram_received(tag + b"up", sender)
+        if extra_in_inbox:
+            stand_in.datagram_received(tag + b"more", sender)
+        await asyncio.gather(*peer._tasks)
+        if not extra_in_inbox:
+            stand_in.datagram_received(tag + b"more", sender)
+            stand_in.datagram_received(tag + b"again", sender)      # named once
+        return peer
+    return asyncio.run(asyncio.wait_for(run(), 5)).differences
+
+
+def test_a_datagram_beyond_the_script_is_named_once_unless_the_recording_was_cut_short():
+    for dtls in (False, True):
+        for early in (False, True):
+            assert _beyond(True, dtls, early) == ["socket 4 sent the datagram 'more' beyond the recording"], (dtls, early)
+            assert _beyond(False, dtls, early) == [], (dtls, early)
