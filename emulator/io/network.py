@@ -347,6 +347,12 @@ class NetFaults:
         latency).  The replay's faults wait for the moment the recording's refusal came."""
         return None
 
+    def connect_wait(self):
+        """What a TCP connect take_open gave no fault waits for before it is complete (an
+        awaitable; None: nothing).  The replay's faults wait for the moment the recording's
+        SSL connect was made."""
+        return None
+
     def take_lookup(self, host: str = "", purpose: str = "") -> bool:
         """A name lookup of the modem's own (AT+QIDNSGIP, AT+QPING, AT+QNTP of a name:
         `purpose` "dnsgip", "ping", "ntp"): True when the "dns_fail" fault is to fail it (one

@@ -563,6 +563,8 @@ def render(records: list[dict], socket: int | None = None, modem: int | None = N
             lines.append(f"{head} socket {r['socket']} accepted from {r.get('remote') or '?'}{on}")
         elif kind == "handshake" and _plain_handshake(r):
             lines.append(f"{head} socket {r['socket']} connected ({plain.get(key) or r['version']}, no TLS)")
+        elif kind == "connected":
+            lines.append(f"{head} socket {r['socket']} TCP connected (the handshake follows)")
         elif kind == "handshake":
             extra = (f", ALPN {r['alpn']}" if r.get("alpn") else "") + (", resumed" if r.get("resumed") else "")
             lines.append(f"{head} socket {r['socket']} handshake {r['version']} {r['cipher']}{extra}")
@@ -637,6 +639,7 @@ class Script:
     fail_at: tuple = ()          # refused / dns_failed: the moment the recorded answer came
     dtls: bool = False           # an SSL socket over DTLS: its stand-in speaks datagrams
     head_at: tuple = ()          # the moment the handshake ended (the stand-in's header waits for it)
+    connect_at: tuple = ()       # an SSL socket's: the moment its TCP connect was made ("connected")
     open_number: int = 0         # 1 for the trace's first open (AT+QSSLOPEN / AT+QIOPEN), ...
     answered: bool = False       # its open_result was recorded (a close after it abandons nothing)
     opened_in: int = 0           # the host's bytes when it was opened
@@ -712,6 +715,8 @@ def scripts_of(records: list[dict]) -> list[Script]:
             s.connected, s.plain, s.type = True, True, s.type or r["version"]
             s.header = {"ok": True}
             s.head_at = moment(r)              # (a TCP stand-in says "connected" then)
+        elif kind == "connected":
+            s.connect_at = moment(r)           # (the replay's connect is made then: _ReplayFaults)
         elif kind == "handshake":
             s.connected = True
             s.header = {"ok": True, "version": r["version"], "cipher": r["cipher"],
@@ -944,7 +949,8 @@ class _ReplayFaults(NetFaults):
 
     def __init__(self, modem, refused: frozenset[int], dns_failed: frozenset[int] = frozenset(),
                  lookups_failed: dict[str, frozenset[int]] | None = None,
-                 fail_at: dict[int, tuple] | None = None, moment_reached=None) -> None:
+                 fail_at: dict[int, tuple] | None = None, moment_reached=None,
+                 connect_at: dict[int, tuple] | None = None) -> None:
         super().__init__(modem)
         self.refused = refused
         self.dns_failed = dns_failed
@@ -953,7 +959,12 @@ class _ReplayFaults(NetFaults):
         # a slow network a round trip after the command, the socket opening meanwhile
         self.fail_at = fail_at or {}
         self.moment_reached = moment_reached
+        # open number -> the moment an SSL socket's TCP connect was made in the recording: the
+        # replay's (to a stand-in, at once) is complete then -- its negotiatetime runs from
+        # there, as the recording's did (a slow network's connect takes its round trip)
+        self.connect_at = connect_at or {}
         self._due = None
+        self._connect_due = None
         self.opens = 0
         # AT+QIDNSGIP's lookups the same way: a name -> the places, among its lookups, of the
         # ones that failed (the recording's "dns" records, code 565)
@@ -964,6 +975,7 @@ class _ReplayFaults(NetFaults):
         self.opens += 1
         fault = super().take_open(host)
         self._due = None
+        self._connect_due = self.connect_at.get(self.opens)
         if self.opens in self.refused:
             fault = "refuse"
         elif self.opens in self.dns_failed:
@@ -978,6 +990,12 @@ class _ReplayFaults(NetFaults):
         if due is None or self.moment_reached is None:
             return None
         return self.moment_reached(due)
+
+    def connect_wait(self):
+        due, self._connect_due = self._connect_due, None
+        if due is None or self.moment_reached is None:
+            return None
+        return self.moment_reached(due, timed=True)
 
     def take_lookup(self, host: str = "", purpose: str = "") -> bool:
         fault = super().take_lookup(host, purpose)
@@ -1051,9 +1069,17 @@ class ReplayPeer:
         self._tasks.append(task)
         return task
 
-    def moment_reached(self, moment: tuple) -> asyncio.Future:
-        """Done when the replay is as far as a recorded moment (see _wait_host)."""
-        return self.spawn(self._wait_host(*moment))
+    def moment_reached(self, moment: tuple, timed: bool = False) -> asyncio.Future:
+        """Done when the replay is as far as a recorded moment (see _wait_host); timed: and
+        its recorded time has come in the replay's schedule (a moment between two of the
+        host's chunks, which the byte counts alone would put at the first)."""
+        return self.spawn(self._wait_timed(moment) if timed else self._wait_host(*moment))
+
+    async def _wait_timed(self, moment: tuple) -> None:
+        await self._wait_host(*moment)
+        at = moment[5] if len(moment) > 5 else None
+        while (wait := self._scheduled(at) - time.monotonic()) > 0:
+            await asyncio.sleep(min(wait, 0.25))     # (re-read: the anchor moves on)
 
     async def close(self) -> None:
         # What a stand-in still waits for the modem to send when the replay is over (a moment
@@ -1672,9 +1698,10 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         refused = frozenset(s.open_number for s in scripts if s.refused)
         dns_failed = frozenset(s.open_number for s in scripts if s.dns_failed)
         fail_at = {s.open_number: s.fail_at for s in scripts if s.fail_at}
+        connect_at = {s.open_number: s.connect_at for s in scripts if s.connect_at}
         emu.run(port.modem.feature, "net_faults",
                 lambda modem: _ReplayFaults(modem, refused, dns_failed, _lookups_failed(records),
-                                            fail_at, peer.moment_reached))
+                                            fail_at, peer.moment_reached, connect_at))
         modems.append(port.modem)
         tracer.append(port.modem.tracer)
         if scenario is not None:                 # the faults the trace was recorded with

@@ -180,7 +180,7 @@ def test_eight_intermediates_are_taken_as_mbedtls_takes_them(deep, cut):
 # so tls_engine/session.py _fail_from_tls_error (~line 859) reports Mbed TLS's -0x3000 as the
 # open's failure.  The real module's Mbed TLS has the CA as trust_ca: the root is trusted, the
 # walk stops there.
- # Was a bug, fixed (Mbed TLS has the CA as trust store): a sent chain of 10+ linked certificates reaching the CA (8 intermediates + root, or 9 under a trusted intermediate): the engine's trust-store-less Mbed TLS fails -0x3000 (access_denied) where Mbed TLS with the CA trusted takes the chain
+# Was a bug, fixed (Mbed TLS has the CA as trust store): a sent chain of 10+ linked certificates reaching the CA (8 intermediates + root, or 9 under a trusted intermediate): the engine's trust-store-less Mbed TLS fails -0x3000 (access_denied) where Mbed TLS with the CA trusted takes the chain
 @pytest.mark.parametrize("cut", ["one_read", "bytewise"])
 @pytest.mark.parametrize("case", ["8_and_the_root_sent", "9_under_a_trusted_intermediate"])
 def test_a_long_chain_reaching_the_anchor_is_taken_as_mbedtls_takes_it(deep, case, cut):
@@ -325,7 +325,7 @@ def test_ec2x_eight_intermediates_open(ec2x_strict, route, deep):
         close(host)
 
 
- # Was a bug, fixed (Mbed TLS has the CA as trust store): EC2x, 8 intermediates + the root sent: 566 (Mbed TLS without a trust store walks the root as a 9th intermediate: -0x3000) where the real module connects
+# Was a bug, fixed (Mbed TLS has the CA as trust store): EC2x, 8 intermediates + the root sent: 566 (Mbed TLS without a trust store walks the root as a 9th intermediate: -0x3000) where the real module connects
 def test_ec2x_eight_intermediates_and_the_root_sent_open(ec2x_strict, route, deep):
     """8 intermediates and the trusted root sent too (servers often send their root): the real
     module's Mbed TLS finds the root in its trust store: +QSSLOPEN: 0,0."""
@@ -406,7 +406,7 @@ def test_dtls_more_than_eight_intermediates_fail_once(deep, dtls_server, n):
     assert session.state == "failed" and len(ends) == 1 and isinstance(ends[0], TlsFailure), ends
 
 
- # Was a bug, fixed (Mbed TLS has the CA as trust store): DTLS, 8 intermediates + the root sent: Mbed TLS without a trust store fails -0x3000 where the real module connects
+# Was a bug, fixed (Mbed TLS has the CA as trust store): DTLS, 8 intermediates + the root sent: Mbed TLS without a trust store fails -0x3000 where the real module connects
 def test_dtls_eight_intermediates_and_the_root_sent_open(deep, dtls_server):
     """DTLS, 8 intermediates and the root sent: the real module (root in its trust store) connects."""
     session, ends = _dtls_open(deep, dtls_server(8, True).address)
@@ -559,7 +559,7 @@ def test_ml302_eight_intermediates_open(ml302_strict, route, deep):
     assert _ml302_open(host, route, deep, 8, False) == b"\r\n+QSSLOPEN: 1,0\r\n"
 
 
- # Was a bug, fixed (Mbed TLS has the CA as trust store): ML302, 8 intermediates + the root sent: -1 (Mbed TLS without a trust store walks the root as a 9th intermediate: -0x3000) where the real module connects
+# Was a bug, fixed (Mbed TLS has the CA as trust store): ML302, 8 intermediates + the root sent: -1 (Mbed TLS without a trust store walks the root as a 9th intermediate: -0x3000) where the real module connects
 def test_ml302_eight_intermediates_and_the_root_sent_open(ml302_strict, route, deep):
     """ML302, 8 intermediates and the root (in slot 0) sent too: +QSSLOPEN: 1,0."""
     host, _, _ = ml302_strict

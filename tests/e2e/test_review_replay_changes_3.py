@@ -31,7 +31,9 @@ Bugs found (strict xfails then; the comments above them give the causes).  All b
 were fixed by replacing 0a56aaa's stand-in refusal: a refused or unresolved open now waits in
 the replay for the moment its recorded answer came and then fails as it did -- no connection
 to any stand-in (_ReplayFaults.failure_wait); refusals count as ended connects in the moments;
-a refused open's "shown" address is recorded.  The last stays a strict xfail:
+a refused open's "shown" address is recorded.  The last was fixed later: the trace records
+an SSL socket's TCP connect ("connected") and the replay's is complete at that moment
+(_ReplayFaults.connect_wait), so negotiatetime runs from there as it did:
 * AT+QPING of a name whose AT+QIOPEN lookup failed because nothing knew it pings in the replay
   (the stand-in's route makes the name known) -- the recording said +QPING: 565;
 * AT+QGDCNT? after a refused AT+QSSLOPEN counts the stand-in's header line (91 bytes received);
@@ -1015,12 +1017,10 @@ def test_a_refused_ssl_open_slower_than_its_negotiatetime_polled_by_the_host_rep
     rs.replays(capsys, path)
 
 
-# BUG (not new in 0a56aaa, the same cause as above): a successful AT+QSSLOPEN whose 8 s connect
+# Was a bug (not new in 0a56aaa, the same cause as above): a successful AT+QSSLOPEN whose 8 s connect
 # plus 4 s handshake passed negotiatetime (10 s) -- allowed: the limit counts from the connect --
 # replays as +QSSLOPEN: 1,569 at 10 s, and the AT+QSSLSTATE the host sent at 11 s shows nothing.
-@pytest.mark.xfail(strict=True, raises=rs.ReplayDiffers,
-                   reason="BUG: an SSL open whose connect plus handshake passed negotiatetime times out (569) in "
-                          "the replay: the handshake timer starts at the stand-in's instant connect")
+# Was a bug, fixed (the trace records an SSL socket's TCP connect; the replay's is complete at that moment): an SSL open whose connect plus handshake passed negotiatetime times out (569) in the replay: the handshake timer starts at the stand-in's instant connect
 def test_an_ssl_open_whose_connect_and_handshake_pass_its_negotiatetime_replays(
         open_modem, emulator, pki, tmp_path, capsys):
     """negotiatetime 10 s, a 4 s round trip: connect at 4 s, handshake done at 12 s

@@ -327,7 +327,7 @@ def test_a_last_send_recorded_longer_on_a_closed_socket_is_named(open_modem, emu
 # though the modem sent "last bytes" of it: the pending readexactly's bytes are never shown;
 # on a closed socket the same edit prints "socket 0 sent 'last bytes', recorded ..." (the
 # IncompleteReadError's partial).  The first difference should say what the modem sent.
- # Was a bug, fixed (the stand-ins name what the modem sent beyond the recording and a partial send): a partly-made last send on an open socket is printed as 'never sent <all of it>', the bytes the modem sent hidden
+# Was a bug, fixed (the stand-ins name what the modem sent beyond the recording and a partial send): a partly-made last send on an open socket is printed as 'never sent <all of it>', the bytes the modem sent hidden
 def test_a_partly_made_last_send_on_an_open_socket_shows_what_the_modem_sent(
         open_modem, emulator, tmp_path, capsys):
     path = tmp_path / "partial.trace"
@@ -345,7 +345,7 @@ def test_a_partly_made_last_send_on_an_open_socket_shows_what_the_modem_sent(
 # af444a8 too): a modem that
 # sends MORE than the recording at the end (the last "sent" record says "last" where the
 # modem sends "last bytes") replays as "no difference".
- # Was a bug, fixed (the stand-ins name what the modem sent beyond the recording and a partial send): bytes the modem sends beyond the recording's last send are read and dropped by the stand-in: no difference
+# Was a bug, fixed (the stand-ins name what the modem sent beyond the recording and a partial send): bytes the modem sends beyond the recording's last send are read and dropped by the stand-in: no difference
 @pytest.mark.parametrize("close", [False, True], ids=["left-open", "closed"])
 def test_a_modem_sending_more_than_recorded_at_the_end_is_named(open_modem, emulator, tmp_path, capsys, close):
     path = tmp_path / "more.trace"
@@ -361,7 +361,7 @@ def test_a_modem_sending_more_than_recorded_at_the_end_is_named(open_modem, emul
 # inbox (_UdpStandIn.datagram_received, trace.py:1275) and never looked at once the script's
 # steps are done (play_datagrams returns; close() looks only at pending expects): the last
 # "sent" datagram deleted from the trace -> "no difference".
- # Was a bug, fixed (the stand-ins name what the modem sent beyond the recording and a partial send): a datagram the modem sends beyond the recording is never named: no difference
+# Was a bug, fixed (the stand-ins name what the modem sent beyond the recording and a partial send): a datagram the modem sends beyond the recording is never named: no difference
 def test_a_datagram_the_recording_does_not_have_is_named(open_modem, emulator, tmp_path, capsys):
     path = tmp_path / "udp_more.trace"
     with UdpEchoServer() as server:

@@ -53,10 +53,10 @@ def test_a_traced_session_records_bytes_commands_and_sockets(open_modem, emulato
     assert cmds["AT+QSSLRECV=4,1500"] == "\r\n+QSSLRECV: 18\r\nTest data from SSL\r\n\r\nOK\r\n"
     assert any(line.startswith("AT+QFUPL=") for line in cmds)
     sock = [r for r in records if r.get("socket") == 4]
-    assert [r["kind"] for r in sock] == ["open", "handshake", "open_result", "sent", "received", "close"]
-    assert sock[1]["version"].startswith("TLSv1") and sock[1]["cipher"]
-    assert sock[2]["code"] == 0
-    assert sock[3]["data"] == sock[4]["data"] == "Test data from SSL"
+    assert [r["kind"] for r in sock] == ["open", "connected", "handshake", "open_result", "sent", "received", "close"]
+    assert sock[2]["version"].startswith("TLSv1") and sock[2]["cipher"]
+    assert sock[3]["code"] == 0
+    assert sock[4]["data"] == sock[5]["data"] == "Test data from SSL"
 
 
 def test_trace_show_renders_lines_events_and_hexdumps(open_modem, emulator, pki, tmp_path, capsys):
@@ -551,3 +551,17 @@ def test_replay_stops_at_the_first_command_that_differs(open_modem, emulator, tm
     assert "command 3 (AT+QSSLCFG=\\\"seclevel\\\",1,1)" in out or 'AT+QSSLCFG="seclevel",1,1' in out, out
     assert b'AT+QSSLCFG="seclevel",1,1\r' in written
     assert b"AT+CGMR" not in written and b"AT+CGMM" not in written
+
+
+def test_trace_show_renders_an_ssl_sockets_tcp_connect(tmp_path, capsys):
+    """The "connected" record (an SSL socket's TCP connect, before its handshake) has its own
+    line in `trace show`, not the raw JSON of an unknown kind."""
+    from emulator.tools.trace import show_main
+    path = tmp_path / "connected.trace"
+    records = [{"t": 0.0, "modem": 0, "kind": "start", "profile": "ec2x", "name": "m", "wall": "w"},
+               {"t": 0.1, "modem": 0, "kind": "open", "socket": 2, "host": "h.example", "port": 443, "dtls": False},
+               {"t": 0.6, "modem": 0, "kind": "connected", "socket": 2, "in": 40, "out": 6}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert show_main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "socket 2 TCP connected (the handshake follows)" in out and '"in"' not in out, out
