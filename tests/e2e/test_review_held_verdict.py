@@ -33,11 +33,9 @@ import re
 import ssl
 
 import pytest
-from mbedtls import tls as mbtls
-from mbedtls import x509 as mbx509
-from mbedtls.exceptions import TLSError
 
-from tests.e2e.test_review_changes_1205_c import (DONE, MBED_NAMES, RSA_GCM, alerts_in, certificate,
+from emulator.testing.peers.memory import MemoryTlsServer
+from tests.e2e.test_review_changes_1205_c import (DONE, RSA_GCM, alerts_in, certificate,
                                                   client_hello_session_id, ders_of, rec, records_of,
                                                   server_hello)
 from tls_engine import SessionCache, TlsClientSession, TlsFailure, TlsSettings
@@ -51,33 +49,9 @@ ECDHE_RSA_GCM = 0xC02F    # TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 (what Python's
 
 
 # == helpers =======================================================================================
-class MemoryServer:
+def MemoryServer(leaf, client_ca: str | None = None) -> MemoryTlsServer:
     """An OpenSSL TLS 1.2 server over memory BIOs (optionally asking for a client certificate)."""
-
-    def __init__(self, leaf, client_ca: str | None = None) -> None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(leaf.chain_path, leaf.key_path)
-        if client_ca is not None:
-            ctx.verify_mode = ssl.CERT_OPTIONAL
-            ctx.load_verify_locations(cadata=client_ca)
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
-        self.done = False
-        self.error = None
-        self.received = b""
-
-    def take(self, data: bytes) -> bytes:
-        self.received += data
-        self.incoming.write(data)
-        try:
-            self.obj.do_handshake()
-            self.done = True
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLError as exc:
-            self.error = exc
-        return self.outgoing.read()
+    return MemoryTlsServer(leaf, minimum=ssl.TLSVersion.TLSv1_2, client_ca=client_ca)
 
 
 def settings(pki, **kw) -> TlsSettings:

@@ -15,6 +15,7 @@ reports the port it bound), so no port is probed and then reused. One module per
                      datagrams, and that injects its own; UdpDropRelay: one dropping chosen ones
   dtls_wire.py       DTLS records and handshake messages by hand (build, parse), for forgeries
   plain.py           TcpServer (echo/sink/close), UdpEchoServer: plain TCP/UDP peers (AT+QIOPEN)
+  memory.py          MemoryTlsServer: OpenSSL over memory BIOs, for sans-IO engine tests
   mbedtls_peer.py    MbedtlsServer, SansIO (imported from there: it loads python-mbedtls)
 
 Typical use:

@@ -11,30 +11,19 @@ import ssl
 
 import pytest
 
+from emulator.testing.peers.memory import MemoryTlsServer
 from tls_engine import HandshakeComplete, TlsClientSession, TlsFailure
 from tls_engine.errors import HANDSHAKE_FAILED
 from tls_engine.records import HandshakeSniffer
 
 
-class Server:
+class Server(MemoryTlsServer):
     """OpenSSL, TLS 1.2 at most, in memory."""
 
     def __init__(self, leaf, ciphers: str | None = None) -> None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(leaf.chain_path, leaf.key_path)
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-        if ciphers:
-            ctx.set_ciphers(ciphers)
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.ssl = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        super().__init__(leaf, ciphers=ciphers)
 
-    def step(self, data: bytes) -> bytes:
-        self.incoming.write(data)
-        try:
-            self.ssl.do_handshake()
-        except (ssl.SSLWantReadError, ssl.SSLError):
-            pass
-        return self.outgoing.read()
+    step = MemoryTlsServer.take
 
 
 class FeedSpy:

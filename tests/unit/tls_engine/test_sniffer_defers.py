@@ -18,34 +18,17 @@ from mbedtls import tls as mbtls
 from mbedtls import x509 as mbx509
 from mbedtls.exceptions import TLSError
 
+from emulator.testing.peers.memory import MemoryTlsServer
 from tls_engine import TlsClientSession, TlsFailure, TlsSettings
 from tls_engine.settings import TLS1_2
 
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 
 
-class Server:
+def Server(leaf) -> MemoryTlsServer:
     """An OpenSSL server in memory, TLS 1.1 at most (seclevel 0: OpenSSL 3 allows it then)."""
-
-    def __init__(self, leaf) -> None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_1
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
-        ctx.load_cert_chain(leaf.chain_path, leaf.key_path)
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
-        self.error: str | None = None
-
-    def take(self, data: bytes) -> bytes:
-        self.incoming.write(data)
-        try:
-            self.obj.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLError as exc:
-            self.error = self.error or exc.reason
-        return self.outgoing.read()
+    return MemoryTlsServer(leaf, minimum=ssl.TLSVersion.TLSv1_1, maximum=ssl.TLSVersion.TLSv1_1,
+                           ciphers="DEFAULT:@SECLEVEL=0")
 
 
 def engine_against(server: Server, settings: TlsSettings) -> TlsFailure:

@@ -14,7 +14,6 @@ the same dialled name); the server's error names the alert it got.
 """
 from __future__ import annotations
 
-import ssl
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -22,6 +21,7 @@ from mbedtls import tls as mbtls
 from mbedtls import x509 as mbx509
 from mbedtls.exceptions import TLSError
 
+from emulator.testing.peers.memory import MemoryTlsServer
 from tests.unit.tls_engine.test_verify_differential import OPENSSL_ALERT_REASONS
 from tls_engine import TlsClientSession, TlsFailure, TlsSettings
 
@@ -48,27 +48,7 @@ CASES = [
 ]
 
 
-class Server:
-    """An OpenSSL TLS 1.2 server in memory."""
-
-    def __init__(self, leaf) -> None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(leaf.chain_path, leaf.key_path)
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
-        self.error: str | None = None
-
-    def take(self, data: bytes) -> bytes:
-        """Bytes from the client in; the server's answer out (its error kept)."""
-        self.incoming.write(data)
-        try:
-            self.obj.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLError as exc:
-            self.error = self.error or exc.reason
-        return self.outgoing.read()
+Server = MemoryTlsServer          # OpenSSL, TLS 1.2 at most, in memory
 
 
 def alert_to_emulator(leaf, anchor_pem: bytes, host: str) -> str | None:
