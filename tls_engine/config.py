@@ -250,7 +250,12 @@ def _trust_store(settings: TlsSettings):
             certs.append(x509.CRT.from_PEM(block.decode("ascii")))
         except (TLSError, ValueError, UnicodeDecodeError):
             continue
-    return tls.TrustStore(certs) if certs else None
+    if not certs:
+        return None
+    store = tls.TrustStore()       # (add(): the constructor leaves its certificates unlinked --
+    for crt in certs:              # Mbed TLS would see only the first)
+        store.add(crt)
+    return store
 
 
 def _build_configuration(settings: TlsSettings) -> tuple[object, tuple[int, ...] | None, tuple[str, ...]]:
