@@ -1027,6 +1027,12 @@ class ReplayPeer:
         self.max_gap: float | None = None
         # False: the recording was cut short -- what the modem sends beyond it is no difference
         self.complete = True
+        # True once the replay host is done (its port about to close): the hang-up sends what
+        # the modem still held (transwaittm, an escape's "+"s) -- as the recording's did after
+        # its end -- which is no difference
+        self.ending = False
+        # seconds the modem's links may still hold its sends (their latency: a scenario's "net")
+        self.link_delay = lambda: 0.0
         self.listener_addr = listener_addr or (lambda server_id: None)   # (ip, port) once listening
         self.differences: list[str] = []
         # waits for the modem's sends: (socket, data, datagram, what of it came so far)
@@ -1084,14 +1090,9 @@ class ReplayPeer:
     async def close(self) -> None:
         # What a stand-in still waits for the modem to send when the replay is over (a moment
         # for it to come), then never came: a difference (the recording's modem sent it)
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + 1.0 + self.link_delay()
         while self._expecting and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        if self._tasks:
-            # a moment for what the modem has sent already (its answer said so: written to
-            # the kernel, maybe not yet read on this loop) to reach its stand-in: bytes
-            # beyond the recording are a difference
-            await asyncio.sleep(0.05)
         for sid, data, datagram, came in list(self._expecting.values()):
             if came:                 # a stream's send only partly made: what it did send
                 self.differences.append(f"socket {sid} sent {escape(bytes(came))!r}, recorded {escape(data)!r}")
@@ -1141,6 +1142,15 @@ class ReplayPeer:
             self._expecting.pop(key, None)
             if not task.done():
                 task.cancel()
+
+    async def host_done(self) -> None:
+        """The replay host has sent all and is about to close the port: a moment for what the
+        modem has sent already (its answer said so: written to the kernel, maybe not yet read
+        on this loop, or still on a shaped link) to reach its stand-in -- bytes beyond the
+        recording are a difference -- then what comes is the hang-up's."""
+        if self._servers or self._tasks:
+            await asyncio.sleep(0.05 + self.link_delay())
+        self.ending = True
 
     def _given_up(self, start: float, at: float | None, timeout: float = 10) -> bool:
         """A wait begun at `start` for what came at recorded time `at` is over: `timeout`
@@ -1250,7 +1260,7 @@ class ReplayPeer:
             # (not where the recording was cut short: it may have had it)
             beyond = not self.complete           # (True: said, or not to be said)
             while chunk := await reader.read(65536):
-                if not beyond:
+                if not beyond and not self.ending:
                     beyond = True
                     self.differences.append(f"socket {script.socket} sent {escape(chunk)!r} "
                                             "beyond the recording")
@@ -1301,7 +1311,13 @@ async def _read_into(reader: asyncio.StreamReader, n: int, came: bytearray) -> b
     """readexactly(n) that keeps what has come in `came` (a wait given up, or the replay
     over, can say what of the send the modem did make)."""
     while len(came) < n:
-        chunk = await reader.read(n - len(came))
+        try:
+            chunk = await reader.read(n - len(came))
+        except ConnectionError:
+            # a reset: the reader raises before handing out what it holds -- what came
+            # before the reset is what the modem sent
+            came += bytes(getattr(reader, "_buffer", b""))[:n - len(came)]
+            break
         if not chunk:
             break                                # the modem closed: what came is what it sent
         came += chunk
@@ -1353,7 +1369,7 @@ class _UdpStandIn(asyncio.DatagramProtocol):
     def _beyond(self, script: Script, data: bytes) -> None:
         """A datagram the modem sent after its script's last step: the recording has none
         (unless it was cut short)."""
-        if self.peer.complete:
+        if self.peer.complete and not self.peer.ending:
             body = data[len(DTLS_DATA):] if script.dtls and data.startswith(DTLS_DATA) else data
             self.peer.differences.append(f"socket {script.socket} sent the datagram {escape(body)!r} "
                                          "beyond the recording")
@@ -1373,6 +1389,18 @@ VARIABLE = [(re.compile(r'(\+QSSLSTATE: \d+,"SSLClient","[^"]*",\d+,)\d+'), r"\1
             (re.compile(r'(\+QISEND: \d+,)\d+,\d+'), r"\1<acked>,<unacked>")]
 
 LISTEN_LINE = re.compile(r'\+QIOPEN=\d+,\d+,"(?:TCP LISTENER|UDP SERVICE)","[^"]*",\d+,(\d+)', re.I)
+
+
+def _link_delay(modem) -> float:
+    """How long the modem's shaped links may hold a send (a scenario's "net": the modem's
+    conditions and every socket's own): a round trip of the longest latency."""
+    from emulator.io.network import net_faults
+    from emulator.sockets.service import ssl_service
+    from emulator.sockets.tcpip import has_tcpip, tcpip_service
+
+    services = [ssl_service(modem)] + ([tcpip_service(modem)] if has_tcpip(modem) else [])
+    conditions = [net_faults(modem).conditions] + [s.net for svc in services for s in svc.sockets.values() if s.net]
+    return max(2 * c.latency_ms / 1000 for c in conditions)
 
 
 def _listen_ports(records: list[dict]) -> set[int]:
@@ -1676,6 +1704,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                           lambda: tracer[0].handshakes if tracer else 0)
         peer.max_gap = max_gap
         peer.complete = complete
+        peer.link_delay = lambda: _link_delay(modems[0]) if modems else 0.0
         emu.call(peer.start())
         for name, ip in (start.get("dns") or {}).items():
             emu.router.add_dns(name, ip)
@@ -1777,6 +1806,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                     break
                 time.sleep(0.005)
         finally:
+            emu.call(peer.host_done())
             ser.close()
         emu.call(peer.close())
         got = ended if ended is not None else list(writer.records)

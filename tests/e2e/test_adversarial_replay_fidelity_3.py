@@ -367,8 +367,11 @@ def test_an_open_abandoned_during_its_handshake_then_a_reopen_replays(open_modem
     finally:
         server.close()
     recs = rs.records(path)
-    # (its TCP connect was made -- "connected" -- the handshake never ended)
-    assert [r["kind"] for r in recs if r.get("socket") == 1][:3] == ["open", "connected", "close"]
+    # (the handshake never ended; its TCP connect's record, "connected", may come before the
+    # close or not: the server had accepted, the modem's loop may not have seen it yet)
+    kinds = [r["kind"] for r in recs if r.get("socket") == 1]
+    first = kinds[:kinds.index("open", 1)]
+    assert first in (["open", "close"], ["open", "connected", "close"]), kinds
     rs.replays(capsys, path)
 
 
