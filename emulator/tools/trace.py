@@ -1058,7 +1058,9 @@ class ReplayPeer:
                 # (by the name the router knows it by: "x.example." and "X.example" are one)
                 (datagrams if s.datagram else streams).setdefault((name_key(s.host), s.port), []).append(s)
         for dest, queue in streams.items():
-            server = await asyncio.start_server(lambda r, w, q=queue: self._serve(q, r, w), "127.0.0.1", 0)
+            server = await loop.create_server(
+                lambda q=queue: asyncio.StreamReaderProtocol(_TapReader(), lambda r, w: self._serve(q, r, w)),
+                "127.0.0.1", 0)
             self._servers.append(server)
             self.routes.append((*dest, server.sockets[0].getsockname()[1]))
         for dest, queue in datagrams.items():
@@ -1220,7 +1222,10 @@ class ReplayPeer:
                                     "when the recorded client came")
             return
         try:
-            reader, writer = await asyncio.open_connection(*addr)
+            reader = _TapReader()
+            transport, protocol = await asyncio.get_running_loop().create_connection(
+                lambda: asyncio.StreamReaderProtocol(reader), *addr)
+            writer = asyncio.StreamWriter(transport, protocol, reader, asyncio.get_running_loop())
         except OSError as exc:
             self.differences.append(f"socket {script.socket}: connecting to listener {script.server}: {exc}")
             return
@@ -1307,6 +1312,24 @@ class ReplayPeer:
         return True                              # every step played: what comes now is beyond it
 
 
+class _TapReader(asyncio.StreamReader):
+    """A stand-in's StreamReader that knows what it was given and not yet read: on a reset
+    read() raises before handing out the bytes it holds, which the modem did send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fed = bytearray()               # given, not yet returned by read()
+
+    def feed_data(self, data: bytes) -> None:
+        self.fed += data
+        super().feed_data(data)
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await super().read(n)
+        del self.fed[:len(data)]
+        return data
+
+
 async def _read_into(reader: asyncio.StreamReader, n: int, came: bytearray) -> bytes:
     """readexactly(n) that keeps what has come in `came` (a wait given up, or the replay
     over, can say what of the send the modem did make)."""
@@ -1316,7 +1339,7 @@ async def _read_into(reader: asyncio.StreamReader, n: int, came: bytearray) -> b
         except ConnectionError:
             # a reset: the reader raises before handing out what it holds -- what came
             # before the reset is what the modem sent
-            came += bytes(getattr(reader, "_buffer", b""))[:n - len(came)]
+            came += bytes(getattr(reader, "fed", b""))[:n - len(came)]
             break
         if not chunk:
             break                                # the modem closed: what came is what it sent
