@@ -286,6 +286,18 @@ class PtyPort:
             # as the reader does, whose EIO then hangs up.
             self._readable()
             return
+        if self.hangup_on_close:
+            # Held back (flow control: a full transparent connection, AT+IFC): what the host
+            # wrote before it closed is still in the pty, and reached the module all the
+            # same (a USB port's close waits for its output to drain): read to its end and
+            # handed on first -- beyond the modem's wish for input, a pty's worth at most --
+            # then the hang-up.  (A UART's wait in the pty for the reading to resume.)
+            rest = self._held + self._read_all()
+            self._held = b""
+            if rest:
+                self._deliver(rest)
+            if not (self.attached and not self._closed):
+                return                    # (handing on hung up or closed the port itself)
         self._hangup()
 
     def _hangup(self) -> None:

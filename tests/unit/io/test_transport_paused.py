@@ -1,5 +1,7 @@
 """PtyPort while the host's input is held back (set_reading(False)): the host's hang-up is
-still seen at once, and nothing the departed host wrote or the port had read reaches the next."""
+still seen at once; what the departed host wrote (still in the pty, or read before a step
+aside) reaches the modem before that hang-up -- a USB port's close waits for the host's
+output -- and nothing of it after, for the next host."""
 from __future__ import annotations
 
 import asyncio
@@ -19,24 +21,25 @@ async def until(predicate, timeout: float = 2.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def next_host_hears_only_itself(port: PtyPort, got: bytearray) -> None:
-    """A host opening the port now: what reaches the modem is its own "AT\\r", nothing older."""
+async def next_host_hears_only_itself(port: PtyPort, got: bytearray, before: bytes = b"") -> None:
+    """A host opening the port now: what reaches the modem after `before` (what it had got
+    already) is its own "AT\\r", nothing older."""
     fd = os.open(port.device, os.O_RDWR | os.O_NOCTTY)
     try:
         await until(lambda: port.attached)
         port.set_reading(True)
         os.write(fd, b"AT\r")
-        await until(lambda: got)
+        await until(lambda: len(got) > len(before))
         await asyncio.sleep(0.05)
-        assert bytes(got) == b"AT\r"
+        assert bytes(got) == before + b"AT\r"
     finally:
         os.close(fd)
 
 
-def test_paused_before_any_host_the_hang_up_is_still_seen_and_its_bytes_dropped():
+def test_paused_before_any_host_the_hang_up_is_still_seen_and_its_bytes_handed_on_first():
     async def main():
         got, hangups = bytearray(), []
-        port = PtyPort(asyncio.get_running_loop(), got.extend, on_hangup=lambda: hangups.append(1))
+        port = PtyPort(asyncio.get_running_loop(), got.extend, on_hangup=lambda: hangups.append(len(got)))
         try:
             port.set_reading(False)                 # held back before any host came
             fd = os.open(port.device, os.O_RDWR | os.O_NOCTTY)
@@ -44,7 +47,8 @@ def test_paused_before_any_host_the_hang_up_is_still_seen_and_its_bytes_dropped(
             os.write(fd, b"old host cmd\r")
             os.close(fd)
             await until(lambda: hangups)            # seen, though nothing reads the pty
-            await next_host_hears_only_itself(port, got)
+            assert hangups == [13] and bytes(got) == b"old host cmd\r"    # handed on first
+            await next_host_hears_only_itself(port, got, b"old host cmd\r")
         finally:
             port.close()
     asyncio.run(main())
@@ -53,17 +57,17 @@ def test_paused_before_any_host_the_hang_up_is_still_seen_and_its_bytes_dropped(
 def test_a_hang_up_while_paused_is_seen_without_polling_and_a_quick_reopen_gets_nothing_old():
     async def main():
         got, hangups = bytearray(), []
-        port = PtyPort(asyncio.get_running_loop(), got.extend, on_hangup=lambda: hangups.append(1))
+        port = PtyPort(asyncio.get_running_loop(), got.extend, on_hangup=lambda: hangups.append(len(got)))
         try:
             fd = os.open(port.device, os.O_RDWR | os.O_NOCTTY)
             await until(lambda: port.attached)
             port.set_reading(False)
-            os.write(fd, b"unread by anyone\r")
+            os.write(fd, b"written, then left\r")
             os.close(fd)
             await asyncio.sleep(0.005)              # well inside the old 50 ms poll
-            assert hangups == [1]
+            assert hangups == [19] and bytes(got) == b"written, then left\r"   # handed on first
             assert port.reading                     # the next host starts with nothing held back
-            await next_host_hears_only_itself(port, got)
+            await next_host_hears_only_itself(port, got, b"written, then left\r")
         finally:
             port.close()
     asyncio.run(main())
