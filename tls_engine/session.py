@@ -506,7 +506,7 @@ class TlsClientSession:
                     self._peer_chain = self._peer_chain or chain   # (the one used: at the end)
                 continue
             self._cert_seen = True
-            if self._verifier is not None and _certificate_less(self._server_suite):
+            if _certificate_less(self._server_suite):
                 continue        # (a PSK suite has no server certificate: Mbed TLS refuses the message)
             try:
                 self._peer_chain = parse_certificate_list(msg.body)
