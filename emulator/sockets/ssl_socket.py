@@ -359,11 +359,13 @@ class SslSocket:
         except NetworkError as exc:
             return exc                          # answered by the open's task, after the OK
         self._dialled = dialled                 # closed with the socket until open_tcp has it
-        if dialled is not None and dialled.done:
-            self.remote = dialled.address       # connected now (not a loop turn later)
-            if not self._shaping():
-                self._transport = dialled
-                self._start_early(settings, cache, cache_key)
+        if dialled is not None and dialled.done and not self._shaping() and self._fault_wait is None:
+            # connected now (not a loop turn later) -- unless the modem's connect comes later:
+            # a link with latency (its round trip), a replay's recorded moment; the address
+            # is known (the ML302's AT+QSSLSTATE) when that connect is
+            self.remote = dialled.address
+            self._transport = dialled
+            self._start_early(settings, cache, cache_key)
         return dialled
 
     def _shaping(self) -> bool:

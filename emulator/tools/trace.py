@@ -21,6 +21,8 @@ Writing a trace
                      "UDP SERVICE" with local_port); SSL sockets have no "service"
         accepted     socket, remote ("ip:port"), service "tcpip", type "TCP INCOMING",
                      server (the TCP LISTENER's id), local_port (its <local_port>)
+        connected    socket                            (an SSL socket's TCP connect, TLS over
+                     TCP only: its handshake starts; replay's connect completes then)
         handshake    socket, version, cipher, alpn, resumed  (a plain socket: version "TCP" or
                      "UDP", cipher "": it is connected; `trace show` says so, not "handshake")
         tls_failure  socket, failure (kind), reason    (alerts, verification, ...)
@@ -34,6 +36,9 @@ Writing a trace
         stop                                           (the modem stopped: the recording ends;
                      a trace without one was cut short)
         scenario     step, op, ok, error?, args        (a scenario step ran: tools/scenario.py)
+        dns, ping    host, code, reason / addresses    (AT+QIDNSGIP / AT+QPING lookups: replay
+                     answers them again, failures by their place among the name's lookups)
+        registration, cgev_discarded                   (network registration; a +CGEV line dropped)
     Every "data"/"answer"/"line" is the bytes as a JSON string of code points 0-255
     (bytes.decode("latin-1")): lossless, and readable for AT text.  Each record carries
     "in"/"out": how many bytes the host had sent / been sent so far (replay syncs on them).
@@ -197,6 +202,7 @@ class ModemTrace:
         self._dialled: dict = {}         # socket id -> the name its last open dialled
         self.received_total = 0          # plaintext bytes of the "received" records so far
         self.handshakes = 0              # "handshake" records so far (connects and TLS handshakes ended)
+        self.connects = 0                # "connected" records so far (SSL sockets' TCP connects)
 
     def _now(self) -> float | None:
         """A record's time for a modem on manual time (add_modem(manual_time=True)): its own
@@ -267,6 +273,8 @@ class ModemTrace:
             self.received_total += len(fields.get("data", ""))
         if kind == "handshake" or (kind == "open_result" and _refusal(fields | {"kind": kind})):
             self.handshakes += 1
+        elif kind == "connected":
+            self.connects += 1
         self._write(kind, fields)
 
     def _tcpip_fields(self, sid) -> dict:
@@ -1769,13 +1777,18 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         out_count = lambda: emu.run(lambda: tracer[0].out_total)   # noqa: E731
         # as far as the host's own chunk: the output before it, and the plaintext the modem had
         # received before it (a buffer-mode read after data that came in pieces takes them all)
-        progress = lambda: emu.run(lambda: (tracer[0].out_total, tracer[0].received_total))   # noqa: E731
+        progress = lambda: emu.run(lambda: (tracer[0].out_total, tracer[0].received_total,   # noqa: E731
+                                            tracer[0].connects))
         received_before = _received_before(records)
+        connects_before = _connects_before(records)
 
         def behind(r: dict) -> bool:
-            """The replay is not yet as far as the recording was at host-side record r."""
-            wrote, received = progress()         # (watch.delta moves as answers are compared)
-            return wrote < r.get("out", 0) + watch.delta or received < received_before.get(id(r), 0)
+            """The replay is not yet as far as the recording was at host-side record r (its
+            output, the plaintext it had received, the SSL connects made: a chunk recorded at
+            the same time as a connect a manual clock jumped past comes after it)."""
+            wrote, received, connects = progress()   # (watch.delta moves as answers are compared)
+            return (wrote < r.get("out", 0) + watch.delta or received < received_before.get(id(r), 0)
+                    or connects < connects_before.get(id(r), 0))
 
         ser = serial.Serial(port.path, 115200, timeout=0)
         ended = None                             # the replay's records where the recording ended
@@ -1896,6 +1909,16 @@ def _received_before(records: list[dict]) -> dict[int, int]:
             (unreplayed.add if r.get("type") == "UDP SERVICE" else unreplayed.discard)(r.get("socket"))
         elif kind == "received" and r.get("socket") not in unreplayed:
             total += len(r.get("data", ""))
+    return before
+
+
+def _connects_before(records: list[dict]) -> dict[int, int]:
+    """id(record) -> the "connected" records (SSL sockets' TCP connects) before it."""
+    before, total = {}, 0
+    for r in records:
+        before[id(r)] = total
+        if r.get("kind") == "connected":
+            total += 1
     return before
 
 
