@@ -216,8 +216,11 @@ class PtyPort:
         early = self._read_all() if self.reading else b""
         if self._host_gone():
             if not self.hangup_on_close:
-                if early:                         # (a UART: they reached the module; held
-                    self._hand_on_later(early)    # back, they wait for the reading to resume)
+                if self.reading and (self._held or early):   # (a UART: they reached the module;
+                    # held back, they wait for the reading to resume) -- after what a step
+                    # aside read before them, in the order the host wrote them
+                    self._hand_on_later(self._held + early)
+                    self._held = b""
             else:
                 self._drop_departed(early if self.reading else self._read_all())
             return False
@@ -292,8 +295,14 @@ class PtyPort:
             # same (a USB port's close waits for its output to drain): read to its end and
             # handed on first -- beyond the modem's wish for input, a pty's worth at most --
             # then the hang-up.  (A UART's wait in the pty for the reading to resume.)
-            rest = self._held + self._read_all()
-            self._held = b""
+            # Read first, then look again (as _attach_if_present): a host that opened the port
+            # and wrote between the look above and the read is one close-and-reopen in the
+            # same instant -- its bytes must not run for the one that left.
+            rest = self._read_all()
+            if not self._host_gone():
+                self._held += rest        # (first in line when the reading resumes)
+                return
+            rest, self._held = self._held + rest, b""
             if rest:
                 self._deliver(rest)
             if not (self.attached and not self._closed):
