@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import threading
 import time
 
 from emulator.tools.trace import replay_main
@@ -143,3 +144,22 @@ def finish(emulator) -> None:
     """The trace written out, the recording emulator stopped."""
     flush(emulator)
     emulator.stop()
+
+
+class Collect:
+    """TcpServer behaviour: keep what came, answer nothing, close at the modem's FIN."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.cond = threading.Condition()
+
+    def __call__(self, conn) -> None:
+        while chunk := conn.sock.recv(4096):
+            with self.cond:
+                self.data += chunk
+                self.cond.notify_all()
+        conn.close()
+
+    def wait_for(self, data: bytes, timeout: float = 30) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: data in self.data, timeout), bytes(self.data)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 import time
 
 import pytest
@@ -55,25 +54,6 @@ def _sink(conn) -> None:
     while conn.sock.recv(4096):
         pass
     conn.close()
-
-
-class _Collect:
-    """TcpServer behaviour: keep what came, answer nothing, close at the modem's FIN."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.cond = threading.Condition()
-
-    def __call__(self, conn) -> None:
-        while chunk := conn.sock.recv(4096):
-            with self.cond:
-                self.data += chunk
-                self.cond.notify_all()
-        conn.close()
-
-    def wait_for(self, data: bytes, timeout: float = 30) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: data in self.data, timeout), bytes(self.data)
 
 
 def _without(tmp_path, path, kind: str, name: str):
@@ -124,7 +104,7 @@ def test_a_transparent_stream_ended_by_plus_plus_plus_right_after_replays(open_m
     """AT+QIOPEN "TCP" in transparent mode (2), bytes written one at a time, then +++ after
     its guard time, the socket left open: the stand-in gets every byte."""
     path = tmp_path / "transparent.trace"
-    collect = _Collect()
+    collect = rs.Collect()
     with TcpServer(behave=collect) as server:
         emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
         host, advance, _ = _modem(open_modem, emulator, path)
@@ -164,7 +144,7 @@ def test_a_udp_sockets_last_datagram_replays(open_modem, emulator, tmp_path, cap
 def test_a_transparent_send_held_by_transwaittm_at_the_end_of_a_cut_short_trace_replays(
         open_modem, emulator, tmp_path, capsys):
     path = tmp_path / "transwaittm.trace"
-    collect = _Collect()
+    collect = rs.Collect()
     with TcpServer(behave=collect) as server:
         emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
         host, advance, _ = _modem(open_modem, emulator, path)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 
 import pytest
 
@@ -49,25 +48,6 @@ NAME = "www.iottest.work"
 # (transwaittm or a '+++' in its guard time) replayed as 'sent ... beyond the recording':
 # trace.py replay_records closes the serial port (a hang-up: Interpreter._hangup sends what
 # online mode held) before peer.close(), and ReplayPeer._play names bytes after the last step.
-
-
-class _Collect:
-    """TcpServer behaviour: keep what came, answer nothing, close at the modem's FIN."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.cond = threading.Condition()
-
-    def __call__(self, conn) -> None:
-        while chunk := conn.sock.recv(4096):
-            with self.cond:
-                self.data += chunk
-                self.cond.notify_all()
-        conn.close()
-
-    def wait_for(self, data: bytes, timeout: float = 30) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: data in self.data, timeout), bytes(self.data)
 
 
 def _without_stop(tmp_path, path):
@@ -114,7 +94,7 @@ def test_the_recordings_own_transparent_sends_replay(open_modem, emulator, tmp_p
     """Guard: the same session, the held bytes (or the escape) given their time before the
     end: the recording has the send, the replay too -- no difference."""
     path = tmp_path / "flushed.trace"
-    collect = _Collect()
+    collect = rs.Collect()
     with TcpServer(behave=collect) as server:
         emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
         host, advance, _ = _modem(open_modem, emulator, path)
@@ -145,7 +125,7 @@ def test_bytes_the_modem_still_held_when_the_recording_ended_are_no_difference(
     """The recording's modem never sent them ("sent" has "first" only); its host never hung up.
     Before f8aa734 this replayed with no difference."""
     path = tmp_path / "held.trace"
-    _held_session(open_modem, emulator, path, how, _Collect())
+    _held_session(open_modem, emulator, path, how, rs.Collect())
     assert _sent(path) == ["first"]
     rs.replays(capsys, path if stop else _without_stop(tmp_path, path))
 
@@ -230,7 +210,7 @@ def test_an_interrupted_recording_whose_modem_sends_more_is_no_difference(open_m
     answer -- the "sent" record and the answer cut off): the replay's modem sends the data,
     which the recording does not have: no difference (complete False)."""
     path = tmp_path / "killed.trace"
-    with TcpServer(behave=_Collect()) as server:
+    with TcpServer(behave=rs.Collect()) as server:
         emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
         host, advance, _ = _modem(open_modem, emulator, path)
         assert host.at(ATTACH) == OK
@@ -259,7 +239,7 @@ def test_a_trace_recorded_with_net_latency_replays_with_its_scenario(open_modem,
     recording has both sends; replayed with the same scenario: exit 0."""
     path, scenario = tmp_path / "latency.trace", tmp_path / "latency.toml"
     scenario.write_text(f'[[step]]\nat = 0\nop = "net"\nlatency_ms = {ms}\n')
-    with TcpServer(behave=_Collect()) as server:
+    with TcpServer(behave=rs.Collect()) as server:
         emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
         host, advance, _ = _modem(open_modem, emulator, path)
         emulator.run_scenario(scenario)
@@ -287,7 +267,7 @@ def test_a_partly_made_send_on_a_socket_reset_by_the_scenario_is_named(open_mode
     bytes and more": the modem made only part of it) must be named, exit 1."""
     path, scenario = tmp_path / "rst.trace", tmp_path / "rst.toml"
     scenario.write_text(DROP_AFTER_SECOND_SEND)
-    with TcpServer(behave=_Collect()) as server:
+    with TcpServer(behave=rs.Collect()) as server:
         emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
         host, advance, _ = _modem(open_modem, emulator, path)
         emulator.run_scenario(scenario)
