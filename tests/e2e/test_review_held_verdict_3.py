@@ -125,6 +125,12 @@ def mbedtls(deep, flight, anchor=None):
     module's setup): (its error, the alerts it sends)."""
     trust_store = mbtls.TrustStore()
     trust_store.add(mbx509.CRT.from_DER(_der(anchor or deep["root"])))
+    return mbedtls_with(trust_store, flight)
+
+
+def mbedtls_with(trust_store, flight):
+    """python-mbedtls VERIFY_REQUIRED with this trust store against `flight` (the server's
+    answer to its ClientHello): (its error, the alerts it sends), or (None, [])."""
     c = mbtls.ClientContext(mbtls.TLSConfiguration(validate_certificates=True, trust_store=trust_store,
                                                    ciphers=[MBED_NAME])).wrap_buffers("localhost")
     for _ in range(5):

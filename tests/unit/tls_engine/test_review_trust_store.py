@@ -41,7 +41,8 @@ from emulator.testing.peers import ServerIdentity, TlsServer, make_cert
 from tests.e2e.ssl_options_support import HOST, PORT, close, open_ssl, trust
 from tests.e2e.test_review_changes_1205_c import alerts_in
 from tests.e2e.test_review_held_verdict_3 import (
-    ACCESS_DENIED, ECDHE_ECDSA_GCM, MBED_NAME, UNEXPECTED_MESSAGE, CUTS, _der, chain_of, flight_of)
+    ACCESS_DENIED, ECDHE_ECDSA_GCM, UNEXPECTED_MESSAGE, CUTS, _der, chain_of, flight_of,
+    mbedtls_with)
 from tls_engine import HandshakeComplete, TlsClientSession, TlsFailure, TlsSettings, config
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.needs_native]
@@ -91,24 +92,7 @@ def _module_store(ca_pem: bytes):
 
 def _module(ca_pem: bytes, flight):
     """python-mbedtls VERIFY_REQUIRED with the module's trust store: (error, alerts)."""
-    c = mbtls.ClientContext(mbtls.TLSConfiguration(validate_certificates=True, trust_store=_module_store(ca_pem),
-                                                   ciphers=[MBED_NAME])).wrap_buffers("localhost")
-    for _ in range(5):
-        try:
-            c.do_handshake()
-        except (mbtls.WantReadError, mbtls.WantWriteError):
-            pass
-    out = c.peek_outgoing(1 << 16)
-    c.consume_outgoing(len(out))
-    c.receive_from_network(flight(out))
-    for _ in range(30):
-        try:
-            c.do_handshake()
-        except (mbtls.WantReadError, mbtls.WantWriteError):
-            break
-        except TLSError as exc:
-            return abs(exc.err), alerts_in(c.peek_outgoing(1 << 16))
-    return None, []
+    return mbedtls_with(_module_store(ca_pem), flight)
 
 
 def _engine(ca_pem: bytes, flight, cut=CUTS["one_read"], label: str = "RAM:cacert.pem"):
