@@ -744,6 +744,12 @@ def scripts_of(records: list[dict]) -> list[Script]:
                     # AT+QIOPEN's connect starts a loop turn after its command: a deactivation
                     # in the same host bytes came first, in the replay too -- no connect.)
                     s.connected, s.header = True, {"hold": True}
+                elif r.get("failure") == "connect" and s.connect_at and not s.plain:
+                    # its TCP connect was made ("connected"): the server closed it during the
+                    # handshake, before the engine had a word for it -- a TLS-level end
+                    s.connected = True
+                    s.header = {"fail": "connect", "reason": r.get("reason", "")}
+                    s.head_at = moment(r)
                 elif r.get("failure") in ("dns", "connect", "pdp"):
                     s.connected = False          # never reached a server
                     s.refused = r.get("failure") == "connect"

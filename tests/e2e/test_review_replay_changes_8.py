@@ -513,3 +513,50 @@ def test_ml302_shows_no_address_until_a_slow_tcp_connect_completes(open_modem, e
     assert after == _ml302_states(2, "CONNECTING", "106.12.79.254")
     assert during == _ml302_states(2, "CONNECTING")
     rs.replays(capsys, path)
+
+
+# -- a server that closes during the handshake (a connect that was made, failure "connect") -------
+def _close_at_once(conn) -> None:
+    conn.close()                          # accepted, then closed before the ClientHello is read
+
+
+def test_a_handshake_the_server_closes_replays_as_a_connect_that_was_made(
+        open_modem, emulator, tmp_path, capsys):
+    """EC2x: the server takes the TCP connect, then closes: +QSSLOPEN: 1,566 with failure
+    "connect" (or the engine's own handshake_failed, by how the close met the ClientHello) --
+    after a "connected" record.  The replay must not take it for a
+    refused connect (no connect at all): its stand-in accepts, then ends the handshake as
+    recorded, the replay's modem records its connect too, and the host's next command is not
+    held waiting for a connect the replay never makes (10 s of patience per chunk)."""
+    path = tmp_path / "closed_in_handshake.trace"
+    with TcpServer(behave=_close_at_once) as server:
+        emulator.router.add_map(HOST, 443, "127.0.0.1", server.port)
+        host, advance, _ = _modem(open_modem, emulator, path)
+        assert host.at(ATTACH) == OK
+        _slow(emulator, 300)                   # (the session starts a round trip late)
+        _open_ec2x(host, 1)
+        assert rs.advance_until(host, advance, b"+QSSLOPEN: 1,") == b"\r\n+QSSLOPEN: 1,"
+        assert host.read_until(b"\r\n") == b"566\r\n"
+        _slow(emulator, 0)
+        assert host.at("AT+QSSLCLOSE=1") == OK
+        assert host.at("AT") == OK
+        _finish(emulator)
+    recs = rs.records(path)
+    [result] = [r for r in recs if r["kind"] == "open_result"]
+    assert [r["socket"] for r in recs if r["kind"] == "connected"] == [1]
+    [script] = scripts_of(recs)
+    assert script.connected and not script.refused and script.header.get("fail") == result["failure"], script
+    started = time.monotonic()
+    rs.replays(capsys, path)
+    assert time.monotonic() - started < 8, "a chunk waited its 10 s for a connect the replay never made"
+    # The same end said as the socket says it when the engine has nothing to report (its
+    # session not yet started when the FIN came): failure "connect" -- still a connect that
+    # was made, not a refusal
+    edited = rs.save(tmp_path, "said_connect.trace",
+                     [dict(r, failure="connect") if r["kind"] == "open_result" else r
+                      for r in rs.records(path) if r["kind"] != "tls_failure"])
+    [script] = scripts_of(rs.records(edited))
+    assert script.connected and not script.refused and script.header.get("fail") == "connect", script
+    started = time.monotonic()
+    rs.replays(capsys, edited)
+    assert time.monotonic() - started < 8, "a chunk waited its 10 s for a connect the replay never made"
