@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -68,10 +69,71 @@ def load_anchors(settings: TlsSettings) -> list[x509.Certificate]:
             anchors = x509.load_pem_x509_certificates(settings.ca_pem)
         except ValueError as exc:
             raise EngineConfigError(BAD_CONFIG, f"cannot parse CA certificate {label}: {exc}") from None
+        refused = _mbedtls_refuses(settings.ca_pem)
+        if refused:
+            # The module reads its CA file with Mbed TLS: a block it cannot parse (a PEM
+            # pasted with indented lines, an unknown critical extension) is a broken file
+            # there, whatever cryptography makes of it -- as a block nothing parses is
+            raise EngineConfigError(BAD_CONFIG, f"cannot parse CA certificate {label}: {refused}")
         if len(_ANCHORS) >= _ANCHORS_MAX:
             del _ANCHORS[next(iter(_ANCHORS))]          # the oldest
         _ANCHORS[settings.ca_pem] = anchors
     return list(anchors)
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def _mbedtls_refuses(ca_pem: bytes) -> str:
+    """Why Mbed TLS's parser (mbedtls_x509_crt_parse) refuses one of the file's certificate
+    blocks ("": it takes all): its PEM reader first (_pem_body), then the X.509 parse of the
+    DER (python-mbedtls's CRT.from_DER: Mbed TLS's own C parser)."""
+    import mbedtls.x509 as mbx509
+    from mbedtls.exceptions import TLSError
+
+    for number, block in enumerate(_PEM_BLOCK.findall(ca_pem), 1):
+        body = _pem_body(block)
+        if isinstance(body, str):
+            return f"certificate {number} is not one Mbed TLS reads ({body})"
+        try:
+            mbx509.CRT.from_DER(body)
+        except (TLSError, ValueError) as exc:
+            return f"certificate {number} is not one Mbed TLS reads ({exc})"
+    return ""
+
+
+_B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+def _pem_body(block: bytes) -> bytes | str:
+    """The DER of one BEGIN..END CERTIFICATE block as Mbed TLS 2.28's PEM reader takes it
+    (mbedtls_pem_read_buffer, mbedtls_base64_decode), or why it refuses it: after the header
+    one optional space, an optional CR and a LF; in the body spaces only right before a line's
+    end (a space inside a line -- an indented PEM -- is an error), nothing but base64."""
+    import base64
+    import binascii
+
+    head = b"-----BEGIN CERTIFICATE-----"
+    rest = block[len(head):block.rfind(b"-----END CERTIFICATE-----")]
+    for optional in (b" ", b"\r"):
+        if rest.startswith(optional):
+            rest = rest[1:]
+    if not rest.startswith(b"\n"):
+        return "no line end after the header"
+    body = rest[1:]
+    chars = []
+    for line in body.split(b"\n"):
+        line = line[:-1] if line.endswith(b"\r") else line
+        text = line.rstrip(b" ")
+        if b" " in text or b"\r" in text:
+            return "a space inside a base64 line"
+        if not set(text) <= _B64:
+            return "a character that is not base64"
+        chars.append(text)
+    try:
+        return base64.b64decode(b"".join(chars), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        return f"bad base64: {exc}"
 
 
 # Parsed trust anchors keyed by the CA file's CONTENT (the bytes the emulator read at this

@@ -134,9 +134,24 @@ def _layouts(deep) -> dict[str, bytes]:
 # not first failed -0x3000 where the module connects.
 LAYOUTS = ["lf", "crlf", "text_around", "twice",
            "bundle_of_41",
-           "unparsable_by_mbedtls_first",
            "rollover_first",
            "no_final_newline"]
+
+
+def test_a_ca_file_with_a_certificate_mbedtls_refuses_is_a_broken_file(deep):
+    """A CA Mbed TLS cannot parse (an unknown critical extension) before the root: the module
+    reads its CA file with Mbed TLS, so the file is broken there (as a corrupt block is:
+    test_adversarial_cert_material) -- the open fails on its configuration (552 / -1), no
+    ClientHello; cryptography alone would have read it."""
+    ca_pem = _layouts(deep)["unparsable_by_mbedtls_first"]
+    x509.load_pem_x509_certificates(ca_pem)                  # (cryptography takes both)
+    session = TlsClientSession(TlsSettings(server_name="localhost", seclevel=1, ca_pem=ca_pem,
+                                           ca_label="RAM:cacert.pem", cipher_suites=(ECDHE_ECDSA_GCM,)))
+    session.start()
+    assert b"".join(session.outgoing()) == b""
+    [failure] = [e for e in session.events() if isinstance(e, TlsFailure)]
+    assert failure.kind == "bad_config" and "cannot parse CA certificate RAM:cacert.pem" in failure.reason, failure
+    assert "certificate 1 is not one Mbed TLS reads" in failure.reason, failure
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -307,3 +322,38 @@ def test_ec2x_the_ca_in_cacertex_and_a_chain_of_ten_opens(ec2x_strict, route):
         assert open_ssl(host, 0, timeout=60) == 0
         assert server.wait_handshake(timeout=30).handshake_done
         close(host)
+
+
+@pytest.mark.parametrize("shape, taken", [
+    ("as_issued", True),
+    ("crlf", True),
+    ("spaces_before_each_line_end", True),         # mbedtls_base64_decode skips them
+    ("one_space_after_the_header", True),          # mbedtls_pem_read_buffer allows one
+    ("indented", False),                           # a space inside a line: -0x002C
+    ("tab_indented", False),
+    ("no_line_end_after_the_header", False),
+    ("a_stray_character", False),
+])
+def test_the_pem_reader_takes_what_mbedtls_2_28_takes(deep, shape, taken):
+    """verify._pem_body mirrors Mbed TLS 2.28's PEM reader (python-mbedtls's CRT.from_PEM
+    decodes PEM in Python, more leniently): what it refuses, the module's CA file cannot hold."""
+    from tls_engine.verify import _mbedtls_refuses, _pem_body
+    pem = deep["root"].cert_pem
+    lines = pem.splitlines()
+    shaped = {
+        "as_issued": pem,
+        "crlf": pem.replace(b"\n", b"\r\n"),
+        "spaces_before_each_line_end": b"".join(line + (b"\n" if line.startswith(b"-----") else b"  \n")
+                                                for line in lines),
+        "one_space_after_the_header": pem.replace(b"-----\n", b"----- \n", 1),
+        "indented": b"".join(b"    " + line + b"\n" for line in lines),
+        "tab_indented": b"".join(b"\t" + line + b"\n" for line in lines),
+        "no_line_end_after_the_header": pem.replace(b"-----\n", b"-----", 1),
+        "a_stray_character": pem.replace(lines[2], lines[2][:10] + b"*" + lines[2][11:]),
+    }[shape]
+    block = re.search(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", shaped, re.S).group(0)
+    body = _pem_body(block)
+    assert isinstance(body, bytes) == taken, body
+    assert (_mbedtls_refuses(shaped) == "") == taken
+    if taken:
+        assert body == _der(deep["root"])
