@@ -7,7 +7,6 @@ turns it into a TlsFailure event, never an exception.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from . import ciphers as cs
@@ -227,9 +226,6 @@ def _config_key(settings: TlsSettings) -> tuple:
             tuple(settings.alpn), chain, anchors)
 
 
-_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
-
-
 def _trust_store(settings: TlsSettings):
     """The CA file's certificates as Mbed TLS's trust store (seclevel >= 1), or None.
 
@@ -237,24 +233,21 @@ def _trust_store(settings: TlsSettings):
     chain walk still stops at a trusted certificate: without one it walks a sent chain to
     its end and fails at MBEDTLS_X509_MAX_INTERMEDIATE_CA (8) with MBEDTLS_ERR_X509_FATAL_ERROR
     -- a chain of 10+ that reaches the CA, which the real module (its CA in the trust
-    store) takes.  A certificate Mbed TLS cannot parse is left out (verify.py still has it)."""
+    store) takes.  The certificates are the ones verify.load_anchors reads (the file as
+    Mbed TLS reads it: verify._ca_walk)."""
     if settings.seclevel < 1 or not settings.ca_pem:
         return None
     import mbedtls.tls as tls
     import mbedtls.x509 as x509
-    from mbedtls.exceptions import TLSError
 
-    certs = []
-    for block in _PEM_BLOCK.findall(settings.ca_pem):
-        try:
-            certs.append(x509.CRT.from_PEM(block.decode("ascii")))
-        except (TLSError, ValueError, UnicodeDecodeError):
-            continue
-    if not certs:
+    from .verify import _ca_walk      # (verify imports cryptography: not before an open)
+
+    ders, _ = _ca_walk(settings.ca_pem)
+    if not ders:
         return None
     store = tls.TrustStore()       # (add(): the constructor leaves its certificates unlinked --
-    for crt in certs:              # Mbed TLS would see only the first)
-        store.add(crt)
+    for der in ders:               # Mbed TLS would see only the first)
+        store.add(x509.CRT.from_DER(der))
     return store
 
 

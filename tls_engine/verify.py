@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -59,79 +58,117 @@ _DER = Encoding.DER
 
 
 def load_anchors(settings: TlsSettings) -> list[x509.Certificate]:
+    """The CA file's certificates, read as the module's Mbed TLS 2.28 reads it
+    (mbedtls_x509_crt_parse: _ca_walk); a file it reads only in part -- a block its PEM
+    reader or X.509 parser refuses -- is a broken file (BAD_CONFIG: 552 / -1)."""
     label = settings.trust_label
-    if not settings.ca_pem or _PEM_BEGIN not in settings.ca_pem:
+    if not settings.ca_pem or _PEM_BEGIN not in settings.ca_pem.split(b"\0", 1)[0]:
         raise EngineConfigError(BAD_CONFIG, f"seclevel {settings.seclevel} needs a CA certificate, "
                                             f"but {label} holds no PEM certificate")
     anchors = _ANCHORS.get(settings.ca_pem)
     if anchors is None:
-        try:
-            anchors = x509.load_pem_x509_certificates(settings.ca_pem)
-        except ValueError as exc:
-            raise EngineConfigError(BAD_CONFIG, f"cannot parse CA certificate {label}: {exc}") from None
-        refused = _mbedtls_refuses(settings.ca_pem)
-        if refused:
-            # The module reads its CA file with Mbed TLS: a block it cannot parse (a PEM
-            # pasted with indented lines, an unknown critical extension) is a broken file
-            # there, whatever cryptography makes of it -- as a block nothing parses is
-            raise EngineConfigError(BAD_CONFIG, f"cannot parse CA certificate {label}: {refused}")
+        ders, refused = _ca_walk(settings.ca_pem)
+        if refused or not ders:
+            raise EngineConfigError(BAD_CONFIG, f"cannot parse CA certificate {label}: "
+                                                f"{refused or 'no certificate Mbed TLS reads'}")
+        anchors = []
+        for number, der in enumerate(ders, 1):
+            try:
+                anchors.append(x509.load_der_x509_certificate(der))
+            except ValueError as exc:
+                # (Mbed TLS took it -- BER-isms old CA tools wrote -- cryptography reads
+                # strict DER only: a known difference, docs/behaviour.md)
+                raise EngineConfigError(BAD_CONFIG, f"cannot parse CA certificate {label}: "
+                                                    f"certificate {number}: {exc}") from None
         if len(_ANCHORS) >= _ANCHORS_MAX:
             del _ANCHORS[next(iter(_ANCHORS))]          # the oldest
         _ANCHORS[settings.ca_pem] = anchors
     return list(anchors)
 
 
-_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+_PEM_END = b"-----END CERTIFICATE-----"
 
 
-def _mbedtls_refuses(ca_pem: bytes) -> str:
-    """Why Mbed TLS's parser (mbedtls_x509_crt_parse) refuses one of the file's certificate
-    blocks ("": it takes all): its PEM reader first (_pem_body), then the X.509 parse of the
-    DER (python-mbedtls's CRT.from_DER: Mbed TLS's own C parser)."""
+@functools.lru_cache(maxsize=16)
+def _ca_walk(ca_pem: bytes) -> tuple[tuple[bytes, ...], str]:
+    """(the DER of each certificate Mbed TLS 2.28's mbedtls_x509_crt_parse keeps of a PEM CA
+    file, why it read the file only in part or ""): the file is a C string (it ends at its
+    first NUL); each turn finds the first BEGIN and the first END of what is left (an END
+    before the BEGIN, a BEGIN without END, a header with no line end after it: the reading
+    stops there, quietly); a block whose base64 (_pem_body) or X.509 (Mbed TLS's own parser,
+    CRT.from_DER) it refuses is counted failed and the reading goes on."""
     import mbedtls.x509 as mbx509
     from mbedtls.exceptions import TLSError
 
-    for number, block in enumerate(_PEM_BLOCK.findall(ca_pem), 1):
-        body = _pem_body(block)
+    data = ca_pem.split(b"\0", 1)[0]
+    ders: list[bytes] = []
+    refused = ""
+    number = 0
+    while len(data) > 0:
+        s1, s2 = data.find(_PEM_BEGIN), data.find(_PEM_END)
+        if s1 < 0 or s2 < 0 or s2 <= s1:
+            break
+        at = s1 + len(_PEM_BEGIN)
+        for optional in (b" ", b"\r"):
+            if data[at:at + 1] == optional:
+                at += 1
+        if data[at:at + 1] != b"\n":
+            break                                     # (MBEDTLS_ERR_PEM_NO_HEADER_FOOTER_PRESENT)
+        end = s2 + len(_PEM_END)
+        for optional in (b" ", b"\r", b"\n"):
+            if data[end:end + 1] == optional:
+                end += 1
+        body, data = _pem_body(data[at + 1:s2]), data[end:]
+        number += 1
         if isinstance(body, str):
-            return f"certificate {number} is not one Mbed TLS reads ({body})"
+            refused = refused or f"certificate {number} is not one Mbed TLS reads ({body})"
+            continue
         try:
             mbx509.CRT.from_DER(body)
         except (TLSError, ValueError) as exc:
-            return f"certificate {number} is not one Mbed TLS reads ({exc})"
-    return ""
+            refused = refused or f"certificate {number} is not one Mbed TLS reads ({exc})"
+            continue
+        ders.append(_outer_tlv(body))
+    return tuple(ders), refused
+
+
+def _outer_tlv(der: bytes) -> bytes:
+    """The certificate's outer SEQUENCE alone: Mbed TLS ignores bytes after it in the block."""
+    if len(der) < 2 or der[0] != 0x30:
+        return der
+    length, at = der[1], 2
+    if length & 0x80:
+        count = length & 0x7F
+        length, at = int.from_bytes(der[2:2 + count], "big"), 2 + count
+    return der[:at + length]
 
 
 _B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 
 
-def _pem_body(block: bytes) -> bytes | str:
-    """The DER of one BEGIN..END CERTIFICATE block as Mbed TLS 2.28's PEM reader takes it
-    (mbedtls_pem_read_buffer, mbedtls_base64_decode), or why it refuses it: after the header
-    one optional space, an optional CR and a LF; in the body spaces only right before a line's
-    end (a space inside a line -- an indented PEM -- is an error), nothing but base64."""
+def _pem_body(body: bytes) -> bytes | str:
+    """The DER of a PEM block's body (between the header's line end and the footer) as Mbed TLS
+    2.28's mbedtls_base64_decode takes it, or why it refuses it: spaces only right before a
+    line's end (a space inside a line -- an indented PEM -- is an error), CR only before LF,
+    empty lines skipped, nothing but base64."""
     import base64
     import binascii
 
-    head = b"-----BEGIN CERTIFICATE-----"
-    rest = block[len(head):block.rfind(b"-----END CERTIFICATE-----")]
-    for optional in (b" ", b"\r"):
-        if rest.startswith(optional):
-            rest = rest[1:]
-    if not rest.startswith(b"\n"):
-        return "no line end after the header"
-    body = rest[1:]
     chars = []
     for line in body.split(b"\n"):
         line = line[:-1] if line.endswith(b"\r") else line
         text = line.rstrip(b" ")
         if b" " in text or b"\r" in text:
-            return "a space inside a base64 line"
+            return "a space inside a base64 line" if b" " in text else "a CR not before a LF"
         if not set(text) <= _B64:
             return "a character that is not base64"
         chars.append(text)
+    joined = b"".join(chars)
+    pad = joined.find(b"=")
+    if pad >= 0 and (len(joined) - pad > 2 or joined[pad:].strip(b"=")):
+        return "'=' padding past two, or data after it"     # (mbedtls_base64_decode: j > 2)
     try:
-        return base64.b64decode(b"".join(chars), validate=True)
+        return base64.b64decode(joined, validate=True)
     except (binascii.Error, ValueError) as exc:
         return f"bad base64: {exc}"
 

@@ -335,9 +335,10 @@ def test_ec2x_the_ca_in_cacertex_and_a_chain_of_ten_opens(ec2x_strict, route):
     ("a_stray_character", False),
 ])
 def test_the_pem_reader_takes_what_mbedtls_2_28_takes(deep, shape, taken):
-    """verify._pem_body mirrors Mbed TLS 2.28's PEM reader (python-mbedtls's CRT.from_PEM
-    decodes PEM in Python, more leniently): what it refuses, the module's CA file cannot hold."""
-    from tls_engine.verify import _mbedtls_refuses, _pem_body
+    """verify._ca_walk mirrors Mbed TLS 2.28's mbedtls_x509_crt_parse and PEM reader
+    (python-mbedtls's CRT.from_PEM decodes in Python, more leniently): what it refuses, the
+    module's CA file cannot hold (load_anchors: 552)."""
+    from tls_engine.verify import _ca_walk
     pem = deep["root"].cert_pem
     lines = pem.splitlines()
     shaped = {
@@ -351,9 +352,8 @@ def test_the_pem_reader_takes_what_mbedtls_2_28_takes(deep, shape, taken):
         "no_line_end_after_the_header": pem.replace(b"-----\n", b"-----", 1),
         "a_stray_character": pem.replace(lines[2], lines[2][:10] + b"*" + lines[2][11:]),
     }[shape]
-    block = re.search(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", shaped, re.S).group(0)
-    body = _pem_body(block)
-    assert isinstance(body, bytes) == taken, body
-    assert (_mbedtls_refuses(shaped) == "") == taken
+    ders, refused = _ca_walk(shaped)
     if taken:
-        assert body == _der(deep["root"])
+        assert ders == (_der(deep["root"]),) and refused == "", refused
+    else:
+        assert ders == (), ders
