@@ -326,8 +326,11 @@ class SslSocket:
         self._connect = connect
         self._trace("open", socket=self.client_id, host=self.host, port=self.port, dtls=settings.dtls)
         fault = self.faults.take_open(self.host) if self.faults is not None else None
-        self._fault_wait = (None if self.faults is None else self.faults.failure_wait() if fault in ("refuse", "dns")
-                            else self.faults.connect_wait() if fault is None and not settings.dtls else None)
+        self._fault_wait = None
+        if fault in ("refuse", "dns"):
+            self._fault_wait = self.faults.failure_wait()
+        elif fault is None and self.faults is not None and not settings.dtls:
+            self._fault_wait = self.faults.connect_wait()
         # A TCP connect over a link with latency (control API "net") takes its round trip, the
         # SYN out and the SYN-ACK back, counted from the command: the open's answer and the
         # first flight wait for it.  (The real connect, on loopback, is made at once: the peer's

@@ -186,6 +186,11 @@ def has_tcpip(modem) -> bool:
     return modem.profile.get("tcpip.sockets") is not None
 
 
+def socket_services(modem) -> list:
+    """The modem's socket services: SSL, and TCP/IP where the profile has it (one id pool)."""
+    return [ssl_service(modem)] + ([tcpip_service(modem)] if has_tcpip(modem) else [])
+
+
 def ids_in_use(modem) -> set[int]:
     """The socket ids taken in the one pool AT+QIOPEN and AT+QSSLOPEN share."""
     ids = set(ssl_service(modem).sockets)

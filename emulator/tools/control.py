@@ -126,9 +126,8 @@ def _svc(modem):
 
 
 def _services(modem) -> list:
-    """The modem's socket services: SSL, and TCP/IP where the profile has it (one id pool)."""
-    from emulator.sockets.tcpip import has_tcpip, tcpip_service
-    return [_svc(modem)] + ([tcpip_service(modem)] if has_tcpip(modem) else [])
+    from emulator.sockets.tcpip import socket_services
+    return socket_services(modem)
 
 
 def _socket(modem, args: _Args, connected: bool = True):

@@ -744,14 +744,11 @@ def scripts_of(records: list[dict]) -> list[Script]:
                     # AT+QIOPEN's connect starts a loop turn after its command: a deactivation
                     # in the same host bytes came first, in the replay too -- no connect.)
                     s.connected, s.header = True, {"hold": True}
-                elif r.get("failure") == "connect" and s.connect_at and not s.plain:
-                    # its TCP connect was made ("connected"): the server closed it during the
-                    # handshake, before the engine had a word for it -- a TLS-level end
-                    s.connected = True
-                    s.header = {"fail": "connect", "reason": r.get("reason", "")}
-                    s.head_at = moment(r)
-                elif r.get("failure") in ("dns", "connect", "pdp"):
-                    s.connected = False          # never reached a server
+                elif r.get("failure") in ("dns", "connect", "pdp") and not s.connect_at:
+                    # never reached a server (a "connect" failure after its TCP connect was
+                    # made -- "connected" -- is the server closing it in the handshake before
+                    # the engine had a word for it: a TLS-level end, below)
+                    s.connected = False
                     s.refused = r.get("failure") == "connect"
                     s.dns_failed = r.get("failure") == "dns"
                     s.fail_at = moment(r)        # (when: a slow network's is a round trip late)
@@ -1236,10 +1233,9 @@ class ReplayPeer:
                                     "when the recorded client came")
             return
         try:
-            reader = _TapReader()
-            transport, protocol = await asyncio.get_running_loop().create_connection(
-                lambda: asyncio.StreamReaderProtocol(reader), *addr)
-            writer = asyncio.StreamWriter(transport, protocol, reader, asyncio.get_running_loop())
+            reader, loop = _TapReader(), asyncio.get_running_loop()
+            transport, protocol = await loop.create_connection(lambda: asyncio.StreamReaderProtocol(reader), *addr)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         except OSError as exc:
             self.differences.append(f"socket {script.socket}: connecting to listener {script.server}: {exc}")
             return
@@ -1344,7 +1340,7 @@ class _TapReader(asyncio.StreamReader):
         return data
 
 
-async def _read_into(reader: asyncio.StreamReader, n: int, came: bytearray) -> bytes:
+async def _read_into(reader: _TapReader, n: int, came: bytearray) -> bytes:
     """readexactly(n) that keeps what has come in `came` (a wait given up, or the replay
     over, can say what of the send the modem did make)."""
     while len(came) < n:
@@ -1353,7 +1349,7 @@ async def _read_into(reader: asyncio.StreamReader, n: int, came: bytearray) -> b
         except ConnectionError:
             # a reset: the reader raises before handing out what it holds -- what came
             # before the reset is what the modem sent
-            came += bytes(getattr(reader, "fed", b""))[:n - len(came)]
+            came += reader.fed[:n - len(came)]
             break
         if not chunk:
             break                                # the modem closed: what came is what it sent
@@ -1432,11 +1428,10 @@ def _link_delay(modem) -> float:
     """How long the modem's shaped links may hold a send (a scenario's "net": the modem's
     conditions and every socket's own): a round trip of the longest latency."""
     from emulator.io.network import net_faults
-    from emulator.sockets.service import ssl_service
-    from emulator.sockets.tcpip import has_tcpip, tcpip_service
+    from emulator.sockets.tcpip import socket_services
 
-    services = [ssl_service(modem)] + ([tcpip_service(modem)] if has_tcpip(modem) else [])
-    conditions = [net_faults(modem).conditions] + [s.net for svc in services for s in svc.sockets.values() if s.net]
+    conditions = [net_faults(modem).conditions] + [s.net for svc in socket_services(modem)
+                                                   for s in svc.sockets.values() if s.net]
     return max(2 * c.latency_ms / 1000 for c in conditions)
 
 
