@@ -369,3 +369,75 @@ def acks_settled(host, conn: socket.socket, cid: int = 0, timeout: float = 10) -
             return now
         last = now
         time.sleep(0.2)
+
+
+class Uart:
+    """The pty as a microcontroller's UART: a receive thread fills a ring (the RX interrupt),
+    writes go out whole (each also kept in `writes`); driver models read it as their HAL does."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = raw_open(path)
+        self.rx = bytearray()
+        self.cond = threading.Condition()
+        self.wire_rx = bytearray()
+        self.wire_tx = bytearray()
+        self.writes: list[bytes] = []
+        self._stop = False
+        self.thread = threading.Thread(target=self._pump, daemon=True, name="uart-rx")
+        self.thread.start()
+
+    def _pump(self) -> None:
+        while not self._stop:
+            try:
+                ready = select.select([self.fd], [], [], 0.05)[0]
+            except (OSError, ValueError):
+                return
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self.fd, 4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            if chunk:
+                with self.cond:
+                    self.rx += chunk
+                    self.wire_rx += chunk
+                    self.cond.notify_all()
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.wire_tx += data
+        view = memoryview(bytes(data))
+        while view:
+            try:
+                view = view[os.write(self.fd, view):]
+            except BlockingIOError:
+                select.select([], [self.fd], [], 0.05)
+
+    def read(self, n: int, timeout: float) -> bytes:
+        """uart_read_bytes(): up to n bytes, returning when n came or the wait ran out."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.rx) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            out = bytes(self.rx[:n])
+            del self.rx[:n]
+            return out
+
+    def getchar(self, timeout: float) -> int | None:
+        got = self.read(1, timeout)
+        return got[0] if got else None
+
+    def flush_input(self) -> None:
+        with self.cond:
+            self.rx.clear()
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join(2)
+        os.close(self.fd)

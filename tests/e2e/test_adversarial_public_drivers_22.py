@@ -127,7 +127,6 @@ import datetime
 import hashlib
 import os
 import re
-import select
 import socket
 import struct
 import threading
@@ -137,7 +136,7 @@ import pytest
 
 from emulator.testing.peers import TcpServer, TlsServer, UdpEchoServer
 from emulator.testing.peers.sntp import SntpServer
-from tests.e2e.socket_support import raw_open
+from tests.e2e.socket_support import Uart
 
 SLOW = 5                      # waits that end on an answer, widened for a loaded machine
 RUNOUT = 0.25                 # waits that can only run out: shortened (see the docstring)
@@ -148,77 +147,6 @@ TOS_PORT = 5684
 TOS_NAME = "iot.tencent.example"
 WSS_HOST = "www.iottest.work"  # a name the shared PKI's server certificate carries
 WSS_PORT = 443
-
-
-class Uart:
-    """The host's UART on the pty: a receive thread filling a ring (the ISR), writes whole."""
-
-    def __init__(self, path: str) -> None:
-        self.fd = raw_open(path)
-        self.rx = bytearray()
-        self.cond = threading.Condition()
-        self.wire_rx = bytearray()
-        self.wire_tx = bytearray()
-        self.writes: list[bytes] = []
-        self._stop = False
-        self.thread = threading.Thread(target=self._pump, daemon=True, name="uart-rx")
-        self.thread.start()
-
-    def _pump(self) -> None:
-        while not self._stop:
-            try:
-                ready = select.select([self.fd], [], [], 0.05)[0]
-            except (OSError, ValueError):
-                return
-            if not ready:
-                continue
-            try:
-                chunk = os.read(self.fd, 4096)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            if chunk:
-                with self.cond:
-                    self.rx += chunk
-                    self.wire_rx += chunk
-                    self.cond.notify_all()
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-        self.wire_tx += data
-        view = memoryview(bytes(data))
-        while view:
-            try:
-                view = view[os.write(self.fd, view):]
-            except BlockingIOError:
-                select.select([], [self.fd], [], 0.05)
-
-    def read(self, n: int, timeout: float) -> bytes:
-        """uart_read_bytes(): up to n bytes, returning when n came or the wait ran out."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while len(self.rx) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self.cond.wait(left)
-            out = bytes(self.rx[:n])
-            del self.rx[:n]
-            return out
-
-    def getchar(self, timeout: float) -> int | None:
-        got = self.read(1, timeout)
-        return got[0] if got else None
-
-    def flush_input(self) -> None:
-        with self.cond:
-            self.rx.clear()
-
-    def close(self) -> None:
-        self._stop = True
-        self.thread.join(2)
-        os.close(self.fd)
 
 
 # == TencentOS-tiny: tos_at.c + devices/ec20/ec20.c ============================================

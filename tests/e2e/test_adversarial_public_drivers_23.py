@@ -87,15 +87,12 @@ module does (per the SSL note) and names the driver's fault.
 """
 from __future__ import annotations
 
-import os
-import select
-import threading
 import time
 
 import pytest
 
 from emulator.testing.peers import TcpServer, TlsServer
-from tests.e2e.socket_support import raw_open
+from tests.e2e.socket_support import Uart
 
 OTA_HOST = "fw.example.com"
 OTA_HOST2 = "cdn.example.net"
@@ -103,72 +100,7 @@ SSL_HOST = "uc20.example.org"
 CERT_HOST = "www.iottest.work"   # a name the shared PKI's server certificate carries
 
 
-# -- the host's UART ------------------------------------------------------------------------------
-class Uart:
-    """The pty as the MCU's UART: a receive thread fills a ring (the RX interrupt)."""
-
-    def __init__(self, path: str) -> None:
-        self.fd = raw_open(path)
-        self.rx = bytearray()
-        self.wire_rx = bytearray()
-        self.wire_tx = bytearray()
-        self.cond = threading.Condition()
-        self._stop = False
-        self.thread = threading.Thread(target=self._pump, daemon=True, name="uart-rx")
-        self.thread.start()
-
-    def _pump(self) -> None:
-        while not self._stop:
-            try:
-                ready = select.select([self.fd], [], [], 0.05)[0]
-            except (OSError, ValueError):
-                return
-            if not ready:
-                continue
-            try:
-                chunk = os.read(self.fd, 4096)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            if chunk:
-                with self.cond:
-                    self.rx += chunk
-                    self.wire_rx += chunk
-                    self.cond.notify_all()
-
-    def write(self, data: bytes) -> None:
-        self.wire_tx += data
-        view = memoryview(bytes(data))
-        while view:
-            try:
-                view = view[os.write(self.fd, view):]
-            except BlockingIOError:
-                select.select([], [self.fd], [], 0.05)
-
-    def pop(self, timeout: float) -> int | None:
-        """One byte from the ring, waiting up to timeout for it."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not self.rx:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self.cond.wait(left)
-            c = self.rx[0]
-            del self.rx[0]
-            return c
-
-    def flush(self) -> None:
-        with self.cond:
-            self.rx.clear()
-
-    def close(self) -> None:
-        self._stop = True
-        self.thread.join(2)
-        os.close(self.fd)
-
-
+# -- C's string helpers, as the drivers use them -------------------------------------------------
 def cstr(buf: bytes | bytearray) -> bytes:
     return bytes(buf).split(b"\0", 1)[0]
 
@@ -198,7 +130,7 @@ class Stm32Quectel:
 
     # modem_at.c
     def rx_flush(self) -> None:
-        self.uart.flush()
+        self.uart.flush_input()
 
     def send(self, cmd: bytes) -> None:
         self.uart.write(cmd)
@@ -215,7 +147,7 @@ class Stm32Quectel:
             if left <= 0:
                 self.log.append(f"TIMEOUT: {exp!r}")
                 return False
-            b = self.uart.pop(left)
+            b = self.uart.getchar(left)
             if b is None:
                 continue
             if len(buf) < 2047:
@@ -309,7 +241,7 @@ class Stm32Quectel:
                 rbuf = bytearray()
                 rt = time.monotonic()
                 while time.monotonic() - rt < 3 and len(rbuf) < 39:
-                    b = self.uart.pop(0.001)
+                    b = self.uart.getchar(0.001)
                     if b is not None:
                         rbuf.append(b)
                         s = cstr(rbuf)
@@ -330,7 +262,7 @@ class Stm32Quectel:
                 got = 0
                 rt = time.monotonic()
                 while got < chunk_len and time.monotonic() - rt < 5:
-                    b = self.uart.pop(0.001)
+                    b = self.uart.getchar(0.001)
                     if b is None:
                         continue
                     got += 1
@@ -492,11 +424,11 @@ def test_stm32_ssl_data_past_the_peers_close_stay_readable_for_the_next_reads(st
             assert stm32.wait(b"+QSSLRECV: ", 3000)
             head = bytearray()
             while not head.endswith(b"\r\n"):
-                head.append(stm32.uart.pop(3))
+                head.append(stm32.uart.getchar(3))
             n = atoi(bytes(head))
             if n == 0:
                 break
-            rest += bytes(stm32.uart.pop(3) for _ in range(n))
+            rest += bytes(stm32.uart.getchar(3) for _ in range(n))
             assert stm32.wait(b"\r\nOK\r\n", 2000)
         assert n == 0
     assert len(rest) > 0 and (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body).endswith(bytes(rest))
@@ -569,12 +501,12 @@ class ArduinoStream:
         self.uart.write(data)
 
     def read(self, timeout: float | None = None) -> int | None:
-        return self.uart.pop(self.TIMEOUT if timeout is None else timeout)
+        return self.uart.getchar(self.TIMEOUT if timeout is None else timeout)
 
     def read_string_until(self, term: int) -> bytes:
         out = bytearray()
         while True:
-            c = self.uart.pop(self.TIMEOUT)
+            c = self.uart.getchar(self.TIMEOUT)
             if c is None or c == term:
                 return bytes(out)
             out.append(c)

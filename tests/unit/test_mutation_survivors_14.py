@@ -53,12 +53,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
-import struct
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from mbedtls import tls as mbtls
 from mbedtls.exceptions import TLSError
 
@@ -69,12 +65,13 @@ from emulator.testing.peers import TcpServer
 from emulator.tools import trace as trace_mod
 from emulator.tools.trace import ReplayPeer, _ReplayFaults, _refusal
 from tests.e2e import replay_support as rs
+from tests.e2e.test_review_changes_1205_c import (DONE, alerts_in, certificate, ders_of, hs, rec,
+                                                  records_of, server_hello)
 from tls_engine import TlsClientSession, TlsFailure, TlsSettings
 from tls_engine.errors import HandshakeComplete
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-RENEG_EXT = b"\xff\x01\x00\x01\x00"
 RSA_CBC = 0x002F          # TLS_RSA_WITH_AES_128_CBC_SHA
 PSK_CBC = 0x008C          # TLS_PSK_WITH_AES_128_CBC_SHA
 DHE_PSK_GCM = 0x00AA      # TLS_DHE_PSK_WITH_AES_128_GCM_SHA256
@@ -83,45 +80,8 @@ MBED_NAMES = {PSK_CBC: "TLS-PSK-WITH-AES-128-CBC-SHA", DHE_PSK_GCM: "TLS-DHE-PSK
               ECDHE_PSK_CBC: "TLS-ECDHE-PSK-WITH-AES-128-CBC-SHA"}
 
 
-# -- hand-made server bytes -----------------------------------------------------------------------
-def rec(ctype: int, payload: bytes) -> bytes:
-    return bytes([ctype]) + b"\x03\x03" + len(payload).to_bytes(2, "big") + payload
-
-
-def hs(msg_type: int, body: bytes) -> bytes:
-    return bytes([msg_type]) + len(body).to_bytes(3, "big") + body
-
-
-def server_hello(suite: int) -> bytes:
-    body = b"\x03\x03" + os.urandom(32) + b"\x00" + struct.pack(">H", suite) + b"\x00"
-    return hs(2, body + struct.pack(">H", len(RENEG_EXT)) + RENEG_EXT)
-
-
-def certificate(ders: list[bytes]) -> bytes:
-    entries = b"".join(len(d).to_bytes(3, "big") + d for d in ders)
-    return hs(11, len(entries).to_bytes(3, "big") + entries)
-
-
-DONE = hs(14, b"")
+# -- hand-made server bytes (test_review_changes_1205_c's) -------------------------------------
 MALFORMED_CERTIFICATE = hs(11, b"\x00\x00\x05\x00\x00\x09abc")    # (its list's lengths disagree)
-
-
-def ders_of(leaf) -> list[bytes]:
-    pem = open(leaf.chain_path, "rb").read()
-    return [c.public_bytes(serialization.Encoding.DER) for c in x509.load_pem_x509_certificates(pem)]
-
-
-def records_of(wire: bytes) -> list[tuple[int, bytes]]:
-    out, at = [], 0
-    while at + 5 <= len(wire):
-        n = int.from_bytes(wire[at + 3:at + 5], "big")
-        out.append((wire[at], wire[at + 5:at + 5 + n]))
-        at += 5 + n
-    return out
-
-
-def alerts_in(wire: bytes) -> list[int]:
-    return [p[1] for ct, p in records_of(wire) if ct == 21 and len(p) == 2]
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +138,7 @@ def test_a_certificate_in_an_ephemeral_psk_suite_is_mbedtlss_failure_not_the_cha
     ssl_parse_certificate; the message is unexpected where the ServerKeyExchange should be:
     -0x7700, alert unexpected_message).  The sniffer must not judge the chain (a wrong-name
     one here: verify_failed + bad_certificate): the open fails as Mbed TLS does."""
-    flight = rec(22, server_hello(suite) + certificate(other_name) + DONE)
+    flight = rec(22, server_hello(suite=suite) + certificate(other_name) + DONE)
     err, mbed_out = mbedtls_psk(suite, flight)
     assert err == 0x7700, hex(err or 0)
     state, ends, _, out = engine(pki, flight)
@@ -192,7 +152,7 @@ def test_a_verdict_on_the_certificate_keeps_a_clienthello_not_yet_taken_out(pki,
     drops what Mbed TLS queued *since this receive() began* (_judge_certificate's docstring)
     -- a ClientHello queued by start() and not yet taken by outgoing() is still sent, before
     the alert, never lost."""
-    state, ends, _, out = engine(pki, rec(22, server_hello(RSA_CBC) + certificate(other_name) + DONE),
+    state, ends, _, out = engine(pki, rec(22, server_hello(suite=RSA_CBC) + certificate(other_name) + DONE),
                                  psk=False, drain=False)
     assert state == "failed" and [e.kind for e in ends] == ["verify_failed"], ends
     records = records_of(out)
@@ -208,7 +168,7 @@ def test_a_malformed_certificate_in_a_psk_suite_fails_alike_at_seclevel_0_and_1(
     held verdict's rule: "its failure and its alert (or none) are the open's, as at seclevel
     0").  In a PSK suite Mbed TLS takes the Certificate as the unexpected message where the
     ServerHelloDone should be (-0x7B80, decode_error) whether it is well formed or not."""
-    flight = rec(22, server_hello(PSK_CBC) + MALFORMED_CERTIFICATE + DONE)
+    flight = rec(22, server_hello(suite=PSK_CBC) + MALFORMED_CERTIFICATE + DONE)
     err, mbed_out = mbedtls_psk(PSK_CBC, flight)
     assert err == 0x7B80, hex(err or 0)
     results = {}
