@@ -373,7 +373,7 @@ def test_a_session_recorded_on_the_real_network_replays_its_dns_answers(pki, tmp
     hosts = []
     try:
         with (BackgroundEmulator(offline=False) as emu,
-              TlsServer(pki.server, handler=lambda conn: conn.sendall(b"pong:" + conn.recv())) as server):
+              TlsServer(pki.server, handler=lambda conn: (conn.sendall(b"pong:" + conn.recv()), conn.recv())) as server):
             for profile in ("ec2x", "ml302"):
                 port = emu.add_modem(profile, state_dir=tmp_path / profile, trace=writer)
                 hosts.append(Host(port.path))

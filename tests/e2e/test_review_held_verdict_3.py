@@ -494,8 +494,8 @@ def test_ec2x_a_bad_chain_completing_in_a_second_read_fails_566_with_one_alert(e
         first, second = two_reads(where)(data)
         c.sock.sendall(first)
         _time.sleep(0.3)             # (two TCP segments; coalesced, the case is still valid)
-        c.sock.sendall(second)
-        went.set()
+        went.set()                   # (before the write: set after it, a loaded machine could
+        c.sock.sendall(second)       # answer 566 before this thread ran again)
         h7.hold(c)
         c.everything = c.after
 
