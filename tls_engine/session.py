@@ -766,7 +766,7 @@ class TlsClientSession:
         version_name = getattr(version, "name", "")
         self._sealable = _records_draw_no_random(cipher, version_name)
         self._events.append(HandshakeComplete(
-            version=_VERSION_NAMES.get(version_name, str(version)),
+            version=_VERSION_NAMES.get(version_name) or str(version),
             cipher_id=cs.suite_id_for_mbedtls_name(cipher),
             cipher_name=cs.iana_name_for(cipher),
             alpn=self._buffer.negotiated_protocol() or None,

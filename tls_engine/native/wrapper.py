@@ -73,10 +73,16 @@ def output_pending_private(buffer) -> int:
     return len(getattr(buffer, OUTPUT_BUFFER))
 
 
-def handshake_over_private(buffer) -> bool:
-    from mbedtls.tls import HandshakeStep
+_OVER = None        # HandshakeStep.HANDSHAKE_OVER, looked up at the first use
 
-    return getattr(buffer, HANDSHAKE_STATE) is HandshakeStep.HANDSHAKE_OVER
+
+def handshake_over_private(buffer) -> bool:
+    global _OVER
+    if _OVER is None:   # (not an import statement per call: the open's answer waits for it)
+        from mbedtls.tls import HandshakeStep
+
+        _OVER = HandshakeStep.HANDSHAKE_OVER
+    return getattr(buffer, HANDSHAKE_STATE) is _OVER
 
 
 def suite_registry():
