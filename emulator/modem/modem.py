@@ -9,6 +9,7 @@ their state in `modem.feature(key, factory)` so adding one touches no core file.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Protocol
@@ -63,6 +64,8 @@ def _sweep_temp_files(state_dir: Path) -> None:
             if directory.is_dir() and not directory.is_symlink():
                 remove_stale_temp_files(directory)
         except OSError as exc:            # unreadable: its store says so when it is used
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise                     # the process is out of descriptors: that is the cause
             log.warning("state dir %s: cannot clear leftover temp files: %s", directory, exc.strerror or exc)
 
 

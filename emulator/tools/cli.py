@@ -11,8 +11,6 @@ import errno
 import fcntl
 import logging
 import os
-import queue
-import threading
 import signal
 import stat
 import sys
@@ -26,6 +24,7 @@ from emulator.logsafe import get_logger
 from emulator.io.network import MAX_LATENCY_MS, Router, parse_dns, parse_ping
 from emulator.modem.profile import ProfileError, load_profile
 from emulator.tools.scenario import ScenarioError
+from emulator.tools.stderr_log import StderrLog
 from emulator.tools import OneLineParser
 from emulator.io.transport import LinkError
 
@@ -477,60 +476,6 @@ def subcommand(argv: list[str]) -> int | None:
     return None
 
 
-class BackgroundStderr(logging.Handler):
-    """Log lines leave through a thread of their own: a stderr nobody reads (a parent's
-    pipe that filled up) blocks that thread, never the event loop and the modems.  At
-    most MAX_WAITING lines wait; past that new ones are dropped and counted, and the
-    count is written when the pipe moves again."""
-
-    MAX_WAITING = 10_000
-
-    def __init__(self, stream) -> None:
-        super().__init__()
-        self.stream = stream
-        self._lines: queue.Queue[str] = queue.Queue(self.MAX_WAITING)
-        self._dropped = 0
-        self._count_lock = threading.Lock()
-        threading.Thread(target=self._write, name="log-writer", daemon=True).start()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record) + "\n"
-        except Exception:
-            self.handleError(record)
-            return
-        try:
-            self._lines.put_nowait(line)
-        except queue.Full:
-            with self._count_lock:
-                self._dropped += 1
-
-    def _write(self) -> None:
-        while True:
-            line = self._lines.get()
-            with self._count_lock:
-                dropped, self._dropped = self._dropped, 0
-            try:
-                if dropped:
-                    self.stream.write(f"modem-emulator: {dropped} log lines dropped (stderr was not read)\n")
-                self.stream.write(line)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass                     # stderr closed: the lines have nowhere to go
-            finally:
-                self._lines.task_done()
-
-    def drain(self, timeout: float) -> None:
-        """Wait up to `timeout` s for the waiting lines to be written (at exit)."""
-        done = threading.Event()
-
-        def wait() -> None:
-            self._lines.join()
-            done.set()
-        threading.Thread(target=wait, daemon=True).start()
-        done.wait(timeout)
-
-
 def main(argv: list[str] | None = None) -> int:
     """A stop signal noted before main()'s own handlers (emulator/stop_signals.py: the entry
     point's, emulator/__main__.py) is checked once they are in place, so a signal whose exit
@@ -540,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     if code is not None:
         return code
     args = build_parser().parse_args(argv)
-    handler = BackgroundStderr(sys.stderr)
+    handler = StderrLog(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level, handlers=[handler])
     # Until run() installs the loop's handlers, a stop signal raises _Stopped: it breaks a

@@ -658,8 +658,8 @@ def test_the_demo_plain_echo_is_udp_too_and_the_https_server_answers_the_ec2x(tm
 # a parent that never reads stderr
 
 def test_log_lines_past_10000_waiting_are_dropped_and_counted(tmp_path):
-    """README "Running it yourself": hints and logs go to stderr "through a thread of their
-    own: a parent that never reads stderr cannot stall the modems; past 10,000 waiting lines
+    """README "Running it yourself": hints and logs go to stderr "never in the loop's way: a
+    parent that never reads stderr cannot stall the modems; past 10,000 waiting lines
     they are dropped and counted".  15,000 control requests (each one INFO line) while the
     stderr pipe is not read; then the modem still answers, and once stderr is read the lines
     written plus the count reported make up every line."""
