@@ -24,6 +24,7 @@ from collections.abc import Hashable
 from . import ciphers as cs
 from .config import EnginePlan, build_plan, client_context
 from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_VERSION, MBEDTLS_FEATURE_UNAVAILABLE,
+                     MBEDTLS_INVALID_RECORD,
                      MBEDTLS_PEER_CLOSE_NOTIFY, MBEDTLS_TIMEOUT, TIMED_OUT,
                      PROTOCOL_ERROR, VERIFY_FAILED, AppData, EngineConfigError,
                      HandshakeComplete, PeerClosed, TlsFailure, describe_alert,
@@ -48,6 +49,7 @@ _MAX_HANDSHAKE_MESSAGE = 16384 - 4   # Mbed TLS's input record content less the 
 
 _VERSION_NAMES = {"TLSv1": "TLSv1.0", "TLSv1_1": "TLSv1.1", "TLSv1_2": "TLSv1.2",
                   "TLSv1_3": "TLSv1.3", "DTLSv1_0": "DTLSv1.0", "DTLSv1_2": "DTLSv1.2"}
+_PINNED_WIRE = {0: b"\x03\x00", 1: b"\x03\x01", 2: b"\x03\x02", 3: b"\x03\x03"}   # sslversion -> wire
 _WIRE_VERSIONS = {b"\x03\x00": "SSLv3.0", b"\x03\x01": "TLSv1.0", b"\x03\x02": "TLSv1.1",
                   b"\x03\x03": "TLSv1.2", b"\xfe\xff": "DTLSv1.0", b"\xfe\xfd": "DTLSv1.2"}
 
@@ -881,7 +883,11 @@ class TlsClientSession:
             # runs out first: the host sees one answer for a server that never answered.
             kind = TIMED_OUT
         reason = describe_mbedtls_error(err, getattr(exc, "msg", "") or str(exc))
-        if err == MBEDTLS_BAD_VERSION and self._server_version is not None:
+        if self._server_version is not None and (err == MBEDTLS_BAD_VERSION or (
+                err == MBEDTLS_INVALID_RECORD and self._above_pinned(bytes(self._server_version)))):
+            # (a server answering TLS 1.2 to a pinned TLS 1.0 puts its ServerHello in a 3.3
+            # record, as every TLS 1.2 server does: Mbed TLS refuses the record before the
+            # message -- INVALID_RECORD -- but the version is what a person must be told)
             chosen = _WIRE_VERSIONS.get(bytes(self._server_version), self._server_version.hex())
             reason = f"server chose {chosen}, outside the configured sslversion (mbedtls -0x{err:04X})"
         largest = self._sniffer.largest_message()
@@ -894,6 +900,11 @@ class TlsClientSession:
                       f"6.2.1; Mbed TLS 2.28 reassembles none: \"TLS handshake fragmentation not "
                       f"supported\") (mbedtls -0x{err:04X})")
         self._fail(kind, reason)
+
+    def _above_pinned(self, wire: bytes) -> bool:
+        """A ServerHello version above the one TLS version sslversion pins (0-3)."""
+        pinned = _PINNED_WIRE.get(self.settings.ssl_version)
+        return not self.settings.dtls and pinned is not None and wire[:1] == b"\x03" and wire > pinned
 
     def _fail(self, kind: str, reason: str) -> None:
         if self.state in ("failed", "closed"):

@@ -262,6 +262,7 @@ class SslSocket:
         self._early_exc: BaseException | None = None    # what starting it there raised
         self._dialled = None                     # the connect open() started (network.Dialled)
         self._round_trip_due: float | None = None   # a connect over latency is complete then
+        self._reset_at_end = False               # the teardown resets the TCP connection (RST)
         self._deferred: deque[bytes] = deque()  # accepted bytes transmit_soon() holds
         self._deferred_bytes = 0
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -1046,6 +1047,7 @@ class SslSocket:
                 except asyncio.TimeoutError:
                     log.info("%s socket %d: unsent bytes still waiting after the close timeout: aborted",
                              self.kind, self.client_id)
+                    self._reset_at_end = True
             return
         # Linger: send FIN after close_notify and wait up to timeout for the peer's own
         # close (its FIN -> connection_lost).  transport.close() would call
@@ -1059,6 +1061,7 @@ class SslSocket:
             await self._timers.wait_for(self._closed_event.wait(), timeout)
         except asyncio.TimeoutError:
             log.info("%s socket %d: peer still open after the close timeout: aborted", self.kind, self.client_id)
+            self._reset_at_end = True
 
     def _close_session(self) -> None:
         """session.close() once (close_notify when established), however it ends."""
@@ -1100,6 +1103,11 @@ class SslSocket:
             self._timer = None
         if self._transport is not None:
             self._freeze_acks()                # (while its socket is open: connection_lost is later)
+            if self._reset_at_end or self._transport.get_write_buffer_size():
+                # An abort (the close timeout run out, RST by docs/behaviour.md) or bytes
+                # dropped unsent: a reset, never a FIN after the part of a record the
+                # kernel held (the server would take a cut stream for a clean end).
+                reset_on_close(self._transport)
             self._transport.abort()
         if self.session is not None and self.session.state in ("handshaking", "established"):
             try:
