@@ -288,6 +288,9 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
     loop = asyncio.get_running_loop()
     for sig in stop_signals.STOPS:
         loop.add_signal_handler(sig, stop.set)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, StderrLog):
+            handler.attach(loop)         # (it writes what waits; a worker's line asks it)
     if stop_signals.seen:            # one came while the files were read and its _Stopped was
         log.info("stopped during start-up")       # swallowed on the way: nothing starts
         return 0
@@ -351,8 +354,12 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
     hints.append("  stop with Ctrl+C")
     for entry in entries:
         _say(sys.stdout, entry.path)
+    stderr = next((h for h in logging.getLogger().handlers if isinstance(h, StderrLog)), None)
     for line in hints:
-        _say(sys.stderr, line)
+        if stderr is not None:
+            stderr.say(line + "\n")        # (never a blocking write: nobody may read stderr)
+        else:
+            _say(sys.stderr, line)
 
     await stop.wait()
     if control is not None:

@@ -6,8 +6,9 @@ its own, non-blocking (/proc/self/fd/2: the parent's description keeps its flags
 pipe does not take waits -- at most MAX_WAITING lines; past that new ones are dropped and
 counted, and the count is written when the pipe moves again -- and leaves when the event
 loop sees the pipe writable again, or at exit (drain).  A regular file takes its lines
-at once.  Anything else (a socket: /proc/self/fd cannot open it) gets a thread of its own,
-started by the first line.
+at once.  Anything else (a socket: /proc/self/fd cannot open it; a pty master, whose path
+would open a new pty) gets a thread of its own, started by the first line; no stderr at all
+(2>&-) takes nothing.  The CLI's start-up hints go the same way (say()).
 
 Why not simply a thread: a process that has ever had a second thread pays glibc's arena
 lock on every calloc() from then on (calloc has no per-thread cache), and Mbed TLS's bignum
@@ -39,6 +40,8 @@ class StderrLog(logging.Handler):
         self._encoding = getattr(stream, "encoding", None) or "utf-8"
         self._lock = threading.RLock()       # emit() may come from any thread, or a signal handler
         self._waiting: deque[bytes] = deque()
+        self._partial = b""                  # the unwritten tail of what a write took in part
+        self._flushing = False               # (a line logged while a flush writes: it waits)
         self._dropped = 0
         self._loop: asyncio.AbstractEventLoop | None = None    # the loop seen last
         self._watched: asyncio.AbstractEventLoop | None = None  # the loop watching the fd
@@ -48,8 +51,15 @@ class StderrLog(logging.Handler):
 
     @property
     def mode(self) -> str:
-        """"nonblocking" (a pipe, tty or pty), "direct" (a regular file), "thread" (else)."""
+        """"nonblocking" (a pipe, FIFO, tty or pty slave), "direct" (a regular file), "none"
+        (no stderr: 2>&-), "thread" (else: a socket, a pty master)."""
+        if self.stream is None:
+            return "none"
         return "nonblocking" if self._fd is not None else "direct" if self._direct else "thread"
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop that writes what waits (a line another thread logs asks it)."""
+        self._loop = loop
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -57,20 +67,30 @@ class StderrLog(logging.Handler):
         except Exception:
             self.handleError(record)
             return
+        self.say(line)
+
+    def say(self, text: str) -> None:
+        """Text for stderr as it is (the CLI's start-up hints), the way log lines go."""
+        if self.stream is None:
+            return                           # stderr closed: the lines have nowhere to go
         if self._fd is not None:
-            self._queue(line.encode(self._encoding, "backslashreplace"))
+            self._queue(text.encode(self._encoding, "backslashreplace"))
         elif self._direct:
             with self._lock:
                 try:
-                    self.stream.write(line)
+                    self.stream.write(text)
                     self.stream.flush()
                 except (OSError, ValueError):
                     pass                     # stderr closed: the lines have nowhere to go
         else:
-            self._to_thread(line)
+            self._to_thread(text)
 
     # -- a pipe, a tty, a pty: non-blocking writes, the loop watching -------------------
     def _queue(self, data: bytes) -> None:
+        try:
+            self._loop = asyncio.get_running_loop()     # (the one a worker's lines will ask)
+        except RuntimeError:
+            pass
         with self._lock:
             if len(self._waiting) >= self.MAX_WAITING:
                 self._dropped += 1
@@ -82,40 +102,48 @@ class StderrLog(logging.Handler):
 
     def _flush(self) -> bool:
         """Write what waits until the pipe takes no more (the lock held); True when
-        nothing is left."""
-        waiting = self._waiting
-        if self._dropped:                    # (the count first, when the pipe moves again)
-            waiting.appendleft(NOTICE.format(self._dropped).encode())
-            self._dropped = 0
-        while waiting:
-            if len(waiting) == 1 or len(waiting[0]) >= MAX_WRITE:
-                count, data = 1, waiting[0]
-            else:
-                parts, size = [], 0
-                for item in waiting:
-                    if size and size + len(item) > MAX_WRITE:
-                        break
-                    parts.append(item)
-                    size += len(item)
-                count, data = len(parts), b"".join(parts)
-            try:
-                written = os.write(self._fd, data)
-            except (BlockingIOError, InterruptedError):
-                return False
-            except OSError:
-                waiting.clear()              # the reader went (EPIPE): nowhere to go
-                return True
-            for _ in range(count):
-                waiting.popleft()
-            if written < len(data):
-                waiting.appendleft(data[written:])
-                return False
-        return True
+        nothing is left.  What a write leaves is kept apart (_partial) and goes first, so
+        nothing -- the dropped count, a later line -- lands inside a line; a line logged
+        while this writes (a signal handler on this thread) only waits: the loop here, or
+        the writer callback it asks for, takes it."""
+        if self._flushing:
+            return False
+        self._flushing = True
+        try:
+            waiting = self._waiting
+            while True:
+                if self._partial:
+                    data, self._partial = self._partial, b""
+                else:
+                    if self._dropped:        # (the count first, when the pipe moves again)
+                        waiting.appendleft(NOTICE.format(self._dropped).encode())
+                        self._dropped = 0
+                    if not waiting:
+                        return True
+                    parts, size = [], 0
+                    while waiting and (not size or size + len(waiting[0]) <= MAX_WRITE):
+                        item = waiting.popleft()
+                        parts.append(item)
+                        size += len(item)
+                    data = parts[0] if len(parts) == 1 else b"".join(parts)
+                try:
+                    written = os.write(self._fd, data)
+                except (BlockingIOError, InterruptedError):
+                    self._partial = data
+                    return False
+                except OSError:
+                    waiting.clear()          # the reader went (EPIPE): nowhere to go
+                    return True
+                if written < len(data):
+                    self._partial = data[written:]
+                    return False
+        finally:
+            self._flushing = False
 
     def _watch(self) -> None:
         """Have the event loop write the rest when the pipe is writable (a line logged
-        on another thread asks the loop it saw last; before or after any loop, the
-        lines wait for the next line or for drain())."""
+        on another thread asks the loop attach() gave, or the loop seen last; before or
+        after any loop, the lines wait for the next line or for drain())."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -141,7 +169,7 @@ class StderrLog(logging.Handler):
 
     def _writable(self) -> None:
         with self._lock:
-            done = self._flush()
+            done = self._flush() and not self._waiting and not self._partial
         if done and self._watched is not None:
             self._watched.remove_writer(self._fd)
             self._watched = None
@@ -168,7 +196,7 @@ class StderrLog(logging.Handler):
                     self.stream.write(NOTICE.format(dropped))
                 self.stream.write(line)
                 self.stream.flush()
-            except (OSError, ValueError):
+            except Exception:                # (closed, gone: the lines have nowhere to go)
                 pass
             finally:
                 self._lines.task_done()
@@ -212,10 +240,18 @@ def _own_description(stream) -> tuple[int | None, bool]:
         return None, False
     if stat.S_ISREG(mode):
         return None, True
-    if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+    if not (stat.S_ISFIFO(mode) or (stat.S_ISCHR(mode) and _reopens_itself(os.fstat(fd).st_rdev))):
         return None, False
     try:
         own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return None, False
     return own, False
+
+
+def _reopens_itself(rdev: int) -> bool:
+    """A character device whose /proc/self/fd path opens the same device again: /dev/null,
+    a pty slave, a terminal (/dev/tty, the consoles, serial ports) -- not /dev/ptmx (a pty
+    MASTER: opening it makes a new pty pair) nor anything unknown."""
+    major, minor = os.major(rdev), os.minor(rdev)
+    return (major, minor) in ((1, 3), (5, 0), (5, 1)) or 136 <= major <= 143 or major == 4
