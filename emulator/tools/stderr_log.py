@@ -13,7 +13,7 @@ would open a new pty) gets a thread of its own, started by the first line; no st
 Why not simply a thread: a process that has ever had a second thread pays glibc's arena
 lock on every calloc() from then on (calloc has no per-thread cache), and Mbed TLS's bignum
 code calls it ~7,800 times per ECDHE handshake: every AT+QSSLOPEN ~8% slower (measured:
-README "Performance").
+README "Benchmarks").
 """
 from __future__ import annotations
 

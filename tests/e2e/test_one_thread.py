@@ -1,6 +1,6 @@
 """The CLI runs its modems on one thread -- logging at INFO to a pipe or a file, opening and
 closing TLS sockets -- until a large send starts the offload worker (docs/behaviour.md,
-README "Performance"): a process that has ever had a second thread pays glibc's arena lock
+README "Benchmarks"): a process that has ever had a second thread pays glibc's arena lock
 on every calloc, ~7,800 of them in each Mbed TLS handshake (~8% of an AT+QSSLOPEN)."""
 from __future__ import annotations
 

@@ -147,7 +147,7 @@ def _nogil_write_check(tls, client, server, ssl) -> None:
     and Mbed TLS keeps no per-thread state.  No thread is started for it -- a process that
     has ever had a second thread pays glibc's arena lock on every calloc, and Mbed TLS's
     bignum code makes ~7,800 of them per ECDHE handshake (~8% slower opens, measured;
-    README "Performance")."""
+    README "Benchmarks")."""
     payload = bytes(range(256)) * 80          # 20 KiB: a full record and a part
     records: list[bytes] = []
     taken = 0
