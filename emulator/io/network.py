@@ -353,6 +353,12 @@ class NetFaults:
         SSL connect was made."""
         return None
 
+    def nothing_in_the_way(self) -> bool:
+        """An open now would take no fault, wait for no moment and cross no network
+        conditions: its TCP connect may start before anything else is set up (the replay's
+        faults, whose connects wait for their recorded moments, say False)."""
+        return not any(self.pending.values()) and not self.conditions.active()
+
     def take_lookup(self, host: str = "", purpose: str = "") -> bool:
         """A name lookup of the modem's own (AT+QIDNSGIP, AT+QPING, AT+QNTP of a name:
         `purpose` "dnsgip", "ping", "ntp"): True when the "dns_fail" fault is to fail it (one

@@ -16,7 +16,7 @@ from tls_engine.errors import FAILURE_KINDS
 from emulator.at.cme import CME_TEXT
 from emulator.logsafe import get_logger
 
-from emulator.io.network import NETWORK_FAILURES, net_faults
+from emulator.io.network import NETWORK_FAILURES, NetworkError, dial_now, net_faults
 from emulator.sockets.context import SetupError, SslContext, to_tls_settings, verify_hostname
 from emulator.sockets.delivery import DELIVERIES, Delivery
 from emulator.sockets.dialects import DIALECTS
@@ -223,6 +223,25 @@ class SslService(SocketService):
         self.set_error(0)
 
     # -- opening ---------------------------------------------------------------
+    def _dial_first(self, ctx, faults, host: str, port: int):
+        """The open's TCP connect, started before the socket and its settings are made,
+        when nothing can refuse the open after it: a seclevel 0 TLS context whose options
+        are the ones its last settings were built from (to_tls_settings' memo: they built,
+        so they build again; seclevel 1 and 2 read files first), no fault, no network
+        conditions, a route or literal to IPv4 (network.dial_now).  The socket's own
+        set-up follows while the server accepts -- the server's time from connect to its
+        first flight does not change, the open's answer comes sooner (~25 us of ~75 us
+        before the connect, measured through the pty).  None: open() dials as before."""
+        memo = ctx.memo
+        values = ctx.values
+        if (memo is None or values["seclevel"] != 0 or values["dtls"]
+                or memo[0][1] != tuple(values.values()) or not faults.nothing_in_the_way()):
+            return None
+        try:
+            return dial_now(self.modem.network, host, port)
+        except NetworkError:
+            return None                  # (open() dials again and answers the failure)
+
     def open(self, client_id: int, *, pdp_id: int, ctx_id: int, host: str, port: int,
              delivery: Delivery, read_material, timeout: float | None = None,
              allow_ciphers: tuple[int, ...] | None = None) -> SslSocket:
@@ -230,11 +249,14 @@ class SslService(SocketService):
         timeout: a bound on the whole open (ML302), None = negotiatetime only (EC2x).
         allow_ciphers: what 0XFFFF may expand to (None = the profile's whole table)."""
         modem = self.modem
+        ctx = self.contexts[ctx_id]
+        faults = net_faults(modem)
+        first = self._dial_first(ctx, faults, host, port)
         sock = SslSocket(self, client_id, pdp_id=pdp_id, ctx_id=ctx_id, host=host, port=port,
                          delivery=delivery, recv_limit=modem.profile["ssl.recv_buffer"], timers=modem.timers)
+        sock.dialled_first(first)
         self.sockets[client_id] = self.dialled[client_id] = sock
-        sock.faults = net_faults(modem)
-        ctx = self.contexts[ctx_id]
+        sock.faults = faults
         try:
             settings = to_tls_settings(ctx, host=host, profile=modem.profile, read_material=read_material,
                                        clock=modem.clock.now, keylog=getattr(modem, "keylog", None),

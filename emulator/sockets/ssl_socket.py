@@ -261,6 +261,7 @@ class SslSocket:
         self._early = None                       # (settings, cache, key): start the session in _link_made
         self._early_exc: BaseException | None = None    # what starting it there raised
         self._dialled = None                     # the connect open() started (network.Dialled)
+        self._first: Dialled | None = None       # the one the owner started first (dialled_first)
         self._round_trip_due: float | None = None   # a connect over latency is complete then
         self._reset_at_end = False               # the teardown resets the TCP connection (RST)
         self._deferred: deque[bytes] = deque()  # accepted bytes transmit_soon() holds
@@ -352,14 +353,22 @@ class SslSocket:
         context = modem.pdp.find(self.pdp_id) if modem is not None else None
         return context.name_family if context is not None else socket.AF_UNSPEC
 
+    def dialled_first(self, dialled: Dialled | None) -> None:
+        """A connect the owner started for this socket before making it (SslService.
+        _dial_first): open() takes it instead of dialling; closed with the socket if no
+        open comes."""
+        self._dialled = self._first = dialled
+
     def _dial(self, router, settings, cache, cache_key) -> Dialled | NetworkError | None:
         """The TCP connect started now, in the command's own turn, when no name has to be
         looked up (dial_now); when it is complete already and the link has no conditions
         to apply, the session starts too and its ClientHello leaves at once: the open's
         task, a loop turn later, only makes the transport.  (What starting the session
         raises, _open_steps raises after the connect, as from _link_made.)"""
+        dialled, self._first = self._first, None
         try:
-            dialled = dial_now(router, self.host, self.port)
+            if dialled is None:
+                dialled = dial_now(router, self.host, self.port)
         except NetworkError as exc:
             return exc                          # answered by the open's task, after the OK
         self._dialled = dialled                 # closed with the socket until open_tcp has it
