@@ -80,6 +80,7 @@ class Interpreter:
         # Inside a handler (a call on the stack, never a mode the port waits in): URCs
         # it raises go after its answer, and the port is not idle.
         self._executing = False
+        self._mid_line = False          # a command after the first of the line is being dispatched
         self._left_idle = False          # idle went False since the last "port_idle"
         self._inbox = bytearray()
         self._fed = 0                    # bytes ever fed (so _fed - len(_inbox): ever taken)
@@ -361,12 +362,14 @@ class Interpreter:
             log.exception("cannot parse AT%s", loggable(body.decode("latin-1")))
             self._queue = [Malformed(body.decode("latin-1"), "parser failure")]
         self._after = []
+        self._mid_line = False
         self._run_queue(after_line)
 
     def _run_queue(self, after_line: bool) -> None:
         while self._queue:
             item = self._queue.pop(0)
             response = self._dispatch(item)
+            self._mid_line = True          # (the line's next command follows an answer)
             if not self._handle(response, after_line):
                 return
         self._write_final("OK")
@@ -382,7 +385,16 @@ class Interpreter:
         name = item.name
         if name[:1] == "S" and _S_REGISTER.match(name):
             name = "S"
-        self.modem.emit("command", name=name, kind=item.kind, args=item.args)   # (scenario triggers)
+        if self._mid_line:
+            # (scenario triggers) a URC one raises for a command after the first of a ';'
+            # chain waits for the line's final result: a module does not break a line's answer
+            executing, self._executing = self._executing, True
+            try:
+                self.modem.emit("command", name=name, kind=item.kind, args=item.args)
+            finally:
+                self._executing = executing
+        else:
+            self.modem.emit("command", name=name, kind=item.kind, args=item.args)   # (scenario triggers)
         variant = profile.command_variant(name)
         if variant is None:
             log.info("ERROR: AT%s is not a command of profile %s", loggable(item.raw), profile.name)

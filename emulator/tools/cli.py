@@ -439,11 +439,28 @@ def make_trace(path: str | None):
     start-up so a bad path is reported at once."""
     if not path:
         return None
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise Refused(f"--trace {path}: {exc.strerror or exc}")
+    if mode is not None and not stat.S_ISREG(mode) and not _never_waits(mode, path):
+        # A pipe, FIFO or terminal: the trace's writes would wait for its reader on the
+        # event loop (a FIFO's open for one), and a reader that stops would stall the modems.
+        raise Refused(f"--trace {path}: not a regular file (a pipe or terminal would stall "
+                      f"the modems whenever its reader does not read)")
     from emulator.tools.trace import TraceWriter
     try:
         return TraceWriter(path)
     except OSError as exc:
         raise Refused(f"--trace {path}: {exc.strerror or exc}")
+
+
+def _never_waits(mode: int, path: str) -> bool:
+    """A character device whose writes never wait for anyone: /dev/null, /dev/full,
+    /dev/zero (the memory devices, major 1)."""
+    return stat.S_ISCHR(mode) and os.major(os.stat(path).st_rdev) == 1
 
 
 def _say(stream, text: str) -> None:

@@ -77,6 +77,8 @@ from emulator.modem.profile import command_name
 log = get_logger("emulator.scenario")
 
 KINDS = ("write", "read", "test", "exec")
+SENT_POLL = 0.002        # s between two looks at the output an `after` step waits to leave
+SENT_STALL = 0.5         # s without a byte leaving: the step fires all the same
 STEP_KEYS = ("op", "at", "after", "when", "delay", "modem", "note")
 TRIGGER_KEYS = ("command", "socket", "kind", "count")
 # Which argument names the socket, where it is not the first (per profile variant); None:
@@ -414,6 +416,23 @@ class ScenarioRun:
 
     def _idle(self, index: int) -> None:
         steps = self._armed.pop(index, [])
+        if steps:
+            self._once_out(index, steps, None, 0)
+
+    def _once_out(self, index: int, steps: list, last: int | None, still: int) -> None:
+        """`after` steps fire once the answer they follow has left the port: output still
+        going out (paced at --baud, in uart_noise's pieces) is waited for, so a `reboot` step
+        does not cut the very answer it is after; a backlog that stops moving (a host not
+        reading) for SENT_STALL seconds is not."""
+        if self.cancelled:
+            return
+        modem = self.emulator.ports[index].modem
+        backlog = modem.output_backlog()
+        if backlog and modem.loop is not None:
+            still = still + 1 if backlog == last else 0
+            if still * SENT_POLL < SENT_STALL:
+                self._timers.append(modem.loop.call_later(SENT_POLL, self._once_out, index, steps, backlog, still))
+                return
         for step in steps:
             if not self.cancelled:
                 self._due(step)
