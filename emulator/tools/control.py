@@ -420,6 +420,14 @@ class ControlServer:
         finally:
             self._clients.discard(writer)
             writer.close()
+        # A client gone before its answer (EPIPE) leaves that error in the stream's close
+        # future: taken here (for a second at most: a client that does not read keeps the
+        # transport open), or asyncio may log "Future exception was never retrieved", an
+        # ERROR line, when the collector finds the future before its owner.
+        try:
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        except (ConnectionError, OSError, asyncio.TimeoutError):
+            pass
 
     def handle(self, line: bytes) -> dict:
         try:
