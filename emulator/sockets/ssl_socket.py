@@ -1044,7 +1044,12 @@ class SslSocket:
 
     async def _linger(self, timeout: float) -> None:
         transport = self._transport
-        if transport is None or timeout <= 0 or self.session.settings.dtls:
+        if transport is None or self.session.settings.dtls:
+            return
+        if timeout <= 0:
+            # AT+QSSLCLOSE's `0` = abort at once (docs/behaviour.md: RST); a plain socket's
+            # AT+QICLOSE=<id>,0 closes at once, with its FIN
+            self._reset_at_end = isinstance(self.session.settings, TlsSettings)
             return
         if transport.is_closing() and not self.blackholed:     # (a blackhole hides the end)
             if transport.get_write_buffer_size() and not self._closed_event.is_set():
