@@ -27,7 +27,7 @@ def run() -> int:
     """The CLI's main(), with stop signals covered while its modules load (~0.2 s, longer on
     a loaded machine) and until main() installs its own handlers (after its options are
     read).  The tools (`trace`, `replay`) get the handlers there were."""
-    previous = {sig: signal.signal(sig, _stopped_while_loading) for sig in stop_signals.STOPS}
+    previous = {sig: signal.signal(sig, _stopped_while_loading) for sig in stop_signals.handled()}
     unraisable, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable(sys.unraisablehook)
     try:
         from emulator.tools.cli import is_subcommand, main

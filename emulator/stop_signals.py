@@ -8,4 +8,14 @@ import signal
 
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+# The stop signals this process was started with ignored (nohup: SIGHUP; a non-interactive
+# shell's background job: SIGINT) stay ignored, as the convention goes: the emulator installs
+# no handler for them (read here, at the first import, before any handler is installed).
+IGNORED = frozenset(sig for sig in STOPS if signal.getsignal(sig) is signal.SIG_IGN)
+
 seen: list[int] = []
+
+
+def handled() -> tuple:
+    """The stop signals the emulator handles: STOPS less those inherited ignored."""
+    return tuple(sig for sig in STOPS if sig not in IGNORED)

@@ -243,6 +243,9 @@ def check_control_path(path: str | None) -> None:
         raise Refused(f"--control {path}: a file that is not a socket is there")
 
 
+_STDOUT: list = [None]        # run()'s writer of the device paths (drained at the exit)
+
+
 class _Stopped(Exception):
     """A stop signal while start-up reads its files (nothing to undo yet)."""
 
@@ -286,7 +289,7 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
     # behind).  SIGHUP is the terminal of `make run` being closed: the same clean stop.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in stop_signals.STOPS:
+    for sig in stop_signals.handled():
         loop.add_signal_handler(sig, stop.set)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, StderrLog):
@@ -352,8 +355,12 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
                      "  (www.iottest.work shows as 106.12.79.254);\n"
                      f"  {failed or demo_material_hint(profile)}")
     hints.append("  stop with Ctrl+C")
+    # The device paths through a non-blocking writer too: a stdout pipe nobody reads (a stalled
+    # log collector) must not stop the loop before the first AT (drained at the exit).
+    out = _STDOUT[0] = StderrLog(sys.stdout)
+    out.attach(loop)
     for entry in entries:
-        _say(sys.stdout, entry.path)
+        out.say(entry.path + "\n")
     stderr = next((h for h in logging.getLogger().handlers if isinstance(h, StderrLog)), None)
     for line in hints:
         if stderr is not None:
@@ -457,6 +464,21 @@ def make_trace(path: str | None):
         raise Refused(f"--trace {path}: {exc.strerror or exc}")
 
 
+def _drain_at_exit(*writers) -> None:
+    """The lines still waiting for stdout and stderr, a second at most each: a stop signal
+    meanwhile (a second Ctrl+C, a supervisor's repeated SIGTERM) is only noted -- the loop's
+    handlers are gone with it, and Python's own would end the exit with a traceback or -15."""
+    for sig in stop_signals.handled():
+        signal.signal(sig, _noted)
+    for writer in writers:
+        if writer is not None:
+            writer.drain(1.0)
+
+
+def _noted(signum, frame) -> None:
+    stop_signals.seen.append(signum)
+
+
 def _never_waits(mode: int, path: str) -> bool:
     """A character device whose writes never wait for anyone: /dev/null, /dev/full,
     /dev/zero (the memory devices, major 1)."""
@@ -515,10 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     # Until run() installs the loop's handlers, a stop signal raises _Stopped: it breaks a
     # blocking read (open() of a FIFO nobody writes) that a handler which only sets a flag
     # would leave retrying forever (PEP 475).
-    for sig in stop_signals.STOPS:
+    for sig in stop_signals.handled():
         signal.signal(sig, _stop_now)
     if stop_signals.seen:
-        handler.drain(1.0)
+        _drain_at_exit(handler)
         return 0
     try:
         setup = prepare(args)
@@ -530,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("stopped by %s during start-up", exc)
         return 0
     finally:
-        handler.drain(1.0)
+        _drain_at_exit(_STDOUT[0], handler)
 
 
 if __name__ == "__main__":
