@@ -393,7 +393,10 @@ def test_bytewise_echoing_host_types_protocol_lookalikes_into_the_send_prompt(ml
     assert host.at("ATE1") == OK                     # (echo starts after this line)
     data = (b"AT+QSSLCLOSE=0\r\n+++\r\nOK\r\nSEND OK\r\n\x00\xff\x80at+qsecdel=0\r"
             b"AT+QSSLSEND=0\r\n> " + bytes(range(0x20)).replace(b"\x1a", b"").replace(b"\x1b", b""))
-    dribble(host, b"AT+QSSLSEND=0\r\n")
+    # (CR alone, as this host's other lines: a CR-only host's LF after the prompt is data once
+    # the host can have read the prompt -- docs/behaviour.md -- and the test's reader thread
+    # reads it at once, so a trailing LF here was data or not by a race)
+    dribble(host, b"AT+QSSLSEND=0\r")
     assert host.read_until(b"> ") == b"AT+QSSLSEND=0\r\r\n> "
     dribble(host, data)
     dribble(host, CTRL_Z)
