@@ -33,7 +33,7 @@ from .datagrams import pack_datagrams
 from .resumption import Resumption, SessionCache, settings_fingerprint
 from .records import HS_CERTIFICATE, HS_SERVER_HELLO, HandshakeSniffer, parse_certificate_list
 from .sealing import WANT_READ, WANT_WRITE, SealJob
-from .settings import TlsSettings
+from .settings import SSL3_0, TLS1_2, TlsSettings
 
 WRITE_CHUNK = 16 * 1024          # one TLS record's worth of plaintext per write()
 OFFLOAD_MIN = 4096               # with offload: a send this large (or one behind a job) is
@@ -49,7 +49,6 @@ _MAX_HANDSHAKE_MESSAGE = 16384 - 4   # Mbed TLS's input record content less the 
 
 _VERSION_NAMES = {"TLSv1": "TLSv1.0", "TLSv1_1": "TLSv1.1", "TLSv1_2": "TLSv1.2",
                   "TLSv1_3": "TLSv1.3", "DTLSv1_0": "DTLSv1.0", "DTLSv1_2": "DTLSv1.2"}
-_PINNED_WIRE = {0: b"\x03\x00", 1: b"\x03\x01", 2: b"\x03\x02", 3: b"\x03\x03"}   # sslversion -> wire
 _WIRE_VERSIONS = {b"\x03\x00": "SSLv3.0", b"\x03\x01": "TLSv1.0", b"\x03\x02": "TLSv1.1",
                   b"\x03\x03": "TLSv1.2", b"\xfe\xff": "DTLSv1.0", b"\xfe\xfd": "DTLSv1.2"}
 
@@ -903,8 +902,9 @@ class TlsClientSession:
 
     def _above_pinned(self, wire: bytes) -> bool:
         """A ServerHello version above the one TLS version sslversion pins (0-3)."""
-        pinned = _PINNED_WIRE.get(self.settings.ssl_version)
-        return not self.settings.dtls and pinned is not None and wire[:1] == b"\x03" and wire > pinned
+        pinned = self.settings.ssl_version      # (SSL3_0..TLS1_2: 0-3, the wire's minor byte)
+        return (not self.settings.dtls and SSL3_0 <= pinned <= TLS1_2 and wire[:1] == b"\x03"
+                and wire > bytes((3, pinned)))
 
     def _fail(self, kind: str, reason: str) -> None:
         if self.state in ("failed", "closed"):

@@ -385,16 +385,13 @@ class Interpreter:
         name = item.name
         if name[:1] == "S" and _S_REGISTER.match(name):
             name = "S"
-        if self._mid_line:
-            # (scenario triggers) a URC one raises for a command after the first of a ';'
-            # chain waits for the line's final result: a module does not break a line's answer
-            executing, self._executing = self._executing, True
-            try:
-                self.modem.emit("command", name=name, kind=item.kind, args=item.args)
-            finally:
-                self._executing = executing
-        else:
-            self.modem.emit("command", name=name, kind=item.kind, args=item.args)   # (scenario triggers)
+        # (scenario triggers) a URC one raises for a command after the first of a ';' chain
+        # waits for the line's final result: a module does not break a line's answer
+        executing, self._executing = self._executing, self._executing or self._mid_line
+        try:
+            self.modem.emit("command", name=name, kind=item.kind, args=item.args)
+        finally:
+            self._executing = executing
         variant = profile.command_variant(name)
         if variant is None:
             log.info("ERROR: AT%s is not a command of profile %s", loggable(item.raw), profile.name)

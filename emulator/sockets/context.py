@@ -87,6 +87,11 @@ class SslContext:
     def __setitem__(self, name: str, value) -> None:
         self.values[name] = value
 
+    def settings_would_build(self) -> bool:
+        """Its options are the ones to_tls_settings last built settings from (the memo): a
+        build from them raises nothing file-independent again."""
+        return self.memo is not None and self.memo[0][1] == tuple(self.values.values())
+
     def reset(self) -> None:
         """Back to the defaults (a reboot: the settings are not saved)."""
         self.values = dict(self.defaults)

@@ -232,10 +232,8 @@ class SslService(SocketService):
         set-up follows while the server accepts -- the server's time from connect to its
         first flight does not change, the open's answer comes sooner (~25 us of ~75 us
         before the connect, measured through the pty).  None: open() dials as before."""
-        memo = ctx.memo
-        values = ctx.values
-        if (memo is None or values["seclevel"] != 0 or values["dtls"]
-                or memo[0][1] != tuple(values.values()) or not faults.nothing_in_the_way()):
+        if (ctx["seclevel"] != 0 or ctx["dtls"] or not ctx.settings_would_build()
+                or not faults.nothing_in_the_way()):
             return None
         try:
             return dial_now(self.modem.network, host, port)

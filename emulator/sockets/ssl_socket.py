@@ -261,7 +261,6 @@ class SslSocket:
         self._early = None                       # (settings, cache, key): start the session in _link_made
         self._early_exc: BaseException | None = None    # what starting it there raised
         self._dialled = None                     # the connect open() started (network.Dialled)
-        self._first: Dialled | None = None       # the one the owner started first (dialled_first)
         self._round_trip_due: float | None = None   # a connect over latency is complete then
         self._reset_at_end = False               # the teardown resets the TCP connection (RST)
         self._deferred: deque[bytes] = deque()  # accepted bytes transmit_soon() holds
@@ -357,7 +356,7 @@ class SslSocket:
         """A connect the owner started for this socket before making it (SslService.
         _dial_first): open() takes it instead of dialling; closed with the socket if no
         open comes."""
-        self._dialled = self._first = dialled
+        self._dialled = dialled
 
     def _dial(self, router, settings, cache, cache_key) -> Dialled | NetworkError | None:
         """The TCP connect started now, in the command's own turn, when no name has to be
@@ -365,7 +364,7 @@ class SslSocket:
         to apply, the session starts too and its ClientHello leaves at once: the open's
         task, a loop turn later, only makes the transport.  (What starting the session
         raises, _open_steps raises after the connect, as from _link_made.)"""
-        dialled, self._first = self._first, None
+        dialled = self._dialled                 # (dialled_first's, else none yet)
         try:
             if dialled is None:
                 dialled = dial_now(router, self.host, self.port)

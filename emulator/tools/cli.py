@@ -243,9 +243,6 @@ def check_control_path(path: str | None) -> None:
         raise Refused(f"--control {path}: a file that is not a socket is there")
 
 
-_STDOUT: list = [None]        # run()'s writer of the device paths (drained at the exit)
-
-
 class _Stopped(Exception):
     """A stop signal while start-up reads its files (nothing to undo yet)."""
 
@@ -282,7 +279,9 @@ def prepare(args: argparse.Namespace) -> _Setup:
     return _Setup(profile, scenario, router, places, keylog, make_trace(args.trace))
 
 
-async def run(args: argparse.Namespace, setup: _Setup) -> int:
+async def run(args: argparse.Namespace, setup: _Setup, out: StderrLog, err: StderrLog) -> int:
+    """out, err: main()'s writers of stdout (the device paths) and stderr (log lines, hints):
+    neither ever blocks the loop -- a pipe nobody reads must not stop the modems."""
     # The loop's handlers replace main()'s first thing: a signal at any moment, also right
     # after the path is printed, ends the run cleanly (link removed, exit 0), never
     # asyncio's cancel of this task (a KeyboardInterrupt traceback and the link left
@@ -291,9 +290,8 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
     loop = asyncio.get_running_loop()
     for sig in stop_signals.handled():
         loop.add_signal_handler(sig, stop.set)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, StderrLog):
-            handler.attach(loop)         # (it writes what waits; a worker's line asks it)
+    for writer in (out, err):
+        writer.attach(loop)              # (it writes what waits; a worker's line asks it)
     if stop_signals.seen:            # one came while the files were read and its _Stopped was
         log.info("stopped during start-up")       # swallowed on the way: nothing starts
         return 0
@@ -355,18 +353,10 @@ async def run(args: argparse.Namespace, setup: _Setup) -> int:
                      "  (www.iottest.work shows as 106.12.79.254);\n"
                      f"  {failed or demo_material_hint(profile)}")
     hints.append("  stop with Ctrl+C")
-    # The device paths through a non-blocking writer too: a stdout pipe nobody reads (a stalled
-    # log collector) must not stop the loop before the first AT (drained at the exit).
-    out = _STDOUT[0] = StderrLog(sys.stdout)
-    out.attach(loop)
     for entry in entries:
         out.say(entry.path + "\n")
-    stderr = next((h for h in logging.getLogger().handlers if isinstance(h, StderrLog)), None)
     for line in hints:
-        if stderr is not None:
-            stderr.say(line + "\n")        # (never a blocking write: nobody may read stderr)
-        else:
-            _say(sys.stderr, line)
+        err.say(line + "\n")
 
     await stop.wait()
     if control is not None:
@@ -404,6 +394,8 @@ def lock_state_dir(state_dir: Path) -> int | None:
     except OSError as exc:               # a read-only state dir still serves what it holds
         if exc.errno == errno.ELOOP:
             raise StateDirBusy(f"{state_dir / '.lock'} is a symbolic link: not using it") from None
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise                        # out of descriptors: run() names that, in one line
         log.warning("state dir %s: no lock file (%s): another emulator on it would not be "
                     "noticed", state_dir, exc.strerror or exc)
         return None
@@ -447,12 +439,12 @@ def make_trace(path: str | None):
     if not path:
         return None
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
     except FileNotFoundError:
-        mode = None
+        st = None
     except OSError as exc:
         raise Refused(f"--trace {path}: {exc.strerror or exc}")
-    if mode is not None and not stat.S_ISREG(mode) and not _never_waits(mode, path):
+    if st is not None and not stat.S_ISREG(st.st_mode) and not _never_waits(st):
         # A pipe, FIFO or terminal: the trace's writes would wait for its reader on the
         # event loop (a FIFO's open for one), and a reader that stops would stall the modems.
         raise Refused(f"--trace {path}: not a regular file (a pipe or terminal would stall "
@@ -471,27 +463,17 @@ def _drain_at_exit(*writers) -> None:
     for sig in stop_signals.handled():
         signal.signal(sig, _noted)
     for writer in writers:
-        if writer is not None:
-            writer.drain(1.0)
+        writer.drain(1.0)
 
 
 def _noted(signum, frame) -> None:
     stop_signals.seen.append(signum)
 
 
-def _never_waits(mode: int, path: str) -> bool:
+def _never_waits(st: os.stat_result) -> bool:
     """A character device whose writes never wait for anyone: /dev/null, /dev/full,
     /dev/zero (the memory devices, major 1)."""
-    return stat.S_ISCHR(mode) and os.major(os.stat(path).st_rdev) == 1
-
-
-def _say(stream, text: str) -> None:
-    """A line for the person or script that started us; their terminal may be gone
-    already (closed right after it showed the first line): that must not stop the modem."""
-    try:
-        print(text, file=stream, flush=True)
-    except (OSError, ValueError):
-        pass
+    return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 1
 
 
 SUBCOMMANDS = ("usage: modem-emulator trace show FILE [--socket N] [--modem N]\n"
@@ -531,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     if code is not None:
         return code
     args = build_parser().parse_args(argv)
-    handler = StderrLog(sys.stderr)
+    out, handler = StderrLog(sys.stdout), StderrLog(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level, handlers=[handler])
     # Until run() installs the loop's handlers, a stop signal raises _Stopped: it breaks a
@@ -540,11 +522,11 @@ def main(argv: list[str] | None = None) -> int:
     for sig in stop_signals.handled():
         signal.signal(sig, _stop_now)
     if stop_signals.seen:
-        _drain_at_exit(handler)
+        _drain_at_exit(out, handler)
         return 0
     try:
         setup = prepare(args)
-        return asyncio.run(run(args, setup))
+        return asyncio.run(run(args, setup, out, handler))
     except (ProfileError, ScenarioError, Refused) as exc:
         print(f"modem-emulator: {exc}", file=sys.stderr)
         return 2
@@ -552,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("stopped by %s during start-up", exc)
         return 0
     finally:
-        _drain_at_exit(_STDOUT[0], handler)
+        _drain_at_exit(out, handler)
 
 
 if __name__ == "__main__":

@@ -431,7 +431,9 @@ class ScenarioRun:
         if backlog and modem.loop is not None:
             still = still + 1 if backlog == last else 0
             if still * SENT_POLL < SENT_STALL:
-                self._timers.append(modem.loop.call_later(SENT_POLL, self._once_out, index, steps, backlog, still))
+                # (not kept with _timers -- a handle per look piled up over a long paced
+                # answer -- a cancelled run's next look ends at the check above)
+                modem.loop.call_later(SENT_POLL, self._once_out, index, steps, backlog, still)
                 return
         for step in steps:
             if not self.cancelled:

@@ -235,12 +235,12 @@ def _own_description(stream) -> tuple[int | None, bool]:
     False): neither (a socket, no file descriptor) -- a thread writes."""
     try:
         fd = stream.fileno()
-        mode = os.fstat(fd).st_mode
+        st = os.fstat(fd)
     except (AttributeError, OSError, ValueError):
         return None, False
-    if stat.S_ISREG(mode):
+    if stat.S_ISREG(st.st_mode):
         return None, True
-    if not (stat.S_ISFIFO(mode) or (stat.S_ISCHR(mode) and _reopens_itself(os.fstat(fd).st_rdev))):
+    if not (stat.S_ISFIFO(st.st_mode) or (stat.S_ISCHR(st.st_mode) and _reopens_itself(st.st_rdev))):
         return None, False
     try:
         own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
