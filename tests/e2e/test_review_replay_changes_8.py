@@ -79,6 +79,12 @@ def test_ssl_sockets_opened_over_a_slow_network_while_the_host_sits_at_a_prompt_
         assert host.read_until(b"> ") == b"\r\n> "
         for _ in range(16):
             advance(0.25)
+        # The connects complete on the modem's clock; their handshakes (no latency now) run
+        # in real time: the data only after all five are done, as the docstring's order wants.
+        deadline = time.monotonic() + 10
+        while [s["state"] for s in emulator.control("state")["sockets"]] != ["CONNECTED"] * 5:
+            assert time.monotonic() < deadline, emulator.control("state")["sockets"]
+            time.sleep(0.01)
         host.write(b"hello")
         got = host.read_until(b"hello")
         assert got.startswith(b"\r\nSEND OK\r\n") and got.count(b"+QSSLOPEN: ") == 4, got
