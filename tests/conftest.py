@@ -233,3 +233,16 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"skipped, but MODEM_EMULATOR_REQUIRE_ALL=1 forbids skips: {reason}"
+
+
+@pytest.fixture
+def small_pipe():
+    """(read fd, text stream on a 4 KiB pipe's write end): a log writer's pipe that fills."""
+    import fcntl
+    from tests.pipes import F_SETPIPE_SZ
+    r, w = os.pipe()
+    fcntl.fcntl(w, F_SETPIPE_SZ, 4096)
+    stream = os.fdopen(w, "w")
+    yield r, stream
+    stream.close()
+    os.close(r)

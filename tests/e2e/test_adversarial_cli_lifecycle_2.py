@@ -30,45 +30,12 @@ import pytest
 
 from emulator.testing.host import Host
 from tests.e2e.cli_support import ROOT, first_line, start
+from tests.pipes import full_pipe, read_until_idle, threads
 
 OK = b"\r\nOK\r\n"
 F_SETPIPE_SZ = 1031
 DROPPED = re.compile(rb"modem-emulator: (\d+) log lines dropped \(stderr was not read\)\n")
 STAMP = re.compile(rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+: |modem-emulator: |  )")
-
-
-def threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def full_pipe() -> tuple[int, int]:
-    """A pipe already full (a CI log collector that stalled); its write end blocking."""
-    r, w = os.pipe()
-    os.set_blocking(w, False)
-    try:
-        while True:
-            os.write(w, b"x" * 4096)
-    except BlockingIOError:
-        pass
-    os.set_blocking(w, True)
-    return r, w
-
-
-def read_all(fd: int, idle: float = 0.5) -> bytes:
-    os.set_blocking(fd, False)
-    got = bytearray()
-    last = time.monotonic()
-    while time.monotonic() - last < idle:
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            time.sleep(0.005)
-            continue
-        if not chunk:
-            break
-        got += chunk
-        last = time.monotonic()
-    return bytes(got)
 
 
 def wait_for_link(path: str, proc: subprocess.Popen, timeout: float = 20) -> None:
@@ -195,7 +162,7 @@ def test_a_second_stop_signal_while_the_exit_drains_a_full_stderr(tmp_path, seco
             proc.kill()
             proc.wait(10)
         os.close(w)
-    got = read_all(r)
+    got = read_until_idle(r, 0.5)
     os.close(r)
     assert (code, b"Traceback" in got) == (0, False)
 
@@ -223,7 +190,7 @@ def test_one_stop_with_a_full_stderr_exits_0_and_a_late_reader_gets_whole_lines(
             proc.kill()
             proc.wait(10)
         os.close(w)
-    got = read_all(r)
+    got = read_until_idle(r, 0.5)
     os.close(r)
     assert got.endswith(b"\n") and b"Traceback" not in got
     lines = got.split(b"\n")[:-1]
@@ -255,7 +222,7 @@ def test_a_flood_of_log_lines_into_an_unread_pipe_every_line_counted_and_in_orde
                     answers += host.read_until(b"\r\nERROR\r\n")
                 assert answers == b"\r\nERROR\r\n" * batch
             assert threads(proc.pid) == 1
-            got = read_all(r, idle=1.0)          # a reader at last: the loop writes what waited
+            got = read_until_idle(r, 1.0)          # a reader at last: the loop writes what waited
             assert host.at("AT").endswith(OK)
         finally:
             host.close()
@@ -265,7 +232,7 @@ def test_a_flood_of_log_lines_into_an_unread_pipe_every_line_counted_and_in_orde
             proc.kill()
             proc.wait(10)
         os.close(w)
-    got += read_all(r)
+    got += read_until_idle(r, 0.5)
     os.close(r)
     lines = got.split(b"\n")
     assert lines[-1] == b""

@@ -54,6 +54,7 @@ from emulator.tools.control import ControlServer
 from emulator.tools.trace import show_main
 from tests.e2e import replay_support as rs
 from tests.e2e.cli_support import start, stop
+from tests.pipes import read_until_idle
 
 HOST = "echo.example"           # routed to the `echo` fixture's server (tests/conftest.py)
 OK = b"\r\nOK\r\n"
@@ -111,23 +112,6 @@ def ctl_path(emulator, tmp_path):
     emulator.call(server.start())
     yield path
     emulator.call(server.close())
-
-
-def _read_pipe(fd: int, idle: float = 1.0) -> bytes:
-    os.set_blocking(fd, False)
-    got = bytearray()
-    last = time.monotonic()
-    while time.monotonic() - last < idle:
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            time.sleep(0.01)
-            continue
-        if not chunk:
-            break
-        got += chunk
-        last = time.monotonic()
-    return bytes(got)
 
 
 # == --count 20, stderr never read, the control socket flooded =================================
@@ -205,7 +189,7 @@ def test_count_20_control_flood_with_an_unread_stderr_pipe(tmp_path, profile):
         for n in (0, 19):                                   # nothing of modem 13's reached them
             assert hosts[n].quiet_for(0.2) == b""
             assert hosts[n].at("AT") == OK
-        err = _read_pipe(r)                                 # a reader comes late: whole lines
+        err = read_until_idle(r, 1.0)                                 # a reader comes late: whole lines
         assert hosts[0].at("AT") == OK
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
@@ -216,7 +200,7 @@ def test_count_20_control_flood_with_an_unread_stderr_pipe(tmp_path, profile):
             proc.kill()
             proc.wait(10)
         os.close(w)
-    err += _read_pipe(r, idle=0.2)
+    err += read_until_idle(r, 0.2)
     os.close(r)
     lines = err.split(b"\n")
     assert lines[-1] == b""

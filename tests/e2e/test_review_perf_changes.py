@@ -34,9 +34,9 @@ from emulator.testing.peers.pki import utc
 from emulator.tools import stderr_log
 from emulator.tools.stderr_log import StderrLog
 from tests.e2e.cli_support import ROOT, first_line, start, stop
+from tests.pipes import F_SETPIPE_SZ, full_pipe, read_until_idle, threads
 
 OK = b"\r\nOK\r\n"
-F_SETPIPE_SZ = 1031
 DROPPED = re.compile(rb"modem-emulator: \d+ log lines dropped \(stderr was not read\)")
 
 
@@ -179,37 +179,6 @@ def bare(stream) -> StderrLog:
     return log
 
 
-def read_all(fd: int, log: StderrLog | None = None, idle: float = 0.3) -> bytes:
-    """Everything a pipe's reader gets until nothing comes for `idle` s (drain()ing the
-    handler's waiting lines as it goes, when given)."""
-    os.set_blocking(fd, False)
-    got = bytearray()
-    last = time.monotonic()
-    while time.monotonic() - last < idle:
-        if log is not None:
-            log.drain(0.01)
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            time.sleep(0.005)
-            continue
-        if not chunk:
-            break
-        got += chunk
-        last = time.monotonic()
-    return bytes(got)
-
-
-@pytest.fixture
-def small_pipe():
-    r, w = os.pipe()
-    fcntl.fcntl(w, F_SETPIPE_SZ, 4096)
-    stream = os.fdopen(w, "w")
-    yield r, stream
-    stream.close()
-    os.close(r)
-
-
 def test_stderr_huge_lines_and_non_utf8_arrive_whole_and_in_order(small_pipe):
     """Lines larger than the pipe (and than MAX_WRITE, 64 KiB) go out in pieces but whole,
     in order; lone surrogates / non-UTF-8 text become escapes, never an exception; the
@@ -221,7 +190,7 @@ def test_stderr_huge_lines_and_non_utf8_arrive_whole_and_in_order(small_pipe):
     for line in lines:
         log.emit(record(line))
     assert os.get_blocking(stream.fileno())
-    got = read_all(r, log).decode()
+    got = read_until_idle(r, tick=lambda: log.drain(0.01)).decode()
     assert got.split("\n")[:-1] == ["a" * 70_000, "small \\udcff \u00e9", "b" * 5_000, "c" * 200_000, "last"]
 
 
@@ -234,7 +203,7 @@ def test_stderr_drop_notice_never_splits_a_partly_written_line(small_pipe):
     log.emit(record(big))
     for i in range(6):                     # the deque fills: some are dropped and counted
         log.emit(record(f"line {i}"))
-    got = read_all(r, log)
+    got = read_until_idle(r, tick=lambda: log.drain(0.01))
     assert DROPPED.search(got)
     assert got.split(b"\n")[0] == big.encode()          # the big line whole, nothing inside it
 
@@ -266,7 +235,7 @@ def test_stderr_a_line_from_a_signal_handler_during_a_write(small_pipe, monkeypa
     except Exception as exc:               # (what the logging call of the main code would see)
         error = exc
     monkeypatch.setattr(stderr_log, "os", os)
-    got = read_all(r, log)
+    got = read_until_idle(r, tick=lambda: log.drain(0.01))
     assert error is None
     assert got == b"first\nfrom a signal handler\n"
 
@@ -351,10 +320,6 @@ def test_stderr_none_starts_no_thread_and_leaves_nothing_waiting():
 # 2. StderrLog through the CLI
 # =========================================================================================
 
-def threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
 def cli(tmp_path, name: str, *extra: str, **kwargs) -> subprocess.Popen:
     return start("--offline", "--log-level", "DEBUG", "--state-dir", str(tmp_path / name), *extra, **kwargs)
 
@@ -376,7 +341,7 @@ def test_cli_stderr_pipe_nobody_reads_keeps_the_modem_answering_and_exits_0(tmp_
                 assert host.seen(re.compile(rb"\+QSSLOPEN: 0,[1-9]\d*\r\n"), 10)
             assert threads(proc.pid) == 1
             assert os.get_blocking(w)
-            got = read_all(r, idle=0.5)          # a late reader: the loop writes the rest
+            got = read_until_idle(r, 0.5)          # a late reader: the loop writes the rest
         finally:
             host.close()
         assert stop(proc) == 0
@@ -384,7 +349,7 @@ def test_cli_stderr_pipe_nobody_reads_keeps_the_modem_answering_and_exits_0(tmp_
         if proc.poll() is None:
             proc.kill()
         os.close(w)
-    got += read_all(r)
+    got += read_until_idle(r)
     os.close(r)
     assert len(got) > 4096
     lines = got.split(b"\n")
@@ -574,20 +539,6 @@ def test_cli_stop_with_lines_waiting_in_a_full_pipe_exits_0(tmp_path, sig):
         os.close(r)
 
 
-def full_pipe() -> tuple[int, int]:
-    """A pipe already full (a parent that stopped reading, or other writers filled it);
-    its write end blocking again, as a child inherits it."""
-    r, w = os.pipe()
-    os.set_blocking(w, False)
-    try:
-        while True:
-            os.write(w, b"x" * 4096)
-    except BlockingIOError:
-        pass
-    os.set_blocking(w, True)
-    return r, w
-
-
 # Was a bug, fixed (2026-12-06): cli.run prints its start-up hints with _say(sys.stderr) -- a blocking write on the parent's description, bypassing StderrLog: a stderr pipe nobody reads blocks the event loop in write(2) forever; the modem never answers and SIGTERM cannot stop it
 def test_cli_stderr_pipe_full_from_the_start_modem_answers_and_stops(tmp_path):
     r, w = full_pipe()
@@ -624,7 +575,7 @@ def test_stderr_a_fifo_gets_its_own_non_blocking_description(tmp_path):
             assert log.mode == "nonblocking"
             log.emit(record("through a fifo"))
             assert os.get_blocking(stream.fileno())
-            assert read_all(r) == b"through a fifo\n"
+            assert read_until_idle(r) == b"through a fifo\n"
             os.close(log._fd)
     finally:
         os.close(r)

@@ -25,11 +25,11 @@ from emulator.sockets.context import SslContext, to_tls_settings
 from emulator.tools import stderr_log
 from emulator.tools.stderr_log import NOTICE, StderrLog
 from tests.e2e import test_adversarial_hostile_servers_10 as h10
+from tests.pipes import F_SETPIPE_SZ, read_until_idle
 from tls_engine import TlsClientSession, TlsFailure, TlsSettings
 from tls_engine.native import selfcheck, wrapper
 from tls_engine.native.layout import LayoutError
 
-F_SETPIPE_SZ = 1031
 DROPPED = re.compile(rb"modem-emulator: (\d+) log lines dropped \(stderr was not read\)\n")
 
 
@@ -59,35 +59,6 @@ def _close_own_descriptions():
             except OSError:
                 pass
             log._fd = None
-
-
-def drain_all(r: int, log: StderrLog) -> bytes:
-    """Everything the pipe's reader gets, draining the handler's waiting lines as it goes."""
-    os.set_blocking(r, False)
-    got = bytearray()
-    idle = 0
-    while idle < 20:
-        log.drain(0.01)
-        try:
-            chunk = os.read(r, 1 << 16)
-        except BlockingIOError:
-            idle += 1
-            continue
-        if not chunk:
-            break
-        got += chunk
-        idle = 0
-    return bytes(got)
-
-
-@pytest.fixture
-def small_pipe():
-    r, w = os.pipe()
-    fcntl.fcntl(w, F_SETPIPE_SZ, 4096)
-    stream = os.fdopen(w, "w")
-    yield r, stream
-    stream.close()
-    os.close(r)
 
 
 class Writes:
@@ -122,7 +93,7 @@ def test_stderr_waiting_holds_at_most_max_waiting_lines(small_pipe):
     for i in range(20):
         log.emit(record(f"line {i}"))
     assert len(log._waiting) == 5
-    got = drain_all(r, log)
+    got = read_until_idle(r, 0.2, tick=lambda: log.drain(0.01))
     lines = [x for x in got.split(b"\n") if x.startswith(b"line ")]
     assert lines == [f"line {i}".encode() for i in range(5)]
     assert [int(n) for n in DROPPED.findall(got)] == [15]
@@ -138,7 +109,7 @@ def test_stderr_the_dropped_count_goes_first_when_the_pipe_moves(small_pipe):
     log.emit(record(big))
     for i in range(6):
         log.emit(record(f"line {i}"))
-    got = drain_all(r, log)
+    got = read_until_idle(r, 0.2, tick=lambda: log.drain(0.01))
     assert got == big.encode() + b"\n" + NOTICE.format(3).encode() + b"line 0\nline 1\nline 2\n"
 
 
@@ -151,7 +122,7 @@ def test_stderr_the_stream_encoding_is_kept(small_pipe):
         log = bare(stream)
         assert log.mode == "nonblocking"
         log.emit(record("caf\u00e9 \u20ac"))
-        assert drain_all(r, log) == b"caf\xe9 \\u20ac\n"
+        assert read_until_idle(r, 0.2, tick=lambda: log.drain(0.01)) == b"caf\xe9 \\u20ac\n"
     finally:
         stream.close()
 
@@ -171,7 +142,7 @@ def test_stderr_waiting_lines_leave_in_one_write(small_pipe, monkeypatch):
         assert log._flush()
     monkeypatch.setattr(stderr_log, "os", os)
     assert len(writes.calls) == 2                 # the tail, then the 50 lines at once
-    rest = drain_all(r, log)
+    rest = read_until_idle(r, 0.2, tick=lambda: log.drain(0.01))
     assert rest.endswith(b"".join(f"line {i:02d}\n".encode() for i in range(50)))
 
 
@@ -186,7 +157,7 @@ def test_stderr_a_line_from_a_signal_handler_during_a_partial_write(small_pipe, 
     monkeypatch.setattr(stderr_log, "os", writes)
     log.emit(record("first " + "f" * 50))
     monkeypatch.setattr(stderr_log, "os", os)
-    assert drain_all(r, log) == ("first " + "f" * 50 + "\nfrom a signal handler\n").encode()
+    assert read_until_idle(r, 0.2, tick=lambda: log.drain(0.01)) == ("first " + "f" * 50 + "\nfrom a signal handler\n").encode()
 
 
 def test_stderr_a_loop_watches_the_pipe_only_while_lines_wait(small_pipe):
@@ -243,7 +214,7 @@ def test_stderr_lines_adding_up_to_max_write_exactly_leave_in_one_write(monkeypa
             assert log._flush()
         monkeypatch.setattr(stderr_log, "os", os)
         assert writes.calls == [stderr_log.MAX_WRITE, 2]
-        assert drain_all(r, log) == b"".join(parts)
+        assert read_until_idle(r, 0.2, tick=lambda: log.drain(0.01)) == b"".join(parts)
     finally:
         stream.close()
         os.close(r)
@@ -351,7 +322,6 @@ def test_stderr_a_closed_regular_file_takes_nothing_and_raises_nothing(tmp_path)
     stream.close()
     log.emit(record("into a closed file"))
     log.say("a hint\n")
-
 
 
 def test_stderr_drain_stops_once_everything_is_written(small_pipe, monkeypatch):

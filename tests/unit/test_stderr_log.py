@@ -13,30 +13,13 @@ import threading
 import time
 
 from emulator.tools.stderr_log import NOTICE, StderrLog
+from tests.pipes import read_until_idle
 
 DROPPED = re.compile(NOTICE.replace("{}", r"(\d+)").replace("(stderr", r"\(stderr").replace("read)", r"read\)"))
 
 
 def record(message: str) -> logging.LogRecord:
     return logging.LogRecord("t", logging.INFO, __file__, 1, message, None, None)
-
-
-def read_all(fd: int, until_idle: float = 0.3) -> bytes:
-    """What a pipe's reader gets until nothing comes for `until_idle` s."""
-    os.set_blocking(fd, False)
-    got = bytearray()
-    idle_since = time.monotonic()
-    while time.monotonic() - idle_since < until_idle:
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            time.sleep(0.005)
-            continue
-        if not chunk:
-            break
-        got += chunk
-        idle_since = time.monotonic()
-    return bytes(got)
 
 
 class Pipe:
@@ -59,7 +42,7 @@ def test_a_pipe_gets_its_own_non_blocking_description_and_no_thread():
         for i in range(3):
             log.emit(record(f"line {i}"))
         assert threading.active_count() == before
-        assert read_all(pipe.r) == b"line 0\nline 1\nline 2\n"
+        assert read_until_idle(pipe.r) == b"line 0\nline 1\nline 2\n"
     finally:
         pipe.close()
 
@@ -73,7 +56,7 @@ def test_an_unread_pipe_never_blocks_and_every_line_is_written_or_counted():
         for i in range(total):
             log.emit(record(f"line {i:05d} " + "x" * 60))     # ~1 MB: far more than the pipe holds
         assert time.monotonic() - started < 30                 # (it returned: nothing blocked)
-        reader = threading.Thread(target=lambda: out.append(read_all(pipe.r, 1.0)))
+        reader = threading.Thread(target=lambda: out.append(read_until_idle(pipe.r, 1.0)))
         out: list[bytes] = []
         reader.start()
         log.drain(10.0)
