@@ -63,7 +63,11 @@ def pytest_runtest_teardown(item, nextitem):
         snapshot(item.nodeid)
 
 
-def pytest_unconfigure(config):
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    # Every test and fixture is over.  (Not at unconfigure: an xdist worker tells the
+    # controller it finished right after this hook, and a worker still busy 5 s after the
+    # controller's shutdown -- a loaded machine -- is interrupted before its unconfigure.)
     # pytest keeps the last failure's exception (sys.last_traceback, for pdb): its frames hold
     # whatever that test had open.  Drop it so only real leaks remain.
     sys.last_type = sys.last_value = sys.last_traceback = None
