@@ -34,6 +34,18 @@ def test_cgdcont_and_qicsgp_are_one_table(ec2x):
     assert ec2x.at('AT+CGDCONT=1,"X25"') == ERROR
 
 
+def test_qicsgp_with_authentication_omitted_keeps_the_previous_one(ec2x):
+    """A real UC15 session quoted in a Quectel OpenCPU test program: after
+    +QICSGP: 1,"UNINET","","",1, AT+QICSGP=1,1,"abc","","" answers OK and the read shows
+    +QICSGP: 1,"abc","","",1 -- the omitted <authentication> keeps its value (Quectel's
+    convention for omitted optional parameters, docs/behaviour.md)."""
+    assert ec2x.at('AT+QICSGP=1,1,"UNINET","","",1') == OK
+    assert ec2x.at('AT+QICSGP=1,1,"abc","",""') == OK
+    assert ec2x.at("AT+QICSGP=1") == b'\r\n+QICSGP: 1,"abc","","",1\r\n\r\nOK\r\n'
+    assert ec2x.at('AT+QICSGP=1,1,"abc","","",0') == OK
+    assert ec2x.at("AT+QICSGP=1") == b'\r\n+QICSGP: 1,"abc","","",0\r\n\r\nOK\r\n'
+
+
 def test_cgact_and_qiact_are_one_state(ec2x):
     assert ec2x.at('AT+CGDCONT=1,"IP","CMNET"') == OK
     assert ec2x.at("AT+CGACT=1,1") == OK                         # no +CGACT line on the EC2x
