@@ -120,6 +120,7 @@ class Emulator:
             feed, wrap_sink = attach_trace(trace, modem, len(self.ports))
         on_hangup = modem.host_hangup if hangup_on_close else modem.host_closed_without_hangup
         port = PtyPort(loop, feed, link, on_hangup=on_hangup, on_drain=modem.output_drained,
+                       on_attach=modem.host_attached if hangup_on_close else None,
                        max_backlog=profile.get("serial.output_backlog", 1 << 20),
                        hangup_on_close=hangup_on_close)
         if baud is not None:

@@ -128,7 +128,7 @@ class PtyPort:
     def __init__(self, loop: asyncio.AbstractEventLoop, on_data: Callable[[bytes], None],
                  link: Path | None = None, on_hangup: Callable[[], None] | None = None,
                  on_drain: Callable[[], None] | None = None, max_backlog: int = MAX_BACKLOG,
-                 hangup_on_close: bool = True) -> None:
+                 hangup_on_close: bool = True, on_attach: Callable[[], None] | None = None) -> None:
         self.loop = loop
         # False (--uart): a UART with no hang-up line -- the module gets every byte on its RX
         # line whoever sent it and whenever the sender left, so nothing the host wrote is
@@ -136,6 +136,7 @@ class PtyPort:
         self.hangup_on_close = hangup_on_close
         self.on_data = on_data
         self.on_hangup = on_hangup
+        self.on_attach = on_attach        # a host opened the port (before its first bytes)
         self.on_drain = on_drain
         self.master, slave = os.openpty()
         tty.setraw(slave)                 # kept by the pty while the master is open
@@ -229,6 +230,8 @@ class PtyPort:
             self._timer = None
         self.attached = True
         log.debug("host opened %s", self.device)
+        if self.on_attach is not None:
+            self.on_attach()
         if early:
             self._held += early           # (first in line, a loop turn later)
         if self.reading:

@@ -191,6 +191,12 @@ class Modem:
         Asks the kernel: for rare questions (a late LF after a prompt), not per byte."""
         return self._port.host_has_read(mark) if self._port is not None else None
 
+    def host_attached(self) -> None:
+        """A program opened the port: its open raises DTR (a tty's open asserts it, as a USB
+        CDC port's does), so a drop it makes later acts per AT&D again -- also after an
+        earlier program's drop the line never rose from."""
+        self.dtr = 1
+
     def host_hangup(self) -> None:
         """The host closed the port (transport callback)."""
         self.epoch += 1
