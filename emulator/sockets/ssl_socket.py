@@ -889,6 +889,18 @@ class SslSocket:
                 self._internal_error(exc)
                 return
 
+    def _send_accepted(self) -> None:
+        """What SEND OK accepted leaves now, in order, when the connection is about to end
+        otherwise than by the host's close (a fault, the bearer's loss): the bytes
+        transmit_soon() holds and the records the seal worker has still to make.  On a
+        module they were in the TCP send buffer, sent as the window allowed, before the
+        command or the event that ends the connection was even read."""
+        if self._deferred:
+            self.flush_deferred()
+        if self.session is not None and self.session.unsealed():
+            self.session.seal_all()
+            self._pump()
+
     def take_send_failure(self) -> bool:
         """A SEND FAIL injected by the control API is due (counts it down)."""
         if self.send_failures > 0:
@@ -916,9 +928,8 @@ class SslSocket:
             return True
         reason = CLOSE_NOTIFY if how == "close" else RST
         self._eof_reason = reason
-        if self._deferred:
-            self.flush_deferred()      # what SEND OK accepted left before the fault (it was
-        if self._transport is not None:    # answered: a reset cannot take it back)
+        self._send_accepted()          # it was answered: a reset cannot take it back
+        if self._transport is not None:
             if how == "rst":
                 reset_on_close(self._transport)
             self._transport.abort()
@@ -1002,7 +1013,10 @@ class SslSocket:
 
     def bearer_lost(self, reason: str) -> None:
         """The PDP context went away: the connection is dropped.  An open fails ("pdp");
-        a connected socket reports closed and waits for the host's AT+QSSLCLOSE."""
+        a connected socket reports closed and waits for the host's AT+QSSLCLOSE.  What
+        SEND OK accepted leaves first (a host's AT+CFUN=0 pipelined behind its data)."""
+        if self._state is CONNECTED and not self.blackholed:
+            self._send_accepted()
         self._stop_opening()
         self._teardown()
         if self._state is OPENING:

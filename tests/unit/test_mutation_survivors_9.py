@@ -542,9 +542,9 @@ def test_a_socket_the_peer_closed_reports_closed_once_when_the_context_goes():
 
 def test_the_contexts_loss_drops_the_connection_and_what_waits_to_leave():
     """Mutant: bearer_lost not tearing the connection down (_teardown).  SslSocket.bearer_lost: "The PDP context went away: the connection is
-    dropped"; docs/behaviour.md, Faults `pdp_deact`: each socket's "closed" URC -- with no bearer
-    nothing more leaves, and what SEND OK accepted but never sent is no longer the socket's
-    backlog."""
+    dropped"; docs/behaviour.md, Faults `pdp_deact`: each socket's "closed" URC -- what SEND OK
+    accepted leaves first (it was in the send buffer before the loss: docs/behaviour.md "When the
+    bytes of a SEND OK leave"), then with no bearer nothing more leaves."""
     async def main():
         bench = Bench()
         sock = session_socket(bench, 1)
@@ -553,8 +553,9 @@ def test_the_contexts_loss_drops_the_connection_and_what_waits_to_leave():
         bench.svc.pdp_lost(1)
         assert bench.run() == b'\r\n+QSSLURC: "closed",1\r\n'
         assert transport.aborted and sock.send_backlog() == 0
+        assert sock.session.sent == [b"accepted by SEND OK"]
         await asyncio.sleep(0.01)
-        assert sock.session.sent == []
+        assert sock.session.sent == [b"accepted by SEND OK"]
     asyncio.run(main())
 
 
