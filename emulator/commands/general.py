@@ -157,6 +157,7 @@ def _qpowd(modem) -> Response:
     def down() -> None:
         # Written at once, not queued as a URC: nothing the module held back comes after it.
         modem.write(framing.urc("POWERED DOWN", b"", modem.settings))
+        modem.emit("restart")        # what SEND OK accepted leaves first
         modem.power_down()
     return Response([], "OK", then=down, ends_line=True)
 
@@ -189,6 +190,7 @@ def cfun_write(modem, cmd):
             raise CommandError(Cme(50), f"AT+CFUN={fun},1: a reset only with <fun> 1")
 
         def reboot() -> None:
+            modem.emit("restart")    # what SEND OK accepted leaves first
             modem.reboot(0.05)       # its start-up URCs a moment after OK
         # OK first, framed as the host asked (ATV0, ATQ1...); then the module restarts with
         # its AT&W set, and the rest of the line is not run.

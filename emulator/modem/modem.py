@@ -171,6 +171,8 @@ class Modem:
     def set_dtr(self, level: int) -> None:
         """The host's DTR line (a pty has none: an API call, and the control socket's
         "dtr" later).  ON->OFF acts per AT&D (emulator/at/interpreter.py dtr_drop)."""
+        if self._port is not None:
+            self._port.look_for_host()    # a program that opened the port raised DTR first
         was, self.dtr = self.dtr, 1 if level else 0
         if was and not self.dtr:
             self.interpreter.dtr_drop()
@@ -297,7 +299,8 @@ class Modem:
         """Events: "pdp_deactivated" (cid), "reset", "shutdown", "hangup" (the host closed
         the port), "output_drained" (the host caught up with a backlog), "port_idle" (the
         interpreter is idle again after an answer, a data prompt or a pending command,
-        its queued URCs written: a URC now goes out at once), "command" (name, kind, args: a
+        its queued URCs written: a URC now goes out at once), "restart" (the host asked for a
+        restart or power-down: AT+CFUN=1,1, AT+QPOWD), "command" (name, kind, args: a
         command the host sent, as the interpreter dispatches it, before its handler runs;
         scenario triggers count these)."""
         self._listeners[event].append(callback)

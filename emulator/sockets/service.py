@@ -57,6 +57,7 @@ class SocketService:
         modem.on("pdp_deactivated", self.pdp_lost)
         modem.on("data_prompt", self._flush_deferred)
         modem.on("reset", self._reboot)
+        modem.on("restart", self._send_accepted)
         modem.on("shutdown", self.abort_all)
 
     def holds(self, sock: SslSocket) -> bool:
@@ -157,6 +158,13 @@ class SocketService:
         accepted go now, while the host writes (SslSocket.transmit_soon)."""
         for sock in list(self.sockets.values()):
             sock.flush_deferred()
+
+    def _send_accepted(self, **_event) -> None:
+        """The host asked for a restart (AT+CFUN=1,1, AT+QPOWD): what SEND OK accepted
+        leaves before the sockets go (it was in the send buffer before the command was read)."""
+        for sock in list(self.sockets.values()):
+            if sock.state == CONNECTED:
+                sock.send_accepted()
 
     def _release(self, sock: SslSocket) -> None:
         """The socket is gone from the service: no access mode keeps anything for it."""

@@ -889,7 +889,7 @@ class SslSocket:
                 self._internal_error(exc)
                 return
 
-    def _send_accepted(self) -> None:
+    def send_accepted(self) -> None:
         """What SEND OK accepted leaves now, in order, when the connection is about to end
         otherwise than by the host's close (a fault, the bearer's loss): the bytes
         transmit_soon() holds and the records the seal worker has still to make.  On a
@@ -918,19 +918,19 @@ class SslSocket:
             return False
         self._freeze_acks()            # (the packets stop, or the connection ends, now)
         if how == "blackhole":
-            if self.session is not None and self.session.unsealed():
-                # What the host sent before the fault left before it, as when it was
-                # encrypted at once: the seal jobs still out are finished now.
-                self.session.seal_all()
-                self._pump()
+            # What the host sent before the fault left before it, as when it was encrypted
+            # at once: the bytes transmit_soon() holds, the seal jobs still out.
+            self.send_accepted()
             self.blackholed = True
             log.info("%s socket %d: network fault: packets stop (blackhole)", self.kind, self.client_id)
             return True
         reason = CLOSE_NOTIFY if how == "close" else RST
         self._eof_reason = reason
-        self._send_accepted()          # it was answered: a reset cannot take it back
+        self.send_accepted()          # it was answered: a reset cannot take it back
         if self._transport is not None:
-            if how == "rst":
+            if how == "rst" or self._transport.get_write_buffer_size():
+                # (bytes the kernel did not take are dropped: a reset, never a FIN after
+                # the part of a record the kernel held -- as _teardown)
                 reset_on_close(self._transport)
             self._transport.abort()
         self._peer_closed(f"{reason} (fault injected)")
@@ -1016,7 +1016,7 @@ class SslSocket:
         a connected socket reports closed and waits for the host's AT+QSSLCLOSE.  What
         SEND OK accepted leaves first (a host's AT+CFUN=0 pipelined behind its data)."""
         if self._state is CONNECTED and not self.blackholed:
-            self._send_accepted()
+            self.send_accepted()
         self._stop_opening()
         self._teardown()
         if self._state is OPENING:
