@@ -54,6 +54,9 @@ class HostPort(Protocol):
     def input_waiting(self) -> int:
         """The host's bytes in the port, not handed to the modem yet."""
 
+    def look_for_host(self) -> bool:
+        """Attach a host that opened the port since the last look (True: one is there)."""
+
 
 def _sweep_temp_files(state_dir: Path) -> None:
     """What a killed writer left (atomic writes' temp files) goes at the start, in every

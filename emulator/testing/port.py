@@ -33,3 +33,6 @@ class StubPort:
 
     def input_waiting(self) -> int:
         return self._waiting()
+
+    def look_for_host(self) -> bool:
+        return True                       # (a sans-IO host is always there)
