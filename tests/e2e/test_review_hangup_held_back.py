@@ -300,7 +300,9 @@ def test_modem_raising_on_the_held_bytes_does_not_stop_the_hang_up(emulator, ope
         host.close()
         wait_for(lambda: not emulator.run(lambda: port.port.attached), 10, "the hang-up")
         emulator.run(setattr, port.port, "on_data", real)
-        assert calls == [waiting]
+        # one call with every held byte (at least what the pty showed: under load it may still
+        # have been moving the host's earlier bytes to the master side when it was asked)
+        assert len(calls) == 1 and calls[0] >= waiting, (calls, waiting)
         failures = [r for r in caplog.records if "modem failed on" in r.getMessage()]
         assert len(failures) == 1 and failures[0].exc_info
         again = Host(port.path)
