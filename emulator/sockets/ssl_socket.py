@@ -928,11 +928,7 @@ class SslSocket:
         self._eof_reason = reason
         self.send_accepted()          # it was answered: a reset cannot take it back
         if self._transport is not None:
-            if how == "rst" or self._transport.get_write_buffer_size():
-                # (bytes the kernel did not take are dropped: a reset, never a FIN after
-                # the part of a record the kernel held -- as _teardown)
-                reset_on_close(self._transport)
-            self._transport.abort()
+            self._abort_transport(reset=how == "rst")
         self._peer_closed(f"{reason} (fault injected)")
         return True
 
@@ -1115,6 +1111,15 @@ class SslSocket:
         # cyclic GC collects late, with the TLS session's C memory in it (soak RSS).
         self._task = None
 
+    def _abort_transport(self, reset: bool) -> None:
+        """The transport dropped now.  Reset (RST) when asked -- an abort: the close timeout
+        run out, RST by docs/behaviour.md, the control op drop rst -- or when bytes are
+        dropped unsent: never a FIN after the part of a record the kernel held (the server
+        would take a cut stream for a clean end)."""
+        if reset or self._transport.get_write_buffer_size():
+            reset_on_close(self._transport)
+        self._transport.abort()
+
     def _teardown(self) -> None:
         self._dead = True
         if self._flush_timer is not None:
@@ -1130,12 +1135,7 @@ class SslSocket:
             self._timer = None
         if self._transport is not None:
             self._freeze_acks()                # (while its socket is open: connection_lost is later)
-            if self._reset_at_end or self._transport.get_write_buffer_size():
-                # An abort (the close timeout run out, RST by docs/behaviour.md) or bytes
-                # dropped unsent: a reset, never a FIN after the part of a record the
-                # kernel held (the server would take a cut stream for a clean end).
-                reset_on_close(self._transport)
-            self._transport.abort()
+            self._abort_transport(reset=self._reset_at_end)
         if self.session is not None and self.session.state in ("handshaking", "established"):
             try:
                 self._close_session()
