@@ -419,7 +419,8 @@ class TlsClientSession:
 
     def next_timeout(self) -> float | None:
         if self.state == "established":
-            return self._renegotiation_timeout()
+            # (asked after every send: no renegotiation timer, no calls)
+            return None if self._clock_ssl is None else self._renegotiation_timeout()
         if self._deadline is None or self.state != "handshaking":
             return None
         return max(0.0, self._deadline - self._now())

@@ -49,6 +49,11 @@ class Args:
         return self.parse_int(arg.text, lo, hi, i)
 
     def parse_int(self, text: str, lo: int, hi: int, i: int = 0) -> int:
+        if text.isascii() and text.isdigit() and len(text) <= 12:
+            value = int(text)           # (the common case, what the checks below let through)
+            if lo <= value <= hi:
+                return value
+            raise self.fail(f"parameter {i + 1} {value} not in {lo}-{hi}")
         text = text.strip(" \t")        # (not str.strip(): a no-break space is no space)
         # ASCII digits only, a minus sign only where the range has negative values (no
         # module takes "+1" or "-0" for 1 or 0); "²".isdigit() is True, hence isascii().

@@ -159,7 +159,7 @@ class Interpreter:
 
     def _settle(self) -> None:
         """If the port is idle: write the URCs that waited, then tell the modem once."""
-        if not self.idle:
+        if self.mode is not Mode.COMMAND or self._executing:     # (not self.idle, inline)
             return
         self._flush_urcs()
         if self._left_idle:
@@ -202,22 +202,25 @@ class Interpreter:
 
     # -- input ---------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        if (self.mode is Mode.PENDING and self.modem.settings.ifc[1] == 2
-                and len(self._inbox) + len(data) > HIGH_WATER and not self.modem.input_held("pending")):
-            # AT+IFC=<x>,2: a host that writes on behind a pending answer (a paced download)
-            # is held back by the pty, as by CTS, instead of having its bytes dropped.
-            self.modem.pause_input("pending")
-        elif self.mode is Mode.PENDING and len(self._inbox) + len(data) > MAX_WAITING_INPUT:
-            room = max(0, MAX_WAITING_INPUT - len(self._inbox))
-            log.warning("port busy: %d input bytes dropped (more than %d waiting)",
-                        len(data) - room, MAX_WAITING_INPUT)
-            data = data[:room]
+        mode = self.mode
+        if mode is Mode.PENDING:
+            if (self.modem.settings.ifc[1] == 2 and len(self._inbox) + len(data) > HIGH_WATER
+                    and not self.modem.input_held("pending")):
+                # AT+IFC=<x>,2: a host that writes on behind a pending answer (a paced
+                # download) is held back by the pty, as by CTS, instead of having its bytes
+                # dropped.
+                self.modem.pause_input("pending")
+            elif len(self._inbox) + len(data) > MAX_WAITING_INPUT:
+                room = max(0, MAX_WAITING_INPUT - len(self._inbox))
+                log.warning("port busy: %d input bytes dropped (more than %d waiting)",
+                            len(data) - room, MAX_WAITING_INPUT)
+                data = data[:room]
         self._fed += len(data)
-        if (self.mode is Mode.ONLINE and not self._inbox and self._late_lf is None
+        if (mode is Mode.ONLINE and not self._inbox and self._late_lf is None
                 and not self._escape_overdue()):
             self._guarded(self._send_online, data)     # the fast path: no copy through the inbox
             return
-        if self.mode in (Mode.COMMAND, Mode.PENDING) and not self._inbox and not self.lexer.piecewise:
+        if (mode is Mode.COMMAND or mode is Mode.PENDING) and not self._inbox and not self.lexer.piecewise:
             lexer = self.lexer
             if ((data[:1] == b"\n" and lexer.after_line_end)     # a line's CR, then its LF apart
                     or (lexer.mid_line and data[:1] != bytes([lexer.s3]))):   # its text in parts
@@ -403,6 +406,8 @@ class Interpreter:
             log.info("ERROR: AT%s (%s form) not supported", loggable(item.raw), item.kind)
             return Response([], "ERROR")
         response = self._call(entry.func, self.modem, item, raw=item.raw, what="")
+        if not (self.delays or self.profile_delays):
+            return response
         delay = max(self.delays.get(name, 0), self.profile_delays.get(name, 0))
         return _delayed(response, delay, self.modem.timers, self._run_then) if delay else response
 
@@ -828,7 +833,8 @@ class Interpreter:
             self.modem.write_joined(framing.lines(lines, self.modem.settings))
 
     def _keep_after(self, lines) -> None:
-        self._after.extend((self._started, line) for line in lines)
+        if lines:
+            self._after.extend((self._started, line) for line in lines)
 
     def _write_after(self) -> None:
         """The end of a line's answer: its trailing lines and the URCs that waited, in the

@@ -32,6 +32,10 @@ class Mode(Enum):
     PENDING = "pending answer"   # a handler's answer is awaited; input waits in the inbox
     ONLINE = "online data"       # transparent mode: bytes go to a connection (OnlineLink)
 
+    # (members are singletons compared by identity: the identity hash, not Enum's Python-level
+    # hash of the name, for TRANSITIONS' lookups on every command)
+    __hash__ = object.__hash__
+
 
 class Event(Enum):
     PROMPT = "a handler asked for data"
@@ -41,6 +45,8 @@ class Event(Enum):
     ONLINE = "a handler entered online data mode"
     ESCAPE = "online data mode ended"
     RESET = "the module restarted"
+
+    __hash__ = object.__hash__
 
 
 TRANSITIONS: dict[Mode, dict[Event, Mode]] = {

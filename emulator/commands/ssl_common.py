@@ -56,8 +56,8 @@ def done(svc: SslService, response: Response) -> Response:
 class SslArgs(Args):
     """Bad parameters of an SSL command: ERROR, with 552 for AT+QIGETERROR."""
 
-    def __init__(self, modem, cmd, at_most: int | None = None) -> None:
-        self.svc = service(modem)
+    def __init__(self, modem, cmd, at_most: int | None = None, svc: SslService | None = None) -> None:
+        self.svc = service(modem) if svc is None else svc
         super().__init__(cmd, at_most=at_most)
 
     def fail(self, why: str) -> CommandError:
@@ -69,7 +69,7 @@ def socket_args(modem, cmd, at_most: int, *, index: int = 0, quectel: bool = Tru
     """The first steps of a command on one socket: the service, the parameters (at most
     `at_most`; quectel: a bad one sets AT+QIGETERROR to 552) and the socket id at `index`."""
     svc = service(modem)
-    args = SslArgs(modem, cmd) if quectel else Args(cmd)
+    args = SslArgs(modem, cmd, svc=svc) if quectel else Args(cmd)
     args.at_most(at_most)
     return svc, args, args.int(index, 0, svc.max_sockets - 1)
 

@@ -486,15 +486,20 @@ class ShapedTransport:
     def _out(self, send, data: bytes) -> None:
         if self._closing:
             return                           # (asyncio ignores writes after close() too)
-
-        def go() -> None:
-            if not self._inner.is_closing():
-                send(data)
-            if not self._resume_if_low() and self._over:
-                self._retune()
-        self._pipe.push(len(data), go)
+        pipe = self._pipe
+        if not pipe.queue and not pipe.conditions().active():
+            self._go(send, data)             # (push() would run it at once: no closure made)
+        else:
+            pipe.push(len(data), functools.partial(self._go, send, data))
         if self._high is not None and self.get_write_buffer_size() > self._high:
             self._over = True
+            self._retune()
+
+    def _go(self, send, data: bytes) -> None:
+        """A packet leaves (now, or at its due time on a shaped link)."""
+        if not self._inner.is_closing():
+            send(data)
+        if self._over and not self._resume_if_low():
             self._retune()
 
     def write(self, data: bytes) -> None:

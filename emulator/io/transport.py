@@ -205,7 +205,9 @@ class PtyPort:
 
     def _host_gone(self) -> bool:
         """Nobody holds the slave side open (POLLHUP on the master)."""
-        return any(ev & select.POLLHUP for _, ev in self._poll.poll(0))
+        for _, ev in self._poll.poll(0):      # (one fd registered: asked on every write)
+            return bool(ev & select.POLLHUP)
+        return False
 
     def _attach_if_present(self) -> bool:
         """Attach when a host holds the slave side open (no POLLHUP); False: nobody there.
@@ -442,7 +444,7 @@ class PtyPort:
         """The host's bytes not handed on yet: read and held, or still in the pty (FIONREAD
         on the master; one ioctl)."""
         try:
-            _flushed(self.master)
+            self._poll.poll(0)                    # (what _flushed does, with the port's own poll)
             queued = _ioctl_int(self.master, termios.FIONREAD)
         except OSError:
             queued = 0

@@ -402,6 +402,9 @@ class Profile:
         return node
 
     def __getitem__(self, key: str) -> Any:
+        value = self._found.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
         value = self.get(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)

@@ -55,6 +55,9 @@ class Timers:
         self._now = 1000.0                      # manual time (an arbitrary origin)
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
+        if not self.manual:
+            # (read several times per command: the loop's own clock, without a call between)
+            self.monotonic = loop.time
 
     def monotonic(self) -> float:
         if self.manual:

@@ -127,6 +127,8 @@ class PushDelivery(Delivery):
         until the next event."""
         if self._pushing:          # re-entered from a URC write (a drain callback): already at it
             return
+        if not self.svc.sockets and not self._close_after_push:
+            return                 # (every port_idle asks: most often nothing to push)
         self._pushing = True
         try:
             svc = self.svc
