@@ -215,3 +215,31 @@ def parse_certificate_list(body: bytes) -> list[bytes]:
         certs.append(body[pos:pos + length])
         pos += length
     return certs
+
+
+# mbedtls_x509_crt_parse_der's error for a signature algorithm it does not know
+# (MBEDTLS_ERR_X509_UNKNOWN_SIG_ALG + MBEDTLS_ERR_OID_NOT_FOUND).
+_UNKNOWN_SIG_ALG = 0x262E
+
+
+def chain_mbedtls_keeps(ders: list[bytes]) -> list[bytes]:
+    """The entries of a server's Certificate list that Mbed TLS 2.28 keeps as its chain:
+    ssl_parse_certificate_chain ignores one whose signature algorithm its parser does not
+    know ("maybe a prior certificate was already trusted"), so the next entry is its leaf.
+    Any other parse error fails the handshake there; those entries stay, for the checks to
+    report.  A list of nothing but such entries leaves none: Mbed TLS then fails its check
+    with bad_certificate, as the engine's check of an empty chain does."""
+    import mbedtls.x509 as mbx509
+    from mbedtls.exceptions import TLSError
+
+    kept = []
+    for der in ders:
+        try:
+            mbx509.CRT.from_DER(der)
+        except TLSError as exc:
+            if getattr(exc, "err", 0) == _UNKNOWN_SIG_ALG:
+                continue
+        except ValueError:
+            pass
+        kept.append(der)
+    return kept

@@ -31,7 +31,7 @@ from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_VERSION, MBEDTLS_
                      describe_mbedtls_error)
 from .datagrams import pack_datagrams
 from .resumption import Resumption, SessionCache, settings_fingerprint
-from .records import HS_CERTIFICATE, HS_SERVER_HELLO, HandshakeSniffer, parse_certificate_list
+from .records import HS_CERTIFICATE, HS_SERVER_HELLO, HandshakeSniffer, chain_mbedtls_keeps, parse_certificate_list
 from .sealing import WANT_READ, WANT_WRITE, SealJob
 from .settings import SSL3_0, TLS1_2, TlsSettings
 
@@ -496,7 +496,7 @@ class TlsClientSession:
                 # Mbed TLS takes is known only at the end: each one is checked and kept by
                 # its leaf, and _on_handshake_over judges the one the handshake used.
                 try:
-                    chain = parse_certificate_list(msg.body)
+                    chain = chain_mbedtls_keeps(parse_certificate_list(msg.body))
                 except ValueError:
                     continue
                 seen = self._checked.setdefault(chain[0], []) if chain else None
@@ -511,7 +511,7 @@ class TlsClientSession:
             if _certificate_less(self._server_suite):
                 continue        # (a PSK suite has no server certificate: Mbed TLS refuses the message)
             try:
-                self._peer_chain = parse_certificate_list(msg.body)
+                self._peer_chain = chain_mbedtls_keeps(parse_certificate_list(msg.body))
             except ValueError as exc:
                 if self.state != "handshaking":
                     continue                   # (read late: Mbed TLS took it, the handshake is over)

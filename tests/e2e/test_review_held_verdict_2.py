@@ -595,11 +595,10 @@ def test_an_x509_v4_entry_gets_mbedtls_unsupported_certificate_alert(pki, good_n
     assert alert_records(sent) == [sent] == alert_records(mbed_out), (ends, sent.hex(), mbed_out.hex())
 
 
-# BUG: the sniffer's verdict takes the list's first entry as the leaf (tls_engine/session.py
-# _sniff_now -> verify.ChainVerifier.verify(chain)); Mbed TLS 2.28 skips an entry whose signature
-# algorithm it does not know, so its leaf is the next one -- a chain valid for the name.
-@pytest.mark.xfail(strict=True, reason="BUG: an entry with an unknown signature algorithm before a good leaf: "
-                                       "Mbed TLS skips it and connects, the engine judges it as the leaf")
+# Was a bug, fixed (tls_engine/records.py chain_mbedtls_keeps: the sniffed list loses the entries
+# Mbed TLS's own parser refuses with UNKNOWN_SIG_ALG, before it is checked): the sniffer's verdict
+# took the list's first entry as the leaf; Mbed TLS 2.28 skips an entry whose signature algorithm it
+# does not know, so its leaf is the next one -- a chain valid for the name.
 def test_an_entry_mbedtls_skips_before_a_good_leaf_connects(pki, good_name, other_name):
     """[a certificate for other.example with an unknown signature algorithm, a leaf for
     localhost]: python-mbedtls VERIFY_REQUIRED ignores the first entry and verifies the second:
@@ -612,6 +611,23 @@ def test_an_entry_mbedtls_skips_before_a_good_leaf_connects(pki, good_name, othe
     state, ends, sent = engine(pki, flight)
     assert state == "handshaking" and not ends, ends
     assert [ct for ct, _ in records_of(sent)] == [22, 20, 22] and records_of(sent)[0][1][0] == 16, sent.hex()
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_list_of_nothing_but_skipped_entries_fails_with_mbedtls_alert(pki, good_name, other_name, count):
+    """Every entry with a signature algorithm Mbed TLS does not know: it skips them all and its
+    check of what is left fails (-0x2700) with bad_certificate (42); the engine, left with an
+    empty chain, fails once with the same alert."""
+    chain = [_unknown_alg(good_name[0]), _unknown_alg(other_name[0])][:count]
+
+    def flight(ch):
+        return rec(22, server_hello()) + rec(22, certificate(chain) + DONE)
+
+    err, mbed_out = mbedtls(pki, flight)
+    assert err == 0x2700 and alerts_in(mbed_out) == [42], (hex(err or 0), mbed_out.hex())
+    state, ends, sent = engine(pki, flight)
+    assert state == "failed" and len(ends) == 1 and ends[0].kind == "verify_failed", ends
+    assert alerts_in(sent) == [42], sent.hex()
 
 
 def test_an_entry_mbedtls_skips_after_a_good_leaf_connects(pki, good_name, other_name):
@@ -683,8 +699,8 @@ def test_ec2x_an_x509_v4_entry_sends_unsupported_certificate(ec2x_strict, emulat
     assert host.at("AT") == OK
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: EC2x, an entry with an unknown signature algorithm before the good "
-                                       "leaf: 566 where Mbed TLS skips the entry and the open succeeds")
+# Was a bug, fixed (tls_engine/records.py chain_mbedtls_keeps): EC2x, an entry with an unknown
+# signature algorithm before the good leaf: 566 where Mbed TLS skips the entry and the open succeeds
 def test_ec2x_an_entry_mbedtls_skips_before_the_leaf_opens(ec2x_strict, emulator, other_name):
     """EC2x seclevel 1: [a certificate for other.example with an unknown signature algorithm,
     the server's good leaf]: Mbed TLS ignores the first entry; the open succeeds
