@@ -20,7 +20,7 @@ from emulator.io.network import NETWORK_FAILURES, NetworkError, dial_now, net_fa
 from emulator.sockets.context import SetupError, SslContext, to_tls_settings, verify_hostname
 from emulator.sockets.delivery import DELIVERIES, Delivery
 from emulator.sockets.dialects import DIALECTS
-from emulator.sockets.ssl_socket import CONNECTED, SslSocket
+from emulator.sockets.ssl_socket import CLOSING, CONNECTED, SslSocket
 
 log = get_logger("emulator.ssl")
 
@@ -208,6 +208,19 @@ class SslService(SocketService):
         self.last_error = 0
         self.cache = SessionCache()
         self._start()
+        modem.on("pdp_reset", self.pdp_reset)
+
+    def pdp_reset(self, cid: int) -> None:
+        """The host's AT+QIDEACT=<cid>, before it takes the context down (emulator/commands/
+        pdp.py): the SSL sockets on the context whose connection had ended (state 4, "closing":
+        the network's deactivation, a peer's close) leave their ids, free for the next open;
+        what they held unread is gone with them.  (AT+QIOPEN's sockets stay until AT+QICLOSE,
+        which is ERROR on an id with nothing open: docs/behaviour.md.)"""
+        for client_id, sock in list(self.sockets.items()):
+            if sock.pdp_id == cid and sock.state is CLOSING:
+                del self.sockets[client_id]
+                self._release(sock)
+                sock.abort()
 
     def _context_defaults(self, profile) -> dict[str, object]:
         values = self.dialect.context_values()

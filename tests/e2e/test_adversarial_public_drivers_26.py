@@ -51,13 +51,12 @@ Every dialled name is routed to 127.0.0.1.  The drivers' delays are their own; Q
 windows longer than 3 s (QSSLOPEN's 30 s loop, QIACT's 150 s, SEND OK's 10 s) are capped at 3 s:
 they end at their match, or the test expects them to run out.
 
-What the replay shows (one emulator fault, the xfail; the rest pass):
-- BUG (xfail): after '+QIURC: "pdpdeact",1' the driver does what the TCP(IP) application note
+What the replay shows (one emulator fault, fixed since; the rest pass):
+- Was a bug, fixed: after '+QIURC: "pdpdeact",1' the driver does what the TCP(IP) application note
   prescribes -- "the host must execute AT+QIDEACT to deactivate the context and reset all
   connections" -- and nothing else; the emulator's AT+QIDEACT=1 leaves SSL client 0 in state 4
-  (closing), so the bot's reconnect AT+QSSLOPEN=1,0,0,... is ERROR (563) for ever.
-  (Modem.deactivate_pdp() -> _drop_pdp() emits "pdp_deactivated", which puts each socket in
-  state 4 whether the context was already lost or not; nothing frees the ids.)
+  (closing), so the bot's reconnect AT+QSSLOPEN=1,0,0,... was ERROR (563) for ever.  AT+QIDEACT
+  now resets the context's SSL connections that had ended (docs/behaviour.md).
 - KissLTE's processURCs() ends at the blank line before each URC, so a "pdpdeact" takes two of
   its calls; its AT+QIDEACT's buffer clear drops the '+QSSLURC: "closed"' that followed.
 - The module answers as the SSL note says, and the driver's parsers cannot read it: a URC is
@@ -962,10 +961,9 @@ def test_kisslte_network_drop_pdpdeact_urc_handler_and_reactivation(kiss_lte, em
         assert ok and response == '\n+QIACT: 1,1,1,"10.7.157.1"\n\nOK\n'
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG: after +QIURC "pdpdeact" the host\'s AT+QIDEACT=1 does not reset the context\'s '
-    'connections (TCP(IP) note: "the host must execute AT+QIDEACT to deactivate the context and '
-    'reset all connections"): SSL client 0 stays in state 4 and AT+QSSLOPEN on it is ERROR (563)'))
+# Was a bug, fixed (emulator/commands/pdp.py, SslService.pdp_reset: AT+QIDEACT resets the context's
+# SSL connections that had ended): after +QIURC "pdpdeact" the host's AT+QIDEACT=1 did not reset the
+# context's connections: SSL client 0 stayed in state 4 and AT+QSSLOPEN on it was ERROR (563)
 def test_kisslte_qideact_after_pdpdeact_frees_the_ssl_client_id(kiss_lte, emulator, strict_log):
     """What the driver needs after the network drop: handlePDPDeactURC() does what the
     TCP(IP) application note prescribes for '+QIURC: "pdpdeact"' -- AT+QIDEACT=<cid> "to
@@ -973,15 +971,15 @@ def test_kisslte_qideact_after_pdpdeact_frees_the_ssl_client_id(kiss_lte, emulat
     closeSSLConnection() is a no-op once _sslConnected is false).  After AT+QIDEACT=1 the SSL
     client 0 must therefore be gone (AT+QSSLSTATE=0 bare OK) and, with the network and the
     context back, the bot's reconnect -- the same AT+QSSLOPEN=1,0,0,... -- must be OK and
-    reach the server.  The emulator keeps client 0 in state 4 ("closing") after AT+QIDEACT
-    (docs/behaviour.md: "PDP deactivation does the same" -- state 4 until AT+QSSLCLOSE) and
-    answers the reopen ERROR (AT+QIGETERROR 563), so this driver can never reconnect."""
+    reach the server.  (The emulator kept client 0 in state 4, "closing", after AT+QIDEACT and
+    answered the reopen ERROR, AT+QIGETERROR 563: this driver could never reconnect.)"""
     drv = kiss_lte
     with TlsServer() as server:
         _kisslte_session_then_network_drop(drv, emulator, server)
         _kisslte_process_urcs(drv)
         _kisslte_process_urcs(drv)
         assert drv.uart.writes[-1] == b"AT+QIDEACT=1\r\n" and drv.seen[-1] == "\nOK"
+        assert _uart_at(drv.uart, b"AT+QSSLSTATE=0") == b"\r\nOK\r\n"        # client 0 is gone
         assert emulator.control("register", stat=1) == {"ok": True}
         assert drv.send_at("AT+QIACT=1", "OK", 150000) is True
         mark = len(drv.uart.wire_rx)
