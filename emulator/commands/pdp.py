@@ -122,10 +122,11 @@ def qideact_write(modem, cmd):
     args = Args(cmd, at_most=1)
     cid = _cid(modem, args)
     # After +QIURC "pdpdeact" the host "must execute AT+QIDEACT to deactivate the context and
-    # reset all connections" (TCP(IP) note): the context's connections that had ended already
-    # (the network's deactivation, a peer's close) are reset, their ids free for the next open.
-    # The ones still up end now as the SSL note says a PDP deactivation ends them: "closed",
-    # state 4 (data received before it readable) until AT+QSSLCLOSE / AT+QICLOSE.
+    # reset all connections" (TCP(IP) note): the context's SSL connections that had ended
+    # already (the network's deactivation, a peer's close) are reset, their ids free for the
+    # next open (SslService.pdp_reset; AT+QIOPEN's are not: docs/behaviour.md).  The ones still
+    # up end now as the SSL note says a PDP deactivation ends them: "closed", state 4 (data
+    # received before it readable) until AT+QSSLCLOSE / AT+QICLOSE.
     modem.emit("pdp_reset", cid=cid)
     modem.deactivate_pdp(cid)
     return ok()

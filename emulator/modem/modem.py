@@ -299,11 +299,12 @@ class Modem:
 
     # -- events between features (PDP loss closes sockets, reset clears RAM) --
     def on(self, event: str, callback: Callable[..., None]) -> None:
-        """Events: "pdp_deactivated" (cid), "pdp_reset" (cid: the host's AT+QIDEACT; the
-        context's ended connections leave their ids), "reset", "shutdown", "hangup" (the host closed
-        the port), "output_drained" (the host caught up with a backlog), "port_idle" (the
-        interpreter is idle again after an answer, a data prompt or a pending command,
-        its queued URCs written: a URC now goes out at once), "restart" (the host asked for a
+        """Events: "pdp_deactivated" (cid), "pdp_reset" (cid: the host's AT+QIDEACT, before
+        the context goes: its ended SSL connections leave their ids), "reset", "shutdown",
+        "hangup" (the host closed the port), "output_drained" (the host caught up with a
+        backlog), "port_idle" (the interpreter is idle again after an answer, a data prompt
+        or a pending command, its queued URCs written: a URC now goes out at once),
+        "restart" (the host asked for a
         restart or power-down: AT+CFUN=1,1, AT+QPOWD), "command" (name, kind, args: a
         command the host sent, as the interpreter dispatches it, before its handler runs;
         scenario triggers count these)."""
