@@ -808,6 +808,14 @@ class TlsClientSession:
                 return
             if n > 0:
                 empty = 0
+                if self._renegotiating:
+                    # A renegotiation was running: the read may have finished it and returned
+                    # what the server sent after its Finished.  Judged first: data from a peer
+                    # whose new handshake fails the check never reach the host (Mbed TLS
+                    # VERIFY_REQUIRED stops at that Certificate and never decrypts them).
+                    self._check_renegotiation()
+                    if self.state != "established":
+                        return
                 self._rx.append(bytes(self._scratch[:n]))
         if closed:
             self._flush_rx()  # data first: it arrived before the close_notify
