@@ -121,3 +121,23 @@ def test_qiopen_sockets_are_not_reset_by_qideact(ec2x, net, emulator):
         assert re.match(rb'\r\n\+QISTATE: 0,"TCP",', ec2x.at("AT+QISTATE=1,0"))
         assert ec2x.at("AT+QICLOSE=0") == OK
         assert ec2x.at("AT+QISTATE=1,0") == OK
+
+
+def test_the_contexts_loss_during_a_send_prompt_is_error_567_and_sends_nothing(ec2x, net, pki, emulator):
+    """docs/behaviour.md (AT+QSSLSEND): the connection ends while the prompt takes the data --
+    here the network deactivates the context -- so the send is ERROR with 567 once the data are
+    in, not SEND FAIL, and none of it reaches the server."""
+    with TlsServer(pki.server, legacy=True, mode="sink") as server:
+        net(server, MANUAL_HOST, 8010)
+        assert open_example(ec2x, 1) == 0
+        conn = server.wait_handshake()
+        ec2x.write("AT+QSSLSEND=1,5\r")
+        assert ec2x.read_until(re.compile(rb"> ")) == b"\r\n> "
+        assert emulator.control("pdp_deact", cid=1)["ok"]
+        ec2x.write(b"hello")
+        assert ec2x.read_until(re.compile(rb"\r\n(SEND OK|SEND FAIL|ERROR)\r\n")) == ERROR
+        ec2x.seen(b'+QIURC: "pdpdeact",1\r\n')                  # (held while the prompt ran)
+        ec2x.seen(b'\r\n+QSSLURC: "closed",1\r\n')
+        assert re.fullmatch(rb"\r\n\+QIGETERROR: 567,[^\r]+\r\n\r\nOK\r\n", ec2x.at("AT+QIGETERROR"))
+        assert conn.received == b""
+        assert ec2x.at("AT+QSSLCLOSE=1") == OK
