@@ -222,13 +222,27 @@ def parse_certificate_list(body: bytes) -> list[bytes]:
 _UNKNOWN_SIG_ALG = 0x262E
 
 
+def outer_tlv(der: bytes) -> bytes:
+    """The certificate's outer SEQUENCE alone: Mbed TLS's X.509 parser ignores bytes after it
+    (x509_crt_parse_der_core keeps raw = that SEQUENCE), in a CA file's block as in a
+    Certificate message's entry."""
+    if len(der) < 2 or der[0] != 0x30:
+        return der
+    length, at = der[1], 2
+    if length & 0x80:
+        count = length & 0x7F
+        length, at = int.from_bytes(der[2:2 + count], "big"), 2 + count
+    return der[:at + length]
+
+
 def chain_mbedtls_keeps(ders: list[bytes]) -> list[bytes]:
     """The entries of a server's Certificate list that Mbed TLS 2.28 keeps as its chain:
     ssl_parse_certificate_chain ignores one whose signature algorithm its parser does not
     know ("maybe a prior certificate was already trusted"), so the next entry is its leaf.
     Any other parse error fails the handshake there; those entries stay, for the checks to
     report.  A list of nothing but such entries leaves none: Mbed TLS then fails its check
-    with bad_certificate, as the engine's check of an empty chain does."""
+    with bad_certificate, as the engine's check of an empty chain does.  An entry it parses is
+    kept as it keeps it: its outer SEQUENCE, without bytes after it (outer_tlv)."""
     import mbedtls.x509 as mbx509
     from mbedtls.exceptions import TLSError
 
@@ -241,5 +255,7 @@ def chain_mbedtls_keeps(ders: list[bytes]) -> list[bytes]:
                 continue
         except ValueError:
             pass
+        else:
+            der = outer_tlv(der)
         kept.append(der)
     return kept

@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
+from .records import outer_tlv
 from .errors import BAD_CONFIG, EngineConfigError
 from .settings import TlsSettings
 
@@ -128,19 +129,8 @@ def _ca_walk(ca_pem: bytes) -> tuple[tuple[bytes, ...], str]:
         except (TLSError, ValueError) as exc:
             refused = refused or f"certificate {number} is not one Mbed TLS reads ({exc})"
             continue
-        ders.append(_outer_tlv(body))
+        ders.append(outer_tlv(body))
     return tuple(ders), refused
-
-
-def _outer_tlv(der: bytes) -> bytes:
-    """The certificate's outer SEQUENCE alone: Mbed TLS ignores bytes after it in the block."""
-    if len(der) < 2 or der[0] != 0x30:
-        return der
-    length, at = der[1], 2
-    if length & 0x80:
-        count = length & 0x7F
-        length, at = int.from_bytes(der[2:2 + count], "big"), 2 + count
-    return der[:at + length]
 
 
 _B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")

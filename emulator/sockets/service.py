@@ -214,10 +214,12 @@ class SslService(SocketService):
         """The host's AT+QIDEACT=<cid>, before it takes the context down (emulator/commands/
         pdp.py): the SSL sockets on the context whose connection had ended (state 4, "closing":
         the network's deactivation, a peer's close) leave their ids, free for the next open;
-        what they held unread is gone with them.  (AT+QIOPEN's sockets stay until AT+QICLOSE,
+        what they held unread is gone with them, and so are URCs about them still waiting for
+        a busy port (as after AT+QSSLCLOSE).  (AT+QIOPEN's sockets stay until AT+QICLOSE,
         which is ERROR on an id with nothing open: docs/behaviour.md.)"""
         for client_id, sock in list(self.sockets.items()):
             if sock.pdp_id == cid and sock.state is CLOSING:
+                self.drop_news(client_id)   # (URCs about it still waiting: not news of the next)
                 del self.sockets[client_id]
                 self._release(sock)
                 sock.abort()
