@@ -50,8 +50,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
-from .records import outer_tlv
 from .errors import BAD_CONFIG, EngineConfigError
+from .records import outer_tlv
 from .settings import TlsSettings
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"

@@ -304,10 +304,9 @@ class Modem:
         "hangup" (the host closed the port), "output_drained" (the host caught up with a
         backlog), "port_idle" (the interpreter is idle again after an answer, a data prompt
         or a pending command, its queued URCs written: a URC now goes out at once),
-        "restart" (the host asked for a
-        restart or power-down: AT+CFUN=1,1, AT+QPOWD), "command" (name, kind, args: a
-        command the host sent, as the interpreter dispatches it, before its handler runs;
-        scenario triggers count these)."""
+        "restart" (the host asked for a restart or power-down: AT+CFUN=1,1, AT+QPOWD),
+        "command" (name, kind, args: a command the host sent, as the interpreter dispatches
+        it, before its handler runs; scenario triggers count these)."""
         self._listeners[event].append(callback)
 
     def emit(self, event: str, **kwargs) -> None:
