@@ -437,6 +437,17 @@ class Uart:
         with self.cond:
             self.rx.clear()
 
+    def command(self, line: bytes, timeout: float = 10) -> bytes:
+        """A test's own command line on the driver's UART (CR LF added): what comes up to
+        and including OK / ERROR."""
+        self.write(line + b"\r\n")
+        got = b""
+        deadline = time.monotonic() + timeout
+        while not (got.endswith(b"OK\r\n") or got.endswith(b"ERROR\r\n")):
+            assert time.monotonic() < deadline, got
+            got += self.read(1 << 16, 0.05)
+        return got
+
     def close(self) -> None:
         self._stop = True
         self.thread.join(2)

@@ -329,13 +329,7 @@ def nbiot(open_modem, tmp_path, pki):
 
 def _uart_at(uart: Uart, line: bytes, timeout: float = 10) -> bytes:
     """The test's own command on the library's UART: the line, then everything up to OK/ERROR."""
-    uart.write(line + b"\r\n")
-    got = b""
-    deadline = time.monotonic() + timeout
-    while not (got.endswith(b"OK\r\n") or got.endswith(b"ERROR\r\n")):
-        assert time.monotonic() < deadline, got
-        got += uart.read(1 << 16, 0.05)
-    return got
+    return uart.command(line, timeout)
 
 
 def test_bg96nbiot_begin_with_echo_on_roaming_registration_and_its_ip_and_imei_parsers(nbiot, strict_log):

@@ -396,13 +396,7 @@ def _ready(drv: QuectelModule) -> None:
 def _uart_at(uart: Uart, line: bytes, timeout: float = 10) -> bytes:
     """The test's own command on the driver's UART: everything up to OK / ERROR."""
     uart.flush_input()
-    uart.write(line + b"\r\n")
-    got = b""
-    deadline = time.monotonic() + timeout
-    while not (got.endswith(b"OK\r\n") or got.endswith(b"ERROR\r\n")):
-        assert time.monotonic() < deadline, got
-        got += uart.read(1 << 16, 0.05)
-    return got
+    return uart.command(line, timeout)
 
 
 def _echo_once_server(reply: bytes, got: list, go: threading.Event, close_after: bool = False):

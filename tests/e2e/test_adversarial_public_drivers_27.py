@@ -500,13 +500,7 @@ def _uart_at(uart: Uart, line: bytes, timeout: float = 5) -> bytes:
     time.sleep(0.05)
     with uart.cond:
         del uart.rx[:]
-    uart.write(line + b"\r\n")
-    got = b""
-    deadline = time.monotonic() + timeout
-    while not (got.endswith(b"OK\r\n") or got.endswith(b"ERROR\r\n")):
-        assert time.monotonic() < deadline, got
-        got += uart.read(1 << 16, 0.05)
-    return got
+    return uart.command(line, timeout)
 
 
 def _reply_server(reply: bytes, got: list, *, close_after: bool = False, **kw) -> TlsServer:
