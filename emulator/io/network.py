@@ -396,11 +396,15 @@ class _Pipe:
         self.queued = 0                      # bytes waiting
         self._timer = None
 
-    def push(self, size: int, action) -> None:
+    def push(self, size: int, action, *args) -> None:
+        """action(*args) now when nothing waits and the link has no conditions, else at its
+        due time (the arguments kept with it: a packet makes no closure of its own)."""
         cond = self.conditions()
         if not self.queue and not cond.active():
-            action()
+            action(*args)
             return
+        if args:
+            action = functools.partial(action, *args)
         now = self.timers.monotonic()
         extra = 0.0
         if size and cond.loss and self.random.random() < cond.loss:
@@ -486,11 +490,7 @@ class ShapedTransport:
     def _out(self, send, data: bytes) -> None:
         if self._closing:
             return                           # (asyncio ignores writes after close() too)
-        pipe = self._pipe
-        if not pipe.queue and not pipe.conditions().active():
-            self._go(send, data)             # (push() would run it at once: no closure made)
-        else:
-            pipe.push(len(data), functools.partial(self._go, send, data))
+        self._pipe.push(len(data), self._go, send, data)
         if self._high is not None and self.get_write_buffer_size() > self._high:
             self._over = True
             self._retune()
@@ -570,10 +570,10 @@ class ShapedLink(asyncio.Protocol):
         self.inner.connection_made(self.shaped)
 
     def data_received(self, data: bytes) -> None:
-        self.incoming.push(len(data), lambda: self.inner.data_received(data))
+        self.incoming.push(len(data), self.inner.data_received, data)
 
     def datagram_received(self, data: bytes, addr) -> None:
-        self.incoming.push(len(data), lambda: self.inner.datagram_received(data, addr))
+        self.incoming.push(len(data), self.inner.datagram_received, data, addr)
 
     def error_received(self, exc: Exception) -> None:
         self.inner.error_received(exc)
@@ -604,7 +604,7 @@ class ShapedLink(asyncio.Protocol):
         if ending is not None:
             ending()                         # (now: asyncio closes the socket after this call)
         self.outgoing.clear()
-        self.incoming.push(0, lambda: self.inner.connection_lost(exc))
+        self.incoming.push(0, self.inner.connection_lost, exc)
 
 
 def net_faults(modem) -> NetFaults:

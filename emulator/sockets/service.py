@@ -122,13 +122,21 @@ class SocketService:
         (close_notify, linger) and always ends without an error: the close's answer follows
         it.  A task, not a bare coroutine: the connection is closed even if nobody awaits
         it (an answer dropped with its port)."""
+        sock = self._take(client_id)
+        if sock is not None:
+            self.lingering.add(sock)              # (a reboot or the bearer's loss drops it)
+            sock.leave()                          # no more open steps
+        return asyncio.ensure_future(self._close(client_id, sock, timeout))
+
+    def _take(self, client_id: int) -> SslSocket | None:
+        """The socket on `client_id` leaves the service (None: there was none): its id is free
+        from now on, no access mode keeps anything for it, and the URCs about it still waiting
+        for a busy port are dropped (drop_news)."""
         self.drop_news(client_id)
         sock = self.sockets.pop(client_id, None)
         if sock is not None:
             self._release(sock)
-            self.lingering.add(sock)              # (a reboot or the bearer's loss drops it)
-            sock.leave()                          # no more open steps
-        return asyncio.ensure_future(self._close(client_id, sock, timeout))
+        return sock
 
     def news(self, client_id: int) -> tuple:
         """What a URC about this service's id `client_id` is about (Interpreter.drop_urcs)."""
@@ -219,10 +227,7 @@ class SslService(SocketService):
         which is ERROR on an id with nothing open: docs/behaviour.md.)"""
         for client_id, sock in list(self.sockets.items()):
             if sock.pdp_id == cid and sock.state is CLOSING:
-                self.drop_news(client_id)   # (URCs about it still waiting: not news of the next)
-                del self.sockets[client_id]
-                self._release(sock)
-                sock.abort()
+                self._take(client_id).abort()
 
     def _context_defaults(self, profile) -> dict[str, object]:
         values = self.dialect.context_values()

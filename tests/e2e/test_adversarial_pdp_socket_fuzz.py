@@ -27,7 +27,7 @@ import time
 import pytest
 
 from emulator.io.app import BackgroundEmulator
-from tests.e2e.test_stateful_sockets import LogGuard, Peers, Wire
+from tests.e2e.test_stateful_sockets import LogGuard, Peers, Wire, close_rig
 
 OK, ERROR = b"\r\nOK\r\n", b"\r\nERROR\r\n"
 IDS = (0, 1, 2)
@@ -68,13 +68,7 @@ class Walk:
         self.cmd('AT+QICSGP=1,1,"UNINET","","",1', OK)
 
     def close(self) -> None:
-        try:
-            self.wire.close()
-            self.emu.stop()
-        finally:
-            logging.getLogger().removeHandler(self.guard)
-            self.state_dir.cleanup()
-        assert not self.guard.bad, self.guard.bad
+        close_rig(self)
 
     # -- plumbing
     def cmd(self, line: str, answer: bytes | None = None) -> None:
