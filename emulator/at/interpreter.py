@@ -73,6 +73,7 @@ class Interpreter:
         self.mode = Mode.COMMAND
         self._data: DataPhase | None = None    # set exactly in DATA mode
         self._pending: _Pending | None = None        # set exactly in PENDING mode
+        self._dropped = 0          # input bytes dropped behind the pending answer (MAX_WAITING_INPUT)
         self._online: OnlineLink | None = None       # set exactly in ONLINE mode
         self._escape: EscapeDetector | None = None   # its "+++" detector
         self._escape_timer = None
@@ -191,6 +192,7 @@ class Interpreter:
                     timer.cancel()
         self._data = None
         self._pending = None
+        self._report_dropped()
         self._late_lf = None                     # (the prompt or CONNECT it was for is gone)
         if self._escape_timer is not None:
             self._escape_timer.cancel()
@@ -212,8 +214,7 @@ class Interpreter:
                 self.modem.pause_input("pending")
             elif len(self._inbox) + len(data) > MAX_WAITING_INPUT:
                 room = max(0, MAX_WAITING_INPUT - len(self._inbox))
-                log.warning("port busy: %d input bytes dropped (more than %d waiting)",
-                            len(data) - room, MAX_WAITING_INPUT)
+                self._dropped += len(data) - room      # (one warning when the wait ends)
                 data = data[:room]
         self._fed += len(data)
         if (mode is Mode.ONLINE and not self._inbox and self._late_lf is None
@@ -283,6 +284,14 @@ class Interpreter:
         self.lexer.reset()
         self.host_changed()          # the next host's line ends are not known yet
         self._settle()
+
+    def _report_dropped(self) -> None:
+        """One warning per pending answer for the input dropped behind it, however many
+        reads of the pty it came in (the host's writes are split as the pty pleases)."""
+        if self._dropped:
+            log.warning("port busy: %d input bytes dropped (more than %d waiting)",
+                        self._dropped, MAX_WAITING_INPUT)
+            self._dropped = 0
 
     def _release_pending_hold(self, hangup: bool = False) -> None:
         """The pending hold ends with the pending answer (or the host: its input is gone)."""
@@ -509,6 +518,7 @@ class Interpreter:
                 response.online.escaped()
             return
         self._pending = None
+        self._report_dropped()
         self._enter(Event.DONE)
         self._raw = pending.raw
         response = self._call(outcome, raw=pending.raw, what="the answer of ")
