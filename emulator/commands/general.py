@@ -245,6 +245,26 @@ def ifc_write(modem, cmd):
     return ok()
 
 
+@command("+ICF", READ, test="+ICF: (3),(0-3)")
+def icf_read(modem, cmd):
+    """AT+ICF (V.250 character framing; the EC25 AT manual's serial interface commands):
+    a pty carries 8-bit bytes with no framing, so <format> 3 (8 data, 0 parity, 1 stop,
+    the module's default) is the only one taken; <parity> 0-3 is kept (ignored with 3)."""
+    fmt, parity = modem.settings.icf
+    return ok(f"+ICF: {fmt},{parity}")
+
+
+@command("+ICF", WRITE)
+def icf_write(modem, cmd):
+    args = Args(cmd, at_most=2)
+    fmt = args.int(0, 0, 6)
+    if fmt != 3:
+        raise CommandError("ERROR", f"AT+ICF={fmt}: only format 3 (8 data, no parity, 1 stop) on a pty")
+    parity = args.int(1, 0, 3, default=modem.settings.icf[1])
+    modem.settings.icf = (fmt, parity)
+    return ok()
+
+
 @command("+CCLK", READ)           # AT+CCLK=? answers a bare OK: the table's default
 def cclk_read(modem, cmd):
     return ok(f'+CCLK: "{modem.clock.format_local()}"')

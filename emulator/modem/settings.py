@@ -1,5 +1,5 @@
 """Port settings a host changes with V.250 commands (ATE, ATV, ATQ, S registers,
-AT+CMEE, AT+IPR, AT+IFC, AT&C, AT&D).  AT&F restores the profile's factory
+AT+CMEE, AT+IPR, AT+IFC, AT+ICF, AT&C, AT&D).  AT&F restores the profile's factory
 values, AT&W saves the current ones (to <state_dir>/settings.json, 0600, atomically),
 ATZ restores the saved.  A saved file is checked key by key on load (see load)."""
 from __future__ import annotations
@@ -26,6 +26,7 @@ class Settings:
     cmee: int = 1
     ipr: int = 115200
     ifc: tuple[int, int] = (0, 0)
+    icf: tuple[int, int] = (3, 3)     # AT+ICF <format>,<parity>: 8 data 0 parity 1 stop (a pty is 8-bit)
     dcd: int = 1          # AT&C
     dtr: int = 2          # AT&D
     sreg: dict[int, int] = field(default_factory=lambda: {0: 0, 3: 13, 4: 10, 5: 8, 6: 2,
@@ -80,7 +81,9 @@ class Settings:
         for key in sorted(data.keys() - set(saved_keys)):
             log.warning("saved settings %s: key %s: unknown, ignored", path, key)
         for name in saved_keys:
-            if name not in data:
+            if name not in data and name in _ADDED_LATER:
+                pass                     # a file saved before the key existed: the default, quietly
+            elif name not in data:
                 bad(name, "missing", getattr(fallback, name))
             elif name == "sreg":
                 settings.sreg = _load_sreg(data["sreg"], fallback.sreg, path, bad)
@@ -125,9 +128,21 @@ def _ifc(value, fallback):
     return None, f"{value!r} is not a pair of 0 or 2"
 
 
+def _icf(value, fallback):
+    # AT+ICF takes <format> 3 only (8 data, no parity, 1 stop: what a pty carries) and a
+    # <parity> 0-3 (kept, ignored with format 3).
+    if (isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value)
+            and value[0] == 3 and 0 <= value[1] <= 3):
+        return tuple(value), None
+    return None, f"{value!r} is not [3, <parity 0-3>]"
+
+
 # What the AT command that sets the key accepts (AT&C 0-1, AT&D 0-2, AT+CMEE 0-2).
 _CHECKS = {"echo": _flag, "verbose": _flag, "quiet": _flag, "cmee": _int_in(0, 2),
-           "ipr": _ipr, "ifc": _ifc, "dcd": _int_in(0, 1), "dtr": _int_in(0, 2)}
+           "ipr": _ipr, "ifc": _ifc, "icf": _icf, "dcd": _int_in(0, 1), "dtr": _int_in(0, 2)}
+# Keys newer than the first settings files: a file without one is an older AT&W's, not a
+# hand-edited one (no warning).
+_ADDED_LATER = frozenset({"icf"})
 
 
 def _load_sreg(saved, defaults: dict[int, int], path, bad) -> dict[int, int]:

@@ -808,8 +808,9 @@ def test_init_pulses_reset_waits_rdy_and_sends_lone_cr_commands_byte_by_byte(bg9
     with a 1 s waitOnOk.  Commands end with a lone CR and leave one byte per write.  RDY's
     CR LF and the boot URCs after it (+CFUN: 1 ... +QIND: SMS DONE within 600 ms) land in
     whatever String or waitOnOk response is reading then: nothing flushes the FiFo.  Without
-    them the wire is each echoed line and its answer.  The EC2x profile answers AT+ICF? ERROR
-    (the driver only logs it: closeSocket() with no socket is a no-op); echo is on until
+    them the wire is each echoed line and its answer.  AT+ICF? answers the EC25's default
+    framing, +ICF: 3,3 (it answered ERROR before the emulator had AT+ICF; the driver only
+    logs it: closeSocket() with no socket is a no-op); echo is on until
     ATE0, whose "(.*)\\r\\nOK" capture is its own echo."""
     drv = bg96
     assert drv.init() == OK
@@ -820,7 +821,7 @@ def test_init_pulses_reset_waits_rdy_and_sends_lone_cr_commands_byte_by_byte(bg9
     assert drv.trace[0][2].startswith(b"\r\n")   # RDY's CR LF; the boot URCs land wherever
     seen = b"".join(rx for _, _, rx in drv.trace)
     assert boot.sub(b"", seen) == (
-        b"\r\n" + b"AT+IFC?\r\r\n+IFC: 0,0\r\n\r\nOK\r\n" + b"AT+ICF?\r\r\nERROR\r\n"
+        b"\r\n" + b"AT+IFC?\r\r\n+IFC: 0,0\r\n\r\nOK\r\n" + b"AT+ICF?\r\r\n+ICF: 3,3\r\n\r\nOK\r\n"
         + b"AT+IPR?\r\r\n+IPR: 115200\r\n\r\nOK\r\n" + b"ATZ0\r\r\nOK\r\n" + b"AT&F0\r\r\nOK\r\n"
         + b"AT\r\r\nOK\r\n" + b"ATE0\r\r\nOK\r\n")
     assert drv.tmp_rc == OK

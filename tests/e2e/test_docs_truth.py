@@ -675,17 +675,19 @@ def test_cmee_0_and_2(fresh):
 
 
 def test_atw_atz_atf(fresh):
-    doc("`AT&W` saves ATE/ATV/ATQ/CMEE/IPR/IFC/&C/&D/S-registers to the state dir; `ATZ` restores the\n"
+    doc("`AT&W` saves ATE/ATV/ATQ/CMEE/IPR/IFC/ICF/&C/&D/S-registers to the state dir; `ATZ` restores the\n"
         "  saved set, `AT&F` the profile's factory set.")
     doc("`AT+IPR?` shows the stored setting")
     host, _ = fresh("ec2x")
-    assert host.at("AT+CMEE=2;+IPR=9600;S12=40;&W") == b"\r\nOK\r\n"
-    assert host.at("AT+CMEE=0;+IPR=57600;S12=20") == b"\r\nOK\r\n"
+    assert host.at("AT+CMEE=2;+IPR=9600;+ICF=3,1;S12=40;&W") == b"\r\nOK\r\n"
+    assert host.at("AT+CMEE=0;+IPR=57600;+ICF=3,0;S12=20") == b"\r\nOK\r\n"
     assert host.at("ATZ") == b"\r\nOK\r\n"
-    assert host.at("AT+CMEE?;+IPR?;S12?") == b"\r\n+CMEE: 2\r\n\r\n+IPR: 9600\r\n\r\n040\r\n\r\nOK\r\n"
+    assert host.at("AT+CMEE?;+IPR?;+ICF?;S12?") == (
+        b"\r\n+CMEE: 2\r\n\r\n+IPR: 9600\r\n\r\n+ICF: 3,1\r\n\r\n040\r\n\r\nOK\r\n")
     assert host.at("AT&F") == b"\r\nOK\r\n"
     assert host.at("ATE0").endswith(b"OK\r\n")                 # factory echo is on
-    assert host.at("AT+CMEE?;+IPR?;S12?") == b"\r\n+CMEE: 1\r\n\r\n+IPR: 115200\r\n\r\n050\r\n\r\nOK\r\n"
+    assert host.at("AT+CMEE?;+IPR?;+ICF?;S12?") == (
+        b"\r\n+CMEE: 1\r\n\r\n+IPR: 115200\r\n\r\n+ICF: 3,3\r\n\r\n050\r\n\r\nOK\r\n")
 
 
 # ----------------------------------------------------------------------------------------

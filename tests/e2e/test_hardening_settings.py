@@ -18,7 +18,7 @@ FACTORY = Settings.factory(load_profile("ec2x"))
 def saved(**changes) -> dict:
     """What AT&W writes, with echo off (a kept good key) and some keys changed."""
     data = {"echo": False, "verbose": True, "quiet": False, "cmee": 2, "ipr": 9600,
-            "ifc": [2, 2], "dcd": 0, "dtr": 1,
+            "ifc": [2, 2], "icf": [3, 0], "dcd": 0, "dtr": 1,
             "sreg": {"0": 0, "3": 13, "4": 10, "5": 8, "6": 2, "7": 60, "8": 2, "10": 15, "12": 50}}
     for key, value in changes.items():
         if key.startswith("S"):
@@ -48,7 +48,16 @@ def warnings(caplog) -> list[str]:
 def test_a_good_file_loads_without_warnings(tmp_path, caplog):
     s = load(tmp_path, caplog, saved())
     assert warnings(caplog) == []
-    assert (s.echo, s.cmee, s.ipr, s.ifc, s.dcd, s.dtr, s.sreg[7]) == (False, 2, 9600, (2, 2), 0, 1, 60)
+    assert (s.echo, s.cmee, s.ipr, s.ifc, s.icf, s.dcd, s.dtr, s.sreg[7]) == (
+        False, 2, 9600, (2, 2), (3, 0), 0, 1, 60)
+
+
+def test_a_file_saved_before_icf_existed_loads_without_warnings(tmp_path, caplog):
+    """AT+ICF came later than AT&W's first files: a file without "icf" is an older AT&W's,
+    not a hand-edited one -- the factory framing, quietly; every other missing key warns."""
+    s = load(tmp_path, caplog, saved(icf=...))
+    assert warnings(caplog) == []
+    assert s.icf == FACTORY.icf == (3, 3) and s.echo is False and s.ifc == (2, 2)
 
 
 @pytest.mark.parametrize("key, value", [
@@ -69,6 +78,7 @@ def test_bad_or_missing_register_falls_back_alone(tmp_path, caplog, key, value):
     ("cmee", 3), ("cmee", -1), ("cmee", "2"), ("cmee", True), ("cmee", 1.5),
     ("ipr", 12345), ("ipr", -9600), ("ipr", "9600"),
     ("ifc", [2]), ("ifc", [2, 2, 2]), ("ifc", [0, 3]), ("ifc", [1, 1]), ("ifc", "22"), ("ifc", None),
+    ("icf", [5, 1]), ("icf", [3, 4]), ("icf", [3]), ("icf", [3, 3, 3]), ("icf", "33"), ("icf", [3, True]),
     ("dcd", 2), ("dcd", "1"), ("dtr", 3), ("dtr", -1), ("sreg", ...), ("sreg", [13, 8]),
 ])
 def test_bad_or_missing_key_falls_back_alone(tmp_path, caplog, key, value):
