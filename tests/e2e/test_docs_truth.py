@@ -674,6 +674,20 @@ def test_cmee_0_and_2(fresh):
     assert host.at("AT+CMEE=2;+CFUN=7") == b"\r\n+CME ERROR: incorrect parameters\r\n"
 
 
+def test_a_urc_while_the_host_types_a_line_comes_between_its_echoed_characters(fresh, demo):
+    doc("A URC raised while the host is still typing a command line (no CR yet) is written at once,\n"
+        "  between the echoed characters (`AT+CS` + URC + `Q` `CR`)")
+    host, port = fresh("ec2x", echo=True)
+    assert host.at("ATE1") == b"ATE1\r\r\nOK\r\n"
+    host.write(b"AT+CS")
+    assert host.read_exactly(5) == b"AT+CS"
+    assert demo.control("urc", text='+QIURC: "x"')["ok"]
+    assert host.read_exactly(15) == b'\r\n+QIURC: "x"\r\n'
+    host.write(b"Q\r")
+    assert host.read_until(b"OK\r\n") == b"Q\r\r\n+CSQ: 24,99\r\n\r\nOK\r\n"
+    assert quiet(host, 0.1) == b""
+
+
 def test_atw_atz_atf(fresh):
     doc("`AT&W` saves ATE/ATV/ATQ/CMEE/IPR/IFC/ICF/&C/&D/S-registers to the state dir; `ATZ` restores the\n"
         "  saved set, `AT&F` the profile's factory set.")
