@@ -677,11 +677,12 @@ def test_cmee_0_and_2(fresh):
 def test_a_urc_while_the_host_types_a_line_comes_between_its_echoed_characters(fresh, demo):
     doc("A URC raised while the host is still typing a command line (no CR yet) is written at once,\n"
         "  between the echoed characters (`AT+CS` + URC + `Q` `CR`)")
-    host, port = fresh("ec2x", echo=True)
+    host, _ = fresh("ec2x", echo=True)
+    index = len(demo.emulator.ports) - 1
     assert host.at("ATE1") == b"ATE1\r\r\nOK\r\n"
     host.write(b"AT+CS")
     assert host.read_exactly(5) == b"AT+CS"
-    assert demo.control("urc", text='+QIURC: "x"')["ok"]
+    assert demo.control("urc", modem=index, text='+QIURC: "x"')["ok"]
     assert host.read_exactly(15) == b'\r\n+QIURC: "x"\r\n'
     host.write(b"Q\r")
     assert host.read_until(b"OK\r\n") == b"Q\r\r\n+CSQ: 24,99\r\n\r\nOK\r\n"
