@@ -74,6 +74,7 @@ class Interpreter:
         self._data: DataPhase | None = None    # set exactly in DATA mode
         self._pending: _Pending | None = None        # set exactly in PENDING mode
         self._dropped = 0          # input bytes dropped behind the pending answer (MAX_WAITING_INPUT)
+        self._recovering = False   # _guarded's recovery is running the input that waited
         self._online: OnlineLink | None = None       # set exactly in ONLINE mode
         self._escape: EscapeDetector | None = None   # its "+++" detector
         self._escape_timer = None
@@ -99,6 +100,7 @@ class Interpreter:
         self._last_line: bytes | None = None
         modem.on("reset", self._rebooted)              # (A/ repeats nothing, no stale URCs)
         modem.on("output_drained", self._output_drained)
+        modem.on("shutdown", self._report_dropped)     # (an answer that outlives the run)
         self._line_end = float("-inf")   # modem.monotonic() when the last command line's S3 came
         self._lf_window = modem.profile.get("serial.lf_window_ms", 50) / 1000
         # After a prompt or CONNECT, until the host's first byte: whether an LF there is the
@@ -181,7 +183,14 @@ class Interpreter:
             self._executing = False
             self._queue.clear()
             self._after.clear()
-            self._settle()
+            if self._recovering:             # the input that waited hit the bug again:
+                self._inbox.clear()          # dropped, not re-run line by line (recursion)
+                return
+            self._recovering = True
+            try:
+                self._guarded(self._pump)    # the host's input that waited (a pending answer's)
+            finally:
+                self._recovering = False
 
     def _abandon(self) -> None:
         """Forget the data phase, the pending answer (its late outcome is ignored) or
