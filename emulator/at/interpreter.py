@@ -75,6 +75,7 @@ class Interpreter:
         self._pending: _Pending | None = None        # set exactly in PENDING mode
         self._dropped = 0          # input bytes dropped behind the pending answer (MAX_WAITING_INPUT)
         self._recovering = False   # _guarded's recovery is running the input that waited
+        self._last_piece = b""     # the last bytes fed (what a piece boundary says: _host_cut)
         self._online: OnlineLink | None = None       # set exactly in ONLINE mode
         self._escape: EscapeDetector | None = None   # its "+++" detector
         self._escape_timer = None
@@ -232,11 +233,25 @@ class Interpreter:
             return
         if (mode is Mode.COMMAND or mode is Mode.PENDING) and not self._inbox and not self.lexer.piecewise:
             lexer = self.lexer
-            if ((data[:1] == b"\n" and lexer.after_line_end)     # a line's CR, then its LF apart
-                    or (lexer.mid_line and data[:1] != bytes([lexer.s3]))):   # its text in parts
+            if (((data[:1] == b"\n" and lexer.after_line_end)     # a line's CR, then its LF apart
+                    or (lexer.mid_line and data[:1] != bytes([lexer.s3])))   # its text in parts
+                    and self._host_cut()):
                 lexer.piecewise = True
+        self._last_piece = data
         self._inbox += data
         self._guarded(self._pump)
+
+    def _host_cut(self) -> bool:
+        """Whether the boundary between the last piece read and this one is likely the
+        host's own (it wrote a line in parts) rather than the pty's or the reader's: a big
+        write of whole lines is handed over in pieces cut wherever the kernel's buffers or
+        a read's size fell, mostly mid-line.  A piece that held an earlier line's S3 besides
+        the one it may end with came from such a write (a host writing a line in parts
+        writes part of one line); taking its cut for the host's would make a whole-line
+        host a byte-by-byte one for the rest of its session (its payload's leading LF then
+        read as its send line's ending)."""
+        piece = self._last_piece
+        return bytes([self.lexer.s3]) not in piece[:-1]
 
     def hangup(self, power_lost: bool = False) -> None:
         """The host closed the port: whatever it was in the middle of is abandoned
