@@ -222,6 +222,8 @@ class TlsServer:
             conn.stop()
         for conn in self.connections:
             conn.thread.join(5)
+        if self.keylog:
+            self.context.keylog_filename = None   # (an SSLContext keeps its key log file open)
 
     def __enter__(self) -> TlsServer:
         return self
