@@ -104,7 +104,7 @@ import time
 import pytest
 
 from emulator.testing.peers import TlsServer
-from tests.e2e.socket_support import Uart
+from tests.e2e.socket_support import Uart, wait_for
 
 ZB_IP = "93.184.216.34"        # what Zephyr's resolver gave the application (routed here)
 ZB_PORT = 8883
@@ -143,6 +143,7 @@ class ZephyrBg95:
         self.time_data = b""
         self._work = threading.Event()
         self.prompt_window = threading.Event()    # (the test's window on the 75 ms pause)
+        self.before_data = None                   # (a test's hook at the end of that pause)
         self._stop = False
         self._rx = bytearray()
         self.thread = threading.Thread(target=self._rx_thread, daemon=True, name="zephyr-rx")
@@ -354,6 +355,8 @@ class ZephyrBg95:
             self.handler_cmds = ("SEND OK",)
             self.prompt_window.set()
             time.sleep(0.075)                                 # MDM_PROMPT_CMD_DELAY
+            if self.before_data is not None:
+                self.before_data()
             self.sem_response.clear()                         # (see cmd_send)
             self.uart.write(data[:n])
             ok = self.sem_response.wait(20)
@@ -744,12 +747,19 @@ def test_zephyr_bg95_peer_closes_inside_the_75_ms_before_the_data(zephyr, emulat
         conn.send_close_notify()
         time.sleep(1.0)
 
+    def peer_close_seen() -> None:
+        # (the pause stands for 75 ms on the module; here it lasts until the emulator has
+        # taken the server's close, which under load came after the data: SEND OK, 15)
+        wait_for(lambda: [s["state"] for s in emulator.control("state")["sockets"]
+                          if s["id"] == 7] != ["CONNECTED"], 10, "the peer's close taken")
+
     with TlsServer(handler=handler) as server:
         _route(emulator, server)
         sock = drv.socket()
         assert drv.connect(sock, ZB_IP, ZB_PORT) == 0
         mark = len(uart.wire_rx)
         marks.append(mark)
+        drv.before_data = peer_close_seen
         assert drv.send(sock, payload) == -1
         drv.wait_worker()
         wire = _wire_after(uart, mark)
