@@ -472,6 +472,15 @@ def _since(drv: BG96, mark: tuple[int, int]) -> tuple[bytes, bytes]:
     return b"".join(drv.uart.writes[mark[0]:]), bytes(drv.uart.wire_rx[mark[1]:])
 
 
+def _seen(drv: BG96, at: int, needle: bytes, timeout: float = 10) -> None:
+    """Wait until the module has written needle since wire offset `at` (instead of a fixed
+    sleep that a loaded machine overruns)."""
+    deadline = time.monotonic() + timeout
+    while needle not in bytes(drv.uart.wire_rx[at:]):
+        assert time.monotonic() < deadline, (needle, bytes(drv.uart.wire_rx[at:]))
+        time.sleep(0.005)
+
+
 def xor16(data: bytes) -> int:
     """The FILE manual's checksum: big-endian 16-bit words XORed, an odd last byte high."""
     if len(data) % 2:
@@ -696,10 +705,11 @@ def test_seclevel_2_uploads_three_files_and_presents_the_client_certificate(bg96
         assert drv.open_ssl_socket(HOST, PORT) is True
         conn = server.wait_handshake()
         assert "modem client" in conn.client_cert_subject
+        at = len(drv.uart.wire_rx)
         assert drv.ssl_send(b"ping") is True
         server.wait_for(lambda: got_data)
         assert got_data == [b"ping"]
-        time.sleep(0.3)
+        _seen(drv, at, b'+QSSLURC: "recv",0')             # (the reply is in)
         assert drv.ssl_recv(64) == b"4\r\npong"
         assert drv.close_ssl_socket() is True
 
@@ -821,14 +831,18 @@ def test_recv_of_more_than_its_buffer_and_a_nul_byte_lose_the_answer(bg96, emula
     with TlsServer(cert=pki.server, handler=handler) as server:
         emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
         assert drv.open_ssl_socket(HOST, PORT) is True
+        at = len(drv.uart.wire_rx)
         assert drv.ssl_send(b"1") is True
-        time.sleep(0.5)
+        _seen(drv, at, b'+QSSLURC: "recv",0')
+        time.sleep(0.2)                  # (the rest of the reply behind the first record)
         mark = _mark(drv)
         assert drv.ssl_recv(1500) is None
         assert _since(drv, mark)[1].endswith(b"\r\n+QSSLRECV: 600\r\n" + big + b"\r\n\r\nOK\r\n")
         assert drv.ssl_recv(1500) == b"0"
+        at = len(drv.uart.wire_rx)
         assert drv.ssl_send(b"2") is True
-        time.sleep(0.5)
+        _seen(drv, at, b'+QSSLURC: "recv",0')
+        time.sleep(0.2)                  # (the rest of the reply behind the first record)
         mark = _mark(drv)
         assert drv.ssl_recv(100) is None
         assert drv.text == b"\r\n+QSSLRECV: 5\r\nab"
@@ -852,10 +866,11 @@ def test_byte_paced_uart_whole_session_keeps_every_byte_where_it_belongs(driver_
         with _reply_server(b"ok", got, cert=pki.server) as server:
             emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
             assert drv.open_ssl_socket(HOST, PORT) is True
+            at = len(drv.uart.wire_rx)
             assert drv.ssl_send(b"GET /\r\n") is True
             server.wait_for(lambda: got)
             assert got == [b"GET /\r\n"]
-            time.sleep(0.3)
+            _seen(drv, at, b'+QSSLURC: "recv",0')
             assert drv.ssl_recv(10) == b"2\r\nok"
             assert drv.close_ssl_socket() is True
             conn = server.wait_done()
@@ -992,7 +1007,8 @@ def test_transparent_escape_then_driver_commands_and_ato(bg96, emulator, pki):
         time.sleep(1.2)
         mark = _mark(drv)
         drv.uart.write(b"+++")
-        time.sleep(1.3)
+        _seen(drv, mark[1], b"\r\nOK\r\n")
+        time.sleep(0.1)
         assert _since(drv, mark)[1] == b"\r\nOK\r\n"
         state = drv.query_ssl_state()
         assert state.startswith(b'0,"SSLClient","www.iottest.work",443,')
