@@ -1215,9 +1215,9 @@ class FreezerMonitor:
         self.timestamp_text = b""
 
     def wait(self, seconds: float) -> float:
-        """One of the firmware's fixed waits, scaled (never below 100 ms: a loaded machine's
-        answer must still land in its own window)."""
-        return max(0.1, seconds * self.scale)
+        """One of the firmware's fixed waits, scaled (never below 250 ms: a loaded machine's
+        answer must still land in its own window -- 100 ms was overrun under load)."""
+        return max(0.25, seconds * self.scale)
 
     def _available(self) -> bytes:
         with self.uart.cond:
