@@ -442,7 +442,9 @@ def test_ipr_change_then_hangup_before_the_ok_left_and_reopen(emulator, strict_l
         emulator.wait_received(port, before + len(line))     # the modem has the line (a busy machine)
         time.sleep(0.05)                     # part of ATI's answer out at 120 B/s
         os.close(fd)
-        time.sleep(0.2)
+        # (the hang-up seen before the next program opens: a fixed 0.2 s was not always
+        # enough on a loaded machine, and the next program's line then met the old session)
+        wait_for(lambda: not emulator.run(lambda: port.port.attached), what="the hang-up seen")
         fd = raw_open(port.path)
         try:
             os.write(fd, b"AT+IPR?\r")
