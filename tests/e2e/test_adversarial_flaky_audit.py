@@ -46,6 +46,13 @@ def _lf_payload_after_a_cr_only_send_line(host) -> bytes:
     return host.read_until(RESULT, timeout=3)
 
 
+def _every_line_answered_then_the_payload_keeps_its_lf(host, conn) -> None:
+    assert host.read_exactly(len(OK) * COUNT, timeout=30) == OK * COUNT
+    assert _lf_payload_after_a_cr_only_send_line(host) == SEND_OK
+    assert exactly(conn, b"\nabcd") == b"\nabcd"
+    assert host.at("AT") == OK
+
+
 def test_whole_line_burst_written_in_line_aligned_pieces_keeps_the_payload_lf(open_modem, emulator):
     """The same 48,400 bytes of whole lines, written 100 lines (1,100 bytes: less than one of
     the kernel's tty buffers, ~2 KB, which a pty moves whole) at a time, each piece taken
@@ -57,10 +64,7 @@ def test_whole_line_burst_written_in_line_aligned_pieces_keeps_the_payload_lf(op
             host.write(LINE * 100)
             host.ser.flush()
             emulator.wait_received(port, host.written)
-        assert host.read_exactly(len(OK) * COUNT, timeout=30) == OK * COUNT
-        assert _lf_payload_after_a_cr_only_send_line(host) == SEND_OK
-        assert exactly(conn, b"\nabcd") == b"\nabcd"
-        assert host.at("AT") == OK
+        _every_line_answered_then_the_payload_keeps_its_lf(host, conn)
 
 
 # Was a bug, fixed (Interpreter._host_cut): a cut inside a piece that held an earlier line's
@@ -75,7 +79,4 @@ def test_whole_line_burst_in_one_write_split_by_the_pty_keeps_the_payload_lf(ope
         host.write(LINE * COUNT)
         host.ser.flush()
         emulator.wait_received(port, host.written)
-        assert host.read_exactly(len(OK) * COUNT, timeout=30) == OK * COUNT
-        assert _lf_payload_after_a_cr_only_send_line(host) == SEND_OK
-        assert exactly(conn, b"\nabcd") == b"\nabcd"
-        assert host.at("AT") == OK
+        _every_line_answered_then_the_payload_keeps_its_lf(host, conn)
