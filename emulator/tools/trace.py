@@ -1917,11 +1917,21 @@ def _received_before(records: list[dict]) -> dict[int, int]:
 
 
 def _connects_before(records: list[dict]) -> dict[int, int]:
-    """id(record) -> the "connected" records (SSL sockets' TCP connects) before it."""
+    """id(record) -> the "connected" records (SSL sockets' TCP connects) before it: the
+    connects a replay makes again -- one per TLS-over-TCP open, as scripts_of keeps one
+    connect_at (a duplicated record, one before its open or for a socket never opened is
+    no connect of the replay's, and a chunk waiting for it would go on a timer)."""
     before, total = {}, 0
+    waiting: set = set()                         # SSL sockets opened, their connect not yet counted
     for r in records:
         before[id(r)] = total
-        if r.get("kind") == "connected":
+        kind, sid = r.get("kind"), r.get("socket")
+        if kind == "open":
+            (waiting.add if r.get("service") != "tcpip" and not r.get("dtls") else waiting.discard)(sid)
+        elif kind == "accepted":
+            waiting.discard(sid)
+        elif kind == "connected" and sid in waiting:
+            waiting.discard(sid)
             total += 1
     return before
 
