@@ -75,7 +75,8 @@ class Interpreter:
         self._pending: _Pending | None = None        # set exactly in PENDING mode
         self._dropped = 0          # input bytes dropped behind the pending answer (MAX_WAITING_INPUT)
         self._recovering = False   # _guarded's recovery is running the input that waited
-        self._last_piece = b""     # the last bytes fed (what a piece boundary says: _host_cut)
+        self._last_piece: bytes | None = b""   # the last bytes fed (what a boundary says: _host_cut)
+        self._last_piece_s3 = 13                 # S3 when they were fed
         self._online: OnlineLink | None = None       # set exactly in ONLINE mode
         self._escape: EscapeDetector | None = None   # its "+++" detector
         self._escape_timer = None
@@ -238,6 +239,7 @@ class Interpreter:
                     and self._host_cut()):
                 lexer.piecewise = True
         self._last_piece = data
+        self._last_piece_s3 = self.lexer.s3
         self._inbox += data
         self._guarded(self._pump)
 
@@ -251,7 +253,10 @@ class Interpreter:
         host a byte-by-byte one for the rest of its session (its payload's leading LF then
         read as its send line's ending)."""
         piece = self._last_piece
-        return bytes([self.lexer.s3]) not in piece[:-1]
+        if piece is None:               # (the boundary is a program change: host_changed)
+            return False
+        # (S3 then and now: the piece may have held the ATS3 that changed it)
+        return all(bytes([s3]) not in piece[:-1] for s3 in (self._last_piece_s3, self.lexer.s3))
 
     def hangup(self, power_lost: bool = False) -> None:
         """The host closed the port: whatever it was in the middle of is abandoned
@@ -269,6 +274,7 @@ class Interpreter:
         self.lexer.crlf = None
         self.lexer.piecewise = False
         self.lexer.last_line_whole = False
+        self._last_piece = None          # (the next boundary is the programs', not a host's)
         self._late_lf = None
         self._departed_end = self._fed   # (a line it left in the inbox opens a prompt later)
 
