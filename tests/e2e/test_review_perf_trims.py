@@ -29,6 +29,7 @@ import time
 import pytest
 
 from emulator.at.args import Args
+from emulator.at.interpreter import MAX_WAITING_INPUT
 from emulator.at.mode import TRANSITIONS, Event, Mode, next_mode
 from emulator.at.parser import Arg, Command
 from emulator.at.responses import CommandError
@@ -602,26 +603,35 @@ def test_push_data_arriving_during_another_sockets_data_prompt_follow_its_send_o
 # 7b. feed(): input behind a pending answer (the restructured PENDING branch)
 # =========================================================================================
 
-def test_input_behind_a_pending_answer_is_capped_without_ifc(emulator, open_modem, caplog):
-    """More than MAX_WAITING_INPUT bytes behind a slow answer: the excess is dropped (one
-    warning with the count); the answer comes, the port then answers again."""
-    from emulator.at.interpreter import MAX_WAITING_INPUT
+def _behind_a_slow_csq(emulator, open_modem):
+    """A modem on manual time whose AT+CSQ answer is pending (1 s): (host, port, advance)."""
     host, port = open_modem("ec2x", manual_time=True)
     advance = emulator.advancer(port, host)
     assert emulator.control("slow", command="+CSQ", ms=1000)["ok"]
     host.write(b"AT+CSQ\r")
     emulator.wait_received(port, host.written)
-    host.write(b"A" * (MAX_WAITING_INPUT + 1000) + b"\r")
-    host.ser.flush()
-    emulator.wait_received(port, host.written)
-    it = port.modem.interpreter
-    assert emulator.run(lambda: (len(it._inbox), it.mode)) == (MAX_WAITING_INPUT, Mode.PENDING)
+    return host, port, advance
+
+
+def _answer_comes_with_one_warning(host, advance, caplog, dropped: int) -> None:
     advance(1.0)
     assert host.read_until(OK) == b"\r\n+CSQ: 24,99\r\n\r\nOK\r\n"
     assert host.quiet_for(0.3) == b""
     assert host.at("AT") == OK
     assert [r.getMessage() for r in caplog.records if "port busy" in r.getMessage()] == [
-        f"port busy: 1001 input bytes dropped (more than {MAX_WAITING_INPUT} waiting)"]
+        f"port busy: {dropped} input bytes dropped (more than {MAX_WAITING_INPUT} waiting)"]
+
+
+def test_input_behind_a_pending_answer_is_capped_without_ifc(emulator, open_modem, caplog):
+    """More than MAX_WAITING_INPUT bytes behind a slow answer: the excess is dropped (one
+    warning with the count); the answer comes, the port then answers again."""
+    host, port, advance = _behind_a_slow_csq(emulator, open_modem)
+    host.write(b"A" * (MAX_WAITING_INPUT + 1000) + b"\r")
+    host.ser.flush()
+    emulator.wait_received(port, host.written)
+    it = port.modem.interpreter
+    assert emulator.run(lambda: (len(it._inbox), it.mode)) == (MAX_WAITING_INPUT, Mode.PENDING)
+    _answer_comes_with_one_warning(host, advance, caplog, 1001)
 
 
 def test_input_dropped_behind_a_pending_answer_is_one_warning_however_it_was_read(
@@ -629,23 +639,13 @@ def test_input_dropped_behind_a_pending_answer_is_one_warning_however_it_was_rea
     """The excess comes in three writes the emulator reads apart (as a pty splits one big
     write at its own will): one warning with the total when the answer comes, not one per
     read (CI once read the 1 MiB + 1000 of the test above as 512 + 489)."""
-    from emulator.at.interpreter import MAX_WAITING_INPUT
-    host, port = open_modem("ec2x", manual_time=True)
-    advance = emulator.advancer(port, host)
-    assert emulator.control("slow", command="+CSQ", ms=1000)["ok"]
-    host.write(b"AT+CSQ\r")
-    emulator.wait_received(port, host.written)
+    host, port, advance = _behind_a_slow_csq(emulator, open_modem)
     for piece in (b"B" * (MAX_WAITING_INPUT + 300), b"C" * 200, b"D" * 99 + b"\r"):
         host.write(piece)
         host.ser.flush()
         emulator.wait_received(port, host.written)
     assert not [r for r in caplog.records if "port busy" in r.getMessage()]   # (not yet)
-    advance(1.0)
-    assert host.read_until(OK) == b"\r\n+CSQ: 24,99\r\n\r\nOK\r\n"
-    assert host.quiet_for(0.3) == b""
-    assert host.at("AT") == OK
-    assert [r.getMessage() for r in caplog.records if "port busy" in r.getMessage()] == [
-        f"port busy: 600 input bytes dropped (more than {MAX_WAITING_INPUT} waiting)"]
+    _answer_comes_with_one_warning(host, advance, caplog, 600)
 
 
 def test_input_behind_a_pending_answer_is_held_back_with_ifc_2_2(emulator, open_modem, caplog):
