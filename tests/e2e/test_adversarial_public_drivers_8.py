@@ -715,12 +715,12 @@ def ufp_attach(client: UfpAtClient, apn: str = "UNINET") -> dict:
     for _ in range(5):
         if client.exec_cmd("AT", 2)[0] == 0:
             break
-    _, lines = client.exec_cmd("ATI", 0.5)
+    _, lines = client.exec_cmd("ATI", 0.5 * SLOW)      # (the SDK's waits, widened: see SLOW)
     found["module"] = next((m for m in ("BG95", "BG96", "EC800M", "EC25") for l in lines if m.encode() in l), None)
-    found["qicsgp"] = client.exec_cmd(f'AT+QICSGP=1,1,"{apn}","",""', 1)[0]
+    found["qicsgp"] = client.exec_cmd(f'AT+QICSGP=1,1,"{apn}","",""', 1 * SLOW)[0]
 
     def status(cmd: str, prefix: str) -> int | None:
-        _, lines = client.exec_cmd(cmd, 0.5)
+        _, lines = client.exec_cmd(cmd, 0.5 * SLOW)
         for line in lines:
             vals, _ = c_sscanf(prefix + " %*d,%d", line.decode("latin-1"))
             if vals:
