@@ -648,6 +648,7 @@ class Script:
     dtls: bool = False           # an SSL socket over DTLS: its stand-in speaks datagrams
     head_at: tuple = ()          # the moment the handshake ended (the stand-in's header waits for it)
     connect_at: tuple = ()       # an SSL socket's: the moment its TCP connect was made ("connected")
+    connect_record: int = 0      # id() of the "connected" record connect_at is from (_connects_before)
     open_number: int = 0         # 1 for the trace's first open (AT+QSSLOPEN / AT+QIOPEN), ...
     answered: bool = False       # its open_result was recorded (a close after it abandons nothing)
     opened_in: int = 0           # the host's bytes when it was opened
@@ -725,6 +726,7 @@ def scripts_of(records: list[dict]) -> list[Script]:
             s.head_at = moment(r)              # (a TCP stand-in says "connected" then)
         elif kind == "connected":
             s.connect_at = moment(r)           # (the replay's connect is made then: _ReplayFaults)
+            s.connect_record = id(r)
         elif kind == "handshake":
             s.connected = True
             s.header = {"ok": True, "version": r["version"], "cipher": r["cipher"],
@@ -1784,7 +1786,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         progress = lambda: emu.run(lambda: (tracer[0].out_total, tracer[0].received_total,   # noqa: E731
                                             tracer[0].connects))
         received_before = _received_before(records)
-        connects_before = _connects_before(records)
+        connects_before = _connects_before(records, scripts)
 
         def behind(r: dict) -> bool:
             """The replay is not yet as far as the recording was at host-side record r (its
@@ -1916,22 +1918,16 @@ def _received_before(records: list[dict]) -> dict[int, int]:
     return before
 
 
-def _connects_before(records: list[dict]) -> dict[int, int]:
-    """id(record) -> the "connected" records (SSL sockets' TCP connects) before it: the
-    connects a replay makes again -- one per TLS-over-TCP open, as scripts_of keeps one
-    connect_at (a duplicated record, one before its open or for a socket never opened is
-    no connect of the replay's, and a chunk waiting for it would go on a timer)."""
+def _connects_before(records: list[dict], scripts: list[Script]) -> dict[int, int]:
+    """id(record) -> the connects the replay has made before it: the "connected" records
+    scripts_of took for a socket's connect_at (one per TLS-over-TCP open -- a duplicated
+    record, one before its open or for a socket never opened is no connect of the replay's,
+    and a chunk waiting for it would go on a timer)."""
+    made = {s.connect_record for s in scripts if s.connect_at}
     before, total = {}, 0
-    waiting: set = set()                         # SSL sockets opened, their connect not yet counted
     for r in records:
         before[id(r)] = total
-        kind, sid = r.get("kind"), r.get("socket")
-        if kind == "open":
-            (waiting.add if r.get("service") != "tcpip" and not r.get("dtls") else waiting.discard)(sid)
-        elif kind == "accepted":
-            waiting.discard(sid)
-        elif kind == "connected" and sid in waiting:
-            waiting.discard(sid)
+        if id(r) in made:
             total += 1
     return before
 

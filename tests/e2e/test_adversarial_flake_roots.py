@@ -2,7 +2,7 @@
 
 1. test_review_replay_changes_8::test_an_edited_connected_record_still_replays[duplicated]:
    the replay sent AT+QSSLCLOSE before the stand-in's echo 'idle' reached the host.  Cause:
-   emulator/tools/trace.py _connects_before counts every "connected" record, the duplicate
+   emulator/tools/trace.py _connects_before counted every "connected" record, the duplicate
    too, while the replay's modem makes one connect (tracer.connects == 1): replay_records'
    behind() stays True for every later host chunk, so each one is sent when its patience
    runs out (10 s, then 1 s) instead of when the recorded output has come.  The close goes
@@ -48,14 +48,14 @@ def test_a_duplicated_connected_record_is_one_connect_for_the_host_chunks_that_f
     assert sum(r["kind"] == "connected" for r in dup) == 2
     (script,) = trace.scripts_of(dup)
     assert script.connect_at[:2] == (117, 29)
-    before = trace._connects_before(dup)
+    before = trace._connects_before(dup, [script])
     counts = {r["data"]: before[id(r)] for r in dup if r["kind"] == "io" and r["dir"] == "in" and r["in"] > 117}
     assert counts == {"AT+QSSLSEND=1,4\r": 1, "idle": 1, "AT+QSSLCLOSE=1\r\n": 1}
 
 
 def test_the_unedited_trace_waits_for_its_one_connect(slow_trace):
     recs = rs.records(slow_trace)
-    before = trace._connects_before(recs)
+    before = trace._connects_before(recs, trace.scripts_of(recs))
     counts = {r["data"]: before[id(r)] for r in recs if r["kind"] == "io" and r["dir"] == "in"}
     assert counts == {"ATE0\r": 0, 'AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1\r\n': 0,
                       'AT+QSSLCFG="seclevel",1,0\r\n': 0, 'AT+QSSLOPEN=1,1,1,"www.iottest.work",443,1\r\n': 0,
