@@ -81,6 +81,7 @@ import pytest
 from emulator.testing.peers import TlsServer
 from emulator.testing.peers.pki import default_pki
 from tests.e2e.socket_support import Uart
+from tests.e2e.test_adversarial_public_drivers_27 import c_atoi
 
 CAP_MS = 5000
 MIRROR, MIRROR_PORT = "220.180.239.212", 8009        # bg96TestFetchSize.ino's mirror server
@@ -294,21 +295,6 @@ def lua_captures(src: bytes, pattern: bytes) -> list[bytes]:
 
 
 # == C helpers ===================================================================================
-def c_atoi(data: bytes) -> int:
-    i = 0
-    while i < len(data) and data[i] in b" \t\n\v\f\r":
-        i += 1
-    sign = 1
-    if i < len(data) and data[i] in b"+-":
-        sign = -1 if data[i] == ord("-") else 1
-        i += 1
-    n = 0
-    while i < len(data) and 48 <= data[i] <= 57:
-        n = n * 10 + data[i] - 48
-        i += 1
-    return sign * n
-
-
 def arduino_trim(buf: bytearray) -> None:
     buf[:] = bytes(buf).strip(b" \t\n\v\f\r")
 
