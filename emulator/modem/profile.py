@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.resources
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,13 @@ PROFILE_DIR = Path(str(importlib.resources.files("emulator") / "profiles"))
 
 
 class ProfileError(Exception):
-    pass
+    """A profile refused: one line on stderr.  What the file itself holds (a key, a section,
+    a command name) is shown with its control characters escaped, so a key holding CR LF or
+    an ESC sequence can neither split that line nor drive the terminal."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                                 for c in message))
 
 
 def _int(lo: int, hi: int) -> Callable[[Any], str | None]:
@@ -60,12 +67,19 @@ def _template(*fields: str) -> Callable[[Any], str | None]:
     return check
 
 
+WIRE_MAX = 2048     # characters in one profile string shown on the wire (an ATI line, a template)
+
+
 def _wire(v: Any, quoted: bool = False) -> str | None:
     """A string the modem puts on the wire as it stands: printable ASCII, so a profile can
     neither break a response's framing (CR, LF: a line of its own, a fake OK) nor, inside
-    a quoted field (quoted), end the quotes early."""
+    a quoted field (quoted), end the quotes early; at most WIRE_MAX characters (a module's
+    lines are short, and an answer is written whole: one longer than the host's output
+    backlog would lose its start to a host that reads all the time)."""
     if not isinstance(v, str):
         return f"must be a string, got {v!r}"
+    if len(v) > WIRE_MAX:
+        return f"{len(v)} characters: at most {WIRE_MAX}"
     bad = next((c for c in v if not " " <= c <= "~" or (quoted and c == '"')), None)
     if bad is not None:
         what = "a double quote (the value is shown in quotes)" if bad == '"' else f"{bad!r}"
@@ -106,6 +120,19 @@ def _template_fields(v: str) -> set[str]:
     """The {field}s a (checked) template names."""
     import string
     return {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
+
+
+def _error_code(v: Any) -> str | None:
+    """An open's failure code: never 0, which +QSSLOPEN: <id>,0 and AT+QIGETERROR report
+    as success."""
+    return _int(-1000, 1000)(v) or ("must not be 0 (the success code)" if v == 0 else None)
+
+
+def _cme_code(v: str) -> str | None:
+    """A [cme_text] key: a +CME ERROR code as the module prints it ("416")."""
+    if not (v.isascii() and v.isdigit() and v == str(int(v)) and int(v) <= 65535):
+        return f"key {v!r} is not a +CME ERROR code (a number, 0-65535, as \"416\")"
+    return None
 
 
 def _bool(v: Any) -> str | None:
@@ -152,14 +179,15 @@ def _plmn(v: Any) -> str | None:
     return None
 
 
+_HEX_ID = re.compile(r"0[xX][0-9A-Fa-f]{1,4}")
+
+
 def _hex_id(v: Any) -> str | None:
-    if not isinstance(v, str) or not v.upper().startswith("0X"):
-        return f"must be a hex string like \"0X0035\", got {v!r}"
-    try:
-        n = int(v, 16)
-    except ValueError:
-        return f"{v!r} is not hexadecimal"
-    return None if 0 <= n <= 0xFFFF else f"{v!r} out of range"
+    """A cipher suite id as AT+QSSLCFG="ciphersuite" takes it: 0X and one to four hex
+    digits (check_ssl writes it as the module shows it, "0X002F")."""
+    if not isinstance(v, str) or not _HEX_ID.fullmatch(v):
+        return f"must be 0X and 1-4 hex digits, like \"0X0035\", got {v!r}"
+    return None
 
 
 def _item(v: Any) -> str | None:
@@ -208,11 +236,14 @@ def _items(v: Any) -> str | None:
     return _table(_item)(v)
 
 
-def _table(value: Callable) -> Callable:
+def _table(value: Callable, key: Callable[[str], str | None] | None = None) -> Callable:
     def check(v: Any) -> str | None:
         if not isinstance(v, dict):
             return f"must be a table, got {v!r}"
         for k, x in v.items():
+            why = key(k) if key is not None else None
+            if why:
+                return why
             why = value(x)
             if why:
                 return f"[{k}] {why}"
@@ -231,7 +262,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "identity.imsi": (True, _digits(6, 15)),
     "identity.svn": (False, _digits(2, 2)),          # AT+CGSN=2/3 (the "27007" variant)
     "identity.iccid": (True, _digits(18, 22, "0123456789ABCDEFabcdef", "hex digits")),
-    "identity.ati": (True, _list(_wire, 1)),
+    "identity.ati": (True, _list(_wire, 1, 32)),
     "network.csq": (True, _list(_int(0, 199), 2, 2)),
     "network.operator": (True, _quoted),
     "network.act": (True, _int(0, 9)),
@@ -242,12 +273,12 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "defaults.cmee": (True, _int(0, 2)),
     "defaults.ipr": (True, _int(0, 4_000_000)),
     "defaults.timezone_quarters": (True, _int(-96, 96)),
-    "defaults.boot_urcs": (False, _list(_wire)),
+    "defaults.boot_urcs": (False, _list(_wire, 0, 64)),
     # Each boot URC's offset in ms from the first (RDY), non-decreasing, one per line.
     # Absent: all at once.
     "defaults.boot_urc_ms": (False, _list(_int(0, 600_000))),
     "defaults.qpowd_power_on_ms": (False, _int(0, 600_000)),
-    "serial.baud_rates": (True, _list(_int(0, 4_000_000), 1)),
+    "serial.baud_rates": (True, _list(_int(1, 4_000_000), 1)),   # (AT+IPR=? adds 0, auto-baud)
     "serial.line_max": (True, _int(64, 65536)),
     # An LF that follows a command line's CR by at most this long belongs to the line,
     # also when it arrives after the data prompt the line opened (hosts writing CR LF
@@ -292,7 +323,8 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     # dialect's (checked in check_ssl).  Absent: the dialect's default_options (a Quectel:
     # the EC2x's, without the BG96's checkhost and ignorecertchain).
     "ssl.options": (False, _list(_str, 1)),
-    "ssl.errors": (False, _table(_int(-1000, 1000))),
+    # A code per failure kind; "unknown" is the one for every kind not listed.
+    "ssl.errors": (True, _table(_error_code)),
     "ssl.at_port": (False, _quoted),
     "ssl.verify_hostname": (False, _bool),   # absent = true (check the dialled name; with
                                              # "checkhost" listed: that option's default)
@@ -377,7 +409,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "gnss.speed": (False, _number(0, 1000)),           # km/h (knots derived)
     "gnss.ttff": (False, _int(0, 600)),                # time to first fix, seconds
     "commands": (True, _table(_str)),
-    "cme_text": (False, _table(_wire)),
+    "cme_text": (False, _table(_wire, _cme_code)),
 }
 _SECTIONS = {k.split(".")[0] for k in SCHEMA}
 
@@ -480,11 +512,19 @@ def check_ssl(data: dict, path: Path) -> None:
     if unknown is not None:
         raise ProfileError(f"profile {path}: key ssl.cipher_suites: {unknown} is not a suite the emulator "
                            f"can offer (tls_engine/ciphers.py CIPHER_TABLE)")
+    # As AT+QSSLCFG=? shows them ("0x2f" is 0X002F), each once: the list is what 0XFFFF offers.
+    ssl["cipher_suites"] = [CIPHER_TABLE[int(code, 16)].code for code in suites]
+    twice = next((code for i, code in enumerate(ssl["cipher_suites"]) if code in ssl["cipher_suites"][:i]), None)
+    if twice is not None:
+        raise ProfileError(f"profile {path}: key ssl.cipher_suites: {twice} is listed twice")
     from emulator.sockets.service import OPEN_FAILURES
-    kind = next((k for k in ssl.get("errors", {}) if k not in OPEN_FAILURES), None)
+    kind = next((k for k in ssl["errors"] if k not in OPEN_FAILURES), None)
     if kind is not None:
         raise ProfileError(f"profile {path}: key ssl.errors: {kind!r} is not a failure kind "
                            f"(known: {', '.join(sorted(OPEN_FAILURES))})")
+    if "unknown" not in ssl["errors"]:
+        raise ProfileError(f"profile {path}: key ssl.errors: no \"unknown\" (the code of every failure "
+                           f"kind the table does not list)")
     for name, variant in data["commands"].items():
         if name.upper().startswith("+QSSL") and variant not in (dialect, "*"):
             raise ProfileError(f'profile {path}: key commands."{name}": variant {variant!r} '
@@ -595,6 +635,20 @@ def validate(data: dict, path: Path) -> None:
     if data["defaults"]["ipr"] not in (0, *data["serial"]["baud_rates"]):
         raise ProfileError(f"profile {path}: key defaults.ipr: {data['defaults']['ipr']} is not 0 (auto-baud) "
                            f"or one of serial.baud_rates")
+    rates = data["serial"]["baud_rates"]
+    twice = next((rate for i, rate in enumerate(rates) if rate in rates[:i]), None)
+    if twice is not None:
+        raise ProfileError(f"profile {path}: key serial.baud_rates: {twice} is listed twice")
+    # A send the command takes must fit what the socket queues, or every send that long
+    # would be SEND FAIL on an idle connection.
+    for table, largest in (("ssl", ("send_max",)), ("tcpip", ("send_max", "sendex_max"))):
+        body = data.get(table)
+        if body is None:
+            continue
+        biggest = max(largest, key=lambda k: body[k])
+        if body["send_buffer"] < body[biggest]:
+            raise ProfileError(f"profile {path}: key {table}.send_buffer: {body['send_buffer']} is less than "
+                               f"{table}.{biggest} = {body[biggest]} (a send that long could never be queued)")
     tcpip_sockets = data.get("tcpip", {}).get("sockets")
     if tcpip_sockets is not None and tcpip_sockets != data["ssl"]["sockets"]:
         raise ProfileError(f"profile {path}: key tcpip.sockets: {tcpip_sockets}, but SSL clientIDs and TCP/IP "

@@ -91,7 +91,7 @@ REFUSED = [
     ("option-twice", [('"sslversion", "ciphersuite",', '"sslversion", "sslversion", "ciphersuite",')],
      "key ssl.options: an option is listed twice"),
     ("cipher-not-hex", [('dialect = "quectel"', 'cipher_suites = ["35"]\ndialect = "quectel"')],
-     "key ssl.cipher_suites: item 0: must be a hex string like \"0X0035\", got '35'"),
+     "key ssl.cipher_suites: item 0: must be 0X and 1-4 hex digits, like \"0X0035\", got '35'"),
     ("error-code-range", [("dns = 565 ", "dns = 100000 ")], "key ssl.errors: [dns] must be in -1000..1000, got 100000"),
     ("backlog-below-a-paced-answer", [("output_backlog = 1_048_576", "output_backlog = 65_536")],
      "key serial.output_backlog: must be in 262144..1073741824, got 65536"),
