@@ -117,14 +117,20 @@ class FlightServer:
             self._drain(conn, tls, inc, echo=self.after == "echo", out=out)
 
     def _drain(self, conn, tls, inc, echo: bool, out=None) -> None:
+        # What came in the handshake's last read behind the client's Finished (a host that
+        # sends the instant it sees the answer, this thread slow to read) is in the BIO
+        # already: read it before waiting on the socket for more.
+        pending = inc.pending > 0
         while True:
-            try:
-                data = conn.recv(65536)
-            except (OSError, socket.timeout):
-                return
-            if not data:
-                return
-            inc.write(data)
+            if not pending:
+                try:
+                    data = conn.recv(65536)
+                except (OSError, socket.timeout):
+                    return
+                if not data:
+                    return
+                inc.write(data)
+            pending = False
             plain, ended = b"", False
             try:
                 while True:
