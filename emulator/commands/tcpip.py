@@ -89,7 +89,11 @@ def qiclose_write(modem, cmd):
     connect_id = args.int(0, 0, svc.max_sockets - 1)
     timeout = args.int(1, 0, 65535, default=10)
     if svc.entry(connect_id) is None:
-        raise fail(svc, 572, f"connectID {connect_id} is not open")
+        # Nothing of TCP/IP's there: an id with nothing open at all closes as it is (OK, as
+        # AT+QSSLCLOSE does); an SSL socket's id is not this command's to close.
+        if connect_id in ids_in_use(modem):
+            raise fail(svc, 572, f"connectID {connect_id} is an SSL client's (AT+QSSLCLOSE closes it)")
+        return done(svc, ok())
 
     closing = svc.close(connect_id, float(timeout))     # the socket is gone from now on
 

@@ -172,8 +172,9 @@ def test_rtthread_scenario_reset_after_the_third_send_then_error_qistate_close_r
 def test_rtthread_pdp_lost_while_a_connect_hangs_is_570_then_reactivate_and_connect(fresh, emulator, strict_log):
     """handshake_stall on a TCP open (its connect never answered), then the network
     deactivates the context: '+QIURC: "pdpdeact",1' and '+QIOPEN: 3,570'.  ec20_socket_connect()
-    then tries AT+QICLOSE=3,1 (ERROR: nothing open) and gives up; the app re-activates
-    (AT+QIDEACT=1, AT+QIACT=1) and the connect works."""
+    then closes the id (AT+QICLOSE=3,1: OK, nothing open) and retries once: '+QIOPEN: 3,561'
+    (the context is down) and it gives up; the app re-activates (AT+QIDEACT=1, AT+QIACT=1)
+    and the connect works."""
     path, _ = fresh
     with TcpServer("echo") as server:
         emulator.router.add_map("10.0.0.11", 80, "127.0.0.1", server.port)
@@ -187,7 +188,7 @@ def test_rtthread_pdp_lost_while_a_connect_hangs_is_570_then_reactivate_and_conn
             assert emulator.control("pdp_deact", cid=1) == {"ok": True}
             t.join(15)
             assert result == {"r": -1}
-            assert drv.pdpdeact == [1] and drv.logged == ["qiopen 570"]
+            assert drv.pdpdeact == [1] and drv.logged == ["qiopen 570", "qiopen 561"]
             assert drv.closed == []                     # an open that failed is not "closed"
             assert _qistate(drv) == []
             status, lines = drv.client.exec_cmd("AT+QIACT?", 0, 2)

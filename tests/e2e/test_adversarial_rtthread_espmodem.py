@@ -599,11 +599,10 @@ def test_rtthread_ec20_dns_failure_urc_is_an_error_code_without_dots(fresh, emul
 
 def test_rtthread_ec20_refused_connect_is_closed_and_retried(fresh, emulator, strict_log):
     """ec20_socket_connect() on "+QIOPEN: 0,566": "the socket was not be closed and now will
-    connect retry" -- AT+QICLOSE=0,1, then AT+QIOPEN once more.  The emulator answers that
-    AT+QICLOSE with ERROR (docs/behaviour.md: "An id with nothing open is ERROR 572"), which
-    the driver treats as fatal (result -1, no retry); a second connect to a live server then
-    works.  Whether a real EC2x keeps the id after a failed open is not in the notes at hand;
-    this pins what the emulator does so that a change is seen."""
+    connect retry" -- AT+QICLOSE=0,1, then AT+QIOPEN once more.  The failed open leaves nothing
+    open and AT+QICLOSE of an id with nothing open is OK (docs/behaviour.md, AT+QICLOSE; it
+    was ERROR 572, which the driver took as fatal: no retry), so the driver retries once, is
+    refused again and gives up (-1); a second connect to a live server then works."""
     path, _ = fresh
     with TcpServer("echo") as server:
         emulator.router.add_map("10.0.0.8", 1, "127.0.0.1", 1)       # nothing listens: refused
@@ -611,7 +610,7 @@ def test_rtthread_ec20_refused_connect_is_closed_and_retried(fresh, emulator, st
         drv = _rtt_up(path)
         try:
             assert drv.socket_connect(0, "10.0.0.8", 1) == -1
-            assert drv.logged == ["qiopen 566"]                      # one attempt, no retry
+            assert drv.logged == ["qiopen 566", "qiopen 566"]        # closed, retried once
             assert drv.socket_connect(0, "10.0.0.8", 80) == 0
             assert drv.socket_send(0, b"x") == 1
             _wait(lambda: bytes(drv.recv.get(0, b"")) == b"x", 5, "echo")

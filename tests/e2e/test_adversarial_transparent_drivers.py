@@ -209,8 +209,8 @@ def test_no_carrier_text_from_the_server_is_data_and_the_link_stays(tcp_online):
 # -- "ecxxx" ec_tcp_mode_switch: DTR pulse, AT&D2, ATO0 -----------------------------------------------
 def test_dtr_pulse_with_the_default_and_d2_closes_then_driver_lines(emulator, tcp_online):
     """EC2x default AT&D2: the driver's DTR pulse ends the connection (NO CARRIER, socket
-    freed, the server sees the close). Its "AT&D2\\r\\n" gets OK; its AT+QICLOSE=0 then finds
-    nothing open (ERROR) and its "ATO0" gets NO CARRIER: the driver expects OK to both."""
+    freed, the server sees the close). Its "AT&D2\\r\\n" gets OK; its "ATO0" gets NO CARRIER (the
+    driver expects OK); its AT+QICLOSE=0 then finds nothing open: OK."""
     host, advance, port, server, conn = tcp_online
     host.write(b"payload")
     settle(conn.received, 7)
@@ -225,7 +225,7 @@ def test_dtr_pulse_with_the_default_and_d2_closes_then_driver_lines(emulator, tc
     host.write(b"ATO0\r\n")
     assert host.read_until(FINAL) == b"\r\nNO CARRIER\r\n"
     host.write(b"AT+QICLOSE=0\r\n")
-    assert host.read_until(FINAL) == b"\r\nERROR\r\n"
+    assert host.read_until(FINAL) == b"\r\nOK\r\n"
     assert host.quiet_for(0.1) == b""
 
 

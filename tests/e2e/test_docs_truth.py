@@ -1041,7 +1041,7 @@ def test_ssl_send_prompt_cancel_and_limits(fresh):
 def test_tcpip_documented_answers(fresh):
     doc("`AT+QISWTMD=<id>,<mode>` (EC2x; test form `+QISWTMD: (0-11),(0-2)`)")
     doc("**AT+QISDE** `=0|1`, `?` → `+QISDE: <n>`")
-    doc("An id with nothing open is ERROR 572")
+    doc("An id with nothing open is OK too, as AT+QSSLCLOSE's")
     doc("A client\n  remote port 0, a listener without `<local_port>` or a listener in mode 2 are ERROR (552).")
     doc("an even number of hex digits (either case), at most 512 bytes,\n  else 552")
     doc("`+QIRD: 0` when empty")
@@ -1049,8 +1049,8 @@ def test_tcpip_documented_answers(fresh):
     host, _ = ec2x_active(fresh)
     assert host.at("AT+QISWTMD=?") == b"\r\n+QISWTMD: (0-11),(0-2)\r\n\r\nOK\r\n"
     assert host.at("AT+QISDE?") == b"\r\n+QISDE: 1\r\n\r\nOK\r\n"
-    assert host.at("AT+QICLOSE=3") == b"\r\nERROR\r\n"
-    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 572,operation not allowed\r\n\r\nOK\r\n"
+    assert host.at("AT+QICLOSE=3") == b"\r\nOK\r\n"
+    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operate successfully\r\n\r\nOK\r\n"
     for line in ('AT+QIOPEN=1,0,"TCP","127.0.0.1",0,0,0', 'AT+QIOPEN=1,0,"TCP LISTENER","127.0.0.1",0,0,0',
                  'AT+QIOPEN=1,0,"TCP LISTENER","127.0.0.1",0,2021,2'):
         assert host.at(line) == b"\r\nERROR\r\n", line

@@ -667,7 +667,7 @@ class Ec2xSockets(RuleBasedStateMachine):
         if kind == "ssl":
             self.cmd(f"AT+QSSLCLOSE={cid}{suffix}", OK, bytewise)     # also for a free id
         elif s is None:
-            self.cmd(f"AT+QICLOSE={cid}{suffix}", ERROR, bytewise)    # nothing open: 572
+            self.cmd(f"AT+QICLOSE={cid}{suffix}", OK, bytewise)       # nothing open: OK
             return
         else:
             self.cmd(f"AT+QICLOSE={cid}{suffix}", OK, bytewise)

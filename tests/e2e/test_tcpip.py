@@ -509,11 +509,26 @@ def test_ids_are_one_pool_with_ssl(modem, emulator, tcp_echo, pki):
         qiopen(host, 1, code=563)
         assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 563,socket identity has been used\r\n\r\nOK\r\n"
         qiopen(host, 0, code=563)
+        # AT+QICLOSE does not close an SSL client's id (AT+QSSLCLOSE does): 572, still open
+        assert host.at("AT+QICLOSE=1") == b"\r\nERROR\r\n"
+        assert host.at("AT+QIGETERROR").startswith(b"\r\n+QIGETERROR: 572,")
+        assert host.send_data(1, b"hi") == b"\r\nSEND OK\r\n"          # still open
         assert host.at("AT+QSSLCLOSE=1") == b"\r\nOK\r\n"
     assert host.at("AT+QISWTMD=0,1") == b"\r\nOK\r\n"              # a TCP socket switched too
     assert qisend(host, 0, b"pushed") == b"\r\nSEND OK\r\n"
     assert read_push(host, 0, 6) == b"pushed"
     assert host.at("AT+QICLOSE=0") == b"\r\nOK\r\n"
+
+
+def test_qiclose_of_an_id_with_nothing_open_is_ok(modem):
+    """Host code closes ids it never opened (at start-up, after a failed +QIOPEN: <id>,566)
+    and waits for OK (docs/behaviour.md, AT+QICLOSE): OK, no error recorded, and the id then
+    opens as usual."""
+    host, _ = modem
+    assert host.at("AT+QICLOSE=3") == b"\r\nOK\r\n"
+    assert host.at("AT+QICLOSE=11,0") == b"\r\nOK\r\n"
+    assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 0,operate successfully\r\n\r\nOK\r\n"
+    assert host.at("AT+QISTATE?") == b"\r\nOK\r\n"
 
 
 def test_peer_close_is_the_closed_urc(modem, emulator):
@@ -587,7 +602,6 @@ def test_control_state_and_drop_see_tcp_sockets(modem, emulator, tcp_echo):
     ('AT+QIOPEN=1,0,"UDP SERVICE","127.0.0.1",0,5000,2', 552),
     ('AT+QIOPEN=0,0,"TCP","a.example",80', 552),
     ("AT+QIOPEN?", 552),
-    ("AT+QICLOSE=3", 572),                                 # nothing open there
     ("AT+QICLOSE=3,70000", 552),
     ("AT+QISEND=3,5", 572),
     ("AT+QISEND=0,1461", 552),
