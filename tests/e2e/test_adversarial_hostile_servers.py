@@ -106,12 +106,9 @@ class Peer(BioPeer):
         send_rst(self.sock)
 
     def drain(self) -> None:
-        """Read (and decrypt what can be) until the client's EOF."""
+        """Read (and decrypt what can be) until the client's EOF.  What is in the BIO already
+        (records that came behind the client's Finished) is decrypted before the next read."""
         while True:
-            try:
-                self.feed()
-            except (EOFError, OSError):
-                return
             try:
                 while True:
                     chunk = self.tls.read(65536)
@@ -120,16 +117,22 @@ class Peer(BioPeer):
                     self.plain_in += chunk
             except (ssl.SSLWantReadError, ssl.SSLError):
                 pass
-
-    def echo(self) -> None:
-        while True:
             try:
                 self.feed()
             except (EOFError, OSError):
                 return
+
+    def echo(self) -> None:
+        """Echo until the client's end; the BIO is read before the socket (records that came
+        behind the client's Finished -- a resumed handshake -- are in it already)."""
+        while True:
             try:
                 chunk = self.tls.read(65536)
             except ssl.SSLWantReadError:
+                try:
+                    self.feed()
+                except (EOFError, OSError):
+                    return
                 continue
             except ssl.SSLError:
                 return

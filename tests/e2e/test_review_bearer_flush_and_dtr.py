@@ -170,6 +170,10 @@ class WireServer:
                 if data is None:
                     return
                 conn.inc.write(data)
+            # Records that came in the handshake's last read, behind the client's Finished (a
+            # resumed handshake: the client finishes last and may send at once), are still in
+            # the BIO: they are bytes after the handshake too (plaintext() feeds raw again).
+            conn.raw += conn.inc.read()
             conn.handshake_done.set()
             conn.reading.wait()
             while True:
