@@ -287,8 +287,8 @@ def test_a_refusal_whose_moment_comes_after_the_host_closed_it_replays_quietly(
         open_modem, emulator, tmp_path, capsys, caplog, close):
     """Recorded: AT+QIOPEN refused (connect_refuse), then `close`, then a good open on socket 1
     that echoes.  Edited so the refusal came after `close`: the replay's wait is cancelled with
-    the socket -- AT+QICLOSE's answer named as a difference; no stray asyncio complaint
-    ("Task exception was never retrieved", "coroutine ... was never awaited")."""
+    the socket, the replay ends bounded; no stray asyncio complaint ("Task exception was never
+    retrieved", "coroutine ... was never awaited")."""
     path = tmp_path / "cancelled.trace"
     with TcpServer(behave=_echo_close) as server:
         emulator.router.add_map("tcp.example", 7000, "127.0.0.1", server.port)
@@ -319,8 +319,12 @@ def test_a_refusal_whose_moment_comes_after_the_host_closed_it_replays_quietly(
         # held: the replay ends either way, bounded)
         assert code in (0, 1), out
     else:
-        # the socket still opening at AT+QICLOSE=0: OK where the recording said ERROR
-        assert "first difference" in out and code == 1, out
+        # the socket still opening at AT+QICLOSE=0 is closed: OK, as recorded (an id with
+        # nothing open is OK too), and no URC, as the edited trace has.  As after the restart,
+        # the refusal its records count as a connect ended never comes, so socket 1's connect
+        # may be held: then its first send is the difference.  Bounded either way.
+        assert out == "replayed 7 commands, 181 host bytes: no difference\n" and code == 0 or \
+            out.startswith("first difference: command 6 (AT+QISEND=1,5)") and code == 1, out
     # (a stand-in left waiting for a moment may log "Exception in callback": the test below)
     _no_strays(out, caplog, STRAY_OF_THE_WAIT)
 
