@@ -57,8 +57,23 @@ run-ml302: $(STAMP)
 	@$(PY) -m emulator --profile ml302 --demo --offline --link /tmp/modem-ml302 --state-dir state/ml302
 
 # Skips count as failures here: a missing openssl or socat CLI or native TLS layer must show.
+# Before the workers start, two processes rewrite the test modules' asserts and compile what
+# they import, into __pycache__: each worker collects every module itself, and with no cache
+# (a fresh checkout, or PYTHONDONTWRITEBYTECODE=1 as on these machines) each rewrote all ~270
+# of them, 26 s of CPU apiece; from the cache a worker collects in 3 s.  Measured on the
+# 2-CPU VM, loaded: six workers up and collected in 92 s without it, 14 s after it.  The run
+# itself writes bytecode too, so the CLI tests' emulator processes start warm.  A collection
+# error is left to the run to report.  --maxschedchunk 1: each worker is handed one test at a
+# time, with the slowest first (tests/slow_first.txt, tests/conftest.py) -- by default the first
+# ~290 tests of the collection went to each worker in turn, later chunks of up to ~580, so the
+# slow files that sort last kept one or two workers busy for minutes while the rest idled:
+# 14 min 22 s before, 10 min 24 s after, on the same VM an hour apart.
 test: $(STAMP) openssl socat hostprogs
-	MODEM_EMULATOR_REQUIRE_ALL=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
+	@find tests -name 'test_*.py' | sort | awk 'NR % 2 == 1' | xargs env -u PYTHONDONTWRITEBYTECODE \
+	  $(PY) -m pytest -q --collect-only -p no:cacheprovider >/dev/null 2>&1 & \
+	find tests -name 'test_*.py' | sort | awk 'NR % 2 == 0' | xargs env -u PYTHONDONTWRITEBYTECODE \
+	  $(PY) -m pytest -q --collect-only -p no:cacheprovider >/dev/null 2>&1; wait
+	env -u PYTHONDONTWRITEBYTECODE MODEM_EMULATOR_REQUIRE_ALL=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --maxschedchunk 1 --durations=15
 
 # One table, each figure beside a reference from the same run (about a minute; under 3).
 bench: $(STAMP) socat

@@ -31,6 +31,20 @@ def pytest_configure(config):
                                        "(resumption, key log, RC4/3DES, renegotiation)")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slowest tests first (tests/slow_first.txt, longest first), the rest in collection
+    order: with pytest-xdist's load scheduling a long test collected late (the replay and
+    state-machine files sort last) ran on one worker while the others had run out of work.
+    Every worker sorts the same collection the same way, as xdist requires."""
+    listed = {}
+    with open(os.path.join(os.path.dirname(__file__), "slow_first.txt")) as f:
+        for line in f:
+            if line.strip() and not line.startswith("#"):
+                seconds, nodeid = line.split()
+                listed[nodeid] = float(seconds)
+    items.sort(key=lambda item: -listed.get(item.nodeid, 0.0))
+
+
 def pytest_runtest_setup(item):
     if item.get_closest_marker("needs_native"):
         from tls_engine import native
