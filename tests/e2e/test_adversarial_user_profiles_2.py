@@ -862,3 +862,10 @@ def test_a_baud_rate_of_zero_is_refused(tmp_path):
     with pytest.raises(ProfileError) as refusal:
         load_profile(str(path))
     assert str(refusal.value) == f"profile {path}: key serial.baud_rates: item 0: must be in 1..4000000, got 0"
+
+
+def test_a_baud_rate_listed_twice_is_refused(tmp_path):
+    path = write(tmp_path, derive(("baud_rates = [", "baud_rates = [9600, ")))
+    with pytest.raises(ProfileError) as refusal:
+        load_profile(str(path))
+    assert str(refusal.value) == f"profile {path}: key serial.baud_rates: 9600 is listed twice"
