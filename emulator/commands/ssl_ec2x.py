@@ -184,6 +184,8 @@ def qsslclose_write(modem, cmd):
     timeout = args.int(1, 0, 65535, default=10)
     sock = svc.sockets.get(client_id)
     if sock is None:
+        if client_id in ids_in_use(modem):        # a TCP/IP socket's: AT+QICLOSE closes it
+            raise fail(svc, 572, f"clientID {client_id} is a TCP/IP socket's (AT+QICLOSE closes it)")
         svc.drop_news(client_id)                   # (a failed open's answer still waiting)
         return done(svc, ok())
     # <close_timeout> is in seconds, or in ms with AT+QSSLCFG="closetimemode",<ctx>,1 (§2.2.5).

@@ -93,6 +93,7 @@ def qiclose_write(modem, cmd):
         # AT+QSSLCLOSE does); an SSL socket's id is not this command's to close.
         if connect_id in ids_in_use(modem):
             raise fail(svc, 572, f"connectID {connect_id} is an SSL client's (AT+QSSLCLOSE closes it)")
+        svc.drop_news(connect_id)                  # (a failed open's answer still waiting)
         return done(svc, ok())
 
     closing = svc.close(connect_id, float(timeout))     # the socket is gone from now on

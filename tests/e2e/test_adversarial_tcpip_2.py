@@ -236,9 +236,10 @@ def test_each_command_set_sees_only_its_own_sockets(modem, emulator, echo, tcp_e
     assert host.send_data(1, b"ssl!") == b"\r\nSEND OK\r\n"
     host.seen(b'+QSSLURC: "recv",1\r\n')
     assert host.at("AT+QSSLRECV=1,100") == b"\r\n+QSSLRECV: 4\r\nssl!\r\n\r\nOK\r\n"
-    # AT+QSSLCLOSE on the TCP id: no SSL socket has it, so it is the harmless close of an
-    # unused SSL id (OK) and the TCP socket carries on
-    assert host.at("AT+QSSLCLOSE=0") == OK
+    # AT+QSSLCLOSE on the TCP id: not an SSL socket's, 572 as AT+QICLOSE on the SSL id (it was
+    # OK, closing nothing); the TCP socket carries on
+    assert host.at("AT+QSSLCLOSE=0") == b"\r\nERROR\r\n"
+    assert error_code(host) == 572
     assert host.at("AT+QISTATE=1,0").startswith(b'\r\n+QISTATE: 0,"TCP",')
     assert qisend(host, 0, b"still") == b"\r\nSEND OK\r\n"
     host.seen(b'+QIURC: "recv",0\r\n')

@@ -8,8 +8,8 @@ deactivation ends is "closing" until AT+QSSLCLOSE.  Both hold here: a connection
 host deactivates ends as the SSL note says (tests/e2e/test_review_manual_reread.py); one that had
 ended already -- the network's deactivation, the peer's close -- is reset by AT+QIDEACT, its id free
 for the next open, and an AT+QSSLCLOSE on it afterwards is still OK (an SSL-note host).  AT+QIOPEN's
-sockets are not reset (AT+QICLOSE is ERROR on an id with nothing open: a driver following the
-pdpdeact with AT+QIDEACT then AT+QICLOSE, Toit's, must get OK)."""
+sockets are not reset (a driver following the pdpdeact with AT+QIDEACT then AT+QICLOSE, Toit's,
+closes them itself and gets OK)."""
 from __future__ import annotations
 
 import re
