@@ -31,16 +31,25 @@ def pytest_configure(config):
                                        "(resumption, key log, RC4/3DES, renegotiation)")
 
 
+SLOW_FIRST_APPLIED = pytest.StashKey[bool]()
+
+
 def pytest_collection_modifyitems(config, items):
     """The slowest tests first (tests/slow_first.txt, longest first), the rest in collection
     order: with pytest-xdist's load scheduling a long test collected late (the replay and
     state-machine files sort last) ran on one worker while the others had run out of work.
-    Every worker sorts the same collection the same way, as xdist requires."""
+    Every worker sorts the same collection the same way, as xdist requires.  In one process
+    (TEST_WORKERS=0) the order buys nothing and would build module fixtures again each time a
+    module comes back: collection order is kept there."""
+    config.stash[SLOW_FIRST_APPLIED] = hasattr(config, "workerinput")
+    if not config.stash[SLOW_FIRST_APPLIED]:
+        return
     listed = {}
     with open(os.path.join(os.path.dirname(__file__), "slow_first.txt")) as f:
         for line in f:
             if line.strip() and not line.startswith("#"):
-                seconds, nodeid = line.split()
+                seconds, nodeid = line.split(None, 1)    # (a test id may hold spaces)
+                nodeid = nodeid.strip()
                 listed[nodeid] = float(seconds)
     items.sort(key=lambda item: -listed.get(item.nodeid, 0.0))
 
