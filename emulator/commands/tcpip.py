@@ -64,7 +64,9 @@ def qiopen_write(modem, cmd):
             raise fail(svc, code, why)
         svc.set_error(code)
         log.info("AT+QIOPEN of connectID %d refused (%d): %s", connect_id, code, why)
-        modem.urc(svc.dialect.opened_urc.format(id=connect_id, code=code))
+        # (news of the id, as an open's later answer is: an AT+QICLOSE of the id while the
+        # port is busy drops it, or it would read as the answer of the next open on the id)
+        modem.urc(svc.dialect.opened_urc.format(id=connect_id, code=code), about=svc.news(connect_id))
         return ok()
 
     if connect_id in ids_in_use(modem):
