@@ -22,6 +22,7 @@ from emulator.at.registry import command, refusing
 from emulator.at.responses import CommandError, DataRequest, Prompt, Response, Text, ok
 from emulator.logsafe import get_logger
 from emulator.sockets.service import ERROR_TEXT, SslService, ssl_service
+from emulator.sockets.tcpip import ids_in_use
 
 log = get_logger("emulator.ssl")
 
@@ -51,6 +52,17 @@ def no_such_form(modem, cmd):
 def done(svc: SslService, response: Response) -> Response:
     svc.set_error(0)
     return response
+
+
+def close_nothing_open(modem, svc: SslService, client_id: int, closer: str) -> Response:
+    """AT+QSSLCLOSE / AT+QICLOSE of an id its own service has no socket on (the two share one
+    id pool): ERROR 572 when the other service's socket holds it (`closer` closes that one);
+    an id with nothing open closes as it is, OK -- its failed open's answer still waiting for a
+    busy port dropped, or it would read as the answer of the next open on the id."""
+    if client_id in ids_in_use(modem):
+        raise fail(svc, 572, f"id {client_id} is another command set's socket ({closer} closes it)")
+    svc.drop_news(client_id)
+    return done(svc, ok())
 
 
 class SslArgs(Args):

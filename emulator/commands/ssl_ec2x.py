@@ -12,8 +12,9 @@ from __future__ import annotations
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Raw, Response, ok
-from emulator.commands.ssl_common import (SslArgs, done, fail, id_range, no_such_form, online_answer, quectel_test,
-                                          send_request, server_address, service, socket_args)
+from emulator.commands.ssl_common import (SslArgs, close_nothing_open, done, fail, id_range, no_such_form,
+                                          online_answer, quectel_test, send_request, server_address, service,
+                                          socket_args)
 from emulator.sockets.context import OPTIONS, MaterialUnreadable, format_cipher_list, parse_cipher_list
 from emulator.sockets.ssl_socket import INITIAL, OPENING
 from emulator.sockets.tcpip import ids_in_use
@@ -184,10 +185,7 @@ def qsslclose_write(modem, cmd):
     timeout = args.int(1, 0, 65535, default=10)
     sock = svc.sockets.get(client_id)
     if sock is None:
-        if client_id in ids_in_use(modem):        # a TCP/IP socket's: AT+QICLOSE closes it
-            raise fail(svc, 572, f"clientID {client_id} is a TCP/IP socket's (AT+QICLOSE closes it)")
-        svc.drop_news(client_id)                   # (a failed open's answer still waiting)
-        return done(svc, ok())
+        return close_nothing_open(modem, svc, client_id, "AT+QICLOSE")
     # <close_timeout> is in seconds, or in ms with AT+QSSLCFG="closetimemode",<ctx>,1 (§2.2.5).
     unit = 0.001 if svc.contexts[sock.ctx_id]["closetimemode"] == 1 else 1.0
 

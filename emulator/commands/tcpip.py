@@ -15,8 +15,9 @@ import binascii
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Raw, Response, ok
-from emulator.commands.ssl_common import (SslArgs, done, fail, id_range, no_such_form, online_answer, quectel_test,
-                                          send_now, send_request, server_address, service)
+from emulator.commands.ssl_common import (SslArgs, close_nothing_open, done, fail, id_range, no_such_form,
+                                          online_answer, quectel_test, send_now, send_request, server_address,
+                                          service)
 from emulator.io.network import udp_destination
 from emulator.logsafe import get_logger
 from emulator.sockets.qicfg import BY_NAME as QICFG_OPTIONS
@@ -91,12 +92,7 @@ def qiclose_write(modem, cmd):
     connect_id = args.int(0, 0, svc.max_sockets - 1)
     timeout = args.int(1, 0, 65535, default=10)
     if svc.entry(connect_id) is None:
-        # Nothing of TCP/IP's there: an id with nothing open at all closes as it is (OK, as
-        # AT+QSSLCLOSE does); an SSL socket's id is not this command's to close.
-        if connect_id in ids_in_use(modem):
-            raise fail(svc, 572, f"connectID {connect_id} is an SSL client's (AT+QSSLCLOSE closes it)")
-        svc.drop_news(connect_id)                  # (a failed open's answer still waiting)
-        return done(svc, ok())
+        return close_nothing_open(modem, svc, connect_id, "AT+QSSLCLOSE")
 
     closing = svc.close(connect_id, float(timeout))     # the socket is gone from now on
 

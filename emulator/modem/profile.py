@@ -135,6 +135,16 @@ def _cme_code(v: str) -> str | None:
     return None
 
 
+def _repeated(values: list) -> Any:
+    """The first value listed a second time, else None (a set: lists run to 10,000 items)."""
+    seen = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
+
+
 def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
 
@@ -514,7 +524,7 @@ def check_ssl(data: dict, path: Path) -> None:
                            f"can offer (tls_engine/ciphers.py CIPHER_TABLE)")
     # As AT+QSSLCFG=? shows them ("0x2f" is 0X002F), each once: the list is what 0XFFFF offers.
     ssl["cipher_suites"] = [CIPHER_TABLE[int(code, 16)].code for code in suites]
-    twice = next((code for i, code in enumerate(ssl["cipher_suites"]) if code in ssl["cipher_suites"][:i]), None)
+    twice = _repeated(ssl["cipher_suites"])
     if twice is not None:
         raise ProfileError(f"profile {path}: key ssl.cipher_suites: {twice} is listed twice")
     from emulator.sockets.service import OPEN_FAILURES
@@ -635,11 +645,9 @@ def validate(data: dict, path: Path) -> None:
     if data["defaults"]["ipr"] not in (0, *data["serial"]["baud_rates"]):
         raise ProfileError(f"profile {path}: key defaults.ipr: {data['defaults']['ipr']} is not 0 (auto-baud) "
                            f"or one of serial.baud_rates")
-    seen: set[int] = set()
-    for rate in data["serial"]["baud_rates"]:           # (up to 10,000 of them: a set, not a scan)
-        if rate in seen:
-            raise ProfileError(f"profile {path}: key serial.baud_rates: {rate} is listed twice")
-        seen.add(rate)
+    twice = _repeated(data["serial"]["baud_rates"])
+    if twice is not None:
+        raise ProfileError(f"profile {path}: key serial.baud_rates: {twice} is listed twice")
     # A send the command takes must fit what the socket queues, or every send that long
     # would be SEND FAIL on an idle connection.
     for table, largest in (("ssl", ("send_max",)), ("tcpip", ("send_max", "sendex_max"))):
