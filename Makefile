@@ -69,10 +69,9 @@ run-ml302: $(STAMP)
 # slow files that sort last kept one or two workers busy for minutes while the rest idled:
 # 14 min 22 s before, 10 min 24 s after, on the same VM an hour apart.
 test: $(STAMP) openssl socat hostprogs
-	@find tests -name 'test_*.py' | sort | awk 'NR % 2 == 1' | xargs env -u PYTHONDONTWRITEBYTECODE \
-	  $(PY) -m pytest -q --collect-only -p no:cacheprovider >/dev/null 2>&1 & \
-	find tests -name 'test_*.py' | sort | awk 'NR % 2 == 0' | xargs env -u PYTHONDONTWRITEBYTECODE \
-	  $(PY) -m pytest -q --collect-only -p no:cacheprovider >/dev/null 2>&1; wait
+	@for half in 0 1; do find tests -name 'test_*.py' | sort | awk "NR % 2 == $$half" | \
+	  xargs env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q --collect-only -p no:cacheprovider \
+	  >/dev/null 2>&1 & done; wait
 	env -u PYTHONDONTWRITEBYTECODE MODEM_EMULATOR_REQUIRE_ALL=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --maxschedchunk 1 --durations=15
 
 # One table, each figure beside a reference from the same run (about a minute; under 3).

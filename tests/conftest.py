@@ -34,6 +34,17 @@ def pytest_configure(config):
 SLOW_FIRST_APPLIED = pytest.StashKey[bool]()
 
 
+def slow_first_rows() -> list[tuple[float, str]]:
+    """tests/slow_first.txt: (seconds, node id) per line, in the file's order."""
+    rows = []
+    with open(os.path.join(os.path.dirname(__file__), "slow_first.txt")) as f:
+        for line in f:
+            if line.strip() and not line.startswith("#"):
+                seconds, nodeid = line.split(None, 1)    # (a test id may hold spaces)
+                rows.append((float(seconds), nodeid.strip()))
+    return rows
+
+
 def pytest_collection_modifyitems(config, items):
     """The slowest tests first (tests/slow_first.txt, longest first), the rest in collection
     order: with pytest-xdist's load scheduling a long test collected late (the replay and
@@ -44,13 +55,7 @@ def pytest_collection_modifyitems(config, items):
     config.stash[SLOW_FIRST_APPLIED] = hasattr(config, "workerinput")
     if not config.stash[SLOW_FIRST_APPLIED]:
         return
-    listed = {}
-    with open(os.path.join(os.path.dirname(__file__), "slow_first.txt")) as f:
-        for line in f:
-            if line.strip() and not line.startswith("#"):
-                seconds, nodeid = line.split(None, 1)    # (a test id may hold spaces)
-                nodeid = nodeid.strip()
-                listed[nodeid] = float(seconds)
+    listed = {nodeid: seconds for seconds, nodeid in slow_first_rows()}
     items.sort(key=lambda item: -listed.get(item.nodeid, 0.0))
 
 

@@ -454,6 +454,17 @@ def _without_ignorelocaltime(fw: QuectelBG96, host: str, port: int) -> list[Step
             or s.request is None]
 
 
+def _connected_without_the_broken_step(fw: QuectelBG96, emulator, server) -> None:
+    """ConnectTLS() to `server` with the malformed step taken out: 1, the open matched as
+    "\\r\\nOK\\r\\n\\r\\n+QSSLOPEN: 1,0\\r\\n" in the ring, TLS 1.2 at the server."""
+    emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
+    steps = _without_ignorelocaltime(fw, HOST, PORT)
+    assert fw.connect_tls(steps) == 1
+    assert fw.answer_to(steps[index_of(steps, b"AT+QSSLOPEN=")].request) == \
+        b"\r\nOK\r\n\r\n+QSSLOPEN: 1,0\r\n"
+    assert server.wait_handshake().version == "TLSv1.2"
+
+
 def test_open_uses_ssl_context_2_so_the_context_1_settings_and_missing_ca_do_not_apply(fw, emulator):
     """(Source: BG96.cpp ConnectTLS(): seclevel / sslversion / ciphersuite / cacert are set on SSL
     context 1, but OPEN_TX is "AT+QSSLOPEN=1,2,1,..." -- <pdpctxID> 1, <sslctxID> 2, <clientID>
@@ -463,12 +474,7 @@ def test_open_uses_ssl_context_2_so_the_context_1_settings_and_missing_ca_do_not
     finds "\\r\\nOK\\r\\n\\r\\n+QSSLOPEN: 1,0\\r\\n" in the ring and ConnectTLS() returns 1.  The
     driver's bug: a real module reads the same parameters the same way."""
     with TlsServer(mode="echo") as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        steps = _without_ignorelocaltime(fw, HOST, PORT)
-        assert fw.connect_tls(steps) == 1
-        assert fw.answer_to(steps[index_of(steps, b"AT+QSSLOPEN=")].request) == \
-            b"\r\nOK\r\n\r\n+QSSLOPEN: 1,0\r\n"
-        assert server.wait_handshake().version == "TLSv1.2"
+        _connected_without_the_broken_step(fw, emulator, server)
         for query, want in ((b'AT+QSSLCFG="sslversion",1\r', b'+QSSLCFG: "sslversion",1,2'),
                             (b'AT+QSSLCFG="sslversion",2\r', b'+QSSLCFG: "sslversion",2,4'),
                             (b'AT+QSSLCFG="seclevel",1\r', b'+QSSLCFG: "seclevel",1,1'),
@@ -492,12 +498,7 @@ def test_open_send_getdata_qsslrecv_parser_and_a_disconnect_that_leaves_ssl_open
     driver's bug: it never sends AT+QSSLCLOSE)."""
     payload = b'{"t":1}\r\nOK\r\n+QSSLURC: "closed",1\r\n\x00\xff'
     with _echo_after(0.5) as server:
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        steps = _without_ignorelocaltime(fw, HOST, PORT)
-        assert fw.connect_tls(steps) == 1
-        assert fw.answer_to(steps[index_of(steps, b"AT+QSSLOPEN=")].request) == \
-            b"\r\nOK\r\n\r\n+QSSLOPEN: 1,0\r\n"
-        assert server.wait_handshake().version == "TLSv1.2"
+        _connected_without_the_broken_step(fw, emulator, server)
         assert fw.send_data(payload) == 1
         assert fw.seen[-2] == (f"AT+QSSLSEND=1,{len(payload)}\r".encode(), b"\r\n> ")
         assert fw.seen[-1] == (payload, b"\r\nSEND OK\r\n")

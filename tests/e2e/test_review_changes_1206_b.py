@@ -434,25 +434,25 @@ def test_qiclose_of_an_ssl_open_under_way_is_572_then_qsslclose_closes_it(net, e
         assert ec2x.at("AT+QSSLCLOSE=2") == OK
 
 
+def _online_echo_then_escape(ec2x, data: bytes) -> None:
+    """From CONNECT: `data` echoed back unframed, then the guarded "+++" -> OK."""
+    ec2x.read_until(b"CONNECT\r\n")
+    ec2x.write(data)
+    assert ec2x.read_exactly(len(data)) == data
+    time.sleep(1.2)
+    ec2x.write(b"+++")
+    ec2x.read_until(OK, 5)
+
+
 def test_qiclose_of_a_transparent_ssl_client_after_escape_is_572_and_ato_returns(net, ec2x, pki):
     with TlsServer(pki.server, mode="echo") as server:
         net(server, "ssl.example", 443)
         ec2x.write('AT+QSSLOPEN=1,1,3,"ssl.example",443,2\r')
-        ec2x.read_until(b"CONNECT\r\n")
-        ec2x.write(b"one")
-        assert ec2x.read_exactly(3) == b"one"
-        time.sleep(1.2)
-        ec2x.write(b"+++")
-        ec2x.read_until(OK, 5)
+        _online_echo_then_escape(ec2x, b"one")
         assert ec2x.at("AT+QICLOSE=3") == ERROR
         assert error_code(ec2x) == 572
         ec2x.write("ATO\r")
-        ec2x.read_until(b"CONNECT\r\n")
-        ec2x.write(b"two")
-        assert ec2x.read_exactly(3) == b"two"
-        time.sleep(1.2)
-        ec2x.write(b"+++")
-        ec2x.read_until(OK, 5)
+        _online_echo_then_escape(ec2x, b"two")
         assert ec2x.at("AT+QSSLCLOSE=3") == OK
         assert ec2x.at("AT+QICLOSE=3") == OK
 

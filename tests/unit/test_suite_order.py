@@ -3,18 +3,7 @@ listed in tests/slow_first.txt are collected first, longest first, and the list 
 the suite's tests (a list gone stale would quietly give the long tail back)."""
 from __future__ import annotations
 
-from pathlib import Path
-
-SLOW_FIRST = Path(__file__).resolve().parents[1] / "slow_first.txt"
-
-
-def _listed() -> list[tuple[float, str]]:
-    rows = []
-    for line in SLOW_FIRST.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            seconds, nodeid = line.split(None, 1)          # (a test id may hold spaces)
-            rows.append((float(seconds), nodeid.strip()))
-    return rows
+from tests.conftest import SLOW_FIRST_APPLIED, slow_first_rows as _listed
 
 
 def test_the_list_is_well_formed_and_longest_first():
@@ -26,7 +15,6 @@ def test_the_list_is_well_formed_and_longest_first():
 
 
 def test_the_listed_tests_exist_and_are_collected_first(request):
-    from tests.conftest import SLOW_FIRST_APPLIED
     applied = request.config.stash[SLOW_FIRST_APPLIED]
     assert applied == hasattr(request.config, "workerinput")      # xdist workers only
     if not applied:
@@ -34,7 +22,8 @@ def test_the_listed_tests_exist_and_are_collected_first(request):
     collected = [item.nodeid for item in request.session.items]
     listed = {nodeid: seconds for seconds, nodeid in _listed()}
     if len(collected) > 5000:                       # the whole suite (make test)
-        missing = [n for n in listed if n not in set(collected)]
+        everything = set(collected)
+        missing = [n for n in listed if n not in everything]
         assert len(missing) <= len(listed) // 10, missing    # renamed or removed: refresh the list
     present = [n for n in collected if n in listed]
     head = collected[:len(present)]
