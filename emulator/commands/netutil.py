@@ -202,6 +202,7 @@ class NetUtil:
                 addresses.append(info[4][0])
         if not addresses:
             raise NetworkError("dns", f"cannot resolve {host!r}: no address")
+        self.router.remember_answer(host, addresses[0])     # (what its opens show: AT+QISTATE)
         return addresses
 
 

@@ -242,6 +242,12 @@ class Router:
         key = _dns_key(host)
         return self.dns.get(key) or self._answered.get(key)
 
+    def remember_answer(self, host: str, address: str) -> None:
+        """The real DNS answered `address` for the name `host` (AT+QIDNSGIP's lookup): the
+        modem's opens of it show that address, as after a lookup of their own."""
+        if not is_ip(host):
+            self._answered[_dns_key(host)] = address
+
     def display_address(self, host: str) -> str:
         """The server address the host is shown for a dialled `host` (never a route):
         an IP literal itself; a name with a DNS entry (add_dns) that entry; a name the real
@@ -282,7 +288,7 @@ class Router:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError, ValueError) as exc:
             raise NetworkError("dns", f"cannot resolve {host!r}: {exc}") from None
-        self._answered[_dns_key(host)] = infos[0][4][0]
+        self.remember_answer(host, infos[0][4][0])
         return infos[0][4][0], port
 
 
@@ -611,6 +617,17 @@ def net_faults(modem) -> NetFaults:
     return modem.feature("net_faults", NetFaults)
 
 
+async def _looked_up(router: Router, host: str, port: int, family: int) -> None:
+    """Before an injected refusal: the name is looked up as for a real connect (the server
+    refuses the address the DNS gave), so what the real DNS answered is the address the
+    host is shown while the open fails (AT+QISTATE) and after, as for a real refusal.  A
+    name that does not resolve is refused all the same: the fault is the refusal."""
+    try:
+        await router.resolve(host, port, family)
+    except NetworkError:
+        pass
+
+
 def _injected(fault: str | None, host: str, port: int) -> None:
     """An open's injected fault that happens before any packet: the modem's DNS gives
     no answer, or the server refuses the connection."""
@@ -741,6 +758,8 @@ async def open_tcp(router: Router, host: str, port: int, protocol_factory, fault
     if dialled is not None:
         addr, real_port = dialled.address
     else:
+        if fault == "refuse":
+            await _looked_up(router, host, port, family)
         _injected(fault, host, port)
         addr, real_port = await router.resolve(host, port, family)
     try:
@@ -808,6 +827,8 @@ async def _connect_dialled(loop, protocol_factory, dialled: Dialled):
 async def open_udp(router: Router, host: str, port: int, protocol_factory, fault: str | None = None,
                    family: int = socket.AF_UNSPEC):
     loop = asyncio.get_running_loop()
+    if fault == "refuse":
+        await _looked_up(router, host, port, family)
     _injected(fault, host, port)
     addr, real_port = await router.resolve(host, port, family)
     try:

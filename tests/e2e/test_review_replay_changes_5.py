@@ -144,17 +144,21 @@ def test_a_refused_open_after_a_restart_then_a_good_one_replays(open_modem, emul
 QISTATE_ADDR = re.compile(rb'\r\n\+QISTATE: 0,"TCP","([\d.]+)",(\d+),\d+,(\d),1,\d+,\d,"usbmodem"\r\n\r\nOK\r\n')
 
 
-# BUG: on a real network, an open that connect_refuse fails is never looked up (open_tcp's
-# _injected raises before Router.resolve, emulator/io/network.py:730), so AT+QISTATE while it
-# opens shows made_up_address("localhost") -- and its open_result, rightly, has no "shown".  A
-# later good open of "localhost" is answered by the real DNS (127.0.0.1), and that open's
-# "shown" goes into the replay's DNS from the start (_dns_answers, emulator/tools/trace.py:1571,
-# the add_dns loop before any command): the replay's first poll shows 127.0.0.1 where the
-# recording showed the made-up address.  The replay gives a name its recorded answer before the
-# recording's DNS had given it (an answer is not bound to when it came).
-@pytest.mark.xfail(strict=True, raises=rs.ReplayDiffers,
-                   reason="BUG: replay gives a real DNS answer recorded LATER to an earlier "
-                          "fault-refused open polled while opening (made-up address recorded)")
+# Fixed: on a real network, an open that connect_refuse fails was never looked up, so AT+QISTATE
+# while it opened showed made_up_address("localhost") and its refusal recorded no "shown"; a later
+# good open's real answer (127.0.0.1) went into the replay's DNS from the start, and the replay's
+# first poll showed 127.0.0.1.  A refused connect is dialled to what the DNS answered: the
+# refused open looks the name up first (network._looked_up), in the recording as in the replay.
+def _looked_up(emu, name: str) -> None:
+    """Wait (real time) until the real DNS has answered the open's lookup of `name`: a poll
+    while the lookup is still under way shows a made-up address in the recording, and the
+    replay, which has the answer from the start, cannot tell when it came (behaviour.md)."""
+    deadline = time.monotonic() + 5
+    while emu.run(emu.router.answered_address, name) is None:
+        assert time.monotonic() < deadline, f"the real DNS never answered {name!r}"
+        time.sleep(0.005)
+
+
 def test_a_fault_refused_open_on_the_real_network_polled_then_a_resolved_open_replays(tmp_path, capsys):
     path = tmp_path / "online_fault.trace"
     writer = TraceWriter(path)
@@ -172,6 +176,7 @@ def test_a_fault_refused_open_on_the_real_network_polled_then_a_resolved_open_re
                 assert emu.control("connect_refuse", count=1)["ok"]
                 assert host.at(f'AT+QIOPEN=1,0,"TCP","localhost",{server.port},0,1') == OK
                 advance(0.2)
+                _looked_up(emu, "localhost")
                 m = QISTATE_ADDR.fullmatch(host.at("AT+QISTATE=1,0"))
                 assert m and m.group(3) == b"1", m
                 polled = m.group(1)
@@ -188,7 +193,7 @@ def test_a_fault_refused_open_on_the_real_network_polled_then_a_resolved_open_re
                 host.close()
     finally:
         writer.close()
-    assert polled != b"127.0.0.1"           # (the recording: no lookup for the refused open)
+    assert polled == b"127.0.0.1", polled   # (the refused open was looked up: the real answer)
     rs.replays(capsys, path)
 
 
@@ -238,16 +243,11 @@ def test_a_fault_refused_ssl_open_of_a_dns_name_polled_records_its_entry_and_rep
     rs.replays(capsys, path)
 
 
-# BUG (the same cause; the name resolved by AT+QIDNSGIP first): AT+QIDNSGIP's lookup does not
-# go through Router.resolve (emulator/commands/netutil.py:193, getaddrinfo itself), so the
-# router has no answer for the name; a connect_refuse-failed open of it polled while opening
-# shows made_up_address("localhost") in the recording (Router.display_address,
-# emulator/io/network.py:245-252) -- though the modem has just resolved it -- and its refusal
-# records no "shown".  The replay answers the name from the start with the AT+QIDNSGIP record's
-# address (_dns_answers, emulator/tools/trace.py:1571): the poll shows 127.0.0.1.
-@pytest.mark.xfail(strict=True, raises=rs.ReplayDiffers,
-                   reason="BUG: after AT+QIDNSGIP on the real network, a fault-refused open polled "
-                          "while opening shows a made-up address; the replay shows the DNS answer")
+# Fixed (the name resolved by AT+QIDNSGIP first): AT+QIDNSGIP's lookup (NetUtil.resolve,
+# getaddrinfo itself) did not tell the router, so a connect_refuse-failed open of the name polled
+# while opening showed made_up_address("localhost") though the modem had just resolved it, where
+# the replay (the AT+QIDNSGIP record's address from the start) showed 127.0.0.1.  The real DNS's
+# answer to AT+QIDNSGIP is now the name's address for its opens (Router.remember_answer).
 def test_a_fault_refused_open_after_qidnsgip_on_the_real_network_polled_replays(tmp_path, capsys):
     """On the real network: AT+QIDNSGIP="localhost" (127.0.0.1), then connect_refuse on an
     AT+QIOPEN of it over a 600 ms round trip, AT+QISTATE while it opens, +QIOPEN: 0,566."""
@@ -279,7 +279,7 @@ def test_a_fault_refused_open_after_qidnsgip_on_the_real_network_polled_replays(
                 host.close()
     finally:
         writer.close()
-    assert polled != b"127.0.0.1"           # (the recording: the made-up address)
+    assert polled == b"127.0.0.1", polled   # (AT+QIDNSGIP's answer, not a made-up address)
     rs.replays(capsys, path)
 
 
