@@ -1959,19 +1959,33 @@ def _output_tail(records: list[dict], host_side: list[dict]) -> float:
 FINAL = re.compile(r"^(OK|ERROR|\+CME ERROR: .*|SEND OK|SEND FAIL|CONNECT|NO CARRIER)$")
 
 
+_LOG_LINES = re.compile(r"\r\n|\r|\n")
+_BOM = ("\xef\xbb\xbf", "\ufeff")          # UTF-8's byte order mark read as latin-1, or decoded
+
+
 def parse_at_log(text: str) -> list[tuple[str, list[str]]]:
     """[(what the host sent, [answer lines])]; a sent line after a ">" or CONNECT prompt is
-    data (sent as is, no CR; after ">" a Ctrl+Z follows if the modem waits for more)."""
+    data (sent as is, no CR; after ">" a Ctrl+Z follows if the modem waits for more), and so
+    are the `>>` lines after it before the next answer: one payload, its lines joined by LF
+    (at_log_payload gives it its line ends).  Lines end at CR or LF only (a payload's other
+    bytes, 0x0b, 0x0c, 0x1c-0x1e, 0x85, are data); a byte order mark at the start is not."""
+    for bom in _BOM:
+        if text.startswith(bom):
+            text = text[len(bom):]
     steps: list[tuple[str, list[str]]] = []
-    arrows = any(re.match(r"^\s*(>>|<<)", line) for line in text.splitlines())
-    for raw in text.splitlines():
-        line = raw.rstrip("\r\n")
+    lines = _LOG_LINES.split(text)
+    arrows = any(re.match(r"^\s*(>>|<<)", line) for line in lines)
+    for line in lines:
         if arrows:
             m = re.match(r"^\s*(>>|<<) ?(.*)$", line)
             if not m:
                 continue
             direction, body = m.groups()
             host = direction == ">>"
+            if (host and len(steps) > 1 and not steps[-1][1]
+                    and steps[-2][1][-1:] in ([">"], ["CONNECT"])):
+                steps[-1] = (steps[-1][0] + "\n" + body, [])    # the payload's next line
+                continue
         else:                                    # a terminal capture: the modem echoes
             body = line.strip()
             if body[:1] == ">" and steps and not steps[-1][1]:
@@ -1985,6 +1999,23 @@ def parse_at_log(text: str) -> list[tuple[str, list[str]]]:
         elif body.strip() and steps:
             steps[-1][1].append(body.strip())
     return steps
+
+
+def at_log_payload(command: str, data: str) -> bytes:
+    """The bytes of a logged payload (its lines joined by LF by parse_at_log) as the host sent
+    them: a log shows no line ends, so the ones whose total is a length the command gave
+    (AT+QFUPL="f",<size>, AT+QSSLSEND=<id>,<len>) -- LF, CR LF or CR after each line, or
+    between lines only; else as logged: one line alone, or LF after each line (a PEM file)."""
+    lines = data.split("\n")
+    if len(lines) == 1:
+        candidates = [data]
+    else:
+        candidates = [end.join(lines) + tail for end in ("\n", "\r\n", "\r") for tail in (end, "")]
+    sizes = {int(x) for x in re.findall(r"(?<![\w.])\d{1,7}(?![\w.])", command.partition("=")[2])}
+    for candidate in candidates:
+        if len(candidate) in sizes:
+            return _b(candidate)
+    return _b(candidates[0])
 
 
 def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
@@ -2012,8 +2043,19 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
         ser = serial.Serial(port.path, 115200, timeout=0)
         try:
             prompt = False
+            command = ""
             for n, (sent, expected) in enumerate(steps, 1):
-                ser.write(_b(sent) + (b"" if prompt else b"\r"))
+                if prompt:
+                    ser.write(at_log_payload(command, sent))
+                else:
+                    ser.write(_b(sent) + b"\r")
+                    command = sent
+                if expected[:1] == [sent.strip()]:
+                    expected = expected[1:]          # the log kept the modem's echo (E1)
+                if n == len(steps) and not expected:
+                    # the log ends before this answer (the logger killed): as far as it goes
+                    time.sleep(0.2)
+                    break
                 buf = bytearray()
                 deadline = time.monotonic() + 10
                 ctrl_z_at = time.monotonic() + 0.3 if prompt == ">" else None
