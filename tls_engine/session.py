@@ -46,26 +46,29 @@ _MIN_WAIT = 0.001                # the shortest wait for a timer that has not ex
 _RING_RETRY = 16 * 1024          # a flight this big may have filled the wrapper's output ring
 _UNSNIFFED_MAX = 64 * 1024       # server bytes put aside unread (see _sniff) before they are read
 _MAX_HANDSHAKE_MESSAGE = 16384 - 4   # Mbed TLS's input record content less the message header
+_BLIND_RETRIES = 16              # reads after a WANT_READ when the input's fill cannot be seen
 
 _VERSION_NAMES = {"TLSv1": "TLSv1.0", "TLSv1_1": "TLSv1.1", "TLSv1_2": "TLSv1.2",
                   "TLSv1_3": "TLSv1.3", "DTLSv1_0": "DTLSv1.0", "DTLSv1_2": "DTLSv1.2"}
 _WIRE_VERSIONS = {b"\x03\x00": "SSLv3.0", b"\x03\x01": "TLSv1.0", b"\x03\x02": "TLSv1.1",
-                  b"\x03\x03": "TLSv1.2", b"\xfe\xff": "DTLSv1.0", b"\xfe\xfd": "DTLSv1.2"}
+                  b"\x03\x03": "TLSv1.2", b"\x03\x04": "TLSv1.3", b"\xfe\xff": "DTLSv1.0",
+                  b"\xfe\xfd": "DTLSv1.2"}
+_TLS1_3 = b"\x03\x04"
 
 # The library's names, bound by the first start() (importing mbedtls and running the
 # native self-check takes tens of ms, which the emulator's start-up must not pay); plain
 # globals after that, so the hot paths (every handshake step, receive, send, output
 # collection) do not run an import statement each time.
 TLSError = WantReadError = WantWriteError = RaggedEOF = None
-feed = take_outgoing = handshake_over = None
+feed = take_outgoing = handshake_over = input_pending = None
 
 
 def _bind_library() -> None:
-    global TLSError, WantReadError, WantWriteError, RaggedEOF, feed, take_outgoing, handshake_over
+    global TLSError, WantReadError, WantWriteError, RaggedEOF, feed, take_outgoing, handshake_over, input_pending
     from mbedtls.exceptions import TLSError
     from mbedtls.tls import RaggedEOF, WantReadError, WantWriteError
 
-    from .native import feed, handshake_over, take_outgoing
+    from .native import feed, handshake_over, input_pending, take_outgoing
 
 
 @functools.lru_cache(maxsize=64)
@@ -106,6 +109,20 @@ def _chosen_suite(body: bytes) -> str | None:
     return cs.suite_name(int.from_bytes(body[at:at + 2], "big"))
 
 
+def _chosen_version(body: bytes) -> bytes:
+    """The version a ServerHello body chose: its supported_versions extension's (TLS 1.3, RFC
+    8446 4.2.1: the legacy field then says 3.3; a HelloRetryRequest too), else its version."""
+    at = 35 + body[34] + 3 if len(body) >= 35 else len(body)     # suite 2, compression 1
+    end = min(len(body), at + 2 + int.from_bytes(body[at:at + 2], "big"))
+    at += 2
+    while at + 4 <= end:
+        kind, size = int.from_bytes(body[at:at + 2], "big"), int.from_bytes(body[at + 2:at + 4], "big")
+        if kind == 0x002B and size == 2 and at + 6 <= end:
+            return bytes(body[at + 4:at + 6])
+        at += 4 + size
+    return bytes(body[:2])
+
+
 class TlsClientSession:
     def __init__(self, settings: TlsSettings, cache: SessionCache | None = None,
                  cache_key: Hashable = None) -> None:
@@ -126,7 +143,8 @@ class TlsClientSession:
         self._verifier = None             # a verify.ChainVerifier at seclevel >= 1
         self._cert_seen = False
         self._checked: dict[bytes, list[tuple[list[bytes], object]]] = {}   # leaf -> [(chain, problem)]
-        self._server_version: bytes | None = None
+        self._server_version: bytes | None = None      # the ServerHello's version field
+        self._server_chose: bytes | None = None         # and the version it chose (TLS 1.3: 3.4)
         self._fatal_alert: int | None = None
         self._server_suite: str | None = None   # IANA name of the suite in the ServerHello
         # TLS at seclevel >= 1: a Certificate the sniffer judged bad, (kind, reason, alert),
@@ -487,7 +505,8 @@ class TlsClientSession:
                 self._fatal_alert = alert.description
         for msg in msgs:
             if msg.msg_type == HS_SERVER_HELLO and len(msg.body) >= 2:
-                self._server_version = msg.body[:2]
+                self._server_version = msg.body[:2]          # (its records' version, too)
+                self._server_chose = _chosen_version(msg.body)
                 self._server_suite = _chosen_suite(msg.body)
             if msg.msg_type != HS_CERTIFICATE or (self._cert_seen and not self.settings.dtls):
                 continue
@@ -780,11 +799,28 @@ class TlsClientSession:
     def _pump_read(self) -> None:
         closed = False
         empty = 0
+        held = input_pending(self._buffer)
+        blind = 0
         while True:
             try:
                 n = self._buffer.readinto(self._scratch, len(self._scratch))
             except WantReadError:
-                break
+                # Mbed TLS 2.28 also says WANT_READ for a warning alert it has just read and
+                # ignored ("ignoring non-fatal non-closure alert": no_renegotiation, any
+                # warning past the handshake), with the records behind it still in the input:
+                # read on while a read takes bytes (a partial record takes none the second
+                # time).  An alert record is not empty: Mbed TLS's count of empty records
+                # starts again, as this one does.
+                now = input_pending(self._buffer)
+                if now is None:                   # (no private names: a few blind retries)
+                    blind += 1
+                    if blind > _BLIND_RETRIES:
+                        break
+                elif not now or now == held:
+                    break
+                held = now
+                empty = 0
+                continue
             except WantWriteError:
                 self._collect_output()
                 continue
@@ -793,8 +829,14 @@ class TlsClientSession:
                 # ends (its end is receive(b"")): an empty application record -- Mbed TLS
                 # skips one alone, returns 0 for the second in a row, and itself fails the
                 # fourth (a DoS guard).  The record is consumed: read on.  (Bounded all the
-                # same: a library that said 0 without taking a record must not spin the loop.)
-                empty += 1
+                # same: a library that said 0 without taking a record must not spin the loop --
+                # counted while the input does not shrink: empty records between alerts, which
+                # Mbed TLS reads inside the call, are consumed records.)
+                now = input_pending(self._buffer)
+                if now is None or now == held:
+                    empty += 1
+                else:
+                    held, empty = now, 0
                 if empty > 64:
                     self._fail(PROTOCOL_ERROR, "the TLS library keeps reading empty records")
                     return
@@ -891,13 +933,17 @@ class TlsClientSession:
             # runs out first: the host sees one answer for a server that never answered.
             kind = TIMED_OUT
         reason = describe_mbedtls_error(err, getattr(exc, "msg", "") or str(exc))
-        if self._server_version is not None and (err == MBEDTLS_BAD_VERSION or (
-                err == MBEDTLS_INVALID_RECORD and self._above_pinned(bytes(self._server_version)))):
+        chose = self._server_chose
+        if chose is not None and (err == MBEDTLS_BAD_VERSION or (
+                err == MBEDTLS_INVALID_RECORD and self._above_pinned(chose))
+                or (chose == _TLS1_3 and self.state == "handshaking")):
             # (a server answering TLS 1.2 to a pinned TLS 1.0 puts its ServerHello in a 3.3
             # record, as every TLS 1.2 server does: Mbed TLS refuses the record before the
-            # message -- INVALID_RECORD -- but the version is what a person must be told)
-            chosen = _WIRE_VERSIONS.get(bytes(self._server_version), self._server_version.hex())
-            reason = f"server chose {chosen}, outside the configured sslversion (mbedtls -0x{err:04X})"
+            # message -- INVALID_RECORD -- but the version is what a person must be told; a TLS
+            # 1.3 answer -- a HelloRetryRequest, a ServerHello whose supported_versions says
+            # 3.4 -- fails in Mbed TLS 2.28 as bad input or an unexpected message)
+            reason = (f"server chose {_WIRE_VERSIONS.get(chose, chose.hex())}, outside the configured "
+                      f"sslversion (mbedtls -0x{err:04X})")
         largest = self._sniffer.largest_message()
         if err == MBEDTLS_FEATURE_UNAVAILABLE and largest > _MAX_HANDSHAKE_MESSAGE:
             reason = (f"a server handshake message of {largest} bytes (its certificate chain?) is more "

@@ -75,7 +75,7 @@ from .handles import (EMPTY_RENEGOTIATION_INFO_SCSV, RC4_SUITES, NativeConf, Nat
                       NativeSession, NativeSsl, NativeUnavailable, keylog_line)
 from . import handles as _handles
 from . import wrapper as _wrapper
-from .wrapper import ciphersuite_id, ciphersuite_name, feed, handshake_over, take_outgoing
+from .wrapper import ciphersuite_id, ciphersuite_name, feed, handshake_over, input_pending, take_outgoing
 
 __all__ = [
     "available",
@@ -93,6 +93,7 @@ __all__ = [
     "ciphersuite_id",
     "handshake_over",
     "feed",
+    "input_pending",
     "take_outgoing",
     "psk_identity",
 ]

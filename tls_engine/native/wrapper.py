@@ -15,6 +15,9 @@ feed(buffer, data)         ``TLSWrappedBuffer._input_buffer``          receive_f
                                                                        takes all or nothing)
 take_outgoing(buffer)      ``TLSWrappedBuffer._output_buffer``         peek_outgoing() in
                            (``len()``)                                 pieces until empty
+input_pending(buffer)      ``TLSWrappedBuffer._input_buffer``          None (unknown: the
+                           (``len()``)                                 reader retries a few
+                                                                       times instead)
 handshake_over(buffer)     ``TLSWrappedBuffer._handshake_state``       ``cipher() is not None``
                                                                        (set when the first
                                                                        handshake wraps up)
@@ -115,6 +118,14 @@ def feed(buffer, data: bytes | memoryview) -> int:
         except BufferError:
             n //= 2
     return 0
+
+
+def input_pending(buffer) -> int | None:
+    """How many received bytes the wrapper's input still holds, not yet read by Mbed TLS
+    (None: unknown without the private name)."""
+    if _usable:
+        return len(getattr(buffer, INPUT_BUFFER))
+    return None
 
 
 def take_outgoing(buffer) -> bytes:
