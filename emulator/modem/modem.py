@@ -328,10 +328,18 @@ class Modem:
         self.saved_settings = saved
 
     def restore_saved_settings(self) -> None:
-        self.settings = self.saved_settings.copy()
+        self._restore(self.saved_settings)
 
     def restore_factory_settings(self) -> None:
-        self.settings = self.factory_settings.copy()
+        self._restore(self.factory_settings)
+
+    def _restore(self, settings) -> None:
+        """ATZ / AT&F: a rate they bring back is the port's rate too, as after AT+IPR (a paced
+        port switches once the answer has gone out; AT+IPR? reports what the port does)."""
+        before = self.settings.ipr
+        self.settings = settings.copy()
+        if self.settings.ipr != before:
+            self.emit("ipr", rate=self.settings.ipr)
 
     def deactivate_pdp(self, cid: int) -> None:
         """The host's side takes context `cid` down (AT+QIDEACT, AT+CGACT=0, a detach, the
