@@ -36,6 +36,8 @@ from .sealing import WANT_READ, WANT_WRITE, SealJob
 from .settings import SSL3_0, TLS1_2, TlsSettings
 
 WRITE_CHUNK = 16 * 1024          # one TLS record's worth of plaintext per write()
+DTLS_WRITE_CHUNK = 1460          # DTLS: one record per datagram, within a path MTU of 1500 (RFC
+                                 # 6347 4.1.1), as AT+QSSLSEND's largest send is
 OFFLOAD_MIN = 4096               # with offload: a send this large (or one behind a job) is
                                  # sealed by a job, a smaller one at once
 JOB_MAX = 64 * 1024              # plaintext per job (bounds how long settle() may wait)
@@ -46,7 +48,6 @@ _MIN_WAIT = 0.001                # the shortest wait for a timer that has not ex
 _RING_RETRY = 16 * 1024          # a flight this big may have filled the wrapper's output ring
 _UNSNIFFED_MAX = 64 * 1024       # server bytes put aside unread (see _sniff) before they are read
 _MAX_HANDSHAKE_MESSAGE = 16384 - 4   # Mbed TLS's input record content less the message header
-_BLIND_RETRIES = 16              # reads after a WANT_READ when the input's fill cannot be seen
 
 _VERSION_NAMES = {"TLSv1": "TLSv1.0", "TLSv1_1": "TLSv1.1", "TLSv1_2": "TLSv1.2",
                   "TLSv1_3": "TLSv1.3", "DTLSv1_0": "DTLSv1.0", "DTLSv1_2": "DTLSv1.2"}
@@ -143,6 +144,7 @@ class TlsClientSession:
         self._verifier = None             # a verify.ChainVerifier at seclevel >= 1
         self._cert_seen = False
         self._checked: dict[bytes, list[tuple[list[bytes], object]]] = {}   # leaf -> [(chain, problem)]
+        self._fed = 0                    # bytes the last feed() gave the input (_pump_read)
         self._server_version: bytes | None = None      # the ServerHello's version field
         self._server_chose: bytes | None = None         # and the version it chose (TLS 1.3: 3.4)
         self._fatal_alert: int | None = None
@@ -232,6 +234,7 @@ class TlsClientSession:
                 self._fail(PROTOCOL_ERROR, "TLS input buffer full without progress")
                 return
             view = view[taken:]
+            self._fed = taken
             self._process()
         if self._cert_problem is not None and self.state == "handshaking":
             self._judge_certificate()
@@ -359,11 +362,12 @@ class TlsClientSession:
         self._send_now(data)
 
     def _send_now(self, data: bytes) -> None:
-        # Straight from the caller's buffer, WRITE_CHUNK at a time (no copy into _unsent);
+        # Straight from the caller's buffer, WRITE_CHUNK (DTLS: DTLS_WRITE_CHUNK) at a time (no copy into _unsent);
         # what the library does not take now is queued as _write_unsent would.
         view = memoryview(data)
+        size = DTLS_WRITE_CHUNK if self.settings.dtls else WRITE_CHUNK
         while view and self.state == "established":
-            chunk = view[:WRITE_CHUNK]
+            chunk = view[:size]
             try:
                 self._buffer.write(chunk)
             except (WantReadError, WantWriteError):
@@ -382,8 +386,9 @@ class TlsClientSession:
         Mbed TLS's write drives that handshake and answers WANT_READ without taking
         the data: it stays queued (same bytes retried, as the API wants) until the
         server's next flight has been read."""
+        size = DTLS_WRITE_CHUNK if self.settings.dtls else WRITE_CHUNK
         while self._unsent and self.state == "established":
-            chunk = bytes(self._unsent[:WRITE_CHUNK])
+            chunk = bytes(self._unsent[:size])
             try:
                 self._buffer.write(chunk)
             except (WantReadError, WantWriteError):
@@ -753,7 +758,8 @@ class TlsClientSession:
         cipher = self._buffer.cipher()
         cipher = cipher.decode() if isinstance(cipher, bytes) else str(cipher)
         resumed = self._resumption.reused()
-        if self._verifier is not None and not resumed and "PSK" not in cipher:
+        if self._verifier is not None and not resumed and not _certificate_less(cs.iana_name_for(cipher)):
+            # (RSA-PSK: the server sends a Certificate, checked as for any other suite)
             # The certificate the handshake used must be one that was checked: the sniffer
             # and Mbed TLS read the same bytes on TCP, but a DTLS sniffer also sees forged
             # datagrams that Mbed TLS drops (and the reverse).
@@ -800,25 +806,30 @@ class TlsClientSession:
         closed = False
         empty = 0
         held = input_pending(self._buffer)
-        blind = 0
+        progressed = False
+        # (without the private names the input's fill is unknown: each ignored alert takes at
+        # least a 7-byte record of what was just fed, so as many retries as that allows)
+        blind, blind_cap = 0, 1 + self._fed // 7
+        self._fed = 0
         while True:
             try:
                 n = self._buffer.readinto(self._scratch, len(self._scratch))
             except WantReadError:
                 # Mbed TLS 2.28 also says WANT_READ for a warning alert it has just read and
                 # ignored ("ignoring non-fatal non-closure alert": no_renegotiation, any
-                # warning past the handshake), with the records behind it still in the input:
-                # read on while a read takes bytes (a partial record takes none the second
+                # warning past the handshake), with the records behind it still in the input
+                # (TLS) or in its own buffer (the rest of a DTLS datagram): read on while a
+                # read takes bytes or gives data (a partial record does neither the second
                 # time).  An alert record is not empty: Mbed TLS's count of empty records
                 # starts again, as this one does.
                 now = input_pending(self._buffer)
-                if now is None:                   # (no private names: a few blind retries)
+                if now is None:
                     blind += 1
-                    if blind > _BLIND_RETRIES:
+                    if blind > blind_cap:
                         break
-                elif not now or now == held:
+                elif now == held and not progressed:
                     break
-                held = now
+                held, progressed = now, False
                 empty = 0
                 continue
             except WantWriteError:
@@ -850,6 +861,7 @@ class TlsClientSession:
                 return
             if n > 0:
                 empty = 0
+                progressed = True
                 if self._renegotiating:
                     # A renegotiation was running: the read may have finished it and returned
                     # what the server sent after its Finished.  Judged first: data from a peer
