@@ -327,18 +327,20 @@ class Modem:
         saved.save(self._settings_path)
         self.saved_settings = saved
 
-    def restore_saved_settings(self) -> None:
-        self._restore(self.saved_settings)
+    def restore_saved_settings(self, announce: bool = True) -> None:
+        """ATZ (announce: its rate is the port's, see _restore); a restart's (announce False:
+        the "reset" event has put the pace back to the power-on rate)."""
+        self._restore(self.saved_settings, announce)
 
     def restore_factory_settings(self) -> None:
-        self._restore(self.factory_settings)
+        self._restore(self.factory_settings, True)
 
-    def _restore(self, settings) -> None:
+    def _restore(self, settings, announce: bool) -> None:
         """ATZ / AT&F: a rate they bring back is the port's rate too, as after AT+IPR (a paced
         port switches once the answer has gone out; AT+IPR? reports what the port does)."""
         before = self.settings.ipr
         self.settings = settings.copy()
-        if self.settings.ipr != before:
+        if announce and self.settings.ipr != before:
             self.emit("ipr", rate=self.settings.ipr)
 
     def deactivate_pdp(self, cid: int) -> None:
@@ -428,7 +430,7 @@ class Modem:
         self._wake_drain_waiters()
         self.emit("reset")
         self.pdp.deactivate_all()
-        self.restore_saved_settings()
+        self.restore_saved_settings(announce=False)
         self.reg_urc = dict.fromkeys(self.reg_urc, 0)     # AT+CREG=<n> & co. are not AT&W's
         self.cfun = 1
 

@@ -2001,20 +2001,29 @@ def parse_at_log(text: str) -> list[tuple[str, list[str]]]:
     return steps
 
 
+# Which parameter of a command that opens a data prompt is the payload's length (0-based).
+_LENGTH_PARAM = {"+QFUPL": 1, "+QSSLSEND": 1, "+QISEND": 1, "+QFWRITE": 1, "+QSECWRITE": 1,
+                 "+QHTTPPOST": 0, "+QHTTPPUT": 0}
+
+
 def at_log_payload(command: str, data: str) -> bytes:
     """The bytes of a logged payload (its lines joined by LF by parse_at_log) as the host sent
-    them: a log shows no line ends, so the ones whose total is a length the command gave
-    (AT+QFUPL="f",<size>, AT+QSSLSEND=<id>,<len>) -- LF, CR LF or CR after each line, or
-    between lines only; else as logged: one line alone, or LF after each line (a PEM file)."""
+    them: a log shows no line ends, so the ones whose total is the length the command gave
+    (AT+QFUPL="f",<size>, AT+QSSLSEND=<id>,<len>: _LENGTH_PARAM) -- LF, CR LF or CR after
+    each line, or between lines only; else one line as logged, lines with LF after each (a
+    PEM file)."""
     lines = data.split("\n")
+    candidates = [end.join(lines) + tail for end in ("\n", "\r\n", "\r") for tail in (end, "")]
     if len(lines) == 1:
-        candidates = [data]
-    else:
-        candidates = [end.join(lines) + tail for end in ("\n", "\r\n", "\r") for tail in (end, "")]
-    sizes = {int(x) for x in re.findall(r"(?<![\w.])\d{1,7}(?![\w.])", command.partition("=")[2])}
-    for candidate in candidates:
-        if len(candidate) in sizes:
-            return _b(candidate)
+        candidates.insert(0, data)
+    name, _, rest = command.strip().partition("=")
+    at = _LENGTH_PARAM.get(name.upper()[2:] if name.upper().startswith("AT") else "")
+    params = [x.strip() for x in re.findall(r'"[^"]*"|[^,]+', rest)]
+    if at is not None and at < len(params) and params[at].isdigit():
+        size = int(params[at])
+        for candidate in candidates:
+            if len(candidate) == size:
+                return _b(candidate)
     return _b(candidates[0])
 
 

@@ -240,6 +240,13 @@ def test_any_chunking_of_a_send_line_and_its_payload_delivers_it_exactly(emulato
         rig.open(0)
         conn = conn_of(srv)
         rig.reopen()                            # (what the set-up's CR lines taught is forgotten)
+        if eol == b"\r":
+            # A CR-only host shows it with its first line (the byte after its CR is not LF);
+            # before that, a payload's leading LF soon after the prompt could be the send
+            # line's late LF -- decided by timing (behaviour.md's late-LF rule), which a loaded
+            # machine moves.
+            rig.host.write(b"AT\r")
+            assert rig.host.read_until(OK, 10).endswith(OK)
         sent = bytearray()
         specials = b"\r\n\x00\xff\x11\x13+AT" + (b"\x1a\x1b" if rig.ec else b"")
         payloads = st.lists(st.one_of(st.binary(min_size=1, max_size=40),
