@@ -274,11 +274,14 @@ def qsimdet_read(modem, cmd):
 @command("+QINISTAT", EXEC, test="+QINISTAT: (0-7)")
 def qinistat(modem, cmd):
     """The SIM's initialization: 1 CPIN READY + 2 SMS DONE + 4 PB DONE.  Here 0 until the
-    boot's +CPIN: READY, 1 until its last URC (SMS DONE), then 7 (no phonebook to load: it is
-    done with the rest; scripts wait for 7)."""
+    boot's +CPIN: READY, then each bit from its boot URC on (EC2x: 1, 3 after +QIND: SMS DONE,
+    7 after +QIND: PB DONE), all once the boot is over (a profile without those URCs: 7;
+    scripts wait for 7)."""
     if not modem.sim_ready:
         return ok("+QINISTAT: 0")
-    return ok(f"+QINISTAT: {7 if modem.booted else 1}")
+    done, said = modem.booted, modem.boot_said
+    status = 1 | (2 if done or "+QIND: SMS DONE" in said else 0) | (4 if done or "+QIND: PB DONE" in said else 0)
+    return ok(f"+QINISTAT: {status}")
 
 
 # AT+QPINC: the PIN/PUK attempts left; no PIN is ever entered wrong here, so all are left.

@@ -92,6 +92,7 @@ class Modem:
         self.clock = ModemClock(profile["defaults.timezone_quarters"])
         self.cfun = 1
         self.reg_urc = {"+CREG": 0, "+CGREG": 0, "+CEREG": 0}
+        self.boot_said: set[str] = set()  # the restart's boot URCs out so far (AT+QINISTAT)
         self._boot = None                 # the start-up URCs' timer while a restart is on
         # The SIM answers (AT+CPIN?, AT+CIMI, the ICCID) from the boot's "+CPIN: READY" on;
         # +CME ERROR: 14 (SIM busy) between a restart and it.  Up at start.
@@ -410,6 +411,7 @@ class Modem:
         offsets = self.profile.get("defaults.boot_urc_ms") or [0] * len(lines)
         while index < len(lines):
             self.urc(lines[index])
+            self.boot_said.add(lines[index])
             if lines[index] == SIM_READY_URC:
                 self.sim_ready = True
             index += 1
@@ -426,6 +428,7 @@ class Modem:
             self._boot.cancel()
             self._boot = None
         self.sim_ready = False            # until the boot's +CPIN: READY
+        self.boot_said.clear()
         self.epoch += 1
         self._wake_drain_waiters()
         self.emit("reset")

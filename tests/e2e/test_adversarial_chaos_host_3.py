@@ -659,7 +659,7 @@ def test_cfun0_behind_a_send_then_cfun1_and_traffic_again(rig):
 
 
 # == restarts at awkward moments ===================================================================
-BOOT = {"ec2x": b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n",
+BOOT = {"ec2x": b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\n",
         "ml302": b"\r\n+CPIN: READY\r\n"}
 
 

@@ -28,7 +28,7 @@ from tests.e2e.test_adversarial_rtthread_espmodem import (
     RESP_ERROR, RESP_OK, EspBg96Link, EspDte, RtEc20, _esp_init)
 from tests.e2e.test_driver_paths import Driver
 
-BOOT = [b"RDY\r\n", b"+CFUN: 1\r\n", b"+CPIN: READY\r\n", b"+QUSIM: 1\r\n", b"+QIND: SMS DONE\r\n"]
+BOOT = [b"RDY\r\n", b"+CFUN: 1\r\n", b"+CPIN: READY\r\n", b"+QUSIM: 1\r\n", b"+QIND: SMS DONE\r\n", b"+QIND: PB DONE\r\n"]
 
 
 def _wait(pred, timeout: float = 5, what: str = "condition") -> None:
@@ -297,7 +297,7 @@ def test_rtthread_a_line_half_typed_when_the_power_went_is_lost(fresh_manual, em
         emulator.advance(port, 0.8)                     # RDY at 0.1 s, SMS DONE 0.6 s after it
         got = b""
         deadline = time.monotonic() + 5
-        while not got.endswith(b"+QIND: SMS DONE\r\n"):
+        while not got.endswith(b"+QIND: PB DONE\r\n"):
             assert time.monotonic() < deadline, got
             got += ser.read(64)
         assert got == b"".join(b"\r\n" + line for line in BOOT)
@@ -442,7 +442,7 @@ def test_a_reboot_cuts_a_paced_answer_short(emulator, open_modem, strict_log):
             assert d._line(time.monotonic() + 5) == b"+QIRD: 1460"      # ~1.5 s of output to come
             assert emulator.control("reboot", ms=50) == {"ok": True}
             deadline = time.monotonic() + 5
-            while b"+QIND: SMS DONE\r\n" not in d.buf:
+            while b"+QIND: PB DONE\r\n" not in d.buf:
                 assert time.monotonic() < deadline, d.buf[-100:]
                 d.buf += d.ser.read(256)
             before_rdy = d.buf.split(b"\r\nRDY\r\n")[0]
@@ -602,7 +602,7 @@ def test_driver_tls_reboot_while_a_slow_read_is_pending_then_full_reinit(open_mo
         assert emulator.control("reboot", ms=200) == {"ok": True}
         emulator.advance(port, 5)                              # past the slow answer's time
         deadline = time.monotonic() + 5
-        lines = [d._line(deadline) for _ in range(10)]
+        lines = [d._line(deadline) for _ in range(2 * len(BOOT))]
         assert lines == [x for line in BOOT for x in (b"", line[:-2])]
         time.sleep(0.2)
         assert d.ser.read(100) == b""                         # no +QSSLRECV, no OK

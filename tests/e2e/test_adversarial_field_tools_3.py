@@ -328,7 +328,7 @@ def test_reboot_while_an_open_waits_for_its_connect_gives_no_late_result(emulato
     assert host.at(f'AT+QSSLOPEN=1,1,1,"{HOST}",443,0') == b"\r\nOK\r\n"
     assert emulator.control("reboot", ms=0)["ok"]
     emulator.advance(port, 5)
-    got = host.read_until(b"+QIND: SMS DONE\r\n", timeout=3) + host.quiet_for(0.3)
+    got = host.read_until(b"+QIND: PB DONE\r\n", timeout=3) + host.quiet_for(0.3)
     assert b"QSSLOPEN" not in got and got.startswith(b"\r\nRDY\r\n"), got
     state = emulator.control("state")
     assert state["sockets"] == [] and state["pdp"][0]["active"] is False
@@ -386,8 +386,8 @@ def test_faults_during_the_close_linger_of_a_blackholed_socket(emulator, ec2x_on
     assert emulator.control("dns_fail", count=1)["ok"]                 # modem-wide ops still fine
     assert emulator.control("reboot", ms=0)["ok"]                      # the close's answer is abandoned
     emulator.advance(port, 12)
-    got = host.read_until(b"+QIND: SMS DONE\r\n", timeout=3) + host.quiet_for(0.3)
-    assert got == b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n", got
+    got = host.read_until(b"+QIND: PB DONE\r\n", timeout=3) + host.quiet_for(0.3)
+    assert got == b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\n", got
     assert host.at("ATE0") == b"ATE0\r\r\nOK\r\n"
 
 

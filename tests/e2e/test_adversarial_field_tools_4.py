@@ -52,7 +52,7 @@ from tests.e2e.test_adversarial_field_tools_2 import _escape
 
 HOST = "echo.example"           # routed to the `echo` fixture's server (tests/conftest.py)
 RESULT = re.compile(rb"\r\n(SEND OK|SEND FAIL|ERROR)\r\n")
-EC2X_BOOT = b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n"
+EC2X_BOOT = b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\n"
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -253,7 +253,7 @@ def test_faults_aimed_at_modem_2_of_three_touch_only_modem_2(emulator, open_mode
         h2.seen(b'+QSSLURC: "closed",1\r\n', timeout=5)
         assert c.ask(b'{"op": "reboot", "modem": 2, "ms": 0}') == {"ok": True}
         emulator.advance(p2, 1)
-        assert h2.read_until(b"+QIND: SMS DONE\r\n", timeout=5).endswith(EC2X_BOOT)
+        assert h2.read_until(b"+QIND: PB DONE\r\n", timeout=5).endswith(EC2X_BOOT)
         assert c.ask(b'{"op": "uart_noise", "modem": 2, "on": false}') == {"ok": True}
         for n, h in ((0, h0), (1, h1)):
             assert h.quiet_for(0.3) == b"", n
@@ -469,7 +469,7 @@ def test_plugin_handle_with_a_second_modem_scenario_per_modem_and_trace(modem, t
         assert len(modem.emulator.run(lambda: list(run.fired))) == 3
         assert modem.control("reboot", modem=1, ms=0) == {"ok": True}
         modem.emulator.advance(second, 1)
-        assert h1.read_until(b"+QIND: SMS DONE\r\n", timeout=5).endswith(EC2X_BOOT)
+        assert h1.read_until(b"+QIND: PB DONE\r\n", timeout=5).endswith(EC2X_BOOT)
         assert h0.quiet_for(0.3) == b""
         tail = "\n".join(modem.trace_tail(200))
         assert "FOR0" in tail and "FOR1" not in tail and "CGMR1" not in tail, tail
@@ -626,7 +626,7 @@ def test_noisy_output_pending_at_a_reboot_never_follows_the_boot_lines(emulator,
         assert emulator.control("urc", text=line.decode()) == {"ok": True}
     assert emulator.control("reboot", ms=0) == {"ok": True}
     emulator.advance(port, 1)
-    got = host.read_until(b"+QIND: SMS DONE\r\n", timeout=10) + host.quiet_for(0.5)
+    got = host.read_until(b"+QIND: PB DONE\r\n", timeout=10) + host.quiet_for(0.5)
     assert got.endswith(EC2X_BOOT), got[-300:]
     before = got[:-len(EC2X_BOOT)]
     stream = b"".join(b"\r\n" + line + b"\r\n" for line in lines)

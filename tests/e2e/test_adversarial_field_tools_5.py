@@ -59,7 +59,7 @@ from tests.pipes import read_until_idle
 HOST = "echo.example"           # routed to the `echo` fixture's server (tests/conftest.py)
 OK = b"\r\nOK\r\n"
 F_SETPIPE_SZ = 1031
-EC2X_BOOT = b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n"
+EC2X_BOOT = b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\n"
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -442,7 +442,7 @@ def test_a_session_under_a_fault_scenario_is_traced_shown_and_replayed(emulator,
     cgmr = host.at("AT+CGMR")
     assert re.fullmatch(rb'\r\n\+CREG: 1,"[0-9A-F]+","[0-9A-F]+",7\r\n\r\n\+CGREG: 1,"[0-9A-F]+","[0-9A-F]+",7\r\n'
                         rb"\r\nEC25EFAR06A06M4G\r\n" + re.escape(OK), cgmr), cgmr
-    assert host.read_until(b"SMS DONE\r\n", timeout=5) == EC2X_BOOT
+    assert host.read_until(b"PB DONE\r\n", timeout=5) == EC2X_BOOT
     assert host.at("AT+CREG?") == b"AT+CREG?\r\r\n+CREG: 0,1\r\n" + OK      # (echo back on: a restart)
     rs.flush(emulator)
     assert emulator.run(lambda: [(f["op"], f["ok"]) for f in run.fired]) == \

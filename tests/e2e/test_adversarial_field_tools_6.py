@@ -573,7 +573,7 @@ def test_ml302_drop_while_plus_plus_plus_waits_for_its_guard_time(emulator, ml30
 
 
 # == twenty modems in one process =====================================================================
-EC2X_BOOT = b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n"
+EC2X_BOOT = b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\n"
 N_MODEMS = 20
 REBOOTED, HUNG_UP, NOISY, SLOW = 5, 9, 13, 17
 
@@ -640,7 +640,7 @@ def test_twenty_modems_one_rebooted_one_hung_up_one_noisy_one_slow_the_rest_exac
                 t.join(30)
             assert errors == []
             # the rebooted one: its upload gone without an answer, the boot lines, echo back on
-            assert hosts[REBOOTED].read_until(b"SMS DONE\r\n", timeout=5) == EC2X_BOOT
+            assert hosts[REBOOTED].read_until(b"PB DONE\r\n", timeout=5) == EC2X_BOOT
             assert hosts[REBOOTED].at("AT+QFLST=\"RAM:*\"") == b'AT+QFLST="RAM:*"\r\r\nOK\r\n'
             # the hung-up one: a new host finds command state, the half upload not stored
             hosts[HUNG_UP] = Host(ports[HUNG_UP].path)

@@ -29,7 +29,7 @@ OK = b"\r\nOK\r\n"
 BUSY = b"\r\n+CME ERROR: 14\r\n"
 H = 1027                                  # the EC2x profile's files.first_handle
 BOOT = (b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n"
-        b"\r\n+QIND: SMS DONE\r\n")
+        b"\r\n+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\n")
 
 
 def cme(code: int) -> bytes:
@@ -73,7 +73,7 @@ def fill(host: Host, name: str, data: bytes) -> int:
 
 
 def wait_boot(host: Host, timeout: float = 5) -> bytes:
-    return host.read_until(b"+QIND: SMS DONE\r\n", timeout=timeout)
+    return host.read_until(b"+QIND: PB DONE\r\n", timeout=timeout)
 
 
 # -- open files: chains, names, limits ------------------------------------------------------
@@ -424,7 +424,8 @@ def test_commands_between_rdy_and_cpin_ready(ec2x_strict):
     host.write(b"ATQ0;+CPIN?\r")
     assert host.read_until(OK, timeout=3) == b"\r\n+CPIN: READY\r\n" + OK
     advance(0.3)
-    assert host.read_until(b"DONE\r\n", timeout=3) == urc(b"+QUSIM: 1") + urc(b"+QIND: SMS DONE")
+    assert host.read_until(b"PB DONE\r\n", timeout=3) == (urc(b"+QUSIM: 1") + urc(b"+QIND: SMS DONE")
+                                                         + urc(b"+QIND: PB DONE"))
 
 
 def test_cfun_reset_written_one_byte_at_a_time_by_a_crlf_host(ec2x, strict_log):
@@ -451,8 +452,9 @@ def test_two_reboots_in_a_row_give_one_boot(emulator, ec2x_strict):
     assert host.read_until(b"RDY\r\n", timeout=3) == urc(b"RDY")
     assert host.at("AT+CPIN?") == b"AT+CPIN?\r" + BUSY
     advance(2)
-    got = host.read_until(b"SMS DONE\r\n", timeout=3)
-    assert got == urc(b"+CFUN: 1") + urc(b"+CPIN: READY") + urc(b"+QUSIM: 1") + urc(b"+QIND: SMS DONE")
+    got = host.read_until(b"PB DONE\r\n", timeout=3)
+    assert got == (urc(b"+CFUN: 1") + urc(b"+CPIN: READY") + urc(b"+QUSIM: 1") + urc(b"+QIND: SMS DONE")
+                   + urc(b"+QIND: PB DONE"))
     advance(5)
     assert host.quiet_for(0.2) == b""
 
@@ -471,9 +473,9 @@ def test_boot_urcs_wait_behind_a_qfwrite_started_after_rdy(ec2x_strict):
     advance(1)                                                             # every boot URC falls due
     assert host.quiet_for(0.2) == b""                                      # none inside the data
     host.write(b"!")
-    assert host.read_until(b"SMS DONE\r\n", timeout=3) == (
+    assert host.read_until(b"PB DONE\r\n", timeout=3) == (
         b"\r\n+QFWRITE: 6,6\r\n" + OK + urc(b"+CFUN: 1") + urc(b"+CPIN: READY") + urc(b"+QUSIM: 1")
-        + urc(b"+QIND: SMS DONE"))
+        + urc(b"+QIND: SMS DONE") + urc(b"+QIND: PB DONE"))
     assert host.at("AT+CPIN?") == b"\r\n+CPIN: READY\r\n" + OK
 
 
@@ -493,8 +495,9 @@ def test_saved_atv0_frames_the_boot_and_a_slash_repeats_nothing_after_it(ec2x_st
     answer_is(host, b"+CME ERROR: 14\r\n", 0.2)             # +CME keeps its words
     advance(0.05)
     assert host.read_until(b"RDY\r\n", timeout=3) == b"RDY\r\n"
-    advance(0.6)
-    assert host.read_until(b"DONE\r\n", timeout=3) == b"+CFUN: 1\r\n+CPIN: READY\r\n+QUSIM: 1\r\n+QIND: SMS DONE\r\n"
+    advance(0.65)
+    assert host.read_until(b"PB DONE\r\n", timeout=3) == (b"+CFUN: 1\r\n+CPIN: READY\r\n+QUSIM: 1\r\n"
+                                                          b"+QIND: SMS DONE\r\n+QIND: PB DONE\r\n")
     host.write(b"AT+CIMI\r")
     assert host.read_until(b"\r\n0\r", timeout=3) == b"460011234567890\r\n0\r"
     host.write(f"AT+QFREAD={h}\r")
@@ -562,7 +565,7 @@ def test_a_slow_cfun_reset_still_restarts_when_its_host_hangs_up(emulator, open_
     time.sleep(0.1)
     host = Host(port.path)
     try:
-        host.read_until(b"SMS DONE\r\n", timeout=2)    # the restart's URCs reach the next host
+        host.read_until(b"PB DONE\r\n", timeout=2)    # the restart's URCs reach the next host
         assert host.at("ATE0").endswith(OK)
         assert host.at(f"AT+QFREAD={h}") == cme(416)
         assert host.at('AT+QFLST="RAM:*"') == OK
@@ -588,8 +591,9 @@ def test_control_reboot_abandons_a_slow_commands_pending_answer(emulator, ec2x_s
     assert host.read_until(b"RDY\r\n", timeout=1) == urc(b"RDY")          # at ms, not in 5 s
     assert host.at("AT+CPIN?", timeout=1) == b"AT+CPIN?\r" + BUSY           # the port is free
     advance(10)
-    assert host.read_until(b"SMS DONE\r\n", timeout=3) == (
-        urc(b"+CFUN: 1") + urc(b"+CPIN: READY") + urc(b"+QUSIM: 1") + urc(b"+QIND: SMS DONE"))
+    assert host.read_until(b"PB DONE\r\n", timeout=3) == (
+        urc(b"+CFUN: 1") + urc(b"+CPIN: READY") + urc(b"+QUSIM: 1") + urc(b"+QIND: SMS DONE")
+        + urc(b"+QIND: PB DONE"))
     assert host.quiet_for(0.2) == b""                  # never the old command's answer
 
 
@@ -601,8 +605,8 @@ def test_control_reboot_during_a_slow_cfun_reset_restarts_once(emulator, ec2x_st
     assert emulator.control("reboot", ms=50) == {"ok": True}               # the power goes first
     advance(0.05)
     assert host.read_until(b"RDY\r\n", timeout=1) == urc(b"RDY")
-    advance(0.6)
-    host.read_until(b"SMS DONE\r\n", timeout=1)
+    advance(0.65)
+    host.read_until(b"PB DONE\r\n", timeout=1)
     assert host.at("ATE0", timeout=1) == b"ATE0\r" + OK
     h = qfopen(host, "RAM:after-boot")
     advance(10)                                        # past the abandoned command's delay

@@ -129,7 +129,7 @@ def test_reboot_of_a_held_modem_leaves_it_answering(open_modem, emulator, strict
     # the module lost power: what the host still had to say is gone, what was out stays out
     host.quiet_for(0.5)
     writer.join(10)
-    host.seen(b"+QIND: SMS DONE\r\n")                           # the whole boot (on real time)
+    host.seen(b"+QIND: PB DONE\r\n")                           # the whole boot (on real time)
     host.quiet_for(0.3)
     assert host.at("ATE0") == b"ATE0\r\r\nOK\r\n"                # factory ATE1 again
     assert host.at("AT+IFC?") == b"\r\n+IFC: 0,0\r\n\r\nOK\r\n"    # not AT&W'd
@@ -559,7 +559,7 @@ def test_direct_push_while_held_interleaves_only_between_answers(open_modem, emu
 
 
 # == 13. a restart and settings commands queued behind a hold =====================================
-BOOT = b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n"
+BOOT = b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\n"
 
 
 def test_cfun_reboot_queued_behind_a_hold_runs_once_then_the_next_command(open_modem, emulator, strict_log):

@@ -43,7 +43,7 @@ from tests.e2e.socket_support import TCP_HOST, TCP_PORT, escape, raw_open, raw_r
 OK = b"\r\nOK\r\n"
 CGMI = b"\r\nQuectel\r\n\r\nOK\r\n"
 CSQ = b"\r\n+CSQ: 24,99\r\n\r\nOK\r\n"
-BOOT = b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n"
+BOOT = b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\n"
 CORK_LIMIT = 16 * 1024
 ODD_SIZES = (1, 7, 4093, 2, 13, 511, 3, 16385, 5)
 
@@ -542,7 +542,7 @@ def test_control_reboot_mid_pipelined_output_cuts_it_cleanly(emulator, open_mode
     host.write(b"ATI\r" * 4000)
     emulator.wait_received(port, host.written)
     assert emulator.control("reboot", ms=50)["ok"]
-    got = host.read_until(b"\r\n+QIND: SMS DONE\r\n", timeout=10)
+    got = host.read_until(b"\r\n+QIND: PB DONE\r\n", timeout=10)
     before, boot = got[:-len(BOOT)], got[-len(BOOT):]
     assert boot == BOOT
     assert before == (one * 4000)[:len(before)]
@@ -635,7 +635,7 @@ def test_restart_answer_leaves_at_the_rate_it_was_given(emulator, open_modem, st
     host.write(f"AT+QSSLCFG=?;{restart}\r".encode())
     assert host.read_exactly(len(expected), timeout=10) == expected
     elapsed = time.monotonic() - start
-    assert host.read_until(b"\r\n+QIND: SMS DONE\r\n", timeout=10).endswith(BOOT)
+    assert host.read_until(b"\r\n+QIND: PB DONE\r\n", timeout=10).endswith(BOOT)
     assert emulator.run(lambda: port.port.baud) == 115200          # the power-on rate again
     assert elapsed >= (len(expected) - 10) / 960, f"{len(expected)} bytes in {elapsed:.3f} s: not 9600 baud"
 
@@ -713,7 +713,7 @@ def test_scenario_reboot_drops_the_answers_a_slow_reader_had_no_room_for(emulato
     host.write(b"ATI\r" * 290 + b"AT+CGMR\r")
     # the host reads on only once the restart happened (it is slow)
     wait_for(lambda: emulator.run(lambda: list(run.fired)), what="the scenario's reboot")
-    got = host.read_until(b"\r\n+QIND: SMS DONE\r\n", timeout=15)
+    got = host.read_until(b"\r\n+QIND: PB DONE\r\n", timeout=15)
     assert got.endswith(BOOT)
     before = got[:-len(BOOT)]
     stream = (b"\r\n" + fill.encode() + b"\r\n") * urcs + ati_answer(emulator, port) * 290 \

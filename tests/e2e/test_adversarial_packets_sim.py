@@ -330,7 +330,7 @@ def test_after_a_reboot_no_stale_bytes_or_timers_reach_a_new_socket_on_the_same_
     assert emulator.control("reboot", ms=10)["ok"]
     assert first.eof.wait(10)
     advance(0.7)
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     assert host.at("ATE0") == b"ATE0\r" + OK
     # the settings are the defaults again (not saved), the old socket is gone
     assert host.at('AT+QICFG="transpktsize";+QICFG="transwaittm"') == \
@@ -490,7 +490,7 @@ def test_sim_answers_follow_the_boot_urcs_after_a_reboot(ec2x_strict, emulator):
     assert host.at("AT+QSIMSTAT?") == answer("+QSIMSTAT: 1,1")
     assert host.at('AT+QPINC="sc"') == answer('+QPINC: "SC",3,10')
     advance(0.25)                                # +QIND: SMS DONE (600 ms)
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     assert host.at("AT+QINISTAT") == answer("+QINISTAT: 7")
     assert host.at("AT+QPINC?") == answer('+QPINC: "SC",3,10', '+QPINC: "P2",3,10')
 
@@ -509,7 +509,7 @@ def test_a_reboot_during_the_boot_starts_the_sim_again(ec2x_strict, emulator):
     host.read_until(b"+CFUN: 1\r\n")                # +CFUN: 1 of the second boot only
     assert host.at("AT+QINISTAT") == answer("+QINISTAT: 0")
     advance(1.0)
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     assert host.at("AT+QINISTAT") == answer("+QINISTAT: 7")
 
 
@@ -544,7 +544,7 @@ def test_sim_switches_survive_restarts_and_other_nv_writes(open_modem, tmp_path,
         b"\r\n+QSIMSTAT: 1,1\r\n\r\n+QSIMDET: 1,1\r\n\r\n+CTZU: 0\r\n" + OK
     assert third.at("AT+QSIMSTAT=0;+QSIMDET=0,1") == OK
     assert third.at("AT+CFUN=1,1") == OK
-    third.read_until(b"+QIND: SMS DONE\r\n")
+    third.read_until(b"+QIND: PB DONE\r\n")
     assert third.at("ATE0") == b"ATE0\r" + OK
     assert third.at("AT+QSIMSTAT?;+QSIMDET?") == b"\r\n+QSIMSTAT: 0,1\r\n\r\n+QSIMDET: 0,1\r\n" + OK
 
@@ -577,7 +577,7 @@ def test_qgdcnt_reset_then_restart_comes_back_to_the_saved_values(open_modem, tm
         assert host.at("AT+QGDCNT=0") == OK
         assert counters(host) == (0, 0)
         assert host.at("AT+CFUN=1,1") == OK
-        host.read_until(b"+QIND: SMS DONE\r\n")
+        host.read_until(b"+QIND: PB DONE\r\n")
         assert host.at("ATE0") == b"ATE0\r" + OK
         assert counters(host) == (40, 40)                     # the last saved ones
     host.close()
@@ -639,7 +639,7 @@ def test_a_damaged_qgdcnt_json_keeps_the_defaults_and_never_breaks_a_command(
         assert host.at("AT+QICLOSE=0") == OK
     assert host.at("AT+QGDCNT=1") == OK                       # a good file again
     assert host.at("AT+CFUN=1,1") == OK
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     assert host.at("ATE0") == b"ATE0\r" + OK
     assert host.at("AT+QGDCNT?") == answer(f"+QGDCNT: {want}")
 
@@ -651,7 +651,7 @@ def test_qgdcnt_json_damaged_while_running_is_read_at_the_next_restart_safely(
     assert host.at("AT+QGDCNT=1") == OK
     (state / "qgdcnt.json").write_text('{"sent": "12", "rec')
     assert host.at("AT+CFUN=1,1") == OK
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     assert host.at("ATE0") == b"ATE0\r" + OK
     assert host.at("AT+QGDCNT?") == answer("+QGDCNT: 0,0")
     (state / "qgdcnt.json").unlink()

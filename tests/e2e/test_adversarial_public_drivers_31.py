@@ -697,7 +697,8 @@ SUPA_REPLY = (b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: keep-al
 
 def test_bus_tracker_initialization_restart_and_pdp(bus, strict_log):
     """initialization() with the echo on: AT+CFUN=1,1's OK is framed as asked (the echo first);
-    the restart's start-up URCs (RDY, +CFUN: 1, +CPIN: READY, +QUSIM: 1, +QIND: SMS DONE) wait
+    the restart's start-up URCs (RDY, +CFUN: 1, +CPIN: READY, +QUSIM: 1, +QIND: SMS DONE,
+    +QIND: PB DONE) wait
     unread through the pause and land at the head of AT+CPIN?'s String, before its echo; every
     later String is the echo plus the answer, and AT+QIACT=1 activates context 1 (the restart
     dropped it)."""
@@ -707,7 +708,7 @@ def test_bus_tracker_initialization_restart_and_pdp(bus, strict_log):
         ("AT", "AT\r\r\nOK\r\n"),
         ("AT+CFUN=1,1", "AT+CFUN=1,1\r\r\nOK\r\n"),
         ("AT+CPIN?", "\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n"
-                     "\r\n+QIND: SMS DONE\r\nAT+CPIN?\r\r\n+CPIN: READY\r\n\r\nOK\r\n"),
+                     "\r\n+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\nAT+CPIN?\r\r\n+CPIN: READY\r\n\r\nOK\r\n"),
         ("AT+CREG?", "AT+CREG?\r\r\n+CREG: 0,1\r\n\r\nOK\r\n"),
         ("AT+CGATT?", "AT+CGATT?\r\r\n+CGATT: 1\r\n\r\nOK\r\n"),
         ('AT+QICSGP=1,1,"internet","","",1', 'AT+QICSGP=1,1,"internet","","",1\r\r\nOK\r\n'),
@@ -1055,20 +1056,17 @@ def test_ec21fw_power_on_urcs_parsed_line_by_line(ec21fw, strict_log):
     fw = ec21fw
     delay(1500)
     assert fw.lines == ["", "RDY", "", "+CFUN: 1", "", "+CPIN: READY", "", "+QUSIM: 1",
-                        "", "+QIND: SMS DONE"]
+                        "", "+QIND: SMS DONE", "", "+QIND: PB DONE"]
     fw.stop()                                    # (the test's own command next, not the task's)
     fw.uart.flush_input()
     assert fw.uart.command(b"AT+QINISTAT") == b"AT+QINISTAT\r\r\n+QINISTAT: 7\r\n\r\nOK\r\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the EC2x start-up URCs end at '+QIND: SMS DONE': '+QIND: PB DONE' never comes after a "
-    "restart, though a real EC21 sends it (SeeedJP/WioLTEforArduino issue #5, the capture "
-    "docs/behaviour.md cites for the boot spacing) and AT+QINISTAT already reports 7 (PB DONE)"))
-def test_ec21fw_waits_for_pb_done_that_never_comes(ec21fw, strict_log):
+def test_ec21fw_waits_for_pb_done(ec21fw, strict_log):
     """MOD_Init() waits (up to 15 s) for MOD_FLAG_INIT, which the URC handler sets on
     "+QIND: PB DONE" (LOG "Init done detected.").  A real EC21 sends it right after
-    "+QIND: SMS DONE"; here it never comes (3 s allowed, the last start-up URC is at 650 ms)."""
+    "+QIND: SMS DONE"; it never came here (a bug: the start-up URCs ended at SMS DONE) -- now
+    it does, at 620 ms (3 s allowed)."""
     fw = ec21fw
     deadline = time.monotonic() + 3
     while "Init done detected." not in fw.log and time.monotonic() < deadline:
@@ -1131,7 +1129,7 @@ def test_ec21fw_adapter_connect_send_recv_twice_close(ec21fw, emulator, strict_l
     prompt wait runs out, the first read is "" and the second "hello"; the module's bytes are
     the same either way.)  Every answer is the EC2x TCP(IP) manual's."""
     fw = ec21fw
-    delay(800)
+    delay(1000)                                  # (the RX task has parsed the start-up URCs, PB DONE too)
     fw.send_at(b'AT+QICSGP=5,3,"Internet","","",1\r')
     fw.send_at(b"AT+QIACT=5\r")
     delay(300)

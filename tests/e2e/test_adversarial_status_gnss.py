@@ -43,7 +43,7 @@ NEIGHBOURS = ('+QENG: "neighbourcell intra","LTE",1650,311,-18,-103,-65,-20,21,5
 REST = "0.9,12.5,3,0.00,0.0,0.0"
 POSITION = {0: "3107.4070N,12132.5926E", 1: "3107.407000,N,12132.592600,E", 2: "31.12345,121.54321"}
 FINALS = re.compile(rb"\r\n(OK|ERROR|\+CME ERROR: [^\r\n]*|NO CARRIER|CONNECT)\r\n")
-BOOT_DONE = b"+QIND: SMS DONE\r\n"
+BOOT_DONE = b"+QIND: PB DONE\r\n"
 
 
 def answer(*lines: str) -> bytes:

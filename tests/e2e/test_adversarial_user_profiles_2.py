@@ -219,9 +219,9 @@ BG96_QSSLCFG_TEST = (
 
 def test_bg96_restarts_with_its_own_start_up_urcs(cli, tmp_path):
     import time
-    text = derive(('boot_urcs = ["RDY", "+CFUN: 1", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE"]',
+    text = derive(('boot_urcs = ["RDY", "+CFUN: 1", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE", "+QIND: PB DONE"]',
                    'boot_urcs = ["RDY", "APP RDY"]'),
-                  ("boot_urc_ms = [0, 130, 360, 380, 600]", "boot_urc_ms = [0, 300]"),
+                  ("boot_urc_ms = [0, 130, 360, 380, 600, 620]", "boot_urc_ms = [0, 300]"),
                   text=BG96)
     host = modem(cli, tmp_path, text)
     assert host.at("AT+CFUN=1,1") == OK
@@ -549,7 +549,7 @@ def test_a_scenario_drops_the_last_socket_of_the_users_profile(cli, tmp_path, se
 _CELL = EC2X[EC2X.index("\n[cell]"):EC2X.index("\n# AT+CEER")]
 _QCSQ = "qcsq = '\"LTE\",{rssi},{rsrp},{sinr},{rsrq}'"
 _GPRS = '"gprsattach" = { value = ["1"], test = "(0,1)" }'
-_BOOT_MS = "boot_urc_ms = [0, 130, 360, 380, 600]"
+_BOOT_MS = "boot_urc_ms = [0, 130, 360, 380, 600, 620]"
 _DNS = 'dns = ["123.66.165.1", "123.66.165.2"]'
 _DESCRIPTION = re.search(r'^description = .*$', EC2X, re.M).group(0)
 
@@ -588,14 +588,14 @@ BAD = [
      "key qcfg: [gprsattach] value '2' is not one the test form '(0,1)' allows (as the module shows it)"),
     ("qcfg-name-twice", derive((_GPRS, _GPRS + '\n"GPRSATTACH" = { value = ["1"], test = "(0,1)" }')),
      "key qcfg: item name 'GPRSATTACH': listed twice (names are case-insensitive)"),
-    ("boot-ms-one-short", derive((_BOOT_MS, "boot_urc_ms = [0, 130, 360, 380]")),
-     "key defaults.boot_urc_ms: 4 offsets for 5 defaults.boot_urcs (one each)"),
-    ("boot-ms-first-not-0", derive((_BOOT_MS, "boot_urc_ms = [5, 130, 360, 380, 600]")),
+    ("boot-ms-one-short", derive((_BOOT_MS, "boot_urc_ms = [0, 130, 360, 380, 600]")),
+     "key defaults.boot_urc_ms: 5 offsets for 6 defaults.boot_urcs (one each)"),
+    ("boot-ms-first-not-0", derive((_BOOT_MS, "boot_urc_ms = [5, 130, 360, 380, 600, 620]")),
      "key defaults.boot_urc_ms: the first is RDY's own (the others count from it): 0, got 5"),
-    ("boot-ms-decreasing", derive((_BOOT_MS, "boot_urc_ms = [0, 360, 130, 380, 600]")),
+    ("boot-ms-decreasing", derive((_BOOT_MS, "boot_urc_ms = [0, 360, 130, 380, 600, 620]")),
      "key defaults.boot_urc_ms: offsets must not decrease"),
-    ("boot-ms-huge", derive((_BOOT_MS, "boot_urc_ms = [0, 130, 360, 380, 600001]")),
-     "key defaults.boot_urc_ms: item 4: must be in 0..600000, got 600001"),
+    ("boot-ms-huge", derive((_BOOT_MS, "boot_urc_ms = [0, 130, 360, 380, 600, 600001]")),
+     "key defaults.boot_urc_ms: item 5: must be in 0..600000, got 600001"),
     ("boot-urc-escape", derive(('boot_urcs = ["RDY",', 'boot_urcs = ["\\u001b[2JRDY",')),
      "key defaults.boot_urcs: item 0: '\\x1b[2JRDY' holds '\\x1b': only printable ASCII goes on the wire"),
     ("pdp-dns-one", derive((_DNS, 'dns = ["123.66.165.1"]')), "key pdp.dns: must have 2..2 items, got 1"),

@@ -39,6 +39,9 @@ def test_urcs_follow_the_profiles_offsets_after_rdy(emulator, manual):
     assert host.quiet_for(0.2) == b""
     emulator.advance(port, 0.22)                             # 600 ms
     assert host.read_until(b"DONE\r\n", timeout=3) == _urc(b"+QIND: SMS DONE")
+    assert host.quiet_for(0.2) == b""                        # PB DONE is due at 620 ms, not yet
+    emulator.advance(port, 0.02)
+    assert host.read_until(b"DONE\r\n", timeout=3) == _urc(b"+QIND: PB DONE")
     emulator.advance(port, 10)
     assert host.quiet_for(0.2) == b""                        # one set, nothing more
 
@@ -74,7 +77,7 @@ def test_a_restart_during_the_boot_abandons_it(emulator, manual):
     assert got == _urc(b"RDY")
     assert host.at("AT+CPIN?") == b"AT+CPIN?\r" + BUSY       # the new boot's SIM is not up either
     emulator.advance(port, 1)
-    got = host.read_until(b"SMS DONE\r\n", timeout=3)
+    got = host.read_until(b"PB DONE\r\n", timeout=3)
     assert got.count(b"+CPIN: READY") == 1 and b"RDY" not in got
 
 
@@ -88,16 +91,16 @@ def test_ml302_has_one_boot_urc_and_the_sim_is_ready_with_it(emulator, open_mode
 
 
 @pytest.mark.parametrize("offsets, why", [
-    ("[0, 130]", "2 offsets for 5"),
-    ("[0, 130, 100, 380, 600]", "must not decrease"),
-    ("[0, 130, 360, 380, -1]", r"0\.\.600000, got -1"),
-    ("[10, 130, 360, 380, 600]", "the first is RDY's own"),
+    ("[0, 130]", "2 offsets for 6"),
+    ("[0, 130, 100, 380, 600, 620]", "must not decrease"),
+    ("[0, 130, 360, 380, 600, -1]", r"0\.\.600000, got -1"),
+    ("[10, 130, 360, 380, 600, 620]", "the first is RDY's own"),
 ])
 def test_profile_offsets_are_checked_at_load(tmp_path, offsets, why):
     text = (PROFILE_DIR / "ec2x.toml").read_text()
-    assert "boot_urc_ms = [0, 130, 360, 380, 600]" in text
+    assert "boot_urc_ms = [0, 130, 360, 380, 600, 620]" in text
     path = tmp_path / "mine.toml"
-    path.write_text(text.replace("boot_urc_ms = [0, 130, 360, 380, 600]", f"boot_urc_ms = {offsets}"))
+    path.write_text(text.replace("boot_urc_ms = [0, 130, 360, 380, 600, 620]", f"boot_urc_ms = {offsets}"))
     with pytest.raises(ProfileError, match=f"defaults.boot_urc_ms: .*{why}"):
         load_profile(str(path))
 
@@ -115,7 +118,7 @@ def test_a_restart_cancels_a_slow_commands_work_not_only_its_answer(emulator, ec
     emulator.advance(port, 0.1)
     assert emulator.control("reboot", ms=50)["ok"]
     emulator.advance(port, 1)
-    host.read_until(b"SMS DONE\r\n", timeout=3)
+    host.read_until(b"PB DONE\r\n", timeout=3)
     assert host.at("ATE0").endswith(OK)
     assert host.at("AT+QISTATE=1,99") == b"\r\nERROR\r\n"          # sets AT+QIGETERROR to 552
     assert host.at("AT+QIGETERROR") == b'\r\n+QIGETERROR: 552,invalid parameter\r\n' + OK

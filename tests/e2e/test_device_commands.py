@@ -182,7 +182,7 @@ def test_nv_items_survive_a_reboot_and_the_rest_start_again(ec2x):
     assert ec2x.at('AT+QCFG="nwscanmode",3;+QURCCFG="urcport","uart1";+CTZU=0;+QSCLK=1') == OK
     assert ec2x.at('AT+CSCS="UCS2";+CTZR=1') == OK
     assert ec2x.at("AT+CFUN=1,1") == OK
-    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    ec2x.read_until(b"+QIND: PB DONE\r\n")
     assert ec2x.at("ATE0") == b"ATE0\r" + OK                 # echo is on again after the reboot
     assert ec2x.at('AT+QCFG="nwscanmode"') == answer('+QCFG: "nwscanmode",3')
     assert ec2x.at('AT+QURCCFG="urcport"') == answer('+QURCCFG: "urcport","uart1"')
@@ -220,7 +220,7 @@ def test_sms_set_up_is_kept_and_read_back_until_a_reboot(ec2x):
                  "AT+CNMI=2,1,0,0,0,0"):
         assert ec2x.at(line) == ERROR, line
     assert ec2x.at("AT+CFUN=1,1") == OK
-    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    ec2x.read_until(b"+QIND: PB DONE\r\n")
     assert ec2x.at("ATE0") == b"ATE0\r" + OK
     assert ec2x.at("AT+CMGF?;+CSCA?;+CNMI?") == (b'\r\n+CMGF: 0\r\n\r\n+CSCA: "+8613010112500",145\r\n'
                                                   b"\r\n+CNMI: 2,1,0,0,0\r\n" + OK)
@@ -398,7 +398,7 @@ def test_sim_status_detection_init_and_pin_counters(open_modem, emulator):
     ec2x.read_until(b"+CPIN: READY\r\n")
     assert ec2x.at("AT+QINISTAT") == answer("+QINISTAT: 1")             # SMS DONE still to come
     emulator.advance(port, 0.3)                              # SMS DONE at 600 ms
-    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    ec2x.read_until(b"+QIND: PB DONE\r\n")
     assert ec2x.at("AT+QINISTAT") == answer("+QINISTAT: 7")
     assert ec2x.at("AT+QSIMSTAT?;+QSIMDET?") == b"\r\n+QSIMSTAT: 1,1\r\n\r\n+QSIMDET: 1,0\r\n" + OK
 
@@ -455,7 +455,7 @@ def test_data_counters_count_socket_traffic_reset_and_save(open_modem, emulator,
         assert counted(host, (120, 120))
         assert host.at("AT+QGDCNT=2") == ERROR
         assert host.at("AT+CFUN=1,1") == OK                            # a restart: the saved ones
-        host.read_until(b"+QIND: SMS DONE\r\n")
+        host.read_until(b"+QIND: PB DONE\r\n")
         assert host.at("ATE0") == b"ATE0\r" + OK
         assert counters(host) == (100, 100)
         assert host.at("AT+QGDCNT=0") == OK

@@ -788,7 +788,7 @@ def test_cfun_1_1_reboot(fresh):
     doc("`AT+CFUN=1,1` is a reboot: PDP contexts down,\n  sockets dropped without URCs, RAM files lost, "
         "settings back to the AT&W set")
     doc("`<rst>` 1 only with `<fun>` 1, as Quectel documents, else +CME ERROR: 50")
-    doc("(EC2x: RDY, +CFUN: 1, +CPIN: READY, +QUSIM: 1, +QIND: SMS DONE)")
+    doc("(EC2x: RDY, +CFUN: 1, +CPIN: READY, +QUSIM: 1, +QIND: SMS DONE,\n  +QIND: PB DONE")
     host, _ = ec2x_active(fresh)
     assert host.at("AT+CFUN=0,1") == b"\r\n+CME ERROR: 50\r\n"
     assert host.at("AT+CFUN=4,1") == b"\r\n+CME ERROR: 50\r\n"
@@ -800,11 +800,11 @@ def test_cfun_1_1_reboot(fresh):
                    '+CTZR=2;+CSCS="IRA";+CTZU=3;+QIDNSCFG=1,"1.1.1.1"') == b"\r\nOK\r\n"
     assert host.at("AT+QSSLSEND?") == b"\r\nERROR\r\n"                   # QIGETERROR 552 ...
     host.write(b"ATV0;+CFUN=1,1;+CGMI\r")
-    out = host.read_until(b"+QIND: SMS DONE\r\n")
+    out = host.read_until(b"+QIND: PB DONE\r\n")
     # its OK framed with the settings it was asked with (ATV0: 0<CR>); the rest of the line
     # (+CGMI) does not run; then the boot URCs, framed with the restored ATV1
     assert out == (b"0\r\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n"
-                   b"+QIND: SMS DONE\r\n")
+                   b"+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\n")
     assert quiet(host, 0.3) == b""                       # no socket URC
     # echo comes back: ATE1 is the factory (AT&W never ran)
     assert host.at("ATE0") == b"ATE0\r\r\nOK\r\n"

@@ -59,7 +59,7 @@ def test_ufs_survives_restart_ram_does_not(open_modem, tmp_path):
     host.upload("keep.pem", b"persistent")
     host.upload("RAM:gone.pem", b"volatile")
     assert host.at("AT+CFUN=1,1").endswith(b"OK\r\n")
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     assert host.at("ATE0").endswith(b"OK\r\n")      # the reboot restored echo on
     assert host.at('AT+QFLST="RAM:*"') == b"\r\nOK\r\n"
     assert host.at("AT+QFLST") == b'\r\n+QFLST: "keep.pem",10\r\n\r\nOK\r\n'
@@ -241,9 +241,10 @@ def test_a_restart_during_a_download_ends_it(open_modem, emulator):
     assert host.read_until(b"\r\nCONNECT\r\n") == b"\r\nCONNECT\r\n"
     host.read_exactly(100_000)
     assert emulator.control("reboot", ms=10)["ok"]
-    rest = host.read_until(b"+QIND: SMS DONE\r\n", timeout=10)
+    rest = host.read_until(b"+QIND: PB DONE\r\n", timeout=10)
     assert b"+QFDWL" not in rest and len(rest) < len(BIG) - 100_000
-    assert rest.endswith(b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n")
+    assert rest.endswith(b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n"
+                         b"\r\n+QIND: PB DONE\r\n")
     assert host.quiet_for(0.3) == b""
     assert host.at("AT") == b"AT\r\r\nOK\r\n"           # echo on again: the AT&W set
 

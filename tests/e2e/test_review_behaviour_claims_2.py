@@ -98,7 +98,7 @@ def test_a_slash_after_a_reboot_has_nothing_to_repeat(ec2x_timed):
     assert host.at("AT+CGMI") == b"\r\nQuectel\r\n" + OK
     assert host.at("AT+CFUN=1,1") == OK
     advance(1)
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     host.write(b"A/")                               # (echo is on again after the restart)
     host.write(b"xyz\r")
     assert host.quiet_for(0.3) == b"A/xyz\r"       # echoed, nothing run
@@ -181,11 +181,11 @@ def test_ipr_without_atw_is_forgotten_at_a_restart(ec2x_timed):
     assert host.at("AT+CGMI") == b"\r\nQuectel\r\n" + OK      # the pty still talks
     assert host.at("AT+CFUN=1,1") == OK
     advance(1)
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     assert host.at("ATE0;+IPR?") == b"ATE0;+IPR?\r\r\n+IPR: 115200\r\n" + OK
     assert host.at("AT+IPR=9600;&W;+CFUN=1,1") == OK
     advance(1)
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     assert host.at("AT+IPR?") == b"\r\n+IPR: 9600\r\n" + OK            # (&W kept ATE0 too)
 
 
@@ -711,7 +711,7 @@ def test_blackhole_send_ok_up_to_send_buffer_then_fail_and_close_waits_its_timeo
 def test_reboot_fault_boot_urcs_at_ms_then_profile_offsets_and_one_set_only(emulator, ec2x_strict):
     """Faults: "`reboot`: ... the start-up URCs come from `ms` on (default 50: RDY then; the
     rest at the profile's `defaults.boot_urc_ms` offsets after it, so a test on manual time
-    advances `ms` + 0.6 s for the EC2x's last, +QIND: SMS DONE); a reboot ... before they came
+    advances `ms` + 0.62 s for the EC2x's last, +QIND: PB DONE); a reboot ... before they came
     abandons that boot, so one set of start-up URCs comes, after the last"."""
     host, advance, _ = ec2x_strict
     assert emulator.control("reboot", ms=300)["ok"]
@@ -721,15 +721,15 @@ def test_reboot_fault_boot_urcs_at_ms_then_profile_offsets_and_one_set_only(emul
     assert host.quiet_for(0.2) == b""
     advance(0.02)
     assert host.read_until(b"RDY\r\n") == b"\r\nRDY\r\n"
-    advance(0.57)
+    advance(0.59)
     got = host.quiet_for(0.3)
-    assert b"SMS DONE" not in got
+    assert b"PB DONE" not in got
     advance(0.02)
-    got += host.read_until(b"+QIND: SMS DONE\r\n")
-    assert got.endswith(b"\r\n+QIND: SMS DONE\r\n")
+    got += host.read_until(b"+QIND: PB DONE\r\n")
+    assert got.endswith(b"\r\n+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\n")
     advance(2)
     assert host.quiet_for(0.3) == b""
-    assert host.transcript.count(b"RDY") == 1 and host.transcript.count(b"SMS DONE") == 1
+    assert host.transcript.count(b"RDY") == 1 and host.transcript.count(b"PB DONE") == 1
 
 
 # =========================================================================================

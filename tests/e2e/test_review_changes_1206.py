@@ -139,7 +139,7 @@ def test_a_control_reboot_while_dropping_reports_once_at_once_and_nothing_stale_
     assert busy(caplog) == [dropped(77)]                     # the pending answer is gone: now
     assert emulator.run(lambda: (it.mode, it._dropped, len(it._inbox))) == (Mode.COMMAND, 0, 0)
     advance(5.0)                                             # (the start-up URCs)
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     advance(1.0)
     assert host.quiet_for(0.2) == b""                        # (the cancelled answer: never)
     assert host.at("ATE0").endswith(OK)
@@ -159,7 +159,7 @@ def test_a_slow_cfun_1_1_flooded_reports_once_then_restarts(emulator, open_modem
     advance(1.0)
     assert host.read_exactly(len(OK)) == OK
     advance(5.0)
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     assert busy(caplog) == [dropped(9)]
     assert host.at("ATE0").endswith(OK)
     assert host.at("AT") == OK
@@ -408,7 +408,7 @@ def test_icf_atw_atz_atf_in_chains_restarts_and_a_new_modem_on_the_saved_dir(
     assert host.at("AT+ICF=3,2") == OK                          # (not saved)
     assert emulator.control("reboot", ms=0)["ok"]
     advance(5.0)
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     assert host.at("ATE0").endswith(OK)
     assert host.at("AT+ICF?") == b"\r\n+ICF: 3,0\r\n" + OK      # the saved set after a restart
     assert host.at("AT&F;+ICF?") == b"\r\n+ICF: 3,3\r\n" + OK
