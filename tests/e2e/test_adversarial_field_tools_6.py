@@ -197,22 +197,6 @@ def test_a_log_of_a_binary_upload_with_other_line_break_bytes_replays(tmp_path, 
     assert (code, out.strip()) == (0, "replayed 4 lines: no difference")
 
 
-def test_a_log_of_a_multi_line_pem_upload_replays(tmp_path, capsys, open_modem, pki):
-    pem = pki.ca.cert_pem
-    host, _ = open_modem("ec2x", echo=True)
-    assert host.at("ATE0") == b"ATE0\r\r\nOK\r\n"
-    host.write(f'AT+QFUPL="RAM:ca.pem",{len(pem)}\r')
-    assert host.read_until(b"CONNECT\r\n") == b"\r\nCONNECT\r\n"
-    host.write(pem)
-    answer = host.read_until(b"OK\r\n")
-    assert answer == b"\r\n" + _checksum_line(pem) + b"\r\n\r\nOK\r\n"
-    lines = [">> ATE0", "<< OK", f'>> AT+QFUPL="RAM:ca.pem",{len(pem)}', "<< CONNECT"]
-    lines += [">> " + x for x in pem.decode().splitlines()]
-    lines += ["<< " + x for x in _lines(answer)]
-    code, out = rs.replay(capsys, _write_log(tmp_path, "pem.log", lines))
-    assert code == 0, out
-
-
 CMEE_LOG = b'>> AT+CMEE=2\r\n<< OK\r\n>> AT+QFDEL="RAM:nofile"\r\n<< +CME ERROR: file not found\r\n'
 
 
@@ -283,9 +267,11 @@ def test_a_logged_payload_gets_the_line_ends_its_length_says(data, command, sent
     assert at_log_payload(command, data) == sent
 
 
-def test_a_crlf_pem_upload_log_replays(tmp_path, capsys, open_modem, pki):
-    """The PEM uploaded with CR LF line ends (a Windows host): the log shows the same lines."""
-    pem = pki.ca.cert_pem.replace(b"\n", b"\r\n")
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_a_log_of_a_multi_line_pem_upload_replays(tmp_path, capsys, open_modem, pki, eol):
+    """A PEM CA uploaded with AT+QFUPL, one '>>' line per PEM line (README's own upload), its
+    line ends LF (a Linux host) or CR LF (a Windows host): the log shows the same lines."""
+    pem = pki.ca.cert_pem.replace(b"\n", eol)
     host, _ = open_modem("ec2x", echo=True)
     assert host.at("ATE0") == b"ATE0\r\r\nOK\r\n"
     host.write(f'AT+QFUPL="RAM:ca.pem",{len(pem)}\r')
@@ -297,7 +283,7 @@ def test_a_crlf_pem_upload_log_replays(tmp_path, capsys, open_modem, pki):
     lines += [">> " + x for x in pem.decode().splitlines()]
     lines += ["<< " + x for x in _lines(answer)] + ['>> AT+QFLST="RAM:ca.pem"',
                                                     f'<< +QFLST: "RAM:ca.pem",{len(pem)}', "<< OK"]
-    code, out = rs.replay(capsys, _write_log(tmp_path, "pem.log", lines, "\r\n"))
+    code, out = rs.replay(capsys, _write_log(tmp_path, "pem.log", lines, eol.decode()))
     assert (code, out) == (0, "replayed 4 lines: no difference\n")
 
 
