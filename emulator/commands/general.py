@@ -222,6 +222,8 @@ def ipr_write(modem, cmd):
     if rate != 0 and rate not in modem.profile["serial.baud_rates"]:
         raise CommandError("ERROR", f"baud rate {rate} not supported by {modem.profile.name}")
     modem.settings.ipr = rate
+    if rate:
+        modem.port_ipr = rate
     # A paced port (--baud) switches to the new rate once this answer has gone out
     # at the old one (emulator/io/app.py listens); 0 (auto-baud) keeps the rate.
     modem.emit("ipr", rate=rate)

@@ -93,6 +93,9 @@ class Modem:
         self.cfun = 1
         self.reg_urc = {"+CREG": 0, "+CGREG": 0, "+CEREG": 0}
         self.boot_said: set[str] = set()  # the restart's boot URCs out so far (AT+QINISTAT)
+        # The AT+IPR rate the port was last told (AT+IPR, ATZ, AT&F); None: its power-on rate
+        # (--baud), whatever the settings say -- after a restart too.
+        self.port_ipr: int | None = None
         self._boot = None                 # the start-up URCs' timer while a restart is on
         # The SIM answers (AT+CPIN?, AT+CIMI, the ICCID) from the boot's "+CPIN: READY" on;
         # +CME ERROR: 14 (SIM busy) between a restart and it.  Up at start.
@@ -339,9 +342,9 @@ class Modem:
     def _restore(self, settings, announce: bool) -> None:
         """ATZ / AT&F: a rate they bring back is the port's rate too, as after AT+IPR (a paced
         port switches once the answer has gone out; AT+IPR? reports what the port does)."""
-        before = self.settings.ipr
         self.settings = settings.copy()
-        if announce and self.settings.ipr != before:
+        if announce and self.settings.ipr and self.settings.ipr != self.port_ipr:
+            self.port_ipr = self.settings.ipr
             self.emit("ipr", rate=self.settings.ipr)
 
     def deactivate_pdp(self, cid: int) -> None:
@@ -413,13 +416,19 @@ class Modem:
             self.urc(lines[index])
             self.boot_said.add(lines[index])
             if lines[index] == SIM_READY_URC:
-                self.sim_ready = True
+                self._sim_up()
             index += 1
             if index < len(lines) and offsets[index] > offsets[index - 1]:
                 delay = rdy_at + offsets[index] / 1000 - self.monotonic()
                 self._boot = self.call_later(delay, self._boot_urcs, index, rdy_at)
                 return
-        self.sim_ready = True
+        self._sim_up()
+
+    def _sim_up(self) -> None:
+        """The restart's SIM is read: it answers, and the module registers ("sim_ready")."""
+        if not self.sim_ready:
+            self.sim_ready = True
+            self.emit("sim_ready")
 
     def reset(self) -> None:
         """AT+CFUN=1,1: what a module loses when it reboots.  Sockets go first and
@@ -429,6 +438,7 @@ class Modem:
             self._boot = None
         self.sim_ready = False            # until the boot's +CPIN: READY
         self.boot_said.clear()
+        self.port_ipr = None              # (the "reset" event puts the port back to --baud)
         self.epoch += 1
         self._wake_drain_waiters()
         self.emit("reset")

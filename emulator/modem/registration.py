@@ -44,11 +44,14 @@ class Registration:
         self._reported = {name: self.stat(name) for name in NAMES}
         self._was_attached = self.attached()     # what a detach is told from (note_attach)
         modem.on("reset", self._reboot)
+        modem.on("sim_ready", self.refresh)      # (a restart's +CPIN: READY: registered now)
 
     # -- what the commands read ---------------------------------------------------
     def radio_stat(self, cfun: int | None = None) -> int:
         if (self.modem.cfun if cfun is None else cfun) != 1 or self.cops_mode == 2:
             return 0
+        if not self.modem.sim_ready:
+            return 2                 # a restart's SIM not read yet (until +CPIN: READY): searching
         return self.modem.profile["network.reg_stat"] if self.network_stat is None else self.network_stat
 
     def registered(self) -> bool:
@@ -152,4 +155,4 @@ class Registration:
         self.detached = False
         self.cops_mode = self.cops_format = 0
         self._reported = {name: self.stat(name, cfun=1) for name in NAMES}
-        self._was_attached = self.radio_stat(cfun=1) in REGISTERED
+        self._was_attached = self.radio_stat(cfun=1) in REGISTERED     # (False until the SIM is up)
