@@ -145,6 +145,7 @@ class TlsClientSession:
         self._cert_seen = False
         self._checked: dict[bytes, list[tuple[list[bytes], object]]] = {}   # leaf -> [(chain, problem)]
         self._fed = 0                    # bytes the last feed() gave the input (_pump_read)
+        self._write_chunk = DTLS_WRITE_CHUNK if settings.dtls else WRITE_CHUNK   # plaintext per record
         self._server_version: bytes | None = None      # the ServerHello's version field
         self._server_chose: bytes | None = None         # and the version it chose (TLS 1.3: 3.4)
         self._fatal_alert: int | None = None
@@ -365,9 +366,8 @@ class TlsClientSession:
         # Straight from the caller's buffer, WRITE_CHUNK (DTLS: DTLS_WRITE_CHUNK) at a time (no copy into _unsent);
         # what the library does not take now is queued as _write_unsent would.
         view = memoryview(data)
-        size = DTLS_WRITE_CHUNK if self.settings.dtls else WRITE_CHUNK
         while view and self.state == "established":
-            chunk = view[:size]
+            chunk = view[:self._write_chunk]
             try:
                 self._buffer.write(chunk)
             except (WantReadError, WantWriteError):
@@ -386,9 +386,8 @@ class TlsClientSession:
         Mbed TLS's write drives that handshake and answers WANT_READ without taking
         the data: it stays queued (same bytes retried, as the API wants) until the
         server's next flight has been read."""
-        size = DTLS_WRITE_CHUNK if self.settings.dtls else WRITE_CHUNK
         while self._unsent and self.state == "established":
-            chunk = bytes(self._unsent[:size])
+            chunk = bytes(self._unsent[:self._write_chunk])
             try:
                 self._buffer.write(chunk)
             except (WantReadError, WantWriteError):

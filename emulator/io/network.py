@@ -617,23 +617,19 @@ def net_faults(modem) -> NetFaults:
     return modem.feature("net_faults", NetFaults)
 
 
-async def _looked_up(router: Router, host: str, port: int, family: int) -> None:
-    """Before an injected refusal: the name is looked up as for a real connect (the server
-    refuses the address the DNS gave), so what the real DNS answered is the address the
-    host is shown while the open fails (AT+QISTATE) and after, as for a real refusal.  A
-    name that does not resolve is refused all the same: the fault is the refusal."""
-    try:
-        await router.resolve(host, port, family)
-    except NetworkError:
-        pass
-
-
-def _injected(fault: str | None, host: str, port: int) -> None:
-    """An open's injected fault that happens before any packet: the modem's DNS gives
-    no answer, or the server refuses the connection."""
+async def _injected(fault: str | None, router: Router, host: str, port: int, family: int) -> None:
+    """An open's injected fault that happens before any packet: the modem's DNS gives no
+    answer, or the server refuses the connection -- after the name was looked up as for a
+    real connect (the server refuses the address the DNS gave), so what the real DNS answered
+    is the address the host is shown while the open fails (AT+QISTATE) and after.  A name
+    that does not resolve is refused all the same: the fault is the refusal."""
     if fault == "dns":
         raise NetworkError("dns", f"cannot resolve {host!r}: DNS failure (fault injected)")
     if fault == "refuse":
+        try:
+            await router.resolve(host, port, family)
+        except NetworkError:
+            pass
         raise NetworkError("connect", f"connect to {host}:{port} refused (fault injected)")
 
 
@@ -758,9 +754,7 @@ async def open_tcp(router: Router, host: str, port: int, protocol_factory, fault
     if dialled is not None:
         addr, real_port = dialled.address
     else:
-        if fault == "refuse":
-            await _looked_up(router, host, port, family)
-        _injected(fault, host, port)
+        await _injected(fault, router, host, port, family)
         addr, real_port = await router.resolve(host, port, family)
     try:
         if dialled is None and _is_ipv4(addr):
@@ -827,9 +821,7 @@ async def _connect_dialled(loop, protocol_factory, dialled: Dialled):
 async def open_udp(router: Router, host: str, port: int, protocol_factory, fault: str | None = None,
                    family: int = socket.AF_UNSPEC):
     loop = asyncio.get_running_loop()
-    if fault == "refuse":
-        await _looked_up(router, host, port, family)
-    _injected(fault, host, port)
+    await _injected(fault, router, host, port, family)
     addr, real_port = await router.resolve(host, port, family)
     try:
         transport, protocol = await loop.create_datagram_endpoint(

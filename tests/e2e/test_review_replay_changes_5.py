@@ -148,7 +148,7 @@ QISTATE_ADDR = re.compile(rb'\r\n\+QISTATE: 0,"TCP","([\d.]+)",(\d+),\d+,(\d),1,
 # while it opened showed made_up_address("localhost") and its refusal recorded no "shown"; a later
 # good open's real answer (127.0.0.1) went into the replay's DNS from the start, and the replay's
 # first poll showed 127.0.0.1.  A refused connect is dialled to what the DNS answered: the
-# refused open looks the name up first (network._looked_up), in the recording as in the replay.
+# refused open looks the name up first (network._injected), in the recording as in the replay.
 def _looked_up(emu, name: str) -> None:
     """Wait (real time) until the real DNS has answered the open's lookup of `name`: a poll
     while the lookup is still under way shows a made-up address in the recording, and the
