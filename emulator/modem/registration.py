@@ -44,7 +44,7 @@ class Registration:
         self._reported = {name: self.stat(name) for name in NAMES}
         self._was_attached = self.attached()     # what a detach is told from (note_attach)
         modem.on("reset", self._reboot)
-        modem.on("sim_ready", self.refresh)      # (a restart's +CPIN: READY: registered now)
+        modem.on("sim_ready", self._sim_ready)
 
     # -- what the commands read ---------------------------------------------------
     def radio_stat(self, cfun: int | None = None) -> int:
@@ -141,6 +141,12 @@ class Registration:
                 n = self.modem.reg_urc.get(name, 0)
                 if n:
                     self.modem.urc(self.line(name, n, urc=True))
+
+    def _sim_ready(self) -> None:
+        """A restart's +CPIN: READY: registered (and attached) now -- reported, and what a
+        later detach is told from."""
+        self.refresh()
+        self._was_attached = self.attached()
 
     def _lose_contexts(self, network: bool) -> None:
         for ctx in self.modem.pdp.active():     # sockets on it report "closed"

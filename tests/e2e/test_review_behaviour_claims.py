@@ -156,6 +156,22 @@ def test_network_deregistration_urc_order(emulator, online):
         peer.close()
 
 
+def test_network_detach_after_a_restart_is_reported(emulator, online):
+    """A restart attaches again once its SIM is read (+CPIN: READY); the network dropping the
+    module after that is a detach like any other: `+CGEV: NW DETACH` (it was missed: what a
+    detach is told from was taken while the SIM was still being read, stat 2)."""
+    host, advance, _ = online
+    reboot(host, advance)
+    host.pending.clear()
+    assert host.at("AT+CGATT?") == b"\r\n+CGATT: 1\r\n" + OK
+    assert host.at('AT+CGEREP=2,0;+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == OK
+    assert emulator.control("register", stat=0)["ok"]
+    host.seen(b"+CGEV: NW DETACH\r\n")
+    tail = bytes(host.transcript[host.transcript.rindex(b"+CGATT: 1"):])
+    lines = [ln for ln in tail.split(b"\r\n") if ln.startswith(b"+CGEV")]
+    assert lines == [b"+CGEV: ME PDN ACT 1", b"+CGEV: NW PDN DEACT 1", b"+CGEV: NW DETACH"]
+
+
 def test_qeng_limsrv_on_denied_registration_and_search_alone_without_cell(emulator, ec2x_timed):
     """Status: "`LIMSRV` with the full line while camped without that registration
     (registration denied, stat 3 ...), `+QENG: "servingcell","SEARCH"` alone with no cell
