@@ -100,11 +100,15 @@ def _certificate_less(suite: str | None) -> bool:
     return bool(suite) and suite.startswith(("TLS_PSK_", "TLS_DHE_PSK_", "TLS_ECDHE_PSK_"))
 
 
+def _suite_at(body: bytes) -> int:
+    """Where a ServerHello body's cipher suite starts (after version 2, random 32, session_id
+    length 1 + id); len(body) if the body ends before that."""
+    return 35 + body[34] if len(body) >= 35 else len(body)
+
+
 def _chosen_suite(body: bytes) -> str | None:
     """The suite a ServerHello body names (IANA name; None: cut short or unknown)."""
-    if len(body) < 35:
-        return None
-    at = 35 + body[34]                   # version 2, random 32, session_id length 1 + id
+    at = _suite_at(body)
     if len(body) < at + 2:
         return None
     return cs.suite_name(int.from_bytes(body[at:at + 2], "big"))
@@ -113,7 +117,7 @@ def _chosen_suite(body: bytes) -> str | None:
 def _chosen_version(body: bytes) -> bytes:
     """The version a ServerHello body chose: its supported_versions extension's (TLS 1.3, RFC
     8446 4.2.1: the legacy field then says 3.3; a HelloRetryRequest too), else its version."""
-    at = 35 + body[34] + 3 if len(body) >= 35 else len(body)     # suite 2, compression 1
+    at = _suite_at(body) + 3                                     # suite 2, compression 1
     end = min(len(body), at + 2 + int.from_bytes(body[at:at + 2], "big"))
     at += 2
     while at + 4 <= end:
