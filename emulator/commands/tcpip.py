@@ -74,6 +74,9 @@ def qiopen_write(modem, cmd):
         return refuse(563, f"connectID {connect_id} is in use")
     if not modem.pdp.is_active(pdp_id):
         return refuse(561, f"PDP context {pdp_id} is not active (AT+QIACT={pdp_id} first)")
+    if server and svc.port_taken(service_type, local_port):
+        # (the module's own port: a --listen mapping to any free port binds again in the OS)
+        return refuse(556, f"a {service_type} already has local port {local_port}")
     if service_type == "TCP LISTENER":
         svc.listen(connect_id, pdp_id=pdp_id, local_port=local_port, delivery=delivery)
         return done(svc, ok())

@@ -227,11 +227,31 @@ class Router:
         a --ping entry (AT+QPING answers such a host; AT+QIDNSGIP resolves it offline)."""
         key = _dns_key(host)
         return (key in self.dns or key in self.ping
-                or any(name == key for name, _ in self._routes))
+                or any(name == key for name, _ in self._routes)
+                or self._shown_for(key) is not None)
 
     def ping_rtt(self, host: str) -> float:
-        """The round-trip time in ms of a known host's echo replies."""
-        return self.ping.get(_dns_key(host), DEFAULT_RTT_MS)
+        """The round-trip time in ms of a known host's echo replies (an address the modem's
+        DNS gave a name: the name's)."""
+        key = _dns_key(host)
+        if key not in self.ping:
+            key = self._shown_for(key) or key
+        return self.ping.get(key, DEFAULT_RTT_MS)
+
+    def _shown_for(self, key: str) -> str | None:
+        """The name whose address the modem's DNS shows as the IP literal `key` (its --dns
+        entry, else its made-up address) -- a routed or --dns name; None for any other key."""
+        if not is_ip(key):
+            return None
+        ip = str(ipaddress.ip_address(key))
+        for name, shown in self.dns.items():
+            if shown == ip:
+                return name
+        if ipaddress.ip_address(ip) in FAKE_NET:
+            for name, _ in self._routes:
+                if not is_ip(name) and name not in self.dns and made_up_address(name) == ip:
+                    return name
+        return None
 
     def answered_address(self, host: str) -> str | None:
         """The address a name has been given -- a --dns entry, or the real DNS's answer --
@@ -255,15 +275,24 @@ class Router:
         return self.answered_address(host) or made_up_address(_dns_key(host))
 
     def lookup(self, host: str, port: int) -> tuple[str, int] | None:
+        """Where a dial of host:port goes by the routes (None: no route).  An IP literal
+        with no route of its own that the modem's DNS showed for a name (AT+QIDNSGIP's
+        answer: the name's --dns entry or made-up address) takes the name's route, as on a
+        real network the answer reaches the name's server."""
         key = name_key(host)
         dst = self._routes.get((key, port)) or self._routes.get((key, None))
         if dst is None:
-            return None
+            name = self._shown_for(key)
+            if name is None:
+                return None
+            dst = self._routes.get((name, port)) or self._routes.get((name, None))
+            if dst is None:
+                return None
         return dst[0], dst[1] if dst[1] is not None else port
 
     def resolve_now(self, host: str, port: int) -> tuple[str, int] | None:
-        """resolve() when it needs no DNS (a route, an IP literal, an error --offline
-        gives at once); None: a name the resolver has to look up."""
+        """resolve() when it needs no DNS (a route, an IP literal, a name's --dns entry, an
+        error --offline gives at once); None: a name the resolver has to look up."""
         routed = self.lookup(host, port)
         if routed is not None:
             return routed
@@ -271,6 +300,9 @@ class Router:
             if self.offline:       # no DNS involved: nowhere to connect to
                 raise NetworkError("connect", f"{host}:{port} is not routed and the emulator is --offline")
             return host.strip("[]"), port
+        entry = self.dns.get(_dns_key(host))
+        if entry is not None:      # the modem's DNS answers it: that address is dialled
+            return self.resolve_now(entry, port)
         return None
 
     async def resolve(self, host: str, port: int, family: int = socket.AF_UNSPEC) -> tuple[str, int]:

@@ -283,6 +283,13 @@ class TcpipService(SocketService):
         sock.open(router, PlainSettings(dtls=udp), CONNECT_TIMEOUT, connect=connect)
         return sock
 
+    def port_taken(self, service_type: str, local_port: int) -> bool:
+        """A "TCP LISTENER" / "UDP SERVICE" of this module already has <local_port>."""
+        if service_type == "TCP LISTENER":
+            return any(lst.shown_local_port == local_port for lst in self.listeners.values())
+        return any(sock.service_type == "UDP SERVICE" and sock.shown_local_port == local_port
+                   for sock in self.sockets.values())
+
     def listen(self, connect_id: int, *, pdp_id: int, local_port: int, delivery) -> TcpListener:
         """A "TCP LISTENER": +QIOPEN: <id>,0 once bound (556 when the port cannot be)."""
         listener = TcpListener(self, connect_id, pdp_id, local_port, delivery)
