@@ -91,7 +91,9 @@ def _registration(name: str):
 
     def write(modem, cmd):
         args = Args(cmd, at_most=1)
-        modem.reg_urc[name] = args.int(0, 0, 2, default=0)
+        n = args.int(0, 0, 2, default=0)
+        registration(modem)          # (follows the stat from now on: a change is reported)
+        modem.reg_urc[name] = n
         return ok()
 
     command(name, READ)(read)
@@ -222,8 +224,6 @@ def ipr_write(modem, cmd):
     if rate != 0 and rate not in modem.profile["serial.baud_rates"]:
         raise CommandError("ERROR", f"baud rate {rate} not supported by {modem.profile.name}")
     modem.settings.ipr = rate
-    if rate:
-        modem.port_ipr = rate
     # A paced port (--baud) switches to the new rate once this answer has gone out
     # at the old one (emulator/io/app.py listens); 0 (auto-baud) keeps the rate.
     modem.emit("ipr", rate=rate)

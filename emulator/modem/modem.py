@@ -93,9 +93,6 @@ class Modem:
         self.cfun = 1
         self.reg_urc = {"+CREG": 0, "+CGREG": 0, "+CEREG": 0}
         self.boot_said: set[str] = set()  # the restart's boot URCs out so far (AT+QINISTAT)
-        # The AT+IPR rate the port was last told (AT+IPR, ATZ, AT&F); None: its power-on rate
-        # (--baud), whatever the settings say -- after a restart too.
-        self.port_ipr: int | None = None
         self._boot = None                 # the start-up URCs' timer while a restart is on
         # The SIM answers (AT+CPIN?, AT+CIMI, the ICCID) from the boot's "+CPIN: READY" on;
         # +CME ERROR: 14 (SIM busy) between a restart and it.  Up at start.
@@ -340,11 +337,14 @@ class Modem:
         self._restore(self.factory_settings, True)
 
     def _restore(self, settings, announce: bool) -> None:
-        """ATZ / AT&F: a rate they bring back is the port's rate too, as after AT+IPR (a paced
-        port switches once the answer has gone out; AT+IPR? reports what the port does)."""
+        """ATZ / AT&F: a rate they change the AT+IPR setting to is the port's rate too, as
+        after AT+IPR (a paced port switches once the answer has gone out).  One that brings
+        back the rate the setting held leaves the pace alone: on a fresh `--baud` port (the
+        profile's default rate is the setting) and after a restart (--baud's pace, whatever
+        AT+IPR? says) the host talks at the port's rate, and ATZ must not move it."""
+        before = self.settings.ipr
         self.settings = settings.copy()
-        if announce and self.settings.ipr and self.settings.ipr != self.port_ipr:
-            self.port_ipr = self.settings.ipr
+        if announce and self.settings.ipr and self.settings.ipr != before:
             self.emit("ipr", rate=self.settings.ipr)
 
     def deactivate_pdp(self, cid: int) -> None:
@@ -382,7 +382,7 @@ class Modem:
         if self.loop is not None:
             self._boot = self.call_later(delay, self._boot_urcs, 0, None)
         else:
-            self.sim_ready = True         # no loop, no boot to wait for (sans-IO tests)
+            self._sim_up()                # no loop, no boot to wait for (sans-IO tests)
         self.interpreter.settle()         # idle again, its sockets gone: "port_idle" now
 
     def power_down(self) -> None:
@@ -438,7 +438,6 @@ class Modem:
             self._boot = None
         self.sim_ready = False            # until the boot's +CPIN: READY
         self.boot_said.clear()
-        self.port_ipr = None              # (the "reset" event puts the port back to --baud)
         self.epoch += 1
         self._wake_drain_waiters()
         self.emit("reset")

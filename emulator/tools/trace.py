@@ -2016,11 +2016,15 @@ def at_log_payload(command: str, data: str) -> bytes:
     candidates = [end.join(lines) + tail for end in ("\n", "\r\n", "\r") for tail in (end, "")]
     if len(lines) == 1:
         candidates.insert(0, data)
-    # (a data prompt's command ends its line: the last of a chain, "AT+CMEE=2;+QFUPL=...")
-    last = re.findall(r'(?:"[^"]*"|[^;"])+', command.strip())
-    name, _, rest = (last[-1] if last else "").strip().partition("=")
-    name = name.upper()[2:] if name.upper().startswith("AT") else name.upper()
-    at = _LENGTH_PARAM.get(name)
+    # (a data prompt's command ends its line where it stands: the first prompt command of a
+    # chain, "AT+CMEE=2;+QFUPL=..." as "AT+QFUPL=...;+CMEE=2", whose rest the modem never runs)
+    at, rest = None, ""
+    for part in re.findall(r'(?:"[^"]*"|[^;"])+', command.strip()):
+        name, _, rest = part.strip().partition("=")
+        name = name.upper()[2:] if name.upper().startswith("AT") else name.upper()
+        at = _LENGTH_PARAM.get(name)
+        if at is not None:
+            break
     params = [x.strip() for x in re.findall(r'"[^"]*"|[^,]+', rest)]
     if at is not None and at < len(params) and params[at].isdigit():
         size = int(params[at])
