@@ -825,13 +825,20 @@ class TlsClientSession:
                 # read takes bytes or gives data (a partial record does neither the second
                 # time).  An alert record is not empty: Mbed TLS's count of empty records
                 # starts again, as this one does.
+                # DTLS: Mbed TLS read the datagram whole at the first read, so the input does
+                # not shrink as its records are read; whether records of it are left is its
+                # own word (mbedtls_ssl_check_pending), retried as often as blind ones.
                 now = input_pending(self._buffer)
                 if now is None:
                     blind += 1
                     if blind > blind_cap:
                         break
                 elif now == held and not progressed:
-                    break
+                    if not (self._clock_ssl and self._clock_ssl.check_pending()):
+                        break
+                    blind += 1
+                    if blind > blind_cap:
+                        break
                 held, progressed = now, False
                 empty = 0
                 continue

@@ -8,9 +8,8 @@ Bugs found (fixed since, their tests pass): AT+CREG/CGREG/CEREG=1 set during a r
 modem whose registration nothing had read (no URC at +CPIN: READY: a lazy feature); sans-IO
 Modem.reboot without the "sim_ready" event; ATZ / AT&FZ moving a fresh --baud port's pace to the
 profile's default rate; at_log_payload taking the length from the line's last command, not its
-prompt command.  Still a bug (strict xfails): DTLS: two warning no_renegotiation alerts in a row
-(or an empty-record pair then one) in a datagram: the data records behind them wait for the next
-datagram (_pump_read).
+prompt command; DTLS: two warning no_renegotiation alerts in a row (or an empty-record pair then
+one) in a datagram: the data records behind them waited for the next datagram (_pump_read).
 """
 from __future__ import annotations
 
@@ -609,19 +608,10 @@ def test_an_ml302_log_with_a_multi_line_prompt_upload_replays(tmp_path, capsys):
 NO_RENEG = b"\x01\x64"
 
 
-_TWO_ALERTS = pytest.mark.xfail(strict=True, reason=(
-    "BUG: DTLS datagram with two warning no_renegotiation alerts in a row: the data records behind them "
-    "stay inside Mbed TLS until the next datagram (_pump_read: input already taken, no data since the "
-    "last WANT_READ -> break)"))
-
-
 @pytest.mark.parametrize("layout", [
-    pytest.param("alert_alert_data_data", marks=_TWO_ALERTS),
-    pytest.param("data_alert_alert_data", marks=_TWO_ALERTS),
-    pytest.param("empty_empty_alert_data_data", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: DTLS datagram [empty, empty, warning no_renegotiation alert, data]: the data stay inside Mbed "
-        "TLS until the next datagram (_pump_read: the empty pair's read gave 0, the alert's WANT_READ then "
-        "sees no input change and no data -> break)"))),
+    "alert_alert_data_data",
+    "data_alert_alert_data",
+    "empty_empty_alert_data_data",
     "alert_data_data",
     "data_alert_data",
     "alert_empty_empty_data_data",

@@ -275,6 +275,12 @@ class NativeSsl:
         base = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
         return int(self._lib.mbedtls_ssl_write(self._ssl, base + start, length))
 
+    def check_pending(self) -> bool:
+        """mbedtls_ssl_check_pending: Mbed TLS holds received bytes it has not processed
+        yet (DTLS: more records of the datagram it read whole; a record's data not all
+        read)."""
+        return bool(self._lib.mbedtls_ssl_check_pending(self._ssl))
+
     def verify_result(self) -> int:
         """mbedtls_ssl_get_verify_result after the handshake: 0 = verified, else the
         MBEDTLS_X509_BADCERT_* flags (0x08 not trusted, 0x04 CN mismatch, 0x01 expired...);

@@ -89,6 +89,7 @@ _SIGNATURES = {
     "mbedtls_ssl_session_init": (None, [_P]),
     "mbedtls_ssl_session_free": (None, [_P]),
     "mbedtls_ssl_get_verify_result": (ctypes.c_uint32, [_P]),
+    "mbedtls_ssl_check_pending": (ctypes.c_int, [_P]),
     "mbedtls_ssl_get_ciphersuite": (ctypes.c_char_p, [_P]),
     "mbedtls_ssl_get_ciphersuite_id": (ctypes.c_int, [ctypes.c_char_p]),
     "mbedtls_ssl_list_ciphersuites": (_P, []),
