@@ -678,8 +678,13 @@ class SslSocket:
         session = self.session
         if session is None:
             return
+        # Output that cannot leave: the connection was reset (a write failed, the transport
+        # closes) -- a handshake that ends with the module's own flight (a resumed one: its
+        # CCS and Finished come last) has failed then, as mbedtls_ssl_handshake's write does.
+        unsent = False
         for chunk in session.outgoing():
             if self._transport is None or self._transport.is_closing():
+                unsent = True
                 break
             if self.blackholed:
                 continue                       # (counted as plaintext: _transmit_now)
@@ -691,10 +696,15 @@ class SslSocket:
                     self._transport.sendto(chunk)
             else:
                 self._transport.write(chunk)
+                unsent = unsent or self._transport.is_closing()
         for event in session.events():
             if isinstance(event, HandshakeComplete):
                 self.handshake = event
                 if self._opened is not None and not self._opened.done():
+                    if unsent and self._state is OPENING:
+                        self._opened.set_result(("connect", "the connection was reset before the module's "
+                                                            "last handshake flight left"))
+                        continue
                     self._opened.set_result((None, ""))
                     if self._awaiting and not self._dead:
                         self._established()    # data after it in these bytes: news of an open socket

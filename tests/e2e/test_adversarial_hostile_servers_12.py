@@ -24,7 +24,7 @@ server's Finished comes before the modem's -- rewritten per test; `openssl s_ser
   others data and close_notify: one answer each, each socket's own bytes once;
 * renegotiation 1: a HelloRequest and data behind the resumed Finished: the modem's
   renegotiating ClientHello after its Finished, the data, the session left waiting;
-* (BUG, strict xfail) an RST right behind the resumed flight: the modem's own CCS +
+* (a bug, fixed) an RST right behind the resumed flight: the modem's own CCS +
   Finished (the abbreviated handshake's last flight) can never leave, yet the open is
   answered 0 then "closed" -- an Mbed TLS client fails the handshake on that write (566);
   a FIN there (the server still reading and verifying that Finished) opens, as it should;
@@ -680,10 +680,6 @@ def test_dtls_fatal_alert_while_the_host_streams_online(modem, emulator, pki, tm
 
 
 # == an RST right behind the resumed flight: the modem's Finished can never leave ===================
-@pytest.mark.xfail(strict=True, reason="BUG: a resumed handshake whose server flight is followed at once by an "
-                   "RST is answered +QSSLOPEN: <id>,0 (then \"closed\") although the modem's own CCS/Finished "
-                   "write fails on the reset connection; an Mbed TLS client fails mbedtls_ssl_handshake there "
-                   "(NET_CONN_RESET / SEND_FAILED): 566")
 @pytest.mark.parametrize("mode", [0, 2], ids=["buffer", "transparent"])
 def test_rst_right_behind_the_resumed_flight_fails_the_open(modem, emulator, mode):
     """A resumed handshake: the server's ServerHello, CCS and Finished, then at once an RST
