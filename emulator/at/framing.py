@@ -76,10 +76,12 @@ def prompt(kind: Prompt | None, settings) -> bytes:
 
 
 def urc(text: str | bytes, raw: bytes, settings) -> bytes:
-    """An unsolicited line, then optional raw bytes (direct push data)."""
+    """An unsolicited line, then optional raw bytes (direct push data) and their line end:
+    a push URC is a line, its data, CR LF (docs/behaviour.md)."""
     body = text.encode("latin-1") if isinstance(text, str) else text
     cr, lf = _ends(settings)
-    return (cr + lf + body + cr + lf if settings.verbose else body + cr + lf) + raw
+    line = cr + lf + body + cr + lf if settings.verbose else body + cr + lf
+    return line + raw + cr + lf if raw else line
 
 
 def _line(text: str, settings) -> bytes:

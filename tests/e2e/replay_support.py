@@ -137,7 +137,7 @@ def tcp_open(host, cid: int, mode: int = 1, name: str = "tcp.example", port: int
 def echo_on(host, cid: int, data: bytes) -> None:
     """An AT+QISEND of `data` on a push-mode socket whose server echoes: the echo's URC."""
     qisend(host, cid, data)
-    assert host.read_until(data) == b'\r\n+QIURC: "recv",%d,%d\r\n%s' % (cid, len(data), data)
+    assert host.read_until(data + b"\r\n") == b'\r\n+QIURC: "recv",%d,%d\r\n%s\r\n' % (cid, len(data), data)
 
 
 def finish(emulator) -> None:

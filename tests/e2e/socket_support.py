@@ -220,6 +220,7 @@ def read_pushes(host, total: int, timeout: float = 30) -> bytes:
         m = _PUSH_HEAD_0.search(head)
         assert m.start() == 0, head[:200]           # nothing but push URCs meanwhile
         out += host.read_exactly(int(m.group(1)), timeout=max(0.1, deadline - time.monotonic()))
+        assert host.read_exactly(2, timeout=max(0.1, deadline - time.monotonic())) == b"\r\n"   # its end
     return bytes(out)
 
 

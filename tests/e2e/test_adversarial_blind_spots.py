@@ -580,6 +580,7 @@ def test_bytewise_crlf_host_with_odd_reads_drives_upload_push_and_buffer_sockets
             got = host.read_until(urc, timeout=10)
             assert got.endswith(urc) and got[:-len(urc)] in (b"", b"\r\n")
             assert host.read_exactly(len(pushed)) == pushed
+            assert host.read_exactly(2) == b"\r\n"                # the push's closing CR LF
             buffered = b"\n+QSSLRECV: 99\r\nAT+QSSLCLOSE=2\r\n\x00\xff"
             host.write(f"AT+QSSLSEND=2,{len(buffered)}\r\n")
             assert host.read_until(b"> ") == b"\r\n> "
@@ -628,7 +629,7 @@ def test_host_leaves_during_two_handshakes_and_returns_to_connected_sockets_with
             assert re.search(rb"\+QSSLSTATE: 4,[^\r]*,2,1,4,0,", state) and re.search(rb"\+QSSLSTATE: 5,[^\r]*,2,1,5,1,", state)
             assert host.send_data(4, b"four") == b"\r\nSEND OK\r\n"
             assert host.send_data(5, b"five") == b"\r\nSEND OK\r\n"
-            host.seen(b'+QSSLURC: "recv",5,4\r\nfive')
+            host.seen(b'+QSSLURC: "recv",5,4\r\nfive\r\n')
             host.seen(b'+QSSLURC: "recv",4\r\n')
             assert recv_once(host, 4) == b"four"
         finally:

@@ -600,8 +600,8 @@ PUSH_HEAD = re.compile(rb'\r\n\+QSSLURC: "recv",0,(\d+)\r\n')
 
 
 def read_pushes_strictly(host: Host, until_tail: bytes, timeout: float = 30) -> bytes:
-    """Direct-push URCs of socket 0, each taken by its length, nothing else in between,
-    until the data end with until_tail."""
+    """Direct-push URCs of socket 0, each taken by its length and its closing CR LF, nothing
+    else in between, until the data end with until_tail."""
     out = bytearray()
     deadline = time.monotonic() + timeout
     while not out.endswith(until_tail):
@@ -613,6 +613,7 @@ def read_pushes_strictly(host: Host, until_tail: bytes, timeout: float = 30) -> 
         assert m, f"not a push URC at a URC boundary: {bytes(host.pending[:60])!r}"
         del host.pending[:m.end()]
         out += host.read_exactly(int(m.group(1)), timeout=20)
+        assert host.read_exactly(2, timeout=20) == b"\r\n"      # the push's end
     return bytes(out)
 
 

@@ -171,7 +171,7 @@ def test_ec2x_bytewise_crlf_host_leaves_at_a_prompt_with_a_ca_bundle_and_the_tra
         bytewise(again, "AT+QSSLSEND=0,5\r\n")
         assert again.read_until(b"> ") == b"\r\n> "
         bytewise(again, b"hello")
-        assert again.read_until(b"hello") == b'\r\nSEND OK\r\n\r\n+QSSLURC: "recv",0,5\r\nhello'
+        assert again.read_until(b"hello\r\n") == b'\r\nSEND OK\r\n\r\n+QSSLURC: "recv",0,5\r\nhello\r\n'
         assert received(tls, 5) == b"hello"
         assert again.at("AT+QSSLCLOSE=0") == OK
         rs.finish(emulator)

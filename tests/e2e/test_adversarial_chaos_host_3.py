@@ -399,8 +399,9 @@ PUSH_HEAD = re.compile(rb'\r\n\+QSSLURC: "recv",0,(\d+)\r\n')
 
 
 def take_pushes_until(host: Host, end: bytes, timeout: float = 20) -> bytes:
-    """Push URCs (each taken by its length) until `end` (a final result) comes at a URC
-    boundary; buffer-mode "recv" URCs allowed; anything else fails.  The pushed data."""
+    """Push URCs (each taken by its length, then its closing CR LF) until `end` (a final
+    result) comes at a URC boundary; buffer-mode "recv" URCs allowed; anything else fails.
+    The pushed data."""
     out = bytearray()
     deadline = time.monotonic() + timeout
     while True:
@@ -413,6 +414,7 @@ def take_pushes_until(host: Host, end: bytes, timeout: float = 20) -> bytes:
         if m:
             del host.pending[:m.end()]
             out += host.read_exactly(int(m.group(1)), 20)
+            assert host.read_exactly(2, 20) == b"\r\n"        # the push's closing CR LF
             continue
         m = EC_URC.match(buf)
         if m:
@@ -451,6 +453,7 @@ def test_ec2x_qiswtmd_switches_while_data_are_queued_and_streaming_lose_nothing(
         m = ec.host.read_until(PUSH_HEAD, 20)
         assert PUSH_HEAD.fullmatch(m), m
         got += ec.host.read_exactly(int(PUSH_HEAD.fullmatch(m).group(1)), 20)
+        assert ec.host.read_exactly(2, 20) == b"\r\n"
     # 2. push -> buffer while the server streams
     conn.send(parts[1])
     ec.host.write(b"AT+QISWTMD=0,0\r")
@@ -480,6 +483,7 @@ def test_ec2x_qiswtmd_switches_while_data_are_queued_and_streaming_lose_nothing(
         m = ec.host.read_until(PUSH_HEAD, 20)
         assert PUSH_HEAD.fullmatch(m), m
         got += ec.host.read_exactly(int(PUSH_HEAD.fullmatch(m).group(1)), 20)
+        assert ec.host.read_exactly(2, 20) == b"\r\n"
     assert bytes(got) == stream
     assert ec.host.quiet_for(0.2) == b""
     ec.close(0)

@@ -8,7 +8,8 @@ servers closing right after a big burst, TLS records of 1 byte and 16 KiB.  Peer
 (OpenSSL) servers or plain sockets, never Mbed TLS.  Every assertion is on exact bytes.
 
 The host side parses the port as a careful driver does: a push URC's data are taken by their
-announced length (never by searching for framing inside them), an answer's data likewise.
+announced length (never by searching for framing inside them), then the CR LF that ends them;
+an answer's data likewise.
 
 Bugs it found, fixed (tests marked "Was a bug, fixed"):
  - PtyPort.write dropped the oldest unread output past serial.output_backlog (1 MiB), also when
@@ -87,7 +88,8 @@ SSL, TCP = Kind(True), Kind(False)
 
 class Demux:
     """Reads the port like a driver: whatever comes, URCs at the head of the input are taken
-    first (push data by their length, into pushed[id]); then the answer expected."""
+    first (push data by their length, into pushed[id], then their CR LF); then the answer
+    expected."""
 
     def __init__(self, host, kind: Kind) -> None:
         self.host, self.kind = host, kind
@@ -104,6 +106,7 @@ class Demux:
             assert 1 <= n <= 1500, m.group(0)
             del pending[:m.end()]
             self.pushed[cid] += self.host.read_exactly(n, timeout=20)
+            assert self.host.read_exactly(2, timeout=20) == b"\r\n", "pushed data end with CR LF"
             return True
         for regex, sink in ((self.kind.recv, self.recv_urcs), (self.kind.closed, None)):
             m = regex.match(head)

@@ -266,9 +266,11 @@ def test_push_urcs_around_a_command_typed_byte_by_byte_with_echo(open_modem, ser
         raw, other, pushed, p = bytes(host.transcript[mark:]), bytearray(), bytearray(), 0
         while p < len(raw):
             m = push.match(raw, p)
-            if m and m.end() + int(m.group(1)) <= len(raw):
+            if m and m.end() + int(m.group(1)) + 2 <= len(raw):
                 pushed += raw[m.end():m.end() + int(m.group(1))]
                 p = m.end() + int(m.group(1))
+                assert raw[p:p + 2] == b"\r\n", raw[p - 40:p + 40]    # the push's closing CR LF
+                p += 2
             else:
                 other.append(raw[p])
                 p += 1

@@ -793,7 +793,7 @@ def test_crafted_psk_server_flights(ec2x_strict, emulator, servers, pki, caplog,
 # == the other access modes ========================================================================
 def test_dtls_psk_direct_push_mode(ec2x_strict, emulator, servers):
     """Access mode 1 over DTLS 1.0 + PSK: each server datagram is one
-    +QSSLURC: "recv",0,<len><CR><LF><data> as it comes, AT+QSSLRECV is ERROR, the server's
+    +QSSLURC: "recv",0,<len><CR><LF><data><CR><LF> as it comes, AT+QSSLRECV is ERROR, the server's
     close_notify gives one "closed" after the data, state 4."""
     host, advance, _ = ec2x_strict
     server = servers(psk_dtls_server(PSK_HEX, version="-dtls1"))
@@ -804,9 +804,9 @@ def test_dtls_psk_direct_push_mode(ec2x_strict, emulator, servers):
     assert one_answer(host) == 0
     server.wait_for_output(rb"CIPHER is \S*PSK", 10)
     server.write(b"pushed one\n")
-    host.seen(b'+QSSLURC: "recv",0,11\r\npushed one\n', 10)
+    host.seen(b'+QSSLURC: "recv",0,11\r\npushed one\n\r\n', 10)
     server.write(b"pushed two\n")
-    host.seen(b'+QSSLURC: "recv",0,11\r\npushed two\n', 10)
+    host.seen(b'+QSSLURC: "recv",0,11\r\npushed two\n\r\n', 10)
     assert host.at("AT+QSSLRECV=0,100") == b"\r\nERROR\r\n"
     assert host.send_data(0, b"push up\n") == b"\r\nSEND OK\r\n"
     server.wait_for_output(rb"push up", 10)

@@ -610,7 +610,7 @@ def test_no_file_descriptor_left_sockets_and_files_fail_cleanly_then_recover(emu
     assert host.read_until(re.compile(rb"> |" + FINAL.pattern)).endswith(b"> ")
     host.write(b"ping")
     assert host.read_until(re.compile(rb"\r\n(SEND OK|SEND FAIL|ERROR)\r\n")) == b"\r\nSEND OK\r\n"
-    host.seen(b'+QIURC: "recv",0,4\r\nping')                 # (direct push: the echo came back)
+    host.seen(b'+QIURC: "recv",0,4\r\nping\r\n')               # (direct push: the echo came back)
     assert host.at(f"AT+QFREAD={handle},3") == b"\r\nCONNECT 3\r\nhel\r\nOK\r\n"
     assert upload(host, "new.bin", b"abc") == qfupl_ok(b"abc")
     assert host.at("ATS7=44;&W") == b"\r\nOK\r\n"

@@ -96,7 +96,7 @@ def test_listener_client_that_connects_sends_and_closes_at_once_is_incoming_recv
         got = _odd_read_until(host, b'+QIURC: "closed",1\r\n')
         cport = c.getsockname()[1]
         recv = (b'\r\n+QIURC: "recv",1\r\n' if mode == 0 else
-                b'\r\n+QIURC: "recv",1,%d\r\n%s' % (len(payload), payload))
+                b'\r\n+QIURC: "recv",1,%d\r\n%s\r\n' % (len(payload), payload))
         assert got == (b'\r\n+QIURC: "incoming",1,0,"127.0.0.1",%d\r\n' % cport + recv
                        + b'\r\n+QIURC: "closed",1\r\n'), got
         if mode == 0:
@@ -213,7 +213,7 @@ def test_tls_server_that_speaks_and_closes_at_once_is_answered_in_order(
             else:
                 got = _odd_read_until(host, b'+QSSLURC: "closed",0\r\n')
                 recv = (b'\r\n+QSSLURC: "recv",0\r\n' if mode == 0
-                        else b'\r\n+QSSLURC: "recv",0,16\r\ngreeting-and-bye')
+                        else b'\r\n+QSSLURC: "recv",0,16\r\ngreeting-and-bye\r\n')
                 assert got == (b"\r\nOK\r\n\r\n+QSSLOPEN: 0,0\r\n" + recv
                                + b'\r\n+QSSLURC: "closed",0\r\n'), got
             if mode == 0:                                     # still readable after "closed"
@@ -270,6 +270,7 @@ def test_push_urcs_of_a_streaming_socket_never_split_pipelined_qird_answers(
                 answers += 1
             else:
                 got_pushed += host.read_exactly(int(m.group(2)))
+                assert host.read_exactly(2) == b"\r\n"        # the push's end, in one piece
         t.join(10)
         assert bytes(got_buffered) == buffered[:len(got_buffered)] and len(got_buffered) == 20_000
         assert bytes(got_pushed) == streamed
@@ -295,7 +296,7 @@ def test_peer_close_during_a_send_prompt_comes_after_the_prompts_result(
     assert host.quiet_for(0.2) == b""                          # nothing inside the prompt
     host.write(b"hello")
     got = _odd_read_until(host, b'+QIURC: "closed",0\r\n')
-    recv = b'\r\n+QIURC: "recv",0\r\n' if mode == 0 else b'\r\n+QIURC: "recv",0,3\r\nbye'
+    recv = b'\r\n+QIURC: "recv",0\r\n' if mode == 0 else b'\r\n+QIURC: "recv",0,3\r\nbye\r\n'
     assert got == b"\r\nERROR\r\n" + recv + b'\r\n+QIURC: "closed",0\r\n', got
     if mode == 0:
         assert host.at("AT+QIRD=0,1500") == b"\r\n+QIRD: 3\r\nbye\r\n\r\nOK\r\n"

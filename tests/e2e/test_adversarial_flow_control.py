@@ -508,6 +508,9 @@ def _parse_stream(stream: bytes, one: bytes, cid: int = 0):
             n = int(m.group(1))
             pushed += stream[m.end():m.end() + n]
             i = m.end() + n
+            if stream[i:i + 2] != b"\r\n":           # each push's data end with CR LF
+                raise AssertionError(f"push data not ended by CR LF at {i}: {stream[i:i + 80]!r}")
+            i += 2
             continue
         for tok in fixed:
             if stream.startswith(tok, i):

@@ -166,19 +166,21 @@ def flood_until_stalled(conn: socket.socket, total: int = 32 << 20, stall: float
 
 
 def read_pushes(host, cid: int, total: int, timeout: float = 60) -> bytes:
-    """Direct-push data of socket cid until `total` bytes came (nothing else in between)."""
+    """Direct-push data of socket cid until `total` bytes came (nothing else in between; each
+    push's data end with CR LF)."""
     got = bytearray()
     buf = host.pending
     deadline = time.monotonic() + timeout
     while len(got) < total:
         assert time.monotonic() < deadline, (len(got), total)
         m = PUSH.match(buf)
-        if m and len(buf) >= m.end() + int(m.group(2)):
+        if m and len(buf) >= m.end() + int(m.group(2)) + 2:
             assert int(m.group(1)) == cid, m.group(0)
             n = int(m.group(2))
             assert 0 < n <= 1500, m.group(0)
             got += buf[m.end():m.end() + n]
-            del buf[:m.end() + n]
+            assert buf[m.end() + n:m.end() + n + 2] == b"\r\n", bytes(buf[m.end() + n:m.end() + n + 20])
+            del buf[:m.end() + n + 2]
             continue
         assert m or len(buf) < 40, bytes(buf[:80])
         host._fill()
@@ -212,7 +214,7 @@ def still_usable(host, emulator, cid: int = 0) -> None:
         assert host.at(f'AT+QIOPEN=1,{cid},"TCP","again.example",9,0,1') == OK
         assert host.read_until(b"+QIOPEN: %d," % cid) + host.read_until(b"\r\n") == b"\r\n+QIOPEN: %d,0\r\n" % cid
         assert qisend(host, cid, b"again") == b"\r\nSEND OK\r\n"
-        assert host.read_until(b"again").endswith(b'+QIURC: "recv",%d,5\r\nagain' % cid)
+        assert host.read_until(b"again\r\n").endswith(b'+QIURC: "recv",%d,5\r\nagain\r\n' % cid)
         assert host.at(f"AT+QICLOSE={cid}") == OK
     assert host.at("AT") == OK
 
@@ -619,10 +621,11 @@ def test_udp_push_flood_while_the_host_does_not_read_the_port(modem, emulator):
         buf = host.pending
         while True:
             m = PUSH.match(buf)
-            if m and len(buf) >= m.end() + int(m.group(2)):
+            if m and len(buf) >= m.end() + int(m.group(2)) + 2:
                 assert m.group(1) == b"0" and m.group(2) == b"1000", m.group(0)
                 got.append(bytes(buf[m.end():m.end() + 1000]))
-                del buf[:m.end() + 1000]
+                assert buf[m.end() + 1000:m.end() + 1002] == b"\r\n", bytes(buf[m.end() + 1000:m.end() + 1020])
+                del buf[:m.end() + 1002]
                 continue
             assert m or len(buf) < 40, bytes(buf[:80])
             before = len(buf)
@@ -1014,7 +1017,7 @@ def test_push_data_and_reset_while_the_host_sits_in_another_sockets_prompt(modem
         assert host.quiet_for(0.1) == b""
         host.write(b"data")
         assert host.read_until(b'"closed",0\r\n') == (
-            b'\r\nSEND OK\r\n\r\n+QIURC: "recv",0,6\r\npushed\r\n+QIURC: "closed",0\r\n')
+            b'\r\nSEND OK\r\n\r\n+QIURC: "recv",0,6\r\npushed\r\n\r\n+QIURC: "closed",0\r\n')
         c1.settimeout(5)
         assert c1.recv(10) == b"data"
         assert host.at("AT+QICLOSE=0") == OK
@@ -1048,6 +1051,7 @@ def test_udp_service_push_from_interleaved_senders_while_the_host_does_not_read(
             assert m, host.transcript[-100:]
             size, sender = int(m.group(1)), int(m.group(2))
             data = host.read_exactly(size)
+            assert host.read_exactly(2) == b"\r\n"              # the push's closing CR LF
             if got and got[-1][0] == sender and len(got[-1][1]) == 1500 and size == len(sent[len(got) - 1][1]) - 1500:
                 got[-1] = (sender, got[-1][1] + data)           # the rest of the long one
             else:

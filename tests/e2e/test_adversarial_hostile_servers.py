@@ -655,6 +655,7 @@ def test_push_mode_flood_every_urc_framed_and_byte_exact(modem, emulator):
             n = int(m.group(1))
             assert 0 < n <= 1500
             got += host.read_exactly(n, timeout=10)
+            assert host.read_exactly(2, timeout=10) == b"\r\n"       # the push's closing CR LF
         assert bytes(got) == data
         assert host.quiet_for(0.2) == b""
         assert host.at("AT+QSSLCLOSE=8,0") == b"\r\nOK\r\n"

@@ -212,8 +212,8 @@ def recv(host, cid: int, n: int = 1500) -> bytes:
 
 
 def push_read(host, cid: int, want: int, timeout: float = 20) -> tuple[bytes, list[int]]:
-    """Direct push: the bytes of +QSSLURC: "recv",<id>,<len> URCs until `want` bytes came
-    (other sockets' URCs between them let pass), and the pushes' sizes."""
+    """Direct push: the bytes of +QSSLURC: "recv",<id>,<len> URCs (each push's data then CR LF)
+    until `want` bytes came (other sockets' URCs between them let pass), and the pushes' sizes."""
     push = re.compile(rb'\r\n\+QSSLURC: "recv",%d,(\d+)\r\n' % cid)
     got, sizes = bytearray(), []
     while len(got) < want:
@@ -223,6 +223,7 @@ def push_read(host, cid: int, want: int, timeout: float = 20) -> tuple[bytes, li
         sizes.append(int(m.group(1)))
         assert 0 < sizes[-1] <= 1500
         got += host.read_exactly(sizes[-1], timeout=timeout)
+        assert host.read_exactly(2, timeout=timeout) == b"\r\n"     # the push's end
     return bytes(got), sizes
 
 

@@ -185,7 +185,7 @@ def test_data_then_fatal_alert_behind_the_resumed_finished(modem, emulator, mode
         else:
             out = host.read_until(b'+QSSLURC: "closed",5\r\n', timeout=8)
             urc = (b'\r\n+QSSLURC: "recv",5\r\n' if mode == 0
-                   else b'\r\n+QSSLURC: "recv",5,%d\r\n' % len(data) + data)
+                   else b'\r\n+QSSLURC: "recv",5,%d\r\n' % len(data) + data + b"\r\n")
             assert out.endswith(OK + b"\r\n+QSSLOPEN: 5,0\r\n" + urc + b'\r\n+QSSLURC: "closed",5\r\n'), out
             if mode == 0:
                 assert read_all(host, 5, len(data), n=700) == data
@@ -222,7 +222,7 @@ def test_hello_request_then_data_behind_the_resumed_finished(modem, emulator, mo
             assert host.read_exactly(len(b"\r\nCONNECT\r\n") + len(data), timeout=8) == b"\r\nCONNECT\r\n" + data
         else:
             urc = (b'\r\n+QSSLURC: "recv",6\r\n' if mode == 0
-                   else b'\r\n+QSSLURC: "recv",6,%d\r\n' % len(data) + data)
+                   else b'\r\n+QSSLURC: "recv",6,%d\r\n' % len(data) + data + b"\r\n")
             want = OK + b"\r\n+QSSLOPEN: 6,0\r\n" + urc
             assert host.read_exactly(len(want), timeout=8) == want
             if mode == 0:
@@ -246,8 +246,8 @@ def test_hello_request_then_data_behind_the_resumed_finished(modem, emulator, mo
                 round_trip_and_close(host, 6, b"still up")
             else:
                 assert host.send_data(6, b"still up") == b"\r\nSEND OK\r\n"
-                assert host.read_exactly(len(b'\r\n+QSSLURC: "recv",6,8\r\nstill up'), timeout=5) == \
-                    b'\r\n+QSSLURC: "recv",6,8\r\nstill up'
+                assert host.read_exactly(len(b'\r\n+QSSLURC: "recv",6,8\r\nstill up\r\n'), timeout=5) == \
+                    b'\r\n+QSSLURC: "recv",6,8\r\nstill up\r\n'
                 assert host.at("AT+QSSLCLOSE=6,0") == OK
         assert b'"closed",6' not in host.transcript
         assert host.quiet_for(0.1) == b""
@@ -384,6 +384,7 @@ def push_read(host, cid: int, want: int, timeout: float = 15) -> tuple[bytes, li
         sizes.append(int(push.fullmatch(chunk).group(1)))
         assert 0 < sizes[-1] <= 1500
         got += host.read_exactly(sizes[-1], timeout=timeout)
+        assert host.read_exactly(2, timeout=timeout) == b"\r\n"        # the pushed data's end
     return bytes(got), sizes
 
 
@@ -600,7 +601,7 @@ def test_dtls_server_ends_after_data_in_push_and_transparent_mode(modem, emulato
             assert host.read_exactly(sum(map(len, lines)), timeout=5) == b"".join(lines)
         else:
             for line in lines:
-                want = b'\r\n+QSSLURC: "recv",4,%d\r\n' % len(line) + line
+                want = b'\r\n+QSSLURC: "recv",4,%d\r\n' % len(line) + line + b"\r\n"
                 assert host.read_exactly(len(want), timeout=5) == want
         box.inject(sealer.seal(CT_ALERT, DTLS_ALERTS[alert]))
         end = b"\r\nNO CARRIER\r\n" if mode == 2 else b'\r\n+QSSLURC: "closed",4\r\n'

@@ -757,6 +757,7 @@ def test_close_notify_then_rst_right_behind_the_data(modem, emulator, mode):
                 m = push.fullmatch(line)
                 assert m, line[:80]
                 got += host.read_exactly(int(m.group(1)))
+                assert host.read_exactly(2) == b"\r\n"          # the push's end
             assert bytes(got) == data
             assert host.read_until(b'\r\n+QSSLURC: "closed",5\r\n', timeout=5) == b'\r\n+QSSLURC: "closed",5\r\n'
         assert state(host, 5) == 4

@@ -145,7 +145,7 @@ def test_close_notify_with_the_finished_and_tcp_left_open(modem, emulator, mode)
         else:
             out = host.read_until(b'+QSSLURC: "closed",3\r\n', timeout=5)
             recv_urc = (b'\r\n+QSSLURC: "recv",3\r\n' if mode == 0
-                        else b'\r\n+QSSLURC: "recv",3,%d\r\n' % len(data) + data)
+                        else b'\r\n+QSSLURC: "recv",3,%d\r\n' % len(data) + data + b"\r\n")
             assert out == b"\r\nOK\r\n\r\n+QSSLOPEN: 3,0\r\n" + recv_urc + b'\r\n+QSSLURC: "closed",3\r\n', out
         wait_for(lambda: server_got_fin(server.port), 5, "the emulator's FIN, sent by itself")
         if mode == 0:
@@ -223,7 +223,7 @@ def test_odd_record_with_the_finished_then_data_and_close_notify(modem, emulator
         else:
             out = host.read_until(b'+QSSLURC: "closed",4\r\n', timeout=5)
             recv_urc = (b'\r\n+QSSLURC: "recv",4\r\n' if mode == 0
-                        else b'\r\n+QSSLURC: "recv",4,%d\r\n' % len(data) + data)
+                        else b'\r\n+QSSLURC: "recv",4,%d\r\n' % len(data) + data + b"\r\n")
             assert out == b"\r\nOK\r\n\r\n+QSSLOPEN: 4,0\r\n" + recv_urc + b'\r\n+QSSLURC: "closed",4\r\n', out
         if mode == 0:
             assert read_all(host, 4, len(data), sizes=(333,)) == data
@@ -445,7 +445,7 @@ def test_encrypted_hello_request_while_the_host_is_at_the_send_prompt(modem, emu
             # in the buffer behind it)
             assert read_all(host, 2, len(line), sizes=(len(line),)) == line
         else:
-            want = b'\r\nSEND OK\r\n\r\n+QSSLURC: "recv",2,%d\r\n' % len(line) + line
+            want = b'\r\nSEND OK\r\n\r\n+QSSLURC: "recv",2,%d\r\n' % len(line) + line + b"\r\n"
             assert host.read_exactly(len(want), timeout=5) == want
         assert conn.wait_plaintext(12) == b"twelve bytes"
         if mode == 0:
@@ -570,7 +570,7 @@ def test_rst_while_the_host_is_at_the_send_prompt(modem, emulator, mode):
         assert host.quiet_for(0.2) == b""
         host.write(b"0123456789")
         recv_urc = (b'\r\n+QSSLURC: "recv",9\r\n' if mode == 0
-                    else b'\r\n+QSSLURC: "recv",9,300\r\n' + second)
+                    else b'\r\n+QSSLURC: "recv",9,300\r\n' + second + b"\r\n")
         want = b"\r\nERROR\r\n" + recv_urc + b'\r\n+QSSLURC: "closed",9\r\n'
         got = host.read_until(b'+QSSLURC: "closed",9\r\n', timeout=5)
         assert got == want, got

@@ -736,7 +736,7 @@ def test_data_and_close_notify_behind_an_abbreviated_handshake(modem, emulator, 
         else:
             out = host.read_until(b'+QSSLURC: "closed",9\r\n', timeout=5)
             recv_urc = (b'\r\n+QSSLURC: "recv",9\r\n' if mode == 0
-                        else b'\r\n+QSSLURC: "recv",9,%d\r\n' % len(data) + data)
+                        else b'\r\n+QSSLURC: "recv",9,%d\r\n' % len(data) + data + b"\r\n")
             assert out.endswith(b"\r\nOK\r\n\r\n+QSSLOPEN: 9,0\r\n" + recv_urc + b'\r\n+QSSLURC: "closed",9\r\n'), out
             if mode == 0:
                 assert read_all(host, 9, len(data), n=999) == data

@@ -142,7 +142,8 @@ def online_open(host, cid: int) -> None:
 
 
 def push_collect(host, cid: int, want: int, timeout: float = 20) -> tuple[bytes, list[int]]:
-    """Direct push: the +QSSLURC: "recv",<id>,<len> URCs and their bytes until want bytes."""
+    """Direct push: the +QSSLURC: "recv",<id>,<len> URCs and their bytes (each push's bytes
+    followed by CR LF) until want bytes."""
     push = re.compile(rb'\r\n\+QSSLURC: "recv",%d,(\d+)\r\n' % cid)
     got, sizes = bytearray(), []
     while len(got) < want:
@@ -151,6 +152,7 @@ def push_collect(host, cid: int, want: int, timeout: float = 20) -> tuple[bytes,
         assert m, line[:120]
         sizes.append(int(m.group(1)))
         got += host.read_exactly(int(m.group(1)), timeout=timeout)
+        assert host.read_exactly(2, timeout=timeout) == b"\r\n"     # the push's closing CR LF
     return bytes(got), sizes
 
 
@@ -1486,6 +1488,7 @@ def test_push_to_buffer_in_the_middle_of_a_flood_ended_by_a_fatal_alert(modem, e
             elif m.group(1):
                 pushes_after_ok += bool(answers == [b"OK"])
                 got += host.read_exactly(int(m.group(1)))
+                assert host.read_exactly(2) == b"\r\n"
             elif b'"closed"' in chunk:
                 break
         assert len(answers) == 1, answers
@@ -1976,6 +1979,7 @@ def test_qsslclose_while_pushes_of_an_ended_session_wait(modem, emulator, ending
                 break
             if m.group(1):
                 got += host.read_exactly(int(m.group(1)))
+                assert host.read_exactly(2) == b"\r\n"
             else:
                 closed_before += 1
         assert flood.startswith(bytes(got)) and closed_before <= 1

@@ -329,7 +329,8 @@ WARNING, FATAL = h2.WARNING, h2.FATAL
 
 
 def push_collect(host, cid: int, want: int, timeout: float = 20) -> bytes:
-    """Direct push: the bytes of +QSSLURC: "recv",<id>,<len> URCs until want bytes came."""
+    """Direct push: the bytes of +QSSLURC: "recv",<id>,<len> URCs (each <len> bytes, then
+    CR LF) until want bytes came."""
     push = re.compile(rb'\r\n\+QSSLURC: "recv",%d,(\d+)\r\n' % cid)
     got = bytearray()
     while len(got) < want:
@@ -338,6 +339,7 @@ def push_collect(host, cid: int, want: int, timeout: float = 20) -> bytes:
         assert m, line[:120]
         assert 0 < int(m.group(1)) <= 1500
         got += host.read_exactly(int(m.group(1)), timeout=timeout)
+        assert host.read_exactly(2, timeout=timeout) == b"\r\n"     # the push's end
     return bytes(got)
 
 
@@ -1655,16 +1657,19 @@ def test_push_downstream_flows_while_the_upstream_is_stalled(modem, emulator):
         while True:
             host._fill()
             text = bytes(host.transcript[mark:])
-            got, rest, pos = bytearray(), bytearray(), 0
+            got, rest, pos, ends = bytearray(), bytearray(), 0, []
             for m in push.finditer(text):
                 rest += text[pos:m.start()]
-                got += text[m.end():m.end() + int(m.group(1))]
-                pos = m.end() + int(m.group(1))
+                end = m.end() + int(m.group(1))
+                got += text[m.end():end]
+                ends.append(text[end:end + 2])          # each push's data end with CR LF
+                pos = end + 2
             rest += text[pos:]
-            if len(got) >= len(down) or time.monotonic() > deadline:
+            if (len(got) >= len(down) and ends[-1] == b"\r\n") or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         assert bytes(got) == down
+        assert set(ends) == {b"\r\n"}, [e for e in ends if e != b"\r\n"][:5]
         # what is left between the pushes: only whole answers of the sends
         assert re.fullmatch(rb"(\r\n> (\r\nSEND OK\r\n|\r\nSEND FAIL\r\n))*", bytes(rest)), bytes(rest)[:200]
         server.release.set()

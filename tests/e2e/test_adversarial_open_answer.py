@@ -186,7 +186,7 @@ def bytewise(host: Host, line: str, eol: str = "\r\n") -> None:
 
 def read_pushed(host: Host, client_id: int, size: int) -> bytes:
     """`size` bytes of direct-push data: each +QSSLURC: "recv",<id>,<len> carries at most
-    recv_max bytes; the framing of every URC is checked on the way."""
+    recv_max bytes, then CR LF; the framing of every URC is checked on the way."""
     urc = re.compile(rb'\r\n\+QSSLURC: "recv",%d,(\d+)\r\n' % client_id)
     data = b""
     while len(data) < size:
@@ -194,6 +194,7 @@ def read_pushed(host: Host, client_id: int, size: int) -> bytes:
         m = urc.fullmatch(line)
         assert m, line
         data += host.read_exactly(int(m.group(1)), timeout=5)
+        assert host.read_exactly(2, timeout=5) == b"\r\n"     # the push's end
     return data
 
 
@@ -287,7 +288,7 @@ def test_push_finished_data_close_notify_then_end(modem, emulator, after):
         bytewise(host, open_line(5, 1))
         out = host.read_until(b'+QSSLURC: "closed",5\r\n', timeout=5)
         assert out == (b'\r\nOK\r\n\r\n+QSSLOPEN: 5,0\r\n\r\n+QSSLURC: "recv",5,%d\r\n' % len(data) + data +
-                       b'\r\n+QSSLURC: "closed",5\r\n'), out
+                       b'\r\n\r\n+QSSLURC: "closed",5\r\n'), out
         assert host.at("AT+QSSLCLOSE=5") == b"\r\nOK\r\n"
         assert host.quiet_for(0.1) == b""
 
@@ -401,7 +402,7 @@ def test_resumed_open_push_and_transparent(modem, emulator, mode):
                 assert host.read_until(b"\r\nOK\r\n", timeout=5) == b"\r\nOK\r\n"
             else:
                 host.write(open_line(2, 1) + "\r")
-                want = b'\r\nOK\r\n\r\n+QSSLOPEN: 2,0\r\n\r\n+QSSLURC: "recv",2,12\r\nresumed-data'
+                want = b'\r\nOK\r\n\r\n+QSSLOPEN: 2,0\r\n\r\n+QSSLURC: "recv",2,12\r\nresumed-data\r\n'
                 assert host.read_exactly(len(want), timeout=5) == want
             assert host.at("AT+QSSLCLOSE=2") == b"\r\nOK\r\n"
         server.wait(lambda: len(server.handshakes) == 3)
@@ -522,7 +523,7 @@ def test_two_modems_open_at_once(emulator, open_modem, caplog):
             for h in hosts:
                 h.write(open_line(0, 1) + "\r")
             for h in hosts:
-                want = b'\r\nOK\r\n\r\n+QSSLOPEN: 0,0\r\n\r\n+QSSLURC: "recv",0,4\r\nboth'
+                want = b'\r\nOK\r\n\r\n+QSSLOPEN: 0,0\r\n\r\n+QSSLURC: "recv",0,4\r\nboth\r\n'
                 assert h.read_exactly(len(want), timeout=5) == want
             for h in hosts:
                 assert h.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
@@ -612,7 +613,7 @@ def test_qiopen_server_speaks_first(modem, emulator, mode, after):
                 advance(1.1)
                 assert host.read_until(b"\r\nOK\r\n", timeout=5) == b"\r\nOK\r\n"
         elif mode == 1:
-            want = b'\r\nOK\r\n\r\n+QIOPEN: 4,0\r\n\r\n+QIURC: "recv",4,%d\r\n' % len(g) + g
+            want = b'\r\nOK\r\n\r\n+QIOPEN: 4,0\r\n\r\n+QIURC: "recv",4,%d\r\n' % len(g) + g + b"\r\n"
             if after != "hold":
                 want += b'\r\n+QIURC: "closed",4\r\n'
             assert host.read_exactly(len(want), timeout=5) == want
@@ -654,6 +655,7 @@ def test_renegotiation_right_after_open(modem, emulator, pki):
             n = int(re.search(rb",(\d+)\r\n$", line).group(1))
             assert line == b'\r\n+QSSLURC: "recv",0,%d\r\n' % n, line
             got += host.read_exactly(n, timeout=5)
+            assert host.read_exactly(2, timeout=5) == b"\r\n"     # the push's end
         assert got == b"after reneg\n"
         assert host.at("AT+QSSLCLOSE=0") == b"\r\nOK\r\n"
     finally:
@@ -673,7 +675,7 @@ def test_dtls_open_then_server_data(modem, emulator, pki):
         assert host.read_exactly(len(want), timeout=10) == want
         server.wait_for_output(rb"CIPHER is")
         server.write(b"dgram\n")
-        want = b'\r\n+QSSLURC: "recv",0,6\r\ndgram\n'
+        want = b'\r\n+QSSLURC: "recv",0,6\r\ndgram\n\r\n'
         assert host.read_exactly(len(want), timeout=5) == want
         assert host.at("AT+QSSLCLOSE=0,0") == b"\r\nOK\r\n"
         assert host.quiet_for(0.1) == b""
@@ -701,7 +703,7 @@ def test_finished_data_then_broken_record_in_one_segment(modem, emulator, junk, 
             assert host.read_until(b"NO CARRIER\r\n", timeout=5) == want
         elif mode == 1:
             out = host.read_until(b'+QSSLURC: "closed",1\r\n', timeout=5)
-            assert out == (b'\r\nOK\r\n\r\n+QSSLOPEN: 1,0\r\n\r\n+QSSLURC: "recv",1,4\r\ngood'
+            assert out == (b'\r\nOK\r\n\r\n+QSSLOPEN: 1,0\r\n\r\n+QSSLURC: "recv",1,4\r\ngood\r\n'
                            b'\r\n+QSSLURC: "closed",1\r\n'), out
         else:
             out = host.read_until(b'+QSSLURC: "closed",1\r\n', timeout=5)
@@ -735,7 +737,7 @@ def test_answer_while_the_host_is_in_a_data_prompt(modem, emulator, mode):
         time.sleep(0.1)                       # the flight is read while the prompt is out
         assert host.quiet_for(0.05) == b""
         host.write(b"12345")
-        tail = (b'\r\n+QSSLURC: "recv",0,9\r\nheld-data' if mode == 1 else b'\r\n+QSSLURC: "recv",0\r\n')
+        tail = (b'\r\n+QSSLURC: "recv",0,9\r\nheld-data\r\n' if mode == 1 else b'\r\n+QSSLURC: "recv",0\r\n')
         want = b"\r\nSEND OK\r\n\r\n+QSSLOPEN: 0,0\r\n" + tail
         assert host.read_exactly(len(want), timeout=5) == want
         for i in (0, 1):
@@ -788,7 +790,7 @@ def test_id_reused_while_the_old_open_finished_is_in_flight(modem, emulator):
         assert host.at(open_line(8, 1)) == b"\r\nOK\r\n"
         assert old.finished_in.wait(5)
         host.write(f"AT+QSSLCLOSE=8,0\r{open_line(8, 1, 'new.example')}\r")
-        want = b'\r\nOK\r\n\r\nOK\r\n\r\n+QSSLOPEN: 8,0\r\n\r\n+QSSLURC: "recv",8,3\r\nnew'
+        want = b'\r\nOK\r\n\r\nOK\r\n\r\n+QSSLOPEN: 8,0\r\n\r\n+QSSLURC: "recv",8,3\r\nnew\r\n'
         assert host.read_exactly(len(want), timeout=5) == want
         hold.set()
         old.flight_sent.wait(5)

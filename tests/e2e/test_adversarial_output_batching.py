@@ -463,7 +463,7 @@ def test_network_urcs_land_between_pipelined_answers_whole(emulator, open_modem,
 
 def test_direct_push_between_pipelined_answers_keeps_every_byte(emulator, open_modem, peer_factory,
                                                                 strict_log):
-    """Push mode: data pushed (`+QIURC: "recv",0,<len>` CR LF data) only between answers,
+    """Push mode: data pushed (`+QIURC: "recv",0,<len>` CR LF data CR LF) only between answers,
     never inside one, while the host pipelines commands; all data once, in order."""
     host, port = open_modem("ec2x")
     peer = peer_factory()
@@ -488,9 +488,11 @@ def test_direct_push_between_pipelined_answers_keeps_every_byte(emulator, open_m
                 del got[:len(CGMI)]
                 continue
             m = head.match(got)
-            if m and len(got) >= m.end() + int(m.group(1)):
-                data += got[m.end():m.end() + int(m.group(1))]
-                del got[:m.end() + int(m.group(1))]
+            if m and len(got) >= m.end() + int(m.group(1)) + 2:       # the data and their CR LF
+                end = m.end() + int(m.group(1))
+                assert got[end:end + 2] == b"\r\n", bytes(got[:end + 2][-200:])
+                data += got[m.end():end]
+                del got[:end + 2]
                 continue
             # an incomplete answer or push: wait for more (anything else is torn output)
             assert (CGMI.startswith(bytes(got)) or prefix.startswith(bytes(got[:len(prefix)]))), \

@@ -87,6 +87,7 @@ class Walk:
         if dying and dying[1] is not None and d and int(d.group(1) or d.group(3)) == dying[0]:
             if d.group(2) is not None:
                 self.took(dying[1], self.wire.exactly(int(d.group(2))), f"{text} before a close's OK")
+                assert self.wire.exactly(2) == b"\r\n", f"{text}: pushed data end with CR LF"
             return
         where = f"{text!r} (sequence: {self.log}; model {self.model()})"
         if text == '+QIURC: "pdpdeact",1':
@@ -119,6 +120,7 @@ class Walk:
         if s.mode == 1:
             assert m.group(3) is not None, f"push URC without length {where}"
             self.took(s, self.wire.exactly(int(m.group(3))), where)
+            assert self.wire.exactly(2) == b"\r\n", f"pushed data end with CR LF {where}"
         else:
             assert m.group(3) is None, f"buffer-mode recv URC with length {where}"
 
@@ -457,7 +459,7 @@ def test_peer_close_then_qideact_then_reopen_in_push_mode(emulator, ec2x, net, e
     assert ec2x.at('AT+QSSLOPEN=1,0,0,"echo.example",443,1') == OK
     assert ec2x.read_until(b"\r\n+QSSLOPEN: 0,0\r\n") == b"\r\n+QSSLOPEN: 0,0\r\n"
     assert ec2x.send_data(0, b"PUSHED") == b"\r\nSEND OK\r\n"
-    assert ec2x.read_until(b"PUSHED") == b'\r\n+QSSLURC: "recv",0,6\r\nPUSHED'
+    assert ec2x.read_until(b"PUSHED\r\n") == b'\r\n+QSSLURC: "recv",0,6\r\nPUSHED\r\n'
     assert ec2x.at("AT+QSSLCLOSE=0") == OK
     assert ec2x.quiet_for(0.3) == b""
 

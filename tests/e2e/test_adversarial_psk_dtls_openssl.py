@@ -586,9 +586,9 @@ def test_a_4000_byte_record_read_in_buffer_mode_then_pushed_in_1500_byte_urcs(ec
     assert one_answer(host, 1) == 0
     pushed.wait_for_output(rb"CIPHER is", 10)
     pushed.write(data)
-    want = b"".join(b'\r\n+QSSLURC: "recv",1,%d\r\n' % n + data[o:o + n]
+    want = b"".join(b'\r\n+QSSLURC: "recv",1,%d\r\n' % n + data[o:o + n] + b"\r\n"
                     for o, n in ((0, 1500), (1500, 1500), (3000, 1000)))
-    assert host.read_until(data[-40:], 10).endswith(want)
+    assert host.read_until(data[-40:] + b"\r\n", 10).endswith(want)
     assert host.quiet_for(0.3) == b""
     close(host, 1)
 

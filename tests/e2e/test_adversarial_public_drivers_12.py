@@ -336,7 +336,7 @@ def test_go_ec800e_imei_and_csq_through_the_echo_keyed_reader(driver_path, stric
         at.close()
 
 
-def test_go_ec800e_dial_write_then_the_push_frame_waits_for_a_cr_lf_the_ec2x_never_sends(driver_path, emulator,
+def test_go_ec800e_dial_write_then_the_push_frame_completes_on_its_closing_cr_lf(driver_path, emulator,
                                                                                      strict_log):
     """TCPDial("go.example:10086"): AT+QIOPEN=1,0,"TCP","go.example",10086,0,1 -- its echo + OK
     complete send2, "+QIOPEN: 0,0" (a second later: the peer's backlog drops the first SYN)
@@ -344,14 +344,16 @@ def test_go_ec800e_dial_write_then_the_push_frame_waits_for_a_cr_lf_the_ec2x_nev
     "AT+QISEND=0,4\\r\\r\\n>" completes the command, the four bytes follow; the peer gets exactly
     them, and the module answers " ping\\r\\nSEND OK" (prompt space, data echoed under ATE1).
 
-    The echo comes back in direct push as '\\r\\n+QIURC: "recv",0,4\\r\\nping' -- no CR LF after
-    the data (docs/behaviour.md, after the TCP(IP) notes).  readBuffer() frames a push only when
-    <len> + 4 bytes follow the header's CR LF, i.e. the data *and* a CR LF (the EC800E the driver
-    was written for ends pushed data with one): here the frame stays open, the socket's channel
-    gets nothing.  TCPClose(0) then writes AT+QICLOSE=0; its echo and OK land in that open frame,
-    which ends at "\\r\\nOK\\r\\n": deal() sees an empty line 0 (so no key), writes "4" -- the length
-    -- to socket 0's channel, and completes the empty key, so the close's own wait times out
-    although the module closed the socket (the peer sees EOF).  The driver's fault on an EC2x."""
+    The echo comes back in direct push as '\\r\\n+QIURC: "recv",0,4\\r\\nping\\r\\n' -- the data
+    end with CR LF, as on a real module (docs/behaviour.md, "Direct push").  readBuffer() frames a
+    push when <len> + 4 bytes follow the header's CR LF, i.e. the data *and* that CR LF (the
+    EC800E the driver was written for ends pushed data with one, as the EC2x does): the frame
+    completes at the closing CR LF, deal() writes "ping" to socket 0's channel, and nothing is
+    left in the buffer.  TCPClose(0) then writes AT+QICLOSE=0; its echo and OK make a frame of
+    their own, whose key is the command's bytes, so the close's wait completes with no error and
+    the peer sees EOF.  (Before the module wrote that CR LF, the frame stayed open, swallowed the
+    close's echo and OK, delivered the length "4" as data and the close timed out -- the name of
+    this test is from then.)"""
     activate_pdp(driver_path)
     peer = BackloggedEchoPeer()
     emulator.router.add_map("go.example", 10086, "127.0.0.1", peer.port)
@@ -364,17 +366,18 @@ def test_go_ec800e_dial_write_then_the_push_frame_waits_for_a_cr_lf_the_ec2x_nev
 
         assert at.tcp_write(0, b"ping") is None
         wait_for(lambda: bytes(peer.received) == b"ping", what="the peer's 4 bytes")
-        wait_for(lambda: at.rx.endswith(b'\r\n+QIURC: "recv",0,4\r\nping'), what="the echo pushed")
+        wait_for(lambda: at.rx.endswith(b'\r\n+QIURC: "recv",0,4\r\nping\r\n'), what="the echo pushed")
         assert b"AT+QISEND=0,4\r\r\n>" in at.frames and b" ping\r\nSEND OK" in at.frames
-        time.sleep(0.2)
-        assert at.tcp[0] == [] and bytes(at._buf) == b'\r\n+QIURC: "recv",0,4\r\nping'   # frame still open
+        wait_for(lambda: at.tcp[0] == [b"ping"], what="the push delivered to socket 0's channel")
+        assert at.frames[-1] == b'\r\n+QIURC: "recv",0,ping\r\n'   # the frame, its <len> field cut out
+        assert bytes(at._buf) == b""                                # frame closed by the data's CR LF
 
         err = at.tcp_close(0)
-        assert err == "超时"                                     # the driver's wait never completed
-        assert at.rx.endswith(b'pingAT+QICLOSE=0\r\r\nOK\r\n')    # ... although the module answered OK
-        assert at.frames[-1] == b'\r\n+QIURC: "recv",0,4\r\npingAT+QICLOSE=0\r\r\nOK'
-        assert at.tcp[0] == [b"4"]                               # the length, delivered as data
-        assert "" in at.wait.lost and "AT+QICLOSE=0\r\n" not in at.wait.lost
+        assert err is None                                          # the close's wait completed
+        assert at.rx.endswith(b'ping\r\nAT+QICLOSE=0\r\r\nOK\r\n')
+        assert at.frames[-1] == b'AT+QICLOSE=0\r\r\nOK'
+        assert at.tcp[0] == [b"ping"]                               # the data, nothing else
+        assert "AT+QICLOSE=0\r\n" not in at.wait.lost
         assert peer.eof.wait(10 * SLOW)                          # the module did close
         assert bytes(peer.received) == b"ping"
     finally:
@@ -660,7 +663,7 @@ def test_esp_ml307_ec801e_ssl_on_an_ec2x_opens_but_send_and_push_fail(driver_pat
     go out and the server gets exactly them; but an EC2x ends the send with "SEND OK" -- no line
     "OK\\r\\n" at a buffer's head, so AtUart's 1000 ms wait runs out: "Send command failed",
     Disconnect() (AT+QSSLCLOSE=4, OK, close_notify to the server), Send() returns -1.  The
-    server's echo comes as '+QSSLURC: "recv",4,5' then the raw bytes (no viewmode 1 hex field,
+    server's echo comes as '+QSSLURC: "recv",4,5', the raw bytes, CR LF (no viewmode 1 hex field,
     since that setting was refused): three fields, so the driver logs "Unknown QIURC command:
     recv" and its stream callback never gets the data -- the driver's fault on an EC2x."""
     with TlsServer(mode="echo") as server:
@@ -686,7 +689,7 @@ def test_esp_ml307_ec801e_ssl_on_an_ec2x_opens_but_send_and_push_fail(driver_pat
             assert uart.tx.endswith(b"hello" + b"AT+QSSLCLOSE=4\r\n")
             wait_for(lambda: uart.rx.endswith(b"\r\nOK\r\n"), what="the close's OK")
             assert server.wait_for(lambda: conn.close_notify_received, timeout=10 * SLOW)
-            push = re.search(rb'\r\n\+QSSLURC: "recv",4,5\r\nhello', bytes(uart.rx))
+            push = re.search(rb'\r\n\+QSSLURC: "recv",4,5\r\nhello\r\n', bytes(uart.rx))
             assert push is not None                                   # the echo, before the close
             assert "Unknown QIURC command: recv" in ssl.log_e and ssl.streamed == []
             assert uart.send_command('AT+QICFG="viewmode"') is True

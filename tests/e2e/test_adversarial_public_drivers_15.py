@@ -264,7 +264,8 @@ def test_ec200u_library_tcp_demo_push_mode_then_qird(driver_path, emulator, stri
     AT+CGDCONT (OK); AT+QIACT=1 is OK; the open is OK then '+QIOPEN: 0,0' (read by a wait no URC can end: 15 s in the
     library, 1 s here); the send gets "> " then
     SEND OK -- and, in that same read (5 s in the library, 1.5 s here: nothing can end it early),
-    the answer PUSHED by the module, '+QIURC: "recv",0,<n>' CR LF and the n bytes (access mode 1);
+    the answer PUSHED by the module, '+QIURC: "recv",0,<n>' CR LF, the n bytes and the CR LF that
+    ends a push (access mode 1; the wait keeps all of it);
     tcpRecv()'s AT+QIRD=0,1024 on a push socket is ERROR on the module (behaviour.md: AT+QIRD on a
     push or transparent socket is 572), so the demo prints nothing -- the program's fault: it opens
     in push mode and reads in buffer mode.  AT+QICLOSE=0 is OK."""
@@ -303,7 +304,7 @@ def test_ec200u_library_tcp_demo_push_mode_then_qird(driver_path, emulator, stri
             assert m.responses[-1] == b"\r\n+QIOPEN: 0,0\r\n"
             assert m.tcp_send(0, TCP_DEMO_REQUEST, send_ok_wait=1500)
             assert m.responses[-2] == b"\r\n> "
-            assert m.responses[-1] == (b"\r\nSEND OK\r\n\r\n+QIURC: \"recv\",0,%d\r\n%s"
+            assert m.responses[-1] == (b"\r\nSEND OK\r\n\r\n+QIURC: \"recv\",0,%d\r\n%s\r\n"
                                        % (len(TCP_DEMO_REPLY), TCP_DEMO_REPLY))
             assert got == [TCP_DEMO_REQUEST]
 

@@ -265,7 +265,7 @@ def test_iolte_postdata_leaves_the_prompt_open_and_the_next_command_becomes_payl
     the payload (the server receives "\\rAT+Q"), answers SEND OK and drops the rest of the line
     (no "AT" begins it).  disconnect() finds "OK" inside "SEND OK" and stops after one try (and
     reports IOLTE_FAILURE, `!= 0`); the socket is still open: the echo comes back pushed as
-    '+QIURC: "recv",0,5' CR LF and the 5 bytes, no CR LF after them.  A real AT+QICLOSE=0 then
+    '+QIURC: "recv",0,5' CR LF, the 5 bytes and a CR LF after them.  A real AT+QICLOSE=0 then
     answers OK and closes the connection."""
     node = iolte
     _activate(node)
@@ -282,8 +282,8 @@ def test_iolte_postdata_leaves_the_prompt_open_and_the_next_command_becomes_payl
         assert node.writes[-2:] == [b"AT+QICLOSE=0", b"\r"]
         assert node.replies[-1].startswith(b"\r\nSEND OK\r\n")
         assert conn.wait_received(5) == b"\rAT+Q"
-        _loop_until(node, b'+QIURC: "recv",0,5\r\n\rAT+Q')
-        assert node.transcript.endswith(b'\r\n> \r\nSEND OK\r\n\r\n+QIURC: "recv",0,5\r\n\rAT+Q')
+        _loop_until(node, b'+QIURC: "recv",0,5\r\n\rAT+Q\r\n')
+        assert node.transcript.endswith(b'\r\n> \r\nSEND OK\r\n\r\n+QIURC: "recv",0,5\r\n\rAT+Q\r\n')
         assert not conn.eof.is_set()
         assert node.command(b"AT+QICLOSE=0", b"OK", b"ERROR", IOLTE_CMD_TIMEOUT * SLOW) == \
             (IOLTE_OK + 1, b"\r\nOK\r\n")
@@ -338,7 +338,7 @@ def test_iolte_failed_open_is_reported_with_an_error_code_and_the_driver_cannot_
 
 def test_iolte_binary_push_arrives_whole_and_loop_reads_it_with_nuls_turned_to_ff(iolte, emulator):
     """A server that talks first, twice (NUL, CR LF, 0xFF, "OK" CR LF, Ctrl+Z in the bytes): each
-    write comes pushed as '+QIURC: "recv",0,<n>' CR LF and exactly <n> raw bytes, no CR LF after
+    write comes pushed as '+QIURC: "recv",0,<n>' CR LF, exactly <n> raw bytes and a CR LF after
     them, in order.  The driver's loop() takes everything (readString()), its String has each NUL
     as 0xFF, and nothing parses the push (ParseMsg() knows +QMT* only): the data are lost to the
     application (the driver's fault: its +QIURC handler is commented out)."""
@@ -356,8 +356,8 @@ def test_iolte_binary_push_arrives_whole_and_loop_reads_it_with_nuls_turned_to_f
     with TcpServer(behave=talk) as server:
         emulator.router.add_map(TCP_ADDR, 7000, "127.0.0.1", server.port)
         node.connect(TCP_ADDR, 7000, 0)
-        want = (b'\r\n+QIURC: "recv",0,%d\r\n' % len(first) + first
-                + b'\r\n+QIURC: "recv",0,%d\r\n' % len(second) + second)
+        want = (b'\r\n+QIURC: "recv",0,%d\r\n' % len(first) + first + b"\r\n"
+                + b'\r\n+QIURC: "recv",0,%d\r\n' % len(second) + second + b"\r\n")
         _loop_until(node, want)
         assert node.transcript.endswith(b"\r\nOK\r\n\r\n+QIOPEN: 0,0\r\n" + want)
         got = b"".join(node.replies)

@@ -1201,12 +1201,13 @@ def test_bluepaws_direct_push_post_returns_the_http_answer(bluepaws, emulator):
     summary = summarize_http_response(answer)
     assert summary["http_status"] == 201                 # what main() judges by: exit 0
     # the server's close_notify + FIN follow its answer (a send of their own, 60 ms behind on
-    # the link): "closed" follows the pushed bytes at once (no CR LF after a push, as the note
-    # shows) when it came in the script's read -- strip_modem_footer() knows only OK / ERROR and
-    # leaves the URC in the body, which then is no JSON (the script's fault) -- or in a later one
+    # the link): "closed" follows the push's closing CR LF when it came in the script's read --
+    # strip_modem_footer() knows only OK / ERROR and leaves the CR LF and the URC in the body,
+    # which then is no JSON (the script's fault) -- or in a later one (then the body's strip()
+    # drops the push's CR LF and the JSON parses)
     closed = '\r\n+QSSLURC: "closed",0'
     if closed in answer:
-        assert summary["body"] == '{"ok":true,"id":7}' + closed, summary
+        assert summary["body"] == '{"ok":true,"id":7}\r\n' + closed, summary
     else:
         assert summary["body"] == {"ok": True, "id": 7}, summary
         assert bluepaws.read_until((closed,), timeout=10).startswith(closed)

@@ -405,15 +405,17 @@ def test_hologram_ec21_session_qisendex_answer_and_close_with_an_int_id(emulator
 
 def test_hologram_push_payload_is_read_with_readline(emulator, driver_port, peer_factory):
     """Direct push (access mode 1): Hologram reads the payload of '+QIURC: "recv",0,<len>' with
-    one readline(5).  The module writes the data with no CR LF after it (BG96 TCP/IP Application
-    Note, direct push: `+QIURC: "recv",<connectID>,<currentrecvlength><CR><LF><data>`), so a
-    payload alone is returned whole when the readline times out; a payload followed by the
-    peer's close comes back with the CR LF that starts the "closed" URC, which checkURC() then
-    reads.  EC21.py returns the line as read, Quectel.py rstrip()s it."""
+    one readline(5).  The module ends the pushed data with CR LF, as real Quectel modules do
+    (docs/behaviour.md, Direct push: `+QIURC: "recv",<id>,<len><CR><LF><data><CR><LF>`), so the
+    readline ends at the payload's own CR LF at once -- the SDK's 5 s timeout is not sat out --
+    and returns the payload with that CR LF: EC21.py hands it on as read ("[0,0]\r\n"),
+    Quectel.py rstrip()s it.  A payload followed by the peer's close: the readline takes the
+    payload and its CR LF only; checkURC() then meets the empty line in front of the "closed"
+    URC and returns, and a later checkURC() reads the "closed" URC."""
     path, _ = driver_port
     peer = peer_factory()
     emulator.router.add_map("cloudsocket.hologram.io", 9999, "127.0.0.1", peer.port)
-    drv = HologramEC21(path, recv_line_timeout=0.5)    # the SDK's 5 s, sat out: scaled down
+    drv = HologramEC21(path)                           # the SDK's readline(5): never sat out
     try:
         drv.command("E0")
         drv.create_socket()
@@ -423,12 +425,16 @@ def test_hologram_push_payload_is_read_with_readline(emulator, driver_port, peer
 
         peer.send(b"[0,0]")
         deadline = time.monotonic() + 5 * SLOW
+        slowest = 0.0
         while drv.urc_state != drv.SOCKET_SEND_READ:
             assert time.monotonic() < deadline, bytes(drv.wire.rx)
+            t0 = time.monotonic()
             drv.checkURC()
+            slowest = max(slowest, time.monotonic() - t0)
             time.sleep(0.01)
         assert drv.last_read_payload_length == 5
-        assert drv.urc_response == "[0,0]"                # no line end: the readline timed out
+        assert drv.urc_response == "[0,0]\r\n"            # the line, ended by the data's CR LF
+        assert slowest < drv.recv_line_timeout            # ... not by the readline's timeout
 
         drv.urc_state = drv.SOCKET_WRITE_STATE
         peer.send(b"[1,0]")
@@ -438,10 +444,9 @@ def test_hologram_push_payload_is_read_with_readline(emulator, driver_port, peer
             assert time.monotonic() < deadline, bytes(drv.wire.rx)
             drv.checkURC()
             time.sleep(0.01)
-        assert drv.urc_response.rstrip("\r\n") == "[1,0]"
-        assert drv.urc_response in ("[1,0]", "[1,0]\r\n")
+        assert drv.urc_response == "[1,0]\r\n"            # its own CR LF, nothing of the close
         assert drv.socket_identifier == 0
-        assert bytes(drv.wire.rx).endswith(b'[1,0]\r\n+QIURC: "closed",0\r\n')
+        assert bytes(drv.wire.rx).endswith(b'[1,0]\r\n\r\n+QIURC: "closed",0\r\n')
         assert drv.unhandled_urcs == []
     finally:
         drv.close()

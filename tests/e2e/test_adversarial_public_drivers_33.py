@@ -362,7 +362,8 @@ def test_sparkworks_ready_window_then_direct_push_http_get(sketch, emulator, str
     """"HTTP" typed 0.5 s after the reboot, between +QUSIM: 1 and +QIND: SMS DONE: AT+QINISTAT
     says 1 (the check passes), then the sketch's direct-push (access mode 1) TCP socket:
     "+QIOPEN: 0,0", the fixed-length send's "> ", the GET printed with no line end, "SEND OK"
-    and the echo pushed as +QIURC: "recv",0,<len> with the data; AT+QICLOSE=0 / AT+QIDEACT=1."""
+    and the echo pushed as +QIURC: "recv",0,<len> with the data and their closing CR LF;
+    AT+QICLOSE=0 / AT+QIDEACT=1."""
     drv, server = sketch
     assert emulator.control("reboot", ms=50) == {"ok": True}
     time.sleep(0.5)
@@ -382,7 +383,8 @@ def test_sparkworks_ready_window_then_direct_push_http_get(sketch, emulator, str
     response, found = drv.send_wait(get, b"+QIURC:", 150000, ln=False)
     assert found
     # ATE1 and AT+QISDE's default 1: the data are echoed in the prompt, then SEND OK and the push
-    assert response == get + b'\r\nSEND OK\r\n\r\n+QIURC: "recv",0,%d\r\n' % len(get) + get
+    # (its readString() runs on past the data: the push's closing CR LF is in the response too)
+    assert response == get + b'\r\nSEND OK\r\n\r\n+QIURC: "recv",0,%d\r\n' % len(get) + get + b"\r\n"
     assert server.wait_connection(0, timeout=5).wait_received(len(get), timeout=5) == get
     assert drv.send_wait(b"AT+QICLOSE=0", b"OK", 10000) == (b"AT+QICLOSE=0\r\r\nOK\r\n", True)
     assert drv.send_wait(b"AT+QIDEACT=1", b"OK", 10000) == (b"AT+QIDEACT=1\r\r\nOK\r\n", True)

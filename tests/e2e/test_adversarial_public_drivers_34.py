@@ -1323,10 +1323,6 @@ def _free_udp_port() -> int:
     return port
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: direct-push data after '+QIURC: \"recv\",<id>,<len>"
-                   "[,\"<ip>\",<port>]' CR LF is not followed by CR LF as a real BG96/EC2x sends "
-                   "(FreeRTOS BG96 port: suffixLength 2); the last datagram ends no line and is lost "
-                   "to line-reading hosts")
 def test_aeris_udp_service_push_ends_with_crlf(aeris, emulator):
     """udp_listen(3030, 2 s, returnbytes): AT+QIOPEN=1,1,"UDP SERVICE","127.0.0.1",0,3030,1
     (direct push), AT+QISTATE=1,1 holding "UDP", then wait_urc collects whole LINES (bytes up to
@@ -1338,9 +1334,10 @@ def test_aeris_udp_service_push_ends_with_crlf(aeris, emulator):
     complete only with prefix + data + 2 bytes, and all of them are consumed), this SDK
     (aerismodsdk/modules/quectel.py udp_urcs_to_payloads, "consume the trailing CRLF", written
     for its BG96 "shoulder tap" datagrams) and the EC800E driver of _12.py all rely on it.  The
-    emulator sends none (docs/behaviour.md "URCs ... no CR LF after them"): the second
-    datagram's bytes end no line, wait_urc never hands them over, and the SDK gets one payload
-    (the first only because the second URC's leading CR LF stands in for its trailer)."""
+    emulator writes it too (docs/behaviour.md, "Direct push"): each datagram's bytes end a line,
+    wait_urc hands both over, and the SDK gets both payloads with nothing left in its log.  (Was
+    a strict xfail while the emulator wrote no CR LF after pushed data: the second datagram then
+    ended no line and was lost.)"""
     a, _ = aeris
     import socket
     bound = _free_udp_port()

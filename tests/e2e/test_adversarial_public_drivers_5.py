@@ -601,9 +601,10 @@ def test_qtel_socket_sweep_after_a_host_restart_reads_its_own_extra_ok(driver_pa
 def test_qtel_direct_push_round_trip_takes_exactly_the_pushed_bytes(driver_path, tcp_echo):
     """QTEL_SockOpenTCPIP() in direct push mode, QTEL_SockSendData() ("AT+QISEND=0,<n>\\r",
     CR only, '>' found by read(1) / unread / readline), then the echo pushed as
-    '+QIURC: "recv",0,<n>' CR LF and the bytes.  forwardToBuffer() copies every byte already
-    received, so the driver gets the payload exactly only because the module puts nothing
-    after the pushed bytes (the TCP/IP manuals' push format; docs/behaviour.md)."""
+    '+QIURC: "recv",0,<n>' CR LF, the bytes, then the CR LF that ends a push (as real modules
+    write it; docs/behaviour.md, "Direct push").  forwardToBuffer(<n>) copies exactly <n> bytes,
+    so the buffer holds the payload exactly; the closing CR LF is then read by
+    QTEL_CheckAnyResponse() as an empty line, which the URC parser drops (its "\\r\\n" check)."""
     u, q = qtel_start(driver_path)
     try:
         sock = q.sock_open(0, TCP_HOST, TCP_PORT)
@@ -619,8 +620,8 @@ def test_qtel_direct_push_round_trip_takes_exactly_the_pushed_bytes(driver_path,
         wait_for(lambda: u.available(), what="the push")
         q.check_any_response()
         assert bytes(sock.buffer) == payload
-        assert u.take_rx() == b'\r\n+QIURC: "recv",0,%d\r\n' % len(payload) + payload
-        assert u.quiet() == b""                 # nothing after the bytes for the copy to eat
+        assert u.take_rx() == b'\r\n+QIURC: "recv",0,%d\r\n' % len(payload) + payload + b"\r\n"
+        assert u.quiet() == b""                 # the push's CR LF was read as an empty line
         assert q.sock_close(0)
         assert u.take_tx().endswith(b"AT+QICLOSE=0,2\r\n")
         assert u.take_rx() == b"\r\nOK\r\n"

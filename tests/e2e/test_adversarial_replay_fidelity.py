@@ -141,9 +141,9 @@ def test_qiswtmd_switching_one_tcp_socket_through_every_mode_replays(open_modem,
         rs.qisend(host, 0, b"buf1")
         assert host.read_until(b'"recv",0\r\n') == b'\r\n+QIURC: "recv",0\r\n'
         assert host.at("AT+QISWTMD=0,1") == OK
-        assert host.read_until(b"buf1") == b'\r\n+QIURC: "recv",0,4\r\nbuf1'     # pushed at once
+        assert host.read_until(b"buf1\r\n") == b'\r\n+QIURC: "recv",0,4\r\nbuf1\r\n'     # pushed at once
         rs.qisend(host, 0, b"push1")
-        assert host.read_until(b"push1") == b'\r\n+QIURC: "recv",0,5\r\npush1'
+        assert host.read_until(b"push1\r\n") == b'\r\n+QIURC: "recv",0,5\r\npush1\r\n'
         host.write("AT+QISWTMD=0,2\r")
         assert host.read_until(b"CONNECT\r\n") == b"\r\nCONNECT\r\n"
         host.write(b"trans1")
@@ -194,7 +194,7 @@ def test_a_listener_with_two_clients_whose_data_interleave_replays(open_modem, e
         assert len({id1, id2, 1}) == 3
         for cid, client, text in ((id2, c2, b"two says"), (id1, c1, b"one says")):
             client.sendall(text)
-            assert host.read_until(text) == b'\r\n+QIURC: "recv",%d,8\r\n%s' % (cid, text)
+            assert host.read_until(text + b"\r\n") == b'\r\n+QIURC: "recv",%d,8\r\n%s\r\n' % (cid, text)
             rs.qisend(host, cid, b"ack " + text[:3])
             assert client.recv(100) == b"ack " + text[:3]
         c1.shutdown(socket.SHUT_WR)
@@ -323,12 +323,12 @@ def test_a_bytewise_crlf_host_with_echo_replays(open_modem, emulator, pki, tmp_p
         host.read_until(b"> ")
         bytewise(b"\r\nOK\r\n\r\n> ")
         host.read_until(b"SEND OK\r\n")
-        host.read_until(b'+QSSLURC: "recv",1,10\r\n\r\nOK\r\n\r\n> ')
+        host.read_until(b'+QSSLURC: "recv",1,10\r\n\r\nOK\r\n\r\n> \r\n')
         bytewise(b"AT+QSSLSEND=1\r\n")
         host.read_until(b"> ")
         bytewise(b"> \r\nSEND OK\x1a")
         host.read_until(b"\r\nSEND OK\r\n")
-        host.read_until(b'+QSSLURC: "recv",1,11\r\n> \r\nSEND OK')
+        host.read_until(b'+QSSLURC: "recv",1,11\r\n> \r\nSEND OK\r\n')
         bytewise(b"AT+QSSLCLOSE=1\r\n")
         assert host.read_until(b"OK\r\n").endswith(OK)
         rs.flush(emulator)
@@ -367,7 +367,7 @@ def test_servers_that_send_their_last_words_and_close_at_once_replay_in_every_ac
                     assert urcs == b'\r\n+QSSLURC: "recv",1\r\n\r\n+QSSLURC: "closed",1\r\n'
                     assert host.at("AT+QSSLRECV=1,100") == b"\r\n+QSSLRECV: 12\r\nlast words:y\r\n\r\nOK\r\n"
                 else:
-                    assert urcs == b'\r\n+QSSLURC: "recv",2,12\r\nlast words:y\r\n+QSSLURC: "closed",2\r\n'
+                    assert urcs == b'\r\n+QSSLURC: "recv",2,12\r\nlast words:y\r\n\r\n+QSSLURC: "closed",2\r\n'
             assert host.at(f"AT+QSSLCLOSE={sid}") == OK
         rs.flush(emulator)
     assert [r["how"] for r in rs.records(path) if r["kind"] == "peer_closed"] == ["close_notify"] * 3
@@ -391,9 +391,9 @@ def test_control_drops_are_recorded_as_peer_closes_and_replay_without_a_scenario
         assert host.at('AT+QIOPEN=1,2,"TCP","tcp.example",7000,0,1') == OK
         host.read_until(b"+QIOPEN: 2,0\r\n")
         assert host.send_data(1, b"abc") == b"\r\nSEND OK\r\n"
-        assert host.read_until(b"abc") == b'\r\n+QSSLURC: "recv",1,3\r\nabc'
+        assert host.read_until(b"abc\r\n") == b'\r\n+QSSLURC: "recv",1,3\r\nabc\r\n'
         rs.qisend(host, 2, b"defg")
-        assert host.read_until(b"defg") == b'\r\n+QIURC: "recv",2,4\r\ndefg'
+        assert host.read_until(b"defg\r\n") == b'\r\n+QIURC: "recv",2,4\r\ndefg\r\n'
         assert emulator.control("drop", socket=1, how="rst")["ok"]
         assert host.read_until(b'"closed",1\r\n') == b'\r\n+QSSLURC: "closed",1\r\n'
         assert host.send_data(1, b"late") == b"\r\nERROR\r\n"

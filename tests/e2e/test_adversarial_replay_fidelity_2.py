@@ -112,7 +112,7 @@ def test_dtls_with_several_datagrams_each_way_and_the_server_gone_replays(open_m
             server.wait_for_output(b"up %d" % n)
         for n in range(3):
             server.write(b"down %d\n" % n)
-            assert host.read_until(b"down %d\n" % n) == b'\r\n+QSSLURC: "recv",2,7\r\ndown %d\n' % n
+            assert host.read_until(b"down %d\n\r\n" % n) == b'\r\n+QSSLURC: "recv",2,7\r\ndown %d\n\r\n' % n
     finally:
         server.stop()
     assert host.send_data(2, b"anyone?\n") == b"\r\nSEND OK\r\n"        # UDP: the datagram left
@@ -144,9 +144,9 @@ def test_plain_udp_in_push_and_buffer_mode_with_hex_dataformat_replays(open_mode
             assert host.at(f'AT+QIOPEN=1,{cid},"UDP","{name}",{port},0,{mode}') == OK
             assert host.read_until(b"+QIOPEN: %d,0\r\n" % cid) == b"\r\n+QIOPEN: %d,0\r\n" % cid
         rs.qisend(host, 0, b"414243", 3)                                     # "ABC"
-        assert host.read_until(b"more") == b'\r\n+QIURC: "recv",0,6\r\nre:ABC\r\n+QIURC: "recv",0,4\r\nmore'
+        assert host.read_until(b"more\r\n") == b'\r\n+QIURC: "recv",0,6\r\nre:ABC\r\n\r\n+QIURC: "recv",0,4\r\nmore\r\n'
         assert host.at('AT+QISENDEX=0,"2B2B2B0D0A"') == b"\r\nSEND OK\r\n"
-        assert host.read_until(b"more") == b'\r\n+QIURC: "recv",0,8\r\nre:+++\r\n\r\n+QIURC: "recv",0,4\r\nmore'
+        assert host.read_until(b"more\r\n") == b'\r\n+QIURC: "recv",0,8\r\nre:+++\r\n\r\n\r\n+QIURC: "recv",0,4\r\nmore\r\n'
         assert host.at('AT+QISENDEX=1,"00FF0D0A"') == b"\r\nSEND OK\r\n"
         assert host.read_until(b'"recv",1\r\n') == b'\r\n+QIURC: "recv",1\r\n'
         assert host.at("AT+QIRD=1") == b"\r\n+QIRD: 4\r\n00ff0d0a\r\n\r\nOK\r\n"
@@ -208,7 +208,7 @@ def test_a_trace_recorded_under_a_scenario_replays_with_it(open_modem, emulator,
                 assert host.send_data(1, b"hello%d" % i) == b"\r\nSEND FAIL\r\n"
                 continue
             assert host.send_data(1, b"hello%d" % i) == b"\r\nSEND OK\r\n"
-            assert host.read_until(b"hello%d" % i) == b'\r\n+QSSLURC: "recv",1,6\r\nhello%d' % i
+            assert host.read_until(b"hello%d\r\n" % i) == b'\r\n+QSSLURC: "recv",1,6\r\nhello%d\r\n' % i
         assert host.at("AT+QSSLCLOSE=1") == OK
         rs.flush(emulator)
     assert [r["op"] for r in rs.records(path) if r["kind"] == "scenario"] == ["net", "dns_fail", "net", "send_fail"]
@@ -306,7 +306,7 @@ def test_a_host_leaving_mid_command_line_while_a_push_socket_speaks_replays(open
         assert host.at(f'AT+QSSLOPEN=1,1,1,"{HOST}",443,1') == OK
         assert host.read_until(b"+QSSLOPEN: 1,0\r\n") == b"\r\n+QSSLOPEN: 1,0\r\n"
         words.put(b"before")
-        assert host.read_until(b"before") == b'\r\n+QSSLURC: "recv",1,6\r\nbefore'
+        assert host.read_until(b"before\r\n") == b'\r\n+QSSLURC: "recv",1,6\r\nbefore\r\n'
         host.write("AT+QSSLSE")
         emulator.wait_received(port, host.written)
         host.close()
@@ -318,7 +318,7 @@ def test_a_host_leaving_mid_command_line_while_a_push_socket_speaks_replays(open
             emulator.run(port.port.look_for_host)
             assert host2.at("AT") == OK
             words.put(b"after")
-            assert host2.read_until(b"after") == b'\r\n+QSSLURC: "recv",1,5\r\nafter'
+            assert host2.read_until(b"after\r\n") == b'\r\n+QSSLURC: "recv",1,5\r\nafter\r\n'
             words.put(None)
             assert host2.at("AT+QSSLCLOSE=1") == OK
         finally:
@@ -469,7 +469,7 @@ def test_a_trace_recorded_under_a_connect_refuse_scenario_replays_with_it(open_m
             assert host.at('AT+QIOPEN=1,0,"TCP","tcp.example",7000,0,1') == OK
             assert host.read_until(b"+QIOPEN: 0,%d\r\n" % code) == b"\r\n+QIOPEN: 0,%d\r\n" % code
         rs.qisend(host, 0, b"abc")
-        assert host.read_until(b"abc") == b'\r\n+QIURC: "recv",0,3\r\nabc'
+        assert host.read_until(b"abc\r\n") == b'\r\n+QIURC: "recv",0,3\r\nabc\r\n'
         assert host.at("AT+QICLOSE=0") == OK
         rs.flush(emulator)
     assert [r["op"] for r in rs.records(path) if r["kind"] == "scenario"] == ["connect_refuse"]
@@ -564,14 +564,14 @@ def test_a_trace_cut_short_during_a_ping_run_replays_what_it_has(open_modem, emu
         assert host.at(f'AT+QIDNSGIP=1,"{HOST}"') == OK
         host.read_until(re.compile(rb'"dnsgip","[\d.]+"\r\n'))
         assert host.send_data(1, b"one") == b"\r\nSEND OK\r\n"
-        assert host.read_until(b"one") == b'\r\n+QSSLURC: "recv",1,3\r\none'
+        assert host.read_until(b"one\r\n") == b'\r\n+QSSLURC: "recv",1,3\r\none\r\n'
         assert host.at('AT+QPING=1,"pinged.example",2,2') == OK
         assert host.read_until(b"+QPING: 0,2,2,0,30,30,30\r\n").count(b'"106.12.79.254",32,30,255') == 2
         assert host.at('AT+QNTP=1,"ntp.example"') == OK
         assert re.search(rb'\+QNTP: 0,"2021/03/04,13:06:0\d\+32"\r\n$', host.read_until(re.compile(rb'QNTP: .*\r\n')))
         assert host.at("AT+CCLK?").endswith(OK)
         assert host.send_data(1, b"two") == b"\r\nSEND OK\r\n"
-        assert host.read_until(b"two") == b'\r\n+QSSLURC: "recv",1,3\r\ntwo'
+        assert host.read_until(b"two\r\n") == b'\r\n+QSSLURC: "recv",1,3\r\ntwo\r\n'
         assert host.at("AT+QSSLCLOSE=1") == OK
         rs.flush(emulator)
     code, out = rs.replay(capsys, path, "--ignore", CCLK)

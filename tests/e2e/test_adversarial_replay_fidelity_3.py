@@ -112,7 +112,7 @@ def test_an_open_that_times_out_then_a_retry_that_works_replays(open_modem, emul
         assert host.at(f'AT+QSSLOPEN=1,1,1,"{HOST}",443,1') == OK
         assert host.read_until(b"+QSSLOPEN: 1,0\r\n") == b"\r\n+QSSLOPEN: 1,0\r\n"
         assert host.send_data(1, b"hello") == b"\r\nSEND OK\r\n"
-        assert host.read_until(b"hello") == b'\r\n+QSSLURC: "recv",1,5\r\nhello'
+        assert host.read_until(b"hello\r\n") == b'\r\n+QSSLURC: "recv",1,5\r\nhello\r\n'
         assert host.at("AT+QSSLCLOSE=1") == OK
         rs.flush(emulator)
     finally:
@@ -180,14 +180,14 @@ def test_file_handles_inside_a_push_mode_ssl_session_replay(open_modem, emulator
         host.write(f"AT+QFWRITE={handle},10\r")
         assert host.read_until(b"CONNECT\r\n") == b"\r\nCONNECT\r\n"
         host.write(b"0123456789")
-        assert host.read_until(b"during-write") == \
-            b'\r\n+QFWRITE: 10,10\r\n\r\nOK\r\n\r\n+QSSLURC: "recv",1,12\r\nduring-write'
+        assert host.read_until(b"during-write\r\n") == \
+            b'\r\n+QFWRITE: 10,10\r\n\r\nOK\r\n\r\n+QSSLURC: "recv",1,12\r\nduring-write\r\n'
         assert host.at(f"AT+QFSEEK={handle},2") == OK
         assert host.at(f"AT+QFREAD={handle},4") == b"\r\nCONNECT 4\r\n2345\r\nOK\r\n"
         assert host.at(f"AT+QFPOSITION={handle}").startswith(b"\r\n+QFPOSITION: 6")
         assert host.send_data(1, b"after") == b"\r\nSEND OK\r\n"
         assert host.at(f"AT+QFCLOSE={handle}") == OK
-        assert host.read_until(b"after") == b'\r\n+QSSLURC: "recv",1,5\r\nafter'
+        assert host.read_until(b"after\r\n") == b'\r\n+QSSLURC: "recv",1,5\r\nafter\r\n'
         host.write('AT+QFDWL="log.txt"\r')
         assert host.read_until(re.compile(rb"\+QFDWL: .*\r\n")).startswith(b"\r\nCONNECT\r\n0123456789\r\n+QFDWL: 10,")
         assert host.at("AT+QSSLCLOSE=1") == OK
@@ -251,7 +251,7 @@ def test_two_modems_talking_to_the_same_server_name_each_replay(open_modem, emul
         for n in range(3):
             assert b.send_data(1, b"b%d" % n) == b"\r\nSEND OK\r\n"
             assert a.send_data(1, b"aa%d" % n) == b"\r\nSEND OK\r\n"
-            assert a.read_until(b"aa%d" % n) == b'\r\n+QSSLURC: "recv",1,3\r\naa%d' % n
+            assert a.read_until(b"aa%d\r\n" % n) == b'\r\n+QSSLURC: "recv",1,3\r\naa%d\r\n' % n
             assert b.read_until(b'"recv",1\r\n') == b'\r\n+QSSLURC: "recv",1\r\n'
             assert b.at("AT+QSSLRECV=1,100") == b"\r\n+QSSLRECV: 2\r\nb%d\r\n\r\nOK\r\n" % n
         assert b.at("AT+QSSLCLOSE=1") == OK
@@ -279,7 +279,7 @@ def test_a_long_trace_replays(open_modem, emulator, pki, tmp_path, capsys):
         assert host.read_until(b"+QSSLOPEN: 1,0\r\n") == b"\r\n+QSSLOPEN: 1,0\r\n"
         for n in range(400):
             assert host.send_data(1, b"m%04d" % n) == b"\r\nSEND OK\r\n"
-            assert host.read_until(b"m%04d" % n) == b'\r\n+QSSLURC: "recv",1,5\r\nm%04d' % n
+            assert host.read_until(b"m%04d\r\n" % n) == b'\r\n+QSSLURC: "recv",1,5\r\nm%04d\r\n' % n
         assert host.at("AT+QSSLCLOSE=1") == OK
         rs.flush(emulator)
     assert len(rs.records(path)) > 3000
@@ -329,7 +329,7 @@ def test_a_server_that_speaks_first_replays(open_modem, emulator, pki, tmp_path,
         assert host.read_until(b'"recv",1\r\n') == b'\r\n+QSSLOPEN: 1,0\r\n\r\n+QSSLURC: "recv",1\r\n'
         assert host.at("AT+QSSLRECV=1,100") == b"\r\n+QSSLRECV: 11\r\n220 hello\r\n\r\n\r\nOK\r\n"
         assert host.at(f'AT+QSSLOPEN=1,1,2,"{HOST}",443,1') == OK
-        assert host.read_until(b"hello\r\n") == b'\r\n+QSSLOPEN: 2,0\r\n\r\n+QSSLURC: "recv",2,11\r\n220 hello\r\n'
+        assert host.read_until(b"hello\r\n\r\n") == b'\r\n+QSSLOPEN: 2,0\r\n\r\n+QSSLURC: "recv",2,11\r\n220 hello\r\n\r\n'
         assert host.at("AT+QSSLCLOSE=1;+QSSLCLOSE=2") == OK
         rs.flush(emulator)
     rs.replays(capsys, path)
@@ -361,7 +361,7 @@ def test_an_open_abandoned_during_its_handshake_then_a_reopen_replays(open_modem
         assert answer.startswith(b'\r\n+QSSLSTATE: 1,"SSLClient","www.iottest.work",443,') and answer.endswith(OK)
         assert host.read_until(b"+QSSLOPEN: 1,0\r\n") == b"\r\n+QSSLOPEN: 1,0\r\n"
         assert host.send_data(1, b"two") == b"\r\nSEND OK\r\n"
-        assert host.read_until(b"two") == b'\r\n+QSSLURC: "recv",1,3\r\ntwo'
+        assert host.read_until(b"two\r\n") == b'\r\n+QSSLURC: "recv",1,3\r\ntwo\r\n'
         assert host.at("AT+QSSLCLOSE=1") == OK
         rs.flush(emulator)
     finally:

@@ -166,7 +166,7 @@ def test_a_slow_connect_to_a_server_that_speaks_first_beside_an_ssl_socket_repla
         assert host.at("AT+QIRD=0,100") == b"\r\n+QIRD: 11\r\n220 hello\r\n\r\n\r\nOK\r\n"
         _slow(emulator, 0)
         assert host.send_data(2, b"tls") == b"\r\nSEND OK\r\n"
-        assert host.read_until(b"tls") == b'\r\n+QSSLURC: "recv",2,3\r\ntls'
+        assert host.read_until(b"tls\r\n") == b'\r\n+QSSLURC: "recv",2,3\r\ntls\r\n'
         rs.qisend(host, 0, b"abc")
         assert host.read_until(b'"recv",0\r\n') == b'\r\n+QIURC: "recv",0\r\n'
         assert host.at("AT+QIRD=0,100") == b"\r\n+QIRD: 3\r\nABC\r\n\r\nOK\r\n"
@@ -254,7 +254,7 @@ def _refused_then_retried(open_modem, emulator, path, poll: bool) -> None:
         assert _advance_until(host, advance, b"+QIOPEN: 0,0\r\n") == b"\r\n+QIOPEN: 0,0\r\n"
         _slow(emulator, 0)
         rs.qisend(host, 0, b"again")
-        assert host.read_until(b"again") == b'\r\n+QIURC: "recv",0,5\r\nagain'
+        assert host.read_until(b"again\r\n") == b'\r\n+QIURC: "recv",0,5\r\nagain\r\n'
         assert host.at("AT+QICLOSE=0") == OK
         rs.flush(emulator)
         emulator.stop()
@@ -290,10 +290,10 @@ def test_two_tcp_sockets_to_one_server_connecting_in_the_other_order_replay(
         assert host.read_until(b"+QIOPEN: 1,0\r\n") == b"\r\n+QIOPEN: 1,0\r\n"
         assert _state(host, 3) == 1
         rs.qisend(host, 1, b"one")
-        assert host.read_until(b"you said one") == b'\r\n+QIURC: "recv",1,12\r\nyou said one'
+        assert host.read_until(b"you said one\r\n") == b'\r\n+QIURC: "recv",1,12\r\nyou said one\r\n'
         assert _advance_until(host, advance, b"+QIOPEN: 3,0\r\n") == b"\r\n+QIOPEN: 3,0\r\n"
         rs.qisend(host, 3, b"three")
-        assert host.read_until(b"you said three") == b'\r\n+QIURC: "recv",3,14\r\nyou said three'
+        assert host.read_until(b"you said three\r\n") == b'\r\n+QIURC: "recv",3,14\r\nyou said three\r\n'
         assert host.at("AT+QICLOSE=1;+QICLOSE=3") == OK
         rs.flush(emulator)
         emulator.stop()
@@ -317,8 +317,8 @@ def test_a_connect_that_completes_while_the_host_is_at_a_prompt_replays(open_mod
         advance(1.5)
         for byte in b"hello":
             host.write(bytes([byte]))
-        assert host.read_until(b"hello") == \
-            b'\r\nSEND OK\r\n\r\n+QIOPEN: 1,0\r\n\r\n+QIURC: "recv",0,5\r\nhello'
+        assert host.read_until(b"hello\r\n") == \
+            b'\r\nSEND OK\r\n\r\n+QIOPEN: 1,0\r\n\r\n+QIURC: "recv",0,5\r\nhello\r\n'
         rs.qisend(host, 1, b"buffered")
         assert host.read_until(b'"recv",1\r\n') == b'\r\n+QIURC: "recv",1\r\n'
         assert host.at("AT+QIRD=1,100") == b"\r\n+QIRD: 8\r\nbuffered\r\n\r\nOK\r\n"
@@ -378,7 +378,7 @@ def test_a_connect_that_completes_while_nobody_holds_the_port_replays(open_modem
         try:
             assert _state(host, 0) == 2
             rs.qisend(host, 0, b"back")
-            assert host.read_until(b"back") == b'\r\n+QIURC: "recv",0,4\r\nback'
+            assert host.read_until(b"back\r\n") == b'\r\n+QIURC: "recv",0,4\r\nback\r\n'
             assert host.at("AT+QICLOSE=0") == OK
             rs.flush(emulator)
             emulator.stop()
@@ -426,7 +426,7 @@ def test_push_mode_banner_and_fin_with_a_slow_connect_replay(open_modem, emulato
         _tcp_open(host, 0, 1)
         assert _state(host, 0) == 1
         assert _advance_until(host, advance, b'"closed",0\r\n') == (
-            b'\r\n+QIOPEN: 0,0\r\n\r\n+QIURC: "recv",0,10\r\nBANNER+FIN\r\n+QIURC: "closed",0\r\n')
+            b'\r\n+QIOPEN: 0,0\r\n\r\n+QIURC: "recv",0,10\r\nBANNER+FIN\r\n\r\n+QIURC: "closed",0\r\n')
         assert host.at("AT+QICLOSE=0") == OK
         rs.flush(emulator)
         emulator.stop()
@@ -453,9 +453,9 @@ def test_commands_on_a_socket_still_opening_replay(open_modem, emulator, tmp_pat
         assert _advance_until(host, advance, b'"recv",0\r\n') == b'\r\n+QIOPEN: 0,0\r\n\r\n+QIURC: "recv",0\r\n'
         _slow(emulator, 0)
         assert host.at("AT+QISWTMD=0,1") == OK
-        assert host.read_until(b"hi there") == b'\r\n+QIURC: "recv",0,8\r\nhi there'
+        assert host.read_until(b"hi there\r\n") == b'\r\n+QIURC: "recv",0,8\r\nhi there\r\n'
         rs.qisend(host, 0, b"bye")
-        assert host.read_until(b"bye") == b'\r\n+QIURC: "recv",0,3\r\nbye'
+        assert host.read_until(b"bye\r\n") == b'\r\n+QIURC: "recv",0,3\r\nbye\r\n'
         assert host.at("AT+QICLOSE=0") == OK
         rs.flush(emulator)
         emulator.stop()
@@ -502,11 +502,11 @@ def test_ssl_listener_slow_tcp_udp_qisde_and_hex_dataformat_in_one_session_repla
             assert host.read_until(b'"recv",0\r\n') == b'\r\n+QIURC: "recv",0\r\n'
             assert host.at("AT+QIRD=0,100") == b"\r\n+QIRD: 3\r\n414243\r\n\r\nOK\r\n"
             assert host.at('AT+QISENDEX=2,"7564700D0A"') == b"\r\nSEND OK\r\n"
-            assert host.read_until(b"udp\r\n") == b'\r\n+QIURC: "recv",2,5\r\nudp\r\n'
+            assert host.read_until(b"udp\r\n\r\n") == b'\r\n+QIURC: "recv",2,5\r\nudp\r\n\r\n'
             client.sendall(b"from client")
             assert host.read_until(b'"recv",3\r\n') == b'\r\n+QIURC: "recv",3\r\n'
             assert host.send_data(5, b"tls") == b"\r\nSEND OK\r\n"
-            assert host.read_until(b"tls") == b'\r\n+QSSLURC: "recv",5,3\r\ntls'
+            assert host.read_until(b"tls\r\n") == b'\r\n+QSSLURC: "recv",5,3\r\ntls\r\n'
             assert host.at('AT+QICFG="dataformat",0,0') == OK
             assert host.at("AT+QIRD=3,4") == b"\r\n+QIRD: 4\r\nfrom\r\n\r\nOK\r\n"
             assert host.at("AT+QIRD=3,0") == b"\r\n+QIRD: 11,4,7\r\n\r\nOK\r\n"
@@ -538,14 +538,14 @@ def test_a_listeners_client_speaking_during_a_slow_connect_replays(open_modem, e
         try:
             client.sendall(b"early words")
             host.read_until(re.compile(rb'\+QIURC: "incoming",2,1,"127\.0\.0\.1",\d+\r\n'))
-            assert _advance_until(host, advance, b"early words", step=0.25) == \
-                b'\r\n+QIURC: "recv",2,11\r\nearly words'
+            assert _advance_until(host, advance, b"early words\r\n", step=0.25) == \
+                b'\r\n+QIURC: "recv",2,11\r\nearly words\r\n'
             assert _advance_until(host, advance, b"+QIOPEN: 0,0\r\n", step=0.25) == b"\r\n+QIOPEN: 0,0\r\n"
             _slow(emulator, 0)
             rs.qisend(host, 2, b"to client")
             assert client.recv(100) == b"to client"
             rs.qisend(host, 0, b"to server")
-            assert host.read_until(b"to server") == b'\r\n+QIURC: "recv",0,9\r\nto server'
+            assert host.read_until(b"to server\r\n") == b'\r\n+QIURC: "recv",0,9\r\nto server\r\n'
         finally:
             client.close()
         assert host.read_until(b'"closed",2\r\n') == b'\r\n+QIURC: "closed",2\r\n'
@@ -579,7 +579,7 @@ def test_dns_ping_and_ntp_during_a_slow_connect_replay(open_modem, emulator, tmp
         assert host.at('AT+QNTP=1,"ntp.example"') == OK
         assert re.search(rb'\+QNTP: 0,"2021/03/04,', host.read_until(re.compile(rb'QNTP: .*\r\n')))
         rs.qisend(host, 0, b"after")
-        assert host.read_until(b"after") == b'\r\n+QIURC: "recv",0,5\r\nafter'
+        assert host.read_until(b"after\r\n") == b'\r\n+QIURC: "recv",0,5\r\nafter\r\n'
         assert host.at("AT+QICLOSE=0") == OK
         rs.flush(emulator)
         emulator.stop()
@@ -605,7 +605,7 @@ def test_qgdcnt_after_a_tcp_exchange_replays(open_modem, emulator, tmp_path, cap
         _tcp_open(host, 0, 1)
         assert host.read_until(b"+QIOPEN: 0,0\r\n") == b"\r\n+QIOPEN: 0,0\r\n"
         rs.qisend(host, 0, b"hello")
-        assert host.read_until(b"hello") == b'\r\n+QIURC: "recv",0,5\r\nhello'
+        assert host.read_until(b"hello\r\n") == b'\r\n+QIURC: "recv",0,5\r\nhello\r\n'
         assert host.at("AT+QGDCNT?") == b"\r\n+QGDCNT: 5,5\r\n\r\nOK\r\n"
         assert host.at("AT+QICLOSE=0") == OK
         rs.flush(emulator)
@@ -626,7 +626,7 @@ def _closed_while_connecting(open_modem, emulator, path, reopen: bool) -> None:
             _tcp_open(host, 1, 1)
             assert host.read_until(b"+QIOPEN: 1,0\r\n") == b"\r\n+QIOPEN: 1,0\r\n"
             rs.qisend(host, 1, b"hello")
-            assert host.read_until(b"hello") == b'\r\n+QIURC: "recv",1,5\r\nhello'
+            assert host.read_until(b"hello\r\n") == b'\r\n+QIURC: "recv",1,5\r\nhello\r\n'
             assert host.at("AT+QICLOSE=1") == OK
         rs.flush(emulator)
         emulator.stop()
@@ -700,7 +700,7 @@ def test_an_unresolved_name_polled_over_a_slow_network_replays(open_modem, emula
         assert _advance_until(host, advance, b"+QIOPEN: 0,0\r\n") == b"\r\n+QIOPEN: 0,0\r\n"
         _slow(emulator, 0)
         rs.qisend(host, 0, b"back")
-        assert host.read_until(b"back") == b'\r\n+QIURC: "recv",0,4\r\nback'
+        assert host.read_until(b"back\r\n") == b'\r\n+QIURC: "recv",0,4\r\nback\r\n'
         assert host.at("AT+QICLOSE=0") == OK
         rs.flush(emulator)
         emulator.stop()
@@ -753,7 +753,7 @@ def test_a_connect_slower_than_ten_seconds_polled_by_the_host_replays(open_modem
         _slow(emulator, 0)
         assert _state(host, 0) == 2
         rs.qisend(host, 0, b"late")
-        assert host.read_until(b"late") == b'\r\n+QIURC: "recv",0,4\r\nlate'
+        assert host.read_until(b"late\r\n") == b'\r\n+QIURC: "recv",0,4\r\nlate\r\n'
         assert host.at("AT+QICLOSE=0") == OK
         rs.flush(emulator)
         emulator.stop()
@@ -796,9 +796,9 @@ def test_connects_completing_while_the_host_is_at_a_prompt_replay_in_the_recorde
         assert host.read_until(b"> ") == b"\r\n> "
         advance(4.0)
         host.write(b"hello")
-        assert host.read_until(b"hello") == (b"\r\nSEND OK\r\n"
+        assert host.read_until(b"hello\r\n") == (b"\r\nSEND OK\r\n"
                                              + b"".join(b"\r\n+QIOPEN: %d,0\r\n" % cid for cid in range(8, 0, -1))
-                                             + b'\r\n+QIURC: "recv",0,5\r\nhello')
+                                             + b'\r\n+QIURC: "recv",0,5\r\nhello\r\n')
         assert host.at("AT+QICLOSE=0;" + ";".join(f"+QICLOSE={cid}" for cid in range(1, 9))) == OK
         rs.flush(emulator)
         emulator.stop()
@@ -836,7 +836,7 @@ def test_a_slow_connect_ended_by_the_contexts_deactivation_replays(open_modem, e
         _tcp_open(host, 1, 1)
         assert host.read_until(b"+QIOPEN: 1,0\r\n") == b"\r\n+QIOPEN: 1,0\r\n"
         rs.qisend(host, 1, b"again")
-        assert host.read_until(b"again") == b'\r\n+QIURC: "recv",1,5\r\nagain'
+        assert host.read_until(b"again\r\n") == b'\r\n+QIURC: "recv",1,5\r\nagain\r\n'
         assert host.at("AT+QICLOSE=1") == OK
         rs.flush(emulator)
         emulator.stop()

@@ -184,7 +184,7 @@ def test_client_closes_before_the_host_reads(modem, emulator):
     with socket.create_connection(("127.0.0.1", lport2)) as c:
         c.sendall(b"bye")
     host.seen(b'+QIURC: "incoming",1,2,')
-    host.seen(b'+QIURC: "recv",1,3\r\nbye')
+    host.seen(b'+QIURC: "recv",1,3\r\nbye\r\n')
     host.seen(b'+QIURC: "closed",1\r\n')
     for i in (1, 0, 2):
         assert host.at(f"AT+QICLOSE={i}").endswith(b"\r\nOK\r\n")
@@ -294,9 +294,10 @@ def test_ten_megabytes_while_the_host_never_reads(modem, emulator, mode):
             while len(got) < len(data):
                 assert time.monotonic() < deadline
                 m = push.match(buf)
-                if m and len(buf) >= m.end() + int(m.group(1)):
+                if m and len(buf) >= m.end() + int(m.group(1)) + 2:
                     got += buf[m.end():m.end() + int(m.group(1))]
-                    del buf[:m.end() + int(m.group(1))]
+                    assert buf[m.end() + int(m.group(1)):m.end() + int(m.group(1)) + 2] == b"\r\n"   # the push's end
+                    del buf[:m.end() + int(m.group(1)) + 2]
                     continue
                 assert m or len(buf) < 30, bytes(buf[:100])
                 host._fill()
@@ -397,9 +398,10 @@ def test_server_that_speaks_first_loses_nothing(modem, emulator, mode):
                 while len(got) < len(banner):
                     assert time.monotonic() < deadline, len(got)
                     m = push.match(buf)
-                    if m and len(buf) >= m.end() + int(m.group(1)):
+                    if m and len(buf) >= m.end() + int(m.group(1)) + 2:
                         got += buf[m.end():m.end() + int(m.group(1))]
-                        del buf[:m.end() + int(m.group(1))]
+                        assert buf[m.end() + int(m.group(1)):m.end() + int(m.group(1)) + 2] == b"\r\n"   # the push's end
+                        del buf[:m.end() + int(m.group(1)) + 2]
                         continue
                     host._fill()
             assert hashlib.sha256(got).digest() == hashlib.sha256(banner).digest()
@@ -478,9 +480,10 @@ def test_qiswtmd_with_data_waiting(modem, emulator, path):
                 elif mode == 1:
                     buf = host.pending
                     m = re.compile(rb'(?:\r\n)?\+QIURC: "recv",0,(\d+)\r\n').match(buf)
-                    if m and len(buf) >= m.end() + int(m.group(1)):
+                    if m and len(buf) >= m.end() + int(m.group(1)) + 2:
                         got.extend(buf[m.end():m.end() + int(m.group(1))])
-                        del buf[:m.end() + int(m.group(1))]
+                        assert buf[m.end() + int(m.group(1)):m.end() + int(m.group(1)) + 2] == b"\r\n"   # the push's end
+                        del buf[:m.end() + int(m.group(1)) + 2]
                         continue
                     host._fill()
                 else:
@@ -704,10 +707,11 @@ def test_udp_datagram_edges(modem, emulator):
         while len(got) < len(want):
             assert time.monotonic() < deadline, len(got)
             m = push.match(buf)
-            if m and len(buf) >= m.end() + int(m.group(1)):
+            if m and len(buf) >= m.end() + int(m.group(1)) + 2:
                 sizes.append(int(m.group(1)))
                 got += buf[m.end():m.end() + int(m.group(1))]
-                del buf[:m.end() + int(m.group(1))]
+                assert buf[m.end() + int(m.group(1)):m.end() + int(m.group(1)) + 2] == b"\r\n"   # the push's end
+                del buf[:m.end() + int(m.group(1)) + 2]
                 continue
             assert m or len(buf) < 30, bytes(buf[:60])
             host._fill()
@@ -888,9 +892,10 @@ def test_sends_and_reads_during_a_flood(modem, emulator, mode):
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 m = push.match(buf)
-                if m and len(buf) >= m.end() + int(m.group(1)):
+                if m and len(buf) >= m.end() + int(m.group(1)) + 2:
                     received.extend(buf[m.end():m.end() + int(m.group(1))])
-                    del buf[:m.end() + int(m.group(1))]
+                    assert buf[m.end() + int(m.group(1)):m.end() + int(m.group(1)) + 2] == b"\r\n"   # the push's end
+                    del buf[:m.end() + int(m.group(1)) + 2]
                 elif buf.startswith(recv_urc):
                     del buf[:len(recv_urc)]
                 elif buf and bytes(buf[:len(urc_head)]) == urc_head[:len(buf)]:

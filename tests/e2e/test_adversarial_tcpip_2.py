@@ -181,9 +181,9 @@ def test_udp_service_long_and_empty_datagrams_buffer_then_push(modem):
     a.sendto(big, ("127.0.0.1", lport))
     b.sendto(b"", ("127.0.0.1", lport))
     b.sendto(b"q", ("127.0.0.1", lport))
-    want = (f'\r\n+QIURC: "recv",3,1500,"127.0.0.1",{pa}\r\n'.encode() + big[:1500]
-            + f'\r\n+QIURC: "recv",3,500,"127.0.0.1",{pa}\r\n'.encode() + big[1500:]
-            + f'\r\n+QIURC: "recv",3,1,"127.0.0.1",{pb}\r\n'.encode() + b"q")
+    want = (f'\r\n+QIURC: "recv",3,1500,"127.0.0.1",{pa}\r\n'.encode() + big[:1500] + b"\r\n"
+            + f'\r\n+QIURC: "recv",3,500,"127.0.0.1",{pa}\r\n'.encode() + big[1500:] + b"\r\n"
+            + f'\r\n+QIURC: "recv",3,1,"127.0.0.1",{pb}\r\n'.encode() + b"q\r\n")
     assert host.read_exactly(len(want)) == want
     assert host.quiet_for(0.2) == b""
     assert host.at("AT+QIRD=3,0") == b"\r\n+QIRD: 4004,4004,0\r\n\r\nOK\r\n"    # works in push mode
@@ -269,7 +269,7 @@ def test_a_listener_closed_with_clients_connected(modem):
         f'+QISTATE: 2,"TCP INCOMING","127.0.0.1",{b.getsockname()[1]},{lport},2,1,0,1,"usbmodem"\r\n'
         "\r\nOK\r\n").encode()
     a.sendall(b"hello")
-    host.seen(b'+QIURC: "recv",1,5\r\nhello')
+    host.seen(b'+QIURC: "recv",1,5\r\nhello\r\n')
     assert qisend(host, 2, b"to-b") == b"\r\nSEND OK\r\n"
     b.settimeout(5)
     assert b.recv(10) == b"to-b"
@@ -347,14 +347,14 @@ def test_qisde_echo_of_variable_length_data_and_cancel_and_reboot(open_modem, tc
     assert host.read_until(b"> ") == b"AT+QISEND=0\r\r\n> "
     host.write(b"ab\x08c\x1a")
     assert host.read_until(RESULT) == b"ab\x08c\r\nSEND OK\r\n"
-    assert host.read_until(b'+QIURC: "recv",0,4\r\nab\x08c') == b'\r\n+QIURC: "recv",0,4\r\nab\x08c'
+    assert host.read_until(b'+QIURC: "recv",0,4\r\nab\x08c\r\n') == b'\r\n+QIURC: "recv",0,4\r\nab\x08c\r\n'
     host.write(b"AT+QISEND=0\r")
     assert host.read_until(b"> ") == b"AT+QISEND=0\r\r\n> "
     host.write(b"xy\x1b")
     assert host.read_until(RESULT) == b"xy\r\nERROR\r\n"
     assert host.at("AT+QIGETERROR") == b"AT+QIGETERROR\r\r\n+QIGETERROR: 571,cancel send\r\n\r\nOK\r\n"
     assert host.at('AT+QISENDEX=0,"4142"') == b'AT+QISENDEX=0,"4142"\r\r\nSEND OK\r\n'
-    assert host.read_until(b'+QIURC: "recv",0,2\r\nAB') == b'\r\n+QIURC: "recv",0,2\r\nAB'
+    assert host.read_until(b'+QIURC: "recv",0,2\r\nAB\r\n') == b'\r\n+QIURC: "recv",0,2\r\nAB\r\n'
     assert host.at("AT+QISDE=0") == b"AT+QISDE=0\r\r\nOK\r\n"
     assert host.at("AT+CFUN=1,1") == b"AT+CFUN=1,1\r\r\nOK\r\n"
     host.read_until(b"+QIND: SMS DONE\r\n")

@@ -195,8 +195,9 @@ def test_udp_push_one_urc_per_datagram_in_a_burst(modem, emulator):
         grams = [os.urandom(n) for n in sizes]
         for g in grams:
             server.sock.sendto(g, me)
-        want = b"".join(b'\r\n+QIURC: "recv",2,%d\r\n' % len(g) + g for g in grams[:-1])
-        want += b'\r\n+QIURC: "recv",2,1500\r\n' + grams[-1][:1500] + b'\r\n+QIURC: "recv",2,1\r\n' + grams[-1][1500:]
+        want = b"".join(b'\r\n+QIURC: "recv",2,%d\r\n' % len(g) + g + b"\r\n" for g in grams[:-1])
+        want += (b'\r\n+QIURC: "recv",2,1500\r\n' + grams[-1][:1500] + b"\r\n"
+                 + b'\r\n+QIURC: "recv",2,1\r\n' + grams[-1][1500:] + b"\r\n")
         got = host.read_exactly(len(want), timeout=15)
         assert re.findall(rb'\+QIURC: "recv",2,(\d+)\r\n', got)[:5] == re.findall(
             rb'\+QIURC: "recv",2,(\d+)\r\n', want)[:5]

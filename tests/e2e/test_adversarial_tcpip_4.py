@@ -330,16 +330,18 @@ RECV = b'\r\n+QIURC: "recv",0\r\n'
 
 def take_until(host: Host, end: re.Pattern, data: bytearray, timeout: float = 20) -> bytes:
     """Consume the port's output up to `end` (an answer), taking push URCs' data into `data`
-    and dropping buffer-mode "recv" URCs on the way; returns the answer."""
+    (each push's data end with CR LF) and dropping buffer-mode "recv" URCs on the way; returns
+    the answer."""
     deadline = time.monotonic() + timeout
     while True:
         p = bytes(host.pending)
         m = PUSH.match(p)
         if m:
             n = int(m.group(1))
-            if len(p) >= m.end() + n:
+            if len(p) >= m.end() + n + 2:
+                assert p[m.end() + n:m.end() + n + 2] == b"\r\n", p[:m.end() + n + 2][-200:]
                 data += p[m.end():m.end() + n]
-                del host.pending[:m.end() + n]
+                del host.pending[:m.end() + n + 2]
                 continue
         elif p.startswith(RECV):
             del host.pending[:len(RECV)]
@@ -625,7 +627,7 @@ def test_udp_service_send_with_address_byte_by_byte_crlf_data_starting_with_lf(m
                 assert head.endswith(f'+QIURC: "recv",4,{len(body)},"127.0.0.1",{p.getsockname()[1]}\r\n'
                                      .encode()), head
                 assert head.startswith(b'\r\n+QIURC: "recv"'), head        # nothing before it
-                assert host.read_exactly(len(body)) == body
+                assert host.read_exactly(len(body) + 2) == body + b"\r\n"
         crlf_bytewise(host, "AT+QICLOSE=4")
         assert host.read_until(FINAL) == OK
     finally:
@@ -777,7 +779,7 @@ def test_udp_client_switched_online_with_datagrams_waiting_and_one_byte_packets(
         time.sleep(0.3)
         assert host.quiet_for(0.2) == b""                             # no URC while escaped
         assert host.at("AT+QISWTMD=6,1") == b'\r\nOK\r\n'
-        assert host.read_until(b"waits") == b'\r\n+QIURC: "recv",6,5\r\nwaits'
+        assert host.read_until(b"waits\r\n") == b'\r\n+QIURC: "recv",6,5\r\nwaits\r\n'
         assert host.at("AT+QISWTMD=6,1") == OK                        # again: nothing pushed twice
         assert host.quiet_for(0.3) == b""
         assert host.at("AT+QICLOSE=6") == OK
@@ -885,11 +887,11 @@ def test_incoming_and_its_pushed_data_while_online_come_after_the_escape_in_orde
         assert conn.wait_received(5) == b"typed"
         assert escape(host, advance) == OK
         want = (f'\r\n+QIURC: "incoming",2,1,"127.0.0.1",{client.getsockname()[1]}\r\n'
-                '\r\n+QIURC: "recv",2,5\r\ndata1').encode()
+                '\r\n+QIURC: "recv",2,5\r\ndata1\r\n').encode()
         assert host.read_exactly(len(want)) == want
         assert host.quiet_for(0.3) == b""
         client.sendall(b"data2")                                    # in command mode: at once
-        push2 = b'\r\n+QIURC: "recv",2,5\r\ndata2'
+        push2 = b'\r\n+QIURC: "recv",2,5\r\ndata2\r\n'
         assert host.read_exactly(len(push2)) == push2
         assert host.at("AT+QISWTMD=2,2") == b"\r\nCONNECT\r\n"       # the incoming goes online
         client.sendall(b"raw")
@@ -921,15 +923,17 @@ URECV = b'\r\n+QIURC: "recv",7\r\n'
 
 
 def take_datagrams(host: Host, end: re.Pattern, got: list, timeout: float = 30) -> bytes:
-    """take_until for UDP SERVICE 7: each push URC's data with its sender into `got`."""
+    """take_until for UDP SERVICE 7: each push URC's data (then their CR LF) with its sender
+    into `got`."""
     deadline = time.monotonic() + timeout
     while True:
         p = bytes(host.pending)
         m = UPUSH.match(p)
-        if m and len(p) >= m.end() + int(m.group(1)):
+        if m and len(p) >= m.end() + int(m.group(1)) + 2:
             n = int(m.group(1))
+            assert p[m.end() + n:m.end() + n + 2] == b"\r\n", p[:m.end() + n + 2][-200:]
             got.append((int(m.group(2)), p[m.end():m.end() + n]))
-            del host.pending[:m.end() + n]
+            del host.pending[:m.end() + n + 2]
             continue
         if p.startswith(URECV):
             del host.pending[:len(URECV)]
@@ -1047,7 +1051,7 @@ def test_two_listeners_fill_the_pool_each_incoming_names_its_listener(modem):
             if listener == 0:
                 head = host.read_until(re.compile(rb'\+QIURC: "recv",%d,%d\r\n' % (cid, len(body))))
                 assert head.endswith(b'\r\n+QIURC: "recv",%d,%d\r\n' % (cid, len(body)))
-                assert host.read_exactly(len(body)) == body
+                assert host.read_exactly(len(body) + 2) == body + b"\r\n"
             else:
                 host.seen(b'+QIURC: "recv",%d\r\n' % cid)
                 assert qird(host, cid) == (b"\r\n+QIRD: %d\r\n" % len(body), body)

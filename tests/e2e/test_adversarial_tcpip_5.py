@@ -226,11 +226,11 @@ def test_udp_service_part_read_datagram_switched_to_push_keeps_each_sender(modem
     assert host.at("AT+QISEND=2,0") == b"\r\n+QISEND: 0,0,0\r\n" + OK
     assert host.at('AT+QICFG="dataformat",0,1') == OK     # pushed data are not converted
     assert host.at("AT+QISWTMD=2,1") == OK
-    want = (f'\r\n+QIURC: "recv",2,2,"127.0.0.1",{pa}\r\nAA'
-            f'\r\n+QIURC: "recv",2,2,"127.0.0.1",{pb}\r\nBB').encode()
+    want = (f'\r\n+QIURC: "recv",2,2,"127.0.0.1",{pa}\r\nAA\r\n'
+            f'\r\n+QIURC: "recv",2,2,"127.0.0.1",{pb}\r\nBB\r\n').encode()
     assert host.read_exactly(len(want)) == want
     a.sendto(b"\x00\xff", ("127.0.0.1", lport))
-    want = f'\r\n+QIURC: "recv",2,2,"127.0.0.1",{pa}\r\n'.encode() + b"\x00\xff"
+    want = f'\r\n+QIURC: "recv",2,2,"127.0.0.1",{pa}\r\n'.encode() + b"\x00\xff\r\n"
     assert host.read_exactly(len(want)) == want
     host.write(f'AT+QISEND=2,3,"127.0.0.1",{c.getsockname()[1]}\r')
     assert host.read_until(b"> ") == b"\r\n> "
@@ -350,7 +350,7 @@ def test_push_listener_incoming_read_close_reuse_and_transparent(modem):
     assert host.quiet_for(0.4) == b""                     # nothing inside the prompt
     host.write(b"data")
     assert host.read_until(RESULT) == b"\r\nSEND OK\r\n"
-    assert host.read_exactly(len(b'\r\n+QIURC: "recv",1,4\r\npush')) == b'\r\n+QIURC: "recv",1,4\r\npush'
+    assert host.read_exactly(len(b'\r\n+QIURC: "recv",1,4\r\npush\r\n')) == b'\r\n+QIURC: "recv",1,4\r\npush\r\n'
     assert a.recv(10) == b"data"
     host.write("AT+QICLOSE=1\r")
     assert a.recv(10) == b""                              # the modem's FIN

@@ -384,7 +384,7 @@ def test_qiswtmd_to_push_while_escaped_pushes_what_waited(quiet_peer):
     server.conn.send(b"waiting bytes")
     time.sleep(0.2)
     assert host.at("AT+QISWTMD=4,1") == b"\r\nOK\r\n"
-    assert host.seen(b'+QSSLURC: "recv",4,13\r\nwaiting bytes') == b'+QSSLURC: "recv",4,13\r\nwaiting bytes'
+    assert host.seen(b'+QSSLURC: "recv",4,13\r\nwaiting bytes\r\n') == b'+QSSLURC: "recv",4,13\r\nwaiting bytes\r\n'
     assert ato(host) == b"\r\nCONNECT\r\n"                 # (ATO changes its access mode back)
     server.conn.send(b"online again")
     assert host.read_exactly(12) == b"online again"

@@ -328,6 +328,7 @@ def test_bg96_push_mode_pieces_are_at_most_its_recv_max(cli, tmp_path, servers):
         size = int(re.search(rb",(\d+)\r\n$", head).group(1))
         sizes.append(size)
         got += host.read_exactly(size)
+        assert host.read_exactly(2) == b"\r\n"                          # the push's end
     assert got == payload and max(sizes) <= 700 and len(sizes) >= 3, sizes
 
 
@@ -409,7 +410,7 @@ def test_a_lean_ec25_answers_error_to_every_form_of_what_it_lacks(cli, tmp_path,
     assert host.at(f'AT+QSSLOPEN=1,0,12,"{HOST}",443,1') == ERROR
     opened(host, f'AT+QSSLOPEN=1,5,11,"{HOST}",443,1', 11)
     assert host.send_data(11, b"ping") == b"\r\nSEND OK\r\n"
-    assert host.read_until(b"ping") == b'\r\n+QSSLURC: "recv",11,4\r\nping'
+    assert host.read_until(b"ping\r\n") == b'\r\n+QSSLURC: "recv",11,4\r\nping\r\n'
     assert host.at(f'AT+QSSLOPEN=1,5,11,"{HOST}",443,1') == ERROR      # in use (no QIGETERROR to ask)
     assert host.at("AT+QSSLCLOSE=11") == OK
 

@@ -1034,8 +1034,9 @@ def test_ssl_send_prompt_cancel_and_limits(fresh):
     assert host.at("AT+QSSLRECV=2,100") == b"\r\nERROR\r\n"
     assert host.at("AT+QIGETERROR") == b"\r\n+QIGETERROR: 572,operation not allowed\r\n\r\nOK\r\n"
     assert host.send_data(2, b"hi") == b"\r\nSEND OK\r\n"
-    doc('`+QSSLURC: "recv",<id>,<len><CR><LF><data>` (no CR LF after the\n  data')
-    assert host.read_until(b'"recv",2,2\r\nhi') == b'\r\n+QSSLURC: "recv",2,2\r\nhi'
+    doc('`+QSSLURC: "recv",<id>,<len><CR><LF><data><CR><LF>`')
+    doc("real modules end the pushed data with CR LF")
+    assert host.read_until(b'"recv",2,2\r\nhi\r\n') == b'\r\n+QSSLURC: "recv",2,2\r\nhi\r\n'
 
 
 def test_tcpip_documented_answers(fresh):

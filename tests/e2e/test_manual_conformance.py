@@ -395,12 +395,12 @@ def test_ec2x_3_3_2_and_3_4_2_sends_with_echo(open_modem, emulator, pki):
         host.write(b"Test data from SSL\x1a")
         assert host.read_until(b"SEND OK\r\n") == b"Test data from SSL\r\nSEND OK\r\n"
         # §3.4.3: the echo server's answer is pushed
-        assert host.read_until(b"from SSL") == b'\r\n+QSSLURC: "recv",4,18\r\nTest data from SSL'
+        assert host.read_until(b"from SSL\r\n") == b'\r\n+QSSLURC: "recv",4,18\r\nTest data from SSL\r\n'
         host.write(b"AT+QSSLSEND=4,18\r")
         assert host.read_exactly(21) == b"AT+QSSLSEND=4,18\r\r\n> "
         host.write(b"Test data from SSL")
         assert host.read_until(b"SEND OK\r\n") == b"Test data from SSL\r\nSEND OK\r\n"
-        assert host.read_until(b"from SSL") == b'\r\n+QSSLURC: "recv",4,18\r\nTest data from SSL'
+        assert host.read_until(b"from SSL\r\n") == b'\r\n+QSSLURC: "recv",4,18\r\nTest data from SSL\r\n'
         assert host.at("AT+QSSLCLOSE=4") == b"AT+QSSLCLOSE=4\r" + OK
 
 

@@ -538,7 +538,7 @@ def test_qird_on_a_push_socket_is_572_but_the_query_works(emulator, online, tcp_
     host.write(b"AT+QISEND=0,2\r")
     host.read_until(b"> ")
     host.write(b"hi")
-    host.seen(b'+QIURC: "recv",0,2\r\nhi')
+    host.seen(b'+QIURC: "recv",0,2\r\nhi\r\n')
     host.pending.clear()
     assert host.at("AT+QIRD=0,10") == b"\r\nERROR\r\n"
     assert error_code(host) == 572
@@ -578,6 +578,7 @@ def test_udp_service_push_urc_names_the_sender(online):
         assert host.seen(re.compile(rb'\+QIURC: "recv",5,[^\r]*\r\n')) == \
             f'+QIURC: "recv",5,4,"127.0.0.1",{me}\r\n'.encode()
         assert host.read_exactly(4) == b"ping"
+        assert host.read_exactly(2) == b"\r\n"              # the push's end
     finally:
         peer.close()
     assert host.at("AT+QICLOSE=5") == OK

@@ -313,8 +313,8 @@ def test_close_then_reopen_of_the_same_id_on_one_line(ec2x_strict, server):
 
 
 def test_direct_push_urcs_carry_at_most_recv_max_and_closed_comes_last(ec2x_strict, server):
-    """SSL sockets: "Direct push (access mode 1): `+QSSLURC: "recv",<id>,<len><CR><LF><data>`
-    (no CR LF after the data ...), at most `recv_max` bytes per URC"; "Every byte arrives once,
+    """SSL sockets: "Direct push (access mode 1): `+QSSLURC: "recv",<id>,<len><CR><LF><data><CR><LF>`,
+    at most `recv_max` bytes per URC"; "Every byte arrives once,
     in order; a peer close (`"closed"`) is reported after the data received before it"."""
     host, _, _ = ec2x_strict
     assert ssl_open(host, 0, mode=1) == b"\r\n+QSSLOPEN: 0,0\r\n"
@@ -326,9 +326,11 @@ def test_direct_push_urcs_carry_at_most_recv_max_and_closed_comes_last(ec2x_stri
     pieces = re.split(rb'\r\n\+QSSLURC: "recv",0,(\d+)\r\n', got[:-len(b'\r\n+QSSLURC: "closed",0\r\n')])
     assert pieces[0] == b""
     sizes = [int(n) for n in pieces[1::2]]
-    data = b"".join(pieces[2::2])
+    assert all(d.endswith(b"\r\n") for d in pieces[2::2])       # each push's data, then CR LF
+    datas = [d[:-2] for d in pieces[2::2]]
+    data = b"".join(datas)
     assert data == payload and all(1 <= n <= 1500 for n in sizes)
-    assert [len(d) for d in pieces[2::2]] == sizes
+    assert [len(d) for d in datas] == sizes
 
 
 def test_ssl3_is_555(ec2x_strict, server):

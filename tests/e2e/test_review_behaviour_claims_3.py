@@ -1214,7 +1214,7 @@ def test_an_incoming_connection_takes_the_lowest_free_id_and_the_listeners_push_
     free id of the shared pool, with the listener's access mode, announced by `+QIURC:
     "incoming",<id>,<serverID>,"<ip>",<port>`"; AT+QISTATE: "serverID is the connectID except
     for TCP INCOMING (its listener's id)", "TCP INCOMING the client's address"; pushed data
-    follow `+QIURC: "recv",<id>,<len>` CR LF with no CR LF after them; on a UDP socket
+    follow `+QIURC: "recv",<id>,<len>` CR LF and end with CR LF (as the SSL push); on a UDP socket
     "acked = sent once the datagram left"."""
     host, _, _ = ec2x_strict
     qiopen(host, 0, "TCP", "tcp.example", 7000)
@@ -1229,7 +1229,7 @@ def test_an_incoming_connection_takes_the_lowest_free_id_and_the_listeners_push_
         assert host.at("AT+QISTATE=1,1") == (
             f'\r\n+QISTATE: 1,"TCP INCOMING","127.0.0.1",{cport},{lport},2,1,5,1,"usbmodem"\r\n'.encode() + OK)
         client.sendall(b"pushed")
-        assert host.read_until(b"pushed") == b'\r\n+QIURC: "recv",1,6\r\npushed'
+        assert host.read_until(b"pushed\r\n") == b'\r\n+QIURC: "recv",1,6\r\npushed\r\n'
         assert host.at("AT+QIRD=1,0") == b"\r\n+QIRD: 6,6,0\r\n" + OK
     finally:
         client.close()
@@ -1560,7 +1560,7 @@ def test_udp_acked_is_sent_and_pushed_data_are_not_hex_converted(emulator, ec2x_
     host.read_until(b"> ")
     host.write(b"ping")
     assert host.read_until(b"SEND OK\r\n") == b"\r\nSEND OK\r\n"
-    assert host.read_until(b"ping") == b'\r\n+QIURC: "recv",1,4\r\nping'
+    assert host.read_until(b"ping\r\n") == b'\r\n+QIURC: "recv",1,4\r\nping\r\n'
     assert host.at("AT+QISEND=1,0") == b"\r\n+QISEND: 4,4,0\r\n" + OK
 
 

@@ -316,7 +316,7 @@ def _record_ping_then_server_data(open_modem, emulator, peer_factory, path) -> N
     assert got.endswith(b"\r\n+QPING: 569\r\n"), got
     host.quiet_for(0.3)
     peer.send(b"hi")
-    assert host.read_until(b"hi", timeout=10).endswith(b'+QIURC: "recv",0,2\r\nhi')
+    assert host.read_until(b"hi\r\n", timeout=10).endswith(b'+QIURC: "recv",0,2\r\nhi\r\n')
     host.quiet_for(0.3)
     emulator.run(lambda: None)
     emulator.stop()
@@ -438,7 +438,7 @@ def test_an_open_a_restart_cut_before_its_connect_then_a_new_socket_replays(open
         assert host.at('AT+QIOPEN=1,1,"TCP","tcp.example",7000,0,1') == b"\r\nOK\r\n"
         assert host.read_until(b"+QIOPEN: 1,0\r\n", timeout=10) == b"\r\n+QIOPEN: 1,0\r\n"
         rs.qisend(host, 1, b"again")
-        assert host.read_until(b"again", timeout=10) == b'\r\n+QIURC: "recv",1,5\r\nagain'
+        assert host.read_until(b"again\r\n", timeout=10) == b'\r\n+QIURC: "recv",1,5\r\nagain\r\n'
         assert host.at("AT+QICLOSE=1") == b"\r\nOK\r\n"
         rs.flush(emulator)
         emulator.stop()

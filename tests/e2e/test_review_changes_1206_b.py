@@ -473,7 +473,7 @@ def test_tcp_open_and_close_in_one_line_then_reopen(ec2x, net, tcp_echo):
     assert ec2x.seen(re.compile(rb"\+QIOPEN: 6,\d+\r\n")).endswith(b"+QIOPEN: 6,0\r\n")
     assert ec2x.quiet_for(0.5) == b""
     assert qisend(ec2x, 6, b"pu") == b"\r\nSEND OK\r\n"
-    assert ec2x.seen(b'+QIURC: "recv",6,2\r\npu')
+    assert ec2x.seen(b'+QIURC: "recv",6,2\r\npu\r\n')
     assert len(re.findall(rb"\+QIOPEN: 6,", bytes(ec2x.transcript))) == 1
     assert ec2x.at("AT+QICLOSE=6") == OK
 

@@ -504,7 +504,7 @@ def test_dtls_records_behind_a_warning_alert_in_one_datagram(tmp_path, pki, aler
                 assert host.read_until(b"+QSSLOPEN: 4,0\r\n", 20).endswith(b"\r\n+QSSLOPEN: 4,0\r\n")
                 server.wait_for_output(rb"CIPHER is", 10)
                 server.write(b"first\n")
-                assert host.read_until(b'+QSSLURC: "recv",4,6\r\nfirst\n', 5).endswith(b"first\n")
+                assert host.read_until(b'+QSSLURC: "recv",4,6\r\nfirst\n\r\n', 5).endswith(b"first\n\r\n")
                 hello = next(r for d in box.sent("s2c") for r in dtls_records(d) if r.type == 22 and r.payload[:1] == b"\x02")
                 server_random = hello.payload[12 + 2:12 + 34]
                 line = next(x for x in keylog if x.startswith("CLIENT_RANDOM"))
@@ -517,11 +517,11 @@ def test_dtls_records_behind_a_warning_alert_in_one_datagram(tmp_path, pki, aler
                 wire += [(23, b"behind the alert\n"), (23, b"and more\n")]
                 box.inject(b"".join(sealer.seal(t, p, top + 1 + i) for i, (t, p) in enumerate(wire)))
                 try:
-                    got = host.read_until(b"and more\n", 3)
+                    got = host.read_until(b"and more\n\r\n", 3)
                 except AssertionError:            # (stalled: the next datagram moves them on)
                     box.inject(sealer.seal(23, b"next\n", top + 10))
-                    got = b"STALLED " + host.read_until(b"next\n", 3)
-                assert got == b'\r\n+QSSLURC: "recv",4,26\r\nbehind the alert\nand more\n', got
+                    got = b"STALLED " + host.read_until(b"next\n\r\n", 3)
+                assert got == b'\r\n+QSSLURC: "recv",4,26\r\nbehind the alert\nand more\n\r\n', got
                 assert host.quiet_for(0.2) == b""
                 if alert == "hello_request":
                     # the modem's refusal: one encrypted alert record (OpenSSL, which never

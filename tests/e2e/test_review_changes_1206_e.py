@@ -651,21 +651,21 @@ def test_dtls_records_behind_warning_alerts_in_one_datagram(tmp_path, pki, layou
                 assert host.read_until(b"+QSSLOPEN: 4,0\r\n", 20).endswith(b"\r\n+QSSLOPEN: 4,0\r\n")
                 server.wait_for_output(rb"CIPHER is", 10)
                 server.write(b"first\n")
-                assert host.read_until(b'+QSSLURC: "recv",4,6\r\nfirst\n', 5).endswith(b"first\n")
+                assert host.read_until(b'+QSSLURC: "recv",4,6\r\nfirst\n\r\n', 5).endswith(b"first\n\r\n")
                 hello = next(r for d in box.sent("s2c") for r in dtls_records(d) if r.type == 22 and r.payload[:1] == b"\x02")
                 sealer = _ServerSealer(next(x for x in keylog if x.startswith("CLIENT_RANDOM")),
                                        hello.payload[12 + 2:12 + 34])
                 top = max(r.seq for d in box.sent("s2c") for r in dtls_records(d) if r.epoch == 1)
                 box.inject(b"".join(sealer.seal(t, p, top + 1 + i) for i, (t, p) in enumerate(wire)))
                 try:
-                    got = host.read_until(b"two\n", 3)
+                    got = host.read_until(b"two\n\r\n", 3)
                 except AssertionError:            # (stalled: the next datagram moves them on)
                     box.inject(sealer.seal(23, b"next\n", top + 10))
-                    got = b"STALLED " + host.read_until(b"next\n", 3)
+                    got = b"STALLED " + host.read_until(b"next\n\r\n", 3)
                 if layout == "data_alert_alert_data":   # (the first record may go on its own)
-                    got = got.replace(b'\r\n+QSSLURC: "recv",4,4\r\none\n\r\n+QSSLURC: "recv",4,4\r\n',
+                    got = got.replace(b'\r\n+QSSLURC: "recv",4,4\r\none\n\r\n\r\n+QSSLURC: "recv",4,4\r\n',
                                       b'\r\n+QSSLURC: "recv",4,8\r\none\n')
-                assert got == b'\r\n+QSSLURC: "recv",4,8\r\none\ntwo\n', got
+                assert got == b'\r\n+QSSLURC: "recv",4,8\r\none\ntwo\n\r\n', got
                 assert host.quiet_for(0.2) == b""
                 assert host.send_data(4, b"still up\n") == b"\r\nSEND OK\r\n"
                 server.wait_for_output(rb"still up", 10)

@@ -457,8 +457,8 @@ def test_direct_push_after_the_round_trip(ec2x_strict, emulator, tcp_echo):
     advance(0.02)
     assert host.read_until(QIOPEN, timeout=5) == b"\r\n+QIOPEN: 3,0\r\n"
     assert qisend(host, 3, b"pushme") == b"\r\nSEND OK\r\n"
-    assert advance_until(host, advance, b'+QIURC: "recv",3,6\r\npushme', 0.05).endswith(
-        b'\r\n+QIURC: "recv",3,6\r\npushme')
+    assert advance_until(host, advance, b'+QIURC: "recv",3,6\r\npushme\r\n', 0.05).endswith(
+        b'\r\n+QIURC: "recv",3,6\r\npushme\r\n')
     assert host.at("AT+QICLOSE=3,0") == b"\r\nOK\r\n"
 
 
@@ -543,7 +543,7 @@ def test_a_banner_and_fin_sent_during_the_round_trip_come_after_the_open(ec2x_st
         closed = b'+QIURC: "closed",6\r\n'
         out = advance_until(host, advance, closed, 0.1)
         if mode == 1:
-            assert out == b'\r\n+QIURC: "recv",6,8\r\n220 hi\r\n\r\n' + closed, out
+            assert out == b'\r\n+QIURC: "recv",6,8\r\n220 hi\r\n\r\n\r\n' + closed, out
         else:
             assert out == b'\r\n+QIURC: "recv",6\r\n\r\n' + closed, out
             assert qird(host, 6)[1] == b"220 hi\r\n"

@@ -107,8 +107,8 @@ def test_ec2x_3_4_1_direct_push_state_line_and_no_qsslrecv(open_modem, emulator,
         assert host.at("AT+QSSLRECV=4,1500") == ERROR
         assert qigeterror(host) == err(572, "operation not allowed")
         assert host.send_data(4, b"Test data from SSL") == b"\r\nSEND OK\r\n"
-        assert host.seen(b'+QSSLURC: "recv",4,18\r\nTest data from SSL') == \
-            b'+QSSLURC: "recv",4,18\r\nTest data from SSL'
+        assert host.seen(b'+QSSLURC: "recv",4,18\r\nTest data from SSL\r\n') == \
+            b'+QSSLURC: "recv",4,18\r\nTest data from SSL\r\n'
         assert host.at("AT+QSSLCLOSE=4") == OK
 
 
@@ -472,9 +472,9 @@ def test_atv0_data_prompt_and_send_ok(open_modem, emulator, pki, profile):
 def test_ec2x_direct_push_urc_lengths_frame_a_large_burst(open_modem, emulator, pki):
     # §1.3 / §2.3.1: in direct push mode the data are output "in the format of +QSSLURC:
     # "recv",<clientID>,<currectrecvlength><CR><LF><data>", <current_recvlength> "The length
-    # of actual received data".  behaviour.md: at most recv_max (1500) bytes per URC, no CR LF
-    # after the data, every byte once and in order.  A 4000-byte burst: each URC's length
-    # frames exactly its bytes.
+    # of actual received data".  behaviour.md: at most recv_max (1500) bytes per URC, the data
+    # followed by CR LF as real modules write them, every byte once and in order.  A 4000-byte
+    # burst: each URC's length frames exactly its bytes, then its CR LF.
     burst = bytes((i * 7) & 0xFF for i in range(4000))
     host, _ = ec2x_up(open_modem)
     with TlsServer(pki.server, legacy=True, mode="echo") as server:
@@ -490,6 +490,7 @@ def test_ec2x_direct_push_urc_lengths_frame_a_large_burst(open_modem, emulator, 
             n = int(m.group(1))
             assert 1 <= n <= 1500, n
             got += host.read_exactly(n, timeout=30)
+            assert host.read_exactly(2, timeout=30) == b"\r\n"     # the push's closing CR LF
         assert got == burst
         assert host.quiet_for(0.2) == b""
         assert host.at("AT+QSSLCLOSE=4") == OK

@@ -536,7 +536,7 @@ def test_push_data_and_closed_held_behind_a_slow_answer(emulator, open_modem, an
     advance(1.8)
     out = host.read_until(b'"closed",0\r\n', 5)
     assert out == (b"\r\n+CSQ: 24,99\r\n\r\nOK\r\n"
-                   b'\r\n+QSSLURC: "recv",0,7\r\npushed!'
+                   b'\r\n+QSSLURC: "recv",0,7\r\npushed!\r\n'
                    b'\r\n+QSSLURC: "closed",0\r\n'), out
     assert host.at("AT+QSSLCLOSE=0") == OK
 
@@ -558,11 +558,11 @@ def test_push_data_held_behind_a_slow_answer_go_out_after_it(emulator, open_mode
     advance(0.2)
     assert host.quiet_for(0.2) == b""
     advance(1.8)
-    out = host.read_until(b"hello", 5)
-    assert out == b'\r\n+CSQ: 24,99\r\n\r\nOK\r\n\r\n+QSSLURC: "recv",0,5\r\nhello', out
+    out = host.read_until(b"hello\r\n", 5)
+    assert out == b'\r\n+CSQ: 24,99\r\n\r\nOK\r\n\r\n+QSSLURC: "recv",0,5\r\nhello\r\n', out
     assert emulator.control("net")["ok"]
     _send(host, 0, b"again")
-    assert host.read_until(b"again", 5) == b'\r\n+QSSLURC: "recv",0,5\r\nagain'
+    assert host.read_until(b"again\r\n", 5) == b'\r\n+QSSLURC: "recv",0,5\r\nagain\r\n'
     assert host.at("AT+QSSLCLOSE=0") == OK
 
 
@@ -593,7 +593,7 @@ def test_push_data_arriving_during_another_sockets_data_prompt_follow_its_send_o
         host.write(b"abc")
         out = host.read_until(b'"closed",1\r\n', 5)
         assert out == (b"\r\nSEND OK\r\n"
-                       b'\r\n+QSSLURC: "recv",1,7\r\npushed!'
+                       b'\r\n+QSSLURC: "recv",1,7\r\npushed!\r\n'
                        b'\r\n+QSSLURC: "closed",1\r\n'), out
         assert emulator.control("net")["ok"]
         assert host.at("AT+QSSLCLOSE=1") == OK

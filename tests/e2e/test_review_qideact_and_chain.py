@@ -191,14 +191,14 @@ def test_push_mode_socket_freed_and_reopened(ec2x, net, pki):
         net(server, MANUAL_HOST, 8010)
         assert ec2x.at(f'AT+QSSLOPEN=1,0,3,"{MANUAL_HOST}",8010,1') == OK
         assert opened(ec2x, 3) == 0
-        ec2x.seen(b'+QSSLURC: "recv",3,3\r\none', 10)
+        ec2x.seen(b'+QSSLURC: "recv",3,3\r\none\r\n', 10)
         ec2x.seen(b'+QSSLURC: "closed",3\r\n', 10)
         assert ec2x.at("AT+QIDEACT=1") == OK
         assert ec2x.at("AT+QSSLSTATE") == OK
         assert ec2x.at("AT+QIACT=1") == OK
         assert ec2x.at(f'AT+QSSLOPEN=1,0,3,"{MANUAL_HOST}",8010,1') == OK
         assert opened(ec2x, 3) == 0
-        ec2x.seen(b'+QSSLURC: "recv",3,3\r\none', 10)
+        ec2x.seen(b'+QSSLURC: "recv",3,3\r\none\r\n', 10)
         ec2x.seen(b'+QSSLURC: "closed",3\r\n', 10)
         assert ec2x.at("AT+QSSLCLOSE=3") == OK
     assert ec2x.transcript.count(b'+QSSLURC: "recv",3,3') == 2
@@ -473,7 +473,7 @@ def test_push_mode_data_held_while_busy_never_reaches_the_next_socket_on_the_id(
         ec2x.read_until(OK, 10)
         assert emulator.control("slow", command="+QSSLSTATE", ms=0)["ok"]
         assert opened(ec2x, 2) == 0
-        ec2x.seen(b'+QSSLURC: "recv",2,3\r\nnew', 10)
+        ec2x.seen(b'+QSSLURC: "recv",2,3\r\nnew\r\n', 10)
         ec2x.seen(b'+QSSLURC: "closed",2\r\n', 10)
         ec2x.quiet_for(0.5)
         assert ec2x.at("AT+QSSLCLOSE=2") == OK

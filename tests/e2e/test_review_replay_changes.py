@@ -153,11 +153,11 @@ def test_two_modems_with_hangups_replay_each_also_in_the_old_format(open_modem, 
             assert h.at(f'AT+QSSLOPEN=1,1,1,"{HOST}",443,1') == OK
             assert h.read_until(b"+QSSLOPEN: 1,0\r\n") == b"\r\n+QSSLOPEN: 1,0\r\n"
         assert a.send_data(1, b"one") == b"\r\nSEND OK\r\n"
-        assert a.read_until(b"one") == b'\r\n+QSSLURC: "recv",1,3\r\none'
+        assert a.read_until(b"one\r\n") == b'\r\n+QSSLURC: "recv",1,3\r\none\r\n'
         a.close()
         rs.wait_records(path, "hangup", 1)
         assert b.send_data(1, b"two") == b"\r\nSEND OK\r\n"
-        assert b.read_until(b"two") == b'\r\n+QSSLURC: "recv",1,3\r\ntwo'
+        assert b.read_until(b"two\r\n") == b'\r\n+QSSLURC: "recv",1,3\r\ntwo\r\n'
         a2 = Host(port_a.path)
         try:
             emulator.run(port_a.port.look_for_host)

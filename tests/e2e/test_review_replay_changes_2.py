@@ -108,10 +108,10 @@ def _prompt_race(host, advance, emulator, servers) -> None:
     assert host.read_until(b"> ") == b"\r\n> "
     advance(2.0)
     host.write(b"hello")
-    assert host.read_until(b"hello") == (b"\r\nSEND OK\r\n\r\n+QIOPEN: 3,0\r\n\r\n+QIOPEN: 1,0\r\n"
-                                         b'\r\n+QIURC: "recv",0,5\r\nhello')
+    assert host.read_until(b"hello\r\n") == (b"\r\nSEND OK\r\n\r\n+QIOPEN: 3,0\r\n\r\n+QIOPEN: 1,0\r\n"
+                                         b'\r\n+QIURC: "recv",0,5\r\nhello\r\n')
     rs.qisend(host, 2, b"udp")
-    assert host.read_until(b"udp") == b'\r\n+QIURC: "recv",2,3\r\nudp'
+    assert host.read_until(b"udp\r\n") == b'\r\n+QIURC: "recv",2,3\r\nudp\r\n'
     assert host.at("AT+QICLOSE=0;+QICLOSE=1;+QICLOSE=2;+QICLOSE=3") == OK
 
 
@@ -168,10 +168,10 @@ def test_one_writer_two_modems_each_replay_counts_its_own_handshakes(open_modem,
         assert b.read_until(b"> ") == b"\r\n> "
         advance(1.5)
         b.write(b"hi")
-        assert b.read_until(b"hi") == (b"\r\nSEND OK\r\n\r\n+QIOPEN: 2,0\r\n\r\n+QIOPEN: 1,0\r\n"
-                                       b'\r\n+QIURC: "recv",0,2\r\nhi')
+        assert b.read_until(b"hi\r\n") == (b"\r\nSEND OK\r\n\r\n+QIOPEN: 2,0\r\n\r\n+QIOPEN: 1,0\r\n"
+                                       b'\r\n+QIURC: "recv",0,2\r\nhi\r\n')
         assert a.send_data(1, b"tls") == b"\r\nSEND OK\r\n"
-        assert a.read_until(b"tls") == b'\r\n+QSSLURC: "recv",1,3\r\ntls'
+        assert a.read_until(b"tls\r\n") == b'\r\n+QSSLURC: "recv",1,3\r\ntls\r\n'
         assert a.at("AT+QSSLCLOSE=1;+QSSLCLOSE=2") == OK
         assert b.at("AT+QICLOSE=0;+QICLOSE=1;+QICLOSE=2") == OK
         rs.flush(emulator)
@@ -201,7 +201,7 @@ def test_a_tls_handshake_ended_by_the_contexts_loss_then_a_new_socket_replays(op
         assert host.at(f'AT+QSSLOPEN=1,1,3,"{HOST}",443,1') == OK
         assert host.read_until(b"+QSSLOPEN: 3,0\r\n") == b"\r\n+QSSLOPEN: 3,0\r\n"
         assert host.send_data(3, b"hi") == b"\r\nSEND OK\r\n"
-        assert host.read_until(b"hi") == b'\r\n+QSSLURC: "recv",3,2\r\nhi'
+        assert host.read_until(b"hi\r\n") == b'\r\n+QSSLURC: "recv",3,2\r\nhi\r\n'
         assert host.at("AT+QSSLCLOSE=3") == OK
         rs.flush(emulator)
         emulator.stop()
@@ -237,12 +237,12 @@ def test_a_tls_handshake_and_a_tcp_connect_racing_at_a_prompt_replay_in_the_reco
         got = host.read_until(b"SEND OK\r\n")
         for _ in range(20):                               # (the echo's round trip)
             advance(0.1)
-            if b"hello" in got:
+            if b"hello\r\n" in got:
                 break
             got += host.quiet_for(0.05)
-        got += host.read_until(b"hello") if b"hello" not in got else b""
+        got += host.read_until(b"hello\r\n") if b"hello\r\n" not in got else b""
         assert got == (b"\r\nSEND OK\r\n\r\n+QIOPEN: 1,0\r\n\r\n+QSSLOPEN: 2,0\r\n"
-                       b'\r\n+QIURC: "recv",0,5\r\nhello'), got
+                       b'\r\n+QIURC: "recv",0,5\r\nhello\r\n'), got
         _slow(emulator, 0)
         assert host.at("AT+QICLOSE=0;+QICLOSE=1;+QSSLCLOSE=2") == OK
         rs.flush(emulator)
@@ -295,9 +295,9 @@ def test_a_resumed_session_beside_a_tcp_socket_replays(open_modem, emulator, pki
         assert host.at(f'AT+QSSLOPEN=1,1,2,"{HOST}",443,1') == OK
         assert host.read_until(b"+QSSLOPEN: 2,0\r\n") == b"\r\n+QSSLOPEN: 2,0\r\n"
         assert host.send_data(2, b"tls") == b"\r\nSEND OK\r\n"
-        assert host.read_until(b"tls") == b'\r\n+QSSLURC: "recv",2,3\r\ntls'
+        assert host.read_until(b"tls\r\n") == b'\r\n+QSSLURC: "recv",2,3\r\ntls\r\n'
         rs.qisend(host, 0, b"tcp")
-        assert host.read_until(b"tcp") == b'\r\n+QIURC: "recv",0,3\r\ntcp'
+        assert host.read_until(b"tcp\r\n") == b'\r\n+QIURC: "recv",0,3\r\ntcp\r\n'
         assert host.at("AT+QSSLCLOSE=2;+QICLOSE=0") == OK
         rs.flush(emulator)
         emulator.stop()
@@ -374,7 +374,7 @@ def test_an_open_whose_context_went_before_its_connect_then_a_new_socket_replays
         assert host.at('AT+QIOPEN=1,1,"TCP","tcp.example",7000,0,1') == OK
         assert host.read_until(b"+QIOPEN: 1,0\r\n") == b"\r\n+QIOPEN: 1,0\r\n"
         rs.qisend(host, 1, b"again")
-        assert host.read_until(b"again") == b'\r\n+QIURC: "recv",1,5\r\nagain'
+        assert host.read_until(b"again\r\n") == b'\r\n+QIURC: "recv",1,5\r\nagain\r\n'
         assert host.at("AT+QICLOSE=1") == OK
         rs.flush(emulator)
         emulator.stop()

@@ -364,7 +364,7 @@ def test_a_refused_ssl_open_in_each_access_mode_then_a_retry_replays(open_modem,
                 assert host.read_until(b"+QSSLOPEN: 1,0\r\n") == b"\r\n+QSSLOPEN: 1,0\r\n"
                 assert host.send_data(1, b"tls") == b"\r\nSEND OK\r\n"
                 if mode == 1:
-                    assert host.read_until(b"tls") == b'\r\n+QSSLURC: "recv",1,3\r\ntls'
+                    assert host.read_until(b"tls\r\n") == b'\r\n+QSSLURC: "recv",1,3\r\ntls\r\n'
                 else:
                     assert host.read_until(b'"recv",1\r\n') == b'\r\n+QSSLURC: "recv",1\r\n'
                     assert host.at("AT+QSSLRECV=1,100") == b"\r\n+QSSLRECV: 3\r\ntls\r\n\r\nOK\r\n"
@@ -490,10 +490,10 @@ def test_refusals_and_connects_completing_while_the_host_is_at_a_prompt_replay_i
             assert host.read_until(b"> ") == b"\r\n> "
             advance(4.0)
             host.write(b"hello")
-            assert host.read_until(b"hello") == (
+            assert host.read_until(b"hello\r\n") == (
                 b"\r\nSEND OK\r\n"
                 + b"".join(b"\r\n+QIOPEN: %d,%d\r\n" % (cid, 566 if cid % 2 else 0) for cid in range(8, 0, -1))
-                + b'\r\n+QIURC: "recv",0,5\r\nhello')
+                + b'\r\n+QIURC: "recv",0,5\r\nhello\r\n')
             assert host.at("AT+QICLOSE=0;" + ";".join(f"+QICLOSE={cid}" for cid in range(2, 9, 2))) == OK
             _finish(emulator)
         finally:
@@ -655,7 +655,7 @@ def test_a_trace_recorded_under_a_refuse_and_dns_fail_scenario_with_latency_repl
         assert _state(host, 1) == 1
         assert _advance_until(host, advance, b"+QIOPEN: 1,565\r\n", step=0.25) == b"\r\n+QIOPEN: 1,565\r\n"
         rs.qisend(host, 0, b"under")
-        assert _advance_until(host, advance, b"under", step=0.25) == b'\r\n+QIURC: "recv",0,5\r\nunder'
+        assert _advance_until(host, advance, b"under\r\n", step=0.25) == b'\r\n+QIURC: "recv",0,5\r\nunder\r\n'
         for code in (566, 565, 0):
             assert host.at(f'AT+QSSLOPEN=1,1,2,"{HOST}",443,1') == OK
             assert re.fullmatch(rb'\r\n\+QSSLSTATE: 2,"SSLClient","[^"]+",443,\d+,1,1,\d+,1,"usbmodem",1\r\n\r\nOK\r\n',
@@ -663,7 +663,7 @@ def test_a_trace_recorded_under_a_refuse_and_dns_fail_scenario_with_latency_repl
             assert _advance_until(host, advance, b"+QSSLOPEN: 2,%d\r\n" % code, step=0.25) == \
                 b"\r\n+QSSLOPEN: 2,%d\r\n" % code
         assert host.send_data(2, b"secure") == b"\r\nSEND OK\r\n"
-        assert _advance_until(host, advance, b"secure", step=0.25) == b'\r\n+QSSLURC: "recv",2,6\r\nsecure'
+        assert _advance_until(host, advance, b"secure\r\n", step=0.25) == b'\r\n+QSSLURC: "recv",2,6\r\nsecure\r\n'
         assert host.at("AT+QICLOSE=0") == OK        # (the scenario lifts the latency first)
         assert host.at("AT+QSSLCLOSE=2") == OK
         _finish(emulator)
@@ -891,8 +891,8 @@ def test_one_refusal_that_comes_while_the_host_is_at_a_prompt_replays(open_modem
             advance(2.0)
             for byte in b"hello":
                 host.write(bytes([byte]))
-            assert host.read_until(b"hello") == (b"\r\nSEND OK\r\n\r\n+QIOPEN: 1,566\r\n"
-                                                 b'\r\n+QIURC: "recv",0,5\r\nhello')
+            assert host.read_until(b"hello\r\n") == (b"\r\nSEND OK\r\n\r\n+QIOPEN: 1,566\r\n"
+                                                       b'\r\n+QIURC: "recv",0,5\r\nhello\r\n')
             assert host.at("AT+QICLOSE=0") == OK
             _finish(emulator)
         finally:
@@ -1039,7 +1039,7 @@ def test_an_ssl_open_whose_connect_and_handshake_pass_its_negotiatetime_replays(
         assert _advance_until(host, advance, b"+QSSLOPEN: 1,0\r\n", step=1.0) == b"\r\n+QSSLOPEN: 1,0\r\n"
         _slow(emulator, 0)
         assert host.send_data(1, b"late") == b"\r\nSEND OK\r\n"
-        assert host.read_until(b"late") == b'\r\n+QSSLURC: "recv",1,4\r\nlate'
+        assert host.read_until(b"late\r\n") == b'\r\n+QSSLURC: "recv",1,4\r\nlate\r\n'
         assert host.at("AT+QSSLCLOSE=1") == OK
         _finish(emulator)
     rs.replays(capsys, path)

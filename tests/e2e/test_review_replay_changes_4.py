@@ -133,7 +133,7 @@ def test_live_faults_on_ssl_opens_polled_then_a_good_one_replay(open_modem, emul
             assert _advance_until(host, advance, b"+QSSLOPEN: 2,%d\r\n" % code) == b"\r\n+QSSLOPEN: 2,%d\r\n" % code
         _ctl(emulator, "net", latency_ms=0)
         assert host.send_data(2, b"secure") == b"\r\nSEND OK\r\n"
-        assert host.read_until(b"secure") == b'\r\n+QSSLURC: "recv",2,6\r\nsecure'
+        assert host.read_until(b"secure\r\n") == b'\r\n+QSSLURC: "recv",2,6\r\nsecure\r\n'
         assert host.at("AT+QSSLCLOSE=2") == OK
         _finish(emulator)
     rs.replays(capsys, path)
@@ -211,7 +211,7 @@ def test_a_scenario_with_faults_and_latency_replays_with_and_without_it(open_mod
             assert _advance_until(host, advance, b"+QIOPEN: %d,%d\r\n" % (cid, code)) == \
                 b"\r\n+QIOPEN: %d,%d\r\n" % (cid, code)
         rs.qisend(host, 2, b"under")
-        assert _advance_until(host, advance, b"under") == b'\r\n+QIURC: "recv",2,5\r\nunder'
+        assert _advance_until(host, advance, b"under\r\n") == b'\r\n+QIURC: "recv",2,5\r\nunder\r\n'
         assert host.at("AT+QICLOSE=2") == OK
         _finish(emulator)
     rs.replays(capsys, path, "--scenario", str(scenario))
@@ -257,7 +257,7 @@ def test_udp_opens_unresolved_and_refused_beside_one_that_echoes_replay(open_mod
             results.append(host.read_until(b"\r\n"))
         assert results[0] == b"565\r\n" and results[2] == b"0\r\n", results
         rs.qisend(host, 2, b"dgram")
-        assert host.read_until(b"dgram") == b'\r\n+QIURC: "recv",2,5\r\ndgram'
+        assert host.read_until(b"dgram\r\n") == b'\r\n+QIURC: "recv",2,5\r\ndgram\r\n'
         assert host.at("AT+QICLOSE=2") == OK
         _finish(emulator)
     rs.replays(capsys, path)
@@ -396,10 +396,10 @@ def test_refusals_lookups_and_connects_interleaved_at_a_prompt_replay_in_order(o
             for byte in b"hello":
                 host.write(bytes([byte]))
             code = {"refuse": 566, "dns": 565, "ok": 0}
-            assert host.read_until(b"hello") == (
+            assert host.read_until(b"hello\r\n") == (
                 b"\r\nSEND OK\r\n"
                 + b"".join(b"\r\n+QIOPEN: %d,%d\r\n" % (cid, code[kinds[cid]]) for cid in range(9, 0, -1))
-                + b'\r\n+QIURC: "recv",0,5\r\nhello')
+                + b'\r\n+QIURC: "recv",0,5\r\nhello\r\n')
             assert host.at("AT+QICLOSE=0;+QICLOSE=1;+QICLOSE=4;+QICLOSE=7") == OK
             _finish(emulator)
         finally:
@@ -506,9 +506,9 @@ def test_ssl_refusals_lookups_and_handshakes_interleaved_at_a_prompt_replay_in_o
             time.sleep(0.02)
         for byte in b"hello":
             host.write(bytes([byte]))
-        got = host.read_until(b"hello")
+        got = host.read_until(b"hello\r\n")
         # (the handshakes take round trips of their own: the order is the recording's)
-        assert got.startswith(b"\r\nSEND OK\r\n") and got.endswith(b'\r\n+QSSLURC: "recv",0,5\r\nhello'), got
+        assert got.startswith(b"\r\nSEND OK\r\n") and got.endswith(b'\r\n+QSSLURC: "recv",0,5\r\nhello\r\n'), got
         assert sorted(re.findall(rb"\+QSSLOPEN: (\d),(\d+)\r\n", got)) == \
             [(b"%d" % ssid, b"%d" % code[kinds[ssid]]) for ssid in range(1, 6)], got
         assert host.at("AT+QSSLCLOSE=0;+QSSLCLOSE=3;+QSSLCLOSE=5") == OK
@@ -672,7 +672,7 @@ def test_an_ssl_scenario_with_faults_and_latency_replays_without_it(open_modem, 
                                 host.at("AT+QSSLSTATE=2"))
             assert _advance_until(host, advance, b"+QSSLOPEN: 2,%d\r\n" % code) == b"\r\n+QSSLOPEN: 2,%d\r\n" % code
         assert host.send_data(2, b"secure") == b"\r\nSEND OK\r\n"
-        assert _advance_until(host, advance, b"secure") == b'\r\n+QSSLURC: "recv",2,6\r\nsecure'
+        assert _advance_until(host, advance, b"secure\r\n") == b'\r\n+QSSLURC: "recv",2,6\r\nsecure\r\n'
         assert host.at("AT+QSSLCLOSE=2") == OK
         _finish(emulator)
     rs.replays(capsys, path)

@@ -235,7 +235,7 @@ def test_a_fault_refused_ssl_open_of_a_dns_name_polled_records_its_entry_and_rep
             assert host.read_until(b"CLOSE OK\r\n") == b"\r\nOK\r\n\r\n2,CLOSE OK\r\n"
         else:
             assert host.send_data(2, b"secure") == b"\r\nSEND OK\r\n"
-            assert host.read_until(b"secure") == b'\r\n+QSSLURC: "recv",2,6\r\nsecure'
+            assert host.read_until(b"secure\r\n") == b'\r\n+QSSLURC: "recv",2,6\r\nsecure\r\n'
             assert host.at("AT+QSSLCLOSE=2") == OK
         _finish(emulator)
     refusal = next(r for r in rs.records(path) if r["kind"] == "open_result" and r.get("code"))
@@ -341,7 +341,7 @@ def test_a_push_mode_ssl_host_idle_thirteen_seconds_before_its_send_replays(open
             if i:
                 advance(13.0)
             assert host.send_data(2, data) == b"\r\nSEND OK\r\n"
-            assert host.read_until(data) == b'\r\n+QSSLURC: "recv",2,%d\r\n%s' % (len(data), data)
+            assert host.read_until(data + b"\r\n") == b'\r\n+QSSLURC: "recv",2,%d\r\n%s\r\n' % (len(data), data)
         assert host.at("AT+QSSLCLOSE=2") == OK
         _finish(emulator)
     rs.replays(capsys, path)
@@ -408,7 +408,7 @@ def test_a_host_idle_twelve_seconds_at_the_send_prompt_replays(open_modem, emula
         for byte in b"later":
             host.write(bytes([byte]))
         assert host.read_until(b"SEND OK\r\n") == b"\r\nSEND OK\r\n"
-        assert host.read_until(b"later") == b'\r\n+QIURC: "recv",0,5\r\nlater'
+        assert host.read_until(b"later\r\n") == b'\r\n+QIURC: "recv",0,5\r\nlater\r\n'
         assert host.at("AT+QICLOSE=0") == OK
         _finish(emulator)
     rs.replays(capsys, path)

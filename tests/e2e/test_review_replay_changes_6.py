@@ -131,9 +131,9 @@ def test_a_udp_sockets_last_datagram_replays(open_modem, emulator, tmp_path, cap
         _tcp_open(host, 0, name="udp.example", port=7100, kind="UDP")
         assert host.read_until(b"+QIOPEN: 0,0\r\n") == b"\r\n+QIOPEN: 0,0\r\n"
         rs.qisend(host, 0, b"one")
-        assert host.read_until(b"one") == b'\r\n+QIURC: "recv",0,3\r\none'
+        assert host.read_until(b"one\r\n") == b'\r\n+QIURC: "recv",0,3\r\none\r\n'
         rs.qisend(host, 0, b"two")
-        assert host.read_until(b"two") == b'\r\n+QIURC: "recv",0,3\r\ntwo'
+        assert host.read_until(b"two\r\n") == b'\r\n+QIURC: "recv",0,3\r\ntwo\r\n'
         _finish(emulator)
     rs.replays(capsys, path)
 
@@ -351,9 +351,9 @@ def test_a_datagram_the_recording_does_not_have_is_named(open_modem, emulator, t
         _tcp_open(host, 0, name="udp.example", port=7100, kind="UDP")
         assert host.read_until(b"+QIOPEN: 0,0\r\n") == b"\r\n+QIOPEN: 0,0\r\n"
         rs.qisend(host, 0, b"one")
-        assert host.read_until(b"one") == b'\r\n+QIURC: "recv",0,3\r\none'
+        assert host.read_until(b"one\r\n") == b'\r\n+QIURC: "recv",0,3\r\none\r\n'
         rs.qisend(host, 0, b"two")
-        assert host.read_until(b"two") == b'\r\n+QIURC: "recv",0,3\r\ntwo'
+        assert host.read_until(b"two\r\n") == b'\r\n+QIURC: "recv",0,3\r\ntwo\r\n'
         _finish(emulator)
     rs.replays(capsys, path)
     recs = rs.records(path)

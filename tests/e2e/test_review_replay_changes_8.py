@@ -50,7 +50,7 @@ def _kinds(path, kind: str) -> list[dict]:
 
 def _echo(host, cid: int, data: bytes) -> None:
     assert host.send_data(cid, data) == b"\r\nSEND OK\r\n"
-    assert host.read_until(data) == b'\r\n+QSSLURC: "recv",%d,%d\r\n%s' % (cid, len(data), data)
+    assert host.read_until(data + b"\r\n") == b'\r\n+QSSLURC: "recv",%d,%d\r\n%s\r\n' % (cid, len(data), data)
 
 
 def _open_ec2x(host, cid: int, mode: int = 1) -> None:
@@ -86,8 +86,9 @@ def test_ssl_sockets_opened_over_a_slow_network_while_the_host_sits_at_a_prompt_
             assert time.monotonic() < deadline, emulator.control("state")["sockets"]
             time.sleep(0.01)
         host.write(b"hello")
-        got = host.read_until(b"hello")
+        got = host.read_until(b"hello\r\n")
         assert got.startswith(b"\r\nSEND OK\r\n") and got.count(b"+QSSLOPEN: ") == 4, got
+        assert got.endswith(b'\r\n+QSSLURC: "recv",0,5\r\nhello\r\n'), got
         for cid in range(5):
             assert host.at(f"AT+QSSLCLOSE={cid}") == OK
         _finish(emulator)
@@ -313,7 +314,8 @@ def test_a_trace_recorded_under_a_stall_refuse_and_latency_scenario_replays_with
             if code:
                 assert host.at("AT+QSSLCLOSE=1,0") == OK
         assert host.send_data(1, b"secure") == b"\r\nSEND OK\r\n"
-        assert rs.advance_until(host, advance, b"secure", step=0.25) == b'\r\n+QSSLURC: "recv",1,6\r\nsecure'
+        assert rs.advance_until(host, advance, b"secure\r\n", step=0.25) == \
+            b'\r\n+QSSLURC: "recv",1,6\r\nsecure\r\n'
         assert host.at("AT+QSSLCLOSE=1,0") == OK
         _finish(emulator)
     connected = [r for r in rs.records(path) if r["kind"] in ("open", "connected")]

@@ -179,11 +179,12 @@ def test_closed_urc_then_state_4_then_qiclose_frees_the_id(modem, peer_factory):
 
 def test_push_mode_recv_urc_carries_the_length_then_the_data(modem, tcp_echo):
     """[BG95 §2.4.2] "+QIURC: "recv",<connectID>,<currentrecvlength><CR><LF><data>" in direct
-    push mode for "TCP"; nothing to read with AT+QIRD afterwards."""
+    push mode for "TCP", the data then ended by CR LF (as real modules write a push;
+    docs/behaviour.md, "Direct push"); nothing to read with AT+QIRD afterwards."""
     host, _, _ = modem
     qiopen(host, 3, mode=1)
     assert qisend(host, 3, b"pushed") == b"\r\nSEND OK\r\n"
-    assert host.seen(re.compile(rb'\+QIURC: "recv",3,6\r\npushed')) == b'+QIURC: "recv",3,6\r\npushed'
+    assert host.seen(re.compile(rb'\+QIURC: "recv",3,6\r\npushed\r\n')) == b'+QIURC: "recv",3,6\r\npushed\r\n'
     assert host.at("AT+QIRD=3,0") == b"\r\n+QIRD: 6,6,0\r\n\r\nOK\r\n"
     assert host.at("AT+QICLOSE=3") == OK
 

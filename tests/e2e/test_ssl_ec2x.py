@@ -303,7 +303,7 @@ def test_manual_example_3_4_direct_push(ec2x, net, pki):
                             rb"\r\n\r\nOK\r\n", state), state
         assert ec2x.send_data(4, b"Test data from SSL") == b"\r\nSEND OK\r\n"
         # §3.4.3: the data come with the URC, nothing is left for AT+QSSLRECV
-        assert ec2x.read_until(b"from SSL") == b'\r\n+QSSLURC: "recv",4,18\r\nTest data from SSL'
+        assert ec2x.read_until(b"from SSL\r\n") == b'\r\n+QSSLURC: "recv",4,18\r\nTest data from SSL\r\n'
         assert ec2x.at("AT+QSSLRECV=4,1500") == b"\r\nERROR\r\n"     # pushed: nothing to read
         assert ec2x.at("AT+QSSLCLOSE=4") == b"\r\nOK\r\n"
 

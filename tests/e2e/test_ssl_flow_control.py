@@ -68,7 +68,7 @@ def test_direct_push_holds_the_server_back_while_the_host_does_not_read(emulator
         assert all(backlog < BOUND and inbox < BOUND for backlog, inbox in held), held
         assert held[-1][0] > 0, "the stall should leave output waiting for the host"
 
-        # Now the host reads: back-to-back URCs, each followed by exactly <len> bytes.
+        # Now the host reads: back-to-back URCs, each followed by exactly <len> bytes and CR LF.
         received = bytearray()
         urcs = 0
         while len(received) < len(stream):
@@ -79,6 +79,7 @@ def test_direct_push_holds_the_server_back_while_the_host_does_not_read(emulator
             n = int(m.group(2))
             assert 1 <= n <= 1500
             received += host.read_exactly(n, timeout=30)
+            assert host.read_exactly(2, timeout=30) == b"\r\n"     # the pushed data's end
             urcs += 1
         assert hashlib.sha256(received).hexdigest() == hashlib.sha256(stream).hexdigest()
         assert urcs >= len(stream) // 1500
@@ -121,6 +122,7 @@ def test_push_waits_for_a_pending_command_and_the_close_comes_after_the_data(
             if b'"closed"' in header:
                 break
             received += host.read_exactly(int(PUSH_URC.fullmatch(header).group(2)))
+            assert host.read_exactly(2) == b"\r\n"                   # the pushed data's end
         assert received == payload
         assert re.search(rb",4,1,0,1,", host.at("AT+QSSLSTATE=0"))         # closing, access mode 1
         assert host.at("AT+QSSLCLOSE=0") == OK

@@ -25,7 +25,7 @@ online mode last (ATO's target; none after NO CARRIER or its close).  Checked:
     the data framing; nothing at all reaches the host while online but the online socket's
     bytes (other sockets' URCs wait for the OK / NO CARRIER);
   * the "recv"/"closed" URCs agree with the modes (buffer: "recv" only with unread data;
-    push: only "recv",<id>,<len> and its data; "closed" once, after the pushed data; the
+    push: only "recv",<id>,<len>, its data and a CR LF; "closed" once, after the pushed data; the
     fall-back to buffer mode of a transparent socket closed by its peer while escaped);
   * AT+QSSLSTATE / AT+QISTATE show the model's access mode and state after every step;
   * no log record is an error or carries a traceback.
@@ -297,6 +297,8 @@ class AccessModes(RuleBasedStateMachine):
                 n = int(m.group(4))
                 assert 0 < n <= s.unseen, f"{text}: {s.unseen} bytes due"
                 self.saw(s, self.wire.exactly(n, TIMEOUT), text)
+                end = self.wire.exactly(2, TIMEOUT)
+                assert end == b"\r\n", f"{text}: its data ended {end!r}, not CR LF; steps {self.log}"
             else:
                 assert s.mode == 0, f"{text}: a buffer-mode URC on {s}"
                 assert s.closed_urcs == 0, f'{text} after "closed"'

@@ -60,11 +60,12 @@ class PushStream:
         buf = self.host.pending
         while True:
             m = PUSH.match(buf)
-            if m and len(buf) >= m.end() + int(m.group(2)):       # the data, no CR LF after them
+            if m and len(buf) >= m.end() + int(m.group(2)) + 2:   # the data, then their CR LF
                 n = int(m.group(2))
                 assert int(m.group(1)) == self.connect_id and 0 < n <= 1500, m.group(0)
+                assert buf[m.end() + n:m.end() + n + 2] == b"\r\n", bytes(buf[:m.end() + n + 2][-200:])
                 self.data += buf[m.end():m.end() + n]
-                del buf[:m.end() + n]
+                del buf[:m.end() + n + 2]
                 continue
             if not m:
                 w = want.match(buf)
@@ -490,7 +491,7 @@ def test_udp_service_push_mode_shows_the_sender(modem):
     peer.sendto(b"\x00binary\xff", ("127.0.0.1", port))
     urc = host.seen(re.compile(rb'\+QIURC: "recv",9,8,"127\.0\.0\.1",\d+\r\n'))
     assert urc.endswith(f',{peer.getsockname()[1]}\r\n'.encode())
-    assert host.read_exactly(8) == b"\x00binary\xff"
+    assert host.read_exactly(10) == b"\x00binary\xff\r\n"
     peer.close()
     assert host.at("AT+QICLOSE=9") == b"\r\nOK\r\n"
 

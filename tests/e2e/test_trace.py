@@ -248,7 +248,7 @@ def traced_tcpip_session(open_modem, emulator, path) -> None:
             host.read_until(b"> ")
             host.write(datagram)
             host.read_until(b"\r\nSEND OK\r\n")
-            host.read_until(f'\r\n+QIURC: "recv",1,{len(datagram)}\r\n'.encode() + datagram)
+            host.read_until(f'\r\n+QIURC: "recv",1,{len(datagram)}\r\n'.encode() + datagram + b"\r\n")
         assert host.at('AT+QIOPEN=1,2,"TCP LISTENER","127.0.0.1",0,2020,0') == b"\r\nOK\r\n"
         host.read_until(b"\r\n+QIOPEN: 2,0\r\n")
         listener = emulator.run(lambda: tcpip_service(port.modem).listeners[2].server.sockets[0].getsockname())
@@ -341,7 +341,7 @@ def test_tcp_push_and_transparent_sessions_replay(open_modem, emulator, tmp_path
         host.read_until(b"> ")
         host.write(b"push")
         host.read_until(b"\r\nSEND OK\r\n")
-        host.read_until(b'\r\n+QIURC: "recv",0,4\r\npush')
+        host.read_until(b'\r\n+QIURC: "recv",0,4\r\npush\r\n')
         host.write('AT+QIOPEN=1,1,"TCP","10.1.2.3",7003,0,2\r')
         host.read_until(b"\r\nCONNECT\r\n")
         host.write(b"online\r\n")

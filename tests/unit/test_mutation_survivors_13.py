@@ -319,7 +319,7 @@ def test_a_server_reset_is_replayed_as_a_reset(open_modem, emulator, tmp_path, c
         assert host.at('AT+QIOPEN=1,0,"TCP","rst13.example",7000,0,1') == OK
         assert host.read_until(b"+QIOPEN: 0,0\r\n") == b"\r\n+QIOPEN: 0,0\r\n"
         rs.qisend(host, 0, b"boom")
-        assert host.read_until(b'"closed",0\r\n') == b'\r\n+QIURC: "recv",0,4\r\nboom\r\n+QIURC: "closed",0\r\n'
+        assert host.read_until(b'"closed",0\r\n') == b'\r\n+QIURC: "recv",0,4\r\nboom\r\n\r\n+QIURC: "closed",0\r\n'
         assert host.at("AT+QICLOSE=0") == OK
         rs.flush(emulator)
         emulator.stop()

@@ -340,10 +340,10 @@ def test_unresolved_names_and_connects_completing_at_a_prompt_replay_in_order(op
         assert host.read_until(b"> ") == b"\r\n> "
         advance(4.0)
         host.write(b"hello")
-        assert host.read_until(b"hello") == (
+        assert host.read_until(b"hello\r\n") == (
             b"\r\nSEND OK\r\n"
             + b"".join(b"\r\n+QIOPEN: %d,%d\r\n" % (cid, 565 if cid % 2 else 0) for cid in range(8, 0, -1))
-            + b'\r\n+QIURC: "recv",0,5\r\nhello')
+            + b'\r\n+QIURC: "recv",0,5\r\nhello\r\n')
         assert host.at("AT+QICLOSE=0;" + ";".join(f"+QICLOSE={cid}" for cid in range(2, 9, 2))) == OK
         rs.finish(emulator)
     rs.replays(capsys, path)

@@ -82,7 +82,8 @@ def bench() -> Bench:
 
 
 def push_urc(client_id: int, data: bytes) -> bytes:
-    return b'\r\n+QSSLURC: "recv",%d,%d\r\n' % (client_id, len(data)) + data
+    """A direct-push URC as written: header, the data, their closing CR LF."""
+    return b'\r\n+QSSLURC: "recv",%d,%d\r\n' % (client_id, len(data)) + data + b"\r\n"
 
 
 # -- direct push (PushDelivery) ------------------------------------------------------------------
