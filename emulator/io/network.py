@@ -228,30 +228,30 @@ class Router:
         key = _dns_key(host)
         return (key in self.dns or key in self.ping
                 or any(name == key for name, _ in self._routes)
-                or self._shown_for(key) is not None)
+                or any(self.knows(name) for name in self._shown_for(key)))
 
     def ping_rtt(self, host: str) -> float:
         """The round-trip time in ms of a known host's echo replies (an address the modem's
         DNS gave a name: the name's)."""
         key = _dns_key(host)
         if key not in self.ping:
-            key = self._shown_for(key) or key
+            key = next((name for name in self._shown_for(key) if name in self.ping), key)
         return self.ping.get(key, DEFAULT_RTT_MS)
 
-    def _shown_for(self, key: str) -> str | None:
-        """The name whose address the modem's DNS shows as the IP literal `key` (its --dns
-        entry, else its made-up address) -- a routed or --dns name; None for any other key."""
+    def _shown_for(self, key: str) -> list[str]:
+        """The names whose address the modem's DNS shows as the IP literal `key` (a --dns
+        entry, else the made-up address of a routed or --ping name), in the order they were
+        given; [] for any other key."""
         if not is_ip(key):
-            return None
+            return []
         ip = str(ipaddress.ip_address(key))
-        for name, shown in self.dns.items():
-            if shown == ip:
-                return name
+        names = [name for name, shown in self.dns.items() if shown == ip]
         if ipaddress.ip_address(ip) in FAKE_NET:
-            for name, _ in self._routes:
+            known = [name for name, _ in self._routes] + list(self.ping)
+            for name in dict.fromkeys(known):
                 if not is_ip(name) and name not in self.dns and made_up_address(name) == ip:
-                    return name
-        return None
+                    names.append(name)
+        return names
 
     def answered_address(self, host: str) -> str | None:
         """The address a name has been given -- a --dns entry, or the real DNS's answer --
@@ -282,10 +282,8 @@ class Router:
         key = name_key(host)
         dst = self._routes.get((key, port)) or self._routes.get((key, None))
         if dst is None:
-            name = self._shown_for(key)
-            if name is None:
-                return None
-            dst = self._routes.get((name, port)) or self._routes.get((name, None))
+            dst = next((route for name in self._shown_for(key)
+                        if (route := self._routes.get((name, port)) or self._routes.get((name, None)))), None)
             if dst is None:
                 return None
         return dst[0], dst[1] if dst[1] is not None else port
