@@ -983,6 +983,12 @@ class TlsClientSession:
         return (not self.settings.dtls and SSL3_0 <= pinned <= TLS1_2 and wire[:1] == b"\x03"
                 and wire > bytes((3, pinned)))
 
+    def forget_resumption(self) -> None:
+        """The transport lost the handshake's last flight after the library called it over
+        (a resumed handshake reset before the module's Finished left): the session it saved
+        is not offered again, as after any failed handshake."""
+        self._resumption.forget()
+
     def _fail(self, kind: str, reason: str) -> None:
         if self.state in ("failed", "closed"):
             return

@@ -702,6 +702,7 @@ class SslSocket:
                 self.handshake = event
                 if self._opened is not None and not self._opened.done():
                     if unsent and self._state is OPENING:
+                        session.forget_resumption()
                         self._opened.set_result(("connect", "the connection was reset before the module's "
                                                             "last handshake flight left"))
                         continue
