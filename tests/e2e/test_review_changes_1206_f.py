@@ -3,8 +3,8 @@ format + viewmode, UDP SERVICE with its sender and over recv_max, a push raised 
 peer close right behind data, AT+QISWTMD to push, transparent data untouched, SSL push, trace
 replay), routing of the address AT+QIDNSGIP showed (upper case / trailing-dot names, UDP,
 AT+QPING, AT+QSSLOPEN by address: no SNI, certificate checked against the address, dns_fail,
---dns names sharing an address and --ping names: bugs found, fixed), <local_port> 556, ATZ/AT&F pacing,
-and a resumed handshake reset before the module's last flight in push mode (566).
+--dns names sharing an address and --ping names: bugs found, fixed), <local_port> 556 and ATZ/AT&F pacing (a resumed handshake reset before the module's last
+flight in push mode: hostile_servers_12).
 Reaches only 127.0.0.1."""
 from __future__ import annotations
 
@@ -463,42 +463,6 @@ def test_verified_open_by_the_shown_address_checks_the_address_not_the_name(mode
         assert host.at(f'AT+QSSLOPEN=1,1,1,"{HOST}",{PORT},0') == OK
         assert host.read_until(b"+QSSLOPEN: 1,", timeout=10) + host.read_until(b"\r\n") == b"\r\n+QSSLOPEN: 1,0\r\n"
         assert host.at("AT+QSSLCLOSE=1") == OK
-
-
-# -- a resumed handshake reset before the module's last flight (push mode) -------------------
-def test_rst_right_behind_the_resumed_flight_fails_a_push_open(modem, emulator):
-    """As hostile_servers_12's buffer/transparent cases, in push mode: OK, then
-    +QSSLOPEN: 2,566 once, no "closed", no push, AT+QIGETERROR 566, the id free again."""
-    import time
-    from tests.e2e.hostile_support import send_rst
-    from tests.e2e.test_adversarial_hostile_servers_12 import NAME, full_open_then_close, forget_answers
-    from tests.e2e.test_adversarial_hostile_servers_6 import HandServer, qigeterror, state
-    host, _, _ = modem
-    assert host.at('AT+QSSLCFG="ciphersuite",1,0X009C') == OK
-    assert host.at('AT+QSSLCFG="negotiatetime",1,10') == OK
-
-    def script(c):
-        if c is not c.server.conns[0]:
-            def rst_instead(master):
-                send_rst(c.sock)
-                raise EOFError
-            c._client_finished = rst_instead
-        c.handshake()
-        c.echo()
-
-    with HandServer(emulator, script, tickets=True, name=NAME) as server:
-        full_open_then_close(host, server, 2)
-        forget_answers(host, 2)
-        mark = len(host.transcript)
-        host.write(f'AT+QSSLOPEN=1,1,2,"{NAME}",443,1\r'.encode())
-        time.sleep(1.0)
-        out = host.quiet_for(0.3)
-        assert server.conns[1].resumed is True
-        assert out == b"\r\nOK\r\n\r\n+QSSLOPEN: 2,566\r\n", out
-        assert qigeterror(host) == 566
-        assert state(host, 2) is None
-        assert b'"closed",2' not in host.transcript[mark:]
-        assert b"+QSSLURC" not in host.transcript[mark:]
 
 
 # -- trace + replay ----------------------------------------------------------------------------
