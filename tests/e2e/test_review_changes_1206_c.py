@@ -404,8 +404,8 @@ def test_a_warning_alert_last_in_a_read_then_data_later(modem, emulator):
         c.handshake()
         c.sock.sendall(c.app(b"one") + c.tx.seal(CT_ALERT, NO_RENEG))
         time.sleep(0.4)
+        later.set()                  # (before the send: the host may read "|two" before sendall returns)
         c.sock.sendall(c.tx.seal(CT_ALERT, NO_RENEG) + c.app(b"|two"))
-        later.set()
         c.echo()
 
     with h10.Hand(emulator, script):

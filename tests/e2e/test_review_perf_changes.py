@@ -128,7 +128,7 @@ def test_memo_after_a_reboot_the_defaults_are_used(emulator, ec2x_net, pki):
             assert host.at(f"AT+QSSLCFG={line}") == OK
         assert ssl_open(host, 0) == b"\r\n+QSSLOPEN: 0,566\r\n"
         host.at("AT+CFUN=1,1", timeout=20)
-        host.seen(b"+CPIN: READY", 20)          # (registered, so AT+QIACT can attach, from here)
+        host.seen(b"+QIND: PB DONE", 20)        # (the boot's last URC: registered, so AT+QIACT can attach)
         deadline = time.monotonic() + 15
         while not host.at("ATE0").endswith(OK) and time.monotonic() < deadline:
             time.sleep(0.2)
