@@ -265,9 +265,24 @@ def test_second_listener_556_then_free_again_after_close(modem):
     assert host.at("AT+QICLOSE=1") == OK
 
 
+def _free_for_udp_and_tcp() -> int:
+    """A port number free on 127.0.0.1 for UDP and for TCP (other tests run alongside)."""
+    for _ in range(100):
+        port = free_port(socket.SOCK_DGRAM)
+        probe = socket.socket()
+        try:
+            probe.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            probe.close()
+    raise AssertionError("no port free for both UDP and TCP")
+
+
 def test_second_udp_service_556_on_another_context_too(modem):
     host, _, _ = modem
-    lport = free_port(socket.SOCK_DGRAM)
+    lport = _free_for_udp_and_tcp()
     qiopen(host, 0, "UDP SERVICE", "127.0.0.1", 0, local_port=lport)
     assert host.at(f'AT+QIOPEN=1,1,"UDP SERVICE","127.0.0.1",0,{lport},0') == OK
     assert host.read_until(b"+QIOPEN: 1,") + host.read_until(b"\r\n") == b"\r\n+QIOPEN: 1,556\r\n"
