@@ -829,12 +829,8 @@ class TlsClientSession:
                 # not shrink as its records are read; whether records of it are left is its
                 # own word (mbedtls_ssl_check_pending), retried as often as blind ones.
                 now = input_pending(self._buffer)
-                if now is None:
-                    blind += 1
-                    if blind > blind_cap:
-                        break
-                elif now == held and not progressed:
-                    if not (self._clock_ssl and self._clock_ssl.check_pending()):
+                if now is None or (now == held and not progressed):
+                    if now is not None and not (self._clock_ssl and self._clock_ssl.check_pending()):
                         break
                     blind += 1
                     if blind > blind_cap:

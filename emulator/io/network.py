@@ -228,7 +228,7 @@ class Router:
         key = _dns_key(host)
         return (key in self.dns or key in self.ping
                 or any(name == key for name, _ in self._routes)
-                or any(self.knows(name) for name in self._shown_for(key)))
+                or bool(self._shown_for(key)))          # (each name it gives is known)
 
     def ping_rtt(self, host: str) -> float:
         """The round-trip time in ms of a known host's echo replies (an address the modem's
@@ -280,13 +280,15 @@ class Router:
         answer: the name's --dns entry or made-up address) takes the name's route, as on a
         real network the answer reaches the name's server."""
         key = name_key(host)
-        dst = self._routes.get((key, port)) or self._routes.get((key, None))
+        dst = self._route(key, port) or next(
+            (route for name in self._shown_for(key) if (route := self._route(name, port))), None)
         if dst is None:
-            dst = next((route for name in self._shown_for(key)
-                        if (route := self._routes.get((name, port)) or self._routes.get((name, None)))), None)
-            if dst is None:
-                return None
+            return None
         return dst[0], dst[1] if dst[1] is not None else port
+
+    def _route(self, key: str, port: int):
+        """The route of `key` for `port`, else its any-port route (None: neither)."""
+        return self._routes.get((key, port)) or self._routes.get((key, None))
 
     def resolve_now(self, host: str, port: int) -> tuple[str, int] | None:
         """resolve() when it needs no DNS (a route, an IP literal, a name's --dns entry, an
