@@ -44,6 +44,7 @@ Every name dialled is routed to 127.0.0.1, or is "localhost" resolved by the sys
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -474,16 +475,13 @@ class _ServerSealer:
         return bytes([ctype]) + b"\xfe\xfd" + seqnum + len(body).to_bytes(2, "big") + body
 
 
-@pytest.mark.parametrize("alert", [
-    NO_RENEG,
-    "hello_request", USER_CANCELED, None], ids=["no_renegotiation", "hello_request", "user_canceled", "no_alert"])
-def test_dtls_records_behind_a_warning_alert_in_one_datagram(tmp_path, pki, alert):
-    """`openssl s_server -dtls1_2` behind a middlebox; once the session is up the path slips in
-    one datagram sealed with the session's keys (the emulator's key log): [a warning
-    alert (no_renegotiation: Mbed TLS's WANT_READ; user_canceled: read on inside), or a
-    HelloRequest the modem refuses (renegotiation 0),] "behind the alert", "and more" (three records, one datagram).  Mbed
-    TLS ignores the warning; the records behind it reach the host at once, as for TLS
-    (docs/behaviour.md), not only when the next datagram comes."""
+@contextlib.contextmanager
+def dtls_session_with_injector(tmp_path, pki):
+    """An EC2x whose DTLS socket 4 (push mode, TLS_RSA_WITH_AES_128_GCM_SHA256) is open to
+    `openssl s_server -dtls1_2` behind a UdpMiddlebox, the server's first push ("first") read.
+    Yields (host, server, box, inject): inject([(type, payload), ...], first=1) slips one
+    datagram of those records into the path, sealed with the session's keys (the emulator's
+    key log) at the server's next sequence numbers from `first` on."""
     from emulator.testing.peers import OpenSslServer, UdpMiddlebox
     from emulator.testing.peers.dtls_wire import records as dtls_records
     keylog: list[str] = []
@@ -506,36 +504,53 @@ def test_dtls_records_behind_a_warning_alert_in_one_datagram(tmp_path, pki, aler
                 server.write(b"first\n")
                 assert host.read_until(b'+QSSLURC: "recv",4,6\r\nfirst\n\r\n', 5).endswith(b"first\n\r\n")
                 hello = next(r for d in box.sent("s2c") for r in dtls_records(d) if r.type == 22 and r.payload[:1] == b"\x02")
-                server_random = hello.payload[12 + 2:12 + 34]
-                line = next(x for x in keylog if x.startswith("CLIENT_RANDOM"))
-                sealer = _ServerSealer(line, server_random)
+                sealer = _ServerSealer(next(x for x in keylog if x.startswith("CLIENT_RANDOM")),
+                                       hello.payload[12 + 2:12 + 34])
                 top = max(r.seq for d in box.sent("s2c") for r in dtls_records(d) if r.epoch == 1)
-                if alert == "hello_request":           # (DTLS handshake header: type 0, empty)
-                    wire = [(22, b"\x00" + bytes(3) + b"\x00\x00" + bytes(6))]
-                else:
-                    wire = [(21, alert)] if alert else []
-                wire += [(23, b"behind the alert\n"), (23, b"and more\n")]
-                box.inject(b"".join(sealer.seal(t, p, top + 1 + i) for i, (t, p) in enumerate(wire)))
-                try:
-                    got = host.read_until(b"and more\n\r\n", 3)
-                except AssertionError:            # (stalled: the next datagram moves them on)
-                    box.inject(sealer.seal(23, b"next\n", top + 10))
-                    got = b"STALLED " + host.read_until(b"next\n\r\n", 3)
-                assert got == b'\r\n+QSSLURC: "recv",4,26\r\nbehind the alert\nand more\n\r\n', got
-                assert host.quiet_for(0.2) == b""
-                if alert == "hello_request":
-                    # the modem's refusal: one encrypted alert record (OpenSSL, which never
-                    # asked, ends its session on it: no round trip checked here)
-                    box.wait_for(lambda: any(r.type == 21 and r.epoch == 1 for d in box.sent("c2s")
-                                             for r in dtls_records(d)), 3)
-                else:
-                    assert host.send_data(4, b"still up\n") == b"\r\nSEND OK\r\n"
-                    server.wait_for_output(rb"still up", 10)
-                assert host.at("AT+QSSLCLOSE=4,0") == OK
+
+                def inject(wire, first: int = 1) -> None:
+                    box.inject(b"".join(sealer.seal(t, p, top + first + i) for i, (t, p) in enumerate(wire)))
+                yield host, server, box, inject
             finally:
                 host.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("alert", [
+    NO_RENEG,
+    "hello_request", USER_CANCELED, None], ids=["no_renegotiation", "hello_request", "user_canceled", "no_alert"])
+def test_dtls_records_behind_a_warning_alert_in_one_datagram(tmp_path, pki, alert):
+    """`openssl s_server -dtls1_2` behind a middlebox; once the session is up the path slips in
+    one datagram sealed with the session's keys (the emulator's key log): [a warning
+    alert (no_renegotiation: Mbed TLS's WANT_READ; user_canceled: read on inside), or a
+    HelloRequest the modem refuses (renegotiation 0),] "behind the alert", "and more" (three records, one datagram).  Mbed
+    TLS ignores the warning; the records behind it reach the host at once, as for TLS
+    (docs/behaviour.md), not only when the next datagram comes."""
+    from emulator.testing.peers.dtls_wire import records as dtls_records
+    with dtls_session_with_injector(tmp_path, pki) as (host, server, box, inject):
+        if alert == "hello_request":           # (DTLS handshake header: type 0, empty)
+            wire = [(22, b"\x00" + bytes(3) + b"\x00\x00" + bytes(6))]
+        else:
+            wire = [(21, alert)] if alert else []
+        wire += [(23, b"behind the alert\n"), (23, b"and more\n")]
+        inject(wire)
+        try:
+            got = host.read_until(b"and more\n\r\n", 3)
+        except AssertionError:            # (stalled: the next datagram moves them on)
+            inject([(23, b"next\n")], first=10)
+            got = b"STALLED " + host.read_until(b"next\n\r\n", 3)
+        assert got == b'\r\n+QSSLURC: "recv",4,26\r\nbehind the alert\nand more\n\r\n', got
+        assert host.quiet_for(0.2) == b""
+        if alert == "hello_request":
+            # the modem's refusal: one encrypted alert record (OpenSSL, which never
+            # asked, ends its session on it: no round trip checked here)
+            box.wait_for(lambda: any(r.type == 21 and r.epoch == 1 for d in box.sent("c2s")
+                                     for r in dtls_records(d)), 3)
+        else:
+            assert host.send_data(4, b"still up\n") == b"\r\nSEND OK\r\n"
+            server.wait_for_output(rb"still up", 10)
+        assert host.at("AT+QSSLCLOSE=4,0") == OK
 
 
 # == without the wrapper's private names (native.input_pending None: blind retries) =====================

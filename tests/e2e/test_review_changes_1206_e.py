@@ -620,14 +620,7 @@ def test_dtls_records_behind_warning_alerts_in_one_datagram(tmp_path, pki, layou
     """One datagram sealed with the session's keys: no_renegotiation alerts (Mbed TLS's
     WANT_READ) and data records in the order `layout` names; every data record reaches the host
     at once (docs/behaviour.md: the records behind such an alert reach the host at once)."""
-    from emulator.io.app import BackgroundEmulator
-    from emulator.testing.host import Host
-    from emulator.testing.peers import OpenSslServer, UdpMiddlebox
-    from emulator.testing.peers.dtls_wire import records as dtls_records
-    from tests.e2e.test_review_changes_1206_c import _ServerSealer
-    keylog: list[str] = []
-    cert, key = pki.server.load_args
-    server = OpenSslServer(["-cert", cert, "-key", key, "-dtls1_2", "-cipher", "AES128-GCM-SHA256"])
+    from tests.e2e.test_review_changes_1206_c import dtls_session_with_injector
     pieces = {"alert": (21, NO_RENEG)}
     data = [b"one\n", b"two\n"]
     wire = []
@@ -636,44 +629,21 @@ def test_dtls_records_behind_warning_alerts_in_one_datagram(tmp_path, pki, layou
             wire.append((23, b""))
         else:
             wire.append(pieces["alert"] if part == "alert" else (23, data.pop(0)))
-    try:
-        with UdpMiddlebox(server.address) as box, BackgroundEmulator(keylog=keylog.append) as emu:
-            port = emu.add_modem("ec2x", state_dir=tmp_path / "state")
-            host = Host(port.path)
-            try:
-                emu.run(port.port.look_for_host)
-                assert host.at("ATE0").endswith(OK)
-                assert host.at(ATTACH) == OK
-                emu.router.add_map("dtls.example", 4433, "127.0.0.1", box.port)
-                assert host.at('AT+QSSLCFG="dtls",2,1') == OK
-                assert host.at('AT+QSSLCFG="ciphersuite",2,0X009C') == OK
-                assert host.at('AT+QSSLOPEN=1,2,4,"dtls.example",4433,1') == OK
-                assert host.read_until(b"+QSSLOPEN: 4,0\r\n", 20).endswith(b"\r\n+QSSLOPEN: 4,0\r\n")
-                server.wait_for_output(rb"CIPHER is", 10)
-                server.write(b"first\n")
-                assert host.read_until(b'+QSSLURC: "recv",4,6\r\nfirst\n\r\n', 5).endswith(b"first\n\r\n")
-                hello = next(r for d in box.sent("s2c") for r in dtls_records(d) if r.type == 22 and r.payload[:1] == b"\x02")
-                sealer = _ServerSealer(next(x for x in keylog if x.startswith("CLIENT_RANDOM")),
-                                       hello.payload[12 + 2:12 + 34])
-                top = max(r.seq for d in box.sent("s2c") for r in dtls_records(d) if r.epoch == 1)
-                box.inject(b"".join(sealer.seal(t, p, top + 1 + i) for i, (t, p) in enumerate(wire)))
-                try:
-                    got = host.read_until(b"two\n\r\n", 3)
-                except AssertionError:            # (stalled: the next datagram moves them on)
-                    box.inject(sealer.seal(23, b"next\n", top + 10))
-                    got = b"STALLED " + host.read_until(b"next\n\r\n", 3)
-                if layout == "data_alert_alert_data":   # (the first record may go on its own)
-                    got = got.replace(b'\r\n+QSSLURC: "recv",4,4\r\none\n\r\n\r\n+QSSLURC: "recv",4,4\r\n',
-                                      b'\r\n+QSSLURC: "recv",4,8\r\none\n')
-                assert got == b'\r\n+QSSLURC: "recv",4,8\r\none\ntwo\n\r\n', got
-                assert host.quiet_for(0.2) == b""
-                assert host.send_data(4, b"still up\n") == b"\r\nSEND OK\r\n"
-                server.wait_for_output(rb"still up", 10)
-                assert host.at("AT+QSSLCLOSE=4,0") == OK
-            finally:
-                host.close()
-    finally:
-        server.stop()
+    with dtls_session_with_injector(tmp_path, pki) as (host, server, box, inject):
+        inject(wire)
+        try:
+            got = host.read_until(b"two\n\r\n", 3)
+        except AssertionError:            # (stalled: the next datagram moves them on)
+            inject([(23, b"next\n")], first=10)
+            got = b"STALLED " + host.read_until(b"next\n\r\n", 3)
+        if layout == "data_alert_alert_data":   # (the first record may go on its own)
+            got = got.replace(b'\r\n+QSSLURC: "recv",4,4\r\none\n\r\n\r\n+QSSLURC: "recv",4,4\r\n',
+                              b'\r\n+QSSLURC: "recv",4,8\r\none\n')
+        assert got == b'\r\n+QSSLURC: "recv",4,8\r\none\ntwo\n\r\n', got
+        assert host.quiet_for(0.2) == b""
+        assert host.send_data(4, b"still up\n") == b"\r\nSEND OK\r\n"
+        server.wait_for_output(rb"still up", 10)
+        assert host.at("AT+QSSLCLOSE=4,0") == OK
 
 
 @pytest.mark.parametrize("names", ["private", "public-fallback"])
