@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 import ipaddress
 import re
 import ssl
@@ -368,6 +369,25 @@ class DemoPeer:
         await asyncio.sleep(0)   # let the aborted transports deliver connection_lost
 
 
+async def _plain_echo_pair(loop, peer: DemoPeer, bind: str, attempts: int = 20):
+    """The plain TCP echo and the UDP echo on one port number (one route serves both): the
+    TCP server takes an ephemeral port, the UDP echo binds the same number -- which another
+    program may already hold for UDP (EADDRINUSE): then both try another port."""
+    for attempt in range(attempts):
+        server = await loop.create_server(lambda: _PlainEcho(peer), bind, 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            udp, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=(bind, port))
+        except OSError as exc:
+            server.close()
+            await server.wait_closed()
+            if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                raise
+            continue
+        return server, udp, port
+    raise AssertionError("unreachable")
+
+
 async def start_demo_peer(bind: str = "127.0.0.1") -> DemoPeer:
     """Start the echo and HTTPS services on ephemeral ports of `bind`; see DemoPeer.routes."""
     # RSA key generation takes a noticeable fraction of a second: keep it off the event loop.
@@ -387,10 +407,8 @@ async def start_demo_peer(bind: str = "127.0.0.1") -> DemoPeer:
             port = server.sockets[0].getsockname()[1]
             for route in routes:
                 peer.routes[route] = (bind, port)
-        server = await loop.create_server(lambda: _PlainEcho(peer), bind, 0)
+        server, udp, port = await _plain_echo_pair(loop, peer, bind)
         peer.servers.append(server)
-        port = server.sockets[0].getsockname()[1]
-        udp, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=(bind, port))
         peer.datagram_endpoints.append(udp)
         peer.routes[PLAIN_ECHO_ROUTE] = (bind, port)
     except BaseException:
