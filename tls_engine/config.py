@@ -324,16 +324,20 @@ def _remember(cache: dict, key, value) -> None:
 
 
 def apply_native_conf(context, plan: EnginePlan, settings: TlsSettings, notes: list[str]) -> None:
-    """Exact cipher-suite list (RC4/3DES), renegotiation and key log, through native."""
+    """Exact cipher-suite list (RC4/3DES), renegotiation, key log and seclevel 0's
+    VERIFY_NONE, through native."""
+    no_auth = settings.seclevel == 0
     wanted = plan.native_suites or settings.renegotiation or settings.keylog
-    if not wanted:
+    if not (wanted or no_auth):
         return
     from . import native
 
     if not native.available():
         # build_plan already refused suites that need native; what is left are
-        # optional features, so degrade with a note.
-        notes.append("tls_engine.native unavailable: no renegotiation / key log")
+        # optional features, so degrade with a note.  (Seclevel 0 stays VERIFY_OPTIONAL:
+        # only a chain too long for Mbed TLS's walk tells the difference.)
+        if wanted:
+            notes.append("tls_engine.native unavailable: no renegotiation / key log")
         return
     try:
         conf = native.NativeConf(context)
@@ -341,6 +345,11 @@ def apply_native_conf(context, plan: EnginePlan, settings: TlsSettings, notes: l
             conf.set_ciphersuites(plan.native_suites)
     except Exception as exc:
         raise EngineConfigError(UNSUPPORTED_CIPHER, f"cannot offer the configured cipher suites: {exc}") from None
+    if no_auth:
+        # Seclevel 0, no authentication: Mbed TLS does not walk the server's chain at all
+        # (VERIFY_OPTIONAL would, and fails a chain of 10+ untrusted certificates with
+        # MBEDTLS_ERR_X509_FATAL_ERROR, which OPTIONAL does not forgive).
+        conf.set_verify_none(True)
     if settings.renegotiation:
         try:
             conf.set_renegotiation(True)

@@ -21,7 +21,8 @@ What it touches
       ``ClientContext``/``ServerContext`` owns (object + 32). Written only through the
       library's own setters: ``mbedtls_ssl_conf_ciphersuites``,
       ``mbedtls_ssl_conf_arc4_support``, ``mbedtls_ssl_conf_renegotiation``,
-      ``mbedtls_ssl_conf_legacy_renegotiation``, ``mbedtls_ssl_conf_export_keys_ext_cb``.
+      ``mbedtls_ssl_conf_legacy_renegotiation``, ``mbedtls_ssl_conf_authmode``,
+      ``mbedtls_ssl_conf_export_keys_ext_cb``.
     * ``mbedtls_ssl_context`` embedded in the ``MbedTLSBuffer`` (= TLSWrappedBuffer)
       object (object + 24), passed to ``mbedtls_ssl_get_session``/``set_session``/
       ``get_verify_result``, and to ``mbedtls_ssl_set_timer_cb`` (DTLS: the retransmission

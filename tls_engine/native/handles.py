@@ -129,6 +129,13 @@ class NativeConf:
             L.LEGACY_ALLOW_RENEGOTIATION if (enabled and allow_legacy) else L.LEGACY_NO_RENEGOTIATION,
         )
 
+    def set_verify_none(self, none: bool) -> None:
+        """MBEDTLS_SSL_VERIFY_NONE (True) or VERIFY_OPTIONAL (False, python-mbedtls's
+        validate_certificates=False): with NONE, Mbed TLS 2.28's client still parses the
+        server's Certificate message but never walks the chain (ssl_parse_certificate_verify
+        returns at once), so no chain is too long for it."""
+        self._lib.mbedtls_ssl_conf_authmode(self._conf, L.VERIFY_NONE if none else L.VERIFY_OPTIONAL)
+
     def set_keylog(self, callback: Callable[[str], None] | None) -> None:
         """Call `callback("CLIENT_RANDOM <client random hex> <master secret hex>")` for
         every key derivation (each handshake, resumed or not, and each renegotiation).

@@ -54,6 +54,7 @@ SS_CIPHERSUITE, SS_ID_LEN, SS_ID, SS_MASTER = 16, 24, 32, 64
 ARC4_ENABLED, ARC4_DISABLED = 0, 1
 RENEGOTIATION_DISABLED, RENEGOTIATION_ENABLED = 0, 1
 LEGACY_NO_RENEGOTIATION, LEGACY_ALLOW_RENEGOTIATION = 0, 1
+VERIFY_NONE, VERIFY_OPTIONAL = 0, 1  # MBEDTLS_SSL_VERIFY_*
 HANDSHAKE_OVER = 16  # MBEDTLS_SSL_HANDSHAKE_OVER
 
 _P = ctypes.c_void_p
@@ -81,6 +82,7 @@ _SIGNATURES = {
     "mbedtls_ssl_conf_arc4_support": (None, [_P, ctypes.c_char]),
     "mbedtls_ssl_conf_renegotiation": (None, [_P, ctypes.c_int]),
     "mbedtls_ssl_conf_legacy_renegotiation": (None, [_P, ctypes.c_int]),
+    "mbedtls_ssl_conf_authmode": (None, [_P, ctypes.c_int]),
     "mbedtls_ssl_conf_export_keys_ext_cb": (None, [_P, EXPORT_KEYS_EXT_CB, _P]),
     # (ctypes.CDLL calls release the GIL: NativeSsl.write_nogil encrypts off the loop thread)
     "mbedtls_ssl_write": (ctypes.c_int, [_P, _P, ctypes.c_size_t]),
@@ -218,6 +220,7 @@ def self_check(lib: ctypes.CDLL, tls, tls_cy, version_info) -> None:
         (lib.mbedtls_ssl_conf_arc4_support, CF_ARC4_DISABLED, ARC4_ENABLED, ARC4_DISABLED),
         (lib.mbedtls_ssl_conf_renegotiation, CF_RENEGOTIATION, 1, 0),
         (lib.mbedtls_ssl_conf_legacy_renegotiation, CF_LEGACY_RENEGO, 1, 0),
+        (lib.mbedtls_ssl_conf_authmode, CF_AUTHMODE, VERIFY_NONE, VERIFY_OPTIONAL),
     ):
         before = u8(conf + off)
         fn(conf, bytes([on]) if fn is lib.mbedtls_ssl_conf_arc4_support else on)

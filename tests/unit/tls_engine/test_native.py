@@ -314,3 +314,62 @@ def test_delay_timer_expiry_is_one_instant_for_mbedtls_and_the_session(start, fi
     assert timer._get(None) == 2 and timer.running()[1] == 0.0      # due at the interval's end
     timer._set(None, 0, 0)
     assert timer.running() is None and timer._get(None) == -1       # cancelled
+
+
+# -- VERIFY_NONE (seclevel 0) ----------------------------------------------------------------------
+def _deep_chain_identity():
+    """A leaf for localhost under 9 intermediates, all of them and the root sent: 11 linked
+    certificates, none trusted by a client without a trust store."""
+    from emulator.testing.peers import ServerIdentity, make_cert
+    root = make_cert("Native Deep Root", None, ca=True)
+    ints, parent = [], root
+    for i in range(9):
+        parent = make_cert(f"Native Deep Int {i + 1}", parent, ca=True)
+        ints.append(parent)
+    leaf = make_cert("localhost", ints[-1], ca=False, names=("localhost",))
+    return ServerIdentity(leaf, *ints[::-1], root)
+
+
+def test_verify_none_never_walks_a_chain_verify_optional_calls_too_long():
+    """python-mbedtls's validate_certificates=False is VERIFY_OPTIONAL: its chain walk fails a
+    chain of 11 untrusted certificates with MBEDTLS_ERR_X509_FATAL_ERROR (-0x3000), which
+    OPTIONAL does not forgive; set_verify_none(True) (mbedtls_ssl_conf_authmode NONE) never
+    walks it: the handshake completes and data flow, the server sees its handshake done."""
+    identity = _deep_chain_identity()
+    with TlsServer(identity, max_version="TLSv1.2") as server:
+        optional = mtls.ClientContext(mtls.TLSConfiguration(validate_certificates=False,
+                                                            highest_supported_version=TLS12))
+        conn = connect(server.port, optional.wrap_buffers("localhost"))
+        with pytest.raises(mexc.TLSError) as failed:
+            conn.handshake()
+        assert abs(failed.value.err) == 0x3000
+        conn.sock.close()
+        none = mtls.ClientContext(mtls.TLSConfiguration(validate_certificates=False,
+                                                        highest_supported_version=TLS12))
+        native.NativeConf(none).set_verify_none(True)
+        conn = connect(server.port, none.wrap_buffers("localhost"))
+        conn.handshake()
+        echo_once(conn)
+        conn.close()
+
+
+def test_set_verify_none_writes_the_authmode_and_back():
+    from tls_engine.native import layout
+    ctx = mtls.ClientContext(mtls.TLSConfiguration(validate_certificates=False))
+    conf = native.NativeConf(ctx)
+    assert layout.u8(conf.address + layout.CF_AUTHMODE) == layout.VERIFY_OPTIONAL
+    conf.set_verify_none(True)
+    assert layout.u8(conf.address + layout.CF_AUTHMODE) == layout.VERIFY_NONE
+    conf.set_verify_none(False)
+    assert layout.u8(conf.address + layout.CF_AUTHMODE) == layout.VERIFY_OPTIONAL
+
+
+@pytest.mark.parametrize("seclevel,authmode", [(0, 0), (1, 1), (2, 1)])
+def test_the_engine_runs_verify_none_at_seclevel_0_only(base_settings, ca, seclevel, authmode):
+    """tls_engine.config: seclevel 0 (no authentication) gets VERIFY_NONE, 1 and 2 keep
+    VERIFY_OPTIONAL (the engine's own check decides, Mbed TLS's walk stops at the CA file)."""
+    from tls_engine import config
+    from tls_engine.native import layout
+    settings = base_settings(seclevel=seclevel, ca_pem=ca.cert_pem)
+    context, _ = config.client_context(config.build_plan(settings), settings)
+    assert layout.u8(native.NativeConf(context).address + layout.CF_AUTHMODE) == authmode
