@@ -99,10 +99,10 @@ import time
 import pytest
 
 from emulator.testing.peers import TlsServer
+from tests.e2e import test_adversarial_public_drivers_10 as drivers10
 from tests.e2e.test_adversarial_public_drivers_10 import (
     INCOMPLETE, AtatError, Pty, _numeric_error, _urc_helper, at_fields)
 
-SLOW = 3                     # the driver's short command timeouts widened for a loaded machine
 HOST, PORT = "mmrs.example", 8443
 
 # =================================================================================================
@@ -194,27 +194,13 @@ class ModemErr(Exception):
         self.kind, self.detail = kind, detail
 
 
-class Atat:
-    """Ingress (digest after every read) + blocking Client + the URC pub-sub channel (a log;
-    a subscriber is an index into it)."""
+class Atat(drivers10.Atat):
+    """Ingress (digest after every read) + blocking Client (test_adversarial_public_drivers_10's
+    atat model: pump, send) + the URC pub-sub channel (a log; a subscriber is an index into it)."""
 
     def __init__(self, pty: Pty, read_cap: int = 64) -> None:
-        self.pty, self.read_cap = pty, read_cap
-        self.buf = bytearray()
+        super().__init__(pty, read_cap)
         self.urc_log: list[tuple[bytes, list[bytes]]] = []
-        self.slot = None
-        self.dropped: list[object] = []
-        self.cooldown_until = 0.0
-
-    def pump(self) -> bool:
-        got = False
-        while True:
-            chunk = self.pty.read_chunk(self.read_cap)
-            if not chunk:
-                return got
-            got = True
-            self.buf += chunk
-            self._advance()
 
     def _advance(self) -> None:
         while self.buf:
@@ -234,36 +220,7 @@ class Atat:
 
     def sleep(self, seconds: float) -> None:
         """The caller sleeps; the ingress thread keeps digesting."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if not self.pump():
-                time.sleep(0.002)
-
-    def send(self, command: bytes | str, timeout_ms: int, expects: bool = True,
-             scale: float = SLOW):
-        """Client::send(); the command's timeout widened by `scale` for a loaded machine,
-        except where the driver expects the wait to run out (scale=1)."""
-        while time.monotonic() < self.cooldown_until:
-            self.pump()
-            time.sleep(0.002)
-        self.pump()
-        self.slot = None
-        self.pty.write(command)
-        self.cooldown_until = time.monotonic() + 0.020
-        if not expects:
-            return None
-        deadline = time.monotonic() + timeout_ms / 1000 * scale
-        while self.slot is None:
-            if time.monotonic() >= deadline:
-                raise AtatError("Timeout")
-            if not self.pump():
-                time.sleep(0.002)
-        kind, value = self.slot
-        if kind == "ok":
-            return value
-        if kind == "prompt":
-            return b""
-        raise AtatError(kind, value)
+        self.run_for(seconds)
 
 
 class Subscriber:
