@@ -110,6 +110,16 @@ def ssl_open(host, cid: int, mode: int = 0, name: str = NAME) -> None:
     assert host.at(f'AT+QSSLOPEN=1,1,{cid},"{name}",443,{mode}') == OK
 
 
+def open_in_mode(host, mode: int) -> None:
+    """Socket 1 opened in access mode `mode`: CONNECT in transparent mode, else +QSSLOPEN: 1,0."""
+    if mode == 2:
+        host.write(f'AT+QSSLOPEN=1,1,1,"{NAME}",443,2\r'.encode())
+        assert host.read_until(re.compile(rb"CONNECT\r\n|ERROR\r\n")) == b"\r\nCONNECT\r\n"
+    else:
+        ssl_open(host, 1, mode=mode)
+        assert open_answer(host, 1) == 0
+
+
 def log_text(caplog) -> str:
     return "\n".join(r.getMessage() for r in caplog.records)
 
@@ -713,12 +723,7 @@ def test_chaotic_legal_server_every_byte_once_then_one_end(modem, emulator, mode
         c.server.stall()
 
     with Server(script, emulator, NAME) as server:
-        if mode == 2:
-            host.write(f'AT+QSSLOPEN=1,1,1,"{NAME}",443,2\r'.encode())
-            assert host.read_until(re.compile(rb"CONNECT\r\n|ERROR\r\n")) == b"\r\nCONNECT\r\n"
-        else:
-            ssl_open(host, 1, mode=mode)
-            assert open_answer(host, 1) == 0
+        open_in_mode(host, mode)
         assert go.wait(20)
         plain = box["plain"]
         if mode == 2:
@@ -838,12 +843,7 @@ def test_chaotic_server_while_the_host_sends(modem, emulator, mode, seed):
         c.server.stall()
 
     with Server(script, emulator, NAME) as server:
-        if mode == 2:
-            host.write(f'AT+QSSLOPEN=1,1,1,"{NAME}",443,2\r'.encode())
-            assert host.read_until(re.compile(rb"CONNECT\r\n|ERROR\r\n")) == b"\r\nCONNECT\r\n"
-        else:
-            ssl_open(host, 1, mode=mode)
-            assert open_answer(host, 1) == 0
+        open_in_mode(host, mode)
         assert go.wait(20)
         plain = box["plain"]
         got = bytearray()

@@ -891,6 +891,22 @@ def test_slow_bytewise_crlf_host_whose_data_start_with_lf(rig):
     rig.alive()
 
 
+def write_cut(rig, line: bytes, full: bytes, cut: int, n: int) -> None:
+    """The first `cut` bytes of `full` (a command `line`, its data, Ctrl+Z): on odd rounds
+    the line alone first and its prompt read when the cut is past it; the rest in one write,
+    or (every third round) whole in the pty before the modem reads any of it."""
+    if cut > len(line) and n % 2:
+        rig.host.write(line)
+        assert rig.host.read_until(b"> ") == b"\r\n> "
+        rest = full[len(line):cut]
+    else:
+        rest = full[:cut]
+    if n % 3:
+        rig.host.write(rest)
+    else:
+        rig.host.whole(rest)
+
+
 def test_hangups_at_seeded_random_points_of_a_secwrite_then_the_slot_is_all_or_nothing(rig):
     """Twelve rounds: AT+QSECDEL=1, then a prefix of "AT+QSECWRITE=1" CR LF + certificate +
     Ctrl+Z (cut at a seeded random byte, sometimes after waiting for the prompt, written whole
@@ -906,16 +922,7 @@ def test_hangups_at_seeded_random_points_of_a_secwrite_then_the_slot_is_all_or_n
         [rnd.randint(1, len(full)) for _ in range(7)]
     for n, cut in enumerate(cuts):
         assert rig.host.at("AT+QSECDEL=1") == OK
-        if cut > len(line) and n % 2:
-            rig.host.write(line)
-            assert rig.host.read_until(b"> ") == b"\r\n> "
-            rest = full[len(line):cut]
-        else:
-            rest = full[:cut]
-        if n % 3:
-            rig.host.write(rest)
-        else:
-            rig.host.whole(rest)
+        write_cut(rig, line, full, cut, n)
         rig.reopen()
         want = read_ok(cert) if cut == len(full) else b"\r\n+CME ERROR: 22\r\n"
         assert rig.host.at("AT+QSECREAD=1") == want, (n, cut)
@@ -938,16 +945,7 @@ def test_hangups_at_seeded_random_points_of_a_send_then_the_server_gets_all_or_n
         body = (b"%02d" % n) * 350
         full = line + body + CTRL_Z
         cut = [len(full), len(line), len(full) - 1][n] if n < 3 else rnd.randint(1, len(full))
-        if cut > len(line) and n % 2:
-            rig.host.write(line)
-            assert rig.host.read_until(b"> ") == b"\r\n> "
-            rest = full[len(line):cut]
-        else:
-            rest = full[:cut]
-        if n % 3:
-            rig.host.write(rest)
-        else:
-            rig.host.whole(rest)
+        write_cut(rig, line, full, cut, n)
         rig.reopen()
         rig.alive()
         if cut == len(full):
