@@ -128,6 +128,51 @@ def _chosen_version(body: bytes) -> bytes:
     return bytes(body[:2])
 
 
+class _Pieces:
+    """Bytes send() accepted behind a seal job: the pieces as given, copied only when a job
+    takes more than one of them (a bytearray would copy each piece in, then out again)."""
+    __slots__ = ("pieces", "size")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, data) -> None:
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        if data:
+            self.pieces.append(data)
+            self.size += len(data)
+
+    def clear(self) -> None:
+        self.pieces.clear()
+        self.size = 0
+
+    def take(self, n: int | None = None) -> bytes:
+        """The first n bytes (all of them by default), removed."""
+        pieces = self.pieces
+        if n is None or n >= self.size:
+            out = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            self.clear()
+            return out
+        taken, size = [], 0
+        while size < n:
+            piece = pieces[0]
+            if size + len(piece) <= n:
+                taken.append(pieces.pop(0))
+                size += len(piece)
+            else:
+                cut = n - size
+                taken.append(piece[:cut])
+                pieces[0] = piece[cut:]
+                size = n
+        self.size -= n
+        return taken[0] if len(taken) == 1 else b"".join(taken)
+
+
 class TlsClientSession:
     def __init__(self, settings: TlsSettings, cache: SessionCache | None = None,
                  cache_key: Hashable = None) -> None:
@@ -179,7 +224,7 @@ class TlsClientSession:
         # Offload (sealing.py): True when the owner runs the jobs take_job() hands out.
         self.offload = False
         self._job = None             # sealing.SealJob in flight (the buffer is its meanwhile)
-        self._queued = bytearray()   # accepted by send() behind the job, not yet in one
+        self._queued = _Pieces()     # accepted by send() behind the job, not yet in one
         self._sealer = None          # native.NativeSsl that jobs write through
         self._sealable = False       # the suite's records need no random bytes (see below)
 
@@ -251,14 +296,14 @@ class TlsClientSession:
         if self.state != "established":
             raise RuntimeError(f"send() called in state {self.state!r}")
         if self._job is not None:        # behind the job in flight: the next job's
-            self._queued += data
+            self._queued.append(data)
             return
         if self._unsent:                 # behind bytes a renegotiation holds: keep the order
             self._unsent += data
             self._write_unsent()
             return
         if len(data) >= OFFLOAD_MIN and self._offloadable():
-            self._queued += data
+            self._queued.append(data)    # (a job of these very bytes: no copy)
             self._next_job()
             return
         self._send_now(data)
@@ -305,8 +350,11 @@ class TlsClientSession:
         else:
             job.wait()
         self._job = None
-        for records in job.out:
-            self._tls_out += records
+        if self._tls_out:
+            for records in job.out:
+                self._tls_out += records
+        else:                            # (one copy, no growth: outgoing() hands it on whole)
+            self._tls_out = bytearray().join(job.out)
         if self.state != "established":
             self._queued.clear()
             return
@@ -319,8 +367,7 @@ class TlsClientSession:
                 # The library wants input first (a renegotiation): the rest waits in
                 # _unsent as send() would have left it, retried from receive().
                 self._unsent += job.data[job.taken:]
-                self._unsent += self._queued
-                self._queued.clear()
+                self._unsent += self._queued.take()
                 self._write_unsent()
                 return
             self._queued.clear()
@@ -356,15 +403,12 @@ class TlsClientSession:
         if len(queued) < OFFLOAD_MIN:
             self._send_queued()
             return
-        data = bytes(queued[:JOB_MAX])
-        del queued[:JOB_MAX]
+        data = queued.take(JOB_MAX)
         self._job = SealJob(self._sealer, self._buffer, data, take_outgoing, WRITE_CHUNK)
 
     def _send_queued(self) -> None:
         """What send() queued, into records now (on this thread)."""
-        data = bytes(self._queued)
-        self._queued.clear()
-        self._send_now(data)
+        self._send_now(self._queued.take())
 
     def _send_now(self, data: bytes) -> None:
         # Straight from the caller's buffer, WRITE_CHUNK (DTLS: DTLS_WRITE_CHUNK) at a time (no copy into _unsent);
@@ -433,8 +477,8 @@ class TlsClientSession:
             return out
         if not self._tls_out:
             return []
-        out = [bytes(self._tls_out)]
-        self._tls_out.clear()
+        # (handed on as it is, not copied: the session writes into a new one from now on)
+        out, self._tls_out = [self._tls_out], bytearray()
         return out
 
     def events(self) -> list[object]:

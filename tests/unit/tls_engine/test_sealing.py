@@ -257,3 +257,52 @@ def test_no_job_runs_once_the_session_has_ended(sink, base_settings):
     session.settle()                                 # nothing left to run
     assert session.unsealed() == 0
     driver.close()
+
+
+# -- copies (issue 13: fewer copies on the transparent path) --------------------------------------
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+
+def test_a_send_of_one_job_or_less_is_sealed_from_the_callers_bytes(sink, base_settings):
+    """A send of OFFLOAD_MIN..JOB_MAX bytes with no job out becomes the job's data itself (no
+    copy into a queue and out again); the records come out of outgoing() in one buffer,
+    handed on as it is (the session writes into a new one from then on); what the server
+    decrypts is exactly the payload."""
+    payload = os.urandom(session_module.JOB_MAX)
+    driver = connect(sink, base_settings())
+    session = driver.session
+    session.send(payload)
+    job = session.take_job()
+    assert job.data is payload
+    run_on_a_thread(job)
+    session.settle()
+    [records] = session.outgoing()
+    assert session._tls_out is not records and len(session._tls_out) == 0
+    assert len(records) > len(payload)
+    driver.sock.sendall(records)
+    finish(driver, sink, payload)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(ops=st.lists(st.one_of(st.binary(max_size=40).map(lambda b: ("append", b)),
+                              st.integers(0, 60).map(lambda n: ("take", n)),
+                              st.just(("take_all", None)), st.just(("clear", None))), max_size=30))
+def test_pieces_take_what_was_appended_in_order(ops):
+    """session._Pieces (send()'s queue behind a job) against a plain bytearray model."""
+    pieces, model = session_module._Pieces(), bytearray()
+    for op, arg in ops:
+        if op == "append":
+            pieces.append(arg if len(arg) % 2 else bytearray(arg))     # (bytes or a buffer)
+            model += arg
+        elif op == "take":
+            got = pieces.take(arg)
+            assert isinstance(got, bytes) and got == bytes(model[:arg])
+            del model[:arg]
+        elif op == "take_all":
+            assert pieces.take() == bytes(model)
+            model.clear()
+        else:
+            pieces.clear()
+            model.clear()
+        assert len(pieces) == len(model) and bool(pieces) == bool(model)
+        assert sum(map(len, pieces.pieces)) == len(model) and all(pieces.pieces)
