@@ -178,19 +178,27 @@ def _numeric_error(buf: bytes, token: bytes):
     return None
 
 
-def digest(buf: bytes) -> tuple[str | None, object, int]:
-    """AtDigester::digest(): (kind, value, swallowed); kind None = nothing (yet)."""
+def digest(buf: bytes, urc_parse=None, custom_success=None) -> tuple[str | None, object, int]:
+    """AtDigester::digest(): (kind, value, swallowed); kind None = nothing (yet).  urc_parse:
+    the crate's URC parser (default this driver's); custom_success: a crate's success hook
+    ((response, swallowed), INCOMPLETE or None), tried after the URCs."""
+    urc_parse = urc_parse or _urc_parse
     b = buf.lstrip(b" ")
     se = len(buf) - len(b)
     if len(b) >= 2:
         i = b.find(b"\r\n")
         if i > 0:
             b, se = b[i:], se + i                     # the "echo"
-    urc = _urc_parse(b)
+    urc = urc_parse(b)
     if urc is INCOMPLETE:
         return None, None, se
     if urc is not None:
         return "urc", urc[0], urc[1] + se
+    custom = custom_success(b) if custom_success is not None else None
+    if custom is INCOMPLETE:
+        return None, None, se
+    if custom is not None:
+        return "resp", ("ok", custom[0]), custom[1] + se
     for tag in (b"\r\nOK\r\n", b"\r\nCONNECT\r\n"):
         i = b.find(tag)
         if i >= 0:
@@ -211,7 +219,7 @@ def digest(buf: bytes) -> tuple[str | None, object, int]:
         if i >= 0:
             return "resp", (kind, None), i + len(tag) + se
     if b.startswith(b"\r\n") and len(b) > 4:
-        kind, value, n = digest(b[2:])
+        kind, value, n = digest(b[2:], urc_parse, custom_success)
         if kind is not None:
             return kind, value, se + 2 + n
     return None, None, se

@@ -101,7 +101,7 @@ import pytest
 from emulator.testing.peers import TlsServer
 from tests.e2e import test_adversarial_public_drivers_10 as drivers10
 from tests.e2e.test_adversarial_public_drivers_10 import (
-    INCOMPLETE, AtatError, Pty, _numeric_error, _urc_helper, at_fields)
+    INCOMPLETE, AtatError, Pty, _urc_helper, at_fields)
 
 HOST, PORT = "mmrs.example", 8443
 
@@ -141,51 +141,19 @@ def socket_recv_digest_hook(buf: bytes):
     return recv_digest_frame(buf, b"+QIRD: ") if got is None else got
 
 
-def mmrs_digest(buf: bytes):
-    """AtDigester::digest() (atat 0.24.1) with the crate's URCs and custom success hook:
-    (kind, value, swallowed); kind None = nothing (yet)."""
-    b = buf.lstrip(b" ")
-    se = len(buf) - len(b)
-    if len(b) >= 2:
-        i = b.find(b"\r\n")
-        if i > 0:
-            b, se = b[i:], se + i                     # the "echo"
+def _mmrs_urc(b: bytes):
+    """The crate's URC enum, each parsed by atat's urc_helper in the enum's order."""
     for token in MMRS_URCS:
         urc = _urc_helper(b, token)
-        if urc is INCOMPLETE:
-            return None, None, se
         if urc is not None:
-            return "urc", urc[0], urc[1] + se
-    custom = socket_recv_digest_hook(b)
-    if custom is INCOMPLETE:
-        return None, None, se
-    if custom is not None:
-        return "resp", ("ok", custom[0]), custom[1] + se
-    for tag in (b"\r\nOK\r\n", b"\r\nCONNECT\r\n"):
-        i = b.find(tag)
-        if i >= 0:
-            return "resp", ("ok", b[:i].strip()), i + len(tag) + se
-    for p in b">@":
-        i = b.find(bytes([p]))
-        if i >= 0 and b[i + 1:].strip(b" \t\r\n") == b"":
-            return "prompt", p, len(b) + se
-    for token, kind in ((b"\r\n+CME ERROR:", "cme"), (b"\r\n+CMS ERROR:", "cms"),
-                        (b"\r\nMODEM ERROR:", "cme")):
-        got = _numeric_error(b, token)
-        if got:
-            return "resp", (kind, got[0]), got[1] + se
-    for tag, kind in ((b"\r\nERROR\r\n", "error"), (b"\r\nCOMMAND NOT SUPPORT\r\n", "error"),
-                      (b"\r\nNO CARRIER\r\n", "conn"), (b"\r\nBUSY\r\n", "conn"),
-                      (b"\r\nNO ANSWER\r\n", "conn"), (b"\r\nNO DIALTONE\r\n", "conn"),
-                      (b"\r\nNA\r\n", "cme")):
-        i = b.find(tag)
-        if i >= 0:
-            return "resp", (kind, None), i + len(tag) + se
-    if b.startswith(b"\r\n") and len(b) > 4:
-        kind, value, n = mmrs_digest(b[2:])
-        if kind is not None:
-            return kind, value, se + 2 + n
-    return None, None, se
+            return urc
+    return None
+
+
+def mmrs_digest(buf: bytes):
+    """AtDigester::digest() (atat 0.24.1, test_adversarial_public_drivers_10's model) with the
+    crate's URCs and custom success hook: (kind, value, swallowed); kind None = nothing (yet)."""
+    return drivers10.digest(buf, _mmrs_urc, socket_recv_digest_hook)
 
 
 class ModemErr(Exception):
