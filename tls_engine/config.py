@@ -344,7 +344,11 @@ def apply_native_conf(context, plan: EnginePlan, settings: TlsSettings, notes: l
         if plan.native_suites:
             conf.set_ciphersuites(plan.native_suites)
     except Exception as exc:
-        raise EngineConfigError(UNSUPPORTED_CIPHER, f"cannot offer the configured cipher suites: {exc}") from None
+        if plan.native_suites:
+            raise EngineConfigError(UNSUPPORTED_CIPHER, f"cannot offer the configured cipher suites: {exc}") from None
+        # (only optional features wanted: they degrade, as without the native layer)
+        notes.append(f"tls_engine.native failed: {exc}: no renegotiation / key log / VERIFY_NONE")
+        return
     if no_auth:
         # Seclevel 0, no authentication: Mbed TLS does not walk the server's chain at all
         # (VERIFY_OPTIONAL would, and fails a chain of 10+ untrusted certificates with

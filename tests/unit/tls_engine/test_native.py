@@ -373,3 +373,26 @@ def test_the_engine_runs_verify_none_at_seclevel_0_only(base_settings, ca, secle
     settings = base_settings(seclevel=seclevel, ca_pem=ca.cert_pem)
     context, _ = config.client_context(config.build_plan(settings), settings)
     assert layout.u8(native.NativeConf(context).address + layout.CF_AUTHMODE) == authmode
+
+
+def test_a_failing_native_conf_degrades_seclevel_0_instead_of_failing_the_open(base_settings, monkeypatch):
+    """The native layer passed its self-check but NativeConf fails on this context: a
+    seclevel 0 context that wants nothing else from it (a suite list python-mbedtls sets) is built under
+    python-mbedtls's VERIFY_OPTIONAL with a note, not refused as 555; a context that needs
+    the exact suite list still is."""
+    from tls_engine import config
+    from tls_engine.errors import EngineConfigError
+
+    class Broken:
+        def __init__(self, context):
+            raise RuntimeError("layout moved")
+    monkeypatch.setattr(native, "NativeConf", Broken)
+    monkeypatch.setattr(config, "_CONTEXTS", {})
+    settings = base_settings(seclevel=0, ca_pem=None, cipher_suites=(0xC02F,))   # (no native list)
+    assert config.build_plan(settings).native_suites is None
+    context, notes = config.client_context(config.build_plan(settings), settings)
+    assert context is not None and any("VERIFY_NONE" in n and "layout moved" in n for n in notes)
+    rc4 = base_settings(seclevel=0, ca_pem=None, cipher_suites=(0x0005,))
+    with pytest.raises(EngineConfigError) as refused:
+        config.client_context(config.build_plan(rc4), rc4)
+    assert refused.value.kind == "unsupported_cipher"
