@@ -200,8 +200,22 @@ class Modem:
     def host_attached(self) -> None:
         """A program opened the port: its open raises DTR (a tty's open asserts it, as a USB
         CDC port's does), so a drop it makes later acts per AT&D again -- also after an
-        earlier program's drop the line never rose from."""
+        earlier program's drop the line never rose from.  "host_attached" is emitted a loop
+        turn later (output held for a host -- direct-push data -- goes out then, not from
+        inside the write that noticed the host)."""
         self.dtr = 1
+        if self.loop is not None:
+            self.loop.call_soon(self.emit, "host_attached")
+
+    def host_present(self) -> bool:
+        """Whether output reaches a host now: a program holds the port open -- a port nobody
+        holds (a USB port's host side closed) takes nothing, so what can wait for the next
+        host (direct-push data) waits --, or the port is a UART with no hang-up (--uart: the
+        module sends whoever listens, as a real UART does)."""
+        port = self._port
+        if port is None or not getattr(port, "hangup_on_close", True):
+            return True
+        return port.look_for_host()
 
     def host_hangup(self) -> None:
         """The host closed the port (transport callback)."""
@@ -306,6 +320,7 @@ class Modem:
         backlog), "port_idle" (the interpreter is idle again after an answer, a data prompt
         or a pending command, its queued URCs written: a URC now goes out at once),
         "restart" (the host asked for a restart or power-down: AT+CFUN=1,1, AT+QPOWD),
+        "host_attached" (a program opened the port; a loop turn after it was seen),
         "command" (name, kind, args: a command the host sent, as the interpreter dispatches
         it, before its handler runs; scenario triggers count these)."""
         self._listeners[event].append(callback)

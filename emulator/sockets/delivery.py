@@ -83,7 +83,10 @@ class PushDelivery(Delivery):
     "port_idle" (the port is back in command state), "output_drained" (the backlog fell
     from above HIGH_WATER to the transport's low water; the transport raises it exactly
     when the backlog went above HIGH_WATER, so a stop on the backlog always has its event),
-    and "hangup" (the host left; its unread output is gone)."""
+    and "hangup" (the host left; its unread output is gone), "host_attached" (a program
+    opened the port).  A port nobody holds (between a hang-up and the next open) takes no
+    push: the data wait in the inbox for the next host, as for a host that does not keep
+    up (with --uart the module pushes to the wire whoever listens)."""
     name = "push"
     access_mode = 1
 
@@ -91,7 +94,7 @@ class PushDelivery(Delivery):
         super().__init__(svc)
         self._close_after_push: list[SslSocket] = []    # "closed" URCs waiting for held data
         self._pushing = False
-        for event in ("port_idle", "output_drained", "hangup"):
+        for event in ("port_idle", "output_drained", "hangup", "host_attached"):
             svc.modem.on(event, self.push)
 
     def data_arrived(self, sock: SslSocket, was_empty: bool) -> None:
@@ -115,7 +118,8 @@ class PushDelivery(Delivery):
 
     def _host_keeps_up(self) -> bool:
         modem = self.svc.modem
-        return modem.interpreter.idle and modem.output_backlog() <= HIGH_WATER
+        return (modem.interpreter.idle and modem.output_backlog() <= HIGH_WATER
+                and modem.host_present())
 
     def _holding(self) -> list[SslSocket]:
         return [s for s in self.svc.sockets.values()
