@@ -203,6 +203,12 @@ class PtyPort:
             return False
         return self.attached or self._attach_if_present()
 
+    def host_holds(self) -> bool:
+        """A host holds the port open now: attached (looked for now if not yet) and not
+        gone -- a close whose hang-up is not handled yet counts as gone (what is written
+        now would be dropped)."""
+        return self.look_for_host() and not self._host_gone()
+
     def _host_gone(self) -> bool:
         """Nobody holds the slave side open (POLLHUP on the master)."""
         for _, ev in self._poll.poll(0):      # (one fd registered: asked on every write)

@@ -215,7 +215,10 @@ class Modem:
         port = self._port
         if port is None or not getattr(port, "hangup_on_close", True):
             return True
-        return port.look_for_host()
+        holds = getattr(port, "host_holds", None)      # (a sans-IO stub: look_for_host alone)
+        # (a close whose hang-up is not handled yet, in this loop turn, is no host: what is
+        # written now is dropped)
+        return holds() if holds is not None else port.look_for_host()
 
     def host_hangup(self) -> None:
         """The host closed the port (transport callback)."""
