@@ -762,6 +762,18 @@ def test_seeded_chaos_then_reboot_drops_everything_silently(chaos, seed):
 
 # == found by the seeded program (seed 106 before the drain_push() in Chaos.hangup); fixed: push
 # data wait for the next host instead of going to a port nobody holds ==========================
+def _push_socket_1(host, kind: str, tcp, tls):
+    """Socket 1 opened in direct push mode (TCP to `tcp` or SSL to `tls`): (its peer's
+    connection, the push URC's format, % (length, data))."""
+    if kind == "TCP":
+        assert host.at(f'AT+QIOPEN=1,1,"TCP","{TCP_NAME}",{TCP_PORT},0,1') == OK
+        assert host.read_until(b"+QIOPEN: 1,0\r\n", 10) == b"\r\n+QIOPEN: 1,0\r\n"
+        return tcp.wait_connection(0), b'\r\n+QIURC: "recv",1,%d\r\n%s\r\n'
+    assert host.at(f'AT+QSSLOPEN=1,1,1,"{SSL_NAME}",{SSL_PORT},1') == OK
+    assert host.read_until(b"+QSSLOPEN: 1,0\r\n", 20) == b"\r\n+QSSLOPEN: 1,0\r\n"
+    return tls.wait_handshake(0, timeout=20), b'\r\n+QSSLURC: "recv",1,%d\r\n%s\r\n'
+
+
 @pytest.mark.parametrize("kind", ["TCP", "SSL"])
 def test_push_data_held_while_online_survive_a_hangup(emulator, open_modem, strict_log, kind):
     """Socket 1 in direct push mode, socket 0 online (transparent TCP).  The push socket's peer
@@ -775,16 +787,7 @@ def test_push_data_held_while_online_survive_a_hangup(emulator, open_modem, stri
     with TcpServer("sink") as tcp, TlsServer(mode="sink", session_cache=False, tickets=False) as tls:
         emulator.router.add_map(TCP_NAME, TCP_PORT, "127.0.0.1", tcp.port)
         emulator.router.add_map(SSL_NAME, SSL_PORT, "127.0.0.1", tls.port)
-        if kind == "TCP":
-            assert host.at(f'AT+QIOPEN=1,1,"TCP","{TCP_NAME}",{TCP_PORT},0,1') == OK
-            assert host.read_until(b"+QIOPEN: 1,0\r\n", 10) == b"\r\n+QIOPEN: 1,0\r\n"
-            pusher = tcp.wait_connection(0)
-            push = b'\r\n+QIURC: "recv",1,%d\r\n%s\r\n'
-        else:
-            assert host.at(f'AT+QSSLOPEN=1,1,1,"{SSL_NAME}",{SSL_PORT},1') == OK
-            assert host.read_until(b"+QSSLOPEN: 1,0\r\n", 20) == b"\r\n+QSSLOPEN: 1,0\r\n"
-            pusher = tls.wait_handshake(0, timeout=20)
-            push = b'\r\n+QSSLURC: "recv",1,%d\r\n%s\r\n'
+        pusher, push = _push_socket_1(host, kind, tcp, tls)
         assert host.at(f'AT+QIOPEN=1,0,"TCP","{TCP_NAME}",{TCP_PORT},0,2', timeout=20) == b"\r\nCONNECT\r\n"
         online_peer = tcp.wait_connection(1 if kind == "TCP" else 0)
         # the control: "+++" gives the held push right after its OK
@@ -825,16 +828,8 @@ def test_push_data_arriving_while_nobody_holds_the_port_survive_a_hangup(emulato
     with TcpServer("sink") as tcp, TlsServer(mode="sink", session_cache=False, tickets=False) as tls:
         emulator.router.add_map(TCP_NAME, TCP_PORT, "127.0.0.1", tcp.port)
         emulator.router.add_map(SSL_NAME, SSL_PORT, "127.0.0.1", tls.port)
-        if kind == "TCP":
-            assert host.at(f'AT+QIOPEN=1,1,"TCP","{TCP_NAME}",{TCP_PORT},0,1') == OK
-            assert host.read_until(b"+QIOPEN: 1,0\r\n", 10) == b"\r\n+QIOPEN: 1,0\r\n"
-            pusher = tcp.wait_connection(0)
-            push = b'\r\n+QIURC: "recv",1,19\r\npushed-while-nobody\r\n'
-        else:
-            assert host.at(f'AT+QSSLOPEN=1,1,1,"{SSL_NAME}",{SSL_PORT},1') == OK
-            assert host.read_until(b"+QSSLOPEN: 1,0\r\n", 20) == b"\r\n+QSSLOPEN: 1,0\r\n"
-            pusher = tls.wait_handshake(0, timeout=20)
-            push = b'\r\n+QSSLURC: "recv",1,19\r\npushed-while-nobody\r\n'
+        pusher, push = _push_socket_1(host, kind, tcp, tls)
+        push = push % (19, b"pushed-while-nobody")
         # the control: with the host there the push comes
         pusher.send(b"pushed-while-nobody")
         assert host.read_until(b"nobody\r\n", 5) == push

@@ -956,18 +956,25 @@ def test_seclevel_0_an_ecdsa_key_on_a_curve_mbedtls_does_not_know_fails_the_open
         leaf = _entries(body)[0]
         return _pack(_unknown_curve(leaf)) if where == "leaf" else _pack(leaf, _unknown_curve(leaf))
     with TlsServer(pki.server_ec, max_version="TLSv1.2") as server:
-        proxy = CertRewritingProxy(server.port, rewrite)
-        try:
-            emulator.router.add_map(HOST, PORT, "127.0.0.1", proxy.port)
-            cfg(ec2x, "seclevel", 1, 0)
-            assert open_ssl(ec2x, 1) == 566
-            assert proxy.done.wait(10)
-            assert 20 not in _record_types(bytes(proxy.from_client))
-        finally:
-            proxy.close()
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        assert open_ssl(ec2x, 1) == 0
-        close(ec2x)
+        _refused_through_the_proxy_then_direct_opens(ec2x, emulator, server, rewrite)
+
+
+def _refused_through_the_proxy_then_direct_opens(ec2x, emulator, server, rewrite) -> None:
+    """At seclevel 0, an open through a proxy rewriting the server's Certificate with
+    `rewrite` fails 566 once, the modem sending no ChangeCipherSpec; the same id then opens
+    the server directly."""
+    proxy = CertRewritingProxy(server.port, rewrite)
+    try:
+        emulator.router.add_map(HOST, PORT, "127.0.0.1", proxy.port)
+        cfg(ec2x, "seclevel", 1, 0)
+        assert open_ssl(ec2x, 1) == 566
+        assert proxy.done.wait(10)
+        assert 20 not in _record_types(bytes(proxy.from_client))
+    finally:
+        proxy.close()
+    emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
+    assert open_ssl(ec2x, 1) == 0
+    close(ec2x)
 
 
 def _record_types(data: bytes) -> list[int]:
@@ -990,18 +997,7 @@ def test_seclevel_0_a_certificate_of_the_wrong_key_type_for_the_suite_fails_the_
     ec_der = cx509.load_pem_x509_certificate(pki.server_ec.cert_pem).public_bytes(Encoding.DER)
     cfg(ec2x, "ciphersuite", 1, suite)
     with TlsServer(pki.server, max_version="TLSv1.2", ciphers="ALL:@SECLEVEL=0") as server:
-        proxy = CertRewritingProxy(server.port, lambda body: _pack(ec_der))
-        try:
-            emulator.router.add_map(HOST, PORT, "127.0.0.1", proxy.port)
-            cfg(ec2x, "seclevel", 1, 0)
-            assert open_ssl(ec2x, 1) == 566
-            assert proxy.done.wait(10)
-            assert 20 not in _record_types(bytes(proxy.from_client))
-        finally:
-            proxy.close()
-        emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
-        assert open_ssl(ec2x, 1) == 0
-        close(ec2x)
+        _refused_through_the_proxy_then_direct_opens(ec2x, emulator, server, lambda body: _pack(ec_der))
 
 
 @pytest.mark.parametrize("where", ["leaf", "root"])
