@@ -287,9 +287,9 @@ def test_transparent_data_holding_plus_signs_without_guard_times_replays(open_mo
 
 def test_a_host_leaving_mid_command_line_while_a_push_socket_speaks_replays(open_modem, emulator, pki,
                                                                            tmp_path, capsys):
-    """"AT+QSSLSE" and the port closed; the server speaks while nobody holds it (its push is
-    lost with the port); the next host's "AT" is a command of its own, then the server's next
-    words, AT+QSSLCLOSE."""
+    """"AT+QSSLSE" and the port closed; the server speaks while nobody holds it (its push waits
+    for the next host: docs/behaviour.md, direct push); the next host gets it on opening the
+    port, its "AT" is a command of its own, then the server's next words, AT+QSSLCLOSE."""
     path = tmp_path / "midline.trace"
     words: queue.Queue = queue.Queue()
 
@@ -316,6 +316,7 @@ def test_a_host_leaving_mid_command_line_while_a_push_socket_speaks_replays(open
         host2 = Host(port.path)
         try:
             emulator.run(port.port.look_for_host)
+            assert host2.read_until(b"while away\r\n") == b'\r\n+QSSLURC: "recv",1,10\r\nwhile away\r\n'
             assert host2.at("AT") == OK
             words.put(b"after")
             assert host2.read_until(b"after\r\n") == b'\r\n+QSSLURC: "recv",1,5\r\nafter\r\n'
