@@ -204,9 +204,12 @@ class PtyPort:
         return self.attached or self._attach_if_present()
 
     def host_holds(self) -> bool:
-        """A host holds the port open now: attached (looked for now if not yet) and not
-        gone -- a close whose hang-up is not handled yet counts as gone (what is written
-        now would be dropped)."""
+        """Output written now reaches a host: one holds the port open (looked for now if not
+        attached yet; a close whose hang-up is not handled yet counts as gone -- what is
+        written now would be dropped), or the port is a UART with no hang-up (--uart), whose
+        output goes to the wire whoever listens."""
+        if not self.hangup_on_close:
+            return True
         return self.look_for_host() and not self._host_gone()
 
     def _host_gone(self) -> bool:

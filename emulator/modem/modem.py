@@ -57,6 +57,9 @@ class HostPort(Protocol):
     def look_for_host(self) -> bool:
         """Attach a host that opened the port since the last look (True: one is there)."""
 
+    def host_holds(self) -> bool:
+        """Output written now reaches a host (a UART with no hang-up: always)."""
+
 
 def _sweep_temp_files(state_dir: Path) -> None:
     """What a killed writer left (atomic writes' temp files) goes at the start, in every
@@ -212,13 +215,7 @@ class Modem:
         holds (a USB port's host side closed) takes nothing, so what can wait for the next
         host (direct-push data) waits --, or the port is a UART with no hang-up (--uart: the
         module sends whoever listens, as a real UART does)."""
-        port = self._port
-        if port is None or not getattr(port, "hangup_on_close", True):
-            return True
-        holds = getattr(port, "host_holds", None)      # (a sans-IO stub: look_for_host alone)
-        # (a close whose hang-up is not handled yet, in this loop turn, is no host: what is
-        # written now is dropped)
-        return holds() if holds is not None else port.look_for_host()
+        return self._port is None or self._port.host_holds()
 
     def host_hangup(self) -> None:
         """The host closed the port (transport callback)."""

@@ -36,3 +36,6 @@ class StubPort:
 
     def look_for_host(self) -> bool:
         return True                       # (a sans-IO host is always there)
+
+    def host_holds(self) -> bool:
+        return True
