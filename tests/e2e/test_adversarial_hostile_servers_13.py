@@ -120,6 +120,28 @@ def open_in_mode(host, mode: int) -> None:
         assert open_answer(host, 1) == 0
 
 
+def opens_and_echoes(host, server, cid: int, payload: bytes, caplog) -> None:
+    """Socket `cid` opens (+QSSLOPEN: <cid>,0), carries `payload` both ways and closes; the
+    server saw no alert but, at most, the modem's close_notify."""
+    ssl_open(host, cid)
+    assert open_answer(host, cid) == 0, log_text(caplog)[-400:]
+    round_trip_and_close(host, cid, payload)
+    assert server.conns[0].alerts in ([], [b"\x01\x00"])
+
+
+def certificate_list_rewrite(ders: list[bytes]):
+    """A RewritingServer rewrite: the server's ServerHello (its extensions as sent), then a
+    Certificate message of `ders` (one record: under 16 KiB) and ServerHelloDone."""
+    def rewrite(fixed, exts, rest):
+        entries = b"".join(len(d).to_bytes(3, "big") + d for d in ders)
+        body = len(entries).to_bytes(3, "big") + entries
+        cert = b"\x0b" + len(body).to_bytes(3, "big") + body
+        assert len(cert) < 16384
+        rec = lambda m: b"\x16\x03\x03" + struct.pack(">H", len(m)) + m
+        return join_server_hello(fixed, exts_block(exts), rec(cert) + rec(b"\x0e\x00\x00\x00"))
+    return rewrite
+
+
 def log_text(caplog) -> str:
     return "\n".join(r.getMessage() for r in caplog.records)
 
@@ -1179,10 +1201,7 @@ def test_server_certificate_with_a_ber_ism_opens(rsa_modem, emulator, monkeypatc
     monkeypatch.setattr(h6, "identity", lambda: (der, key))
     seclevel(host, level)
     with RewritingServer(emulator, None) as server:
-        ssl_open(host, 5)
-        assert open_answer(host, 5) == 0, log_text(caplog)[-400:]
-        round_trip_and_close(host, 5, b"ber leaf")
-        assert server.conns[0].alerts in ([], [b"\x01\x00"])
+        opens_and_echoes(host, server, 5, b"ber leaf", caplog)
 
 
 @pytest.mark.parametrize("level", [0, pytest.param(1, marks=BER_BUG)], ids=["seclevel0", "seclevel1"])
@@ -1201,20 +1220,9 @@ def test_extra_certificate_mbedtls_reads_behind_a_valid_leaf(rsa_modem, emulator
     other = x509_der(default_pki().issue("hostile13-extra", "other13.example").cert_pem)
     extra = resign(other, variants[oddity])
 
-    def rewrite(fixed, exts, rest):
-        entries = b"".join(len(d).to_bytes(3, "big") + d for d in (good_der, extra))
-        body = len(entries).to_bytes(3, "big") + entries
-        cert = b"\x0b" + len(body).to_bytes(3, "big") + body
-        done = b"\x0e\x00\x00\x00"
-        rec = lambda m: b"\x16\x03\x03" + struct.pack(">H", len(m)) + m
-        return join_server_hello(fixed, exts_block(exts), rec(cert) + rec(done))
-
     seclevel(host, level)
-    with RewritingServer(emulator, rewrite) as server:
-        ssl_open(host, 6)
-        assert open_answer(host, 6) == 0, log_text(caplog)[-400:]
-        round_trip_and_close(host, 6, b"extra entry")
-        assert server.conns[0].alerts in ([], [b"\x01\x00"])
+    with RewritingServer(emulator, certificate_list_rewrite([good_der, extra])) as server:
+        opens_and_echoes(host, server, 6, b"extra entry", caplog)
 
 
 @pytest.mark.parametrize("level", [0, pytest.param(1, marks=BER_BUG)], ids=["seclevel0", "seclevel1"])
@@ -1315,10 +1323,7 @@ def test_server_certificate_with_a_ber_ecdsa_signature_opens(rsa_modem, emulator
         cfg(host, "cacert", '"UFS:hostile13ecca.pem"')
         cfg(host, "seclevel", 1)
     with RewritingServer(emulator, None) as server:
-        ssl_open(host, 7)
-        assert open_answer(host, 7) == 0, log_text(caplog)[-400:]
-        round_trip_and_close(host, 7, b"ber ecdsa")
-        assert server.conns[0].alerts in ([], [b"\x01\x00"])
+        opens_and_echoes(host, server, 7, b"ber ecdsa", caplog)
 
 
 # == a Certificate message of a dozen entries ======================================================
@@ -1343,20 +1348,9 @@ def test_valid_leaf_followed_by_eleven_more_certificates(rsa_modem, emulator, ca
         others = [x509_der(pki.issue(f"hostile13-o{i}", f"o{i}.other13.example").cert_pem) for i in range(3)]
         more = [others[i % 3] for i in range(11)]
 
-    def rewrite(fixed, exts, rest):
-        entries = b"".join(len(d).to_bytes(3, "big") + d for d in [good_der, *more])
-        body = len(entries).to_bytes(3, "big") + entries
-        cert = b"\x0b" + len(body).to_bytes(3, "big") + body
-        assert len(cert) < 16384
-        rec = lambda m: b"\x16\x03\x03" + struct.pack(">H", len(m)) + m
-        return join_server_hello(fixed, exts_block(exts), rec(cert) + rec(b"\x0e\x00\x00\x00"))
-
     seclevel(host, level)
-    with RewritingServer(emulator, rewrite) as server:
-        ssl_open(host, 8)
-        assert open_answer(host, 8) == 0, log_text(caplog)[-400:]
-        round_trip_and_close(host, 8, b"twelve entries")
-        assert server.conns[0].alerts in ([], [b"\x01\x00"])
+    with RewritingServer(emulator, certificate_list_rewrite([good_der, *more])) as server:
+        opens_and_echoes(host, server, 8, b"twelve entries", caplog)
 
 
 # == seclevel 0 ("any server certificate accepted") and a long chain ================================
