@@ -141,6 +141,14 @@ class Interpreter:
                 self._power_lost(link)
                 link.escaped()
 
+    def drop_input(self) -> None:
+        """A restart (Modem.reboot): what the host wrote that no command has taken yet --
+        lines behind the restarting one, a half-typed line -- went with the power."""
+        self._inbox.clear()
+        self._queue.clear()
+        self._after.clear()
+        self.lexer.reset()
+
     def settle(self) -> None:
         """After a restart (Modem.reboot, once its sockets are gone): the port is idle, so
         "port_idle" goes out now (scenario steps waiting for it), not at the next command.

@@ -103,6 +103,9 @@ class Modem:
         # False after AT+QPOWD's "POWERED DOWN": the module takes no byte and says nothing
         # until it is powered on again (the control API's reboot, as its PWRKEY would).
         self.powered = True
+        # True from a restart until its RDY (the first start-up URC): the module's UART is
+        # not up yet, so what the host writes meanwhile is lost, as QPOWD's off state.
+        self.booting = False
         self.pdp = PdpTable(profile)
         self._features: dict[str, object] = {}
         self._drain_waiters: list = []    # drained() futures
@@ -258,6 +261,9 @@ class Modem:
     def feed(self, data: bytes) -> None:
         if not self.powered:
             return                        # a module that is off reads nothing
+        if self.booting:                  # nor one restarting, until its RDY
+            log.debug("restarting: %d host bytes before RDY lost", len(data))
+            return
         self.interpreter.feed(data)
 
     def write(self, data: bytes) -> None:
@@ -395,6 +401,9 @@ class Modem:
         self.reset()
         self.powered = True
         if self.loop is not None:
+            # Until RDY the host's bytes are lost (feed), those read before the restart too.
+            self.booting = True
+            self.interpreter.drop_input()
             self._boot = self.call_later(delay, self._boot_urcs, 0, None)
         else:
             self._sim_up()                # no loop, no boot to wait for (sans-IO tests)
@@ -423,6 +432,7 @@ class Modem:
         float error would add up).  The SIM is ready from its "+CPIN: READY" on (or the
         end, without one)."""
         self._boot = None
+        self.booting = False              # (RDY: the port reads again)
         if rdy_at is None:
             rdy_at = self.monotonic()
         lines = self.profile.get("defaults.boot_urcs", [])

@@ -337,8 +337,9 @@ def test_reboot_during_a_download_ends_it(open_modem, emulator):
     start_download(host)
     host.read_exactly(100_000)
     assert emulator.control("reboot", ms=10) == {"ok": True}
+    got = host.read_until(b"\r\nRDY\r\n", timeout=5)   # (the port reads from RDY on)
     host.write("AT\r")
-    got = host.read_until(b"\r\nOK\r\n", timeout=5)    # the module after its restart answers
+    got += host.read_until(b"\r\nOK\r\n", timeout=5)   # the module after its restart answers
     assert trailer(BIG) not in got                      # ... and the old download is over
     assert len(got) < 400_000
 
@@ -486,6 +487,8 @@ def test_reboot_while_a_download_waits_for_a_host_that_reads_nothing_frees_the_p
     host.write('AT+QFDWL="big.bin"\r')
     wait_for(lambda: emulator.run(lambda: port.port.backlog) > HIGH_WATER, what="a backlog")
     assert emulator.control("reboot", ms=10) == {"ok": True}
+    before = host.read_until(b"\r\nRDY\r\n", timeout=5)   # (the port reads from RDY on)
+    assert trailer(BIG) not in before
     host.write("AT\r")
     wait_for(lambda: emulator.run(lambda: port.port.received) >= host.written, what="read")
     wait_for(lambda: _mode(emulator, port) is Mode.COMMAND and not
@@ -570,13 +573,16 @@ def test_cfun_reboot_queued_behind_a_hold_runs_once_then_the_next_command(open_m
     assert host.at("AT+IFC=2,2") == b"\r\nOK\r\n"
     one = host.at("ATI")
     writer = threading.Thread(target=host.write, daemon=True,
-                              args=(b"ATI\r" * 2000 + b"AT+CFUN=1,1\rATI\r",))
+                              args=(b"ATI\r" * 2000 + b"AT+CFUN=1,1\r",))
     writer.start()
     wait_for(lambda: _held(emulator, port), what="held")
-    expected = one * 2000 + b"\r\nOK\r\n" + b"ATI\r" + one      # factory ATE1 after the restart
+    expected = one * 2000 + b"\r\nOK\r\n"
     assert host.read_exactly(len(expected), timeout=30) == expected
     writer.join(10)
     assert host.read_exactly(len(BOOT), timeout=5) == BOOT
+    assert host.quiet_for(0.3) == b""
+    host.write(b"ATI\r")                                       # the next command, after RDY
+    assert host.read_exactly(4 + len(one), timeout=5) == b"ATI\r" + one   # factory ATE1 after the restart
     assert host.quiet_for(0.3) == b""
     assert host.at("AT+IFC?") == b"AT+IFC?\r\r\n+IFC: 0,0\r\n\r\nOK\r\n"
 

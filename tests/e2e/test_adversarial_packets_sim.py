@@ -457,12 +457,14 @@ def test_bad_arguments_are_cme_50_and_change_nothing(ec2x_strict, line):
 
 
 def test_cmee_0_and_2_word_the_refusals(ec2x_strict):
-    host, _, _ = ec2x_strict
+    host, advance, _ = ec2x_strict
     assert host.at("AT+CMEE=0") == OK
     assert host.at("AT+QSIMSTAT=5") == ERROR
     assert host.at("AT+CMEE=2") == OK
     assert host.at('AT+QPINC="XX"') == b"\r\n+CME ERROR: incorrect parameters\r\n"
     assert host.at("AT+CFUN=1,1") == OK
+    advance(0.05)
+    assert host.read_until(b"RDY\r\n") == b"\r\nRDY\r\n"       # (the port reads from RDY on)
     assert host.at("ATE0;+CMEE=2") == b"ATE0;+CMEE=2\r" + OK     # (CMEE back to 1 at the reboot)
     assert host.at("AT+QPINC?") == b"\r\n+CME ERROR: SIM busy\r\n"
 
@@ -472,14 +474,14 @@ def test_sim_answers_follow_the_boot_urcs_after_a_reboot(ec2x_strict, emulator):
     host, advance, _ = ec2x_strict
     assert host.at("AT+QSIMSTAT=1") == OK
     assert emulator.control("reboot", ms=50)["ok"]
+    advance(0.06)
+    assert host.read_until(b"RDY\r\n") == b"\r\nRDY\r\n"        # (the port reads from RDY on)
     assert host.at("ATE0") == b"ATE0\r" + OK
     assert host.at("AT+QINISTAT") == answer("+QINISTAT: 0")
     assert host.at("AT+QSIMSTAT?") == answer("+QSIMSTAT: 1,2")      # kept (NV); not known yet
     assert host.at("AT+QPINC?") == cme(14)
     assert host.at('AT+QPINC="SC"') == cme(14)
     assert host.at("AT+QINISTAT=?") == answer("+QINISTAT: (0-7)")
-    advance(0.06)
-    assert host.read_until(b"RDY\r\n") == b"\r\nRDY\r\n"
     advance(0.2)                                 # +CFUN: 1 (130 ms after RDY)
     host.read_until(b"+CFUN: 1\r\n")
     assert host.at("AT+QINISTAT") == answer("+QINISTAT: 0")
@@ -503,9 +505,13 @@ def test_a_reboot_during_the_boot_starts_the_sim_again(ec2x_strict, emulator):
     assert host.at("ATE0") == b"ATE0\r" + OK
     assert host.at("AT+QINISTAT") == answer("+QINISTAT: 1")
     assert emulator.control("reboot", ms=50)["ok"]
+    host.write(b"ATE0\r")                        # before RDY: lost
+    assert host.quiet_for(0.2) == b""
+    advance(0.06)
+    assert host.read_until(b"RDY\r\n") == b"\r\nRDY\r\n"
     assert host.at("ATE0") == b"ATE0\r" + OK
     assert host.at("AT+QINISTAT;+QSIMSTAT?") == b"\r\n+QINISTAT: 0\r\n\r\n+QSIMSTAT: 0,2\r\n" + OK
-    advance(0.2)                                 # the first boot's timers are gone: RDY,
+    advance(0.14)                                # the first boot's timers are gone:
     host.read_until(b"+CFUN: 1\r\n")                # +CFUN: 1 of the second boot only
     assert host.at("AT+QINISTAT") == answer("+QINISTAT: 0")
     advance(1.0)

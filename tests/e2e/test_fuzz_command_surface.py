@@ -405,6 +405,10 @@ class Rig:
                 time.sleep(0.001)
         deadline = time.monotonic() + STEP_TIMEOUT
         prompted = self.settle(deadline)
+        if self.emu.run(lambda: self.modem.booting):
+            # A restart (AT+CFUN=1,1): the port reads nothing until its first start-up URC
+            # (behaviour.md), 50 ms on: the next line is written after it.
+            self.emu.advance(self.port, 0.05)
         return self.drain(deadline), self.finals[finals_before:], prompted
 
     def hang_up(self, data: bytes, extra: bytes) -> None:

@@ -89,7 +89,8 @@ def test_qinistat_is_7_when_up_and_at_every_moment_of_cfun_restart(emulator, man
 def test_qinistat_through_the_control_apis_reboot(emulator, manual):
     host, port = manual
     assert emulator.control("reboot", ms=200)["ok"]
-    assert qini(host, echo=True) == 0                       # echo back on at once, SIM busy
+    host.write(b"AT+QINISTAT\r")                             # before RDY: lost
+    assert host.quiet_for(0.2) == b""
     assert _walk_boot(emulator, port, host, 0.2) == EXPECTED_WALK
 
 
@@ -109,9 +110,11 @@ def test_a_restart_after_sms_done_starts_qinistat_again_from_0(emulator, manual)
     host.read_until(b"SMS DONE\r\n", timeout=3)
     assert qini(host) == 3
     assert host.at("AT+CFUN=1,1") == b"AT+CFUN=1,1\r" + OK
+    emulator.advance(port, 0.05)
+    assert host.read_until(b"RDY\r\n", timeout=3) == _urc(b"RDY")
     assert qini(host) == 0                                  # the old boot's bits are gone
-    emulator.advance(port, 0.05 + 0.36)
-    assert host.read_until(b"READY\r\n", timeout=3) == _urc(b"RDY") + _urc(b"+CFUN: 1") + _urc(b"+CPIN: READY")
+    emulator.advance(port, 0.36)
+    assert host.read_until(b"READY\r\n", timeout=3) == _urc(b"+CFUN: 1") + _urc(b"+CPIN: READY")
     assert qini(host) == 1
     emulator.advance(port, 0.02 + 0.22)
     assert host.read_until(b"SMS DONE\r\n", timeout=3) == _urc(b"+QUSIM: 1") + _urc(b"+QIND: SMS DONE")
@@ -319,8 +322,10 @@ def test_a_trace_with_qinistat_through_restarts_replays(emulator, open_modem, tm
     assert host.at("AT+QINISTAT") == b"AT+QINISTAT\r\r\n+QINISTAT: 3\r\n" + OK
     # (a control API reboot is not in a trace -- documented -- a restart by command is)
     assert host.at("AT+CFUN=1,1") == b"AT+CFUN=1,1\r" + OK      # before PB DONE
+    advance(0.05)
+    assert host.read_until(b"RDY\r\n", timeout=3) == _urc(b"RDY")   # (the port reads from RDY on)
     assert host.at("AT+QINISTAT") == b"AT+QINISTAT\r\r\n+QINISTAT: 0\r\n" + OK
-    advance(0.05 + 0.6)
+    advance(0.6)
     host.read_until(b"SMS DONE\r\n", timeout=3)
     assert host.at("AT+QINISTAT") == b"AT+QINISTAT\r\r\n+QINISTAT: 3\r\n" + OK
     advance(0.02)
@@ -497,9 +502,11 @@ def test_a_scenario_reboot_between_sms_done_and_pb_done_replays_with_its_scenari
     assert host.at("AT+QINISTAT") == b"AT+QINISTAT\r\r\n+QINISTAT: 3\r\n" + OK
     assert host.at("AT+CGMR").startswith(b"AT+CGMR\r\r\nEC25")     # the reboot follows its answer
     rs.flush(emulator)
+    advance(0.1)
+    assert host.read_until(b"RDY\r\n", timeout=3) == _urc(b"RDY")   # (the port reads from RDY on)
     assert host.at("AT+QINISTAT") == b"AT+QINISTAT\r\r\n+QINISTAT: 0\r\n" + OK
-    advance(0.1 + 0.62)
-    assert host.read_until(b"PB DONE\r\n", timeout=3) == ALL_V1    # one set: the old PB DONE never came
+    advance(0.62)
+    assert _urc(b"RDY") + host.read_until(b"PB DONE\r\n", timeout=3) == ALL_V1   # one set: the old PB DONE never came
     assert host.at("AT+QINISTAT") == b"AT+QINISTAT\r\r\n+QINISTAT: 7\r\n" + OK
     rs.finish(emulator)
     rs.replays(capsys, path, "--scenario", str(scenario))
@@ -562,9 +569,11 @@ def test_a_reboot_while_held_boot_urcs_wait_behind_a_prompt_drops_them(emulator,
     assert host.quiet_for(0.2) == b""
     assert emulator.control("reboot", ms=100)["ok"]
     assert host.quiet_for(0.2) == b""                        # not the old boot's held URCs
+    emulator.advance(port, 0.1)
+    assert host.read_until(b"RDY\r\n", timeout=3) == _urc(b"RDY")   # (the port reads from RDY on)
     assert qini(host) == 0
-    emulator.advance(port, 0.1 + 0.62)
-    assert host.read_until(b"PB DONE\r\n", timeout=3) == ALL_V1
+    emulator.advance(port, 0.62)
+    assert _urc(b"RDY") + host.read_until(b"PB DONE\r\n", timeout=3) == ALL_V1
     assert qini(host) == 7
     emulator.advance(port, 5)
     assert host.quiet_for(0.2) == b""

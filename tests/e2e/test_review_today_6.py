@@ -246,7 +246,7 @@ def test_transparent_mode_bytes_count_after_the_escape(modem, emulator):
 
 
 def test_opening_send_fail_close_reboot_and_unopened_ids(modem, emulator, tcp_echo):
-    host, _, _ = modem
+    host, advance, _ = modem
     assert host.at("AT+QISEND=0,0") == b"\r\nERROR\r\n"                 # never opened
     assert emulator.control("handshake_stall", count=1)["ok"]
     assert host.at(f'AT+QIOPEN=1,0,"TCP","{TCP_HOST}",{TCP_PORT},0,0') == b"\r\nOK\r\n"
@@ -262,6 +262,8 @@ def test_opening_send_fail_close_reboot_and_unopened_ids(modem, emulator, tcp_ec
     assert host.at("AT+QISEND=0,0,1") == b"\r\nERROR\r\n"
     assert host.at("AT+QISEND=0,00") == host.at("AT+QISEND=0,0")
     assert host.at("AT+CFUN=1,1") == b"\r\nOK\r\n"
+    advance(0.05)                                                            # (the port reads from RDY on)
+    assert host.read_until(b"RDY\r\n", timeout=3) == b"\r\nRDY\r\n"
     assert host.at("AT+QISEND=0,0").endswith(b"\r\nERROR\r\n")       # (ATE1 again after the reboot)
 
 

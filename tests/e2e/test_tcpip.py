@@ -562,7 +562,7 @@ def test_pdp_deactivation_closes_sockets_and_listeners(modem, emulator, tcp_echo
 
 
 def test_qideact_and_reboot_drop_sockets(modem, emulator, tcp_echo):
-    host, _ = modem
+    host, advance = modem
     qiopen(host, 0)
     assert host.at("AT+QIDEACT=1") == b"\r\nOK\r\n"
     host.seen(b'+QIURC: "closed",0\r\n')
@@ -570,6 +570,8 @@ def test_qideact_and_reboot_drop_sockets(modem, emulator, tcp_echo):
     assert host.at("AT+QIACT=1") == b"\r\nOK\r\n"
     qiopen(host, 0)
     assert host.at("AT+CFUN=1,1") == b"\r\nOK\r\n"                  # sockets dropped silently
+    advance(0.05)
+    host.read_until(b"RDY\r\n")                                        # (the port reads from RDY on)
     assert host.at("ATE0;+QISTATE?").endswith(b"\r\nOK\r\n")
     assert host.at("AT+QISTATE?") == b"\r\nOK\r\n"
     assert host.transcript.count(b'"closed"') == 1                   # the AT+QIDEACT one only
