@@ -45,15 +45,25 @@ class SnifferError(Exception):
 
 
 class HandshakeSniffer:
-    def __init__(self, dtls: bool) -> None:
+    def __init__(self, dtls: bool, dtls_versions: tuple[bytes, ...] | None = None) -> None:
+        """dtls_versions: the record versions Mbed TLS takes (those up to the configured
+        maximum: dtls_record_versions()); default both."""
         self.dtls = dtls
+        self._dtls_versions = _DTLS_VERSIONS if dtls_versions is None else dtls_versions
         self.encrypted = False          # TLS: server CCS seen
         self.broken = False             # unparseable input: stop sniffing
         self._pending = bytearray()     # TLS: partial record
         self._hs_stream = bytearray()   # TLS: handshake bytes not yet a full message
+        # DTLS, as Mbed TLS takes handshake messages: in message_seq order from _dtls_next on,
+        # those ahead (up to _DTLS_MAX_BUFFERED_HS) reassembled (_dtls_msgs) or complete
+        # (_dtls_ready) and held until their turn, all of them forgotten at the end of each
+        # of the server's flights (mbedtls_ssl_recv_flight_completed); and records only once
+        # (its anti-replay window over epoch 0's record numbers, RFC 6347 4.1.2.6).
         self._dtls_msgs: dict[int, tuple[int, int, bytearray, set[tuple[int, int]]]] = {}
-        self._dtls_done: set[int] = set()
-        self._dtls_next = 0             # DTLS: the lowest message_seq not yet complete
+        self._dtls_ready: dict[int, HandshakeMessage] = {}
+        self._dtls_next = 0             # DTLS: the message_seq Mbed TLS expects next
+        self._replay_top = -1           # DTLS: the highest epoch-0 record number taken
+        self._replay_window = 0         # and the 64 below it (bit i: top - i taken)
         self._largest = 0               # TLS: the longest complete handshake message's length
         self.fragmented = False         # TLS: a handshake message continued in a later record
 
@@ -135,17 +145,42 @@ class HandshakeSniffer:
             ctype = datagram[pos]
             epoch = int.from_bytes(datagram[pos + 3:pos + 5], "big")
             length = int.from_bytes(datagram[pos + 11:pos + 13], "big")
-            if ctype not in (20, 21, 22, 23) or datagram[pos + 1:pos + 3] not in _DTLS_VERSIONS:
-                break                 # not DTLS 1.0/1.2: the rest of this datagram is dropped
+            if ctype not in (20, 21, 22, 23) or datagram[pos + 1:pos + 3] not in self._dtls_versions:
+                break                 # a version Mbed TLS does not take: the rest of this datagram is dropped
             payload = datagram[pos + DTLS_HEADER:pos + DTLS_HEADER + length]
+            number = int.from_bytes(datagram[pos + 5:pos + 11], "big")
             pos += DTLS_HEADER + length
-            if epoch != 0 or len(payload) != length:
-                continue  # encrypted, or truncated datagram (DTLS drops those)
+            if len(payload) != length:
+                break                 # truncated: the datagram goes (DTLS drops those)
+            if epoch != 0:
+                continue              # encrypted
+            if not 0 < length <= DTLS_MAX_CONTENT:
+                break                 # a length Mbed TLS refuses in clear: the datagram goes
+            if self._replayed(number):
+                continue              # a record number already taken: Mbed TLS skips it
+            self._taken(number)
             if ctype == CONTENT_ALERT and length == 2:
                 alerts.append(Alert(payload[0], payload[1]))
             elif ctype == CONTENT_HANDSHAKE:
                 msgs.extend(self._dtls_fragments(payload))
         return msgs, alerts
+
+    def _replayed(self, number: int) -> bool:
+        """mbedtls_ssl_dtls_replay_check: a number at or below the top, already taken or
+        more than 63 below it."""
+        if number > self._replay_top:
+            return False
+        bit = self._replay_top - number
+        return bit >= 64 or bool(self._replay_window >> bit & 1)
+
+    def _taken(self, number: int) -> None:
+        """mbedtls_ssl_dtls_replay_update."""
+        if number > self._replay_top:
+            shift = number - self._replay_top
+            self._replay_window = 1 if shift >= 64 else (self._replay_window << shift | 1) & _WINDOW_MASK
+            self._replay_top = number
+        else:
+            self._replay_window |= 1 << (self._replay_top - number)
 
     def _dtls_fragments(self, payload: bytes) -> list[HandshakeMessage]:
         out = []
@@ -160,12 +195,10 @@ class HandshakeSniffer:
             pos += DTLS_HS_HEADER + frag_len
             if total > _MAX_BUFFERED or offset + frag_len > total or len(frag) != frag_len:
                 break                 # a broken fragment: the rest of this record is dropped
-            if seq in self._dtls_done or seq < self._dtls_next:
-                continue  # retransmission of a message already delivered
+            if seq < self._dtls_next or seq in self._dtls_ready:
+                continue  # retransmission of a message already taken, or complete ahead
             if seq >= self._dtls_next + _DTLS_MAX_BUFFERED_HS:
                 continue  # beyond what Mbed TLS buffers ahead: it drops it, so does this
-            if msg_type == 3:  # HelloVerifyRequest: the exchange restarts
-                self._dtls_msgs.clear()
             entry = self._dtls_msgs.setdefault(seq, (msg_type, total, bytearray(total), set()))
             if entry[0] != msg_type or entry[1] != total:
                 continue              # disagrees with an earlier fragment (one of them forged)
@@ -173,11 +206,21 @@ class HandshakeSniffer:
             entry[3].add((offset, offset + frag_len))
             if _covers(entry[3], total):
                 del self._dtls_msgs[seq]
-                self._dtls_done.add(seq)
-                while self._dtls_next in self._dtls_done:
-                    self._dtls_next += 1
-                out.append(HandshakeMessage(msg_type, bytes(entry[2])))
+                self._dtls_ready[seq] = HandshakeMessage(msg_type, bytes(entry[2]))
+                self._take_ready(out)
         return out
+
+    def _take_ready(self, out: list[HandshakeMessage]) -> None:
+        """The complete messages whose turn it is, in order; at the end of one of the
+        server's flights (HelloVerifyRequest, ServerHelloDone) what was held for later is
+        forgotten, as Mbed TLS frees its buffering then."""
+        while self._dtls_next in self._dtls_ready:
+            msg = self._dtls_ready.pop(self._dtls_next)
+            self._dtls_next += 1
+            out.append(msg)
+            if msg.msg_type in _FLIGHT_ENDS:
+                self._dtls_ready.clear()
+                self._dtls_msgs.clear()
 
 
 # What Mbed TLS takes of a datagram, so that the sniffer sees no message it drops: record
@@ -185,6 +228,20 @@ class HandshakeSniffer:
 # message_seq than it buffers (MBEDTLS_SSL_MAX_BUFFERED_HS).
 _DTLS_VERSIONS = (b"\xfe\xfd", b"\xfe\xff")
 _DTLS_MAX_BUFFERED_HS = 4
+_FLIGHT_ENDS = (3, 14)          # HelloVerifyRequest, ServerHelloDone
+_WINDOW_MASK = (1 << 64) - 1
+# The most of one datagram Mbed TLS reads (MBEDTLS_SSL_IN_BUFFER_LEN as python-mbedtls 2.10.1
+# builds it: 13 + 16384 + 320; probed), and the longest record content it takes before the
+# handshake's keys (a longer one fails it with MBEDTLS_ERR_SSL_INVALID_RECORD, or goes with a
+# datagram cut short).
+DTLS_MAX_DATAGRAM = 16717
+DTLS_MAX_CONTENT = 16384
+
+
+def dtls_record_versions(max_version_is_1_0: bool) -> tuple[bytes, ...]:
+    """The record versions Mbed TLS takes: any up to the configured maximum (it checks
+    no minimum in the record layer)."""
+    return (b"\xfe\xff",) if max_version_is_1_0 else _DTLS_VERSIONS
 
 
 def _covers(ranges: set[tuple[int, int]], total: int) -> bool:

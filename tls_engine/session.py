@@ -31,9 +31,10 @@ from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_VERSION, MBEDTLS_
                      describe_mbedtls_error)
 from .datagrams import pack_datagrams
 from .resumption import Resumption, SessionCache, settings_fingerprint
-from .records import HS_CERTIFICATE, HS_SERVER_HELLO, HandshakeSniffer, chain_mbedtls_keeps, parse_certificate_list
+from .records import (DTLS_MAX_DATAGRAM, HS_CERTIFICATE, HS_SERVER_HELLO, HandshakeSniffer, chain_mbedtls_keeps,
+                      dtls_record_versions, parse_certificate_list)
 from .sealing import WANT_READ, WANT_WRITE, SealJob
-from .settings import SSL3_0, TLS1_2, TlsSettings
+from .settings import DTLS1_0, SSL3_0, TLS1_2, TlsSettings
 
 WRITE_CHUNK = 16 * 1024          # one TLS record's worth of plaintext per write()
 DTLS_WRITE_CHUNK = 1460          # DTLS: one record per datagram, within a path MTU of 1500 (RFC
@@ -187,7 +188,8 @@ class TlsClientSession:
         self._datagrams: list[bytes] = []
         self._buffer = None
         self._plan: EnginePlan | None = None
-        self._sniffer = HandshakeSniffer(settings.dtls)
+        self._sniffer = HandshakeSniffer(settings.dtls, dtls_record_versions(settings.dtls_version == DTLS1_0)
+                                         if settings.dtls else None)
         self._lazy_sniff = False          # TLS with no verifier: the sniffer reads later (_sniff)
         self._unsniffed = bytearray()     # what it has still to read then
         self._verifier = None             # a verify.ChainVerifier at seclevel >= 1
@@ -273,6 +275,11 @@ class TlsClientSession:
         if not data:
             self._on_transport_eof()
             return
+        if self.settings.dtls and len(data) > DTLS_MAX_DATAGRAM:
+            # Mbed TLS reads a datagram into its input buffer: the rest of a longer one is
+            # cut off, as by the module's UDP receive (fed whole, it would be read as
+            # another datagram).
+            data = data[:DTLS_MAX_DATAGRAM]
         self._out_mark = len(self._tls_out)
         if self.state == "handshaking" and not self._sniff(data):
             return
