@@ -34,7 +34,8 @@ Behaviour chosen where the note is silent or ambiguous (docs/behaviour.md):
 * Bad numeric parameters answer +CME ERROR: 400 (invalid input value); name
   errors come from FileStore (406 invalid name, 405 not found, 403 drive full).
 * AT+QFLST / AT+QFLST="<pattern>": '+QFLST: "<name>",<size>' per file, RAM
-  files as "RAM:<name>"; no match is a bare OK.
+  files as "RAM:<name>"; a pattern ("*", "?") or the bare form matching nothing is a
+  bare OK, a file name that is not there +CME ERROR: 417 (fail to list the file).
 * AT+QFDEL="<name>" deletes one file (405 if missing); a pattern with "*" or
   "?" ("*" = all UFS, "RAM:*" = all RAM) deletes every match, zero included.
 * AT+QFDWL: CONNECT, the bytes, CR LF, "+QFDWL: <size>,<checksum>", OK.
@@ -61,6 +62,7 @@ DEFAULT_TIMEOUT = 5
 ACK_BLOCK = 1024
 ERR_INVALID_INPUT = 400
 ERR_TIMEOUT = 421
+ERR_LIST_FAILED = 417            # "Fail to list the file"
 
 
 def _args(cmd) -> Args:
@@ -93,7 +95,13 @@ def qfupl_write(modem, cmd):
 # without a declared test form.
 
 def _list(modem, pattern: str | None) -> Response:
-    return ok(*(f'+QFLST: "{name}",{size}' for name, size in modem.files.list(pattern)))
+    files = modem.files.list(pattern)
+    if not files and pattern is not None and not any(c in pattern for c in "*?"):
+        # A named file that is not there: 417 "Fail to list the file", as drivers written
+        # against real modules take it (a pattern, or the bare form, that matches nothing
+        # is a bare OK: a real BG96's empty drive).
+        raise CommandError(Cme(ERR_LIST_FAILED), f"AT+QFLST: {pattern} not found")
+    return ok(*(f'+QFLST: "{name}",{size}' for name, size in files))
 
 
 @command("+QFLST", EXEC)

@@ -222,7 +222,7 @@ def test_open_modes_follow_the_manual(ec2x):
     assert ec2x.at(f"AT+QFCLOSE={h}") == OK
     # mode 2 of a missing file: "an error" (the code is not given there), and nothing created
     assert ec2x.at('AT+QFOPEN="missing.txt",2').startswith(b"\r\n+CME ERROR: ")
-    assert ec2x.at('AT+QFLST="missing.txt"') == OK
+    assert ec2x.at('AT+QFLST="missing.txt"') == cme(417)    # (a named file: behaviour.md)
     # mode 2 is read only: [QUECTEL-UFP] 414 "The file read-only"
     h = qfopen(ec2x, "m.txt", 2)
     assert ec2x.at(f"AT+QFWRITE={h},1") == cme(414)
@@ -304,4 +304,4 @@ def test_qfmov_moves_a_file(ec2x):
     ec2x.upload("tmp.crt", b"certificate")
     assert ec2x.at('AT+QFMOV="tmp.crt","CA.CRT",0,1') == OK
     assert ec2x.at('AT+QFLST="CA.CRT"') == b'\r\n+QFLST: "CA.CRT",11\r\n' + OK
-    assert ec2x.at('AT+QFLST="tmp.crt"') == OK
+    assert ec2x.at('AT+QFLST="tmp.crt"') == cme(417)        # moved away: not there

@@ -471,7 +471,7 @@ def test_consentium_demo_https_post_with_a_clean_bundle(driver_port, emulator, s
     """setup() + one sendTelemetry() on a fresh module (echo on) against api.consentiumiot.com:443,
     an OpenSSL server for that name signed by the CA the bundle's first block holds (the bundle
     otherwise shaped as the sketch's: three blocks, none corrupted here).  The file is missing
-    ('AT+QFLST="UFS:cloudflare.pem"' lists nothing, just OK; the 2 s wait, which only its text ends,
+    ('AT+QFLST="UFS:cloudflare.pem"' is +CME ERROR: 417, no listing; the 2 s wait, which only its text ends,
     shortened to 0.3 s), so it is uploaded; every AT+QSSLCFG answers OK (0xFFFF in lower case
     included); the open ends its wait at "+QSSLOPEN: 4,0" (SNI sent, the chain verified); the ">"
     wait ends at the prompt (the space after it left for the next wait); the request echoed (ATE1:
@@ -494,7 +494,7 @@ def test_consentium_demo_https_post_with_a_clean_bundle(driver_port, emulator, s
             demo.setup()
             log = entries(demo)
             assert re.fullmatch(r"\d{15}", demo.imei)
-            assert log["qflst"] == (False, b'AT+QFLST="UFS:cloudflare.pem"\r\r\nOK\r\n')
+            assert log["qflst"] == (False, b'AT+QFLST="UFS:cloudflare.pem"\r\r\n+CME ERROR: 417\r\n')
             assert log["qfupl"] == (True, b'AT+QFUPL="UFS:cloudflare.pem",%d,100\r\r\nCONNECT' % len(bundle))
             assert re.fullmatch(rb"\r\n\r\n\+QFUPL: %d,[0-9a-f]+\r\n\r\nOK" % len(bundle), log["upload"][1])
             for cmd in ('AT+QICSGP=1,1,"YOUR_APN_HERE","","",1', "AT+QIACT=1", 'AT+QSSLCFG="sslversion",1,4',
