@@ -226,8 +226,13 @@ class OnlineDelivery(Delivery):
 
     def flush(self, sock: SslSocket, everything: bool = False) -> None:
         """The socket's waiting bytes to the port while the host keeps up (everything:
-        regardless, before NO CARRIER); else hold the network back until it drains."""
+        regardless, before NO CARRIER); else hold the network back until it drains.
+        Nothing while no host holds the port: in the loop turn the host closed it (its
+        hang-up not handled yet) the bytes would go to nobody; they wait for ATO, as they
+        do once the hang-up has taken the port offline."""
         modem = self.svc.modem
+        if not modem.host_present():
+            return
         while sock.inbox:
             if not everything and modem.output_backlog() > HIGH_WATER:
                 sock.pause_network(True)
@@ -298,6 +303,7 @@ class SocketLink:
         self._qicfg = getattr(delivery.svc, "qicfg", None)
         self._unsent = bytearray()
         self._unsent_timer = None
+        self._end_unheard = False        # the peer closed as the host left (ended())
 
     def resume(self) -> bool:
         """ATO: back to this connection if it is still open -- in transparent access mode
@@ -334,7 +340,12 @@ class SocketLink:
     def ended(self) -> None:
         """The connection ended while the port was its: what the peer sent, NO CARRIER,
         command mode, and the host's input read again (no drain will come from a closed
-        connection to resume it)."""
+        connection to resume it).  In the loop turn the host closed the port (its hang-up
+        not handled yet) NO CARRIER and the data would go to nobody: the hang-up takes the
+        port offline first (escaped()), and the close is then one after "+++" is."""
+        if not self.delivery.svc.modem.host_present():
+            self._end_unheard = True
+            return
         self.delivery.flush(self.sock, everything=True)
         self.delivery.svc.modem.interpreter.leave_online(self)
         self.release_input()
@@ -406,6 +417,17 @@ class SocketLink:
         if (self.delivery.take_connecting(sock) and sock.state is not CONNECTED
                 and self.delivery.svc.holds(sock)):
             self.delivery.peer_closed(sock)
+        elif self._end_unheard:
+            # (a turn later: the hang-up that called this clears what the port queued)
+            self._end_unheard = False
+            asyncio.get_running_loop().call_soon(self._closed_offline)
+
+    def _closed_offline(self) -> None:
+        """The close ended() kept for the hang-up: reported as after "+++" (the data read
+        since fall back to buffer mode, else "closed")."""
+        delivery, sock = self.delivery, self.sock
+        if delivery.svc.holds(sock) and not delivery.online(sock):
+            delivery.peer_closed(sock)
 
     def power_lost(self) -> None:
         """A restart in online mode (the interpreter, before escaped()): the bytes waiting for
