@@ -775,8 +775,10 @@ class Interpreter:
                 self._escape_timer.cancel()
             self._escape_due()                   # OK, command state: the pump lexes the inbox
             return
-        if self._late_lf is not None:            # the first byte after CONNECT
-            self._take_late_lf()
+        if self._late_lf is not None and self._take_late_lf():     # the first byte after CONNECT
+            # The LF was the command line's, not data -- but it came now: the silence
+            # "+++" needs before it counts from here, as from any byte the host writes.
+            self._escape.last_rx = self.modem.monotonic()
         data = bytes(self._inbox)
         self._inbox.clear()
         if data:
