@@ -1108,12 +1108,12 @@ def test_tee_ex_file_sketch(driver_path):
         assert f.delete("RAM:*")
         assert f.list("RAM:*") == []
         io.take_tx(), io.take_rx()
-        # exists() is size() != -1, and size() gives -1 only on ERROR: AT+QFLST of a name that
-        # is not there answers OK alone here, so the driver calls a deleted file present
-        # (size 0).  Driver assumption, not a documented module answer.
-        assert f.size(path) == 0 and f.exists(path)
+        # exists() is size() != -1, and size() gives -1 on an error: AT+QFLST of a name that
+        # is not there is +CME ERROR: 417 (behaviour.md), so the deleted file is gone for the
+        # driver too (an OK alone would make it size 0, present).
+        assert f.size(path) == -1 and not f.exists(path)
         assert io.take_tx() == b'AT+QFLST="RAM:test1.txt"\r' * 2
-        assert io.take_rx() == b"\r\nOK\r\n\r\nOK\r\n"
+        assert io.take_rx() == b"\r\n+CME ERROR: 417\r\n" * 2
 
         # uploadFile(): AT+QFUPL -> CONNECT -> data -> "+QFUPL: <n>,<checksum>" with n == size
         assert f.upload_file("RAM:up.txt", data)

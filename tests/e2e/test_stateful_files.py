@@ -14,7 +14,7 @@ end), AT+QFPOSITION, AT+QFTUCAT, AT+QFCLOSE, AT+QSSLCFG="cacert"/"clientcert"/"c
 docs/behaviour.md (406) and AT+CFUN=1,1.  Every answer is compared byte for byte with what
 the model predicts: sizes, "+QFUPL: <size>,<checksum>" / "+QFDWL: ..." with the 16-bit XOR
 checksum (computed here independently of emulator/storage/checksum.py), the +CME ERROR code
-of a missing file (405), a bad name (406), an existing file (407), an open file (426), too
+of a missing file (405; AT+QFLST of one 417), a bad name (406), an existing file (407), an open file (426), too
 many handles (413), an unknown handle (416), a read-only handle (414), a seek past the end
 (401), a read at the end (402), no room (403), and free space consistent with the files.
 Invariants: a download returns exactly the model's bytes; a reboot keeps UFS and loses RAM,
@@ -289,6 +289,9 @@ class Ec2xFileSystem(RuleBasedStateMachine):
         drive, bases = self.matching(pattern)
         want = b"".join(f'+QFLST: "{display(drive, b)}",{len(self.files[drive, b])}\r\n'.encode()
                         for b in bases)
+        if kind == "name" and not bases:                 # a named file that is not there
+            assert self.wire.cmd(line, bytewise) == cme(417), line
+            return
         assert self.wire.cmd(line, bytewise) == (b"\r\n" + want if want else b"") + OK, line
 
     @rule(drive=st.sampled_from(["UFS", "RAM", "ufs", "RAM:", "exec", "QFOPEN?"]))
