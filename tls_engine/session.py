@@ -23,7 +23,7 @@ from collections.abc import Hashable
 
 from . import ciphers as cs
 from .config import EnginePlan, build_plan, client_context
-from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_VERSION, MBEDTLS_FEATURE_UNAVAILABLE,
+from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_SERVER_HELLO, MBEDTLS_BAD_VERSION, MBEDTLS_FEATURE_UNAVAILABLE,
                      MBEDTLS_INVALID_RECORD,
                      MBEDTLS_PEER_CLOSE_NOTIFY, MBEDTLS_TIMEOUT, TIMED_OUT,
                      PROTOCOL_ERROR, VERIFY_FAILED, AppData, EngineConfigError,
@@ -1014,7 +1014,14 @@ class TlsClientSession:
             reason = (f"server chose {_WIRE_VERSIONS.get(chose, chose.hex())}, outside the configured "
                       f"sslversion (mbedtls -0x{err:04X})")
         largest = self._sniffer.largest_message()
-        if err == MBEDTLS_FEATURE_UNAVAILABLE and largest > _MAX_HANDSHAKE_MESSAGE:
+        if err == MBEDTLS_BAD_SERVER_HELLO and self.state == "established":
+            # A renegotiation (its messages are encrypted: nothing here saw them): Mbed TLS
+            # 2.28 takes any handshake message where the ServerHello is due for one -- a
+            # second HelloRequest too, which RFC 5246 7.4.1.1 says to ignore.
+            reason = ("in a renegotiation the server's answer to the module's ClientHello was no "
+                      "ServerHello Mbed TLS takes (a second HelloRequest, or a bad ServerHello) "
+                      f"(mbedtls -0x{err:04X})")
+        elif err == MBEDTLS_FEATURE_UNAVAILABLE and largest > _MAX_HANDSHAKE_MESSAGE:
             reason = (f"a server handshake message of {largest} bytes (its certificate chain?) is more "
                       f"than Mbed TLS takes ({_MAX_HANDSHAKE_MESSAGE}: it reassembles none larger "
                       f"than one record) (mbedtls -0x{err:04X})")
