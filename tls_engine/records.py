@@ -224,9 +224,10 @@ class HandshakeSniffer:
 
 
 # What Mbed TLS takes of a datagram, so that the sniffer sees no message it drops: record
-# versions DTLS 1.2 and 1.0, and handshake messages no further ahead of the next expected
-# message_seq than it buffers (MBEDTLS_SSL_MAX_BUFFERED_HS).
-_DTLS_VERSIONS = (b"\xfe\xfd", b"\xfe\xff")
+# versions DTLS 1.2 and 1.0 -- fe fe too, which mbedtls_ssl_read_version reads as 1.0 --, and
+# handshake messages no further ahead of the next expected message_seq than it buffers
+# (MBEDTLS_SSL_MAX_BUFFERED_HS).
+_DTLS_VERSIONS = (b"\xfe\xfd", b"\xfe\xfe", b"\xfe\xff")
 _DTLS_MAX_BUFFERED_HS = 4
 _FLIGHT_ENDS = (3, 14)          # HelloVerifyRequest, ServerHelloDone
 _WINDOW_MASK = (1 << 64) - 1
@@ -241,7 +242,7 @@ DTLS_MAX_CONTENT = 16384
 def dtls_record_versions(max_version_is_1_0: bool) -> tuple[bytes, ...]:
     """The record versions Mbed TLS takes: any up to the configured maximum (it checks
     no minimum in the record layer)."""
-    return (b"\xfe\xff",) if max_version_is_1_0 else _DTLS_VERSIONS
+    return (b"\xfe\xfe", b"\xfe\xff") if max_version_is_1_0 else _DTLS_VERSIONS
 
 
 def _covers(ranges: set[tuple[int, int]], total: int) -> bool:

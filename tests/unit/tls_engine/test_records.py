@@ -133,6 +133,9 @@ def test_dtls_record_versions_and_lengths_mbed_tls_refuses_are_dropped():
     assert sniffer.feed(dtls_record(22, cert, seq=1)) == ([], [])            # fe fd
     msgs, _ = sniffer.feed(bytes([22, 0xFE, 0xFF]) + dtls_record(22, cert, seq=2)[3:])
     assert [m.msg_type for m in msgs] == [11]
+    sniffer = HandshakeSniffer(dtls=True, dtls_versions=dtls_record_versions(True))
+    msgs, _ = sniffer.feed(bytes([22, 0xFE, 0xFE]) + dtls_record(22, cert, seq=2)[3:])
+    assert [m.msg_type for m in msgs] == [11]                                 # fe fe: 1.0 to Mbed TLS
     sniffer = HandshakeSniffer(dtls=True)
     filler = dtls_fragment(0, bytes(16385 - 12 - 16), 3, 0, 16385 - 12 - 16)
     big = dtls_record(22, cert + filler, seq=1)
