@@ -514,6 +514,7 @@ def test_ids_are_one_pool_with_ssl(modem, emulator, tcp_echo, pki):
         assert host.at("AT+QICLOSE=1") == b"\r\nERROR\r\n"
         assert host.at("AT+QIGETERROR").startswith(b"\r\n+QIGETERROR: 572,")
         assert host.send_data(1, b"hi") == b"\r\nSEND OK\r\n"          # still open
+        host.seen(b'+QSSLURC: "recv",1\r\n')                          # (the echo's URC: not in the next answer)
         assert host.at("AT+QSSLCLOSE=1") == b"\r\nOK\r\n"
     assert host.at("AT+QISWTMD=0,1") == b"\r\nOK\r\n"              # a TCP socket switched too
     assert qisend(host, 0, b"pushed") == b"\r\nSEND OK\r\n"
