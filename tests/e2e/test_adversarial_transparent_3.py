@@ -30,11 +30,11 @@ from emulator.testing.peers import TlsServer
 from tests.e2e import replay_support as rs
 from tests.e2e.socket_support import TCP_HOST, TCP_PORT, OddHost
 
-HOST, PORT = "220.180.239.212", 8011
+# (the transparent-escape round's address, open line and helpers)
+from tests.e2e.test_adversarial_transparent_escape import (CONNECT_OR_ERROR, FINAL, HOST, OPEN, PORT,  # noqa: F401
+                                                          connect, escape)
+
 HOST_B, PORT_B = "220.180.239.213", 8012
-OPEN = f'AT+QSSLOPEN=1,1,4,"{HOST}",{PORT},2'
-CONNECT_OR_ERROR = re.compile(rb"\r\n(CONNECT|ERROR|NO CARRIER)\r\n")
-FINAL = re.compile(rb"\r\n(OK|ERROR|NO CARRIER|CONNECT)\r\n")
 
 
 # -- fixtures and helpers -----------------------------------------------------------------
@@ -59,19 +59,6 @@ def echo_online(emulator, ec2x_strict):
         connect(host)
         server.wait_handshake()
         yield host, advance, port, server
-
-
-def connect(host, line: str = OPEN) -> None:
-    host.write(line + "\r")
-    got = host.read_until(CONNECT_OR_ERROR)
-    assert got == b"\r\nCONNECT\r\n", got
-
-
-def escape(host, advance) -> bytes:
-    advance(1.1)
-    host.write(b"+++")
-    advance(1.1)
-    return host.read_until(FINAL)
 
 
 def received(server, n: int, index: int = -1, timeout: float = 10) -> bytes:
