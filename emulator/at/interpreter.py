@@ -699,8 +699,11 @@ class Interpreter:
             self._finish_data(phase, "escape")
             return
         if self._late_lf is not None and self._take_late_lf():     # the first byte after the prompt
-            if phase.escape is not None:         # (the line's LF, but a byte that came now: the
-                phase.escape.last_rx = self.modem.monotonic()      # silence "+++" needs restarts)
+            # (the line's LF, but a byte that came now: the silence "+++" needs and the
+            # upload's inactivity wait, "restarted by every byte", start again)
+            if phase.escape is not None:
+                phase.escape.last_rx = self.modem.monotonic()
+            self._restart_idle_timer(phase)
             return
         out, reason = phase.take(self._inbox, self.modem.settings.echo, self.modem.monotonic())
         if out:
