@@ -208,6 +208,7 @@ class TlsClientSession:
         self._state_ssl = None       # native.NativeSsl reading Mbed TLS's handshake state
         self._step_state: int | None = None   # ssl->state before the step under way
         self._cert_step_seen = False # a step began at SERVER_CERTIFICATE (a resumption never has one)
+        self._before_certificate = False   # Mbed TLS failed on the ServerHello slot (seclevel 0)
         self._out_mark = 0
         resumable = settings.session_cache and cache is not None and cache_key is not None
         self._resumption = Resumption(settings.session_cache, cache, cache_key, self.notes,
@@ -595,6 +596,8 @@ class TlsClientSession:
                     continue                   # (read late: Mbed TLS took it, the handshake is over)
                 reason = f"malformed server Certificate message: {exc}"
                 if self._verifier is None:     # (seclevel 0: read after Mbed TLS failed on it)
+                    if self._before_certificate:
+                        continue
                     self._fail(PROTOCOL_ERROR, reason)
                     return False
                 if not self._hold_verdict(PROTOCOL_ERROR, reason, None):
@@ -992,6 +995,9 @@ class TlsClientSession:
                 state += 1           # (it walked the chain and its own check failed: the chain's verdict)
             if self._judge_certificate(state):
                 return               # (Mbed TLS failed past a Certificate judged bad: that is why)
+        # (Mbed TLS failed on the ServerHello slot: a Certificate the sniffer reads late there,
+        # at seclevel 0, is not why -- Mbed TLS's reason is the open's, as at seclevel 1)
+        self._before_certificate = err == MBEDTLS_BAD_SERVER_HELLO and self.state == "handshaking"
         self._catch_up()             # (the alert, version, message sizes its reason names)
         if self._fatal_alert is not None and self.state == "handshaking":
             self._fail(HANDSHAKE_FAILED, describe_alert(self._fatal_alert))
