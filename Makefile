@@ -12,8 +12,10 @@ LINK   ?= /tmp/modem-ec2x
 # models' own pauses) -- two workers kept 0.42 of one CPU busy (826 s of wall time, 351 s of
 # CPU) -- so four on a 2-CPU machine: 460 s, 0.85 CPU; at 5,980 tests (2026-12-05, replays that
 # keep recorded pauses of 10-30 s) four took 790 s with a load of ~0.5, six 601 s with a load of
-# ~1.4 (all passed).  TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 6
+# ~1.4 (all passed).  At 8,280 tests (2026-12-07) six took 830-860 s beside two other
+# sessions' test runs, eight 703 s under the same load, its CPU 0.98 of the two (693 s of
+# 1,406): still waiting, not computing.  TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 8
 
 .PHONY: run run-ml302 test bench soak openssl socat hostprogs clean
 
