@@ -27,7 +27,8 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
     """A listening socket (a TCP LISTENER, the control socket) that cannot accept for lack of
     descriptors or memory: asyncio reports it once per pending connection, with a traceback
     each (a hundred in a millisecond), and retries a second later.  Said here in one WARNING
-    line per listener and retry; everything else goes to the handler that was there."""
+    line per listener and retry, and the retry of a listener closed since is no error; everything
+    else goes to the handler that was there."""
     if loop in _QUIETED:
         return
     previous = loop.get_exception_handler()
@@ -46,6 +47,13 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
                 said[where] = now
                 log.warning("listening socket %s cannot accept a connection: %s (tried again "
                             "in a second)", where or "?", exc.strerror or exc)
+            return
+        handle = context.get("handle")
+        if (isinstance(exc, ValueError) and getattr(getattr(handle, "_callback", None), "__name__", "")
+                == "_start_serving"):
+            # asyncio's retry a second later of a listener closed since (the emulator
+            # stopping, a TCP LISTENER closed): its socket is gone, nothing to serve.
+            log.debug("retry of a closed listening socket ignored: %s", exc)
             return
         if previous is not None:
             previous(loop, context)
