@@ -2071,11 +2071,25 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
             if lines and lines[0] == sent.strip():
                 lines = lines[1:]            # the echo (E1)
             return lines
+        def logged_later(n: int) -> set[str]:
+            """Start-up URCs the log shows after a later step's final result, up to the next
+            restart (before it, the text may be the command's own answer: +CPIN: READY)."""
+            seen: set[str] = set()
+            for later_sent, later_expected in steps[n:]:
+                if _RESTART.search(later_sent):
+                    break
+                at = next((i for i, x in enumerate(later_expected) if FINAL.match(x)), None)
+                if at is not None:
+                    seen |= boot.intersection(later_expected[at + 1:])
+            return seen
+
         carried: list[str] = []          # start-up URCs out at a restart, not logged with it
+        starting = False                 # a restart's start-up may still be under way
         try:
             prompt = False
             command = ""
             for n, (sent, expected) in enumerate(steps, 1):
+                starting = starting and not up()
                 # A logger may put a start-up URC after the next command: what came out at the
                 # restart is not waited for again (`least`), though the same text may be this
                 # step's own answer (the ML302's +CPIN: READY).
@@ -2105,29 +2119,42 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
 
                 def final(x: str) -> bool:
                     return bool(FINAL.match(x)) or x == v0
+                def shown(buf: bytearray) -> list[str]:
+                    # (while a start-up runs, its URCs the log does not show are not this step's)
+                    lines = split(buf, sent)
+                    return [x for x in lines if not (starting and x in boot and x not in expected)]
                 while time.monotonic() < deadline:
                     n_wait = ser.in_waiting
                     if n_wait:
                         buf += ser.read(n_wait)
-                    lines = split(buf, sent)
+                    lines = shown(buf)
                     if ((expected and lines[-1:] == [">"] and buf.rstrip().endswith(b">")) or
                             any(final(x) for x in lines)) and not (after_final and len(lines) < len(least)):
                         if not any(final(x) for x in expected) or any(final(x) for x in lines):
                             time.sleep(0.02)
                             buf += ser.read(ser.in_waiting or 0)
-                            lines = split(buf, sent)
+                            lines = shown(buf)
                             break
                     if ctrl_z_at is not None and time.monotonic() > ctrl_z_at:
                         ser.write(b"\x1a")           # a variable-length send ends with Ctrl+Z
                         ctrl_z_at = None
                     time.sleep(0.002)
-                if not up():
+                if not starting and not up():
                     # The step restarted the module (AT+CFUN=1,1) or switched it off (AT+QPOWD,
-                    # on again by itself): the host's next line was answered, so it waited --
-                    # the replay waits for the start-up to be over (its URCs are this step's
-                    # output), and the URCs the log did not record are not compared.
+                    # on again by itself).  Its next line was answered, so the host waited: as
+                    # far as the start-up URCs this step logged when later steps log others
+                    # (they came after that line: a host polling the SIM), else to the start-up's
+                    # end.  The URCs it did not record here are not compared.
+                    starting = True
+                    want = [x for x in expected if x in boot]
+                    if logged_later(n):
+                        def ready() -> bool:
+                            return emu.run(lambda: modem.powered and not modem.booting
+                                           and all(x in modem.boot_said for x in want))
+                    else:
+                        ready = up
                     until = time.monotonic() + 10
-                    while not up() and time.monotonic() < until:
+                    while not ready() and time.monotonic() < until:
                         time.sleep(0.005)
                     time.sleep(0.02)
                     buf += ser.read(ser.in_waiting or 0)
