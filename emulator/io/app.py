@@ -48,9 +48,7 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
                 log.warning("listening socket %s cannot accept a connection: %s (tried again "
                             "in a second)", where or "?", exc.strerror or exc)
             return
-        handle = context.get("handle")
-        if (isinstance(exc, ValueError) and getattr(getattr(handle, "_callback", None), "__name__", "")
-                == "_start_serving"):
+        if isinstance(exc, ValueError) and "._start_serving(" in repr(context.get("handle")):
             # asyncio's retry a second later of a listener closed since (the emulator
             # stopping, a TCP LISTENER closed): its socket is gone, nothing to serve.
             log.debug("retry of a closed listening socket ignored: %s", exc)
