@@ -867,8 +867,11 @@ def test_big_stream_the_host_leaves_mid_way_and_the_next_gets_the_rest_once(rig,
     new = bytearray()
     if closed:
         sock = next(s for s in rig.emulator.control("state")["sockets"] if s["id"] == cid)
-        assert (sock["access_mode"], sock["unread"] > 0) == (0, True), sock
-        while True:
+        # The buffer fall-back when data wait; none waiting (all the rest was written to the old
+        # host, which left it unread -- the bounded loss below), only "closed", transparent
+        # access mode kept (behaviour.md).  The full run at 16611a7 met the second (ML302, 702).
+        assert (sock["access_mode"], sock["unread"] > 0) in ((0, True), (2, False)), sock
+        while sock["access_mode"] == 0:
             chunk = rig.recv(cid, 1500)
             if not chunk:
                 break
