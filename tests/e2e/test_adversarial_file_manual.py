@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 OK = b"\r\nOK\r\n"
 
 # Amazon Root CA 1 exactly as https://www.amazontrust.com/repository/AmazonRootCA1.pem serves
