@@ -208,7 +208,6 @@ class TlsClientSession:
         self._state_ssl = None       # native.NativeSsl reading Mbed TLS's handshake state
         self._step_state: int | None = None   # ssl->state before the step under way
         self._cert_step_seen = False # a step began at SERVER_CERTIFICATE (a resumption never has one)
-        self._before_certificate = False   # Mbed TLS failed on the ServerHello slot (seclevel 0)
         self._out_mark = 0
         resumable = settings.session_cache and cache is not None and cache_key is not None
         self._resumption = Resumption(settings.session_cache, cache, cache_key, self.notes,
@@ -550,15 +549,16 @@ class TlsClientSession:
             return True
         return self._sniff_now(data)
 
-    def _catch_up(self) -> bool:
-        """What _sniff put aside, read now (the same reading, later). False = session over."""
+    def _catch_up(self, before_certificate: bool = False) -> bool:
+        """What _sniff put aside, read now (the same reading, later). False = session over.
+        before_certificate: Mbed TLS failed before it took any Certificate (_sniff_now)."""
         if not self._unsniffed:
             return True
         data = bytes(self._unsniffed)
         self._unsniffed.clear()
-        return self._sniff_now(data)
+        return self._sniff_now(data, before_certificate)
 
-    def _sniff_now(self, data: bytes) -> bool:
+    def _sniff_now(self, data: bytes, before_certificate: bool = False) -> bool:
         msgs, alerts = self._sniffer.feed(data)
         for alert in alerts:
             if alert.level == 2 and self._fatal_alert is None:   # (Mbed TLS stops at the first)
@@ -596,7 +596,7 @@ class TlsClientSession:
                     continue                   # (read late: Mbed TLS took it, the handshake is over)
                 reason = f"malformed server Certificate message: {exc}"
                 if self._verifier is None:     # (seclevel 0: read after Mbed TLS failed on it)
-                    if self._before_certificate:
+                    if before_certificate:
                         continue
                     self._fail(PROTOCOL_ERROR, reason)
                     return False
@@ -995,10 +995,10 @@ class TlsClientSession:
                 state += 1           # (it walked the chain and its own check failed: the chain's verdict)
             if self._judge_certificate(state):
                 return               # (Mbed TLS failed past a Certificate judged bad: that is why)
-        # (Mbed TLS failed on the ServerHello slot: a Certificate the sniffer reads late there,
-        # at seclevel 0, is not why -- Mbed TLS's reason is the open's, as at seclevel 1)
-        self._before_certificate = err == MBEDTLS_BAD_SERVER_HELLO and self.state == "handshaking"
-        self._catch_up()             # (the alert, version, message sizes its reason names)
+        # (the alert, version, message sizes its reason names; Mbed TLS failed on the
+        # ServerHello slot: a Certificate the sniffer reads late there, at seclevel 0, is not
+        # why -- Mbed TLS's reason is the open's, as at seclevel 1)
+        self._catch_up(before_certificate=err == MBEDTLS_BAD_SERVER_HELLO and self.state == "handshaking")
         if self._fatal_alert is not None and self.state == "handshaking":
             self._fail(HANDSHAKE_FAILED, describe_alert(self._fatal_alert))
             return

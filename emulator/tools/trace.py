@@ -2034,6 +2034,15 @@ def at_log_payload(command: str, data: str) -> bytes:
     return _b(candidates[0])
 
 
+def _without(items: list[str], taken: list[str]) -> list[str]:
+    """`items` less one occurrence of each of `taken` that it holds, in order."""
+    rest = list(items)
+    for x in taken:
+        if x in rest:
+            rest.remove(x)
+    return rest
+
+
 def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
                   ignore: list[re.Pattern] | None = None) -> int:
     """A host's own AT log (`>> AT` / `<< OK` lines, a terminal capture): its lines written to a
@@ -2071,6 +2080,7 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
             if lines and lines[0] == sent.strip():
                 lines = lines[1:]            # the echo (E1)
             return lines
+
         def logged_later(n: int) -> set[str]:
             """Start-up URCs the log shows after a later step's final result, up to the next
             restart (before it, the text may be the command's own answer: +CPIN: READY)."""
@@ -2090,13 +2100,6 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
             command = ""
             for n, (sent, expected) in enumerate(steps, 1):
                 starting = starting and not up()
-                # A logger may put a start-up URC after the next command: what came out at the
-                # restart is not waited for again (`least`), though the same text may be this
-                # step's own answer (the ML302's +CPIN: READY).
-                least = list(expected)
-                for x in carried:
-                    if x in least:
-                        least.remove(x)
                 if prompt:
                     ser.write(at_log_payload(command, sent))
                 else:
@@ -2104,6 +2107,10 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
                     command = sent
                 if expected[:1] == [sent.strip()]:
                     expected = expected[1:]          # the log kept the modem's echo (E1)
+                # A logger may put a start-up URC after the next command: what came out at the
+                # restart is not waited for again (`least`), though the same text may be this
+                # step's own answer (the ML302's +CPIN: READY).
+                least = _without(expected, carried)
                 if n == len(steps) and not expected:
                     # the log ends before this answer (the logger killed): as far as it goes
                     time.sleep(0.2)
@@ -2168,11 +2175,8 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
                                 logged.remove(x)
                 got = [_norm(x, ignore) for x in lines]
                 if got != [_norm(x, ignore) for x in expected] and got == [_norm(x, ignore) for x in least]:
-                    late = list(expected)        # the log's late start-up URCs: came at the restart
-                    for x in least:
-                        late.remove(x)
-                    for x in late:
-                        carried.remove(x)
+                    # (the log's late start-up URCs: they came at the restart)
+                    carried = _without(carried, _without(expected, least))
                     expected = least
                 if got != [_norm(x, ignore) for x in expected]:
                     print(f"first difference: step {n} ({escape(_b(sent))}):\n"
