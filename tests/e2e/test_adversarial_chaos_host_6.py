@@ -73,15 +73,15 @@ def nasty(n: int, rnd: random.Random, forbid: bytes = b"") -> bytes:
     return out
 
 
-def write_pieces(host: Host, data: bytes, rnd: random.Random) -> None:
-    """Whole, one byte a write, or odd pieces."""
+def write_pieces(host: Host, data: bytes, rnd: random.Random, sizes=(1, 3, 7, 64)) -> None:
+    """Whole, one byte a write, or odd pieces (of `sizes`)."""
     how = rnd.choice(("whole", "bytes", "odd"))
     if how == "whole":
         host.write(data)
         return
     i = 0
     while i < len(data):
-        k = 1 if how == "bytes" else rnd.choice((1, 3, 7, 64))
+        k = 1 if how == "bytes" else rnd.choice(sizes)
         host.write(data[i:i + k])
         i += k
 

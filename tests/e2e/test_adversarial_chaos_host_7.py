@@ -49,7 +49,7 @@ import pytest
 from emulator.testing.host import Host
 from tests.e2e.socket_support import OddHost, conn_of, wait_for, wait_received
 from tests.e2e.test_adversarial_chaos_host_3 import BOOT, Rig as Rig3
-from tests.e2e.test_adversarial_chaos_host_6 import xor_hex
+from tests.e2e.test_adversarial_chaos_host_6 import write_pieces, xor_hex
 
 OK = b"\r\nOK\r\n"
 ERROR = b"\r\nERROR\r\n"
@@ -108,15 +108,7 @@ def ec(emulator, open_modem, strict_log):
 
 
 def write_how(host: Host, data: bytes, rnd: random.Random) -> None:
-    how = rnd.choice(("whole", "bytes", "odd"))
-    if how == "whole":
-        host.write(data)
-        return
-    i = 0
-    while i < len(data):
-        k = 1 if how == "bytes" else rnd.choice((1, 2, 5, 9))
-        host.write(data[i:i + k])
-        i += k
+    write_pieces(host, data, rnd, sizes=(1, 2, 5, 9))
 
 
 # == (1) restarts at random moments ===============================================================
