@@ -79,6 +79,7 @@ import pytest
 import serial
 
 from emulator.testing.peers import TlsServer
+from tests.e2e.test_adversarial_public_drivers_23 import atoi   # (C atoi(), as the libraries call it)
 
 HOST = "www.iottest.work"
 
@@ -310,18 +311,6 @@ class Ec200:
                 return
             if self.line:
                 self._dispatch(self.line)
-
-
-def atoi(s: bytes) -> int:
-    s = s.lstrip(b" ")
-    sign, i = 1, 0
-    if s[:1] in (b"-", b"+"):
-        sign, i = (-1 if s[:1] == b"-" else 1), 1
-    n = 0
-    while i < len(s) and 48 <= s[i] <= 57:
-        n = n * 10 + s[i] - 48
-        i += 1
-    return sign * n
 
 
 def parse_int_field(line: bytes, index: int) -> int | None:
