@@ -80,9 +80,20 @@ ALERT_HINTS = {
 }
 
 
-def describe_alert(description: int) -> str:
+# The same alerts answering a ClientHello that did not carry the extension they are about.
+_ALERT_HINTS_WITHOUT = {
+    112: "the server requires a name and none was sent (SNI is off for this context)",
+    120: "the server requires an ALPN protocol and none was offered (alpn is empty)",
+}
+
+
+def describe_alert(description: int, sni: bool = True, alpn: bool = True) -> str:
+    """sni / alpn: whether the ClientHello carried a server_name / an ALPN extension (the
+    hints of unrecognized_name / no_application_protocol say which fix applies)."""
     name = ALERT_NAMES.get(description, "unknown")
     hint = ALERT_HINTS.get(description)
+    if (description == 112 and not sni) or (description == 120 and not alpn):
+        hint = _ALERT_HINTS_WITHOUT[description]
     text = f"server sent fatal alert {name}({description})"
     return f"{text}: {hint}" if hint else text
 

@@ -954,8 +954,14 @@ class TlsClientSession:
         else:
             reason = "server closed the connection during the handshake"
             if self._fatal_alert is not None:
-                reason = describe_alert(self._fatal_alert)
+                reason = self._alert_reason()
             self._fail(HANDSHAKE_FAILED, reason)
+
+    def _alert_reason(self) -> str:
+        """The server's fatal alert as a reason, knowing what the ClientHello offered."""
+        plan = self._plan
+        return describe_alert(self._fatal_alert, sni=plan is None or plan.sni_hostname is not None,
+                              alpn=bool(self.settings.alpn))
 
     # --- plumbing --------------------------------------------------------------
 
@@ -1000,7 +1006,7 @@ class TlsClientSession:
         # why -- Mbed TLS's reason is the open's, as at seclevel 1)
         self._catch_up(before_certificate=err == MBEDTLS_BAD_SERVER_HELLO and self.state == "handshaking")
         if self._fatal_alert is not None and self.state == "handshaking":
-            self._fail(HANDSHAKE_FAILED, describe_alert(self._fatal_alert))
+            self._fail(HANDSHAKE_FAILED, self._alert_reason())
             return
         kind = HANDSHAKE_FAILED if self.state == "handshaking" else PROTOCOL_ERROR
         if err == MBEDTLS_TIMEOUT and self.state == "handshaking":

@@ -326,6 +326,11 @@ class ChainVerifier:
                 if bad_sig is not None:
                     fault = f"{who}: signature of {describe_cert(child)} does not verify " \
                             f"with its issuer {describe_cert(bad_sig)} (check {label})"
+                elif any(same_name_der(_subject_der(c), _issuer_der(child)) for c in sent[:max(after - 1, 0)]):
+                    # (sent, but before the certificate it signed: Mbed TLS looks only after it)
+                    fault = f"{who} not signed by {label} (issuer {child.issuer.rfc4514_string()} " \
+                            f"was sent before it, where Mbed TLS does not look: the server must " \
+                            f"send each certificate before its issuer)"
                 else:
                     fault = f"{who} not signed by {label} (issuer {child.issuer.rfc4514_string()} " \
                             f"not found among the trusted or sent certificates)"
