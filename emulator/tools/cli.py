@@ -451,9 +451,15 @@ def make_trace(path: str | None):
                       f"the modems whenever its reader does not read)")
     from emulator.tools.trace import TraceWriter
     try:
-        return TraceWriter(path)
+        writer = TraceWriter(path)
     except OSError as exc:
         raise Refused(f"--trace {path}: {exc.strerror or exc}")
+    if st is not None and stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+        # (as the key log: an existing file keeps its mode -- shared on purpose, perhaps --
+        # but the trace holds plaintext and uploaded keys, so the log says so)
+        log.warning("trace %s has mode %04o: the plaintext and keys it records are readable by "
+                    "others (chmod 600 it to keep them private)", path, stat.S_IMODE(st.st_mode))
+    return writer
 
 
 def _drain_at_exit(*writers) -> None:

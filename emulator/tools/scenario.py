@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -178,6 +178,7 @@ class Step:
     after: Trigger | None = None
     when: Trigger | None = None
     delay: float = 0.0
+    aimed: bool = False               # the step has a `modem` key (for_modem)
 
     @property
     def trigger(self) -> Trigger | None:
@@ -189,6 +190,14 @@ class Scenario:
     source: str                       # the file (or "<dict>") for messages
     steps: list[Step] = field(default_factory=list)
     description: str = ""
+
+    def for_modem(self, index: int) -> "Scenario":
+        """What a replay of modem `index`'s trace (a single modem, its 0) runs: the steps
+        aimed at that modem (`modem = <index>`, a --count run's scenario) and those aimed at
+        none (no `modem` key: the replaying modem's, whichever it replays); the steps aimed
+        at other modems are not its."""
+        return replace(self, steps=[replace(step, modem=0) for step in self.steps
+                                    if step.modem == index or not step.aimed])
 
     def check(self, modem_count: int, profile_of: Callable[[int], Any]) -> None:
         """What needs the running modems: each step's modem exists, each trigger's
@@ -277,6 +286,7 @@ def _parse_step(number: int, raw: dict, fail) -> Step:
         raise fail(where, "needs exactly one of at, after, when" +
                    (f" (has {', '.join(timing)})" if timing else ""))
     step = Step(number, op, {})
+    step.aimed = "modem" in raw
     modem = raw.pop("modem", 0)
     why = _int(0, 10_000)(modem)
     if why:

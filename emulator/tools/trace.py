@@ -1963,18 +1963,66 @@ _LOG_LINES = re.compile(r"\r\n|\r|\n")
 _BOM = ("\xef\xbb\xbf", "\ufeff")          # UTF-8's byte order mark read as latin-1, or decoded
 
 
+# Commands whose CONNECT starts the host's data (an upload, a transparent connection): in an
+# ATV0 log their CONNECT is the result code 1.
+_CONNECTING = re.compile(r"(?i)^\s*AT(O\d?\s*$|D|.*\+(QFUPL|QFWRITE|QSSLOPEN|QIOPEN|QISWTMD|QHTTPPOST|QHTTPPUT)\b)")
+
+
+def _prompt_of(command: str, answers: list[str]) -> str | None:
+    """">" or "CONNECT" when `answers` (of `command`) end at a data prompt, else None."""
+    last = answers[-1] if answers else None
+    if last in (">", "CONNECT"):
+        return last
+    if last == "1" and _CONNECTING.match(command):
+        return "CONNECT"                     # (ATV0: V.250's result code 1)
+    return None
+
+
+# A terminal capture's command echo that URCs interrupted (the modem writes a URC at once,
+# between the echoed characters: behaviour.md): "AT+CS", CR LF framed lines that are not a
+# final result, the next piece of the echo, ..., the last piece and its CR -- a CR alone (its
+# answer's CR LF after it): a whole echo is followed by CR CR LF (V1) or CR and a digit
+# (V0), never by CR LF at once, unless the capture wrote every line with CR LF (then nothing
+# here matches: its last piece would end in CR LF).
+_URC_LINES = r"(?:\r\n(?!(?:OK|ERROR|\+CME ERROR: [^\r\n]*|CONNECT|NO CARRIER|SEND OK|SEND FAIL)\r\n)[^\r\n]+\r\n)+"
+_TYPED_ACROSS = re.compile(rf"(?<![^\n])(?i:AT)[^\r\n]*(?:{_URC_LINES}[^\r\n]+)+(?=\r(?!\n))")
+
+
+def _typed_across_urcs(text: str) -> str:
+    """The capture with each interrupted echo made whole, the URCs after it (in their order)."""
+    def whole(m: re.Match) -> str:
+        tokens = m[0].split("\r\n")        # echo, URC, ["", URC]..., piece, URC, ..., piece
+        typed, urcs, urc_next = [tokens[0]], [], True
+        for token in tokens[1:]:
+            if urc_next:
+                urcs.append(token)
+                urc_next = False
+            elif token == "":
+                urc_next = True              # (the blank between two URCs' framing)
+            else:
+                typed.append(token)          # the next piece of the echo
+                urc_next = True
+        return "".join(typed) + "".join(f"\r\n{u}\r\n" for u in urcs)
+    return _TYPED_ACROSS.sub(whole, text)
+
+
 def parse_at_log(text: str) -> list[tuple[str, list[str]]]:
-    """[(what the host sent, [answer lines])]; a sent line after a ">" or CONNECT prompt is
+    """[(what the host sent, [answer lines])]; a sent line after a ">" or CONNECT prompt (an
+    ATV0 log's 1 after a command that connects) is
     data (sent as is, no CR; after ">" a Ctrl+Z follows if the modem waits for more), and so
     are the `>>` lines after it before the next answer: one payload, its lines joined by LF
     (at_log_payload gives it its line ends).  Lines end at CR or LF only (a payload's other
-    bytes, 0x0b, 0x0c, 0x1c-0x1e, 0x85, are data); a byte order mark at the start is not."""
+    bytes, 0x0b, 0x0c, 0x1c-0x1e, 0x85, are data); a byte order mark at the start is not.  In
+    a terminal capture, a command whose echo URCs interrupted is the whole command, the URCs
+    the first lines of its answer."""
     for bom in _BOM:
         if text.startswith(bom):
             text = text[len(bom):]
     steps: list[tuple[str, list[str]]] = []
     lines = _LOG_LINES.split(text)
     arrows = any(re.match(r"^\s*(>>|<<)", line) for line in lines)
+    if not arrows:
+        lines = _LOG_LINES.split(_typed_across_urcs(text))
     for line in lines:
         if arrows:
             m = re.match(r"^\s*(>>|<<) ?(.*)$", line)
@@ -1983,7 +2031,7 @@ def parse_at_log(text: str) -> list[tuple[str, list[str]]]:
             direction, body = m.groups()
             host = direction == ">>"
             if (host and len(steps) > 1 and not steps[-1][1]
-                    and steps[-2][1][-1:] in ([">"], ["CONNECT"])):
+                    and _prompt_of(*steps[-2])):
                 steps[-1] = (steps[-1][0] + "\n" + body, [])    # the payload's next line
                 continue
         else:                                    # a terminal capture: the modem echoes
@@ -1993,7 +2041,7 @@ def parse_at_log(text: str) -> list[tuple[str, list[str]]]:
                 if body[1:].strip():
                     steps.append((body[1:].strip(), []))
                 continue
-            host = bool(re.match(r"(?i)^AT", body)) or bool(steps and steps[-1][1][-1:] in ([">"], ["CONNECT"]))
+            host = bool(re.match(r"(?i)^AT", body)) or bool(steps and _prompt_of(*steps[-1]))
         if host:
             steps.append((body, []))
         elif body.strip() and steps:
@@ -2182,7 +2230,7 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
                     print(f"first difference: step {n} ({escape(_b(sent))}):\n"
                           f"  expected: {expected}\n  got:      {lines}", file=out)
                     return 1
-                prompt = lines[-1] if lines[-1:] in ([">"], ["CONNECT"]) else False
+                prompt = _prompt_of(sent, lines) or False
         finally:
             ser.close()
     print(f"replayed {len(steps)} lines: no difference", file=out)
@@ -2215,9 +2263,11 @@ def replay_main(argv: list[str] | None = None) -> int:
     from emulator.modem.profile import PROFILE_DIR, ProfileError, load_profile, resolve_profile_path
     from emulator.tools.scenario import ScenarioError, load_scenario
     try:
-        text = Path(args.file).read_text(encoding="latin-1")
+        with open(args.file, encoding="latin-1", newline="") as f:   # (its CRs as they are)
+            text = f.read()
         ignore = [re.compile(x) for x in args.ignore]
-        scenario = load_scenario(args.scenario) if args.scenario else None
+        # (a --count run's scenario: the steps aimed at the replayed modem, on the replay's one)
+        scenario = load_scenario(args.scenario).for_modem(args.modem) if args.scenario else None
         if args.profile is not None:
             load_profile(args.profile)           # a bad name: one line here, not a traceback later
     except (OSError, re.error, ScenarioError, ProfileError) as exc:
