@@ -58,6 +58,7 @@ class _Pending:
         self.after_line = after_line
         self.raw = raw
         self.orphaned = False      # the host that asked closed the port: nobody to answer
+        self.rest: list = []       # (orphaned) the rest of its line, run after it unanswered
         self.task = None           # what computes the answer (cancelled by a restart)
 
 
@@ -311,8 +312,12 @@ class Interpreter:
             link.escaped()
         if self._pending is not None:
             # The answer still comes (the command runs to its end), but not to the next
-            # host: it would read an OK it never asked for and be one answer off.
+            # host: it would read an OK it never asked for and be one answer off.  The rest
+            # of its line runs after it, unanswered too: a module's parser does not stop a
+            # line it started when DTR drops in command state (a restart does stop it).
             self._pending.orphaned = True
+            if not power_lost:
+                self._pending.rest = list(self._queue)
         self._enter(Event.HANGUP)
         self._release_pending_hold(hangup=True)
         self._inbox.clear()
@@ -561,18 +566,34 @@ class Interpreter:
         self._raw = pending.raw
         response = self._call(outcome, raw=pending.raw, what="the answer of ")
         if pending.orphaned:
-            log.info("answer of AT%s not written: the host that sent it closed the port",
-                     loggable(pending.raw))
-            if response.online is not None:
-                self.last_online = response.online     # the connection is up: ATO reaches it
-                response.online.escaped()              # as a hang-up in online mode leaves it
-            if response.then is not None:              # the command's own work still runs (a
-                self._run_then(response.then)          # delayed AT+CFUN=1,1 still restarts)
+            self._run_orphaned(response, pending)
             self._pump()
             return
         if self._handle(response, pending.after_line):
             self._run_queue(pending.after_line)
         self._pump()
+
+    def _run_orphaned(self, response: Response, pending: _Pending) -> None:
+        """An answer whose host closed the port, and the rest of its line after it: each
+        command's own work runs, nothing is written; the line ends where it would (a final
+        result other than OK, a prompt, an online answer -- nobody to type the data)."""
+        rest = pending.rest
+        while True:
+            log.info("answer of AT%s not written: the host that sent it closed the port",
+                     loggable(self._raw))
+            if response.online is not None:
+                self.last_online = response.online     # the connection is up: ATO reaches it
+                response.online.escaped()              # as a hang-up in online mode leaves it
+            if response.then is not None:              # the command's own work still runs (a
+                self._run_then(response.then)          # delayed AT+CFUN=1,1 still restarts)
+            if (not rest or response.final != "OK" or response.ends_line or response.data is not None
+                    or response.online is not None or response.pending is not None):
+                break
+            response = self._dispatch(rest.pop(0))
+            if response.pending is not None:           # (its answer ends this loop's turn)
+                self._await(response.pending, pending.after_line)
+                self._pending.orphaned, self._pending.rest = True, rest
+                return
 
     # -- data collection -----------------------------------------------------
     def _start_data(self, request: DataRequest, after_line: bool) -> None:
