@@ -59,6 +59,7 @@ from emulator.testing.host import Host
 from emulator.testing.peers import TcpServer, TlsServer
 from emulator.tools.trace import replay_main, show_main
 from tests.e2e.cli_support import start, stop
+from tests.e2e.test_adversarial_public_drivers_27 import xor16 as _xor_checksum
 
 OK = b"\r\nOK\r\n"
 
@@ -179,16 +180,6 @@ def test_a_cr_only_log_of_a_live_session_replays_and_a_changed_answer_is_named(t
     assert rc == 1 and text == ("first difference: step 8 (AT+CSQ):\n"
                                 "  expected: ['+CSQ: 31,99', 'OK']\n"
                                 "  got:      ['+CSQ: 24,99', 'OK']\n"), text
-
-
-def _xor_checksum(data: bytes) -> int:
-    """Quectel's AT+QFUPL / AT+QFDWL checksum: XOR of the 16-bit words (behaviour.md)."""
-    if len(data) % 2:
-        data += b"\0"
-    value = 0
-    for i in range(0, len(data), 2):
-        value ^= (data[i] << 8) | data[i + 1]
-    return value
 
 
 # == (3) a raw dump: a URC between echo and answer, and a reboot =====================================

@@ -59,6 +59,7 @@ from tests.e2e import test_adversarial_hostile_servers_2 as h2
 from tests.e2e import test_adversarial_hostile_servers_4 as h4
 from tests.e2e import test_adversarial_hostile_servers_6 as h6
 from tests.e2e import test_adversarial_hostile_servers_10 as h10
+from tests.e2e.test_adversarial_hostile_servers_14 import read_pushed
 from emulator.testing.peers import TlsServer
 from tests.e2e.hostile_support import ScriptedServer, open_answer, recv
 from tests.e2e.ssl_options_support import HOST, PORT, cfg, open_ssl, trust
@@ -191,20 +192,6 @@ def test_old_version_server_with_empty_fragments_buffer_mode(modem, emulator, ve
         assert state(host, 1) == 4
         assert host.at("AT+QSSLCLOSE=1") == OK
         assert not server.failures
-
-
-def read_pushed(host, cid: int, size: int, timeout: float = 10) -> bytes:
-    urc = re.compile(rb'\r\n\+QSSLURC: "recv",%d,(\d+)\r\n' % cid)
-    data = bytearray()
-    while len(data) < size:
-        line = host.read_until(urc, timeout=timeout)
-        m = urc.fullmatch(line)
-        assert m, line[:120]
-        n = int(m.group(1))
-        assert 0 < n <= 1500, n
-        data += host.read_exactly(n, timeout=timeout)
-        assert host.read_exactly(2, timeout=timeout) == b"\r\n"
-    return bytes(data)
 
 
 @pytest.mark.parametrize("version", ["TLSv1", "TLSv1.1"])
