@@ -68,8 +68,10 @@ def op(name: str):
     return register
 
 
-def run(emulator, name, modem=0, kw: dict | None = None) -> dict:
-    """One request against `emulator` (on its loop): never raises for bad input."""
+def run(emulator, name, modem=0, kw: dict | None = None, record: bool = True) -> dict:
+    """One request against `emulator` (on its loop): never raises for bad input.  A done op
+    that changes something is a "control" record of the modem's trace (record False: the
+    caller records it its own way -- a scenario step)."""
     kw = kw or {}
     try:
         func = OPS.get(name) if isinstance(name, str) else None
@@ -86,6 +88,8 @@ def run(emulator, name, modem=0, kw: dict | None = None) -> dict:
         log.exception("control op %r failed", name)
         return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
     log.info("control: %s %s", name, kw)
+    if record and name != "state":
+        emulator.ports[modem].modem.trace("control", op=name, args=dict(kw))
     return {"ok": True, **(answer or {})}
 
 

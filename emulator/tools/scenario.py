@@ -461,7 +461,7 @@ class ScenarioRun:
             return
         self._done.add(step.number)
         from emulator.tools.control import run
-        answer = run(self.emulator, step.op, step.modem, dict(step.kw))
+        answer = run(self.emulator, step.op, step.modem, dict(step.kw), record=False)
         record = {"step": step.number, "op": step.op, "ok": answer.get("ok", False)}
         if not record["ok"]:
             record["error"] = answer.get("error")

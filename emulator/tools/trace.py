@@ -36,6 +36,8 @@ Writing a trace
         stop                                           (the modem stopped: the recording ends;
                      a trace without one was cut short)
         scenario     step, op, ok, error?, args        (a scenario step ran: tools/scenario.py)
+        control      op, args                          (a control API op was done: a fault, a
+                     reboot; not "state".  Replay does not repeat it: a --scenario does)
         dns, ping    host, code, reason / addresses    (AT+QIDNSGIP / AT+QPING lookups: replay
                      answers them again, failures by their place among the name's lookups)
         registration, cgev_discarded                   (network registration; a +CGEV line dropped)
@@ -592,6 +594,8 @@ def render(records: list[dict], socket: int | None = None, modem: int | None = N
             lines.append(f"{head} the host closed the port")
         elif kind == "stop":
             lines.append(f"{head} the modem stopped (the recording ends)")
+        elif kind == "control":
+            lines.append(f"{head} control {r.get('op')} {json.dumps(r.get('args') or {})}")
         else:
             lines.append(f"{head} {kind} {json.dumps({k: v for k, v in r.items() if k not in ('t', 'modem', 'kind')})}")
     return lines
@@ -1862,6 +1866,12 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         diff = peer.differences[0]
     if diff is not None:
         print(f"first difference: {diff}", file=out)
+        done = [r for r in records if r.get("kind") == "control"]
+        if done and scenario is None:
+            t0 = records[0]["t"] if records else 0.0
+            ops = ", ".join(f"{r.get('op')} at {r['t'] - t0:+.3f}s" for r in done[:5]) + (", ..." if len(done) > 5 else "")
+            print(f"(the recording had control operations a replay does not repeat -- {ops}: give "
+                  f"them as a --scenario to replay them too)", file=out)
         return 1
     print(f"replayed {len(expected_cmds)} commands, {sum(len(_b(r['data'])) for r in chunks)} host bytes: "
           "no difference", file=out)
