@@ -124,9 +124,10 @@ def qideact_write(modem, cmd):
     # After +QIURC "pdpdeact" the host "must execute AT+QIDEACT to deactivate the context and
     # reset all connections" (TCP(IP) note): the context's SSL connections that had ended
     # already (the network's deactivation, a peer's close) are reset, their ids free for the
-    # next open (SslService.pdp_reset; AT+QIOPEN's are not: docs/behaviour.md).  The ones still
-    # up end now as the SSL note says a PDP deactivation ends them: "closed", state 4 (data
-    # received before it readable) until AT+QSSLCLOSE / AT+QICLOSE.
+    # next open (SslService.pdp_reset); the ones still up end now as the SSL note says a PDP
+    # deactivation ends them: "closed", state 4 (data received before it readable) until
+    # AT+QSSLCLOSE.  AT+QIOPEN's, which the command "close[s]" (TCP(IP) note), all go: their
+    # ids free once they have ended (TcpipService.pdp_reset).
     modem.emit("pdp_reset", cid=cid)
     modem.deactivate_pdp(cid)
     return ok()

@@ -221,6 +221,7 @@ class TcpipService(SocketService):
         self.data_echo = 1                    # AT+QISDE
         self.qicfg = QicfgSettings()          # AT+QICFG (not saved: a restart resets it)
         self._start()
+        modem.on("pdp_reset", self.pdp_reset)
 
     # AT+QIGETERROR: one store with the SSL commands.
     def set_error(self, code: int) -> None:
@@ -236,6 +237,25 @@ class TcpipService(SocketService):
             listener.abort()
         self.listeners.clear()
         super().abort_all()
+
+    def pdp_reset(self, cid: int) -> None:
+        """The host's AT+QIDEACT=<cid>, before it takes the context down: it "close[s] all
+        TCP/IP connections set up in this context" (TCP(IP) note).  They end as the context's
+        loss ends them -- what SEND OK accepted leaves first, a connected socket's or listener's
+        "closed" -- and then go: every AT+QIOPEN socket, listener and UDP SERVICE on the
+        context, also one whose connection had ended already (the network's deactivation, a
+        peer's close), leaves its id free for the next AT+QIOPEN, what it held unread gone.
+        (The URCs said about them still come: the host's AT+QICLOSE after them is OK.)"""
+        self.pdp_lost(cid)
+        for connect_id, listener in list(self.listeners.items()):
+            if listener.pdp_id == cid:
+                del self.listeners[connect_id]
+                listener.abort()
+        for connect_id, sock in list(self.sockets.items()):
+            if sock.pdp_id == cid:
+                del self.sockets[connect_id]
+                self._release(sock)
+                sock.abort()
 
     def pdp_lost(self, cid: int) -> None:
         # Connections a listener accepted that the host has not heard of ("incoming" a loop

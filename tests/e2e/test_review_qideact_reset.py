@@ -108,17 +108,19 @@ def test_qideact_of_another_context_leaves_the_ssl_id(ec2x, net, pki, emulator):
         assert ec2x.at("AT+QSSLSTATE") == OK
 
 
-def test_qiopen_sockets_are_not_reset_by_qideact(ec2x, net, emulator):
-    """A TCP socket the network's deactivation ended stays until AT+QICLOSE (OK), after the
-    host's AT+QIDEACT too."""
+def test_qiopen_sockets_are_reset_by_qideact(ec2x, net, emulator):
+    """A TCP socket the network's deactivation ended stays until the host's AT+QIDEACT, which
+    closes "all TCP/IP connections set up in this context" (TCP(IP) note): its id is free
+    then, and AT+QICLOSE on it is OK (nothing open)."""
     with TcpServer("echo") as server:
         emulator.router.add_map("tcp.example", 9000, "127.0.0.1", server.port)
         qiopen(ec2x, 0, addr="tcp.example", port=9000)
         assert emulator.control("pdp_deact", cid=1)["ok"]
         ec2x.seen(b'+QIURC: "pdpdeact",1\r\n')
         ec2x.seen(b'+QIURC: "closed",0\r\n')
-        assert ec2x.at("AT+QIDEACT=1") == OK
         assert re.match(rb'\r\n\+QISTATE: 0,"TCP",', ec2x.at("AT+QISTATE=1,0"))
+        assert ec2x.at("AT+QIDEACT=1") == OK
+        assert ec2x.at("AT+QISTATE=1,0") == OK
         assert ec2x.at("AT+QICLOSE=0") == OK
         assert ec2x.at("AT+QISTATE=1,0") == OK
 

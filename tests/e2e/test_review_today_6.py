@@ -101,8 +101,10 @@ def test_the_bearers_loss_keeps_what_the_peer_had_acknowledged(modem, emulator, 
     assert qisend(host, 0, b"12345") == b"\r\nSEND OK\r\n"
     assert tcp_sink.wait_connection().wait_received(5) == b"12345"
     time.sleep(0.2)                                    # (the server's ACK on its way back)
-    assert host.at("AT+QIDEACT=1") == b"\r\nOK\r\n"
-    host.seen(b'+QIURC: "closed",0\r\n')          # (after the OK: docs/behaviour.md)
+    # (the network's deactivation: the host's AT+QIDEACT frees the id, counts and all)
+    assert emulator.control("pdp_deact", cid=1)["ok"]
+    host.seen(b'+QIURC: "pdpdeact",1\r\n')
+    host.seen(b'+QIURC: "closed",0\r\n')
     assert query(host) == (5, 5, 0)
     assert host.at("AT+QICLOSE=0") == b"\r\nOK\r\n"
 
