@@ -97,7 +97,7 @@ class Interpreter:
         self._after: list[tuple[int, str]] = []
         self._then: Callable[[], None] | None = None     # the answer's `then`, run once it is written
         self._raw = ""                   # the command being answered (logs)
-        self._urcs: list[tuple[bytes, object, float]] = []   # (framed URC, what it is about, order)
+        self._urcs: list[tuple] = []   # (framed URC, what it is about, order, its line)
         self._raised = 0                 # URCs queued so far (their order among trailing lines)
         self._started = 0                # _raised when the command being answered started
         self._last_line: bytes | None = None
@@ -315,9 +315,11 @@ class Interpreter:
             # host: it would read an OK it never asked for and be one answer off.  The rest
             # of its line runs after it, unanswered too: a module's parser does not stop a
             # line it started when DTR drops in command state (a restart does stop it).
+            if power_lost:
+                self._pending.rest = []
+            elif not self._pending.orphaned:
+                self._pending.rest = list(self._queue)   # (an orphan's rest is its line's already)
             self._pending.orphaned = True
-            if not power_lost:
-                self._pending.rest = list(self._queue)
         self._enter(Event.HANGUP)
         self._release_pending_hold(hangup=True)
         self._inbox.clear()
@@ -891,14 +893,17 @@ class Interpreter:
         if self.idle:
             self.modem.write(framed)
         else:
-            self._urcs.append((framed, about, self._raised))
+            self._urcs.append((framed, about, self._raised, line))
             self._raised += 1
 
-    def drop_urcs(self, about: object) -> None:
+    def drop_urcs(self, about: object, line: str | None = None) -> None:
         """Forget the URCs still waiting (the port busy) that report on `about`: the
         host closed that socket, and a late "recv"/"closed" for its id would read as
-        news of the next socket the host opens on that id."""
-        self._urcs = [entry for entry in self._urcs if entry[1] != about]
+        news of the next socket the host opens on that id.  line: only the waiting ones
+        that are this line (a buffer-mode "recv" whose data the socket's new access mode
+        has taken since)."""
+        self._urcs = [entry for entry in self._urcs
+                      if entry[1] != about or (line is not None and entry[3] != line)]
 
     def _flush_urcs(self) -> None:
         while self._urcs:
@@ -923,7 +928,7 @@ class Interpreter:
             at = 0
             while at < len(self._urcs) and self._urcs[at][2] < mark:
                 at += 1
-            self._urcs.insert(at, (framing.urc(line, b"", self.modem.settings), None, mark - 0.5))
+            self._urcs.insert(at, (framing.urc(line, b"", self.modem.settings), None, mark - 0.5, line))
         self._settle()
 
     def _write_final(self, final) -> None:

@@ -297,9 +297,10 @@ class Modem:
         if self.powered:
             self.interpreter.urc(line, raw, about)
 
-    def drop_urcs(self, about: object) -> None:
-        """Waiting URCs about `about` (a socket the host closed) are not written."""
-        self.interpreter.drop_urcs(about)
+    def drop_urcs(self, about: object, line: str | None = None) -> None:
+        """Waiting URCs about `about` (a socket the host closed) are not written; line:
+        only those that are this line."""
+        self.interpreter.drop_urcs(about, line)
 
     def feature(self, key: str, factory: Callable[["Modem"], object]):
         """Per-modem state of a feature, created on first use."""

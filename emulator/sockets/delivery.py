@@ -46,7 +46,14 @@ class Delivery:
         """AT+QISWTMD switched sock to this strategy: deliver what already waits."""
         sock.delivery = self
         if sock.inbox:
+            self.drop_held_recv(sock)
             self.data_arrived(sock, True)
+
+    def drop_held_recv(self, sock: SslSocket) -> None:
+        """A buffer-mode "recv" about sock still waiting for a busy port (raised earlier in
+        the command line now running) is no news once another access mode delivers the data
+        it announced: written after them it would send the host to read what is gone."""
+        self.svc.modem.drop_urcs(self.svc.news(sock.client_id), self.svc.dialect.recv(sock))
 
     def peer_closed(self, sock: SslSocket) -> None:
         """The peer (or the bearer) ended the connection: report it, after any data the
@@ -321,6 +328,7 @@ class SocketLink:
         delivery = self.delivery
         delivery.take_connecting(self.sock)
         self.sock.set_send_limit(self.limit)
+        delivery.drop_held_recv(self.sock)       # (the data go out after CONNECT now)
         delivery.flush(self.sock)
         if self.sock.state is not CONNECTED:
             # The peer closed with the handshake's last flight, before CONNECT went out:
