@@ -80,20 +80,21 @@ ALERT_HINTS = {
 }
 
 
-# The same alerts answering a ClientHello that did not carry the extension they are about.
-_ALERT_HINTS_WITHOUT = {
-    112: "the server requires a name and none was sent (SNI is off for this context)",
-    120: "the server requires an ALPN protocol and none was offered (alpn is empty)",
+# The same alerts answering a ClientHello that did not carry the extension they are about:
+# SNI off for the context, SNI for an IP address (RFC 6066 has none), no ALPN offered.
+ALERT_HINTS_WITHOUT = {
+    "sni off": "the server requires a name and none was sent (SNI is off for this context)",
+    "sni ip": "the server requires a name and none was sent (the server address is an IP "
+              "address, which SNI never carries)",
+    "alpn": "the server requires an ALPN protocol and none was offered",
 }
 
 
-def describe_alert(description: int, sni: bool = True, alpn: bool = True) -> str:
-    """sni / alpn: whether the ClientHello carried a server_name / an ALPN extension (the
-    hints of unrecognized_name / no_application_protocol say which fix applies)."""
+def describe_alert(description: int, without: str | None = None) -> str:
+    """without: what the ClientHello lacked that the alert is about (ALERT_HINTS_WITHOUT's
+    keys: unrecognized_name's SNI, no_application_protocol's ALPN); None: the usual hint."""
     name = ALERT_NAMES.get(description, "unknown")
-    hint = ALERT_HINTS.get(description)
-    if (description == 112 and not sni) or (description == 120 and not alpn):
-        hint = _ALERT_HINTS_WITHOUT[description]
+    hint = ALERT_HINTS_WITHOUT[without] if without is not None else ALERT_HINTS.get(description)
     text = f"server sent fatal alert {name}({description})"
     return f"{text}: {hint}" if hint else text
 

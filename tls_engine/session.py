@@ -958,10 +958,13 @@ class TlsClientSession:
             self._fail(HANDSHAKE_FAILED, reason)
 
     def _alert_reason(self) -> str:
-        """The server's fatal alert as a reason, knowing what the ClientHello offered."""
-        plan = self._plan
-        return describe_alert(self._fatal_alert, sni=plan is None or plan.sni_hostname is not None,
-                              alpn=bool(self.settings.alpn))
+        """The server's fatal alert as a reason, knowing what the ClientHello lacked."""
+        without = None
+        if self._fatal_alert == 112 and self._plan is not None and self._plan.sni_hostname is None:
+            without = "sni ip" if self.settings.sni else "sni off"
+        elif self._fatal_alert == 120 and not self.settings.alpn:
+            without = "alpn"
+        return describe_alert(self._fatal_alert, without)
 
     # --- plumbing --------------------------------------------------------------
 

@@ -326,6 +326,10 @@ class ChainVerifier:
                 if bad_sig is not None:
                     fault = f"{who}: signature of {describe_cert(child)} does not verify " \
                             f"with its issuer {describe_cert(bad_sig)} (check {label})"
+                elif same_name_der(_issuer_der(child), _subject_der(child)):
+                    # (its own issuer: a root the server sent, or self-signed -- not trusted)
+                    fault = f"{who} not signed by {label} ({describe_cert(child)} is self-signed " \
+                            f"and not among the trusted certificates)"
                 elif any(same_name_der(_subject_der(c), _issuer_der(child)) for c in sent[:max(after - 1, 0)]):
                     # (sent, but before the certificate it signed: Mbed TLS looks only after it)
                     fault = f"{who} not signed by {label} (issuer {child.issuer.rfc4514_string()} " \

@@ -1989,13 +1989,14 @@ def _prompt_of(command: str, answers: list[str]) -> str | None:
 
 
 # A terminal capture's command echo that URCs interrupted (the modem writes a URC at once,
-# between the echoed characters: behaviour.md): "AT+CS", CR LF framed lines that are not a
-# final result, the next piece of the echo, ..., the last piece and its CR -- a CR alone (its
-# answer's CR LF after it): a whole echo is followed by CR CR LF (V1) or CR and a digit
-# (V0), never by CR LF at once, unless the capture wrote every line with CR LF (then nothing
-# here matches: its last piece would end in CR LF).
+# between the echoed characters: behaviour.md): "AT+CS" (or just "A"), CR LF framed lines
+# that are not a final result, the next piece of the echo, ..., the last piece and its CR --
+# a CR alone (its answer's CR LF after it): a whole echo is followed by CR CR LF, never by
+# CR LF at once, unless the capture wrote every line with CR LF (then nothing here matches:
+# its last piece would end in CR LF).  V1 only: an ATV0 modem writes a URC with no CR LF
+# before it, so its text runs on from the echo's piece (README: a limit).
 _URC_LINES = r"(?:\r\n(?!(?:OK|ERROR|\+CME ERROR: [^\r\n]*|CONNECT|NO CARRIER|SEND OK|SEND FAIL)\r\n)[^\r\n]+\r\n)+"
-_TYPED_ACROSS = re.compile(rf"(?<![^\n])(?i:AT)[^\r\n]*(?:{_URC_LINES}[^\r\n]+)+(?=\r(?!\n))")
+_TYPED_ACROSS = re.compile(rf"(?<![^\n])(?i:A)[^\r\n]*(?:{_URC_LINES}[^\r\n]+)+(?=\r(?!\n))")
 
 
 def _typed_across_urcs(text: str) -> str:
