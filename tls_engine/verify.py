@@ -326,7 +326,7 @@ class ChainVerifier:
                 if bad_sig is not None:
                     fault = f"{who}: signature of {describe_cert(child)} does not verify " \
                             f"with its issuer {describe_cert(bad_sig)} (check {label})"
-                elif same_name_der(_issuer_der(child), _subject_der(child)):
+                elif _self_issued(child):
                     # (its own issuer: a root the server sent, or self-signed -- not trusted)
                     fault = f"{who} not signed by {label} ({describe_cert(child)} is self-signed " \
                             f"and not among the trusted certificates)"
@@ -540,6 +540,14 @@ def _subject_der(cert: x509.Certificate) -> bytes:
 @functools.lru_cache(maxsize=1024)
 def _issuer_der(cert: x509.Certificate) -> bytes:
     return cert.issuer.public_bytes()
+
+
+def _self_issued(cert: x509.Certificate) -> bool:
+    """Its issuer is its subject (False when either name cannot be read: for a reason only)."""
+    try:
+        return same_name_der(_issuer_der(cert), _subject_der(cert))
+    except ValueError:
+        return False
 
 
 @functools.lru_cache(maxsize=1024)

@@ -247,12 +247,14 @@ class TcpipService(SocketService):
         peer's close), leaves its id free for the next AT+QIOPEN, what it held unread gone.
         (The URCs said about them still come: the host's AT+QICLOSE after them is OK.)"""
         self.pdp_lost(cid)
+        # (an open not answered yet answers as the context's loss makes it -- 570 -- and goes
+        # by itself, as without AT+QIDEACT)
         for connect_id, listener in list(self.listeners.items()):
-            if listener.pdp_id == cid:
+            if listener.pdp_id == cid and listener.announced:
                 del self.listeners[connect_id]
                 listener.abort()
         for connect_id, sock in list(self.sockets.items()):
-            if sock.pdp_id == cid:
+            if sock.pdp_id == cid and sock.state is not OPENING:
                 del self.sockets[connect_id]
                 self._release(sock)
                 sock.abort()

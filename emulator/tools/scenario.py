@@ -191,11 +191,16 @@ class Scenario:
     steps: list[Step] = field(default_factory=list)
     description: str = ""
 
-    def for_modem(self, index: int) -> "Scenario":
+    def for_modem(self, index: int, have: set[int] | None = None) -> "Scenario":
         """What a replay of modem `index`'s trace (a single modem, its 0) runs: the steps
         aimed at that modem (`modem = <index>`, a --count run's scenario) and those aimed at
         none (no `modem` key: the replaying modem's, whichever it replays); the steps aimed
-        at other modems are not its."""
+        at other modems are not its.  have: the modems the trace recorded -- a step aimed at
+        another is a mistake (ScenarioError), as at start-up."""
+        for step in self.steps:
+            if have is not None and step.aimed and step.modem not in have:
+                raise ScenarioError(f"scenario {self.source}: step {step.number}: key modem: there is no "
+                                    f"modem {step.modem} (the trace has {', '.join(map(str, sorted(have)))})")
         return replace(self, steps=[replace(step, modem=0) for step in self.steps
                                     if step.modem == index or not step.aimed])
 

@@ -2277,8 +2277,7 @@ def replay_main(argv: list[str] | None = None) -> int:
         with open(args.file, encoding="latin-1", newline="") as f:   # (its CRs as they are)
             text = f.read()
         ignore = [re.compile(x) for x in args.ignore]
-        # (a --count run's scenario: the steps aimed at the replayed modem, on the replay's one)
-        scenario = load_scenario(args.scenario).for_modem(args.modem) if args.scenario else None
+        loaded = load_scenario(args.scenario) if args.scenario else None
         if args.profile is not None:
             load_profile(args.profile)           # a bad name: one line here, not a traceback later
     except (OSError, re.error, ScenarioError, ProfileError) as exc:
@@ -2316,8 +2315,13 @@ def replay_main(argv: list[str] | None = None) -> int:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 print(f"modem-emulator replay: {exc}", file=sys.stderr)
                 return 2
+            # (a --count run's scenario: the steps aimed at the replayed modem, on the replay's
+            # one; a step aimed at a modem the trace does not have is a mistake, said so)
+            scenario = None if loaded is None else loaded.for_modem(
+                args.modem, {r.get("modem", 0) for r in records})
             return replay_records(records, args.profile, args.modem, ignore, max_gap=args.max_gap,
                                   scenario=scenario, complete=not cut and not _unanswered_at_end(mine))
+        scenario = None if loaded is None else loaded.for_modem(args.modem)
         return replay_at_log(text, args.profile or "ec2x", scenario=scenario, ignore=ignore)
     except ScenarioError as exc:                 # a step's modem or command does not fit
         print(f"modem-emulator replay: {exc}", file=sys.stderr)

@@ -236,7 +236,7 @@ def test_a_failed_opens_answer_waiting_for_the_line_is_dropped_by_qsslclose(open
         svc = ssl_service(modem)
         host.write('AT+QSSLOPEN=0,0,"refused.test",443,0;+QSSLCLOSE=1;+QSSLCLOSE=0\r')
         # ssid 0's open has failed and its answer waits behind the lingering close of ssid 1
-        wait_for(emulator, lambda: any(about == svc.news(0) for _, about, _ in modem.interpreter._urcs))
+        wait_for(emulator, lambda: any(entry[1] == svc.news(0) for entry in modem.interpreter._urcs))
         release.set()                                       # ssid 1's server closes: the line goes on
         answer = host.read_until(b"0,CLOSE OK\r\n", timeout=15)
         answer += host.quiet_for(0.5)
