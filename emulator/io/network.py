@@ -454,6 +454,9 @@ class _Pipe:
         due = self.busy_until + cond.latency_ms / 1000 + extra
         if self.queue:
             due = max(due, self.queue[-1][0])                # never overtakes
+        elif due <= now:
+            action()                         # (no delay on it -- loss only: not a timer's turn,
+            return                           # which a manual clock would hold until advance())
         self.queue.append((due, size, action))
         self.queued += size
         if self._timer is None:
@@ -573,6 +576,22 @@ class ShapedTransport:
         if self._incoming is not None:
             self._incoming.clear()
         self._inner.abort()
+
+    @property
+    def datagram(self) -> bool:
+        return self._pipe.datagram
+
+    def let_go(self) -> None:
+        """The socket is done with its transport without a reset: a datagram link's
+        packets still on their way leave at their due times and then it closes (UDP has no
+        connection to tear down: what SEND OK accepted, and a DTLS close_notify, are already
+        on the path); nothing more comes in.  A stream link, or nothing queued: abort()."""
+        if not self._pipe.datagram or not self._pipe.queue:
+            self.abort()
+            return
+        if self._incoming is not None:
+            self._incoming.clear()
+        self.close()
 
     def is_closing(self) -> bool:
         return self._closing or self._inner.is_closing()

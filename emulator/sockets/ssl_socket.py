@@ -1127,6 +1127,9 @@ class SslSocket:
         run out, RST by docs/behaviour.md, the control op drop rst -- or when bytes are
         dropped unsent: never a FIN after the part of a record the kernel held (the server
         would take a cut stream for a clean end)."""
+        if not reset and getattr(self._transport, "datagram", False):   # (a shaped link: "net")
+            self._transport.let_go()           # datagrams on their way still arrive
+            return
         if reset or self._transport.get_write_buffer_size():
             reset_on_close(self._transport)
         self._transport.abort()

@@ -220,6 +220,7 @@ class TcpipService(SocketService):
         self.listeners: dict[int, TcpListener] = {}
         self.data_echo = 1                    # AT+QISDE
         self.qicfg = QicfgSettings()          # AT+QICFG (not saved: a restart resets it)
+        self._reset_ids: set[int] = set()     # ids AT+QIDEACT freed (_reuse)
         self._start()
         modem.on("pdp_reset", self.pdp_reset)
 
@@ -229,6 +230,7 @@ class TcpipService(SocketService):
 
     def _reboot(self) -> None:
         self.abort_all()
+        self._reset_ids.clear()
         self.data_echo = 1
         self.qicfg.reset()
 
@@ -245,7 +247,8 @@ class TcpipService(SocketService):
         "closed" -- and then go: every AT+QIOPEN socket, listener and UDP SERVICE on the
         context, also one whose connection had ended already (the network's deactivation, a
         peer's close), leaves its id free for the next AT+QIOPEN, what it held unread gone.
-        (The URCs said about them still come: the host's AT+QICLOSE after them is OK.)"""
+        Its "closed" still comes (the host's AT+QICLOSE after it is OK) unless the id is
+        opened again first (_reuse); a "recv" for data now gone does not."""
         self.pdp_lost(cid)
         # (an open not answered yet answers as the context's loss makes it -- 570 -- and goes
         # by itself, as without AT+QIDEACT)
@@ -253,11 +256,23 @@ class TcpipService(SocketService):
             if listener.pdp_id == cid and listener.announced:
                 del self.listeners[connect_id]
                 listener.abort()
+                self._reset_ids.add(connect_id)
         for connect_id, sock in list(self.sockets.items()):
             if sock.pdp_id == cid and sock.state is not OPENING:
                 del self.sockets[connect_id]
                 self._release(sock)
                 sock.abort()
+                self._reset_ids.add(connect_id)
+                # its buffer-mode "recv" still waiting for a busy port announces data gone now
+                self.modem.drop_urcs(self.news(connect_id), self.dialect.recv(sock))
+
+    def _reuse(self, connect_id: int) -> None:
+        """A new socket or listener on an id AT+QIDEACT freed: what still waits to be said
+        about the one before (its "closed", an "incoming" it accepted) would read as news of
+        the new one -- as after AT+QICLOSE, it is not said."""
+        if connect_id in self._reset_ids:
+            self._reset_ids.discard(connect_id)
+            self.drop_news(connect_id)
 
     def pdp_lost(self, cid: int) -> None:
         # Connections a listener accepted that the host has not heard of ("incoming" a loop
@@ -285,6 +300,7 @@ class TcpipService(SocketService):
         """A "TCP"/"UDP" client or a "UDP SERVICE": the result comes through on_opened."""
         modem = self.modem
         udp = service_type != "TCP"
+        self._reuse(connect_id)
         sock = TcpipSocket(self, connect_id, pdp_id=pdp_id, host=host, port=port, delivery=delivery,
                            recv_limit=self.recv_buffer, timers=modem.timers, service_type=service_type,
                            shown_local_port=local_port)
@@ -314,6 +330,7 @@ class TcpipService(SocketService):
 
     def listen(self, connect_id: int, *, pdp_id: int, local_port: int, delivery) -> TcpListener:
         """A "TCP LISTENER": +QIOPEN: <id>,0 once bound (556 when the port cannot be)."""
+        self._reuse(connect_id)
         listener = TcpListener(self, connect_id, pdp_id, local_port, delivery)
         self.listeners[connect_id] = listener
 

@@ -2013,7 +2013,10 @@ def _typed_across_urcs(text: str) -> str:
             else:
                 typed.append(token)          # the next piece of the echo
                 urc_next = True
-        return "".join(typed) + "".join(f"\r\n{u}\r\n" for u in urcs)
+        command = "".join(typed)
+        if command[:2].upper() != "AT":
+            return m[0]                      # (not a command: an echoed payload's lines)
+        return command + "".join(f"\r\n{u}\r\n" for u in urcs)
     return _TYPED_ACROSS.sub(whole, text)
 
 
@@ -2051,6 +2054,10 @@ def parse_at_log(text: str) -> list[tuple[str, list[str]]]:
                 steps[-1][1].append(">")         # "> " and the data typed after it, echoed
                 if body[1:].strip():
                     steps.append((body[1:].strip(), []))
+                continue
+            if (body and not FINAL.match(body) and len(steps) > 1 and not steps[-1][1]
+                    and steps[-2][1][-1:] == [">"]):
+                steps[-1] = (steps[-1][0] + "\n" + body, [])   # the echoed payload's next line
                 continue
             host = bool(re.match(r"(?i)^AT", body)) or bool(steps and _prompt_of(*steps[-1]))
         if host:
@@ -2136,8 +2143,9 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
         def split(buf: bytearray, sent: str) -> list[str]:
             lines = [x.strip() for x in buf.decode("latin-1").replace("\r", "\n").split("\n")]
             lines = [x for x in lines if x]
-            if lines and lines[0] == sent.strip():
-                lines = lines[1:]            # the echo (E1)
+            echo = [x.strip() for x in sent.split("\n")]       # (a payload's: its lines)
+            if lines[:len(echo)] == echo:
+                lines = lines[len(echo):]    # the echo (E1)
             return lines
 
         def logged_later(n: int) -> set[str]:
