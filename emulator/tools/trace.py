@@ -614,6 +614,11 @@ def show_main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"modem-emulator trace show: {exc}", file=sys.stderr)
         return 2
+    have = sorted({r.get("modem", 0) for r in records if isinstance(r, dict)})
+    if args.modem is not None and args.modem not in have:      # (as replay --modem says it)
+        print(f"modem-emulator trace show: {args.file}: no modem {args.modem} in the trace (it has: "
+              f"{', '.join(map(str, have)) or 'no records'})", file=sys.stderr)
+        return 2
     try:
         lines = render(records, args.socket, args.modem)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:   # a field of a record

@@ -565,3 +565,17 @@ def test_trace_show_renders_an_ssl_sockets_tcp_connect(tmp_path, capsys):
     assert show_main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "socket 2 TCP connected (the handshake follows)" in out and '"in"' not in out, out
+
+
+def test_trace_show_of_a_modem_the_trace_does_not_have_is_an_error(tmp_path, capsys):
+    """`trace show --modem N` for a modem the trace lacks says so (exit 2), as `replay --modem
+    N` does; one the trace has shows its records (exit 0)."""
+    from emulator.tools.trace import show_main
+    path = tmp_path / "t.trace"
+    path.write_text(json.dumps({"t": 0.0, "modem": 0, "kind": "start", "profile": "ec2x", "in": 0,
+                                "out": 0}) + "\n")
+    capsys.readouterr()
+    assert show_main([str(path), "--modem", "5"]) == 2
+    assert f"{path}: no modem 5 in the trace (it has: 0)" in capsys.readouterr().err
+    assert show_main([str(path), "--modem", "0"]) == 0
+    assert " start ec2x " in capsys.readouterr().out
