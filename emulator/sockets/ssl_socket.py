@@ -263,6 +263,7 @@ class SslSocket:
         self._dialled = None                     # the connect open() started (network.Dialled)
         self._round_trip_due: float | None = None   # a connect over latency is complete then
         self._reset_at_end = False               # the teardown resets the TCP connection (RST)
+        self._letting_go = False                 # a close / the bearer's loss: datagrams on a shaped link still go
         self._deferred: deque[bytes] = deque()  # accepted bytes transmit_soon() holds
         self._deferred_bytes = 0
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -1025,6 +1026,7 @@ class SslSocket:
         if self._state is CONNECTED and not self.blackholed:
             self.send_accepted()
         self._stop_opening()
+        self._letting_go = True
         self._teardown()
         if self._state is OPENING:
             self._fail_open("pdp", reason)
@@ -1046,6 +1048,7 @@ class SslSocket:
         if self._state is CONNECTED:
             self.flush_deferred()              # what SEND OK accepted leaves before close_notify
         self._stop_opening()
+        self._letting_go = True
         was_connected = self._state is CONNECTED
         self._trace("close", socket=self.client_id)
         if self._state is not INITIAL:
@@ -1127,9 +1130,9 @@ class SslSocket:
         run out, RST by docs/behaviour.md, the control op drop rst -- or when bytes are
         dropped unsent: never a FIN after the part of a record the kernel held (the server
         would take a cut stream for a clean end)."""
-        if not reset and getattr(self._transport, "datagram", False):   # (a shaped link: "net")
-            self._transport.let_go()           # datagrams on their way still arrive
-            return
+        if not reset and self._letting_go and getattr(self._transport, "datagram", False):
+            self._transport.let_go()           # (a shaped link, "net": datagrams on their way
+            return                             # still arrive; an abort -- a reboot -- loses them)
         if reset or self._transport.get_write_buffer_size():
             reset_on_close(self._transport)
         self._transport.abort()

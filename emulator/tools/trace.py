@@ -2001,7 +2001,8 @@ def _prompt_of(command: str, answers: list[str]) -> str | None:
 # its last piece would end in CR LF).  V1 only: an ATV0 modem writes a URC with no CR LF
 # before it, so its text runs on from the echo's piece (README: a limit).
 _URC_LINES = r"(?:\r\n(?!(?:OK|ERROR|\+CME ERROR: [^\r\n]*|CONNECT|NO CARRIER|SEND OK|SEND FAIL)\r\n)[^\r\n]+\r\n)+"
-_TYPED_ACROSS = re.compile(rf"(?<![^\n])(?i:A)[^\r\n]*(?:{_URC_LINES}[^\r\n]+)+(?=\r(?!\n))")
+_TYPED_ACROSS = re.compile(rf"(?<![^\n])(?i:A)[^\r\n]*(?:{_URC_LINES}[^\r\n]+)+(?=\r(?!\n))"
+                           rf"|(?<![^\n])(?i:A){_URC_LINES}/(?=\r\n)")   # (A/ runs at its "/": no CR)
 
 
 def _typed_across_urcs(text: str) -> str:
@@ -2019,7 +2020,7 @@ def _typed_across_urcs(text: str) -> str:
                 typed.append(token)          # the next piece of the echo
                 urc_next = True
         command = "".join(typed)
-        if command[:2].upper() != "AT":
+        if command[:2].upper() not in ("AT", "A/"):
             return m[0]                      # (not a command: an echoed payload's lines)
         return command + "".join(f"\r\n{u}\r\n" for u in urcs)
     return _TYPED_ACROSS.sub(whole, text)
@@ -2060,11 +2061,15 @@ def parse_at_log(text: str) -> list[tuple[str, list[str]]]:
                 if body[1:].strip():
                     steps.append((body[1:].strip(), []))
                 continue
-            if (body and not FINAL.match(body) and len(steps) > 1 and not steps[-1][1]
-                    and steps[-2][1][-1:] == [">"]):
-                steps[-1] = (steps[-1][0] + "\n" + body, [])   # the echoed payload's next line
-                continue
-            host = bool(re.match(r"(?i)^AT", body)) or bool(steps and _prompt_of(*steps[-1]))
+            if body and len(steps) > 1 and not steps[-1][1] and steps[-2][1][-1:] == [">"]:
+                # the echoed payload's next line: up to the length its command gave (a line
+                # that reads "OK" may be data), else up to a result
+                size = _declared_length(steps[-2][0])
+                so_far = len(steps[-1][0]) + steps[-1][0].count("\n") + 2   # (its lines end CR LF)
+                if (so_far < size) if size is not None else not FINAL.match(body):
+                    steps[-1] = (steps[-1][0] + "\n" + body, [])
+                    continue
+            host = bool(re.match(r"(?i)^A[T/]", body)) or bool(steps and _prompt_of(*steps[-1]))
         if host:
             steps.append((body, []))
         elif body.strip() and steps:
@@ -2087,6 +2092,16 @@ def at_log_payload(command: str, data: str) -> bytes:
     candidates = [end.join(lines) + tail for end in ("\n", "\r\n", "\r") for tail in (end, "")]
     if len(lines) == 1:
         candidates.insert(0, data)
+    size = _declared_length(command)
+    if size is not None:
+        for candidate in candidates:
+            if len(candidate) == size:
+                return _b(candidate)
+    return _b(candidates[0])
+
+
+def _declared_length(command: str) -> int | None:
+    """The payload length a data prompt's command gave (_LENGTH_PARAM), None: none given."""
     # (a data prompt's command ends its line where it stands: the first prompt command of a
     # chain, "AT+CMEE=2;+QFUPL=..." as "AT+QFUPL=...;+CMEE=2", whose rest the modem never runs)
     at, rest = None, ""
@@ -2098,11 +2113,8 @@ def at_log_payload(command: str, data: str) -> bytes:
             break
     params = [x.strip() for x in re.findall(r'"[^"]*"|[^,]+', rest)]
     if at is not None and at < len(params) and params[at].isdigit():
-        size = int(params[at])
-        for candidate in candidates:
-            if len(candidate) == size:
-                return _b(candidate)
-    return _b(candidates[0])
+        return int(params[at])
+    return None
 
 
 def _without(items: list[str], taken: list[str]) -> list[str]:
@@ -2175,7 +2187,7 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
                 if prompt:
                     ser.write(at_log_payload(command, sent))
                 else:
-                    ser.write(_b(sent) + b"\r")
+                    ser.write(_b(sent) + (b"" if sent.strip() in ("A/", "a/") else b"\r"))   # (A/: no CR)
                     command = sent
                 if expected[:1] == [sent.strip()]:
                     expected = expected[1:]          # the log kept the modem's echo (E1)
