@@ -263,7 +263,6 @@ class SslSocket:
         self._dialled = None                     # the connect open() started (network.Dialled)
         self._round_trip_due: float | None = None   # a connect over latency is complete then
         self._reset_at_end = False               # the teardown resets the TCP connection (RST)
-        self._letting_go = False                 # a close / the bearer's loss: datagrams on a shaped link still go
         self._deferred: deque[bytes] = deque()  # accepted bytes transmit_soon() holds
         self._deferred_bytes = 0
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -1026,8 +1025,7 @@ class SslSocket:
         if self._state is CONNECTED and not self.blackholed:
             self.send_accepted()
         self._stop_opening()
-        self._letting_go = True
-        self._teardown()
+        self._teardown(let_go=True)
         if self._state is OPENING:
             self._fail_open("pdp", reason)
         elif self._state in (CONNECTED, CLOSING):
@@ -1048,7 +1046,6 @@ class SslSocket:
         if self._state is CONNECTED:
             self.flush_deferred()              # what SEND OK accepted leaves before close_notify
         self._stop_opening()
-        self._letting_go = True
         was_connected = self._state is CONNECTED
         self._trace("close", socket=self.client_id)
         if self._state is not INITIAL:
@@ -1061,7 +1058,7 @@ class SslSocket:
         except Exception:
             log.exception("%s socket %d: error while closing (connection dropped)", self.kind, self.client_id)
         finally:
-            self._teardown()
+            self._teardown(let_go=True)
             if self._state is CLOSING:
                 self._go("closed")
 
@@ -1125,19 +1122,20 @@ class SslSocket:
         # cyclic GC collects late, with the TLS session's C memory in it (soak RSS).
         self._task = None
 
-    def _abort_transport(self, reset: bool) -> None:
+    def _abort_transport(self, reset: bool, let_go: bool = False) -> None:
         """The transport dropped now.  Reset (RST) when asked -- an abort: the close timeout
         run out, RST by docs/behaviour.md, the control op drop rst -- or when bytes are
         dropped unsent: never a FIN after the part of a record the kernel held (the server
-        would take a cut stream for a clean end)."""
-        if not reset and self._letting_go and getattr(self._transport, "datagram", False):
+        would take a cut stream for a clean end).  let_go: a close or the bearer's loss, not
+        an abort (a reboot): datagrams still on a shaped link arrive."""
+        if not reset and let_go and getattr(self._transport, "datagram", False):
             self._transport.let_go()           # (a shaped link, "net": datagrams on their way
             return                             # still arrive; an abort -- a reboot -- loses them)
         if reset or self._transport.get_write_buffer_size():
             reset_on_close(self._transport)
         self._transport.abort()
 
-    def _teardown(self) -> None:
+    def _teardown(self, let_go: bool = False) -> None:
         self._dead = True
         if self._flush_timer is not None:
             self._flush_timer.cancel()
@@ -1152,7 +1150,7 @@ class SslSocket:
             self._timer = None
         if self._transport is not None:
             self._freeze_acks()                # (while its socket is open: connection_lost is later)
-            self._abort_transport(reset=self._reset_at_end)
+            self._abort_transport(reset=self._reset_at_end, let_go=let_go)
         if self.session is not None and self.session.state in ("handshaking", "established"):
             try:
                 self._close_session()
