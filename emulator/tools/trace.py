@@ -601,6 +601,14 @@ def render(records: list[dict], socket: int | None = None, modem: int | None = N
     return lines
 
 
+def _missing_modem(path, records: list[dict], modem: int) -> str | None:
+    """What `trace show` and `replay` say of a --modem the trace has no record of (None: it has)."""
+    have = sorted({r.get("modem", 0) for r in records})
+    if modem in have:
+        return None
+    return f"{path}: no modem {modem} in the trace (it has: {', '.join(map(str, have)) or 'no records'})"
+
+
 def show_main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="modem-emulator trace show",
                       description="render a trace (--trace FILE) for a person")
@@ -614,10 +622,9 @@ def show_main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"modem-emulator trace show: {exc}", file=sys.stderr)
         return 2
-    have = sorted({r.get("modem", 0) for r in records if isinstance(r, dict)})
-    if args.modem is not None and args.modem not in have:      # (as replay --modem says it)
-        print(f"modem-emulator trace show: {args.file}: no modem {args.modem} in the trace (it has: "
-              f"{', '.join(map(str, have)) or 'no records'})", file=sys.stderr)
+    missing = None if args.modem is None else _missing_modem(args.file, records, args.modem)
+    if missing:                                                 # (as replay --modem says it)
+        print(f"modem-emulator trace show: {missing}", file=sys.stderr)
         return 2
     try:
         lines = render(records, args.socket, args.modem)
@@ -1971,7 +1978,8 @@ def _output_tail(records: list[dict], host_side: list[dict]) -> float:
 
 
 # -- replay: plain AT logs ---------------------------------------------------------------------
-FINAL = re.compile(r"^(OK|ERROR|\+CME ERROR: .*|SEND OK|SEND FAIL|CONNECT|NO CARRIER)$")
+_FINALS = r"OK|ERROR|\+CME ERROR: [^\r\n]*|SEND OK|SEND FAIL|CONNECT|NO CARRIER"   # (a line's text)
+FINAL = re.compile(rf"^({_FINALS})$")
 
 
 _LOG_LINES = re.compile(r"\r\n|\r|\n")
@@ -2000,7 +2008,7 @@ def _prompt_of(command: str, answers: list[str]) -> str | None:
 # CR LF at once, unless the capture wrote every line with CR LF (then nothing here matches:
 # its last piece would end in CR LF).  V1 only: an ATV0 modem writes a URC with no CR LF
 # before it, so its text runs on from the echo's piece (README: a limit).
-_URC_LINES = r"(?:\r\n(?!(?:OK|ERROR|\+CME ERROR: [^\r\n]*|CONNECT|NO CARRIER|SEND OK|SEND FAIL)\r\n)[^\r\n]+\r\n)+"
+_URC_LINES = rf"(?:\r\n(?!(?:{_FINALS})\r\n)[^\r\n]+\r\n)+"
 _TYPED_ACROSS = re.compile(rf"(?<![^\n])(?i:A)[^\r\n]*(?:{_URC_LINES}[^\r\n]+)+(?=\r(?!\n))"
                            rf"|(?<![^\n])(?i:A){_URC_LINES}/(?=\r\n)")   # (A/ runs at its "/": no CR)
 
@@ -2319,9 +2327,7 @@ def replay_main(argv: list[str] | None = None) -> int:
                 records = read_trace(args.file, warn=warn)
                 mine = [r for r in records if r.get("modem", 0) == args.modem]
                 if not mine:
-                    have = sorted({r.get("modem", 0) for r in records})
-                    raise ValueError(f"{args.file}: no modem {args.modem} in the trace (it has: "
-                                     f"{', '.join(map(str, have)) or 'no records'})")
+                    raise ValueError(_missing_modem(args.file, records, args.modem))
                 try:
                     scripts_of(mine)             # the network side: every field it needs is there
                 except (KeyError, TypeError, ValueError) as exc:
