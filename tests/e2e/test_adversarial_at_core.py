@@ -298,7 +298,7 @@ def test_repeat_of_a_line_that_opened_a_data_prompt(ec2x):
 # the module a second time (OK, RDY, +CFUN: 1 ... again)
 def test_repeat_after_a_reboot_does_not_reboot_again(ec2x):
     ec2x.write(b"AT+CFUN=1,1\r")
-    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    ec2x.read_until(b"+QIND: PB DONE\r\n")
     out = exchange(ec2x, b"A/", 0.4)
     assert b"RDY" not in out and b"+CFUN: 1" not in out
 
@@ -317,7 +317,7 @@ def test_atw_set_survives_reboot_and_restart_atz_and_atf(open_modem, tmp_path):
     assert host.at("ATE0;&F;+CMEE?;+IPR?;+IFC?;S7?;E0") == (
         b"\r\n+CMEE: 1\r\n\r\n+IPR: 115200\r\n\r\n+IFC: 0,0\r\n\r\n000\r\n\r\nOK\r\n")
     host.write(b"AT+CFUN=1,1\r")
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     assert host.at("AT+CMEE?;+IPR?") == b"\r\n+CMEE: 2\r\n\r\n+IPR: 9600\r\n\r\nOK\r\n"
     host.close()
     again, _ = open_modem("ec2x", state_dir=state)     # a restart on the same state dir
@@ -359,7 +359,7 @@ def test_reboot_ok_is_framed_with_the_settings_it_was_asked_with(ec2x, mode, exp
 def test_creg_mode_does_not_survive_a_reboot(ec2x):
     assert ec2x.at("AT+CREG=2;+CGREG=2;+CEREG=2") == b"\r\nOK\r\n"
     ec2x.write(b"AT+CFUN=1,1\r")
-    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    ec2x.read_until(b"+QIND: PB DONE\r\n")
     assert ec2x.at("ATE0") .endswith(b"OK\r\n")
     assert ec2x.at("AT+CREG?;+CGREG?;+CEREG?") == (
         b"\r\n+CREG: 0,1\r\n\r\n+CGREG: 0,1\r\n\r\n+CEREG: 0,1\r\n\r\nOK\r\n")
@@ -472,7 +472,7 @@ def test_a_slow_reboot_still_answers_as_asked_before_restarting(emulator, ec2x):
     assert ec2x.read_until(b"0\r") == b"0\r"
     assert emulator.control("slow", command="+CFUN", ms=300)["ok"]
     ec2x.write(b"AT+CFUN=1,1;+CSQ\r")
-    out = ec2x.read_until(b"+QIND: SMS DONE\r\n") + ec2x.quiet_for(0.3)   # the whole boot, and after
+    out = ec2x.read_until(b"+QIND: PB DONE\r\n") + ec2x.quiet_for(0.3)   # the whole boot, and after
     assert out.startswith(b"0\r\r\nRDY\r\n"), out                 # then the boot URCs (AT&W: V1)
     assert b"+CSQ" not in out
 
@@ -483,5 +483,5 @@ def test_urcs_queued_before_a_reboot_are_not_written_after_it(emulator, open_mod
     host.write("AT+CSQ;+CFUN=1,1\r")
     emulator.wait_received(port, host.written)                     # (the line is in: +CSQ runs)
     assert emulator.control("urc", text='+QIURC: "recv",0')["ok"]   # news while the port is busy
-    out = host.read_until(b"+QIND: SMS DONE\r\n") + host.quiet_for(0.3)   # the whole boot, and after
+    out = host.read_until(b"+QIND: PB DONE\r\n") + host.quiet_for(0.3)   # the whole boot, and after
     assert b"OK\r\n" in out and b"RDY" in out and b'"recv",0' not in out, out

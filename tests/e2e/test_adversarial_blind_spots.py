@@ -339,7 +339,7 @@ def test_ec2x_and_ml302_in_one_process_each_faulted_by_its_index(emulator, open_
         online(b"+QSSLOPEN: 0,-1\r\n")
         assert emulator.control("reboot", modem=0)["ok"]
         ec_advance(1)
-        ec.read_until(b"+QIND: SMS DONE\r\n")
+        ec.read_until(b"+QIND: PB DONE\r\n")
         online(bytes(range(256)))
         assert ec.at("ATE0").endswith(OK)
         assert ec.at('AT+QICSGP=1,1,"UNINET","","",1;+QIACT=1') == OK

@@ -311,7 +311,7 @@ def test_items_across_cfun_changes(ec2x, clean_log):
         b'\r\n+QCFG: "apready",1,1,3000\r\n' + OK)
     assert ec2x.at("AT+QCSQ") == answer('+QCSQ: "LTE",-65,-94,142,-9')
     assert ec2x.at("AT+CFUN=1,1") == OK
-    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    ec2x.read_until(b"+QIND: PB DONE\r\n")
     assert ec2x.at("ATE0").endswith(OK)
     assert ec2x.at('AT+QCFG="nwscanmode";+QCFG="apready"') == (
         b'\r\n+QCFG: "nwscanmode",2\r\n\r\n+QCFG: "apready",1,1,3000\r\n' + OK)

@@ -257,8 +257,8 @@ def test_reboot_while_a_send_prompt_is_open_abandons_it_and_the_port_recovers(em
     host.write("AT+QSSLSEND=1,10\r")
     host.read_until(b"> ", timeout=3)
     assert emulator.control("reboot", ms=1000) == {"ok": True}
-    emulator.advance(port, 1.6)                               # RDY at 1 s, SMS DONE 0.6 s later
-    host.read_until(b"+QIND: SMS DONE\r\n", timeout=3)
+    emulator.advance(port, 1.65)                              # RDY at 1 s, PB DONE 0.62 s later
+    host.read_until(b"+QIND: PB DONE\r\n", timeout=3)
     # the prompt is gone: what the host then types is a command line again (echo back on)
     assert host.at("AT+QSSLSEND=1,3").endswith(b"\r\nERROR\r\n")       # socket gone with the reboot
     assert host.at("AT").endswith(b"OK\r\n")
@@ -327,7 +327,7 @@ def test_reboot_while_a_slow_answer_is_pending_then_slow_still_set(emulator, ec2
     emulator.wait_received(port, host.written)
     assert emulator.control("reboot", ms=0)["ok"]
     emulator.advance(port, 6)
-    got = host.read_until(b"+QIND: SMS DONE\r\n", timeout=3)
+    got = host.read_until(b"+QIND: PB DONE\r\n", timeout=3)
     assert b"+CSQ:" not in got                               # the pending answer is abandoned
     assert b"+CSQ:" not in host.quiet_for(0.2)
     _alive(host)

@@ -83,7 +83,7 @@ def test_a_stalled_transparent_open_is_error_569_and_a_reboot_abandons_another(e
     echo.wait_connections(2, timeout=3)
     assert emulator.control("reboot", ms=0) == {"ok": True}
     emulator.advance(port, 25)                         # past the open's negotiatetime
-    got = host.read_until(b"+QIND: SMS DONE\r\n", timeout=3)
+    got = host.read_until(b"+QIND: PB DONE\r\n", timeout=3)
     assert got.startswith(b"\r\nRDY\r\n") and b"ERROR" not in got
     assert b"ERROR" not in host.quiet_for(0.2)
     assert host.at("AT") == b"AT\r\r\nOK\r\n"         # echo back on after the reboot

@@ -595,9 +595,9 @@ def test_restart_with_jobs_held(emulator, open_modem, gate, strict_log, how):
         received = bytes(conn.received)
         assert blob.startswith(received)
         time.sleep(0.1)                                   # the worker's late turn
-        # The start-up URCs come 130-600 ms after RDY (wall clock after the control reboot):
+        # The start-up URCs come 130-620 ms after RDY (wall clock after the control reboot):
         # wait for the last one, or a loaded machine gets +CFUN: 1 inside the answers below.
-        host.seen(b"+QIND: SMS DONE\r\n", timeout=10)
+        host.seen(b"+QIND: PB DONE\r\n", timeout=10)
         host.pending.clear()
         assert host.at("ATE0").endswith(b"OK\r\n")          # (the restart turned echo back on)
         assert host.at("AT+QSSLSTATE=4") == b"\r\nOK\r\n"

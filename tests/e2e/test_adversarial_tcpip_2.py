@@ -357,7 +357,7 @@ def test_qisde_echo_of_variable_length_data_and_cancel_and_reboot(open_modem, tc
     assert host.read_until(b'+QIURC: "recv",0,2\r\nAB\r\n') == b'\r\n+QIURC: "recv",0,2\r\nAB\r\n'
     assert host.at("AT+QISDE=0") == b"AT+QISDE=0\r\r\nOK\r\n"
     assert host.at("AT+CFUN=1,1") == b"AT+CFUN=1,1\r\r\nOK\r\n"
-    host.read_until(b"+QIND: SMS DONE\r\n")
+    host.read_until(b"+QIND: PB DONE\r\n")
     assert host.at("AT+QISDE?") == b"AT+QISDE?\r\r\n+QISDE: 1\r\n\r\nOK\r\n"
 
 

@@ -79,7 +79,7 @@ def test_qidnscfg_reads_the_network_servers_then_the_hosts(ec2x):
     assert ec2x.at("AT+QIDNSCFG=?") == \
         b"\r\n+QIDNSCFG: (1-16),<pridnsaddr>,<secdnsaddr>\r\n\r\nOK\r\n"
     assert ec2x.at("AT+CFUN=1,1") == OK                               # not kept across a reboot
-    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    ec2x.read_until(b"+QIND: PB DONE\r\n")
     assert ec2x.at("ATE0").endswith(OK)                               # the AT&W set has echo on
     assert ec2x.at(ACTIVATE) == OK
     assert ec2x.at("AT+QIDNSCFG=1") == b'\r\n+QIDNSCFG: 1,"123.66.165.1","123.66.165.2"\r\n\r\nOK\r\n'
@@ -324,7 +324,7 @@ def test_a_reboot_ends_requests_in_flight_without_a_word(emulator, ec2x_on):
         _wait_requests(ntp, 1)
         assert host.at("AT+CFUN=1,1") == OK
         emulator.advance(port, 130)
-        host.read_until(b"+QIND: SMS DONE\r\n", timeout=3)
+        host.read_until(b"+QIND: PB DONE\r\n", timeout=3)
         assert b"QPING" not in host.quiet_for(0.2) and b"QNTP" not in host.transcript
     assert host.at("ATE0").endswith(OK) and host.at(ACTIVATE) == OK
     assert host.at('AT+QPING=1,"p.example",4,1') == OK                 # neither is "busy"

@@ -180,7 +180,7 @@ def test_a_restart_closes_every_handle(ec2x):
     qfwrite(ec2x, h, b"kept")
     qfopen(ec2x, "RAM:gone.txt")
     assert ec2x.at("AT+CFUN=1,1") == OK
-    ec2x.read_until(b"+QIND: SMS DONE\r\n", timeout=5)
+    ec2x.read_until(b"+QIND: PB DONE\r\n", timeout=5)
     assert ec2x.at("ATE0").endswith(OK)
     assert ec2x.at("AT+QFOPEN?") == OK
     assert ec2x.at(f"AT+QFREAD={h}") == cme(416)

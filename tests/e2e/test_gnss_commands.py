@@ -147,7 +147,7 @@ def test_qgpscfg_outport_and_nmeasrc(gps):
 def test_a_restart_turns_gnss_off(ec2x):
     assert ec2x.at("AT+QGPS=1") == OK
     assert ec2x.at("AT+CFUN=1,1") == OK
-    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    ec2x.read_until(b"+QIND: PB DONE\r\n")
     assert ec2x.at("ATE0") == b"ATE0\r" + OK
     assert ec2x.at("AT+QGPS?") == answer("+QGPS: 0")
     assert ec2x.at("AT+QGPSLOC=2") == cme(505)

@@ -36,5 +36,5 @@ def test_atw_saves_it_atz_restores_it_atf_resets_it_and_a_restart_keeps_the_save
     assert host.at("ATE0") == b"ATE0\r" + OK
     assert host.at("AT+ICF?") == b"\r\n+ICF: 3,3\r\n" + OK
     assert host.at("AT+CFUN=1,1") == OK                   # the module restarts with AT&W's set
-    host.read_until(b"+QIND: SMS DONE\r\n", timeout=10)  # (the last start-up URC)
+    host.read_until(b"+QIND: PB DONE\r\n", timeout=10)  # (the last start-up URC)
     assert host.at("AT+ICF?") == b"\r\n+ICF: 3,1\r\n" + OK

@@ -84,7 +84,7 @@ def test_cfun(ec2x):
     assert ec2x.at("AT+CFUN=1") == b"\r\nOK\r\n"
     assert ec2x.at("AT+CFUN=7") == b"\r\n+CME ERROR: 50\r\n"
     assert ec2x.at("AT+CFUN=1,1") == b"\r\nOK\r\n"
-    assert ec2x.read_until(b"+QIND: SMS DONE\r\n", timeout=5).startswith(b"\r\nRDY\r\n")
+    assert ec2x.read_until(b"+QIND: PB DONE\r\n", timeout=5).startswith(b"\r\nRDY\r\n")
 
 
 def test_ec2x_pdp_example_verbatim(ec2x):

@@ -181,7 +181,7 @@ def test_settings_are_not_saved_across_a_reboot(ec2x):
     assert ec2x.at('AT+QICFG="viewmode",1') == OK
     assert ec2x.at('AT+QICFG="dataformat",1,1') == OK
     ec2x.write(b"AT+CFUN=1,1\r")
-    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    ec2x.read_until(b"+QIND: PB DONE\r\n")
     assert ec2x.at("ATE0").endswith(OK)                   # (echo is back on after the restart)
     assert ec2x.at('AT+QICFG="transpktsize"') == read_form("transpktsize", "1024")
     assert ec2x.at('AT+QICFG="viewmode"') == read_form("viewmode", "0")

@@ -429,7 +429,7 @@ def test_an_open_a_restart_cut_before_its_connect_then_a_new_socket_replays(open
             host.write(open0 + ";+CFUN=1,1\r\n")
         else:
             host.write(open0 + "\r\nAT+CFUN=1,1\r\n")
-        got = host.read_until(b"+QIND: SMS DONE\r\n", timeout=20)
+        got = host.read_until(b"+QIND: PB DONE\r\n", timeout=20)
         assert b"+QIOPEN: 0" not in got, got
         host.quiet_for(0.3)
         host.write(b"ATE0\r\n")

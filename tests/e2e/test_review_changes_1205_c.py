@@ -441,7 +441,7 @@ def test_new_items_survive_cfun_1_1_and_a_restart(open_modem, tmp_path):
                 b'\r\n+QCFG: "gprsattach",0\r\n\r\n+QCFG: "urc/delay",1\r\n' + OK)
     reads = 'AT+QCFG="nwscanseq";+QCFG="roamservice";+QCFG="servicedomain";+QCFG="gprsattach";+QCFG="urc/delay"'
     assert host.at("AT+CFUN=1,1") == OK
-    host.read_until(b"+QIND: SMS DONE\r\n", timeout=30)
+    host.read_until(b"+QIND: PB DONE\r\n", timeout=30)
     host.at("ATE0")
     assert host.at(reads) == expected
     host.close()

@@ -632,6 +632,6 @@ def test_a_restart_paces_at_the_baud_rate_whatever_was_saved(emulator, open_mode
         assert host.at(then) == OK
         assert _paced(emulator, port) == 19200
     host.write(b"AT+CFUN=1,1\r")
-    assert host.read_until(b"\r\n+QIND: SMS DONE\r\n", timeout=10).startswith(OK)
+    assert host.read_until(b"\r\n+QIND: PB DONE\r\n", timeout=10).startswith(OK)
     assert host.at("AT+IPR?") == b"\r\n+IPR: 9600\r\n" + OK          # (the saved setting)
     assert _paced(emulator, port) == 115200

@@ -416,7 +416,7 @@ def test_latency_survives_a_reboot_and_a_scenario_net_replaces_it(tmp_path):
                     control.sendall(b'{"op": "reboot", "ms": 0}\n')
                     assert b'"ok": true' in control.recv(4096)
             if reboot:
-                host.seen(b"+QIND: SMS DONE\r\n", 10)
+                host.seen(b"+QIND: PB DONE\r\n", 10)
             assert host.at("ATE0").endswith(b"OK\r\n")
             assert host.at("AT+QIACT=1") == b"\r\nOK\r\n"
             assert timed_open(host, f'AT+QIOPEN=1,0,"TCP","{DEMO_ECHO}",8009,0,0', b"\r\nOK\r\n",

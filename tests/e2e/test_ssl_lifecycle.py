@@ -39,7 +39,7 @@ def test_reboot_drops_sockets_without_urcs(ec2x, emulator):
             ec2x.seen(b"+QSSLOPEN: 0,0")
             ec2x.at('AT+QSSLOPEN=1,0,1,"silent.example",443')           # stays opening
             assert ec2x.at("AT+CFUN=1,1") == b"\r\nOK\r\n"
-            after = ec2x.read_until(b"+QIND: SMS DONE\r\n", 5) + ec2x.quiet_for(0.3)
+            after = ec2x.read_until(b"+QIND: PB DONE\r\n", 5) + ec2x.quiet_for(0.3)
             assert b"+QSSLURC" not in after and b"+QSSLOPEN" not in after, after
             # the reboot restored the factory settings: echo is on again
             assert ec2x.at("AT+QSSLSTATE") == b"AT+QSSLSTATE\r\r\nOK\r\n"

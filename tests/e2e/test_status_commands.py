@@ -130,7 +130,7 @@ def test_ceer_reports_the_last_failed_activation_or_deactivation(ec2x, emulator)
     assert ec2x.read_until(b'+QIURC: "pdpdeact",1\r\n') == urcs('+QIURC: "pdpdeact",1')
     assert ec2x.at("AT+CEER") == ceer("PDP lowerlayer error")
     assert ec2x.at("AT+CFUN=1,1") == OK                          # a restart forgets it
-    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    ec2x.read_until(b"+QIND: PB DONE\r\n")
     assert ec2x.at("ATE0") == b"ATE0\r" + OK
     assert ec2x.at("AT+CEER") == ceer("No cause information available")
 
@@ -201,7 +201,7 @@ def test_cgerep_0_keeps_the_codes_until_bfr_1_writes_them_after_the_ok(ec2x, emu
 def test_a_restart_sets_cgerep_back_to_0(ec2x):
     assert ec2x.at("AT+CGEREP=2,1") == OK
     assert ec2x.at("AT+CFUN=1,1") == OK
-    ec2x.read_until(b"+QIND: SMS DONE\r\n")
+    ec2x.read_until(b"+QIND: PB DONE\r\n")
     assert ec2x.at("ATE0") == b"ATE0\r" + OK
     assert ec2x.at("AT+CGEREP?") == answer("+CGEREP: 0,0")
 

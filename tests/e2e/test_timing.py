@@ -207,7 +207,7 @@ def test_a_restart_puts_the_pace_back_to_the_power_on_rate(emulator, open_modem)
             assert emulator.control("reboot", ms=0) == {"ok": True}
         else:
             assert host.at(restart) == b"\r\nOK\r\n"
-        host.read_until(b"\r\n+QIND: SMS DONE\r\n", timeout=10)
+        host.read_until(b"\r\n+QIND: PB DONE\r\n", timeout=10)
         assert emulator.run(lambda: port.port.baud) == 9600
         assert host.at("ATE0").endswith(b"\r\nOK\r\n")                  # (echo is back on)
         assert host.at("AT+IPR?") == b"\r\n+IPR: 115200\r\n\r\nOK\r\n"      # (the saved setting)
