@@ -1,4 +1,4 @@
-"""V.250 basic commands: ATE ATV ATQ ATZ AT&F AT&W ATI ATSn AT&C AT&D and AT+CMEE."""
+"""V.250 basic commands: ATE ATV ATQ ATZ AT&F AT&W AT&V ATI ATSn AT&C AT&D and AT+CMEE."""
 from __future__ import annotations
 
 from emulator.at.args import Args
@@ -47,6 +47,21 @@ for _name, _do in (("Z", lambda modem: modem.restore_saved_settings()),
                    ("&F", lambda modem: modem.restore_factory_settings()),
                    ("&W", _save)):
     command(_name, EXEC)(_action(_do))
+
+
+# AT&V's lines, in the order of the "AT&V Response" table of Quectel's LTE Standard AT
+# commands manuals (&C &D &F &W E Q V X Z, then S0 S3 S4 S5 S6 S7 S8 S10); &F, &W and Z
+# name the one profile there is (0).
+_SHOWN_SREGS = (0, 3, 4, 5, 6, 7, 8, 10)
+
+
+@command("&V", EXEC)
+def show_settings(modem, cmd):
+    _flag(modem, cmd, 0, 0)
+    s = modem.settings
+    return ok(f"&C: {s.dcd}", f"&D: {s.dtr}", "&F: 0", "&W: 0", f"E: {int(s.echo)}",
+              f"Q: {int(s.quiet)}", f"V: {int(s.verbose)}", f"X: {s.x}", "Z: 0",
+              *(f"S{n}: {s.sreg[n]}" for n in _SHOWN_SREGS))
 
 
 @command("I", EXEC)

@@ -131,9 +131,9 @@ def hang_up(modem, cmd):
 
 @command("X", EXEC)
 def result_codes(modem, cmd):
-    """ATX<0-4>: which CONNECT / BUSY / NO DIALTONE codes a dial reports: accepted, no
-    effect (nothing here dials)."""
-    Args(cmd).int(0, 0, 4, default=0)
+    """ATX<0-4>: which CONNECT / BUSY / NO DIALTONE codes a dial reports: kept (AT&V shows
+    it, AT&W saves it), no other effect (nothing here dials)."""
+    modem.settings.x = Args(cmd).int(0, 0, 4, default=0)
     return ok()
 
 

@@ -1,4 +1,4 @@
-"""Port settings a host changes with V.250 commands (ATE, ATV, ATQ, S registers,
+"""Port settings a host changes with V.250 commands (ATE, ATV, ATQ, ATX, S registers,
 AT+CMEE, AT+IPR, AT+IFC, AT+ICF, AT&C, AT&D).  AT&F restores the profile's factory
 values, AT&W saves the current ones (to <state_dir>/settings.json, 0600, atomically),
 ATZ restores the saved.  A saved file is checked key by key on load (see load)."""
@@ -29,6 +29,7 @@ class Settings:
     icf: tuple[int, int] = (3, 3)     # AT+ICF <format>,<parity>: 8 data 0 parity 1 stop (a pty is 8-bit)
     dcd: int = 1          # AT&C
     dtr: int = 2          # AT&D
+    x: int = 4            # ATX (which CONNECT / BUSY codes a dial would report: only AT&V shows it)
     sreg: dict[int, int] = field(default_factory=lambda: {0: 0, 3: 13, 4: 10, 5: 8, 6: 2,
                                                           7: 0, 8: 2, 10: 15, 12: 50})
     # The profile's AT+IPR rates, to check a saved file against; not saved itself.
@@ -139,10 +140,11 @@ def _icf(value, fallback):
 
 # What the AT command that sets the key accepts (AT&C 0-1, AT&D 0-2, AT+CMEE 0-2).
 _CHECKS = {"echo": _flag, "verbose": _flag, "quiet": _flag, "cmee": _int_in(0, 2),
-           "ipr": _ipr, "ifc": _ifc, "icf": _icf, "dcd": _int_in(0, 1), "dtr": _int_in(0, 2)}
+           "ipr": _ipr, "ifc": _ifc, "icf": _icf, "dcd": _int_in(0, 1), "dtr": _int_in(0, 2),
+           "x": _int_in(0, 4)}
 # Keys newer than the first settings files: a file without one is an older AT&W's, not a
 # hand-edited one (no warning).
-_ADDED_LATER = frozenset({"icf"})
+_ADDED_LATER = frozenset({"icf", "x"})
 
 
 def _load_sreg(saved, defaults: dict[int, int], path, bad) -> dict[int, int]:

@@ -690,7 +690,7 @@ def test_a_urc_while_the_host_types_a_line_comes_between_its_echoed_characters(f
 
 
 def test_atw_atz_atf(fresh):
-    doc("`AT&W` saves ATE/ATV/ATQ/CMEE/IPR/IFC/ICF/&C/&D/S-registers to the state dir; `ATZ` restores the\n"
+    doc("`AT&W` saves ATE/ATV/ATQ/ATX/CMEE/IPR/IFC/ICF/&C/&D/S-registers to the state dir; `ATZ` restores the\n"
         "  saved set, `AT&F` the profile's factory set.")
     doc("`AT+IPR?` shows the stored setting")
     host, _ = fresh("ec2x")
