@@ -19,6 +19,7 @@ from emulator.at.args import Args
 from emulator.at.parser import EXEC, READ, WRITE
 from emulator.at.registry import command
 from emulator.at.responses import Cme, CommandError, ok
+from emulator.commands.general import sim_not_ready
 from emulator.logsafe import get_logger
 from emulator.modem.registration import registration
 from emulator.storage.atomic_file import atomic_write
@@ -253,7 +254,8 @@ def qsimstat_write(modem, cmd):
 
 @command("+QSIMSTAT", READ)
 def qsimstat_read(modem, cmd):
-    return ok(f"+QSIMSTAT: {device(modem).qsimstat},{1 if modem.sim_ready else 2}")
+    # (a SIM AT+CFUN=0 switched off is still in: 1; starting after a restart: 2)
+    return ok(f"+QSIMSTAT: {device(modem).qsimstat},{1 if modem.sim_ready or modem.sim_off else 2}")
 
 
 @command("+QSIMDET", WRITE, test="+QSIMDET: (0,1),(0,1)")
@@ -293,16 +295,14 @@ def qpinc_write(modem, cmd):
     facility = Args(cmd, error=Cme(50), at_most=1).str(0, quoted=True, max_len=4).upper()
     if facility not in PINC:
         raise CommandError(Cme(50), f"AT+QPINC: {facility!r} is not SC or P2")
-    if not modem.sim_ready:
-        raise CommandError(Cme(14), "AT+QPINC before the SIM is ready")
+    sim_not_ready(modem)
     pin, puk = PINC[facility]
     return ok(f'+QPINC: "{facility}",{pin},{puk}')
 
 
 @command("+QPINC", READ)
 def qpinc_read(modem, cmd):
-    if not modem.sim_ready:
-        raise CommandError(Cme(14), "AT+QPINC? before the SIM is ready")
+    sim_not_ready(modem)
     return ok(*[f'+QPINC: "{name}",{pin},{puk}' for name, (pin, puk) in PINC.items()])
 
 

@@ -13,6 +13,7 @@ from emulator.modem.registration import registration
 
 
 ERR_SIM_BUSY = 14
+ERR_SIM_FAILURE = 13
 
 
 def _plain(key: str):
@@ -23,13 +24,22 @@ def _plain(key: str):
 
 def _sim(handler):
     """A command the SIM answers: +CME ERROR: 14 (SIM busy) from a restart until the boot's
-    +CPIN: READY (Modem.sim_ready), as a module whose SIM is still starting."""
+    +CPIN: READY (Modem.sim_ready), as a module whose SIM is still starting; +CME ERROR: 13
+    (SIM failure) while AT+CFUN=0 has the SIM off (Modem.sim_off)."""
     @functools.wraps(handler)
     def guarded(modem, cmd):
-        if not modem.sim_ready:
-            raise CommandError(Cme(ERR_SIM_BUSY), "the SIM is not ready yet (boot)")
+        sim_not_ready(modem)
         return handler(modem, cmd)
     return guarded
+
+
+def sim_not_ready(modem) -> None:
+    """Raises the SIM's error unless it answers: 13 while AT+CFUN=0 has it off, 14 while
+    it starts (after a restart or AT+CFUN=1 until its +CPIN: READY)."""
+    if modem.sim_off:
+        raise CommandError(Cme(ERR_SIM_FAILURE), "the SIM is off (AT+CFUN=0)")
+    if not modem.sim_ready:
+        raise CommandError(Cme(ERR_SIM_BUSY), "the SIM is not ready yet (it is starting)")
 
 
 for _name, _key in (("+CGMI", "identity.manufacturer"), ("+GMI", "identity.manufacturer"),
@@ -201,6 +211,10 @@ def cfun_write(modem, cmd):
     if fun != 1:
         for cid in [c.cid for c in modem.pdp.active()]:
             modem.deactivate_pdp(cid)
+    if fun == 0 and not modem.sim_off:
+        modem.sim_power_down()
+    elif fun != 0 and modem.sim_off:
+        modem.sim_power_up()                   # its URCs after this OK
     modem.cfun = fun
     reg.refresh()                              # +CREG/+CGREG/+CEREG URCs if enabled
     reg.note_attach("host")                    # +CGEV: ME DETACH if AT+CGEREP asks

@@ -100,6 +100,9 @@ class Modem:
         # The SIM answers (AT+CPIN?, AT+CIMI, the ICCID) from the boot's "+CPIN: READY" on;
         # +CME ERROR: 14 (SIM busy) between a restart and it.  Up at start.
         self.sim_ready = True
+        # True from AT+CFUN=0 (minimum functionality: the SIM is switched off) until AT+CFUN=1
+        # or 4 starts it again: its commands answer +CME ERROR: 13 (SIM failure) meanwhile.
+        self.sim_off = False
         # False after AT+QPOWD's "POWERED DOWN": the module takes no byte and says nothing
         # until it is powered on again (the control API's reboot, as its PWRKEY would).
         self.powered = True
@@ -450,6 +453,35 @@ class Modem:
                 return
         self._sim_up()
 
+    def sim_power_down(self) -> None:
+        """AT+CFUN=0: the SIM is switched off (Quectel's AT+CFUN example: AT+CPIN? then
+        answers +CME ERROR: 13).  A start-up still under way ends here: its URCs not out yet
+        are not written (the SIM they report is off)."""
+        if self._boot is not None:
+            self._boot.cancel()
+            self._boot = None
+        self.sim_off = True
+        self.sim_ready = False
+        self.boot_said.clear()
+
+    def sim_power_up(self) -> None:
+        """AT+CFUN=1 (or 4) after AT+CFUN=0: the SIM starts again, busy until its
+        "+CPIN: READY", as in Quectel's AT+CFUN example (OK, then +CPIN: READY, +QUSIM: 1,
+        the SMS and phonebook DONEs): the start-up URCs from "+CPIN: READY" on, spaced as
+        after RDY and as far after this command's OK as they come after the line before
+        them ("+CFUN: 1": full functionality).  A profile whose start-up has no such line:
+        ready at once."""
+        self.sim_off = False
+        lines = self.profile.get("defaults.boot_urcs", [])
+        if SIM_READY_URC not in lines or self.loop is None:
+            self._sim_up()
+            return
+        first = lines.index(SIM_READY_URC)
+        offsets = self.profile.get("defaults.boot_urc_ms") or [0] * len(lines)
+        start = offsets[first - 1] if first else 0
+        rdy_at = self.monotonic() - start / 1000      # (when RDY would have been)
+        self._boot = self.call_later((offsets[first] - start) / 1000, self._boot_urcs, first, rdy_at)
+
     def _sim_up(self) -> None:
         """The restart's SIM is read: it answers, and the module registers ("sim_ready")."""
         if not self.sim_ready:
@@ -463,6 +495,7 @@ class Modem:
             self._boot.cancel()
             self._boot = None
         self.sim_ready = False            # until the boot's +CPIN: READY
+        self.sim_off = False
         self.boot_said.clear()
         self.epoch += 1
         self._wake_drain_waiters()

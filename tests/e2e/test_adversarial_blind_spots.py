@@ -187,7 +187,7 @@ def test_cfun0_while_the_server_holds_the_handshake_answers_once_and_the_late_fl
         assert host.quiet_for(0.4) == b""
         assert open_answers(host, cid) == [570 if ec2x else -1]
         assert host.at("AT+CFUN=1") == OK
-        host.quiet_for(0.2)
+        host.read_until(b"+QIND: PB DONE\r\n" if ec2x else b"+CPIN: READY\r\n")   # (the SIM again)
         if ec2x:
             assert host.at("AT+QIACT=1") == OK
         else:

@@ -304,6 +304,7 @@ def test_items_across_cfun_changes(ec2x, clean_log):
     assert ec2x.at("AT+QLTS;+QNWINFO;+QCSQ") == (
         b'\r\n+QLTS: ""\r\n\r\n+QNWINFO: No Service\r\n\r\n+QCSQ: "NOSERVICE"\r\n' + OK)
     assert ec2x.at("AT+CFUN=4") == OK
+    ec2x.read_until(b"+QIND: PB DONE\r\n")       # the SIM AT+CFUN=0 switched off starts again
     assert ec2x.at('AT+QCFG="apready",1,1,3000') == OK
     assert ec2x.at("AT+CFUN=1") == OK
     assert ec2x.at('AT+QCFG="nwscanmode";+QURCCFG="urcport";+QCFG="apready"') == (

@@ -649,7 +649,8 @@ def test_bearer_lost_in_the_open_line_is_570_and_frees_the_dial(modem, emulator,
         assert services_empty(emulator, port)
         if then == "+CFUN=0":
             assert host.at("AT+CFUN=1").endswith(b"OK\r\n")
-            host.quiet_for(0.2)
+            advance(0.5)                  # the SIM starts again (AT+CFUN=0 switched it off)
+            host.read_until(b"+QIND: PB DONE\r\n")
         assert host.at('AT+QIACT?').endswith(b"OK\r\n")
         host.at("AT+QIACT=1")
     assert host.at(ssl_open_line(0)) == b"\r\nOK\r\n"

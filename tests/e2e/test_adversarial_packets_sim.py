@@ -519,12 +519,40 @@ def test_a_reboot_during_the_boot_starts_the_sim_again(ec2x_strict, emulator):
     assert host.at("AT+QINISTAT") == answer("+QINISTAT: 7")
 
 
-@pytest.mark.parametrize("fun", [0, 4])
-def test_cfun_0_and_4_keep_the_sim_answers_consistent_with_cpin(ec2x_strict, fun):
+def test_cfun_0_switches_the_sim_off_and_1_starts_it_again(ec2x_strict):
+    """Quectel's AT+CFUN example: after AT+CFUN=0, AT+CPIN? answers +CME ERROR: 13 (SIM
+    failure); after AT+CFUN=1 the SIM starts (+CPIN: READY, +QUSIM: 1, the DONEs)."""
+    host, advance, _ = ec2x_strict
+    assert host.at("AT+CFUN=0") == OK
+    for line in ("AT+CPIN?", "AT+CIMI", "AT+QCCID", "AT+QPINC?", 'AT+QPINC="SC"'):
+        assert host.at(line) == cme(13), line
+    assert host.at("AT+QINISTAT;+QSIMSTAT?") == b"\r\n+QINISTAT: 0\r\n\r\n+QSIMSTAT: 0,1\r\n" + OK
+    assert host.at("AT+QGDCNT?") == answer("+QGDCNT: 0,0")
+    assert host.at("AT+CFUN=0") == OK                           # (off already: nothing changes)
+    advance(1)
+    assert host.quiet_for(0.1) == b""
+    assert host.at("AT+CFUN=1") == OK
+    assert host.at("AT+CPIN?") == cme(14)                       # starting: busy
+    advance(0.229)
+    assert host.quiet_for(0.1) == b""
+    advance(0.002)                                              # 230 ms: as +CPIN: READY after +CFUN: 1
+    assert host.read_until(b"READY\r\n") == b"\r\n+CPIN: READY\r\n"
+    assert host.at("AT+QINISTAT") == answer("+QINISTAT: 1")
+    advance(0.3)
+    assert host.read_until(b"PB DONE\r\n") == b"\r\n+QUSIM: 1\r\n\r\n+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\n"
+    assert host.at("AT+QINISTAT;+QSIMSTAT?;+CPIN?") == (
+        b"\r\n+QINISTAT: 7\r\n\r\n+QSIMSTAT: 0,1\r\n\r\n+CPIN: READY\r\n" + OK)
+    assert host.at("AT+CFUN=0;+CFUN=4") == OK                   # 4 starts it too
+    advance(0.5)
+    assert host.read_until(b"PB DONE\r\n").startswith(b"\r\n+CPIN: READY\r\n")
+
+
+def test_cfun_4_keeps_the_sim_answers_consistent_with_cpin(ec2x_strict):
+    fun = 4
     host, _, _ = ec2x_strict
     assert host.at(f"AT+CFUN={fun}") == OK
     cpin = host.at("AT+CPIN?")
-    assert cpin == answer("+CPIN: READY")        # (the emulator keeps the SIM up)
+    assert cpin == answer("+CPIN: READY")        # (airplane mode: the SIM stays up)
     assert host.at("AT+QINISTAT") == answer("+QINISTAT: 7")
     assert host.at("AT+QSIMSTAT?") == answer("+QSIMSTAT: 0,1")
     assert host.at("AT+QPINC?") == answer('+QPINC: "SC",3,10', '+QPINC: "P2",3,10')

@@ -158,7 +158,7 @@ def test_qeng_under_atv0_atq1_and_in_chains(ec2x_timed):
 
 
 def test_qeng_is_search_with_the_radio_off_even_where_the_network_denies(ec2x_timed, emulator):
-    host, _, _ = ec2x_timed
+    host, advance, _ = ec2x_timed
     assert emulator.control("register", stat=3) == {"ok": True}
     host.quiet_for(0.05)
     assert host.at('AT+QENG="servingcell"') == answer(serving("LIMSRV"))
@@ -166,6 +166,9 @@ def test_qeng_is_search_with_the_radio_off_even_where_the_network_denies(ec2x_ti
     assert host.at("AT+CFUN=4") == OK
     assert host.at('AT+QENG="servingcell";+QENG="neighbourcell"') == answer('+QENG: "servingcell","SEARCH"')
     assert host.at("AT+CFUN=0;+CFUN=1") == OK
+    assert host.at('AT+QENG="servingcell"') == answer('+QENG: "servingcell","SEARCH"')   # (SIM busy)
+    advance(0.5)
+    host.read_until(b"+QIND: PB DONE\r\n")                 # the SIM AT+CFUN=0 switched off is read
     assert host.at('AT+QENG="servingcell"') == answer(serving("LIMSRV"))
     assert emulator.control("register", stat=1) == {"ok": True}
     host.quiet_for(0.05)
@@ -199,7 +202,7 @@ def test_ceer_hostile_forms(ec2x_timed, line):
 
 
 def test_ceer_causes_of_cops_cgatt_and_cfun_paths(ec2x_timed):
-    host, _, _ = ec2x_timed
+    host, advance, _ = ec2x_timed
     ceer = lambda text: answer(f'+CEER: "{text}"')                     # noqa: E731
     assert host.at('AT+QICSGP=1,1,"UNINET","","",1') == OK
     assert host.at("AT+COPS=2") == OK                                  # deregistered by the host
@@ -211,6 +214,8 @@ def test_ceer_causes_of_cops_cgatt_and_cfun_paths(ec2x_timed):
     assert host.at("AT+CEER") == ceer("Phone is offline")
     assert host.at("AT+CFUN=1;+CGATT=0;+CGACT=0,1;+QIDEACT=1") == OK     # nothing active: no cause
     assert host.at("AT+CEER") == ceer("Phone is offline")
+    advance(0.5)
+    host.read_until(b"+QIND: PB DONE\r\n")                 # the SIM AT+CFUN=0 switched off is read
     assert host.at("AT+CGATT=1;+QIACT=1") == OK                          # a success keeps it too
     assert host.at("AT+CEER") == ceer("Phone is offline")
     assert host.at("AT+CFUN=4") == OK                                    # an active context lost
@@ -393,6 +398,9 @@ def test_cgev_atv0_framing_and_cfun_cycle_then_restart(two_ctx, emulator):
                                               b"+CGEV: ME DETACH\r\n")
     host.write("AT+CFUN=1;V1\r")                           # nothing comes back up by itself
     assert host.read_until(OK) == OK
+    assert host.quiet_for(0.1) == b""
+    advance(0.5)                                           # the SIM AT+CFUN=0 switched off is read
+    assert host.read_until(b"PB DONE\r\n") == urcs("+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE", "+QIND: PB DONE")
     assert host.quiet_for(0.1) == b""
     assert host.at("AT+QIACT=1") == OK
     assert host.read_until(b"ACT 1\r\n") == urcs("+CGEV: ME PDN ACT 1")

@@ -100,11 +100,16 @@ def test_cfun0_during_boot_then_cfun1_then_network_detach_is_reported(emulator, 
     host, advance, _ = timed
     _restart_to_rdy(host, advance)
     assert host.at("AT+CFUN=0") == OK
-    _to_sim_ready(host, advance)
-    _to_end(host, advance)
+    advance(1)                          # the SIM is off: the start-up's URCs still due do not come
+    assert host.quiet_for(0.2) == b""
     assert host.at("AT+CREG?;+CGATT?") == b"\r\n+CREG: 0,0\r\n\r\n+CGATT: 0\r\n" + OK
     assert host.at(ATTACH) == b"\r\nERROR\r\n"
+    assert host.at("AT+CPIN?;+QINISTAT") == b"\r\n+CME ERROR: 13\r\n"
     assert host.at("AT+CFUN=1") == OK
+    assert host.at("AT+CREG?;+CPIN?") == b"\r\n+CREG: 0,2\r\n\r\n+CME ERROR: 14\r\n"   # searching, SIM busy
+    advance(0.5)
+    got = host.read_until(b"PB DONE\r\n", timeout=3)
+    assert got == _urc(b"+CPIN: READY") + _urc(b"+QUSIM: 1") + _urc(b"+QIND: SMS DONE") + _urc(b"+QIND: PB DONE"), got
     assert host.at("AT+CREG?;+CGATT?") == b"\r\n+CREG: 0,1\r\n\r\n+CGATT: 1\r\n" + OK
     _nw_detach_reported(emulator, host)
 
@@ -118,7 +123,15 @@ def test_cfun_off_and_on_before_cpin_ready_stays_searching_then_registers(emulat
     assert host.at("AT+CFUN=1") == OK
     assert host.read_until(b"+CREG: 2\r\n", timeout=3) == _urc(b"+CREG: 2")
     assert host.at("AT+CREG?") == b"\r\n+CREG: 1,2\r\n" + OK
-    _to_sim_ready(host, advance, _urc(b"+CREG: 1"))
+    if fun == 0:
+        # AT+CFUN=0 switched the SIM off and ended the start-up; AT+CFUN=1 starts the SIM
+        # again: its URCs, without the start-up's +CFUN: 1
+        advance(0.5)
+        got = host.read_until(b"PB DONE\r\n", timeout=3)
+        assert got == (_urc(b"+CPIN: READY") + _urc(b"+CREG: 1") + _urc(b"+QUSIM: 1")
+                       + _urc(b"+QIND: SMS DONE") + _urc(b"+QIND: PB DONE")), got
+    else:
+        _to_sim_ready(host, advance, _urc(b"+CREG: 1"))
     _nw_detach_reported(emulator, host, creg=True)
 
 
