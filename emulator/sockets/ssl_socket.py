@@ -292,11 +292,12 @@ class SslSocket:
 
     def _peer_fin(self) -> None:
         """The peer's FIN (asyncio closes the transport when this returns; connection_lost
-        follows a loop turn later).  What SEND OK accepted leaves first -- a half-closed TCP
-        connection takes it --, then the socket learns of the end at once: a send read in the
+        follows a loop turn later).  What SEND OK accepted -- or online mode read -- leaves
+        first, the records the seal worker has still to make too (a half-closed TCP
+        connection takes them), then the socket learns of the end at once: a send read in the
         same loop turn (the host's bytes right behind the FIN) is refused as after any peer
         close (567), not answered SEND OK and then dropped with the transport."""
-        self.flush_deferred()
+        self.send_accepted()
         self._network_lost(FIN)
 
     def _link_factory(self, datagram: bool) -> Callable[[], asyncio.Protocol]:
