@@ -54,15 +54,16 @@ def _template(*fields: str) -> Callable[[Any], str | None]:
         why = _wire(v)
         if why:
             return why
-        allowed = f"must use only {', '.join('{' + f + '}' for f in fields)}"
+        allowed = (f"must use only {', '.join('{' + f + '}' for f in fields)}" if fields
+                   else "must use no {field} (this line has none to fill in)")
         try:
             parts = list(string.Formatter().parse(v))
         except ValueError as exc:
             return f"{v!r} {allowed} ({exc})"
         for _, name, spec, conversion in parts:
             if name is not None and (name not in fields or spec or conversion):
-                return f"{v!r} {allowed}, each as it stands (got {{{name}{'!' + conversion if conversion else ''}" \
-                       f"{':' + spec if spec else ''}}})"
+                shown = f"{{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+                return f"{v!r} {allowed}{', each as it stands' if fields else ''} (got {shown})"
         return None
     return check
 
@@ -229,12 +230,32 @@ def _item(v: Any) -> str | None:
     return None
 
 
+# Items in one item table: its test command lists every one in a single answer, which must
+# fit the smallest serial.output_backlog (256 KiB) with each line at its longest (WIRE_MAX).
+ITEMS_MAX = 64
+
+
+def _csq(v: Any) -> str | None:
+    """AT+CSQ's <rssi>,<ber>: what its test form offers, (0-31,99),(0-7,99)."""
+    why = _list(_int(0, 99), 2, 2)(v)
+    if why:
+        return why
+    rssi, ber = v
+    if not (rssi <= 31 or rssi == 99) or not (ber <= 7 or ber == 99):
+        return f"{v!r}: <rssi> must be 0-31 or 99 and <ber> 0-7 or 99 (AT+CSQ's test form)"
+    return None
+
+
 def _items(v: Any) -> str | None:
     """An item table: names the commands can address (printable ASCII without quotes or
-    '.', at most ITEM_NAME_MAX, unique without regard to case), each an _item."""
+    '.', at most ITEM_NAME_MAX, unique without regard to case), each an _item, at most
+    ITEMS_MAX of them."""
     from emulator.commands.device import ITEM_NAME_MAX
     if not isinstance(v, dict):
         return f"must be a table, got {v!r}"
+    if len(v) > ITEMS_MAX:
+        return (f"{len(v)} items: at most {ITEMS_MAX} (the test command lists them all in one answer, "
+                f"which must fit the port's output backlog)")
     seen: set[str] = set()
     for name in v:
         why = _quoted(name)
@@ -273,7 +294,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "identity.svn": (False, _digits(2, 2)),          # AT+CGSN=2/3 (the "27007" variant)
     "identity.iccid": (True, _digits(18, 22, "0123456789ABCDEFabcdef", "hex digits")),
     "identity.ati": (True, _list(_wire, 1, 32)),
-    "network.csq": (True, _list(_int(0, 199), 2, 2)),
+    "network.csq": (True, _csq),
     "network.operator": (True, _quoted),
     "network.act": (True, _int(0, 9)),
     "network.reg_stat": (True, _int(0, 5)),
@@ -658,6 +679,15 @@ def validate(data: dict, path: Path) -> None:
         if body["send_buffer"] < body[biggest]:
             raise ProfileError(f"profile {path}: key {table}.send_buffer: {body['send_buffer']} is less than "
                                f"{table}.{biggest} = {body[biggest]} (a send that long could never be queued)")
+    # AT+QISENDEX=<connectID>,"<hex string>": the largest send the test form offers (twice as
+    # many hex digits) must fit a command line, or every long one would be ERROR.
+    tcpip = data.get("tcpip")
+    if tcpip is not None and "+QISENDEX" in {name.upper() for name in data["commands"]}:
+        longest = len('+QISENDEX=,""') + len(str(max(data["ssl"]["sockets"] - 1, 0))) + 2 * tcpip["sendex_max"]
+        if data["serial"]["line_max"] < longest:
+            raise ProfileError(f"profile {path}: key serial.line_max: {data['serial']['line_max']} is less than "
+                               f"the {longest} characters of an AT+QISENDEX of tcpip.sendex_max = "
+                               f"{tcpip['sendex_max']} bytes (so long a send could never be typed)")
     tcpip_sockets = data.get("tcpip", {}).get("sockets")
     if tcpip_sockets is not None and tcpip_sockets != data["ssl"]["sockets"]:
         raise ProfileError(f"profile {path}: key tcpip.sockets: {tcpip_sockets}, but SSL clientIDs and TCP/IP "

@@ -953,7 +953,7 @@ class SslSocket:
 
     def pause_network(self, paused: bool, port_hold_only: bool = False) -> None:
         """Stop (or resume) reading from the network: past the inbox limit (ssl.recv_buffer,
-        resumed below half of it as the host reads), and while the host does not read its port
+        resumed below half of it as the host reads -- empty, for a limit of one byte), and while the host does not read its port
         (online data mode).  port_hold_only: the resume lifts a hold for the port alone (the
         host left online mode), so the socket reads on up to the inbox limit itself rather
         than waiting for the reads' half-way mark, which in command mode might never come
@@ -965,7 +965,7 @@ class SslSocket:
             transport.pause_reading()
             self._paused = True
         elif not paused and self._paused and len(self.inbox) < (self.recv_limit if port_hold_only
-                                                                  else self.recv_limit // 2):
+                                                                  else max(1, self.recv_limit // 2)):
             transport.resume_reading()
             self._paused = False
 
