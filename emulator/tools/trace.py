@@ -2162,8 +2162,9 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
         boot = set(emu.run(lambda: modem.profile.get("defaults.boot_urcs", [])))
 
         def up() -> bool:
-            """The module is on and its start-up is over (the SIM ready, every URC out)."""
-            return emu.run(lambda: modem.powered and modem.booted)
+            """The module is on and its start-up is over (the SIM ready, every URC out) -- or
+            AT+CFUN=0 switched its SIM off (nothing more comes until AT+CFUN=1 / 4)."""
+            return emu.run(lambda: modem.powered and (modem.booted or (modem.sim_off and not modem.booting)))
 
         def split(buf: bytearray, sent: str) -> list[str]:
             lines = [x.strip() for x in buf.decode("latin-1").replace("\r", "\n").split("\n")]
