@@ -480,6 +480,9 @@ class Modem:
         offsets = self.profile.get("defaults.boot_urc_ms") or [0] * len(lines)
         start = offsets[first - 1] if first else 0
         rdy_at = self.monotonic() - start / 1000      # (when RDY would have been)
+        if offsets[first] == start:
+            self._boot_urcs(first, rdy_at)            # (due now: ready for the next command;
+            return                                    # the URCs wait behind this one's answer)
         self._boot = self.call_later((offsets[first] - start) / 1000, self._boot_urcs, first, rdy_at)
 
     def _sim_up(self) -> None:
