@@ -444,10 +444,15 @@ class SocketLink:
         self._unsent.clear()
 
     def hang_up(self) -> None:
-        """AT&D2: the connection is closed and the socket freed."""
+        """AT&D2: the connection is closed and the socket freed -- as AT+QSSLCLOSE / AT+QICLOSE
+        with their default <timeout> (10 s): what the host wrote leaves first, then the
+        close_notify and FIN, and the peer has that long to take them.  (A 0 aborted TLS
+        connections at once: a slow reader lost the end of the stream and the close_notify.)"""
         self.release_input()             # (what waited for a packet is not sent)
         svc = self.delivery.svc
-        svc.close(self.sock.client_id, 0)       # (a task: it runs on its own)
+        svc.close(self.sock.client_id, HANG_UP_LINGER)       # (a task: it runs on its own)
 
 
 DELIVERIES = (BufferDelivery, PushDelivery, OnlineDelivery)
+
+HANG_UP_LINGER = 10.0       # s: AT+QSSLCLOSE's and AT+QICLOSE's default <timeout>

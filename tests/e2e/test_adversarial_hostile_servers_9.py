@@ -1529,8 +1529,8 @@ def test_dtr_drop_while_the_hosts_online_stream_is_held_back(modem, emulator, an
     modem stops reading the pty).  DTR drops: AT&D1 -- OK, the connection stays (state 2),
     the bytes still in the pty are command-mode junk (dropped, no ERROR), the server later
     gets an exact prefix of the stream, ATO returns to it; AT&D2 -- NO CARRIER, the socket is
-    freed at once (no AT+QSSLSTATE line) and its connection ends although its backlog could
-    never leave.  Either way the host's write completes and AT answers."""
+    freed at once (no AT+QSSLSTATE line) and its connection ends after the close's linger (10 s)
+    although its backlog could never leave.  Either way the host's write completes and AT answers."""
     host, advance, port = modem
     data = b"x" * (6 << 20)
     written = threading.Event()
@@ -1563,6 +1563,10 @@ def test_dtr_drop_while_the_hosts_online_stream_is_held_back(modem, emulator, an
         conn = server.conns[0]
         if and_d == 2:
             assert h6.state(host, 9) is None
+            # the hang-up closes as AT+QSSLCLOSE's default <timeout> (10 s): the connection
+            # lingers for its backlog, then is aborted since it could never leave
+            assert tcp_fds_to(server.port) == 1
+            advance(10.1)
             wait_for(lambda: tcp_fds_to(server.port) == 0, 10, "the connection ended")
         else:
             assert h6.state(host, 9) == 2
