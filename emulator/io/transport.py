@@ -138,7 +138,12 @@ class PtyPort:
         self.on_hangup = on_hangup
         self.on_attach = on_attach        # a host opened the port (before its first bytes)
         self.on_drain = on_drain
-        self.master, slave = os.openpty()
+        try:
+            self.master, slave = os.openpty()
+        except OSError as exc:
+            # (ENOSPC once kernel.pty.max ptys are open: not a full disk -- say which file)
+            raise OSError(exc.errno, f"no pseudo-terminal left: {exc.strerror} (the kernel's pty "
+                                     f"limit, /proc/sys/kernel/pty/max, or /dev/pts)", "/dev/ptmx") from None
         tty.setraw(slave)                 # kept by the pty while the master is open
         # The master side raw too: its line discipline then passes the host's bytes on
         # without per-byte processing (a quarter more throughput on this machine).

@@ -124,6 +124,23 @@ def _latency(text: str) -> float:
     return value
 
 
+def _fits_the_limits(count: int) -> None:
+    """--count against what the machine can give before anything is built: each modem holds
+    at least two files (its pty and its state dir's lock) and one pty."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and 2 * count + 16 > soft:
+        raise Refused(f"--count {count}: each modem holds at least two files (its pty, its state "
+                      f"dir's lock); the file limit (ulimit -n) is {soft}")
+    try:
+        ptys = int(Path("/proc/sys/kernel/pty/max").read_text())
+    except (OSError, ValueError):
+        return
+    if count > ptys:
+        raise Refused(f"--count {count}: more modems than the kernel's ptys (kernel.pty.max = {ptys})")
+
+
 def modem_places(args: argparse.Namespace, profile_name: str) -> list[tuple[str | None, Path]]:
     """(link, state dir) of each modem.  One modem: --link and --state-dir as given.
     Several: --link must be a pattern with {n} (each modem its own link) and modem n keeps
@@ -139,6 +156,7 @@ def modem_places(args: argparse.Namespace, profile_name: str) -> list[tuple[str 
             link.format(n=0)
         except (KeyError, IndexError, ValueError) as exc:
             raise Refused(f"--link: bad pattern {link!r}: {exc}")
+    _fits_the_limits(args.count)
     places = []
     for n in range(args.count):
         one_link = link.format(n=n) if link is not None and "{n}" in link else link

@@ -433,11 +433,13 @@ def test_bad_config_files_give_one_line(tmp_path, name, text, message):
 # run() prints `exc.filename or state_dir` for any OSError of add_modem, and os.openpty() has
 # no filename.  The user goes looking at a directory that is fine.
 def test_running_out_of_fds_with_a_large_count_names_the_real_cause(tmp_path):
+    """52 modems pass the early check (two files each + 16 <= 120) but each holds more than
+    two, so the start-up runs out of files: the one line names it."""
     state = tmp_path / "st"
 
     def low_fd_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (120, 120))
-    proc = start("--count", "200", "--link", str(tmp_path / "links" / "m-{n}"), "--state-dir", str(state),
+    proc = start("--count", "52", "--link", str(tmp_path / "links" / "m-{n}"), "--state-dir", str(state),
                  "--offline", preexec_fn=low_fd_limit)
     try:
         out, err = proc.communicate(timeout=60)

@@ -489,8 +489,8 @@ def test_readme_refused_option_is_one_line(tmp_path, args):
 
 
 def test_readme_link_of_a_running_emulator_and_state_dir_lock_are_exit_1(tmp_path):
-    doc("a start-up the machine refuses (a `--link` in use, a\nstate dir that cannot be made, "
-        "too few file descriptors for `--count`) is one line and exit 1", README)
+    doc("a start-up the machine refuses (a `--link` in use, a state dir that\ncannot be made, "
+        "too few file descriptors for `--count`, no pty left) is one line and exit 1", README)
     link = tmp_path / "modem"
     proc = _start("--offline", "--link", str(link), "--state-dir", str(tmp_path / "a"), cwd=tmp_path)
     try:
