@@ -2211,14 +2211,17 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
                 buf = bytearray()
                 deadline = time.monotonic() + 10
                 ctrl_z_at = time.monotonic() + 0.3 if prompt == ">" else None
-                # lines the log shows after the step's final result (URCs: AT+QPING's replies)
-                # are waited for too, not only 20 ms
-                after_final = any(FINAL.match(x) for x in least[:-1])
-                # an ATV0 log's result codes are digits: its own last line, if one, ends the step
-                v0 = expected[-1] if expected and re.fullmatch(r"\d{1,2}", expected[-1]) else None
+                # an ATV0 log's result codes are digits: a line of one or two digits the step
+                # logged ends it (its last line, or one start-up URCs follow)
+                v0 = {x for x in expected if re.fullmatch(r"\d{1,2}", x)}
 
                 def final(x: str) -> bool:
-                    return bool(FINAL.match(x)) or x == v0
+                    return bool(FINAL.match(x)) or x in v0
+                # lines the log shows after the step's final result (URCs: AT+QPING's replies)
+                # are waited for too, not only 20 ms
+                after_final = any(final(x) for x in least[:-1])
+                # a step that logged no final result (ATQ1: none are sent) ends once its lines came
+                no_final = bool(least) and not any(final(x) for x in expected)
                 def shown(buf: bytearray) -> list[str]:
                     # (while a start-up runs, its URCs the log does not show are not this step's)
                     lines = split(buf, sent)
@@ -2229,7 +2232,8 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
                         buf += ser.read(n_wait)
                     lines = shown(buf)
                     if ((expected and lines[-1:] == [">"] and buf.rstrip().endswith(b">")) or
-                            any(final(x) for x in lines)) and not (after_final and len(lines) < len(least)):
+                            any(final(x) for x in lines) or (no_final and len(lines) >= len(least))) \
+                            and not (after_final and len(lines) < len(least)):
                         if not any(final(x) for x in expected) or any(final(x) for x in lines):
                             time.sleep(0.02)
                             buf += ser.read(ser.in_waiting or 0)
