@@ -298,6 +298,7 @@ def test_cfun_0_then_1_with_sockets(ml, server):
     assert host.read_until(b'"close",4\r\n') == b'\r\n+QSSLURC: "close",4\r\n'
     assert host.at("AT+QSSLSTATE") == state({4: st("REMOTE CLOSING")}, "PDP DEACT")
     assert host.at("AT+CFUN=1") == OK
+    assert host.read_until(b"READY\r\n") == b"\r\n+CPIN: READY\r\n"     # (the SIM AT+CFUN=0 switched off)
     assert host.at("AT+QSSLSTATE") == state({4: st("REMOTE CLOSING")}, "PDP DEACT")
     open_ssl(host, 5, code=-1)
     close_ssl(host, 4)
