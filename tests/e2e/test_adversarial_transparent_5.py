@@ -925,7 +925,9 @@ def test_openssl_renegotiates_while_the_host_streams(emulator, ec2x_strict):
         assert body[:len(want)] == want, [l for l in set(body.split(b"\n")) - set(want.split(b"\n"))][:5]
         time.sleep(1)
         got = host.quiet_for(0.5)
-        assert got == bytes(down), (got, server.stdout[-300:], server.stderr[-300:])
+        # (s_server takes "r" as a command only when it reads it alone: on a loaded machine its
+        # read may join it to the next line, and it sends the "r" line on as data)
+        assert re.sub(rb"(?m)^r\n", b"", got) == bytes(down), (got, server.stdout[-300:], server.stderr[-300:])
         advance(1.1)
         host.write(b"+++")
         advance(1.1)
