@@ -268,11 +268,10 @@ class TlsClientSession:
         self._arm_timer_for_new_flight()
 
     def receive(self, data: bytes) -> None:
-        if self._job is not None or self._queued:
-            # What send() accepted before these bytes came is sealed before they are read
-            # (the context is the job's until then): a close_notify or the end in them must
-            # not end the session with the host's bytes still queued behind the job.
-            self.seal_all()
+        # What send() accepted before these bytes came is sealed before they are read (the
+        # context is the job's until then): a close_notify or the end in them must not end
+        # the session with the host's bytes still queued behind the job.
+        self.seal_all()
         if self.state not in ("handshaking", "established"):
             return  # nothing to do with bytes after the end; never touch a reset context
         if not data:

@@ -16,7 +16,7 @@ from emulator.commands.ssl_common import (SslArgs, close_nothing_open, done, fai
                                           online_answer, quectel_test, send_request, server_address, service,
                                           socket_args)
 from emulator.sockets.context import OPTIONS, MaterialUnreadable, format_cipher_list, parse_cipher_list
-from emulator.sockets.ssl_socket import INITIAL, OPENING
+from emulator.sockets.ssl_socket import CLOSE_TIMEOUT_DEFAULT, INITIAL, OPENING
 from emulator.sockets.tcpip import ids_in_use
 from emulator.storage.vfs import ERR_NOT_FOUND, FileError
 from tls_engine.ciphers import ALL_SUITES_CODE
@@ -182,7 +182,7 @@ def qsslrecv_write(modem, cmd):
     lambda modem: f"+QSSLCLOSE: {_socket_range(modem)},(0-65535)"))
 def qsslclose_write(modem, cmd):
     svc, args, client_id = socket_args(modem, cmd, 2)
-    timeout = args.int(1, 0, 65535, default=10)
+    timeout = args.int(1, 0, 65535, default=CLOSE_TIMEOUT_DEFAULT)
     sock = svc.sockets.get(client_id)
     if sock is None:
         return close_nothing_open(modem, svc, client_id, "AT+QICLOSE")

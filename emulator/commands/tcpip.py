@@ -21,7 +21,7 @@ from emulator.commands.ssl_common import (SslArgs, close_nothing_open, done, fai
 from emulator.io.network import udp_destination
 from emulator.logsafe import get_logger
 from emulator.sockets.qicfg import BY_NAME as QICFG_OPTIONS
-from emulator.sockets.ssl_socket import CLOSING, CONNECTED
+from emulator.sockets.ssl_socket import CLOSE_TIMEOUT_DEFAULT, CLOSING, CONNECTED
 from emulator.sockets.tcpip import SERVICE_TYPES, has_tcpip, ids_in_use, tcpip_service
 
 log = get_logger("emulator.tcpip")
@@ -93,7 +93,7 @@ def qiclose_write(modem, cmd):
     svc = tcpip_service(modem)
     args = SslArgs(modem, cmd, at_most=2)
     connect_id = args.int(0, 0, svc.max_sockets - 1)
-    timeout = args.int(1, 0, 65535, default=10)
+    timeout = args.int(1, 0, 65535, default=CLOSE_TIMEOUT_DEFAULT)
     if svc.entry(connect_id) is None:
         return close_nothing_open(modem, svc, connect_id, "AT+QSSLCLOSE")
 

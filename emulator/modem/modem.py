@@ -439,8 +439,7 @@ class Modem:
         self.booting = False              # (RDY: the port reads again)
         if rdy_at is None:
             rdy_at = self.monotonic()
-        lines = self.profile.get("defaults.boot_urcs", [])
-        offsets = self.profile.get("defaults.boot_urc_ms") or [0] * len(lines)
+        lines, offsets = self._boot_schedule()
         while index < len(lines):
             self.urc(lines[index])
             self.boot_said.add(lines[index])
@@ -453,13 +452,23 @@ class Modem:
                 return
         self._sim_up()
 
+    def _boot_schedule(self) -> tuple[list[str], list[int]]:
+        """The profile's start-up URCs and their offsets after RDY in ms (all 0 without
+        defaults.boot_urc_ms)."""
+        lines = self.profile.get("defaults.boot_urcs", [])
+        return lines, self.profile.get("defaults.boot_urc_ms") or [0] * len(lines)
+
+    def _cancel_boot(self) -> None:
+        """The start-up URCs still due are not written (a restart, the SIM switched off)."""
+        if self._boot is not None:
+            self._boot.cancel()
+            self._boot = None
+
     def sim_power_down(self) -> None:
         """AT+CFUN=0: the SIM is switched off (Quectel's AT+CFUN example: AT+CPIN? then
         answers +CME ERROR: 13).  A start-up still under way ends here: its URCs not out yet
         are not written (the SIM they report is off)."""
-        if self._boot is not None:
-            self._boot.cancel()
-            self._boot = None
+        self._cancel_boot()
         self.sim_off = True
         self.sim_ready = False
         self.boot_said.clear()
@@ -472,12 +481,11 @@ class Modem:
         them ("+CFUN: 1": full functionality).  A profile whose start-up has no such line:
         ready at once."""
         self.sim_off = False
-        lines = self.profile.get("defaults.boot_urcs", [])
+        lines, offsets = self._boot_schedule()
         if SIM_READY_URC not in lines or self.loop is None:
             self._sim_up()
             return
         first = lines.index(SIM_READY_URC)
-        offsets = self.profile.get("defaults.boot_urc_ms") or [0] * len(lines)
         start = offsets[first - 1] if first else 0
         rdy_at = self.monotonic() - start / 1000      # (when RDY would have been)
         if offsets[first] == start:
@@ -494,9 +502,7 @@ class Modem:
     def reset(self) -> None:
         """AT+CFUN=1,1: what a module loses when it reboots.  Sockets go first and
         silently ("reset"), so taking the PDP contexts down reports nothing more."""
-        if self._boot is not None:
-            self._boot.cancel()
-            self._boot = None
+        self._cancel_boot()
         self.sim_ready = False            # until the boot's +CPIN: READY
         self.sim_off = False
         self.boot_said.clear()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from emulator.io.transport import HIGH_WATER
 from emulator.logsafe import get_logger
-from emulator.sockets.ssl_socket import CLOSING, CONNECTED, SslSocket
+from emulator.sockets.ssl_socket import CLOSE_TIMEOUT_DEFAULT, CLOSING, CONNECTED, SslSocket
 
 if TYPE_CHECKING:
     from emulator.sockets.service import SslService
@@ -450,9 +450,7 @@ class SocketLink:
         connections at once: a slow reader lost the end of the stream and the close_notify.)"""
         self.release_input()             # (what waited for a packet is not sent)
         svc = self.delivery.svc
-        svc.close(self.sock.client_id, HANG_UP_LINGER)       # (a task: it runs on its own)
+        svc.close(self.sock.client_id, CLOSE_TIMEOUT_DEFAULT)       # (a task: it runs on its own)
 
 
 DELIVERIES = (BufferDelivery, PushDelivery, OnlineDelivery)
-
-HANG_UP_LINGER = 10.0       # s: AT+QSSLCLOSE's and AT+QICLOSE's default <timeout>

@@ -67,6 +67,9 @@ class State(enum.IntEnum):
 
 INITIAL, OPENING, CONNECTED, CLOSING = State.INITIAL, State.OPENING, State.CONNECTED, State.CLOSING
 
+# s: AT+QSSLCLOSE's and AT+QICLOSE's default <timeout> (the EC2x notes), also AT&D2's hang-up's
+CLOSE_TIMEOUT_DEFAULT = 10
+
 # (state, event) -> next state: the only way a socket's state changes.
 TRANSITIONS: dict[tuple[State, str], State] = {
     (INITIAL, "open"): OPENING,
