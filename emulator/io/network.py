@@ -483,6 +483,21 @@ class _Pipe:
         self.queued = 0
 
 
+# What one read takes from a connection at most (asyncio's own is 256 KiB): a socket's buffer
+# (ssl.recv_buffer / tcpip.recv_buffer, 64 KiB on the EC2x) outgrows its limit by no more
+# than one read before reading pauses, as a module's TCP window closes there; and the read's
+# buffer stays under glibc's mmap threshold (no mmap / mremap / munmap for each read).
+NETWORK_READ = 64 * 1024
+
+
+def cap_reads(transport) -> None:
+    """Bound each read of `transport` (or of the asyncio transport a ShapedTransport wraps)
+    to NETWORK_READ bytes."""
+    inner = transport.inner if isinstance(transport, ShapedTransport) else transport
+    if isinstance(getattr(inner, "max_size", None), int):
+        inner.max_size = NETWORK_READ
+
+
 class ShapedTransport:
     """The transport a socket writes to, with the link's conditions on the way out."""
 
@@ -497,6 +512,11 @@ class ShapedTransport:
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
+
+    @property
+    def inner(self):
+        """The asyncio transport under the link's conditions."""
+        return self._inner
 
     def set_write_buffer_limits(self, high=None, low=None) -> None:
         """Bytes waiting on the shaped link count too: above `high` the writer holds

@@ -52,8 +52,8 @@ from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsClientSession,
 from emulator.logsafe import get_logger
 from emulator.modem.pdp import DataCounter, data_counter
 from emulator.io import offload
-from emulator.io.network import (Dialled, NetworkError, Router, dial_now, open_tcp, open_udp, reset_on_close,
-                                 tcp_unacked)
+from emulator.io.network import (Dialled, NetworkError, Router, cap_reads, dial_now, open_tcp, open_udp,
+                                 reset_on_close, tcp_unacked)
 
 log = get_logger("emulator.ssl")
 
@@ -558,6 +558,7 @@ class SslSocket:
             transport.abort()
             return
         first, self._transport = self._transport, transport
+        cap_reads(transport)
         if isinstance(first, Dialled):         # the first flight's bytes the socket did not take
             pending, first.pending = first.pending, b""
             if pending:

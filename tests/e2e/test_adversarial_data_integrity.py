@@ -834,8 +834,18 @@ def test_pipelined_reads_are_never_dropped_for_a_late_reader(modem, emulator, pk
         # mark, however fast the server refills it (on a slow machine all 1000 reads could
         # otherwise run on a near-empty socket and never fill the port).
         wait_for(lambda: unread() >= 60_000, what="the socket's buffer full")
-        commands = k.read_cmd(0, 1500) * 1000
-        writer = threading.Thread(target=host.write, args=(commands,), daemon=True)
+        command = k.read_cmd(0, 1500)
+
+        def pipeline() -> None:
+            # One line at a time, a millisecond apart, none waiting for its answer: the modem
+            # reads the network between two of them, as between two commands on a module.
+            # (Written at once, a pty read brings ~200 of them, answered in one wake-up: they
+            # drained the 64 KiB buffer faster than one 64 KiB network read a wake-up refills
+            # it, and the answers -- mostly empty -- never reached the hold under load.)
+            for _ in range(1000):
+                host.write(command)
+                time.sleep(0.001)
+        writer = threading.Thread(target=pipeline, daemon=True)
         writer.start()                  # (the pty holds the host back once the modem stops taking)
         # the modem holds the host back once its unread output passed 64 KiB (the backlog
         # itself may then shrink by the few KiB the pty takes when the kernel moves them on)
