@@ -428,7 +428,11 @@ class ChainVerifier:
 
 def _dated(cert: x509.Certificate, now) -> str | None:
     """Why cert is not valid at now ("expired", "not yet valid"); None: it is.  (The one
-    test of a validity period: the chain's check and the choice between issuers.)"""
+    test of a validity period: the chain's check and the choice between issuers.)  Whole
+    seconds, as Mbed TLS compares (x509_time_is_past / _is_future): a certificate is valid
+    through the second of its notAfter (RFC 5280 4.1.2.5: inclusive), whatever fraction of
+    that second the modem clock has run since AT+CCLK set it."""
+    now = now.replace(microsecond=0)
     if now > cert.not_valid_after_utc:
         return "expired"
     if now < cert.not_valid_before_utc:
