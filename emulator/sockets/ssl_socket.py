@@ -1111,6 +1111,10 @@ class SslSocket:
 
     def abort(self) -> None:
         self._stop_opening()
+        # The modem's own end of the connection (the bearer lost under a close's linger, a
+        # restart): the linger is over, whatever the link hides -- on a blackholed link no
+        # connection_lost reaches _network_lost's event.
+        self._closed_event.set()
         self._teardown()
         self._go("abort")
 
