@@ -269,6 +269,8 @@ def dtr(modem, args: _Args) -> dict:
 
 def urc_text_problem(text: str) -> str | None:
     """What is wrong with a "urc" op's text (None: nothing); scenario files check the same."""
+    if not text:
+        return "text is empty (a URC is one line of text)"
     if "\r" in text or "\n" in text:
         return "one line, without CR or LF"
     try:

@@ -2299,7 +2299,7 @@ def replay_main(argv: list[str] | None = None) -> int:
                                   "and report the first answer that differs (exit 1)")
     p.add_argument("file")
     p.add_argument("--profile", help="the profile to replay on (default: the trace's, else ec2x)")
-    p.add_argument("--modem", type=int, default=0, help="which modem of a trace (index, default 0)")
+    p.add_argument("--modem", type=int, help="which modem of a trace (index, default 0)")
     p.add_argument("--max-gap", type=_seconds, metavar="SECONDS",
                    help="shorten the host's recorded pauses to at most this (default: keep them; "
                         "keep it above the guard time S12 when the trace has +++)")
@@ -2330,6 +2330,13 @@ def replay_main(argv: list[str] | None = None) -> int:
                 print(f"modem-emulator replay: {text}", file=sys.stderr)
             try:
                 records = read_trace(args.file, warn=warn)
+                if args.modem is None:
+                    args.modem = 0
+                    indexes = sorted({r.get("modem", 0) for r in records})
+                    if len(indexes) > 1:         # (a --count trace: say which one is checked)
+                        print(f"modem-emulator replay: {args.file} holds {len(indexes)} modems "
+                              f"({', '.join(map(str, indexes))}): replaying modem 0 "
+                              "(--modem N replays another)", file=sys.stderr)
                 mine = [r for r in records if r.get("modem", 0) == args.modem]
                 if not mine:
                     raise ValueError(_missing_modem(args.file, records, args.modem))
@@ -2357,7 +2364,7 @@ def replay_main(argv: list[str] | None = None) -> int:
                 args.modem, {r.get("modem", 0) for r in records})
             return replay_records(records, args.profile, args.modem, ignore, max_gap=args.max_gap,
                                   scenario=scenario, complete=not cut and not _unanswered_at_end(mine))
-        scenario = None if loaded is None else loaded.for_modem(args.modem)
+        scenario = None if loaded is None else loaded.for_modem(args.modem or 0)
         return replay_at_log(text, args.profile or "ec2x", scenario=scenario, ignore=ignore)
     except ScenarioError as exc:                 # a step's modem or command does not fit
         print(f"modem-emulator replay: {exc}", file=sys.stderr)

@@ -539,6 +539,12 @@ def test_concurrent_tls_sessions_of_eight_modems_in_one_trace_each_replay_alone(
     for m in (4, 0):                 # (0: what `replay` checks with no --modem)
         rc, text = _replay(path, "--modem", str(m))
         assert rc == 0 and text.endswith(": no difference\n"), (m, text)
+    # with no --modem, replay says which of the eight it checks (it said nothing: a clean exit
+    # read as "the fleet replays" while modem 3 differed)
+    rc, text = _replay(path)                      # (stdout, then stderr's note)
+    assert rc == 0 and ": no difference\nmodem-emulator replay: " in text, text
+    assert f"{path} holds 8 modems (0, 1, 2, 3, 4, 5, 6, 7): replaying modem 0 (--modem N replays another)" \
+        in text, text
     # one modem's socket 4 alone in `trace show`: its own words only
     from emulator.tools.trace import show_main
     out = io.StringIO()

@@ -34,9 +34,12 @@ def test_bad_requests_answer_errors_and_never_raise(emulator, ec2x_on):
                           ("drop", 0, {"socket": 1}), ("dtr", 0, {"level": 2}),
                           ("dtr", 0, {"level": True}), ("state", 0, {"extra": 1}),
                           ("pdp_deact", 0, {"cid": 2}), ("slow", 0, {"command": "+NOPE", "ms": 5}),
-                          ("urc", 0, {"text": "a\r\nb"}), ("send_fail", 0, {"socket": 1})):
+                          ("urc", 0, {"text": "a\r\nb"}), ("urc", 0, {"text": ""}),
+                          ("send_fail", 0, {"socket": 1})):
         answer = emulator.control(op, modem, **kw)
         assert answer["ok"] is False and answer["error"], (op, kw, answer)
+    host, _ = ec2x_on
+    assert host.quiet_for(0.1) == b""            # (an empty "urc" wrote a bare CR LF CR LF)
 
 
 def test_state_lists_pdp_clock_and_sockets(emulator, ec2x_on, echo):
