@@ -433,6 +433,7 @@ class _Pipe:
         self.busy_until = 0.0                # the sender's bandwidth is used until then
         self.queued = 0                      # bytes waiting
         self._timer = None
+        self.delivered = None                # called after due packets were handed on
 
     def push(self, size: int, action, *args) -> None:
         """action(*args) now when nothing waits and the link has no conditions, else at its
@@ -474,6 +475,8 @@ class _Pipe:
             self.queued -= size
             action()
         self._arm()
+        if self.delivered is not None:
+            self.delivered()
 
     def clear(self) -> None:
         if self._timer is not None:
@@ -509,9 +512,43 @@ class ShapedTransport:
         self._high = self._low = None
         self._over = False
         self._closing = False                # close() called: the FIN waits behind the queue
+        # Reading: the owner's pause_reading(), or the receive window -- bytes on the link
+        # towards the owner (incoming.queued) count as a TCP window does: the link stops
+        # reading once they fill what the owner would still take (receive_window(), set by
+        # the owner; None: no window).  Without it a link with latency read the whole flood
+        # into its queue while the first packet was on its way, past any pause.
+        self.receive_window = None
+        self._owner_paused = False
+        self._reading_paused = False         # the asyncio transport's, as set here
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
+
+    def pause_reading(self) -> None:
+        self._owner_paused = True
+        self.window_check()
+
+    def resume_reading(self) -> None:
+        self._owner_paused = False
+        self.window_check()
+
+    def is_reading(self) -> bool:
+        return not self._reading_paused and self._inner.is_reading()
+
+    def window_check(self) -> None:
+        """The asyncio transport reads iff the owner has not paused it and the bytes on the
+        link towards it are fewer than its receive window."""
+        incoming = self._incoming
+        full = (incoming is not None and self.receive_window is not None
+                and incoming.queued >= self.receive_window())
+        paused = self._owner_paused or full
+        if paused == self._reading_paused or self._inner.is_closing():
+            return
+        self._reading_paused = paused
+        if paused:
+            self._inner.pause_reading()
+        else:
+            self._inner.resume_reading()
 
     @property
     def inner(self):
@@ -644,10 +681,14 @@ class ShapedLink(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.shaped = ShapedTransport(transport, self.outgoing, self.inner.resume_writing, self.incoming)
+        if not self.incoming.datagram:       # (a stream's window: see ShapedTransport)
+            self.incoming.delivered = self.shaped.window_check
         self.inner.connection_made(self.shaped)
 
     def data_received(self, data: bytes) -> None:
         self.incoming.push(len(data), self.inner.data_received, data)
+        if self.shaped is not None:
+            self.shaped.window_check()
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.incoming.push(len(data), self.inner.datagram_received, data, addr)

@@ -52,8 +52,8 @@ from tls_engine import AppData, HandshakeComplete, PeerClosed, TlsClientSession,
 from emulator.logsafe import get_logger
 from emulator.modem.pdp import DataCounter, data_counter
 from emulator.io import offload
-from emulator.io.network import (Dialled, NetworkError, Router, cap_reads, dial_now, open_tcp, open_udp,
-                                 reset_on_close, tcp_unacked)
+from emulator.io.network import (Dialled, NetworkError, Router, ShapedTransport, cap_reads, dial_now, open_tcp,
+                                 open_udp, reset_on_close, tcp_unacked)
 
 log = get_logger("emulator.ssl")
 
@@ -559,6 +559,10 @@ class SslSocket:
             return
         first, self._transport = self._transport, transport
         cap_reads(transport)
+        if isinstance(transport, ShapedTransport) and not transport.datagram:
+            # (a link with conditions: its bytes in flight count against the inbox limit, as
+            # a TCP window closes at the buffer's free space)
+            transport.receive_window = self._receive_window
         if isinstance(first, Dialled):         # the first flight's bytes the socket did not take
             pending, first.pending = first.pending, b""
             if pending:
@@ -747,9 +751,7 @@ class SslSocket:
         transport = self._transport
         if (transport is not None and not transport.is_closing() and not self.session.settings.dtls
                 and transport.can_write_eof()):
-            if self._paused:
-                transport.resume_reading()     # or the peer's FIN would never be seen
-                self._paused = False
+            self._read_to_the_end(transport)
             try:
                 transport.write_eof()
             except OSError as exc:             # reset right after its close_notify: gone already
@@ -791,6 +793,21 @@ class SslSocket:
         if self._peer_gone is not None:
             self._peer_closed(f"{self._peer_gone} right after the handshake")
 
+    def _read_to_the_end(self, transport) -> None:
+        """Reading goes on whatever the inbox holds (our FIN is out or going: the peer's own
+        must be seen), a shaped link's receive window included."""
+        if isinstance(transport, ShapedTransport):
+            transport.receive_window = None
+        if self._paused:
+            transport.resume_reading()
+            self._paused = False
+        elif isinstance(transport, ShapedTransport):
+            transport.window_check()
+
+    def _receive_window(self) -> int:
+        """What the inbox still takes (a shaped link's window: ShapedTransport)."""
+        return self.recv_limit - len(self.inbox)
+
     def read(self, n: int) -> bytes:
         if self.keep_datagrams and self._records:
             record = self._records[0]        # one datagram at most (the rest of it stays)
@@ -802,6 +819,8 @@ class SslSocket:
         data = bytes(self.inbox[:n])
         del self.inbox[:n]
         self.pause_network(False)                # resumes once the inbox is half empty
+        if not self._paused and isinstance(self._transport, ShapedTransport):
+            self._transport.window_check()       # (the read opened the link's window)
         return data
 
     def send(self, data: bytes, to: tuple[str, int] | None = None) -> None:
@@ -1091,9 +1110,7 @@ class SslSocket:
         # Linger: send FIN after close_notify and wait up to timeout for the peer's own
         # close (its FIN -> connection_lost).  transport.close() would call
         # connection_lost itself at once, so the wait would end before the peer did anything.
-        if self._paused:
-            transport.resume_reading()     # or the peer's FIN would never be seen
-            self._paused = False
+        self._read_to_the_end(transport)
         if not self.blackholed:            # a blackholed FIN never arrives: the full linger
             transport.write_eof()
         try:
