@@ -31,10 +31,16 @@ class EscapeDetector:
     def feed(self, data: bytes, now: float) -> bytes:
         if not data:
             return b""
+        out = bytearray()
+        if 0 < self.held < 3 and now - self.first_at > self.guard:
+            # One or two "+" whose guard time ran out before these bytes were read (the loop
+            # was busy past expire()'s deadline): data then, and these bytes are read as
+            # after them -- after a silence they may begin an escape of their own.
+            out += bytes([self.char]) * self.held
+            self.held = 0
         if not self.held and (data[0] != self.char or now - self.last_rx < self.guard):
             self.last_rx = now                          # the common case: plain data, no copy
-            return data
-        out = bytearray()
+            return bytes(out) + data if out else data
         start = 0
         if self.held == 3:                              # "+++" then more: all data
             out += bytes([self.char]) * 3

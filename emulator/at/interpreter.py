@@ -829,9 +829,10 @@ class Interpreter:
         self._escape_timer = None
         if self.mode is not Mode.ONLINE:
             return
+        arrived = self._escape.first_at           # (of "+"s held: expire() makes them data)
         out, escaped = self._escape.expire(self.modem.monotonic())
         if out:
-            self._online.send(out)
+            self._online.send(out, arrived)
             if self.mode is not Mode.ONLINE:
                 return                  # the send ended the connection
         if escaped:

@@ -98,8 +98,10 @@ class OnlineLink(Protocol):
     def started(self) -> None:
         """CONNECT is out: the port is this link's now (deliver what waited)."""
 
-    def send(self, data: bytes) -> None:
-        """The host's bytes, unchanged, into the connection."""
+    def send(self, data: bytes, arrived: float | None = None) -> None:
+        """The host's bytes, unchanged, into the connection.  arrived: when they came from
+        the host (the modem's monotonic clock), if not now -- "+"s the escape detector held
+        until their guard time told they were data."""
 
     def escaped(self) -> None:
         """The host left with "+++" or a DTR drop (AT&D1): the connection stays open and

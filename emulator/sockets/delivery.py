@@ -358,7 +358,7 @@ class SocketLink:
         self.delivery.svc.modem.interpreter.leave_online(self)
         self.release_input()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, arrived: float | None = None) -> None:
         if self.sock.state is not CONNECTED:
             log.info("%s socket %d: %d bytes from the host after the connection ended: dropped",
                      self.delivery.svc.kind, self.sock.client_id, len(data))
@@ -374,6 +374,10 @@ class SocketLink:
                 self._send(bytes(unsent[at:at + size]))
             del unsent[:len(unsent) - len(unsent) % size]
             self._stop_unsent_timer()     # what is left came now: its wait starts now
+        if arrived is not None and unsent and self._unsent_timer is None:
+            # (bytes that came earlier -- "+"s held for their guard time -- waited since then:
+            # transwaittm counts from the oldest byte, as for any other)
+            wait -= self.delivery.svc.modem.monotonic() - arrived
         if unsent and (wait <= 0 or self.sock.state is not CONNECTED):
             self.flush_unsent()
         elif unsent and self._unsent_timer is None:

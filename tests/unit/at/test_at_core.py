@@ -372,7 +372,7 @@ class TestModes:
             def started(self):
                 pass
 
-            def send(self, data):
+            def send(self, data, arrived=None):
                 sent.append(data)
                 interp.leave_online(self)
 
