@@ -946,7 +946,16 @@ class TlsClientSession:
 
     def _on_transport_eof(self) -> None:
         if self.settings.dtls:
-            return  # an empty datagram means nothing
+            # An empty datagram from the server: Mbed TLS's own UDP transport reads it as
+            # the connection's end (mbedtls_ssl_fetch_input: f_recv() == 0 ->
+            # MBEDTLS_ERR_SSL_CONN_EOF), as it takes a closed port's ICMP for a failed read.
+            if self.state == "established":
+                self._events.append(PeerClosed())
+                self.state = "closed"
+            else:
+                self._fail(HANDSHAKE_FAILED, "server sent an empty datagram during the handshake "
+                                             "(Mbed TLS's end of the connection, CONN_EOF)")
+            return
         self._catch_up()             # (an alert before the end says why)
         if self.state == "established":
             # TCP FIN without close_notify: reported as a close too (a truncation

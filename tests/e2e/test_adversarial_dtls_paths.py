@@ -394,7 +394,8 @@ HOSTILE_ANSWERS = {
                                         + hello_verify_request(b"c" * 8, rec_seq=i)[3:]],
     "wrong_epoch": lambda i, d: [_set_epoch(hello_verify_request(b"c" * 8, rec_seq=i), 1)],
     "truncated": lambda i, d: [hello_verify_request(b"c" * 8, rec_seq=i)[:-6]],
-    "empty": lambda i, d: [b""],
+    # (an empty datagram is not discarded: Mbed TLS's transport reads it as the end,
+    # CONN_EOF -- test_adversarial_dtls_5::test_empty_datagram_before_the_servers_flight_...)
     "jumbo": lambda i, d: [b"\x16\xfe\xfd" + bytes(65000)],
 }
 
