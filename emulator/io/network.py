@@ -632,6 +632,7 @@ class ShapedTransport:
         self._pipe.clear()
         if self._incoming is not None:
             self._incoming.clear()
+            self._incoming.delivered = None  # (no window to keep: and no cycle left with it)
         self._inner.abort()
 
     @property
@@ -722,6 +723,7 @@ class ShapedLink(asyncio.Protocol):
         if ending is not None:
             ending()                         # (now: asyncio closes the socket after this call)
         self.outgoing.clear()
+        self.incoming.delivered = None       # (the window's callback: a cycle with the transport)
         self.incoming.push(0, self.inner.connection_lost, exc)
 
 

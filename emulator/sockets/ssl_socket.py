@@ -1112,7 +1112,11 @@ class SslSocket:
         # connection_lost itself at once, so the wait would end before the peer did anything.
         self._read_to_the_end(transport)
         if not self.blackholed:            # a blackholed FIN never arrives: the full linger
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError as exc:         # (reset meanwhile, its RST not read yet: nothing to wait for)
+                log.debug("%s socket %d: no FIN at the close: %s", self.kind, self.client_id, exc)
+                return
         try:
             await self._timers.wait_for(self._closed_event.wait(), timeout)
         except asyncio.TimeoutError:
@@ -1184,5 +1188,8 @@ class SslSocket:
                 log.exception("%s socket %d: error while closing the TLS session", self.kind, self.client_id)
         # The shaped transport (control API "net") refers back to this socket through the
         # protocol's callbacks: drop it, or every closed socket and its TLS context (~50 KiB
-        # of C memory) waited for the cyclic garbage collector (the soak saw RSS grow).
+        # of C memory) waited for the cyclic garbage collector (the soak saw RSS grow); so
+        # does its receive window (a method of this socket).
+        if isinstance(self._transport, ShapedTransport):
+            self._transport.receive_window = None
         self._transport = None
