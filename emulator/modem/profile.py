@@ -556,6 +556,13 @@ def check_ssl(data: dict, path: Path) -> None:
     if "unknown" not in ssl["errors"]:
         raise ProfileError(f"profile {path}: key ssl.errors: no \"unknown\" (the code of every failure "
                            f"kind the table does not list)")
+    if dialect == "quectel":
+        # (AT+QIGETERROR reports the last open's code: Quectel's are 5xx, positive; a
+        # negative one -- the OneMO's -1 -- would read there as "operate successfully")
+        negative = next((k for k, code in ssl["errors"].items() if code < 0), None)
+        if negative is not None:
+            raise ProfileError(f"profile {path}: key ssl.errors.{negative}: {ssl['errors'][negative]} is negative; "
+                               f"the quectel dialect's codes are positive (AT+QIGETERROR reports them)")
     for name, variant in data["commands"].items():
         if name.upper().startswith("+QSSL") and variant not in (dialect, "*"):
             raise ProfileError(f'profile {path}: key commands."{name}": variant {variant!r} '
@@ -659,10 +666,15 @@ def validate(data: dict, path: Path) -> None:
             missing = next((key for key in needs if _lookup(data, key) is _MISSING), None)
             if missing is not None:
                 raise ProfileError(f"profile {path}: [commands] lists {name}, which needs {missing}")
+    delayed: set[str] = set()
     for name in data.get("timing", {}).get("response_delay_ms", {}):
         if command_name(name) not in data["commands"]:
             raise ProfileError(f'profile {path}: key timing.response_delay_ms."{name}": '
                                f"not a command of the profile's [commands]")
+        if command_name(name) in delayed:
+            raise ProfileError(f'profile {path}: key timing.response_delay_ms."{name}": its command is '
+                               f'listed twice (names are case-insensitive, "AT" optional)')
+        delayed.add(command_name(name))
     if data["defaults"]["ipr"] not in (0, *data["serial"]["baud_rates"]):
         raise ProfileError(f"profile {path}: key defaults.ipr: {data['defaults']['ipr']} is not 0 (auto-baud) "
                            f"or one of serial.baud_rates")
