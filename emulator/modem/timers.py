@@ -76,7 +76,12 @@ class Timers:
     def _fire(handle: TimerHandle) -> None:
         if not handle.cancelled:
             handle.cancelled = True             # fired: a late cancel() is harmless
-            handle.callback(*handle.args)
+            # (what the callback holds goes with the call, and so does the loop's handle,
+            # whose args hold this one: a fired timer kept by its owner is no cycle that
+            # keeps a closed socket, its link and TLS context for the cyclic GC)
+            callback, args = handle.callback, handle.args
+            handle.callback, handle.args, handle.loop_handle = _nothing, (), None
+            callback(*args)
 
     def advance(self, seconds: float) -> int:
         """Manual mode: move time on by `seconds`, firing every timer that falls due

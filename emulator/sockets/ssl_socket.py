@@ -433,7 +433,9 @@ class SslSocket:
                     raise dialled
                 link = _failed(dialled)        # (the refusal, too, comes back a round trip later)
             elif self._connect is not None:
-                link = self._connect(factory, fault)
+                # (taken once: the closure refers to this socket -- kept, it was a cycle)
+                connect, self._connect = self._connect, None
+                link = connect(factory, fault)
             elif settings.dtls:
                 link = open_udp(router, self.host, self.port, factory, fault=fault, family=self.name_family())
             else:
@@ -1167,6 +1169,7 @@ class SslSocket:
 
     def _teardown(self, let_go: bool = False) -> None:
         self._dead = True
+        self._connect = None                   # (a closure referring to this socket)
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
