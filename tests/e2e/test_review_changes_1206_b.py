@@ -284,9 +284,12 @@ def test_profile_limits_accept_their_boundaries(tmp_path):
     path.write_text(EC2X.replace('ati = ["Quectel",', "ati = [" + '"l", ' * 28 + '"' + "y" * 2048 + '", "Quectel",')
                     .replace("send_buffer = 16384             # bytes queued towards the network before SEND FAIL\n"
                              "recv_buffer = 65536", "send_buffer = 1460\nrecv_buffer = 65536", 1)
-                    .replace("unknown = 550", "unknown = -1000"))
+                    .replace("unknown = 550", "unknown = 1000"))      # (the quectel dialect: 1..1000, 3409fdd)
     p = load_profile(str(path))
     assert len(p.get("identity.ati")) == 32 and p.get("ssl.send_buffer") == 1460
+    onemo = tmp_path / "edge-onemo.toml"                   # (the onemo dialect's codes go to -1000)
+    onemo.write_text(ML302.replace("\nunknown = -1", "\nunknown = -1000", 1))
+    assert load_profile(str(onemo)).get("ssl.errors")["unknown"] == -1000
 
 
 def test_tcpip_send_buffer_names_the_largest_send(tmp_path):
