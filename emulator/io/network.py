@@ -532,6 +532,9 @@ class ShapedTransport:
         self._owner_paused = False
         self.window_check()
 
+    def is_reading(self) -> bool:
+        return not self._reading_paused and self._inner.is_reading()
+
     def window_check(self) -> None:
         """The asyncio transport reads iff the owner has not paused it and the bytes on the
         link towards it are fewer than its receive window."""
