@@ -128,10 +128,10 @@ def test_qiclose_of_a_blackholed_incoming_waits_and_its_client_never_gets_the_da
     assert host.at("AT+QICLOSE=5") == OK
 
 
-def test_qiclose_of_a_zero_window_peer_resets_it_holding_exactly_the_acked_bytes(modem, peer_factory):
+def test_qiclose_of_a_zero_window_peer_resets_it_holding_the_acked_prefix(modem, peer_factory):
     """A peer that stops reading: its window shuts, AT+QISEND=<id>,0 shows what it acknowledged;
     AT+QICLOSE=0,2 cannot get its FIN through, answers OK when <timeout> runs out, and the peer
-    then holds exactly the acknowledged bytes (the rest is dropped with the reset)."""
+    then holds the acknowledged bytes, a prefix of the stream (the rest is dropped with the reset)."""
     host, advance, _ = modem
     peer = peer_factory(hold_reading=True, rcvbuf=4096)
     qiopen(host, 0)
@@ -148,7 +148,11 @@ def test_qiclose_of_a_zero_window_peer_resets_it_holding_exactly_the_acked_bytes
     assert host.read_until(OK, timeout=5) == OK
     peer.release_reading()
     assert peer.eof.wait(5)
-    assert bytes(peer.got) == stream[:acked]
+    got = bytes(peer.got)
+    # The peer's kernel may still reopen its window during the linger (it compacts its queue)
+    # and take a few more segments after the reading above: a prefix of at least the acked
+    # bytes, never the whole stream (what it had not taken went with the reset).
+    assert got == stream[:len(got)] and acked <= len(got) < len(stream)
     assert host.at("AT+QISTATE") == OK
 
 
