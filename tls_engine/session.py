@@ -945,23 +945,19 @@ class TlsClientSession:
             self._rx.clear()
 
     def _on_transport_eof(self) -> None:
-        if self.settings.dtls:
-            # An empty datagram from the server: Mbed TLS's own UDP transport reads it as
-            # the connection's end (mbedtls_ssl_fetch_input: f_recv() == 0 ->
-            # MBEDTLS_ERR_SSL_CONN_EOF), as it takes a closed port's ICMP for a failed read.
-            if self.state == "established":
-                self._events.append(PeerClosed())
-                self.state = "closed"
-            else:
-                self._fail(HANDSHAKE_FAILED, "server sent an empty datagram during the handshake "
-                                             "(Mbed TLS's end of the connection, CONN_EOF)")
-            return
-        self._catch_up()             # (an alert before the end says why)
+        # DTLS: an empty datagram from the server, which Mbed TLS's own UDP transport reads as
+        # the connection's end (mbedtls_ssl_fetch_input: f_recv() == 0 ->
+        # MBEDTLS_ERR_SSL_CONN_EOF), as it takes a closed port's ICMP for a failed read.
+        if not self.settings.dtls:
+            self._catch_up()         # (an alert before the end says why)
         if self.state == "established":
             # TCP FIN without close_notify: reported as a close too (a truncation
             # attack is not something the modem user could act on).
             self._events.append(PeerClosed())
             self.state = "closed"
+        elif self.settings.dtls:
+            self._fail(HANDSHAKE_FAILED, "server sent an empty datagram during the handshake "
+                                         "(Mbed TLS's end of the connection, CONN_EOF)")
         else:
             reason = "server closed the connection during the handshake"
             if self._fatal_alert is not None:

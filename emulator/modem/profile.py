@@ -668,13 +668,14 @@ def validate(data: dict, path: Path) -> None:
                 raise ProfileError(f"profile {path}: [commands] lists {name}, which needs {missing}")
     delayed: set[str] = set()
     for name in data.get("timing", {}).get("response_delay_ms", {}):
-        if command_name(name) not in data["commands"]:
+        command = command_name(name)
+        if command not in data["commands"]:
             raise ProfileError(f'profile {path}: key timing.response_delay_ms."{name}": '
                                f"not a command of the profile's [commands]")
-        if command_name(name) in delayed:
+        if command in delayed:
             raise ProfileError(f'profile {path}: key timing.response_delay_ms."{name}": its command is '
                                f'listed twice (names are case-insensitive, "AT" optional)')
-        delayed.add(command_name(name))
+        delayed.add(command)
     if data["defaults"]["ipr"] not in (0, *data["serial"]["baud_rates"]):
         raise ProfileError(f"profile {path}: key defaults.ipr: {data['defaults']['ipr']} is not 0 (auto-baud) "
                            f"or one of serial.baud_rates")
