@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import numbers
 from typing import Any, Awaitable, Callable
 
 
@@ -89,8 +90,11 @@ class Timers:
         Returns how many fired.  Call it on the loop's thread."""
         if not self.manual:
             raise RuntimeError("advance() needs manual time (add_modem(..., manual_time=True))")
-        if not 0 <= seconds <= MAX_ADVANCE:  # (NaN fails too) time never runs back, nor so far that
-            # the float clock stops counting milliseconds (1e300: every timer due at once)
+        # A real number (not a bool, a string, None): time never runs back (NaN fails too),
+        # nor so far that the float clock stops counting milliseconds (1e300: every timer
+        # due at once).
+        if (isinstance(seconds, bool) or not isinstance(seconds, numbers.Real)
+                or not 0 <= seconds <= MAX_ADVANCE):
             raise ValueError(f"advance({seconds!r}): seconds must be a number 0..{MAX_ADVANCE:.0e}")
         end = self._now + seconds
         fired = 0

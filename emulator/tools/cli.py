@@ -467,9 +467,11 @@ def make_trace(path: str | None):
         # event loop (a FIFO's open for one), and a reader that stops would stall the modems.
         raise Refused(f"--trace {path}: not a regular file (a pipe or terminal would stall "
                       f"the modems whenever its reader does not read)")
-    from emulator.tools.trace import TraceWriter
+    from emulator.tools.trace import TraceBusy, TraceWriter
     try:
         writer = TraceWriter(path)
+    except TraceBusy as exc:             # (a start-up that failed on the machine: exit 1)
+        raise SystemExit(f"modem-emulator: --trace {path}: {exc}")
     except OSError as exc:
         raise Refused(f"--trace {path}: {exc.strerror or exc}")
     if st is not None and stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:

@@ -106,10 +106,12 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import fcntl
 import ipaddress
 import json
 import os
 import re
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -141,15 +143,37 @@ def close_kind(reason: str) -> str:
 
 
 # -- writing ------------------------------------------------------------------------
+class TraceBusy(Exception):
+    """The trace file is another writer's (a running modem-emulator's): not truncated."""
+
+
 class TraceWriter:
-    """JSON lines to `path` (created 0600), or kept in `records` when path is None."""
+    """JSON lines to `path` (created 0600), or kept in `records` when path is None.
+
+    A regular file is locked (flock, held while the writer is open) before it is truncated:
+    a second emulator started by mistake with the same --trace is refused (TraceBusy) instead
+    of emptying the running one's trace under it (its later records would follow a hole of
+    NUL bytes at their old offset)."""
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = path
         self.records: list[dict] = []
         self._file = None
         if path is not None:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):   # (not /dev/null, which all may share)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        raise TraceBusy("in use by another trace writer (a running "
+                                        "modem-emulator's): not truncating it") from None
+                    except OSError:
+                        pass                 # (a file system without locks: as before)
+                    os.ftruncate(fd, 0)
+            except BaseException:
+                os.close(fd)
+                raise
             self._file = os.fdopen(fd, "w", encoding="ascii")
         self._t0 = time.monotonic()
 
