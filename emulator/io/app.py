@@ -131,6 +131,8 @@ class Emulator:
                        hangup_on_close=hangup_on_close)
         if baud is not None:
             _pace(modem, port, baud)
+        if trace is not None:
+            port.on_output_lost = modem.tracer.output_lost
         sink = port.write if trace is None else wrap_sink(port.write)
         modem.attach(sink, loop, port)
         entry = ModemPort(modem, port)

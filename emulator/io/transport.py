@@ -161,6 +161,10 @@ class PtyPort:
         self._out = bytearray()
         self.max_backlog = max(max_backlog, HIGH_WATER)
         self._dropped = 0                 # bytes dropped in the current stall (0: not stalled)
+        # Told of output given to write() that never reaches a host: (back, count, why) --
+        # the lost run starts `back` bytes before the end of all output so far (a trace
+        # marks it; None: nobody listens).
+        self.on_output_lost = None
         self._writing = False
         self._above_high_water = False
         self._closed = False
@@ -353,7 +357,8 @@ class PtyPort:
                 self._apply_switch()
         # (--uart --baud: what the UART has not sent yet goes on leaving at the rate -- to
         # nobody, or to a host that opens the port meanwhile: _flush's timer carries on)
-        self._discard_unread_output()
+        unread = self._discard_unread_output()
+        self._lost(unread + dropped + len(self._out), unread + dropped, "the host closed the port")
         log.info("host closed %s%s", self.device, f" ({dropped} output bytes dropped)" if dropped else "")
         if self.on_hangup is not None:
             self.on_hangup()
@@ -389,21 +394,29 @@ class PtyPort:
         if data:
             log.info("%s: %d bytes from a host that closed before it was seen, dropped", self.device, len(data))
 
-    def _discard_unread_output(self) -> None:
+    def _discard_unread_output(self) -> int:
         """What the departed host never read stays queued on the slave side and
         would greet the next host: flush it through a brief open of the slave, which
-        also resets what a UART's last close resets (_reset_line)."""
+        also resets what a UART's last close resets (_reset_line).  Returns how many
+        bytes were flushed (0 when that is not known)."""
         try:
             fd = os.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError:
-            return
+            return 0
+        unread = 0
         try:
+            unread = _ioctl_int(fd, termios.FIONREAD)
             _reset_line(fd)
             termios.tcflush(fd, termios.TCIFLUSH)
         except (termios.error, OSError):
             pass
         finally:
             os.close(fd)
+        return unread
+
+    def _lost(self, back: int, count: int, why: str) -> None:
+        if count > 0 and self.on_output_lost is not None:
+            self.on_output_lost(back, count, why)
 
     # -- data ---------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -413,6 +426,7 @@ class PtyPort:
         # POLL_INTERVAL) gets what is written now: a URC right after a reopen is not lost.
         if not self.attached and not self._attach_if_present():
             if not self._paces_into_void():
+                self._lost(len(data), len(data), "no host has the port open")
                 return
             # (--uart --baud: the module's UART sends it at the rate, to nobody for now)
         elif self._host_gone():
@@ -423,6 +437,7 @@ class PtyPort:
             if not self._hangup_due:
                 self._hangup_due = True
                 self.loop.call_soon(self._hangup_if_gone)
+            self._lost(len(data), len(data), "the host closed the port")
             return
         self.accepted += len(data)
         if (not self._out and not self._writing and self._noise_timer is None
@@ -442,6 +457,7 @@ class PtyPort:
             self._above_high_water = True
         if len(self._out) > self.max_backlog:
             excess = len(self._out) - self.max_backlog
+            self._lost(len(self._out), excess, "the host did not read: the backlog was full")
             del self._out[:excess]
             if self._switch is not None:
                 self._switch[0] -= excess
@@ -530,6 +546,7 @@ class PtyPort:
         if not self._out:
             return
         log.info("%s: the modem restarted, %d unsent output bytes dropped", self.device, len(self._out))
+        self._lost(len(self._out), len(self._out), "the modem restarted before they left")
         self._out.clear()
         self._dropped = 0
         self._above_high_water = False    # (no drain to report: what waited for one is gone)

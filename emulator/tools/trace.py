@@ -258,6 +258,11 @@ class ModemTrace:
             self._answer += data
         self._write("io", {"dir": "out", "data": _s(data)})
 
+    def output_lost(self, back: int, count: int, why: str) -> None:
+        """PtyPort.on_output_lost: `count` bytes of the output recorded so far, from `back`
+        bytes before its end, never reached a host (a hang-up, a restart, a full backlog)."""
+        self._write("lost", {"from": max(0, self.out_total - back), "bytes": count, "why": why})
+
     def _cmd(self, done: bool) -> None:
         self._write("cmd", {"line": _s(b"AT" + self._line), "answer": _s(self._answer), "done": done})
         self._line = None
@@ -496,6 +501,9 @@ def _record_problem(record) -> str:
             return f'"{key}" is not true or false'
     if not isinstance(record.get("reason", ""), str):
         return '"reason" is not a text'
+    if kind == "lost" and not all(isinstance(record.get(k), int) and not isinstance(record.get(k), bool)
+                                  and record.get(k) >= 0 for k in ("from", "bytes")):
+        return 'a "lost" record\'s "from" and "bytes" are not byte counts'
     if kind == "io" and record.get("dir") not in ("in", "out"):
         return 'an "io" record\'s "dir" is not "in" or "out"'
     for key in _REQUIRED.get(kind, ()):
@@ -616,6 +624,9 @@ def render(records: list[dict], socket: int | None = None, modem: int | None = N
             lines.append(f"{head} socket {r['socket']} closed by the host")
         elif kind == "hangup":
             lines.append(f"{head} the host closed the port")
+        elif kind == "lost":
+            lines.append(f"{head} {r['bytes']} output bytes above (from byte {r['from']}) never reached "
+                         f"the host: {r.get('why', '?')}")
         elif kind == "stop":
             lines.append(f"{head} the modem stopped (the recording ends)")
         elif kind == "control":
