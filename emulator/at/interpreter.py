@@ -97,7 +97,7 @@ class Interpreter:
         self._after: list[tuple[int, str]] = []
         self._then: Callable[[], None] | None = None     # the answer's `then`, run once it is written
         self._raw = ""                   # the command being answered (logs)
-        self._urcs: list[tuple] = []   # (framed URC, what it is about, order, its line)
+        self._urcs: list[tuple] = []   # (framed URC, what it is about, order, its line, its kind)
         self._raised = 0                 # URCs queued so far (their order among trailing lines)
         self._started = 0                # _raised when the command being answered started
         self._last_line: bytes | None = None
@@ -887,24 +887,25 @@ class Interpreter:
         self._settle()
 
     # -- output --------------------------------------------------------------
-    def urc(self, line: str | bytes, raw: bytes = b"", about: object = None) -> None:
+    def urc(self, line: str | bytes, raw: bytes = b"", about: object = None, kind: str | None = None) -> None:
         """An unsolicited line (+ optional raw bytes after it, e.g. direct push data).
-        about: what it reports on (a socket), for drop_urcs()."""
+        about: what it reports on (a socket), kind: what sort of news it is, for
+        drop_urcs()."""
         framed = framing.urc(line, raw, self.modem.settings)
         if self.idle:
             self.modem.write(framed)
         else:
-            self._urcs.append((framed, about, self._raised, line))
+            self._urcs.append((framed, about, self._raised, line, kind))
             self._raised += 1
 
-    def drop_urcs(self, about: object, line: str | None = None) -> None:
+    def drop_urcs(self, about: object, kind: str | None = None) -> None:
         """Forget the URCs still waiting (the port busy) that report on `about`: the
         host closed that socket, and a late "recv"/"closed" for its id would read as
-        news of the next socket the host opens on that id.  line: only the waiting ones
-        that are this line (a buffer-mode "recv" whose data the socket's new access mode
-        has taken since)."""
+        news of the next socket the host opens on that id.  kind: only the waiting ones
+        of that kind (a buffer-mode "recv" whose data the socket's new access mode has
+        taken since, whatever length AT+QICFG="recvind",1 wrote in it)."""
         self._urcs = [entry for entry in self._urcs
-                      if entry[1] != about or (line is not None and entry[3] != line)]
+                      if entry[1] != about or (kind is not None and entry[4] != kind)]
 
     def _flush_urcs(self) -> None:
         while self._urcs:
@@ -929,7 +930,7 @@ class Interpreter:
             at = 0
             while at < len(self._urcs) and self._urcs[at][2] < mark:
                 at += 1
-            self._urcs.insert(at, (framing.urc(line, b"", self.modem.settings), None, mark - 0.5, line))
+            self._urcs.insert(at, (framing.urc(line, b"", self.modem.settings), None, mark - 0.5, line, None))
         self._settle()
 
     def _write_final(self, final) -> None:

@@ -296,14 +296,14 @@ class Modem:
         """Output write_joined() kept is lost with what the port had not sent (a power cut)."""
         self._held = b""
 
-    def urc(self, line: str | bytes, raw: bytes = b"", about: object = None) -> None:
+    def urc(self, line: str | bytes, raw: bytes = b"", about: object = None, kind: str | None = None) -> None:
         if self.powered:
-            self.interpreter.urc(line, raw, about)
+            self.interpreter.urc(line, raw, about, kind)
 
-    def drop_urcs(self, about: object, line: str | None = None) -> None:
-        """Waiting URCs about `about` (a socket the host closed) are not written; line:
-        only those that are this line."""
-        self.interpreter.drop_urcs(about, line)
+    def drop_urcs(self, about: object, kind: str | None = None) -> None:
+        """Waiting URCs about `about` (a socket the host closed) are not written; kind:
+        only those raised with that kind."""
+        self.interpreter.drop_urcs(about, kind)
 
     def feature(self, key: str, factory: Callable[["Modem"], object]):
         """Per-modem state of a feature, created on first use."""

@@ -20,6 +20,10 @@ from emulator.io.transport import HIGH_WATER
 from emulator.logsafe import get_logger
 from emulator.sockets.ssl_socket import CLOSE_TIMEOUT_DEFAULT, CLOSING, CONNECTED, SslSocket
 
+# The kind of a buffer-mode "recv" URC (modem.urc's `kind`): what drop_urcs() takes back
+# when the data it announced went another way.
+RECV_NEWS = "recv"
+
 if TYPE_CHECKING:
     from emulator.sockets.service import SslService
 
@@ -53,7 +57,7 @@ class Delivery:
         """A buffer-mode "recv" about sock still waiting for a busy port (raised earlier in
         the command line now running) is no news once another access mode delivers the data
         it announced: written after them it would send the host to read what is gone."""
-        self.svc.modem.drop_urcs(self.svc.news(sock.client_id), self.svc.dialect.recv(sock))
+        self.svc.modem.drop_urcs(self.svc.news(sock.client_id), kind=RECV_NEWS)
 
     def peer_closed(self, sock: SslSocket) -> None:
         """The peer (or the bearer) ended the connection: report it, after any data the
@@ -66,6 +70,10 @@ class Delivery:
     def release(self, sock: SslSocket) -> None:
         """sock is gone (the host closed it, or its open failed): drop what is held for it."""
 
+    def report_close_now(self, sock: SslSocket) -> None:
+        """sock goes now (AT+QIDEACT) with what it still held undelivered: a "closed" this
+        mode held back behind that data is said at once, as the data will never come."""
+
 
 class BufferDelivery(Delivery):
     """Buffer access mode: a "recv" URC when data arrive into an empty receive buffer;
@@ -76,7 +84,7 @@ class BufferDelivery(Delivery):
 
     def data_arrived(self, sock: SslSocket, was_empty: bool) -> None:
         if was_empty:
-            self.svc.modem.urc(self.svc.dialect.recv(sock), about=self.svc.news(sock.client_id))
+            self.svc.modem.urc(self.svc.dialect.recv(sock), about=self.svc.news(sock.client_id), kind=RECV_NEWS)
 
 
 class PushDelivery(Delivery):
@@ -122,6 +130,11 @@ class PushDelivery(Delivery):
     def release(self, sock: SslSocket) -> None:
         if sock in self._close_after_push:
             self._close_after_push.remove(sock)
+
+    def report_close_now(self, sock: SslSocket) -> None:
+        if sock in self._close_after_push:
+            self._close_after_push.remove(sock)
+            self.svc.modem.urc(self.svc.dialect.closed(sock), about=self.svc.news(sock.client_id))
 
     def _host_keeps_up(self) -> bool:
         modem = self.svc.modem

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from emulator.io.network import NetworkError, bind_udp, listen_tcp, net_faults, open_tcp, open_udp
 from emulator.logsafe import get_logger
+from emulator.sockets.delivery import RECV_NEWS
 from emulator.sockets.dialects import Dialect
 from emulator.sockets.plain_session import PlainSession, PlainSettings
 from emulator.sockets.qicfg import QicfgSettings
@@ -260,11 +261,13 @@ class TcpipService(SocketService):
         for connect_id, sock in list(self.sockets.items()):
             if sock.pdp_id == cid and sock.state is not OPENING:
                 del self.sockets[connect_id]
+                for delivery in self.deliveries.values():
+                    delivery.report_close_now(sock)     # (its push data, held back, gone)
                 self._release(sock)
                 sock.abort()
                 self._reset_ids.add(connect_id)
                 # its buffer-mode "recv" still waiting for a busy port announces data gone now
-                self.modem.drop_urcs(self.news(connect_id), self.dialect.recv(sock))
+                self.modem.drop_urcs(self.news(connect_id), kind=RECV_NEWS)
 
     def _reuse(self, connect_id: int) -> None:
         """A new socket or listener on an id AT+QIDEACT freed: what still waits to be said
