@@ -304,8 +304,11 @@ class Interpreter:
         if self._online is not None:
             link = self._online
             log.info("%s in online data mode%s", why, "" if power_lost else ": the connection stays open (ATO)")
-            if not power_lost:               # (a "+" the escape held: with the power gone,
-                self._release_held()         # nothing more leaves for the server)
+            # A "+" the escape held is data -- unless its guard time has passed (the timer
+            # not run yet: the loop was busy): then the escape came first, and "+++" is no
+            # data (its OK goes to nobody).  With the power gone nothing more leaves.
+            if not power_lost and not self._escape_overdue():
+                self._release_held()
             self._abandon()
             if power_lost:
                 self._power_lost(link)
@@ -797,12 +800,20 @@ class Interpreter:
         return (escape is not None and escape.held == 3
                 and self.modem.monotonic() >= escape.deadline())
 
+    def settle_overdue_escape(self) -> bool:
+        """An escape whose guard time has passed, its timer not run yet (the loop was busy),
+        completes now (OK, command state) -- before an event that came after it in time is
+        handled (the host's bytes, the peer's data or close, a DTR drop).  True when it did."""
+        if self.mode is not Mode.ONLINE or not self._escape_overdue():
+            return False
+        if self._escape_timer is not None:
+            self._escape_timer.cancel()
+        self._guarded(self._escape_due)
+        return True
+
     def _feed_online(self) -> None:
-        if self._escape_overdue():
-            if self._escape_timer is not None:
-                self._escape_timer.cancel()
-            self._escape_due()                   # OK, command state: the pump lexes the inbox
-            return
+        if self.settle_overdue_escape():
+            return                               # (command state: the pump lexes the inbox)
         if self._late_lf is not None and self._take_late_lf():     # the first byte after CONNECT
             # The LF was the command line's, not data -- but it came now: the silence
             # "+++" needs before it counts from here, as from any byte the host writes.
@@ -856,7 +867,7 @@ class Interpreter:
         mode AT&D1 leaves it like "+++" (OK, the connection stays), AT&D2 closes the
         connection (NO CARRIER)."""
         mode = self.modem.settings.dtr
-        if self.mode is not Mode.ONLINE or mode == 0:
+        if self.mode is not Mode.ONLINE or mode == 0 or self.settle_overdue_escape():
             return
         self._guarded(self._release_held)          # what the host wrote goes first
         if mode == 1:

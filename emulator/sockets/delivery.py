@@ -240,6 +240,7 @@ class OnlineDelivery(Delivery):
 
     # -- data ---------------------------------------------------------------------
     def data_arrived(self, sock: SslSocket, was_empty: bool) -> None:
+        self.svc.modem.interpreter.settle_overdue_escape()    # (an escape before these bytes)
         if self.online(sock):
             self.flush(sock)
         # else: the host left with +++; the bytes wait for ATO / AT+QISWTMD
@@ -270,6 +271,7 @@ class OnlineDelivery(Delivery):
     def peer_closed(self, sock: SslSocket) -> None:
         if sock in self._connecting:
             return                      # CONNECT is on its way: SocketLink.started reports it
+        self.svc.modem.interpreter.settle_overdue_escape()    # (an escape before the close)
         if self.online(sock):
             self._links[sock].ended()
         elif sock.inbox:
