@@ -63,9 +63,9 @@ def load_anchors(settings: TlsSettings) -> list[x509.Certificate]:
     (mbedtls_x509_crt_parse: _ca_walk); a file it reads only in part -- a block its PEM
     reader or X.509 parser refuses -- is a broken file (BAD_CONFIG: 552 / -1)."""
     label = settings.trust_label
-    if not settings.ca_pem or _PEM_BEGIN not in settings.ca_pem.split(b"\0", 1)[0]:
+    if not settings.ca_pem:
         raise EngineConfigError(BAD_CONFIG, f"seclevel {settings.seclevel} needs a CA certificate, "
-                                            f"but {label} holds no PEM certificate")
+                                            f"but {label} is empty")
     anchors = _ANCHORS.get(settings.ca_pem)
     if anchors is None:
         ders, refused = _ca_walk(settings.ca_pem)
@@ -102,6 +102,16 @@ def _ca_walk(ca_pem: bytes) -> tuple[tuple[bytes, ...], str]:
     from mbedtls.exceptions import TLSError
 
     data = ca_pem.split(b"\0", 1)[0]
+    if _PEM_BEGIN not in data:
+        # No PEM header before the first NUL (strstr): mbedtls_x509_crt_parse takes the
+        # buffer as ONE DER certificate (mbedtls_x509_crt_parse_der: its first SEQUENCE,
+        # the bytes after it not read) -- a CA file written in DER.
+        der = outer_tlv(ca_pem)
+        try:
+            mbx509.CRT.from_DER(der)
+        except (TLSError, ValueError) as exc:
+            return (), f"neither a PEM certificate nor one DER certificate Mbed TLS reads ({exc})"
+        return (der,), ""
     ders: list[bytes] = []
     refused = ""
     number = 0

@@ -54,7 +54,7 @@ class Args:
             if lo <= value <= hi:
                 return value
             raise self.fail(f"parameter {i + 1} {value} not in {lo}-{hi}")
-        text = text.strip(" \t")        # (not str.strip(): a no-break space is no space)
+        text = text.strip(" ")        # (not str.strip(): a no-break space is no space)
         # ASCII digits only, a minus sign only where the range has negative values (no
         # module takes "+1" or "-0" for 1 or 0); "²".isdigit() is True, hence isascii().
         digits = text[1:] if text[:1] == "-" and lo < 0 else text

@@ -73,7 +73,7 @@ def _parse_line(body: bytes) -> list[Command | Malformed]:
     n = len(text)
     while i < n:
         c = text[i]
-        if c in " \t":
+        if c == " ":
             i += 1
             continue
         if c == ";":
@@ -118,7 +118,7 @@ def _parse_extended(text: str, start: int, out: list) -> int:
     for suffix, kind in (("=?", TEST), ("?", READ)):      # "=?" before "=" and "?"
         if text.startswith(suffix, i):
             end = _skip_to_separator(text, i + len(suffix))
-            if text[i + len(suffix):end].strip(" \t"):
+            if text[i + len(suffix):end].strip(" "):
                 out.append(Malformed(text[start:end], f"text after {suffix}"))
                 return n
             out.append(Command(name, kind, (), text[start:end]))
@@ -132,7 +132,7 @@ def _parse_extended(text: str, start: int, out: list) -> int:
         out.append(Command(name, WRITE, tuple(args), text[start:end]))
         return end
     end = _skip_to_separator(text, i)
-    if text[i:end].strip(" \t"):
+    if text[i:end].strip(" "):
         out.append(Malformed(text[start:end], "unexpected text after command name"))
         return n
     out.append(Command(name, EXEC, (), text[start:end]))
@@ -162,10 +162,10 @@ def split_args(text: str) -> list[Arg | None] | None:
     unquoted value)."""
     args: list[Arg | None] = []
     i, n = 0, len(text)
-    if not text.strip(" \t"):
+    if not text.strip(" "):
         return [None]
     while True:
-        while i < n and text[i] in " \t":
+        while i < n and text[i] == " ":
             i += 1
         if i < n and text[i] == '"':
             end = text.find('"', i + 1)
@@ -173,14 +173,14 @@ def split_args(text: str) -> list[Arg | None] | None:
                 return None
             value = Arg(text[i + 1:end], quoted=True)
             i = end + 1
-            while i < n and text[i] in " \t":
+            while i < n and text[i] == " ":
                 i += 1
             if i < n and text[i] != ",":
                 return None            # text after a closing quote: "abc"def
         else:
             comma = text.find(",", i)
             comma = n if comma < 0 else comma
-            raw = text[i:comma].strip(" \t")
+            raw = text[i:comma].strip(" ")
             if '"' in raw:
                 return None            # a stray quote in an unquoted value: abc"
             value = Arg(raw) if raw else None

@@ -126,15 +126,21 @@ def test_bundle_of_150_cas_with_the_right_one_last(modem, route, mat):
         expect_open(modem, server, 566)
 
 
-def test_der_ca_file_is_552_before_any_handshake(modem, route, mat, caplog):
-    """The note says nothing of DER; the emulator reads PEM only (tls_engine/verify.py
-    load_anchors): a context that cannot work, 552, and the log says why."""
+def test_der_ca_file_is_read_as_mbed_tls_reads_it(modem, route, mat, caplog):
+    """The note says nothing of DER; the CA file is read as Mbed TLS 2.28's
+    mbedtls_x509_crt_parse reads it (docs/behaviour.md): no PEM header, so the file is one DER
+    certificate -- the open verifies against it.  A file that is neither (a DER certificate cut
+    short) is a context that cannot work: 552 before any handshake, the log says why."""
     with TlsServer(ServerIdentity(mat["leaf"], mat["inter"])) as server:
         route(server)
         trust(modem, 0, der(mat["root"]), name="UFS:root.der")
+        expect_open(modem, server, 0)
+    with TlsServer(ServerIdentity(mat["leaf"], mat["inter"])) as server:
+        route(server)
+        trust(modem, 0, der(mat["root"])[:-40], name="UFS:cut.der")
         expect_open(modem, None, 552)
         assert all(c.client_hello is None for c in server.connections)
-    assert "holds no PEM certificate" in log_text(caplog)
+    assert "neither a PEM certificate nor one DER certificate Mbed TLS reads" in log_text(caplog)
 
 
 def test_bundle_with_one_corrupt_certificate_is_552_with_a_reason(modem, route, mat, caplog):
