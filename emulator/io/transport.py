@@ -405,7 +405,10 @@ class PtyPort:
             return 0
         unread = 0
         try:
-            unread = _ioctl_int(fd, termios.FIONREAD)
+            try:                          # (before the reset: a line discipline a departed
+                unread = _ioctl_int(fd, termios.FIONREAD)   # host left may refuse it)
+            except OSError:
+                pass
             _reset_line(fd)
             termios.tcflush(fd, termios.TCIFLUSH)
         except (termios.error, OSError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import random
 import select
 import socket
 import struct
@@ -72,6 +73,21 @@ def escape(host, advance) -> bytes:
 
 
 def free_port(kind=socket.SOCK_STREAM) -> int:
+    """A port free on 127.0.0.1 for TCP and UDP alike (`kind` is kept for the callers), taken
+    below the kernel's ephemeral range (32768-60999): bind(0) hands out an ephemeral port,
+    which another worker's next outgoing connection may take before the test binds it (the
+    full run met a listener's 556 that way)."""
+    pick = random.SystemRandom()
+    for _ in range(200):
+        port = pick.randrange(20000, 32768)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, \
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                t.bind(("127.0.0.1", port))
+                u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -51,7 +51,7 @@ NAME = "trims.example"
 
 def _old_parse_int(text: str, lo: int, hi: int) -> int | str:
     """Args.parse_int as it was at 47c29c1^ (its outcome: the value, or the failure text)."""
-    text = text.strip(" \t")
+    text = text.strip(" ")          # (only 0x20 is a space: 1899ac2 made TAB no space)
     digits = text[1:] if text[:1] == "-" and lo < 0 else text
     if not digits or not digits.isascii() or not digits.isdigit():
         return f"parameter 1 {text!r} is not a number"
@@ -159,7 +159,7 @@ def test_qsslcfg_and_s_register_numbers(open_modem):
     """AT+QSSLCFG numeric values and ATS3 as before: leading zeros taken, 13 digits,
     out-of-range, signs and spaces as the old parser had them."""
     host, _ = open_modem("ec2x")
-    cases = [('AT+QSSLCFG="seclevel",1, 1', OK), ('AT+QSSLCFG="seclevel",1,\t0', OK),
+    cases = [('AT+QSSLCFG="seclevel",1, 1', OK), ('AT+QSSLCFG="seclevel",1,\t0', ERROR),
              ('AT+QSSLCFG="seclevel",1,000000000002', OK),
              ('AT+QSSLCFG="seclevel",1,0000000000002', ERROR),
              ('AT+QSSLCFG="seclevel",1,3', ERROR),
