@@ -605,6 +605,14 @@ class PtyPort:
             if self.on_drain is not None:
                 self.on_drain()
 
+    def read_now(self) -> None:
+        """Take what the host has written so far, before an event it caused after writing
+        (a DTR drop): a read that finds nothing yet has the kernel hand over the pty input
+        still on its way (n_tty_read flushes the port's buffer work), which the loop's poll
+        would report only later."""
+        if not self._closed and self.attached and self.reading:
+            self._readable()
+
     def _readable(self) -> None:
         drained = True
         try:
