@@ -457,12 +457,14 @@ class Interpreter:
             log.info("ERROR: AT%s is not a command of profile %s", loggable(item.raw), profile.name)
             return Response([], "ERROR")
         entry = TABLE.lookup(name, item.kind, variant)
-        if entry is None:
-            if item.kind == "test" and TABLE.knows(name, variant):
-                return Response([], "OK")
+        if entry is not None:
+            response = self._call(entry.func, self.modem, item, raw=item.raw, what="")
+        elif item.kind == "test" and TABLE.knows(name, variant):
+            response = Response([], "OK")
+        else:
             log.info("ERROR: AT%s (%s form) not supported", loggable(item.raw), item.kind)
-            return Response([], "ERROR")
-        response = self._call(entry.func, self.modem, item, raw=item.raw, what="")
+            response = Response([], "ERROR")
+        # (a delay holds every answer of the command, also a form with no handler of its own)
         if not (self.delays or self.profile_delays):
             return response
         delay = max(self.delays.get(name, 0), self.profile_delays.get(name, 0))

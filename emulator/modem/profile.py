@@ -488,6 +488,28 @@ def resolve_profile_path(spec: str) -> Path:
     return PROFILE_DIR / f"{spec}.toml"
 
 
+def _toml_where(text: str, message: str) -> str:
+    """What tomllib's "(at line N, column C)" points at, so the one line names the key: a
+    key given twice ("Cannot overwrite a value") as table.key, else the line's text."""
+    found = re.search(r"\(at line (\d+), column \d+\)", message)
+    lines = text.splitlines()
+    if not found or not 0 < int(found.group(1)) <= len(lines):
+        return ""
+    number = int(found.group(1))
+    if number == 1 and text.startswith("\ufeff"):
+        return ": the file begins with a byte order mark (U+FEFF, as some editors save UTF-8)"
+    line = lines[number - 1].strip()
+    key = line.split("=", 1)[0].strip() if "=" in line else ""
+    if message.startswith("Cannot overwrite a value") and re.fullmatch(r"[A-Za-z0-9_.\"+ -]+", key or "="):
+        header = next((h.split("#", 1)[0].strip() for h in reversed(lines[:number - 1])
+                       if h.lstrip().startswith("[")), "")
+        if not header or re.fullmatch(r"\[[^\[\]]+\]", header):
+            table = header[1:-1].strip()
+            return f": key {table + '.' if table else ''}{key} is given twice"
+    shown = line if len(line) <= 80 else line[:77] + "..."
+    return f": line {number} is {shown!r}"
+
+
 def load_profile(spec: str) -> Profile:
     path = resolve_profile_path(spec)
     try:
@@ -499,9 +521,11 @@ def load_profile(spec: str) -> Profile:
                                f"profile .toml path)") from None
         raise ProfileError(f"profile {path}: cannot read: {exc.strerror or exc}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ProfileError(f"profile {path}: not valid TOML: {exc}") from None
+        where = _toml_where(text, str(exc)) if isinstance(exc, tomllib.TOMLDecodeError) else ""
+        raise ProfileError(f"profile {path}: not valid TOML: {exc}{where}") from None
     except RecursionError:      # tomllib recurses per level of nested arrays / inline tables
         raise ProfileError(f"profile {path}: not valid TOML: nested too deeply") from None
     validate(data, path)

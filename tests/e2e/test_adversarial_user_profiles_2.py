@@ -686,8 +686,8 @@ def test_a_profile_with_one_command_loads_and_answers_error_to_the_rest(cli, tmp
 
 
 @pytest.mark.parametrize("content, message", [
-    pytest.param(b"\xef\xbb\xbf" + EC2X.encode(), "not valid TOML: Invalid statement (at line 1, column 1)",
-                 id="utf8-bom-as-notepad-saves"),
+    pytest.param(b"\xef\xbb\xbf" + EC2X.encode(), "not valid TOML: Invalid statement (at line 1, column 1): the file begins with a byte "
+                 "order mark (U+FEFF, as some editors save UTF-8)", id="utf8-bom-as-notepad-saves"),
     pytest.param(EC2X.encode("utf-16"), "not valid TOML: 'utf-8' codec can't decode byte 0xff in position 0: "
                  "invalid start byte", id="utf-16"),
     pytest.param(b"# only a comment\n", "key profile.name: missing", id="comments-only"),
