@@ -104,7 +104,11 @@ def _client_chain(settings: TlsSettings):
         if not data:
             raise EngineConfigError(BAD_CONFIG, f"seclevel 2: the {what} is empty")
     try:
-        certs = x509.load_pem_x509_certificates(settings.client_cert_pem)
+        if _is_der(settings.client_cert_pem):     # (mbedtls_x509_crt_parse: one DER certificate)
+            from .records import outer_tlv
+            certs = [x509.load_der_x509_certificate(outer_tlv(settings.client_cert_pem))]
+        else:
+            certs = x509.load_pem_x509_certificates(settings.client_cert_pem)
     except ValueError as exc:
         raise EngineConfigError(BAD_CONFIG, f"cannot parse client certificate: {exc}") from None
     key = _client_key(settings.client_key_pem, settings.client_key_password or None)
@@ -123,12 +127,19 @@ def _client_chain(settings: TlsSettings):
     return mbed_certs, mbed_key
 
 
+def _is_der(data: bytes) -> bool:
+    """No PEM header before the first NUL: Mbed TLS's parsers take the buffer as DER."""
+    return b"-----BEGIN" not in data.split(b"\0", 1)[0]
+
+
 def _client_key(pem: bytes, password: bytes | None):
     """The client key, decrypted with `password` when it is encrypted (a password given
     for a clear key is not needed: ignored, as OpenSSL's PEM reader does)."""
     from cryptography.hazmat.primitives import serialization
 
     try:
+        if _is_der(pem):                  # (mbedtls_pk_parse_key reads DER keys as well)
+            return serialization.load_der_private_key(pem, password=password)
         return serialization.load_pem_private_key(pem, password=password)
     except TypeError:
         if password is not None:      # "Password was given but private key is not encrypted"

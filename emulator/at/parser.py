@@ -221,6 +221,9 @@ def _parse_basic(text: str, i: int, out: list, prefix: str) -> int:
             if _split_number(text, k):
                 out.append(Malformed(text[start:], "a space inside the number"))
                 return n
+            if _stray(text, k):
+                out.append(Malformed(text[start:], f"unexpected character {text[k]!r} after it"))
+                return n
             out.append(Command(name, WRITE, (Arg(value) if value else None,), text[start:k]))
             return k
         out.append(Malformed(text[start:j], "S register needs ? or ="))
@@ -233,12 +236,22 @@ def _parse_basic(text: str, i: int, out: list, prefix: str) -> int:
     if _split_number(text, j):                # "ATE1 0", "ATE 0": not E then a stray number
         out.append(Malformed(text[start:], "a space inside the number"))
         return n
+    if _stray(text, j):                       # "ATE<TAB>1": not E (E0) and then an error
+        out.append(Malformed(text[start:], f"unexpected character {text[j]!r} after it"))
+        return n
     end = _basic_query(name, text, start, j, out)
     if end is not None:
         return end
     args = (Arg(value),) if value else ()
     out.append(Command(name, EXEC, args, text[start:j]))
     return j
+
+
+def _stray(text: str, k: int) -> bool:
+    """A character that can start nothing follows a basic command at k (a control character,
+    TAB included, or one past ASCII): the command is malformed and runs nothing, as with a
+    space inside its number -- not the bare command (its default 0) and then an error."""
+    return k < len(text) and not " " <= text[k] <= "~"
 
 
 def _split_number(text: str, k: int) -> bool:

@@ -406,8 +406,8 @@ class PtyPort:
         unread = 0
         try:
             try:                          # (before the reset: a line discipline a departed
-                unread = _ioctl_int(fd, termios.FIONREAD)   # host left may refuse it)
-            except OSError:
+                unread = _unread_on_slave(fd)               # host left may refuse it)
+            except (termios.error, OSError):
                 pass
             _reset_line(fd)
             termios.tcflush(fd, termios.TCIFLUSH)
@@ -572,8 +572,11 @@ class PtyPort:
                 if self._switch is not None:
                     size = min(size, self._switch[0])
             try:
-                # (detached: only --uart --baud gets here; the slice leaves for nobody)
-                n = os.write(self.master, self._out[:size]) if self.attached else min(size, len(self._out))
+                if self.attached:
+                    n = os.write(self.master, self._out[:size])
+                else:                      # (only --uart --baud: the slice leaves for nobody)
+                    n = min(size, len(self._out))
+                    self._lost(len(self._out), n, "no host had the port open (it left at the rate)")
             except BlockingIOError:
                 break                      # the pty is full: add_writer below
             except OSError as exc:
@@ -735,6 +738,22 @@ class PtyPort:
             self._link_lock = None
         _leave(self)
         os.close(self.master)
+
+
+def _unread_on_slave(fd: int) -> int:
+    """The bytes waiting on the slave side for a reader.  In canonical mode (ICANON)
+    FIONREAD counts whole lines only: canonical mode is switched off for the count (the
+    partial line becomes readable) and back on -- the queue is flushed right after."""
+    attrs = termios.tcgetattr(fd)
+    if not attrs[3] & termios.ICANON:
+        return _ioctl_int(fd, termios.FIONREAD)
+    raw = list(attrs)
+    raw[3] &= ~termios.ICANON
+    termios.tcsetattr(fd, termios.TCSANOW, raw)
+    try:
+        return _ioctl_int(fd, termios.FIONREAD)
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
 def _flushed(fd: int) -> None:

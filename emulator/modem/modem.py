@@ -188,8 +188,9 @@ class Modem:
             self._port.look_for_host()    # a program that opened the port raised DTR first
         was, self.dtr = self.dtr, 1 if level else 0
         if was and not self.dtr:
-            if self._port is not None:
-                self._port.read_now()     # what the host wrote before the drop comes first
+            read_now = getattr(self._port, "read_now", None)
+            if read_now is not None:
+                read_now()                # what the host wrote before the drop comes first
             self.interpreter.dtr_drop()
 
     def output_backlog(self) -> int:
