@@ -741,19 +741,11 @@ class PtyPort:
 
 
 def _unread_on_slave(fd: int) -> int:
-    """The bytes waiting on the slave side for a reader.  In canonical mode (ICANON)
-    FIONREAD counts whole lines only: canonical mode is switched off for the count (the
-    partial line becomes readable) and back on -- the queue is flushed right after."""
-    attrs = termios.tcgetattr(fd)
-    if not attrs[3] & termios.ICANON:
-        return _ioctl_int(fd, termios.FIONREAD)
-    raw = list(attrs)
-    raw[3] &= ~termios.ICANON
-    termios.tcsetattr(fd, termios.TCSANOW, raw)
-    try:
-        return _ioctl_int(fd, termios.FIONREAD)
-    finally:
-        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    """The bytes waiting on the slave side for a reader (FIONREAD).  In canonical mode
+    (ICANON) it counts whole lines only: a partial last line is not counted.  (Switching
+    ICANON off for the count and back raced with the next program's open: restoring the
+    departed host's settings could undo the new host's.)"""
+    return _ioctl_int(fd, termios.FIONREAD)
 
 
 def _flushed(fd: int) -> None:

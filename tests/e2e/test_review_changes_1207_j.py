@@ -16,9 +16,10 @@ could break or what case it misses.
 - drop_urcs kinds: AT+QIDEACT with a waiting "recv" and a waiting peer "closed" (closed once),
   AT+QSSLCLOSE taking back a waiting +QSSLURC "recv" (contrast: the same line without it).
 
-Bugs found, fixed with these tests (PtyPort._flush marks output left to nobody, _unread_on_slave
-counts a canonical host's partial line, parser._stray, config._is_der): --uart --baud output left to nobody had no "lost" record; a canonical-mode
-host's unread prompt was counted short (FIONREAD counts whole lines); a TAB inside a basic
+Bugs found, fixed with these tests (PtyPort._flush marks output left to nobody, parser._stray,
+config._is_der): --uart --baud output left to nobody had no "lost" record; (a limit, a strict
+xfail DIFFERS: a canonical-mode host's unread prompt is counted short -- FIONREAD counts whole
+lines; a fix that switched ICANON off for the count raced with the next program's open); a TAB inside a basic
 command's number ran the bare command (V0, &D0, E0) before the ERROR; a DER client certificate
 was 552 though Mbed TLS reads it as the DER CA is now read.
 """
@@ -389,7 +390,10 @@ def test_qsslclose_takes_back_a_waiting_ssl_recv_urc(ec2x_strict, emulator, then
         b.close()
 
 
-# Was a bug, fixed (see the module docstring).
+@pytest.mark.xfail(strict=True, reason="DIFFERS (docs/behaviour.md, trace and replay: a limit): a canonical-mode "
+                   "host's unread partial line is not counted (FIONREAD counts whole lines; switching ICANON off "
+                   "for the count raced with the next program's open and was taken back): the lost record covers "
+                   "2 of the prompt's 4 bytes")
 def test_a_prompt_left_unread_by_a_canonical_mode_host_is_lost_whole(emulator, open_modem, tmp_path):
     """A host whose tty is in canonical mode (a shell's `echo ... > /dev/ttyX`, or a program that
     never made the port raw) asks for a data prompt and closes without reading it: the whole
