@@ -405,8 +405,11 @@ class PtyPort:
             return 0
         unread = 0
         try:
+            try:                          # (before the reset: a line discipline a departed
+                unread = _unread_on_slave(fd)               # host left may refuse it)
+            except (termios.error, OSError):
+                pass
             _reset_line(fd)
-            unread = _drain_slave(fd)
             termios.tcflush(fd, termios.TCIFLUSH)
         except (termios.error, OSError):
             pass
@@ -737,21 +740,12 @@ class PtyPort:
         os.close(self.master)
 
 
-def _drain_slave(fd: int) -> int:
-    """Read what waits on the slave side for a reader until there is none, and say how many
-    bytes: FIONREAD sees only the line discipline's read buffer (4095 bytes at most), not what
-    is still in the pty's buffers behind it, which each read pulls through.  In canonical mode
-    (ICANON) a read returns whole lines: a partial last line is left for the flush, uncounted."""
-    unread = 0
-    for _ in range(256):                      # (at most 16 MiB: nothing writes meanwhile)
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:                       # EAGAIN: nothing more (EIO: no line)
-            break
-        if not chunk:
-            break
-        unread += len(chunk)
-    return unread
+def _unread_on_slave(fd: int) -> int:
+    """The bytes waiting on the slave side for a reader (FIONREAD).  In canonical mode
+    (ICANON) it counts whole lines only: a partial last line is not counted.  (Switching
+    ICANON off for the count and back raced with the next program's open: restoring the
+    departed host's settings could undo the new host's.)"""
+    return _ioctl_int(fd, termios.FIONREAD)
 
 
 def _flushed(fd: int) -> None:
