@@ -405,9 +405,11 @@ class PtyPort:
             return 0
         unread = 0
         try:
-            try:                          # (before the reset: a line discipline a departed
-                unread = _unread_on_slave(fd)               # host left may refuse it)
-            except (termios.error, OSError):
+            # (before the reset: a line discipline a departed host left may refuse it;
+            # in canonical mode FIONREAD counts whole lines only -- a documented limit)
+            try:
+                unread = _ioctl_int(fd, termios.FIONREAD)
+            except OSError:
                 pass
             _reset_line(fd)
             termios.tcflush(fd, termios.TCIFLUSH)
@@ -738,14 +740,6 @@ class PtyPort:
             self._link_lock = None
         _leave(self)
         os.close(self.master)
-
-
-def _unread_on_slave(fd: int) -> int:
-    """The bytes waiting on the slave side for a reader (FIONREAD).  In canonical mode
-    (ICANON) it counts whole lines only: a partial last line is not counted.  (Switching
-    ICANON off for the count and back raced with the next program's open: restoring the
-    departed host's settings could undo the new host's.)"""
-    return _ioctl_int(fd, termios.FIONREAD)
 
 
 def _flushed(fd: int) -> None:
