@@ -40,6 +40,7 @@ stored instead of "abc", the last byte left to command state).
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import threading
@@ -58,6 +59,23 @@ SEND_OK = b"\r\nSEND OK\r\n"
 CTRL_Z, ESC = b"\x1a", b"\x1b"
 ML_URC_RECV = re.compile(rb'\r\n\+QSSLURC: "recv",1,0\r\n')
 EC_URC = re.compile(rb'\r\n\+QSSLURC: "recv",(\d+)(?:,(\d+))?\r\n')
+
+
+@contextlib.contextmanager
+def loop_held(emulator):
+    """The emulator's loop kept busy while the block runs: what the host writes meanwhile is
+    read by the emulator after it (the order a busy machine may give, here every time)."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(10)
+    emulator.loop.call_soon_threadsafe(hold)
+    assert started.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
 
 
 @pytest.fixture
@@ -817,8 +835,10 @@ def test_crlf_host_held_between_cr_and_lf_then_reading_the_prompt_at_once(rig, d
             h.write(line)
             time.sleep(delay)                                # held up (a GC pause)
             assert h.ser.in_waiting == len(prompt)           # the prompt unread yet
-            h.write(b"\n")
-            assert h.read_until(prompt, 5) == prompt         # ... and read at once
+            with loop_held(rig.emulator):                    # (the emulator busy: its read of
+                h.write(b"\n")                              # the LF comes after the host's
+                assert h.read_until(prompt, 5) == prompt     # ... read, made certain -- a
+                                                             # race the full run once won)
             h.write(b"ab%d" % n)
             h.read_until(re.compile(rb"\r\n(SEND OK|ERROR|OK)\r\n"), 5)
             sent += b"ab%d" % n
@@ -856,9 +876,12 @@ def test_cr_only_init_then_a_bytewise_crlf_driver_reading_the_prompt_at_once(rig
             assert h.at("ATI").endswith(OK)
             for b in b"AT+QSSLSEND=0,3\r":
                 h.write(bytes([b]))
-            time.sleep(0.005)
-            h.write(b"\n")
-            assert h.read_until(b"> ", 5) == b"\r\n> "
+            deadline = time.monotonic() + 5
+            while h.ser.in_waiting < 4 and time.monotonic() < deadline:
+                time.sleep(0.001)                            # the prompt out, unread
+            with loop_held(rig.emulator):                    # (the emulator's read of the LF
+                h.write(b"\n")                              # after the host's read, certain)
+                assert h.read_until(b"> ", 5) == b"\r\n> "
             h.write(b"ab%d" % n)
             h.read_until(re.compile(rb"\r\n(SEND OK|ERROR)\r\n"), 5)
             sent += b"ab%d" % n
