@@ -873,15 +873,16 @@ def _ioctl_int(fd: int, request: int) -> int:
 def _reset_line(fd: int) -> None:
     """A real UART's tty is released at its last close and the next open starts afresh; a
     pty's slave lives as long as the emulator holds the master, so what a departed host left
-    in it would stay for every later one.  Reset what the next open of a UART would not see
-    (its termios, which a UART keeps, stay as they are; a host opening in the same instant
-    may have its first settings undone -- the window is the few syscalls below):
+    in it would stay for every later one.  Reset what the next open of a UART would not see;
+    its termios, which a UART keeps, stay as they are and are never written here (a rewrite
+    raced with a host opening at that instant: the departed host's settings, put back, undid
+    the new host's -- a cooked host's ICRNL came back on the next one):
     - exclusive mode (TIOCEXCL) and output stopped with tcflow(TCOOFF);
     - a line discipline other than N_TTY (pppd, slattach, ldattach killed before restoring
       it): with it the port is dead (tcgetattr EINVAL, the modem's answers swallowed);
     - output stopped by an XOFF that the host's IXON took from the modem's output (binary
-      socket data): the next host's writes would never leave.  Clearing IXON for a moment
-      restarts it (the line discipline's own rule), then the host's settings come back."""
+      socket data): the next host's writes would never leave.  tcflow(TCOOFF) then TCOON
+      restarts it (TCOON alone undoes only a TCOOFF; after one, output stopped either way)."""
     try:
         if _ioctl_int(fd, termios.TIOCGETD) != termios.N_TTY:
             fcntl.ioctl(fd, termios.TIOCSETD, struct.pack("i", termios.N_TTY))
@@ -893,15 +894,7 @@ def _reset_line(fd: int) -> None:
     except OSError:
         pass
     try:
-        termios.tcflow(fd, termios.TCOON)    # output a tcflow(TCOOFF) stopped
-    except termios.error:
-        pass
-    try:
-        attrs = termios.tcgetattr(fd)
-        if attrs[0] & termios.IXON:
-            cleared = list(attrs)
-            cleared[0] &= ~termios.IXON
-            termios.tcsetattr(fd, termios.TCSANOW, cleared)
-            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        termios.tcflow(fd, termios.TCOOFF)
+        termios.tcflow(fd, termios.TCOON)
     except termios.error:
         pass
