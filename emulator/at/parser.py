@@ -265,6 +265,9 @@ def _basic_query(name: str, text: str, start: int, j: int, out: list) -> int | N
     """"=?" or "?" right after a basic command's name (ATS3?, ATE=?): where it ends."""
     for suffix, kind in (("=?", TEST), ("?", READ)):
         if text.startswith(suffix, j):
+            if _stray(text, j + len(suffix)):         # "ATS3?<NUL>": runs nothing
+                out.append(Malformed(text[start:], f"unexpected character {text[j + len(suffix)]!r} after it"))
+                return len(text)
             out.append(Command(name, kind, (), text[start:j + len(suffix)]))
             return j + len(suffix)
     return None
