@@ -103,12 +103,16 @@ def _client_chain(settings: TlsSettings):
             raise EngineConfigError(BAD_CONFIG, f"seclevel 2 needs a client certificate and key; {what} is missing")
         if not data:
             raise EngineConfigError(BAD_CONFIG, f"seclevel 2: the {what} is empty")
+    from .verify import _ca_walk
+    # (read as the CA file is, as mbedtls_x509_crt_parse reads both: PEM when a
+    # "-----BEGIN CERTIFICATE-----" comes before the first NUL, else one DER certificate;
+    # a block it refuses fails the open as in the CA file)
+    ders, refused = _ca_walk(settings.client_cert_pem)
+    if refused or not ders:
+        raise EngineConfigError(BAD_CONFIG, "cannot parse client certificate: "
+                                f"{refused or 'no certificate Mbed TLS reads'}")
     try:
-        if _is_der(settings.client_cert_pem):     # (mbedtls_x509_crt_parse: one DER certificate)
-            from .records import outer_tlv
-            certs = [x509.load_der_x509_certificate(outer_tlv(settings.client_cert_pem))]
-        else:
-            certs = x509.load_pem_x509_certificates(settings.client_cert_pem)
+        certs = [x509.load_der_x509_certificate(der) for der in ders]
     except ValueError as exc:
         raise EngineConfigError(BAD_CONFIG, f"cannot parse client certificate: {exc}") from None
     key = _client_key(settings.client_key_pem, settings.client_key_password or None)

@@ -435,7 +435,8 @@ def test_client_identity_variants_reach_the_server(modem, route, mat, clients, v
     ("traditional_encrypted_rsa", "client key is encrypted"),
     ("same_type_other_key", "client key does not belong to the client certificate"),
     ("swapped_pair", "cannot parse client"),
-    ("ed25519_key", "client key type Ed25519PrivateKey not supported"),
+    # (an Ed25519 certificate is not one Mbed TLS 2.28 reads: refused with the file, as in the CA)
+    ("ed25519_key", "cannot parse client certificate: certificate 1 is not one Mbed TLS reads"),
 ])
 def test_unusable_client_material_is_552_before_the_client_hello(modem, route, mat, pki, caplog,
                                                                  what, reason):
