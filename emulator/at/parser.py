@@ -221,8 +221,8 @@ def _parse_basic(text: str, i: int, out: list, prefix: str) -> int:
             if _split_number(text, k):
                 out.append(Malformed(text[start:], "a space inside the number"))
                 return n
-            if _stray(text, k):
-                out.append(Malformed(text[start:], f"unexpected character {text[k]!r} after it"))
+            if stray := _stray(text, k):
+                out.append(Malformed(text[start:], f"unexpected character {stray!r} after it"))
                 return n
             out.append(Command(name, WRITE, (Arg(value) if value else None,), text[start:k]))
             return k
@@ -236,8 +236,8 @@ def _parse_basic(text: str, i: int, out: list, prefix: str) -> int:
     if _split_number(text, j):                # "ATE1 0", "ATE 0": not E then a stray number
         out.append(Malformed(text[start:], "a space inside the number"))
         return n
-    if _stray(text, j):                       # "ATE<TAB>1": not E (E0) and then an error
-        out.append(Malformed(text[start:], f"unexpected character {text[j]!r} after it"))
+    if stray := _stray(text, j):              # "ATE<TAB>1": not E (E0) and then an error
+        out.append(Malformed(text[start:], f"unexpected character {stray!r} after it"))
         return n
     end = _basic_query(name, text, start, j, out)
     if end is not None:
@@ -247,11 +247,14 @@ def _parse_basic(text: str, i: int, out: list, prefix: str) -> int:
     return j
 
 
-def _stray(text: str, k: int) -> bool:
-    """A character that can start nothing follows a basic command at k (a control character,
-    TAB included, or one past ASCII): the command is malformed and runs nothing, as with a
-    space inside its number -- not the bare command (its default 0) and then an error."""
-    return k < len(text) and not " " <= text[k] <= "~"
+def _stray(text: str, k: int) -> str:
+    """A character that can start nothing follows a basic command at k, after any spaces
+    (V.250 5.1 ignores them: "ATE0 <NUL>" is "ATE0<NUL>"): a control character, TAB included,
+    or one past ASCII.  The command is malformed and runs nothing, as with a space inside its
+    number -- not the bare command (its default 0) and then an error.  Returns it, or ""."""
+    while k < len(text) and text[k] == " ":
+        k += 1
+    return text[k] if k < len(text) and not " " <= text[k] <= "~" else ""
 
 
 def _split_number(text: str, k: int) -> bool:
@@ -265,8 +268,8 @@ def _basic_query(name: str, text: str, start: int, j: int, out: list) -> int | N
     """"=?" or "?" right after a basic command's name (ATS3?, ATE=?): where it ends."""
     for suffix, kind in (("=?", TEST), ("?", READ)):
         if text.startswith(suffix, j):
-            if _stray(text, j + len(suffix)):         # "ATS3?<NUL>": runs nothing
-                out.append(Malformed(text[start:], f"unexpected character {text[j + len(suffix)]!r} after it"))
+            if stray := _stray(text, j + len(suffix)):   # "ATS3?<NUL>": runs nothing
+                out.append(Malformed(text[start:], f"unexpected character {stray!r} after it"))
                 return len(text)
             out.append(Command(name, kind, (), text[start:j + len(suffix)]))
             return j + len(suffix)

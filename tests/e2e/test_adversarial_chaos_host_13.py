@@ -2,14 +2,17 @@
 ones (only 0x20 is a space), 'lost' records for a host that closes with unread output, DTR
 drops right after writes.
 
-Bugs found here, fixed with these tests (PtyPort._discard_unread_output now drains the slave with
-reads and counts them; parser._basic_query checks for a stray byte):
-- a hang-up counted the departed host's unread output with FIONREAD on the slave, which sees
+Found here:
+- a hang-up counts the departed host's unread output with FIONREAD on the slave, which sees
   only n_tty's read buffer (<= 4095 bytes), not what still sits in the pty's flip buffer; the
-  TCIFLUSH after it discards those bytes silently, so the trace says the host got them (a host
-  that reads nothing of 30 URCs, 12120 bytes: 'lost' 4095; of 150 URCs: 46595 of 60600).
-- "ATS3?<TAB>" (any control / 0x7F-0xFF byte after a basic query or =?) writes the query's
-  answer and then ERROR, where "AT+CMEE?<TAB>" and "ATE<TAB>1" run nothing.
+  TCIFLUSH after it discards those bytes uncounted (a host that reads nothing of 30 URCs,
+  12120 bytes: 'lost' 4095).  A fix that read the slave empty to count them (25aece1) was
+  taken back: the reads pass the bytes through the departed host's line settings (with its
+  ECHO they came back to the modem as input; canonical mode stopped the count at a VEOF) --
+  test_review_changes_1207_k.py.  A documented limit now (strict xfails DIFFERS below).
+- fixed (parser._basic_query checks for a stray byte): "ATS3?<TAB>" (any control / 0x7F-0xFF
+  byte after a basic query or =?) wrote the query's answer and then ERROR, where
+  "AT+CMEE?<TAB>" and "ATE<TAB>1" run nothing.
 """
 from __future__ import annotations
 
@@ -476,10 +479,13 @@ def test_dtr_drop_right_after_the_host_closed_is_no_traceback(emulator, open_mod
     host.close()
 
 
-# (the 30/150 and the flood cases were strict xfails: BUG, fixed -- PtyPort._discard_unread_output
-# drains the slave with reads)
+_OVER_4095 = pytest.mark.xfail(strict=True, reason="DIFFERS (docs/behaviour.md, trace: the lost-record limits): "
+                               "of a host's unread backlog over 4095 bytes only what the line discipline holds "
+                               "(FIONREAD, 4095 at most) is counted lost; the rest, in the pty's buffers, is "
+                               "flushed uncounted")
 
 
+@_OVER_4095
 @pytest.mark.parametrize("mode", [1, 2])
 def test_host_that_never_reads_a_flood_then_closes_loses_exactly_what_was_recorded(emulator, open_modem, tmp_path,
                                                                                    strict_log, mode):
@@ -502,8 +508,8 @@ def test_host_that_never_reads_a_flood_then_closes_loses_exactly_what_was_record
         r.close_all()
 
 
-@pytest.mark.parametrize("count", [5, 10, 30,
-                                   150])
+@pytest.mark.parametrize("count", [5, 10, pytest.param(30, marks=_OVER_4095),
+                                   pytest.param(150, marks=_OVER_4095)])
 def test_host_that_never_reads_urcs_then_closes_every_recorded_byte_is_lost(emulator, open_modem, tmp_path, count):
     """No TLS: `count` URCs of 404 bytes while the raw-mode host reads nothing, then it closes.
     The host got nothing past its last answer: every byte recorded after it must be in a 'lost'
