@@ -245,6 +245,32 @@ def make_keylog(path: str | None):
 UNIX_PATH_MAX = 107                  # bytes of a unix socket's path (sun_path, its NUL aside)
 
 
+def check_distinct_paths(args: argparse.Namespace, places: list) -> None:
+    """--trace, --keylog, --control and each modem's --link must name different files: one
+    path given twice would have one option's file overwrite (or replace) the other's -- a
+    user's file truncated to a trace before --link refused it, key-log lines lost under trace
+    records.  A character device (/dev/null) may be named more than once."""
+    named = [(opt, value) for opt, value in (("--trace", args.trace), ("--keylog", args.keylog),
+                                             ("--control", args.control)) if value]
+    named += [("--link", link) for link, _ in places if link]
+    seen: dict[str, tuple[str, str]] = {}
+    for opt, value in named:
+        try:
+            if stat.S_ISCHR(os.stat(value).st_mode):
+                continue
+        except (OSError, ValueError):
+            pass
+        if opt == "--link":                      # (the link itself is replaced, not its target)
+            head, tail = os.path.split(os.path.abspath(value))
+            key = os.path.join(os.path.realpath(head), tail)
+        else:
+            key = os.path.realpath(value)
+        if key in seen:
+            first, where = seen[key]
+            raise Refused(f"{first} {where} and {opt} {value} name the same file: give each its own")
+        seen[key] = (opt, value)
+
+
 def check_control_path(path: str | None) -> None:
     """A --control path that can never be a socket is a refused argument (exit 2), as a bad
     --trace or --keylog path: its directory missing, a file that is not a socket in its
@@ -292,6 +318,7 @@ def prepare(args: argparse.Namespace) -> _Setup:
     add_router_options(args, router)
     load_config(args.config, router)
     places = modem_places(args, profile.name)
+    check_distinct_paths(args, places)
     keylog = make_keylog(args.keylog)
     check_control_path(args.control)
     return _Setup(profile, scenario, router, places, keylog, make_trace(args.trace))

@@ -1576,6 +1576,22 @@ def _reopen(ser, emu, port):
     return serial.Serial(port.path, 115200, timeout=0)
 
 
+# Records the modem answers at once with output of its own (a network event's URC, an
+# open's result, a send's SEND OK): a stop-less trace that ends on one was killed in the
+# instant between the two.
+_ANSWERED_AT_ONCE = frozenset({"open", "accepted", "connected", "handshake", "tls_failure", "open_result",
+                               "sent", "received", "peer_closed", "close", "dns", "ping", "registration"})
+
+
+def _event_unanswered_at_end(records: list[dict]) -> bool:
+    """The recording has no "stop" and its last record is one the modem answers at once
+    (_ANSWERED_AT_ONCE): a kill -9 in the instant before that output, which a replay writes
+    -- no difference.  (A trace ending on an answer, the usual kill, is compared in full.)"""
+    if not records or any(r.get("kind") == "stop" for r in records):
+        return False
+    return records[-1].get("kind") in _ANSWERED_AT_ONCE
+
+
 def _unanswered_at_end(records: list[dict]) -> bool:
     """The recording stopped between a command line and its answer: host bytes with a line
     end (CR) after the last "cmd" record.  Every record is written whole, so a kill -9
@@ -2322,7 +2338,10 @@ def replay_at_log(text: str, profile: str = "ec2x", out=None, scenario=None,
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0") from None
     if not value >= 0:                       # (NaN too)
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
     return value
@@ -2334,7 +2353,7 @@ def replay_main(argv: list[str] | None = None) -> int:
                                   "and report the first answer that differs (exit 1)")
     p.add_argument("file")
     p.add_argument("--profile", help="the profile to replay on (default: the trace's, else ec2x)")
-    p.add_argument("--modem", type=int, help="which modem of a trace (index, default 0)")
+    p.add_argument("--modem", type=int, help="which modem of a trace (index; default: its first)")
     p.add_argument("--max-gap", type=_seconds, metavar="SECONDS",
                    help="shorten the host's recorded pauses to at most this (default: keep them; "
                         "keep it above the guard time S12 when the trace has +++)")
@@ -2366,11 +2385,14 @@ def replay_main(argv: list[str] | None = None) -> int:
             try:
                 records = read_trace(args.file, warn=warn)
                 if args.modem is None:
-                    args.modem = 0
-                    indexes = sorted({r.get("modem", 0) for r in records})
+                    # (the trace's first modem: 0, or the only one a process's later modem
+                    # recorded in a trace file of its own -- the plugin's second modem)
+                    indexes = sorted({r.get("modem", 0) for r in records
+                                      if isinstance(r.get("modem", 0), int)}) or [0]
+                    args.modem = indexes[0]
                     if len(indexes) > 1:         # (a --count trace: say which one is checked)
                         print(f"modem-emulator replay: {args.file} holds {len(indexes)} modems "
-                              f"({', '.join(map(str, indexes))}): replaying modem 0 "
+                              f"({', '.join(map(str, indexes))}): replaying modem {args.modem} "
                               "(--modem N replays another)", file=sys.stderr)
                 mine = [r for r in records if r.get("modem", 0) == args.modem]
                 if not mine:
@@ -2398,7 +2420,8 @@ def replay_main(argv: list[str] | None = None) -> int:
             scenario = None if loaded is None else loaded.for_modem(
                 args.modem, {r.get("modem", 0) for r in records})
             return replay_records(records, args.profile, args.modem, ignore, max_gap=args.max_gap,
-                                  scenario=scenario, complete=not cut and not _unanswered_at_end(mine))
+                                  scenario=scenario, complete=not cut and not _unanswered_at_end(mine)
+                                  and not _event_unanswered_at_end(mine))
         scenario = None if loaded is None else loaded.for_modem(args.modem or 0)
         return replay_at_log(text, args.profile or "ec2x", scenario=scenario, ignore=ignore)
     except ScenarioError as exc:                 # a step's modem or command does not fit
