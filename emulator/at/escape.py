@@ -32,7 +32,7 @@ class EscapeDetector:
         if not data:
             return b""
         out = bytearray()
-        if 0 < self.held < 3 and now - self.first_at > self.guard:
+        if 0 < self.held < 3 and now - self.first_at >= self.guard:
             # One or two "+" whose guard time ran out before these bytes were read (the loop
             # was busy past expire()'s deadline): data then, and these bytes are read as
             # after them -- after a silence they may begin an escape of their own.
@@ -48,7 +48,9 @@ class EscapeDetector:
         if self.held:
             # Continue a started "+..": more "+" within the guard time, nothing else.
             n = _leading(data, self.char, 3 - self.held)
-            if n and now - self.first_at <= self.guard:
+            # (strictly within: a "+" at first_at + guard is late -- the moment expire()
+            # makes the held ones data, whichever of the two the loop runs first)
+            if n and now - self.first_at < self.guard:
                 self.held += n
                 start = n
                 if start < len(data):                   # something followed at once: data
