@@ -260,8 +260,8 @@ def _stray(text: str, k: int) -> str:
 def _split_number(text: str, k: int) -> bool:
     """A basic command's digits end at k and more digits follow after spaces ("ATS3=1 3",
     "ATE1 0"): one malformed number, not a value and another command."""
-    rest = text[k:k + 16].lstrip(" ")
-    return len(rest) < len(text[k:k + 16]) and rest[:1] in _DIGITS and rest[:1] != ""
+    rest = text[k:].lstrip(" ")                  # (any run of spaces, as _stray skips)
+    return len(rest) < len(text) - k and rest[:1] in _DIGITS and rest[:1] != ""
 
 
 def _basic_query(name: str, text: str, start: int, j: int, out: list) -> int | None:

@@ -246,29 +246,54 @@ UNIX_PATH_MAX = 107                  # bytes of a unix socket's path (sun_path, 
 
 
 def check_distinct_paths(args: argparse.Namespace, places: list) -> None:
-    """--trace, --keylog, --control and each modem's --link must name different files: one
-    path given twice would have one option's file overwrite (or replace) the other's -- a
-    user's file truncated to a trace before --link refused it, key-log lines lost under trace
-    records.  A character device (/dev/null) may be named more than once."""
-    named = [(opt, value) for opt, value in (("--trace", args.trace), ("--keylog", args.keylog),
+    """--trace, --keylog (or $SSLKEYLOGFILE), --control and each modem's --link must name
+    different files: one file named twice would have one option's writes overwrite (or
+    replace) the other's -- a user's file truncated to a trace before --link refused it,
+    key-log lines lost under trace records.  Compared by resolved path and, for files that
+    exist, by inode (a hard link, a symlink); a --link is its own name and, when it is a
+    symlink already, its target (which the trace would open through it).  /dev/null may be
+    named more than once (no other device: a stale link to a live pty is no sink to share)."""
+    keylog = args.keylog or os.environ.get("SSLKEYLOGFILE") or None
+    named = [(opt, value) for opt, value in (("--trace", args.trace), ("--keylog", keylog),
                                              ("--control", args.control)) if value]
     named += [("--link", link) for link, _ in places if link]
-    seen: dict[str, tuple[str, str]] = {}
+    seen: dict[tuple, str] = {}
     for opt, value in named:
+        keys = _file_keys(value, link=opt == "--link")
+        if keys is None:
+            continue
+        label = f"SSLKEYLOGFILE={value}" if opt == "--keylog" and not args.keylog else f"{opt} {value}"
+        for key in keys:
+            if key in seen:
+                raise Refused(f"{seen[key]} and {label} name the same file: give each its own")
+        for key in keys:
+            seen[key] = label
+
+
+def _file_keys(path: str, link: bool) -> set | None:
+    """What identifies the file `path` names (None: /dev/null, which any may share)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        st = None
+    if st is not None and stat.S_ISCHR(st.st_mode):
         try:
-            if stat.S_ISCHR(os.stat(value).st_mode):
-                continue
-        except (OSError, ValueError):
+            if st.st_rdev == os.stat("/dev/null").st_rdev:
+                return None
+        except OSError:
             pass
-        if opt == "--link":                      # (the link itself is replaced, not its target)
-            head, tail = os.path.split(os.path.abspath(value))
-            key = os.path.join(os.path.realpath(head), tail)
-        else:
-            key = os.path.realpath(value)
-        if key in seen:
-            first, where = seen[key]
-            raise Refused(f"{first} {where} and {opt} {value} name the same file: give each its own")
-        seen[key] = (opt, value)
+    if link:
+        # (the link itself is replaced; a symlink already there also names its target, which
+        # an option naming the link would open through it)
+        head, tail = os.path.split(os.path.abspath(path))
+        keys = {("path", os.path.join(os.path.realpath(head), tail))}
+        if os.path.islink(path):
+            keys.add(("path", os.path.realpath(path)))
+    else:
+        keys = {("path", os.path.realpath(path))}
+    if st is not None:
+        keys.add(("inode", st.st_dev, st.st_ino))
+    return keys
 
 
 def check_control_path(path: str | None) -> None:
