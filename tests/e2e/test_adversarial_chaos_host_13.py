@@ -88,7 +88,11 @@ def _read_part(host: Host, total: int, part: int, timeout: float = 10) -> None:
     host.transcript += got
 
 
-def _check(emulator, path, port, first: Host, count_lost: int = 1) -> tuple[list[dict], bytes]:
+def _check(emulator, path, port, first: Host, count_lost: int = 1, in_flight: int = 0) -> tuple[list[dict], bytes]:
+    """in_flight: bytes the trace may count as delivered beyond what the host read -- at --baud
+    the pacing goes on up to the hang-up, and bytes still on their way through the pty then
+    (not yet in the line discipline, where FIONREAD counts) are flushed uncounted: the
+    documented limit (behaviour.md, the lost record); a full run saw 9 at 9600 baud."""
     _settle(emulator, path, "hangup")
     nxt = Host(port.path)
     emulator.run(port.port.look_for_host)
@@ -103,10 +107,16 @@ def _check(emulator, path, port, first: Host, count_lost: int = 1) -> tuple[list
     records = rs.records(path)
     recorded, delivered = _delivered(records)
     got = bytes(first.transcript) + bytes(nxt.transcript)
-    assert delivered == got, (len(delivered), len(got))
+    if in_flight:
+        head = bytes(first.transcript)
+        assert delivered.startswith(head) and delivered.endswith(bytes(nxt.transcript)), (len(delivered), len(got))
+        assert len(got) <= len(delivered) <= len(got) + in_flight, (len(delivered), len(got))
+    else:
+        assert delivered == got, (len(delivered), len(got))
     lost = [r for r in records if r["kind"] == "lost"]
     assert len(lost) == count_lost if count_lost else lost, lost
-    assert lost[0]["from"] == len(first.transcript), (lost[0], len(first.transcript))
+    assert len(first.transcript) <= lost[0]["from"] <= len(first.transcript) + in_flight, (
+        lost[0], len(first.transcript))
     import subprocess
     import sys
     from pathlib import Path
@@ -131,7 +141,7 @@ def test_host_closes_mid_urc_lost_plus_read_is_recorded(emulator, open_modem, tm
     else:
         _read_part(host, len(text) + 4, 37)
     host.close()
-    records, recorded = _check(emulator, path, port, host)
+    records, recorded = _check(emulator, path, port, host, in_flight=64 if baud else 0)
     assert (b"\r\n" + text.encode() + b"\r\n") in recorded
 
 
@@ -155,7 +165,8 @@ def test_host_closes_mid_qsslrecv_data_lost_plus_read_is_recorded(emulator, open
             else:
                 _read_part(r.host, len(head) + 1500 + 8, len(head) + 700)
             r.host.close()
-            records, recorded = _check(emulator, path, r.port, r.host, None if baud else 1)
+            records, recorded = _check(emulator, path, r.port, r.host, None if baud else 1,
+                                       in_flight=64 if baud else 0)
             assert data[:1500] in recorded
     finally:
         r.close_all()
@@ -176,7 +187,8 @@ def test_host_closes_in_transparent_mode_with_unread_data(emulator, open_modem, 
             else:
                 _read_part(r.host, len(data), 333)
             r.host.close()
-            records, recorded = _check(emulator, path, r.port, r.host, None if baud else 1)
+            records, recorded = _check(emulator, path, r.port, r.host, None if baud else 1,
+                                       in_flight=64 if baud else 0)
             assert data in recorded
     finally:
         r.close_all()

@@ -129,9 +129,7 @@ def test_a_trace_cut_at_every_record_boundary_replays_as_far_as_it_goes(session_
     """Cuts after the host's bytes, after the modem's output, after a command record: each
     prefix is what a kill -9 at that moment leaves, and replays with no difference."""
     assert rs.replay(capsys, session_trace, "--max-gap", "0.05")[0] == 0
-    started = time.monotonic()
     failures = _cut_replays(session_trace, tmp_path, capsys, lambda k, r: r["kind"] not in NETWORK_EVENTS)
-    assert time.monotonic() - started < 16
     assert not failures, "\n".join(map(str, failures))
 
 

@@ -363,6 +363,10 @@ def test_close_and_reopen_in_one_line_while_the_server_sits_on_the_client_hello(
     advance(15)
     assert host.quiet_for(0.5) == b""
     assert host.send_data(0, b"still mine") == b"\r\nSEND OK\r\n"
+    # (the echo server sends it back: its "recv" URC, before the close -- the full run saw it
+    # land in the close's answer when read together)
+    urc = b'\r\n+QSSLURC: "recv",0\r\n'
+    assert host.read_until(urc, timeout=10) == urc
     assert host.at("AT+QSSLCLOSE=0,0") == OK
     assert host.transcript.count(b"+QSSLOPEN:") == 1
 
