@@ -32,7 +32,7 @@ class EscapeDetector:
         if not data:
             return b""
         out = bytearray()
-        if 0 < self.held < 3 and now - self.first_at >= self.guard:
+        if 0 < self.held < 3 and not self._within(now):
             # One or two "+" whose guard time ran out before these bytes were read (the loop
             # was busy past expire()'s deadline): data then, and these bytes are read as
             # after them -- after a silence they may begin an escape of their own.
@@ -50,7 +50,7 @@ class EscapeDetector:
             n = _leading(data, self.char, 3 - self.held)
             # (strictly within: a "+" at first_at + guard is late -- the moment expire()
             # makes the held ones data, whichever of the two the loop runs first)
-            if n and now - self.first_at < self.guard:
+            if n and self._within(now):
                 self.held += n
                 start = n
                 if start < len(data):                   # something followed at once: data
@@ -67,6 +67,12 @@ class EscapeDetector:
         out += data[start:]
         self.last_rx = now
         return bytes(out)
+
+    def _within(self, now: float) -> bool:
+        """A "+" read at `now` is within the guard time of the first held one: strictly
+        before the moment deadline() gives, computed the same way (first_at + guard), so a
+        read and the expiry timer agree at that moment whatever the rounding."""
+        return now < self.first_at + self.guard
 
     def deadline(self) -> float | None:
         """When expire() must run: the guard time after "+++" (escape), or after the

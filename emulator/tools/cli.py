@@ -26,7 +26,7 @@ from emulator.modem.profile import ProfileError, load_profile
 from emulator.tools.scenario import ScenarioError
 from emulator.tools.stderr_log import StderrLog
 from emulator.tools import OneLineParser
-from emulator.io.transport import LinkError
+from emulator.io.transport import LinkError, link_lock_path
 
 log = get_logger("emulator")
 
@@ -254,15 +254,22 @@ def check_distinct_paths(args: argparse.Namespace, places: list) -> None:
     symlink already, its target (which the trace would open through it).  /dev/null may be
     named more than once (no other device: a stale link to a live pty is no sink to share)."""
     keylog = args.keylog or os.environ.get("SSLKEYLOGFILE") or None
-    named = [(opt, value) for opt, value in (("--trace", args.trace), ("--keylog", keylog),
-                                             ("--control", args.control)) if value]
-    named += [("--link", link) for link, _ in places if link]
+    named = [(opt, value, f"{opt} {value}") for opt, value in (("--trace", args.trace), ("--keylog", keylog),
+                                                               ("--control", args.control)) if value]
+    if keylog and not args.keylog:
+        named[[n[0] for n in named].index("--keylog")] = ("--keylog", keylog, f"SSLKEYLOGFILE={keylog}")
+    for link, state in places:                   # (and the lock files the emulator writes)
+        if link:
+            named.append(("--link", link, f"--link {link}"))
+            named.append(("lock", str(link_lock_path(Path(link))), f"--link {link}'s lock file"))
+        named.append(("lock", str(Path(state) / ".lock"), f"the state dir {state}'s lock file"))
     seen: dict[tuple, str] = {}
-    for opt, value in named:
+    for opt, value, label in named:
+        if "\0" in value:
+            raise Refused(f"{label.replace(chr(0), '?')}: a NUL byte in a path")
         keys = _file_keys(value, link=opt == "--link")
         if keys is None:
             continue
-        label = f"SSLKEYLOGFILE={value}" if opt == "--keylog" and not args.keylog else f"{opt} {value}"
         for key in keys:
             if key in seen:
                 raise Refused(f"{seen[key]} and {label} name the same file: give each its own")
@@ -284,9 +291,12 @@ def _file_keys(path: str, link: bool) -> set | None:
             pass
     if link:
         # (the link itself is replaced; a symlink already there also names its target, which
-        # an option naming the link would open through it)
-        head, tail = os.path.split(os.path.abspath(path))
-        keys = {("path", os.path.join(os.path.realpath(head), tail))}
+        # an option naming the link would open through it.  Its directory resolved as the
+        # kernel walks it: "alias/../m" is m beside alias's target, not beside alias)
+        head, tail = os.path.split(path)
+        own = (os.path.join(os.path.realpath(head or "."), tail) if tail not in ("", ".", "..")
+               else os.path.realpath(path))
+        keys = {("path", own)}
         if os.path.islink(path):
             keys.add(("path", os.path.realpath(path)))
     else:
