@@ -108,8 +108,8 @@ class Emulator:
             raise ValueError(f"baud must be a positive integer, got {baud!r}")
         loop = asyncio.get_running_loop()
         quiet_accept_errors(loop)
-        if isinstance(profile, str):
-            profile = load_profile(profile)
+        if isinstance(profile, (str, os.PathLike)):       # (a name, or a .toml path as str or Path)
+            profile = load_profile(os.fspath(profile))
         modem = Modem(profile, state_dir=state_dir, network=self.router,
                       name=name or f"modem{len(self.ports)}", keylog=self.keylog, manual_time=manual_time)
         if self.demo is not None:       # (before a trace's start record: what the modem holds)

@@ -85,7 +85,14 @@ def _wire(v: Any, quoted: bool = False) -> str | None:
     if bad is not None:
         what = "a double quote (the value is shown in quotes)" if bad == '"' else f"{bad!r}"
         return f"{v!r} holds {what}: only printable ASCII goes on the wire"
+    if not quoted and _FINAL_LINE.fullmatch(v.strip()):
+        return f"{v!r} reads as a final result code: a line of it would end the answer early"
     return None
+
+
+# What a host takes as the end of an answer, as a whole line (V1 and V0 forms)
+_FINAL_LINE = re.compile(r"OK|ERROR|NO CARRIER|BUSY|NO ANSWER|NO DIALTONE|CONNECT( .*)?|"
+                         r"\+CM[ES] ERROR:.*|SEND (OK|FAIL)", re.IGNORECASE)
 
 
 def _quoted(v: Any) -> str | None:
@@ -510,10 +517,25 @@ def _toml_where(text: str, message: str) -> str:
     return f": line {number} is {shown!r}"
 
 
+PROFILE_MAX = 64 << 20          # bytes: a profile is a few KiB; a file that never ends is refused
+
+
+def read_limited(path, limit: int = PROFILE_MAX) -> bytes:
+    """A TOML file's bytes (a profile, --config, a scenario), at most `limit`: one that is
+    longer -- /dev/zero, a log given by mistake -- is ValueError, never all of memory."""
+    with open(path, "rb") as f:
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError(f"larger than {limit >> 20} MiB: not a TOML file of settings")
+    return raw
+
+
 def load_profile(spec: str) -> Profile:
     path = resolve_profile_path(spec)
     try:
-        raw = path.read_bytes()
+        raw = read_limited(path)
+    except ValueError as exc:
+        raise ProfileError(f"profile {path}: {exc}") from None
     except OSError as exc:
         if path.parent == PROFILE_DIR and isinstance(exc, FileNotFoundError):
             built_in = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.toml")))
@@ -674,6 +696,8 @@ def validate(data: dict, path: Path) -> None:
             raise ProfileError(f"profile {path}: key {key}: {why}")
     commands: dict[str, str] = {}
     for name, variant in data["commands"].items():     # looked up upper case (command_variant)
+        if not name.isascii():      # ("+QıOPEN".upper() is "+QIOPEN": a name no host can type)
+            raise ProfileError(f'profile {path}: key commands."{name}": a command name is ASCII')
         if name.upper() in commands:
             raise ProfileError(f'profile {path}: key commands."{name}": listed twice (names are case-insensitive)')
         commands[name.upper()] = variant

@@ -22,7 +22,7 @@ from emulator import stop_signals
 from emulator.io.app import Emulator
 from emulator.logsafe import get_logger
 from emulator.io.network import MAX_LATENCY_MS, Router, parse_dns, parse_ping
-from emulator.modem.profile import ProfileError, load_profile
+from emulator.modem.profile import ProfileError, load_profile, read_limited
 from emulator.tools.scenario import ScenarioError
 from emulator.tools.stderr_log import StderrLog
 from emulator.tools import OneLineParser
@@ -186,13 +186,18 @@ def add_router_options(args: argparse.Namespace, router: Router) -> None:
                 raise Refused(f"--{name}: {exc}")
 
 
+def _universal(text: str) -> str:
+    """Line ends as a text-mode read gives them (what Path.read_text did here before)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def load_config(path: str | None, router: Router) -> None:
     """--config: TOML tables [routes], [listen], [dns], [ping] and offline = true."""
     if not path:
         return
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = tomllib.loads(_universal(read_limited(path).decode("utf-8")))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise Refused(f"config {path}: {exc}")
     tables = {("routes" if name == "route" else name): (shape, add) for name, shape, add, _ in ROUTER_ENTRIES}
     unknown = sorted(set(data) - set(tables) - {"offline"})

@@ -249,10 +249,11 @@ def load_scenario(source: str | Path | dict) -> Scenario:
         return parse_scenario(source, "<dict>")
     path = Path(source)
     try:
-        data = tomllib.loads(path.read_text())
+        from emulator.modem.profile import read_limited
+        data = tomllib.loads(_universal(read_limited(path).decode("utf-8")))
     except OSError as exc:
         raise ScenarioError(f"scenario {path}: cannot read: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise ScenarioError(f"scenario {path}: not valid TOML: {exc}") from None
     return parse_scenario(data, str(path))
 
@@ -489,3 +490,8 @@ def _socket_of(modem, name: str, args) -> int | None:
         return None
     text = str(args[index]).strip()
     return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _universal(text: str) -> str:
+    """Line ends as a text-mode read gives them (what Path.read_text did here before)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
