@@ -90,9 +90,19 @@ def _wire(v: Any, quoted: bool = False) -> str | None:
     return None
 
 
-# What a host takes as the end of an answer, as a whole line (V1 and V0 forms)
+# What a host takes as the end of an answer, as a whole line (V1 forms; _line: the V0 digits)
 _FINAL_LINE = re.compile(r"OK|ERROR|NO CARRIER|BUSY|NO ANSWER|NO DIALTONE|CONNECT( .*)?|"
                          r"\+CM[ES] ERROR:.*|SEND (OK|FAIL)", re.IGNORECASE)
+
+
+def _line(v: Any) -> str | None:
+    """A string that is a response line of its own (an identity line, an ATI line, a boot
+    URC): as _wire, and not an ATV0 result code either (a digit: a V0 host reads "0<CR>" as
+    OK).  (Items shown inside a line -- a [qcfg] value "1" -- may be digits.)"""
+    why = _wire(v)
+    if why is None and v.strip().isdigit() and len(v.strip()) == 1:
+        return f"{v!r} reads as an ATV0 result code: a line of it would end the answer early"
+    return why
 
 
 def _quoted(v: Any) -> str | None:
@@ -293,14 +303,14 @@ def _table(value: Callable, key: Callable[[str], str | None] | None = None) -> C
 SCHEMA: dict[str, tuple[bool, Callable]] = {
     "profile.name": (True, _profile_name),
     "profile.description": (False, _str),
-    "identity.manufacturer": (True, _wire),
-    "identity.model": (True, _wire),
-    "identity.revision": (True, _wire),
+    "identity.manufacturer": (True, _line),
+    "identity.model": (True, _line),
+    "identity.revision": (True, _line),
     "identity.imei": (True, _digits(14, 16)),
     "identity.imsi": (True, _digits(6, 15)),
     "identity.svn": (False, _digits(2, 2)),          # AT+CGSN=2/3 (the "27007" variant)
     "identity.iccid": (True, _digits(18, 22, "0123456789ABCDEFabcdef", "hex digits")),
-    "identity.ati": (True, _list(_wire, 1, 32)),
+    "identity.ati": (True, _list(_line, 1, 32)),
     "network.csq": (True, _csq),
     "network.operator": (True, _quoted),
     "network.act": (True, _int(0, 9)),
@@ -311,7 +321,7 @@ SCHEMA: dict[str, tuple[bool, Callable]] = {
     "defaults.cmee": (True, _int(0, 2)),
     "defaults.ipr": (True, _int(0, 4_000_000)),
     "defaults.timezone_quarters": (True, _int(-96, 96)),
-    "defaults.boot_urcs": (False, _list(_wire, 0, 64)),
+    "defaults.boot_urcs": (False, _list(_line, 0, 64)),
     # Each boot URC's offset in ms from the first (RDY), non-decreasing, one per line.
     # Absent: all at once.
     "defaults.boot_urc_ms": (False, _list(_int(0, 600_000))),

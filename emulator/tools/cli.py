@@ -186,6 +186,11 @@ def add_router_options(args: argparse.Namespace, router: Router) -> None:
                 raise Refused(f"--{name}: {exc}")
 
 
+def _shown(path: str) -> str:
+    """A path as a one-line message shows it: a NUL byte as \\0, never raw."""
+    return path.replace("\0", "\\0")
+
+
 def _universal(text: str) -> str:
     """Line ends as a text-mode read gives them (what Path.read_text did here before)."""
     return text.replace("\r\n", "\n").replace("\r", "\n")
@@ -198,7 +203,7 @@ def load_config(path: str | None, router: Router) -> None:
     try:
         data = tomllib.loads(_universal(read_limited(path).decode("utf-8")))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise Refused(f"config {path}: {exc}")
+        raise Refused(f"config {_shown(path)}: {exc}")
     tables = {("routes" if name == "route" else name): (shape, add) for name, shape, add, _ in ROUTER_ENTRIES}
     unknown = sorted(set(data) - set(tables) - {"offline"})
     if unknown:
@@ -263,15 +268,19 @@ def check_distinct_paths(args: argparse.Namespace, places: list) -> None:
                                                                ("--control", args.control)) if value]
     if keylog and not args.keylog:
         named[[n[0] for n in named].index("--keylog")] = ("--keylog", keylog, f"SSLKEYLOGFILE={keylog}")
-    for link, state in places:                   # (and the lock files the emulator writes)
+    for link, state in places:                   # (and the files the emulator makes for them)
         if link:
+            if "\0" not in link and os.path.basename(link.rstrip("/")) in ("", ".", ".."):
+                raise Refused(f"--link {link}: names a directory, not a file the link could be")
             named.append(("--link", link, f"--link {link}"))
-            named.append(("lock", str(link_lock_path(Path(link))), f"--link {link}'s lock file"))
+            if "\0" not in link:
+                named.append(("lock", str(link_lock_path(Path(link))), f"--link {link}'s lock file"))
+        named.append(("state", str(state), f"the state dir {state}"))
         named.append(("lock", str(Path(state) / ".lock"), f"the state dir {state}'s lock file"))
     seen: dict[tuple, str] = {}
     for opt, value, label in named:
         if "\0" in value:
-            raise Refused(f"{label.replace(chr(0), '?')}: a NUL byte in a path")
+            raise Refused(f"{_shown(label)}: a NUL byte in a path")
         keys = _file_keys(value, link=opt == "--link")
         if keys is None:
             continue

@@ -248,6 +248,9 @@ def load_scenario(source: str | Path | dict) -> Scenario:
     if isinstance(source, dict):
         return parse_scenario(source, "<dict>")
     path = Path(source)
+    if "\0" in str(path):
+        shown = str(path).replace("\0", "\\0")
+        raise ScenarioError(f"scenario {shown}: a NUL byte in a path")
     try:
         from emulator.modem.profile import read_limited
         data = tomllib.loads(_universal(read_limited(path).decode("utf-8")))
