@@ -561,8 +561,13 @@ def test_three_plus_then_data_within_the_guard_is_all_data():
 
 
 def test_late_read_exactly_at_the_guard_boundary():
-    """'+' at 2.0, '++' read at exactly 3.0 (guard: within, '<=' ): an escape after 4.0."""
+    """'+' at 2.0, '++' read at exactly 3.0: late -- "within the guard time" is strictly less
+    (b4bbe95: the expiry timer at 3.0 made them data when it ran first, the read an escape
+    when it came first; docs/behaviour.md, Leaving): data, no escape; just before 3.0, an
+    escape after 4.0."""
     out, esc, _ = _drive([(2.0, b"+"), (3.0, b"++"), (4.01, None)])
+    assert (out, esc) == (b"+++", 0)
+    out, esc, _ = _drive([(2.0, b"+"), (2.999, b"++"), (4.01, None)])
     assert (out, esc) == (b"", 1)
 
 
