@@ -396,7 +396,10 @@ def test_the_trace_records_only_the_output_that_reached_the_host(emulator, open_
     if cut == "control_reboot":                                       # the power goes mid-answer
         assert emulator.control("reboot", ms=10) == {"ok": True}
         boot = host.read_until(b"+QIND: PB DONE\r\n")
-        assert boot == BOOT                                            # the rest of the answer: never
+        # the rest of the answer: never -- but what left at 120 bytes/s before the control
+        # request reached the loop (a few bytes under load: "EC2" in a full run) did
+        assert boot.endswith(BOOT) and len(boot) - len(BOOT) < 12, boot
+        assert b"EC25\r\nRevision".startswith(boot[:len(boot) - len(BOOT)]), boot
         host.close()
     else:                                                             # the host goes mid-answer
         host.close()
