@@ -23,7 +23,8 @@ from collections.abc import Hashable
 
 from . import ciphers as cs
 from .config import EnginePlan, build_plan, client_context
-from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_SERVER_HELLO, MBEDTLS_BAD_VERSION, MBEDTLS_FEATURE_UNAVAILABLE,
+from .errors import (BAD_CONFIG, HANDSHAKE_FAILED, MBEDTLS_BAD_CERTIFICATE_MSG, MBEDTLS_BAD_SERVER_HELLO,
+                     MBEDTLS_BAD_VERSION, MBEDTLS_FEATURE_UNAVAILABLE,
                      MBEDTLS_INVALID_RECORD,
                      MBEDTLS_PEER_CLOSE_NOTIFY, MBEDTLS_TIMEOUT, TIMED_OUT,
                      PROTOCOL_ERROR, VERIFY_FAILED, AppData, EngineConfigError,
@@ -1042,6 +1043,14 @@ class TlsClientSession:
             # second HelloRequest too, which RFC 5246 7.4.1.1 says to ignore.
             reason = ("in a renegotiation the server's answer to the module's ClientHello was no "
                       "ServerHello Mbed TLS takes (a second HelloRequest, or a bad ServerHello) "
+                      f"(mbedtls -0x{err:04X})")
+        elif (err == MBEDTLS_BAD_CERTIFICATE_MSG and self.state == "handshaking" and not self.settings.dtls
+              and not self._cert_seen and self._sniffer.encrypted):
+            # (Mbed TLS wanted the Certificate and got the server's ChangeCipherSpec: the
+            # abbreviated flight of a resumption its ServerHello did not confirm -- another
+            # session id, or none -- never a Certificate it failed on)
+            reason = ("the server sent ChangeCipherSpec where its Certificate was due: a resumed "
+                      "handshake's flight for a session its ServerHello did not resume "
                       f"(mbedtls -0x{err:04X})")
         elif err == MBEDTLS_FEATURE_UNAVAILABLE and largest > _MAX_HANDSHAKE_MESSAGE:
             reason = (f"a server handshake message of {largest} bytes (its certificate chain?) is more "

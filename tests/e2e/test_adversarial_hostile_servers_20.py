@@ -24,8 +24,8 @@ test_review_held_verdict_2's _pty_flight).  Covered (EC2x):
 * RFC 5077 tickets: a NewSessionTicket that does not parse (ticket longer than the message,
   a truncated hint, trailing bytes) in a full handshake and in the resumed flight; a ticket
   accepted but the ServerHello echoing another session id / none: 566 once, decode_error,
-  no ticket offered afterwards -- and (BUG, strict xfail) the log's reason for the last two
-  blames a "Certificate handshake message" the server never sent;
+  no ticket offered afterwards -- and the log's reason for the last two blamed a "Certificate
+  handshake message" the server never sent (a bug, fixed: it names the ChangeCipherSpec);
 * an ALPN answer that is not byte-for-byte an offered name (empty, other case, a prefix, a
   trailing NUL, the configured comma list itself): 566, handshake_failure (empty: decode_error);
 * an ECDSA leaf whose extendedKeyUsage lacks serverAuth (anyExtendedKeyUsage counts);
@@ -538,9 +538,8 @@ def EXT_TICKET_OFFERED(hello) -> bool:
     return 0x0023 in hello.extensions
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a resumption the ServerHello does not confirm (other session id), "
-                   "then CCS+Finished: the log reason says the Certificate message failed -- the server sent "
-                   "no Certificate (tls_engine/session.py _fail_from_tls_error: generic -0x7A00 text)")
+# Was a bug, fixed (session._fail_from_tls_error: -0x7A00 with the server's CCS seen and no
+# Certificate): the log reason said the Certificate message failed -- the server sent none.
 @pytest.mark.parametrize("kind", ["other-session-id", "empty-session-id"])
 def test_unconfirmed_resumption_reason_names_what_the_server_sent(ec2x_strict, emulator, caplog, kind):
     """docs/behaviour.md (SSL sockets): a failure's reason "never denies what the server did
