@@ -1848,6 +1848,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         except Exception as exc:             # (a name this profile's file system refuses)
             print(f"replay: what the modem held at the start cannot be put back: {exc}", file=out)
         out_count = lambda: emu.run(lambda: tracer[0].out_total)   # noqa: E731
+        in_count = lambda: emu.run(lambda: tracer[0].in_total)     # noqa: E731
         # as far as the host's own chunk: the output before it, and the plaintext the modem had
         # received before it (a buffer-mode read after data that came in pieces takes them all)
         progress = lambda: emu.run(lambda: (tracer[0].out_total, tracer[0].received_total,   # noqa: E731
@@ -1867,6 +1868,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
         ended = None                             # the replay's records where the recording ended
         try:
             last_t, last_sent = None, time.monotonic()
+            read_target = None                   # the modem's in_total once it has read the last chunk
             patience = 10.0                      # for the output the host saw before this chunk
             for r in host_side:
                 deadline = time.monotonic() + patience
@@ -1883,13 +1885,27 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                     patience = 1.0
                 if last_t is not None:
                     gap = r["t"] - last_t if max_gap is None else min(r["t"] - last_t, max_gap)
-                    wait = gap - (time.monotonic() - last_sent)
+                    since = last_sent
+                    if (gap >= 0.1 and read_target is not None and r["kind"] == "io"
+                            and r.get("data", "").startswith("+") and in_count() < read_target):
+                        # (the silence before a "+++" is the modem's: it counts from when it
+                        # READ the last chunk, which on a loaded machine comes later than the
+                        # write -- a "+++" written 1.5 s after "defg" was read 0.9 s after it:
+                        # data, not the recorded escape)
+                        until = time.monotonic() + 1.0
+                        while in_count() < read_target and time.monotonic() < until:
+                            time.sleep(0.002)
+                        since = time.monotonic()
+                    wait = gap - (time.monotonic() - since)
                     if wait > 0.02:              # guard times ("+++"), idle timeouts
                         time.sleep(wait)
                 if r["kind"] == "hangup":
                     ser = _reopen(ser, emu, port)
+                    read_target = None
                 else:
-                    ser.write(_b(r["data"]))
+                    data = _b(r["data"])
+                    read_target = in_count() + len(data)
+                    ser.write(data)
                     ser.flush()
                 last_t, last_sent = r["t"], time.monotonic()
                 peer.anchor = (last_t, last_sent)
