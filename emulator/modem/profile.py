@@ -540,6 +540,12 @@ def read_limited(path, limit: int = PROFILE_MAX) -> bytes:
     return raw
 
 
+def read_settings_text(path) -> str:
+    """--config's and a scenario's text: read_limited, UTF-8, line ends as a text-mode read
+    gives them (Path.read_text, which they used before)."""
+    return read_limited(path).decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def load_profile(spec: str) -> Profile:
     path = resolve_profile_path(spec)
     try:

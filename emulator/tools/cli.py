@@ -22,7 +22,7 @@ from emulator import stop_signals
 from emulator.io.app import Emulator
 from emulator.logsafe import get_logger
 from emulator.io.network import MAX_LATENCY_MS, Router, parse_dns, parse_ping
-from emulator.modem.profile import ProfileError, load_profile, read_limited
+from emulator.modem.profile import ProfileError, load_profile, read_settings_text
 from emulator.tools.scenario import ScenarioError
 from emulator.tools.stderr_log import StderrLog
 from emulator.tools import OneLineParser
@@ -191,17 +191,12 @@ def _shown(path: str) -> str:
     return path.replace("\0", "\\0")
 
 
-def _universal(text: str) -> str:
-    """Line ends as a text-mode read gives them (what Path.read_text did here before)."""
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
 def load_config(path: str | None, router: Router) -> None:
     """--config: TOML tables [routes], [listen], [dns], [ping] and offline = true."""
     if not path:
         return
     try:
-        data = tomllib.loads(_universal(read_limited(path).decode("utf-8")))
+        data = tomllib.loads(read_settings_text(path))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise Refused(f"config {_shown(path)}: {exc}")
     tables = {("routes" if name == "route" else name): (shape, add) for name, shape, add, _ in ROUTER_ENTRIES}
@@ -264,10 +259,10 @@ def check_distinct_paths(args: argparse.Namespace, places: list) -> None:
     symlink already, its target (which the trace would open through it).  /dev/null may be
     named more than once (no other device: a stale link to a live pty is no sink to share)."""
     keylog = args.keylog or os.environ.get("SSLKEYLOGFILE") or None
-    named = [(opt, value, f"{opt} {value}") for opt, value in (("--trace", args.trace), ("--keylog", keylog),
-                                                               ("--control", args.control)) if value]
-    if keylog and not args.keylog:
-        named[[n[0] for n in named].index("--keylog")] = ("--keylog", keylog, f"SSLKEYLOGFILE={keylog}")
+    keylog_label = f"--keylog {keylog}" if args.keylog else f"SSLKEYLOGFILE={keylog}"
+    named = [(opt, value, label) for opt, value, label in (
+        ("--trace", args.trace, f"--trace {args.trace}"), ("--keylog", keylog, keylog_label),
+        ("--control", args.control, f"--control {args.control}")) if value]
     for link, state in places:                   # (and the files the emulator makes for them)
         if link:
             if "\0" not in link and os.path.basename(link.rstrip("/")) in ("", ".", ".."):

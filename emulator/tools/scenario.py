@@ -252,8 +252,8 @@ def load_scenario(source: str | Path | dict) -> Scenario:
         shown = str(path).replace("\0", "\\0")
         raise ScenarioError(f"scenario {shown}: a NUL byte in a path")
     try:
-        from emulator.modem.profile import read_limited
-        data = tomllib.loads(_universal(read_limited(path).decode("utf-8")))
+        from emulator.modem.profile import read_settings_text
+        data = tomllib.loads(read_settings_text(path))
     except OSError as exc:
         raise ScenarioError(f"scenario {path}: cannot read: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
@@ -493,8 +493,3 @@ def _socket_of(modem, name: str, args) -> int | None:
         return None
     text = str(args[index]).strip()
     return int(text) if text.isascii() and text.isdigit() else None
-
-
-def _universal(text: str) -> str:
-    """Line ends as a text-mode read gives them (what Path.read_text did here before)."""
-    return text.replace("\r\n", "\n").replace("\r", "\n")
