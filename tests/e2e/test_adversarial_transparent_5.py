@@ -637,21 +637,37 @@ def held_worker(monkeypatch):
     return count, released
 
 
+def write_until_held(emulator, host, port, count, size: int, seed: int, tries: int = 30) -> bytes:
+    """Online data, `size` bytes a write, until a seal job is held on the worker; what was
+    written.  A job is made only from a pty read of OFFLOAD_MIN bytes or more (or one behind
+    a job): under load the emulator may read a write in smaller slices and seal them on the
+    loop, so one write is not sure to make one -- the next write is tried then."""
+    written = bytearray()
+    for i in range(tries):
+        piece = text_blob(size, seed + 1000 * i).replace(b"+", b"-")
+        host.write(piece)
+        written += piece
+        emulator.wait_received(port, host.written)
+        try:
+            wait_for(lambda: count["held"] >= 1, 0.5, "the job on the worker")
+            return bytes(written)
+        except AssertionError:
+            continue
+    raise AssertionError(f"no seal job held after {tries} writes of {size} bytes")
+
+
 def test_held_job_across_buffer_send_and_qiswtmd_back_to_transparent(emulator, ec2x_strict, monkeypatch):
-    """Online 12 KiB (a seal job, held on the worker), "+++" OK, AT+QISWTMD=4,0, AT+QSSLSEND of
+    """Online 12 KiB writes until one makes a seal job (held on the worker), "+++" OK, AT+QISWTMD=4,0, AT+QSSLSEND of
     1000 bytes (SEND OK: the backlog is within send_buffer), AT+QISWTMD=4,2 (CONNECT), 9 KiB
     online, 300 bytes online; then the worker is let go.  The server reads them in that order."""
     host, advance, port = ec2x_strict
     count, released = held_worker(monkeypatch)
-    a, sent, b, c = (text_blob(12288, 210).replace(b"+", b"-"), text_blob(1000, 211),
-                     text_blob(9216, 212), text_blob(300, 213).replace(b"+", b"-"))
+    sent, b, c = (text_blob(1000, 211), text_blob(9216, 212), text_blob(300, 213).replace(b"+", b"-"))
     with sink_server() as server:
         emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
         connect(host)
         conn = server.wait_handshake()
-        host.write(a)
-        emulator.wait_received(port, host.written)
-        wait_for(lambda: count["held"] >= 1, 5, "the job on the worker")
+        a = write_until_held(emulator, host, port, count, 12288, 210)
         advance(1.1)
         host.write(b"+++")
         advance(1.1)
@@ -720,15 +736,13 @@ def test_dtr_drop_with_plus_signs_held_after_a_held_job(emulator, ec2x_strict, m
     host, advance, port = ec2x_strict
     count, released = held_worker(monkeypatch)
     assert host.at(f"AT&D{andd}") == OK
-    a = text_blob(30000, 230).replace(b"+", b"-")
     with sink_server() as server:
         emulator.router.add_map(HOST, PORT, "127.0.0.1", server.port)
         connect(host)
         conn = server.wait_handshake()
-        host.write(a)
+        a = write_until_held(emulator, host, port, count, 30000, 230)
         host.write(b"++")
         emulator.wait_received(port, host.written)
-        wait_for(lambda: count["held"] >= 1, 5, "the job on the worker")
         threading.Timer(0.3, released.set).start()
         assert emulator.control("dtr", level=0) == {"ok": True}
         assert host.read_until(FINAL, timeout=10) == (OK if andd == 1 else NO_CARRIER)

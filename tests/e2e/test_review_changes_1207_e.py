@@ -30,7 +30,7 @@ import time
 import pytest
 
 from tests.e2e import replay_support as rs
-from tests.e2e.socket_support import TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT, escape, free_port, qiopen
+from tests.e2e.socket_support import TCP_HOST, TCP_PORT, UDP_HOST, UDP_PORT, free_port, qiopen
 from tests.e2e.socket_support import conn_of
 from tests.e2e.test_adversarial_chaos_host import Rig
 from tests.e2e.test_adversarial_chaos_host_3 import HOST as HOST3, Rig as Rig3
