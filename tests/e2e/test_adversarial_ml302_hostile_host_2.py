@@ -4,7 +4,7 @@ manual §2.1-§2.10, §3; docs/behaviour.md "ML302 certificate store", "ML302 SS
 hostile_host,paths,store,wire}.py and test_ml302_ssl.py leave out.
 
 Every host here is a program nobody here wrote: its lines end CR LF and go out one byte per
-write(), it reads the port 1, 3, 7 and 4095 bytes at a time, and it closes and reopens the
+write() (a CR LF pair in one: Hostile), it reads the port 1, 3, 7 and 4095 bytes at a time, and it closes and reopens the
 port when it likes.
 
 - All three AT+QSECWRITE slots (CA, client certificate chain, PKCS#8 key) written byte by byte,
@@ -97,13 +97,21 @@ def sha(data: bytes) -> str:
 
 
 class Hostile(OddHost):
-    """Lines end CR LF; every write goes out one byte at a time; reads 1/3/7/4095 bytes."""
+    """Lines end CR LF; every write goes out one byte at a time, but a CR LF pair in one
+    write; reads 1/3/7/4095 bytes.  (A CR LF host held up between its CR and its LF past 50 ms
+    that reads the prompt at once has its LF taken as data: the documented late-LF limit,
+    docs/behaviour.md, which a loaded test machine hit in full runs -- once as an LF in front
+    of AT+QSSLSEND's data, once as a byte too many in AT+QSECWRITE; tests of CR and LF written
+    apart are test_adversarial_chaos_host_12's.)"""
     line_end = b"\r\n"
 
     def write(self, data: bytes | str) -> None:
         raw = data.encode("latin-1") if isinstance(data, str) else data
-        for i in range(len(raw)):
-            Host.write(self, raw[i:i + 1])
+        i = 0
+        while i < len(raw):
+            n = 2 if raw[i:i + 2] == b"\r\n" else 1
+            Host.write(self, raw[i:i + n])
+            i += n
 
     def whole(self, data: bytes) -> None:
         """A big block in one write (16 KB byte by byte would only be slow)."""
