@@ -133,6 +133,20 @@ class CommandLineLexer:
         return [Echo(bytes(data)), line] if self.echo else [line]
 
     def _step(self, byte: int) -> object | None:
+        state = self._state
+        if byte in _PREFIX.get(state, b""):
+            # The prefix first: between lines 'A' starts one and 'T' after it goes on, whatever
+            # S3 and S5 are -- set to 'A' or 'T' (V.250 allows 0-127) they would otherwise
+            # leave no line that could set them back (docs/behaviour.md, command line).
+            if self._last_was_s3:
+                self.crlf = False
+            self._last_was_s3 = False
+            if state == "got_a" and byte in (0x54, 0x74):
+                self._state = "in_line"
+                self._buf.clear()
+            else:
+                self._state = "got_a"
+            return None
         after_s3 = self._last_was_s3
         self._last_was_s3 = byte == self.s3
         if after_s3:
@@ -152,20 +166,11 @@ class CommandLineLexer:
             elif self._state == "got_a":
                 self._state = "idle"
             return None
-        if self._state == "idle":
-            if byte in (0x41, 0x61):          # 'A' / 'a'
-                self._state = "got_a"
+        if self._state == "idle":             # (not 'A'/'a': taken above)
             return None
-        if self._state == "got_a":
-            if byte in (0x54, 0x74):          # 'T' / 't'
-                self._state = "in_line"
-                self._buf.clear()
-            elif byte == 0x2F:                # '/'
-                self._state = "idle"
-                return RepeatLast()
-            elif byte not in (0x41, 0x61):    # "AAT" still starts a command
-                self._state = "idle"
-            return None
+        if self._state == "got_a":            # (not 'A'/'a'/'T'/'t': taken above)
+            self._state = "idle"
+            return RepeatLast() if byte == 0x2F else None     # "A/"
         # in_line
         if len(self._buf) >= self.max_line:
             self._state = "overflow"        # answered with ERROR at the terminator
@@ -184,6 +189,10 @@ class CommandLineLexer:
             self._buf.clear()
             return CommandLine(body)
         return None
+
+
+# What a byte in each state is first of all: the command prefix ("AAT" starts a line too).
+_PREFIX = {"idle": b"Aa", "got_a": b"AaTt"}
 
 
 @functools.lru_cache(maxsize=16)

@@ -245,6 +245,26 @@ def test_s3_changes_the_line_terminator_and_cr_becomes_data(ec2x):
     assert ec2x.at("ATS3?") == b"\r\n013\r\n\r\nOK\r\n"
 
 
+# Was a bug, fixed: S3 or S5 set to 'A' (V.250 allows 0-127) made the port deaf until a
+# restart -- the lexer took every 'A' as the terminator (or a rub-out) before it could start a
+# line, so not even ATS3=13A could set it back (chaos host 15).  The prefix comes first now.
+@pytest.mark.parametrize("profile", ["ec2x", "ml302"])
+def test_s3_or_s5_set_to_a_leaves_a_line_that_sets_it_back(open_modem, profile):
+    host, _ = open_modem(profile)
+    assert host.at("ATE0").endswith(b"OK\r\n")
+    host.write(b"ATS3=65\r")
+    answer_is(host, b"A\nOKA\n")
+    host.write(b"ATS3?A")
+    answer_is(host, b"A\n065A\nA\nOKA\n")
+    host.write(b"ATS3=13A")
+    answer_is(host, b"\r\nOK\r\n")
+    host.write(b"ATS5=65\r")
+    answer_is(host, b"\r\nOK\r\n")
+    host.write(b"ATS5=8xA\r")                  # (the 'A' inside the line rubs out the x)
+    answer_is(host, b"\r\nOK\r\n")
+    assert host.at("ATS5?") == b"\r\n008\r\n\r\nOK\r\n"
+
+
 # Was a bug, fixed: framing.py hard-coded CR LF whatever S3/S4 said (V.250 6.2.1/6.2.2).
 def test_s3_frames_the_answers(ec2x):
     ec2x.write(b"ATS3=35\r")

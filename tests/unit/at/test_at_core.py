@@ -33,6 +33,25 @@ class TestLexer:
         lx.s3 = ord("!")
         assert lines(lx.feed(b"ATE0!")) == [CommandLine(b"E0")]
 
+    @pytest.mark.parametrize("s3", [ord("A"), ord("a"), ord("T"), ord("t")])
+    def test_s3_set_to_a_prefix_letter_still_takes_a_line(self, s3):
+        """ATS3=65 (or 84): the prefix comes first -- an 'A' between lines starts one and
+        its 'T' goes on -- so a line ended by the new S3 can set it back (was: deaf)."""
+        lx = CommandLineLexer()
+        lx.s3 = s3
+        end = bytes([s3])
+        assert lines(lx.feed(b"ATS3=13" + end)) == [CommandLine(b"S3=13")]
+        assert lines(lx.feed(b"zzat+csq" + end)) == [CommandLine(b"+csq")]
+        assert lines(lx.feed(b"AAT" + end)) == [CommandLine(b"")]
+
+    @pytest.mark.parametrize("s5", [ord("A"), ord("T")])
+    def test_s5_set_to_a_prefix_letter_still_takes_a_line(self, s5):
+        """ATS5=65: 'A' between lines starts one; inside the line it rubs out."""
+        lx = CommandLineLexer()
+        lx.s5 = s5
+        assert lines(lx.feed(b"ATS5=8\r")) == [CommandLine(b"S5=8")]
+        assert lines(lx.feed(b"ATE0x" + bytes([s5]) + b"\r")) == [CommandLine(b"E0")]
+
     def test_repeat(self):
         lx = CommandLineLexer()
         assert lines(lx.feed(b"a/")) == [RepeatLast()]
