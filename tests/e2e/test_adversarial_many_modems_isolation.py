@@ -577,7 +577,7 @@ def attack_reboots(path: str, stop: threading.Event, ca_pem: bytes, rounds: int 
                 host.write(b"AT+CFUN=1,1\r\nAT\r\n")
             else:
                 host.write(b"AT+CFUN=1,1\r")
-            host.until(b"+QIND: SMS DONE\r\n", timeout=30)
+            host.until(b"+QIND: PB DONE\r\n", timeout=30)   # (the last boot URC)
             done += 1
         host.buf.clear()
         host.resync()
@@ -998,7 +998,7 @@ def test_transparent_escapes_and_control_reboots_next_door_leave_modem_0_exact(t
                         host.until(b"CONNECT\r\n")
                         host.write(b"+++" + b"a" * (n % 50))
                         assert emu.control({"op": "reboot", "modem": 2}) == {"ok": True}
-                        host.until(b"+QIND: SMS DONE\r\n", 30)
+                        host.until(b"+QIND: PB DONE\r\n", 30)   # (the last boot URC)
                         host.write(b"+++")                    # in command state: dropped
                         n += 1
                     host.resync()
