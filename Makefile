@@ -14,8 +14,10 @@ LINK   ?= /tmp/modem-ec2x
 # keep recorded pauses of 10-30 s) four took 790 s with a load of ~0.5, six 601 s with a load of
 # ~1.4 (all passed).  At 8,280 tests (2026-12-07) six took 830-860 s beside two other
 # sessions' test runs, eight 703 s under the same load, its CPU 0.98 of the two (693 s of
-# 1,406): still waiting, not computing.  TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 8
+# 1,406): still waiting, not computing.  At 10,070 tests (2026-12-07 evening) eight took
+# 834 s alone (906 s beside a helper's runs: the CI budget is 15 min), twelve 677 s beside one
+# helper, the run's CPU 1.27 of the two (879 s of 1,378).  TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 12
 
 .PHONY: run run-ml302 test bench soak openssl socat hostprogs clean
 
