@@ -168,7 +168,18 @@ def test_file_handles_inside_a_push_mode_ssl_session_replay(open_modem, emulator
     write's OK), AT+QFSEEK/QFREAD/QFPOSITION, another send, AT+QFCLOSE, AT+QFDWL.  A changed
     byte of the host's file data is named (by the file read back)."""
     path = tmp_path / "files.trace"
-    with TlsServer(pki.server, mode="echo") as server:
+    connected = threading.Event()
+
+    def echo(conn) -> None:
+        # the first echo is held until the write's CONNECT was read (a plain echo server's
+        # could beat the AT+QFWRITE line on a loaded machine: its push came before CONNECT)
+        first = conn.recv()
+        connected.wait(10)
+        conn.sendall(first)
+        while data := conn.recv():
+            conn.sendall(data)
+
+    with TlsServer(pki.server, handler=echo) as server:
         emulator.router.add_map(HOST, 443, "127.0.0.1", server.port)
         host, _ = open_modem("ec2x", trace=str(path))
         assert host.at(ATTACH) == OK
@@ -179,6 +190,8 @@ def test_file_handles_inside_a_push_mode_ssl_session_replay(open_modem, emulator
         assert host.send_data(1, b"during-write") == b"\r\nSEND OK\r\n"
         host.write(f"AT+QFWRITE={handle},10\r")
         assert host.read_until(b"CONNECT\r\n") == b"\r\nCONNECT\r\n"
+        connected.set()
+        time.sleep(0.05)                          # (the echo on its way: in the data phase)
         host.write(b"0123456789")
         assert host.read_until(b"during-write\r\n") == \
             b'\r\n+QFWRITE: 10,10\r\n\r\nOK\r\n\r\n+QSSLURC: "recv",1,12\r\nduring-write\r\n'

@@ -232,7 +232,7 @@ def test_ec2x_reboot_resets_every_ssl_context(ec2x):
     for line in ('"seclevel",1,2', '"cacert",1,"UFS:ca.pem"', '"alpn",3,"h2"', '"psk",5,"id","00aa"',
                  '"ciphersuite",0,0X0035', '"sni",2,1'):
         assert ec2x.at(f"AT+QSSLCFG={line}") == OK
-    reboot(ec2x, b"+QIND: SMS DONE\r\n")
+    reboot(ec2x, b"+QIND: PB DONE\r\n")
     for line, value in (('"seclevel",1', "0"), ('"cacert",1', '""'), ('"alpn",3', '""'),
                         ('"psk",5', '"",""'), ('"ciphersuite",0', "0XFFFF"), ('"sni",2', "0")):
         name, ctx = line.rsplit(",", 1)
