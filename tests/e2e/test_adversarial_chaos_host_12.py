@@ -40,7 +40,6 @@ stored instead of "abc", the last byte left to command state).
 """
 from __future__ import annotations
 
-import contextlib
 import random
 import re
 import threading
@@ -51,7 +50,7 @@ import pytest
 
 from emulator.testing.host import Host
 from tests.e2e.socket_support import OddHost, conn_of, wait_received
-from tests.e2e.test_adversarial_chaos_host import OK, SSL2_HOST, SSL2_PORT, Rig, payload
+from tests.e2e.test_adversarial_chaos_host import OK, SSL2_HOST, SSL2_PORT, Rig, loop_held, payload
 from tests.e2e.test_adversarial_chaos_host_3 import HOST_IP, Rig as Rig3, letters
 
 ERROR = b"\r\nERROR\r\n"
@@ -59,23 +58,6 @@ SEND_OK = b"\r\nSEND OK\r\n"
 CTRL_Z, ESC = b"\x1a", b"\x1b"
 ML_URC_RECV = re.compile(rb'\r\n\+QSSLURC: "recv",1,0\r\n')
 EC_URC = re.compile(rb'\r\n\+QSSLURC: "recv",(\d+)(?:,(\d+))?\r\n')
-
-
-@contextlib.contextmanager
-def loop_held(emulator):
-    """The emulator's loop kept busy while the block runs: what the host writes meanwhile is
-    read by the emulator after it (the order a busy machine may give, here every time)."""
-    started, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        started.set()
-        release.wait(10)
-    emulator.loop.call_soon_threadsafe(hold)
-    assert started.wait(5)
-    try:
-        yield
-    finally:
-        release.set()
 
 
 @pytest.fixture
