@@ -630,6 +630,7 @@ class Interpreter:
         byte.  Drops an LF already waiting; otherwise returns what decides for the host's
         first byte (self._late_lf; None: an LF there is data)."""
         if not after_line or self.lexer.s3 != 13:
+            self.lexer.forget_line_end()     # (the bytes go to the data phase: an LF after it is no line's)
             return None
         # (the line's S3 came from a program that has closed the port since: --uart, a line
         # left behind a slow answer, or one whose answer was slow itself)
@@ -643,6 +644,7 @@ class Interpreter:
             return None
         if self._inbox or departed:
             # (a line a closed program left: the next byte is another program's, data)
+            self.lexer.forget_line_end()
             return None
         # The host's next byte is still to come.  Bytes `waiting` in the pty before the
         # prompt was written were written before it (the same as an LF in the inbox above);

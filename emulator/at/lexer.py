@@ -135,12 +135,16 @@ class CommandLineLexer:
     def _step(self, byte: int) -> object | None:
         state = self._state
         if byte in _PREFIX.get(state, b""):
-            # The prefix first: between lines 'A' starts one and 'T' after it goes on, whatever
-            # S3 and S5 are -- set to 'A' or 'T' (V.250 allows 0-127) they would otherwise
-            # leave no line that could set them back (docs/behaviour.md, command line).
+            # The prefix first: between lines 'A' starts one and 'T' (or '/': A/) after it goes
+            # on, whatever S3 and S5 are -- set to 'A', 'T' or '/' (V.250 allows 0-127) they
+            # would otherwise leave no line that could set them back, or no A/ (docs/behaviour.md,
+            # command line).
             if self._last_was_s3:
                 self.crlf = False
             self._last_was_s3 = False
+            if state == "got_a" and byte == 0x2F:            # "A/"
+                self._state = "idle"
+                return RepeatLast()
             if state == "got_a" and byte in (0x54, 0x74):
                 self._state = "in_line"
                 self._buf.clear()
@@ -168,9 +172,9 @@ class CommandLineLexer:
             return None
         if self._state == "idle":             # (not 'A'/'a': taken above)
             return None
-        if self._state == "got_a":            # (not 'A'/'a'/'T'/'t': taken above)
+        if self._state == "got_a":            # (not 'A'/'a'/'T'/'t'/'/': taken above)
             self._state = "idle"
-            return RepeatLast() if byte == 0x2F else None     # "A/"
+            return None
         # in_line
         if len(self._buf) >= self.max_line:
             self._state = "overflow"        # answered with ERROR at the terminator
@@ -192,7 +196,7 @@ class CommandLineLexer:
 
 
 # What a byte in each state is first of all: the command prefix ("AAT" starts a line too).
-_PREFIX = {"idle": b"Aa", "got_a": b"AaTt"}
+_PREFIX = {"idle": b"Aa", "got_a": b"AaTt/"}
 
 
 @functools.lru_cache(maxsize=16)
