@@ -1883,19 +1883,28 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
                     # The modem said less than recorded: a difference already, reported at the
                     # end; the later chunks need not wait 10 s each for output that is not coming.
                     patience = 1.0
+                if read_target is not None and in_count() < read_target:
+                    # Each "in" record is one read of the recording's modem: the next chunk
+                    # waits until the replaying modem has read the last one, so it reads them
+                    # apart as recorded.  On a loaded machine a modem that lags joined them
+                    # into one read the recording never had -- a byte-by-byte host's late LF
+                    # read together with its data is data (docs/behaviour.md, the late-LF
+                    # rule), where the recording had it alone: the line's.
+                    until = time.monotonic() + 1.0
+                    while in_count() < read_target and time.monotonic() < until:
+                        time.sleep(0.0002)
+                    read_at = time.monotonic()
+                else:
+                    read_at = None
                 if last_t is not None:
                     gap = r["t"] - last_t if max_gap is None else min(r["t"] - last_t, max_gap)
                     since = last_sent
-                    if (gap >= 0.1 and read_target is not None and r["kind"] == "io"
-                            and r.get("data", "").startswith("+") and in_count() < read_target):
+                    if gap >= 0.1 and read_at is not None and r["kind"] == "io" and r.get("data", "").startswith("+"):
                         # (the silence before a "+++" is the modem's: it counts from when it
                         # READ the last chunk, which on a loaded machine comes later than the
                         # write -- a "+++" written 1.5 s after "defg" was read 0.9 s after it:
                         # data, not the recorded escape)
-                        until = time.monotonic() + 1.0
-                        while in_count() < read_target and time.monotonic() < until:
-                            time.sleep(0.002)
-                        since = time.monotonic()
+                        since = read_at
                     wait = gap - (time.monotonic() - since)
                     if wait > 0.02:              # guard times ("+++"), idle timeouts
                         time.sleep(wait)

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -579,3 +580,51 @@ def test_trace_show_of_a_modem_the_trace_does_not_have_is_an_error(tmp_path, cap
     assert f"{path}: no modem 5 in the trace (it has: 0)" in capsys.readouterr().err
     assert show_main([str(path), "--modem", "0"]) == 0
     assert " start ec2x " in capsys.readouterr().out
+
+
+def test_each_recorded_read_is_replayed_as_one_read_on_a_lagging_modem(open_modem, emulator, tmp_path, capsys,
+                                                                       monkeypatch):
+    """A host's line recorded as three reads ("AT", "E0", CR), then a byte-by-byte CR LF line
+    whose LF came alone.  Replayed with --max-gap 0 on a modem whose every wake-up lags 40 ms
+    (a loaded machine), the replaying modem still reads them apart as recorded: the replay
+    writes a chunk only once the modem has read the one before.  (Written at once, the lagging
+    modem read them joined, and a joined late LF is data where the recorded one was the line's:
+    a replay under load differed -- chaos_host_2 in a full run.)"""
+    from emulator.io import transport
+    from emulator.tools import trace as trace_mod
+    path = tmp_path / "reads.trace"
+    host, _ = open_modem("ec2x", trace=str(path))
+    for piece in (b"AT", b"E0", b"\r"):
+        host.write(piece)
+        time.sleep(0.03)
+    assert host.read_until(b"OK\r\n") == b"\r\nOK\r\n"
+    for piece in (b"AT+CSQ\r", b"\n"):
+        host.write(piece)
+        time.sleep(0.03)
+    assert host.read_until(b"OK\r\n") == b"\r\n+CSQ: 24,99\r\n\r\nOK\r\n"
+    emulator.run(lambda: None)
+    recorded = [r["data"] for r in (json.loads(line) for line in path.read_text().splitlines())
+                if r["kind"] == "io" and r["dir"] == "in"]
+    assert recorded[-5:] == ["AT", "E0", "\r", "AT+CSQ\r", "\n"], recorded    # (after the fixture's ATE0)
+    reads = []
+    real_readable, real_bytes = transport.PtyPort._readable, trace_mod.ModemTrace.host_bytes
+
+    def lagging(self):
+        # after each read the pty is left unread for 40 ms (the loop itself stays free)
+        real_readable(self)
+        if self.attached and self.reading and not self._closed:
+            self.loop.remove_reader(self.master)
+
+            def back() -> None:
+                if self.attached and self.reading and not self._closed:
+                    self.loop.add_reader(self.master, self._readable)
+            self.loop.call_later(0.04, back)
+
+    def counted(self, data):
+        reads.append(bytes(data).decode("latin-1"))
+        return real_bytes(self, data)
+    monkeypatch.setattr(transport.PtyPort, "_readable", lagging)
+    monkeypatch.setattr(trace_mod.ModemTrace, "host_bytes", counted)
+    capsys.readouterr()
+    assert replay_main([str(path), "--max-gap", "0"]) == 0, capsys.readouterr().out
+    assert reads == recorded
