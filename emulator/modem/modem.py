@@ -300,8 +300,12 @@ class Modem:
         self._held = b""
 
     def urc(self, line: str | bytes, raw: bytes = b"", about: object = None, kind: str | None = None) -> None:
-        if self.powered:
-            self.interpreter.urc(line, raw, about, kind)
+        if not self.powered:
+            return
+        if self.booting:                  # a restarting module's UART is not up before RDY
+            log.info("restarting: URC %r before RDY not written", line)
+            return
+        self.interpreter.urc(line, raw, about, kind)
 
     def drop_urcs(self, about: object, kind: str | None = None) -> None:
         """Waiting URCs about `about` (a socket the host closed) are not written; kind:

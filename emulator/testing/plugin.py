@@ -112,6 +112,10 @@ class ModemHandle:
 
 
 def _profile_of(request) -> str:
+    # The test's own indirect parametrization (`parametrize("modem", [...], indirect=True)`)
+    # is the most specific choice: it wins over a modem_profile marker, a module's too.
+    if hasattr(request, "param"):
+        return request.param
     marker = request.node.get_closest_marker("modem_profile")
     if marker is not None:
         name = marker.args[0] if marker.args else marker.kwargs.get("name")
@@ -119,7 +123,7 @@ def _profile_of(request) -> str:
             pytest.fail('@pytest.mark.modem_profile needs a profile name: modem_profile("ml302") '
                         'or modem_profile(name="ml302")', pytrace=False)
         return name
-    return getattr(request, "param", "ec2x")
+    return "ec2x"
 
 
 @pytest.fixture

@@ -538,6 +538,18 @@ def make_trace(path: str | None):
         # event loop (a FIFO's open for one), and a reader that stops would stall the modems.
         raise Refused(f"--trace {path}: not a regular file (a pipe or terminal would stall "
                       f"the modems whenever its reader does not read)")
+    if st is not None and stat.S_ISREG(st.st_mode):
+        # /dev/stdout (or a path to the file stdout or stderr went to, as in a CI job's
+        # `> job.log`): the writer's own offset would overwrite what the process writes there
+        # (the device path line over the first record) -- never one file for two writers
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            try:
+                other = os.fstat(fd)
+            except OSError:
+                continue
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                raise Refused(f"--trace {path}: is this process's {name} (the "
+                              f"{'device paths' if fd == 1 else 'log lines'} go there): give the trace a file of its own")
     from emulator.tools.trace import TraceBusy, TraceWriter
     try:
         writer = TraceWriter(path)

@@ -374,6 +374,7 @@ class ControlServer:
         self.path = Path(path)
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self._bound: tuple[int, int] | None = None
 
     async def start(self) -> None:
         """OSError when the path cannot be bound, or another process is listening on it."""
@@ -393,6 +394,8 @@ class ControlServer:
                                                            limit=MAX_REQUEST)
         finally:
             os.umask(old)
+        st = self.path.stat()
+        self._bound = (st.st_dev, st.st_ino)   # (close removes this file, never another's)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -401,8 +404,12 @@ class ControlServer:
                 writer.close()
             await self._server.wait_closed()
             self._server = None
+        # Only the socket file this server bound: one removed meanwhile (a CI job's clean-up)
+        # and bound again by another emulator is that one's.
         try:
-            self.path.unlink()
+            st = self.path.stat()
+            if self._bound is not None and (st.st_dev, st.st_ino) == self._bound:
+                self.path.unlink()
         except FileNotFoundError:
             pass
 

@@ -109,6 +109,14 @@ def _num(lo: float, hi: float) -> Callable[[Any], str | None]:
     return check
 
 
+def _kbps(v: Any) -> str | None:
+    """As the control op takes it: 0 (unpaced) or 0.1 (100 bit/s) up to 10,000,000."""
+    bad = _num(0, 10_000_000)(v)
+    if bad is None and 0 < v < 0.1:
+        return f"must be 0 (unpaced) or at least 0.1 (100 bit/s), got {v}"
+    return bad
+
+
 def _choice(*choices: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
@@ -148,7 +156,7 @@ ARGS: dict[str, dict[str, tuple[Callable, bool]]] = {
     "urc": {"text": (_urc_text, True)},
     "reboot": {"ms": (_int(0, 600_000), False)},
     "slow": {"command": (_command, True), "ms": (_int(0, 600_000), True)},
-    "net": {"latency_ms": (_num(0, MAX_LATENCY_MS), False), "kbps": (_num(0, 10_000_000), False),
+    "net": {"latency_ms": (_num(0, MAX_LATENCY_MS), False), "kbps": (_kbps, False),
             "loss": (_num(0, 1), False), "socket": (_SOCKET, False), "seed": (_int(0, 2**63), False)},
     "uart_noise": {"on": (_bool, True), "seed": (_int(0, 2**63), False)},
     "register": {"stat": (_int(0, 5), True)},

@@ -108,6 +108,7 @@ import contextlib
 import datetime
 import fcntl
 import ipaddress
+import io
 import json
 import os
 import re
@@ -356,13 +357,14 @@ def attach_trace(trace, modem, index: int):
 
 
 # -- reading --------------------------------------------------------------------------
-def read_trace(path: str | os.PathLike, warn=None) -> list[dict]:
+def read_trace(path: str | os.PathLike, warn=None, data: bytes | None = None) -> list[dict]:
     """The records of a trace file; ValueError naming the line when one is not a record
     this version wrote (a damaged or hand-edited file): show and replay exit 2 on it.  A
     last line cut short (no newline: the recording was killed, the disk filled) is left
-    out, with warn(text) saying so."""
+    out, with warn(text) saying so.  data: the file's bytes, already read (a pipe, such as
+    /dev/stdin or <(zcat trace.gz), can be read only once)."""
     records = []
-    with open(path, "rb") as f:
+    with (io.BytesIO(data) if data is not None else open(path, "rb")) as f:
         for n, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
@@ -2391,8 +2393,9 @@ def replay_main(argv: list[str] | None = None) -> int:
     from emulator.modem.profile import PROFILE_DIR, ProfileError, load_profile, resolve_profile_path
     from emulator.tools.scenario import ScenarioError, load_scenario
     try:
-        with open(args.file, encoding="latin-1", newline="") as f:   # (its CRs as they are)
-            text = f.read()
+        with open(args.file, "rb") as f:      # (read once: a pipe gives its bytes only once)
+            raw = f.read()
+        text = raw.decode("latin-1")          # (its CRs as they are)
         ignore = [re.compile(x) for x in args.ignore]
         loaded = load_scenario(args.scenario) if args.scenario else None
         if args.profile is not None:
@@ -2408,7 +2411,7 @@ def replay_main(argv: list[str] | None = None) -> int:
                 cut.append(text)
                 print(f"modem-emulator replay: {text}", file=sys.stderr)
             try:
-                records = read_trace(args.file, warn=warn)
+                records = read_trace(args.file, warn=warn, data=raw)
                 if args.modem is None:
                     # (the trace's first modem: 0, or the only one a process's later modem
                     # recorded in a trace file of its own -- the plugin's second modem)
