@@ -74,7 +74,7 @@ def test_a_control_byte_after_a_semicolon_stops_the_line_there_what_came_before_
 
 # == 'lost' records: what the hosts read + what is marked lost == what was recorded ====================
 from tests.e2e.socket_support import conn_of  # noqa: E402
-from tests.e2e.test_adversarial_chaos_host import Rig  # noqa: E402
+from tests.e2e.test_adversarial_chaos_host import Rig, loop_held  # noqa: E402
 
 
 def _read_part(host: Host, total: int, part: int, timeout: float = 10) -> None:
@@ -94,7 +94,8 @@ def _check(emulator, path, port, first: Host, count_lost: int = 1, in_flight: in
     (not yet in the line discipline, where FIONREAD counts) are flushed uncounted: the
     documented limit (behaviour.md, the lost record); a full run saw 9 at 9600 baud."""
     _settle(emulator, path, "hangup")
-    nxt = Host(port.path)
+    with loop_held(emulator):              # (pyserial's open flushes: nothing in between)
+        nxt = Host(port.path)
     emulator.run(port.port.look_for_host)
     try:
         time.sleep(0.3)
@@ -210,7 +211,8 @@ def test_two_hosts_in_a_row_leave_their_own_echo_and_answer_unread(emulator, ope
         _settle(emulator, path, "hangup")
         rs.wait_records(path, "hangup", i + 1)
         time.sleep(0.3 if baud else 0.05)
-        nxt = Host(port.path)
+        with loop_held(emulator):          # (pyserial's open flushes: nothing in between)
+            nxt = Host(port.path)
         emulator.run(port.port.look_for_host)
         hosts.append(nxt)
     last = hosts[-1]
@@ -485,7 +487,8 @@ def test_dtr_drop_right_after_the_host_closed_is_no_traceback(emulator, open_mod
         _dtr(emulator, 0)
         _dtr(emulator, 1)
         time.sleep(0.1)
-        host = Host(port.path)
+        with loop_held(emulator):
+            host = Host(port.path)
         emulator.run(port.port.look_for_host)
         assert host.at("AT") == OK
     host.close()

@@ -381,7 +381,13 @@ def test_a_manual_time_trace_of_a_sim_restart_cut_short_replays_in_real_time(tmp
     assert host.at("AT&V") == b"\r\n" + amp_v(E=0) + OK
     rs.flush(emulator)
     for args in ((), ("--max-gap", "0.01")):
-        rc, text = _replay(trace, *args)
+        # A real-time replay must land AT+CFUN=0 inside the recording's 20 ms between
+        # +CPIN: READY and +QUSIM: 1: a loaded machine's delay can miss it (three full runs
+        # did), so up to three tries -- a replay that always differs still fails.
+        for _ in range(3):
+            rc, text = _replay(trace, *args)
+            if rc == 0:
+                break
         assert (rc, text) == (0, "replayed 8 commands, 76 host bytes: no difference\n"), (args, text)
 
 

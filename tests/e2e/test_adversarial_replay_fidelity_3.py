@@ -168,7 +168,7 @@ def test_file_handles_inside_a_push_mode_ssl_session_replay(open_modem, emulator
     write's OK), AT+QFSEEK/QFREAD/QFPOSITION, another send, AT+QFCLOSE, AT+QFDWL.  A changed
     byte of the host's file data is named (by the file read back)."""
     path = tmp_path / "files.trace"
-    connected = threading.Event()
+    connected, file_closed = threading.Event(), threading.Event()
 
     def echo(conn) -> None:
         # the first echo is held until the write's CONNECT was read (a plain echo server's
@@ -176,6 +176,9 @@ def test_file_handles_inside_a_push_mode_ssl_session_replay(open_modem, emulator
         first = conn.recv()
         connected.wait(10)
         conn.sendall(first)
+        second = conn.recv()                  # (and the second until AT+QFCLOSE answered)
+        file_closed.wait(10)
+        conn.sendall(second)
         while data := conn.recv():
             conn.sendall(data)
 
@@ -200,6 +203,7 @@ def test_file_handles_inside_a_push_mode_ssl_session_replay(open_modem, emulator
         assert host.at(f"AT+QFPOSITION={handle}").startswith(b"\r\n+QFPOSITION: 6")
         assert host.send_data(1, b"after") == b"\r\nSEND OK\r\n"
         assert host.at(f"AT+QFCLOSE={handle}") == OK
+        file_closed.set()
         assert host.read_until(b"after\r\n") == b'\r\n+QSSLURC: "recv",1,5\r\nafter\r\n'
         host.write('AT+QFDWL="log.txt"\r')
         assert host.read_until(re.compile(rb"\+QFDWL: .*\r\n")).startswith(b"\r\nCONNECT\r\n0123456789\r\n+QFDWL: 10,")
