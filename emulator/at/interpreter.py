@@ -213,7 +213,9 @@ class Interpreter:
         self._data = None
         self._pending = None
         self._report_dropped()
-        self._late_lf = None                     # (the prompt or CONNECT it was for is gone)
+        if self._late_lf is not None:            # (the prompt or CONNECT it was for is gone,
+            self._late_lf = None                 # no byte came: an LF now is no line's ending)
+            self.lexer.forget_line_end()
         if self._escape_timer is not None:
             self._escape_timer.cancel()
             self._escape_timer = None
@@ -644,6 +646,8 @@ class Interpreter:
             return None
         if self._inbox or departed:
             # (a line a closed program left: the next byte is another program's, data)
+            if self._inbox and not departed:
+                self.lexer.crlf = False      # (the byte after this line's CR came and was no LF)
             self.lexer.forget_line_end()
             return None
         # The host's next byte is still to come.  Bytes `waiting` in the pty before the
