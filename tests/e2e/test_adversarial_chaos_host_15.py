@@ -399,6 +399,20 @@ def hostile_write(host: Host, data: bytes, rnd: random.Random, bytewise: bool = 
             drain(host)
 
 
+def write_line(host: Host, text: bytes, rnd: random.Random, model: Model) -> None:
+    """hostile_write (no reads) of bytes the model has just been fed; a prompt-opening
+    line's CR LF goes in one write (behaviour.md late-LF table: a host seen ending lines
+    with CR alone whose LF the emulator reads after the host read the prompt -- a loaded
+    machine -- sends data; a documented Limit the model does not predict.  Under load the
+    example failed there first, and hypothesis's rerun of it reported a misleading
+    "read is no prefix of the server's bytes": the first run's reads were never counted)."""
+    if model.state == "data" and text.endswith(bytes([model.s3, LF])):
+        hostile_write(host, text[:-2], rnd, read=False)
+        host.write(text[-2:])
+    else:
+        hostile_write(host, text, rnd, read=False)
+
+
 def settle_raw(host: Host) -> None:
     """Back to what a well-behaved pyserial host has (8N1, 115200, no IXON)."""
     fd = host.ser.fd
@@ -803,7 +817,7 @@ def test_hostile_host_around_ssl_prompts_and_reads_answers_exactly_the_model(
                     continue                              # (not every A/ repeats a send)
                 text = render(op, model)
                 want = model.feed(text)
-                hostile_write(host, text, rnd, read=False)
+                write_line(host, text, rnd, model)
                 expect(host, want)
                 if model.state == "data":
                     data = prompt_data(rnd, model)
@@ -861,7 +875,7 @@ def test_hangup_anywhere_in_a_hostile_socket_program_keeps_exactly_what_complete
                 part = text[:left]
                 left -= len(part)
                 want = model.feed(part)
-                hostile_write(host, part, rnd, read=False)
+                write_line(host, part, rnd, model)
                 expect(host, want if left else want[:int(how_much * len(want))])
                 if not left:
                     break
