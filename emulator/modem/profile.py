@@ -546,6 +546,17 @@ def read_settings_text(path) -> str:
     return read_limited(path).decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
 
 
+def load_settings_toml(path) -> dict:
+    """--config's and a scenario's TOML, read as read_settings_text reads it.  A parse error's
+    message points where a profile's does (_toml_where: a byte order mark at the start, a key
+    given twice, the line's text)."""
+    text = read_settings_text(path)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise tomllib.TOMLDecodeError(f"{exc}{_toml_where(text, str(exc))}") from None
+
+
 def load_profile(spec: str) -> Profile:
     path = resolve_profile_path(spec)
     try:

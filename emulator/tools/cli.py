@@ -22,7 +22,7 @@ from emulator import stop_signals
 from emulator.io.app import Emulator
 from emulator.logsafe import get_logger
 from emulator.io.network import MAX_LATENCY_MS, Router, parse_dns, parse_ping
-from emulator.modem.profile import ProfileError, load_profile, read_settings_text
+from emulator.modem.profile import ProfileError, load_profile, load_settings_toml
 from emulator.tools.scenario import ScenarioError
 from emulator.tools.stderr_log import StderrLog
 from emulator.tools import OneLineParser
@@ -196,7 +196,7 @@ def load_config(path: str | None, router: Router) -> None:
     if not path:
         return
     try:
-        data = tomllib.loads(read_settings_text(path))
+        data = load_settings_toml(path)
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise Refused(f"config {_shown(path)}: {exc}")
     tables = {("routes" if name == "route" else name): (shape, add) for name, shape, add, _ in ROUTER_ENTRIES}

@@ -260,8 +260,8 @@ def load_scenario(source: str | Path | dict) -> Scenario:
         shown = str(path).replace("\0", "\\0")
         raise ScenarioError(f"scenario {shown}: a NUL byte in a path")
     try:
-        from emulator.modem.profile import read_settings_text
-        data = tomllib.loads(read_settings_text(path))
+        from emulator.modem.profile import load_settings_toml
+        data = load_settings_toml(path)
     except OSError as exc:
         raise ScenarioError(f"scenario {path}: cannot read: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:

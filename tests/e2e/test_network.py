@@ -151,6 +151,9 @@ def test_config_dns_table(tmp_path):
     ('[routes]\n"a.test:443" = "127.0.0.1:8443"\noffline = true\n',
      "routes: offline is a top-level key: put offline = true before the first table"),
     ('[routes]\n"a.test" = 5\n', "routes: 'a.test': expected a string"),
+    # (where a parse error is, as a profile's says: a byte order mark, a key given twice)
+    ('\ufeff[dns]\n"a.test" = "192.0.2.1"\n', "(at line 1, column 1): the file begins with a byte order mark"),
+    ('[dns]\n"a.test" = "192.0.2.1"\n"a.test" = "192.0.2.2"\n', ": key dns.\"a.test\" is given twice"),
 ])
 def test_config_dns_errors_name_the_file(tmp_path, text, message):
     config = tmp_path / "net.toml"

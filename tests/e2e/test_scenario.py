@@ -120,6 +120,12 @@ def test_a_step_that_fails_when_it_runs_is_recorded_and_the_rest_go_on(emulator,
     ('[[step]]\nat = 1\nop = "urc"\ntext = "+X: \u20ac"\n', "step 1: key text: text must be characters U+0000-U+00FF"),
     ('[[step]]\nat = 1\nop = "slow"\ncommand = "AT"\nms = 5\n', "step 1: key command"),
     ("[[step]\n", "not valid TOML"),
+    # (where the error is, as a profile's says: a byte order mark -- some editors save UTF-8
+    # with one -- or the line)
+    ('\ufeff[[step]]\nat = 1\nop = "reboot"\n',
+     "not valid TOML: Invalid statement (at line 1, column 1): the file begins with a byte order mark"),
+    ('[[step]]\nat = 1\nop = "reboot"\nat = 2\n',
+     "not valid TOML: Cannot overwrite a value (at line 4, column 7): line 4 is 'at = 2'"),
 ])
 def test_bad_files_are_rejected_naming_step_and_key(tmp_path, text, message):
     path = _file(tmp_path, text)
