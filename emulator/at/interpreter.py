@@ -213,9 +213,7 @@ class Interpreter:
         self._data = None
         self._pending = None
         self._report_dropped()
-        if self._late_lf is not None:            # (the prompt or CONNECT it was for is gone,
-            self._late_lf = None                 # no byte came: an LF now is no line's ending)
-            self.lexer.forget_line_end()
+        self._late_lf = None                     # (the prompt or CONNECT it was for is gone)
         if self._escape_timer is not None:
             self._escape_timer.cancel()
             self._escape_timer = None
@@ -630,9 +628,11 @@ class Interpreter:
         command line, not to the data that follow a prompt or CONNECT (the host sends them
         only after it) -- also when it arrives just after, from a host writing byte by
         byte.  Drops an LF already waiting; otherwise returns what decides for the host's
-        first byte (self._late_lf; None: an LF there is data)."""
+        first byte (self._late_lf; None: an LF there is data).  The lexer forgets the line's
+        end here, whatever the rule: the bytes go to the data phase (or online), and an LF
+        after it is no line's ending, unechoed, nor a lesson in the host's line ends."""
+        self.lexer.forget_line_end()
         if not after_line or self.lexer.s3 != 13:
-            self.lexer.forget_line_end()     # (the bytes go to the data phase: an LF after it is no line's)
             return None
         # (the line's S3 came from a program that has closed the port since: --uart, a line
         # left behind a slow answer, or one whose answer was slow itself)
@@ -642,13 +642,11 @@ class Interpreter:
             # (written with the line: its ending, whatever the host did before -- data
             # come after the prompt, and a CR-only host may have switched to CR LF)
             del self._inbox[:1]
-            self.lexer.forget_line_end()
             return None
         if self._inbox or departed:
             # (a line a closed program left: the next byte is another program's, data)
             if self._inbox and not departed:
                 self.lexer.crlf = False      # (the byte after this line's CR came and was no LF)
-            self.lexer.forget_line_end()
             return None
         # The host's next byte is still to come.  Bytes `waiting` in the pty before the
         # prompt was written were written before it (the same as an LF in the inbox above);
@@ -686,7 +684,6 @@ class Interpreter:
         with more bytes was written after the prompt, with the data, and is data (a driver
         that ends this one command with CR alone, whose payload starts with LF)."""
         lexer = self.lexer
-        lexer.forget_line_end()
         # (a host that writes its lines whole and has never written a CR and its LF apart:
         # only an LF it wrote on its own can be this line's; the lexer has seen no line since)
         alone_only = lexer.last_line_whole and not lexer.piecewise
