@@ -540,17 +540,12 @@ def read_limited(path, limit: int = PROFILE_MAX) -> bytes:
     return raw
 
 
-def read_settings_text(path) -> str:
-    """--config's and a scenario's text: read_limited, UTF-8, line ends as a text-mode read
-    gives them (Path.read_text, which they used before)."""
-    return read_limited(path).decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
-
-
 def load_settings_toml(path) -> dict:
-    """--config's and a scenario's TOML, read as read_settings_text reads it.  A parse error's
-    message points where a profile's does (_toml_where: a byte order mark at the start, a key
-    given twice, the line's text)."""
-    text = read_settings_text(path)
+    """--config's and a scenario's TOML: read_limited, UTF-8, line ends as a text-mode read
+    gives them (Path.read_text, which they used before).  A parse error's message points
+    where a profile's does (_toml_where: a byte order mark at the start, a key given twice,
+    the line's text)."""
+    text = read_limited(path).decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -10,3 +10,7 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: {message}\n")
 
+
+def shown_path(path) -> str:
+    """A path as a one-line message shows it: a NUL byte as \\0, never raw."""
+    return str(path).replace("\0", "\\0")

@@ -25,7 +25,7 @@ from emulator.io.network import MAX_LATENCY_MS, Router, parse_dns, parse_ping
 from emulator.modem.profile import ProfileError, load_profile, load_settings_toml
 from emulator.tools.scenario import ScenarioError
 from emulator.tools.stderr_log import StderrLog
-from emulator.tools import OneLineParser
+from emulator.tools import OneLineParser, shown_path
 from emulator.io.transport import LinkError, link_lock_path
 
 log = get_logger("emulator")
@@ -186,11 +186,6 @@ def add_router_options(args: argparse.Namespace, router: Router) -> None:
                 raise Refused(f"--{name}: {exc}")
 
 
-def _shown(path: str) -> str:
-    """A path as a one-line message shows it: a NUL byte as \\0, never raw."""
-    return path.replace("\0", "\\0")
-
-
 def load_config(path: str | None, router: Router) -> None:
     """--config: TOML tables [routes], [listen], [dns], [ping] and offline = true."""
     if not path:
@@ -198,7 +193,7 @@ def load_config(path: str | None, router: Router) -> None:
     try:
         data = load_settings_toml(path)
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise Refused(f"config {_shown(path)}: {exc}")
+        raise Refused(f"config {shown_path(path)}: {exc}")
     tables = {("routes" if name == "route" else name): (shape, add) for name, shape, add, _ in ROUTER_ENTRIES}
     unknown = sorted(set(data) - set(tables) - {"offline"})
     if unknown:
@@ -275,7 +270,7 @@ def check_distinct_paths(args: argparse.Namespace, places: list) -> None:
     seen: dict[tuple, str] = {}
     for opt, value, label in named:
         if "\0" in value:
-            raise Refused(f"{_shown(label)}: a NUL byte in a path")
+            raise Refused(f"{shown_path(label)}: a NUL byte in a path")
         keys = _file_keys(value, link=opt == "--link")
         if keys is None:
             continue

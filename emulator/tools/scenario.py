@@ -73,6 +73,7 @@ from typing import Any, Callable
 from emulator.io.network import MAX_LATENCY_MS
 from emulator.logsafe import get_logger
 from emulator.modem.profile import command_name
+from emulator.tools import shown_path
 
 log = get_logger("emulator.scenario")
 
@@ -257,8 +258,7 @@ def load_scenario(source: str | Path | dict) -> Scenario:
         return parse_scenario(source, "<dict>")
     path = Path(source)
     if "\0" in str(path):
-        shown = str(path).replace("\0", "\\0")
-        raise ScenarioError(f"scenario {shown}: a NUL byte in a path")
+        raise ScenarioError(f"scenario {shown_path(path)}: a NUL byte in a path")
     try:
         from emulator.modem.profile import load_settings_toml
         data = load_settings_toml(path)
