@@ -22,7 +22,7 @@ from emulator.at.responses import Cme, CommandError, ok
 from emulator.commands.general import sim_not_ready
 from emulator.logsafe import get_logger
 from emulator.modem.registration import registration
-from emulator.storage.atomic_file import atomic_write
+from emulator.storage.atomic_file import atomic_write, read_plain
 
 log = get_logger("emulator.device")
 
@@ -85,7 +85,7 @@ class DeviceConfig:
         if self._path is None or not self._path.exists():
             return
         try:
-            data = json.loads(self._path.read_bytes())
+            data = json.loads(read_plain(self._path))
             assert isinstance(data, dict)
         except Exception:                 # unreadable, not JSON, nested too deep, not a dict
             log.warning("%s: not readable NV settings, ignored", self._path)

@@ -7,7 +7,7 @@ import json
 import socket
 from dataclasses import dataclass
 
-from emulator.storage.atomic_file import atomic_write
+from emulator.storage.atomic_file import atomic_write, read_plain
 
 
 @dataclass
@@ -113,7 +113,7 @@ class DataCounter:
         if self._path is None or not self._path.exists():
             return
         try:
-            data = json.loads(self._path.read_bytes())
+            data = json.loads(read_plain(self._path))
             sent, received = data["sent"], data["received"]
         except Exception:                 # unreadable, not JSON, too deep, not a dict: none saved
             return

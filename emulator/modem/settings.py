@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from emulator.logsafe import get_logger
-from emulator.storage.atomic_file import atomic_write, remove_stale_temp_files
+from emulator.storage.atomic_file import atomic_write, read_plain, remove_stale_temp_files
 
 log = get_logger("emulator.settings")
 
@@ -66,7 +66,7 @@ class Settings:
         if not path.exists():
             return fallback.copy()
         try:
-            data = json.loads(path.read_bytes())
+            data = json.loads(read_plain(path))
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable saved settings %s: %s", path, exc)
             return fallback.copy()

@@ -13,7 +13,9 @@ with, or be listed as, a file the host uploaded.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -22,11 +24,24 @@ __all__ = [
     "atomic_write",
     "create_exclusive",
     "fsync_directory",
+    "read_plain",
     "remove_stale_temp_files",
     "why_unusable",
 ]
 
 TEMP_PREFIX = "..tmp-"
+
+
+def read_plain(path: Path) -> bytes:
+    """The contents of a state file the emulator reads at start-up or a reset (settings,
+    NV items, counters): OSError when something other than a regular file stands there.
+    Opened non-blocking, so a FIFO someone left there cannot stop the one event loop (a
+    blocking open waits for a writer forever, signals included)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a plain file", str(path))
+        return handle.read()
 
 
 def fsync_directory(directory: Path) -> None:

@@ -478,6 +478,8 @@ def lock_state_dir(state_dir: Path) -> int | None:
     except OSError as exc:               # a read-only state dir still serves what it holds
         if exc.errno == errno.ELOOP:
             raise StateDirBusy(f"{state_dir / '.lock'} is a symbolic link: not using it") from None
+        if exc.errno == errno.EISDIR:    # (not a read-only dir: a second emulator would run beside)
+            raise StateDirBusy(f"{state_dir / '.lock'} is not a plain file: not using it") from None
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             raise                        # out of descriptors: run() names that, in one line
         log.warning("state dir %s: no lock file (%s): another emulator on it would not be "

@@ -121,6 +121,7 @@ from pathlib import Path
 from emulator.io.network import NetFaults, Router, is_ip, is_port, name_key, reset_on_close
 from emulator.logsafe import get_logger
 from emulator.sockets.plain_session import NoSealJobs, PlainSession
+from emulator.storage.atomic_file import read_plain
 from emulator.tools import OneLineParser
 
 FORMAT_VERSION = 1
@@ -391,12 +392,34 @@ _BYTES_FIELDS = ("data", "line", "answer")       # latin-1 strings: one char per
 _REQUIRED = {"io": ("data",), "cmd": ("line", "answer")}   # what show and replay read of them
 
 
+# The state files a modem reads at start-up whose values its answers show: AT&W's
+# settings (ATS7?, ATE, AT+CMEE...), the NV items (AT+CTZU?, AT+QCFG...), the data counters
+# (AT+QGDCNT?).  A trace carries them as they were (small JSON texts, no secrets): replayed
+# on a factory modem, a trace recorded after an AT&W answered differently from its first
+# command on (crash consistency 2).
+STATE_FILES = ("settings.json", "nv.json", "qgdcnt.json")
+STATE_FILE_MAX = 1 << 16
+
+
 def material_of(modem) -> dict:
     """What the modem held before the host's first byte (provisioned at the factory, an
     earlier session, --demo): UFS file names and sizes, certificate slots' sizes and
     checksums -- never their bytes (the trace holds what the host sent, not more).  Replay
-    puts placeholders of the same size there (restore_material)."""
+    puts placeholders of the same size there (restore_material).  And the state files it
+    started from (STATE_FILES), whole: replay starts from them (write_state_files)."""
     material: dict = {}
+    state = {}
+    for name in STATE_FILES if modem.state_dir is not None else ():
+        try:
+            data = read_plain(modem.state_dir / name)
+            if len(data) <= STATE_FILE_MAX:      # (bigger: no file this emulator wrote)
+                state[name] = data.decode("utf-8")
+        except FileNotFoundError:
+            pass
+        except (OSError, UnicodeDecodeError) as exc:    # (read as the modem did: defaults)
+            log.info("trace: state file %s not recorded: %s", name, exc)
+    if state:
+        material["state"] = state
     try:
         if modem.profile.command_variant("+QFUPL") is not None:
             material["files"] = {name: size for name, size in modem.files.list()}
@@ -426,6 +449,14 @@ def restore_material(modem, material: dict) -> None:
             modem.secstore.write(int(slot), _with_checksum(size, checksum))
 
 
+def write_state_files(state_dir: Path, material: dict) -> None:
+    """A start record's state files (material_of) into the replaying modem's state dir,
+    before the modem is made: it starts from the settings the recorded one started from."""
+    for name, text in (material.get("state") or {}).items():
+        if name in STATE_FILES:
+            (state_dir / name).write_text(text, encoding="utf-8")
+
+
 def _with_checksum(size: int, checksum: int) -> bytes:
     """`size` bytes whose xor16 is `checksum`: the first word carries it, zeros after (one
     byte only: its high half)."""
@@ -446,6 +477,10 @@ def _material_problem(material) -> str:
             isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
             and 0 <= v[0] <= 1 << 20 and 0 <= v[1] <= 0xFFFF for v in slots.values()):
         return '"material" slots are not sizes and checksums'
+    state = material.get("state", {})
+    if not isinstance(state, dict) or not all(
+            n in STATE_FILES and isinstance(t, str) and len(t) <= STATE_FILE_MAX for n, t in state.items()):
+        return '"material" state is not state file names and texts'
     return ""
 
 
@@ -1829,6 +1864,7 @@ def replay_records(records: list[dict], profile: str | None = None, modem: int =
             emu.router.add_map(host, host_port, "127.0.0.1", stand_in)
         for local_port in _listen_ports(records):      # any free port, not the recorded one
             emu.router.add_listen(local_port, "127.0.0.1", 0)
+        write_state_files(Path(state), start.get("material") or {})
         port = emu.add_modem(profile, state_dir=Path(state), trace=writer)
         refused = frozenset(s.open_number for s in scripts if s.refused)
         dns_failed = frozenset(s.open_number for s in scripts if s.dns_failed)
