@@ -273,6 +273,9 @@ def test_bg96_every_narrowed_range_is_552(cli, tmp_path, servers):
     assert host.send_data(4, b"v" * 1001, fixed=False) == ERROR        # Ctrl+Z after 1001 bytes
     assert host.at("AT+QIGETERROR") == E552
     assert host.send_data(4, b"v" * 1000, fixed=False) == b"\r\nSEND OK\r\n"
+    # the echo's "recv" URC first (the buffer was read empty): written while the next command
+    # line is on its way, it would come before that command's OK
+    assert host.read_until(b'+QSSLURC: "recv",4\r\n') == b'\r\n+QSSLURC: "recv",4\r\n'
     assert host.at("AT+QSSLCLOSE=4") == OK
 
 

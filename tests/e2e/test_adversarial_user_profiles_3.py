@@ -348,18 +348,21 @@ def test_bg77_tcpip_limits_and_at_port(bg77, tcp_echo):
     assert host.at(f'AT+QIOPEN=2,3,"TCP","{TCP_HOST}",{TCP_PORT},0,1') == OK
     assert host.read_until(b"+QIOPEN: 3,0\r\n") == b"\r\n+QIOPEN: 3,0\r\n"
     payload = bytes(range(250)) * 8
-    for half in (payload[:1000], payload[1000:]):
+    got, sizes = b"", []
+    for end in (1000, 2000):
         host.write(b"AT+QISEND=3,1000\r")
         assert host.read_until(b"> ") == b"\r\n> "
-        host.write(half)
+        host.write(payload[end - 1000:end])
         assert host.read_until(b"\r\nSEND OK\r\n") == b"\r\nSEND OK\r\n"
-    got, sizes = b"", []
-    while len(got) < len(payload):
-        head = host.read_until(re.compile(rb'\+QIURC: "recv",3,(\d+)\r\n'))
-        size = int(re.search(rb",(\d+)\r\n$", head).group(1))
-        sizes.append(size)
-        got += host.read_exactly(size)
-        assert host.read_exactly(2) == b"\r\n"
+        # the echo's pushes before the next command line: written while it is on its way,
+        # they would come before its prompt
+        while len(got) < end:
+            head = host.read_until(re.compile(rb'\+QIURC: "recv",3,(\d+)\r\n'))
+            assert head.startswith(b"\r\n+QIURC: "), head
+            size = int(re.search(rb",(\d+)\r\n$", head).group(1))
+            sizes.append(size)
+            got += host.read_exactly(size)
+            assert host.read_exactly(2) == b"\r\n"
     assert got == payload and max(sizes) == 800, sizes
 
 
