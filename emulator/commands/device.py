@@ -71,12 +71,17 @@ class DeviceConfig:
         the next start only: the command's change holds (logged)."""
         if self._path is None:
             return
-        data = {key: getattr(self, key) for key in self.NV}
-        data.update(qsimdet=self.qsimdet, items=self.items)
+        data = self.saved_form()
         try:
             atomic_write(self._path, json.dumps(data).encode())
         except OSError as exc:
             log.warning("%s: NV settings not saved: %s", self._path, exc.strerror or exc)
+
+    def saved_form(self) -> dict:
+        """What nv.json holds for these values (JSON values)."""
+        data = {key: getattr(self, key) for key in self.NV}
+        data.update(qsimdet=self.qsimdet, items=self.items)
+        return data
 
     def _load(self) -> None:
         """nv.json as saved, value by value: one a hand edit or another profile made

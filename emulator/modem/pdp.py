@@ -7,7 +7,10 @@ import json
 import socket
 from dataclasses import dataclass
 
+from emulator.logsafe import get_logger
 from emulator.storage.atomic_file import atomic_write, read_plain
+
+log = get_logger("emulator.pdp")
 
 
 @dataclass
@@ -115,16 +118,21 @@ class DataCounter:
         try:
             data = json.loads(read_plain(self._path))
             sent, received = data["sent"], data["received"]
-        except Exception:                 # unreadable, not JSON, too deep, not a dict: none saved
+        except Exception as exc:          # unreadable, not JSON, too deep, not a dict: none saved
+            log.warning("%s: not readable data counters, ignored (%s)", self._path, exc)
             return
         if all(type(v) is int and v >= 0 for v in (sent, received)):    # (not a bool, a float)
             self.sent, self.received = sent, received
+
+    def saved_form(self) -> dict:
+        """What qgdcnt.json holds for these counters."""
+        return {"sent": self.sent, "received": self.received}
 
     def save(self) -> bool:
         if self._path is None:
             return True
         try:
-            atomic_write(self._path, json.dumps({"sent": self.sent, "received": self.received}).encode())
+            atomic_write(self._path, json.dumps(self.saved_form()).encode())
         except OSError:
             return False
         return True

@@ -49,10 +49,14 @@ class Settings:
         """Atomically (temp file, fsync, rename): a kill leaves the old or the new file."""
         if path is None:
             return
+        atomic_write(path, json.dumps(self.saved_form()).encode())
+
+    def saved_form(self) -> dict:
+        """What settings.json holds for these settings (JSON values)."""
         data = asdict(self)
         del data["ipr_rates"]
         data["sreg"] = {str(k): v for k, v in self.sreg.items()}
-        atomic_write(path, json.dumps(data).encode())
+        return data
 
     @classmethod
     def load(cls, path: Path | None, fallback: "Settings") -> "Settings":

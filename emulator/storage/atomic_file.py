@@ -38,10 +38,15 @@ def read_plain(path: Path) -> bytes:
     Opened non-blocking, so a FIFO someone left there cannot stop the one event loop (a
     blocking open waits for a writer forever, signals included)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a plain file", str(path))
-        return handle.read()
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def fsync_directory(directory: Path) -> None:

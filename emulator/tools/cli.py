@@ -466,6 +466,13 @@ def _private_dirs(path: Path) -> None:
     path.mkdir(mode=0o700, exist_ok=True)    # (a file there: FileExistsError, as before)
 
 
+def _plain_or_absent(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return True
+
+
 def lock_state_dir(state_dir: Path) -> int | None:
     """An exclusive lock on <state_dir>/.lock for as long as this process runs (the fd is
     kept; the kernel drops the lock when the process dies, kill -9 included): a second
@@ -478,7 +485,9 @@ def lock_state_dir(state_dir: Path) -> int | None:
     except OSError as exc:               # a read-only state dir still serves what it holds
         if exc.errno == errno.ELOOP:
             raise StateDirBusy(f"{state_dir / '.lock'} is a symbolic link: not using it") from None
-        if exc.errno == errno.EISDIR:    # (not a read-only dir: a second emulator would run beside)
+        if exc.errno in (errno.EISDIR, errno.ENXIO, errno.ENODEV) or not _plain_or_absent(state_dir / ".lock"):
+            # (a directory, a socket, a device there: not a read-only dir, where a second
+            # emulator would run beside this one unnoticed)
             raise StateDirBusy(f"{state_dir / '.lock'} is not a plain file: not using it") from None
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             raise                        # out of descriptors: run() names that, in one line

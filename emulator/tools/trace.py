@@ -121,7 +121,6 @@ from pathlib import Path
 from emulator.io.network import NetFaults, Router, is_ip, is_port, name_key, reset_on_close
 from emulator.logsafe import get_logger
 from emulator.sockets.plain_session import NoSealJobs, PlainSession
-from emulator.storage.atomic_file import read_plain
 from emulator.tools import OneLineParser
 
 FORMAT_VERSION = 1
@@ -394,32 +393,48 @@ _REQUIRED = {"io": ("data",), "cmd": ("line", "answer")}   # what show and repla
 
 # The state files a modem reads at start-up whose values its answers show: AT&W's
 # settings (ATS7?, ATE, AT+CMEE...), the NV items (AT+CTZU?, AT+QCFG...), the data counters
-# (AT+QGDCNT?).  A trace carries them as they were (small JSON texts, no secrets): replayed
-# on a factory modem, a trace recorded after an AT&W answered differently from its first
-# command on (crash consistency 2).
+# (AT+QGDCNT?).  A trace carries the values the modem took from them, as the modem would
+# save them (never the file's own bytes: whatever stands there -- a symlink to a key, UTF-16,
+# padding -- only what was loaded goes in): replayed on a factory modem, a trace recorded
+# after an AT&W answered differently from its first command on (crash consistency 2).
 STATE_FILES = ("settings.json", "nv.json", "qgdcnt.json")
-STATE_FILE_MAX = 1 << 16
+STATE_FILE_MAX = 1 << 16            # (a start record's state, as JSON: far more than a modem saves)
+
+
+def _state_forms(modem) -> dict:
+    """The loaded values of each state file present in the modem's state dir (STATE_FILES),
+    in the form the modem saves them."""
+    directory = modem.state_dir
+    if directory is None:
+        return {}
+    from emulator.commands.device import device
+    from emulator.modem.pdp import data_counter
+    owners = {"settings.json": lambda: modem.saved_settings, "nv.json": lambda: device(modem),
+              "qgdcnt.json": lambda: data_counter(modem)}
+    forms = {}
+    for name in STATE_FILES:
+        try:
+            present = (directory / name).is_file()
+        except OSError:
+            present = False
+        if present:
+            forms[name] = owners[name]().saved_form()
+    return forms
 
 
 def material_of(modem) -> dict:
     """What the modem held before the host's first byte (provisioned at the factory, an
     earlier session, --demo): UFS file names and sizes, certificate slots' sizes and
     checksums -- never their bytes (the trace holds what the host sent, not more).  Replay
-    puts placeholders of the same size there (restore_material).  And the state files it
-    started from (STATE_FILES), whole: replay starts from them (write_state_files)."""
+    puts placeholders of the same size there (restore_material).  And what it took from
+    its state files (_state_forms): replay starts from them (write_state_files)."""
     material: dict = {}
-    state = {}
-    for name in STATE_FILES if modem.state_dir is not None else ():
-        try:
-            data = read_plain(modem.state_dir / name)
-            if len(data) <= STATE_FILE_MAX:      # (bigger: no file this emulator wrote)
-                state[name] = data.decode("utf-8")
-        except FileNotFoundError:
-            pass
-        except (OSError, UnicodeDecodeError) as exc:    # (read as the modem did: defaults)
-            log.info("trace: state file %s not recorded: %s", name, exc)
-    if state:
-        material["state"] = state
+    try:
+        state = _state_forms(modem)
+        if state:
+            material["state"] = state
+    except Exception as exc:        # (a bug here must not stop the recording)
+        log.warning("trace: the modem's saved settings are not recorded: %s", exc)
     try:
         if modem.profile.command_variant("+QFUPL") is not None:
             material["files"] = {name: size for name, size in modem.files.list()}
@@ -452,9 +467,9 @@ def restore_material(modem, material: dict) -> None:
 def write_state_files(state_dir: Path, material: dict) -> None:
     """A start record's state files (material_of) into the replaying modem's state dir,
     before the modem is made: it starts from the settings the recorded one started from."""
-    for name, text in (material.get("state") or {}).items():
+    for name, values in (material.get("state") or {}).items():
         if name in STATE_FILES:
-            (state_dir / name).write_text(text, encoding="utf-8")
+            (state_dir / name).write_text(json.dumps(values), encoding="utf-8")
 
 
 def _with_checksum(size: int, checksum: int) -> bytes:
@@ -478,9 +493,14 @@ def _material_problem(material) -> str:
             and 0 <= v[0] <= 1 << 20 and 0 <= v[1] <= 0xFFFF for v in slots.values()):
         return '"material" slots are not sizes and checksums'
     state = material.get("state", {})
-    if not isinstance(state, dict) or not all(
-            n in STATE_FILES and isinstance(t, str) and len(t) <= STATE_FILE_MAX for n, t in state.items()):
-        return '"material" state is not state file names and texts'
+    if not isinstance(state, dict) or not all(n in STATE_FILES and isinstance(v, dict) for n, v in state.items()):
+        return '"material" state is not state file names and their values'
+    try:
+        size = len(json.dumps(state, ensure_ascii=True))        # (what write_state_files writes)
+    except ValueError:
+        size = STATE_FILE_MAX + 1
+    if size > STATE_FILE_MAX:
+        return '"material" state is larger than any modem saves'
     return ""
 
 
