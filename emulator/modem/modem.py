@@ -319,6 +319,10 @@ class Modem:
             state = self._features[key] = factory(self)
         return state
 
+    def feature_if_made(self, key: str):
+        """A feature's state if something has used it already, else None (nothing made)."""
+        return self._features.get(key)
+
     @property
     def files(self):
         """The module's file system (UFS persists in the state dir, RAM does not)."""

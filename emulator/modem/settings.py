@@ -71,7 +71,7 @@ class Settings:
             return fallback.copy()
         try:
             data = json.loads(read_plain(path))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:     # (RecursionError: nested too deep)
             log.warning("ignoring unreadable saved settings %s: %s", path, exc)
             return fallback.copy()
         if not isinstance(data, dict):

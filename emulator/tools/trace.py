@@ -121,6 +121,7 @@ from pathlib import Path
 from emulator.io.network import NetFaults, Router, is_ip, is_port, name_key, reset_on_close
 from emulator.logsafe import get_logger
 from emulator.sockets.plain_session import NoSealJobs, PlainSession
+from emulator.storage.atomic_file import read_plain
 from emulator.tools import OneLineParser
 
 FORMAT_VERSION = 1
@@ -402,23 +403,35 @@ STATE_FILE_MAX = 1 << 16            # (a start record's state, as JSON: far more
 
 
 def _state_forms(modem) -> dict:
-    """The loaded values of each state file present in the modem's state dir (STATE_FILES),
-    in the form the modem saves them."""
+    """The values of each state file present in the modem's state dir (STATE_FILES), in the
+    form the modem saves them: what it loaded (AT&W's settings, always; the NV items and the
+    counters if a command has used them already), else -- their feature not made yet, and
+    not made here: no load, no warning the session would not give -- the file's own JSON
+    object, its known keys only, which the replaying modem loads as this one would have."""
     directory = modem.state_dir
     if directory is None:
         return {}
-    from emulator.commands.device import device
-    from emulator.modem.pdp import data_counter
-    owners = {"settings.json": lambda: modem.saved_settings, "nv.json": lambda: device(modem),
-              "qgdcnt.json": lambda: data_counter(modem)}
+    from emulator.commands.device import DeviceConfig
+    loaded = {"settings.json": modem.saved_settings, "nv.json": modem.feature_if_made("device"),
+              "qgdcnt.json": modem.feature_if_made("data_counter")}
+    known = {"nv.json": {*DeviceConfig.NV, "qsimdet", "items"}, "qgdcnt.json": {"sent", "received"}}
     forms = {}
     for name in STATE_FILES:
         try:
             present = (directory / name).is_file()
         except OSError:
             present = False
-        if present:
-            forms[name] = owners[name]().saved_form()
+        if not present:
+            continue
+        if loaded[name] is not None:
+            forms[name] = loaded[name].saved_form()
+            continue
+        try:
+            data = json.loads(read_plain(directory / name))
+        except Exception:               # (unreadable, not JSON, nested too deep: loads as none)
+            continue
+        if isinstance(data, dict):
+            forms[name] = {key: value for key, value in data.items() if key in known[name]}
     return forms
 
 
@@ -431,6 +444,9 @@ def material_of(modem) -> dict:
     material: dict = {}
     try:
         state = _state_forms(modem)
+        if state and len(json.dumps(state, ensure_ascii=True)) > STATE_FILE_MAX:
+            log.warning("trace: the modem's saved settings are too big to record")   # (hand-made)
+            state = {}
         if state:
             material["state"] = state
     except Exception as exc:        # (a bug here must not stop the recording)
@@ -497,7 +513,7 @@ def _material_problem(material) -> str:
         return '"material" state is not state file names and their values'
     try:
         size = len(json.dumps(state, ensure_ascii=True))        # (what write_state_files writes)
-    except ValueError:
+    except (ValueError, RecursionError):                        # (nested as deep as a reader takes)
         size = STATE_FILE_MAX + 1
     if size > STATE_FILE_MAX:
         return '"material" state is larger than any modem saves'
