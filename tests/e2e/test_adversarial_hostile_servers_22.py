@@ -639,6 +639,9 @@ def test_server_finished_protection(gcm, emulator, kind):
         conn = server.conns[0]
         if want == 0:
             h6.round_trip_and_close(host, 1, b"finished under a nonce of the server's choice")
+            # (the close_notify reaches the server's thread after the close's OK: a full run
+            # under load read the alerts before it came)
+            wait_for(lambda: conn.alerts, 5, "the modem's close_notify")
             assert conn.alerts == [b"\x01\x00"], conn.alerts
         else:
             assert h6.qigeterror(host) == 566
