@@ -40,6 +40,7 @@ class DeviceConfig:
 
     # The NV numbers and the values each may take (the items and AT+QSIMDET besides).
     NV = {"ctzu": CTZU_VALUES, "qsclk": (0, 1), "qsimstat": (0, 1)}
+    SAVED_KEYS = (*NV, "qsimdet", "items")            # what nv.json holds, in its order
 
     def __init__(self, modem) -> None:
         self.modem = modem
@@ -79,9 +80,7 @@ class DeviceConfig:
 
     def saved_form(self) -> dict:
         """What nv.json holds for these values (JSON values)."""
-        data = {key: getattr(self, key) for key in self.NV}
-        data.update(qsimdet=self.qsimdet, items=self.items)
-        return data
+        return {key: getattr(self, key) for key in self.SAVED_KEYS}
 
     def _load(self) -> None:
         """nv.json as saved, value by value: one a hand edit or another profile made

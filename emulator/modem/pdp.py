@@ -102,6 +102,8 @@ class DataCounter:
     connections carried: TLS records, not the host's plaintext; no IP/TCP headers).  Kept
     across a restart only as last saved (AT+QGDCNT=1): <state_dir>/qgdcnt.json."""
 
+    SAVED_KEYS = ("sent", "received")                  # what qgdcnt.json holds
+
     def __init__(self, modem=None) -> None:
         self.sent = 0
         self.received = 0
@@ -126,7 +128,7 @@ class DataCounter:
 
     def saved_form(self) -> dict:
         """What qgdcnt.json holds for these counters."""
-        return {"sent": self.sent, "received": self.received}
+        return {key: getattr(self, key) for key in self.SAVED_KEYS}
 
     def save(self) -> bool:
         if self._path is None:

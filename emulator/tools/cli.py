@@ -485,9 +485,9 @@ def lock_state_dir(state_dir: Path) -> int | None:
     except OSError as exc:               # a read-only state dir still serves what it holds
         if exc.errno == errno.ELOOP:
             raise StateDirBusy(f"{state_dir / '.lock'} is a symbolic link: not using it") from None
-        if exc.errno in (errno.EISDIR, errno.ENXIO, errno.ENODEV) or not _plain_or_absent(state_dir / ".lock"):
-            # (a directory, a socket, a device there: not a read-only dir, where a second
-            # emulator would run beside this one unnoticed)
+        if not _plain_or_absent(state_dir / ".lock"):
+            # (a directory, a socket, a device there -- EISDIR, ENXIO...: not a read-only dir,
+            # where a second emulator would run beside this one unnoticed)
             raise StateDirBusy(f"{state_dir / '.lock'} is not a plain file: not using it") from None
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             raise                        # out of descriptors: run() names that, in one line

@@ -412,9 +412,10 @@ def _state_forms(modem) -> dict:
     if directory is None:
         return {}
     from emulator.commands.device import DeviceConfig
+    from emulator.modem.pdp import DataCounter
     loaded = {"settings.json": modem.saved_settings, "nv.json": modem.feature_if_made("device"),
               "qgdcnt.json": modem.feature_if_made("data_counter")}
-    known = {"nv.json": {*DeviceConfig.NV, "qsimdet", "items"}, "qgdcnt.json": {"sent", "received"}}
+    known = {"nv.json": DeviceConfig.SAVED_KEYS, "qgdcnt.json": DataCounter.SAVED_KEYS}
     forms = {}
     for name in STATE_FILES:
         try:
@@ -444,8 +445,8 @@ def material_of(modem) -> dict:
     material: dict = {}
     try:
         state = _state_forms(modem)
-        if state and len(json.dumps(state, ensure_ascii=True)) > STATE_FILE_MAX:
-            log.warning("trace: the modem's saved settings are too big to record")   # (hand-made)
+        if state and _material_problem({"state": state}):    # (too big: hand-made files)
+            log.warning("trace: the modem's saved settings are too big to record")
             state = {}
         if state:
             material["state"] = state
