@@ -54,6 +54,7 @@ No bug found this round.  Checked each time: exact bytes on the pty, one end rep
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -838,17 +839,14 @@ def test_dtls_burst_of_hello_verify_requests(ec2x_strict, emulator, seqs):
 
 
 # == the modem's own fatal alert behind an online stream a deaf server holds ====================================
-def test_bad_record_from_a_deaf_server_while_the_hosts_stream_is_held(ec2x_strict, emulator):
-    """Transparent mode, a server that does not read (4 KiB window): the host streams until
-    its writes block (flow control).  The server then sends a record under a skipped sequence
-    number: NO CARRIER at once, though the link to the server is still full.  When the server
-    finally reads, it decrypts -- in order -- an exact prefix of the host's stream, then the
-    modem's fatal bad_record_mac under the next sequence number, then the connection's end;
-    the port reads the host again and AT+QSSLCLOSE answers."""
+@contextlib.contextmanager
+def _bad_record_behind_a_held_stream(host, emulator):
+    """Transparent mode on id 5, a server that does not read (4 KiB window): the host streams
+    until its writes block (flow control) for a second; the server then sends a record under
+    a skipped sequence number, and NO CARRIER comes.  Yields (the server, the host's stream)."""
     from tests.e2e import test_adversarial_hostile_servers_2 as h2
     from tests.e2e.test_adversarial_hostile_servers_19 import DeafServer
 
-    host, advance, port = ec2x_strict
     go = threading.Event()
 
     def script(c) -> None:
@@ -860,7 +858,6 @@ def test_bad_record_from_a_deaf_server_while_the_hosts_stream_is_held(ec2x_stric
 
     with DeafServer(script, emulator) as server:
         assert host.at(f'AT+QSSLOPEN=1,1,5,"{h2.NAME}",443,2') == b"\r\nCONNECT\r\n"
-        conn = server.conns[0]
         up = stream_bytes(6 << 20)
         written, blocked_since = 0, None
         deadline = time.monotonic() + 12
@@ -878,6 +875,19 @@ def test_bad_record_from_a_deaf_server_while_the_hosts_stream_is_held(ec2x_stric
             assert written < len(up), "the host's writes never blocked"
         go.set()
         assert host.read_until(b"\r\nNO CARRIER\r\n", timeout=5).endswith(b"\r\nNO CARRIER\r\n")
+        yield server, up
+
+
+def test_bad_record_from_a_deaf_server_while_the_hosts_stream_is_held(ec2x_strict, emulator):
+    """Transparent mode, a server that does not read (4 KiB window): the host streams until
+    its writes block (flow control).  The server then sends a record under a skipped sequence
+    number: NO CARRIER at once, though the link to the server is still full.  When the server
+    finally reads, it decrypts -- in order -- an exact prefix of the host's stream, then the
+    modem's fatal bad_record_mac under the next sequence number, then the connection's end;
+    the port reads the host again and AT+QSSLCLOSE answers."""
+    host, advance, port = ec2x_strict
+    with _bad_record_behind_a_held_stream(host, emulator) as (server, up):
+        conn = server.conns[0]
         server.drain.set()
         wait_for(conn.eof.is_set, 15, "the emulator's end after the backlog")
         received = conn.plaintext()
@@ -948,36 +958,9 @@ def test_bad_record_from_a_server_that_never_reads_then_the_hosts_close(ec2x_str
     emulator left to the server -- and the id opens again to a good server."""
     from tests.e2e import test_adversarial_hostile_servers_2 as h2
     from tests.e2e.socket_support import tcp_fds_to
-    from tests.e2e.test_adversarial_hostile_servers_19 import DeafServer
 
     host, advance, port = ec2x_strict
-    go = threading.Event()
-
-    def script(c) -> None:
-        c.handshake()
-        go.wait(15)
-        c.seq_out += 1
-        c.sock.sendall(c.seal(CT_APP, b"never to be seen"))
-        c.server.stall()
-
-    with DeafServer(script, emulator) as server:
-        assert host.at(f'AT+QSSLOPEN=1,1,5,"{h2.NAME}",443,2') == b"\r\nCONNECT\r\n"
-        up = stream_bytes(6 << 20)
-        written, blocked_since = 0, None
-        deadline = time.monotonic() + 12
-        while True:
-            assert time.monotonic() < deadline, written
-            try:
-                n = os.write(host.ser.fd, up[written:written + 16384])
-                written += n
-                host.written += n
-                blocked_since = None
-            except BlockingIOError:
-                blocked_since = blocked_since or time.monotonic()
-            if blocked_since and time.monotonic() - blocked_since > 1.0:
-                break
-        go.set()
-        assert host.read_until(b"\r\nNO CARRIER\r\n", timeout=5).endswith(b"\r\nNO CARRIER\r\n")
+    with _bad_record_behind_a_held_stream(host, emulator) as (server, _):
         back_in_command_mode(emulator, port, host)
         t0 = time.monotonic()
         assert host.at("AT+QSSLCLOSE=5") == OK
